@@ -1,0 +1,347 @@
+//! The C ABI between the host (`vmi-core`) and device plugins.
+//!
+//! Nothing Rust-specific crosses a shared object's boundary: a plugin exports one
+//! [`VmiDeviceDescriptor`] under the symbol `vmi_device_<type>`, and talks to the host only
+//! through the [`VmiHostServices`] table and raw [`VmiIrb`] pointers the host owns.
+//! The same layout is published for C in `vmi-core/include/vmi_device.h`; keep both in step.
+//!
+//! Versioning: the host refuses a descriptor of another [`VMI_ABI_MAJOR`]; within a major,
+//! structs only grow at the end and every table starts with its own size, so a host reads
+//! an older minor's shorter table and treats missing entries as "not provided".
+#![allow(unsafe_code)]
+
+use std::ffi::{c_char, c_void};
+
+/// Magic at the start of every device descriptor ("VMID" little-endian).
+pub const VMI_DEVICE_MAGIC: u32 = 0x4449_4d56;
+/// ABI major version: a descriptor of another major is refused.
+pub const VMI_ABI_MAJOR: u16 = 1;
+/// ABI minor version: newer minors only append fields.
+pub const VMI_ABI_MINOR: u16 = 0;
+/// Prefix of the exported descriptor symbol; the device type name follows.
+pub const VMI_SYMBOL_PREFIX: &str = "vmi_device_";
+/// Maximum number of data segments one IRB carries.
+pub const VMI_IRB_MAX_SEGS: usize = 16;
+/// Maximum frame alignment a device may ask for.
+pub const VMI_MAX_FRAME_ALIGN: usize = 64;
+
+/// Device kind: a filter looks at and changes data.
+pub const VMI_KIND_FILTER: u32 = 1;
+/// Device kind: a transport moves bytes to a peer.
+pub const VMI_KIND_TRANSPORT: u32 = 2;
+
+/// `submit`/`receive` result: hand the IRB to the next device.
+pub const VMI_PASS: i32 = 0;
+/// `submit`/`receive` result: the device finished the IRB; `irb.status` holds the status.
+pub const VMI_COMPLETE: i32 = 1;
+/// `submit`/`receive` result: the device keeps the IRB and will call `pass` or `complete` later.
+pub const VMI_PENDING: i32 = 2;
+
+/// IRB operation: one fragment of a stream (send direction).
+pub const VMI_OP_SEND: u32 = 1;
+/// IRB operation: open a connection to `peer_host`/`peer_key`; segments hold connect data.
+pub const VMI_OP_CONNECT: u32 = 2;
+/// IRB operation: accept an incoming connection; segments hold reply data.
+pub const VMI_OP_ACCEPT: u32 = 3;
+/// IRB operation: reject an incoming connection; segments hold reply data.
+pub const VMI_OP_REJECT: u32 = 4;
+/// IRB operation: orderly close of a connection.
+pub const VMI_OP_DISCONNECT: u32 = 5;
+/// IRB operation: a received fragment (receive direction).
+pub const VMI_OP_RECV: u32 = 16;
+/// IRB operation: a peer asks to connect; segments hold its connect data (receive direction).
+pub const VMI_OP_CONNECT_REQUEST: u32 = 17;
+/// IRB operation: the peer closed the connection or it failed; `status` says which.
+pub const VMI_OP_PEER_DISCONNECT: u32 = 18;
+
+/// Fragment flag: last fragment of a stream.
+pub const VMI_FLAG_END: u32 = 1;
+/// Fragment flags reserved for filters to mark what they did (e.g. "compressed").
+pub const VMI_FLAG_FILTER_MASK: u32 = 0xffff_0000;
+
+/// Parameter type: boolean (`true`/`false`/`1`/`0`/`yes`/`no`).
+pub const VMI_PARAM_BOOL: u32 = 1;
+/// Parameter type: unsigned 64-bit integer (accepts `k`, `m`, `g` binary suffixes).
+pub const VMI_PARAM_UINT: u32 = 2;
+/// Parameter type: signed 64-bit integer.
+pub const VMI_PARAM_INT: u32 = 3;
+/// Parameter type: free text.
+pub const VMI_PARAM_STRING: u32 = 4;
+
+/// Log levels passed to `VmiHostServices::log` (same numbering as the `log` crate).
+pub const VMI_LOG_ERROR: u32 = 1;
+/// Warning level.
+pub const VMI_LOG_WARN: u32 = 2;
+/// Info level.
+pub const VMI_LOG_INFO: u32 = 3;
+/// Debug level.
+pub const VMI_LOG_DEBUG: u32 = 4;
+/// Trace level.
+pub const VMI_LOG_TRACE: u32 = 5;
+
+/// Return codes of `create`.
+pub const VMI_CREATE_OK: i32 = 0;
+/// `create` failed; the error buffer holds the reason.
+pub const VMI_CREATE_FAILED: i32 = 1;
+/// `create` panicked; the error buffer holds the panic message.
+pub const VMI_CREATE_PANICKED: i32 = 2;
+
+/// A byte string that is not NUL-terminated.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct VmiStr {
+    /// First byte (may be dangling when `len` is 0).
+    pub ptr: *const u8,
+    /// Length in bytes.
+    pub len: usize,
+}
+
+impl VmiStr {
+    /// The empty string.
+    pub const EMPTY: VmiStr = VmiStr { ptr: std::ptr::null(), len: 0 };
+
+    /// Borrows a Rust string.
+    pub fn from_str(s: &str) -> VmiStr {
+        VmiStr { ptr: s.as_ptr(), len: s.len() }
+    }
+
+    /// Views the bytes.
+    ///
+    /// # Safety
+    /// `ptr` must point to `len` readable bytes that outlive `'a`.
+    pub unsafe fn as_bytes<'a>(&self) -> &'a [u8] {
+        if self.len == 0 || self.ptr.is_null() {
+            &[]
+        } else {
+            // SAFETY: the caller guarantees ptr/len describe live memory.
+            unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+        }
+    }
+
+    /// Views the bytes as text, replacing invalid UTF-8.
+    ///
+    /// # Safety
+    /// As for [`VmiStr::as_bytes`].
+    pub unsafe fn to_string_lossy(&self) -> String {
+        // SAFETY: forwarded to the caller.
+        String::from_utf8_lossy(unsafe { self.as_bytes() }).into_owned()
+    }
+}
+
+/// One contiguous piece of an IRB's data.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct VmiSeg {
+    /// First byte.
+    pub base: *mut u8,
+    /// Length in bytes.
+    pub len: usize,
+}
+
+impl VmiSeg {
+    /// An empty segment.
+    pub const EMPTY: VmiSeg = VmiSeg { base: std::ptr::null_mut(), len: 0 };
+}
+
+/// An I/O request block as devices see it. The host owns it; a device only holds the
+/// pointer between returning [`VMI_PENDING`] and calling `pass` or `complete`.
+#[repr(C)]
+pub struct VmiIrb {
+    /// One of the `VMI_OP_*` operations.
+    pub op: u32,
+    /// `VMI_FLAG_*` bits; the upper 16 bits belong to filters.
+    pub flags: u32,
+    /// Completion status (`VMI_STATUS_*` in the header; 0 is success).
+    pub status: i32,
+    /// Number of valid entries in `segs`.
+    pub nseg: u32,
+    /// The host's connection handle.
+    pub conn: u64,
+    /// Data segments; a device may rewrite them (a filter appends a trailer, a transport
+    /// points them at received bytes).
+    pub segs: [VmiSeg; VMI_IRB_MAX_SEGS],
+    /// Peer host name (for `CONNECT` and `CONNECT_REQUEST`).
+    pub peer_host: VmiStr,
+    /// Peer key (for `CONNECT` and `CONNECT_REQUEST`).
+    pub peer_key: VmiStr,
+}
+
+/// Capabilities a device reports; filters adjust them for what they add.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct VmiCapabilities {
+    /// Largest fragment payload the device accepts (0: no limit of its own).
+    pub max_fragment: u64,
+    /// Bytes of header the device adds in front of each fragment.
+    pub headroom: u32,
+    /// Bytes the device adds after each fragment.
+    pub tailroom: u32,
+    /// Largest connect or reply data (0: no limit of its own).
+    pub max_connect_data: u32,
+}
+
+/// A resolved parameter handed to `create`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct VmiParam {
+    /// Parameter name.
+    pub name: VmiStr,
+    /// Effective value, already checked against the declared type.
+    pub value: VmiStr,
+}
+
+/// A parameter a device declares, with its type, default and meaning.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct VmiParamSpec {
+    /// Name (NUL-terminated, lower case, `_` separated).
+    pub name: *const c_char,
+    /// One of `VMI_PARAM_*`.
+    pub kind: u32,
+    /// Default value as text (NUL-terminated).
+    pub default_value: *const c_char,
+    /// One line saying what it does (NUL-terminated).
+    pub doc: *const c_char,
+}
+
+// SAFETY: a VmiParamSpec only points at immutable, 'static NUL-terminated strings.
+unsafe impl Sync for VmiParamSpec {}
+
+/// Creates a device instance. Writes the instance pointer to `out`; on failure writes a
+/// NUL-terminated reason into `err` (at most `err_len` bytes) and returns
+/// [`VMI_CREATE_FAILED`] or [`VMI_CREATE_PANICKED`].
+pub type VmiCreateFn = unsafe extern "C" fn(
+    services: *const VmiHostServices,
+    host: *mut c_void,
+    params: *const VmiParam,
+    nparams: usize,
+    out: *mut *mut c_void,
+    err: *mut c_char,
+    err_len: usize,
+) -> i32;
+
+/// A device's operations. Any entry may be NULL: the host then passes IRBs through
+/// (`submit`, `receive`) or skips the step.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct VmiDeviceVtable {
+    /// `size_of::<VmiDeviceVtable>()` as the device was built.
+    pub size: u32,
+    /// Frees the instance.
+    pub destroy: Option<unsafe extern "C" fn(dev: *mut c_void)>,
+    /// Fills in the device's capabilities given those of the devices below it.
+    pub capabilities: Option<unsafe extern "C" fn(dev: *mut c_void, caps: *mut VmiCapabilities)>,
+    /// Send direction: an IRB coming down from the application. Returns `VMI_PASS`,
+    /// `VMI_COMPLETE` or `VMI_PENDING`.
+    pub submit: Option<
+        unsafe extern "C" fn(dev: *mut c_void, irb: *mut VmiIrb, frame: *mut u8) -> i32,
+    >,
+    /// Receive direction: an IRB coming up from a transport. Same results as `submit`.
+    pub receive: Option<
+        unsafe extern "C" fn(dev: *mut c_void, irb: *mut VmiIrb, frame: *mut u8) -> i32,
+    >,
+    /// Completion step, run in reverse order of processing when an IRB completes
+    /// (and, for the transport that allocated a received IRB, when the application lets it go).
+    pub complete: Option<unsafe extern "C" fn(dev: *mut c_void, irb: *mut VmiIrb, frame: *mut u8)>,
+    /// Makes progress without blocking; returns how many events it produced.
+    pub poll: Option<unsafe extern "C" fn(dev: *mut c_void) -> i32>,
+    /// Reports a file descriptor to sleep on (or -1) and the milliseconds until the device's
+    /// next deadline (or -1 for none).
+    pub wait_fd: Option<unsafe extern "C" fn(dev: *mut c_void, fd: *mut i32, timeout_ms: *mut i64)>,
+    /// Transports: can this device reach `host`/`key`? Returns 1 for yes, 0 for no, and on no
+    /// may write a NUL-terminated reason into `why`.
+    pub reach: Option<
+        unsafe extern "C" fn(
+            dev: *mut c_void,
+            host: VmiStr,
+            key: VmiStr,
+            why: *mut c_char,
+            why_len: usize,
+        ) -> i32,
+    >,
+    /// Registers `len` bytes at `base` for sending (pinning, placement); returns an opaque
+    /// registration handle (0: nothing to undo).
+    pub register: Option<unsafe extern "C" fn(dev: *mut c_void, base: *mut u8, len: usize) -> u64>,
+    /// Undoes `register`.
+    pub deregister: Option<unsafe extern "C" fn(dev: *mut c_void, handle: u64)>,
+}
+
+/// The descriptor a plugin exports as `vmi_device_<type>`.
+#[repr(C)]
+pub struct VmiDeviceDescriptor {
+    /// [`VMI_DEVICE_MAGIC`].
+    pub magic: u32,
+    /// [`VMI_ABI_MAJOR`] the device was built against.
+    pub abi_major: u16,
+    /// [`VMI_ABI_MINOR`] the device was built against.
+    pub abi_minor: u16,
+    /// `size_of::<VmiDeviceDescriptor>()` as the device was built.
+    pub struct_size: u32,
+    /// [`VMI_KIND_FILTER`] or [`VMI_KIND_TRANSPORT`].
+    pub kind: u32,
+    /// Device type name (NUL-terminated), e.g. `tcp`.
+    pub name: *const c_char,
+    /// Device version (NUL-terminated), e.g. `0.1.0`.
+    pub version: *const c_char,
+    /// One line saying what the device does (NUL-terminated).
+    pub description: *const c_char,
+    /// Per-IRB frame size in bytes.
+    pub frame_size: u32,
+    /// Per-IRB frame alignment (power of two, at most [`VMI_MAX_FRAME_ALIGN`]).
+    pub frame_align: u32,
+    /// Declared parameters.
+    pub params: *const VmiParamSpec,
+    /// Number of entries in `params`.
+    pub nparams: usize,
+    /// Creates an instance.
+    pub create: Option<VmiCreateFn>,
+    /// The device's operations (never NULL in a valid descriptor).
+    pub vtable: Option<&'static VmiDeviceVtable>,
+}
+
+// SAFETY: a descriptor is immutable and only points at 'static data and functions.
+unsafe impl Sync for VmiDeviceDescriptor {}
+
+/// Services the host offers a device. Every function takes the `host` pointer the device
+/// was created with. All are for the thread that calls `poll`, except
+/// `complete_from_thread` and `wake`, which any thread may call.
+#[repr(C)]
+pub struct VmiHostServices {
+    /// `size_of::<VmiHostServices>()` as the host was built.
+    pub size: u32,
+    /// The host's ABI minor.
+    pub abi_minor: u32,
+    /// Hands a pended IRB on to the next device in its direction.
+    pub pass: unsafe extern "C" fn(host: *mut c_void, irb: *mut VmiIrb),
+    /// Completes an IRB with `status`; completion steps run from the host's loop.
+    pub complete: unsafe extern "C" fn(host: *mut c_void, irb: *mut VmiIrb, status: i32),
+    /// As `complete`, from any thread; `poll` picks it up.
+    pub complete_from_thread: unsafe extern "C" fn(host: *mut c_void, irb: *mut VmiIrb, status: i32),
+    /// Allocates a receive-direction IRB originated by the calling device (a transport), or
+    /// NULL when none can be had. Hand it up with `pass`.
+    pub irb_alloc: unsafe extern "C" fn(host: *mut c_void, op: u32, conn: u64) -> *mut VmiIrb,
+    /// The calling device's frame in `irb`.
+    pub irb_frame: unsafe extern "C" fn(host: *mut c_void, irb: *mut VmiIrb) -> *mut u8,
+    /// Copies `len` bytes into host memory owned by the IRB and appends a segment for them.
+    /// Returns 0, or -1 when the IRB has no free segment.
+    pub irb_attach: unsafe extern "C" fn(host: *mut c_void, irb: *mut VmiIrb, data: *const u8, len: usize) -> i32,
+    /// Sets the IRB's peer host and key (copied into host memory).
+    pub irb_set_peer: unsafe extern "C" fn(host: *mut c_void, irb: *mut VmiIrb, peer_host: VmiStr, peer_key: VmiStr),
+    /// Attaches a human-readable detail to an IRB's status (copied).
+    pub irb_set_detail: unsafe extern "C" fn(host: *mut c_void, irb: *mut VmiIrb, detail: VmiStr),
+    /// Creates a connection handle for an incoming connection owned by the calling device.
+    pub conn_new: unsafe extern "C" fn(host: *mut c_void) -> u64,
+    /// This process's key.
+    pub local_key: unsafe extern "C" fn(host: *mut c_void) -> VmiStr,
+    /// The chains' filter signature, exchanged in the connect handshake.
+    pub signature: unsafe extern "C" fn(host: *mut c_void) -> VmiStr,
+    /// Logs a message through the host's logger.
+    pub log: unsafe extern "C" fn(host: *mut c_void, level: u32, target: VmiStr, msg: VmiStr),
+    /// Wakes a `wait` in progress (any thread).
+    pub wake: unsafe extern "C" fn(host: *mut c_void),
+    /// The host's maximum enabled log level (`VMI_LOG_*`, 0 for off).
+    pub max_log_level: u32,
+    /// An address inside the host's copy of `vmi-core`; a statically linked device sees the
+    /// same address and so knows it shares the host's logger.
+    pub host_marker: *const u8,
+}

@@ -1,0 +1,225 @@
+//! From a specfile to a plan of running devices: loads each device type, resolves its
+//! parameters, and checks the chains (each has a transport, transports at the wire end,
+//! both chains use the same transports).
+
+use std::collections::BTreeSet;
+
+use crate::device::DeviceKind;
+use crate::engine::Planned;
+use crate::loader::{self, DeviceType, LoadError};
+use crate::params::{self, ParamError};
+use crate::signature::Signature;
+use crate::spec::{ChainSpec, Location, Spec, SpecError};
+
+/// Why a specfile could not be turned into running chains.
+#[derive(Debug, thiserror::Error)]
+pub enum AssemblyError {
+    /// The specfile itself is invalid.
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    /// A device could not be loaded or started.
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    /// A parameter is invalid.
+    #[error(transparent)]
+    Param(#[from] ParamError),
+    /// A chain has no transport.
+    #[error("{at}: chain '{chain}' has no transport; add one such as <use device=\"tcp\"/> ({end})")]
+    NoTransport {
+        /// Where the chain starts.
+        at: Location,
+        /// The chain.
+        chain: String,
+        /// Where in the chain it belongs.
+        end: &'static str,
+    },
+    /// A filter stands on the wire side of a transport.
+    #[error("{at}: filter '{filter}' comes {wrong} transport '{transport}' in chain '{chain}'; {rule}")]
+    TransportOrder {
+        /// Where the filter's `<use>` is.
+        at: Location,
+        /// The chain.
+        chain: String,
+        /// The filter.
+        filter: String,
+        /// The transport.
+        transport: String,
+        /// "after" or "before".
+        wrong: &'static str,
+        /// The rule.
+        rule: &'static str,
+    },
+    /// Send and receive chains use different transports.
+    #[error("{at}: the receive chain uses transports [{recv}] but the send chain uses [{send}]; a connection's transport carries both directions, so list the same transports in both")]
+    TransportSets {
+        /// Where the receive chain starts.
+        at: Location,
+        /// Send chain transports.
+        send: String,
+        /// Receive chain transports.
+        recv: String,
+    },
+    /// The process key is not usable.
+    #[error("invalid key '{key}': {reason}")]
+    BadKey {
+        /// The key.
+        key: String,
+        /// What is wrong.
+        reason: &'static str,
+    },
+}
+
+/// Processing order as written vs. application-first order.
+fn top_down(chain: &ChainSpec) -> Vec<&str> {
+    let mut v: Vec<&str> = chain.entries.iter().map(|e| e.device.as_str()).collect();
+    if chain.name == "receive" {
+        v.reverse();
+    }
+    v
+}
+
+/// Checks a key: 1 to 255 bytes, no whitespace or control characters.
+pub fn check_key(key: &str) -> Result<(), AssemblyError> {
+    let reason = if key.is_empty() {
+        Some("it is empty; give a key as the program's argument or in VMI_KEY")
+    } else if key.len() > 255 {
+        Some("it is longer than 255 bytes")
+    } else if key.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        Some("it contains whitespace or control characters")
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => Err(AssemblyError::BadKey { key: key.into(), reason }),
+        None => Ok(()),
+    }
+}
+
+/// Loads one device type as the spec asks: a statically registered one when no `library=`
+/// is given and one is registered, else the shared object.
+pub fn load_type(spec: &Spec, name: &str) -> Result<DeviceType, LoadError> {
+    let d = spec.device(name).expect("chains only name defined devices");
+    if d.library.is_none() {
+        if let Some(r) = loader::load_static(&d.type_name) {
+            return r;
+        }
+    }
+    let path = loader::find_library(&d.type_name, d.library.as_deref(), spec.base_dir())?;
+    loader::load_library(&path, &d.type_name)
+}
+
+/// The devices to start and the chains, in engine indices.
+pub(crate) struct Plan {
+    pub devices: Vec<Planned>,
+    pub send: Vec<usize>,
+    pub recv: Vec<usize>,
+    pub signature: Signature,
+}
+
+/// Loads and checks everything the spec names.
+pub(crate) fn plan(spec: &Spec, env: &dyn Fn(&str) -> Option<String>) -> Result<Plan, AssemblyError> {
+    let mut names: Vec<&str> = Vec::new();
+    for chain in &spec.chains {
+        for e in &chain.entries {
+            if !names.contains(&e.device.as_str()) {
+                names.push(&e.device);
+            }
+        }
+    }
+    for d in &spec.devices {
+        if !names.contains(&d.name.as_str()) {
+            log::warn!("{}: device '{}' is defined but no chain uses it", d.at, d.name);
+        }
+    }
+    let mut devices = Vec::with_capacity(names.len());
+    for name in &names {
+        let ty = load_type(spec, name)?;
+        let dspec = spec.device(name).expect("defined");
+        let resolved = params::resolve(dspec, &ty.params, env)?;
+        devices.push(Planned { name: name.to_string(), ty, params: resolved });
+    }
+    let index = |n: &str| names.iter().position(|x| *x == n).expect("planned");
+    let kind = |n: &str| devices[index(n)].ty.kind;
+    for chain in &spec.chains {
+        check_chain(chain, &kind)?;
+    }
+    let send_spec = spec.chain("send").expect("parser requires it");
+    let recv_spec = spec.chain("receive").expect("parser requires it");
+    let send: Vec<usize> = top_down(send_spec).into_iter().map(index).collect();
+    let recv: Vec<usize> = top_down(recv_spec).into_iter().map(index).collect();
+    let transports = |c: &[usize]| -> BTreeSet<usize> {
+        c.iter().copied().filter(|&d| devices[d].ty.kind == DeviceKind::Transport).collect()
+    };
+    if transports(&send) != transports(&recv) {
+        let show = |c: &[usize]| {
+            c.iter()
+                .filter(|&&d| devices[d].ty.kind == DeviceKind::Transport)
+                .map(|&d| devices[d].name.clone())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        return Err(AssemblyError::TransportSets { at: recv_spec.at.clone(), send: show(&send), recv: show(&recv) });
+    }
+    let filters = |c: &[usize]| -> Vec<String> {
+        c.iter()
+            .filter(|&&d| devices[d].ty.kind == DeviceKind::Filter)
+            .map(|&d| {
+                let ty = &devices[d].ty;
+                format!("{}@{}", ty.name, ty.version.split('.').next().unwrap_or("0"))
+            })
+            .collect()
+    };
+    let signature = Signature { send: filters(&send), recv: filters(&recv) };
+    Ok(Plan { devices, send, recv, signature })
+}
+
+fn check_chain(chain: &ChainSpec, kind: &dyn Fn(&str) -> DeviceKind) -> Result<(), AssemblyError> {
+    let receive = chain.name == "receive";
+    let entries: Vec<_> = chain.entries.iter().collect();
+    if !entries.iter().any(|e| kind(&e.device) == DeviceKind::Transport) {
+        return Err(AssemblyError::NoTransport {
+            at: chain.at.clone(),
+            chain: chain.name.clone(),
+            end: if receive { "first in the receive chain" } else { "last in the chain" },
+        });
+    }
+    // Send-like chains: filters, then transports. Receive chain: transports, then filters.
+    let mut seen_other: Option<&str> = None;
+    for e in &entries {
+        let k = kind(&e.device);
+        let leading = if receive { DeviceKind::Transport } else { DeviceKind::Filter };
+        if k == leading {
+            if let Some(other) = seen_other {
+                let (filter, transport) = if receive { (other, e.device.as_str()) } else { (e.device.as_str(), other) };
+                return Err(AssemblyError::TransportOrder {
+                    at: e.at.clone(),
+                    chain: chain.name.clone(),
+                    filter: filter.into(),
+                    transport: transport.into(),
+                    wrong: if receive { "before" } else { "after" },
+                    rule: if receive {
+                        "the receive chain runs from the wire to the application, so its transports come first"
+                    } else {
+                        "a chain runs from the application to the wire, so its transports come last"
+                    },
+                });
+            }
+        } else if seen_other.is_none() {
+            seen_other = Some(&e.device);
+        }
+    }
+    Ok(())
+}
+
+/// Every `VMI_*` variable this spec makes meaningful.
+pub fn known_env_vars(spec: &Spec, types: &[(String, DeviceType)]) -> BTreeSet<String> {
+    let mut known: BTreeSet<String> = params::CORE_ENV_VARS.iter().map(|(n, _)| n.to_string()).collect();
+    for d in &spec.devices {
+        if let Some((_, ty)) = types.iter().find(|(n, _)| *n == d.name) {
+            for p in &ty.params {
+                known.insert(params::env_var_name(&d.name, &p.name));
+            }
+        }
+    }
+    known
+}

@@ -1,0 +1,406 @@
+//! Loading device plugins: finding the shared object, checking its descriptor, and keeping
+//! the library loaded for the life of the process (libraries are never unloaded, so
+//! descriptors and vtables stay valid).
+#![allow(unsafe_code)]
+
+use std::collections::HashMap;
+use std::ffi::CStr;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+
+use serde::Serialize;
+
+use crate::abi::*;
+use crate::device::DeviceKind;
+use crate::params::{ParamInfo, ParamKind};
+
+/// Why a device could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// No file was found in any searched directory.
+    #[error(
+        "device type '{type_name}': library {file} not found; searched {tried}. Build the devices (cargo build --workspace), set library= in the specfile, or add its directory to VMI_DEVICE_PATH"
+    )]
+    NotFound {
+        /// Device type.
+        type_name: String,
+        /// The file name looked for.
+        file: String,
+        /// Everywhere it was looked for.
+        tried: String,
+    },
+    /// The dynamic loader refused the file.
+    #[error("cannot open device library {path}: {reason}. Check that it is a shared object built for this machine")]
+    CannotOpen {
+        /// The file.
+        path: PathBuf,
+        /// The loader's message.
+        reason: String,
+    },
+    /// The library does not export the descriptor symbol.
+    #[error(
+        "{path} does not export '{symbol}': it is not a vmi device of type '{type_name}'. Check type= in the specfile, or export the device with export_device!(YourDevice, {symbol})"
+    )]
+    MissingSymbol {
+        /// The file.
+        path: PathBuf,
+        /// The symbol looked for.
+        symbol: String,
+        /// The device type.
+        type_name: String,
+    },
+    /// The descriptor does not start with the vmi magic.
+    #[error("{origin}: '{symbol}' is not a vmi device descriptor (magic {found:#010x}, expected {expected:#010x})")]
+    BadMagic {
+        /// Library path or "static".
+        origin: String,
+        /// Symbol.
+        symbol: String,
+        /// Magic found.
+        found: u32,
+        /// Magic expected.
+        expected: u32,
+    },
+    /// The device was built for another ABI major.
+    #[error(
+        "{origin}: device '{type_name}' was built for device ABI {found}.x but this vmi speaks {expected}.x; rebuild the device against a matching vmi-core"
+    )]
+    AbiMismatch {
+        /// Library path or "static".
+        origin: String,
+        /// Device type.
+        type_name: String,
+        /// ABI major of the device.
+        found: u16,
+        /// ABI major of the host.
+        expected: u16,
+    },
+    /// A descriptor or vtable is shorter than the ABI requires.
+    #[error(
+        "{origin}: device '{type_name}' has a truncated {table} ({found} bytes, ABI {major}.0 needs {needed}); rebuild the device against a matching vmi-core"
+    )]
+    Truncated {
+        /// Library path or "static".
+        origin: String,
+        /// Device type.
+        type_name: String,
+        /// "descriptor" or "vtable".
+        table: &'static str,
+        /// Size found.
+        found: u32,
+        /// Size needed.
+        needed: u32,
+        /// The ABI major.
+        major: u16,
+    },
+    /// A descriptor field is invalid.
+    #[error("{origin}: device '{type_name}' has an invalid descriptor: {problem}")]
+    BadDescriptor {
+        /// Library path or "static".
+        origin: String,
+        /// Device type.
+        type_name: String,
+        /// What is wrong.
+        problem: String,
+    },
+    /// The device's `create` reported an error.
+    #[error("device '{device}' ({origin}) failed to start: {reason}")]
+    CreateFailed {
+        /// Device instance name.
+        device: String,
+        /// Library path or "static".
+        origin: String,
+        /// The device's message.
+        reason: String,
+    },
+    /// The device's `create` panicked.
+    #[error("device '{device}' ({origin}) panicked while starting: {message}; this is a bug in the device")]
+    Panicked {
+        /// Device instance name.
+        device: String,
+        /// Library path or "static".
+        origin: String,
+        /// The panic message.
+        message: String,
+    },
+}
+
+/// A loaded, validated device type.
+#[derive(Clone, Serialize)]
+pub struct DeviceType {
+    /// Type name.
+    pub name: String,
+    /// Version text.
+    pub version: String,
+    /// What it does.
+    pub description: String,
+    /// Filter or transport.
+    pub kind: DeviceKind,
+    /// ABI major.minor the device was built against.
+    pub abi: (u16, u16),
+    /// Per-IRB frame size.
+    pub frame_size: usize,
+    /// Per-IRB frame alignment.
+    pub frame_align: usize,
+    /// Declared parameters.
+    pub params: Vec<ParamInfo>,
+    /// The library it came from, or `None` when statically registered.
+    pub library: Option<PathBuf>,
+    #[serde(skip)]
+    pub(crate) descriptor: &'static VmiDeviceDescriptor,
+    #[serde(skip)]
+    pub(crate) vtable: VmiDeviceVtable,
+}
+
+impl std::fmt::Debug for DeviceType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceType")
+            .field("name", &self.name)
+            .field("version", &self.version)
+            .field("kind", &self.kind)
+            .field("library", &self.library)
+            .finish()
+    }
+}
+
+impl DeviceType {
+    /// Where the device came from, for messages.
+    pub fn origin(&self) -> String {
+        self.library.as_ref().map_or_else(|| "statically linked".to_string(), |p| p.display().to_string())
+    }
+}
+
+struct Registries {
+    statics: HashMap<String, &'static VmiDeviceDescriptor>,
+    loaded: HashMap<PathBuf, libloading::Library>,
+}
+
+fn registries() -> &'static Mutex<Registries> {
+    static R: OnceLock<Mutex<Registries>> = OnceLock::new();
+    R.get_or_init(|| Mutex::new(Registries { statics: HashMap::new(), loaded: HashMap::new() }))
+}
+
+/// Registers a device linked into this binary, so specfiles that name its type without a
+/// `library=` use it instead of a shared object (for tests and single-binary deployments).
+pub fn register_static(descriptor: &'static VmiDeviceDescriptor) {
+    // SAFETY: a descriptor's name is a NUL-terminated 'static string (checked again on use).
+    let name = unsafe { c_text(descriptor.name) };
+    registries().lock().unwrap_or_else(|e| e.into_inner()).statics.insert(name, descriptor);
+}
+
+/// The statically registered descriptor for a type, if any.
+pub fn static_descriptor(type_name: &str) -> Option<&'static VmiDeviceDescriptor> {
+    registries().lock().unwrap_or_else(|e| e.into_inner()).statics.get(type_name).copied()
+}
+
+/// The default library file for a device type.
+pub fn default_library(type_name: &str) -> String {
+    format!("libvmi_{}.so", type_name.replace('-', "_"))
+}
+
+/// Directories searched, in order: the specfile's directory, `VMI_DEVICE_PATH`, the running
+/// executable's directory and its `../lib`.
+pub fn search_dirs(spec_dir: Option<&Path>) -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    if let Some(d) = spec_dir {
+        dirs.push(if d.as_os_str().is_empty() { PathBuf::from(".") } else { d.to_path_buf() });
+    }
+    if let Some(p) = std::env::var_os("VMI_DEVICE_PATH") {
+        dirs.extend(std::env::split_paths(&p).filter(|d| !d.as_os_str().is_empty()));
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        if let Some(dir) = exe.parent() {
+            dirs.push(dir.to_path_buf());
+            // cargo puts test and example binaries one level down (target/debug/deps).
+            dirs.push(dir.join("../lib"));
+            dirs.push(dir.join(".."));
+        }
+    }
+    dirs
+}
+
+/// Finds the library file for a device.
+pub fn find_library(type_name: &str, library: Option<&str>, spec_dir: Option<&Path>) -> Result<PathBuf, LoadError> {
+    let file = library.map_or_else(|| default_library(type_name), str::to_string);
+    let as_path = Path::new(&file);
+    if as_path.is_absolute() {
+        return if as_path.is_file() {
+            Ok(as_path.to_path_buf())
+        } else {
+            Err(LoadError::NotFound { type_name: type_name.into(), file: file.clone(), tried: file })
+        };
+    }
+    let dirs = search_dirs(spec_dir);
+    for dir in &dirs {
+        let candidate = dir.join(as_path);
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    Err(LoadError::NotFound {
+        type_name: type_name.into(),
+        file,
+        tried: dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", "),
+    })
+}
+
+/// Loads the device type from a shared object.
+pub fn load_library(path: &Path, type_name: &str) -> Result<DeviceType, LoadError> {
+    let symbol = format!("{VMI_SYMBOL_PREFIX}{type_name}");
+    let canonical = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    let mut regs = registries().lock().unwrap_or_else(|e| e.into_inner());
+    if !regs.loaded.contains_key(&canonical) {
+        // SAFETY: loading a shared object runs its initialisers; device libraries are plain
+        // Rust or C libraries without load-time side effects beyond that.
+        let lib = unsafe { libloading::Library::new(&canonical) }
+            .map_err(|e| LoadError::CannotOpen { path: path.to_path_buf(), reason: e.to_string() })?;
+        regs.loaded.insert(canonical.clone(), lib);
+    }
+    let lib = &regs.loaded[&canonical];
+    // SAFETY: the symbol is read as the address of a descriptor static; its contents are
+    // validated before use. The library stays loaded for the process's life.
+    let sym = unsafe { lib.get::<*const VmiDeviceDescriptor>(symbol.as_str()) }.map_err(|_| LoadError::MissingSymbol {
+        path: path.to_path_buf(),
+        symbol: symbol.clone(),
+        type_name: type_name.into(),
+    })?;
+    // dlsym's result for a data symbol is the static's address; `*sym` reads it as a pointer.
+    let addr: *const VmiDeviceDescriptor = *sym;
+    drop(regs);
+    // SAFETY: the address comes from the loaded library and the library is never unloaded.
+    unsafe { validate(addr, Some(path.to_path_buf()), type_name, &symbol) }
+}
+
+/// Loads a statically registered device type.
+pub fn load_static(type_name: &str) -> Option<Result<DeviceType, LoadError>> {
+    let desc = static_descriptor(type_name)?;
+    let symbol = format!("{VMI_SYMBOL_PREFIX}{type_name}");
+    // SAFETY: registered descriptors are 'static.
+    Some(unsafe { validate(desc, None, type_name, &symbol) })
+}
+
+/// # Safety
+/// `p` must be NULL or a NUL-terminated string that lives for the process.
+unsafe fn c_text(p: *const std::ffi::c_char) -> String {
+    if p.is_null() {
+        String::new()
+    } else {
+        // SAFETY: per the contract.
+        unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+    }
+}
+
+const MIN_DESCRIPTOR: u32 = std::mem::size_of::<VmiDeviceDescriptor>() as u32;
+const MIN_VTABLE: u32 = std::mem::size_of::<VmiDeviceVtable>() as u32;
+
+/// Checks a descriptor and copies what the host needs out of it.
+///
+/// # Safety
+/// `desc` must be NULL or point to memory that stays mapped for the process and is at least
+/// as large as the header fields (magic, versions, size); longer reads are bounded by the
+/// descriptor's own `struct_size`.
+pub unsafe fn validate(
+    desc: *const VmiDeviceDescriptor,
+    library: Option<PathBuf>,
+    type_name: &str,
+    symbol: &str,
+) -> Result<DeviceType, LoadError> {
+    let origin = library.as_ref().map_or_else(|| "statically linked".to_string(), |p| p.display().to_string());
+    if desc.is_null() {
+        return Err(LoadError::BadDescriptor { origin, type_name: type_name.into(), problem: "NULL descriptor".into() });
+    }
+    // SAFETY: the header is always present (per the contract); read it field by field.
+    let (magic, major, minor, size) =
+        unsafe { ((*desc).magic, (*desc).abi_major, (*desc).abi_minor, (*desc).struct_size) };
+    if magic != VMI_DEVICE_MAGIC {
+        return Err(LoadError::BadMagic { origin, symbol: symbol.into(), found: magic, expected: VMI_DEVICE_MAGIC });
+    }
+    if major != VMI_ABI_MAJOR {
+        return Err(LoadError::AbiMismatch { origin, type_name: type_name.into(), found: major, expected: VMI_ABI_MAJOR });
+    }
+    if size < MIN_DESCRIPTOR {
+        return Err(LoadError::Truncated {
+            origin,
+            type_name: type_name.into(),
+            table: "descriptor",
+            found: size,
+            needed: MIN_DESCRIPTOR,
+            major,
+        });
+    }
+    // SAFETY: struct_size says the whole 1.0 descriptor is there.
+    let d = unsafe { &*desc };
+    let bad = |problem: String| LoadError::BadDescriptor { origin: origin.clone(), type_name: type_name.into(), problem };
+    // SAFETY: descriptor strings are NUL-terminated statics of the library.
+    let name = unsafe { c_text(d.name) };
+    if name != type_name {
+        return Err(bad(format!("it calls itself '{name}' but is exported as '{symbol}'")));
+    }
+    let kind = match d.kind {
+        VMI_KIND_FILTER => DeviceKind::Filter,
+        VMI_KIND_TRANSPORT => DeviceKind::Transport,
+        other => return Err(bad(format!("unknown kind {other} (1 = filter, 2 = transport)"))),
+    };
+    let align = d.frame_align as usize;
+    if d.frame_size > 0 && (!align.is_power_of_two() || align > VMI_MAX_FRAME_ALIGN) {
+        return Err(bad(format!("frame alignment {align} is not a power of two up to {VMI_MAX_FRAME_ALIGN}")));
+    }
+    if d.frame_size > 1 << 20 {
+        return Err(bad(format!("frame of {} bytes is over the 1 MiB limit", d.frame_size)));
+    }
+    if d.create.is_none() {
+        return Err(bad("no create function".into()));
+    }
+    let Some(vt) = d.vtable else {
+        return Err(bad("no vtable".into()));
+    };
+    // SAFETY: the vtable begins with its size.
+    let vt_size = unsafe { std::ptr::read(&vt.size) };
+    if vt_size < MIN_VTABLE {
+        return Err(LoadError::Truncated {
+            origin,
+            type_name: type_name.into(),
+            table: "vtable",
+            found: vt_size,
+            needed: MIN_VTABLE,
+            major,
+        });
+    }
+    if d.nparams > 0 && d.params.is_null() {
+        return Err(bad("parameter table is NULL".into()));
+    }
+    if d.nparams > 256 {
+        return Err(bad(format!("{} parameters declared; at most 256", d.nparams)));
+    }
+    let mut params = Vec::with_capacity(d.nparams);
+    for i in 0..d.nparams {
+        // SAFETY: `nparams` entries, checked non-NULL above.
+        let p = unsafe { &*d.params.add(i) };
+        // SAFETY: parameter strings are NUL-terminated statics.
+        let (pname, default, doc) = unsafe { (c_text(p.name), c_text(p.default_value), c_text(p.doc)) };
+        let kind = ParamKind::from_code(p.kind);
+        if pname.is_empty() {
+            return Err(bad(format!("parameter {i} has no name")));
+        }
+        if let Err(expected) = kind.check(&default) {
+            return Err(bad(format!("default of parameter '{pname}' (\"{default}\") is not {expected}")));
+        }
+        params.push(ParamInfo { name: pname, kind, default, doc });
+    }
+    let _ = minor;
+    Ok(DeviceType {
+        name,
+        // SAFETY: as for `name`.
+        version: unsafe { c_text(d.version) },
+        // SAFETY: as for `name`.
+        description: unsafe { c_text(d.description) },
+        kind,
+        abi: (major, minor),
+        frame_size: d.frame_size as usize,
+        frame_align: align.max(1),
+        params,
+        library,
+        descriptor: d,
+        vtable: *vt,
+    })
+}

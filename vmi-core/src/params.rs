@@ -1,0 +1,311 @@
+//! Device parameters: declared by the device, set in the specfile, overridden by
+//! `VMI_<DEVICE>_<PARAM>` environment variables.
+
+use std::collections::BTreeSet;
+
+use serde::Serialize;
+
+use crate::abi::{VMI_PARAM_BOOL, VMI_PARAM_INT, VMI_PARAM_STRING, VMI_PARAM_UINT};
+use crate::spec::{DeviceSpec, Location};
+
+/// Environment variables the runtime itself reads, with their meaning.
+pub const CORE_ENV_VARS: &[(&str, &str)] = &[
+    ("VMI_SPECFILE", "path of the XML specfile that lists devices and chains"),
+    ("VMI_KEY", "this process's key when the program is not given one"),
+    ("VMI_DEVICE_PATH", "':'-separated directories searched for device libraries"),
+    ("VMI_LOG", "log filter for the vmi tools (env_logger syntax, e.g. info or vmi_tcp=debug)"),
+];
+
+/// The type of a declared parameter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ParamKind {
+    /// `true`/`false`/`yes`/`no`/`1`/`0`/`on`/`off`.
+    Bool,
+    /// Unsigned integer; `k`, `m`, `g` suffixes multiply by 1024, 1024², 1024³.
+    Uint,
+    /// Signed integer.
+    Int,
+    /// Free text.
+    String,
+}
+
+impl ParamKind {
+    /// From the ABI code; unknown codes read as text.
+    pub fn from_code(code: u32) -> ParamKind {
+        match code {
+            VMI_PARAM_BOOL => ParamKind::Bool,
+            VMI_PARAM_UINT => ParamKind::Uint,
+            VMI_PARAM_INT => ParamKind::Int,
+            VMI_PARAM_STRING => ParamKind::String,
+            _ => ParamKind::String,
+        }
+    }
+
+    fn expected(self) -> &'static str {
+        match self {
+            ParamKind::Bool => "true or false",
+            ParamKind::Uint => "a non-negative integer (k, m, g suffixes allowed)",
+            ParamKind::Int => "an integer",
+            ParamKind::String => "text",
+        }
+    }
+
+    /// Checks a value against the type; returns the canonical text.
+    pub fn check(self, value: &str) -> Result<String, String> {
+        let v = value.trim();
+        match self {
+            ParamKind::Bool => parse_bool(v).map(|b| b.to_string()).ok_or_else(|| self.expected().to_string()),
+            ParamKind::Uint => parse_uint(v).map(|n| n.to_string()).ok_or_else(|| self.expected().to_string()),
+            ParamKind::Int => v.parse::<i64>().map(|n| n.to_string()).map_err(|_| self.expected().to_string()),
+            ParamKind::String => Ok(value.to_string()),
+        }
+    }
+}
+
+/// Parses a boolean parameter value.
+pub fn parse_bool(v: &str) -> Option<bool> {
+    match v.to_ascii_lowercase().as_str() {
+        "true" | "yes" | "1" | "on" => Some(true),
+        "false" | "no" | "0" | "off" => Some(false),
+        _ => None,
+    }
+}
+
+/// Parses an unsigned parameter value with optional binary suffix (`64k`, `16m`, `1g`).
+pub fn parse_uint(v: &str) -> Option<u64> {
+    let v = v.trim();
+    let (digits, mult) = match v.char_indices().last() {
+        Some((i, 'k' | 'K')) => (&v[..i], 1u64 << 10),
+        Some((i, 'm' | 'M')) => (&v[..i], 1u64 << 20),
+        Some((i, 'g' | 'G')) => (&v[..i], 1u64 << 30),
+        _ => (v, 1),
+    };
+    digits.parse::<u64>().ok()?.checked_mul(mult)
+}
+
+/// A parameter as a device declares it.
+#[derive(Clone, Debug, Serialize)]
+pub struct ParamInfo {
+    /// Name.
+    pub name: String,
+    /// Type.
+    pub kind: ParamKind,
+    /// Default value.
+    pub default: String,
+    /// What it does.
+    pub doc: String,
+}
+
+/// Where an effective parameter value came from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ParamSource {
+    /// The device's default.
+    Default,
+    /// The specfile, at this place.
+    Specfile(Location),
+    /// This environment variable.
+    Environment(String),
+}
+
+impl std::fmt::Display for ParamSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ParamSource::Default => f.write_str("default"),
+            ParamSource::Specfile(at) => write!(f, "specfile {at}"),
+            ParamSource::Environment(var) => write!(f, "environment {var}"),
+        }
+    }
+}
+
+/// A parameter's effective value.
+#[derive(Clone, Debug, Serialize)]
+pub struct ResolvedParam {
+    /// Name.
+    pub name: String,
+    /// Effective value (canonical text).
+    pub value: String,
+    /// Where the value came from.
+    pub source: ParamSource,
+}
+
+/// Why a parameter was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ParamError {
+    /// The specfile sets a parameter the device does not declare.
+    #[error("{at}: device '{device}' ({type_name}) has no parameter '{name}'{hint}; its parameters: {known}")]
+    Unknown {
+        /// Where.
+        at: Location,
+        /// Device instance.
+        device: String,
+        /// Device type.
+        type_name: String,
+        /// The name written.
+        name: String,
+        /// ", did you mean 'x'?" or empty.
+        hint: String,
+        /// The declared names.
+        known: String,
+    },
+    /// A value does not fit the declared type.
+    #[error("{origin}: parameter '{name}' of device '{device}' = \"{value}\" is invalid: expected {expected}")]
+    BadValue {
+        /// "file:line:col" or the environment variable.
+        origin: String,
+        /// Device instance.
+        device: String,
+        /// Parameter.
+        name: String,
+        /// The value given.
+        value: String,
+        /// What is accepted.
+        expected: String,
+    },
+}
+
+/// The environment variable that overrides `param` of device instance `device`.
+pub fn env_var_name(device: &str, param: &str) -> String {
+    format!("VMI_{}_{}", device.to_ascii_uppercase().replace('-', "_"), param.to_ascii_uppercase())
+}
+
+/// Resolves a device's parameters: default, then specfile, then environment.
+pub fn resolve(
+    device: &DeviceSpec,
+    declared: &[ParamInfo],
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Vec<ResolvedParam>, ParamError> {
+    for setting in &device.params {
+        if !declared.iter().any(|p| p.name == setting.name) {
+            let names: Vec<&str> = declared.iter().map(|p| p.name.as_str()).collect();
+            return Err(ParamError::Unknown {
+                at: setting.at.clone(),
+                device: device.name.clone(),
+                type_name: device.type_name.clone(),
+                name: setting.name.clone(),
+                hint: closest(&setting.name, names.iter().copied())
+                    .map(|c| format!(", did you mean '{c}'?"))
+                    .unwrap_or_default(),
+                known: if names.is_empty() { "(none)".into() } else { names.join(", ") },
+            });
+        }
+    }
+    let mut out = Vec::with_capacity(declared.len());
+    for p in declared {
+        let var = env_var_name(&device.name, &p.name);
+        let (raw, source, origin) = if let Some(v) = env(&var) {
+            (v, ParamSource::Environment(var.clone()), var.clone())
+        } else if let Some(s) = device.params.iter().find(|s| s.name == p.name) {
+            (s.value.clone(), ParamSource::Specfile(s.at.clone()), s.at.to_string())
+        } else {
+            (p.default.clone(), ParamSource::Default, format!("default of device type '{}'", device.type_name))
+        };
+        let value = p.kind.check(&raw).map_err(|expected| ParamError::BadValue {
+            origin,
+            device: device.name.clone(),
+            name: p.name.clone(),
+            value: raw.clone(),
+            expected,
+        })?;
+        out.push(ResolvedParam { name: p.name.clone(), value, source });
+    }
+    Ok(out)
+}
+
+/// The candidate closest to `word`, if any is close enough to be a likely typo.
+pub fn closest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    candidates
+        .into_iter()
+        .map(|c| (strsim::damerau_levenshtein(word, c), c))
+        .filter(|(d, c)| *d <= (c.len().max(word.len()) / 3).max(2))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+/// Names `VMI_*` variables in `vars` that nothing reads, each with the closest known name.
+pub fn unknown_env_vars(
+    vars: impl IntoIterator<Item = String>,
+    known: &BTreeSet<String>,
+) -> Vec<(String, Option<String>)> {
+    vars.into_iter()
+        .filter(|v| v.starts_with("VMI_") && !known.contains(v))
+        .map(|v| {
+            let hint = closest(&v, known.iter().map(String::as_str)).map(str::to_string);
+            (v, hint)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{ParamSetting, Spec};
+
+    fn declared() -> Vec<ParamInfo> {
+        vec![
+            ParamInfo { name: "port".into(), kind: ParamKind::Uint, default: "0".into(), doc: String::new() },
+            ParamInfo { name: "nodelay".into(), kind: ParamKind::Bool, default: "true".into(), doc: String::new() },
+        ]
+    }
+
+    fn device(params: &[(&str, &str)]) -> DeviceSpec {
+        let spec = Spec::parse_str(
+            "<vmi><device name=\"net-0\" type=\"tcp\"/><chain name=\"send\"><use device=\"net-0\"/></chain><chain name=\"receive\"><use device=\"net-0\"/></chain></vmi>",
+            "p.xml",
+        )
+        .unwrap();
+        let mut d = spec.devices[0].clone();
+        for (n, v) in params {
+            d.params.push(ParamSetting { name: n.to_string(), value: v.to_string(), at: d.at.clone() });
+        }
+        d
+    }
+
+    #[test]
+    fn defaults_specfile_then_environment() {
+        let d = device(&[("port", "64k")]);
+        let r = resolve(&d, &declared(), &|_| None).unwrap();
+        assert_eq!(r[0].value, "65536");
+        assert!(matches!(r[0].source, ParamSource::Specfile(_)));
+        assert_eq!(r[1].value, "true");
+        assert_eq!(r[1].source, ParamSource::Default);
+        let r = resolve(&d, &declared(), &|v| (v == "VMI_NET_0_PORT").then(|| "7".to_string())).unwrap();
+        assert_eq!(r[0].value, "7");
+        assert_eq!(r[0].source, ParamSource::Environment("VMI_NET_0_PORT".into()));
+    }
+
+    #[test]
+    fn unknown_parameter_suggests() {
+        let e = resolve(&device(&[("prot", "1")]), &declared(), &|_| None).unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("did you mean 'port'"), "{text}");
+    }
+
+    #[test]
+    fn bad_values_name_the_parameter() {
+        let e = resolve(&device(&[("nodelay", "maybe")]), &declared(), &|_| None).unwrap_err();
+        assert!(e.to_string().contains("parameter 'nodelay'"), "{e}");
+        let e = resolve(&device(&[]), &declared(), &|v| (v == "VMI_NET_0_PORT").then(|| "-3".into())).unwrap_err();
+        assert!(e.to_string().starts_with("VMI_NET_0_PORT:"), "{e}");
+    }
+
+    #[test]
+    fn uint_suffixes_and_overflow() {
+        assert_eq!(parse_uint("16m"), Some(16 << 20));
+        assert_eq!(parse_uint("1G"), Some(1 << 30));
+        assert_eq!(parse_uint("99999999999999999999"), None);
+        assert_eq!(parse_uint("20000000000g"), None);
+        assert_eq!(parse_uint("k"), None);
+    }
+
+    #[test]
+    fn unknown_env_vars_get_a_hint() {
+        let known: BTreeSet<String> = ["VMI_SPECFILE".to_string(), "VMI_KEY".to_string()].into();
+        let out = unknown_env_vars(
+            ["VMI_SPECFIEL".to_string(), "VMI_KEY".to_string(), "PATH".to_string()],
+            &known,
+        );
+        assert_eq!(out, vec![("VMI_SPECFIEL".to_string(), Some("VMI_SPECFILE".to_string()))]);
+    }
+}

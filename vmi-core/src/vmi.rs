@@ -1,0 +1,831 @@
+//! The application API (VMI 2.1: `VMI_Init`, `VMI_Poll`, `VMI_Connection_*`, `VMI_Stream_*`).
+//!
+//! Progress is explicit: nothing happens unless the application calls [`Vmi::poll`] or
+//! [`Vmi::wait`], and every callback of the [`Handler`] runs from inside those calls, never
+//! from inside a device. Operations started from a callback through [`Ctx`] are queued and
+//! run right after the callback returns.
+#![allow(unsafe_code)]
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use crate::abi::{VMI_FLAG_END, VMI_IRB_MAX_SEGS, VMI_OP_ACCEPT, VMI_OP_CONNECT, VMI_OP_CONNECT_REQUEST, VMI_OP_DISCONNECT, VMI_OP_PEER_DISCONNECT, VMI_OP_RECV, VMI_OP_REJECT, VMI_OP_SEND};
+use crate::assembly::{self, AssemblyError};
+use crate::buffer::Buffer;
+use crate::conn::{ConnId, ConnState};
+use crate::device::Capabilities;
+use crate::engine::Engine;
+use crate::irb::{IrbSlot, Purpose};
+use crate::params::ResolvedParam;
+use crate::slab::Slab;
+use crate::spec::Spec;
+use crate::status::Status;
+
+/// Largest connect or reply data, whatever the transports allow.
+pub const MAX_CONNECT_DATA: usize = 64 * 1024;
+
+/// Why an API call was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum VmiError {
+    /// The specfile, a device or a parameter is wrong.
+    #[error(transparent)]
+    Assembly(#[from] AssemblyError),
+    /// The connection handle is closed or was never valid.
+    #[error("{0} is not a live connection (it was closed, or never existed); open one with connect")]
+    UnknownConnection(ConnId),
+    /// The connection exists but cannot carry streams yet (or any more).
+    #[error("{conn} is {state}; streams can only be sent on an open connection")]
+    NotOpen {
+        /// The connection.
+        conn: ConnId,
+        /// Its state, in words.
+        state: &'static str,
+    },
+    /// No transport in the chain can reach the peer.
+    #[error("no transport can reach key '{key}' at '{host}': {reasons}")]
+    Unreachable {
+        /// Host asked for.
+        host: String,
+        /// Key asked for.
+        key: String,
+        /// Each transport's reason.
+        reasons: String,
+    },
+    /// Connect or reply data over the limit.
+    #[error("connect data of {len} bytes is over the limit of {max}; send larger data as a stream after connecting")]
+    ConnectDataTooLarge {
+        /// Given.
+        len: usize,
+        /// Limit.
+        max: usize,
+    },
+    /// Too many buffers in one fragment.
+    #[error("{given} buffers in one fragment; at most {max} (join small pieces, or send several fragments)")]
+    TooManyBuffers {
+        /// Given.
+        given: usize,
+        /// Limit.
+        max: usize,
+    },
+    /// A fragment over the chain's maximum.
+    #[error("fragment of {len} bytes is over the chain's maximum of {max}; split the message into more fragments")]
+    FragmentTooLarge {
+        /// Given.
+        len: u64,
+        /// Limit.
+        max: u64,
+    },
+    /// Another stream is open on the connection.
+    #[error("a stream is already open on {0}; end it before beginning another")]
+    StreamBusy(ConnId),
+    /// The stream handle belongs to another connection state.
+    #[error("the stream on {0} was already ended or its connection closed")]
+    StreamClosed(ConnId),
+}
+
+/// Received-fragment command (VMI 2.1: the stream notification's `VMI_STREAM_*` code).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Recv {
+    /// A fragment; more follow.
+    Fragment,
+    /// The last fragment of the stream.
+    End,
+}
+
+/// The accept handler's answer (VMI 2.1: `VMI_CONNECT_RESPONSE_ACCEPT` / `_REJECT`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Accept, optionally with reply data for the connector.
+    Accept(Vec<u8>),
+    /// Reject, optionally with reply data saying why.
+    Reject(Vec<u8>),
+}
+
+/// An incoming connection as the accept handler sees it.
+pub struct ConnectRequest<'a> {
+    /// The connection's handle (valid from now on if accepted).
+    pub conn: ConnId,
+    /// The peer's key.
+    pub peer_key: &'a str,
+    /// The peer's address as the transport saw it.
+    pub peer_host: &'a str,
+    /// The connect data.
+    pub data: Slab<'a>,
+}
+
+/// How a connect ended (VMI 2.1: the `VMI_Connection_Issue` completion routine).
+pub enum ConnectOutcome<'a> {
+    /// Accepted; the peer's reply data.
+    Accepted(Slab<'a>),
+    /// Rejected by the peer's accept handler; its reply data.
+    Rejected(Slab<'a>),
+    /// Could not be established.
+    Failed {
+        /// Why.
+        status: Status,
+        /// Details from the transport.
+        detail: &'a str,
+    },
+}
+
+/// Why a connection ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Disconnect {
+    /// This process called `disconnect`.
+    Local,
+    /// The peer closed it in order.
+    Peer,
+    /// It failed.
+    Error {
+        /// Why.
+        status: Status,
+        /// Details from the transport.
+        detail: String,
+    },
+}
+
+/// A finished send (VMI 2.1: the send completion routine). The buffers come back here.
+pub struct SendCompletion<'a> {
+    /// How it went.
+    pub status: Status,
+    /// The token given with the send.
+    pub token: u64,
+    /// Details on failure.
+    pub detail: &'a str,
+    bufs: &'a mut Vec<Buffer>,
+}
+
+impl SendCompletion<'_> {
+    /// Takes the send's buffers back for reuse.
+    pub fn take_buffers(&mut self) -> std::vec::Drain<'_, Buffer> {
+        self.bufs.drain(..)
+    }
+}
+
+/// The application's callbacks. Every method has a default; implement what you need.
+pub trait Handler {
+    /// A peer asks to connect (VMI 2.1: `VMI_Connection_Accept_Fn`). The default accepts.
+    fn accept(&mut self, _ctx: &mut Ctx<'_>, _request: &mut ConnectRequest<'_>) -> Decision {
+        Decision::Accept(Vec::new())
+    }
+
+    /// A connect this process issued finished (VMI 2.1: `VMI_Connection_Issue` completion).
+    fn connected(&mut self, _ctx: &mut Ctx<'_>, _conn: ConnId, _outcome: ConnectOutcome<'_>, _token: u64) {}
+
+    /// A fragment arrived (VMI 2.1: `VMI_Stream_Notification_Fn`). The slab is released
+    /// when this returns unless the handler keeps it with [`Slab::grab`].
+    fn receive(&mut self, _ctx: &mut Ctx<'_>, _conn: ConnId, _cmd: Recv, _slab: &mut Slab<'_>) {}
+
+    /// A received fragment failed a check (for instance CRC) and was dropped.
+    fn receive_failed(&mut self, _ctx: &mut Ctx<'_>, conn: ConnId, status: Status, detail: &str) {
+        log::warn!("{conn}: a received fragment was dropped: {status}: {detail}");
+    }
+
+    /// A send finished (VMI 2.1: the stream send completion routine).
+    fn send_complete(&mut self, _ctx: &mut Ctx<'_>, _conn: ConnId, _completion: &mut SendCompletion<'_>) {}
+
+    /// A connection ended (VMI 2.1: `VMI_Connection_Disconnect_Fn`).
+    fn disconnected(&mut self, _ctx: &mut Ctx<'_>, _conn: ConnId, _reason: Disconnect) {}
+}
+
+/// An open stream on a connection (VMI 2.1: a stream begun with `VMI_Stream_Begin`-style
+/// fragment sends).
+#[derive(Debug)]
+#[must_use = "a stream must be ended with stream_end"]
+pub struct Stream {
+    conn: ConnId,
+}
+
+impl Stream {
+    /// The connection.
+    pub fn conn(&self) -> ConnId {
+        self.conn
+    }
+}
+
+/// What a running device looks like from the application.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct DeviceInfo {
+    /// Instance name.
+    pub name: String,
+    /// Type name.
+    pub type_name: String,
+    /// Version.
+    pub version: String,
+    /// Kind.
+    pub kind: crate::device::DeviceKind,
+    /// Library or "statically linked".
+    pub origin: String,
+    /// Capabilities it reported.
+    pub capabilities: Capabilities,
+    /// Effective parameters.
+    pub params: Vec<ResolvedParam>,
+}
+
+/// Things callbacks may do; they run after the callback returns (no re-entrancy into devices).
+pub struct Ctx<'a> {
+    engine: &'a mut Engine,
+    deferred: &'a mut VecDeque<*mut IrbSlot>,
+}
+
+/// A vmi process: its chains, devices and connections (VMI 2.1: the state `VMI_Init` creates).
+/// Not `Send`: one thread drives it; other threads reach it only through device completers
+/// and grabbed slabs.
+pub struct Vmi {
+    engine: Engine,
+    deferred: VecDeque<*mut IrbSlot>,
+    key: String,
+    spec: Spec,
+}
+
+impl Vmi {
+    /// Starts from the specfile named by `VMI_SPECFILE` (VMI 2.1: `VMI_Init`). The key is
+    /// `key`, or `VMI_KEY` when `None`.
+    pub fn init(key: Option<&str>) -> Result<Vmi, VmiError> {
+        let spec = Spec::from_env().map_err(AssemblyError::from)?;
+        let key = match key {
+            Some(k) => k.to_string(),
+            None => std::env::var("VMI_KEY").unwrap_or_default(),
+        };
+        Vmi::with_spec(spec, &key)
+    }
+
+    /// Starts from a parsed spec with this key.
+    pub fn with_spec(spec: Spec, key: &str) -> Result<Vmi, VmiError> {
+        Vmi::with_spec_env(spec, key, &|v| std::env::var(v).ok())
+    }
+
+    /// As [`Vmi::with_spec`], with parameter overrides read through `env`.
+    pub fn with_spec_env(spec: Spec, key: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Vmi, VmiError> {
+        assembly::check_key(key)?;
+        let plan = assembly::plan(&spec, env)?;
+        let types: Vec<(String, crate::loader::DeviceType)> =
+            plan.devices.iter().map(|p| (p.name.clone(), p.ty.clone())).collect();
+        let known = assembly::known_env_vars(&spec, &types);
+        for (var, hint) in crate::params::unknown_env_vars(std::env::vars().map(|(k, _)| k), &known) {
+            match hint {
+                Some(h) => log::warn!("environment variable {var} is not used by vmi; did you mean {h}?"),
+                None => log::warn!("environment variable {var} is not used by vmi (see vmi-info --env)"),
+            }
+        }
+        let engine = Engine::start(plan.devices, plan.send, plan.recv, key.to_string(), plan.signature.encode())
+            .map_err(AssemblyError::from)?;
+        log::debug!("vmi started with key '{key}', filter signature {}", plan.signature.encode());
+        Ok(Vmi { engine, deferred: VecDeque::with_capacity(64), key: key.to_string(), spec })
+    }
+
+    /// This process's key.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The spec it runs.
+    pub fn spec(&self) -> &Spec {
+        &self.spec
+    }
+
+    /// The chain's capabilities as the application sees them.
+    pub fn capabilities(&self) -> Capabilities {
+        self.engine.top_caps()
+    }
+
+    /// The running devices.
+    pub fn devices(&self) -> Vec<DeviceInfo> {
+        self.engine
+            .devices
+            .iter()
+            .map(|d| DeviceInfo {
+                name: d.name.clone(),
+                type_name: d.ty.name.clone(),
+                version: d.ty.version.clone(),
+                kind: d.ty.kind,
+                origin: d.ty.origin(),
+                capabilities: d.caps,
+                params: d.params.clone(),
+            })
+            .collect()
+    }
+
+    /// Number of live connections.
+    pub fn connection_count(&self) -> usize {
+        self.engine.shared.conns.borrow().live()
+    }
+
+    /// IRBs currently allocated (in flight, pending in devices, or held by the application).
+    pub fn irbs_in_use(&self) -> usize {
+        self.engine.shared.pool.borrow().live
+    }
+
+    /// Runs the devices and delivers callbacks without blocking (VMI 2.1: `VMI_Poll`).
+    /// Returns the number of events handled.
+    pub fn poll(&mut self, handler: &mut dyn Handler) -> usize {
+        let mut n = self.engine.poll_devices();
+        n += self.dispatch(handler);
+        n
+    }
+
+    /// Like `poll`, but sleeps on the devices' descriptors until something happens or
+    /// `timeout` passes; an idle process uses no CPU. Returns the number of events handled
+    /// (0 on timeout).
+    pub fn wait(&mut self, handler: &mut dyn Handler, timeout: Duration) -> usize {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let n = self.poll(handler);
+            if n > 0 {
+                return n;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return 0;
+            }
+            self.engine.sleep(deadline - now);
+        }
+    }
+
+    /// Allocates a send buffer through the chain, so transports can register or place it
+    /// (VMI 2.1: `VMI_Buffer_Allocate`).
+    pub fn buffer_alloc(&mut self, len: usize) -> Buffer {
+        self.buffer_register(vec![0; len])
+    }
+
+    /// Registers application memory with the transports (VMI 2.1: `VMI_Buffer_Register`).
+    pub fn buffer_register(&mut self, data: Vec<u8>) -> Buffer {
+        let mut b = Buffer::from_vec(data);
+        b.regs = self.engine.register(b.as_ptr() as *mut u8, b.len());
+        b
+    }
+
+    /// Undoes the registration and returns the memory (VMI 2.1: `VMI_Buffer_Deregister`).
+    pub fn buffer_free(&mut self, mut buffer: Buffer) -> Vec<u8> {
+        self.engine.deregister(std::mem::take(&mut buffer.regs));
+        buffer.into_vec()
+    }
+
+    /// Opens a connection to `key` at `host` with connect data (VMI 2.1:
+    /// `VMI_Connection_Create` + `VMI_Connection_Bind` + `VMI_Connection_Issue`). The result
+    /// arrives in [`Handler::connected`] with `token`. `host` may be `host:port` to skip the
+    /// key-derived port search.
+    pub fn connect(&mut self, host: &str, key: &str, data: &[u8], token: u64) -> Result<ConnId, VmiError> {
+        let transport = self.engine.choose_transport(host, key).map_err(|refusals| VmiError::Unreachable {
+            host: host.into(),
+            key: key.into(),
+            reasons: refusals.iter().map(|(n, r)| format!("{n}: {r}")).collect::<Vec<_>>().join("; "),
+        })?;
+        let (conn, s) = prepare_connect(&mut self.engine, host, key, data, token, Some(transport))?;
+        self.engine.submit(s);
+        Ok(conn)
+    }
+
+    /// Closes a connection in order (VMI 2.1: `VMI_Connection_Disconnect`); sends already
+    /// issued are finished first. [`Handler::disconnected`] reports [`Disconnect::Local`].
+    pub fn disconnect(&mut self, conn: ConnId) -> Result<(), VmiError> {
+        let s = prepare_disconnect(&mut self.engine, conn)?;
+        self.engine.submit(s);
+        Ok(())
+    }
+
+    /// Sends a one-fragment stream gathered from `buffers` (VMI 2.1: `VMI_Stream_Send`).
+    pub fn send(&mut self, conn: ConnId, buffers: impl IntoIterator<Item = Buffer>, token: u64) -> Result<(), VmiError> {
+        let s = prepare_send(&mut self.engine, conn, buffers, token, SendKind::Whole)?;
+        self.engine.submit(s);
+        Ok(())
+    }
+
+    /// Sends a small one-fragment stream by copying it; no buffer needed
+    /// (VMI 2.1: `VMI_Stream_Send_Inline`). Its completion carries `token` 0 and no buffers.
+    pub fn send_inline(&mut self, conn: ConnId, data: &[u8]) -> Result<(), VmiError> {
+        let b = self.engine.inline.take(data);
+        let s = prepare_send(&mut self.engine, conn, Some(b), 0, SendKind::Whole)?;
+        self.engine.submit(s);
+        Ok(())
+    }
+
+    /// Begins a stream of fragments.
+    pub fn stream_begin(&mut self, conn: ConnId) -> Result<Stream, VmiError> {
+        stream_begin(&mut self.engine, conn)
+    }
+
+    /// Sends one fragment of an open stream.
+    pub fn stream_send(&mut self, stream: &Stream, buffers: impl IntoIterator<Item = Buffer>, token: u64) -> Result<(), VmiError> {
+        let s = prepare_send(&mut self.engine, stream.conn, buffers, token, SendKind::Fragment)?;
+        self.engine.submit(s);
+        Ok(())
+    }
+
+    /// Sends the last fragment (possibly empty) and ends the stream.
+    pub fn stream_end(&mut self, stream: Stream, buffers: impl IntoIterator<Item = Buffer>, token: u64) -> Result<(), VmiError> {
+        let s = prepare_send(&mut self.engine, stream.conn, buffers, token, SendKind::End)?;
+        self.engine.submit(s);
+        Ok(())
+    }
+
+    fn run_deferred(&mut self) {
+        while let Some(s) = self.deferred.pop_front() {
+            // SAFETY: deferred slots are prepared, owned by the engine, not yet submitted.
+            let (purpose, transport) = unsafe { ((*s).purpose, (*s).transport) };
+            if purpose == Purpose::Connect && transport == u8::MAX {
+                // SAFETY: as above.
+                let (host, key) = unsafe { ((*s).peer_host.clone(), (*s).peer_key.clone()) };
+                match self.engine.choose_transport(&host, &key) {
+                    Ok(t) => {
+                        // SAFETY: as above.
+                        unsafe { (*s).transport = t as u8 };
+                        // SAFETY: as above.
+                        let conn = ConnId(unsafe { (*s).abi.conn });
+                        if let Some(e) = self.engine.shared.conns.borrow_mut().get_mut(conn) {
+                            e.transport = t;
+                        }
+                    }
+                    Err(refusals) => {
+                        // SAFETY: as above.
+                        unsafe {
+                            (*s).abi.status = Status::Unreachable.code();
+                            (*s).detail = refusals.iter().map(|(n, r)| format!("{n}: {r}")).collect::<Vec<_>>().join("; ");
+                            (*s).unwound = true;
+                        }
+                        self.engine.out.push_back(s);
+                        continue;
+                    }
+                }
+            }
+            self.engine.submit(s);
+        }
+    }
+
+    /// Delivers queued outcomes to the handler.
+    fn dispatch(&mut self, handler: &mut dyn Handler) -> usize {
+        let mut n = 0;
+        // Bound one poll's work so devices keep making progress under a flood of events.
+        let budget = self.engine.out.len().max(1) * 4 + 64;
+        while let Some(s) = self.engine.out.pop_front() {
+            self.deliver(handler, s);
+            self.run_deferred();
+            n += 1;
+            if n >= budget {
+                break;
+            }
+        }
+        n
+    }
+
+    fn deliver(&mut self, handler: &mut dyn Handler, s: *mut IrbSlot) {
+        // SAFETY: slots in `out` are owned by the engine; no device holds them.
+        let slot = unsafe { &mut *s };
+        let conn = ConnId(slot.abi.conn);
+        let status = Status::from_code(slot.abi.status);
+        match slot.purpose {
+            Purpose::Send => {
+                let mut ctx = Ctx { engine: &mut self.engine, deferred: &mut self.deferred };
+                let detail = std::mem::take(&mut slot.detail);
+                let mut done = SendCompletion { status, token: slot.token, detail: &detail, bufs: &mut slot.bufs };
+                handler.send_complete(&mut ctx, conn, &mut done);
+                self.engine.free_slot(s);
+            }
+            Purpose::Connect => {
+                {
+                    let mut conns = self.engine.shared.conns.borrow_mut();
+                    if status == Status::Ok {
+                        if let Some(e) = conns.get_mut(conn) {
+                            e.state = ConnState::Open;
+                        }
+                    } else {
+                        conns.release(conn);
+                    }
+                }
+                // SAFETY: segments point at host copies owned by the slot.
+                let reply = unsafe { Slab::from_segments(slot.segs()) };
+                let outcome = match status {
+                    Status::Ok => ConnectOutcome::Accepted(reply),
+                    Status::Rejected => ConnectOutcome::Rejected(reply),
+                    _ => ConnectOutcome::Failed { status, detail: &slot.detail },
+                };
+                let mut ctx = Ctx { engine: &mut self.engine, deferred: &mut self.deferred };
+                handler.connected(&mut ctx, conn, outcome, slot.token);
+                self.engine.free_slot(s);
+            }
+            Purpose::Answer => {
+                let mut conns = self.engine.shared.conns.borrow_mut();
+                if slot.abi.op == VMI_OP_ACCEPT && status == Status::Ok {
+                    if let Some(e) = conns.get_mut(conn) {
+                        e.state = ConnState::Open;
+                    }
+                } else {
+                    if status != Status::Ok {
+                        log::warn!("{conn}: answering the connect request failed: {status}: {}", slot.detail);
+                    }
+                    conns.release(conn);
+                }
+                drop(conns);
+                self.engine.free_slot(s);
+            }
+            Purpose::Disconnect => {
+                self.engine.shared.conns.borrow_mut().release(conn);
+                let reason = if status == Status::Ok {
+                    Disconnect::Local
+                } else {
+                    Disconnect::Error { status, detail: std::mem::take(&mut slot.detail) }
+                };
+                let mut ctx = Ctx { engine: &mut self.engine, deferred: &mut self.deferred };
+                handler.disconnected(&mut ctx, conn, reason);
+                self.engine.free_slot(s);
+            }
+            Purpose::Received => self.deliver_received(handler, s),
+        }
+    }
+
+    fn deliver_received(&mut self, handler: &mut dyn Handler, s: *mut IrbSlot) {
+        // SAFETY: as in `deliver`.
+        let slot = unsafe { &mut *s };
+        let conn = ConnId(slot.abi.conn);
+        let status = Status::from_code(slot.abi.status);
+        let mut ctx = Ctx { engine: &mut self.engine, deferred: &mut self.deferred };
+        if slot.unwound {
+            // A device failed the IRB on its way up (for instance a CRC mismatch).
+            handler.receive_failed(&mut ctx, conn, status, &slot.detail);
+            self.engine.free_slot(s);
+            return;
+        }
+        match slot.abi.op {
+            VMI_OP_RECV => {
+                let live = ctx.engine.shared.conns.borrow().get(conn).is_some();
+                if !live {
+                    log::debug!("{conn}: dropping a fragment that arrived after the connection closed");
+                    self.engine.release(s);
+                    return;
+                }
+                let cmd = if slot.abi.flags & VMI_FLAG_END != 0 { Recv::End } else { Recv::Fragment };
+                // SAFETY: the transport keeps the segments valid until the release below or
+                // until a grabbed slab is dropped.
+                let mut slab = unsafe { Slab::from_segments(slot.segs()) }
+                    .with_owner(s as *mut u8, ctx.engine.shared.releases.clone());
+                handler.receive(&mut ctx, conn, cmd, &mut slab);
+                if !slab.was_grabbed() {
+                    drop(slab);
+                    self.engine.release(s);
+                }
+            }
+            VMI_OP_CONNECT_REQUEST => {
+                {
+                    let mut conns = ctx.engine.shared.conns.borrow_mut();
+                    if let Some(e) = conns.get_mut(conn) {
+                        e.peer_host = slot.peer_host.clone();
+                        e.peer_key = slot.peer_key.clone();
+                    }
+                }
+                let peer_key = slot.peer_key.clone();
+                let peer_host = slot.peer_host.clone();
+                // SAFETY: segments point at host copies owned by the slot.
+                let data = unsafe { Slab::from_segments(slot.segs()) };
+                let mut req = ConnectRequest { conn, peer_key: &peer_key, peer_host: &peer_host, data };
+                let decision = handler.accept(&mut ctx, &mut req);
+                drop(req);
+                let transport = slot.transport;
+                self.engine.release(s);
+                let (op, reply) = match decision {
+                    Decision::Accept(r) => (VMI_OP_ACCEPT, r),
+                    Decision::Reject(r) => (VMI_OP_REJECT, r),
+                };
+                let reply = if reply.len() > MAX_CONNECT_DATA {
+                    log::error!(
+                        "{conn}: accept handler's reply data of {} bytes is over the {MAX_CONNECT_DATA}-byte limit; sending none",
+                        reply.len()
+                    );
+                    Vec::new()
+                } else {
+                    reply
+                };
+                let a = self.engine.new_slot();
+                // SAFETY: fresh slot owned by the engine.
+                unsafe {
+                    (*a).abi.op = op;
+                    (*a).abi.conn = conn.raw();
+                    (*a).purpose = Purpose::Answer;
+                    (*a).transport = transport;
+                    if !reply.is_empty() {
+                        let p = reply.as_ptr() as *mut u8;
+                        let len = reply.len();
+                        (*a).attached.push(reply);
+                        (*a).push_seg(p, len);
+                    }
+                }
+                self.deferred.push_back(a);
+            }
+            VMI_OP_PEER_DISCONNECT => {
+                let was_live = ctx.engine.shared.conns.borrow().get(conn).is_some();
+                ctx.engine.shared.conns.borrow_mut().release(conn);
+                if was_live {
+                    let reason = if status == Status::Ok {
+                        Disconnect::Peer
+                    } else {
+                        Disconnect::Error { status, detail: slot.detail.clone() }
+                    };
+                    handler.disconnected(&mut ctx, conn, reason);
+                }
+                self.engine.release(s);
+            }
+            other => {
+                log::error!("a transport handed up an IRB with unknown op {other}; dropped");
+                self.engine.release(s);
+            }
+        }
+    }
+}
+
+impl Ctx<'_> {
+    /// Queues a connect; see [`Vmi::connect`]. Transport selection happens when it runs.
+    pub fn connect(&mut self, host: &str, key: &str, data: &[u8], token: u64) -> Result<ConnId, VmiError> {
+        let (conn, s) = prepare_connect(self.engine, host, key, data, token, None)?;
+        self.deferred.push_back(s);
+        Ok(conn)
+    }
+
+    /// Queues a disconnect; see [`Vmi::disconnect`].
+    pub fn disconnect(&mut self, conn: ConnId) -> Result<(), VmiError> {
+        let s = prepare_disconnect(self.engine, conn)?;
+        self.deferred.push_back(s);
+        Ok(())
+    }
+
+    /// Queues a gather send; see [`Vmi::send`].
+    pub fn send(&mut self, conn: ConnId, buffers: impl IntoIterator<Item = Buffer>, token: u64) -> Result<(), VmiError> {
+        let s = prepare_send(self.engine, conn, buffers, token, SendKind::Whole)?;
+        self.deferred.push_back(s);
+        Ok(())
+    }
+
+    /// Queues an inline send; see [`Vmi::send_inline`].
+    pub fn send_inline(&mut self, conn: ConnId, data: &[u8]) -> Result<(), VmiError> {
+        let b = self.engine.inline.take(data);
+        let s = prepare_send(self.engine, conn, Some(b), 0, SendKind::Whole)?;
+        self.deferred.push_back(s);
+        Ok(())
+    }
+
+    /// Begins a stream; see [`Vmi::stream_begin`].
+    pub fn stream_begin(&mut self, conn: ConnId) -> Result<Stream, VmiError> {
+        stream_begin(self.engine, conn)
+    }
+
+    /// Queues a fragment; see [`Vmi::stream_send`].
+    pub fn stream_send(&mut self, stream: &Stream, buffers: impl IntoIterator<Item = Buffer>, token: u64) -> Result<(), VmiError> {
+        let s = prepare_send(self.engine, stream.conn, buffers, token, SendKind::Fragment)?;
+        self.deferred.push_back(s);
+        Ok(())
+    }
+
+    /// Queues the last fragment; see [`Vmi::stream_end`].
+    pub fn stream_end(&mut self, stream: Stream, buffers: impl IntoIterator<Item = Buffer>, token: u64) -> Result<(), VmiError> {
+        let s = prepare_send(self.engine, stream.conn, buffers, token, SendKind::End)?;
+        self.deferred.push_back(s);
+        Ok(())
+    }
+
+    /// The peer's key for a connection.
+    pub fn peer_key(&self, conn: ConnId) -> Option<String> {
+        self.engine.shared.conns.borrow().get(conn).map(|e| e.peer_key.clone())
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum SendKind {
+    Whole,
+    Fragment,
+    End,
+}
+
+fn state_words(s: ConnState) -> &'static str {
+    match s {
+        ConnState::Connecting => "still connecting",
+        ConnState::Incoming => "waiting for the accept handler",
+        ConnState::Open => "open",
+        ConnState::Closing => "closing",
+    }
+}
+
+fn stream_begin(engine: &mut Engine, conn: ConnId) -> Result<Stream, VmiError> {
+    let mut conns = engine.shared.conns.borrow_mut();
+    let e = conns.get_mut(conn).ok_or(VmiError::UnknownConnection(conn))?;
+    if e.state != ConnState::Open {
+        return Err(VmiError::NotOpen { conn, state: state_words(e.state) });
+    }
+    if e.stream_open {
+        return Err(VmiError::StreamBusy(conn));
+    }
+    e.stream_open = true;
+    Ok(Stream { conn })
+}
+
+fn prepare_send(
+    engine: &mut Engine,
+    conn: ConnId,
+    buffers: impl IntoIterator<Item = Buffer>,
+    token: u64,
+    kind: SendKind,
+) -> Result<*mut IrbSlot, VmiError> {
+    let transport = {
+        let mut conns = engine.shared.conns.borrow_mut();
+        let e = conns.get_mut(conn).ok_or(VmiError::UnknownConnection(conn))?;
+        if e.state != ConnState::Open {
+            return Err(VmiError::NotOpen { conn, state: state_words(e.state) });
+        }
+        match kind {
+            SendKind::Whole if e.stream_open => return Err(VmiError::StreamBusy(conn)),
+            SendKind::Fragment | SendKind::End if !e.stream_open => return Err(VmiError::StreamClosed(conn)),
+            _ => {}
+        }
+        e.transport
+    };
+    let max = engine.top_caps().max_fragment;
+    let s = engine.new_slot();
+    // SAFETY: fresh slot owned by the engine.
+    let slot = unsafe { &mut *s };
+    let mut total: u64 = 0;
+    for b in buffers {
+        if slot.bufs.len() == VMI_IRB_MAX_SEGS {
+            let given = slot.bufs.len() + 1;
+            engine.free_slot(s);
+            return Err(VmiError::TooManyBuffers { given, max: VMI_IRB_MAX_SEGS });
+        }
+        total += b.len() as u64;
+        slot.bufs.push(b);
+    }
+    if max > 0 && total > max {
+        engine.free_slot(s);
+        return Err(VmiError::FragmentTooLarge { len: total, max });
+    }
+    for i in 0..slot.bufs.len() {
+        let (p, l) = (slot.bufs[i].as_ptr() as *mut u8, slot.bufs[i].len());
+        slot.push_seg(p, l);
+    }
+    slot.abi.op = VMI_OP_SEND;
+    slot.abi.conn = conn.raw();
+    slot.abi.flags = if kind == SendKind::Fragment { 0 } else { VMI_FLAG_END };
+    slot.purpose = Purpose::Send;
+    slot.transport = transport as u8;
+    slot.token = token;
+    if kind == SendKind::End {
+        if let Some(e) = engine.shared.conns.borrow_mut().get_mut(conn) {
+            e.stream_open = false;
+        }
+    }
+    Ok(s)
+}
+
+fn prepare_connect(
+    engine: &mut Engine,
+    host: &str,
+    key: &str,
+    data: &[u8],
+    token: u64,
+    transport: Option<usize>,
+) -> Result<(ConnId, *mut IrbSlot), VmiError> {
+    let caps = engine.top_caps();
+    let max = if caps.max_connect_data > 0 { (caps.max_connect_data as usize).min(MAX_CONNECT_DATA) } else { MAX_CONNECT_DATA };
+    if data.len() > max {
+        return Err(VmiError::ConnectDataTooLarge { len: data.len(), max });
+    }
+    assembly::check_key(key)?;
+    let conn = engine.shared.conns.borrow_mut().alloc(transport.unwrap_or(0), ConnState::Connecting);
+    {
+        let mut conns = engine.shared.conns.borrow_mut();
+        let e = conns.get_mut(conn).expect("just allocated");
+        e.peer_host = host.to_string();
+        e.peer_key = key.to_string();
+    }
+    let s = engine.new_slot();
+    // SAFETY: fresh slot owned by the engine.
+    let slot = unsafe { &mut *s };
+    slot.abi.op = VMI_OP_CONNECT;
+    slot.abi.conn = conn.raw();
+    slot.purpose = Purpose::Connect;
+    slot.transport = transport.map_or(u8::MAX, |t| t as u8);
+    slot.token = token;
+    slot.peer_host = host.to_string();
+    slot.peer_key = key.to_string();
+    slot.sync_peer();
+    let copy = data.to_vec();
+    let (p, l) = (copy.as_ptr() as *mut u8, copy.len());
+    slot.attached.push(copy);
+    slot.push_seg(p, l);
+    Ok((conn, s))
+}
+
+fn prepare_disconnect(engine: &mut Engine, conn: ConnId) -> Result<*mut IrbSlot, VmiError> {
+    let transport = {
+        let mut conns = engine.shared.conns.borrow_mut();
+        let e = conns.get_mut(conn).ok_or(VmiError::UnknownConnection(conn))?;
+        if e.state == ConnState::Closing {
+            return Err(VmiError::NotOpen { conn, state: state_words(e.state) });
+        }
+        e.state = ConnState::Closing;
+        e.transport
+    };
+    let s = engine.new_slot();
+    // SAFETY: fresh slot owned by the engine.
+    let slot = unsafe { &mut *s };
+    slot.abi.op = VMI_OP_DISCONNECT;
+    slot.abi.conn = conn.raw();
+    slot.purpose = Purpose::Disconnect;
+    slot.transport = transport as u8;
+    Ok(s)
+}
