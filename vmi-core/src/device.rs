@@ -186,9 +186,30 @@ impl Host {
         unsafe { (self.svc().wake)(self.ctx) }
     }
 
+    /// A handle that wakes this host's `wait` from any thread.
+    pub fn waker(&self) -> HostWaker {
+        HostWaker { host: *self }
+    }
+
     /// A handle that completes IRBs from another thread.
     pub fn completer(&self) -> Completer {
         Completer { host: *self }
+    }
+}
+
+/// Wakes a host's `wait` from any thread.
+#[derive(Clone, Copy)]
+pub struct HostWaker {
+    host: Host,
+}
+
+// SAFETY: only the thread-safe `wake` service is reachable through a HostWaker.
+unsafe impl Sync for HostWaker {}
+
+impl HostWaker {
+    /// Wakes the host.
+    pub fn wake(&self) {
+        self.host.wake();
     }
 }
 

@@ -1,0 +1,323 @@
+//! The loopback device.
+
+use std::collections::{HashMap, VecDeque};
+use std::ffi::CStr;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use vmi_core::device::{Capabilities, Config, Device, DeviceKind, Disposition, Host, HostWaker, Irb, Op};
+use vmi_core::signature::Signature;
+use vmi_core::Status;
+
+use crate::config::{LoopbackConfig, PARAMS};
+use crate::wire::Message;
+
+/// One process-local endpoint, found by key.
+struct Endpoint {
+    inbox: Mutex<VecDeque<Message>>,
+    waker: HostWaker,
+}
+
+fn registry() -> &'static Mutex<HashMap<String, Arc<Endpoint>>> {
+    static R: OnceLock<Mutex<HashMap<String, Arc<Endpoint>>>> = OnceLock::new();
+    R.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+/// Payload buffers shared by all endpoints: what one side takes to send, the receiving side
+/// gives back on release, so one-way traffic allocates nothing in the steady state.
+fn pool() -> &'static Mutex<Vec<Vec<u8>>> {
+    static P: OnceLock<Mutex<Vec<Vec<u8>>>> = OnceLock::new();
+    P.get_or_init(|| Mutex::new(Vec::new()))
+}
+
+const POOL_KEEP: usize = 4096;
+const POOL_MAX_BYTES: usize = 1 << 20;
+
+fn take_buffer(len: usize) -> Vec<u8> {
+    let mut v = pool().lock().unwrap_or_else(|e| e.into_inner()).pop().unwrap_or_default();
+    v.clear();
+    v.reserve(len);
+    v
+}
+
+fn give_buffer(v: Vec<u8>) {
+    if v.capacity() <= POOL_MAX_BYTES {
+        let mut p = pool().lock().unwrap_or_else(|e| e.into_inner());
+        if p.len() < POOL_KEEP {
+            p.push(v);
+        }
+    }
+}
+
+/// This side's view of a connection.
+struct Link {
+    peer_key: String,
+    /// The peer's handle for it (0 until the peer answered).
+    peer_conn: u64,
+    /// The connect IRB waiting for the answer.
+    connect: Option<Irb>,
+}
+
+/// Per-IRB frame: which received payload the IRB points at (index + 1, 0 for none).
+#[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+#[repr(C)]
+pub struct LoopFrame {
+    held: u32,
+}
+
+/// In-process transport.
+pub struct LoopbackDevice {
+    host: Host,
+    key: String,
+    me: Arc<Endpoint>,
+    config: LoopbackConfig,
+    links: HashMap<u64, Link>,
+    held: Vec<Option<Vec<u8>>>,
+    free_held: Vec<u32>,
+    signature: Signature,
+}
+
+impl LoopbackDevice {
+    fn endpoint(key: &str) -> Option<Arc<Endpoint>> {
+        registry().lock().unwrap_or_else(|e| e.into_inner()).get(key).cloned()
+    }
+
+    fn post(&self, key: &str, msg: Message) -> bool {
+        match Self::endpoint(key) {
+            Some(ep) => {
+                ep.inbox.lock().unwrap_or_else(|e| e.into_inner()).push_back(msg);
+                ep.waker.wake();
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn hold(&mut self, v: Vec<u8>) -> u32 {
+        match self.free_held.pop() {
+            Some(i) => {
+                self.held[i as usize] = Some(v);
+                i + 1
+            }
+            None => {
+                self.held.push(Some(v));
+                self.held.len() as u32
+            }
+        }
+    }
+
+    fn handle(&mut self, msg: Message) {
+        match msg {
+            Message::ConnectRequest { from_key, reply_to, signature, data } => {
+                let peer_sig = Signature::parse(&signature).unwrap_or_default();
+                if let Err(why) = self.signature.check_peer(&peer_sig, &from_key) {
+                    log::warn!("loopback: refusing connection from '{from_key}': {why}");
+                    self.post(
+                        &from_key,
+                        Message::ConnectReply { to: reply_to, peer_conn: 0, status: Status::Mismatch.code(), data: why.into_bytes() },
+                    );
+                    return;
+                }
+                let conn = self.host.conn_new();
+                let Some(mut irb) = self.host.alloc_irb(Op::ConnectRequest, conn) else {
+                    return;
+                };
+                self.links.insert(conn, Link { peer_key: from_key.clone(), peer_conn: reply_to, connect: None });
+                irb.set_peer("loopback", &from_key);
+                if irb.attach(&data).is_err() {
+                    log::error!("loopback: could not attach connect data");
+                }
+                irb.pass();
+            }
+            Message::ConnectReply { to, peer_conn, status, data } => {
+                let Some(link) = self.links.get_mut(&to) else {
+                    return;
+                };
+                link.peer_conn = peer_conn;
+                let Some(mut irb) = link.connect.take() else {
+                    return;
+                };
+                let status = Status::from_code(status);
+                if status == Status::Mismatch {
+                    irb.set_detail(&String::from_utf8_lossy(&data));
+                } else if irb.attach(&data).is_err() {
+                    log::error!("loopback: could not attach reply data");
+                }
+                if status != Status::Ok {
+                    self.links.remove(&to);
+                }
+                irb.complete(status);
+            }
+            Message::Data { to, flags, payload } => {
+                if !self.links.contains_key(&to) {
+                    give_buffer(payload);
+                    return;
+                }
+                let Some(mut irb) = self.host.alloc_irb(Op::Recv, to) else {
+                    give_buffer(payload);
+                    return;
+                };
+                irb.set_flags(flags);
+                let (ptr, len) = (payload.as_ptr() as *mut u8, payload.len());
+                let slot = self.hold(payload);
+                irb.frame::<LoopFrame>().held = slot;
+                // The payload stays in `held` until the completion step below releases it.
+                let _ = push(&mut irb, ptr, len);
+                irb.pass();
+            }
+            Message::Close { to } => {
+                if self.links.remove(&to).is_some() {
+                    if let Some(irb) = self.host.alloc_irb(Op::PeerDisconnect, to) {
+                        irb.pass();
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[allow(unsafe_code)]
+fn push(irb: &mut Irb, ptr: *mut u8, len: usize) -> bool {
+    // SAFETY: the payload is kept in the device's `held` table until the IRB's completion
+    // step, and a Vec's heap buffer does not move when the Vec itself is moved.
+    unsafe { irb.push_segment(ptr, len) }
+}
+
+impl Device for LoopbackDevice {
+    const NAME: &'static CStr = c"loopback";
+    const VERSION: &'static CStr = c"0.1.0";
+    const DESCRIPTION: &'static CStr = c"in-process transport between Vmi instances of one process (tests, benchmarks)";
+    const KIND: DeviceKind = DeviceKind::Transport;
+    const PARAMS: &'static [vmi_core::abi::VmiParamSpec] = PARAMS;
+    type Frame = LoopFrame;
+
+    fn create(host: Host, config: &Config) -> Result<Self, String> {
+        let config = LoopbackConfig::from_config(config)?;
+        let key = host.local_key();
+        let signature = Signature::parse(&host.signature()).unwrap_or_default();
+        let me = Arc::new(Endpoint { inbox: Mutex::new(VecDeque::with_capacity(1024)), waker: host.waker() });
+        let mut reg = registry().lock().unwrap_or_else(|e| e.into_inner());
+        if reg.contains_key(&key) {
+            return Err(format!("key '{key}' is already used by another loopback device in this process; give each Vmi its own key"));
+        }
+        reg.insert(key.clone(), me.clone());
+        Ok(LoopbackDevice {
+            host,
+            key,
+            me,
+            config,
+            links: HashMap::new(),
+            held: Vec::with_capacity(1024),
+            free_held: Vec::with_capacity(1024),
+            signature,
+        })
+    }
+
+    fn capabilities(&self, _below: Capabilities) -> Capabilities {
+        Capabilities { max_fragment: self.config.max_fragment, headroom: 0, tailroom: 0, max_connect_data: 64 * 1024 }
+    }
+
+    fn reach(&mut self, _host: &str, key: &str) -> Result<(), String> {
+        if Self::endpoint(key).is_some() {
+            Ok(())
+        } else {
+            Err(format!("no loopback endpoint with key '{key}' in this process"))
+        }
+    }
+
+    fn submit(&mut self, mut irb: Irb) -> Disposition {
+        let conn = irb.conn();
+        match irb.op() {
+            Op::Connect => {
+                let (_, key) = irb.peer();
+                let data = irb.segments().first().map(|_| irb.segment(0).to_vec()).unwrap_or_default();
+                let msg = Message::ConnectRequest {
+                    from_key: self.key.clone(),
+                    reply_to: conn,
+                    signature: self.signature.encode(),
+                    data,
+                };
+                if !self.post(&key, msg) {
+                    irb.set_detail(&format!("no loopback endpoint with key '{key}' in this process"));
+                    return Disposition::Complete(irb, Status::Unreachable);
+                }
+                self.links.insert(conn, Link { peer_key: key, peer_conn: 0, connect: Some(irb) });
+                Disposition::Pending
+            }
+            Op::Accept | Op::Reject => {
+                let Some(link) = self.links.get(&conn) else {
+                    return Disposition::Complete(irb, Status::Invalid);
+                };
+                let data: Vec<u8> = (0..irb.segments().len()).flat_map(|i| irb.segment(i).to_vec()).collect();
+                let accepted = irb.op() == Op::Accept;
+                let status = if accepted { Status::Ok } else { Status::Rejected };
+                let (peer_key, to) = (link.peer_key.clone(), link.peer_conn);
+                self.post(&peer_key, Message::ConnectReply { to, peer_conn: conn, status: status.code(), data });
+                if !accepted {
+                    self.links.remove(&conn);
+                }
+                Disposition::Complete(irb, Status::Ok)
+            }
+            Op::Send => {
+                let Some(link) = self.links.get(&conn) else {
+                    irb.set_detail("connection closed");
+                    return Disposition::Complete(irb, Status::ConnectionLost);
+                };
+                let mut payload = take_buffer(irb.data_len());
+                for i in 0..irb.segments().len() {
+                    payload.extend_from_slice(irb.segment(i));
+                }
+                let msg = Message::Data { to: link.peer_conn, flags: irb.flags(), payload };
+                if !self.post(&link.peer_key, msg) {
+                    irb.set_detail("the peer endpoint is gone");
+                    return Disposition::Complete(irb, Status::ConnectionLost);
+                }
+                Disposition::Complete(irb, Status::Ok)
+            }
+            Op::Disconnect => {
+                if let Some(link) = self.links.remove(&conn) {
+                    self.post(&link.peer_key, Message::Close { to: link.peer_conn });
+                }
+                Disposition::Complete(irb, Status::Ok)
+            }
+            _ => Disposition::Complete(irb, Status::Invalid),
+        }
+    }
+
+    fn complete(&mut self, irb: &mut Irb) {
+        let held = std::mem::take(&mut irb.frame::<LoopFrame>().held);
+        if held > 0 {
+            if let Some(v) = self.held[(held - 1) as usize].take() {
+                give_buffer(v);
+            }
+            self.free_held.push(held - 1);
+        }
+    }
+
+    fn poll(&mut self) -> usize {
+        let mut n = 0;
+        loop {
+            let msg = self.me.inbox.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
+            let Some(msg) = msg else { break };
+            self.handle(msg);
+            n += 1;
+        }
+        n
+    }
+}
+
+impl Drop for LoopbackDevice {
+    fn drop(&mut self) {
+        for (_, link) in self.links.drain() {
+            if link.peer_conn != 0 {
+                if let Some(ep) = Self::endpoint(&link.peer_key) {
+                    ep.inbox.lock().unwrap_or_else(|e| e.into_inner()).push_back(Message::Close { to: link.peer_conn });
+                    ep.waker.wake();
+                }
+            }
+            if let Some(irb) = link.connect {
+                irb.complete(Status::Cancelled);
+            }
+        }
+        registry().lock().unwrap_or_else(|e| e.into_inner()).remove(&self.key);
+    }
+}

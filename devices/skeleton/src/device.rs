@@ -1,0 +1,70 @@
+//! The skeleton filter: passes everything through and counts what it saw.
+
+use std::ffi::CStr;
+
+use vmi_core::device::{Capabilities, Config, Device, DeviceKind, Disposition, Host, Hooks, Irb};
+
+use crate::config::{PARAMS, SkeletonConfig};
+use crate::wire::{HEADROOM, TAILROOM};
+
+/// A do-nothing filter.
+pub struct SkeletonFilter {
+    config: SkeletonConfig,
+    sent: u64,
+    received: u64,
+}
+
+impl Device for SkeletonFilter {
+    const NAME: &'static CStr = c"skeleton";
+    const VERSION: &'static CStr = c"0.1.0";
+    const DESCRIPTION: &'static CStr = c"do-nothing filter: the template for new devices";
+    const KIND: DeviceKind = DeviceKind::Filter;
+    const PARAMS: &'static [vmi_core::abi::VmiParamSpec] = PARAMS;
+    // submit + receive + complete; a filter with only a submit step would export less and
+    // cost nothing on the other paths.
+    const HOOKS: Hooks = Hooks::FILTER;
+    /// No per-IRB state. A filter that allocates per fragment keeps its handle here.
+    type Frame = ();
+
+    fn create(_host: Host, config: &Config) -> Result<Self, String> {
+        Ok(SkeletonFilter { config: SkeletonConfig::from_config(config)?, sent: 0, received: 0 })
+    }
+
+    fn capabilities(&self, below: Capabilities) -> Capabilities {
+        // A filter subtracts what it adds from what the application may send.
+        Capabilities {
+            max_fragment: below.max_fragment.saturating_sub((HEADROOM + TAILROOM) as u64),
+            headroom: below.headroom + HEADROOM,
+            tailroom: below.tailroom + TAILROOM,
+            ..below
+        }
+    }
+
+    fn submit(&mut self, irb: Irb) -> Disposition {
+        self.sent += 1;
+        if self.config.log_each {
+            log::debug!("skeleton: submit {:?} on conn {:#x}, {} bytes", irb.op(), irb.conn(), irb.data_len());
+        }
+        Disposition::Pass(irb)
+    }
+
+    fn receive(&mut self, irb: Irb) -> Disposition {
+        self.received += 1;
+        if self.config.log_each {
+            log::debug!("skeleton: receive {:?} on conn {:#x}, {} bytes", irb.op(), irb.conn(), irb.data_len());
+        }
+        Disposition::Pass(irb)
+    }
+
+    fn complete(&mut self, irb: &mut Irb) {
+        if self.config.log_each {
+            log::debug!("skeleton: complete {:?} with {}", irb.op(), irb.status());
+        }
+    }
+}
+
+impl Drop for SkeletonFilter {
+    fn drop(&mut self) {
+        log::debug!("skeleton: {} IRBs down, {} up", self.sent, self.received);
+    }
+}

@@ -1,0 +1,87 @@
+//! TCP parameters (specfile `<param>` or `VMI_<DEVICE>_<PARAM>`).
+
+use std::time::Duration;
+
+use vmi_core::abi::{VMI_PARAM_BOOL, VMI_PARAM_STRING, VMI_PARAM_UINT, VmiParamSpec};
+use vmi_core::device::{Config, param};
+
+/// Declared parameters.
+pub const PARAMS: &[VmiParamSpec] = &[
+    param(c"listen", VMI_PARAM_BOOL, c"true", c"accept incoming connections"),
+    param(c"listen_addr", VMI_PARAM_STRING, c"0.0.0.0", c"address to listen on (0.0.0.0: every IPv4 interface)"),
+    param(c"port", VMI_PARAM_UINT, c"0", c"fixed listening port; 0 derives the port from the key (see port_base)"),
+    param(c"port_base", VMI_PARAM_UINT, c"10000", c"first port of the key-derived port range"),
+    param(c"port_span", VMI_PARAM_UINT, c"20000", c"size of the key-derived port range"),
+    param(c"probe_count", VMI_PARAM_UINT, c"16", c"ports tried from the key's start port (listener and connector alike)"),
+    param(c"connect_timeout_ms", VMI_PARAM_UINT, c"10000", c"give up a connect after this long"),
+    param(c"handshake_timeout_ms", VMI_PARAM_UINT, c"5000", c"drop a peer that does not finish its handshake in this time"),
+    param(c"max_fragment", VMI_PARAM_UINT, c"256m", c"largest fragment accepted from or sent to a peer"),
+    param(c"max_connect_data", VMI_PARAM_UINT, c"64k", c"largest connect or reply data accepted"),
+    param(c"nodelay", VMI_PARAM_BOOL, c"true", c"set TCP_NODELAY (no Nagle delay for small messages)"),
+];
+
+/// Typed configuration.
+#[derive(Clone, Debug)]
+pub struct TcpConfig {
+    /// Accept connections.
+    pub listen: bool,
+    /// Address to bind.
+    pub listen_addr: String,
+    /// Fixed port or 0.
+    pub port: u16,
+    /// First port of the range.
+    pub port_base: u16,
+    /// Range size.
+    pub port_span: u16,
+    /// Ports tried.
+    pub probe_count: u16,
+    /// Connect limit.
+    pub connect_timeout: Duration,
+    /// Handshake limit.
+    pub handshake_timeout: Duration,
+    /// Largest fragment.
+    pub max_fragment: u64,
+    /// Largest connect/reply data.
+    pub max_connect_data: u32,
+    /// TCP_NODELAY.
+    pub nodelay: bool,
+}
+
+fn port(c: &Config, name: &str) -> Result<u16, String> {
+    let v = c.get_u64(name).map_err(|e| e.to_string())?;
+    u16::try_from(v).map_err(|_| format!("parameter '{name}' = {v} is not a port number (0 to 65535)"))
+}
+
+impl TcpConfig {
+    /// Reads and checks the resolved parameters.
+    pub fn from_config(c: &Config) -> Result<TcpConfig, String> {
+        let e = |x: vmi_core::device::ConfigError| x.to_string();
+        let cfg = TcpConfig {
+            listen: c.get_bool("listen").map_err(e)?,
+            listen_addr: c.get("listen_addr").map_err(e)?.to_string(),
+            port: port(c, "port")?,
+            port_base: port(c, "port_base")?,
+            port_span: port(c, "port_span")?,
+            probe_count: port(c, "probe_count")?,
+            connect_timeout: c.get_millis("connect_timeout_ms").map_err(e)?,
+            handshake_timeout: c.get_millis("handshake_timeout_ms").map_err(e)?,
+            max_fragment: c.get_u64("max_fragment").map_err(e)?,
+            max_connect_data: u32::try_from(c.get_u64("max_connect_data").map_err(e)?)
+                .map_err(|_| "parameter 'max_connect_data' is over 4 GiB".to_string())?,
+            nodelay: c.get_bool("nodelay").map_err(e)?,
+        };
+        if cfg.max_fragment == 0 || cfg.max_fragment > u32::MAX as u64 {
+            return Err(format!("parameter 'max_fragment' = {} must be between 1 and {} (4 GiB - 1)", cfg.max_fragment, u32::MAX));
+        }
+        if cfg.port_span == 0 || cfg.probe_count == 0 {
+            return Err("parameters 'port_span' and 'probe_count' must be at least 1".into());
+        }
+        if cfg.port_base as u32 + cfg.port_span as u32 > 65536 {
+            return Err(format!(
+                "parameters 'port_base' ({}) + 'port_span' ({}) go past port 65535",
+                cfg.port_base, cfg.port_span
+            ));
+        }
+        Ok(cfg)
+    }
+}

@@ -1,0 +1,1007 @@
+//! The TCP device: connection state machine on top of `proto` (decisions) and `io` (bytes).
+
+use std::collections::{HashMap, VecDeque};
+use std::ffi::CStr;
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::os::fd::{AsRawFd, RawFd};
+use std::time::{Duration, Instant};
+
+use mio::{Events, Interest, Poll, Token};
+use vmi_core::device::{Capabilities, Config, Device, DeviceKind, Disposition, Host, Irb, Op};
+use vmi_core::signature::Signature;
+use vmi_core::Status;
+
+use crate::config::{PARAMS, TcpConfig};
+use crate::io::{connect, listen, write_gather};
+use crate::proto::{Decoder, Event, check_hello, probe_ports, split_host_port};
+use crate::wire::{AnswerRepr, AnswerStatus, FrameRepr, HelloRepr, WireError};
+
+const LISTENER: Token = Token(usize::MAX);
+const STAGING: usize = 64 * 1024;
+/// Bytes read from one connection per poll before others get a turn.
+const READ_BUDGET: usize = 8 << 20;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// TCP connect in progress (connector).
+    Connecting,
+    /// Hello sent, waiting for the answer (connector).
+    HelloSent,
+    /// Waiting for the peer's hello (listener).
+    AwaitHello,
+    /// Connect request handed to the application (listener).
+    AwaitDecision,
+    /// Carrying frames.
+    Open,
+    /// Flushing, then closing.
+    Closing,
+}
+
+enum Tx {
+    Bytes { data: Vec<u8>, off: usize },
+    Frame { irb: Irb, header: [u8; 8], off: usize, total: usize },
+    Close { irb: Option<Irb> },
+}
+
+/// A connect in progress: the ports still to try.
+struct Attempt {
+    irb: Option<Irb>,
+    key: String,
+    host: String,
+    addrs: Vec<SocketAddr>,
+    next: usize,
+    hello: Vec<u8>,
+    give_up: Instant,
+    refused: usize,
+    wrong_key: usize,
+    last_error: String,
+}
+
+struct Conn {
+    sock: mio::net::TcpStream,
+    vmi: u64,
+    state: State,
+    decoder: Decoder,
+    tx: VecDeque<Tx>,
+    deadline: Option<Instant>,
+    peer: String,
+    attempt: Option<Attempt>,
+}
+
+/// Recycles payload buffers by power-of-two size class.
+struct PayloadPool {
+    classes: Vec<Vec<Vec<u8>>>,
+}
+
+const POOL_MAX_CLASS: usize = 22; // 4 MiB
+const POOL_KEEP: usize = 64;
+
+impl PayloadPool {
+    fn class(len: usize) -> usize {
+        len.max(64).next_power_of_two().trailing_zeros() as usize
+    }
+
+    fn take(&mut self, len: usize) -> Vec<u8> {
+        let c = Self::class(len);
+        let mut v = if c <= POOL_MAX_CLASS { self.classes[c].pop().unwrap_or_default() } else { Vec::new() };
+        if v.capacity() < len {
+            v = Vec::with_capacity(if c <= POOL_MAX_CLASS { 1 << c } else { len });
+        }
+        v.clear();
+        v.resize(len, 0);
+        v
+    }
+
+    fn give(&mut self, v: Vec<u8>) {
+        let cap = v.capacity();
+        if cap == 0 || !cap.is_power_of_two() {
+            return;
+        }
+        let c = cap.trailing_zeros() as usize;
+        if c <= POOL_MAX_CLASS && self.classes[c].len() < POOL_KEEP {
+            self.classes[c].push(v);
+        }
+    }
+}
+
+/// Per-IRB frame: the received payload a RECV IRB points at (index + 1; 0 for none).
+#[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+#[repr(C)]
+pub struct TcpFrame {
+    held: u32,
+}
+
+/// The TCP transport.
+pub struct TcpDevice {
+    host: Host,
+    cfg: TcpConfig,
+    key: String,
+    signature: Signature,
+    signature_text: String,
+    poll: Poll,
+    events: Events,
+    ready: Vec<(Token, bool, bool)>,
+    listener: Option<mio::net::TcpListener>,
+    listen_port: u16,
+    conns: Vec<Option<Conn>>,
+    free: Vec<usize>,
+    by_vmi: HashMap<u64, usize>,
+    again: Vec<usize>,
+    timed: usize,
+    held: Vec<Option<Vec<u8>>>,
+    free_held: Vec<u32>,
+    pool: PayloadPool,
+    staging: Box<[u8]>,
+}
+
+fn would_block(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::WouldBlock
+}
+
+impl TcpDevice {
+    /// The port this device listens on (0 when not listening).
+    pub fn listen_port(&self) -> u16 {
+        self.listen_port
+    }
+
+    fn insert(&mut self, mut conn: Conn) -> io::Result<usize> {
+        let idx = self.free.pop().unwrap_or_else(|| {
+            self.conns.push(None);
+            self.conns.len() - 1
+        });
+        self.poll.registry().register(&mut conn.sock, Token(idx), Interest::READABLE | Interest::WRITABLE)?;
+        if conn.deadline.is_some() {
+            self.timed += 1;
+        }
+        if conn.vmi != 0 {
+            self.by_vmi.insert(conn.vmi, idx);
+        }
+        self.conns[idx] = Some(conn);
+        Ok(idx)
+    }
+
+    fn set_deadline(&mut self, idx: usize, deadline: Option<Instant>) {
+        if let Some(c) = self.conns[idx].as_mut() {
+            match (c.deadline.is_some(), deadline.is_some()) {
+                (false, true) => self.timed += 1,
+                (true, false) => self.timed -= 1,
+                _ => {}
+            }
+            c.deadline = deadline;
+        }
+    }
+
+    /// Removes a connection without telling anyone; returns it for the caller to settle.
+    fn take(&mut self, idx: usize) -> Option<Conn> {
+        let mut c = self.conns.get_mut(idx)?.take()?;
+        let _ = self.poll.registry().deregister(&mut c.sock);
+        if c.deadline.is_some() {
+            self.timed -= 1;
+        }
+        if c.vmi != 0 && self.by_vmi.get(&c.vmi) == Some(&idx) {
+            self.by_vmi.remove(&c.vmi);
+        }
+        self.free.push(idx);
+        Some(c)
+    }
+
+    /// Ends a connection: pending sends fail, the application hears why.
+    fn fail(&mut self, idx: usize, status: Status, detail: &str) {
+        let Some(mut c) = self.take(idx) else { return };
+        let _ = c.sock.shutdown(std::net::Shutdown::Both);
+        let mut local_close = false;
+        for tx in c.tx.drain(..) {
+            match tx {
+                Tx::Frame { mut irb, .. } => {
+                    irb.set_detail(detail);
+                    irb.complete(Status::ConnectionLost);
+                }
+                Tx::Close { irb: Some(irb) } => {
+                    local_close = true;
+                    irb.complete(Status::Ok);
+                }
+                _ => {}
+            }
+        }
+        if let Some(mut a) = c.attempt.take() {
+            if let Some(mut irb) = a.irb.take() {
+                irb.set_detail(detail);
+                irb.complete(status);
+            }
+            return;
+        }
+        let tell = c.vmi != 0 && !local_close && matches!(c.state, State::Open | State::AwaitDecision);
+        if tell {
+            if status == Status::Ok {
+                log::debug!("tcp: peer {} closed connection {:#x}", c.peer, c.vmi);
+            } else {
+                log::info!("tcp: connection {:#x} to {} ended: {detail}", c.vmi, c.peer);
+            }
+            if let Some(mut irb) = self.host.alloc_irb(Op::PeerDisconnect, c.vmi) {
+                irb.set_detail(detail);
+                // The status travels in the IRB; a PeerDisconnect is handed up, not completed.
+                set_status(&mut irb, status);
+                irb.pass();
+            }
+        }
+    }
+
+    /// Starts (or restarts) the next port of a connect attempt.
+    fn start_attempt(&mut self, mut attempt: Attempt, vmi: u64) {
+        loop {
+            let now = Instant::now();
+            if attempt.next >= attempt.addrs.len() || now >= attempt.give_up {
+                let timed_out = now >= attempt.give_up;
+                let first = attempt.addrs.first().map(|a| a.port()).unwrap_or(0);
+                let last = attempt.addrs.last().map(|a| a.port()).unwrap_or(0);
+                let detail = if timed_out {
+                    format!(
+                        "no answer from key '{}' at {} within {} ms (last: {})",
+                        attempt.key,
+                        attempt.host,
+                        self.cfg.connect_timeout.as_millis(),
+                        attempt.last_error
+                    )
+                } else {
+                    format!(
+                        "no process with key '{}' listens at {} (tried ports {first}-{last}: {} refused, {} other keys; last: {}); is vmirecv running there with that key and the same specfile?",
+                        attempt.key, attempt.host, attempt.refused, attempt.wrong_key, attempt.last_error
+                    )
+                };
+                if let Some(mut irb) = attempt.irb.take() {
+                    irb.set_detail(&detail);
+                    irb.complete(if timed_out { Status::Timeout } else { Status::Unreachable });
+                }
+                return;
+            }
+            let addr = attempt.addrs[attempt.next];
+            match connect(addr, self.cfg.nodelay) {
+                Ok(sock) => {
+                    let deadline = (now + self.cfg.handshake_timeout).min(attempt.give_up);
+                    let conn = Conn {
+                        sock,
+                        vmi,
+                        state: State::Connecting,
+                        decoder: Decoder::connector(self.cfg.max_fragment, self.cfg.max_connect_data),
+                        tx: VecDeque::new(),
+                        deadline: Some(deadline),
+                        peer: addr.to_string(),
+                        attempt: Some(attempt),
+                    };
+                    if let Err(e) = self.insert(conn) {
+                        log::error!("tcp: cannot register a socket: {e}");
+                    }
+                    return;
+                }
+                Err(e) => {
+                    attempt.last_error = format!("{addr}: {e}");
+                    attempt.next += 1;
+                }
+            }
+        }
+    }
+
+    /// The current port failed; try the next one.
+    fn next_attempt(&mut self, idx: usize, why: String, refused: bool, wrong_key: bool) {
+        let Some(mut c) = self.take(idx) else { return };
+        let Some(mut a) = c.attempt.take() else { return };
+        log::debug!("tcp: connect to {} failed: {why}", c.peer);
+        a.last_error = format!("{}: {why}", c.peer);
+        a.refused += refused as usize;
+        a.wrong_key += wrong_key as usize;
+        a.next += 1;
+        self.start_attempt(a, c.vmi);
+    }
+
+    fn on_writable(&mut self, idx: usize) {
+        let Some(c) = self.conns[idx].as_mut() else { return };
+        if c.state == State::Connecting {
+            let err = match c.sock.take_error() {
+                Ok(Some(e)) => Some(e),
+                Ok(None) => c.sock.peer_addr().err(),
+                Err(e) => Some(e),
+            };
+            match err {
+                Some(e) if e.kind() == io::ErrorKind::NotConnected => return, // not finished yet
+                Some(e) => {
+                    let refused = e.kind() == io::ErrorKind::ConnectionRefused;
+                    self.next_attempt(idx, e.to_string(), refused, false);
+                    return;
+                }
+                None => {
+                    let hello = c.attempt.as_ref().map(|a| a.hello.clone()).unwrap_or_default();
+                    c.tx.push_back(Tx::Bytes { data: hello, off: 0 });
+                    c.state = State::HelloSent;
+                }
+            }
+        }
+        self.flush(idx);
+    }
+
+    /// Writes queued bytes until the socket would block.
+    fn flush(&mut self, idx: usize) {
+        loop {
+            let Some(c) = self.conns[idx].as_mut() else { return };
+            let Some(front) = c.tx.front_mut() else { return };
+            let result = match front {
+                Tx::Bytes { data, off } => match c.sock.write(&data[*off..]) {
+                    Ok(n) => {
+                        *off += n;
+                        Ok(*off == data.len())
+                    }
+                    Err(e) => Err(e),
+                },
+                Tx::Frame { irb, header, off, total } => {
+                    let mut segs: [&[u8]; 16] = [&[]; 16];
+                    let n = irb.segments().len().min(16);
+                    for (i, s) in segs.iter_mut().enumerate().take(n) {
+                        *s = irb.segment(i);
+                    }
+                    match write_gather(&mut c.sock, header, &segs[..n], *off) {
+                        Ok(w) => {
+                            *off += w;
+                            Ok(*off == *total)
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
+                Tx::Close { .. } => {
+                    let _ = c.sock.flush();
+                    let _ = c.sock.shutdown(std::net::Shutdown::Write);
+                    if let Some(Tx::Close { irb }) = c.tx.pop_front() {
+                        let mut conn = self.take(idx);
+                        if let Some(irb) = irb {
+                            irb.complete(Status::Ok);
+                        }
+                        if let Some(conn) = conn.as_mut() {
+                            let _ = conn.sock.shutdown(std::net::Shutdown::Both);
+                        }
+                    }
+                    return;
+                }
+            };
+            match result {
+                Ok(true) => {
+                    if let Some(Tx::Frame { irb, .. }) = c.tx.pop_front() {
+                        irb.complete(Status::Ok);
+                    } else {
+                        // a finished Bytes entry
+                    }
+                }
+                Ok(false) => continue,
+                Err(e) if would_block(&e) => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    let detail = format!("write to {} failed: {e}", c.peer);
+                    if c.attempt.is_some() {
+                        self.next_attempt(idx, detail, false, false);
+                    } else {
+                        self.fail(idx, Status::ConnectionLost, &detail);
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Reads until the socket would block or the budget is spent.
+    fn on_readable(&mut self, idx: usize) {
+        let mut budget = READ_BUDGET;
+        loop {
+            let Some(c) = self.conns[idx].as_mut() else { return };
+            if budget == 0 {
+                if !self.again.contains(&idx) {
+                    self.again.push(idx);
+                }
+                return;
+            }
+            if let Some(target) = c.decoder.direct_target() {
+                match c.sock.read(target) {
+                    Ok(0) => return self.on_eof(idx),
+                    Ok(n) => {
+                        budget = budget.saturating_sub(n);
+                        if let Some(ev) = c.decoder.direct_done(n) {
+                            self.on_event(idx, ev);
+                        }
+                    }
+                    Err(e) if would_block(&e) => return,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return self.on_read_error(idx, e),
+                }
+                continue;
+            }
+            let n = match c.sock.read(&mut self.staging) {
+                Ok(0) => return self.on_eof(idx),
+                Ok(n) => n,
+                Err(e) if would_block(&e) => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return self.on_read_error(idx, e),
+            };
+            budget = budget.saturating_sub(n);
+            let mut off = 0;
+            while off < n {
+                let result = {
+                    let Some(c) = self.conns[idx].as_mut() else { return };
+                    let pool = &mut self.pool;
+                    c.decoder.feed(&self.staging[off..n], &mut |len| pool.take(len))
+                };
+                match result {
+                    Ok((used, ev)) => {
+                        off += used;
+                        if let Some(ev) = ev {
+                            self.on_event(idx, ev);
+                        }
+                        if self.conns[idx].is_none() {
+                            return;
+                        }
+                    }
+                    Err(e) => return self.on_wire_error(idx, e),
+                }
+            }
+        }
+    }
+
+    fn on_read_error(&mut self, idx: usize, e: io::Error) {
+        let Some(c) = self.conns[idx].as_ref() else { return };
+        let detail = format!("connection to {} failed: {e}", c.peer);
+        match c.state {
+            State::Connecting | State::HelloSent => {
+                let refused = e.kind() == io::ErrorKind::ConnectionRefused;
+                self.next_attempt(idx, e.to_string(), refused, false)
+            }
+            State::AwaitHello => {
+                log::warn!("tcp: dropped connection from {} during its handshake: {e}", c.peer);
+                self.take(idx);
+            }
+            _ => self.fail(idx, Status::ConnectionLost, &detail),
+        }
+    }
+
+    fn on_eof(&mut self, idx: usize) {
+        let Some(c) = self.conns[idx].as_ref() else { return };
+        match c.state {
+            State::Connecting | State::HelloSent => {
+                self.next_attempt(idx, "closed by the peer before answering".into(), false, false)
+            }
+            State::AwaitHello => {
+                log::warn!("tcp: dropped connection from {}: it closed before finishing its hello (truncated handshake)", c.peer);
+                self.take(idx);
+            }
+            State::Closing => {
+                self.take(idx);
+            }
+            _ if c.decoder.at_boundary() => self.fail(idx, Status::Ok, "the peer closed the connection"),
+            _ => {
+                let detail = format!("{} closed the connection in the middle of a fragment", c.peer);
+                self.fail(idx, Status::ConnectionLost, &detail)
+            }
+        }
+    }
+
+    fn on_wire_error(&mut self, idx: usize, e: WireError) {
+        let Some(c) = self.conns[idx].as_ref() else { return };
+        match c.state {
+            State::AwaitHello => {
+                log::warn!("tcp: dropped connection from {}: invalid handshake: {e}", c.peer);
+                self.take(idx);
+            }
+            State::Connecting | State::HelloSent => {
+                self.next_attempt(idx, format!("not a vmi peer: {e}"), false, false)
+            }
+            _ => {
+                log::warn!("tcp: protocol violation by {}: {e}; closing the connection", c.peer);
+                let detail = format!("protocol violation by {}: {e}", c.peer);
+                self.fail(idx, Status::Protocol, &detail)
+            }
+        }
+    }
+
+    fn on_event(&mut self, idx: usize, ev: Event) {
+        match ev {
+            Event::Hello { from_key, to_key, signature, data } => self.on_hello(idx, from_key, to_key, signature, data),
+            Event::Answer { status, reason, reply } => self.on_answer(idx, status, reason, reply),
+            Event::Frame { end, filter_flags, payload } => {
+                let Some(c) = self.conns[idx].as_ref() else { return };
+                if c.state != State::Open {
+                    let detail = format!("{} sent data before the connection was accepted", c.peer);
+                    log::warn!("tcp: {detail}");
+                    self.pool.give(payload);
+                    return self.fail(idx, Status::Protocol, &detail);
+                }
+                let vmi = c.vmi;
+                let Some(mut irb) = self.host.alloc_irb(Op::Recv, vmi) else {
+                    self.pool.give(payload);
+                    return;
+                };
+                let flags = (if end { vmi_core::abi::VMI_FLAG_END } else { 0 }) | ((filter_flags as u32) << 16);
+                irb.set_flags(flags);
+                let (ptr, len) = (payload.as_ptr() as *mut u8, payload.len());
+                let slot = match self.free_held.pop() {
+                    Some(i) => {
+                        self.held[i as usize] = Some(payload);
+                        i + 1
+                    }
+                    None => {
+                        self.held.push(Some(payload));
+                        self.held.len() as u32
+                    }
+                };
+                irb.frame::<TcpFrame>().held = slot;
+                push_segment(&mut irb, ptr, len);
+                irb.pass();
+            }
+        }
+    }
+
+    fn on_hello(&mut self, idx: usize, from_key: String, to_key: String, signature: String, data: Vec<u8>) {
+        let Some(c) = self.conns[idx].as_mut() else { return };
+        if c.state != State::AwaitHello {
+            let detail = format!("{} sent a second hello", c.peer);
+            return self.fail(idx, Status::Protocol, &detail);
+        }
+        if let Err((status, reason)) = check_hello(&self.key, &self.signature, &from_key, &to_key, &signature) {
+            if status == AnswerStatus::WrongKey {
+                log::debug!("tcp: {} looked for key '{to_key}' here: {reason}", c.peer);
+            } else {
+                log::warn!("tcp: refusing connection from '{from_key}' at {}: {reason}", c.peer);
+            }
+            c.tx.push_back(Tx::Bytes { data: AnswerRepr::emit(status, &reason, &[]), off: 0 });
+            c.tx.push_back(Tx::Close { irb: None });
+            c.state = State::Closing;
+            self.set_deadline(idx, Some(Instant::now() + self.cfg.handshake_timeout));
+            return self.flush(idx);
+        }
+        let vmi = self.host.conn_new();
+        c.vmi = vmi;
+        c.state = State::AwaitDecision;
+        let peer = c.peer.clone();
+        self.by_vmi.insert(vmi, idx);
+        self.set_deadline(idx, None);
+        let Some(mut irb) = self.host.alloc_irb(Op::ConnectRequest, vmi) else {
+            return self.fail(idx, Status::NoResources, "out of IRBs");
+        };
+        let host = peer.rsplit_once(':').map_or(peer.as_str(), |(h, _)| h).to_string();
+        irb.set_peer(&host, &from_key);
+        if irb.attach(&data).is_err() {
+            log::error!("tcp: could not attach connect data");
+        }
+        log::debug!("tcp: connect request from '{from_key}' at {peer}, {} bytes of connect data", data.len());
+        irb.pass();
+    }
+
+    fn on_answer(&mut self, idx: usize, status: AnswerStatus, reason: String, reply: Vec<u8>) {
+        let Some(c) = self.conns[idx].as_mut() else { return };
+        if c.state != State::HelloSent {
+            let detail = format!("{} sent an unexpected answer", c.peer);
+            return self.fail(idx, Status::Protocol, &detail);
+        }
+        match status {
+            AnswerStatus::WrongKey => self.next_attempt(idx, reason, false, true),
+            AnswerStatus::Accept => {
+                let mut a = c.attempt.take().expect("connector has an attempt");
+                c.state = State::Open;
+                log::debug!("tcp: connected to '{}' at {}", a.key, c.peer);
+                self.set_deadline(idx, None);
+                if let Some(mut irb) = a.irb.take() {
+                    if irb.attach(&reply).is_err() {
+                        log::error!("tcp: could not attach reply data");
+                    }
+                    irb.complete(Status::Ok);
+                }
+                self.flush(idx);
+            }
+            other => {
+                let mut a = c.attempt.take().expect("connector has an attempt");
+                let (st, detail) = match other {
+                    AnswerStatus::Reject => (Status::Rejected, format!("'{}' at {} rejected the connection", a.key, c.peer)),
+                    AnswerStatus::SignatureMismatch => (Status::Mismatch, format!("'{}' refused the connection: {reason}", a.key)),
+                    AnswerStatus::VersionMismatch => (Status::Mismatch, format!("'{}' speaks another wire version: {reason}", a.key)),
+                    _ => (Status::Protocol, format!("'{}' found our hello invalid: {reason}", a.key)),
+                };
+                if let Some(mut irb) = a.irb.take() {
+                    if irb.attach(&reply).is_err() {
+                        log::error!("tcp: could not attach reply data");
+                    }
+                    irb.set_detail(&detail);
+                    irb.complete(st);
+                }
+                self.take(idx);
+            }
+        }
+    }
+
+    fn check_deadlines(&mut self) {
+        if self.timed == 0 {
+            return;
+        }
+        let now = Instant::now();
+        for idx in 0..self.conns.len() {
+            let Some(c) = self.conns[idx].as_ref() else { continue };
+            match c.deadline {
+                Some(d) if d <= now => {}
+                _ => continue,
+            }
+            match c.state {
+                State::Connecting | State::HelloSent => self.next_attempt(idx, "timed out".into(), false, false),
+                State::AwaitHello => {
+                    log::warn!(
+                        "tcp: dropped connection from {}: no complete hello within {} ms (truncated or idle handshake)",
+                        c.peer,
+                        self.cfg.handshake_timeout.as_millis()
+                    );
+                    self.take(idx);
+                }
+                _ => {
+                    self.take(idx);
+                }
+            }
+        }
+    }
+
+    fn accept_all(&mut self) {
+        loop {
+            let Some(l) = self.listener.as_ref() else { return };
+            match l.accept() {
+                Ok((sock, addr)) => {
+                    let _ = sock.set_nodelay(self.cfg.nodelay);
+                    let conn = Conn {
+                        sock,
+                        vmi: 0,
+                        state: State::AwaitHello,
+                        decoder: Decoder::listener(self.cfg.max_fragment, self.cfg.max_connect_data),
+                        tx: VecDeque::new(),
+                        deadline: Some(Instant::now() + self.cfg.handshake_timeout),
+                        peer: addr.to_string(),
+                        attempt: None,
+                    };
+                    if let Err(e) = self.insert(conn) {
+                        log::error!("tcp: cannot register an accepted socket: {e}");
+                    }
+                }
+                Err(e) if would_block(&e) => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // EMFILE and friends: log and retry on the next poll.
+                    log::warn!("tcp: accept failed: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn resolve(host: &str) -> Result<IpAddr, String> {
+        if host.is_empty() || host == "localhost" {
+            return Ok(IpAddr::V4(Ipv4Addr::LOCALHOST));
+        }
+        if let Ok(ip) = host.parse::<IpAddr>() {
+            return Ok(ip);
+        }
+        let addrs: Vec<SocketAddr> =
+            (host, 0).to_socket_addrs().map_err(|e| format!("cannot resolve host '{host}': {e}"))?.collect();
+        addrs
+            .iter()
+            .find(|a| a.is_ipv4())
+            .or(addrs.first())
+            .map(|a| a.ip())
+            .ok_or_else(|| format!("host '{host}' has no address"))
+    }
+}
+
+#[allow(unsafe_code)]
+fn push_segment(irb: &mut Irb, ptr: *mut u8, len: usize) {
+    // SAFETY: the payload stays in the device's `held` table (its heap buffer does not move)
+    // until the IRB's completion step gives it back.
+    let _ = unsafe { irb.push_segment(ptr, len) };
+}
+
+#[allow(unsafe_code)]
+fn set_status(irb: &mut Irb, status: Status) {
+    // SAFETY: the device holds the IRB; writing its status field is allowed by the ABI.
+    unsafe { (*irb.as_ptr()).status = status.code() };
+}
+
+impl Device for TcpDevice {
+    const NAME: &'static CStr = c"tcp";
+    const VERSION: &'static CStr = c"0.1.0";
+    const DESCRIPTION: &'static CStr = c"TCP transport: non-blocking sockets, writev framing, peers found by host and key";
+    const KIND: DeviceKind = DeviceKind::Transport;
+    const PARAMS: &'static [vmi_core::abi::VmiParamSpec] = PARAMS;
+    type Frame = TcpFrame;
+
+    fn create(host: Host, config: &Config) -> Result<Self, String> {
+        let cfg = TcpConfig::from_config(config)?;
+        let key = host.local_key();
+        let signature_text = host.signature();
+        let signature = Signature::parse(&signature_text).unwrap_or_default();
+        let poll = Poll::new().map_err(|e| format!("cannot create an epoll instance: {e}"))?;
+        let mut dev = TcpDevice {
+            host,
+            cfg,
+            key,
+            signature,
+            signature_text,
+            poll,
+            events: Events::with_capacity(256),
+            ready: Vec::with_capacity(256),
+            listener: None,
+            listen_port: 0,
+            conns: Vec::new(),
+            free: Vec::new(),
+            by_vmi: HashMap::new(),
+            again: Vec::new(),
+            timed: 0,
+            held: Vec::new(),
+            free_held: Vec::new(),
+            pool: PayloadPool { classes: (0..=POOL_MAX_CLASS).map(|_| Vec::new()).collect() },
+            staging: vec![0; STAGING].into_boxed_slice(),
+        };
+        if dev.cfg.listen {
+            let ip: IpAddr = dev
+                .cfg
+                .listen_addr
+                .parse()
+                .map_err(|_| format!("parameter 'listen_addr' = \"{}\" is not an IP address", dev.cfg.listen_addr))?;
+            let ports = if dev.cfg.port != 0 {
+                vec![dev.cfg.port]
+            } else {
+                probe_ports(&dev.key, dev.cfg.port_base, dev.cfg.port_span, dev.cfg.probe_count)
+            };
+            let mut last = String::new();
+            for &p in &ports {
+                match listen(SocketAddr::new(ip, p)) {
+                    Ok(mut l) => {
+                        dev.poll
+                            .registry()
+                            .register(&mut l, LISTENER, Interest::READABLE)
+                            .map_err(|e| format!("cannot register the listener: {e}"))?;
+                        dev.listener = Some(l);
+                        dev.listen_port = p;
+                        break;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::AddrInUse => last = format!("port {p} in use"),
+                    Err(e) => return Err(format!("cannot listen on {ip}:{p}: {e}")),
+                }
+            }
+            if dev.listener.is_none() {
+                return Err(format!(
+                    "cannot listen for key '{}': all {} ports tried are taken ({last}); another process may use this key — pick another key, or set the 'port' parameter",
+                    dev.key,
+                    ports.len()
+                ));
+            }
+            log::info!("tcp: key '{}' listening on {ip}:{}", dev.key, dev.listen_port);
+        }
+        log::debug!("tcp: filter signature {}", dev.signature_text);
+        Ok(dev)
+    }
+
+    fn capabilities(&self, _below: Capabilities) -> Capabilities {
+        Capabilities {
+            max_fragment: self.cfg.max_fragment,
+            headroom: crate::wire::FRAME_LEN as u32,
+            tailroom: 0,
+            max_connect_data: self.cfg.max_connect_data,
+        }
+    }
+
+    fn reach(&mut self, host: &str, _key: &str) -> Result<(), String> {
+        let (h, _) = split_host_port(host)?;
+        if h.is_empty() && !host.is_empty() {
+            return Err(format!("'{host}' names no host"));
+        }
+        Ok(())
+    }
+
+    fn submit(&mut self, mut irb: Irb) -> Disposition {
+        let conn = irb.conn();
+        match irb.op() {
+            Op::Send => {
+                let Some(&idx) = self.by_vmi.get(&conn) else {
+                    irb.set_detail("the connection is closed");
+                    return Disposition::Complete(irb, Status::ConnectionLost);
+                };
+                let total_data = irb.data_len();
+                if total_data as u64 > self.cfg.max_fragment {
+                    irb.set_detail(&format!("fragment of {total_data} bytes is over max_fragment {}", self.cfg.max_fragment));
+                    return Disposition::Complete(irb, Status::TooLarge);
+                }
+                let header = FrameRepr { end: irb.is_end(), filter_flags: (irb.flags() >> 16) as u16, len: total_data as u32 }.emit();
+                let total = header.len() + total_data;
+                let c = self.conns[idx].as_mut().expect("by_vmi points at live conns");
+                if c.state != State::Open {
+                    irb.set_detail("the connection is not open");
+                    return Disposition::Complete(irb, Status::ConnectionLost);
+                }
+                let mut off = 0;
+                if c.tx.is_empty() {
+                    let mut segs: [&[u8]; 16] = [&[]; 16];
+                    let n = irb.segments().len().min(16);
+                    for (i, s) in segs.iter_mut().enumerate().take(n) {
+                        *s = irb.segment(i);
+                    }
+                    loop {
+                        match write_gather(&mut c.sock, &header, &segs[..n], off) {
+                            Ok(w) => {
+                                off += w;
+                                if off == total {
+                                    return Disposition::Complete(irb, Status::Ok);
+                                }
+                                if w == 0 {
+                                    break;
+                                }
+                            }
+                            Err(e) if would_block(&e) => break,
+                            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                            Err(e) => {
+                                let detail = format!("write to {} failed: {e}", c.peer);
+                                c.tx.push_back(Tx::Frame { irb, header, off, total });
+                                self.fail(idx, Status::ConnectionLost, &detail);
+                                return Disposition::Pending;
+                            }
+                        }
+                    }
+                }
+                c.tx.push_back(Tx::Frame { irb, header, off, total });
+                Disposition::Pending
+            }
+            Op::Connect => {
+                let (host, key) = irb.peer();
+                let (h, port) = match split_host_port(&host) {
+                    Ok(x) => x,
+                    Err(e) => {
+                        irb.set_detail(&e);
+                        return Disposition::Complete(irb, Status::Invalid);
+                    }
+                };
+                let ip = match Self::resolve(&h) {
+                    Ok(ip) => ip,
+                    Err(e) => {
+                        irb.set_detail(&e);
+                        return Disposition::Complete(irb, Status::Unreachable);
+                    }
+                };
+                let ports = match port {
+                    Some(p) => vec![p],
+                    None => probe_ports(&key, self.cfg.port_base, self.cfg.port_span, self.cfg.probe_count),
+                };
+                let data: Vec<u8> = (0..irb.segments().len()).flat_map(|i| irb.segment(i).to_vec()).collect();
+                let attempt = Attempt {
+                    hello: HelloRepr::emit(&self.key, &key, &self.signature_text, &data),
+                    irb: Some(irb),
+                    key,
+                    host,
+                    addrs: ports.into_iter().map(|p| SocketAddr::new(ip, p)).collect(),
+                    next: 0,
+                    give_up: Instant::now() + self.cfg.connect_timeout,
+                    refused: 0,
+                    wrong_key: 0,
+                    last_error: "no port tried".into(),
+                };
+                self.start_attempt(attempt, conn);
+                Disposition::Pending
+            }
+            Op::Accept | Op::Reject => {
+                let Some(&idx) = self.by_vmi.get(&conn) else {
+                    irb.set_detail("the connecting peer went away");
+                    return Disposition::Complete(irb, Status::ConnectionLost);
+                };
+                let reply: Vec<u8> = (0..irb.segments().len()).flat_map(|i| irb.segment(i).to_vec()).collect();
+                let accept = irb.op() == Op::Accept;
+                let c = self.conns[idx].as_mut().expect("live");
+                let status = if accept { AnswerStatus::Accept } else { AnswerStatus::Reject };
+                c.tx.push_back(Tx::Bytes { data: AnswerRepr::emit(status, "", &reply), off: 0 });
+                if accept {
+                    c.state = State::Open;
+                } else {
+                    c.state = State::Closing;
+                    c.tx.push_back(Tx::Close { irb: None });
+                    self.by_vmi.remove(&conn);
+                    if let Some(c) = self.conns[idx].as_mut() {
+                        c.vmi = 0;
+                    }
+                    self.set_deadline(idx, Some(Instant::now() + self.cfg.handshake_timeout));
+                }
+                self.flush(idx);
+                Disposition::Complete(irb, Status::Ok)
+            }
+            Op::Disconnect => {
+                let Some(&idx) = self.by_vmi.get(&conn) else {
+                    return Disposition::Complete(irb, Status::Ok);
+                };
+                let c = self.conns[idx].as_mut().expect("live");
+                c.state = State::Closing;
+                c.tx.push_back(Tx::Close { irb: Some(irb) });
+                self.flush(idx);
+                Disposition::Pending
+            }
+            other => {
+                irb.set_detail(&format!("tcp does not handle {other:?}"));
+                Disposition::Complete(irb, Status::Invalid)
+            }
+        }
+    }
+
+    fn complete(&mut self, irb: &mut Irb) {
+        let held = std::mem::take(&mut irb.frame::<TcpFrame>().held);
+        if held > 0 {
+            if let Some(v) = self.held[(held - 1) as usize].take() {
+                self.pool.give(v);
+            }
+            self.free_held.push(held - 1);
+        }
+    }
+
+    fn poll(&mut self) -> usize {
+        if let Err(e) = self.poll.poll(&mut self.events, Some(Duration::ZERO)) {
+            if e.kind() != io::ErrorKind::Interrupted {
+                log::error!("tcp: epoll failed: {e}");
+            }
+            return 0;
+        }
+        self.ready.clear();
+        for ev in self.events.iter() {
+            let r = ev.is_readable() || ev.is_read_closed() || ev.is_error();
+            let w = ev.is_writable() || ev.is_error();
+            self.ready.push((ev.token(), r, w));
+        }
+        let mut n = self.ready.len();
+        for i in 0..self.ready.len() {
+            let (token, r, w) = self.ready[i];
+            if token == LISTENER {
+                self.accept_all();
+                continue;
+            }
+            if w {
+                self.on_writable(token.0);
+            }
+            if r {
+                self.on_readable(token.0);
+            }
+        }
+        if !self.again.is_empty() {
+            let again = std::mem::take(&mut self.again);
+            n += again.len();
+            for idx in again {
+                self.on_readable(idx);
+            }
+        }
+        self.check_deadlines();
+        n
+    }
+
+    fn wait_fd(&self) -> (Option<RawFd>, Option<Duration>) {
+        let mut next: Option<Duration> = if self.again.is_empty() { None } else { Some(Duration::ZERO) };
+        if self.timed > 0 {
+            let now = Instant::now();
+            for c in self.conns.iter().flatten() {
+                if let Some(d) = c.deadline {
+                    let left = d.saturating_duration_since(now);
+                    next = Some(next.map_or(left, |n| n.min(left)));
+                }
+            }
+        }
+        (Some(self.poll.as_raw_fd()), next.map(|d| d + Duration::from_millis(1)))
+    }
+}
+
+impl Drop for TcpDevice {
+    fn drop(&mut self) {
+        for idx in 0..self.conns.len() {
+            if let Some(mut c) = self.take(idx) {
+                for tx in c.tx.drain(..) {
+                    match tx {
+                        Tx::Frame { irb, .. } => irb.complete(Status::Cancelled),
+                        Tx::Close { irb: Some(irb) } => irb.complete(Status::Ok),
+                        _ => {}
+                    }
+                }
+                if let Some(mut a) = c.attempt.take() {
+                    if let Some(irb) = a.irb.take() {
+                        irb.complete(Status::Cancelled);
+                    }
+                }
+            }
+        }
+    }
+}

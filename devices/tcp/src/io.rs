@@ -1,0 +1,111 @@
+//! Moving bytes: socket set-up with socket2 and gathered writes. No protocol decisions here.
+
+use std::io::{self, IoSlice, Write};
+use std::net::SocketAddr;
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// A non-blocking listener bound to `addr`, or the bind error.
+pub fn listen(addr: SocketAddr) -> io::Result<mio::net::TcpListener> {
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM.cloexec(), Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(1024)?;
+    Ok(mio::net::TcpListener::from_std(s.into()))
+}
+
+/// Starts a non-blocking connect; completion shows as writability.
+pub fn connect(addr: SocketAddr, nodelay: bool) -> io::Result<mio::net::TcpStream> {
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM.cloexec(), Some(Protocol::TCP))?;
+    s.set_nonblocking(true)?;
+    s.set_tcp_nodelay(nodelay)?;
+    match s.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc_einprogress()) || e.kind() == io::ErrorKind::WouldBlock => {}
+        Err(e) => return Err(e),
+    }
+    Ok(mio::net::TcpStream::from_std(s.into()))
+}
+
+const fn libc_einprogress() -> i32 {
+    115 // EINPROGRESS on Linux
+}
+
+/// Writes `header` then `segs` with one `writev`, skipping the first `off` bytes already
+/// written. Returns the bytes written by this call.
+pub fn write_gather<W: Write>(w: &mut W, header: &[u8], segs: &[&[u8]], off: usize) -> io::Result<usize> {
+    let mut slices: [IoSlice<'_>; 18] = [IoSlice::new(&[]); 18];
+    let mut n = 0;
+    let mut skip = off;
+    for part in std::iter::once(header).chain(segs.iter().copied()) {
+        if skip >= part.len() {
+            skip -= part.len();
+            continue;
+        }
+        if n == slices.len() {
+            break;
+        }
+        slices[n] = IoSlice::new(&part[skip..]);
+        skip = 0;
+        n += 1;
+    }
+    if n == 0 {
+        return Ok(0);
+    }
+    w.write_vectored(&slices[..n])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A writer that takes at most `limit` bytes per call.
+    struct Trickle {
+        out: Vec<u8>,
+        limit: usize,
+    }
+
+    impl Write for Trickle {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            let n = buf.len().min(self.limit);
+            self.out.extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+        fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+            let mut left = self.limit;
+            let mut done = 0;
+            for b in bufs {
+                let n = b.len().min(left);
+                self.out.extend_from_slice(&b[..n]);
+                done += n;
+                left -= n;
+                if left == 0 {
+                    break;
+                }
+            }
+            Ok(done)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn partial_writes_resume_where_they_stopped() {
+        let header = [1u8, 2, 3];
+        let segs: [&[u8]; 3] = [b"abc", b"", b"defgh"];
+        for limit in 1..12 {
+            let mut w = Trickle { out: Vec::new(), limit };
+            let mut off = 0;
+            loop {
+                let n = write_gather(&mut w, &header, &segs, off).unwrap();
+                if n == 0 {
+                    break;
+                }
+                off += n;
+            }
+            assert_eq!(w.out, b"\x01\x02\x03abcdefgh", "limit {limit}");
+        }
+    }
+}

@@ -1,0 +1,32 @@
+//! # vmi-tcp
+//!
+//! The TCP transport. Non-blocking sockets (socket2 + mio/epoll), one `writev` of frame
+//! header + user segments per fragment (no copy on send), `TCP_NODELAY`, partial writes
+//! pended and finished from `poll`.
+//!
+//! ## Finding a peer by host + key
+//! There is no daemon and no port to configure. Each process listens on the first free port
+//! of a sequence derived from its key (`probe_ports`: FNV-1a of the key picks a start inside
+//! `[port_base, port_base + port_span)`, then `probe_count` consecutive ports). A connector
+//! tries the same sequence on the peer host; each listener checks the key in the hello and
+//! answers "wrong key" when it is not the one asked for, and the connector moves on. A host
+//! written as `host:port` skips the search; the `port` parameter fixes a listener's port.
+//!
+//! The protocol logic (framing, handshake checks, limits) lives in [`proto`] and [`wire`]
+//! without any I/O; [`io`] moves bytes; [`device`] holds the connection state machine.
+#![deny(unsafe_code)]
+
+pub mod config;
+pub mod device;
+pub mod io;
+pub mod proto;
+pub mod wire;
+
+pub use device::TcpDevice;
+
+vmi_core::export_device!(TcpDevice, vmi_device_tcp);
+
+/// Registers the device for use without its shared object.
+pub fn register_static() {
+    vmi_core::loader::register_static(&vmi_device_tcp);
+}

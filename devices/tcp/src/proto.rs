@@ -1,0 +1,401 @@
+//! The TCP protocol without I/O or clocks (quinn-proto's model): a decoder that turns bytes
+//! into handshake and frame events, handshake checks, and the key-derived port sequence.
+//! Everything here is deterministic and unit-tested; `io.rs` only moves bytes.
+
+use vmi_core::signature::Signature;
+
+use crate::wire::*;
+
+/// Where a decoder is.
+#[derive(Debug)]
+enum Phase {
+    Hello,
+    HelloBody(HelloRepr),
+    Answer,
+    AnswerBody(AnswerRepr),
+    FrameHeader,
+    Payload { repr: FrameRepr, buf: Vec<u8>, got: usize },
+}
+
+/// What the decoder produced.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A connector's hello.
+    Hello {
+        /// Connector's key.
+        from_key: String,
+        /// Key it wants.
+        to_key: String,
+        /// Its filter signature.
+        signature: String,
+        /// Connect data.
+        data: Vec<u8>,
+    },
+    /// The listener's answer.
+    Answer {
+        /// Status.
+        status: AnswerStatus,
+        /// Reason text.
+        reason: String,
+        /// Reply data.
+        reply: Vec<u8>,
+    },
+    /// A data frame.
+    Frame {
+        /// Last fragment.
+        end: bool,
+        /// Filter flag bits.
+        filter_flags: u16,
+        /// Payload.
+        payload: Vec<u8>,
+    },
+}
+
+/// Turns a byte stream into events, checking every length before allocating.
+pub struct Decoder {
+    phase: Phase,
+    hdr: [u8; HELLO_LEN],
+    hdr_got: usize,
+    body: Vec<u8>,
+    max_fragment: u64,
+    max_data: u32,
+}
+
+/// Payloads at least this large are read straight into their buffer, skipping the staging copy.
+pub const DIRECT_READ_MIN: usize = 16 * 1024;
+
+impl Decoder {
+    /// A decoder for the listening side (expects a hello first).
+    pub fn listener(max_fragment: u64, max_data: u32) -> Decoder {
+        Decoder::new(Phase::Hello, max_fragment, max_data)
+    }
+
+    /// A decoder for the connecting side (expects an answer first).
+    pub fn connector(max_fragment: u64, max_data: u32) -> Decoder {
+        Decoder::new(Phase::Answer, max_fragment, max_data)
+    }
+
+    fn new(phase: Phase, max_fragment: u64, max_data: u32) -> Decoder {
+        Decoder { phase, hdr: [0; HELLO_LEN], hdr_got: 0, body: Vec::new(), max_fragment, max_data }
+    }
+
+    /// True between frames (an EOF here is an orderly close).
+    pub fn at_boundary(&self) -> bool {
+        matches!(self.phase, Phase::FrameHeader) && self.hdr_got == 0
+    }
+
+    /// True while the handshake is not finished.
+    pub fn in_handshake(&self) -> bool {
+        matches!(self.phase, Phase::Hello | Phase::HelloBody(_) | Phase::Answer | Phase::AnswerBody(_))
+    }
+
+    /// The rest of a large payload, to read into directly; `None` unless reading directly pays.
+    pub fn direct_target(&mut self) -> Option<&mut [u8]> {
+        match &mut self.phase {
+            Phase::Payload { buf, got, .. } if buf.len() - *got >= DIRECT_READ_MIN => Some(&mut buf[*got..]),
+            _ => None,
+        }
+    }
+
+    /// Records `n` bytes read into `direct_target`; returns the finished frame, if any.
+    pub fn direct_done(&mut self, n: usize) -> Option<Event> {
+        if let Phase::Payload { buf, got, .. } = &mut self.phase {
+            *got += n;
+            if *got == buf.len() {
+                return self.finish_payload();
+            }
+        }
+        None
+    }
+
+    fn finish_payload(&mut self) -> Option<Event> {
+        match std::mem::replace(&mut self.phase, Phase::FrameHeader) {
+            Phase::Payload { repr, buf, .. } => Some(Event::Frame { end: repr.end, filter_flags: repr.filter_flags, payload: buf }),
+            other => {
+                self.phase = other;
+                None
+            }
+        }
+    }
+
+    /// Consumes bytes from `input` until one event is complete or the input is used up.
+    /// Returns how many bytes were used and the event. `alloc` gives a zeroed payload buffer
+    /// of the asked length (from a pool).
+    pub fn feed(
+        &mut self,
+        input: &[u8],
+        alloc: &mut dyn FnMut(usize) -> Vec<u8>,
+    ) -> Result<(usize, Option<Event>), WireError> {
+        let mut used = 0;
+        loop {
+            let rest = &input[used..];
+            match &mut self.phase {
+                Phase::Hello | Phase::Answer | Phase::FrameHeader => {
+                    let need = match self.phase {
+                        Phase::Hello => HELLO_LEN,
+                        Phase::Answer => ANSWER_LEN,
+                        _ => FRAME_LEN,
+                    };
+                    let take = (need - self.hdr_got).min(rest.len());
+                    self.hdr[self.hdr_got..self.hdr_got + take].copy_from_slice(&rest[..take]);
+                    self.hdr_got += take;
+                    used += take;
+                    if self.hdr_got < need {
+                        return Ok((used, None));
+                    }
+                    self.hdr_got = 0;
+                    match self.phase {
+                        Phase::Hello => {
+                            let h = HelloRepr::parse(&self.hdr, self.max_data)?;
+                            self.body.clear();
+                            self.body.reserve(h.body_len());
+                            self.phase = Phase::HelloBody(h);
+                        }
+                        Phase::Answer => {
+                            let a = AnswerRepr::parse(self.hdr[..ANSWER_LEN].try_into().expect("16 bytes"), self.max_data)?;
+                            self.body.clear();
+                            self.body.reserve(a.reason_len as usize + a.reply_len as usize);
+                            self.phase = Phase::AnswerBody(a);
+                        }
+                        _ => {
+                            let f = FrameRepr::parse(self.hdr[..FRAME_LEN].try_into().expect("8 bytes"), self.max_fragment)?;
+                            if f.len == 0 {
+                                return Ok((used, Some(Event::Frame { end: f.end, filter_flags: f.filter_flags, payload: alloc(0) })));
+                            }
+                            self.phase = Phase::Payload { repr: f, buf: alloc(f.len as usize), got: 0 };
+                        }
+                    }
+                }
+                Phase::HelloBody(h) => {
+                    let h = *h;
+                    let take = (h.body_len() - self.body.len()).min(rest.len());
+                    self.body.extend_from_slice(&rest[..take]);
+                    used += take;
+                    if self.body.len() < h.body_len() {
+                        return Ok((used, None));
+                    }
+                    let b = std::mem::take(&mut self.body);
+                    let (fk, r) = b.split_at(h.from_key_len as usize);
+                    let (tk, r) = r.split_at(h.to_key_len as usize);
+                    let (sig, data) = r.split_at(h.signature_len as usize);
+                    self.phase = Phase::FrameHeader;
+                    return Ok((
+                        used,
+                        Some(Event::Hello {
+                            from_key: String::from_utf8_lossy(fk).into_owned(),
+                            to_key: String::from_utf8_lossy(tk).into_owned(),
+                            signature: String::from_utf8_lossy(sig).into_owned(),
+                            data: data.to_vec(),
+                        }),
+                    ));
+                }
+                Phase::AnswerBody(a) => {
+                    let a = *a;
+                    let total = a.reason_len as usize + a.reply_len as usize;
+                    let take = (total - self.body.len()).min(rest.len());
+                    self.body.extend_from_slice(&rest[..take]);
+                    used += take;
+                    if self.body.len() < total {
+                        return Ok((used, None));
+                    }
+                    let b = std::mem::take(&mut self.body);
+                    let (reason, reply) = b.split_at(a.reason_len as usize);
+                    self.phase = Phase::FrameHeader;
+                    return Ok((
+                        used,
+                        Some(Event::Answer {
+                            status: a.status,
+                            reason: String::from_utf8_lossy(reason).into_owned(),
+                            reply: reply.to_vec(),
+                        }),
+                    ));
+                }
+                Phase::Payload { buf, got, .. } => {
+                    let take = (buf.len() - *got).min(rest.len());
+                    buf[*got..*got + take].copy_from_slice(&rest[..take]);
+                    *got += take;
+                    used += take;
+                    if *got == buf.len() {
+                        return Ok((used, self.finish_payload()));
+                    }
+                    return Ok((used, None));
+                }
+            }
+            if used == input.len() && !matches!(self.phase, Phase::HelloBody(_) | Phase::AnswerBody(_)) {
+                return Ok((used, None));
+            }
+        }
+    }
+}
+
+/// How the listener answers a hello, before the application sees it.
+pub fn check_hello(local_key: &str, local: &Signature, from_key: &str, to_key: &str, signature: &str) -> Result<(), (AnswerStatus, String)> {
+    if to_key != local_key {
+        return Err((AnswerStatus::WrongKey, format!("this port belongs to key '{local_key}', not '{to_key}'")));
+    }
+    let peer = Signature::parse(signature)
+        .ok_or_else(|| (AnswerStatus::Invalid, format!("malformed filter signature '{signature}'")))?;
+    local.check_peer(&peer, from_key).map_err(|why| (AnswerStatus::SignatureMismatch, why))
+}
+
+/// FNV-1a, for a stable key-to-port mapping across processes and builds.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// The ports a key's listener tries, in order: `count` consecutive ports starting at a
+/// key-derived offset inside `[base, base + span)`, wrapping inside that range.
+pub fn probe_ports(key: &str, base: u16, span: u16, count: u16) -> Vec<u16> {
+    let span = span.max(1) as u64;
+    let start = fnv1a(key.as_bytes()) % span;
+    (0..count.min(span as u16) as u64).map(|i| base.saturating_add(((start + i) % span) as u16)).collect()
+}
+
+/// Splits `host:port` (or `[v6]:port`) from a bare host.
+pub fn split_host_port(host: &str) -> Result<(String, Option<u16>), String> {
+    if let Some(rest) = host.strip_prefix('[') {
+        let (h, tail) = rest.split_once(']').ok_or_else(|| format!("'{host}': missing ']'"))?;
+        return match tail.strip_prefix(':') {
+            Some(p) => Ok((h.to_string(), Some(p.parse().map_err(|_| format!("'{host}': bad port '{p}'"))?))),
+            None if tail.is_empty() => Ok((h.to_string(), None)),
+            None => Err(format!("'{host}': unexpected '{tail}' after ']'")),
+        };
+    }
+    match host.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') => {
+            let port = p.parse::<u16>().map_err(|_| format!("'{host}': bad port '{p}'"))?;
+            if port == 0 {
+                return Err(format!("'{host}': port 0"));
+            }
+            Ok((h.to_string(), Some(port)))
+        }
+        _ => Ok((host.to_string(), None)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(n: usize) -> Vec<u8> {
+        vec![0; n]
+    }
+
+    fn feed_all(d: &mut Decoder, mut input: &[u8]) -> Vec<Event> {
+        let mut out = Vec::new();
+        while !input.is_empty() {
+            let (n, ev) = d.feed(input, &mut pool).unwrap();
+            input = &input[n..];
+            out.extend(ev);
+            assert!(n > 0 || !out.is_empty() || input.is_empty(), "no progress");
+        }
+        out
+    }
+
+    #[test]
+    fn hello_then_frames_in_any_split() {
+        let mut stream = HelloRepr::emit("client", "server", "send=;recv=", b"cookie");
+        stream.extend_from_slice(&FrameRepr { end: false, filter_flags: 3, len: 5 }.emit());
+        stream.extend_from_slice(b"hello");
+        stream.extend_from_slice(&FrameRepr { end: true, filter_flags: 0, len: 0 }.emit());
+        let expect = vec![
+            Event::Hello { from_key: "client".into(), to_key: "server".into(), signature: "send=;recv=".into(), data: b"cookie".to_vec() },
+            Event::Frame { end: false, filter_flags: 3, payload: b"hello".to_vec() },
+            Event::Frame { end: true, filter_flags: 0, payload: vec![] },
+        ];
+        for chunk in [1, 2, 3, 7, 1000] {
+            let mut d = Decoder::listener(1 << 20, 1024);
+            let mut got = Vec::new();
+            for piece in stream.chunks(chunk) {
+                got.extend(feed_all(&mut d, piece));
+            }
+            assert_eq!(got, expect, "chunk size {chunk}");
+            assert!(d.at_boundary());
+        }
+    }
+
+    #[test]
+    fn answer_then_frame() {
+        let mut stream = AnswerRepr::emit(AnswerStatus::Accept, "", b"welcome");
+        stream.extend_from_slice(&FrameRepr { end: true, filter_flags: 0, len: 2 }.emit());
+        stream.extend_from_slice(b"ok");
+        let mut d = Decoder::connector(100, 100);
+        assert!(d.in_handshake());
+        let got = feed_all(&mut d, &stream);
+        assert_eq!(got[0], Event::Answer { status: AnswerStatus::Accept, reason: String::new(), reply: b"welcome".to_vec() });
+        assert_eq!(got[1], Event::Frame { end: true, filter_flags: 0, payload: b"ok".to_vec() });
+    }
+
+    #[test]
+    fn direct_reads_finish_large_payloads() {
+        let mut d = Decoder::connector(1 << 20, 100);
+        let mut head = AnswerRepr::emit(AnswerStatus::Accept, "", b"");
+        head.extend_from_slice(&FrameRepr { end: true, filter_flags: 0, len: 40_000 }.emit());
+        head.extend_from_slice(&[7; 100]);
+        let evs = feed_all(&mut d, &head);
+        assert_eq!(evs.len(), 1);
+        let target = d.direct_target().expect("large payload read directly");
+        assert_eq!(target.len(), 39_900);
+        target.fill(7);
+        match d.direct_done(39_900) {
+            Some(Event::Frame { payload, .. }) => assert!(payload.len() == 40_000 && payload.iter().all(|&b| b == 7)),
+            other => panic!("{other:?}"),
+        }
+        assert!(d.at_boundary());
+    }
+
+    #[test]
+    fn garbage_and_limits_are_refused_before_allocating() {
+        let mut d = Decoder::listener(100, 100);
+        let e = d.feed(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", &mut pool).unwrap_err();
+        assert_eq!(e, WireError::BadMagic(*b"GET "));
+        let mut d = Decoder::connector(100, 100);
+        let mut s = AnswerRepr::emit(AnswerStatus::Accept, "", b"");
+        s.extend_from_slice(&[1, 0, 0, 0, 0xff, 0xff, 0xff, 0xff]);
+        let mut allocated = 0;
+        let mut alloc = |n: usize| {
+            allocated += n;
+            vec![0; n]
+        };
+        let (n, ev) = d.feed(&s, &mut alloc).unwrap();
+        assert!(matches!(ev, Some(Event::Answer { .. })));
+        let err = d.feed(&s[n..], &mut alloc).unwrap_err();
+        assert!(matches!(err, WireError::TooLong { field: "fragment", .. }));
+        assert_eq!(allocated, 0);
+    }
+
+    #[test]
+    fn hello_checks() {
+        let sig = Signature::default();
+        assert!(check_hello("k", &sig, "c", "k", "send=;recv=").is_ok());
+        assert_eq!(check_hello("k", &sig, "c", "other", "send=;recv=").unwrap_err().0, AnswerStatus::WrongKey);
+        assert_eq!(check_hello("k", &sig, "c", "k", "send=crc@0;recv=crc@0").unwrap_err().0, AnswerStatus::SignatureMismatch);
+        assert_eq!(check_hello("k", &sig, "c", "k", "nonsense").unwrap_err().0, AnswerStatus::Invalid);
+    }
+
+    #[test]
+    fn probe_sequence_is_stable_and_in_range() {
+        let p = probe_ports("recvkey", 10000, 20000, 16);
+        assert_eq!(p.len(), 16);
+        assert_eq!(p, probe_ports("recvkey", 10000, 20000, 16), "same key, same ports");
+        assert!(p.iter().all(|&x| (10000..30000).contains(&x)));
+        assert_ne!(p[0], probe_ports("sendkey", 10000, 20000, 16)[0]);
+        let w = probe_ports("x", 60000, 10, 20);
+        assert_eq!(w.len(), 10, "never more ports than the span");
+    }
+
+    #[test]
+    fn host_port_parsing() {
+        assert_eq!(split_host_port("localhost").unwrap(), ("localhost".into(), None));
+        assert_eq!(split_host_port("127.0.0.1:9000").unwrap(), ("127.0.0.1".into(), Some(9000)));
+        assert_eq!(split_host_port("[::1]:9").unwrap(), ("::1".into(), Some(9)));
+        assert_eq!(split_host_port("::1").unwrap(), ("::1".into(), None));
+        assert!(split_host_port("h:x").is_err());
+        assert!(split_host_port("h:0").is_err());
+    }
+}

@@ -1,0 +1,316 @@
+//! TCP wire format: little-endian, explicit widths, a version byte; every length is checked
+//! against a limit before anything is allocated.
+//!
+//! ```text
+//! Hello (connector -> listener), 24-byte header then the variable parts in this order:
+//!   0  magic  "VMIT"         4
+//!   4  version u8 (= 1)       1
+//!   5  flags   u8 (= 0)       1
+//!   6  from_key_len  u16      2
+//!   8  to_key_len    u16      2
+//!  10  signature_len u16      2
+//!  12  connect_data_len u32   4
+//!  16  reserved u64 (= 0)     8
+//!  24  from_key | to_key | signature | connect_data
+//!
+//! Answer (listener -> connector), 16-byte header then reason | reply_data:
+//!   0  magic "VMIA" 4 | 4 version u8 | 5 status u8 | 6 reason_len u16 | 8 reply_len u32 | 12 reserved u32
+//!
+//! Frame (either way, after an accepting Answer), 8-byte header then payload:
+//!   0  kind u8 (1 = fragment) | 1 reserved u8 | 2 filter flags u16 | 4 payload_len u32
+//!   The END bit of a stream travels in the kind byte (2 = last fragment).
+//! ```
+
+/// Hello magic.
+pub const HELLO_MAGIC: [u8; 4] = *b"VMIT";
+/// Answer magic.
+pub const ANSWER_MAGIC: [u8; 4] = *b"VMIA";
+/// Wire version.
+pub const WIRE_VERSION: u8 = 1;
+/// Hello header length.
+pub const HELLO_LEN: usize = 24;
+/// Answer header length.
+pub const ANSWER_LEN: usize = 16;
+/// Frame header length.
+pub const FRAME_LEN: usize = 8;
+/// Frame kind: fragment with more to come.
+pub const KIND_FRAGMENT: u8 = 1;
+/// Frame kind: last fragment of a stream.
+pub const KIND_END: u8 = 2;
+/// Largest reason text in an answer.
+pub const MAX_REASON: usize = 4096;
+/// Largest key.
+pub const MAX_KEY: usize = 255;
+/// Largest signature.
+pub const MAX_SIGNATURE: usize = 4096;
+
+/// Answer statuses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum AnswerStatus {
+    /// Accepted.
+    Accept = 0,
+    /// The accept handler rejected.
+    Reject = 1,
+    /// The listener has another key; try the next port.
+    WrongKey = 2,
+    /// The filter chains differ.
+    SignatureMismatch = 3,
+    /// The wire version differs.
+    VersionMismatch = 4,
+    /// The hello was malformed or over a limit.
+    Invalid = 5,
+}
+
+impl AnswerStatus {
+    fn from_u8(v: u8) -> Option<AnswerStatus> {
+        Some(match v {
+            0 => AnswerStatus::Accept,
+            1 => AnswerStatus::Reject,
+            2 => AnswerStatus::WrongKey,
+            3 => AnswerStatus::SignatureMismatch,
+            4 => AnswerStatus::VersionMismatch,
+            5 => AnswerStatus::Invalid,
+            _ => return None,
+        })
+    }
+}
+
+/// A malformed or over-limit header.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WireError {
+    /// Not our magic: not a vmi peer.
+    BadMagic([u8; 4]),
+    /// Another wire version.
+    Version(u8),
+    /// A length over its limit.
+    TooLong {
+        /// Which field.
+        field: &'static str,
+        /// Value.
+        len: u64,
+        /// Limit.
+        max: u64,
+    },
+    /// An unknown frame kind or status.
+    BadField {
+        /// Which field.
+        field: &'static str,
+        /// Value.
+        value: u64,
+    },
+}
+
+impl std::fmt::Display for WireError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WireError::BadMagic(m) => write!(f, "bad magic {:02x?} (not a vmi peer)", m),
+            WireError::Version(v) => write!(f, "wire version {v}, this side speaks {WIRE_VERSION}"),
+            WireError::TooLong { field, len, max } => write!(f, "{field} of {len} bytes is over the limit of {max}"),
+            WireError::BadField { field, value } => write!(f, "invalid {field} {value}"),
+        }
+    }
+}
+
+fn u16_at(b: &[u8], i: usize) -> u16 {
+    u16::from_le_bytes([b[i], b[i + 1]])
+}
+
+fn u32_at(b: &[u8], i: usize) -> u32 {
+    u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]])
+}
+
+/// The fixed part of a hello.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HelloRepr {
+    /// Connector's key length.
+    pub from_key_len: u16,
+    /// Wanted key length.
+    pub to_key_len: u16,
+    /// Signature length.
+    pub signature_len: u16,
+    /// Connect data length.
+    pub data_len: u32,
+}
+
+impl HelloRepr {
+    /// Bytes after the header.
+    pub fn body_len(&self) -> usize {
+        self.from_key_len as usize + self.to_key_len as usize + self.signature_len as usize + self.data_len as usize
+    }
+
+    /// Parses and checks a hello header against the limits.
+    pub fn parse(b: &[u8; HELLO_LEN], max_data: u32) -> Result<HelloRepr, WireError> {
+        let magic = [b[0], b[1], b[2], b[3]];
+        if magic != HELLO_MAGIC {
+            return Err(WireError::BadMagic(magic));
+        }
+        if b[4] != WIRE_VERSION {
+            return Err(WireError::Version(b[4]));
+        }
+        let r = HelloRepr {
+            from_key_len: u16_at(b, 6),
+            to_key_len: u16_at(b, 8),
+            signature_len: u16_at(b, 10),
+            data_len: u32_at(b, 12),
+        };
+        let check = |field, len: u64, max: u64| if len > max { Err(WireError::TooLong { field, len, max }) } else { Ok(()) };
+        check("from key", r.from_key_len as u64, MAX_KEY as u64)?;
+        check("to key", r.to_key_len as u64, MAX_KEY as u64)?;
+        check("signature", r.signature_len as u64, MAX_SIGNATURE as u64)?;
+        check("connect data", r.data_len as u64, max_data as u64)?;
+        Ok(r)
+    }
+
+    /// Writes a whole hello.
+    pub fn emit(from_key: &str, to_key: &str, signature: &str, data: &[u8]) -> Vec<u8> {
+        let mut v = Vec::with_capacity(HELLO_LEN + from_key.len() + to_key.len() + signature.len() + data.len());
+        v.extend_from_slice(&HELLO_MAGIC);
+        v.push(WIRE_VERSION);
+        v.push(0);
+        v.extend_from_slice(&(from_key.len() as u16).to_le_bytes());
+        v.extend_from_slice(&(to_key.len() as u16).to_le_bytes());
+        v.extend_from_slice(&(signature.len() as u16).to_le_bytes());
+        v.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        v.extend_from_slice(&[0; 8]);
+        v.extend_from_slice(from_key.as_bytes());
+        v.extend_from_slice(to_key.as_bytes());
+        v.extend_from_slice(signature.as_bytes());
+        v.extend_from_slice(data);
+        v
+    }
+}
+
+/// The fixed part of an answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AnswerRepr {
+    /// Status.
+    pub status: AnswerStatus,
+    /// Reason text length.
+    pub reason_len: u16,
+    /// Reply data length.
+    pub reply_len: u32,
+}
+
+impl AnswerRepr {
+    /// Parses and checks an answer header.
+    pub fn parse(b: &[u8; ANSWER_LEN], max_data: u32) -> Result<AnswerRepr, WireError> {
+        let magic = [b[0], b[1], b[2], b[3]];
+        if magic != ANSWER_MAGIC {
+            return Err(WireError::BadMagic(magic));
+        }
+        if b[4] != WIRE_VERSION {
+            return Err(WireError::Version(b[4]));
+        }
+        let status = AnswerStatus::from_u8(b[5]).ok_or(WireError::BadField { field: "answer status", value: b[5] as u64 })?;
+        let reason_len = u16_at(b, 6);
+        let reply_len = u32_at(b, 8);
+        if reason_len as usize > MAX_REASON {
+            return Err(WireError::TooLong { field: "reason", len: reason_len as u64, max: MAX_REASON as u64 });
+        }
+        if reply_len > max_data {
+            return Err(WireError::TooLong { field: "reply data", len: reply_len as u64, max: max_data as u64 });
+        }
+        Ok(AnswerRepr { status, reason_len, reply_len })
+    }
+
+    /// Writes a whole answer.
+    pub fn emit(status: AnswerStatus, reason: &str, reply: &[u8]) -> Vec<u8> {
+        let reason = &reason.as_bytes()[..reason.len().min(MAX_REASON)];
+        let mut v = Vec::with_capacity(ANSWER_LEN + reason.len() + reply.len());
+        v.extend_from_slice(&ANSWER_MAGIC);
+        v.push(WIRE_VERSION);
+        v.push(status as u8);
+        v.extend_from_slice(&(reason.len() as u16).to_le_bytes());
+        v.extend_from_slice(&(reply.len() as u32).to_le_bytes());
+        v.extend_from_slice(&[0; 4]);
+        v.extend_from_slice(reason);
+        v.extend_from_slice(reply);
+        v
+    }
+}
+
+/// A data frame header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrameRepr {
+    /// Last fragment of the stream.
+    pub end: bool,
+    /// Filter flag bits (the upper half of `VmiIrb::flags`).
+    pub filter_flags: u16,
+    /// Payload length.
+    pub len: u32,
+}
+
+impl FrameRepr {
+    /// Parses and checks a frame header.
+    pub fn parse(b: &[u8; FRAME_LEN], max_len: u64) -> Result<FrameRepr, WireError> {
+        let end = match b[0] {
+            KIND_FRAGMENT => false,
+            KIND_END => true,
+            other => return Err(WireError::BadField { field: "frame kind", value: other as u64 }),
+        };
+        let len = u32_at(b, 4);
+        if len as u64 > max_len {
+            return Err(WireError::TooLong { field: "fragment", len: len as u64, max: max_len });
+        }
+        Ok(FrameRepr { end, filter_flags: u16_at(b, 2), len })
+    }
+
+    /// Writes the header.
+    pub fn emit(&self) -> [u8; FRAME_LEN] {
+        let mut h = [0u8; FRAME_LEN];
+        h[0] = if self.end { KIND_END } else { KIND_FRAGMENT };
+        h[2..4].copy_from_slice(&self.filter_flags.to_le_bytes());
+        h[4..8].copy_from_slice(&self.len.to_le_bytes());
+        h
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_bytes() {
+        let f = FrameRepr { end: true, filter_flags: 0x0102, len: 0x0a0b0c0d };
+        assert_eq!(f.emit(), [2, 0, 0x02, 0x01, 0x0d, 0x0c, 0x0b, 0x0a]);
+        assert_eq!(FrameRepr::parse(&f.emit(), u32::MAX as u64), Ok(f));
+        assert_eq!(
+            FrameRepr::parse(&[1, 0, 0, 0, 0, 0, 0, 0x10], 1 << 20),
+            Err(WireError::TooLong { field: "fragment", len: 0x1000_0000, max: 1 << 20 })
+        );
+        assert!(matches!(FrameRepr::parse(&[9, 0, 0, 0, 0, 0, 0, 0], 10), Err(WireError::BadField { .. })));
+    }
+
+    #[test]
+    fn hello_bytes() {
+        let v = HelloRepr::emit("a", "bc", "s", &[7, 8]);
+        assert_eq!(&v[..HELLO_LEN], &[b'V', b'M', b'I', b'T', 1, 0, 1, 0, 2, 0, 1, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(&v[HELLO_LEN..], b"abcs\x07\x08");
+        let h = HelloRepr::parse(v[..HELLO_LEN].try_into().unwrap(), 100).unwrap();
+        assert_eq!(h.body_len(), 6);
+        assert!(matches!(HelloRepr::parse(v[..HELLO_LEN].try_into().unwrap(), 1), Err(WireError::TooLong { .. })));
+        let mut bad = v.clone();
+        bad[4] = 9;
+        assert_eq!(HelloRepr::parse(bad[..HELLO_LEN].try_into().unwrap(), 100), Err(WireError::Version(9)));
+        assert_eq!(
+            HelloRepr::parse(&[b'G', b'E', b'T', b' ', 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], 100),
+            Err(WireError::BadMagic(*b"GET "))
+        );
+        let mut long = v;
+        long[6] = 0xff;
+        long[7] = 0xff;
+        assert!(matches!(HelloRepr::parse(long[..HELLO_LEN].try_into().unwrap(), 100), Err(WireError::TooLong { field: "from key", .. })));
+    }
+
+    #[test]
+    fn answer_bytes() {
+        let v = AnswerRepr::emit(AnswerStatus::Reject, "no", b"xyz");
+        assert_eq!(&v[..ANSWER_LEN], &[b'V', b'M', b'I', b'A', 1, 1, 2, 0, 3, 0, 0, 0, 0, 0, 0, 0]);
+        let a = AnswerRepr::parse(v[..ANSWER_LEN].try_into().unwrap(), 10).unwrap();
+        assert_eq!(a, AnswerRepr { status: AnswerStatus::Reject, reason_len: 2, reply_len: 3 });
+        let mut bad = v;
+        bad[5] = 77;
+        assert!(AnswerRepr::parse(bad[..ANSWER_LEN].try_into().unwrap(), 10).is_err());
+    }
+}
