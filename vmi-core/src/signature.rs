@@ -29,13 +29,14 @@ impl Signature {
 
     /// Checks that what each side sends, the other undoes: the peer's send filters equal this
     /// side's receive filters, and the other way round. The error names both sides.
-    pub fn check_peer(&self, peer: &Signature, peer_name: &str) -> Result<(), String> {
+    pub fn check_peer(&self, local_name: &str, peer: &Signature, peer_name: &str) -> Result<(), String> {
         if peer.send == self.recv && peer.recv == self.send {
             return Ok(());
         }
         let show = |v: &[String]| if v.is_empty() { "no filters".to_string() } else { format!("[{}]", v.join(", ")) };
         Err(format!(
-            "filter chains do not match: this process sends through {} and receives through {}, while peer '{}' sends through {} and receives through {}; put the same filters on both sides (a filter on one side's send chain must be on the other side's receive chain)",
+            "filter chains do not match: '{}' sends through {} and receives through {}, while '{}' sends through {} and receives through {}; use specfiles with the same filters on both sides (a filter on one side's send chain must be on the other side's receive chain)",
+            local_name,
             show(&self.send),
             show(&self.recv),
             peer_name,
@@ -55,12 +56,12 @@ mod tests {
         let text = me.encode();
         assert_eq!(text, "send=crc@0;recv=crc@0");
         assert_eq!(Signature::parse(&text), Some(me.clone()));
-        assert!(me.check_peer(&me, "p").is_ok());
+        assert!(me.check_peer("me", &me, "p").is_ok());
         let bare = Signature::default();
         assert_eq!(Signature::parse("send=;recv="), Some(bare.clone()));
-        let err = me.check_peer(&bare, "recvkey").unwrap_err();
-        assert!(err.contains("this process sends through [crc@0]"), "{err}");
-        assert!(err.contains("peer 'recvkey' sends through no filters"), "{err}");
+        let err = me.check_peer("sendkey", &bare, "recvkey").unwrap_err();
+        assert!(err.contains("'sendkey' sends through [crc@0]"), "{err}");
+        assert!(err.contains("'recvkey' sends through no filters"), "{err}");
         assert_eq!(Signature::parse("garbage"), None);
     }
 }

@@ -109,7 +109,7 @@ impl LoopbackDevice {
         match msg {
             Message::ConnectRequest { from_key, reply_to, signature, data } => {
                 let peer_sig = Signature::parse(&signature).unwrap_or_default();
-                if let Err(why) = self.signature.check_peer(&peer_sig, &from_key) {
+                if let Err(why) = self.signature.check_peer(&self.key, &peer_sig, &from_key) {
                     log::warn!("loopback: refusing connection from '{from_key}': {why}");
                     self.post(
                         &from_key,
@@ -137,6 +137,7 @@ impl LoopbackDevice {
                     return;
                 };
                 let status = Status::from_code(status);
+                irb.clear_segments();
                 if status == Status::Mismatch {
                     irb.set_detail(&String::from_utf8_lossy(&data));
                 } else if irb.attach(&data).is_err() {

@@ -584,6 +584,7 @@ impl TcpDevice {
                 log::debug!("tcp: connected to '{}' at {}", a.key, c.peer);
                 self.set_deadline(idx, None);
                 if let Some(mut irb) = a.irb.take() {
+                    irb.clear_segments();
                     if irb.attach(&reply).is_err() {
                         log::error!("tcp: could not attach reply data");
                     }
@@ -600,6 +601,7 @@ impl TcpDevice {
                     _ => (Status::Protocol, format!("'{}' found our hello invalid: {reason}", a.key)),
                 };
                 if let Some(mut irb) = a.irb.take() {
+                    irb.clear_segments();
                     if irb.attach(&reply).is_err() {
                         log::error!("tcp: could not attach reply data");
                     }

@@ -235,7 +235,7 @@ pub fn check_hello(local_key: &str, local: &Signature, from_key: &str, to_key: &
     }
     let peer = Signature::parse(signature)
         .ok_or_else(|| (AnswerStatus::Invalid, format!("malformed filter signature '{signature}'")))?;
-    local.check_peer(&peer, from_key).map_err(|why| (AnswerStatus::SignatureMismatch, why))
+    local.check_peer(local_key, &peer, from_key).map_err(|why| (AnswerStatus::SignatureMismatch, why))
 }
 
 /// FNV-1a, for a stable key-to-port mapping across processes and builds.

@@ -1,0 +1,188 @@
+//! vmirecv: waits for connections, accepts (or rejects) them, and prints each message.
+//!
+//! ```text
+//! VMI_SPECFILE=specfiles/tcp.xml vmirecv recvkey
+//! ```
+#![forbid(unsafe_code)]
+
+use std::collections::HashMap;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use vmi_core::{ConnId, ConnectRequest, Ctx, Decision, Disconnect, Handler, Recv, Slab, Vmi};
+use vmi_examples::{check, init_logging};
+
+/// Receive messages over vmi. The chain comes from the specfile named by VMI_SPECFILE.
+#[derive(Parser, Debug)]
+#[command(version, about, after_help = "Environment: VMI_SPECFILE (required), VMI_LOG (log filter), VMI_DEVICE_PATH, VMI_<DEVICE>_<PARAM>. See `vmi-info --env`.")]
+struct Args {
+    /// This process's key; senders address it by host + key.
+    recvkey: String,
+    /// Exit after this many complete messages (0: serve until killed).
+    #[arg(short = 'n', long, default_value_t = 1)]
+    messages: u64,
+    /// Check every byte against the pattern vmisend writes.
+    #[arg(long)]
+    verify: bool,
+    /// Refuse every connection (for testing rejections); exit after the first.
+    #[arg(long)]
+    reject: bool,
+    /// Accept only connections whose connect data equals this text.
+    #[arg(long)]
+    cookie: Option<String>,
+    /// Give up (exit 1) after this many seconds without finishing.
+    #[arg(short, long, default_value_t = 60.0)]
+    timeout: f64,
+    /// Print only errors and the summary.
+    #[arg(short, long)]
+    quiet: bool,
+    /// Log at info level (VMI_LOG overrides).
+    #[arg(short, long)]
+    verbose: bool,
+}
+
+#[derive(Default)]
+struct Inbound {
+    peer: String,
+    message: u64,
+    offset: u64,
+    fragments: u64,
+}
+
+struct Receiver {
+    args: Args,
+    conns: HashMap<ConnId, Inbound>,
+    messages: u64,
+    bytes: u64,
+    rejected: u64,
+    error: Option<String>,
+    live: usize,
+}
+
+impl Handler for Receiver {
+    fn accept(&mut self, _ctx: &mut Ctx<'_>, req: &mut ConnectRequest<'_>) -> Decision {
+        let data = req.data.read_to_vec();
+        let text = String::from_utf8_lossy(&data).into_owned();
+        if self.args.reject {
+            self.rejected += 1;
+            println!("vmirecv: rejected connection from '{}' at {} (--reject)", req.peer_key, req.peer_host);
+            return Decision::Reject(b"rejected by vmirecv --reject".to_vec());
+        }
+        if let Some(c) = &self.args.cookie {
+            if *c != text {
+                self.rejected += 1;
+                println!("vmirecv: rejected connection from '{}': connect data '{text}' is not the cookie", req.peer_key);
+                return Decision::Reject(format!("wrong cookie '{text}'").into_bytes());
+            }
+        }
+        if !self.args.quiet {
+            println!("vmirecv: accepted connection from '{}' at {} (connect data: '{text}')", req.peer_key, req.peer_host);
+        }
+        self.conns.insert(req.conn, Inbound { peer: req.peer_key.to_string(), ..Default::default() });
+        self.live += 1;
+        Decision::Accept(format!("welcome {}", req.peer_key).into_bytes())
+    }
+
+    fn receive(&mut self, _ctx: &mut Ctx<'_>, conn: ConnId, cmd: Recv, slab: &mut Slab<'_>) {
+        let Some(s) = self.conns.get_mut(&conn) else { return };
+        s.fragments += 1;
+        if self.args.verify {
+            loop {
+                let chunk = slab.read(usize::MAX);
+                if chunk.is_empty() {
+                    break;
+                }
+                if let Some(bad) = check(chunk, s.message, s.offset) {
+                    if self.error.is_none() {
+                        self.error = Some(format!("message {} from '{}': byte {bad} differs from what vmisend wrote", s.message + 1, s.peer));
+                    }
+                }
+                s.offset += chunk.len() as u64;
+            }
+        } else {
+            s.offset += slab.len() as u64;
+        }
+        if cmd == Recv::End {
+            self.messages += 1;
+            self.bytes += s.offset;
+            if !self.args.quiet {
+                println!(
+                    "vmirecv: message {} from '{}': {} bytes in {} fragment(s){}",
+                    s.message + 1,
+                    s.peer,
+                    s.offset,
+                    s.fragments,
+                    if self.args.verify { ", verified" } else { "" }
+                );
+            }
+            s.message += 1;
+            s.offset = 0;
+            s.fragments = 0;
+        }
+    }
+
+    fn disconnected(&mut self, _ctx: &mut Ctx<'_>, conn: ConnId, reason: Disconnect) {
+        if let Some(s) = self.conns.remove(&conn) {
+            self.live -= 1;
+            match reason {
+                Disconnect::Error { status, detail } => {
+                    if s.offset > 0 || s.fragments > 0 {
+                        eprintln!("vmirecv: connection from '{}' lost in the middle of a message: {status}: {detail}", s.peer);
+                    } else if !self.args.quiet {
+                        println!("vmirecv: connection from '{}' ended: {status}: {detail}", s.peer);
+                    }
+                }
+                _ if !self.args.quiet => println!("vmirecv: '{}' disconnected", s.peer),
+                _ => {}
+            }
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    init_logging(args.verbose);
+    let timeout = Duration::from_secs_f64(args.timeout.max(0.0));
+    let mut vmi = match Vmi::init(Some(&args.recvkey)) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("vmirecv: error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if !args.quiet {
+        println!("vmirecv: key '{}' waiting for connections", args.recvkey);
+    }
+    let want = args.messages;
+    let mut r = Receiver { args, conns: HashMap::new(), messages: 0, bytes: 0, rejected: 0, error: None, live: 0 };
+    let start = Instant::now();
+    let mut done_at: Option<Instant> = None;
+    loop {
+        vmi.wait(&mut r, Duration::from_millis(100));
+        if let Some(e) = &r.error {
+            eprintln!("vmirecv: error: {e}");
+            return ExitCode::FAILURE;
+        }
+        let finished = (r.args.reject && r.rejected > 0) || (want > 0 && r.messages >= want);
+        if finished {
+            // Let senders close first so they see their sends through; then leave.
+            let t = *done_at.get_or_insert_with(Instant::now);
+            if r.live == 0 || t.elapsed() > Duration::from_secs(2) {
+                break;
+            }
+        } else if start.elapsed() > timeout {
+            eprintln!(
+                "vmirecv: error: timed out after {:.1} s with {} of {want} message(s) received",
+                timeout.as_secs_f64(),
+                r.messages
+            );
+            return ExitCode::FAILURE;
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    if !r.args.reject {
+        println!("vmirecv: received {} message(s), {} bytes in {secs:.3} s", r.messages, r.bytes);
+    }
+    ExitCode::SUCCESS
+}
