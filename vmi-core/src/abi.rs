@@ -30,6 +30,10 @@ pub const VMI_KIND_FILTER: u32 = 1;
 /// Device kind: a transport moves bytes to a peer.
 pub const VMI_KIND_TRANSPORT: u32 = 2;
 
+/// Descriptor flag: the filter does not change the bytes on the wire (tracing, delays), so it
+/// is left out of the filter signature and may sit on one side only.
+pub const VMI_DEVICE_WIRE_NEUTRAL: u32 = 1;
+
 /// `submit`/`receive` result: hand the IRB to the next device.
 pub const VMI_PASS: i32 = 0;
 /// `submit`/`receive` result: the device finished the IRB; `irb.status` holds the status.
@@ -279,6 +283,8 @@ pub struct VmiDeviceDescriptor {
     pub struct_size: u32,
     /// [`VMI_KIND_FILTER`] or [`VMI_KIND_TRANSPORT`].
     pub kind: u32,
+    /// `VMI_DEVICE_*` flags.
+    pub flags: u32,
     /// Device type name (NUL-terminated), e.g. `tcp`.
     pub name: *const c_char,
     /// Device version (NUL-terminated), e.g. `0.1.0`.
@@ -344,4 +350,20 @@ pub struct VmiHostServices {
     /// An address inside the host's copy of `vmi-core`; a statically linked device sees the
     /// same address and so knows it shares the host's logger.
     pub host_marker: *const u8,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The C header (`include/vmi_device.h`) must describe the same layout; these sizes are
+    /// what a C compiler reports for it on x86-64 and aarch64 Linux.
+    #[test]
+    fn layout_matches_the_c_header() {
+        assert_eq!(std::mem::size_of::<VmiIrb>(), 312);
+        assert_eq!(std::mem::size_of::<VmiDeviceVtable>(), 88);
+        assert_eq!(std::mem::size_of::<VmiDeviceDescriptor>(), 88);
+        assert_eq!(std::mem::size_of::<VmiHostServices>(), 128);
+        assert_eq!(std::mem::size_of::<VmiCapabilities>(), 24);
+    }
 }

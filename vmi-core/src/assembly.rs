@@ -162,7 +162,7 @@ pub(crate) fn plan(spec: &Spec, env: &dyn Fn(&str) -> Option<String>) -> Result<
     }
     let filters = |c: &[usize]| -> Vec<String> {
         c.iter()
-            .filter(|&&d| devices[d].ty.kind == DeviceKind::Filter)
+            .filter(|&&d| devices[d].ty.kind == DeviceKind::Filter && !devices[d].ty.wire_neutral)
             .map(|&d| {
                 let ty = &devices[d].ty;
                 format!("{}@{}", ty.name, ty.version.split('.').next().unwrap_or("0"))

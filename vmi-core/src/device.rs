@@ -522,6 +522,9 @@ pub trait Device: Sized + 'static {
     const KIND: DeviceKind;
     /// Declared parameters.
     const PARAMS: &'static [VmiParamSpec] = &[];
+    /// True for a filter that does not change the bytes on the wire (tracing, delays): it is
+    /// left out of the filter signature checked at connect, so it may run on one side only.
+    const WIRE_NEUTRAL: bool = false;
     /// Which entries to export; the rest are pass-through at no cost.
     const HOOKS: Hooks = Hooks::ALL;
     /// Per-IRB scratch space, zeroed when the host allocates the IRB.

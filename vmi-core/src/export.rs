@@ -58,6 +58,7 @@ impl<D: Device> Export<D> {
         abi_minor: VMI_ABI_MINOR,
         struct_size: std::mem::size_of::<VmiDeviceDescriptor>() as u32,
         kind: D::KIND.code(),
+        flags: if D::WIRE_NEUTRAL { VMI_DEVICE_WIRE_NEUTRAL } else { 0 },
         name: D::NAME.as_ptr(),
         version: D::VERSION.as_ptr(),
         description: D::DESCRIPTION.as_ptr(),

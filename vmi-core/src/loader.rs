@@ -136,6 +136,8 @@ pub struct DeviceType {
     pub description: String,
     /// Filter or transport.
     pub kind: DeviceKind,
+    /// Does not change wire bytes (left out of the filter signature).
+    pub wire_neutral: bool,
     /// ABI major.minor the device was built against.
     pub abi: (u16, u16),
     /// Per-IRB frame size.
@@ -395,6 +397,7 @@ pub unsafe fn validate(
         // SAFETY: as for `name`.
         description: unsafe { c_text(d.description) },
         kind,
+        wire_neutral: d.flags & VMI_DEVICE_WIRE_NEUTRAL != 0,
         abi: (major, minor),
         frame_size: d.frame_size as usize,
         frame_align: align.max(1),

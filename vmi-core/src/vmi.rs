@@ -366,6 +366,9 @@ impl Vmi {
     /// arrives in [`Handler::connected`] with `token`. `host` may be `host:port` to skip the
     /// key-derived port search.
     pub fn connect(&mut self, host: &str, key: &str, data: &[u8], token: u64) -> Result<ConnId, VmiError> {
+        if data.len() > MAX_CONNECT_DATA {
+            return Err(VmiError::ConnectDataTooLarge { len: data.len(), max: MAX_CONNECT_DATA });
+        }
         let transport = self.engine.choose_transport(host, key).map_err(|refusals| VmiError::Unreachable {
             host: host.into(),
             key: key.into(),

@@ -19,6 +19,10 @@ impl Device for SkeletonFilter {
     const VERSION: &'static CStr = c"0.1.0";
     const DESCRIPTION: &'static CStr = c"do-nothing filter: the template for new devices";
     const KIND: DeviceKind = DeviceKind::Filter;
+    // The skeleton changes no bytes, but it stays in the filter signature (the default) so the
+    // shipped tcp-skeleton specfile shows the handshake's filter check at work. A filter that
+    // only observes (tracing, delays) sets `WIRE_NEUTRAL = true` and may run on one side.
+    const WIRE_NEUTRAL: bool = false;
     const PARAMS: &'static [vmi_core::abi::VmiParamSpec] = PARAMS;
     // submit + receive + complete; a filter with only a submit step would export less and
     // cost nothing on the other paths.

@@ -1,0 +1,238 @@
+//! Support for vmi's integration tests: locating the built binaries and device libraries,
+//! child processes that are killed when the test ends, unique keys, seeded randomness, and
+//! small test devices for the engine tests.
+#![allow(missing_docs)]
+
+pub mod devices;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Once};
+use std::time::{Duration, Instant};
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ lives in the workspace").to_path_buf()
+}
+
+/// The cargo target profile directory the test binary runs from (e.g. target/debug).
+pub fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let deps = exe.parent().expect("deps dir");
+    deps.parent().expect("profile dir").to_path_buf()
+}
+
+/// Builds the workspace's binaries and device libraries once per test process, so tests can
+/// run them even under a plain `cargo test -p vmi-tests`.
+pub fn ensure_built() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let needed = ["vmisend", "vmirecv", "libvmi_tcp.so", "libvmi_loopback.so", "libvmi_skeleton.so"];
+        if needed.iter().all(|n| target_dir().join(n).exists()) {
+            return;
+        }
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let release = target_dir().file_name().is_some_and(|n| n == "release");
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "--workspace", "--bins", "--lib"]).current_dir(root());
+        if release {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("run cargo build");
+        assert!(status.success(), "cargo build --workspace failed; build the workspace first");
+    });
+}
+
+/// Path of a built binary.
+pub fn bin(name: &str) -> PathBuf {
+    ensure_built();
+    target_dir().join(name)
+}
+
+/// Path of a built device library.
+pub fn device_lib(type_name: &str) -> PathBuf {
+    ensure_built();
+    target_dir().join(format!("libvmi_{type_name}.so"))
+}
+
+/// A key no other test (or test run) uses.
+pub fn unique_key(prefix: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    format!("{prefix}-{}-{}-{nanos:x}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A seeded xorshift generator; the seed is printed so a failure can be replayed with
+/// `VMI_TEST_SEED=<seed>`.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(test: &str) -> Rng {
+        let seed = std::env::var("VMI_TEST_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1));
+        println!("{test}: seed {seed} (replay with VMI_TEST_SEED={seed})");
+        Rng(seed | 1)
+    }
+
+    pub fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+/// A child process that is killed when dropped, with its output collected.
+pub struct Proc {
+    pub name: String,
+    child: Child,
+    output: Arc<Mutex<String>>,
+}
+
+impl Proc {
+    /// Starts `program` with `args` and `VMI_SPECFILE=spec`.
+    pub fn spawn(program: &str, args: &[&str], spec: &Path, env: &[(&str, &str)]) -> Proc {
+        let mut cmd = Command::new(bin(program));
+        cmd.args(args)
+            .env("VMI_SPECFILE", spec)
+            .env_remove("VMI_KEY")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if std::env::var_os("VMI_LOG").is_none() {
+            cmd.env("VMI_LOG", "info");
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {program}: {e}"));
+        let output = Arc::new(Mutex::new(String::new()));
+        for stream in [child.stdout.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>), child.stderr.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>)].into_iter().flatten() {
+            let out = output.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    let mut o = out.lock().unwrap();
+                    o.push_str(&line);
+                    o.push('\n');
+                }
+            });
+        }
+        Proc { name: program.to_string(), child, output }
+    }
+
+    /// Everything printed so far (stdout and stderr interleaved by line).
+    pub fn output(&self) -> String {
+        self.output.lock().unwrap().clone()
+    }
+
+    /// Waits until the output contains `needle`; panics with the output after `timeout`.
+    pub fn wait_for(&self, needle: &str, timeout: Duration) -> String {
+        let start = Instant::now();
+        loop {
+            let out = self.output();
+            if out.contains(needle) {
+                return out;
+            }
+            assert!(start.elapsed() < timeout, "{} did not print '{needle}' within {timeout:?}; output:\n{out}", self.name);
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Waits for exit; kills the process and panics after `timeout`. Returns (success, output).
+    pub fn finish(mut self, timeout: Duration) -> (bool, String) {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                // Give the reader threads a moment to drain the pipes.
+                std::thread::sleep(Duration::from_millis(50));
+                return (status.success(), self.output());
+            }
+            if start.elapsed() > timeout {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!("{} did not exit within {timeout:?}; output:\n{}", self.name, self.output());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Kills the process at once (SIGKILL).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A directory removed when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(prefix: &str) -> TempDir {
+        let p = std::env::temp_dir().join(unique_key(prefix));
+        std::fs::create_dir_all(&p).expect("create temp dir");
+        TempDir(p)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A specfile with one transport on both chains and `filters` (type names) on top.
+pub fn spec_text(transport: &str, filters: &[&str], transport_attrs: &str) -> String {
+    let mut s = String::from("<vmi>\n");
+    for f in filters {
+        s.push_str(&format!("  <device name=\"{f}\"/>\n"));
+    }
+    s.push_str(&format!("  <device name=\"{transport}\" {transport_attrs}/>\n"));
+    s.push_str("  <chain name=\"send\">");
+    for f in filters {
+        s.push_str(&format!("<use device=\"{f}\"/>"));
+    }
+    s.push_str(&format!("<use device=\"{transport}\"/></chain>\n"));
+    s.push_str(&format!("  <chain name=\"receive\"><use device=\"{transport}\"/>"));
+    for f in filters.iter().rev() {
+        s.push_str(&format!("<use device=\"{f}\"/>"));
+    }
+    s.push_str("</chain>\n</vmi>\n");
+    s
+}
+
+/// Registers every device of this workspace statically (idempotent).
+pub fn register_all() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let _ = env_logger::Builder::from_env(env_logger::Env::new().filter_or("VMI_LOG", "warn")).is_test(true).try_init();
+        vmi_loopback::register_static();
+        vmi_skeleton::register_static();
+        vmi_tcp::register_static();
+        devices::register();
+    });
+}
