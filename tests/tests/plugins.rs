@@ -1,0 +1,151 @@
+//! The plugin boundary: every device loads through its shared object, a device written in C
+//! loads and runs, and broken libraries are refused with errors that say what to do.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use vmi_core::assembly::AssemblyError;
+use vmi_core::device::DeviceKind;
+use vmi_core::loader::{self, LoadError};
+use vmi_core::spec::Spec;
+use vmi_core::{ConnId, ConnectOutcome, Ctx, Handler, Recv, Slab, Vmi, VmiError};
+use vmi_tests::{TempDir, device_lib, root, unique_key};
+
+#[test]
+fn every_device_loads_from_its_shared_object() {
+    for (ty, kind) in [("tcp", DeviceKind::Transport), ("loopback", DeviceKind::Transport), ("skeleton", DeviceKind::Filter)] {
+        let path = device_lib(ty);
+        let t = loader::load_library(&path, ty).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(t.name, ty);
+        assert_eq!(t.kind, kind);
+        assert_eq!(t.abi.0, vmi_core::abi::VMI_ABI_MAJOR);
+        assert_eq!(t.library.as_deref(), Some(path.as_path()));
+        assert!(!t.description.is_empty());
+    }
+    let tcp = loader::load_library(&device_lib("tcp"), "tcp").unwrap();
+    assert!(tcp.params.iter().any(|p| p.name == "connect_timeout_ms" && p.default == "10000"));
+}
+
+/// Builds the C filter (optionally broken by `defines`) into `dir`; `None` when no C compiler.
+fn build_c(dir: &Path, file: &str, defines: &[&str]) -> Option<PathBuf> {
+    let out = dir.join(file);
+    let mut cmd = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()));
+    cmd.args(["-shared", "-fPIC", "-O1", "-Wall", "-Werror", "-I"])
+        .arg(root().join("vmi-core/include"))
+        .arg(root().join("tests/c/cfilter.c"))
+        .arg("-o")
+        .arg(&out);
+    for d in defines {
+        cmd.arg(format!("-D{d}"));
+    }
+    match cmd.output() {
+        Ok(o) if o.status.success() => Some(out),
+        Ok(o) => panic!("cc failed: {}", String::from_utf8_lossy(&o.stderr)),
+        Err(e) => {
+            println!("SKIPPED: no C compiler ({e}); install gcc to run the C plugin tests");
+            None
+        }
+    }
+}
+
+#[test]
+fn broken_libraries_are_refused_with_clear_errors() {
+    let dir = TempDir::new("vmi-plugins");
+    let cases: &[(&str, &[&str], &str, fn(&LoadError) -> bool)] = &[
+        ("major.so", &["ABI_MAJOR=99"], "built for device ABI 99.x", |e| matches!(e, LoadError::AbiMismatch { found: 99, .. })),
+        ("vtable.so", &["VT_SIZE=16"], "truncated vtable (16 bytes", |e| matches!(e, LoadError::Truncated { table: "vtable", found: 16, .. })),
+        ("symbol.so", &["SYMBOL=vmi_device_other"], "does not export 'vmi_device_cfilter'", |e| matches!(e, LoadError::MissingSymbol { .. })),
+        ("magic.so", &["MAGIC=0x12345678u"], "not a vmi device descriptor", |e| matches!(e, LoadError::BadMagic { found: 0x1234_5678, .. })),
+        ("name.so", &["TYPE_NAME=\"impostor\""], "calls itself 'impostor'", |e| matches!(e, LoadError::BadDescriptor { .. })),
+    ];
+    for (file, defines, text, is) in cases {
+        let Some(lib) = build_c(dir.path(), file, defines) else { return };
+        let err = loader::load_library(&lib, "cfilter").expect_err(file);
+        assert!(is(&err), "{file}: wrong error kind: {err}");
+        let msg = err.to_string();
+        assert!(msg.contains(text), "{file}: message lacks '{text}': {msg}");
+        assert!(msg.contains(&lib.display().to_string()), "{file}: message names the library: {msg}");
+    }
+
+    let junk = dir.path().join("libvmi_junk.so");
+    std::fs::write(&junk, b"not an ELF file").unwrap();
+    let err = loader::load_library(&junk, "junk").unwrap_err();
+    assert!(matches!(err, LoadError::CannotOpen { .. }), "{err}");
+
+    let err = loader::find_library("nosuch", None, Some(dir.path())).unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("libvmi_nosuch.so not found") && msg.contains(&dir.path().display().to_string()), "{msg}");
+    assert!(msg.contains("VMI_DEVICE_PATH"), "the remedy is named: {msg}");
+}
+
+fn spec_with_c(lib: &Path, loopback: &Path) -> Spec {
+    Spec::parse_str(
+        &format!(
+            "<vmi><device name=\"c\" type=\"cfilter\" library=\"{}\"/><device name=\"loop\" type=\"loopback\" library=\"{}\"/><chain name=\"send\"><use device=\"c\"/><use device=\"loop\"/></chain><chain name=\"receive\"><use device=\"loop\"/><use device=\"c\"/></chain></vmi>",
+            lib.display(),
+            loopback.display()
+        ),
+        "c.xml",
+    )
+    .unwrap()
+}
+
+#[test]
+fn create_failures_are_reported_with_the_device_message() {
+    let dir = TempDir::new("vmi-plugins-create");
+    for (file, define, text) in [
+        ("fail.so", "CREATE_RESULT=VMI_CREATE_FAILED", "failed to start: the C device refused to start"),
+        ("panic.so", "CREATE_RESULT=VMI_CREATE_PANICKED", "panicked while starting: the C device refused to start"),
+    ] {
+        let Some(lib) = build_c(dir.path(), file, &[define]) else { return };
+        let err = Vmi::with_spec(spec_with_c(&lib, &device_lib("loopback")), &unique_key("c")).err().expect(file);
+        assert!(matches!(err, VmiError::Assembly(AssemblyError::Load(_))), "{err}");
+        assert!(err.to_string().contains(text), "{file}: {err}");
+    }
+}
+
+#[derive(Default)]
+struct H {
+    conn: Option<ConnId>,
+    got: Vec<Vec<u8>>,
+}
+
+impl Handler for H {
+    fn connected(&mut self, _ctx: &mut Ctx<'_>, conn: ConnId, outcome: ConnectOutcome<'_>, _token: u64) {
+        if let ConnectOutcome::Failed { status, detail } = &outcome {
+            panic!("connect failed: {status}: {detail}");
+        }
+        self.conn = Some(conn);
+    }
+    fn receive(&mut self, _ctx: &mut Ctx<'_>, _conn: ConnId, _cmd: Recv, slab: &mut Slab<'_>) {
+        self.got.push(slab.read_to_vec());
+    }
+}
+
+#[test]
+fn a_c_device_and_shared_object_devices_carry_messages() {
+    let dir = TempDir::new("vmi-plugins-ok");
+    let Some(lib) = build_c(dir.path(), "libvmi_cfilter.so", &[]) else { return };
+    let (ka, kb) = (unique_key("ca"), unique_key("cb"));
+    let mut a = Vmi::with_spec(spec_with_c(&lib, &device_lib("loopback")), &ka).unwrap();
+    let mut b = Vmi::with_spec(spec_with_c(&lib, &device_lib("loopback")), &kb).unwrap();
+    assert!(a.devices().iter().all(|d| d.origin.ends_with(".so")), "loaded from files: {:?}", a.devices());
+    let (mut ha, mut hb) = (H::default(), H::default());
+    a.connect("localhost", &kb, b"", 0).unwrap();
+    let start = Instant::now();
+    while ha.conn.is_none() {
+        a.poll(&mut ha);
+        b.poll(&mut hb);
+        assert!(start.elapsed() < Duration::from_secs(5));
+    }
+    for i in 0..5u8 {
+        a.send_inline(ha.conn.unwrap(), &[i; 10]).unwrap();
+    }
+    while hb.got.len() < 5 {
+        a.poll(&mut ha);
+        b.poll(&mut hb);
+        assert!(start.elapsed() < Duration::from_secs(5));
+    }
+    assert_eq!(hb.got, (0..5u8).map(|i| vec![i; 10]).collect::<Vec<_>>());
+}
