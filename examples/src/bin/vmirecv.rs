@@ -34,7 +34,7 @@ struct Args {
     /// Give up (exit 1) after this many seconds without finishing.
     #[arg(short, long, default_value_t = 60.0)]
     timeout: f64,
-    /// Print only errors and the summary.
+    /// Print only the readiness line, errors and the summary.
     #[arg(short, long)]
     quiet: bool,
     /// Log at info level (VMI_LOG overrides).
@@ -151,9 +151,8 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if !args.quiet {
-        println!("vmirecv: key '{}' waiting for connections", args.recvkey);
-    }
+    // Always printed: scripts wait for this line before starting senders.
+    println!("vmirecv: key '{}' waiting for connections", args.recvkey);
     let want = args.messages;
     let mut r = Receiver { args, conns: HashMap::new(), messages: 0, bytes: 0, rejected: 0, error: None, live: 0 };
     let start = Instant::now();
