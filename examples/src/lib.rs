@@ -17,7 +17,10 @@ pub fn fill(buf: &mut [u8], message: u64, offset: u64) {
 
 /// The first offset in `data` that differs from the pattern.
 pub fn check(data: &[u8], message: u64, offset: u64) -> Option<u64> {
-    data.iter().enumerate().find(|(i, b)| **b != pattern(message, offset + *i as u64)).map(|(i, _)| offset + i as u64)
+    data.iter()
+        .enumerate()
+        .find(|(i, b)| **b != pattern(message, offset + *i as u64))
+        .map(|(i, _)| offset + i as u64)
 }
 
 /// Splits `size` bytes into `fragments` pieces whose sizes differ by at most one.
@@ -37,7 +40,8 @@ pub fn init_logging(verbose: bool) {
 
 /// Parses sizes such as `64k`, `1m`, `16M`, `1048576`.
 pub fn parse_size(s: &str) -> Result<u64, String> {
-    vmi_core::params::parse_uint(s).ok_or_else(|| format!("'{s}' is not a size (examples: 8, 4k, 1m, 64m)"))
+    vmi_core::params::parse_uint(s)
+        .ok_or_else(|| format!("'{s}' is not a size (examples: 8, 4k, 1m, 64m)"))
 }
 
 #[cfg(test)]
@@ -57,7 +61,11 @@ mod tests {
         let mut b = vec![0u8; 4096];
         fill(&mut b, 3, 100);
         assert_eq!(check(&b, 3, 100), None);
-        assert_eq!(check(&b, 4, 100), Some(100), "another message's bytes differ");
+        assert_eq!(
+            check(&b, 4, 100),
+            Some(100),
+            "another message's bytes differ"
+        );
         b[77] ^= 1;
         assert_eq!(check(&b, 3, 100), Some(177));
     }

@@ -6,9 +6,9 @@ use std::collections::VecDeque;
 use std::ffi::CStr;
 use std::sync::Mutex;
 
+use vmi_core::Status;
 use vmi_core::abi::{VMI_PARAM_STRING, VMI_PARAM_UINT, VmiParamSpec};
 use vmi_core::device::{Config, Device, DeviceKind, Disposition, Hooks, Host, Irb, param};
-use vmi_core::Status;
 
 static LOG: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
@@ -19,7 +19,11 @@ fn record(entry: String) {
 /// Entries recorded under `tag`, oldest first (with the tag stripped).
 pub fn log_for(tag: &str) -> Vec<String> {
     let prefix = format!("{tag}:");
-    LOG.lock().unwrap().iter().filter_map(|e| e.strip_prefix(&prefix).map(str::to_string)).collect()
+    LOG.lock()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e.strip_prefix(&prefix).map(str::to_string))
+        .collect()
 }
 
 /// Per-IRB frame of the recorder: a sequence number stamped at submit.
@@ -36,7 +40,12 @@ pub struct Recorder {
     seq: u64,
 }
 
-const TAG: &[VmiParamSpec] = &[param(c"tag", VMI_PARAM_STRING, c"rec", c"prefix of recorded entries")];
+const TAG: &[VmiParamSpec] = &[param(
+    c"tag",
+    VMI_PARAM_STRING,
+    c"rec",
+    c"prefix of recorded entries",
+)];
 
 impl Device for Recorder {
     const NAME: &'static CStr = c"recorder";
@@ -49,7 +58,10 @@ impl Device for Recorder {
     type Frame = Stamp;
 
     fn create(_host: Host, c: &Config) -> Result<Self, String> {
-        Ok(Recorder { tag: c.get("tag").map_err(|e| e.to_string())?.to_string(), seq: 0 })
+        Ok(Recorder {
+            tag: c.get("tag").map_err(|e| e.to_string())?.to_string(),
+            seq: 0,
+        })
     }
 
     fn submit(&mut self, mut irb: Irb) -> Disposition {
@@ -74,7 +86,10 @@ impl Device for Recorder {
     fn complete(&mut self, irb: &mut Irb) {
         let (op, status) = (irb.op(), irb.status());
         let f = *irb.frame::<Stamp>();
-        record(format!("{}:complete:{op:?}:{}:{:x}:{status:?}", self.tag, f.seq, f.magic));
+        record(format!(
+            "{}:complete:{op:?}:{}:{:x}:{status:?}",
+            self.tag, f.seq, f.magic
+        ));
     }
 }
 
@@ -85,7 +100,12 @@ pub struct Pender {
     host: Host,
 }
 
-const MODE: &[VmiParamSpec] = &[param(c"mode", VMI_PARAM_STRING, c"pass", c"pass | complete | thread")];
+const MODE: &[VmiParamSpec] = &[param(
+    c"mode",
+    VMI_PARAM_STRING,
+    c"pass",
+    c"pass | complete | thread",
+)];
 
 impl Device for Pender {
     const NAME: &'static CStr = c"pender";
@@ -97,7 +117,11 @@ impl Device for Pender {
     type Frame = ();
 
     fn create(host: Host, c: &Config) -> Result<Self, String> {
-        Ok(Pender { mode: c.get("mode").map_err(|e| e.to_string())?.to_string(), held: VecDeque::new(), host })
+        Ok(Pender {
+            mode: c.get("mode").map_err(|e| e.to_string())?.to_string(),
+            held: VecDeque::new(),
+            host,
+        })
     }
 
     fn submit(&mut self, irb: Irb) -> Disposition {
@@ -135,7 +159,12 @@ pub struct Failer {
 }
 
 const FAIL: &[VmiParamSpec] = &[
-    param(c"status", VMI_PARAM_UINT, c"7", c"status code to complete with"),
+    param(
+        c"status",
+        VMI_PARAM_UINT,
+        c"7",
+        c"status code to complete with",
+    ),
     param(c"direction", VMI_PARAM_STRING, c"send", c"send | receive"),
 ];
 
@@ -146,7 +175,12 @@ impl Device for Failer {
     const KIND: DeviceKind = DeviceKind::Filter;
     const WIRE_NEUTRAL: bool = true;
     const PARAMS: &'static [VmiParamSpec] = FAIL;
-    const HOOKS: Hooks = Hooks { submit: true, receive: true, complete: false, poll: false };
+    const HOOKS: Hooks = Hooks {
+        submit: true,
+        receive: true,
+        complete: false,
+        poll: false,
+    };
     type Frame = ();
 
     fn create(_host: Host, c: &Config) -> Result<Self, String> {
@@ -178,7 +212,12 @@ pub struct Panicker {
     in_submit: bool,
 }
 
-const WHERE: &[VmiParamSpec] = &[param(c"at", VMI_PARAM_STRING, c"submit", c"create | submit")];
+const WHERE: &[VmiParamSpec] = &[param(
+    c"at",
+    VMI_PARAM_STRING,
+    c"submit",
+    c"create | submit",
+)];
 
 impl Device for Panicker {
     const NAME: &'static CStr = c"panicker";
@@ -236,7 +275,13 @@ vmi_core::export_device!(Dropper, vmi_device_dropper);
 
 /// Registers the test devices.
 pub fn register() {
-    for d in [&vmi_device_recorder, &vmi_device_pender, &vmi_device_failer, &vmi_device_panicker, &vmi_device_dropper] {
+    for d in [
+        &vmi_device_recorder,
+        &vmi_device_pender,
+        &vmi_device_failer,
+        &vmi_device_panicker,
+        &vmi_device_dropper,
+    ] {
         vmi_core::loader::register_static(d);
     }
 }

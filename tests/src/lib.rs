@@ -14,7 +14,10 @@ use std::time::{Duration, Instant};
 
 /// The workspace root.
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ lives in the workspace").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ lives in the workspace")
+        .to_path_buf()
 }
 
 /// The cargo target profile directory the test binary runs from (e.g. target/debug).
@@ -34,12 +37,16 @@ pub fn ensure_built() {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let release = target_dir().file_name().is_some_and(|n| n == "release");
         let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--quiet", "--workspace", "--bins", "--lib"]).current_dir(root());
+        cmd.args(["build", "--quiet", "--workspace", "--bins", "--lib"])
+            .current_dir(root());
         if release {
             cmd.arg("--release");
         }
         let status = cmd.status().expect("run cargo build");
-        assert!(status.success(), "cargo build --workspace failed; build the workspace first");
+        assert!(
+            status.success(),
+            "cargo build --workspace failed; build the workspace first"
+        );
     });
 }
 
@@ -58,8 +65,15 @@ pub fn device_lib(type_name: &str) -> PathBuf {
 /// A key no other test (or test run) uses.
 pub fn unique_key(prefix: &str) -> String {
     static N: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-    format!("{prefix}-{}-{}-{nanos:x}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "{prefix}-{}-{}-{nanos:x}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// A seeded xorshift generator; the seed is printed so a failure can be replayed with
@@ -71,12 +85,17 @@ impl Rng {
         let seed = std::env::var("VMI_TEST_SEED")
             .ok()
             .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1));
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as u64)
+                    .unwrap_or(1)
+            });
         println!("{test}: seed {seed} (replay with VMI_TEST_SEED={seed})");
         Rng(seed | 1)
     }
 
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         let mut x = self.0;
         x ^= x << 13;
         x ^= x >> 7;
@@ -86,7 +105,7 @@ impl Rng {
     }
 
     pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
+        self.next_u64() % n.max(1)
     }
 }
 
@@ -113,9 +132,23 @@ impl Proc {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {program}: {e}"));
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {program}: {e}"));
         let output = Arc::new(Mutex::new(String::new()));
-        for stream in [child.stdout.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>), child.stderr.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>)].into_iter().flatten() {
+        for stream in [
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
             let out = output.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines().map_while(Result::ok) {
@@ -125,7 +158,11 @@ impl Proc {
                 }
             });
         }
-        Proc { name: program.to_string(), child, output }
+        Proc {
+            name: program.to_string(),
+            child,
+            output,
+        }
     }
 
     /// Everything printed so far (stdout and stderr interleaved by line).
@@ -141,7 +178,11 @@ impl Proc {
             if out.contains(needle) {
                 return out;
             }
-            assert!(start.elapsed() < timeout, "{} did not print '{needle}' within {timeout:?}; output:\n{out}", self.name);
+            assert!(
+                start.elapsed() < timeout,
+                "{} did not print '{needle}' within {timeout:?}; output:\n{out}",
+                self.name
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -158,7 +199,11 @@ impl Proc {
             if start.elapsed() > timeout {
                 let _ = self.child.kill();
                 let _ = self.child.wait();
-                panic!("{} did not exit within {timeout:?}; output:\n{}", self.name, self.output());
+                panic!(
+                    "{} did not exit within {timeout:?}; output:\n{}",
+                    self.name,
+                    self.output()
+                );
             }
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -209,13 +254,17 @@ pub fn spec_text(transport: &str, filters: &[&str], transport_attrs: &str) -> St
     for f in filters {
         s.push_str(&format!("  <device name=\"{f}\"/>\n"));
     }
-    s.push_str(&format!("  <device name=\"{transport}\" {transport_attrs}/>\n"));
+    s.push_str(&format!(
+        "  <device name=\"{transport}\" {transport_attrs}/>\n"
+    ));
     s.push_str("  <chain name=\"send\">");
     for f in filters {
         s.push_str(&format!("<use device=\"{f}\"/>"));
     }
     s.push_str(&format!("<use device=\"{transport}\"/></chain>\n"));
-    s.push_str(&format!("  <chain name=\"receive\"><use device=\"{transport}\"/>"));
+    s.push_str(&format!(
+        "  <chain name=\"receive\"><use device=\"{transport}\"/>"
+    ));
     for f in filters.iter().rev() {
         s.push_str(&format!("<use device=\"{f}\"/>"));
     }
@@ -227,7 +276,9 @@ pub fn spec_text(transport: &str, filters: &[&str], transport_attrs: &str) -> St
 pub fn register_all() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
-        let _ = env_logger::Builder::from_env(env_logger::Env::new().filter_or("VMI_LOG", "warn")).is_test(true).try_init();
+        let _ = env_logger::Builder::from_env(env_logger::Env::new().filter_or("VMI_LOG", "warn"))
+            .is_test(true)
+            .try_init();
         vmi_loopback::register_static();
         vmi_skeleton::register_static();
         vmi_tcp::register_static();

@@ -53,7 +53,13 @@ struct Counter {
 }
 
 impl Handler for Counter {
-    fn connected(&mut self, _ctx: &mut Ctx<'_>, conn: ConnId, outcome: ConnectOutcome<'_>, _token: u64) {
+    fn connected(
+        &mut self,
+        _ctx: &mut Ctx<'_>,
+        conn: ConnId,
+        outcome: ConnectOutcome<'_>,
+        _token: u64,
+    ) {
         assert!(matches!(outcome, ConnectOutcome::Accepted(_)));
         self.conn = Some(conn);
     }
@@ -105,7 +111,11 @@ fn run(filters: bool) {
     COUNTING.with(|c| c.set(true));
     drop(std::hint::black_box(Box::new([0u8; 64])));
     COUNTING.with(|c| c.set(false));
-    assert_eq!(ALLOCS.load(Ordering::Relaxed), 1, "the counting allocator is live");
+    assert_eq!(
+        ALLOCS.load(Ordering::Relaxed),
+        1,
+        "the counting allocator is live"
+    );
     ALLOCS.store(0, Ordering::Relaxed);
     COUNTING.with(|c| c.set(true));
     for _ in 0..10_000 {
@@ -116,7 +126,10 @@ fn run(filters: bool) {
     assert_eq!(hb.received, 11_000);
     assert_eq!(hb.bytes, 11_000 * 256);
     assert_eq!(ha.completed, 11_000);
-    assert_eq!(allocs, 0, "steady-state send + receive allocated {allocs} times over 10,000 messages (filters: {filters})");
+    assert_eq!(
+        allocs, 0,
+        "steady-state send + receive allocated {allocs} times over 10,000 messages (filters: {filters})"
+    );
 }
 
 #[test]

@@ -14,7 +14,11 @@ use vmi_tests::{TempDir, device_lib, root, unique_key};
 
 #[test]
 fn every_device_loads_from_its_shared_object() {
-    for (ty, kind) in [("tcp", DeviceKind::Transport), ("loopback", DeviceKind::Transport), ("skeleton", DeviceKind::Filter)] {
+    for (ty, kind) in [
+        ("tcp", DeviceKind::Transport),
+        ("loopback", DeviceKind::Transport),
+        ("skeleton", DeviceKind::Filter),
+    ] {
         let path = device_lib(ty);
         let t = loader::load_library(&path, ty).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(t.name, ty);
@@ -24,7 +28,11 @@ fn every_device_loads_from_its_shared_object() {
         assert!(!t.description.is_empty());
     }
     let tcp = loader::load_library(&device_lib("tcp"), "tcp").unwrap();
-    assert!(tcp.params.iter().any(|p| p.name == "connect_timeout_ms" && p.default == "10000"));
+    assert!(
+        tcp.params
+            .iter()
+            .any(|p| p.name == "connect_timeout_ms" && p.default == "10000")
+    );
 }
 
 /// Builds the C filter (optionally broken by `defines`) into `dir`; `None` when no C compiler.
@@ -52,20 +60,73 @@ fn build_c(dir: &Path, file: &str, defines: &[&str]) -> Option<PathBuf> {
 #[test]
 fn broken_libraries_are_refused_with_clear_errors() {
     let dir = TempDir::new("vmi-plugins");
-    let cases: &[(&str, &[&str], &str, fn(&LoadError) -> bool)] = &[
-        ("major.so", &["ABI_MAJOR=99"], "built for device ABI 99.x", |e| matches!(e, LoadError::AbiMismatch { found: 99, .. })),
-        ("vtable.so", &["VT_SIZE=16"], "truncated vtable (16 bytes", |e| matches!(e, LoadError::Truncated { table: "vtable", found: 16, .. })),
-        ("symbol.so", &["SYMBOL=vmi_device_other"], "does not export 'vmi_device_cfilter'", |e| matches!(e, LoadError::MissingSymbol { .. })),
-        ("magic.so", &["MAGIC=0x12345678u"], "not a vmi device descriptor", |e| matches!(e, LoadError::BadMagic { found: 0x1234_5678, .. })),
-        ("name.so", &["TYPE_NAME=\"impostor\""], "calls itself 'impostor'", |e| matches!(e, LoadError::BadDescriptor { .. })),
+    type Case = (
+        &'static str,
+        &'static [&'static str],
+        &'static str,
+        fn(&LoadError) -> bool,
+    );
+    let cases: &[Case] = &[
+        (
+            "major.so",
+            &["ABI_MAJOR=99"],
+            "built for device ABI 99.x",
+            |e| matches!(e, LoadError::AbiMismatch { found: 99, .. }),
+        ),
+        (
+            "vtable.so",
+            &["VT_SIZE=16"],
+            "truncated vtable (16 bytes",
+            |e| {
+                matches!(
+                    e,
+                    LoadError::Truncated {
+                        table: "vtable",
+                        found: 16,
+                        ..
+                    }
+                )
+            },
+        ),
+        (
+            "symbol.so",
+            &["SYMBOL=vmi_device_other"],
+            "does not export 'vmi_device_cfilter'",
+            |e| matches!(e, LoadError::MissingSymbol { .. }),
+        ),
+        (
+            "magic.so",
+            &["MAGIC=0x12345678u"],
+            "not a vmi device descriptor",
+            |e| {
+                matches!(
+                    e,
+                    LoadError::BadMagic {
+                        found: 0x1234_5678,
+                        ..
+                    }
+                )
+            },
+        ),
+        (
+            "name.so",
+            &["TYPE_NAME=\"impostor\""],
+            "calls itself 'impostor'",
+            |e| matches!(e, LoadError::BadDescriptor { .. }),
+        ),
     ];
     for (file, defines, text, is) in cases {
-        let Some(lib) = build_c(dir.path(), file, defines) else { return };
+        let Some(lib) = build_c(dir.path(), file, defines) else {
+            return;
+        };
         let err = loader::load_library(&lib, "cfilter").expect_err(file);
         assert!(is(&err), "{file}: wrong error kind: {err}");
         let msg = err.to_string();
         assert!(msg.contains(text), "{file}: message lacks '{text}': {msg}");
-        assert!(msg.contains(&lib.display().to_string()), "{file}: message names the library: {msg}");
+        assert!(
+            msg.contains(&lib.display().to_string()),
+            "{file}: message names the library: {msg}"
+        );
     }
 
     let junk = dir.path().join("libvmi_junk.so");
@@ -75,8 +136,15 @@ fn broken_libraries_are_refused_with_clear_errors() {
 
     let err = loader::find_library("nosuch", None, Some(dir.path())).unwrap_err();
     let msg = err.to_string();
-    assert!(msg.contains("libvmi_nosuch.so not found") && msg.contains(&dir.path().display().to_string()), "{msg}");
-    assert!(msg.contains("VMI_DEVICE_PATH"), "the remedy is named: {msg}");
+    assert!(
+        msg.contains("libvmi_nosuch.so not found")
+            && msg.contains(&dir.path().display().to_string()),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("VMI_DEVICE_PATH"),
+        "the remedy is named: {msg}"
+    );
 }
 
 fn spec_with_c(lib: &Path, loopback: &Path) -> Spec {
@@ -95,12 +163,27 @@ fn spec_with_c(lib: &Path, loopback: &Path) -> Spec {
 fn create_failures_are_reported_with_the_device_message() {
     let dir = TempDir::new("vmi-plugins-create");
     for (file, define, text) in [
-        ("fail.so", "CREATE_RESULT=VMI_CREATE_FAILED", "failed to start: the C device refused to start"),
-        ("panic.so", "CREATE_RESULT=VMI_CREATE_PANICKED", "panicked while starting: the C device refused to start"),
+        (
+            "fail.so",
+            "CREATE_RESULT=VMI_CREATE_FAILED",
+            "failed to start: the C device refused to start",
+        ),
+        (
+            "panic.so",
+            "CREATE_RESULT=VMI_CREATE_PANICKED",
+            "panicked while starting: the C device refused to start",
+        ),
     ] {
-        let Some(lib) = build_c(dir.path(), file, &[define]) else { return };
-        let err = Vmi::with_spec(spec_with_c(&lib, &device_lib("loopback")), &unique_key("c")).err().expect(file);
-        assert!(matches!(err, VmiError::Assembly(AssemblyError::Load(_))), "{err}");
+        let Some(lib) = build_c(dir.path(), file, &[define]) else {
+            return;
+        };
+        let err = Vmi::with_spec(spec_with_c(&lib, &device_lib("loopback")), &unique_key("c"))
+            .err()
+            .expect(file);
+        assert!(
+            matches!(&err, VmiError::Assembly(a) if matches!(**a, AssemblyError::Load(_))),
+            "{err}"
+        );
         assert!(err.to_string().contains(text), "{file}: {err}");
     }
 }
@@ -112,7 +195,13 @@ struct H {
 }
 
 impl Handler for H {
-    fn connected(&mut self, _ctx: &mut Ctx<'_>, conn: ConnId, outcome: ConnectOutcome<'_>, _token: u64) {
+    fn connected(
+        &mut self,
+        _ctx: &mut Ctx<'_>,
+        conn: ConnId,
+        outcome: ConnectOutcome<'_>,
+        _token: u64,
+    ) {
         if let ConnectOutcome::Failed { status, detail } = &outcome {
             panic!("connect failed: {status}: {detail}");
         }
@@ -126,11 +215,17 @@ impl Handler for H {
 #[test]
 fn a_c_device_and_shared_object_devices_carry_messages() {
     let dir = TempDir::new("vmi-plugins-ok");
-    let Some(lib) = build_c(dir.path(), "libvmi_cfilter.so", &[]) else { return };
+    let Some(lib) = build_c(dir.path(), "libvmi_cfilter.so", &[]) else {
+        return;
+    };
     let (ka, kb) = (unique_key("ca"), unique_key("cb"));
     let mut a = Vmi::with_spec(spec_with_c(&lib, &device_lib("loopback")), &ka).unwrap();
     let mut b = Vmi::with_spec(spec_with_c(&lib, &device_lib("loopback")), &kb).unwrap();
-    assert!(a.devices().iter().all(|d| d.origin.ends_with(".so")), "loaded from files: {:?}", a.devices());
+    assert!(
+        a.devices().iter().all(|d| d.origin.ends_with(".so")),
+        "loaded from files: {:?}",
+        a.devices()
+    );
     let (mut ha, mut hb) = (H::default(), H::default());
     a.connect("localhost", &kb, b"", 0).unwrap();
     let start = Instant::now();

@@ -3,8 +3,8 @@
 
 use std::path::PathBuf;
 
-use vmi_core::spec::Spec;
 use vmi_core::Vmi;
+use vmi_core::spec::Spec;
 use vmi_tests::{root, unique_key};
 
 fn xml_files(dir: &str) -> Vec<PathBuf> {
@@ -25,9 +25,13 @@ fn every_shipped_specfile_starts() {
     for f in files {
         let spec = Spec::from_file(&f).unwrap_or_else(|e| panic!("{e}"));
         // Ports of the key-derived range are probed, so parallel runs do not collide.
-        let vmi = Vmi::with_spec(spec, &unique_key("spec")).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        let vmi = Vmi::with_spec(spec, &unique_key("spec"))
+            .unwrap_or_else(|e| panic!("{}: {e}", f.display()));
         assert!(!vmi.devices().is_empty());
-        assert!(vmi.devices().iter().all(|d| d.origin.ends_with(".so")), "shipped specfiles load shared objects");
+        assert!(
+            vmi.devices().iter().all(|d| d.origin.ends_with(".so")),
+            "shipped specfiles load shared objects"
+        );
     }
 }
 
@@ -57,6 +61,9 @@ fn every_invalid_specfile_fails_where_it_says() {
         } else {
             expect.to_string()
         };
-        assert!(err.contains(&want), "{name}:\n  expected: {want}\n  got:      {err}");
+        assert!(
+            err.contains(&want),
+            "{name}:\n  expected: {want}\n  got:      {err}"
+        );
     }
 }

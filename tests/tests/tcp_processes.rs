@@ -3,7 +3,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use vmi_tests::{Proc, root, unique_key};
@@ -14,14 +14,17 @@ fn tcp_specs() -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(root().join("specfiles"))
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("tcp") && p.extension().is_some_and(|x| x == "xml"))
+        .filter(|p| {
+            p.file_name().unwrap().to_string_lossy().starts_with("tcp")
+                && p.extension().is_some_and(|x| x == "xml")
+        })
         .collect();
     v.sort();
     assert!(!v.is_empty());
     v
 }
 
-fn recv(spec: &PathBuf, key: &str, extra: &[&str], env: &[(&str, &str)]) -> Proc {
+fn recv(spec: &Path, key: &str, extra: &[&str], env: &[(&str, &str)]) -> Proc {
     let mut args = vec![key, "--timeout", "60"];
     args.extend_from_slice(extra);
     let p = Proc::spawn("vmirecv", &args, spec, env);
@@ -29,7 +32,7 @@ fn recv(spec: &PathBuf, key: &str, extra: &[&str], env: &[(&str, &str)]) -> Proc
     p
 }
 
-fn send(spec: &PathBuf, recv_key: &str, extra: &[&str]) -> (bool, String) {
+fn send(spec: &Path, recv_key: &str, extra: &[&str]) -> (bool, String) {
     let key = unique_key("send");
     let mut args = vec![key.as_str(), recv_key, "localhost", "--timeout", "60"];
     args.extend_from_slice(extra);
@@ -38,21 +41,59 @@ fn send(spec: &PathBuf, recv_key: &str, extra: &[&str]) -> (bool, String) {
 
 #[test]
 fn messages_of_every_size_and_fragment_count_arrive_verified() {
-    let runs: &[(&str, &str)] = &[("0", "1"), ("1", "1"), ("4099", "1"), ("4099", "16"), ("1m", "16"), ("64m", "1"), ("64m", "16")];
+    let runs: &[(&str, &str)] = &[
+        ("0", "1"),
+        ("1", "1"),
+        ("4099", "1"),
+        ("4099", "16"),
+        ("1m", "16"),
+        ("64m", "1"),
+        ("64m", "16"),
+    ];
     for spec in tcp_specs() {
         let key = unique_key("recv");
         let total = runs.len() * 2;
-        let r = recv(&spec, &key, &["--verify", "-n", &total.to_string(), "--cookie", "open-sesame"], &[]);
+        let r = recv(
+            &spec,
+            &key,
+            &[
+                "--verify",
+                "-n",
+                &total.to_string(),
+                "--cookie",
+                "open-sesame",
+            ],
+            &[],
+        );
         for (size, frags) in runs {
-            let (ok, out) = send(&spec, &key, &["-s", size, "-f", frags, "-n", "2", "--cookie", "open-sesame"]);
+            let (ok, out) = send(
+                &spec,
+                &key,
+                &[
+                    "-s",
+                    size,
+                    "-f",
+                    frags,
+                    "-n",
+                    "2",
+                    "--cookie",
+                    "open-sesame",
+                ],
+            );
             assert!(ok, "{}: size {size} x{frags}: {out}", spec.display());
         }
         let (ok, out) = r.finish(T);
         assert!(ok, "{}: {out}", spec.display());
         assert!(out.contains("connect data: 'open-sesame'"), "{out}");
-        assert!(out.contains("67108864 bytes in 16 fragment(s), verified"), "{out}");
+        assert!(
+            out.contains("67108864 bytes in 16 fragment(s), verified"),
+            "{out}"
+        );
         assert!(out.contains("0 bytes in 1 fragment(s), verified"), "{out}");
-        assert!(out.contains(&format!("received {total} message(s)")), "{out}");
+        assert!(
+            out.contains(&format!("received {total} message(s)")),
+            "{out}"
+        );
     }
 }
 
@@ -81,19 +122,29 @@ fn an_absent_receiver_is_reported_at_once() {
     let spec = &tcp_specs()[0];
     let (ok, out) = send(spec, &unique_key("nobody"), &[]);
     assert!(!ok);
-    assert!(out.contains("peer unreachable: no process with key"), "{out}");
+    assert!(
+        out.contains("peer unreachable: no process with key"),
+        "{out}"
+    );
 }
 
 #[test]
 fn mismatched_filter_chains_are_refused_naming_both_sides() {
     let specs = tcp_specs();
     let plain = specs.iter().find(|p| p.ends_with("tcp.xml")).unwrap();
-    let filtered = specs.iter().find(|p| p.ends_with("tcp-skeleton.xml")).unwrap();
+    let filtered = specs
+        .iter()
+        .find(|p| p.ends_with("tcp-skeleton.xml"))
+        .unwrap();
     let key = unique_key("recv");
     let r = recv(filtered, &key, &["-n", "1"], &[]);
     let (ok, out) = send(plain, &key, &[]);
     assert!(!ok);
-    assert!(out.contains("filter chains do not match") && out.contains(&format!("'{key}' sends through [skeleton@0]")), "{out}");
+    assert!(
+        out.contains("filter chains do not match")
+            && out.contains(&format!("'{key}' sends through [skeleton@0]")),
+        "{out}"
+    );
     drop(r);
 }
 
@@ -102,7 +153,11 @@ fn two_hundred_fifty_six_connections_from_one_process() {
     let spec = &tcp_specs()[0];
     let key = unique_key("recv");
     let r = recv(spec, &key, &["-q", "--verify", "-n", "512"], &[]);
-    let (ok, out) = send(spec, &key, &["-c", "256", "-n", "2", "-s", "3000", "-f", "2", "-q"]);
+    let (ok, out) = send(
+        spec,
+        &key,
+        &["-c", "256", "-n", "2", "-s", "3000", "-f", "2", "-q"],
+    );
     assert!(ok, "{out}");
     let (ok, out) = r.finish(T);
     assert!(ok && out.contains("received 512 message(s)"), "{out}");
@@ -116,7 +171,19 @@ fn the_sender_reports_a_receiver_killed_mid_stream() {
         let skey = unique_key("send");
         let s = Proc::spawn(
             "vmisend",
-            &[&skey, &key, "localhost", "-s", "16m", "-f", "4", "-n", "1000", "--timeout", "60"],
+            &[
+                &skey,
+                &key,
+                "localhost",
+                "-s",
+                "16m",
+                "-f",
+                "4",
+                "-n",
+                "1000",
+                "--timeout",
+                "60",
+            ],
             &spec,
             &[],
         );
@@ -125,7 +192,9 @@ fn the_sender_reports_a_receiver_killed_mid_stream() {
         let (ok, out) = s.finish(Duration::from_secs(30));
         assert!(!ok, "the sender must fail: {out}");
         assert!(
-            out.contains("vmisend: error: connection lost") || out.contains("vmisend: error: send failed") || out.contains("closed the connection"),
+            out.contains("vmisend: error: connection lost")
+                || out.contains("vmisend: error: send failed")
+                || out.contains("closed the connection"),
             "one-line cause: {out}"
         );
     }
@@ -134,7 +203,12 @@ fn the_sender_reports_a_receiver_killed_mid_stream() {
 fn listening_port(p: &Proc) -> u16 {
     let out = p.wait_for("listening on", T);
     let line = out.lines().find(|l| l.contains("listening on")).unwrap();
-    line.rsplit(':').next().unwrap().trim().parse().unwrap_or_else(|_| panic!("no port in '{line}'"))
+    line.rsplit(':')
+        .next()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("no port in '{line}'"))
 }
 
 /// Waits until the server closes `s` (read returns 0 or an error).
@@ -153,11 +227,17 @@ fn closed_by_server(s: &mut TcpStream) -> bool {
 fn garbage_and_truncated_handshakes_are_dropped_and_serving_goes_on() {
     let spec = &tcp_specs()[0];
     let key = unique_key("recv");
-    let r = recv(spec, &key, &["-n", "1", "--verify"], &[("VMI_TCP_HANDSHAKE_TIMEOUT_MS", "500")]);
+    let r = recv(
+        spec,
+        &key,
+        &["-n", "1", "--verify"],
+        &[("VMI_TCP_HANDSHAKE_TIMEOUT_MS", "500")],
+    );
     let port = listening_port(&r);
 
     let mut g = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    g.write_all(b"GET / HTTP/1.1\r\nHost: example\r\n\r\n").unwrap();
+    g.write_all(b"GET / HTTP/1.1\r\nHost: example\r\n\r\n")
+        .unwrap();
     assert!(closed_by_server(&mut g), "garbage is dropped");
     r.wait_for("invalid handshake: bad magic", T);
 
@@ -168,7 +248,10 @@ fn garbage_and_truncated_handshakes_are_dropped_and_serving_goes_on() {
     };
     let mut t = TcpStream::connect(("127.0.0.1", port)).unwrap();
     t.write_all(&hello).unwrap();
-    assert!(closed_by_server(&mut t), "a stalled, truncated hello is dropped at the handshake timeout");
+    assert!(
+        closed_by_server(&mut t),
+        "a stalled, truncated hello is dropped at the handshake timeout"
+    );
     r.wait_for("no complete hello within 500 ms", T);
 
     let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -181,7 +264,10 @@ fn garbage_and_truncated_handshakes_are_dropped_and_serving_goes_on() {
     huge.extend_from_slice(&[0; 8]);
     let mut h = TcpStream::connect(("127.0.0.1", port)).unwrap();
     h.write_all(&huge).unwrap();
-    assert!(closed_by_server(&mut h), "an over-limit length is refused before allocating");
+    assert!(
+        closed_by_server(&mut h),
+        "an over-limit length is refused before allocating"
+    );
     r.wait_for("connect data of 2147483647 bytes is over the limit", T);
 
     let (ok, out) = send(spec, &key, &["-s", "100k", "-f", "3"]);

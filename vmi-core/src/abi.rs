@@ -102,11 +102,17 @@ pub struct VmiStr {
 
 impl VmiStr {
     /// The empty string.
-    pub const EMPTY: VmiStr = VmiStr { ptr: std::ptr::null(), len: 0 };
+    pub const EMPTY: VmiStr = VmiStr {
+        ptr: std::ptr::null(),
+        len: 0,
+    };
 
     /// Borrows a Rust string.
-    pub fn from_str(s: &str) -> VmiStr {
-        VmiStr { ptr: s.as_ptr(), len: s.len() }
+    pub fn new(s: &str) -> VmiStr {
+        VmiStr {
+            ptr: s.as_ptr(),
+            len: s.len(),
+        }
     }
 
     /// Views the bytes.
@@ -144,7 +150,10 @@ pub struct VmiSeg {
 
 impl VmiSeg {
     /// An empty segment.
-    pub const EMPTY: VmiSeg = VmiSeg { base: std::ptr::null_mut(), len: 0 };
+    pub const EMPTY: VmiSeg = VmiSeg {
+        base: std::ptr::null_mut(),
+        len: 0,
+    };
 }
 
 /// An I/O request block as devices see it. The host owns it; a device only holds the
@@ -237,13 +246,11 @@ pub struct VmiDeviceVtable {
     pub capabilities: Option<unsafe extern "C" fn(dev: *mut c_void, caps: *mut VmiCapabilities)>,
     /// Send direction: an IRB coming down from the application. Returns `VMI_PASS`,
     /// `VMI_COMPLETE` or `VMI_PENDING`.
-    pub submit: Option<
-        unsafe extern "C" fn(dev: *mut c_void, irb: *mut VmiIrb, frame: *mut u8) -> i32,
-    >,
+    pub submit:
+        Option<unsafe extern "C" fn(dev: *mut c_void, irb: *mut VmiIrb, frame: *mut u8) -> i32>,
     /// Receive direction: an IRB coming up from a transport. Same results as `submit`.
-    pub receive: Option<
-        unsafe extern "C" fn(dev: *mut c_void, irb: *mut VmiIrb, frame: *mut u8) -> i32,
-    >,
+    pub receive:
+        Option<unsafe extern "C" fn(dev: *mut c_void, irb: *mut VmiIrb, frame: *mut u8) -> i32>,
     /// Completion step, run in reverse order of processing when an IRB completes
     /// (and, for the transport that allocated a received IRB, when the application lets it go).
     pub complete: Option<unsafe extern "C" fn(dev: *mut c_void, irb: *mut VmiIrb, frame: *mut u8)>,
@@ -322,7 +329,8 @@ pub struct VmiHostServices {
     /// Completes an IRB with `status`; completion steps run from the host's loop.
     pub complete: unsafe extern "C" fn(host: *mut c_void, irb: *mut VmiIrb, status: i32),
     /// As `complete`, from any thread; `poll` picks it up.
-    pub complete_from_thread: unsafe extern "C" fn(host: *mut c_void, irb: *mut VmiIrb, status: i32),
+    pub complete_from_thread:
+        unsafe extern "C" fn(host: *mut c_void, irb: *mut VmiIrb, status: i32),
     /// Allocates a receive-direction IRB originated by the calling device (a transport), or
     /// NULL when none can be had. Hand it up with `pass`.
     pub irb_alloc: unsafe extern "C" fn(host: *mut c_void, op: u32, conn: u64) -> *mut VmiIrb,
@@ -330,9 +338,19 @@ pub struct VmiHostServices {
     pub irb_frame: unsafe extern "C" fn(host: *mut c_void, irb: *mut VmiIrb) -> *mut u8,
     /// Copies `len` bytes into host memory owned by the IRB and appends a segment for them.
     /// Returns 0, or -1 when the IRB has no free segment.
-    pub irb_attach: unsafe extern "C" fn(host: *mut c_void, irb: *mut VmiIrb, data: *const u8, len: usize) -> i32,
+    pub irb_attach: unsafe extern "C" fn(
+        host: *mut c_void,
+        irb: *mut VmiIrb,
+        data: *const u8,
+        len: usize,
+    ) -> i32,
     /// Sets the IRB's peer host and key (copied into host memory).
-    pub irb_set_peer: unsafe extern "C" fn(host: *mut c_void, irb: *mut VmiIrb, peer_host: VmiStr, peer_key: VmiStr),
+    pub irb_set_peer: unsafe extern "C" fn(
+        host: *mut c_void,
+        irb: *mut VmiIrb,
+        peer_host: VmiStr,
+        peer_key: VmiStr,
+    ),
     /// Attaches a human-readable detail to an IRB's status (copied).
     pub irb_set_detail: unsafe extern "C" fn(host: *mut c_void, irb: *mut VmiIrb, detail: VmiStr),
     /// Creates a connection handle for an incoming connection owned by the calling device.

@@ -1,6 +1,8 @@
 //! From a specfile to a plan of running devices: loads each device type, resolves its
 //! parameters, and checks the chains (each has a transport, transports at the wire end,
 //! both chains use the same transports).
+// Errors here are built once, at start-up, and carry file locations for the message.
+#![allow(clippy::result_large_err)]
 
 use std::collections::BTreeSet;
 
@@ -24,7 +26,9 @@ pub enum AssemblyError {
     #[error(transparent)]
     Param(#[from] ParamError),
     /// A chain has no transport.
-    #[error("{at}: chain '{chain}' has no transport; add one such as <use device=\"tcp\"/> ({end})")]
+    #[error(
+        "{at}: chain '{chain}' has no transport; add one such as <use device=\"tcp\"/> ({end})"
+    )]
     NoTransport {
         /// Where the chain starts.
         at: Location,
@@ -34,7 +38,9 @@ pub enum AssemblyError {
         end: &'static str,
     },
     /// A filter stands on the wire side of a transport.
-    #[error("{at}: filter '{filter}' comes {wrong} transport '{transport}' in chain '{chain}'; {rule}")]
+    #[error(
+        "{at}: filter '{filter}' comes {wrong} transport '{transport}' in chain '{chain}'; {rule}"
+    )]
     TransportOrder {
         /// Where the filter's `<use>` is.
         at: Location,
@@ -50,7 +56,9 @@ pub enum AssemblyError {
         rule: &'static str,
     },
     /// Send and receive chains use different transports.
-    #[error("{at}: the receive chain uses transports [{recv}] but the send chain uses [{send}]; a connection's transport carries both directions, so list the same transports in both")]
+    #[error(
+        "{at}: the receive chain uses transports [{recv}] but the send chain uses [{send}]; a connection's transport carries both directions, so list the same transports in both"
+    )]
     TransportSets {
         /// Where the receive chain starts.
         at: Location,
@@ -90,7 +98,10 @@ pub fn check_key(key: &str) -> Result<(), AssemblyError> {
         None
     };
     match reason {
-        Some(reason) => Err(AssemblyError::BadKey { key: key.into(), reason }),
+        Some(reason) => Err(AssemblyError::BadKey {
+            key: key.into(),
+            reason,
+        }),
         None => Ok(()),
     }
 }
@@ -117,7 +128,10 @@ pub(crate) struct Plan {
 }
 
 /// Loads and checks everything the spec names.
-pub(crate) fn plan(spec: &Spec, env: &dyn Fn(&str) -> Option<String>) -> Result<Plan, AssemblyError> {
+pub(crate) fn plan(
+    spec: &Spec,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Plan, AssemblyError> {
     let mut names: Vec<&str> = Vec::new();
     for chain in &spec.chains {
         for e in &chain.entries {
@@ -128,7 +142,11 @@ pub(crate) fn plan(spec: &Spec, env: &dyn Fn(&str) -> Option<String>) -> Result<
     }
     for d in &spec.devices {
         if !names.contains(&d.name.as_str()) {
-            log::warn!("{}: device '{}' is defined but no chain uses it", d.at, d.name);
+            log::warn!(
+                "{}: device '{}' is defined but no chain uses it",
+                d.at,
+                d.name
+            );
         }
     }
     let mut devices = Vec::with_capacity(names.len());
@@ -136,7 +154,11 @@ pub(crate) fn plan(spec: &Spec, env: &dyn Fn(&str) -> Option<String>) -> Result<
         let ty = load_type(spec, name)?;
         let dspec = spec.device(name).expect("defined");
         let resolved = params::resolve(dspec, &ty.params, env)?;
-        devices.push(Planned { name: name.to_string(), ty, params: resolved });
+        devices.push(Planned {
+            name: name.to_string(),
+            ty,
+            params: resolved,
+        });
     }
     let index = |n: &str| names.iter().position(|x| *x == n).expect("planned");
     let kind = |n: &str| devices[index(n)].ty.kind;
@@ -148,7 +170,10 @@ pub(crate) fn plan(spec: &Spec, env: &dyn Fn(&str) -> Option<String>) -> Result<
     let send: Vec<usize> = top_down(send_spec).into_iter().map(index).collect();
     let recv: Vec<usize> = top_down(recv_spec).into_iter().map(index).collect();
     let transports = |c: &[usize]| -> BTreeSet<usize> {
-        c.iter().copied().filter(|&d| devices[d].ty.kind == DeviceKind::Transport).collect()
+        c.iter()
+            .copied()
+            .filter(|&d| devices[d].ty.kind == DeviceKind::Transport)
+            .collect()
     };
     if transports(&send) != transports(&recv) {
         let show = |c: &[usize]| {
@@ -158,39 +183,70 @@ pub(crate) fn plan(spec: &Spec, env: &dyn Fn(&str) -> Option<String>) -> Result<
                 .collect::<Vec<_>>()
                 .join(", ")
         };
-        return Err(AssemblyError::TransportSets { at: recv_spec.at.clone(), send: show(&send), recv: show(&recv) });
+        return Err(AssemblyError::TransportSets {
+            at: recv_spec.at.clone(),
+            send: show(&send),
+            recv: show(&recv),
+        });
     }
     let filters = |c: &[usize]| -> Vec<String> {
         c.iter()
             .filter(|&&d| devices[d].ty.kind == DeviceKind::Filter && !devices[d].ty.wire_neutral)
             .map(|&d| {
                 let ty = &devices[d].ty;
-                format!("{}@{}", ty.name, ty.version.split('.').next().unwrap_or("0"))
+                format!(
+                    "{}@{}",
+                    ty.name,
+                    ty.version.split('.').next().unwrap_or("0")
+                )
             })
             .collect()
     };
-    let signature = Signature { send: filters(&send), recv: filters(&recv) };
-    Ok(Plan { devices, send, recv, signature })
+    let signature = Signature {
+        send: filters(&send),
+        recv: filters(&recv),
+    };
+    Ok(Plan {
+        devices,
+        send,
+        recv,
+        signature,
+    })
 }
 
 fn check_chain(chain: &ChainSpec, kind: &dyn Fn(&str) -> DeviceKind) -> Result<(), AssemblyError> {
     let receive = chain.name == "receive";
     let entries: Vec<_> = chain.entries.iter().collect();
-    if !entries.iter().any(|e| kind(&e.device) == DeviceKind::Transport) {
+    if !entries
+        .iter()
+        .any(|e| kind(&e.device) == DeviceKind::Transport)
+    {
         return Err(AssemblyError::NoTransport {
             at: chain.at.clone(),
             chain: chain.name.clone(),
-            end: if receive { "first in the receive chain" } else { "last in the chain" },
+            end: if receive {
+                "first in the receive chain"
+            } else {
+                "last in the chain"
+            },
         });
     }
     // Send-like chains: filters, then transports. Receive chain: transports, then filters.
     let mut seen_other: Option<&str> = None;
     for e in &entries {
         let k = kind(&e.device);
-        let leading = if receive { DeviceKind::Transport } else { DeviceKind::Filter };
+        let leading = if receive {
+            DeviceKind::Transport
+        } else {
+            DeviceKind::Filter
+        };
         if k == leading {
             if let Some(other) = seen_other {
-                let (filter, transport) = if receive { (other, e.device.as_str()) } else { (e.device.as_str(), other) };
+                let (filter, transport) = if receive {
+                    (other, e.device.as_str())
+                } else {
+                    (e.device.as_str(), other)
+                };
                 return Err(AssemblyError::TransportOrder {
                     at: e.at.clone(),
                     chain: chain.name.clone(),
@@ -213,7 +269,10 @@ fn check_chain(chain: &ChainSpec, kind: &dyn Fn(&str) -> DeviceKind) -> Result<(
 
 /// Every `VMI_*` variable this spec makes meaningful.
 pub fn known_env_vars(spec: &Spec, types: &[(String, DeviceType)]) -> BTreeSet<String> {
-    let mut known: BTreeSet<String> = params::CORE_ENV_VARS.iter().map(|(n, _)| n.to_string()).collect();
+    let mut known: BTreeSet<String> = params::CORE_ENV_VARS
+        .iter()
+        .map(|(n, _)| n.to_string())
+        .collect();
     for d in &spec.devices {
         if let Some((_, ty)) = types.iter().find(|(n, _)| *n == d.name) {
             for p in &ty.params {

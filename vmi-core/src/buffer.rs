@@ -15,7 +15,11 @@ impl Buffer {
     /// Uses `data` as a buffer without registering it with any transport
     /// (VMI 2.1: sending from unregistered memory).
     pub fn from_vec(data: Vec<u8>) -> Buffer {
-        Buffer { data, regs: [0; 4], pooled: false }
+        Buffer {
+            data,
+            regs: [0; 4],
+            pooled: false,
+        }
     }
 
     /// A zero-filled buffer of `len` bytes, not registered.
@@ -92,13 +96,19 @@ const INLINE_POOL_KEEP: usize = 1024;
 impl InlinePool {
     pub(crate) fn take(&mut self, data: &[u8]) -> Buffer {
         let mut v = if data.len() <= INLINE_POOL_MAX {
-            self.free.pop().unwrap_or_else(|| Vec::with_capacity(INLINE_POOL_MAX))
+            self.free
+                .pop()
+                .unwrap_or_else(|| Vec::with_capacity(INLINE_POOL_MAX))
         } else {
             Vec::with_capacity(data.len())
         };
         v.clear();
         v.extend_from_slice(data);
-        Buffer { data: v, regs: [0; 4], pooled: data.len() <= INLINE_POOL_MAX }
+        Buffer {
+            data: v,
+            regs: [0; 4],
+            pooled: data.len() <= INLINE_POOL_MAX,
+        }
     }
 
     pub(crate) fn give(&mut self, mut b: Buffer) {

@@ -88,11 +88,15 @@ impl ConnTable {
     }
 
     pub fn get(&self, id: ConnId) -> Option<&ConnEntry> {
-        self.entries.get(id.index()).filter(|e| e.live && e.generation == id.generation())
+        self.entries
+            .get(id.index())
+            .filter(|e| e.live && e.generation == id.generation())
     }
 
     pub fn get_mut(&mut self, id: ConnId) -> Option<&mut ConnEntry> {
-        self.entries.get_mut(id.index()).filter(|e| e.live && e.generation == id.generation())
+        self.entries
+            .get_mut(id.index())
+            .filter(|e| e.live && e.generation == id.generation())
     }
 
     pub fn release(&mut self, id: ConnId) {

@@ -119,11 +119,26 @@ pub struct Hooks {
 
 impl Hooks {
     /// Every entry.
-    pub const ALL: Hooks = Hooks { submit: true, receive: true, complete: true, poll: true };
+    pub const ALL: Hooks = Hooks {
+        submit: true,
+        receive: true,
+        complete: true,
+        poll: true,
+    };
     /// A filter that only transforms data: submit, receive and complete.
-    pub const FILTER: Hooks = Hooks { submit: true, receive: true, complete: true, poll: false };
+    pub const FILTER: Hooks = Hooks {
+        submit: true,
+        receive: true,
+        complete: true,
+        poll: false,
+    };
     /// Nothing: a pure pass-through.
-    pub const NONE: Hooks = Hooks { submit: false, receive: false, complete: false, poll: false };
+    pub const NONE: Hooks = Hooks {
+        submit: false,
+        receive: false,
+        complete: false,
+        poll: false,
+    };
 }
 
 /// The host, as a device sees it. Cheap to copy.
@@ -159,7 +174,11 @@ impl Host {
         let raw = NonNull::new(raw)?;
         // SAFETY: the IRB was just allocated for this device.
         let frame = unsafe { (self.svc().irb_frame)(self.ctx, raw.as_ptr()) };
-        Some(Irb { raw, frame, host: *self })
+        Some(Irb {
+            raw,
+            frame,
+            host: *self,
+        })
     }
 
     /// A handle for a new incoming connection owned by this device.
@@ -224,7 +243,9 @@ impl Completer {
     pub fn complete(&self, irb: Irb, status: Status) {
         let irb = std::mem::ManuallyDrop::new(irb);
         // SAFETY: the IRB is live and owned by the caller; the service is thread-safe.
-        unsafe { (self.host.svc().complete_from_thread)(self.host.ctx, irb.raw.as_ptr(), status.code()) }
+        unsafe {
+            (self.host.svc().complete_from_thread)(self.host.ctx, irb.raw.as_ptr(), status.code())
+        }
     }
 }
 
@@ -247,7 +268,11 @@ impl Irb {
     /// # Safety
     /// `raw` must be a live IRB the host gave this device, `frame` its frame for this device.
     pub unsafe fn from_raw(raw: *mut VmiIrb, frame: *mut u8, host: Host) -> Irb {
-        Irb { raw: NonNull::new(raw).expect("host passed a NULL IRB"), frame, host }
+        Irb {
+            raw: NonNull::new(raw).expect("host passed a NULL IRB"),
+            frame,
+            host,
+        }
     }
 
     /// Gives up the handle without completing (for the trampolines).
@@ -357,29 +382,52 @@ impl Irb {
     /// Copies `data` into host memory owned by the IRB and appends it as a segment.
     pub fn attach(&mut self, data: &[u8]) -> Result<(), Status> {
         // SAFETY: live IRB, valid host; the host copies the bytes.
-        let rc = unsafe { (self.host.svc().irb_attach)(self.host.ctx, self.raw.as_ptr(), data.as_ptr(), data.len()) };
-        if rc == 0 { Ok(()) } else { Err(Status::NoResources) }
+        let rc = unsafe {
+            (self.host.svc().irb_attach)(
+                self.host.ctx,
+                self.raw.as_ptr(),
+                data.as_ptr(),
+                data.len(),
+            )
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(Status::NoResources)
+        }
     }
 
     /// The peer's host and key (connect and connect-request IRBs).
     pub fn peer(&self) -> (String, String) {
         let irb = self.irb();
         // SAFETY: the host keeps peer strings alive with the IRB.
-        unsafe { (irb.peer_host.to_string_lossy(), irb.peer_key.to_string_lossy()) }
+        unsafe {
+            (
+                irb.peer_host.to_string_lossy(),
+                irb.peer_key.to_string_lossy(),
+            )
+        }
     }
 
     /// Sets the peer's host and key (copied by the host).
     pub fn set_peer(&mut self, host: &str, key: &str) {
         // SAFETY: live IRB; the host copies both strings.
         unsafe {
-            (self.host.svc().irb_set_peer)(self.host.ctx, self.raw.as_ptr(), VmiStr::from_str(host), VmiStr::from_str(key))
+            (self.host.svc().irb_set_peer)(
+                self.host.ctx,
+                self.raw.as_ptr(),
+                VmiStr::new(host),
+                VmiStr::new(key),
+            )
         }
     }
 
     /// Attaches a human-readable explanation of the status (copied by the host).
     pub fn set_detail(&mut self, detail: &str) {
         // SAFETY: live IRB; the host copies the text.
-        unsafe { (self.host.svc().irb_set_detail)(self.host.ctx, self.raw.as_ptr(), VmiStr::from_str(detail)) }
+        unsafe {
+            (self.host.svc().irb_set_detail)(self.host.ctx, self.raw.as_ptr(), VmiStr::new(detail))
+        }
     }
 
     /// This device's per-IRB frame, as declared by `Device::Frame`.
@@ -387,12 +435,19 @@ impl Irb {
     /// # Panics
     /// If `F` is larger or more aligned than the frame the host reserved (a device bug).
     pub fn frame<F: bytemuck::Pod>(&mut self) -> &mut F {
-        assert!(!self.frame.is_null() || std::mem::size_of::<F>() == 0, "this device declared no frame");
+        assert!(
+            !self.frame.is_null() || std::mem::size_of::<F>() == 0,
+            "this device declared no frame"
+        );
         if std::mem::size_of::<F>() == 0 {
             // SAFETY: a zero-sized type needs no memory; a dangling, aligned pointer is valid.
             return unsafe { NonNull::<F>::dangling().as_mut() };
         }
-        assert_eq!(self.frame as usize % std::mem::align_of::<F>(), 0, "frame misaligned for its type");
+        assert_eq!(
+            self.frame as usize % std::mem::align_of::<F>(),
+            0,
+            "frame misaligned for its type"
+        );
         // SAFETY: the host reserved `size_of::<Device::Frame>()` zero-initialised bytes at this
         // aligned address for this device, and F: Pod is valid for any bytes.
         unsafe { &mut *(self.frame as *mut F) }
@@ -428,7 +483,9 @@ impl Drop for Irb {
             self.op()
         );
         // SAFETY: live IRB; dropping the handle is giving it back.
-        unsafe { (self.host.svc().complete)(self.host.ctx, self.raw.as_ptr(), Status::Internal.code()) }
+        unsafe {
+            (self.host.svc().complete)(self.host.ctx, self.raw.as_ptr(), Status::Internal.code())
+        }
     }
 }
 
@@ -503,8 +560,18 @@ impl Config {
 }
 
 /// Declares a parameter (for `Device::PARAMS`).
-pub const fn param(name: &'static CStr, kind: u32, default: &'static CStr, doc: &'static CStr) -> VmiParamSpec {
-    VmiParamSpec { name: name.as_ptr(), kind, default_value: default.as_ptr(), doc: doc.as_ptr() }
+pub const fn param(
+    name: &'static CStr,
+    kind: u32,
+    default: &'static CStr,
+    doc: &'static CStr,
+) -> VmiParamSpec {
+    VmiParamSpec {
+        name: name.as_ptr(),
+        kind,
+        default_value: default.as_ptr(),
+        doc: doc.as_ptr(),
+    }
 }
 
 /// A device: a filter or a transport. Implement this, then `export_device!` it.

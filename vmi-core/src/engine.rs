@@ -125,8 +125,11 @@ impl Engine {
         for (i, &d) in recv.iter().enumerate() {
             recv_pos[d] = i as isize;
         }
-        let transports: Vec<usize> =
-            send.iter().copied().filter(|&d| planned[d].ty.kind == DeviceKind::Transport).collect();
+        let transports: Vec<usize> = send
+            .iter()
+            .copied()
+            .filter(|&d| planned[d].ty.kind == DeviceKind::Transport)
+            .collect();
         let shared = Box::new(Shared {
             work: RefCell::new(VecDeque::with_capacity(256)),
             pool: RefCell::new(IrbPool::new(total)),
@@ -173,11 +176,22 @@ impl Engine {
             services,
         };
         for (index, p) in planned.into_iter().enumerate() {
-            let ctx = Box::new(DeviceCtx { shared: &*engine.shared, index, frame_off: offsets[index] });
-            let names: Vec<(String, String)> = p.params.iter().map(|r| (r.name.clone(), r.value.clone())).collect();
+            let ctx = Box::new(DeviceCtx {
+                shared: &*engine.shared,
+                index,
+                frame_off: offsets[index],
+            });
+            let names: Vec<(String, String)> = p
+                .params
+                .iter()
+                .map(|r| (r.name.clone(), r.value.clone()))
+                .collect();
             let raw: Vec<VmiParam> = names
                 .iter()
-                .map(|(n, v)| VmiParam { name: VmiStr::from_str(n), value: VmiStr::from_str(v) })
+                .map(|(n, v)| VmiParam {
+                    name: VmiStr::new(n),
+                    value: VmiStr::new(v),
+                })
                 .collect();
             let mut out: *mut c_void = std::ptr::null_mut();
             let mut err = [0 as std::ffi::c_char; 1024];
@@ -197,15 +211,29 @@ impl Engine {
             };
             // SAFETY: the device NUL-terminates within the buffer (write_c_message), and
             // the last byte is still 0 if it did not.
-            let msg = unsafe { std::ffi::CStr::from_ptr(err.as_ptr()) }.to_string_lossy().into_owned();
+            let msg = unsafe { std::ffi::CStr::from_ptr(err.as_ptr()) }
+                .to_string_lossy()
+                .into_owned();
             match rc {
                 VMI_CREATE_OK if !out.is_null() => {}
                 VMI_CREATE_PANICKED => {
-                    return Err(crate::loader::LoadError::Panicked { device: p.name, origin: p.ty.origin(), message: msg });
+                    return Err(crate::loader::LoadError::Panicked {
+                        device: p.name,
+                        origin: p.ty.origin(),
+                        message: msg,
+                    });
                 }
                 _ => {
-                    let reason = if msg.is_empty() { format!("create returned {rc}") } else { msg };
-                    return Err(crate::loader::LoadError::CreateFailed { device: p.name, origin: p.ty.origin(), reason });
+                    let reason = if msg.is_empty() {
+                        format!("create returned {rc}")
+                    } else {
+                        msg
+                    };
+                    return Err(crate::loader::LoadError::CreateFailed {
+                        device: p.name,
+                        origin: p.ty.origin(),
+                        reason,
+                    });
                 }
             }
             engine.devices.push(Instance {
@@ -227,14 +255,19 @@ impl Engine {
         let mut below = Capabilities::default();
         for &d in self.send.iter().rev() {
             let inst = &mut self.devices[d];
-            let mut caps = if inst.is_transport() { Capabilities::default() } else { below };
+            let mut caps = if inst.is_transport() {
+                Capabilities::default()
+            } else {
+                below
+            };
             if let Some(f) = inst.ty.vtable.capabilities {
                 // SAFETY: live instance; `caps` is a valid in/out pointer.
                 unsafe { f(inst.ptr, &mut caps) };
             }
             inst.caps = caps;
             if inst.is_transport() {
-                below = merge_transport_caps(below, caps, d == *self.transports.last().unwrap_or(&d));
+                below =
+                    merge_transport_caps(below, caps, d == *self.transports.last().unwrap_or(&d));
             } else {
                 below = caps;
             }
@@ -254,7 +287,10 @@ impl Engine {
 
     /// Capabilities the application sees at the top of the send chain.
     pub fn top_caps(&self) -> Capabilities {
-        self.send.first().map(|&d| self.devices[d].caps).unwrap_or_default()
+        self.send
+            .first()
+            .map(|&d| self.devices[d].caps)
+            .unwrap_or_default()
     }
 
     /// Takes a clean slot for an application operation.
@@ -288,7 +324,10 @@ impl Engine {
     pub fn drive(&mut self) {
         loop {
             while let Some((p, st)) = self.shared.remote.pop() {
-                self.shared.work.borrow_mut().push_back(Work::Complete(p as *mut IrbSlot, st));
+                self.shared
+                    .work
+                    .borrow_mut()
+                    .push_back(Work::Complete(p as *mut IrbSlot, st));
             }
             let next = self.shared.work.borrow_mut().pop_front();
             match next {
@@ -309,8 +348,14 @@ impl Engine {
 
     fn device_at(&self, s: *mut IrbSlot, pos: isize) -> Option<usize> {
         // SAFETY: live slot.
-        let chain = if unsafe { (*s).dir } == Dir::Down { &self.send } else { &self.recv };
-        usize::try_from(pos).ok().and_then(|p| chain.get(p).copied())
+        let chain = if unsafe { (*s).dir } == Dir::Down {
+            &self.send
+        } else {
+            &self.recv
+        };
+        usize::try_from(pos)
+            .ok()
+            .and_then(|p| chain.get(p).copied())
     }
 
     fn push_path(&self, s: *mut IrbSlot, d: usize) {
@@ -330,7 +375,11 @@ impl Engine {
         loop {
             // SAFETY: live slot; no device holds it while the engine looks at it.
             let (dir, pos, transport) = unsafe { ((*s).dir, (*s).pos, (*s).transport as usize) };
-            let chain = if dir == Dir::Down { &self.send } else { &self.recv };
+            let chain = if dir == Dir::Down {
+                &self.send
+            } else {
+                &self.recv
+            };
             let next = if dir == Dir::Down { pos + 1 } else { pos - 1 };
             if next < 0 {
                 self.out.push_back(s); // reached the application
@@ -338,7 +387,9 @@ impl Engine {
             }
             if next as usize >= chain.len() {
                 // SAFETY: live slot.
-                unsafe { (*s).detail = "no transport took the request (a transport passed it on)".into() };
+                unsafe {
+                    (*s).detail = "no transport took the request (a transport passed it on)".into()
+                };
                 self.finish(s, Status::Internal.code());
                 return;
             }
@@ -349,7 +400,11 @@ impl Engine {
             if inst.is_transport() && (dir == Dir::Up || d != transport) {
                 continue; // only the owning transport sees a send; none above the one receiving
             }
-            let entry = if dir == Dir::Down { inst.ty.vtable.submit } else { inst.ty.vtable.receive };
+            let entry = if dir == Dir::Down {
+                inst.ty.vtable.submit
+            } else {
+                inst.ty.vtable.receive
+            };
             let Some(f) = entry else {
                 continue; // pass-through at no cost
             };
@@ -370,7 +425,11 @@ impl Engine {
                     log::error!(
                         "device '{}' returned {other} from {}; expected 0 (pass), 1 (complete) or 2 (pending)",
                         inst.name,
-                        if dir == Dir::Down { "submit" } else { "receive" }
+                        if dir == Dir::Down {
+                            "submit"
+                        } else {
+                            "receive"
+                        }
                     );
                     self.finish(s, Status::Internal.code());
                     return;
@@ -419,8 +478,17 @@ impl Engine {
     pub fn poll_devices(&mut self) -> usize {
         let mut events = 0;
         let released: Vec<usize> = {
-            let mut q = self.shared.releases.queue.lock().unwrap_or_else(|e| e.into_inner());
-            if q.is_empty() { Vec::new() } else { std::mem::take(&mut *q) }
+            let mut q = self
+                .shared
+                .releases
+                .queue
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if q.is_empty() {
+                Vec::new()
+            } else {
+                std::mem::take(&mut *q)
+            }
         };
         for s in released {
             self.release(s as *mut IrbSlot);
@@ -442,7 +510,11 @@ impl Engine {
     /// `timeout` elapses.
     pub fn sleep(&mut self, timeout: Duration) {
         let mut fds = Vec::with_capacity(self.devices.len() + 1);
-        fds.push(libc::pollfd { fd: self.shared.waker.fd(), events: libc::POLLIN, revents: 0 });
+        fds.push(libc::pollfd {
+            fd: self.shared.waker.fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        });
         let mut ms = timeout.as_millis().min(i32::MAX as u128) as i64;
         for inst in &self.devices {
             if let Some(w) = inst.ty.vtable.wait_fd {
@@ -450,14 +522,26 @@ impl Engine {
                 // SAFETY: live instance, valid out-pointers.
                 unsafe { w(inst.ptr, &mut fd, &mut t) };
                 if fd >= 0 {
-                    fds.push(libc::pollfd { fd, events: libc::POLLIN, revents: 0 });
+                    fds.push(libc::pollfd {
+                        fd,
+                        events: libc::POLLIN,
+                        revents: 0,
+                    });
                 }
                 if t >= 0 {
                     ms = ms.min(t);
                 }
             }
         }
-        if !self.shared.remote.is_empty() || !self.shared.releases.queue.lock().unwrap_or_else(|e| e.into_inner()).is_empty() {
+        if !self.shared.remote.is_empty()
+            || !self
+                .shared
+                .releases
+                .queue
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_empty()
+        {
             return;
         }
         // SAFETY: `fds` is a live array of pollfd of the given length.
@@ -466,7 +550,11 @@ impl Engine {
     }
 
     /// The transport that takes a connection to `host`/`key`, with each refusal's reason.
-    pub fn choose_transport(&mut self, host: &str, key: &str) -> Result<usize, Vec<(String, String)>> {
+    pub fn choose_transport(
+        &mut self,
+        host: &str,
+        key: &str,
+    ) -> Result<usize, Vec<(String, String)>> {
         let mut refusals = Vec::new();
         for &t in &self.transports {
             let inst = &self.devices[t];
@@ -477,18 +565,37 @@ impl Engine {
             let mut why = [0 as std::ffi::c_char; 512];
             // SAFETY: live instance; strings live for the call; `why` is a writable buffer.
             let ok = unsafe {
-                reach(inst.ptr, VmiStr::from_str(host), VmiStr::from_str(key), why.as_mut_ptr(), why.len())
+                reach(
+                    inst.ptr,
+                    VmiStr::new(host),
+                    VmiStr::new(key),
+                    why.as_mut_ptr(),
+                    why.len(),
+                )
             };
             if ok == 1 {
-                log::info!("connection to {key}@{host}: transport '{}' ({}) can reach it", inst.name, inst.ty.name);
+                log::info!(
+                    "connection to {key}@{host}: transport '{}' ({}) can reach it",
+                    inst.name,
+                    inst.ty.name
+                );
                 for (name, reason) in &refusals {
                     log::info!("  transport '{name}' was passed over: {reason}");
                 }
                 return Ok(t);
             }
             // SAFETY: NUL-terminated by write_c_message (or still all zero).
-            let reason = unsafe { std::ffi::CStr::from_ptr(why.as_ptr()) }.to_string_lossy().into_owned();
-            refusals.push((inst.name.clone(), if reason.is_empty() { "cannot reach it".into() } else { reason }));
+            let reason = unsafe { std::ffi::CStr::from_ptr(why.as_ptr()) }
+                .to_string_lossy()
+                .into_owned();
+            refusals.push((
+                inst.name.clone(),
+                if reason.is_empty() {
+                    "cannot reach it".into()
+                } else {
+                    reason
+                },
+            ));
         }
         Err(refusals)
     }
@@ -516,7 +623,6 @@ impl Engine {
             }
         }
     }
-
 }
 
 fn merge_transport_caps(acc: Capabilities, t: Capabilities, first: bool) -> Capabilities {
@@ -531,15 +637,27 @@ fn merge_transport_caps(acc: Capabilities, t: Capabilities, first: bool) -> Capa
         max_fragment: min_nonzero(acc.max_fragment, t.max_fragment),
         headroom: acc.headroom.max(t.headroom),
         tailroom: acc.tailroom.max(t.tailroom),
-        max_connect_data: min_nonzero(acc.max_connect_data as u64, t.max_connect_data as u64) as u32,
+        max_connect_data: min_nonzero(acc.max_connect_data as u64, t.max_connect_data as u64)
+            as u32,
     }
 }
 
 impl Drop for Engine {
     fn drop(&mut self) {
-        let outstanding = self.shared.releases.outstanding.load(std::sync::atomic::Ordering::Acquire);
+        let outstanding = self
+            .shared
+            .releases
+            .outstanding
+            .load(std::sync::atomic::Ordering::Acquire);
         // Return what the application let go of, then deliver nothing more.
-        let released: Vec<usize> = std::mem::take(&mut *self.shared.releases.queue.lock().unwrap_or_else(|e| e.into_inner()));
+        let released: Vec<usize> = std::mem::take(
+            &mut *self
+                .shared
+                .releases
+                .queue
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
         for s in released {
             self.release(s as *mut IrbSlot);
         }
@@ -594,13 +712,17 @@ unsafe fn ctx<'a>(host: *mut c_void) -> (&'a DeviceCtx, &'a Shared) {
 unsafe extern "C" fn svc_pass(host: *mut c_void, irb: *mut VmiIrb) {
     // SAFETY: called by a device with its own host pointer.
     let (_, sh) = unsafe { ctx(host) };
-    sh.work.borrow_mut().push_back(Work::Pass(irb as *mut IrbSlot));
+    sh.work
+        .borrow_mut()
+        .push_back(Work::Pass(irb as *mut IrbSlot));
 }
 
 unsafe extern "C" fn svc_complete(host: *mut c_void, irb: *mut VmiIrb, status: i32) {
     // SAFETY: as above.
     let (_, sh) = unsafe { ctx(host) };
-    sh.work.borrow_mut().push_back(Work::Complete(irb as *mut IrbSlot, status));
+    sh.work
+        .borrow_mut()
+        .push_back(Work::Complete(irb as *mut IrbSlot, status));
 }
 
 unsafe extern "C" fn svc_complete_from_thread(host: *mut c_void, irb: *mut VmiIrb, status: i32) {
@@ -638,7 +760,12 @@ unsafe extern "C" fn svc_irb_frame(host: *mut c_void, irb: *mut VmiIrb) -> *mut 
     unsafe { (*(irb as *mut IrbSlot)).frame_ptr(c.frame_off) }
 }
 
-unsafe extern "C" fn svc_irb_attach(_host: *mut c_void, irb: *mut VmiIrb, data: *const u8, len: usize) -> i32 {
+unsafe extern "C" fn svc_irb_attach(
+    _host: *mut c_void,
+    irb: *mut VmiIrb,
+    data: *const u8,
+    len: usize,
+) -> i32 {
     // SAFETY: live slot held by the calling device.
     let slot = unsafe { &mut *(irb as *mut IrbSlot) };
     if slot.abi.nseg as usize >= VMI_IRB_MAX_SEGS {
@@ -656,7 +783,12 @@ unsafe extern "C" fn svc_irb_attach(_host: *mut c_void, irb: *mut VmiIrb, data: 
     0
 }
 
-unsafe extern "C" fn svc_irb_set_peer(_host: *mut c_void, irb: *mut VmiIrb, peer_host: VmiStr, peer_key: VmiStr) {
+unsafe extern "C" fn svc_irb_set_peer(
+    _host: *mut c_void,
+    irb: *mut VmiIrb,
+    peer_host: VmiStr,
+    peer_key: VmiStr,
+) {
     // SAFETY: live slot; the strings live for the call.
     let slot = unsafe { &mut *(irb as *mut IrbSlot) };
     // SAFETY: as above.
@@ -676,19 +808,22 @@ unsafe extern "C" fn svc_irb_set_detail(_host: *mut c_void, irb: *mut VmiIrb, de
 unsafe extern "C" fn svc_conn_new(host: *mut c_void) -> u64 {
     // SAFETY: as above.
     let (c, sh) = unsafe { ctx(host) };
-    sh.conns.borrow_mut().alloc(c.index, ConnState::Incoming).raw()
+    sh.conns
+        .borrow_mut()
+        .alloc(c.index, ConnState::Incoming)
+        .raw()
 }
 
 unsafe extern "C" fn svc_local_key(host: *mut c_void) -> VmiStr {
     // SAFETY: as above; the string lives as long as the engine.
     let (_, sh) = unsafe { ctx(host) };
-    VmiStr::from_str(&sh.local_key)
+    VmiStr::new(&sh.local_key)
 }
 
 unsafe extern "C" fn svc_signature(host: *mut c_void) -> VmiStr {
     // SAFETY: as above.
     let (_, sh) = unsafe { ctx(host) };
-    VmiStr::from_str(&sh.signature)
+    VmiStr::new(&sh.signature)
 }
 
 unsafe extern "C" fn svc_log(_host: *mut c_void, level: u32, target: VmiStr, msg: VmiStr) {
@@ -701,7 +836,13 @@ unsafe extern "C" fn svc_log(_host: *mut c_void, level: u32, target: VmiStr, msg
     };
     // SAFETY: strings live for the call.
     let (target, msg) = unsafe { (target.to_string_lossy(), msg.to_string_lossy()) };
-    log::logger().log(&log::Record::builder().level(level).target(&target).args(format_args!("{msg}")).build());
+    log::logger().log(
+        &log::Record::builder()
+            .level(level)
+            .target(&target)
+            .args(format_args!("{msg}"))
+            .build(),
+    );
 }
 
 unsafe extern "C" fn svc_wake(host: *mut c_void) {

@@ -22,7 +22,8 @@ macro_rules! export_device {
     ($device:ty, $symbol:ident) => {
         /// The device's C-ABI descriptor, found by the loader under this symbol.
         #[unsafe(no_mangle)]
-        pub static $symbol: $crate::abi::VmiDeviceDescriptor = $crate::export::Export::<$device>::DESCRIPTOR;
+        pub static $symbol: $crate::abi::VmiDeviceDescriptor =
+            $crate::export::Export::<$device>::DESCRIPTOR;
     };
 }
 
@@ -41,11 +42,27 @@ impl<D: Device> Export<D> {
         size: std::mem::size_of::<VmiDeviceVtable>() as u32,
         destroy: Some(destroy::<D>),
         capabilities: Some(capabilities::<D>),
-        submit: if D::HOOKS.submit { Some(submit::<D>) } else { None },
-        receive: if D::HOOKS.receive { Some(receive::<D>) } else { None },
-        complete: if D::HOOKS.complete { Some(complete::<D>) } else { None },
+        submit: if D::HOOKS.submit {
+            Some(submit::<D>)
+        } else {
+            None
+        },
+        receive: if D::HOOKS.receive {
+            Some(receive::<D>)
+        } else {
+            None
+        },
+        complete: if D::HOOKS.complete {
+            Some(complete::<D>)
+        } else {
+            None
+        },
         poll: if D::HOOKS.poll { Some(poll::<D>) } else { None },
-        wait_fd: if D::HOOKS.poll { Some(wait_fd::<D>) } else { None },
+        wait_fd: if D::HOOKS.poll {
+            Some(wait_fd::<D>)
+        } else {
+            None
+        },
         reach: Some(reach::<D>),
         register: Some(register::<D>),
         deregister: Some(deregister::<D>),
@@ -58,7 +75,11 @@ impl<D: Device> Export<D> {
         abi_minor: VMI_ABI_MINOR,
         struct_size: std::mem::size_of::<VmiDeviceDescriptor>() as u32,
         kind: D::KIND.code(),
-        flags: if D::WIRE_NEUTRAL { VMI_DEVICE_WIRE_NEUTRAL } else { 0 },
+        flags: if D::WIRE_NEUTRAL {
+            VMI_DEVICE_WIRE_NEUTRAL
+        } else {
+            0
+        },
         name: D::NAME.as_ptr(),
         version: D::VERSION.as_ptr(),
         description: D::DESCRIPTION.as_ptr(),
@@ -181,7 +202,11 @@ unsafe extern "C" fn capabilities<D: Device>(dev: *mut c_void, caps: *mut VmiCap
 fn disposition_code(irb: *mut VmiIrb, d: Disposition) -> i32 {
     match d {
         Disposition::Pass(i) => {
-            debug_assert_eq!(i.as_ptr(), irb, "a device passed a different IRB than it was given");
+            debug_assert_eq!(
+                i.as_ptr(),
+                irb,
+                "a device passed a different IRB than it was given"
+            );
             i.into_raw();
             VMI_PASS
         }
@@ -235,7 +260,8 @@ unsafe extern "C" fn complete<D: Device>(dev: *mut c_void, irb: *mut VmiIrb, fra
         // SAFETY: live instance and IRB from the host.
         let inst = unsafe { instance::<D>(dev) };
         // SAFETY: as above; the handle is only lent, ManuallyDrop keeps it from completing.
-        let mut handle = std::mem::ManuallyDrop::new(unsafe { Irb::from_raw(irb, frame, inst.host) });
+        let mut handle =
+            std::mem::ManuallyDrop::new(unsafe { Irb::from_raw(irb, frame, inst.host) });
         inst.device.complete(&mut handle);
     }));
     if let Err(p) = r {

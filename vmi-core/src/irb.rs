@@ -97,8 +97,8 @@ impl IrbSlot {
 
     /// Points `abi.peer_*` at the owned strings.
     pub fn sync_peer(&mut self) {
-        self.abi.peer_host = VmiStr::from_str(&self.peer_host);
-        self.abi.peer_key = VmiStr::from_str(&self.peer_key);
+        self.abi.peer_host = VmiStr::new(&self.peer_host);
+        self.abi.peer_key = VmiStr::new(&self.peer_key);
     }
 
     /// Appends a segment; false when full.
@@ -124,6 +124,8 @@ impl IrbSlot {
 
 /// A free list of slots; each slot is boxed so its address is stable while devices hold it.
 pub(crate) struct IrbPool {
+    // Boxed on purpose: devices hold raw pointers to slots, which must not move.
+    #[allow(clippy::vec_box)]
     free: Vec<Box<IrbSlot>>,
     frame_blocks: usize,
     /// Slots handed out and not yet returned.
@@ -132,12 +134,19 @@ pub(crate) struct IrbPool {
 
 impl IrbPool {
     pub fn new(frame_bytes: usize) -> IrbPool {
-        IrbPool { free: Vec::new(), frame_blocks: frame_bytes.div_ceil(64), live: 0 }
+        IrbPool {
+            free: Vec::new(),
+            frame_blocks: frame_bytes.div_ceil(64),
+            live: 0,
+        }
     }
 
     /// A clean slot.
     pub fn take(&mut self) -> *mut IrbSlot {
-        let slot = self.free.pop().unwrap_or_else(|| IrbSlot::new(self.frame_blocks));
+        let slot = self
+            .free
+            .pop()
+            .unwrap_or_else(|| IrbSlot::new(self.frame_blocks));
         self.live += 1;
         Box::into_raw(slot)
     }
@@ -184,7 +193,10 @@ impl IrbPool {
 impl Drop for IrbPool {
     fn drop(&mut self) {
         if self.live > 0 {
-            log::debug!("{} IRBs still held by devices or the application at shutdown", self.live);
+            log::debug!(
+                "{} IRBs still held by devices or the application at shutdown",
+                self.live
+            );
         }
     }
 }

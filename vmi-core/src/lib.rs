@@ -34,6 +34,6 @@ pub use conn::ConnId;
 pub use slab::{GrabbedSlab, Slab, SlabState};
 pub use status::Status;
 pub use vmi::{
-    ConnectOutcome, ConnectRequest, Ctx, Decision, DeviceInfo, Disconnect, Handler, MAX_CONNECT_DATA, Recv,
-    SendCompletion, Stream, Vmi, VmiError,
+    ConnectOutcome, ConnectRequest, Ctx, Decision, DeviceInfo, Disconnect, Handler,
+    MAX_CONNECT_DATA, Recv, SendCompletion, Stream, Vmi, VmiError,
 };

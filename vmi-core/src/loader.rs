@@ -30,7 +30,9 @@ pub enum LoadError {
         tried: String,
     },
     /// The dynamic loader refused the file.
-    #[error("cannot open device library {path}: {reason}. Check that it is a shared object built for this machine")]
+    #[error(
+        "cannot open device library {path}: {reason}. Check that it is a shared object built for this machine"
+    )]
     CannotOpen {
         /// The file.
         path: PathBuf,
@@ -50,7 +52,9 @@ pub enum LoadError {
         type_name: String,
     },
     /// The descriptor does not start with the vmi magic.
-    #[error("{origin}: '{symbol}' is not a vmi device descriptor (magic {found:#010x}, expected {expected:#010x})")]
+    #[error(
+        "{origin}: '{symbol}' is not a vmi device descriptor (magic {found:#010x}, expected {expected:#010x})"
+    )]
     BadMagic {
         /// Library path or "static".
         origin: String,
@@ -114,7 +118,9 @@ pub enum LoadError {
         reason: String,
     },
     /// The device's `create` panicked.
-    #[error("device '{device}' ({origin}) panicked while starting: {message}; this is a bug in the device")]
+    #[error(
+        "device '{device}' ({origin}) panicked while starting: {message}; this is a bug in the device"
+    )]
     Panicked {
         /// Device instance name.
         device: String,
@@ -168,7 +174,10 @@ impl std::fmt::Debug for DeviceType {
 impl DeviceType {
     /// Where the device came from, for messages.
     pub fn origin(&self) -> String {
-        self.library.as_ref().map_or_else(|| "statically linked".to_string(), |p| p.display().to_string())
+        self.library.as_ref().map_or_else(
+            || "statically linked".to_string(),
+            |p| p.display().to_string(),
+        )
     }
 }
 
@@ -179,7 +188,12 @@ struct Registries {
 
 fn registries() -> &'static Mutex<Registries> {
     static R: OnceLock<Mutex<Registries>> = OnceLock::new();
-    R.get_or_init(|| Mutex::new(Registries { statics: HashMap::new(), loaded: HashMap::new() }))
+    R.get_or_init(|| {
+        Mutex::new(Registries {
+            statics: HashMap::new(),
+            loaded: HashMap::new(),
+        })
+    })
 }
 
 /// Registers a device linked into this binary, so specfiles that name its type without a
@@ -187,12 +201,21 @@ fn registries() -> &'static Mutex<Registries> {
 pub fn register_static(descriptor: &'static VmiDeviceDescriptor) {
     // SAFETY: a descriptor's name is a NUL-terminated 'static string (checked again on use).
     let name = unsafe { c_text(descriptor.name) };
-    registries().lock().unwrap_or_else(|e| e.into_inner()).statics.insert(name, descriptor);
+    registries()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .statics
+        .insert(name, descriptor);
 }
 
 /// The statically registered descriptor for a type, if any.
 pub fn static_descriptor(type_name: &str) -> Option<&'static VmiDeviceDescriptor> {
-    registries().lock().unwrap_or_else(|e| e.into_inner()).statics.get(type_name).copied()
+    registries()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .statics
+        .get(type_name)
+        .copied()
 }
 
 /// The default library file for a device type.
@@ -205,7 +228,11 @@ pub fn default_library(type_name: &str) -> String {
 pub fn search_dirs(spec_dir: Option<&Path>) -> Vec<PathBuf> {
     let mut dirs = Vec::new();
     if let Some(d) = spec_dir {
-        dirs.push(if d.as_os_str().is_empty() { PathBuf::from(".") } else { d.to_path_buf() });
+        dirs.push(if d.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            d.to_path_buf()
+        });
     }
     if let Some(p) = std::env::var_os("VMI_DEVICE_PATH") {
         dirs.extend(std::env::split_paths(&p).filter(|d| !d.as_os_str().is_empty()));
@@ -222,14 +249,22 @@ pub fn search_dirs(spec_dir: Option<&Path>) -> Vec<PathBuf> {
 }
 
 /// Finds the library file for a device.
-pub fn find_library(type_name: &str, library: Option<&str>, spec_dir: Option<&Path>) -> Result<PathBuf, LoadError> {
+pub fn find_library(
+    type_name: &str,
+    library: Option<&str>,
+    spec_dir: Option<&Path>,
+) -> Result<PathBuf, LoadError> {
     let file = library.map_or_else(|| default_library(type_name), str::to_string);
     let as_path = Path::new(&file);
     if as_path.is_absolute() {
         return if as_path.is_file() {
             Ok(as_path.to_path_buf())
         } else {
-            Err(LoadError::NotFound { type_name: type_name.into(), file: file.clone(), tried: file })
+            Err(LoadError::NotFound {
+                type_name: type_name.into(),
+                file: file.clone(),
+                tried: file,
+            })
         };
     }
     let dirs = search_dirs(spec_dir);
@@ -242,7 +277,11 @@ pub fn find_library(type_name: &str, library: Option<&str>, spec_dir: Option<&Pa
     Err(LoadError::NotFound {
         type_name: type_name.into(),
         file,
-        tried: dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", "),
+        tried: dirs
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
     })
 }
 
@@ -254,17 +293,22 @@ pub fn load_library(path: &Path, type_name: &str) -> Result<DeviceType, LoadErro
     if !regs.loaded.contains_key(&canonical) {
         // SAFETY: loading a shared object runs its initialisers; device libraries are plain
         // Rust or C libraries without load-time side effects beyond that.
-        let lib = unsafe { libloading::Library::new(&canonical) }
-            .map_err(|e| LoadError::CannotOpen { path: path.to_path_buf(), reason: e.to_string() })?;
+        let lib =
+            unsafe { libloading::Library::new(&canonical) }.map_err(|e| LoadError::CannotOpen {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })?;
         regs.loaded.insert(canonical.clone(), lib);
     }
     let lib = &regs.loaded[&canonical];
     // SAFETY: the symbol is read as the address of a descriptor static; its contents are
     // validated before use. The library stays loaded for the process's life.
-    let sym = unsafe { lib.get::<*const VmiDeviceDescriptor>(symbol.as_str()) }.map_err(|_| LoadError::MissingSymbol {
-        path: path.to_path_buf(),
-        symbol: symbol.clone(),
-        type_name: type_name.into(),
+    let sym = unsafe { lib.get::<*const VmiDeviceDescriptor>(symbol.as_str()) }.map_err(|_| {
+        LoadError::MissingSymbol {
+            path: path.to_path_buf(),
+            symbol: symbol.clone(),
+            type_name: type_name.into(),
+        }
     })?;
     // dlsym's result for a data symbol is the static's address; `*sym` reads it as a pointer.
     let addr: *const VmiDeviceDescriptor = *sym;
@@ -307,18 +351,41 @@ pub unsafe fn validate(
     type_name: &str,
     symbol: &str,
 ) -> Result<DeviceType, LoadError> {
-    let origin = library.as_ref().map_or_else(|| "statically linked".to_string(), |p| p.display().to_string());
+    let origin = library.as_ref().map_or_else(
+        || "statically linked".to_string(),
+        |p| p.display().to_string(),
+    );
     if desc.is_null() {
-        return Err(LoadError::BadDescriptor { origin, type_name: type_name.into(), problem: "NULL descriptor".into() });
+        return Err(LoadError::BadDescriptor {
+            origin,
+            type_name: type_name.into(),
+            problem: "NULL descriptor".into(),
+        });
     }
     // SAFETY: the header is always present (per the contract); read it field by field.
-    let (magic, major, minor, size) =
-        unsafe { ((*desc).magic, (*desc).abi_major, (*desc).abi_minor, (*desc).struct_size) };
+    let (magic, major, minor, size) = unsafe {
+        (
+            (*desc).magic,
+            (*desc).abi_major,
+            (*desc).abi_minor,
+            (*desc).struct_size,
+        )
+    };
     if magic != VMI_DEVICE_MAGIC {
-        return Err(LoadError::BadMagic { origin, symbol: symbol.into(), found: magic, expected: VMI_DEVICE_MAGIC });
+        return Err(LoadError::BadMagic {
+            origin,
+            symbol: symbol.into(),
+            found: magic,
+            expected: VMI_DEVICE_MAGIC,
+        });
     }
     if major != VMI_ABI_MAJOR {
-        return Err(LoadError::AbiMismatch { origin, type_name: type_name.into(), found: major, expected: VMI_ABI_MAJOR });
+        return Err(LoadError::AbiMismatch {
+            origin,
+            type_name: type_name.into(),
+            found: major,
+            expected: VMI_ABI_MAJOR,
+        });
     }
     if size < MIN_DESCRIPTOR {
         return Err(LoadError::Truncated {
@@ -332,23 +399,38 @@ pub unsafe fn validate(
     }
     // SAFETY: struct_size says the whole 1.0 descriptor is there.
     let d = unsafe { &*desc };
-    let bad = |problem: String| LoadError::BadDescriptor { origin: origin.clone(), type_name: type_name.into(), problem };
+    let bad = |problem: String| LoadError::BadDescriptor {
+        origin: origin.clone(),
+        type_name: type_name.into(),
+        problem,
+    };
     // SAFETY: descriptor strings are NUL-terminated statics of the library.
     let name = unsafe { c_text(d.name) };
     if name != type_name {
-        return Err(bad(format!("it calls itself '{name}' but is exported as '{symbol}'")));
+        return Err(bad(format!(
+            "it calls itself '{name}' but is exported as '{symbol}'"
+        )));
     }
     let kind = match d.kind {
         VMI_KIND_FILTER => DeviceKind::Filter,
         VMI_KIND_TRANSPORT => DeviceKind::Transport,
-        other => return Err(bad(format!("unknown kind {other} (1 = filter, 2 = transport)"))),
+        other => {
+            return Err(bad(format!(
+                "unknown kind {other} (1 = filter, 2 = transport)"
+            )));
+        }
     };
     let align = d.frame_align as usize;
     if d.frame_size > 0 && (!align.is_power_of_two() || align > VMI_MAX_FRAME_ALIGN) {
-        return Err(bad(format!("frame alignment {align} is not a power of two up to {VMI_MAX_FRAME_ALIGN}")));
+        return Err(bad(format!(
+            "frame alignment {align} is not a power of two up to {VMI_MAX_FRAME_ALIGN}"
+        )));
     }
     if d.frame_size > 1 << 20 {
-        return Err(bad(format!("frame of {} bytes is over the 1 MiB limit", d.frame_size)));
+        return Err(bad(format!(
+            "frame of {} bytes is over the 1 MiB limit",
+            d.frame_size
+        )));
     }
     if d.create.is_none() {
         return Err(bad("no create function".into()));
@@ -372,22 +454,33 @@ pub unsafe fn validate(
         return Err(bad("parameter table is NULL".into()));
     }
     if d.nparams > 256 {
-        return Err(bad(format!("{} parameters declared; at most 256", d.nparams)));
+        return Err(bad(format!(
+            "{} parameters declared; at most 256",
+            d.nparams
+        )));
     }
     let mut params = Vec::with_capacity(d.nparams);
     for i in 0..d.nparams {
         // SAFETY: `nparams` entries, checked non-NULL above.
         let p = unsafe { &*d.params.add(i) };
         // SAFETY: parameter strings are NUL-terminated statics.
-        let (pname, default, doc) = unsafe { (c_text(p.name), c_text(p.default_value), c_text(p.doc)) };
+        let (pname, default, doc) =
+            unsafe { (c_text(p.name), c_text(p.default_value), c_text(p.doc)) };
         let kind = ParamKind::from_code(p.kind);
         if pname.is_empty() {
             return Err(bad(format!("parameter {i} has no name")));
         }
         if let Err(expected) = kind.check(&default) {
-            return Err(bad(format!("default of parameter '{pname}' (\"{default}\") is not {expected}")));
+            return Err(bad(format!(
+                "default of parameter '{pname}' (\"{default}\") is not {expected}"
+            )));
         }
-        params.push(ParamInfo { name: pname, kind, default, doc });
+        params.push(ParamInfo {
+            name: pname,
+            kind,
+            default,
+            doc,
+        });
     }
     let _ = minor;
     Ok(DeviceType {

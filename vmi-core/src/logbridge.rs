@@ -33,8 +33,8 @@ impl log::Log for Forward {
             ((*services).log)(
                 std::ptr::null_mut(),
                 record.level() as u32,
-                VmiStr::from_str(target),
-                VmiStr::from_str(&msg),
+                VmiStr::new(target),
+                VmiStr::new(&msg),
             )
         };
     }

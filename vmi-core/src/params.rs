@@ -1,5 +1,7 @@
 //! Device parameters: declared by the device, set in the specfile, overridden by
 //! `VMI_<DEVICE>_<PARAM>` environment variables.
+// Errors here are built once, at start-up, and carry file locations for the message.
+#![allow(clippy::result_large_err)]
 
 use std::collections::BTreeSet;
 
@@ -10,10 +12,22 @@ use crate::spec::{DeviceSpec, Location};
 
 /// Environment variables the runtime itself reads, with their meaning.
 pub const CORE_ENV_VARS: &[(&str, &str)] = &[
-    ("VMI_SPECFILE", "path of the XML specfile that lists devices and chains"),
-    ("VMI_KEY", "this process's key when the program is not given one"),
-    ("VMI_DEVICE_PATH", "':'-separated directories searched for device libraries"),
-    ("VMI_LOG", "log filter for the vmi tools (env_logger syntax, e.g. info or vmi_tcp=debug)"),
+    (
+        "VMI_SPECFILE",
+        "path of the XML specfile that lists devices and chains",
+    ),
+    (
+        "VMI_KEY",
+        "this process's key when the program is not given one",
+    ),
+    (
+        "VMI_DEVICE_PATH",
+        "':'-separated directories searched for device libraries",
+    ),
+    (
+        "VMI_LOG",
+        "log filter for the vmi tools (env_logger syntax, e.g. info or vmi_tcp=debug)",
+    ),
 ];
 
 /// The type of a declared parameter.
@@ -55,9 +69,16 @@ impl ParamKind {
     pub fn check(self, value: &str) -> Result<String, String> {
         let v = value.trim();
         match self {
-            ParamKind::Bool => parse_bool(v).map(|b| b.to_string()).ok_or_else(|| self.expected().to_string()),
-            ParamKind::Uint => parse_uint(v).map(|n| n.to_string()).ok_or_else(|| self.expected().to_string()),
-            ParamKind::Int => v.parse::<i64>().map(|n| n.to_string()).map_err(|_| self.expected().to_string()),
+            ParamKind::Bool => parse_bool(v)
+                .map(|b| b.to_string())
+                .ok_or_else(|| self.expected().to_string()),
+            ParamKind::Uint => parse_uint(v)
+                .map(|n| n.to_string())
+                .ok_or_else(|| self.expected().to_string()),
+            ParamKind::Int => v
+                .parse::<i64>()
+                .map(|n| n.to_string())
+                .map_err(|_| self.expected().to_string()),
             ParamKind::String => Ok(value.to_string()),
         }
     }
@@ -134,7 +155,9 @@ pub struct ResolvedParam {
 #[derive(Debug, thiserror::Error)]
 pub enum ParamError {
     /// The specfile sets a parameter the device does not declare.
-    #[error("{at}: device '{device}' ({type_name}) has no parameter '{name}'{hint}; its parameters: {known}")]
+    #[error(
+        "{at}: device '{device}' ({type_name}) has no parameter '{name}'{hint}; its parameters: {known}"
+    )]
     Unknown {
         /// Where.
         at: Location,
@@ -150,7 +173,9 @@ pub enum ParamError {
         known: String,
     },
     /// A value does not fit the declared type.
-    #[error("{origin}: parameter '{name}' of device '{device}' = \"{value}\" is invalid: expected {expected}")]
+    #[error(
+        "{origin}: parameter '{name}' of device '{device}' = \"{value}\" is invalid: expected {expected}"
+    )]
     BadValue {
         /// "file:line:col" or the environment variable.
         origin: String,
@@ -167,7 +192,11 @@ pub enum ParamError {
 
 /// The environment variable that overrides `param` of device instance `device`.
 pub fn env_var_name(device: &str, param: &str) -> String {
-    format!("VMI_{}_{}", device.to_ascii_uppercase().replace('-', "_"), param.to_ascii_uppercase())
+    format!(
+        "VMI_{}_{}",
+        device.to_ascii_uppercase().replace('-', "_"),
+        param.to_ascii_uppercase()
+    )
 }
 
 /// Resolves a device's parameters: default, then specfile, then environment.
@@ -187,7 +216,11 @@ pub fn resolve(
                 hint: closest(&setting.name, names.iter().copied())
                     .map(|c| format!(", did you mean '{c}'?"))
                     .unwrap_or_default(),
-                known: if names.is_empty() { "(none)".into() } else { names.join(", ") },
+                known: if names.is_empty() {
+                    "(none)".into()
+                } else {
+                    names.join(", ")
+                },
             });
         }
     }
@@ -197,18 +230,33 @@ pub fn resolve(
         let (raw, source, origin) = if let Some(v) = env(&var) {
             (v, ParamSource::Environment(var.clone()), var.clone())
         } else if let Some(s) = device.params.iter().find(|s| s.name == p.name) {
-            (s.value.clone(), ParamSource::Specfile(s.at.clone()), s.at.to_string())
+            (
+                s.value.clone(),
+                ParamSource::Specfile(s.at.clone()),
+                s.at.to_string(),
+            )
         } else {
-            (p.default.clone(), ParamSource::Default, format!("default of device type '{}'", device.type_name))
+            (
+                p.default.clone(),
+                ParamSource::Default,
+                format!("default of device type '{}'", device.type_name),
+            )
         };
-        let value = p.kind.check(&raw).map_err(|expected| ParamError::BadValue {
-            origin,
-            device: device.name.clone(),
+        let value = p
+            .kind
+            .check(&raw)
+            .map_err(|expected| ParamError::BadValue {
+                origin,
+                device: device.name.clone(),
+                name: p.name.clone(),
+                value: raw.clone(),
+                expected,
+            })?;
+        out.push(ResolvedParam {
             name: p.name.clone(),
-            value: raw.clone(),
-            expected,
-        })?;
-        out.push(ResolvedParam { name: p.name.clone(), value, source });
+            value,
+            source,
+        });
     }
     Ok(out)
 }
@@ -244,8 +292,18 @@ mod tests {
 
     fn declared() -> Vec<ParamInfo> {
         vec![
-            ParamInfo { name: "port".into(), kind: ParamKind::Uint, default: "0".into(), doc: String::new() },
-            ParamInfo { name: "nodelay".into(), kind: ParamKind::Bool, default: "true".into(), doc: String::new() },
+            ParamInfo {
+                name: "port".into(),
+                kind: ParamKind::Uint,
+                default: "0".into(),
+                doc: String::new(),
+            },
+            ParamInfo {
+                name: "nodelay".into(),
+                kind: ParamKind::Bool,
+                default: "true".into(),
+                doc: String::new(),
+            },
         ]
     }
 
@@ -257,7 +315,11 @@ mod tests {
         .unwrap();
         let mut d = spec.devices[0].clone();
         for (n, v) in params {
-            d.params.push(ParamSetting { name: n.to_string(), value: v.to_string(), at: d.at.clone() });
+            d.params.push(ParamSetting {
+                name: n.to_string(),
+                value: v.to_string(),
+                at: d.at.clone(),
+            });
         }
         d
     }
@@ -270,9 +332,15 @@ mod tests {
         assert!(matches!(r[0].source, ParamSource::Specfile(_)));
         assert_eq!(r[1].value, "true");
         assert_eq!(r[1].source, ParamSource::Default);
-        let r = resolve(&d, &declared(), &|v| (v == "VMI_NET_0_PORT").then(|| "7".to_string())).unwrap();
+        let r = resolve(&d, &declared(), &|v| {
+            (v == "VMI_NET_0_PORT").then(|| "7".to_string())
+        })
+        .unwrap();
         assert_eq!(r[0].value, "7");
-        assert_eq!(r[0].source, ParamSource::Environment("VMI_NET_0_PORT".into()));
+        assert_eq!(
+            r[0].source,
+            ParamSource::Environment("VMI_NET_0_PORT".into())
+        );
     }
 
     #[test]
@@ -286,7 +354,10 @@ mod tests {
     fn bad_values_name_the_parameter() {
         let e = resolve(&device(&[("nodelay", "maybe")]), &declared(), &|_| None).unwrap_err();
         assert!(e.to_string().contains("parameter 'nodelay'"), "{e}");
-        let e = resolve(&device(&[]), &declared(), &|v| (v == "VMI_NET_0_PORT").then(|| "-3".into())).unwrap_err();
+        let e = resolve(&device(&[]), &declared(), &|v| {
+            (v == "VMI_NET_0_PORT").then(|| "-3".into())
+        })
+        .unwrap_err();
         assert!(e.to_string().starts_with("VMI_NET_0_PORT:"), "{e}");
     }
 
@@ -303,9 +374,16 @@ mod tests {
     fn unknown_env_vars_get_a_hint() {
         let known: BTreeSet<String> = ["VMI_SPECFILE".to_string(), "VMI_KEY".to_string()].into();
         let out = unknown_env_vars(
-            ["VMI_SPECFIEL".to_string(), "VMI_KEY".to_string(), "PATH".to_string()],
+            [
+                "VMI_SPECFIEL".to_string(),
+                "VMI_KEY".to_string(),
+                "PATH".to_string(),
+            ],
             &known,
         );
-        assert_eq!(out, vec![("VMI_SPECFIEL".to_string(), Some("VMI_SPECFILE".to_string()))]);
+        assert_eq!(
+            out,
+            vec![("VMI_SPECFIEL".to_string(), Some("VMI_SPECFILE".to_string()))]
+        );
     }
 }

@@ -22,18 +22,36 @@ impl Signature {
         let (s, r) = text.split_once(';')?;
         let list = |part: &str, prefix: &str| -> Option<Vec<String>> {
             let body = part.strip_prefix(prefix)?;
-            Some(if body.is_empty() { Vec::new() } else { body.split(',').map(str::to_string).collect() })
+            Some(if body.is_empty() {
+                Vec::new()
+            } else {
+                body.split(',').map(str::to_string).collect()
+            })
         };
-        Some(Signature { send: list(s, "send=")?, recv: list(r, "recv=")? })
+        Some(Signature {
+            send: list(s, "send=")?,
+            recv: list(r, "recv=")?,
+        })
     }
 
     /// Checks that what each side sends, the other undoes: the peer's send filters equal this
     /// side's receive filters, and the other way round. The error names both sides.
-    pub fn check_peer(&self, local_name: &str, peer: &Signature, peer_name: &str) -> Result<(), String> {
+    pub fn check_peer(
+        &self,
+        local_name: &str,
+        peer: &Signature,
+        peer_name: &str,
+    ) -> Result<(), String> {
         if peer.send == self.recv && peer.recv == self.send {
             return Ok(());
         }
-        let show = |v: &[String]| if v.is_empty() { "no filters".to_string() } else { format!("[{}]", v.join(", ")) };
+        let show = |v: &[String]| {
+            if v.is_empty() {
+                "no filters".to_string()
+            } else {
+                format!("[{}]", v.join(", "))
+            }
+        };
         Err(format!(
             "filter chains do not match: '{}' sends through {} and receives through {}, while '{}' sends through {} and receives through {}; use specfiles with the same filters on both sides (a filter on one side's send chain must be on the other side's receive chain)",
             local_name,
@@ -52,7 +70,10 @@ mod tests {
 
     #[test]
     fn round_trip_and_check() {
-        let me = Signature { send: vec!["crc@0".into()], recv: vec!["crc@0".into()] };
+        let me = Signature {
+            send: vec!["crc@0".into()],
+            recv: vec!["crc@0".into()],
+        };
         let text = me.encode();
         assert_eq!(text, "send=crc@0;recv=crc@0");
         assert_eq!(Signature::parse(&text), Some(me.clone()));

@@ -39,7 +39,10 @@ impl<'a> Slab<'a> {
     /// A slab over one byte slice.
     pub fn from_bytes(data: &'a [u8]) -> Slab<'a> {
         let mut segs = [VmiSeg::EMPTY; VMI_IRB_MAX_SEGS];
-        segs[0] = VmiSeg { base: data.as_ptr() as *mut u8, len: data.len() };
+        segs[0] = VmiSeg {
+            base: data.as_ptr() as *mut u8,
+            len: data.len(),
+        };
         // SAFETY: `data` outlives 'a.
         unsafe { Slab::from_segments(&segs[..1]) }
     }
@@ -156,7 +159,11 @@ impl<'a> Slab<'a> {
 
     /// Saves the cursor (VMI 2.1: `VMI_Slab_Save_State`).
     pub fn save(&self) -> SlabState {
-        SlabState { seg: self.seg, off: self.off, remaining: self.remaining }
+        SlabState {
+            seg: self.seg,
+            off: self.off,
+            remaining: self.remaining,
+        }
     }
 
     /// Restores a saved cursor (VMI 2.1: `VMI_Slab_Restore_State`).
@@ -168,7 +175,11 @@ impl<'a> Slab<'a> {
 
     /// Rewinds to the first byte.
     pub fn rewind(&mut self) {
-        self.restore(SlabState { seg: 0, off: 0, remaining: self.total });
+        self.restore(SlabState {
+            seg: 0,
+            off: 0,
+            remaining: self.total,
+        });
     }
 
     /// Keeps the slab after the callback returns (VMI 2.1: returning `VMI_SLAB_KEEP` from the
@@ -193,8 +204,14 @@ impl<'a> Slab<'a> {
             _life: PhantomData,
         };
         slab.grabbed = false;
-        releases.outstanding.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        Some(GrabbedSlab { slab, slot, releases })
+        releases
+            .outstanding
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Some(GrabbedSlab {
+            slab,
+            slot,
+            releases,
+        })
     }
 }
 
@@ -236,8 +253,14 @@ impl GrabbedSlab {
 
 impl Drop for GrabbedSlab {
     fn drop(&mut self) {
-        self.releases.queue.lock().unwrap_or_else(|e| e.into_inner()).push(self.slot as usize);
-        self.releases.outstanding.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        self.releases
+            .queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(self.slot as usize);
+        self.releases
+            .outstanding
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     }
 }
 
@@ -246,7 +269,13 @@ mod tests {
     use super::*;
 
     fn segs(parts: &[&[u8]]) -> Vec<VmiSeg> {
-        parts.iter().map(|p| VmiSeg { base: p.as_ptr() as *mut u8, len: p.len() }).collect()
+        parts
+            .iter()
+            .map(|p| VmiSeg {
+                base: p.as_ptr() as *mut u8,
+                len: p.len(),
+            })
+            .collect()
     }
 
     #[test]
@@ -278,7 +307,10 @@ mod tests {
         assert!(slab.is_empty());
         assert_eq!(slab.read(10), b"");
         let mut slab = Slab::from_bytes(b"abc");
-        assert!(slab.grab().is_none(), "a slab without an owner cannot be kept");
+        assert!(
+            slab.grab().is_none(),
+            "a slab without an owner cannot be kept"
+        );
         let mut v = Vec::new();
         std::io::Read::read_to_end(&mut slab, &mut v).unwrap();
         assert_eq!(v, b"abc");

@@ -21,8 +21,8 @@ use std::collections::HashSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use quick_xml::events::{BytesStart, Event};
 use quick_xml::Reader;
+use quick_xml::events::{BytesStart, Event};
 use serde::Serialize;
 
 /// A position in a specfile.
@@ -125,7 +125,9 @@ pub enum SpecError {
         first: Location,
     },
     /// A chain names a device no `<device>` defines.
-    #[error("{at}: chain '{chain}' uses device '{device}', which is not defined; defined devices: {defined}")]
+    #[error(
+        "{at}: chain '{chain}' uses device '{device}', which is not defined; defined devices: {defined}"
+    )]
     UndefinedDevice {
         /// Where the `<use>` is.
         at: Location,
@@ -137,7 +139,9 @@ pub enum SpecError {
         defined: String,
     },
     /// A chain lists the same device twice.
-    #[error("{at}: chain '{chain}' uses device '{device}' twice; a device appears at most once per chain")]
+    #[error(
+        "{at}: chain '{chain}' uses device '{device}' twice; a device appears at most once per chain"
+    )]
     RepeatedInChain {
         /// Where the second `<use>` is.
         at: Location,
@@ -147,7 +151,9 @@ pub enum SpecError {
         device: String,
     },
     /// A required chain is missing.
-    #[error("{at}: no <chain name=\"{chain}\"> defined; a specfile needs a send and a receive chain")]
+    #[error(
+        "{at}: no <chain name=\"{chain}\"> defined; a specfile needs a send and a receive chain"
+    )]
     MissingChain {
         /// The root element's position.
         at: Location,
@@ -155,7 +161,9 @@ pub enum SpecError {
         chain: &'static str,
     },
     /// A chain has no devices.
-    #[error("{at}: chain '{chain}' is empty; list at least one transport with <use device=\"...\"/>")]
+    #[error(
+        "{at}: chain '{chain}' is empty; list at least one transport with <use device=\"...\"/>"
+    )]
     EmptyChain {
         /// Where the chain starts.
         at: Location,
@@ -307,9 +315,19 @@ impl Positions<'_> {
         let offset = offset.min(self.text.len());
         let before = &self.text.as_bytes()[..offset];
         let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
-        let line_start = before.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
-        let column = String::from_utf8_lossy(&before[line_start..]).chars().count() + 1;
-        Location { file: self.file.to_string(), line: line as u32, column: column as u32 }
+        let line_start = before
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |p| p + 1);
+        let column = String::from_utf8_lossy(&before[line_start..])
+            .chars()
+            .count()
+            + 1;
+        Location {
+            file: self.file.to_string(),
+            line: line as u32,
+            column: column as u32,
+        }
     }
 }
 
@@ -321,7 +339,11 @@ struct Attrs {
 }
 
 impl Attrs {
-    fn read(start: &BytesStart<'_>, tag_offset: usize, pos: &Positions<'_>) -> Result<Attrs, SpecError> {
+    fn read(
+        start: &BytesStart<'_>,
+        tag_offset: usize,
+        pos: &Positions<'_>,
+    ) -> Result<Attrs, SpecError> {
         let element = start.name().into_inner().to_string();
         let raw_text: &str = start.as_ref();
         let raw = raw_text.as_bytes();
@@ -337,12 +359,19 @@ impl Attrs {
             search_from = rel + key.len();
             let value = attr
                 .normalized_value(quick_xml::XmlVersion::Implicit1_0)
-                .map_err(|e| SpecError::Syntax { at: pos.at(tag_offset), message: e.to_string() })?
+                .map_err(|e| SpecError::Syntax {
+                    at: pos.at(tag_offset),
+                    message: e.to_string(),
+                })?
                 .into_owned();
             // +1 for the '<' that the event's bytes leave out.
             list.push((key, value, pos.at(tag_offset + 1 + rel)));
         }
-        Ok(Attrs { element, at: pos.at(tag_offset), list })
+        Ok(Attrs {
+            element,
+            at: pos.at(tag_offset),
+            list,
+        })
     }
 
     /// Fails on any attribute not in `allowed`.
@@ -361,7 +390,10 @@ impl Attrs {
     }
 
     fn get(&self, key: &str) -> Option<(&str, &Location)> {
-        self.list.iter().find(|(k, _, _)| k == key).map(|(_, v, at)| (v.as_str(), at))
+        self.list
+            .iter()
+            .find(|(k, _, _)| k == key)
+            .map(|(_, v, at)| (v.as_str(), at))
     }
 
     fn required(&self, key: &str) -> Result<(&str, &Location), SpecError> {
@@ -377,17 +409,26 @@ fn find(hay: &[u8], needle: &[u8], from: usize) -> Option<usize> {
     if needle.is_empty() || from >= hay.len() {
         return None;
     }
-    hay[from..].windows(needle.len()).position(|w| w == needle).map(|p| p + from)
+    hay[from..]
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .map(|p| p + from)
 }
 
 fn quote_list(items: &[&str]) -> String {
-    items.iter().map(|i| format!("'{i}'")).collect::<Vec<_>>().join(", ")
+    items
+        .iter()
+        .map(|i| format!("'{i}'"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn check_name(value: &str, attribute: &str, at: &Location) -> Result<(), SpecError> {
     let ok = !value.is_empty()
         && value.len() <= 64
-        && value.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
     if ok {
         Ok(())
     } else {
@@ -447,7 +488,11 @@ fn parse(text: &str, file: &str) -> Result<Spec, SpecError> {
                     if raw.trim().chars().count() > 40 {
                         shown.push('…');
                     }
-                    return Err(SpecError::UnexpectedText { at: pos.at(offset + lead), element, text: shown });
+                    return Err(SpecError::UnexpectedText {
+                        at: pos.at(offset + lead),
+                        element,
+                        text: shown,
+                    });
                 }
                 continue;
             }
@@ -540,7 +585,11 @@ fn parse(text: &str, file: &str) -> Result<Spec, SpecError> {
                             first: first.at.clone(),
                         });
                     }
-                    chains.push(ChainSpec { name: name.to_string(), entries: Vec::new(), at: attrs.at.clone() });
+                    chains.push(ChainSpec {
+                        name: name.to_string(),
+                        entries: Vec::new(),
+                        at: attrs.at.clone(),
+                    });
                     Scope::Chain(chains.len() - 1)
                 }
                 _ => {
@@ -601,7 +650,10 @@ fn parse(text: &str, file: &str) -> Result<Spec, SpecError> {
                         device: device.into(),
                     });
                 }
-                chain.entries.push(ChainEntry { device: device.into(), at: attrs.at.clone() });
+                chain.entries.push(ChainEntry {
+                    device: device.into(),
+                    at: attrs.at.clone(),
+                });
                 Scope::Leaf("use".into())
             }
             Scope::Leaf(parent) => {
@@ -625,7 +677,10 @@ fn parse(text: &str, file: &str) -> Result<Spec, SpecError> {
     let defined: HashSet<&str> = devices.iter().map(|d| d.name.as_str()).collect();
     for chain in &chains {
         if chain.entries.is_empty() {
-            return Err(SpecError::EmptyChain { at: chain.at.clone(), chain: chain.name.clone() });
+            return Err(SpecError::EmptyChain {
+                at: chain.at.clone(),
+                chain: chain.name.clone(),
+            });
         }
         for entry in &chain.entries {
             if !defined.contains(entry.device.as_str()) {
@@ -635,17 +690,29 @@ fn parse(text: &str, file: &str) -> Result<Spec, SpecError> {
                     at: entry.at.clone(),
                     chain: chain.name.clone(),
                     device: entry.device.clone(),
-                    defined: if names.is_empty() { "(none)".into() } else { quote_list(&names) },
+                    defined: if names.is_empty() {
+                        "(none)".into()
+                    } else {
+                        quote_list(&names)
+                    },
                 });
             }
         }
     }
     for required in ["send", "receive"] {
         if !chains.iter().any(|c| c.name == required) {
-            return Err(SpecError::MissingChain { at: root_at.clone(), chain: required });
+            return Err(SpecError::MissingChain {
+                at: root_at.clone(),
+                chain: required,
+            });
         }
     }
-    Ok(Spec { path: None, devices, chains, at: root_at })
+    Ok(Spec {
+        path: None,
+        devices,
+        chains,
+        at: root_at,
+    })
 }
 
 #[cfg(test)]
@@ -682,10 +749,22 @@ mod tests {
         assert_eq!(spec.devices[0].library.as_deref(), Some("libvmi_tcp.so"));
         assert_eq!(spec.devices[0].params[0].name, "connect_timeout_ms");
         assert_eq!(spec.devices[0].params[0].value, "2000");
-        assert_eq!((spec.devices[0].params[0].at.line, spec.devices[0].params[0].at.column), (5, 5));
+        assert_eq!(
+            (
+                spec.devices[0].params[0].at.line,
+                spec.devices[0].params[0].at.column
+            ),
+            (5, 5)
+        );
         assert_eq!(spec.devices[1].type_name, "skeleton");
         let send = spec.chain("send").unwrap();
-        assert_eq!(send.entries.iter().map(|e| e.device.as_str()).collect::<Vec<_>>(), ["skel", "tcp"]);
+        assert_eq!(
+            send.entries
+                .iter()
+                .map(|e| e.device.as_str())
+                .collect::<Vec<_>>(),
+            ["skel", "tcp"]
+        );
         assert!(spec.chain("control").is_some());
         assert_eq!((spec.at.line, spec.at.column), (3, 1));
     }
@@ -693,15 +772,25 @@ mod tests {
     #[test]
     fn unknown_element_is_located() {
         let e = err("<vmi>\n  <devise name=\"x\"/>\n</vmi>");
-        assert!(matches!(e, SpecError::UnknownElement { ref found, .. } if found == "devise"), "{e}");
+        assert!(
+            matches!(e, SpecError::UnknownElement { ref found, .. } if found == "devise"),
+            "{e}"
+        );
         assert_eq!(loc(&e), (2, 3));
-        assert!(e.to_string().starts_with("t.xml:2:3: unknown element <devise>"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("t.xml:2:3: unknown element <devise>"),
+            "{e}"
+        );
     }
 
     #[test]
     fn unknown_attribute_is_located() {
         let e = err("<vmi>\n  <device name=\"tcp\" libary=\"x.so\"/>\n</vmi>");
-        assert!(matches!(e, SpecError::UnknownAttribute { ref found, .. } if found == "libary"), "{e}");
+        assert!(
+            matches!(e, SpecError::UnknownAttribute { ref found, .. } if found == "libary"),
+            "{e}"
+        );
         assert_eq!(loc(&e), (2, 22));
     }
 
@@ -723,15 +812,32 @@ mod tests {
         let e = err(
             "<vmi>\n<device name=\"tcp\"/>\n<chain name=\"send\">\n  <use device=\"tpc\"/>\n</chain>\n</vmi>",
         );
-        assert!(matches!(e, SpecError::UndefinedDevice { ref device, .. } if device == "tpc"), "{e}");
+        assert!(
+            matches!(e, SpecError::UndefinedDevice { ref device, .. } if device == "tpc"),
+            "{e}"
+        );
         assert_eq!(loc(&e), (4, 3));
-        assert!(e.to_string().contains("'tcp'"), "lists the defined devices: {e}");
+        assert!(
+            e.to_string().contains("'tcp'"),
+            "lists the defined devices: {e}"
+        );
     }
 
     #[test]
     fn missing_receive_chain() {
-        let e = err("<vmi>\n<device name=\"tcp\"/>\n<chain name=\"send\"><use device=\"tcp\"/></chain>\n</vmi>");
-        assert!(matches!(e, SpecError::MissingChain { chain: "receive", .. }), "{e}");
+        let e = err(
+            "<vmi>\n<device name=\"tcp\"/>\n<chain name=\"send\"><use device=\"tcp\"/></chain>\n</vmi>",
+        );
+        assert!(
+            matches!(
+                e,
+                SpecError::MissingChain {
+                    chain: "receive",
+                    ..
+                }
+            ),
+            "{e}"
+        );
         assert_eq!(loc(&e), (1, 1));
     }
 
@@ -752,7 +858,9 @@ mod tests {
     #[test]
     fn missing_attribute_and_bad_names() {
         let e = err("<vmi>\n <device type=\"tcp\"/>\n</vmi>");
-        assert!(matches!(e, SpecError::MissingAttribute { ref attribute, .. } if attribute == "name"));
+        assert!(
+            matches!(e, SpecError::MissingAttribute { ref attribute, .. } if attribute == "name")
+        );
         assert_eq!(loc(&e), (2, 2));
         let e = err("<vmi><device name=\"a b\"/></vmi>");
         assert!(matches!(e, SpecError::BadValue { .. }), "{e}");
@@ -765,16 +873,34 @@ mod tests {
         let e = err("<vmi>\n  hello\n</vmi>");
         assert!(matches!(e, SpecError::UnexpectedText { .. }), "{e}");
         assert_eq!(loc(&e), (2, 3));
-        let e = err("<vmi><device name=\"a\"><param name=\"x\" value=\"1\"><x/></param></device></vmi>");
-        assert!(matches!(e, SpecError::UnknownElement { ref parent, .. } if parent == "param"), "{e}");
+        let e = err(
+            "<vmi><device name=\"a\"><param name=\"x\" value=\"1\"><x/></param></device></vmi>",
+        );
+        assert!(
+            matches!(e, SpecError::UnknownElement { ref parent, .. } if parent == "param"),
+            "{e}"
+        );
     }
 
     #[test]
     fn repeated_device_in_chain_and_duplicate_param() {
-        let e = err("<vmi><device name=\"a\"/><chain name=\"send\"><use device=\"a\"/><use device=\"a\"/></chain></vmi>");
+        let e = err(
+            "<vmi><device name=\"a\"/><chain name=\"send\"><use device=\"a\"/><use device=\"a\"/></chain></vmi>",
+        );
         assert!(matches!(e, SpecError::RepeatedInChain { .. }), "{e}");
-        let e = err("<vmi><device name=\"a\"><param name=\"p\" value=\"1\"/>\n<param name=\"p\" value=\"2\"/></device></vmi>");
-        assert!(matches!(e, SpecError::Duplicate { what: "parameter", .. }), "{e}");
+        let e = err(
+            "<vmi><device name=\"a\"><param name=\"p\" value=\"1\"/>\n<param name=\"p\" value=\"2\"/></device></vmi>",
+        );
+        assert!(
+            matches!(
+                e,
+                SpecError::Duplicate {
+                    what: "parameter",
+                    ..
+                }
+            ),
+            "{e}"
+        );
         assert_eq!(loc(&e), (2, 1));
     }
 

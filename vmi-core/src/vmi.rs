@@ -9,7 +9,10 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use crate::abi::{VMI_FLAG_END, VMI_IRB_MAX_SEGS, VMI_OP_ACCEPT, VMI_OP_CONNECT, VMI_OP_CONNECT_REQUEST, VMI_OP_DISCONNECT, VMI_OP_PEER_DISCONNECT, VMI_OP_RECV, VMI_OP_REJECT, VMI_OP_SEND};
+use crate::abi::{
+    VMI_FLAG_END, VMI_IRB_MAX_SEGS, VMI_OP_ACCEPT, VMI_OP_CONNECT, VMI_OP_CONNECT_REQUEST,
+    VMI_OP_DISCONNECT, VMI_OP_PEER_DISCONNECT, VMI_OP_RECV, VMI_OP_REJECT, VMI_OP_SEND,
+};
 use crate::assembly::{self, AssemblyError};
 use crate::buffer::Buffer;
 use crate::conn::{ConnId, ConnState};
@@ -27,11 +30,14 @@ pub const MAX_CONNECT_DATA: usize = 64 * 1024;
 /// Why an API call was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum VmiError {
-    /// The specfile, a device or a parameter is wrong.
+    /// The specfile, a device or a parameter is wrong (boxed: it is rare and large, and
+    /// `VmiError` travels on the send path).
     #[error(transparent)]
-    Assembly(#[from] AssemblyError),
+    Assembly(Box<AssemblyError>),
     /// The connection handle is closed or was never valid.
-    #[error("{0} is not a live connection (it was closed, or never existed); open one with connect")]
+    #[error(
+        "{0} is not a live connection (it was closed, or never existed); open one with connect"
+    )]
     UnknownConnection(ConnId),
     /// The connection exists but cannot carry streams yet (or any more).
     #[error("{conn} is {state}; streams can only be sent on an open connection")]
@@ -52,7 +58,9 @@ pub enum VmiError {
         reasons: String,
     },
     /// Connect or reply data over the limit.
-    #[error("connect data of {len} bytes is over the limit of {max}; send larger data as a stream after connecting")]
+    #[error(
+        "connect data of {len} bytes is over the limit of {max}; send larger data as a stream after connecting"
+    )]
     ConnectDataTooLarge {
         /// Given.
         len: usize,
@@ -60,7 +68,9 @@ pub enum VmiError {
         max: usize,
     },
     /// Too many buffers in one fragment.
-    #[error("{given} buffers in one fragment; at most {max} (join small pieces, or send several fragments)")]
+    #[error(
+        "{given} buffers in one fragment; at most {max} (join small pieces, or send several fragments)"
+    )]
     TooManyBuffers {
         /// Given.
         given: usize,
@@ -68,7 +78,9 @@ pub enum VmiError {
         max: usize,
     },
     /// A fragment over the chain's maximum.
-    #[error("fragment of {len} bytes is over the chain's maximum of {max}; split the message into more fragments")]
+    #[error(
+        "fragment of {len} bytes is over the chain's maximum of {max}; split the message into more fragments"
+    )]
     FragmentTooLarge {
         /// Given.
         len: u64,
@@ -81,6 +93,12 @@ pub enum VmiError {
     /// The stream handle belongs to another connection state.
     #[error("the stream on {0} was already ended or its connection closed")]
     StreamClosed(ConnId),
+}
+
+impl From<AssemblyError> for VmiError {
+    fn from(e: AssemblyError) -> VmiError {
+        VmiError::Assembly(Box::new(e))
+    }
 }
 
 /// Received-fragment command (VMI 2.1: the stream notification's `VMI_STREAM_*` code).
@@ -170,7 +188,14 @@ pub trait Handler {
     }
 
     /// A connect this process issued finished (VMI 2.1: `VMI_Connection_Issue` completion).
-    fn connected(&mut self, _ctx: &mut Ctx<'_>, _conn: ConnId, _outcome: ConnectOutcome<'_>, _token: u64) {}
+    fn connected(
+        &mut self,
+        _ctx: &mut Ctx<'_>,
+        _conn: ConnId,
+        _outcome: ConnectOutcome<'_>,
+        _token: u64,
+    ) {
+    }
 
     /// A fragment arrived (VMI 2.1: `VMI_Stream_Notification_Fn`). The slab is released
     /// when this returns unless the handler keeps it with [`Slab::grab`].
@@ -182,7 +207,13 @@ pub trait Handler {
     }
 
     /// A send finished (VMI 2.1: the stream send completion routine).
-    fn send_complete(&mut self, _ctx: &mut Ctx<'_>, _conn: ConnId, _completion: &mut SendCompletion<'_>) {}
+    fn send_complete(
+        &mut self,
+        _ctx: &mut Ctx<'_>,
+        _conn: ConnId,
+        _completion: &mut SendCompletion<'_>,
+    ) {
+    }
 
     /// A connection ended (VMI 2.1: `VMI_Connection_Disconnect_Fn`).
     fn disconnected(&mut self, _ctx: &mut Ctx<'_>, _conn: ConnId, _reason: Disconnect) {}
@@ -256,22 +287,48 @@ impl Vmi {
     }
 
     /// As [`Vmi::with_spec`], with parameter overrides read through `env`.
-    pub fn with_spec_env(spec: Spec, key: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Vmi, VmiError> {
+    pub fn with_spec_env(
+        spec: Spec,
+        key: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Vmi, VmiError> {
         assembly::check_key(key)?;
         let plan = assembly::plan(&spec, env)?;
-        let types: Vec<(String, crate::loader::DeviceType)> =
-            plan.devices.iter().map(|p| (p.name.clone(), p.ty.clone())).collect();
+        let types: Vec<(String, crate::loader::DeviceType)> = plan
+            .devices
+            .iter()
+            .map(|p| (p.name.clone(), p.ty.clone()))
+            .collect();
         let known = assembly::known_env_vars(&spec, &types);
-        for (var, hint) in crate::params::unknown_env_vars(std::env::vars().map(|(k, _)| k), &known) {
+        for (var, hint) in crate::params::unknown_env_vars(std::env::vars().map(|(k, _)| k), &known)
+        {
             match hint {
-                Some(h) => log::warn!("environment variable {var} is not used by vmi; did you mean {h}?"),
-                None => log::warn!("environment variable {var} is not used by vmi (see vmi-info --env)"),
+                Some(h) => {
+                    log::warn!("environment variable {var} is not used by vmi; did you mean {h}?")
+                }
+                None => {
+                    log::warn!("environment variable {var} is not used by vmi (see vmi-info --env)")
+                }
             }
         }
-        let engine = Engine::start(plan.devices, plan.send, plan.recv, key.to_string(), plan.signature.encode())
-            .map_err(AssemblyError::from)?;
-        log::debug!("vmi started with key '{key}', filter signature {}", plan.signature.encode());
-        Ok(Vmi { engine, deferred: VecDeque::with_capacity(64), key: key.to_string(), spec })
+        let engine = Engine::start(
+            plan.devices,
+            plan.send,
+            plan.recv,
+            key.to_string(),
+            plan.signature.encode(),
+        )
+        .map_err(AssemblyError::from)?;
+        log::debug!(
+            "vmi started with key '{key}', filter signature {}",
+            plan.signature.encode()
+        );
+        Ok(Vmi {
+            engine,
+            deferred: VecDeque::with_capacity(64),
+            key: key.to_string(),
+            spec,
+        })
     }
 
     /// This process's key.
@@ -365,15 +422,31 @@ impl Vmi {
     /// `VMI_Connection_Create` + `VMI_Connection_Bind` + `VMI_Connection_Issue`). The result
     /// arrives in [`Handler::connected`] with `token`. `host` may be `host:port` to skip the
     /// key-derived port search.
-    pub fn connect(&mut self, host: &str, key: &str, data: &[u8], token: u64) -> Result<ConnId, VmiError> {
+    pub fn connect(
+        &mut self,
+        host: &str,
+        key: &str,
+        data: &[u8],
+        token: u64,
+    ) -> Result<ConnId, VmiError> {
         if data.len() > MAX_CONNECT_DATA {
-            return Err(VmiError::ConnectDataTooLarge { len: data.len(), max: MAX_CONNECT_DATA });
+            return Err(VmiError::ConnectDataTooLarge {
+                len: data.len(),
+                max: MAX_CONNECT_DATA,
+            });
         }
-        let transport = self.engine.choose_transport(host, key).map_err(|refusals| VmiError::Unreachable {
-            host: host.into(),
-            key: key.into(),
-            reasons: refusals.iter().map(|(n, r)| format!("{n}: {r}")).collect::<Vec<_>>().join("; "),
-        })?;
+        let transport = self
+            .engine
+            .choose_transport(host, key)
+            .map_err(|refusals| VmiError::Unreachable {
+                host: host.into(),
+                key: key.into(),
+                reasons: refusals
+                    .iter()
+                    .map(|(n, r)| format!("{n}: {r}"))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            })?;
         let (conn, s) = prepare_connect(&mut self.engine, host, key, data, token, Some(transport))?;
         self.engine.submit(s);
         Ok(conn)
@@ -388,7 +461,12 @@ impl Vmi {
     }
 
     /// Sends a one-fragment stream gathered from `buffers` (VMI 2.1: `VMI_Stream_Send`).
-    pub fn send(&mut self, conn: ConnId, buffers: impl IntoIterator<Item = Buffer>, token: u64) -> Result<(), VmiError> {
+    pub fn send(
+        &mut self,
+        conn: ConnId,
+        buffers: impl IntoIterator<Item = Buffer>,
+        token: u64,
+    ) -> Result<(), VmiError> {
         let s = prepare_send(&mut self.engine, conn, buffers, token, SendKind::Whole)?;
         self.engine.submit(s);
         Ok(())
@@ -409,14 +487,30 @@ impl Vmi {
     }
 
     /// Sends one fragment of an open stream.
-    pub fn stream_send(&mut self, stream: &Stream, buffers: impl IntoIterator<Item = Buffer>, token: u64) -> Result<(), VmiError> {
-        let s = prepare_send(&mut self.engine, stream.conn, buffers, token, SendKind::Fragment)?;
+    pub fn stream_send(
+        &mut self,
+        stream: &Stream,
+        buffers: impl IntoIterator<Item = Buffer>,
+        token: u64,
+    ) -> Result<(), VmiError> {
+        let s = prepare_send(
+            &mut self.engine,
+            stream.conn,
+            buffers,
+            token,
+            SendKind::Fragment,
+        )?;
         self.engine.submit(s);
         Ok(())
     }
 
     /// Sends the last fragment (possibly empty) and ends the stream.
-    pub fn stream_end(&mut self, stream: Stream, buffers: impl IntoIterator<Item = Buffer>, token: u64) -> Result<(), VmiError> {
+    pub fn stream_end(
+        &mut self,
+        stream: Stream,
+        buffers: impl IntoIterator<Item = Buffer>,
+        token: u64,
+    ) -> Result<(), VmiError> {
         let s = prepare_send(&mut self.engine, stream.conn, buffers, token, SendKind::End)?;
         self.engine.submit(s);
         Ok(())
@@ -443,7 +537,11 @@ impl Vmi {
                         // SAFETY: as above.
                         unsafe {
                             (*s).abi.status = Status::Unreachable.code();
-                            (*s).detail = refusals.iter().map(|(n, r)| format!("{n}: {r}")).collect::<Vec<_>>().join("; ");
+                            (*s).detail = refusals
+                                .iter()
+                                .map(|(n, r)| format!("{n}: {r}"))
+                                .collect::<Vec<_>>()
+                                .join("; ");
                             (*s).unwound = true;
                         }
                         self.engine.out.push_back(s);
@@ -478,9 +576,17 @@ impl Vmi {
         let status = Status::from_code(slot.abi.status);
         match slot.purpose {
             Purpose::Send => {
-                let mut ctx = Ctx { engine: &mut self.engine, deferred: &mut self.deferred };
+                let mut ctx = Ctx {
+                    engine: &mut self.engine,
+                    deferred: &mut self.deferred,
+                };
                 let detail = std::mem::take(&mut slot.detail);
-                let mut done = SendCompletion { status, token: slot.token, detail: &detail, bufs: &mut slot.bufs };
+                let mut done = SendCompletion {
+                    status,
+                    token: slot.token,
+                    detail: &detail,
+                    bufs: &mut slot.bufs,
+                };
                 handler.send_complete(&mut ctx, conn, &mut done);
                 self.engine.free_slot(s);
             }
@@ -500,9 +606,15 @@ impl Vmi {
                 let outcome = match status {
                     Status::Ok => ConnectOutcome::Accepted(reply),
                     Status::Rejected => ConnectOutcome::Rejected(reply),
-                    _ => ConnectOutcome::Failed { status, detail: &slot.detail },
+                    _ => ConnectOutcome::Failed {
+                        status,
+                        detail: &slot.detail,
+                    },
                 };
-                let mut ctx = Ctx { engine: &mut self.engine, deferred: &mut self.deferred };
+                let mut ctx = Ctx {
+                    engine: &mut self.engine,
+                    deferred: &mut self.deferred,
+                };
                 handler.connected(&mut ctx, conn, outcome, slot.token);
                 self.engine.free_slot(s);
             }
@@ -514,7 +626,10 @@ impl Vmi {
                     }
                 } else {
                     if status != Status::Ok {
-                        log::warn!("{conn}: answering the connect request failed: {status}: {}", slot.detail);
+                        log::warn!(
+                            "{conn}: answering the connect request failed: {status}: {}",
+                            slot.detail
+                        );
                     }
                     conns.release(conn);
                 }
@@ -526,9 +641,15 @@ impl Vmi {
                 let reason = if status == Status::Ok {
                     Disconnect::Local
                 } else {
-                    Disconnect::Error { status, detail: std::mem::take(&mut slot.detail) }
+                    Disconnect::Error {
+                        status,
+                        detail: std::mem::take(&mut slot.detail),
+                    }
                 };
-                let mut ctx = Ctx { engine: &mut self.engine, deferred: &mut self.deferred };
+                let mut ctx = Ctx {
+                    engine: &mut self.engine,
+                    deferred: &mut self.deferred,
+                };
                 handler.disconnected(&mut ctx, conn, reason);
                 self.engine.free_slot(s);
             }
@@ -541,7 +662,10 @@ impl Vmi {
         let slot = unsafe { &mut *s };
         let conn = ConnId(slot.abi.conn);
         let status = Status::from_code(slot.abi.status);
-        let mut ctx = Ctx { engine: &mut self.engine, deferred: &mut self.deferred };
+        let mut ctx = Ctx {
+            engine: &mut self.engine,
+            deferred: &mut self.deferred,
+        };
         if slot.unwound {
             // A device failed the IRB on its way up (for instance a CRC mismatch).
             handler.receive_failed(&mut ctx, conn, status, &slot.detail);
@@ -552,11 +676,17 @@ impl Vmi {
             VMI_OP_RECV => {
                 let live = ctx.engine.shared.conns.borrow().get(conn).is_some();
                 if !live {
-                    log::debug!("{conn}: dropping a fragment that arrived after the connection closed");
+                    log::debug!(
+                        "{conn}: dropping a fragment that arrived after the connection closed"
+                    );
                     self.engine.release(s);
                     return;
                 }
-                let cmd = if slot.abi.flags & VMI_FLAG_END != 0 { Recv::End } else { Recv::Fragment };
+                let cmd = if slot.abi.flags & VMI_FLAG_END != 0 {
+                    Recv::End
+                } else {
+                    Recv::Fragment
+                };
                 // SAFETY: the transport keeps the segments valid until the release below or
                 // until a grabbed slab is dropped.
                 let mut slab = unsafe { Slab::from_segments(slot.segs()) }
@@ -579,7 +709,12 @@ impl Vmi {
                 let peer_host = slot.peer_host.clone();
                 // SAFETY: segments point at host copies owned by the slot.
                 let data = unsafe { Slab::from_segments(slot.segs()) };
-                let mut req = ConnectRequest { conn, peer_key: &peer_key, peer_host: &peer_host, data };
+                let mut req = ConnectRequest {
+                    conn,
+                    peer_key: &peer_key,
+                    peer_host: &peer_host,
+                    data,
+                };
                 let decision = handler.accept(&mut ctx, &mut req);
                 drop(req);
                 let transport = slot.transport;
@@ -620,7 +755,10 @@ impl Vmi {
                     let reason = if status == Status::Ok {
                         Disconnect::Peer
                     } else {
-                        Disconnect::Error { status, detail: slot.detail.clone() }
+                        Disconnect::Error {
+                            status,
+                            detail: slot.detail.clone(),
+                        }
                     };
                     handler.disconnected(&mut ctx, conn, reason);
                 }
@@ -636,7 +774,13 @@ impl Vmi {
 
 impl Ctx<'_> {
     /// Queues a connect; see [`Vmi::connect`]. Transport selection happens when it runs.
-    pub fn connect(&mut self, host: &str, key: &str, data: &[u8], token: u64) -> Result<ConnId, VmiError> {
+    pub fn connect(
+        &mut self,
+        host: &str,
+        key: &str,
+        data: &[u8],
+        token: u64,
+    ) -> Result<ConnId, VmiError> {
         let (conn, s) = prepare_connect(self.engine, host, key, data, token, None)?;
         self.deferred.push_back(s);
         Ok(conn)
@@ -650,7 +794,12 @@ impl Ctx<'_> {
     }
 
     /// Queues a gather send; see [`Vmi::send`].
-    pub fn send(&mut self, conn: ConnId, buffers: impl IntoIterator<Item = Buffer>, token: u64) -> Result<(), VmiError> {
+    pub fn send(
+        &mut self,
+        conn: ConnId,
+        buffers: impl IntoIterator<Item = Buffer>,
+        token: u64,
+    ) -> Result<(), VmiError> {
         let s = prepare_send(self.engine, conn, buffers, token, SendKind::Whole)?;
         self.deferred.push_back(s);
         Ok(())
@@ -670,14 +819,24 @@ impl Ctx<'_> {
     }
 
     /// Queues a fragment; see [`Vmi::stream_send`].
-    pub fn stream_send(&mut self, stream: &Stream, buffers: impl IntoIterator<Item = Buffer>, token: u64) -> Result<(), VmiError> {
+    pub fn stream_send(
+        &mut self,
+        stream: &Stream,
+        buffers: impl IntoIterator<Item = Buffer>,
+        token: u64,
+    ) -> Result<(), VmiError> {
         let s = prepare_send(self.engine, stream.conn, buffers, token, SendKind::Fragment)?;
         self.deferred.push_back(s);
         Ok(())
     }
 
     /// Queues the last fragment; see [`Vmi::stream_end`].
-    pub fn stream_end(&mut self, stream: Stream, buffers: impl IntoIterator<Item = Buffer>, token: u64) -> Result<(), VmiError> {
+    pub fn stream_end(
+        &mut self,
+        stream: Stream,
+        buffers: impl IntoIterator<Item = Buffer>,
+        token: u64,
+    ) -> Result<(), VmiError> {
         let s = prepare_send(self.engine, stream.conn, buffers, token, SendKind::End)?;
         self.deferred.push_back(s);
         Ok(())
@@ -685,7 +844,12 @@ impl Ctx<'_> {
 
     /// The peer's key for a connection.
     pub fn peer_key(&self, conn: ConnId) -> Option<String> {
-        self.engine.shared.conns.borrow().get(conn).map(|e| e.peer_key.clone())
+        self.engine
+            .shared
+            .conns
+            .borrow()
+            .get(conn)
+            .map(|e| e.peer_key.clone())
     }
 }
 
@@ -707,9 +871,14 @@ fn state_words(s: ConnState) -> &'static str {
 
 fn stream_begin(engine: &mut Engine, conn: ConnId) -> Result<Stream, VmiError> {
     let mut conns = engine.shared.conns.borrow_mut();
-    let e = conns.get_mut(conn).ok_or(VmiError::UnknownConnection(conn))?;
+    let e = conns
+        .get_mut(conn)
+        .ok_or(VmiError::UnknownConnection(conn))?;
     if e.state != ConnState::Open {
-        return Err(VmiError::NotOpen { conn, state: state_words(e.state) });
+        return Err(VmiError::NotOpen {
+            conn,
+            state: state_words(e.state),
+        });
     }
     if e.stream_open {
         return Err(VmiError::StreamBusy(conn));
@@ -727,13 +896,20 @@ fn prepare_send(
 ) -> Result<*mut IrbSlot, VmiError> {
     let transport = {
         let mut conns = engine.shared.conns.borrow_mut();
-        let e = conns.get_mut(conn).ok_or(VmiError::UnknownConnection(conn))?;
+        let e = conns
+            .get_mut(conn)
+            .ok_or(VmiError::UnknownConnection(conn))?;
         if e.state != ConnState::Open {
-            return Err(VmiError::NotOpen { conn, state: state_words(e.state) });
+            return Err(VmiError::NotOpen {
+                conn,
+                state: state_words(e.state),
+            });
         }
         match kind {
             SendKind::Whole if e.stream_open => return Err(VmiError::StreamBusy(conn)),
-            SendKind::Fragment | SendKind::End if !e.stream_open => return Err(VmiError::StreamClosed(conn)),
+            SendKind::Fragment | SendKind::End if !e.stream_open => {
+                return Err(VmiError::StreamClosed(conn));
+            }
             _ => {}
         }
         e.transport
@@ -747,7 +923,10 @@ fn prepare_send(
         if slot.bufs.len() == VMI_IRB_MAX_SEGS {
             let given = slot.bufs.len() + 1;
             engine.free_slot(s);
-            return Err(VmiError::TooManyBuffers { given, max: VMI_IRB_MAX_SEGS });
+            return Err(VmiError::TooManyBuffers {
+                given,
+                max: VMI_IRB_MAX_SEGS,
+            });
         }
         total += b.len() as u64;
         slot.bufs.push(b);
@@ -762,7 +941,11 @@ fn prepare_send(
     }
     slot.abi.op = VMI_OP_SEND;
     slot.abi.conn = conn.raw();
-    slot.abi.flags = if kind == SendKind::Fragment { 0 } else { VMI_FLAG_END };
+    slot.abi.flags = if kind == SendKind::Fragment {
+        0
+    } else {
+        VMI_FLAG_END
+    };
     slot.purpose = Purpose::Send;
     slot.transport = transport as u8;
     slot.token = token;
@@ -783,12 +966,23 @@ fn prepare_connect(
     transport: Option<usize>,
 ) -> Result<(ConnId, *mut IrbSlot), VmiError> {
     let caps = engine.top_caps();
-    let max = if caps.max_connect_data > 0 { (caps.max_connect_data as usize).min(MAX_CONNECT_DATA) } else { MAX_CONNECT_DATA };
+    let max = if caps.max_connect_data > 0 {
+        (caps.max_connect_data as usize).min(MAX_CONNECT_DATA)
+    } else {
+        MAX_CONNECT_DATA
+    };
     if data.len() > max {
-        return Err(VmiError::ConnectDataTooLarge { len: data.len(), max });
+        return Err(VmiError::ConnectDataTooLarge {
+            len: data.len(),
+            max,
+        });
     }
     assembly::check_key(key)?;
-    let conn = engine.shared.conns.borrow_mut().alloc(transport.unwrap_or(0), ConnState::Connecting);
+    let conn = engine
+        .shared
+        .conns
+        .borrow_mut()
+        .alloc(transport.unwrap_or(0), ConnState::Connecting);
     {
         let mut conns = engine.shared.conns.borrow_mut();
         let e = conns.get_mut(conn).expect("just allocated");
@@ -816,9 +1010,14 @@ fn prepare_connect(
 fn prepare_disconnect(engine: &mut Engine, conn: ConnId) -> Result<*mut IrbSlot, VmiError> {
     let transport = {
         let mut conns = engine.shared.conns.borrow_mut();
-        let e = conns.get_mut(conn).ok_or(VmiError::UnknownConnection(conn))?;
+        let e = conns
+            .get_mut(conn)
+            .ok_or(VmiError::UnknownConnection(conn))?;
         if e.state == ConnState::Closing {
-            return Err(VmiError::NotOpen { conn, state: state_words(e.state) });
+            return Err(VmiError::NotOpen {
+                conn,
+                state: state_words(e.state),
+            });
         }
         e.state = ConnState::Closing;
         e.transport

@@ -22,6 +22,8 @@ pub struct LoopbackConfig {
 impl LoopbackConfig {
     /// Reads the resolved parameters.
     pub fn from_config(c: &Config) -> Result<LoopbackConfig, String> {
-        Ok(LoopbackConfig { max_fragment: c.get_u64("max_fragment").map_err(|e| e.to_string())? })
+        Ok(LoopbackConfig {
+            max_fragment: c.get_u64("max_fragment").map_err(|e| e.to_string())?,
+        })
     }
 }

@@ -4,9 +4,11 @@ use std::collections::{HashMap, VecDeque};
 use std::ffi::CStr;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use vmi_core::device::{Capabilities, Config, Device, DeviceKind, Disposition, Host, HostWaker, Irb, Op};
-use vmi_core::signature::Signature;
 use vmi_core::Status;
+use vmi_core::device::{
+    Capabilities, Config, Device, DeviceKind, Disposition, Host, HostWaker, Irb, Op,
+};
+use vmi_core::signature::Signature;
 
 use crate::config::{LoopbackConfig, PARAMS};
 use crate::wire::Message;
@@ -33,7 +35,11 @@ const POOL_KEEP: usize = 4096;
 const POOL_MAX_BYTES: usize = 1 << 20;
 
 fn take_buffer(len: usize) -> Vec<u8> {
-    let mut v = pool().lock().unwrap_or_else(|e| e.into_inner()).pop().unwrap_or_default();
+    let mut v = pool()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .pop()
+        .unwrap_or_default();
     v.clear();
     v.reserve(len);
     v
@@ -78,13 +84,20 @@ pub struct LoopbackDevice {
 
 impl LoopbackDevice {
     fn endpoint(key: &str) -> Option<Arc<Endpoint>> {
-        registry().lock().unwrap_or_else(|e| e.into_inner()).get(key).cloned()
+        registry()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .cloned()
     }
 
     fn post(&self, key: &str, msg: Message) -> bool {
         match Self::endpoint(key) {
             Some(ep) => {
-                ep.inbox.lock().unwrap_or_else(|e| e.into_inner()).push_back(msg);
+                ep.inbox
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push_back(msg);
                 ep.waker.wake();
                 true
             }
@@ -107,13 +120,23 @@ impl LoopbackDevice {
 
     fn handle(&mut self, msg: Message) {
         match msg {
-            Message::ConnectRequest { from_key, reply_to, signature, data } => {
+            Message::ConnectRequest {
+                from_key,
+                reply_to,
+                signature,
+                data,
+            } => {
                 let peer_sig = Signature::parse(&signature).unwrap_or_default();
                 if let Err(why) = self.signature.check_peer(&self.key, &peer_sig, &from_key) {
                     log::warn!("loopback: refusing connection from '{from_key}': {why}");
                     self.post(
                         &from_key,
-                        Message::ConnectReply { to: reply_to, peer_conn: 0, status: Status::Mismatch.code(), data: why.into_bytes() },
+                        Message::ConnectReply {
+                            to: reply_to,
+                            peer_conn: 0,
+                            status: Status::Mismatch.code(),
+                            data: why.into_bytes(),
+                        },
                     );
                     return;
                 }
@@ -121,14 +144,26 @@ impl LoopbackDevice {
                 let Some(mut irb) = self.host.alloc_irb(Op::ConnectRequest, conn) else {
                     return;
                 };
-                self.links.insert(conn, Link { peer_key: from_key.clone(), peer_conn: reply_to, connect: None });
+                self.links.insert(
+                    conn,
+                    Link {
+                        peer_key: from_key.clone(),
+                        peer_conn: reply_to,
+                        connect: None,
+                    },
+                );
                 irb.set_peer("loopback", &from_key);
                 if irb.attach(&data).is_err() {
                     log::error!("loopback: could not attach connect data");
                 }
                 irb.pass();
             }
-            Message::ConnectReply { to, peer_conn, status, data } => {
+            Message::ConnectReply {
+                to,
+                peer_conn,
+                status,
+                data,
+            } => {
                 let Some(link) = self.links.get_mut(&to) else {
                     return;
                 };
@@ -186,7 +221,8 @@ fn push(irb: &mut Irb, ptr: *mut u8, len: usize) -> bool {
 impl Device for LoopbackDevice {
     const NAME: &'static CStr = c"loopback";
     const VERSION: &'static CStr = c"0.1.0";
-    const DESCRIPTION: &'static CStr = c"in-process transport between Vmi instances of one process (tests, benchmarks)";
+    const DESCRIPTION: &'static CStr =
+        c"in-process transport between Vmi instances of one process (tests, benchmarks)";
     const KIND: DeviceKind = DeviceKind::Transport;
     const PARAMS: &'static [vmi_core::abi::VmiParamSpec] = PARAMS;
     type Frame = LoopFrame;
@@ -195,10 +231,15 @@ impl Device for LoopbackDevice {
         let config = LoopbackConfig::from_config(config)?;
         let key = host.local_key();
         let signature = Signature::parse(&host.signature()).unwrap_or_default();
-        let me = Arc::new(Endpoint { inbox: Mutex::new(VecDeque::with_capacity(1024)), waker: host.waker() });
+        let me = Arc::new(Endpoint {
+            inbox: Mutex::new(VecDeque::with_capacity(1024)),
+            waker: host.waker(),
+        });
         let mut reg = registry().lock().unwrap_or_else(|e| e.into_inner());
         if reg.contains_key(&key) {
-            return Err(format!("key '{key}' is already used by another loopback device in this process; give each Vmi its own key"));
+            return Err(format!(
+                "key '{key}' is already used by another loopback device in this process; give each Vmi its own key"
+            ));
         }
         reg.insert(key.clone(), me.clone());
         Ok(LoopbackDevice {
@@ -214,14 +255,21 @@ impl Device for LoopbackDevice {
     }
 
     fn capabilities(&self, _below: Capabilities) -> Capabilities {
-        Capabilities { max_fragment: self.config.max_fragment, headroom: 0, tailroom: 0, max_connect_data: 64 * 1024 }
+        Capabilities {
+            max_fragment: self.config.max_fragment,
+            headroom: 0,
+            tailroom: 0,
+            max_connect_data: 64 * 1024,
+        }
     }
 
     fn reach(&mut self, _host: &str, key: &str) -> Result<(), String> {
         if Self::endpoint(key).is_some() {
             Ok(())
         } else {
-            Err(format!("no loopback endpoint with key '{key}' in this process"))
+            Err(format!(
+                "no loopback endpoint with key '{key}' in this process"
+            ))
         }
     }
 
@@ -230,7 +278,11 @@ impl Device for LoopbackDevice {
         match irb.op() {
             Op::Connect => {
                 let (_, key) = irb.peer();
-                let data = irb.segments().first().map(|_| irb.segment(0).to_vec()).unwrap_or_default();
+                let data = irb
+                    .segments()
+                    .first()
+                    .map(|_| irb.segment(0).to_vec())
+                    .unwrap_or_default();
                 let msg = Message::ConnectRequest {
                     from_key: self.key.clone(),
                     reply_to: conn,
@@ -238,21 +290,44 @@ impl Device for LoopbackDevice {
                     data,
                 };
                 if !self.post(&key, msg) {
-                    irb.set_detail(&format!("no loopback endpoint with key '{key}' in this process"));
+                    irb.set_detail(&format!(
+                        "no loopback endpoint with key '{key}' in this process"
+                    ));
                     return Disposition::Complete(irb, Status::Unreachable);
                 }
-                self.links.insert(conn, Link { peer_key: key, peer_conn: 0, connect: Some(irb) });
+                self.links.insert(
+                    conn,
+                    Link {
+                        peer_key: key,
+                        peer_conn: 0,
+                        connect: Some(irb),
+                    },
+                );
                 Disposition::Pending
             }
             Op::Accept | Op::Reject => {
                 let Some(link) = self.links.get(&conn) else {
                     return Disposition::Complete(irb, Status::Invalid);
                 };
-                let data: Vec<u8> = (0..irb.segments().len()).flat_map(|i| irb.segment(i).to_vec()).collect();
+                let data: Vec<u8> = (0..irb.segments().len())
+                    .flat_map(|i| irb.segment(i).to_vec())
+                    .collect();
                 let accepted = irb.op() == Op::Accept;
-                let status = if accepted { Status::Ok } else { Status::Rejected };
+                let status = if accepted {
+                    Status::Ok
+                } else {
+                    Status::Rejected
+                };
                 let (peer_key, to) = (link.peer_key.clone(), link.peer_conn);
-                self.post(&peer_key, Message::ConnectReply { to, peer_conn: conn, status: status.code(), data });
+                self.post(
+                    &peer_key,
+                    Message::ConnectReply {
+                        to,
+                        peer_conn: conn,
+                        status: status.code(),
+                        data,
+                    },
+                );
                 if !accepted {
                     self.links.remove(&conn);
                 }
@@ -267,7 +342,11 @@ impl Device for LoopbackDevice {
                 for i in 0..irb.segments().len() {
                     payload.extend_from_slice(irb.segment(i));
                 }
-                let msg = Message::Data { to: link.peer_conn, flags: irb.flags(), payload };
+                let msg = Message::Data {
+                    to: link.peer_conn,
+                    flags: irb.flags(),
+                    payload,
+                };
                 if !self.post(&link.peer_key, msg) {
                     irb.set_detail("the peer endpoint is gone");
                     return Disposition::Complete(irb, Status::ConnectionLost);
@@ -297,7 +376,12 @@ impl Device for LoopbackDevice {
     fn poll(&mut self) -> usize {
         let mut n = 0;
         loop {
-            let msg = self.me.inbox.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
+            let msg = self
+                .me
+                .inbox
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .pop_front();
             let Some(msg) = msg else { break };
             self.handle(msg);
             n += 1;
@@ -311,7 +395,10 @@ impl Drop for LoopbackDevice {
         for (_, link) in self.links.drain() {
             if link.peer_conn != 0 {
                 if let Some(ep) = Self::endpoint(&link.peer_key) {
-                    ep.inbox.lock().unwrap_or_else(|e| e.into_inner()).push_back(Message::Close { to: link.peer_conn });
+                    ep.inbox
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push_back(Message::Close { to: link.peer_conn });
                     ep.waker.wake();
                 }
             }
@@ -319,6 +406,9 @@ impl Drop for LoopbackDevice {
                 irb.complete(Status::Cancelled);
             }
         }
-        registry().lock().unwrap_or_else(|e| e.into_inner()).remove(&self.key);
+        registry()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.key);
     }
 }

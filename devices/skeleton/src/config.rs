@@ -4,7 +4,12 @@ use vmi_core::abi::{VMI_PARAM_BOOL, VmiParamSpec};
 use vmi_core::device::{Config, param};
 
 /// Declared parameters: name, type, default, one line of documentation.
-pub const PARAMS: &[VmiParamSpec] = &[param(c"log_each", VMI_PARAM_BOOL, c"false", c"log every IRB at debug level")];
+pub const PARAMS: &[VmiParamSpec] = &[param(
+    c"log_each",
+    VMI_PARAM_BOOL,
+    c"false",
+    c"log every IRB at debug level",
+)];
 
 /// Typed configuration.
 #[derive(Clone, Debug)]
@@ -16,6 +21,8 @@ pub struct SkeletonConfig {
 impl SkeletonConfig {
     /// Reads the resolved parameters (the host already checked their types).
     pub fn from_config(c: &Config) -> Result<SkeletonConfig, String> {
-        Ok(SkeletonConfig { log_each: c.get_bool("log_each").map_err(|e| e.to_string())? })
+        Ok(SkeletonConfig {
+            log_each: c.get_bool("log_each").map_err(|e| e.to_string())?,
+        })
     }
 }

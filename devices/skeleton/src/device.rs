@@ -2,7 +2,7 @@
 
 use std::ffi::CStr;
 
-use vmi_core::device::{Capabilities, Config, Device, DeviceKind, Disposition, Host, Hooks, Irb};
+use vmi_core::device::{Capabilities, Config, Device, DeviceKind, Disposition, Hooks, Host, Irb};
 
 use crate::config::{PARAMS, SkeletonConfig};
 use crate::wire::{HEADROOM, TAILROOM};
@@ -31,13 +31,19 @@ impl Device for SkeletonFilter {
     type Frame = ();
 
     fn create(_host: Host, config: &Config) -> Result<Self, String> {
-        Ok(SkeletonFilter { config: SkeletonConfig::from_config(config)?, sent: 0, received: 0 })
+        Ok(SkeletonFilter {
+            config: SkeletonConfig::from_config(config)?,
+            sent: 0,
+            received: 0,
+        })
     }
 
     fn capabilities(&self, below: Capabilities) -> Capabilities {
         // A filter subtracts what it adds from what the application may send.
         Capabilities {
-            max_fragment: below.max_fragment.saturating_sub((HEADROOM + TAILROOM) as u64),
+            max_fragment: below
+                .max_fragment
+                .saturating_sub((HEADROOM + TAILROOM) as u64),
             headroom: below.headroom + HEADROOM,
             tailroom: below.tailroom + TAILROOM,
             ..below
@@ -47,7 +53,12 @@ impl Device for SkeletonFilter {
     fn submit(&mut self, irb: Irb) -> Disposition {
         self.sent += 1;
         if self.config.log_each {
-            log::debug!("skeleton: submit {:?} on conn {:#x}, {} bytes", irb.op(), irb.conn(), irb.data_len());
+            log::debug!(
+                "skeleton: submit {:?} on conn {:#x}, {} bytes",
+                irb.op(),
+                irb.conn(),
+                irb.data_len()
+            );
         }
         Disposition::Pass(irb)
     }
@@ -55,7 +66,12 @@ impl Device for SkeletonFilter {
     fn receive(&mut self, irb: Irb) -> Disposition {
         self.received += 1;
         if self.config.log_each {
-            log::debug!("skeleton: receive {:?} on conn {:#x}, {} bytes", irb.op(), irb.conn(), irb.data_len());
+            log::debug!(
+                "skeleton: receive {:?} on conn {:#x}, {} bytes",
+                irb.op(),
+                irb.conn(),
+                irb.data_len()
+            );
         }
         Disposition::Pass(irb)
     }

@@ -7,17 +7,72 @@ use vmi_core::device::{Config, param};
 
 /// Declared parameters.
 pub const PARAMS: &[VmiParamSpec] = &[
-    param(c"listen", VMI_PARAM_BOOL, c"true", c"accept incoming connections"),
-    param(c"listen_addr", VMI_PARAM_STRING, c"0.0.0.0", c"address to listen on (0.0.0.0: every IPv4 interface)"),
-    param(c"port", VMI_PARAM_UINT, c"0", c"fixed listening port; 0 derives the port from the key (see port_base)"),
-    param(c"port_base", VMI_PARAM_UINT, c"10000", c"first port of the key-derived port range"),
-    param(c"port_span", VMI_PARAM_UINT, c"20000", c"size of the key-derived port range"),
-    param(c"probe_count", VMI_PARAM_UINT, c"16", c"ports tried from the key's start port (listener and connector alike)"),
-    param(c"connect_timeout_ms", VMI_PARAM_UINT, c"10000", c"give up a connect after this long"),
-    param(c"handshake_timeout_ms", VMI_PARAM_UINT, c"5000", c"drop a peer that does not finish its handshake in this time"),
-    param(c"max_fragment", VMI_PARAM_UINT, c"256m", c"largest fragment accepted from or sent to a peer"),
-    param(c"max_connect_data", VMI_PARAM_UINT, c"64k", c"largest connect or reply data accepted"),
-    param(c"nodelay", VMI_PARAM_BOOL, c"true", c"set TCP_NODELAY (no Nagle delay for small messages)"),
+    param(
+        c"listen",
+        VMI_PARAM_BOOL,
+        c"true",
+        c"accept incoming connections",
+    ),
+    param(
+        c"listen_addr",
+        VMI_PARAM_STRING,
+        c"0.0.0.0",
+        c"address to listen on (0.0.0.0: every IPv4 interface)",
+    ),
+    param(
+        c"port",
+        VMI_PARAM_UINT,
+        c"0",
+        c"fixed listening port; 0 derives the port from the key (see port_base)",
+    ),
+    param(
+        c"port_base",
+        VMI_PARAM_UINT,
+        c"10000",
+        c"first port of the key-derived port range",
+    ),
+    param(
+        c"port_span",
+        VMI_PARAM_UINT,
+        c"20000",
+        c"size of the key-derived port range",
+    ),
+    param(
+        c"probe_count",
+        VMI_PARAM_UINT,
+        c"16",
+        c"ports tried from the key's start port (listener and connector alike)",
+    ),
+    param(
+        c"connect_timeout_ms",
+        VMI_PARAM_UINT,
+        c"10000",
+        c"give up a connect after this long",
+    ),
+    param(
+        c"handshake_timeout_ms",
+        VMI_PARAM_UINT,
+        c"5000",
+        c"drop a peer that does not finish its handshake in this time",
+    ),
+    param(
+        c"max_fragment",
+        VMI_PARAM_UINT,
+        c"256m",
+        c"largest fragment accepted from or sent to a peer",
+    ),
+    param(
+        c"max_connect_data",
+        VMI_PARAM_UINT,
+        c"64k",
+        c"largest connect or reply data accepted",
+    ),
+    param(
+        c"nodelay",
+        VMI_PARAM_BOOL,
+        c"true",
+        c"set TCP_NODELAY (no Nagle delay for small messages)",
+    ),
 ];
 
 /// Typed configuration.
@@ -49,7 +104,8 @@ pub struct TcpConfig {
 
 fn port(c: &Config, name: &str) -> Result<u16, String> {
     let v = c.get_u64(name).map_err(|e| e.to_string())?;
-    u16::try_from(v).map_err(|_| format!("parameter '{name}' = {v} is not a port number (0 to 65535)"))
+    u16::try_from(v)
+        .map_err(|_| format!("parameter '{name}' = {v} is not a port number (0 to 65535)"))
 }
 
 impl TcpConfig {
@@ -71,7 +127,11 @@ impl TcpConfig {
             nodelay: c.get_bool("nodelay").map_err(e)?,
         };
         if cfg.max_fragment == 0 || cfg.max_fragment > u32::MAX as u64 {
-            return Err(format!("parameter 'max_fragment' = {} must be between 1 and {} (4 GiB - 1)", cfg.max_fragment, u32::MAX));
+            return Err(format!(
+                "parameter 'max_fragment' = {} must be between 1 and {} (4 GiB - 1)",
+                cfg.max_fragment,
+                u32::MAX
+            ));
         }
         if cfg.port_span == 0 || cfg.probe_count == 0 {
             return Err("parameters 'port_span' and 'probe_count' must be at least 1".into());

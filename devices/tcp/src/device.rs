@@ -8,9 +8,9 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
 use mio::{Events, Interest, Poll, Token};
+use vmi_core::Status;
 use vmi_core::device::{Capabilities, Config, Device, DeviceKind, Disposition, Host, Irb, Op};
 use vmi_core::signature::Signature;
-use vmi_core::Status;
 
 use crate::config::{PARAMS, TcpConfig};
 use crate::io::{connect, listen, write_gather};
@@ -39,9 +39,19 @@ enum State {
 }
 
 enum Tx {
-    Bytes { data: Vec<u8>, off: usize },
-    Frame { irb: Irb, header: [u8; 8], off: usize, total: usize },
-    Close { irb: Option<Irb> },
+    Bytes {
+        data: Vec<u8>,
+        off: usize,
+    },
+    Frame {
+        irb: Irb,
+        header: [u8; 8],
+        off: usize,
+        total: usize,
+    },
+    Close {
+        irb: Option<Irb>,
+    },
 }
 
 /// A connect in progress: the ports still to try.
@@ -84,7 +94,11 @@ impl PayloadPool {
 
     fn take(&mut self, len: usize) -> Vec<u8> {
         let c = Self::class(len);
-        let mut v = if c <= POOL_MAX_CLASS { self.classes[c].pop().unwrap_or_default() } else { Vec::new() };
+        let mut v = if c <= POOL_MAX_CLASS {
+            self.classes[c].pop().unwrap_or_default()
+        } else {
+            Vec::new()
+        };
         if v.capacity() < len {
             v = Vec::with_capacity(if c <= POOL_MAX_CLASS { 1 << c } else { len });
         }
@@ -150,7 +164,11 @@ impl TcpDevice {
             self.conns.push(None);
             self.conns.len() - 1
         });
-        self.poll.registry().register(&mut conn.sock, Token(idx), Interest::READABLE | Interest::WRITABLE)?;
+        self.poll.registry().register(
+            &mut conn.sock,
+            Token(idx),
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
         if conn.deadline.is_some() {
             self.timed += 1;
         }
@@ -211,7 +229,8 @@ impl TcpDevice {
             }
             return;
         }
-        let tell = c.vmi != 0 && !local_close && matches!(c.state, State::Open | State::AwaitDecision);
+        let tell =
+            c.vmi != 0 && !local_close && matches!(c.state, State::Open | State::AwaitDecision);
         if tell {
             if status == Status::Ok {
                 log::debug!("tcp: peer {} closed connection {:#x}", c.peer, c.vmi);
@@ -246,12 +265,20 @@ impl TcpDevice {
                 } else {
                     format!(
                         "no process with key '{}' listens at {} (tried ports {first}-{last}: {} refused, {} other keys; last: {}); is vmirecv running there with that key and the same specfile?",
-                        attempt.key, attempt.host, attempt.refused, attempt.wrong_key, attempt.last_error
+                        attempt.key,
+                        attempt.host,
+                        attempt.refused,
+                        attempt.wrong_key,
+                        attempt.last_error
                     )
                 };
                 if let Some(mut irb) = attempt.irb.take() {
                     irb.set_detail(&detail);
-                    irb.complete(if timed_out { Status::Timeout } else { Status::Unreachable });
+                    irb.complete(if timed_out {
+                        Status::Timeout
+                    } else {
+                        Status::Unreachable
+                    });
                 }
                 return;
             }
@@ -263,7 +290,10 @@ impl TcpDevice {
                         sock,
                         vmi,
                         state: State::Connecting,
-                        decoder: Decoder::connector(self.cfg.max_fragment, self.cfg.max_connect_data),
+                        decoder: Decoder::connector(
+                            self.cfg.max_fragment,
+                            self.cfg.max_connect_data,
+                        ),
                         tx: VecDeque::new(),
                         deadline: Some(deadline),
                         peer: addr.to_string(),
@@ -285,7 +315,9 @@ impl TcpDevice {
     /// The current port failed; try the next one.
     fn next_attempt(&mut self, idx: usize, why: String, refused: bool, wrong_key: bool) {
         let Some(mut c) = self.take(idx) else { return };
-        let Some(mut a) = c.attempt.take() else { return };
+        let Some(mut a) = c.attempt.take() else {
+            return;
+        };
         log::debug!("tcp: connect to {} failed: {why}", c.peer);
         a.last_error = format!("{}: {why}", c.peer);
         a.refused += refused as usize;
@@ -295,7 +327,9 @@ impl TcpDevice {
     }
 
     fn on_writable(&mut self, idx: usize) {
-        let Some(c) = self.conns[idx].as_mut() else { return };
+        let Some(c) = self.conns[idx].as_mut() else {
+            return;
+        };
         if c.state == State::Connecting {
             let err = match c.sock.take_error() {
                 Ok(Some(e)) => Some(e),
@@ -310,8 +344,15 @@ impl TcpDevice {
                     return;
                 }
                 None => {
-                    let hello = c.attempt.as_ref().map(|a| a.hello.clone()).unwrap_or_default();
-                    c.tx.push_back(Tx::Bytes { data: hello, off: 0 });
+                    let hello = c
+                        .attempt
+                        .as_ref()
+                        .map(|a| a.hello.clone())
+                        .unwrap_or_default();
+                    c.tx.push_back(Tx::Bytes {
+                        data: hello,
+                        off: 0,
+                    });
                     c.state = State::HelloSent;
                 }
             }
@@ -322,8 +363,12 @@ impl TcpDevice {
     /// Writes queued bytes until the socket would block.
     fn flush(&mut self, idx: usize) {
         loop {
-            let Some(c) = self.conns[idx].as_mut() else { return };
-            let Some(front) = c.tx.front_mut() else { return };
+            let Some(c) = self.conns[idx].as_mut() else {
+                return;
+            };
+            let Some(front) = c.tx.front_mut() else {
+                return;
+            };
             let result = match front {
                 Tx::Bytes { data, off } => match c.sock.write(&data[*off..]) {
                     Ok(n) => {
@@ -332,7 +377,12 @@ impl TcpDevice {
                     }
                     Err(e) => Err(e),
                 },
-                Tx::Frame { irb, header, off, total } => {
+                Tx::Frame {
+                    irb,
+                    header,
+                    off,
+                    total,
+                } => {
                     let mut segs: [&[u8]; 16] = [&[]; 16];
                     let n = irb.segments().len().min(16);
                     for (i, s) in segs.iter_mut().enumerate().take(n) {
@@ -389,7 +439,9 @@ impl TcpDevice {
     fn on_readable(&mut self, idx: usize) {
         let mut budget = READ_BUDGET;
         loop {
-            let Some(c) = self.conns[idx].as_mut() else { return };
+            let Some(c) = self.conns[idx].as_mut() else {
+                return;
+            };
             if budget == 0 {
                 if !self.again.contains(&idx) {
                     self.again.push(idx);
@@ -422,9 +474,12 @@ impl TcpDevice {
             let mut off = 0;
             while off < n {
                 let result = {
-                    let Some(c) = self.conns[idx].as_mut() else { return };
+                    let Some(c) = self.conns[idx].as_mut() else {
+                        return;
+                    };
                     let pool = &mut self.pool;
-                    c.decoder.feed(&self.staging[off..n], &mut |len| pool.take(len))
+                    c.decoder
+                        .feed(&self.staging[off..n], &mut |len| pool.take(len))
                 };
                 match result {
                     Ok((used, ev)) => {
@@ -443,7 +498,9 @@ impl TcpDevice {
     }
 
     fn on_read_error(&mut self, idx: usize, e: io::Error) {
-        let Some(c) = self.conns[idx].as_ref() else { return };
+        let Some(c) = self.conns[idx].as_ref() else {
+            return;
+        };
         let detail = format!("connection to {} failed: {e}", c.peer);
         match c.state {
             State::Connecting | State::HelloSent => {
@@ -451,7 +508,10 @@ impl TcpDevice {
                 self.next_attempt(idx, e.to_string(), refused, false)
             }
             State::AwaitHello => {
-                log::warn!("tcp: dropped connection from {} during its handshake: {e}", c.peer);
+                log::warn!(
+                    "tcp: dropped connection from {} during its handshake: {e}",
+                    c.peer
+                );
                 self.take(idx);
             }
             _ => self.fail(idx, Status::ConnectionLost, &detail),
@@ -459,38 +519,59 @@ impl TcpDevice {
     }
 
     fn on_eof(&mut self, idx: usize) {
-        let Some(c) = self.conns[idx].as_ref() else { return };
+        let Some(c) = self.conns[idx].as_ref() else {
+            return;
+        };
         match c.state {
-            State::Connecting | State::HelloSent => {
-                self.next_attempt(idx, "closed by the peer before answering".into(), false, false)
-            }
+            State::Connecting | State::HelloSent => self.next_attempt(
+                idx,
+                "closed by the peer before answering".into(),
+                false,
+                false,
+            ),
             State::AwaitHello => {
-                log::warn!("tcp: dropped connection from {}: it closed before finishing its hello (truncated handshake)", c.peer);
+                log::warn!(
+                    "tcp: dropped connection from {}: it closed before finishing its hello (truncated handshake)",
+                    c.peer
+                );
                 self.take(idx);
             }
             State::Closing => {
                 self.take(idx);
             }
-            _ if c.decoder.at_boundary() => self.fail(idx, Status::Ok, "the peer closed the connection"),
+            _ if c.decoder.at_boundary() => {
+                self.fail(idx, Status::Ok, "the peer closed the connection")
+            }
             _ => {
-                let detail = format!("{} closed the connection in the middle of a fragment", c.peer);
+                let detail = format!(
+                    "{} closed the connection in the middle of a fragment",
+                    c.peer
+                );
                 self.fail(idx, Status::ConnectionLost, &detail)
             }
         }
     }
 
     fn on_wire_error(&mut self, idx: usize, e: WireError) {
-        let Some(c) = self.conns[idx].as_ref() else { return };
+        let Some(c) = self.conns[idx].as_ref() else {
+            return;
+        };
         match c.state {
             State::AwaitHello => {
-                log::warn!("tcp: dropped connection from {}: invalid handshake: {e}", c.peer);
+                log::warn!(
+                    "tcp: dropped connection from {}: invalid handshake: {e}",
+                    c.peer
+                );
                 self.take(idx);
             }
             State::Connecting | State::HelloSent => {
                 self.next_attempt(idx, format!("not a vmi peer: {e}"), false, false)
             }
             _ => {
-                log::warn!("tcp: protocol violation by {}: {e}; closing the connection", c.peer);
+                log::warn!(
+                    "tcp: protocol violation by {}: {e}; closing the connection",
+                    c.peer
+                );
                 let detail = format!("protocol violation by {}: {e}", c.peer);
                 self.fail(idx, Status::Protocol, &detail)
             }
@@ -499,10 +580,25 @@ impl TcpDevice {
 
     fn on_event(&mut self, idx: usize, ev: Event) {
         match ev {
-            Event::Hello { from_key, to_key, signature, data } => self.on_hello(idx, from_key, to_key, signature, data),
-            Event::Answer { status, reason, reply } => self.on_answer(idx, status, reason, reply),
-            Event::Frame { end, filter_flags, payload } => {
-                let Some(c) = self.conns[idx].as_ref() else { return };
+            Event::Hello {
+                from_key,
+                to_key,
+                signature,
+                data,
+            } => self.on_hello(idx, from_key, to_key, signature, data),
+            Event::Answer {
+                status,
+                reason,
+                reply,
+            } => self.on_answer(idx, status, reason, reply),
+            Event::Frame {
+                end,
+                filter_flags,
+                payload,
+            } => {
+                let Some(c) = self.conns[idx].as_ref() else {
+                    return;
+                };
                 if c.state != State::Open {
                     let detail = format!("{} sent data before the connection was accepted", c.peer);
                     log::warn!("tcp: {detail}");
@@ -514,7 +610,8 @@ impl TcpDevice {
                     self.pool.give(payload);
                     return;
                 };
-                let flags = (if end { vmi_core::abi::VMI_FLAG_END } else { 0 }) | ((filter_flags as u32) << 16);
+                let flags = (if end { vmi_core::abi::VMI_FLAG_END } else { 0 })
+                    | ((filter_flags as u32) << 16);
                 irb.set_flags(flags);
                 let (ptr, len) = (payload.as_ptr() as *mut u8, payload.len());
                 let slot = match self.free_held.pop() {
@@ -534,19 +631,36 @@ impl TcpDevice {
         }
     }
 
-    fn on_hello(&mut self, idx: usize, from_key: String, to_key: String, signature: String, data: Vec<u8>) {
-        let Some(c) = self.conns[idx].as_mut() else { return };
+    fn on_hello(
+        &mut self,
+        idx: usize,
+        from_key: String,
+        to_key: String,
+        signature: String,
+        data: Vec<u8>,
+    ) {
+        let Some(c) = self.conns[idx].as_mut() else {
+            return;
+        };
         if c.state != State::AwaitHello {
             let detail = format!("{} sent a second hello", c.peer);
             return self.fail(idx, Status::Protocol, &detail);
         }
-        if let Err((status, reason)) = check_hello(&self.key, &self.signature, &from_key, &to_key, &signature) {
+        if let Err((status, reason)) =
+            check_hello(&self.key, &self.signature, &from_key, &to_key, &signature)
+        {
             if status == AnswerStatus::WrongKey {
                 log::debug!("tcp: {} looked for key '{to_key}' here: {reason}", c.peer);
             } else {
-                log::warn!("tcp: refusing connection from '{from_key}' at {}: {reason}", c.peer);
+                log::warn!(
+                    "tcp: refusing connection from '{from_key}' at {}: {reason}",
+                    c.peer
+                );
             }
-            c.tx.push_back(Tx::Bytes { data: AnswerRepr::emit(status, &reason, &[]), off: 0 });
+            c.tx.push_back(Tx::Bytes {
+                data: AnswerRepr::emit(status, &reason, &[]),
+                off: 0,
+            });
             c.tx.push_back(Tx::Close { irb: None });
             c.state = State::Closing;
             self.set_deadline(idx, Some(Instant::now() + self.cfg.handshake_timeout));
@@ -561,17 +675,25 @@ impl TcpDevice {
         let Some(mut irb) = self.host.alloc_irb(Op::ConnectRequest, vmi) else {
             return self.fail(idx, Status::NoResources, "out of IRBs");
         };
-        let host = peer.rsplit_once(':').map_or(peer.as_str(), |(h, _)| h).to_string();
+        let host = peer
+            .rsplit_once(':')
+            .map_or(peer.as_str(), |(h, _)| h)
+            .to_string();
         irb.set_peer(&host, &from_key);
         if irb.attach(&data).is_err() {
             log::error!("tcp: could not attach connect data");
         }
-        log::debug!("tcp: connect request from '{from_key}' at {peer}, {} bytes of connect data", data.len());
+        log::debug!(
+            "tcp: connect request from '{from_key}' at {peer}, {} bytes of connect data",
+            data.len()
+        );
         irb.pass();
     }
 
     fn on_answer(&mut self, idx: usize, status: AnswerStatus, reason: String, reply: Vec<u8>) {
-        let Some(c) = self.conns[idx].as_mut() else { return };
+        let Some(c) = self.conns[idx].as_mut() else {
+            return;
+        };
         if c.state != State::HelloSent {
             let detail = format!("{} sent an unexpected answer", c.peer);
             return self.fail(idx, Status::Protocol, &detail);
@@ -595,10 +717,22 @@ impl TcpDevice {
             other => {
                 let mut a = c.attempt.take().expect("connector has an attempt");
                 let (st, detail) = match other {
-                    AnswerStatus::Reject => (Status::Rejected, format!("'{}' at {} rejected the connection", a.key, c.peer)),
-                    AnswerStatus::SignatureMismatch => (Status::Mismatch, format!("'{}' refused the connection: {reason}", a.key)),
-                    AnswerStatus::VersionMismatch => (Status::Mismatch, format!("'{}' speaks another wire version: {reason}", a.key)),
-                    _ => (Status::Protocol, format!("'{}' found our hello invalid: {reason}", a.key)),
+                    AnswerStatus::Reject => (
+                        Status::Rejected,
+                        format!("'{}' at {} rejected the connection", a.key, c.peer),
+                    ),
+                    AnswerStatus::SignatureMismatch => (
+                        Status::Mismatch,
+                        format!("'{}' refused the connection: {reason}", a.key),
+                    ),
+                    AnswerStatus::VersionMismatch => (
+                        Status::Mismatch,
+                        format!("'{}' speaks another wire version: {reason}", a.key),
+                    ),
+                    _ => (
+                        Status::Protocol,
+                        format!("'{}' found our hello invalid: {reason}", a.key),
+                    ),
                 };
                 if let Some(mut irb) = a.irb.take() {
                     irb.clear_segments();
@@ -619,13 +753,17 @@ impl TcpDevice {
         }
         let now = Instant::now();
         for idx in 0..self.conns.len() {
-            let Some(c) = self.conns[idx].as_ref() else { continue };
+            let Some(c) = self.conns[idx].as_ref() else {
+                continue;
+            };
             match c.deadline {
                 Some(d) if d <= now => {}
                 _ => continue,
             }
             match c.state {
-                State::Connecting | State::HelloSent => self.next_attempt(idx, "timed out".into(), false, false),
+                State::Connecting | State::HelloSent => {
+                    self.next_attempt(idx, "timed out".into(), false, false)
+                }
                 State::AwaitHello => {
                     log::warn!(
                         "tcp: dropped connection from {}: no complete hello within {} ms (truncated or idle handshake)",
@@ -643,7 +781,9 @@ impl TcpDevice {
 
     fn accept_all(&mut self) {
         loop {
-            let Some(l) = self.listener.as_ref() else { return };
+            let Some(l) = self.listener.as_ref() else {
+                return;
+            };
             match l.accept() {
                 Ok((sock, addr)) => {
                     let _ = sock.set_nodelay(self.cfg.nodelay);
@@ -651,7 +791,10 @@ impl TcpDevice {
                         sock,
                         vmi: 0,
                         state: State::AwaitHello,
-                        decoder: Decoder::listener(self.cfg.max_fragment, self.cfg.max_connect_data),
+                        decoder: Decoder::listener(
+                            self.cfg.max_fragment,
+                            self.cfg.max_connect_data,
+                        ),
                         tx: VecDeque::new(),
                         deadline: Some(Instant::now() + self.cfg.handshake_timeout),
                         peer: addr.to_string(),
@@ -679,8 +822,10 @@ impl TcpDevice {
         if let Ok(ip) = host.parse::<IpAddr>() {
             return Ok(ip);
         }
-        let addrs: Vec<SocketAddr> =
-            (host, 0).to_socket_addrs().map_err(|e| format!("cannot resolve host '{host}': {e}"))?.collect();
+        let addrs: Vec<SocketAddr> = (host, 0)
+            .to_socket_addrs()
+            .map_err(|e| format!("cannot resolve host '{host}': {e}"))?
+            .collect();
         addrs
             .iter()
             .find(|a| a.is_ipv4())
@@ -706,7 +851,8 @@ fn set_status(irb: &mut Irb, status: Status) {
 impl Device for TcpDevice {
     const NAME: &'static CStr = c"tcp";
     const VERSION: &'static CStr = c"0.1.0";
-    const DESCRIPTION: &'static CStr = c"TCP transport: non-blocking sockets, writev framing, peers found by host and key";
+    const DESCRIPTION: &'static CStr =
+        c"TCP transport: non-blocking sockets, writev framing, peers found by host and key";
     const KIND: DeviceKind = DeviceKind::Transport;
     const PARAMS: &'static [vmi_core::abi::VmiParamSpec] = PARAMS;
     type Frame = TcpFrame;
@@ -735,19 +881,27 @@ impl Device for TcpDevice {
             timed: 0,
             held: Vec::new(),
             free_held: Vec::new(),
-            pool: PayloadPool { classes: (0..=POOL_MAX_CLASS).map(|_| Vec::new()).collect() },
+            pool: PayloadPool {
+                classes: (0..=POOL_MAX_CLASS).map(|_| Vec::new()).collect(),
+            },
             staging: vec![0; STAGING].into_boxed_slice(),
         };
         if dev.cfg.listen {
-            let ip: IpAddr = dev
-                .cfg
-                .listen_addr
-                .parse()
-                .map_err(|_| format!("parameter 'listen_addr' = \"{}\" is not an IP address", dev.cfg.listen_addr))?;
+            let ip: IpAddr = dev.cfg.listen_addr.parse().map_err(|_| {
+                format!(
+                    "parameter 'listen_addr' = \"{}\" is not an IP address",
+                    dev.cfg.listen_addr
+                )
+            })?;
             let ports = if dev.cfg.port != 0 {
                 vec![dev.cfg.port]
             } else {
-                probe_ports(&dev.key, dev.cfg.port_base, dev.cfg.port_span, dev.cfg.probe_count)
+                probe_ports(
+                    &dev.key,
+                    dev.cfg.port_base,
+                    dev.cfg.port_span,
+                    dev.cfg.probe_count,
+                )
             };
             let mut last = String::new();
             for &p in &ports {
@@ -761,7 +915,9 @@ impl Device for TcpDevice {
                         dev.listen_port = p;
                         break;
                     }
-                    Err(e) if e.kind() == io::ErrorKind::AddrInUse => last = format!("port {p} in use"),
+                    Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+                        last = format!("port {p} in use")
+                    }
                     Err(e) => return Err(format!("cannot listen on {ip}:{p}: {e}")),
                 }
             }
@@ -772,7 +928,11 @@ impl Device for TcpDevice {
                     ports.len()
                 ));
             }
-            log::info!("tcp: key '{}' listening on {ip}:{}", dev.key, dev.listen_port);
+            log::info!(
+                "tcp: key '{}' listening on {ip}:{}",
+                dev.key,
+                dev.listen_port
+            );
         }
         log::debug!("tcp: filter signature {}", dev.signature_text);
         Ok(dev)
@@ -805,12 +965,22 @@ impl Device for TcpDevice {
                 };
                 let total_data = irb.data_len();
                 if total_data as u64 > self.cfg.max_fragment {
-                    irb.set_detail(&format!("fragment of {total_data} bytes is over max_fragment {}", self.cfg.max_fragment));
+                    irb.set_detail(&format!(
+                        "fragment of {total_data} bytes is over max_fragment {}",
+                        self.cfg.max_fragment
+                    ));
                     return Disposition::Complete(irb, Status::TooLarge);
                 }
-                let header = FrameRepr { end: irb.is_end(), filter_flags: (irb.flags() >> 16) as u16, len: total_data as u32 }.emit();
+                let header = FrameRepr {
+                    end: irb.is_end(),
+                    filter_flags: (irb.flags() >> 16) as u16,
+                    len: total_data as u32,
+                }
+                .emit();
                 let total = header.len() + total_data;
-                let c = self.conns[idx].as_mut().expect("by_vmi points at live conns");
+                let c = self.conns[idx]
+                    .as_mut()
+                    .expect("by_vmi points at live conns");
                 if c.state != State::Open {
                     irb.set_detail("the connection is not open");
                     return Disposition::Complete(irb, Status::ConnectionLost);
@@ -837,14 +1007,24 @@ impl Device for TcpDevice {
                             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                             Err(e) => {
                                 let detail = format!("write to {} failed: {e}", c.peer);
-                                c.tx.push_back(Tx::Frame { irb, header, off, total });
+                                c.tx.push_back(Tx::Frame {
+                                    irb,
+                                    header,
+                                    off,
+                                    total,
+                                });
                                 self.fail(idx, Status::ConnectionLost, &detail);
                                 return Disposition::Pending;
                             }
                         }
                     }
                 }
-                c.tx.push_back(Tx::Frame { irb, header, off, total });
+                c.tx.push_back(Tx::Frame {
+                    irb,
+                    header,
+                    off,
+                    total,
+                });
                 Disposition::Pending
             }
             Op::Connect => {
@@ -865,9 +1045,16 @@ impl Device for TcpDevice {
                 };
                 let ports = match port {
                     Some(p) => vec![p],
-                    None => probe_ports(&key, self.cfg.port_base, self.cfg.port_span, self.cfg.probe_count),
+                    None => probe_ports(
+                        &key,
+                        self.cfg.port_base,
+                        self.cfg.port_span,
+                        self.cfg.probe_count,
+                    ),
                 };
-                let data: Vec<u8> = (0..irb.segments().len()).flat_map(|i| irb.segment(i).to_vec()).collect();
+                let data: Vec<u8> = (0..irb.segments().len())
+                    .flat_map(|i| irb.segment(i).to_vec())
+                    .collect();
                 let attempt = Attempt {
                     hello: HelloRepr::emit(&self.key, &key, &self.signature_text, &data),
                     irb: Some(irb),
@@ -888,11 +1075,20 @@ impl Device for TcpDevice {
                     irb.set_detail("the connecting peer went away");
                     return Disposition::Complete(irb, Status::ConnectionLost);
                 };
-                let reply: Vec<u8> = (0..irb.segments().len()).flat_map(|i| irb.segment(i).to_vec()).collect();
+                let reply: Vec<u8> = (0..irb.segments().len())
+                    .flat_map(|i| irb.segment(i).to_vec())
+                    .collect();
                 let accept = irb.op() == Op::Accept;
                 let c = self.conns[idx].as_mut().expect("live");
-                let status = if accept { AnswerStatus::Accept } else { AnswerStatus::Reject };
-                c.tx.push_back(Tx::Bytes { data: AnswerRepr::emit(status, "", &reply), off: 0 });
+                let status = if accept {
+                    AnswerStatus::Accept
+                } else {
+                    AnswerStatus::Reject
+                };
+                c.tx.push_back(Tx::Bytes {
+                    data: AnswerRepr::emit(status, "", &reply),
+                    off: 0,
+                });
                 if accept {
                     c.state = State::Open;
                 } else {
@@ -973,7 +1169,11 @@ impl Device for TcpDevice {
     }
 
     fn wait_fd(&self) -> (Option<RawFd>, Option<Duration>) {
-        let mut next: Option<Duration> = if self.again.is_empty() { None } else { Some(Duration::ZERO) };
+        let mut next: Option<Duration> = if self.again.is_empty() {
+            None
+        } else {
+            Some(Duration::ZERO)
+        };
         if self.timed > 0 {
             let now = Instant::now();
             for c in self.conns.iter().flatten() {
@@ -983,7 +1183,10 @@ impl Device for TcpDevice {
                 }
             }
         }
-        (Some(self.poll.as_raw_fd()), next.map(|d| d + Duration::from_millis(1)))
+        (
+            Some(self.poll.as_raw_fd()),
+            next.map(|d| d + Duration::from_millis(1)),
+        )
     }
 }
 

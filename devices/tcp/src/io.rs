@@ -7,7 +7,11 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 /// A non-blocking listener bound to `addr`, or the bind error.
 pub fn listen(addr: SocketAddr) -> io::Result<mio::net::TcpListener> {
-    let s = Socket::new(Domain::for_address(addr), Type::STREAM.cloexec(), Some(Protocol::TCP))?;
+    let s = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.cloexec(),
+        Some(Protocol::TCP),
+    )?;
     s.set_reuse_address(true)?;
     s.set_nonblocking(true)?;
     s.bind(&addr.into())?;
@@ -17,12 +21,18 @@ pub fn listen(addr: SocketAddr) -> io::Result<mio::net::TcpListener> {
 
 /// Starts a non-blocking connect; completion shows as writability.
 pub fn connect(addr: SocketAddr, nodelay: bool) -> io::Result<mio::net::TcpStream> {
-    let s = Socket::new(Domain::for_address(addr), Type::STREAM.cloexec(), Some(Protocol::TCP))?;
+    let s = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.cloexec(),
+        Some(Protocol::TCP),
+    )?;
     s.set_nonblocking(true)?;
     s.set_tcp_nodelay(nodelay)?;
     match s.connect(&addr.into()) {
         Ok(()) => {}
-        Err(e) if e.raw_os_error() == Some(libc_einprogress()) || e.kind() == io::ErrorKind::WouldBlock => {}
+        Err(e)
+            if e.raw_os_error() == Some(libc_einprogress())
+                || e.kind() == io::ErrorKind::WouldBlock => {}
         Err(e) => return Err(e),
     }
     Ok(mio::net::TcpStream::from_std(s.into()))
@@ -34,7 +44,12 @@ const fn libc_einprogress() -> i32 {
 
 /// Writes `header` then `segs` with one `writev`, skipping the first `off` bytes already
 /// written. Returns the bytes written by this call.
-pub fn write_gather<W: Write>(w: &mut W, header: &[u8], segs: &[&[u8]], off: usize) -> io::Result<usize> {
+pub fn write_gather<W: Write>(
+    w: &mut W,
+    header: &[u8],
+    segs: &[&[u8]],
+    off: usize,
+) -> io::Result<usize> {
     let mut slices: [IoSlice<'_>; 18] = [IoSlice::new(&[]); 18];
     let mut n = 0;
     let mut skip = off;
@@ -96,7 +111,10 @@ mod tests {
         let header = [1u8, 2, 3];
         let segs: [&[u8]; 3] = [b"abc", b"", b"defgh"];
         for limit in 1..12 {
-            let mut w = Trickle { out: Vec::new(), limit };
+            let mut w = Trickle {
+                out: Vec::new(),
+                limit,
+            };
             let mut off = 0;
             loop {
                 let n = write_gather(&mut w, &header, &segs, off).unwrap();

@@ -14,7 +14,11 @@ enum Phase {
     Answer,
     AnswerBody(AnswerRepr),
     FrameHeader,
-    Payload { repr: FrameRepr, buf: Vec<u8>, got: usize },
+    Payload {
+        repr: FrameRepr,
+        buf: Vec<u8>,
+        got: usize,
+    },
 }
 
 /// What the decoder produced.
@@ -76,7 +80,14 @@ impl Decoder {
     }
 
     fn new(phase: Phase, max_fragment: u64, max_data: u32) -> Decoder {
-        Decoder { phase, hdr: [0; HELLO_LEN], hdr_got: 0, body: Vec::new(), max_fragment, max_data }
+        Decoder {
+            phase,
+            hdr: [0; HELLO_LEN],
+            hdr_got: 0,
+            body: Vec::new(),
+            max_fragment,
+            max_data,
+        }
     }
 
     /// True between frames (an EOF here is an orderly close).
@@ -86,13 +97,18 @@ impl Decoder {
 
     /// True while the handshake is not finished.
     pub fn in_handshake(&self) -> bool {
-        matches!(self.phase, Phase::Hello | Phase::HelloBody(_) | Phase::Answer | Phase::AnswerBody(_))
+        matches!(
+            self.phase,
+            Phase::Hello | Phase::HelloBody(_) | Phase::Answer | Phase::AnswerBody(_)
+        )
     }
 
     /// The rest of a large payload, to read into directly; `None` unless reading directly pays.
     pub fn direct_target(&mut self) -> Option<&mut [u8]> {
         match &mut self.phase {
-            Phase::Payload { buf, got, .. } if buf.len() - *got >= DIRECT_READ_MIN => Some(&mut buf[*got..]),
+            Phase::Payload { buf, got, .. } if buf.len() - *got >= DIRECT_READ_MIN => {
+                Some(&mut buf[*got..])
+            }
             _ => None,
         }
     }
@@ -110,7 +126,11 @@ impl Decoder {
 
     fn finish_payload(&mut self) -> Option<Event> {
         match std::mem::replace(&mut self.phase, Phase::FrameHeader) {
-            Phase::Payload { repr, buf, .. } => Some(Event::Frame { end: repr.end, filter_flags: repr.filter_flags, payload: buf }),
+            Phase::Payload { repr, buf, .. } => Some(Event::Frame {
+                end: repr.end,
+                filter_flags: repr.filter_flags,
+                payload: buf,
+            }),
             other => {
                 self.phase = other;
                 None
@@ -152,17 +172,35 @@ impl Decoder {
                             self.phase = Phase::HelloBody(h);
                         }
                         Phase::Answer => {
-                            let a = AnswerRepr::parse(self.hdr[..ANSWER_LEN].try_into().expect("16 bytes"), self.max_data)?;
+                            let a = AnswerRepr::parse(
+                                self.hdr[..ANSWER_LEN].try_into().expect("16 bytes"),
+                                self.max_data,
+                            )?;
                             self.body.clear();
-                            self.body.reserve(a.reason_len as usize + a.reply_len as usize);
+                            self.body
+                                .reserve(a.reason_len as usize + a.reply_len as usize);
                             self.phase = Phase::AnswerBody(a);
                         }
                         _ => {
-                            let f = FrameRepr::parse(self.hdr[..FRAME_LEN].try_into().expect("8 bytes"), self.max_fragment)?;
+                            let f = FrameRepr::parse(
+                                self.hdr[..FRAME_LEN].try_into().expect("8 bytes"),
+                                self.max_fragment,
+                            )?;
                             if f.len == 0 {
-                                return Ok((used, Some(Event::Frame { end: f.end, filter_flags: f.filter_flags, payload: alloc(0) })));
+                                return Ok((
+                                    used,
+                                    Some(Event::Frame {
+                                        end: f.end,
+                                        filter_flags: f.filter_flags,
+                                        payload: alloc(0),
+                                    }),
+                                ));
                             }
-                            self.phase = Phase::Payload { repr: f, buf: alloc(f.len as usize), got: 0 };
+                            self.phase = Phase::Payload {
+                                repr: f,
+                                buf: alloc(f.len as usize),
+                                got: 0,
+                            };
                         }
                     }
                 }
@@ -221,7 +259,9 @@ impl Decoder {
                     return Ok((used, None));
                 }
             }
-            if used == input.len() && !matches!(self.phase, Phase::HelloBody(_) | Phase::AnswerBody(_)) {
+            if used == input.len()
+                && !matches!(self.phase, Phase::HelloBody(_) | Phase::AnswerBody(_))
+            {
                 return Ok((used, None));
             }
         }
@@ -229,13 +269,28 @@ impl Decoder {
 }
 
 /// How the listener answers a hello, before the application sees it.
-pub fn check_hello(local_key: &str, local: &Signature, from_key: &str, to_key: &str, signature: &str) -> Result<(), (AnswerStatus, String)> {
+pub fn check_hello(
+    local_key: &str,
+    local: &Signature,
+    from_key: &str,
+    to_key: &str,
+    signature: &str,
+) -> Result<(), (AnswerStatus, String)> {
     if to_key != local_key {
-        return Err((AnswerStatus::WrongKey, format!("this port belongs to key '{local_key}', not '{to_key}'")));
+        return Err((
+            AnswerStatus::WrongKey,
+            format!("this port belongs to key '{local_key}', not '{to_key}'"),
+        ));
     }
-    let peer = Signature::parse(signature)
-        .ok_or_else(|| (AnswerStatus::Invalid, format!("malformed filter signature '{signature}'")))?;
-    local.check_peer(local_key, &peer, from_key).map_err(|why| (AnswerStatus::SignatureMismatch, why))
+    let peer = Signature::parse(signature).ok_or_else(|| {
+        (
+            AnswerStatus::Invalid,
+            format!("malformed filter signature '{signature}'"),
+        )
+    })?;
+    local
+        .check_peer(local_key, &peer, from_key)
+        .map_err(|why| (AnswerStatus::SignatureMismatch, why))
 }
 
 /// FNV-1a, for a stable key-to-port mapping across processes and builds.
@@ -253,22 +308,31 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 pub fn probe_ports(key: &str, base: u16, span: u16, count: u16) -> Vec<u16> {
     let span = span.max(1) as u64;
     let start = fnv1a(key.as_bytes()) % span;
-    (0..count.min(span as u16) as u64).map(|i| base.saturating_add(((start + i) % span) as u16)).collect()
+    (0..count.min(span as u16) as u64)
+        .map(|i| base.saturating_add(((start + i) % span) as u16))
+        .collect()
 }
 
 /// Splits `host:port` (or `[v6]:port`) from a bare host.
 pub fn split_host_port(host: &str) -> Result<(String, Option<u16>), String> {
     if let Some(rest) = host.strip_prefix('[') {
-        let (h, tail) = rest.split_once(']').ok_or_else(|| format!("'{host}': missing ']'"))?;
+        let (h, tail) = rest
+            .split_once(']')
+            .ok_or_else(|| format!("'{host}': missing ']'"))?;
         return match tail.strip_prefix(':') {
-            Some(p) => Ok((h.to_string(), Some(p.parse().map_err(|_| format!("'{host}': bad port '{p}'"))?))),
+            Some(p) => Ok((
+                h.to_string(),
+                Some(p.parse().map_err(|_| format!("'{host}': bad port '{p}'"))?),
+            )),
             None if tail.is_empty() => Ok((h.to_string(), None)),
             None => Err(format!("'{host}': unexpected '{tail}' after ']'")),
         };
     }
     match host.rsplit_once(':') {
         Some((h, p)) if !h.contains(':') => {
-            let port = p.parse::<u16>().map_err(|_| format!("'{host}': bad port '{p}'"))?;
+            let port = p
+                .parse::<u16>()
+                .map_err(|_| format!("'{host}': bad port '{p}'"))?;
             if port == 0 {
                 return Err(format!("'{host}': port 0"));
             }
@@ -300,13 +364,40 @@ mod tests {
     #[test]
     fn hello_then_frames_in_any_split() {
         let mut stream = HelloRepr::emit("client", "server", "send=;recv=", b"cookie");
-        stream.extend_from_slice(&FrameRepr { end: false, filter_flags: 3, len: 5 }.emit());
+        stream.extend_from_slice(
+            &FrameRepr {
+                end: false,
+                filter_flags: 3,
+                len: 5,
+            }
+            .emit(),
+        );
         stream.extend_from_slice(b"hello");
-        stream.extend_from_slice(&FrameRepr { end: true, filter_flags: 0, len: 0 }.emit());
+        stream.extend_from_slice(
+            &FrameRepr {
+                end: true,
+                filter_flags: 0,
+                len: 0,
+            }
+            .emit(),
+        );
         let expect = vec![
-            Event::Hello { from_key: "client".into(), to_key: "server".into(), signature: "send=;recv=".into(), data: b"cookie".to_vec() },
-            Event::Frame { end: false, filter_flags: 3, payload: b"hello".to_vec() },
-            Event::Frame { end: true, filter_flags: 0, payload: vec![] },
+            Event::Hello {
+                from_key: "client".into(),
+                to_key: "server".into(),
+                signature: "send=;recv=".into(),
+                data: b"cookie".to_vec(),
+            },
+            Event::Frame {
+                end: false,
+                filter_flags: 3,
+                payload: b"hello".to_vec(),
+            },
+            Event::Frame {
+                end: true,
+                filter_flags: 0,
+                payload: vec![],
+            },
         ];
         for chunk in [1, 2, 3, 7, 1000] {
             let mut d = Decoder::listener(1 << 20, 1024);
@@ -322,20 +413,48 @@ mod tests {
     #[test]
     fn answer_then_frame() {
         let mut stream = AnswerRepr::emit(AnswerStatus::Accept, "", b"welcome");
-        stream.extend_from_slice(&FrameRepr { end: true, filter_flags: 0, len: 2 }.emit());
+        stream.extend_from_slice(
+            &FrameRepr {
+                end: true,
+                filter_flags: 0,
+                len: 2,
+            }
+            .emit(),
+        );
         stream.extend_from_slice(b"ok");
         let mut d = Decoder::connector(100, 100);
         assert!(d.in_handshake());
         let got = feed_all(&mut d, &stream);
-        assert_eq!(got[0], Event::Answer { status: AnswerStatus::Accept, reason: String::new(), reply: b"welcome".to_vec() });
-        assert_eq!(got[1], Event::Frame { end: true, filter_flags: 0, payload: b"ok".to_vec() });
+        assert_eq!(
+            got[0],
+            Event::Answer {
+                status: AnswerStatus::Accept,
+                reason: String::new(),
+                reply: b"welcome".to_vec()
+            }
+        );
+        assert_eq!(
+            got[1],
+            Event::Frame {
+                end: true,
+                filter_flags: 0,
+                payload: b"ok".to_vec()
+            }
+        );
     }
 
     #[test]
     fn direct_reads_finish_large_payloads() {
         let mut d = Decoder::connector(1 << 20, 100);
         let mut head = AnswerRepr::emit(AnswerStatus::Accept, "", b"");
-        head.extend_from_slice(&FrameRepr { end: true, filter_flags: 0, len: 40_000 }.emit());
+        head.extend_from_slice(
+            &FrameRepr {
+                end: true,
+                filter_flags: 0,
+                len: 40_000,
+            }
+            .emit(),
+        );
         head.extend_from_slice(&[7; 100]);
         let evs = feed_all(&mut d, &head);
         assert_eq!(evs.len(), 1);
@@ -343,7 +462,9 @@ mod tests {
         assert_eq!(target.len(), 39_900);
         target.fill(7);
         match d.direct_done(39_900) {
-            Some(Event::Frame { payload, .. }) => assert!(payload.len() == 40_000 && payload.iter().all(|&b| b == 7)),
+            Some(Event::Frame { payload, .. }) => {
+                assert!(payload.len() == 40_000 && payload.iter().all(|&b| b == 7))
+            }
             other => panic!("{other:?}"),
         }
         assert!(d.at_boundary());
@@ -352,7 +473,9 @@ mod tests {
     #[test]
     fn garbage_and_limits_are_refused_before_allocating() {
         let mut d = Decoder::listener(100, 100);
-        let e = d.feed(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", &mut pool).unwrap_err();
+        let e = d
+            .feed(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", &mut pool)
+            .unwrap_err();
         assert_eq!(e, WireError::BadMagic(*b"GET "));
         let mut d = Decoder::connector(100, 100);
         let mut s = AnswerRepr::emit(AnswerStatus::Accept, "", b"");
@@ -365,7 +488,13 @@ mod tests {
         let (n, ev) = d.feed(&s, &mut alloc).unwrap();
         assert!(matches!(ev, Some(Event::Answer { .. })));
         let err = d.feed(&s[n..], &mut alloc).unwrap_err();
-        assert!(matches!(err, WireError::TooLong { field: "fragment", .. }));
+        assert!(matches!(
+            err,
+            WireError::TooLong {
+                field: "fragment",
+                ..
+            }
+        ));
         assert_eq!(allocated, 0);
     }
 
@@ -373,16 +502,33 @@ mod tests {
     fn hello_checks() {
         let sig = Signature::default();
         assert!(check_hello("k", &sig, "c", "k", "send=;recv=").is_ok());
-        assert_eq!(check_hello("k", &sig, "c", "other", "send=;recv=").unwrap_err().0, AnswerStatus::WrongKey);
-        assert_eq!(check_hello("k", &sig, "c", "k", "send=crc@0;recv=crc@0").unwrap_err().0, AnswerStatus::SignatureMismatch);
-        assert_eq!(check_hello("k", &sig, "c", "k", "nonsense").unwrap_err().0, AnswerStatus::Invalid);
+        assert_eq!(
+            check_hello("k", &sig, "c", "other", "send=;recv=")
+                .unwrap_err()
+                .0,
+            AnswerStatus::WrongKey
+        );
+        assert_eq!(
+            check_hello("k", &sig, "c", "k", "send=crc@0;recv=crc@0")
+                .unwrap_err()
+                .0,
+            AnswerStatus::SignatureMismatch
+        );
+        assert_eq!(
+            check_hello("k", &sig, "c", "k", "nonsense").unwrap_err().0,
+            AnswerStatus::Invalid
+        );
     }
 
     #[test]
     fn probe_sequence_is_stable_and_in_range() {
         let p = probe_ports("recvkey", 10000, 20000, 16);
         assert_eq!(p.len(), 16);
-        assert_eq!(p, probe_ports("recvkey", 10000, 20000, 16), "same key, same ports");
+        assert_eq!(
+            p,
+            probe_ports("recvkey", 10000, 20000, 16),
+            "same key, same ports"
+        );
         assert!(p.iter().all(|&x| (10000..30000).contains(&x)));
         assert_ne!(p[0], probe_ports("sendkey", 10000, 20000, 16)[0]);
         let w = probe_ports("x", 60000, 10, 20);
@@ -391,8 +537,14 @@ mod tests {
 
     #[test]
     fn host_port_parsing() {
-        assert_eq!(split_host_port("localhost").unwrap(), ("localhost".into(), None));
-        assert_eq!(split_host_port("127.0.0.1:9000").unwrap(), ("127.0.0.1".into(), Some(9000)));
+        assert_eq!(
+            split_host_port("localhost").unwrap(),
+            ("localhost".into(), None)
+        );
+        assert_eq!(
+            split_host_port("127.0.0.1:9000").unwrap(),
+            ("127.0.0.1".into(), Some(9000))
+        );
         assert_eq!(split_host_port("[::1]:9").unwrap(), ("::1".into(), Some(9)));
         assert_eq!(split_host_port("::1").unwrap(), ("::1".into(), None));
         assert!(split_host_port("h:x").is_err());

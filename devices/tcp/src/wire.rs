@@ -106,7 +106,9 @@ impl std::fmt::Display for WireError {
         match self {
             WireError::BadMagic(m) => write!(f, "bad magic {:02x?} (not a vmi peer)", m),
             WireError::Version(v) => write!(f, "wire version {v}, this side speaks {WIRE_VERSION}"),
-            WireError::TooLong { field, len, max } => write!(f, "{field} of {len} bytes is over the limit of {max}"),
+            WireError::TooLong { field, len, max } => {
+                write!(f, "{field} of {len} bytes is over the limit of {max}")
+            }
             WireError::BadField { field, value } => write!(f, "invalid {field} {value}"),
         }
     }
@@ -136,7 +138,10 @@ pub struct HelloRepr {
 impl HelloRepr {
     /// Bytes after the header.
     pub fn body_len(&self) -> usize {
-        self.from_key_len as usize + self.to_key_len as usize + self.signature_len as usize + self.data_len as usize
+        self.from_key_len as usize
+            + self.to_key_len as usize
+            + self.signature_len as usize
+            + self.data_len as usize
     }
 
     /// Parses and checks a hello header against the limits.
@@ -154,7 +159,13 @@ impl HelloRepr {
             signature_len: u16_at(b, 10),
             data_len: u32_at(b, 12),
         };
-        let check = |field, len: u64, max: u64| if len > max { Err(WireError::TooLong { field, len, max }) } else { Ok(()) };
+        let check = |field, len: u64, max: u64| {
+            if len > max {
+                Err(WireError::TooLong { field, len, max })
+            } else {
+                Ok(())
+            }
+        };
         check("from key", r.from_key_len as u64, MAX_KEY as u64)?;
         check("to key", r.to_key_len as u64, MAX_KEY as u64)?;
         check("signature", r.signature_len as u64, MAX_SIGNATURE as u64)?;
@@ -164,7 +175,9 @@ impl HelloRepr {
 
     /// Writes a whole hello.
     pub fn emit(from_key: &str, to_key: &str, signature: &str, data: &[u8]) -> Vec<u8> {
-        let mut v = Vec::with_capacity(HELLO_LEN + from_key.len() + to_key.len() + signature.len() + data.len());
+        let mut v = Vec::with_capacity(
+            HELLO_LEN + from_key.len() + to_key.len() + signature.len() + data.len(),
+        );
         v.extend_from_slice(&HELLO_MAGIC);
         v.push(WIRE_VERSION);
         v.push(0);
@@ -202,16 +215,31 @@ impl AnswerRepr {
         if b[4] != WIRE_VERSION {
             return Err(WireError::Version(b[4]));
         }
-        let status = AnswerStatus::from_u8(b[5]).ok_or(WireError::BadField { field: "answer status", value: b[5] as u64 })?;
+        let status = AnswerStatus::from_u8(b[5]).ok_or(WireError::BadField {
+            field: "answer status",
+            value: b[5] as u64,
+        })?;
         let reason_len = u16_at(b, 6);
         let reply_len = u32_at(b, 8);
         if reason_len as usize > MAX_REASON {
-            return Err(WireError::TooLong { field: "reason", len: reason_len as u64, max: MAX_REASON as u64 });
+            return Err(WireError::TooLong {
+                field: "reason",
+                len: reason_len as u64,
+                max: MAX_REASON as u64,
+            });
         }
         if reply_len > max_data {
-            return Err(WireError::TooLong { field: "reply data", len: reply_len as u64, max: max_data as u64 });
+            return Err(WireError::TooLong {
+                field: "reply data",
+                len: reply_len as u64,
+                max: max_data as u64,
+            });
         }
-        Ok(AnswerRepr { status, reason_len, reply_len })
+        Ok(AnswerRepr {
+            status,
+            reason_len,
+            reply_len,
+        })
     }
 
     /// Writes a whole answer.
@@ -247,13 +275,26 @@ impl FrameRepr {
         let end = match b[0] {
             KIND_FRAGMENT => false,
             KIND_END => true,
-            other => return Err(WireError::BadField { field: "frame kind", value: other as u64 }),
+            other => {
+                return Err(WireError::BadField {
+                    field: "frame kind",
+                    value: other as u64,
+                });
+            }
         };
         let len = u32_at(b, 4);
         if len as u64 > max_len {
-            return Err(WireError::TooLong { field: "fragment", len: len as u64, max: max_len });
+            return Err(WireError::TooLong {
+                field: "fragment",
+                len: len as u64,
+                max: max_len,
+            });
         }
-        Ok(FrameRepr { end, filter_flags: u16_at(b, 2), len })
+        Ok(FrameRepr {
+            end,
+            filter_flags: u16_at(b, 2),
+            len,
+        })
     }
 
     /// Writes the header.
@@ -272,43 +313,87 @@ mod tests {
 
     #[test]
     fn frame_bytes() {
-        let f = FrameRepr { end: true, filter_flags: 0x0102, len: 0x0a0b0c0d };
+        let f = FrameRepr {
+            end: true,
+            filter_flags: 0x0102,
+            len: 0x0a0b0c0d,
+        };
         assert_eq!(f.emit(), [2, 0, 0x02, 0x01, 0x0d, 0x0c, 0x0b, 0x0a]);
         assert_eq!(FrameRepr::parse(&f.emit(), u32::MAX as u64), Ok(f));
         assert_eq!(
             FrameRepr::parse(&[1, 0, 0, 0, 0, 0, 0, 0x10], 1 << 20),
-            Err(WireError::TooLong { field: "fragment", len: 0x1000_0000, max: 1 << 20 })
+            Err(WireError::TooLong {
+                field: "fragment",
+                len: 0x1000_0000,
+                max: 1 << 20
+            })
         );
-        assert!(matches!(FrameRepr::parse(&[9, 0, 0, 0, 0, 0, 0, 0], 10), Err(WireError::BadField { .. })));
+        assert!(matches!(
+            FrameRepr::parse(&[9, 0, 0, 0, 0, 0, 0, 0], 10),
+            Err(WireError::BadField { .. })
+        ));
     }
 
     #[test]
     fn hello_bytes() {
         let v = HelloRepr::emit("a", "bc", "s", &[7, 8]);
-        assert_eq!(&v[..HELLO_LEN], &[b'V', b'M', b'I', b'T', 1, 0, 1, 0, 2, 0, 1, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(
+            &v[..HELLO_LEN],
+            &[
+                b'V', b'M', b'I', b'T', 1, 0, 1, 0, 2, 0, 1, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0
+            ]
+        );
         assert_eq!(&v[HELLO_LEN..], b"abcs\x07\x08");
         let h = HelloRepr::parse(v[..HELLO_LEN].try_into().unwrap(), 100).unwrap();
         assert_eq!(h.body_len(), 6);
-        assert!(matches!(HelloRepr::parse(v[..HELLO_LEN].try_into().unwrap(), 1), Err(WireError::TooLong { .. })));
+        assert!(matches!(
+            HelloRepr::parse(v[..HELLO_LEN].try_into().unwrap(), 1),
+            Err(WireError::TooLong { .. })
+        ));
         let mut bad = v.clone();
         bad[4] = 9;
-        assert_eq!(HelloRepr::parse(bad[..HELLO_LEN].try_into().unwrap(), 100), Err(WireError::Version(9)));
         assert_eq!(
-            HelloRepr::parse(&[b'G', b'E', b'T', b' ', 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], 100),
+            HelloRepr::parse(bad[..HELLO_LEN].try_into().unwrap(), 100),
+            Err(WireError::Version(9))
+        );
+        assert_eq!(
+            HelloRepr::parse(
+                &[
+                    b'G', b'E', b'T', b' ', 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                    0, 0
+                ],
+                100
+            ),
             Err(WireError::BadMagic(*b"GET "))
         );
         let mut long = v;
         long[6] = 0xff;
         long[7] = 0xff;
-        assert!(matches!(HelloRepr::parse(long[..HELLO_LEN].try_into().unwrap(), 100), Err(WireError::TooLong { field: "from key", .. })));
+        assert!(matches!(
+            HelloRepr::parse(long[..HELLO_LEN].try_into().unwrap(), 100),
+            Err(WireError::TooLong {
+                field: "from key",
+                ..
+            })
+        ));
     }
 
     #[test]
     fn answer_bytes() {
         let v = AnswerRepr::emit(AnswerStatus::Reject, "no", b"xyz");
-        assert_eq!(&v[..ANSWER_LEN], &[b'V', b'M', b'I', b'A', 1, 1, 2, 0, 3, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(
+            &v[..ANSWER_LEN],
+            &[b'V', b'M', b'I', b'A', 1, 1, 2, 0, 3, 0, 0, 0, 0, 0, 0, 0]
+        );
         let a = AnswerRepr::parse(v[..ANSWER_LEN].try_into().unwrap(), 10).unwrap();
-        assert_eq!(a, AnswerRepr { status: AnswerStatus::Reject, reason_len: 2, reply_len: 3 });
+        assert_eq!(
+            a,
+            AnswerRepr {
+                status: AnswerStatus::Reject,
+                reason_len: 2,
+                reply_len: 3
+            }
+        );
         let mut bad = v;
         bad[5] = 77;
         assert!(AnswerRepr::parse(bad[..ANSWER_LEN].try_into().unwrap(), 10).is_err());

@@ -15,7 +15,11 @@ use vmi_examples::{check, init_logging};
 
 /// Receive messages over vmi. The chain comes from the specfile named by VMI_SPECFILE.
 #[derive(Parser, Debug)]
-#[command(version, about, after_help = "Environment: VMI_SPECFILE (required), VMI_LOG (log filter), VMI_DEVICE_PATH, VMI_<DEVICE>_<PARAM>. See `vmi-info --env`.")]
+#[command(
+    version,
+    about,
+    after_help = "Environment: VMI_SPECFILE (required), VMI_LOG (log filter), VMI_DEVICE_PATH, VMI_<DEVICE>_<PARAM>. See `vmi-info --env`."
+)]
 struct Args {
     /// This process's key; senders address it by host + key.
     recvkey: String,
@@ -66,26 +70,43 @@ impl Handler for Receiver {
         let text = String::from_utf8_lossy(&data).into_owned();
         if self.args.reject {
             self.rejected += 1;
-            println!("vmirecv: rejected connection from '{}' at {} (--reject)", req.peer_key, req.peer_host);
+            println!(
+                "vmirecv: rejected connection from '{}' at {} (--reject)",
+                req.peer_key, req.peer_host
+            );
             return Decision::Reject(b"rejected by vmirecv --reject".to_vec());
         }
         if let Some(c) = &self.args.cookie {
             if *c != text {
                 self.rejected += 1;
-                println!("vmirecv: rejected connection from '{}': connect data '{text}' is not the cookie", req.peer_key);
+                println!(
+                    "vmirecv: rejected connection from '{}': connect data '{text}' is not the cookie",
+                    req.peer_key
+                );
                 return Decision::Reject(format!("wrong cookie '{text}'").into_bytes());
             }
         }
         if !self.args.quiet {
-            println!("vmirecv: accepted connection from '{}' at {} (connect data: '{text}')", req.peer_key, req.peer_host);
+            println!(
+                "vmirecv: accepted connection from '{}' at {} (connect data: '{text}')",
+                req.peer_key, req.peer_host
+            );
         }
-        self.conns.insert(req.conn, Inbound { peer: req.peer_key.to_string(), ..Default::default() });
+        self.conns.insert(
+            req.conn,
+            Inbound {
+                peer: req.peer_key.to_string(),
+                ..Default::default()
+            },
+        );
         self.live += 1;
         Decision::Accept(format!("welcome {}", req.peer_key).into_bytes())
     }
 
     fn receive(&mut self, _ctx: &mut Ctx<'_>, conn: ConnId, cmd: Recv, slab: &mut Slab<'_>) {
-        let Some(s) = self.conns.get_mut(&conn) else { return };
+        let Some(s) = self.conns.get_mut(&conn) else {
+            return;
+        };
         s.fragments += 1;
         if self.args.verify {
             loop {
@@ -95,7 +116,11 @@ impl Handler for Receiver {
                 }
                 if let Some(bad) = check(chunk, s.message, s.offset) {
                     if self.error.is_none() {
-                        self.error = Some(format!("message {} from '{}': byte {bad} differs from what vmisend wrote", s.message + 1, s.peer));
+                        self.error = Some(format!(
+                            "message {} from '{}': byte {bad} differs from what vmisend wrote",
+                            s.message + 1,
+                            s.peer
+                        ));
                     }
                 }
                 s.offset += chunk.len() as u64;
@@ -128,9 +153,15 @@ impl Handler for Receiver {
             match reason {
                 Disconnect::Error { status, detail } => {
                     if s.offset > 0 || s.fragments > 0 {
-                        eprintln!("vmirecv: connection from '{}' lost in the middle of a message: {status}: {detail}", s.peer);
+                        eprintln!(
+                            "vmirecv: connection from '{}' lost in the middle of a message: {status}: {detail}",
+                            s.peer
+                        );
                     } else if !self.args.quiet {
-                        println!("vmirecv: connection from '{}' ended: {status}: {detail}", s.peer);
+                        println!(
+                            "vmirecv: connection from '{}' ended: {status}: {detail}",
+                            s.peer
+                        );
                     }
                 }
                 _ if !self.args.quiet => println!("vmirecv: '{}' disconnected", s.peer),
@@ -154,7 +185,15 @@ fn main() -> ExitCode {
     // Always printed: scripts wait for this line before starting senders.
     println!("vmirecv: key '{}' waiting for connections", args.recvkey);
     let want = args.messages;
-    let mut r = Receiver { args, conns: HashMap::new(), messages: 0, bytes: 0, rejected: 0, error: None, live: 0 };
+    let mut r = Receiver {
+        args,
+        conns: HashMap::new(),
+        messages: 0,
+        bytes: 0,
+        rejected: 0,
+        error: None,
+        live: 0,
+    };
     let start = Instant::now();
     let mut done_at: Option<Instant> = None;
     loop {
@@ -181,7 +220,10 @@ fn main() -> ExitCode {
     }
     let secs = start.elapsed().as_secs_f64();
     if !r.args.reject {
-        println!("vmirecv: received {} message(s), {} bytes in {secs:.3} s", r.messages, r.bytes);
+        println!(
+            "vmirecv: received {} message(s), {} bytes in {secs:.3} s",
+            r.messages, r.bytes
+        );
     }
     ExitCode::SUCCESS
 }

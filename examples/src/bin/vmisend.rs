@@ -16,7 +16,11 @@ use vmi_examples::{fill, fragment_sizes, init_logging, parse_size};
 
 /// Send messages over vmi. The chain comes from the specfile named by VMI_SPECFILE.
 #[derive(Parser, Debug)]
-#[command(version, about, after_help = "Environment: VMI_SPECFILE (required), VMI_LOG (log filter), VMI_DEVICE_PATH, VMI_<DEVICE>_<PARAM>. See `vmi-info --env`.")]
+#[command(
+    version,
+    about,
+    after_help = "Environment: VMI_SPECFILE (required), VMI_LOG (log filter), VMI_DEVICE_PATH, VMI_<DEVICE>_<PARAM>. See `vmi-info --env`."
+)]
 struct Args {
     /// This process's key.
     sendkey: String,
@@ -73,7 +77,13 @@ struct Sender {
 const LAST: u64 = 1 << 63;
 
 impl Handler for Sender {
-    fn connected(&mut self, _ctx: &mut Ctx<'_>, conn: ConnId, outcome: ConnectOutcome<'_>, _token: u64) {
+    fn connected(
+        &mut self,
+        _ctx: &mut Ctx<'_>,
+        conn: ConnId,
+        outcome: ConnectOutcome<'_>,
+        _token: u64,
+    ) {
         match outcome {
             ConnectOutcome::Accepted(mut reply) => {
                 let text = String::from_utf8_lossy(&reply.read_to_vec()).into_owned();
@@ -85,17 +95,21 @@ impl Handler for Sender {
             }
             ConnectOutcome::Rejected(mut reply) => {
                 let text = String::from_utf8_lossy(&reply.read_to_vec()).into_owned();
-                self.error.get_or_insert(format!("the receiver rejected the connection (reply: '{text}')"));
+                self.error.get_or_insert(format!(
+                    "the receiver rejected the connection (reply: '{text}')"
+                ));
             }
             ConnectOutcome::Failed { status, detail } => {
-                self.error.get_or_insert(format!("cannot connect: {status}: {detail}"));
+                self.error
+                    .get_or_insert(format!("cannot connect: {status}: {detail}"));
             }
         }
     }
 
     fn send_complete(&mut self, _ctx: &mut Ctx<'_>, conn: ConnId, done: &mut SendCompletion<'_>) {
         if !done.status.is_ok() {
-            self.error.get_or_insert(format!("send failed: {}: {}", done.status, done.detail));
+            self.error
+                .get_or_insert(format!("send failed: {}: {}", done.status, done.detail));
             return;
         }
         let bytes: u64 = done.take_buffers().map(|b| b.len() as u64).sum();
@@ -116,10 +130,13 @@ impl Handler for Sender {
         match reason {
             Disconnect::Local => {}
             Disconnect::Peer => {
-                self.error.get_or_insert("the receiver closed the connection before all messages were sent".into());
+                self.error.get_or_insert(
+                    "the receiver closed the connection before all messages were sent".into(),
+                );
             }
             Disconnect::Error { status, detail } => {
-                self.error.get_or_insert(format!("connection lost: {status}: {detail}"));
+                self.error
+                    .get_or_insert(format!("connection lost: {status}: {detail}"));
             }
         }
     }
@@ -136,10 +153,12 @@ fn send_message(vmi: &mut Vmi, conn: ConnId, message: u64, args: &Args) -> Resul
         offset += len;
         let token = (message << 20) | i as u64;
         if i == last {
-            vmi.stream_end(stream, Some(buf), token | LAST).map_err(|e| e.to_string())?;
+            vmi.stream_end(stream, Some(buf), token | LAST)
+                .map_err(|e| e.to_string())?;
             return Ok(());
         }
-        vmi.stream_send(&stream, Some(buf), token).map_err(|e| e.to_string())?;
+        vmi.stream_send(&stream, Some(buf), token)
+            .map_err(|e| e.to_string())?;
     }
     unreachable!("at least one fragment")
 }
@@ -150,9 +169,16 @@ fn run(args: &Args) -> Result<(u64, Duration), String> {
     }
     let deadline = Instant::now() + Duration::from_secs_f64(args.timeout.max(0.0));
     let mut vmi = Vmi::init(Some(&args.sendkey)).map_err(|e| e.to_string())?;
-    let mut s = Sender { conns: HashMap::new(), error: None, connected: 0, sent_bytes: 0 };
+    let mut s = Sender {
+        conns: HashMap::new(),
+        error: None,
+        connected: 0,
+        sent_bytes: 0,
+    };
     for _ in 0..args.connections {
-        let conn = vmi.connect(&args.recvhost, &args.recvkey, args.cookie.as_bytes(), 0).map_err(|e| e.to_string())?;
+        let conn = vmi
+            .connect(&args.recvhost, &args.recvkey, args.cookie.as_bytes(), 0)
+            .map_err(|e| e.to_string())?;
         s.conns.insert(conn, Outbound::default());
     }
     let timed_out = |what: &str| format!("timed out after {:.1} s {what}", args.timeout);
@@ -162,11 +188,17 @@ fn run(args: &Args) -> Result<(u64, Duration), String> {
             return Err(e);
         }
         if Instant::now() > deadline {
-            return Err(timed_out(&format!("waiting for {} connection(s) to be accepted", args.connections - s.connected)));
+            return Err(timed_out(&format!(
+                "waiting for {} connection(s) to be accepted",
+                args.connections - s.connected
+            )));
         }
     }
     if !args.quiet {
-        println!("vmisend: connected to '{}' at {} ({} connection(s))", args.recvkey, args.recvhost, args.connections);
+        println!(
+            "vmisend: connected to '{}' at {} ({} connection(s))",
+            args.recvkey, args.recvhost, args.connections
+        );
     }
     let start = Instant::now();
     let ids: Vec<ConnId> = s.conns.keys().copied().collect();
@@ -192,7 +224,10 @@ fn run(args: &Args) -> Result<(u64, Duration), String> {
         }
         if Instant::now() > deadline {
             let done: u64 = s.conns.values().map(|c| c.done_messages).sum();
-            return Err(timed_out(&format!("with {done} of {} message(s) sent", args.count * args.connections as u64)));
+            return Err(timed_out(&format!(
+                "with {done} of {} message(s) sent",
+                args.count * args.connections as u64
+            )));
         }
     }
     let elapsed = start.elapsed();
