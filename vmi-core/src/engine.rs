@@ -509,6 +509,8 @@ impl Engine {
     /// Sleeps until a device's descriptor is ready, a deadline passes, `wake` is called, or
     /// `timeout` elapses.
     pub fn sleep(&mut self, timeout: Duration) {
+        // Announce the sleep before looking for work (see `Waker` for the ordering argument).
+        self.shared.waker.set_sleeping(true);
         let mut fds = Vec::with_capacity(self.devices.len() + 1);
         fds.push(libc::pollfd {
             fd: self.shared.waker.fd(),
@@ -533,19 +535,19 @@ impl Engine {
                 }
             }
         }
-        if !self.shared.remote.is_empty()
+        let pending = !self.shared.remote.is_empty()
             || !self
                 .shared
                 .releases
                 .queue
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .is_empty()
-        {
-            return;
+                .is_empty();
+        if !pending && ms > 0 {
+            // SAFETY: `fds` is a live array of pollfd of the given length.
+            unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms as i32) };
         }
-        // SAFETY: `fds` is a live array of pollfd of the given length.
-        unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms as i32) };
+        self.shared.waker.set_sleeping(false);
         self.shared.waker.drain();
     }
 

@@ -2,10 +2,16 @@
 #![allow(unsafe_code)]
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 
-/// Wakes a thread sleeping in `wait`.
+/// Wakes a thread sleeping in `wait`. The eventfd is written only while the owner is asleep
+/// (a doorbell, not a per-message syscall). Ordering: the sleeper sets `sleeping`, then looks
+/// for pending work (queues, devices' `wait_fd`), then sleeps; a waker publishes its work,
+/// then reads `sleeping`. With sequentially consistent operations on both sides, either the
+/// sleeper sees the work or the waker sees the sleeper.
 pub(crate) struct Waker {
     fd: OwnedFd,
+    sleeping: AtomicBool,
 }
 
 impl Waker {
@@ -17,11 +23,22 @@ impl Waker {
         }
         // SAFETY: `fd` is a fresh descriptor we own.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        Ok(Waker { fd })
+        Ok(Waker {
+            fd,
+            sleeping: AtomicBool::new(false),
+        })
     }
 
-    /// Makes the fd readable (any thread).
+    /// Marks the owner as about to sleep (true) or awake (false).
+    pub fn set_sleeping(&self, sleeping: bool) {
+        self.sleeping.store(sleeping, Ordering::SeqCst);
+    }
+
+    /// Rings the doorbell if the owner sleeps (any thread).
     pub fn wake(&self) {
+        if !self.sleeping.load(Ordering::SeqCst) {
+            return;
+        }
         let one: u64 = 1;
         // SAFETY: writes 8 bytes from a live u64 to our eventfd; failure (counter saturated)
         // still leaves it readable, which is all we need.

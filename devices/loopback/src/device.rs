@@ -373,6 +373,15 @@ impl Device for LoopbackDevice {
         }
     }
 
+    fn wait_fd(&self) -> (Option<std::os::fd::RawFd>, Option<std::time::Duration>) {
+        // No descriptor of its own: peers ring the host's doorbell. Pending messages mean
+        // "do not sleep".
+        (
+            None,
+            (!self.inbox_empty()).then_some(std::time::Duration::ZERO),
+        )
+    }
+
     fn poll(&mut self) -> usize {
         let mut n = 0;
         loop {
@@ -387,6 +396,16 @@ impl Device for LoopbackDevice {
             n += 1;
         }
         n
+    }
+}
+
+impl LoopbackDevice {
+    fn inbox_empty(&self) -> bool {
+        self.me
+            .inbox
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
     }
 }
 
