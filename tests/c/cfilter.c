@@ -72,7 +72,7 @@ static void cfilter_destroy(void *dev) {
 }
 
 static const vmi_device_vtable cfilter_vtable = {
-    VT_SIZE, cfilter_destroy, NULL, cfilter_submit, cfilter_receive, NULL, NULL, NULL, NULL, NULL, NULL,
+    VT_SIZE, cfilter_destroy, NULL, cfilter_submit, cfilter_receive, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
 };
 
 const vmi_device_descriptor SYMBOL = {

@@ -155,6 +155,9 @@ typedef struct vmi_device_vtable {
     int32_t (*reach)(void *dev, vmi_str host, vmi_str key, char *why, size_t why_len);
     uint64_t (*register_memory)(void *dev, uint8_t *base, size_t len);
     void (*deregister_memory)(void *dev, uint64_t handle);
+    /* Runtime attributes: get returns the value's full length (or -1: no such attribute). */
+    int64_t (*get_attr)(void *dev, vmi_str name, char *out, size_t out_len);
+    int32_t (*set_attr)(void *dev, vmi_str name, vmi_str value, char *err, size_t err_len);
 } vmi_device_vtable;
 
 typedef struct vmi_device_descriptor {

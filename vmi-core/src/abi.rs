@@ -275,6 +275,28 @@ pub struct VmiDeviceVtable {
     pub register: Option<unsafe extern "C" fn(dev: *mut c_void, base: *mut u8, len: usize) -> u64>,
     /// Undoes `register`.
     pub deregister: Option<unsafe extern "C" fn(dev: *mut c_void, handle: u64)>,
+    /// Reads a runtime attribute (Globus XIO `attr_cntl` style) as text into `out`
+    /// (NUL-terminated). Returns the full length of the value (which may exceed `out_len`),
+    /// or -1 when the device has no such attribute.
+    pub get_attr: Option<
+        unsafe extern "C" fn(
+            dev: *mut c_void,
+            name: VmiStr,
+            out: *mut c_char,
+            out_len: usize,
+        ) -> i64,
+    >,
+    /// Changes a runtime attribute on a live chain. Returns 0, or -1 with a NUL-terminated
+    /// reason in `err`.
+    pub set_attr: Option<
+        unsafe extern "C" fn(
+            dev: *mut c_void,
+            name: VmiStr,
+            value: VmiStr,
+            err: *mut c_char,
+            err_len: usize,
+        ) -> i32,
+    >,
 }
 
 /// The descriptor a plugin exports as `vmi_device_<type>`.
@@ -379,7 +401,7 @@ mod tests {
     #[test]
     fn layout_matches_the_c_header() {
         assert_eq!(std::mem::size_of::<VmiIrb>(), 312);
-        assert_eq!(std::mem::size_of::<VmiDeviceVtable>(), 88);
+        assert_eq!(std::mem::size_of::<VmiDeviceVtable>(), 104);
         assert_eq!(std::mem::size_of::<VmiDeviceDescriptor>(), 88);
         assert_eq!(std::mem::size_of::<VmiHostServices>(), 128);
         assert_eq!(std::mem::size_of::<VmiCapabilities>(), 24);

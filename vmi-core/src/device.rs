@@ -640,4 +640,14 @@ pub trait Device: Sized + 'static {
 
     /// Undoes `register`.
     fn deregister(&mut self, _handle: u64) {}
+
+    /// Reads a runtime attribute as text (Globus XIO `attr_cntl`); `None` if unknown.
+    fn get_attr(&self, _name: &str) -> Option<String> {
+        None
+    }
+
+    /// Changes a runtime attribute on a live chain; the error says why not.
+    fn set_attr(&mut self, name: &str, _value: &str) -> Result<(), String> {
+        Err(format!("no attribute '{name}'"))
+    }
 }

@@ -602,6 +602,56 @@ impl Engine {
         Err(refusals)
     }
 
+    /// Reads a device's runtime attribute.
+    pub fn get_attr(&self, device: usize, name: &str) -> Option<String> {
+        let inst = &self.devices[device];
+        let f = inst.ty.vtable.get_attr?;
+        let mut buf = vec![0 as std::ffi::c_char; 4096];
+        loop {
+            // SAFETY: live instance; `buf` is writable for its length.
+            let n = unsafe { f(inst.ptr, VmiStr::new(name), buf.as_mut_ptr(), buf.len()) };
+            if n < 0 {
+                return None;
+            }
+            if (n as usize) < buf.len() {
+                // SAFETY: NUL-terminated by the device within the buffer.
+                return Some(
+                    unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }
+                        .to_string_lossy()
+                        .into_owned(),
+                );
+            }
+            buf.resize(n as usize + 1, 0);
+        }
+    }
+
+    /// Changes a device's runtime attribute.
+    pub fn set_attr(&mut self, device: usize, name: &str, value: &str) -> Result<(), String> {
+        let inst = &self.devices[device];
+        let Some(f) = inst.ty.vtable.set_attr else {
+            return Err(format!("device '{}' has no runtime attributes", inst.name));
+        };
+        let mut err = [0 as std::ffi::c_char; 1024];
+        // SAFETY: live instance; strings live for the call; `err` is writable.
+        let rc = unsafe {
+            f(
+                inst.ptr,
+                VmiStr::new(name),
+                VmiStr::new(value),
+                err.as_mut_ptr(),
+                err.len(),
+            )
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            // SAFETY: NUL-terminated by the device (or all zero).
+            Err(unsafe { std::ffi::CStr::from_ptr(err.as_ptr()) }
+                .to_string_lossy()
+                .into_owned())
+        }
+    }
+
     /// Registers memory with every transport; returns the handles.
     pub fn register(&mut self, base: *mut u8, len: usize) -> [u64; 4] {
         let mut regs = [0u64; 4];

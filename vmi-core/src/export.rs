@@ -66,6 +66,8 @@ impl<D: Device> Export<D> {
         reach: Some(reach::<D>),
         register: Some(register::<D>),
         deregister: Some(deregister::<D>),
+        get_attr: Some(get_attr::<D>),
+        set_attr: Some(set_attr::<D>),
     };
 
     /// The descriptor.
@@ -343,6 +345,58 @@ unsafe extern "C" fn deregister<D: Device>(dev: *mut c_void, handle: u64) {
     }));
     if let Err(p) = r {
         device_panicked::<D>("deregister", &*p);
+    }
+}
+
+unsafe extern "C" fn get_attr<D: Device>(
+    dev: *mut c_void,
+    name: VmiStr,
+    out: *mut c_char,
+    out_len: usize,
+) -> i64 {
+    let r = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: live instance; the name lives for the call.
+        let inst = unsafe { instance::<D>(dev) };
+        // SAFETY: as above.
+        let name = unsafe { name.to_string_lossy() };
+        inst.device.get_attr(&name)
+    }));
+    match r {
+        Ok(Some(v)) => {
+            // SAFETY: the host's buffer.
+            unsafe { write_c_message(out, out_len, &v) };
+            v.len() as i64
+        }
+        Ok(None) => -1,
+        Err(p) => {
+            device_panicked::<D>("get_attr", &*p);
+            -1
+        }
+    }
+}
+
+unsafe extern "C" fn set_attr<D: Device>(
+    dev: *mut c_void,
+    name: VmiStr,
+    value: VmiStr,
+    err: *mut c_char,
+    err_len: usize,
+) -> i32 {
+    let r = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: live instance; the strings live for the call.
+        let inst = unsafe { instance::<D>(dev) };
+        // SAFETY: as above.
+        let (name, value) = unsafe { (name.to_string_lossy(), value.to_string_lossy()) };
+        inst.device.set_attr(&name, &value)
+    }));
+    let r = r.unwrap_or_else(|p| Err(format!("device panicked: {}", panic_message(&*p))));
+    match r {
+        Ok(()) => 0,
+        Err(reason) => {
+            // SAFETY: the host's buffer.
+            unsafe { write_c_message(err, err_len, &reason) };
+            -1
+        }
     }
 }
 

@@ -90,6 +90,19 @@ pub enum VmiError {
     /// Another stream is open on the connection.
     #[error("a stream is already open on {0}; end it before beginning another")]
     StreamBusy(ConnId),
+    /// No running device has that instance name.
+    #[error("no device named '{0}' in the chains; running devices: {1}")]
+    UnknownDevice(String, String),
+    /// The device refused the attribute operation.
+    #[error("device '{device}': attribute '{name}': {reason}")]
+    Attribute {
+        /// Device instance.
+        device: String,
+        /// Attribute.
+        name: String,
+        /// The device's reason.
+        reason: String,
+    },
     /// The stream handle belongs to another connection state.
     #[error("the stream on {0} was already ended or its connection closed")]
     StreamClosed(ConnId),
@@ -361,6 +374,48 @@ impl Vmi {
                 params: d.params.clone(),
             })
             .collect()
+    }
+
+    fn device_index(&self, device: &str) -> Result<usize, VmiError> {
+        self.engine
+            .devices
+            .iter()
+            .position(|d| d.name == device)
+            .ok_or_else(|| {
+                let names: Vec<&str> = self
+                    .engine
+                    .devices
+                    .iter()
+                    .map(|d| d.name.as_str())
+                    .collect();
+                VmiError::UnknownDevice(device.to_string(), names.join(", "))
+            })
+    }
+
+    /// Reads a runtime attribute of a running device, by instance name (Globus XIO
+    /// `globus_xio_handle_cntl`; VMI 2.1 had no equivalent).
+    pub fn attr_get(&self, device: &str, name: &str) -> Result<String, VmiError> {
+        let i = self.device_index(device)?;
+        self.engine
+            .get_attr(i, name)
+            .ok_or_else(|| VmiError::Attribute {
+                device: device.into(),
+                name: name.into(),
+                reason: "no such attribute".into(),
+            })
+    }
+
+    /// Changes a runtime attribute of a running device (e.g. a compression level or fault
+    /// rates) on the live chain.
+    pub fn attr_set(&mut self, device: &str, name: &str, value: &str) -> Result<(), VmiError> {
+        let i = self.device_index(device)?;
+        self.engine
+            .set_attr(i, name, value)
+            .map_err(|reason| VmiError::Attribute {
+                device: device.into(),
+                name: name.into(),
+                reason,
+            })
     }
 
     /// Number of live connections.
