@@ -282,6 +282,10 @@ pub fn register_all() {
         vmi_loopback::register_static();
         vmi_skeleton::register_static();
         vmi_tcp::register_static();
+        vmi_crc::register_static();
+        vmi_compress::register_static();
+        vmi_fault::register_static();
+        vmi_trace::register_static();
         devices::register();
     });
 }

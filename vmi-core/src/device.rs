@@ -338,6 +338,21 @@ impl Irb {
         unsafe { std::slice::from_raw_parts(seg.base, seg.len) }
     }
 
+    /// The bytes of segment `i`, writable, for received data only (`None` for other ops): a
+    /// filter may change received bytes in place, never an application's send buffers.
+    pub fn segment_mut(&mut self, i: usize) -> Option<&mut [u8]> {
+        if self.op() != Op::Recv {
+            return None;
+        }
+        let seg = *self.segments().get(i)?;
+        if seg.len == 0 {
+            return Some(&mut []);
+        }
+        // SAFETY: received segments point at memory the originating transport owns for the
+        // IRB's life and does not read until the IRB completes; `&mut self` makes this unique.
+        Some(unsafe { std::slice::from_raw_parts_mut(seg.base, seg.len) })
+    }
+
     /// Total data length.
     pub fn data_len(&self) -> usize {
         self.segments().iter().map(|s| s.len).sum()

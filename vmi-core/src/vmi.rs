@@ -722,8 +722,11 @@ impl Vmi {
             deferred: &mut self.deferred,
         };
         if slot.unwound {
-            // A device failed the IRB on its way up (for instance a CRC mismatch).
-            handler.receive_failed(&mut ctx, conn, status, &slot.detail);
+            // A device finished the IRB on its way up: with success it consumed it (a fault
+            // injector dropping a fragment); otherwise it failed it (a CRC mismatch).
+            if status != Status::Ok {
+                handler.receive_failed(&mut ctx, conn, status, &slot.detail);
+            }
             self.engine.free_slot(s);
             return;
         }

@@ -1,0 +1,253 @@
+//! The compression filter.
+
+use std::ffi::CStr;
+
+use vmi_core::Status;
+use vmi_core::device::{Config, Device, DeviceKind, Disposition, Hooks, Host, Irb, Op};
+
+use crate::config::{CompressConfig, PARAMS, check_level};
+use crate::wire::{Algorithm, FLAG_COMPRESSED, HEADER, Header};
+
+/// Per-IRB frame: the buffer (index + 1) holding this IRB's compressed or decompressed bytes.
+#[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+#[repr(C)]
+pub struct CompressFrame {
+    held: u32,
+}
+
+/// LZ4 / zstd filter.
+pub struct CompressFilter {
+    config: CompressConfig,
+    zc: zstd::bulk::Compressor<'static>,
+    zd: zstd::bulk::Decompressor<'static>,
+    held: Vec<Option<Vec<u8>>>,
+    free_held: Vec<u32>,
+    pool: Vec<Vec<u8>>,
+    scratch: Vec<u8>,
+    compressed: u64,
+    skipped: u64,
+    bytes_in: u64,
+    bytes_out: u64,
+    refused: u64,
+}
+
+const POOL_KEEP: usize = 64;
+
+impl CompressFilter {
+    fn take(&mut self, len: usize) -> Vec<u8> {
+        let mut v = self.pool.pop().unwrap_or_default();
+        v.clear();
+        v.resize(len, 0);
+        v
+    }
+
+    fn hold(&mut self, v: Vec<u8>) -> u32 {
+        match self.free_held.pop() {
+            Some(i) => {
+                self.held[i as usize] = Some(v);
+                i + 1
+            }
+            None => {
+                self.held.push(Some(v));
+                self.held.len() as u32
+            }
+        }
+    }
+
+    /// The IRB's data as one slice (copied into `scratch` only when it has several segments).
+    fn gather<'a>(irb: &'a Irb, scratch: &'a mut Vec<u8>) -> &'a [u8] {
+        if irb.segments().len() == 1 {
+            return irb.segment(0);
+        }
+        scratch.clear();
+        for i in 0..irb.segments().len() {
+            scratch.extend_from_slice(irb.segment(i));
+        }
+        scratch
+    }
+
+    /// Compresses `input` into `out[HEADER..]`; the compressed length, or None when it would
+    /// not be smaller.
+    fn compress(&mut self, input_is_scratch: bool, irb: &Irb, out: &mut Vec<u8>) -> Option<usize> {
+        let input: &[u8] = if input_is_scratch { &self.scratch } else { irb.segment(0) };
+        let n = match self.config.algorithm {
+            Algorithm::Lz4 => {
+                out.resize(HEADER + lz4_flex::block::get_maximum_output_size(input.len()), 0);
+                lz4_flex::block::compress_into(input, &mut out[HEADER..]).ok()?
+            }
+            Algorithm::Zstd => {
+                out.resize(HEADER + zstd::zstd_safe::compress_bound(input.len()), 0);
+                self.zc.compress_to_buffer(input, &mut out[HEADER..]).ok()?
+            }
+        };
+        (n + HEADER < input.len()).then_some(n)
+    }
+}
+
+#[allow(unsafe_code)]
+fn replace_data(irb: &mut Irb, data: &mut [u8]) {
+    irb.clear_segments();
+    // SAFETY: `data` is a buffer kept in the filter's `held` table until this IRB's
+    // completion step; its heap memory does not move.
+    let _ = unsafe { irb.push_segment(data.as_mut_ptr(), data.len()) };
+}
+
+impl Device for CompressFilter {
+    const NAME: &'static CStr = c"compress";
+    const VERSION: &'static CStr = c"1.0.0";
+    const DESCRIPTION: &'static CStr = c"LZ4 or zstd per fragment, only when it saves space; bounded decompression";
+    const KIND: DeviceKind = DeviceKind::Filter;
+    const PARAMS: &'static [vmi_core::abi::VmiParamSpec] = PARAMS;
+    const HOOKS: Hooks = Hooks::FILTER;
+    type Frame = CompressFrame;
+
+    fn create(_host: Host, config: &Config) -> Result<Self, String> {
+        let config = CompressConfig::from_config(config)?;
+        let zc = zstd::bulk::Compressor::new(config.level).map_err(|e| format!("zstd: {e}"))?;
+        let zd = zstd::bulk::Decompressor::new().map_err(|e| format!("zstd: {e}"))?;
+        Ok(CompressFilter {
+            config,
+            zc,
+            zd,
+            held: Vec::new(),
+            free_held: Vec::new(),
+            pool: Vec::new(),
+            scratch: Vec::new(),
+            compressed: 0,
+            skipped: 0,
+            bytes_in: 0,
+            bytes_out: 0,
+            refused: 0,
+        })
+    }
+
+    fn submit(&mut self, mut irb: Irb) -> Disposition {
+        let len = irb.data_len();
+        if irb.op() != Op::Send || len < self.config.threshold.max(HEADER + 1) {
+            return Disposition::Pass(irb);
+        }
+        let multi = irb.segments().len() > 1;
+        if multi {
+            let mut scratch = std::mem::take(&mut self.scratch);
+            Self::gather(&irb, &mut scratch);
+            self.scratch = scratch;
+        }
+        let mut out = self.take(0);
+        match self.compress(multi, &irb, &mut out) {
+            Some(n) => {
+                out.truncate(HEADER + n);
+                out[..HEADER].copy_from_slice(&Header { algorithm: self.config.algorithm, original_len: len as u32 }.emit());
+                self.compressed += 1;
+                self.bytes_in += len as u64;
+                self.bytes_out += out.len() as u64;
+                replace_data(&mut irb, &mut out);
+                let slot = self.hold(out);
+                irb.frame::<CompressFrame>().held = slot;
+                irb.set_flags(irb.flags() | FLAG_COMPRESSED);
+            }
+            None => {
+                self.skipped += 1;
+                if self.pool.len() < POOL_KEEP {
+                    self.pool.push(out);
+                }
+            }
+        }
+        Disposition::Pass(irb)
+    }
+
+    fn receive(&mut self, mut irb: Irb) -> Disposition {
+        if irb.op() != Op::Recv || irb.flags() & FLAG_COMPRESSED == 0 {
+            return Disposition::Pass(irb);
+        }
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let input = Self::gather(&irb, &mut scratch);
+        let Some(h) = Header::parse(input) else {
+            self.scratch = scratch;
+            irb.set_detail("compress: a fragment marked compressed has no valid header");
+            return Disposition::Complete(irb, Status::Corrupt);
+        };
+        if h.original_len as u64 > self.config.max_message {
+            self.refused += 1;
+            self.scratch = scratch;
+            log::warn!("compress: refused a fragment claiming {} bytes after decompression", h.original_len);
+            irb.set_detail(&format!(
+                "compress: fragment claims {} bytes after decompression, over max_message {} (compression bomb refused)",
+                h.original_len, self.config.max_message
+            ));
+            return Disposition::Complete(irb, Status::TooLarge);
+        }
+        let body = &input[HEADER..];
+        let mut out = self.pool.pop().unwrap_or_default();
+        out.clear();
+        out.resize(h.original_len as usize, 0);
+        let result = match h.algorithm {
+            Algorithm::Lz4 => lz4_flex::block::decompress_into(body, &mut out).map_err(|e| e.to_string()),
+            Algorithm::Zstd => self.zd.decompress_to_buffer(body, &mut out).map_err(|e| e.to_string()),
+        };
+        self.scratch = scratch;
+        match result {
+            Ok(n) if n == h.original_len as usize => {}
+            Ok(n) => {
+                irb.set_detail(&format!("compress: decompressed {n} bytes, header said {}", h.original_len));
+                return Disposition::Complete(irb, Status::Corrupt);
+            }
+            Err(e) => {
+                irb.set_detail(&format!("compress: cannot decompress: {e}"));
+                return Disposition::Complete(irb, Status::Corrupt);
+            }
+        }
+        replace_data(&mut irb, &mut out);
+        let slot = self.hold(out);
+        irb.frame::<CompressFrame>().held = slot;
+        irb.set_flags(irb.flags() & !FLAG_COMPRESSED);
+        Disposition::Pass(irb)
+    }
+
+    fn complete(&mut self, irb: &mut Irb) {
+        let held = std::mem::take(&mut irb.frame::<CompressFrame>().held);
+        if held > 0 {
+            if let Some(v) = self.held[(held - 1) as usize].take() {
+                if self.pool.len() < POOL_KEEP && v.capacity() <= 16 << 20 {
+                    self.pool.push(v);
+                }
+            }
+            self.free_held.push(held - 1);
+        }
+    }
+
+    fn get_attr(&self, name: &str) -> Option<String> {
+        Some(match name {
+            "algorithm" => format!("{:?}", self.config.algorithm).to_lowercase(),
+            "level" => self.config.level.to_string(),
+            "threshold" => self.config.threshold.to_string(),
+            "compressed" => self.compressed.to_string(),
+            "skipped" => self.skipped.to_string(),
+            "bytes_in" => self.bytes_in.to_string(),
+            "bytes_out" => self.bytes_out.to_string(),
+            "refused" => self.refused.to_string(),
+            _ => return None,
+        })
+    }
+
+    fn set_attr(&mut self, name: &str, value: &str) -> Result<(), String> {
+        match name {
+            "level" => {
+                let level: i32 = value.trim().parse().map_err(|_| format!("'{value}' is not an integer"))?;
+                check_level(level)?;
+                self.zc.set_compression_level(level).map_err(|e| format!("zstd: {e}"))?;
+                self.config.level = level;
+                Ok(())
+            }
+            "algorithm" => {
+                self.config.algorithm = Algorithm::from_name(value).ok_or_else(|| format!("'{value}': expected lz4 or zstd"))?;
+                Ok(())
+            }
+            "threshold" => {
+                self.config.threshold =
+                    vmi_core::params::parse_uint(value).ok_or_else(|| format!("'{value}' is not a size"))? as usize;
+                Ok(())
+            }
+            _ => Err(format!("no settable attribute '{name}'; settable: level, algorithm, threshold")),
+        }
+    }
+}
