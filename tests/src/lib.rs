@@ -4,6 +4,7 @@
 #![allow(missing_docs)]
 
 pub mod devices;
+pub mod harness;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

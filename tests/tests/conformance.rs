@@ -2,33 +2,11 @@
 //! and loaded from its shared object. Filters run on top of the loopback transport;
 //! transports run bare.
 
-use std::time::{Duration, Instant};
-
-use vmi_core::spec::Spec;
-use vmi_core::{
-    Buffer, ConnId, ConnectOutcome, ConnectRequest, Ctx, Decision, Handler, Recv, SendCompletion, Slab, Status, Vmi,
-    VmiError,
-};
-use vmi_tests::{Rng, device_lib, register_all, unique_key};
+use vmi_core::{Buffer, Recv, Status, VmiError};
+use vmi_tests::Rng;
+use vmi_tests::harness::{Dev, Mode, Pair, dev, spec};
 
 const MAX: u64 = 1 << 20;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Mode {
-    Static,
-    Shared,
-}
-
-#[derive(Clone, Debug)]
-struct Dev {
-    name: &'static str,
-    ty: &'static str,
-    params: Vec<(&'static str, &'static str)>,
-}
-
-fn dev(name: &'static str, ty: &'static str, params: &[(&'static str, &'static str)]) -> Dev {
-    Dev { name, ty, params: params.to_vec() }
-}
 
 /// A device under test: its filters (application first), transport, and the bytes its
 /// filters take from the transport's maximum fragment.
@@ -41,115 +19,51 @@ struct Subject {
 
 fn subjects() -> Vec<Subject> {
     let lo = || dev("t", "loopback", &[("max_fragment", "1m")]);
-    let filter = |label, d: Dev, overhead| Subject { label, filters: vec![d], transport: lo(), overhead };
+    let filter = |label, d: Dev, overhead| Subject {
+        label,
+        filters: vec![d],
+        transport: lo(),
+        overhead,
+    };
     vec![
-        Subject { label: "loopback", filters: vec![], transport: lo(), overhead: 0 },
-        Subject { label: "tcp", filters: vec![], transport: dev("t", "tcp", &[("max_fragment", "1m")]), overhead: 0 },
+        Subject {
+            label: "loopback",
+            filters: vec![],
+            transport: lo(),
+            overhead: 0,
+        },
+        Subject {
+            label: "tcp",
+            filters: vec![],
+            transport: dev("t", "tcp", &[("max_fragment", "1m")]),
+            overhead: 0,
+        },
         filter("skeleton", dev("f", "skeleton", &[]), 0),
         filter("crc", dev("f", "crc", &[]), 4),
-        filter("compress-lz4", dev("f", "compress", &[("threshold", "64")]), 0),
-        filter("compress-zstd", dev("f", "compress", &[("algorithm", "zstd"), ("threshold", "64")]), 0),
+        filter(
+            "compress-lz4",
+            dev("f", "compress", &[("threshold", "64")]),
+            0,
+        ),
+        filter(
+            "compress-zstd",
+            dev(
+                "f",
+                "compress",
+                &[("algorithm", "zstd"), ("threshold", "64")],
+            ),
+            0,
+        ),
         filter("fault-idle", dev("f", "fault", &[("seed", "42")]), 0),
         filter("trace", dev("f", "trace", &[]), 0),
     ]
 }
 
-fn xml(d: &Dev, mode: Mode) -> String {
-    let lib = match mode {
-        Mode::Static => String::new(),
-        Mode::Shared => format!(" library=\"{}\"", device_lib(d.ty).display()),
-    };
-    let params: String = d.params.iter().map(|(k, v)| format!("<param name=\"{k}\" value=\"{v}\"/>")).collect();
-    format!("<device name=\"{}\" type=\"{}\"{lib}>{params}</device>", d.name, d.ty)
-}
-
-fn spec(filters: &[Dev], transport: &Dev, mode: Mode) -> Spec {
-    let devs: String = filters.iter().chain([transport]).map(|d| xml(d, mode)).collect();
-    let send: String = filters.iter().chain([transport]).map(|d| format!("<use device=\"{}\"/>", d.name)).collect();
-    let recv: String = [transport].into_iter().chain(filters.iter().rev()).map(|d| format!("<use device=\"{}\"/>", d.name)).collect();
-    Spec::parse_str(
-        &format!("<vmi>{devs}<chain name=\"send\">{send}</chain><chain name=\"receive\">{recv}</chain></vmi>"),
-        "conformance.xml",
-    )
-    .unwrap()
-}
-
-#[derive(Default)]
-struct Rec {
-    reject: bool,
-    accepted: Vec<Vec<u8>>,
-    outcome: Option<Result<(bool, Vec<u8>), (Status, String)>>,
-    conn: Option<ConnId>,
-    received: Vec<(Recv, Vec<u8>)>,
-    failed: Vec<(Status, String)>,
-    completions: Vec<Status>,
-}
-
-impl Handler for Rec {
-    fn accept(&mut self, _ctx: &mut Ctx<'_>, req: &mut ConnectRequest<'_>) -> Decision {
-        self.accepted.push(req.data.read_to_vec());
-        if self.reject { Decision::Reject(b"no thanks".to_vec()) } else { Decision::Accept(b"hi".to_vec()) }
-    }
-    fn connected(&mut self, _ctx: &mut Ctx<'_>, conn: ConnId, outcome: ConnectOutcome<'_>, _t: u64) {
-        self.outcome = Some(match outcome {
-            ConnectOutcome::Accepted(mut s) => {
-                self.conn = Some(conn);
-                Ok((true, s.read_to_vec()))
-            }
-            ConnectOutcome::Rejected(mut s) => Ok((false, s.read_to_vec())),
-            ConnectOutcome::Failed { status, detail } => Err((status, detail.to_string())),
-        });
-    }
-    fn receive(&mut self, _ctx: &mut Ctx<'_>, _conn: ConnId, cmd: Recv, slab: &mut Slab<'_>) {
-        self.received.push((cmd, slab.read_to_vec()));
-    }
-    fn receive_failed(&mut self, _ctx: &mut Ctx<'_>, _conn: ConnId, status: Status, detail: &str) {
-        self.failed.push((status, detail.to_string()));
-    }
-    fn send_complete(&mut self, _ctx: &mut Ctx<'_>, _conn: ConnId, done: &mut SendCompletion<'_>) {
-        self.completions.push(done.status);
-    }
-}
-
-struct Pair {
-    a: Vmi,
-    b: Vmi,
-    ha: Rec,
-    hb: Rec,
-    label: String,
-}
-
-impl Pair {
-    fn new(sa: Spec, sb: Spec, label: String, reject: bool) -> Pair {
-        register_all();
-        let (ka, kb) = (unique_key("conf-a"), unique_key("conf-b"));
-        let a = Vmi::with_spec(sa, &ka).unwrap_or_else(|e| panic!("{label}: {e}"));
-        let b = Vmi::with_spec(sb, &kb).unwrap_or_else(|e| panic!("{label}: {e}"));
-        let mut p = Pair { a, b, ha: Rec::default(), hb: Rec { reject, ..Default::default() }, label };
-        p.a.connect("127.0.0.1", &kb, b"conformance", 0).unwrap_or_else(|e| panic!("{}: {e}", p.label));
-        p.pump(|p| p.ha.outcome.is_some());
-        p
-    }
-
-    fn of(s: &Subject, mode: Mode) -> Pair {
-        let sp = || spec(&s.filters, &s.transport, mode);
-        let p = Pair::new(sp(), sp(), format!("{} ({mode:?})", s.label), false);
-        assert!(p.ha.conn.is_some(), "{}: {:?}", p.label, p.ha.outcome);
-        p
-    }
-
-    fn pump(&mut self, done: impl Fn(&Pair) -> bool) {
-        let start = Instant::now();
-        while !done(self) {
-            self.a.poll(&mut self.ha);
-            self.b.poll(&mut self.hb);
-            assert!(start.elapsed() < Duration::from_secs(20), "{}: timed out", self.label);
-        }
-    }
-
-    fn conn(&self) -> ConnId {
-        self.ha.conn.expect("connected")
-    }
+fn pair(s: &Subject, mode: Mode) -> Pair {
+    let sp = || spec(&s.filters, &s.transport, mode);
+    let p = Pair::new(sp(), sp(), format!("{} ({mode:?})", s.label), false);
+    assert!(p.ha.conn.is_some(), "{}: {:?}", p.label, p.ha.outcome);
+    p
 }
 
 fn payload(rng: &mut Rng, len: usize, compressible: bool) -> Vec<u8> {
@@ -173,11 +87,22 @@ fn for_each(case: impl Fn(&Subject, Mode)) {
 fn round_trip() {
     for_each(|s, mode| {
         let mut rng = Rng::new(&format!("round_trip {}", s.label));
-        let mut p = Pair::of(s, mode);
+        let mut p = pair(s, mode);
         assert_eq!(p.hb.accepted, vec![b"conformance".to_vec()], "{}", p.label);
-        assert_eq!(p.ha.outcome, Some(Ok((true, b"hi".to_vec()))), "{}", p.label);
+        assert_eq!(
+            p.ha.outcome,
+            Some(Ok((true, b"hi".to_vec()))),
+            "{}",
+            p.label
+        );
         let mut sent = Vec::new();
-        for (len, c) in [(1, false), (100, true), (4096, false), (100_000, true), (200_000, false)] {
+        for (len, c) in [
+            (1, false),
+            (100, true),
+            (4096, false),
+            (100_000, true),
+            (200_000, false),
+        ] {
             let data = payload(&mut rng, len, c);
             p.a.send(p.conn(), [Buffer::from(data.clone())], 0).unwrap();
             sent.push(data);
@@ -185,20 +110,33 @@ fn round_trip() {
         let n = sent.len();
         p.pump(|p| p.hb.received.len() == n && p.ha.completions.len() == n);
         for (i, data) in sent.iter().enumerate() {
-            assert_eq!(p.hb.received[i], (Recv::End, data.clone()), "{}: message {i}", p.label);
+            assert_eq!(
+                p.hb.received[i],
+                (Recv::End, data.clone()),
+                "{}: message {i}",
+                p.label
+            );
         }
-        assert!(p.ha.completions.iter().all(|s| *s == Status::Ok), "{}", p.label);
+        assert!(
+            p.ha.completions.iter().all(|s| *s == Status::Ok),
+            "{}",
+            p.label
+        );
     });
 }
 
 #[test]
 fn empty_payload() {
     for_each(|s, mode| {
-        let mut p = Pair::of(s, mode);
+        let mut p = pair(s, mode);
         p.a.send(p.conn(), [], 0).unwrap();
         p.a.send_inline(p.conn(), b"").unwrap();
         p.pump(|p| p.hb.received.len() == 2);
-        assert!(p.hb.received.iter().all(|r| *r == (Recv::End, vec![])), "{}", p.label);
+        assert!(
+            p.hb.received.iter().all(|r| *r == (Recv::End, vec![])),
+            "{}",
+            p.label
+        );
     });
 }
 
@@ -206,15 +144,28 @@ fn empty_payload() {
 fn maximum_fragment_and_capability_overhead() {
     for_each(|s, mode| {
         let mut rng = Rng::new(&format!("max {}", s.label));
-        let mut p = Pair::of(s, mode);
+        let mut p = pair(s, mode);
         let max = p.a.capabilities().max_fragment;
-        assert_eq!(max, MAX - s.overhead, "{}: the filter reports its overhead", p.label);
+        assert_eq!(
+            max,
+            MAX - s.overhead,
+            "{}: the filter reports its overhead",
+            p.label
+        );
         let data = payload(&mut rng, max as usize, false);
         p.a.send(p.conn(), [Buffer::from(data.clone())], 0).unwrap();
         p.pump(|p| p.hb.received.len() == 1);
-        assert!(p.hb.received[0].1 == data, "{}: a maximum fragment arrives intact", p.label);
+        assert!(
+            p.hb.received[0].1 == data,
+            "{}: a maximum fragment arrives intact",
+            p.label
+        );
         let over = p.a.send(p.conn(), [Buffer::zeroed(max as usize + 1)], 0);
-        assert!(matches!(over, Err(VmiError::FragmentTooLarge { .. })), "{}: {over:?}", p.label);
+        assert!(
+            matches!(over, Err(VmiError::FragmentTooLarge { .. })),
+            "{}: {over:?}",
+            p.label
+        );
     });
 }
 
@@ -222,19 +173,26 @@ fn maximum_fragment_and_capability_overhead() {
 fn many_fragments() {
     for_each(|s, mode| {
         let mut rng = Rng::new(&format!("many {}", s.label));
-        let mut p = Pair::of(s, mode);
+        let mut p = pair(s, mode);
         let stream = p.a.stream_begin(p.conn()).unwrap();
         let mut expect = Vec::new();
         for i in 0..999 {
             let data = payload(&mut rng, 1 + (i % 300), i % 2 == 0);
             expect.push(data.clone());
-            p.a.stream_send(&stream, [Buffer::from(data)], i as u64).unwrap();
+            p.a.stream_send(&stream, [Buffer::from(data)], i as u64)
+                .unwrap();
         }
-        p.a.stream_end(stream, [Buffer::from(b"last".to_vec())], 0).unwrap();
+        p.a.stream_end(stream, [Buffer::from(b"last".to_vec())], 0)
+            .unwrap();
         expect.push(b"last".to_vec());
         p.pump(|p| p.hb.received.len() == 1000);
         for (i, (cmd, data)) in p.hb.received.iter().enumerate() {
-            assert_eq!(*cmd, if i == 999 { Recv::End } else { Recv::Fragment }, "{}", p.label);
+            assert_eq!(
+                *cmd,
+                if i == 999 { Recv::End } else { Recv::Fragment },
+                "{}",
+                p.label
+            );
             assert_eq!(*data, expect[i], "{}: fragment {i}", p.label);
         }
     });
@@ -247,7 +205,12 @@ fn transports_connect_accept_and_reject() {
         for mode in [Mode::Static, Mode::Shared] {
             let sp = || spec(&s.filters, &s.transport, mode);
             let p = Pair::new(sp(), sp(), format!("{} ({mode:?})", s.label), true);
-            assert_eq!(p.ha.outcome, Some(Ok((false, b"no thanks".to_vec()))), "{}", p.label);
+            assert_eq!(
+                p.ha.outcome,
+                Some(Ok((false, b"no thanks".to_vec()))),
+                "{}",
+                p.label
+            );
             assert_eq!(p.a.connection_count(), 0, "{}", p.label);
         }
     }
@@ -259,7 +222,11 @@ fn corruption_is_detected_by_crc() {
     for mode in [Mode::Static, Mode::Shared] {
         let t = dev("t", "loopback", &[]);
         let crc = dev("crc", "crc", &[]);
-        let corrupt = dev("bad", "fault", &[("corrupt", "1"), ("direction", "send"), ("seed", "7")]);
+        let corrupt = dev(
+            "bad",
+            "fault",
+            &[("corrupt", "1"), ("direction", "send"), ("seed", "7")],
+        );
         // The fault filter sits below the CRC on the sending side: it flips a bit after the
         // trailer was computed, as a bad link would.
         let sa = spec(&[crc.clone(), corrupt], &t, mode);
@@ -269,8 +236,17 @@ fn corruption_is_detected_by_crc() {
             p.a.send_inline(p.conn(), &[i; 333]).unwrap();
         }
         p.pump(|p| p.hb.failed.len() == 20);
-        assert!(p.hb.received.is_empty(), "corrupted data is never delivered");
-        assert!(p.hb.failed.iter().all(|(s, d)| *s == Status::Corrupt && d.contains("CRC32C mismatch")), "{:?}", p.hb.failed);
+        assert!(
+            p.hb.received.is_empty(),
+            "corrupted data is never delivered"
+        );
+        assert!(
+            p.hb.failed
+                .iter()
+                .all(|(s, d)| *s == Status::Corrupt && d.contains("CRC32C mismatch")),
+            "{:?}",
+            p.hb.failed
+        );
         assert_eq!(p.b.attr_get("crc", "mismatches").unwrap(), "20");
         assert_eq!(p.a.attr_get("bad", "corrupted").unwrap(), "20");
     }

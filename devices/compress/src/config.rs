@@ -7,10 +7,30 @@ use crate::wire::Algorithm;
 
 /// Declared parameters.
 pub const PARAMS: &[VmiParamSpec] = &[
-    param(c"algorithm", VMI_PARAM_STRING, c"lz4", c"lz4 or zstd (for sending; receiving decodes either)"),
-    param(c"level", VMI_PARAM_INT, c"3", c"zstd level, 1 (fast) to 19 (small); ignored by lz4"),
-    param(c"threshold", VMI_PARAM_UINT, c"512", c"compress fragments of at least this many bytes"),
-    param(c"max_message", VMI_PARAM_UINT, c"256m", c"largest decompressed fragment accepted (bomb guard)"),
+    param(
+        c"algorithm",
+        VMI_PARAM_STRING,
+        c"lz4",
+        c"lz4 or zstd (for sending; receiving decodes either)",
+    ),
+    param(
+        c"level",
+        VMI_PARAM_INT,
+        c"3",
+        c"zstd level, 1 (fast) to 19 (small); ignored by lz4",
+    ),
+    param(
+        c"threshold",
+        VMI_PARAM_UINT,
+        c"512",
+        c"compress fragments of at least this many bytes",
+    ),
+    param(
+        c"max_message",
+        VMI_PARAM_UINT,
+        c"256m",
+        c"largest decompressed fragment accepted (bomb guard)",
+    ),
 ];
 
 /// Typed configuration.
@@ -31,9 +51,14 @@ impl CompressConfig {
     pub fn from_config(c: &Config) -> Result<CompressConfig, String> {
         let e = |x: vmi_core::device::ConfigError| x.to_string();
         let name = c.get("algorithm").map_err(e)?;
-        let algorithm =
-            Algorithm::from_name(name).ok_or_else(|| format!("parameter 'algorithm' = \"{name}\": expected lz4 or zstd"))?;
-        let level: i32 = c.get("level").map_err(e)?.trim().parse().map_err(|_| "parameter 'level' is not an integer".to_string())?;
+        let algorithm = Algorithm::from_name(name)
+            .ok_or_else(|| format!("parameter 'algorithm' = \"{name}\": expected lz4 or zstd"))?;
+        let level: i32 = c
+            .get("level")
+            .map_err(e)?
+            .trim()
+            .parse()
+            .map_err(|_| "parameter 'level' is not an integer".to_string())?;
         check_level(level)?;
         Ok(CompressConfig {
             algorithm,
@@ -46,5 +71,9 @@ impl CompressConfig {
 
 /// Checks a zstd level.
 pub fn check_level(level: i32) -> Result<(), String> {
-    if (1..=19).contains(&level) { Ok(()) } else { Err(format!("parameter 'level' = {level}: expected 1 to 19")) }
+    if (1..=19).contains(&level) {
+        Ok(())
+    } else {
+        Err(format!("parameter 'level' = {level}: expected 1 to 19"))
+    }
 }

@@ -69,10 +69,17 @@ impl CompressFilter {
     /// Compresses `input` into `out[HEADER..]`; the compressed length, or None when it would
     /// not be smaller.
     fn compress(&mut self, input_is_scratch: bool, irb: &Irb, out: &mut Vec<u8>) -> Option<usize> {
-        let input: &[u8] = if input_is_scratch { &self.scratch } else { irb.segment(0) };
+        let input: &[u8] = if input_is_scratch {
+            &self.scratch
+        } else {
+            irb.segment(0)
+        };
         let n = match self.config.algorithm {
             Algorithm::Lz4 => {
-                out.resize(HEADER + lz4_flex::block::get_maximum_output_size(input.len()), 0);
+                out.resize(
+                    HEADER + lz4_flex::block::get_maximum_output_size(input.len()),
+                    0,
+                );
                 lz4_flex::block::compress_into(input, &mut out[HEADER..]).ok()?
             }
             Algorithm::Zstd => {
@@ -95,7 +102,8 @@ fn replace_data(irb: &mut Irb, data: &mut [u8]) {
 impl Device for CompressFilter {
     const NAME: &'static CStr = c"compress";
     const VERSION: &'static CStr = c"1.0.0";
-    const DESCRIPTION: &'static CStr = c"LZ4 or zstd per fragment, only when it saves space; bounded decompression";
+    const DESCRIPTION: &'static CStr =
+        c"LZ4 or zstd per fragment, only when it saves space; bounded decompression";
     const KIND: DeviceKind = DeviceKind::Filter;
     const PARAMS: &'static [vmi_core::abi::VmiParamSpec] = PARAMS;
     const HOOKS: Hooks = Hooks::FILTER;
@@ -136,7 +144,13 @@ impl Device for CompressFilter {
         match self.compress(multi, &irb, &mut out) {
             Some(n) => {
                 out.truncate(HEADER + n);
-                out[..HEADER].copy_from_slice(&Header { algorithm: self.config.algorithm, original_len: len as u32 }.emit());
+                out[..HEADER].copy_from_slice(
+                    &Header {
+                        algorithm: self.config.algorithm,
+                        original_len: len as u32,
+                    }
+                    .emit(),
+                );
                 self.compressed += 1;
                 self.bytes_in += len as u64;
                 self.bytes_out += out.len() as u64;
@@ -169,7 +183,10 @@ impl Device for CompressFilter {
         if h.original_len as u64 > self.config.max_message {
             self.refused += 1;
             self.scratch = scratch;
-            log::warn!("compress: refused a fragment claiming {} bytes after decompression", h.original_len);
+            log::warn!(
+                "compress: refused a fragment claiming {} bytes after decompression",
+                h.original_len
+            );
             irb.set_detail(&format!(
                 "compress: fragment claims {} bytes after decompression, over max_message {} (compression bomb refused)",
                 h.original_len, self.config.max_message
@@ -181,14 +198,22 @@ impl Device for CompressFilter {
         out.clear();
         out.resize(h.original_len as usize, 0);
         let result = match h.algorithm {
-            Algorithm::Lz4 => lz4_flex::block::decompress_into(body, &mut out).map_err(|e| e.to_string()),
-            Algorithm::Zstd => self.zd.decompress_to_buffer(body, &mut out).map_err(|e| e.to_string()),
+            Algorithm::Lz4 => {
+                lz4_flex::block::decompress_into(body, &mut out).map_err(|e| e.to_string())
+            }
+            Algorithm::Zstd => self
+                .zd
+                .decompress_to_buffer(body, &mut out)
+                .map_err(|e| e.to_string()),
         };
         self.scratch = scratch;
         match result {
             Ok(n) if n == h.original_len as usize => {}
             Ok(n) => {
-                irb.set_detail(&format!("compress: decompressed {n} bytes, header said {}", h.original_len));
+                irb.set_detail(&format!(
+                    "compress: decompressed {n} bytes, header said {}",
+                    h.original_len
+                ));
                 return Disposition::Complete(irb, Status::Corrupt);
             }
             Err(e) => {
@@ -232,22 +257,31 @@ impl Device for CompressFilter {
     fn set_attr(&mut self, name: &str, value: &str) -> Result<(), String> {
         match name {
             "level" => {
-                let level: i32 = value.trim().parse().map_err(|_| format!("'{value}' is not an integer"))?;
+                let level: i32 = value
+                    .trim()
+                    .parse()
+                    .map_err(|_| format!("'{value}' is not an integer"))?;
                 check_level(level)?;
-                self.zc.set_compression_level(level).map_err(|e| format!("zstd: {e}"))?;
+                self.zc
+                    .set_compression_level(level)
+                    .map_err(|e| format!("zstd: {e}"))?;
                 self.config.level = level;
                 Ok(())
             }
             "algorithm" => {
-                self.config.algorithm = Algorithm::from_name(value).ok_or_else(|| format!("'{value}': expected lz4 or zstd"))?;
+                self.config.algorithm = Algorithm::from_name(value)
+                    .ok_or_else(|| format!("'{value}': expected lz4 or zstd"))?;
                 Ok(())
             }
             "threshold" => {
-                self.config.threshold =
-                    vmi_core::params::parse_uint(value).ok_or_else(|| format!("'{value}' is not a size"))? as usize;
+                self.config.threshold = vmi_core::params::parse_uint(value)
+                    .ok_or_else(|| format!("'{value}' is not a size"))?
+                    as usize;
                 Ok(())
             }
-            _ => Err(format!("no settable attribute '{name}'; settable: level, algorithm, threshold")),
+            _ => Err(format!(
+                "no settable attribute '{name}'; settable: level, algorithm, threshold"
+            )),
         }
     }
 }

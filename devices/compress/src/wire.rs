@@ -69,7 +69,10 @@ mod tests {
 
     #[test]
     fn header_bytes() {
-        let h = Header { algorithm: Algorithm::Zstd, original_len: 0x0102_0304 };
+        let h = Header {
+            algorithm: Algorithm::Zstd,
+            original_len: 0x0102_0304,
+        };
         assert_eq!(h.emit(), [2, 4, 3, 2, 1]);
         assert_eq!(Header::parse(&[2, 4, 3, 2, 1, 99]), Some(h));
         assert_eq!(Header::parse(&[3, 0, 0, 0, 0]), None);

@@ -21,6 +21,8 @@ pub struct CrcConfig {
 impl CrcConfig {
     /// Reads the resolved parameters.
     pub fn from_config(c: &Config) -> Result<CrcConfig, String> {
-        Ok(CrcConfig { verify: c.get_bool("verify").map_err(|e| e.to_string())? })
+        Ok(CrcConfig {
+            verify: c.get_bool("verify").map_err(|e| e.to_string())?,
+        })
     }
 }

@@ -3,7 +3,9 @@
 use std::ffi::CStr;
 
 use vmi_core::Status;
-use vmi_core::device::{Capabilities, Config, Device, DeviceKind, Disposition, Hooks, Host, Irb, Op};
+use vmi_core::device::{
+    Capabilities, Config, Device, DeviceKind, Disposition, Hooks, Host, Irb, Op,
+};
 
 use crate::config::{CrcConfig, PARAMS};
 use crate::wire::{TRAILER, crc_of, emit, parse};
@@ -69,14 +71,25 @@ fn append_trailer(irb: &mut Irb) -> bool {
 impl Device for CrcFilter {
     const NAME: &'static CStr = c"crc";
     const VERSION: &'static CStr = c"1.0.0";
-    const DESCRIPTION: &'static CStr = c"CRC32C trailer per fragment (integrity, not authentication)";
+    const DESCRIPTION: &'static CStr =
+        c"CRC32C trailer per fragment (integrity, not authentication)";
     const KIND: DeviceKind = DeviceKind::Filter;
     const PARAMS: &'static [vmi_core::abi::VmiParamSpec] = PARAMS;
-    const HOOKS: Hooks = Hooks { submit: true, receive: true, complete: false, poll: false };
+    const HOOKS: Hooks = Hooks {
+        submit: true,
+        receive: true,
+        complete: false,
+        poll: false,
+    };
     type Frame = CrcFrame;
 
     fn create(_host: Host, config: &Config) -> Result<Self, String> {
-        Ok(CrcFilter { config: CrcConfig::from_config(config)?, checked: 0, mismatches: 0, appended: 0 })
+        Ok(CrcFilter {
+            config: CrcConfig::from_config(config)?,
+            checked: 0,
+            mismatches: 0,
+            appended: 0,
+        })
     }
 
     fn capabilities(&self, below: Capabilities) -> Capabilities {
@@ -108,7 +121,9 @@ impl Device for CrcFilter {
         let len = irb.data_len();
         if len < TRAILER {
             self.mismatches += 1;
-            irb.set_detail(&format!("crc: fragment of {len} bytes is shorter than its {TRAILER}-byte trailer"));
+            irb.set_detail(&format!(
+                "crc: fragment of {len} bytes is shorter than its {TRAILER}-byte trailer"
+            ));
             return Disposition::Complete(irb, Status::Corrupt);
         }
         if self.config.verify {
@@ -117,7 +132,11 @@ impl Device for CrcFilter {
             let got = Self::crc_prefix(&irb, len - TRAILER);
             if want != got {
                 self.mismatches += 1;
-                log::warn!("crc: fragment of {} bytes on conn {:#x} failed its check", len - TRAILER, irb.conn());
+                log::warn!(
+                    "crc: fragment of {} bytes on conn {:#x} failed its check",
+                    len - TRAILER,
+                    irb.conn()
+                );
                 irb.set_detail(&format!(
                     "crc: CRC32C mismatch on a {}-byte fragment (computed {got:#010x}, trailer says {want:#010x})",
                     len - TRAILER

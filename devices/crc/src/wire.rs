@@ -27,7 +27,10 @@ mod tests {
     fn known_value_and_pieces() {
         // The standard CRC32C check value of "123456789".
         assert_eq!(crc_of([b"123456789".as_slice()]), 0xe306_9283);
-        assert_eq!(crc_of([b"1234".as_slice(), b"".as_slice(), b"56789".as_slice()]), 0xe306_9283);
+        assert_eq!(
+            crc_of([b"1234".as_slice(), b"".as_slice(), b"56789".as_slice()]),
+            0xe306_9283
+        );
         assert_eq!(emit(0xe306_9283), [0x83, 0x92, 0x06, 0xe3]);
         assert_eq!(parse([0x83, 0x92, 0x06, 0xe3]), 0xe306_9283);
     }

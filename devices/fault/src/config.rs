@@ -5,14 +5,54 @@ use vmi_core::device::{Config, param};
 
 /// Declared parameters.
 pub const PARAMS: &[VmiParamSpec] = &[
-    param(c"seed", VMI_PARAM_UINT, c"0", c"random seed; 0 picks one (logged) "),
-    param(c"direction", VMI_PARAM_STRING, c"both", c"send, receive or both"),
-    param(c"drop", VMI_PARAM_STRING, c"0", c"probability of dropping a fragment"),
-    param(c"duplicate", VMI_PARAM_STRING, c"0", c"probability of delivering a received fragment twice"),
-    param(c"corrupt", VMI_PARAM_STRING, c"0", c"probability of flipping one bit of a fragment"),
-    param(c"reorder", VMI_PARAM_STRING, c"0", c"probability of holding a fragment until the next one passed"),
-    param(c"delay", VMI_PARAM_STRING, c"0", c"probability of delaying a fragment by delay_ms"),
-    param(c"delay_ms", VMI_PARAM_UINT, c"10", c"delay (and the longest reorder hold), in milliseconds"),
+    param(
+        c"seed",
+        VMI_PARAM_UINT,
+        c"0",
+        c"random seed; 0 picks one (logged) ",
+    ),
+    param(
+        c"direction",
+        VMI_PARAM_STRING,
+        c"both",
+        c"send, receive or both",
+    ),
+    param(
+        c"drop",
+        VMI_PARAM_STRING,
+        c"0",
+        c"probability of dropping a fragment",
+    ),
+    param(
+        c"duplicate",
+        VMI_PARAM_STRING,
+        c"0",
+        c"probability of delivering a received fragment twice",
+    ),
+    param(
+        c"corrupt",
+        VMI_PARAM_STRING,
+        c"0",
+        c"probability of flipping one bit of a fragment",
+    ),
+    param(
+        c"reorder",
+        VMI_PARAM_STRING,
+        c"0",
+        c"probability of holding a fragment until the next one passed",
+    ),
+    param(
+        c"delay",
+        VMI_PARAM_STRING,
+        c"0",
+        c"probability of delaying a fragment by delay_ms",
+    ),
+    param(
+        c"delay_ms",
+        VMI_PARAM_UINT,
+        c"10",
+        c"delay (and the longest reorder hold), in milliseconds",
+    ),
 ];
 
 /// Fault rates.
@@ -49,7 +89,9 @@ pub struct FaultConfig {
 pub fn rate(name: &str, v: &str) -> Result<f64, String> {
     match v.trim().parse::<f64>() {
         Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
-        _ => Err(format!("parameter '{name}' = \"{v}\": expected a probability from 0 to 1")),
+        _ => Err(format!(
+            "parameter '{name}' = \"{v}\": expected a probability from 0 to 1"
+        )),
     }
 }
 
@@ -62,7 +104,11 @@ impl FaultConfig {
             "send" => (true, false),
             "receive" => (false, true),
             "both" => (true, true),
-            other => return Err(format!("parameter 'direction' = \"{other}\": expected send, receive or both")),
+            other => {
+                return Err(format!(
+                    "parameter 'direction' = \"{other}\": expected send, receive or both"
+                ));
+            }
         };
         Ok(FaultConfig {
             seed: c.get_u64("seed").map_err(e)?,

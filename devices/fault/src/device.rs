@@ -72,12 +72,16 @@ impl FaultFilter {
             self.counts.corrupted += 1;
             let r = self.next();
             if up {
-                let seg = (0..irb.segments().len()).find(|&i| !irb.segment(i).is_empty()).unwrap_or(0);
+                let seg = (0..irb.segments().len())
+                    .find(|&i| !irb.segment(i).is_empty())
+                    .unwrap_or(0);
                 if let Some(bytes) = irb.segment_mut(seg) {
                     flip_bit(bytes, r);
                 }
             } else {
-                let mut copy: Vec<u8> = (0..irb.segments().len()).flat_map(|i| irb.segment(i).to_vec()).collect();
+                let mut copy: Vec<u8> = (0..irb.segments().len())
+                    .flat_map(|i| irb.segment(i).to_vec())
+                    .collect();
                 flip_bit(&mut copy, r);
                 replace_data(&mut irb, &mut copy);
                 let slot = match self.free_copies.pop() {
@@ -97,7 +101,9 @@ impl FaultFilter {
             self.counts.duplicated += 1;
             if let Some(mut dup) = self.host.alloc_irb(Op::Recv, irb.conn()) {
                 dup.set_flags(irb.flags());
-                let data: Vec<u8> = (0..irb.segments().len()).flat_map(|i| irb.segment(i).to_vec()).collect();
+                let data: Vec<u8> = (0..irb.segments().len())
+                    .flat_map(|i| irb.segment(i).to_vec())
+                    .collect();
                 if dup.attach(&data).is_ok() {
                     dup.pass();
                 } else {
@@ -107,10 +113,10 @@ impl FaultFilter {
         }
         let d = usize::from(up);
         if let Some((_, held)) = self.reorder[d].take() {
-            // The held fragment goes after this one.
+            // The host runs a pass from inside a device after the device returns, so the held
+            // fragment follows this one.
             self.counts.reordered += 1;
-            let now = Instant::now();
-            self.delayed.push_front((now, held));
+            held.pass();
         } else if self.chance(r.reorder) {
             let until = self.after();
             self.reorder[d] = Some((until, irb));
@@ -145,7 +151,8 @@ fn replace_data(irb: &mut Irb, data: &mut [u8]) {
 impl Device for FaultFilter {
     const NAME: &'static CStr = c"fault";
     const VERSION: &'static CStr = c"1.0.0";
-    const DESCRIPTION: &'static CStr = c"seeded drop, duplicate, corrupt, reorder and delay of fragments (testing)";
+    const DESCRIPTION: &'static CStr =
+        c"seeded drop, duplicate, corrupt, reorder and delay of fragments (testing)";
     const KIND: DeviceKind = DeviceKind::Filter;
     const WIRE_NEUTRAL: bool = true;
     const PARAMS: &'static [vmi_core::abi::VmiParamSpec] = PARAMS;
@@ -160,7 +167,11 @@ impl Device for FaultFilter {
                 .unwrap_or(0x9e37_79b9)
                 | 1;
         }
-        log::info!("fault: seed {} (set the 'seed' parameter to replay), rates {:?}", config.seed, config.rates);
+        log::info!(
+            "fault: seed {} (set the 'seed' parameter to replay), rates {:?}",
+            config.seed,
+            config.rates
+        );
         Ok(FaultFilter {
             host,
             rng: config.seed,
@@ -259,9 +270,14 @@ impl Device for FaultFilter {
             "reorder" => r.reorder = rate(name, value)?,
             "delay" => r.delay = rate(name, value)?,
             "delay_ms" => {
-                self.config.delay_ms = vmi_core::params::parse_uint(value).ok_or_else(|| format!("'{value}' is not a number"))?
+                self.config.delay_ms = vmi_core::params::parse_uint(value)
+                    .ok_or_else(|| format!("'{value}' is not a number"))?
             }
-            _ => return Err(format!("no settable attribute '{name}'; settable: drop, duplicate, corrupt, reorder, delay, delay_ms")),
+            _ => {
+                return Err(format!(
+                    "no settable attribute '{name}'; settable: drop, duplicate, corrupt, reorder, delay, delay_ms"
+                ));
+            }
         }
         Ok(())
     }

@@ -4,7 +4,12 @@ use vmi_core::abi::{VMI_PARAM_BOOL, VmiParamSpec};
 use vmi_core::device::{Config, param};
 
 /// Declared parameters.
-pub const PARAMS: &[VmiParamSpec] = &[param(c"log", VMI_PARAM_BOOL, c"false", c"log one line per IRB at info level")];
+pub const PARAMS: &[VmiParamSpec] = &[param(
+    c"log",
+    VMI_PARAM_BOOL,
+    c"false",
+    c"log one line per IRB at info level",
+)];
 
 /// Typed configuration.
 #[derive(Clone, Debug)]
@@ -16,6 +21,8 @@ pub struct TraceConfig {
 impl TraceConfig {
     /// Reads the resolved parameters.
     pub fn from_config(c: &Config) -> Result<TraceConfig, String> {
-        Ok(TraceConfig { log: c.get_bool("log").map_err(|e| e.to_string())? })
+        Ok(TraceConfig {
+            log: c.get_bool("log").map_err(|e| e.to_string())?,
+        })
     }
 }

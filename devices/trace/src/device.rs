@@ -64,7 +64,10 @@ impl Device for TraceFilter {
     type Frame = ();
 
     fn create(_host: Host, config: &Config) -> Result<Self, String> {
-        Ok(TraceFilter { config: TraceConfig::from_config(config)?, conns: BTreeMap::new() })
+        Ok(TraceFilter {
+            config: TraceConfig::from_config(config)?,
+            conns: BTreeMap::new(),
+        })
     }
 
     fn submit(&mut self, irb: Irb) -> Disposition {
@@ -93,7 +96,9 @@ impl Device for TraceFilter {
                 c.bytes += len;
                 c.messages += u64::from(end);
             }
-            Op::PeerDisconnect if irb.status() != Status::Ok => self.count(irb.conn(), RECEIVED).errors += 1,
+            Op::PeerDisconnect if irb.status() != Status::Ok => {
+                self.count(irb.conn(), RECEIVED).errors += 1
+            }
             _ => {}
         }
         Disposition::Pass(irb)
@@ -139,14 +144,17 @@ impl Device for TraceFilter {
     fn set_attr(&mut self, name: &str, value: &str) -> Result<(), String> {
         match name {
             "log" => {
-                self.config.log = vmi_core::params::parse_bool(value).ok_or_else(|| format!("'{value}' is not true or false"))?;
+                self.config.log = vmi_core::params::parse_bool(value)
+                    .ok_or_else(|| format!("'{value}' is not true or false"))?;
                 Ok(())
             }
             "reset" => {
                 self.conns.clear();
                 Ok(())
             }
-            _ => Err(format!("no settable attribute '{name}'; settable: log, reset")),
+            _ => Err(format!(
+                "no settable attribute '{name}'; settable: log, reset"
+            )),
         }
     }
 }
