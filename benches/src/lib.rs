@@ -26,6 +26,19 @@ pub fn register() {
     vmi_loopback::register_static();
     vmi_skeleton::register_static();
     vmi_tcp::register_static();
+    vmi_crc::register_static();
+    vmi_compress::register_static();
+}
+
+/// A spec with the given filter types (application first) on top of `transport`.
+pub fn spec_with(transport: &str, filters: &[&str]) -> Spec {
+    let devs: String = filters.iter().map(|f| format!("<device name=\"{f}\"/>")).collect();
+    let send: String = filters.iter().map(|f| format!("<use device=\"{f}\"/>")).collect();
+    let recv: String = filters.iter().rev().map(|f| format!("<use device=\"{f}\"/>")).collect();
+    let text = format!(
+        "<vmi>{devs}<device name=\"t\" type=\"{transport}\"/><chain name=\"send\">{send}<use device=\"t\"/></chain><chain name=\"receive\"><use device=\"t\"/>{recv}</chain></vmi>"
+    );
+    Spec::parse_str(&text, "bench.xml").expect("bench spec")
 }
 
 /// A key unique to this process.
