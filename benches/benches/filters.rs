@@ -19,7 +19,13 @@ struct H {
 }
 
 impl Handler for H {
-    fn connected(&mut self, _ctx: &mut Ctx<'_>, conn: ConnId, outcome: ConnectOutcome<'_>, _t: u64) {
+    fn connected(
+        &mut self,
+        _ctx: &mut Ctx<'_>,
+        conn: ConnId,
+        outcome: ConnectOutcome<'_>,
+        _t: u64,
+    ) {
         assert!(matches!(outcome, ConnectOutcome::Accepted(_)));
         self.conn = Some(conn);
     }
@@ -35,7 +41,16 @@ impl Handler for H {
 
 /// Text-like data: compressible, but not trivially.
 fn data() -> Vec<u8> {
-    let words = ["vmi ", "send ", "chain ", "fragment ", "slab ", "receive ", "device ", "poll "];
+    let words = [
+        "vmi ",
+        "send ",
+        "chain ",
+        "fragment ",
+        "slab ",
+        "receive ",
+        "device ",
+        "poll ",
+    ];
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
     let mut v = Vec::with_capacity(SIZE);
     while v.len() < SIZE {
@@ -114,10 +129,27 @@ fn main() {
     let crc_direct = direct_secs(n, || {
         std::hint::black_box(crc32c::crc32c(std::hint::black_box(&payload)));
     });
-    println!("1 MiB fragments, loopback transport; chain cost without filters: {:.1} us/message", base * 1e6);
-    println!("CRC32C (hardware: {}):", if cfg!(target_arch = "x86_64") { "SSE4.2 when the CPU has it" } else { "ARMv8 CRC when available" });
-    println!("  direct crc32c:             {:>8.2} GB/s", gbs(crc_direct, 1.0));
-    println!("  crc filter (send+verify):  {:>8.2} GB/s per pass ({:.1} us per message for both passes)", gbs(crc, 2.0), crc * 1e6);
+    println!(
+        "1 MiB fragments, loopback transport; chain cost without filters: {:.1} us/message",
+        base * 1e6
+    );
+    println!(
+        "CRC32C (hardware: {}):",
+        if cfg!(target_arch = "x86_64") {
+            "SSE4.2 when the CPU has it"
+        } else {
+            "ARMv8 CRC when available"
+        }
+    );
+    println!(
+        "  direct crc32c:             {:>8.2} GB/s",
+        gbs(crc_direct, 1.0)
+    );
+    println!(
+        "  crc filter (send+verify):  {:>8.2} GB/s per pass ({:.1} us per message for both passes)",
+        gbs(crc, 2.0),
+        crc * 1e6
+    );
 
     let compressed = lz4_flex::block::compress(&payload);
     println!("LZ4 (ratio {:.2}):", SIZE as f64 / compressed.len() as f64);
@@ -127,7 +159,15 @@ fn main() {
         std::hint::black_box(d);
     });
     let lz4 = chain_secs(&["compress"], n, 3) - base;
-    println!("  direct lz4_flex (compress + decompress): {:>8.1} us/message, {:>6.2} GB/s", lz4_direct * 1e6, gbs(lz4_direct, 1.0));
-    println!("  compress filter (send + receive):        {:>8.1} us/message, {:>6.2} GB/s", lz4 * 1e6, gbs(lz4, 1.0));
+    println!(
+        "  direct lz4_flex (compress + decompress): {:>8.1} us/message, {:>6.2} GB/s",
+        lz4_direct * 1e6,
+        gbs(lz4_direct, 1.0)
+    );
+    println!(
+        "  compress filter (send + receive):        {:>8.1} us/message, {:>6.2} GB/s",
+        lz4 * 1e6,
+        gbs(lz4, 1.0)
+    );
     println!("  filter / direct throughput: {:.2}", lz4_direct / lz4);
 }

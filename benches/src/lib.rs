@@ -32,9 +32,19 @@ pub fn register() {
 
 /// A spec with the given filter types (application first) on top of `transport`.
 pub fn spec_with(transport: &str, filters: &[&str]) -> Spec {
-    let devs: String = filters.iter().map(|f| format!("<device name=\"{f}\"/>")).collect();
-    let send: String = filters.iter().map(|f| format!("<use device=\"{f}\"/>")).collect();
-    let recv: String = filters.iter().rev().map(|f| format!("<use device=\"{f}\"/>")).collect();
+    let devs: String = filters
+        .iter()
+        .map(|f| format!("<device name=\"{f}\"/>"))
+        .collect();
+    let send: String = filters
+        .iter()
+        .map(|f| format!("<use device=\"{f}\"/>"))
+        .collect();
+    let recv: String = filters
+        .iter()
+        .rev()
+        .map(|f| format!("<use device=\"{f}\"/>"))
+        .collect();
     let text = format!(
         "<vmi>{devs}<device name=\"t\" type=\"{transport}\"/><chain name=\"send\">{send}<use device=\"t\"/></chain><chain name=\"receive\"><use device=\"t\"/>{recv}</chain></vmi>"
     );

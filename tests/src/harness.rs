@@ -72,11 +72,14 @@ pub fn spec(filters: &[Dev], transport: &Dev, mode: Mode) -> Spec {
     .unwrap()
 }
 
+/// How a connect ended: (accepted, reply data) or (status, detail).
+pub type Outcome = Result<(bool, Vec<u8>), (Status, String)>;
+
 #[derive(Default)]
 pub struct Rec {
     pub reject: bool,
     pub accepted: Vec<Vec<u8>>,
-    pub outcome: Option<Result<(bool, Vec<u8>), (Status, String)>>,
+    pub outcome: Option<Outcome>,
     pub conn: Option<ConnId>,
     pub received: Vec<(Recv, Vec<u8>)>,
     pub failed: Vec<(Status, String)>,
