@@ -77,6 +77,20 @@ pub enum AssemblyError {
     },
 }
 
+impl AssemblyError {
+    /// Where in the specfile the problem is, when known.
+    pub fn location(&self) -> Option<&Location> {
+        match self {
+            AssemblyError::Spec(e) => e.location(),
+            AssemblyError::Param(ParamError::Unknown { at, .. }) => Some(at),
+            AssemblyError::NoTransport { at, .. }
+            | AssemblyError::TransportOrder { at, .. }
+            | AssemblyError::TransportSets { at, .. } => Some(at),
+            _ => None,
+        }
+    }
+}
+
 /// Processing order as written vs. application-first order.
 fn top_down(chain: &ChainSpec) -> Vec<&str> {
     let mut v: Vec<&str> = chain.entries.iter().map(|e| e.device.as_str()).collect();
@@ -265,6 +279,57 @@ fn check_chain(chain: &ChainSpec, kind: &dyn Fn(&str) -> DeviceKind) -> Result<(
         }
     }
     Ok(())
+}
+
+/// A device as a specfile resolves it, before it is started.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PlannedDevice {
+    /// Instance name.
+    pub name: String,
+    /// The loaded type (library, ABI, version, kind, declared parameters).
+    #[serde(rename = "device_type")]
+    pub ty: DeviceType,
+    /// Effective parameters and where each value came from.
+    pub params: Vec<crate::params::ResolvedParam>,
+}
+
+/// What a specfile resolves to, without starting any device.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Inspection {
+    /// Devices used by chains, in first-use order.
+    pub devices: Vec<PlannedDevice>,
+    /// The send chain, application to wire (instance names).
+    pub send: Vec<String>,
+    /// The receive chain, wire to application (instance names, as written).
+    pub receive: Vec<String>,
+    /// The filter signature exchanged at connect.
+    pub signature: String,
+}
+
+/// Loads and checks everything the spec names, without starting devices.
+pub fn inspect(
+    spec: &Spec,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Inspection, AssemblyError> {
+    let plan = plan(spec, env)?;
+    let name = |i: &usize| plan.devices[*i].name.clone();
+    let send = plan.send.iter().map(name).collect();
+    let mut receive: Vec<String> = plan.recv.iter().map(name).collect();
+    receive.reverse();
+    Ok(Inspection {
+        signature: plan.signature.encode(),
+        send,
+        receive,
+        devices: plan
+            .devices
+            .into_iter()
+            .map(|p| PlannedDevice {
+                name: p.name,
+                ty: p.ty,
+                params: p.params,
+            })
+            .collect(),
+    })
 }
 
 /// Every `VMI_*` variable this spec makes meaningful.

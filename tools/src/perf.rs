@@ -1,0 +1,678 @@
+//! The measurement engine behind `vmi-perf`: a server that echoes ping messages and
+//! acknowledges streams, a client that measures half-round-trip latency and streaming
+//! bandwidth over a sweep of sizes, and a raw-socket floor measured the same way.
+//!
+//! Protocol over vmi: the first byte of each message says what the server does with it:
+//! `P` echo it (same size and fragment count), `S` count it, `F` count it and answer `A`.
+
+use std::collections::HashMap;
+use std::io::{ErrorKind, IsTerminal, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use vmi_core::{Buffer, ConnId, ConnectOutcome, Ctx, Handler, Recv, SendCompletion, Slab, Vmi};
+
+/// What to measure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Test {
+    /// Ping-pong half round trip.
+    Latency,
+    /// One-way streaming.
+    Bandwidth,
+    /// Both.
+    Both,
+}
+
+/// Sweep settings.
+#[derive(Clone, Debug)]
+pub struct Sweep {
+    /// Message sizes in bytes (each at least 1).
+    pub sizes: Vec<usize>,
+    /// Fragments per message.
+    pub fragments: usize,
+    /// What to measure.
+    pub test: Test,
+    /// Ping-pong iterations (None: by size).
+    pub iters: Option<u64>,
+    /// Streamed messages (None: by size).
+    pub messages: Option<u64>,
+    /// Messages in flight while streaming.
+    pub window: usize,
+    /// Divide the default counts by 20.
+    pub quick: bool,
+    /// Print a progress line on a terminal.
+    pub progress: bool,
+}
+
+impl Sweep {
+    fn iters_for(&self, size: usize) -> u64 {
+        self.iters.unwrap_or_else(|| {
+            let n: u64 = match size {
+                s if s <= 4096 => 10_000,
+                s if s <= 65536 => 2_000,
+                _ => 200,
+            };
+            if self.quick { (n / 20).max(10) } else { n }
+        })
+    }
+
+    fn messages_for(&self, size: usize) -> u64 {
+        self.messages.unwrap_or_else(|| {
+            let n = ((256u64 << 20) / size as u64).clamp(1_000, 100_000);
+            if self.quick { (n / 20).max(20) } else { n }
+        })
+    }
+}
+
+/// Latency statistics, microseconds of half round trip.
+#[derive(Clone, Debug, Serialize)]
+pub struct Latency {
+    /// Mean.
+    pub mean_us: f64,
+    /// Median.
+    pub median_us: f64,
+    /// 99th percentile.
+    pub p99_us: f64,
+    /// Minimum.
+    pub min_us: f64,
+    /// Samples.
+    pub samples: u64,
+}
+
+impl Latency {
+    fn from_samples(mut half_rtts_ns: Vec<u64>) -> Latency {
+        half_rtts_ns.sort_unstable();
+        let n = half_rtts_ns.len().max(1);
+        let at = |q: f64| half_rtts_ns[((n as f64 * q) as usize).min(n - 1)] as f64 / 1e3;
+        Latency {
+            mean_us: half_rtts_ns.iter().sum::<u64>() as f64 / n as f64 / 1e3,
+            median_us: at(0.5),
+            p99_us: at(0.99),
+            min_us: half_rtts_ns.first().copied().unwrap_or(0) as f64 / 1e3,
+            samples: half_rtts_ns.len() as u64,
+        }
+    }
+}
+
+/// Streaming results.
+#[derive(Clone, Debug, Serialize)]
+pub struct Bandwidth {
+    /// Megabytes (10^6) per second.
+    pub mb_per_s: f64,
+    /// Messages per second.
+    pub msg_per_s: f64,
+    /// Messages streamed.
+    pub messages: u64,
+}
+
+/// One size's results.
+#[derive(Clone, Debug, Serialize)]
+pub struct SizeResult {
+    /// Message size in bytes.
+    pub size: usize,
+    /// Fragments per message.
+    pub fragments: usize,
+    /// Ping-pong results.
+    pub latency: Option<Latency>,
+    /// Streaming results.
+    pub bandwidth: Option<Bandwidth>,
+}
+
+/// A whole run.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    /// What was measured ("vmi" or "raw-tcp").
+    pub tool: String,
+    /// Specfile, for vmi.
+    pub spec: Option<String>,
+    /// Results by size.
+    pub results: Vec<SizeResult>,
+}
+
+impl Report {
+    /// Prints the table.
+    pub fn print(&self) {
+        let what = match &self.spec {
+            Some(s) => format!("{} over {s}", self.tool),
+            None => self.tool.clone(),
+        };
+        let frags = self.results.first().map_or(1, |r| r.fragments);
+        println!("vmi-perf: {what}, {frags} fragment(s) per message; latency is half a round trip");
+        println!(
+            "{:>9} {:>11} {:>11} {:>11} {:>11} {:>11}",
+            "size", "mean (us)", "median (us)", "p99 (us)", "MB/s", "msg/s"
+        );
+        for r in &self.results {
+            let (mean, med, p99) =
+                r.latency
+                    .as_ref()
+                    .map_or(("-".into(), "-".into(), "-".into()), |l| {
+                        (
+                            format!("{:.2}", l.mean_us),
+                            format!("{:.2}", l.median_us),
+                            format!("{:.2}", l.p99_us),
+                        )
+                    });
+            let (mbs, rate) = r.bandwidth.as_ref().map_or(("-".into(), "-".into()), |b| {
+                (format!("{:.1}", b.mb_per_s), format!("{:.0}", b.msg_per_s))
+            });
+            println!(
+                "{:>9} {mean:>11} {med:>11} {p99:>11} {mbs:>11} {rate:>11}",
+                size_name(r.size)
+            );
+        }
+    }
+}
+
+/// Human-readable size.
+pub fn size_name(n: usize) -> String {
+    match n {
+        n if n >= 1 << 20 && n % (1 << 20) == 0 => format!("{} MiB", n >> 20),
+        n if n >= 1 << 10 && n % (1 << 10) == 0 => format!("{} KiB", n >> 10),
+        n => format!("{n} B"),
+    }
+}
+
+/// Parses `8,4k,64k,1m`.
+pub fn parse_sizes(s: &str) -> Result<Vec<usize>, String> {
+    s.split(',')
+        .map(|p| {
+            let n = vmi_core::params::parse_uint(p.trim())
+                .ok_or_else(|| format!("'{p}' is not a size (8, 4k, 1m)"))?;
+            if n == 0 || n > 1 << 30 {
+                return Err(format!("size {p} must be between 1 byte and 1 GiB"));
+            }
+            Ok(n as usize)
+        })
+        .collect()
+}
+
+struct Progress {
+    on: bool,
+    last: Instant,
+}
+
+impl Progress {
+    fn new(on: bool) -> Progress {
+        Progress {
+            on: on && std::io::stderr().is_terminal(),
+            last: Instant::now(),
+        }
+    }
+
+    fn tick(&mut self, what: &str, done: u64, total: u64) {
+        if self.on && self.last.elapsed() > Duration::from_millis(250) {
+            self.last = Instant::now();
+            eprint!("\rvmi-perf: {what} {done}/{total}      ");
+        }
+    }
+
+    fn clear(&self) {
+        if self.on {
+            eprint!("\r{:60}\r", "");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Server
+
+/// Echoes `P` messages, counts `S`, answers `F` with `A`.
+#[derive(Default)]
+pub struct Server {
+    streams: HashMap<ConnId, (u8, usize, usize)>,
+    stash: HashMap<usize, Vec<Buffer>>,
+    /// Connections accepted so far.
+    pub accepted: u64,
+    /// Connections still open.
+    pub open: u64,
+}
+
+impl Handler for Server {
+    fn accept(
+        &mut self,
+        _ctx: &mut Ctx<'_>,
+        req: &mut vmi_core::ConnectRequest<'_>,
+    ) -> vmi_core::Decision {
+        let data = req.data.read_to_vec();
+        if data != b"vmi-perf 1" {
+            return vmi_core::Decision::Reject(b"not a vmi-perf 1 client".to_vec());
+        }
+        self.accepted += 1;
+        self.open += 1;
+        vmi_core::Decision::Accept(Vec::new())
+    }
+
+    fn receive(&mut self, ctx: &mut Ctx<'_>, conn: ConnId, cmd: Recv, slab: &mut Slab<'_>) {
+        let entry = self.streams.entry(conn).or_insert((0, 0, 0));
+        if entry.1 == 0 {
+            entry.0 = slab.read(1).first().copied().unwrap_or(b'S');
+        }
+        entry.1 += 1;
+        entry.2 += slab.len();
+        if cmd != Recv::End {
+            return;
+        }
+        let (kind, frags, bytes) = std::mem::take(entry);
+        match kind {
+            b'P' => {
+                let stream = ctx.stream_begin(conn);
+                let Ok(stream) = stream else { return };
+                let sizes = split(bytes, frags);
+                let last = sizes.len() - 1;
+                for (i, len) in sizes.into_iter().enumerate() {
+                    let buf = self
+                        .stash
+                        .get_mut(&len)
+                        .and_then(Vec::pop)
+                        .unwrap_or_else(|| Buffer::zeroed(len));
+                    if i == last {
+                        let _ = ctx.stream_end(stream, [buf], len as u64);
+                        break;
+                    }
+                    let _ = ctx.stream_send(&stream, [buf], len as u64);
+                }
+            }
+            b'F' => {
+                let _ = ctx.send_inline(conn, b"A");
+            }
+            _ => {}
+        }
+    }
+
+    fn send_complete(&mut self, _ctx: &mut Ctx<'_>, _conn: ConnId, done: &mut SendCompletion<'_>) {
+        for b in done.take_buffers() {
+            let v = self.stash.entry(b.len()).or_default();
+            if v.len() < 64 {
+                v.push(b);
+            }
+        }
+    }
+
+    fn disconnected(&mut self, _ctx: &mut Ctx<'_>, conn: ConnId, _reason: vmi_core::Disconnect) {
+        self.streams.remove(&conn);
+        self.open = self.open.saturating_sub(1);
+    }
+}
+
+fn split(total: usize, frags: usize) -> Vec<usize> {
+    let frags = frags.max(1);
+    (0..frags)
+        .map(|i| total / frags + usize::from(i < total % frags))
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------
+// Client
+
+#[derive(Default)]
+struct Client {
+    conn: Option<ConnId>,
+    failed: Option<String>,
+    ends: u64,
+    stash: Vec<Buffer>,
+    in_flight: usize,
+}
+
+impl Handler for Client {
+    fn connected(
+        &mut self,
+        _ctx: &mut Ctx<'_>,
+        conn: ConnId,
+        outcome: ConnectOutcome<'_>,
+        _t: u64,
+    ) {
+        match outcome {
+            ConnectOutcome::Accepted(_) => self.conn = Some(conn),
+            ConnectOutcome::Rejected(mut r) => {
+                self.failed = Some(format!(
+                    "server rejected: {}",
+                    String::from_utf8_lossy(&r.read_to_vec())
+                ))
+            }
+            ConnectOutcome::Failed { status, detail } => {
+                self.failed = Some(format!("{status}: {detail}"))
+            }
+        }
+    }
+    fn receive(&mut self, _ctx: &mut Ctx<'_>, _conn: ConnId, cmd: Recv, _slab: &mut Slab<'_>) {
+        if cmd == Recv::End {
+            self.ends += 1;
+        }
+    }
+    fn send_complete(&mut self, _ctx: &mut Ctx<'_>, _conn: ConnId, done: &mut SendCompletion<'_>) {
+        if !done.status.is_ok() {
+            self.failed
+                .get_or_insert(format!("send failed: {}: {}", done.status, done.detail));
+        }
+        if done.token == 1 {
+            self.in_flight = self.in_flight.saturating_sub(1);
+        }
+        self.stash.extend(done.take_buffers());
+    }
+    fn disconnected(&mut self, _ctx: &mut Ctx<'_>, _conn: ConnId, reason: vmi_core::Disconnect) {
+        if reason != vmi_core::Disconnect::Local {
+            self.failed
+                .get_or_insert(format!("connection lost: {reason:?}"));
+        }
+    }
+}
+
+/// A connected measuring client.
+pub struct PerfClient {
+    vmi: Vmi,
+    h: Client,
+    deadline: Duration,
+}
+
+impl PerfClient {
+    /// Connects to `server_key` at `host`.
+    pub fn connect(
+        mut vmi: Vmi,
+        host: &str,
+        server_key: &str,
+        timeout: Duration,
+    ) -> Result<PerfClient, String> {
+        let mut h = Client::default();
+        vmi.connect(host, server_key, b"vmi-perf 1", 0)
+            .map_err(|e| e.to_string())?;
+        let start = Instant::now();
+        while h.conn.is_none() {
+            vmi.poll(&mut h);
+            if let Some(e) = h.failed.take() {
+                return Err(e);
+            }
+            if start.elapsed() > timeout {
+                return Err(format!(
+                    "no answer from '{server_key}' at {host} within {timeout:?}"
+                ));
+            }
+        }
+        Ok(PerfClient {
+            vmi,
+            h,
+            deadline: timeout,
+        })
+    }
+
+    fn poll(&mut self, since: Instant) -> Result<(), String> {
+        self.vmi.poll(&mut self.h);
+        if let Some(e) = self.h.failed.take() {
+            return Err(e);
+        }
+        if since.elapsed() > self.deadline {
+            return Err(format!("no progress within {:?}", self.deadline));
+        }
+        Ok(())
+    }
+
+    fn send_message(
+        &mut self,
+        kind: u8,
+        size: usize,
+        frags: usize,
+        token: u64,
+    ) -> Result<(), String> {
+        let conn = self.h.conn.expect("connected");
+        let stream = self.vmi.stream_begin(conn).map_err(|e| e.to_string())?;
+        let sizes = split(size, frags);
+        let last = sizes.len() - 1;
+        for (i, len) in sizes.into_iter().enumerate() {
+            let mut buf = match self.h.stash.iter().position(|b| b.len() == len) {
+                Some(p) => self.h.stash.swap_remove(p),
+                None => self.vmi.buffer_alloc(len),
+            };
+            if i == 0 && len > 0 {
+                buf[0] = kind;
+            }
+            if i == last {
+                return self
+                    .vmi
+                    .stream_end(stream, [buf], token)
+                    .map_err(|e| e.to_string());
+            }
+            self.vmi
+                .stream_send(&stream, [buf], 0)
+                .map_err(|e| e.to_string())?;
+        }
+        unreachable!("split returns at least one fragment")
+    }
+
+    fn latency(
+        &mut self,
+        size: usize,
+        frags: usize,
+        iters: u64,
+        progress: &mut Progress,
+    ) -> Result<Latency, String> {
+        let warmup = (iters / 10).max(1);
+        let mut samples = Vec::with_capacity(iters as usize);
+        for i in 0..warmup + iters {
+            let want = self.h.ends + 1;
+            let t0 = Instant::now();
+            self.send_message(b'P', size, frags, 0)?;
+            while self.h.ends < want {
+                self.poll(t0)?;
+            }
+            if i >= warmup {
+                samples.push(t0.elapsed().as_nanos() as u64 / 2);
+                progress.tick(
+                    &format!("{} latency", size_name(size)),
+                    i - warmup + 1,
+                    iters,
+                );
+            }
+        }
+        Ok(Latency::from_samples(samples))
+    }
+
+    fn bandwidth(
+        &mut self,
+        size: usize,
+        frags: usize,
+        messages: u64,
+        window: usize,
+        progress: &mut Progress,
+    ) -> Result<Bandwidth, String> {
+        let want = self.h.ends + 1;
+        let start = Instant::now();
+        for i in 0..messages {
+            while self.h.in_flight >= window.max(1) {
+                self.poll(start)?;
+            }
+            self.h.in_flight += 1;
+            let kind = if i + 1 == messages { b'F' } else { b'S' };
+            self.send_message(kind, size, frags, 1)?;
+            progress.tick(&format!("{} bandwidth", size_name(size)), i + 1, messages);
+        }
+        while self.h.ends < want {
+            self.poll(start)?;
+        }
+        let secs = start.elapsed().as_secs_f64();
+        Ok(Bandwidth {
+            mb_per_s: (size as u64 * messages) as f64 / secs / 1e6,
+            msg_per_s: messages as f64 / secs,
+            messages,
+        })
+    }
+
+    /// Runs the sweep.
+    pub fn run(&mut self, sweep: &Sweep) -> Result<Vec<SizeResult>, String> {
+        let mut progress = Progress::new(sweep.progress);
+        let mut out = Vec::new();
+        for &size in &sweep.sizes {
+            let frags = sweep.fragments.clamp(1, size.max(1));
+            let latency = match sweep.test {
+                Test::Latency | Test::Both => {
+                    Some(self.latency(size, frags, sweep.iters_for(size), &mut progress)?)
+                }
+                Test::Bandwidth => None,
+            };
+            let bandwidth = match sweep.test {
+                Test::Bandwidth | Test::Both => Some(self.bandwidth(
+                    size,
+                    frags,
+                    sweep.messages_for(size),
+                    sweep.window,
+                    &mut progress,
+                )?),
+                Test::Latency => None,
+            };
+            out.push(SizeResult {
+                size,
+                fragments: frags,
+                latency,
+                bandwidth,
+            });
+        }
+        progress.clear();
+        Ok(out)
+    }
+
+    /// Closes the connection.
+    pub fn close(mut self) {
+        if let Some(c) = self.h.conn {
+            let _ = self.vmi.disconnect(c);
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_millis(200) {
+                self.vmi.poll(&mut self.h);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Raw TCP floor
+
+fn spin_write(s: &mut TcpStream, mut buf: &[u8]) -> std::io::Result<()> {
+    while !buf.is_empty() {
+        match s.write(buf) {
+            Ok(n) => buf = &buf[n..],
+            Err(e) if e.kind() == ErrorKind::WouldBlock => std::hint::spin_loop(),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+fn spin_read(s: &mut TcpStream, buf: &mut [u8]) -> std::io::Result<()> {
+    let mut off = 0;
+    while off < buf.len() {
+        match s.read(&mut buf[off..]) {
+            Ok(0) => return Err(ErrorKind::UnexpectedEof.into()),
+            Ok(n) => off += n,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => std::hint::spin_loop(),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// The floor for TCP: the same sweep over a raw non-blocking, busy-polling socket pair on
+/// 127.0.0.1 with TCP_NODELAY (an echo thread plays the server).
+pub fn raw_sweep(sweep: &Sweep) -> std::io::Result<Vec<SizeResult>> {
+    let mut progress = Progress::new(sweep.progress);
+    let mut out = Vec::new();
+    for &size in &sweep.sizes {
+        let l = TcpListener::bind("127.0.0.1:0")?;
+        let mut a = TcpStream::connect(l.local_addr()?)?;
+        let (mut b, _) = l.accept()?;
+        for s in [&a, &b] {
+            s.set_nodelay(true)?;
+            s.set_nonblocking(true)?;
+        }
+        let iters = if sweep.test == Test::Bandwidth {
+            0
+        } else {
+            sweep.iters_for(size)
+        };
+        let warmup = if iters == 0 { 0 } else { (iters / 10).max(1) };
+        let messages = if sweep.test == Test::Latency {
+            0
+        } else {
+            sweep.messages_for(size)
+        };
+        let echo = std::thread::spawn(move || -> std::io::Result<()> {
+            let mut buf = vec![0u8; size];
+            for _ in 0..warmup + iters {
+                spin_read(&mut b, &mut buf)?;
+                spin_write(&mut b, &buf)?;
+            }
+            for _ in 0..messages {
+                spin_read(&mut b, &mut buf)?;
+            }
+            if messages > 0 {
+                spin_write(&mut b, b"A")?;
+            }
+            Ok(())
+        });
+        let mut buf = vec![0u8; size];
+        let out_buf = vec![0u8; size];
+        let mut samples = Vec::with_capacity(iters as usize);
+        for i in 0..warmup + iters {
+            let t0 = Instant::now();
+            spin_write(&mut a, &out_buf)?;
+            spin_read(&mut a, &mut buf)?;
+            if i >= warmup {
+                samples.push(t0.elapsed().as_nanos() as u64 / 2);
+                progress.tick(
+                    &format!("raw {} latency", size_name(size)),
+                    i - warmup + 1,
+                    iters,
+                );
+            }
+        }
+        let mut bandwidth = None;
+        if messages > 0 {
+            let start = Instant::now();
+            for _ in 0..messages {
+                spin_write(&mut a, &out_buf)?;
+            }
+            let mut ack = [0u8; 1];
+            spin_read(&mut a, &mut ack)?;
+            let secs = start.elapsed().as_secs_f64();
+            bandwidth = Some(Bandwidth {
+                mb_per_s: (size as u64 * messages) as f64 / secs / 1e6,
+                msg_per_s: messages as f64 / secs,
+                messages,
+            });
+        }
+        echo.join()
+            .map_err(|_| std::io::Error::other("echo thread panicked"))??;
+        out.push(SizeResult {
+            size,
+            fragments: 1,
+            latency: (iters > 0).then(|| Latency::from_samples(samples)),
+            bandwidth,
+        });
+    }
+    progress.clear();
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statistics() {
+        let l = Latency::from_samples((1..=100).map(|x| x * 1000).collect());
+        assert_eq!(l.samples, 100);
+        assert!((l.mean_us - 50.5).abs() < 1e-9);
+        assert_eq!(l.median_us, 51.0);
+        assert_eq!(l.p99_us, 100.0);
+        assert_eq!(l.min_us, 1.0);
+    }
+
+    #[test]
+    fn sizes_and_splits() {
+        assert_eq!(parse_sizes("8,4k, 1m").unwrap(), vec![8, 4096, 1 << 20]);
+        assert!(parse_sizes("0").is_err());
+        assert!(parse_sizes("x").is_err());
+        assert_eq!(split(10, 3), vec![4, 3, 3]);
+        assert_eq!(split(1, 1), vec![1]);
+        assert_eq!(size_name(65536), "64 KiB");
+    }
+}
