@@ -1,6 +1,8 @@
 //! Shared pieces of the vmi tools.
 #![forbid(unsafe_code)]
 
+/// The comparison with UCX, libfabric and the raw socket floor.
+pub mod compare;
 /// The measurement engine behind vmi-perf.
 pub mod perf;
 

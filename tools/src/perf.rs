@@ -543,6 +543,50 @@ impl PerfClient {
     }
 }
 
+/// Runs a server thread and the client in this process over `spec` (the loopback device
+/// needs both ends in one process) and measures the sweep.
+pub fn run_local(
+    spec: vmi_core::spec::Spec,
+    sweep: &Sweep,
+    timeout: Duration,
+) -> Result<Vec<SizeResult>, String> {
+    let server_key = format!("vmi-perf-server-{}", std::process::id());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let sspec = spec.clone();
+    let skey = server_key.clone();
+    let server = std::thread::spawn(move || {
+        let mut vmi = match Vmi::with_spec(sspec, &skey) {
+            Ok(v) => {
+                let _ = tx.send(Ok(()));
+                v
+            }
+            Err(e) => {
+                let _ = tx.send(Err(e.to_string()));
+                return;
+            }
+        };
+        let mut s = Server::default();
+        let start = Instant::now();
+        loop {
+            vmi.poll(&mut s);
+            if s.accepted > 0 && s.open == 0 {
+                return;
+            }
+            if s.accepted == 0 && start.elapsed() > timeout {
+                return;
+            }
+        }
+    });
+    rx.recv().map_err(|_| "server thread died".to_string())??;
+    let vmi = Vmi::with_spec(spec, &format!("vmi-perf-client-{}", std::process::id()))
+        .map_err(|e| e.to_string())?;
+    let mut client = PerfClient::connect(vmi, "localhost", &server_key, timeout)?;
+    let results = client.run(sweep);
+    client.close();
+    let _ = server.join();
+    results
+}
+
 // ---------------------------------------------------------------------------------------
 // Raw TCP floor
 

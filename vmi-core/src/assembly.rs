@@ -83,6 +83,7 @@ impl AssemblyError {
         match self {
             AssemblyError::Spec(e) => e.location(),
             AssemblyError::Param(ParamError::Unknown { at, .. }) => Some(at),
+            AssemblyError::Param(ParamError::BadValue { at, .. }) => at.as_ref(),
             AssemblyError::NoTransport { at, .. }
             | AssemblyError::TransportOrder { at, .. }
             | AssemblyError::TransportSets { at, .. } => Some(at),

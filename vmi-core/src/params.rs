@@ -179,6 +179,8 @@ pub enum ParamError {
     BadValue {
         /// "file:line:col" or the environment variable.
         origin: String,
+        /// The specfile position, when the value came from the specfile.
+        at: Option<Location>,
         /// Device instance.
         device: String,
         /// Parameter.
@@ -227,26 +229,25 @@ pub fn resolve(
     let mut out = Vec::with_capacity(declared.len());
     for p in declared {
         let var = env_var_name(&device.name, &p.name);
-        let (raw, source, origin) = if let Some(v) = env(&var) {
-            (v, ParamSource::Environment(var.clone()), var.clone())
+        let (raw, source, origin, at) = if let Some(v) = env(&var) {
+            (v, ParamSource::Environment(var.clone()), var.clone(), None)
         } else if let Some(s) = device.params.iter().find(|s| s.name == p.name) {
             (
                 s.value.clone(),
                 ParamSource::Specfile(s.at.clone()),
                 s.at.to_string(),
+                Some(s.at.clone()),
             )
         } else {
-            (
-                p.default.clone(),
-                ParamSource::Default,
-                format!("default of device type '{}'", device.type_name),
-            )
+            let origin = format!("default of device type '{}'", device.type_name);
+            (p.default.clone(), ParamSource::Default, origin, None)
         };
         let value = p
             .kind
             .check(&raw)
             .map_err(|expected| ParamError::BadValue {
                 origin,
+                at,
                 device: device.name.clone(),
                 name: p.name.clone(),
                 value: raw.clone(),

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use clap::{Args as ClapArgs, Parser, Subcommand};
 use vmi_core::Vmi;
 use vmi_core::spec::Spec;
-use vmi_tools::perf::{PerfClient, Report, Server, Sweep, Test, parse_sizes, raw_sweep};
+use vmi_tools::perf::{PerfClient, Report, Server, Sweep, Test, parse_sizes, raw_sweep, run_local};
 
 /// Measure vmi: ping-pong latency (mean, median, p99) and streaming bandwidth over sizes.
 #[derive(Parser, Debug)]
@@ -65,6 +65,27 @@ enum Mode {
     Raw {
         #[command(flatten)]
         sweep: SweepArgs,
+    },
+    /// Compare vmi with ucx_perftest, fi_pingpong and the raw floor: one table, one SVG plot.
+    Compare {
+        /// Message sizes.
+        #[arg(long, default_value = "8,4k,64k,1m", value_parser = sizes_arg)]
+        sizes: Sizes,
+        /// Short runs.
+        #[arg(long)]
+        quick: bool,
+        /// Do not install missing peers (ucx-utils, libfabric-bin) with apt-get.
+        #[arg(long)]
+        no_install: bool,
+        /// Directory for compare.txt, compare.json and compare.svg.
+        #[arg(long, default_value = "target/compare")]
+        out: PathBuf,
+        /// The TCP specfile.
+        #[arg(long, default_value = "specfiles/tcp.xml")]
+        tcp_spec: PathBuf,
+        /// The shared-memory specfile (skipped when it does not exist).
+        #[arg(long, default_value = "specfiles/shmem.xml")]
+        shm_spec: PathBuf,
     },
 }
 
@@ -211,49 +232,56 @@ fn run(cli: Cli) -> Result<(), String> {
         Mode::Local { sweep } => {
             let spec = sweep.spec()?;
             let name = spec_name(&spec);
-            let server_key = format!("vmi-perf-server-{}", std::process::id());
-            let (tx, rx) = std::sync::mpsc::channel();
-            let sspec = spec.clone();
-            let skey = server_key.clone();
-            let server = std::thread::spawn(move || {
-                let r = Vmi::with_spec(sspec, &skey).map_err(|e| e.to_string());
-                let mut vmi = match r {
-                    Ok(v) => {
-                        let _ = tx.send(Ok(()));
-                        v
-                    }
-                    Err(e) => {
-                        let _ = tx.send(Err(e));
-                        return;
-                    }
-                };
-                let mut s = Server::default();
-                loop {
-                    vmi.poll(&mut s);
-                    if s.accepted > 0 && s.open == 0 {
-                        return;
-                    }
-                }
-            });
-            rx.recv().map_err(|_| "server thread died".to_string())??;
-            let vmi = Vmi::with_spec(spec, &format!("vmi-perf-client-{}", std::process::id()))
-                .map_err(|e| e.to_string())?;
-            let mut client = PerfClient::connect(
-                vmi,
-                "localhost",
-                &server_key,
-                Duration::from_secs_f64(sweep.timeout),
-            )?;
-            let results = client.run(&sweep.sweep());
-            client.close();
-            let _ = server.join();
+            let results = run_local(spec, &sweep.sweep(), Duration::from_secs_f64(sweep.timeout))?;
             output(
                 &Report {
                     tool: "vmi".into(),
                     spec: name,
-                    results: results?,
+                    results,
                 },
                 sweep.json,
+            );
+            Ok(())
+        }
+        Mode::Compare {
+            sizes,
+            quick,
+            no_install,
+            out,
+            tcp_spec,
+            shm_spec,
+        } => {
+            use vmi_tools::compare;
+            let opts = compare::Options {
+                sizes: sizes.0,
+                quick,
+                install: !no_install,
+                out: out.clone(),
+                tcp_spec,
+                shm_spec,
+            };
+            let c = compare::run(&opts);
+            std::fs::create_dir_all(&out)
+                .map_err(|e| format!("cannot create {}: {e}", out.display()))?;
+            let mut text = c.table();
+            text.push_str("\ntargets:\n");
+            for t in c.targets() {
+                text.push_str(&format!("  {t}\n"));
+            }
+            print!("{text}");
+            let write = |name: &str, data: String| {
+                std::fs::write(out.join(name), data)
+                    .map_err(|e| format!("cannot write {}: {e}", out.join(name).display()))
+            };
+            write("compare.txt", text.clone())?;
+            write(
+                "compare.json",
+                serde_json::to_string_pretty(&c).expect("serialisable"),
+            )?;
+            c.plot(&out.join("compare.svg"))?;
+            println!(
+                "\nwrote {0}/compare.txt, {0}/compare.json, {0}/compare.svg",
+                out.display()
             );
             Ok(())
         }

@@ -1,0 +1,307 @@
+//! vmi-info and vmi-perf as users run them.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::Value;
+use vmi_tests::{Proc, TempDir, root, unique_key};
+
+const T: Duration = Duration::from_secs(120);
+
+fn xml_files(dir: &str) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(root().join(dir))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "xml"))
+        .collect();
+    v.sort();
+    v
+}
+
+fn run(program: &str, args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
+    // VMI_SPECFILE is given per call through --spec; point the variable at nothing useful.
+    let mut env = env.to_vec();
+    env.push(("VMI_LOG", "warn"));
+    Proc::spawn(
+        program,
+        args,
+        Path::new("/nonexistent-vmi-specfile.xml"),
+        &env,
+    )
+    .finish(T)
+}
+
+fn json(out: &str) -> Value {
+    // The JSON document starts on its own line; log lines (stderr) may come before it.
+    let start = out
+        .match_indices('\n')
+        .map(|(i, _)| i + 1)
+        .chain([0])
+        .filter(|&i| out[i..].starts_with(['{', '[']))
+        .min()
+        .unwrap_or_else(|| panic!("no JSON in: {out}"));
+    let end = out.rfind(['}', ']']).unwrap();
+    serde_json::from_str(&out[start..=end]).unwrap_or_else(|e| panic!("bad JSON ({e}): {out}"))
+}
+
+#[test]
+fn vmi_info_describes_every_shipped_specfile() {
+    for f in xml_files("specfiles") {
+        let spec = f.to_str().unwrap();
+        let (ok, out) = run("vmi-info", &["--spec", spec], &[]);
+        assert!(ok, "{spec}: {out}");
+        assert!(
+            out.contains("send chain (application -> wire):") && out.contains("receive chain"),
+            "{out}"
+        );
+        assert!(
+            out.contains("usable here   yes"),
+            "{spec}: the transport runs here: {out}"
+        );
+        assert!(
+            out.contains("[default]"),
+            "parameters show their source: {out}"
+        );
+        let (ok, out) = run("vmi-info", &["--spec", spec, "--json"], &[]);
+        assert!(ok);
+        let v = json(&out);
+        assert_eq!(v["valid"], true);
+        let devices = v["devices"].as_array().unwrap();
+        assert!(!devices.is_empty());
+        for d in devices {
+            assert!(d["library"].as_str().unwrap().ends_with(".so"), "{d}");
+            assert_eq!(d["abi"], "1.0");
+            assert!(
+                d["capabilities"]["max_fragment"].as_u64().unwrap() > 0,
+                "{d}"
+            );
+            for p in d["params"].as_array().unwrap() {
+                assert!(p["env_var"].as_str().unwrap().starts_with("VMI_"));
+            }
+        }
+    }
+}
+
+#[test]
+fn vmi_info_reports_every_invalid_specfile_exactly() {
+    for f in xml_files("tests/specs/invalid") {
+        let text = std::fs::read_to_string(&f).unwrap();
+        let expect = text
+            .lines()
+            .next()
+            .unwrap()
+            .trim_start_matches("<!-- expect: ")
+            .trim_end_matches(" -->")
+            .to_string();
+        let spec = f.to_str().unwrap();
+        let (ok, out) = run("vmi-info", &["--spec", spec], &[]);
+        assert!(!ok, "{spec}: must fail");
+        let want = if expect.starts_with(|c: char| c.is_ascii_digit()) {
+            format!("{spec}:{expect}")
+        } else {
+            expect.clone()
+        };
+        assert!(
+            out.contains("INVALID: ") && out.contains(&want),
+            "{spec}: want '{want}' in:\n{out}"
+        );
+        let (ok, out) = run("vmi-info", &["--spec", spec, "--json"], &[]);
+        assert!(!ok);
+        let v = json(&out);
+        assert_eq!(v["valid"], false);
+        if expect.starts_with(|c: char| c.is_ascii_digit()) {
+            let mut lc = expect.split(':');
+            let (line, col): (u64, u64) = (
+                lc.next().unwrap().parse().unwrap(),
+                lc.next().unwrap().parse().unwrap(),
+            );
+            assert_eq!(v["error"]["location"]["line"], line, "{spec}: {v}");
+            assert_eq!(v["error"]["location"]["column"], col, "{spec}: {v}");
+        }
+    }
+}
+
+#[test]
+fn vmi_info_env_lists_variables_and_flags_typos() {
+    let spec = root().join("specfiles/tcp-crc.xml");
+    let (ok, out) = run(
+        "vmi-info",
+        &["--env", "--spec", spec.to_str().unwrap()],
+        &[("VMI_SPECFLE", "x")],
+    );
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("VMI_SPECFILE") && out.contains("VMI_DEVICE_PATH"),
+        "{out}"
+    );
+    assert!(
+        out.contains("VMI_TCP_CONNECT_TIMEOUT_MS") && out.contains("VMI_CRC_VERIFY"),
+        "{out}"
+    );
+    assert!(
+        out.contains("VMI_SPECFLE is set but nothing reads it; did you mean VMI_SPECFILE?"),
+        "{out}"
+    );
+}
+
+fn positive(v: &Value, path: &[&str]) -> f64 {
+    let mut x = v;
+    for p in path {
+        x = &x[*p];
+    }
+    let f = x
+        .as_f64()
+        .unwrap_or_else(|| panic!("{path:?} missing in {v}"));
+    assert!(f > 0.0 && f.is_finite(), "{path:?} = {f}");
+    f
+}
+
+fn check_report(v: &Value, sizes: &[u64]) {
+    let results = v["results"].as_array().unwrap();
+    assert_eq!(
+        results
+            .iter()
+            .map(|r| r["size"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        sizes
+    );
+    for r in results {
+        let mean = positive(r, &["latency", "mean_us"]);
+        let median = positive(r, &["latency", "median_us"]);
+        let p99 = positive(r, &["latency", "p99_us"]);
+        assert!(median <= p99 && mean > 0.0, "{r}");
+        positive(r, &["bandwidth", "mb_per_s"]);
+        positive(r, &["bandwidth", "msg_per_s"]);
+    }
+}
+
+#[test]
+fn vmi_perf_server_and_client_over_tcp() {
+    let spec = root().join("specfiles/tcp.xml");
+    let key = unique_key("perf-srv");
+    let quiet = [("VMI_LOG", "warn")];
+    let server = Proc::spawn(
+        "vmi-perf",
+        &["server", &key, "--clients", "1", "--timeout", "100"],
+        &spec,
+        &quiet,
+    );
+    server.wait_for("ready", T);
+    let ckey = unique_key("perf-cli");
+    let (ok, out) = Proc::spawn(
+        "vmi-perf",
+        &[
+            "client",
+            &ckey,
+            &key,
+            "localhost",
+            "--quick",
+            "--sizes",
+            "8,4k",
+            "--fragments",
+            "2",
+            "--json",
+        ],
+        &spec,
+        &quiet,
+    )
+    .finish(T);
+    assert!(ok, "{out}");
+    check_report(&json(&out), &[8, 4096]);
+    let (ok, out) = server.finish(T);
+    assert!(ok, "the server exits after its client: {out}");
+}
+
+#[test]
+fn vmi_perf_local_over_loopback_and_the_raw_floor() {
+    let spec = root().join("specfiles/loopback.xml");
+    let (ok, out) = run(
+        "vmi-perf",
+        &[
+            "local",
+            "--spec",
+            spec.to_str().unwrap(),
+            "--quick",
+            "--sizes",
+            "8,64k",
+            "--json",
+        ],
+        &[],
+    );
+    assert!(ok, "{out}");
+    let v = json(&out);
+    assert_eq!(v["tool"], "vmi");
+    check_report(&v, &[8, 65536]);
+    let (ok, out) = run(
+        "vmi-perf",
+        &["raw", "--quick", "--sizes", "8", "--json"],
+        &[],
+    );
+    assert!(ok, "{out}");
+    check_report(&json(&out), &[8]);
+    let (ok, out) = run(
+        "vmi-perf",
+        &[
+            "local",
+            "--spec",
+            spec.to_str().unwrap(),
+            "--quick",
+            "--sizes",
+            "8",
+        ],
+        &[],
+    );
+    assert!(
+        ok && out.contains("median (us)") && out.contains("8 B"),
+        "table output: {out}"
+    );
+}
+
+#[test]
+fn compare_quick_runs_whatever_peers_are_installed() {
+    let dir = TempDir::new("vmi-compare");
+    let out_dir = dir.path().to_str().unwrap().to_string();
+    let tcp = root().join("specfiles/tcp.xml");
+    let (ok, out) = run(
+        "vmi-perf",
+        &[
+            "compare",
+            "--quick",
+            "--sizes",
+            "8",
+            "--no-install",
+            "--out",
+            &out_dir,
+            "--tcp-spec",
+            tcp.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("targets:") && out.contains("TCP 8 B latency vs raw floor"),
+        "{out}"
+    );
+    let v: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("compare.json")).unwrap())
+            .unwrap();
+    let peers = v["peers"].as_array().unwrap();
+    for name in ["vmi tcp", "raw tcp"] {
+        let p = peers.iter().find(|p| p["name"] == name).unwrap();
+        positive(&p["points"][0], &["latency_us"]);
+    }
+    for p in peers {
+        assert!(
+            p["skipped"].is_null() || !p["skipped"].as_str().unwrap().is_empty(),
+            "a skip says why: {p}"
+        );
+        if !p["skipped"].is_null() {
+            println!("skipped {}: {}", p["name"], p["skipped"]);
+        }
+    }
+    let svg = std::fs::read_to_string(dir.path().join("compare.svg")).unwrap();
+    assert!(
+        svg.starts_with("<svg") && svg.contains("vmi tcp"),
+        "an SVG plot with a legend"
+    );
+}

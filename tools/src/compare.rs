@@ -1,0 +1,682 @@
+//! `vmi-perf compare`: vmi over TCP (and shared memory, once a `shmem` specfile exists)
+//! against `ucx_perftest` (UCX_TLS=tcp / sm), `fi_pingpong` (tcp / shm providers) and the
+//! project's raw socket floor, on one machine, same sizes; one table with ratios, and an SVG
+//! plot of latency and bandwidth against size on log axes.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::perf::{Sweep, Test, raw_sweep, run_local, size_name};
+
+/// Which family a peer belongs to (ratios compare within a family).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    /// TCP on 127.0.0.1.
+    Tcp,
+    /// Shared memory.
+    Shm,
+}
+
+/// One measured point.
+#[derive(Clone, Debug, Serialize)]
+pub struct Point {
+    /// Message size.
+    pub size: usize,
+    /// Half round trip, microseconds.
+    pub latency_us: Option<f64>,
+    /// Streaming bandwidth, 10^6 bytes per second.
+    pub bandwidth_mbs: Option<f64>,
+}
+
+/// One peer's results, or why it was skipped.
+#[derive(Clone, Debug, Serialize)]
+pub struct Peer {
+    /// Display name.
+    pub name: String,
+    /// Family.
+    pub family: Family,
+    /// Points by size.
+    pub points: Vec<Point>,
+    /// Why it did not run.
+    pub skipped: Option<String>,
+}
+
+/// Compare settings.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Sizes.
+    pub sizes: Vec<usize>,
+    /// Short runs.
+    pub quick: bool,
+    /// Install missing peers with apt-get (as root).
+    pub install: bool,
+    /// Output directory.
+    pub out: PathBuf,
+    /// The TCP specfile.
+    pub tcp_spec: PathBuf,
+    /// The shared-memory specfile (skipped when absent).
+    pub shm_spec: PathBuf,
+}
+
+/// Parses the `Final:` line of `ucx_perftest`: (latency average µs, bandwidth MB/s as 10^6).
+pub fn parse_ucx(out: &str) -> Option<(f64, f64)> {
+    let line = out
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with("Final:"))?;
+    let cols: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|c| c.parse().ok())
+        .collect();
+    // iterations, 50%ile, average, overall, bw average, bw overall, rate average, rate overall
+    if cols.len() < 8 {
+        return None;
+    }
+    // ucx_perftest's "MB/s" is 2^20 bytes per second.
+    Some((cols[2], cols[4] * 1.048_576))
+}
+
+/// Parses `fi_pingpong`'s result row: usec/xfer (a half round trip).
+pub fn parse_fi(out: &str) -> Option<f64> {
+    let mut lines = out.lines();
+    lines.by_ref().find(|l| l.contains("usec/xfer"))?;
+    let row = lines.next()?;
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    cols.get(6)?.parse().ok()
+}
+
+fn have(program: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {program}"))
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// Makes `program` available, installing `package` if allowed; the reason when not.
+fn ensure(program: &str, package: &str, install: bool) -> Result<(), String> {
+    if have(program) {
+        return Ok(());
+    }
+    if !install {
+        return Err(format!(
+            "{program} not installed (Debian package {package}; run without --no-install as root to install it)"
+        ));
+    }
+    if !is_root() || !have("apt-get") {
+        return Err(format!(
+            "{program} not installed and cannot install {package} (needs root and apt-get)"
+        ));
+    }
+    eprintln!("vmi-perf compare: installing {package} ...");
+    let apt = |args: &[&str]| {
+        Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+    };
+    let ok = apt(&["install", "-y", "-qq", package]).is_ok_and(|s| s.success())
+        || (apt(&["update", "-qq"]).is_ok_and(|s| s.success())
+            && apt(&["install", "-y", "-qq", package]).is_ok_and(|s| s.success()));
+    if ok && have(program) {
+        Ok(())
+    } else {
+        Err(format!("installing {package} with apt-get failed"))
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (probed by binding).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(23_456)
+}
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs a server/client pair of an external tool; returns the client's output.
+fn pair(server: &mut Command, client: &mut Command, timeout: Duration) -> Result<String, String> {
+    let _server = Killed(
+        server
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| e.to_string())?,
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let start = Instant::now();
+    let mut child = Killed(
+        client
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| e.to_string())?,
+    );
+    loop {
+        if let Some(status) = child.0.try_wait().map_err(|e| e.to_string())? {
+            let mut out = String::new();
+            use std::io::Read;
+            if let Some(mut s) = child.0.stdout.take() {
+                let _ = s.read_to_string(&mut out);
+            }
+            if let Some(mut s) = child.0.stderr.take() {
+                let _ = s.read_to_string(&mut out);
+            }
+            return if status.success() {
+                Ok(out)
+            } else {
+                Err(format!(
+                    "exit {status}: {}",
+                    out.lines().last().unwrap_or("")
+                ))
+            };
+        }
+        if start.elapsed() > timeout {
+            return Err(format!("no result within {timeout:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn iters(size: usize, quick: bool) -> u64 {
+    let n = match size {
+        s if s <= 4096 => 10_000,
+        s if s <= 65536 => 2_000,
+        _ => 200,
+    };
+    if quick { (n / 20).max(10) } else { n }
+}
+
+fn ucx(tls: &str, opts: &Options) -> Peer {
+    let name = format!("ucx {tls}");
+    let family = if tls == "tcp" {
+        Family::Tcp
+    } else {
+        Family::Shm
+    };
+    let mut peer = Peer {
+        name,
+        family,
+        points: vec![],
+        skipped: None,
+    };
+    if let Err(why) = ensure("ucx_perftest", "ucx-utils", opts.install) {
+        peer.skipped = Some(why);
+        return peer;
+    }
+    for &size in &opts.sizes {
+        let run = |test: &str| -> Result<(f64, f64), String> {
+            let port = free_port().to_string();
+            let n = iters(size, opts.quick).to_string();
+            let s = size.to_string();
+            let args = ["-t", test, "-s", &s, "-n", &n, "-p", &port];
+            let out = pair(
+                Command::new("ucx_perftest").args(args).env("UCX_TLS", tls),
+                Command::new("ucx_perftest")
+                    .arg("127.0.0.1")
+                    .args(args)
+                    .env("UCX_TLS", tls),
+                Duration::from_secs(60),
+            )?;
+            parse_ucx(&out).ok_or_else(|| {
+                format!(
+                    "cannot read ucx_perftest output: {}",
+                    out.lines().last().unwrap_or("")
+                )
+            })
+        };
+        match (run("tag_lat"), run("tag_bw")) {
+            (Ok((lat, _)), Ok((_, bw))) => peer.points.push(Point {
+                size,
+                latency_us: Some(lat),
+                bandwidth_mbs: Some(bw),
+            }),
+            (Err(e), _) | (_, Err(e)) => {
+                peer.skipped = Some(format!("ucx_perftest failed at {}: {e}", size_name(size)));
+                break;
+            }
+        }
+    }
+    peer
+}
+
+fn fi(provider: &str, opts: &Options) -> Peer {
+    let family = if provider == "tcp" {
+        Family::Tcp
+    } else {
+        Family::Shm
+    };
+    let mut peer = Peer {
+        name: format!("fi {provider}"),
+        family,
+        points: vec![],
+        skipped: None,
+    };
+    if let Err(why) = ensure("fi_pingpong", "libfabric-bin", opts.install) {
+        peer.skipped = Some(why);
+        return peer;
+    }
+    let ep = if provider == "tcp" { "msg" } else { "rdm" };
+    for &size in &opts.sizes {
+        let port = free_port().to_string();
+        let n = iters(size, opts.quick).to_string();
+        let s = size.to_string();
+        let common = ["-p", provider, "-e", ep, "-S", &s, "-I", &n];
+        let out = pair(
+            Command::new("fi_pingpong").args(common).args(["-B", &port]),
+            Command::new("fi_pingpong")
+                .args(common)
+                .args(["-P", &port, "127.0.0.1"]),
+            Duration::from_secs(60),
+        );
+        match out
+            .map(|o| parse_fi(&o).ok_or_else(|| format!("cannot read fi_pingpong output: {o}")))
+        {
+            Ok(Ok(lat)) => peer.points.push(Point {
+                size,
+                latency_us: Some(lat),
+                bandwidth_mbs: None,
+            }),
+            Ok(Err(e)) | Err(e) => {
+                peer.skipped = Some(format!("fi_pingpong failed at {}: {e}", size_name(size)));
+                break;
+            }
+        }
+    }
+    peer
+}
+
+fn sweep(opts: &Options) -> Sweep {
+    Sweep {
+        sizes: opts.sizes.clone(),
+        fragments: 1,
+        test: Test::Both,
+        iters: None,
+        messages: None,
+        window: 16,
+        quick: opts.quick,
+        progress: true,
+    }
+}
+
+fn vmi(name: &str, family: Family, spec: &Path, opts: &Options) -> Peer {
+    let mut peer = Peer {
+        name: name.into(),
+        family,
+        points: vec![],
+        skipped: None,
+    };
+    if !spec.is_file() {
+        peer.skipped = Some(format!(
+            "no {} (the shared-memory transport is not built yet)",
+            spec.display()
+        ));
+        return peer;
+    }
+    let run = vmi_core::spec::Spec::from_file(spec)
+        .map_err(|e| e.to_string())
+        .and_then(|s| run_local(s, &sweep(opts), Duration::from_secs(60)));
+    match run {
+        Ok(results) => {
+            peer.points = results
+                .into_iter()
+                .map(|r| Point {
+                    size: r.size,
+                    latency_us: r.latency.map(|l| l.mean_us),
+                    bandwidth_mbs: r.bandwidth.map(|b| b.mb_per_s),
+                })
+                .collect()
+        }
+        Err(e) => peer.skipped = Some(e),
+    }
+    peer
+}
+
+fn raw(opts: &Options) -> Peer {
+    let mut peer = Peer {
+        name: "raw tcp".into(),
+        family: Family::Tcp,
+        points: vec![],
+        skipped: None,
+    };
+    match raw_sweep(&sweep(opts)) {
+        Ok(results) => {
+            peer.points = results
+                .into_iter()
+                .map(|r| Point {
+                    size: r.size,
+                    latency_us: r.latency.map(|l| l.mean_us),
+                    bandwidth_mbs: r.bandwidth.map(|b| b.mb_per_s),
+                })
+                .collect()
+        }
+        Err(e) => peer.skipped = Some(e.to_string()),
+    }
+    peer
+}
+
+/// The whole comparison.
+#[derive(Clone, Debug, Serialize)]
+pub struct Comparison {
+    /// Sizes.
+    pub sizes: Vec<usize>,
+    /// Every peer, vmi first in each family.
+    pub peers: Vec<Peer>,
+}
+
+/// Runs every peer.
+pub fn run(opts: &Options) -> Comparison {
+    let mut peers = Vec::new();
+    eprintln!("vmi-perf compare: vmi over {}", opts.tcp_spec.display());
+    peers.push(vmi("vmi tcp", Family::Tcp, &opts.tcp_spec, opts));
+    eprintln!("vmi-perf compare: raw socket floor");
+    peers.push(raw(opts));
+    eprintln!("vmi-perf compare: ucx_perftest (UCX_TLS=tcp)");
+    peers.push(ucx("tcp", opts));
+    eprintln!("vmi-perf compare: fi_pingpong (tcp)");
+    peers.push(fi("tcp", opts));
+    eprintln!("vmi-perf compare: vmi over {}", opts.shm_spec.display());
+    peers.push(vmi("vmi shm", Family::Shm, &opts.shm_spec, opts));
+    eprintln!("vmi-perf compare: ucx_perftest (UCX_TLS=sm)");
+    peers.push(ucx("sm", opts));
+    eprintln!("vmi-perf compare: fi_pingpong (shm)");
+    peers.push(fi("shm", opts));
+    Comparison {
+        sizes: opts.sizes.clone(),
+        peers,
+    }
+}
+
+impl Comparison {
+    fn point(&self, peer: &str, size: usize) -> Option<&Point> {
+        self.peers
+            .iter()
+            .find(|p| p.name == peer)?
+            .points
+            .iter()
+            .find(|p| p.size == size)
+    }
+
+    /// The table, with vmi's ratio to each peer of its family.
+    pub fn table(&self) -> String {
+        let mut t = String::new();
+        t.push_str(
+            "latency: half round trip, us (mean); bandwidth: one-way streaming, MB/s (10^6 B/s)\n",
+        );
+        t.push_str("ratios are vmi / peer within a family (tcp, shm): latency < 1 and bandwidth > 1 favour vmi\n\n");
+        t.push_str(&format!(
+            "{:>8}  {:<9} {:>10} {:>9} {:>11} {:>9}\n",
+            "size", "peer", "latency", "vmi/peer", "bandwidth", "vmi/peer"
+        ));
+        for &size in &self.sizes {
+            for p in &self.peers {
+                let vmi_name = if p.family == Family::Tcp {
+                    "vmi tcp"
+                } else {
+                    "vmi shm"
+                };
+                let Some(pt) = p.points.iter().find(|x| x.size == size) else {
+                    if size == self.sizes[0] {
+                        let why = p.skipped.as_deref().unwrap_or("no result");
+                        t.push_str(&format!("{:>8}  {:<9} skipped: {why}\n", "", p.name));
+                    }
+                    continue;
+                };
+                let v = self.point(vmi_name, size);
+                let fmt =
+                    |x: Option<f64>, d: usize| x.map_or("-".to_string(), |x| format!("{x:.d$}"));
+                let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+                    (Some(a), Some(b)) if p.name != vmi_name && b > 0.0 => format!("{:.2}", a / b),
+                    _ => "-".into(),
+                };
+                t.push_str(&format!(
+                    "{:>8}  {:<9} {:>10} {:>9} {:>11} {:>9}\n",
+                    size_name(size),
+                    p.name,
+                    fmt(pt.latency_us, 2),
+                    ratio(v.and_then(|v| v.latency_us), pt.latency_us),
+                    fmt(pt.bandwidth_mbs, 1),
+                    ratio(v.and_then(|v| v.bandwidth_mbs), pt.bandwidth_mbs),
+                ));
+            }
+        }
+        t
+    }
+
+    /// The targets the issues set, each with its measured ratio and verdict.
+    pub fn targets(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut check =
+            |what: &str, a: Option<f64>, b: Option<f64>, ok: fn(f64) -> bool, goal: &str| match (
+                a, b,
+            ) {
+                (Some(a), Some(b)) if b > 0.0 => {
+                    let r = a / b;
+                    out.push(format!(
+                        "{what}: {r:.2}x (target {goal}): {}",
+                        if ok(r) { "met" } else { "NOT met" }
+                    ))
+                }
+                _ => out.push(format!("{what}: not measured")),
+            };
+        let small = self.sizes.iter().copied().min().unwrap_or(8);
+        let large = self.sizes.iter().copied().max().unwrap_or(1 << 20);
+        let lat = |p: &str, s| self.point(p, s).and_then(|x| x.latency_us);
+        let bw = |p: &str, s| self.point(p, s).and_then(|x| x.bandwidth_mbs);
+        let (sn, ln) = (size_name(small), size_name(large));
+        check(
+            &format!("TCP {sn} latency vs raw floor"),
+            lat("vmi tcp", small),
+            lat("raw tcp", small),
+            |r| r <= 1.1,
+            "<= 1.10",
+        );
+        check(
+            &format!("TCP {sn} latency vs UCX tcp"),
+            lat("vmi tcp", small),
+            lat("ucx tcp", small),
+            |r| r <= 1.0,
+            "<= 1.00",
+        );
+        check(
+            &format!("TCP {ln} bandwidth vs UCX tcp"),
+            bw("vmi tcp", large),
+            bw("ucx tcp", large),
+            |r| r >= 1.0,
+            ">= 1.00",
+        );
+        check(
+            &format!("shm {sn} latency vs UCX sm"),
+            lat("vmi shm", small),
+            lat("ucx sm", small),
+            |r| r <= 1.0,
+            "<= 1.00",
+        );
+        check(
+            &format!("shm {ln} bandwidth vs UCX sm"),
+            bw("vmi shm", large),
+            bw("ucx sm", large),
+            |r| r >= 1.0,
+            ">= 1.00",
+        );
+        out
+    }
+
+    /// Writes an SVG with latency and bandwidth against size, log axes.
+    pub fn plot(&self, path: &Path) -> Result<(), String> {
+        use plotters::prelude::*;
+        let root = SVGBackend::new(path, (1100, 480)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| e.to_string())?;
+        let panels = root.split_evenly((1, 2));
+        let colors = [
+            RGBColor(0, 90, 200),
+            RGBColor(120, 120, 120),
+            RGBColor(220, 90, 0),
+            RGBColor(0, 150, 80),
+            RGBColor(150, 0, 150),
+            RGBColor(200, 160, 0),
+            RGBColor(0, 170, 200),
+        ];
+        let xmin = *self.sizes.iter().min().unwrap_or(&8) as f64;
+        let xmax = *self.sizes.iter().max().unwrap_or(&(1 << 20)) as f64;
+        let series = |get: &dyn Fn(&Point) -> Option<f64>| -> Vec<(usize, Vec<(f64, f64)>)> {
+            self.peers
+                .iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    (
+                        i,
+                        p.points
+                            .iter()
+                            .filter_map(|pt| get(pt).map(|v| (pt.size as f64, v)))
+                            .collect::<Vec<_>>(),
+                    )
+                })
+                .filter(|(_, v)| !v.is_empty())
+                .collect()
+        };
+        let lat = series(&|p| p.latency_us);
+        let bw = series(&|p| p.bandwidth_mbs);
+        for (area, (title, data, unit)) in panels.iter().zip([
+            ("latency (half round trip)", &lat, "us"),
+            ("bandwidth (streaming)", &bw, "MB/s"),
+        ]) {
+            let ys: Vec<f64> = data
+                .iter()
+                .flat_map(|(_, v)| v.iter().map(|p| p.1))
+                .filter(|y| *y > 0.0)
+                .collect();
+            if ys.is_empty() {
+                continue;
+            }
+            let ymin = ys.iter().copied().fold(f64::INFINITY, f64::min) / 1.5;
+            let ymax = ys.iter().copied().fold(0.0, f64::max) * 1.5;
+            let mut chart = ChartBuilder::on(area)
+                .caption(title, ("sans-serif", 18))
+                .margin(12)
+                .x_label_area_size(36)
+                .y_label_area_size(56)
+                .build_cartesian_2d(
+                    (xmin / 1.5..xmax * 1.5).log_scale(),
+                    (ymin..ymax).log_scale(),
+                )
+                .map_err(|e| e.to_string())?;
+            chart
+                .configure_mesh()
+                .x_desc("message size (bytes)")
+                .y_desc(unit)
+                .x_label_formatter(&|x| size_name(x.round() as usize))
+                .draw()
+                .map_err(|e| e.to_string())?;
+            for (i, pts) in data.iter() {
+                let c = colors[*i % colors.len()];
+                chart
+                    .draw_series(LineSeries::new(pts.iter().copied(), c.stroke_width(2)))
+                    .map_err(|e| e.to_string())?
+                    .label(self.peers[*i].name.clone())
+                    .legend(move |(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2))
+                    });
+                chart
+                    .draw_series(pts.iter().map(|p| Circle::new(*p, 3, c.filled())))
+                    .map_err(|e| e.to_string())?;
+            }
+            chart
+                .configure_series_labels()
+                .position(SeriesLabelPosition::UpperLeft)
+                .background_style(WHITE.mix(0.85))
+                .border_style(BLACK)
+                .draw()
+                .map_err(|e| e.to_string())?;
+        }
+        root.present().map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const UCX: &str = "+--------------+--------------+------------------------------+---------------------+-----------------------+
+|    Stage     | # iterations | 50.0%ile | average | overall |  average |  overall |  average  |  overall  |
++--------------+--------------+----------+---------+---------+----------+----------+-----------+-----------+
+Final:                  2000      7.233     7.460     7.460        1.02       1.02      134048      134048
+";
+
+    const FI: &str =
+        "bytes   #sent   #ack     total       time     MB/sec    usec/xfer   Mxfers/sec
+8       2k      =2k      31k         0.02s      1.40       5.70       0.18
+";
+
+    #[test]
+    fn parses_the_peers_output() {
+        let (lat, bw) = parse_ucx(UCX).unwrap();
+        assert_eq!(lat, 7.460);
+        assert!(
+            (bw - 1.02 * 1.048_576).abs() < 1e-9,
+            "MiB/s converted to MB/s"
+        );
+        assert_eq!(parse_fi(FI), Some(5.70));
+        assert_eq!(parse_ucx("garbage"), None);
+        assert_eq!(parse_fi("bytes usec/xfer\n"), None);
+    }
+
+    #[test]
+    fn table_ratios_and_targets() {
+        let p = |name: &str, family, lat, bw| Peer {
+            name: name.into(),
+            family,
+            points: vec![Point {
+                size: 8,
+                latency_us: Some(lat),
+                bandwidth_mbs: Some(bw),
+            }],
+            skipped: None,
+        };
+        let c = Comparison {
+            sizes: vec![8],
+            peers: vec![
+                p("vmi tcp", Family::Tcp, 5.0, 2.0),
+                p("raw tcp", Family::Tcp, 4.0, 2.0),
+                Peer {
+                    name: "ucx sm".into(),
+                    family: Family::Shm,
+                    points: vec![],
+                    skipped: Some("not installed".into()),
+                },
+            ],
+        };
+        let t = c.table();
+        assert!(t.contains("raw tcp         4.00      1.25"), "{t}");
+        assert!(t.contains("ucx sm    skipped: not installed"), "{t}");
+        let targets = c.targets();
+        assert!(
+            targets[0].contains("1.25x (target <= 1.10): NOT met"),
+            "{targets:?}"
+        );
+        assert!(targets[1].contains("not measured"));
+    }
+}
