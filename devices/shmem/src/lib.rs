@@ -1,0 +1,5 @@
+//! # vmi-shmem (in progress)
+#![deny(unsafe_code)]
+
+#[allow(unsafe_code)]
+pub mod spsc;
