@@ -17,6 +17,7 @@ pub mod buffer;
 pub mod conn;
 pub mod device;
 mod engine;
+pub mod held;
 pub mod export;
 mod irb;
 pub mod loader;

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use mio::{Events, Interest, Poll, Token};
 use vmi_core::Status;
+use vmi_core::held::HeldBuffers;
 use vmi_core::device::{Capabilities, Config, Device, DeviceKind, Disposition, Host, Irb, Op};
 use vmi_core::signature::Signature;
 
@@ -79,51 +80,6 @@ struct Conn {
     attempt: Option<Attempt>,
 }
 
-/// Recycles payload buffers by power-of-two size class.
-struct PayloadPool {
-    classes: Vec<Vec<Vec<u8>>>,
-}
-
-const POOL_MAX_CLASS: usize = 22; // 4 MiB
-const POOL_KEEP: usize = 64;
-
-impl PayloadPool {
-    fn class(len: usize) -> usize {
-        len.max(64).next_power_of_two().trailing_zeros() as usize
-    }
-
-    fn take(&mut self, len: usize) -> Vec<u8> {
-        let c = Self::class(len);
-        let mut v = if c <= POOL_MAX_CLASS {
-            self.classes[c].pop().unwrap_or_default()
-        } else {
-            Vec::new()
-        };
-        if v.capacity() < len {
-            v = Vec::with_capacity(if c <= POOL_MAX_CLASS { 1 << c } else { len });
-        }
-        // A recycled buffer keeps its initialised length: only bytes never written before are
-        // zeroed, so a steady stream of large fragments costs no memset before each read.
-        if v.len() >= len {
-            v.truncate(len);
-        } else {
-            v.resize(len, 0);
-        }
-        v
-    }
-
-    fn give(&mut self, v: Vec<u8>) {
-        let cap = v.capacity();
-        if cap == 0 || !cap.is_power_of_two() {
-            return;
-        }
-        let c = cap.trailing_zeros() as usize;
-        if c <= POOL_MAX_CLASS && self.classes[c].len() < POOL_KEEP {
-            self.classes[c].push(v);
-        }
-    }
-}
-
 /// Per-IRB frame: the received payload a RECV IRB points at (index + 1; 0 for none).
 #[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
 #[repr(C)]
@@ -148,9 +104,7 @@ pub struct TcpDevice {
     by_vmi: HashMap<u64, usize>,
     again: Vec<usize>,
     timed: usize,
-    held: Vec<Option<Vec<u8>>>,
-    free_held: Vec<u32>,
-    pool: PayloadPool,
+    pool: HeldBuffers,
     staging: Box<[u8]>,
 }
 
@@ -629,16 +583,7 @@ impl TcpDevice {
                     | ((filter_flags as u32) << 16);
                 irb.set_flags(flags);
                 let (ptr, len) = (payload.as_ptr() as *mut u8, payload.len());
-                let slot = match self.free_held.pop() {
-                    Some(i) => {
-                        self.held[i as usize] = Some(payload);
-                        i + 1
-                    }
-                    None => {
-                        self.held.push(Some(payload));
-                        self.held.len() as u32
-                    }
-                };
+                let slot = self.pool.hold(payload);
                 irb.frame::<TcpFrame>().held = slot;
                 push_segment(&mut irb, ptr, len);
                 irb.pass();
@@ -894,11 +839,7 @@ impl Device for TcpDevice {
             by_vmi: HashMap::new(),
             again: Vec::new(),
             timed: 0,
-            held: Vec::new(),
-            free_held: Vec::new(),
-            pool: PayloadPool {
-                classes: (0..=POOL_MAX_CLASS).map(|_| Vec::new()).collect(),
-            },
+            pool: HeldBuffers::default(),
             staging: vec![0; STAGING].into_boxed_slice(),
         };
         if dev.cfg.listen {
@@ -1137,12 +1078,7 @@ impl Device for TcpDevice {
 
     fn complete(&mut self, irb: &mut Irb) {
         let held = std::mem::take(&mut irb.frame::<TcpFrame>().held);
-        if held > 0 {
-            if let Some(v) = self.held[(held - 1) as usize].take() {
-                self.pool.give(v);
-            }
-            self.free_held.push(held - 1);
-        }
+        self.pool.release(held);
     }
 
     fn poll(&mut self) -> usize {
