@@ -18,7 +18,11 @@ pub struct HeldBuffers {
 
 impl Default for HeldBuffers {
     fn default() -> Self {
-        HeldBuffers { classes: (0..=MAX_CLASS).map(|_| Vec::new()).collect(), held: Vec::new(), free: Vec::new() }
+        HeldBuffers {
+            classes: (0..=MAX_CLASS).map(|_| Vec::new()).collect(),
+            held: Vec::new(),
+            free: Vec::new(),
+        }
     }
 }
 
@@ -32,7 +36,11 @@ impl HeldBuffers {
     /// never written before are zeroed.
     pub fn take(&mut self, len: usize) -> Vec<u8> {
         let c = Self::class(len);
-        let mut v = if c <= MAX_CLASS { self.classes[c].pop().unwrap_or_default() } else { Vec::new() };
+        let mut v = if c <= MAX_CLASS {
+            self.classes[c].pop().unwrap_or_default()
+        } else {
+            Vec::new()
+        };
         if v.capacity() < len {
             v = Vec::with_capacity(if c <= MAX_CLASS { 1 << c } else { len });
         }

@@ -1,5 +1,8 @@
-//! # vmi-shmem (in progress)
+//! # vmi-shmem
 #![deny(unsafe_code)]
 
+pub mod config;
+pub mod io;
 #[allow(unsafe_code)]
 pub mod spsc;
+pub mod wire;

@@ -13,7 +13,10 @@ use std::sync::atomic::Ordering;
 
 /// Free space in a ring of `cap` bytes holding `head - tail` bytes.
 pub fn free_space(head: u64, tail: u64, cap: usize) -> usize {
-    debug_assert!(head >= tail && head - tail <= cap as u64, "ring positions out of order");
+    debug_assert!(
+        head >= tail && head - tail <= cap as u64,
+        "ring positions out of order"
+    );
     cap - (head - tail) as usize
 }
 
@@ -85,7 +88,11 @@ impl<'a, C: Cell64, S: Storage> Producer<'a, C, S> {
     pub fn new(ring: Shared<'a, C, S>) -> Self {
         let head = ring.head.load(Ordering::Relaxed);
         let tail_seen = ring.tail.load(Ordering::Acquire);
-        Producer { ring, head, tail_seen }
+        Producer {
+            ring,
+            head,
+            tail_seen,
+        }
     }
 
     /// Bytes that can be written now.
@@ -150,7 +157,11 @@ impl<'a, C: Cell64, S: Storage> Consumer<'a, C, S> {
     pub fn new(ring: Shared<'a, C, S>) -> Self {
         let tail = ring.tail.load(Ordering::Relaxed);
         let head_seen = ring.head.load(Ordering::Acquire);
-        Consumer { ring, tail, head_seen }
+        Consumer {
+            ring,
+            tail,
+            head_seen,
+        }
     }
 
     /// Bytes that can be read now.
@@ -246,7 +257,9 @@ pub mod mem {
 
         unsafe fn read(&self, off: usize, dst: &mut [u8]) {
             // SAFETY: as above.
-            unsafe { std::ptr::copy_nonoverlapping(self.base.add(off), dst.as_mut_ptr(), dst.len()) }
+            unsafe {
+                std::ptr::copy_nonoverlapping(self.base.add(off), dst.as_mut_ptr(), dst.len())
+            }
         }
 
         fn fence(&self) {
@@ -373,7 +386,12 @@ mod tests {
         }
 
         fn shared(r: &Ring) -> Shared<'_, M, Cells> {
-            Shared { head: &r.head, tail: &r.tail, sleeping: &r.sleeping, storage: &r.cells }
+            Shared {
+                head: &r.head,
+                tail: &r.tail,
+                sleeping: &r.sleeping,
+                storage: &r.cells,
+            }
         }
 
         /// Three messages through a 4-byte ring, so writes wrap and wait for space: bytes arrive

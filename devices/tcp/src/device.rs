@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use mio::{Events, Interest, Poll, Token};
 use vmi_core::Status;
-use vmi_core::held::HeldBuffers;
 use vmi_core::device::{Capabilities, Config, Device, DeviceKind, Disposition, Host, Irb, Op};
+use vmi_core::held::HeldBuffers;
 use vmi_core::signature::Signature;
 
 use crate::config::{PARAMS, TcpConfig};

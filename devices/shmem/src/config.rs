@@ -1,0 +1,90 @@
+//! Shared-memory parameters.
+
+use std::time::Duration;
+
+use vmi_core::abi::{VMI_PARAM_BOOL, VMI_PARAM_UINT, VmiParamSpec};
+use vmi_core::device::{Config, param};
+
+/// Declared parameters.
+pub const PARAMS: &[VmiParamSpec] = &[
+    param(
+        c"ring_size",
+        VMI_PARAM_UINT,
+        c"512k",
+        c"bytes per direction per connection (a power of two, 4k to 64m)",
+    ),
+    param(
+        c"single_copy",
+        VMI_PARAM_BOOL,
+        c"true",
+        c"move large fragments with one process_vm_readv copy when the kernel allows it",
+    ),
+    param(
+        c"single_copy_min",
+        VMI_PARAM_UINT,
+        c"64k",
+        c"smallest fragment moved by single copy",
+    ),
+    param(
+        c"connect_timeout_ms",
+        VMI_PARAM_UINT,
+        c"5000",
+        c"give up a connect (or a peer's hello) after this long",
+    ),
+    param(
+        c"max_fragment",
+        VMI_PARAM_UINT,
+        c"256m",
+        c"largest fragment accepted from or sent to a peer",
+    ),
+    param(
+        c"max_connect_data",
+        VMI_PARAM_UINT,
+        c"64k",
+        c"largest connect or reply data accepted",
+    ),
+];
+
+/// Typed configuration.
+#[derive(Clone, Debug)]
+pub struct ShmemConfig {
+    /// Ring bytes per direction.
+    pub ring_size: usize,
+    /// Use process_vm_readv for large fragments.
+    pub single_copy: bool,
+    /// Threshold for single copy.
+    pub single_copy_min: usize,
+    /// Connect / hello limit.
+    pub connect_timeout: Duration,
+    /// Largest fragment.
+    pub max_fragment: u64,
+    /// Largest connect/reply data.
+    pub max_connect_data: u32,
+}
+
+impl ShmemConfig {
+    /// Reads and checks the resolved parameters.
+    pub fn from_config(c: &Config) -> Result<ShmemConfig, String> {
+        let e = |x: vmi_core::device::ConfigError| x.to_string();
+        let ring_size = c.get_u64("ring_size").map_err(e)?;
+        if !ring_size.is_power_of_two() || !(4096..=64 << 20).contains(&ring_size) {
+            return Err(format!(
+                "parameter 'ring_size' = {ring_size}: expected a power of two from 4k to 64m"
+            ));
+        }
+        let max_fragment = c.get_u64("max_fragment").map_err(e)?;
+        if max_fragment == 0 || max_fragment > u32::MAX as u64 {
+            return Err(format!(
+                "parameter 'max_fragment' = {max_fragment}: expected 1 to 4 GiB - 1"
+            ));
+        }
+        Ok(ShmemConfig {
+            ring_size: ring_size as usize,
+            single_copy: c.get_bool("single_copy").map_err(e)?,
+            single_copy_min: c.get_u64("single_copy_min").map_err(e)? as usize,
+            connect_timeout: c.get_millis("connect_timeout_ms").map_err(e)?,
+            max_fragment,
+            max_connect_data: c.get_u64("max_connect_data").map_err(e)?.min(16 << 20) as u32,
+        })
+    }
+}

@@ -1,0 +1,346 @@
+//! Moving bytes and descriptors: the ring memory (memfd, fallocate, mmap), the rendezvous
+//! (abstract Unix sockets, SCM_RIGHTS, SO_PEERCRED), doorbells (eventfd), and single-copy
+//! reads of a peer's memory (process_vm_readv). No protocol decisions here.
+#![allow(unsafe_code)]
+
+use std::io::{self, IoSlice, IoSliceMut};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+
+use rustix::fs::{FallocateFlags, MemfdFlags};
+use rustix::mm::{MapFlags, ProtFlags};
+use rustix::net::{
+    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags,
+};
+
+use crate::spsc::Shared;
+use crate::spsc::mem::RawStorage;
+
+/// Bytes of ring header (head, tail, sleeping flag, each on its own cache line).
+pub const RING_HEADER: usize = 256;
+
+/// The abstract socket name of `key`'s listener for user `uid` (nothing in the filesystem;
+/// it vanishes with the process).
+pub fn socket_name(uid: u32, key: &str) -> String {
+    format!("vmi-shmem.{uid}.{key}")
+}
+
+/// The socket address of that name.
+pub fn socket_addr(uid: u32, key: &str) -> io::Result<SocketAddr> {
+    SocketAddr::from_abstract_name(socket_name(uid, key).as_bytes())
+}
+
+/// Whether a listener with that name exists (abstract sockets are listed in /proc/net/unix).
+pub fn listening(uid: u32, key: &str) -> bool {
+    let want = format!("@{}", socket_name(uid, key));
+    std::fs::read_to_string("/proc/net/unix").is_ok_and(|t| {
+        t.lines()
+            .any(|l| l.split_whitespace().last() == Some(want.as_str()))
+    })
+}
+
+/// This process's effective user id.
+pub fn uid() -> u32 {
+    rustix::process::geteuid().as_raw()
+}
+
+/// The user id of the process at the other end of a Unix socket.
+pub fn peer_uid(sock: &impl AsFd) -> io::Result<(u32, i32)> {
+    let c = rustix::net::sockopt::socket_peercred(sock)?;
+    Ok((c.uid.as_raw(), c.pid.as_raw_nonzero().get()))
+}
+
+/// A nonblocking eventfd doorbell.
+pub fn doorbell() -> io::Result<OwnedFd> {
+    Ok(rustix::event::eventfd(
+        0,
+        rustix::event::EventfdFlags::NONBLOCK | rustix::event::EventfdFlags::CLOEXEC,
+    )?)
+}
+
+/// Rings a doorbell.
+pub fn ring(fd: &OwnedFd) {
+    let _ = rustix::io::write(fd, &1u64.to_ne_bytes());
+}
+
+/// Clears a doorbell.
+pub fn drain(fd: &OwnedFd) {
+    let mut b = [0u8; 8];
+    let _ = rustix::io::read(fd, &mut b);
+}
+
+/// A shared mapping holding both rings of a connection.
+pub struct Region {
+    base: *mut u8,
+    len: usize,
+    ring_size: usize,
+    fd: OwnedFd,
+}
+
+// SAFETY: the mapping is plain memory; concurrent access goes through the ring protocol.
+unsafe impl Send for Region {}
+
+impl Region {
+    /// Bytes of one ring (header + data).
+    pub fn ring_bytes(ring_size: usize) -> usize {
+        RING_HEADER + ring_size
+    }
+
+    /// Creates the memory for two rings: a memfd, sized with fallocate (a full tmpfs is an
+    /// error here, not a SIGBUS later), mapped shared.
+    pub fn create(ring_size: usize) -> Result<Region, String> {
+        let len = 2 * Self::ring_bytes(ring_size);
+        let fd = rustix::fs::memfd_create("vmi-shmem", MemfdFlags::CLOEXEC)
+            .map_err(|e| format!("memfd_create failed: {e}"))?;
+        rustix::fs::ftruncate(&fd, len as u64)
+            .map_err(|e| format!("cannot size the ring memory: {e}"))?;
+        rustix::fs::fallocate(&fd, FallocateFlags::empty(), 0, len as u64).map_err(|e| {
+            format!("cannot reserve {len} bytes of shared memory ({e}); is the memfd tmpfs full? Lower ring_size or free memory")
+        })?;
+        Self::map(fd, ring_size)
+    }
+
+    /// Maps a peer's ring memory, checking its size.
+    pub fn map(fd: OwnedFd, ring_size: usize) -> Result<Region, String> {
+        let len = 2 * Self::ring_bytes(ring_size);
+        let st =
+            rustix::fs::fstat(&fd).map_err(|e| format!("fstat of the ring memory failed: {e}"))?;
+        if st.st_size as u64 != len as u64 {
+            return Err(format!(
+                "ring memory is {} bytes, expected {len}",
+                st.st_size
+            ));
+        }
+        // SAFETY: a fresh shared mapping of a memfd we hold; unmapped in Drop.
+        let base = unsafe {
+            rustix::mm::mmap(
+                std::ptr::null_mut(),
+                len,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::SHARED,
+                &fd,
+                0,
+            )
+        }
+        .map_err(|e| format!("mmap of the ring memory failed: {e}"))?;
+        Ok(Region {
+            base: base as *mut u8,
+            len,
+            ring_size,
+            fd,
+        })
+    }
+
+    /// The memfd, to pass to the peer.
+    pub fn fd(&self) -> &OwnedFd {
+        &self.fd
+    }
+
+    /// Ring `i` (0: connector to listener, 1: listener to connector).
+    pub fn ring(&self, i: usize) -> RingView<'_> {
+        // SAFETY: offsets lie inside the mapping; the header words are 8-aligned (page-aligned
+        // base, 64-byte offsets); the mapping outlives the view.
+        unsafe {
+            let base = self.base.add(i * Self::ring_bytes(self.ring_size));
+            RingView {
+                head: AtomicU64::from_ptr(base as *mut u64),
+                tail: AtomicU64::from_ptr(base.add(64) as *mut u64),
+                sleeping: AtomicU64::from_ptr(base.add(128) as *mut u64),
+                storage: RawStorage::new(base.add(RING_HEADER), self.ring_size),
+            }
+        }
+    }
+}
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping created in `map`.
+        let _ = unsafe { rustix::mm::munmap(self.base as *mut _, self.len) };
+    }
+}
+
+/// One ring inside a region.
+pub struct RingView<'a> {
+    head: &'a AtomicU64,
+    tail: &'a AtomicU64,
+    sleeping: &'a AtomicU64,
+    storage: RawStorage,
+}
+
+impl RingView<'_> {
+    /// The ring's shared parts.
+    pub fn shared(&self) -> Shared<'_, AtomicU64, RawStorage> {
+        Shared {
+            head: self.head,
+            tail: self.tail,
+            sleeping: self.sleeping,
+            storage: &self.storage,
+        }
+    }
+}
+
+/// Sends `bytes` with descriptors on a (blocking) Unix stream socket.
+pub fn send_with_fds(sock: &impl AsFd, bytes: &[u8], fds: &[&OwnedFd]) -> io::Result<()> {
+    let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
+    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(2))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !borrowed.is_empty() && !control.push(SendAncillaryMessage::ScmRights(&borrowed)) {
+        return Err(io::Error::other("too many descriptors"));
+    }
+    let mut sent = rustix::net::sendmsg(
+        sock,
+        &[IoSlice::new(bytes)],
+        &mut control,
+        SendFlags::NOSIGNAL,
+    )?;
+    while sent < bytes.len() {
+        sent += rustix::net::send(sock, &bytes[sent..], SendFlags::NOSIGNAL)?;
+    }
+    Ok(())
+}
+
+/// Receives bytes (and any descriptors) without blocking; `Ok((0, _))` is end of stream.
+pub fn recv_with_fds(
+    sock: &impl AsFd,
+    buf: &mut [u8],
+    fds: &mut Vec<OwnedFd>,
+) -> io::Result<usize> {
+    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(2))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let msg = rustix::net::recvmsg(
+        sock,
+        &mut [IoSliceMut::new(buf)],
+        &mut control,
+        RecvFlags::DONTWAIT | RecvFlags::CMSG_CLOEXEC,
+    )?;
+    for m in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(iter) = m {
+            fds.extend(iter);
+        }
+    }
+    Ok(msg.bytes)
+}
+
+/// Reads `remote` ranges of process `pid` into `local` with one copy (process_vm_readv).
+pub fn read_peer(pid: i32, remote: &[(u64, usize)], local: &mut [u8]) -> io::Result<usize> {
+    let liov = libc::iovec {
+        iov_base: local.as_mut_ptr() as *mut libc::c_void,
+        iov_len: local.len(),
+    };
+    let riov: Vec<libc::iovec> = remote
+        .iter()
+        .map(|&(a, l)| libc::iovec {
+            iov_base: a as *mut libc::c_void,
+            iov_len: l,
+        })
+        .collect();
+    let mut done = 0usize;
+    let mut r = 0usize;
+    let mut roff = 0usize;
+    // process_vm_readv may stop short (at most IOV_MAX entries, partial pages): continue.
+    while done < local.len() && r < riov.len() {
+        let mut rest: Vec<libc::iovec> = riov[r..].to_vec();
+        rest[0].iov_base = (rest[0].iov_base as usize + roff) as *mut libc::c_void;
+        rest[0].iov_len -= roff;
+        let l = libc::iovec {
+            iov_base: (liov.iov_base as usize + done) as *mut libc::c_void,
+            iov_len: local.len() - done,
+        };
+        // SAFETY: `l` covers our own writable buffer; `rest` describes the peer's memory, which
+        // the kernel checks (EFAULT on a bad range) under ptrace access rules.
+        let n = unsafe {
+            libc::process_vm_readv(pid, &l, 1, rest.as_ptr(), rest.len() as libc::c_ulong, 0)
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if n == 0 {
+            break;
+        }
+        let mut n = n as usize;
+        done += n;
+        while n > 0 && r < riov.len() {
+            let left = riov[r].iov_len - roff;
+            if n >= left {
+                n -= left;
+                r += 1;
+                roff = 0;
+            } else {
+                roff += n;
+                n = 0;
+            }
+        }
+    }
+    Ok(done)
+}
+
+/// Raw fd, for mio registration.
+pub fn raw(fd: &OwnedFd) -> i32 {
+    fd.as_raw_fd()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spsc::{Consumer, Producer};
+
+    #[test]
+    fn a_region_carries_bytes_between_two_mappings() {
+        let a = Region::create(4096).unwrap();
+        let dup = a.fd().try_clone().unwrap();
+        let b = Region::map(dup, 4096).unwrap();
+        let (ra, rb) = (a.ring(0), b.ring(0));
+        let mut p = Producer::new(ra.shared());
+        let mut c = Consumer::new(rb.shared());
+        assert!(p.push_all(&[b"hello ", b"ring"]));
+        let mut out = [0u8; 16];
+        let n = c.pop(&mut out);
+        assert_eq!(&out[..n], b"hello ring");
+        assert!(
+            Region::map(a.fd().try_clone().unwrap(), 8192).is_err(),
+            "size is checked"
+        );
+    }
+
+    #[test]
+    fn descriptors_travel_over_a_socket_pair() {
+        let (x, y) = std::os::unix::net::UnixStream::pair().unwrap();
+        let bell = doorbell().unwrap();
+        send_with_fds(&x, b"hi", &[&bell]).unwrap();
+        let mut buf = [0u8; 8];
+        let mut fds = Vec::new();
+        let n = recv_with_fds(&y, &mut buf, &mut fds).unwrap();
+        assert_eq!(&buf[..n], b"hi");
+        assert_eq!(fds.len(), 1);
+        ring(&fds[0]);
+        let mut v = [0u8; 8];
+        assert_eq!(
+            rustix::io::read(&bell, &mut v).unwrap(),
+            8,
+            "the received fd is the same eventfd"
+        );
+        let (uid_seen, _) = peer_uid(&y).unwrap();
+        assert_eq!(uid_seen, uid());
+    }
+
+    #[test]
+    fn single_copy_reads_own_memory() {
+        let src: Vec<u8> = (0..100_000u32).map(|i| i as u8).collect();
+        let mut dst = vec![0u8; 100_000];
+        let remote = [
+            (src.as_ptr() as u64, 60_000),
+            (src.as_ptr() as u64 + 60_000, 40_000),
+        ];
+        match read_peer(std::process::id() as i32, &remote, &mut dst) {
+            Ok(n) => {
+                assert_eq!(n, 100_000);
+                assert_eq!(dst, src);
+            }
+            Err(e) => println!("SKIPPED: process_vm_readv not permitted here: {e}"),
+        }
+    }
+}

@@ -1,0 +1,326 @@
+//! Shared-memory wire formats, little-endian with explicit widths.
+//!
+//! ```text
+//! Control socket (abstract Unix socket), connector -> listener: Hello, 40-byte header, then
+//!   from_key | to_key | signature | connect data, with SCM_RIGHTS [ring memfd, doorbell eventfd]
+//!   0 "VMIS" | 4 version u8 | 5 0 | 6 from_key_len u16 | 8 to_key_len u16 | 10 sig_len u16
+//!   12 data_len u32 | 16 ring_size u32 | 20 reserved u32 | 24 probe_addr u64 | 32 probe_len u32 | 36 0
+//! Listener -> connector: Answer, 24-byte header, then reason | reply data,
+//!   with SCM_RIGHTS [doorbell eventfd] when accepted
+//!   0 "VMIR" | 4 version | 5 status | 6 reason_len u16 | 8 reply_len u32 | 12 can_read_you u8 | 13 0 0 0
+//!   16 probe_addr u64
+//! Afterwards single bytes: 'C'/'N' (connector can / cannot read the listener's memory),
+//! 'B' (orderly close). The socket closing without 'B' means the peer died.
+//!
+//! Ring records, 16-byte header:
+//!   0 kind u8 | 1 0 | 2 filter flags u16 | 4 len u32 | 8 id u64
+//!   DATA / DATA_END: len payload bytes follow.
+//!   RDV / RDV_END: count u32, 0 u32, then count x (addr u64, len u64) in the sender's memory;
+//!   the receiver reads them with process_vm_readv and answers ACK (or NACK: send it inline).
+//! ```
+
+/// Hello magic.
+pub const HELLO_MAGIC: [u8; 4] = *b"VMIS";
+/// Answer magic.
+pub const ANSWER_MAGIC: [u8; 4] = *b"VMIR";
+/// Control protocol version.
+pub const VERSION: u8 = 1;
+/// Hello header length.
+pub const HELLO_LEN: usize = 40;
+/// Answer header length.
+pub const ANSWER_LEN: usize = 24;
+/// Ring record header length.
+pub const RECORD_LEN: usize = 16;
+/// Largest key.
+pub const MAX_KEY: usize = 255;
+/// Largest signature.
+pub const MAX_SIGNATURE: usize = 4096;
+/// Largest reason text.
+pub const MAX_REASON: usize = 4096;
+
+/// Record kinds.
+pub const DATA: u8 = 1;
+/// Last fragment, data inline.
+pub const DATA_END: u8 = 2;
+/// Fragment to read from the sender's memory.
+pub const RDV: u8 = 3;
+/// Last fragment, to read from the sender's memory.
+pub const RDV_END: u8 = 4;
+/// The receiver read an RDV fragment.
+pub const ACK: u8 = 5;
+/// The receiver could not read an RDV fragment.
+pub const NACK: u8 = 6;
+
+/// Answer statuses.
+pub const ACCEPT: u8 = 0;
+/// Rejected by the application.
+pub const REJECT: u8 = 1;
+/// Filter chains differ.
+pub const MISMATCH: u8 = 2;
+/// Malformed or wrong key.
+pub const INVALID: u8 = 3;
+
+fn u16_at(b: &[u8], i: usize) -> u16 {
+    u16::from_le_bytes([b[i], b[i + 1]])
+}
+fn u32_at(b: &[u8], i: usize) -> u32 {
+    u32::from_le_bytes(b[i..i + 4].try_into().expect("4 bytes"))
+}
+fn u64_at(b: &[u8], i: usize) -> u64 {
+    u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"))
+}
+
+/// A hello's fixed part.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hello {
+    /// Lengths of the variable parts.
+    pub from_key_len: u16,
+    /// Wanted key length.
+    pub to_key_len: u16,
+    /// Signature length.
+    pub sig_len: u16,
+    /// Connect data length.
+    pub data_len: u32,
+    /// Ring bytes per direction.
+    pub ring_size: u32,
+    /// Address of the connector's probe bytes.
+    pub probe_addr: u64,
+    /// Their length.
+    pub probe_len: u32,
+}
+
+impl Hello {
+    /// Bytes after the header.
+    pub fn body_len(&self) -> usize {
+        self.from_key_len as usize
+            + self.to_key_len as usize
+            + self.sig_len as usize
+            + self.data_len as usize
+    }
+
+    /// Parses and checks the header.
+    pub fn parse(b: &[u8], max_data: u32) -> Result<Hello, String> {
+        if b.len() < HELLO_LEN {
+            return Err("short hello".into());
+        }
+        if b[..4] != HELLO_MAGIC {
+            return Err(format!("bad magic {:02x?}", &b[..4]));
+        }
+        if b[4] != VERSION {
+            return Err(format!(
+                "control version {}, this side speaks {VERSION}",
+                b[4]
+            ));
+        }
+        let h = Hello {
+            from_key_len: u16_at(b, 6),
+            to_key_len: u16_at(b, 8),
+            sig_len: u16_at(b, 10),
+            data_len: u32_at(b, 12),
+            ring_size: u32_at(b, 16),
+            probe_addr: u64_at(b, 24),
+            probe_len: u32_at(b, 32),
+        };
+        if h.from_key_len as usize > MAX_KEY || h.to_key_len as usize > MAX_KEY {
+            return Err("key over 255 bytes".into());
+        }
+        if h.sig_len as usize > MAX_SIGNATURE {
+            return Err("signature over 4 KiB".into());
+        }
+        if h.data_len > max_data {
+            return Err(format!(
+                "connect data of {} bytes is over the limit of {max_data}",
+                h.data_len
+            ));
+        }
+        if !h.ring_size.is_power_of_two()
+            || !(4096..=64 << 20).contains(&h.ring_size)
+            || h.probe_len > 64
+        {
+            return Err(format!(
+                "ring size {} is not a power of two from 4k to 64m",
+                h.ring_size
+            ));
+        }
+        Ok(h)
+    }
+
+    /// Writes a whole hello.
+    pub fn emit(
+        from: &str,
+        to: &str,
+        sig: &str,
+        data: &[u8],
+        ring_size: u32,
+        probe: &[u8],
+    ) -> Vec<u8> {
+        let mut v = Vec::with_capacity(HELLO_LEN + from.len() + to.len() + sig.len() + data.len());
+        v.extend_from_slice(&HELLO_MAGIC);
+        v.extend_from_slice(&[VERSION, 0]);
+        v.extend_from_slice(&(from.len() as u16).to_le_bytes());
+        v.extend_from_slice(&(to.len() as u16).to_le_bytes());
+        v.extend_from_slice(&(sig.len() as u16).to_le_bytes());
+        v.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        v.extend_from_slice(&ring_size.to_le_bytes());
+        v.extend_from_slice(&0u32.to_le_bytes());
+        v.extend_from_slice(&(probe.as_ptr() as u64).to_le_bytes());
+        v.extend_from_slice(&(probe.len() as u32).to_le_bytes());
+        v.extend_from_slice(&0u32.to_le_bytes());
+        v.extend_from_slice(from.as_bytes());
+        v.extend_from_slice(to.as_bytes());
+        v.extend_from_slice(sig.as_bytes());
+        v.extend_from_slice(data);
+        v
+    }
+}
+
+/// An answer's fixed part.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Answer {
+    /// Status.
+    pub status: u8,
+    /// Reason length.
+    pub reason_len: u16,
+    /// Reply data length.
+    pub reply_len: u32,
+    /// The listener can read the connector's memory.
+    pub can_read_you: bool,
+    /// Address of the listener's probe bytes.
+    pub probe_addr: u64,
+}
+
+impl Answer {
+    /// Bytes after the header.
+    pub fn body_len(&self) -> usize {
+        self.reason_len as usize + self.reply_len as usize
+    }
+
+    /// Parses and checks the header.
+    pub fn parse(b: &[u8], max_data: u32) -> Result<Answer, String> {
+        if b.len() < ANSWER_LEN || b[..4] != ANSWER_MAGIC || b[4] != VERSION {
+            return Err("not a vmi shared-memory answer".into());
+        }
+        let a = Answer {
+            status: b[5],
+            reason_len: u16_at(b, 6),
+            reply_len: u32_at(b, 8),
+            can_read_you: b[12] != 0,
+            probe_addr: u64_at(b, 16),
+        };
+        if a.status > INVALID || a.reason_len as usize > MAX_REASON || a.reply_len > max_data {
+            return Err("answer over its limits".into());
+        }
+        Ok(a)
+    }
+
+    /// Writes a whole answer.
+    pub fn emit(
+        status: u8,
+        reason: &str,
+        reply: &[u8],
+        can_read_you: bool,
+        probe: &[u8],
+    ) -> Vec<u8> {
+        let reason = &reason.as_bytes()[..reason.len().min(MAX_REASON)];
+        let mut v = Vec::with_capacity(ANSWER_LEN + reason.len() + reply.len());
+        v.extend_from_slice(&ANSWER_MAGIC);
+        v.extend_from_slice(&[VERSION, status]);
+        v.extend_from_slice(&(reason.len() as u16).to_le_bytes());
+        v.extend_from_slice(&(reply.len() as u32).to_le_bytes());
+        v.extend_from_slice(&[u8::from(can_read_you), 0, 0, 0]);
+        v.extend_from_slice(&(probe.as_ptr() as u64).to_le_bytes());
+        v.extend_from_slice(reason);
+        v.extend_from_slice(reply);
+        v
+    }
+}
+
+/// A ring record header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Record {
+    /// Kind.
+    pub kind: u8,
+    /// Filter flag bits.
+    pub flags: u16,
+    /// Payload length (for RDV: the fragment's length).
+    pub len: u32,
+    /// RDV / ACK / NACK id.
+    pub id: u64,
+}
+
+impl Record {
+    /// Parses a header.
+    pub fn parse(b: &[u8; RECORD_LEN]) -> Result<Record, String> {
+        let r = Record {
+            kind: b[0],
+            flags: u16_at(b, 2),
+            len: u32_at(b, 4),
+            id: u64_at(b, 8),
+        };
+        if !(DATA..=NACK).contains(&r.kind) {
+            return Err(format!("unknown record kind {}", r.kind));
+        }
+        Ok(r)
+    }
+
+    /// Writes a header.
+    pub fn emit(&self) -> [u8; RECORD_LEN] {
+        let mut h = [0u8; RECORD_LEN];
+        h[0] = self.kind;
+        h[2..4].copy_from_slice(&self.flags.to_le_bytes());
+        h[4..8].copy_from_slice(&self.len.to_le_bytes());
+        h[8..16].copy_from_slice(&self.id.to_le_bytes());
+        h
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_bytes() {
+        let r = Record {
+            kind: RDV_END,
+            flags: 0x0201,
+            len: 7,
+            id: 0x0807060504030201,
+        };
+        assert_eq!(r.emit(), [4, 0, 1, 2, 7, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(Record::parse(&r.emit()), Ok(r));
+        assert!(Record::parse(&[9; 16]).is_err());
+    }
+
+    #[test]
+    fn hello_and_answer_round_trip_and_limits() {
+        let probe = [1u8; 16];
+        let v = Hello::emit("a", "bb", "send=;recv=", b"cookie", 65536, &probe);
+        let h = Hello::parse(&v, 1024).unwrap();
+        assert_eq!(
+            (
+                h.from_key_len,
+                h.to_key_len,
+                h.data_len,
+                h.ring_size,
+                h.probe_len
+            ),
+            (1, 2, 6, 65536, 16)
+        );
+        assert_eq!(h.body_len(), v.len() - HELLO_LEN);
+        assert!(Hello::parse(&v, 3).unwrap_err().contains("over the limit"));
+        let mut bad = v.clone();
+        bad[16..20].copy_from_slice(&1000u32.to_le_bytes());
+        assert!(
+            Hello::parse(&bad, 1024).is_err(),
+            "ring size must be a power of two"
+        );
+        assert!(Hello::parse(b"GET / HTTP/1.1\r\n\r\n......................", 10).is_err());
+        let a = Answer::emit(REJECT, "no", b"xy", true, &probe);
+        let p = Answer::parse(&a, 10).unwrap();
+        assert_eq!(
+            (p.status, p.reason_len, p.reply_len, p.can_read_you),
+            (REJECT, 2, 2, true)
+        );
+        assert!(Answer::parse(&a, 1).is_err());
+    }
+}
