@@ -1,0 +1,1016 @@
+//! The shared-memory device: rendezvous and control on abstract Unix sockets, data through
+//! per-connection SPSC rings in a memfd, eventfd doorbells only for sleeping peers.
+
+use std::cell::Cell;
+use std::collections::{HashMap, VecDeque};
+use std::ffi::CStr;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::time::{Duration, Instant};
+
+use mio::net::{UnixListener, UnixStream};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+use vmi_core::Status;
+use vmi_core::abi::VMI_FLAG_END;
+use vmi_core::device::{Capabilities, Config, Device, DeviceKind, Disposition, Host, Irb, Op};
+use vmi_core::held::HeldBuffers;
+use vmi_core::signature::Signature;
+
+use crate::config::{PARAMS, ShmemConfig};
+use crate::io::{Region, doorbell, drain, listening, peer_uid, read_peer, recv_with_fds, ring, send_with_fds, socket_addr, uid};
+use crate::spsc::{Consumer, Producer};
+use crate::wire::*;
+
+const LISTENER: Token = Token(usize::MAX);
+const BELL: Token = Token(usize::MAX - 1);
+/// Busy polls between two looks at the control sockets (a syscall): rings are checked on
+/// every poll, connects and closes within this many polls or after a wake-up.
+const CONTROL_EVERY: u32 = 128;
+
+/// Bytes a peer reads to find out whether single copy works (its address travels in the hello).
+static PROBE: [u8; 16] = *b"vmi-shmem-probe!";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    AwaitAnswer,
+    AwaitHello,
+    AwaitDecision,
+    Open,
+    Closing,
+}
+
+enum Rx {
+    Header,
+    Payload { rec: Record, buf: Vec<u8>, got: usize },
+    Iovs { rec: Record, bytes: Vec<u8>, need: usize },
+}
+
+enum Tx {
+    Data { irb: Irb, header: [u8; RECORD_LEN], off: usize, total: usize },
+    Rdv { irb: Irb, record: Vec<u8>, id: u64 },
+    Close { irb: Irb },
+}
+
+struct Conn {
+    sock: UnixStream,
+    vmi: u64,
+    state: State,
+    region: Option<Region>,
+    tx_ring: usize,
+    rx_ring: usize,
+    peer_bell: Option<OwnedFd>,
+    peer_pid: i32,
+    /// Address of the peer's probe bytes (single-copy check).
+    peer_probe: u64,
+    peer_key: String,
+    /// The peer can read our memory: large sends go by single copy.
+    peer_reads_me: bool,
+    ctl: Vec<u8>,
+    fds: Vec<OwnedFd>,
+    rx: Rx,
+    tx: VecDeque<Tx>,
+    acks: VecDeque<[u8; RECORD_LEN]>,
+    rdv_waiting: HashMap<u64, Irb>,
+    next_id: u64,
+    connect: Option<Irb>,
+    deadline: Option<Instant>,
+}
+
+/// Per-IRB frame: the received buffer an IRB points at (a `HeldBuffers` handle).
+#[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+#[repr(C)]
+pub struct ShmemFrame {
+    held: u32,
+}
+
+/// The shared-memory transport.
+pub struct ShmemDevice {
+    host: Host,
+    cfg: ShmemConfig,
+    key: String,
+    uid: u32,
+    signature: Signature,
+    signature_text: String,
+    poll: Poll,
+    events: Events,
+    listener: UnixListener,
+    bell: OwnedFd,
+    conns: Vec<Option<Conn>>,
+    free: Vec<usize>,
+    by_vmi: HashMap<u64, usize>,
+    pool: HeldBuffers,
+    polls: u32,
+    slept: Cell<bool>,
+}
+
+fn deliver(host: &Host, pool: &mut HeldBuffers, vmi: u64, rec: &Record, buf: Vec<u8>) {
+    let Some(mut irb) = host.alloc_irb(Op::Recv, vmi) else {
+        pool.give(buf);
+        return;
+    };
+    let end = matches!(rec.kind, DATA_END | RDV_END);
+    irb.set_flags((if end { VMI_FLAG_END } else { 0 }) | ((rec.flags as u32) << 16));
+    let (ptr, len) = (buf.as_ptr() as *mut u8, buf.len());
+    irb.frame::<ShmemFrame>().held = pool.hold(buf);
+    push_segment(&mut irb, ptr, len);
+    irb.pass();
+}
+
+#[allow(unsafe_code)]
+fn push_segment(irb: &mut Irb, ptr: *mut u8, len: usize) {
+    // SAFETY: the buffer is held in `HeldBuffers` (its heap memory does not move) until the
+    // IRB's completion step releases it.
+    let _ = unsafe { irb.push_segment(ptr, len) };
+}
+
+fn is_local(host: &str) -> bool {
+    let h = host.trim_start_matches('[').split(']').next().unwrap_or(host);
+    let h = h.rsplit_once(':').filter(|(a, _)| !a.contains(':')).map_or(h, |(a, _)| a);
+    if h.is_empty() || h == "localhost" || h == "::1" || h.starts_with("127.") {
+        return true;
+    }
+    let uname = rustix::system::uname();
+    let name = uname.nodename().to_string_lossy();
+    h == name || name.split('.').next() == Some(h)
+}
+
+impl ShmemDevice {
+    fn insert(&mut self, mut conn: Conn) -> usize {
+        let idx = self.free.pop().unwrap_or_else(|| {
+            self.conns.push(None);
+            self.conns.len() - 1
+        });
+        if let Err(e) = self.poll.registry().register(&mut conn.sock, Token(idx), Interest::READABLE) {
+            log::error!("shmem: cannot register a control socket: {e}");
+        }
+        if conn.vmi != 0 {
+            self.by_vmi.insert(conn.vmi, idx);
+        }
+        self.conns[idx] = Some(conn);
+        idx
+    }
+
+    fn take(&mut self, idx: usize) -> Option<Conn> {
+        let mut c = self.conns.get_mut(idx)?.take()?;
+        let _ = self.poll.registry().deregister(&mut c.sock);
+        if c.vmi != 0 && self.by_vmi.get(&c.vmi) == Some(&idx) {
+            self.by_vmi.remove(&c.vmi);
+        }
+        self.free.push(idx);
+        Some(c)
+    }
+
+    /// Ends a connection: pending sends fail, the application hears why (unless `quiet`).
+    fn end(&mut self, idx: usize, status: Status, detail: &str, quiet: bool) {
+        let Some(mut c) = self.take(idx) else { return };
+        let mut local_close = false;
+        for tx in c.tx.drain(..) {
+            match tx {
+                Tx::Data { mut irb, .. } | Tx::Rdv { mut irb, .. } => {
+                    irb.set_detail(detail);
+                    irb.complete(Status::ConnectionLost);
+                }
+                Tx::Close { irb } => {
+                    local_close = true;
+                    irb.complete(Status::Ok);
+                }
+            }
+        }
+        for (_, mut irb) in c.rdv_waiting.drain() {
+            irb.set_detail(detail);
+            irb.complete(Status::ConnectionLost);
+        }
+        if let Rx::Payload { buf, .. } = std::mem::replace(&mut c.rx, Rx::Header) {
+            self.pool.give(buf);
+        }
+        if let Some(mut irb) = c.connect.take() {
+            irb.set_detail(detail);
+            irb.complete(if status == Status::Ok { Status::ConnectionLost } else { status });
+            return;
+        }
+        if !quiet && !local_close && c.vmi != 0 && matches!(c.state, State::Open | State::AwaitDecision | State::Closing) {
+            if status == Status::Ok {
+                log::debug!("shmem: '{}' closed connection {:#x}", c.peer_key, c.vmi);
+            } else {
+                log::info!("shmem: connection {:#x} to '{}' ended: {detail}", c.vmi, c.peer_key);
+            }
+            if let Some(mut irb) = self.host.alloc_irb(Op::PeerDisconnect, c.vmi) {
+                irb.set_detail(detail);
+                set_status(&mut irb, status);
+                irb.pass();
+            }
+        }
+    }
+
+    /// Reads records from a connection's incoming ring and hands fragments up.
+    fn drain_rx(&mut self, idx: usize) -> usize {
+        let Self { conns, pool, host, cfg, .. } = self;
+        let Some(c) = conns[idx].as_mut() else { return 0 };
+        if !matches!(c.state, State::Open | State::Closing) {
+            return 0;
+        }
+        let Some(region) = c.region.as_ref() else { return 0 };
+        let view = region.ring(c.rx_ring);
+        let mut cons = Consumer::new(view.shared());
+        let mut n = 0;
+        let mut error: Option<String> = None;
+        loop {
+            match &mut c.rx {
+                Rx::Header => {
+                    if cons.available() < RECORD_LEN {
+                        break;
+                    }
+                    let mut h = [0u8; RECORD_LEN];
+                    cons.pop(&mut h);
+                    let rec = match Record::parse(&h) {
+                        Ok(r) => r,
+                        Err(e) => {
+                            error = Some(format!("protocol violation by '{}': {e}", c.peer_key));
+                            break;
+                        }
+                    };
+                    match rec.kind {
+                        DATA | DATA_END | RDV | RDV_END if rec.len as u64 > cfg.max_fragment => {
+                            error = Some(format!("'{}' sent a fragment of {} bytes, over max_fragment {}", c.peer_key, rec.len, cfg.max_fragment));
+                            break;
+                        }
+                        DATA | DATA_END if rec.len == 0 => {
+                            deliver(host, pool, c.vmi, &rec, Vec::new());
+                            n += 1;
+                        }
+                        DATA | DATA_END => c.rx = Rx::Payload { rec, buf: pool.take(rec.len as usize), got: 0 },
+                        RDV | RDV_END => c.rx = Rx::Iovs { rec, bytes: Vec::with_capacity(8 + 16 * 16), need: 8 },
+                        ACK => {
+                            if let Some(irb) = c.rdv_waiting.remove(&rec.id) {
+                                irb.complete(Status::Ok);
+                                n += 1;
+                            }
+                        }
+                        _ => {
+                            // NACK: the peer cannot read our memory; send inline from now on.
+                            c.peer_reads_me = false;
+                            if let Some(irb) = c.rdv_waiting.remove(&rec.id) {
+                                log::info!("shmem: '{}' cannot read this process's memory; sending inline", c.peer_key);
+                                let header = Record { kind: if irb.is_end() { DATA_END } else { DATA }, flags: rec.flags, len: rec.len, id: 0 }.emit();
+                                let total = RECORD_LEN + rec.len as usize;
+                                c.tx.push_front(Tx::Data { irb, header, off: 0, total });
+                            }
+                        }
+                    }
+                }
+                Rx::Payload { rec, buf, got } => {
+                    let k = cons.pop(&mut buf[*got..]);
+                    *got += k;
+                    if *got == buf.len() {
+                        let rec = *rec;
+                        if let Rx::Payload { buf, .. } = std::mem::replace(&mut c.rx, Rx::Header) {
+                            deliver(host, pool, c.vmi, &rec, buf);
+                            n += 1;
+                        }
+                    } else if k == 0 {
+                        break;
+                    }
+                }
+                Rx::Iovs { rec, bytes, need } => {
+                    let mut chunk = [0u8; 256];
+                    let want = (*need - bytes.len()).min(chunk.len());
+                    let k = cons.pop(&mut chunk[..want]);
+                    bytes.extend_from_slice(&chunk[..k]);
+                    if bytes.len() == 8 && *need == 8 {
+                        let count = u32::from_le_bytes(bytes[..4].try_into().expect("4 bytes")) as usize;
+                        if count == 0 || count > 16 {
+                            error = Some(format!("'{}' sent a single-copy record with {count} ranges", c.peer_key));
+                            break;
+                        }
+                        *need = 8 + 16 * count;
+                    }
+                    if bytes.len() < *need {
+                        if k == 0 {
+                            break;
+                        }
+                        continue;
+                    }
+                    let rec = *rec;
+                    let ranges: Vec<(u64, usize)> = bytes[8..]
+                        .chunks_exact(16)
+                        .map(|r| (u64::from_le_bytes(r[..8].try_into().expect("8")), u64::from_le_bytes(r[8..].try_into().expect("8")) as usize))
+                        .collect();
+                    c.rx = Rx::Header;
+                    if ranges.iter().map(|r| r.1).sum::<usize>() != rec.len as usize {
+                        error = Some(format!("'{}' sent a single-copy record whose ranges do not add up", c.peer_key));
+                        break;
+                    }
+                    let mut buf = pool.take(rec.len as usize);
+                    match read_peer(c.peer_pid, &ranges, &mut buf) {
+                        Ok(got) if got == buf.len() => {
+                            deliver(host, pool, c.vmi, &rec, buf);
+                            c.acks.push_back(Record { kind: ACK, flags: 0, len: 0, id: rec.id }.emit());
+                            n += 1;
+                        }
+                        other => {
+                            log::warn!("shmem: single-copy read from '{}' failed ({other:?}); asking it to send inline", c.peer_key);
+                            pool.give(buf);
+                            c.acks.push_back(Record { kind: NACK, flags: rec.flags, len: rec.len, id: rec.id }.emit());
+                        }
+                    }
+                }
+            }
+        }
+        drop(cons);
+        drop(view);
+        if let Some(e) = error {
+            log::warn!("shmem: {e}; closing the connection");
+            self.end(idx, Status::Protocol, &e, false);
+        }
+        n
+    }
+
+    /// Writes queued records and acknowledgements; rings the peer if it sleeps.
+    fn flush_tx(&mut self, idx: usize) -> usize {
+        let Some(c) = self.conns[idx].as_mut() else { return 0 };
+        let Some(region) = c.region.as_ref() else { return 0 };
+        if c.tx.is_empty() && c.acks.is_empty() {
+            return 0;
+        }
+        let view = region.ring(c.tx_ring);
+        let mut p = Producer::new(view.shared());
+        let mut published = false;
+        let mut n = 0;
+        let mut close: Option<Irb> = None;
+        while let Some(a) = c.acks.front() {
+            if !p.push_all(&[a]) {
+                break;
+            }
+            c.acks.pop_front();
+            published = true;
+        }
+        'items: while let Some(front) = c.tx.front_mut() {
+            match front {
+                Tx::Data { irb, header, off, total } => {
+                    if *off == 0 {
+                        if !p.push_all(&[header]) {
+                            break;
+                        }
+                        *off = RECORD_LEN;
+                        published = true;
+                    }
+                    // Continue the payload where the last call stopped.
+                    let mut pos = *off - RECORD_LEN;
+                    let mut base = 0;
+                    for i in 0..irb.segments().len() {
+                        let seg = irb.segment(i);
+                        if pos < base + seg.len() {
+                            let k = p.push_some(&seg[pos - base..]);
+                            if k > 0 {
+                                published = true;
+                            }
+                            *off += k;
+                            pos += k;
+                            if pos < base + seg.len() {
+                                break 'items;
+                            }
+                        }
+                        base += seg.len();
+                    }
+                    if *off == *total {
+                        if let Some(Tx::Data { irb, .. }) = c.tx.pop_front() {
+                            irb.complete(Status::Ok);
+                            n += 1;
+                        }
+                    } else {
+                        break;
+                    }
+                }
+                Tx::Rdv { record, .. } => {
+                    if !p.push_all(&[record]) {
+                        break;
+                    }
+                    published = true;
+                    if let Some(Tx::Rdv { irb, id, .. }) = c.tx.pop_front() {
+                        c.rdv_waiting.insert(id, irb);
+                    }
+                }
+                Tx::Close { .. } => {
+                    if !c.rdv_waiting.is_empty() {
+                        break;
+                    }
+                    if let Some(Tx::Close { irb }) = c.tx.pop_front() {
+                        close = Some(irb);
+                    }
+                    break;
+                }
+            }
+        }
+        if published && p.needs_wake() {
+            if let Some(b) = &c.peer_bell {
+                ring(b);
+            }
+        }
+        drop(p);
+        drop(view);
+        if let Some(irb) = close {
+            if let Some(mut c) = self.take(idx) {
+                let _ = send_with_fds(&c.sock, b"B", &[]);
+                let _ = c.sock.shutdown(std::net::Shutdown::Both);
+                c.state = State::Closing;
+            }
+            irb.complete(Status::Ok);
+        }
+        n
+    }
+
+    fn read_control(&mut self, idx: usize) {
+        let mut eof = false;
+        loop {
+            let Some(c) = self.conns[idx].as_mut() else { return };
+            let mut buf = [0u8; 4096];
+            match recv_with_fds(&c.sock, &mut buf, &mut c.fds) {
+                Ok(0) => {
+                    eof = true;
+                    break;
+                }
+                Ok(k) => c.ctl.extend_from_slice(&buf[..k]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    eof = true;
+                    break;
+                }
+            }
+        }
+        let Some(c) = self.conns[idx].as_mut() else { return };
+        match c.state {
+            State::AwaitHello => self.on_hello_bytes(idx, eof),
+            State::AwaitAnswer => self.on_answer_bytes(idx, eof),
+            _ => {
+                let mut bye = false;
+                for b in std::mem::take(&mut c.ctl) {
+                    match b {
+                        b'C' => {
+                            c.peer_reads_me = self.cfg.single_copy;
+                            log::info!("shmem: '{}' reads fragments of {} bytes or more from this process by single copy", c.peer_key, self.cfg.single_copy_min);
+                        }
+                        b'N' => {
+                            c.peer_reads_me = false;
+                            log::info!("shmem: '{}' cannot read this process's memory: fragments are pipelined through the ring", c.peer_key);
+                        }
+                        b'B' => bye = true,
+                        _ => {}
+                    }
+                }
+                if bye || eof {
+                    // Everything the peer wrote to the ring before closing is delivered first.
+                    self.drain_rx(idx);
+                    let (status, detail) = if bye {
+                        (Status::Ok, "the peer closed the connection".to_string())
+                    } else {
+                        (Status::ConnectionLost, "the peer process exited or was killed (its rendezvous socket closed)".to_string())
+                    };
+                    self.end(idx, status, &detail, false);
+                }
+            }
+        }
+    }
+
+    fn on_hello_bytes(&mut self, idx: usize, eof: bool) {
+        let Some(c) = self.conns[idx].as_mut() else { return };
+        let parsed = if c.ctl.len() >= HELLO_LEN { Some(Hello::parse(&c.ctl, self.cfg.max_connect_data)) } else { None };
+        let hello = match parsed {
+            Some(Ok(h)) if c.ctl.len() >= HELLO_LEN + h.body_len() => h,
+            Some(Err(e)) => {
+                log::warn!("shmem: dropped a connection (pid {}): invalid hello: {e}", c.peer_pid);
+                self.take(idx);
+                return;
+            }
+            _ => {
+                if eof {
+                    log::warn!("shmem: dropped a connection (pid {}): it closed before finishing its hello", c.peer_pid);
+                    self.take(idx);
+                }
+                return;
+            }
+        };
+        let body = c.ctl[HELLO_LEN..HELLO_LEN + hello.body_len()].to_vec();
+        let (from, rest) = body.split_at(hello.from_key_len as usize);
+        let (to, rest) = rest.split_at(hello.to_key_len as usize);
+        let (sig, data) = rest.split_at(hello.sig_len as usize);
+        let (from, to, sig) = (String::from_utf8_lossy(from).into_owned(), String::from_utf8_lossy(to), String::from_utf8_lossy(sig));
+        c.peer_key = from.clone();
+        c.peer_probe = hello.probe_addr;
+        let refuse = |c: &Conn, status: u8, reason: &str| {
+            let _ = send_with_fds(&c.sock, &Answer::emit(status, reason, &[], false, &PROBE), &[]);
+        };
+        if to != self.key {
+            refuse(c, INVALID, &format!("this socket belongs to key '{}', not '{to}'", self.key));
+            self.take(idx);
+            return;
+        }
+        let peer_sig = Signature::parse(&sig).unwrap_or_default();
+        if let Err(why) = self.signature.check_peer(&self.key, &peer_sig, &from) {
+            log::warn!("shmem: refusing connection from '{from}': {why}");
+            refuse(c, MISMATCH, &why);
+            self.take(idx);
+            return;
+        }
+        if c.fds.len() != 2 {
+            refuse(c, INVALID, "the hello must carry the ring memory and a doorbell");
+            self.take(idx);
+            return;
+        }
+        let mut fds = std::mem::take(&mut c.fds).into_iter();
+        let (memfd, bell) = (fds.next().expect("two"), fds.next().expect("two"));
+        let region = match Region::map(memfd, hello.ring_size as usize) {
+            Ok(r) => r,
+            Err(e) => {
+                refuse(c, INVALID, &e);
+                self.take(idx);
+                return;
+            }
+        };
+        c.region = Some(region);
+        c.peer_bell = Some(bell);
+        c.tx_ring = 1;
+        c.rx_ring = 0;
+        c.ctl.clear();
+        let vmi = self.host.conn_new();
+        c.vmi = vmi;
+        c.state = State::AwaitDecision;
+        c.deadline = None;
+        let data = data.to_vec();
+        self.by_vmi.insert(vmi, idx);
+        let Some(mut irb) = self.host.alloc_irb(Op::ConnectRequest, vmi) else { return };
+        irb.set_peer("localhost", &from);
+        if irb.attach(&data).is_err() {
+            log::error!("shmem: could not attach connect data");
+        }
+        irb.pass();
+    }
+
+    fn on_answer_bytes(&mut self, idx: usize, eof: bool) {
+        let Some(c) = self.conns[idx].as_mut() else { return };
+        let parsed = if c.ctl.len() >= ANSWER_LEN { Some(Answer::parse(&c.ctl, self.cfg.max_connect_data)) } else { None };
+        let answer = match parsed {
+            Some(Ok(a)) if c.ctl.len() >= ANSWER_LEN + a.body_len() => a,
+            Some(Err(e)) => {
+                let detail = format!("invalid answer from '{}': {e}", c.peer_key);
+                return self.end(idx, Status::Protocol, &detail, false);
+            }
+            _ => {
+                if eof {
+                    let detail = format!("'{}' closed the rendezvous socket before answering", c.peer_key);
+                    self.end(idx, Status::ConnectionLost, &detail, false);
+                }
+                return;
+            }
+        };
+        let body = c.ctl[ANSWER_LEN..ANSWER_LEN + answer.body_len()].to_vec();
+        let (reason, reply) = body.split_at(answer.reason_len as usize);
+        let reason = String::from_utf8_lossy(reason).into_owned();
+        c.ctl.clear();
+        let mut irb = c.connect.take().expect("a connector has its connect IRB");
+        irb.clear_segments();
+        if irb.attach(reply).is_err() {
+            log::error!("shmem: could not attach reply data");
+        }
+        if answer.status != ACCEPT {
+            let (st, detail) = match answer.status {
+                REJECT => (Status::Rejected, format!("'{}' rejected the connection", c.peer_key)),
+                MISMATCH => (Status::Mismatch, format!("'{}' refused the connection: {reason}", c.peer_key)),
+                _ => (Status::Protocol, format!("'{}' refused the connection: {reason}", c.peer_key)),
+            };
+            irb.set_detail(&detail);
+            irb.complete(st);
+            self.take(idx);
+            return;
+        }
+        let Some(bell) = c.fds.pop() else {
+            irb.set_detail("the answer carried no doorbell");
+            irb.complete(Status::Protocol);
+            self.take(idx);
+            return;
+        };
+        c.peer_bell = Some(bell);
+        c.peer_reads_me = answer.can_read_you && self.cfg.single_copy;
+        // Can we read the listener? Tell it, so it knows how to send large fragments.
+        let mut probe = [0u8; 16];
+        let readable = self.cfg.single_copy
+            && read_peer(c.peer_pid, &[(answer.probe_addr, 16)], &mut probe).is_ok_and(|n| n == 16)
+            && probe == PROBE;
+        let _ = send_with_fds(&c.sock, if readable { b"C" } else { b"N" }, &[]);
+        c.state = State::Open;
+        c.deadline = None;
+        let mode = if c.peer_reads_me {
+            format!("fragments of {} bytes or more by single copy (process_vm_readv), smaller ones copied through the ring", self.cfg.single_copy_min)
+        } else {
+            "every fragment copied through the ring (single copy not permitted or disabled)".to_string()
+        };
+        log::info!("shmem: connected to '{}': {} KiB ring per direction; {mode}", c.peer_key, self.cfg.ring_size >> 10);
+        irb.complete(Status::Ok);
+    }
+
+    fn accept_all(&mut self) {
+        loop {
+            match self.listener.accept() {
+                Ok((sock, _)) => {
+                    let (peer, pid) = match peer_uid(&sock) {
+                        Ok(x) => x,
+                        Err(e) => {
+                            log::warn!("shmem: dropped a connection: cannot read its credentials: {e}");
+                            continue;
+                        }
+                    };
+                    if peer != self.uid {
+                        log::warn!(
+                            "shmem: refused a connection from uid {peer} (pid {pid}): only processes of uid {} may connect to key '{}'",
+                            self.uid,
+                            self.key
+                        );
+                        drop(sock);
+                        continue;
+                    }
+                    let conn = Conn {
+                        sock,
+                        vmi: 0,
+                        state: State::AwaitHello,
+                        region: None,
+                        tx_ring: 1,
+                        rx_ring: 0,
+                        peer_bell: None,
+                        peer_pid: pid,
+                        peer_probe: 0,
+                        peer_key: String::new(),
+                        peer_reads_me: false,
+                        ctl: Vec::new(),
+                        fds: Vec::new(),
+                        rx: Rx::Header,
+                        tx: VecDeque::new(),
+                        acks: VecDeque::new(),
+                        rdv_waiting: HashMap::new(),
+                        next_id: 1,
+                        connect: None,
+                        deadline: Some(Instant::now() + self.cfg.connect_timeout),
+                    };
+                    let idx = self.insert(conn);
+                    self.read_control(idx);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    log::warn!("shmem: accept failed: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn control(&mut self) -> usize {
+        if let Err(e) = self.poll.poll(&mut self.events, Some(Duration::ZERO)) {
+            if e.kind() != io::ErrorKind::Interrupted {
+                log::error!("shmem: epoll failed: {e}");
+            }
+            return 0;
+        }
+        let tokens: Vec<Token> = self.events.iter().map(|e| e.token()).collect();
+        for t in &tokens {
+            match *t {
+                LISTENER => self.accept_all(),
+                BELL => drain(&self.bell),
+                Token(idx) => self.read_control(idx),
+            }
+        }
+        let now = Instant::now();
+        for idx in 0..self.conns.len() {
+            let Some(c) = self.conns[idx].as_ref() else { continue };
+            if c.deadline.is_some_and(|d| d <= now) {
+                match c.state {
+                    State::AwaitHello => {
+                        log::warn!("shmem: dropped a connection (pid {}): no complete hello in time", c.peer_pid);
+                        self.take(idx);
+                    }
+                    _ => {
+                        let detail = format!("no answer from '{}' within {} ms", c.peer_key, self.cfg.connect_timeout.as_millis());
+                        self.end(idx, Status::Timeout, &detail, false);
+                    }
+                }
+            }
+        }
+        tokens.len()
+    }
+
+    fn connect(&mut self, irb: Irb) -> Disposition {
+        let (_, key) = irb.peer();
+        let fail = |mut irb: Irb, st: Status, d: String| {
+            irb.set_detail(&d);
+            Disposition::Complete(irb, st)
+        };
+        let addr = match socket_addr(self.uid, &key) {
+            Ok(a) => a,
+            Err(e) => return fail(irb, Status::Invalid, format!("key '{key}' cannot name a socket: {e}")),
+        };
+        let std_sock = match std::os::unix::net::UnixStream::connect_addr(&addr) {
+            Ok(s) => s,
+            Err(e) => return fail(irb, Status::Unreachable, format!("no process with key '{key}' listens for shared memory here ({e})")),
+        };
+        let region = match Region::create(self.cfg.ring_size) {
+            Ok(r) => r,
+            Err(e) => return fail(irb, Status::NoResources, e),
+        };
+        let data: Vec<u8> = (0..irb.segments().len()).flat_map(|i| irb.segment(i).to_vec()).collect();
+        let hello = Hello::emit(&self.key, &key, &self.signature_text, &data, self.cfg.ring_size as u32, &PROBE);
+        let _ = std_sock.set_write_timeout(Some(Duration::from_secs(2)));
+        if let Err(e) = send_with_fds(&std_sock, &hello, &[region.fd(), &self.bell]) {
+            return fail(irb, Status::ConnectionLost, format!("cannot send the hello to '{key}': {e}"));
+        }
+        let pid = peer_uid(&std_sock).map(|(_, p)| p).unwrap_or(0);
+        let _ = std_sock.set_nonblocking(true);
+        let conn = Conn {
+            sock: UnixStream::from_std(std_sock),
+            vmi: irb.conn(),
+            state: State::AwaitAnswer,
+            region: Some(region),
+            tx_ring: 0,
+            rx_ring: 1,
+            peer_bell: None,
+            peer_pid: pid,
+            peer_probe: 0,
+            peer_key: key,
+            peer_reads_me: false,
+            ctl: Vec::new(),
+            fds: Vec::new(),
+            rx: Rx::Header,
+            tx: VecDeque::new(),
+            acks: VecDeque::new(),
+            rdv_waiting: HashMap::new(),
+            next_id: 1,
+            connect: Some(irb),
+            deadline: Some(Instant::now() + self.cfg.connect_timeout),
+        };
+        self.insert(conn);
+        self.polls = CONTROL_EVERY - 1; // look at the answer soon
+        Disposition::Pending
+    }
+
+    fn send(&mut self, mut irb: Irb) -> Disposition {
+        let Some(&idx) = self.by_vmi.get(&irb.conn()) else {
+            irb.set_detail("the connection is closed");
+            return Disposition::Complete(irb, Status::ConnectionLost);
+        };
+        let max = self.cfg.max_fragment;
+        let min_rdv = self.cfg.single_copy_min;
+        let c = self.conns[idx].as_mut().expect("by_vmi points at live conns");
+        if c.state != State::Open {
+            irb.set_detail("the connection is not open");
+            return Disposition::Complete(irb, Status::ConnectionLost);
+        }
+        let total = irb.data_len();
+        if total as u64 > max {
+            irb.set_detail(&format!("fragment of {total} bytes is over max_fragment {max}"));
+            return Disposition::Complete(irb, Status::TooLarge);
+        }
+        let flags = (irb.flags() >> 16) as u16;
+        let end = irb.is_end();
+        if c.peer_reads_me && total >= min_rdv {
+            let id = c.next_id;
+            c.next_id += 1;
+            let kind = if end { RDV_END } else { RDV };
+            let mut record = Record { kind, flags, len: total as u32, id }.emit().to_vec();
+            let n = irb.segments().len();
+            record.extend_from_slice(&(n as u32).to_le_bytes());
+            record.extend_from_slice(&0u32.to_le_bytes());
+            for s in irb.segments() {
+                record.extend_from_slice(&(s.base as u64).to_le_bytes());
+                record.extend_from_slice(&(s.len as u64).to_le_bytes());
+            }
+            c.tx.push_back(Tx::Rdv { irb, record, id });
+            self.flush_tx(idx);
+            return Disposition::Pending;
+        }
+        let header = Record { kind: if end { DATA_END } else { DATA }, flags, len: total as u32, id: 0 }.emit();
+        if c.tx.is_empty() && c.acks.is_empty() {
+            if let Some(region) = c.region.as_ref() {
+                let view = region.ring(c.tx_ring);
+                let mut p = Producer::new(view.shared());
+                let mut parts: [&[u8]; 17] = [&[]; 17];
+                parts[0] = &header;
+                let n = irb.segments().len().min(16);
+                for (i, part) in parts.iter_mut().enumerate().skip(1).take(n) {
+                    *part = irb.segment(i - 1);
+                }
+                if p.push_all(&parts[..=n]) {
+                    if p.needs_wake() {
+                        if let Some(b) = &c.peer_bell {
+                            ring(b);
+                        }
+                    }
+                    drop(p);
+                    drop(view);
+                    return Disposition::Complete(irb, Status::Ok);
+                }
+            }
+        }
+        c.tx.push_back(Tx::Data { irb, header, off: 0, total: RECORD_LEN + total });
+        self.flush_tx(idx);
+        Disposition::Pending
+    }
+}
+
+#[allow(unsafe_code)]
+fn set_status(irb: &mut Irb, status: Status) {
+    // SAFETY: the device holds the IRB; writing its status field is allowed by the ABI.
+    unsafe { (*irb.as_ptr()).status = status.code() };
+}
+
+impl Device for ShmemDevice {
+    const NAME: &'static CStr = c"shmem";
+    const VERSION: &'static CStr = c"0.1.0";
+    const DESCRIPTION: &'static CStr = c"shared memory between processes of one user on one host: memfd rings, single copy for large fragments";
+    const KIND: DeviceKind = DeviceKind::Transport;
+    const PARAMS: &'static [vmi_core::abi::VmiParamSpec] = PARAMS;
+    type Frame = ShmemFrame;
+
+    fn create(host: Host, config: &Config) -> Result<Self, String> {
+        let cfg = ShmemConfig::from_config(config)?;
+        let key = host.local_key();
+        let uid = uid();
+        let addr = socket_addr(uid, &key).map_err(|e| format!("key '{key}' cannot name a socket: {e}"))?;
+        let std_listener = std::os::unix::net::UnixListener::bind_addr(&addr).map_err(|e| {
+            if e.kind() == io::ErrorKind::AddrInUse {
+                format!("another process of this user already listens for shared memory with key '{key}'; give each process its own key")
+            } else {
+                format!("cannot listen on the abstract socket @{}: {e}", crate::io::socket_name(uid, &key))
+            }
+        })?;
+        std_listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+        let mut listener = UnixListener::from_std(std_listener);
+        let poll = Poll::new().map_err(|e| format!("cannot create an epoll instance: {e}"))?;
+        poll.registry().register(&mut listener, LISTENER, Interest::READABLE).map_err(|e| e.to_string())?;
+        let bell = doorbell().map_err(|e| format!("cannot create an eventfd: {e}"))?;
+        poll.registry()
+            .register(&mut SourceFd(&bell.as_raw_fd()), BELL, Interest::READABLE)
+            .map_err(|e| e.to_string())?;
+        let signature_text = host.signature();
+        log::info!("shmem: key '{key}' listening on @{}", crate::io::socket_name(uid, &key));
+        Ok(ShmemDevice {
+            host,
+            cfg,
+            key,
+            uid,
+            signature: Signature::parse(&signature_text).unwrap_or_default(),
+            signature_text,
+            poll,
+            events: Events::with_capacity(128),
+            listener,
+            bell,
+            conns: Vec::new(),
+            free: Vec::new(),
+            by_vmi: HashMap::new(),
+            pool: HeldBuffers::default(),
+            polls: 0,
+            slept: Cell::new(false),
+        })
+    }
+
+    fn capabilities(&self, _below: Capabilities) -> Capabilities {
+        Capabilities { max_fragment: self.cfg.max_fragment, headroom: RECORD_LEN as u32, tailroom: 0, max_connect_data: self.cfg.max_connect_data }
+    }
+
+    fn reach(&mut self, host: &str, key: &str) -> Result<(), String> {
+        if !is_local(host) {
+            return Err(format!("'{host}' is not this machine (shared memory reaches local processes only)"));
+        }
+        if !listening(self.uid, key) {
+            return Err(format!("no process of uid {} listens for shared memory with key '{key}' on this machine", self.uid));
+        }
+        Ok(())
+    }
+
+    fn submit(&mut self, mut irb: Irb) -> Disposition {
+        match irb.op() {
+            Op::Send => self.send(irb),
+            Op::Connect => self.connect(irb),
+            Op::Accept | Op::Reject => {
+                let Some(&idx) = self.by_vmi.get(&irb.conn()) else {
+                    irb.set_detail("the connecting peer went away");
+                    return Disposition::Complete(irb, Status::ConnectionLost);
+                };
+                let reply: Vec<u8> = (0..irb.segments().len()).flat_map(|i| irb.segment(i).to_vec()).collect();
+                let accept = irb.op() == Op::Accept;
+                let c = self.conns[idx].as_mut().expect("live");
+                let mut probe = [0u8; 16];
+                let can_read = self.cfg.single_copy
+                    && read_peer(c.peer_pid, &[(c.peer_probe, 16)], &mut probe).is_ok_and(|n| n == 16)
+                    && probe == PROBE;
+                let status = if accept { ACCEPT } else { REJECT };
+                let c = self.conns[idx].as_mut().expect("live");
+                let sent = if accept {
+                    send_with_fds(&c.sock, &Answer::emit(status, "", &reply, can_read, &PROBE), &[&self.bell])
+                } else {
+                    send_with_fds(&c.sock, &Answer::emit(status, "", &reply, false, &PROBE), &[])
+                };
+                if let Err(e) = sent {
+                    irb.set_detail(&format!("cannot answer '{}': {e}", c.peer_key));
+                    self.end(idx, Status::ConnectionLost, "answer failed", true);
+                    return Disposition::Complete(irb, Status::ConnectionLost);
+                }
+                if accept {
+                    c.state = State::Open;
+                    log::info!(
+                        "shmem: accepted '{}': {} KiB ring per direction; this process {} its memory",
+                        c.peer_key,
+                        self.cfg.ring_size >> 10,
+                        if can_read { "reads large fragments straight from" } else { "cannot read (single copy off) from" }
+                    );
+                } else {
+                    self.end(idx, Status::Ok, "rejected", true);
+                }
+                Disposition::Complete(irb, Status::Ok)
+            }
+            Op::Disconnect => {
+                let Some(&idx) = self.by_vmi.get(&irb.conn()) else {
+                    return Disposition::Complete(irb, Status::Ok);
+                };
+                if let Some(c) = self.conns[idx].as_mut() {
+                    c.state = State::Closing;
+                    c.tx.push_back(Tx::Close { irb });
+                }
+                self.flush_tx(idx);
+                Disposition::Pending
+            }
+            other => {
+                irb.set_detail(&format!("shmem does not handle {other:?}"));
+                Disposition::Complete(irb, Status::Invalid)
+            }
+        }
+    }
+
+    fn complete(&mut self, irb: &mut Irb) {
+        let held = std::mem::take(&mut irb.frame::<ShmemFrame>().held);
+        self.pool.release(held);
+    }
+
+    fn poll(&mut self) -> usize {
+        let mut n = 0;
+        if self.slept.replace(false) {
+            for c in self.conns.iter().flatten() {
+                if let Some(r) = c.region.as_ref() {
+                    let view = r.ring(c.rx_ring);
+                    Consumer::new(view.shared()).woke();
+                }
+            }
+            self.polls = CONTROL_EVERY - 1;
+        }
+        for idx in 0..self.conns.len() {
+            if self.conns[idx].is_some() {
+                n += self.drain_rx(idx);
+                n += self.flush_tx(idx);
+            }
+        }
+        self.polls += 1;
+        if self.polls >= CONTROL_EVERY {
+            self.polls = 0;
+            n += self.control();
+        }
+        n
+    }
+
+    fn wait_fd(&self) -> (Option<RawFd>, Option<Duration>) {
+        self.slept.set(true);
+        let mut busy = false;
+        let mut next: Option<Duration> = None;
+        let now = Instant::now();
+        for c in self.conns.iter().flatten() {
+            if let Some(r) = c.region.as_ref() {
+                let view = r.ring(c.rx_ring);
+                if !Consumer::new(view.shared()).prepare_sleep() {
+                    busy = true;
+                }
+            }
+            if !c.tx.is_empty() || !c.acks.is_empty() {
+                // Waiting for ring space: the peer rings no bell for that, so look again soon.
+                next = Some(next.map_or(Duration::from_micros(200), |n: Duration| n.min(Duration::from_micros(200))));
+            }
+            if let Some(d) = c.deadline {
+                let left = d.saturating_duration_since(now);
+                next = Some(next.map_or(left, |n| n.min(left)));
+            }
+        }
+        if busy {
+            next = Some(Duration::ZERO);
+        }
+        (Some(self.poll.as_raw_fd()), next)
+    }
+}
+
+impl Drop for ShmemDevice {
+    fn drop(&mut self) {
+        for idx in 0..self.conns.len() {
+            if let Some(c) = self.conns[idx].as_ref() {
+                if matches!(c.state, State::Open | State::Closing) {
+                    let _ = send_with_fds(&c.sock, b"B", &[]);
+                }
+            }
+            self.end(idx, Status::Cancelled, "this process shut down its vmi", true);
+        }
+    }
+}
