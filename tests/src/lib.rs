@@ -287,6 +287,7 @@ pub fn register_all() {
         vmi_compress::register_static();
         vmi_fault::register_static();
         vmi_trace::register_static();
+        vmi_shmem::register_static();
         devices::register();
     });
 }

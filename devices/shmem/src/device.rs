@@ -18,7 +18,10 @@ use vmi_core::held::HeldBuffers;
 use vmi_core::signature::Signature;
 
 use crate::config::{PARAMS, ShmemConfig};
-use crate::io::{Region, doorbell, drain, listening, peer_uid, read_peer, recv_with_fds, ring, send_with_fds, socket_addr, uid};
+use crate::io::{
+    Region, doorbell, drain, listening, peer_uid, read_peer, recv_with_fds, ring, send_with_fds,
+    socket_addr, uid,
+};
 use crate::spsc::{Consumer, Producer};
 use crate::wire::*;
 
@@ -42,14 +45,33 @@ enum State {
 
 enum Rx {
     Header,
-    Payload { rec: Record, buf: Vec<u8>, got: usize },
-    Iovs { rec: Record, bytes: Vec<u8>, need: usize },
+    Payload {
+        rec: Record,
+        buf: Vec<u8>,
+        got: usize,
+    },
+    Iovs {
+        rec: Record,
+        bytes: Vec<u8>,
+        need: usize,
+    },
 }
 
 enum Tx {
-    Data { irb: Irb, header: [u8; RECORD_LEN], off: usize, total: usize },
-    Rdv { irb: Irb, record: Vec<u8>, id: u64 },
-    Close { irb: Irb },
+    Data {
+        irb: Irb,
+        header: [u8; RECORD_LEN],
+        off: usize,
+        total: usize,
+    },
+    Rdv {
+        irb: Irb,
+        record: Vec<u8>,
+        id: u64,
+    },
+    Close {
+        irb: Irb,
+    },
 }
 
 struct Conn {
@@ -125,8 +147,15 @@ fn push_segment(irb: &mut Irb, ptr: *mut u8, len: usize) {
 }
 
 fn is_local(host: &str) -> bool {
-    let h = host.trim_start_matches('[').split(']').next().unwrap_or(host);
-    let h = h.rsplit_once(':').filter(|(a, _)| !a.contains(':')).map_or(h, |(a, _)| a);
+    let h = host
+        .trim_start_matches('[')
+        .split(']')
+        .next()
+        .unwrap_or(host);
+    let h = h
+        .rsplit_once(':')
+        .filter(|(a, _)| !a.contains(':'))
+        .map_or(h, |(a, _)| a);
     if h.is_empty() || h == "localhost" || h == "::1" || h.starts_with("127.") {
         return true;
     }
@@ -141,7 +170,11 @@ impl ShmemDevice {
             self.conns.push(None);
             self.conns.len() - 1
         });
-        if let Err(e) = self.poll.registry().register(&mut conn.sock, Token(idx), Interest::READABLE) {
+        if let Err(e) =
+            self.poll
+                .registry()
+                .register(&mut conn.sock, Token(idx), Interest::READABLE)
+        {
             log::error!("shmem: cannot register a control socket: {e}");
         }
         if conn.vmi != 0 {
@@ -186,14 +219,26 @@ impl ShmemDevice {
         }
         if let Some(mut irb) = c.connect.take() {
             irb.set_detail(detail);
-            irb.complete(if status == Status::Ok { Status::ConnectionLost } else { status });
+            irb.complete(if status == Status::Ok {
+                Status::ConnectionLost
+            } else {
+                status
+            });
             return;
         }
-        if !quiet && !local_close && c.vmi != 0 && matches!(c.state, State::Open | State::AwaitDecision | State::Closing) {
+        if !quiet
+            && !local_close
+            && c.vmi != 0
+            && matches!(c.state, State::Open | State::AwaitDecision | State::Closing)
+        {
             if status == Status::Ok {
                 log::debug!("shmem: '{}' closed connection {:#x}", c.peer_key, c.vmi);
             } else {
-                log::info!("shmem: connection {:#x} to '{}' ended: {detail}", c.vmi, c.peer_key);
+                log::info!(
+                    "shmem: connection {:#x} to '{}' ended: {detail}",
+                    c.vmi,
+                    c.peer_key
+                );
             }
             if let Some(mut irb) = self.host.alloc_irb(Op::PeerDisconnect, c.vmi) {
                 irb.set_detail(detail);
@@ -205,12 +250,22 @@ impl ShmemDevice {
 
     /// Reads records from a connection's incoming ring and hands fragments up.
     fn drain_rx(&mut self, idx: usize) -> usize {
-        let Self { conns, pool, host, cfg, .. } = self;
-        let Some(c) = conns[idx].as_mut() else { return 0 };
+        let Self {
+            conns,
+            pool,
+            host,
+            cfg,
+            ..
+        } = self;
+        let Some(c) = conns[idx].as_mut() else {
+            return 0;
+        };
         if !matches!(c.state, State::Open | State::Closing) {
             return 0;
         }
-        let Some(region) = c.region.as_ref() else { return 0 };
+        let Some(region) = c.region.as_ref() else {
+            return 0;
+        };
         let view = region.ring(c.rx_ring);
         let mut cons = Consumer::new(view.shared());
         let mut n = 0;
@@ -232,15 +287,30 @@ impl ShmemDevice {
                     };
                     match rec.kind {
                         DATA | DATA_END | RDV | RDV_END if rec.len as u64 > cfg.max_fragment => {
-                            error = Some(format!("'{}' sent a fragment of {} bytes, over max_fragment {}", c.peer_key, rec.len, cfg.max_fragment));
+                            error = Some(format!(
+                                "'{}' sent a fragment of {} bytes, over max_fragment {}",
+                                c.peer_key, rec.len, cfg.max_fragment
+                            ));
                             break;
                         }
                         DATA | DATA_END if rec.len == 0 => {
                             deliver(host, pool, c.vmi, &rec, Vec::new());
                             n += 1;
                         }
-                        DATA | DATA_END => c.rx = Rx::Payload { rec, buf: pool.take(rec.len as usize), got: 0 },
-                        RDV | RDV_END => c.rx = Rx::Iovs { rec, bytes: Vec::with_capacity(8 + 16 * 16), need: 8 },
+                        DATA | DATA_END => {
+                            c.rx = Rx::Payload {
+                                rec,
+                                buf: pool.take(rec.len as usize),
+                                got: 0,
+                            }
+                        }
+                        RDV | RDV_END => {
+                            c.rx = Rx::Iovs {
+                                rec,
+                                bytes: Vec::with_capacity(8 + 16 * 16),
+                                need: 8,
+                            }
+                        }
                         ACK => {
                             if let Some(irb) = c.rdv_waiting.remove(&rec.id) {
                                 irb.complete(Status::Ok);
@@ -251,10 +321,31 @@ impl ShmemDevice {
                             // NACK: the peer cannot read our memory; send inline from now on.
                             c.peer_reads_me = false;
                             if let Some(irb) = c.rdv_waiting.remove(&rec.id) {
-                                log::info!("shmem: '{}' cannot read this process's memory; sending inline", c.peer_key);
-                                let header = Record { kind: if irb.is_end() { DATA_END } else { DATA }, flags: rec.flags, len: rec.len, id: 0 }.emit();
+                                log::info!(
+                                    "shmem: '{}' cannot read this process's memory; sending inline",
+                                    c.peer_key
+                                );
+                                let header = Record {
+                                    kind: if irb.is_end() { DATA_END } else { DATA },
+                                    flags: rec.flags,
+                                    len: rec.len,
+                                    id: 0,
+                                }
+                                .emit();
                                 let total = RECORD_LEN + rec.len as usize;
-                                c.tx.push_front(Tx::Data { irb, header, off: 0, total });
+                                // After a record being written, if any; before everything else.
+                                let at = usize::from(
+                                    matches!(c.tx.front(), Some(Tx::Data { off, .. }) if *off > 0),
+                                );
+                                c.tx.insert(
+                                    at,
+                                    Tx::Data {
+                                        irb,
+                                        header,
+                                        off: 0,
+                                        total,
+                                    },
+                                );
                             }
                         }
                     }
@@ -278,9 +369,13 @@ impl ShmemDevice {
                     let k = cons.pop(&mut chunk[..want]);
                     bytes.extend_from_slice(&chunk[..k]);
                     if bytes.len() == 8 && *need == 8 {
-                        let count = u32::from_le_bytes(bytes[..4].try_into().expect("4 bytes")) as usize;
+                        let count =
+                            u32::from_le_bytes(bytes[..4].try_into().expect("4 bytes")) as usize;
                         if count == 0 || count > 16 {
-                            error = Some(format!("'{}' sent a single-copy record with {count} ranges", c.peer_key));
+                            error = Some(format!(
+                                "'{}' sent a single-copy record with {count} ranges",
+                                c.peer_key
+                            ));
                             break;
                         }
                         *need = 8 + 16 * count;
@@ -294,24 +389,51 @@ impl ShmemDevice {
                     let rec = *rec;
                     let ranges: Vec<(u64, usize)> = bytes[8..]
                         .chunks_exact(16)
-                        .map(|r| (u64::from_le_bytes(r[..8].try_into().expect("8")), u64::from_le_bytes(r[8..].try_into().expect("8")) as usize))
+                        .map(|r| {
+                            (
+                                u64::from_le_bytes(r[..8].try_into().expect("8")),
+                                u64::from_le_bytes(r[8..].try_into().expect("8")) as usize,
+                            )
+                        })
                         .collect();
                     c.rx = Rx::Header;
                     if ranges.iter().map(|r| r.1).sum::<usize>() != rec.len as usize {
-                        error = Some(format!("'{}' sent a single-copy record whose ranges do not add up", c.peer_key));
+                        error = Some(format!(
+                            "'{}' sent a single-copy record whose ranges do not add up",
+                            c.peer_key
+                        ));
                         break;
                     }
                     let mut buf = pool.take(rec.len as usize);
                     match read_peer(c.peer_pid, &ranges, &mut buf) {
                         Ok(got) if got == buf.len() => {
                             deliver(host, pool, c.vmi, &rec, buf);
-                            c.acks.push_back(Record { kind: ACK, flags: 0, len: 0, id: rec.id }.emit());
+                            c.acks.push_back(
+                                Record {
+                                    kind: ACK,
+                                    flags: 0,
+                                    len: 0,
+                                    id: rec.id,
+                                }
+                                .emit(),
+                            );
                             n += 1;
                         }
                         other => {
-                            log::warn!("shmem: single-copy read from '{}' failed ({other:?}); asking it to send inline", c.peer_key);
+                            log::warn!(
+                                "shmem: single-copy read from '{}' failed ({other:?}); asking it to send inline",
+                                c.peer_key
+                            );
                             pool.give(buf);
-                            c.acks.push_back(Record { kind: NACK, flags: rec.flags, len: rec.len, id: rec.id }.emit());
+                            c.acks.push_back(
+                                Record {
+                                    kind: NACK,
+                                    flags: rec.flags,
+                                    len: rec.len,
+                                    id: rec.id,
+                                }
+                                .emit(),
+                            );
                         }
                     }
                 }
@@ -328,8 +450,12 @@ impl ShmemDevice {
 
     /// Writes queued records and acknowledgements; rings the peer if it sleeps.
     fn flush_tx(&mut self, idx: usize) -> usize {
-        let Some(c) = self.conns[idx].as_mut() else { return 0 };
-        let Some(region) = c.region.as_ref() else { return 0 };
+        let Some(c) = self.conns[idx].as_mut() else {
+            return 0;
+        };
+        let Some(region) = c.region.as_ref() else {
+            return 0;
+        };
         if c.tx.is_empty() && c.acks.is_empty() {
             return 0;
         }
@@ -338,16 +464,26 @@ impl ShmemDevice {
         let mut published = false;
         let mut n = 0;
         let mut close: Option<Irb> = None;
-        while let Some(a) = c.acks.front() {
-            if !p.push_all(&[a]) {
-                break;
+        'items: loop {
+            // Acknowledgements go between records, never inside a partly written one.
+            let in_progress = matches!(c.tx.front(), Some(Tx::Data { off, .. }) if *off > 0);
+            if !in_progress {
+                while let Some(a) = c.acks.front() {
+                    if !p.push_all(&[a]) {
+                        break;
+                    }
+                    c.acks.pop_front();
+                    published = true;
+                }
             }
-            c.acks.pop_front();
-            published = true;
-        }
-        'items: while let Some(front) = c.tx.front_mut() {
+            let Some(front) = c.tx.front_mut() else { break };
             match front {
-                Tx::Data { irb, header, off, total } => {
+                Tx::Data {
+                    irb,
+                    header,
+                    off,
+                    total,
+                } => {
                     if *off == 0 {
                         if !p.push_all(&[header]) {
                             break;
@@ -423,7 +559,9 @@ impl ShmemDevice {
     fn read_control(&mut self, idx: usize) {
         let mut eof = false;
         loop {
-            let Some(c) = self.conns[idx].as_mut() else { return };
+            let Some(c) = self.conns[idx].as_mut() else {
+                return;
+            };
             let mut buf = [0u8; 4096];
             match recv_with_fds(&c.sock, &mut buf, &mut c.fds) {
                 Ok(0) => {
@@ -439,7 +577,9 @@ impl ShmemDevice {
                 }
             }
         }
-        let Some(c) = self.conns[idx].as_mut() else { return };
+        let Some(c) = self.conns[idx].as_mut() else {
+            return;
+        };
         match c.state {
             State::AwaitHello => self.on_hello_bytes(idx, eof),
             State::AwaitAnswer => self.on_answer_bytes(idx, eof),
@@ -449,11 +589,18 @@ impl ShmemDevice {
                     match b {
                         b'C' => {
                             c.peer_reads_me = self.cfg.single_copy;
-                            log::info!("shmem: '{}' reads fragments of {} bytes or more from this process by single copy", c.peer_key, self.cfg.single_copy_min);
+                            log::info!(
+                                "shmem: '{}' reads fragments of {} bytes or more from this process by single copy",
+                                c.peer_key,
+                                self.cfg.single_copy_min
+                            );
                         }
                         b'N' => {
                             c.peer_reads_me = false;
-                            log::info!("shmem: '{}' cannot read this process's memory: fragments are pipelined through the ring", c.peer_key);
+                            log::info!(
+                                "shmem: '{}' cannot read this process's memory: fragments are pipelined through the ring",
+                                c.peer_key
+                            );
                         }
                         b'B' => bye = true,
                         _ => {}
@@ -465,7 +612,11 @@ impl ShmemDevice {
                     let (status, detail) = if bye {
                         (Status::Ok, "the peer closed the connection".to_string())
                     } else {
-                        (Status::ConnectionLost, "the peer process exited or was killed (its rendezvous socket closed)".to_string())
+                        (
+                            Status::ConnectionLost,
+                            "the peer process exited or was killed (its rendezvous socket closed)"
+                                .to_string(),
+                        )
                     };
                     self.end(idx, status, &detail, false);
                 }
@@ -474,18 +625,30 @@ impl ShmemDevice {
     }
 
     fn on_hello_bytes(&mut self, idx: usize, eof: bool) {
-        let Some(c) = self.conns[idx].as_mut() else { return };
-        let parsed = if c.ctl.len() >= HELLO_LEN { Some(Hello::parse(&c.ctl, self.cfg.max_connect_data)) } else { None };
+        let Some(c) = self.conns[idx].as_mut() else {
+            return;
+        };
+        let parsed = if c.ctl.len() >= HELLO_LEN {
+            Some(Hello::parse(&c.ctl, self.cfg.max_connect_data))
+        } else {
+            None
+        };
         let hello = match parsed {
             Some(Ok(h)) if c.ctl.len() >= HELLO_LEN + h.body_len() => h,
             Some(Err(e)) => {
-                log::warn!("shmem: dropped a connection (pid {}): invalid hello: {e}", c.peer_pid);
+                log::warn!(
+                    "shmem: dropped a connection (pid {}): invalid hello: {e}",
+                    c.peer_pid
+                );
                 self.take(idx);
                 return;
             }
             _ => {
                 if eof {
-                    log::warn!("shmem: dropped a connection (pid {}): it closed before finishing its hello", c.peer_pid);
+                    log::warn!(
+                        "shmem: dropped a connection (pid {}): it closed before finishing its hello",
+                        c.peer_pid
+                    );
                     self.take(idx);
                 }
                 return;
@@ -495,14 +658,26 @@ impl ShmemDevice {
         let (from, rest) = body.split_at(hello.from_key_len as usize);
         let (to, rest) = rest.split_at(hello.to_key_len as usize);
         let (sig, data) = rest.split_at(hello.sig_len as usize);
-        let (from, to, sig) = (String::from_utf8_lossy(from).into_owned(), String::from_utf8_lossy(to), String::from_utf8_lossy(sig));
+        let (from, to, sig) = (
+            String::from_utf8_lossy(from).into_owned(),
+            String::from_utf8_lossy(to),
+            String::from_utf8_lossy(sig),
+        );
         c.peer_key = from.clone();
         c.peer_probe = hello.probe_addr;
         let refuse = |c: &Conn, status: u8, reason: &str| {
-            let _ = send_with_fds(&c.sock, &Answer::emit(status, reason, &[], false, &PROBE), &[]);
+            let _ = send_with_fds(
+                &c.sock,
+                &Answer::emit(status, reason, &[], false, &PROBE),
+                &[],
+            );
         };
         if to != self.key {
-            refuse(c, INVALID, &format!("this socket belongs to key '{}', not '{to}'", self.key));
+            refuse(
+                c,
+                INVALID,
+                &format!("this socket belongs to key '{}', not '{to}'", self.key),
+            );
             self.take(idx);
             return;
         }
@@ -514,7 +689,11 @@ impl ShmemDevice {
             return;
         }
         if c.fds.len() != 2 {
-            refuse(c, INVALID, "the hello must carry the ring memory and a doorbell");
+            refuse(
+                c,
+                INVALID,
+                "the hello must carry the ring memory and a doorbell",
+            );
             self.take(idx);
             return;
         }
@@ -539,7 +718,9 @@ impl ShmemDevice {
         c.deadline = None;
         let data = data.to_vec();
         self.by_vmi.insert(vmi, idx);
-        let Some(mut irb) = self.host.alloc_irb(Op::ConnectRequest, vmi) else { return };
+        let Some(mut irb) = self.host.alloc_irb(Op::ConnectRequest, vmi) else {
+            return;
+        };
         irb.set_peer("localhost", &from);
         if irb.attach(&data).is_err() {
             log::error!("shmem: could not attach connect data");
@@ -548,8 +729,14 @@ impl ShmemDevice {
     }
 
     fn on_answer_bytes(&mut self, idx: usize, eof: bool) {
-        let Some(c) = self.conns[idx].as_mut() else { return };
-        let parsed = if c.ctl.len() >= ANSWER_LEN { Some(Answer::parse(&c.ctl, self.cfg.max_connect_data)) } else { None };
+        let Some(c) = self.conns[idx].as_mut() else {
+            return;
+        };
+        let parsed = if c.ctl.len() >= ANSWER_LEN {
+            Some(Answer::parse(&c.ctl, self.cfg.max_connect_data))
+        } else {
+            None
+        };
         let answer = match parsed {
             Some(Ok(a)) if c.ctl.len() >= ANSWER_LEN + a.body_len() => a,
             Some(Err(e)) => {
@@ -558,7 +745,10 @@ impl ShmemDevice {
             }
             _ => {
                 if eof {
-                    let detail = format!("'{}' closed the rendezvous socket before answering", c.peer_key);
+                    let detail = format!(
+                        "'{}' closed the rendezvous socket before answering",
+                        c.peer_key
+                    );
                     self.end(idx, Status::ConnectionLost, &detail, false);
                 }
                 return;
@@ -575,9 +765,18 @@ impl ShmemDevice {
         }
         if answer.status != ACCEPT {
             let (st, detail) = match answer.status {
-                REJECT => (Status::Rejected, format!("'{}' rejected the connection", c.peer_key)),
-                MISMATCH => (Status::Mismatch, format!("'{}' refused the connection: {reason}", c.peer_key)),
-                _ => (Status::Protocol, format!("'{}' refused the connection: {reason}", c.peer_key)),
+                REJECT => (
+                    Status::Rejected,
+                    format!("'{}' rejected the connection", c.peer_key),
+                ),
+                MISMATCH => (
+                    Status::Mismatch,
+                    format!("'{}' refused the connection: {reason}", c.peer_key),
+                ),
+                _ => (
+                    Status::Protocol,
+                    format!("'{}' refused the connection: {reason}", c.peer_key),
+                ),
             };
             irb.set_detail(&detail);
             irb.complete(st);
@@ -601,11 +800,19 @@ impl ShmemDevice {
         c.state = State::Open;
         c.deadline = None;
         let mode = if c.peer_reads_me {
-            format!("fragments of {} bytes or more by single copy (process_vm_readv), smaller ones copied through the ring", self.cfg.single_copy_min)
+            format!(
+                "fragments of {} bytes or more by single copy (process_vm_readv), smaller ones copied through the ring",
+                self.cfg.single_copy_min
+            )
         } else {
-            "every fragment copied through the ring (single copy not permitted or disabled)".to_string()
+            "every fragment copied through the ring (single copy not permitted or disabled)"
+                .to_string()
         };
-        log::info!("shmem: connected to '{}': {} KiB ring per direction; {mode}", c.peer_key, self.cfg.ring_size >> 10);
+        log::info!(
+            "shmem: connected to '{}': {} KiB ring per direction; {mode}",
+            c.peer_key,
+            self.cfg.ring_size >> 10
+        );
         irb.complete(Status::Ok);
     }
 
@@ -616,7 +823,9 @@ impl ShmemDevice {
                     let (peer, pid) = match peer_uid(&sock) {
                         Ok(x) => x,
                         Err(e) => {
-                            log::warn!("shmem: dropped a connection: cannot read its credentials: {e}");
+                            log::warn!(
+                                "shmem: dropped a connection: cannot read its credentials: {e}"
+                            );
                             continue;
                         }
                     };
@@ -681,15 +890,24 @@ impl ShmemDevice {
         }
         let now = Instant::now();
         for idx in 0..self.conns.len() {
-            let Some(c) = self.conns[idx].as_ref() else { continue };
+            let Some(c) = self.conns[idx].as_ref() else {
+                continue;
+            };
             if c.deadline.is_some_and(|d| d <= now) {
                 match c.state {
                     State::AwaitHello => {
-                        log::warn!("shmem: dropped a connection (pid {}): no complete hello in time", c.peer_pid);
+                        log::warn!(
+                            "shmem: dropped a connection (pid {}): no complete hello in time",
+                            c.peer_pid
+                        );
                         self.take(idx);
                     }
                     _ => {
-                        let detail = format!("no answer from '{}' within {} ms", c.peer_key, self.cfg.connect_timeout.as_millis());
+                        let detail = format!(
+                            "no answer from '{}' within {} ms",
+                            c.peer_key,
+                            self.cfg.connect_timeout.as_millis()
+                        );
                         self.end(idx, Status::Timeout, &detail, false);
                     }
                 }
@@ -706,21 +924,46 @@ impl ShmemDevice {
         };
         let addr = match socket_addr(self.uid, &key) {
             Ok(a) => a,
-            Err(e) => return fail(irb, Status::Invalid, format!("key '{key}' cannot name a socket: {e}")),
+            Err(e) => {
+                return fail(
+                    irb,
+                    Status::Invalid,
+                    format!("key '{key}' cannot name a socket: {e}"),
+                );
+            }
         };
         let std_sock = match std::os::unix::net::UnixStream::connect_addr(&addr) {
             Ok(s) => s,
-            Err(e) => return fail(irb, Status::Unreachable, format!("no process with key '{key}' listens for shared memory here ({e})")),
+            Err(e) => {
+                return fail(
+                    irb,
+                    Status::Unreachable,
+                    format!("no process with key '{key}' listens for shared memory here ({e})"),
+                );
+            }
         };
         let region = match Region::create(self.cfg.ring_size) {
             Ok(r) => r,
             Err(e) => return fail(irb, Status::NoResources, e),
         };
-        let data: Vec<u8> = (0..irb.segments().len()).flat_map(|i| irb.segment(i).to_vec()).collect();
-        let hello = Hello::emit(&self.key, &key, &self.signature_text, &data, self.cfg.ring_size as u32, &PROBE);
+        let data: Vec<u8> = (0..irb.segments().len())
+            .flat_map(|i| irb.segment(i).to_vec())
+            .collect();
+        let hello = Hello::emit(
+            &self.key,
+            &key,
+            &self.signature_text,
+            &data,
+            self.cfg.ring_size as u32,
+            &PROBE,
+        );
         let _ = std_sock.set_write_timeout(Some(Duration::from_secs(2)));
         if let Err(e) = send_with_fds(&std_sock, &hello, &[region.fd(), &self.bell]) {
-            return fail(irb, Status::ConnectionLost, format!("cannot send the hello to '{key}': {e}"));
+            return fail(
+                irb,
+                Status::ConnectionLost,
+                format!("cannot send the hello to '{key}': {e}"),
+            );
         }
         let pid = peer_uid(&std_sock).map(|(_, p)| p).unwrap_or(0);
         let _ = std_sock.set_nonblocking(true);
@@ -758,14 +1001,18 @@ impl ShmemDevice {
         };
         let max = self.cfg.max_fragment;
         let min_rdv = self.cfg.single_copy_min;
-        let c = self.conns[idx].as_mut().expect("by_vmi points at live conns");
+        let c = self.conns[idx]
+            .as_mut()
+            .expect("by_vmi points at live conns");
         if c.state != State::Open {
             irb.set_detail("the connection is not open");
             return Disposition::Complete(irb, Status::ConnectionLost);
         }
         let total = irb.data_len();
         if total as u64 > max {
-            irb.set_detail(&format!("fragment of {total} bytes is over max_fragment {max}"));
+            irb.set_detail(&format!(
+                "fragment of {total} bytes is over max_fragment {max}"
+            ));
             return Disposition::Complete(irb, Status::TooLarge);
         }
         let flags = (irb.flags() >> 16) as u16;
@@ -774,7 +1021,14 @@ impl ShmemDevice {
             let id = c.next_id;
             c.next_id += 1;
             let kind = if end { RDV_END } else { RDV };
-            let mut record = Record { kind, flags, len: total as u32, id }.emit().to_vec();
+            let mut record = Record {
+                kind,
+                flags,
+                len: total as u32,
+                id,
+            }
+            .emit()
+            .to_vec();
             let n = irb.segments().len();
             record.extend_from_slice(&(n as u32).to_le_bytes());
             record.extend_from_slice(&0u32.to_le_bytes());
@@ -786,7 +1040,13 @@ impl ShmemDevice {
             self.flush_tx(idx);
             return Disposition::Pending;
         }
-        let header = Record { kind: if end { DATA_END } else { DATA }, flags, len: total as u32, id: 0 }.emit();
+        let header = Record {
+            kind: if end { DATA_END } else { DATA },
+            flags,
+            len: total as u32,
+            id: 0,
+        }
+        .emit();
         if c.tx.is_empty() && c.acks.is_empty() {
             if let Some(region) = c.region.as_ref() {
                 let view = region.ring(c.tx_ring);
@@ -809,7 +1069,12 @@ impl ShmemDevice {
                 }
             }
         }
-        c.tx.push_back(Tx::Data { irb, header, off: 0, total: RECORD_LEN + total });
+        c.tx.push_back(Tx::Data {
+            irb,
+            header,
+            off: 0,
+            total: RECORD_LEN + total,
+        });
         self.flush_tx(idx);
         Disposition::Pending
     }
@@ -833,7 +1098,8 @@ impl Device for ShmemDevice {
         let cfg = ShmemConfig::from_config(config)?;
         let key = host.local_key();
         let uid = uid();
-        let addr = socket_addr(uid, &key).map_err(|e| format!("key '{key}' cannot name a socket: {e}"))?;
+        let addr =
+            socket_addr(uid, &key).map_err(|e| format!("key '{key}' cannot name a socket: {e}"))?;
         let std_listener = std::os::unix::net::UnixListener::bind_addr(&addr).map_err(|e| {
             if e.kind() == io::ErrorKind::AddrInUse {
                 format!("another process of this user already listens for shared memory with key '{key}'; give each process its own key")
@@ -841,16 +1107,23 @@ impl Device for ShmemDevice {
                 format!("cannot listen on the abstract socket @{}: {e}", crate::io::socket_name(uid, &key))
             }
         })?;
-        std_listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+        std_listener
+            .set_nonblocking(true)
+            .map_err(|e| e.to_string())?;
         let mut listener = UnixListener::from_std(std_listener);
         let poll = Poll::new().map_err(|e| format!("cannot create an epoll instance: {e}"))?;
-        poll.registry().register(&mut listener, LISTENER, Interest::READABLE).map_err(|e| e.to_string())?;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)
+            .map_err(|e| e.to_string())?;
         let bell = doorbell().map_err(|e| format!("cannot create an eventfd: {e}"))?;
         poll.registry()
             .register(&mut SourceFd(&bell.as_raw_fd()), BELL, Interest::READABLE)
             .map_err(|e| e.to_string())?;
         let signature_text = host.signature();
-        log::info!("shmem: key '{key}' listening on @{}", crate::io::socket_name(uid, &key));
+        log::info!(
+            "shmem: key '{key}' listening on @{}",
+            crate::io::socket_name(uid, &key)
+        );
         Ok(ShmemDevice {
             host,
             cfg,
@@ -872,15 +1145,25 @@ impl Device for ShmemDevice {
     }
 
     fn capabilities(&self, _below: Capabilities) -> Capabilities {
-        Capabilities { max_fragment: self.cfg.max_fragment, headroom: RECORD_LEN as u32, tailroom: 0, max_connect_data: self.cfg.max_connect_data }
+        Capabilities {
+            max_fragment: self.cfg.max_fragment,
+            headroom: RECORD_LEN as u32,
+            tailroom: 0,
+            max_connect_data: self.cfg.max_connect_data,
+        }
     }
 
     fn reach(&mut self, host: &str, key: &str) -> Result<(), String> {
         if !is_local(host) {
-            return Err(format!("'{host}' is not this machine (shared memory reaches local processes only)"));
+            return Err(format!(
+                "'{host}' is not this machine (shared memory reaches local processes only)"
+            ));
         }
         if !listening(self.uid, key) {
-            return Err(format!("no process of uid {} listens for shared memory with key '{key}' on this machine", self.uid));
+            return Err(format!(
+                "no process of uid {} listens for shared memory with key '{key}' on this machine",
+                self.uid
+            ));
         }
         Ok(())
     }
@@ -894,19 +1177,30 @@ impl Device for ShmemDevice {
                     irb.set_detail("the connecting peer went away");
                     return Disposition::Complete(irb, Status::ConnectionLost);
                 };
-                let reply: Vec<u8> = (0..irb.segments().len()).flat_map(|i| irb.segment(i).to_vec()).collect();
+                let reply: Vec<u8> = (0..irb.segments().len())
+                    .flat_map(|i| irb.segment(i).to_vec())
+                    .collect();
                 let accept = irb.op() == Op::Accept;
                 let c = self.conns[idx].as_mut().expect("live");
                 let mut probe = [0u8; 16];
                 let can_read = self.cfg.single_copy
-                    && read_peer(c.peer_pid, &[(c.peer_probe, 16)], &mut probe).is_ok_and(|n| n == 16)
+                    && read_peer(c.peer_pid, &[(c.peer_probe, 16)], &mut probe)
+                        .is_ok_and(|n| n == 16)
                     && probe == PROBE;
                 let status = if accept { ACCEPT } else { REJECT };
                 let c = self.conns[idx].as_mut().expect("live");
                 let sent = if accept {
-                    send_with_fds(&c.sock, &Answer::emit(status, "", &reply, can_read, &PROBE), &[&self.bell])
+                    send_with_fds(
+                        &c.sock,
+                        &Answer::emit(status, "", &reply, can_read, &PROBE),
+                        &[&self.bell],
+                    )
                 } else {
-                    send_with_fds(&c.sock, &Answer::emit(status, "", &reply, false, &PROBE), &[])
+                    send_with_fds(
+                        &c.sock,
+                        &Answer::emit(status, "", &reply, false, &PROBE),
+                        &[],
+                    )
                 };
                 if let Err(e) = sent {
                     irb.set_detail(&format!("cannot answer '{}': {e}", c.peer_key));
@@ -919,7 +1213,11 @@ impl Device for ShmemDevice {
                         "shmem: accepted '{}': {} KiB ring per direction; this process {} its memory",
                         c.peer_key,
                         self.cfg.ring_size >> 10,
-                        if can_read { "reads large fragments straight from" } else { "cannot read (single copy off) from" }
+                        if can_read {
+                            "reads large fragments straight from"
+                        } else {
+                            "cannot read (single copy off) from"
+                        }
                     );
                 } else {
                     self.end(idx, Status::Ok, "rejected", true);
@@ -988,7 +1286,9 @@ impl Device for ShmemDevice {
             }
             if !c.tx.is_empty() || !c.acks.is_empty() {
                 // Waiting for ring space: the peer rings no bell for that, so look again soon.
-                next = Some(next.map_or(Duration::from_micros(200), |n: Duration| n.min(Duration::from_micros(200))));
+                next = Some(next.map_or(Duration::from_micros(200), |n: Duration| {
+                    n.min(Duration::from_micros(200))
+                }));
             }
             if let Some(d) = c.deadline {
                 let left = d.saturating_duration_since(now);
@@ -1010,7 +1310,12 @@ impl Drop for ShmemDevice {
                     let _ = send_with_fds(&c.sock, b"B", &[]);
                 }
             }
-            self.end(idx, Status::Cancelled, "this process shut down its vmi", true);
+            self.end(
+                idx,
+                Status::Cancelled,
+                "this process shut down its vmi",
+                true,
+            );
         }
     }
 }

@@ -2,11 +2,11 @@
 #![deny(unsafe_code)]
 
 pub mod config;
+pub mod device;
 pub mod io;
 #[allow(unsafe_code)]
 pub mod spsc;
 pub mod wire;
-pub mod device;
 
 pub use device::ShmemDevice;
 
