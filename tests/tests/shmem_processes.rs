@@ -354,9 +354,9 @@ fn both_sides_sending_at_once_with_full_rings_do_not_deadlock() {
             vmi.poll(&mut h);
         }
         let got_b = b.join().unwrap();
-        for i in 0..N {
-            assert_eq!(h.got[i], msg(2, i), "single_copy={single}: a's message {i}");
-            assert_eq!(got_b[i], msg(1, i), "single_copy={single}: b's message {i}");
+        for (i, (from_b, from_a)) in h.got.iter().zip(&got_b).enumerate() {
+            assert_eq!(*from_b, msg(2, i), "single_copy={single}: a's message {i}");
+            assert_eq!(*from_a, msg(1, i), "single_copy={single}: b's message {i}");
         }
     }
 }

@@ -439,8 +439,6 @@ impl ShmemDevice {
                 }
             }
         }
-        drop(cons);
-        drop(view);
         if let Some(e) = error {
             log::warn!("shmem: {e}; closing the connection");
             self.end(idx, Status::Protocol, &e, false);
@@ -543,8 +541,6 @@ impl ShmemDevice {
                 ring(b);
             }
         }
-        drop(p);
-        drop(view);
         if let Some(irb) = close {
             if let Some(mut c) = self.take(idx) {
                 let _ = send_with_fds(&c.sock, b"B", &[]);
@@ -1063,8 +1059,6 @@ impl ShmemDevice {
                             ring(b);
                         }
                     }
-                    drop(p);
-                    drop(view);
                     return Disposition::Complete(irb, Status::Ok);
                 }
             }
