@@ -96,7 +96,7 @@ pub struct TcpDevice {
     signature_text: String,
     poll: Poll,
     events: Events,
-    ready: Vec<(Token, bool, bool)>,
+    ready: Vec<(Token, bool, bool, bool)>,
     listener: Option<mio::net::TcpListener>,
     listen_port: u16,
     conns: Vec<Option<Conn>>,
@@ -395,7 +395,9 @@ impl TcpDevice {
     }
 
     /// Reads until the socket would block or the budget is spent.
-    fn on_readable(&mut self, idx: usize) {
+    /// `hup`: the event also reported the peer's close (or an error); then reads go on until
+    /// they return end of stream, since no further edge will announce it.
+    fn on_readable(&mut self, idx: usize, hup: bool) {
         let mut budget = READ_BUDGET;
         loop {
             let Some(c) = self.conns[idx].as_mut() else {
@@ -416,7 +418,7 @@ impl TcpDevice {
                         if let Some(ev) = c.decoder.direct_done(n) {
                             self.on_event(idx, ev);
                         }
-                        if n < want {
+                        if n < want && !hup {
                             return; // drained: see the short-read note below
                         }
                     }
@@ -459,8 +461,10 @@ impl TcpDevice {
             }
             // A short read means the socket's receive queue was empty at that instant; on
             // Linux any later arrival raises a new edge, so the extra read that would only
-            // return EAGAIN is skipped (one syscall less per message).
-            if n < self.staging.len() {
+            // return EAGAIN is skipped (one syscall less per message). Not when the event
+            // also carried the peer's close: that close is already queued, and only a further
+            // read returns it.
+            if n < self.staging.len() && !hup {
                 return;
             }
         }
@@ -1090,13 +1094,14 @@ impl Device for TcpDevice {
         }
         self.ready.clear();
         for ev in self.events.iter() {
-            let r = ev.is_readable() || ev.is_read_closed() || ev.is_error();
+            let hup = ev.is_read_closed() || ev.is_error();
+            let r = ev.is_readable() || hup;
             let w = ev.is_writable() || ev.is_error();
-            self.ready.push((ev.token(), r, w));
+            self.ready.push((ev.token(), r, w, hup));
         }
         let mut n = self.ready.len();
         for i in 0..self.ready.len() {
-            let (token, r, w) = self.ready[i];
+            let (token, r, w, hup) = self.ready[i];
             if token == LISTENER {
                 self.accept_all();
                 continue;
@@ -1105,14 +1110,14 @@ impl Device for TcpDevice {
                 self.on_writable(token.0);
             }
             if r {
-                self.on_readable(token.0);
+                self.on_readable(token.0, hup);
             }
         }
         if !self.again.is_empty() {
             let again = std::mem::take(&mut self.again);
             n += again.len();
             for idx in again {
-                self.on_readable(idx);
+                self.on_readable(idx, true);
             }
         }
         self.check_deadlines();
