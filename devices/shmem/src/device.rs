@@ -88,6 +88,9 @@ struct Conn {
     peer_key: String,
     /// The peer can read our memory: large sends go by single copy.
     peer_reads_me: bool,
+    /// Kept ring positions (own, other side's as last seen): a cross-core read only when needed.
+    tx_pos: (u64, u64),
+    rx_pos: (u64, u64),
     ctl: Vec<u8>,
     fds: Vec<OwnedFd>,
     rx: Rx,
@@ -267,13 +270,13 @@ impl ShmemDevice {
             return 0;
         };
         let view = region.ring(c.rx_ring);
-        let mut cons = Consumer::new(view.shared());
+        let mut cons = Consumer::resume(view.shared(), c.rx_pos.0, c.rx_pos.1);
         let mut n = 0;
         let mut error: Option<String> = None;
         loop {
             match &mut c.rx {
                 Rx::Header => {
-                    if cons.available() < RECORD_LEN {
+                    if !cons.has(RECORD_LEN) {
                         break;
                     }
                     let mut h = [0u8; RECORD_LEN];
@@ -439,6 +442,7 @@ impl ShmemDevice {
                 }
             }
         }
+        c.rx_pos = cons.positions();
         if let Some(e) = error {
             log::warn!("shmem: {e}; closing the connection");
             self.end(idx, Status::Protocol, &e, false);
@@ -458,7 +462,7 @@ impl ShmemDevice {
             return 0;
         }
         let view = region.ring(c.tx_ring);
-        let mut p = Producer::new(view.shared());
+        let mut p = Producer::resume(view.shared(), c.tx_pos.0, c.tx_pos.1);
         let mut published = false;
         let mut n = 0;
         let mut close: Option<Irb> = None;
@@ -541,6 +545,7 @@ impl ShmemDevice {
                 ring(b);
             }
         }
+        c.tx_pos = p.positions();
         if let Some(irb) = close {
             if let Some(mut c) = self.take(idx) {
                 let _ = send_with_fds(&c.sock, b"B", &[]);
@@ -846,6 +851,8 @@ impl ShmemDevice {
                         peer_probe: 0,
                         peer_key: String::new(),
                         peer_reads_me: false,
+                        tx_pos: (0, 0),
+                        rx_pos: (0, 0),
                         ctl: Vec::new(),
                         fds: Vec::new(),
                         rx: Rx::Header,
@@ -975,6 +982,8 @@ impl ShmemDevice {
             peer_probe: 0,
             peer_key: key,
             peer_reads_me: false,
+            tx_pos: (0, 0),
+            rx_pos: (0, 0),
             ctl: Vec::new(),
             fds: Vec::new(),
             rx: Rx::Header,
@@ -1046,14 +1055,16 @@ impl ShmemDevice {
         if c.tx.is_empty() && c.acks.is_empty() {
             if let Some(region) = c.region.as_ref() {
                 let view = region.ring(c.tx_ring);
-                let mut p = Producer::new(view.shared());
+                let mut p = Producer::resume(view.shared(), c.tx_pos.0, c.tx_pos.1);
                 let mut parts: [&[u8]; 17] = [&[]; 17];
                 parts[0] = &header;
                 let n = irb.segments().len().min(16);
                 for (i, part) in parts.iter_mut().enumerate().skip(1).take(n) {
                     *part = irb.segment(i - 1);
                 }
-                if p.push_all(&parts[..=n]) {
+                let pushed = p.push_all(&parts[..=n]);
+                c.tx_pos = p.positions();
+                if pushed {
                     if p.needs_wake() {
                         if let Some(b) = &c.peer_bell {
                             ring(b);

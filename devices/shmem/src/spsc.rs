@@ -95,6 +95,30 @@ impl<'a, C: Cell64, S: Storage> Producer<'a, C, S> {
         }
     }
 
+    /// Resumes with positions kept from an earlier producer of the same ring (`head` is this
+    /// side's own; `tail_seen` a consumer position read earlier, a conservative bound).
+    pub fn resume(ring: Shared<'a, C, S>, head: u64, tail_seen: u64) -> Self {
+        Producer {
+            ring,
+            head,
+            tail_seen,
+        }
+    }
+
+    /// The positions to resume from.
+    pub fn positions(&self) -> (u64, u64) {
+        (self.head, self.tail_seen)
+    }
+
+    /// Room for `n` bytes, reading the consumer's position only when the cached one is short.
+    fn room(&mut self, n: usize) -> usize {
+        let cap = self.ring.storage.capacity();
+        if free_space(self.head, self.tail_seen, cap) < n {
+            self.tail_seen = self.ring.tail.load(Ordering::Acquire);
+        }
+        free_space(self.head, self.tail_seen, cap)
+    }
+
     /// Bytes that can be written now.
     pub fn free(&mut self) -> usize {
         let cap = self.ring.storage.capacity();
@@ -118,7 +142,7 @@ impl<'a, C: Cell64, S: Storage> Producer<'a, C, S> {
     /// Writes all `parts` or nothing; returns whether they were written and published.
     pub fn push_all(&mut self, parts: &[&[u8]]) -> bool {
         let total: usize = parts.iter().map(|p| p.len()).sum();
-        if self.free() < total {
+        if self.room(total) < total {
             return false;
         }
         for p in parts {
@@ -130,7 +154,7 @@ impl<'a, C: Cell64, S: Storage> Producer<'a, C, S> {
 
     /// Writes as much of `src` as fits; publishes; returns the bytes written.
     pub fn push_some(&mut self, src: &[u8]) -> usize {
-        let n = self.free().min(src.len());
+        let n = self.room(src.len()).min(src.len());
         if n > 0 {
             self.put(&src[..n]);
             self.ring.head.store(self.head, Ordering::Release);
@@ -164,6 +188,30 @@ impl<'a, C: Cell64, S: Storage> Consumer<'a, C, S> {
         }
     }
 
+    /// Resumes with positions kept from an earlier consumer of the same ring (`tail` is this
+    /// side's own; `head_seen` a producer position read earlier, a conservative bound).
+    pub fn resume(ring: Shared<'a, C, S>, tail: u64, head_seen: u64) -> Self {
+        Consumer {
+            ring,
+            tail,
+            head_seen,
+        }
+    }
+
+    /// The positions to resume from.
+    pub fn positions(&self) -> (u64, u64) {
+        (self.tail, self.head_seen)
+    }
+
+    /// Whether at least `n` bytes can be read, reading the producer's position only when the
+    /// cached one is short.
+    pub fn has(&mut self, n: usize) -> bool {
+        if ((self.head_seen - self.tail) as usize) < n {
+            self.head_seen = self.ring.head.load(Ordering::Acquire);
+        }
+        (self.head_seen - self.tail) as usize >= n
+    }
+
     /// Bytes that can be read now.
     pub fn available(&mut self) -> usize {
         self.head_seen = self.ring.head.load(Ordering::Acquire);
@@ -172,7 +220,10 @@ impl<'a, C: Cell64, S: Storage> Consumer<'a, C, S> {
 
     /// Copies up to `dst.len()` bytes out and frees their space; returns how many.
     pub fn pop(&mut self, dst: &mut [u8]) -> usize {
-        let n = self.available().min(dst.len());
+        if !self.has(dst.len()) {
+            // `has` refreshed the cached position: take what there is.
+        }
+        let n = ((self.head_seen - self.tail) as usize).min(dst.len());
         if n == 0 {
             return 0;
         }
