@@ -360,3 +360,56 @@ fn both_sides_sending_at_once_with_full_rings_do_not_deadlock() {
         }
     }
 }
+
+#[test]
+fn each_connection_takes_the_first_transport_that_reaches_the_peer() {
+    let both = root().join("specfiles/shmem-tcp.xml");
+    let tcp_only = root().join("specfiles/tcp.xml");
+    // A peer with shared memory: the connection goes over shmem.
+    let key = unique_key("pick-recv");
+    let r = Proc::spawn(
+        "vmirecv",
+        &[&key, "-n", "1", "--verify", "--timeout", "100"],
+        &both,
+        &[],
+    );
+    r.wait_for("waiting for connections", T);
+    let (ok, out) = Proc::spawn(
+        "vmisend",
+        &[&unique_key("pick-send"), &key, "localhost", "-s", "100k"],
+        &both,
+        &[],
+    )
+    .finish(T);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("transport 'shmem' (shmem) can reach it"),
+        "the choice is logged: {out}"
+    );
+    assert!(r.finish(T).0);
+    // A peer that only speaks TCP: the same binary and specfile fall back to TCP, and the log
+    // says why shared memory was passed over.
+    let key = unique_key("pick-recv");
+    let r = Proc::spawn(
+        "vmirecv",
+        &[&key, "-n", "1", "--verify", "--timeout", "100"],
+        &tcp_only,
+        &[],
+    );
+    r.wait_for("waiting for connections", T);
+    let (ok, out) = Proc::spawn(
+        "vmisend",
+        &[&unique_key("pick-send"), &key, "localhost", "-s", "100k"],
+        &both,
+        &[],
+    )
+    .finish(T);
+    assert!(ok, "{out}");
+    assert!(out.contains("transport 'tcp' (tcp) can reach it"), "{out}");
+    assert!(
+        out.contains("transport 'shmem' was passed over: no process of uid"),
+        "{out}"
+    );
+    let (ok, out) = r.finish(T);
+    assert!(ok && out.contains("verified"), "{out}");
+}

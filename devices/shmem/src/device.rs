@@ -1324,3 +1324,30 @@ impl Drop for ShmemDevice {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::is_local;
+
+    #[test]
+    fn only_this_machine_is_local() {
+        for h in [
+            "",
+            "localhost",
+            "127.0.0.1",
+            "127.0.0.1:9000",
+            "::1",
+            "[::1]:7",
+        ] {
+            assert!(is_local(h), "{h}");
+        }
+        let name = rustix::system::uname()
+            .nodename()
+            .to_string_lossy()
+            .into_owned();
+        assert!(is_local(&name), "this machine's own name");
+        for h in ["otherhost.invalid", "10.1.2.3", "192.0.2.1:5000"] {
+            assert!(!is_local(h), "{h}");
+        }
+    }
+}
