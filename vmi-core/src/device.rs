@@ -321,6 +321,12 @@ impl Irb {
         Status::from_code(self.irb().status)
     }
 
+    /// Sets the status an IRB carries up (a transport reporting why a peer went away on a
+    /// `PeerDisconnect`); completed IRBs get theirs from `complete`.
+    pub fn set_status(&mut self, status: Status) {
+        self.irb_mut().status = status.code();
+    }
+
     /// The data segments.
     pub fn segments(&self) -> &[VmiSeg] {
         let irb = self.irb();

@@ -102,6 +102,36 @@ struct Conn {
     deadline: Option<Instant>,
 }
 
+impl Conn {
+    fn new(sock: UnixStream, state: State, peer_pid: i32, deadline: Instant) -> Conn {
+        let connector = state == State::AwaitAnswer;
+        Conn {
+            sock,
+            vmi: 0,
+            state,
+            region: None,
+            tx_ring: if connector { 0 } else { 1 },
+            rx_ring: if connector { 1 } else { 0 },
+            peer_bell: None,
+            peer_pid,
+            peer_probe: 0,
+            peer_key: String::new(),
+            peer_reads_me: false,
+            tx_pos: (0, 0),
+            rx_pos: (0, 0),
+            ctl: Vec::new(),
+            fds: Vec::new(),
+            rx: Rx::Header,
+            tx: VecDeque::new(),
+            acks: VecDeque::new(),
+            rdv_waiting: HashMap::new(),
+            next_id: 1,
+            connect: None,
+            deadline: Some(deadline),
+        }
+    }
+}
+
 /// Per-IRB frame: the received buffer an IRB points at (a `HeldBuffers` handle).
 #[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
 #[repr(C)]
@@ -245,7 +275,7 @@ impl ShmemDevice {
             }
             if let Some(mut irb) = self.host.alloc_irb(Op::PeerDisconnect, c.vmi) {
                 irb.set_detail(detail);
-                set_status(&mut irb, status);
+                irb.set_status(status);
                 irb.pass();
             }
         }
@@ -839,30 +869,12 @@ impl ShmemDevice {
                         drop(sock);
                         continue;
                     }
-                    let conn = Conn {
+                    let conn = Conn::new(
                         sock,
-                        vmi: 0,
-                        state: State::AwaitHello,
-                        region: None,
-                        tx_ring: 1,
-                        rx_ring: 0,
-                        peer_bell: None,
-                        peer_pid: pid,
-                        peer_probe: 0,
-                        peer_key: String::new(),
-                        peer_reads_me: false,
-                        tx_pos: (0, 0),
-                        rx_pos: (0, 0),
-                        ctl: Vec::new(),
-                        fds: Vec::new(),
-                        rx: Rx::Header,
-                        tx: VecDeque::new(),
-                        acks: VecDeque::new(),
-                        rdv_waiting: HashMap::new(),
-                        next_id: 1,
-                        connect: None,
-                        deadline: Some(Instant::now() + self.cfg.connect_timeout),
-                    };
+                        State::AwaitHello,
+                        pid,
+                        Instant::now() + self.cfg.connect_timeout,
+                    );
                     let idx = self.insert(conn);
                     self.read_control(idx);
                 }
@@ -970,30 +982,16 @@ impl ShmemDevice {
         }
         let pid = peer_uid(&std_sock).map(|(_, p)| p).unwrap_or(0);
         let _ = std_sock.set_nonblocking(true);
-        let conn = Conn {
-            sock: UnixStream::from_std(std_sock),
-            vmi: irb.conn(),
-            state: State::AwaitAnswer,
-            region: Some(region),
-            tx_ring: 0,
-            rx_ring: 1,
-            peer_bell: None,
-            peer_pid: pid,
-            peer_probe: 0,
-            peer_key: key,
-            peer_reads_me: false,
-            tx_pos: (0, 0),
-            rx_pos: (0, 0),
-            ctl: Vec::new(),
-            fds: Vec::new(),
-            rx: Rx::Header,
-            tx: VecDeque::new(),
-            acks: VecDeque::new(),
-            rdv_waiting: HashMap::new(),
-            next_id: 1,
-            connect: Some(irb),
-            deadline: Some(Instant::now() + self.cfg.connect_timeout),
-        };
+        let mut conn = Conn::new(
+            UnixStream::from_std(std_sock),
+            State::AwaitAnswer,
+            pid,
+            Instant::now() + self.cfg.connect_timeout,
+        );
+        conn.vmi = irb.conn();
+        conn.region = Some(region);
+        conn.peer_key = key;
+        conn.connect = Some(irb);
         self.insert(conn);
         self.polls = CONTROL_EVERY - 1; // look at the answer soon
         Disposition::Pending
@@ -1083,12 +1081,6 @@ impl ShmemDevice {
         self.flush_tx(idx);
         Disposition::Pending
     }
-}
-
-#[allow(unsafe_code)]
-fn set_status(irb: &mut Irb, status: Status) {
-    // SAFETY: the device holds the IRB; writing its status field is allowed by the ABI.
-    unsafe { (*irb.as_ptr()).status = status.code() };
 }
 
 impl Device for ShmemDevice {

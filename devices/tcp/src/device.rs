@@ -199,7 +199,7 @@ impl TcpDevice {
             if let Some(mut irb) = self.host.alloc_irb(Op::PeerDisconnect, c.vmi) {
                 irb.set_detail(detail);
                 // The status travels in the IRB; a PeerDisconnect is handed up, not completed.
-                set_status(&mut irb, status);
+                irb.set_status(status);
                 irb.pass();
             }
         }
@@ -804,12 +804,6 @@ fn push_segment(irb: &mut Irb, ptr: *mut u8, len: usize) {
     // SAFETY: the payload stays in the device's `held` table (its heap buffer does not move)
     // until the IRB's completion step gives it back.
     let _ = unsafe { irb.push_segment(ptr, len) };
-}
-
-#[allow(unsafe_code)]
-fn set_status(irb: &mut Irb, status: Status) {
-    // SAFETY: the device holds the IRB; writing its status field is allowed by the ABI.
-    unsafe { (*irb.as_ptr()).status = status.code() };
 }
 
 impl Device for TcpDevice {
