@@ -4,6 +4,7 @@ use std::ffi::CStr;
 
 use vmi_core::Status;
 use vmi_core::device::{Config, Device, DeviceKind, Disposition, Hooks, Host, Irb, Op};
+use vmi_core::held::HeldBuffers;
 
 use crate::config::{CompressConfig, PARAMS, check_level};
 use crate::wire::{Algorithm, FLAG_COMPRESSED, HEADER, Header};
@@ -20,9 +21,7 @@ pub struct CompressFilter {
     config: CompressConfig,
     zc: zstd::bulk::Compressor<'static>,
     zd: zstd::bulk::Decompressor<'static>,
-    held: Vec<Option<Vec<u8>>>,
-    free_held: Vec<u32>,
-    pool: Vec<Vec<u8>>,
+    buffers: HeldBuffers,
     scratch: Vec<u8>,
     compressed: u64,
     skipped: u64,
@@ -31,29 +30,7 @@ pub struct CompressFilter {
     refused: u64,
 }
 
-const POOL_KEEP: usize = 64;
-
 impl CompressFilter {
-    fn take(&mut self, len: usize) -> Vec<u8> {
-        let mut v = self.pool.pop().unwrap_or_default();
-        v.clear();
-        v.resize(len, 0);
-        v
-    }
-
-    fn hold(&mut self, v: Vec<u8>) -> u32 {
-        match self.free_held.pop() {
-            Some(i) => {
-                self.held[i as usize] = Some(v);
-                i + 1
-            }
-            None => {
-                self.held.push(Some(v));
-                self.held.len() as u32
-            }
-        }
-    }
-
     /// The IRB's data as one slice (copied into `scratch` only when it has several segments).
     fn gather<'a>(irb: &'a Irb, scratch: &'a mut Vec<u8>) -> &'a [u8] {
         if irb.segments().len() == 1 {
@@ -117,9 +94,7 @@ impl Device for CompressFilter {
             config,
             zc,
             zd,
-            held: Vec::new(),
-            free_held: Vec::new(),
-            pool: Vec::new(),
+            buffers: HeldBuffers::default(),
             scratch: Vec::new(),
             compressed: 0,
             skipped: 0,
@@ -140,7 +115,12 @@ impl Device for CompressFilter {
             Self::gather(&irb, &mut scratch);
             self.scratch = scratch;
         }
-        let mut out = self.take(0);
+        let bound = HEADER
+            + match self.config.algorithm {
+                Algorithm::Lz4 => lz4_flex::block::get_maximum_output_size(len),
+                Algorithm::Zstd => zstd::zstd_safe::compress_bound(len),
+            };
+        let mut out = self.buffers.take(bound);
         match self.compress(multi, &irb, &mut out) {
             Some(n) => {
                 out.truncate(HEADER + n);
@@ -155,15 +135,12 @@ impl Device for CompressFilter {
                 self.bytes_in += len as u64;
                 self.bytes_out += out.len() as u64;
                 replace_data(&mut irb, &mut out);
-                let slot = self.hold(out);
-                irb.frame::<CompressFrame>().held = slot;
+                irb.frame::<CompressFrame>().held = self.buffers.hold(out);
                 irb.set_flags(irb.flags() | FLAG_COMPRESSED);
             }
             None => {
                 self.skipped += 1;
-                if self.pool.len() < POOL_KEEP {
-                    self.pool.push(out);
-                }
+                self.buffers.give(out);
             }
         }
         Disposition::Pass(irb)
@@ -194,9 +171,7 @@ impl Device for CompressFilter {
             return Disposition::Complete(irb, Status::TooLarge);
         }
         let body = &input[HEADER..];
-        let mut out = self.pool.pop().unwrap_or_default();
-        out.clear();
-        out.resize(h.original_len as usize, 0);
+        let mut out = self.buffers.take(h.original_len as usize);
         let result = match h.algorithm {
             Algorithm::Lz4 => {
                 lz4_flex::block::decompress_into(body, &mut out).map_err(|e| e.to_string())
@@ -222,22 +197,14 @@ impl Device for CompressFilter {
             }
         }
         replace_data(&mut irb, &mut out);
-        let slot = self.hold(out);
-        irb.frame::<CompressFrame>().held = slot;
+        irb.frame::<CompressFrame>().held = self.buffers.hold(out);
         irb.set_flags(irb.flags() & !FLAG_COMPRESSED);
         Disposition::Pass(irb)
     }
 
     fn complete(&mut self, irb: &mut Irb) {
         let held = std::mem::take(&mut irb.frame::<CompressFrame>().held);
-        if held > 0 {
-            if let Some(v) = self.held[(held - 1) as usize].take() {
-                if self.pool.len() < POOL_KEEP && v.capacity() <= 16 << 20 {
-                    self.pool.push(v);
-                }
-            }
-            self.free_held.push(held - 1);
-        }
+        self.buffers.release(held);
     }
 
     fn get_attr(&self, name: &str) -> Option<String> {

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use vmi_core::Status;
 use vmi_core::device::{Config, Device, DeviceKind, Disposition, Host, Irb, Op};
+use vmi_core::held::HeldBuffers;
 
 use crate::config::{FaultConfig, PARAMS, rate};
 
@@ -35,8 +36,7 @@ pub struct FaultFilter {
     rng: u64,
     delayed: VecDeque<(Instant, Irb)>,
     reorder: [Option<(Instant, Irb)>; 2],
-    copies: Vec<Option<Vec<u8>>>,
-    free_copies: Vec<u32>,
+    copies: HeldBuffers,
     counts: Counts,
 }
 
@@ -84,16 +84,7 @@ impl FaultFilter {
                     .collect();
                 flip_bit(&mut copy, r);
                 replace_data(&mut irb, &mut copy);
-                let slot = match self.free_copies.pop() {
-                    Some(i) => {
-                        self.copies[i as usize] = Some(copy);
-                        i + 1
-                    }
-                    None => {
-                        self.copies.push(Some(copy));
-                        self.copies.len() as u32
-                    }
-                };
+                let slot = self.copies.hold(copy);
                 irb.frame::<FaultFrame>().copy = slot;
             }
         }
@@ -178,8 +169,7 @@ impl Device for FaultFilter {
             config,
             delayed: VecDeque::new(),
             reorder: [None, None],
-            copies: Vec::new(),
-            free_copies: Vec::new(),
+            copies: HeldBuffers::default(),
             counts: Counts::default(),
         })
     }
@@ -202,10 +192,7 @@ impl Device for FaultFilter {
 
     fn complete(&mut self, irb: &mut Irb) {
         let copy = std::mem::take(&mut irb.frame::<FaultFrame>().copy);
-        if copy > 0 {
-            self.copies[(copy - 1) as usize] = None;
-            self.free_copies.push(copy - 1);
-        }
+        self.copies.release(copy);
     }
 
     fn poll(&mut self) -> usize {

@@ -10,6 +10,7 @@ use std::ffi::CStr;
 
 use vmi_core::abi::{VMI_PARAM_BOOL, VmiParamSpec};
 use vmi_core::device::{Config, Device, DeviceKind, Disposition, Hooks, Host, Irb, Op, param};
+use vmi_core::held::HeldBuffers;
 
 /// The flag bit this filter sets on fragments it inverted.
 const FLAG_INVERTED: u32 = 1 << 17;
@@ -26,8 +27,8 @@ pub struct Frame {
 /// The invert filter.
 pub struct Invert {
     enabled: bool,
-    copies: Vec<Option<Vec<u8>>>,
-    free: Vec<u32>,
+    /// Inverted copies lent to IRBs until their completion step.
+    copies: HeldBuffers,
     inverted: u64,
 }
 
@@ -50,7 +51,7 @@ impl Device for Invert {
     fn create(host: Host, config: &Config) -> Result<Self, String> {
         let enabled = config.get_bool("enabled").map_err(|e| e.to_string())?;
         log::info!("invert: ready for key '{}' (enabled: {enabled})", host.local_key());
-        Ok(Invert { enabled, copies: Vec::new(), free: Vec::new(), inverted: 0 })
+        Ok(Invert { enabled, copies: HeldBuffers::default(), inverted: 0 })
     }
 
     fn submit(&mut self, mut irb: Irb) -> Disposition {
@@ -60,16 +61,7 @@ impl Device for Invert {
         // Never write the application's buffers: invert into a copy held until completion.
         let mut copy: Vec<u8> = (0..irb.segments().len()).flat_map(|i| irb.segment(i).iter().map(|b| !b)).collect();
         point_at(&mut irb, &mut copy);
-        let slot = match self.free.pop() {
-            Some(i) => {
-                self.copies[i as usize] = Some(copy);
-                i + 1
-            }
-            None => {
-                self.copies.push(Some(copy));
-                self.copies.len() as u32
-            }
-        };
+        let slot = self.copies.hold(copy);
         irb.frame::<Frame>().copy = slot;
         irb.set_flags(irb.flags() | FLAG_INVERTED);
         self.inverted += 1;
@@ -91,10 +83,7 @@ impl Device for Invert {
 
     fn complete(&mut self, irb: &mut Irb) {
         let copy = std::mem::take(&mut irb.frame::<Frame>().copy);
-        if copy > 0 {
-            self.copies[(copy - 1) as usize] = None;
-            self.free.push(copy - 1);
-        }
+        self.copies.release(copy);
     }
 
     fn get_attr(&self, name: &str) -> Option<String> {
