@@ -331,7 +331,7 @@ fn vmi(name: &str, family: Family, spec: &Path, opts: &Options) -> Peer {
     };
     if !spec.is_file() {
         peer.skipped = Some(format!(
-            "no {} (the shared-memory transport is not built yet)",
+            "no specfile {} (name one with --shm-spec or --tcp-spec)",
             spec.display()
         ));
         return peer;
