@@ -511,3 +511,32 @@ fn wait_sleeps_until_its_timeout_when_idle() {
     assert_eq!(a.wait(&mut h, Duration::from_millis(150)), 0);
     assert!(start.elapsed() >= Duration::from_millis(150));
 }
+
+/// CPU time of the calling thread, in clock ticks.
+fn thread_cpu_ticks() -> u64 {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+    let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = after_name.split_whitespace().collect();
+    // Fields 14 and 15 of stat (utime, stime); after the name, they are at 11 and 12.
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+#[test]
+fn wait_sleeps_after_a_completion_from_another_thread() {
+    let (mut a, mut ha, mut b, mut hb, conn) = connected_pair("p=pender:mode~thread", "");
+    a.send_inline(conn, b"x").unwrap();
+    let start = Instant::now();
+    while ha.completions.is_empty() {
+        a.wait(&mut ha, Duration::from_millis(100));
+        b.poll(&mut hb);
+        assert!(start.elapsed() < Duration::from_secs(5));
+    }
+    // Idle now: a 500 ms wait must sleep, not spin (a spinning wait would burn ~50 ticks).
+    let before = thread_cpu_ticks();
+    assert_eq!(a.wait(&mut ha, Duration::from_millis(500)), 0);
+    let used = thread_cpu_ticks() - before;
+    assert!(
+        used < 15,
+        "wait used {used} ticks of CPU in 500 ms: it is spinning"
+    );
+}

@@ -328,11 +328,15 @@ impl Engine {
     /// Runs queued work until none is left.
     pub fn drive(&mut self) {
         loop {
-            while let Some((p, st)) = self.shared.remote.pop() {
-                self.shared
-                    .work
-                    .borrow_mut()
-                    .push_back(Work::Complete(p as *mut IrbSlot, st));
+            // One relaxed load instead of the queue's atomics when nothing came from other threads.
+            if self.shared.remote_pending.load(Ordering::Relaxed) > 0 {
+                while let Some((p, st)) = self.shared.remote.pop() {
+                    self.shared.remote_pending.fetch_sub(1, Ordering::AcqRel);
+                    self.shared
+                        .work
+                        .borrow_mut()
+                        .push_back(Work::Complete(p as *mut IrbSlot, st));
+                }
             }
             let next = self.shared.work.borrow_mut().pop_front();
             match next {
