@@ -452,6 +452,7 @@ impl PerfClient {
         progress: &mut Progress,
     ) -> Result<Latency, String> {
         let warmup = (iters / 10).max(1);
+        let label = format!("{} latency", size_name(size));
         let mut samples = Vec::with_capacity(iters as usize);
         for i in 0..warmup + iters {
             let want = self.h.ends + 1;
@@ -462,11 +463,7 @@ impl PerfClient {
             }
             if i >= warmup {
                 samples.push(t0.elapsed().as_nanos() as u64 / 2);
-                progress.tick(
-                    &format!("{} latency", size_name(size)),
-                    i - warmup + 1,
-                    iters,
-                );
+                progress.tick(&label, i - warmup + 1, iters);
             }
         }
         Ok(Latency::from_samples(samples))
@@ -660,17 +657,14 @@ pub fn raw_sweep(sweep: &Sweep) -> std::io::Result<Vec<SizeResult>> {
         let mut buf = vec![0u8; size];
         let out_buf = vec![0u8; size];
         let mut samples = Vec::with_capacity(iters as usize);
+        let label = format!("raw {} latency", size_name(size));
         for i in 0..warmup + iters {
             let t0 = Instant::now();
             spin_write(&mut a, &out_buf)?;
             spin_read(&mut a, &mut buf)?;
             if i >= warmup {
                 samples.push(t0.elapsed().as_nanos() as u64 / 2);
-                progress.tick(
-                    &format!("raw {} latency", size_name(size)),
-                    i - warmup + 1,
-                    iters,
-                );
+                progress.tick(&label, i - warmup + 1, iters);
             }
         }
         let mut bandwidth = None;
