@@ -276,7 +276,29 @@ impl Record {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    proptest! {
+        /// Parsers see bytes from another process: any input is refused or accepted, never a
+        /// panic, and accepted lengths are within the limits.
+        #[test]
+        fn parsers_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..128)) {
+            if let Ok(h) = Hello::parse(&bytes, 1000) {
+                prop_assert!(h.data_len <= 1000 && (h.from_key_len as usize) <= MAX_KEY);
+            }
+            if let Ok(a) = Answer::parse(&bytes, 1000) {
+                prop_assert!(a.reply_len <= 1000 && (a.reason_len as usize) <= MAX_REASON);
+            }
+            if bytes.len() >= RECORD_LEN {
+                let head: [u8; RECORD_LEN] = bytes[..RECORD_LEN].try_into().unwrap();
+                if let Ok(r) = Record::parse(&head) {
+                    prop_assert_eq!(Record::parse(&r.emit()), Ok(r));
+                }
+            }
+        }
+    }
 
     #[test]
     fn record_bytes() {

@@ -20,6 +20,8 @@ pub mod config;
 pub mod device;
 pub mod io;
 pub mod proto;
+#[cfg(test)]
+mod proto_fuzz;
 pub mod wire;
 
 pub use device::TcpDevice;
