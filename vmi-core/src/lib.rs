@@ -15,9 +15,12 @@ pub mod abi;
 pub mod assembly;
 pub mod buffer;
 pub mod conn;
+mod ctx;
 pub mod device;
 mod engine;
+mod error;
 pub mod export;
+mod handler;
 pub mod held;
 mod irb;
 pub mod loader;
@@ -32,9 +35,11 @@ mod waker;
 
 pub use buffer::Buffer;
 pub use conn::ConnId;
+pub use ctx::{Ctx, Stream};
+pub use error::VmiError;
+pub use handler::{
+    ConnectOutcome, ConnectRequest, Decision, Disconnect, Handler, Recv, SendCompletion,
+};
 pub use slab::{GrabbedSlab, Slab, SlabState};
 pub use status::Status;
-pub use vmi::{
-    ConnectOutcome, ConnectRequest, Ctx, Decision, DeviceInfo, Disconnect, Handler,
-    MAX_CONNECT_DATA, Recv, SendCompletion, Stream, Vmi, VmiError,
-};
+pub use vmi::{DeviceInfo, MAX_CONNECT_DATA, Vmi};

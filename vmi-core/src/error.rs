@@ -1,0 +1,91 @@
+//! Errors of the application API.
+
+use crate::assembly::AssemblyError;
+use crate::conn::ConnId;
+
+/// Why an API call was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum VmiError {
+    /// The specfile, a device or a parameter is wrong (boxed: it is rare and large, and
+    /// `VmiError` travels on the send path).
+    #[error(transparent)]
+    Assembly(Box<AssemblyError>),
+    /// The connection handle is closed or was never valid.
+    #[error(
+        "{0} is not a live connection (it was closed, or never existed); open one with connect"
+    )]
+    UnknownConnection(ConnId),
+    /// The connection exists but cannot carry streams yet (or any more).
+    #[error("{conn} is {state}; streams can only be sent on an open connection")]
+    NotOpen {
+        /// The connection.
+        conn: ConnId,
+        /// Its state, in words.
+        state: &'static str,
+    },
+    /// No transport in the chain can reach the peer.
+    #[error("no transport can reach key '{key}' at '{host}': {reasons}")]
+    Unreachable {
+        /// Host asked for.
+        host: String,
+        /// Key asked for.
+        key: String,
+        /// Each transport's reason.
+        reasons: String,
+    },
+    /// Connect or reply data over the limit.
+    #[error(
+        "connect data of {len} bytes is over the limit of {max}; send larger data as a stream after connecting"
+    )]
+    ConnectDataTooLarge {
+        /// Given.
+        len: usize,
+        /// Limit.
+        max: usize,
+    },
+    /// Too many buffers in one fragment.
+    #[error(
+        "{given} buffers in one fragment; at most {max} (join small pieces, or send several fragments)"
+    )]
+    TooManyBuffers {
+        /// Given.
+        given: usize,
+        /// Limit.
+        max: usize,
+    },
+    /// A fragment over the chain's maximum.
+    #[error(
+        "fragment of {len} bytes is over the chain's maximum of {max}; split the message into more fragments"
+    )]
+    FragmentTooLarge {
+        /// Given.
+        len: u64,
+        /// Limit.
+        max: u64,
+    },
+    /// Another stream is open on the connection.
+    #[error("a stream is already open on {0}; end it before beginning another")]
+    StreamBusy(ConnId),
+    /// No running device has that instance name.
+    #[error("no device named '{0}' in the chains; running devices: {1}")]
+    UnknownDevice(String, String),
+    /// The device refused the attribute operation.
+    #[error("device '{device}': attribute '{name}': {reason}")]
+    Attribute {
+        /// Device instance.
+        device: String,
+        /// Attribute.
+        name: String,
+        /// The device's reason.
+        reason: String,
+    },
+    /// The stream handle belongs to another connection state.
+    #[error("the stream on {0} was already ended or its connection closed")]
+    StreamClosed(ConnId),
+}
+
+impl From<AssemblyError> for VmiError {
+    fn from(e: AssemblyError) -> VmiError {
+        VmiError::Assembly(Box::new(e))
+    }
+}

@@ -1,0 +1,126 @@
+//! What the application implements: the callbacks (VMI 2.1's notification functions) and the
+//! values they receive.
+
+use crate::buffer::Buffer;
+use crate::conn::ConnId;
+use crate::ctx::Ctx;
+use crate::slab::Slab;
+use crate::status::Status;
+
+/// Received-fragment command (VMI 2.1: the stream notification's `VMI_STREAM_*` code).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Recv {
+    /// A fragment; more follow.
+    Fragment,
+    /// The last fragment of the stream.
+    End,
+}
+
+/// The accept handler's answer (VMI 2.1: `VMI_CONNECT_RESPONSE_ACCEPT` / `_REJECT`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Accept, optionally with reply data for the connector.
+    Accept(Vec<u8>),
+    /// Reject, optionally with reply data saying why.
+    Reject(Vec<u8>),
+}
+
+/// An incoming connection as the accept handler sees it.
+pub struct ConnectRequest<'a> {
+    /// The connection's handle (valid from now on if accepted).
+    pub conn: ConnId,
+    /// The peer's key.
+    pub peer_key: &'a str,
+    /// The peer's address as the transport saw it.
+    pub peer_host: &'a str,
+    /// The connect data.
+    pub data: Slab<'a>,
+}
+
+/// How a connect ended (VMI 2.1: the `VMI_Connection_Issue` completion routine).
+pub enum ConnectOutcome<'a> {
+    /// Accepted; the peer's reply data.
+    Accepted(Slab<'a>),
+    /// Rejected by the peer's accept handler; its reply data.
+    Rejected(Slab<'a>),
+    /// Could not be established.
+    Failed {
+        /// Why.
+        status: Status,
+        /// Details from the transport.
+        detail: &'a str,
+    },
+}
+
+/// Why a connection ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Disconnect {
+    /// This process called `disconnect`.
+    Local,
+    /// The peer closed it in order.
+    Peer,
+    /// It failed.
+    Error {
+        /// Why.
+        status: Status,
+        /// Details from the transport.
+        detail: String,
+    },
+}
+
+/// A finished send (VMI 2.1: the send completion routine). The buffers come back here.
+pub struct SendCompletion<'a> {
+    /// How it went.
+    pub status: Status,
+    /// The token given with the send.
+    pub token: u64,
+    /// Details on failure.
+    pub detail: &'a str,
+    pub(crate) bufs: &'a mut Vec<Buffer>,
+}
+
+impl SendCompletion<'_> {
+    /// Takes the send's buffers back for reuse.
+    pub fn take_buffers(&mut self) -> std::vec::Drain<'_, Buffer> {
+        self.bufs.drain(..)
+    }
+}
+
+/// The application's callbacks. Every method has a default; implement what you need.
+pub trait Handler {
+    /// A peer asks to connect (VMI 2.1: `VMI_Connection_Accept_Fn`). The default accepts.
+    fn accept(&mut self, _ctx: &mut Ctx<'_>, _request: &mut ConnectRequest<'_>) -> Decision {
+        Decision::Accept(Vec::new())
+    }
+
+    /// A connect this process issued finished (VMI 2.1: `VMI_Connection_Issue` completion).
+    fn connected(
+        &mut self,
+        _ctx: &mut Ctx<'_>,
+        _conn: ConnId,
+        _outcome: ConnectOutcome<'_>,
+        _token: u64,
+    ) {
+    }
+
+    /// A fragment arrived (VMI 2.1: `VMI_Stream_Notification_Fn`). The slab is released
+    /// when this returns unless the handler keeps it with [`Slab::grab`].
+    fn receive(&mut self, _ctx: &mut Ctx<'_>, _conn: ConnId, _cmd: Recv, _slab: &mut Slab<'_>) {}
+
+    /// A received fragment failed a check (for instance CRC) and was dropped.
+    fn receive_failed(&mut self, _ctx: &mut Ctx<'_>, conn: ConnId, status: Status, detail: &str) {
+        log::warn!("{conn}: a received fragment was dropped: {status}: {detail}");
+    }
+
+    /// A send finished (VMI 2.1: the stream send completion routine).
+    fn send_complete(
+        &mut self,
+        _ctx: &mut Ctx<'_>,
+        _conn: ConnId,
+        _completion: &mut SendCompletion<'_>,
+    ) {
+    }
+
+    /// A connection ended (VMI 2.1: `VMI_Connection_Disconnect_Fn`).
+    fn disconnected(&mut self, _ctx: &mut Ctx<'_>, _conn: ConnId, _reason: Disconnect) {}
+}
