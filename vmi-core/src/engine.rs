@@ -86,6 +86,8 @@ pub(crate) struct Engine {
     /// IRBs whose outcome the application must hear of, in order.
     pub out: VecDeque<*mut IrbSlot>,
     pub inline: InlinePool,
+    /// Scratch for slabs released by the application (see `poll_devices`).
+    release_batch: Vec<usize>,
     services: Box<VmiHostServices>,
 }
 
@@ -178,6 +180,7 @@ impl Engine {
             shared,
             out: VecDeque::with_capacity(256),
             inline: InlinePool::default(),
+            release_batch: Vec::new(),
             services,
         };
         for (index, p) in planned.into_iter().enumerate() {
@@ -486,22 +489,27 @@ impl Engine {
     /// Lets every device make progress; returns the number of events they reported.
     pub fn poll_devices(&mut self) -> usize {
         let mut events = 0;
-        let released: Vec<usize> = {
-            let mut q = self
-                .shared
-                .releases
-                .queue
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            if q.is_empty() {
-                Vec::new()
-            } else {
-                std::mem::take(&mut *q)
+        if self.shared.releases.pending.load(Ordering::Relaxed) > 0 {
+            // Swap with a kept vector: both keep their capacity, so releasing allocates nothing.
+            let mut batch = std::mem::take(&mut self.release_batch);
+            {
+                let mut q = self
+                    .shared
+                    .releases
+                    .queue
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                std::mem::swap(&mut *q, &mut batch);
+                self.shared
+                    .releases
+                    .pending
+                    .fetch_sub(batch.len(), Ordering::Relaxed);
             }
-        };
-        for s in released {
-            self.release(s as *mut IrbSlot);
-            events += 1;
+            events += batch.len();
+            for s in batch.drain(..) {
+                self.release(s as *mut IrbSlot);
+            }
+            self.release_batch = batch;
         }
         for i in 0..self.devices.len() {
             if let Some(p) = self.devices[i].ty.vtable.poll {
@@ -545,13 +553,7 @@ impl Engine {
             }
         }
         let pending = self.shared.remote_pending.load(Ordering::Acquire) > 0
-            || !self
-                .shared
-                .releases
-                .queue
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .is_empty();
+            || self.shared.releases.pending.load(Ordering::Acquire) > 0;
         if !pending && ms > 0 {
             // SAFETY: `fds` is a live array of pollfd of the given length.
             unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms as i32) };

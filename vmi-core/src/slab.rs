@@ -227,6 +227,8 @@ pub(crate) struct Releases {
     pub(crate) queue: Mutex<Vec<usize>>,
     /// Grabbed slabs not yet released.
     pub(crate) outstanding: std::sync::atomic::AtomicUsize,
+    /// Released slabs waiting in `queue`: lets `poll` skip the mutex with one relaxed load.
+    pub(crate) pending: std::sync::atomic::AtomicUsize,
 }
 
 /// A slab the application kept; its memory stays valid until this is dropped
@@ -258,6 +260,9 @@ impl Drop for GrabbedSlab {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(self.slot as usize);
+        self.releases
+            .pending
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
         self.releases
             .outstanding
             .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
