@@ -4,6 +4,7 @@
 //! Run: `cargo bench -p vmi-benches --bench chain`
 
 use std::time::Instant;
+use vmi_core::Operations;
 
 use vmi_benches::{key, register, spec};
 use vmi_core::{ConnId, ConnectOutcome, Ctx, Handler, Recv, Slab, Vmi};

@@ -5,6 +5,7 @@
 //! Run: `cargo bench -p vmi-benches --bench filters` (add `-- --quick` for a short run).
 
 use std::time::Instant;
+use vmi_core::Operations;
 
 use vmi_benches::{key, register, spec_with};
 use vmi_core::{Buffer, ConnId, ConnectOutcome, Ctx, Handler, Recv, SendCompletion, Slab, Vmi};

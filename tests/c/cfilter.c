@@ -1,9 +1,11 @@
 /*
  * A device written in C against vmi_device.h: a wire-neutral filter that counts the IRBs
- * it sees and stamps its per-IRB frame. The plugin tests compile it with cc, also in broken
- * variants (-DABI_MAJOR=99, -DVT_SIZE=16, ...) to check that the loader refuses them.
+ * it sees and stamps its per-IRB frame. The plugin tests compile it with cc against the
+ * frozen ABI 1.0 header (tests/c/abi-1.0) and the current one, also in broken variants
+ * (-DABI_MAJOR=99, -DVT_SIZE=16, ...) to check that the loader refuses them, and as a device
+ * of a newer minor (-DNEWER_MINOR) with longer tables than the host knows.
  *
- *   cc -shared -fPIC -I vmi-core/include tests/c/cfilter.c -o libvmi_cfilter.so
+ *   cc -shared -fPIC -I vmi-device/include tests/c/cfilter.c -o libvmi_cfilter.so
  */
 #include <stdlib.h>
 #include <string.h>
@@ -71,6 +73,7 @@ static void cfilter_destroy(void *dev) {
     free(dev);
 }
 
+#ifndef NEWER_MINOR
 static const vmi_device_vtable cfilter_vtable = {
     VT_SIZE, cfilter_destroy, NULL, cfilter_submit, cfilter_receive, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
 };
@@ -80,3 +83,27 @@ const vmi_device_descriptor SYMBOL = {
     VMI_KIND_FILTER, VMI_DEVICE_WIRE_NEUTRAL, TYPE_NAME, "1.0.0",
     "a filter written in C", 8, 8, NULL, 0, cfilter_create, &cfilter_vtable,
 };
+#else
+/* A device built for a future minor: both tables carry entries this host does not know. */
+static int32_t cfilter_future(void *dev) {
+    (void)dev;
+    abort(); /* a host that does not know this entry must never call it */
+}
+
+static const struct {
+    vmi_device_vtable known;
+    int32_t (*future)(void *dev);
+} cfilter_vtable = {
+    {sizeof(cfilter_vtable), cfilter_destroy, NULL, cfilter_submit, cfilter_receive},
+    cfilter_future,
+};
+
+const struct {
+    vmi_device_descriptor known;
+    uint64_t future_field;
+} SYMBOL = {
+    {MAGIC, ABI_MAJOR, VMI_ABI_MINOR + 7, sizeof(SYMBOL), VMI_KIND_FILTER, VMI_DEVICE_WIRE_NEUTRAL, TYPE_NAME,
+     "1.0.0", "a filter written in C", 8, 8, NULL, 0, cfilter_create, &cfilter_vtable.known},
+    0xfeedfacecafebeefull,
+};
+#endif

@@ -6,9 +6,9 @@ use std::collections::VecDeque;
 use std::ffi::CStr;
 use std::sync::Mutex;
 
-use vmi_core::Status;
-use vmi_core::abi::{VMI_PARAM_STRING, VMI_PARAM_UINT, VmiParamSpec};
-use vmi_core::device::{Config, Device, DeviceKind, Disposition, Hooks, Host, Irb, param};
+use vmi_device::Status;
+use vmi_device::abi::{VMI_PARAM_STRING, VMI_PARAM_UINT, VmiParamSpec};
+use vmi_device::{CompletingIrb, Config, Device, DeviceKind, Disposition, Hooks, Host, Irb, param};
 
 static LOG: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
@@ -83,7 +83,7 @@ impl Device for Recorder {
         Disposition::Pass(irb)
     }
 
-    fn complete(&mut self, irb: &mut Irb) {
+    fn complete(&mut self, irb: &mut CompletingIrb) {
         let (op, status) = (irb.op(), irb.status());
         let f = *irb.frame::<Stamp>();
         record(format!(
@@ -125,23 +125,27 @@ impl Device for Pender {
     }
 
     fn submit(&mut self, irb: Irb) -> Disposition {
-        if irb.op() != vmi_core::device::Op::Send {
+        if irb.op() != vmi_device::Op::Send {
             return Disposition::Pass(irb);
         }
         self.held.push_back(irb);
         Disposition::Pending
     }
 
-    fn poll(&mut self) -> usize {
-        let n = self.held.len();
-        while let Some(irb) = self.held.pop_front() {
+    fn poll(&mut self, budget: usize) -> usize {
+        let n = self.held.len().min(budget);
+        for _ in 0..n {
+            let Some(irb) = self.held.pop_front() else {
+                break;
+            };
             match self.mode.as_str() {
                 "complete" => irb.complete(Status::Ok),
                 "thread" => {
                     let c = self.host.completer();
+                    let remote = irb.into_remote();
                     std::thread::spawn(move || {
                         std::thread::sleep(std::time::Duration::from_millis(5));
-                        c.complete(irb, Status::Ok);
+                        c.complete(remote, Status::Ok);
                     });
                 }
                 _ => irb.pass(),
@@ -191,7 +195,7 @@ impl Device for Failer {
     }
 
     fn submit(&mut self, mut irb: Irb) -> Disposition {
-        if !self.receive_side && irb.op() == vmi_core::device::Op::Send {
+        if !self.receive_side && irb.op() == vmi_device::Op::Send {
             irb.set_detail("failed by the failer test filter");
             return Disposition::Complete(irb, self.status);
         }
@@ -199,7 +203,7 @@ impl Device for Failer {
     }
 
     fn receive(&mut self, mut irb: Irb) -> Disposition {
-        if self.receive_side && irb.op() == vmi_core::device::Op::Recv {
+        if self.receive_side && irb.op() == vmi_device::Op::Recv {
             irb.set_detail("failed by the failer test filter");
             return Disposition::Complete(irb, self.status);
         }
@@ -236,7 +240,7 @@ impl Device for Panicker {
     }
 
     fn submit(&mut self, irb: Irb) -> Disposition {
-        if self.in_submit && irb.op() == vmi_core::device::Op::Send {
+        if self.in_submit && irb.op() == vmi_device::Op::Send {
             panic!("panicker: told to panic in submit");
         }
         Disposition::Pass(irb)
@@ -259,7 +263,7 @@ impl Device for Dropper {
     }
 
     fn submit(&mut self, irb: Irb) -> Disposition {
-        if irb.op() == vmi_core::device::Op::Send {
+        if irb.op() == vmi_device::Op::Send {
             drop(irb);
             return Disposition::Pending;
         }
@@ -267,21 +271,17 @@ impl Device for Dropper {
     }
 }
 
-vmi_core::export_device!(Recorder, vmi_device_recorder);
-vmi_core::export_device!(Pender, vmi_device_pender);
-vmi_core::export_device!(Failer, vmi_device_failer);
-vmi_core::export_device!(Panicker, vmi_device_panicker);
-vmi_core::export_device!(Dropper, vmi_device_dropper);
+vmi_device::export_device!(Recorder, vmi_device_recorder, register = register_recorder);
+vmi_device::export_device!(Pender, vmi_device_pender, register = register_pender);
+vmi_device::export_device!(Failer, vmi_device_failer, register = register_failer);
+vmi_device::export_device!(Panicker, vmi_device_panicker, register = register_panicker);
+vmi_device::export_device!(Dropper, vmi_device_dropper, register = register_dropper);
 
 /// Registers the test devices.
 pub fn register() {
-    for d in [
-        &vmi_device_recorder,
-        &vmi_device_pender,
-        &vmi_device_failer,
-        &vmi_device_panicker,
-        &vmi_device_dropper,
-    ] {
-        vmi_core::loader::register_static(d);
-    }
+    register_recorder();
+    register_pender();
+    register_failer();
+    register_panicker();
+    register_dropper();
 }

@@ -3,6 +3,7 @@
 #![allow(missing_docs)]
 
 use std::time::{Duration, Instant};
+use vmi_core::Operations;
 
 use vmi_core::spec::Spec;
 use vmi_core::{

@@ -4,6 +4,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use vmi_core::Operations;
 
 use vmi_core::spec::Spec;
 use vmi_core::{ConnId, ConnectOutcome, Ctx, Handler, Recv, SendCompletion, Slab, Vmi};

@@ -2,6 +2,7 @@
 //! and loaded from its shared object. Filters run on top of the loopback transport;
 //! transports run bare.
 
+use vmi_core::Operations;
 use vmi_core::{Buffer, Recv, Status, VmiError};
 use vmi_tests::Rng;
 use vmi_tests::harness::{Dev, Mode, Pair, dev, spec};

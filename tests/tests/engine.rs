@@ -2,6 +2,7 @@
 //! frames, queued (never re-entered) callbacks, grabbed slabs, failures and panics.
 
 use std::time::{Duration, Instant};
+use vmi_core::Operations;
 
 use vmi_core::spec::Spec;
 use vmi_core::{
@@ -359,7 +360,7 @@ fn grabbed_slabs_stay_valid_and_release_from_another_thread() {
         grabbed
             .into_iter()
             .map(|mut g| {
-                let v = g.slab().read_to_vec();
+                let v = g.read_to_vec();
                 v.iter().map(|&x| x as u64).sum::<u64>()
             })
             .collect::<Vec<_>>()

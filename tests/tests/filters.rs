@@ -1,6 +1,7 @@
 //! What each filter promises beyond the conformance cases: compression bounds and choices,
 //! fault injection per kind with seeded replay, trace counters, and runtime attributes.
 
+use vmi_core::Operations;
 use vmi_core::{Buffer, Recv, Status, VmiError};
 use vmi_tests::harness::{Dev, Mode, Pair, dev, spec};
 

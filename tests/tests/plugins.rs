@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
+use vmi_core::Operations;
 
 use vmi_core::assembly::AssemblyError;
 use vmi_core::device::DeviceKind;
@@ -35,12 +36,29 @@ fn every_device_loads_from_its_shared_object() {
     );
 }
 
-/// Builds the C filter (optionally broken by `defines`) into `dir`; `None` when no C compiler.
+/// The frozen ABI 1.0 header: the C test device is built against it, so every test that
+/// loads it proves that this host still loads a 1.0 device.
+fn header_1_0() -> PathBuf {
+    root().join("tests/c/abi-1.0")
+}
+
+/// The current header.
+fn header_current() -> PathBuf {
+    root().join("vmi-device/include")
+}
+
+/// Builds the C filter (optionally broken by `defines`) into `dir` against the frozen 1.0
+/// header; `None` when no C compiler.
 fn build_c(dir: &Path, file: &str, defines: &[&str]) -> Option<PathBuf> {
+    build_c_with(dir, file, defines, &header_1_0())
+}
+
+/// As [`build_c`], against the header in `include`.
+fn build_c_with(dir: &Path, file: &str, defines: &[&str], include: &Path) -> Option<PathBuf> {
     let out = dir.join(file);
     let mut cmd = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()));
     cmd.args(["-shared", "-fPIC", "-O1", "-Wall", "-Werror", "-I"])
-        .arg(root().join("vmi-core/include"))
+        .arg(include)
         .arg(root().join("tests/c/cfilter.c"))
         .arg("-o")
         .arg(&out);
@@ -70,7 +88,7 @@ fn broken_libraries_are_refused_with_clear_errors() {
         (
             "major.so",
             &["ABI_MAJOR=99"],
-            "built for device ABI 99.x",
+            "built for device ABI 99.x but this vmi speaks 1.x",
             |e| matches!(e, LoadError::AbiMismatch { found: 99, .. }),
         ),
         (
@@ -145,6 +163,93 @@ fn broken_libraries_are_refused_with_clear_errors() {
         msg.contains("VMI_DEVICE_PATH"),
         "the remedy is named: {msg}"
     );
+}
+
+#[test]
+fn abi_growth_older_and_newer_minors_load_and_a_newer_major_is_refused() {
+    let dir = TempDir::new("vmi-plugins-abi");
+    // A device built with the frozen 1.0 header: shorter vtable, no 1.1 entries.
+    let Some(old) = build_c(dir.path(), "old.so", &[]) else {
+        return;
+    };
+    let t = loader::load_library(&old, "cfilter").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(t.abi, (1, 0));
+    assert!(t.provides().contains(&"submit"), "{:?}", t.provides());
+    assert!(
+        !t.provides().contains(&"poll_budget"),
+        "an entry the 1.0 table does not have reads as absent: {:?}",
+        t.provides()
+    );
+    // The same device built with the current header.
+    let Some(cur) = build_c_with(dir.path(), "cur.so", &[], &header_current()) else {
+        return;
+    };
+    let t = loader::load_library(&cur, "cfilter").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(t.abi, (1, vmi_core::abi::VMI_ABI_MINOR));
+    // A device of a newer minor with longer tables: this host uses the part it knows and
+    // never calls the entry it does not know (the device aborts if it is called).
+    let Some(new) = build_c_with(dir.path(), "new.so", &["NEWER_MINOR"], &header_current()) else {
+        return;
+    };
+    let t = loader::load_library(&new, "cfilter").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(t.abi, (1, vmi_core::abi::VMI_ABI_MINOR + 7));
+    for lib in [&old, &cur, &new] {
+        carry_messages_through(lib);
+    }
+    // A newer major is refused, naming both versions.
+    let Some(major) = build_c_with(dir.path(), "major.so", &["ABI_MAJOR=2"], &header_current())
+    else {
+        return;
+    };
+    let err = loader::load_library(&major, "cfilter").unwrap_err();
+    assert!(
+        matches!(
+            err,
+            LoadError::AbiMismatch {
+                found: 2,
+                expected: 1,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let msg = err.to_string();
+    assert!(
+        msg.contains("device ABI 2.x") && msg.contains("speaks 1.x") && msg.contains("rebuild"),
+        "{msg}"
+    );
+}
+
+/// Runs five messages through a pair of processes whose chains hold the C device `lib`.
+fn carry_messages_through(lib: &Path) {
+    let (ka, kb) = (unique_key("ga"), unique_key("gb"));
+    let mut a = Vmi::with_spec(spec_with_c(lib, &device_lib("loopback")), &ka).unwrap();
+    let mut b = Vmi::with_spec(spec_with_c(lib, &device_lib("loopback")), &kb).unwrap();
+    let (mut ha, mut hb) = (H::default(), H::default());
+    a.connect("localhost", &kb, b"", 0).unwrap();
+    let start = Instant::now();
+    while ha.conn.is_none() {
+        a.poll(&mut ha);
+        b.poll(&mut hb);
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{}",
+            lib.display()
+        );
+    }
+    for i in 0..5u8 {
+        a.send_inline(ha.conn.unwrap(), &[i; 10]).unwrap();
+    }
+    while hb.got.len() < 5 {
+        a.poll(&mut ha);
+        b.poll(&mut hb);
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{}",
+            lib.display()
+        );
+    }
+    assert_eq!(hb.got, (0..5u8).map(|i| vec![i; 10]).collect::<Vec<_>>());
 }
 
 fn spec_with_c(lib: &Path, loopback: &Path) -> Spec {

@@ -101,7 +101,7 @@ fn a_device_written_in_c_loads_into_unchanged_programs() {
     let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
     let status = Command::new(&cc)
         .args(["-shared", "-fPIC", "-O2", "-Wall", "-Werror", "-I"])
-        .arg(root().join("vmi-core/include"))
+        .arg(root().join("vmi-device/include"))
         .arg(root().join("tests/c/cfilter.c"))
         .arg("-o")
         .arg(&lib)

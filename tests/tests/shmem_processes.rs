@@ -4,6 +4,7 @@
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
+use vmi_core::Operations;
 
 use vmi_core::{Buffer, ConnId, ConnectOutcome, Ctx, Handler, Recv, SendCompletion, Slab, Vmi};
 use vmi_tests::harness::{Mode, dev, spec};

@@ -70,7 +70,7 @@ fn vmi_info_describes_every_shipped_specfile() {
         assert!(!devices.is_empty());
         for d in devices {
             assert!(d["library"].as_str().unwrap().ends_with(".so"), "{d}");
-            assert_eq!(d["abi"], "1.0");
+            assert_eq!(d["abi"], format!("1.{}", vmi_core::abi::VMI_ABI_MINOR));
             assert!(
                 d["capabilities"]["max_fragment"].as_u64().unwrap() > 0,
                 "{d}"

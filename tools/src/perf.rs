@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::io::{ErrorKind, IsTerminal, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
+use vmi_core::Operations;
 
 use serde::Serialize;
 use vmi_core::{Buffer, ConnId, ConnectOutcome, Ctx, Handler, Recv, SendCompletion, Slab, Vmi};

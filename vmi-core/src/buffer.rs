@@ -1,14 +1,27 @@
 //! Send buffers (VMI 2.1: `VMI_Buffer_Allocate`, `VMI_Buffer_Register`).
+#![forbid(unsafe_code)]
+
+use crate::slot::DevIndex;
+
+/// One transport's registration of a buffer's memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Registration {
+    /// The transport (engine index).
+    pub transport: DevIndex,
+    /// Its handle (never 0).
+    pub handle: u64,
+}
 
 /// Memory a send uses. Ownership moves into the send and comes back in the send completion,
 /// so the transport may use the bytes without copying until then.
 #[derive(Debug, Default)]
 pub struct Buffer {
     data: Vec<u8>,
-    /// Registration handles by transport position (0 = none).
-    pub(crate) regs: [u64; 4],
+    /// Registrations, one per transport that registered the memory (any number of
+    /// transports; empty, and so allocation-free, for an unregistered buffer).
+    regs: Vec<Registration>,
     /// True when the buffer came from the host's inline pool and goes back there.
-    pub(crate) pooled: bool,
+    pooled: bool,
 }
 
 impl Buffer {
@@ -17,7 +30,7 @@ impl Buffer {
     pub fn from_vec(data: Vec<u8>) -> Buffer {
         Buffer {
             data,
-            regs: [0; 4],
+            regs: Vec::new(),
             pooled: false,
         }
     }
@@ -39,7 +52,15 @@ impl Buffer {
 
     /// Whether any transport registered this memory.
     pub fn is_registered(&self) -> bool {
-        self.regs.iter().any(|&r| r != 0)
+        !self.regs.is_empty()
+    }
+
+    pub(crate) fn add_registration(&mut self, r: Registration) {
+        self.regs.push(r);
+    }
+
+    pub(crate) fn take_registrations(&mut self) -> Vec<Registration> {
+        std::mem::take(&mut self.regs)
     }
 
     /// Takes the memory back.
@@ -106,7 +127,7 @@ impl InlinePool {
         v.extend_from_slice(data);
         Buffer {
             data: v,
-            regs: [0; 4],
+            regs: Vec::new(),
             pooled: data.len() <= INLINE_POOL_MAX,
         }
     }

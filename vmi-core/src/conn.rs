@@ -1,6 +1,20 @@
-//! Connection handles (VMI 2.1: `PVMI_CONNECT`).
+//! Connections (VMI 2.1: `PVMI_CONNECT`): handles, states, and every state transition.
+//!
+//! The life of a connection, and the only places its state changes:
+//!
+//! ```text
+//!  outgoing:  connect ──► Connecting ──accepted──► Open
+//!                                    └─rejected/failed──► (released)
+//!  incoming:  transport ──► Incoming ──answer accept sent──► Open
+//!                                    └─rejected / answer failed──► (released)
+//!  both:      Open ──disconnect──► Closing ──done──► (released)
+//!             any ──peer gone──► (released)
+//! ```
+#![forbid(unsafe_code)]
 
 use serde::Serialize;
+
+use crate::slot::DevIndex;
 
 /// A connection, as the application names it. Handles are never reused while a stale copy
 /// could be mistaken for a new connection: each carries a generation.
@@ -41,15 +55,50 @@ pub(crate) enum ConnState {
     Closing,
 }
 
-pub(crate) struct ConnEntry {
-    pub generation: u32,
-    pub live: bool,
-    pub state: ConnState,
-    /// Engine index of the owning transport.
-    pub transport: usize,
-    pub peer_host: String,
-    pub peer_key: String,
-    pub stream_open: bool,
+impl ConnState {
+    /// The state in words, for error messages.
+    pub fn words(self) -> &'static str {
+        match self {
+            ConnState::Connecting => "still connecting",
+            ConnState::Incoming => "waiting for the accept handler",
+            ConnState::Open => "open",
+            ConnState::Closing => "closing",
+        }
+    }
+}
+
+/// How a send relates to the connection's stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SendKind {
+    /// A one-fragment stream.
+    Whole,
+    /// A fragment of the open stream; more follow.
+    Fragment,
+    /// The last fragment of the open stream.
+    End,
+}
+
+/// Why a connection refused an operation (turned into a `VmiError` by the caller).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// Not a live connection.
+    Unknown,
+    /// Not in a state that allows it.
+    NotOpen(ConnState),
+    /// A stream is already open.
+    StreamBusy,
+    /// No stream is open.
+    StreamClosed,
+}
+
+struct ConnEntry {
+    generation: u32,
+    live: bool,
+    state: ConnState,
+    transport: DevIndex,
+    peer_host: String,
+    peer_key: String,
+    stream_open: bool,
 }
 
 /// All connections of one process.
@@ -57,10 +106,11 @@ pub(crate) struct ConnEntry {
 pub(crate) struct ConnTable {
     entries: Vec<ConnEntry>,
     free: Vec<usize>,
+    live: usize,
 }
 
 impl ConnTable {
-    pub fn alloc(&mut self, transport: usize, state: ConnState) -> ConnId {
+    fn alloc(&mut self, transport: DevIndex, state: ConnState) -> ConnId {
         let index = match self.free.pop() {
             Some(i) => i,
             None => {
@@ -84,30 +134,145 @@ impl ConnTable {
         e.peer_host.clear();
         e.peer_key.clear();
         e.stream_open = false;
+        self.live += 1;
         ConnId(((e.generation as u64) << 32) | index as u64)
     }
 
-    pub fn get(&self, id: ConnId) -> Option<&ConnEntry> {
+    fn get(&self, id: ConnId) -> Option<&ConnEntry> {
         self.entries
             .get(id.index())
             .filter(|e| e.live && e.generation == id.generation())
     }
 
-    pub fn get_mut(&mut self, id: ConnId) -> Option<&mut ConnEntry> {
+    fn get_mut(&mut self, id: ConnId) -> Option<&mut ConnEntry> {
         self.entries
             .get_mut(id.index())
             .filter(|e| e.live && e.generation == id.generation())
     }
 
-    pub fn release(&mut self, id: ConnId) {
-        if let Some(e) = self.get_mut(id) {
-            e.live = false;
-            self.free.push(id.index());
+    fn release(&mut self, id: ConnId) -> bool {
+        match self.get_mut(id) {
+            Some(e) => {
+                e.live = false;
+                self.free.push(id.index());
+                self.live -= 1;
+                true
+            }
+            None => false,
         }
     }
 
+    /// Number of live connections.
     pub fn live(&self) -> usize {
-        self.entries.iter().filter(|e| e.live).count()
+        self.live
+    }
+
+    /// True for a live handle.
+    pub fn is_live(&self, id: ConnId) -> bool {
+        self.get(id).is_some()
+    }
+
+    /// The peer's key of a live connection.
+    pub fn peer_key(&self, id: ConnId) -> Option<&str> {
+        self.get(id).map(|e| e.peer_key.as_str())
+    }
+
+    // ---- transitions ----
+
+    /// The application connects to `key` at `host` over `transport`: → Connecting.
+    pub fn connect_issued(&mut self, transport: DevIndex, host: &str, key: &str) -> ConnId {
+        let id = self.alloc(transport, ConnState::Connecting);
+        let e = self.get_mut(id).expect("just allocated");
+        e.peer_host.push_str(host);
+        e.peer_key.push_str(key);
+        id
+    }
+
+    /// The connect finished: accepted → Open, anything else → released.
+    pub fn connect_finished(&mut self, id: ConnId, accepted: bool) {
+        if !accepted {
+            self.release(id);
+        } else if let Some(e) = self.get_mut(id) {
+            e.state = ConnState::Open;
+        }
+    }
+
+    /// A transport reports an incoming connection: → Incoming.
+    pub fn incoming(&mut self, transport: DevIndex) -> ConnId {
+        self.alloc(transport, ConnState::Incoming)
+    }
+
+    /// The connect request reached the application: remember who asks.
+    pub fn request_seen(&mut self, id: ConnId, host: &str, key: &str) {
+        if let Some(e) = self.get_mut(id) {
+            e.peer_host.clear();
+            e.peer_host.push_str(host);
+            e.peer_key.clear();
+            e.peer_key.push_str(key);
+        }
+    }
+
+    /// The answer to a connect request went out: an accept sent → Open; a reject, or an
+    /// answer that failed → released.
+    pub fn answer_finished(&mut self, id: ConnId, accepted: bool) {
+        self.connect_finished(id, accepted);
+    }
+
+    /// The application disconnects: Open/Connecting/Incoming → Closing. Returns the owning
+    /// transport.
+    pub fn disconnect_issued(&mut self, id: ConnId) -> Result<DevIndex, Refusal> {
+        let e = self.get_mut(id).ok_or(Refusal::Unknown)?;
+        if e.state == ConnState::Closing {
+            return Err(Refusal::NotOpen(e.state));
+        }
+        e.state = ConnState::Closing;
+        Ok(e.transport)
+    }
+
+    /// The connection ended (local disconnect done, or the peer went away): released.
+    /// Returns whether it was live.
+    pub fn closed(&mut self, id: ConnId) -> bool {
+        self.release(id)
+    }
+
+    /// The application begins a stream.
+    pub fn stream_begin(&mut self, id: ConnId) -> Result<(), Refusal> {
+        let e = self.get_mut(id).ok_or(Refusal::Unknown)?;
+        if e.state != ConnState::Open {
+            return Err(Refusal::NotOpen(e.state));
+        }
+        if e.stream_open {
+            return Err(Refusal::StreamBusy);
+        }
+        e.stream_open = true;
+        Ok(())
+    }
+
+    /// Checks that a send of this kind is allowed now; returns the owning transport. An
+    /// `End` closes the stream.
+    pub fn send_checked(&mut self, id: ConnId, kind: SendKind) -> Result<DevIndex, Refusal> {
+        let e = self.get_mut(id).ok_or(Refusal::Unknown)?;
+        if e.state != ConnState::Open {
+            return Err(Refusal::NotOpen(e.state));
+        }
+        match kind {
+            SendKind::Whole if e.stream_open => return Err(Refusal::StreamBusy),
+            SendKind::Fragment | SendKind::End if !e.stream_open => {
+                return Err(Refusal::StreamClosed);
+            }
+            SendKind::End => e.stream_open = false,
+            _ => {}
+        }
+        Ok(e.transport)
+    }
+
+    /// Undoes the stream change of a `send_checked` whose send was then refused.
+    pub fn send_undone(&mut self, id: ConnId, kind: SendKind) {
+        if kind == SendKind::End {
+            if let Some(e) = self.get_mut(id) {
+                e.stream_open = true;
+            }
+        }
     }
 }
 
@@ -118,15 +283,50 @@ mod tests {
     #[test]
     fn stale_handles_are_refused() {
         let mut t = ConnTable::default();
-        let a = t.alloc(0, ConnState::Open);
-        assert!(t.get(a).is_some());
-        t.release(a);
-        assert!(t.get(a).is_none());
-        let b = t.alloc(0, ConnState::Open);
+        let a = t.incoming(0);
+        assert!(t.is_live(a));
+        assert!(t.closed(a));
+        assert!(!t.is_live(a));
+        assert!(!t.closed(a), "a second close is a no-op");
+        let b = t.incoming(0);
         assert_ne!(a, b, "the slot is reused under a new generation");
-        assert!(t.get(a).is_none());
-        assert!(t.get(b).is_some());
+        assert!(!t.is_live(a));
+        assert!(t.is_live(b));
         assert_eq!(t.live(), 1);
-        assert!(t.get(ConnId(0)).is_none());
+        assert!(!t.is_live(ConnId(0)));
+    }
+
+    #[test]
+    fn streams_follow_the_state_machine() {
+        let mut t = ConnTable::default();
+        let c = t.connect_issued(3, "h", "k");
+        assert_eq!(t.peer_key(c), Some("k"));
+        assert_eq!(
+            t.send_checked(c, SendKind::Whole),
+            Err(Refusal::NotOpen(ConnState::Connecting))
+        );
+        t.connect_finished(c, true);
+        assert_eq!(t.send_checked(c, SendKind::Whole), Ok(3));
+        assert_eq!(
+            t.send_checked(c, SendKind::Fragment),
+            Err(Refusal::StreamClosed)
+        );
+        t.stream_begin(c).unwrap();
+        assert_eq!(t.stream_begin(c), Err(Refusal::StreamBusy));
+        assert_eq!(t.send_checked(c, SendKind::Whole), Err(Refusal::StreamBusy));
+        assert_eq!(t.send_checked(c, SendKind::Fragment), Ok(3));
+        assert_eq!(t.send_checked(c, SendKind::End), Ok(3));
+        t.send_undone(c, SendKind::End);
+        assert_eq!(t.send_checked(c, SendKind::End), Ok(3));
+        assert_eq!(t.disconnect_issued(c), Ok(3));
+        assert_eq!(
+            t.disconnect_issued(c),
+            Err(Refusal::NotOpen(ConnState::Closing))
+        );
+        assert!(t.closed(c));
+        assert_eq!(t.disconnect_issued(c), Err(Refusal::Unknown));
+        let r = t.connect_issued(0, "h", "k");
+        t.connect_finished(r, false);
+        assert!(!t.is_live(r), "a refused connect is released");
     }
 }

@@ -1,105 +1,74 @@
 //! The chain engine (the NT-IRP / Globus XIO model): moves IRBs through the devices of a
-//! chain, runs completion steps in reverse, and implements the host services devices call.
+//! chain, runs completion steps in reverse, and lets devices make progress.
 //!
-//! Devices are never re-entered: a host service called from device code only queues work,
-//! and the engine's loop ([`Engine::drive`]) runs it after the device returns.
+//! Devices are never re-entered: a host service called from device code only queues work
+//! ([`crate::services`]), and the engine's loop ([`Engine::drive`]) runs it after the device
+//! returns. The application layer sees the engine only through the methods below, with
+//! [`Slot`] handles: never its fields, never raw pointers.
 #![allow(unsafe_code)]
 
-use std::cell::RefCell;
+use std::cell::{Cell, Ref, RefCell, RefMut};
 use std::collections::VecDeque;
 use std::ffi::c_void;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use crossbeam_queue::SegQueue;
-
 use crate::abi::*;
-use crate::buffer::InlinePool;
-use crate::conn::{ConnState, ConnTable};
+use crate::buffer::{Buffer, InlinePool, Registration};
+use crate::conn::ConnTable;
 use crate::device::{Capabilities, DeviceKind};
-use crate::irb::{Dir, IrbPool, IrbSlot, MAX_PATH, Purpose};
-use crate::loader::DeviceType;
+use crate::loader::{DeviceType, LoadError};
 use crate::params::ResolvedParam;
+use crate::services::{Boundary, Shared, Work};
 use crate::slab::Releases;
+use crate::slot::{DevIndex, Dir, IrbPool, Purpose, Slot};
 use crate::status::Status;
 use crate::waker::Waker;
 
-/// Work queued by host services for the engine loop.
-enum Work {
-    Pass(*mut IrbSlot),
-    Complete(*mut IrbSlot, i32),
-}
+/// Most device instances one process runs (device indices are 16-bit; the assembly refuses
+/// more with a clear error).
+pub const MAX_DEVICES: usize = (DevIndex::MAX - 1) as usize;
 
-/// State the host services reach through a device's `host` pointer.
-pub(crate) struct Shared {
-    work: RefCell<VecDeque<Work>>,
-    pub pool: RefCell<IrbPool>,
-    pub conns: RefCell<ConnTable>,
-    remote: SegQueue<(usize, i32)>,
-    /// Completions pushed to `remote` and not yet taken: lets the loop skip the queue
-    /// (several atomic operations even when empty) with one relaxed load.
-    remote_pending: AtomicUsize,
-    pub releases: Arc<Releases>,
-    pub waker: Waker,
-    pub local_key: String,
-    pub signature: String,
-    /// Per device: position in the receive chain (top-down), or -1.
-    recv_pos: Vec<isize>,
-}
-
-/// What a device's `host` pointer points at.
-pub(crate) struct DeviceCtx {
-    shared: *const Shared,
-    index: usize,
-    frame_off: usize,
-}
+/// Receive IRBs one device may hand up per poll before the next device's turn.
+pub(crate) const POLL_BUDGET: u32 = 64;
 
 /// One running device.
-pub(crate) struct Instance {
+struct Instance {
     /// Instance name from the specfile.
-    pub name: String,
-    pub ty: DeviceType,
-    pub ptr: *mut c_void,
-    pub frame_off: usize,
-    pub caps: Capabilities,
-    pub params: Vec<ResolvedParam>,
-    _ctx: Box<DeviceCtx>,
+    name: String,
+    ty: DeviceType,
+    ptr: *mut c_void,
+    frame_off: usize,
+    caps: Capabilities,
+    params: Vec<ResolvedParam>,
 }
 
 impl Instance {
-    pub fn is_transport(&self) -> bool {
+    fn is_transport(&self) -> bool {
         self.ty.kind == DeviceKind::Transport
     }
 }
 
-/// The devices of one process and its send and receive chains.
-pub(crate) struct Engine {
-    pub devices: Vec<Instance>,
-    /// Send chain, engine indices, application first.
-    pub send: Vec<usize>,
-    /// Receive chain, engine indices, application first.
-    pub recv: Vec<usize>,
-    /// Transports in send-chain order (the order tried at connect).
-    pub transports: Vec<usize>,
-    pub shared: Box<Shared>,
-    /// IRBs whose outcome the application must hear of, in order.
-    pub out: VecDeque<*mut IrbSlot>,
-    pub inline: InlinePool,
-    /// Scratch for slabs released by the application (see `poll_devices`).
-    release_batch: Vec<usize>,
-    services: Box<VmiHostServices>,
-}
-
-fn log_level_code() -> u32 {
-    match log::max_level() {
-        log::LevelFilter::Off => 0,
-        log::LevelFilter::Error => VMI_LOG_ERROR,
-        log::LevelFilter::Warn => VMI_LOG_WARN,
-        log::LevelFilter::Info => VMI_LOG_INFO,
-        log::LevelFilter::Debug => VMI_LOG_DEBUG,
-        log::LevelFilter::Trace => VMI_LOG_TRACE,
-    }
+/// What a running device looks like from the application.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct DeviceInfo {
+    /// Instance name.
+    pub name: String,
+    /// Type name.
+    pub type_name: String,
+    /// Version.
+    pub version: String,
+    /// Kind.
+    pub kind: DeviceKind,
+    /// Library or "statically linked".
+    pub origin: String,
+    /// ABI major.minor the device was built against.
+    pub abi: (u16, u16),
+    /// Capabilities it reported.
+    pub capabilities: Capabilities,
+    /// Effective parameters.
+    pub params: Vec<ResolvedParam>,
 }
 
 /// A device to start, in engine order.
@@ -107,6 +76,26 @@ pub(crate) struct Planned {
     pub name: String,
     pub ty: DeviceType,
     pub params: Vec<ResolvedParam>,
+}
+
+/// The devices of one process and its send and receive chains.
+pub(crate) struct Engine {
+    devices: Vec<Instance>,
+    /// Send chain, engine indices, application first.
+    send: Vec<DevIndex>,
+    /// Receive chain, engine indices, application first.
+    recv: Vec<DevIndex>,
+    /// Transports in send-chain order (the order tried at connect).
+    transports: Vec<DevIndex>,
+    shared: Box<Shared>,
+    boundary: Boundary,
+    waker: Arc<Waker>,
+    releases: Arc<Releases>,
+    /// IRBs whose outcome the application must hear of, in order.
+    out: VecDeque<Slot>,
+    inline: InlinePool,
+    /// Scratch for slabs released by the application (see `poll_devices`).
+    release_batch: Vec<usize>,
 }
 
 impl Engine {
@@ -117,7 +106,18 @@ impl Engine {
         recv: Vec<usize>,
         local_key: String,
         signature: String,
-    ) -> Result<Engine, crate::loader::LoadError> {
+    ) -> Result<Engine, LoadError> {
+        let host_error = |reason: String| LoadError::CreateFailed {
+            device: "(host)".into(),
+            origin: "vmi-core".into(),
+            reason,
+        };
+        if planned.len() > MAX_DEVICES {
+            return Err(host_error(format!(
+                "{} devices; one process runs at most {MAX_DEVICES}",
+                planned.len()
+            )));
+        }
         // Frame layout: one frame per device instance, shared by both chains.
         let mut offsets = Vec::with_capacity(planned.len());
         let mut total = 0usize;
@@ -131,64 +131,44 @@ impl Engine {
         for (i, &d) in recv.iter().enumerate() {
             recv_pos[d] = i as isize;
         }
-        let transports: Vec<usize> = send
+        let to_idx = |v: &[usize]| v.iter().map(|&d| d as DevIndex).collect::<Vec<_>>();
+        let transports: Vec<DevIndex> = send
             .iter()
             .copied()
             .filter(|&d| planned[d].ty.kind == DeviceKind::Transport)
+            .map(|d| d as DevIndex)
             .collect();
+        // A device joins an IRB's completion path at most once per traversal.
+        let max_path = send.len().max(recv.len());
+        let waker = Arc::new(
+            Waker::new().map_err(|e| host_error(format!("cannot create an eventfd: {e}")))?,
+        );
         let shared = Box::new(Shared {
             work: RefCell::new(VecDeque::with_capacity(256)),
-            pool: RefCell::new(IrbPool::new(total)),
+            pool: RefCell::new(IrbPool::new(total, max_path)),
             conns: RefCell::new(ConnTable::default()),
-            remote: SegQueue::new(),
-            remote_pending: AtomicUsize::new(0),
-            releases: Arc::new(Releases::default()),
-            waker: Waker::new().map_err(|e| crate::loader::LoadError::CreateFailed {
-                device: "(host)".into(),
-                origin: "vmi-core".into(),
-                reason: format!("cannot create an eventfd: {e}"),
-            })?,
             local_key,
             signature,
             recv_pos,
+            recv_limit: usize::MAX,
+            recv_live: Cell::new(0),
         });
         shared.pool.borrow_mut().reserve(64);
-        let services = Box::new(VmiHostServices {
-            size: std::mem::size_of::<VmiHostServices>() as u32,
-            abi_minor: VMI_ABI_MINOR as u32,
-            pass: svc_pass,
-            complete: svc_complete,
-            complete_from_thread: svc_complete_from_thread,
-            irb_alloc: svc_irb_alloc,
-            irb_frame: svc_irb_frame,
-            irb_attach: svc_irb_attach,
-            irb_set_peer: svc_irb_set_peer,
-            irb_set_detail: svc_irb_set_detail,
-            conn_new: svc_conn_new,
-            local_key: svc_local_key,
-            signature: svc_signature,
-            log: svc_log,
-            wake: svc_wake,
-            max_log_level: log_level_code(),
-            host_marker: &crate::logbridge::MARKER,
-        });
+        let boundary = Boundary::new(&shared, waker.clone(), &offsets);
         let mut engine = Engine {
             devices: Vec::with_capacity(planned.len()),
-            send,
-            recv,
+            send: to_idx(&send),
+            recv: to_idx(&recv),
             transports,
             shared,
+            boundary,
+            waker,
+            releases: Arc::new(Releases::default()),
             out: VecDeque::with_capacity(256),
             inline: InlinePool::default(),
             release_batch: Vec::new(),
-            services,
         };
         for (index, p) in planned.into_iter().enumerate() {
-            let ctx = Box::new(DeviceCtx {
-                shared: &*engine.shared,
-                index,
-                frame_off: offsets[index],
-            });
             let names: Vec<(String, String)> = p
                 .params
                 .iter()
@@ -204,28 +184,28 @@ impl Engine {
             let mut out: *mut c_void = std::ptr::null_mut();
             let mut err = [0 as std::ffi::c_char; 1024];
             let create = p.ty.descriptor.create.expect("validated at load");
-            // SAFETY: the descriptor was validated; services and ctx outlive the instance
-            // (the engine destroys devices before freeing them); params live for the call.
+            // SAFETY: the descriptor was validated; the services table and the device's
+            // context are leaked (valid for the process); params live for the call.
             let rc = unsafe {
                 create(
-                    &*engine.services,
-                    &*ctx as *const DeviceCtx as *mut c_void,
+                    engine.boundary.services,
+                    engine.boundary.host_ptr(index),
                     raw.as_ptr(),
                     raw.len(),
                     &mut out,
                     err.as_mut_ptr(),
-                    err.len(),
+                    err.len() - 1,
                 )
             };
-            // SAFETY: the device NUL-terminates within the buffer (write_c_message), and
-            // the last byte is still 0 if it did not.
+            // SAFETY: the device writes at most len - 1 bytes plus NUL (write_c_message), and
+            // the buffer's last byte is never written, so there is always a terminator.
             let msg = unsafe { std::ffi::CStr::from_ptr(err.as_ptr()) }
                 .to_string_lossy()
                 .into_owned();
             match rc {
                 VMI_CREATE_OK if !out.is_null() => {}
                 VMI_CREATE_PANICKED => {
-                    return Err(crate::loader::LoadError::Panicked {
+                    return Err(LoadError::Panicked {
                         device: p.name,
                         origin: p.ty.origin(),
                         message: msg,
@@ -237,7 +217,7 @@ impl Engine {
                     } else {
                         msg
                     };
-                    return Err(crate::loader::LoadError::CreateFailed {
+                    return Err(LoadError::CreateFailed {
                         device: p.name,
                         origin: p.ty.origin(),
                         reason,
@@ -251,7 +231,6 @@ impl Engine {
                 frame_off: offsets[index],
                 caps: Capabilities::default(),
                 params: p.params,
-                _ctx: ctx,
             });
         }
         engine.compute_capabilities();
@@ -261,8 +240,9 @@ impl Engine {
     /// Asks each device for its capabilities, bottom-up along the send chain.
     fn compute_capabilities(&mut self) {
         let mut below = Capabilities::default();
+        let last_transport = self.transports.last().copied();
         for &d in self.send.iter().rev() {
-            let inst = &mut self.devices[d];
+            let inst = &mut self.devices[d as usize];
             let mut caps = if inst.is_transport() {
                 Capabilities::default()
             } else {
@@ -274,82 +254,152 @@ impl Engine {
             }
             inst.caps = caps;
             if inst.is_transport() {
-                below =
-                    merge_transport_caps(below, caps, d == *self.transports.last().unwrap_or(&d));
+                below = merge_transport_caps(below, caps, Some(d) == last_transport);
             } else {
                 below = caps;
             }
         }
         for &d in self.recv.iter() {
-            let inst = &mut self.devices[d];
-            if !self.send.contains(&d) {
-                let mut caps = Capabilities::default();
-                if let Some(f) = inst.ty.vtable.capabilities {
-                    // SAFETY: as above.
-                    unsafe { f(inst.ptr, &mut caps) };
-                }
-                inst.caps = caps;
+            if self.send.contains(&d) {
+                continue;
             }
+            let inst = &mut self.devices[d as usize];
+            let mut caps = Capabilities::default();
+            if let Some(f) = inst.ty.vtable.capabilities {
+                // SAFETY: as above.
+                unsafe { f(inst.ptr, &mut caps) };
+            }
+            inst.caps = caps;
         }
     }
+
+    // ---- the seam: what the application layer uses ----
 
     /// Capabilities the application sees at the top of the send chain.
     pub fn top_caps(&self) -> Capabilities {
         self.send
             .first()
-            .map(|&d| self.devices[d].caps)
+            .map(|&d| self.devices[d as usize].caps)
             .unwrap_or_default()
     }
 
-    /// Takes a clean slot for an application operation.
-    pub fn new_slot(&self) -> *mut IrbSlot {
+    /// The running devices.
+    pub fn device_infos(&self) -> Vec<DeviceInfo> {
+        self.devices
+            .iter()
+            .map(|d| DeviceInfo {
+                name: d.name.clone(),
+                type_name: d.ty.name.clone(),
+                version: d.ty.version.clone(),
+                kind: d.ty.kind,
+                origin: d.ty.origin(),
+                abi: d.ty.abi,
+                capabilities: d.caps,
+                params: d.params.clone(),
+            })
+            .collect()
+    }
+
+    /// The engine index of the device with this instance name, or the list of names.
+    pub fn device_index(&self, name: &str) -> Result<usize, String> {
+        self.devices
+            .iter()
+            .position(|d| d.name == name)
+            .ok_or_else(|| {
+                self.devices
+                    .iter()
+                    .map(|d| d.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+    }
+
+    /// The connection table.
+    pub fn conns(&self) -> Ref<'_, ConnTable> {
+        self.shared.conns.borrow()
+    }
+
+    /// The connection table, for a state transition.
+    pub fn conns_mut(&self) -> RefMut<'_, ConnTable> {
+        self.shared.conns.borrow_mut()
+    }
+
+    /// IRBs allocated now (in flight, pending in devices, or held by the application).
+    pub fn irbs_in_use(&self) -> usize {
+        self.shared.pool.borrow().live()
+    }
+
+    /// Where grabbed slabs are handed back from any thread.
+    pub fn releases(&self) -> &Arc<Releases> {
+        &self.releases
+    }
+
+    /// A clean slot for an application operation.
+    pub fn new_slot(&self) -> Slot {
         self.shared.pool.borrow_mut().take()
     }
 
+    /// A buffer from the inline pool holding a copy of `data`.
+    pub fn inline_buffer(&mut self, data: &[u8]) -> Buffer {
+        self.inline.take(data)
+    }
+
     /// Returns a slot to the pool, recycling inline buffers.
-    pub fn free_slot(&mut self, s: *mut IrbSlot) {
-        // SAFETY: `s` is a live slot owned by the engine at this point.
-        let bufs = unsafe { &mut (*s).bufs };
-        for b in bufs.drain(..) {
+    pub fn free(&mut self, mut s: Slot) {
+        for b in s.drain_buffers() {
             self.inline.give(b);
         }
-        // SAFETY: as above; not used afterwards.
-        unsafe { self.shared.pool.borrow_mut().give(s) };
+        if s.purpose() == Purpose::Received {
+            self.shared.recv_live.set(self.shared.recv_live.get() - 1);
+        }
+        self.shared.pool.borrow_mut().give(s);
     }
 
     /// Sends an application IRB down the send chain and runs everything that follows.
-    pub fn submit(&mut self, s: *mut IrbSlot) {
-        // SAFETY: a fresh slot owned by the engine.
-        unsafe {
-            (*s).dir = Dir::Down;
-            (*s).pos = -1;
-        }
+    pub fn submit(&mut self, mut s: Slot) {
+        s.enter(Dir::Down, -1);
         self.advance(s);
         self.drive();
     }
 
+    /// The next IRB whose outcome the application must hear of.
+    pub fn pop_outcome(&mut self) -> Option<Slot> {
+        self.out.pop_front()
+    }
+
+    /// Outcomes waiting.
+    pub fn outcomes(&self) -> usize {
+        self.out.len()
+    }
+
+    /// Gives a received IRB back to the devices (the application let it go) and frees it.
+    pub fn release_received(&mut self, mut s: Slot) {
+        self.unwind(&mut s);
+        self.drive();
+        self.free(s);
+    }
+
+    // ---- moving IRBs ----
+
     /// Runs queued work until none is left.
-    pub fn drive(&mut self) {
+    fn drive(&mut self) {
         loop {
             // One relaxed load instead of the queue's atomics when nothing came from other threads.
-            if self.shared.remote_pending.load(Ordering::Relaxed) > 0 {
-                while let Some((p, st)) = self.shared.remote.pop() {
-                    self.shared.remote_pending.fetch_sub(1, Ordering::AcqRel);
+            if self.boundary.remote.has_pending() {
+                while let Some((s, st)) = self.boundary.remote.pop() {
                     self.shared
                         .work
                         .borrow_mut()
-                        .push_back(Work::Complete(p as *mut IrbSlot, st));
+                        .push_back(Work::Complete(s, st));
                 }
             }
             let next = self.shared.work.borrow_mut().pop_front();
             match next {
                 None => break,
-                Some(Work::Pass(s)) => {
+                Some(Work::Pass(mut s)) => {
                     // The device that held it passes it on: it joins the completion path.
-                    // SAFETY: live slot handed back by its holder.
-                    let pos = unsafe { (*s).pos };
-                    if let Some(d) = self.device_at(s, pos) {
-                        self.push_path(s, d);
+                    if let Some(d) = self.device_at(&s, s.pos()) {
+                        self.join_path(&mut s, d);
                     }
                     self.advance(s);
                 }
@@ -358,9 +408,8 @@ impl Engine {
         }
     }
 
-    fn device_at(&self, s: *mut IrbSlot, pos: isize) -> Option<usize> {
-        // SAFETY: live slot.
-        let chain = if unsafe { (*s).dir } == Dir::Down {
+    fn device_at(&self, s: &Slot, pos: isize) -> Option<DevIndex> {
+        let chain = if s.dir() == Dir::Down {
             &self.send
         } else {
             &self.recv
@@ -370,23 +419,16 @@ impl Engine {
             .and_then(|p| chain.get(p).copied())
     }
 
-    fn push_path(&self, s: *mut IrbSlot, d: usize) {
-        if self.devices[d].ty.vtable.complete.is_none() {
-            return;
-        }
-        // SAFETY: live slot owned by the engine during this call.
-        let slot = unsafe { &mut *s };
-        if (slot.depth as usize) < MAX_PATH {
-            slot.path[slot.depth as usize] = d as u8;
-            slot.depth += 1;
+    fn join_path(&self, s: &mut Slot, d: DevIndex) {
+        if self.devices[d as usize].ty.vtable.complete.is_some() {
+            s.join_path(d);
         }
     }
 
     /// Moves an IRB to the next devices until one pends or completes it, or it leaves the chain.
-    fn advance(&mut self, s: *mut IrbSlot) {
+    fn advance(&mut self, mut s: Slot) {
         loop {
-            // SAFETY: live slot; no device holds it while the engine looks at it.
-            let (dir, pos, transport) = unsafe { ((*s).dir, (*s).pos, (*s).transport as usize) };
+            let (dir, pos, transport) = (s.dir(), s.pos(), s.transport());
             let chain = if dir == Dir::Down {
                 &self.send
             } else {
@@ -398,17 +440,13 @@ impl Engine {
                 return;
             }
             if next as usize >= chain.len() {
-                // SAFETY: live slot.
-                unsafe {
-                    (*s).detail = "no transport took the request (a transport passed it on)".into()
-                };
+                s.set_detail("no transport took the request (a transport passed it on)".into());
                 self.finish(s, Status::Internal.code());
                 return;
             }
             let d = chain[next as usize];
-            // SAFETY: live slot.
-            unsafe { (*s).pos = next };
-            let inst = &self.devices[d];
+            s.set_pos(next);
+            let inst = &self.devices[d as usize];
             if inst.is_transport() && (dir == Dir::Up || d != transport) {
                 continue; // only the owning transport sees a send; none above the one receiving
             }
@@ -420,22 +458,27 @@ impl Engine {
             let Some(f) = entry else {
                 continue; // pass-through at no cost
             };
-            // SAFETY: live slot; the frame offset belongs to this device.
-            let frame = unsafe { (*s).frame_ptr(inst.frame_off) };
-            // SAFETY: live instance and IRB; the device follows the ABI's ownership rules.
-            let rc = unsafe { f(inst.ptr, s as *mut VmiIrb, frame) };
+            let frame = s.frame_ptr(inst.frame_off);
+            let raw = s.into_raw();
+            // SAFETY: live instance; the device gets the IRB and its own frame, and follows
+            // the ABI's ownership rules: on PASS/COMPLETE it hands the IRB back to us, on
+            // PENDING it keeps it and returns it through a service later.
+            let rc = unsafe { f(inst.ptr, raw, frame) };
             match rc {
-                VMI_PASS => self.push_path(s, d),
-                VMI_COMPLETE => {
-                    // SAFETY: the device handed it back.
-                    let st = unsafe { (*s).abi.status };
-                    self.finish(s, st);
-                    return;
+                VMI_PASS | VMI_COMPLETE => {
+                    // SAFETY: the device returned the IRB to the engine with this code.
+                    s = unsafe { Slot::from_raw(raw) };
+                    if rc == VMI_COMPLETE {
+                        let st = s.status_code();
+                        self.finish(s, st);
+                        return;
+                    }
+                    self.join_path(&mut s, d);
                 }
                 VMI_PENDING => return,
                 other => {
                     log::error!(
-                        "device '{}' returned {other} from {}; expected 0 (pass), 1 (complete) or 2 (pending)",
+                        "device '{}' returned {other} from {}; expected 0 (pass), 1 (complete) or 2 (pending); the IRB is treated as pending",
                         inst.name,
                         if dir == Dir::Down {
                             "submit"
@@ -443,7 +486,8 @@ impl Engine {
                             "receive"
                         }
                     );
-                    self.finish(s, Status::Internal.code());
+                    // Who holds the IRB is unknown: leaving it with the device is the only
+                    // choice that cannot free memory a device still uses.
                     return;
                 }
             }
@@ -451,86 +495,70 @@ impl Engine {
     }
 
     /// Runs the completion steps in reverse order, then queues the outcome for the application.
-    fn finish(&mut self, s: *mut IrbSlot, status: i32) {
-        // SAFETY: live slot.
-        unsafe { (*s).abi.status = status };
-        self.unwind(s);
+    fn finish(&mut self, mut s: Slot, status: i32) {
+        s.set_status_code(status);
+        self.unwind(&mut s);
         self.out.push_back(s);
     }
 
     /// Runs the completion steps of the devices on the IRB's path, last first.
-    pub fn unwind(&mut self, s: *mut IrbSlot) {
-        loop {
-            // SAFETY: live slot.
-            let slot = unsafe { &mut *s };
-            if slot.depth == 0 {
-                break;
-            }
-            slot.depth -= 1;
-            let d = slot.path[slot.depth as usize] as usize;
-            let inst = &self.devices[d];
+    fn unwind(&mut self, s: &mut Slot) {
+        while let Some(d) = s.pop_path() {
+            let inst = &self.devices[d as usize];
             if let Some(c) = inst.ty.vtable.complete {
-                let frame = slot.frame_ptr(inst.frame_off);
-                // SAFETY: live instance and IRB.
-                unsafe { c(inst.ptr, s as *mut VmiIrb, frame) };
+                let frame = s.frame_ptr(inst.frame_off);
+                // SAFETY: live instance; the IRB is lent for the call (the device cannot keep
+                // it: the SDK gives it a `CompletingIrb`, a C device is bound by the ABI).
+                unsafe { c(inst.ptr, s.addr() as *mut VmiIrb, frame) };
             }
         }
-        // SAFETY: live slot.
-        unsafe { (*s).unwound = true };
+        s.set_unwound();
     }
 
-    /// Gives a received IRB back to the devices (the application let it go) and frees it.
-    pub fn release(&mut self, s: *mut IrbSlot) {
-        self.unwind(s);
-        self.drive();
-        self.free_slot(s);
-    }
+    // ---- progress ----
 
     /// Lets every device make progress; returns the number of events they reported.
     pub fn poll_devices(&mut self) -> usize {
         let mut events = 0;
-        if self.shared.releases.pending.load(Ordering::Relaxed) > 0 {
+        if self.releases.pending.load(Ordering::Relaxed) > 0 {
             // Swap with a kept vector: both keep their capacity, so releasing allocates nothing.
             let mut batch = std::mem::take(&mut self.release_batch);
-            {
-                let mut q = self
-                    .shared
-                    .releases
-                    .queue
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner());
-                std::mem::swap(&mut *q, &mut batch);
-                self.shared
-                    .releases
-                    .pending
-                    .fetch_sub(batch.len(), Ordering::Relaxed);
-            }
+            self.releases.take_all(&mut batch);
             events += batch.len();
-            for s in batch.drain(..) {
-                self.release(s as *mut IrbSlot);
+            for addr in batch.drain(..) {
+                // SAFETY: the address was queued by the GrabbedSlab that owned the delivered
+                // slot (the engine kept no handle to it), exactly once, when it was dropped.
+                let s = unsafe { Slot::from_raw(addr as *mut VmiIrb) };
+                self.release_received(s);
             }
             self.release_batch = batch;
         }
         for i in 0..self.devices.len() {
-            if let Some(p) = self.devices[i].ty.vtable.poll {
+            let vt = &self.devices[i].ty.vtable;
+            let n = if let Some(p) = vt.poll_budget {
                 // SAFETY: live instance.
-                let n = unsafe { p(self.devices[i].ptr) };
-                events += n.max(0) as usize;
-                self.drive();
-            }
+                unsafe { p(self.devices[i].ptr, POLL_BUDGET) }
+            } else if let Some(p) = vt.poll {
+                // SAFETY: live instance (a 1.0 device: no budget).
+                unsafe { p(self.devices[i].ptr) }
+            } else {
+                continue;
+            };
+            events += n.max(0) as usize;
+            self.drive();
         }
         self.drive();
         events
     }
 
-    /// Sleeps until a device's descriptor is ready, a deadline passes, `wake` is called, or
-    /// `timeout` elapses.
+    /// Sleeps until a device's descriptor is ready, a deadline passes, a device or another
+    /// thread wakes the host, or `timeout` elapses.
     pub fn sleep(&mut self, timeout: Duration) {
         // Announce the sleep before looking for work (see `Waker` for the ordering argument).
-        self.shared.waker.set_sleeping(true);
+        self.waker.set_sleeping(true);
         let mut fds = Vec::with_capacity(self.devices.len() + 1);
         fds.push(libc::pollfd {
-            fd: self.shared.waker.fd(),
+            fd: self.waker.fd(),
             events: libc::POLLIN,
             revents: 0,
         });
@@ -552,38 +580,42 @@ impl Engine {
                 }
             }
         }
-        let pending = self.shared.remote_pending.load(Ordering::Acquire) > 0
-            || self.shared.releases.pending.load(Ordering::Acquire) > 0;
+        let pending = self.boundary.remote.has_pending_acquire()
+            || self.releases.pending.load(Ordering::Acquire) > 0
+            || !self.out.is_empty();
         if !pending && ms > 0 {
             // SAFETY: `fds` is a live array of pollfd of the given length.
             unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms as i32) };
         }
-        self.shared.waker.set_sleeping(false);
-        self.shared.waker.drain();
+        self.waker.set_sleeping(false);
+        self.waker.drain();
     }
+
+    // ---- device calls outside the IRB path ----
 
     /// The transport that takes a connection to `host`/`key`, with each refusal's reason.
     pub fn choose_transport(
         &mut self,
         host: &str,
         key: &str,
-    ) -> Result<usize, Vec<(String, String)>> {
+    ) -> Result<DevIndex, Vec<(String, String)>> {
         let mut refusals = Vec::new();
         for &t in &self.transports {
-            let inst = &self.devices[t];
+            let inst = &self.devices[t as usize];
             let Some(reach) = inst.ty.vtable.reach else {
                 refusals.push((inst.name.clone(), "it does not implement reach".into()));
                 continue;
             };
             let mut why = [0 as std::ffi::c_char; 512];
-            // SAFETY: live instance; strings live for the call; `why` is a writable buffer.
+            // SAFETY: live instance; strings live for the call; `why` is writable for
+            // len - 1 bytes and its last byte stays NUL.
             let ok = unsafe {
                 reach(
                     inst.ptr,
                     VmiStr::new(host),
                     VmiStr::new(key),
                     why.as_mut_ptr(),
-                    why.len(),
+                    why.len() - 1,
                 )
             };
             if ok == 1 {
@@ -597,7 +629,7 @@ impl Engine {
                 }
                 return Ok(t);
             }
-            // SAFETY: NUL-terminated by write_c_message (or still all zero).
+            // SAFETY: NUL-terminated (the last byte is never written).
             let reason = unsafe { std::ffi::CStr::from_ptr(why.as_ptr()) }
                 .to_string_lossy()
                 .into_owned();
@@ -610,6 +642,9 @@ impl Engine {
                 },
             ));
         }
+        if self.transports.is_empty() {
+            refusals.push(("(chain)".into(), "the chain has no transport".into()));
+        }
         Err(refusals)
     }
 
@@ -618,22 +653,30 @@ impl Engine {
         let inst = &self.devices[device];
         let f = inst.ty.vtable.get_attr?;
         let mut buf = vec![0 as std::ffi::c_char; 4096];
-        loop {
-            // SAFETY: live instance; `buf` is writable for its length.
-            let n = unsafe { f(inst.ptr, VmiStr::new(name), buf.as_mut_ptr(), buf.len()) };
+        for _ in 0..4 {
+            // SAFETY: live instance; `buf` is writable for len - 1 bytes, its last byte NUL.
+            let n = unsafe { f(inst.ptr, VmiStr::new(name), buf.as_mut_ptr(), buf.len() - 1) };
             if n < 0 {
                 return None;
             }
-            if (n as usize) < buf.len() {
-                // SAFETY: NUL-terminated by the device within the buffer.
+            if (n as usize) < buf.len() - 1 {
+                // SAFETY: NUL-terminated within the buffer.
                 return Some(
                     unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }
                         .to_string_lossy()
                         .into_owned(),
                 );
             }
-            buf.resize(n as usize + 1, 0);
+            if n as usize >= 1 << 24 {
+                log::error!(
+                    "device '{}' reports a {n}-byte value for attribute '{name}'; refused",
+                    inst.name
+                );
+                return None;
+            }
+            buf = vec![0; n as usize + 2];
         }
+        None
     }
 
     /// Changes a device's runtime attribute.
@@ -643,46 +686,51 @@ impl Engine {
             return Err(format!("device '{}' has no runtime attributes", inst.name));
         };
         let mut err = [0 as std::ffi::c_char; 1024];
-        // SAFETY: live instance; strings live for the call; `err` is writable.
+        // SAFETY: live instance; strings live for the call; `err` is writable for len - 1.
         let rc = unsafe {
             f(
                 inst.ptr,
                 VmiStr::new(name),
                 VmiStr::new(value),
                 err.as_mut_ptr(),
-                err.len(),
+                err.len() - 1,
             )
         };
         if rc == 0 {
             Ok(())
         } else {
-            // SAFETY: NUL-terminated by the device (or all zero).
+            // SAFETY: NUL-terminated (the last byte is never written).
             Err(unsafe { std::ffi::CStr::from_ptr(err.as_ptr()) }
                 .to_string_lossy()
                 .into_owned())
         }
     }
 
-    /// Registers memory with every transport; returns the handles.
-    pub fn register(&mut self, base: *mut u8, len: usize) -> [u64; 4] {
-        let mut regs = [0u64; 4];
-        for (i, &t) in self.transports.iter().enumerate().take(4) {
-            if let Some(r) = self.devices[t].ty.vtable.register {
-                // SAFETY: live instance; the memory is the caller's buffer.
-                regs[i] = unsafe { r(self.devices[t].ptr, base, len) };
+    /// Registers a buffer's memory with every transport that has a `register` hook.
+    pub fn register(&mut self, buffer: &mut Buffer) {
+        let (base, len) = (buffer.as_ptr() as *mut u8, buffer.len());
+        for &t in &self.transports {
+            let inst = &self.devices[t as usize];
+            if let Some(r) = inst.ty.vtable.register {
+                // SAFETY: live instance; the memory is the buffer's, valid while it lives.
+                let handle = unsafe { r(inst.ptr, base, len) };
+                if handle != 0 {
+                    buffer.add_registration(Registration {
+                        transport: t,
+                        handle,
+                    });
+                }
             }
         }
-        regs
     }
 
     /// Undoes `register`.
-    pub fn deregister(&mut self, regs: [u64; 4]) {
-        for (i, &t) in self.transports.iter().enumerate().take(4) {
-            if regs[i] != 0 {
-                if let Some(d) = self.devices[t].ty.vtable.deregister {
-                    // SAFETY: live instance; handle from its own `register`.
-                    unsafe { d(self.devices[t].ptr, regs[i]) };
-                }
+    pub fn deregister(&mut self, buffer: &mut Buffer) {
+        for reg in buffer.take_registrations() {
+            let inst = &self.devices[reg.transport as usize];
+            if let Some(d) = inst.ty.vtable.deregister {
+                // SAFETY: live instance; the handle came from its own `register`.
+                unsafe { d(inst.ptr, reg.handle) };
             }
         }
     }
@@ -707,36 +755,28 @@ fn merge_transport_caps(acc: Capabilities, t: Capabilities, first: bool) -> Capa
 
 impl Drop for Engine {
     fn drop(&mut self) {
-        let outstanding = self
-            .shared
-            .releases
-            .outstanding
-            .load(std::sync::atomic::Ordering::Acquire);
+        let outstanding = self.releases.outstanding.load(Ordering::Acquire);
         // Return what the application let go of, then deliver nothing more.
-        let released: Vec<usize> = std::mem::take(
-            &mut *self
-                .shared
-                .releases
-                .queue
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()),
-        );
-        for s in released {
-            self.release(s as *mut IrbSlot);
+        let mut released = Vec::new();
+        self.releases.take_all(&mut released);
+        for addr in released {
+            // SAFETY: as in `poll_devices`.
+            let s = unsafe { Slot::from_raw(addr as *mut VmiIrb) };
+            self.release_received(s);
         }
         while let Some(s) = self.out.pop_front() {
-            // SAFETY: slots in `out` are owned by the engine.
-            let (purpose, unwound) = unsafe { ((*s).purpose, (*s).unwound) };
-            if purpose == Purpose::Received && !unwound {
-                self.release(s);
+            if s.purpose() == Purpose::Received && !s.unwound() {
+                self.release_received(s);
             } else {
-                self.free_slot(s);
+                self.free(s);
             }
         }
         if outstanding > 0 {
             log::warn!(
                 "{outstanding} grabbed slab(s) still held at shutdown: device memory is kept (leaked) so they stay readable; release slabs before dropping Vmi"
             );
+            // Completions that arrived from other threads stay with their (kept) slots.
+            let _kept = self.boundary.retire();
             return;
         }
         for inst in self.devices.iter().rev() {
@@ -749,168 +789,38 @@ impl Drop for Engine {
         // Devices are gone: free whatever they handed back while shutting down.
         let leftover: Vec<Work> = self.shared.work.borrow_mut().drain(..).collect();
         for w in leftover {
-            let s = match w {
-                Work::Pass(s) | Work::Complete(s, _) => s,
-            };
-            self.free_slot(s);
+            let (Work::Pass(s) | Work::Complete(s, _)) = w;
+            self.free(s);
         }
-        while let Some((p, _)) = self.shared.remote.pop() {
-            self.free_slot(p as *mut IrbSlot);
+        for s in self.boundary.retire() {
+            self.free(s);
         }
     }
 }
 
-// ---- host services -------------------------------------------------------------------
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// # Safety
-/// `host` must be a `DeviceCtx` pointer the engine gave a device.
-unsafe fn ctx<'a>(host: *mut c_void) -> (&'a DeviceCtx, &'a Shared) {
-    // SAFETY: per the contract; the engine outlives its devices.
-    unsafe {
-        let c = &*(host as *const DeviceCtx);
-        (c, &*c.shared)
+    #[test]
+    fn transport_caps_merge_to_the_smallest_limit() {
+        let a = Capabilities {
+            max_fragment: 100,
+            headroom: 8,
+            tailroom: 0,
+            max_connect_data: 0,
+        };
+        let b = Capabilities {
+            max_fragment: 0,
+            headroom: 16,
+            tailroom: 4,
+            max_connect_data: 10,
+        };
+        assert_eq!(merge_transport_caps(a, b, true), b);
+        let m = merge_transport_caps(a, b, false);
+        assert_eq!(m.max_fragment, 100);
+        assert_eq!(m.headroom, 16);
+        assert_eq!(m.tailroom, 4);
+        assert_eq!(m.max_connect_data, 10);
     }
-}
-
-unsafe extern "C" fn svc_pass(host: *mut c_void, irb: *mut VmiIrb) {
-    // SAFETY: called by a device with its own host pointer.
-    let (_, sh) = unsafe { ctx(host) };
-    sh.work
-        .borrow_mut()
-        .push_back(Work::Pass(irb as *mut IrbSlot));
-}
-
-unsafe extern "C" fn svc_complete(host: *mut c_void, irb: *mut VmiIrb, status: i32) {
-    // SAFETY: as above.
-    let (_, sh) = unsafe { ctx(host) };
-    sh.work
-        .borrow_mut()
-        .push_back(Work::Complete(irb as *mut IrbSlot, status));
-}
-
-unsafe extern "C" fn svc_complete_from_thread(host: *mut c_void, irb: *mut VmiIrb, status: i32) {
-    // SAFETY: as above; only thread-safe fields are touched.
-    let (_, sh) = unsafe { ctx(host) };
-    sh.remote.push((irb as usize, status));
-    sh.remote_pending.fetch_add(1, Ordering::AcqRel);
-    sh.waker.wake();
-}
-
-unsafe extern "C" fn svc_irb_alloc(host: *mut c_void, op: u32, conn: u64) -> *mut VmiIrb {
-    // SAFETY: as above.
-    let (c, sh) = unsafe { ctx(host) };
-    let pos = sh.recv_pos[c.index];
-    if pos < 0 {
-        log::error!("a device outside the receive chain asked for a receive IRB");
-        return std::ptr::null_mut();
-    }
-    let s = sh.pool.borrow_mut().take();
-    // SAFETY: fresh slot.
-    unsafe {
-        (*s).abi.op = op;
-        (*s).abi.conn = conn;
-        (*s).dir = Dir::Up;
-        (*s).pos = pos;
-        (*s).transport = c.index as u8;
-        (*s).purpose = Purpose::Received;
-    }
-    s as *mut VmiIrb
-}
-
-unsafe extern "C" fn svc_irb_frame(host: *mut c_void, irb: *mut VmiIrb) -> *mut u8 {
-    // SAFETY: as above; `irb` is a live slot the device holds.
-    let (c, _) = unsafe { ctx(host) };
-    // SAFETY: as above.
-    unsafe { (*(irb as *mut IrbSlot)).frame_ptr(c.frame_off) }
-}
-
-unsafe extern "C" fn svc_irb_attach(
-    _host: *mut c_void,
-    irb: *mut VmiIrb,
-    data: *const u8,
-    len: usize,
-) -> i32 {
-    // SAFETY: live slot held by the calling device.
-    let slot = unsafe { &mut *(irb as *mut IrbSlot) };
-    if slot.abi.nseg as usize >= VMI_IRB_MAX_SEGS {
-        return -1;
-    }
-    let copy = if len == 0 {
-        Vec::new()
-    } else {
-        // SAFETY: the device passes `len` readable bytes.
-        unsafe { std::slice::from_raw_parts(data, len) }.to_vec()
-    };
-    let ptr = copy.as_ptr() as *mut u8;
-    slot.attached.push(copy); // moving the Vec keeps its heap buffer in place
-    slot.push_seg(ptr, len);
-    0
-}
-
-unsafe extern "C" fn svc_irb_set_peer(
-    _host: *mut c_void,
-    irb: *mut VmiIrb,
-    peer_host: VmiStr,
-    peer_key: VmiStr,
-) {
-    // SAFETY: live slot; the strings live for the call.
-    let slot = unsafe { &mut *(irb as *mut IrbSlot) };
-    // SAFETY: as above.
-    let (h, k) = unsafe { (peer_host.to_string_lossy(), peer_key.to_string_lossy()) };
-    slot.peer_host = h;
-    slot.peer_key = k;
-    slot.sync_peer();
-}
-
-unsafe extern "C" fn svc_irb_set_detail(_host: *mut c_void, irb: *mut VmiIrb, detail: VmiStr) {
-    // SAFETY: live slot; the string lives for the call.
-    let slot = unsafe { &mut *(irb as *mut IrbSlot) };
-    // SAFETY: as above.
-    slot.detail = unsafe { detail.to_string_lossy() };
-}
-
-unsafe extern "C" fn svc_conn_new(host: *mut c_void) -> u64 {
-    // SAFETY: as above.
-    let (c, sh) = unsafe { ctx(host) };
-    sh.conns
-        .borrow_mut()
-        .alloc(c.index, ConnState::Incoming)
-        .raw()
-}
-
-unsafe extern "C" fn svc_local_key(host: *mut c_void) -> VmiStr {
-    // SAFETY: as above; the string lives as long as the engine.
-    let (_, sh) = unsafe { ctx(host) };
-    VmiStr::new(&sh.local_key)
-}
-
-unsafe extern "C" fn svc_signature(host: *mut c_void) -> VmiStr {
-    // SAFETY: as above.
-    let (_, sh) = unsafe { ctx(host) };
-    VmiStr::new(&sh.signature)
-}
-
-unsafe extern "C" fn svc_log(_host: *mut c_void, level: u32, target: VmiStr, msg: VmiStr) {
-    let level = match level {
-        VMI_LOG_ERROR => log::Level::Error,
-        VMI_LOG_WARN => log::Level::Warn,
-        VMI_LOG_INFO => log::Level::Info,
-        VMI_LOG_DEBUG => log::Level::Debug,
-        _ => log::Level::Trace,
-    };
-    // SAFETY: strings live for the call.
-    let (target, msg) = unsafe { (target.to_string_lossy(), msg.to_string_lossy()) };
-    log::logger().log(
-        &log::Record::builder()
-            .level(level)
-            .target(&target)
-            .args(format_args!("{msg}"))
-            .build(),
-    );
-}
-
-unsafe extern "C" fn svc_wake(host: *mut c_void) {
-    // SAFETY: as above; the waker is thread-safe.
-    let (_, sh) = unsafe { ctx(host) };
-    sh.waker.wake();
 }

@@ -1,7 +1,9 @@
 //! Errors of the application API.
 
+#![forbid(unsafe_code)]
+
 use crate::assembly::AssemblyError;
-use crate::conn::ConnId;
+use crate::conn::{ConnId, Refusal};
 
 /// Why an API call was refused.
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +84,21 @@ pub enum VmiError {
     /// The stream handle belongs to another connection state.
     #[error("the stream on {0} was already ended or its connection closed")]
     StreamClosed(ConnId),
+}
+
+impl VmiError {
+    /// The error for an operation a connection refused.
+    pub(crate) fn refused(conn: ConnId, r: Refusal) -> VmiError {
+        match r {
+            Refusal::Unknown => VmiError::UnknownConnection(conn),
+            Refusal::NotOpen(state) => VmiError::NotOpen {
+                conn,
+                state: state.words(),
+            },
+            Refusal::StreamBusy => VmiError::StreamBusy(conn),
+            Refusal::StreamClosed => VmiError::StreamClosed(conn),
+        }
+    }
 }
 
 impl From<AssemblyError> for VmiError {

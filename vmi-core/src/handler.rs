@@ -1,5 +1,6 @@
 //! What the application implements: the callbacks (VMI 2.1's notification functions) and the
 //! values they receive.
+#![forbid(unsafe_code)]
 
 use crate::buffer::Buffer;
 use crate::conn::ConnId;

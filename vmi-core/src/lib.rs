@@ -6,40 +6,51 @@
 //! chain and a receive chain from them. Messages and control operations travel the chains
 //! as IRBs (I/O request blocks).
 //!
-//! - Applications: [`Vmi`], [`Handler`], [`Ctx`], [`Slab`], [`Buffer`].
-//! - Device authors: [`device::Device`], [`export_device!`], the C header
-//!   `include/vmi_device.h`, and `devices/skeleton` as a template.
+//! - Applications: [`Vmi`], [`Operations`] (what `Vmi` and a callback's [`Ctx`] can do),
+//!   [`Handler`], [`Slab`], [`Buffer`]; or `use vmi_core::prelude::*`.
+//! - Device authors: not this crate; the device SDK `vmi-device` (re-exported here as
+//!   [`sdk`]) holds the `Device` trait, `export_device!` and the C ABI, and
+//!   `devices/skeleton` is the template.
 //! - Tools: [`spec::Spec`], [`loader`], [`params`].
 
-pub mod abi;
+pub use vmi_device as sdk;
+pub use vmi_device::{abi, device, signature, status};
+
 pub mod assembly;
 pub mod buffer;
 pub mod conn;
 mod ctx;
-pub mod device;
+mod dispatch;
 mod engine;
 mod error;
-pub mod export;
 mod handler;
-pub mod held;
-mod irb;
 pub mod loader;
-pub mod logbridge;
+mod ops;
 pub mod params;
-pub mod signature;
+mod services;
 pub mod slab;
+mod slot;
 pub mod spec;
-pub mod status;
 mod vmi;
 mod waker;
 
 pub use buffer::Buffer;
 pub use conn::ConnId;
-pub use ctx::{Ctx, Stream};
+pub use ctx::Ctx;
+pub use engine::{DeviceInfo, MAX_DEVICES};
 pub use error::VmiError;
 pub use handler::{
     ConnectOutcome, ConnectRequest, Decision, Disconnect, Handler, Recv, SendCompletion,
 };
+pub use ops::{MAX_CONNECT_DATA, Operations, Stream};
 pub use slab::{GrabbedSlab, Slab, SlabState};
 pub use status::Status;
-pub use vmi::{DeviceInfo, MAX_CONNECT_DATA, Vmi};
+pub use vmi::Vmi;
+
+/// What an application usually needs: `use vmi_core::prelude::*;`.
+pub mod prelude {
+    pub use crate::{
+        Buffer, ConnId, ConnectOutcome, ConnectRequest, Ctx, Decision, Disconnect, Handler,
+        Operations, Recv, SendCompletion, Slab, Status, Stream, Vmi, VmiError,
+    };
+}

@@ -155,7 +155,7 @@ pub struct DeviceType {
     /// The library it came from, or `None` when statically registered.
     pub library: Option<PathBuf>,
     #[serde(skip)]
-    pub(crate) descriptor: &'static VmiDeviceDescriptor,
+    pub(crate) descriptor: VmiDeviceDescriptor,
     #[serde(skip)]
     pub(crate) vtable: VmiDeviceVtable,
 }
@@ -172,6 +172,31 @@ impl std::fmt::Debug for DeviceType {
 }
 
 impl DeviceType {
+    /// The vtable entries the device provides (those it left out, or that its ABI minor does
+    /// not have, are absent: pass-through or skipped).
+    pub fn provides(&self) -> Vec<&'static str> {
+        let v = &self.vtable;
+        [
+            ("destroy", v.destroy.is_some()),
+            ("capabilities", v.capabilities.is_some()),
+            ("submit", v.submit.is_some()),
+            ("receive", v.receive.is_some()),
+            ("complete", v.complete.is_some()),
+            ("poll", v.poll.is_some()),
+            ("wait_fd", v.wait_fd.is_some()),
+            ("reach", v.reach.is_some()),
+            ("register", v.register.is_some()),
+            ("deregister", v.deregister.is_some()),
+            ("get_attr", v.get_attr.is_some()),
+            ("set_attr", v.set_attr.is_some()),
+            ("poll_budget", v.poll_budget.is_some()),
+        ]
+        .into_iter()
+        .filter(|(_, has)| *has)
+        .map(|(name, _)| name)
+        .collect()
+    }
+
     /// Where the device came from, for messages.
     pub fn origin(&self) -> String {
         self.library.as_ref().map_or_else(
@@ -182,7 +207,6 @@ impl DeviceType {
 }
 
 struct Registries {
-    statics: HashMap<String, &'static VmiDeviceDescriptor>,
     loaded: HashMap<PathBuf, libloading::Library>,
 }
 
@@ -190,7 +214,6 @@ fn registries() -> &'static Mutex<Registries> {
     static R: OnceLock<Mutex<Registries>> = OnceLock::new();
     R.get_or_init(|| {
         Mutex::new(Registries {
-            statics: HashMap::new(),
             loaded: HashMap::new(),
         })
     })
@@ -198,24 +221,14 @@ fn registries() -> &'static Mutex<Registries> {
 
 /// Registers a device linked into this binary, so specfiles that name its type without a
 /// `library=` use it instead of a shared object (for tests and single-binary deployments).
+/// Device crates generate a `register_static()` that calls this (see `export_device!`).
 pub fn register_static(descriptor: &'static VmiDeviceDescriptor) {
-    // SAFETY: a descriptor's name is a NUL-terminated 'static string (checked again on use).
-    let name = unsafe { c_text(descriptor.name) };
-    registries()
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .statics
-        .insert(name, descriptor);
+    vmi_device::registry::register(descriptor);
 }
 
 /// The statically registered descriptor for a type, if any.
 pub fn static_descriptor(type_name: &str) -> Option<&'static VmiDeviceDescriptor> {
-    registries()
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .statics
-        .get(type_name)
-        .copied()
+    vmi_device::registry::lookup(type_name)
 }
 
 /// The default library file for a device type.
@@ -336,15 +349,36 @@ unsafe fn c_text(p: *const std::ffi::c_char) -> String {
     }
 }
 
-const MIN_DESCRIPTOR: u32 = std::mem::size_of::<VmiDeviceDescriptor>() as u32;
-const MIN_VTABLE: u32 = std::mem::size_of::<VmiDeviceVtable>() as u32;
+/// The smallest descriptor and vtable this host accepts: those of ABI 1.0.
+const MIN_DESCRIPTOR: u32 = VMI_DESCRIPTOR_SIZE_1_0;
+const MIN_VTABLE: u32 = VMI_VTABLE_SIZE_1_0;
 
-/// Checks a descriptor and copies what the host needs out of it.
+/// Copies the first `size` bytes of a table the device built (an older minor's table is
+/// shorter than ours, a newer minor's longer) into a zeroed table of this host's layout, so
+/// the entries the device does not have read as absent (NULL).
+///
+/// # Safety
+/// `src` must point to at least `min(size, size_of::<T>())` readable bytes, and an all-zero
+/// `T` must be valid (true of the ABI tables: integers and `Option` of function pointers or
+/// references).
+unsafe fn copy_prefix<T>(src: *const T, size: u32) -> T {
+    let n = (size as usize).min(std::mem::size_of::<T>());
+    let mut out = std::mem::MaybeUninit::<T>::zeroed();
+    // SAFETY: `n` bytes are readable at `src` (contract) and writable in `out`.
+    unsafe { std::ptr::copy_nonoverlapping(src as *const u8, out.as_mut_ptr() as *mut u8, n) };
+    // SAFETY: every byte is initialised: `n` copied from a valid table of the same layout (a
+    // prefix of whole fields, since tables only grow by whole entries), the rest zero.
+    unsafe { out.assume_init() }
+}
+
+/// Checks a descriptor and copies what the host needs out of it. Tables of an older minor
+/// (shorter) are read as far as they go, the missing entries treated as absent; tables of a
+/// newer minor (longer) are read as far as this host knows them.
 ///
 /// # Safety
 /// `desc` must be NULL or point to memory that stays mapped for the process and is at least
 /// as large as the header fields (magic, versions, size); longer reads are bounded by the
-/// descriptor's own `struct_size`.
+/// descriptor's own `struct_size` (and the vtable's own `size`).
 pub unsafe fn validate(
     desc: *const VmiDeviceDescriptor,
     library: Option<PathBuf>,
@@ -397,8 +431,10 @@ pub unsafe fn validate(
             major,
         });
     }
-    // SAFETY: struct_size says the whole 1.0 descriptor is there.
-    let d = unsafe { &*desc };
+    // SAFETY: struct_size says at least the 1.0 descriptor is there; a newer minor's longer
+    // descriptor is read up to this host's size, an equal one whole.
+    let copy: VmiDeviceDescriptor = unsafe { copy_prefix(desc, size) };
+    let d = &copy;
     let bad = |problem: String| LoadError::BadDescriptor {
         origin: origin.clone(),
         type_name: type_name.into(),
@@ -435,11 +471,19 @@ pub unsafe fn validate(
     if d.create.is_none() {
         return Err(bad("no create function".into()));
     }
-    let Some(vt) = d.vtable else {
+    let vt = d.vtable;
+    if vt.is_null() {
         return Err(bad("no vtable".into()));
-    };
-    // SAFETY: the vtable begins with its size.
-    let vt_size = unsafe { std::ptr::read(&vt.size) };
+    }
+    // SAFETY: the vtable begins with its size (read through a raw place: the table may be
+    // shorter than this host's struct).
+    let vt_size = unsafe { std::ptr::read(std::ptr::addr_of!((*vt).size)) };
+    // A size past every plausible layout is a corrupt table, not a newer minor.
+    if vt_size > 64 * 1024 || size > 64 * 1024 {
+        return Err(bad(format!(
+            "descriptor of {size} bytes / vtable of {vt_size} bytes: not a vmi device table"
+        )));
+    }
     if vt_size < MIN_VTABLE {
         return Err(LoadError::Truncated {
             origin,
@@ -482,7 +526,14 @@ pub unsafe fn validate(
             doc,
         });
     }
-    let _ = minor;
+    // SAFETY: the vtable is at least the 1.0 size (checked above) and readable for
+    // `vt_size` bytes; entries this host knows and the device lacks read as NULL.
+    let vtable = unsafe { copy_prefix(vt, vt_size) };
+    if minor > VMI_ABI_MINOR {
+        log::info!(
+            "{origin}: device '{type_name}' was built for device ABI {major}.{minor}, newer than this host's {VMI_ABI_MAJOR}.{VMI_ABI_MINOR}; using the {VMI_ABI_MAJOR}.{VMI_ABI_MINOR} subset it shares"
+        );
+    }
     Ok(DeviceType {
         name,
         // SAFETY: as for `name`.
@@ -496,7 +547,7 @@ pub unsafe fn validate(
         frame_align: align.max(1),
         params,
         library,
-        descriptor: d,
-        vtable: *vt,
+        descriptor: copy,
+        vtable,
     })
 }

@@ -1,13 +1,21 @@
 //! What a receiver reads (VMI 2.1: `VMI_SLAB`, `VMI_Slab_Get_Bytes_Remaining`,
-//! `VMI_Slab_Copy_Bytes`, `VMI_Slab_Save_State`/`VMI_Slab_Restore_State`).
+//! `VMI_Slab_Copy_Bytes`, `VMI_Slab_Save_State`/`VMI_Slab_Restore_State`, `VMI_SLAB_GRAB`,
+//! `VMI_Slab_Release`).
 //!
 //! A slab is the data of one fragment, possibly in several segments, read through a cursor.
+//! Soundness: a [`Slab<'a>`] never hands out bytes that outlive `'a`, the borrow of the IRB it
+//! reads; a [`GrabbedSlab`] hands out bytes borrowed from itself, so they cannot outlive its
+//! release. Whether a slab was grabbed is recorded outside the slab (a handler may replace
+//! the slab it was given), so the host never frees memory a grabbed slab still reads.
 #![allow(unsafe_code)]
 
+use std::cell::Cell;
 use std::marker::PhantomData;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::abi::{VMI_IRB_MAX_SEGS, VmiSeg};
+use crate::slot::Slot;
 
 /// A saved cursor position (VMI 2.1: `VMI_SLAB_STATE`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -17,85 +25,31 @@ pub struct SlabState {
     remaining: usize,
 }
 
-/// Received bytes with a read cursor. Lives for the callback it is passed to; keep it longer
-/// with [`Slab::grab`].
-pub struct Slab<'a> {
+/// Segments and a cursor over them; no lifetime of its own (its owners provide one).
+#[derive(Clone, Copy)]
+struct Cursor {
     segs: [VmiSeg; VMI_IRB_MAX_SEGS],
     nseg: usize,
     seg: usize,
     off: usize,
     remaining: usize,
     total: usize,
-    owner: Option<(*mut u8, Arc<Releases>)>,
-    grabbed: bool,
-    _life: PhantomData<&'a [u8]>,
 }
 
-// SAFETY: a slab only reads memory that stays valid and unchanged until it is released; the
-// release goes through a mutex-protected queue.
-unsafe impl Send for Slab<'_> {}
-
-impl<'a> Slab<'a> {
-    /// A slab over one byte slice.
-    pub fn from_bytes(data: &'a [u8]) -> Slab<'a> {
-        let mut segs = [VmiSeg::EMPTY; VMI_IRB_MAX_SEGS];
-        segs[0] = VmiSeg {
-            base: data.as_ptr() as *mut u8,
-            len: data.len(),
-        };
-        // SAFETY: `data` outlives 'a.
-        unsafe { Slab::from_segments(&segs[..1]) }
-    }
-
-    /// A slab over raw segments.
-    ///
-    /// # Safety
-    /// Every segment must stay readable and unchanged for `'a`.
-    pub(crate) unsafe fn from_segments(segs: &[VmiSeg]) -> Slab<'a> {
+impl Cursor {
+    fn new(segs: &[VmiSeg]) -> Cursor {
         let n = segs.len().min(VMI_IRB_MAX_SEGS);
         let mut arr = [VmiSeg::EMPTY; VMI_IRB_MAX_SEGS];
         arr[..n].copy_from_slice(&segs[..n]);
         let total = arr[..n].iter().map(|s| s.len).sum();
-        Slab {
+        Cursor {
             segs: arr,
             nseg: n,
             seg: 0,
             off: 0,
             remaining: total,
             total,
-            owner: None,
-            grabbed: false,
-            _life: PhantomData,
         }
-    }
-
-    pub(crate) fn with_owner(mut self, slot: *mut u8, releases: Arc<Releases>) -> Slab<'a> {
-        self.owner = Some((slot, releases));
-        self
-    }
-
-    pub(crate) fn was_grabbed(&self) -> bool {
-        self.grabbed
-    }
-
-    /// Total bytes in the slab.
-    pub fn len(&self) -> usize {
-        self.total
-    }
-
-    /// True when the slab holds no bytes.
-    pub fn is_empty(&self) -> bool {
-        self.total == 0
-    }
-
-    /// Bytes not read yet (VMI 2.1: `VMI_Slab_Get_Bytes_Remaining`).
-    pub fn remaining(&self) -> usize {
-        self.remaining
-    }
-
-    /// Number of segments.
-    pub fn segment_count(&self) -> usize {
-        self.nseg
     }
 
     fn normalize(&mut self) {
@@ -105,20 +59,130 @@ impl<'a> Slab<'a> {
         }
     }
 
-    /// The next contiguous bytes, at most `max`, without copying; advances the cursor
-    /// (VMI 2.1: `VMI_Slab_Get_Bytes`). Returns an empty slice at the end.
-    pub fn read(&mut self, max: usize) -> &'a [u8] {
+    /// # Safety
+    /// Every segment must be readable and unchanged for `'a`.
+    unsafe fn read<'a>(&mut self, max: usize) -> &'a [u8] {
         self.normalize();
         if self.seg >= self.nseg || max == 0 {
             return &[];
         }
         let s = self.segs[self.seg];
         let n = (s.len - self.off).min(max);
-        // SAFETY: the segment is valid for 'a (constructor contract) and off + n <= len.
+        if s.base.is_null() {
+            return &[];
+        }
+        // SAFETY: per the contract, and off + n <= len.
         let out = unsafe { std::slice::from_raw_parts(s.base.add(self.off), n) };
         self.off += n;
         self.remaining -= n;
         out
+    }
+
+    fn save(&self) -> SlabState {
+        SlabState {
+            seg: self.seg,
+            off: self.off,
+            remaining: self.remaining,
+        }
+    }
+
+    fn restore(&mut self, state: SlabState) {
+        // A state from another slab must not move the cursor out of bounds.
+        if state.seg > self.nseg || state.remaining > self.total {
+            return;
+        }
+        if state.seg < self.nseg && state.off > self.segs[state.seg].len {
+            return;
+        }
+        self.seg = state.seg;
+        self.off = state.off;
+        self.remaining = state.remaining;
+    }
+}
+
+/// Who lets go of a delivered slab, and where the host records a grab.
+struct Owner<'a> {
+    slot: usize,
+    releases: &'a Arc<Releases>,
+    grabbed: &'a Cell<bool>,
+}
+
+/// Received bytes with a read cursor. Lives for the callback it is passed to; keep it longer
+/// with [`Slab::grab`].
+pub struct Slab<'a> {
+    cursor: Cursor,
+    owner: Option<Owner<'a>>,
+    _life: PhantomData<&'a [u8]>,
+}
+
+impl<'a> Slab<'a> {
+    /// A slab over one byte slice.
+    pub fn from_bytes(data: &'a [u8]) -> Slab<'a> {
+        let seg = VmiSeg {
+            base: data.as_ptr() as *mut u8,
+            len: data.len(),
+        };
+        Slab {
+            cursor: Cursor::new(&[seg]),
+            owner: None,
+            _life: PhantomData,
+        }
+    }
+
+    /// A slab over the segments of a slot the host holds (connect data, reply data): the
+    /// slot owns the bytes, and the borrow keeps them.
+    pub(crate) fn of_slot(slot: &'a Slot) -> Slab<'a> {
+        Slab {
+            cursor: Cursor::new(slot.segs()),
+            owner: None,
+            _life: PhantomData,
+        }
+    }
+
+    /// A slab over a received slot that the application may grab. The bytes belong to the
+    /// transport until the slot is released, which needs the slot by value: the borrow keeps
+    /// them. A grab is recorded in `grabbed`.
+    pub(crate) fn received(
+        slot: &'a Slot,
+        releases: &'a Arc<Releases>,
+        grabbed: &'a Cell<bool>,
+    ) -> Slab<'a> {
+        Slab {
+            cursor: Cursor::new(slot.segs()),
+            owner: Some(Owner {
+                slot: slot.addr(),
+                releases,
+                grabbed,
+            }),
+            _life: PhantomData,
+        }
+    }
+
+    /// Total bytes in the slab.
+    pub fn len(&self) -> usize {
+        self.cursor.total
+    }
+
+    /// True when the slab holds no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.cursor.total == 0
+    }
+
+    /// Bytes not read yet (VMI 2.1: `VMI_Slab_Get_Bytes_Remaining`).
+    pub fn remaining(&self) -> usize {
+        self.cursor.remaining
+    }
+
+    /// Number of segments.
+    pub fn segment_count(&self) -> usize {
+        self.cursor.nseg
+    }
+
+    /// The next contiguous bytes, at most `max`, without copying; advances the cursor
+    /// (VMI 2.1: `VMI_Slab_Get_Bytes`). Returns an empty slice at the end.
+    pub fn read(&mut self, max: usize) -> &'a [u8] {
+        // SAFETY: every constructor ties the segments' validity to 'a.
+        unsafe { self.cursor.read(max) }
     }
 
     /// Copies up to `dst.len()` bytes across segments; returns how many
@@ -151,7 +215,7 @@ impl<'a> Slab<'a> {
 
     /// Copies the rest into a new vector.
     pub fn read_to_vec(&mut self) -> Vec<u8> {
-        let mut v = vec![0; self.remaining];
+        let mut v = vec![0; self.remaining()];
         let n = self.copy_to(&mut v);
         v.truncate(n);
         v
@@ -159,58 +223,36 @@ impl<'a> Slab<'a> {
 
     /// Saves the cursor (VMI 2.1: `VMI_Slab_Save_State`).
     pub fn save(&self) -> SlabState {
-        SlabState {
-            seg: self.seg,
-            off: self.off,
-            remaining: self.remaining,
-        }
+        self.cursor.save()
     }
 
-    /// Restores a saved cursor (VMI 2.1: `VMI_Slab_Restore_State`).
+    /// Restores a saved cursor (VMI 2.1: `VMI_Slab_Restore_State`). A state saved from
+    /// another slab that does not fit this one is ignored.
     pub fn restore(&mut self, state: SlabState) {
-        self.seg = state.seg;
-        self.off = state.off;
-        self.remaining = state.remaining;
+        self.cursor.restore(state);
     }
 
     /// Rewinds to the first byte.
     pub fn rewind(&mut self) {
-        self.restore(SlabState {
-            seg: 0,
-            off: 0,
-            remaining: self.total,
-        });
+        self.cursor.seg = 0;
+        self.cursor.off = 0;
+        self.cursor.remaining = self.cursor.total;
     }
 
-    /// Keeps the slab after the callback returns (VMI 2.1: returning `VMI_SLAB_KEEP` from the
+    /// Keeps the slab after the callback returns (VMI 2.1: returning `VMI_SLAB_GRAB` from the
     /// receive handler). The data stays valid until the returned [`GrabbedSlab`] is dropped
     /// or released, from any thread. Returns `None` for slabs that cannot be kept (connect
     /// data, or a slab already grabbed).
     pub fn grab(&mut self) -> Option<GrabbedSlab> {
-        if self.grabbed {
+        let owner = self.owner.as_ref()?;
+        if owner.grabbed.replace(true) {
             return None;
         }
-        let (slot, releases) = self.owner.clone()?;
-        self.grabbed = true;
-        let mut slab = Slab {
-            segs: self.segs,
-            nseg: self.nseg,
-            seg: self.seg,
-            off: self.off,
-            remaining: self.remaining,
-            total: self.total,
-            owner: None,
-            grabbed: false,
-            _life: PhantomData,
-        };
-        slab.grabbed = false;
-        releases
-            .outstanding
-            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        owner.releases.outstanding.fetch_add(1, Ordering::AcqRel);
         Some(GrabbedSlab {
-            slab,
-            slot,
-            releases,
+            cursor: self.cursor,
+            slot: owner.slot,
+            releases: owner.releases.clone(),
         })
     }
 }
@@ -224,33 +266,103 @@ impl std::io::Read for Slab<'_> {
 /// Slabs released by the application, waiting for `poll` to give them back to the devices.
 #[derive(Default)]
 pub(crate) struct Releases {
-    pub(crate) queue: Mutex<Vec<usize>>,
+    queue: Mutex<Vec<usize>>,
     /// Grabbed slabs not yet released.
-    pub(crate) outstanding: std::sync::atomic::AtomicUsize,
+    pub(crate) outstanding: AtomicUsize,
     /// Released slabs waiting in `queue`: lets `poll` skip the mutex with one relaxed load.
-    pub(crate) pending: std::sync::atomic::AtomicUsize,
+    pub(crate) pending: AtomicUsize,
+}
+
+impl Releases {
+    /// Moves every released slot address into `into` (which should be empty).
+    pub(crate) fn take_all(&self, into: &mut Vec<usize>) {
+        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        std::mem::swap(&mut *q, into);
+        self.pending.fetch_sub(into.len(), Ordering::Relaxed);
+    }
 }
 
 /// A slab the application kept; its memory stays valid until this is dropped
 /// (VMI 2.1: `VMI_Slab_Release`). Dropping it releases it, from any thread; `poll` then
-/// returns the memory to the transport.
+/// returns the memory to the transport. Bytes read from it borrow it, so none outlive the
+/// release.
 pub struct GrabbedSlab {
-    slab: Slab<'static>,
-    slot: *mut u8,
+    cursor: Cursor,
+    slot: usize,
     releases: Arc<Releases>,
 }
 
-// SAFETY: see `Slab`; the slot pointer is only handed back through the mutex-protected queue.
+// SAFETY: the segments stay valid and unchanged until the slab is released, and nothing else
+// reads or writes them meanwhile; the release goes through a mutex-protected queue.
 unsafe impl Send for GrabbedSlab {}
 
 impl GrabbedSlab {
-    /// The slab (cursor where it was at the grab).
-    pub fn slab(&mut self) -> &mut Slab<'static> {
-        &mut self.slab
+    /// A fresh cursor over the kept bytes, starting where this one is, borrowed from it.
+    pub fn slab(&self) -> Slab<'_> {
+        Slab {
+            cursor: self.cursor,
+            owner: None,
+            _life: PhantomData,
+        }
+    }
+
+    /// Total bytes.
+    pub fn len(&self) -> usize {
+        self.cursor.total
+    }
+
+    /// True when the slab holds no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.cursor.total == 0
+    }
+
+    /// Bytes not read yet.
+    pub fn remaining(&self) -> usize {
+        self.cursor.remaining
+    }
+
+    /// The next contiguous bytes, at most `max`, borrowed from this slab.
+    pub fn read(&mut self, max: usize) -> &[u8] {
+        // SAFETY: the segments stay valid until `self` is dropped; the result borrows `self`.
+        unsafe { self.cursor.read(max) }
+    }
+
+    /// Copies up to `dst.len()` bytes; returns how many.
+    pub fn copy_to(&mut self, dst: &mut [u8]) -> usize {
+        let mut view = self.slab();
+        let n = view.copy_to(dst);
+        let state = view.save();
+        self.cursor.restore(state);
+        n
+    }
+
+    /// Copies the rest into a new vector.
+    pub fn read_to_vec(&mut self) -> Vec<u8> {
+        let mut view = self.slab();
+        let v = view.read_to_vec();
+        let state = view.save();
+        self.cursor.restore(state);
+        v
+    }
+
+    /// Saves the cursor.
+    pub fn save(&self) -> SlabState {
+        self.cursor.save()
+    }
+
+    /// Restores a saved cursor (ignored if it does not fit this slab).
+    pub fn restore(&mut self, state: SlabState) {
+        self.cursor.restore(state);
     }
 
     /// Releases the slab (same as dropping it).
     pub fn release(self) {}
+}
+
+impl std::io::Read for GrabbedSlab {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        Ok(self.copy_to(buf))
+    }
 }
 
 impl Drop for GrabbedSlab {
@@ -259,13 +371,9 @@ impl Drop for GrabbedSlab {
             .queue
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push(self.slot as usize);
-        self.releases
-            .pending
-            .fetch_add(1, std::sync::atomic::Ordering::Release);
-        self.releases
-            .outstanding
-            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+            .push(self.slot);
+        self.releases.pending.fetch_add(1, Ordering::Release);
+        self.releases.outstanding.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -273,22 +381,25 @@ impl Drop for GrabbedSlab {
 mod tests {
     use super::*;
 
-    fn segs(parts: &[&[u8]]) -> Vec<VmiSeg> {
-        parts
+    fn slab_of<'a>(parts: &[&'a [u8]]) -> Slab<'a> {
+        let segs: Vec<VmiSeg> = parts
             .iter()
             .map(|p| VmiSeg {
                 base: p.as_ptr() as *mut u8,
                 len: p.len(),
             })
-            .collect()
+            .collect();
+        Slab {
+            cursor: Cursor::new(&segs),
+            owner: None,
+            _life: PhantomData,
+        }
     }
 
     #[test]
     fn reads_across_segments() {
         let (a, b, c) = (b"hello".as_slice(), b"".as_slice(), b" world".as_slice());
-        let s = segs(&[a, b, c]);
-        // SAFETY: the arrays outlive the slab.
-        let mut slab = unsafe { Slab::from_segments(&s) };
+        let mut slab = slab_of(&[a, b, c]);
         assert_eq!(slab.len(), 11);
         assert_eq!(slab.read(3), b"hel");
         assert_eq!(slab.remaining(), 8);
@@ -307,6 +418,17 @@ mod tests {
     }
 
     #[test]
+    fn a_foreign_state_cannot_move_the_cursor_out_of_bounds() {
+        let mut big = slab_of(&[b"0123456789", b"abcdef"]);
+        big.read(12);
+        let far = big.save();
+        let mut small = Slab::from_bytes(b"xy");
+        small.restore(far);
+        assert_eq!(small.remaining(), 2, "ignored");
+        assert_eq!(small.read_to_vec(), b"xy");
+    }
+
+    #[test]
     fn empty_and_single() {
         let mut slab = Slab::from_bytes(&[]);
         assert!(slab.is_empty());
@@ -322,17 +444,47 @@ mod tests {
     }
 
     #[test]
-    fn grab_queues_release_on_drop() {
+    fn grab_is_recorded_outside_the_slab_and_release_queues_on_drop() {
         let releases = Arc::new(Releases::default());
+        let grabbed = Cell::new(false);
         let data = b"payload".to_vec();
-        let mut slab = Slab::from_bytes(&data).with_owner(0x1000 as *mut u8, releases.clone());
+        let seg = VmiSeg {
+            base: data.as_ptr() as *mut u8,
+            len: data.len(),
+        };
+        let mut slab = Slab {
+            cursor: Cursor::new(&[seg]),
+            owner: Some(Owner {
+                slot: 0x1000,
+                releases: &releases,
+                grabbed: &grabbed,
+            }),
+            _life: PhantomData,
+        };
         slab.read(3);
         let mut g = slab.grab().expect("grab");
-        assert!(slab.was_grabbed());
+        assert!(grabbed.get());
         assert!(slab.grab().is_none(), "second grab refused");
-        assert_eq!(g.slab().read_to_vec(), b"load");
+        // A handler that swaps in another slab does not hide the grab from the host.
+        slab = Slab::from_bytes(b"other");
+        assert!(grabbed.get());
+        assert_eq!(slab.len(), 5);
+        assert_eq!(
+            g.slab().read_to_vec(),
+            b"load",
+            "a view does not move the cursor"
+        );
+        assert_eq!(g.read(2), b"lo");
+        assert_eq!(g.read_to_vec(), b"ad");
+        assert_eq!(g.remaining(), 0);
         assert!(releases.queue.lock().unwrap().is_empty());
+        assert_eq!(releases.outstanding.load(Ordering::Relaxed), 1);
         drop(g);
         assert_eq!(*releases.queue.lock().unwrap(), vec![0x1000]);
+        assert_eq!(releases.outstanding.load(Ordering::Relaxed), 0);
+        let mut into = Vec::new();
+        releases.take_all(&mut into);
+        assert_eq!(into, vec![0x1000]);
+        assert_eq!(releases.pending.load(Ordering::Relaxed), 0);
     }
 }

@@ -1,7 +1,7 @@
 //! Compression parameters.
 
-use vmi_core::abi::{VMI_PARAM_INT, VMI_PARAM_STRING, VMI_PARAM_UINT, VmiParamSpec};
-use vmi_core::device::{Config, param};
+use vmi_device::abi::{VMI_PARAM_INT, VMI_PARAM_STRING, VMI_PARAM_UINT, VmiParamSpec};
+use vmi_device::{Config, param};
 
 use crate::wire::Algorithm;
 
@@ -49,7 +49,7 @@ pub struct CompressConfig {
 impl CompressConfig {
     /// Reads and checks the resolved parameters.
     pub fn from_config(c: &Config) -> Result<CompressConfig, String> {
-        let e = |x: vmi_core::device::ConfigError| x.to_string();
+        let e = |x: vmi_device::ConfigError| x.to_string();
         let name = c.get("algorithm").map_err(e)?;
         let algorithm = Algorithm::from_name(name)
             .ok_or_else(|| format!("parameter 'algorithm' = \"{name}\": expected lz4 or zstd"))?;

@@ -2,9 +2,9 @@
 
 use std::ffi::CStr;
 
-use vmi_core::Status;
-use vmi_core::device::{Config, Device, DeviceKind, Disposition, Hooks, Host, Irb, Op};
-use vmi_core::held::HeldBuffers;
+use vmi_device::Status;
+use vmi_device::held::HeldBuffers;
+use vmi_device::{CompletingIrb, Config, Device, DeviceKind, Disposition, Hooks, Host, Irb, Op};
 
 use crate::config::{CompressConfig, PARAMS, check_level};
 use crate::wire::{Algorithm, FLAG_COMPRESSED, HEADER, Header};
@@ -82,7 +82,7 @@ impl Device for CompressFilter {
     const DESCRIPTION: &'static CStr =
         c"LZ4 or zstd per fragment, only when it saves space; bounded decompression";
     const KIND: DeviceKind = DeviceKind::Filter;
-    const PARAMS: &'static [vmi_core::abi::VmiParamSpec] = PARAMS;
+    const PARAMS: &'static [vmi_device::abi::VmiParamSpec] = PARAMS;
     const HOOKS: Hooks = Hooks::FILTER;
     type Frame = CompressFrame;
 
@@ -202,7 +202,7 @@ impl Device for CompressFilter {
         Disposition::Pass(irb)
     }
 
-    fn complete(&mut self, irb: &mut Irb) {
+    fn complete(&mut self, irb: &mut CompletingIrb) {
         let held = std::mem::take(&mut irb.frame::<CompressFrame>().held);
         self.buffers.release(held);
     }
@@ -241,7 +241,7 @@ impl Device for CompressFilter {
                 Ok(())
             }
             "threshold" => {
-                self.config.threshold = vmi_core::params::parse_uint(value)
+                self.config.threshold = vmi_device::param::parse_uint(value)
                     .ok_or_else(|| format!("'{value}' is not a size"))?
                     as usize;
                 Ok(())

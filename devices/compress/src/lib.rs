@@ -15,9 +15,4 @@ pub mod wire;
 
 pub use device::CompressFilter;
 
-vmi_core::export_device!(CompressFilter, vmi_device_compress);
-
-/// Registers the filter for use without its shared object.
-pub fn register_static() {
-    vmi_core::loader::register_static(&vmi_device_compress);
-}
+vmi_device::export_device!(CompressFilter, vmi_device_compress);

@@ -2,10 +2,8 @@
 
 use std::ffi::CStr;
 
-use vmi_core::Status;
-use vmi_core::device::{
-    Capabilities, Config, Device, DeviceKind, Disposition, Hooks, Host, Irb, Op,
-};
+use vmi_device::Status;
+use vmi_device::{Capabilities, Config, Device, DeviceKind, Disposition, Hooks, Host, Irb, Op};
 
 use crate::config::{CrcConfig, PARAMS};
 use crate::wire::{TRAILER, crc_of, emit, parse};
@@ -74,7 +72,7 @@ impl Device for CrcFilter {
     const DESCRIPTION: &'static CStr =
         c"CRC32C trailer per fragment (integrity, not authentication)";
     const KIND: DeviceKind = DeviceKind::Filter;
-    const PARAMS: &'static [vmi_core::abi::VmiParamSpec] = PARAMS;
+    const PARAMS: &'static [vmi_device::abi::VmiParamSpec] = PARAMS;
     const HOOKS: Hooks = Hooks {
         submit: true,
         receive: true,
@@ -161,7 +159,7 @@ impl Device for CrcFilter {
     fn set_attr(&mut self, name: &str, value: &str) -> Result<(), String> {
         match name {
             "verify" => {
-                self.config.verify = vmi_core::params::parse_bool(value)
+                self.config.verify = vmi_device::param::parse_bool(value)
                     .ok_or_else(|| format!("'{value}' is not true or false"))?;
                 Ok(())
             }

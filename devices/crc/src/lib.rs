@@ -15,9 +15,4 @@ pub mod wire;
 
 pub use device::CrcFilter;
 
-vmi_core::export_device!(CrcFilter, vmi_device_crc);
-
-/// Registers the filter for use without its shared object.
-pub fn register_static() {
-    vmi_core::loader::register_static(&vmi_device_crc);
-}
+vmi_device::export_device!(CrcFilter, vmi_device_crc);

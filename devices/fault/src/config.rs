@@ -1,7 +1,7 @@
 //! Fault parameters: rates are probabilities from 0 to 1.
 
-use vmi_core::abi::{VMI_PARAM_STRING, VMI_PARAM_UINT, VmiParamSpec};
-use vmi_core::device::{Config, param};
+use vmi_device::abi::{VMI_PARAM_STRING, VMI_PARAM_UINT, VmiParamSpec};
+use vmi_device::{Config, param};
 
 /// Declared parameters.
 pub const PARAMS: &[VmiParamSpec] = &[
@@ -98,7 +98,7 @@ pub fn rate(name: &str, v: &str) -> Result<f64, String> {
 impl FaultConfig {
     /// Reads and checks the resolved parameters.
     pub fn from_config(c: &Config) -> Result<FaultConfig, String> {
-        let e = |x: vmi_core::device::ConfigError| x.to_string();
+        let e = |x: vmi_device::ConfigError| x.to_string();
         let get = |n: &str| -> Result<f64, String> { rate(n, c.get(n).map_err(e)?) };
         let (send, receive) = match c.get("direction").map_err(e)? {
             "send" => (true, false),

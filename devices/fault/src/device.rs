@@ -5,9 +5,9 @@ use std::ffi::CStr;
 use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
 
-use vmi_core::Status;
-use vmi_core::device::{Config, Device, DeviceKind, Disposition, Host, Irb, Op};
-use vmi_core::held::HeldBuffers;
+use vmi_device::Status;
+use vmi_device::held::HeldBuffers;
+use vmi_device::{CompletingIrb, Config, Device, DeviceKind, Disposition, Host, Irb, Op};
 
 use crate::config::{FaultConfig, PARAMS, rate};
 
@@ -146,7 +146,7 @@ impl Device for FaultFilter {
         c"seeded drop, duplicate, corrupt, reorder and delay of fragments (testing)";
     const KIND: DeviceKind = DeviceKind::Filter;
     const WIRE_NEUTRAL: bool = true;
-    const PARAMS: &'static [vmi_core::abi::VmiParamSpec] = PARAMS;
+    const PARAMS: &'static [vmi_device::abi::VmiParamSpec] = PARAMS;
     type Frame = FaultFrame;
 
     fn create(host: Host, config: &Config) -> Result<Self, String> {
@@ -190,12 +190,12 @@ impl Device for FaultFilter {
         }
     }
 
-    fn complete(&mut self, irb: &mut Irb) {
+    fn complete(&mut self, irb: &mut CompletingIrb) {
         let copy = std::mem::take(&mut irb.frame::<FaultFrame>().copy);
         self.copies.release(copy);
     }
 
-    fn poll(&mut self) -> usize {
+    fn poll(&mut self, budget: usize) -> usize {
         let now = Instant::now();
         let mut n = 0;
         for d in 0..2 {
@@ -206,7 +206,7 @@ impl Device for FaultFilter {
                 }
             }
         }
-        while self.delayed.front().is_some_and(|(t, _)| *t <= now) {
+        while n < budget && self.delayed.front().is_some_and(|(t, _)| *t <= now) {
             if let Some((_, irb)) = self.delayed.pop_front() {
                 irb.pass();
                 n += 1;
@@ -257,7 +257,7 @@ impl Device for FaultFilter {
             "reorder" => r.reorder = rate(name, value)?,
             "delay" => r.delay = rate(name, value)?,
             "delay_ms" => {
-                self.config.delay_ms = vmi_core::params::parse_uint(value)
+                self.config.delay_ms = vmi_device::param::parse_uint(value)
                     .ok_or_else(|| format!("'{value}' is not a number"))?
             }
             _ => {

@@ -22,9 +22,4 @@ pub mod wire;
 
 pub use device::FaultFilter;
 
-vmi_core::export_device!(FaultFilter, vmi_device_fault);
-
-/// Registers the filter for use without its shared object.
-pub fn register_static() {
-    vmi_core::loader::register_static(&vmi_device_fault);
-}
+vmi_device::export_device!(FaultFilter, vmi_device_fault);

@@ -1,8 +1,8 @@
 //! Loopback parameters.
 
-use vmi_core::abi::VMI_PARAM_UINT;
-use vmi_core::abi::VmiParamSpec;
-use vmi_core::device::{Config, param};
+use vmi_device::abi::VMI_PARAM_UINT;
+use vmi_device::abi::VmiParamSpec;
+use vmi_device::{Config, param};
 
 /// Declared parameters.
 pub const PARAMS: &[VmiParamSpec] = &[param(

@@ -4,11 +4,11 @@ use std::collections::{HashMap, VecDeque};
 use std::ffi::CStr;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use vmi_core::Status;
-use vmi_core::device::{
-    Capabilities, Config, Device, DeviceKind, Disposition, Host, HostWaker, Irb, Op,
+use vmi_device::Status;
+use vmi_device::signature::Signature;
+use vmi_device::{
+    Capabilities, CompletingIrb, Config, Device, DeviceKind, Disposition, Host, HostWaker, Irb, Op,
 };
-use vmi_core::signature::Signature;
 
 use crate::config::{LoopbackConfig, PARAMS};
 use crate::wire::Message;
@@ -224,7 +224,7 @@ impl Device for LoopbackDevice {
     const DESCRIPTION: &'static CStr =
         c"in-process transport between Vmi instances of one process (tests, benchmarks)";
     const KIND: DeviceKind = DeviceKind::Transport;
-    const PARAMS: &'static [vmi_core::abi::VmiParamSpec] = PARAMS;
+    const PARAMS: &'static [vmi_device::abi::VmiParamSpec] = PARAMS;
     type Frame = LoopFrame;
 
     fn create(host: Host, config: &Config) -> Result<Self, String> {
@@ -363,7 +363,7 @@ impl Device for LoopbackDevice {
         }
     }
 
-    fn complete(&mut self, irb: &mut Irb) {
+    fn complete(&mut self, irb: &mut CompletingIrb) {
         let held = std::mem::take(&mut irb.frame::<LoopFrame>().held);
         if held > 0 {
             if let Some(v) = self.held[(held - 1) as usize].take() {
@@ -382,9 +382,9 @@ impl Device for LoopbackDevice {
         )
     }
 
-    fn poll(&mut self) -> usize {
+    fn poll(&mut self, budget: usize) -> usize {
         let mut n = 0;
-        loop {
+        while n < budget {
             let msg = self
                 .me
                 .inbox

@@ -14,9 +14,4 @@ pub mod wire;
 
 pub use device::LoopbackDevice;
 
-vmi_core::export_device!(LoopbackDevice, vmi_device_loopback);
-
-/// Registers the device for use without its shared object (tests, single binaries).
-pub fn register_static() {
-    vmi_core::loader::register_static(&vmi_device_loopback);
-}
+vmi_device::export_device!(LoopbackDevice, vmi_device_loopback);

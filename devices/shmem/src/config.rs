@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use vmi_core::abi::{VMI_PARAM_BOOL, VMI_PARAM_UINT, VmiParamSpec};
-use vmi_core::device::{Config, param};
+use vmi_device::abi::{VMI_PARAM_BOOL, VMI_PARAM_UINT, VmiParamSpec};
+use vmi_device::{Config, param};
 
 /// Declared parameters.
 pub const PARAMS: &[VmiParamSpec] = &[
@@ -65,7 +65,7 @@ pub struct ShmemConfig {
 impl ShmemConfig {
     /// Reads and checks the resolved parameters.
     pub fn from_config(c: &Config) -> Result<ShmemConfig, String> {
-        let e = |x: vmi_core::device::ConfigError| x.to_string();
+        let e = |x: vmi_device::ConfigError| x.to_string();
         let ring_size = c.get_u64("ring_size").map_err(e)?;
         if !ring_size.is_power_of_two() || !(4096..=64 << 20).contains(&ring_size) {
             return Err(format!(

@@ -11,11 +11,13 @@ use std::time::{Duration, Instant};
 use mio::net::{UnixListener, UnixStream};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
-use vmi_core::Status;
-use vmi_core::abi::VMI_FLAG_END;
-use vmi_core::device::{Capabilities, Config, Device, DeviceKind, Disposition, Host, Irb, Op};
-use vmi_core::held::HeldBuffers;
-use vmi_core::signature::Signature;
+use vmi_device::Status;
+use vmi_device::abi::VMI_FLAG_END;
+use vmi_device::held::HeldBuffers;
+use vmi_device::signature::Signature;
+use vmi_device::{
+    Capabilities, CompletingIrb, Config, Device, DeviceKind, Disposition, Host, Irb, Op,
+};
 
 use crate::config::{PARAMS, ShmemConfig};
 use crate::io::{
@@ -1088,7 +1090,7 @@ impl Device for ShmemDevice {
     const VERSION: &'static CStr = c"0.1.0";
     const DESCRIPTION: &'static CStr = c"shared memory between processes of one user on one host: memfd rings, single copy for large fragments";
     const KIND: DeviceKind = DeviceKind::Transport;
-    const PARAMS: &'static [vmi_core::abi::VmiParamSpec] = PARAMS;
+    const PARAMS: &'static [vmi_device::abi::VmiParamSpec] = PARAMS;
     type Frame = ShmemFrame;
 
     fn create(host: Host, config: &Config) -> Result<Self, String> {
@@ -1239,12 +1241,12 @@ impl Device for ShmemDevice {
         }
     }
 
-    fn complete(&mut self, irb: &mut Irb) {
+    fn complete(&mut self, irb: &mut CompletingIrb) {
         let held = std::mem::take(&mut irb.frame::<ShmemFrame>().held);
         self.pool.release(held);
     }
 
-    fn poll(&mut self) -> usize {
+    fn poll(&mut self, _budget: usize) -> usize {
         let mut n = 0;
         if self.slept.replace(false) {
             for c in self.conns.iter().flatten() {

@@ -32,9 +32,4 @@ pub mod wire;
 
 pub use device::ShmemDevice;
 
-vmi_core::export_device!(ShmemDevice, vmi_device_shmem);
-
-/// Registers the device for use without its shared object.
-pub fn register_static() {
-    vmi_core::loader::register_static(&vmi_device_shmem);
-}
+vmi_device::export_device!(ShmemDevice, vmi_device_shmem);

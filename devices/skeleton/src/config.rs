@@ -1,7 +1,7 @@
 //! Skeleton parameters: one, to show how parameters are declared and read.
 
-use vmi_core::abi::{VMI_PARAM_BOOL, VmiParamSpec};
-use vmi_core::device::{Config, param};
+use vmi_device::abi::{VMI_PARAM_BOOL, VmiParamSpec};
+use vmi_device::{Config, param};
 
 /// Declared parameters: name, type, default, one line of documentation.
 pub const PARAMS: &[VmiParamSpec] = &[param(

@@ -2,7 +2,7 @@
 
 use std::ffi::CStr;
 
-use vmi_core::device::{Capabilities, Config, Device, DeviceKind, Disposition, Hooks, Host, Irb};
+use vmi_device::{Capabilities, Config, Device, DeviceKind, Disposition, Hooks, Host, Irb};
 
 use crate::config::{PARAMS, SkeletonConfig};
 use crate::wire::{HEADROOM, TAILROOM};
@@ -23,10 +23,12 @@ impl Device for SkeletonFilter {
     // shipped tcp-skeleton specfile shows the handshake's filter check at work. A filter that
     // only observes (tracing, delays) sets `WIRE_NEUTRAL = true` and may run on one side.
     const WIRE_NEUTRAL: bool = false;
-    const PARAMS: &'static [vmi_core::abi::VmiParamSpec] = PARAMS;
-    // submit + receive + complete; a filter with only a submit step would export less and
-    // cost nothing on the other paths.
-    const HOOKS: Hooks = Hooks::FILTER;
+    const PARAMS: &'static [vmi_device::abi::VmiParamSpec] = PARAMS;
+    // Only the hooks the filter uses: submit and receive. It keeps nothing per IRB, so it has
+    // no completion step, and the host never calls it when an IRB completes. Export
+    // `complete` (Hooks::FILTER) only to free something held in the frame; every hook
+    // exported costs a call per message even when it does nothing.
+    const HOOKS: Hooks = Hooks::TRANSFORM;
     /// No per-IRB state. A filter that allocates per fragment keeps its handle here.
     type Frame = ();
 
@@ -74,12 +76,6 @@ impl Device for SkeletonFilter {
             );
         }
         Disposition::Pass(irb)
-    }
-
-    fn complete(&mut self, irb: &mut Irb) {
-        if self.config.log_each {
-            log::debug!("skeleton: complete {:?} with {}", irb.op(), irb.status());
-        }
     }
 }
 

@@ -4,12 +4,13 @@
 //! crate, rename it, and fill in `device.rs`. The file set is the same for every device:
 //!
 //! - `lib.rs` — the export (`export_device!`) and crate docs;
-//! - `device.rs` — the [`vmi_core::device::Device`] impl;
+//! - `device.rs` — the [`vmi_device::Device`] impl;
 //! - `config.rs` — typed parameters from the specfile, with errors naming the parameter;
 //! - `wire.rs` — any bytes the device puts on the wire (here: none).
 //!
 //! It builds as a `cdylib` (loaded by a specfile's `<device type="skeleton"/>`) and an
-//! `rlib` (registered statically in tests with [`register_static`]).
+//! `rlib` (registered statically in tests with `register_static()`, which `export_device!`
+//! generates).
 #![forbid(unsafe_code)]
 
 pub mod config;
@@ -19,9 +20,4 @@ pub mod wire;
 pub use device::SkeletonFilter;
 
 // The symbol must be `vmi_device_` + the device's NAME: that is how the loader finds it.
-vmi_core::export_device!(SkeletonFilter, vmi_device_skeleton);
-
-/// Registers the filter for use without its shared object.
-pub fn register_static() {
-    vmi_core::loader::register_static(&vmi_device_skeleton);
-}
+vmi_device::export_device!(SkeletonFilter, vmi_device_skeleton);

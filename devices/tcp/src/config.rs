@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use vmi_core::abi::{VMI_PARAM_BOOL, VMI_PARAM_STRING, VMI_PARAM_UINT, VmiParamSpec};
-use vmi_core::device::{Config, param};
+use vmi_device::abi::{VMI_PARAM_BOOL, VMI_PARAM_STRING, VMI_PARAM_UINT, VmiParamSpec};
+use vmi_device::{Config, param};
 
 /// Declared parameters.
 pub const PARAMS: &[VmiParamSpec] = &[
@@ -111,7 +111,7 @@ fn port(c: &Config, name: &str) -> Result<u16, String> {
 impl TcpConfig {
     /// Reads and checks the resolved parameters.
     pub fn from_config(c: &Config) -> Result<TcpConfig, String> {
-        let e = |x: vmi_core::device::ConfigError| x.to_string();
+        let e = |x: vmi_device::ConfigError| x.to_string();
         let cfg = TcpConfig {
             listen: c.get_bool("listen").map_err(e)?,
             listen_addr: c.get("listen_addr").map_err(e)?.to_string(),

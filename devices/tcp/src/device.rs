@@ -8,10 +8,12 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
 use mio::{Events, Interest, Poll, Token};
-use vmi_core::Status;
-use vmi_core::device::{Capabilities, Config, Device, DeviceKind, Disposition, Host, Irb, Op};
-use vmi_core::held::HeldBuffers;
-use vmi_core::signature::Signature;
+use vmi_device::Status;
+use vmi_device::held::HeldBuffers;
+use vmi_device::signature::Signature;
+use vmi_device::{
+    Capabilities, CompletingIrb, Config, Device, DeviceKind, Disposition, Host, Irb, Op,
+};
 
 use crate::config::{PARAMS, TcpConfig};
 use crate::io::{connect, listen, write_gather};
@@ -583,8 +585,11 @@ impl TcpDevice {
                     self.pool.give(payload);
                     return;
                 };
-                let flags = (if end { vmi_core::abi::VMI_FLAG_END } else { 0 })
-                    | ((filter_flags as u32) << 16);
+                let flags = (if end {
+                    vmi_device::abi::VMI_FLAG_END
+                } else {
+                    0
+                }) | ((filter_flags as u32) << 16);
                 irb.set_flags(flags);
                 let (ptr, len) = (payload.as_ptr() as *mut u8, payload.len());
                 let slot = self.pool.hold(payload);
@@ -812,7 +817,7 @@ impl Device for TcpDevice {
     const DESCRIPTION: &'static CStr =
         c"TCP transport: non-blocking sockets, writev framing, peers found by host and key";
     const KIND: DeviceKind = DeviceKind::Transport;
-    const PARAMS: &'static [vmi_core::abi::VmiParamSpec] = PARAMS;
+    const PARAMS: &'static [vmi_device::abi::VmiParamSpec] = PARAMS;
     type Frame = TcpFrame;
 
     fn create(host: Host, config: &Config) -> Result<Self, String> {
@@ -1074,12 +1079,12 @@ impl Device for TcpDevice {
         }
     }
 
-    fn complete(&mut self, irb: &mut Irb) {
+    fn complete(&mut self, irb: &mut CompletingIrb) {
         let held = std::mem::take(&mut irb.frame::<TcpFrame>().held);
         self.pool.release(held);
     }
 
-    fn poll(&mut self) -> usize {
+    fn poll(&mut self, _budget: usize) -> usize {
         if let Err(e) = self.poll.poll(&mut self.events, Some(Duration::ZERO)) {
             if e.kind() != io::ErrorKind::Interrupted {
                 log::error!("tcp: epoll failed: {e}");

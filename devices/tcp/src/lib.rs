@@ -26,9 +26,4 @@ pub mod wire;
 
 pub use device::TcpDevice;
 
-vmi_core::export_device!(TcpDevice, vmi_device_tcp);
-
-/// Registers the device for use without its shared object.
-pub fn register_static() {
-    vmi_core::loader::register_static(&vmi_device_tcp);
-}
+vmi_device::export_device!(TcpDevice, vmi_device_tcp);

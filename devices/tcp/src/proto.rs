@@ -2,7 +2,7 @@
 //! into handshake and frame events, handshake checks, and the key-derived port sequence.
 //! Everything here is deterministic and unit-tested; `io.rs` only moves bytes.
 
-use vmi_core::signature::Signature;
+use vmi_device::signature::Signature;
 
 use crate::wire::*;
 

@@ -1,7 +1,7 @@
 //! Trace parameters.
 
-use vmi_core::abi::{VMI_PARAM_BOOL, VmiParamSpec};
-use vmi_core::device::{Config, param};
+use vmi_device::abi::{VMI_PARAM_BOOL, VmiParamSpec};
+use vmi_device::{Config, param};
 
 /// Declared parameters.
 pub const PARAMS: &[VmiParamSpec] = &[param(

@@ -3,8 +3,8 @@
 use std::collections::BTreeMap;
 use std::ffi::CStr;
 
-use vmi_core::Status;
-use vmi_core::device::{Config, Device, DeviceKind, Disposition, Hooks, Host, Irb, Op};
+use vmi_device::Status;
+use vmi_device::{CompletingIrb, Config, Device, DeviceKind, Disposition, Hooks, Host, Irb, Op};
 
 use crate::config::{PARAMS, TraceConfig};
 
@@ -59,7 +59,7 @@ impl Device for TraceFilter {
     const DESCRIPTION: &'static CStr = c"per-connection counters and optional per-IRB log lines";
     const KIND: DeviceKind = DeviceKind::Filter;
     const WIRE_NEUTRAL: bool = true;
-    const PARAMS: &'static [vmi_core::abi::VmiParamSpec] = PARAMS;
+    const PARAMS: &'static [vmi_device::abi::VmiParamSpec] = PARAMS;
     const HOOKS: Hooks = Hooks::FILTER;
     type Frame = ();
 
@@ -104,7 +104,7 @@ impl Device for TraceFilter {
         Disposition::Pass(irb)
     }
 
-    fn complete(&mut self, irb: &mut Irb) {
+    fn complete(&mut self, irb: &mut CompletingIrb) {
         let status = irb.status();
         if self.config.log {
             log::info!(target: "vmi_trace", "done {:?} conn {:#x} status {status}", irb.op(), irb.conn());
@@ -144,7 +144,7 @@ impl Device for TraceFilter {
     fn set_attr(&mut self, name: &str, value: &str) -> Result<(), String> {
         match name {
             "log" => {
-                self.config.log = vmi_core::params::parse_bool(value)
+                self.config.log = vmi_device::param::parse_bool(value)
                     .ok_or_else(|| format!("'{value}' is not true or false"))?;
                 Ok(())
             }

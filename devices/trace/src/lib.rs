@@ -17,9 +17,4 @@ pub mod wire;
 
 pub use device::TraceFilter;
 
-vmi_core::export_device!(TraceFilter, vmi_device_trace);
-
-/// Registers the filter for use without its shared object.
-pub fn register_static() {
-    vmi_core::loader::register_static(&vmi_device_trace);
-}
+vmi_device::export_device!(TraceFilter, vmi_device_trace);

@@ -8,9 +8,9 @@
 
 use std::ffi::CStr;
 
-use vmi_core::abi::{VMI_PARAM_BOOL, VmiParamSpec};
-use vmi_core::device::{Config, Device, DeviceKind, Disposition, Hooks, Host, Irb, Op, param};
-use vmi_core::held::HeldBuffers;
+use vmi_device::abi::{VMI_PARAM_BOOL, VmiParamSpec};
+use vmi_device::{CompletingIrb, Config, Device, DeviceKind, Disposition, Hooks, Host, Irb, Op, param};
+use vmi_device::held::HeldBuffers;
 
 /// The flag bit this filter sets on fragments it inverted.
 const FLAG_INVERTED: u32 = 1 << 17;
@@ -81,7 +81,7 @@ impl Device for Invert {
         Disposition::Pass(irb)
     }
 
-    fn complete(&mut self, irb: &mut Irb) {
+    fn complete(&mut self, irb: &mut CompletingIrb) {
         let copy = std::mem::take(&mut irb.frame::<Frame>().copy);
         self.copies.release(copy);
     }
@@ -91,4 +91,4 @@ impl Device for Invert {
     }
 }
 
-vmi_core::export_device!(Invert, vmi_device_invert);
+vmi_device::export_device!(Invert, vmi_device_invert);

@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
+use vmi_core::Operations;
 
 use clap::Parser;
 use vmi_core::{Buffer, ConnId, ConnectOutcome, Ctx, Disconnect, Handler, SendCompletion, Vmi};

@@ -3,11 +3,23 @@
 //! Nothing Rust-specific crosses a shared object's boundary: a plugin exports one
 //! [`VmiDeviceDescriptor`] under the symbol `vmi_device_<type>`, and talks to the host only
 //! through the [`VmiHostServices`] table and raw [`VmiIrb`] pointers the host owns.
-//! The same layout is published for C in `vmi-core/include/vmi_device.h`; keep both in step.
+//! The same layout is published for C in `vmi-device/include/vmi_device.h`; keep both in step.
 //!
-//! Versioning: the host refuses a descriptor of another [`VMI_ABI_MAJOR`]; within a major,
-//! structs only grow at the end and every table starts with its own size, so a host reads
-//! an older minor's shorter table and treats missing entries as "not provided".
+//! ## Versioning
+//! - The host refuses a descriptor of another [`VMI_ABI_MAJOR`], naming both versions.
+//! - Within a major, structs only grow at the end, and every table says its own size
+//!   (`struct_size`, `VmiDeviceVtable::size`, `VmiHostServices::size`).
+//! - A host reads an older minor's shorter descriptor and vtable: it copies the prefix the
+//!   device has and treats the missing entries as absent (NULL). The smallest accepted sizes
+//!   are the 1.0 ones ([`VMI_DESCRIPTOR_SIZE_1_0`], [`VMI_VTABLE_SIZE_1_0`]).
+//! - A device of a newer minor loads into an older host: the host reads the prefix it knows
+//!   and ignores the rest. Such a device must look at `VmiHostServices::size` before calling
+//!   a service newer than the host (the SDK's [`crate::Host`] does).
+//!
+//! ## History
+//! - 1.0: first edition.
+//! - 1.1: vtable entry `poll_budget` (bounded progress); host service `irb_available`
+//!   (receive IRBs a transport may still allocate: back-pressure before a failed allocation).
 #![allow(unsafe_code)]
 
 use std::ffi::{c_char, c_void};
@@ -17,7 +29,14 @@ pub const VMI_DEVICE_MAGIC: u32 = 0x4449_4d56;
 /// ABI major version: a descriptor of another major is refused.
 pub const VMI_ABI_MAJOR: u16 = 1;
 /// ABI minor version: newer minors only append fields.
-pub const VMI_ABI_MINOR: u16 = 0;
+pub const VMI_ABI_MINOR: u16 = 1;
+/// Size of a 1.0 descriptor: the smallest a host of this major accepts.
+pub const VMI_DESCRIPTOR_SIZE_1_0: u32 = 88;
+/// Size of a 1.0 vtable: the smallest a host of this major accepts.
+pub const VMI_VTABLE_SIZE_1_0: u32 = 104;
+/// Size of a 1.0 host services table: a device checks `size` against larger offsets before
+/// calling a newer service.
+pub const VMI_HOST_SERVICES_SIZE_1_0: u32 = 128;
 /// Prefix of the exported descriptor symbol; the device type name follows.
 pub const VMI_SYMBOL_PREFIX: &str = "vmi_device_";
 /// Maximum number of data segments one IRB carries.
@@ -297,10 +316,16 @@ pub struct VmiDeviceVtable {
             err_len: usize,
         ) -> i32,
     >,
+    // ---- ABI 1.1 ----
+    /// Makes progress without blocking, handing at most `budget` IRBs up the receive chain;
+    /// returns how many events it produced. A host prefers it to `poll`; a 1.0 device lacks it
+    /// and is polled without a bound.
+    pub poll_budget: Option<unsafe extern "C" fn(dev: *mut c_void, budget: u32) -> i32>,
 }
 
 /// The descriptor a plugin exports as `vmi_device_<type>`.
 #[repr(C)]
+#[derive(Clone, Copy)]
 pub struct VmiDeviceDescriptor {
     /// [`VMI_DEVICE_MAGIC`].
     pub magic: u32,
@@ -330,8 +355,9 @@ pub struct VmiDeviceDescriptor {
     pub nparams: usize,
     /// Creates an instance.
     pub create: Option<VmiCreateFn>,
-    /// The device's operations (never NULL in a valid descriptor).
-    pub vtable: Option<&'static VmiDeviceVtable>,
+    /// The device's operations (never NULL in a valid descriptor). A raw pointer, not a
+    /// reference: a device of an older minor points at a shorter table than this struct.
+    pub vtable: *const VmiDeviceVtable,
 }
 
 // SAFETY: a descriptor is immutable and only points at 'static data and functions.
@@ -390,6 +416,11 @@ pub struct VmiHostServices {
     /// An address inside the host's copy of `vmi-core`; a statically linked device sees the
     /// same address and so knows it shares the host's logger.
     pub host_marker: *const u8,
+    // ---- ABI 1.1 (check `size` before use) ----
+    /// How many receive IRBs the calling device may still allocate before `irb_alloc` returns
+    /// NULL. A transport stops reading when it reaches 0 and resumes on a later poll, so a slow
+    /// application pushes back on the peer instead of growing memory.
+    pub irb_available: unsafe extern "C" fn(host: *mut c_void) -> u32,
 }
 
 #[cfg(test)]
@@ -401,9 +432,18 @@ mod tests {
     #[test]
     fn layout_matches_the_c_header() {
         assert_eq!(std::mem::size_of::<VmiIrb>(), 312);
-        assert_eq!(std::mem::size_of::<VmiDeviceVtable>(), 104);
+        assert_eq!(std::mem::size_of::<VmiDeviceVtable>(), 112);
         assert_eq!(std::mem::size_of::<VmiDeviceDescriptor>(), 88);
-        assert_eq!(std::mem::size_of::<VmiHostServices>(), 128);
+        assert_eq!(std::mem::size_of::<VmiHostServices>(), 136);
         assert_eq!(std::mem::size_of::<VmiCapabilities>(), 24);
+        // The 1.0 prefixes are unchanged: entries were only appended.
+        assert_eq!(
+            std::mem::offset_of!(VmiDeviceVtable, poll_budget),
+            VMI_VTABLE_SIZE_1_0 as usize
+        );
+        assert_eq!(
+            std::mem::offset_of!(VmiHostServices, irb_available),
+            VMI_HOST_SERVICES_SIZE_1_0 as usize
+        );
     }
 }

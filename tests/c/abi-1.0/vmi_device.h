@@ -6,7 +6,10 @@
  * name). The host owns every IRB; a device holds one only between returning VMI_PENDING and
  * calling services->pass or services->complete. Nothing Rust-specific crosses this boundary.
  *
- * This header mirrors vmi-core/src/abi.rs; keep both in step. ABI 1.0.
+ * FROZEN: this is the ABI 1.0 layout exactly as it shipped. Never edit it: the plugin tests
+ * build a C device against it to prove that a host of a later minor still loads a 1.0 device
+ * (shorter vtable and services table, missing entries treated as absent). The current header
+ * is vmi-device/include/vmi_device.h.
  * See devices/skeleton/README.md for a walk-through, and tests/c/ for a complete C device.
  */
 #ifndef VMI_DEVICE_H

@@ -8,22 +8,38 @@ use std::marker::PhantomData;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use crate::abi::*;
-use crate::device::{Config, Device, Disposition, Host, Irb};
-use crate::status::Status;
+use crate::config::Config;
+use crate::device::{Device, Disposition};
+use crate::host::Host;
+use crate::irb::{CompletingIrb, Irb};
 
-/// Exports a [`Device`] as a plugin: generates the `#[no_mangle]` descriptor symbol.
+/// Exports a [`Device`] as a plugin: generates the `#[no_mangle]` descriptor symbol, found
+/// by a host that loads the crate's shared object, and a function that registers the device
+/// for programs that link the crate instead (`register_static()`, or the name given with
+/// `register = name` when a crate exports several devices).
+///
 /// The symbol must be `vmi_device_<NAME>` so the loader finds it from the specfile's `type`.
 ///
 /// ```ignore
-/// vmi_core::export_device!(TcpDevice, vmi_device_tcp);
+/// vmi_device::export_device!(TcpDevice, vmi_device_tcp);
+/// vmi_device::export_device!(Recorder, vmi_device_recorder, register = register_recorder);
 /// ```
 #[macro_export]
 macro_rules! export_device {
     ($device:ty, $symbol:ident) => {
+        $crate::export_device!($device, $symbol, register = register_static);
+    };
+    ($device:ty, $symbol:ident, register = $register:ident) => {
         /// The device's C-ABI descriptor, found by the loader under this symbol.
         #[unsafe(no_mangle)]
         pub static $symbol: $crate::abi::VmiDeviceDescriptor =
             $crate::export::Export::<$device>::DESCRIPTOR;
+
+        /// Registers the device for programs that link this crate, so a specfile naming its
+        /// type without `library=` uses it instead of the shared object.
+        pub fn $register() {
+            $crate::registry::register(&$symbol);
+        }
     };
 }
 
@@ -68,6 +84,11 @@ impl<D: Device> Export<D> {
         deregister: Some(deregister::<D>),
         get_attr: Some(get_attr::<D>),
         set_attr: Some(set_attr::<D>),
+        poll_budget: if D::HOOKS.poll {
+            Some(poll_budget::<D>)
+        } else {
+            None
+        },
     };
 
     /// The descriptor.
@@ -90,7 +111,7 @@ impl<D: Device> Export<D> {
         params: D::PARAMS.as_ptr(),
         nparams: D::PARAMS.len(),
         create: Some(create::<D>),
-        vtable: Some(&Self::VTABLE),
+        vtable: &Self::VTABLE,
     };
 }
 
@@ -156,8 +177,9 @@ unsafe extern "C" fn create<D: Device>(
             let (name, value) = unsafe { (p.name.to_string_lossy(), p.value.to_string_lossy()) };
             values.push((name, value));
         }
-        // SAFETY: these are the pointers `create` was given.
-        let host = unsafe { Host::from_raw(services, host) };
+        // SAFETY: these are the pointers `create` was given; the host reserves the frame the
+        // descriptor declares, which is `size_of::<D::Frame>()`.
+        let host = unsafe { Host::from_raw(services, host, std::mem::size_of::<D::Frame>()) };
         D::create(host, &Config::new(values)).map(|device| Box::new(Instance { device, host }))
     }));
     match result {
@@ -201,14 +223,29 @@ unsafe extern "C" fn capabilities<D: Device>(dev: *mut c_void, caps: *mut VmiCap
     }
 }
 
-fn disposition_code(irb: *mut VmiIrb, d: Disposition) -> i32 {
+fn disposition_code<D: Device>(irb: *mut VmiIrb, d: Disposition) -> i32 {
     match d {
-        Disposition::Pass(i) => {
-            debug_assert_eq!(
-                i.as_ptr(),
-                irb,
-                "a device passed a different IRB than it was given"
+        // A device may return another IRB it held instead of the one it was given (it keeps
+        // the given one). The host must not take that as the given IRB moving on: treat it as
+        // the device passing or completing the other one through the host, and the given one
+        // as pending.
+        Disposition::Pass(i) if i.as_ptr() != irb => {
+            log::warn!(
+                "device '{}' returned a different IRB than it was given; treating it as pass() of that IRB and the given one as pending",
+                D::NAME.to_string_lossy()
             );
+            i.pass();
+            VMI_PENDING
+        }
+        Disposition::Complete(i, status) if i.as_ptr() != irb => {
+            log::warn!(
+                "device '{}' completed a different IRB than it was given; treating the given one as pending",
+                D::NAME.to_string_lossy()
+            );
+            i.complete(status);
+            VMI_PENDING
+        }
+        Disposition::Pass(i) => {
             i.into_raw();
             VMI_PASS
         }
@@ -234,7 +271,7 @@ unsafe fn step<D: Device>(
         let inst = unsafe { instance::<D>(dev) };
         // SAFETY: as above.
         let handle = unsafe { Irb::from_raw(irb, frame, inst.host) };
-        disposition_code(irb, f(&mut inst.device, handle))
+        disposition_code::<D>(irb, f(&mut inst.device, handle))
     }));
     match r {
         Ok(code) => code,
@@ -264,7 +301,7 @@ unsafe extern "C" fn complete<D: Device>(dev: *mut c_void, irb: *mut VmiIrb, fra
         // SAFETY: as above; the handle is only lent, ManuallyDrop keeps it from completing.
         let mut handle =
             std::mem::ManuallyDrop::new(unsafe { Irb::from_raw(irb, frame, inst.host) });
-        inst.device.complete(&mut handle);
+        inst.device.complete(CompletingIrb::lend(&mut handle));
     }));
     if let Err(p) = r {
         device_panicked::<D>("complete", &*p);
@@ -272,10 +309,15 @@ unsafe extern "C" fn complete<D: Device>(dev: *mut c_void, irb: *mut VmiIrb, fra
 }
 
 unsafe extern "C" fn poll<D: Device>(dev: *mut c_void) -> i32 {
+    // SAFETY: forwarded from the host (a 1.0 host, which knows no budget).
+    unsafe { poll_budget::<D>(dev, u32::MAX) }
+}
+
+unsafe extern "C" fn poll_budget<D: Device>(dev: *mut c_void, budget: u32) -> i32 {
     let r = catch_unwind(AssertUnwindSafe(|| {
         // SAFETY: live instance.
         let inst = unsafe { instance::<D>(dev) };
-        inst.device.poll().min(i32::MAX as usize) as i32
+        inst.device.poll(budget as usize).min(i32::MAX as usize) as i32
     }));
     r.unwrap_or_else(|p| {
         device_panicked::<D>("poll", &*p);
@@ -399,6 +441,3 @@ unsafe extern "C" fn set_attr<D: Device>(
         }
     }
 }
-
-/// Marks a status as coming from a panic (kept for devices that wrap other devices).
-pub const PANIC_STATUS: Status = Status::Internal;

@@ -1,0 +1,316 @@
+//! The operation surface shared by [`crate::Vmi`] (operations run now) and [`crate::Ctx`]
+//! (operations issued from a callback, run when it returns): one implementation, in the
+//! [`Operations`] trait, for both.
+#![forbid(unsafe_code)]
+
+use std::collections::VecDeque;
+
+use crate::abi::{VMI_FLAG_END, VMI_OP_CONNECT, VMI_OP_DISCONNECT, VMI_OP_SEND};
+use crate::assembly;
+use crate::buffer::Buffer;
+use crate::conn::{ConnId, SendKind};
+use crate::engine::Engine;
+use crate::error::VmiError;
+use crate::slot::{Purpose, Slot};
+
+/// Largest connect or reply data, whatever the transports allow.
+pub const MAX_CONNECT_DATA: usize = 64 * 1024;
+
+/// An open stream on a connection (VMI 2.1: `VMI_Stream_Begin` … `VMI_Stream_End`).
+#[derive(Debug)]
+#[must_use = "a stream must be ended with stream_end"]
+pub struct Stream {
+    conn: ConnId,
+}
+
+impl Stream {
+    /// The connection.
+    pub fn conn(&self) -> ConnId {
+        self.conn
+    }
+}
+
+/// When an issued operation runs.
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Now: the caller is the application, outside any callback.
+    Now,
+    /// After the running callback returns (no re-entrancy into devices).
+    Deferred,
+}
+
+/// The engine and the operations waiting for the running callback to return.
+#[doc(hidden)]
+pub struct Core {
+    pub(crate) engine: Engine,
+    pub(crate) deferred: VecDeque<Slot>,
+}
+
+impl Core {
+    pub(crate) fn new(engine: Engine) -> Core {
+        Core {
+            engine,
+            deferred: VecDeque::with_capacity(64),
+        }
+    }
+
+    fn issue(&mut self, s: Slot, mode: Mode) {
+        match mode {
+            Mode::Now => self.engine.submit(s),
+            Mode::Deferred => self.deferred.push_back(s),
+        }
+    }
+
+    /// Runs operations issued from a callback.
+    pub(crate) fn run_deferred(&mut self) {
+        while let Some(s) = self.deferred.pop_front() {
+            self.engine.submit(s);
+        }
+    }
+
+    fn prepare_send(
+        &mut self,
+        conn: ConnId,
+        buffers: impl IntoIterator<Item = Buffer>,
+        token: u64,
+        kind: SendKind,
+    ) -> Result<Slot, VmiError> {
+        let transport = self
+            .engine
+            .conns_mut()
+            .send_checked(conn, kind)
+            .map_err(|r| VmiError::refused(conn, r))?;
+        let max = self.engine.top_caps().max_fragment;
+        let mut s = self.engine.new_slot();
+        let mut given = 0;
+        let mut refused = None;
+        for b in buffers {
+            given += 1;
+            if refused.is_none() {
+                if let Err(b) = s.push_buffer(b) {
+                    refused = Some(b);
+                }
+            }
+        }
+        let fail = |this: &mut Core, s: Slot, e: VmiError| {
+            this.engine.free(s);
+            this.engine.conns_mut().send_undone(conn, kind);
+            Err(e)
+        };
+        if refused.is_some() {
+            let max = crate::abi::VMI_IRB_MAX_SEGS;
+            return fail(self, s, VmiError::TooManyBuffers { given, max });
+        }
+        let total = s.buffers_len();
+        if max > 0 && total > max {
+            return fail(self, s, VmiError::FragmentTooLarge { len: total, max });
+        }
+        s.set_op(VMI_OP_SEND);
+        s.set_conn_raw(conn.raw());
+        s.set_flags(if kind == SendKind::Fragment {
+            0
+        } else {
+            VMI_FLAG_END
+        });
+        s.set_purpose(Purpose::Send);
+        s.set_transport(transport);
+        s.set_token(token);
+        Ok(s)
+    }
+
+    fn connect(
+        &mut self,
+        host: &str,
+        key: &str,
+        data: &[u8],
+        token: u64,
+    ) -> Result<(ConnId, Slot), VmiError> {
+        let caps = self.engine.top_caps();
+        let max = if caps.max_connect_data > 0 {
+            (caps.max_connect_data as usize).min(MAX_CONNECT_DATA)
+        } else {
+            MAX_CONNECT_DATA
+        };
+        if data.len() > max {
+            return Err(VmiError::ConnectDataTooLarge {
+                len: data.len(),
+                max,
+            });
+        }
+        assembly::check_key(key)?;
+        let transport = self
+            .engine
+            .choose_transport(host, key)
+            .map_err(|refusals| VmiError::Unreachable {
+                host: host.into(),
+                key: key.into(),
+                reasons: refusals
+                    .iter()
+                    .map(|(n, r)| format!("{n}: {r}"))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            })?;
+        let conn = self.engine.conns_mut().connect_issued(transport, host, key);
+        let mut s = self.engine.new_slot();
+        s.set_op(VMI_OP_CONNECT);
+        s.set_conn_raw(conn.raw());
+        s.set_purpose(Purpose::Connect);
+        s.set_transport(transport);
+        s.set_token(token);
+        s.set_peer(host.to_string(), key.to_string());
+        s.attach_copy(data);
+        Ok((conn, s))
+    }
+
+    fn disconnect(&mut self, conn: ConnId) -> Result<Slot, VmiError> {
+        let transport = self
+            .engine
+            .conns_mut()
+            .disconnect_issued(conn)
+            .map_err(|r| VmiError::refused(conn, r))?;
+        let mut s = self.engine.new_slot();
+        s.set_op(VMI_OP_DISCONNECT);
+        s.set_conn_raw(conn.raw());
+        s.set_purpose(Purpose::Disconnect);
+        s.set_transport(transport);
+        Ok(s)
+    }
+}
+
+mod sealed {
+    /// Gives the operation surface its engine; implemented by `Vmi` and `Ctx` only.
+    pub trait Sealed {
+        /// The core and when operations issued through it run.
+        fn core(&mut self) -> (&mut super::Core, super::Mode);
+        /// The core, to read.
+        fn core_ref(&self) -> &super::Core;
+    }
+}
+
+pub(crate) use sealed::Sealed;
+
+/// What an application can ask of vmi, the same from the main loop ([`crate::Vmi`]: runs
+/// now) and from a callback ([`crate::Ctx`]: queued, runs when the callback returns, so no
+/// device is ever re-entered). Bring it into scope with `use vmi_core::Operations;` (or
+/// `vmi_core::prelude::*`).
+pub trait Operations: Sealed {
+    /// Opens a connection to `key` at `host` with connect data (VMI 2.1:
+    /// `VMI_Connection_Create` + `VMI_Connection_Bind` + `VMI_Connection_Issue`). The
+    /// transport is chosen now (the first in chain order that can reach the peer); the result
+    /// arrives in [`crate::Handler::connected`] with `token`. `host` may be `host:port` to
+    /// skip the key-derived port search.
+    fn connect(
+        &mut self,
+        host: &str,
+        key: &str,
+        data: &[u8],
+        token: u64,
+    ) -> Result<ConnId, VmiError> {
+        let (core, mode) = self.core();
+        let (conn, s) = core.connect(host, key, data, token)?;
+        core.issue(s, mode);
+        Ok(conn)
+    }
+
+    /// Closes a connection in order (VMI 2.1: `VMI_Connection_Disconnect`); sends already
+    /// issued are finished first. [`crate::Handler::disconnected`] reports
+    /// [`crate::Disconnect::Local`].
+    fn disconnect(&mut self, conn: ConnId) -> Result<(), VmiError> {
+        let (core, mode) = self.core();
+        let s = core.disconnect(conn)?;
+        core.issue(s, mode);
+        Ok(())
+    }
+
+    /// Sends a one-fragment stream gathered from `buffers` (VMI 2.1: `VMI_Stream_Send`).
+    /// The buffers come back in [`crate::Handler::send_complete`] with `token`.
+    fn send(
+        &mut self,
+        conn: ConnId,
+        buffers: impl IntoIterator<Item = Buffer>,
+        token: u64,
+    ) -> Result<(), VmiError> {
+        let (core, mode) = self.core();
+        let s = core.prepare_send(conn, buffers, token, SendKind::Whole)?;
+        core.issue(s, mode);
+        Ok(())
+    }
+
+    /// Sends a small one-fragment stream by copying it; no buffer needed
+    /// (VMI 2.1: `VMI_Stream_Send_Inline`). Its completion carries `token` 0 and no buffers.
+    fn send_inline(&mut self, conn: ConnId, data: &[u8]) -> Result<(), VmiError> {
+        let (core, mode) = self.core();
+        let b = core.engine.inline_buffer(data);
+        let s = core.prepare_send(conn, Some(b), 0, SendKind::Whole)?;
+        core.issue(s, mode);
+        Ok(())
+    }
+
+    /// Begins a stream of fragments (VMI 2.1: `VMI_Stream_Begin`).
+    fn stream_begin(&mut self, conn: ConnId) -> Result<Stream, VmiError> {
+        let (core, _) = self.core();
+        core.engine
+            .conns_mut()
+            .stream_begin(conn)
+            .map_err(|r| VmiError::refused(conn, r))?;
+        Ok(Stream { conn })
+    }
+
+    /// Sends one fragment of an open stream (VMI 2.1: `VMI_Stream_Send_Fragment`).
+    fn stream_send(
+        &mut self,
+        stream: &Stream,
+        buffers: impl IntoIterator<Item = Buffer>,
+        token: u64,
+    ) -> Result<(), VmiError> {
+        let (core, mode) = self.core();
+        let s = core.prepare_send(stream.conn, buffers, token, SendKind::Fragment)?;
+        core.issue(s, mode);
+        Ok(())
+    }
+
+    /// Sends the last fragment (possibly empty) and ends the stream (VMI 2.1:
+    /// `VMI_Stream_End`).
+    fn stream_end(
+        &mut self,
+        stream: Stream,
+        buffers: impl IntoIterator<Item = Buffer>,
+        token: u64,
+    ) -> Result<(), VmiError> {
+        let (core, mode) = self.core();
+        let s = core.prepare_send(stream.conn, buffers, token, SendKind::End)?;
+        core.issue(s, mode);
+        Ok(())
+    }
+
+    /// The peer's key for a live connection.
+    fn peer_key(&self, conn: ConnId) -> Option<String> {
+        self.core_ref()
+            .engine
+            .conns()
+            .peer_key(conn)
+            .map(str::to_string)
+    }
+
+    /// Allocates a send buffer through the chain, so transports can register or place it
+    /// (VMI 2.1: `VMI_Buffer_Allocate`).
+    fn buffer_alloc(&mut self, len: usize) -> Buffer {
+        self.buffer_register(vec![0; len])
+    }
+
+    /// Registers application memory with the transports (VMI 2.1: `VMI_Buffer_Register`).
+    fn buffer_register(&mut self, data: Vec<u8>) -> Buffer {
+        let (core, _) = self.core();
+        let mut b = Buffer::from_vec(data);
+        core.engine.register(&mut b);
+        b
+    }
+
+    /// Undoes the registration and returns the memory (VMI 2.1: `VMI_Buffer_Deregister`).
+    fn buffer_free(&mut self, mut buffer: Buffer) -> Vec<u8> {
+        let (core, _) = self.core();
+        core.engine.deregister(&mut buffer);
+        buffer.into_vec()
+    }
+}

@@ -1,0 +1,201 @@
+/*
+ * vmi_device.h — the vmi device plugin ABI, for devices written in C.
+ *
+ * A device is a shared object that exports one `vmi_device_descriptor` under the symbol
+ * `vmi_device_<type>`, where <type> is the `type=` a specfile gives (default: the device's
+ * name). The host owns every IRB; a device holds one only between returning VMI_PENDING and
+ * calling services->pass or services->complete. Nothing Rust-specific crosses this boundary.
+ *
+ * This header mirrors vmi-device/src/abi.rs; keep both in step. ABI 1.1.
+ *
+ * Versioning: structs only grow at the end, and every table says its own size. A host reads a
+ * device built for an older minor (shorter tables: the missing entries count as NULL) and one
+ * built for a newer minor (it reads the part it knows). A device that calls a service newer
+ * than 1.0 checks services->size first, e.g.
+ *     if (svc->size > VMI_HOST_SERVICES_SIZE_1_0) n = svc->irb_available(host);
+ * History: 1.0 first edition; 1.1 adds vtable.poll_budget and services.irb_available.
+ * See devices/skeleton/README.md for a walk-through, and tests/c/ for a complete C device.
+ */
+#ifndef VMI_DEVICE_H
+#define VMI_DEVICE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define VMI_DEVICE_MAGIC 0x44494d56u /* "VMID" little-endian */
+#define VMI_ABI_MAJOR 1
+#define VMI_ABI_MINOR 1
+/* Sizes of the 1.0 tables (x86-64 and aarch64 Linux): the smallest a 1.x host accepts. */
+#define VMI_DESCRIPTOR_SIZE_1_0 88u
+#define VMI_VTABLE_SIZE_1_0 104u
+#define VMI_HOST_SERVICES_SIZE_1_0 128u
+#define VMI_IRB_MAX_SEGS 16
+#define VMI_MAX_FRAME_ALIGN 64
+
+#define VMI_KIND_FILTER 1u
+#define VMI_KIND_TRANSPORT 2u
+
+/* Descriptor flag: the filter does not change wire bytes; left out of the filter signature. */
+#define VMI_DEVICE_WIRE_NEUTRAL 1u
+
+/* What submit/receive did with the IRB. */
+#define VMI_PASS 0
+#define VMI_COMPLETE 1 /* irb->status holds the status */
+#define VMI_PENDING 2
+
+/* Operations. */
+#define VMI_OP_SEND 1u
+#define VMI_OP_CONNECT 2u
+#define VMI_OP_ACCEPT 3u
+#define VMI_OP_REJECT 4u
+#define VMI_OP_DISCONNECT 5u
+#define VMI_OP_RECV 16u
+#define VMI_OP_CONNECT_REQUEST 17u
+#define VMI_OP_PEER_DISCONNECT 18u
+
+#define VMI_FLAG_END 1u
+#define VMI_FLAG_FILTER_MASK 0xffff0000u
+
+/* Statuses (vmi_core::Status). */
+#define VMI_STATUS_OK 0
+#define VMI_STATUS_REJECTED 1
+#define VMI_STATUS_UNREACHABLE 2
+#define VMI_STATUS_MISMATCH 3
+#define VMI_STATUS_TIMEOUT 4
+#define VMI_STATUS_CONNECTION_LOST 5
+#define VMI_STATUS_PROTOCOL 6
+#define VMI_STATUS_CORRUPT 7
+#define VMI_STATUS_CANCELLED 8
+#define VMI_STATUS_TOO_LARGE 9
+#define VMI_STATUS_INVALID 10
+#define VMI_STATUS_NO_RESOURCES 11
+#define VMI_STATUS_INTERNAL 12
+
+#define VMI_PARAM_BOOL 1u
+#define VMI_PARAM_UINT 2u
+#define VMI_PARAM_INT 3u
+#define VMI_PARAM_STRING 4u
+
+#define VMI_LOG_ERROR 1u
+#define VMI_LOG_WARN 2u
+#define VMI_LOG_INFO 3u
+#define VMI_LOG_DEBUG 4u
+#define VMI_LOG_TRACE 5u
+
+#define VMI_CREATE_OK 0
+#define VMI_CREATE_FAILED 1
+#define VMI_CREATE_PANICKED 2
+
+typedef struct vmi_str {
+    const uint8_t *ptr; /* not NUL-terminated */
+    size_t len;
+} vmi_str;
+
+typedef struct vmi_seg {
+    uint8_t *base;
+    size_t len;
+} vmi_seg;
+
+typedef struct vmi_irb {
+    uint32_t op;
+    uint32_t flags;
+    int32_t status;
+    uint32_t nseg;
+    uint64_t conn;
+    vmi_seg segs[VMI_IRB_MAX_SEGS];
+    vmi_str peer_host;
+    vmi_str peer_key;
+} vmi_irb;
+
+typedef struct vmi_capabilities {
+    uint64_t max_fragment;
+    uint32_t headroom;
+    uint32_t tailroom;
+    uint32_t max_connect_data;
+} vmi_capabilities;
+
+typedef struct vmi_param {
+    vmi_str name;
+    vmi_str value;
+} vmi_param;
+
+typedef struct vmi_param_spec {
+    const char *name;
+    uint32_t kind;
+    const char *default_value;
+    const char *doc;
+} vmi_param_spec;
+
+typedef struct vmi_host_services {
+    uint32_t size;
+    uint32_t abi_minor;
+    void (*pass)(void *host, vmi_irb *irb);
+    void (*complete)(void *host, vmi_irb *irb, int32_t status);
+    void (*complete_from_thread)(void *host, vmi_irb *irb, int32_t status);
+    vmi_irb *(*irb_alloc)(void *host, uint32_t op, uint64_t conn);
+    uint8_t *(*irb_frame)(void *host, vmi_irb *irb);
+    int32_t (*irb_attach)(void *host, vmi_irb *irb, const uint8_t *data, size_t len);
+    void (*irb_set_peer)(void *host, vmi_irb *irb, vmi_str peer_host, vmi_str peer_key);
+    void (*irb_set_detail)(void *host, vmi_irb *irb, vmi_str detail);
+    uint64_t (*conn_new)(void *host);
+    vmi_str (*local_key)(void *host);
+    vmi_str (*signature)(void *host);
+    void (*log)(void *host, uint32_t level, vmi_str target, vmi_str msg);
+    void (*wake)(void *host);
+    uint32_t max_log_level;
+    const uint8_t *host_marker;
+    /* ABI 1.1 (check size first): receive IRBs the device may still allocate before
+     * irb_alloc returns NULL; stop reading at 0 and go on at a later poll (back-pressure). */
+    uint32_t (*irb_available)(void *host);
+} vmi_host_services;
+
+typedef int32_t (*vmi_create_fn)(const vmi_host_services *services, void *host, const vmi_param *params,
+                                 size_t nparams, void **out, char *err, size_t err_len);
+
+/* Every entry may be NULL: submit/receive then pass through, the others are skipped. */
+typedef struct vmi_device_vtable {
+    uint32_t size; /* sizeof(vmi_device_vtable) */
+    void (*destroy)(void *dev);
+    void (*capabilities)(void *dev, vmi_capabilities *caps);
+    int32_t (*submit)(void *dev, vmi_irb *irb, uint8_t *frame);
+    int32_t (*receive)(void *dev, vmi_irb *irb, uint8_t *frame);
+    void (*complete)(void *dev, vmi_irb *irb, uint8_t *frame);
+    int32_t (*poll)(void *dev);
+    void (*wait_fd)(void *dev, int32_t *fd, int64_t *timeout_ms);
+    int32_t (*reach)(void *dev, vmi_str host, vmi_str key, char *why, size_t why_len);
+    uint64_t (*register_memory)(void *dev, uint8_t *base, size_t len);
+    void (*deregister_memory)(void *dev, uint64_t handle);
+    /* Runtime attributes: get returns the value's full length (or -1: no such attribute). */
+    int64_t (*get_attr)(void *dev, vmi_str name, char *out, size_t out_len);
+    int32_t (*set_attr)(void *dev, vmi_str name, vmi_str value, char *err, size_t err_len);
+    /* ABI 1.1: as poll, handing at most `budget` IRBs up; preferred to poll when present. */
+    int32_t (*poll_budget)(void *dev, uint32_t budget);
+} vmi_device_vtable;
+
+typedef struct vmi_device_descriptor {
+    uint32_t magic;       /* VMI_DEVICE_MAGIC */
+    uint16_t abi_major;   /* VMI_ABI_MAJOR */
+    uint16_t abi_minor;   /* VMI_ABI_MINOR */
+    uint32_t struct_size; /* sizeof(vmi_device_descriptor) */
+    uint32_t kind;        /* VMI_KIND_* */
+    uint32_t flags;       /* VMI_DEVICE_* */
+    const char *name;     /* the type name; the symbol is vmi_device_<name> */
+    const char *version;
+    const char *description;
+    uint32_t frame_size; /* per-IRB scratch bytes, zeroed at allocation */
+    uint32_t frame_align;
+    const vmi_param_spec *params;
+    size_t nparams;
+    vmi_create_fn create;
+    const vmi_device_vtable *vtable;
+} vmi_device_descriptor;
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* VMI_DEVICE_H */
