@@ -77,38 +77,7 @@ pub fn unique_key(prefix: &str) -> String {
     )
 }
 
-/// A seeded xorshift generator; the seed is printed so a failure can be replayed with
-/// `VMI_TEST_SEED=<seed>`.
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(test: &str) -> Rng {
-        let seed = std::env::var("VMI_TEST_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_nanos() as u64)
-                    .unwrap_or(1)
-            });
-        println!("{test}: seed {seed} (replay with VMI_TEST_SEED={seed})");
-        Rng(seed | 1)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n.max(1)
-    }
-}
+pub use vmi_conformance::rng::Rng;
 
 /// A child process that is killed when dropped, with its output collected.
 pub struct Proc {

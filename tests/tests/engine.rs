@@ -64,6 +64,8 @@ struct Rec {
     failed: Vec<(Status, String)>,
     echo: bool,
     grab: bool,
+    /// After grabbing, replace the slab the engine lent with another one.
+    swap_after_grab: bool,
     grabbed: Vec<GrabbedSlab>,
     depth: u32,
     max_depth: u32,
@@ -117,6 +119,9 @@ impl Handler for Rec {
         if self.grab {
             slab.rewind();
             self.grabbed.push(slab.grab().expect("grab"));
+            if self.swap_after_grab {
+                *slab = Slab::from_bytes(b"decoy");
+            }
         }
         self.received.push((conn, cmd, data));
         self.depth -= 1;
@@ -374,6 +379,49 @@ fn grabbed_slabs_stay_valid_and_release_from_another_thread() {
         base,
         "released slabs went back to the pool"
     );
+}
+
+#[test]
+fn a_handler_that_replaces_a_grabbed_slab_cannot_make_the_engine_free_it() {
+    let (mut a, mut ha, mut b, mut hb, conn) = connected_pair("", "");
+    hb.grab = true;
+    hb.swap_after_grab = true;
+    let base = b.irbs_in_use();
+    for i in 0..5u8 {
+        a.send_inline(conn, &[i; 300]).unwrap();
+    }
+    pump(&mut a, &mut ha, &mut b, &mut hb, |_, hb| {
+        hb.grabbed.len() == 5
+    });
+    for _ in 0..10 {
+        b.poll(&mut hb);
+    }
+    assert_eq!(
+        b.irbs_in_use(),
+        base + 5,
+        "the grab is recorded by the engine, not in the slab the handler replaced"
+    );
+    for (i, mut g) in std::mem::take(&mut hb.grabbed).into_iter().enumerate() {
+        assert_eq!(g.read_to_vec(), vec![i as u8; 300], "still readable");
+    }
+    b.poll(&mut hb);
+    assert_eq!(b.irbs_in_use(), base, "released when dropped");
+}
+
+#[test]
+fn a_completion_from_a_thread_after_the_vmi_ended_is_dropped_safely() {
+    let (mut a, _ha, _b, _hb, conn) = connected_pair("p=pender:mode~thread", "");
+    a.send_inline(conn, b"late").unwrap();
+    a.poll(&mut Rec::default()); // the pender hands the IRB to its thread
+    drop(a); // the thread completes 5 ms later, after the engine is gone
+    std::thread::sleep(Duration::from_millis(50));
+    // Still here: the completion found the retired inbox and was dropped with a log line,
+    // instead of touching the freed engine. A second instance works as before.
+    let (mut a, mut ha, mut b, mut hb, conn) = connected_pair("", "");
+    a.send_inline(conn, b"after").unwrap();
+    pump(&mut a, &mut ha, &mut b, &mut hb, |_, hb| {
+        hb.received.len() == 1
+    });
 }
 
 #[test]

@@ -94,6 +94,32 @@ fn an_out_of_tree_device_loads_into_unchanged_programs() {
 }
 
 #[test]
+fn an_out_of_tree_device_runs_the_conformance_kit_from_its_own_cargo_test() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .args(["test", "--manifest-path"])
+        .arg(root().join("examples/out-of-tree-device/Cargo.toml"))
+        .arg("--target-dir")
+        .arg(target_dir().join("out-of-tree"))
+        .env_remove("CARGO_TARGET_DIR")
+        .output()
+        .expect("run cargo");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "the device's own tests failed:\n{text}"
+    );
+    assert!(
+        text.contains("test alone_in_the_harness ... ok") && text.contains("test in_chains ... ok"),
+        "both conformance tests ran:\n{text}"
+    );
+}
+
+#[test]
 fn a_device_written_in_c_loads_into_unchanged_programs() {
     vmi_tests::ensure_built();
     let dir = TempDir::new("vmi-sdk-c");

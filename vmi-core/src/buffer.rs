@@ -1,13 +1,11 @@
 //! Send buffers (VMI 2.1: `VMI_Buffer_Allocate`, `VMI_Buffer_Register`).
 #![forbid(unsafe_code)]
 
-use crate::slot::DevIndex;
-
 /// One transport's registration of a buffer's memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Registration {
-    /// The transport (engine index).
-    pub transport: DevIndex,
+    /// The transport (its engine index, a `slot::DevIndex`).
+    pub transport: u16,
     /// Its handle (never 0).
     pub handle: u64,
 }

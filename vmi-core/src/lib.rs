@@ -13,6 +13,8 @@
 //!   `devices/skeleton` is the template.
 //! - Tools: [`spec::Spec`], [`loader`], [`params`].
 
+#![deny(unsafe_code)]
+
 pub use vmi_device as sdk;
 pub use vmi_device::{abi, device, signature, status};
 

@@ -197,6 +197,17 @@ impl DeviceType {
         .collect()
     }
 
+    /// The device's descriptor as this host read it (a copy; its `vtable` points at the
+    /// device's own table, which may be shorter or longer than this host's).
+    pub fn descriptor(&self) -> VmiDeviceDescriptor {
+        self.descriptor
+    }
+
+    /// The device's vtable in this host's layout: entries the device lacks are `None`.
+    pub fn vtable(&self) -> VmiDeviceVtable {
+        self.vtable
+    }
+
     /// Where the device came from, for messages.
     pub fn origin(&self) -> String {
         self.library.as_ref().map_or_else(

@@ -1,6 +1,7 @@
 //! The chains' filter signature, exchanged in every connect handshake so two processes with
 //! different filters (one compresses, the other does not expect it) refuse each other with a
 //! clear message instead of exchanging garbage.
+#![forbid(unsafe_code)]
 
 /// Filters of both chains, top (application) to bottom, each as `type@major`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -1,5 +1,7 @@
 //! Completion status of an operation (VMI 2.1: `VMI_STATUS`).
 
+#![forbid(unsafe_code)]
+
 /// How an operation ended. The numeric values are part of the device ABI
 /// (`VMI_STATUS_*` in `vmi_device.h`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]

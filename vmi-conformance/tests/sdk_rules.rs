@@ -1,0 +1,270 @@
+//! The SDK's runtime rules, checked through the one-device harness: what the compiler cannot
+//! refuse (a frame asked for with the wrong size, an IRB returned in place of another, a
+//! dropped IRB, completion from another thread, an older host) is caught and made safe.
+
+use std::ffi::CStr;
+use std::time::{Duration, Instant};
+
+use vmi_conformance::harness::{Event, Harness, Outcome};
+use vmi_device::{
+    Config, Device, DeviceKind, Disposition, Hooks, Host, Irb, Op, RemoteIrb, Status,
+};
+
+/// A device whose behaviour each test picks with the `mode` parameter.
+struct Rulebreaker {
+    mode: String,
+    host: Host,
+    kept: Option<Irb>,
+    remote: Vec<std::thread::JoinHandle<()>>,
+}
+
+const PARAMS: &[vmi_device::abi::VmiParamSpec] = &[vmi_device::param(
+    c"mode",
+    vmi_device::abi::VMI_PARAM_STRING,
+    c"",
+    c"which rule to break",
+)];
+
+impl Device for Rulebreaker {
+    const NAME: &'static CStr = c"rulebreaker";
+    const VERSION: &'static CStr = c"0";
+    const DESCRIPTION: &'static CStr = c"breaks one SDK rule per mode";
+    const KIND: DeviceKind = DeviceKind::Filter;
+    const PARAMS: &'static [vmi_device::abi::VmiParamSpec] = PARAMS;
+    const HOOKS: Hooks = Hooks::ALL;
+    type Frame = u32;
+
+    fn create(host: Host, config: &Config) -> Result<Self, String> {
+        Ok(Rulebreaker {
+            mode: config.get("mode").map_err(|e| e.to_string())?.to_string(),
+            host,
+            kept: None,
+            remote: Vec::new(),
+        })
+    }
+
+    fn submit(&mut self, mut irb: Irb) -> Disposition {
+        match self.mode.as_str() {
+            "big-frame" => {
+                let f: &mut [u64; 8] = irb.frame();
+                f[7] = 1;
+                Disposition::Pass(irb)
+            }
+            "own-frame" => {
+                *irb.frame::<u32>() = 42;
+                Disposition::Pass(irb)
+            }
+            "swap" => match self.kept.take() {
+                None => {
+                    self.kept = Some(irb);
+                    Disposition::Pending
+                }
+                Some(first) => {
+                    // Keeps the new IRB and returns the first one in its place.
+                    self.kept = Some(irb);
+                    Disposition::Pass(first)
+                }
+            },
+            "drop" => {
+                drop(irb);
+                Disposition::Pending
+            }
+            "thread" => {
+                let remote: RemoteIrb = irb.into_remote();
+                self.remote.push(std::thread::spawn(move || {
+                    assert_eq!(remote.segment(0), b"payload");
+                    remote.complete(Status::Timeout);
+                }));
+                Disposition::Pending
+            }
+            _ => Disposition::Pass(irb),
+        }
+    }
+
+    fn poll(&mut self, _budget: usize) -> usize {
+        if self.mode == "alloc" {
+            return match self.host.alloc_irb(Op::Recv, 5) {
+                Some(irb) => {
+                    irb.pass();
+                    1
+                }
+                None => 0,
+            };
+        }
+        0
+    }
+}
+
+impl Drop for Rulebreaker {
+    fn drop(&mut self) {
+        for t in self.remote.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn harness(mode: &str) -> Harness {
+    Harness::new::<Rulebreaker>(&[("mode", mode)]).unwrap()
+}
+
+#[test]
+fn a_frame_larger_than_the_reserved_one_is_refused_not_overrun() {
+    let mut h = harness("big-frame");
+    // The check panics inside the device; the trampoline catches it, and the IRB the device
+    // dropped while unwinding completes with an internal error.
+    assert_eq!(h.submit(Op::Send, 1, &[b"x"], 0), Outcome::Pending);
+    let events = h.events();
+    assert!(
+        matches!(
+            &events[..],
+            [Event::Completed {
+                status: Status::Internal,
+                ..
+            }]
+        ),
+        "{events:?}"
+    );
+    let mut h = harness("own-frame");
+    assert!(matches!(
+        h.submit(Op::Send, 1, &[b"x"], 0),
+        Outcome::Passed(_)
+    ));
+}
+
+#[test]
+fn returning_another_irb_passes_that_one_and_keeps_the_given_one() {
+    let mut h = harness("swap");
+    assert_eq!(h.submit(Op::Send, 1, &[b"first"], 0), Outcome::Pending);
+    assert_eq!(
+        h.submit(Op::Send, 2, &[b"second"], 0),
+        Outcome::Pending,
+        "the given IRB stays with the device"
+    );
+    let events = h.events();
+    assert!(
+        matches!(&events[..], [Event::PassedDown(p)] if p.data == b"first" && p.conn == 1),
+        "the returned IRB went on: {events:?}"
+    );
+    assert_eq!(h.held(), 1, "the second is still held");
+}
+
+#[test]
+fn a_dropped_irb_completes_with_an_internal_error() {
+    let mut h = harness("drop");
+    assert_eq!(h.submit(Op::Send, 1, &[b"x"], 0), Outcome::Pending);
+    let events = h.events();
+    assert!(
+        matches!(
+            &events[..],
+            [Event::Completed {
+                status: Status::Internal,
+                ..
+            }]
+        ),
+        "{events:?}"
+    );
+    assert_eq!(h.held(), 0);
+}
+
+#[test]
+fn a_remote_irb_is_read_and_completed_from_another_thread() {
+    let mut h = harness("thread");
+    assert_eq!(h.submit(Op::Send, 1, &[b"payload"], 0), Outcome::Pending);
+    let start = Instant::now();
+    let events = loop {
+        h.poll(64);
+        let e = h.events();
+        if !e.is_empty() {
+            break e;
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "no completion");
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    assert!(
+        matches!(
+            &events[..],
+            [Event::Completed {
+                status: Status::Timeout,
+                op: Op::Send,
+                ..
+            }]
+        ),
+        "{events:?}"
+    );
+}
+
+#[test]
+fn an_exhausted_host_pushes_back_on_allocation() {
+    let mut h = harness("alloc");
+    h.set_irbs_available(2);
+    assert_eq!(h.poll(64), 1);
+    assert_eq!(h.poll(64), 1);
+    assert_eq!(h.poll(64), 0, "the third allocation is refused");
+    let ups = h
+        .events()
+        .into_iter()
+        .filter(|e| matches!(e, Event::PassedUp(p) if p.conn == 5))
+        .count();
+    assert_eq!(ups, 2);
+}
+
+#[allow(unsafe_code)]
+mod older_host {
+    use std::ffi::c_void;
+
+    use vmi_device::Host;
+    use vmi_device::abi::*;
+
+    unsafe extern "C" fn never(_: *mut c_void) -> u32 {
+        panic!("a 1.0 host has no irb_available: it must not be called")
+    }
+    unsafe extern "C" fn pass(_: *mut c_void, _: *mut VmiIrb) {}
+    unsafe extern "C" fn complete(_: *mut c_void, _: *mut VmiIrb, _: i32) {}
+    unsafe extern "C" fn alloc(_: *mut c_void, _: u32, _: u64) -> *mut VmiIrb {
+        std::ptr::null_mut()
+    }
+    unsafe extern "C" fn frame(_: *mut c_void, _: *mut VmiIrb) -> *mut u8 {
+        std::ptr::null_mut()
+    }
+    unsafe extern "C" fn attach(_: *mut c_void, _: *mut VmiIrb, _: *const u8, _: usize) -> i32 {
+        -1
+    }
+    unsafe extern "C" fn peer(_: *mut c_void, _: *mut VmiIrb, _: VmiStr, _: VmiStr) {}
+    unsafe extern "C" fn detail(_: *mut c_void, _: *mut VmiIrb, _: VmiStr) {}
+    unsafe extern "C" fn conn(_: *mut c_void) -> u64 {
+        0
+    }
+    unsafe extern "C" fn text(_: *mut c_void) -> VmiStr {
+        VmiStr::EMPTY
+    }
+    unsafe extern "C" fn log(_: *mut c_void, _: u32, _: VmiStr, _: VmiStr) {}
+    unsafe extern "C" fn wake(_: *mut c_void) {}
+
+    #[test]
+    fn a_device_on_a_1_0_host_does_not_call_1_1_services() {
+        let services = VmiHostServices {
+            size: VMI_HOST_SERVICES_SIZE_1_0,
+            abi_minor: 0,
+            pass,
+            complete,
+            complete_from_thread: complete,
+            irb_alloc: alloc,
+            irb_frame: frame,
+            irb_attach: attach,
+            irb_set_peer: peer,
+            irb_set_detail: detail,
+            conn_new: conn,
+            local_key: text,
+            signature: text,
+            log,
+            wake,
+            max_log_level: 0,
+            host_marker: std::ptr::null(),
+            irb_available: never,
+        };
+        // SAFETY: the table lives for the test; the host pointer is never dereferenced.
+        let host = unsafe { Host::from_raw(&services, std::ptr::null_mut(), 0) };
+        assert_eq!(host.abi_minor(), 0);
+        assert_eq!(host.irbs_available(), u32::MAX, "no bound known");
+    }
+}
