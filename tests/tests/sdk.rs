@@ -144,3 +144,39 @@ fn a_device_written_in_c_loads_into_unchanged_programs() {
     let (_, rout) = exchange(&spec);
     assert!(rout.contains("verified"), "{rout}");
 }
+
+#[test]
+fn device_crates_depend_on_the_sdk_alone() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    for dev in [
+        "tcp", "shmem", "loopback", "crc", "compress", "fault", "trace", "skeleton",
+    ] {
+        let out = Command::new(&cargo)
+            .args([
+                "tree",
+                "--offline",
+                "-e",
+                "normal",
+                "--prefix",
+                "none",
+                "-p",
+            ])
+            .arg(format!("vmi-{dev}"))
+            .current_dir(root())
+            .output()
+            .expect("run cargo tree");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "cargo tree: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(text.contains("vmi-device "), "{dev} uses the SDK:\n{text}");
+        for host_only in ["vmi-core ", "quick-xml ", "libloading "] {
+            assert!(
+                !text.lines().any(|l| l.starts_with(host_only)),
+                "vmi-{dev} links {host_only}(host code) into its shared object:\n{text}"
+            );
+        }
+    }
+}

@@ -17,29 +17,13 @@ use vmi_device::{
 
 use crate::config::{PARAMS, TcpConfig};
 use crate::io::{connect, listen, write_gather};
-use crate::proto::{Decoder, Event, check_hello, probe_ports, split_host_port};
-use crate::wire::{AnswerRepr, AnswerStatus, FrameRepr, HelloRepr, WireError};
+use crate::proto::{Connection, Dial, Local, Output, State, probe_ports, split_host_port};
+use crate::wire::{FrameRepr, HelloRepr};
 
 const LISTENER: Token = Token(usize::MAX);
 const STAGING: usize = 64 * 1024;
 /// Bytes read from one connection per poll before others get a turn.
 const READ_BUDGET: usize = 8 << 20;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum State {
-    /// TCP connect in progress (connector).
-    Connecting,
-    /// Hello sent, waiting for the answer (connector).
-    HelloSent,
-    /// Waiting for the peer's hello (listener).
-    AwaitHello,
-    /// Connect request handed to the application (listener).
-    AwaitDecision,
-    /// Carrying frames.
-    Open,
-    /// Flushing, then closing.
-    Closing,
-}
 
 enum Tx {
     Bytes {
@@ -57,28 +41,20 @@ enum Tx {
     },
 }
 
-/// A connect in progress: the ports still to try.
+/// A connect in progress: the dial (which ports are left) and the connect IRB.
 struct Attempt {
     irb: Option<Irb>,
-    key: String,
-    host: String,
-    addrs: Vec<SocketAddr>,
-    next: usize,
+    dial: Dial,
     hello: Vec<u8>,
-    give_up: Instant,
-    refused: usize,
-    wrong_key: usize,
-    last_error: String,
 }
 
 struct Conn {
     sock: mio::net::TcpStream,
     vmi: u64,
-    state: State,
-    decoder: Decoder,
+    proto: Connection,
     tx: VecDeque<Tx>,
-    deadline: Option<Instant>,
-    peer: String,
+    /// True while counted in `TcpDevice::timed` (the protocol has a deadline).
+    timed: bool,
     attempt: Option<Attempt>,
 }
 
@@ -93,8 +69,8 @@ pub struct TcpFrame {
 pub struct TcpDevice {
     host: Host,
     cfg: TcpConfig,
-    key: String,
-    signature: Signature,
+    /// This process's key and signature, as the protocol checks hellos against them.
+    local: Local,
     signature_text: String,
     poll: Poll,
     events: Events,
@@ -130,24 +106,34 @@ impl TcpDevice {
             Token(idx),
             Interest::READABLE | Interest::WRITABLE,
         )?;
-        if conn.deadline.is_some() {
-            self.timed += 1;
-        }
         if conn.vmi != 0 {
             self.by_vmi.insert(conn.vmi, idx);
         }
         self.conns[idx] = Some(conn);
+        self.settle(idx);
         Ok(idx)
     }
 
-    fn set_deadline(&mut self, idx: usize, deadline: Option<Instant>) {
-        if let Some(c) = self.conns[idx].as_mut() {
-            match (c.deadline.is_some(), deadline.is_some()) {
-                (false, true) => self.timed += 1,
-                (true, false) => self.timed -= 1,
-                _ => {}
+    /// Brings the device's view of a connection in line with its protocol state: handshake
+    /// bytes to write, a close after them, whether its deadline is counted.
+    fn settle(&mut self, idx: usize) {
+        let Some(c) = self.conns[idx].as_mut() else {
+            return;
+        };
+        while let Some(data) = c.proto.poll_transmit() {
+            c.tx.push_back(Tx::Bytes { data, off: 0 });
+        }
+        if c.proto.take_close() {
+            c.tx.push_back(Tx::Close { irb: None });
+        }
+        let timed = c.proto.deadline().is_some();
+        if timed != c.timed {
+            c.timed = timed;
+            if timed {
+                self.timed += 1;
+            } else {
+                self.timed -= 1;
             }
-            c.deadline = deadline;
         }
     }
 
@@ -155,7 +141,7 @@ impl TcpDevice {
     fn take(&mut self, idx: usize) -> Option<Conn> {
         let mut c = self.conns.get_mut(idx)?.take()?;
         let _ = self.poll.registry().deregister(&mut c.sock);
-        if c.deadline.is_some() {
+        if c.timed {
             self.timed -= 1;
         }
         if c.vmi != 0 && self.by_vmi.get(&c.vmi) == Some(&idx) {
@@ -165,8 +151,70 @@ impl TcpDevice {
         Some(c)
     }
 
-    /// Ends a connection: pending sends fail, the application hears why.
-    fn fail(&mut self, idx: usize, status: Status, detail: &str) {
+    /// Carries out what the protocol decided.
+    fn apply(&mut self, idx: usize, out: Output) {
+        match out {
+            Output::Request { from_key, data } => self.on_request(idx, from_key, data),
+            Output::Accepted { reply } => {
+                let Some(c) = self.conns[idx].as_mut() else {
+                    return;
+                };
+                if let Some(mut a) = c.attempt.take() {
+                    log::debug!("tcp: connected to '{}' at {}", a.dial.key(), c.proto.peer());
+                    if let Some(mut irb) = a.irb.take() {
+                        irb.clear_segments();
+                        if irb.attach(&reply).is_err() {
+                            log::error!("tcp: could not attach reply data");
+                        }
+                        irb.complete(Status::Ok);
+                    }
+                }
+                self.settle(idx);
+                self.flush(idx);
+            }
+            Output::Refused {
+                status,
+                detail,
+                reply,
+            } => {
+                if let Some(mut c) = self.take(idx) {
+                    if let Some(mut irb) = c.attempt.take().and_then(|mut a| a.irb.take()) {
+                        irb.clear_segments();
+                        if irb.attach(&reply).is_err() {
+                            log::error!("tcp: could not attach reply data");
+                        }
+                        irb.set_detail(&detail);
+                        irb.complete(status);
+                    }
+                }
+            }
+            Output::TryNext {
+                why,
+                refused,
+                wrong_key,
+            } => self.next_attempt(idx, &why, refused, wrong_key),
+            Output::Frame {
+                end,
+                filter_flags,
+                payload,
+            } => self.deliver(idx, end, filter_flags, payload),
+            Output::Failed {
+                status,
+                detail,
+                tell,
+            } => self.fail(idx, status, &detail, tell),
+            Output::Dropped { why } => {
+                log::warn!("tcp: dropped connection: {why}");
+                self.take(idx);
+            }
+            Output::Closed => {
+                self.take(idx);
+            }
+        }
+    }
+
+    /// Ends a connection: pending sends fail, the application hears why when `tell`.
+    fn fail(&mut self, idx: usize, status: Status, detail: &str, tell: bool) {
         let Some(mut c) = self.take(idx) else { return };
         let _ = c.sock.shutdown(std::net::Shutdown::Both);
         let mut local_close = false;
@@ -190,13 +238,19 @@ impl TcpDevice {
             }
             return;
         }
-        let tell =
-            c.vmi != 0 && !local_close && matches!(c.state, State::Open | State::AwaitDecision);
-        if tell {
+        if tell && c.vmi != 0 && !local_close {
             if status == Status::Ok {
-                log::debug!("tcp: peer {} closed connection {:#x}", c.peer, c.vmi);
+                log::debug!(
+                    "tcp: peer {} closed connection {:#x}",
+                    c.proto.peer(),
+                    c.vmi
+                );
             } else {
-                log::info!("tcp: connection {:#x} to {} ended: {detail}", c.vmi, c.peer);
+                log::info!(
+                    "tcp: connection {:#x} to {} ended: {detail}",
+                    c.vmi,
+                    c.proto.peer()
+                );
             }
             if let Some(mut irb) = self.host.alloc_irb(Op::PeerDisconnect, c.vmi) {
                 irb.set_detail(detail);
@@ -207,57 +261,38 @@ impl TcpDevice {
         }
     }
 
-    /// Starts (or restarts) the next port of a connect attempt.
+    /// Opens a socket to the next address of a dial, or completes the connect when the dial
+    /// is over.
     fn start_attempt(&mut self, mut attempt: Attempt, vmi: u64) {
         loop {
             let now = Instant::now();
-            if attempt.next >= attempt.addrs.len() || now >= attempt.give_up {
-                let timed_out = now >= attempt.give_up;
-                let first = attempt.addrs.first().map(|a| a.port()).unwrap_or(0);
-                let last = attempt.addrs.last().map(|a| a.port()).unwrap_or(0);
-                let detail = if timed_out {
-                    format!(
-                        "no answer from key '{}' at {} within {} ms (last: {})",
-                        attempt.key,
-                        attempt.host,
-                        self.cfg.connect_timeout.as_millis(),
-                        attempt.last_error
-                    )
-                } else {
-                    format!(
-                        "no process with key '{}' listens at {} (tried ports {first}-{last}: {} refused, {} other keys; last: {}); is vmirecv running there with that key and the same specfile?",
-                        attempt.key,
-                        attempt.host,
-                        attempt.refused,
-                        attempt.wrong_key,
-                        attempt.last_error
-                    )
-                };
-                if let Some(mut irb) = attempt.irb.take() {
-                    irb.set_detail(&detail);
-                    irb.complete(if timed_out {
-                        Status::Timeout
-                    } else {
-                        Status::Unreachable
-                    });
+            let addr = match attempt.dial.next_addr(now) {
+                Ok(a) => a,
+                Err((status, detail)) => {
+                    if let Some(mut irb) = attempt.irb.take() {
+                        irb.set_detail(&detail);
+                        irb.complete(status);
+                    }
+                    return;
                 }
-                return;
-            }
-            let addr = attempt.addrs[attempt.next];
+            };
             match connect(addr, self.cfg.nodelay) {
                 Ok(sock) => {
-                    let deadline = (now + self.cfg.handshake_timeout).min(attempt.give_up);
+                    let deadline = (now + self.cfg.handshake_timeout).min(attempt.dial.give_up());
+                    let proto = Connection::connector(
+                        &addr.to_string(),
+                        attempt.dial.key(),
+                        self.cfg.max_fragment,
+                        self.cfg.max_connect_data,
+                        deadline,
+                        self.cfg.handshake_timeout,
+                    );
                     let conn = Conn {
                         sock,
                         vmi,
-                        state: State::Connecting,
-                        decoder: Decoder::connector(
-                            self.cfg.max_fragment,
-                            self.cfg.max_connect_data,
-                        ),
+                        proto,
                         tx: VecDeque::new(),
-                        deadline: Some(deadline),
-                        peer: addr.to_string(),
+                        timed: false,
                         attempt: Some(attempt),
                     };
                     if let Err(e) = self.insert(conn) {
@@ -265,25 +300,21 @@ impl TcpDevice {
                     }
                     return;
                 }
-                Err(e) => {
-                    attempt.last_error = format!("{addr}: {e}");
-                    attempt.next += 1;
-                }
+                Err(e) => attempt
+                    .dial
+                    .failed(&addr.to_string(), &e.to_string(), false, false),
             }
         }
     }
 
-    /// The current port failed; try the next one.
-    fn next_attempt(&mut self, idx: usize, why: String, refused: bool, wrong_key: bool) {
+    /// The current address failed; try the next one.
+    fn next_attempt(&mut self, idx: usize, why: &str, refused: bool, wrong_key: bool) {
         let Some(mut c) = self.take(idx) else { return };
         let Some(mut a) = c.attempt.take() else {
             return;
         };
-        log::debug!("tcp: connect to {} failed: {why}", c.peer);
-        a.last_error = format!("{}: {why}", c.peer);
-        a.refused += refused as usize;
-        a.wrong_key += wrong_key as usize;
-        a.next += 1;
+        log::debug!("tcp: connect to {} failed: {why}", c.proto.peer());
+        a.dial.failed(c.proto.peer(), why, refused, wrong_key);
         self.start_attempt(a, c.vmi);
     }
 
@@ -291,7 +322,7 @@ impl TcpDevice {
         let Some(c) = self.conns[idx].as_mut() else {
             return;
         };
-        if c.state == State::Connecting {
+        if c.proto.state() == State::Connecting {
             let err = match c.sock.take_error() {
                 Ok(Some(e)) => Some(e),
                 Ok(None) => c.sock.peer_addr().err(),
@@ -301,8 +332,8 @@ impl TcpDevice {
                 Some(e) if e.kind() == io::ErrorKind::NotConnected => return, // not finished yet
                 Some(e) => {
                     let refused = e.kind() == io::ErrorKind::ConnectionRefused;
-                    self.next_attempt(idx, e.to_string(), refused, false);
-                    return;
+                    let out = c.proto.read_error(&e.to_string(), refused);
+                    return self.apply(idx, out);
                 }
                 None => {
                     let hello = c
@@ -310,11 +341,8 @@ impl TcpDevice {
                         .as_ref()
                         .map(|a| a.hello.clone())
                         .unwrap_or_default();
-                    c.tx.push_back(Tx::Bytes {
-                        data: hello,
-                        off: 0,
-                    });
-                    c.state = State::HelloSent;
+                    c.proto.connected(hello);
+                    self.settle(idx);
                 }
             }
         }
@@ -376,21 +404,14 @@ impl TcpDevice {
                 Ok(true) => {
                     if let Some(Tx::Frame { irb, .. }) = c.tx.pop_front() {
                         irb.complete(Status::Ok);
-                    } else {
-                        // a finished Bytes entry
                     }
                 }
                 Ok(false) => continue,
                 Err(e) if would_block(&e) => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    let detail = format!("write to {} failed: {e}", c.peer);
-                    if c.attempt.is_some() {
-                        self.next_attempt(idx, detail, false, false);
-                    } else {
-                        self.fail(idx, Status::ConnectionLost, &detail);
-                    }
-                    return;
+                    let out = c.proto.write_error(&e.to_string());
+                    return self.apply(idx, out);
                 }
             }
         }
@@ -411,14 +432,17 @@ impl TcpDevice {
                 }
                 return;
             }
-            if let Some(target) = c.decoder.direct_target() {
+            if let Some(target) = c.proto.decoder().direct_target() {
                 let want = target.len();
                 match c.sock.read(target) {
-                    Ok(0) => return self.on_eof(idx),
+                    Ok(0) => {
+                        let out = c.proto.eof();
+                        return self.apply(idx, out);
+                    }
                     Ok(n) => {
                         budget = budget.saturating_sub(n);
-                        if let Some(ev) = c.decoder.direct_done(n) {
-                            self.on_event(idx, ev);
+                        if let Some(out) = c.proto.direct_done(n, &self.local, Instant::now()) {
+                            self.apply(idx, out);
                         }
                         if n < want && !hup {
                             return; // drained: see the short-read note below
@@ -426,39 +450,55 @@ impl TcpDevice {
                     }
                     Err(e) if would_block(&e) => return,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return self.on_read_error(idx, e),
+                    Err(e) => {
+                        let out = c.proto.read_error(&e.to_string(), false);
+                        return self.apply(idx, out);
+                    }
                 }
                 continue;
             }
             let n = match c.sock.read(&mut self.staging) {
-                Ok(0) => return self.on_eof(idx),
+                Ok(0) => {
+                    let out = c.proto.eof();
+                    return self.apply(idx, out);
+                }
                 Ok(n) => n,
                 Err(e) if would_block(&e) => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return self.on_read_error(idx, e),
+                Err(e) => {
+                    let refused = e.kind() == io::ErrorKind::ConnectionRefused;
+                    let out = c.proto.read_error(&e.to_string(), refused);
+                    return self.apply(idx, out);
+                }
             };
             budget = budget.saturating_sub(n);
+            let now = Instant::now();
             let mut off = 0;
             while off < n {
-                let result = {
+                let (used, out) = {
                     let Some(c) = self.conns[idx].as_mut() else {
                         return;
                     };
                     let pool = &mut self.pool;
-                    c.decoder
-                        .feed(&self.staging[off..n], &mut |len| pool.take(len))
+                    c.proto
+                        .feed(&self.staging[off..n], &self.local, now, &mut |len| {
+                            pool.take(len)
+                        })
                 };
-                match result {
-                    Ok((used, ev)) => {
-                        off += used;
-                        if let Some(ev) = ev {
-                            self.on_event(idx, ev);
-                        }
-                        if self.conns[idx].is_none() {
-                            return;
-                        }
+                off += used;
+                if let Some(out) = out {
+                    let terminal = out.is_terminal();
+                    self.apply(idx, out);
+                    if terminal || self.conns[idx].is_none() {
+                        return;
                     }
-                    Err(e) => return self.on_wire_error(idx, e),
+                }
+                self.settle(idx);
+                if self.conns[idx].as_ref().is_some_and(|c| !c.tx.is_empty()) {
+                    self.flush(idx);
+                }
+                if self.conns[idx].is_none() {
+                    return;
                 }
             }
             // A short read means the socket's receive queue was empty at that instant; on
@@ -472,177 +512,41 @@ impl TcpDevice {
         }
     }
 
-    fn on_read_error(&mut self, idx: usize, e: io::Error) {
+    /// A data frame arrived: hand it up as a received IRB.
+    fn deliver(&mut self, idx: usize, end: bool, filter_flags: u16, payload: Vec<u8>) {
         let Some(c) = self.conns[idx].as_ref() else {
+            self.pool.give(payload);
             return;
         };
-        let detail = format!("connection to {} failed: {e}", c.peer);
-        match c.state {
-            State::Connecting | State::HelloSent => {
-                let refused = e.kind() == io::ErrorKind::ConnectionRefused;
-                self.next_attempt(idx, e.to_string(), refused, false)
-            }
-            State::AwaitHello => {
-                log::warn!(
-                    "tcp: dropped connection from {} during its handshake: {e}",
-                    c.peer
-                );
-                self.take(idx);
-            }
-            _ => self.fail(idx, Status::ConnectionLost, &detail),
-        }
-    }
-
-    fn on_eof(&mut self, idx: usize) {
-        let Some(c) = self.conns[idx].as_ref() else {
+        let Some(mut irb) = self.host.alloc_irb(Op::Recv, c.vmi) else {
+            self.pool.give(payload);
             return;
         };
-        match c.state {
-            State::Connecting | State::HelloSent => self.next_attempt(
-                idx,
-                "closed by the peer before answering".into(),
-                false,
-                false,
-            ),
-            State::AwaitHello => {
-                log::warn!(
-                    "tcp: dropped connection from {}: it closed before finishing its hello (truncated handshake)",
-                    c.peer
-                );
-                self.take(idx);
-            }
-            State::Closing => {
-                self.take(idx);
-            }
-            _ if c.decoder.at_boundary() => {
-                self.fail(idx, Status::Ok, "the peer closed the connection")
-            }
-            _ => {
-                let detail = format!(
-                    "{} closed the connection in the middle of a fragment",
-                    c.peer
-                );
-                self.fail(idx, Status::ConnectionLost, &detail)
-            }
-        }
+        let flags = (if end {
+            vmi_device::abi::VMI_FLAG_END
+        } else {
+            0
+        }) | ((filter_flags as u32) << 16);
+        irb.set_flags(flags);
+        let (ptr, len) = (payload.as_ptr() as *mut u8, payload.len());
+        let slot = self.pool.hold(payload);
+        irb.frame::<TcpFrame>().held = slot;
+        push_segment(&mut irb, ptr, len);
+        irb.pass();
     }
 
-    fn on_wire_error(&mut self, idx: usize, e: WireError) {
-        let Some(c) = self.conns[idx].as_ref() else {
-            return;
-        };
-        match c.state {
-            State::AwaitHello => {
-                log::warn!(
-                    "tcp: dropped connection from {}: invalid handshake: {e}",
-                    c.peer
-                );
-                self.take(idx);
-            }
-            State::Connecting | State::HelloSent => {
-                self.next_attempt(idx, format!("not a vmi peer: {e}"), false, false)
-            }
-            _ => {
-                log::warn!(
-                    "tcp: protocol violation by {}: {e}; closing the connection",
-                    c.peer
-                );
-                let detail = format!("protocol violation by {}: {e}", c.peer);
-                self.fail(idx, Status::Protocol, &detail)
-            }
-        }
-    }
-
-    fn on_event(&mut self, idx: usize, ev: Event) {
-        match ev {
-            Event::Hello {
-                from_key,
-                to_key,
-                signature,
-                data,
-            } => self.on_hello(idx, from_key, to_key, signature, data),
-            Event::Answer {
-                status,
-                reason,
-                reply,
-            } => self.on_answer(idx, status, reason, reply),
-            Event::Frame {
-                end,
-                filter_flags,
-                payload,
-            } => {
-                let Some(c) = self.conns[idx].as_ref() else {
-                    return;
-                };
-                if c.state != State::Open {
-                    let detail = format!("{} sent data before the connection was accepted", c.peer);
-                    log::warn!("tcp: {detail}");
-                    self.pool.give(payload);
-                    return self.fail(idx, Status::Protocol, &detail);
-                }
-                let vmi = c.vmi;
-                let Some(mut irb) = self.host.alloc_irb(Op::Recv, vmi) else {
-                    self.pool.give(payload);
-                    return;
-                };
-                let flags = (if end {
-                    vmi_device::abi::VMI_FLAG_END
-                } else {
-                    0
-                }) | ((filter_flags as u32) << 16);
-                irb.set_flags(flags);
-                let (ptr, len) = (payload.as_ptr() as *mut u8, payload.len());
-                let slot = self.pool.hold(payload);
-                irb.frame::<TcpFrame>().held = slot;
-                push_segment(&mut irb, ptr, len);
-                irb.pass();
-            }
-        }
-    }
-
-    fn on_hello(
-        &mut self,
-        idx: usize,
-        from_key: String,
-        to_key: String,
-        signature: String,
-        data: Vec<u8>,
-    ) {
+    /// A valid hello: a connect request for the application.
+    fn on_request(&mut self, idx: usize, from_key: String, data: Vec<u8>) {
+        let vmi = self.host.conn_new();
         let Some(c) = self.conns[idx].as_mut() else {
             return;
         };
-        if c.state != State::AwaitHello {
-            let detail = format!("{} sent a second hello", c.peer);
-            return self.fail(idx, Status::Protocol, &detail);
-        }
-        if let Err((status, reason)) =
-            check_hello(&self.key, &self.signature, &from_key, &to_key, &signature)
-        {
-            if status == AnswerStatus::WrongKey {
-                log::debug!("tcp: {} looked for key '{to_key}' here: {reason}", c.peer);
-            } else {
-                log::warn!(
-                    "tcp: refusing connection from '{from_key}' at {}: {reason}",
-                    c.peer
-                );
-            }
-            c.tx.push_back(Tx::Bytes {
-                data: AnswerRepr::emit(status, &reason, &[]),
-                off: 0,
-            });
-            c.tx.push_back(Tx::Close { irb: None });
-            c.state = State::Closing;
-            self.set_deadline(idx, Some(Instant::now() + self.cfg.handshake_timeout));
-            return self.flush(idx);
-        }
-        let vmi = self.host.conn_new();
         c.vmi = vmi;
-        c.state = State::AwaitDecision;
-        let peer = c.peer.clone();
+        let peer = c.proto.peer().to_string();
         self.by_vmi.insert(vmi, idx);
-        self.set_deadline(idx, None);
+        self.settle(idx);
         let Some(mut irb) = self.host.alloc_irb(Op::ConnectRequest, vmi) else {
-            return self.fail(idx, Status::NoResources, "out of IRBs");
+            return self.fail(idx, Status::NoResources, "out of IRBs", false);
         };
         let host = peer
             .rsplit_once(':')
@@ -659,92 +563,19 @@ impl TcpDevice {
         irb.pass();
     }
 
-    fn on_answer(&mut self, idx: usize, status: AnswerStatus, reason: String, reply: Vec<u8>) {
-        let Some(c) = self.conns[idx].as_mut() else {
-            return;
-        };
-        if c.state != State::HelloSent {
-            let detail = format!("{} sent an unexpected answer", c.peer);
-            return self.fail(idx, Status::Protocol, &detail);
-        }
-        match status {
-            AnswerStatus::WrongKey => self.next_attempt(idx, reason, false, true),
-            AnswerStatus::Accept => {
-                let mut a = c.attempt.take().expect("connector has an attempt");
-                c.state = State::Open;
-                log::debug!("tcp: connected to '{}' at {}", a.key, c.peer);
-                self.set_deadline(idx, None);
-                if let Some(mut irb) = a.irb.take() {
-                    irb.clear_segments();
-                    if irb.attach(&reply).is_err() {
-                        log::error!("tcp: could not attach reply data");
-                    }
-                    irb.complete(Status::Ok);
-                }
-                self.flush(idx);
-            }
-            other => {
-                let mut a = c.attempt.take().expect("connector has an attempt");
-                let (st, detail) = match other {
-                    AnswerStatus::Reject => (
-                        Status::Rejected,
-                        format!("'{}' at {} rejected the connection", a.key, c.peer),
-                    ),
-                    AnswerStatus::SignatureMismatch => (
-                        Status::Mismatch,
-                        format!("'{}' refused the connection: {reason}", a.key),
-                    ),
-                    AnswerStatus::VersionMismatch => (
-                        Status::Mismatch,
-                        format!("'{}' speaks another wire version: {reason}", a.key),
-                    ),
-                    _ => (
-                        Status::Protocol,
-                        format!("'{}' found our hello invalid: {reason}", a.key),
-                    ),
-                };
-                if let Some(mut irb) = a.irb.take() {
-                    irb.clear_segments();
-                    if irb.attach(&reply).is_err() {
-                        log::error!("tcp: could not attach reply data");
-                    }
-                    irb.set_detail(&detail);
-                    irb.complete(st);
-                }
-                self.take(idx);
-            }
-        }
-    }
-
     fn check_deadlines(&mut self) {
         if self.timed == 0 {
             return;
         }
         let now = Instant::now();
         for idx in 0..self.conns.len() {
-            let Some(c) = self.conns[idx].as_ref() else {
+            let Some(c) = self.conns[idx].as_mut() else {
                 continue;
             };
-            match c.deadline {
-                Some(d) if d <= now => {}
-                _ => continue,
+            if let Some(out) = c.proto.timeout(now) {
+                self.apply(idx, out);
             }
-            match c.state {
-                State::Connecting | State::HelloSent => {
-                    self.next_attempt(idx, "timed out".into(), false, false)
-                }
-                State::AwaitHello => {
-                    log::warn!(
-                        "tcp: dropped connection from {}: no complete hello within {} ms (truncated or idle handshake)",
-                        c.peer,
-                        self.cfg.handshake_timeout.as_millis()
-                    );
-                    self.take(idx);
-                }
-                _ => {
-                    self.take(idx);
-                }
-            }
+            self.settle(idx);
         }
     }
 
@@ -756,17 +587,19 @@ impl TcpDevice {
             match l.accept() {
                 Ok((sock, addr)) => {
                     let _ = sock.set_nodelay(self.cfg.nodelay);
+                    let proto = Connection::listener(
+                        &addr.to_string(),
+                        self.cfg.max_fragment,
+                        self.cfg.max_connect_data,
+                        Instant::now(),
+                        self.cfg.handshake_timeout,
+                    );
                     let conn = Conn {
                         sock,
                         vmi: 0,
-                        state: State::AwaitHello,
-                        decoder: Decoder::listener(
-                            self.cfg.max_fragment,
-                            self.cfg.max_connect_data,
-                        ),
+                        proto,
                         tx: VecDeque::new(),
-                        deadline: Some(Instant::now() + self.cfg.handshake_timeout),
-                        peer: addr.to_string(),
+                        timed: false,
                         attempt: None,
                     };
                     if let Err(e) = self.insert(conn) {
@@ -829,8 +662,7 @@ impl Device for TcpDevice {
         let mut dev = TcpDevice {
             host,
             cfg,
-            key,
-            signature,
+            local: Local { key, signature },
             signature_text,
             poll,
             events: Events::with_capacity(256),
@@ -856,7 +688,7 @@ impl Device for TcpDevice {
                 vec![dev.cfg.port]
             } else {
                 probe_ports(
-                    &dev.key,
+                    &dev.local.key,
                     dev.cfg.port_base,
                     dev.cfg.port_span,
                     dev.cfg.probe_count,
@@ -883,13 +715,13 @@ impl Device for TcpDevice {
             if dev.listener.is_none() {
                 return Err(format!(
                     "cannot listen for key '{}': all {} ports tried are taken ({last}); another process may use this key — pick another key, or set the 'port' parameter",
-                    dev.key,
+                    dev.local.key,
                     ports.len()
                 ));
             }
             log::info!(
                 "tcp: key '{}' listening on {ip}:{}",
-                dev.key,
+                dev.local.key,
                 dev.listen_port
             );
         }
@@ -937,10 +769,11 @@ impl Device for TcpDevice {
                 }
                 .emit();
                 let total = header.len() + total_data;
-                let c = self.conns[idx]
-                    .as_mut()
-                    .expect("by_vmi points at live conns");
-                if c.state != State::Open {
+                let Some(c) = self.conns[idx].as_mut() else {
+                    irb.set_detail("the connection is closed");
+                    return Disposition::Complete(irb, Status::ConnectionLost);
+                };
+                if !c.proto.is_open() {
                     irb.set_detail("the connection is not open");
                     return Disposition::Complete(irb, Status::ConnectionLost);
                 }
@@ -965,14 +798,14 @@ impl Device for TcpDevice {
                             Err(e) if would_block(&e) => break,
                             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                             Err(e) => {
-                                let detail = format!("write to {} failed: {e}", c.peer);
+                                let out = c.proto.write_error(&e.to_string());
                                 c.tx.push_back(Tx::Frame {
                                     irb,
                                     header,
                                     off,
                                     total,
                                 });
-                                self.fail(idx, Status::ConnectionLost, &detail);
+                                self.apply(idx, out);
                                 return Disposition::Pending;
                             }
                         }
@@ -1014,17 +847,11 @@ impl Device for TcpDevice {
                 let data: Vec<u8> = (0..irb.segments().len())
                     .flat_map(|i| irb.segment(i).to_vec())
                     .collect();
+                let addrs = ports.into_iter().map(|p| SocketAddr::new(ip, p)).collect();
                 let attempt = Attempt {
-                    hello: HelloRepr::emit(&self.key, &key, &self.signature_text, &data),
+                    hello: HelloRepr::emit(&self.local.key, &key, &self.signature_text, &data),
+                    dial: Dial::new(&key, &host, addrs, Instant::now(), self.cfg.connect_timeout),
                     irb: Some(irb),
-                    key,
-                    host,
-                    addrs: ports.into_iter().map(|p| SocketAddr::new(ip, p)).collect(),
-                    next: 0,
-                    give_up: Instant::now() + self.cfg.connect_timeout,
-                    refused: 0,
-                    wrong_key: 0,
-                    last_error: "no port tried".into(),
                 };
                 self.start_attempt(attempt, conn);
                 Disposition::Pending
@@ -1038,27 +865,20 @@ impl Device for TcpDevice {
                     .flat_map(|i| irb.segment(i).to_vec())
                     .collect();
                 let accept = irb.op() == Op::Accept;
-                let c = self.conns[idx].as_mut().expect("live");
-                let status = if accept {
-                    AnswerStatus::Accept
-                } else {
-                    AnswerStatus::Reject
+                let Some(c) = self.conns[idx].as_mut() else {
+                    irb.set_detail("the connecting peer went away");
+                    return Disposition::Complete(irb, Status::ConnectionLost);
                 };
-                c.tx.push_back(Tx::Bytes {
-                    data: AnswerRepr::emit(status, "", &reply),
-                    off: 0,
-                });
-                if accept {
-                    c.state = State::Open;
-                } else {
-                    c.state = State::Closing;
-                    c.tx.push_back(Tx::Close { irb: None });
-                    self.by_vmi.remove(&conn);
-                    if let Some(c) = self.conns[idx].as_mut() {
-                        c.vmi = 0;
-                    }
-                    self.set_deadline(idx, Some(Instant::now() + self.cfg.handshake_timeout));
+                if !c.proto.answer(accept, &reply, Instant::now()) {
+                    irb.set_detail("the connection is not waiting for an answer");
+                    return Disposition::Complete(irb, Status::Invalid);
                 }
+                if !accept {
+                    // The application is done with it: closing after the answer is flushed.
+                    self.by_vmi.remove(&conn);
+                    c.vmi = 0;
+                }
+                self.settle(idx);
                 self.flush(idx);
                 Disposition::Complete(irb, Status::Ok)
             }
@@ -1066,8 +886,10 @@ impl Device for TcpDevice {
                 let Some(&idx) = self.by_vmi.get(&conn) else {
                     return Disposition::Complete(irb, Status::Ok);
                 };
-                let c = self.conns[idx].as_mut().expect("live");
-                c.state = State::Closing;
+                let Some(c) = self.conns[idx].as_mut() else {
+                    return Disposition::Complete(irb, Status::Ok);
+                };
+                c.proto.close();
                 c.tx.push_back(Tx::Close { irb: Some(irb) });
                 self.flush(idx);
                 Disposition::Pending
@@ -1132,7 +954,7 @@ impl Device for TcpDevice {
         if self.timed > 0 {
             let now = Instant::now();
             for c in self.conns.iter().flatten() {
-                if let Some(d) = c.deadline {
+                if let Some(d) = c.proto.deadline() {
                     let left = d.saturating_duration_since(now);
                     next = Some(next.map_or(left, |n| n.min(left)));
                 }

@@ -12,8 +12,12 @@
 //! answers "wrong key" when it is not the one asked for, and the connector moves on. A host
 //! written as `host:port` skips the search; the `port` parameter fixes a listener's port.
 //!
-//! The protocol logic (framing, handshake checks, limits) lives in [`proto`] and [`wire`]
-//! without any I/O; [`io`] moves bytes; [`device`] holds the connection state machine.
+//! The protocol lives in [`proto`] and [`wire`] without any I/O or clock of its own:
+//! [`proto::decoder`] (bytes to events, limits before allocation), [`proto::connection`]
+//! (each connection's states and what every event means in each), [`proto::dial`] (the
+//! ports a connect walks). A two-endpoint in-memory harness drives them in the unit tests.
+//! [`io`] moves bytes; [`device`] keeps only sockets, epoll, IRBs and the mapping of the
+//! protocol's outputs onto host calls.
 #![deny(unsafe_code)]
 
 pub mod config;

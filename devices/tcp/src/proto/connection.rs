@@ -1,0 +1,509 @@
+//! One TCP connection's protocol state, without I/O: what the handshake and each event mean
+//! in each state, and which bytes must go out. The device feeds it what the socket said
+//! (bytes, end of stream, errors, the clock) and carries out its [`Output`]s.
+//!
+//! ```text
+//!  connector: Connecting ─tcp up─► HelloSent ─accept─► Open ─disconnect─► Closing
+//!                  │                   ├─wrong key / no vmi peer──► TryNext (next port)
+//!                  └─refused──► TryNext└─reject / mismatch──► Refused
+//!  listener:  AwaitHello ─valid hello─► AwaitDecision ─accept─► Open
+//!                  └─bad hello: answer + close──► Closing   └─reject: answer + close─► Closing
+//! ```
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use vmi_device::Status;
+use vmi_device::signature::Signature;
+
+use crate::proto::decoder::{Decoder, Event, check_hello};
+use crate::wire::{AnswerRepr, AnswerStatus, WireError};
+
+/// Where a connection is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    /// TCP connect in progress (connector).
+    Connecting,
+    /// Hello sent, waiting for the answer (connector).
+    HelloSent,
+    /// Waiting for the peer's hello (listener).
+    AwaitHello,
+    /// Connect request handed to the application (listener).
+    AwaitDecision,
+    /// Carrying frames.
+    Open,
+    /// Flushing what is queued, then closing.
+    Closing,
+}
+
+/// What this process is, as the listener checks a hello.
+#[derive(Clone, Debug)]
+pub struct Local {
+    /// This process's key.
+    pub key: String,
+    /// Its chains' filter signature.
+    pub signature: Signature,
+}
+
+/// What the device must do after an event.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Output {
+    /// Listener: a valid hello; hand a connect request to the application.
+    Request {
+        /// The connector's key.
+        from_key: String,
+        /// Its connect data.
+        data: Vec<u8>,
+    },
+    /// Connector: accepted; the connect completes with the peer's reply data.
+    Accepted {
+        /// Reply data.
+        reply: Vec<u8>,
+    },
+    /// Connector: refused for good (rejected by the application, filter or version mismatch,
+    /// or our hello found invalid). The connect completes with this status.
+    Refused {
+        /// Status for the connect.
+        status: Status,
+        /// What happened, for the application.
+        detail: String,
+        /// The peer's reply data.
+        reply: Vec<u8>,
+    },
+    /// Connector: this address was not the peer; try the next port.
+    TryNext {
+        /// Why.
+        why: String,
+        /// Nothing listened there.
+        refused: bool,
+        /// A vmi process with another key listened there.
+        wrong_key: bool,
+    },
+    /// A data fragment.
+    Frame {
+        /// Last fragment of a stream.
+        end: bool,
+        /// Filter flag bits.
+        filter_flags: u16,
+        /// The payload.
+        payload: Vec<u8>,
+    },
+    /// The connection is over; `tell`: the application knows it and must hear why (status
+    /// `Ok` means the peer closed it in order).
+    Failed {
+        /// Why, as a status.
+        status: Status,
+        /// Why, in words.
+        detail: String,
+        /// The application knows this connection.
+        tell: bool,
+    },
+    /// The connection ended before the application knew of it; close it quietly (logged).
+    Dropped {
+        /// Why.
+        why: String,
+    },
+    /// Closed as planned (after a refusal, or after a local disconnect).
+    Closed,
+}
+
+impl Output {
+    /// True when the connection is over after this output.
+    pub fn is_terminal(&self) -> bool {
+        matches!(
+            self,
+            Output::Refused { .. }
+                | Output::TryNext { .. }
+                | Output::Failed { .. }
+                | Output::Dropped { .. }
+                | Output::Closed
+        )
+    }
+}
+
+/// One connection's protocol state.
+pub struct Connection {
+    state: State,
+    decoder: Decoder,
+    peer: String,
+    /// The key dialed (connector), for messages.
+    dialed: Option<String>,
+    deadline: Option<Instant>,
+    handshake_timeout: Duration,
+    transmit: VecDeque<Vec<u8>>,
+    close_after_transmit: bool,
+}
+
+impl Connection {
+    /// A connection being opened to `peer` for `key`; the handshake must finish by `deadline`.
+    pub fn connector(
+        peer: &str,
+        key: &str,
+        max_fragment: u64,
+        max_data: u32,
+        deadline: Instant,
+        handshake_timeout: Duration,
+    ) -> Connection {
+        Connection {
+            state: State::Connecting,
+            decoder: Decoder::connector(max_fragment, max_data),
+            peer: peer.into(),
+            dialed: Some(key.into()),
+            deadline: Some(deadline),
+            handshake_timeout,
+            transmit: VecDeque::new(),
+            close_after_transmit: false,
+        }
+    }
+
+    /// A connection accepted from `peer` at `now`; its hello must arrive within
+    /// `handshake_timeout`.
+    pub fn listener(
+        peer: &str,
+        max_fragment: u64,
+        max_data: u32,
+        now: Instant,
+        handshake_timeout: Duration,
+    ) -> Connection {
+        Connection {
+            state: State::AwaitHello,
+            decoder: Decoder::listener(max_fragment, max_data),
+            peer: peer.into(),
+            dialed: None,
+            deadline: Some(now + handshake_timeout),
+            handshake_timeout,
+            transmit: VecDeque::new(),
+            close_after_transmit: false,
+        }
+    }
+
+    /// The state.
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// The peer's address, for messages.
+    pub fn peer(&self) -> &str {
+        &self.peer
+    }
+
+    /// When the current phase times out, if it can.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// True when data frames may be sent.
+    pub fn is_open(&self) -> bool {
+        self.state == State::Open
+    }
+
+    /// Bytes to write next (handshake messages), in order.
+    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        self.transmit.pop_front()
+    }
+
+    /// True once, when the connection must close after what was transmitted.
+    pub fn take_close(&mut self) -> bool {
+        std::mem::take(&mut self.close_after_transmit)
+    }
+
+    /// The decoder, for reads straight into a large payload's buffer.
+    pub fn decoder(&mut self) -> &mut Decoder {
+        &mut self.decoder
+    }
+
+    // ---- what the socket said ----
+
+    /// Connector: the TCP connect finished; send `hello`.
+    pub fn connected(&mut self, hello: Vec<u8>) {
+        if self.state == State::Connecting {
+            self.transmit.push_back(hello);
+            self.state = State::HelloSent;
+        }
+    }
+
+    /// Consumes bytes from `input` until one output is ready or the input is used up;
+    /// returns how many bytes were used. `alloc` gives payload buffers (from a pool).
+    pub fn feed(
+        &mut self,
+        input: &[u8],
+        local: &Local,
+        now: Instant,
+        alloc: &mut dyn FnMut(usize) -> Vec<u8>,
+    ) -> (usize, Option<Output>) {
+        match self.decoder.feed(input, alloc) {
+            Ok((used, None)) => (used, None),
+            Ok((used, Some(ev))) => (used, self.on_event(ev, local, now)),
+            Err(e) => (input.len(), Some(self.on_wire_error(e))),
+        }
+    }
+
+    /// A large payload read straight into its buffer is complete.
+    pub fn direct_done(&mut self, n: usize, local: &Local, now: Instant) -> Option<Output> {
+        let ev = self.decoder.direct_done(n)?;
+        self.on_event(ev, local, now)
+    }
+
+    /// The peer closed its side.
+    pub fn eof(&mut self) -> Output {
+        match self.state {
+            State::Connecting | State::HelloSent => Output::TryNext {
+                why: "closed by the peer before answering".into(),
+                refused: false,
+                wrong_key: false,
+            },
+            State::AwaitHello => Output::Dropped {
+                why: format!(
+                    "{} closed before finishing its hello (truncated handshake)",
+                    self.peer
+                ),
+            },
+            State::Closing => Output::Closed,
+            _ if self.decoder.at_boundary() => Output::Failed {
+                status: Status::Ok,
+                detail: "the peer closed the connection".into(),
+                tell: true,
+            },
+            _ => Output::Failed {
+                status: Status::ConnectionLost,
+                detail: format!(
+                    "{} closed the connection in the middle of a fragment",
+                    self.peer
+                ),
+                tell: true,
+            },
+        }
+    }
+
+    /// Reading (or connecting) failed; `refused`: the connect was refused.
+    pub fn read_error(&mut self, error: &str, refused: bool) -> Output {
+        match self.state {
+            State::Connecting | State::HelloSent => Output::TryNext {
+                why: error.into(),
+                refused,
+                wrong_key: false,
+            },
+            State::AwaitHello => Output::Dropped {
+                why: format!("{} failed during its handshake: {error}", self.peer),
+            },
+            s => Output::Failed {
+                status: Status::ConnectionLost,
+                detail: format!("connection to {} failed: {error}", self.peer),
+                tell: matches!(s, State::Open | State::AwaitDecision),
+            },
+        }
+    }
+
+    /// Writing failed.
+    pub fn write_error(&mut self, error: &str) -> Output {
+        let detail = format!("write to {} failed: {error}", self.peer);
+        match self.state {
+            State::Connecting | State::HelloSent => Output::TryNext {
+                why: detail,
+                refused: false,
+                wrong_key: false,
+            },
+            s => Output::Failed {
+                status: Status::ConnectionLost,
+                detail,
+                tell: matches!(s, State::Open | State::AwaitDecision),
+            },
+        }
+    }
+
+    /// The clock moved to `now`: the phase's deadline may have passed.
+    pub fn timeout(&mut self, now: Instant) -> Option<Output> {
+        if self.deadline.is_none_or(|d| d > now) {
+            return None;
+        }
+        self.deadline = None;
+        Some(match self.state {
+            State::Connecting | State::HelloSent => Output::TryNext {
+                why: "timed out".into(),
+                refused: false,
+                wrong_key: false,
+            },
+            State::AwaitHello => Output::Dropped {
+                why: format!(
+                    "{} sent no complete hello within {} ms (truncated or idle handshake)",
+                    self.peer,
+                    self.handshake_timeout.as_millis()
+                ),
+            },
+            _ => Output::Closed,
+        })
+    }
+
+    // ---- what the application said ----
+
+    /// Listener: the application's answer to the connect request. Returns false when the
+    /// connection is not waiting for one.
+    pub fn answer(&mut self, accept: bool, reply: &[u8], now: Instant) -> bool {
+        if self.state != State::AwaitDecision {
+            return false;
+        }
+        let status = if accept {
+            AnswerStatus::Accept
+        } else {
+            AnswerStatus::Reject
+        };
+        self.transmit.push_back(AnswerRepr::emit(status, "", reply));
+        if accept {
+            self.state = State::Open;
+        } else {
+            self.closing_after_transmit(now);
+        }
+        true
+    }
+
+    /// The application disconnects: nothing more is accepted from it.
+    pub fn close(&mut self) {
+        self.state = State::Closing;
+    }
+
+    // ---- events ----
+
+    fn closing_after_transmit(&mut self, now: Instant) {
+        self.state = State::Closing;
+        self.close_after_transmit = true;
+        self.deadline = Some(now + self.handshake_timeout);
+    }
+
+    fn on_event(&mut self, ev: Event, local: &Local, now: Instant) -> Option<Output> {
+        match ev {
+            Event::Hello {
+                from_key,
+                to_key,
+                signature,
+                data,
+            } => self.on_hello(from_key, to_key, signature, data, local, now),
+            Event::Answer {
+                status,
+                reason,
+                reply,
+            } => Some(self.on_answer(status, reason, reply)),
+            Event::Frame {
+                end,
+                filter_flags,
+                payload,
+            } => Some(if self.state == State::Open {
+                Output::Frame {
+                    end,
+                    filter_flags,
+                    payload,
+                }
+            } else {
+                self.violation(format!(
+                    "{} sent data before the connection was accepted",
+                    self.peer
+                ))
+            }),
+        }
+    }
+
+    fn violation(&self, detail: String) -> Output {
+        Output::Failed {
+            status: Status::Protocol,
+            detail,
+            tell: matches!(self.state, State::Open | State::AwaitDecision),
+        }
+    }
+
+    fn on_hello(
+        &mut self,
+        from_key: String,
+        to_key: String,
+        signature: String,
+        data: Vec<u8>,
+        local: &Local,
+        now: Instant,
+    ) -> Option<Output> {
+        if self.state != State::AwaitHello {
+            return Some(self.violation(format!("{} sent a second hello", self.peer)));
+        }
+        match check_hello(&local.key, &local.signature, &from_key, &to_key, &signature) {
+            Err((status, reason)) => {
+                if status == AnswerStatus::WrongKey {
+                    log::debug!(
+                        "tcp: {} looked for key '{to_key}' here: {reason}",
+                        self.peer
+                    );
+                } else {
+                    log::warn!(
+                        "tcp: refusing connection from '{from_key}' at {}: {reason}",
+                        self.peer
+                    );
+                }
+                self.transmit
+                    .push_back(AnswerRepr::emit(status, &reason, &[]));
+                self.closing_after_transmit(now);
+                None
+            }
+            Ok(()) => {
+                self.state = State::AwaitDecision;
+                self.deadline = None;
+                Some(Output::Request { from_key, data })
+            }
+        }
+    }
+
+    fn on_answer(&mut self, status: AnswerStatus, reason: String, reply: Vec<u8>) -> Output {
+        if self.state != State::HelloSent {
+            return self.violation(format!("{} sent an unexpected answer", self.peer));
+        }
+        let key = self.dialed.clone().unwrap_or_default();
+        let refused = |status, detail| Output::Refused {
+            status,
+            detail,
+            reply: reply.clone(),
+        };
+        match status {
+            AnswerStatus::WrongKey => Output::TryNext {
+                why: reason,
+                refused: false,
+                wrong_key: true,
+            },
+            AnswerStatus::Accept => {
+                self.state = State::Open;
+                self.deadline = None;
+                Output::Accepted { reply }
+            }
+            AnswerStatus::Reject => refused(
+                Status::Rejected,
+                format!("'{key}' at {} rejected the connection", self.peer),
+            ),
+            AnswerStatus::SignatureMismatch => refused(
+                Status::Mismatch,
+                format!("'{key}' refused the connection: {reason}"),
+            ),
+            AnswerStatus::VersionMismatch => refused(
+                Status::Mismatch,
+                format!("'{key}' speaks another wire version: {reason}"),
+            ),
+            AnswerStatus::Invalid => refused(
+                Status::Protocol,
+                format!("'{key}' found our hello invalid: {reason}"),
+            ),
+        }
+    }
+
+    fn on_wire_error(&mut self, e: WireError) -> Output {
+        match self.state {
+            State::AwaitHello => Output::Dropped {
+                why: format!("{} sent an invalid handshake: {e}", self.peer),
+            },
+            State::Connecting | State::HelloSent => Output::TryNext {
+                why: format!("not a vmi peer: {e}"),
+                refused: false,
+                wrong_key: false,
+            },
+            _ => {
+                log::warn!(
+                    "tcp: protocol violation by {}: {e}; closing the connection",
+                    self.peer
+                );
+                self.violation(format!("protocol violation by {}: {e}", self.peer))
+            }
+        }
+    }
+}

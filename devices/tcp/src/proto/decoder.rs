@@ -1,0 +1,472 @@
+//! The decoder: turns a byte stream into handshake and frame events, checking every length
+//! against its limit before anything is allocated; and the listener's checks of a hello.
+
+use vmi_device::signature::Signature;
+
+use crate::wire::*;
+
+/// Where a decoder is.
+#[derive(Debug)]
+enum Phase {
+    Hello,
+    HelloBody(HelloRepr),
+    Answer,
+    AnswerBody(AnswerRepr),
+    FrameHeader,
+    Payload {
+        repr: FrameRepr,
+        buf: Vec<u8>,
+        got: usize,
+    },
+}
+
+/// What the decoder produced.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A connector's hello.
+    Hello {
+        /// Connector's key.
+        from_key: String,
+        /// Key it wants.
+        to_key: String,
+        /// Its filter signature.
+        signature: String,
+        /// Connect data.
+        data: Vec<u8>,
+    },
+    /// The listener's answer.
+    Answer {
+        /// Status.
+        status: AnswerStatus,
+        /// Reason text.
+        reason: String,
+        /// Reply data.
+        reply: Vec<u8>,
+    },
+    /// A data frame.
+    Frame {
+        /// Last fragment.
+        end: bool,
+        /// Filter flag bits.
+        filter_flags: u16,
+        /// Payload.
+        payload: Vec<u8>,
+    },
+}
+
+/// Turns a byte stream into events, checking every length before allocating.
+pub struct Decoder {
+    phase: Phase,
+    hdr: [u8; HELLO_LEN],
+    hdr_got: usize,
+    body: Vec<u8>,
+    max_fragment: u64,
+    max_data: u32,
+}
+
+/// Payloads at least this large are read straight into their buffer, skipping the staging copy.
+pub const DIRECT_READ_MIN: usize = 16 * 1024;
+
+impl Decoder {
+    /// A decoder for the listening side (expects a hello first).
+    pub fn listener(max_fragment: u64, max_data: u32) -> Decoder {
+        Decoder::new(Phase::Hello, max_fragment, max_data)
+    }
+
+    /// A decoder for the connecting side (expects an answer first).
+    pub fn connector(max_fragment: u64, max_data: u32) -> Decoder {
+        Decoder::new(Phase::Answer, max_fragment, max_data)
+    }
+
+    fn new(phase: Phase, max_fragment: u64, max_data: u32) -> Decoder {
+        Decoder {
+            phase,
+            hdr: [0; HELLO_LEN],
+            hdr_got: 0,
+            body: Vec::new(),
+            max_fragment,
+            max_data,
+        }
+    }
+
+    /// True between frames (an EOF here is an orderly close).
+    pub fn at_boundary(&self) -> bool {
+        matches!(self.phase, Phase::FrameHeader) && self.hdr_got == 0
+    }
+
+    /// True while the handshake is not finished.
+    pub fn in_handshake(&self) -> bool {
+        matches!(
+            self.phase,
+            Phase::Hello | Phase::HelloBody(_) | Phase::Answer | Phase::AnswerBody(_)
+        )
+    }
+
+    /// The rest of a large payload, to read into directly; `None` unless reading directly pays.
+    pub fn direct_target(&mut self) -> Option<&mut [u8]> {
+        match &mut self.phase {
+            Phase::Payload { buf, got, .. } if buf.len() - *got >= DIRECT_READ_MIN => {
+                Some(&mut buf[*got..])
+            }
+            _ => None,
+        }
+    }
+
+    /// Records `n` bytes read into `direct_target`; returns the finished frame, if any.
+    pub fn direct_done(&mut self, n: usize) -> Option<Event> {
+        if let Phase::Payload { buf, got, .. } = &mut self.phase {
+            *got += n;
+            if *got == buf.len() {
+                return self.finish_payload();
+            }
+        }
+        None
+    }
+
+    fn finish_payload(&mut self) -> Option<Event> {
+        match std::mem::replace(&mut self.phase, Phase::FrameHeader) {
+            Phase::Payload { repr, buf, .. } => Some(Event::Frame {
+                end: repr.end,
+                filter_flags: repr.filter_flags,
+                payload: buf,
+            }),
+            other => {
+                self.phase = other;
+                None
+            }
+        }
+    }
+
+    /// Consumes bytes from `input` until one event is complete or the input is used up.
+    /// Returns how many bytes were used and the event. `alloc` gives a zeroed payload buffer
+    /// of the asked length (from a pool).
+    pub fn feed(
+        &mut self,
+        input: &[u8],
+        alloc: &mut dyn FnMut(usize) -> Vec<u8>,
+    ) -> Result<(usize, Option<Event>), WireError> {
+        let mut used = 0;
+        loop {
+            let rest = &input[used..];
+            match &mut self.phase {
+                Phase::Hello | Phase::Answer | Phase::FrameHeader => {
+                    let need = match self.phase {
+                        Phase::Hello => HELLO_LEN,
+                        Phase::Answer => ANSWER_LEN,
+                        _ => FRAME_LEN,
+                    };
+                    let take = (need - self.hdr_got).min(rest.len());
+                    self.hdr[self.hdr_got..self.hdr_got + take].copy_from_slice(&rest[..take]);
+                    self.hdr_got += take;
+                    used += take;
+                    if self.hdr_got < need {
+                        return Ok((used, None));
+                    }
+                    self.hdr_got = 0;
+                    match self.phase {
+                        Phase::Hello => {
+                            let h = HelloRepr::parse(&self.hdr, self.max_data)?;
+                            self.body.clear();
+                            self.body.reserve(h.body_len());
+                            self.phase = Phase::HelloBody(h);
+                        }
+                        Phase::Answer => {
+                            let a = AnswerRepr::parse(
+                                self.hdr[..ANSWER_LEN].try_into().expect("16 bytes"),
+                                self.max_data,
+                            )?;
+                            self.body.clear();
+                            self.body
+                                .reserve(a.reason_len as usize + a.reply_len as usize);
+                            self.phase = Phase::AnswerBody(a);
+                        }
+                        _ => {
+                            let f = FrameRepr::parse(
+                                self.hdr[..FRAME_LEN].try_into().expect("8 bytes"),
+                                self.max_fragment,
+                            )?;
+                            if f.len == 0 {
+                                return Ok((
+                                    used,
+                                    Some(Event::Frame {
+                                        end: f.end,
+                                        filter_flags: f.filter_flags,
+                                        payload: alloc(0),
+                                    }),
+                                ));
+                            }
+                            self.phase = Phase::Payload {
+                                repr: f,
+                                buf: alloc(f.len as usize),
+                                got: 0,
+                            };
+                        }
+                    }
+                }
+                Phase::HelloBody(h) => {
+                    let h = *h;
+                    let take = (h.body_len() - self.body.len()).min(rest.len());
+                    self.body.extend_from_slice(&rest[..take]);
+                    used += take;
+                    if self.body.len() < h.body_len() {
+                        return Ok((used, None));
+                    }
+                    let b = std::mem::take(&mut self.body);
+                    let (fk, r) = b.split_at(h.from_key_len as usize);
+                    let (tk, r) = r.split_at(h.to_key_len as usize);
+                    let (sig, data) = r.split_at(h.signature_len as usize);
+                    self.phase = Phase::FrameHeader;
+                    return Ok((
+                        used,
+                        Some(Event::Hello {
+                            from_key: String::from_utf8_lossy(fk).into_owned(),
+                            to_key: String::from_utf8_lossy(tk).into_owned(),
+                            signature: String::from_utf8_lossy(sig).into_owned(),
+                            data: data.to_vec(),
+                        }),
+                    ));
+                }
+                Phase::AnswerBody(a) => {
+                    let a = *a;
+                    let total = a.reason_len as usize + a.reply_len as usize;
+                    let take = (total - self.body.len()).min(rest.len());
+                    self.body.extend_from_slice(&rest[..take]);
+                    used += take;
+                    if self.body.len() < total {
+                        return Ok((used, None));
+                    }
+                    let b = std::mem::take(&mut self.body);
+                    let (reason, reply) = b.split_at(a.reason_len as usize);
+                    self.phase = Phase::FrameHeader;
+                    return Ok((
+                        used,
+                        Some(Event::Answer {
+                            status: a.status,
+                            reason: String::from_utf8_lossy(reason).into_owned(),
+                            reply: reply.to_vec(),
+                        }),
+                    ));
+                }
+                Phase::Payload { buf, got, .. } => {
+                    let take = (buf.len() - *got).min(rest.len());
+                    buf[*got..*got + take].copy_from_slice(&rest[..take]);
+                    *got += take;
+                    used += take;
+                    if *got == buf.len() {
+                        return Ok((used, self.finish_payload()));
+                    }
+                    return Ok((used, None));
+                }
+            }
+            if used == input.len()
+                && !matches!(self.phase, Phase::HelloBody(_) | Phase::AnswerBody(_))
+            {
+                return Ok((used, None));
+            }
+        }
+    }
+}
+
+/// How the listener answers a hello, before the application sees it.
+pub fn check_hello(
+    local_key: &str,
+    local: &Signature,
+    from_key: &str,
+    to_key: &str,
+    signature: &str,
+) -> Result<(), (AnswerStatus, String)> {
+    if to_key != local_key {
+        return Err((
+            AnswerStatus::WrongKey,
+            format!("this port belongs to key '{local_key}', not '{to_key}'"),
+        ));
+    }
+    let peer = Signature::parse(signature).ok_or_else(|| {
+        (
+            AnswerStatus::Invalid,
+            format!("malformed filter signature '{signature}'"),
+        )
+    })?;
+    local
+        .check_peer(local_key, &peer, from_key)
+        .map_err(|why| (AnswerStatus::SignatureMismatch, why))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(n: usize) -> Vec<u8> {
+        vec![0; n]
+    }
+
+    fn feed_all(d: &mut Decoder, mut input: &[u8]) -> Vec<Event> {
+        let mut out = Vec::new();
+        while !input.is_empty() {
+            let (n, ev) = d.feed(input, &mut pool).unwrap();
+            input = &input[n..];
+            out.extend(ev);
+            assert!(n > 0 || !out.is_empty() || input.is_empty(), "no progress");
+        }
+        out
+    }
+
+    #[test]
+    fn hello_then_frames_in_any_split() {
+        let mut stream = HelloRepr::emit("client", "server", "send=;recv=", b"cookie");
+        stream.extend_from_slice(
+            &FrameRepr {
+                end: false,
+                filter_flags: 3,
+                len: 5,
+            }
+            .emit(),
+        );
+        stream.extend_from_slice(b"hello");
+        stream.extend_from_slice(
+            &FrameRepr {
+                end: true,
+                filter_flags: 0,
+                len: 0,
+            }
+            .emit(),
+        );
+        let expect = vec![
+            Event::Hello {
+                from_key: "client".into(),
+                to_key: "server".into(),
+                signature: "send=;recv=".into(),
+                data: b"cookie".to_vec(),
+            },
+            Event::Frame {
+                end: false,
+                filter_flags: 3,
+                payload: b"hello".to_vec(),
+            },
+            Event::Frame {
+                end: true,
+                filter_flags: 0,
+                payload: vec![],
+            },
+        ];
+        for chunk in [1, 2, 3, 7, 1000] {
+            let mut d = Decoder::listener(1 << 20, 1024);
+            let mut got = Vec::new();
+            for piece in stream.chunks(chunk) {
+                got.extend(feed_all(&mut d, piece));
+            }
+            assert_eq!(got, expect, "chunk size {chunk}");
+            assert!(d.at_boundary());
+        }
+    }
+
+    #[test]
+    fn answer_then_frame() {
+        let mut stream = AnswerRepr::emit(AnswerStatus::Accept, "", b"welcome");
+        stream.extend_from_slice(
+            &FrameRepr {
+                end: true,
+                filter_flags: 0,
+                len: 2,
+            }
+            .emit(),
+        );
+        stream.extend_from_slice(b"ok");
+        let mut d = Decoder::connector(100, 100);
+        assert!(d.in_handshake());
+        let got = feed_all(&mut d, &stream);
+        assert_eq!(
+            got[0],
+            Event::Answer {
+                status: AnswerStatus::Accept,
+                reason: String::new(),
+                reply: b"welcome".to_vec()
+            }
+        );
+        assert_eq!(
+            got[1],
+            Event::Frame {
+                end: true,
+                filter_flags: 0,
+                payload: b"ok".to_vec()
+            }
+        );
+    }
+
+    #[test]
+    fn direct_reads_finish_large_payloads() {
+        let mut d = Decoder::connector(1 << 20, 100);
+        let mut head = AnswerRepr::emit(AnswerStatus::Accept, "", b"");
+        head.extend_from_slice(
+            &FrameRepr {
+                end: true,
+                filter_flags: 0,
+                len: 40_000,
+            }
+            .emit(),
+        );
+        head.extend_from_slice(&[7; 100]);
+        let evs = feed_all(&mut d, &head);
+        assert_eq!(evs.len(), 1);
+        let target = d.direct_target().expect("large payload read directly");
+        assert_eq!(target.len(), 39_900);
+        target.fill(7);
+        match d.direct_done(39_900) {
+            Some(Event::Frame { payload, .. }) => {
+                assert!(payload.len() == 40_000 && payload.iter().all(|&b| b == 7))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(d.at_boundary());
+    }
+
+    #[test]
+    fn garbage_and_limits_are_refused_before_allocating() {
+        let mut d = Decoder::listener(100, 100);
+        let e = d
+            .feed(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", &mut pool)
+            .unwrap_err();
+        assert_eq!(e, WireError::BadMagic(*b"GET "));
+        let mut d = Decoder::connector(100, 100);
+        let mut s = AnswerRepr::emit(AnswerStatus::Accept, "", b"");
+        s.extend_from_slice(&[1, 0, 0, 0, 0xff, 0xff, 0xff, 0xff]);
+        let mut allocated = 0;
+        let mut alloc = |n: usize| {
+            allocated += n;
+            vec![0; n]
+        };
+        let (n, ev) = d.feed(&s, &mut alloc).unwrap();
+        assert!(matches!(ev, Some(Event::Answer { .. })));
+        let err = d.feed(&s[n..], &mut alloc).unwrap_err();
+        assert!(matches!(
+            err,
+            WireError::TooLong {
+                field: "fragment",
+                ..
+            }
+        ));
+        assert_eq!(allocated, 0);
+    }
+
+    #[test]
+    fn hello_checks() {
+        let sig = Signature::default();
+        assert!(check_hello("k", &sig, "c", "k", "send=;recv=").is_ok());
+        assert_eq!(
+            check_hello("k", &sig, "c", "other", "send=;recv=")
+                .unwrap_err()
+                .0,
+            AnswerStatus::WrongKey
+        );
+        assert_eq!(
+            check_hello("k", &sig, "c", "k", "send=crc@0;recv=crc@0")
+                .unwrap_err()
+                .0,
+            AnswerStatus::SignatureMismatch
+        );
+        assert_eq!(
+            check_hello("k", &sig, "c", "k", "nonsense").unwrap_err().0,
+            AnswerStatus::Invalid
+        );
+    }
+}
