@@ -24,6 +24,7 @@ use crate::io::{
     Region, doorbell, drain, listening, peer_uid, read_peer, recv_with_fds, ring, send_with_fds,
     socket_addr, uid,
 };
+use crate::proto::{Incoming, RecordReader, Source, ack, encode_inline, encode_rendezvous, nack};
 use crate::spsc::{Consumer, Producer};
 use crate::wire::*;
 
@@ -43,20 +44,6 @@ enum State {
     AwaitDecision,
     Open,
     Closing,
-}
-
-enum Rx {
-    Header,
-    Payload {
-        rec: Record,
-        buf: Vec<u8>,
-        got: usize,
-    },
-    Iovs {
-        rec: Record,
-        bytes: Vec<u8>,
-        need: usize,
-    },
 }
 
 enum Tx {
@@ -95,7 +82,8 @@ struct Conn {
     rx_pos: (u64, u64),
     ctl: Vec<u8>,
     fds: Vec<OwnedFd>,
-    rx: Rx,
+    /// The incoming record stream's protocol state.
+    reader: RecordReader,
     tx: VecDeque<Tx>,
     acks: VecDeque<[u8; RECORD_LEN]>,
     rdv_waiting: HashMap<u64, Irb>,
@@ -105,7 +93,13 @@ struct Conn {
 }
 
 impl Conn {
-    fn new(sock: UnixStream, state: State, peer_pid: i32, deadline: Instant) -> Conn {
+    fn new(
+        sock: UnixStream,
+        state: State,
+        peer_pid: i32,
+        deadline: Instant,
+        max_fragment: u64,
+    ) -> Conn {
         let connector = state == State::AwaitAnswer;
         Conn {
             sock,
@@ -123,7 +117,7 @@ impl Conn {
             rx_pos: (0, 0),
             ctl: Vec::new(),
             fds: Vec::new(),
-            rx: Rx::Header,
+            reader: RecordReader::new(max_fragment),
             tx: VecDeque::new(),
             acks: VecDeque::new(),
             rdv_waiting: HashMap::new(),
@@ -159,6 +153,20 @@ pub struct ShmemDevice {
     pool: HeldBuffers,
     polls: u32,
     slept: Cell<bool>,
+}
+
+/// A ring's consumer end as the record reader's byte source.
+struct RingSource<'c, 'r>(
+    &'c mut Consumer<'r, std::sync::atomic::AtomicU64, crate::spsc::mem::RawStorage>,
+);
+
+impl Source for RingSource<'_, '_> {
+    fn has(&mut self, n: usize) -> bool {
+        self.0.has(n)
+    }
+    fn pop(&mut self, dst: &mut [u8]) -> usize {
+        self.0.pop(dst)
+    }
 }
 
 fn deliver(host: &Host, pool: &mut HeldBuffers, vmi: u64, rec: &Record, buf: Vec<u8>) {
@@ -249,7 +257,7 @@ impl ShmemDevice {
             irb.set_detail(detail);
             irb.complete(Status::ConnectionLost);
         }
-        if let Rx::Payload { buf, .. } = std::mem::replace(&mut c.rx, Rx::Header) {
+        if let Some(buf) = c.reader.take_partial() {
             self.pool.give(buf);
         }
         if let Some(mut irb) = c.connect.take() {
@@ -283,14 +291,11 @@ impl ShmemDevice {
         }
     }
 
-    /// Reads records from a connection's incoming ring and hands fragments up.
-    fn drain_rx(&mut self, idx: usize) -> usize {
+    /// Reads up to `budget` records from a connection's incoming ring and hands fragments up;
+    /// the rest waits for the next poll (the peer's ring fills and it is pushed back).
+    fn drain_rx(&mut self, idx: usize, budget: usize) -> usize {
         let Self {
-            conns,
-            pool,
-            host,
-            cfg,
-            ..
+            conns, pool, host, ..
         } = self;
         let Some(c) = conns[idx].as_mut() else {
             return 0;
@@ -305,153 +310,26 @@ impl ShmemDevice {
         let mut cons = Consumer::resume(view.shared(), c.rx_pos.0, c.rx_pos.1);
         let mut n = 0;
         let mut error: Option<String> = None;
-        loop {
-            match &mut c.rx {
-                Rx::Header => {
-                    if !cons.has(RECORD_LEN) {
-                        break;
-                    }
-                    let mut h = [0u8; RECORD_LEN];
-                    cons.pop(&mut h);
-                    let rec = match Record::parse(&h) {
-                        Ok(r) => r,
-                        Err(e) => {
-                            error = Some(format!("protocol violation by '{}': {e}", c.peer_key));
-                            break;
-                        }
-                    };
-                    match rec.kind {
-                        DATA | DATA_END | RDV | RDV_END if rec.len as u64 > cfg.max_fragment => {
-                            error = Some(format!(
-                                "'{}' sent a fragment of {} bytes, over max_fragment {}",
-                                c.peer_key, rec.len, cfg.max_fragment
-                            ));
-                            break;
-                        }
-                        DATA | DATA_END if rec.len == 0 => {
-                            deliver(host, pool, c.vmi, &rec, Vec::new());
-                            n += 1;
-                        }
-                        DATA | DATA_END => {
-                            c.rx = Rx::Payload {
-                                rec,
-                                buf: pool.take(rec.len as usize),
-                                got: 0,
-                            }
-                        }
-                        RDV | RDV_END => {
-                            c.rx = Rx::Iovs {
-                                rec,
-                                bytes: Vec::with_capacity(8 + 16 * 16),
-                                need: 8,
-                            }
-                        }
-                        ACK => {
-                            if let Some(irb) = c.rdv_waiting.remove(&rec.id) {
-                                irb.complete(Status::Ok);
-                                n += 1;
-                            }
-                        }
-                        _ => {
-                            // NACK: the peer cannot read our memory; send inline from now on.
-                            c.peer_reads_me = false;
-                            if let Some(irb) = c.rdv_waiting.remove(&rec.id) {
-                                log::info!(
-                                    "shmem: '{}' cannot read this process's memory; sending inline",
-                                    c.peer_key
-                                );
-                                let header = Record {
-                                    kind: if irb.is_end() { DATA_END } else { DATA },
-                                    flags: rec.flags,
-                                    len: rec.len,
-                                    id: 0,
-                                }
-                                .emit();
-                                let total = RECORD_LEN + rec.len as usize;
-                                // After a record being written, if any; before everything else.
-                                let at = usize::from(
-                                    matches!(c.tx.front(), Some(Tx::Data { off, .. }) if *off > 0),
-                                );
-                                c.tx.insert(
-                                    at,
-                                    Tx::Data {
-                                        irb,
-                                        header,
-                                        off: 0,
-                                        total,
-                                    },
-                                );
-                            }
-                        }
-                    }
+        while n < budget {
+            let next = c
+                .reader
+                .next(&mut RingSource(&mut cons), &mut |len| pool.take(len));
+            match next {
+                Ok(None) => break,
+                Err(e) => {
+                    error = Some(format!("protocol violation by '{}': {e}", c.peer_key));
+                    break;
                 }
-                Rx::Payload { rec, buf, got } => {
-                    let k = cons.pop(&mut buf[*got..]);
-                    *got += k;
-                    if *got == buf.len() {
-                        let rec = *rec;
-                        if let Rx::Payload { buf, .. } = std::mem::replace(&mut c.rx, Rx::Header) {
-                            deliver(host, pool, c.vmi, &rec, buf);
-                            n += 1;
-                        }
-                    } else if k == 0 {
-                        break;
-                    }
+                Ok(Some(Incoming::Data { rec, payload })) => {
+                    deliver(host, pool, c.vmi, &rec, payload);
+                    n += 1;
                 }
-                Rx::Iovs { rec, bytes, need } => {
-                    let mut chunk = [0u8; 256];
-                    let want = (*need - bytes.len()).min(chunk.len());
-                    let k = cons.pop(&mut chunk[..want]);
-                    bytes.extend_from_slice(&chunk[..k]);
-                    if bytes.len() == 8 && *need == 8 {
-                        let count =
-                            u32::from_le_bytes(bytes[..4].try_into().expect("4 bytes")) as usize;
-                        if count == 0 || count > 16 {
-                            error = Some(format!(
-                                "'{}' sent a single-copy record with {count} ranges",
-                                c.peer_key
-                            ));
-                            break;
-                        }
-                        *need = 8 + 16 * count;
-                    }
-                    if bytes.len() < *need {
-                        if k == 0 {
-                            break;
-                        }
-                        continue;
-                    }
-                    let rec = *rec;
-                    let ranges: Vec<(u64, usize)> = bytes[8..]
-                        .chunks_exact(16)
-                        .map(|r| {
-                            (
-                                u64::from_le_bytes(r[..8].try_into().expect("8")),
-                                u64::from_le_bytes(r[8..].try_into().expect("8")) as usize,
-                            )
-                        })
-                        .collect();
-                    c.rx = Rx::Header;
-                    if ranges.iter().map(|r| r.1).sum::<usize>() != rec.len as usize {
-                        error = Some(format!(
-                            "'{}' sent a single-copy record whose ranges do not add up",
-                            c.peer_key
-                        ));
-                        break;
-                    }
+                Ok(Some(Incoming::Fetch { rec, ranges })) => {
                     let mut buf = pool.take(rec.len as usize);
                     match read_peer(c.peer_pid, &ranges, &mut buf) {
                         Ok(got) if got == buf.len() => {
                             deliver(host, pool, c.vmi, &rec, buf);
-                            c.acks.push_back(
-                                Record {
-                                    kind: ACK,
-                                    flags: 0,
-                                    len: 0,
-                                    id: rec.id,
-                                }
-                                .emit(),
-                            );
+                            c.acks.push_back(ack(rec.id));
                             n += 1;
                         }
                         other => {
@@ -460,16 +338,39 @@ impl ShmemDevice {
                                 c.peer_key
                             );
                             pool.give(buf);
-                            c.acks.push_back(
-                                Record {
-                                    kind: NACK,
-                                    flags: rec.flags,
-                                    len: rec.len,
-                                    id: rec.id,
-                                }
-                                .emit(),
-                            );
+                            c.acks.push_back(nack(&rec));
                         }
+                    }
+                }
+                Ok(Some(Incoming::Ack { id })) => {
+                    if let Some(irb) = c.rdv_waiting.remove(&id) {
+                        irb.complete(Status::Ok);
+                        n += 1;
+                    }
+                }
+                Ok(Some(Incoming::Nack { rec })) => {
+                    // The peer cannot read our memory; send inline from now on.
+                    c.peer_reads_me = false;
+                    if let Some(irb) = c.rdv_waiting.remove(&rec.id) {
+                        log::info!(
+                            "shmem: '{}' cannot read this process's memory; sending inline",
+                            c.peer_key
+                        );
+                        let header = encode_inline(irb.is_end(), rec.flags, rec.len);
+                        let total = RECORD_LEN + rec.len as usize;
+                        // After a record being written, if any; before everything else.
+                        let at = usize::from(
+                            matches!(c.tx.front(), Some(Tx::Data { off, .. }) if *off > 0),
+                        );
+                        c.tx.insert(
+                            at,
+                            Tx::Data {
+                                irb,
+                                header,
+                                off: 0,
+                                total,
+                            },
+                        );
                     }
                 }
             }
@@ -641,7 +542,7 @@ impl ShmemDevice {
                 }
                 if bye || eof {
                     // Everything the peer wrote to the ring before closing is delivered first.
-                    self.drain_rx(idx);
+                    self.drain_rx(idx, usize::MAX);
                     let (status, detail) = if bye {
                         (Status::Ok, "the peer closed the connection".to_string())
                     } else {
@@ -876,6 +777,7 @@ impl ShmemDevice {
                         State::AwaitHello,
                         pid,
                         Instant::now() + self.cfg.connect_timeout,
+                        self.cfg.max_fragment,
                     );
                     let idx = self.insert(conn);
                     self.read_control(idx);
@@ -989,6 +891,7 @@ impl ShmemDevice {
             State::AwaitAnswer,
             pid,
             Instant::now() + self.cfg.connect_timeout,
+            self.cfg.max_fragment,
         );
         conn.vmi = irb.conn();
         conn.region = Some(region);
@@ -1025,33 +928,17 @@ impl ShmemDevice {
         if c.peer_reads_me && total >= min_rdv {
             let id = c.next_id;
             c.next_id += 1;
-            let kind = if end { RDV_END } else { RDV };
-            let mut record = Record {
-                kind,
-                flags,
-                len: total as u32,
-                id,
-            }
-            .emit()
-            .to_vec();
-            let n = irb.segments().len();
-            record.extend_from_slice(&(n as u32).to_le_bytes());
-            record.extend_from_slice(&0u32.to_le_bytes());
-            for s in irb.segments() {
-                record.extend_from_slice(&(s.base as u64).to_le_bytes());
-                record.extend_from_slice(&(s.len as u64).to_le_bytes());
-            }
+            let ranges: Vec<(u64, usize)> = irb
+                .segments()
+                .iter()
+                .map(|s| (s.base as u64, s.len))
+                .collect();
+            let record = encode_rendezvous(end, flags, id, &ranges);
             c.tx.push_back(Tx::Rdv { irb, record, id });
             self.flush_tx(idx);
             return Disposition::Pending;
         }
-        let header = Record {
-            kind: if end { DATA_END } else { DATA },
-            flags,
-            len: total as u32,
-            id: 0,
-        }
-        .emit();
+        let header = encode_inline(end, flags, total as u32);
         if c.tx.is_empty() && c.acks.is_empty() {
             if let Some(region) = c.region.as_ref() {
                 let view = region.ring(c.tx_ring);
@@ -1246,7 +1133,7 @@ impl Device for ShmemDevice {
         self.pool.release(held);
     }
 
-    fn poll(&mut self, _budget: usize) -> usize {
+    fn poll(&mut self, budget: usize) -> usize {
         let mut n = 0;
         if self.slept.replace(false) {
             for c in self.conns.iter().flatten() {
@@ -1259,7 +1146,7 @@ impl Device for ShmemDevice {
         }
         for idx in 0..self.conns.len() {
             if self.conns[idx].is_some() {
-                n += self.drain_rx(idx);
+                n += self.drain_rx(idx, budget);
                 n += self.flush_tx(idx);
             }
         }

@@ -18,6 +18,9 @@
 //! - **Progress**: `poll` reads the rings without system calls; the control sockets are looked
 //!   at every 128 polls or after a sleep. A sender rings the peer's eventfd only when the peer
 //!   announced a sleep (`wait`), so an idle process uses no CPU and a busy one no syscalls.
+//! - **Protocol apart from I/O**: [`proto`] reads and writes records without touching the
+//!   ring or the peer's memory; its tests drive it with byte streams cut at every position and
+//!   with hostile records. `poll` reads at most its budget of records per connection.
 //! - **Death**: the rendezvous socket closing without an orderly goodbye means the peer died;
 //!   data it had written is delivered first, then the disconnect callback reports it. Rings
 //!   live in the memfd, so nothing is left behind.
@@ -26,6 +29,7 @@
 pub mod config;
 pub mod device;
 pub mod io;
+pub mod proto;
 #[allow(unsafe_code)]
 pub mod spsc;
 pub mod wire;
