@@ -45,6 +45,10 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
+/// The loopback device's buffer pool is shared by the whole process: the tests here run one
+/// at a time so one's traffic does not empty the other's pool.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[derive(Default)]
 struct Counter {
     conn: Option<ConnId>,
@@ -135,6 +139,68 @@ fn run(filters: bool) {
 
 #[test]
 fn steady_state_allocates_nothing_per_message() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     run(false);
     run(true);
+}
+
+/// A burst the receiver does not read: sends are accepted until the process's limit, then
+/// refused with `Busy` (nothing queued beyond it); once the receiver reads, everything
+/// arrives. After one such burst has warmed the pools, a second allocates nothing at all.
+#[test]
+fn a_burst_the_receiver_does_not_read_is_bounded_and_allocates_nothing_once_warm() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    register_all();
+    let (ka, kb) = (unique_key("burst-a"), unique_key("burst-b"));
+    let mut a = Vmi::with_spec(spec(false), &ka).unwrap();
+    let mut b = Vmi::with_spec(spec(false), &kb).unwrap();
+    let (mut ha, mut hb) = (Counter::default(), Counter::default());
+    a.connect("localhost", &kb, b"", 0).unwrap();
+    while ha.conn.is_none() {
+        a.poll(&mut ha);
+        b.poll(&mut hb);
+    }
+    let conn = ha.conn.unwrap();
+    let payload = [3u8; 8];
+    let burst = |a: &mut Vmi, ha: &mut Counter, b: &mut Vmi, hb: &mut Counter| {
+        // 10,000 sends with the receiver not polling: the first ones are accepted, then the
+        // sender is pushed back.
+        let mut accepted = 0u64;
+        for _ in 0..10_000 {
+            match a.send_inline(conn, &payload) {
+                Ok(()) => accepted += 1,
+                Err(vmi_core::VmiError::Busy { .. }) => {}
+                Err(e) => panic!("{e}"),
+            }
+            a.poll(ha);
+        }
+        let held = a.irbs_in_use();
+        // Now the receiver reads; the sender finishes.
+        let target = hb.received + accepted;
+        while hb.received < target || a.irbs_in_use() > 0 {
+            b.poll(hb);
+            a.poll(ha);
+        }
+        (accepted, held)
+    };
+    let (accepted, held) = burst(&mut a, &mut ha, &mut b, &mut hb);
+    assert!(
+        (vmi_core::MAX_SENDS_IN_FLIGHT as u64..10_000).contains(&accepted),
+        "accepted up to the limit and then pushed back: {accepted}"
+    );
+    assert!(
+        held <= vmi_core::MAX_SENDS_IN_FLIGHT + 8,
+        "the sender holds at most the limit: {held}"
+    );
+    ALLOCS.store(0, Ordering::Relaxed);
+    COUNTING.with(|c| c.set(true));
+    let (again, _) = burst(&mut a, &mut ha, &mut b, &mut hb);
+    COUNTING.with(|c| c.set(false));
+    let allocs = ALLOCS.load(Ordering::Relaxed);
+    assert_eq!(again, accepted, "the same burst behaves the same");
+    assert_eq!(hb.received, accepted * 2);
+    assert_eq!(
+        allocs, 0,
+        "a second burst of 10,000 sends against a receiver that does not read allocated {allocs} times"
+    );
 }

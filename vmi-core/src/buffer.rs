@@ -75,6 +75,11 @@ impl Buffer {
     pub(crate) fn vec_mut(&mut self) -> &mut Vec<u8> {
         &mut self.data
     }
+
+    #[cfg(test)]
+    fn vec_mut_cap(&self) -> usize {
+        self.data.capacity()
+    }
 }
 
 impl std::ops::Deref for Buffer {
@@ -102,22 +107,51 @@ impl From<&[u8]> for Buffer {
     }
 }
 
-/// Recycles the memory of inline sends so the steady state allocates nothing.
-#[derive(Debug, Default)]
+/// Recycles the memory of inline sends so the steady state allocates nothing: one free list
+/// per power-of-two size class, kept up to a total byte budget.
+#[derive(Debug)]
 pub(crate) struct InlinePool {
-    free: Vec<Vec<u8>>,
+    classes: Vec<Vec<Vec<u8>>>,
+    kept_bytes: usize,
 }
 
 /// Inline sends up to this size draw from the pool; larger ones allocate.
 pub const INLINE_POOL_MAX: usize = 64 * 1024;
-const INLINE_POOL_KEEP: usize = 1024;
+/// Smallest class (bytes).
+const MIN_CLASS: usize = 64;
+/// Most bytes the pool keeps when buffers come back: enough for every send in flight at the
+/// small sizes inline sends are for, bounded for large ones.
+const INLINE_POOL_KEEP_BYTES: usize = 8 << 20;
+
+impl Default for InlinePool {
+    fn default() -> Self {
+        let classes = (MIN_CLASS.trailing_zeros()..=INLINE_POOL_MAX.trailing_zeros())
+            .map(|_| Vec::new())
+            .collect();
+        InlinePool {
+            classes,
+            kept_bytes: 0,
+        }
+    }
+}
 
 impl InlinePool {
+    fn class(len: usize) -> usize {
+        (len.max(MIN_CLASS).next_power_of_two().trailing_zeros() - MIN_CLASS.trailing_zeros())
+            as usize
+    }
+
     pub(crate) fn take(&mut self, data: &[u8]) -> Buffer {
-        let mut v = if data.len() <= INLINE_POOL_MAX {
-            self.free
-                .pop()
-                .unwrap_or_else(|| Vec::with_capacity(INLINE_POOL_MAX))
+        let pooled = data.len() <= INLINE_POOL_MAX;
+        let mut v = if pooled {
+            let c = Self::class(data.len());
+            match self.classes[c].pop() {
+                Some(v) => {
+                    self.kept_bytes -= v.capacity();
+                    v
+                }
+                None => Vec::with_capacity(data.len().max(MIN_CLASS).next_power_of_two()),
+            }
         } else {
             Vec::with_capacity(data.len())
         };
@@ -126,14 +160,49 @@ impl InlinePool {
         Buffer {
             data: v,
             regs: Vec::new(),
-            pooled: data.len() <= INLINE_POOL_MAX,
+            pooled,
         }
     }
 
     pub(crate) fn give(&mut self, mut b: Buffer) {
-        if b.pooled && self.free.len() < INLINE_POOL_KEEP {
-            b.vec_mut().clear();
-            self.free.push(std::mem::take(b.vec_mut()));
+        let cap = b.vec_mut().capacity();
+        if !b.pooled || !cap.is_power_of_two() || !(MIN_CLASS..=INLINE_POOL_MAX).contains(&cap) {
+            return;
         }
+        if self.kept_bytes + cap > INLINE_POOL_KEEP_BYTES {
+            return;
+        }
+        let mut v = std::mem::take(b.vec_mut());
+        v.clear();
+        self.kept_bytes += cap;
+        self.classes[Self::class(cap)].push(v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inline_buffers_are_sized_to_their_class_and_recycled() {
+        let mut p = InlinePool::default();
+        let b = p.take(&[1; 8]);
+        assert_eq!(
+            b.vec_mut_cap(),
+            64,
+            "an 8-byte send does not reserve 64 KiB"
+        );
+        let ptr = b.as_ptr();
+        p.give(b);
+        let again = p.take(&[2; 60]);
+        assert_eq!(again.as_ptr(), ptr, "same class, same memory");
+        let big = p.take(&[0; 1000]);
+        assert_eq!(big.vec_mut_cap(), 1024);
+        p.give(again);
+        p.give(big);
+        assert_eq!(p.kept_bytes, 64 + 1024);
+        let huge = p.take(&vec![0; INLINE_POOL_MAX + 1]);
+        p.give(huge);
+        assert_eq!(p.kept_bytes, 64 + 1024, "oversized buffers are not kept");
     }
 }

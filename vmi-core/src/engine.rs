@@ -22,7 +22,7 @@ use crate::loader::{DeviceType, LoadError};
 use crate::params::ResolvedParam;
 use crate::services::{Boundary, Shared, Work};
 use crate::slab::Releases;
-use crate::slot::{DevIndex, Dir, IrbPool, Purpose, Slot};
+use crate::slot::{Class, DevIndex, Dir, IrbPool, Purpose, Slot};
 use crate::status::Status;
 use crate::waker::Waker;
 
@@ -32,6 +32,16 @@ pub const MAX_DEVICES: usize = (DevIndex::MAX - 1) as usize;
 
 /// Receive IRBs one device may hand up per poll before the next device's turn.
 pub(crate) const POLL_BUDGET: u32 = 64;
+
+/// Most application sends in flight in one process (issued and not yet completed). Past it a
+/// send is refused with [`crate::VmiError::Busy`]: the application polls until completions
+/// arrive. A peer that does not read therefore costs a bounded amount of memory.
+pub const MAX_SENDS_IN_FLIGHT: usize = 4096;
+
+/// Most received IRBs in flight in one process (handed up by a transport and not yet
+/// released by the application, grabbed slabs included). At the limit transports stop
+/// reading and leave data where it is (socket buffer, ring), which pushes back on the peer.
+pub const MAX_RECEIVES_IN_FLIGHT: usize = 1024;
 
 /// One running device.
 struct Instance {
@@ -150,8 +160,10 @@ impl Engine {
             local_key,
             signature,
             recv_pos,
-            recv_limit: usize::MAX,
+            recv_limit: MAX_RECEIVES_IN_FLIGHT,
             recv_live: Cell::new(0),
+            send_limit: MAX_SENDS_IN_FLIGHT,
+            send_live: Cell::new(0),
         });
         shared.pool.borrow_mut().reserve(64);
         let boundary = Boundary::new(&shared, waker.clone(), &offsets);
@@ -334,9 +346,29 @@ impl Engine {
         &self.releases
     }
 
-    /// A clean slot for an application operation.
+    /// A clean slot for a control operation (connect, answer, disconnect).
     pub fn new_slot(&self) -> Slot {
         self.shared.pool.borrow_mut().take()
+    }
+
+    /// Sends that may still be issued before `new_send_slot` refuses.
+    pub fn sends_available(&self) -> usize {
+        self.shared
+            .send_limit
+            .saturating_sub(self.shared.send_live.get())
+    }
+
+    /// A clean slot for an application send, or `Err(limit)` when the most sends allowed
+    /// are in flight.
+    pub fn new_send_slot(&self) -> Result<Slot, usize> {
+        let sh = &self.shared;
+        if sh.send_live.get() >= sh.send_limit {
+            return Err(sh.send_limit);
+        }
+        sh.send_live.set(sh.send_live.get() + 1);
+        let mut s = sh.pool.borrow_mut().take();
+        s.set_class(Class::Send);
+        Ok(s)
     }
 
     /// A buffer from the inline pool holding a copy of `data`.
@@ -349,8 +381,10 @@ impl Engine {
         for b in s.drain_buffers() {
             self.inline.give(b);
         }
-        if s.purpose() == Purpose::Received {
-            self.shared.recv_live.set(self.shared.recv_live.get() - 1);
+        match s.class() {
+            Class::Recv => self.shared.recv_live.set(self.shared.recv_live.get() - 1),
+            Class::Send => self.shared.send_live.set(self.shared.send_live.get() - 1),
+            Class::Control => {}
         }
         self.shared.pool.borrow_mut().give(s);
     }

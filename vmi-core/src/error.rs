@@ -81,6 +81,14 @@ pub enum VmiError {
         /// The device's reason.
         reason: String,
     },
+    /// Too many sends are in flight: the peer (or the transport) is behind. Nothing was sent.
+    #[error(
+        "{limit} sends are in flight, the most one process may have; poll (or wait) until send completions arrive, then send again"
+    )]
+    Busy {
+        /// The limit.
+        limit: usize,
+    },
     /// The stream handle belongs to another connection state.
     #[error("the stream on {0} was already ended or its connection closed")]
     StreamClosed(ConnId),

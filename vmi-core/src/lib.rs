@@ -39,7 +39,7 @@ mod waker;
 pub use buffer::Buffer;
 pub use conn::ConnId;
 pub use ctx::Ctx;
-pub use engine::{DeviceInfo, MAX_DEVICES};
+pub use engine::{DeviceInfo, MAX_DEVICES, MAX_RECEIVES_IN_FLIGHT, MAX_SENDS_IN_FLIGHT};
 pub use error::VmiError;
 pub use handler::{
     ConnectOutcome, ConnectRequest, Decision, Disconnect, Handler, Recv, SendCompletion,

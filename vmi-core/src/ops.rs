@@ -82,7 +82,13 @@ impl Core {
             .send_checked(conn, kind)
             .map_err(|r| VmiError::refused(conn, r))?;
         let max = self.engine.top_caps().max_fragment;
-        let mut s = self.engine.new_slot();
+        let mut s = match self.engine.new_send_slot() {
+            Ok(s) => s,
+            Err(limit) => {
+                self.engine.conns_mut().send_undone(conn, kind);
+                return Err(VmiError::Busy { limit });
+            }
+        };
         let mut given = 0;
         let mut refused = None;
         for b in buffers {
@@ -241,6 +247,12 @@ pub trait Operations: Sealed {
     /// (VMI 2.1: `VMI_Stream_Send_Inline`). Its completion carries `token` 0 and no buffers.
     fn send_inline(&mut self, conn: ConnId, data: &[u8]) -> Result<(), VmiError> {
         let (core, mode) = self.core();
+        if core.engine.sends_available() == 0 {
+            // Refused before a pooled buffer is taken, so a sender pushed back loses none.
+            return Err(VmiError::Busy {
+                limit: crate::engine::MAX_SENDS_IN_FLIGHT,
+            });
+        }
         let b = core.engine.inline_buffer(data);
         let s = core.prepare_send(conn, Some(b), 0, SendKind::Whole)?;
         core.issue(s, mode);
@@ -282,6 +294,13 @@ pub trait Operations: Sealed {
         let s = core.prepare_send(stream.conn, buffers, token, SendKind::End)?;
         core.issue(s, mode);
         Ok(())
+    }
+
+    /// How many more sends may be issued before one is refused with
+    /// [`VmiError::Busy`] (at most [`crate::MAX_SENDS_IN_FLIGHT`]); when 0, poll or wait until
+    /// send completions arrive.
+    fn sends_available(&self) -> usize {
+        self.core_ref().engine.sends_available()
     }
 
     /// The peer's key for a live connection.

@@ -21,7 +21,7 @@ use crossbeam_queue::SegQueue;
 
 use crate::abi::*;
 use crate::conn::ConnTable;
-use crate::slot::{DevIndex, Dir, IrbPool, Purpose, Slot};
+use crate::slot::{Class, DevIndex, Dir, IrbPool, Purpose, Slot};
 use crate::waker::Waker;
 
 /// Work queued by host services for the engine loop.
@@ -45,6 +45,10 @@ pub(crate) struct Shared {
     pub recv_limit: usize,
     /// Receive IRBs in flight now.
     pub recv_live: std::cell::Cell<usize>,
+    /// Most application sends in flight at once.
+    pub send_limit: usize,
+    /// Application sends in flight now.
+    pub send_live: std::cell::Cell<usize>,
 }
 
 /// What other threads reach: completions and wake-ups.
@@ -257,6 +261,7 @@ unsafe extern "C" fn svc_irb_alloc(host: *mut c_void, op: u32, conn: u64) -> *mu
     }
     sh.recv_live.set(sh.recv_live.get() + 1);
     let mut s = sh.pool.borrow_mut().take();
+    s.set_class(Class::Recv);
     s.set_op(op);
     s.set_conn_raw(conn);
     s.enter(Dir::Up, pos);

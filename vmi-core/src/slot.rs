@@ -27,6 +27,19 @@ pub(crate) enum Dir {
     Up,
 }
 
+/// Which limit a slot counts against while it is in use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Class {
+    /// Control operations (connect, answer, disconnect): not limited, they are rare and a
+    /// close must always be possible.
+    Control,
+    /// An application send: at most `MAX_SENDS_IN_FLIGHT`.
+    Send,
+    /// A received IRB, from its allocation by a transport to its release by the application:
+    /// at most `MAX_RECEIVES_IN_FLIGHT`.
+    Recv,
+}
+
 /// What the application is told when the IRB is done.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Purpose {
@@ -61,6 +74,7 @@ pub(crate) struct IrbSlot {
     /// The transport that owns the connection.
     transport: DevIndex,
     purpose: Purpose,
+    class: Class,
     /// True once the completion steps ran (a failed receive is unwound before delivery).
     unwound: bool,
     /// The application's token for the completion callback.
@@ -133,6 +147,7 @@ impl IrbSlot {
             path: Vec::with_capacity(max_path),
             transport: NO_DEVICE,
             purpose: Purpose::Send,
+            class: Class::Control,
             unwound: false,
             token: 0,
             bufs: Vec::with_capacity(VMI_IRB_MAX_SEGS),
@@ -288,6 +303,12 @@ impl IrbSlot {
     pub fn purpose(&self) -> Purpose {
         self.purpose
     }
+    pub fn class(&self) -> Class {
+        self.class
+    }
+    pub fn set_class(&mut self, c: Class) {
+        self.class = c;
+    }
     pub fn set_purpose(&mut self, p: Purpose) {
         self.purpose = p;
     }
@@ -373,6 +394,8 @@ impl IrbPool {
         s.pos = -1;
         s.path.clear();
         s.transport = NO_DEVICE;
+        s.purpose = Purpose::Send;
+        s.class = Class::Control;
         s.unwound = false;
         s.token = 0;
         s.bufs.clear();

@@ -17,6 +17,8 @@ use crate::wire::Message;
 struct Endpoint {
     inbox: Mutex<VecDeque<Message>>,
     waker: HostWaker,
+    /// False once the endpoint's device is gone (a peer may still hold the `Arc`).
+    alive: std::sync::atomic::AtomicBool,
 }
 
 fn registry() -> &'static Mutex<HashMap<String, Arc<Endpoint>>> {
@@ -31,7 +33,12 @@ fn pool() -> &'static Mutex<Vec<Vec<u8>>> {
     P.get_or_init(|| Mutex::new(Vec::new()))
 }
 
-const POOL_KEEP: usize = 4096;
+/// Buffers kept: a full inbox plus what a receiver holds, so a burst recycles everything.
+const POOL_KEEP: usize = 8192;
+
+/// Messages an endpoint's inbox holds before senders to it wait (their sends pend and go on
+/// from `poll`): a receiver that does not poll costs bounded memory.
+const INBOX_LIMIT: usize = 4096;
 const POOL_MAX_BYTES: usize = 1 << 20;
 
 fn take_buffer(len: usize) -> Vec<u8> {
@@ -57,6 +64,8 @@ fn give_buffer(v: Vec<u8>) {
 /// This side's view of a connection.
 struct Link {
     peer_key: String,
+    /// The peer's endpoint, resolved when the connection was made (no look-up per message).
+    peer: Option<Arc<Endpoint>>,
     /// The peer's handle for it (0 until the peer answered).
     peer_conn: u64,
     /// The connect IRB waiting for the answer.
@@ -80,6 +89,8 @@ pub struct LoopbackDevice {
     held: Vec<Option<Vec<u8>>>,
     free_held: Vec<u32>,
     signature: Signature,
+    /// Sends waiting for room in their peer's inbox, in order.
+    blocked: VecDeque<Irb>,
 }
 
 impl LoopbackDevice {
@@ -103,6 +114,59 @@ impl LoopbackDevice {
             }
             None => false,
         }
+    }
+
+    /// Posts a send to its peer's inbox and completes it, or gives it back when the inbox is
+    /// full.
+    fn try_send(&mut self, mut irb: Irb) -> Result<Disposition, Irb> {
+        let Some(link) = self.links.get(&irb.conn()) else {
+            irb.set_detail("connection closed");
+            return Ok(Disposition::Complete(irb, Status::ConnectionLost));
+        };
+        let Some(ep) = link
+            .peer
+            .clone()
+            .filter(|ep| ep.alive.load(std::sync::atomic::Ordering::Acquire))
+        else {
+            irb.set_detail("the peer endpoint is gone");
+            return Ok(Disposition::Complete(irb, Status::ConnectionLost));
+        };
+        let mut inbox = ep.inbox.lock().unwrap_or_else(|e| e.into_inner());
+        if inbox.len() >= INBOX_LIMIT {
+            return Err(irb);
+        }
+        let mut payload = take_buffer(irb.data_len());
+        for i in 0..irb.segments().len() {
+            payload.extend_from_slice(irb.segment(i));
+        }
+        inbox.push_back(Message::Data {
+            to: link.peer_conn,
+            flags: irb.flags(),
+            payload,
+        });
+        drop(inbox);
+        ep.waker.wake();
+        Ok(Disposition::Complete(irb, Status::Ok))
+    }
+
+    /// Sends blocked on a full inbox go on while there is room.
+    fn unblock(&mut self) -> usize {
+        let mut n = 0;
+        while let Some(irb) = self.blocked.pop_front() {
+            match self.try_send(irb) {
+                Ok(Disposition::Complete(irb, status)) => {
+                    irb.complete(status);
+                    n += 1;
+                }
+                Ok(Disposition::Pass(irb)) => irb.pass(),
+                Ok(Disposition::Pending) => {}
+                Err(irb) => {
+                    self.blocked.push_front(irb);
+                    break;
+                }
+            }
+        }
+        n
     }
 
     fn hold(&mut self, v: Vec<u8>) -> u32 {
@@ -148,6 +212,7 @@ impl LoopbackDevice {
                     conn,
                     Link {
                         peer_key: from_key.clone(),
+                        peer: Self::endpoint(&from_key),
                         peer_conn: reply_to,
                         connect: None,
                     },
@@ -234,6 +299,7 @@ impl Device for LoopbackDevice {
         let me = Arc::new(Endpoint {
             inbox: Mutex::new(VecDeque::with_capacity(1024)),
             waker: host.waker(),
+            alive: std::sync::atomic::AtomicBool::new(true),
         });
         let mut reg = registry().lock().unwrap_or_else(|e| e.into_inner());
         if reg.contains_key(&key) {
@@ -250,6 +316,7 @@ impl Device for LoopbackDevice {
             links: HashMap::new(),
             held: Vec::with_capacity(1024),
             free_held: Vec::with_capacity(1024),
+            blocked: VecDeque::new(),
             signature,
         })
     }
@@ -298,6 +365,7 @@ impl Device for LoopbackDevice {
                 self.links.insert(
                     conn,
                     Link {
+                        peer: Self::endpoint(&key),
                         peer_key: key,
                         peer_conn: 0,
                         connect: Some(irb),
@@ -334,24 +402,18 @@ impl Device for LoopbackDevice {
                 Disposition::Complete(irb, Status::Ok)
             }
             Op::Send => {
-                let Some(link) = self.links.get(&conn) else {
-                    irb.set_detail("connection closed");
-                    return Disposition::Complete(irb, Status::ConnectionLost);
-                };
-                let mut payload = take_buffer(irb.data_len());
-                for i in 0..irb.segments().len() {
-                    payload.extend_from_slice(irb.segment(i));
+                if !self.blocked.is_empty() {
+                    // Earlier sends wait for room: keep the order.
+                    self.blocked.push_back(irb);
+                    return Disposition::Pending;
                 }
-                let msg = Message::Data {
-                    to: link.peer_conn,
-                    flags: irb.flags(),
-                    payload,
-                };
-                if !self.post(&link.peer_key, msg) {
-                    irb.set_detail("the peer endpoint is gone");
-                    return Disposition::Complete(irb, Status::ConnectionLost);
+                match self.try_send(irb) {
+                    Ok(d) => d,
+                    Err(irb) => {
+                        self.blocked.push_back(irb);
+                        Disposition::Pending
+                    }
                 }
-                Disposition::Complete(irb, Status::Ok)
             }
             Op::Disconnect => {
                 if let Some(link) = self.links.remove(&conn) {
@@ -376,15 +438,20 @@ impl Device for LoopbackDevice {
     fn wait_fd(&self) -> (Option<std::os::fd::RawFd>, Option<std::time::Duration>) {
         // No descriptor of its own: peers ring the host's doorbell. Pending messages mean
         // "do not sleep".
-        (
-            None,
-            (!self.inbox_empty()).then_some(std::time::Duration::ZERO),
-        )
+        let busy = !self.inbox_empty() || !self.blocked.is_empty();
+        let wait = if self.host.irbs_available() > 0 {
+            std::time::Duration::ZERO
+        } else {
+            // The application holds every receive IRB: look again shortly, without spinning.
+            std::time::Duration::from_millis(1)
+        };
+        (None, busy.then_some(wait))
     }
 
     fn poll(&mut self, budget: usize) -> usize {
-        let mut n = 0;
-        while n < budget {
+        let mut n = self.unblock();
+        // One message needs at most one receive IRB: take none the host cannot give.
+        while n < budget && self.host.irbs_available() > 0 {
             let msg = self
                 .me
                 .inbox
@@ -411,6 +478,12 @@ impl LoopbackDevice {
 
 impl Drop for LoopbackDevice {
     fn drop(&mut self) {
+        self.me
+            .alive
+            .store(false, std::sync::atomic::Ordering::Release);
+        for irb in self.blocked.drain(..) {
+            irb.complete(Status::Cancelled);
+        }
         for (_, link) in self.links.drain() {
             if link.peer_conn != 0 {
                 if let Some(ep) = Self::endpoint(&link.peer_key) {

@@ -84,6 +84,8 @@ struct Conn {
     fds: Vec<OwnedFd>,
     /// The incoming record stream's protocol state.
     reader: RecordReader,
+    /// The peer left (status, detail); reported once its ring is drained.
+    gone: Option<(Status, String)>,
     tx: VecDeque<Tx>,
     acks: VecDeque<[u8; RECORD_LEN]>,
     rdv_waiting: HashMap<u64, Irb>,
@@ -118,6 +120,7 @@ impl Conn {
             ctl: Vec::new(),
             fds: Vec::new(),
             reader: RecordReader::new(max_fragment),
+            gone: None,
             tx: VecDeque::new(),
             acks: VecDeque::new(),
             rdv_waiting: HashMap::new(),
@@ -171,6 +174,8 @@ impl Source for RingSource<'_, '_> {
 
 fn deliver(host: &Host, pool: &mut HeldBuffers, vmi: u64, rec: &Record, buf: Vec<u8>) {
     let Some(mut irb) = host.alloc_irb(Op::Recv, vmi) else {
+        // drain_rx reads a record only when the host offers an IRB for it.
+        log::error!("shmem: the host refused a receive IRB it had offered; a fragment is lost");
         pool.give(buf);
         return;
     };
@@ -291,6 +296,26 @@ impl ShmemDevice {
         }
     }
 
+    /// Ends a connection whose peer left, once everything it wrote was delivered.
+    fn end_if_drained(&mut self, idx: usize) {
+        let Some(c) = self.conns[idx].as_mut() else {
+            return;
+        };
+        if c.gone.is_none() {
+            return;
+        }
+        let drained = c.reader.at_boundary()
+            && c.region.as_ref().is_none_or(|r| {
+                let view = r.ring(c.rx_ring);
+                Consumer::resume(view.shared(), c.rx_pos.0, c.rx_pos.1).available() == 0
+            });
+        if drained {
+            if let Some((status, detail)) = c.gone.take() {
+                self.end(idx, status, &detail, false);
+            }
+        }
+    }
+
     /// Reads up to `budget` records from a connection's incoming ring and hands fragments up;
     /// the rest waits for the next poll (the peer's ring fills and it is pushed back).
     fn drain_rx(&mut self, idx: usize, budget: usize) -> usize {
@@ -310,7 +335,9 @@ impl ShmemDevice {
         let mut cons = Consumer::resume(view.shared(), c.rx_pos.0, c.rx_pos.1);
         let mut n = 0;
         let mut error: Option<String> = None;
-        while n < budget {
+        // At most `budget` records, and none without a receive IRB to hand it up in: the rest
+        // stays in the ring, which pushes back on the peer when it fills.
+        while n < budget && host.irbs_available() > 0 {
             let next = c
                 .reader
                 .next(&mut RingSource(&mut cons), &mut |len| pool.take(len));
@@ -541,9 +568,7 @@ impl ShmemDevice {
                     }
                 }
                 if bye || eof {
-                    // Everything the peer wrote to the ring before closing is delivered first.
-                    self.drain_rx(idx, usize::MAX);
-                    let (status, detail) = if bye {
+                    let gone = if bye {
                         (Status::Ok, "the peer closed the connection".to_string())
                     } else {
                         (
@@ -552,7 +577,14 @@ impl ShmemDevice {
                                 .to_string(),
                         )
                     };
-                    self.end(idx, status, &detail, false);
+                    // Everything the peer wrote to the ring before closing is delivered first;
+                    // the end is reported once the ring is drained (maybe over several polls,
+                    // if the application holds many received IRBs).
+                    if let Some(c) = self.conns[idx].as_mut() {
+                        c.gone = Some(gone);
+                    }
+                    self.drain_rx(idx, usize::MAX);
+                    self.end_if_drained(idx);
                 }
             }
         }
@@ -1147,6 +1179,7 @@ impl Device for ShmemDevice {
         for idx in 0..self.conns.len() {
             if self.conns[idx].is_some() {
                 n += self.drain_rx(idx, budget);
+                self.end_if_drained(idx);
                 n += self.flush_tx(idx);
             }
         }
@@ -1182,7 +1215,13 @@ impl Device for ShmemDevice {
             }
         }
         if busy {
-            next = Some(Duration::ZERO);
+            next = Some(if self.host.irbs_available() > 0 {
+                Duration::ZERO
+            } else {
+                // Data waits, but the application holds every receive IRB (maybe releasing them
+                // from another thread, which does not wake the host): look again shortly.
+                Duration::from_millis(1)
+            });
         }
         (Some(self.poll.as_raw_fd()), next)
     }

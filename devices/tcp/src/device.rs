@@ -22,8 +22,6 @@ use crate::wire::{FrameRepr, HelloRepr};
 
 const LISTENER: Token = Token(usize::MAX);
 const STAGING: usize = 64 * 1024;
-/// Bytes read from one connection per poll before others get a turn.
-const READ_BUDGET: usize = 8 << 20;
 
 enum Tx {
     Bytes {
@@ -56,6 +54,10 @@ struct Conn {
     /// True while counted in `TcpDevice::timed` (the protocol has a deadline).
     timed: bool,
     attempt: Option<Attempt>,
+    /// Bytes read but not yet fed to the protocol, because the poll's budget or the host's
+    /// receive IRBs ran out; they go first on the next turn, before the socket is read again.
+    parked: Vec<u8>,
+    parked_off: usize,
 }
 
 /// Per-IRB frame: the received payload a RECV IRB points at (index + 1; 0 for none).
@@ -81,6 +83,8 @@ pub struct TcpDevice {
     free: Vec<usize>,
     by_vmi: HashMap<u64, usize>,
     again: Vec<usize>,
+    /// IRBs this poll may still hand up (the host's budget for the call).
+    budget_left: usize,
     timed: usize,
     pool: HeldBuffers,
     staging: Box<[u8]>,
@@ -294,6 +298,8 @@ impl TcpDevice {
                         tx: VecDeque::new(),
                         timed: false,
                         attempt: Some(attempt),
+                        parked: Vec::new(),
+                        parked_off: 0,
                     };
                     if let Err(e) = self.insert(conn) {
                         log::error!("tcp: cannot register a socket: {e}");
@@ -417,21 +423,98 @@ impl TcpDevice {
         }
     }
 
-    /// Reads until the socket would block or the budget is spent.
+    /// True when one more received IRB may be handed up now: this poll's budget is not spent
+    /// and the host has a receive IRB for it. When false, reading stops and the data waits in
+    /// the socket (TCP's flow control then pushes back on the sender).
+    fn may_deliver(&self) -> bool {
+        self.budget_left > 0 && self.host.irbs_available() > 0
+    }
+
+    /// Marks a connection to be read again at the next poll.
+    fn read_later(&mut self, idx: usize) {
+        if !self.again.contains(&idx) {
+            self.again.push(idx);
+        }
+    }
+
+    /// Feeds `input` to the connection's protocol until it is used up, or delivery must wait
+    /// (the rest is parked). Returns false when reading must stop (parked, or gone).
+    fn feed_bytes(&mut self, idx: usize, input: &[u8]) -> bool {
+        let now = Instant::now();
+        let mut off = 0;
+        while off < input.len() {
+            if !self.may_deliver() {
+                if let Some(c) = self.conns[idx].as_mut() {
+                    c.parked.extend_from_slice(&input[off..]);
+                }
+                self.read_later(idx);
+                return false;
+            }
+            let (used, out) = {
+                let Some(c) = self.conns[idx].as_mut() else {
+                    return false;
+                };
+                let pool = &mut self.pool;
+                c.proto
+                    .feed(&input[off..], &self.local, now, &mut |len| pool.take(len))
+            };
+            off += used;
+            if let Some(out) = out {
+                let terminal = out.is_terminal();
+                self.apply(idx, out);
+                if terminal || self.conns[idx].is_none() {
+                    return false;
+                }
+            }
+            self.settle(idx);
+            if self.conns[idx].as_ref().is_some_and(|c| !c.tx.is_empty()) {
+                self.flush(idx);
+            }
+            if self.conns[idx].is_none() {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Feeds parked bytes first. Returns false while some are still parked.
+    fn feed_parked(&mut self, idx: usize) -> bool {
+        let Some(c) = self.conns[idx].as_mut() else {
+            return false;
+        };
+        if c.parked.is_empty() {
+            return true;
+        }
+        let parked = std::mem::take(&mut c.parked);
+        let from = std::mem::take(&mut c.parked_off);
+        // What cannot be fed now is parked again (appended to the emptied vector).
+        let done = self.feed_bytes(idx, &parked[from..]);
+        if let Some(c) = self.conns[idx].as_mut() {
+            if c.parked.is_empty() {
+                // Keep the allocation for the next time.
+                let mut v = parked;
+                v.clear();
+                c.parked = v;
+            }
+        }
+        done
+    }
+
+    /// Reads until the socket would block, or delivery must wait.
     /// `hup`: the event also reported the peer's close (or an error); then reads go on until
     /// they return end of stream, since no further edge will announce it.
     fn on_readable(&mut self, idx: usize, hup: bool) {
-        let mut budget = READ_BUDGET;
+        if !self.feed_parked(idx) {
+            return;
+        }
         loop {
+            if !self.may_deliver() {
+                self.read_later(idx);
+                return;
+            }
             let Some(c) = self.conns[idx].as_mut() else {
                 return;
             };
-            if budget == 0 {
-                if !self.again.contains(&idx) {
-                    self.again.push(idx);
-                }
-                return;
-            }
             if let Some(target) = c.proto.decoder().direct_target() {
                 let want = target.len();
                 match c.sock.read(target) {
@@ -440,7 +523,6 @@ impl TcpDevice {
                         return self.apply(idx, out);
                     }
                     Ok(n) => {
-                        budget = budget.saturating_sub(n);
                         if let Some(out) = c.proto.direct_done(n, &self.local, Instant::now()) {
                             self.apply(idx, out);
                         }
@@ -471,35 +553,11 @@ impl TcpDevice {
                     return self.apply(idx, out);
                 }
             };
-            budget = budget.saturating_sub(n);
-            let now = Instant::now();
-            let mut off = 0;
-            while off < n {
-                let (used, out) = {
-                    let Some(c) = self.conns[idx].as_mut() else {
-                        return;
-                    };
-                    let pool = &mut self.pool;
-                    c.proto
-                        .feed(&self.staging[off..n], &self.local, now, &mut |len| {
-                            pool.take(len)
-                        })
-                };
-                off += used;
-                if let Some(out) = out {
-                    let terminal = out.is_terminal();
-                    self.apply(idx, out);
-                    if terminal || self.conns[idx].is_none() {
-                        return;
-                    }
-                }
-                self.settle(idx);
-                if self.conns[idx].as_ref().is_some_and(|c| !c.tx.is_empty()) {
-                    self.flush(idx);
-                }
-                if self.conns[idx].is_none() {
-                    return;
-                }
+            let staging = std::mem::take(&mut self.staging);
+            let go_on = self.feed_bytes(idx, &staging[..n]);
+            self.staging = staging;
+            if !go_on {
+                return;
             }
             // A short read means the socket's receive queue was empty at that instant; on
             // Linux any later arrival raises a new edge, so the extra read that would only
@@ -519,8 +577,18 @@ impl TcpDevice {
             return;
         };
         let Some(mut irb) = self.host.alloc_irb(Op::Recv, c.vmi) else {
+            // `may_deliver` said there was an IRB: a fragment cannot be dropped without
+            // splicing the stream, so the connection ends instead.
             self.pool.give(payload);
-            return;
+            log::error!(
+                "tcp: the host refused a receive IRB it had offered; closing the connection"
+            );
+            return self.fail(
+                idx,
+                Status::NoResources,
+                "the host had no receive IRB for a fragment",
+                true,
+            );
         };
         let flags = (if end {
             vmi_device::abi::VMI_FLAG_END
@@ -533,6 +601,7 @@ impl TcpDevice {
         irb.frame::<TcpFrame>().held = slot;
         push_segment(&mut irb, ptr, len);
         irb.pass();
+        self.budget_left = self.budget_left.saturating_sub(1);
     }
 
     /// A valid hello: a connect request for the application.
@@ -601,6 +670,8 @@ impl TcpDevice {
                         tx: VecDeque::new(),
                         timed: false,
                         attempt: None,
+                        parked: Vec::new(),
+                        parked_off: 0,
                     };
                     if let Err(e) = self.insert(conn) {
                         log::error!("tcp: cannot register an accepted socket: {e}");
@@ -673,6 +744,7 @@ impl Device for TcpDevice {
             free: Vec::new(),
             by_vmi: HashMap::new(),
             again: Vec::new(),
+            budget_left: usize::MAX,
             timed: 0,
             pool: HeldBuffers::default(),
             staging: vec![0; STAGING].into_boxed_slice(),
@@ -906,7 +978,8 @@ impl Device for TcpDevice {
         self.pool.release(held);
     }
 
-    fn poll(&mut self, _budget: usize) -> usize {
+    fn poll(&mut self, budget: usize) -> usize {
+        self.budget_left = budget;
         if let Err(e) = self.poll.poll(&mut self.events, Some(Duration::ZERO)) {
             if e.kind() != io::ErrorKind::Interrupted {
                 log::error!("tcp: epoll failed: {e}");
@@ -948,8 +1021,12 @@ impl Device for TcpDevice {
     fn wait_fd(&self) -> (Option<RawFd>, Option<Duration>) {
         let mut next: Option<Duration> = if self.again.is_empty() {
             None
-        } else {
+        } else if self.host.irbs_available() > 0 {
             Some(Duration::ZERO)
+        } else {
+            // Waiting for the application to release received IRBs (maybe from another
+            // thread, which does not wake the host): look again shortly, without spinning.
+            Some(Duration::from_millis(1))
         };
         if self.timed > 0 {
             let now = Instant::now();

@@ -143,7 +143,28 @@ impl Handler for Sender {
     }
 }
 
-fn send_message(vmi: &mut Vmi, conn: ConnId, message: u64, args: &Args) -> Result<(), String> {
+/// Polls until a send may be issued (the process's sends in flight are bounded).
+fn wait_for_room(vmi: &mut Vmi, s: &mut Sender, deadline: Instant) -> Result<(), String> {
+    while vmi.sends_available() == 0 {
+        vmi.wait(s, Duration::from_millis(10));
+        if let Some(e) = s.error.take() {
+            return Err(e);
+        }
+        if Instant::now() > deadline {
+            return Err("timed out waiting for earlier sends to complete".into());
+        }
+    }
+    Ok(())
+}
+
+fn send_message(
+    vmi: &mut Vmi,
+    s: &mut Sender,
+    conn: ConnId,
+    message: u64,
+    args: &Args,
+    deadline: Instant,
+) -> Result<(), String> {
     let stream = vmi.stream_begin(conn).map_err(|e| e.to_string())?;
     let mut offset = 0u64;
     let sizes: Vec<u64> = fragment_sizes(args.size, args.fragments).collect();
@@ -153,6 +174,7 @@ fn send_message(vmi: &mut Vmi, conn: ConnId, message: u64, args: &Args) -> Resul
         fill(&mut buf, message, offset);
         offset += len;
         let token = (message << 20) | i as u64;
+        wait_for_room(vmi, s, deadline)?;
         if i == last {
             vmi.stream_end(stream, Some(buf), token | LAST)
                 .map_err(|e| e.to_string())?;
@@ -213,7 +235,7 @@ fn run(args: &Args) -> Result<(u64, Duration), String> {
                 let m = c.next_message;
                 c.next_message += 1;
                 c.in_flight += 1;
-                send_message(&mut vmi, conn, m, args)?;
+                send_message(&mut vmi, &mut s, conn, m, args, deadline)?;
             }
         }
         if s.conns.values().all(|c| c.done_messages >= args.count) {
