@@ -425,6 +425,11 @@ impl PerfClient {
         let sizes = split(size, frags);
         let last = sizes.len() - 1;
         for (i, len) in sizes.into_iter().enumerate() {
+            // A process has a bounded number of sends in flight: wait for room.
+            let waiting = Instant::now();
+            while self.vmi.sends_available() == 0 {
+                self.poll(waiting)?;
+            }
             let mut buf = match self.h.stash.iter().position(|b| b.len() == len) {
                 Some(p) => self.h.stash.swap_remove(p),
                 None => self.vmi.buffer_alloc(len),

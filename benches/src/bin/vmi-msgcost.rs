@@ -1,0 +1,112 @@
+//! The driver the instruction-count benchmark (`benches/instructions.sh`) runs under
+//! callgrind: two vmi instances in one thread, so every run of the same case executes the same
+//! instructions (no thread scheduling, no busy-wait loops of varying length).
+//!
+//! `vmi-msgcost CASE N`: CASE is `stream-<transport>` (N one-way 8-byte inline messages, a
+//! window of 64 in flight), `pingpong-<transport>` (N round trips of 8 bytes, counted as 2N
+//! hops), `filters-<k>` (streaming over loopback with k pass-through skeleton filters), or
+//! `idle` (N empty polls). Transports: loopback, shmem, tcp.
+
+use std::time::{Duration, Instant};
+
+use vmi_core::prelude::*;
+
+#[derive(Default)]
+struct Side {
+    conn: Option<ConnId>,
+    received: u64,
+    completed: u64,
+    echo: bool,
+}
+
+impl Handler for Side {
+    fn connected(&mut self, _ctx: &mut Ctx<'_>, conn: ConnId, o: ConnectOutcome<'_>, _t: u64) {
+        if let ConnectOutcome::Failed { status, detail } = o {
+            eprintln!("vmi-msgcost: connect failed: {status}: {detail}");
+            std::process::exit(1);
+        }
+        self.conn = Some(conn);
+    }
+    fn receive(&mut self, ctx: &mut Ctx<'_>, conn: ConnId, _cmd: Recv, _slab: &mut Slab<'_>) {
+        self.received += 1;
+        if self.echo {
+            let _ = ctx.send_inline(conn, &[1u8; 8]);
+        }
+    }
+    fn send_complete(&mut self, _c: &mut Ctx<'_>, _conn: ConnId, _d: &mut SendCompletion<'_>) {
+        self.completed += 1;
+    }
+}
+
+fn usage() -> ! {
+    eprintln!(
+        "usage: vmi-msgcost stream-<loopback|shmem|tcp>|pingpong-<loopback|shmem|tcp>|filters-<k>|idle N"
+    );
+    std::process::exit(2)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.len() != 3 || args[1] == "--help" || args[1] == "-h" {
+        usage();
+    }
+    let n: u64 = args[2].parse().unwrap_or_else(|_| usage());
+    let case = args[1].as_str();
+    let (kind, rest) = case.split_once('-').unwrap_or((case, ""));
+    vmi_benches::register();
+    vmi_shmem::register_static();
+    let spec = match kind {
+        "filters" => vmi_benches::spec("loopback", rest.parse().unwrap_or_else(|_| usage())),
+        "idle" => vmi_benches::spec("loopback", 0),
+        _ => vmi_benches::spec(rest, 0),
+    };
+    let tag = std::process::id();
+    let (ka, kb) = (format!("cost-a-{tag}"), format!("cost-b-{tag}"));
+    let mut a = Vmi::with_spec(spec.clone(), &ka).unwrap_or_else(|e| panic!("{e}"));
+    let mut b = Vmi::with_spec(spec, &kb).unwrap_or_else(|e| panic!("{e}"));
+    let (mut ha, mut hb) = (Side::default(), Side::default());
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut pumps = 0u64;
+    let mut pump = |a: &mut Vmi, ha: &mut Side, b: &mut Vmi, hb: &mut Side| {
+        a.poll(ha);
+        b.poll(hb);
+        pumps += 1;
+        // The clock is read rarely, so it adds nothing measurable per message.
+        if pumps % 65_536 == 0 {
+            assert!(Instant::now() < deadline, "vmi-msgcost: no progress");
+        }
+    };
+    a.connect("localhost", &kb, b"", 0).unwrap();
+    while ha.conn.is_none() {
+        pump(&mut a, &mut ha, &mut b, &mut hb);
+    }
+    let conn = ha.conn.unwrap();
+    let msg = [7u8; 8];
+    match kind {
+        "idle" => {
+            for _ in 0..n {
+                a.poll(&mut ha);
+            }
+        }
+        "pingpong" => {
+            hb.echo = true;
+            for i in 0..n {
+                a.send_inline(conn, &msg).unwrap();
+                while ha.received <= i {
+                    pump(&mut a, &mut ha, &mut b, &mut hb);
+                }
+            }
+        }
+        _ => {
+            let window = 64;
+            let mut sent = 0;
+            while hb.received < n {
+                while sent < n && sent - ha.completed < window {
+                    a.send_inline(conn, &msg).unwrap();
+                    sent += 1;
+                }
+                pump(&mut a, &mut ha, &mut b, &mut hb);
+            }
+        }
+    }
+}
