@@ -21,6 +21,9 @@ use crate::status::Status;
 /// Delivers queued outcomes; returns how many. Bounded per call, so devices keep making
 /// progress under a flood of events.
 pub(crate) fn dispatch(core: &mut Core, handler: &mut dyn Handler) -> usize {
+    if core.engine.outcomes() == 0 {
+        return 0;
+    }
     let mut n = 0;
     let budget = core.engine.outcomes().max(1) * 4 + 64;
     while let Some(s) = core.engine.pop_outcome() {

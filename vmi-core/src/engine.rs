@@ -43,6 +43,15 @@ pub const MAX_SENDS_IN_FLIGHT: usize = 4096;
 /// reading and leave data where it is (socket buffer, ring), which pushes back on the peer.
 pub const MAX_RECEIVES_IN_FLIGHT: usize = 1024;
 
+/// A device's progress entry, resolved once when the engine starts.
+#[derive(Clone, Copy)]
+enum Poller {
+    /// ABI 1.1 `poll_budget`.
+    Budget(unsafe extern "C" fn(*mut c_void, u32) -> i32, *mut c_void),
+    /// ABI 1.0 `poll`.
+    Plain(unsafe extern "C" fn(*mut c_void) -> i32, *mut c_void),
+}
+
 /// One running device.
 struct Instance {
     /// Instance name from the specfile.
@@ -106,6 +115,8 @@ pub(crate) struct Engine {
     inline: InlinePool,
     /// Scratch for slabs released by the application (see `poll_devices`).
     release_batch: Vec<usize>,
+    /// The devices that make progress of their own, in engine order.
+    pollers: Vec<Poller>,
 }
 
 impl Engine {
@@ -179,6 +190,7 @@ impl Engine {
             out: VecDeque::with_capacity(256),
             inline: InlinePool::default(),
             release_batch: Vec::new(),
+            pollers: Vec::new(),
         };
         for (index, p) in planned.into_iter().enumerate() {
             let names: Vec<(String, String)> = p
@@ -246,6 +258,15 @@ impl Engine {
             });
         }
         engine.compute_capabilities();
+        engine.pollers = engine
+            .devices
+            .iter()
+            .filter_map(|d| match (d.ty.vtable.poll_budget, d.ty.vtable.poll) {
+                (Some(p), _) => Some(Poller::Budget(p, d.ptr)),
+                (None, Some(p)) => Some(Poller::Plain(p, d.ptr)),
+                (None, None) => None,
+            })
+            .collect();
         Ok(engine)
     }
 
@@ -417,6 +438,10 @@ impl Engine {
 
     /// Runs queued work until none is left.
     fn drive(&mut self) {
+        // The common case, nothing queued: two loads.
+        if !self.boundary.remote.has_pending() && self.shared.work.borrow().is_empty() {
+            return;
+        }
         loop {
             // One relaxed load instead of the queue's atomics when nothing came from other threads.
             if self.boundary.remote.has_pending() {
@@ -567,21 +592,20 @@ impl Engine {
             }
             self.release_batch = batch;
         }
-        for i in 0..self.devices.len() {
-            let vt = &self.devices[i].ty.vtable;
-            let n = if let Some(p) = vt.poll_budget {
-                // SAFETY: live instance.
-                unsafe { p(self.devices[i].ptr, POLL_BUDGET) }
-            } else if let Some(p) = vt.poll {
-                // SAFETY: live instance (a 1.0 device: no budget).
-                unsafe { p(self.devices[i].ptr) }
-            } else {
-                continue;
+        for i in 0..self.pollers.len() {
+            let n = match self.pollers[i] {
+                Poller::Budget(p, dev) => {
+                    // SAFETY: live instance.
+                    unsafe { p(dev, POLL_BUDGET) }
+                }
+                Poller::Plain(p, dev) => {
+                    // SAFETY: live instance (a 1.0 device: no budget).
+                    unsafe { p(dev) }
+                }
             };
             events += n.max(0) as usize;
             self.drive();
         }
-        self.drive();
         events
     }
 

@@ -25,26 +25,45 @@ pub struct SlabState {
     remaining: usize,
 }
 
-/// Segments and a cursor over them; no lifetime of its own (its owners provide one).
+/// The segments a cursor reads: borrowed from the IRB (no copy per delivery), or one inline.
 #[derive(Clone, Copy)]
-struct Cursor {
-    segs: [VmiSeg; VMI_IRB_MAX_SEGS],
-    nseg: usize,
+enum Segs<'a> {
+    Borrowed(&'a [VmiSeg]),
+    One(VmiSeg),
+}
+
+impl Segs<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Segs::Borrowed(s) => s.len().min(VMI_IRB_MAX_SEGS),
+            Segs::One(_) => 1,
+        }
+    }
+
+    fn get(&self, i: usize) -> VmiSeg {
+        match self {
+            Segs::Borrowed(s) => s[i],
+            Segs::One(seg) => *seg,
+        }
+    }
+}
+
+/// Segments and a cursor over them. The lifetime is the segments' list, not their bytes:
+/// `Slab` and `GrabbedSlab` say how long the bytes live.
+#[derive(Clone, Copy)]
+struct Cursor<'a> {
+    segs: Segs<'a>,
     seg: usize,
     off: usize,
     remaining: usize,
     total: usize,
 }
 
-impl Cursor {
-    fn new(segs: &[VmiSeg]) -> Cursor {
-        let n = segs.len().min(VMI_IRB_MAX_SEGS);
-        let mut arr = [VmiSeg::EMPTY; VMI_IRB_MAX_SEGS];
-        arr[..n].copy_from_slice(&segs[..n]);
-        let total = arr[..n].iter().map(|s| s.len).sum();
+impl<'a> Cursor<'a> {
+    fn new(segs: Segs<'a>) -> Cursor<'a> {
+        let total = (0..segs.len()).map(|i| segs.get(i).len).sum();
         Cursor {
-            segs: arr,
-            nseg: n,
+            segs,
             seg: 0,
             off: 0,
             remaining: total,
@@ -53,20 +72,21 @@ impl Cursor {
     }
 
     fn normalize(&mut self) {
-        while self.seg < self.nseg && self.off >= self.segs[self.seg].len {
+        let n = self.segs.len();
+        while self.seg < n && self.off >= self.segs.get(self.seg).len {
             self.seg += 1;
             self.off = 0;
         }
     }
 
     /// # Safety
-    /// Every segment must be readable and unchanged for `'a`.
-    unsafe fn read<'a>(&mut self, max: usize) -> &'a [u8] {
+    /// Every segment must be readable and unchanged for `'b`.
+    unsafe fn read<'b>(&mut self, max: usize) -> &'b [u8] {
         self.normalize();
-        if self.seg >= self.nseg || max == 0 {
+        if self.seg >= self.segs.len() || max == 0 {
             return &[];
         }
-        let s = self.segs[self.seg];
+        let s = self.segs.get(self.seg);
         let n = (s.len - self.off).min(max);
         if s.base.is_null() {
             return &[];
@@ -88,10 +108,11 @@ impl Cursor {
 
     fn restore(&mut self, state: SlabState) {
         // A state from another slab must not move the cursor out of bounds.
-        if state.seg > self.nseg || state.remaining > self.total {
+        let n = self.segs.len();
+        if state.seg > n || state.remaining > self.total {
             return;
         }
-        if state.seg < self.nseg && state.off > self.segs[state.seg].len {
+        if state.seg < n && state.off > self.segs.get(state.seg).len {
             return;
         }
         self.seg = state.seg;
@@ -110,7 +131,7 @@ struct Owner<'a> {
 /// Received bytes with a read cursor. Lives for the callback it is passed to; keep it longer
 /// with [`Slab::grab`].
 pub struct Slab<'a> {
-    cursor: Cursor,
+    cursor: Cursor<'a>,
     owner: Option<Owner<'a>>,
     _life: PhantomData<&'a [u8]>,
 }
@@ -123,7 +144,7 @@ impl<'a> Slab<'a> {
             len: data.len(),
         };
         Slab {
-            cursor: Cursor::new(&[seg]),
+            cursor: Cursor::new(Segs::One(seg)),
             owner: None,
             _life: PhantomData,
         }
@@ -133,7 +154,7 @@ impl<'a> Slab<'a> {
     /// slot owns the bytes, and the borrow keeps them.
     pub(crate) fn of_slot(slot: &'a Slot) -> Slab<'a> {
         Slab {
-            cursor: Cursor::new(slot.segs()),
+            cursor: Cursor::new(Segs::Borrowed(slot.segs())),
             owner: None,
             _life: PhantomData,
         }
@@ -148,7 +169,7 @@ impl<'a> Slab<'a> {
         grabbed: &'a Cell<bool>,
     ) -> Slab<'a> {
         Slab {
-            cursor: Cursor::new(slot.segs()),
+            cursor: Cursor::new(Segs::Borrowed(slot.segs())),
             owner: Some(Owner {
                 slot: slot.addr(),
                 releases,
@@ -175,7 +196,7 @@ impl<'a> Slab<'a> {
 
     /// Number of segments.
     pub fn segment_count(&self) -> usize {
-        self.cursor.nseg
+        self.cursor.segs.len()
     }
 
     /// The next contiguous bytes, at most `max`, without copying; advances the cursor
@@ -249,8 +270,15 @@ impl<'a> Slab<'a> {
             return None;
         }
         owner.releases.outstanding.fetch_add(1, Ordering::AcqRel);
+        let n = self.cursor.segs.len();
+        let mut segs = [VmiSeg::EMPTY; VMI_IRB_MAX_SEGS];
+        for (i, s) in segs.iter_mut().enumerate().take(n) {
+            *s = self.cursor.segs.get(i);
+        }
         Some(GrabbedSlab {
-            cursor: self.cursor,
+            segs,
+            nseg: n,
+            state: self.cursor.save(),
             slot: owner.slot,
             releases: owner.releases.clone(),
         })
@@ -287,7 +315,11 @@ impl Releases {
 /// returns the memory to the transport. Bytes read from it borrow it, so none outlive the
 /// release.
 pub struct GrabbedSlab {
-    cursor: Cursor,
+    /// Its own copy of the segment list (copied once, at the grab): a grabbed slab moves to
+    /// other threads and must not read the engine's slot.
+    segs: [VmiSeg; VMI_IRB_MAX_SEGS],
+    nseg: usize,
+    state: SlabState,
     slot: usize,
     releases: Arc<Releases>,
 }
@@ -297,10 +329,16 @@ pub struct GrabbedSlab {
 unsafe impl Send for GrabbedSlab {}
 
 impl GrabbedSlab {
+    fn cursor(&self) -> Cursor<'_> {
+        let mut c = Cursor::new(Segs::Borrowed(&self.segs[..self.nseg]));
+        c.restore(self.state);
+        c
+    }
+
     /// A fresh cursor over the kept bytes, starting where this one is, borrowed from it.
     pub fn slab(&self) -> Slab<'_> {
         Slab {
-            cursor: self.cursor,
+            cursor: self.cursor(),
             owner: None,
             _life: PhantomData,
         }
@@ -308,31 +346,33 @@ impl GrabbedSlab {
 
     /// Total bytes.
     pub fn len(&self) -> usize {
-        self.cursor.total
+        self.cursor().total
     }
 
     /// True when the slab holds no bytes.
     pub fn is_empty(&self) -> bool {
-        self.cursor.total == 0
+        self.len() == 0
     }
 
     /// Bytes not read yet.
     pub fn remaining(&self) -> usize {
-        self.cursor.remaining
+        self.state.remaining
     }
 
     /// The next contiguous bytes, at most `max`, borrowed from this slab.
     pub fn read(&mut self, max: usize) -> &[u8] {
+        let mut c = self.cursor();
         // SAFETY: the segments stay valid until `self` is dropped; the result borrows `self`.
-        unsafe { self.cursor.read(max) }
+        let out = unsafe { c.read(max) };
+        self.state = c.save();
+        out
     }
 
     /// Copies up to `dst.len()` bytes; returns how many.
     pub fn copy_to(&mut self, dst: &mut [u8]) -> usize {
         let mut view = self.slab();
         let n = view.copy_to(dst);
-        let state = view.save();
-        self.cursor.restore(state);
+        self.state = view.save();
         n
     }
 
@@ -340,19 +380,20 @@ impl GrabbedSlab {
     pub fn read_to_vec(&mut self) -> Vec<u8> {
         let mut view = self.slab();
         let v = view.read_to_vec();
-        let state = view.save();
-        self.cursor.restore(state);
+        self.state = view.save();
         v
     }
 
     /// Saves the cursor.
     pub fn save(&self) -> SlabState {
-        self.cursor.save()
+        self.state
     }
 
     /// Restores a saved cursor (ignored if it does not fit this slab).
     pub fn restore(&mut self, state: SlabState) {
-        self.cursor.restore(state);
+        let mut c = self.cursor();
+        c.restore(state);
+        self.state = c.save();
     }
 
     /// Releases the slab (same as dropping it).
@@ -390,7 +431,7 @@ mod tests {
             })
             .collect();
         Slab {
-            cursor: Cursor::new(&segs),
+            cursor: Cursor::new(Segs::Borrowed(Box::leak(segs.into_boxed_slice()))),
             owner: None,
             _life: PhantomData,
         }
@@ -453,7 +494,7 @@ mod tests {
             len: data.len(),
         };
         let mut slab = Slab {
-            cursor: Cursor::new(&[seg]),
+            cursor: Cursor::new(Segs::One(seg)),
             owner: Some(Owner {
                 slot: 0x1000,
                 releases: &releases,

@@ -29,6 +29,7 @@
 
 pub mod abi;
 pub mod config;
+pub mod connmap;
 pub mod device;
 pub mod export;
 pub mod held;
@@ -41,6 +42,7 @@ pub mod signature;
 pub mod status;
 
 pub use config::{Config, ConfigError};
+pub use connmap::ConnMap;
 pub use device::{Capabilities, Device, DeviceKind, Disposition, Hooks};
 pub use host::{Completer, Host, HostWaker};
 pub use irb::{CompletingIrb, Irb, Op, RemoteIrb};

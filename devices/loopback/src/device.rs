@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use vmi_device::Status;
 use vmi_device::signature::Signature;
 use vmi_device::{
-    Capabilities, CompletingIrb, Config, Device, DeviceKind, Disposition, Host, HostWaker, Irb, Op,
+    Capabilities, CompletingIrb, Config, ConnMap, Device, DeviceKind, Disposition, Host, HostWaker,
+    Irb, Op,
 };
 
 use crate::config::{LoopbackConfig, PARAMS};
@@ -19,6 +20,37 @@ struct Endpoint {
     waker: HostWaker,
     /// False once the endpoint's device is gone (a peer may still hold the `Arc`).
     alive: std::sync::atomic::AtomicBool,
+    /// Messages pushed and not yet taken: an idle poll reads this instead of locking.
+    queued: std::sync::atomic::AtomicUsize,
+}
+
+impl Endpoint {
+    /// Queues a message (the caller wakes the owner).
+    fn push(&self, msg: Message) {
+        let mut inbox = self.inbox.lock().unwrap_or_else(|e| e.into_inner());
+        inbox.push_back(msg);
+        self.queued
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Takes the next message, if any; an empty inbox costs one load, no lock.
+    fn pop(&self) -> Option<Message> {
+        if self.queued.load(std::sync::atomic::Ordering::Acquire) == 0 {
+            return None;
+        }
+        let msg = self
+            .inbox
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop_front()?;
+        self.queued
+            .fetch_sub(1, std::sync::atomic::Ordering::Release);
+        Some(msg)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.queued.load(std::sync::atomic::Ordering::Acquire) == 0
+    }
 }
 
 fn registry() -> &'static Mutex<HashMap<String, Arc<Endpoint>>> {
@@ -85,7 +117,7 @@ pub struct LoopbackDevice {
     key: String,
     me: Arc<Endpoint>,
     config: LoopbackConfig,
-    links: HashMap<u64, Link>,
+    links: ConnMap<Link>,
     held: Vec<Option<Vec<u8>>>,
     free_held: Vec<u32>,
     signature: Signature,
@@ -105,10 +137,7 @@ impl LoopbackDevice {
     fn post(&self, key: &str, msg: Message) -> bool {
         match Self::endpoint(key) {
             Some(ep) => {
-                ep.inbox
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push_back(msg);
+                ep.push(msg);
                 ep.waker.wake();
                 true
             }
@@ -144,6 +173,7 @@ impl LoopbackDevice {
             flags: irb.flags(),
             payload,
         });
+        ep.queued.fetch_add(1, std::sync::atomic::Ordering::Release);
         drop(inbox);
         ep.waker.wake();
         Ok(Disposition::Complete(irb, Status::Ok))
@@ -300,6 +330,7 @@ impl Device for LoopbackDevice {
             inbox: Mutex::new(VecDeque::with_capacity(1024)),
             waker: host.waker(),
             alive: std::sync::atomic::AtomicBool::new(true),
+            queued: std::sync::atomic::AtomicUsize::new(0),
         });
         let mut reg = registry().lock().unwrap_or_else(|e| e.into_inner());
         if reg.contains_key(&key) {
@@ -313,7 +344,7 @@ impl Device for LoopbackDevice {
             key,
             me,
             config,
-            links: HashMap::new(),
+            links: ConnMap::new(),
             held: Vec::with_capacity(1024),
             free_held: Vec::with_capacity(1024),
             blocked: VecDeque::new(),
@@ -449,16 +480,17 @@ impl Device for LoopbackDevice {
     }
 
     fn poll(&mut self, budget: usize) -> usize {
-        let mut n = self.unblock();
+        let mut n = if self.blocked.is_empty() {
+            0
+        } else {
+            self.unblock()
+        };
+        if self.me.is_empty() {
+            return n;
+        }
         // One message needs at most one receive IRB: take none the host cannot give.
         while n < budget && self.host.irbs_available() > 0 {
-            let msg = self
-                .me
-                .inbox
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .pop_front();
-            let Some(msg) = msg else { break };
+            let Some(msg) = self.me.pop() else { break };
             self.handle(msg);
             n += 1;
         }
@@ -468,11 +500,7 @@ impl Device for LoopbackDevice {
 
 impl LoopbackDevice {
     fn inbox_empty(&self) -> bool {
-        self.me
-            .inbox
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_empty()
+        self.me.is_empty()
     }
 }
 
@@ -487,10 +515,7 @@ impl Drop for LoopbackDevice {
         for (_, link) in self.links.drain() {
             if link.peer_conn != 0 {
                 if let Some(ep) = Self::endpoint(&link.peer_key) {
-                    ep.inbox
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .push_back(Message::Close { to: link.peer_conn });
+                    ep.push(Message::Close { to: link.peer_conn });
                     ep.waker.wake();
                 }
             }

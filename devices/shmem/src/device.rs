@@ -16,7 +16,7 @@ use vmi_device::abi::VMI_FLAG_END;
 use vmi_device::held::HeldBuffers;
 use vmi_device::signature::Signature;
 use vmi_device::{
-    Capabilities, CompletingIrb, Config, Device, DeviceKind, Disposition, Host, Irb, Op,
+    Capabilities, CompletingIrb, Config, ConnMap, Device, DeviceKind, Disposition, Host, Irb, Op,
 };
 
 use crate::config::{PARAMS, ShmemConfig};
@@ -152,7 +152,7 @@ pub struct ShmemDevice {
     bell: OwnedFd,
     conns: Vec<Option<Conn>>,
     free: Vec<usize>,
-    by_vmi: HashMap<u64, usize>,
+    by_vmi: ConnMap<usize>,
     pool: HeldBuffers,
     polls: u32,
     slept: Cell<bool>,
@@ -1055,7 +1055,7 @@ impl Device for ShmemDevice {
             bell,
             conns: Vec::new(),
             free: Vec::new(),
-            by_vmi: HashMap::new(),
+            by_vmi: ConnMap::new(),
             pool: HeldBuffers::default(),
             polls: 0,
             slept: Cell::new(false),

@@ -1,6 +1,6 @@
 //! The TCP device: connection state machine on top of `proto` (decisions) and `io` (bytes).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::ffi::CStr;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
@@ -12,7 +12,7 @@ use vmi_device::Status;
 use vmi_device::held::HeldBuffers;
 use vmi_device::signature::Signature;
 use vmi_device::{
-    Capabilities, CompletingIrb, Config, Device, DeviceKind, Disposition, Host, Irb, Op,
+    Capabilities, CompletingIrb, Config, ConnMap, Device, DeviceKind, Disposition, Host, Irb, Op,
 };
 
 use crate::config::{PARAMS, TcpConfig};
@@ -81,7 +81,7 @@ pub struct TcpDevice {
     listen_port: u16,
     conns: Vec<Option<Conn>>,
     free: Vec<usize>,
-    by_vmi: HashMap<u64, usize>,
+    by_vmi: ConnMap<usize>,
     again: Vec<usize>,
     /// IRBs this poll may still hand up (the host's budget for the call).
     budget_left: usize,
@@ -742,7 +742,7 @@ impl Device for TcpDevice {
             listen_port: 0,
             conns: Vec::new(),
             free: Vec::new(),
-            by_vmi: HashMap::new(),
+            by_vmi: ConnMap::new(),
             again: Vec::new(),
             budget_left: usize::MAX,
             timed: 0,
