@@ -52,6 +52,20 @@ enum Poller {
     Plain(unsafe extern "C" fn(*mut c_void) -> i32, *mut c_void),
 }
 
+/// One device's place in one direction's chain, resolved when the engine starts so that
+/// moving an IRB reads one small array entry per device.
+#[derive(Clone, Copy)]
+struct Step {
+    /// `submit` (send chain) or `receive` (receive chain); `None` passes through.
+    entry: Option<unsafe extern "C" fn(*mut c_void, *mut VmiIrb, *mut u8) -> i32>,
+    dev: *mut c_void,
+    frame_off: usize,
+    index: DevIndex,
+    transport: bool,
+    /// It has a completion step, so it joins an IRB's path when it passes it.
+    joins: bool,
+}
+
 /// One running device.
 struct Instance {
     /// Instance name from the specfile.
@@ -117,6 +131,10 @@ pub(crate) struct Engine {
     release_batch: Vec<usize>,
     /// The devices that make progress of their own, in engine order.
     pollers: Vec<Poller>,
+    /// The send chain as steps, application first.
+    send_steps: Vec<Step>,
+    /// The receive chain as steps, application first.
+    recv_steps: Vec<Step>,
 }
 
 impl Engine {
@@ -191,6 +209,8 @@ impl Engine {
             inline: InlinePool::default(),
             release_batch: Vec::new(),
             pollers: Vec::new(),
+            send_steps: Vec::new(),
+            recv_steps: Vec::new(),
         };
         for (index, p) in planned.into_iter().enumerate() {
             let names: Vec<(String, String)> = p
@@ -258,6 +278,28 @@ impl Engine {
             });
         }
         engine.compute_capabilities();
+        let steps = |chain: &[DevIndex], devices: &[Instance], down: bool| -> Vec<Step> {
+            chain
+                .iter()
+                .map(|&d| {
+                    let inst = &devices[d as usize];
+                    Step {
+                        entry: if down {
+                            inst.ty.vtable.submit
+                        } else {
+                            inst.ty.vtable.receive
+                        },
+                        dev: inst.ptr,
+                        frame_off: inst.frame_off,
+                        index: d,
+                        transport: inst.is_transport(),
+                        joins: inst.ty.vtable.complete.is_some(),
+                    }
+                })
+                .collect()
+        };
+        engine.send_steps = steps(&engine.send, &engine.devices, true);
+        engine.recv_steps = steps(&engine.recv, &engine.devices, false);
         engine.pollers = engine
             .devices
             .iter()
@@ -486,64 +528,59 @@ impl Engine {
 
     /// Moves an IRB to the next devices until one pends or completes it, or it leaves the chain.
     fn advance(&mut self, mut s: Slot) {
+        let down = s.dir() == Dir::Down;
+        let transport = s.transport();
         loop {
-            let (dir, pos, transport) = (s.dir(), s.pos(), s.transport());
-            let chain = if dir == Dir::Down {
-                &self.send
-            } else {
-                &self.recv
-            };
-            let next = if dir == Dir::Down { pos + 1 } else { pos - 1 };
+            let pos = s.pos();
+            let next = if down { pos + 1 } else { pos - 1 };
             if next < 0 {
                 self.out.push_back(s); // reached the application
                 return;
             }
-            if next as usize >= chain.len() {
+            let steps = if down {
+                &self.send_steps
+            } else {
+                &self.recv_steps
+            };
+            let Some(&st) = steps.get(next as usize) else {
                 s.set_detail("no transport took the request (a transport passed it on)".into());
                 self.finish(s, Status::Internal.code());
                 return;
-            }
-            let d = chain[next as usize];
+            };
             s.set_pos(next);
-            let inst = &self.devices[d as usize];
-            if inst.is_transport() && (dir == Dir::Up || d != transport) {
+            if st.transport && (!down || st.index != transport) {
                 continue; // only the owning transport sees a send; none above the one receiving
             }
-            let entry = if dir == Dir::Down {
-                inst.ty.vtable.submit
-            } else {
-                inst.ty.vtable.receive
-            };
-            let Some(f) = entry else {
+            let Some(f) = st.entry else {
                 continue; // pass-through at no cost
             };
-            let frame = s.frame_ptr(inst.frame_off);
+            let frame = s.frame_ptr(st.frame_off);
             let raw = s.into_raw();
             // SAFETY: live instance; the device gets the IRB and its own frame, and follows
             // the ABI's ownership rules: on PASS/COMPLETE it hands the IRB back to us, on
             // PENDING it keeps it and returns it through a service later.
-            let rc = unsafe { f(inst.ptr, raw, frame) };
+            let rc = unsafe { f(st.dev, raw, frame) };
             match rc {
-                VMI_PASS | VMI_COMPLETE => {
+                VMI_PASS => {
                     // SAFETY: the device returned the IRB to the engine with this code.
                     s = unsafe { Slot::from_raw(raw) };
-                    if rc == VMI_COMPLETE {
-                        let st = s.status_code();
-                        self.finish(s, st);
-                        return;
+                    if st.joins {
+                        s.join_path(st.index);
                     }
-                    self.join_path(&mut s, d);
+                }
+                VMI_COMPLETE => {
+                    // SAFETY: as above.
+                    s = unsafe { Slot::from_raw(raw) };
+                    let code = s.status_code();
+                    self.finish(s, code);
+                    return;
                 }
                 VMI_PENDING => return,
                 other => {
                     log::error!(
                         "device '{}' returned {other} from {}; expected 0 (pass), 1 (complete) or 2 (pending); the IRB is treated as pending",
-                        inst.name,
-                        if dir == Dir::Down {
-                            "submit"
-                        } else {
-                            "receive"
-                        }
+                        self.devices[st.index as usize].name,
+                        if down { "submit" } else { "receive" }
                     );
                     // Who holds the IRB is unknown: leaving it with the device is the only
                     // choice that cannot free memory a device still uses.

@@ -259,12 +259,15 @@ fn disposition_code<D: Device>(irb: *mut VmiIrb, d: Disposition) -> i32 {
     }
 }
 
-unsafe fn step<D: Device>(
+/// Runs one submit or receive. Generic over the method (not a function pointer), so the
+/// device's code is inlined into its trampoline.
+#[inline(always)]
+unsafe fn step<D: Device, F: FnOnce(&mut D, Irb) -> Disposition>(
     dev: *mut c_void,
     irb: *mut VmiIrb,
     frame: *mut u8,
     what: &str,
-    f: fn(&mut D, Irb) -> Disposition,
+    f: F,
 ) -> i32 {
     let r = catch_unwind(AssertUnwindSafe(|| {
         // SAFETY: live instance, live IRB and its frame, from the host.
@@ -286,12 +289,12 @@ unsafe fn step<D: Device>(
 
 unsafe extern "C" fn submit<D: Device>(dev: *mut c_void, irb: *mut VmiIrb, frame: *mut u8) -> i32 {
     // SAFETY: forwarded from the host.
-    unsafe { step::<D>(dev, irb, frame, "submit", D::submit) }
+    unsafe { step::<D, _>(dev, irb, frame, "submit", D::submit) }
 }
 
 unsafe extern "C" fn receive<D: Device>(dev: *mut c_void, irb: *mut VmiIrb, frame: *mut u8) -> i32 {
     // SAFETY: forwarded from the host.
-    unsafe { step::<D>(dev, irb, frame, "receive", D::receive) }
+    unsafe { step::<D, _>(dev, irb, frame, "receive", D::receive) }
 }
 
 unsafe extern "C" fn complete<D: Device>(dev: *mut c_void, irb: *mut VmiIrb, frame: *mut u8) {

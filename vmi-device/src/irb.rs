@@ -83,6 +83,7 @@ impl Irb {
     /// `raw` must be a live IRB the host gave this device, `frame` its frame for this device
     /// (at least `host.frame_len()` bytes, aligned for the device's frame type), and the
     /// caller must be on the polling thread.
+    #[inline]
     pub unsafe fn from_raw(raw: *mut VmiIrb, frame: *mut u8, host: Host) -> Irb {
         Irb {
             raw: NonNull::new(raw).expect("host passed a NULL IRB"),
