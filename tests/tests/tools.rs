@@ -252,8 +252,59 @@ fn vmi_perf_local_over_loopback_and_the_raw_floor() {
         &[],
     );
     assert!(
-        ok && out.contains("median (us)") && out.contains("8 B"),
+        ok && out.contains("median (us)") && out.contains("max (us)") && out.contains("8 B"),
         "table output: {out}"
+    );
+    // Every input of the run is recorded, min and max beside the rest.
+    assert!(
+        v["inputs"]["host"].as_str().is_some_and(|h| !h.is_empty())
+            && v["inputs"]["window"] == 16
+            && v["inputs"]["version"].is_string()
+            && v["inputs"]["started_unix_s"].as_u64().unwrap_or(0) > 0,
+        "{v}"
+    );
+    let lat = &v["results"][0]["latency"];
+    assert!(
+        lat["min_us"].as_f64().unwrap() <= lat["median_us"].as_f64().unwrap()
+            && lat["median_us"].as_f64().unwrap() <= lat["max_us"].as_f64().unwrap(),
+        "{lat}"
+    );
+    // CSV, pinning and an explicit warm-up.
+    let (ok, out) = run(
+        "vmi-perf",
+        &[
+            "local",
+            "--spec",
+            spec.to_str().unwrap(),
+            "--quick",
+            "--sizes",
+            "8,4k",
+            "--csv",
+            "--cpu",
+            "0",
+            "--warmup",
+            "5",
+        ],
+        &[],
+    );
+    assert!(ok, "{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[0].starts_with("tool,spec,size,fragments,mean_us") && lines.len() == 3,
+        "{out}"
+    );
+    assert!(
+        lines[1].starts_with("vmi,") && lines[2].contains(",4096,1,"),
+        "{out}"
+    );
+    let (ok, out) = run(
+        "vmi-perf",
+        &["raw", "--quick", "--sizes", "8", "--cpu", "100000"],
+        &[],
+    );
+    assert!(
+        !ok && out.contains("--cpu 100000"),
+        "a bad CPU is a clear error: {out}"
     );
 }
 

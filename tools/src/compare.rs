@@ -319,6 +319,7 @@ fn sweep(opts: &Options) -> Sweep {
         window: 16,
         quick: opts.quick,
         progress: true,
+        warmup: None,
     }
 }
 
@@ -338,7 +339,7 @@ fn vmi(name: &str, family: Family, spec: &Path, opts: &Options) -> Peer {
     }
     let run = vmi_core::spec::Spec::from_file(spec)
         .map_err(|e| e.to_string())
-        .and_then(|s| run_local(s, &sweep(opts), Duration::from_secs(60)));
+        .and_then(|s| run_local(s, &sweep(opts), Duration::from_secs(60), &|| Ok(())));
     match run {
         Ok(results) => {
             peer.points = results

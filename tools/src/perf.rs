@@ -5,13 +5,13 @@
 //! Protocol over vmi: the first byte of each message says what the server does with it:
 //! `P` echo it (same size and fragment count), `S` count it, `F` count it and answer `A`.
 
-use std::collections::HashMap;
 use std::io::{ErrorKind, IsTerminal, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 use vmi_core::Operations;
 
 use serde::Serialize;
+use vmi_core::sdk::ConnMap;
 use vmi_core::{Buffer, ConnId, ConnectOutcome, Ctx, Handler, Recv, SendCompletion, Slab, Vmi};
 
 /// What to measure.
@@ -45,6 +45,8 @@ pub struct Sweep {
     pub quick: bool,
     /// Print a progress line on a terminal.
     pub progress: bool,
+    /// Ping-pong iterations before the measured ones (None: a tenth of them).
+    pub warmup: Option<u64>,
 }
 
 impl Sweep {
@@ -78,6 +80,8 @@ pub struct Latency {
     pub p99_us: f64,
     /// Minimum.
     pub min_us: f64,
+    /// Maximum.
+    pub max_us: f64,
     /// Samples.
     pub samples: u64,
 }
@@ -92,6 +96,7 @@ impl Latency {
             median_us: at(0.5),
             p99_us: at(0.99),
             min_us: half_rtts_ns.first().copied().unwrap_or(0) as f64 / 1e3,
+            max_us: half_rtts_ns.last().copied().unwrap_or(0) as f64 / 1e3,
             samples: half_rtts_ns.len() as u64,
         }
     }
@@ -121,6 +126,53 @@ pub struct SizeResult {
     pub bandwidth: Option<Bandwidth>,
 }
 
+/// Everything that went into a run, so a result can be reproduced and compared.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Inputs {
+    /// vmi-perf's version.
+    pub version: String,
+    /// Host name.
+    pub host: String,
+    /// Start of the run, seconds since 1970 (UTC).
+    pub started_unix_s: u64,
+    /// Fragments per message.
+    pub fragments: usize,
+    /// Streaming window (messages in flight).
+    pub window: usize,
+    /// Ping-pong warm-up iterations (None: a tenth of the measured ones).
+    pub warmup: Option<u64>,
+    /// Ping-pong iterations asked for (None: by size).
+    pub iters: Option<u64>,
+    /// Streamed messages asked for (None: by size).
+    pub messages: Option<u64>,
+    /// The CPU the measuring thread was pinned to, if any.
+    pub cpu: Option<usize>,
+    /// Short run.
+    pub quick: bool,
+}
+
+impl Inputs {
+    /// The inputs of `sweep`, pinned to `cpu`.
+    pub fn of(sweep: &Sweep, cpu: Option<usize>) -> Inputs {
+        Inputs {
+            version: env!("CARGO_PKG_VERSION").into(),
+            host: std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_default(),
+            started_unix_s: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            fragments: sweep.fragments,
+            window: sweep.window,
+            warmup: sweep.warmup,
+            iters: sweep.iters,
+            messages: sweep.messages,
+            cpu,
+            quick: sweep.quick,
+        }
+    }
+}
+
 /// A whole run.
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
@@ -128,11 +180,42 @@ pub struct Report {
     pub tool: String,
     /// Specfile, for vmi.
     pub spec: Option<String>,
+    /// What went into the run.
+    pub inputs: Inputs,
     /// Results by size.
     pub results: Vec<SizeResult>,
 }
 
 impl Report {
+    /// The results as CSV, one line per size, with a header line.
+    pub fn csv(&self) -> String {
+        let mut out = String::from(
+            "tool,spec,size,fragments,mean_us,median_us,p99_us,min_us,max_us,samples,mb_per_s,msg_per_s,messages\n",
+        );
+        let f = |v: Option<f64>| v.map_or(String::new(), |x| format!("{x:.3}"));
+        for r in &self.results {
+            let l = r.latency.as_ref();
+            let b = r.bandwidth.as_ref();
+            out.push_str(&format!(
+                "{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
+                self.tool,
+                self.spec.as_deref().unwrap_or(""),
+                r.size,
+                r.fragments,
+                f(l.map(|l| l.mean_us)),
+                f(l.map(|l| l.median_us)),
+                f(l.map(|l| l.p99_us)),
+                f(l.map(|l| l.min_us)),
+                f(l.map(|l| l.max_us)),
+                l.map_or(String::new(), |l| l.samples.to_string()),
+                f(b.map(|b| b.mb_per_s)),
+                f(b.map(|b| b.msg_per_s)),
+                b.map_or(String::new(), |b| b.messages.to_string()),
+            ));
+        }
+        out
+    }
+
     /// Prints the table.
     pub fn print(&self) {
         let what = match &self.spec {
@@ -142,26 +225,26 @@ impl Report {
         let frags = self.results.first().map_or(1, |r| r.fragments);
         println!("vmi-perf: {what}, {frags} fragment(s) per message; latency is half a round trip");
         println!(
-            "{:>9} {:>11} {:>11} {:>11} {:>11} {:>11}",
-            "size", "mean (us)", "median (us)", "p99 (us)", "MB/s", "msg/s"
+            "{:>9} {:>10} {:>10} {:>11} {:>10} {:>10} {:>11} {:>11}",
+            "size", "min (us)", "mean (us)", "median (us)", "p99 (us)", "max (us)", "MB/s", "msg/s"
         );
         for r in &self.results {
-            let (mean, med, p99) =
+            let lat = |f: fn(&Latency) -> f64| {
                 r.latency
                     .as_ref()
-                    .map_or(("-".into(), "-".into(), "-".into()), |l| {
-                        (
-                            format!("{:.2}", l.mean_us),
-                            format!("{:.2}", l.median_us),
-                            format!("{:.2}", l.p99_us),
-                        )
-                    });
+                    .map_or("-".to_string(), |l| format!("{:.2}", f(l)))
+            };
             let (mbs, rate) = r.bandwidth.as_ref().map_or(("-".into(), "-".into()), |b| {
                 (format!("{:.1}", b.mb_per_s), format!("{:.0}", b.msg_per_s))
             });
             println!(
-                "{:>9} {mean:>11} {med:>11} {p99:>11} {mbs:>11} {rate:>11}",
-                size_name(r.size)
+                "{:>9} {:>10} {:>10} {:>11} {:>10} {:>10} {mbs:>11} {rate:>11}",
+                size_name(r.size),
+                lat(|l| l.min_us),
+                lat(|l| l.mean_us),
+                lat(|l| l.median_us),
+                lat(|l| l.p99_us),
+                lat(|l| l.max_us),
             );
         }
     }
@@ -223,8 +306,11 @@ impl Progress {
 /// Echoes `P` messages, counts `S`, answers `F` with `A`.
 #[derive(Default)]
 pub struct Server {
-    streams: HashMap<ConnId, (u8, usize, usize)>,
-    stash: HashMap<usize, Vec<Buffer>>,
+    /// Per connection: the message's kind, fragments and bytes so far (no hashing per
+    /// message: the handle's dense index finds it).
+    streams: ConnMap<(u8, usize, usize)>,
+    /// Echo buffers by length (a few lengths per run: a short scan, no hashing).
+    stash: Vec<(usize, Vec<Buffer>)>,
     /// Connections accepted so far.
     pub accepted: u64,
     /// Connections still open.
@@ -247,7 +333,12 @@ impl Handler for Server {
     }
 
     fn receive(&mut self, ctx: &mut Ctx<'_>, conn: ConnId, cmd: Recv, slab: &mut Slab<'_>) {
-        let entry = self.streams.entry(conn).or_insert((0, 0, 0));
+        if !self.streams.contains_key(&conn.raw()) {
+            self.streams.insert(conn.raw(), (0, 0, 0));
+        }
+        let Some(entry) = self.streams.get_mut(&conn.raw()) else {
+            return;
+        };
         if entry.1 == 0 {
             entry.0 = slab.read(1).first().copied().unwrap_or(b'S');
         }
@@ -266,8 +357,9 @@ impl Handler for Server {
                 for (i, len) in sizes.into_iter().enumerate() {
                     let buf = self
                         .stash
-                        .get_mut(&len)
-                        .and_then(Vec::pop)
+                        .iter_mut()
+                        .find(|(l, _)| *l == len)
+                        .and_then(|(_, v)| v.pop())
                         .unwrap_or_else(|| Buffer::zeroed(len));
                     if i == last {
                         let _ = ctx.stream_end(stream, [buf], len as u64);
@@ -285,15 +377,23 @@ impl Handler for Server {
 
     fn send_complete(&mut self, _ctx: &mut Ctx<'_>, _conn: ConnId, done: &mut SendCompletion<'_>) {
         for b in done.take_buffers() {
-            let v = self.stash.entry(b.len()).or_default();
-            if v.len() < 64 {
-                v.push(b);
+            let len = b.len();
+            let i = match self.stash.iter().position(|(l, _)| *l == len) {
+                Some(i) => i,
+                None if self.stash.len() < 64 => {
+                    self.stash.push((len, Vec::new()));
+                    self.stash.len() - 1
+                }
+                None => continue,
+            };
+            if self.stash[i].1.len() < 64 {
+                self.stash[i].1.push(b);
             }
         }
     }
 
     fn disconnected(&mut self, _ctx: &mut Ctx<'_>, conn: ConnId, _reason: vmi_core::Disconnect) {
-        self.streams.remove(&conn);
+        self.streams.remove(&conn.raw());
         self.open = self.open.saturating_sub(1);
     }
 }
@@ -452,12 +552,13 @@ impl PerfClient {
 
     fn latency(
         &mut self,
+        warmup: Option<u64>,
         size: usize,
         frags: usize,
         iters: u64,
         progress: &mut Progress,
     ) -> Result<Latency, String> {
-        let warmup = (iters / 10).max(1);
+        let warmup = warmup.unwrap_or((iters / 10).max(1));
         let label = format!("{} latency", size_name(size));
         let mut samples = Vec::with_capacity(iters as usize);
         for i in 0..warmup + iters {
@@ -513,9 +614,13 @@ impl PerfClient {
         for &size in &sweep.sizes {
             let frags = sweep.fragments.clamp(1, size.max(1));
             let latency = match sweep.test {
-                Test::Latency | Test::Both => {
-                    Some(self.latency(size, frags, sweep.iters_for(size), &mut progress)?)
-                }
+                Test::Latency | Test::Both => Some(self.latency(
+                    sweep.warmup,
+                    size,
+                    frags,
+                    sweep.iters_for(size),
+                    &mut progress,
+                )?),
                 Test::Bandwidth => None,
             };
             let bandwidth = match sweep.test {
@@ -553,10 +658,13 @@ impl PerfClient {
 
 /// Runs a server thread and the client in this process over `spec` (the loopback device
 /// needs both ends in one process) and measures the sweep.
+/// Runs a server thread and the client in this thread. `pin`, called once the server thread
+/// exists, pins the client (so the server does not inherit the pinning and share its CPU).
 pub fn run_local(
     spec: vmi_core::spec::Spec,
     sweep: &Sweep,
     timeout: Duration,
+    pin: &dyn Fn() -> Result<(), String>,
 ) -> Result<Vec<SizeResult>, String> {
     let server_key = format!("vmi-perf-server-{}", std::process::id());
     let (tx, rx) = std::sync::mpsc::channel();
@@ -586,6 +694,7 @@ pub fn run_local(
         }
     });
     rx.recv().map_err(|_| "server thread died".to_string())??;
+    pin()?;
     let vmi = Vmi::with_spec(spec, &format!("vmi-perf-client-{}", std::process::id()))
         .map_err(|e| e.to_string())?;
     let mut client = PerfClient::connect(vmi, "localhost", &server_key, timeout)?;
@@ -640,7 +749,11 @@ pub fn raw_sweep(sweep: &Sweep) -> std::io::Result<Vec<SizeResult>> {
         } else {
             sweep.iters_for(size)
         };
-        let warmup = if iters == 0 { 0 } else { (iters / 10).max(1) };
+        let warmup = match (iters, sweep.warmup) {
+            (0, _) => 0,
+            (_, Some(w)) => w,
+            (_, None) => (iters / 10).max(1),
+        };
         let messages = if sweep.test == Test::Latency {
             0
         } else {

@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 use clap::{Args as ClapArgs, Parser, Subcommand};
 use vmi_core::Vmi;
 use vmi_core::spec::Spec;
-use vmi_tools::perf::{PerfClient, Report, Server, Sweep, Test, parse_sizes, raw_sweep, run_local};
+use vmi_tools::perf::{
+    Inputs, PerfClient, Report, Server, SizeResult, Sweep, Test, parse_sizes, raw_sweep, run_local,
+};
 
 /// Measure vmi: ping-pong latency (mean, median, p99) and streaming bandwidth over sizes.
 #[derive(Parser, Debug)]
@@ -115,9 +117,19 @@ struct SweepArgs {
     /// Short run (1/20 of the default counts).
     #[arg(long)]
     quick: bool,
-    /// Print JSON instead of a table.
-    #[arg(long)]
+    /// Print JSON (results and every input of the run) instead of a table.
+    #[arg(long, conflicts_with = "csv")]
     json: bool,
+    /// Print CSV, one line per size, instead of a table.
+    #[arg(long)]
+    csv: bool,
+    /// Ping-pong iterations before the measured ones (default: a tenth of them).
+    #[arg(long)]
+    warmup: Option<u64>,
+    /// Pin the measuring thread to this CPU (like ucx_perftest -c), for steadier numbers (in
+    /// `local` mode only the client thread; the server thread runs where the system puts it).
+    #[arg(long)]
+    cpu: Option<usize>,
     /// Give up after this many seconds without progress.
     #[arg(long, default_value_t = 30.0)]
     timeout: f64,
@@ -141,7 +153,36 @@ impl SweepArgs {
             messages: self.messages,
             window: self.window,
             quick: self.quick,
-            progress: !self.json,
+            progress: !self.json && !self.csv,
+            warmup: self.warmup,
+        }
+    }
+
+    /// Pins this thread to `--cpu`, if given.
+    fn pin(&self) -> Result<(), String> {
+        let Some(cpu) = self.cpu else {
+            return Ok(());
+        };
+        if cpu >= rustix::thread::CpuSet::MAX_CPU {
+            return Err(format!(
+                "--cpu {cpu}: CPU numbers go up to {}",
+                rustix::thread::CpuSet::MAX_CPU - 1
+            ));
+        }
+        let mut set = rustix::thread::CpuSet::new();
+        set.set(cpu);
+        rustix::thread::sched_setaffinity(None, &set).map_err(|e| {
+            format!("--cpu {cpu}: cannot pin to that CPU: {e} (see nproc for the CPUs there are)")
+        })?;
+        Ok(())
+    }
+
+    fn report(&self, tool: &str, spec: Option<String>, results: Vec<SizeResult>) -> Report {
+        Report {
+            tool: tool.into(),
+            spec,
+            inputs: Inputs::of(&self.sweep(), self.cpu),
+            results,
         }
     }
 
@@ -183,8 +224,10 @@ fn serve(key: &str, spec: Spec, timeout: f64, clients: u64) -> Result<(), String
     }
 }
 
-fn output(report: &Report, json: bool) {
-    if json {
+fn output(report: &Report, json: bool, csv: bool) {
+    if csv {
+        print!("{}", report.csv());
+    } else if json {
         println!(
             "{}",
             serde_json::to_string_pretty(report).expect("serialisable")
@@ -210,6 +253,7 @@ fn run(cli: Cli) -> Result<(), String> {
         } => {
             let spec = sweep.spec()?;
             let name = spec_name(&spec);
+            sweep.pin()?;
             let vmi = Vmi::with_spec(spec, &key).map_err(|e| e.to_string())?;
             let mut client = PerfClient::connect(
                 vmi,
@@ -219,28 +263,19 @@ fn run(cli: Cli) -> Result<(), String> {
             )?;
             let results = client.run(&sweep.sweep())?;
             client.close();
-            output(
-                &Report {
-                    tool: "vmi".into(),
-                    spec: name,
-                    results,
-                },
-                sweep.json,
-            );
+            output(&sweep.report("vmi", name, results), sweep.json, sweep.csv);
             Ok(())
         }
         Mode::Local { sweep } => {
             let spec = sweep.spec()?;
             let name = spec_name(&spec);
-            let results = run_local(spec, &sweep.sweep(), Duration::from_secs_f64(sweep.timeout))?;
-            output(
-                &Report {
-                    tool: "vmi".into(),
-                    spec: name,
-                    results,
-                },
-                sweep.json,
-            );
+            let results = run_local(
+                spec,
+                &sweep.sweep(),
+                Duration::from_secs_f64(sweep.timeout),
+                &|| sweep.pin(),
+            )?;
+            output(&sweep.report("vmi", name, results), sweep.json, sweep.csv);
             Ok(())
         }
         Mode::Compare {
@@ -286,15 +321,13 @@ fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Mode::Raw { sweep } => {
+            sweep.pin()?;
             let results =
                 raw_sweep(&sweep.sweep()).map_err(|e| format!("raw socket run failed: {e}"))?;
             output(
-                &Report {
-                    tool: "raw-tcp".into(),
-                    spec: None,
-                    results,
-                },
+                &sweep.report("raw-tcp", None, results),
                 sweep.json,
+                sweep.csv,
             );
             Ok(())
         }
