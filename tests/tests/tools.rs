@@ -325,12 +325,17 @@ fn compare_quick_runs_whatever_peers_are_installed() {
             &out_dir,
             "--tcp-spec",
             tcp.to_str().unwrap(),
+            "--rounds",
+            "2",
         ],
         &[],
     );
     assert!(ok, "{out}");
     assert!(
-        out.contains("targets:") && out.contains("TCP 8 B latency vs raw floor"),
+        out.contains("targets:")
+            && out.contains("TCP 8 B latency vs raw floor")
+            && out.contains("medians over 2 interleaved round(s)")
+            && out.contains("noise:"),
         "{out}"
     );
     let v: Value =
@@ -340,7 +345,13 @@ fn compare_quick_runs_whatever_peers_are_installed() {
     for name in ["vmi tcp", "raw tcp"] {
         let p = peers.iter().find(|p| p["name"] == name).unwrap();
         positive(&p["points"][0], &["latency_us"]);
+        assert_eq!(
+            p["points"][0]["latency_rounds"].as_array().map(Vec::len),
+            Some(2),
+            "each round's value is kept: {p}"
+        );
     }
+    assert_eq!(v["rounds"], 2);
     for p in peers {
         assert!(
             p["skipped"].is_null() || !p["skipped"].as_str().unwrap().is_empty(),
@@ -352,7 +363,7 @@ fn compare_quick_runs_whatever_peers_are_installed() {
     }
     let svg = std::fs::read_to_string(dir.path().join("compare.svg")).unwrap();
     assert!(
-        svg.starts_with("<svg") && svg.contains("vmi tcp"),
-        "an SVG plot with a legend"
+        svg.starts_with("<svg") && svg.contains("vmi tcp") && svg.contains("vmi-perf compare on"),
+        "an SVG plot with a legend and a title naming host and date"
     );
 }

@@ -21,15 +21,60 @@ pub enum Family {
     Shm,
 }
 
-/// One measured point.
-#[derive(Clone, Debug, Serialize)]
+/// One measured point: the median over the rounds, and each round's value.
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct Point {
     /// Message size.
     pub size: usize,
-    /// Half round trip, microseconds.
+    /// Half round trip, microseconds (median over rounds).
     pub latency_us: Option<f64>,
-    /// Streaming bandwidth, 10^6 bytes per second.
+    /// Streaming bandwidth, 10^6 bytes per second (median over rounds).
     pub bandwidth_mbs: Option<f64>,
+    /// Each round's latency (None where that round had no result).
+    pub latency_rounds: Vec<Option<f64>>,
+    /// Each round's bandwidth.
+    pub bandwidth_rounds: Vec<Option<f64>>,
+}
+
+/// `YYYY-MM-DD` of a day number since 1970-01-01 (Howard Hinnant's civil-from-days).
+fn civil_date(days: u64) -> String {
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// The median of the values present.
+fn median(values: &[Option<f64>]) -> Option<f64> {
+    let mut v: Vec<f64> = values.iter().flatten().copied().collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    Some(v[v.len() / 2])
+}
+
+/// Median and range of the per-round ratios a / b (rounds where both have a value).
+fn ratio_stats(a: &[Option<f64>], b: &[Option<f64>]) -> Option<(f64, f64, f64)> {
+    let mut r: Vec<f64> = a
+        .iter()
+        .zip(b)
+        .filter_map(|(x, y)| match (x, y) {
+            (Some(x), Some(y)) if *y > 0.0 => Some(x / y),
+            _ => None,
+        })
+        .collect();
+    if r.is_empty() {
+        return None;
+    }
+    r.sort_by(f64::total_cmp);
+    Some((r[r.len() / 2], r[0], r[r.len() - 1]))
 }
 
 /// One peer's results, or why it was skipped.
@@ -60,6 +105,9 @@ pub struct Options {
     pub tcp_spec: PathBuf,
     /// The shared-memory specfile (skipped when absent).
     pub shm_spec: PathBuf,
+    /// Rounds: every peer runs once per round, interleaved, so slow drifts of a noisy
+    /// machine touch all of them alike.
+    pub rounds: usize,
 }
 
 /// Parses the `Final:` line of `ucx_perftest`: (latency average µs, bandwidth MB/s as 10^6).
@@ -253,6 +301,7 @@ fn ucx(tls: &str, opts: &Options) -> Peer {
                 size,
                 latency_us: Some(lat),
                 bandwidth_mbs: Some(bw),
+                ..Point::default()
             }),
             (Err(e), _) | (_, Err(e)) => {
                 peer.skipped = Some(format!("ucx_perftest failed at {}: {e}", size_name(size)));
@@ -299,6 +348,7 @@ fn fi(provider: &str, opts: &Options) -> Peer {
                 size,
                 latency_us: Some(lat),
                 bandwidth_mbs: None,
+                ..Point::default()
             }),
             Ok(Err(e)) | Err(e) => {
                 peer.skipped = Some(format!("fi_pingpong failed at {}: {e}", size_name(size)));
@@ -348,6 +398,7 @@ fn vmi(name: &str, family: Family, spec: &Path, opts: &Options) -> Peer {
                     size: r.size,
                     latency_us: r.latency.map(|l| l.mean_us),
                     bandwidth_mbs: r.bandwidth.map(|b| b.mb_per_s),
+                    ..Point::default()
                 })
                 .collect()
         }
@@ -371,6 +422,7 @@ fn raw(opts: &Options) -> Peer {
                     size: r.size,
                     latency_us: r.latency.map(|l| l.mean_us),
                     bandwidth_mbs: r.bandwidth.map(|b| b.mb_per_s),
+                    ..Point::default()
                 })
                 .collect()
         }
@@ -384,30 +436,103 @@ fn raw(opts: &Options) -> Peer {
 pub struct Comparison {
     /// Sizes.
     pub sizes: Vec<usize>,
+    /// Rounds run.
+    pub rounds: usize,
+    /// Host name.
+    pub host: String,
+    /// Start, seconds since 1970 (UTC).
+    pub started_unix_s: u64,
     /// Every peer, vmi first in each family.
     pub peers: Vec<Peer>,
 }
 
-/// Runs every peer.
-pub fn run(opts: &Options) -> Comparison {
+/// One round of every peer, in a fixed order.
+fn round(opts: &Options, r: usize) -> Vec<Peer> {
+    let say = |what: &str| {
+        eprintln!(
+            "vmi-perf compare: round {} of {}: {what}",
+            r + 1,
+            opts.rounds
+        )
+    };
     let mut peers = Vec::new();
-    eprintln!("vmi-perf compare: vmi over {}", opts.tcp_spec.display());
+    say(&format!("vmi over {}", opts.tcp_spec.display()));
     peers.push(vmi("vmi tcp", Family::Tcp, &opts.tcp_spec, opts));
-    eprintln!("vmi-perf compare: raw socket floor");
+    say("raw socket floor");
     peers.push(raw(opts));
-    eprintln!("vmi-perf compare: ucx_perftest (UCX_TLS=tcp)");
+    say("ucx_perftest (UCX_TLS=tcp)");
     peers.push(ucx("tcp", opts));
-    eprintln!("vmi-perf compare: fi_pingpong (tcp)");
+    say("fi_pingpong (tcp)");
     peers.push(fi("tcp", opts));
-    eprintln!("vmi-perf compare: vmi over {}", opts.shm_spec.display());
+    say(&format!("vmi over {}", opts.shm_spec.display()));
     peers.push(vmi("vmi shm", Family::Shm, &opts.shm_spec, opts));
-    eprintln!("vmi-perf compare: ucx_perftest (UCX_TLS=sm)");
+    say("ucx_perftest (UCX_TLS=sm)");
     peers.push(ucx("sm", opts));
-    eprintln!("vmi-perf compare: fi_pingpong (shm)");
+    say("fi_pingpong (shm)");
     peers.push(fi("shm", opts));
+    peers
+}
+
+/// Folds rounds of the same peers into medians with every round's value kept.
+fn merge(sizes: &[usize], rounds: Vec<Vec<Peer>>) -> Vec<Peer> {
+    let Some(first) = rounds.first() else {
+        return Vec::new();
+    };
+    first
+        .iter()
+        .enumerate()
+        .map(|(i, p0)| {
+            let runs: Vec<&Peer> = rounds.iter().filter_map(|r| r.get(i)).collect();
+            let points: Vec<Point> = sizes
+                .iter()
+                .map(|&size| {
+                    let at = |p: &Peer| p.points.iter().find(|x| x.size == size).cloned();
+                    let lat: Vec<Option<f64>> = runs
+                        .iter()
+                        .map(|p| at(p).and_then(|x| x.latency_us))
+                        .collect();
+                    let bw: Vec<Option<f64>> = runs
+                        .iter()
+                        .map(|p| at(p).and_then(|x| x.bandwidth_mbs))
+                        .collect();
+                    Point {
+                        size,
+                        latency_us: median(&lat),
+                        bandwidth_mbs: median(&bw),
+                        latency_rounds: lat,
+                        bandwidth_rounds: bw,
+                    }
+                })
+                .filter(|p| p.latency_us.is_some() || p.bandwidth_mbs.is_some())
+                .collect();
+            Peer {
+                name: p0.name.clone(),
+                family: p0.family,
+                skipped: if points.is_empty() {
+                    runs.iter().find_map(|p| p.skipped.clone())
+                } else {
+                    None
+                },
+                points,
+            }
+        })
+        .collect()
+}
+
+/// Runs every peer, `opts.rounds` times, interleaved.
+pub fn run(opts: &Options) -> Comparison {
+    let started_unix_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let rounds: Vec<Vec<Peer>> = (0..opts.rounds.max(1)).map(|r| round(opts, r)).collect();
     Comparison {
         sizes: opts.sizes.clone(),
-        peers,
+        rounds: opts.rounds.max(1),
+        host: std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_default(),
+        started_unix_s,
+        peers: merge(&opts.sizes, rounds),
     }
 }
 
@@ -427,9 +552,14 @@ impl Comparison {
         t.push_str(
             "latency: half round trip, us (mean); bandwidth: one-way streaming, MB/s (10^6 B/s)\n",
         );
-        t.push_str("ratios are vmi / peer within a family (tcp, shm): latency < 1 and bandwidth > 1 favour vmi\n\n");
+        t.push_str("ratios are vmi / peer within a family (tcp, shm): latency < 1 and bandwidth > 1 favour vmi\n");
         t.push_str(&format!(
-            "{:>8}  {:<9} {:>10} {:>9} {:>11} {:>9}\n",
+            "values are medians over {} interleaved round(s); a ratio is the median of the per-round ratios, [min-max] beside it\n",
+            self.rounds
+        ));
+        t.push_str("noise: on a shared 2-core VM wall-clock ratios move by tens of percent between runs; trust the range, not one number\n\n");
+        t.push_str(&format!(
+            "{:>8}  {:<9} {:>10} {:>19} {:>11} {:>19}\n",
             "size", "peer", "latency", "vmi/peer", "bandwidth", "vmi/peer"
         ));
         for &size in &self.sizes {
@@ -449,18 +579,22 @@ impl Comparison {
                 let v = self.point(vmi_name, size);
                 let fmt =
                     |x: Option<f64>, d: usize| x.map_or("-".to_string(), |x| format!("{x:.d$}"));
-                let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
-                    (Some(a), Some(b)) if p.name != vmi_name && b > 0.0 => format!("{:.2}", a / b),
+                let ratio = |a: Option<&Vec<Option<f64>>>, b: &Vec<Option<f64>>| match a
+                    .and_then(|a| ratio_stats(a, b))
+                {
+                    Some((m, lo, hi)) if p.name != vmi_name => {
+                        format!("{m:.2} [{lo:.2}-{hi:.2}]")
+                    }
                     _ => "-".into(),
                 };
                 t.push_str(&format!(
-                    "{:>8}  {:<9} {:>10} {:>9} {:>11} {:>9}\n",
+                    "{:>8}  {:<9} {:>10} {:>19} {:>11} {:>19}\n",
                     size_name(size),
                     p.name,
                     fmt(pt.latency_us, 2),
-                    ratio(v.and_then(|v| v.latency_us), pt.latency_us),
+                    ratio(v.map(|v| &v.latency_rounds), &pt.latency_rounds),
                     fmt(pt.bandwidth_mbs, 1),
-                    ratio(v.and_then(|v| v.bandwidth_mbs), pt.bandwidth_mbs),
+                    ratio(v.map(|v| &v.bandwidth_rounds), &pt.bandwidth_rounds),
                 ));
             }
         }
@@ -528,9 +662,26 @@ impl Comparison {
 
     /// Writes an SVG with latency and bandwidth against size, log axes.
     pub fn plot(&self, path: &Path) -> Result<(), String> {
+        use plotters::coord::combinators::BindKeyPoints;
         use plotters::prelude::*;
-        let root = SVGBackend::new(path, (1100, 480)).into_drawing_area();
+        let root = SVGBackend::new(path, (1100, 500)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| e.to_string())?;
+        let day = self.started_unix_s / 86_400;
+        let root = root
+            .titled(
+                &format!(
+                    "vmi-perf compare on {} ({}; medians of {} interleaved rounds)",
+                    if self.host.is_empty() {
+                        "?"
+                    } else {
+                        &self.host
+                    },
+                    civil_date(day),
+                    self.rounds
+                ),
+                ("sans-serif", 16),
+            )
+            .map_err(|e| e.to_string())?;
         let panels = root.split_evenly((1, 2));
         let colors = [
             RGBColor(0, 90, 200),
@@ -581,7 +732,9 @@ impl Comparison {
                 .x_label_area_size(36)
                 .y_label_area_size(56)
                 .build_cartesian_2d(
-                    (xmin / 1.5..xmax * 1.5).log_scale(),
+                    (xmin / 1.5..xmax * 1.5)
+                        .log_scale()
+                        .with_key_points(self.sizes.iter().map(|&s| s as f64).collect()),
                     (ymin..ymax).log_scale(),
                 )
                 .map_err(|e| e.to_string())?;
@@ -594,16 +747,29 @@ impl Comparison {
                 .map_err(|e| e.to_string())?;
             for (i, pts) in data.iter() {
                 let c = colors[*i % colors.len()];
+                // vmi: thick line, filled circles; peers: thin line, hollow triangles. Told
+                // apart by marker as well as colour.
+                let is_vmi = self.peers[*i].name.starts_with("vmi");
+                let width = if is_vmi { 3 } else { 1 };
                 chart
-                    .draw_series(LineSeries::new(pts.iter().copied(), c.stroke_width(2)))
+                    .draw_series(LineSeries::new(pts.iter().copied(), c.stroke_width(width)))
                     .map_err(|e| e.to_string())?
                     .label(self.peers[*i].name.clone())
                     .legend(move |(x, y)| {
-                        PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2))
+                        PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(width))
                     });
-                chart
-                    .draw_series(pts.iter().map(|p| Circle::new(*p, 3, c.filled())))
-                    .map_err(|e| e.to_string())?;
+                if is_vmi {
+                    chart
+                        .draw_series(pts.iter().map(|p| Circle::new(*p, 4, c.filled())))
+                        .map_err(|e| e.to_string())?;
+                } else {
+                    chart
+                        .draw_series(
+                            pts.iter()
+                                .map(|p| TriangleMarker::new(*p, 5, c.stroke_width(1))),
+                        )
+                        .map_err(|e| e.to_string())?;
+                }
             }
             chart
                 .configure_series_labels()
@@ -646,7 +812,15 @@ Final:                  2000      7.233     7.460     7.460        1.02       1.
     }
 
     #[test]
+    fn dates_are_civil() {
+        assert_eq!(civil_date(0), "1970-01-01");
+        assert_eq!(civil_date(20_779), "2026-11-22");
+        assert_eq!(civil_date(11_016), "2000-02-29");
+    }
+
+    #[test]
     fn table_ratios_and_targets() {
+        // Three rounds of each peer, merged: medians, and the per-round ratios' range.
         let p = |name: &str, family, lat, bw| Peer {
             name: name.into(),
             family,
@@ -654,24 +828,54 @@ Final:                  2000      7.233     7.460     7.460        1.02       1.
                 size: 8,
                 latency_us: Some(lat),
                 bandwidth_mbs: Some(bw),
+                ..Point::default()
             }],
             skipped: None,
         };
-        let c = Comparison {
-            sizes: vec![8],
-            peers: vec![
+        let skipped = Peer {
+            name: "ucx sm".into(),
+            family: Family::Shm,
+            points: vec![],
+            skipped: Some("not installed".into()),
+        };
+        let rounds = vec![
+            vec![
                 p("vmi tcp", Family::Tcp, 5.0, 2.0),
                 p("raw tcp", Family::Tcp, 4.0, 2.0),
-                Peer {
-                    name: "ucx sm".into(),
-                    family: Family::Shm,
-                    points: vec![],
-                    skipped: Some("not installed".into()),
-                },
+                skipped.clone(),
             ],
+            vec![
+                p("vmi tcp", Family::Tcp, 6.0, 2.0),
+                p("raw tcp", Family::Tcp, 4.0, 2.0),
+                skipped.clone(),
+            ],
+            vec![
+                p("vmi tcp", Family::Tcp, 4.0, 2.0),
+                p("raw tcp", Family::Tcp, 4.0, 2.0),
+                skipped,
+            ],
+        ];
+        let c = Comparison {
+            sizes: vec![8],
+            rounds: 3,
+            host: "h".into(),
+            started_unix_s: 0,
+            peers: merge(&[8], rounds),
         };
+        assert_eq!(
+            c.peers[0].points[0].latency_us,
+            Some(5.0),
+            "median of 5, 6, 4"
+        );
         let t = c.table();
-        assert!(t.contains("raw tcp         4.00      1.25"), "{t}");
+        assert!(
+            t.contains("raw tcp         4.00    1.25 [1.00-1.50]"),
+            "{t}"
+        );
+        assert!(
+            t.contains("3 interleaved round(s)") && t.contains("noise:"),
+            "{t}"
+        );
         assert!(t.contains("ucx sm    skipped: not installed"), "{t}");
         let targets = c.targets();
         assert!(

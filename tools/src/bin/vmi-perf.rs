@@ -88,6 +88,10 @@ enum Mode {
         /// The shared-memory specfile (skipped when it does not exist).
         #[arg(long, default_value = "specfiles/shmem.xml")]
         shm_spec: PathBuf,
+        /// Rounds: every peer runs once per round, interleaved; medians and ranges are
+        /// reported.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
     },
 }
 
@@ -285,6 +289,7 @@ fn run(cli: Cli) -> Result<(), String> {
             out,
             tcp_spec,
             shm_spec,
+            rounds,
         } => {
             use vmi_tools::compare;
             let opts = compare::Options {
@@ -294,6 +299,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 out: out.clone(),
                 tcp_spec,
                 shm_spec,
+                rounds,
             };
             let c = compare::run(&opts);
             std::fs::create_dir_all(&out)
