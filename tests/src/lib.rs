@@ -9,7 +9,6 @@ pub mod harness;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
 
@@ -63,20 +62,7 @@ pub fn device_lib(type_name: &str) -> PathBuf {
     target_dir().join(format!("libvmi_{type_name}.so"))
 }
 
-/// A key no other test (or test run) uses.
-pub fn unique_key(prefix: &str) -> String {
-    static N: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!(
-        "{prefix}-{}-{}-{nanos:x}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
+pub use vmi_conformance::pair::unique_key;
 pub use vmi_conformance::rng::Rng;
 
 /// A child process that is killed when dropped, with its output collected.
