@@ -264,6 +264,10 @@ impl<'a> Slab<'a> {
     /// receive handler). The data stays valid until the returned [`GrabbedSlab`] is dropped
     /// or released, from any thread. Returns `None` for slabs that cannot be kept (connect
     /// data, or a slab already grabbed).
+    ///
+    /// A grabbed slab counts against the process's [`crate::MAX_RECEIVES_IN_FLIGHT`] received
+    /// IRBs until it is released: an application that keeps that many stops receiving (the
+    /// transports push back on the peers) until it lets some go.
     pub fn grab(&mut self) -> Option<GrabbedSlab> {
         let owner = self.owner.as_ref()?;
         if owner.grabbed.replace(true) {
