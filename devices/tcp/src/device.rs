@@ -2,7 +2,7 @@
 
 use std::collections::VecDeque;
 use std::ffi::CStr;
-use std::io::{self, Read, Write};
+use std::io::{self, IoSlice, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
@@ -21,6 +21,8 @@ use crate::proto::{Connection, Dial, Local, Output, State, probe_ports, split_ho
 use crate::wire::{FrameRepr, HelloRepr};
 
 const LISTENER: Token = Token(usize::MAX);
+/// Pieces (headers and segments) one flush hands to one `writev`.
+const MAX_IOV: usize = 64;
 const STAGING: usize = 64 * 1024;
 
 enum Tx {
@@ -54,6 +56,8 @@ struct Conn {
     /// True while counted in `TcpDevice::timed` (the protocol has a deadline).
     timed: bool,
     attempt: Option<Attempt>,
+    /// The poll turn in which a send was last written at once (see `submit`).
+    last_write_turn: u64,
     /// Bytes read but not yet fed to the protocol, because the poll's budget or the host's
     /// receive IRBs ran out; they go first on the next turn, before the socket is read again.
     parked: Vec<u8>,
@@ -83,6 +87,10 @@ pub struct TcpDevice {
     free: Vec<usize>,
     by_vmi: ConnMap<usize>,
     again: Vec<usize>,
+    /// Connections with sends queued since the last flush; `poll` writes them first.
+    dirty: Vec<usize>,
+    /// Counts polls: a connection written at once in this turn queues further sends.
+    turn: u64,
     /// IRBs this poll may still hand up (the host's budget for the call).
     budget_left: usize,
     timed: usize,
@@ -298,6 +306,7 @@ impl TcpDevice {
                         tx: VecDeque::new(),
                         timed: false,
                         attempt: Some(attempt),
+                        last_write_turn: 0,
                         parked: Vec::new(),
                         parked_off: 0,
                     };
@@ -372,21 +381,55 @@ impl TcpDevice {
                     }
                     Err(e) => Err(e),
                 },
-                Tx::Frame {
-                    irb,
-                    header,
-                    off,
-                    total,
-                } => {
-                    let mut segs: [&[u8]; 16] = [&[]; 16];
-                    let n = irb.segments().len().min(16);
-                    for (i, s) in segs.iter_mut().enumerate().take(n) {
-                        *s = irb.segment(i);
-                    }
-                    match write_gather(&mut c.sock, header, &segs[..n], *off) {
-                        Ok(w) => {
-                            *off += w;
-                            Ok(*off == *total)
+                Tx::Frame { .. } => {
+                    // Every queued frame at the front goes out in one writev (up to
+                    // MAX_IOV pieces): a backlog of small sends costs one system call, not
+                    // one each.
+                    let written = {
+                        let mut slices = [IoSlice::new(&[]); MAX_IOV];
+                        let mut n = 0;
+                        'frames: for tx in c.tx.iter() {
+                            let Tx::Frame {
+                                irb, header, off, ..
+                            } = tx
+                            else {
+                                break;
+                            };
+                            let mut skip = *off;
+                            let segs = (0..irb.segments().len()).map(|i| irb.segment(i));
+                            for part in std::iter::once(&header[..]).chain(segs) {
+                                if skip >= part.len() {
+                                    skip -= part.len();
+                                    continue;
+                                }
+                                if n == MAX_IOV {
+                                    break 'frames;
+                                }
+                                slices[n] = IoSlice::new(&part[skip..]);
+                                skip = 0;
+                                n += 1;
+                            }
+                        }
+                        c.sock.write_vectored(&slices[..n])
+                    };
+                    match written {
+                        // Nothing taken (no piece to write, or a socket that took none): wait
+                        // for the next writable event rather than spin.
+                        Ok(0) => return,
+                        Ok(mut w) => {
+                            // Credit the bytes to the frames in order; complete the whole ones.
+                            while let Some(Tx::Frame { off, total, .. }) = c.tx.front_mut() {
+                                let take = (*total - *off).min(w);
+                                *off += take;
+                                w -= take;
+                                if *off < *total {
+                                    break;
+                                }
+                                if let Some(Tx::Frame { irb, .. }) = c.tx.pop_front() {
+                                    irb.complete(Status::Ok);
+                                }
+                            }
+                            Ok(false)
                         }
                         Err(e) => Err(e),
                     }
@@ -670,6 +713,7 @@ impl TcpDevice {
                         tx: VecDeque::new(),
                         timed: false,
                         attempt: None,
+                        last_write_turn: 0,
                         parked: Vec::new(),
                         parked_off: 0,
                     };
@@ -744,6 +788,8 @@ impl Device for TcpDevice {
             free: Vec::new(),
             by_vmi: ConnMap::new(),
             again: Vec::new(),
+            dirty: Vec::new(),
+            turn: 1,
             budget_left: usize::MAX,
             timed: 0,
             pool: HeldBuffers::default(),
@@ -849,13 +895,18 @@ impl Device for TcpDevice {
                     irb.set_detail("the connection is not open");
                     return Disposition::Complete(irb, Status::ConnectionLost);
                 }
-                let mut off = 0;
-                if c.tx.is_empty() {
+                // The first send on a connection in each poll turn is written at once
+                // (latency); further sends in the same turn are queued and written together
+                // at the next poll, or as soon as a batch is full: a stream of small sends
+                // costs one writev per batch, not one per message.
+                if c.tx.is_empty() && c.last_write_turn != self.turn {
+                    c.last_write_turn = self.turn;
                     let mut segs: [&[u8]; 16] = [&[]; 16];
                     let n = irb.segments().len().min(16);
                     for (i, s) in segs.iter_mut().enumerate().take(n) {
                         *s = irb.segment(i);
                     }
+                    let mut off = 0;
                     loop {
                         match write_gather(&mut c.sock, &header, &segs[..n], off) {
                             Ok(w) => {
@@ -882,13 +933,28 @@ impl Device for TcpDevice {
                             }
                         }
                     }
+                    // The socket took part of it: the rest waits for a writable event.
+                    c.tx.push_back(Tx::Frame {
+                        irb,
+                        header,
+                        off,
+                        total,
+                    });
+                    return Disposition::Pending;
                 }
                 c.tx.push_back(Tx::Frame {
                     irb,
                     header,
-                    off,
+                    off: 0,
                     total,
                 });
+                let full = c.tx.len() >= MAX_IOV / 2;
+                if !self.dirty.contains(&idx) {
+                    self.dirty.push(idx);
+                }
+                if full {
+                    self.flush(idx);
+                }
                 Disposition::Pending
             }
             Op::Connect => {
@@ -980,6 +1046,16 @@ impl Device for TcpDevice {
 
     fn poll(&mut self, budget: usize) -> usize {
         self.budget_left = budget;
+        self.turn += 1;
+        // Queued sends first: one writev per connection for everything sent since.
+        if !self.dirty.is_empty() {
+            let dirty = std::mem::take(&mut self.dirty);
+            for &idx in &dirty {
+                self.flush(idx);
+            }
+            self.dirty = dirty;
+            self.dirty.clear();
+        }
         if let Err(e) = self.poll.poll(&mut self.events, Some(Duration::ZERO)) {
             if e.kind() != io::ErrorKind::Interrupted {
                 log::error!("tcp: epoll failed: {e}");
@@ -1019,7 +1095,10 @@ impl Device for TcpDevice {
     }
 
     fn wait_fd(&self) -> (Option<RawFd>, Option<Duration>) {
-        let mut next: Option<Duration> = if self.again.is_empty() {
+        let mut next: Option<Duration> = if !self.dirty.is_empty() {
+            // Sends wait to be written: do not sleep.
+            Some(Duration::ZERO)
+        } else if self.again.is_empty() {
             None
         } else if self.host.irbs_available() > 0 {
             Some(Duration::ZERO)
@@ -1039,7 +1118,14 @@ impl Device for TcpDevice {
         }
         (
             Some(self.poll.as_raw_fd()),
-            next.map(|d| d + Duration::from_millis(1)),
+            // Deadlines round up by a millisecond (poll(2) counts whole ones); "now" stays now.
+            next.map(|d| {
+                if d.is_zero() {
+                    d
+                } else {
+                    d + Duration::from_millis(1)
+                }
+            }),
         )
     }
 }
