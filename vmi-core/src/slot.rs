@@ -249,11 +249,6 @@ impl IrbSlot {
         &mut self.bufs
     }
 
-    /// Takes the send buffers out, leaving the slot with none.
-    pub fn drain_buffers(&mut self) -> std::vec::Drain<'_, Buffer> {
-        self.bufs.drain(..)
-    }
-
     pub fn peer_host(&self) -> &str {
         &self.peer_host
     }
