@@ -488,8 +488,10 @@ impl Device for LoopbackDevice {
         if self.me.is_empty() {
             return n;
         }
-        // One message needs at most one receive IRB: take none the host cannot give.
-        while n < budget && self.host.irbs_available() > 0 {
+        // One message needs at most one receive IRB: take none the host cannot give. The host
+        // is asked once per poll; only this loop takes receive IRBs meanwhile.
+        let credit = budget.min(self.host.irbs_available() as usize);
+        for _ in 0..credit {
             let Some(msg) = self.me.pop() else { break };
             self.handle(msg);
             n += 1;

@@ -336,8 +336,10 @@ impl ShmemDevice {
         let mut n = 0;
         let mut error: Option<String> = None;
         // At most `budget` records, and none without a receive IRB to hand it up in: the rest
-        // stays in the ring, which pushes back on the peer when it fills.
-        while n < budget && host.irbs_available() > 0 {
+        // stays in the ring, which pushes back on the peer when it fills. The host is asked
+        // once per call; only this loop takes receive IRBs meanwhile, one per record at most.
+        let credit = budget.min(host.irbs_available() as usize);
+        while n < credit {
             let next = c
                 .reader
                 .next(&mut RingSource(&mut cons), &mut |len| pool.take(len));

@@ -91,7 +91,7 @@ pub struct TcpDevice {
     dirty: Vec<usize>,
     /// Counts polls: a connection written at once in this turn queues further sends.
     turn: u64,
-    /// IRBs this poll may still hand up (the host's budget for the call).
+    /// IRBs this poll may still hand up: the host's budget, capped at its free receive IRBs.
     budget_left: usize,
     timed: usize,
     pool: HeldBuffers,
@@ -264,6 +264,7 @@ impl TcpDevice {
                     c.proto.peer()
                 );
             }
+            self.budget_left = self.budget_left.saturating_sub(1);
             if let Some(mut irb) = self.host.alloc_irb(Op::PeerDisconnect, c.vmi) {
                 irb.set_detail(detail);
                 // The status travels in the IRB; a PeerDisconnect is handed up, not completed.
@@ -466,11 +467,11 @@ impl TcpDevice {
         }
     }
 
-    /// True when one more received IRB may be handed up now: this poll's budget is not spent
-    /// and the host has a receive IRB for it. When false, reading stops and the data waits in
+    /// True when one more received IRB may be handed up now: this poll's credit (its budget,
+    /// capped at the host's free receive IRBs when the poll began) is not spent. When false, reading stops and the data waits in
     /// the socket (TCP's flow control then pushes back on the sender).
     fn may_deliver(&self) -> bool {
-        self.budget_left > 0 && self.host.irbs_available() > 0
+        self.budget_left > 0
     }
 
     /// Marks a connection to be read again at the next poll.
@@ -657,6 +658,7 @@ impl TcpDevice {
         let peer = c.proto.peer().to_string();
         self.by_vmi.insert(vmi, idx);
         self.settle(idx);
+        self.budget_left = self.budget_left.saturating_sub(1);
         let Some(mut irb) = self.host.alloc_irb(Op::ConnectRequest, vmi) else {
             return self.fail(idx, Status::NoResources, "out of IRBs", false);
         };
@@ -1045,7 +1047,9 @@ impl Device for TcpDevice {
     }
 
     fn poll(&mut self, budget: usize) -> usize {
-        self.budget_left = budget;
+        // One host call per poll, not per message: during this poll only this device takes
+        // receive IRBs, and it counts each one down (`deliver`, connect requests, peer ends).
+        self.budget_left = budget.min(self.host.irbs_available() as usize);
         self.turn += 1;
         // Queued sends first: one writev per connection for everything sent since.
         if !self.dirty.is_empty() {
