@@ -58,6 +58,8 @@ struct Conn {
     attempt: Option<Attempt>,
     /// The poll turn in which a send was last written at once (see `submit`).
     last_write_turn: u64,
+    /// Listed in `TcpDevice::dirty` (sends queued for the next poll's flush).
+    dirty: bool,
     /// Bytes read but not yet fed to the protocol, because the poll's budget or the host's
     /// receive IRBs ran out; they go first on the next turn, before the socket is read again.
     parked: Vec<u8>,
@@ -308,6 +310,7 @@ impl TcpDevice {
                         timed: false,
                         attempt: Some(attempt),
                         last_write_turn: 0,
+                        dirty: false,
                         parked: Vec::new(),
                         parked_off: 0,
                     };
@@ -716,6 +719,7 @@ impl TcpDevice {
                         timed: false,
                         attempt: None,
                         last_write_turn: 0,
+                        dirty: false,
                         parked: Vec::new(),
                         parked_off: 0,
                     };
@@ -951,7 +955,8 @@ impl Device for TcpDevice {
                     total,
                 });
                 let full = c.tx.len() >= MAX_IOV / 2;
-                if !self.dirty.contains(&idx) {
+                if !c.dirty {
+                    c.dirty = true;
                     self.dirty.push(idx);
                 }
                 if full {
@@ -1052,14 +1057,14 @@ impl Device for TcpDevice {
         self.budget_left = budget.min(self.host.irbs_available() as usize);
         self.turn += 1;
         // Queued sends first: one writev per connection for everything sent since.
-        if !self.dirty.is_empty() {
-            let dirty = std::mem::take(&mut self.dirty);
-            for &idx in &dirty {
-                self.flush(idx);
+        for i in 0..self.dirty.len() {
+            let idx = self.dirty[i];
+            if let Some(c) = self.conns[idx].as_mut() {
+                c.dirty = false;
             }
-            self.dirty = dirty;
-            self.dirty.clear();
+            self.flush(idx);
         }
+        self.dirty.clear();
         if let Err(e) = self.poll.poll(&mut self.events, Some(Duration::ZERO)) {
             if e.kind() != io::ErrorKind::Interrupted {
                 log::error!("tcp: epoll failed: {e}");
