@@ -69,12 +69,15 @@ impl Core {
         }
     }
 
+    /// Checks that a send may go now, takes a send slot, lets `fill` put the data in, and
+    /// checks its size. Every refusal undoes the stream change and frees the slot, which also
+    /// hands pooled (inline) buffers back.
     fn prepare_send(
         &mut self,
         conn: ConnId,
-        buffers: impl IntoIterator<Item = Buffer>,
         token: u64,
         kind: SendKind,
+        fill: impl FnOnce(&mut Engine, &mut Slot, u64) -> Result<(), VmiError>,
     ) -> Result<Slot, VmiError> {
         let transport = self
             .engine
@@ -89,28 +92,17 @@ impl Core {
                 return Err(VmiError::Busy { limit });
             }
         };
-        let mut given = 0;
-        let mut refused = None;
-        for b in buffers {
-            given += 1;
-            if refused.is_none() {
-                if let Err(b) = s.push_buffer(b) {
-                    refused = Some(b);
-                }
+        let checked = fill(&mut self.engine, &mut s, max).and_then(|()| {
+            let total = s.buffers_len();
+            if max > 0 && total > max {
+                return Err(VmiError::FragmentTooLarge { len: total, max });
             }
-        }
-        let fail = |this: &mut Core, s: Slot, e: VmiError| {
-            this.engine.free(s);
-            this.engine.conns_mut().send_undone(conn, kind);
-            Err(e)
-        };
-        if refused.is_some() {
-            let max = crate::abi::VMI_IRB_MAX_SEGS;
-            return fail(self, s, VmiError::TooManyBuffers { given, max });
-        }
-        let total = s.buffers_len();
-        if max > 0 && total > max {
-            return fail(self, s, VmiError::FragmentTooLarge { len: total, max });
+            Ok(())
+        });
+        if let Err(e) = checked {
+            self.engine.free(s);
+            self.engine.conns_mut().send_undone(conn, kind);
+            return Err(e);
         }
         s.set_op(VMI_OP_SEND);
         s.set_conn_raw(conn.raw());
@@ -123,6 +115,29 @@ impl Core {
         s.set_transport(transport);
         s.set_token(token);
         Ok(s)
+    }
+
+    /// A send of the application's buffers.
+    fn prepare_buffers(
+        &mut self,
+        conn: ConnId,
+        buffers: impl IntoIterator<Item = Buffer>,
+        token: u64,
+        kind: SendKind,
+    ) -> Result<Slot, VmiError> {
+        self.prepare_send(conn, token, kind, |_, s, _| {
+            let mut given = 0;
+            let mut refused = false;
+            for b in buffers {
+                given += 1;
+                refused |= !refused && s.push_buffer(b).is_err();
+            }
+            if refused {
+                let max = crate::abi::VMI_IRB_MAX_SEGS;
+                return Err(VmiError::TooManyBuffers { given, max });
+            }
+            Ok(())
+        })
     }
 
     fn connect(
@@ -230,7 +245,9 @@ pub trait Operations: Sealed {
     }
 
     /// Sends a one-fragment stream gathered from `buffers` (VMI 2.1: `VMI_Stream_Send`).
-    /// The buffers come back in [`crate::Handler::send_complete`] with `token`.
+    /// The buffers come back in [`crate::Handler::send_complete`] with `token`. A refused send
+    /// drops them: check [`Operations::sends_available`] first to keep them when the process
+    /// may be at its limit.
     fn send(
         &mut self,
         conn: ConnId,
@@ -238,7 +255,7 @@ pub trait Operations: Sealed {
         token: u64,
     ) -> Result<(), VmiError> {
         let (core, mode) = self.core();
-        let s = core.prepare_send(conn, buffers, token, SendKind::Whole)?;
+        let s = core.prepare_buffers(conn, buffers, token, SendKind::Whole)?;
         core.issue(s, mode);
         Ok(())
     }
@@ -247,14 +264,21 @@ pub trait Operations: Sealed {
     /// (VMI 2.1: `VMI_Stream_Send_Inline`). Its completion carries `token` 0 and no buffers.
     fn send_inline(&mut self, conn: ConnId, data: &[u8]) -> Result<(), VmiError> {
         let (core, mode) = self.core();
-        if core.engine.sends_available() == 0 {
-            // Refused before a pooled buffer is taken, so a sender pushed back loses none.
-            return Err(VmiError::Busy {
-                limit: crate::engine::MAX_SENDS_IN_FLIGHT,
-            });
-        }
-        let b = core.engine.inline_buffer(data);
-        let s = core.prepare_send(conn, Some(b), 0, SendKind::Whole)?;
+        // The copy is made only once the send is known to go: a refused send (busy, closed,
+        // too large) takes no pooled buffer and copies nothing.
+        let s = core.prepare_send(conn, 0, SendKind::Whole, |engine, s, max| {
+            if max > 0 && data.len() as u64 > max {
+                return Err(VmiError::FragmentTooLarge {
+                    len: data.len() as u64,
+                    max,
+                });
+            }
+            let b = engine.inline_buffer(data);
+            s.push_buffer(b).map_err(|_| VmiError::TooManyBuffers {
+                given: 1,
+                max: crate::abi::VMI_IRB_MAX_SEGS,
+            })
+        })?;
         core.issue(s, mode);
         Ok(())
     }
@@ -277,7 +301,7 @@ pub trait Operations: Sealed {
         token: u64,
     ) -> Result<(), VmiError> {
         let (core, mode) = self.core();
-        let s = core.prepare_send(stream.conn, buffers, token, SendKind::Fragment)?;
+        let s = core.prepare_buffers(stream.conn, buffers, token, SendKind::Fragment)?;
         core.issue(s, mode);
         Ok(())
     }
@@ -291,7 +315,7 @@ pub trait Operations: Sealed {
         token: u64,
     ) -> Result<(), VmiError> {
         let (core, mode) = self.core();
-        let s = core.prepare_send(stream.conn, buffers, token, SendKind::End)?;
+        let s = core.prepare_buffers(stream.conn, buffers, token, SendKind::End)?;
         core.issue(s, mode);
         Ok(())
     }
