@@ -90,7 +90,8 @@ fn spec(filters: bool) -> Spec {
     Spec::parse_str(text, "alloc.xml").unwrap()
 }
 
-fn run(filters: bool) {
+/// Two vmi over loopback (with a skeleton filter when `filters`), connected.
+fn connected(filters: bool) -> (Vmi, Counter, Vmi, Counter, ConnId) {
     register_all();
     let (ka, kb) = (unique_key("alloc-a"), unique_key("alloc-b"));
     let mut a = Vmi::with_spec(spec(filters), &ka).unwrap();
@@ -102,6 +103,11 @@ fn run(filters: bool) {
         b.poll(&mut hb);
     }
     let conn = ha.conn.unwrap();
+    (a, ha, b, hb, conn)
+}
+
+fn run(filters: bool) {
+    let (mut a, mut ha, mut b, mut hb, conn) = connected(filters);
     let payload = [7u8; 256];
     let mut step = |ha: &mut Counter, hb: &mut Counter| {
         a.send_inline(conn, &payload).unwrap();
@@ -150,17 +156,7 @@ fn steady_state_allocates_nothing_per_message() {
 #[test]
 fn a_burst_the_receiver_does_not_read_is_bounded_and_allocates_nothing_once_warm() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    register_all();
-    let (ka, kb) = (unique_key("burst-a"), unique_key("burst-b"));
-    let mut a = Vmi::with_spec(spec(false), &ka).unwrap();
-    let mut b = Vmi::with_spec(spec(false), &kb).unwrap();
-    let (mut ha, mut hb) = (Counter::default(), Counter::default());
-    a.connect("localhost", &kb, b"", 0).unwrap();
-    while ha.conn.is_none() {
-        a.poll(&mut ha);
-        b.poll(&mut hb);
-    }
-    let conn = ha.conn.unwrap();
+    let (mut a, mut ha, mut b, mut hb, conn) = connected(false);
     let payload = [3u8; 8];
     let burst = |a: &mut Vmi, ha: &mut Counter, b: &mut Vmi, hb: &mut Counter| {
         // 10,000 sends with the receiver not polling: the first ones are accepted, then the

@@ -495,16 +495,7 @@ impl Drop for Harness {
 
 fn blank(frame_blocks: usize, origin: Origin) -> Box<HIrb> {
     Box::new(HIrb {
-        abi: VmiIrb {
-            op: 0,
-            flags: 0,
-            status: 0,
-            nseg: 0,
-            conn: 0,
-            segs: [VmiSeg::EMPTY; VMI_IRB_MAX_SEGS],
-            peer_host: VmiStr::EMPTY,
-            peer_key: VmiStr::EMPTY,
-        },
+        abi: VmiIrb::EMPTY,
         origin,
         joined: false,
         payload: Vec::new(),

@@ -132,16 +132,7 @@ impl Slot {
 impl IrbSlot {
     fn new(frame_blocks: usize, max_path: usize) -> Box<IrbSlot> {
         Box::new(IrbSlot {
-            abi: VmiIrb {
-                op: 0,
-                flags: 0,
-                status: 0,
-                nseg: 0,
-                conn: 0,
-                segs: [VmiSeg::EMPTY; VMI_IRB_MAX_SEGS],
-                peer_host: VmiStr::EMPTY,
-                peer_key: VmiStr::EMPTY,
-            },
+            abi: VmiIrb::EMPTY,
             dir: Dir::Down,
             pos: -1,
             path: Vec::with_capacity(max_path),
@@ -379,6 +370,7 @@ impl IrbPool {
     pub fn give(&mut self, slot: Slot) {
         // SAFETY: a Slot owns a slot leaked from a Box in `take`; it is consumed here.
         let mut s = unsafe { Box::from_raw(slot.0.as_ptr()) };
+        // Segments past `nseg` are never read: only the header fields are reset.
         s.abi.op = 0;
         s.abi.flags = 0;
         s.abi.status = 0;

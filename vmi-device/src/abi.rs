@@ -198,6 +198,20 @@ pub struct VmiIrb {
     pub peer_key: VmiStr,
 }
 
+impl VmiIrb {
+    /// An IRB with no operation, no data and no peer (what hosts start a fresh one from).
+    pub const EMPTY: VmiIrb = VmiIrb {
+        op: 0,
+        flags: 0,
+        status: 0,
+        nseg: 0,
+        conn: 0,
+        segs: [VmiSeg::EMPTY; VMI_IRB_MAX_SEGS],
+        peer_host: VmiStr::EMPTY,
+        peer_key: VmiStr::EMPTY,
+    };
+}
+
 /// Capabilities a device reports; filters adjust them for what they add.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
