@@ -409,6 +409,31 @@ fn a_handler_that_replaces_a_grabbed_slab_cannot_make_the_engine_free_it() {
 }
 
 #[test]
+fn releasing_a_grabbed_slab_from_another_thread_wakes_a_waiting_receiver() {
+    let (mut a, mut ha, mut b, mut hb, conn) = connected_pair("", "");
+    hb.grab = true;
+    a.send_inline(conn, b"keep me").unwrap();
+    pump(&mut a, &mut ha, &mut b, &mut hb, |_, hb| {
+        hb.grabbed.len() == 1
+    });
+    let g = hb.grabbed.pop().unwrap();
+    let releaser = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(100));
+        drop(g);
+    });
+    // Nothing else will happen: only the release can end this wait before its 10 s.
+    let start = Instant::now();
+    let n = b.wait(&mut hb, Duration::from_secs(10));
+    releaser.join().unwrap();
+    assert!(n > 0, "the release is an event");
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "the release woke the wait ({:?})",
+        start.elapsed()
+    );
+}
+
+#[test]
 fn a_completion_from_a_thread_after_the_vmi_ended_is_dropped_safely() {
     let (mut a, _ha, _b, _hb, conn) = connected_pair("p=pender:mode~thread", "");
     a.send_inline(conn, b"late").unwrap();

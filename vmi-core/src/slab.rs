@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::abi::{VMI_IRB_MAX_SEGS, VmiSeg};
 use crate::slot::Slot;
+use crate::waker::Waker;
 
 /// A saved cursor position (VMI 2.1: `VMI_SLAB_STATE`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -299,6 +300,9 @@ impl std::io::Read for Slab<'_> {
 #[derive(Default)]
 pub(crate) struct Releases {
     queue: Mutex<Vec<usize>>,
+    /// The host's doorbell: a release from another thread wakes a `wait`, so transports
+    /// stopped for want of receive IRBs go on at once (none of them polls for it).
+    waker: Option<Arc<Waker>>,
     /// Grabbed slabs not yet released.
     pub(crate) outstanding: AtomicUsize,
     /// Released slabs waiting in `queue`: lets `poll` skip the mutex with one relaxed load.
@@ -306,6 +310,14 @@ pub(crate) struct Releases {
 }
 
 impl Releases {
+    /// Releases that ring `waker` when a slab comes back.
+    pub(crate) fn with_waker(waker: Arc<Waker>) -> Releases {
+        Releases {
+            waker: Some(waker),
+            ..Releases::default()
+        }
+    }
+
     /// Moves every released slot address into `into` (which should be empty).
     pub(crate) fn take_all(&self, into: &mut Vec<usize>) {
         let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
@@ -419,6 +431,9 @@ impl Drop for GrabbedSlab {
             .push(self.slot);
         self.releases.pending.fetch_add(1, Ordering::Release);
         self.releases.outstanding.fetch_sub(1, Ordering::AcqRel);
+        if let Some(w) = &self.releases.waker {
+            w.wake();
+        }
     }
 }
 

@@ -469,14 +469,12 @@ impl Device for LoopbackDevice {
     fn wait_fd(&self) -> (Option<std::os::fd::RawFd>, Option<std::time::Duration>) {
         // No descriptor of its own: peers ring the host's doorbell. Pending messages mean
         // "do not sleep".
-        let busy = !self.inbox_empty() || !self.blocked.is_empty();
-        let wait = if self.host.irbs_available() > 0 {
-            std::time::Duration::ZERO
-        } else {
-            // The application holds every receive IRB: look again shortly, without spinning.
-            std::time::Duration::from_millis(1)
-        };
-        (None, busy.then_some(wait))
+        // Sends blocked on a full inbox are retried at every poll (the peer rings no bell when
+        // it takes from it); received messages wait for a receive IRB, and a release of one
+        // rings the host's doorbell.
+        let ready =
+            !self.blocked.is_empty() || (!self.inbox_empty() && self.host.irbs_available() > 0);
+        (None, ready.then_some(std::time::Duration::ZERO))
     }
 
     fn poll(&mut self, budget: usize) -> usize {

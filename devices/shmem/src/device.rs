@@ -1216,14 +1216,10 @@ impl Device for ShmemDevice {
                 next = Some(next.map_or(left, |n| n.min(left)));
             }
         }
-        if busy {
-            next = Some(if self.host.irbs_available() > 0 {
-                Duration::ZERO
-            } else {
-                // Data waits, but the application holds every receive IRB (maybe releasing them
-                // from another thread, which does not wake the host): look again shortly.
-                Duration::from_millis(1)
-            });
+        // Data waits: do not sleep, unless the application holds every receive IRB (a
+        // release wakes the host).
+        if busy && self.host.irbs_available() > 0 {
+            next = Some(Duration::ZERO);
         }
         (Some(self.poll.as_raw_fd()), next)
     }

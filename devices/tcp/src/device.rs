@@ -1112,9 +1112,8 @@ impl Device for TcpDevice {
         } else if self.host.irbs_available() > 0 {
             Some(Duration::ZERO)
         } else {
-            // Waiting for the application to release received IRBs (maybe from another
-            // thread, which does not wake the host): look again shortly, without spinning.
-            Some(Duration::from_millis(1))
+            // Waiting for the application to release received IRBs: a release wakes the host.
+            None
         };
         if self.timed > 0 {
             let now = Instant::now();
