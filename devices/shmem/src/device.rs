@@ -25,7 +25,7 @@ use crate::io::{
     socket_addr, uid,
 };
 use crate::proto::{Incoming, RecordReader, Source, ack, encode_inline, encode_rendezvous, nack};
-use crate::spsc::{Consumer, Producer};
+use crate::spsc::{Consumer, Corrupt, Producer};
 use crate::wire::*;
 
 const LISTENER: Token = Token(usize::MAX);
@@ -164,11 +164,11 @@ struct RingSource<'c, 'r>(
 );
 
 impl Source for RingSource<'_, '_> {
-    fn has(&mut self, n: usize) -> bool {
-        self.0.has(n)
+    fn has(&mut self, n: usize) -> Result<bool, String> {
+        self.0.has(n).map_err(|e| e.to_string())
     }
-    fn pop(&mut self, dst: &mut [u8]) -> usize {
-        self.0.pop(dst)
+    fn pop(&mut self, dst: &mut [u8]) -> Result<usize, String> {
+        self.0.pop(dst).map_err(|e| e.to_string())
     }
 }
 
@@ -304,10 +304,13 @@ impl ShmemDevice {
         if c.gone.is_none() {
             return;
         }
+        // A corrupt ring counts as drained: nothing more can be read from it.
         let drained = c.reader.at_boundary()
             && c.region.as_ref().is_none_or(|r| {
                 let view = r.ring(c.rx_ring);
-                Consumer::resume(view.shared(), c.rx_pos.0, c.rx_pos.1).available() == 0
+                Consumer::resume(view.shared(), c.rx_pos.0, c.rx_pos.1)
+                    .available()
+                    .map_or(true, |n| n == 0)
             });
         if drained {
             if let Some((status, detail)) = c.gone.take() {
@@ -428,12 +431,25 @@ impl ShmemDevice {
         let mut published = false;
         let mut n = 0;
         let mut close: Option<Irb> = None;
+        let mut corrupt: Option<Corrupt> = None;
+        // A ring operation's result, or the end of this flush when the peer corrupted the ring.
+        macro_rules! ring_op {
+            ($l:lifetime, $e:expr) => {
+                match $e {
+                    Ok(v) => v,
+                    Err(e) => {
+                        corrupt = Some(e);
+                        break $l;
+                    }
+                }
+            };
+        }
         'items: loop {
             // Acknowledgements go between records, never inside a partly written one.
             let in_progress = matches!(c.tx.front(), Some(Tx::Data { off, .. }) if *off > 0);
             if !in_progress {
                 while let Some(a) = c.acks.front() {
-                    if !p.push_all(&[a]) {
+                    if !ring_op!('items, p.push_all(&[a])) {
                         break;
                     }
                     c.acks.pop_front();
@@ -449,7 +465,7 @@ impl ShmemDevice {
                     total,
                 } => {
                     if *off == 0 {
-                        if !p.push_all(&[header]) {
+                        if !ring_op!('items, p.push_all(&[header])) {
                             break;
                         }
                         *off = RECORD_LEN;
@@ -461,7 +477,7 @@ impl ShmemDevice {
                     for i in 0..irb.segments().len() {
                         let seg = irb.segment(i);
                         if pos < base + seg.len() {
-                            let k = p.push_some(&seg[pos - base..]);
+                            let k = ring_op!('items, p.push_some(&seg[pos - base..]));
                             if k > 0 {
                                 published = true;
                             }
@@ -483,7 +499,7 @@ impl ShmemDevice {
                     }
                 }
                 Tx::Rdv { record, .. } => {
-                    if !p.push_all(&[record]) {
+                    if !ring_op!('items, p.push_all(&[record])) {
                         break;
                     }
                     published = true;
@@ -508,6 +524,12 @@ impl ShmemDevice {
             }
         }
         c.tx_pos = p.positions();
+        if let Some(e) = corrupt {
+            let detail = format!("'{}' broke the ring protocol: {e}", c.peer_key);
+            log::warn!("shmem: {detail}; closing the connection");
+            self.end(idx, Status::Protocol, &detail, false);
+            return n;
+        }
         if let Some(irb) = close {
             if let Some(mut c) = self.take(idx) {
                 let _ = send_with_fds(&c.sock, b"B", &[]);
@@ -531,7 +553,35 @@ impl ShmemDevice {
                     eof = true;
                     break;
                 }
-                Ok(k) => c.ctl.extend_from_slice(&buf[..k]),
+                Ok(k) => {
+                    c.ctl.extend_from_slice(&buf[..k]);
+                    // Descriptors beyond what this stage expects are closed at once (a peer
+                    // must not be able to fill this process's descriptor table).
+                    let expected = match c.state {
+                        State::AwaitHello => 2,
+                        State::AwaitAnswer => 1,
+                        _ => 0,
+                    };
+                    if c.fds.len() > expected {
+                        let extra = c.fds.len() - expected;
+                        c.fds.truncate(expected);
+                        log::warn!(
+                            "shmem: '{}' (pid {}) passed {extra} descriptor(s) this stage does not expect; closed them",
+                            c.peer_key,
+                            c.peer_pid
+                        );
+                        if expected > 0 {
+                            let detail =
+                                "the peer passed more descriptors than the handshake carries";
+                            if c.state == State::AwaitHello {
+                                self.take(idx);
+                            } else {
+                                self.end(idx, Status::Protocol, detail, false);
+                            }
+                            return;
+                        }
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => {
@@ -895,6 +945,34 @@ impl ShmemDevice {
                 );
             }
         };
+        // Who listens? Abstract socket names are not protected: any local user can bind one
+        // first. Nothing (connect data, ring memory, messages) goes to another user's process.
+        let pid = match peer_uid(&std_sock) {
+            Ok((uid, pid)) if uid == self.uid => pid,
+            Ok((uid, pid)) => {
+                log::warn!(
+                    "shmem: the socket for key '{key}' belongs to uid {uid} (pid {pid}), not to this user (uid {}); refusing to connect",
+                    self.uid
+                );
+                return fail(
+                    irb,
+                    Status::Unreachable,
+                    format!(
+                        "the shared-memory socket for key '{key}' is held by a process of another user (uid {uid}, pid {pid}), not uid {}; refusing to send it anything. Stop that process or use another key",
+                        self.uid
+                    ),
+                );
+            }
+            Err(e) => {
+                return fail(
+                    irb,
+                    Status::Unreachable,
+                    format!(
+                        "cannot read the credentials of the process listening for key '{key}': {e}"
+                    ),
+                );
+            }
+        };
         let region = match Region::create(self.cfg.ring_size) {
             Ok(r) => r,
             Err(e) => return fail(irb, Status::NoResources, e),
@@ -918,7 +996,6 @@ impl ShmemDevice {
                 format!("cannot send the hello to '{key}': {e}"),
             );
         }
-        let pid = peer_uid(&std_sock).map(|(_, p)| p).unwrap_or(0);
         let _ = std_sock.set_nonblocking(true);
         let mut conn = Conn::new(
             UnixStream::from_std(std_sock),
@@ -985,7 +1062,14 @@ impl ShmemDevice {
                 }
                 let pushed = p.push_all(&parts[..=n]);
                 c.tx_pos = p.positions();
-                if pushed {
+                if let Err(e) = pushed {
+                    let detail = format!("'{}' broke the ring protocol: {e}", c.peer_key);
+                    log::warn!("shmem: {detail}; closing the connection");
+                    irb.set_detail(&detail);
+                    self.end(idx, Status::Protocol, &detail, false);
+                    return Disposition::Complete(irb, Status::ConnectionLost);
+                }
+                if pushed == Ok(true) {
                     if p.needs_wake() {
                         if let Some(b) = &c.peer_bell {
                             ring(b);
@@ -1173,7 +1257,7 @@ impl Device for ShmemDevice {
             for c in self.conns.iter().flatten() {
                 if let Some(r) = c.region.as_ref() {
                     let view = r.ring(c.rx_ring);
-                    Consumer::new(view.shared()).woke();
+                    Consumer::resume(view.shared(), c.rx_pos.0, c.rx_pos.1).woke();
                 }
             }
             self.polls = CONTROL_EVERY - 1;
@@ -1201,7 +1285,7 @@ impl Device for ShmemDevice {
         for c in self.conns.iter().flatten() {
             if let Some(r) = c.region.as_ref() {
                 let view = r.ring(c.rx_ring);
-                if !Consumer::new(view.shared()).prepare_sleep() {
+                if !Consumer::resume(view.shared(), c.rx_pos.0, c.rx_pos.1).prepare_sleep() {
                     busy = true;
                 }
             }

@@ -10,7 +10,7 @@ use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 
-use rustix::fs::{FallocateFlags, MemfdFlags};
+use rustix::fs::{FallocateFlags, MemfdFlags, SealFlags};
 use rustix::mm::{MapFlags, ProtFlags};
 use rustix::net::{
     RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
@@ -22,6 +22,9 @@ use crate::spsc::mem::RawStorage;
 
 /// Bytes of ring header (head, tail, sleeping flag, each on its own cache line).
 pub const RING_HEADER: usize = 256;
+
+/// Seals a ring memfd must carry before it is mapped: its size can no longer change.
+const REQUIRED_SEALS: SealFlags = SealFlags::SHRINK.union(SealFlags::GROW);
 
 /// The abstract socket name of `key`'s listener for user `uid` (nothing in the filesystem;
 /// it vanishes with the process).
@@ -91,22 +94,38 @@ impl Region {
     }
 
     /// Creates the memory for two rings: a memfd, sized with fallocate (a full tmpfs is an
-    /// error here, not a SIGBUS later), mapped shared.
+    /// error here, not a SIGBUS later), sealed against shrinking and growing (so neither side
+    /// can truncate it under the other's mapping: a SIGBUS), mapped shared.
     pub fn create(ring_size: usize) -> Result<Region, String> {
         let len = 2 * Self::ring_bytes(ring_size);
-        let fd = rustix::fs::memfd_create("vmi-shmem", MemfdFlags::CLOEXEC)
-            .map_err(|e| format!("memfd_create failed: {e}"))?;
+        let fd =
+            rustix::fs::memfd_create("vmi-shmem", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
+                .map_err(|e| format!("memfd_create failed: {e}"))?;
         rustix::fs::ftruncate(&fd, len as u64)
             .map_err(|e| format!("cannot size the ring memory: {e}"))?;
         rustix::fs::fallocate(&fd, FallocateFlags::empty(), 0, len as u64).map_err(|e| {
             format!("cannot reserve {len} bytes of shared memory ({e}); is the memfd tmpfs full? Lower ring_size or free memory")
         })?;
+        rustix::fs::fcntl_add_seals(&fd, REQUIRED_SEALS | SealFlags::SEAL)
+            .map_err(|e| format!("cannot seal the ring memory: {e}"))?;
         Self::map(fd, ring_size)
     }
 
-    /// Maps a peer's ring memory, checking its size.
+    /// Maps a peer's ring memory, checking that it is a sealed memfd of the expected size
+    /// (an unsealed one could be shrunk under the mapping, and reading it would be a SIGBUS).
     pub fn map(fd: OwnedFd, ring_size: usize) -> Result<Region, String> {
         let len = 2 * Self::ring_bytes(ring_size);
+        let seals = rustix::fs::fcntl_get_seals(&fd).map_err(|e| {
+            format!(
+                "the ring memory is not a sealable memfd ({e}); the peer is not a vmi shmem device"
+            )
+        })?;
+        if !seals.contains(REQUIRED_SEALS) {
+            return Err(
+                "the ring memory is not sealed against shrinking and growing; refusing to map it"
+                    .into(),
+            );
+        }
         let st =
             rustix::fs::fstat(&fd).map_err(|e| format!("fstat of the ring memory failed: {e}"))?;
         if st.st_size as u64 != len as u64 {
@@ -296,13 +315,40 @@ mod tests {
         let (ra, rb) = (a.ring(0), b.ring(0));
         let mut p = Producer::new(ra.shared());
         let mut c = Consumer::new(rb.shared());
-        assert!(p.push_all(&[b"hello ", b"ring"]));
+        assert_eq!(p.push_all(&[b"hello ", b"ring"]), Ok(true));
         let mut out = [0u8; 16];
-        let n = c.pop(&mut out);
+        let n = c.pop(&mut out).unwrap();
         assert_eq!(&out[..n], b"hello ring");
         assert!(
             Region::map(a.fd().try_clone().unwrap(), 8192).is_err(),
             "size is checked"
+        );
+    }
+
+    #[test]
+    fn ring_memory_is_sealed_and_unsealed_memory_is_refused() {
+        let a = Region::create(4096).unwrap();
+        let len = 2 * Region::ring_bytes(4096) as u64;
+        assert!(
+            rustix::fs::ftruncate(a.fd(), len / 2).is_err(),
+            "a peer cannot shrink the ring memory under the other's mapping"
+        );
+        assert!(
+            rustix::fs::ftruncate(a.fd(), len * 2).is_err(),
+            "nor grow it"
+        );
+        // A memfd of the right size that its sender could still shrink: refused.
+        let fd =
+            rustix::fs::memfd_create("x", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING).unwrap();
+        rustix::fs::ftruncate(&fd, len).unwrap();
+        let err = Region::map(fd, 4096).err().expect("refused");
+        assert!(err.contains("not sealed"), "{err}");
+        let fd = rustix::fs::memfd_create("y", MemfdFlags::CLOEXEC).unwrap();
+        rustix::fs::ftruncate(&fd, len).unwrap();
+        let err = Region::map(fd, 4096).err().expect("refused");
+        assert!(
+            err.contains("not a sealable memfd") || err.contains("not sealed"),
+            "{err}"
         );
     }
 

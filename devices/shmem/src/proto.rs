@@ -16,11 +16,12 @@ use crate::wire::*;
 pub const MAX_RANGES: usize = 16;
 
 /// Bytes in, as a ring consumer offers them.
+/// An error from a source (a corrupt ring) ends the connection like a protocol violation.
 pub trait Source {
     /// Whether at least `n` bytes can be read now.
-    fn has(&mut self, n: usize) -> bool;
+    fn has(&mut self, n: usize) -> Result<bool, String>;
     /// Copies up to `dst.len()` bytes out; returns how many.
-    fn pop(&mut self, dst: &mut [u8]) -> usize;
+    fn pop(&mut self, dst: &mut [u8]) -> Result<usize, String>;
 }
 
 /// What the peer's next record means.
@@ -109,11 +110,13 @@ impl RecordReader {
         loop {
             match &mut self.phase {
                 Phase::Header => {
-                    if !src.has(RECORD_LEN) {
+                    if !src.has(RECORD_LEN)? {
                         return Ok(None);
                     }
                     let mut h = [0u8; RECORD_LEN];
-                    src.pop(&mut h);
+                    if src.pop(&mut h)? != RECORD_LEN {
+                        return Err("the ring lost bytes of a record header".into());
+                    }
                     let rec = Record::parse(&h)?;
                     match rec.kind {
                         DATA | DATA_END | RDV | RDV_END if rec.len as u64 > self.max_fragment => {
@@ -147,7 +150,7 @@ impl RecordReader {
                     }
                 }
                 Phase::Payload { buf, got, .. } => {
-                    let k = src.pop(&mut buf[*got..]);
+                    let k = src.pop(&mut buf[*got..])?;
                     *got += k;
                     if *got < buf.len() {
                         if k == 0 {
@@ -164,7 +167,7 @@ impl RecordReader {
                 Phase::Ranges { rec, bytes, need } => {
                     let mut chunk = [0u8; 8 + 16 * MAX_RANGES];
                     let want = *need - bytes.len();
-                    let k = src.pop(&mut chunk[..want]);
+                    let k = src.pop(&mut chunk[..want])?;
                     bytes.extend_from_slice(&chunk[..k]);
                     if bytes.len() == 8 && *need == 8 {
                         let count =
@@ -281,16 +284,16 @@ mod tests {
     }
 
     impl Source for Pipe {
-        fn has(&mut self, n: usize) -> bool {
-            self.visible.min(self.bytes.len()) >= n
+        fn has(&mut self, n: usize) -> Result<bool, String> {
+            Ok(self.visible.min(self.bytes.len()) >= n)
         }
-        fn pop(&mut self, dst: &mut [u8]) -> usize {
+        fn pop(&mut self, dst: &mut [u8]) -> Result<usize, String> {
             let n = dst.len().min(self.visible).min(self.bytes.len());
             for d in dst.iter_mut().take(n) {
                 *d = self.bytes.pop_front().expect("counted");
             }
             self.visible -= n;
-            n
+            Ok(n)
         }
     }
 

@@ -8,22 +8,60 @@
 //! space is reused only after `tail` is observed (Acquire). The doorbell flag follows the
 //! Dekker pattern: the consumer sets `sleeping`, fences, then re-checks for data; the
 //! producer publishes, fences, then reads `sleeping`. One of the two sees the other.
+//!
+//! **The other side is not trusted.** Each end keeps its own position privately and only
+//! ever reads the other side's position from the shared memory; every such read is checked
+//! (the producer's `head` may only move forward and never more than a ring ahead of our
+//! `tail`; the consumer's `tail` may only move forward and never past our `head`) before it
+//! is used to compute an offset, in release builds too. A position that fails the check is a
+//! [`Corrupt`] error: the caller ends the connection, and no byte outside the ring is ever
+//! touched. Offsets are always reduced modulo the capacity, so even a wrong-but-plausible
+//! position stays inside the ring.
 
+use std::fmt;
 use std::sync::atomic::Ordering;
 
-/// Free space in a ring of `cap` bytes holding `head - tail` bytes.
+/// The other side wrote a ring position that no correct peer can write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Corrupt {
+    /// Which position (`head` or `tail`).
+    pub what: &'static str,
+    /// The value last known good.
+    pub was: u64,
+    /// The value read.
+    pub now: u64,
+    /// The ring's capacity.
+    pub cap: usize,
+}
+
+impl fmt::Display for Corrupt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "the peer moved the ring's {} position from {} to {} (ring of {} bytes), which no correct peer does: its memory is corrupt or it is hostile",
+            self.what, self.was, self.now, self.cap
+        )
+    }
+}
+
+impl std::error::Error for Corrupt {}
+
+/// Free space in a ring of `cap` bytes holding `head - tail` bytes (0 when the positions
+/// are inconsistent; the callers validate positions before they get here).
 pub fn free_space(head: u64, tail: u64, cap: usize) -> usize {
-    debug_assert!(
-        head >= tail && head - tail <= cap as u64,
-        "ring positions out of order"
-    );
-    cap - (head - tail) as usize
+    match head.checked_sub(tail) {
+        Some(fill) if fill <= cap as u64 => cap - fill as usize,
+        _ => 0,
+    }
 }
 
 /// Splits `len` bytes at logical position `pos` of a ring of `cap` (a power of two) bytes into
 /// at most two physical ranges: `(offset, len)` then `(0, rest)`.
+///
+/// Both ranges lie inside `0..cap` for any `pos`; a `len` over `cap` is cut to `cap`.
 pub fn split(pos: u64, len: usize, cap: usize) -> ((usize, usize), (usize, usize)) {
-    debug_assert!(cap.is_power_of_two() && len <= cap);
+    debug_assert!(cap.is_power_of_two());
+    let len = len.min(cap);
     let off = (pos & (cap as u64 - 1)) as usize;
     let first = len.min(cap - off);
     ((off, first), (0, len - first))
@@ -84,14 +122,12 @@ pub struct Producer<'a, C: Cell64, S: Storage> {
 }
 
 impl<'a, C: Cell64, S: Storage> Producer<'a, C, S> {
-    /// The producer of `ring` (its positions as they are now).
+    /// The producer of a fresh `ring` (both positions 0; nothing is read from the ring).
     pub fn new(ring: Shared<'a, C, S>) -> Self {
-        let head = ring.head.load(Ordering::Relaxed);
-        let tail_seen = ring.tail.load(Ordering::Acquire);
         Producer {
             ring,
-            head,
-            tail_seen,
+            head: 0,
+            tail_seen: 0,
         }
     }
 
@@ -110,22 +146,38 @@ impl<'a, C: Cell64, S: Storage> Producer<'a, C, S> {
         (self.head, self.tail_seen)
     }
 
+    /// Reads the consumer's position and checks it: it may only move forward, and never past
+    /// what was written.
+    fn load_tail(&mut self) -> Result<(), Corrupt> {
+        let now = self.ring.tail.load(Ordering::Acquire);
+        if now < self.tail_seen || now > self.head {
+            return Err(Corrupt {
+                what: "tail",
+                was: self.tail_seen,
+                now,
+                cap: self.ring.storage.capacity(),
+            });
+        }
+        self.tail_seen = now;
+        Ok(())
+    }
+
     /// Room for `n` bytes, reading the consumer's position only when the cached one is short.
-    fn room(&mut self, n: usize) -> usize {
+    fn room(&mut self, n: usize) -> Result<usize, Corrupt> {
         let cap = self.ring.storage.capacity();
         if free_space(self.head, self.tail_seen, cap) < n {
-            self.tail_seen = self.ring.tail.load(Ordering::Acquire);
+            self.load_tail()?;
         }
-        free_space(self.head, self.tail_seen, cap)
+        Ok(free_space(self.head, self.tail_seen, cap))
     }
 
     /// Bytes that can be written now.
-    pub fn free(&mut self) -> usize {
+    pub fn free(&mut self) -> Result<usize, Corrupt> {
         let cap = self.ring.storage.capacity();
         if free_space(self.head, self.tail_seen, cap) < cap {
-            self.tail_seen = self.ring.tail.load(Ordering::Acquire);
+            self.load_tail()?;
         }
-        free_space(self.head, self.tail_seen, cap)
+        Ok(free_space(self.head, self.tail_seen, cap))
     }
 
     fn put(&mut self, src: &[u8]) {
@@ -140,26 +192,26 @@ impl<'a, C: Cell64, S: Storage> Producer<'a, C, S> {
     }
 
     /// Writes all `parts` or nothing; returns whether they were written and published.
-    pub fn push_all(&mut self, parts: &[&[u8]]) -> bool {
+    pub fn push_all(&mut self, parts: &[&[u8]]) -> Result<bool, Corrupt> {
         let total: usize = parts.iter().map(|p| p.len()).sum();
-        if self.room(total) < total {
-            return false;
+        if self.room(total)? < total {
+            return Ok(false);
         }
         for p in parts {
             self.put(p);
         }
         self.ring.head.store(self.head, Ordering::Release);
-        true
+        Ok(true)
     }
 
     /// Writes as much of `src` as fits; publishes; returns the bytes written.
-    pub fn push_some(&mut self, src: &[u8]) -> usize {
-        let n = self.room(src.len()).min(src.len());
+    pub fn push_some(&mut self, src: &[u8]) -> Result<usize, Corrupt> {
+        let n = self.room(src.len())?.min(src.len());
         if n > 0 {
             self.put(&src[..n]);
             self.ring.head.store(self.head, Ordering::Release);
         }
-        n
+        Ok(n)
     }
 
     /// After publishing: true when the consumer may be asleep and must be woken.
@@ -177,14 +229,12 @@ pub struct Consumer<'a, C: Cell64, S: Storage> {
 }
 
 impl<'a, C: Cell64, S: Storage> Consumer<'a, C, S> {
-    /// The consumer of `ring`.
+    /// The consumer of a fresh `ring` (both positions 0; nothing is read from the ring).
     pub fn new(ring: Shared<'a, C, S>) -> Self {
-        let tail = ring.tail.load(Ordering::Relaxed);
-        let head_seen = ring.head.load(Ordering::Acquire);
         Consumer {
             ring,
-            tail,
-            head_seen,
+            tail: 0,
+            head_seen: 0,
         }
     }
 
@@ -203,29 +253,50 @@ impl<'a, C: Cell64, S: Storage> Consumer<'a, C, S> {
         (self.tail, self.head_seen)
     }
 
-    /// Whether at least `n` bytes can be read, reading the producer's position only when the
-    /// cached one is short.
-    pub fn has(&mut self, n: usize) -> bool {
-        if ((self.head_seen - self.tail) as usize) < n {
-            self.head_seen = self.ring.head.load(Ordering::Acquire);
+    /// Reads the producer's position and checks it: it may only move forward, and never
+    /// more than a ring ahead of what was read.
+    fn load_head(&mut self) -> Result<(), Corrupt> {
+        let now = self.ring.head.load(Ordering::Acquire);
+        let cap = self.ring.storage.capacity();
+        if now < self.head_seen || now - self.tail > cap as u64 {
+            return Err(Corrupt {
+                what: "head",
+                was: self.head_seen,
+                now,
+                cap,
+            });
         }
-        (self.head_seen - self.tail) as usize >= n
+        self.head_seen = now;
+        Ok(())
     }
 
-    /// Bytes that can be read now.
-    pub fn available(&mut self) -> usize {
-        self.head_seen = self.ring.head.load(Ordering::Acquire);
+    /// Bytes known to be readable (validated positions: at most the capacity).
+    fn filled(&self) -> usize {
         (self.head_seen - self.tail) as usize
     }
 
-    /// Copies up to `dst.len()` bytes out and frees their space; returns how many.
-    pub fn pop(&mut self, dst: &mut [u8]) -> usize {
-        if !self.has(dst.len()) {
-            // `has` refreshed the cached position: take what there is.
+    /// Whether at least `n` bytes can be read, reading the producer's position only when the
+    /// cached one is short.
+    pub fn has(&mut self, n: usize) -> Result<bool, Corrupt> {
+        if self.filled() < n {
+            self.load_head()?;
         }
-        let n = ((self.head_seen - self.tail) as usize).min(dst.len());
+        Ok(self.filled() >= n)
+    }
+
+    /// Bytes that can be read now.
+    pub fn available(&mut self) -> Result<usize, Corrupt> {
+        self.load_head()?;
+        Ok(self.filled())
+    }
+
+    /// Copies up to `dst.len()` bytes out and frees their space; returns how many.
+    pub fn pop(&mut self, dst: &mut [u8]) -> Result<usize, Corrupt> {
+        // Refreshes the cached position when it is short; then take what there is.
+        self.has(dst.len())?;
+        let n = self.filled().min(dst.len());
         if n == 0 {
-            return 0;
+            return Ok(0);
         }
         let ((o1, l1), (o2, l2)) = split(self.tail, n, self.ring.storage.capacity());
         // SAFETY: the bytes were published by the producer (observed through `head` with
@@ -236,16 +307,16 @@ impl<'a, C: Cell64, S: Storage> Consumer<'a, C, S> {
         }
         self.tail += n as u64;
         self.ring.tail.store(self.tail, Ordering::Release);
-        n
+        Ok(n)
     }
 
     /// Announces a sleep; returns true when the ring is still empty (sleeping is safe), false
-    /// when data arrived (the flag is cleared again).
+    /// when data arrived (the flag is cleared again). Compares the producer's position with
+    /// this side's own, and caches nothing: a bad position is reported by the next read.
     pub fn prepare_sleep(&mut self) -> bool {
         self.ring.sleeping.store(1, Ordering::Relaxed);
         self.ring.storage.fence();
-        self.head_seen = self.ring.head.load(Ordering::Acquire);
-        if self.head_seen != self.tail {
+        if self.ring.head.load(Ordering::Acquire) != self.tail {
             self.ring.sleeping.store(0, Ordering::Relaxed);
             return false;
         }
@@ -362,18 +433,103 @@ mod tests {
                 if push {
                     let data: Vec<u8> = (0..n).map(|_| { next = next.wrapping_add(1); next }).collect();
                     let fits = model.len() + n <= 64;
-                    prop_assert_eq!(p.push_all(&[&data]), fits);
+                    prop_assert_eq!(p.push_all(&[&data]), Ok(fits));
                     if fits { model.extend(&data); } else { next = next.wrapping_sub(n as u8); }
                 } else {
                     let mut out = vec![0u8; n];
-                    let got = c.pop(&mut out);
+                    let got = c.pop(&mut out).unwrap();
                     prop_assert_eq!(got, n.min(model.len()));
                     let want: Vec<u8> = model.drain(..got).collect();
                     prop_assert_eq!(&out[..got], &want[..]);
                 }
-                prop_assert_eq!(c.available(), model.len());
+                prop_assert_eq!(c.available(), Ok(model.len()));
             }
         }
+
+        /// Whatever the peer writes into the positions it owns, the other end either reads
+        /// bytes from inside the ring or reports [`Corrupt`]; it never indexes outside (the
+        /// storage is exactly `cap` bytes, so an out-of-range copy would panic here).
+        #[test]
+        fn hostile_positions_are_caught(
+            writes in proptest::collection::vec((any::<bool>(), any::<u64>(), 0usize..80), 1..60),
+        ) {
+            let (h, t, s) = (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
+            let mut mem = vec![0u8; 64];
+            let storage = Bounded(std::cell::RefCell::new(&mut mem));
+            let ring = Shared { head: &h, tail: &t, sleeping: &s, storage: &storage };
+            let mut p = Producer::new(ring);
+            let mut c = Consumer::new(ring);
+            let (mut p_dead, mut c_dead) = (false, false);
+            for (as_producer, value, n) in writes {
+                if as_producer {
+                    // The hostile producer writes `head`; our consumer reads.
+                    h.store(value, Ordering::Relaxed);
+                    if !c_dead {
+                        let mut out = vec![0u8; n];
+                        match c.pop(&mut out) {
+                            Ok(k) => prop_assert!(k <= n),
+                            Err(e) => { prop_assert_eq!(e.what, "head"); c_dead = true; }
+                        }
+                    }
+                } else {
+                    // The hostile consumer writes `tail`; our producer writes.
+                    t.store(value, Ordering::Relaxed);
+                    if !p_dead {
+                        match p.push_some(&vec![7u8; n]) {
+                            Ok(k) => prop_assert!(k <= n),
+                            Err(e) => { prop_assert_eq!(e.what, "tail"); p_dead = true; }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Storage that panics on any access outside its bytes (instead of corrupting memory).
+    struct Bounded<'m>(std::cell::RefCell<&'m mut Vec<u8>>);
+
+    impl Storage for Bounded<'_> {
+        fn capacity(&self) -> usize {
+            self.0.borrow().len()
+        }
+        unsafe fn write(&self, off: usize, src: &[u8]) {
+            self.0.borrow_mut()[off..off + src.len()].copy_from_slice(src);
+        }
+        unsafe fn read(&self, off: usize, dst: &mut [u8]) {
+            dst.copy_from_slice(&self.0.borrow()[off..off + dst.len()]);
+        }
+        fn fence(&self) {}
+    }
+
+    #[test]
+    fn a_head_moved_backwards_or_past_the_ring_is_corrupt() {
+        let (h, t, s) = (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
+        let mut mem = vec![0u8; 64];
+        let storage = Bounded(std::cell::RefCell::new(&mut mem));
+        let ring = Shared {
+            head: &h,
+            tail: &t,
+            sleeping: &s,
+            storage: &storage,
+        };
+        let mut c = Consumer::new(ring);
+        h.store(65, Ordering::Relaxed);
+        let err = c.available().unwrap_err();
+        assert_eq!((err.what, err.now), ("head", 65));
+        assert!(err.to_string().contains("hostile"), "{err}");
+        let mut c = Consumer::new(ring);
+        h.store(40, Ordering::Relaxed);
+        assert_eq!(c.pop(&mut [0u8; 10]), Ok(10));
+        h.store(20, Ordering::Relaxed);
+        assert_eq!(c.available().unwrap_err().what, "head", "backwards");
+        let mut p = Producer::new(ring);
+        assert_eq!(p.push_all(&[&[1u8; 64]]), Ok(true));
+        t.store(100, Ordering::Relaxed);
+        assert_eq!(
+            p.push_all(&[&[1u8; 1]]).unwrap_err().what,
+            "tail",
+            "past head"
+        );
     }
 
     /// Model checks: every interleaving loom can find, with race detection on the bytes.
@@ -455,7 +611,7 @@ mod tests {
                 let producer = loom::thread::spawn(move || {
                     let mut p = Producer::new(shared(&r2));
                     for msg in [[1u8, 2, 3], [4, 5, 6]] {
-                        while !p.push_all(&[&msg]) {
+                        while !p.push_all(&[&msg]).unwrap() {
                             loom::thread::yield_now();
                         }
                     }
@@ -464,7 +620,7 @@ mod tests {
                 let mut got = Vec::new();
                 while got.len() < 6 {
                     let mut buf = [0u8; 4];
-                    let n = c.pop(&mut buf);
+                    let n = c.pop(&mut buf).unwrap();
                     got.extend_from_slice(&buf[..n]);
                     if n == 0 {
                         loom::thread::yield_now();
@@ -484,7 +640,7 @@ mod tests {
                 let r2 = r.clone();
                 let producer = loom::thread::spawn(move || {
                     let mut p = Producer::new(shared(&r2));
-                    assert!(p.push_all(&[&[9]]));
+                    assert!(p.push_all(&[&[9]]).unwrap());
                     p.needs_wake()
                 });
                 let mut c = Consumer::new(shared(&r));

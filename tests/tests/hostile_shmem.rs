@@ -1,0 +1,228 @@
+//! Hostile shared-memory peers (issue: hostile input): a process that completes the handshake
+//! and then corrupts the ring positions it owns, one that hands over ring memory it could
+//! still shrink, one that floods descriptors, and another user's process squatting a key.
+//! Each test asserts that the victim (a real `vmirecv`) survives, reports the peer, and still
+//! serves a good peer afterwards.
+
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use vmi_shmem::io::{Region, recv_with_fds, send_with_fds, socket_addr};
+use vmi_shmem::wire::{ACCEPT, ANSWER_LEN, Answer, DATA, Hello, Record};
+use vmi_tests::{Proc, bin, root, unique_key};
+
+const T: Duration = Duration::from_secs(120);
+
+fn shm_spec() -> PathBuf {
+    root().join("specfiles/shmem.xml")
+}
+
+fn receiver(key: &str, n: &str) -> Proc {
+    let p = Proc::spawn(
+        "vmirecv",
+        &[key, "--timeout", "100", "-n", n],
+        &shm_spec(),
+        &[],
+    );
+    p.wait_for("waiting for connections", T);
+    p
+}
+
+fn good_sender(recv_key: &str) -> (bool, String) {
+    let key = unique_key("shm-good");
+    Proc::spawn(
+        "vmisend",
+        &[&key, recv_key, "localhost", "--timeout", "100", "-q"],
+        &shm_spec(),
+        &[],
+    )
+    .finish(T)
+}
+
+fn uid() -> u32 {
+    rustix::process::geteuid().as_raw()
+}
+
+/// Connects to `key`'s rendezvous socket and sends a hello carrying `memfd` as the ring
+/// memory; returns the socket and the answer (status, reason).
+fn hello(key: &str, from: &str, memfd: &OwnedFd, ring_size: u32) -> (UnixStream, u8, String) {
+    let addr = socket_addr(uid(), key).unwrap();
+    let sock = UnixStream::connect_addr(&addr).expect("the receiver listens");
+    let bell = rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC).unwrap();
+    let probe = [0u8; 16];
+    let msg = Hello::emit(from, key, "send=;recv=", b"", ring_size, &probe);
+    send_with_fds(&sock, &msg, &[memfd, &bell]).unwrap();
+    let mut got = Vec::new();
+    let mut fds = Vec::new();
+    let start = Instant::now();
+    loop {
+        let mut buf = [0u8; 4096];
+        match recv_with_fds(&sock, &mut buf, &mut fds) {
+            Ok(0) => break,
+            Ok(k) => got.extend_from_slice(&buf[..k]),
+            Err(_) => std::thread::sleep(Duration::from_millis(5)),
+        }
+        if got.len() >= ANSWER_LEN {
+            let a = Answer::parse(&got, 1 << 20).expect("a well-formed answer");
+            if got.len() >= ANSWER_LEN + a.body_len() {
+                let reason = &got[ANSWER_LEN..ANSWER_LEN + a.reason_len as usize];
+                return (sock, a.status, String::from_utf8_lossy(reason).into_owned());
+            }
+        }
+        assert!(start.elapsed() < T, "no answer from the receiver");
+    }
+    panic!(
+        "the receiver closed the socket without an answer ({} bytes)",
+        got.len()
+    );
+}
+
+#[test]
+fn a_peer_that_corrupts_ring_positions_is_disconnected() {
+    for (case, corrupt) in [
+        ("head far past the ring", 0usize),
+        ("head moved backwards", 1),
+        ("head one byte over a full ring", 2),
+    ] {
+        let key = unique_key("shm-victim");
+        let r = receiver(&key, "1");
+        let region = Region::create(4096).unwrap();
+        let (_sock, status, reason) = hello(&key, "hostile", region.fd(), 4096);
+        assert_eq!(status, ACCEPT, "{case}: {reason}");
+        let view = region.ring(0);
+        let ring = view.shared();
+        match corrupt {
+            0 => ring
+                .head
+                .store(u64::MAX - 5, std::sync::atomic::Ordering::Release),
+            1 => {
+                // One honest record (the receiver reads it), then the head goes back.
+                let rec = Record {
+                    kind: DATA,
+                    flags: 0,
+                    len: 0,
+                    id: 0,
+                }
+                .emit();
+                let mut p = vmi_shmem::spsc::Producer::new(ring);
+                assert_eq!(p.push_all(&[&rec]), Ok(true));
+                std::thread::sleep(Duration::from_millis(300));
+                ring.head.store(3, std::sync::atomic::Ordering::Release);
+                // and a new record so the receiver looks again
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            _ => ring.head.store(4097, std::sync::atomic::Ordering::Release),
+        }
+        r.wait_for("position from", T);
+        let out = r.output();
+        assert!(
+            out.contains("hostile"),
+            "{case}: the log names the peer: {out}"
+        );
+        let (ok, sout) = good_sender(&key);
+        assert!(ok, "{case}: a good peer is served afterwards: {sout}");
+        let (ok, out) = r.finish(T);
+        assert!(ok, "{case}: the victim exits cleanly: {out}");
+    }
+}
+
+#[test]
+fn ring_memory_the_peer_could_shrink_is_refused() {
+    let key = unique_key("shm-victim");
+    let r = receiver(&key, "1");
+    let len = 2 * Region::ring_bytes(4096) as u64;
+    let fd = rustix::fs::memfd_create(
+        "unsealed",
+        rustix::fs::MemfdFlags::CLOEXEC | rustix::fs::MemfdFlags::ALLOW_SEALING,
+    )
+    .unwrap();
+    rustix::fs::ftruncate(&fd, len).unwrap();
+    let (_sock, status, reason) = hello(&key, "shrinker", &fd, 4096);
+    assert_ne!(status, ACCEPT);
+    assert!(reason.contains("not sealed"), "{reason}");
+    // Had it been mapped, this would be a SIGBUS in the receiver on its next read.
+    rustix::fs::ftruncate(&fd, 0).unwrap();
+    let (ok, sout) = good_sender(&key);
+    assert!(ok, "{sout}");
+    assert!(r.finish(T).0);
+}
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+#[test]
+fn descriptors_sent_after_the_handshake_are_closed() {
+    let key = unique_key("shm-victim");
+    let r = receiver(&key, "1");
+    let region = Region::create(4096).unwrap();
+    let (sock, status, reason) = hello(&key, "fd-flooder", region.fd(), 4096);
+    assert_eq!(status, ACCEPT, "{reason}");
+    std::thread::sleep(Duration::from_millis(200));
+    let before = open_fds(r.pid());
+    let spare = rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC).unwrap();
+    for _ in 0..2000 {
+        send_with_fds(&sock, b"x", &[&spare, &spare]).unwrap();
+    }
+    r.wait_for("descriptor(s) this stage does not expect", T);
+    std::thread::sleep(Duration::from_millis(500));
+    let after = open_fds(r.pid());
+    assert!(
+        after <= before + 4,
+        "the receiver kept the descriptors: {before} open before, {after} after"
+    );
+    let (ok, sout) = good_sender(&key);
+    assert!(ok, "{sout}");
+    assert!(r.finish(T).0);
+}
+
+#[test]
+fn a_key_squatted_by_another_user_gets_nothing() {
+    if uid() != 0 {
+        println!("SKIPPED: running a squatter as another user needs root");
+        return;
+    }
+    let key = unique_key("shm-squatted");
+    let mut squatter = std::process::Command::new(bin("shm-intruder"));
+    squatter
+        .args(["squat", &format!("vmi-shmem.0.{key}"), "20"])
+        .uid(65534)
+        .gid(65534)
+        .stdout(std::process::Stdio::piped());
+    let mut child = match squatter.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            println!("SKIPPED: cannot run a process as uid 65534: {e}");
+            return;
+        }
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let sender = unique_key("shm-root");
+    let (ok, out) = Proc::spawn(
+        "vmisend",
+        &[
+            &sender,
+            &key,
+            "localhost",
+            "--timeout",
+            "10",
+            "--cookie",
+            "secret-data",
+        ],
+        &shm_spec(),
+        &[],
+    )
+    .finish(T);
+    let _ = child.kill();
+    let squat = child.wait_with_output().unwrap();
+    let squat = String::from_utf8_lossy(&squat.stdout);
+    assert!(!ok, "the sender must fail: {out}");
+    assert!(out.contains("another user (uid 65534"), "{out}");
+    assert!(
+        !squat.contains("descriptors") || squat.contains("got 0 bytes and 0 descriptors"),
+        "the squatter received something: {squat}"
+    );
+}
