@@ -75,6 +75,17 @@ pub struct Proc {
 impl Proc {
     /// Starts `program` with `args` and `VMI_SPECFILE=spec`.
     pub fn spawn(program: &str, args: &[&str], spec: &Path, env: &[(&str, &str)]) -> Proc {
+        Proc::spawn_with(program, args, spec, env, |_| {})
+    }
+
+    /// As [`Proc::spawn`], letting `setup` adjust the command first (limits, user).
+    pub fn spawn_with(
+        program: &str,
+        args: &[&str],
+        spec: &Path,
+        env: &[(&str, &str)],
+        setup: impl FnOnce(&mut Command),
+    ) -> Proc {
         let mut cmd = Command::new(bin(program));
         cmd.args(args)
             .env("VMI_SPECFILE", spec)
@@ -88,6 +99,7 @@ impl Proc {
         for (k, v) in env {
             cmd.env(k, v);
         }
+        setup(&mut cmd);
         let mut child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {program}: {e}"));

@@ -142,10 +142,18 @@ pub(crate) struct Plan {
     pub signature: Signature,
 }
 
+/// The transport parameter the core turns off for applications that accept no connections.
+pub const LISTEN_PARAM: &str = "listen";
+
 /// Loads and checks everything the spec names.
+///
+/// When `accept` is false, every device that declares a boolean `listen` parameter gets it
+/// set to false (the convention by which transports learn that the application accepts no
+/// connections, so that they open no listening socket).
 pub(crate) fn plan(
     spec: &Spec,
     env: &dyn Fn(&str) -> Option<String>,
+    accept: bool,
 ) -> Result<Plan, AssemblyError> {
     let mut names: Vec<&str> = Vec::new();
     for chain in &spec.chains {
@@ -168,7 +176,13 @@ pub(crate) fn plan(
     for name in &names {
         let ty = load_type(spec, name)?;
         let dspec = spec.device(name).expect("defined");
-        let resolved = params::resolve(dspec, &ty.params, env)?;
+        let mut resolved = params::resolve(dspec, &ty.params, env)?;
+        if !accept {
+            for p in resolved.iter_mut().filter(|p| p.name == LISTEN_PARAM) {
+                p.value = "false".into();
+                p.source = params::ParamSource::Application;
+            }
+        }
         devices.push(Planned {
             name: name.to_string(),
             ty,
@@ -312,7 +326,7 @@ pub fn inspect(
     spec: &Spec,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Inspection, AssemblyError> {
-    let plan = plan(spec, env)?;
+    let plan = plan(spec, env, true)?;
     let name = |i: &usize| plan.devices[*i].name.clone();
     let send = plan.send.iter().map(name).collect();
     let mut receive: Vec<String> = plan.recv.iter().map(name).collect();

@@ -26,6 +26,7 @@ mod dispatch;
 mod engine;
 mod error;
 mod handler;
+mod limits;
 pub mod loader;
 mod ops;
 pub mod params;
@@ -47,7 +48,7 @@ pub use handler::{
 pub use ops::{MAX_CONNECT_DATA, Operations, Stream};
 pub use slab::{GrabbedSlab, Slab, SlabState};
 pub use status::Status;
-pub use vmi::Vmi;
+pub use vmi::{Options, Vmi};
 
 /// What an application usually needs: `use vmi_core::prelude::*;`.
 pub mod prelude {

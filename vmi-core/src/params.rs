@@ -54,6 +54,9 @@ pub enum ParamSource {
     Specfile(Location),
     /// This environment variable.
     Environment(String),
+    /// The application: it accepts no connections ([`crate::Options::accept`] is false), so a
+    /// transport's `listen` parameter is turned off.
+    Application,
 }
 
 impl std::fmt::Display for ParamSource {
@@ -62,6 +65,7 @@ impl std::fmt::Display for ParamSource {
             ParamSource::Default => f.write_str("default"),
             ParamSource::Specfile(at) => write!(f, "specfile {at}"),
             ParamSource::Environment(var) => write!(f, "environment {var}"),
+            ParamSource::Application => f.write_str("the application (it accepts no connections)"),
         }
     }
 }

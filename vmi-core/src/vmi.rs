@@ -17,6 +17,28 @@ use crate::handler::Handler;
 use crate::ops::{Core, Mode, Operations, Sealed};
 use crate::spec::Spec;
 
+/// How a process starts (the defaults suit a process that both connects and accepts).
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    /// Whether this process accepts connections. A process that only connects (a client,
+    /// `vmisend`) sets it to false: transports then open no listening socket, so no stranger
+    /// can connect to it. Transports learn it through their `listen` parameter.
+    pub accept: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { accept: true }
+    }
+}
+
+impl Options {
+    /// A process that only connects: nothing listens.
+    pub fn connect_only() -> Options {
+        Options { accept: false }
+    }
+}
+
 /// A vmi process: its chains, devices and connections (VMI 2.1: the state `VMI_Init` creates;
 /// dropping it is `VMI_Terminate`). Not `Send`: one thread drives it; other threads reach it
 /// only through device completers and grabbed slabs.
@@ -38,6 +60,17 @@ impl Vmi {
         Vmi::with_spec(spec, &key)
     }
 
+    /// As [`Vmi::init`], with [`Options`] (for example a process that only connects and
+    /// must not listen).
+    pub fn init_with(key: Option<&str>, options: Options) -> Result<Vmi, VmiError> {
+        let spec = Spec::from_env().map_err(AssemblyError::from)?;
+        let key = match key {
+            Some(k) => k.to_string(),
+            None => std::env::var("VMI_KEY").unwrap_or_default(),
+        };
+        Vmi::with_spec_options(spec, &key, options, &|v| std::env::var(v).ok())
+    }
+
     /// Starts from a parsed spec with this key.
     pub fn with_spec(spec: Spec, key: &str) -> Result<Vmi, VmiError> {
         Vmi::with_spec_env(spec, key, &|v| std::env::var(v).ok())
@@ -49,8 +82,20 @@ impl Vmi {
         key: &str,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Vmi, VmiError> {
+        Vmi::with_spec_options(spec, key, Options::default(), env)
+    }
+
+    /// The most general start: a parsed spec, a key, [`Options`], and parameter overrides
+    /// read through `env`.
+    pub fn with_spec_options(
+        spec: Spec,
+        key: &str,
+        options: Options,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Vmi, VmiError> {
         assembly::check_key(key)?;
-        let plan = assembly::plan(&spec, env)?;
+        crate::limits::raise_fd_limit();
+        let plan = assembly::plan(&spec, env, options.accept)?;
         let types: Vec<(String, crate::loader::DeviceType)> = plan
             .devices
             .iter()

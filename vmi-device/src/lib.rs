@@ -39,6 +39,7 @@ pub mod logbridge;
 pub mod param;
 pub mod registry;
 pub mod signature;
+pub mod socketname;
 pub mod status;
 
 pub use config::{Config, ConfigError};

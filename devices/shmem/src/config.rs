@@ -8,6 +8,12 @@ use vmi_device::{Config, param};
 /// Declared parameters.
 pub const PARAMS: &[VmiParamSpec] = &[
     param(
+        c"listen",
+        VMI_PARAM_BOOL,
+        c"true",
+        c"accept incoming connections (the key's socket is reserved either way)",
+    ),
+    param(
         c"ring_size",
         VMI_PARAM_UINT,
         c"512k",
@@ -48,6 +54,8 @@ pub const PARAMS: &[VmiParamSpec] = &[
 /// Typed configuration.
 #[derive(Clone, Debug)]
 pub struct ShmemConfig {
+    /// Accept connections.
+    pub listen: bool,
     /// Ring bytes per direction.
     pub ring_size: usize,
     /// Use process_vm_readv for large fragments.
@@ -79,6 +87,7 @@ impl ShmemConfig {
             ));
         }
         Ok(ShmemConfig {
+            listen: c.get_bool("listen").map_err(e)?,
             ring_size: ring_size as usize,
             single_copy: c.get_bool("single_copy").map_err(e)?,
             single_copy_min: c.get_u64("single_copy_min").map_err(e)? as usize,

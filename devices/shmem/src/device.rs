@@ -21,8 +21,8 @@ use vmi_device::{
 
 use crate::config::{PARAMS, ShmemConfig};
 use crate::io::{
-    Region, doorbell, drain, listening, peer_uid, read_peer, recv_with_fds, ring, send_with_fds,
-    socket_addr, uid,
+    Region, bind_key, doorbell, drain, listening, peer_uid, read_peer, recv_with_fds, ring,
+    send_with_fds, socket_addr, uid,
 };
 use crate::proto::{Incoming, RecordReader, Source, ack, encode_inline, encode_rendezvous, nack};
 use crate::spsc::{Consumer, Corrupt, Producer};
@@ -148,7 +148,10 @@ pub struct ShmemDevice {
     signature_text: String,
     poll: Poll,
     events: Events,
-    listener: UnixListener,
+    /// The key's socket, listening; `None` when this process accepts no connections.
+    listener: Option<UnixListener>,
+    /// The key's socket, bound but not listening (it reserves the key).
+    _reserved: Option<OwnedFd>,
     bell: OwnedFd,
     conns: Vec<Option<Conn>>,
     free: Vec<usize>,
@@ -304,14 +307,14 @@ impl ShmemDevice {
         if c.gone.is_none() {
             return;
         }
-        // A corrupt ring counts as drained: nothing more can be read from it.
-        let drained = c.reader.at_boundary()
-            && c.region.as_ref().is_none_or(|r| {
-                let view = r.ring(c.rx_ring);
-                Consumer::resume(view.shared(), c.rx_pos.0, c.rx_pos.1)
-                    .available()
-                    .map_or(true, |n| n == 0)
-            });
+        // A corrupt ring counts as drained: nothing more can be read from it. A record cut
+        // short by the peer's death is never completed: it is dropped (the end is reported).
+        let drained = c.region.as_ref().is_none_or(|r| {
+            let view = r.ring(c.rx_ring);
+            Consumer::resume(view.shared(), c.rx_pos.0, c.rx_pos.1)
+                .available()
+                .map_or(true, |n| n == 0)
+        });
         if drained {
             if let Some((status, detail)) = c.gone.take() {
                 self.end(idx, status, &detail, false);
@@ -836,7 +839,10 @@ impl ShmemDevice {
 
     fn accept_all(&mut self) {
         loop {
-            match self.listener.accept() {
+            let Some(listener) = self.listener.as_ref() else {
+                return;
+            };
+            match listener.accept() {
                 Ok((sock, _)) => {
                     let (peer, pid) = match peer_uid(&sock) {
                         Ok(x) => x,
@@ -1102,32 +1108,38 @@ impl Device for ShmemDevice {
         let cfg = ShmemConfig::from_config(config)?;
         let key = host.local_key();
         let uid = uid();
-        let addr =
-            socket_addr(uid, &key).map_err(|e| format!("key '{key}' cannot name a socket: {e}"))?;
-        let std_listener = std::os::unix::net::UnixListener::bind_addr(&addr).map_err(|e| {
+        let sock = bind_key(uid, &key, cfg.listen).map_err(|e| {
             if e.kind() == io::ErrorKind::AddrInUse {
-                format!("another process of this user already listens for shared memory with key '{key}'; give each process its own key")
+                format!("another process of this user already uses key '{key}' for shared memory on this host; give each process its own key")
             } else {
-                format!("cannot listen on the abstract socket @{}: {e}", crate::io::socket_name(uid, &key))
+                format!("cannot bind the abstract socket @{}: {e}", crate::io::socket_name(uid, &key))
             }
         })?;
-        std_listener
-            .set_nonblocking(true)
-            .map_err(|e| e.to_string())?;
-        let mut listener = UnixListener::from_std(std_listener);
         let poll = Poll::new().map_err(|e| format!("cannot create an epoll instance: {e}"))?;
-        poll.registry()
-            .register(&mut listener, LISTENER, Interest::READABLE)
-            .map_err(|e| e.to_string())?;
+        let (listener, reserved) = if cfg.listen {
+            let mut l = UnixListener::from_std(std::os::unix::net::UnixListener::from(sock));
+            poll.registry()
+                .register(&mut l, LISTENER, Interest::READABLE)
+                .map_err(|e| e.to_string())?;
+            (Some(l), None)
+        } else {
+            (None, Some(sock))
+        };
         let bell = doorbell().map_err(|e| format!("cannot create an eventfd: {e}"))?;
         poll.registry()
             .register(&mut SourceFd(&bell.as_raw_fd()), BELL, Interest::READABLE)
             .map_err(|e| e.to_string())?;
         let signature_text = host.signature();
-        log::info!(
-            "shmem: key '{key}' listening on @{}",
-            crate::io::socket_name(uid, &key)
-        );
+        if cfg.listen {
+            log::info!(
+                "shmem: key '{key}' listening on @{}",
+                crate::io::socket_name(uid, &key)
+            );
+        } else {
+            log::info!(
+                "shmem: key '{key}' reserved; not listening (this process accepts no connections)"
+            );
+        }
         Ok(ShmemDevice {
             host,
             cfg,
@@ -1138,6 +1150,7 @@ impl Device for ShmemDevice {
             poll,
             events: Events::with_capacity(128),
             listener,
+            _reserved: reserved,
             bell,
             conns: Vec::new(),
             free: Vec::new(),

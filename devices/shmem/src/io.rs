@@ -28,8 +28,10 @@ const REQUIRED_SEALS: SealFlags = SealFlags::SHRINK.union(SealFlags::GROW);
 
 /// The abstract socket name of `key`'s listener for user `uid` (nothing in the filesystem;
 /// it vanishes with the process).
+///
+/// Keys too long for a socket name (the kernel allows 107 bytes) are replaced by a digest.
 pub fn socket_name(uid: u32, key: &str) -> String {
-    format!("vmi-shmem.{uid}.{key}")
+    vmi_device::socketname::socket_name(&format!("vmi-shmem.{uid}."), key)
 }
 
 /// The socket address of that name.
@@ -37,12 +39,37 @@ pub fn socket_addr(uid: u32, key: &str) -> io::Result<SocketAddr> {
     SocketAddr::from_abstract_name(socket_name(uid, key).as_bytes())
 }
 
+/// Binds `key`'s abstract socket for user `uid` (reserving the key on this host for this
+/// user), listening when `listen`; a socket bound but not listening refuses connections.
+pub fn bind_key(uid: u32, key: &str, listen: bool) -> io::Result<OwnedFd> {
+    use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+    let fd = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+        None,
+    )?;
+    let addr = SocketAddrUnix::new_abstract_name(socket_name(uid, key).as_bytes())?;
+    rustix::net::bind(&fd, &addr)?;
+    if listen {
+        rustix::net::listen(&fd, 128)?;
+    }
+    Ok(fd)
+}
+
 /// Whether a listener with that name exists (abstract sockets are listed in /proc/net/unix).
 pub fn listening(uid: u32, key: &str) -> bool {
     let want = format!("@{}", socket_name(uid, key));
+    // Columns: Num RefCount Protocol Flags Type St Inode Path; flag 0x10000 (__SO_ACCEPTCON)
+    // marks a listening socket (a key reserved by a process that accepts nothing lacks it).
     std::fs::read_to_string("/proc/net/unix").is_ok_and(|t| {
-        t.lines()
-            .any(|l| l.split_whitespace().last() == Some(want.as_str()))
+        t.lines().any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.last() == Some(&want.as_str())
+                && f.get(3)
+                    .and_then(|x| u32::from_str_radix(x, 16).ok())
+                    .is_some_and(|flags| flags & 0x10000 != 0)
+        })
     })
 }
 

@@ -68,6 +68,12 @@ pub const PARAMS: &[VmiParamSpec] = &[
         c"largest connect or reply data accepted",
     ),
     param(
+        c"max_connections",
+        VMI_PARAM_UINT,
+        c"4096",
+        c"most connections at once; more are answered 'busy' and closed",
+    ),
+    param(
         c"nodelay",
         VMI_PARAM_BOOL,
         c"true",
@@ -100,6 +106,8 @@ pub struct TcpConfig {
     pub max_connect_data: u32,
     /// TCP_NODELAY.
     pub nodelay: bool,
+    /// Most connections at once.
+    pub max_connections: usize,
 }
 
 fn port(c: &Config, name: &str) -> Result<u16, String> {
@@ -125,6 +133,7 @@ impl TcpConfig {
             max_connect_data: u32::try_from(c.get_u64("max_connect_data").map_err(e)?)
                 .map_err(|_| "parameter 'max_connect_data' is over 4 GiB".to_string())?,
             nodelay: c.get_bool("nodelay").map_err(e)?,
+            max_connections: c.get_u64("max_connections").map_err(e)?.max(1) as usize,
         };
         if cfg.max_fragment == 0 || cfg.max_fragment > u32::MAX as u64 {
             return Err(format!(

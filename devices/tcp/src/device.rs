@@ -18,7 +18,7 @@ use vmi_device::{
 use crate::config::{PARAMS, TcpConfig};
 use crate::io::{connect, listen, write_gather};
 use crate::proto::{Connection, Dial, Local, Output, State, probe_ports, split_host_port};
-use crate::wire::{FrameRepr, HelloRepr};
+use crate::wire::{AnswerRepr, AnswerStatus, FrameRepr, HelloRepr};
 
 const LISTENER: Token = Token(usize::MAX);
 /// Pieces (headers and segments) one flush hands to one `writev`.
@@ -98,10 +98,27 @@ pub struct TcpDevice {
     timed: usize,
     pool: HeldBuffers,
     staging: Box<[u8]>,
+    /// The listener's backlog may hold connections that no event will announce again.
+    accept_retry: bool,
+    /// See [`spare_fd`].
+    spare: Option<std::fs::File>,
+    /// The key's abstract socket, reserving the key on this host while this process runs.
+    _key_lock: Option<std::os::unix::net::UnixListener>,
 }
 
 fn would_block(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::WouldBlock
+}
+
+/// EMFILE (this process) or ENFILE (the system) is out of descriptors.
+fn is_out_of_fds(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(24) | Some(23))
+}
+
+/// A descriptor kept in reserve, released to accept (and refuse) one connection when the
+/// process runs out of descriptors.
+fn spare_fd() -> Option<std::fs::File> {
+    std::fs::File::open("/dev/null").ok()
 }
 
 impl TcpDevice {
@@ -696,12 +713,37 @@ impl TcpDevice {
         }
     }
 
+    /// Connections open now.
+    fn open_conns(&self) -> usize {
+        self.conns.len() - self.free.len()
+    }
+
+    /// Tells a connector at once that this process cannot take it, then closes.
+    fn refuse_busy(sock: mio::net::TcpStream, addr: SocketAddr, reason: &str) {
+        let mut sock = sock;
+        let _ = sock.write(&AnswerRepr::emit(AnswerStatus::Busy, reason, &[]));
+        let _ = sock.shutdown(std::net::Shutdown::Write);
+        // Read what the peer already sent, so closing does not turn into a reset that
+        // could discard the answer before the peer reads it.
+        let mut sink = [0u8; 4096];
+        while matches!(sock.read(&mut sink), Ok(n) if n > 0) {}
+        log::warn!("tcp: refused a connection from {addr}: {reason}");
+    }
+
     fn accept_all(&mut self) {
+        self.accept_retry = false;
         loop {
             let Some(l) = self.listener.as_ref() else {
                 return;
             };
             match l.accept() {
+                Ok((sock, addr)) if self.open_conns() >= self.cfg.max_connections => {
+                    let reason = format!(
+                        "at its limit of {} connections (tcp parameter max_connections)",
+                        self.cfg.max_connections
+                    );
+                    Self::refuse_busy(sock, addr, &reason);
+                }
                 Ok((sock, addr)) => {
                     let _ = sock.set_nodelay(self.cfg.nodelay);
                     let proto = Connection::listener(
@@ -729,9 +771,39 @@ impl TcpDevice {
                 }
                 Err(e) if would_block(&e) => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if is_out_of_fds(&e) => {
+                    // The listener is edge-triggered: connections left in the backlog would
+                    // never be announced again. Use the spare descriptor to accept one and
+                    // tell it why, and keep trying on every poll until the backlog is empty.
+                    self.accept_retry = true;
+                    if self.spare.take().is_none() {
+                        self.spare = spare_fd();
+                        log::warn!("tcp: cannot accept connections: {e}; retrying on every poll");
+                        return;
+                    }
+                    let got = self.listener.as_ref().map(|l| l.accept());
+                    self.spare = spare_fd();
+                    match got {
+                        Some(Ok((sock, addr))) => {
+                            let reason = format!(
+                                "out of file descriptors ({e}); raise its limit (ulimit -n) or close connections"
+                            );
+                            Self::refuse_busy(sock, addr, &reason);
+                            continue;
+                        }
+                        // The backlog is empty after all.
+                        Some(Err(e2)) if would_block(&e2) => {
+                            self.accept_retry = false;
+                            return;
+                        }
+                        _ => {}
+                    }
+                    log::warn!("tcp: cannot accept connections: {e}; retrying on every poll");
+                    return;
+                }
                 Err(e) => {
-                    // EMFILE and friends: log and retry on the next poll.
-                    log::warn!("tcp: accept failed: {e}");
+                    self.accept_retry = true;
+                    log::warn!("tcp: accept failed: {e}; retrying on the next poll");
                     return;
                 }
             }
@@ -756,6 +828,23 @@ impl TcpDevice {
             .map(|a| a.ip())
             .ok_or_else(|| format!("host '{host}' has no address"))
     }
+}
+
+/// Reserves `key` on this host: two processes listening with one key would split its
+/// traffic (the second finds the key's first port taken and listens on the next), so the
+/// second refuses to start. An abstract Unix socket, gone with the process.
+fn lock_key(key: &str) -> Result<std::os::unix::net::UnixListener, String> {
+    use std::os::linux::net::SocketAddrExt;
+    let name = vmi_device::socketname::socket_name("vmi-tcp-key.", key);
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
+        .map_err(|e| format!("key '{key}' cannot name a socket: {e}"))?;
+    std::os::unix::net::UnixListener::bind_addr(&addr).map_err(|e| {
+        if e.kind() == io::ErrorKind::AddrInUse {
+            format!("another process on this host already listens with key '{key}' (TCP); give each process its own key")
+        } else {
+            format!("cannot reserve key '{key}' (abstract socket @{name}): {e}")
+        }
+    })
 }
 
 #[allow(unsafe_code)]
@@ -800,8 +889,12 @@ impl Device for TcpDevice {
             timed: 0,
             pool: HeldBuffers::default(),
             staging: vec![0; STAGING].into_boxed_slice(),
+            accept_retry: false,
+            spare: spare_fd(),
+            _key_lock: None,
         };
         if dev.cfg.listen {
+            dev._key_lock = Some(lock_key(&dev.local.key)?);
             let ip: IpAddr = dev.cfg.listen_addr.parse().map_err(|_| {
                 format!(
                     "parameter 'listen_addr' = \"{}\" is not an IP address",
@@ -1085,6 +1178,9 @@ impl Device for TcpDevice {
                 self.accept_all();
                 continue;
             }
+            if self.accept_retry {
+                self.accept_all();
+            }
             if w {
                 self.on_writable(token.0);
             }
@@ -1098,6 +1194,9 @@ impl Device for TcpDevice {
             for idx in again {
                 self.on_readable(idx, true);
             }
+        }
+        if self.accept_retry {
+            self.accept_all();
         }
         self.check_deadlines();
         n
@@ -1115,6 +1214,11 @@ impl Device for TcpDevice {
             // Waiting for the application to release received IRBs: a release wakes the host.
             None
         };
+        if self.accept_retry {
+            // Connections may wait in the backlog with no event to come: look again soon.
+            let retry = Duration::from_millis(50);
+            next = Some(next.map_or(retry, |n| n.min(retry)));
+        }
         if self.timed > 0 {
             let now = Instant::now();
             for c in self.conns.iter().flatten() {

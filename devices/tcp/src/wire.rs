@@ -60,6 +60,9 @@ pub enum AnswerStatus {
     VersionMismatch = 4,
     /// The hello was malformed or over a limit.
     Invalid = 5,
+    /// The listener cannot take a connection now (out of descriptors, or at its
+    /// `max_connections`); sent at once on accept, before the hello is read.
+    Busy = 6,
 }
 
 impl AnswerStatus {
@@ -71,6 +74,7 @@ impl AnswerStatus {
             3 => AnswerStatus::SignatureMismatch,
             4 => AnswerStatus::VersionMismatch,
             5 => AnswerStatus::Invalid,
+            6 => AnswerStatus::Busy,
             _ => return None,
         })
     }

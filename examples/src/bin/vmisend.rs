@@ -191,7 +191,8 @@ fn run(args: &Args) -> Result<(u64, Duration), String> {
         return Err("--fragments must be at least 1".into());
     }
     let deadline = Instant::now() + Duration::from_secs_f64(args.timeout.max(0.0));
-    let mut vmi = Vmi::init(Some(&args.sendkey)).map_err(|e| e.to_string())?;
+    let mut vmi = Vmi::init_with(Some(&args.sendkey), vmi_core::Options::connect_only())
+        .map_err(|e| e.to_string())?;
     let mut s = Sender {
         conns: HashMap::new(),
         error: None,

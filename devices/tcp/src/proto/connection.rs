@@ -231,10 +231,14 @@ impl Connection {
         now: Instant,
         alloc: &mut dyn FnMut(usize) -> Vec<u8>,
     ) -> (usize, Option<Output>) {
+        if self.state == State::Closing && self.close_after_transmit {
+            // Refused: the answer is on its way out; whatever else the peer sends is ignored.
+            return (input.len(), None);
+        }
         match self.decoder.feed(input, alloc) {
             Ok((used, None)) => (used, None),
             Ok((used, Some(ev))) => (used, self.on_event(ev, local, now)),
-            Err(e) => (input.len(), Some(self.on_wire_error(e))),
+            Err(e) => (input.len(), self.on_wire_error(e, now)),
         }
     }
 
@@ -484,11 +488,33 @@ impl Connection {
                 Status::Protocol,
                 format!("'{key}' found our hello invalid: {reason}"),
             ),
+            AnswerStatus::Busy => refused(
+                Status::NoResources,
+                format!(
+                    "the process at {} cannot take the connection: {reason}",
+                    self.peer
+                ),
+            ),
         }
     }
 
-    fn on_wire_error(&mut self, e: WireError) -> Output {
-        match self.state {
+    fn on_wire_error(&mut self, e: WireError, now: Instant) -> Option<Output> {
+        Some(match self.state {
+            // A vmi peer (its magic is right) whose hello this side cannot take is told why,
+            // so it does not report "nobody listens"; anything else is dropped silently.
+            State::AwaitHello if !matches!(e, WireError::BadMagic(_)) => {
+                let status = if matches!(e, WireError::Version(_)) {
+                    AnswerStatus::VersionMismatch
+                } else {
+                    AnswerStatus::Invalid
+                };
+                let reason = e.to_string();
+                log::warn!("tcp: refusing the hello from {}: {reason}", self.peer);
+                self.transmit
+                    .push_back(AnswerRepr::emit(status, &reason, &[]));
+                self.closing_after_transmit(now);
+                return None;
+            }
             State::AwaitHello => Output::Dropped {
                 why: format!("{} sent an invalid handshake: {e}", self.peer),
             },
@@ -504,6 +530,6 @@ impl Connection {
                 );
                 self.violation(format!("protocol violation by {}: {e}", self.peer))
             }
-        }
+        })
     }
 }

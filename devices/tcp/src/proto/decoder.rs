@@ -13,11 +13,31 @@ enum Phase {
     Answer,
     AnswerBody(AnswerRepr),
     FrameHeader,
+    /// A payload being read. `buf` holds the bytes committed so far (`got` of them read);
+    /// it grows as bytes arrive, never ahead of them by more than it holds already (or
+    /// [`COMMIT_AHEAD`]), so a header alone cannot make this process allocate its length.
     Payload {
         repr: FrameRepr,
         buf: Vec<u8>,
         got: usize,
     },
+}
+
+/// Bytes a payload buffer is committed ahead of the bytes received: a frame header promising
+/// up to `max_fragment` bytes costs at most this much until the bytes actually arrive.
+pub const COMMIT_AHEAD: usize = 256 * 1024;
+
+/// The committed length for a payload of `total` bytes with `got` received: doubles, so the
+/// copies of growing stay linear in the payload.
+fn commit_len(total: usize, got: usize) -> usize {
+    total.min(got.saturating_mul(2).max(COMMIT_AHEAD))
+}
+
+/// Grows `buf` when all of it is read and more bytes are due.
+fn grow(buf: &mut Vec<u8>, total: usize, got: usize) {
+    if got == buf.len() && got < total {
+        buf.resize(commit_len(total, got), 0);
+    }
 }
 
 /// What the decoder produced.
@@ -105,7 +125,8 @@ impl Decoder {
     /// The rest of a large payload, to read into directly; `None` unless reading directly pays.
     pub fn direct_target(&mut self) -> Option<&mut [u8]> {
         match &mut self.phase {
-            Phase::Payload { buf, got, .. } if buf.len() - *got >= DIRECT_READ_MIN => {
+            Phase::Payload { repr, buf, got } if repr.len as usize - *got >= DIRECT_READ_MIN => {
+                grow(buf, repr.len as usize, *got);
                 Some(&mut buf[*got..])
             }
             _ => None,
@@ -114,9 +135,9 @@ impl Decoder {
 
     /// Records `n` bytes read into `direct_target`; returns the finished frame, if any.
     pub fn direct_done(&mut self, n: usize) -> Option<Event> {
-        if let Phase::Payload { buf, got, .. } = &mut self.phase {
-            *got += n;
-            if *got == buf.len() {
+        if let Phase::Payload { repr, buf, got } = &mut self.phase {
+            *got = (*got + n).min(buf.len());
+            if *got == repr.len as usize {
                 return self.finish_payload();
             }
         }
@@ -197,7 +218,7 @@ impl Decoder {
                             }
                             self.phase = Phase::Payload {
                                 repr: f,
-                                buf: alloc(f.len as usize),
+                                buf: alloc(commit_len(f.len as usize, 0)),
                                 got: 0,
                             };
                         }
@@ -247,12 +268,16 @@ impl Decoder {
                         }),
                     ));
                 }
-                Phase::Payload { buf, got, .. } => {
-                    let take = (buf.len() - *got).min(rest.len());
-                    buf[*got..*got + take].copy_from_slice(&rest[..take]);
-                    *got += take;
-                    used += take;
-                    if *got == buf.len() {
+                Phase::Payload { repr, buf, got } => {
+                    let total = repr.len as usize;
+                    while *got < total && used < input.len() {
+                        grow(buf, total, *got);
+                        let take = (buf.len() - *got).min(input.len() - used);
+                        buf[*got..*got + take].copy_from_slice(&input[used..used + take]);
+                        *got += take;
+                        used += take;
+                    }
+                    if *got == total {
                         return Ok((used, self.finish_payload()));
                     }
                     return Ok((used, None));
@@ -267,6 +292,14 @@ impl Decoder {
     }
 }
 
+/// At most 64 characters of `s` (a peer's text echoed in an answer or a log line).
+pub fn shorten(s: &str) -> String {
+    match s.char_indices().nth(64) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_string(),
+    }
+}
+
 /// How the listener answers a hello, before the application sees it.
 pub fn check_hello(
     local_key: &str,
@@ -278,7 +311,11 @@ pub fn check_hello(
     if to_key != local_key {
         return Err((
             AnswerStatus::WrongKey,
-            format!("this port belongs to key '{local_key}', not '{to_key}'"),
+            // Never name the key that is here: a scanner would learn it.
+            format!(
+                "no process with key '{}' listens on this port",
+                shorten(to_key)
+            ),
         ));
     }
     let peer = Signature::parse(signature).ok_or_else(|| {
@@ -418,6 +455,79 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(d.at_boundary());
+    }
+
+    /// A header promising 256 MiB commits a bounded buffer; memory grows only with the bytes
+    /// that arrive (by plain feeding and by direct reads alike), and the bytes come out whole.
+    #[test]
+    fn memory_is_committed_as_bytes_arrive() {
+        let total = 3 * COMMIT_AHEAD + 12_345;
+        for direct in [false, true] {
+            let mut d = Decoder::connector(256 << 20, 100);
+            let mut s = AnswerRepr::emit(AnswerStatus::Accept, "", b"");
+            s.extend_from_slice(
+                &FrameRepr {
+                    end: true,
+                    filter_flags: 0,
+                    len: 256 << 20,
+                }
+                .emit(),
+            );
+            let mut asked = Vec::new();
+            let mut alloc = |n: usize| {
+                asked.push(n);
+                vec![0; n]
+            };
+            let (n, _) = d.feed(&s, &mut alloc).unwrap();
+            let (_, ev) = d.feed(&s[n..], &mut alloc).unwrap();
+            assert!(ev.is_none());
+            assert_eq!(
+                asked,
+                [COMMIT_AHEAD],
+                "a header alone commits {COMMIT_AHEAD} bytes"
+            );
+            // Now a well-behaved large frame, fed in odd pieces.
+            let mut d = Decoder::connector(256 << 20, 100);
+            let payload: Vec<u8> = (0..total).map(|i| (i * 7 / 3) as u8).collect();
+            let mut stream = AnswerRepr::emit(AnswerStatus::Accept, "", b"");
+            stream.extend_from_slice(
+                &FrameRepr {
+                    end: true,
+                    filter_flags: 0,
+                    len: total as u32,
+                }
+                .emit(),
+            );
+            let (n, _) = d.feed(&stream, &mut pool).unwrap();
+            let (k, _) = d.feed(&stream[n..], &mut pool).unwrap();
+            assert_eq!(n + k, stream.len());
+            let mut at = 0;
+            let mut out = None;
+            while at < total {
+                if direct {
+                    let t = d.direct_target().expect("large payload");
+                    assert!(
+                        t.len() <= (at * 2).max(COMMIT_AHEAD),
+                        "committed ahead of the bytes"
+                    );
+                    let k = t.len().min(70_001).min(total - at);
+                    t[..k].copy_from_slice(&payload[at..at + k]);
+                    at += k;
+                    out = d.direct_done(k);
+                } else {
+                    let k = 65_537.min(total - at);
+                    let (used, ev) = d.feed(&payload[at..at + k], &mut pool).unwrap();
+                    assert_eq!(used, k);
+                    at += k;
+                    out = ev;
+                }
+            }
+            match out {
+                Some(Event::Frame { payload: got, .. }) => assert!(got == payload),
+                other => panic!("direct={direct}: {other:?}"),
+            }
+            assert!(d.at_boundary());
+        }
     }
 
     #[test]

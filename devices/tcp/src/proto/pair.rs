@@ -234,7 +234,10 @@ fn a_listener_with_another_key_sends_the_connector_to_the_next_port() {
                 ..
             },
         ] => {
-            assert!(why.contains("belongs to key 'kb'"), "{why}")
+            assert!(
+                why.contains("no process with key 'someone-else'") && !why.contains("'kb'"),
+                "the answer names only the key asked for, never the one here: {why}"
+            )
         }
         other => panic!("{other:?}"),
     }

@@ -1,0 +1,251 @@
+//! Hostile TCP peers (issue: hostile input), each written here with raw sockets against a
+//! real `vmirecv`: frame headers that promise 256 MiB, more connections than allowed, a
+//! descriptor limit reached, a scanner guessing keys, a second process with the same key, an
+//! over-limit hello. Each asserts the victim survives with bounded memory and keeps serving
+//! good peers.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use vmi_tcp::wire::{ANSWER_LEN, AnswerRepr, AnswerStatus, FrameRepr, HelloRepr};
+use vmi_tests::{Proc, root, unique_key};
+
+const T: Duration = Duration::from_secs(60);
+
+fn spec() -> PathBuf {
+    root().join("specfiles/tcp.xml")
+}
+
+fn receiver(key: &str, n: &str, env: &[(&str, &str)]) -> Proc {
+    let p = Proc::spawn("vmirecv", &[key, "--timeout", "60", "-n", n], &spec(), env);
+    p.wait_for("waiting for connections", T);
+    p
+}
+
+fn good_sender(recv_key: &str) -> (bool, String) {
+    let key = unique_key("good");
+    Proc::spawn(
+        "vmisend",
+        &[&key, recv_key, "localhost", "--timeout", "30", "-q"],
+        &spec(),
+        &[],
+    )
+    .finish(T)
+}
+
+fn port_of(p: &Proc) -> u16 {
+    let out = p.wait_for("listening on", T);
+    let line = out.lines().find(|l| l.contains("listening on")).unwrap();
+    line.rsplit(':').next().unwrap().trim().parse().unwrap()
+}
+
+/// The largest resident set the process has had, in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+/// Reads one answer (status and reason) from a raw connection.
+fn read_answer(s: &mut TcpStream) -> Option<(u8, String)> {
+    read_answer_within(s, Duration::from_secs(10))
+}
+
+fn read_answer_within(s: &mut TcpStream, t: Duration) -> Option<(u8, String)> {
+    s.set_read_timeout(Some(t)).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        if got.len() >= ANSWER_LEN {
+            let a = AnswerRepr::parse(got[..ANSWER_LEN].try_into().unwrap(), 1 << 20).ok()?;
+            let need = ANSWER_LEN + a.reason_len as usize + a.reply_len as usize;
+            if got.len() >= need {
+                let reason = &got[ANSWER_LEN..ANSWER_LEN + a.reason_len as usize];
+                return Some((a.status as u8, String::from_utf8_lossy(reason).into_owned()));
+            }
+        }
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+#[test]
+fn frame_headers_promising_256_mib_commit_no_memory() {
+    let key = unique_key("victim");
+    let r = receiver(&key, "1", &[]);
+    let port = port_of(&r);
+    let mut attackers = Vec::new();
+    for i in 0..6 {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.write_all(&HelloRepr::emit(
+            &format!("bloat-{i}"),
+            &key,
+            "send=;recv=",
+            b"",
+        ))
+        .unwrap();
+        let (status, _) = read_answer(&mut s).expect("accepted");
+        assert_eq!(status, AnswerStatus::Accept as u8);
+        let header = FrameRepr {
+            end: true,
+            filter_flags: 0,
+            len: 256 << 20,
+        }
+        .emit();
+        s.write_all(&header).unwrap();
+        s.write_all(&[0u8; 16]).unwrap();
+        attackers.push(s);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let peak = peak_rss_kib(r.pid());
+    assert!(
+        peak < 64 * 1024,
+        "six 256 MiB promises took the receiver to {peak} KiB"
+    );
+    drop(attackers);
+    let (ok, out) = good_sender(&key);
+    assert!(ok, "{out}");
+    assert!(r.finish(T).0);
+}
+
+#[test]
+fn a_wrong_key_answer_does_not_reveal_the_key() {
+    let key = unique_key("secret-key");
+    let r = receiver(&key, "1", &[]);
+    let port = port_of(&r);
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(&HelloRepr::emit("scanner", "guess", "send=;recv=", b""))
+        .unwrap();
+    let (status, reason) = read_answer(&mut s).expect("an answer");
+    assert_eq!(status, AnswerStatus::WrongKey as u8);
+    assert!(!reason.contains(&key), "the answer leaks the key: {reason}");
+    assert!(reason.contains("'guess'"), "{reason}");
+    let (ok, out) = good_sender(&key);
+    assert!(ok, "{out}");
+    assert!(r.finish(T).0);
+}
+
+#[test]
+fn connections_over_the_cap_are_told_busy_and_serving_goes_on() {
+    let key = unique_key("capped");
+    let r = receiver(&key, "1", &[("VMI_TCP_MAX_CONNECTIONS", "4")]);
+    let port = port_of(&r);
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(TcpStream::connect(("127.0.0.1", port)).unwrap());
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let mut extra = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let (status, reason) = read_answer(&mut extra).expect("a busy answer");
+    assert_eq!(status, AnswerStatus::Busy as u8);
+    assert!(reason.contains("max_connections"), "{reason}");
+    drop(held);
+    std::thread::sleep(Duration::from_millis(300));
+    let (ok, out) = good_sender(&key);
+    assert!(ok, "{out}");
+    assert!(r.finish(T).0);
+}
+
+#[test]
+fn accepting_resumes_after_the_descriptor_limit() {
+    let key = unique_key("fdlimit");
+    // Soft and hard limit 64: vmi cannot raise it, and 300 connections exhaust it.
+    let r = Proc::spawn_with(
+        "vmirecv",
+        &[&key, "--timeout", "60", "-n", "4"],
+        &spec(),
+        &[],
+        |cmd| {
+            // SAFETY: setrlimit is async-signal-safe; the child runs nothing else before exec.
+            unsafe {
+                cmd.pre_exec(|| {
+                    let lim = libc::rlimit {
+                        rlim_cur: 64,
+                        rlim_max: 64,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        },
+    );
+    r.wait_for("waiting for connections", T);
+    let port = port_of(&r);
+    let mut flood = Vec::new();
+    for _ in 0..300 {
+        match TcpStream::connect(("127.0.0.1", port)) {
+            Ok(s) => flood.push(s),
+            Err(_) => break,
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let busy = flood
+        .iter_mut()
+        .rev()
+        .take(20)
+        .filter_map(|s| read_answer_within(s, Duration::from_millis(100)))
+        .count();
+    drop(flood);
+    std::thread::sleep(Duration::from_millis(500));
+    for i in 0..4 {
+        let (ok, out) = good_sender(&key);
+        assert!(ok, "good sender {i} after the flood: {out}");
+    }
+    let (ok, out) = r.finish(T);
+    assert!(ok, "{out}");
+    assert!(busy > 0 || out.contains("out of file descriptors"), "{out}");
+}
+
+#[test]
+fn a_second_process_with_the_same_key_refuses_to_start() {
+    let key = unique_key("dupkey");
+    let r = receiver(&key, "1", &[]);
+    let (ok, out) = Proc::spawn("vmirecv", &[&key, "--timeout", "5"], &spec(), &[]).finish(T);
+    assert!(!ok, "{out}");
+    assert!(out.contains("already listens with key"), "{out}");
+    let (ok, out) = good_sender(&key);
+    assert!(ok, "{out}");
+    assert!(r.finish(T).0);
+}
+
+#[test]
+fn a_sender_does_not_listen_and_an_over_limit_hello_is_answered() {
+    let key = unique_key("limits");
+    let r = receiver(&key, "1", &[("VMI_TCP_MAX_CONNECT_DATA", "8")]);
+    let skey = unique_key("big-hello");
+    let (ok, out) = Proc::spawn(
+        "vmisend",
+        &[
+            &skey,
+            &key,
+            "localhost",
+            "--timeout",
+            "10",
+            "--cookie",
+            &"c".repeat(100),
+        ],
+        &spec(),
+        &[],
+    )
+    .finish(T);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("found our hello invalid") && out.contains("over the limit"),
+        "the sender hears why, not 'nobody listens': {out}"
+    );
+    assert!(
+        !out.contains("listening on"),
+        "vmisend accepts nothing, so it must not listen: {out}"
+    );
+    drop(r);
+}
