@@ -52,6 +52,22 @@ impl HeldBuffers {
         v
     }
 
+    /// An empty buffer (length 0) with room for at least `cap` bytes, for writers that fill
+    /// spare capacity: nothing is zeroed.
+    pub fn take_empty(&mut self, cap: usize) -> Vec<u8> {
+        let c = Self::class(cap);
+        let mut v = if c <= MAX_CLASS {
+            self.classes[c].pop().unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        v.clear();
+        if v.capacity() < cap {
+            v = Vec::with_capacity(if c <= MAX_CLASS { 1 << c } else { cap });
+        }
+        v
+    }
+
     /// Returns a buffer to the pool.
     pub fn give(&mut self, v: Vec<u8>) {
         let cap = v.capacity();

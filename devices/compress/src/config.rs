@@ -31,6 +31,12 @@ pub const PARAMS: &[VmiParamSpec] = &[
         c"256m",
         c"largest decompressed fragment accepted (bomb guard)",
     ),
+    param(
+        c"decompress_per_poll",
+        VMI_PARAM_UINT,
+        c"64m",
+        c"decompressed bytes per poll; further fragments wait for the next poll (bomb guard)",
+    ),
 ];
 
 /// Typed configuration.
@@ -44,6 +50,8 @@ pub struct CompressConfig {
     pub threshold: usize,
     /// Largest decompressed fragment.
     pub max_message: u64,
+    /// Decompressed bytes per poll.
+    pub per_poll: u64,
 }
 
 impl CompressConfig {
@@ -65,6 +73,7 @@ impl CompressConfig {
             level,
             threshold: c.get_u64("threshold").map_err(e)? as usize,
             max_message: c.get_u64("max_message").map_err(e)?.min(u32::MAX as u64),
+            per_poll: c.get_u64("decompress_per_poll").map_err(e)?.max(1),
         })
     }
 }

@@ -1,6 +1,9 @@
 //! The compression filter.
 
+use std::collections::VecDeque;
 use std::ffi::CStr;
+use std::os::fd::RawFd;
+use std::time::Duration;
 
 use vmi_device::Status;
 use vmi_device::held::HeldBuffers;
@@ -28,6 +31,12 @@ pub struct CompressFilter {
     bytes_in: u64,
     bytes_out: u64,
     refused: u64,
+    /// Decompressed bytes this poll (see `decompress_per_poll`).
+    spent: u64,
+    /// Received IRBs waiting for the next poll's budget, in arrival order.
+    waiting: VecDeque<Irb>,
+    /// Times the budget made fragments wait.
+    deferred: u64,
 }
 
 impl CompressFilter {
@@ -68,6 +77,90 @@ impl CompressFilter {
     }
 }
 
+impl CompressFilter {
+    /// Decompresses a received fragment in place of its data, after checking its header
+    /// against the limits; memory is committed for the claimed size only when the claim is
+    /// plausible (an LZ4 block cannot expand more than 255 times; a zstd frame must declare
+    /// the same size), and it is not zero-filled first.
+    fn decompress(&mut self, mut irb: Irb) -> Result<Irb, (Irb, Status)> {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let input = Self::gather(&irb, &mut scratch);
+        let Some(h) = Header::parse(input) else {
+            self.scratch = scratch;
+            irb.set_detail("compress: a fragment marked compressed has no valid header");
+            return Err((irb, Status::Corrupt));
+        };
+        let body = &input[HEADER..];
+        let claim = h.original_len as u64;
+        let plausible = match h.algorithm {
+            Algorithm::Lz4 => claim <= (body.len() as u64).saturating_mul(LZ4_MAX_RATIO) + 16,
+            Algorithm::Zstd => {
+                zstd::zstd_safe::get_frame_content_size(body).ok().flatten() == Some(claim)
+            }
+        };
+        if claim > self.config.max_message || !plausible {
+            let body_len = body.len();
+            self.refused += 1;
+            self.scratch = scratch;
+            let why = if plausible {
+                format!("over max_message {}", self.config.max_message)
+            } else {
+                format!("which {body_len} bytes of {:?} cannot hold", h.algorithm)
+            };
+            log::warn!(
+                "compress: refused a fragment claiming {claim} bytes after decompression, {why}"
+            );
+            irb.set_detail(&format!(
+                "compress: fragment claims {claim} bytes after decompression, {why} (compression bomb refused)"
+            ));
+            return Err((irb, Status::TooLarge));
+        }
+        let len = h.original_len as usize;
+        let (result, out) = match h.algorithm {
+            Algorithm::Lz4 => {
+                let mut out = self.buffers.take(len);
+                let r = lz4_flex::block::decompress_into(body, &mut out).map_err(|e| e.to_string());
+                (r, out)
+            }
+            Algorithm::Zstd => {
+                // Decompressed into the spare capacity: nothing is zeroed first.
+                let mut out = self.buffers.take_empty(len);
+                let r = self
+                    .zd
+                    .decompress_to_buffer(body, &mut out)
+                    .map_err(|e| e.to_string());
+                (r, out)
+            }
+        };
+        self.scratch = scratch;
+        let mut out = out;
+        match result {
+            Ok(n) if n == len => {}
+            Ok(n) => {
+                self.buffers.give(out);
+                irb.set_detail(&format!(
+                    "compress: decompressed {n} bytes, header said {len}"
+                ));
+                return Err((irb, Status::Corrupt));
+            }
+            Err(e) => {
+                self.buffers.give(out);
+                irb.set_detail(&format!("compress: cannot decompress: {e}"));
+                return Err((irb, Status::Corrupt));
+            }
+        }
+        out.truncate(len);
+        self.spent += len as u64;
+        replace_data(&mut irb, &mut out);
+        irb.frame::<CompressFrame>().held = self.buffers.hold(out);
+        irb.set_flags(irb.flags() & !FLAG_COMPRESSED);
+        Ok(irb)
+    }
+}
+
+/// An LZ4 block expands at most about 255 times (one literal-length byte per 255 bytes).
+const LZ4_MAX_RATIO: u64 = 255;
+
 #[allow(unsafe_code)]
 fn replace_data(irb: &mut Irb, data: &mut [u8]) {
     irb.clear_segments();
@@ -83,7 +176,8 @@ impl Device for CompressFilter {
         c"LZ4 or zstd per fragment, only when it saves space; bounded decompression";
     const KIND: DeviceKind = DeviceKind::Filter;
     const PARAMS: &'static [vmi_device::abi::VmiParamSpec] = PARAMS;
-    const HOOKS: Hooks = Hooks::FILTER;
+    // `poll` resumes fragments that waited for the per-poll decompression budget.
+    const HOOKS: Hooks = Hooks::ALL;
     type Frame = CompressFrame;
 
     fn create(_host: Host, config: &Config) -> Result<Self, String> {
@@ -101,6 +195,9 @@ impl Device for CompressFilter {
             bytes_in: 0,
             bytes_out: 0,
             refused: 0,
+            spent: 0,
+            waiting: VecDeque::new(),
+            deferred: 0,
         })
     }
 
@@ -146,60 +243,49 @@ impl Device for CompressFilter {
         Disposition::Pass(irb)
     }
 
-    fn receive(&mut self, mut irb: Irb) -> Disposition {
+    fn receive(&mut self, irb: Irb) -> Disposition {
+        if !self.waiting.is_empty() {
+            // Fragments behind a waiting one wait too: order is kept.
+            self.waiting.push_back(irb);
+            return Disposition::Pending;
+        }
         if irb.op() != Op::Recv || irb.flags() & FLAG_COMPRESSED == 0 {
             return Disposition::Pass(irb);
         }
-        let mut scratch = std::mem::take(&mut self.scratch);
-        let input = Self::gather(&irb, &mut scratch);
-        let Some(h) = Header::parse(input) else {
-            self.scratch = scratch;
-            irb.set_detail("compress: a fragment marked compressed has no valid header");
-            return Disposition::Complete(irb, Status::Corrupt);
-        };
-        if h.original_len as u64 > self.config.max_message {
-            self.refused += 1;
-            self.scratch = scratch;
-            log::warn!(
-                "compress: refused a fragment claiming {} bytes after decompression",
-                h.original_len
-            );
-            irb.set_detail(&format!(
-                "compress: fragment claims {} bytes after decompression, over max_message {} (compression bomb refused)",
-                h.original_len, self.config.max_message
-            ));
-            return Disposition::Complete(irb, Status::TooLarge);
+        if self.spent >= self.config.per_poll {
+            self.deferred += 1;
+            self.waiting.push_back(irb);
+            return Disposition::Pending;
         }
-        let body = &input[HEADER..];
-        let mut out = self.buffers.take(h.original_len as usize);
-        let result = match h.algorithm {
-            Algorithm::Lz4 => {
-                lz4_flex::block::decompress_into(body, &mut out).map_err(|e| e.to_string())
+        match self.decompress(irb) {
+            Ok(irb) => Disposition::Pass(irb),
+            Err((irb, status)) => Disposition::Complete(irb, status),
+        }
+    }
+
+    fn poll(&mut self, _budget: usize) -> usize {
+        self.spent = 0;
+        let mut n = 0;
+        while self.spent < self.config.per_poll {
+            let Some(irb) = self.waiting.pop_front() else {
+                break;
+            };
+            n += 1;
+            if irb.op() != Op::Recv || irb.flags() & FLAG_COMPRESSED == 0 {
+                irb.pass();
+                continue;
             }
-            Algorithm::Zstd => self
-                .zd
-                .decompress_to_buffer(body, &mut out)
-                .map_err(|e| e.to_string()),
-        };
-        self.scratch = scratch;
-        match result {
-            Ok(n) if n == h.original_len as usize => {}
-            Ok(n) => {
-                irb.set_detail(&format!(
-                    "compress: decompressed {n} bytes, header said {}",
-                    h.original_len
-                ));
-                return Disposition::Complete(irb, Status::Corrupt);
-            }
-            Err(e) => {
-                irb.set_detail(&format!("compress: cannot decompress: {e}"));
-                return Disposition::Complete(irb, Status::Corrupt);
+            match self.decompress(irb) {
+                Ok(irb) => irb.pass(),
+                Err((irb, status)) => irb.complete(status),
             }
         }
-        replace_data(&mut irb, &mut out);
-        irb.frame::<CompressFrame>().held = self.buffers.hold(out);
-        irb.set_flags(irb.flags() & !FLAG_COMPRESSED);
-        Disposition::Pass(irb)
+        n
+    }
+
+    fn wait_fd(&self) -> (Option<RawFd>, Option<Duration>) {
+        // Fragments wait for budget: come back at once.
+        (None, (!self.waiting.is_empty()).then_some(Duration::ZERO))
     }
 
     fn complete(&mut self, irb: &mut CompletingIrb) {
