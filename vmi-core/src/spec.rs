@@ -17,7 +17,7 @@
 //! `file:line:column`. This module checks structure only; whether a chain has a transport and
 //! whether parameters exist is checked once the devices are loaded (see [`crate::assembly`]).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -52,6 +52,16 @@ pub enum SpecError {
         path: PathBuf,
         /// The I/O error.
         source: std::io::Error,
+    },
+    /// The file is larger than any specfile.
+    #[error(
+        "specfile {path} is over {max} bytes, which no specfile needs; check that VMI_SPECFILE names a specfile"
+    )]
+    TooLarge {
+        /// The path tried.
+        path: PathBuf,
+        /// The limit.
+        max: u64,
     },
     /// `VMI_SPECFILE` is not set and no spec was given.
     #[error(
@@ -186,7 +196,7 @@ impl SpecError {
     /// Where in the file the problem is, when known.
     pub fn location(&self) -> Option<&Location> {
         match self {
-            SpecError::Read { .. } | SpecError::NotSet => None,
+            SpecError::Read { .. } | SpecError::TooLarge { .. } | SpecError::NotSet => None,
             SpecError::Syntax { at, .. }
             | SpecError::UnknownElement { at, .. }
             | SpecError::UnknownAttribute { at, .. }
@@ -274,9 +284,28 @@ impl Spec {
 
     /// Reads and parses a specfile.
     pub fn from_file(path: &Path) -> Result<Spec, SpecError> {
-        let text = std::fs::read_to_string(path).map_err(|source| SpecError::Read {
+        let read_err = |source| SpecError::Read {
             path: path.to_path_buf(),
             source,
+        };
+        let file = std::fs::File::open(path).map_err(read_err)?;
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(
+            &mut std::io::Read::take(file, MAX_SPEC_BYTES + 1),
+            &mut bytes,
+        )
+        .map_err(read_err)?;
+        if bytes.len() as u64 > MAX_SPEC_BYTES {
+            return Err(SpecError::TooLarge {
+                path: path.to_path_buf(),
+                max: MAX_SPEC_BYTES,
+            });
+        }
+        let text = String::from_utf8(bytes).map_err(|e| {
+            read_err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("not UTF-8 text (at byte {})", e.utf8_error().valid_up_to()),
+            ))
         })?;
         let mut spec = parse(&text, &path.display().to_string())?;
         spec.path = Some(path.to_path_buf());
@@ -304,32 +333,65 @@ impl Spec {
     }
 }
 
-/// Maps byte offsets to line:column.
+/// Maps byte offsets to line:column in time linear in the file: offsets asked for mostly
+/// grow, so the scan goes on from the last one (and restarts only for an earlier offset).
 struct Positions<'a> {
     text: &'a str,
     file: &'a str,
+    /// The last offset mapped, with its line and column.
+    cursor: std::cell::Cell<(usize, u32, u32)>,
+    /// Bytes scanned in all (the tests check that it stays linear in the file's length).
+    scanned: std::cell::Cell<usize>,
 }
 
-impl Positions<'_> {
+impl<'a> Positions<'a> {
+    fn new(text: &'a str, file: &'a str) -> Positions<'a> {
+        Positions {
+            text,
+            file,
+            cursor: std::cell::Cell::new((0, 1, 1)),
+            scanned: std::cell::Cell::new(0),
+        }
+    }
+
     fn at(&self, offset: usize) -> Location {
         let offset = offset.min(self.text.len());
-        let before = &self.text.as_bytes()[..offset];
-        let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
-        let line_start = before
-            .iter()
-            .rposition(|&b| b == b'\n')
-            .map_or(0, |p| p + 1);
-        let column = String::from_utf8_lossy(&before[line_start..])
-            .chars()
-            .count()
-            + 1;
+        let (mut from, mut line, mut column) = self.cursor.get();
+        if offset < from {
+            (from, line, column) = (0, 1, 1);
+        }
+        self.scanned.set(self.scanned.get() + (offset - from));
+        for &b in &self.text.as_bytes()[from..offset] {
+            if b == b'\n' {
+                line += 1;
+                column = 1;
+            } else if b & 0xC0 != 0x80 {
+                // Counts characters: UTF-8 continuation bytes do not start one.
+                column += 1;
+            }
+        }
+        self.cursor.set((offset, line, column));
         Location {
             file: self.file.to_string(),
-            line: line as u32,
-            column: column as u32,
+            line,
+            column,
         }
     }
 }
+
+/// Longest text from the file echoed in an error (a 10 MB attribute is not printed whole).
+const MAX_ECHO: usize = 64;
+
+/// `s`, cut to [`MAX_ECHO`] characters with a note of how long it was.
+fn clip(s: &str) -> String {
+    match s.char_indices().nth(MAX_ECHO) {
+        Some((i, _)) => format!("{}… ({} bytes in all)", &s[..i], s.len()),
+        None => s.to_string(),
+    }
+}
+
+/// Largest specfile read: a spec is a few kilobytes; this guards against `/dev/zero`.
+pub const MAX_SPEC_BYTES: u64 = 1 << 20;
 
 /// One element's attributes, with positions.
 struct Attrs {
@@ -344,7 +406,8 @@ impl Attrs {
         tag_offset: usize,
         pos: &Positions<'_>,
     ) -> Result<Attrs, SpecError> {
-        let element = start.name().into_inner().to_string();
+        let element = clip(start.name().into_inner());
+        let at = pos.at(tag_offset);
         let raw_text: &str = start.as_ref();
         let raw = raw_text.as_bytes();
         let mut list = Vec::new();
@@ -352,7 +415,7 @@ impl Attrs {
         for attr in start.attributes() {
             let attr = attr.map_err(|e| SpecError::Syntax {
                 at: pos.at(tag_offset),
-                message: e.to_string(),
+                message: clip(&e.to_string()),
             })?;
             let key = attr.key.into_inner().to_string();
             let rel = find(raw, key.as_bytes(), search_from).unwrap_or(0);
@@ -367,11 +430,7 @@ impl Attrs {
             // +1 for the '<' that the event's bytes leave out.
             list.push((key, value, pos.at(tag_offset + 1 + rel)));
         }
-        Ok(Attrs {
-            element,
-            at: pos.at(tag_offset),
-            list,
-        })
+        Ok(Attrs { element, at, list })
     }
 
     /// Fails on any attribute not in `allowed`.
@@ -380,7 +439,7 @@ impl Attrs {
             if !allowed.contains(&key.as_str()) {
                 return Err(SpecError::UnknownAttribute {
                     at: at.clone(),
-                    found: key.clone(),
+                    found: clip(key),
                     element: self.element.clone(),
                     expected: quote_list(allowed),
                 });
@@ -435,7 +494,7 @@ fn check_name(value: &str, attribute: &str, at: &Location) -> Result<(), SpecErr
         Err(SpecError::BadValue {
             at: at.clone(),
             attribute: attribute.to_string(),
-            value: value.to_string(),
+            value: clip(value),
             expected: "a name of 1 to 64 letters, digits, '_' or '-'".to_string(),
         })
     }
@@ -451,7 +510,22 @@ enum Scope {
 }
 
 fn parse(text: &str, file: &str) -> Result<Spec, SpecError> {
-    let pos = Positions { text, file };
+    parse_counted(text, file).0
+}
+
+/// Parses, and says how many bytes the position mapping scanned.
+fn parse_counted(text: &str, file: &str) -> (Result<Spec, SpecError>, usize) {
+    let pos = Positions::new(text, file);
+    let result = parse_with(text, &pos);
+    (result, pos.scanned.get())
+}
+
+fn parse_with(text: &str, pos: &Positions<'_>) -> Result<Spec, SpecError> {
+    // Name look-ups by hash: parsing stays linear in the number of elements.
+    let mut device_index: HashMap<String, usize> = HashMap::new();
+    let mut chain_index: HashMap<String, usize> = HashMap::new();
+    let mut param_seen: HashMap<(usize, String), usize> = HashMap::new();
+    let mut chain_uses: HashSet<(usize, String)> = HashSet::new();
     let mut reader = Reader::from_str(text);
     reader.config_mut().trim_text(false);
     let mut stack: Vec<Scope> = vec![Scope::Top];
@@ -463,7 +537,7 @@ fn parse(text: &str, file: &str) -> Result<Spec, SpecError> {
         let offset = reader.buffer_position() as usize;
         let event = reader.read_event().map_err(|e| SpecError::Syntax {
             at: pos.at(reader.error_position() as usize),
-            message: e.to_string(),
+            message: clip(&e.to_string()),
         })?;
         let (start, empty) = match &event {
             Event::Start(s) => (Some(s.clone()), false),
@@ -524,7 +598,7 @@ fn parse(text: &str, file: &str) -> Result<Spec, SpecError> {
                         return Err(SpecError::BadValue {
                             at: at.clone(),
                             attribute: "version".into(),
-                            value: v.into(),
+                            value: clip(v),
                             expected: "\"1\", the only specfile version this vmi reads".into(),
                         });
                     }
@@ -537,14 +611,15 @@ fn parse(text: &str, file: &str) -> Result<Spec, SpecError> {
                     attrs.only(&["name", "type", "library"])?;
                     let (name, name_at) = attrs.required("name")?;
                     check_name(name, "name", name_at)?;
-                    if let Some(first) = devices.iter().find(|d| d.name == name) {
+                    if let Some(&first) = device_index.get(name) {
                         return Err(SpecError::Duplicate {
                             at: attrs.at.clone(),
                             what: "device",
                             name: name.into(),
-                            first: first.at.clone(),
+                            first: devices[first].at.clone(),
                         });
                     }
+                    device_index.insert(name.to_string(), devices.len());
                     let type_name = match attrs.get("type") {
                         Some((t, at)) => {
                             check_name(t, "type", at)?;
@@ -577,14 +652,15 @@ fn parse(text: &str, file: &str) -> Result<Spec, SpecError> {
                     attrs.only(&["name"])?;
                     let (name, name_at) = attrs.required("name")?;
                     check_name(name, "name", name_at)?;
-                    if let Some(first) = chains.iter().find(|c| c.name == name) {
+                    if let Some(&first) = chain_index.get(name) {
                         return Err(SpecError::Duplicate {
                             at: attrs.at.clone(),
                             what: "chain",
                             name: name.into(),
-                            first: first.at.clone(),
+                            first: chains[first].at.clone(),
                         });
                     }
+                    chain_index.insert(name.to_string(), chains.len());
                     chains.push(ChainSpec {
                         name: name.to_string(),
                         entries: Vec::new(),
@@ -615,14 +691,15 @@ fn parse(text: &str, file: &str) -> Result<Spec, SpecError> {
                 let (name, name_at) = attrs.required("name")?;
                 check_name(name, "name", name_at)?;
                 let (value, _) = attrs.required("value")?;
-                if let Some(first) = devices[i].params.iter().find(|p| p.name == name) {
+                if let Some(&first) = param_seen.get(&(i, name.to_string())) {
                     return Err(SpecError::Duplicate {
                         at: attrs.at.clone(),
                         what: "parameter",
                         name: name.into(),
-                        first: first.at.clone(),
+                        first: devices[i].params[first].at.clone(),
                     });
                 }
+                param_seen.insert((i, name.to_string()), devices[i].params.len());
                 devices[i].params.push(ParamSetting {
                     name: name.into(),
                     value: value.into(),
@@ -643,11 +720,11 @@ fn parse(text: &str, file: &str) -> Result<Spec, SpecError> {
                 attrs.only(&["device"])?;
                 let (device, _) = attrs.required("device")?;
                 let chain = &mut chains[i];
-                if chain.entries.iter().any(|e| e.device == device) {
+                if !chain_uses.insert((i, device.to_string())) {
                     return Err(SpecError::RepeatedInChain {
                         at: attrs.at.clone(),
                         chain: chain.name.clone(),
-                        device: device.into(),
+                        device: clip(device),
                     });
                 }
                 chain.entries.push(ChainEntry {
@@ -689,7 +766,7 @@ fn parse(text: &str, file: &str) -> Result<Spec, SpecError> {
                 return Err(SpecError::UndefinedDevice {
                     at: entry.at.clone(),
                     chain: chain.name.clone(),
-                    device: entry.device.clone(),
+                    device: clip(&entry.device),
                     defined: if names.is_empty() {
                         "(none)".into()
                     } else {
@@ -731,6 +808,51 @@ mod tests {
   <chain name="control"><use device="tcp"/></chain>
 </vmi>
 "#;
+
+    #[test]
+    fn endless_and_huge_files_are_refused_before_reading_them_whole() {
+        let e = Spec::from_file(Path::new("/dev/zero")).unwrap_err();
+        assert!(matches!(e, SpecError::TooLarge { .. }), "{e}");
+        assert!(e.to_string().contains("over 1048576 bytes"), "{e}");
+    }
+
+    /// 16,000 devices on one line and on many: the position mapping scans each byte about
+    /// once (it scanned the file once per element before), and name look-ups are hashed.
+    #[test]
+    fn parsing_is_linear_in_the_file() {
+        for sep in ["", "\n"] {
+            let mut t = String::from("<vmi>");
+            for i in 0..16_000 {
+                t.push_str(&format!("<device name=\"d{i}\" type=\"skeleton\"/>{sep}"));
+            }
+            t.push_str("<chain name=\"send\"><use device=\"d0\"/></chain>");
+            t.push_str("<chain name=\"receive\"><use device=\"d0\"/></chain>");
+            t.push_str("<device name=\"d15999\"/></vmi>");
+            let (r, scanned) = parse_counted(&t, "big.xml");
+            let e = r.unwrap_err();
+            assert!(matches!(e, SpecError::Duplicate { .. }), "{e}");
+            assert!(
+                scanned <= 2 * t.len(),
+                "scanned {scanned} bytes of a {}-byte file",
+                t.len()
+            );
+        }
+    }
+
+    #[test]
+    fn long_values_are_not_echoed_whole() {
+        let big = "x".repeat(10 << 20);
+        for text in [
+            format!("<vmi version=\"{big}\"/>"),
+            format!("<vmi><device name=\"{big}\"/></vmi>"),
+            format!("<vmi><{big}/></vmi>"),
+            format!("<vmi><device name=\"a\" {big}=\"1\"/></vmi>"),
+        ] {
+            let e = err(&text).to_string();
+            assert!(e.len() < 600, "{} bytes of error: {}", e.len(), &e[..200]);
+            assert!(e.contains("bytes in all"), "{e}");
+        }
+    }
 
     fn err(text: &str) -> SpecError {
         Spec::parse_str(text, "t.xml").expect_err("spec should be refused")

@@ -10,8 +10,8 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use vmi_core::{ConnId, ConnectRequest, Ctx, Decision, Disconnect, Handler, Recv, Slab, Vmi};
-use vmi_examples::{check, init_logging};
+use vmi_core::{ConnId, ConnectRequest, Ctx, Decision, Disconnect, Handler, Recv, Slab};
+use vmi_examples::{Verifier, init_logging, parse_seconds};
 
 /// Receive messages over vmi. The chain comes from the specfile named by VMI_SPECFILE.
 #[derive(Parser, Debug)]
@@ -35,9 +35,13 @@ struct Args {
     /// Accept only connections whose connect data equals this text.
     #[arg(long)]
     cookie: Option<String>,
-    /// Give up (exit 1) after this many seconds without finishing.
-    #[arg(short, long, default_value_t = 60.0)]
-    timeout: f64,
+    /// Give up (exit 1) after this many seconds without finishing [default: 60, or none
+    /// with -n 0].
+    #[arg(short, long, value_parser = parse_seconds)]
+    timeout: Option<f64>,
+    /// The specfile (default: the one VMI_SPECFILE names).
+    #[arg(long, value_name = "FILE")]
+    spec: Option<std::path::PathBuf>,
     /// Print only the readiness line, errors and the summary.
     #[arg(short, long)]
     quiet: bool,
@@ -52,6 +56,7 @@ struct Inbound {
     message: u64,
     offset: u64,
     fragments: u64,
+    verifier: Verifier,
 }
 
 struct Receiver {
@@ -114,19 +119,20 @@ impl Handler for Receiver {
                 if chunk.is_empty() {
                     break;
                 }
-                if let Some(bad) = check(chunk, s.message, s.offset) {
-                    if self.error.is_none() {
-                        self.error = Some(format!(
-                            "message {} from '{}': byte {bad} differs from what vmisend wrote",
-                            s.message + 1,
-                            s.peer
-                        ));
-                    }
-                }
+                s.verifier.feed(s.message, chunk);
                 s.offset += chunk.len() as u64;
             }
         } else {
             s.offset += slab.len() as u64;
+        }
+        if cmd == Recv::End && self.args.verify {
+            if let Err(e) = s.verifier.finish(s.message) {
+                self.error.get_or_insert(format!(
+                    "message {} from '{}': {e}",
+                    s.message + 1,
+                    s.peer
+                ));
+            }
         }
         if cmd == Recv::End {
             self.messages += 1;
@@ -174,8 +180,17 @@ impl Handler for Receiver {
 fn main() -> ExitCode {
     let args = Args::parse();
     init_logging(args.verbose);
-    let timeout = Duration::from_secs_f64(args.timeout.max(0.0));
-    let mut vmi = match Vmi::init(Some(&args.recvkey)) {
+    // -n 0 serves until killed: no timeout unless one is asked for.
+    let timeout = match (args.timeout, args.messages) {
+        (Some(t), _) => Some(Duration::from_secs_f64(t)),
+        (None, 0) => None,
+        (None, _) => Some(Duration::from_secs(60)),
+    };
+    let mut vmi = match vmi_examples::open(
+        args.spec.as_deref(),
+        &args.recvkey,
+        vmi_core::Options::default(),
+    ) {
         Ok(v) => v,
         Err(e) => {
             eprintln!("vmirecv: error: {e}");
@@ -209,7 +224,7 @@ fn main() -> ExitCode {
             if r.live == 0 || t.elapsed() > Duration::from_secs(2) {
                 break;
             }
-        } else if start.elapsed() > timeout {
+        } else if let Some(timeout) = timeout.filter(|t| start.elapsed() > *t) {
             eprintln!(
                 "vmirecv: error: timed out after {:.1} s with {} of {want} message(s) received",
                 timeout.as_secs_f64(),

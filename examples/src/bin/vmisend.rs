@@ -13,7 +13,7 @@ use vmi_core::Operations;
 
 use clap::Parser;
 use vmi_core::{Buffer, ConnId, ConnectOutcome, Ctx, Disconnect, Handler, SendCompletion, Vmi};
-use vmi_examples::{fill, fragment_sizes, init_logging, parse_size};
+use vmi_examples::{fill, fragment_sizes, init_logging, parse_seconds, parse_size};
 
 /// Send messages over vmi. The chain comes from the specfile named by VMI_SPECFILE.
 #[derive(Parser, Debug)]
@@ -48,8 +48,11 @@ struct Args {
     #[arg(short, long, default_value_t = 8)]
     window: u64,
     /// Give up (exit 1) after this many seconds.
-    #[arg(short, long, default_value_t = 60.0)]
+    #[arg(short, long, default_value_t = 60.0, value_parser = parse_seconds)]
     timeout: f64,
+    /// The specfile (default: the one VMI_SPECFILE names).
+    #[arg(long, value_name = "FILE")]
+    spec: Option<std::path::PathBuf>,
     /// Print only errors and the summary.
     #[arg(short, long)]
     quiet: bool,
@@ -76,6 +79,8 @@ struct Sender {
 
 /// Fragments per message carry a token: message index << 20 | fragment index, last-fragment bit.
 const LAST: u64 = 1 << 63;
+/// Most fragments per message (the fragment index has 20 bits of the token).
+const MAX_FRAGMENTS: u64 = (1 << 20) - 1;
 
 impl Handler for Sender {
     fn connected(
@@ -171,7 +176,7 @@ fn send_message(
     let last = sizes.len() - 1;
     for (i, len) in sizes.into_iter().enumerate() {
         let mut buf: Buffer = vmi.buffer_alloc(len as usize);
-        fill(&mut buf, message, offset);
+        fill(&mut buf, message, args.size, offset);
         offset += len;
         let token = (message << 20) | i as u64;
         wait_for_room(vmi, s, deadline)?;
@@ -187,12 +192,30 @@ fn send_message(
 }
 
 fn run(args: &Args) -> Result<(u64, Duration), String> {
-    if args.fragments == 0 {
-        return Err("--fragments must be at least 1".into());
+    if args.fragments == 0 || args.fragments > MAX_FRAGMENTS {
+        return Err(format!(
+            "--fragments must be from 1 to {MAX_FRAGMENTS}, not {}",
+            args.fragments
+        ));
     }
-    let deadline = Instant::now() + Duration::from_secs_f64(args.timeout.max(0.0));
-    let mut vmi = Vmi::init_with(Some(&args.sendkey), vmi_core::Options::connect_only())
-        .map_err(|e| e.to_string())?;
+    let deadline = Instant::now() + Duration::from_secs_f64(args.timeout);
+    let mut vmi = vmi_examples::open(
+        args.spec.as_deref(),
+        &args.sendkey,
+        vmi_core::Options::connect_only(),
+    )?;
+    // Checked before any memory is filled: the largest fragment must fit the chain and this
+    // machine's address space.
+    let largest = args.size.div_ceil(args.fragments);
+    let max = vmi.capabilities().max_fragment;
+    if largest > max || usize::try_from(largest).is_err() {
+        return Err(format!(
+            "a message of {} bytes in {} fragment(s) makes fragments of {largest} bytes, over the chain's largest fragment of {max} bytes; use more fragments (-f {})",
+            args.size,
+            args.fragments,
+            args.size.div_ceil(max.max(1)).min(MAX_FRAGMENTS)
+        ));
+    }
     let mut s = Sender {
         conns: HashMap::new(),
         error: None,

@@ -41,7 +41,7 @@ enum Mode {
         #[arg(long)]
         spec: Option<PathBuf>,
         /// Exit after this many seconds (0: serve until killed).
-        #[arg(long, default_value_t = 0.0)]
+        #[arg(long, default_value_t = 0.0, value_parser = vmi_core::params::parse_seconds)]
         timeout: f64,
         /// Exit after this many clients disconnected (0: never).
         #[arg(long, default_value_t = 0)]
@@ -135,7 +135,7 @@ struct SweepArgs {
     #[arg(long)]
     cpu: Option<usize>,
     /// Give up after this many seconds without progress.
-    #[arg(long, default_value_t = 30.0)]
+    #[arg(long, default_value_t = 30.0, value_parser = vmi_core::params::parse_seconds)]
     timeout: f64,
 }
 
