@@ -99,6 +99,12 @@ struct ConnEntry {
     peer_host: String,
     peer_key: String,
     stream_open: bool,
+    /// Messages begun on this connection by this side (the index of the next one).
+    tx_messages: u64,
+    /// Messages that ended (delivered or failed) on the receive side.
+    rx_messages: u64,
+    /// The message being received failed: its remaining fragments are discarded.
+    rx_discarding: bool,
 }
 
 /// All connections of one process.
@@ -122,12 +128,18 @@ impl ConnTable {
                     peer_host: String::new(),
                     peer_key: String::new(),
                     stream_open: false,
+                    tx_messages: 0,
+                    rx_messages: 0,
+                    rx_discarding: false,
                 });
                 self.entries.len() - 1
             }
         };
         let e = &mut self.entries[index];
         e.generation = e.generation.wrapping_add(1).max(1);
+        e.tx_messages = 0;
+        e.rx_messages = 0;
+        e.rx_discarding = false;
         e.live = true;
         e.state = state;
         e.transport = transport;
@@ -245,6 +257,7 @@ impl ConnTable {
             return Err(Refusal::StreamBusy);
         }
         e.stream_open = true;
+        e.tx_messages += 1;
         Ok(())
     }
 
@@ -257,6 +270,7 @@ impl ConnTable {
         }
         match kind {
             SendKind::Whole if e.stream_open => return Err(Refusal::StreamBusy),
+            SendKind::Whole => e.tx_messages += 1,
             SendKind::Fragment | SendKind::End if !e.stream_open => {
                 return Err(Refusal::StreamClosed);
             }
@@ -268,11 +282,54 @@ impl ConnTable {
 
     /// Undoes the stream change of a `send_checked` whose send was then refused.
     pub fn send_undone(&mut self, id: ConnId, kind: SendKind) {
-        if kind == SendKind::End {
-            if let Some(e) = self.get_mut(id) {
-                e.stream_open = true;
+        if let Some(e) = self.get_mut(id) {
+            match kind {
+                SendKind::End => e.stream_open = true,
+                SendKind::Whole => e.tx_messages -= 1,
+                SendKind::Fragment => {}
             }
         }
+    }
+
+    /// The transport of a live connection.
+    pub fn transport_of(&self, id: ConnId) -> Option<DevIndex> {
+        self.get(id).map(|e| e.transport)
+    }
+
+    /// Messages this side began on `id` (VMI 2.1 had no such count; it names a failed one).
+    pub fn tx_messages(&self, id: ConnId) -> u64 {
+        self.get(id).map_or(0, |e| e.tx_messages)
+    }
+
+    /// A received fragment of the application's stream arrived: whether to deliver it (false
+    /// while the rest of a failed message is discarded), and the index of its message.
+    pub fn rx_fragment(&mut self, id: ConnId, end: bool) -> (bool, u64) {
+        let Some(e) = self.get_mut(id) else {
+            return (false, 0);
+        };
+        let message = e.rx_messages;
+        let deliver = !e.rx_discarding;
+        if end {
+            e.rx_messages += 1;
+            e.rx_discarding = false;
+        }
+        (deliver, message)
+    }
+
+    /// A received fragment failed (integrity, decompression, loss): the message fails as a
+    /// whole. Returns the index of the failed message when this is its first failure (the
+    /// application and the sender are told once); `end` says the failed fragment was its last.
+    pub fn rx_failed(&mut self, id: ConnId, end: bool) -> Option<u64> {
+        let e = self.get_mut(id)?;
+        let message = e.rx_messages;
+        let first = !e.rx_discarding;
+        if end {
+            e.rx_messages += 1;
+            e.rx_discarding = false;
+        } else {
+            e.rx_discarding = true;
+        }
+        first.then_some(message)
     }
 }
 

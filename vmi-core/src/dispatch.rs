@@ -5,8 +5,8 @@
 use std::cell::Cell;
 
 use crate::abi::{
-    VMI_FLAG_END, VMI_OP_ACCEPT, VMI_OP_CONNECT_REQUEST, VMI_OP_PEER_DISCONNECT, VMI_OP_RECV,
-    VMI_OP_REJECT,
+    VMI_FLAG_END, VMI_FLAG_HOST, VMI_OP_ACCEPT, VMI_OP_CONNECT_REQUEST, VMI_OP_PEER_DISCONNECT,
+    VMI_OP_RECV, VMI_OP_REJECT, VMI_OP_SEND,
 };
 use crate::conn::ConnId;
 use crate::ctx::Ctx;
@@ -17,6 +17,7 @@ use crate::ops::{Core, MAX_CONNECT_DATA};
 use crate::slab::Slab;
 use crate::slot::{Purpose, Slot};
 use crate::status::Status;
+use vmi_device::hostmsg::HostMsg;
 
 /// Delivers queued outcomes; returns how many. Bounded per call, so devices keep making
 /// progress under a flood of events.
@@ -93,6 +94,82 @@ fn deliver(core: &mut Core, handler: &mut dyn Handler, mut s: Slot) {
             core.engine.free(s);
         }
         Purpose::Received => deliver_received(core, handler, s),
+        Purpose::Internal => {
+            if status != Status::Ok {
+                log::debug!("{conn}: a message to the peer's engine failed: {status}");
+            }
+            core.engine.free(s);
+        }
+    }
+}
+
+/// Queues a message to the peer's engine on `conn`.
+fn send_host_msg(core: &mut Core, conn: ConnId, msg: &HostMsg) {
+    let Some(transport) = core.engine.conns().transport_of(conn) else {
+        return;
+    };
+    let mut s = core.engine.new_slot();
+    s.set_op(VMI_OP_SEND);
+    s.set_conn_raw(conn.raw());
+    s.set_flags(VMI_FLAG_END | VMI_FLAG_HOST);
+    s.set_purpose(Purpose::Internal);
+    s.set_transport(transport);
+    s.attach_vec(msg.encode());
+    core.deferred.push_back(s);
+}
+
+/// A received message failed: the application and the sender hear of it once, and the
+/// rest of the message is discarded.
+fn message_failed_here(
+    core: &mut Core,
+    handler: &mut dyn Handler,
+    conn: ConnId,
+    flags: u32,
+    status: Status,
+    detail: &str,
+) {
+    if flags & VMI_FLAG_HOST != 0 || !core.engine.conns().is_live(conn) {
+        // A lost host message is not reported (no loops of notices).
+        return;
+    }
+    let end = flags & VMI_FLAG_END != 0;
+    let Some(message) = core.engine.conns_mut().rx_failed(conn, end) else {
+        return;
+    };
+    handler.receive_failed(&mut Ctx::new(core), conn, status, detail);
+    let notice = HostMsg::MessageFailed {
+        message,
+        status,
+        detail: detail.to_string(),
+    };
+    send_host_msg(core, conn, &notice);
+}
+
+/// A message from the peer's engine.
+fn host_message(core: &mut Core, handler: &mut dyn Handler, s: Slot, conn: ConnId) {
+    let bytes = Slab::of_slot(&s).read_to_vec();
+    let flags = s.flags();
+    core.engine.release_received(s);
+    match HostMsg::decode(&bytes) {
+        Ok(HostMsg::MessageFailed {
+            message,
+            status,
+            detail,
+        }) => {
+            if message >= core.engine.conns().tx_messages(conn) {
+                log::warn!(
+                    "{conn}: the peer reports a failure of message {message}, which this side never sent; ignored"
+                );
+                return;
+            }
+            handler.message_failed(&mut Ctx::new(core), conn, message, status, &detail);
+        }
+        Ok(HostMsg::FragmentLost { detail }) => {
+            let flags = flags & !VMI_FLAG_HOST;
+            let detail = format!("a fragment was lost before it reached this process: {detail}");
+            message_failed_here(core, handler, conn, flags, Status::Lost, &detail);
+        }
+        Err(e) => log::warn!("{conn}: ignored a malformed message from the peer's engine: {e}"),
     }
 }
 
@@ -100,12 +177,16 @@ fn deliver_received(core: &mut Core, handler: &mut dyn Handler, s: Slot) {
     let conn = ConnId(s.conn_raw());
     let status = s.status();
     if s.unwound() {
-        // A device finished the IRB on its way up: with success it consumed it (a fault
-        // injector dropping a fragment); otherwise it failed it (a CRC mismatch).
-        if status != Status::Ok {
-            handler.receive_failed(&mut Ctx::new(core), conn, status, s.detail());
+        // A device finished the IRB on its way up: with success it consumed it (a filter's
+        // own message); otherwise it failed it (a CRC mismatch, a lost fragment), and with it
+        // the whole message.
+        if status != Status::Ok && s.op() == VMI_OP_RECV {
+            let (flags, detail) = (s.flags(), s.detail().to_string());
+            core.engine.free(s);
+            message_failed_here(core, handler, conn, flags, status, &detail);
+        } else {
+            core.engine.free(s);
         }
-        core.engine.free(s);
         return;
     }
     match s.op() {
@@ -139,11 +220,17 @@ fn receive(core: &mut Core, handler: &mut dyn Handler, s: Slot, conn: ConnId) {
         core.engine.release_received(s);
         return;
     }
-    let cmd = if s.flags() & VMI_FLAG_END != 0 {
-        Recv::End
-    } else {
-        Recv::Fragment
-    };
+    if s.flags() & VMI_FLAG_HOST != 0 {
+        return host_message(core, handler, s, conn);
+    }
+    let end = s.flags() & VMI_FLAG_END != 0;
+    let (deliver, _) = core.engine.conns_mut().rx_fragment(conn, end);
+    if !deliver {
+        // The rest of a failed message.
+        core.engine.release_received(s);
+        return;
+    }
+    let cmd = if end { Recv::End } else { Recv::Fragment };
     let releases = core.engine.releases().clone();
     let grabbed = Cell::new(false);
     {

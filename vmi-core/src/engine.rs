@@ -552,6 +552,9 @@ impl Engine {
             if st.transport && (!down || st.index != transport) {
                 continue; // only the owning transport sees a send; none above the one receiving
             }
+            if !st.transport && s.flags() & VMI_FLAG_HOST != 0 {
+                continue; // the hosts' own messages go past filters (see `hostmsg`)
+            }
             let Some(f) = st.entry else {
                 continue; // pass-through at no cost
             };

@@ -108,9 +108,27 @@ pub trait Handler {
     /// when this returns unless the handler keeps it with [`Slab::grab`].
     fn receive(&mut self, _ctx: &mut Ctx<'_>, _conn: ConnId, _cmd: Recv, _slab: &mut Slab<'_>) {}
 
-    /// A received fragment failed a check (for instance CRC) and was dropped.
+    /// A received message failed (a fragment failed a check such as CRC or decompression,
+    /// or was lost): it is not delivered whole. Fragments of it already delivered must be
+    /// thrown away; its remaining fragments are discarded by vmi, and the next fragment
+    /// received starts the next message. The sender is told (see
+    /// [`Handler::message_failed`]).
     fn receive_failed(&mut self, _ctx: &mut Ctx<'_>, conn: ConnId, status: Status, detail: &str) {
-        log::warn!("{conn}: a received fragment was dropped: {status}: {detail}");
+        log::warn!("{conn}: a received message failed and was discarded: {status}: {detail}");
+    }
+
+    /// The receiver could not deliver message `message` that this process sent on `conn`
+    /// (0-based, counting the messages begun on the connection): `status` and `detail` say
+    /// why. Its sends completed successfully here: the failure happened at the receiver.
+    fn message_failed(
+        &mut self,
+        _ctx: &mut Ctx<'_>,
+        conn: ConnId,
+        message: u64,
+        status: Status,
+        detail: &str,
+    ) {
+        log::warn!("{conn}: the receiver could not deliver message {message}: {status}: {detail}");
     }
 
     /// A send finished (VMI 2.1: the stream send completion routine).

@@ -53,6 +53,8 @@ pub(crate) enum Purpose {
     Disconnect,
     /// Something a transport produced: receive, connect request, peer disconnect.
     Received,
+    /// A message of this engine to the peer's (see `hostmsg`): no callback.
+    Internal,
 }
 
 #[repr(C, align(64))]

@@ -59,6 +59,7 @@ extern "C" {
 
 #define VMI_FLAG_END 1u
 #define VMI_FLAG_FILTER_MASK 0xffff0000u
+#define VMI_FLAG_HOST 0x80000000u /* host-to-host message; filters leave this bit alone */
 
 /* Statuses (vmi_core::Status). */
 #define VMI_STATUS_OK 0
@@ -74,6 +75,7 @@ extern "C" {
 #define VMI_STATUS_INVALID 10
 #define VMI_STATUS_NO_RESOURCES 11
 #define VMI_STATUS_INTERNAL 12
+#define VMI_STATUS_LOST 13
 
 #define VMI_PARAM_BOOL 1u
 #define VMI_PARAM_UINT 2u

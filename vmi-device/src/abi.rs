@@ -79,8 +79,13 @@ pub const VMI_OP_PEER_DISCONNECT: u32 = 18;
 
 /// Fragment flag: last fragment of a stream.
 pub const VMI_FLAG_END: u32 = 1;
-/// Fragment flags reserved for filters to mark what they did (e.g. "compressed").
+/// Fragment flags reserved for filters to mark what they did (e.g. "compressed"). Filters
+/// take bits from the lowest up; the highest, [`VMI_FLAG_HOST`], belongs to the host.
 pub const VMI_FLAG_FILTER_MASK: u32 = 0xffff_0000;
+/// Fragment flag: a one-fragment message between the two hosts' engines (for instance "your
+/// message N failed here"), never shown to the application. Transports carry it as one of the
+/// filter flag bits and filters transform the fragment like any other.
+pub const VMI_FLAG_HOST: u32 = 1 << 31;
 
 /// Parameter type: boolean (`true`/`false`/`1`/`0`/`yes`/`no`).
 pub const VMI_PARAM_BOOL: u32 = 1;

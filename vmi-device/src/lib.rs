@@ -34,6 +34,7 @@ pub mod device;
 pub mod export;
 pub mod held;
 pub mod host;
+pub mod hostmsg;
 pub mod irb;
 pub mod logbridge;
 pub mod param;

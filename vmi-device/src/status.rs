@@ -33,6 +33,9 @@ pub enum Status {
     NoResources = 11,
     /// A device failed internally (for instance, it panicked).
     Internal = 12,
+    /// A fragment was lost on the way (a fault injector dropped it); its message cannot be
+    /// delivered whole.
+    Lost = 13,
 }
 
 impl Status {
@@ -51,6 +54,7 @@ impl Status {
             9 => Status::TooLarge,
             10 => Status::Invalid,
             11 => Status::NoResources,
+            13 => Status::Lost,
             _ => Status::Internal,
         }
     }
@@ -81,6 +85,7 @@ impl Status {
             Status::Invalid => "invalid request",
             Status::NoResources => "out of resources",
             Status::Internal => "internal device failure",
+            Status::Lost => "fragment lost",
         }
     }
 }
@@ -97,7 +102,7 @@ mod tests {
 
     #[test]
     fn codes_round_trip() {
-        for code in 0..=12 {
+        for code in 0..=13 {
             assert_eq!(Status::from_code(code).code(), code);
         }
         assert_eq!(Status::from_code(999), Status::Internal);

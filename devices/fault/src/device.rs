@@ -6,7 +6,9 @@ use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
 
 use vmi_device::Status;
+use vmi_device::abi::VMI_FLAG_HOST;
 use vmi_device::held::HeldBuffers;
+use vmi_device::hostmsg::HostMsg;
 use vmi_device::{CompletingIrb, Config, Device, DeviceKind, Disposition, Host, Irb, Op};
 
 use crate::config::{FaultConfig, PARAMS, rate};
@@ -63,10 +65,30 @@ impl FaultFilter {
     fn inject(&mut self, mut irb: Irb, up: bool) -> Disposition {
         self.counts.seen += 1;
         let r = self.config.rates;
+        if irb.flags() & VMI_FLAG_HOST != 0 {
+            // The hosts' own bookkeeping is never faulted (see `vmi_device::hostmsg`).
+            self.counts.seen -= 1;
+            return Disposition::Pass(irb);
+        }
         if self.chance(r.drop) {
             self.counts.dropped += 1;
             log::debug!("fault: dropped a {}-byte fragment", irb.data_len());
-            return Disposition::Complete(irb, Status::Ok);
+            if up {
+                // The receiving host fails the fragment's message as a whole.
+                irb.set_detail("the fault filter dropped this fragment");
+                return Disposition::Complete(irb, Status::Lost);
+            }
+            // On the send side the fragment is replaced by a notice that it was lost, as a
+            // transport that numbers its fragments would notice the gap: the receiving host
+            // then fails the message instead of splicing the fragments around the hole.
+            let mut notice = HostMsg::FragmentLost {
+                detail: "the sender's fault filter dropped it".into(),
+            }
+            .encode();
+            replace_data(&mut irb, &mut notice);
+            irb.frame::<FaultFrame>().copy = self.copies.hold(notice);
+            irb.set_flags(irb.flags() | VMI_FLAG_HOST);
+            return Disposition::Pass(irb);
         }
         if self.chance(r.corrupt) && irb.data_len() > 0 {
             self.counts.corrupted += 1;

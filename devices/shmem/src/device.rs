@@ -92,6 +92,10 @@ struct Conn {
     next_id: u64,
     connect: Option<Irb>,
     deadline: Option<Instant>,
+    /// A local disconnect whose goodbye is sent, completed when the peer answers it.
+    closing: Option<Irb>,
+    /// The peer said goodbye first; the connection is dropped at the next poll.
+    peer_done: bool,
 }
 
 impl Conn {
@@ -127,6 +131,8 @@ impl Conn {
             next_id: 1,
             connect: None,
             deadline: Some(deadline),
+            closing: None,
+            peer_done: false,
         }
     }
 }
@@ -159,6 +165,8 @@ pub struct ShmemDevice {
     pool: HeldBuffers,
     polls: u32,
     slept: Cell<bool>,
+    /// Connections whose peer said goodbye, to finish at the next poll.
+    finishing: Vec<usize>,
 }
 
 /// A ring's consumer end as the record reader's byte source.
@@ -249,6 +257,10 @@ impl ShmemDevice {
     fn end(&mut self, idx: usize, status: Status, detail: &str, quiet: bool) {
         let Some(mut c) = self.take(idx) else { return };
         let mut local_close = false;
+        if let Some(irb) = c.closing.take() {
+            local_close = true;
+            irb.complete(Status::Ok);
+        }
         for tx in c.tx.drain(..) {
             match tx {
                 Tx::Data { mut irb, .. } | Tx::Rdv { mut irb, .. } => {
@@ -317,7 +329,24 @@ impl ShmemDevice {
         });
         if drained {
             if let Some((status, detail)) = c.gone.take() {
-                self.end(idx, status, &detail, false);
+                if c.closing.is_some() {
+                    // Our goodbye was answered: done.
+                    self.end(idx, Status::Ok, &detail, true);
+                } else if status == Status::Ok && c.state == State::Open {
+                    // The peer said goodbye first: the application hears of it, and this
+                    // side's host may still send (a notice that a message failed) until the
+                    // goodbye is answered at the next poll.
+                    c.peer_done = true;
+                    let vmi = c.vmi;
+                    self.finishing.push(idx);
+                    if let Some(mut irb) = self.host.alloc_irb(Op::PeerDisconnect, vmi) {
+                        irb.set_detail(&detail);
+                        irb.set_status(Status::Ok);
+                        irb.pass();
+                    }
+                } else {
+                    self.end(idx, status, &detail, false);
+                }
             }
         }
     }
@@ -534,14 +563,39 @@ impl ShmemDevice {
             return n;
         }
         if let Some(irb) = close {
-            if let Some(mut c) = self.take(idx) {
-                let _ = send_with_fds(&c.sock, b"B", &[]);
-                let _ = c.sock.shutdown(std::net::Shutdown::Both);
-                c.state = State::Closing;
-            }
-            irb.complete(Status::Ok);
+            // Say goodbye, then read on until the peer says it too (its last fragments and
+            // its host's notices arrive), at most `connect_timeout`; then complete.
+            let c = self.conns[idx]
+                .as_mut()
+                .expect("flushing a live connection");
+            let _ = send_with_fds(&c.sock, b"B", &[]);
+            c.state = State::Closing;
+            c.closing = Some(irb);
+            c.deadline = Some(Instant::now() + self.cfg.connect_timeout);
         }
         n
+    }
+
+    /// A connection whose peer said goodbye (and whose ring is drained): what this side sent
+    /// since is written, then goodbye is answered and the connection dropped.
+    fn finish(&mut self, idx: usize) {
+        self.flush_tx(idx);
+        if let Some(mut c) = self.take(idx) {
+            let _ = send_with_fds(&c.sock, b"B", &[]);
+            let _ = c.sock.shutdown(std::net::Shutdown::Both);
+            for tx in c.tx.drain(..) {
+                if let Tx::Data { mut irb, .. } | Tx::Rdv { mut irb, .. } = tx {
+                    irb.set_detail("the peer closed the connection");
+                    irb.complete(Status::ConnectionLost);
+                } else if let Tx::Close { irb } = tx {
+                    irb.complete(Status::Ok);
+                }
+            }
+            for (_, mut irb) in c.rdv_waiting.drain() {
+                irb.set_detail("the peer closed the connection");
+                irb.complete(Status::ConnectionLost);
+            }
+        }
     }
 
     fn read_control(&mut self, idx: usize) {
@@ -1033,6 +1087,10 @@ impl ShmemDevice {
             irb.set_detail("the connection is not open");
             return Disposition::Complete(irb, Status::ConnectionLost);
         }
+        if c.peer_done && c.tx.len() > 64 {
+            irb.set_detail("the peer closed the connection");
+            return Disposition::Complete(irb, Status::ConnectionLost);
+        }
         let total = irb.data_len();
         if total as u64 > max {
             irb.set_detail(&format!(
@@ -1158,6 +1216,7 @@ impl Device for ShmemDevice {
             pool: HeldBuffers::default(),
             polls: 0,
             slept: Cell::new(false),
+            finishing: Vec::new(),
         })
     }
 
@@ -1266,6 +1325,12 @@ impl Device for ShmemDevice {
 
     fn poll(&mut self, budget: usize) -> usize {
         let mut n = 0;
+        for idx in std::mem::take(&mut self.finishing) {
+            if self.conns[idx].as_ref().is_some_and(|c| c.peer_done) {
+                self.finish(idx);
+                n += 1;
+            }
+        }
         if self.slept.replace(false) {
             for c in self.conns.iter().flatten() {
                 if let Some(r) = c.region.as_ref() {
@@ -1315,7 +1380,7 @@ impl Device for ShmemDevice {
         }
         // Data waits: do not sleep, unless the application holds every receive IRB (a
         // release wakes the host).
-        if busy && self.host.irbs_available() > 0 {
+        if (busy && self.host.irbs_available() > 0) || !self.finishing.is_empty() {
             next = Some(Duration::ZERO);
         }
         (Some(self.poll.as_raw_fd()), next)

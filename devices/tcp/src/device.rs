@@ -64,6 +64,10 @@ struct Conn {
     /// receive IRBs ran out; they go first on the next turn, before the socket is read again.
     parked: Vec<u8>,
     parked_off: usize,
+    /// A local disconnect written out, completed when the peer closes too.
+    closing: Option<Irb>,
+    /// The peer closed its sending side while the connection was open.
+    peer_done: bool,
 }
 
 /// Per-IRB frame: the received payload a RECV IRB points at (index + 1; 0 for none).
@@ -100,6 +104,8 @@ pub struct TcpDevice {
     staging: Box<[u8]>,
     /// The listener's backlog may hold connections that no event will announce again.
     accept_retry: bool,
+    /// Connections whose peer finished sending, to close at the next poll.
+    finishing: Vec<usize>,
     /// See [`spare_fd`].
     spare: Option<std::fs::File>,
     /// The key's abstract socket, reserving the key on this host while this process runs.
@@ -230,6 +236,27 @@ impl TcpDevice {
                 payload,
             } => self.deliver(idx, end, filter_flags, payload),
             Output::Failed {
+                status: Status::Ok,
+                detail,
+                tell: true,
+            } if self.conns[idx].as_ref().is_some_and(|c| c.proto.is_open()) => {
+                // The peer finished sending, cleanly: the application hears of it, and this
+                // side's host may still send what its last fragments call for (a notice that
+                // a message failed) before the connection is closed at the next poll.
+                if let Some(c) = self.conns[idx].as_mut() {
+                    c.peer_done = true;
+                    c.proto.peer_finished();
+                    let vmi = c.vmi;
+                    self.finishing.push(idx);
+                    self.budget_left = self.budget_left.saturating_sub(1);
+                    if let Some(mut irb) = self.host.alloc_irb(Op::PeerDisconnect, vmi) {
+                        irb.set_detail(&detail);
+                        irb.set_status(Status::Ok);
+                        irb.pass();
+                    }
+                }
+            }
+            Output::Failed {
                 status,
                 detail,
                 tell,
@@ -239,7 +266,11 @@ impl TcpDevice {
                 self.take(idx);
             }
             Output::Closed => {
-                self.take(idx);
+                if let Some(mut c) = self.take(idx) {
+                    if let Some(irb) = c.closing.take() {
+                        irb.complete(Status::Ok);
+                    }
+                }
             }
         }
     }
@@ -249,6 +280,10 @@ impl TcpDevice {
         let Some(mut c) = self.take(idx) else { return };
         let _ = c.sock.shutdown(std::net::Shutdown::Both);
         let mut local_close = false;
+        if let Some(irb) = c.closing.take() {
+            local_close = true;
+            irb.complete(Status::Ok);
+        }
         for tx in c.tx.drain(..) {
             match tx {
                 Tx::Frame { mut irb, .. } => {
@@ -330,6 +365,8 @@ impl TcpDevice {
                         dirty: false,
                         parked: Vec::new(),
                         parked_off: 0,
+                        closing: None,
+                        peer_done: false,
                     };
                     if let Err(e) = self.insert(conn) {
                         log::error!("tcp: cannot register a socket: {e}");
@@ -459,12 +496,19 @@ impl TcpDevice {
                     let _ = c.sock.flush();
                     let _ = c.sock.shutdown(std::net::Shutdown::Write);
                     if let Some(Tx::Close { irb }) = c.tx.pop_front() {
-                        let mut conn = self.take(idx);
-                        if let Some(irb) = irb {
-                            irb.complete(Status::Ok);
-                        }
-                        if let Some(conn) = conn.as_mut() {
-                            let _ = conn.sock.shutdown(std::net::Shutdown::Both);
+                        match irb {
+                            // A local disconnect: read on until the peer closes too (its
+                            // last data and notices arrive), then complete.
+                            Some(irb) if !c.peer_done => c.closing = Some(irb),
+                            irb => {
+                                let mut conn = self.take(idx);
+                                if let Some(irb) = irb {
+                                    irb.complete(Status::Ok);
+                                }
+                                if let Some(conn) = conn.as_mut() {
+                                    let _ = conn.sock.shutdown(std::net::Shutdown::Both);
+                                }
+                            }
                         }
                     }
                     return;
@@ -764,6 +808,8 @@ impl TcpDevice {
                         dirty: false,
                         parked: Vec::new(),
                         parked_off: 0,
+                        closing: None,
+                        peer_done: false,
                     };
                     if let Err(e) = self.insert(conn) {
                         log::error!("tcp: cannot register an accepted socket: {e}");
@@ -890,6 +936,7 @@ impl Device for TcpDevice {
             pool: HeldBuffers::default(),
             staging: vec![0; STAGING].into_boxed_slice(),
             accept_retry: false,
+            finishing: Vec::new(),
             spare: spare_fd(),
             _key_lock: None,
         };
@@ -990,7 +1037,9 @@ impl Device for TcpDevice {
                     irb.set_detail("the connection is closed");
                     return Disposition::Complete(irb, Status::ConnectionLost);
                 };
-                if !c.proto.is_open() {
+                // After the peer finished sending, this side may still send until the
+                // connection is closed at the next poll (the host's last notices).
+                if !c.proto.is_open() && !(c.peer_done && c.closing.is_none()) {
                     irb.set_detail("the connection is not open");
                     return Disposition::Complete(irb, Status::ConnectionLost);
                 }
@@ -1127,7 +1176,7 @@ impl Device for TcpDevice {
                 let Some(c) = self.conns[idx].as_mut() else {
                     return Disposition::Complete(irb, Status::Ok);
                 };
-                c.proto.close();
+                c.proto.close(Instant::now());
                 c.tx.push_back(Tx::Close { irb: Some(irb) });
                 self.flush(idx);
                 Disposition::Pending
@@ -1158,6 +1207,13 @@ impl Device for TcpDevice {
             self.flush(idx);
         }
         self.dirty.clear();
+        // Connections whose peer finished sending: what was sent since is written; close.
+        for idx in std::mem::take(&mut self.finishing) {
+            if let Some(c) = self.conns[idx].as_mut().filter(|c| c.peer_done) {
+                c.tx.push_back(Tx::Close { irb: None });
+                self.flush(idx);
+            }
+        }
         if let Err(e) = self.poll.poll(&mut self.events, Some(Duration::ZERO)) {
             if e.kind() != io::ErrorKind::Interrupted {
                 log::error!("tcp: epoll failed: {e}");
@@ -1203,7 +1259,7 @@ impl Device for TcpDevice {
     }
 
     fn wait_fd(&self) -> (Option<RawFd>, Option<Duration>) {
-        let mut next: Option<Duration> = if !self.dirty.is_empty() {
+        let mut next: Option<Duration> = if !self.dirty.is_empty() || !self.finishing.is_empty() {
             // Sends wait to be written: do not sleep.
             Some(Duration::ZERO)
         } else if self.again.is_empty() {

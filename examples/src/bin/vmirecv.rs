@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use vmi_core::{ConnId, ConnectRequest, Ctx, Decision, Disconnect, Handler, Recv, Slab};
+use vmi_core::{ConnId, ConnectRequest, Ctx, Decision, Disconnect, Handler, Recv, Slab, Status};
 use vmi_examples::{Verifier, init_logging, parse_seconds};
 
 /// Receive messages over vmi. The chain comes from the specfile named by VMI_SPECFILE.
@@ -65,6 +65,8 @@ struct Receiver {
     messages: u64,
     bytes: u64,
     rejected: u64,
+    /// Messages that failed (not delivered whole).
+    failed: u64,
     error: Option<String>,
     live: usize,
 }
@@ -153,6 +155,25 @@ impl Handler for Receiver {
         }
     }
 
+    fn receive_failed(&mut self, _ctx: &mut Ctx<'_>, conn: ConnId, status: Status, detail: &str) {
+        let Some(s) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        // What arrived of the message is thrown away; the sender's next message is next.
+        eprintln!(
+            "vmirecv: message {} from '{}' failed and was discarded ({} bytes in {} fragment(s) received): {status}: {detail}",
+            s.message + 1,
+            s.peer,
+            s.offset,
+            s.fragments
+        );
+        s.message += 1;
+        s.offset = 0;
+        s.fragments = 0;
+        s.verifier = Verifier::default();
+        self.failed += 1;
+    }
+
     fn disconnected(&mut self, _ctx: &mut Ctx<'_>, conn: ConnId, reason: Disconnect) {
         if let Some(s) = self.conns.remove(&conn) {
             self.live -= 1;
@@ -206,6 +227,7 @@ fn main() -> ExitCode {
         messages: 0,
         bytes: 0,
         rejected: 0,
+        failed: 0,
         error: None,
         live: 0,
     };
@@ -217,7 +239,8 @@ fn main() -> ExitCode {
             eprintln!("vmirecv: error: {e}");
             return ExitCode::FAILURE;
         }
-        let finished = (r.args.reject && r.rejected > 0) || (want > 0 && r.messages >= want);
+        let finished =
+            (r.args.reject && r.rejected > 0) || (want > 0 && r.messages + r.failed >= want);
         if finished {
             // Let senders close first so they see their sends through; then leave.
             let t = *done_at.get_or_insert_with(Instant::now);
@@ -239,6 +262,13 @@ fn main() -> ExitCode {
             "vmirecv: received {} message(s), {} bytes in {secs:.3} s",
             r.messages, r.bytes
         );
+    }
+    if r.failed > 0 {
+        eprintln!(
+            "vmirecv: error: {} message(s) failed and were discarded",
+            r.failed
+        );
+        return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS
 }

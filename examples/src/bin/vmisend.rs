@@ -6,13 +6,15 @@
 //! ```
 #![forbid(unsafe_code)]
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use vmi_core::Operations;
 
 use clap::Parser;
-use vmi_core::{Buffer, ConnId, ConnectOutcome, Ctx, Disconnect, Handler, SendCompletion, Vmi};
+use vmi_core::{
+    Buffer, ConnId, ConnectOutcome, Ctx, Disconnect, Handler, SendCompletion, Status, Vmi,
+};
 use vmi_examples::{fill, fragment_sizes, init_logging, parse_seconds, parse_size};
 
 /// Send messages over vmi. The chain comes from the specfile named by VMI_SPECFILE.
@@ -75,6 +77,9 @@ struct Sender {
     error: Option<String>,
     connected: u32,
     sent_bytes: u64,
+    /// Messages that did not arrive whole: a send failed here, or the receiver said so.
+    failed: Vec<String>,
+    failed_ids: HashSet<(ConnId, u64)>,
 }
 
 /// Fragments per message carry a token: message index << 20 | fragment index, last-fragment bit.
@@ -113,18 +118,47 @@ impl Handler for Sender {
     }
 
     fn send_complete(&mut self, _ctx: &mut Ctx<'_>, conn: ConnId, done: &mut SendCompletion<'_>) {
+        let message = (done.token & !LAST) >> 20;
         if !done.status.is_ok() {
-            self.error
-                .get_or_insert(format!("send failed: {}: {}", done.status, done.detail));
-            return;
+            if matches!(done.status, Status::ConnectionLost | Status::Cancelled) {
+                self.error
+                    .get_or_insert(format!("send failed: {}: {}", done.status, done.detail));
+                return;
+            }
+            // This fragment's message is lost; the connection goes on.
+            if self.failed_ids.insert((conn, message)) {
+                self.failed.push(format!(
+                    "message {} on {conn}: {}: {}",
+                    message + 1,
+                    done.status,
+                    done.detail
+                ));
+            }
+        } else {
+            let bytes: u64 = done.take_buffers().map(|b| b.len() as u64).sum();
+            self.sent_bytes += bytes;
         }
-        let bytes: u64 = done.take_buffers().map(|b| b.len() as u64).sum();
-        self.sent_bytes += bytes;
         if done.token & LAST != 0 {
             if let Some(c) = self.conns.get_mut(&conn) {
                 c.in_flight -= 1;
                 c.done_messages += 1;
             }
+        }
+    }
+
+    fn message_failed(
+        &mut self,
+        _ctx: &mut Ctx<'_>,
+        conn: ConnId,
+        message: u64,
+        status: Status,
+        detail: &str,
+    ) {
+        if self.failed_ids.insert((conn, message)) {
+            self.failed.push(format!(
+                "message {} on {conn}: the receiver could not deliver it: {status}: {detail}",
+                message + 1
+            ));
         }
     }
 
@@ -221,6 +255,8 @@ fn run(args: &Args) -> Result<(u64, Duration), String> {
         error: None,
         connected: 0,
         sent_bytes: 0,
+        failed: Vec::new(),
+        failed_ids: HashSet::new(),
     };
     for _ in 0..args.connections {
         let conn = vmi
@@ -289,6 +325,13 @@ fn run(args: &Args) -> Result<(u64, Duration), String> {
         if Instant::now() > deadline {
             return Err(timed_out("closing the connection(s)"));
         }
+    }
+    if !s.failed.is_empty() {
+        return Err(format!(
+            "{} message(s) did not arrive whole; first: {}",
+            s.failed.len(),
+            s.failed[0]
+        ));
     }
     Ok((s.sent_bytes, elapsed))
 }

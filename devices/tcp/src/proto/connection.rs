@@ -360,8 +360,17 @@ impl Connection {
         true
     }
 
-    /// The application disconnects: nothing more is accepted from it.
-    pub fn close(&mut self) {
+    /// The application disconnects: nothing more is sent. What the peer still sends (its
+    /// last fragments, its host's notices) is read until it closes too, for at most the
+    /// handshake timeout.
+    pub fn close(&mut self, now: Instant) {
+        self.state = State::Closing;
+        self.deadline = Some(now + self.handshake_timeout);
+    }
+
+    /// The peer finished sending (end of stream) while the connection was open: the answer
+    /// is to finish sending too; the connection ends when that is written.
+    pub fn peer_finished(&mut self) {
         self.state = State::Closing;
     }
 
@@ -390,18 +399,22 @@ impl Connection {
                 end,
                 filter_flags,
                 payload,
-            } => Some(if self.state == State::Open {
-                Output::Frame {
-                    end,
-                    filter_flags,
-                    payload,
-                }
-            } else {
-                self.violation(format!(
-                    "{} sent data before the connection was accepted",
-                    self.peer
-                ))
-            }),
+            } => Some(
+                if self.state == State::Open
+                    || (self.state == State::Closing && !self.close_after_transmit)
+                {
+                    Output::Frame {
+                        end,
+                        filter_flags,
+                        payload,
+                    }
+                } else {
+                    self.violation(format!(
+                        "{} sent data before the connection was accepted",
+                        self.peer
+                    ))
+                },
+            ),
         }
     }
 

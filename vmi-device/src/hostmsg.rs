@@ -1,0 +1,159 @@
+//! Messages between the two hosts (engines) of a connection, carried as one-fragment
+//! messages with [`VMI_FLAG_HOST`](crate::abi::VMI_FLAG_HOST) by the transports and never
+//! shown to the application. The host sends them past every filter, both ways, so a filter
+//! never sees one (and a fault injector's notice survives the filters between it and the
+//! transport); their contents are checked field by field instead:
+//!
+//! - "your message N failed here": lets a sender's application learn that a message it
+//!   sent was not delivered whole (VMI 2.1 had no such notice);
+//! - "a fragment was lost here": written by a filter in place of a fragment it drops on the
+//!   send side (the fault injector), so the receiving host fails the message as a whole
+//!   instead of splicing the fragments around the gap. It keeps the lost fragment's
+//!   `VMI_FLAG_END`.
+//!
+//! ```text
+//! 0 kind u8 (1: message failed, 2: fragment lost) | 1 status u8 | 2 detail_len u16 | 4 0 u32
+//! 8 message u64 | 16 detail (UTF-8, at most MAX_DETAIL bytes)
+//! ```
+//! Every field comes from the peer and is checked; an unknown kind is refused.
+#![forbid(unsafe_code)]
+
+use crate::status::Status;
+
+/// Kind: the receiver could not deliver a message whole.
+const MESSAGE_FAILED: u8 = 1;
+/// Kind: a fragment was lost in its sender's chain.
+const FRAGMENT_LOST: u8 = 2;
+/// Fixed part.
+const HEADER: usize = 16;
+/// Longest detail text carried.
+pub const MAX_DETAIL: usize = 512;
+
+/// A message from the peer's engine.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HostMsg {
+    /// The peer's receive side failed this side's message `message` (0-based, counting the
+    /// messages this side began on the connection).
+    MessageFailed {
+        /// Which message.
+        message: u64,
+        /// Why, as a status.
+        status: Status,
+        /// Why, in words.
+        detail: String,
+    },
+    /// A fragment of the current message was lost on the sending side (its `END` flag is
+    /// on this message's IRB).
+    FragmentLost {
+        /// Why, in words.
+        detail: String,
+    },
+}
+
+impl HostMsg {
+    /// Wire bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let (kind, message, status, detail) = match self {
+            HostMsg::MessageFailed {
+                message,
+                status,
+                detail,
+            } => (MESSAGE_FAILED, *message, *status, detail),
+            HostMsg::FragmentLost { detail } => (FRAGMENT_LOST, 0, Status::Lost, detail),
+        };
+        let mut cut = detail.len().min(MAX_DETAIL);
+        while !detail.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let detail = &detail.as_bytes()[..cut];
+        let mut v = Vec::with_capacity(HEADER + detail.len());
+        v.push(kind);
+        v.push(status.code() as u8);
+        v.extend_from_slice(&(detail.len() as u16).to_le_bytes());
+        v.extend_from_slice(&[0; 4]);
+        v.extend_from_slice(&message.to_le_bytes());
+        v.extend_from_slice(detail);
+        v
+    }
+
+    /// Parses and checks bytes from the peer.
+    pub fn decode(b: &[u8]) -> Result<HostMsg, String> {
+        if b.len() < HEADER {
+            return Err(format!(
+                "a host message of {} bytes (at least {HEADER})",
+                b.len()
+            ));
+        }
+        if b[0] != MESSAGE_FAILED && b[0] != FRAGMENT_LOST {
+            return Err(format!("an unknown host message kind {}", b[0]));
+        }
+        let len = u16::from_le_bytes([b[2], b[3]]) as usize;
+        if len > MAX_DETAIL || b.len() != HEADER + len {
+            return Err(format!(
+                "a host message whose detail length {len} does not match its {} bytes",
+                b.len()
+            ));
+        }
+        let mut m = [0u8; 8];
+        m.copy_from_slice(&b[8..16]);
+        let status = match Status::from_code(i32::from(b[1])) {
+            Status::Ok => Status::Internal,
+            s => s,
+        };
+        let detail = String::from_utf8_lossy(&b[HEADER..]).into_owned();
+        Ok(if b[0] == FRAGMENT_LOST {
+            HostMsg::FragmentLost { detail }
+        } else {
+            HostMsg::MessageFailed {
+                message: u64::from_le_bytes(m),
+                status,
+                detail,
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_hostile_bytes() {
+        let m = HostMsg::MessageFailed {
+            message: 41,
+            status: Status::Corrupt,
+            detail: "crc: mismatch".into(),
+        };
+        assert_eq!(HostMsg::decode(&m.encode()), Ok(m));
+        let long = HostMsg::MessageFailed {
+            message: 1,
+            status: Status::Lost,
+            detail: "é".repeat(1000),
+        };
+        match HostMsg::decode(&long.encode()).unwrap() {
+            HostMsg::MessageFailed { detail, .. } => assert!(detail.len() <= MAX_DETAIL),
+            other => panic!("{other:?}"),
+        }
+        let lost = HostMsg::FragmentLost {
+            detail: "dropped".into(),
+        };
+        assert_eq!(HostMsg::decode(&lost.encode()), Ok(lost));
+        for bad in [
+            &[][..],
+            &[1; 15][..],
+            &[9; 16][..],
+            &[1, 7, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0][..],
+        ] {
+            assert!(HostMsg::decode(bad).is_err(), "{bad:?}");
+        }
+        // Every byte string decodes or is refused; none panics.
+        let mut x = 1u64;
+        for n in 0..2000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let v: Vec<u8> = (0..(n % 40)).map(|i| (x >> (i % 8 * 8)) as u8).collect();
+            let _ = HostMsg::decode(&v);
+        }
+    }
+}
