@@ -581,7 +581,7 @@ fn parse_with(text: &str, pos: &Positions<'_>) -> Result<Spec, SpecError> {
             _ => continue, // declaration, comments, processing instructions, doctype
         };
         let start = start.expect("start or empty element");
-        let attrs = Attrs::read(&start, offset, &pos)?;
+        let attrs = Attrs::read(&start, offset, pos)?;
         let scope = match stack.last().expect("scope stack never empties before Eof") {
             Scope::Top => {
                 if attrs.element != "vmi" || root_at.is_some() {
