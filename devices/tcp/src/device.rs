@@ -1039,7 +1039,7 @@ impl Device for TcpDevice {
                 };
                 // After the peer finished sending, this side may still send until the
                 // connection is closed at the next poll (the host's last notices).
-                if !c.proto.is_open() && !(c.peer_done && c.closing.is_none()) {
+                if !(c.proto.is_open() || (c.peer_done && c.closing.is_none())) {
                     irb.set_detail("the connection is not open");
                     return Disposition::Complete(irb, Status::ConnectionLost);
                 }
