@@ -37,10 +37,9 @@ pub fn fill(buf: &mut [u8], message: u64, total: u64, offset: u64) {
     }
     let end = offset + buf.len() as u64;
     let mut chunks = buf[i..].chunks_exact_mut(8);
-    let mut w = (offset + i as u64) >> 3;
-    for c in &mut chunks {
+    let first = (offset + i as u64) >> 3;
+    for (w, c) in (first..).zip(&mut chunks) {
         c.copy_from_slice(&word(message, w).to_le_bytes());
-        w += 1;
     }
     let rest = chunks.into_remainder();
     let base = end - rest.len() as u64;
