@@ -216,6 +216,20 @@ pub fn unknown_env_vars(
         .collect()
 }
 
+/// Longest duration in seconds a command line accepts (one year).
+pub const MAX_SECONDS: f64 = 365.0 * 86400.0;
+
+/// Parses a number of seconds from a command line: finite, 0 or more, at most a year (so a
+/// deadline computed from it cannot overflow).
+pub fn parse_seconds(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && (0.0..=MAX_SECONDS).contains(&v) => Ok(v),
+        _ => Err(format!(
+            "'{s}' is not a number of seconds from 0 to {MAX_SECONDS} (examples: 5, 0.5, 60)"
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -316,19 +330,5 @@ mod tests {
             out,
             vec![("VMI_SPECFIEL".to_string(), Some("VMI_SPECFILE".to_string()))]
         );
-    }
-}
-
-/// Longest duration in seconds a command line accepts (one year).
-pub const MAX_SECONDS: f64 = 365.0 * 86400.0;
-
-/// Parses a number of seconds from a command line: finite, 0 or more, at most a year (so a
-/// deadline computed from it cannot overflow).
-pub fn parse_seconds(s: &str) -> Result<f64, String> {
-    match s.trim().parse::<f64>() {
-        Ok(v) if v.is_finite() && (0.0..=MAX_SECONDS).contains(&v) => Ok(v),
-        _ => Err(format!(
-            "'{s}' is not a number of seconds from 0 to {MAX_SECONDS} (examples: 5, 0.5, 60)"
-        )),
     }
 }
