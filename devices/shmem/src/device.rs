@@ -1389,6 +1389,11 @@ impl Device for ShmemDevice {
 
 impl Drop for ShmemDevice {
     fn drop(&mut self) {
+        for idx in std::mem::take(&mut self.finishing) {
+            if self.conns[idx].as_ref().is_some_and(|c| c.peer_done) {
+                self.finish(idx);
+            }
+        }
         for idx in 0..self.conns.len() {
             if let Some(c) = self.conns[idx].as_ref() {
                 if matches!(c.state, State::Open | State::Closing) {

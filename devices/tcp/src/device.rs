@@ -1300,6 +1300,17 @@ impl Device for TcpDevice {
 
 impl Drop for TcpDevice {
     fn drop(&mut self) {
+        // What was sent but not yet written goes out if the socket takes it now (the last
+        // notices to a peer that already said goodbye among it).
+        for idx in std::mem::take(&mut self.dirty) {
+            self.flush(idx);
+        }
+        for idx in std::mem::take(&mut self.finishing) {
+            if let Some(c) = self.conns[idx].as_mut().filter(|c| c.peer_done) {
+                c.tx.push_back(Tx::Close { irb: None });
+                self.flush(idx);
+            }
+        }
         for idx in 0..self.conns.len() {
             if let Some(mut c) = self.take(idx) {
                 for tx in c.tx.drain(..) {
