@@ -5,12 +5,26 @@
  * (-DABI_MAJOR=99, -DVT_SIZE=16, ...) to check that the loader refuses them, and as a device
  * of a newer minor (-DNEWER_MINOR) with longer tables than the host knows.
  *
+ * With -DCONSTRUCTOR_MARKER="\"/path\"" it creates that file when loaded, as a planted
+ * library would run code: the tests check that an untrusted library is never loaded.
+ *
  *   cc -shared -fPIC -I vmi-device/include tests/c/cfilter.c -o libvmi_cfilter.so
  */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "vmi_device.h"
+
+#ifdef CONSTRUCTOR_MARKER
+__attribute__((constructor)) static void planted(void) {
+    FILE *f = fopen(CONSTRUCTOR_MARKER, "w");
+    if (f) {
+        fputs("the library's constructor ran\n", f);
+        fclose(f);
+    }
+}
+#endif
 
 #ifndef TYPE_NAME
 #define TYPE_NAME "cfilter"

@@ -75,6 +75,65 @@ fn build_c_with(dir: &Path, file: &str, defines: &[&str], include: &Path) -> Opt
     }
 }
 
+/// A library planted where others can write (or owned by another user) is refused before
+/// the dynamic loader runs any of its code.
+#[test]
+fn libraries_others_could_change_are_never_loaded() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new("vmi-planted");
+    let marker = dir.path().join("constructor-ran");
+    let define = format!("CONSTRUCTOR_MARKER=\"{}\"", marker.display());
+    let open = dir.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    let Some(lib) = build_c(&open, "libvmi_cfilter.so", &[&define]) else {
+        return;
+    };
+    let mut cases: Vec<(&str, Box<dyn Fn()>, Box<dyn Fn()>)> = vec![
+        (
+            "writable by everyone",
+            Box::new(|| {
+                std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap()
+            }),
+            Box::new(|| {
+                std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).unwrap()
+            }),
+        ),
+        (
+            "writable by its group",
+            Box::new(|| {
+                std::fs::set_permissions(&lib, std::fs::Permissions::from_mode(0o775)).unwrap()
+            }),
+            Box::new(|| {
+                std::fs::set_permissions(&lib, std::fs::Permissions::from_mode(0o755)).unwrap()
+            }),
+        ),
+    ];
+    if rustix::process::geteuid().is_root() {
+        cases.push((
+            "owned by uid 65534",
+            Box::new(|| std::os::unix::fs::chown(&lib, Some(65534), Some(65534)).unwrap()),
+            Box::new(|| std::os::unix::fs::chown(&lib, Some(0), Some(0)).unwrap()),
+        ));
+    } else {
+        println!("SKIPPED: the foreign-owner case needs root to chown");
+    }
+    for (what, plant, undo) in &cases {
+        plant();
+        let err = loader::load_library(&lib, "cfilter").expect_err(what);
+        let msg = err.to_string();
+        assert!(matches!(err, LoadError::Untrusted { .. }), "{what}: {msg}");
+        assert!(
+            msg.contains(what) && msg.contains("chmod go-w"),
+            "{what}: {msg}"
+        );
+        assert!(!marker.exists(), "{what}: the planted library's code ran");
+        undo();
+    }
+    // Trusted again: it loads (and its constructor runs, as expected of a loaded library).
+    loader::load_library(&lib, "cfilter").expect("a library only root and this user can change");
+    assert!(marker.exists());
+}
+
 #[test]
 fn broken_libraries_are_refused_with_clear_errors() {
     let dir = TempDir::new("vmi-plugins");

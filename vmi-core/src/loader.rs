@@ -39,6 +39,17 @@ pub enum LoadError {
         /// The loader's message.
         reason: String,
     },
+    /// The library, or a directory on its path, could be changed by someone other than this
+    /// user or root: loading it would run their code in this process.
+    #[error(
+        "refusing to load device library {path}: {reason}. Anyone who can write there could run code in this process; fix the permissions (chmod go-w, chown) or install the library somewhere only you and root can write"
+    )]
+    Untrusted {
+        /// The library.
+        path: PathBuf,
+        /// What is wrong, naming the file or directory.
+        reason: String,
+    },
     /// The library does not export the descriptor symbol.
     #[error(
         "{path} does not export '{symbol}': it is not a vmi device of type '{type_name}'. Check type= in the specfile, or export the device with export_device!(YourDevice, {symbol})"
@@ -309,12 +320,57 @@ pub fn find_library(
     })
 }
 
+/// Checks that only this user and root can change the library at `canonical` (a resolved
+/// path): the file and every directory above it must be owned by root or this user and not
+/// writable by group or others. A directory writable by all but sticky (`/tmp`) passes, as
+/// others cannot rename or remove what they do not own in it.
+pub fn check_trusted(canonical: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let me = effective_uid();
+    let mut at = Some(canonical);
+    while let Some(p) = at {
+        let m = std::fs::metadata(p).map_err(|e| format!("cannot inspect {}: {e}", p.display()))?;
+        let (mode, owner) = (m.mode(), m.uid());
+        let what = if m.is_dir() { "directory" } else { "file" };
+        if owner != 0 && owner != me {
+            return Err(format!(
+                "{what} {} is owned by uid {owner}, neither root nor this user (uid {me})",
+                p.display()
+            ));
+        }
+        let sticky_dir = m.is_dir() && mode & 0o1000 != 0;
+        if mode & 0o022 != 0 && !sticky_dir {
+            return Err(format!(
+                "{what} {} is writable by {} (mode {:o})",
+                p.display(),
+                if mode & 0o002 != 0 {
+                    "everyone"
+                } else {
+                    "its group"
+                },
+                mode & 0o7777
+            ));
+        }
+        at = p.parent();
+    }
+    Ok(())
+}
+
+fn effective_uid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
 /// Loads the device type from a shared object.
 pub fn load_library(path: &Path, type_name: &str) -> Result<DeviceType, LoadError> {
     let symbol = format!("{VMI_SYMBOL_PREFIX}{type_name}");
     let canonical = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
     let mut regs = registries().lock().unwrap_or_else(|e| e.into_inner());
     if !regs.loaded.contains_key(&canonical) {
+        check_trusted(&canonical).map_err(|reason| LoadError::Untrusted {
+            path: path.to_path_buf(),
+            reason,
+        })?;
         // SAFETY: loading a shared object runs its initialisers; device libraries are plain
         // Rust or C libraries without load-time side effects beyond that.
         let lib =
