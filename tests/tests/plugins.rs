@@ -88,7 +88,9 @@ fn libraries_others_could_change_are_never_loaded() {
     let Some(lib) = build_c(&open, "libvmi_cfilter.so", &[&define]) else {
         return;
     };
-    let mut cases: Vec<(&str, Box<dyn Fn()>, Box<dyn Fn()>)> = vec![
+    /// What the case is called, how to plant it, how to undo it.
+    type Case<'a> = (&'a str, Box<dyn Fn() + 'a>, Box<dyn Fn() + 'a>);
+    let mut cases: Vec<Case<'_>> = vec![
         (
             "writable by everyone",
             Box::new(|| {
