@@ -226,3 +226,78 @@ fn a_key_squatted_by_another_user_gets_nothing() {
         "the squatter received something: {squat}"
     );
 }
+
+#[test]
+fn an_over_limit_hello_is_answered_and_the_log_shows_the_peers_ring() {
+    let key = unique_key("shm-limits");
+    let r = Proc::spawn(
+        "vmirecv",
+        &[&key, "--timeout", "60", "-n", "1"],
+        &shm_spec(),
+        &[("VMI_SHMEM_MAX_CONNECT_DATA", "8"), ("VMI_LOG", "info")],
+    );
+    r.wait_for("waiting for connections", T);
+    let (ok, out) = Proc::spawn(
+        "vmisend",
+        &[
+            &unique_key("shm-big"),
+            &key,
+            "localhost",
+            "--cookie",
+            &"c".repeat(100),
+        ],
+        &shm_spec(),
+        &[],
+    )
+    .finish(T);
+    assert!(!ok);
+    assert!(
+        out.contains("refused the connection") && out.contains("over the limit"),
+        "the sender hears why: {out}"
+    );
+    let (ok, out) = Proc::spawn(
+        "vmisend",
+        &[
+            &unique_key("shm-small-ring"),
+            &key,
+            "localhost",
+            "--cookie",
+            "ok",
+        ],
+        &shm_spec(),
+        &[("VMI_SHMEM_RING_SIZE", "4k")],
+    )
+    .finish(T);
+    assert!(ok, "{out}");
+    let (ok, rout) = r.finish(T);
+    assert!(ok, "{rout}");
+    assert!(
+        rout.contains("4 KiB ring per direction"),
+        "the receiver logs the ring the peer made, not its own setting: {rout}"
+    );
+}
+
+#[test]
+fn keys_of_255_bytes_work_over_shared_memory_and_with_tcp_beside_it() {
+    for spec in ["specfiles/shmem.xml", "specfiles/shmem-tcp.xml"] {
+        let spec = root().join(spec);
+        let key = format!("{}-{}", unique_key("long"), "k".repeat(250));
+        let key = &key[..255];
+        let r = Proc::spawn("vmirecv", &[key, "--timeout", "60", "-n", "1"], &spec, &[]);
+        r.wait_for("waiting for connections", T);
+        let skey = format!("{}-{}", unique_key("long-send"), "s".repeat(240));
+        let (ok, out) = Proc::spawn(
+            "vmisend",
+            &[&skey[..255], key, "localhost", "--timeout", "60"],
+            &spec,
+            &[("VMI_LOG", "info")],
+        )
+        .finish(T);
+        assert!(ok, "{spec:?}: {out}");
+        assert!(
+            out.contains("transport 'shmem'"),
+            "{spec:?}: shared memory was used: {out}"
+        );
+        assert!(r.finish(T).0);
+    }
+}

@@ -712,9 +712,14 @@ impl ShmemDevice {
             Some(Ok(h)) if c.ctl.len() >= HELLO_LEN + h.body_len() => h,
             Some(Err(e)) => {
                 log::warn!(
-                    "shmem: dropped a connection (pid {}): invalid hello: {e}",
+                    "shmem: refused a connection (pid {}): invalid hello: {e}",
                     c.peer_pid
                 );
+                // A vmi peer (its magic is right) hears why, instead of "nobody listens".
+                if c.ctl.starts_with(&HELLO_MAGIC) {
+                    let _ =
+                        send_with_fds(&c.sock, &Answer::emit(INVALID, &e, &[], false, &PROBE), &[]);
+                }
                 self.take(idx);
                 return;
             }
@@ -1288,7 +1293,7 @@ impl Device for ShmemDevice {
                     log::info!(
                         "shmem: accepted '{}': {} KiB ring per direction; this process {} its memory",
                         c.peer_key,
-                        self.cfg.ring_size >> 10,
+                        c.region.as_ref().map_or(0, |r| r.ring_size()) >> 10,
                         if can_read {
                             "reads large fragments straight from"
                         } else {

@@ -181,6 +181,11 @@ impl Region {
         })
     }
 
+    /// Bytes of data per ring.
+    pub fn ring_size(&self) -> usize {
+        self.ring_size
+    }
+
     /// The memfd, to pass to the peer.
     pub fn fd(&self) -> &OwnedFd {
         &self.fd
