@@ -249,3 +249,83 @@ fn a_sender_does_not_listen_and_an_over_limit_hello_is_answered() {
     );
     drop(r);
 }
+
+/// A link cut without a word (a proxy that stops forwarding but keeps both sockets open, so
+/// the kernels see nothing wrong): both sides notice through heartbeats within the peer
+/// timeout and report it, instead of waiting for the application's own timeout.
+#[test]
+fn a_silently_cut_link_is_noticed_on_both_sides() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let key = unique_key("cut");
+    let env = [("VMI_TCP_PEER_TIMEOUT_MS", "1500")];
+    let r = receiver(&key, "0", &env);
+    let port = port_of(&r);
+    let proxy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let proxy_port = proxy.local_addr().unwrap().port();
+    let cut = Arc::new(AtomicBool::new(false));
+    let cut2 = cut.clone();
+    std::thread::spawn(move || {
+        let (down, _) = proxy.accept().unwrap();
+        let up = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        for (mut from, mut to) in [
+            (down.try_clone().unwrap(), up.try_clone().unwrap()),
+            (up, down),
+        ] {
+            let cut = cut2.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 65536];
+                let mut silent_ticks = 0;
+                loop {
+                    if cut.load(Ordering::Relaxed) {
+                        // Keep the sockets open, move nothing: a silent link (for a minute).
+                        std::thread::sleep(Duration::from_millis(100));
+                        silent_ticks += 1;
+                        if silent_ticks > 600 {
+                            return;
+                        }
+                        continue;
+                    }
+                    match from.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            if to.write_all(&buf[..n]).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let s = Proc::spawn(
+        "vmisend",
+        &[
+            &unique_key("cut-send"),
+            &key,
+            &format!("127.0.0.1:{proxy_port}"),
+            "-n",
+            "100000000",
+            "-s",
+            "1k",
+            "-t",
+            "60",
+        ],
+        &spec(),
+        &env,
+    );
+    s.wait_for("connected to", T);
+    std::thread::sleep(Duration::from_millis(300));
+    cut.store(true, Ordering::Relaxed);
+    let cut_at = std::time::Instant::now();
+    let (ok, out) = s.finish(T);
+    let took = cut_at.elapsed();
+    assert!(!ok && out.contains("heard nothing from"), "{out}");
+    // Not a performance assertion: the application's own timeout is 60 s; the peer timeout
+    // is 1.5 s (plus the time for the proxy's buffers to stop draining).
+    assert!(
+        took < Duration::from_secs(30),
+        "noticed only after {took:?}"
+    );
+    r.wait_for("heard nothing from", T);
+}

@@ -243,7 +243,7 @@ fn garbage_and_truncated_handshakes_are_dropped_and_serving_goes_on() {
 
     let hello = {
         let mut v = b"VMIT".to_vec();
-        v.extend_from_slice(&[1, 0, 4, 0]);
+        v.extend_from_slice(&[vmi_tcp::wire::WIRE_VERSION, 0, 4, 0]);
         v
     };
     let mut t = TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -260,7 +260,20 @@ fn garbage_and_truncated_handshakes_are_dropped_and_serving_goes_on() {
     r.wait_for("closed before finishing its hello", T);
 
     let mut huge = b"VMIT".to_vec();
-    huge.extend_from_slice(&[1, 0, 1, 0, 1, 0, 0, 0, 0xff, 0xff, 0xff, 0x7f]);
+    huge.extend_from_slice(&[
+        vmi_tcp::wire::WIRE_VERSION,
+        0,
+        1,
+        0,
+        1,
+        0,
+        0,
+        0,
+        0xff,
+        0xff,
+        0xff,
+        0x7f,
+    ]);
     huge.extend_from_slice(&[0; 8]);
     let mut h = TcpStream::connect(("127.0.0.1", port)).unwrap();
     h.write_all(&huge).unwrap();

@@ -68,6 +68,12 @@ pub const PARAMS: &[VmiParamSpec] = &[
         c"largest connect or reply data accepted",
     ),
     param(
+        c"peer_timeout_ms",
+        VMI_PARAM_UINT,
+        c"10000",
+        c"declare a silent peer lost after this long (heartbeats keep an idle connection alive); 0: never",
+    ),
+    param(
         c"max_connections",
         VMI_PARAM_UINT,
         c"4096",
@@ -108,6 +114,8 @@ pub struct TcpConfig {
     pub nodelay: bool,
     /// Most connections at once.
     pub max_connections: usize,
+    /// Silence after which a peer is lost (zero: never).
+    pub peer_timeout: Duration,
 }
 
 fn port(c: &Config, name: &str) -> Result<u16, String> {
@@ -134,6 +142,7 @@ impl TcpConfig {
                 .map_err(|_| "parameter 'max_connect_data' is over 4 GiB".to_string())?,
             nodelay: c.get_bool("nodelay").map_err(e)?,
             max_connections: c.get_u64("max_connections").map_err(e)?.max(1) as usize,
+            peer_timeout: c.get_millis("peer_timeout_ms").map_err(e)?,
         };
         if cfg.max_fragment == 0 || cfg.max_fragment > u32::MAX as u64 {
             return Err(format!(

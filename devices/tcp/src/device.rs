@@ -106,6 +106,12 @@ pub struct TcpDevice {
     accept_retry: bool,
     /// Connections whose peer finished sending, to close at the next poll.
     finishing: Vec<usize>,
+    /// Polls since the clock was last read for liveness ticks.
+    tick_polls: u32,
+    /// The next liveness tick.
+    next_tick: Instant,
+    /// `wait_fd` was called (a sleep may follow): read the clock at the next poll.
+    waited: std::cell::Cell<bool>,
     /// See [`spare_fd`].
     spare: Option<std::fs::File>,
     /// The key's abstract socket, reserving the key on this host while this process runs.
@@ -353,7 +359,8 @@ impl TcpDevice {
                         self.cfg.max_connect_data,
                         deadline,
                         self.cfg.handshake_timeout,
-                    );
+                    )
+                    .with_peer_timeout(self.cfg.peer_timeout);
                     let conn = Conn {
                         sock,
                         vmi,
@@ -741,7 +748,42 @@ impl TcpDevice {
         irb.pass();
     }
 
+    /// Liveness ticks: every third of the peer timeout, each open connection checks that
+    /// its peer was heard and sends a heartbeat if it sent nothing. The clock is read once
+    /// every 64 polls (or after a sleep), not per message.
+    fn check_liveness(&mut self) {
+        if self.cfg.peer_timeout.is_zero() {
+            return;
+        }
+        self.tick_polls += 1;
+        if self.tick_polls < 64 && !self.waited.replace(false) {
+            return;
+        }
+        self.tick_polls = 0;
+        let now = Instant::now();
+        if now < self.next_tick {
+            return;
+        }
+        self.next_tick = now + self.tick_period();
+        for idx in 0..self.conns.len() {
+            let Some(c) = self.conns[idx].as_mut() else {
+                continue;
+            };
+            let paused = !c.parked.is_empty() || self.again.contains(&idx);
+            match c.proto.tick(now, paused) {
+                Some(out) => self.apply(idx, out),
+                None => self.settle(idx),
+            }
+        }
+    }
+
+    /// How often liveness is checked.
+    fn tick_period(&self) -> Duration {
+        (self.cfg.peer_timeout / 3).max(Duration::from_millis(50))
+    }
+
     fn check_deadlines(&mut self) {
+        self.check_liveness();
         if self.timed == 0 {
             return;
         }
@@ -796,7 +838,8 @@ impl TcpDevice {
                         self.cfg.max_connect_data,
                         Instant::now(),
                         self.cfg.handshake_timeout,
-                    );
+                    )
+                    .with_peer_timeout(self.cfg.peer_timeout);
                     let conn = Conn {
                         sock,
                         vmi: 0,
@@ -937,6 +980,9 @@ impl Device for TcpDevice {
             staging: vec![0; STAGING].into_boxed_slice(),
             accept_retry: false,
             finishing: Vec::new(),
+            tick_polls: 0,
+            next_tick: Instant::now(),
+            waited: std::cell::Cell::new(false),
             spare: spare_fd(),
             _key_lock: None,
         };
@@ -1043,6 +1089,7 @@ impl Device for TcpDevice {
                     irb.set_detail("the connection is not open");
                     return Disposition::Complete(irb, Status::ConnectionLost);
                 }
+                c.proto.note_sent();
                 // The first send on a connection in each poll turn is written at once
                 // (latency); further sends in the same turn are queued and written together
                 // at the next poll, or as soon as a batch is full: a stream of small sends
@@ -1270,6 +1317,12 @@ impl Device for TcpDevice {
             // Waiting for the application to release received IRBs: a release wakes the host.
             None
         };
+        self.waited.set(true);
+        if !self.cfg.peer_timeout.is_zero() && self.open_conns() > 0 {
+            // Wake for the next liveness tick.
+            let left = self.next_tick.saturating_duration_since(Instant::now());
+            next = Some(next.map_or(left, |n| n.min(left)));
+        }
         if self.accept_retry {
             // Connections may wait in the backlog with no event to come: look again soon.
             let retry = Duration::from_millis(50);

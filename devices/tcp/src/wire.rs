@@ -18,15 +18,17 @@
 //!
 //! Frame (either way, after an accepting Answer), 8-byte header then payload:
 //!   0  kind u8 (1 = fragment) | 1 reserved u8 | 2 filter flags u16 | 4 payload_len u32
-//!   The END bit of a stream travels in the kind byte (2 = last fragment).
+//!   The END bit of a stream travels in the kind byte (2 = last fragment). Kind 3 is a
+//!   heartbeat (all other bytes 0), sent when a side has sent nothing for a while, so a peer
+//!   that vanished without a word (a cut link, a frozen host) is noticed.
 //! ```
 
 /// Hello magic.
 pub const HELLO_MAGIC: [u8; 4] = *b"VMIT";
 /// Answer magic.
 pub const ANSWER_MAGIC: [u8; 4] = *b"VMIA";
-/// Wire version.
-pub const WIRE_VERSION: u8 = 1;
+/// Wire version (2: heartbeats).
+pub const WIRE_VERSION: u8 = 2;
 /// Hello header length.
 pub const HELLO_LEN: usize = 24;
 /// Answer header length.
@@ -37,6 +39,10 @@ pub const FRAME_LEN: usize = 8;
 pub const KIND_FRAGMENT: u8 = 1;
 /// Frame kind: last fragment of a stream.
 pub const KIND_END: u8 = 2;
+/// Frame kind: heartbeat (no payload).
+pub const KIND_HEARTBEAT: u8 = 3;
+/// A whole heartbeat frame.
+pub const HEARTBEAT: [u8; FRAME_LEN] = [KIND_HEARTBEAT, 0, 0, 0, 0, 0, 0, 0];
 /// Largest reason text in an answer.
 pub const MAX_REASON: usize = 4096;
 /// Largest key.
@@ -344,7 +350,7 @@ mod tests {
         assert_eq!(
             &v[..HELLO_LEN],
             &[
-                b'V', b'M', b'I', b'T', 1, 0, 1, 0, 2, 0, 1, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0
+                b'V', b'M', b'I', b'T', 2, 0, 1, 0, 2, 0, 1, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0
             ]
         );
         assert_eq!(&v[HELLO_LEN..], b"abcs\x07\x08");
@@ -387,7 +393,7 @@ mod tests {
         let v = AnswerRepr::emit(AnswerStatus::Reject, "no", b"xyz");
         assert_eq!(
             &v[..ANSWER_LEN],
-            &[b'V', b'M', b'I', b'A', 1, 1, 2, 0, 3, 0, 0, 0, 0, 0, 0, 0]
+            &[b'V', b'M', b'I', b'A', 2, 1, 2, 0, 3, 0, 0, 0, 0, 0, 0, 0]
         );
         let a = AnswerRepr::parse(v[..ANSWER_LEN].try_into().unwrap(), 10).unwrap();
         assert_eq!(

@@ -17,7 +17,7 @@ use vmi_device::Status;
 use vmi_device::signature::Signature;
 
 use crate::proto::decoder::{Decoder, Event, check_hello};
-use crate::wire::{AnswerRepr, AnswerStatus, WireError};
+use crate::wire::{AnswerRepr, AnswerStatus, HEARTBEAT, WireError};
 
 /// Where a connection is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -132,6 +132,22 @@ pub struct Connection {
     handshake_timeout: Duration,
     transmit: VecDeque<Vec<u8>>,
     close_after_transmit: bool,
+    /// Peer-loss detection (see [`Connection::tick`]).
+    live: Liveness,
+}
+
+/// What a connection knows of its peer's liveness, updated without reading the clock on the
+/// data path: flags set as bytes move, looked at by a coarse periodic [`Connection::tick`].
+#[derive(Debug)]
+struct Liveness {
+    /// Silence after which the peer is declared lost (zero: never).
+    timeout: Duration,
+    /// When the peer was last heard at a tick.
+    last_heard: Option<Instant>,
+    /// Bytes arrived since the last tick.
+    heard: bool,
+    /// Bytes were written since the last tick.
+    sent: bool,
 }
 
 impl Connection {
@@ -153,6 +169,12 @@ impl Connection {
             handshake_timeout,
             transmit: VecDeque::new(),
             close_after_transmit: false,
+            live: Liveness {
+                timeout: Duration::ZERO,
+                last_heard: None,
+                heard: false,
+                sent: false,
+            },
         }
     }
 
@@ -174,7 +196,59 @@ impl Connection {
             handshake_timeout,
             transmit: VecDeque::new(),
             close_after_transmit: false,
+            live: Liveness {
+                timeout: Duration::ZERO,
+                last_heard: None,
+                heard: false,
+                sent: false,
+            },
         }
+    }
+
+    /// Declares the peer lost after `timeout` without a byte from it (zero: never); a side
+    /// that has sent nothing for a third of it sends a heartbeat.
+    pub fn with_peer_timeout(mut self, timeout: Duration) -> Connection {
+        self.live.timeout = timeout;
+        self
+    }
+
+    /// This side wrote bytes to the peer.
+    pub fn note_sent(&mut self) {
+        self.live.sent = true;
+    }
+
+    /// The periodic liveness check, every third of the peer timeout. `paused`:
+    /// this side is not reading now (no receive buffers), so silence proves nothing. Returns
+    /// the end of the connection when the peer has been silent for the whole timeout; queues
+    /// a heartbeat when this side has been.
+    pub fn tick(&mut self, now: Instant, paused: bool) -> Option<Output> {
+        let live = &mut self.live;
+        if live.timeout.is_zero() || self.state != State::Open {
+            live.last_heard = None;
+            return None;
+        }
+        let heard = std::mem::take(&mut live.heard) || paused;
+        let last = *live.last_heard.get_or_insert(now);
+        // Bytes seen at a tick arrived up to one period before it: the peer is lost once
+        // `timeout - period` has passed since that tick, so within `timeout` of its last byte.
+        let period = live.timeout / 3;
+        if heard {
+            live.last_heard = Some(now);
+        } else if now.saturating_duration_since(last) >= live.timeout - period {
+            return Some(Output::Failed {
+                status: Status::ConnectionLost,
+                detail: format!(
+                    "heard nothing from {} for {} ms, not even a heartbeat: the peer or the network is gone (tcp parameter peer_timeout_ms)",
+                    self.peer,
+                    live.timeout.as_millis()
+                ),
+                tell: true,
+            });
+        }
+        if !std::mem::take(&mut live.sent) {
+            self.transmit.push_back(HEARTBEAT.to_vec());
+        }
+        None
     }
 
     /// The state.
@@ -235,6 +309,7 @@ impl Connection {
             // Refused: the answer is on its way out; whatever else the peer sends is ignored.
             return (input.len(), None);
         }
+        self.live.heard |= !input.is_empty();
         match self.decoder.feed(input, alloc) {
             Ok((used, None)) => (used, None),
             Ok((used, Some(ev))) => (used, self.on_event(ev, local, now)),
@@ -244,6 +319,7 @@ impl Connection {
 
     /// A large payload read straight into its buffer is complete.
     pub fn direct_done(&mut self, n: usize, local: &Local, now: Instant) -> Option<Output> {
+        self.live.heard |= n > 0;
         let ev = self.decoder.direct_done(n)?;
         self.on_event(ev, local, now)
     }
@@ -390,6 +466,7 @@ impl Connection {
                 signature,
                 data,
             } => self.on_hello(from_key, to_key, signature, data, local, now),
+            Event::Heartbeat => None,
             Event::Answer {
                 status,
                 reason,

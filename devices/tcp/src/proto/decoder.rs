@@ -63,6 +63,8 @@ pub enum Event {
         /// Reply data.
         reply: Vec<u8>,
     },
+    /// A heartbeat: the peer is alive and has nothing to send.
+    Heartbeat,
     /// A data frame.
     Frame {
         /// Last fragment.
@@ -200,6 +202,9 @@ impl Decoder {
                             self.body
                                 .reserve(a.reason_len as usize + a.reply_len as usize);
                             self.phase = Phase::AnswerBody(a);
+                        }
+                        _ if self.hdr[..FRAME_LEN] == HEARTBEAT => {
+                            return Ok((used, Some(Event::Heartbeat)));
                         }
                         _ => {
                             let f = FrameRepr::parse(

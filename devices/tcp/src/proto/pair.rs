@@ -364,3 +364,71 @@ fn garbage_is_dropped_by_a_listener_and_skipped_by_a_connector() {
     });
     assert!(matches!(out, Some(Output::TryNext { why, .. }) if why.contains("not a vmi peer")));
 }
+
+/// Heartbeats keep an idle connection alive on the clock the test moves; a peer that goes
+/// silent (a cut link: its bytes stop arriving) is declared lost after the timeout, while a
+/// side that is not reading (no receive buffers) accuses no one.
+#[test]
+fn heartbeats_keep_idle_peers_alive_and_silence_ends_the_connection() {
+    let timeout = Duration::from_secs(9);
+    let tick = timeout / 3;
+    let mut p = Pair::new("kb", &[], &[], 4096);
+    p.a.conn = std::mem::replace(
+        &mut p.a.conn,
+        Connection::listener("x", 1, 1, p.now, HANDSHAKE),
+    )
+    .with_peer_timeout(timeout);
+    p.b.conn = std::mem::replace(
+        &mut p.b.conn,
+        Connection::listener("x", 1, 1, p.now, HANDSHAKE),
+    )
+    .with_peer_timeout(timeout);
+    p.drive();
+    p.b.conn.answer(true, b"", p.now);
+    p.drive();
+    assert_eq!(p.a.conn.state(), State::Open);
+    p.a.outputs.clear();
+    p.b.outputs.clear();
+    // An hour of idleness, ticking both sides and moving their heartbeats.
+    for _ in 0..(3600 / tick.as_secs()) {
+        p.now += tick;
+        assert_eq!(p.a.conn.tick(p.now, false), None);
+        assert_eq!(p.b.conn.tick(p.now, false), None);
+        p.drive();
+    }
+    assert!(
+        p.a.outputs.is_empty() && p.b.outputs.is_empty(),
+        "heartbeats are invisible"
+    );
+    // The link is cut: nothing moves any more. `b` is not reading (paused): it waits; `a`
+    // declares `b` lost once the timeout has passed, not before.
+    let mut lost_at = None;
+    for i in 1..=6 {
+        p.now += tick;
+        assert_eq!(
+            p.b.conn.tick(p.now, true),
+            None,
+            "a paused reader accuses no one"
+        );
+        if let Some(out) = p.a.conn.tick(p.now, false) {
+            lost_at = Some(i);
+            match out {
+                Output::Failed {
+                    status: Status::ConnectionLost,
+                    detail,
+                    tell: true,
+                } => assert!(detail.contains("heard nothing from b:7000"), "{detail}"),
+                other => panic!("{other:?}"),
+            }
+            break;
+        }
+        // Its heartbeats are queued but never arrive.
+        p.a.drain_transmit();
+        p.a.outbox.clear();
+    }
+    assert_eq!(
+        lost_at,
+        Some(3),
+        "lost after the timeout (3 ticks of 3 s), not before"
+    );
+}
