@@ -1034,3 +1034,57 @@ mod tests {
         assert!(matches!(e, SpecError::UnknownElement { .. }), "{e}");
     }
 }
+
+/// Fuzz target for the specfile parser (proptest on the stable toolchain, a short run in
+/// every `cargo test`; `PROPTEST_CASES=100000 cargo test -p vmi-core spec_fuzz` for a long
+/// one): arbitrary text and mutated valid specfiles never panic, every error has a place in
+/// the file (or is about the file itself), and no error echoes more than a bounded amount.
+#[cfg(test)]
+mod spec_fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const VALID: &str = r#"<vmi version="1"><device name="tcp"><param name="port" value="9"/></device><device name="crc"/><chain name="send"><use device="crc"/><use device="tcp"/></chain><chain name="receive"><use device="tcp"/><use device="crc"/></chain></vmi>"#;
+
+    fn check(text: &str) {
+        match Spec::parse_str(text, "fuzz.xml") {
+            Ok(spec) => {
+                assert!(spec.chain("send").is_some() && spec.chain("receive").is_some());
+            }
+            Err(e) => {
+                let shown = e.to_string();
+                assert!(
+                    shown.len() < 2000,
+                    "an error of {} bytes for {} bytes of input",
+                    shown.len(),
+                    text.len()
+                );
+                assert!(e.location().is_some(), "an error without a place: {shown}");
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_text_never_panics(text in ".{0,400}") {
+            check(&text);
+        }
+
+        #[test]
+        fn mutated_specfiles_never_panic(
+            edits in proptest::collection::vec((0usize..VALID.len(), any::<u8>(), 0u8..3), 1..8),
+        ) {
+            let mut bytes = VALID.as_bytes().to_vec();
+            for (at, b, how) in edits {
+                let at = at.min(bytes.len());
+                match how {
+                    0 => { if at < bytes.len() { bytes[at] = b; } }
+                    1 => bytes.insert(at, b),
+                    _ => { if at < bytes.len() { bytes.remove(at); } }
+                }
+            }
+            check(&String::from_utf8_lossy(&bytes));
+        }
+    }
+}

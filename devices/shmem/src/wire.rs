@@ -346,3 +346,39 @@ mod tests {
         assert!(Answer::parse(&a, 1).is_err());
     }
 }
+
+/// Fuzz targets for the control messages a peer sends (proptest; a short run in every
+/// `cargo test`, `PROPTEST_CASES=100000` for a long one).
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn hellos_and_answers_from_arbitrary_bytes_never_panic(
+            bytes in proptest::collection::vec(any::<u8>(), 0..256),
+            valid_magic in any::<bool>(),
+        ) {
+            let mut b = bytes;
+            if valid_magic && b.len() >= 4 {
+                b[..4].copy_from_slice(&HELLO_MAGIC);
+            }
+            if let Ok(h) = Hello::parse(&b, 1 << 16) {
+                // Whatever parses has lengths within the limits.
+                prop_assert!(h.body_len() <= 3 * 4096 + (1 << 16));
+                prop_assert!(h.ring_size.is_power_of_two());
+            }
+            if valid_magic && b.len() >= 4 {
+                b[..4].copy_from_slice(&ANSWER_MAGIC);
+            }
+            if let Ok(a) = Answer::parse(&b, 1 << 16) {
+                prop_assert!(a.body_len() <= MAX_REASON + (1 << 16));
+            }
+            if b.len() >= RECORD_LEN {
+                let _ = Record::parse(b[..RECORD_LEN].try_into().unwrap());
+            }
+        }
+    }
+}

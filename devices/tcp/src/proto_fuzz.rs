@@ -3,7 +3,9 @@
 
 use proptest::prelude::*;
 
-use crate::proto::{Decoder, Event};
+use std::time::{Duration, Instant};
+
+use crate::proto::{Connection, Decoder, Event, Local};
 use crate::wire::{AnswerRepr, AnswerStatus, FrameRepr, HelloRepr};
 
 const MAX_FRAGMENT: u64 = 1 << 16;
@@ -83,6 +85,64 @@ proptest! {
         prop_assert_eq!(&events[0], &Event::Hello { from_key: "from".into(), to_key: "to".into(), signature: "send=;recv=".into(), data });
         for (ev, (end, flags, payload)) in events[1..].iter().zip(&frames) {
             prop_assert_eq!(ev, &Event::Frame { end: *end, filter_flags: *flags, payload: payload.clone() });
+        }
+    }
+
+    /// The handshake state machine on both sides, fed arbitrary bytes (after a valid
+    /// opening or not), with the clock moving: it never panics, never allocates past the
+    /// limits, and anything it decides to send back is a well-formed answer or heartbeat.
+    #[test]
+    fn handshakes_survive_arbitrary_bytes(garbage in proptest::collection::vec(any::<u8>(), 0..1024),
+                                          valid_start in any::<bool>(),
+                                          cuts in proptest::collection::vec(1usize..64, 1..6)) {
+        let local = Local { key: "kb".into(), signature: Default::default() };
+        let now = Instant::now();
+        let mut alloc = |n: usize| {
+            assert!(n as u64 <= MAX_FRAGMENT, "allocated {n} bytes");
+            vec![0u8; n]
+        };
+        for listener in [true, false] {
+            let mut c = if listener {
+                Connection::listener("peer", MAX_FRAGMENT, MAX_DATA, now, Duration::from_secs(1))
+            } else {
+                let mut c = Connection::connector("peer", "kb", MAX_FRAGMENT, MAX_DATA, now, Duration::from_secs(1));
+                c.connected(HelloRepr::emit("ka", "kb", "send=;recv=", b""));
+                c
+            }
+            .with_peer_timeout(Duration::from_secs(3));
+            let mut bytes = match (valid_start, listener) {
+                (true, true) => HelloRepr::emit("ka", "kb", "send=;recv=", b"d"),
+                (true, false) => AnswerRepr::emit(AnswerStatus::Accept, "", b""),
+                _ => Vec::new(),
+            };
+            bytes.extend_from_slice(&garbage);
+            if listener && valid_start {
+                let (used, _) = c.feed(&bytes, &local, now, &mut alloc);
+                bytes.drain(..used);
+                c.answer(true, b"", now);
+            }
+            let mut pos = 0;
+            let mut t = now;
+            for &cut in cuts.iter().cycle() {
+                if pos >= bytes.len() {
+                    break;
+                }
+                let end = (pos + cut).min(bytes.len());
+                let (used, out) = c.feed(&bytes[pos..end], &local, t, &mut alloc);
+                pos += used.max(1);
+                t += Duration::from_millis(400);
+                let _ = c.tick(t, false);
+                let _ = c.timeout(t);
+                if out.as_ref().is_some_and(|o| o.is_terminal()) {
+                    break;
+                }
+            }
+            while let Some(reply) = c.poll_transmit() {
+                prop_assert!(
+                    reply.starts_with(b"VMIA") || reply.starts_with(b"VMIT") || reply == crate::wire::HEARTBEAT,
+                    "sent something that is not an answer, hello or heartbeat: {:?}", &reply[..reply.len().min(8)]
+                );
+            }
         }
     }
 }
