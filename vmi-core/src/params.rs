@@ -27,6 +27,10 @@ pub const CORE_ENV_VARS: &[(&str, &str)] = &[
         "VMI_LOG",
         "log filter for the vmi tools (env_logger syntax, e.g. info or vmi_tcp=debug)",
     ),
+    (
+        "VMI_AUTH_KEY_FILE",
+        "file holding the pre-shared key that authenticates peers (owner-only mode, at least 16 bytes); transports whose auth_key_file parameter is empty use it",
+    ),
 ];
 
 pub use vmi_device::param::{ParamKind, parse_bool, parse_uint};

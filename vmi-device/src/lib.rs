@@ -28,6 +28,7 @@
 #![deny(unsafe_code)]
 
 pub mod abi;
+pub mod auth;
 pub mod config;
 pub mod connmap;
 pub mod device;

@@ -68,6 +68,12 @@ pub const PARAMS: &[VmiParamSpec] = &[
         c"largest connect or reply data accepted",
     ),
     param(
+        c"auth_key_file",
+        VMI_PARAM_STRING,
+        c"",
+        c"file with the pre-shared key peers must prove they hold (empty: VMI_AUTH_KEY_FILE, or no authentication)",
+    ),
+    param(
         c"peer_timeout_ms",
         VMI_PARAM_UINT,
         c"10000",
@@ -116,6 +122,8 @@ pub struct TcpConfig {
     pub max_connections: usize,
     /// Silence after which a peer is lost (zero: never).
     pub peer_timeout: Duration,
+    /// Key file for authentication (empty: VMI_AUTH_KEY_FILE or none).
+    pub auth_key_file: String,
 }
 
 fn port(c: &Config, name: &str) -> Result<u16, String> {
@@ -143,6 +151,7 @@ impl TcpConfig {
             nodelay: c.get_bool("nodelay").map_err(e)?,
             max_connections: c.get_u64("max_connections").map_err(e)?.max(1) as usize,
             peer_timeout: c.get_millis("peer_timeout_ms").map_err(e)?,
+            auth_key_file: c.get("auth_key_file").map_err(e)?.to_string(),
         };
         if cfg.max_fragment == 0 || cfg.max_fragment > u32::MAX as u64 {
             return Err(format!(

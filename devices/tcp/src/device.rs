@@ -271,6 +271,7 @@ impl TcpDevice {
                 log::warn!("tcp: dropped connection: {why}");
                 self.take(idx);
             }
+            Output::Authenticated => {}
             Output::Closed => {
                 if let Some(mut c) = self.take(idx) {
                     if let Some(irb) = c.closing.take() {
@@ -954,6 +955,13 @@ impl Device for TcpDevice {
 
     fn create(host: Host, config: &Config) -> Result<Self, String> {
         let cfg = TcpConfig::from_config(config)?;
+        let auth = vmi_device::auth::AuthKey::resolve(&cfg.auth_key_file)?;
+        if let Some(k) = &auth {
+            log::info!(
+                "tcp: authentication on (key from {}): peers must prove they hold it",
+                k.source
+            );
+        }
         let key = host.local_key();
         let signature_text = host.signature();
         let signature = Signature::parse(&signature_text).unwrap_or_default();
@@ -961,7 +969,11 @@ impl Device for TcpDevice {
         let mut dev = TcpDevice {
             host,
             cfg,
-            local: Local { key, signature },
+            local: Local {
+                key,
+                signature,
+                auth,
+            },
             signature_text,
             poll,
             events: Events::with_capacity(256),
@@ -1037,6 +1049,16 @@ impl Device for TcpDevice {
         }
         log::debug!("tcp: filter signature {}", dev.signature_text);
         Ok(dev)
+    }
+
+    fn get_attr(&self, name: &str) -> Option<String> {
+        match name {
+            "authentication" => Some(match &self.local.auth {
+                Some(k) => format!("on (key from {})", k.source),
+                None => "off".into(),
+            }),
+            _ => None,
+        }
     }
 
     fn capabilities(&self, _below: Capabilities) -> Capabilities {
@@ -1183,7 +1205,17 @@ impl Device for TcpDevice {
                     .collect();
                 let addrs = ports.into_iter().map(|p| SocketAddr::new(ip, p)).collect();
                 let attempt = Attempt {
-                    hello: HelloRepr::emit(&self.local.key, &key, &self.signature_text, &data),
+                    hello: HelloRepr::emit_with(
+                        &self.local.key,
+                        &key,
+                        &self.signature_text,
+                        &data,
+                        self.local
+                            .auth
+                            .as_ref()
+                            .map(|_| vmi_device::auth::nonce())
+                            .as_ref(),
+                    ),
                     dial: Dial::new(&key, &host, addrs, Instant::now(), self.cfg.connect_timeout),
                     irb: Some(irb),
                 };

@@ -82,7 +82,7 @@ proptest! {
         }
         let events = run(Decoder::listener(MAX_FRAGMENT, MAX_DATA), &bytes, &cuts).unwrap();
         prop_assert_eq!(events.len(), frames.len() + 1);
-        prop_assert_eq!(&events[0], &Event::Hello { from_key: "from".into(), to_key: "to".into(), signature: "send=;recv=".into(), data });
+        prop_assert_eq!(&events[0], &Event::Hello { nonce: None, from_key: "from".into(), to_key: "to".into(), signature: "send=;recv=".into(), data });
         for (ev, (end, flags, payload)) in events[1..].iter().zip(&frames) {
             prop_assert_eq!(ev, &Event::Frame { end: *end, filter_flags: *flags, payload: payload.clone() });
         }
@@ -95,23 +95,29 @@ proptest! {
     fn handshakes_survive_arbitrary_bytes(garbage in proptest::collection::vec(any::<u8>(), 0..1024),
                                           valid_start in any::<bool>(),
                                           cuts in proptest::collection::vec(1usize..64, 1..6)) {
-        let local = Local { key: "kb".into(), signature: Default::default() };
         let now = Instant::now();
         let mut alloc = |n: usize| {
             assert!(n as u64 <= MAX_FRAGMENT, "allocated {n} bytes");
             vec![0u8; n]
         };
-        for listener in [true, false] {
+        let key = vmi_device::auth::AuthKey::from_bytes(b"fuzzing key, sixteen+", "fuzz").unwrap();
+        for (listener, auth) in [(true, false), (false, false), (true, true), (false, true)] {
+            let local = Local {
+                key: "kb".into(),
+                signature: Default::default(),
+                auth: auth.then(|| key.clone()),
+            };
             let mut c = if listener {
                 Connection::listener("peer", MAX_FRAGMENT, MAX_DATA, now, Duration::from_secs(1))
             } else {
                 let mut c = Connection::connector("peer", "kb", MAX_FRAGMENT, MAX_DATA, now, Duration::from_secs(1));
-                c.connected(HelloRepr::emit("ka", "kb", "send=;recv=", b""));
+                let nonce = auth.then(vmi_device::auth::nonce);
+                c.connected(HelloRepr::emit_with("ka", "kb", "send=;recv=", b"", nonce.as_ref()));
                 c
             }
             .with_peer_timeout(Duration::from_secs(3));
             let mut bytes = match (valid_start, listener) {
-                (true, true) => HelloRepr::emit("ka", "kb", "send=;recv=", b"d"),
+                (true, true) => HelloRepr::emit_with("ka", "kb", "send=;recv=", b"d", auth.then(vmi_device::auth::nonce).as_ref()),
                 (true, false) => AnswerRepr::emit(AnswerStatus::Accept, "", b""),
                 _ => Vec::new(),
             };
@@ -139,7 +145,8 @@ proptest! {
             }
             while let Some(reply) = c.poll_transmit() {
                 prop_assert!(
-                    reply.starts_with(b"VMIA") || reply.starts_with(b"VMIT") || reply == crate::wire::HEARTBEAT,
+                    reply.starts_with(b"VMIA") || reply.starts_with(b"VMIT") || reply.starts_with(b"VMIC")
+                        || reply.starts_with(b"VMIP") || reply == crate::wire::HEARTBEAT,
                     "sent something that is not an answer, hello or heartbeat: {:?}", &reply[..reply.len().min(8)]
                 );
             }

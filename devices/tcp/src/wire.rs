@@ -11,7 +11,15 @@
 //!  10  signature_len u16      2
 //!  12  connect_data_len u32   4
 //!  16  reserved u64 (= 0)     8
-//!  24  from_key | to_key | signature | connect_data
+//!  24  from_key | to_key | signature | connect_data [| nonce, 32 bytes, when flags bit 0]
+//!
+//! With authentication (hello flags bit 0 = the connector holds a key and sent a nonce):
+//!   Challenge (listener -> connector), 80 bytes:
+//!     0 magic "VMIC" | 4 version u8 | 5..16 0 | 16 listener nonce (32) | 48 listener proof (32)
+//!   Proof (connector -> listener), 48 bytes:
+//!     0 magic "VMIP" | 4 version u8 | 5..16 0 | 16 connector proof (32)
+//!   then the answer as below. Proofs are HMAC-SHA256 over both nonces, both keys and the
+//!   signature (`vmi_device::auth`).
 //!
 //! Answer (listener -> connector), 16-byte header then reason | reply_data:
 //!   0  magic "VMIA" 4 | 4 version u8 | 5 status u8 | 6 reason_len u16 | 8 reply_len u32 | 12 reserved u32
@@ -23,10 +31,22 @@
 //!   that vanished without a word (a cut link, a frozen host) is noticed.
 //! ```
 
+use vmi_device::auth::{NONCE_LEN, PROOF_LEN};
+
 /// Hello magic.
 pub const HELLO_MAGIC: [u8; 4] = *b"VMIT";
 /// Answer magic.
 pub const ANSWER_MAGIC: [u8; 4] = *b"VMIA";
+/// Challenge magic (authentication).
+pub const CHALLENGE_MAGIC: [u8; 4] = *b"VMIC";
+/// Proof magic (authentication).
+pub const PROOF_MAGIC: [u8; 4] = *b"VMIP";
+/// Challenge length.
+pub const CHALLENGE_LEN: usize = 16 + NONCE_LEN + PROOF_LEN;
+/// Proof length.
+pub const PROOF_RECORD_LEN: usize = 16 + PROOF_LEN;
+/// Hello flag: authentication (a nonce ends the body).
+pub const HELLO_FLAG_AUTH: u8 = 1;
 /// Wire version (2: heartbeats).
 pub const WIRE_VERSION: u8 = 2;
 /// Hello header length.
@@ -143,6 +163,8 @@ pub struct HelloRepr {
     pub signature_len: u16,
     /// Connect data length.
     pub data_len: u32,
+    /// A nonce ends the body (the connector authenticates).
+    pub auth: bool,
 }
 
 impl HelloRepr {
@@ -152,6 +174,7 @@ impl HelloRepr {
             + self.to_key_len as usize
             + self.signature_len as usize
             + self.data_len as usize
+            + if self.auth { NONCE_LEN } else { 0 }
     }
 
     /// Parses and checks a hello header against the limits.
@@ -168,7 +191,14 @@ impl HelloRepr {
             to_key_len: u16_at(b, 8),
             signature_len: u16_at(b, 10),
             data_len: u32_at(b, 12),
+            auth: b[5] & HELLO_FLAG_AUTH != 0,
         };
+        if b[5] & !HELLO_FLAG_AUTH != 0 {
+            return Err(WireError::BadField {
+                field: "hello flags",
+                value: b[5] as u64,
+            });
+        }
         let check = |field, len: u64, max: u64| {
             if len > max {
                 Err(WireError::TooLong { field, len, max })
@@ -185,12 +215,23 @@ impl HelloRepr {
 
     /// Writes a whole hello.
     pub fn emit(from_key: &str, to_key: &str, signature: &str, data: &[u8]) -> Vec<u8> {
+        Self::emit_with(from_key, to_key, signature, data, None)
+    }
+
+    /// Writes a whole hello, with the connector's nonce when it authenticates.
+    pub fn emit_with(
+        from_key: &str,
+        to_key: &str,
+        signature: &str,
+        data: &[u8],
+        nonce: Option<&[u8; NONCE_LEN]>,
+    ) -> Vec<u8> {
         let mut v = Vec::with_capacity(
-            HELLO_LEN + from_key.len() + to_key.len() + signature.len() + data.len(),
+            HELLO_LEN + from_key.len() + to_key.len() + signature.len() + data.len() + NONCE_LEN,
         );
         v.extend_from_slice(&HELLO_MAGIC);
         v.push(WIRE_VERSION);
-        v.push(0);
+        v.push(if nonce.is_some() { HELLO_FLAG_AUTH } else { 0 });
         v.extend_from_slice(&(from_key.len() as u16).to_le_bytes());
         v.extend_from_slice(&(to_key.len() as u16).to_le_bytes());
         v.extend_from_slice(&(signature.len() as u16).to_le_bytes());
@@ -200,8 +241,32 @@ impl HelloRepr {
         v.extend_from_slice(to_key.as_bytes());
         v.extend_from_slice(signature.as_bytes());
         v.extend_from_slice(data);
+        if let Some(n) = nonce {
+            v.extend_from_slice(n);
+        }
         v
     }
+}
+
+/// Writes a challenge (listener nonce and proof).
+pub fn emit_challenge(nonce: &[u8; NONCE_LEN], proof: &[u8; PROOF_LEN]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(CHALLENGE_LEN);
+    v.extend_from_slice(&CHALLENGE_MAGIC);
+    v.push(WIRE_VERSION);
+    v.extend_from_slice(&[0; 11]);
+    v.extend_from_slice(nonce);
+    v.extend_from_slice(proof);
+    v
+}
+
+/// Writes a proof record (the connector's proof).
+pub fn emit_proof(proof: &[u8; PROOF_LEN]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(PROOF_RECORD_LEN);
+    v.extend_from_slice(&PROOF_MAGIC);
+    v.push(WIRE_VERSION);
+    v.extend_from_slice(&[0; 11]);
+    v.extend_from_slice(proof);
+    v
 }
 
 /// The fixed part of an answer.

@@ -9,15 +9,25 @@
 //!  listener:  AwaitHello ─valid hello─► AwaitDecision ─accept─► Open
 //!                  └─bad hello: answer + close──► Closing   └─reject: answer + close─► Closing
 //! ```
+//!
+//! With authentication (both sides hold a key, `vmi_device::auth`), the listener answers an
+//! authenticating hello with a challenge (its nonce and proof) and stays in `AwaitHello`
+//! until the connector's proof arrives; only then is the hello checked (keys, filters) and
+//! handed to the application. A connector checks the listener's proof before sending its
+//! own, and takes no answer from a listener that has not proved itself.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use vmi_device::Status;
+use vmi_device::auth::{self, AuthKey, NONCE_LEN, Role, Transcript};
 use vmi_device::signature::Signature;
 
 use crate::proto::decoder::{Decoder, Event, check_hello};
-use crate::wire::{AnswerRepr, AnswerStatus, HEARTBEAT, WireError};
+use crate::wire::{
+    AnswerRepr, AnswerStatus, HEARTBEAT, HELLO_FLAG_AUTH, HELLO_LEN, HelloRepr, WireError,
+    emit_challenge, emit_proof,
+};
 
 /// Where a connection is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,6 +53,30 @@ pub struct Local {
     pub key: String,
     /// Its chains' filter signature.
     pub signature: Signature,
+    /// The pre-shared key, when this process authenticates its peers.
+    pub auth: Option<AuthKey>,
+}
+
+/// A hello that waits for its sender's proof (listener, authentication).
+#[derive(Debug)]
+struct PendingHello {
+    from_key: String,
+    to_key: String,
+    signature: String,
+    data: Vec<u8>,
+    connector_nonce: [u8; NONCE_LEN],
+    listener_nonce: [u8; NONCE_LEN],
+}
+
+/// The connector's side of authentication: what its hello said.
+#[derive(Debug)]
+struct SentHello {
+    from_key: String,
+    to_key: String,
+    signature: String,
+    nonce: [u8; NONCE_LEN],
+    /// The listener proved itself.
+    verified: bool,
 }
 
 /// What the device must do after an event.
@@ -105,6 +139,8 @@ pub enum Output {
     },
     /// Closed as planned (after a refusal, or after a local disconnect).
     Closed,
+    /// Connector: the listener proved it holds the key; this side's proof is queued.
+    Authenticated,
 }
 
 impl Output {
@@ -134,6 +170,10 @@ pub struct Connection {
     close_after_transmit: bool,
     /// Peer-loss detection (see [`Connection::tick`]).
     live: Liveness,
+    /// Listener: an authenticating hello waiting for its proof.
+    pending: Option<PendingHello>,
+    /// Connector: the authenticating hello it sent.
+    sent: Option<SentHello>,
 }
 
 /// What a connection knows of its peer's liveness, updated without reading the clock on the
@@ -175,6 +215,8 @@ impl Connection {
                 heard: false,
                 sent: false,
             },
+            pending: None,
+            sent: None,
         }
     }
 
@@ -202,6 +244,8 @@ impl Connection {
                 heard: false,
                 sent: false,
             },
+            pending: None,
+            sent: None,
         }
     }
 
@@ -290,6 +334,25 @@ impl Connection {
 
     /// Connector: the TCP connect finished; send `hello`.
     pub fn connected(&mut self, hello: Vec<u8>) {
+        // An authenticating hello: keep what the proofs cover, as it was sent.
+        if hello.len() >= HELLO_LEN + NONCE_LEN && hello[5] & HELLO_FLAG_AUTH != 0 {
+            let header: &[u8; HELLO_LEN] = hello[..HELLO_LEN].try_into().expect("24 bytes");
+            if let Ok(h) = HelloRepr::parse(header, u32::MAX) {
+                let body = &hello[HELLO_LEN..];
+                let (f, r) = body.split_at(h.from_key_len as usize);
+                let (t, r) = r.split_at(h.to_key_len as usize);
+                let (sig, _) = r.split_at(h.signature_len as usize);
+                let mut nonce = [0u8; NONCE_LEN];
+                nonce.copy_from_slice(&hello[hello.len() - NONCE_LEN..]);
+                self.sent = Some(SentHello {
+                    from_key: String::from_utf8_lossy(f).into_owned(),
+                    to_key: String::from_utf8_lossy(t).into_owned(),
+                    signature: String::from_utf8_lossy(sig).into_owned(),
+                    nonce,
+                    verified: false,
+                });
+            }
+        }
         if self.state == State::Connecting {
             self.transmit.push_back(hello);
             self.state = State::HelloSent;
@@ -465,7 +528,10 @@ impl Connection {
                 to_key,
                 signature,
                 data,
-            } => self.on_hello(from_key, to_key, signature, data, local, now),
+                nonce,
+            } => self.on_hello(from_key, to_key, signature, data, nonce, local, now),
+            Event::Proof(proof) => self.on_proof(&proof, local, now),
+            Event::Challenge { nonce, proof } => Some(self.on_challenge(&nonce, &proof, local)),
             Event::Heartbeat => None,
             Event::Answer {
                 status,
@@ -503,7 +569,148 @@ impl Connection {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn on_hello(
+        &mut self,
+        from_key: String,
+        to_key: String,
+        signature: String,
+        data: Vec<u8>,
+        nonce: Option<[u8; NONCE_LEN]>,
+        local: &Local,
+        now: Instant,
+    ) -> Option<Output> {
+        if self.state != State::AwaitHello || self.pending.is_some() {
+            return Some(self.violation(format!("{} sent a second hello", self.peer)));
+        }
+        match (&local.auth, nonce) {
+            (Some(key), Some(connector_nonce)) => {
+                let listener_nonce = auth::nonce();
+                let proof = key.prove(
+                    Role::Listener,
+                    &Transcript {
+                        connector_nonce: &connector_nonce,
+                        listener_nonce: &listener_nonce,
+                        from_key: &from_key,
+                        to_key: &to_key,
+                        signature: &signature,
+                    },
+                );
+                self.transmit
+                    .push_back(emit_challenge(&listener_nonce, &proof));
+                self.pending = Some(PendingHello {
+                    from_key,
+                    to_key,
+                    signature,
+                    data,
+                    connector_nonce,
+                    listener_nonce,
+                });
+                return None;
+            }
+            (Some(_), None) => {
+                log::warn!(
+                    "tcp: refusing connection from {}: it does not authenticate, and this process requires it",
+                    self.peer
+                );
+                return self.refuse(
+                    AnswerStatus::Invalid,
+                    "this process requires authentication with a shared key; give the connecting process the same key (tcp parameter auth_key_file or VMI_AUTH_KEY_FILE)",
+                    now,
+                );
+            }
+            (None, Some(_)) => {
+                log::warn!(
+                    "tcp: refusing connection from {}: it authenticates, and this process has no key",
+                    self.peer
+                );
+                return self.refuse(
+                    AnswerStatus::Invalid,
+                    "this process does not use authentication; give it the same key as the connecting process, or remove the key there",
+                    now,
+                );
+            }
+            (None, None) => {}
+        }
+        self.check_and_request(from_key, to_key, signature, data, local, now)
+    }
+
+    fn refuse(&mut self, status: AnswerStatus, reason: &str, now: Instant) -> Option<Output> {
+        self.transmit
+            .push_back(AnswerRepr::emit(status, reason, &[]));
+        self.closing_after_transmit(now);
+        None
+    }
+
+    /// Listener: the connector's proof of the key.
+    fn on_proof(&mut self, proof: &[u8], local: &Local, now: Instant) -> Option<Output> {
+        let (Some(p), Some(key)) = (self.pending.take(), local.auth.as_ref()) else {
+            return Some(Output::Dropped {
+                why: format!("{} sent a proof it was not asked for", self.peer),
+            });
+        };
+        let t = Transcript {
+            connector_nonce: &p.connector_nonce,
+            listener_nonce: &p.listener_nonce,
+            from_key: &p.from_key,
+            to_key: &p.to_key,
+            signature: &p.signature,
+        };
+        if !key.verify(Role::Connector, &t, proof) {
+            return Some(Output::Dropped {
+                why: format!(
+                    "{} failed authentication (it does not hold this process's key)",
+                    self.peer
+                ),
+            });
+        }
+        self.check_and_request(p.from_key, p.to_key, p.signature, p.data, local, now)
+    }
+
+    /// Connector: the listener's nonce and proof.
+    fn on_challenge(&mut self, nonce: &[u8; NONCE_LEN], proof: &[u8], local: &Local) -> Output {
+        let key_name = self.dialed.clone().unwrap_or_default();
+        let refused = |status, detail| Output::Refused {
+            status,
+            detail,
+            reply: Vec::new(),
+        };
+        if self.state != State::HelloSent {
+            return self.violation(format!("{} sent an unexpected challenge", self.peer));
+        }
+        let (Some(sent), Some(key)) = (self.sent.as_mut(), local.auth.as_ref()) else {
+            return refused(
+                Status::Mismatch,
+                format!(
+                    "'{key_name}' at {} requires authentication; give this process the same key (tcp parameter auth_key_file or VMI_AUTH_KEY_FILE)",
+                    self.peer
+                ),
+            );
+        };
+        let t = Transcript {
+            connector_nonce: &sent.nonce,
+            listener_nonce: nonce,
+            from_key: &sent.from_key,
+            to_key: &sent.to_key,
+            signature: &sent.signature,
+        };
+        if !key.verify(Role::Listener, &t, proof) {
+            return refused(
+                Status::Mismatch,
+                format!(
+                    "the process at {} could not prove it holds the authentication key (another key, or an impostor)",
+                    self.peer
+                ),
+            );
+        }
+        sent.verified = true;
+        let mine = key.prove(Role::Connector, &t);
+        self.transmit.push_back(emit_proof(&mine));
+        // Nothing to hand the device: the answer follows.
+        Output::Authenticated
+    }
+
+    fn check_and_request(
         &mut self,
         from_key: String,
         to_key: String,
@@ -512,9 +719,6 @@ impl Connection {
         local: &Local,
         now: Instant,
     ) -> Option<Output> {
-        if self.state != State::AwaitHello {
-            return Some(self.violation(format!("{} sent a second hello", self.peer)));
-        }
         match check_hello(&local.key, &local.signature, &from_key, &to_key, &signature) {
             Err((status, reason)) => {
                 if status == AnswerStatus::WrongKey {
@@ -551,6 +755,15 @@ impl Connection {
             detail,
             reply: reply.clone(),
         };
+        if status != AnswerStatus::WrongKey && self.sent.as_ref().is_some_and(|s| !s.verified) {
+            return refused(
+                Status::Mismatch,
+                format!(
+                    "the process at {} answered without proving it holds the authentication key; this process requires authentication",
+                    self.peer
+                ),
+            );
+        }
         match status {
             AnswerStatus::WrongKey => Output::TryNext {
                 why: reason,

@@ -3,6 +3,8 @@
 
 use vmi_device::signature::Signature;
 
+use vmi_device::auth::{NONCE_LEN, PROOF_LEN};
+
 use crate::wire::*;
 
 /// Where a decoder is.
@@ -10,7 +12,11 @@ use crate::wire::*;
 enum Phase {
     Hello,
     HelloBody(HelloRepr),
+    /// Listener, after an authenticating hello: the connector's proof record.
+    Proof,
     Answer,
+    /// Connector: the rest of a challenge (its 16-byte header was read as an answer's).
+    ChallengeBody,
     AnswerBody(AnswerRepr),
     FrameHeader,
     /// A payload being read. `buf` holds the bytes committed so far (`got` of them read);
@@ -53,6 +59,17 @@ pub enum Event {
         signature: String,
         /// Connect data.
         data: Vec<u8>,
+        /// The connector's nonce when it authenticates.
+        nonce: Option<[u8; NONCE_LEN]>,
+    },
+    /// Listener: the connector's proof (authentication).
+    Proof([u8; PROOF_LEN]),
+    /// Connector: the listener's nonce and proof (authentication).
+    Challenge {
+        /// Listener nonce.
+        nonce: [u8; NONCE_LEN],
+        /// Listener proof.
+        proof: [u8; PROOF_LEN],
     },
     /// The listener's answer.
     Answer {
@@ -120,7 +137,12 @@ impl Decoder {
     pub fn in_handshake(&self) -> bool {
         matches!(
             self.phase,
-            Phase::Hello | Phase::HelloBody(_) | Phase::Answer | Phase::AnswerBody(_)
+            Phase::Hello
+                | Phase::HelloBody(_)
+                | Phase::Proof
+                | Phase::Answer
+                | Phase::ChallengeBody
+                | Phase::AnswerBody(_)
         )
     }
 
@@ -193,6 +215,13 @@ impl Decoder {
                             self.body.reserve(h.body_len());
                             self.phase = Phase::HelloBody(h);
                         }
+                        Phase::Answer if self.hdr[..4] == CHALLENGE_MAGIC => {
+                            if self.hdr[4] != WIRE_VERSION {
+                                return Err(WireError::Version(self.hdr[4]));
+                            }
+                            self.body.clear();
+                            self.phase = Phase::ChallengeBody;
+                        }
                         Phase::Answer => {
                             let a = AnswerRepr::parse(
                                 self.hdr[..ANSWER_LEN].try_into().expect("16 bytes"),
@@ -240,8 +269,13 @@ impl Decoder {
                     let b = std::mem::take(&mut self.body);
                     let (fk, r) = b.split_at(h.from_key_len as usize);
                     let (tk, r) = r.split_at(h.to_key_len as usize);
-                    let (sig, data) = r.split_at(h.signature_len as usize);
-                    self.phase = Phase::FrameHeader;
+                    let (sig, r) = r.split_at(h.signature_len as usize);
+                    let (data, nonce) = r.split_at(h.data_len as usize);
+                    self.phase = if h.auth {
+                        Phase::Proof
+                    } else {
+                        Phase::FrameHeader
+                    };
                     return Ok((
                         used,
                         Some(Event::Hello {
@@ -249,8 +283,42 @@ impl Decoder {
                             to_key: String::from_utf8_lossy(tk).into_owned(),
                             signature: String::from_utf8_lossy(sig).into_owned(),
                             data: data.to_vec(),
+                            nonce: nonce.try_into().ok(),
                         }),
                     ));
+                }
+                Phase::Proof | Phase::ChallengeBody => {
+                    let proof = matches!(self.phase, Phase::Proof);
+                    let need = if proof {
+                        PROOF_RECORD_LEN
+                    } else {
+                        CHALLENGE_LEN - 16
+                    };
+                    let take = (need - self.body.len()).min(rest.len());
+                    self.body.extend_from_slice(&rest[..take]);
+                    used += take;
+                    if self.body.len() < need {
+                        return Ok((used, None));
+                    }
+                    let b = std::mem::take(&mut self.body);
+                    if proof {
+                        if b[..4] != PROOF_MAGIC {
+                            return Err(WireError::BadMagic([b[0], b[1], b[2], b[3]]));
+                        }
+                        if b[4] != WIRE_VERSION {
+                            return Err(WireError::Version(b[4]));
+                        }
+                        self.phase = Phase::FrameHeader;
+                        let mut p = [0u8; PROOF_LEN];
+                        p.copy_from_slice(&b[16..]);
+                        return Ok((used, Some(Event::Proof(p))));
+                    }
+                    self.phase = Phase::Answer;
+                    let mut nonce = [0u8; NONCE_LEN];
+                    let mut p = [0u8; PROOF_LEN];
+                    nonce.copy_from_slice(&b[..NONCE_LEN]);
+                    p.copy_from_slice(&b[NONCE_LEN..]);
+                    return Ok((used, Some(Event::Challenge { nonce, proof: p })));
                 }
                 Phase::AnswerBody(a) => {
                     let a = *a;
@@ -289,7 +357,13 @@ impl Decoder {
                 }
             }
             if used == input.len()
-                && !matches!(self.phase, Phase::HelloBody(_) | Phase::AnswerBody(_))
+                && !matches!(
+                    self.phase,
+                    Phase::HelloBody(_)
+                        | Phase::AnswerBody(_)
+                        | Phase::Proof
+                        | Phase::ChallengeBody
+                )
             {
                 return Ok((used, None));
             }
@@ -375,6 +449,7 @@ mod tests {
         );
         let expect = vec![
             Event::Hello {
+                nonce: None,
                 from_key: "client".into(),
                 to_key: "server".into(),
                 signature: "send=;recv=".into(),

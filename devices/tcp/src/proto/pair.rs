@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use vmi_device::Status;
+use vmi_device::auth::AuthKey;
 use vmi_device::signature::Signature;
 
 use super::connection::{Connection, Local, Output, State};
@@ -52,15 +53,31 @@ fn local(key: &str, send: &[&str]) -> Local {
             send: list.clone(),
             recv: list,
         },
+        auth: None,
     }
 }
 
 impl Pair {
     /// `a` (key "ka", filters `a_filters`) dials key `want` at `b` (key "kb", `b_filters`).
     fn new(want: &str, a_filters: &[&str], b_filters: &[&str], chunk: usize) -> Pair {
+        Pair::with_keys(want, a_filters, b_filters, chunk, None, None)
+    }
+
+    /// As [`Pair::new`], each side holding an authentication key or none.
+    fn with_keys(
+        want: &str,
+        a_filters: &[&str],
+        b_filters: &[&str],
+        chunk: usize,
+        a_key: Option<&[u8]>,
+        b_key: Option<&[u8]>,
+    ) -> Pair {
         let now = Instant::now();
-        let a_local = local("ka", a_filters);
-        let b_local = local("kb", b_filters);
+        let key = |k: Option<&[u8]>| k.map(|k| AuthKey::from_bytes(k, "test").unwrap());
+        let mut a_local = local("ka", a_filters);
+        a_local.auth = key(a_key);
+        let mut b_local = local("kb", b_filters);
+        b_local.auth = key(b_key);
         let mut a = Connection::connector(
             "b:7000",
             want,
@@ -70,7 +87,14 @@ impl Pair {
             HANDSHAKE,
         );
         let b = Connection::listener("a:5555", MAX_FRAGMENT, MAX_DATA, now, HANDSHAKE);
-        let hello = HelloRepr::emit("ka", want, &a_local.signature.encode(), b"connect data");
+        let nonce = a_local.auth.as_ref().map(|_| vmi_device::auth::nonce());
+        let hello = HelloRepr::emit_with(
+            "ka",
+            want,
+            &a_local.signature.encode(),
+            b"connect data",
+            nonce.as_ref(),
+        );
         a.connected(hello);
         let side = |conn, local| Side {
             conn,
@@ -431,4 +455,134 @@ fn heartbeats_keep_idle_peers_alive_and_silence_ends_the_connection() {
         Some(3),
         "lost after the timeout (3 ticks of 3 s), not before"
     );
+}
+
+const KEY: &[u8] = b"the shared key of this test pair";
+const OTHER: &[u8] = b"a different key, just as long!!!";
+
+/// With the same key on both sides the handshake goes through the challenge and the proof
+/// and then works as without; the application sees the same request and frames.
+#[test]
+fn peers_with_the_same_key_authenticate_and_carry_frames() {
+    for chunk in [1, 7, 4096] {
+        let mut p = Pair::with_keys("kb", &[], &[], chunk, Some(KEY), Some(KEY));
+        p.drive();
+        assert_eq!(
+            p.b.outputs,
+            vec![Output::Request {
+                from_key: "ka".into(),
+                data: b"connect data".to_vec()
+            }],
+            "chunk {chunk}"
+        );
+        assert!(p.b.conn.answer(true, b"hi", p.now));
+        p.drive();
+        assert!(
+            p.a.outputs.iter().any(|o| *o
+                == Output::Accepted {
+                    reply: b"hi".to_vec()
+                }),
+            "chunk {chunk}: {:?}",
+            p.a.outputs
+        );
+        Pair::frame(&mut p.a, true, 0, b"payload");
+        p.drive();
+        assert_eq!(
+            frames(&p.b.outputs[1..]),
+            vec![(true, 0, b"payload".to_vec())]
+        );
+    }
+}
+
+/// A listener with another key cannot prove itself: the connector refuses it and sends no
+/// proof; the listener's application never hears of the attempt.
+#[test]
+fn different_keys_are_refused_and_the_application_hears_nothing() {
+    let mut p = Pair::with_keys("kb", &[], &[], 4096, Some(KEY), Some(OTHER));
+    p.drive();
+    match &p.a.outputs[..] {
+        [
+            Output::Refused {
+                status: Status::Mismatch,
+                detail,
+                ..
+            },
+        ] => {
+            assert!(
+                detail.contains("could not prove it holds the authentication key"),
+                "{detail}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(p.b.outputs.is_empty(), "{:?}", p.b.outputs);
+}
+
+/// A peer without the key (it skips authentication, or fakes a proof) learns nothing but
+/// that a key is needed, and is dropped; the application hears nothing.
+#[test]
+fn peers_without_the_key_are_dropped_before_the_application_hears() {
+    // No key at all: refused with the remedy, before the keys or filters are compared.
+    let mut p = Pair::with_keys("kb-wrong", &[], &[], 4096, None, Some(KEY));
+    p.drive();
+    match &p.a.outputs[..] {
+        [Output::Refused { detail, .. }] => {
+            assert!(detail.contains("requires authentication"), "{detail}");
+            assert!(
+                !detail.contains("'kb'"),
+                "the key is not revealed: {detail}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(p.b.outputs.is_empty());
+    // A forged proof after a genuine-looking hello.
+    let mut p = Pair::with_keys("kb", &[], &[], 4096, Some(OTHER), Some(KEY));
+    // `a` holds another key: it refuses the listener's proof itself. Play the attacker by
+    // hand instead: answer the challenge with garbage.
+    p.a.drain_transmit();
+    let hello: Vec<u8> = std::mem::take(&mut p.a.outbox);
+    let local_b = p.b.local.clone();
+    let (_, out) = p.b.conn.feed(&hello, &local_b, p.now, &mut |n| vec![0; n]);
+    assert!(out.is_none());
+    let challenge = p.b.conn.poll_transmit().expect("a challenge");
+    assert!(challenge.starts_with(b"VMIC"));
+    let forged = crate::wire::emit_proof(&[0x5a; 32]);
+    let (_, out) = p.b.conn.feed(&forged, &local_b, p.now, &mut |n| vec![0; n]);
+    match out {
+        Some(Output::Dropped { why }) => assert!(why.contains("failed authentication"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        p.b.conn.poll_transmit().is_none(),
+        "nothing more is said to it"
+    );
+}
+
+/// A connector that requires authentication takes no answer from a listener that did not
+/// prove itself (an impostor answering "accepted" at once).
+#[test]
+fn an_unauthenticated_answer_is_not_taken() {
+    let mut p = Pair::with_keys("kb", &[], &[], 4096, Some(KEY), None);
+    p.drive();
+    match &p.a.outputs[..] {
+        [Output::Refused { detail, .. }] => assert!(
+            detail.contains("does not use authentication") || detail.contains("without proving"),
+            "{detail}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    // An impostor's immediate acceptance.
+    let mut p = Pair::with_keys("kb", &[], &[], 4096, Some(KEY), Some(KEY));
+    p.a.drain_transmit();
+    p.a.outbox.clear();
+    let accept = crate::wire::AnswerRepr::emit(crate::wire::AnswerStatus::Accept, "", b"");
+    let local_a = p.a.local.clone();
+    let (_, out) = p.a.conn.feed(&accept, &local_a, p.now, &mut |n| vec![0; n]);
+    match out {
+        Some(Output::Refused { detail, .. }) => {
+            assert!(detail.contains("without proving"), "{detail}")
+        }
+        other => panic!("{other:?}"),
+    }
 }
