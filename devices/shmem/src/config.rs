@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use vmi_device::abi::{VMI_PARAM_BOOL, VMI_PARAM_UINT, VmiParamSpec};
+use vmi_device::abi::{VMI_PARAM_BOOL, VMI_PARAM_STRING, VMI_PARAM_UINT, VmiParamSpec};
 use vmi_device::{Config, param};
 
 /// Declared parameters.
@@ -44,6 +44,12 @@ pub const PARAMS: &[VmiParamSpec] = &[
         c"largest fragment accepted from or sent to a peer",
     ),
     param(
+        c"auth_key_file",
+        VMI_PARAM_STRING,
+        c"",
+        c"file with the pre-shared key peers must prove they hold (empty: VMI_AUTH_KEY_FILE, or no authentication)",
+    ),
+    param(
         c"max_connect_data",
         VMI_PARAM_UINT,
         c"64k",
@@ -68,6 +74,8 @@ pub struct ShmemConfig {
     pub max_fragment: u64,
     /// Largest connect/reply data.
     pub max_connect_data: u32,
+    /// Key file for authentication (empty: VMI_AUTH_KEY_FILE or none).
+    pub auth_key_file: String,
 }
 
 impl ShmemConfig {
@@ -94,6 +102,7 @@ impl ShmemConfig {
             connect_timeout: c.get_millis("connect_timeout_ms").map_err(e)?,
             max_fragment,
             max_connect_data: c.get_u64("max_connect_data").map_err(e)?.min(16 << 20) as u32,
+            auth_key_file: c.get("auth_key_file").map_err(e)?.to_string(),
         })
     }
 }

@@ -27,6 +27,7 @@ use crate::io::{
 use crate::proto::{Incoming, RecordReader, Source, ack, encode_inline, encode_rendezvous, nack};
 use crate::spsc::{Consumer, Corrupt, Producer};
 use crate::wire::*;
+use vmi_device::auth::{self, AuthKey, NONCE_LEN, Role, Transcript};
 
 const LISTENER: Token = Token(usize::MAX);
 const BELL: Token = Token(usize::MAX - 1);
@@ -96,6 +97,10 @@ struct Conn {
     closing: Option<Irb>,
     /// The peer said goodbye first; the connection is dropped at the next poll.
     peer_done: bool,
+    /// Authentication: this side's nonce (a connector's, or a listener's challenge).
+    auth_nonce: Option<[u8; NONCE_LEN]>,
+    /// The peer proved it holds the key.
+    auth_ok: bool,
 }
 
 impl Conn {
@@ -133,6 +138,8 @@ impl Conn {
             deadline: Some(deadline),
             closing: None,
             peer_done: false,
+            auth_nonce: None,
+            auth_ok: false,
         }
     }
 }
@@ -167,6 +174,8 @@ pub struct ShmemDevice {
     slept: Cell<bool>,
     /// Connections whose peer said goodbye, to finish at the next poll.
     finishing: Vec<usize>,
+    /// The pre-shared key peers must prove they hold, if any.
+    auth: Option<AuthKey>,
 }
 
 /// A ring's consumer end as the record reader's byte source.
@@ -737,7 +746,9 @@ impl ShmemDevice {
         let body = c.ctl[HELLO_LEN..HELLO_LEN + hello.body_len()].to_vec();
         let (from, rest) = body.split_at(hello.from_key_len as usize);
         let (to, rest) = rest.split_at(hello.to_key_len as usize);
-        let (sig, data) = rest.split_at(hello.sig_len as usize);
+        let (sig, rest) = rest.split_at(hello.sig_len as usize);
+        let (data, nonce) = rest.split_at(hello.data_len as usize);
+        let nonce: Option<[u8; NONCE_LEN]> = nonce.try_into().ok();
         let (from, to, sig) = (
             String::from_utf8_lossy(from).into_owned(),
             String::from_utf8_lossy(to),
@@ -752,6 +763,83 @@ impl ShmemDevice {
                 &[],
             );
         };
+        // Authentication comes first: a peer without the key learns nothing more.
+        let hello_end = HELLO_LEN + hello.body_len();
+        match (&self.auth, nonce) {
+            (Some(key), Some(connector_nonce)) if !c.auth_ok => {
+                let Some(listener_nonce) = c.auth_nonce else {
+                    let listener_nonce = auth::nonce();
+                    let proof = key.prove(
+                        Role::Listener,
+                        &Transcript {
+                            connector_nonce: &connector_nonce,
+                            listener_nonce: &listener_nonce,
+                            from_key: &from,
+                            to_key: &to,
+                            signature: &sig,
+                        },
+                    );
+                    c.auth_nonce = Some(listener_nonce);
+                    if send_with_fds(&c.sock, &emit_challenge(&listener_nonce, &proof), &[])
+                        .is_err()
+                    {
+                        self.take(idx);
+                    }
+                    return;
+                };
+                let proof = parse_proof(&c.ctl[hello_end..]);
+                let Some(proof) = proof else {
+                    if eof || c.ctl.len() >= hello_end + PROOF_RECORD_LEN {
+                        log::warn!(
+                            "shmem: dropped a connection (pid {}): no valid proof of the authentication key",
+                            c.peer_pid
+                        );
+                        self.take(idx);
+                    }
+                    return;
+                };
+                let t = Transcript {
+                    connector_nonce: &connector_nonce,
+                    listener_nonce: &listener_nonce,
+                    from_key: &from,
+                    to_key: &to,
+                    signature: &sig,
+                };
+                if !key.verify(Role::Connector, &t, &proof) {
+                    log::warn!(
+                        "shmem: dropped a connection (pid {}): it failed authentication (it does not hold this process's key)",
+                        c.peer_pid
+                    );
+                    self.take(idx);
+                    return;
+                }
+                c.auth_ok = true;
+                c.ctl.drain(hello_end..hello_end + PROOF_RECORD_LEN);
+            }
+            (Some(_), None) => {
+                log::warn!(
+                    "shmem: refused a connection (pid {}): it does not authenticate, and this process requires it",
+                    c.peer_pid
+                );
+                refuse(
+                    c,
+                    INVALID,
+                    "this process requires authentication with a shared key; give the connecting process the same key (shmem parameter auth_key_file or VMI_AUTH_KEY_FILE)",
+                );
+                self.take(idx);
+                return;
+            }
+            (None, Some(_)) => {
+                refuse(
+                    c,
+                    INVALID,
+                    "this process does not use authentication; give it the same key as the connecting process, or remove the key there",
+                );
+                self.take(idx);
+                return;
+            }
+            _ => {}
+        }
         if to != self.key {
             refuse(
                 c,
@@ -812,6 +900,47 @@ impl ShmemDevice {
         let Some(c) = self.conns[idx].as_mut() else {
             return;
         };
+        if c.ctl.starts_with(&CHALLENGE_MAGIC) {
+            let Some((listener_nonce, proof)) = parse_challenge(&c.ctl) else {
+                if eof {
+                    let detail = format!("'{}' closed during authentication", c.peer_key);
+                    self.end(idx, Status::ConnectionLost, &detail, false);
+                }
+                return;
+            };
+            let (Some(key), Some(connector_nonce)) = (self.auth.as_ref(), c.auth_nonce) else {
+                let detail = format!(
+                    "'{}' requires authentication; give this process the same key (shmem parameter auth_key_file or VMI_AUTH_KEY_FILE)",
+                    c.peer_key
+                );
+                return self.end(idx, Status::Mismatch, &detail, false);
+            };
+            let t = Transcript {
+                connector_nonce: &connector_nonce,
+                listener_nonce: &listener_nonce,
+                from_key: &self.key,
+                to_key: &c.peer_key,
+                signature: &self.signature_text,
+            };
+            if !key.verify(Role::Listener, &t, &proof) {
+                let detail = format!(
+                    "the process listening for '{}' could not prove it holds the authentication key (another key, or an impostor)",
+                    c.peer_key
+                );
+                return self.end(idx, Status::Mismatch, &detail, false);
+            }
+            let mine = key.prove(Role::Connector, &t);
+            let _ = send_with_fds(&c.sock, &emit_proof(&mine), &[]);
+            c.auth_ok = true;
+            c.ctl.drain(..CHALLENGE_LEN);
+        }
+        if self.auth.is_some() && !c.auth_ok && c.ctl.len() >= ANSWER_LEN {
+            let detail = format!(
+                "the process listening for '{}' answered without proving it holds the authentication key; this process requires authentication",
+                c.peer_key
+            );
+            return self.end(idx, Status::Mismatch, &detail, false);
+        }
         let parsed = if c.ctl.len() >= ANSWER_LEN {
             Some(Answer::parse(&c.ctl, self.cfg.max_connect_data))
         } else {
@@ -1045,13 +1174,15 @@ impl ShmemDevice {
         let data: Vec<u8> = (0..irb.segments().len())
             .flat_map(|i| irb.segment(i).to_vec())
             .collect();
-        let hello = Hello::emit(
+        let auth_nonce = self.auth.as_ref().map(|_| auth::nonce());
+        let hello = Hello::emit_with(
             &self.key,
             &key,
             &self.signature_text,
             &data,
             self.cfg.ring_size as u32,
             &PROBE,
+            auth_nonce.as_ref(),
         );
         let _ = std_sock.set_write_timeout(Some(Duration::from_secs(2)));
         if let Err(e) = send_with_fds(&std_sock, &hello, &[region.fd(), &self.bell]) {
@@ -1070,6 +1201,7 @@ impl ShmemDevice {
             self.cfg.max_fragment,
         );
         conn.vmi = irb.conn();
+        conn.auth_nonce = auth_nonce;
         conn.region = Some(region);
         conn.peer_key = key;
         conn.connect = Some(irb);
@@ -1169,6 +1301,13 @@ impl Device for ShmemDevice {
 
     fn create(host: Host, config: &Config) -> Result<Self, String> {
         let cfg = ShmemConfig::from_config(config)?;
+        let auth = AuthKey::resolve(&cfg.auth_key_file)?;
+        if let Some(k) = &auth {
+            log::info!(
+                "shmem: authentication on (key from {}): peers must prove they hold it",
+                k.source
+            );
+        }
         let key = host.local_key();
         let uid = uid();
         let sock = bind_key(uid, &key, cfg.listen).map_err(|e| {
@@ -1222,7 +1361,18 @@ impl Device for ShmemDevice {
             polls: 0,
             slept: Cell::new(false),
             finishing: Vec::new(),
+            auth,
         })
+    }
+
+    fn get_attr(&self, name: &str) -> Option<String> {
+        match name {
+            "authentication" => Some(match &self.auth {
+                Some(k) => format!("on (key from {})", k.source),
+                None => "off".into(),
+            }),
+            _ => None,
+        }
     }
 
     fn capabilities(&self, _below: Capabilities) -> Capabilities {

@@ -4,7 +4,11 @@
 //! Control socket (abstract Unix socket), connector -> listener: Hello, 40-byte header, then
 //!   from_key | to_key | signature | connect data, with SCM_RIGHTS [ring memfd, doorbell eventfd]
 //!   0 "VMIS" | 4 version u8 | 5 0 | 6 from_key_len u16 | 8 to_key_len u16 | 10 sig_len u16
-//!   12 data_len u32 | 16 ring_size u32 | 20 reserved u32 | 24 probe_addr u64 | 32 probe_len u32 | 36 0
+//!   12 data_len u32 | 16 ring_size u32 | 20 flags u32 | 24 probe_addr u64 | 32 probe_len u32 | 36 0
+//!   flags bit 0: the connector authenticates; a 32-byte nonce ends the body.
+//! With authentication, before the answer: the listener sends a challenge (80 bytes,
+//!   "VMIC" | version | 11 zero bytes | nonce (32) | proof (32)), the connector its proof (48
+//!   bytes, "VMIP" | version | 11 zero bytes | proof (32)); proofs as in `vmi_device::auth`.
 //! Listener -> connector: Answer, 24-byte header, then reason | reply data,
 //!   with SCM_RIGHTS [doorbell eventfd] when accepted
 //!   0 "VMIR" | 4 version | 5 status | 6 reason_len u16 | 8 reply_len u32 | 12 can_read_you u8 | 13 0 0 0
@@ -18,6 +22,8 @@
 //!   RDV / RDV_END: count u32, 0 u32, then count x (addr u64, len u64) in the sender's memory;
 //!   the receiver reads them with process_vm_readv and answers ACK (or NACK: send it inline).
 //! ```
+
+use vmi_device::auth::{NONCE_LEN, PROOF_LEN};
 
 /// Hello magic.
 pub const HELLO_MAGIC: [u8; 4] = *b"VMIS";
@@ -87,6 +93,8 @@ pub struct Hello {
     pub probe_addr: u64,
     /// Their length.
     pub probe_len: u32,
+    /// A nonce ends the body (the connector authenticates).
+    pub auth: bool,
 }
 
 impl Hello {
@@ -96,6 +104,7 @@ impl Hello {
             + self.to_key_len as usize
             + self.sig_len as usize
             + self.data_len as usize
+            + if self.auth { NONCE_LEN } else { 0 }
     }
 
     /// Parses and checks the header.
@@ -120,7 +129,11 @@ impl Hello {
             ring_size: u32_at(b, 16),
             probe_addr: u64_at(b, 24),
             probe_len: u32_at(b, 32),
+            auth: u32_at(b, 20) & HELLO_FLAG_AUTH != 0,
         };
+        if u32_at(b, 20) & !HELLO_FLAG_AUTH != 0 {
+            return Err("unknown hello flags".into());
+        }
         if h.from_key_len as usize > MAX_KEY || h.to_key_len as usize > MAX_KEY {
             return Err("key over 255 bytes".into());
         }
@@ -154,6 +167,19 @@ impl Hello {
         ring_size: u32,
         probe: &[u8],
     ) -> Vec<u8> {
+        Self::emit_with(from, to, sig, data, ring_size, probe, None)
+    }
+
+    /// Writes a whole hello, with the connector's nonce when it authenticates.
+    pub fn emit_with(
+        from: &str,
+        to: &str,
+        sig: &str,
+        data: &[u8],
+        ring_size: u32,
+        probe: &[u8],
+        nonce: Option<&[u8; NONCE_LEN]>,
+    ) -> Vec<u8> {
         let mut v = Vec::with_capacity(HELLO_LEN + from.len() + to.len() + sig.len() + data.len());
         v.extend_from_slice(&HELLO_MAGIC);
         v.extend_from_slice(&[VERSION, 0]);
@@ -162,7 +188,8 @@ impl Hello {
         v.extend_from_slice(&(sig.len() as u16).to_le_bytes());
         v.extend_from_slice(&(data.len() as u32).to_le_bytes());
         v.extend_from_slice(&ring_size.to_le_bytes());
-        v.extend_from_slice(&0u32.to_le_bytes());
+        let flags = if nonce.is_some() { HELLO_FLAG_AUTH } else { 0 };
+        v.extend_from_slice(&flags.to_le_bytes());
         v.extend_from_slice(&(probe.as_ptr() as u64).to_le_bytes());
         v.extend_from_slice(&(probe.len() as u32).to_le_bytes());
         v.extend_from_slice(&0u32.to_le_bytes());
@@ -170,8 +197,65 @@ impl Hello {
         v.extend_from_slice(to.as_bytes());
         v.extend_from_slice(sig.as_bytes());
         v.extend_from_slice(data);
+        if let Some(n) = nonce {
+            v.extend_from_slice(n);
+        }
         v
     }
+}
+
+/// Hello flag: authentication.
+pub const HELLO_FLAG_AUTH: u32 = 1;
+/// Challenge magic.
+pub const CHALLENGE_MAGIC: [u8; 4] = *b"VMIC";
+/// Proof magic.
+pub const PROOF_MAGIC: [u8; 4] = *b"VMIP";
+/// Challenge length.
+pub const CHALLENGE_LEN: usize = 16 + NONCE_LEN + PROOF_LEN;
+/// Proof record length.
+pub const PROOF_RECORD_LEN: usize = 16 + PROOF_LEN;
+
+/// Writes a challenge.
+pub fn emit_challenge(nonce: &[u8; NONCE_LEN], proof: &[u8; PROOF_LEN]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(CHALLENGE_LEN);
+    v.extend_from_slice(&CHALLENGE_MAGIC);
+    v.push(VERSION);
+    v.extend_from_slice(&[0; 11]);
+    v.extend_from_slice(nonce);
+    v.extend_from_slice(proof);
+    v
+}
+
+/// Writes a proof record.
+pub fn emit_proof(proof: &[u8; PROOF_LEN]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(PROOF_RECORD_LEN);
+    v.extend_from_slice(&PROOF_MAGIC);
+    v.push(VERSION);
+    v.extend_from_slice(&[0; 11]);
+    v.extend_from_slice(proof);
+    v
+}
+
+/// A challenge's nonce and proof, when `b` starts with a whole, well-formed one.
+pub fn parse_challenge(b: &[u8]) -> Option<([u8; NONCE_LEN], [u8; PROOF_LEN])> {
+    if b.len() < CHALLENGE_LEN || b[..4] != CHALLENGE_MAGIC || b[4] != VERSION {
+        return None;
+    }
+    let mut n = [0u8; NONCE_LEN];
+    let mut p = [0u8; PROOF_LEN];
+    n.copy_from_slice(&b[16..16 + NONCE_LEN]);
+    p.copy_from_slice(&b[16 + NONCE_LEN..CHALLENGE_LEN]);
+    Some((n, p))
+}
+
+/// A proof record's proof, when `b` starts with a whole, well-formed one.
+pub fn parse_proof(b: &[u8]) -> Option<[u8; PROOF_LEN]> {
+    if b.len() < PROOF_RECORD_LEN || b[..4] != PROOF_MAGIC || b[4] != VERSION {
+        return None;
+    }
+    let mut p = [0u8; PROOF_LEN];
+    p.copy_from_slice(&b[16..PROOF_RECORD_LEN]);
+    Some(p)
 }
 
 /// An answer's fixed part.

@@ -59,6 +59,8 @@ struct DeviceReport {
     capabilities: Option<Capabilities>,
     usable: Option<bool>,
     why_not: Option<String>,
+    /// For transports: whether peers must prove they hold a pre-shared key.
+    authentication: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -141,6 +143,18 @@ fn report(spec_path: Option<PathBuf>) -> Report {
             .collect(),
         Err(_) => vec![],
     };
+    let auth_of = |name: &str| -> Option<String> {
+        running
+            .as_ref()
+            .ok()
+            .and_then(|v| v.attr_get(name, "authentication").ok())
+    };
+    let auth: Vec<(String, Option<String>)> = inspection
+        .devices
+        .iter()
+        .filter(|d| d.ty.kind == DeviceKind::Transport)
+        .map(|d| (d.name.clone(), auth_of(&d.name)))
+        .collect();
     drop(running);
     for d in &inspection.devices {
         let (usable, why_not) = if d.ty.kind == DeviceKind::Transport {
@@ -179,6 +193,10 @@ fn report(spec_path: Option<PathBuf>) -> Report {
             capabilities: caps.iter().find(|(n, _)| *n == d.name).map(|(_, c)| *c),
             usable,
             why_not,
+            authentication: auth
+                .iter()
+                .find(|(n, _)| *n == d.name)
+                .and_then(|(_, a)| a.clone()),
         });
     }
     r
@@ -228,6 +246,9 @@ fn print_report(r: &Report) {
                 c.tailroom,
                 lim(c.max_connect_data as u64)
             );
+        }
+        if let Some(a) = &d.authentication {
+            println!("  authentication {a}");
         }
         match (d.usable, &d.why_not) {
             (Some(true), _) => println!("  usable here   yes"),
