@@ -301,3 +301,35 @@ fn keys_of_255_bytes_work_over_shared_memory_and_with_tcp_beside_it() {
         assert!(r.finish(T).0);
     }
 }
+
+#[test]
+fn a_second_process_with_the_same_key_refuses_to_start() {
+    for spec in ["specfiles/shmem.xml", "specfiles/shmem-tcp.xml"] {
+        let spec = root().join(spec);
+        let key = unique_key("shm-dup");
+        let r = Proc::spawn("vmirecv", &[&key, "--timeout", "60", "-n", "1"], &spec, &[]);
+        r.wait_for("waiting for connections", T);
+        let (ok, out) = Proc::spawn("vmirecv", &[&key, "--timeout", "5"], &spec, &[]).finish(T);
+        assert!(!ok && out.contains("already"), "{spec:?}: {out}");
+        let (ok, out) = good_sender_over(&spec, &key);
+        assert!(ok, "{spec:?}: the first keeps serving: {out}");
+        assert!(r.finish(T).0);
+    }
+}
+
+fn good_sender_over(spec: &std::path::Path, recv_key: &str) -> (bool, String) {
+    Proc::spawn(
+        "vmisend",
+        &[
+            &unique_key("shm-good"),
+            recv_key,
+            "localhost",
+            "--timeout",
+            "60",
+            "-q",
+        ],
+        spec,
+        &[],
+    )
+    .finish(T)
+}

@@ -844,7 +844,14 @@ impl ShmemDevice {
             refuse(
                 c,
                 INVALID,
-                &format!("this socket belongs to key '{}', not '{to}'", self.key),
+                // Only the key asked for is named, never the one here.
+                &format!(
+                    "no process with key '{}' listens on this socket",
+                    vmi_device::socketname::socket_name("", &to)
+                        .chars()
+                        .take(64)
+                        .collect::<String>()
+                ),
             );
             self.take(idx);
             return;
