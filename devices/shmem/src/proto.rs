@@ -15,6 +15,14 @@ use crate::wire::*;
 /// Most address ranges one rendezvous record may list (the IRB's segment limit).
 pub const MAX_RANGES: usize = 16;
 
+/// Bytes a payload buffer is committed ahead of the bytes received.
+pub const COMMIT_AHEAD: usize = 256 * 1024;
+
+/// The committed length for a payload of `total` bytes with `got` received (doubling).
+fn commit_len(total: usize, got: usize) -> usize {
+    total.min(got.saturating_mul(2).max(COMMIT_AHEAD))
+}
+
 /// Bytes in, as a ring consumer offers them.
 /// An error from a source (a corrupt ring) ends the connection like a protocol violation.
 pub trait Source {
@@ -132,9 +140,11 @@ impl RecordReader {
                             }));
                         }
                         DATA | DATA_END => {
+                            // Memory is committed as bytes arrive: a header alone costs at
+                            // most COMMIT_AHEAD, however large a fragment it announces.
                             self.phase = Phase::Payload {
                                 rec,
-                                buf: alloc(rec.len as usize),
+                                buf: alloc(commit_len(rec.len as usize, 0)),
                                 got: 0,
                             }
                         }
@@ -149,10 +159,14 @@ impl RecordReader {
                         _ => return Ok(Some(Incoming::Nack { rec })),
                     }
                 }
-                Phase::Payload { buf, got, .. } => {
+                Phase::Payload { rec, buf, got } => {
+                    let total = rec.len as usize;
+                    if *got == buf.len() && *got < total {
+                        buf.resize(commit_len(total, *got), 0);
+                    }
                     let k = src.pop(&mut buf[*got..])?;
                     *got += k;
-                    if *got < buf.len() {
+                    if *got < total {
                         if k == 0 {
                             return Ok(None);
                         }
@@ -378,6 +392,33 @@ mod tests {
                 "step {step}"
             );
         }
+    }
+
+    #[test]
+    fn memory_is_committed_as_payload_bytes_arrive() {
+        // A header announcing 200 MiB, and a few bytes: at most COMMIT_AHEAD is committed.
+        let mut stream = encode_inline(true, 0, 200 << 20).to_vec();
+        stream.extend_from_slice(&[1; 100]);
+        let mut allocated = 0;
+        let mut r = RecordReader::new(256 << 20);
+        let mut pipe = Pipe {
+            bytes: stream.iter().copied().collect(),
+            visible: usize::MAX,
+        };
+        let got = r
+            .next(&mut pipe, &mut |n| {
+                allocated += n;
+                vec![0; n]
+            })
+            .unwrap();
+        assert!(got.is_none());
+        assert!(allocated <= COMMIT_AHEAD, "{allocated} bytes committed");
+        // A real 1 MiB fragment, in pieces, arrives whole.
+        let payload: Vec<u8> = (0..1 << 20).map(|i: u32| (i * 7) as u8).collect();
+        let mut stream = encode_inline(true, 0, payload.len() as u32).to_vec();
+        stream.extend_from_slice(&payload);
+        let events = read_all(&stream, 70_001, 1 << 20).unwrap();
+        assert!(matches!(&events[..], [Incoming::Data { payload: p, .. }] if *p == payload));
     }
 
     #[test]
