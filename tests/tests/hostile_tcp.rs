@@ -329,3 +329,43 @@ fn a_silently_cut_link_is_noticed_on_both_sides() {
     );
     r.wait_for("heard nothing from", T);
 }
+
+/// At start vmi raises the soft descriptor limit to the hard one, and says so.
+#[test]
+fn the_soft_descriptor_limit_is_raised_to_the_hard_one() {
+    let key = unique_key("rlimit");
+    let r = Proc::spawn_with(
+        "vmirecv",
+        &[&key, "--timeout", "30", "-n", "1"],
+        &spec(),
+        &[("VMI_LOG", "info")],
+        |cmd| {
+            // SAFETY: setrlimit is async-signal-safe; the child runs nothing else before exec.
+            unsafe {
+                cmd.pre_exec(|| {
+                    let lim = libc::rlimit {
+                        rlim_cur: 64,
+                        rlim_max: 4096,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        },
+    );
+    r.wait_for(
+        "raised the open-descriptor limit from 64 to its hard limit 4096",
+        T,
+    );
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", r.pid())).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    assert!(line.contains("4096                 4096"), "{line}");
+    let (ok, out) = good_sender(&key);
+    assert!(ok, "{out}");
+    assert!(r.finish(T).0);
+}
