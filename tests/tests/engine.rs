@@ -249,7 +249,8 @@ fn completion_steps_unwind_in_reverse_with_their_frames() {
         &format!("up=recorder:tag~{ta}-up low=recorder:tag~{ta}-low"),
         &format!("up=recorder:tag~{tb}-up low=recorder:tag~{tb}-low"),
     );
-    a.send_inline(conn, b"ping").unwrap();
+    // A buffer send (an inline send that succeeds has no completion to observe).
+    a.send(conn, [Buffer::from(b"ping".to_vec())], 0).unwrap();
     pump(&mut a, &mut ha, &mut b, &mut hb, |ha, hb| {
         hb.received.len() == 1 && !ha.completions.is_empty()
     });
@@ -296,7 +297,7 @@ fn pended_irbs_finish_from_poll_and_from_other_threads() {
     for mode in ["pass", "complete", "thread"] {
         let (mut a, mut ha, mut b, mut hb, conn) =
             connected_pair(&format!("p=pender:mode~{mode}"), "");
-        a.send_inline(conn, b"later").unwrap();
+        a.send(conn, [Buffer::from(b"later".to_vec())], 0).unwrap();
         assert!(
             ha.completions.is_empty(),
             "{mode}: nothing completes inside send"
@@ -449,6 +450,28 @@ fn a_completion_from_a_thread_after_the_vmi_ended_is_dropped_safely() {
     });
 }
 
+/// VMI_Stream_Send_Inline has no completion routine: a successful inline send costs no
+/// callback; a failed one is still reported.
+#[test]
+fn inline_sends_complete_silently_unless_they_fail() {
+    let (mut a, mut ha, mut b, mut hb, conn) = connected_pair("", "");
+    for i in 0..100u32 {
+        a.send_inline(conn, &i.to_le_bytes()).unwrap();
+    }
+    pump(&mut a, &mut ha, &mut b, &mut hb, |_, hb| {
+        hb.received.len() == 100
+    });
+    for _ in 0..10 {
+        a.poll(&mut ha);
+    }
+    assert!(ha.completions.is_empty(), "{:?}", ha.completions);
+    assert_eq!(
+        a.sends_available(),
+        vmi_core::MAX_SENDS_IN_FLIGHT,
+        "every slot is back"
+    );
+}
+
 #[test]
 fn a_filter_failure_reaches_the_right_callback() {
     let (mut a, mut ha, mut b, mut hb, conn) = connected_pair("f=failer:status~7", "");
@@ -598,7 +621,7 @@ fn thread_cpu_ticks() -> u64 {
 #[test]
 fn wait_sleeps_after_a_completion_from_another_thread() {
     let (mut a, mut ha, mut b, mut hb, conn) = connected_pair("p=pender:mode~thread", "");
-    a.send_inline(conn, b"x").unwrap();
+    a.send(conn, [Buffer::from(b"x".to_vec())], 0).unwrap();
     let start = Instant::now();
     while ha.completions.is_empty() {
         a.wait(&mut ha, Duration::from_millis(100));

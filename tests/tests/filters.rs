@@ -109,7 +109,8 @@ fn attributes_change_a_live_chain() {
 
     p.a.attr_set("f", "drop", "1").unwrap();
     for i in 0..5u8 {
-        p.a.send_inline(p.conn(), &[i]).unwrap();
+        p.a.send(p.conn(), [Buffer::from(vec![i])], u64::from(i))
+            .unwrap();
     }
     p.pump(|p| p.ha.completions.len() == 5);
     for _ in 0..10 {
@@ -127,8 +128,10 @@ fn attributes_change_a_live_chain() {
 }
 
 fn delivered(p: &mut Pair, n: u8) -> Vec<u8> {
+    // Buffer sends: each completes (inline sends that succeed have no completion).
     for i in 0..n {
-        p.a.send_inline(p.conn(), &[i]).unwrap();
+        p.a.send(p.conn(), [Buffer::from(vec![i])], u64::from(i))
+            .unwrap();
     }
     p.pump(|p| p.ha.completions.len() == n as usize);
     for _ in 0..50 {

@@ -42,7 +42,7 @@ fn deliver(core: &mut Core, handler: &mut dyn Handler, mut s: Slot) {
     let conn = ConnId(s.conn_raw());
     let status = s.status();
     match s.purpose() {
-        Purpose::Send => {
+        Purpose::Send | Purpose::SendInline => {
             let detail = s.take_detail();
             let mut done = SendCompletion {
                 status,

@@ -598,6 +598,11 @@ impl Engine {
     fn finish(&mut self, mut s: Slot, status: i32) {
         s.set_status_code(status);
         self.unwind(&mut s);
+        if status == Status::Ok.code() && s.purpose() == Purpose::SendInline {
+            // Nothing to tell the application: no outcome, no callback.
+            self.free(s);
+            return;
+        }
         self.out.push_back(s);
     }
 

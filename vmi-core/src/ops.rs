@@ -261,7 +261,9 @@ pub trait Operations: Sealed {
     }
 
     /// Sends a small one-fragment stream by copying it; no buffer needed
-    /// (VMI 2.1: `VMI_Stream_Send_Inline`). Its completion carries `token` 0 and no buffers.
+    /// (VMI 2.1: `VMI_Stream_Send_Inline`). Like VMI's, it has no completion: the
+    /// application hears of it only if it fails (`send_complete` with `token` 0 and the
+    /// status), so a stream of inline sends costs no callback per message.
     fn send_inline(&mut self, conn: ConnId, data: &[u8]) -> Result<(), VmiError> {
         let (core, mode) = self.core();
         // The copy is made only once the send is known to go: a refused send (busy, closed,
@@ -279,6 +281,8 @@ pub trait Operations: Sealed {
                 max: crate::abi::VMI_IRB_MAX_SEGS,
             })
         })?;
+        let mut s = s;
+        s.set_purpose(Purpose::SendInline);
         core.issue(s, mode);
         Ok(())
     }

@@ -45,6 +45,9 @@ pub(crate) enum Class {
 pub(crate) enum Purpose {
     /// A fragment send: send-completion callback.
     Send,
+    /// An inline send (VMI 2.1's `VMI_Stream_Send_Inline` has no completion routine): freed
+    /// at once when it succeeds; a failure is reported like a `Send`'s.
+    SendInline,
     /// A connection attempt: connect callback.
     Connect,
     /// The answer to an incoming connection: no callback unless it fails.

@@ -101,7 +101,8 @@ fn main() {
             let window = 64;
             let mut sent = 0;
             while hb.received < n {
-                while sent < n && sent - ha.completed < window {
+                // Inline sends have no completion: the window counts what arrived.
+                while sent < n && sent - hb.received < window {
                     a.send_inline(conn, &msg).unwrap();
                     sent += 1;
                 }
