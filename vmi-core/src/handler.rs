@@ -131,7 +131,8 @@ pub trait Handler {
         log::warn!("{conn}: the receiver could not deliver message {message}: {status}: {detail}");
     }
 
-    /// A send finished (VMI 2.1: the stream send completion routine).
+    /// A send finished (VMI 2.1: the stream send completion routine). An inline send
+    /// (`send_inline`) reaches it only when it fails, with `token` 0.
     fn send_complete(
         &mut self,
         _ctx: &mut Ctx<'_>,
