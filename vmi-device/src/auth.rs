@@ -159,6 +159,63 @@ impl AuthKey {
     }
 }
 
+/// The `auth_key_file` parameter, the same for every transport that authenticates.
+pub const KEY_FILE_PARAM: crate::abi::VmiParamSpec = crate::param::param(
+    c"auth_key_file",
+    crate::abi::VMI_PARAM_STRING,
+    c"",
+    c"file with the pre-shared key peers must prove they hold (empty: VMI_AUTH_KEY_FILE, or no authentication)",
+);
+
+/// Challenge record magic (listener to connector).
+pub const CHALLENGE_MAGIC: [u8; 4] = *b"VMIC";
+/// Proof record magic (connector to listener).
+pub const PROOF_MAGIC: [u8; 4] = *b"VMIP";
+/// Challenge record length: 16-byte header, nonce, proof.
+pub const CHALLENGE_LEN: usize = 16 + NONCE_LEN + PROOF_LEN;
+/// Proof record length: 16-byte header, proof.
+pub const PROOF_RECORD_LEN: usize = 16 + PROOF_LEN;
+
+/// A transport's challenge record: `"VMIC" | version | 11 zero bytes | nonce | proof`.
+pub fn challenge_record(version: u8, nonce: &[u8; NONCE_LEN], proof: &[u8; PROOF_LEN]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(CHALLENGE_LEN);
+    v.extend_from_slice(&CHALLENGE_MAGIC);
+    v.push(version);
+    v.extend_from_slice(&[0; 11]);
+    v.extend_from_slice(nonce);
+    v.extend_from_slice(proof);
+    v
+}
+
+/// A transport's proof record: `"VMIP" | version | 11 zero bytes | proof`.
+pub fn proof_record(version: u8, proof: &[u8; PROOF_LEN]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(PROOF_RECORD_LEN);
+    v.extend_from_slice(&PROOF_MAGIC);
+    v.push(version);
+    v.extend_from_slice(&[0; 11]);
+    v.extend_from_slice(proof);
+    v
+}
+
+/// The nonce and proof of a whole, well-formed challenge record of this `version` at the
+/// start of `b`.
+pub fn parse_challenge(b: &[u8], version: u8) -> Option<([u8; NONCE_LEN], [u8; PROOF_LEN])> {
+    if b.len() < CHALLENGE_LEN || b[..4] != CHALLENGE_MAGIC || b[4] != version {
+        return None;
+    }
+    let nonce = b[16..16 + NONCE_LEN].try_into().ok()?;
+    let proof = b[16 + NONCE_LEN..CHALLENGE_LEN].try_into().ok()?;
+    Some((nonce, proof))
+}
+
+/// The proof of a whole, well-formed proof record of this `version` at the start of `b`.
+pub fn parse_proof(b: &[u8], version: u8) -> Option<[u8; PROOF_LEN]> {
+    if b.len() < PROOF_RECORD_LEN || b[..4] != PROOF_MAGIC || b[4] != version {
+        return None;
+    }
+    b[16..PROOF_RECORD_LEN].try_into().ok()
+}
+
 /// A fresh nonce from the operating system's random source.
 pub fn nonce() -> [u8; NONCE_LEN] {
     let mut n = [0u8; NONCE_LEN];

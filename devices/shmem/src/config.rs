@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use vmi_device::abi::{VMI_PARAM_BOOL, VMI_PARAM_STRING, VMI_PARAM_UINT, VmiParamSpec};
+use vmi_device::abi::{VMI_PARAM_BOOL, VMI_PARAM_UINT, VmiParamSpec};
 use vmi_device::{Config, param};
 
 /// Declared parameters.
@@ -43,12 +43,7 @@ pub const PARAMS: &[VmiParamSpec] = &[
         c"256m",
         c"largest fragment accepted from or sent to a peer",
     ),
-    param(
-        c"auth_key_file",
-        VMI_PARAM_STRING,
-        c"",
-        c"file with the pre-shared key peers must prove they hold (empty: VMI_AUTH_KEY_FILE, or no authentication)",
-    ),
+    vmi_device::auth::KEY_FILE_PARAM,
     param(
         c"max_connect_data",
         VMI_PARAM_UINT,

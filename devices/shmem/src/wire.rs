@@ -206,56 +206,26 @@ impl Hello {
 
 /// Hello flag: authentication.
 pub const HELLO_FLAG_AUTH: u32 = 1;
-/// Challenge magic.
-pub const CHALLENGE_MAGIC: [u8; 4] = *b"VMIC";
-/// Proof magic.
-pub const PROOF_MAGIC: [u8; 4] = *b"VMIP";
-/// Challenge length.
-pub const CHALLENGE_LEN: usize = 16 + NONCE_LEN + PROOF_LEN;
-/// Proof record length.
-pub const PROOF_RECORD_LEN: usize = 16 + PROOF_LEN;
+pub use vmi_device::auth::{CHALLENGE_LEN, CHALLENGE_MAGIC, PROOF_MAGIC, PROOF_RECORD_LEN};
 
 /// Writes a challenge.
 pub fn emit_challenge(nonce: &[u8; NONCE_LEN], proof: &[u8; PROOF_LEN]) -> Vec<u8> {
-    let mut v = Vec::with_capacity(CHALLENGE_LEN);
-    v.extend_from_slice(&CHALLENGE_MAGIC);
-    v.push(VERSION);
-    v.extend_from_slice(&[0; 11]);
-    v.extend_from_slice(nonce);
-    v.extend_from_slice(proof);
-    v
+    vmi_device::auth::challenge_record(VERSION, nonce, proof)
 }
 
 /// Writes a proof record.
 pub fn emit_proof(proof: &[u8; PROOF_LEN]) -> Vec<u8> {
-    let mut v = Vec::with_capacity(PROOF_RECORD_LEN);
-    v.extend_from_slice(&PROOF_MAGIC);
-    v.push(VERSION);
-    v.extend_from_slice(&[0; 11]);
-    v.extend_from_slice(proof);
-    v
+    vmi_device::auth::proof_record(VERSION, proof)
 }
 
 /// A challenge's nonce and proof, when `b` starts with a whole, well-formed one.
 pub fn parse_challenge(b: &[u8]) -> Option<([u8; NONCE_LEN], [u8; PROOF_LEN])> {
-    if b.len() < CHALLENGE_LEN || b[..4] != CHALLENGE_MAGIC || b[4] != VERSION {
-        return None;
-    }
-    let mut n = [0u8; NONCE_LEN];
-    let mut p = [0u8; PROOF_LEN];
-    n.copy_from_slice(&b[16..16 + NONCE_LEN]);
-    p.copy_from_slice(&b[16 + NONCE_LEN..CHALLENGE_LEN]);
-    Some((n, p))
+    vmi_device::auth::parse_challenge(b, VERSION)
 }
 
 /// A proof record's proof, when `b` starts with a whole, well-formed one.
 pub fn parse_proof(b: &[u8]) -> Option<[u8; PROOF_LEN]> {
-    if b.len() < PROOF_RECORD_LEN || b[..4] != PROOF_MAGIC || b[4] != VERSION {
-        return None;
-    }
-    let mut p = [0u8; PROOF_LEN];
-    p.copy_from_slice(&b[16..PROOF_RECORD_LEN]);
-    Some(p)
+    vmi_device::auth::parse_proof(b, VERSION)
 }
 
 /// An answer's fixed part.

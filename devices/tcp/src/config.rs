@@ -67,12 +67,7 @@ pub const PARAMS: &[VmiParamSpec] = &[
         c"64k",
         c"largest connect or reply data accepted",
     ),
-    param(
-        c"auth_key_file",
-        VMI_PARAM_STRING,
-        c"",
-        c"file with the pre-shared key peers must prove they hold (empty: VMI_AUTH_KEY_FILE, or no authentication)",
-    ),
+    vmi_device::auth::KEY_FILE_PARAM,
     param(
         c"peer_timeout_ms",
         VMI_PARAM_UINT,

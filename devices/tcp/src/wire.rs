@@ -37,14 +37,7 @@ use vmi_device::auth::{NONCE_LEN, PROOF_LEN};
 pub const HELLO_MAGIC: [u8; 4] = *b"VMIT";
 /// Answer magic.
 pub const ANSWER_MAGIC: [u8; 4] = *b"VMIA";
-/// Challenge magic (authentication).
-pub const CHALLENGE_MAGIC: [u8; 4] = *b"VMIC";
-/// Proof magic (authentication).
-pub const PROOF_MAGIC: [u8; 4] = *b"VMIP";
-/// Challenge length.
-pub const CHALLENGE_LEN: usize = 16 + NONCE_LEN + PROOF_LEN;
-/// Proof length.
-pub const PROOF_RECORD_LEN: usize = 16 + PROOF_LEN;
+pub use vmi_device::auth::{CHALLENGE_LEN, CHALLENGE_MAGIC, PROOF_MAGIC, PROOF_RECORD_LEN};
 /// Hello flag: authentication (a nonce ends the body).
 pub const HELLO_FLAG_AUTH: u8 = 1;
 /// Wire version (2: heartbeats).
@@ -250,23 +243,12 @@ impl HelloRepr {
 
 /// Writes a challenge (listener nonce and proof).
 pub fn emit_challenge(nonce: &[u8; NONCE_LEN], proof: &[u8; PROOF_LEN]) -> Vec<u8> {
-    let mut v = Vec::with_capacity(CHALLENGE_LEN);
-    v.extend_from_slice(&CHALLENGE_MAGIC);
-    v.push(WIRE_VERSION);
-    v.extend_from_slice(&[0; 11]);
-    v.extend_from_slice(nonce);
-    v.extend_from_slice(proof);
-    v
+    vmi_device::auth::challenge_record(WIRE_VERSION, nonce, proof)
 }
 
 /// Writes a proof record (the connector's proof).
 pub fn emit_proof(proof: &[u8; PROOF_LEN]) -> Vec<u8> {
-    let mut v = Vec::with_capacity(PROOF_RECORD_LEN);
-    v.extend_from_slice(&PROOF_MAGIC);
-    v.push(WIRE_VERSION);
-    v.extend_from_slice(&[0; 11]);
-    v.extend_from_slice(proof);
-    v
+    vmi_device::auth::proof_record(WIRE_VERSION, proof)
 }
 
 /// The fixed part of an answer.

@@ -190,6 +190,16 @@ struct Liveness {
     sent: bool,
 }
 
+impl Liveness {
+    /// No peer timeout (until `with_peer_timeout`).
+    const OFF: Liveness = Liveness {
+        timeout: Duration::ZERO,
+        last_heard: None,
+        heard: false,
+        sent: false,
+    };
+}
+
 impl Connection {
     /// A connection being opened to `peer` for `key`; the handshake must finish by `deadline`.
     pub fn connector(
@@ -209,12 +219,7 @@ impl Connection {
             handshake_timeout,
             transmit: VecDeque::new(),
             close_after_transmit: false,
-            live: Liveness {
-                timeout: Duration::ZERO,
-                last_heard: None,
-                heard: false,
-                sent: false,
-            },
+            live: Liveness::OFF,
             pending: None,
             sent: None,
         }
@@ -238,12 +243,7 @@ impl Connection {
             handshake_timeout,
             transmit: VecDeque::new(),
             close_after_transmit: false,
-            live: Liveness {
-                timeout: Duration::ZERO,
-                last_heard: None,
-                heard: false,
-                sent: false,
-            },
+            live: Liveness::OFF,
             pending: None,
             sent: None,
         }
