@@ -42,6 +42,23 @@ fn port_of(p: &Proc) -> u16 {
     line.rsplit(':').next().unwrap().trim().parse().unwrap()
 }
 
+/// Makes the child start with these soft and hard limits on open descriptors.
+fn nofile(cmd: &mut std::process::Command, soft: u64, hard: u64) {
+    // SAFETY: setrlimit is async-signal-safe; the child runs nothing else before exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let lim = libc::rlimit {
+                rlim_cur: soft,
+                rlim_max: hard,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// The largest resident set the process has had, in KiB.
 fn peak_rss_kib(pid: u32) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -163,21 +180,7 @@ fn accepting_resumes_after_the_descriptor_limit() {
         &[&key, "--timeout", "60", "-n", "4"],
         &spec(),
         &[],
-        |cmd| {
-            // SAFETY: setrlimit is async-signal-safe; the child runs nothing else before exec.
-            unsafe {
-                cmd.pre_exec(|| {
-                    let lim = libc::rlimit {
-                        rlim_cur: 64,
-                        rlim_max: 64,
-                    };
-                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
-        },
+        |cmd| nofile(cmd, 64, 64),
     );
     r.wait_for("waiting for connections", T);
     let port = port_of(&r);
@@ -339,21 +342,7 @@ fn the_soft_descriptor_limit_is_raised_to_the_hard_one() {
         &[&key, "--timeout", "30", "-n", "1"],
         &spec(),
         &[("VMI_LOG", "info")],
-        |cmd| {
-            // SAFETY: setrlimit is async-signal-safe; the child runs nothing else before exec.
-            unsafe {
-                cmd.pre_exec(|| {
-                    let lim = libc::rlimit {
-                        rlim_cur: 64,
-                        rlim_max: 4096,
-                    };
-                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
-        },
+        |cmd| nofile(cmd, 64, 4096),
     );
     r.wait_for(
         "raised the open-descriptor limit from 64 to its hard limit 4096",

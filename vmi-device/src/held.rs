@@ -31,19 +31,25 @@ impl HeldBuffers {
         len.max(64).next_power_of_two().trailing_zeros() as usize
     }
 
-    /// A buffer of exactly `len` bytes. Its contents are unspecified (zero or old data): the
-    /// caller overwrites them. A recycled buffer keeps its initialised length, so only bytes
-    /// never written before are zeroed.
-    pub fn take(&mut self, len: usize) -> Vec<u8> {
-        let c = Self::class(len);
-        let mut v = if c <= MAX_CLASS {
+    /// A pooled buffer with room for at least `cap` bytes, its old contents kept.
+    fn with_room(&mut self, cap: usize) -> Vec<u8> {
+        let c = Self::class(cap);
+        let v = if c <= MAX_CLASS {
             self.classes[c].pop().unwrap_or_default()
         } else {
             Vec::new()
         };
-        if v.capacity() < len {
-            v = Vec::with_capacity(if c <= MAX_CLASS { 1 << c } else { len });
+        if v.capacity() < cap {
+            return Vec::with_capacity(if c <= MAX_CLASS { 1 << c } else { cap });
         }
+        v
+    }
+
+    /// A buffer of exactly `len` bytes. Its contents are unspecified (zero or old data): the
+    /// caller overwrites them. A recycled buffer keeps its initialised length, so only bytes
+    /// never written before are zeroed.
+    pub fn take(&mut self, len: usize) -> Vec<u8> {
+        let mut v = self.with_room(len);
         if v.len() >= len {
             v.truncate(len);
         } else {
@@ -55,16 +61,8 @@ impl HeldBuffers {
     /// An empty buffer (length 0) with room for at least `cap` bytes, for writers that fill
     /// spare capacity: nothing is zeroed.
     pub fn take_empty(&mut self, cap: usize) -> Vec<u8> {
-        let c = Self::class(cap);
-        let mut v = if c <= MAX_CLASS {
-            self.classes[c].pop().unwrap_or_default()
-        } else {
-            Vec::new()
-        };
+        let mut v = self.with_room(cap);
         v.clear();
-        if v.capacity() < cap {
-            v = Vec::with_capacity(if c <= MAX_CLASS { 1 << c } else { cap });
-        }
         v
     }
 
