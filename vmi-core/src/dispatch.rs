@@ -21,10 +21,16 @@ use vmi_device::hostmsg::HostMsg;
 
 /// Delivers queued outcomes; returns how many. Bounded per call, so devices keep making
 /// progress under a flood of events.
+#[inline]
 pub(crate) fn dispatch(core: &mut Core, handler: &mut dyn Handler) -> usize {
     if core.engine.outcomes() == 0 {
         return 0;
     }
+    dispatch_queued(core, handler)
+}
+
+#[inline(never)]
+fn dispatch_queued(core: &mut Core, handler: &mut dyn Handler) -> usize {
     let mut n = 0;
     let budget = core.engine.outcomes().max(1) * 4 + 64;
     while let Some(s) = core.engine.pop_outcome() {

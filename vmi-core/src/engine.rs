@@ -479,12 +479,18 @@ impl Engine {
 
     // ---- moving IRBs ----
 
-    /// Runs queued work until none is left.
+    /// Runs queued work until none is left. The common case, nothing queued, is two loads
+    /// inlined at the caller; the loop is out of line.
+    #[inline]
     fn drive(&mut self) {
-        // The common case, nothing queued: two loads.
         if !self.boundary.remote.has_pending() && self.shared.work.borrow().is_empty() {
             return;
         }
+        self.drive_queued();
+    }
+
+    #[inline(never)]
+    fn drive_queued(&mut self) {
         loop {
             // One relaxed load instead of the queue's atomics when nothing came from other threads.
             if self.boundary.remote.has_pending() {
