@@ -558,12 +558,12 @@ impl Engine {
             if st.transport && (!down || st.index != transport) {
                 continue; // only the owning transport sees a send; none above the one receiving
             }
-            if !st.transport && s.flags() & VMI_FLAG_HOST != 0 {
-                continue; // the hosts' own messages go past filters (see `hostmsg`)
-            }
             let Some(f) = st.entry else {
                 continue; // pass-through at no cost
             };
+            if !st.transport && s.flags() & VMI_FLAG_HOST != 0 {
+                continue; // the hosts' own messages go past filters (see `hostmsg`)
+            }
             let frame = s.frame_ptr(st.frame_off);
             let raw = s.into_raw();
             // SAFETY: live instance; the device gets the IRB and its own frame, and follows

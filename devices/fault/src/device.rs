@@ -65,11 +65,6 @@ impl FaultFilter {
     fn inject(&mut self, mut irb: Irb, up: bool) -> Disposition {
         self.counts.seen += 1;
         let r = self.config.rates;
-        if irb.flags() & VMI_FLAG_HOST != 0 {
-            // The hosts' own bookkeeping is never faulted (see `vmi_device::hostmsg`).
-            self.counts.seen -= 1;
-            return Disposition::Pass(irb);
-        }
         if self.chance(r.drop) {
             self.counts.dropped += 1;
             log::debug!("fault: dropped a {}-byte fragment", irb.data_len());

@@ -75,6 +75,31 @@ struct Conn {
     peer_done: bool,
 }
 
+impl Conn {
+    /// A connection on `sock` (vmi handle 0 until the application knows it).
+    fn new(
+        sock: mio::net::TcpStream,
+        vmi: u64,
+        proto: Connection,
+        attempt: Option<Attempt>,
+    ) -> Conn {
+        Conn {
+            sock,
+            vmi,
+            proto,
+            tx: VecDeque::new(),
+            timed: false,
+            attempt,
+            last_write_turn: 0,
+            dirty: false,
+            parked: Vec::new(),
+            parked_off: 0,
+            closing: None,
+            peer_done: false,
+        }
+    }
+}
+
 /// Per-IRB frame: the received payload a RECV IRB points at (index + 1; 0 for none).
 #[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
 #[repr(C)]
@@ -369,20 +394,7 @@ impl TcpDevice {
                         self.cfg.handshake_timeout,
                     )
                     .with_peer_timeout(self.cfg.peer_timeout);
-                    let conn = Conn {
-                        sock,
-                        vmi,
-                        proto,
-                        tx: VecDeque::new(),
-                        timed: false,
-                        attempt: Some(attempt),
-                        last_write_turn: 0,
-                        dirty: false,
-                        parked: Vec::new(),
-                        parked_off: 0,
-                        closing: None,
-                        peer_done: false,
-                    };
+                    let conn = Conn::new(sock, vmi, proto, Some(attempt));
                     if let Err(e) = self.insert(conn) {
                         log::error!("tcp: cannot register a socket: {e}");
                     }
@@ -848,20 +860,7 @@ impl TcpDevice {
                         self.cfg.handshake_timeout,
                     )
                     .with_peer_timeout(self.cfg.peer_timeout);
-                    let conn = Conn {
-                        sock,
-                        vmi: 0,
-                        proto,
-                        tx: VecDeque::new(),
-                        timed: false,
-                        attempt: None,
-                        last_write_turn: 0,
-                        dirty: false,
-                        parked: Vec::new(),
-                        parked_off: 0,
-                        closing: None,
-                        peer_done: false,
-                    };
+                    let conn = Conn::new(sock, 0, proto, None);
                     if let Err(e) = self.insert(conn) {
                         log::error!("tcp: cannot register an accepted socket: {e}");
                     }
