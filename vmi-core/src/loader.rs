@@ -258,8 +258,36 @@ pub fn default_library(type_name: &str) -> String {
     format!("libvmi_{}.so", type_name.replace('-', "_"))
 }
 
-/// Directories searched, in order: the specfile's directory, `VMI_DEVICE_PATH`, the running
-/// executable's directory and its `../lib`.
+/// Directories a library (libvmi) added for the devices installed beside it.
+fn library_dirs() -> &'static Mutex<Vec<PathBuf>> {
+    static DIRS: OnceLock<Mutex<Vec<PathBuf>>> = OnceLock::new();
+    DIRS.get_or_init(|| Mutex::new(Vec::new()))
+}
+
+/// Adds a directory to search for devices, after `VMI_DEVICE_PATH` (libvmi adds the
+/// `vmi/` directory beside itself, where an installation puts the devices).
+pub fn add_search_dir(dir: PathBuf) {
+    let mut dirs = library_dirs().lock().unwrap_or_else(|e| e.into_inner());
+    if !dirs.contains(&dir) {
+        dirs.push(dir);
+    }
+}
+
+/// The installation's device directory for a specfile in `<prefix>/share/vmi/specfiles`:
+/// `<prefix>/lib/vmi`.
+fn installed_beside_spec(spec_dir: &Path) -> Option<PathBuf> {
+    let share_vmi = spec_dir.parent()?;
+    let share = share_vmi.parent()?;
+    let installed = spec_dir.file_name()? == "specfiles"
+        && share_vmi.file_name()? == "vmi"
+        && share.file_name()? == "share";
+    installed.then(|| share.parent().unwrap_or(Path::new("/")).join("lib/vmi"))
+}
+
+/// Directories searched, in order: the specfile's directory (and, for a specfile installed
+/// in `<prefix>/share/vmi/specfiles`, `<prefix>/lib/vmi`), `VMI_DEVICE_PATH`, the
+/// directories libraries added ([`add_search_dir`]: libvmi's `vmi/` beside itself), the
+/// running executable's directory, its `../lib/vmi` (an installed program), `../lib` and `..`.
 pub fn search_dirs(spec_dir: Option<&Path>) -> Vec<PathBuf> {
     let mut dirs = Vec::new();
     if let Some(d) = spec_dir {
@@ -268,13 +296,22 @@ pub fn search_dirs(spec_dir: Option<&Path>) -> Vec<PathBuf> {
         } else {
             d.to_path_buf()
         });
+        dirs.extend(installed_beside_spec(d));
     }
     if let Some(p) = std::env::var_os("VMI_DEVICE_PATH") {
         dirs.extend(std::env::split_paths(&p).filter(|d| !d.as_os_str().is_empty()));
     }
+    dirs.extend(
+        library_dirs()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned(),
+    );
     if let Ok(exe) = std::env::current_exe() {
         if let Some(dir) = exe.parent() {
             dirs.push(dir.to_path_buf());
+            dirs.push(dir.join("../lib/vmi"));
             // cargo puts test and example binaries one level down (target/debug/deps).
             dirs.push(dir.join("../lib"));
             dirs.push(dir.join(".."));

@@ -1,0 +1,157 @@
+//! Buffers (VMI 2.1: `VMI_Buffer_Register`, `VMI_Buffer_Allocate`, `VMI_Buffer_Deallocate`,
+//! `VMI_BUFFER_ADDRESS`).
+//!
+//! A send copies the bytes out of the buffer when it is issued, so the memory may be changed
+//! or sent again at once, even while earlier sends of it are in flight (VMI 2.1 asked
+//! programs to leave it untouched until the completion; programs that do still work).
+
+use crate::connection::put_out;
+use crate::handle::{Handle, from_ptr};
+use crate::state::{self, Buf};
+use crate::status::{CapiError, guard};
+use crate::types::*;
+
+const BUFFER: &str = "the buffer";
+
+/// Largest buffer (the largest message a chain can carry is smaller; sends check that).
+const MAX_BUFFER: usize = 1 << 40;
+
+/// Registers application memory for sending (VMI 2.1: `VMI_Buffer_Register`). The memory
+/// stays the application's; `VMI_Buffer_Deallocate` (or `VMI_Buffer_Deregister`) forgets it.
+///
+/// # Safety
+/// `addr` points to `size` bytes that stay valid until the buffer is deregistered;
+/// `out` points to writable storage.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn VMI_Buffer_Register(
+    addr: PVOID,
+    size: ULONG,
+    out: *mut PVMI_BUFFER,
+) -> VMI_STATUS {
+    guard("VMI_Buffer_Register", || {
+        state::check()?;
+        let len = size as usize;
+        if addr.is_null() && len > 0 {
+            return Err(CapiError::InvalidParameter("the address is NULL".into()));
+        }
+        if len > MAX_BUFFER || (addr as usize).checked_add(len).is_none() {
+            return Err(CapiError::InvalidParameter(format!(
+                "{len} bytes at {addr:p} do not fit the address space"
+            )));
+        }
+        let h = state::tables(|t| {
+            t.buffers.insert(Buf {
+                addr: addr.cast(),
+                len,
+                _memory: None,
+            })
+        });
+        put_out(out, h)
+    })
+}
+
+/// Allocates zero-filled memory for sending (VMI 2.1: `VMI_Buffer_Allocate`); its address
+/// is `VMI_BUFFER_ADDRESS(buffer)`.
+///
+/// # Safety
+/// `out` points to writable storage.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn VMI_Buffer_Allocate(size: ULONG, out: *mut PVMI_BUFFER) -> VMI_STATUS {
+    guard("VMI_Buffer_Allocate", || {
+        state::check()?;
+        let len = size as usize;
+        if len > MAX_BUFFER {
+            return Err(CapiError::InvalidParameter(format!(
+                "{len} bytes is over the {MAX_BUFFER}-byte buffer limit"
+            )));
+        }
+        let mut mem = vec![0u8; len].into_boxed_slice();
+        let addr = mem.as_mut_ptr();
+        let h = state::tables(|t| {
+            t.buffers.insert(Buf {
+                addr,
+                len,
+                _memory: Some(mem),
+            })
+        });
+        put_out(out, h)
+    })
+}
+
+/// Frees an allocated buffer, or forgets a registered one (VMI 2.1: `VMI_Buffer_Deallocate`);
+/// the handle is stale afterwards.
+#[unsafe(no_mangle)]
+pub extern "C" fn VMI_Buffer_Deallocate(buffer: PVMI_BUFFER) -> VMI_STATUS {
+    guard("VMI_Buffer_Deallocate", || {
+        state::check()?;
+        state::tables(|t| t.buffers.remove(from_ptr(buffer)))
+            .map(drop)
+            .ok_or(CapiError::InvalidHandle(BUFFER))
+    })
+}
+
+/// Forgets a registered buffer (VMI 2.1: `VMI_Buffer_Deregister`); the same as
+/// `VMI_Buffer_Deallocate`.
+#[unsafe(no_mangle)]
+pub extern "C" fn VMI_Buffer_Deregister(buffer: PVMI_BUFFER) -> VMI_STATUS {
+    VMI_Buffer_Deallocate(buffer)
+}
+
+/// The buffer's memory, or NULL for an invalid handle (VMI 2.1: `VMI_BUFFER_ADDRESS`).
+#[unsafe(no_mangle)]
+pub extern "C" fn VMI_Buffer_Address(buffer: PVMI_BUFFER) -> PVOID {
+    state::tables(|t| t.buffers.get(from_ptr(buffer)).map(|b| b.addr.cast()))
+        .unwrap_or(std::ptr::null_mut())
+}
+
+/// The buffer's size in bytes, or 0 for an invalid handle (vmi's addition).
+#[unsafe(no_mangle)]
+pub extern "C" fn VMI_Buffer_Size(buffer: PVMI_BUFFER) -> ULONG {
+    state::tables(|t| t.buffers.get(from_ptr(buffer)).map(|b| b.len as ULONG)).unwrap_or(0)
+}
+
+/// The whole buffer's bytes, copied (connect data).
+pub(crate) fn bytes_of(buffer: PVMI_BUFFER) -> Result<Vec<u8>, CapiError> {
+    let (addr, len) = range(buffer)?;
+    // SAFETY: registered memory the application promised valid while registered.
+    Ok(unsafe { std::slice::from_raw_parts(addr, len) }.to_vec())
+}
+
+fn range(buffer: PVMI_BUFFER) -> Result<(*const u8, usize), CapiError> {
+    let h: Handle = from_ptr(buffer);
+    state::tables(|t| t.buffers.get(h).map(|b| (b.addr as *const u8, b.len)))
+        .ok_or(CapiError::InvalidHandle(BUFFER))
+}
+
+/// Checks that `size` bytes at `addr` lie in `buffer` (when one is given) and returns them
+/// as a part to send. With a NULL buffer the memory is taken as it is (unregistered memory,
+/// which the copy makes safe).
+pub(crate) fn part(
+    buffer: PVMI_BUFFER,
+    addr: PVOID,
+    size: ULONG,
+) -> Result<(*const u8, usize), CapiError> {
+    let len = size as usize;
+    if len == 0 {
+        return Ok((std::ptr::null(), 0));
+    }
+    if addr.is_null() {
+        return Err(CapiError::InvalidParameter(format!(
+            "the address of {len} bytes to send is NULL"
+        )));
+    }
+    let start = addr as usize;
+    let end = start
+        .checked_add(len)
+        .ok_or_else(|| CapiError::InvalidParameter("the range wraps the address space".into()))?;
+    if !buffer.is_null() {
+        let (base, blen) = range(buffer)?;
+        let (b0, b1) = (base as usize, base as usize + blen);
+        if start < b0 || end > b1 {
+            return Err(CapiError::InvalidParameter(format!(
+                "{len} bytes at {addr:p} lie outside the buffer ({blen} bytes at {base:p})"
+            )));
+        }
+    }
+    Ok((addr as *const u8, len))
+}

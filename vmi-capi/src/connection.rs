@@ -1,0 +1,215 @@
+//! Connections (VMI 2.1: `VMI_Connection_Create`, `_Bind`, `_Issue`, `_Accept_Fn`,
+//! `_Disconnect`, `_Disconnect_Fn`, the receive-context macros).
+
+use vmi_core::Operations;
+
+use crate::handle::{Handle, from_ptr, to_ptr};
+use crate::netaddr;
+use crate::state::{self, Conn, ConnState, with_ops};
+use crate::status::{CapiError, guard};
+use crate::types::*;
+
+const CONN: &str = "the connection";
+
+/// The handle of a live connection entry.
+pub(crate) fn live(conn: PVMI_CONNECT) -> Result<Handle, CapiError> {
+    let h = from_ptr(conn);
+    state::tables(|t| t.conns.get(h).map(|_| h)).ok_or(CapiError::InvalidHandle(CONN))
+}
+
+/// Writes an output handle.
+pub(crate) fn put_out<P>(out: *mut *mut P, h: Handle) -> Result<(), CapiError> {
+    if out.is_null() {
+        return Err(CapiError::InvalidParameter("the output pointer is NULL".into()));
+    }
+    // SAFETY: checked non-null; the caller's writable pointer.
+    unsafe { *out = to_ptr(h) };
+    Ok(())
+}
+
+/// Creates a connection object (VMI 2.1: `VMI_Connection_Create`); bind it, then issue it.
+///
+/// # Safety
+/// `out` points to writable storage.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn VMI_Connection_Create(out: *mut PVMI_CONNECT) -> VMI_STATUS {
+    guard("VMI_Connection_Create", || {
+        state::check()?;
+        if out.is_null() {
+            return Err(CapiError::InvalidParameter("the output pointer is NULL".into()));
+        }
+        let h = state::tables(|t| t.conns.insert(Conn::new(ConnState::Created)));
+        put_out(out, h)
+    })
+}
+
+/// Binds a connection to the peer's address (VMI 2.1: `VMI_Connection_Bind`, addresses by
+/// value; `local` is `*localAddress`, recorded but not needed). A port other than 0 skips
+/// the key-derived port search (`host:port`).
+#[unsafe(no_mangle)]
+pub extern "C" fn VMI_Connection_Bind(
+    local: VMI_NETADDRESS,
+    remote: VMI_NETADDRESS,
+    conn: PVMI_CONNECT,
+) -> VMI_STATUS {
+    guard("VMI_Connection_Bind", || {
+        state::check()?;
+        let _ = netaddr::get(&local.key, "local key")?;
+        let host = netaddr::get(&remote.host, "host")?;
+        let key = netaddr::get(&remote.key, "key")?;
+        let host = if remote.port != 0 {
+            format!("{host}:{}", remote.port)
+        } else {
+            host
+        };
+        let h = live(conn)?;
+        state::tables(|t| {
+            let c = t.conns.get_mut(h).ok_or(CapiError::InvalidHandle(CONN))?;
+            if c.state != ConnState::Created {
+                return Err(CapiError::InvalidParameter(
+                    "the connection was issued already; create a new one".into(),
+                ));
+            }
+            c.remote = Some((host, key));
+            Ok(())
+        })
+    })
+}
+
+/// Starts connecting (VMI 2.1: `VMI_Connection_Issue`) with optional connect data (the
+/// whole buffer); `done(context, reply, size, connection, response)` runs from a later
+/// `VMI_Poll` (never inside this call) with `VMI_CONNECT_RESPONSE_ACCEPT`, `_REJECT` or
+/// `_ERROR` (then `VMI_Last_Error` says why).
+///
+/// # Safety
+/// `context` is the caller's, passed back untouched.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn VMI_Connection_Issue(
+    conn: PVMI_CONNECT,
+    data: PVMI_BUFFER,
+    done: VMIConnectIssue,
+    context: PVOID,
+) -> VMI_STATUS {
+    guard("VMI_Connection_Issue", || {
+        state::check()?;
+        let h = live(conn)?;
+        let bytes = if data.is_null() {
+            Vec::new()
+        } else {
+            crate::buffer::bytes_of(data)?
+        };
+        let (host, key) = state::tables(|t| {
+            let c = t.conns.get(h).ok_or(CapiError::InvalidHandle(CONN))?;
+            if c.state != ConnState::Created {
+                return Err(CapiError::InvalidParameter(
+                    "the connection was issued already; create a new one".into(),
+                ));
+            }
+            c.remote.clone().ok_or_else(|| {
+                CapiError::InvalidParameter(
+                    "the connection is not bound; call VMI_Connection_Bind first".into(),
+                )
+            })
+        })?;
+        let id = with_ops!(|o| o.connect(&host, &key, &bytes, h))??;
+        state::tables(|t| {
+            if let Some(c) = t.conns.get_mut(h) {
+                c.state = ConnState::Connecting;
+                c.id = Some(id);
+                c.issued = Some((done, context));
+            }
+            t.by_id.insert(id, h);
+        });
+        Ok(())
+    })
+}
+
+/// Sets the process-wide accept function (VMI 2.1: `VMI_Connection_Accept_Fn`). Without one,
+/// every incoming connection is refused (and logged).
+#[unsafe(no_mangle)]
+pub extern "C" fn VMI_Connection_Accept_Fn(f: VMIConnectAccept) -> VMI_STATUS {
+    guard("VMI_Connection_Accept_Fn", || {
+        state::check()?;
+        state::tables(|t| t.accept_fn = f);
+        Ok(())
+    })
+}
+
+/// Sets the function told when a peer closes a connection or it fails (VMI 2.1:
+/// `VMI_Connection_Disconnect_Fn`).
+#[unsafe(no_mangle)]
+pub extern "C" fn VMI_Connection_Disconnect_Fn(f: VMIDisconnectNotification) -> VMI_STATUS {
+    guard("VMI_Connection_Disconnect_Fn", || {
+        state::check()?;
+        state::tables(|t| t.peer_disconnect_fn = f);
+        Ok(())
+    })
+}
+
+/// Closes a connection in order (VMI 2.1: `VMI_Connection_Disconnect`): sends already issued
+/// are delivered first; `done(connection, context, status)` runs from a later `VMI_Poll`,
+/// after which the handle is stale.
+///
+/// # Safety
+/// `context` is the caller's, passed back untouched.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn VMI_Connection_Disconnect(
+    conn: PVMI_CONNECT,
+    done: VMIConnectDisconnect,
+    context: PVOID,
+) -> VMI_STATUS {
+    guard("VMI_Connection_Disconnect", || {
+        state::check()?;
+        let h = live(conn)?;
+        let id = state::tables(|t| t.conns.get(h).and_then(|c| c.id)).ok_or_else(|| {
+            CapiError::InvalidParameter("the connection was never issued or accepted".into())
+        })?;
+        with_ops!(|o| o.disconnect(id))??;
+        state::tables(|t| {
+            if let Some(c) = t.conns.get_mut(h) {
+                c.state = ConnState::Closing;
+                c.closing = Some((done, context));
+            }
+        });
+        Ok(())
+    })
+}
+
+/// Sets the connection's receive context, passed to the receive function (VMI 2.1:
+/// `VMI_CONNECT_SET_RECEIVE_CONTEXT`).
+#[unsafe(no_mangle)]
+pub extern "C" fn VMI_Connection_Set_Receive_Context(
+    conn: PVMI_CONNECT,
+    context: PVOID,
+) -> VMI_STATUS {
+    guard("VMI_Connection_Set_Receive_Context", || {
+        state::check()?;
+        let h = live(conn)?;
+        state::tables(|t| {
+            if let Some(c) = t.conns.get_mut(h) {
+                c.recv_context = context;
+            }
+        });
+        Ok(())
+    })
+}
+
+/// The connection's receive context, or NULL for an invalid handle (VMI 2.1:
+/// `VMI_CONNECT_GET_RECEIVE_CONTEXT`).
+#[unsafe(no_mangle)]
+pub extern "C" fn VMI_Connection_Get_Receive_Context(conn: PVMI_CONNECT) -> PVOID {
+    let h = from_ptr(conn);
+    state::tables(|t| t.conns.get(h).map(|c| c.recv_context)).unwrap_or(std::ptr::null_mut())
+}
+
+/// The open connection behind a handle, for sends.
+pub(crate) fn open_id(h: Handle) -> Result<vmi_core::ConnId, CapiError> {
+    state::tables(|t| {
+        let c = t.conns.get(h).ok_or(CapiError::InvalidHandle(CONN))?;
+        c.id.ok_or_else(|| {
+            CapiError::InvalidParameter(
+                "the connection is not open (issue it and wait for its callback)".into(),
+            )
+        })
+    })
+}
