@@ -87,19 +87,28 @@ impl Proc {
         setup: impl FnOnce(&mut Command),
     ) -> Proc {
         let mut cmd = Command::new(bin(program));
-        cmd.args(args)
-            .env("VMI_SPECFILE", spec)
-            .env_remove("VMI_KEY")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        if std::env::var_os("VMI_LOG").is_none() {
-            cmd.env("VMI_LOG", "info");
-        }
+        cmd.args(args).env("VMI_SPECFILE", spec);
         for (k, v) in env {
             cmd.env(k, v);
         }
         setup(&mut cmd);
+        Proc::spawn_command(program, cmd)
+    }
+
+    /// Starts a prepared command (any program), collecting its output; `VMI_KEY` is removed
+    /// and `VMI_LOG=info` set unless the command sets them (or the test's environment sets
+    /// `VMI_LOG`).
+    pub fn spawn_command(program: &str, mut cmd: Command) -> Proc {
+        if !cmd.get_envs().any(|(k, _)| k == "VMI_KEY") {
+            cmd.env_remove("VMI_KEY");
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let log_set = cmd.get_envs().any(|(k, _)| k == "VMI_LOG");
+        if !log_set && std::env::var_os("VMI_LOG").is_none() {
+            cmd.env("VMI_LOG", "info");
+        }
         let mut child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {program}: {e}"));

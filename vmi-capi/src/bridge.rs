@@ -24,7 +24,7 @@ fn conn_handle(id: ConnId) -> Option<Handle> {
 
 /// Lends the callback's slab to C for the duration of `f`.
 fn lend_slab<R>(slab: &mut Slab<'_>, f: impl FnOnce(Handle) -> R) -> (R, Handle) {
-    let p = slab as *mut Slab<'_> as *mut Slab<'static>;
+    let p = std::ptr::from_mut(slab).cast::<Slab<'static>>();
     let h = state::tables(|t| {
         t.slabs.insert(SlabEntry {
             view: SlabView::Borrowed(p),
@@ -181,7 +181,10 @@ impl Handler for Bridge {
         }
         state::tables(|t| {
             if let Some(e) = t.slabs.get_mut(h) {
-                e.view = SlabView::Grabbed { slab: g, origin };
+                e.view = SlabView::Grabbed {
+                    slab: Box::new(g),
+                    origin,
+                };
             }
         });
     }
@@ -214,7 +217,11 @@ impl Handler for Bridge {
             }
         });
         if token == 0 && code != status::code::OK {
-            log::warn!("{id}: an inline send failed: {}: {}", done.status, done.detail);
+            log::warn!(
+                "{id}: an inline send failed: {}: {}",
+                done.status,
+                done.detail
+            );
         }
         if let Some((Some(f), context, code)) = notify {
             if code != status::code::OK {

@@ -20,7 +20,9 @@ pub(crate) fn live(conn: PVMI_CONNECT) -> Result<Handle, CapiError> {
 /// Writes an output handle.
 pub(crate) fn put_out<P>(out: *mut *mut P, h: Handle) -> Result<(), CapiError> {
     if out.is_null() {
-        return Err(CapiError::InvalidParameter("the output pointer is NULL".into()));
+        return Err(CapiError::InvalidParameter(
+            "the output pointer is NULL".into(),
+        ));
     }
     // SAFETY: checked non-null; the caller's writable pointer.
     unsafe { *out = to_ptr(h) };
@@ -36,7 +38,9 @@ pub unsafe extern "C" fn VMI_Connection_Create(out: *mut PVMI_CONNECT) -> VMI_ST
     guard("VMI_Connection_Create", || {
         state::check()?;
         if out.is_null() {
-            return Err(CapiError::InvalidParameter("the output pointer is NULL".into()));
+            return Err(CapiError::InvalidParameter(
+                "the output pointer is NULL".into(),
+            ));
         }
         let h = state::tables(|t| t.conns.insert(Conn::new(ConnState::Created)));
         put_out(out, h)

@@ -109,9 +109,11 @@ pub extern "C" fn VMI_Poll() -> VMI_STATUS {
 #[unsafe(no_mangle)]
 pub extern "C" fn VMI_Wait(timeout_ms: ULONG) -> VMI_STATUS {
     guard("VMI_Wait", || {
+        // ULONG is 64 bits here but 32 on other targets.
+        #[allow(clippy::useless_conversion)]
+        let timeout = Duration::from_millis(u64::from(timeout_ms));
         state::with_runtime("VMI_Wait", |rt| {
-            rt.vmi
-                .wait(&mut Bridge, Duration::from_millis(timeout_ms as u64));
+            rt.vmi.wait(&mut Bridge, timeout);
         })
     })
 }

@@ -51,7 +51,10 @@ fn make(host: &str, port: u16, user: &str, key: &str) -> Result<VMI_NETADDRESS, 
 
 /// This process's address: its host name, key and user.
 pub(crate) fn local(key: &str) -> VMI_NETADDRESS {
-    let host = rustix::system::uname().nodename().to_string_lossy().into_owned();
+    let host = rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned();
     let user = std::env::var("USER").unwrap_or_default();
     make(&host, 0, &user, key).unwrap_or_else(|_| {
         let mut a = empty();
@@ -89,7 +92,9 @@ pub unsafe extern "C" fn VMI_Connection_Allocate_IPV4_Address(
 ) -> VMI_STATUS {
     guard("VMI_Connection_Allocate_IPV4_Address", || {
         if out.is_null() {
-            return Err(CapiError::InvalidParameter("the output pointer is NULL".into()));
+            return Err(CapiError::InvalidParameter(
+                "the output pointer is NULL".into(),
+            ));
         }
         let host = c_str(host, "the host")?;
         let key = c_str(key, "the key")?;

@@ -31,7 +31,10 @@ fn own_file() -> Option<PathBuf> {
 /// where cargo puts the devices beside it) to the device search path.
 pub(crate) fn add_library_dir() {
     if let Some(dir) = own_file().as_deref().and_then(|f| f.parent()) {
-        log::debug!("libvmi is in {}; devices are also searched there and in its vmi/", dir.display());
+        log::debug!(
+            "libvmi is in {}; devices are also searched there and in its vmi/",
+            dir.display()
+        );
         vmi_core::loader::add_search_dir(dir.join("vmi"));
         vmi_core::loader::add_search_dir(dir.to_path_buf());
     }

@@ -82,7 +82,9 @@ pub unsafe extern "C" fn VMI_Slab_Save_State(
 ) -> VMI_STATUS {
     guard("VMI_Slab_Save_State", || {
         if out.is_null() {
-            return Err(CapiError::InvalidParameter("the output pointer is NULL".into()));
+            return Err(CapiError::InvalidParameter(
+                "the output pointer is NULL".into(),
+            ));
         }
         let offset = with_slab(slab, |e| Ok(len(&e.view) - remaining(&e.view)))?;
         // SAFETY: checked non-null; the caller's writable pointer. The offset + 1 is never 0.
@@ -128,7 +130,9 @@ pub unsafe extern "C" fn VMI_Slab_Read(
 ) -> VMI_STATUS {
     guard("VMI_Slab_Read", || {
         if bytes.is_null() || out.is_null() {
-            return Err(CapiError::InvalidParameter("an output pointer is NULL".into()));
+            return Err(CapiError::InvalidParameter(
+                "an output pointer is NULL".into(),
+            ));
         }
         // SAFETY: checked non-null; the caller's pointer.
         let wanted = unsafe { *bytes } as usize;
@@ -154,7 +158,9 @@ pub unsafe extern "C" fn VMI_Slab_Try_Read(
 ) -> VMI_STATUS {
     guard("VMI_Slab_Try_Read", || {
         if bytes.is_null() || out.is_null() {
-            return Err(CapiError::InvalidParameter("an output pointer is NULL".into()));
+            return Err(CapiError::InvalidParameter(
+                "an output pointer is NULL".into(),
+            ));
         }
         // SAFETY: checked non-null; the caller's pointer.
         let wanted = unsafe { *bytes } as usize;
@@ -212,7 +218,9 @@ pub unsafe extern "C" fn VMI_Slab_Copy_Bytes(slab: PVMI_SLAB, n: ULONG, dst: PVO
     guard("VMI_Slab_Copy_Bytes", || {
         let n = n as usize;
         if dst.is_null() && n > 0 {
-            return Err(CapiError::InvalidParameter("the destination is NULL".into()));
+            return Err(CapiError::InvalidParameter(
+                "the destination is NULL".into(),
+            ));
         }
         with_slab(slab, |e| {
             let left = remaining(&e.view);

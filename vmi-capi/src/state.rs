@@ -97,7 +97,7 @@ pub(crate) enum SlabView {
     Borrowed(*mut Slab<'static>),
     /// A slab the application grabbed; `origin` is its cursor at the first byte.
     Grabbed {
-        slab: GrabbedSlab,
+        slab: Box<GrabbedSlab>,
         origin: vmi_core::SlabState,
     },
 }
@@ -215,7 +215,7 @@ pub(crate) fn as_callback<R>(ctx: &mut Ctx<'_>, f: impl FnOnce() -> R) -> R {
             CTX.with(|c| c.set(std::ptr::null_mut()));
         }
     }
-    let p = ctx as *mut Ctx<'_> as *mut Ctx<'static>;
+    let p = std::ptr::from_mut(ctx).cast::<Ctx<'static>>();
     CTX.with(|c| c.set(p));
     let _reset = Reset;
     f()

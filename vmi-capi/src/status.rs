@@ -189,11 +189,16 @@ mod tests {
         for c in (0..=13).chain(100..=109) {
             assert_ne!(describe(c), c"unknown status", "{c}");
         }
-        let s = guard("VMI_Test", || Err(CapiError::InvalidHandle("the connection")));
+        let s = guard("VMI_Test", || {
+            Err(CapiError::InvalidHandle("the connection"))
+        });
         assert_eq!(s, code::INVALID_HANDLE);
         let (c, m) = last();
         assert_eq!(c, s);
-        assert!(m.starts_with("VMI_Test: the connection is not a valid handle"), "{m}");
+        assert!(
+            m.starts_with("VMI_Test: the connection is not a valid handle"),
+            "{m}"
+        );
         let s = guard("VMI_Test", || panic!("boom"));
         assert_eq!(s, 12);
         assert!(last().1.contains("boom"));

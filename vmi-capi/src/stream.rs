@@ -168,7 +168,9 @@ pub unsafe extern "C" fn VMI_Stream_Begin(
     guard("VMI_Stream_Begin", || {
         state::check()?;
         if out.is_null() {
-            return Err(CapiError::InvalidParameter("the output pointer is NULL".into()));
+            return Err(CapiError::InvalidParameter(
+                "the output pointer is NULL".into(),
+            ));
         }
         let h = connection::live(conn)?;
         let first = part(buffer, addr, size)?;

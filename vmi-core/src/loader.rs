@@ -655,3 +655,32 @@ pub unsafe fn validate(
         vtable,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_installed_specfile_finds_the_installed_devices() {
+        let spec = Path::new("/opt/vmi/share/vmi/specfiles");
+        assert_eq!(
+            installed_beside_spec(spec),
+            Some(PathBuf::from("/opt/vmi/lib/vmi"))
+        );
+        let dirs = search_dirs(Some(spec));
+        assert_eq!(dirs[0], spec);
+        assert_eq!(dirs[1], Path::new("/opt/vmi/lib/vmi"));
+        for other in ["/work/specfiles", "/opt/share/x/specfiles", "specfiles", ""] {
+            assert_eq!(installed_beside_spec(Path::new(other)), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn added_directories_are_searched_once() {
+        let d = PathBuf::from("/nonexistent/vmi-loader-test");
+        add_search_dir(d.clone());
+        add_search_dir(d.clone());
+        let n = search_dirs(None).iter().filter(|x| **x == d).count();
+        assert_eq!(n, 1);
+    }
+}

@@ -1,0 +1,228 @@
+//! The C API end to end, as a C user meets it: vmi is installed into a temporary prefix, C
+//! programs are built against the installed `vmi.h` and libvmi through pkg-config (shared,
+//! and statically with `vmi-static`), and they run from a directory outside the source tree
+//! with no `LD_LIBRARY_PATH` or `VMI_DEVICE_PATH`: the installed programs and libvmi find
+//! the installed devices by themselves.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use vmi_tests::{Proc, TempDir, ensure_built, root, target_dir, unique_key};
+
+const T: Duration = Duration::from_secs(60);
+
+struct Installed {
+    _dir: TempDir,
+    prefix: PathBuf,
+    work: PathBuf,
+}
+
+impl Installed {
+    fn new() -> Installed {
+        ensure_built();
+        let dir = TempDir::new("vmi-install");
+        let prefix = dir.path().join("prefix");
+        let work = dir.path().join("work");
+        std::fs::create_dir_all(&work).expect("work dir");
+        let profile = target_dir()
+            .file_name()
+            .expect("profile")
+            .to_string_lossy()
+            .into_owned();
+        let out = Command::new(root().join("install.sh"))
+            .args(["--prefix", prefix.to_str().expect("utf-8 path")])
+            .args(["--profile", &profile, "--no-build"])
+            .env("CARGO_TARGET_DIR", target_dir().parent().expect("target"))
+            .output()
+            .expect("run install.sh");
+        assert!(
+            out.status.success(),
+            "install.sh failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Installed {
+            _dir: dir,
+            prefix,
+            work,
+        }
+    }
+
+    fn spec(&self, name: &str) -> PathBuf {
+        self.prefix.join("share/vmi/specfiles").join(name)
+    }
+
+    /// Builds a C program with the installed header and library, through pkg-config.
+    fn cc(&self, source: &Path, package: &str) -> PathBuf {
+        let pc = Command::new("pkg-config")
+            .args(["--cflags", "--libs", package])
+            .env("PKG_CONFIG_PATH", self.prefix.join("lib/pkgconfig"))
+            .output()
+            .expect(
+                "pkg-config is needed to build C programs against vmi (apt-get install pkg-config)",
+            );
+        assert!(pc.status.success(), "pkg-config {package} failed");
+        let flags = String::from_utf8(pc.stdout).expect("utf-8 flags");
+        assert!(
+            !flags.contains(root().to_str().expect("utf-8 root")),
+            "the flags name the source tree: {flags}"
+        );
+        let stem = source.file_stem().expect("stem").to_string_lossy();
+        let exe = self.work.join(format!("{stem}-{package}"));
+        let out = Command::new("cc")
+            .args(["-Wall", "-Wextra", "-o"])
+            .arg(&exe)
+            .arg(source)
+            .args(flags.split_whitespace())
+            .output()
+            .expect("the system C compiler (cc) is needed");
+        assert!(
+            out.status.success(),
+            "cc {} failed:\n{}",
+            source.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        exe
+    }
+
+    /// Starts an installed or freshly built program from the work directory, with nothing
+    /// pointing into the build tree.
+    fn run(&self, exe: &Path, args: &[&str], spec: &str) -> Proc {
+        let mut cmd = Command::new(exe);
+        cmd.args(args)
+            .current_dir(&self.work)
+            .env("VMI_SPECFILE", self.spec(spec))
+            .env_remove("LD_LIBRARY_PATH")
+            .env_remove("VMI_DEVICE_PATH");
+        Proc::spawn_command(&exe.file_name().expect("name").to_string_lossy(), cmd)
+    }
+}
+
+/// The line the last transport of a shipped spec logs when it listens.
+fn listening(key: &str) -> String {
+    format!("tcp: key '{key}' listening")
+}
+
+#[test]
+fn installed_c_programs_and_tools_run_from_the_prefix() {
+    let inst = Installed::new();
+    let examples = inst.prefix.join("share/vmi/examples");
+    let vmisend = inst.cc(&examples.join("vmisend.c"), "vmi");
+    let vmirecv = inst.cc(&examples.join("vmirecv.c"), "vmi");
+    let check_src = root().join("tests/c/capi/capi_check.c");
+    let check = inst.cc(&check_src, "vmi");
+    let check_static = inst.cc(&check_src, "vmi-static");
+    let ldd = Command::new("ldd").arg(&check_static).output();
+    if let Ok(ldd) = ldd {
+        let text = String::from_utf8_lossy(&ldd.stdout);
+        assert!(
+            !text.contains("libvmi"),
+            "the static program loads libvmi:\n{text}"
+        );
+    }
+
+    for spec in ["tcp.xml", "shmem-tcp.xml"] {
+        // The tutorial's programs, unchanged: the receiver prints each fragment's text.
+        let rkey = unique_key("crecv");
+        let recv = inst.run(&vmirecv, &[&rkey], spec);
+        recv.wait_for(&listening(&rkey), T);
+        let send = inst.run(&vmisend, &[&unique_key("csend"), &rkey, "localhost"], spec);
+        let (ok, out) = send.finish(T);
+        assert!(ok, "{spec}: vmisend failed:\n{out}");
+        let (ok, out) = recv.finish(T);
+        assert!(ok, "{spec}: vmirecv failed:\n{out}");
+        let lines = out
+            .lines()
+            .filter(|l| l.starts_with("All work and no play makes Jack a dull boy #1.  "))
+            .count();
+        assert_eq!(lines, 4, "{spec}: expected 4 fragments of text:\n{out}");
+
+        // Connect data, rejection, gather, inline, a stream, a grabbed slab, a reply sent
+        // from a callback, bad handles: a static server and shared clients.
+        let skey = unique_key("cserver");
+        let server = inst.run(&check_static, &["server", &skey], spec);
+        server.wait_for(&listening(&skey), T);
+        let reject = inst.run(
+            &check,
+            &["reject", &unique_key("creject"), &skey, "localhost"],
+            spec,
+        );
+        let (ok, out) = reject.finish(T);
+        assert!(
+            ok && out.contains("REJECTED OK"),
+            "{spec}: reject client:\n{out}"
+        );
+        let client = inst.run(
+            &check,
+            &["client", &unique_key("cclient"), &skey, "localhost"],
+            spec,
+        );
+        let (ok, out) = client.finish(T);
+        assert!(ok && out.contains("CLIENT OK"), "{spec}: client:\n{out}");
+        let (ok, out) = server.finish(T);
+        assert!(ok, "{spec}: server failed:\n{out}");
+        for line in [
+            "REFUSED cookie 7",
+            "MSG 1: alpha|beta|gamma",
+            "MSG 2: inline-one",
+            "GRABBED OK",
+            "MSG 3: s1s2s3",
+            "MSG 4: ping",
+            "PEER CLOSED",
+            "SERVER OK",
+        ] {
+            assert!(
+                out.contains(line),
+                "{spec}: server did not print '{line}':\n{out}"
+            );
+        }
+    }
+
+    // The installed Rust tools find the installed devices too.
+    let bin = inst.prefix.join("bin");
+    let rkey = unique_key("rrecv");
+    let recv = inst.run(&bin.join("vmirecv"), &[&rkey, "-n", "1"], "shmem.xml");
+    recv.wait_for("waiting for connections", T);
+    let send = inst.run(
+        &bin.join("vmisend"),
+        &[&unique_key("rsend"), &rkey, "localhost", "-n", "1"],
+        "shmem.xml",
+    );
+    let (ok, out) = send.finish(T);
+    assert!(ok, "installed vmisend failed:\n{out}");
+    let (ok, out) = recv.finish(T);
+    assert!(ok, "installed vmirecv failed:\n{out}");
+}
+
+#[test]
+fn a_c_program_gets_clear_errors() {
+    let inst = Installed::new();
+    let check = inst.cc(&root().join("tests/c/capi/capi_check.c"), "vmi");
+    // No peer: the connect fails with a reason, not a hang or a crash.
+    let client = inst.run(
+        &check,
+        &[
+            "client",
+            &unique_key("lonely"),
+            &unique_key("nobody"),
+            "localhost",
+        ],
+        "tcp.xml",
+    );
+    let (ok, out) = client.finish(T);
+    assert!(!ok, "a client with no server must fail:\n{out}");
+    assert!(out.contains("expected acceptance, got 3"), "{out}");
+    assert!(
+        out.contains("last error: VMI_Connection_Issue:"),
+        "the reason is missing:\n{out}"
+    );
+    // A missing specfile names the variable to set.
+    let mut cmd = Command::new(&check);
+    cmd.args(["server", "k"])
+        .current_dir(&inst.work)
+        .env_remove("VMI_SPECFILE");
+    let (ok, out) = Proc::spawn_command("capi_check", cmd).finish(T);
+    assert!(!ok, "{out}");
+    assert!(out.contains("VMI_SPECFILE"), "{out}");
+}
