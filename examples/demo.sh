@@ -30,8 +30,8 @@ for _ in $(seq 100); do
   sleep 0.05
 done
 
-echo "demo: \$ vmisend sendkey recvkey localhost --size 1m --fragments 16 --count 3"
-"$bin/vmisend" sendkey recvkey localhost --size 1m --fragments 16 --count 3 --cookie "hello from vmisend"
+echo "demo: \$ vmisend sendkey recvkey localhost --pattern --size 1m --fragments 16 --count 3"
+"$bin/vmisend" sendkey recvkey localhost --pattern --size 1m --fragments 16 --count 3 --cookie "hello from vmisend"
 status=0
 wait "$recv_pid" || status=$?
 recv_pid=""

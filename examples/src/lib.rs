@@ -1,5 +1,5 @@
-//! Helpers shared by `vmisend` and `vmirecv`: the content pattern checked by `--verify`,
-//! fragment sizing, and logging set-up.
+//! Helpers shared by `vmisend` and `vmirecv`: the tutorial's text, the content pattern
+//! checked by `--verify`, fragment sizing, and logging set-up.
 #![forbid(unsafe_code)]
 
 /// Bytes at the start of every message that carry its length (little-endian `u64`; a
@@ -94,8 +94,15 @@ impl Verifier {
         let mut declared = [0u8; 8];
         declared[..n].copy_from_slice(&self.prefix[..n]);
         let bad = self.bad.take();
+        let text = self.prefix.starts_with(b"All work");
         *self = Verifier::default();
         if let Some(b) = bad {
+            if text {
+                return Err(
+                    "it holds the tutorial's text, not the test pattern: run vmisend with --pattern to verify"
+                        .into(),
+                );
+            }
             return Err(format!("byte {b} differs from what vmisend wrote"));
         }
         let declared = u64::from_le_bytes(declared);
@@ -113,6 +120,61 @@ impl Verifier {
         }
         Ok(got)
     }
+}
+
+/// The sentence the VMI 2.1 tutorial's sender repeats, numbered from 1.
+const TUTORIAL: &str = "All work and no play makes Jack a dull boy #";
+
+/// Fills `buf` with bytes `offset..` of the tutorial's message of `total` bytes: "All work
+/// and no play makes Jack a dull boy #1.  " repeated with the number counting up, cut at
+/// `total - 1` bytes and ended with a NUL (what the tutorial's `createMessage` writes).
+pub fn fill_text(buf: &mut [u8], total: u64, offset: u64) {
+    let mut pos = 0u64; // start of the current sentence in the message
+    let mut n = 1u64;
+    let end = offset + buf.len() as u64;
+    while pos < end {
+        let sentence = format!("{TUTORIAL}{n}.  ");
+        let len = sentence.len() as u64;
+        if pos + len > offset {
+            for (i, &b) in sentence.as_bytes().iter().enumerate() {
+                let at = pos + i as u64;
+                if (offset..end).contains(&at) {
+                    buf[(at - offset) as usize] = b;
+                }
+            }
+        }
+        pos += len;
+        n += 1;
+    }
+    if total > 0 && (offset..end).contains(&(total - 1)) {
+        buf[(total - 1 - offset) as usize] = 0;
+    }
+}
+
+/// How a received message prints: its text up to the first NUL when it is text (the
+/// tutorial's message), at most `max` bytes of it; `None` for binary data.
+pub fn printable(data: &[u8], max: usize) -> Option<String> {
+    let text = data.split(|&b| b == 0).next().unwrap_or(&[]);
+    let text = std::str::from_utf8(text).ok()?;
+    if text.is_empty()
+        || text
+            .chars()
+            .any(|c| c.is_control() && c != '\n' && c != '\t')
+    {
+        return None;
+    }
+    if text.len() <= max {
+        return Some(text.to_string());
+    }
+    let mut cut = max;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    Some(format!(
+        "{}… ({} more bytes)",
+        &text[..cut],
+        text.len() - cut
+    ))
 }
 
 /// Splits `size` bytes into `fragments` pieces whose sizes differ by at most one.
@@ -164,6 +226,28 @@ mod tests {
         assert_eq!(v, [4, 3, 3]);
         assert_eq!(fragment_sizes(0, 16).sum::<u64>(), 0);
         assert_eq!(fragment_sizes(64 << 20, 16).sum::<u64>(), 64 << 20);
+    }
+
+    #[test]
+    fn the_tutorial_text_is_cut_and_ended_with_nul() {
+        let mut m = vec![0xffu8; 100];
+        fill_text(&mut m, 100, 0);
+        let text = printable(&m, 1000).unwrap();
+        assert!(text.starts_with("All work and no play makes Jack a dull boy #1.  All work"));
+        assert_eq!(text.len(), 99);
+        assert_eq!(m[99], 0);
+        // Filling in pieces gives the same bytes.
+        let mut parts = vec![0u8; 100];
+        for (start, len) in [(0, 7), (7, 50), (57, 43)] {
+            fill_text(&mut parts[start..start + len], 100, start as u64);
+        }
+        assert_eq!(parts, m);
+        assert_eq!(printable(&[1, 2, 3], 10), None);
+        assert_eq!(printable(b"abcdef\0", 3).unwrap(), "abc… (3 more bytes)");
+        // A verifier told it is text, not the pattern.
+        let mut v = Verifier::default();
+        v.feed(0, &m);
+        assert!(v.finish(0).unwrap_err().contains("--pattern"));
     }
 
     #[test]

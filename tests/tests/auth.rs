@@ -40,7 +40,14 @@ fn sender(spec: &Path, key: &str, auth: Option<&Path>) -> (bool, String) {
     }
     Proc::spawn(
         "vmisend",
-        &[&unique_key("auth-send"), key, "localhost", "-t", "20"],
+        &[
+            "--pattern",
+            &unique_key("auth-send"),
+            key,
+            "localhost",
+            "-t",
+            "20",
+        ],
         spec,
         &env,
     )

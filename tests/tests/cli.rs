@@ -118,3 +118,21 @@ fn spec_on_the_command_line_replaces_the_variable() {
     assert!(ok, "{out}");
     assert!(r.finish(Duration::from_secs(30)).0);
 }
+
+/// A mistyped variable is reported even by an application that set up no logger.
+#[test]
+fn typo_warnings_reach_an_application_without_a_logger() {
+    let key = unique_key("no-logger");
+    let (ok, out) = Proc::spawn(
+        "no-logger",
+        &[&key],
+        &root().join("specfiles/loopback.xml"),
+        &[("VMI_LOOPBACK_LATENCYY", "1"), ("VMI_LOG", "off")],
+    )
+    .finish(Duration::from_secs(30));
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("vmi: warning: environment variable VMI_LOOPBACK_LATENCYY is not used by vmi"),
+        "{out}"
+    );
+}

@@ -35,7 +35,15 @@ fn good_sender(recv_key: &str) -> (bool, String) {
     let key = unique_key("shm-good");
     Proc::spawn(
         "vmisend",
-        &[&key, recv_key, "localhost", "--timeout", "100", "-q"],
+        &[
+            "--pattern",
+            &key,
+            recv_key,
+            "localhost",
+            "--timeout",
+            "100",
+            "-q",
+        ],
         &shm_spec(),
         &[],
     )
@@ -204,6 +212,7 @@ fn a_key_squatted_by_another_user_gets_nothing() {
     let (ok, out) = Proc::spawn(
         "vmisend",
         &[
+            "--pattern",
             &sender,
             &key,
             "localhost",
@@ -240,6 +249,7 @@ fn an_over_limit_hello_is_answered_and_the_log_shows_the_peers_ring() {
     let (ok, out) = Proc::spawn(
         "vmisend",
         &[
+            "--pattern",
             &unique_key("shm-big"),
             &key,
             "localhost",
@@ -258,6 +268,7 @@ fn an_over_limit_hello_is_answered_and_the_log_shows_the_peers_ring() {
     let (ok, out) = Proc::spawn(
         "vmisend",
         &[
+            "--pattern",
             &unique_key("shm-small-ring"),
             &key,
             "localhost",
@@ -288,7 +299,14 @@ fn keys_of_255_bytes_work_over_shared_memory_and_with_tcp_beside_it() {
         let skey = format!("{}-{}", unique_key("long-send"), "s".repeat(240));
         let (ok, out) = Proc::spawn(
             "vmisend",
-            &[&skey[..255], key, "localhost", "--timeout", "60"],
+            &[
+                "--pattern",
+                &skey[..255],
+                key,
+                "localhost",
+                "--timeout",
+                "60",
+            ],
             &spec,
             &[("VMI_LOG", "info")],
         )
@@ -321,6 +339,7 @@ fn good_sender_over(spec: &std::path::Path, recv_key: &str) -> (bool, String) {
     Proc::spawn(
         "vmisend",
         &[
+            "--pattern",
             &unique_key("shm-good"),
             recv_key,
             "localhost",

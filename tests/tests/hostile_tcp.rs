@@ -29,7 +29,15 @@ fn good_sender(recv_key: &str) -> (bool, String) {
     let key = unique_key("good");
     Proc::spawn(
         "vmisend",
-        &[&key, recv_key, "localhost", "--timeout", "30", "-q"],
+        &[
+            "--pattern",
+            &key,
+            recv_key,
+            "localhost",
+            "--timeout",
+            "30",
+            "-q",
+        ],
         &spec(),
         &[],
     )
@@ -229,6 +237,7 @@ fn a_sender_does_not_listen_and_an_over_limit_hello_is_answered() {
     let (ok, out) = Proc::spawn(
         "vmisend",
         &[
+            "--pattern",
             &skey,
             &key,
             "localhost",
@@ -304,6 +313,7 @@ fn a_silently_cut_link_is_noticed_on_both_sides() {
     let s = Proc::spawn(
         "vmisend",
         &[
+            "--pattern",
             &unique_key("cut-send"),
             &key,
             &format!("127.0.0.1:{proxy_port}"),

@@ -22,6 +22,7 @@ fn exchange(spec: &Path) -> (String, String) {
     let s = Proc::spawn(
         "vmisend",
         &[
+            "--pattern",
             &unique_key("sdk-send"),
             &key,
             "localhost",

@@ -26,7 +26,14 @@ fn recv(key: &str, extra: &[&str], env: &[(&str, &str)]) -> Proc {
 
 fn send(recv_key: &str, extra: &[&str], env: &[(&str, &str)]) -> (bool, String) {
     let key = unique_key("shm-send");
-    let mut args = vec![key.as_str(), recv_key, "localhost", "--timeout", "100"];
+    let mut args = vec![
+        "--pattern",
+        key.as_str(),
+        recv_key,
+        "localhost",
+        "--timeout",
+        "100",
+    ];
     args.extend_from_slice(extra);
     Proc::spawn("vmisend", &args, &shm_spec(), env).finish(T)
 }
@@ -132,6 +139,7 @@ fn killing_either_side_is_reported_and_leaves_nothing_behind() {
     let s = Proc::spawn(
         "vmisend",
         &[
+            "--pattern",
             &skey,
             &key,
             "localhost",
@@ -173,6 +181,7 @@ fn killing_either_side_is_reported_and_leaves_nothing_behind() {
     let mut s = Proc::spawn(
         "vmisend",
         &[
+            "--pattern",
             &skey,
             &key,
             "localhost",
@@ -377,7 +386,14 @@ fn each_connection_takes_the_first_transport_that_reaches_the_peer() {
     r.wait_for("waiting for connections", T);
     let (ok, out) = Proc::spawn(
         "vmisend",
-        &[&unique_key("pick-send"), &key, "localhost", "-s", "100k"],
+        &[
+            "--pattern",
+            &unique_key("pick-send"),
+            &key,
+            "localhost",
+            "-s",
+            "100k",
+        ],
         &both,
         &[],
     )
@@ -400,7 +416,14 @@ fn each_connection_takes_the_first_transport_that_reaches_the_peer() {
     r.wait_for("waiting for connections", T);
     let (ok, out) = Proc::spawn(
         "vmisend",
-        &[&unique_key("pick-send"), &key, "localhost", "-s", "100k"],
+        &[
+            "--pattern",
+            &unique_key("pick-send"),
+            &key,
+            "localhost",
+            "-s",
+            "100k",
+        ],
         &both,
         &[],
     )

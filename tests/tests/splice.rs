@@ -37,6 +37,7 @@ fn run(spec: &Path, messages: u64, size: &str, rates: &[(&str, &str)]) -> (u64, 
     let s = Proc::spawn(
         "vmisend",
         &[
+            "--pattern",
             &unique_key("splice-send"),
             &key,
             "localhost",

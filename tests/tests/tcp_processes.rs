@@ -34,7 +34,14 @@ fn recv(spec: &Path, key: &str, extra: &[&str], env: &[(&str, &str)]) -> Proc {
 
 fn send(spec: &Path, recv_key: &str, extra: &[&str]) -> (bool, String) {
     let key = unique_key("send");
-    let mut args = vec![key.as_str(), recv_key, "localhost", "--timeout", "60"];
+    let mut args = vec![
+        "--pattern",
+        key.as_str(),
+        recv_key,
+        "localhost",
+        "--timeout",
+        "60",
+    ];
     args.extend_from_slice(extra);
     Proc::spawn("vmisend", &args, spec, &[]).finish(T)
 }
@@ -172,6 +179,7 @@ fn the_sender_reports_a_receiver_killed_mid_stream() {
         let s = Proc::spawn(
             "vmisend",
             &[
+                "--pattern",
                 &skey,
                 &key,
                 "localhost",

@@ -104,14 +104,15 @@ impl Vmi {
         let known = assembly::known_env_vars(&spec, &types);
         for (var, hint) in crate::params::unknown_env_vars(std::env::vars().map(|(k, _)| k), &known)
         {
-            match hint {
+            let text = match hint {
                 Some(h) => {
-                    log::warn!("environment variable {var} is not used by vmi; did you mean {h}?")
+                    format!("environment variable {var} is not used by vmi; did you mean {h}?")
                 }
                 None => {
-                    log::warn!("environment variable {var} is not used by vmi (see vmi-info --env)")
+                    format!("environment variable {var} is not used by vmi (see vmi-info --env)")
                 }
-            }
+            };
+            warn_always(&text);
         }
         let engine = Engine::start(
             plan.devices,
@@ -220,6 +221,16 @@ impl Vmi {
             }
             self.core.engine.sleep(deadline - now);
         }
+    }
+}
+
+/// A warning the user must see: through the application's logger when it shows warnings,
+/// else on stderr (a mistyped variable must not go unnoticed because no logger is set up).
+fn warn_always(text: &str) {
+    if log::log_enabled!(log::Level::Warn) {
+        log::warn!("{text}");
+    } else {
+        eprintln!("vmi: warning: {text}");
     }
 }
 

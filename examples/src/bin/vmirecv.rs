@@ -1,4 +1,5 @@
-//! vmirecv: waits for connections, accepts (or rejects) them, and prints each message.
+//! vmirecv: waits for connections, accepts (or rejects) them, and prints each message (its
+//! text, when it is text, as the VMI tutorial's receiver does).
 //!
 //! ```text
 //! VMI_SPECFILE=specfiles/tcp.xml vmirecv recvkey
@@ -11,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use vmi_core::{ConnId, ConnectRequest, Ctx, Decision, Disconnect, Handler, Recv, Slab, Status};
-use vmi_examples::{Verifier, init_logging, parse_seconds};
+use vmi_examples::{Verifier, init_logging, parse_seconds, printable};
 
 /// Receive messages over vmi. The chain comes from the specfile named by VMI_SPECFILE.
 #[derive(Parser, Debug)]
@@ -26,7 +27,8 @@ struct Args {
     /// Exit after this many complete messages (0: serve until killed).
     #[arg(short = 'n', long, default_value_t = 1)]
     messages: u64,
-    /// Check every byte against the pattern vmisend writes.
+    /// Check every byte against the pattern `vmisend --pattern` writes (without --verify,
+    /// a text message is printed, as the VMI tutorial's receiver does).
     #[arg(long)]
     verify: bool,
     /// Refuse every connection (for testing rejections); exit after the first.
@@ -57,7 +59,12 @@ struct Inbound {
     offset: u64,
     fragments: u64,
     verifier: Verifier,
+    /// The message's first bytes, to print it when it is text.
+    head: Vec<u8>,
 }
+
+/// The most of a text message that is printed.
+const PRINT_MAX: usize = 4096;
 
 struct Receiver {
     args: Args,
@@ -125,10 +132,18 @@ impl Handler for Receiver {
                 s.offset += chunk.len() as u64;
             }
         } else {
+            if !self.args.quiet && s.head.len() <= PRINT_MAX {
+                let want = (PRINT_MAX + 1 - s.head.len()).min(slab.remaining());
+                let at = s.head.len();
+                s.head.resize(at + want, 0);
+                slab.copy_to(&mut s.head[at..]);
+            }
             s.offset += slab.len() as u64;
         }
+        let mut verified = self.args.verify;
         if cmd == Recv::End && self.args.verify {
             if let Err(e) = s.verifier.finish(s.message) {
+                verified = false;
                 self.error.get_or_insert(format!(
                     "message {} from '{}': {e}",
                     s.message + 1,
@@ -146,9 +161,13 @@ impl Handler for Receiver {
                     s.peer,
                     s.offset,
                     s.fragments,
-                    if self.args.verify { ", verified" } else { "" }
+                    if verified { ", verified" } else { "" }
                 );
+                if let Some(text) = printable(&s.head, PRINT_MAX) {
+                    println!("{text}");
+                }
             }
+            s.head.clear();
             s.message += 1;
             s.offset = 0;
             s.fragments = 0;

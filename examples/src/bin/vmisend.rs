@@ -1,5 +1,6 @@
 //! vmisend: connects to a receiver by host + key with connect data, then sends messages as
-//! streams of fragments.
+//! streams of fragments: the VMI tutorial's text ("All work and no play makes Jack a dull
+//! boy #1. …", NUL-terminated), or with `--pattern` the test pattern `vmirecv --verify` checks.
 //!
 //! ```text
 //! VMI_SPECFILE=specfiles/tcp.xml vmisend sendkey recvkey localhost
@@ -15,7 +16,7 @@ use clap::Parser;
 use vmi_core::{
     Buffer, ConnId, ConnectOutcome, Ctx, Disconnect, Handler, SendCompletion, Status, Vmi,
 };
-use vmi_examples::{fill, fragment_sizes, init_logging, parse_seconds, parse_size};
+use vmi_examples::{fill, fill_text, fragment_sizes, init_logging, parse_seconds, parse_size};
 
 /// Send messages over vmi. The chain comes from the specfile named by VMI_SPECFILE.
 #[derive(Parser, Debug)]
@@ -55,6 +56,10 @@ struct Args {
     /// The specfile (default: the one VMI_SPECFILE names).
     #[arg(long, value_name = "FILE")]
     spec: Option<std::path::PathBuf>,
+    /// Send vmi's test pattern (a length prefix, then bytes that never repeat), which
+    /// `vmirecv --verify` checks, instead of the VMI tutorial's text.
+    #[arg(long)]
+    pattern: bool,
     /// Print only errors and the summary.
     #[arg(short, long)]
     quiet: bool,
@@ -210,7 +215,11 @@ fn send_message(
     let last = sizes.len() - 1;
     for (i, len) in sizes.into_iter().enumerate() {
         let mut buf: Buffer = vmi.buffer_alloc(len as usize);
-        fill(&mut buf, message, args.size, offset);
+        if args.pattern {
+            fill(&mut buf, message, args.size, offset);
+        } else {
+            fill_text(&mut buf, args.size, offset);
+        }
         offset += len;
         let token = (message << 20) | i as u64;
         wait_for_room(vmi, s, deadline)?;
