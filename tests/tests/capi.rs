@@ -181,6 +181,17 @@ fn installed_c_programs_and_tools_run_from_the_prefix() {
 
     // The installed Rust tools find the installed devices too.
     let bin = inst.prefix.join("bin");
+    let mut cmd = Command::new(bin.join("vmi-info"));
+    cmd.current_dir(&inst.work)
+        .env_remove("VMI_SPECFILE")
+        .env_remove("VMI_DEVICE_PATH");
+    let (ok, out) = Proc::spawn_command("vmi-info", cmd).finish(T);
+    assert!(ok, "{out}");
+    let installed = inst.prefix.join("lib/vmi/libvmi_tcp.so");
+    assert!(
+        out.contains(&format!("library       {}", installed.display())),
+        "the installed vmi-info lists the installed devices:\n{out}"
+    );
     let rkey = unique_key("rrecv");
     let recv = inst.run(&bin.join("vmirecv"), &[&rkey, "-n", "1"], "shmem.xml");
     recv.wait_for("waiting for connections", T);

@@ -367,3 +367,50 @@ fn compare_quick_runs_whatever_peers_are_installed() {
         "an SVG plot with a legend and a title naming host and date"
     );
 }
+
+/// With no specfile, vmi-info lists every device on the search path with its parameters and
+/// whether it is usable here, and prints the configuration as shell assignments.
+#[test]
+fn vmi_info_without_a_specfile_lists_every_device() {
+    let none = |c: &mut std::process::Command| {
+        c.env_remove("VMI_SPECFILE");
+    };
+    let p = Proc::spawn_with("vmi-info", &[], Path::new("/unused"), &[], none);
+    let (ok, out) = p.finish(T);
+    assert!(ok, "{out}");
+    assert!(out.starts_with("vmi "), "build information first: {out}");
+    for line in [
+        "tcp 0.1.0 (transport), device ABI 1.",
+        "shmem 0.1.0 (transport)",
+        "crc 1.0.0 (filter)",
+        "compress 1.0.0 (filter)",
+        "usable here   yes",
+        "(VMI_TCP_PORT)",
+    ] {
+        assert!(out.contains(line), "missing '{line}':\n{out}");
+    }
+    let p = Proc::spawn_with("vmi-info", &["--json"], Path::new("/unused"), &[], none);
+    let (ok, out) = p.finish(T);
+    assert!(ok, "{out}");
+    let v = json(&out);
+    let devices = v["devices"].as_array().expect("devices");
+    assert!(
+        devices
+            .iter()
+            .any(|d| d["type_name"] == "tcp" && d["usable"] == true),
+        "{v}"
+    );
+
+    let (ok, out) = run(
+        "vmi-info",
+        &[
+            "--config",
+            "--spec",
+            root().join("specfiles/tcp-crc.xml").to_str().unwrap(),
+        ],
+        &[("VMI_TCP_PORT", "0")],
+    );
+    assert!(ok, "{out}");
+    assert!(out.contains("VMI_CRC_VERIFY='true'  # default"), "{out}");
+    assert!(out.contains("VMI_TCP_PORT='0'  # environment"), "{out}");
+}

@@ -311,13 +311,68 @@ pub fn search_dirs(spec_dir: Option<&Path>) -> Vec<PathBuf> {
     if let Ok(exe) = std::env::current_exe() {
         if let Some(dir) = exe.parent() {
             dirs.push(dir.to_path_buf());
-            dirs.push(dir.join("../lib/vmi"));
-            // cargo puts test and example binaries one level down (target/debug/deps).
-            dirs.push(dir.join("../lib"));
-            dirs.push(dir.join(".."));
+            if let Some(up) = dir.parent() {
+                dirs.push(up.join("lib/vmi"));
+                dirs.push(up.join("lib"));
+                // cargo puts test and example binaries one level down (target/debug/deps).
+                dirs.push(up.to_path_buf());
+            }
         }
     }
     dirs
+}
+
+/// A device library found on the search path.
+#[derive(Debug)]
+pub struct Found {
+    /// The device type the file name promises (`libvmi_<type>.so`).
+    pub type_name: String,
+    /// The file.
+    pub path: PathBuf,
+    /// The loaded and checked type, or why it could not be loaded.
+    pub loaded: Result<DeviceType, LoadError>,
+}
+
+/// Every device library on the search path ([`search_dirs`] without a specfile), the first
+/// file of each type name, loaded and checked: what `vmi-info` lists with no specfile.
+pub fn discover() -> Vec<Found> {
+    let mut found: Vec<Found> = Vec::new();
+    for dir in search_dirs(None) {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        let mut files: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        files.sort();
+        for path in files {
+            let Some(stem) = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_prefix("libvmi_"))
+                .and_then(|n| n.strip_suffix(".so"))
+            else {
+                continue;
+            };
+            if stem.is_empty() || found.iter().any(|f| f.type_name == stem) {
+                continue;
+            }
+            // A type with '-' in its name has '_' in the file name: try both.
+            let mut loaded = load_library(&path, stem);
+            let mut type_name = stem.to_string();
+            if loaded.is_err() && stem.contains('_') {
+                let dashed = stem.replace('_', "-");
+                if let Ok(t) = load_library(&path, &dashed) {
+                    loaded = Ok(t);
+                    type_name = dashed;
+                }
+            }
+            found.push(Found {
+                type_name,
+                path,
+                loaded,
+            });
+        }
+    }
+    found
 }
 
 /// Finds the library file for a device.

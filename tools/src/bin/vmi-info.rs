@@ -1,6 +1,8 @@
 //! vmi-info: validates a specfile and shows what it resolves to: chains, each device's
 //! library, ABI, version, kind, parameters (effective value and source), capabilities, and
-//! whether each transport is usable here.
+//! whether each transport is usable here. With no specfile (or `--list`) it lists every
+//! device found on the search path, like `ucx_info -d` and `fi_info -l`; `--config` prints
+//! the effective configuration as shell assignments, like `ucx_info -c`.
 #![forbid(unsafe_code)]
 
 use std::path::PathBuf;
@@ -24,9 +26,220 @@ struct Args {
     /// List every VMI_* environment variable with its meaning (and the spec's parameters).
     #[arg(long)]
     env: bool,
+    /// List every device library found on the search path (the default with no specfile).
+    #[arg(long)]
+    list: bool,
+    /// Print the effective configuration as shell assignments (`. <(vmi-info --config)`).
+    #[arg(long)]
+    config: bool,
     /// Machine-readable output.
     #[arg(long)]
     json: bool,
+}
+
+/// What this build is.
+fn build_info() -> String {
+    format!(
+        "vmi {} (device ABI {}.{}, {}-{}, {} build)",
+        env!("CARGO_PKG_VERSION"),
+        vmi_core::abi::VMI_ABI_MAJOR,
+        vmi_core::abi::VMI_ABI_MINOR,
+        std::env::consts::ARCH,
+        std::env::consts::OS,
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        }
+    )
+}
+
+#[derive(Serialize)]
+struct ListedParam {
+    name: String,
+    kind: params::ParamKind,
+    default: String,
+    doc: String,
+    env_var: String,
+}
+
+#[derive(Serialize)]
+struct Listed {
+    type_name: String,
+    library: String,
+    loaded: bool,
+    error: Option<String>,
+    version: String,
+    kind: Option<DeviceKind>,
+    abi: String,
+    description: String,
+    params: Vec<ListedParam>,
+    usable: Option<bool>,
+    why_not: Option<String>,
+}
+
+/// A one-transport spec for `type_name` from `library`, to see whether it starts here.
+fn transport_spec(type_name: &str, library: &std::path::Path) -> Option<Spec> {
+    let text = format!(
+        r#"<vmi version="1"><device name="{type_name}" type="{type_name}" library="{}"/><chain name="send"><use device="{type_name}"/></chain><chain name="receive"><use device="{type_name}"/></chain></vmi>"#,
+        library.display()
+    );
+    Spec::parse_str(&text, "vmi-info").ok()
+}
+
+fn listing() -> Vec<Listed> {
+    vmi_core::loader::discover()
+        .into_iter()
+        .map(|f| match f.loaded {
+            Ok(t) => {
+                let (usable, why_not) = if t.kind == DeviceKind::Transport {
+                    match transport_spec(&t.name, &f.path).map(|s| Vmi::with_spec(s, &key())) {
+                        Some(Ok(_)) => (Some(true), None),
+                        Some(Err(e)) => (Some(false), Some(e.to_string())),
+                        None => (
+                            Some(false),
+                            Some("its path cannot be written in a specfile".into()),
+                        ),
+                    }
+                } else {
+                    (None, None)
+                };
+                Listed {
+                    params: t
+                        .params
+                        .iter()
+                        .map(|p| ListedParam {
+                            name: p.name.clone(),
+                            kind: p.kind,
+                            default: p.default.clone(),
+                            doc: p.doc.clone(),
+                            env_var: params::env_var_name(&t.name, &p.name),
+                        })
+                        .collect(),
+                    type_name: t.name,
+                    library: f.path.display().to_string(),
+                    loaded: true,
+                    error: None,
+                    version: t.version,
+                    kind: Some(t.kind),
+                    abi: format!("{}.{}", t.abi.0, t.abi.1),
+                    description: t.description,
+                    usable,
+                    why_not,
+                }
+            }
+            Err(e) => Listed {
+                type_name: f.type_name,
+                library: f.path.display().to_string(),
+                loaded: false,
+                error: Some(e.to_string()),
+                version: String::new(),
+                kind: None,
+                abi: String::new(),
+                description: String::new(),
+                params: vec![],
+                usable: Some(false),
+                why_not: Some(e.to_string()),
+            },
+        })
+        .collect()
+}
+
+fn print_listing(list: &[Listed]) {
+    println!("{}", build_info());
+    let dirs: Vec<String> = vmi_core::loader::search_dirs(None)
+        .iter()
+        .map(|d| d.display().to_string())
+        .collect();
+    println!("device search path: {}", dirs.join(", "));
+    if list.is_empty() {
+        println!(
+            "no device libraries (libvmi_<type>.so) found; set VMI_DEVICE_PATH or install vmi"
+        );
+        return;
+    }
+    for d in list {
+        println!();
+        let kind = match d.kind {
+            Some(DeviceKind::Transport) => "transport",
+            Some(DeviceKind::Filter) => "filter",
+            None => "unloadable",
+        };
+        println!(
+            "{} {} ({kind}), device ABI {}",
+            d.type_name, d.version, d.abi
+        );
+        println!("  library       {}", d.library);
+        if !d.description.is_empty() {
+            println!("  does          {}", d.description);
+        }
+        match (d.usable, &d.why_not, &d.error) {
+            (_, _, Some(e)) => println!("  NOT LOADABLE  {e}"),
+            (Some(true), _, _) => println!("  usable here   yes"),
+            (Some(false), Some(why), _) => println!("  usable here   NO: {why}"),
+            _ => {}
+        }
+        if !d.params.is_empty() {
+            println!("  parameters (default; environment variable)");
+            let w = d.params.iter().map(|p| p.name.len()).max().unwrap_or(0);
+            for p in &d.params {
+                println!(
+                    "    {:w$} = {}  ({})  {}",
+                    p.name, p.default, p.env_var, p.doc
+                );
+            }
+        }
+    }
+}
+
+/// Single-quotes a value for the shell.
+fn sh_quote(v: &str) -> String {
+    format!("'{}'", v.replace('\'', "'\\''"))
+}
+
+/// The effective configuration as shell assignments: the specfile's devices with their
+/// effective values and sources, or (with no specfile) every device found with its defaults.
+fn config_lines(spec_path: Option<PathBuf>) -> Result<Vec<String>, String> {
+    let mut out = vec![format!("# {}", build_info())];
+    let spec = match spec_path {
+        Some(p) => Some(Spec::from_file(&p)),
+        None if std::env::var_os("VMI_SPECFILE").is_some() => Some(Spec::from_env()),
+        None => None,
+    };
+    match spec {
+        Some(spec) => {
+            let spec = spec.map_err(|e| e.to_string())?;
+            if let Some(p) = &spec.path {
+                out.push(format!(
+                    "VMI_SPECFILE={}",
+                    sh_quote(&p.display().to_string())
+                ));
+            }
+            let env = |v: &str| std::env::var(v).ok();
+            let i = assembly::inspect(&spec, &env).map_err(|e| e.to_string())?;
+            for d in &i.devices {
+                out.push(format!("# device '{}' ({})", d.name, d.ty.name));
+                for p in &d.params {
+                    out.push(format!(
+                        "{}={}  # {}",
+                        params::env_var_name(&d.name, &p.name),
+                        sh_quote(&p.value),
+                        p.source
+                    ));
+                }
+            }
+        }
+        None => {
+            out.push("# no specfile: every device found, with its defaults".into());
+            for d in listing().iter().filter(|d| d.loaded) {
+                out.push(format!("# device type '{}'", d.type_name));
+                for p in &d.params {
+                    out.push(format!("{}={}  # default", p.env_var, sh_quote(&p.default)));
+                }
+            }
+        }
+    }
+    Ok(out)
 }
 
 #[derive(Serialize)]
@@ -286,6 +499,22 @@ fn env_entries(spec_path: Option<PathBuf>) -> Vec<EnvEntry> {
             value: std::env::var(n).ok(),
         })
         .collect();
+    let no_spec = spec_path.is_none() && std::env::var_os("VMI_SPECFILE").is_none();
+    if no_spec {
+        for d in listing() {
+            for p in d.params {
+                out.push(EnvEntry {
+                    meaning: format!(
+                        "device type '{}' parameter '{}': {} (default {})",
+                        d.type_name, p.name, p.doc, p.default
+                    ),
+                    value: std::env::var(&p.env_var).ok(),
+                    name: p.env_var,
+                });
+            }
+        }
+        return out;
+    }
     let spec = spec_path.map_or_else(Spec::from_env, |p| Spec::from_file(&p));
     if let Ok(spec) = spec {
         if let Ok(i) = assembly::inspect(&spec, &|_| None) {
@@ -335,6 +564,36 @@ fn main() -> ExitCode {
                     .unwrap_or_default();
                 println!("warning: {var} is set but nothing reads it{hint}");
             }
+        }
+        return ExitCode::SUCCESS;
+    }
+    if args.config {
+        return match config_lines(args.spec) {
+            Ok(lines) => {
+                for l in lines {
+                    println!("{l}");
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("vmi-info: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if args.list || (args.spec.is_none() && std::env::var_os("VMI_SPECFILE").is_none()) {
+        let list = listing();
+        if args.json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&serde_json::json!({
+                    "build": build_info(),
+                    "devices": list,
+                }))
+                .expect("serialisable")
+            );
+        } else {
+            print_listing(&list);
         }
         return ExitCode::SUCCESS;
     }
