@@ -59,7 +59,7 @@ fn data() -> Vec<u8> {
         x ^= x >> 7;
         x ^= x << 17;
         v.extend_from_slice(words[(x % 8) as usize].as_bytes());
-        if x % 5 == 0 {
+        if x.is_multiple_of(5) {
             v.extend_from_slice(&x.to_le_bytes()[..3]);
         }
     }

@@ -287,7 +287,7 @@ impl Progress {
     }
 
     fn tick(&mut self, what: &str, done: u64, total: u64) {
-        if self.on && done % 256 == 0 && self.last.elapsed() > Duration::from_millis(250) {
+        if self.on && done.is_multiple_of(256) && self.last.elapsed() > Duration::from_millis(250) {
             self.last = Instant::now();
             eprint!("\rvmi-perf: {what} {done}/{total}      ");
         }
@@ -507,7 +507,7 @@ impl PerfClient {
         }
         // Reading the clock on every poll would cost as much as the poll itself.
         self.polls = self.polls.wrapping_add(1);
-        if self.polls % 1024 == 0 && since.elapsed() > self.deadline {
+        if self.polls.is_multiple_of(1024) && since.elapsed() > self.deadline {
             return Err(format!("no progress within {:?}", self.deadline));
         }
         Ok(())

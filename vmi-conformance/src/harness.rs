@@ -421,12 +421,12 @@ impl Harness {
     /// Runs the device's completion step (if it joined the IRB's path) and frees the IRB.
     fn finish(&mut self, mut irb: Box<HIrb>, status: i32) {
         irb.abi.status = status;
-        if irb.joined {
-            if let Some(c) = self.vt.complete {
-                let frame = irb.frame.as_mut_ptr() as *mut u8;
-                // SAFETY: live instance; the IRB is lent for the call.
-                unsafe { c(self.dev, &mut irb.abi, frame) };
-            }
+        if irb.joined
+            && let Some(c) = self.vt.complete
+        {
+            let frame = irb.frame.as_mut_ptr() as *mut u8;
+            // SAFETY: live instance; the IRB is lent for the call.
+            unsafe { c(self.dev, &mut irb.abi, frame) };
         }
     }
 

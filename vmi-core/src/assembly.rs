@@ -125,10 +125,10 @@ pub fn check_key(key: &str) -> Result<(), AssemblyError> {
 /// is given and one is registered, else the shared object.
 pub fn load_type(spec: &Spec, name: &str) -> Result<DeviceType, LoadError> {
     let d = spec.device(name).expect("chains only name defined devices");
-    if d.library.is_none() {
-        if let Some(r) = loader::load_static(&d.type_name) {
-            return r;
-        }
+    if d.library.is_none()
+        && let Some(r) = loader::load_static(&d.type_name)
+    {
+        return r;
     }
     let path = loader::find_library(&d.type_name, d.library.as_deref(), spec.base_dir())?;
     loader::load_library(&path, &d.type_name)

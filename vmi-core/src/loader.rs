@@ -308,15 +308,15 @@ pub fn search_dirs(spec_dir: Option<&Path>) -> Vec<PathBuf> {
             .iter()
             .cloned(),
     );
-    if let Ok(exe) = std::env::current_exe() {
-        if let Some(dir) = exe.parent() {
-            dirs.push(dir.to_path_buf());
-            if let Some(up) = dir.parent() {
-                dirs.push(up.join("lib/vmi"));
-                dirs.push(up.join("lib"));
-                // cargo puts test and example binaries one level down (target/debug/deps).
-                dirs.push(up.to_path_buf());
-            }
+    if let Ok(exe) = std::env::current_exe()
+        && let Some(dir) = exe.parent()
+    {
+        dirs.push(dir.to_path_buf());
+        if let Some(up) = dir.parent() {
+            dirs.push(up.join("lib/vmi"));
+            dirs.push(up.join("lib"));
+            // cargo puts test and example binaries one level down (target/debug/deps).
+            dirs.push(up.to_path_buf());
         }
     }
     dirs

@@ -593,15 +593,15 @@ fn parse_with(text: &str, pos: &Positions<'_>) -> Result<Spec, SpecError> {
                     });
                 }
                 attrs.only(&["version"])?;
-                if let Some((v, at)) = attrs.get("version") {
-                    if v != "1" {
-                        return Err(SpecError::BadValue {
-                            at: at.clone(),
-                            attribute: "version".into(),
-                            value: clip(v),
-                            expected: "\"1\", the only specfile version this vmi reads".into(),
-                        });
-                    }
+                if let Some((v, at)) = attrs.get("version")
+                    && v != "1"
+                {
+                    return Err(SpecError::BadValue {
+                        at: at.clone(),
+                        attribute: "version".into(),
+                        value: clip(v),
+                        expected: "\"1\", the only specfile version this vmi reads".into(),
+                    });
                 }
                 root_at = Some(attrs.at.clone());
                 Scope::Root
@@ -1036,7 +1036,7 @@ mod tests {
 }
 
 /// Fuzz target for the specfile parser (proptest on the stable toolchain, a short run in
-/// every `cargo test`; `PROPTEST_CASES=100000 cargo test -p vmi-core spec_fuzz` for a long
+/// every `cargo test`; `PROPTEST_CASES=100000 cargo test -p vmi-runtime spec_fuzz` for a long
 /// one): arbitrary text and mutated valid specfiles never panic, every error has a place in
 /// the file (or is about the file itself), and no error echoes more than a bounded amount.
 #[cfg(test)]

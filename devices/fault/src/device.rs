@@ -216,11 +216,11 @@ impl Device for FaultFilter {
         let now = Instant::now();
         let mut n = 0;
         for d in 0..2 {
-            if self.reorder[d].as_ref().is_some_and(|(t, _)| *t <= now) {
-                if let Some((_, irb)) = self.reorder[d].take() {
-                    irb.pass();
-                    n += 1;
-                }
+            if self.reorder[d].as_ref().is_some_and(|(t, _)| *t <= now)
+                && let Some((_, irb)) = self.reorder[d].take()
+            {
+                irb.pass();
+                n += 1;
             }
         }
         while n < budget && self.delayed.front().is_some_and(|(t, _)| *t <= now) {

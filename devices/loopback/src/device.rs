@@ -296,10 +296,10 @@ impl LoopbackDevice {
                 irb.pass();
             }
             Message::Close { to } => {
-                if self.links.remove(&to).is_some() {
-                    if let Some(irb) = self.host.alloc_irb(Op::PeerDisconnect, to) {
-                        irb.pass();
-                    }
+                if self.links.remove(&to).is_some()
+                    && let Some(irb) = self.host.alloc_irb(Op::PeerDisconnect, to)
+                {
+                    irb.pass();
                 }
             }
         }
@@ -513,11 +513,11 @@ impl Drop for LoopbackDevice {
             irb.complete(Status::Cancelled);
         }
         for (_, link) in self.links.drain() {
-            if link.peer_conn != 0 {
-                if let Some(ep) = Self::endpoint(&link.peer_key) {
-                    ep.push(Message::Close { to: link.peer_conn });
-                    ep.waker.wake();
-                }
+            if link.peer_conn != 0
+                && let Some(ep) = Self::endpoint(&link.peer_key)
+            {
+                ep.push(Message::Close { to: link.peer_conn });
+                ep.waker.wake();
             }
             if let Some(irb) = link.connect {
                 irb.complete(Status::Cancelled);

@@ -336,26 +336,24 @@ impl ShmemDevice {
                 .available()
                 .map_or(true, |n| n == 0)
         });
-        if drained {
-            if let Some((status, detail)) = c.gone.take() {
-                if c.closing.is_some() {
-                    // Our goodbye was answered: done.
-                    self.end(idx, Status::Ok, &detail, true);
-                } else if status == Status::Ok && c.state == State::Open {
-                    // The peer said goodbye first: the application hears of it, and this
-                    // side's host may still send (a notice that a message failed) until the
-                    // goodbye is answered at the next poll.
-                    c.peer_done = true;
-                    let vmi = c.vmi;
-                    self.finishing.push(idx);
-                    if let Some(mut irb) = self.host.alloc_irb(Op::PeerDisconnect, vmi) {
-                        irb.set_detail(&detail);
-                        irb.set_status(Status::Ok);
-                        irb.pass();
-                    }
-                } else {
-                    self.end(idx, status, &detail, false);
+        if drained && let Some((status, detail)) = c.gone.take() {
+            if c.closing.is_some() {
+                // Our goodbye was answered: done.
+                self.end(idx, Status::Ok, &detail, true);
+            } else if status == Status::Ok && c.state == State::Open {
+                // The peer said goodbye first: the application hears of it, and this
+                // side's host may still send (a notice that a message failed) until the
+                // goodbye is answered at the next poll.
+                c.peer_done = true;
+                let vmi = c.vmi;
+                self.finishing.push(idx);
+                if let Some(mut irb) = self.host.alloc_irb(Op::PeerDisconnect, vmi) {
+                    irb.set_detail(&detail);
+                    irb.set_status(Status::Ok);
+                    irb.pass();
                 }
+            } else {
+                self.end(idx, status, &detail, false);
             }
         }
     }
@@ -559,10 +557,11 @@ impl ShmemDevice {
                 }
             }
         }
-        if published && p.needs_wake() {
-            if let Some(b) = &c.peer_bell {
-                ring(b);
-            }
+        if published
+            && p.needs_wake()
+            && let Some(b) = &c.peer_bell
+        {
+            ring(b);
         }
         c.tx_pos = p.positions();
         if let Some(e) = corrupt {
@@ -1258,33 +1257,34 @@ impl ShmemDevice {
             return Disposition::Pending;
         }
         let header = encode_inline(end, flags, total as u32);
-        if c.tx.is_empty() && c.acks.is_empty() {
-            if let Some(region) = c.region.as_ref() {
-                let view = region.ring(c.tx_ring);
-                let mut p = Producer::resume(view.shared(), c.tx_pos.0, c.tx_pos.1);
-                let mut parts: [&[u8]; 17] = [&[]; 17];
-                parts[0] = &header;
-                let n = irb.segments().len().min(16);
-                for (i, part) in parts.iter_mut().enumerate().skip(1).take(n) {
-                    *part = irb.segment(i - 1);
+        if c.tx.is_empty()
+            && c.acks.is_empty()
+            && let Some(region) = c.region.as_ref()
+        {
+            let view = region.ring(c.tx_ring);
+            let mut p = Producer::resume(view.shared(), c.tx_pos.0, c.tx_pos.1);
+            let mut parts: [&[u8]; 17] = [&[]; 17];
+            parts[0] = &header;
+            let n = irb.segments().len().min(16);
+            for (i, part) in parts.iter_mut().enumerate().skip(1).take(n) {
+                *part = irb.segment(i - 1);
+            }
+            let pushed = p.push_all(&parts[..=n]);
+            c.tx_pos = p.positions();
+            if let Err(e) = pushed {
+                let detail = format!("'{}' broke the ring protocol: {e}", c.peer_key);
+                log::warn!("shmem: {detail}; closing the connection");
+                irb.set_detail(&detail);
+                self.end(idx, Status::Protocol, &detail, false);
+                return Disposition::Complete(irb, Status::ConnectionLost);
+            }
+            if pushed == Ok(true) {
+                if p.needs_wake()
+                    && let Some(b) = &c.peer_bell
+                {
+                    ring(b);
                 }
-                let pushed = p.push_all(&parts[..=n]);
-                c.tx_pos = p.positions();
-                if let Err(e) = pushed {
-                    let detail = format!("'{}' broke the ring protocol: {e}", c.peer_key);
-                    log::warn!("shmem: {detail}; closing the connection");
-                    irb.set_detail(&detail);
-                    self.end(idx, Status::Protocol, &detail, false);
-                    return Disposition::Complete(irb, Status::ConnectionLost);
-                }
-                if pushed == Ok(true) {
-                    if p.needs_wake() {
-                        if let Some(b) = &c.peer_bell {
-                            ring(b);
-                        }
-                    }
-                    return Disposition::Complete(irb, Status::Ok);
-                }
+                return Disposition::Complete(irb, Status::Ok);
             }
         }
         c.tx.push_back(Tx::Data {
@@ -1557,10 +1557,10 @@ impl Drop for ShmemDevice {
             }
         }
         for idx in 0..self.conns.len() {
-            if let Some(c) = self.conns[idx].as_ref() {
-                if matches!(c.state, State::Open | State::Closing) {
-                    let _ = send_with_fds(&c.sock, b"B", &[]);
-                }
+            if let Some(c) = self.conns[idx].as_ref()
+                && matches!(c.state, State::Open | State::Closing)
+            {
+                let _ = send_with_fds(&c.sock, b"B", &[]);
             }
             self.end(
                 idx,

@@ -252,15 +252,15 @@ impl TcpDevice {
                 detail,
                 reply,
             } => {
-                if let Some(mut c) = self.take(idx) {
-                    if let Some(mut irb) = c.attempt.take().and_then(|mut a| a.irb.take()) {
-                        irb.clear_segments();
-                        if irb.attach(&reply).is_err() {
-                            log::error!("tcp: could not attach reply data");
-                        }
-                        irb.set_detail(&detail);
-                        irb.complete(status);
+                if let Some(mut c) = self.take(idx)
+                    && let Some(mut irb) = c.attempt.take().and_then(|mut a| a.irb.take())
+                {
+                    irb.clear_segments();
+                    if irb.attach(&reply).is_err() {
+                        log::error!("tcp: could not attach reply data");
                     }
+                    irb.set_detail(&detail);
+                    irb.complete(status);
                 }
             }
             Output::TryNext {
@@ -305,10 +305,10 @@ impl TcpDevice {
             }
             Output::Authenticated => {}
             Output::Closed => {
-                if let Some(mut c) = self.take(idx) {
-                    if let Some(irb) = c.closing.take() {
-                        irb.complete(Status::Ok);
-                    }
+                if let Some(mut c) = self.take(idx)
+                    && let Some(irb) = c.closing.take()
+                {
+                    irb.complete(Status::Ok);
                 }
             }
         }
@@ -624,13 +624,13 @@ impl TcpDevice {
         let from = std::mem::take(&mut c.parked_off);
         // What cannot be fed now is parked again (appended to the emptied vector).
         let done = self.feed_bytes(idx, &parked[from..]);
-        if let Some(c) = self.conns[idx].as_mut() {
-            if c.parked.is_empty() {
-                // Keep the allocation for the next time.
-                let mut v = parked;
-                v.clear();
-                c.parked = v;
-            }
+        if let Some(c) = self.conns[idx].as_mut()
+            && c.parked.is_empty()
+        {
+            // Keep the allocation for the next time.
+            let mut v = parked;
+            v.clear();
+            c.parked = v;
         }
         done
     }
@@ -1306,7 +1306,7 @@ impl Device for TcpDevice {
         // writability and connections in their handshake.
         if self.open_conns() <= DIRECT_MAX_CONNS
             && !self.epoll_due.replace(false)
-            && self.turn % DIRECT_EPOLL_EVERY != 0
+            && !self.turn.is_multiple_of(DIRECT_EPOLL_EVERY)
         {
             let before = self.budget_left;
             for idx in 0..self.conns.len() {
@@ -1441,10 +1441,10 @@ impl Drop for TcpDevice {
                         _ => {}
                     }
                 }
-                if let Some(mut a) = c.attempt.take() {
-                    if let Some(irb) = a.irb.take() {
-                        irb.complete(Status::Cancelled);
-                    }
+                if let Some(mut a) = c.attempt.take()
+                    && let Some(irb) = a.irb.take()
+                {
+                    irb.complete(Status::Cancelled);
                 }
             }
         }

@@ -90,15 +90,15 @@ impl Handler for Receiver {
             );
             return Decision::Reject(b"rejected by vmirecv --reject".to_vec());
         }
-        if let Some(c) = &self.args.cookie {
-            if *c != text {
-                self.rejected += 1;
-                println!(
-                    "vmirecv: rejected connection from '{}': connect data '{text}' is not the cookie",
-                    req.peer_key
-                );
-                return Decision::Reject(format!("wrong cookie '{text}'").into_bytes());
-            }
+        if let Some(c) = &self.args.cookie
+            && *c != text
+        {
+            self.rejected += 1;
+            println!(
+                "vmirecv: rejected connection from '{}': connect data '{text}' is not the cookie",
+                req.peer_key
+            );
+            return Decision::Reject(format!("wrong cookie '{text}'").into_bytes());
         }
         if !self.args.quiet {
             println!(
@@ -141,15 +141,13 @@ impl Handler for Receiver {
             s.offset += slab.len() as u64;
         }
         let mut verified = self.args.verify;
-        if cmd == Recv::End && self.args.verify {
-            if let Err(e) = s.verifier.finish(s.message) {
-                verified = false;
-                self.error.get_or_insert(format!(
-                    "message {} from '{}': {e}",
-                    s.message + 1,
-                    s.peer
-                ));
-            }
+        if cmd == Recv::End
+            && self.args.verify
+            && let Err(e) = s.verifier.finish(s.message)
+        {
+            verified = false;
+            self.error
+                .get_or_insert(format!("message {} from '{}': {e}", s.message + 1, s.peer));
         }
         if cmd == Recv::End {
             self.messages += 1;

@@ -143,11 +143,11 @@ impl Handler for Sender {
             let bytes: u64 = done.take_buffers().map(|b| b.len() as u64).sum();
             self.sent_bytes += bytes;
         }
-        if done.token & LAST != 0 {
-            if let Some(c) = self.conns.get_mut(&conn) {
-                c.in_flight -= 1;
-                c.done_messages += 1;
-            }
+        if done.token & LAST != 0
+            && let Some(c) = self.conns.get_mut(&conn)
+        {
+            c.in_flight -= 1;
+            c.done_messages += 1;
         }
     }
 

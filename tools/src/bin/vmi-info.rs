@@ -516,20 +516,20 @@ fn env_entries(spec_path: Option<PathBuf>) -> Vec<EnvEntry> {
         return out;
     }
     let spec = spec_path.map_or_else(Spec::from_env, |p| Spec::from_file(&p));
-    if let Ok(spec) = spec {
-        if let Ok(i) = assembly::inspect(&spec, &|_| None) {
-            for d in &i.devices {
-                for p in &d.ty.params {
-                    let name = params::env_var_name(&d.name, &p.name);
-                    out.push(EnvEntry {
-                        meaning: format!(
-                            "device '{}' parameter '{}': {} (default {})",
-                            d.name, p.name, p.doc, p.default
-                        ),
-                        value: std::env::var(&name).ok(),
-                        name,
-                    });
-                }
+    if let Ok(spec) = spec
+        && let Ok(i) = assembly::inspect(&spec, &|_| None)
+    {
+        for d in &i.devices {
+            for p in &d.ty.params {
+                let name = params::env_var_name(&d.name, &p.name);
+                out.push(EnvEntry {
+                    meaning: format!(
+                        "device '{}' parameter '{}': {} (default {})",
+                        d.name, p.name, p.doc, p.default
+                    ),
+                    value: std::env::var(&name).ok(),
+                    name,
+                });
             }
         }
     }
