@@ -12,6 +12,7 @@
  * "FAIL: ..." and exits 1.
  */
 #include <arpa/inet.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -225,6 +226,15 @@ static void disconnect_done(PVMI_CONNECT conn, PVOID context, VMI_STATUS status)
     disconnected = 1;
 }
 
+/* Another thread's calls are refused: VMI belongs to the thread that called VMI_Init. */
+static void *other_thread(void *arg)
+{
+    (void) arg;
+    CHECK(VMI_Poll() == VMI_STATUS_WRONG_THREAD, "VMI_Poll from another thread");
+    CHECK(VMI_Connection_Accept_Fn(NULL) == VMI_STATUS_WRONG_THREAD, "Accept_Fn from another thread");
+    return NULL;
+}
+
 static PVMI_CONNECT open_connection(const char *key, const char *host, UINT32 cookie)
 {
     PVMI_CONNECT conn;
@@ -259,6 +269,11 @@ static int client(int argc, char **argv, int reject)
     OK(VMI_Init(2, argv + 1)); /* argv[2] is this process's key */
     CHECK(VMI_Init(2, argv + 1) == VMI_STATUS_ALREADY_INITIALIZED, "second VMI_Init");
     CHECK(strcmp(localAddress->key, argv[2]) == 0, "localAddress key '%s'", localAddress->key);
+    {
+        pthread_t t;
+        CHECK(pthread_create(&t, NULL, other_thread, NULL) == 0, "pthread_create");
+        CHECK(pthread_join(t, NULL) == 0, "pthread_join");
+    }
     OK(VMI_STREAM_SET_RECV_FUNCTION(client_receive));
     conn = open_connection(argv[3], argv[4], reject ? 7 : 42);
     if (reject) {
