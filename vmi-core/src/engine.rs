@@ -52,6 +52,9 @@ enum Poller {
     Plain(unsafe extern "C" fn(*mut c_void) -> i32, *mut c_void),
 }
 
+/// A transport's `send_inline` entry (ABI 1.2).
+type SendInlineFn = unsafe extern "C" fn(*mut c_void, u64, u32, *const u8, usize) -> i32;
+
 /// One device's place in one direction's chain, resolved when the engine starts so that
 /// moving an IRB reads one small array entry per device.
 #[derive(Clone, Copy)]
@@ -135,6 +138,11 @@ pub(crate) struct Engine {
     send_steps: Vec<Step>,
     /// The receive chain as steps, application first.
     recv_steps: Vec<Step>,
+    /// Each transport's `send_inline` (ABI 1.2), by engine index; all `None` when a device
+    /// above the transports has a submit step (it must see every send).
+    direct: Vec<Option<(SendInlineFn, *mut c_void)>>,
+    /// Some entry of `direct` is set.
+    any_direct: bool,
 }
 
 impl Engine {
@@ -211,6 +219,8 @@ impl Engine {
             pollers: Vec::new(),
             send_steps: Vec::new(),
             recv_steps: Vec::new(),
+            direct: Vec::new(),
+            any_direct: false,
         };
         for (index, p) in planned.into_iter().enumerate() {
             let names: Vec<(String, String)> = p
@@ -300,6 +310,19 @@ impl Engine {
         };
         engine.send_steps = steps(&engine.send, &engine.devices, true);
         engine.recv_steps = steps(&engine.recv, &engine.devices, false);
+        let filtered = engine
+            .send_steps
+            .iter()
+            .any(|s| !s.transport && s.entry.is_some());
+        engine.direct = engine
+            .devices
+            .iter()
+            .map(|d| match d.ty.vtable.send_inline {
+                Some(f) if d.is_transport() && !filtered => Some((f, d.ptr)),
+                _ => None,
+            })
+            .collect();
+        engine.any_direct = engine.direct.iter().any(Option::is_some);
         engine.pollers = engine
             .devices
             .iter()
@@ -437,6 +460,26 @@ impl Engine {
     /// A buffer from the inline pool holding a copy of `data`.
     pub fn inline_buffer(&mut self, data: &[u8]) -> Buffer {
         self.inline.take(data)
+    }
+
+    /// Whether any transport can send small whole messages without an IRB.
+    #[inline]
+    pub fn has_direct(&self) -> bool {
+        self.any_direct
+    }
+
+    /// Sends a small whole message straight through `transport`'s `send_inline` (ABI 1.2):
+    /// true when it went, false when it must go as an IRB (no such entry, a filter on the
+    /// chain, or the transport cannot take it at once).
+    #[inline]
+    pub fn send_direct(&mut self, transport: DevIndex, conn: u64, data: &[u8]) -> bool {
+        let Some(&Some((f, dev))) = self.direct.get(transport as usize) else {
+            return false;
+        };
+        // SAFETY: live instance; the bytes are lent for the call and the device copies them
+        // before it returns.
+        let rc = unsafe { f(dev, conn, VMI_FLAG_END, data.as_ptr(), data.len()) };
+        rc == VMI_COMPLETE
     }
 
     /// Returns a slot to the pool, recycling inline buffers.

@@ -201,6 +201,7 @@ impl DeviceType {
             ("get_attr", v.get_attr.is_some()),
             ("set_attr", v.set_attr.is_some()),
             ("poll_budget", v.poll_budget.is_some()),
+            ("send_inline", v.send_inline.is_some()),
         ]
         .into_iter()
         .filter(|(_, has)| *has)

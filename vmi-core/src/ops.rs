@@ -117,6 +117,28 @@ impl Core {
         Ok(s)
     }
 
+    /// Sends a small whole message through the transport's `send_inline` (ABI 1.2) when the
+    /// chain and the transport allow it: no IRB, no buffer, no completion. False: send it
+    /// as an IRB (nothing was changed).
+    #[inline]
+    fn send_direct(&mut self, conn: ConnId, data: &[u8]) -> bool {
+        if !self.engine.has_direct() {
+            return false;
+        }
+        let max = self.engine.top_caps().max_fragment;
+        if max > 0 && data.len() as u64 > max {
+            return false;
+        }
+        let Ok(transport) = self.engine.conns_mut().send_checked(conn, SendKind::Whole) else {
+            return false;
+        };
+        if self.engine.send_direct(transport, conn.raw(), data) {
+            return true;
+        }
+        self.engine.conns_mut().send_undone(conn, SendKind::Whole);
+        false
+    }
+
     /// A send of the application's buffers.
     fn prepare_buffers(
         &mut self,
@@ -266,6 +288,11 @@ pub trait Operations: Sealed {
     /// status), so a stream of inline sends costs no callback per message.
     fn send_inline(&mut self, conn: ConnId, data: &[u8]) -> Result<(), VmiError> {
         let (core, mode) = self.core();
+        // Straight to the transport when nothing issued earlier waits to run (from a
+        // callback, operations queued before this one must go first).
+        if (mode == Mode::Now || core.deferred.is_empty()) && core.send_direct(conn, data) {
+            return Ok(());
+        }
         // The copy is made only once the send is known to go: a refused send (busy, closed,
         // too large) takes no pooled buffer and copies nothing.
         let s = core.prepare_send(conn, 0, SendKind::Whole, |engine, s, max| {

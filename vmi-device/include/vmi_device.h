@@ -6,14 +6,15 @@
  * name). The host owns every IRB; a device holds one only between returning VMI_PENDING and
  * calling services->pass or services->complete. Nothing Rust-specific crosses this boundary.
  *
- * This header mirrors vmi-device/src/abi.rs; keep both in step. ABI 1.1.
+ * This header mirrors vmi-device/src/abi.rs; keep both in step. ABI 1.2.
  *
  * Versioning: structs only grow at the end, and every table says its own size. A host reads a
  * device built for an older minor (shorter tables: the missing entries count as NULL) and one
  * built for a newer minor (it reads the part it knows). A device that calls a service newer
  * than 1.0 checks services->size first, e.g.
  *     if (svc->size > VMI_HOST_SERVICES_SIZE_1_0) n = svc->irb_available(host);
- * History: 1.0 first edition; 1.1 adds vtable.poll_budget and services.irb_available.
+ * History: 1.0 first edition; 1.1 adds vtable.poll_budget and services.irb_available;
+ * 1.2 adds vtable.send_inline.
  * See devices/skeleton/README.md for a walk-through, and tests/c/ for a complete C device.
  */
 #ifndef VMI_DEVICE_H
@@ -28,10 +29,11 @@ extern "C" {
 
 #define VMI_DEVICE_MAGIC 0x44494d56u /* "VMID" little-endian */
 #define VMI_ABI_MAJOR 1
-#define VMI_ABI_MINOR 1
+#define VMI_ABI_MINOR 2
 /* Sizes of the 1.0 tables (x86-64 and aarch64 Linux): the smallest a 1.x host accepts. */
 #define VMI_DESCRIPTOR_SIZE_1_0 88u
 #define VMI_VTABLE_SIZE_1_0 104u
+#define VMI_VTABLE_SIZE_1_1 112u
 #define VMI_HOST_SERVICES_SIZE_1_0 128u
 #define VMI_IRB_MAX_SEGS 16
 #define VMI_MAX_FRAME_ALIGN 64
@@ -176,6 +178,10 @@ typedef struct vmi_device_vtable {
     int32_t (*set_attr)(void *dev, vmi_str name, vmi_str value, char *err, size_t err_len);
     /* ABI 1.1: as poll, handing at most `budget` IRBs up; preferred to poll when present. */
     int32_t (*poll_budget)(void *dev, uint32_t budget);
+    /* ABI 1.2, transports: send a small whole message (flags: VMI_FLAG_END) at once with no
+     * IRB, copying the bytes; VMI_COMPLETE when sent, VMI_PASS when not now (the host then
+     * sends it as an IRB). Called only when no device above has a submit step. */
+    int32_t (*send_inline)(void *dev, uint64_t conn, uint32_t flags, const uint8_t *data, size_t len);
 } vmi_device_vtable;
 
 typedef struct vmi_device_descriptor {

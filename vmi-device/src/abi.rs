@@ -20,6 +20,8 @@
 //! - 1.0: first edition.
 //! - 1.1: vtable entry `poll_budget` (bounded progress); host service `irb_available`
 //!   (receive IRBs a transport may still allocate: back-pressure before a failed allocation).
+//! - 1.2: vtable entry `send_inline` (a transport writes a small whole message at once, with
+//!   no IRB, when nothing is queued ahead of it).
 #![allow(unsafe_code)]
 
 use std::ffi::{c_char, c_void};
@@ -29,11 +31,13 @@ pub const VMI_DEVICE_MAGIC: u32 = 0x4449_4d56;
 /// ABI major version: a descriptor of another major is refused.
 pub const VMI_ABI_MAJOR: u16 = 1;
 /// ABI minor version: newer minors only append fields.
-pub const VMI_ABI_MINOR: u16 = 1;
+pub const VMI_ABI_MINOR: u16 = 2;
 /// Size of a 1.0 descriptor: the smallest a host of this major accepts.
 pub const VMI_DESCRIPTOR_SIZE_1_0: u32 = 88;
 /// Size of a 1.0 vtable: the smallest a host of this major accepts.
 pub const VMI_VTABLE_SIZE_1_0: u32 = 104;
+/// Size of a 1.1 vtable (1.2 appended `send_inline`).
+pub const VMI_VTABLE_SIZE_1_1: u32 = 112;
 /// Size of a 1.0 host services table: a device checks `size` against larger offsets before
 /// calling a newer service.
 pub const VMI_HOST_SERVICES_SIZE_1_0: u32 = 128;
@@ -340,6 +344,23 @@ pub struct VmiDeviceVtable {
     /// returns how many events it produced. A host prefers it to `poll`; a 1.0 device lacks it
     /// and is polled without a bound.
     pub poll_budget: Option<unsafe extern "C" fn(dev: *mut c_void, budget: u32) -> i32>,
+    // ---- ABI 1.2 ----
+    /// Transports: sends `len` bytes at `data` on connection `conn` as one fragment with IRB
+    /// `flags` (always `VMI_FLAG_END`: a whole message), at once and with no IRB, copying
+    /// the bytes before it returns. Returns `VMI_COMPLETE` when sent, or `VMI_PASS` when it
+    /// cannot now (something is queued ahead on the connection, the bytes do not fit, the
+    /// connection is not open): the host then sends the same bytes as an IRB, which reports
+    /// any error. The host calls it only when no device above the transport has a `submit`
+    /// step, and never with an application completion to deliver.
+    pub send_inline: Option<
+        unsafe extern "C" fn(
+            dev: *mut c_void,
+            conn: u64,
+            flags: u32,
+            data: *const u8,
+            len: usize,
+        ) -> i32,
+    >,
 }
 
 /// The descriptor a plugin exports as `vmi_device_<type>`.
@@ -451,7 +472,7 @@ mod tests {
     #[test]
     fn layout_matches_the_c_header() {
         assert_eq!(std::mem::size_of::<VmiIrb>(), 312);
-        assert_eq!(std::mem::size_of::<VmiDeviceVtable>(), 112);
+        assert_eq!(std::mem::size_of::<VmiDeviceVtable>(), 120);
         assert_eq!(std::mem::size_of::<VmiDeviceDescriptor>(), 88);
         assert_eq!(std::mem::size_of::<VmiHostServices>(), 136);
         assert_eq!(std::mem::size_of::<VmiCapabilities>(), 24);
@@ -459,6 +480,10 @@ mod tests {
         assert_eq!(
             std::mem::offset_of!(VmiDeviceVtable, poll_budget),
             VMI_VTABLE_SIZE_1_0 as usize
+        );
+        assert_eq!(
+            std::mem::offset_of!(VmiDeviceVtable, send_inline),
+            VMI_VTABLE_SIZE_1_1 as usize
         );
         assert_eq!(
             std::mem::offset_of!(VmiHostServices, irb_available),

@@ -118,6 +118,9 @@ pub trait Device: Sized + 'static {
     const WIRE_NEUTRAL: bool = false;
     /// Which entries to export; the rest are pass-through at no cost.
     const HOOKS: Hooks = Hooks::ALL;
+    /// Transports: export [`Device::send_inline`] (ABI 1.2), the host's fast path for small
+    /// whole messages.
+    const SEND_INLINE: bool = false;
     /// Per-IRB scratch space, zeroed when the host allocates the IRB; read it with
     /// [`Irb::frame`]. `()` for none.
     type Frame: bytemuck::Pod;
@@ -143,6 +146,16 @@ pub trait Device: Sized + 'static {
     /// Completion step for an IRB this device passed (or, for a transport, originated): free
     /// what the frame holds. Only called when [`Device::HOOKS`] has `complete`.
     fn complete(&mut self, _irb: &mut CompletingIrb) {}
+
+    /// Transports with [`Device::SEND_INLINE`]: sends `data` on connection `conn` (the raw
+    /// id IRBs carry) as one whole-message fragment with IRB `flags`, copying it now, with no
+    /// IRB. Return false when it cannot go at once in order (something is queued ahead on the
+    /// connection, it does not fit, the connection is not open): the host then sends it as
+    /// an IRB through [`Device::submit`], which reports any error. Never called when a
+    /// device above has a submit step.
+    fn send_inline(&mut self, _conn: u64, _flags: u32, _data: &[u8]) -> bool {
+        false
+    }
 
     /// Makes progress without blocking, handing at most `budget` IRBs up the receive chain
     /// (received fragments, connect requests, disconnects); returns the number of events

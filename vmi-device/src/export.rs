@@ -89,6 +89,11 @@ impl<D: Device> Export<D> {
         } else {
             None
         },
+        send_inline: if D::SEND_INLINE {
+            Some(send_inline::<D>)
+        } else {
+            None
+        },
     };
 
     /// The descriptor.
@@ -314,6 +319,34 @@ unsafe extern "C" fn complete<D: Device>(dev: *mut c_void, irb: *mut VmiIrb, fra
 unsafe extern "C" fn poll<D: Device>(dev: *mut c_void) -> i32 {
     // SAFETY: forwarded from the host (a 1.0 host, which knows no budget).
     unsafe { poll_budget::<D>(dev, u32::MAX) }
+}
+
+unsafe extern "C" fn send_inline<D: Device>(
+    dev: *mut c_void,
+    conn: u64,
+    flags: u32,
+    data: *const u8,
+    len: usize,
+) -> i32 {
+    let r = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: live instance.
+        let inst = unsafe { instance::<D>(dev) };
+        let bytes = if len == 0 {
+            &[][..]
+        } else {
+            // SAFETY: the host lends `len` readable bytes at `data` for the call.
+            unsafe { std::slice::from_raw_parts(data, len) }
+        };
+        inst.device.send_inline(conn, flags, bytes)
+    }));
+    match r {
+        Ok(true) => VMI_COMPLETE,
+        Ok(false) => VMI_PASS,
+        Err(p) => {
+            device_panicked::<D>("send_inline", &*p);
+            VMI_PASS
+        }
+    }
 }
 
 unsafe extern "C" fn poll_budget<D: Device>(dev: *mut c_void, budget: u32) -> i32 {

@@ -176,6 +176,8 @@ pub struct ShmemDevice {
     finishing: Vec<usize>,
     /// The pre-shared key peers must prove they hold, if any.
     auth: Option<AuthKey>,
+    /// Messages written by `send_inline`, with no IRB (the `inline_sends` attribute).
+    inline_sends: u64,
 }
 
 /// A ring's consumer end as the record reader's byte source.
@@ -1305,6 +1307,7 @@ impl Device for ShmemDevice {
     const KIND: DeviceKind = DeviceKind::Transport;
     const PARAMS: &'static [vmi_device::abi::VmiParamSpec] = PARAMS;
     type Frame = ShmemFrame;
+    const SEND_INLINE: bool = true;
 
     fn create(host: Host, config: &Config) -> Result<Self, String> {
         let cfg = ShmemConfig::from_config(config)?;
@@ -1369,6 +1372,7 @@ impl Device for ShmemDevice {
             slept: Cell::new(false),
             finishing: Vec::new(),
             auth,
+            inline_sends: 0,
         })
     }
 
@@ -1378,8 +1382,54 @@ impl Device for ShmemDevice {
                 Some(k) => format!("on (key from {})", k.source),
                 None => "off".into(),
             }),
+            "inline_sends" => Some(self.inline_sends.to_string()),
             _ => None,
         }
+    }
+
+    /// A small whole message written into the ring at once, when nothing is queued ahead
+    /// on the connection and it fits now; otherwise the IRB path takes it (and reports any
+    /// error).
+    fn send_inline(&mut self, conn: u64, flags: u32, data: &[u8]) -> bool {
+        let Some(&idx) = self.by_vmi.get(&conn) else {
+            return false;
+        };
+        let too_big = data.len() as u64 > self.cfg.max_fragment;
+        let single_copy = data.len() >= self.cfg.single_copy_min;
+        let Some(c) = self.conns[idx].as_mut() else {
+            return false;
+        };
+        if too_big
+            || c.state != State::Open
+            || c.peer_done
+            || (c.peer_reads_me && single_copy)
+            || !c.tx.is_empty()
+            || !c.acks.is_empty()
+        {
+            return false;
+        }
+        let Some(region) = c.region.as_ref() else {
+            return false;
+        };
+        let header = encode_inline(
+            flags & VMI_FLAG_END != 0,
+            (flags >> 16) as u16,
+            data.len() as u32,
+        );
+        let view = region.ring(c.tx_ring);
+        let mut p = Producer::resume(view.shared(), c.tx_pos.0, c.tx_pos.1);
+        let pushed = p.push_all(&[&header, data]);
+        c.tx_pos = p.positions();
+        if pushed != Ok(true) {
+            return false;
+        }
+        if p.needs_wake()
+            && let Some(b) = &c.peer_bell
+        {
+            ring(b);
+        }
+        self.inline_sends += 1;
+        true
     }
 
     fn capabilities(&self, _below: Capabilities) -> Capabilities {
