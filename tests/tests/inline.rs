@@ -1,27 +1,52 @@
-//! The transports' inline fast path (device ABI 1.2 `send_inline`): a small whole message
-//! goes straight into the shared-memory ring, with no IRB, when nothing is queued ahead of
-//! it; otherwise (the ring is full, a stream's fragments wait, a filter is on the chain) it
-//! takes the IRB path. Order is kept either way and nothing is lost.
+//! The transports' fast paths (device ABI 1.2): `send_inline` puts a small whole message
+//! straight into the shared-memory ring, with no IRB, when nothing is queued ahead of it;
+//! otherwise (the ring is full, a stream's fragments wait, a filter is on the chain) it takes
+//! the IRB path. `poll_direct` hands received fragments to the host with no IRB, unless a
+//! filter is on the receive chain or the host must deliver something else first. Order is
+//! kept either way, nothing is lost, and a grabbed slab stays readable.
 
 use std::time::{Duration, Instant};
 
+use vmi_core::GrabbedSlab;
 use vmi_core::prelude::*;
 use vmi_tests::harness::{Mode, Pair, dev, spec};
 
 const MESSAGES: u64 = 6_000;
 const SIZE: usize = 1024;
 
-/// Every message carries its sequence number in its first 8 bytes, and its length.
+/// Every message carries its sequence number in its first 8 bytes, and its length. Every
+/// 100th fragment is grabbed and checked only after the next 50 messages arrived.
 #[derive(Default)]
 struct Checker {
     current: Vec<u8>,
     next: u64,
     bad: Vec<String>,
+    fragments: u64,
+    kept: Vec<(u64, Vec<u8>, GrabbedSlab)>,
 }
 
 impl Handler for Checker {
     fn receive(&mut self, _ctx: &mut Ctx<'_>, _conn: ConnId, cmd: Recv, slab: &mut Slab<'_>) {
-        self.current.extend(slab.read_to_vec());
+        self.fragments += 1;
+        let bytes = slab.read_to_vec();
+        if self.fragments.is_multiple_of(100) {
+            slab.rewind();
+            let g = slab.grab().expect("a received slab can be kept");
+            self.kept.push((self.next, bytes.clone(), g));
+        }
+        let next = self.next;
+        self.kept.retain_mut(|(at, expect, g)| {
+            if next < *at + 50 {
+                return true;
+            }
+            let again = g.read_to_vec();
+            assert_eq!(
+                &again, expect,
+                "a grabbed slab changed after 50 more messages"
+            );
+            false
+        });
+        self.current.extend(bytes);
         if cmd != Recv::End {
             return;
         }
@@ -47,7 +72,7 @@ fn message(seq: u64) -> Vec<u8> {
 /// Streams MESSAGES messages, every 7th as a 3-fragment stream (IRB path), the rest inline;
 /// the receiver reads only every 500 sends, so the ring fills and sends fall back. Returns
 /// the sender's `inline_sends` attribute.
-fn run(label: &str, filters: &[vmi_conformance::pair::Dev]) -> u64 {
+fn run(label: &str, filters: &[vmi_conformance::pair::Dev]) -> (u64, u64) {
     let transport = dev("t", "shmem", &[("ring_size", "64k")]);
     let sp = || spec(filters, &transport, Mode::Static);
     let mut p = Pair::new(sp(), sp(), label.into(), false);
@@ -106,18 +131,22 @@ fn run(label: &str, filters: &[vmi_conformance::pair::Dev]) -> u64 {
         p.ha.completions.iter().all(|s| s.is_ok()),
         "{label}: a send failed"
     );
-    p.a.attr_get("t", "inline_sends")
-        .expect("shmem reports inline_sends")
-        .parse()
-        .expect("a number")
+    let count = |v: &Vmi, name: &str| -> u64 {
+        v.attr_get("t", name)
+            .expect("shmem reports its fast paths")
+            .parse()
+            .expect("a number")
+    };
+    (count(&p.a, "inline_sends"), count(&p.b, "direct_receives"))
 }
 
 #[test]
 fn inline_sends_skip_the_irb_when_they_can_and_keep_order_when_they_cannot() {
     let _ = env_logger::builder().is_test(true).try_init();
     let inline = MESSAGES - MESSAGES.div_ceil(7);
-    let direct = run("shmem", &[]);
+    let (direct, received) = run("shmem", &[]);
     assert!(direct > 0, "no message took the fast path");
+    assert!(received > 0, "no fragment was received with no IRB");
     assert!(
         direct < inline,
         "every inline message took the fast path ({direct}): the ring never filled, so the fallback was not tested"
@@ -127,6 +156,10 @@ fn inline_sends_skip_the_irb_when_they_can_and_keep_order_when_they_cannot() {
 #[test]
 fn a_filter_on_the_chain_turns_the_fast_path_off() {
     let crc = dev("crc", "crc", &[]);
-    let direct = run("shmem + crc", &[crc]);
+    let (direct, received) = run("shmem + crc", &[crc]);
     assert_eq!(direct, 0, "the CRC filter must see every send");
+    assert_eq!(
+        received, 0,
+        "the CRC filter must see every fragment received"
+    );
 }

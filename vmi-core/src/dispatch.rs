@@ -220,6 +220,34 @@ fn deliver_received(core: &mut Core, handler: &mut dyn Handler, s: Slot) {
     }
 }
 
+/// A fragment a transport handed over with no IRB (see `direct`), delivered to the
+/// application as `receive` does for an IRB.
+pub(crate) fn receive_lent(
+    core: &mut Core,
+    handler: &mut dyn Handler,
+    raw: u64,
+    flags: u32,
+    data: &[u8],
+) {
+    let conn = ConnId(raw);
+    if !core.engine.conns().is_live(conn) {
+        log::debug!("{conn}: dropping a fragment that arrived after the connection closed");
+        return;
+    }
+    let end = flags & VMI_FLAG_END != 0;
+    let (deliver, _) = core.engine.conns_mut().rx_fragment(conn, end);
+    if !deliver {
+        // The rest of a failed message.
+        return;
+    }
+    let cmd = if end { Recv::End } else { Recv::Fragment };
+    let releases = core.engine.releases().clone();
+    let grabbed = Cell::new(false);
+    let held = core.engine.held_count();
+    let mut slab = Slab::lent(data, &releases, &grabbed, &held);
+    handler.receive(&mut Ctx::new(core), conn, cmd, &mut slab);
+}
+
 fn receive(core: &mut Core, handler: &mut dyn Handler, s: Slot, conn: ConnId) {
     if !core.engine.conns().is_live(conn) {
         log::debug!("{conn}: dropping a fragment that arrived after the connection closed");

@@ -55,6 +55,10 @@ enum Poller {
 /// A transport's `send_inline` entry (ABI 1.2).
 type SendInlineFn = unsafe extern "C" fn(*mut c_void, u64, u32, *const u8, usize) -> i32;
 
+/// A transport's `poll_direct` entry (ABI 1.2).
+pub(crate) type PollDirectFn =
+    unsafe extern "C" fn(*mut c_void, u32, crate::abi::VmiDeliverFn, *mut c_void) -> i32;
+
 /// One device's place in one direction's chain, resolved when the engine starts so that
 /// moving an IRB reads one small array entry per device.
 #[derive(Clone, Copy)]
@@ -143,6 +147,10 @@ pub(crate) struct Engine {
     direct: Vec<Option<(SendInlineFn, *mut c_void)>>,
     /// Some entry of `direct` is set.
     any_direct: bool,
+    /// Transports polled through `poll_direct` (ABI 1.2): fragments they receive go straight
+    /// to the application (see `direct`). Empty when a device above the transports has a
+    /// receive step; such transports are then in `pollers`.
+    direct_pollers: Vec<(PollDirectFn, *mut c_void)>,
 }
 
 impl Engine {
@@ -198,7 +206,7 @@ impl Engine {
             signature,
             recv_pos,
             recv_limit: MAX_RECEIVES_IN_FLIGHT,
-            recv_live: Cell::new(0),
+            recv_live: std::rc::Rc::new(Cell::new(0)),
             send_limit: MAX_SENDS_IN_FLIGHT,
             send_live: Cell::new(0),
         });
@@ -221,6 +229,7 @@ impl Engine {
             recv_steps: Vec::new(),
             direct: Vec::new(),
             any_direct: false,
+            direct_pollers: Vec::new(),
         };
         for (index, p) in planned.into_iter().enumerate() {
             let names: Vec<(String, String)> = p
@@ -323,9 +332,25 @@ impl Engine {
             })
             .collect();
         engine.any_direct = engine.direct.iter().any(Option::is_some);
+        let filtered_up = engine
+            .recv_steps
+            .iter()
+            .any(|s| !s.transport && s.entry.is_some());
+        let direct_rx = |d: &Instance| {
+            d.is_transport()
+                .then_some(d.ty.vtable.poll_direct)
+                .flatten()
+                .filter(|_| !filtered_up)
+        };
+        engine.direct_pollers = engine
+            .devices
+            .iter()
+            .filter_map(|d| direct_rx(d).map(|p| (p, d.ptr)))
+            .collect();
         engine.pollers = engine
             .devices
             .iter()
+            .filter(|d| direct_rx(d).is_none())
             .filter_map(|d| match (d.ty.vtable.poll_budget, d.ty.vtable.poll) {
                 (Some(p), _) => Some(Poller::Budget(p, d.ptr)),
                 (None, Some(p)) => Some(Poller::Plain(p, d.ptr)),
@@ -480,6 +505,24 @@ impl Engine {
         // before it returns.
         let rc = unsafe { f(dev, conn, VMI_FLAG_END, data.as_ptr(), data.len()) };
         rc == VMI_COMPLETE
+    }
+
+    /// The transports polled through `poll_direct`.
+    #[inline]
+    pub fn direct_pollers(&self) -> &[(PollDirectFn, *mut c_void)] {
+        &self.direct_pollers
+    }
+
+    /// The count of received fragments held (IRBs up the chain and grabbed copies): a grab
+    /// of lent bytes raises it.
+    pub fn held_count(&self) -> std::rc::Rc<Cell<usize>> {
+        self.shared.recv_live.clone()
+    }
+
+    /// Runs work the devices queued (after a direct poll).
+    #[inline]
+    pub fn run_queued(&mut self) {
+        self.drive();
     }
 
     /// Returns a slot to the pool, recycling inline buffers.
@@ -680,6 +723,12 @@ impl Engine {
             self.releases.take_all(&mut batch);
             events += batch.len();
             for addr in batch.drain(..) {
+                if addr == crate::slab::COPY_RELEASED {
+                    // A grabbed copy of lent bytes: no IRB, one fewer fragment held.
+                    let held = &self.shared.recv_live;
+                    held.set(held.get().saturating_sub(1));
+                    continue;
+                }
                 // SAFETY: the address was queued by the GrabbedSlab that owned the delivered
                 // slot (the engine kept no handle to it), exactly once, when it was dropped.
                 let s = unsafe { Slot::from_raw(addr as *mut VmiIrb) };
@@ -913,6 +962,9 @@ impl Drop for Engine {
         let mut released = Vec::new();
         self.releases.take_all(&mut released);
         for addr in released {
+            if addr == crate::slab::COPY_RELEASED {
+                continue; // a grabbed copy: no IRB behind it
+            }
             // SAFETY: as in `poll_devices`.
             let s = unsafe { Slot::from_raw(addr as *mut VmiIrb) };
             self.release_received(s);

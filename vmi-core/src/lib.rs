@@ -22,6 +22,7 @@ pub mod assembly;
 pub mod buffer;
 pub mod conn;
 mod ctx;
+mod direct;
 mod dispatch;
 mod engine;
 mod error;

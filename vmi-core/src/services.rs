@@ -43,8 +43,9 @@ pub(crate) struct Shared {
     pub recv_pos: Vec<isize>,
     /// Most receive IRBs in flight at once (`irb_available` counts down from it).
     pub recv_limit: usize,
-    /// Receive IRBs in flight now.
-    pub recv_live: std::cell::Cell<usize>,
+    /// Received fragments held now: receive IRBs in flight and grabbed copies of lent
+    /// bytes (shared with the slabs that count a grab).
+    pub recv_live: std::rc::Rc<std::cell::Cell<usize>>,
     /// Most application sends in flight at once.
     pub send_limit: usize,
     /// Application sends in flight now.

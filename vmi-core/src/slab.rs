@@ -122,11 +122,19 @@ impl<'a> Cursor<'a> {
     }
 }
 
+/// What a released copy (a grab of a slab delivered with no IRB) queues instead of a slot
+/// address: `poll` then counts one fewer received fragment held.
+pub(crate) const COPY_RELEASED: usize = usize::MAX;
+
 /// Who lets go of a delivered slab, and where the host records a grab.
 struct Owner<'a> {
+    /// The received IRB, or [`COPY_RELEASED`] for bytes a transport lent with no IRB (a grab
+    /// copies them).
     slot: usize,
     releases: &'a Arc<Releases>,
     grabbed: &'a Cell<bool>,
+    /// For lent bytes: the host's count of received fragments held, which a grab raises.
+    held: Option<&'a Cell<usize>>,
 }
 
 /// Received bytes with a read cursor. Lives for the callback it is passed to; keep it longer
@@ -175,9 +183,28 @@ impl<'a> Slab<'a> {
                 slot: slot.addr(),
                 releases,
                 grabbed,
+                held: None,
             }),
             _life: PhantomData,
         }
+    }
+
+    /// A slab over bytes a transport lent for the callback only (a fragment delivered with
+    /// no IRB): a grab copies them, and counts in `held` until the copy is released.
+    pub(crate) fn lent(
+        data: &'a [u8],
+        releases: &'a Arc<Releases>,
+        grabbed: &'a Cell<bool>,
+        held: &'a Cell<usize>,
+    ) -> Slab<'a> {
+        let mut slab = Slab::from_bytes(data);
+        slab.owner = Some(Owner {
+            slot: COPY_RELEASED,
+            releases,
+            grabbed,
+            held: Some(held),
+        });
+        slab
     }
 
     /// Total bytes in the slab.
@@ -274,18 +301,54 @@ impl<'a> Slab<'a> {
         if owner.grabbed.replace(true) {
             return None;
         }
-        owner.releases.outstanding.fetch_add(1, Ordering::AcqRel);
+        if owner.held.is_none() {
+            // Device memory stays in use until the release (a copy holds none).
+            owner.releases.outstanding.fetch_add(1, Ordering::AcqRel);
+        }
         let n = self.cursor.segs.len();
         let mut segs = [VmiSeg::EMPTY; VMI_IRB_MAX_SEGS];
-        for (i, s) in segs.iter_mut().enumerate().take(n) {
-            *s = self.cursor.segs.get(i);
+        let mut copy = None;
+        if let Some(held) = owner.held {
+            // Lent bytes go back to the transport when the callback returns: keep a copy.
+            held.set(held.get() + 1);
+            let mut bytes = Vec::with_capacity(self.cursor.total);
+            for i in 0..n {
+                let seg = self.cursor.segs.get(i);
+                if !seg.base.is_null() && seg.len > 0 {
+                    // SAFETY: the lent segments are readable for 'a, which this borrow is in.
+                    bytes.extend_from_slice(unsafe {
+                        std::slice::from_raw_parts(seg.base, seg.len)
+                    });
+                }
+            }
+            let bytes = bytes.into_boxed_slice();
+            segs[0] = VmiSeg {
+                base: bytes.as_ptr() as *mut u8,
+                len: bytes.len(),
+            };
+            copy = Some(bytes);
+        } else {
+            for (i, s) in segs.iter_mut().enumerate().take(n) {
+                *s = self.cursor.segs.get(i);
+            }
+        }
+        let nseg = if copy.is_some() { 1 } else { n };
+        let mut state = self.cursor.save();
+        if copy.is_some() {
+            // The same offset, in the one segment of the copy.
+            state = SlabState {
+                seg: 0,
+                off: self.cursor.total - self.cursor.remaining,
+                remaining: self.cursor.remaining,
+            };
         }
         Some(GrabbedSlab {
             segs,
-            nseg: n,
-            state: self.cursor.save(),
+            nseg,
+            state,
             slot: owner.slot,
             releases: owner.releases.clone(),
+            _copy: copy,
         })
     }
 }
@@ -338,6 +401,9 @@ pub struct GrabbedSlab {
     state: SlabState,
     slot: usize,
     releases: Arc<Releases>,
+    /// The copy the segment points into, for a grab of lent bytes; its heap block does not
+    /// move while this lives.
+    _copy: Option<Box<[u8]>>,
 }
 
 // SAFETY: the segments stay valid and unchanged until the slab is released, and nothing else
@@ -430,7 +496,9 @@ impl Drop for GrabbedSlab {
             .unwrap_or_else(|e| e.into_inner())
             .push(self.slot);
         self.releases.pending.fetch_add(1, Ordering::Release);
-        self.releases.outstanding.fetch_sub(1, Ordering::AcqRel);
+        if self._copy.is_none() {
+            self.releases.outstanding.fetch_sub(1, Ordering::AcqRel);
+        }
         if let Some(w) = &self.releases.waker {
             w.wake();
         }
@@ -518,6 +586,7 @@ mod tests {
                 slot: 0x1000,
                 releases: &releases,
                 grabbed: &grabbed,
+                held: None,
             }),
             _life: PhantomData,
         };
@@ -546,5 +615,33 @@ mod tests {
         releases.take_all(&mut into);
         assert_eq!(into, vec![0x1000]);
         assert_eq!(releases.pending.load(Ordering::Relaxed), 0);
+    }
+
+    /// A grab of lent bytes is a copy: it reads the same bytes after the original changes,
+    /// counts as held until released, and its release queues the copy marker, not a slot.
+    #[test]
+    fn a_grab_of_lent_bytes_copies_them() {
+        let releases = Arc::new(Releases::default());
+        let grabbed = Cell::new(false);
+        let held = Cell::new(0usize);
+        let mut data = b"lent bytes".to_vec();
+        let mut g = {
+            let mut slab = Slab::lent(&data, &releases, &grabbed, &held);
+            assert_eq!(slab.read(5), b"lent ");
+            slab.grab().expect("lent bytes can be grabbed")
+        };
+        data.fill(b'x');
+        assert_eq!(held.get(), 1);
+        assert_eq!(g.remaining(), 5, "the cursor is kept");
+        assert_eq!(g.read_to_vec(), b"bytes");
+        assert_eq!(
+            releases.outstanding.load(Ordering::Relaxed),
+            0,
+            "no device memory held"
+        );
+        drop(g);
+        let mut into = Vec::new();
+        releases.take_all(&mut into);
+        assert_eq!(into, vec![COPY_RELEASED]);
     }
 }

@@ -201,8 +201,15 @@ impl Vmi {
     /// Runs the devices and delivers callbacks without blocking (VMI 2.1: `VMI_Poll`).
     /// Returns the number of events handled.
     pub fn poll(&mut self, handler: &mut dyn Handler) -> usize {
-        let n = self.core.engine.poll_devices();
-        n + dispatch(&mut self.core, handler)
+        let mut n = self.core.engine.poll_devices();
+        n += dispatch(&mut self.core, handler);
+        if !self.core.engine.direct_pollers().is_empty() {
+            // Transports that deliver straight to the handler (no IRB); what they hand up
+            // as IRBs instead is delivered next.
+            n += crate::direct::poll(&mut self.core, handler);
+            n += dispatch(&mut self.core, handler);
+        }
+        n
     }
 
     /// Like `poll`, but sleeps on the devices' descriptors until something happens or

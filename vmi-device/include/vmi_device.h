@@ -14,7 +14,7 @@
  * than 1.0 checks services->size first, e.g.
  *     if (svc->size > VMI_HOST_SERVICES_SIZE_1_0) n = svc->irb_available(host);
  * History: 1.0 first edition; 1.1 adds vtable.poll_budget and services.irb_available;
- * 1.2 adds vtable.send_inline.
+ * 1.2 adds vtable.send_inline and vtable.poll_direct.
  * See devices/skeleton/README.md for a walk-through, and tests/c/ for a complete C device.
  */
 #ifndef VMI_DEVICE_H
@@ -182,6 +182,13 @@ typedef struct vmi_device_vtable {
      * IRB, copying the bytes; VMI_COMPLETE when sent, VMI_PASS when not now (the host then
      * sends it as an IRB). Called only when no device above has a submit step. */
     int32_t (*send_inline)(void *dev, uint64_t conn, uint32_t flags, const uint8_t *data, size_t len);
+    /* ABI 1.2, transports: as poll_budget, but received fragments go to deliver(ctx, conn,
+     * flags, data, len) with no IRB (bytes valid for the call). deliver returns VMI_COMPLETE
+     * (taken) or VMI_PASS: then that fragment and the rest of this call's go up as IRBs.
+     * Called instead of poll_budget only when no device above has a receive step. */
+    int32_t (*poll_direct)(void *dev, uint32_t budget,
+                           int32_t (*deliver)(void *ctx, uint64_t conn, uint32_t flags, const uint8_t *data, size_t len),
+                           void *ctx);
 } vmi_device_vtable;
 
 typedef struct vmi_device_descriptor {

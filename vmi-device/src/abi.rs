@@ -20,8 +20,9 @@
 //! - 1.0: first edition.
 //! - 1.1: vtable entry `poll_budget` (bounded progress); host service `irb_available`
 //!   (receive IRBs a transport may still allocate: back-pressure before a failed allocation).
-//! - 1.2: vtable entry `send_inline` (a transport writes a small whole message at once, with
-//!   no IRB, when nothing is queued ahead of it).
+//! - 1.2: vtable entries `send_inline` (a transport writes a small whole message at once,
+//!   with no IRB, when nothing is queued ahead of it) and `poll_direct` (a transport hands
+//!   received fragments straight to the host, with no IRB).
 #![allow(unsafe_code)]
 
 use std::ffi::{c_char, c_void};
@@ -361,7 +362,32 @@ pub struct VmiDeviceVtable {
             len: usize,
         ) -> i32,
     >,
+    /// Transports: as `poll_budget`, but received fragments go to `deliver(ctx, conn, flags,
+    /// data, len)` instead of up the chain as IRBs; the bytes are valid for that call only.
+    /// `deliver` returns `VMI_COMPLETE` (taken) or `VMI_PASS` (the host cannot take it
+    /// directly now): the device then hands that fragment, and everything it receives for
+    /// the rest of this call, up as IRBs, so order is kept. The host calls it instead of
+    /// `poll_budget` only when no device above the transports has a `receive` step.
+    pub poll_direct: Option<
+        unsafe extern "C" fn(
+            dev: *mut c_void,
+            budget: u32,
+            deliver: VmiDeliverFn,
+            ctx: *mut c_void,
+        ) -> i32,
+    >,
 }
+
+/// The host's receiver of fragments a transport hands over with no IRB (ABI 1.2
+/// `poll_direct`): `ctx`, the connection, the IRB flags the fragment would have had, and its
+/// bytes (valid during the call). Returns `VMI_COMPLETE` or `VMI_PASS`.
+pub type VmiDeliverFn = unsafe extern "C" fn(
+    ctx: *mut c_void,
+    conn: u64,
+    flags: u32,
+    data: *const u8,
+    len: usize,
+) -> i32;
 
 /// The descriptor a plugin exports as `vmi_device_<type>`.
 #[repr(C)]
@@ -472,7 +498,7 @@ mod tests {
     #[test]
     fn layout_matches_the_c_header() {
         assert_eq!(std::mem::size_of::<VmiIrb>(), 312);
-        assert_eq!(std::mem::size_of::<VmiDeviceVtable>(), 120);
+        assert_eq!(std::mem::size_of::<VmiDeviceVtable>(), 128);
         assert_eq!(std::mem::size_of::<VmiDeviceDescriptor>(), 88);
         assert_eq!(std::mem::size_of::<VmiHostServices>(), 136);
         assert_eq!(std::mem::size_of::<VmiCapabilities>(), 24);

@@ -94,6 +94,11 @@ impl<D: Device> Export<D> {
         } else {
             None
         },
+        poll_direct: if D::RECEIVE_DIRECT {
+            Some(poll_direct::<D>)
+        } else {
+            None
+        },
     };
 
     /// The descriptor.
@@ -347,6 +352,27 @@ unsafe extern "C" fn send_inline<D: Device>(
             VMI_PASS
         }
     }
+}
+
+unsafe extern "C" fn poll_direct<D: Device>(
+    dev: *mut c_void,
+    budget: u32,
+    deliver: VmiDeliverFn,
+    ctx: *mut c_void,
+) -> i32 {
+    let r = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: live instance.
+        let inst = unsafe { instance::<D>(dev) };
+        // SAFETY: the host's receiver and context for this call; the value does not outlive it.
+        let mut to = unsafe { crate::deliver::Deliver::new(deliver, ctx) };
+        inst.device
+            .poll_direct(budget as usize, &mut to)
+            .min(i32::MAX as usize) as i32
+    }));
+    r.unwrap_or_else(|p| {
+        device_panicked::<D>("poll", &*p);
+        0
+    })
 }
 
 unsafe extern "C" fn poll_budget<D: Device>(dev: *mut c_void, budget: u32) -> i32 {

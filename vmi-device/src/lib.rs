@@ -31,6 +31,7 @@ pub mod abi;
 pub mod auth;
 pub mod config;
 pub mod connmap;
+pub mod deliver;
 pub mod device;
 pub mod export;
 pub mod held;
@@ -46,6 +47,7 @@ pub mod status;
 
 pub use config::{Config, ConfigError};
 pub use connmap::ConnMap;
+pub use deliver::Deliver;
 pub use device::{Capabilities, Device, DeviceKind, Disposition, Hooks};
 pub use host::{Completer, Host, HostWaker};
 pub use irb::{CompletingIrb, Irb, Op, RemoteIrb};

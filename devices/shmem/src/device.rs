@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use mio::net::{UnixListener, UnixStream};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
+use vmi_device::Deliver;
 use vmi_device::Status;
 use vmi_device::abi::VMI_FLAG_END;
 use vmi_device::held::HeldBuffers;
@@ -178,6 +179,8 @@ pub struct ShmemDevice {
     auth: Option<AuthKey>,
     /// Messages written by `send_inline`, with no IRB (the `inline_sends` attribute).
     inline_sends: u64,
+    /// Fragments the host took through `poll_direct`, with no IRB (`direct_receives`).
+    direct_receives: u64,
 }
 
 /// A ring's consumer end as the record reader's byte source.
@@ -194,6 +197,12 @@ impl Source for RingSource<'_, '_> {
     }
 }
 
+/// The IRB flags of a received data record: the end bit and the sender's flags.
+fn irb_flags(rec: &Record) -> u32 {
+    let end = matches!(rec.kind, DATA_END | RDV_END);
+    (if end { VMI_FLAG_END } else { 0 }) | ((rec.flags as u32) << 16)
+}
+
 fn deliver(host: &Host, pool: &mut HeldBuffers, vmi: u64, rec: &Record, buf: Vec<u8>) {
     let Some(mut irb) = host.alloc_irb(Op::Recv, vmi) else {
         // drain_rx reads a record only when the host offers an IRB for it.
@@ -201,8 +210,7 @@ fn deliver(host: &Host, pool: &mut HeldBuffers, vmi: u64, rec: &Record, buf: Vec
         pool.give(buf);
         return;
     };
-    let end = matches!(rec.kind, DATA_END | RDV_END);
-    irb.set_flags((if end { VMI_FLAG_END } else { 0 }) | ((rec.flags as u32) << 16));
+    irb.set_flags(irb_flags(rec));
     let (ptr, len) = (buf.as_ptr() as *mut u8, buf.len());
     irb.frame::<ShmemFrame>().held = pool.hold(buf);
     push_segment(&mut irb, ptr, len);
@@ -362,9 +370,17 @@ impl ShmemDevice {
 
     /// Reads up to `budget` records from a connection's incoming ring and hands fragments up;
     /// the rest waits for the next poll (the peer's ring fills and it is pushed back).
-    fn drain_rx(&mut self, idx: usize, budget: usize) -> usize {
+    ///
+    /// With `to` (the host's direct receiver, ABI 1.2 `poll_direct`) fragments go to it
+    /// with no IRB; when it declines one, that one and the rest go up as IRBs (`to` is
+    /// cleared), so order is kept.
+    fn drain_rx(&mut self, idx: usize, budget: usize, to: &mut Option<&mut Deliver<'_>>) -> usize {
         let Self {
-            conns, pool, host, ..
+            conns,
+            pool,
+            host,
+            direct_receives,
+            ..
         } = self;
         let Some(c) = conns[idx].as_mut() else {
             return 0;
@@ -394,6 +410,15 @@ impl ShmemDevice {
                     break;
                 }
                 Ok(Some(Incoming::Data { rec, payload })) => {
+                    if let Some(d) = to.as_deref_mut() {
+                        if d.deliver(c.vmi, irb_flags(&rec), &payload) {
+                            *direct_receives += 1;
+                            pool.give(payload);
+                            n += 1;
+                            continue;
+                        }
+                        *to = None;
+                    }
                     deliver(host, pool, c.vmi, &rec, payload);
                     n += 1;
                 }
@@ -401,7 +426,19 @@ impl ShmemDevice {
                     let mut buf = pool.take(rec.len as usize);
                     match read_peer(c.peer_pid, &ranges, &mut buf) {
                         Ok(got) if got == buf.len() => {
-                            deliver(host, pool, c.vmi, &rec, buf);
+                            let taken = to
+                                .as_deref_mut()
+                                .map(|d| d.deliver(c.vmi, irb_flags(&rec), &buf));
+                            if taken == Some(false) {
+                                *to = None;
+                            }
+                            let taken = taken == Some(true);
+                            if taken {
+                                *direct_receives += 1;
+                                pool.give(buf);
+                            } else {
+                                deliver(host, pool, c.vmi, &rec, buf);
+                            }
                             c.acks.push_back(ack(rec.id));
                             n += 1;
                         }
@@ -452,6 +489,40 @@ impl ShmemDevice {
         if let Some(e) = error {
             log::warn!("shmem: {e}; closing the connection");
             self.end(idx, Status::Protocol, &e, false);
+        }
+        n
+    }
+
+    /// One poll: goodbyes, ring wake-ups, every connection's rings, and (every
+    /// `CONTROL_EVERY` polls) the control sockets. `to`: see `drain_rx`.
+    fn poll_with(&mut self, budget: usize, mut to: Option<&mut Deliver<'_>>) -> usize {
+        let mut n = 0;
+        for idx in std::mem::take(&mut self.finishing) {
+            if self.conns[idx].as_ref().is_some_and(|c| c.peer_done) {
+                self.finish(idx);
+                n += 1;
+            }
+        }
+        if self.slept.replace(false) {
+            for c in self.conns.iter().flatten() {
+                if let Some(r) = c.region.as_ref() {
+                    let view = r.ring(c.rx_ring);
+                    Consumer::resume(view.shared(), c.rx_pos.0, c.rx_pos.1).woke();
+                }
+            }
+            self.polls = CONTROL_EVERY - 1;
+        }
+        for idx in 0..self.conns.len() {
+            if self.conns[idx].is_some() {
+                n += self.drain_rx(idx, budget, &mut to);
+                self.end_if_drained(idx);
+                n += self.flush_tx(idx);
+            }
+        }
+        self.polls += 1;
+        if self.polls >= CONTROL_EVERY {
+            self.polls = 0;
+            n += self.control();
         }
         n
     }
@@ -702,7 +773,7 @@ impl ShmemDevice {
                     if let Some(c) = self.conns[idx].as_mut() {
                         c.gone = Some(gone);
                     }
-                    self.drain_rx(idx, usize::MAX);
+                    self.drain_rx(idx, usize::MAX, &mut None);
                     self.end_if_drained(idx);
                 }
             }
@@ -1308,6 +1379,7 @@ impl Device for ShmemDevice {
     const PARAMS: &'static [vmi_device::abi::VmiParamSpec] = PARAMS;
     type Frame = ShmemFrame;
     const SEND_INLINE: bool = true;
+    const RECEIVE_DIRECT: bool = true;
 
     fn create(host: Host, config: &Config) -> Result<Self, String> {
         let cfg = ShmemConfig::from_config(config)?;
@@ -1373,6 +1445,7 @@ impl Device for ShmemDevice {
             finishing: Vec::new(),
             auth,
             inline_sends: 0,
+            direct_receives: 0,
         })
     }
 
@@ -1383,6 +1456,7 @@ impl Device for ShmemDevice {
                 None => "off".into(),
             }),
             "inline_sends" => Some(self.inline_sends.to_string()),
+            "direct_receives" => Some(self.direct_receives.to_string()),
             _ => None,
         }
     }
@@ -1536,35 +1610,11 @@ impl Device for ShmemDevice {
     }
 
     fn poll(&mut self, budget: usize) -> usize {
-        let mut n = 0;
-        for idx in std::mem::take(&mut self.finishing) {
-            if self.conns[idx].as_ref().is_some_and(|c| c.peer_done) {
-                self.finish(idx);
-                n += 1;
-            }
-        }
-        if self.slept.replace(false) {
-            for c in self.conns.iter().flatten() {
-                if let Some(r) = c.region.as_ref() {
-                    let view = r.ring(c.rx_ring);
-                    Consumer::resume(view.shared(), c.rx_pos.0, c.rx_pos.1).woke();
-                }
-            }
-            self.polls = CONTROL_EVERY - 1;
-        }
-        for idx in 0..self.conns.len() {
-            if self.conns[idx].is_some() {
-                n += self.drain_rx(idx, budget);
-                self.end_if_drained(idx);
-                n += self.flush_tx(idx);
-            }
-        }
-        self.polls += 1;
-        if self.polls >= CONTROL_EVERY {
-            self.polls = 0;
-            n += self.control();
-        }
-        n
+        self.poll_with(budget, None)
+    }
+
+    fn poll_direct(&mut self, budget: usize, to: &mut Deliver<'_>) -> usize {
+        self.poll_with(budget, Some(to))
     }
 
     fn wait_fd(&self) -> (Option<RawFd>, Option<Duration>) {

@@ -1,0 +1,105 @@
+//! Receiving with no IRB (device ABI 1.2 `poll_direct`): when no device above the transports
+//! has a receive step, a transport hands each received fragment to the host's receiver,
+//! which copies it into a per-poll arena (small fragments only); once the transport's poll
+//! has returned, the application's `receive` runs for each, with a slab over the arena. No
+//! application code runs while the transport is inside its poll, so no device is ever
+//! re-entered. A fragment the host does not take (outcomes wait to be delivered first, a
+//! message from the peer's engine, a large fragment) is declined, and the transport sends it
+//! and the rest of that poll up as IRBs, delivered after the arena: the application sees
+//! everything in the order it arrived.
+#![allow(unsafe_code)]
+
+use std::ffi::c_void;
+
+use crate::abi::{VMI_COMPLETE, VMI_FLAG_HOST, VMI_PASS};
+use crate::dispatch::receive_lent;
+use crate::engine::POLL_BUDGET;
+use crate::handler::Handler;
+use crate::ops::Core;
+
+/// Largest fragment taken through the arena; larger ones go up as IRBs (no second copy).
+pub(crate) const DIRECT_MAX: usize = 16 * 1024;
+
+/// One fragment in the arena.
+#[derive(Clone, Copy)]
+struct Lent {
+    conn: u64,
+    flags: u32,
+    start: usize,
+    len: usize,
+}
+
+/// The fragments of one poll, copied out of the transport (kept between polls, so it
+/// allocates nothing once warm).
+#[derive(Default)]
+pub(crate) struct Arena {
+    bytes: Vec<u8>,
+    lent: Vec<Lent>,
+    /// Outcomes wait to be delivered: take nothing, so they go first.
+    blocked: bool,
+}
+
+/// Polls the transports that deliver directly and delivers what they handed over; returns
+/// the events they reported.
+pub(crate) fn poll(core: &mut Core, handler: &mut dyn Handler) -> usize {
+    let mut events = 0;
+    for i in 0..core.engine.direct_pollers().len() {
+        let (f, dev) = core.engine.direct_pollers()[i];
+        let mut arena = std::mem::take(&mut core.arena);
+        arena.bytes.clear();
+        arena.lent.clear();
+        arena.blocked = core.engine.outcomes() > 0;
+        // SAFETY: a live transport instance; `arena` is reached only through the pointer
+        // until the call returns, by `receive` on this thread, and is not kept after it.
+        let n = unsafe {
+            f(
+                dev,
+                POLL_BUDGET,
+                receive,
+                std::ptr::from_mut(&mut arena).cast(),
+            )
+        };
+        events += n.max(0) as usize;
+        for k in 0..arena.lent.len() {
+            let l = arena.lent[k];
+            let data = &arena.bytes[l.start..l.start + l.len];
+            receive_lent(core, handler, l.conn, l.flags, data);
+            core.run_deferred();
+        }
+        core.arena = arena;
+        // IRBs the transport handed up (after what went through the arena) move now.
+        core.engine.run_queued();
+    }
+    events
+}
+
+/// The receiver a transport calls with each fragment (`VmiDeliverFn`): copies it into the
+/// arena, or declines it.
+unsafe extern "C" fn receive(
+    ctx: *mut c_void,
+    conn: u64,
+    flags: u32,
+    data: *const u8,
+    len: usize,
+) -> i32 {
+    // SAFETY: `ctx` is the arena of the `poll` call that is running (a device calls this
+    // only within `poll_direct`).
+    let arena = unsafe { &mut *ctx.cast::<Arena>() };
+    if arena.blocked || flags & VMI_FLAG_HOST != 0 || len > DIRECT_MAX {
+        return VMI_PASS;
+    }
+    let start = arena.bytes.len();
+    if len > 0 && !data.is_null() {
+        // SAFETY: the transport lends `len` readable bytes at `data` for this call.
+        arena
+            .bytes
+            .extend_from_slice(unsafe { std::slice::from_raw_parts(data, len) });
+    }
+    arena.lent.push(Lent {
+        conn,
+        flags,
+        start,
+        len,
+    });
+    VMI_COMPLETE
+}
