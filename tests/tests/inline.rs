@@ -72,8 +72,11 @@ fn message(seq: u64) -> Vec<u8> {
 /// Streams MESSAGES messages, every 7th as a 3-fragment stream (IRB path), the rest inline;
 /// the receiver reads only every 500 sends, so the ring fills and sends fall back. Returns
 /// the sender's `inline_sends` attribute.
-fn run(label: &str, filters: &[vmi_conformance::pair::Dev]) -> (u64, u64) {
-    let transport = dev("t", "shmem", &[("ring_size", "64k")]);
+fn run(
+    label: &str,
+    transport: vmi_conformance::pair::Dev,
+    filters: &[vmi_conformance::pair::Dev],
+) -> (u64, u64) {
     let sp = || spec(filters, &transport, Mode::Static);
     let mut p = Pair::new(sp(), sp(), label.into(), false);
     let conn = p.conn();
@@ -144,7 +147,7 @@ fn run(label: &str, filters: &[vmi_conformance::pair::Dev]) -> (u64, u64) {
 fn inline_sends_skip_the_irb_when_they_can_and_keep_order_when_they_cannot() {
     let _ = env_logger::builder().is_test(true).try_init();
     let inline = MESSAGES - MESSAGES.div_ceil(7);
-    let (direct, received) = run("shmem", &[]);
+    let (direct, received) = run("shmem", shmem(), &[]);
     assert!(direct > 0, "no message took the fast path");
     assert!(received > 0, "no fragment was received with no IRB");
     assert!(
@@ -153,13 +156,35 @@ fn inline_sends_skip_the_irb_when_they_can_and_keep_order_when_they_cannot() {
     );
 }
 
+/// TCP writes inline only the first send of a poll turn (later ones are batched into one
+/// writev through the IRB path); fragments are received directly.
+#[test]
+fn tcp_takes_the_fast_paths_where_they_fit() {
+    let inline = MESSAGES - MESSAGES.div_ceil(7);
+    let (direct, received) = run("tcp", dev("t", "tcp", &[]), &[]);
+    assert!(
+        direct > 0 && direct < inline,
+        "{direct} of {inline} inline sends took the fast path"
+    );
+    assert!(received > 0, "no fragment was received with no IRB");
+}
+
+fn shmem() -> vmi_conformance::pair::Dev {
+    dev("t", "shmem", &[("ring_size", "64k")])
+}
+
 #[test]
 fn a_filter_on_the_chain_turns_the_fast_path_off() {
     let crc = dev("crc", "crc", &[]);
-    let (direct, received) = run("shmem + crc", &[crc]);
-    assert_eq!(direct, 0, "the CRC filter must see every send");
-    assert_eq!(
-        received, 0,
-        "the CRC filter must see every fragment received"
-    );
+    for (label, t) in [
+        ("shmem + crc", shmem()),
+        ("tcp + crc", dev("t", "tcp", &[])),
+    ] {
+        let (direct, received) = run(label, t, std::slice::from_ref(&crc));
+        assert_eq!(direct, 0, "{label}: the CRC filter must see every send");
+        assert_eq!(
+            received, 0,
+            "{label}: the CRC filter must see every fragment received"
+        );
+    }
 }

@@ -163,7 +163,9 @@ pub trait Device: Sized + 'static {
 
     /// Transports with [`Device::RECEIVE_DIRECT`]: as [`Device::poll`], but each received
     /// fragment goes to `to` ([`Deliver::deliver`]) with no IRB. When `deliver` returns false,
-    /// hand that fragment and every later one of this call up as IRBs (order is kept).
+    /// hand that fragment and every later one of this call up as IRBs (order is kept). The
+    /// default runs `poll`, during which [`crate::deliver::offer`] reaches the same receiver:
+    /// a device that delivers from one place calls `offer` there and keeps this default.
     fn poll_direct(&mut self, budget: usize, _to: &mut Deliver<'_>) -> usize {
         self.poll(budget)
     }

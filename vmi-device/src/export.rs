@@ -363,8 +363,11 @@ unsafe extern "C" fn poll_direct<D: Device>(
     let r = catch_unwind(AssertUnwindSafe(|| {
         // SAFETY: live instance.
         let inst = unsafe { instance::<D>(dev) };
-        // SAFETY: the host's receiver and context for this call; the value does not outlive it.
+        // SAFETY: the host's receiver and context for this call; neither the value nor the
+        // scope outlives it.
         let mut to = unsafe { crate::deliver::Deliver::new(deliver, ctx) };
+        // SAFETY: as above; the scope ends when this closure returns (or unwinds).
+        let _scope = unsafe { crate::deliver::Scope::enter(deliver, ctx) };
         inst.device
             .poll_direct(budget as usize, &mut to)
             .min(i32::MAX as usize) as i32

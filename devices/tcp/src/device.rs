@@ -148,6 +148,10 @@ pub struct TcpDevice {
     spare: Option<std::fs::File>,
     /// The key's abstract socket, reserving the key on this host while this process runs.
     _key_lock: Option<std::os::unix::net::UnixListener>,
+    /// Messages written by `send_inline` with no IRB (the `inline_sends` attribute).
+    inline_sends: u64,
+    /// Fragments the host took with no IRB (`direct_receives`).
+    direct_receives: u64,
 }
 
 fn would_block(e: &io::Error) -> bool {
@@ -711,6 +715,18 @@ impl TcpDevice {
             self.pool.give(payload);
             return;
         };
+        let flags = (if end {
+            vmi_device::abi::VMI_FLAG_END
+        } else {
+            0
+        }) | ((filter_flags as u32) << 16);
+        // Straight to the host with no IRB when it polls us directly (ABI 1.2).
+        if vmi_device::deliver::offer(c.vmi, flags, &payload) {
+            self.pool.give(payload);
+            self.direct_receives += 1;
+            self.budget_left = self.budget_left.saturating_sub(1);
+            return;
+        }
         let Some(mut irb) = self.host.alloc_irb(Op::Recv, c.vmi) else {
             // `may_deliver` said there was an IRB: a fragment cannot be dropped without
             // splicing the stream, so the connection ends instead.
@@ -725,11 +741,6 @@ impl TcpDevice {
                 true,
             );
         };
-        let flags = (if end {
-            vmi_device::abi::VMI_FLAG_END
-        } else {
-            0
-        }) | ((filter_flags as u32) << 16);
         irb.set_flags(flags);
         let (ptr, len) = (payload.as_ptr() as *mut u8, payload.len());
         let slot = self.pool.hold(payload);
@@ -958,6 +969,8 @@ impl Device for TcpDevice {
     const KIND: DeviceKind = DeviceKind::Transport;
     const PARAMS: &'static [vmi_device::abi::VmiParamSpec] = PARAMS;
     type Frame = TcpFrame;
+    const SEND_INLINE: bool = true;
+    const RECEIVE_DIRECT: bool = true;
 
     fn create(host: Host, config: &Config) -> Result<Self, String> {
         let cfg = TcpConfig::from_config(config)?;
@@ -993,6 +1006,8 @@ impl Device for TcpDevice {
             dirty: Vec::new(),
             turn: 1,
             budget_left: usize::MAX,
+            inline_sends: 0,
+            direct_receives: 0,
             timed: 0,
             pool: HeldBuffers::default(),
             staging: vec![0; STAGING].into_boxed_slice(),
@@ -1064,8 +1079,74 @@ impl Device for TcpDevice {
                 Some(k) => format!("on (key from {})", k.source),
                 None => "off".into(),
             }),
+            "inline_sends" => Some(self.inline_sends.to_string()),
+            "direct_receives" => Some(self.direct_receives.to_string()),
             _ => None,
         }
+    }
+
+    /// A small whole message written to the socket at once, with no IRB, when it would be
+    /// written at once anyway (the first send of this poll turn on an empty queue) and the
+    /// socket takes it; else the IRB path (batched, queued, or reporting the error).
+    fn send_inline(&mut self, conn: u64, flags: u32, data: &[u8]) -> bool {
+        let Some(&idx) = self.by_vmi.get(&conn) else {
+            return false;
+        };
+        if data.len() as u64 > self.cfg.max_fragment {
+            return false;
+        }
+        let turn = self.turn;
+        let Some(c) = self.conns[idx].as_mut() else {
+            return false;
+        };
+        if !c.proto.is_open() || !c.tx.is_empty() || c.last_write_turn == turn {
+            return false;
+        }
+        let header = FrameRepr {
+            end: flags & vmi_device::abi::VMI_FLAG_END != 0,
+            filter_flags: (flags >> 16) as u16,
+            len: data.len() as u32,
+        }
+        .emit();
+        let total = header.len() + data.len();
+        let mut off = 0;
+        let failed = loop {
+            match write_gather(&mut c.sock, &header, &[data], off) {
+                Ok(w) => {
+                    off += w;
+                    if off == total || w == 0 {
+                        break None;
+                    }
+                }
+                Err(e) if would_block(&e) => break None,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => break Some(e),
+            }
+        };
+        if off == 0 {
+            // Nothing went: the IRB path queues it or reports the error, exactly as before.
+            return false;
+        }
+        c.last_write_turn = turn;
+        c.proto.note_sent();
+        self.inline_sends += 1;
+        if off < total {
+            // The socket took part of it: the rest is queued, as bytes, ahead of any later send.
+            let mut rest = self.pool.take(total - off);
+            let mut whole = header.to_vec();
+            whole.extend_from_slice(data);
+            rest.copy_from_slice(&whole[off..]);
+            c.tx.push_back(Tx::Bytes { data: rest, off: 0 });
+            if !c.dirty {
+                c.dirty = true;
+                self.dirty.push(idx);
+            }
+        }
+        if let Some(e) = failed {
+            let out = c.proto.write_error(&e.to_string());
+            self.apply(idx, out);
+        }
+        true
     }
 
     fn capabilities(&self, _below: Capabilities) -> Capabilities {
