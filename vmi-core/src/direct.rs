@@ -45,28 +45,24 @@ pub(crate) fn poll(core: &mut Core, handler: &mut dyn Handler) -> usize {
     let mut events = 0;
     for i in 0..core.engine.direct_pollers().len() {
         let (f, dev) = core.engine.direct_pollers()[i];
-        let mut arena = std::mem::take(&mut core.arena);
-        arena.bytes.clear();
-        arena.lent.clear();
-        arena.blocked = core.engine.outcomes() > 0;
-        // SAFETY: a live transport instance; `arena` is reached only through the pointer
+        core.arena.blocked = core.engine.outcomes() > 0;
+        let arena = std::ptr::from_mut(&mut core.arena);
+        // SAFETY: a live transport instance; the arena is reached only through the pointer
         // until the call returns, by `receive` on this thread, and is not kept after it.
-        let n = unsafe {
-            f(
-                dev,
-                POLL_BUDGET,
-                receive,
-                std::ptr::from_mut(&mut arena).cast(),
-            )
-        };
+        let n = unsafe { f(dev, POLL_BUDGET, receive, arena.cast()) };
         events += n.max(0) as usize;
-        for k in 0..arena.lent.len() {
-            let l = arena.lent[k];
-            let data = &arena.bytes[l.start..l.start + l.len];
-            receive_lent(core, handler, l.conn, l.flags, data);
-            core.run_deferred();
+        if !core.arena.lent.is_empty() {
+            let mut arena = std::mem::take(&mut core.arena);
+            for k in 0..arena.lent.len() {
+                let l = arena.lent[k];
+                let data = &arena.bytes[l.start..l.start + l.len];
+                receive_lent(core, handler, l.conn, l.flags, data);
+                core.run_deferred();
+            }
+            arena.bytes.clear();
+            arena.lent.clear();
+            core.arena = arena;
         }
-        core.arena = arena;
         // IRBs the transport handed up (after what went through the arena) move now.
         core.engine.run_queued();
     }
