@@ -179,6 +179,49 @@ fn installed_c_programs_and_tools_run_from_the_prefix() {
         }
     }
 
+    // A specfile of the user's own in the installed specfile directory names its library
+    // relatively: it resolves to the installed devices. And a program linked without the
+    // rpath finds libvmi through LD_LIBRARY_PATH.
+    let own = inst.prefix.join("share/vmi/specfiles/own.xml");
+    std::fs::write(
+        &own,
+        r#"<vmi version="1"><device name="t" type="tcp" library="libvmi_tcp.so"/><chain name="send"><use device="t"/></chain><chain name="receive"><use device="t"/></chain></vmi>"#,
+    )
+    .expect("write a specfile");
+    let plain = inst.work.join("vmirecv-plain");
+    let out = Command::new("cc")
+        .arg("-o")
+        .arg(&plain)
+        .arg(examples.join("vmirecv.c"))
+        .arg(format!("-I{}", inst.prefix.join("include").display()))
+        .arg(format!("-L{}", inst.prefix.join("lib").display()))
+        .arg("-lvmi")
+        .output()
+        .expect("cc");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rkey = unique_key("plain");
+    let mut cmd = Command::new(&plain);
+    cmd.arg(&rkey)
+        .current_dir(&inst.work)
+        .env("VMI_SPECFILE", &own)
+        .env("LD_LIBRARY_PATH", inst.prefix.join("lib"))
+        .env_remove("VMI_DEVICE_PATH");
+    let recv = Proc::spawn_command("vmirecv-plain", cmd);
+    recv.wait_for(&format!("tcp: key '{rkey}' listening"), T);
+    let send = inst.run(
+        &vmisend,
+        &[&unique_key("csend"), &rkey, "localhost"],
+        "own.xml",
+    );
+    let (ok, out) = send.finish(T);
+    assert!(ok, "vmisend over own.xml:\n{out}");
+    let (ok, out) = recv.finish(T);
+    assert!(ok && out.contains("All work and no play"), "{out}");
+
     // The installed Rust tools find the installed devices too.
     let bin = inst.prefix.join("bin");
     let mut cmd = Command::new(bin.join("vmi-info"));
