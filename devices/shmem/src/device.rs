@@ -181,6 +181,9 @@ pub struct ShmemDevice {
     inline_sends: u64,
     /// Fragments the host took through `poll_direct`, with no IRB (`direct_receives`).
     direct_receives: u64,
+    /// The payload buffer a fragment handed over directly is read into (it comes straight
+    /// back, so it skips the pool).
+    rx_scratch: Vec<u8>,
 }
 
 /// A ring's consumer end as the record reader's byte source.
@@ -380,6 +383,7 @@ impl ShmemDevice {
             pool,
             host,
             direct_receives,
+            rx_scratch,
             ..
         } = self;
         let Some(c) = conns[idx].as_mut() else {
@@ -400,9 +404,18 @@ impl ShmemDevice {
         // once per call; only this loop takes receive IRBs meanwhile, one per record at most.
         let credit = budget.min(host.irbs_available() as usize);
         while n < credit {
-            let next = c
-                .reader
-                .next(&mut RingSource(&mut cons), &mut |len| pool.take(len));
+            let next = if to.is_some() {
+                // Handed over directly, the buffer comes straight back: no pool round trip.
+                c.reader.next(&mut RingSource(&mut cons), &mut |len| {
+                    let mut v = std::mem::take(rx_scratch);
+                    v.clear();
+                    v.resize(len, 0);
+                    v
+                })
+            } else {
+                c.reader
+                    .next(&mut RingSource(&mut cons), &mut |len| pool.take(len))
+            };
             match next {
                 Ok(None) => break,
                 Err(e) => {
@@ -413,7 +426,7 @@ impl ShmemDevice {
                     if let Some(d) = to.as_deref_mut() {
                         if d.deliver(c.vmi, irb_flags(&rec), &payload) {
                             *direct_receives += 1;
-                            pool.give(payload);
+                            *rx_scratch = payload;
                             n += 1;
                             continue;
                         }
@@ -1446,6 +1459,7 @@ impl Device for ShmemDevice {
             auth,
             inline_sends: 0,
             direct_receives: 0,
+            rx_scratch: Vec::new(),
         })
     }
 

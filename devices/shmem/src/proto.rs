@@ -139,6 +139,18 @@ impl RecordReader {
                                 payload: alloc(0),
                             }));
                         }
+                        DATA | DATA_END
+                            if rec.len as usize <= COMMIT_AHEAD && src.has(rec.len as usize)? =>
+                        {
+                            // The common case, a small fragment already whole in the ring:
+                            // read it in one go, with no partial-payload state.
+                            let len = rec.len as usize;
+                            let mut payload = alloc(len);
+                            if src.pop(&mut payload[..len])? != len {
+                                return Err("the ring lost bytes of a fragment".into());
+                            }
+                            return Ok(Some(Incoming::Data { rec, payload }));
+                        }
                         DATA | DATA_END => {
                             // Memory is committed as bytes arrive: a header alone costs at
                             // most COMMIT_AHEAD, however large a fragment it announces.
