@@ -184,6 +184,18 @@ pub fn fragment_sizes(size: u64, fragments: u64) -> impl Iterator<Item = u64> {
     (0..fragments).map(move |i| base + u64::from(i < extra))
 }
 
+/// `println!` for the programs' output: when stdout is closed early (`vmirecv k | head`),
+/// the program ends quietly with status 0 instead of panicking on the broken pipe.
+#[macro_export]
+macro_rules! quiet_println {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if writeln!(std::io::stdout(), $($arg)*).is_err() {
+            std::process::exit(0);
+        }
+    }};
+}
+
 /// Logging to stderr, filtered by `VMI_LOG` (default: warnings; `-v` raises it to info).
 pub fn init_logging(verbose: bool) {
     let default = if verbose { "info" } else { "warn" };

@@ -416,3 +416,35 @@ fn vmi_info_without_a_specfile_lists_every_device() {
     assert!(out.contains("VMI_CRC_VERIFY='true'  # default"), "{out}");
     assert!(out.contains("VMI_TCP_PORT='0'  # environment"), "{out}");
 }
+
+/// A reader that stops early (`vmi-info | head -1`) ends vmi-info quietly, not with a panic
+/// about a broken pipe. The pipe is made one page small, so vmi-info (about 6 KB of listing)
+/// is still writing when the reader goes.
+#[test]
+fn vmi_info_piped_into_a_reader_that_stops_early_does_not_panic() {
+    use std::io::{BufRead, BufReader};
+    use std::os::fd::AsRawFd;
+    use std::process::{Command, Stdio};
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    // SAFETY: fcntl on a pipe descriptor this test owns; F_SETPIPE_SZ only resizes it.
+    let sized = unsafe { libc::fcntl(writer.as_raw_fd(), libc::F_SETPIPE_SZ, 4096) };
+    assert!(sized >= 4096, "F_SETPIPE_SZ failed");
+    let child = Command::new(vmi_tests::bin("vmi-info"))
+        .env_remove("VMI_SPECFILE")
+        .env("VMI_LOG", "warn")
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start vmi-info");
+    let mut first = String::new();
+    {
+        let mut r = BufReader::with_capacity(64, reader);
+        r.read_line(&mut first).expect("read one line");
+        // The read end closes here, while vmi-info waits to write the rest.
+    }
+    let out = child.wait_with_output().expect("wait");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(first.starts_with("vmi "), "{first}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(out.status.success(), "exit {:?}: {err}", out.status);
+}

@@ -5,6 +5,7 @@
 //! Protocol over vmi: the first byte of each message says what the server does with it:
 //! `P` echo it (same size and fragment count), `S` count it, `F` count it and answer `A`.
 
+use crate::quiet_println as println;
 use std::io::{ErrorKind, IsTerminal, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};

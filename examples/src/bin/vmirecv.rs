@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
+use vmi_examples::quiet_println as println;
 
 use clap::Parser;
 use vmi_core::{ConnId, ConnectRequest, Ctx, Decision, Disconnect, Handler, Recv, Slab, Status};

@@ -11,6 +11,7 @@ use std::collections::{HashMap, HashSet};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use vmi_core::Operations;
+use vmi_examples::quiet_println as println;
 
 use clap::Parser;
 use vmi_core::{

@@ -7,6 +7,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use vmi_tools::quiet_println as println;
 
 use clap::Parser;
 use serde::Serialize;

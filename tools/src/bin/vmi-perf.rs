@@ -11,6 +11,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
+use vmi_tools::quiet_println as println;
 
 use clap::{Args as ClapArgs, Parser, Subcommand};
 use vmi_core::Vmi;
