@@ -259,19 +259,11 @@ pub unsafe extern "C" fn VMI_Stream_Send(
             0
         };
         let buffer = gather(&parts);
-        match with_ops!(|o| o.send(id, [buffer], token)) {
-            Ok(Ok(())) => Ok(()),
-            r => {
-                if token != 0 {
-                    state::tables(|t| t.pending.remove(token));
-                }
-                match r {
-                    Ok(Err(e)) => Err(e.into()),
-                    Err(e) => Err(e),
-                    Ok(Ok(())) => Ok(()),
-                }
-            }
+        let sent = with_ops!(|o| o.send(id, [buffer], token)).and_then(|r| Ok(r?));
+        if sent.is_err() && token != 0 {
+            state::tables(|t| t.pending.remove(token));
         }
+        sent
     })
 }
 

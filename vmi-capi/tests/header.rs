@@ -158,3 +158,31 @@ fn the_normaliser_reads_both_spellings() {
     );
     assert_eq!(sigs["VMI_Y"], ("PCSTR".into(), vec![]));
 }
+
+/// `#define NAME VALUE` lines of a header whose name starts with `prefix`.
+fn defines(header: &str, prefix: &str) -> BTreeMap<String, String> {
+    header
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("#define "))
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            Some((w.next()?.to_string(), w.next()?.to_string()))
+        })
+        .filter(|(n, _)| n.starts_with(prefix))
+        .collect()
+}
+
+/// Codes 0-13 are written in both public headers (each stands alone): they must agree, and
+/// every code the device header has must be in vmi.h.
+#[test]
+fn the_status_codes_agree_with_the_device_header() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let app = std::fs::read_to_string(root.join("include/vmi.h")).expect("vmi.h");
+    let dev = std::fs::read_to_string(root.join("../vmi-device/include/vmi_device.h"))
+        .expect("vmi_device.h");
+    let (app, dev) = (defines(&app, "VMI_STATUS_"), defines(&dev, "VMI_STATUS_"));
+    assert!(dev.len() >= 14, "{dev:?}");
+    for (name, value) in &dev {
+        assert_eq!(app.get(name), Some(value), "{name}");
+    }
+}

@@ -9,13 +9,17 @@
 //! everything in the order it arrived.
 #![allow(unsafe_code)]
 
+use std::cell::Cell;
 use std::ffi::c_void;
+use std::rc::Rc;
+use std::sync::Arc;
 
 use crate::abi::{VMI_COMPLETE, VMI_FLAG_HOST, VMI_PASS};
 use crate::dispatch::receive_lent;
 use crate::engine::POLL_BUDGET;
 use crate::handler::Handler;
 use crate::ops::Core;
+use crate::slab::Releases;
 
 /// Largest fragment taken through the arena; larger ones go up as IRBs (no second copy).
 pub(crate) const DIRECT_MAX: usize = 16 * 1024;
@@ -37,6 +41,9 @@ pub(crate) struct Arena {
     lent: Vec<Lent>,
     /// Outcomes wait to be delivered: take nothing, so they go first.
     blocked: bool,
+    /// The engine's release queue and count of fragments held, which a grab of a slab over
+    /// the arena counts in: taken once, so delivering a fragment clones nothing.
+    owners: Option<(Arc<Releases>, Rc<Cell<usize>>)>,
 }
 
 /// Polls the transports that deliver directly and delivers what they handed over; returns
@@ -53,10 +60,12 @@ pub(crate) fn poll(core: &mut Core, handler: &mut dyn Handler) -> usize {
         events += n.max(0) as usize;
         if !core.arena.lent.is_empty() {
             let mut arena = std::mem::take(&mut core.arena);
-            for k in 0..arena.lent.len() {
-                let l = arena.lent[k];
+            let (releases, held) = arena
+                .owners
+                .get_or_insert_with(|| (core.engine.releases().clone(), core.engine.held_count()));
+            for l in &arena.lent {
                 let data = &arena.bytes[l.start..l.start + l.len];
-                receive_lent(core, handler, l.conn, l.flags, data);
+                receive_lent(core, handler, (l.conn, l.flags, data), releases, held);
                 core.run_deferred();
             }
             arena.bytes.clear();

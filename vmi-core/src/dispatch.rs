@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 use std::cell::Cell;
+use std::sync::Arc;
 
 use crate::abi::{
     VMI_FLAG_END, VMI_FLAG_HOST, VMI_OP_ACCEPT, VMI_OP_CONNECT_REQUEST, VMI_OP_PEER_DISCONNECT,
@@ -14,7 +15,7 @@ use crate::handler::{
     ConnectOutcome, ConnectRequest, Decision, Disconnect, Handler, Recv, SendCompletion,
 };
 use crate::ops::{Core, MAX_CONNECT_DATA};
-use crate::slab::Slab;
+use crate::slab::{Releases, Slab};
 use crate::slot::{Purpose, Slot};
 use crate::status::Status;
 use vmi_device::hostmsg::HostMsg;
@@ -221,14 +222,16 @@ fn deliver_received(core: &mut Core, handler: &mut dyn Handler, s: Slot) {
 }
 
 /// A fragment a transport handed over with no IRB (see `direct`), delivered to the
-/// application as `receive` does for an IRB.
+/// application as `receive` does for an IRB. `releases` and `held` are the engine's (kept by
+/// the caller, so nothing is cloned per fragment): a grab of the slab counts in them.
 pub(crate) fn receive_lent(
     core: &mut Core,
     handler: &mut dyn Handler,
-    raw: u64,
-    flags: u32,
-    data: &[u8],
+    lent: (u64, u32, &[u8]),
+    releases: &Arc<Releases>,
+    held: &Cell<usize>,
 ) {
+    let (raw, flags, data) = lent;
     let conn = ConnId(raw);
     if !core.engine.conns().is_live(conn) {
         log::debug!("{conn}: dropping a fragment that arrived after the connection closed");
@@ -241,10 +244,8 @@ pub(crate) fn receive_lent(
         return;
     }
     let cmd = if end { Recv::End } else { Recv::Fragment };
-    let releases = core.engine.releases().clone();
     let grabbed = Cell::new(false);
-    let held = core.engine.held_count();
-    let mut slab = Slab::lent(data, &releases, &grabbed, &held);
+    let mut slab = Slab::lent(data, releases, &grabbed, held);
     handler.receive(&mut Ctx::new(core), conn, cmd, &mut slab);
 }
 

@@ -1,5 +1,7 @@
 //! The host's receiver of fragments a transport hands over with no IRB (device ABI 1.2
-//! `poll_direct`), as a safe value a device uses during [`crate::Device::poll_direct`].
+//! `poll_direct`). The SDK's `poll_direct` entry makes it reachable through [`offer`] for the
+//! duration of the device's [`crate::Device::poll`], so a device offers each fragment where
+//! it would hand it up, with no plumbing.
 #![allow(unsafe_code)]
 
 use std::cell::Cell;
@@ -13,11 +15,17 @@ thread_local! {
     static CURRENT: Cell<Option<(abi::VmiDeliverFn, *mut c_void)>> = const { Cell::new(None) };
 }
 
-/// Within [`crate::Device::poll_direct`] (or a `poll` the SDK runs for it): hands a fragment
-/// of connection `conn` with IRB `flags` to the host, which reads `data` before it returns.
-/// False when not inside a direct poll, or when the host declined this or an earlier
-/// fragment of the same poll: hand it up as an IRB. A device that delivers from one place
-/// can call this there instead of passing a [`Deliver`] down its call chain.
+/// True inside a direct poll whose host has not declined a fragment yet: [`offer`] may take
+/// the next one (a device can pick a buffer that comes straight back).
+pub fn active() -> bool {
+    CURRENT.with(|c| c.get().is_some())
+}
+
+/// Within a `poll` the host runs as `poll_direct` (devices with
+/// [`crate::Device::RECEIVE_DIRECT`]): hands a fragment of connection `conn` with IRB `flags`
+/// to the host, which reads `data` before it returns. False when not inside a direct poll, or
+/// when the host declined this or an earlier fragment of the same poll: hand it up as an IRB
+/// (order is kept).
 pub fn offer(conn: u64, flags: u32, data: &[u8]) -> bool {
     let Some((f, ctx)) = CURRENT.with(Cell::get) else {
         return false;
@@ -50,35 +58,5 @@ impl Scope {
 impl Drop for Scope {
     fn drop(&mut self) {
         CURRENT.with(|c| c.set(None));
-    }
-}
-
-/// Where a transport hands received fragments with no IRB during [`Device::poll_direct`]:
-/// the host's receiver, valid for that call only.
-pub struct Deliver<'a> {
-    f: abi::VmiDeliverFn,
-    ctx: *mut std::ffi::c_void,
-    _call: std::marker::PhantomData<&'a mut ()>,
-}
-
-impl Deliver<'_> {
-    /// # Safety
-    /// `f` and `ctx` are what the host passed to `poll_direct`, used only during that call.
-    pub(crate) unsafe fn new<'a>(f: abi::VmiDeliverFn, ctx: *mut std::ffi::c_void) -> Deliver<'a> {
-        Deliver {
-            f,
-            ctx,
-            _call: std::marker::PhantomData,
-        }
-    }
-
-    /// Hands a fragment of connection `conn` (the raw id IRBs carry) with IRB `flags` to the
-    /// host, which reads `data` before it returns. False: the host cannot take it directly
-    /// now; send it, and the rest of this poll's fragments, up as IRBs.
-    pub fn deliver(&mut self, conn: u64, flags: u32, data: &[u8]) -> bool {
-        // SAFETY: the host's receiver and context, within the poll_direct call that lent them
-        // (this value cannot outlive it); the bytes are lent for the call.
-        let rc = unsafe { (self.f)(self.ctx, conn, flags, data.as_ptr(), data.len()) };
-        rc == abi::VMI_COMPLETE
     }
 }

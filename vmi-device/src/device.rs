@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use crate::abi::{self, VmiParamSpec};
 use crate::config::Config;
-use crate::deliver::Deliver;
 use crate::host::Host;
 use crate::irb::{CompletingIrb, Irb};
 use crate::status::Status;
@@ -122,8 +121,9 @@ pub trait Device: Sized + 'static {
     /// Transports: export [`Device::send_inline`] (ABI 1.2), the host's fast path for small
     /// whole messages.
     const SEND_INLINE: bool = false;
-    /// Transports: export [`Device::poll_direct`] (ABI 1.2), the host's fast path for
-    /// received fragments.
+    /// Transports: export `poll_direct` (ABI 1.2), the host's fast path for received
+    /// fragments: during [`Device::poll`] run as `poll_direct`, [`crate::deliver::offer`]
+    /// hands a fragment to the host with no IRB.
     const RECEIVE_DIRECT: bool = false;
     /// Per-IRB scratch space, zeroed when the host allocates the IRB; read it with
     /// [`Irb::frame`]. `()` for none.
@@ -159,15 +159,6 @@ pub trait Device: Sized + 'static {
     /// device above has a submit step.
     fn send_inline(&mut self, _conn: u64, _flags: u32, _data: &[u8]) -> bool {
         false
-    }
-
-    /// Transports with [`Device::RECEIVE_DIRECT`]: as [`Device::poll`], but each received
-    /// fragment goes to `to` ([`Deliver::deliver`]) with no IRB. When `deliver` returns false,
-    /// hand that fragment and every later one of this call up as IRBs (order is kept). The
-    /// default runs `poll`, during which [`crate::deliver::offer`] reaches the same receiver:
-    /// a device that delivers from one place calls `offer` there and keeps this default.
-    fn poll_direct(&mut self, budget: usize, _to: &mut Deliver<'_>) -> usize {
-        self.poll(budget)
     }
 
     /// Makes progress without blocking, handing at most `budget` IRBs up the receive chain

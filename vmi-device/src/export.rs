@@ -360,22 +360,11 @@ unsafe extern "C" fn poll_direct<D: Device>(
     deliver: VmiDeliverFn,
     ctx: *mut c_void,
 ) -> i32 {
-    let r = catch_unwind(AssertUnwindSafe(|| {
-        // SAFETY: live instance.
-        let inst = unsafe { instance::<D>(dev) };
-        // SAFETY: the host's receiver and context for this call; neither the value nor the
-        // scope outlives it.
-        let mut to = unsafe { crate::deliver::Deliver::new(deliver, ctx) };
-        // SAFETY: as above; the scope ends when this closure returns (or unwinds).
-        let _scope = unsafe { crate::deliver::Scope::enter(deliver, ctx) };
-        inst.device
-            .poll_direct(budget as usize, &mut to)
-            .min(i32::MAX as usize) as i32
-    }));
-    r.unwrap_or_else(|p| {
-        device_panicked::<D>("poll", &*p);
-        0
-    })
+    // SAFETY: the host's receiver and context for this call; the scope ends when this
+    // function returns, and `poll_budget` catches any panic of the device before that.
+    let _scope = unsafe { crate::deliver::Scope::enter(deliver, ctx) };
+    // SAFETY: forwarded from the host.
+    unsafe { poll_budget::<D>(dev, budget) }
 }
 
 unsafe extern "C" fn poll_budget<D: Device>(dev: *mut c_void, budget: u32) -> i32 {

@@ -47,7 +47,6 @@ pub mod status;
 
 pub use config::{Config, ConfigError};
 pub use connmap::ConnMap;
-pub use deliver::Deliver;
 pub use device::{Capabilities, Device, DeviceKind, Disposition, Hooks};
 pub use host::{Completer, Host, HostWaker};
 pub use irb::{CompletingIrb, Irb, Op, RemoteIrb};

@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 use mio::net::{UnixListener, UnixStream};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
-use vmi_device::Deliver;
 use vmi_device::Status;
 use vmi_device::abi::VMI_FLAG_END;
+use vmi_device::deliver;
 use vmi_device::held::HeldBuffers;
 use vmi_device::signature::Signature;
 use vmi_device::{
@@ -374,10 +374,10 @@ impl ShmemDevice {
     /// Reads up to `budget` records from a connection's incoming ring and hands fragments up;
     /// the rest waits for the next poll (the peer's ring fills and it is pushed back).
     ///
-    /// With `to` (the host's direct receiver, ABI 1.2 `poll_direct`) fragments go to it
-    /// with no IRB; when it declines one, that one and the rest go up as IRBs (`to` is
-    /// cleared), so order is kept.
-    fn drain_rx(&mut self, idx: usize, budget: usize, to: &mut Option<&mut Deliver<'_>>) -> usize {
+    /// Inside the host's direct poll (ABI 1.2 `poll_direct`) fragments are offered to it
+    /// with no IRB (`deliver::offer`); once it declines one, that one and the rest go up as
+    /// IRBs, so order is kept.
+    fn drain_rx(&mut self, idx: usize, budget: usize) -> usize {
         let Self {
             conns,
             pool,
@@ -404,7 +404,7 @@ impl ShmemDevice {
         // once per call; only this loop takes receive IRBs meanwhile, one per record at most.
         let credit = budget.min(host.irbs_available() as usize);
         while n < credit {
-            let next = if to.is_some() {
+            let next = if deliver::active() {
                 // Handed over directly, the buffer comes straight back: no pool round trip.
                 c.reader.next(&mut RingSource(&mut cons), &mut |len| {
                     let mut v = std::mem::take(rx_scratch);
@@ -423,14 +423,11 @@ impl ShmemDevice {
                     break;
                 }
                 Ok(Some(Incoming::Data { rec, payload })) => {
-                    if let Some(d) = to.as_deref_mut() {
-                        if d.deliver(c.vmi, irb_flags(&rec), &payload) {
-                            *direct_receives += 1;
-                            *rx_scratch = payload;
-                            n += 1;
-                            continue;
-                        }
-                        *to = None;
+                    if deliver::offer(c.vmi, irb_flags(&rec), &payload) {
+                        *direct_receives += 1;
+                        *rx_scratch = payload;
+                        n += 1;
+                        continue;
                     }
                     deliver(host, pool, c.vmi, &rec, payload);
                     n += 1;
@@ -439,14 +436,7 @@ impl ShmemDevice {
                     let mut buf = pool.take(rec.len as usize);
                     match read_peer(c.peer_pid, &ranges, &mut buf) {
                         Ok(got) if got == buf.len() => {
-                            let taken = to
-                                .as_deref_mut()
-                                .map(|d| d.deliver(c.vmi, irb_flags(&rec), &buf));
-                            if taken == Some(false) {
-                                *to = None;
-                            }
-                            let taken = taken == Some(true);
-                            if taken {
+                            if deliver::offer(c.vmi, irb_flags(&rec), &buf) {
                                 *direct_receives += 1;
                                 pool.give(buf);
                             } else {
@@ -502,40 +492,6 @@ impl ShmemDevice {
         if let Some(e) = error {
             log::warn!("shmem: {e}; closing the connection");
             self.end(idx, Status::Protocol, &e, false);
-        }
-        n
-    }
-
-    /// One poll: goodbyes, ring wake-ups, every connection's rings, and (every
-    /// `CONTROL_EVERY` polls) the control sockets. `to`: see `drain_rx`.
-    fn poll_with(&mut self, budget: usize, mut to: Option<&mut Deliver<'_>>) -> usize {
-        let mut n = 0;
-        for idx in std::mem::take(&mut self.finishing) {
-            if self.conns[idx].as_ref().is_some_and(|c| c.peer_done) {
-                self.finish(idx);
-                n += 1;
-            }
-        }
-        if self.slept.replace(false) {
-            for c in self.conns.iter().flatten() {
-                if let Some(r) = c.region.as_ref() {
-                    let view = r.ring(c.rx_ring);
-                    Consumer::resume(view.shared(), c.rx_pos.0, c.rx_pos.1).woke();
-                }
-            }
-            self.polls = CONTROL_EVERY - 1;
-        }
-        for idx in 0..self.conns.len() {
-            if self.conns[idx].is_some() {
-                n += self.drain_rx(idx, budget, &mut to);
-                self.end_if_drained(idx);
-                n += self.flush_tx(idx);
-            }
-        }
-        self.polls += 1;
-        if self.polls >= CONTROL_EVERY {
-            self.polls = 0;
-            n += self.control();
         }
         n
     }
@@ -786,7 +742,7 @@ impl ShmemDevice {
                     if let Some(c) = self.conns[idx].as_mut() {
                         c.gone = Some(gone);
                     }
-                    self.drain_rx(idx, usize::MAX, &mut None);
+                    self.drain_rx(idx, usize::MAX);
                     self.end_if_drained(idx);
                 }
             }
@@ -1624,11 +1580,35 @@ impl Device for ShmemDevice {
     }
 
     fn poll(&mut self, budget: usize) -> usize {
-        self.poll_with(budget, None)
-    }
-
-    fn poll_direct(&mut self, budget: usize, to: &mut Deliver<'_>) -> usize {
-        self.poll_with(budget, Some(to))
+        let mut n = 0;
+        for idx in std::mem::take(&mut self.finishing) {
+            if self.conns[idx].as_ref().is_some_and(|c| c.peer_done) {
+                self.finish(idx);
+                n += 1;
+            }
+        }
+        if self.slept.replace(false) {
+            for c in self.conns.iter().flatten() {
+                if let Some(r) = c.region.as_ref() {
+                    let view = r.ring(c.rx_ring);
+                    Consumer::resume(view.shared(), c.rx_pos.0, c.rx_pos.1).woke();
+                }
+            }
+            self.polls = CONTROL_EVERY - 1;
+        }
+        for idx in 0..self.conns.len() {
+            if self.conns[idx].is_some() {
+                n += self.drain_rx(idx, budget);
+                self.end_if_drained(idx);
+                n += self.flush_tx(idx);
+            }
+        }
+        self.polls += 1;
+        if self.polls >= CONTROL_EVERY {
+            self.polls = 0;
+            n += self.control();
+        }
+        n
     }
 
     fn wait_fd(&self) -> (Option<RawFd>, Option<Duration>) {
