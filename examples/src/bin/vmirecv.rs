@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use vmi_examples::quiet_println as println;
 
 use clap::Parser;
-use vmi_core::{ConnId, ConnectRequest, Ctx, Decision, Disconnect, Handler, Recv, Slab, Status};
+use vmi_core::{
+    ConnId, ConnectRequest, Ctx, Decision, Disconnect, Handler, Operations, Recv, Slab, Status,
+};
 use vmi_examples::{Verifier, init_logging, parse_seconds, printable};
 
 /// Receive messages over vmi. The chain comes from the specfile named by VMI_SPECFILE.
@@ -216,6 +218,9 @@ impl Handler for Receiver {
     }
 }
 
+/// How long senders have to close once every message is in, before this side closes.
+const SENDER_GRACE: Duration = Duration::from_secs(5);
+
 fn main() -> ExitCode {
     let args = Args::parse();
     init_logging(args.verbose);
@@ -251,6 +256,7 @@ fn main() -> ExitCode {
     };
     let start = Instant::now();
     let mut done_at: Option<Instant> = None;
+    let mut closing = false;
     loop {
         vmi.wait(&mut r, Duration::from_millis(100));
         if let Some(e) = &r.error {
@@ -260,9 +266,28 @@ fn main() -> ExitCode {
         let finished =
             (r.args.reject && r.rejected > 0) || (want > 0 && r.messages + r.failed >= want);
         if finished {
-            // Let senders close first so they see their sends through; then leave.
+            // Let senders close first so they see their sends through. One that has not
+            // closed after a grace period is disconnected here, in order: what this side
+            // still owes it (a notice that a message failed) goes out before the close, which
+            // leaving with the socket open would lose. Then leave.
             let t = *done_at.get_or_insert_with(Instant::now);
-            if r.live == 0 || t.elapsed() > Duration::from_secs(2) {
+            if r.live == 0 {
+                break;
+            }
+            if t.elapsed() > SENDER_GRACE && !closing {
+                closing = true;
+                for &conn in r.conns.keys() {
+                    if let Err(e) = vmi.disconnect(conn) {
+                        log::debug!("vmirecv: closing {conn}: {e}");
+                    }
+                }
+            }
+            if t.elapsed() > SENDER_GRACE * 2 {
+                eprintln!(
+                    "vmirecv: warning: {} sender(s) did not close within {:.0} s; leaving",
+                    r.live,
+                    (SENDER_GRACE * 2).as_secs_f64()
+                );
                 break;
             }
         } else if let Some(timeout) = timeout.filter(|t| start.elapsed() > *t) {

@@ -86,6 +86,8 @@ struct Sender {
     /// Messages that did not arrive whole: a send failed here, or the receiver said so.
     failed: Vec<String>,
     failed_ids: HashSet<(ConnId, u64)>,
+    /// Every message is sent and completed: a receiver that closes now closes in order.
+    all_sent: bool,
 }
 
 /// Fragments per message carry a token: message index << 20 | fragment index, last-fragment bit.
@@ -175,6 +177,7 @@ impl Handler for Sender {
         }
         match reason {
             Disconnect::Local => {}
+            Disconnect::Peer if self.all_sent => {}
             Disconnect::Peer => {
                 self.error.get_or_insert(
                     "the receiver closed the connection before all messages were sent".into(),
@@ -267,6 +270,7 @@ fn run(args: &Args) -> Result<(u64, Duration), String> {
         sent_bytes: 0,
         failed: Vec::new(),
         failed_ids: HashSet::new(),
+        all_sent: false,
     };
     for _ in 0..args.connections {
         let conn = vmi
@@ -324,8 +328,11 @@ fn run(args: &Args) -> Result<(u64, Duration), String> {
         }
     }
     let elapsed = start.elapsed();
+    s.all_sent = true;
     for &conn in &ids {
-        vmi.disconnect(conn).map_err(|e| e.to_string())?;
+        if !s.conns[&conn].closed {
+            vmi.disconnect(conn).map_err(|e| e.to_string())?;
+        }
     }
     while !s.conns.values().all(|c| c.closed) {
         vmi.wait(&mut s, Duration::from_millis(50));
