@@ -58,6 +58,24 @@ impl HeldBuffers {
         v
     }
 
+    /// A buffer of exactly `len` bytes if the pool holds one big enough, with no allocation;
+    /// `None` when it would have to allocate. For a large payload announced by a peer's
+    /// header: an idle buffer may take it whole, but the header alone never commits memory.
+    pub fn take_pooled(&mut self, len: usize) -> Option<Vec<u8>> {
+        let c = Self::class(len);
+        let mut v = self.classes.get_mut(c)?.pop()?;
+        if v.capacity() < len {
+            self.classes[c].push(v);
+            return None;
+        }
+        if v.len() >= len {
+            v.truncate(len);
+        } else {
+            v.resize(len, 0);
+        }
+        Some(v)
+    }
+
     /// An empty buffer (length 0) with room for at least `cap` bytes, for writers that fill
     /// spare capacity: nothing is zeroed.
     pub fn take_empty(&mut self, cap: usize) -> Vec<u8> {
@@ -133,5 +151,23 @@ mod tests {
         h.release(id); // double release is ignored
         let big = h.take(5 << 20);
         assert_eq!(big.len(), 5 << 20);
+    }
+
+    #[test]
+    fn take_pooled_never_allocates() {
+        let mut h = HeldBuffers::default();
+        assert!(h.take_pooled(1 << 20).is_none(), "an empty pool gives nothing");
+        let v = h.take(1 << 20);
+        let ptr = v.as_ptr();
+        h.give(v);
+        let again = h.take_pooled(1 << 20).expect("the idle buffer");
+        assert_eq!(again.as_ptr(), ptr);
+        assert_eq!(again.len(), 1 << 20);
+        assert!(h.take_pooled(1 << 20).is_none(), "it was the only one");
+        h.give(again);
+        assert!(
+            h.take_pooled((1 << 20) + 1).is_none(),
+            "a larger class has none idle"
+        );
     }
 }

@@ -7,6 +7,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
+use crate::proto::PayloadAlloc;
 use mio::{Events, Interest, Poll, Token};
 use vmi_device::Status;
 use vmi_device::held::HeldBuffers;
@@ -593,9 +594,12 @@ impl TcpDevice {
                 let Some(c) = self.conns[idx].as_mut() else {
                     return false;
                 };
-                let pool = &mut self.pool;
-                c.proto
-                    .feed(&input[off..], &self.local, now, &mut |len| pool.take(len))
+                c.proto.feed(
+                    &input[off..],
+                    &self.local,
+                    now,
+                    &mut Payloads(&mut self.pool),
+                )
             };
             off += used;
             if let Some(out) = out {
@@ -1529,5 +1533,18 @@ impl Drop for TcpDevice {
                 }
             }
         }
+    }
+}
+
+/// The device's pool as the decoder's source of payload buffers.
+struct Payloads<'a>(&'a mut HeldBuffers);
+
+impl PayloadAlloc for Payloads<'_> {
+    fn take(&mut self, len: usize) -> Vec<u8> {
+        self.0.take(len)
+    }
+
+    fn take_idle(&mut self, len: usize) -> Option<Vec<u8>> {
+        self.0.take_pooled(len)
     }
 }

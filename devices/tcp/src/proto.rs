@@ -14,5 +14,5 @@ pub mod dial;
 mod pair;
 
 pub use connection::{Connection, Local, Output, State};
-pub use decoder::{DIRECT_READ_MIN, Decoder, Event, check_hello};
+pub use decoder::{DIRECT_READ_MIN, Decoder, Event, PayloadAlloc, check_hello};
 pub use dial::{Dial, probe_ports, split_host_port};

@@ -366,7 +366,7 @@ impl Connection {
         input: &[u8],
         local: &Local,
         now: Instant,
-        alloc: &mut dyn FnMut(usize) -> Vec<u8>,
+        alloc: &mut dyn super::decoder::PayloadAlloc,
     ) -> (usize, Option<Output>) {
         if self.state == State::Closing && self.close_after_transmit {
             // Refused: the answer is on its way out; whatever else the peer sends is ignored.

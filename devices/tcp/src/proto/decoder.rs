@@ -46,6 +46,26 @@ fn grow(buf: &mut Vec<u8>, total: usize, got: usize) {
     }
 }
 
+/// Where the decoder gets payload buffers (a device's pool; any `FnMut(usize) -> Vec<u8>`
+/// in tests).
+pub trait PayloadAlloc {
+    /// A zeroed (or overwritten-before-read) buffer of exactly `len` bytes.
+    fn take(&mut self, len: usize) -> Vec<u8>;
+    /// A buffer of exactly `len` bytes if one is at hand without committing new memory (a
+    /// recycled buffer of a payload this large); `None` otherwise. A header alone may take an
+    /// idle buffer, never make the process allocate one.
+    fn take_idle(&mut self, len: usize) -> Option<Vec<u8>> {
+        let _ = len;
+        None
+    }
+}
+
+impl<F: FnMut(usize) -> Vec<u8>> PayloadAlloc for F {
+    fn take(&mut self, len: usize) -> Vec<u8> {
+        self(len)
+    }
+}
+
 /// What the decoder produced.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Event {
@@ -183,12 +203,13 @@ impl Decoder {
     }
 
     /// Consumes bytes from `input` until one event is complete or the input is used up.
-    /// Returns how many bytes were used and the event. `alloc` gives a zeroed payload buffer
-    /// of the asked length (from a pool).
+    /// Returns how many bytes were used and the event. `alloc` gives payload buffers (from a
+    /// pool): an idle one of the whole payload's length when it has one (so a large payload
+    /// neither grows nor copies), else one of the committed length, grown as bytes arrive.
     pub fn feed(
         &mut self,
         input: &[u8],
-        alloc: &mut dyn FnMut(usize) -> Vec<u8>,
+        alloc: &mut dyn PayloadAlloc,
     ) -> Result<(usize, Option<Event>), WireError> {
         let mut used = 0;
         loop {
@@ -246,13 +267,16 @@ impl Decoder {
                                     Some(Event::Frame {
                                         end: f.end,
                                         filter_flags: f.filter_flags,
-                                        payload: alloc(0),
+                                        payload: alloc.take(0),
                                     }),
                                 ));
                             }
                             self.phase = Phase::Payload {
                                 repr: f,
-                                buf: alloc(commit_len(f.len as usize, 0)),
+                                buf: alloc
+                                    .take_idle(f.len as usize)
+                                    .filter(|b| b.len() == f.len as usize)
+                                    .unwrap_or_else(|| alloc.take(commit_len(f.len as usize, 0))),
                                 got: 0,
                             };
                         }
@@ -566,6 +590,25 @@ mod tests {
                 [COMMIT_AHEAD],
                 "a header alone commits {COMMIT_AHEAD} bytes"
             );
+            // With an idle buffer of the payload's length at hand (a pool's recycled one),
+            // the payload takes it whole: no growth, no new memory.
+            struct Idle(Option<Vec<u8>>, Vec<usize>);
+            impl PayloadAlloc for Idle {
+                fn take(&mut self, len: usize) -> Vec<u8> {
+                    self.1.push(len);
+                    vec![0; len]
+                }
+                fn take_idle(&mut self, len: usize) -> Option<Vec<u8>> {
+                    self.0.take().filter(|b| b.len() == len)
+                }
+            }
+            let mut d = Decoder::connector(256 << 20, 100);
+            let mut idle = Idle(Some(vec![0; 256 << 20]), Vec::new());
+            let (n, _) = d.feed(&s, &mut idle).unwrap();
+            d.feed(&s[n..], &mut idle).unwrap();
+            assert!(idle.0.is_none(), "the idle buffer was taken");
+            assert!(idle.1.is_empty(), "nothing else was asked for");
+            assert_eq!(d.direct_target().map(|t| t.len()), Some(256 << 20));
             // Now a well-behaved large frame, fed in odd pieces.
             let mut d = Decoder::connector(256 << 20, 100);
             let payload: Vec<u8> = (0..total).map(|i| (i * 7 / 3) as u8).collect();
