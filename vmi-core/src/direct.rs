@@ -48,6 +48,7 @@ pub(crate) struct Arena {
 
 /// Polls the transports that deliver directly and delivers what they handed over; returns
 /// the events they reported.
+#[inline(never)]
 pub(crate) fn poll(core: &mut Core, handler: &mut dyn Handler) -> usize {
     let mut events = 0;
     for i in 0..core.engine.direct_pollers().len() {

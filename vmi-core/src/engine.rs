@@ -715,9 +715,35 @@ impl Engine {
     // ---- progress ----
 
     /// Lets every device make progress; returns the number of events they reported.
+    #[inline]
     pub fn poll_devices(&mut self) -> usize {
         let mut events = 0;
         if self.releases.pending.load(Ordering::Relaxed) > 0 {
+            events += self.take_releases();
+        }
+        for i in 0..self.pollers.len() {
+            let n = match self.pollers[i] {
+                Poller::Budget(p, dev) => {
+                    // SAFETY: live instance.
+                    unsafe { p(dev, POLL_BUDGET) }
+                }
+                Poller::Plain(p, dev) => {
+                    // SAFETY: live instance (a 1.0 device: no budget).
+                    unsafe { p(dev) }
+                }
+            };
+            events += n.max(0) as usize;
+            self.drive();
+        }
+        events
+    }
+
+    /// Frees the received IRBs (and counts the grabbed copies) the application let go of,
+    /// from any thread, since the last poll; returns how many.
+    #[inline(never)]
+    fn take_releases(&mut self) -> usize {
+        let mut events = 0;
+        {
             // Swap with a kept vector: both keep their capacity, so releasing allocates nothing.
             let mut batch = std::mem::take(&mut self.release_batch);
             self.releases.take_all(&mut batch);
@@ -735,20 +761,6 @@ impl Engine {
                 self.release_received(s);
             }
             self.release_batch = batch;
-        }
-        for i in 0..self.pollers.len() {
-            let n = match self.pollers[i] {
-                Poller::Budget(p, dev) => {
-                    // SAFETY: live instance.
-                    unsafe { p(dev, POLL_BUDGET) }
-                }
-                Poller::Plain(p, dev) => {
-                    // SAFETY: live instance (a 1.0 device: no budget).
-                    unsafe { p(dev) }
-                }
-            };
-            events += n.max(0) as usize;
-            self.drive();
         }
         events
     }

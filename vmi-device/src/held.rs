@@ -156,7 +156,10 @@ mod tests {
     #[test]
     fn take_pooled_never_allocates() {
         let mut h = HeldBuffers::default();
-        assert!(h.take_pooled(1 << 20).is_none(), "an empty pool gives nothing");
+        assert!(
+            h.take_pooled(1 << 20).is_none(),
+            "an empty pool gives nothing"
+        );
         let v = h.take(1 << 20);
         let ptr = v.as_ptr();
         h.give(v);

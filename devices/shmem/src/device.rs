@@ -35,6 +35,8 @@ const BELL: Token = Token(usize::MAX - 1);
 /// Busy polls between two looks at the control sockets (a syscall): rings are checked on
 /// every poll, connects and closes within this many polls or after a wake-up.
 const CONTROL_EVERY: u32 = 128;
+/// Bytes of a ring copied out at once to look for small records to hand over directly.
+const RX_BATCH: usize = 4096;
 
 /// Bytes a peer reads to find out whether single copy works (its address travels in the hello).
 static PROBE: [u8; 16] = *b"vmi-shmem-probe!";
@@ -184,6 +186,8 @@ pub struct ShmemDevice {
     /// The payload buffer a fragment handed over directly is read into (it comes straight
     /// back, so it skips the pool).
     rx_scratch: Vec<u8>,
+    /// A private copy of a batch of a ring's bytes, parsed for small records (see `drain_rx`).
+    rx_batch: Box<[u8; RX_BATCH]>,
 }
 
 /// A ring's consumer end as the record reader's byte source.
@@ -384,6 +388,7 @@ impl ShmemDevice {
             host,
             direct_receives,
             rx_scratch,
+            rx_batch,
             ..
         } = self;
         let Some(c) = conns[idx].as_mut() else {
@@ -403,7 +408,32 @@ impl ShmemDevice {
         // stays in the ring, which pushes back on the peer when it fills. The host is asked
         // once per call; only this loop takes receive IRBs meanwhile, one per record at most.
         let credit = budget.min(host.irbs_available() as usize);
-        while n < credit {
+        if deliver::active() && c.reader.at_boundary() {
+            // Small records handed over directly: one copy of what the ring holds (up to
+            // RX_BATCH bytes), parsed from that copy, and one publication of the consumer's
+            // position for the batch. Whatever is not a small whole data record, or a record
+            // the host does not take directly, stays in the ring for the reader below.
+            let mut used = 0;
+            match cons.peek(&mut rx_batch[..]) {
+                Ok(got) => {
+                    while n < credit {
+                        let Some((rec, len)) = c.reader.whole_data(&rx_batch[used..got]) else {
+                            break;
+                        };
+                        let at = used + RECORD_LEN;
+                        if !deliver::offer(c.vmi, irb_flags(&rec), &rx_batch[at..at + len]) {
+                            break;
+                        }
+                        *direct_receives += 1;
+                        used = at + len;
+                        n += 1;
+                    }
+                }
+                Err(e) => error = Some(format!("protocol violation by '{}': {e}", c.peer_key)),
+            }
+            cons.consume(used);
+        }
+        while n < credit && error.is_none() {
             let next = if deliver::active() {
                 // Handed over directly, the buffer comes straight back: no pool round trip.
                 c.reader.next(&mut RingSource(&mut cons), &mut |len| {
@@ -1416,6 +1446,7 @@ impl Device for ShmemDevice {
             inline_sends: 0,
             direct_receives: 0,
             rx_scratch: Vec::new(),
+            rx_batch: Box::new([0; RX_BATCH]),
         })
     }
 
@@ -1462,7 +1493,7 @@ impl Device for ShmemDevice {
         );
         let view = region.ring(c.tx_ring);
         let mut p = Producer::resume(view.shared(), c.tx_pos.0, c.tx_pos.1);
-        let pushed = p.push_all(&[&header, data]);
+        let pushed = p.push_record(&header, data);
         c.tx_pos = p.positions();
         if pushed != Ok(true) {
             return false;

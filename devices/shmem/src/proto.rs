@@ -100,6 +100,31 @@ impl RecordReader {
         matches!(self.phase, Phase::Header)
     }
 
+    /// A small data record whole at the start of `bytes` (a private copy of the ring's
+    /// readable bytes, see `Consumer::peek`): its header and the length of its payload, which
+    /// follows the header. `None` for anything else (a partial record, another kind, a
+    /// malformed or oversized header, or a reader in the middle of a record): the caller then
+    /// reads through [`RecordReader::next`], which reports what is wrong.
+    pub fn whole_data(&self, bytes: &[u8]) -> Option<(Record, usize)> {
+        if !self.at_boundary() {
+            return None;
+        }
+        let h: &[u8; RECORD_LEN] = bytes.get(..RECORD_LEN)?.try_into().ok()?;
+        // Only the kinds taken here are looked at (no error text is built on this path).
+        if !matches!(h[0], DATA | DATA_END) {
+            return None;
+        }
+        let rec = Record {
+            kind: h[0],
+            flags: u16::from_le_bytes([h[2], h[3]]),
+            len: u32::from_le_bytes([h[4], h[5], h[6], h[7]]),
+            id: u64::from_le_bytes([h[8], h[9], h[10], h[11], h[12], h[13], h[14], h[15]]),
+        };
+        let len = rec.len as usize;
+        let whole = rec.len as u64 <= self.max_fragment && bytes.len() - RECORD_LEN >= len;
+        whole.then_some((rec, len))
+    }
+
     /// The buffer of a payload read halfway (the connection is ending), for reuse.
     pub fn take_partial(&mut self) -> Option<Vec<u8>> {
         match std::mem::replace(&mut self.phase, Phase::Header) {
@@ -355,6 +380,50 @@ mod tests {
         let mut v = encode_inline(end, flags, payload.len() as u32).to_vec();
         v.extend_from_slice(payload);
         v
+    }
+
+    #[test]
+    fn whole_data_takes_only_small_whole_data_records() {
+        let r = RecordReader::new(100);
+        let rec = inline(true, 7, b"hello");
+        assert_eq!(
+            r.whole_data(&rec),
+            Some((
+                Record {
+                    kind: DATA_END,
+                    flags: 7,
+                    len: 5,
+                    id: 0
+                },
+                5
+            ))
+        );
+        // Every cut short of the whole record, and every other kind, is left to `next`.
+        for cut in 0..rec.len() {
+            assert_eq!(r.whole_data(&rec[..cut]), None, "cut at {cut}");
+        }
+        assert_eq!(r.whole_data(&ack(3)), None);
+        assert_eq!(
+            r.whole_data(&encode_rendezvous(true, 0, 1, &[(0x1000, 10)])),
+            None
+        );
+        // A length over max_fragment (even with the bytes there), an unknown kind.
+        assert_eq!(r.whole_data(&inline(false, 0, &[1; 101])), None);
+        let mut bad = rec.clone();
+        bad[0] = 99;
+        assert_eq!(r.whole_data(&bad), None);
+        // A header promising more than 4 GiB-1 cannot overflow the check.
+        let mut huge = encode_inline(true, 0, u32::MAX).to_vec();
+        huge.extend_from_slice(&[0; 64]);
+        assert_eq!(RecordReader::new(u64::MAX).whole_data(&huge), None);
+        // A reader in the middle of a record takes nothing whole.
+        let mut mid = RecordReader::new(1 << 20);
+        let mut pipe = Pipe {
+            bytes: inline(true, 0, &[5; 300_000]).into_iter().collect(),
+            visible: RECORD_LEN + 10,
+        };
+        assert_eq!(mid.next(&mut pipe, &mut |n| vec![0; n]), Ok(None));
+        assert_eq!(mid.whole_data(&rec), None);
     }
 
     #[test]

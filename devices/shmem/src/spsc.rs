@@ -204,6 +204,36 @@ impl<'a, C: Cell64, S: Storage> Producer<'a, C, S> {
         Ok(true)
     }
 
+    /// Writes a record, a fixed-size `header` then `data`, or nothing; returns whether it was
+    /// written and published. The common case (no wrap) is one store of the header and one
+    /// copy of the data.
+    pub fn push_record<const H: usize>(
+        &mut self,
+        header: &[u8; H],
+        data: &[u8],
+    ) -> Result<bool, Corrupt> {
+        let total = H + data.len();
+        if self.room(total)? < total {
+            return Ok(false);
+        }
+        let cap = self.ring.storage.capacity();
+        let off = (self.head & (cap as u64 - 1)) as usize;
+        if off + total <= cap {
+            // SAFETY: `off..off + total` lies inside the ring (checked just above) and in its
+            // free space (`room`), which the consumer does not read until `head` is published.
+            unsafe {
+                self.ring.storage.write(off, header);
+                self.ring.storage.write(off + H, data);
+            }
+            self.head += total as u64;
+        } else {
+            self.put(header);
+            self.put(data);
+        }
+        self.ring.head.store(self.head, Ordering::Release);
+        Ok(true)
+    }
+
     /// Writes as much of `src` as fits; publishes; returns the bytes written.
     pub fn push_some(&mut self, src: &[u8]) -> Result<usize, Corrupt> {
         let n = self.room(src.len())?.min(src.len());
@@ -308,6 +338,34 @@ impl<'a, C: Cell64, S: Storage> Consumer<'a, C, S> {
         self.tail += n as u64;
         self.ring.tail.store(self.tail, Ordering::Release);
         Ok(n)
+    }
+
+    /// Copies up to `dst.len()` readable bytes out *without* freeing their space; returns
+    /// how many. The caller parses its own copy (the peer may rewrite the ring at any time)
+    /// and then frees what it used with [`Consumer::consume`], once for a whole batch.
+    pub fn peek(&mut self, dst: &mut [u8]) -> Result<usize, Corrupt> {
+        self.has(dst.len())?;
+        let n = self.filled().min(dst.len());
+        if n == 0 {
+            return Ok(0);
+        }
+        let ((o1, l1), (o2, l2)) = split(self.tail, n, self.ring.storage.capacity());
+        // SAFETY: as in `pop`: published bytes, not overwritten until `tail` moves past them.
+        unsafe {
+            self.ring.storage.read(o1, &mut dst[..l1]);
+            self.ring.storage.read(o2, &mut dst[l1..l1 + l2]);
+        }
+        Ok(n)
+    }
+
+    /// Frees `n` bytes returned by the last `peek` (at most the readable bytes): one
+    /// publication of the consumer's position for a batch of records.
+    pub fn consume(&mut self, n: usize) {
+        let n = n.min(self.filled());
+        if n > 0 {
+            self.tail += n as u64;
+            self.ring.tail.store(self.tail, Ordering::Release);
+        }
     }
 
     /// Announces a sleep; returns true when the ring is still empty (sleeping is safe), false
@@ -499,6 +557,39 @@ mod tests {
             dst.copy_from_slice(&self.0.borrow()[off..off + dst.len()]);
         }
         fn fence(&self) {}
+    }
+
+    #[test]
+    fn peek_copies_without_freeing_and_consume_frees_once() {
+        let (h, t, s) = (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
+        let mut mem = vec![0u8; 64];
+        let storage = Bounded(std::cell::RefCell::new(&mut mem));
+        let ring = Shared {
+            head: &h,
+            tail: &t,
+            sleeping: &s,
+            storage: &storage,
+        };
+        let mut p = Producer::new(ring);
+        let mut c = Consumer::new(ring);
+        // Wrap the ring: 50 bytes in and out, then a record across the end.
+        assert_eq!(p.push_some(&[0u8; 50]), Ok(50));
+        assert_eq!(c.pop(&mut [0u8; 50]), Ok(50));
+        assert_eq!(p.push_record(&[9u8; 16], &[1, 2, 3, 4]), Ok(true));
+        let mut out = [0u8; 32];
+        assert_eq!(c.peek(&mut out), Ok(20));
+        assert_eq!(&out[..16], &[9u8; 16]);
+        assert_eq!(&out[16..20], &[1, 2, 3, 4]);
+        assert_eq!(t.load(Ordering::Relaxed), 50, "peek frees nothing");
+        assert_eq!(c.peek(&mut out), Ok(20), "the same bytes again");
+        c.consume(16);
+        assert_eq!(t.load(Ordering::Relaxed), 66);
+        c.consume(100); // more than readable: only what is there
+        assert_eq!(t.load(Ordering::Relaxed), 70);
+        assert_eq!(c.peek(&mut out), Ok(0));
+        // A record that does not fit is not written at all.
+        assert_eq!(p.push_record(&[1u8; 16], &[0u8; 49]), Ok(false));
+        assert_eq!(h.load(Ordering::Relaxed), 70);
     }
 
     #[test]
