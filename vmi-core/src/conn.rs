@@ -263,6 +263,7 @@ impl ConnTable {
 
     /// Checks that a send of this kind is allowed now; returns the owning transport. An
     /// `End` closes the stream.
+    #[inline]
     pub fn send_checked(&mut self, id: ConnId, kind: SendKind) -> Result<DevIndex, Refusal> {
         let e = self.get_mut(id).ok_or(Refusal::Unknown)?;
         if e.state != ConnState::Open {

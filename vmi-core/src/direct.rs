@@ -49,18 +49,17 @@ pub(crate) struct Arena {
 /// Polls the transports that deliver directly and delivers what they handed over; returns
 /// the events they reported.
 #[inline(never)]
-pub(crate) fn poll(core: &mut Core, handler: &mut dyn Handler) -> usize {
+pub(crate) fn poll(core: &mut Core, arena: &mut Arena, handler: &mut dyn Handler) -> usize {
     let mut events = 0;
     for i in 0..core.engine.direct_pollers().len() {
         let (f, dev) = core.engine.direct_pollers()[i];
-        core.arena.blocked = core.engine.outcomes() > 0;
-        let arena = std::ptr::from_mut(&mut core.arena);
+        arena.blocked = core.engine.outcomes() > 0;
+        let ctx = std::ptr::from_mut(arena);
         // SAFETY: a live transport instance; the arena is reached only through the pointer
         // until the call returns, by `receive` on this thread, and is not kept after it.
-        let n = unsafe { f(dev, POLL_BUDGET, receive, arena.cast()) };
+        let n = unsafe { f(dev, POLL_BUDGET, receive, ctx.cast()) };
         events += n.max(0) as usize;
-        if !core.arena.lent.is_empty() {
-            let mut arena = std::mem::take(&mut core.arena);
+        if !arena.lent.is_empty() {
             let (releases, held) = arena
                 .owners
                 .get_or_insert_with(|| (core.engine.releases().clone(), core.engine.held_count()));
@@ -71,7 +70,6 @@ pub(crate) fn poll(core: &mut Core, handler: &mut dyn Handler) -> usize {
             }
             arena.bytes.clear();
             arena.lent.clear();
-            core.arena = arena;
         }
         // IRBs the transport handed up (after what went through the arena) move now.
         core.engine.run_queued();

@@ -45,8 +45,6 @@ pub enum Mode {
 pub struct Core {
     pub(crate) engine: Engine,
     pub(crate) deferred: VecDeque<Slot>,
-    /// Fragments transports handed over with no IRB, for one poll (see `direct`).
-    pub(crate) arena: crate::direct::Arena,
 }
 
 impl Core {
@@ -54,7 +52,6 @@ impl Core {
         Core {
             engine,
             deferred: VecDeque::with_capacity(64),
-            arena: crate::direct::Arena::default(),
         }
     }
 

@@ -44,6 +44,8 @@ impl Options {
 /// only through device completers and grabbed slabs.
 pub struct Vmi {
     core: Core,
+    /// Fragments transports handed over with no IRB, for one poll (see `direct`).
+    arena: crate::direct::Arena,
     key: String,
     spec: Spec,
 }
@@ -128,6 +130,7 @@ impl Vmi {
         );
         Ok(Vmi {
             core: Core::new(engine),
+            arena: crate::direct::Arena::default(),
             key: key.to_string(),
             spec,
         })
@@ -206,7 +209,7 @@ impl Vmi {
         if !self.core.engine.direct_pollers().is_empty() {
             // Transports that deliver straight to the handler (no IRB); what they hand up
             // as IRBs instead is delivered next.
-            n += crate::direct::poll(&mut self.core, handler);
+            n += crate::direct::poll(&mut self.core, &mut self.arena, handler);
             n += dispatch(&mut self.core, handler);
         }
         n

@@ -401,6 +401,16 @@ impl ShmemDevice {
             return 0;
         };
         let view = region.ring(c.rx_ring);
+        if view
+            .shared()
+            .head
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == c.rx_pos.0
+        {
+            // Nothing written since this side's last read: the idle poll ends here. (Only
+            // compared for equality; any other value is checked by the consumer below.)
+            return 0;
+        }
         let mut cons = Consumer::resume(view.shared(), c.rx_pos.0, c.rx_pos.1);
         let mut n = 0;
         let mut error: Option<String> = None;
@@ -408,6 +418,8 @@ impl ShmemDevice {
         // stays in the ring, which pushes back on the peer when it fills. The host is asked
         // once per call; only this loop takes receive IRBs meanwhile, one per record at most.
         let credit = budget.min(host.irbs_available() as usize);
+        // Set when a batch took every byte the ring held: the reader below has nothing to do.
+        let mut all_taken = false;
         if deliver::active() && c.reader.at_boundary() {
             // Small records handed over directly: one copy of what the ring holds (up to
             // RX_BATCH bytes), parsed from that copy, and one publication of the consumer's
@@ -416,6 +428,7 @@ impl ShmemDevice {
             let mut used = 0;
             match cons.peek(&mut rx_batch[..]) {
                 Ok(got) => {
+                    all_taken = got < RX_BATCH;
                     while n < credit {
                         let Some((rec, len)) = c.reader.whole_data(&rx_batch[used..got]) else {
                             break;
@@ -428,12 +441,13 @@ impl ShmemDevice {
                         used = at + len;
                         n += 1;
                     }
+                    all_taken &= used == got;
                 }
                 Err(e) => error = Some(format!("protocol violation by '{}': {e}", c.peer_key)),
             }
             cons.consume(used);
         }
-        while n < credit && error.is_none() {
+        while n < credit && error.is_none() && !all_taken {
             let next = if deliver::active() {
                 // Handed over directly, the buffer comes straight back: no pool round trip.
                 c.reader.next(&mut RingSource(&mut cons), &mut |len| {
@@ -1612,10 +1626,12 @@ impl Device for ShmemDevice {
 
     fn poll(&mut self, budget: usize) -> usize {
         let mut n = 0;
-        for idx in std::mem::take(&mut self.finishing) {
-            if self.conns[idx].as_ref().is_some_and(|c| c.peer_done) {
-                self.finish(idx);
-                n += 1;
+        if !self.finishing.is_empty() {
+            for idx in std::mem::take(&mut self.finishing) {
+                if self.conns[idx].as_ref().is_some_and(|c| c.peer_done) {
+                    self.finish(idx);
+                    n += 1;
+                }
             }
         }
         if self.slept.replace(false) {
@@ -1630,8 +1646,17 @@ impl Device for ShmemDevice {
         for idx in 0..self.conns.len() {
             if self.conns[idx].is_some() {
                 n += self.drain_rx(idx, budget);
-                self.end_if_drained(idx);
-                n += self.flush_tx(idx);
+                // The checks inline, the work out of line: an idle connection costs a few loads.
+                let Some(c) = self.conns[idx].as_ref() else {
+                    continue;
+                };
+                let (gone, sending) = (c.gone.is_some(), !c.tx.is_empty() || !c.acks.is_empty());
+                if gone {
+                    self.end_if_drained(idx);
+                }
+                if sending {
+                    n += self.flush_tx(idx);
+                }
             }
         }
         self.polls += 1;

@@ -207,6 +207,7 @@ impl<'a, C: Cell64, S: Storage> Producer<'a, C, S> {
     /// Writes a record, a fixed-size `header` then `data`, or nothing; returns whether it was
     /// written and published. The common case (no wrap) is one store of the header and one
     /// copy of the data.
+    #[inline]
     pub fn push_record<const H: usize>(
         &mut self,
         header: &[u8; H],
