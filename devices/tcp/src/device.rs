@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use crate::proto::PayloadAlloc;
 use mio::{Events, Interest, Poll, Token};
 use vmi_device::Status;
+use vmi_device::deliver;
 use vmi_device::held::HeldBuffers;
 use vmi_device::signature::Signature;
 use vmi_device::{
@@ -590,6 +591,22 @@ impl TcpDevice {
                 self.read_later(idx);
                 return false;
             }
+            if deliver::active() {
+                // Small frames whole in the input go straight to the host from here: no
+                // payload buffer, no decoder state. The rest goes through the decoder.
+                let Some(c) = self.conns[idx].as_mut() else {
+                    return false;
+                };
+                if let Some((end, filter_flags, payload, used)) = c.proto.whole_frame(&input[off..])
+                {
+                    if deliver::offer(c.vmi, frame_flags(end, filter_flags), payload) {
+                        self.direct_receives += 1;
+                        self.budget_left = self.budget_left.saturating_sub(1);
+                        off += used;
+                        continue;
+                    }
+                }
+            }
             let (used, out) = {
                 let Some(c) = self.conns[idx].as_mut() else {
                     return false;
@@ -719,13 +736,9 @@ impl TcpDevice {
             self.pool.give(payload);
             return;
         };
-        let flags = (if end {
-            vmi_device::abi::VMI_FLAG_END
-        } else {
-            0
-        }) | ((filter_flags as u32) << 16);
+        let flags = frame_flags(end, filter_flags);
         // Straight to the host with no IRB when it polls us directly (ABI 1.2).
-        if vmi_device::deliver::offer(c.vmi, flags, &payload) {
+        if deliver::offer(c.vmi, flags, &payload) {
             self.pool.give(payload);
             self.direct_receives += 1;
             self.budget_left = self.budget_left.saturating_sub(1);
@@ -786,14 +799,9 @@ impl TcpDevice {
     /// Liveness ticks: every third of the peer timeout, each open connection checks that
     /// its peer was heard and sends a heartbeat if it sent nothing. The clock is read once
     /// every 64 polls (or after a sleep), not per message.
+    #[inline(never)]
     fn check_liveness(&mut self) {
-        if self.cfg.peer_timeout.is_zero() {
-            return;
-        }
-        self.tick_polls += 1;
-        if self.tick_polls < 64 && !self.waited.replace(false) {
-            return;
-        }
+        self.waited.set(false);
         self.tick_polls = 0;
         let now = Instant::now();
         if now < self.next_tick {
@@ -817,11 +825,22 @@ impl TcpDevice {
         (self.cfg.peer_timeout / 3).max(Duration::from_millis(50))
     }
 
+    /// The checks inline (a busy poll passes them in a few instructions); the work out of line.
+    #[inline]
     fn check_deadlines(&mut self) {
-        self.check_liveness();
-        if self.timed == 0 {
-            return;
+        if !self.cfg.peer_timeout.is_zero() {
+            self.tick_polls += 1;
+            if self.tick_polls >= 64 || self.waited.get() {
+                self.check_liveness();
+            }
         }
+        if self.timed != 0 {
+            self.check_timeouts();
+        }
+    }
+
+    #[inline(never)]
+    fn check_timeouts(&mut self) {
         let now = Instant::now();
         for idx in 0..self.conns.len() {
             let Some(c) = self.conns[idx].as_mut() else {
@@ -1547,4 +1566,13 @@ impl PayloadAlloc for Payloads<'_> {
     fn take_idle(&mut self, len: usize) -> Option<Vec<u8>> {
         self.0.take_pooled(len)
     }
+}
+
+/// The IRB flags of a received frame: the end bit and the sender's filter flags.
+fn frame_flags(end: bool, filter_flags: u16) -> u32 {
+    (if end {
+        vmi_device::abi::VMI_FLAG_END
+    } else {
+        0
+    }) | ((filter_flags as u32) << 16)
 }

@@ -359,6 +359,25 @@ impl Connection {
         }
     }
 
+    /// A data frame whole at the start of `input` that this connection would deliver now
+    /// (open, between frames): its end bit, filter flags, payload and the bytes it takes. The
+    /// caller hands the payload over from `input` and skips those bytes; `None`: [`feed`].
+    ///
+    /// [`feed`]: Connection::feed
+    pub fn whole_frame<'a>(&mut self, input: &'a [u8]) -> Option<(bool, u16, &'a [u8], usize)> {
+        if self.state != State::Open {
+            return None;
+        }
+        let (f, used) = self.decoder.whole_frame(input)?;
+        self.live.heard = true;
+        Some((
+            f.end,
+            f.filter_flags,
+            &input[crate::wire::FRAME_LEN..used],
+            used,
+        ))
+    }
+
     /// Consumes bytes from `input` until one output is ready or the input is used up;
     /// returns how many bytes were used. `alloc` gives payload buffers (from a pool).
     pub fn feed(

@@ -166,7 +166,25 @@ impl Decoder {
         )
     }
 
+    /// A data frame whole at the start of `input` while the decoder is between frames: its
+    /// header and the bytes it takes (header and payload), so a small payload can be handed
+    /// over from `input` itself with no buffer. `None` for anything else (a partial frame,
+    /// another kind, a malformed or oversized header): [`Decoder::feed`] reports what is wrong.
+    pub fn whole_frame(&self, input: &[u8]) -> Option<(FrameRepr, usize)> {
+        if !self.at_boundary() {
+            return None;
+        }
+        let h: &[u8; FRAME_LEN] = input.get(..FRAME_LEN)?.try_into().ok()?;
+        if !matches!(h[0], KIND_FRAGMENT | KIND_END) {
+            return None;
+        }
+        let f = FrameRepr::parse(h, self.max_fragment).ok()?;
+        let used = FRAME_LEN + f.len as usize;
+        (input.len() >= used).then_some((f, used))
+    }
+
     /// The rest of a large payload, to read into directly; `None` unless reading directly pays.
+    #[inline]
     pub fn direct_target(&mut self) -> Option<&mut [u8]> {
         match &mut self.phase {
             Phase::Payload { repr, buf, got } if repr.len as usize - *got >= DIRECT_READ_MIN => {
@@ -449,6 +467,46 @@ mod tests {
             assert!(n > 0 || !out.is_empty() || input.is_empty(), "no progress");
         }
         out
+    }
+
+    #[test]
+    fn whole_frame_takes_only_whole_data_frames_between_frames() {
+        let mut d = Decoder::connector(100, 100);
+        let answer = AnswerRepr::emit(AnswerStatus::Accept, "", b"");
+        assert_eq!(d.whole_frame(&answer), None, "in the handshake: never");
+        let (n, ev) = d.feed(&answer, &mut |n| vec![0; n]).unwrap();
+        assert_eq!(n, answer.len());
+        assert!(matches!(ev, Some(Event::Answer { .. })));
+        let frame = |end: bool, payload: &[u8]| {
+            let mut v = FrameRepr {
+                end,
+                filter_flags: 9,
+                len: payload.len() as u32,
+            }
+            .emit()
+            .to_vec();
+            v.extend_from_slice(payload);
+            v
+        };
+        let f = frame(true, b"abc");
+        let (repr, used) = d.whole_frame(&f).expect("whole");
+        assert_eq!(
+            (repr.end, repr.filter_flags, repr.len, used),
+            (true, 9, 3, 11)
+        );
+        for cut in 0..f.len() {
+            assert_eq!(d.whole_frame(&f[..cut]), None, "cut at {cut}");
+        }
+        assert_eq!(d.whole_frame(&HEARTBEAT), None);
+        assert_eq!(d.whole_frame(&frame(false, &[0; 101])), None, "over max");
+        let mut bad = f.clone();
+        bad[0] = 77;
+        assert_eq!(d.whole_frame(&bad), None);
+        // In the middle of a payload: nothing is whole.
+        let long = frame(true, &[1; 50]);
+        let (n, ev) = d.feed(&long[..20], &mut |n| vec![0; n]).unwrap();
+        assert_eq!((n, ev), (20, None));
+        assert_eq!(d.whole_frame(&f), None);
     }
 
     #[test]
