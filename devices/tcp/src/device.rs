@@ -598,13 +598,12 @@ impl TcpDevice {
                     return false;
                 };
                 if let Some((end, filter_flags, payload, used)) = c.proto.whole_frame(&input[off..])
+                    && deliver::offer(c.vmi, frame_flags(end, filter_flags), payload)
                 {
-                    if deliver::offer(c.vmi, frame_flags(end, filter_flags), payload) {
-                        self.direct_receives += 1;
-                        self.budget_left = self.budget_left.saturating_sub(1);
-                        off += used;
-                        continue;
-                    }
+                    self.direct_receives += 1;
+                    self.budget_left = self.budget_left.saturating_sub(1);
+                    off += used;
+                    continue;
                 }
             }
             let (used, out) = {
