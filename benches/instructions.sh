@@ -37,6 +37,8 @@ l3=$(count filters-3 "$N"); l3b=$(count filters-3 $((2 * N)))
 printf '%-34s %8d instructions per filter per message\n' "pass-through filter (3 on loopback)" \
   $(((((l3b - l3) - (l0b - l0)) / N) / 3))
 per idle 1 "empty poll" poll
+per idle-shmem 1 "empty poll, one shmem connection" poll
+per idle-tcp 1 "empty poll, one tcp connection" poll
 if command -v ucx_perftest >/dev/null; then
   echo "UCX (ucx_perftest -t tag_bw, UCX_TLS=sm, 8 B), both processes under callgrind:"
   ucx() { # n -> total instructions of server + client

@@ -48,7 +48,7 @@ pub(crate) struct Arena {
 
 /// Polls the transports that deliver directly and delivers what they handed over; returns
 /// the events they reported.
-#[inline(never)]
+#[inline]
 pub(crate) fn poll(core: &mut Core, arena: &mut Arena, handler: &mut dyn Handler) -> usize {
     let mut events = 0;
     for i in 0..core.engine.direct_pollers().len() {
@@ -60,21 +60,27 @@ pub(crate) fn poll(core: &mut Core, arena: &mut Arena, handler: &mut dyn Handler
         let n = unsafe { f(dev, POLL_BUDGET, receive, ctx.cast()) };
         events += n.max(0) as usize;
         if !arena.lent.is_empty() {
-            let (releases, held) = arena
-                .owners
-                .get_or_insert_with(|| (core.engine.releases().clone(), core.engine.held_count()));
-            for l in &arena.lent {
-                let data = &arena.bytes[l.start..l.start + l.len];
-                receive_lent(core, handler, (l.conn, l.flags, data), releases, held);
-                core.run_deferred();
-            }
-            arena.bytes.clear();
-            arena.lent.clear();
+            deliver_arena(core, arena, handler);
         }
         // IRBs the transport handed up (after what went through the arena) move now.
         core.engine.run_queued();
     }
     events
+}
+
+/// Delivers the fragments of the arena, in order, and empties it.
+#[inline]
+fn deliver_arena(core: &mut Core, arena: &mut Arena, handler: &mut dyn Handler) {
+    let (releases, held) = arena
+        .owners
+        .get_or_insert_with(|| (core.engine.releases().clone(), core.engine.held_count()));
+    for l in &arena.lent {
+        let data = &arena.bytes[l.start..l.start + l.len];
+        receive_lent(core, handler, (l.conn, l.flags, data), releases, held);
+        core.run_deferred();
+    }
+    arena.bytes.clear();
+    arena.lent.clear();
 }
 
 /// The receiver a transport calls with each fragment (`VmiDeliverFn`): copies it into the

@@ -364,10 +364,20 @@ unsafe extern "C" fn poll_direct<D: Device>(
     // function returns, and `poll_budget` catches any panic of the device before that.
     let _scope = unsafe { crate::deliver::Scope::enter(deliver, ctx) };
     // SAFETY: forwarded from the host.
-    unsafe { poll_budget::<D>(dev, budget) }
+    unsafe { run_poll::<D>(dev, budget) }
 }
 
 unsafe extern "C" fn poll_budget<D: Device>(dev: *mut c_void, budget: u32) -> i32 {
+    // SAFETY: forwarded from the host.
+    unsafe { run_poll::<D>(dev, budget) }
+}
+
+/// The device's poll, its panic caught: the body of both poll entries (one call frame).
+///
+/// # Safety
+/// `dev` is a live instance of `D`.
+#[inline(always)]
+unsafe fn run_poll<D: Device>(dev: *mut c_void, budget: u32) -> i32 {
     let r = catch_unwind(AssertUnwindSafe(|| {
         // SAFETY: live instance.
         let inst = unsafe { instance::<D>(dev) };

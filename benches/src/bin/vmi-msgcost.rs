@@ -5,7 +5,8 @@
 //! `vmi-msgcost CASE N`: CASE is `stream-<transport>` (N one-way 8-byte inline messages, a
 //! window of 64 in flight), `pingpong-<transport>` (N round trips of 8 bytes, counted as 2N
 //! hops), `filters-<k>` (streaming over loopback with k pass-through skeleton filters), or
-//! `idle` (N empty polls). Transports: loopback, shmem, tcp.
+//! `idle` (N empty polls, loopback) or `idle-<transport>` (N empty polls of a process with
+//! one open connection). Transports: loopback, shmem, tcp.
 
 use std::time::{Duration, Instant};
 
@@ -40,7 +41,7 @@ impl Handler for Side {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: vmi-msgcost stream-<loopback|shmem|tcp>|pingpong-<loopback|shmem|tcp>|filters-<k>|idle N"
+        "usage: vmi-msgcost stream-<loopback|shmem|tcp>|pingpong-<loopback|shmem|tcp>|filters-<k>|idle[-<transport>] N"
     );
     std::process::exit(2)
 }
@@ -57,7 +58,7 @@ fn main() {
     vmi_shmem::register_static();
     let spec = match kind {
         "filters" => vmi_benches::spec("loopback", rest.parse().unwrap_or_else(|_| usage())),
-        "idle" => vmi_benches::spec("loopback", 0),
+        "idle" if rest.is_empty() => vmi_benches::spec("loopback", 0),
         _ => vmi_benches::spec(rest, 0),
     };
     let tag = std::process::id();
