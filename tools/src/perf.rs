@@ -8,6 +8,7 @@
 use crate::quiet_println as println;
 use std::io::{ErrorKind, IsTerminal, Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use vmi_core::Operations;
 
@@ -310,8 +311,9 @@ pub struct Server {
     /// Per connection: the message's kind, fragments and bytes so far (no hashing per
     /// message: the handle's dense index finds it).
     streams: ConnMap<(u8, usize, usize)>,
-    /// Echo buffers by length (a few lengths per run: a short scan, no hashing).
-    stash: Vec<(usize, Vec<Buffer>)>,
+    /// The bytes of echoes, shared by every echo of a length (a few lengths per run: a short
+    /// scan, no hashing).
+    shared: Vec<(usize, u8, Arc<[u8]>)>,
     /// The bytes of a small echo, sent inline.
     echo: Vec<u8>,
     /// Connections accepted so far.
@@ -363,12 +365,7 @@ impl Handler for Server {
                 let sizes = split(bytes, frags);
                 let last = sizes.len() - 1;
                 for (i, len) in sizes.into_iter().enumerate() {
-                    let buf = self
-                        .stash
-                        .iter_mut()
-                        .find(|(l, _)| *l == len)
-                        .and_then(|(_, v)| v.pop())
-                        .unwrap_or_else(|| Buffer::zeroed(len));
+                    let buf = Buffer::shared(shared_bytes(&mut self.shared, len, 0));
                     if i == last {
                         let _ = ctx.stream_end(stream, [buf], len as u64);
                         break;
@@ -384,26 +381,29 @@ impl Handler for Server {
     }
 
     fn send_complete(&mut self, _ctx: &mut Ctx<'_>, _conn: ConnId, done: &mut SendCompletion<'_>) {
-        for b in done.take_buffers() {
-            let len = b.len();
-            let i = match self.stash.iter().position(|(l, _)| *l == len) {
-                Some(i) => i,
-                None if self.stash.len() < 64 => {
-                    self.stash.push((len, Vec::new()));
-                    self.stash.len() - 1
-                }
-                None => continue,
-            };
-            if self.stash[i].1.len() < 64 {
-                self.stash[i].1.push(b);
-            }
-        }
+        // The echo's bytes are shared: what comes back is only a reference to drop.
+        drop(done.take_buffers());
     }
 
     fn disconnected(&mut self, _ctx: &mut Ctx<'_>, conn: ConnId, _reason: vmi_core::Disconnect) {
         self.streams.remove(&conn.raw());
         self.open = self.open.saturating_sub(1);
     }
+}
+
+/// The bytes of `len` starting with `first` (zero after it), made once and shared by every
+/// send of them (a few lengths per run: a short scan).
+fn shared_bytes(cache: &mut Vec<(usize, u8, Arc<[u8]>)>, len: usize, first: u8) -> Arc<[u8]> {
+    if let Some((_, _, a)) = cache.iter().find(|(l, f, _)| *l == len && *f == first) {
+        return a.clone();
+    }
+    let mut v = vec![0u8; len];
+    if let Some(b) = v.first_mut() {
+        *b = first;
+    }
+    let a: Arc<[u8]> = Arc::from(v);
+    cache.push((len, first, a.clone()));
+    a
 }
 
 /// Messages of one fragment up to this size go as inline sends (copied, no completion), both
@@ -425,7 +425,8 @@ struct Client {
     conn: Option<ConnId>,
     failed: Option<String>,
     ends: u64,
-    stash: Vec<Buffer>,
+    /// The bytes of messages by length and first byte (see `shared_bytes`).
+    shared: Vec<(usize, u8, Arc<[u8]>)>,
     in_flight: usize,
     /// The bytes of a small message, sent inline.
     small: Vec<u8>,
@@ -465,7 +466,7 @@ impl Handler for Client {
         if done.token == 1 {
             self.in_flight = self.in_flight.saturating_sub(1);
         }
-        self.stash.extend(done.take_buffers());
+        drop(done.take_buffers());
     }
     fn disconnected(&mut self, _ctx: &mut Ctx<'_>, _conn: ConnId, reason: vmi_core::Disconnect) {
         if reason != vmi_core::Disconnect::Local {
@@ -562,13 +563,11 @@ impl PerfClient {
             while self.vmi.sends_available() == 0 {
                 self.poll(waiting)?;
             }
-            let mut buf = match self.h.stash.iter().position(|b| b.len() == len) {
-                Some(p) => self.h.stash.swap_remove(p),
-                None => self.vmi.buffer_alloc(len),
-            };
-            if i == 0 && len > 0 {
-                buf[0] = kind;
-            }
+            // Every message of a size sends the same bytes, as ucx_perftest does: many sends
+            // of one shared buffer in flight, not a window of distinct buffers cycling
+            // through the cache.
+            let first = if i == 0 { kind } else { 0 };
+            let buf = Buffer::shared(shared_bytes(&mut self.h.shared, len, first));
             if i == last {
                 return self
                     .vmi

@@ -1,6 +1,8 @@
 //! Send buffers (VMI 2.1: `VMI_Buffer_Allocate`, `VMI_Buffer_Register`).
 #![forbid(unsafe_code)]
 
+use std::sync::Arc;
+
 /// One transport's registration of a buffer's memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Registration {
@@ -10,11 +12,29 @@ pub(crate) struct Registration {
     pub handle: u64,
 }
 
+/// The bytes of a buffer: its own, or read-only bytes shared with other buffers.
+#[derive(Debug)]
+enum Bytes {
+    Owned(Vec<u8>),
+    Shared(Arc<[u8]>),
+}
+
+impl Default for Bytes {
+    fn default() -> Self {
+        Bytes::Owned(Vec::new())
+    }
+}
+
 /// Memory a send uses. Ownership moves into the send and comes back in the send completion,
 /// so the transport may use the bytes without copying until then.
+///
+/// A buffer made with [`Buffer::shared`] sends the same read-only bytes as any number of
+/// other sends at once (a benchmark's message, a broadcast); devices only ever read a send's
+/// bytes (the SDK gives no writable view of them). Writing to a shared buffer (through
+/// `DerefMut` or [`Buffer::resize`]) first copies its bytes into its own memory.
 #[derive(Debug, Default)]
 pub struct Buffer {
-    data: Vec<u8>,
+    data: Bytes,
     /// Registrations, one per transport that registered the memory (any number of
     /// transports; empty, and so allocation-free, for an unregistered buffer).
     regs: Vec<Registration>,
@@ -27,10 +47,26 @@ impl Buffer {
     /// (VMI 2.1: sending from unregistered memory).
     pub fn from_vec(data: Vec<u8>) -> Buffer {
         Buffer {
-            data,
+            data: Bytes::Owned(data),
             regs: Vec::new(),
             pooled: false,
         }
+    }
+
+    /// A buffer over read-only bytes that other buffers may share: sending it copies nothing
+    /// and clones only the `Arc`, so many sends of the same bytes can be in flight at once
+    /// (the bytes stay where they are until the last of them completes).
+    pub fn shared(data: Arc<[u8]>) -> Buffer {
+        Buffer {
+            data: Bytes::Shared(data),
+            regs: Vec::new(),
+            pooled: false,
+        }
+    }
+
+    /// True for a buffer made with [`Buffer::shared`] (and not written to since).
+    pub fn is_shared(&self) -> bool {
+        matches!(self.data, Bytes::Shared(_))
     }
 
     /// A zero-filled buffer of `len` bytes, not registered.
@@ -40,12 +76,19 @@ impl Buffer {
 
     /// Length in bytes.
     pub fn len(&self) -> usize {
-        self.data.len()
+        self.bytes().len()
     }
 
     /// True when empty.
     pub fn is_empty(&self) -> bool {
-        self.data.is_empty()
+        self.bytes().is_empty()
+    }
+
+    fn bytes(&self) -> &[u8] {
+        match &self.data {
+            Bytes::Owned(v) => v,
+            Bytes::Shared(a) => a,
+        }
     }
 
     /// Whether any transport registered this memory.
@@ -61,37 +104,52 @@ impl Buffer {
         std::mem::take(&mut self.regs)
     }
 
-    /// Takes the memory back.
+    /// Takes the memory back (a copy of the bytes for a shared buffer).
     pub fn into_vec(self) -> Vec<u8> {
-        self.data
+        match self.data {
+            Bytes::Owned(v) => v,
+            Bytes::Shared(a) => a.to_vec(),
+        }
     }
 
     /// Changes the length (new bytes are zero); registration covers the old capacity only,
     /// so a registered buffer should be re-registered after growing.
     pub fn resize(&mut self, len: usize) {
-        self.data.resize(len, 0);
+        self.vec_mut().resize(len, 0);
     }
 
+    /// The buffer's own vector; a shared buffer's bytes are copied into one first (its
+    /// registrations, which named the shared memory, are dropped).
     pub(crate) fn vec_mut(&mut self) -> &mut Vec<u8> {
-        &mut self.data
+        if let Bytes::Shared(a) = &self.data {
+            self.data = Bytes::Owned(a.to_vec());
+            self.regs.clear();
+        }
+        match &mut self.data {
+            Bytes::Owned(v) => v,
+            Bytes::Shared(_) => unreachable!("made owned just above"),
+        }
     }
 
     #[cfg(test)]
     fn vec_mut_cap(&self) -> usize {
-        self.data.capacity()
+        match &self.data {
+            Bytes::Owned(v) => v.capacity(),
+            Bytes::Shared(a) => a.len(),
+        }
     }
 }
 
 impl std::ops::Deref for Buffer {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
-        &self.data
+        self.bytes()
     }
 }
 
 impl std::ops::DerefMut for Buffer {
     fn deref_mut(&mut self) -> &mut [u8] {
-        &mut self.data
+        self.vec_mut()
     }
 }
 
@@ -158,15 +216,18 @@ impl InlinePool {
         v.clear();
         v.extend_from_slice(data);
         Buffer {
-            data: v,
+            data: Bytes::Owned(v),
             regs: Vec::new(),
             pooled,
         }
     }
 
     pub(crate) fn give(&mut self, mut b: Buffer) {
+        if !b.pooled || b.is_shared() {
+            return;
+        }
         let cap = b.vec_mut().capacity();
-        if !b.pooled || !cap.is_power_of_two() || !(MIN_CLASS..=INLINE_POOL_MAX).contains(&cap) {
+        if !cap.is_power_of_two() || !(MIN_CLASS..=INLINE_POOL_MAX).contains(&cap) {
             return;
         }
         if self.kept_bytes + cap > INLINE_POOL_KEEP_BYTES {
@@ -182,6 +243,33 @@ impl InlinePool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shared_buffers_share_until_written() {
+        let bytes: Arc<[u8]> = Arc::from(vec![5u8; 100]);
+        let a = Buffer::shared(bytes.clone());
+        let mut b = Buffer::shared(bytes.clone());
+        assert!(a.is_shared() && b.is_shared());
+        assert_eq!(a.as_ptr(), bytes.as_ptr(), "no copy");
+        assert_eq!(b.as_ptr(), bytes.as_ptr());
+        assert_eq!(a.len(), 100);
+        b[0] = 9; // copy on write
+        assert!(!b.is_shared());
+        assert_ne!(b.as_ptr(), bytes.as_ptr());
+        assert_eq!(
+            (b[0], b[1], bytes[0]),
+            (9, 5, 5),
+            "the shared bytes are untouched"
+        );
+        assert_eq!(a.into_vec(), vec![5u8; 100]);
+        let mut pool = InlinePool::default();
+        pool.give(Buffer::shared(bytes.clone()));
+        assert_eq!(
+            Arc::strong_count(&bytes),
+            1,
+            "the pool keeps no shared bytes"
+        );
+    }
 
     #[test]
     fn inline_buffers_are_sized_to_their_class_and_recycled() {
