@@ -64,6 +64,7 @@ pub(crate) struct Remote {
 
 impl Remote {
     /// True when completions from other threads wait.
+    #[inline]
     pub fn has_pending(&self) -> bool {
         self.pending.load(Ordering::Relaxed) > 0
     }
