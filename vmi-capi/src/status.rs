@@ -78,7 +78,7 @@ impl CapiError {
             CapiError::Panic(_) => Status::Internal.code() as VMI_STATUS,
             CapiError::Vmi(e) => match e {
                 VmiError::Busy { .. } => code::BUSY,
-                VmiError::Assembly(_) => code::CONFIGURATION,
+                VmiError::Assembly(_) | VmiError::Environment { .. } => code::CONFIGURATION,
                 VmiError::UnknownConnection(_)
                 | VmiError::NotOpen { .. }
                 | VmiError::StreamBusy(_)

@@ -200,6 +200,13 @@ impl ConnTable {
         id
     }
 
+    /// A connect that waited for its peer goes out over `transport` after all.
+    pub fn set_transport(&mut self, id: ConnId, transport: DevIndex) {
+        if let Some(e) = self.get_mut(id) {
+            e.transport = transport;
+        }
+    }
+
     /// The connect finished: accepted → Open, anything else → released.
     pub fn connect_finished(&mut self, id: ConnId, accepted: bool) {
         if !accepted {

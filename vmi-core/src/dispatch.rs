@@ -15,6 +15,7 @@ use crate::handler::{
     ConnectOutcome, ConnectRequest, Decision, Disconnect, Handler, Recv, SendCompletion,
 };
 use crate::ops::{Core, MAX_CONNECT_DATA};
+use crate::retry::Verdict;
 use crate::slab::{Releases, Slab};
 use crate::slot::{Purpose, Slot};
 use crate::status::Status;
@@ -61,6 +62,24 @@ fn deliver(core: &mut Core, handler: &mut dyn Handler, mut s: Slot) {
             core.engine.free(s);
         }
         Purpose::Connect => {
+            let mut note = None;
+            if !core.retries.is_empty() {
+                match core
+                    .retries
+                    .finished(conn, status, s.detail(), std::time::Instant::now())
+                {
+                    // The peer is not there yet: another attempt later, nothing to say now.
+                    Verdict::Again => {
+                        core.engine.free(s);
+                        return;
+                    }
+                    Verdict::Deliver(n) => note = n,
+                }
+            }
+            if let Some(n) = note {
+                let detail = format!("{}{n}", s.detail());
+                s.set_detail(detail);
+            }
             core.engine
                 .conns_mut()
                 .connect_finished(conn, status == Status::Ok);

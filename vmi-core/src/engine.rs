@@ -546,6 +546,18 @@ impl Engine {
         self.drive();
     }
 
+    /// Ends an IRB that no device has seen with `status`: its outcome goes to the
+    /// application as any other's (a connect that ends while waiting for its peer).
+    pub fn finish_now(&mut self, s: Slot, status: Status) {
+        self.finish(s, status.code());
+    }
+
+    /// The first transport of the chains (a placeholder owner for a connect that waits for
+    /// a transport to reach its peer).
+    pub fn first_transport(&self) -> DevIndex {
+        self.transports.first().copied().unwrap_or(0)
+    }
+
     /// The next IRB whose outcome the application must hear of.
     pub fn pop_outcome(&mut self) -> Option<Slot> {
         self.out.pop_front()

@@ -25,6 +25,14 @@ pub enum VmiError {
         /// Its state, in words.
         state: &'static str,
     },
+    /// An environment variable vmi reads has a value it cannot use.
+    #[error("environment variable {var}: {reason}")]
+    Environment {
+        /// The variable.
+        var: String,
+        /// What is wrong and what is expected.
+        reason: String,
+    },
     /// No transport in the chain can reach the peer.
     #[error("no transport can reach key '{key}' at '{host}': {reasons}")]
     Unreachable {

@@ -31,6 +31,7 @@ mod limits;
 pub mod loader;
 mod ops;
 pub mod params;
+mod retry;
 mod services;
 pub mod slab;
 mod slot;

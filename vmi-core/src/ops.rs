@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 use std::collections::VecDeque;
+use std::time::{Duration, Instant};
 
 use crate::abi::{VMI_FLAG_END, VMI_OP_CONNECT, VMI_OP_DISCONNECT, VMI_OP_SEND};
 use crate::assembly;
@@ -11,7 +12,9 @@ use crate::buffer::Buffer;
 use crate::conn::{ConnId, SendKind};
 use crate::engine::Engine;
 use crate::error::VmiError;
-use crate::slot::{Purpose, Slot};
+use crate::retry::Retries;
+use crate::slot::{DevIndex, Purpose, Slot};
+use crate::status::Status;
 
 /// Largest connect or reply data, whatever the transports allow.
 pub const MAX_CONNECT_DATA: usize = 64 * 1024;
@@ -45,14 +48,68 @@ pub enum Mode {
 pub struct Core {
     pub(crate) engine: Engine,
     pub(crate) deferred: VecDeque<Slot>,
+    /// Connects that keep trying a peer that is not there yet (see `retry`).
+    pub(crate) retries: Retries,
 }
 
 impl Core {
-    pub(crate) fn new(engine: Engine) -> Core {
+    pub(crate) fn new(engine: Engine, connect_wait: Duration) -> Core {
         Core {
             engine,
             deferred: VecDeque::with_capacity(64),
+            retries: Retries::new(connect_wait),
         }
+    }
+
+    /// Issues the connect attempts that are due (connects waiting for their peer).
+    pub(crate) fn run_retries(&mut self, now: Instant) {
+        for (conn, host, key, data, token) in self.retries.due(now) {
+            match self.engine.choose_transport(&host, &key) {
+                Ok(transport) => {
+                    self.engine.conns_mut().set_transport(conn, transport);
+                    let s = self.connect_slot(conn, transport, &host, &key, &data, token);
+                    self.engine.submit(s);
+                }
+                Err(refusals) => {
+                    if let Some(text) = self.retries.unreachable(conn, &join(&refusals), now) {
+                        self.fail_connect(conn, token, Status::Unreachable, text);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Tells the application, through the ordinary outcome path, that a connect with no
+    /// attempt in flight ended.
+    fn fail_connect(&mut self, conn: ConnId, token: u64, status: Status, detail: String) {
+        let mut s = self.engine.new_slot();
+        s.set_op(VMI_OP_CONNECT);
+        s.set_conn_raw(conn.raw());
+        s.set_purpose(Purpose::Connect);
+        s.set_token(token);
+        s.set_detail(detail);
+        self.engine.finish_now(s, status);
+    }
+
+    /// A connect request for `conn` over `transport`.
+    fn connect_slot(
+        &mut self,
+        conn: ConnId,
+        transport: DevIndex,
+        host: &str,
+        key: &str,
+        data: &[u8],
+        token: u64,
+    ) -> Slot {
+        let mut s = self.engine.new_slot();
+        s.set_op(VMI_OP_CONNECT);
+        s.set_conn_raw(conn.raw());
+        s.set_purpose(Purpose::Connect);
+        s.set_transport(transport);
+        s.set_token(token);
+        s.set_peer(host.to_string(), key.to_string());
+        s.attach_copy(data);
+        s
     }
 
     fn issue(&mut self, s: Slot, mode: Mode) {
@@ -168,7 +225,7 @@ impl Core {
         key: &str,
         data: &[u8],
         token: u64,
-    ) -> Result<(ConnId, Slot), VmiError> {
+    ) -> Result<(ConnId, Option<Slot>), VmiError> {
         let caps = self.engine.top_caps();
         let max = if caps.max_connect_data > 0 {
             (caps.max_connect_data as usize).min(MAX_CONNECT_DATA)
@@ -182,31 +239,54 @@ impl Core {
             });
         }
         assembly::check_key(key)?;
-        let transport = self
-            .engine
-            .choose_transport(host, key)
-            .map_err(|refusals| VmiError::Unreachable {
-                host: host.into(),
-                key: key.into(),
-                reasons: refusals
-                    .iter()
-                    .map(|(n, r)| format!("{n}: {r}"))
-                    .collect::<Vec<_>>()
-                    .join("; "),
-            })?;
+        let transport = match self.engine.choose_transport(host, key) {
+            Ok(t) => t,
+            Err(refusals) if self.retries.enabled() => {
+                // No transport reaches the peer yet: wait for it (the first transport holds
+                // the place until one does).
+                log::info!(
+                    "connect to '{key}' at {host}: {}; waiting up to {:.1} s for the peer (connect wait)",
+                    join(&refusals),
+                    self.retries.wait().as_secs_f64()
+                );
+                let placeholder = self.engine.first_transport();
+                let conn = self
+                    .engine
+                    .conns_mut()
+                    .connect_issued(placeholder, host, key);
+                self.retries
+                    .track(conn, host, key, data, token, Instant::now(), false);
+                return Ok((conn, None));
+            }
+            Err(refusals) => {
+                return Err(VmiError::Unreachable {
+                    host: host.into(),
+                    key: key.into(),
+                    reasons: join(&refusals),
+                });
+            }
+        };
         let conn = self.engine.conns_mut().connect_issued(transport, host, key);
-        let mut s = self.engine.new_slot();
-        s.set_op(VMI_OP_CONNECT);
-        s.set_conn_raw(conn.raw());
-        s.set_purpose(Purpose::Connect);
-        s.set_transport(transport);
-        s.set_token(token);
-        s.set_peer(host.to_string(), key.to_string());
-        s.attach_copy(data);
-        Ok((conn, s))
+        if self.retries.enabled() {
+            self.retries
+                .track(conn, host, key, data, token, Instant::now(), true);
+        }
+        let s = self.connect_slot(conn, transport, host, key, data, token);
+        Ok((conn, Some(s)))
     }
 
-    fn disconnect(&mut self, conn: ConnId) -> Result<Slot, VmiError> {
+    fn disconnect(&mut self, conn: ConnId) -> Result<Option<Slot>, VmiError> {
+        if let Some((p, true)) = self.retries.remove(conn) {
+            // Waiting for its peer, with no attempt in flight: the connect ends here.
+            self.engine.conns_mut().disconnect_issued(conn).ok();
+            self.fail_connect(
+                conn,
+                p.token,
+                Status::Cancelled,
+                "disconnected while waiting for the peer".into(),
+            );
+            return Ok(None);
+        }
         let transport = self
             .engine
             .conns_mut()
@@ -217,7 +297,7 @@ impl Core {
         s.set_conn_raw(conn.raw());
         s.set_purpose(Purpose::Disconnect);
         s.set_transport(transport);
-        Ok(s)
+        Ok(Some(s))
     }
 }
 
@@ -252,7 +332,9 @@ pub trait Operations: Sealed {
     ) -> Result<ConnId, VmiError> {
         let (core, mode) = self.core();
         let (conn, s) = core.connect(host, key, data, token)?;
-        core.issue(s, mode);
+        if let Some(s) = s {
+            core.issue(s, mode);
+        }
         Ok(conn)
     }
 
@@ -261,8 +343,9 @@ pub trait Operations: Sealed {
     /// [`crate::Disconnect::Local`].
     fn disconnect(&mut self, conn: ConnId) -> Result<(), VmiError> {
         let (core, mode) = self.core();
-        let s = core.disconnect(conn)?;
-        core.issue(s, mode);
+        if let Some(s) = core.disconnect(conn)? {
+            core.issue(s, mode);
+        }
         Ok(())
     }
 
@@ -387,4 +470,13 @@ pub trait Operations: Sealed {
         core.engine.deregister(&mut buffer);
         buffer.into_vec()
     }
+}
+
+/// Transports' refusals as one line: "name: reason; name: reason".
+fn join(refusals: &[(String, String)]) -> String {
+    refusals
+        .iter()
+        .map(|(n, r)| format!("{n}: {r}"))
+        .collect::<Vec<_>>()
+        .join("; ")
 }

@@ -28,6 +28,10 @@ pub const CORE_ENV_VARS: &[(&str, &str)] = &[
         "log filter for the vmi tools (env_logger syntax, e.g. info or vmi_tcp=debug)",
     ),
     (
+        "VMI_CONNECT_TIMEOUT",
+        "seconds a connect keeps trying a peer that is not there yet before it fails (0, the default: fail at once)",
+    ),
+    (
         "VMI_AUTH_KEY_FILE",
         "file holding the pre-shared key that authenticates peers (owner-only mode, at least 16 bytes); transports whose auth_key_file parameter is empty use it",
     ),

@@ -24,18 +24,37 @@ pub struct Options {
     /// `vmisend`) sets it to false: transports then open no listening socket, so no stranger
     /// can connect to it. Transports learn it through their `listen` parameter.
     pub accept: bool,
+    /// How long a connect keeps trying a peer that is not there yet (no transport reaches
+    /// it, nobody listens, or the attempt timed out) before the application hears that it
+    /// failed; zero (the default) fails at once. `VMI_CONNECT_TIMEOUT` (seconds) overrides
+    /// it. With a wait, processes may start in any order.
+    pub connect_wait: Duration,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { accept: true }
+        Options {
+            accept: true,
+            connect_wait: Duration::ZERO,
+        }
     }
 }
 
 impl Options {
     /// A process that only connects: nothing listens.
     pub fn connect_only() -> Options {
-        Options { accept: false }
+        Options {
+            accept: false,
+            ..Options::default()
+        }
+    }
+
+    /// These options with connects that keep trying a missing peer for up to `wait`.
+    pub fn with_connect_wait(self, wait: Duration) -> Options {
+        Options {
+            connect_wait: wait,
+            ..self
+        }
     }
 }
 
@@ -96,6 +115,12 @@ impl Vmi {
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Vmi, VmiError> {
         assembly::check_key(key)?;
+        let connect_wait = crate::retry::wait_from_env(env)
+            .map_err(|reason| VmiError::Environment {
+                var: "VMI_CONNECT_TIMEOUT".into(),
+                reason,
+            })?
+            .unwrap_or(options.connect_wait);
         crate::limits::raise_fd_limit();
         let plan = assembly::plan(&spec, env, options.accept)?;
         let types: Vec<(String, crate::loader::DeviceType)> = plan
@@ -129,7 +154,7 @@ impl Vmi {
             plan.signature.encode()
         );
         Ok(Vmi {
-            core: Core::new(engine),
+            core: Core::new(engine, connect_wait),
             arena: crate::direct::Arena::default(),
             key: key.to_string(),
             spec,
@@ -208,7 +233,10 @@ impl Vmi {
         // Inlined at the caller: an idle poll of devices with no direct receive is the
         // devices' calls and a few loads; the rest is out of line.
         let n = self.core.engine.poll_devices();
-        if self.core.engine.outcomes() == 0 && self.core.engine.direct_pollers().is_empty() {
+        if self.core.engine.outcomes() == 0
+            && self.core.engine.direct_pollers().is_empty()
+            && self.core.retries.waiting() == 0
+        {
             return n;
         }
         n + self.poll_rest(handler)
@@ -218,6 +246,9 @@ impl Vmi {
     /// straight to the handler (no IRB) and delivers what they hand up as IRBs instead.
     #[inline(never)]
     fn poll_rest(&mut self, handler: &mut dyn Handler) -> usize {
+        if self.core.retries.waiting() > 0 {
+            self.core.run_retries(Instant::now());
+        }
         let mut n = dispatch(&mut self.core, handler);
         if !self.core.engine.direct_pollers().is_empty() {
             n += crate::direct::poll(&mut self.core, &mut self.arena, handler);
@@ -240,7 +271,13 @@ impl Vmi {
             if now >= deadline {
                 return 0;
             }
-            self.core.engine.sleep(deadline - now);
+            // Wake for the next connect attempt too.
+            let until = self
+                .core
+                .retries
+                .next_due()
+                .map_or(deadline, |d| d.min(deadline));
+            self.core.engine.sleep(until.saturating_duration_since(now));
         }
     }
 }

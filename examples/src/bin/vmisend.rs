@@ -54,6 +54,10 @@ struct Args {
     /// Give up (exit 1) after this many seconds.
     #[arg(short, long, default_value_t = 60.0, value_parser = parse_seconds)]
     timeout: f64,
+    /// Keep trying to connect for up to this many seconds while the receiver is not there
+    /// yet (start vmisend first); 0: fail at once. VMI_CONNECT_TIMEOUT overrides it.
+    #[arg(long, value_name = "SECONDS", default_value_t = 0.0, value_parser = parse_seconds)]
+    wait: f64,
     /// The specfile (default: the one VMI_SPECFILE names).
     #[arg(long, value_name = "FILE")]
     spec: Option<std::path::PathBuf>,
@@ -249,7 +253,7 @@ fn run(args: &Args) -> Result<(u64, Duration), String> {
     let mut vmi = vmi_examples::open(
         args.spec.as_deref(),
         &args.sendkey,
-        vmi_core::Options::connect_only(),
+        vmi_core::Options::connect_only().with_connect_wait(Duration::from_secs_f64(args.wait)),
     )?;
     // Checked before any memory is filled: the largest fragment must fit the chain and this
     // machine's address space.
