@@ -814,7 +814,15 @@ impl TcpDevice {
             let paused = !c.parked.is_empty() || self.again.contains(&idx);
             match c.proto.tick(now, paused) {
                 Some(out) => self.apply(idx, out),
-                None => self.settle(idx),
+                None => {
+                    // A heartbeat is due on an idle connection: write it now (nothing else
+                    // would: no send marks the connection, and its socket raises no new
+                    // writable edge).
+                    self.settle(idx);
+                    if self.conns[idx].as_ref().is_some_and(|c| !c.tx.is_empty()) {
+                        self.flush(idx);
+                    }
+                }
             }
         }
     }
