@@ -27,6 +27,7 @@ mod dispatch;
 mod engine;
 mod error;
 mod handler;
+pub mod job;
 mod limits;
 pub mod loader;
 mod ops;
@@ -47,6 +48,7 @@ pub use error::VmiError;
 pub use handler::{
     ConnectOutcome, ConnectRequest, Decision, Disconnect, Handler, Recv, SendCompletion,
 };
+pub use job::{Job, JobError, JobSource};
 pub use ops::{MAX_CONNECT_DATA, Operations, Stream};
 pub use slab::{GrabbedSlab, Slab, SlabState};
 pub use status::Status;

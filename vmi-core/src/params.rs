@@ -28,6 +28,22 @@ pub const CORE_ENV_VARS: &[(&str, &str)] = &[
         "log filter for the vmi tools (env_logger syntax, e.g. info or vmi_tcp=debug)",
     ),
     (
+        "VMI_RANK",
+        "this process's rank in a job started without a launcher (with VMI_PROCS; see vmi_core::job)",
+    ),
+    (
+        "VMI_PROCS",
+        "the number of processes in the job (with VMI_RANK)",
+    ),
+    (
+        "VMI_JOB",
+        "the job's name, shared by its processes: rank r serves key <job>.<r> (default vmi, or the launcher's job id)",
+    ),
+    (
+        "VMI_HOSTS",
+        "hosts of the job's ranks: one for all, one per rank, or host*count blocks (default localhost)",
+    ),
+    (
         "VMI_CONNECT_TIMEOUT",
         "seconds a connect keeps trying a peer that is not there yet before it fails (0, the default: fail at once)",
     ),
