@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs vmi into a prefix, laid out as C and Rust users expect:
-#   bin/                       vmisend, vmirecv, vmi-info, vmi-perf
+#   bin/                       vmisend, vmirecv, vmi-alltoall, vmi-info, vmi-perf
 #   lib/libvmi.so, libvmi.a    the VMI 2.1 C API
 #   lib/vmi/                   the device plugins (found there with no variable set)
 #   lib/pkgconfig/vmi.pc       pkg-config --cflags --libs vmi   (vmi-static.pc: libvmi.a)
@@ -48,7 +48,7 @@ if [ "$build" = 1 ]; then
     [ "$profile" = release ] && flags+=(--release)
     (cd "$root" && cargo build "${flags[@]}" --workspace --bins --lib)
 fi
-for f in libvmi.so libvmi.a vmisend vmirecv vmi-info vmi-perf libvmi_tcp.so; do
+for f in libvmi.so libvmi.a vmisend vmirecv vmi-alltoall vmi-info vmi-perf libvmi_tcp.so; do
     [ -e "$from/$f" ] || { echo "install.sh: $from/$f is missing; build first (drop --no-build)" >&2; exit 1; }
 done
 
@@ -58,7 +58,7 @@ version="$(sed -n 's/^version = "\(.*\)"/\1/p' "$root/Cargo.toml" | head -n1)"
 
 install -d "$prefix/bin" "$prefix/lib/vmi" "$prefix/lib/pkgconfig" "$prefix/include" \
     "$prefix/share/vmi/specfiles" "$prefix/share/vmi/examples"
-install -m 755 "$from/vmisend" "$from/vmirecv" "$from/vmi-info" "$from/vmi-perf" "$prefix/bin/"
+install -m 755 "$from/vmisend" "$from/vmirecv" "$from/vmi-alltoall" "$from/vmi-info" "$from/vmi-perf" "$prefix/bin/"
 install -m 755 "$from/libvmi.so" "$prefix/lib/"
 install -m 644 "$from/libvmi.a" "$prefix/lib/"
 install -m 755 "$from"/libvmi_*.so "$prefix/lib/vmi/"
