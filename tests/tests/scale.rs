@@ -75,7 +75,7 @@ fn run(transport: &str, connections: u64) {
     );
     let t0 = Instant::now();
     let limit = Duration::from_secs(120);
-    let mut pump = |a: &mut Vmi, ha: &mut Side, b: &mut Vmi, hb: &mut Side, what: &str| {
+    let pump = |a: &mut Vmi, ha: &mut Side, b: &mut Vmi, hb: &mut Side, what: &str| {
         a.poll(ha);
         b.poll(hb);
         assert!(
