@@ -105,6 +105,12 @@ struct ConnEntry {
     rx_messages: u64,
     /// The message being received failed: its remaining fragments are discarded.
     rx_discarding: bool,
+    /// Measured one-way latency, ns (0: not measured yet).
+    latency_ns: u64,
+    /// When the last ping went out (at most one per refresh period).
+    pinged: Option<std::time::Instant>,
+    /// The stamp of the ping waiting for its pong (0: none); only its pong is taken.
+    ping_stamp: u64,
 }
 
 /// All connections of one process.
@@ -131,6 +137,9 @@ impl ConnTable {
                     tx_messages: 0,
                     rx_messages: 0,
                     rx_discarding: false,
+                    latency_ns: 0,
+                    pinged: None,
+                    ping_stamp: 0,
                 });
                 self.entries.len() - 1
             }
@@ -140,6 +149,9 @@ impl ConnTable {
         e.tx_messages = 0;
         e.rx_messages = 0;
         e.rx_discarding = false;
+        e.latency_ns = 0;
+        e.pinged = None;
+        e.ping_stamp = 0;
         e.live = true;
         e.state = state;
         e.transport = transport;
@@ -205,6 +217,52 @@ impl ConnTable {
         if let Some(e) = self.get_mut(id) {
             e.transport = transport;
         }
+    }
+
+    /// The connection's measured one-way latency, ns (0: none yet).
+    pub fn latency_ns(&self, id: ConnId) -> u64 {
+        self.get(id).map_or(0, |e| e.latency_ns)
+    }
+
+    /// Whether a ping should go out on an open connection now (at most one per `every`);
+    /// when it should, `stamp` is recorded as the one whose pong is awaited.
+    pub fn ping_due(
+        &mut self,
+        id: ConnId,
+        now: std::time::Instant,
+        every: std::time::Duration,
+        stamp: u64,
+    ) -> bool {
+        let Some(e) = self.get_mut(id) else {
+            return false;
+        };
+        if e.state != ConnState::Open || e.pinged.is_some_and(|t| now.duration_since(t) < every) {
+            return false;
+        }
+        e.pinged = Some(now);
+        e.ping_stamp = stamp.max(1);
+        true
+    }
+
+    /// A pong arrived at `now_ns` (the stamps' clock): when it answers the ping awaited, its
+    /// half round trip is folded into the latency (the first sample as it is, later ones an
+    /// eighth of the way, as TCP smooths its RTT) and true is returned. Any other pong (late,
+    /// repeated, or made up by the peer) changes nothing.
+    pub fn pong(&mut self, id: ConnId, stamp: u64, now_ns: u64) -> bool {
+        let Some(e) = self.get_mut(id) else {
+            return false;
+        };
+        if e.ping_stamp == 0 || stamp != e.ping_stamp || now_ns < stamp {
+            return false;
+        }
+        e.ping_stamp = 0;
+        let one_way = ((now_ns - stamp) / 2).max(1);
+        e.latency_ns = if e.latency_ns == 0 {
+            one_way
+        } else {
+            (e.latency_ns - e.latency_ns / 8 + one_way / 8).max(1)
+        };
+        true
     }
 
     /// The connect finished: accepted → Open, anything else → released.
@@ -344,6 +402,31 @@ impl ConnTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_awaited_pong_is_a_latency_sample() {
+        use std::time::{Duration, Instant};
+        let mut t = ConnTable::default();
+        let a = t.incoming(0);
+        let now = Instant::now();
+        let every = Duration::from_secs(5);
+        assert!(!t.ping_due(a, now, every, 100), "not open yet");
+        t.answer_finished(a, true);
+        assert!(
+            !t.pong(a, 100, 200),
+            "no ping out: a made-up pong is ignored"
+        );
+        assert!(t.ping_due(a, now, every, 100));
+        assert!(!t.ping_due(a, now, every, 150), "one ping per period");
+        assert!(!t.pong(a, 99, 300), "the wrong stamp");
+        assert!(!t.pong(a, 100, 50), "a pong from before its ping");
+        assert!(t.pong(a, 100, 300));
+        assert_eq!(t.latency_ns(a), 100, "half the round trip");
+        assert!(!t.pong(a, 100, 400), "a repeated pong");
+        assert!(t.ping_due(a, now + every, every, 1000));
+        assert!(t.pong(a, 1000, 1000 + 1800));
+        assert_eq!(t.latency_ns(a), 100 - 100 / 8 + 900 / 8, "smoothed");
+    }
 
     #[test]
     fn stale_handles_are_refused() {

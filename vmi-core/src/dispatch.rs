@@ -83,6 +83,9 @@ fn deliver(core: &mut Core, handler: &mut dyn Handler, mut s: Slot) {
             core.engine
                 .conns_mut()
                 .connect_finished(conn, status == Status::Ok);
+            if status == Status::Ok {
+                core.ping_if_due(conn);
+            }
             let reply = Slab::of_slot(&s);
             let outcome = match status {
                 Status::Ok => ConnectOutcome::Accepted(reply),
@@ -104,6 +107,9 @@ fn deliver(core: &mut Core, handler: &mut dyn Handler, mut s: Slot) {
                 );
             }
             core.engine.conns_mut().answer_finished(conn, accepted);
+            if accepted {
+                core.ping_if_due(conn);
+            }
             core.engine.free(s);
         }
         Purpose::Disconnect => {
@@ -130,7 +136,7 @@ fn deliver(core: &mut Core, handler: &mut dyn Handler, mut s: Slot) {
 }
 
 /// Queues a message to the peer's engine on `conn`.
-fn send_host_msg(core: &mut Core, conn: ConnId, msg: &HostMsg) {
+pub(crate) fn send_host_msg(core: &mut Core, conn: ConnId, msg: &HostMsg) {
     let Some(transport) = core.engine.conns().transport_of(conn) else {
         return;
     };
@@ -189,6 +195,13 @@ fn host_message(core: &mut Core, handler: &mut dyn Handler, s: Slot, conn: ConnI
                 return;
             }
             handler.message_failed(&mut Ctx::new(core), conn, message, status, &detail);
+        }
+        Ok(HostMsg::Ping { stamp }) => send_host_msg(core, conn, &HostMsg::Pong { stamp }),
+        Ok(HostMsg::Pong { stamp }) => {
+            let now = core.clock_ns();
+            if !core.engine.conns_mut().pong(conn, stamp, now) {
+                log::debug!("{conn}: ignored a pong that answers no ping of this side");
+            }
         }
         Ok(HostMsg::FragmentLost { detail }) => {
             let flags = flags & !VMI_FLAG_HOST;

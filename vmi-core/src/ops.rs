@@ -15,6 +15,10 @@ use crate::error::VmiError;
 use crate::retry::Retries;
 use crate::slot::{DevIndex, Purpose, Slot};
 use crate::status::Status;
+use vmi_device::hostmsg::HostMsg;
+
+/// How often a connection's one-way latency is measured again, at most.
+pub const LATENCY_REFRESH: Duration = Duration::from_secs(5);
 
 /// Largest connect or reply data, whatever the transports allow.
 pub const MAX_CONNECT_DATA: usize = 64 * 1024;
@@ -50,6 +54,8 @@ pub struct Core {
     pub(crate) deferred: VecDeque<Slot>,
     /// Connects that keep trying a peer that is not there yet (see `retry`).
     pub(crate) retries: Retries,
+    /// The clock of latency pings' stamps.
+    epoch: Instant,
 }
 
 impl Core {
@@ -58,6 +64,32 @@ impl Core {
             engine,
             deferred: VecDeque::with_capacity(64),
             retries: Retries::new(connect_wait),
+            epoch: Instant::now(),
+        }
+    }
+
+    /// Nanoseconds on the stamps' clock.
+    pub(crate) fn clock_ns(&self) -> u64 {
+        self.epoch.elapsed().as_nanos().min(u64::MAX as u128) as u64
+    }
+
+    /// Pings the peer's engine on `conn` when a latency measurement is due (at most one per
+    /// `LATENCY_REFRESH`); the pong updates the connection's one-way latency.
+    pub(crate) fn ping_if_due(&mut self, conn: ConnId) {
+        let now = Instant::now();
+        let stamp = self.clock_ns();
+        if self
+            .engine
+            .conns_mut()
+            .ping_due(conn, now, LATENCY_REFRESH, stamp)
+        {
+            crate::dispatch::send_host_msg(
+                self,
+                conn,
+                &HostMsg::Ping {
+                    stamp: stamp.max(1),
+                },
+            );
         }
     }
 

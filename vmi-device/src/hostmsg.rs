@@ -11,9 +11,14 @@
 //!   instead of splicing the fragments around the gap. It keeps the lost fragment's
 //!   `VMI_FLAG_END`.
 //!
+//! - "ping" and "pong": a round trip between the two engines, which measures the
+//!   connection's one-way latency (VMI 2.1's `VMI_CONNECT_ONE_WAY_LATENCY`); the pong echoes
+//!   the ping's stamp, a time on the pinging side's own clock.
+//!
 //! ```text
-//! 0 kind u8 (1: message failed, 2: fragment lost) | 1 status u8 | 2 detail_len u16 | 4 0 u32
-//! 8 message u64 | 16 detail (UTF-8, at most MAX_DETAIL bytes)
+//! 0 kind u8 (1: message failed, 2: fragment lost, 3: ping, 4: pong) | 1 status u8
+//! 2 detail_len u16 | 4 0 u32 | 8 message u64 (ping, pong: the stamp)
+//! 16 detail (UTF-8, at most MAX_DETAIL bytes; none for ping and pong)
 //! ```
 //! Every field comes from the peer and is checked; an unknown kind is refused.
 #![forbid(unsafe_code)]
@@ -24,6 +29,10 @@ use crate::status::Status;
 const MESSAGE_FAILED: u8 = 1;
 /// Kind: a fragment was lost in its sender's chain.
 const FRAGMENT_LOST: u8 = 2;
+/// Kind: asks the peer's engine to echo the stamp.
+const PING: u8 = 3;
+/// Kind: the echo of a ping's stamp.
+const PONG: u8 = 4;
 /// Fixed part.
 const HEADER: usize = 16;
 /// Longest detail text carried.
@@ -48,6 +57,16 @@ pub enum HostMsg {
         /// Why, in words.
         detail: String,
     },
+    /// Echo `stamp` back in a pong.
+    Ping {
+        /// A time on the sender's clock (meaningful to it only).
+        stamp: u64,
+    },
+    /// The echo of a ping.
+    Pong {
+        /// The ping's stamp.
+        stamp: u64,
+    },
 }
 
 impl HostMsg {
@@ -60,6 +79,8 @@ impl HostMsg {
                 detail,
             } => (MESSAGE_FAILED, *message, *status, detail),
             HostMsg::FragmentLost { detail } => (FRAGMENT_LOST, 0, Status::Lost, detail),
+            HostMsg::Ping { stamp } => (PING, *stamp, Status::Ok, &String::new()),
+            HostMsg::Pong { stamp } => (PONG, *stamp, Status::Ok, &String::new()),
         };
         let mut cut = detail.len().min(MAX_DETAIL);
         while !detail.is_char_boundary(cut) {
@@ -84,7 +105,7 @@ impl HostMsg {
                 b.len()
             ));
         }
-        if b[0] != MESSAGE_FAILED && b[0] != FRAGMENT_LOST {
+        if !(MESSAGE_FAILED..=PONG).contains(&b[0]) {
             return Err(format!("an unknown host message kind {}", b[0]));
         }
         let len = u16::from_le_bytes([b[2], b[3]]) as usize;
@@ -101,14 +122,19 @@ impl HostMsg {
             s => s,
         };
         let detail = String::from_utf8_lossy(&b[HEADER..]).into_owned();
-        Ok(if b[0] == FRAGMENT_LOST {
-            HostMsg::FragmentLost { detail }
-        } else {
-            HostMsg::MessageFailed {
-                message: u64::from_le_bytes(m),
+        let stamp = u64::from_le_bytes(m);
+        Ok(match b[0] {
+            FRAGMENT_LOST => HostMsg::FragmentLost { detail },
+            PING | PONG if len != 0 => {
+                return Err("a ping or pong with a detail text".into());
+            }
+            PING => HostMsg::Ping { stamp },
+            PONG => HostMsg::Pong { stamp },
+            _ => HostMsg::MessageFailed {
+                message: stamp,
                 status,
                 detail,
-            }
+            },
         })
     }
 }
@@ -138,6 +164,16 @@ mod tests {
             detail: "dropped".into(),
         };
         assert_eq!(HostMsg::decode(&lost.encode()), Ok(lost));
+        for m in [
+            HostMsg::Ping { stamp: 7 },
+            HostMsg::Pong { stamp: u64::MAX },
+        ] {
+            assert_eq!(HostMsg::decode(&m.encode()), Ok(m));
+        }
+        let mut pong_with_text = HostMsg::Pong { stamp: 1 }.encode();
+        pong_with_text[2] = 1;
+        pong_with_text.push(b'x');
+        assert!(HostMsg::decode(&pong_with_text).is_err());
         for bad in [
             &[][..],
             &[1; 15][..],
