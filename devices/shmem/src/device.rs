@@ -259,6 +259,11 @@ fn is_local(host: &str) -> bool {
     if h.is_empty() || h == "localhost" || h == "::1" || h.starts_with("127.") {
         return true;
     }
+    // An address of one of this machine's interfaces (as a job's host list gives them):
+    // only a local address can be bound.
+    if let Ok(ip) = h.parse::<std::net::IpAddr>() {
+        return std::net::UdpSocket::bind((ip, 0)).is_ok();
+    }
     let uname = rustix::system::uname();
     let name = uname.nodename().to_string_lossy();
     h == name || name.split('.').next() == Some(h)
@@ -1760,6 +1765,13 @@ mod tests {
         assert!(is_local(&name), "this machine's own name");
         for h in ["otherhost.invalid", "10.1.2.3", "192.0.2.1:5000"] {
             assert!(!is_local(h), "{h}");
+        }
+        // This machine's address on its route out (where it has one) is local.
+        let probe = std::net::UdpSocket::bind("0.0.0.0:0").expect("udp");
+        if probe.connect("192.0.2.1:9").is_ok()
+            && let Ok(addr) = probe.local_addr()
+        {
+            assert!(is_local(&addr.ip().to_string()), "{addr}");
         }
     }
 }
