@@ -622,19 +622,20 @@ impl Comparison {
         let lat = |p: &str, s| self.point(p, s).and_then(|x| x.latency_us);
         let bw = |p: &str, s| self.point(p, s).and_then(|x| x.bandwidth_mbs);
         let (sn, ln) = (size_name(small), size_name(large));
+        // The issue "Core v2 (2 of 2)": its wall-clock targets, in its words.
         check(
             &format!("TCP {sn} latency vs raw floor"),
             lat("vmi tcp", small),
             lat("raw tcp", small),
-            |r| r <= 1.1,
-            "<= 1.10",
+            |r| r <= 1.15,
+            "<= 1.15",
         );
         check(
-            &format!("TCP {sn} latency vs UCX tcp"),
-            lat("vmi tcp", small),
-            lat("ucx tcp", small),
-            |r| r <= 1.0,
-            "<= 1.00",
+            &format!("TCP {sn} message rate vs UCX tcp"),
+            bw("vmi tcp", small),
+            bw("ucx tcp", small),
+            |r| r >= 2.0,
+            ">= 2.00",
         );
         check(
             &format!("TCP {ln} bandwidth vs UCX tcp"),
@@ -647,8 +648,15 @@ impl Comparison {
             &format!("shm {sn} latency vs UCX sm"),
             lat("vmi shm", small),
             lat("ucx sm", small),
-            |r| r <= 1.0,
-            "<= 1.00",
+            |r| r <= 0.8,
+            "<= 0.80",
+        );
+        check(
+            &format!("shm {sn} message rate vs UCX sm"),
+            bw("vmi shm", small),
+            bw("ucx sm", small),
+            |r| r >= 1.5,
+            ">= 1.50",
         );
         check(
             &format!("shm {ln} bandwidth vs UCX sm"),
@@ -879,7 +887,7 @@ Final:                  2000      7.233     7.460     7.460        1.02       1.
         assert!(t.contains("ucx sm    skipped: not installed"), "{t}");
         let targets = c.targets();
         assert!(
-            targets[0].contains("1.25x (target <= 1.10): NOT met"),
+            targets[0].contains("1.25x (target <= 1.15): NOT met"),
             "{targets:?}"
         );
         assert!(targets[1].contains("not measured"));
