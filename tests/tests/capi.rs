@@ -159,7 +159,10 @@ fn installed_c_programs_and_tools_run_from_the_prefix() {
             spec,
         );
         let (ok, out) = client.finish(T);
-        assert!(ok && out.contains("CLIENT OK"), "{spec}: client:\n{out}");
+        assert!(
+            ok && out.contains("CLIENT OK") && out.contains("LATENCY OK"),
+            "{spec}: client:\n{out}"
+        );
         let (ok, out) = server.finish(T);
         assert!(ok, "{spec}: server failed:\n{out}");
         for line in [

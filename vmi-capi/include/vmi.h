@@ -179,9 +179,14 @@ VMI_STATUS VMI_Connection_Disconnect(PVMI_CONNECT conn, VMIConnectDisconnect don
 VMI_STATUS VMI_Connection_Disconnect_Fn(VMIDisconnectNotification fn);
 VMI_STATUS VMI_Connection_Set_Receive_Context(PVMI_CONNECT conn, PVOID context);
 PVOID VMI_Connection_Get_Receive_Context(PVMI_CONNECT conn);
+/* The connection's measured one-way latency in microseconds (half a round trip between the two
+ * VMI engines, measured when the connection opens and again when asked, at most every 5 s);
+ * 0 before the first measurement or for an invalid or closed connection. */
+ULONG VMI_Connection_Get_One_Way_Latency(PVMI_CONNECT conn);
 
 #define VMI_CONNECT_SET_RECEIVE_CONTEXT(conn, context) VMI_Connection_Set_Receive_Context((conn), (context))
 #define VMI_CONNECT_GET_RECEIVE_CONTEXT(conn) VMI_Connection_Get_Receive_Context(conn)
+#define VMI_CONNECT_ONE_WAY_LATENCY(conn) VMI_Connection_Get_One_Way_Latency(conn)
 
 /* ---- Buffers ------------------------------------------------------------------------------------ */
 

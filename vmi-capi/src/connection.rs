@@ -206,6 +206,20 @@ pub extern "C" fn VMI_Connection_Get_Receive_Context(conn: PVMI_CONNECT) -> PVOI
     state::tables(|t| t.conns.get(h).map(|c| c.recv_context)).unwrap_or(std::ptr::null_mut())
 }
 
+/// The connection's measured one-way latency in microseconds (at least 1 once measured), or
+/// 0 before the first measurement or for an invalid or closed handle (VMI 2.1:
+/// `VMI_CONNECT_ONE_WAY_LATENCY`). Measured when the connection opens, and again when asked
+/// at most every 5 s.
+#[unsafe(no_mangle)]
+pub extern "C" fn VMI_Connection_Get_One_Way_Latency(conn: PVMI_CONNECT) -> ULONG {
+    let h = from_ptr(conn);
+    let Some(id) = state::tables(|t| t.conns.get(h).and_then(|c| c.id)) else {
+        return 0;
+    };
+    let latency = with_ops!(|o| o.one_way_latency(id)).ok().flatten();
+    latency.map_or(0, |d| d.as_micros().clamp(1, ULONG::MAX as u128) as ULONG)
+}
+
 /// The open connection behind a handle, for sends.
 pub(crate) fn open_id(h: Handle) -> Result<vmi_core::ConnId, CapiError> {
     state::tables(|t| {

@@ -381,6 +381,23 @@ pub trait Operations: Sealed {
         Ok(())
     }
 
+    /// The connection's one-way latency, half a measured round trip between the two
+    /// engines (VMI 2.1: `VMI_CONNECT_ONE_WAY_LATENCY`): measured when the connection opens
+    /// and again, at most every 5 s, when asked (while it is open); `None` until the first
+    /// measurement is in, or for a closed connection. Smoothed over samples as TCP smooths
+    /// its RTT.
+    fn one_way_latency(&mut self, conn: ConnId) -> Option<Duration> {
+        let (core, mode) = self.core();
+        core.ping_if_due(conn);
+        if mode == Mode::Now {
+            core.run_deferred();
+        }
+        match core.engine.conns().latency_ns(conn) {
+            0 => None,
+            ns => Some(Duration::from_nanos(ns)),
+        }
+    }
+
     /// Sends a one-fragment stream gathered from `buffers` (VMI 2.1: `VMI_Stream_Send`).
     /// The buffers come back in [`crate::Handler::send_complete`] with `token`. A refused send
     /// drops them: check [`Operations::sends_available`] first to keep them when the process

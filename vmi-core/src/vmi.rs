@@ -9,7 +9,6 @@
 use std::time::{Duration, Instant};
 
 use crate::assembly::{self, AssemblyError};
-use crate::conn::ConnId;
 use crate::device::Capabilities;
 use crate::dispatch::dispatch;
 use crate::engine::{DeviceInfo, Engine};
@@ -220,20 +219,6 @@ impl Vmi {
     /// Number of live connections.
     pub fn connection_count(&self) -> usize {
         self.core.engine.conns().live()
-    }
-
-    /// The connection's one-way latency, half a measured round trip between the two
-    /// engines (VMI 2.1: `VMI_CONNECT_ONE_WAY_LATENCY`): measured when the connection opens
-    /// and again, at most every 5 s, when asked (while it is open); `None` until the first
-    /// measurement is in, or for a closed connection. Smoothed over samples as TCP smooths
-    /// its RTT.
-    pub fn one_way_latency(&mut self, conn: ConnId) -> Option<Duration> {
-        self.core.ping_if_due(conn);
-        self.core.run_deferred();
-        match self.core.engine.conns().latency_ns(conn) {
-            0 => None,
-            ns => Some(Duration::from_nanos(ns)),
-        }
     }
 
     /// IRBs currently allocated (in flight, pending in devices, or held by the application).

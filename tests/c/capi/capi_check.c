@@ -323,6 +323,19 @@ static int client(int argc, char **argv, int reject)
     poll_until(&stream_done, "the stream completion");
     poll_until(&pong, "the pong");
 
+    /* The connection's one-way latency was measured when it opened (the pong is in by now,
+     * or soon). */
+    {
+        ULONG us = 0;
+        for (int i = 0; i < 200000 && (us = VMI_CONNECT_ONE_WAY_LATENCY(conn)) == 0; i++) {
+            OK(VMI_Poll());
+        }
+        CHECK(us > 0 && us < 1000000, "one-way latency %lu us", (unsigned long) us);
+        printf("LATENCY OK %lu us\n", (unsigned long) us);
+        CHECK(VMI_CONNECT_ONE_WAY_LATENCY((PVMI_CONNECT) (uintptr_t) 0x1234) == 0,
+              "a made-up connection has no latency");
+    }
+
     /* Bogus handles are refused, not followed. */
     CHECK(VMI_Stream_Send_Inline((PVMI_CONNECT) (uintptr_t) 0x1234, addrs, sizes, 1, 4) ==
               VMI_STATUS_INVALID_HANDLE, "a made-up connection must be refused");
