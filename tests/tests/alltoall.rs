@@ -123,12 +123,19 @@ fn under_mpirun() {
         .arg(bin("vmi-alltoall"))
         .args(["--verify", "-n", "10", "--iters", "20", "-t", "150"])
         .env("VMI_SPECFILE", root().join("specfiles").join(spec))
-        .env("VMI_LOG", "warn");
+        .env("VMI_LOG", "vmi_core::job=info,warn");
         let (ok, out) = Proc::spawn_command("mpirun", cmd).finish(T);
         assert!(ok, "{spec}:\n{out}");
         assert!(
             out.contains("from OpenMpi")
                 && out.contains("summary: 15 pair(s), 300 message(s), 300 verified, 0 bad"),
+            "{spec}:\n{out}"
+        );
+        // Every rank learned the hosts through PMIx's put, fence and get.
+        assert_eq!(
+            out.matches("learned the hosts of 6 ranks from PMIx")
+                .count(),
+            6,
             "{spec}:\n{out}"
         );
     }

@@ -10,11 +10,11 @@
 //!   PMIx's namespace `PMIX_NAMESPACE`, unique per run);
 //! - a PMI launcher (MPICH's Hydra, Slurm's PMI): `PMI_RANK`, `PMI_SIZE`.
 //!
-//! Rank `r`'s key is `<job>.<r>`. Its host is `localhost` unless `VMI_HOSTS` says otherwise:
-//! one host for all ranks, one per rank (comma-separated), or `host*count` blocks in rank
-//! order (`nodeA*4,nodeB*4`). Exchanging addresses through PMIx's put/fence/get, for jobs
-//! across hosts without `VMI_HOSTS`, is not built yet.
-#![forbid(unsafe_code)]
+//! Rank `r`'s key is `<job>.<r>`. Its host comes from `VMI_HOSTS` when set: one host for all
+//! ranks, one per rank (comma-separated), or `host*count` blocks in rank order
+//! (`nodeA*4,nodeB*4`). Under `mpirun` without it, [`Job::from_env`] asks PMIx (put, fence,
+//! get: see `pmix`). Otherwise every rank is on `localhost`.
+#![deny(unsafe_code)]
 
 /// What went wrong reading the job's environment.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -73,8 +73,44 @@ pub const MAX_PROCS: u32 = 1 << 20;
 impl Job {
     /// The job this process belongs to, from its environment; `None` when no launcher
     /// describes one.
+    ///
+    /// Under a PMIx launcher (`PMIX_RANK` set, as `mpirun` does) and with no `VMI_HOSTS`,
+    /// the hosts come from PMIx: each process puts the host it is reached at (its host name,
+    /// or `VMI_ADVERTISE_HOST`), fences once, and gets every peer's. `VMI_PMIX=0` skips this.
+    /// Where PMIx cannot be used the reason is logged and every rank is taken to be on this
+    /// host.
     pub fn from_env() -> Result<Option<Job>, JobError> {
-        Job::from_vars(&|v| std::env::var(v).ok())
+        let var = |v: &str| std::env::var(v).ok();
+        let mut job = Job::from_vars(&var)?;
+        if let Some(j) = job.as_mut()
+            && j.source == JobSource::OpenMpi
+            && var("VMI_HOSTS").is_none()
+            && var("PMIX_RANK").is_some()
+            && var("VMI_PMIX").as_deref() != Some("0")
+        {
+            let host = var("VMI_ADVERTISE_HOST")
+                .unwrap_or_else(|| host_name().unwrap_or_else(|| "localhost".into()));
+            match crate::pmix::exchange(&host, j.size) {
+                Ok(x) if x.rank == j.rank && x.hosts.len() == j.size as usize => {
+                    log::info!(
+                        "learned the hosts of {} ranks from PMIx (this one: {host})",
+                        j.size
+                    );
+                    j.hosts = x.hosts;
+                }
+                Ok(x) => log::warn!(
+                    "PMIx says rank {} with {} hosts, the environment rank {} of {}; assuming every rank is on this host",
+                    x.rank,
+                    x.hosts.len(),
+                    j.rank,
+                    j.size
+                ),
+                Err(e) => log::warn!(
+                    "PMIx wire-up not used: {e}; assuming every rank is on this host (set VMI_HOSTS otherwise)"
+                ),
+            }
+        }
+        Ok(job)
     }
 
     /// As [`Job::from_env`], reading variables through `env`.
@@ -163,6 +199,19 @@ impl Job {
     pub fn peers(&self) -> impl Iterator<Item = u32> + '_ {
         (0..self.size).filter(move |&r| r != self.rank)
     }
+}
+
+/// This machine's host name.
+#[allow(unsafe_code)]
+fn host_name() -> Option<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most `buf.len()` bytes into the buffer we own.
+    if unsafe { libc::gethostname(buf.as_mut_ptr() as *mut libc::c_char, buf.len()) } != 0 {
+        return None;
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    let name = String::from_utf8_lossy(&buf[..end]).into_owned();
+    (!name.is_empty()).then_some(name)
 }
 
 fn number(var: &str, value: &str, min: u32, max: u32) -> Result<u32, JobError> {

@@ -32,6 +32,7 @@ mod limits;
 pub mod loader;
 mod ops;
 pub mod params;
+mod pmix;
 mod retry;
 mod services;
 pub mod slab;

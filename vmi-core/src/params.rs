@@ -44,6 +44,14 @@ pub const CORE_ENV_VARS: &[(&str, &str)] = &[
         "hosts of the job's ranks: one for all, one per rank, or host*count blocks (default localhost)",
     ),
     (
+        "VMI_PMIX",
+        "0: do not ask PMIx for the hosts of a job started by mpirun (every rank is then taken to be on this host unless VMI_HOSTS says otherwise)",
+    ),
+    (
+        "VMI_ADVERTISE_HOST",
+        "the host name or address this process gives PMIx for its peers to reach it (default: its host name)",
+    ),
+    (
         "VMI_CONNECT_TIMEOUT",
         "seconds a connect keeps trying a peer that is not there yet before it fails (0, the default: fail at once)",
     ),
