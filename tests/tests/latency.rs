@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use vmi_core::ConnectOutcome;
 use vmi_core::prelude::*;
 use vmi_core::spec::Spec;
-use vmi_tests::{register_all, unique_key};
+use vmi_tests::{register_all, spec_text, unique_key};
 
 #[derive(Default)]
 struct Side {
@@ -29,23 +29,8 @@ impl Handler for Side {
 fn both_sides_know_the_latency_soon_after_the_connection_opens() {
     register_all();
     for (transport, filters) in [("tcp", ""), ("shmem", ""), ("loopback", ""), ("tcp", "crc")] {
-        let devs = if filters.is_empty() {
-            String::new()
-        } else {
-            format!("<device name=\"{filters}\"/>")
-        };
-        let f = if filters.is_empty() {
-            String::new()
-        } else {
-            format!("<use device=\"{filters}\"/>")
-        };
-        let sp = Spec::parse_str(
-            &format!(
-                "<vmi>{devs}<device name=\"t\" type=\"{transport}\"/><chain name=\"send\">{f}<use device=\"t\"/></chain><chain name=\"receive\"><use device=\"t\"/>{f}</chain></vmi>"
-            ),
-            "latency.xml",
-        )
-        .expect("spec");
+        let filters: &[&str] = if filters.is_empty() { &[] } else { &[filters] };
+        let sp = Spec::parse_str(&spec_text(transport, filters, ""), "latency.xml").expect("spec");
         let kb = unique_key("lat-b");
         let mut a = Vmi::with_spec(sp.clone(), &unique_key("lat-a")).expect("a");
         let mut b = Vmi::with_spec(sp, &kb).expect("b");
@@ -59,12 +44,12 @@ fn both_sides_know_the_latency_soon_after_the_connection_opens() {
             let lb = hb.conn.and_then(|c| b.one_way_latency(c));
             if let (Some(la), Some(lb)) = (la, lb) {
                 assert!(la < Duration::from_secs(1) && lb < Duration::from_secs(1));
-                println!("{transport} {filters}: one-way latency {la:?} / {lb:?}");
+                println!("{transport} {filters:?}: one-way latency {la:?} / {lb:?}");
                 break;
             }
             assert!(
                 t0.elapsed() < Duration::from_secs(20),
-                "{transport} {filters}: no latency measured ({la:?}, {lb:?})"
+                "{transport} {filters:?}: no latency measured ({la:?}, {lb:?})"
             );
         }
         assert_eq!(ha.conn, Some(conn));

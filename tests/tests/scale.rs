@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use vmi_core::prelude::*;
 use vmi_core::spec::Spec;
 use vmi_core::{ConnectOutcome, Disconnect};
-use vmi_tests::{register_all, unique_key};
+use vmi_tests::{register_all, spec_text, unique_key};
 
 #[derive(Default)]
 struct Side {
@@ -56,13 +56,7 @@ impl Handler for Side {
 
 fn run(transport: &str, connections: u64) {
     register_all();
-    let sp = Spec::parse_str(
-        &format!(
-            "<vmi><device name=\"t\" type=\"{transport}\"/><chain name=\"send\"><use device=\"t\"/></chain><chain name=\"receive\"><use device=\"t\"/></chain></vmi>"
-        ),
-        "scale.xml",
-    )
-    .expect("spec");
+    let sp = Spec::parse_str(&spec_text(transport, &[], ""), "scale.xml").expect("spec");
     let kb = unique_key("scale-b");
     let mut a = Vmi::with_spec(sp.clone(), &unique_key("scale-a")).expect("a");
     let mut b = Vmi::with_spec(sp, &kb).expect("b");

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use vmi_core::prelude::*;
 use vmi_core::spec::Spec;
 use vmi_core::{ConnectOutcome, Disconnect, Options};
-use vmi_tests::{register_all, unique_key};
+use vmi_tests::{register_all, spec_text, unique_key};
 
 #[derive(Default)]
 struct Side {
@@ -37,12 +37,8 @@ impl Handler for Side {
 #[test]
 fn an_idle_connection_outlives_the_peer_timeout() {
     register_all();
-    let sp = Spec::parse_str(
-        "<vmi><device name=\"t\" type=\"tcp\"/><chain name=\"send\"><use device=\"t\"/></chain><chain name=\"receive\"><use device=\"t\"/></chain></vmi>",
-        "idle.xml",
-    )
-    .expect("spec");
-    let env = |v: &str| (v == "VMI_T_PEER_TIMEOUT_MS").then(|| "600".to_string());
+    let sp = Spec::parse_str(&spec_text("tcp", &[], ""), "idle.xml").expect("spec");
+    let env = |v: &str| (v == "VMI_TCP_PEER_TIMEOUT_MS").then(|| "600".to_string());
     let start = |key: &str| {
         Vmi::with_spec_options(sp.clone(), key, Options::default(), &env).expect("start")
     };
