@@ -233,40 +233,50 @@ unsafe extern "C" fn capabilities<D: Device>(dev: *mut c_void, caps: *mut VmiCap
     }
 }
 
+/// The ABI code for what a device's step returned. The common cases are inline in the
+/// trampoline; a device that returned another IRB than it was given is handled out of line.
+#[inline(always)]
 fn disposition_code<D: Device>(irb: *mut VmiIrb, d: Disposition) -> i32 {
     match d {
-        // A device may return another IRB it held instead of the one it was given (it keeps
-        // the given one). The host must not take that as the given IRB moving on: treat it as
-        // the device passing or completing the other one through the host, and the given one
-        // as pending.
-        Disposition::Pass(i) if i.as_ptr() != irb => {
-            log::warn!(
-                "device '{}' returned a different IRB than it was given; treating it as pass() of that IRB and the given one as pending",
-                D::NAME.to_string_lossy()
-            );
-            i.pass();
-            VMI_PENDING
-        }
-        Disposition::Complete(i, status) if i.as_ptr() != irb => {
-            log::warn!(
-                "device '{}' completed a different IRB than it was given; treating the given one as pending",
-                D::NAME.to_string_lossy()
-            );
-            i.complete(status);
-            VMI_PENDING
-        }
-        Disposition::Pass(i) => {
+        Disposition::Pass(i) if i.as_ptr() == irb => {
             i.into_raw();
             VMI_PASS
         }
-        Disposition::Complete(i, status) => {
+        Disposition::Complete(i, status) if i.as_ptr() == irb => {
             let raw = i.into_raw();
             // SAFETY: the IRB is live; the device hands it back with its status.
             unsafe { (*raw).status = status.code() };
             VMI_COMPLETE
         }
         Disposition::Pending => VMI_PENDING,
+        other => another_irb::<D>(other),
     }
+}
+
+/// A device may return another IRB it held instead of the one it was given (it keeps the
+/// given one). The host must not take that as the given IRB moving on: it is treated as the
+/// device passing or completing the other one through the host, and the given one as pending.
+#[cold]
+#[inline(never)]
+fn another_irb<D: Device>(d: Disposition) -> i32 {
+    match d {
+        Disposition::Pass(i) => {
+            log::warn!(
+                "device '{}' returned a different IRB than it was given; treating it as pass() of that IRB and the given one as pending",
+                D::NAME.to_string_lossy()
+            );
+            i.pass();
+        }
+        Disposition::Complete(i, status) => {
+            log::warn!(
+                "device '{}' completed a different IRB than it was given; treating the given one as pending",
+                D::NAME.to_string_lossy()
+            );
+            i.complete(status);
+        }
+        Disposition::Pending => {}
+    }
+    VMI_PENDING
 }
 
 /// Runs one submit or receive. Generic over the method (not a function pointer), so the

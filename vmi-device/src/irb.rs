@@ -93,6 +93,7 @@ impl Irb {
     }
 
     /// Gives up the handle without completing (for the trampolines).
+    #[inline]
     pub fn into_raw(self) -> *mut VmiIrb {
         let me = std::mem::ManuallyDrop::new(self);
         me.raw.as_ptr()
@@ -301,6 +302,7 @@ impl Irb {
     }
 
     /// The raw pointer, for logging and for devices written against the C ABI.
+    #[inline]
     pub fn as_ptr(&self) -> *mut VmiIrb {
         self.raw.as_ptr()
     }
