@@ -62,7 +62,6 @@ fn deliver(core: &mut Core, handler: &mut dyn Handler, mut s: Slot) {
             core.engine.free(s);
         }
         Purpose::Connect => {
-            let mut note = None;
             if !core.retries.is_empty() {
                 match core
                     .retries
@@ -73,12 +72,12 @@ fn deliver(core: &mut Core, handler: &mut dyn Handler, mut s: Slot) {
                         core.engine.free(s);
                         return;
                     }
-                    Verdict::Deliver(n) => note = n,
+                    Verdict::Deliver(Some(note)) => {
+                        let detail = format!("{}{note}", s.detail());
+                        s.set_detail(detail);
+                    }
+                    Verdict::Deliver(None) => {}
                 }
-            }
-            if let Some(n) = note {
-                let detail = format!("{}{n}", s.detail());
-                s.set_detail(detail);
             }
             core.engine
                 .conns_mut()

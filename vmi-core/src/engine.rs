@@ -754,26 +754,23 @@ impl Engine {
     /// from any thread, since the last poll; returns how many.
     #[inline(never)]
     fn take_releases(&mut self) -> usize {
-        let mut events = 0;
-        {
-            // Swap with a kept vector: both keep their capacity, so releasing allocates nothing.
-            let mut batch = std::mem::take(&mut self.release_batch);
-            self.releases.take_all(&mut batch);
-            events += batch.len();
-            for addr in batch.drain(..) {
-                if addr == crate::slab::COPY_RELEASED {
-                    // A grabbed copy of lent bytes: no IRB, one fewer fragment held.
-                    let held = &self.shared.recv_live;
-                    held.set(held.get().saturating_sub(1));
-                    continue;
-                }
-                // SAFETY: the address was queued by the GrabbedSlab that owned the delivered
-                // slot (the engine kept no handle to it), exactly once, when it was dropped.
-                let s = unsafe { Slot::from_raw(addr as *mut VmiIrb) };
-                self.release_received(s);
+        // Swap with a kept vector: both keep their capacity, so releasing allocates nothing.
+        let mut batch = std::mem::take(&mut self.release_batch);
+        self.releases.take_all(&mut batch);
+        let events = batch.len();
+        for addr in batch.drain(..) {
+            if addr == crate::slab::COPY_RELEASED {
+                // A grabbed copy of lent bytes: no IRB, one fewer fragment held.
+                let held = &self.shared.recv_live;
+                held.set(held.get().saturating_sub(1));
+                continue;
             }
-            self.release_batch = batch;
+            // SAFETY: the address was queued by the GrabbedSlab that owned the delivered
+            // slot (the engine kept no handle to it), exactly once, when it was dropped.
+            let s = unsafe { Slot::from_raw(addr as *mut VmiIrb) };
+            self.release_received(s);
         }
+        self.release_batch = batch;
         events
     }
 

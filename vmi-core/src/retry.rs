@@ -156,11 +156,7 @@ impl Retries {
             self.list.swap_remove(i);
             return Verdict::Deliver(None);
         }
-        let p = &mut self.list[i];
-        if now >= p.deadline {
-            let note = self.gave_up(i, now);
-            return Verdict::Deliver(Some(note));
-        }
+        let p = &self.list[i];
         if p.attempts == 1 {
             log::info!(
                 "connect to '{}' at {}: {detail}; trying again until {:.1} s have passed (connect wait)",
@@ -176,8 +172,10 @@ impl Retries {
                 p.attempts
             );
         }
-        self.schedule(i, now);
-        Verdict::Again
+        match self.again_or_give_up(i, now) {
+            Some(note) => Verdict::Deliver(Some(note)),
+            None => Verdict::Again,
+        }
     }
 
     /// A waiting connect found no transport again (`reasons`): when its deadline has
@@ -185,14 +183,20 @@ impl Retries {
     pub fn unreachable(&mut self, conn: ConnId, reasons: &str, now: Instant) -> Option<String> {
         let i = self.find(conn)?;
         let p = &self.list[i];
-        if now >= p.deadline {
-            let head = format!(
-                "no transport can reach key '{}' at '{}': {reasons}",
-                p.key, p.host
-            );
-            return Some(head + &self.gave_up(i, now));
+        let head = format!(
+            "no transport can reach key '{}' at '{}': {reasons}",
+            p.key, p.host
+        );
+        log::debug!("connect: {head}");
+        self.again_or_give_up(i, now).map(|note| head + &note)
+    }
+
+    /// Schedules entry `i`'s next attempt, or, past its deadline, stops tracking it and
+    /// returns the note for its failure.
+    fn again_or_give_up(&mut self, i: usize, now: Instant) -> Option<String> {
+        if now >= self.list[i].deadline {
+            return Some(self.gave_up(i, now));
         }
-        log::debug!("connect to '{}' at {}: {reasons}", p.key, p.host);
         self.schedule(i, now);
         None
     }
