@@ -92,6 +92,18 @@ pub const VMI_FLAG_FILTER_MASK: u32 = 0xffff_0000;
 /// filter flag bits and filters transform the fragment like any other.
 pub const VMI_FLAG_HOST: u32 = 1 << 31;
 
+/// The IRB flags of a received fragment: [`VMI_FLAG_END`] when `end`, and the sender's filter
+/// flags, which transports carry on the wire as 16 bits (see [`wire_flags`]).
+pub const fn recv_flags(end: bool, wire: u16) -> u32 {
+    (if end { VMI_FLAG_END } else { 0 }) | ((wire as u32) << 16)
+}
+
+/// The filter-flag bits of an IRB's `flags` ([`VMI_FLAG_FILTER_MASK`]) as the 16 bits a
+/// transport carries on the wire.
+pub const fn wire_flags(flags: u32) -> u16 {
+    (flags >> 16) as u16
+}
+
 /// Parameter type: boolean (`true`/`false`/`1`/`0`/`yes`/`no`).
 pub const VMI_PARAM_BOOL: u32 = 1;
 /// Parameter type: unsigned 64-bit integer (accepts `k`, `m`, `g` binary suffixes).

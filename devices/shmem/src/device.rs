@@ -12,7 +12,7 @@ use mio::net::{UnixListener, UnixStream};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use vmi_device::Status;
-use vmi_device::abi::VMI_FLAG_END;
+use vmi_device::abi::{VMI_FLAG_END, recv_flags, wire_flags};
 use vmi_device::deliver;
 use vmi_device::held::HeldBuffers;
 use vmi_device::signature::Signature;
@@ -112,14 +112,21 @@ impl Conn {
     /// end pending. The idle poll's whole cost for a connection.
     #[inline]
     fn idle(&self) -> bool {
-        let rx_quiet = self.region.as_ref().is_none_or(|r| {
+        self.rx_quiet() && self.gone.is_none() && self.tx.is_empty() && self.acks.is_empty()
+    }
+
+    /// No bytes written into the receive ring since this side last read it (its head where
+    /// this side's position is; compared for equality only: any other value is checked by
+    /// the consumer that reads it).
+    #[inline]
+    fn rx_quiet(&self) -> bool {
+        self.region.as_ref().is_none_or(|r| {
             let view = r.ring(self.rx_ring);
             view.shared()
                 .head
                 .load(std::sync::atomic::Ordering::Relaxed)
                 == self.rx_pos.0
-        });
-        rx_quiet && self.gone.is_none() && self.tx.is_empty() && self.acks.is_empty()
+        })
     }
 
     fn new(
@@ -221,8 +228,7 @@ impl Source for RingSource<'_, '_> {
 
 /// The IRB flags of a received data record: the end bit and the sender's flags.
 fn irb_flags(rec: &Record) -> u32 {
-    let end = matches!(rec.kind, DATA_END | RDV_END);
-    (if end { VMI_FLAG_END } else { 0 }) | ((rec.flags as u32) << 16)
+    recv_flags(matches!(rec.kind, DATA_END | RDV_END), rec.flags)
 }
 
 fn deliver(host: &Host, pool: &mut HeldBuffers, vmi: u64, rec: &Record, buf: Vec<u8>) {
@@ -420,17 +426,10 @@ impl ShmemDevice {
         let Some(region) = c.region.as_ref() else {
             return 0;
         };
-        let view = region.ring(c.rx_ring);
-        if view
-            .shared()
-            .head
-            .load(std::sync::atomic::Ordering::Relaxed)
-            == c.rx_pos.0
-        {
-            // Nothing written since this side's last read: the idle poll ends here. (Only
-            // compared for equality; any other value is checked by the consumer below.)
+        if c.rx_quiet() {
             return 0;
         }
+        let view = region.ring(c.rx_ring);
         let mut cons = Consumer::resume(view.shared(), c.rx_pos.0, c.rx_pos.1);
         let mut n = 0;
         let mut error: Option<String> = None;
@@ -1347,7 +1346,7 @@ impl ShmemDevice {
             ));
             return Disposition::Complete(irb, Status::TooLarge);
         }
-        let flags = (irb.flags() >> 16) as u16;
+        let flags = wire_flags(irb.flags());
         let end = irb.is_end();
         if c.peer_reads_me && total >= min_rdv {
             let id = c.next_id;
@@ -1522,7 +1521,7 @@ impl Device for ShmemDevice {
         };
         let header = encode_inline(
             flags & VMI_FLAG_END != 0,
-            (flags >> 16) as u16,
+            wire_flags(flags),
             data.len() as u32,
         );
         let view = region.ring(c.tx_ring);

@@ -323,6 +323,15 @@ impl<'a, C: Cell64, S: Storage> Consumer<'a, C, S> {
 
     /// Copies up to `dst.len()` bytes out and frees their space; returns how many.
     pub fn pop(&mut self, dst: &mut [u8]) -> Result<usize, Corrupt> {
+        let n = self.peek(dst)?;
+        self.consume(n);
+        Ok(n)
+    }
+
+    /// Copies up to `dst.len()` readable bytes out *without* freeing their space; returns
+    /// how many. The caller parses its own copy (the peer may rewrite the ring at any time)
+    /// and then frees what it used with [`Consumer::consume`], once for a whole batch.
+    pub fn peek(&mut self, dst: &mut [u8]) -> Result<usize, Corrupt> {
         // Refreshes the cached position when it is short; then take what there is.
         self.has(dst.len())?;
         let n = self.filled().min(dst.len());
@@ -331,27 +340,7 @@ impl<'a, C: Cell64, S: Storage> Consumer<'a, C, S> {
         }
         let ((o1, l1), (o2, l2)) = split(self.tail, n, self.ring.storage.capacity());
         // SAFETY: the bytes were published by the producer (observed through `head` with
-        // Acquire) and are not overwritten until `tail` moves past them below.
-        unsafe {
-            self.ring.storage.read(o1, &mut dst[..l1]);
-            self.ring.storage.read(o2, &mut dst[l1..l1 + l2]);
-        }
-        self.tail += n as u64;
-        self.ring.tail.store(self.tail, Ordering::Release);
-        Ok(n)
-    }
-
-    /// Copies up to `dst.len()` readable bytes out *without* freeing their space; returns
-    /// how many. The caller parses its own copy (the peer may rewrite the ring at any time)
-    /// and then frees what it used with [`Consumer::consume`], once for a whole batch.
-    pub fn peek(&mut self, dst: &mut [u8]) -> Result<usize, Corrupt> {
-        self.has(dst.len())?;
-        let n = self.filled().min(dst.len());
-        if n == 0 {
-            return Ok(0);
-        }
-        let ((o1, l1), (o2, l2)) = split(self.tail, n, self.ring.storage.capacity());
-        // SAFETY: as in `pop`: published bytes, not overwritten until `tail` moves past them.
+        // Acquire) and are not overwritten until `tail` moves past them (`consume`).
         unsafe {
             self.ring.storage.read(o1, &mut dst[..l1]);
             self.ring.storage.read(o2, &mut dst[l1..l1 + l2]);

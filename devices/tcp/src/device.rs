@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use crate::proto::PayloadAlloc;
 use mio::{Events, Interest, Poll, Token};
 use vmi_device::Status;
+use vmi_device::abi::{recv_flags, wire_flags};
 use vmi_device::deliver;
 use vmi_device::held::HeldBuffers;
 use vmi_device::signature::Signature;
@@ -201,11 +202,18 @@ impl TcpDevice {
         let Some(c) = self.conns[idx].as_mut() else {
             return;
         };
+        let queued = c.tx.len();
         while let Some(data) = c.proto.poll_transmit() {
             c.tx.push_back(Tx::Bytes { data, off: 0 });
         }
         if c.proto.take_close() {
             c.tx.push_back(Tx::Close { irb: None });
+        }
+        // What the protocol queued (a handshake message, a heartbeat, a close) is written at
+        // the next poll at the latest, whoever settled it: no send marks the connection for
+        // it, and an idle socket raises no new writable edge.
+        if c.tx.len() > queued {
+            mark_dirty(&mut self.dirty, c, idx);
         }
         let timed = c.proto.deadline().is_some();
         if timed != c.timed {
@@ -598,7 +606,7 @@ impl TcpDevice {
                     return false;
                 };
                 if let Some((end, filter_flags, payload, used)) = c.proto.whole_frame(&input[off..])
-                    && deliver::offer(c.vmi, frame_flags(end, filter_flags), payload)
+                    && deliver::offer(c.vmi, recv_flags(end, filter_flags), payload)
                 {
                     self.direct_receives += 1;
                     self.budget_left = self.budget_left.saturating_sub(1);
@@ -735,7 +743,7 @@ impl TcpDevice {
             self.pool.give(payload);
             return;
         };
-        let flags = frame_flags(end, filter_flags);
+        let flags = recv_flags(end, filter_flags);
         // Straight to the host with no IRB when it polls us directly (ABI 1.2).
         if deliver::offer(c.vmi, flags, &payload) {
             self.pool.give(payload);
@@ -814,15 +822,7 @@ impl TcpDevice {
             let paused = !c.parked.is_empty() || self.again.contains(&idx);
             match c.proto.tick(now, paused) {
                 Some(out) => self.apply(idx, out),
-                None => {
-                    // A heartbeat is due on an idle connection: write it now (nothing else
-                    // would: no send marks the connection, and its socket raises no new
-                    // writable edge).
-                    self.settle(idx);
-                    if self.conns[idx].as_ref().is_some_and(|c| !c.tx.is_empty()) {
-                        self.flush(idx);
-                    }
-                }
+                None => self.settle(idx),
             }
         }
     }
@@ -1134,7 +1134,7 @@ impl Device for TcpDevice {
         }
         let header = FrameRepr {
             end: flags & vmi_device::abi::VMI_FLAG_END != 0,
-            filter_flags: (flags >> 16) as u16,
+            filter_flags: wire_flags(flags),
             len: data.len() as u32,
         }
         .emit();
@@ -1167,10 +1167,7 @@ impl Device for TcpDevice {
             whole.extend_from_slice(data);
             rest.copy_from_slice(&whole[off..]);
             c.tx.push_back(Tx::Bytes { data: rest, off: 0 });
-            if !c.dirty {
-                c.dirty = true;
-                self.dirty.push(idx);
-            }
+            mark_dirty(&mut self.dirty, c, idx);
         }
         if let Some(e) = failed {
             let out = c.proto.write_error(&e.to_string());
@@ -1214,7 +1211,7 @@ impl Device for TcpDevice {
                 }
                 let header = FrameRepr {
                     end: irb.is_end(),
-                    filter_flags: (irb.flags() >> 16) as u16,
+                    filter_flags: wire_flags(irb.flags()),
                     len: total_data as u32,
                 }
                 .emit();
@@ -1284,10 +1281,7 @@ impl Device for TcpDevice {
                     total,
                 });
                 let full = c.tx.len() >= MAX_IOV / 2;
-                if !c.dirty {
-                    c.dirty = true;
-                    self.dirty.push(idx);
-                }
+                mark_dirty(&mut self.dirty, c, idx);
                 if full {
                     self.flush(idx);
                 }
@@ -1575,11 +1569,10 @@ impl PayloadAlloc for Payloads<'_> {
     }
 }
 
-/// The IRB flags of a received frame: the end bit and the sender's filter flags.
-fn frame_flags(end: bool, filter_flags: u16) -> u32 {
-    (if end {
-        vmi_device::abi::VMI_FLAG_END
-    } else {
-        0
-    }) | ((filter_flags as u32) << 16)
+/// Lists connection `idx` for the next poll's flush (once).
+fn mark_dirty(dirty: &mut Vec<usize>, c: &mut Conn, idx: usize) {
+    if !c.dirty {
+        c.dirty = true;
+        dirty.push(idx);
+    }
 }
