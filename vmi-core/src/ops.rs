@@ -123,6 +123,29 @@ impl Core {
         self.engine.finish_now(s, status);
     }
 
+    /// An inline send as an IRB (the transport's direct entry did not take it). The copy is
+    /// made only once the send is known to go: a refused send (busy, closed, too large) takes
+    /// no pooled buffer and copies nothing.
+    #[inline(never)]
+    fn send_inline_irb(&mut self, conn: ConnId, data: &[u8], mode: Mode) -> Result<(), VmiError> {
+        let mut s = self.prepare_send(conn, 0, SendKind::Whole, |engine, s, max| {
+            if max > 0 && data.len() as u64 > max {
+                return Err(VmiError::FragmentTooLarge {
+                    len: data.len() as u64,
+                    max,
+                });
+            }
+            let b = engine.inline_buffer(data);
+            s.push_buffer(b).map_err(|_| VmiError::TooManyBuffers {
+                given: 1,
+                max: crate::abi::VMI_IRB_MAX_SEGS,
+            })
+        })?;
+        s.set_purpose(Purpose::SendInline);
+        self.issue(s, mode);
+        Ok(())
+    }
+
     /// A connect request for `conn` over `transport`.
     fn connect_slot(
         &mut self,
@@ -418,6 +441,7 @@ pub trait Operations: Sealed {
     /// (VMI 2.1: `VMI_Stream_Send_Inline`). Like VMI's, it has no completion: the
     /// application hears of it only if it fails (`send_complete` with `token` 0 and the
     /// status), so a stream of inline sends costs no callback per message.
+    #[inline]
     fn send_inline(&mut self, conn: ConnId, data: &[u8]) -> Result<(), VmiError> {
         let (core, mode) = self.core();
         // Straight to the transport when nothing issued earlier waits to run (from a
@@ -425,25 +449,7 @@ pub trait Operations: Sealed {
         if (mode == Mode::Now || core.deferred.is_empty()) && core.send_direct(conn, data) {
             return Ok(());
         }
-        // The copy is made only once the send is known to go: a refused send (busy, closed,
-        // too large) takes no pooled buffer and copies nothing.
-        let s = core.prepare_send(conn, 0, SendKind::Whole, |engine, s, max| {
-            if max > 0 && data.len() as u64 > max {
-                return Err(VmiError::FragmentTooLarge {
-                    len: data.len() as u64,
-                    max,
-                });
-            }
-            let b = engine.inline_buffer(data);
-            s.push_buffer(b).map_err(|_| VmiError::TooManyBuffers {
-                given: 1,
-                max: crate::abi::VMI_IRB_MAX_SEGS,
-            })
-        })?;
-        let mut s = s;
-        s.set_purpose(Purpose::SendInline);
-        core.issue(s, mode);
-        Ok(())
+        core.send_inline_irb(conn, data, mode)
     }
 
     /// Begins a stream of fragments (VMI 2.1: `VMI_Stream_Begin`).

@@ -228,7 +228,7 @@ impl Vmi {
 
     /// Runs the devices and delivers callbacks without blocking (VMI 2.1: `VMI_Poll`).
     /// Returns the number of events handled.
-    #[inline]
+    #[inline(always)]
     pub fn poll(&mut self, handler: &mut dyn Handler) -> usize {
         // Inlined at the caller: an idle poll of devices with no direct receive is the
         // devices' calls and a few loads; the rest is out of line.
