@@ -264,10 +264,23 @@ impl<'a> Slab<'a> {
 
     /// Copies the rest into a new vector.
     pub fn read_to_vec(&mut self) -> Vec<u8> {
-        let mut v = vec![0; self.remaining()];
-        let n = self.copy_to(&mut v);
-        v.truncate(n);
+        let mut v = Vec::with_capacity(self.remaining());
+        self.read_into(&mut v);
         v
+    }
+
+    /// Appends the rest to `out` (a message gathered fragment by fragment); returns how many
+    /// bytes.
+    pub fn read_into(&mut self, out: &mut Vec<u8>) -> usize {
+        let mut n = 0;
+        loop {
+            let chunk = self.read(usize::MAX);
+            if chunk.is_empty() {
+                return n;
+            }
+            out.extend_from_slice(chunk);
+            n += chunk.len();
+        }
     }
 
     /// Saves the cursor (VMI 2.1: `VMI_Slab_Save_State`).
@@ -543,6 +556,16 @@ mod tests {
         assert_eq!(slab.skip(6), 6);
         assert_eq!(slab.read_to_vec(), b"world");
         assert_eq!(slab.skip(1), 0);
+    }
+
+    #[test]
+    fn read_into_appends_the_rest_across_segments() {
+        let mut slab = slab_of(&[b"ab", b"", b"cde"]);
+        slab.read(1);
+        let mut out = b"x".to_vec();
+        assert_eq!(slab.read_into(&mut out), 4);
+        assert_eq!(out, b"xbcde");
+        assert_eq!(slab.read_into(&mut out), 0, "nothing left");
     }
 
     #[test]

@@ -229,7 +229,7 @@ impl Handler for Node {
         let Some(p) = self.peers.get_mut(&conn) else {
             return;
         };
-        p.current.extend_from_slice(&slab.read_to_vec());
+        slab.read_into(&mut p.current);
         if cmd == Recv::End {
             let msg = std::mem::take(&mut p.current);
             self.on_message(ctx, conn, msg);
