@@ -114,13 +114,19 @@ impl Core {
     /// Tells the application, through the ordinary outcome path, that a connect with no
     /// attempt in flight ended.
     fn fail_connect(&mut self, conn: ConnId, token: u64, status: Status, detail: String) {
+        let mut s = self.connect_base(conn, token);
+        s.set_detail(detail);
+        self.engine.finish_now(s, status);
+    }
+
+    /// A connect IRB for `conn` carrying the application's `token`.
+    fn connect_base(&mut self, conn: ConnId, token: u64) -> Slot {
         let mut s = self.engine.new_slot();
         s.set_op(VMI_OP_CONNECT);
         s.set_conn_raw(conn.raw());
         s.set_purpose(Purpose::Connect);
         s.set_token(token);
-        s.set_detail(detail);
-        self.engine.finish_now(s, status);
+        s
     }
 
     /// An inline send as an IRB (the transport's direct entry did not take it). The copy is
@@ -156,12 +162,8 @@ impl Core {
         data: &[u8],
         token: u64,
     ) -> Slot {
-        let mut s = self.engine.new_slot();
-        s.set_op(VMI_OP_CONNECT);
-        s.set_conn_raw(conn.raw());
-        s.set_purpose(Purpose::Connect);
+        let mut s = self.connect_base(conn, token);
         s.set_transport(transport);
-        s.set_token(token);
         s.set_peer(host.to_string(), key.to_string());
         s.attach_copy(data);
         s
