@@ -19,6 +19,7 @@ pub use vmi_device as sdk;
 pub use vmi_device::{abi, device, signature, status};
 
 pub mod assembly;
+pub mod bond;
 pub mod buffer;
 pub mod conn;
 mod ctx;
