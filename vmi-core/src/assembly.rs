@@ -140,7 +140,25 @@ pub(crate) struct Plan {
     pub send: Vec<usize>,
     pub recv: Vec<usize>,
     pub signature: Signature,
+    /// The rails (engine indices of transports), with their tuning.
+    pub rails: Option<PlannedRails>,
 }
+
+/// The `<rails>` block resolved.
+#[derive(Clone, Debug)]
+pub(crate) struct PlannedRails {
+    /// Transport indices, the first connections start on first.
+    pub devices: Vec<usize>,
+    /// Fragments at least this long are striped.
+    pub stripe_min: u64,
+    /// Largest chunk.
+    pub chunk: u64,
+}
+
+/// Default `stripe_min` of `<rails>`.
+pub const RAILS_STRIPE_MIN: u64 = 64 * 1024;
+/// Default `chunk` of `<rails>`.
+pub const RAILS_CHUNK: u64 = 256 * 1024;
 
 /// The transport parameter the core turns off for applications that accept no connections.
 pub const LISTEN_PARAM: &str = "listen";
@@ -231,15 +249,46 @@ pub(crate) fn plan(
             })
             .collect()
     };
-    let signature = Signature {
+    let mut signature = Signature {
         send: filters(&send),
         recv: filters(&recv),
+    };
+    let rails = match &spec.rails {
+        None => None,
+        Some(block) => {
+            let mut list = Vec::new();
+            for r in &block.rails {
+                let used = send.iter().any(|&d| devices[d].name == r.device);
+                if !used || kind(&r.device) != DeviceKind::Transport {
+                    return Err(SpecError::Rails {
+                        at: r.at.clone(),
+                        message: format!(
+                            "rail '{}' must be a transport used by the send and receive chains",
+                            r.device
+                        ),
+                    }
+                    .into());
+                }
+                list.push(index(&r.device));
+            }
+            // Both sides must agree on rails: the marker makes the filter signatures differ
+            // otherwise, so a connect between them is refused at the handshake with the reason.
+            let marker = format!("rails@{}", list.len());
+            signature.send.push(marker.clone());
+            signature.recv.push(marker);
+            Some(PlannedRails {
+                devices: list,
+                stripe_min: block.stripe_min.unwrap_or(RAILS_STRIPE_MIN),
+                chunk: block.chunk.unwrap_or(RAILS_CHUNK),
+            })
+        }
     };
     Ok(Plan {
         devices,
         send,
         recv,
         signature,
+        rails,
     })
 }
 
@@ -319,6 +368,8 @@ pub struct Inspection {
     pub receive: Vec<String>,
     /// The filter signature exchanged at connect.
     pub signature: String,
+    /// The rails (transport instance names), empty without a `<rails>` block.
+    pub rails: Vec<String>,
 }
 
 /// Loads and checks everything the spec names, without starting devices.
@@ -331,7 +382,13 @@ pub fn inspect(
     let send = plan.send.iter().map(name).collect();
     let mut receive: Vec<String> = plan.recv.iter().map(name).collect();
     receive.reverse();
+    let rails = plan
+        .rails
+        .iter()
+        .flat_map(|r| r.devices.iter().map(name))
+        .collect();
     Ok(Inspection {
+        rails,
         signature: plan.signature.encode(),
         send,
         receive,

@@ -16,7 +16,8 @@ pub(crate) struct Registration {
 #[derive(Debug)]
 enum Bytes {
     Owned(Vec<u8>),
-    Shared(Arc<[u8]>),
+    /// Shared bytes and the range of them this buffer is.
+    Shared(Arc<[u8]>, std::ops::Range<usize>),
 }
 
 impl Default for Bytes {
@@ -57,8 +58,21 @@ impl Buffer {
     /// and clones only the `Arc`, so many sends of the same bytes can be in flight at once
     /// (the bytes stay where they are until the last of them completes).
     pub fn shared(data: Arc<[u8]>) -> Buffer {
+        let all = 0..data.len();
         Buffer {
-            data: Bytes::Shared(data),
+            data: Bytes::Shared(data, all),
+            regs: Vec::new(),
+            pooled: false,
+        }
+    }
+
+    /// A shared buffer over `range` of `data` (a chunk of a larger message), copying
+    /// nothing. A range past the end is cut to the end.
+    pub fn shared_range(data: Arc<[u8]>, range: std::ops::Range<usize>) -> Buffer {
+        let end = range.end.min(data.len());
+        let start = range.start.min(end);
+        Buffer {
+            data: Bytes::Shared(data, start..end),
             regs: Vec::new(),
             pooled: false,
         }
@@ -66,7 +80,7 @@ impl Buffer {
 
     /// True for a buffer made with [`Buffer::shared`] (and not written to since).
     pub fn is_shared(&self) -> bool {
-        matches!(self.data, Bytes::Shared(_))
+        matches!(self.data, Bytes::Shared(..))
     }
 
     /// A zero-filled buffer of `len` bytes, not registered.
@@ -87,7 +101,7 @@ impl Buffer {
     fn bytes(&self) -> &[u8] {
         match &self.data {
             Bytes::Owned(v) => v,
-            Bytes::Shared(a) => a,
+            Bytes::Shared(a, r) => &a[r.clone()],
         }
     }
 
@@ -108,7 +122,7 @@ impl Buffer {
     pub fn into_vec(self) -> Vec<u8> {
         match self.data {
             Bytes::Owned(v) => v,
-            Bytes::Shared(a) => a.to_vec(),
+            Bytes::Shared(a, r) => a[r].to_vec(),
         }
     }
 
@@ -121,13 +135,13 @@ impl Buffer {
     /// The buffer's own vector; a shared buffer's bytes are copied into one first (its
     /// registrations, which named the shared memory, are dropped).
     pub(crate) fn vec_mut(&mut self) -> &mut Vec<u8> {
-        if let Bytes::Shared(a) = &self.data {
-            self.data = Bytes::Owned(a.to_vec());
+        if let Bytes::Shared(a, r) = &self.data {
+            self.data = Bytes::Owned(a[r.clone()].to_vec());
             self.regs.clear();
         }
         match &mut self.data {
             Bytes::Owned(v) => v,
-            Bytes::Shared(_) => unreachable!("made owned just above"),
+            Bytes::Shared(..) => unreachable!("made owned just above"),
         }
     }
 
@@ -135,7 +149,7 @@ impl Buffer {
     fn vec_mut_cap(&self) -> usize {
         match &self.data {
             Bytes::Owned(v) => v.capacity(),
-            Bytes::Shared(a) => a.len(),
+            Bytes::Shared(_, r) => r.len(),
         }
     }
 }

@@ -201,6 +201,11 @@ impl ConnTable {
         self.get(id).map(|e| e.peer_key.as_str())
     }
 
+    /// The peer's host as the connect named it (or the transport saw it).
+    pub fn peer_host(&self, id: ConnId) -> Option<&str> {
+        self.get(id).map(|e| e.peer_host.as_str())
+    }
+
     // ---- transitions ----
 
     /// The application connects to `key` at `host` over `transport`: → Connecting.

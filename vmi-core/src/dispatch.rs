@@ -85,6 +85,25 @@ fn deliver(core: &mut Core, handler: &mut dyn Handler, mut s: Slot) {
             if status == Status::Ok {
                 core.ping_if_due(conn);
             }
+            if core.rails.on() {
+                let reply = Slab::of_slot(&s).read_to_vec();
+                let Some(app) = crate::rails::connected(core, conn, status, &reply) else {
+                    core.engine.free(s);
+                    return;
+                };
+                let reply = Slab::from_bytes(&app);
+                let outcome = match status {
+                    Status::Ok => ConnectOutcome::Accepted(reply),
+                    Status::Rejected => ConnectOutcome::Rejected(reply),
+                    _ => ConnectOutcome::Failed {
+                        status,
+                        detail: s.detail(),
+                    },
+                };
+                handler.connected(&mut Ctx::new(core), conn, outcome, s.token());
+                core.engine.free(s);
+                return;
+            }
             let reply = Slab::of_slot(&s);
             let outcome = match status {
                 Status::Ok => ConnectOutcome::Accepted(reply),
@@ -109,6 +128,9 @@ fn deliver(core: &mut Core, handler: &mut dyn Handler, mut s: Slot) {
             if accepted {
                 core.ping_if_due(conn);
             }
+            if core.rails.on() {
+                crate::rails::answered(core, conn, accepted);
+            }
             core.engine.free(s);
         }
         Purpose::Disconnect => {
@@ -121,10 +143,25 @@ fn deliver(core: &mut Core, handler: &mut dyn Handler, mut s: Slot) {
                     detail: s.take_detail(),
                 }
             };
+            if core.rails.on() && core.rails.is_rail(conn) {
+                core.engine.free(s);
+                crate::rails::rail_closed(core, handler, conn, reason);
+                return;
+            }
             handler.disconnected(&mut Ctx::new(core), conn, reason);
             core.engine.free(s);
         }
         Purpose::Received => deliver_received(core, handler, s),
+        Purpose::RailChunk => {
+            crate::rails::chunk_sent(core, &s);
+            core.engine.free(s);
+        }
+        Purpose::RailControl => {
+            if status != Status::Ok {
+                log::debug!("{conn}: a rail control record failed: {status}");
+            }
+            core.engine.free(s);
+        }
         Purpose::Internal => {
             if status != Status::Ok {
                 log::debug!("{conn}: a message to the peer's engine failed: {status}");
@@ -167,7 +204,11 @@ fn message_failed_here(
     let Some(message) = core.engine.conns_mut().rx_failed(conn, end) else {
         return;
     };
-    handler.receive_failed(&mut Ctx::new(core), conn, status, detail);
+    // A rail's lost chunk is sent again by the peer (told below): the application hears
+    // nothing unless it is lost on every try.
+    if !(core.rails.on() && core.rails.is_rail(conn)) {
+        handler.receive_failed(&mut Ctx::new(core), conn, status, detail);
+    }
     let notice = HostMsg::MessageFailed {
         message,
         status,
@@ -191,6 +232,10 @@ fn host_message(core: &mut Core, handler: &mut dyn Handler, s: Slot, conn: ConnI
                 log::warn!(
                     "{conn}: the peer reports a failure of message {message}, which this side never sent; ignored"
                 );
+                return;
+            }
+            if core.rails.on() && core.rails.is_rail(conn) {
+                crate::rails::chunk_lost(core, handler, conn, message);
                 return;
             }
             handler.message_failed(&mut Ctx::new(core), conn, message, status, &detail);
@@ -241,6 +286,11 @@ fn deliver_received(core: &mut Core, handler: &mut dyn Handler, s: Slot) {
                         detail: s.detail().to_string(),
                     }
                 };
+                if core.rails.on() && core.rails.is_rail(conn) {
+                    core.engine.release_received(s);
+                    crate::rails::rail_closed(core, handler, conn, reason);
+                    return;
+                }
                 handler.disconnected(&mut Ctx::new(core), conn, reason);
             }
             core.engine.release_received(s);
@@ -274,6 +324,9 @@ pub(crate) fn receive_lent(
         // The rest of a failed message.
         return;
     }
+    if core.rails.on() && core.rails.is_rail(conn) {
+        return crate::rails::received(core, handler, conn, data);
+    }
     let cmd = if end { Recv::End } else { Recv::Fragment };
     let grabbed = Cell::new(false);
     let mut slab = Slab::lent(data, releases, &grabbed, held);
@@ -296,6 +349,18 @@ fn receive(core: &mut Core, handler: &mut dyn Handler, s: Slot, conn: ConnId) {
         core.engine.release_received(s);
         return;
     }
+    if core.rails.on() && core.rails.is_rail(conn) {
+        let mut slab = Slab::of_slot(&s);
+        let first = slab.read(usize::MAX);
+        if slab.remaining() == 0 {
+            crate::rails::received(core, handler, conn, first);
+        } else {
+            let bytes = Slab::of_slot(&s).read_to_vec();
+            crate::rails::received(core, handler, conn, &bytes);
+        }
+        core.engine.release_received(s);
+        return;
+    }
     let cmd = if end { Recv::End } else { Recv::Fragment };
     let releases = core.engine.releases().clone();
     let grabbed = Cell::new(false);
@@ -315,6 +380,11 @@ fn connect_request(core: &mut Core, handler: &mut dyn Handler, s: Slot, conn: Co
     core.engine
         .conns_mut()
         .request_seen(conn, s.peer_host(), s.peer_key());
+    if core.rails.on() {
+        let transport = s.transport();
+        let (op, reply) = crate::rails::request(core, handler, s, conn);
+        return answer(core, conn, transport, op, reply);
+    }
     let decision = {
         let mut req = ConnectRequest {
             conn,
@@ -330,6 +400,17 @@ fn connect_request(core: &mut Core, handler: &mut dyn Handler, s: Slot, conn: Co
         Decision::Accept(r) => (VMI_OP_ACCEPT, r),
         Decision::Reject(r) => (VMI_OP_REJECT, r),
     };
+    answer(core, conn, transport, op, reply);
+}
+
+/// Queues the answer to a connect request.
+fn answer(
+    core: &mut Core,
+    conn: ConnId,
+    transport: crate::slot::DevIndex,
+    op: u32,
+    reply: Vec<u8>,
+) {
     let reply = if reply.len() > MAX_CONNECT_DATA {
         log::error!(
             "{conn}: accept handler's reply data of {} bytes is over the {MAX_CONNECT_DATA}-byte limit; sending none",

@@ -919,6 +919,8 @@ impl Engine {
                 err.len() - 1,
             )
         };
+        // What the device queued (an aborted connection's IRBs) runs now.
+        self.drive();
         if rc == 0 {
             Ok(())
         } else {

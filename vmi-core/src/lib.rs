@@ -34,6 +34,7 @@ pub mod loader;
 mod ops;
 pub mod params;
 mod pmix;
+mod rails;
 mod retry;
 mod services;
 pub mod slab;
@@ -52,6 +53,7 @@ pub use handler::{
 };
 pub use job::{Job, JobError, JobSource};
 pub use ops::{MAX_CONNECT_DATA, Operations, Stream};
+pub use rails::RailInfo;
 pub use slab::{GrabbedSlab, Slab, SlabState};
 pub use status::Status;
 pub use vmi::{Options, Vmi};

@@ -54,16 +54,19 @@ pub struct Core {
     pub(crate) deferred: VecDeque<Slot>,
     /// Connects that keep trying a peer that is not there yet (see `retry`).
     pub(crate) retries: Retries,
+    /// Multi-rail connections (see `rails`); inert without a `<rails>` block.
+    pub(crate) rails: crate::rails::Rails,
     /// The clock of latency pings' stamps.
     epoch: Instant,
 }
 
 impl Core {
-    pub(crate) fn new(engine: Engine, connect_wait: Duration) -> Core {
+    pub(crate) fn new(engine: Engine, connect_wait: Duration, rails: crate::rails::Rails) -> Core {
         Core {
             engine,
             deferred: VecDeque::with_capacity(64),
             retries: Retries::new(connect_wait),
+            rails,
             epoch: Instant::now(),
         }
     }
@@ -153,7 +156,7 @@ impl Core {
     }
 
     /// A connect request for `conn` over `transport`.
-    fn connect_slot(
+    pub(crate) fn connect_slot(
         &mut self,
         conn: ConnId,
         transport: DevIndex,
@@ -176,6 +179,23 @@ impl Core {
         }
     }
 
+    /// A send on a bonded connection (see `rails`).
+    fn bond_send(
+        &mut self,
+        conn: ConnId,
+        bufs: Vec<Buffer>,
+        token: u64,
+        end: bool,
+        inline: bool,
+        mode: Mode,
+    ) -> Result<(), VmiError> {
+        crate::rails::send(self, conn, bufs, token, end, inline)?;
+        if mode == Mode::Now {
+            self.run_deferred();
+        }
+        Ok(())
+    }
+
     /// Runs operations issued from a callback.
     pub(crate) fn run_deferred(&mut self) {
         while let Some(s) = self.deferred.pop_front() {
@@ -186,7 +206,7 @@ impl Core {
     /// Checks that a send may go now, takes a send slot, lets `fill` put the data in, and
     /// checks its size. Every refusal undoes the stream change and frees the slot, which also
     /// hands pooled (inline) buffers back.
-    fn prepare_send(
+    pub(crate) fn prepare_send(
         &mut self,
         conn: ConnId,
         token: u64,
@@ -284,17 +304,28 @@ impl Core {
         token: u64,
     ) -> Result<(ConnId, Option<Slot>), VmiError> {
         let caps = self.engine.top_caps();
-        let max = if caps.max_connect_data > 0 {
+        let mut max = if caps.max_connect_data > 0 {
             (caps.max_connect_data as usize).min(MAX_CONNECT_DATA)
         } else {
             MAX_CONNECT_DATA
         };
+        if self.rails.on() {
+            // A bond's first connection carries a mark, so the peer offers its other rails.
+            max = max.saturating_sub(crate::rails::BOND_MAGIC.len());
+        }
         if data.len() > max {
             return Err(VmiError::ConnectDataTooLarge {
                 len: data.len(),
                 max,
             });
         }
+        let wrapped;
+        let data = if self.rails.on() {
+            wrapped = crate::rails::wrap_connect_data(data);
+            &wrapped[..]
+        } else {
+            data
+        };
         assembly::check_key(key)?;
         let transport = match self.engine.choose_transport(host, key) {
             Ok(t) => t,
@@ -333,6 +364,11 @@ impl Core {
     }
 
     fn disconnect(&mut self, conn: ConnId) -> Result<Option<Slot>, VmiError> {
+        if self.rails.on() && self.rails.is_bond(conn) {
+            let slots = crate::rails::disconnect(self, conn)?;
+            self.deferred.extend(slots);
+            return Ok(None);
+        }
         if let Some((p, true)) = self.retries.remove(conn) {
             // Waiting for its peer, with no attempt in flight: the connect ends here.
             self.engine.conns_mut().disconnect_issued(conn).ok();
@@ -403,6 +439,9 @@ pub trait Operations: Sealed {
         if let Some(s) = core.disconnect(conn)? {
             core.issue(s, mode);
         }
+        if mode == Mode::Now {
+            core.run_deferred();
+        }
         Ok(())
     }
 
@@ -434,6 +473,16 @@ pub trait Operations: Sealed {
         token: u64,
     ) -> Result<(), VmiError> {
         let (core, mode) = self.core();
+        if core.rails.on() && core.rails.is_bond(conn) {
+            return core.bond_send(
+                conn,
+                buffers.into_iter().collect(),
+                token,
+                true,
+                false,
+                mode,
+            );
+        }
         let s = core.prepare_buffers(conn, buffers, token, SendKind::Whole)?;
         core.issue(s, mode);
         Ok(())
@@ -446,6 +495,16 @@ pub trait Operations: Sealed {
     #[inline]
     fn send_inline(&mut self, conn: ConnId, data: &[u8]) -> Result<(), VmiError> {
         let (core, mode) = self.core();
+        if core.rails.on() && core.rails.is_bond(conn) {
+            return core.bond_send(
+                conn,
+                vec![Buffer::from_vec(data.to_vec())],
+                0,
+                true,
+                true,
+                mode,
+            );
+        }
         // Straight to the transport when nothing issued earlier waits to run (from a
         // callback, operations queued before this one must go first).
         if (mode == Mode::Now || core.deferred.is_empty()) && core.send_direct(conn, data) {
@@ -457,6 +516,9 @@ pub trait Operations: Sealed {
     /// Begins a stream of fragments (VMI 2.1: `VMI_Stream_Begin`).
     fn stream_begin(&mut self, conn: ConnId) -> Result<Stream, VmiError> {
         let (core, _) = self.core();
+        if core.rails.on() && core.rails.is_bond(conn) {
+            return Ok(Stream { conn });
+        }
         core.engine
             .conns_mut()
             .stream_begin(conn)
@@ -472,6 +534,10 @@ pub trait Operations: Sealed {
         token: u64,
     ) -> Result<(), VmiError> {
         let (core, mode) = self.core();
+        if core.rails.on() && core.rails.is_bond(stream.conn) {
+            let bufs = buffers.into_iter().collect();
+            return core.bond_send(stream.conn, bufs, token, false, false, mode);
+        }
         let s = core.prepare_buffers(stream.conn, buffers, token, SendKind::Fragment)?;
         core.issue(s, mode);
         Ok(())
@@ -486,6 +552,10 @@ pub trait Operations: Sealed {
         token: u64,
     ) -> Result<(), VmiError> {
         let (core, mode) = self.core();
+        if core.rails.on() && core.rails.is_bond(stream.conn) {
+            let bufs = buffers.into_iter().collect();
+            return core.bond_send(stream.conn, bufs, token, true, false, mode);
+        }
         let s = core.prepare_buffers(stream.conn, buffers, token, SendKind::End)?;
         core.issue(s, mode);
         Ok(())
@@ -500,6 +570,9 @@ pub trait Operations: Sealed {
 
     /// The peer's key for a live connection.
     fn peer_key(&self, conn: ConnId) -> Option<String> {
+        if let Some(k) = self.core_ref().rails.peer_key(conn) {
+            return Some(k.to_string());
+        }
         self.core_ref()
             .engine
             .conns()

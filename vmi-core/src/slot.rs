@@ -58,6 +58,11 @@ pub(crate) enum Purpose {
     Received,
     /// A message of this engine to the peer's (see `hostmsg`): no callback.
     Internal,
+    /// A chunk of a bonded connection on one of its rails (see `rails`): the token is its
+    /// length, for the rail's accounting.
+    RailChunk,
+    /// An acknowledgement or give-up record on a rail: no callback.
+    RailControl,
 }
 
 #[repr(C, align(64))]

@@ -190,6 +190,14 @@ pub enum SpecError {
         /// The text (shortened).
         text: String,
     },
+    /// A `<rails>` block that cannot work.
+    #[error("{at}: <rails>: {message}")]
+    Rails {
+        /// Where.
+        at: Location,
+        /// What is wrong and what to do.
+        message: String,
+    },
 }
 
 impl SpecError {
@@ -207,7 +215,8 @@ impl SpecError {
             | SpecError::RepeatedInChain { at, .. }
             | SpecError::MissingChain { at, .. }
             | SpecError::EmptyChain { at, .. }
-            | SpecError::UnexpectedText { at, .. } => Some(at),
+            | SpecError::UnexpectedText { at, .. }
+            | SpecError::Rails { at, .. } => Some(at),
         }
     }
 }
@@ -259,6 +268,21 @@ pub struct ChainSpec {
     pub at: Location,
 }
 
+/// The `<rails>` block: transports that one connection uses at once (VMI 2.1's striping
+/// and failover). Large fragments are striped over every rail that is up; when a rail fails,
+/// the others carry on with nothing lost.
+#[derive(Clone, Debug, Serialize)]
+pub struct RailsSpec {
+    /// The rails, transport instance names, first the one connections start on.
+    pub rails: Vec<ChainEntry>,
+    /// `stripe_min`: fragments at least this long are striped (default 64 KiB).
+    pub stripe_min: Option<u64>,
+    /// `chunk`: the largest piece a rail carries at once (default 256 KiB).
+    pub chunk: Option<u64>,
+    /// Where the block starts.
+    pub at: Location,
+}
+
 /// A parsed, structurally valid specfile.
 #[derive(Clone, Debug, Serialize)]
 pub struct Spec {
@@ -269,6 +293,8 @@ pub struct Spec {
     pub devices: Vec<DeviceSpec>,
     /// Chains in file order.
     pub chains: Vec<ChainSpec>,
+    /// The `<rails>` block, if any.
+    pub rails: Option<RailsSpec>,
     /// Where the root element is.
     pub at: Location,
 }
@@ -506,6 +532,7 @@ enum Scope {
     Root,
     Device(usize),
     Chain(usize),
+    Rails,
     Leaf(String),
 }
 
@@ -532,6 +559,7 @@ fn parse_with(text: &str, pos: &Positions<'_>) -> Result<Spec, SpecError> {
     let mut root_at: Option<Location> = None;
     let mut devices: Vec<DeviceSpec> = Vec::new();
     let mut chains: Vec<ChainSpec> = Vec::new();
+    let mut rails: Option<RailsSpec> = None;
 
     loop {
         let offset = reader.buffer_position() as usize;
@@ -555,6 +583,7 @@ fn parse_with(text: &str, pos: &Positions<'_>) -> Result<Spec, SpecError> {
                         Some(Scope::Root) => "vmi".to_string(),
                         Some(Scope::Device(_)) => "device".to_string(),
                         Some(Scope::Chain(_)) => "chain".to_string(),
+                        Some(Scope::Rails) => "rails".to_string(),
                         Some(Scope::Leaf(name)) => name.clone(),
                         _ => "document".to_string(),
                     };
@@ -668,15 +697,74 @@ fn parse_with(text: &str, pos: &Positions<'_>) -> Result<Spec, SpecError> {
                     });
                     Scope::Chain(chains.len() - 1)
                 }
+                "rails" => {
+                    attrs.only(&["stripe_min", "chunk"])?;
+                    if let Some(first) = &rails {
+                        return Err(SpecError::Duplicate {
+                            at: attrs.at.clone(),
+                            what: "block",
+                            name: "rails".into(),
+                            first: first.at.clone(),
+                        });
+                    }
+                    let size = |name: &str| -> Result<Option<u64>, SpecError> {
+                        let Some((v, at)) = attrs.get(name) else {
+                            return Ok(None);
+                        };
+                        match v.parse::<u64>() {
+                            Ok(n) if (1..=1 << 30).contains(&n) => Ok(Some(n)),
+                            _ => Err(SpecError::BadValue {
+                                at: at.clone(),
+                                attribute: name.into(),
+                                value: clip(v),
+                                expected: "a size in bytes from 1 to 1073741824".into(),
+                            }),
+                        }
+                    };
+                    rails = Some(RailsSpec {
+                        rails: Vec::new(),
+                        stripe_min: size("stripe_min")?,
+                        chunk: size("chunk")?,
+                        at: attrs.at.clone(),
+                    });
+                    Scope::Rails
+                }
                 _ => {
                     return Err(SpecError::UnknownElement {
                         at: attrs.at.clone(),
                         found: attrs.element.clone(),
                         parent: "vmi".into(),
-                        expected: "<device> or <chain>".into(),
+                        expected: "<device>, <chain> or <rails>".into(),
                     });
                 }
             },
+            Scope::Rails => {
+                if attrs.element != "rail" {
+                    return Err(SpecError::UnknownElement {
+                        at: attrs.at.clone(),
+                        found: attrs.element.clone(),
+                        parent: "rails".into(),
+                        expected: "<rail device=\"...\"/>".into(),
+                    });
+                }
+                attrs.only(&["device"])?;
+                let (device, _) = attrs.required("device")?;
+                let block = rails.as_mut().expect("inside <rails>");
+                if block.rails.iter().any(|r| r.device == device) {
+                    return Err(SpecError::Rails {
+                        at: attrs.at.clone(),
+                        message: format!(
+                            "device '{}' is listed twice; a transport is one rail",
+                            clip(device)
+                        ),
+                    });
+                }
+                block.rails.push(ChainEntry {
+                    device: device.into(),
+                    at: attrs.at.clone(),
+                });
+                Scope::Leaf("rail".into())
+            }
             Scope::Device(i) => {
                 let i = *i;
                 if attrs.element != "param" {
@@ -776,6 +864,31 @@ fn parse_with(text: &str, pos: &Positions<'_>) -> Result<Spec, SpecError> {
             }
         }
     }
+    if let Some(block) = &rails {
+        if block.rails.len() < 2 {
+            return Err(SpecError::Rails {
+                at: block.at.clone(),
+                message: format!(
+                    "{} rail(s) listed; list at least two transports, each as <rail device=\"...\"/>",
+                    block.rails.len()
+                ),
+            });
+        }
+        for entry in &block.rails {
+            if !defined.contains(entry.device.as_str()) {
+                let mut names: Vec<&str> = defined.iter().copied().collect();
+                names.sort_unstable();
+                return Err(SpecError::Rails {
+                    at: entry.at.clone(),
+                    message: format!(
+                        "rail '{}' is not a defined device; defined devices: {}",
+                        clip(&entry.device),
+                        quote_list(&names)
+                    ),
+                });
+            }
+        }
+    }
     for required in ["send", "receive"] {
         if !chains.iter().any(|c| c.name == required) {
             return Err(SpecError::MissingChain {
@@ -788,6 +901,7 @@ fn parse_with(text: &str, pos: &Positions<'_>) -> Result<Spec, SpecError> {
         path: None,
         devices,
         chains,
+        rails,
         at: root_at,
     })
 }

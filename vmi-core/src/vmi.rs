@@ -141,6 +141,13 @@ impl Vmi {
             };
             warn_always(&text);
         }
+        let rails = crate::rails::Rails::new(
+            plan.rails.clone(),
+            plan.rails
+                .iter()
+                .flat_map(|r| r.devices.iter().map(|&d| plan.devices[d].name.clone()))
+                .collect(),
+        );
         let engine = Engine::start(
             plan.devices,
             plan.send,
@@ -154,11 +161,17 @@ impl Vmi {
             plan.signature.encode()
         );
         Ok(Vmi {
-            core: Core::new(engine, connect_wait),
+            core: Core::new(engine, connect_wait, rails),
             arena: crate::direct::Arena::default(),
             key: key.to_string(),
             spec,
         })
+    }
+
+    /// The rails of a multi-rail connection (a `<rails>` block in the specfile), with what
+    /// each carried and its measured bandwidth; `None` for a connection that is not one.
+    pub fn rails(&self, conn: crate::ConnId) -> Option<Vec<crate::rails::RailInfo>> {
+        self.core.rails.info(conn)
     }
 
     /// This process's key.
@@ -236,6 +249,7 @@ impl Vmi {
         if self.core.engine.outcomes() == 0
             && self.core.engine.direct_pollers().is_empty()
             && self.core.retries.waiting() == 0
+            && self.core.rails.idle()
         {
             return n;
         }
@@ -253,6 +267,10 @@ impl Vmi {
         if !self.core.engine.direct_pollers().is_empty() {
             n += crate::direct::poll(&mut self.core, &mut self.arena, handler);
             n += dispatch(&mut self.core, handler);
+        }
+        if !self.core.rails.idle() {
+            crate::rails::pump(&mut self.core);
+            self.core.run_deferred();
         }
         n
     }

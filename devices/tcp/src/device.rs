@@ -150,7 +150,7 @@ pub struct TcpDevice {
     /// See [`spare_fd`].
     spare: Option<std::fs::File>,
     /// The key's abstract socket, reserving the key on this host while this process runs.
-    _key_lock: Option<std::os::unix::net::UnixListener>,
+    _key_lock: Option<std::sync::Arc<std::os::unix::net::UnixListener>>,
     /// Messages written by `send_inline` with no IRB (the `inline_sends` attribute).
     inline_sends: u64,
     /// Fragments the host took with no IRB (`direct_receives`).
@@ -969,19 +969,32 @@ impl TcpDevice {
 
 /// Reserves `key` on this host: two processes listening with one key would split its
 /// traffic (the second finds the key's first port taken and listens on the next), so the
-/// second refuses to start. An abstract Unix socket, gone with the process.
-fn lock_key(key: &str) -> Result<std::os::unix::net::UnixListener, String> {
+/// second refuses to start. An abstract Unix socket, gone with the process. Several TCP
+/// instances of one process (rails over different interfaces) share the reservation.
+fn lock_key(key: &str) -> Result<std::sync::Arc<std::os::unix::net::UnixListener>, String> {
+    use std::collections::HashMap;
     use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::UnixListener;
+    use std::sync::{Arc, Mutex, Weak};
+    static HELD: Mutex<Option<HashMap<String, Weak<UnixListener>>>> = Mutex::new(None);
+    let mut held = HELD.lock().unwrap_or_else(|p| p.into_inner());
+    let held = held.get_or_insert_with(HashMap::new);
+    if let Some(l) = held.get(key).and_then(Weak::upgrade) {
+        return Ok(l);
+    }
     let name = vmi_device::socketname::socket_name("vmi-tcp-key.", key);
     let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
         .map_err(|e| format!("key '{key}' cannot name a socket: {e}"))?;
-    std::os::unix::net::UnixListener::bind_addr(&addr).map_err(|e| {
+    let l = Arc::new(UnixListener::bind_addr(&addr).map_err(|e| {
         if e.kind() == io::ErrorKind::AddrInUse {
             format!("another process on this host already listens with key '{key}' (TCP); give each process its own key")
         } else {
             format!("cannot reserve key '{key}' (abstract socket @{name}): {e}")
         }
-    })
+    })?);
+    held.retain(|_, w| w.strong_count() > 0);
+    held.insert(key.to_string(), Arc::downgrade(&l));
+    Ok(l)
 }
 
 #[allow(unsafe_code)]
@@ -1111,7 +1124,48 @@ impl Device for TcpDevice {
             }),
             "inline_sends" => Some(self.inline_sends.to_string()),
             "direct_receives" => Some(self.direct_receives.to_string()),
+            // Where a rail of a multi-rail connection reaches this instance: its address and
+            // port, or the port alone when it listens on every interface.
+            "rail_address" => Some(
+                match (&self.listener, self.cfg.listen_addr.parse::<IpAddr>()) {
+                    (Some(_), Ok(ip)) if !ip.is_unspecified() => {
+                        SocketAddr::new(ip, self.listen_port).to_string()
+                    }
+                    (Some(_), _) => format!(":{}", self.listen_port),
+                    (None, _) => "none".into(),
+                },
+            ),
             _ => None,
+        }
+    }
+
+    /// `abort` = `all`: ends every connection of this instance at once, as a failed link
+    /// would (the peers see the connection lost); for draining an interface and for tests
+    /// of failover.
+    fn set_attr(&mut self, name: &str, value: &str) -> Result<(), String> {
+        match (name, value) {
+            ("abort", "all") => {
+                let open: Vec<usize> = (0..self.conns.len())
+                    .filter(|&i| self.conns[i].as_ref().is_some_and(|c| c.vmi != 0))
+                    .collect();
+                log::warn!(
+                    "tcp: aborting {} connection(s) (attribute 'abort')",
+                    open.len()
+                );
+                for i in open {
+                    self.fail(
+                        i,
+                        Status::ConnectionLost,
+                        "aborted (attribute 'abort')",
+                        true,
+                    );
+                }
+                Ok(())
+            }
+            ("abort", v) => Err(format!(
+                "attribute 'abort' takes the value \"all\", not \"{v}\""
+            )),
+            _ => Err(format!("no attribute '{name}' (tcp has 'abort'=all)")),
         }
     }
 
