@@ -909,7 +909,7 @@ pub(crate) fn rail_closed(
     b.rails[idx].sent.clear();
     let again = b.tx.rail_down(idx, now);
     let left = b.live_rails();
-    if left > 0 && !b.closing {
+    if left > 0 && !b.closing && reason != Disconnect::Peer {
         log::warn!(
             "{}: rail '{}' closed ({reason:?}); {again} chunk(s) go again on the {left} rail(s) left",
             b.id,

@@ -285,7 +285,16 @@ struct Report {
     signature: Option<String>,
     send_chain: Vec<String>,
     receive_chain: Vec<String>,
+    /// Rails of multi-rail connections (`<rails>`), with the striping threshold and chunk.
+    rails: Option<RailsReport>,
     devices: Vec<DeviceReport>,
+}
+
+#[derive(Serialize)]
+struct RailsReport {
+    rails: Vec<String>,
+    stripe_min: u64,
+    chunk: u64,
 }
 
 #[derive(Serialize)]
@@ -316,6 +325,7 @@ fn report(spec_path: Option<PathBuf>) -> Report {
         error: None,
         signature: None,
         send_chain: vec![],
+        rails: None,
         receive_chain: vec![],
         devices: vec![],
     };
@@ -347,6 +357,15 @@ fn report(spec_path: Option<PathBuf>) -> Report {
     r.signature = Some(inspection.signature.clone());
     r.send_chain = inspection.send.clone();
     r.receive_chain = inspection.receive.clone();
+    if let Some(block) = &spec.rails {
+        r.rails = Some(RailsReport {
+            rails: inspection.rails.clone(),
+            stripe_min: block
+                .stripe_min
+                .unwrap_or(vmi_core::assembly::RAILS_STRIPE_MIN),
+            chunk: block.chunk.unwrap_or(vmi_core::assembly::RAILS_CHUNK),
+        });
+    }
     // Start the whole chain once for capabilities; then each transport alone for usability.
     let running = Vmi::with_spec(spec.clone(), &key());
     let caps: Vec<(String, Capabilities)> = match &running {
@@ -431,6 +450,14 @@ fn print_report(r: &Report) {
         "receive chain (wire -> application): {}",
         r.receive_chain.join(" -> ")
     );
+    if let Some(rails) = &r.rails {
+        println!(
+            "rails (one connection over all of them): {}; fragments from {} bytes striped in chunks of up to {} bytes; a failed rail's data goes on the others",
+            rails.rails.join(" + "),
+            rails.stripe_min,
+            rails.chunk
+        );
+    }
     for d in &r.devices {
         println!();
         println!("device '{}'", d.name);
