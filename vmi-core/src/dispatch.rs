@@ -87,7 +87,7 @@ fn deliver(core: &mut Core, handler: &mut dyn Handler, mut s: Slot) {
             }
             if core.rails.on() {
                 let reply = Slab::of_slot(&s).read_to_vec();
-                let Some(app) = crate::rails::connected(core, conn, status, &reply) else {
+                let Some(app) = crate::rails::connected(core, handler, conn, status, &reply) else {
                     core.engine.free(s);
                     return;
                 };
@@ -163,6 +163,10 @@ fn deliver(core: &mut Core, handler: &mut dyn Handler, mut s: Slot) {
             core.engine.free(s);
         }
         Purpose::Internal => {
+            if s.op() == crate::abi::VMI_OP_DISCONNECT {
+                // A connection closed with no callback (a rail, a dropped crossing connect).
+                core.engine.conns_mut().closed(conn);
+            }
             if status != Status::Ok {
                 log::debug!("{conn}: a message to the peer's engine failed: {status}");
             }

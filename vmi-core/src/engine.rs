@@ -469,6 +469,23 @@ impl Engine {
             .saturating_sub(self.shared.send_live.get())
     }
 
+    /// Counts one application send that is carried by other sends (a multi-rail send, until
+    /// the peer acknowledged it), or `Err(limit)` when the most sends allowed are in flight.
+    pub fn reserve_send(&self) -> Result<(), usize> {
+        let sh = &self.shared;
+        if sh.send_live.get() >= sh.send_limit {
+            return Err(sh.send_limit);
+        }
+        sh.send_live.set(sh.send_live.get() + 1);
+        Ok(())
+    }
+
+    /// Ends a count taken with `reserve_send`.
+    pub fn release_send(&self) {
+        let sh = &self.shared;
+        sh.send_live.set(sh.send_live.get().saturating_sub(1));
+    }
+
     /// A clean slot for an application send, or `Err(limit)` when the most sends allowed
     /// are in flight.
     pub fn new_send_slot(&self) -> Result<Slot, usize> {

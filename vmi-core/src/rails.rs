@@ -118,6 +118,8 @@ pub(crate) struct Rails {
     by_rail: HashMap<u64, (u64, usize)>,
     /// Token → bond, on the accepting side.
     tokens: HashMap<[u8; TOKEN], u64>,
+    /// Rails this process is opening, until their connect finishes: rail connection → bond.
+    joining: HashMap<u64, u64>,
     epoch: Instant,
 }
 
@@ -129,6 +131,7 @@ impl Rails {
             bonds: HashMap::new(),
             by_rail: HashMap::new(),
             tokens: HashMap::new(),
+            joining: HashMap::new(),
             epoch: Instant::now(),
         }
     }
@@ -234,7 +237,9 @@ impl Rails {
             tx: Sender::new(cfg, plan.devices.len()),
             rx: Receiver::new(ReceiverConfig {
                 max_fragment,
-                max_pending_bytes: cfg.max_unacked_bytes.saturating_mul(2),
+                // Fragments being reassembled or waiting for their turn: what the rails'
+                // windows hold, and room for two of the largest.
+                max_pending_bytes: (128u64 << 20).max(max_fragment.saturating_mul(2)),
                 max_ahead: cfg.max_unacked as u64,
             }),
             closing: false,
@@ -259,10 +264,22 @@ pub(crate) fn wrap_connect_data(data: &[u8]) -> Vec<u8> {
 /// the connect was a rail joining a bond (handled here).
 pub(crate) fn connected(
     core: &mut Core,
+    handler: &mut dyn Handler,
     conn: ConnId,
     status: Status,
     reply: &[u8],
 ) -> Option<Vec<u8>> {
+    if let Some(bond) = core.rails.joining.remove(&conn.raw()) {
+        let gone = core.rails.bonds.get(&bond).is_none_or(|b| b.closing);
+        if gone {
+            // The bond closed while this rail was opening: close the rail quietly.
+            core.rails.by_rail.remove(&conn.raw());
+            if status == Status::Ok {
+                close_quietly(core, conn);
+            }
+            return None;
+        }
+    }
     if let Some(&(bond, idx)) = core.rails.by_rail.get(&conn.raw()) {
         let b = core.rails.bonds.get_mut(&bond)?;
         if status == Status::Ok {
@@ -281,7 +298,11 @@ pub(crate) fn connected(
                 core.rails.names[idx]
             );
             b.rails[idx].state = RailState::Down;
+            b.rails[idx].conn = None;
             core.rails.by_rail.remove(&conn.raw());
+            if b.live_rails() == 0 {
+                end_bond(core, handler, bond);
+            }
         }
         return None;
     }
@@ -337,6 +358,7 @@ pub(crate) fn connected(
         b.rails[idx].conn = Some(rc);
         b.rails[idx].state = RailState::Joining;
         core.rails.by_rail.insert(rc.raw(), (conn.raw(), idx));
+        core.rails.joining.insert(rc.raw(), conn.raw());
         let mut data = Vec::with_capacity(JOIN_MAGIC.len() + 1 + TOKEN);
         data.extend_from_slice(JOIN_MAGIC);
         data.push(idx as u8);
@@ -516,6 +538,19 @@ pub(crate) fn answered(core: &mut Core, conn: ConnId, accepted: bool) {
     let Some(&(bond, idx)) = core.rails.by_rail.get(&conn.raw()) else {
         return;
     };
+    let closing = core.rails.bonds.get(&bond).is_none_or(|b| b.closing);
+    if closing && bond != conn.raw() {
+        // A rail that joined a bond already closing (or gone).
+        core.rails.by_rail.remove(&conn.raw());
+        if let Some(b) = core.rails.bonds.get_mut(&bond) {
+            b.rails[idx].conn = None;
+            b.rails[idx].state = RailState::Down;
+        }
+        if accepted {
+            close_quietly(core, conn);
+        }
+        return;
+    }
     let Some(b) = core.rails.bonds.get_mut(&bond) else {
         return;
     };
@@ -578,27 +613,32 @@ pub(crate) fn send(
             state: "closing",
         });
     }
-    match b.tx.push(
-        data,
-        end,
-        Pending {
-            token,
-            bufs: if inline { Vec::new() } else { bufs },
-            inline,
-        },
-    ) {
-        Ok(_) => {}
-        Err((Full::Window, _)) => {
-            return Err(VmiError::Busy {
+    // Until the peer acknowledges it, the send counts against the process's sends in flight
+    // (so `sends_available` stays true); its chunks do not.
+    core.engine
+        .reserve_send()
+        .map_err(|limit| VmiError::Busy { limit })?;
+    let b = core
+        .rails
+        .bonds
+        .get_mut(&conn.raw())
+        .expect("checked above");
+    let pending = Pending {
+        token,
+        bufs: if inline { Vec::new() } else { bufs },
+        inline,
+    };
+    if let Err((full, _)) = b.tx.push(data, end, pending) {
+        core.engine.release_send();
+        return Err(match full {
+            Full::Window => VmiError::Busy {
                 limit: SenderConfig::default().max_unacked,
-            });
-        }
-        Err((Full::NoRail, _)) => {
-            return Err(VmiError::NotOpen {
+            },
+            Full::NoRail => VmiError::NotOpen {
                 conn,
                 state: "connecting",
-            });
-        }
+            },
+        });
     }
     pump_bond(core, conn.raw());
     Ok(())
@@ -631,25 +671,14 @@ fn pump_bond(core: &mut Core, id: u64) {
         let header = core.engine.inline_buffer(&out.header);
         let range = out.offset as usize..(out.offset + out.len) as usize;
         let chunk = Buffer::shared_range(out.data.clone(), range);
-        let sent = core.prepare_send(rail, out.len, SendKind::Whole, |_, s, _| {
-            s.push_buffer(header)
-                .map_err(|_| VmiError::TooManyBuffers { given: 2, max: 1 })?;
-            s.push_buffer(chunk)
-                .map_err(|_| VmiError::TooManyBuffers { given: 2, max: 1 })
-        });
+        let sent = rail_send(core, rail, [header, chunk], out.len, Purpose::RailChunk);
         let b = core.rails.bonds.get_mut(&id).expect("present above");
         match sent {
-            Ok(mut s) => {
-                s.set_purpose(Purpose::RailChunk);
+            Ok(s) => {
                 b.rails[out.rail]
                     .sent
                     .push_back((message, out.seq, out.offset));
                 core.deferred.push_back(s);
-            }
-            Err(VmiError::Busy { .. }) => {
-                // The process is at its limit of sends in flight: again at the next poll.
-                b.tx.unsend(&out);
-                return;
             }
             Err(e) => {
                 log::warn!(
@@ -670,13 +699,44 @@ fn pump_bond(core: &mut Core, id: u64) {
     }
 }
 
+/// A send on a rail for the bond's own purposes: not counted against the application's
+/// sends in flight (the bond's send is, until acknowledged; chunks are bounded by the rails'
+/// windows).
+fn rail_send<const N: usize>(
+    core: &mut Core,
+    rail: ConnId,
+    bufs: [Buffer; N],
+    token: u64,
+    purpose: Purpose,
+) -> Result<Slot, VmiError> {
+    let transport = core
+        .engine
+        .conns_mut()
+        .send_checked(rail, SendKind::Whole)
+        .map_err(|r| VmiError::refused(rail, r))?;
+    let mut s = core.engine.new_slot();
+    for b in bufs {
+        if s.push_buffer(b).is_err() {
+            core.engine.free(s);
+            core.engine.conns_mut().send_undone(rail, SendKind::Whole);
+            return Err(VmiError::TooManyBuffers {
+                given: N,
+                max: crate::abi::VMI_IRB_MAX_SEGS,
+            });
+        }
+    }
+    s.set_op(crate::abi::VMI_OP_SEND);
+    s.set_conn_raw(rail.raw());
+    s.set_flags(crate::abi::VMI_FLAG_END);
+    s.set_purpose(purpose);
+    s.set_transport(transport);
+    s.set_token(token);
+    Ok(s)
+}
+
 fn control(core: &mut Core, rail: ConnId, rec: Record) {
     let buf = core.engine.inline_buffer(&rec.encode());
-    if let Ok(mut s) = core.prepare_send(rail, 0, SendKind::Whole, |_, s, _| {
-        s.push_buffer(buf)
-            .map_err(|_| VmiError::TooManyBuffers { given: 1, max: 1 })
-    }) {
-        s.set_purpose(Purpose::RailControl);
+    if let Ok(s) = rail_send(core, rail, [buf], 0, Purpose::RailControl) {
         core.deferred.push_back(s);
     }
 }
@@ -744,6 +804,7 @@ fn record(
             }
             let id = b.id;
             for (_, p) in done {
+                core.engine.release_send();
                 if !p.inline {
                     let mut bufs = p.bufs;
                     let mut c = SendCompletion {
@@ -874,7 +935,18 @@ pub(crate) fn disconnect(core: &mut Core, conn: ConnId) -> Result<Vec<Slot>, Vmi
         });
     }
     b.closing = true;
-    let rails: Vec<ConnId> = b.rails.iter().filter_map(|r| r.conn).collect();
+    // Rails still opening are closed when their connect finishes; the bond ends without them.
+    let mut rails = Vec::new();
+    for r in &mut b.rails {
+        match r.conn {
+            Some(c) if core.rails.joining.contains_key(&c.raw()) => {
+                r.conn = None;
+                r.state = RailState::Down;
+            }
+            Some(c) => rails.push(c),
+            None => {}
+        }
+    }
     let mut slots = Vec::new();
     for r in rails {
         if let Ok(transport) = core.engine.conns_mut().disconnect_issued(r) {
@@ -937,17 +1009,25 @@ fn fail_bond(
     b.last = Some(Disconnect::Error { status, detail });
     let rails: Vec<ConnId> = b.rails.iter_mut().filter_map(|r| r.conn.take()).collect();
     for r in rails {
-        core.rails.by_rail.remove(&r.raw());
-        if let Ok(transport) = core.engine.conns_mut().disconnect_issued(r) {
-            let mut s = core.engine.new_slot();
-            s.set_op(crate::abi::VMI_OP_DISCONNECT);
-            s.set_conn_raw(r.raw());
-            s.set_purpose(Purpose::Internal);
-            s.set_transport(transport);
-            core.deferred.push_back(s);
+        if core.rails.joining.contains_key(&r.raw()) {
+            continue;
         }
+        core.rails.by_rail.remove(&r.raw());
+        close_quietly(core, r);
     }
     end_bond(core, handler, bond);
+}
+
+/// Closes a rail's connection with no callback.
+fn close_quietly(core: &mut Core, conn: ConnId) {
+    if let Ok(transport) = core.engine.conns_mut().disconnect_issued(conn) {
+        let mut s = core.engine.new_slot();
+        s.set_op(crate::abi::VMI_OP_DISCONNECT);
+        s.set_conn_raw(conn.raw());
+        s.set_purpose(Purpose::Internal);
+        s.set_transport(transport);
+        core.deferred.push_back(s);
+    }
 }
 
 /// The bond is gone: unacknowledged sends come back failed, then `disconnected`.
@@ -962,6 +1042,7 @@ fn end_bond(core: &mut Core, handler: &mut dyn Handler, bond: u64) {
         b.last.take().unwrap_or(Disconnect::Peer)
     };
     for p in b.tx.drain() {
+        core.engine.release_send();
         if p.inline {
             continue;
         }

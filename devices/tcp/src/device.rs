@@ -1421,6 +1421,16 @@ impl Device for TcpDevice {
                 let Some(c) = self.conns[idx].as_mut() else {
                     return Disposition::Complete(irb, Status::Ok);
                 };
+                if c.attempt.is_some() {
+                    // Still dialling: the connect ends cancelled, and so does the connection.
+                    self.fail(
+                        idx,
+                        Status::Cancelled,
+                        "disconnected while connecting",
+                        false,
+                    );
+                    return Disposition::Complete(irb, Status::Ok);
+                }
                 c.proto.close(Instant::now());
                 c.tx.push_back(Tx::Close { irb: Some(irb) });
                 self.flush(idx);

@@ -44,7 +44,7 @@ fn run(seed: u64, rails: usize, count: u64, kill: Option<(usize, u64)>) -> Run {
             chunk: 700,
             stripe_min: 500,
             rail_window: 2000,
-            max_unacked_bytes: 20_000,
+            rail_chunks: 4,
             max_unacked: 32,
             max_retries: 3,
         },

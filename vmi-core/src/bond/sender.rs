@@ -18,9 +18,10 @@ pub struct SenderConfig {
     pub stripe_min: u64,
     /// Bytes a rail may have handed to its transport and not yet completed.
     pub rail_window: u64,
-    /// Bytes sent and not yet acknowledged, at most (one fragment may exceed it alone).
-    pub max_unacked_bytes: u64,
-    /// Fragments sent and not yet acknowledged, at most.
+    /// Chunks a rail may have handed to its transport and not yet completed.
+    pub rail_chunks: u64,
+    /// Fragments sent and not yet acknowledged, at most (the process's limit of sends in
+    /// flight bounds them first; see `rails`).
     pub max_unacked: usize,
     /// Times a chunk that the receiver could not take is sent again before its fragment
     /// is failed.
@@ -33,7 +34,7 @@ impl Default for SenderConfig {
             chunk: 256 * 1024,
             stripe_min: 64 * 1024,
             rail_window: 4 * 1024 * 1024,
-            max_unacked_bytes: 64 * 1024 * 1024,
+            rail_chunks: 1024,
             max_unacked: 4096,
             max_retries: 3,
         }
@@ -68,6 +69,8 @@ pub struct RailTx {
     pub up: bool,
     /// Bytes handed to the transport and not completed.
     pub outstanding: u64,
+    /// Chunks handed to the transport and not completed.
+    pub outstanding_chunks: u64,
     /// Bytes whose sends completed.
     pub bytes: u64,
     /// Chunks handed to this rail.
@@ -177,6 +180,11 @@ impl<T> Sender<T> {
         self.unacked.len()
     }
 
+    /// Bytes of fragments sent and not yet acknowledged.
+    pub fn unacked_bytes(&self) -> u64 {
+        self.unacked_bytes
+    }
+
     /// Chunks waiting for a rail.
     pub fn queued(&self) -> usize {
         self.queue.len()
@@ -201,6 +209,7 @@ impl<T> Sender<T> {
             r.busy_ns += now_ns.saturating_sub(since);
         }
         r.outstanding = 0;
+        r.outstanding_chunks = 0;
         let mut again = Vec::new();
         for f in self.unacked.iter_mut() {
             for (i, c) in f.chunks.iter_mut().enumerate() {
@@ -223,10 +232,7 @@ impl<T> Sender<T> {
             return Err((Full::NoRail, user));
         }
         let len = data.len() as u64;
-        if !self.unacked.is_empty()
-            && (self.unacked.len() >= self.cfg.max_unacked
-                || self.unacked_bytes + len > self.cfg.max_unacked_bytes)
-        {
+        if self.unacked.len() >= self.cfg.max_unacked {
             return Err((Full::Window, user));
         }
         let seq = self.next_seq;
@@ -294,7 +300,8 @@ impl<T> Sender<T> {
             .iter()
             .enumerate()
             .filter(|(_, r)| {
-                r.up && (r.outstanding == 0 || r.outstanding + len <= self.cfg.rail_window)
+                r.up && r.outstanding_chunks < self.cfg.rail_chunks
+                    && (r.outstanding == 0 || r.outstanding + len <= self.cfg.rail_window)
             })
             .min_by_key(|(i, r)| (r.outstanding, *i))
             .map(|(i, _)| i)
@@ -337,6 +344,7 @@ impl<T> Sender<T> {
                 r.busy_since = Some(now_ns);
             }
             r.outstanding += c.len;
+            r.outstanding_chunks += 1;
             r.chunks += 1;
             if resent {
                 r.resent += 1;
@@ -373,6 +381,7 @@ impl<T> Sender<T> {
             return;
         }
         r.outstanding = r.outstanding.saturating_sub(len);
+        r.outstanding_chunks = r.outstanding_chunks.saturating_sub(1);
         if ok {
             r.bytes += len;
         }
