@@ -201,6 +201,11 @@ impl ConnTable {
         self.get(id).map(|e| e.peer_key.as_str())
     }
 
+    /// A live connection's state.
+    pub fn state(&self, id: ConnId) -> Option<ConnState> {
+        self.get(id).map(|e| e.state)
+    }
+
     /// The peer's host as the connect named it (or the transport saw it).
     pub fn peer_host(&self, id: ConnId) -> Option<&str> {
         self.get(id).map(|e| e.peer_host.as_str())

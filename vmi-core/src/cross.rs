@@ -25,6 +25,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::conn::{ConnId, ConnState};
+use crate::status::Status;
 
 const MAGIC: &[u8; 5] = b"VMIX\x01";
 /// Header length.
@@ -177,7 +178,10 @@ impl Crossings {
         let k = (key.to_string(), id);
         if let Some(i) = self.cancelled.iter().position(|c| *c == k) {
             self.cancelled.remove(i);
-            return (Answer::Reject(PLAIN, 0, "the peer dropped this connect"), None);
+            return (
+                Answer::Reject(PLAIN, 0, "the peer dropped this connect"),
+                None,
+            );
         }
         if let Some((app, token, _)) = self.expected.remove(&k) {
             self.alias(app, real, token);
@@ -195,13 +199,21 @@ impl Crossings {
             return (Answer::App, None);
         };
         if self.local_key.as_str() < key {
-            log::info!("{mine}: '{key}' connected to this process at the same moment; this side's connect wins");
+            log::info!(
+                "{mine}: '{key}' connected to this process at the same moment; this side's connect wins"
+            );
             return (
-                Answer::Reject(CROSS, my_id, "both sides connected at once; the other connect wins"),
+                Answer::Reject(
+                    CROSS,
+                    my_id,
+                    "both sides connected at once; the other connect wins",
+                ),
                 None,
             );
         }
-        log::info!("{mine}: '{key}' connected to this process at the same moment; its connect wins and carries this one");
+        log::info!(
+            "{mine}: '{key}' connected to this process at the same moment; its connect wins and carries this one"
+        );
         self.pending.remove(&mine.raw());
         self.superseded.insert(mine.raw());
         self.alias(mine, real, token);
@@ -224,12 +236,11 @@ impl Crossings {
         &mut self,
         conn: ConnId,
         peer: &str,
-        ok: bool,
-        rejected: bool,
-        kind: u8,
-        id: u64,
+        status: Status,
+        (kind, id): (u8, u64),
         now: Instant,
     ) -> Outcome {
+        let (ok, rejected) = (status == Status::Ok, status == Status::Rejected);
         if !self.enabled {
             return Outcome::Deliver;
         }
@@ -237,13 +248,17 @@ impl Crossings {
         if self.superseded.remove(&conn.raw()) {
             return if ok { Outcome::Close } else { Outcome::Quiet };
         }
-        if rejected && kind == CROSS && id != 0 {
-            if let Some((_, token)) = mine {
-                log::info!("{conn}: '{peer}' connected to this process at the same moment; waiting for its connect");
-                self.expected
-                    .insert((peer.to_string(), id), (conn, token, now + EXPECT_WAIT));
-                return Outcome::Quiet;
-            }
+        if rejected
+            && kind == CROSS
+            && id != 0
+            && let Some((_, token)) = mine
+        {
+            log::info!(
+                "{conn}: '{peer}' connected to this process at the same moment; waiting for its connect"
+            );
+            self.expected
+                .insert((peer.to_string(), id), (conn, token, now + EXPECT_WAIT));
+            return Outcome::Quiet;
         }
         if ok && kind == SUPERSEDED && id != 0 {
             if self.cancelled.len() >= CANCELLED_MAX {
@@ -306,7 +321,10 @@ mod tests {
         let (ans, _) = w.request(ConnId(3), "b", il, at_w);
         assert!(matches!(ans, Answer::Reject(CROSS, id, _) if id == iw));
         // L's connect comes back rejected with CROSS before W's request arrives: it waits.
-        assert!(matches!(l.connected(xl, "a", false, true, CROSS, iw, now), Outcome::Quiet));
+        assert!(matches!(
+            l.connected(xl, "a", Status::Rejected, (CROSS, iw), now),
+            Outcome::Quiet
+        ));
         // W's request arrives: accepted without asking, carried as xl.
         let (ans, _) = l.request(ConnId(4), "a", iw, at_l);
         assert!(matches!(ans, Answer::Accept(PLAIN, 0)));
@@ -324,12 +342,18 @@ mod tests {
         assert!(matches!(ans, Answer::Accept(SUPERSEDED, id) if id == il));
         assert_eq!(superseded, Some(xl));
         // W's connect is accepted with SUPERSEDED: W remembers L's dropped connect...
-        assert!(matches!(w.connected(xw, "b", true, false, SUPERSEDED, il, now), Outcome::Deliver));
+        assert!(matches!(
+            w.connected(xw, "b", Status::Ok, (SUPERSEDED, il), now),
+            Outcome::Deliver
+        ));
         // ...and rejects it quietly when it arrives after all.
         let (ans, _) = w.request(ConnId(5), "b", il, |_| None);
         assert!(matches!(ans, Answer::Reject(PLAIN, 0, _)));
         // L's own connect's outcome is never shown.
-        assert!(matches!(l.connected(xl, "a", false, true, PLAIN, 0, now), Outcome::Quiet));
+        assert!(matches!(
+            l.connected(xl, "a", Status::Rejected, (PLAIN, 0), now),
+            Outcome::Quiet
+        ));
     }
 
     #[test]
@@ -338,7 +362,10 @@ mod tests {
         let mut l = Crossings::new(true, "b");
         let id = l.new_id();
         l.issued(ConnId(2), id, 5);
-        assert!(matches!(l.connected(ConnId(2), "a", false, true, CROSS, 9, now), Outcome::Quiet));
+        assert!(matches!(
+            l.connected(ConnId(2), "a", Status::Rejected, (CROSS, 9), now),
+            Outcome::Quiet
+        ));
         assert!(!l.idle());
         assert!(l.expired(now).is_empty());
         assert_eq!(l.expired(now + EXPECT_WAIT), vec![(ConnId(2), 5)]);

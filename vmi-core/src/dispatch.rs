@@ -58,7 +58,8 @@ fn deliver(core: &mut Core, handler: &mut dyn Handler, mut s: Slot) {
                 detail: &detail,
                 bufs: s.buffers_mut(),
             };
-            handler.send_complete(&mut Ctx::new(core), conn, &mut done);
+            let app = core.cross.app(conn);
+            handler.send_complete(&mut Ctx::new(core), app, &mut done);
             core.engine.free(s);
         }
         Purpose::Connect => {
@@ -79,32 +80,45 @@ fn deliver(core: &mut Core, handler: &mut dyn Handler, mut s: Slot) {
                     Verdict::Deliver(None) => {}
                 }
             }
+            let peer = core.engine.conns().peer_key(conn).unwrap_or("").to_string();
             core.engine
                 .conns_mut()
                 .connect_finished(conn, status == Status::Ok);
-            if status == Status::Ok {
-                core.ping_if_due(conn);
-            }
-            if core.rails.on() {
-                let reply = Slab::of_slot(&s).read_to_vec();
-                let Some(app) = crate::rails::connected(core, handler, conn, status, &reply) else {
+            let raw = Slab::of_slot(&s).read_to_vec();
+            let (kind, id, reply) = crate::cross::split(&raw);
+            let ok = status == Status::Ok;
+            let now = std::time::Instant::now();
+            match core.cross.connected(conn, &peer, status, (kind, id), now) {
+                crate::cross::Outcome::Quiet => {
                     core.engine.free(s);
                     return;
-                };
-                let reply = Slab::from_bytes(&app);
-                let outcome = match status {
-                    Status::Ok => ConnectOutcome::Accepted(reply),
-                    Status::Rejected => ConnectOutcome::Rejected(reply),
-                    _ => ConnectOutcome::Failed {
-                        status,
-                        detail: s.detail(),
-                    },
-                };
-                handler.connected(&mut Ctx::new(core), conn, outcome, s.token());
-                core.engine.free(s);
-                return;
+                }
+                crate::cross::Outcome::Close => {
+                    core.engine.free(s);
+                    crate::rails::close_quietly(core, conn);
+                    return;
+                }
+                crate::cross::Outcome::Deliver => {}
             }
-            let reply = Slab::of_slot(&s);
+            if ok {
+                core.ping_if_due(conn);
+            }
+            let app;
+            let reply = if core.rails.on() {
+                match crate::rails::connected(core, handler, conn, status, reply) {
+                    Some(a) => {
+                        app = a;
+                        &app[..]
+                    }
+                    None => {
+                        core.engine.free(s);
+                        return;
+                    }
+                }
+            } else {
+                reply
+            };
+            let reply = Slab::from_bytes(reply);
             let outcome = match status {
                 Status::Ok => ConnectOutcome::Accepted(reply),
                 Status::Rejected => ConnectOutcome::Rejected(reply),
@@ -131,6 +145,18 @@ fn deliver(core: &mut Core, handler: &mut dyn Handler, mut s: Slot) {
             if core.rails.on() {
                 crate::rails::answered(core, conn, accepted);
             }
+            if let Some((mine, token)) = core.cross.answered(conn, accepted) {
+                // This process's own connect, carried by the peer's (they crossed).
+                let outcome = if accepted {
+                    ConnectOutcome::Accepted(Slab::from_bytes(&[]))
+                } else {
+                    ConnectOutcome::Failed {
+                        status,
+                        detail: s.detail(),
+                    }
+                };
+                handler.connected(&mut Ctx::new(core), mine, outcome, token);
+            }
             core.engine.free(s);
         }
         Purpose::Disconnect => {
@@ -148,7 +174,9 @@ fn deliver(core: &mut Core, handler: &mut dyn Handler, mut s: Slot) {
                 crate::rails::rail_closed(core, handler, conn, reason);
                 return;
             }
-            handler.disconnected(&mut Ctx::new(core), conn, reason);
+            let app = core.cross.app(conn);
+            core.cross.closed(conn);
+            handler.disconnected(&mut Ctx::new(core), app, reason);
             core.engine.free(s);
         }
         Purpose::Received => deliver_received(core, handler, s),
@@ -211,7 +239,8 @@ fn message_failed_here(
     // A rail's lost chunk is sent again by the peer (told below): the application hears
     // nothing unless it is lost on every try.
     if !(core.rails.on() && core.rails.is_rail(conn)) {
-        handler.receive_failed(&mut Ctx::new(core), conn, status, detail);
+        let app = core.cross.app(conn);
+        handler.receive_failed(&mut Ctx::new(core), app, status, detail);
     }
     let notice = HostMsg::MessageFailed {
         message,
@@ -242,7 +271,8 @@ fn host_message(core: &mut Core, handler: &mut dyn Handler, s: Slot, conn: ConnI
                 crate::rails::chunk_lost(core, handler, conn, message);
                 return;
             }
-            handler.message_failed(&mut Ctx::new(core), conn, message, status, &detail);
+            let app = core.cross.app(conn);
+            handler.message_failed(&mut Ctx::new(core), app, message, status, &detail);
         }
         Ok(HostMsg::Ping { stamp }) => send_host_msg(core, conn, &HostMsg::Pong { stamp }),
         Ok(HostMsg::Pong { stamp }) => {
@@ -295,7 +325,9 @@ fn deliver_received(core: &mut Core, handler: &mut dyn Handler, s: Slot) {
                     crate::rails::rail_closed(core, handler, conn, reason);
                     return;
                 }
-                handler.disconnected(&mut Ctx::new(core), conn, reason);
+                let app = core.cross.app(conn);
+                core.cross.closed(conn);
+                handler.disconnected(&mut Ctx::new(core), app, reason);
             }
             core.engine.release_received(s);
         }
@@ -334,7 +366,8 @@ pub(crate) fn receive_lent(
     let cmd = if end { Recv::End } else { Recv::Fragment };
     let grabbed = Cell::new(false);
     let mut slab = Slab::lent(data, releases, &grabbed, held);
-    handler.receive(&mut Ctx::new(core), conn, cmd, &mut slab);
+    let app = core.cross.app(conn);
+    handler.receive(&mut Ctx::new(core), app, cmd, &mut slab);
 }
 
 fn receive(core: &mut Core, handler: &mut dyn Handler, s: Slot, conn: ConnId) {
@@ -370,7 +403,8 @@ fn receive(core: &mut Core, handler: &mut dyn Handler, s: Slot, conn: ConnId) {
     let grabbed = Cell::new(false);
     {
         let mut slab = Slab::received(&s, &releases, &grabbed);
-        handler.receive(&mut Ctx::new(core), conn, cmd, &mut slab);
+        let app = core.cross.app(conn);
+        handler.receive(&mut Ctx::new(core), app, cmd, &mut slab);
     }
     if grabbed.get() {
         // The GrabbedSlab owns the slot now; it hands the address back when dropped.
@@ -384,27 +418,51 @@ fn connect_request(core: &mut Core, handler: &mut dyn Handler, s: Slot, conn: Co
     core.engine
         .conns_mut()
         .request_seen(conn, s.peer_host(), s.peer_key());
+    let raw = Slab::of_slot(&s).read_to_vec();
+    let transport = s.transport();
+    let key = s.peer_key().to_string();
+    let host = s.peer_host().to_string();
+    core.engine.release_received(s);
+    let (_, id, data) = crate::cross::split(&raw);
+    let (decided, superseded) = {
+        let table = core.engine.conns();
+        core.cross.request(conn, &key, id, |c| {
+            Some((table.state(c)?, table.peer_key(c)?.to_string()))
+        })
+    };
+    if let Some(mine) = superseded {
+        // This process's own connect to the peer is carried by this one now.
+        core.retries.remove(mine);
+    }
+    match decided {
+        crate::cross::Answer::Accept(kind, id) => {
+            return answer(core, conn, transport, VMI_OP_ACCEPT, (kind, id), Vec::new());
+        }
+        crate::cross::Answer::Reject(kind, id, why) => {
+            let why = why.as_bytes().to_vec();
+            return answer(core, conn, transport, VMI_OP_REJECT, (kind, id), why);
+        }
+        crate::cross::Answer::App => {}
+    }
     if core.rails.on() {
-        let transport = s.transport();
-        let (op, reply) = crate::rails::request(core, handler, s, conn);
-        return answer(core, conn, transport, op, reply);
+        let peer = (key.as_str(), host.as_str());
+        let (op, reply) = crate::rails::request(core, handler, conn, transport, peer, data);
+        return answer(core, conn, transport, op, (crate::cross::PLAIN, 0), reply);
     }
     let decision = {
         let mut req = ConnectRequest {
             conn,
-            peer_key: s.peer_key(),
-            peer_host: s.peer_host(),
-            data: Slab::of_slot(&s),
+            peer_key: &key,
+            peer_host: &host,
+            data: Slab::from_bytes(data),
         };
         handler.accept(&mut Ctx::new(core), &mut req)
     };
-    let transport = s.transport();
-    core.engine.release_received(s);
     let (op, reply) = match decision {
         Decision::Accept(r) => (VMI_OP_ACCEPT, r),
         Decision::Reject(r) => (VMI_OP_REJECT, r),
     };
-    answer(core, conn, transport, op, reply);
+    answer(core, conn, transport, op, (crate::cross::PLAIN, 0), reply);
 }
 
 /// Queues the answer to a connect request.
@@ -413,6 +471,7 @@ fn answer(
     conn: ConnId,
     transport: crate::slot::DevIndex,
     op: u32,
+    (kind, id): (u8, u64),
     reply: Vec<u8>,
 ) {
     let reply = if reply.len() > MAX_CONNECT_DATA {
@@ -429,8 +488,18 @@ fn answer(
     a.set_conn_raw(conn.raw());
     a.set_purpose(Purpose::Answer);
     a.set_transport(transport);
-    if !reply.is_empty() {
-        a.attach_vec(reply);
-    }
+    a.attach_vec(crate::cross::wrap(kind, id, &reply));
     core.deferred.push_back(a);
+}
+
+/// Connects that waited for a crossing peer's connect that never came: the application
+/// hears that they failed.
+pub(crate) fn cross_expired(core: &mut Core, handler: &mut dyn Handler) {
+    for (conn, token) in core.cross.expired(std::time::Instant::now()) {
+        let outcome = ConnectOutcome::Failed {
+            status: Status::Timeout,
+            detail: "the peer connected to this process at the same moment and its connect, which was to carry this one, did not arrive",
+        };
+        handler.connected(&mut Ctx::new(core), conn, outcome, token);
+    }
 }

@@ -22,6 +22,7 @@ pub mod assembly;
 pub mod bond;
 pub mod buffer;
 pub mod conn;
+mod cross;
 mod ctx;
 mod direct;
 mod dispatch;

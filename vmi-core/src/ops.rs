@@ -56,17 +56,25 @@ pub struct Core {
     pub(crate) retries: Retries,
     /// Multi-rail connections (see `rails`); inert without a `<rails>` block.
     pub(crate) rails: crate::rails::Rails,
+    /// Simultaneous connects (see `cross`).
+    pub(crate) cross: crate::cross::Crossings,
     /// The clock of latency pings' stamps.
     epoch: Instant,
 }
 
 impl Core {
-    pub(crate) fn new(engine: Engine, connect_wait: Duration, rails: crate::rails::Rails) -> Core {
+    pub(crate) fn new(
+        engine: Engine,
+        connect_wait: Duration,
+        rails: crate::rails::Rails,
+        cross: crate::cross::Crossings,
+    ) -> Core {
         Core {
             engine,
             deferred: VecDeque::with_capacity(64),
             retries: Retries::new(connect_wait),
             rails,
+            cross,
             epoch: Instant::now(),
         }
     }
@@ -309,8 +317,10 @@ impl Core {
         } else {
             MAX_CONNECT_DATA
         };
+        // Every connect carries a header (see `cross`); a bond's first connection a mark
+        // too, so the peer offers its other rails.
+        max = max.saturating_sub(crate::cross::HEADER);
         if self.rails.on() {
-            // A bond's first connection carries a mark, so the peer offers its other rails.
             max = max.saturating_sub(crate::rails::BOND_MAGIC.len());
         }
         if data.len() > max {
@@ -319,13 +329,17 @@ impl Core {
                 max,
             });
         }
-        let wrapped;
-        let data = if self.rails.on() {
-            wrapped = crate::rails::wrap_connect_data(data);
-            &wrapped[..]
+        let id = self.cross.new_id();
+        let wrapped = if self.rails.on() {
+            crate::cross::wrap(
+                crate::cross::PLAIN,
+                id,
+                &crate::rails::wrap_connect_data(data),
+            )
         } else {
-            data
+            crate::cross::wrap(crate::cross::PLAIN, id, data)
         };
+        let data = &wrapped[..];
         assembly::check_key(key)?;
         let transport = match self.engine.choose_transport(host, key) {
             Ok(t) => t,
@@ -344,6 +358,7 @@ impl Core {
                     .connect_issued(placeholder, host, key);
                 self.retries
                     .track(conn, host, key, data, token, Instant::now(), false);
+                self.cross.issued(conn, id, token);
                 return Ok((conn, None));
             }
             Err(refusals) => {
@@ -355,6 +370,7 @@ impl Core {
             }
         };
         let conn = self.engine.conns_mut().connect_issued(transport, host, key);
+        self.cross.issued(conn, id, token);
         if self.retries.enabled() {
             self.retries
                 .track(conn, host, key, data, token, Instant::now(), true);
@@ -436,6 +452,7 @@ pub trait Operations: Sealed {
     /// [`crate::Disconnect::Local`].
     fn disconnect(&mut self, conn: ConnId) -> Result<(), VmiError> {
         let (core, mode) = self.core();
+        let conn = core.cross.real(conn);
         if let Some(s) = core.disconnect(conn)? {
             core.issue(s, mode);
         }
@@ -452,6 +469,7 @@ pub trait Operations: Sealed {
     /// its RTT.
     fn one_way_latency(&mut self, conn: ConnId) -> Option<Duration> {
         let (core, mode) = self.core();
+        let conn = core.cross.real(conn);
         core.ping_if_due(conn);
         if mode == Mode::Now {
             core.run_deferred();
@@ -473,6 +491,7 @@ pub trait Operations: Sealed {
         token: u64,
     ) -> Result<(), VmiError> {
         let (core, mode) = self.core();
+        let conn = core.cross.real(conn);
         if core.rails.on() && core.rails.is_bond(conn) {
             return core.bond_send(
                 conn,
@@ -495,6 +514,7 @@ pub trait Operations: Sealed {
     #[inline]
     fn send_inline(&mut self, conn: ConnId, data: &[u8]) -> Result<(), VmiError> {
         let (core, mode) = self.core();
+        let conn = core.cross.real(conn);
         if core.rails.on() && core.rails.is_bond(conn) {
             return core.bond_send(
                 conn,
@@ -516,12 +536,13 @@ pub trait Operations: Sealed {
     /// Begins a stream of fragments (VMI 2.1: `VMI_Stream_Begin`).
     fn stream_begin(&mut self, conn: ConnId) -> Result<Stream, VmiError> {
         let (core, _) = self.core();
-        if core.rails.on() && core.rails.is_bond(conn) {
+        let real = core.cross.real(conn);
+        if core.rails.on() && core.rails.is_bond(real) {
             return Ok(Stream { conn });
         }
         core.engine
             .conns_mut()
-            .stream_begin(conn)
+            .stream_begin(real)
             .map_err(|r| VmiError::refused(conn, r))?;
         Ok(Stream { conn })
     }
@@ -534,11 +555,12 @@ pub trait Operations: Sealed {
         token: u64,
     ) -> Result<(), VmiError> {
         let (core, mode) = self.core();
-        if core.rails.on() && core.rails.is_bond(stream.conn) {
+        let conn = core.cross.real(stream.conn);
+        if core.rails.on() && core.rails.is_bond(conn) {
             let bufs = buffers.into_iter().collect();
-            return core.bond_send(stream.conn, bufs, token, false, false, mode);
+            return core.bond_send(conn, bufs, token, false, false, mode);
         }
-        let s = core.prepare_buffers(stream.conn, buffers, token, SendKind::Fragment)?;
+        let s = core.prepare_buffers(conn, buffers, token, SendKind::Fragment)?;
         core.issue(s, mode);
         Ok(())
     }
@@ -552,11 +574,12 @@ pub trait Operations: Sealed {
         token: u64,
     ) -> Result<(), VmiError> {
         let (core, mode) = self.core();
-        if core.rails.on() && core.rails.is_bond(stream.conn) {
+        let conn = core.cross.real(stream.conn);
+        if core.rails.on() && core.rails.is_bond(conn) {
             let bufs = buffers.into_iter().collect();
-            return core.bond_send(stream.conn, bufs, token, true, false, mode);
+            return core.bond_send(conn, bufs, token, true, false, mode);
         }
-        let s = core.prepare_buffers(stream.conn, buffers, token, SendKind::End)?;
+        let s = core.prepare_buffers(conn, buffers, token, SendKind::End)?;
         core.issue(s, mode);
         Ok(())
     }
@@ -570,6 +593,7 @@ pub trait Operations: Sealed {
 
     /// The peer's key for a live connection.
     fn peer_key(&self, conn: ConnId) -> Option<String> {
+        let conn = self.core_ref().cross.real(conn);
         if let Some(k) = self.core_ref().rails.peer_key(conn) {
             return Some(k.to_string());
         }

@@ -363,6 +363,7 @@ pub(crate) fn connected(
         data.extend_from_slice(JOIN_MAGIC);
         data.push(idx as u8);
         data.extend_from_slice(&token);
+        let data = crate::cross::wrap(crate::cross::PLAIN, 0, &data);
         log::info!(
             "{conn}: opening rail '{}' to {target}",
             core.rails.names[idx]
@@ -431,14 +432,12 @@ fn parse_offer(b: &[u8]) -> Option<([u8; TOKEN], Vec<(usize, String)>, &[u8])> {
 pub(crate) fn request(
     core: &mut Core,
     handler: &mut dyn Handler,
-    s: Slot,
     conn: ConnId,
+    transport: DevIndex,
+    (key, host): (&str, &str),
+    data: &[u8],
 ) -> (u32, Vec<u8>) {
-    let data = Slab::of_slot(&s).read_to_vec();
-    let transport = s.transport();
-    let key = s.peer_key().to_string();
-    let host = s.peer_host().to_string();
-    core.engine.release_received(s);
+    let key = key.to_string();
     if let Some(join) = data.strip_prefix(JOIN_MAGIC.as_slice()) {
         return join_request(core, conn, transport, &key, join);
     }
@@ -453,7 +452,7 @@ pub(crate) fn request(
         let mut req = ConnectRequest {
             conn,
             peer_key: &key,
-            peer_host: &host,
+            peer_host: host,
             data: Slab::from_bytes(app),
         };
         handler.accept(&mut Ctx::new(core), &mut req)
@@ -1019,7 +1018,7 @@ fn fail_bond(
 }
 
 /// Closes a rail's connection with no callback.
-fn close_quietly(core: &mut Core, conn: ConnId) {
+pub(crate) fn close_quietly(core: &mut Core, conn: ConnId) {
     if let Ok(transport) = core.engine.conns_mut().disconnect_issued(conn) {
         let mut s = core.engine.new_slot();
         s.set_op(crate::abi::VMI_OP_DISCONNECT);

@@ -141,6 +141,7 @@ impl Vmi {
             };
             warn_always(&text);
         }
+        let plan_rails_none = plan.rails.is_none();
         let rails = crate::rails::Rails::new(
             plan.rails.clone(),
             plan.rails
@@ -161,7 +162,12 @@ impl Vmi {
             plan.signature.encode()
         );
         Ok(Vmi {
-            core: Core::new(engine, connect_wait, rails),
+            core: Core::new(
+                engine,
+                connect_wait,
+                rails,
+                crate::cross::Crossings::new(plan_rails_none, key),
+            ),
             arena: crate::direct::Arena::default(),
             key: key.to_string(),
             spec,
@@ -250,6 +256,7 @@ impl Vmi {
             && self.core.engine.direct_pollers().is_empty()
             && self.core.retries.waiting() == 0
             && self.core.rails.idle()
+            && self.core.cross.idle()
         {
             return n;
         }
@@ -271,6 +278,9 @@ impl Vmi {
         if !self.core.rails.idle() {
             crate::rails::pump(&mut self.core);
             self.core.run_deferred();
+        }
+        if !self.core.cross.idle() {
+            crate::dispatch::cross_expired(&mut self.core, handler);
         }
         n
     }
