@@ -243,7 +243,7 @@ fn an_over_limit_hello_is_answered_and_the_log_shows_the_peers_ring() {
         "vmirecv",
         &[&key, "--timeout", "60", "-n", "1"],
         &shm_spec(),
-        &[("VMI_SHMEM_MAX_CONNECT_DATA", "8"), ("VMI_LOG", "info")],
+        &[("VMI_SHMEM_MAX_CONNECT_DATA", "32"), ("VMI_LOG", "info")],
     );
     r.wait_for("waiting for connections", T);
     let (ok, out) = Proc::spawn(

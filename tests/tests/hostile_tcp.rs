@@ -232,7 +232,7 @@ fn a_second_process_with_the_same_key_refuses_to_start() {
 #[test]
 fn a_sender_does_not_listen_and_an_over_limit_hello_is_answered() {
     let key = unique_key("limits");
-    let r = receiver(&key, "1", &[("VMI_TCP_MAX_CONNECT_DATA", "8")]);
+    let r = receiver(&key, "1", &[("VMI_TCP_MAX_CONNECT_DATA", "32")]);
     let skey = unique_key("big-hello");
     let (ok, out) = Proc::spawn(
         "vmisend",
