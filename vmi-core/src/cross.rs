@@ -151,6 +151,16 @@ impl Crossings {
         self.to_app.get(&conn.raw()).copied().unwrap_or(conn)
     }
 
+    /// Connects waiting for a crossing peer's request.
+    pub(crate) fn waits(&self) -> usize {
+        self.expected.len()
+    }
+
+    /// True when some handle stands for another connection.
+    pub(crate) fn aliased(&self) -> bool {
+        !self.to_real.is_empty()
+    }
+
     /// True when no loser waits for a winner's request.
     #[inline]
     pub(crate) fn idle(&self) -> bool {

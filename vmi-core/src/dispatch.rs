@@ -146,6 +146,7 @@ fn deliver(core: &mut Core, handler: &mut dyn Handler, mut s: Slot) {
                 crate::rails::answered(core, conn, accepted);
             }
             if let Some((mine, token)) = core.cross.answered(conn, accepted) {
+                core.refresh();
                 // This process's own connect, carried by the peer's (they crossed).
                 let outcome = if accepted {
                     ConnectOutcome::Accepted(Slab::from_bytes(&[]))
@@ -169,15 +170,8 @@ fn deliver(core: &mut Core, handler: &mut dyn Handler, mut s: Slot) {
                     detail: s.take_detail(),
                 }
             };
-            if core.rails.on() && core.rails.is_rail(conn) {
-                core.engine.free(s);
-                crate::rails::rail_closed(core, handler, conn, reason);
-                return;
-            }
-            let app = core.cross.app(conn);
-            core.cross.closed(conn);
-            handler.disconnected(&mut Ctx::new(core), app, reason);
             core.engine.free(s);
+            ended(core, handler, conn, reason);
         }
         Purpose::Received => deliver_received(core, handler, s),
         Purpose::RailChunk => {
@@ -201,6 +195,18 @@ fn deliver(core: &mut Core, handler: &mut dyn Handler, mut s: Slot) {
             core.engine.free(s);
         }
     }
+}
+
+/// A connection ended: its bond hears of it if it is a rail, else the application (under
+/// the handle it knows the connection by).
+fn ended(core: &mut Core, handler: &mut dyn Handler, conn: ConnId, reason: Disconnect) {
+    if core.rails.on() && core.rails.is_rail(conn) {
+        return crate::rails::rail_closed(core, handler, conn, reason);
+    }
+    let app = core.cross.app(conn);
+    core.cross.closed(conn);
+    core.refresh();
+    handler.disconnected(&mut Ctx::new(core), app, reason);
 }
 
 /// Queues a message to the peer's engine on `conn`.
@@ -320,14 +326,8 @@ fn deliver_received(core: &mut Core, handler: &mut dyn Handler, s: Slot) {
                         detail: s.detail().to_string(),
                     }
                 };
-                if core.rails.on() && core.rails.is_rail(conn) {
-                    core.engine.release_received(s);
-                    crate::rails::rail_closed(core, handler, conn, reason);
-                    return;
-                }
-                let app = core.cross.app(conn);
-                core.cross.closed(conn);
-                handler.disconnected(&mut Ctx::new(core), app, reason);
+                core.engine.release_received(s);
+                return ended(core, handler, conn, reason);
             }
             core.engine.release_received(s);
         }
@@ -341,6 +341,8 @@ fn deliver_received(core: &mut Core, handler: &mut dyn Handler, s: Slot) {
 /// A fragment a transport handed over with no IRB (see `direct`), delivered to the
 /// application as `receive` does for an IRB. `releases` and `held` are the engine's (kept by
 /// the caller, so nothing is cloned per fragment): a grab of the slab counts in them.
+/// Inlined into the direct path's loop (it was, until its size passed the heuristics').
+#[inline(always)]
 pub(crate) fn receive_lent(
     core: &mut Core,
     handler: &mut dyn Handler,
@@ -360,6 +362,24 @@ pub(crate) fn receive_lent(
         // The rest of a failed message.
         return;
     }
+    if core.routed {
+        return receive_lent_routed(core, handler, (conn, end, data), releases, held);
+    }
+    let cmd = if end { Recv::End } else { Recv::Fragment };
+    let grabbed = Cell::new(false);
+    let mut slab = Slab::lent(data, releases, &grabbed, held);
+    handler.receive(&mut Ctx::new(core), conn, cmd, &mut slab);
+}
+
+/// `receive_lent` for a connection that may be a rail or stand under another handle.
+#[inline(never)]
+fn receive_lent_routed(
+    core: &mut Core,
+    handler: &mut dyn Handler,
+    (conn, end, data): (ConnId, bool, &[u8]),
+    releases: &Arc<Releases>,
+    held: &Cell<usize>,
+) {
     if core.rails.on() && core.rails.is_rail(conn) {
         return crate::rails::received(core, handler, conn, data);
     }
@@ -434,6 +454,7 @@ fn connect_request(core: &mut Core, handler: &mut dyn Handler, s: Slot, conn: Co
         // This process's own connect to the peer is carried by this one now.
         core.retries.remove(mine);
     }
+    core.refresh();
     match decided {
         crate::cross::Answer::Accept(kind, id) => {
             return answer(core, conn, transport, VMI_OP_ACCEPT, (kind, id), Vec::new());

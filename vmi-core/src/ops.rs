@@ -58,6 +58,12 @@ pub struct Core {
     pub(crate) rails: crate::rails::Rails,
     /// Simultaneous connects (see `cross`).
     pub(crate) cross: crate::cross::Crossings,
+    /// Things the next poll must see to even when no device has anything: connects waiting
+    /// for their peer, bonds, connects waiting for a crossing peer (see `refresh`).
+    pub(crate) background: usize,
+    /// True when a handle may stand for another connection (a bond, a crossed connect):
+    /// sends and deliveries then go the long way (see `refresh`).
+    pub(crate) routed: bool,
     /// The clock of latency pings' stamps.
     epoch: Instant,
 }
@@ -73,10 +79,19 @@ impl Core {
             engine,
             deferred: VecDeque::with_capacity(64),
             retries: Retries::new(connect_wait),
+            routed: rails.on(),
             rails,
             cross,
+            background: 0,
             epoch: Instant::now(),
         }
+    }
+
+    /// Recomputes `background` and `routed` after what can change them (retries, bonds,
+    /// aliases), so that `poll` and the send and receive fast paths check one field each.
+    pub(crate) fn refresh(&mut self) {
+        self.background = self.retries.waiting() + self.rails.busy() + self.cross.waits();
+        self.routed = self.rails.on() || self.cross.aliased();
     }
 
     /// Nanoseconds on the stamps' clock.
@@ -185,6 +200,24 @@ impl Core {
             Mode::Now => self.engine.submit(s),
             Mode::Deferred => self.deferred.push_back(s),
         }
+    }
+
+    /// An inline send that did not go straight to the transport: a handle standing for
+    /// another connection, a bond, or the IRB path.
+    #[inline(never)]
+    fn send_inline_other(&mut self, conn: ConnId, data: &[u8], mode: Mode) -> Result<(), VmiError> {
+        let conn = self.cross.real(conn);
+        if self.rails.on() && self.rails.is_bond(conn) {
+            let bufs = vec![Buffer::from_vec(data.to_vec())];
+            return self.bond_send(conn, bufs, 0, true, true, mode);
+        }
+        if self.routed
+            && (mode == Mode::Now || self.deferred.is_empty())
+            && self.send_direct(conn, data)
+        {
+            return Ok(());
+        }
+        self.send_inline_irb(conn, data, mode)
     }
 
     /// A send on a bonded connection (see `rails`).
@@ -359,6 +392,7 @@ impl Core {
                 self.retries
                     .track(conn, host, key, data, token, Instant::now(), false);
                 self.cross.issued(conn, id, token);
+                self.refresh();
                 return Ok((conn, None));
             }
             Err(refusals) => {
@@ -376,6 +410,7 @@ impl Core {
                 .track(conn, host, key, data, token, Instant::now(), true);
         }
         let s = self.connect_slot(conn, transport, host, key, data, token);
+        self.refresh();
         Ok((conn, Some(s)))
     }
 
@@ -514,23 +549,15 @@ pub trait Operations: Sealed {
     #[inline]
     fn send_inline(&mut self, conn: ConnId, data: &[u8]) -> Result<(), VmiError> {
         let (core, mode) = self.core();
-        let conn = core.cross.real(conn);
-        if core.rails.on() && core.rails.is_bond(conn) {
-            return core.bond_send(
-                conn,
-                vec![Buffer::from_vec(data.to_vec())],
-                0,
-                true,
-                true,
-                mode,
-            );
-        }
         // Straight to the transport when nothing issued earlier waits to run (from a
         // callback, operations queued before this one must go first).
-        if (mode == Mode::Now || core.deferred.is_empty()) && core.send_direct(conn, data) {
+        if !core.routed
+            && (mode == Mode::Now || core.deferred.is_empty())
+            && core.send_direct(conn, data)
+        {
             return Ok(());
         }
-        core.send_inline_irb(conn, data, mode)
+        core.send_inline_other(conn, data, mode)
     }
 
     /// Begins a stream of fragments (VMI 2.1: `VMI_Stream_Begin`).

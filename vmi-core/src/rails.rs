@@ -100,6 +100,17 @@ impl Bond {
             .count()
     }
 
+    /// Rail `idx` opened: chunks may go on it.
+    fn rail_up(&mut self, idx: usize, name: &str) {
+        self.rails[idx].state = RailState::Up;
+        self.tx.rail_up(idx);
+        log::info!(
+            "{}: rail '{name}' is up ({} up)",
+            self.id,
+            self.tx.rails_up()
+        );
+    }
+
     /// The first rail that is up: where acknowledgements go.
     fn control_rail(&self) -> Option<ConnId> {
         self.rails
@@ -146,6 +157,11 @@ impl Rails {
     #[inline]
     pub(crate) fn idle(&self) -> bool {
         self.bonds.is_empty()
+    }
+
+    /// Bonds (each needs every poll: chunks to pump, acknowledgements to send).
+    pub(crate) fn busy(&self) -> usize {
+        self.bonds.len()
     }
 
     /// True for a bond's `ConnId`.
@@ -283,14 +299,7 @@ pub(crate) fn connected(
     if let Some(&(bond, idx)) = core.rails.by_rail.get(&conn.raw()) {
         let b = core.rails.bonds.get_mut(&bond)?;
         if status == Status::Ok {
-            b.rails[idx].state = RailState::Up;
-            b.tx.rail_up(idx);
-            log::info!(
-                "{}: rail '{}' joined ({} rails up)",
-                b.id,
-                core.rails.names[idx],
-                b.tx.rails_up()
-            );
+            b.rail_up(idx, &core.rails.names[idx]);
         } else {
             log::warn!(
                 "{}: rail '{}' could not be opened ({status}); the connection goes on without it",
@@ -554,14 +563,7 @@ pub(crate) fn answered(core: &mut Core, conn: ConnId, accepted: bool) {
         return;
     };
     if accepted {
-        b.rails[idx].state = RailState::Up;
-        b.tx.rail_up(idx);
-        log::info!(
-            "{}: rail '{}' is up ({} up)",
-            b.id,
-            core.rails.names[idx],
-            b.tx.rails_up()
-        );
+        b.rail_up(idx, &core.rails.names[idx]);
     } else {
         b.rails[idx].state = RailState::Down;
         b.rails[idx].conn = None;

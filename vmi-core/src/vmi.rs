@@ -254,9 +254,7 @@ impl Vmi {
         let n = self.core.engine.poll_devices();
         if self.core.engine.outcomes() == 0
             && self.core.engine.direct_pollers().is_empty()
-            && self.core.retries.waiting() == 0
-            && self.core.rails.idle()
-            && self.core.cross.idle()
+            && self.core.background == 0
         {
             return n;
         }
@@ -282,6 +280,7 @@ impl Vmi {
         if !self.core.cross.idle() {
             crate::dispatch::cross_expired(&mut self.core, handler);
         }
+        self.core.refresh();
         n
     }
 
