@@ -287,3 +287,47 @@ fn rails_blocks_that_cannot_work_are_refused_with_the_place() {
     let e = Spec::parse_str(&bad, "r.xml").unwrap_err().to_string();
     assert!(e.contains("chunk"), "{e}");
 }
+
+/// Rails over different transports (VMI 2.1's striping across heterogeneous networks):
+/// shared memory and TCP on one host, one connection. The TCP rail listens on every
+/// interface, so it offers its port alone and is reached at the first rail's host.
+#[test]
+fn a_connection_stripes_over_shared_memory_and_tcp_at_once() {
+    register_all();
+    let text = r#"<vmi>
+  <device name="shmem"/><device name="tcp"/>
+  <chain name="send"><use device="shmem"/><use device="tcp"/></chain>
+  <chain name="receive"><use device="shmem"/><use device="tcp"/></chain>
+  <rails stripe_min="65536" chunk="65536"><rail device="shmem"/><rail device="tcp"/></rails>
+</vmi>"#;
+    let sp = Spec::parse_str(text, "hetero.xml").expect("spec");
+    let kb = unique_key("rails-hb");
+    let mut p = Pair {
+        a: Vmi::with_spec(sp.clone(), &unique_key("rails-ha")).expect("a"),
+        ha: Side::default(),
+        b: Vmi::with_spec(sp, &kb).expect("b"),
+        hb: Side::default(),
+    };
+    let conn = p.a.connect("localhost", &kb, b"", 0).expect("connect");
+    p.poll_until("rails up", |p| {
+        p.a.rails(conn)
+            .is_some_and(|r| r.iter().all(|r| r.state == "up"))
+    });
+    let sizes: Vec<usize> = (0..40).map(|_| 1 << 20).collect();
+    for (i, &len) in sizes.iter().enumerate() {
+        p.a.send(conn, [Buffer::from_vec(message(i as u32, len))], 0)
+            .expect("send");
+    }
+    p.poll_until("delivery", |p| {
+        p.hb.received.len() == sizes.len() && p.ha.completed.len() == sizes.len()
+    });
+    check_in_order(&p.hb.received, &sizes);
+    let rails = p.a.rails(conn).expect("a bond");
+    println!("shmem + tcp rails: {rails:?}");
+    assert_eq!(rails[0].device, "shmem");
+    assert_eq!(rails[1].device, "tcp");
+    assert!(
+        rails.iter().all(|r| r.bytes > 0),
+        "both carried a share: {rails:?}"
+    );
+}
