@@ -16,8 +16,10 @@ pub(crate) struct Registration {
 #[derive(Debug)]
 enum Bytes {
     Owned(Vec<u8>),
-    /// Shared bytes and the range of them this buffer is.
-    Shared(Arc<[u8]>, std::ops::Range<usize>),
+    Shared(Arc<[u8]>),
+    /// A range of shared bytes (boxed, so a buffer stays three words: the send path moves
+    /// buffers by value).
+    Slice(Box<(Arc<[u8]>, std::ops::Range<usize>)>),
 }
 
 impl Default for Bytes {
@@ -58,9 +60,8 @@ impl Buffer {
     /// and clones only the `Arc`, so many sends of the same bytes can be in flight at once
     /// (the bytes stay where they are until the last of them completes).
     pub fn shared(data: Arc<[u8]>) -> Buffer {
-        let all = 0..data.len();
         Buffer {
-            data: Bytes::Shared(data, all),
+            data: Bytes::Shared(data),
             regs: Vec::new(),
             pooled: false,
         }
@@ -72,7 +73,7 @@ impl Buffer {
         let end = range.end.min(data.len());
         let start = range.start.min(end);
         Buffer {
-            data: Bytes::Shared(data, start..end),
+            data: Bytes::Slice(Box::new((data, start..end))),
             regs: Vec::new(),
             pooled: false,
         }
@@ -80,7 +81,7 @@ impl Buffer {
 
     /// True for a buffer made with [`Buffer::shared`] (and not written to since).
     pub fn is_shared(&self) -> bool {
-        matches!(self.data, Bytes::Shared(..))
+        matches!(self.data, Bytes::Shared(_) | Bytes::Slice(_))
     }
 
     /// A zero-filled buffer of `len` bytes, not registered.
@@ -101,7 +102,8 @@ impl Buffer {
     fn bytes(&self) -> &[u8] {
         match &self.data {
             Bytes::Owned(v) => v,
-            Bytes::Shared(a, r) => &a[r.clone()],
+            Bytes::Shared(a) => a,
+            Bytes::Slice(b) => &b.0[b.1.clone()],
         }
     }
 
@@ -122,7 +124,8 @@ impl Buffer {
     pub fn into_vec(self) -> Vec<u8> {
         match self.data {
             Bytes::Owned(v) => v,
-            Bytes::Shared(a, r) => a[r].to_vec(),
+            Bytes::Shared(a) => a.to_vec(),
+            Bytes::Slice(b) => b.0[b.1.clone()].to_vec(),
         }
     }
 
@@ -135,21 +138,30 @@ impl Buffer {
     /// The buffer's own vector; a shared buffer's bytes are copied into one first (its
     /// registrations, which named the shared memory, are dropped).
     pub(crate) fn vec_mut(&mut self) -> &mut Vec<u8> {
-        if let Bytes::Shared(a, r) = &self.data {
-            self.data = Bytes::Owned(a[r.clone()].to_vec());
-            self.regs.clear();
+        if !matches!(self.data, Bytes::Owned(_)) {
+            self.make_owned();
         }
         match &mut self.data {
             Bytes::Owned(v) => v,
-            Bytes::Shared(..) => unreachable!("made owned just above"),
+            Bytes::Shared(_) | Bytes::Slice(_) => unreachable!("made owned just above"),
         }
+    }
+
+    /// Copies shared bytes into the buffer's own vector.
+    #[cold]
+    #[inline(never)]
+    fn make_owned(&mut self) {
+        let copy = self.bytes().to_vec();
+        self.data = Bytes::Owned(copy);
+        self.regs.clear();
     }
 
     #[cfg(test)]
     fn vec_mut_cap(&self) -> usize {
         match &self.data {
             Bytes::Owned(v) => v.capacity(),
-            Bytes::Shared(_, r) => r.len(),
+            Bytes::Shared(a) => a.len(),
+            Bytes::Slice(b) => b.1.len(),
         }
     }
 }

@@ -46,7 +46,20 @@ fn dispatch_queued(core: &mut Core, handler: &mut dyn Handler) -> usize {
     n
 }
 
-fn deliver(core: &mut Core, handler: &mut dyn Handler, mut s: Slot) {
+fn deliver(core: &mut Core, handler: &mut dyn Handler, s: Slot) {
+    let purpose = s.purpose();
+    deliver_purpose(core, handler, s);
+    if matches!(
+        purpose,
+        Purpose::Connect | Purpose::Answer | Purpose::Disconnect | Purpose::Internal
+    ) {
+        // Retries, bonds and aliases change only on these (and connect requests and peer
+        // closes): the fast paths' summary is brought up to date.
+        core.refresh();
+    }
+}
+
+fn deliver_purpose(core: &mut Core, handler: &mut dyn Handler, mut s: Slot) {
     let conn = ConnId(s.conn_raw());
     let status = s.status();
     match s.purpose() {
@@ -314,7 +327,10 @@ fn deliver_received(core: &mut Core, handler: &mut dyn Handler, s: Slot) {
     }
     match s.op() {
         VMI_OP_RECV => receive(core, handler, s, conn),
-        VMI_OP_CONNECT_REQUEST => connect_request(core, handler, s, conn),
+        VMI_OP_CONNECT_REQUEST => {
+            connect_request(core, handler, s, conn);
+            core.refresh();
+        }
         VMI_OP_PEER_DISCONNECT => {
             let was_live = core.engine.conns_mut().closed(conn);
             if was_live {

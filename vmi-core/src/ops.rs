@@ -551,13 +551,13 @@ pub trait Operations: Sealed {
         let (core, mode) = self.core();
         // Straight to the transport when nothing issued earlier waits to run (from a
         // callback, operations queued before this one must go first).
-        if !core.routed
-            && (mode == Mode::Now || core.deferred.is_empty())
-            && core.send_direct(conn, data)
-        {
+        if core.routed {
+            return core.send_inline_other(conn, data, mode);
+        }
+        if (mode == Mode::Now || core.deferred.is_empty()) && core.send_direct(conn, data) {
             return Ok(());
         }
-        core.send_inline_other(conn, data, mode)
+        core.send_inline_irb(conn, data, mode)
     }
 
     /// Begins a stream of fragments (VMI 2.1: `VMI_Stream_Begin`).

@@ -1056,6 +1056,7 @@ fn end_bond(core: &mut Core, handler: &mut dyn Handler, bond: u64) {
         };
         handler.send_complete(&mut Ctx::new(core), b.id, &mut c);
     }
+    core.refresh();
     handler.disconnected(&mut Ctx::new(core), b.id, reason);
 }
 

@@ -211,6 +211,7 @@ impl IrbSlot {
 
     /// Takes `buf` for the life of the IRB and appends it as a segment. Returns the buffer
     /// back when all segments are in use.
+    #[inline]
     pub fn push_buffer(&mut self, buf: Buffer) -> Result<(), Buffer> {
         if self.abi.nseg as usize >= VMI_IRB_MAX_SEGS {
             return Err(buf);

@@ -265,7 +265,7 @@ impl Vmi {
     /// straight to the handler (no IRB) and delivers what they hand up as IRBs instead.
     #[inline(never)]
     fn poll_rest(&mut self, handler: &mut dyn Handler) -> usize {
-        if self.core.retries.waiting() > 0 {
+        if self.core.background != 0 && self.core.retries.waiting() > 0 {
             self.core.run_retries(Instant::now());
         }
         let mut n = dispatch(&mut self.core, handler);
@@ -273,6 +273,16 @@ impl Vmi {
             n += crate::direct::poll(&mut self.core, &mut self.arena, handler);
             n += dispatch(&mut self.core, handler);
         }
+        if self.core.background != 0 {
+            self.background(handler);
+        }
+        n
+    }
+
+    /// Work that waits for no device: bonds' chunks and acknowledgements, connects waiting
+    /// for a crossing peer.
+    #[inline(never)]
+    fn background(&mut self, handler: &mut dyn Handler) {
         if !self.core.rails.idle() {
             crate::rails::pump(&mut self.core);
             self.core.run_deferred();
@@ -281,7 +291,6 @@ impl Vmi {
             crate::dispatch::cross_expired(&mut self.core, handler);
         }
         self.core.refresh();
-        n
     }
 
     /// Like `poll`, but sleeps on the devices' descriptors until something happens or
