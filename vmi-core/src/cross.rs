@@ -230,6 +230,12 @@ impl Crossings {
         (Answer::Accept(SUPERSEDED, my_id), Some(mine))
     }
 
+    /// True when `real` was accepted without asking the application (its own connect
+    /// reports the outcome).
+    pub(crate) fn is_answering(&self, real: ConnId) -> bool {
+        self.answering.contains_key(&real.raw())
+    }
+
     /// The answer to request `real` went out: `Some((application's connection, token))`
     /// when the application is to hear of it as its connect.
     pub(crate) fn answered(&mut self, real: ConnId, accepted: bool) -> Option<(ConnId, u64)> {

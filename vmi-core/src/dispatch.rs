@@ -152,6 +152,17 @@ fn deliver_purpose(core: &mut Core, handler: &mut dyn Handler, mut s: Slot) {
                 );
             }
             core.engine.conns_mut().answer_finished(conn, accepted);
+            if s.op() == VMI_OP_ACCEPT && status != Status::Ok && !core.rails.is_rail(conn) {
+                // The application accepted this connection and it never opened (the peer
+                // gave up before the answer reached it): it hears that it ended.
+                let reason = Disconnect::Error {
+                    status,
+                    detail: format!("the connection ended before it opened: {}", s.detail()),
+                };
+                if !core.cross.is_answering(conn) {
+                    handler.disconnected(&mut Ctx::new(core), conn, reason);
+                }
+            }
             if accepted {
                 core.ping_if_due(conn);
             }

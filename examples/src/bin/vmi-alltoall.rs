@@ -182,7 +182,7 @@ impl Node {
 }
 
 impl Handler for Node {
-    fn accept(&mut self, _ctx: &mut Ctx<'_>, req: &mut ConnectRequest<'_>) -> Decision {
+    fn accept(&mut self, ctx: &mut Ctx<'_>, req: &mut ConnectRequest<'_>) -> Decision {
         let data = req.data.read_to_vec();
         let rank = std::str::from_utf8(&data)
             .ok()
@@ -192,8 +192,19 @@ impl Handler for Node {
         let Some(rank) = rank else {
             return Decision::Reject(b"not a lower rank of this vmi-alltoall job".to_vec());
         };
-        if self.by_rank.contains_key(&rank) {
-            return Decision::Reject(b"this rank is connected already".to_vec());
+        if let Some(&old) = self.by_rank.get(&rank) {
+            let used = self
+                .peers
+                .get(&old)
+                .is_some_and(|p| p.received > 0 || !p.current.is_empty());
+            if used {
+                return Decision::Reject(b"this rank is connected already".to_vec());
+            }
+            // A connect of that rank's that it gave up (it timed out on a loaded machine and
+            // tried again) while this side accepted it: the new one replaces it.
+            log::info!("rank {rank} connected again; its earlier, unused connection is closed");
+            self.peers.remove(&old);
+            let _ = ctx.disconnect(old);
         }
         self.by_rank.insert(rank, req.conn);
         self.peers.insert(
@@ -248,6 +259,25 @@ impl Handler for Node {
 
     fn disconnected(&mut self, _ctx: &mut Ctx<'_>, conn: ConnId, reason: Disconnect) {
         let (done, finishing, me) = (self.done, self.finishing, self.job.rank);
+        let unused = self
+            .peers
+            .get(&conn)
+            .is_some_and(|p| p.received == 0 && p.current.is_empty());
+        if unused && matches!(reason, Disconnect::Error { .. }) {
+            // An accepted connection that never carried anything failed (on a loaded machine
+            // the peer may give up its connect before the answer arrives): the peer tries
+            // again, and its next connect takes this one's place.
+            if let Some(p) = self.peers.remove(&conn) {
+                log::info!(
+                    "rank {}: an unused connection failed ({reason:?}); waiting for it to connect again",
+                    p.rank
+                );
+                if self.by_rank.get(&p.rank) == Some(&conn) {
+                    self.by_rank.remove(&p.rank);
+                }
+            }
+            return;
+        }
         if let Some(p) = self.peers.get_mut(&conn) {
             p.closed = true;
             p.open = false;
