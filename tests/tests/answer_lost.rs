@@ -3,7 +3,8 @@
 //! the application as ended: it must not count it as open (`vmi-alltoall` once refused the
 //! peer's next try as "connected already"). Over TCP the engine hears of it from the answer
 //! or from the peer's reset, whichever comes first; over shared memory only the answer's
-//! failure says so (the 64-process run under load in the README is what caught it there).
+//! failure says so (the 64-process run under load in the README is what caught it there),
+//! and the second test fails without the fix.
 
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};
@@ -16,9 +17,10 @@ use vmi_core::{Disconnect, Vmi};
 use vmi_tcp::wire::HelloRepr;
 use vmi_tests::{register_all, unique_key};
 
-struct Server {
-    /// The peer's socket, reset from inside the accept handler (before the answer goes).
-    peer: Option<TcpStream>,
+struct Server<S> {
+    /// The peer's socket, closed from inside the accept handler (before the answer goes).
+    peer: Option<S>,
+    close: fn(S),
     accepted: Vec<ConnId>,
     disconnected: Vec<(ConnId, Disconnect)>,
 }
@@ -44,11 +46,11 @@ fn reset(s: TcpStream) {
     drop(s);
 }
 
-impl Handler for Server {
+impl<S> Handler for Server<S> {
     fn accept(&mut self, _ctx: &mut Ctx<'_>, req: &mut ConnectRequest<'_>) -> Decision {
         self.accepted.push(req.conn);
         if let Some(s) = self.peer.take() {
-            reset(s);
+            (self.close)(s);
             std::thread::sleep(Duration::from_millis(50));
         }
         Decision::Accept(Vec::new())
@@ -80,11 +82,17 @@ fn an_accepted_connection_whose_answer_is_lost_is_reported_ended() {
         b"vmi-alltoall rank 0",
     ))
     .expect("hello");
-    let mut h = Server {
+    let h = Server {
         peer: Some(s),
+        close: reset,
         accepted: Vec::new(),
         disconnected: Vec::new(),
     };
+    ended(&mut vmi, h);
+}
+
+/// Polls until the application hears that the connection it accepted ended.
+fn ended<S>(vmi: &mut Vmi, mut h: Server<S>) {
     let start = Instant::now();
     while h.disconnected.is_empty() {
         vmi.poll(&mut h);
@@ -102,4 +110,29 @@ fn an_accepted_connection_whose_answer_is_lost_is_reported_ended() {
         h.disconnected
     );
     assert_eq!(vmi.connection_count(), 0);
+}
+
+#[test]
+fn over_shared_memory_too() {
+    use vmi_shmem::io::{Region, send_with_fds, socket_addr};
+    use vmi_shmem::wire::Hello;
+    register_all();
+    let text = r#"<vmi><device name="shmem"/>
+  <chain name="send"><use device="shmem"/></chain><chain name="receive"><use device="shmem"/></chain></vmi>"#;
+    let key = unique_key("answer-lost-shm");
+    let mut vmi =
+        Vmi::with_spec(Spec::parse_str(text, "s.xml").expect("spec"), &key).expect("start");
+    let addr = socket_addr(rustix::process::geteuid().as_raw(), &key).expect("name");
+    let sock = std::os::unix::net::UnixStream::connect_addr(&addr).expect("listens");
+    let region = Region::create(4096).expect("ring memory");
+    let bell = rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC).expect("eventfd");
+    let hello = Hello::emit("gives-up", &key, "send=;recv=", b"hi", 4096, &[0u8; 16]);
+    send_with_fds(&sock, &hello, &[region.fd(), &bell]).expect("hello");
+    let h = Server {
+        peer: Some((sock, region)),
+        close: drop,
+        accepted: Vec::new(),
+        disconnected: Vec::new(),
+    };
+    ended(&mut vmi, h);
 }
