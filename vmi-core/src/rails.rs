@@ -1094,4 +1094,12 @@ mod tests {
         assert_eq!(rail_host("box", ":1"), "box:1");
         assert_eq!(rail_host("box", ""), "box");
     }
+
+    proptest::proptest! {
+        /// A peer's offer is read without panicking, whatever its bytes.
+        #[test]
+        fn any_offer_bytes_are_read_without_panic(b in proptest::collection::vec(proptest::num::u8::ANY, 0..300)) {
+            let _ = parse_offer(&b);
+        }
+    }
 }

@@ -418,4 +418,38 @@ mod tests {
         r.fail(0).unwrap();
         assert_eq!(r.pop(), None);
     }
+
+    proptest::proptest! {
+        /// Whatever a peer sends (any sequence numbers, offsets, lengths, end flags and
+        /// give-ups), the receiver never panics, never holds more than its window, and
+        /// delivers sequence numbers in order.
+        #[test]
+        fn any_records_are_checked_without_panic(
+            ops in proptest::collection::vec(
+                (0u64..80, 0u64..3000, 0u64..1200, 0u64..3000, proptest::bool::ANY, proptest::bool::ANY),
+                0..200,
+            )
+        ) {
+            let mut r = Receiver::new(ReceiverConfig {
+                max_fragment: 2500,
+                max_pending_bytes: 6000,
+                max_ahead: 64,
+            });
+            let mut delivered = 0u64;
+            for (seq, offset, len, total, end, give_up) in ops {
+                if give_up {
+                    let _ = r.fail(seq);
+                } else if let Ok(Place::Into(dst)) = r.place(seq, offset, len, total, end) {
+                    proptest::prop_assert_eq!(dst.len() as u64, len);
+                    dst.fill(1);
+                    r.placed(seq, offset, len);
+                }
+                proptest::prop_assert!(r.pending_bytes() <= 6000);
+                while r.pop().is_some() {
+                    delivered += 1;
+                    proptest::prop_assert_eq!(r.next_seq(), delivered);
+                }
+            }
+        }
+    }
 }
