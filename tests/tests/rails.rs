@@ -331,3 +331,34 @@ fn a_connection_stripes_over_shared_memory_and_tcp_at_once() {
         "both carried a share: {rails:?}"
     );
 }
+
+/// A connection whose transport is in the chains but no rail stays a plain connection, and
+/// the application's reply data arrives whole.
+#[test]
+fn a_connection_over_a_transport_that_is_no_rail_stays_plain() {
+    register_all();
+    let text = r#"<vmi>
+  <device name="shmem"/>
+  <device name="tcp_a" type="tcp"><param name="listen_addr" value="127.0.0.1"/></device>
+  <device name="tcp_b" type="tcp"><param name="listen_addr" value="127.0.0.2"/></device>
+  <chain name="send"><use device="shmem"/><use device="tcp_a"/><use device="tcp_b"/></chain>
+  <chain name="receive"><use device="shmem"/><use device="tcp_a"/><use device="tcp_b"/></chain>
+  <rails><rail device="tcp_a"/><rail device="tcp_b"/></rails>
+</vmi>"#;
+    let sp = Spec::parse_str(text, "plain.xml").expect("spec");
+    let kb = unique_key("rails-pb");
+    let mut p = Pair {
+        a: Vmi::with_spec(sp.clone(), &unique_key("rails-pa")).expect("a"),
+        ha: Side::default(),
+        b: Vmi::with_spec(sp, &kb).expect("b"),
+        hb: Side::default(),
+    };
+    let conn = p.a.connect("localhost", &kb, b"hello", 0).expect("connect");
+    p.poll_until("connect", |p| p.ha.outcome.is_some());
+    assert_eq!(p.ha.outcome, Some(Ok(b"welcome".to_vec())));
+    assert_eq!(p.hb.accepted_data, vec![b"hello".to_vec()]);
+    assert!(p.a.rails(conn).is_none(), "shared memory is no rail here");
+    p.a.send_inline(conn, &message(0, 100)).expect("send");
+    p.poll_until("delivery", |p| p.hb.received.len() == 1);
+    check_in_order(&p.hb.received, &[100]);
+}

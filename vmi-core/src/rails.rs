@@ -474,7 +474,8 @@ pub(crate) fn request(
         }
         Decision::Accept(r) => {
             let Some(first) = core.rails.rail_index(transport) else {
-                return (crate::abi::VMI_OP_ACCEPT, BOND_MAGIC.to_vec());
+                // Over a transport that is no rail: a plain connection, offering nothing.
+                return (crate::abi::VMI_OP_ACCEPT, offer(&[0; TOKEN], &[], &r));
             };
             let max = core.engine.top_caps().max_fragment;
             let mut b = core.rails.new_bond(conn, &key, max);
