@@ -265,6 +265,20 @@ impl Rails {
     }
 }
 
+/// A bond the application has not disconnected.
+fn open_bond(bonds: &mut HashMap<u64, Bond>, conn: ConnId) -> Result<&mut Bond, VmiError> {
+    let b = bonds
+        .get_mut(&conn.raw())
+        .ok_or(VmiError::UnknownConnection(conn))?;
+    if b.closing {
+        return Err(VmiError::NotOpen {
+            conn,
+            state: "closing",
+        });
+    }
+    Ok(b)
+}
+
 // ---- connecting ----
 
 /// The connect data of a bond's first connection.
@@ -606,15 +620,7 @@ pub(crate) fn send(
             Arc::from(v)
         }
     };
-    let Some(b) = core.rails.bonds.get_mut(&conn.raw()) else {
-        return Err(VmiError::UnknownConnection(conn));
-    };
-    if b.closing {
-        return Err(VmiError::NotOpen {
-            conn,
-            state: "closing",
-        });
-    }
+    open_bond(&mut core.rails.bonds, conn)?;
     // Until the peer acknowledges it, the send counts against the process's sends in flight
     // (so `sends_available` stays true); its chunks do not.
     core.engine
@@ -927,15 +933,7 @@ pub(crate) fn chunk_lost(core: &mut Core, handler: &mut dyn Handler, conn: ConnI
 
 /// The application disconnects a bond: every rail is closed in order.
 pub(crate) fn disconnect(core: &mut Core, conn: ConnId) -> Result<Vec<Slot>, VmiError> {
-    let Some(b) = core.rails.bonds.get_mut(&conn.raw()) else {
-        return Err(VmiError::UnknownConnection(conn));
-    };
-    if b.closing {
-        return Err(VmiError::NotOpen {
-            conn,
-            state: "closing",
-        });
-    }
+    let b = open_bond(&mut core.rails.bonds, conn)?;
     b.closing = true;
     // Rails still opening are closed when their connect finishes; the bond ends without them.
     let mut rails = Vec::new();
