@@ -763,6 +763,31 @@ fn flush_ack(core: &mut Core, id: u64) {
     control(core, rail, Record::Ack { next });
 }
 
+/// An application send on a bond is over (acknowledged, or the bond ended): it stops
+/// counting against the sends in flight, and the application gets its buffers back (an
+/// inline send only when it failed, as without rails).
+fn finish_send(
+    core: &mut Core,
+    handler: &mut dyn Handler,
+    bond: ConnId,
+    p: Pending,
+    status: Status,
+    detail: &str,
+) {
+    core.engine.release_send();
+    if p.inline && status == Status::Ok {
+        return;
+    }
+    let mut bufs = p.bufs;
+    let mut c = SendCompletion {
+        status,
+        token: p.token,
+        detail,
+        bufs: &mut bufs,
+    };
+    handler.send_complete(&mut Ctx::new(core), bond, &mut c);
+}
+
 /// A chunk's or a control record's send finished on a rail.
 pub(crate) fn chunk_sent(core: &mut Core, s: &Slot) {
     let conn = ConnId(s.conn_raw());
@@ -812,17 +837,7 @@ fn record(
             }
             let id = b.id;
             for (_, p) in done {
-                core.engine.release_send();
-                if !p.inline {
-                    let mut bufs = p.bufs;
-                    let mut c = SendCompletion {
-                        status: Status::Ok,
-                        token: p.token,
-                        detail: "",
-                        bufs: &mut bufs,
-                    };
-                    handler.send_complete(&mut Ctx::new(core), id, &mut c);
-                }
+                finish_send(core, handler, id, p, Status::Ok, "");
             }
             Ok(())
         }
@@ -1042,18 +1057,8 @@ fn end_bond(core: &mut Core, handler: &mut dyn Handler, bond: u64) {
         b.last.take().unwrap_or(Disconnect::Peer)
     };
     for p in b.tx.drain() {
-        core.engine.release_send();
-        if p.inline {
-            continue;
-        }
-        let mut bufs = p.bufs;
-        let mut c = SendCompletion {
-            status: Status::ConnectionLost,
-            token: p.token,
-            detail: "the connection closed before the peer acknowledged this send",
-            bufs: &mut bufs,
-        };
-        handler.send_complete(&mut Ctx::new(core), b.id, &mut c);
+        let detail = "the connection closed before the peer acknowledged this send";
+        finish_send(core, handler, b.id, p, Status::ConnectionLost, detail);
     }
     core.refresh();
     handler.disconnected(&mut Ctx::new(core), b.id, reason);
