@@ -340,6 +340,7 @@ fn deliver_received(core: &mut Core, handler: &mut dyn Handler, s: Slot) {
         VMI_OP_RECV => receive(core, handler, s, conn),
         VMI_OP_CONNECT_REQUEST => {
             connect_request(core, handler, s, conn);
+            // Aliases and bonds made here, and retries taken over, change the summary.
             core.refresh();
         }
         VMI_OP_PEER_DISCONNECT => {
@@ -481,7 +482,6 @@ fn connect_request(core: &mut Core, handler: &mut dyn Handler, s: Slot, conn: Co
         // This process's own connect to the peer is carried by this one now.
         core.retries.remove(mine);
     }
-    core.refresh();
     match decided {
         crate::cross::Answer::Accept(kind, id) => {
             return answer(core, conn, transport, VMI_OP_ACCEPT, (kind, id), Vec::new());
