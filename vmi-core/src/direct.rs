@@ -14,7 +14,7 @@ use std::ffi::c_void;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use crate::abi::{VMI_COMPLETE, VMI_FLAG_HOST, VMI_PASS};
+use crate::abi::{VMI_COMPLETE, VMI_FLAG_HOST, VMI_FLAG_MSG, VMI_PASS};
 use crate::dispatch::receive_lent;
 use crate::engine::POLL_BUDGET;
 use crate::handler::Handler;
@@ -41,6 +41,8 @@ pub(crate) struct Arena {
     lent: Vec<Lent>,
     /// Outcomes wait to be delivered: take nothing, so they go first.
     blocked: bool,
+    /// How many of the fragments are requests, replies or pulses (see `msgpass`).
+    msgs: usize,
     /// The engine's release queue and count of fragments held, which a grab of a slab over
     /// the arena counts in: taken once, so delivering a fragment clones nothing.
     owners: Option<(Arc<Releases>, Rc<Cell<usize>>)>,
@@ -59,7 +61,9 @@ pub(crate) fn poll(core: &mut Core, arena: &mut Arena, handler: &mut dyn Handler
         // until the call returns, by `receive` on this thread, and is not kept after it.
         let n = unsafe { f(dev, POLL_BUDGET, receive, ctx.cast()) };
         events += n.max(0) as usize;
-        if !arena.lent.is_empty() {
+        if arena.msgs > 0 {
+            deliver_with_msgs(core, arena, handler);
+        } else if !arena.lent.is_empty() {
             deliver_arena(core, arena, handler);
         }
         // IRBs the transport handed up (after what went through the arena) move now.
@@ -83,6 +87,41 @@ fn deliver_arena(core: &mut Core, arena: &mut Arena, handler: &mut dyn Handler) 
     arena.lent.clear();
 }
 
+/// `deliver_arena` when requests, replies or pulses are among the fragments: those are
+/// taken first (answers delivered, requests and pulses queued, and those of priority above
+/// the stream's delivered now, ahead of the stream fragments of the same poll); then the
+/// stream's fragments are delivered in order, and the connection's count of messages
+/// moves in arrival order for both.
+#[inline(never)]
+fn deliver_with_msgs(core: &mut Core, arena: &mut Arena, handler: &mut dyn Handler) {
+    arena.msgs = 0;
+    let lent = std::mem::take(&mut arena.lent);
+    for l in lent.iter().filter(|l| l.flags & VMI_FLAG_MSG != 0) {
+        let data = &arena.bytes[l.start..l.start + l.len];
+        crate::msgpass::received_early(core, handler, crate::ConnId(l.conn), l.flags, data);
+        core.run_deferred();
+    }
+    crate::msgpass::deliver(core, handler, 1);
+    let (releases, held) = arena
+        .owners
+        .get_or_insert_with(|| (core.engine.releases().clone(), core.engine.held_count()));
+    for l in &lent {
+        if l.flags & VMI_FLAG_MSG != 0 {
+            let end = l.flags & crate::abi::VMI_FLAG_END != 0;
+            core.engine
+                .conns_mut()
+                .rx_fragment(crate::ConnId(l.conn), end);
+            continue;
+        }
+        let data = &arena.bytes[l.start..l.start + l.len];
+        receive_lent(core, handler, (l.conn, l.flags, data), releases, held);
+        core.run_deferred();
+    }
+    arena.lent = lent;
+    arena.bytes.clear();
+    arena.lent.clear();
+}
+
 /// The receiver a transport calls with each fragment (`VmiDeliverFn`): copies it into the
 /// arena, or declines it.
 unsafe extern "C" fn receive(
@@ -98,6 +137,7 @@ unsafe extern "C" fn receive(
     if arena.blocked || flags & VMI_FLAG_HOST != 0 || len > DIRECT_MAX {
         return VMI_PASS;
     }
+    arena.msgs += (flags & VMI_FLAG_MSG != 0) as usize;
     let start = arena.bytes.len();
     if len > 0 && !data.is_null() {
         // SAFETY: the transport lends `len` readable bytes at `data` for this call.

@@ -6,8 +6,8 @@ use std::cell::Cell;
 use std::sync::Arc;
 
 use crate::abi::{
-    VMI_FLAG_END, VMI_FLAG_HOST, VMI_OP_ACCEPT, VMI_OP_CONNECT_REQUEST, VMI_OP_PEER_DISCONNECT,
-    VMI_OP_RECV, VMI_OP_REJECT, VMI_OP_SEND,
+    VMI_FLAG_END, VMI_FLAG_HOST, VMI_FLAG_MSG, VMI_OP_ACCEPT, VMI_OP_CONNECT_REQUEST,
+    VMI_OP_PEER_DISCONNECT, VMI_OP_RECV, VMI_OP_REJECT, VMI_OP_SEND,
 };
 use crate::conn::ConnId;
 use crate::ctx::Ctx;
@@ -229,6 +229,7 @@ fn ended(core: &mut Core, handler: &mut dyn Handler, conn: ConnId, reason: Disco
     }
     let app = core.cross.app(conn);
     core.cross.closed(conn);
+    crate::msgpass::conn_closed(core, handler, conn, reason == Disconnect::Local);
     core.refresh();
     handler.disconnected(&mut Ctx::new(core), app, reason);
 }
@@ -267,8 +268,9 @@ fn message_failed_here(
         return;
     };
     // A rail's lost chunk is sent again by the peer (told below): the application hears
-    // nothing unless it is lost on every try.
-    if !(core.rails.on() && core.rails.is_rail(conn)) {
+    // nothing unless it is lost on every try. A request, reply or pulse is not the
+    // application's stream: the sender's host handles the notice (see `msgpass`).
+    if flags & VMI_FLAG_MSG == 0 && !(core.rails.on() && core.rails.is_rail(conn)) {
         let app = core.cross.app(conn);
         handler.receive_failed(&mut Ctx::new(core), app, status, detail);
     }
@@ -295,6 +297,9 @@ fn host_message(core: &mut Core, handler: &mut dyn Handler, s: Slot, conn: ConnI
                 log::warn!(
                     "{conn}: the peer reports a failure of message {message}, which this side never sent; ignored"
                 );
+                return;
+            }
+            if crate::msgpass::message_failed(core, handler, conn, message, status, &detail) {
                 return;
             }
             if core.rails.on() && core.rails.is_rail(conn) {
@@ -426,6 +431,18 @@ fn receive(core: &mut Core, handler: &mut dyn Handler, s: Slot, conn: ConnId) {
     }
     if s.flags() & VMI_FLAG_HOST != 0 {
         return host_message(core, handler, s, conn);
+    }
+    if s.flags() & VMI_FLAG_MSG != 0 {
+        let mut slab = Slab::of_slot(&s);
+        let first = slab.read(usize::MAX);
+        if slab.remaining() == 0 {
+            crate::msgpass::received(core, handler, conn, s.flags(), first);
+        } else {
+            let bytes = Slab::of_slot(&s).read_to_vec();
+            crate::msgpass::received(core, handler, conn, s.flags(), &bytes);
+        }
+        core.engine.release_received(s);
+        return;
     }
     let end = s.flags() & VMI_FLAG_END != 0;
     let (deliver, _) = core.engine.conns_mut().rx_fragment(conn, end);

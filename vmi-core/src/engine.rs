@@ -514,13 +514,13 @@ impl Engine {
     /// true when it went, false when it must go as an IRB (no such entry, a filter on the
     /// chain, or the transport cannot take it at once).
     #[inline]
-    pub fn send_direct(&mut self, transport: DevIndex, conn: u64, data: &[u8]) -> bool {
+    pub fn send_direct(&mut self, transport: DevIndex, conn: u64, flags: u32, data: &[u8]) -> bool {
         let Some(&Some((f, dev))) = self.direct.get(transport as usize) else {
             return false;
         };
         // SAFETY: live instance; the bytes are lent for the call and the device copies them
         // before it returns.
-        let rc = unsafe { f(dev, conn, VMI_FLAG_END, data.as_ptr(), data.len()) };
+        let rc = unsafe { f(dev, conn, flags, data.as_ptr(), data.len()) };
         rc == VMI_COMPLETE
     }
 

@@ -100,6 +100,50 @@ pub enum VmiError {
     /// The stream handle belongs to another connection state.
     #[error("the stream on {0} was already ended or its connection closed")]
     StreamClosed(ConnId),
+    /// An operation this kind of connection cannot carry.
+    #[error("{what} cannot be used on {on} yet; open a connection without it for them")]
+    Unsupported {
+        /// The operation.
+        what: &'static str,
+        /// The kind of connection.
+        on: &'static str,
+    },
+    /// A request, reply or pulse over the limit for one message.
+    #[error(
+        "a message of {len} bytes is over the limit of {max} for a request or reply; send bulk data as a stream and refer to it in the request"
+    )]
+    MessageTooLarge {
+        /// Given.
+        len: usize,
+        /// Limit.
+        max: usize,
+    },
+    /// A priority over the highest.
+    #[error("priority {0} is over the highest, {max}", max = crate::msgpass::wire::MAX_PRIORITY)]
+    Priority(u8),
+    /// No request with that receive id waits for an answer.
+    #[error(
+        "{0} does not wait for an answer: it was answered already, or its client cancelled it or disconnected"
+    )]
+    UnknownRequest(crate::msgpass::ReceiveId),
+    /// A reply over what the client takes.
+    #[error(
+        "a reply of {len} bytes is over the {max} bytes the client takes (its reply_max); reply less, or have the client ask for more"
+    )]
+    ReplyTooLarge {
+        /// Given (with bytes written ahead by msg_write).
+        len: usize,
+        /// The client's limit.
+        max: usize,
+    },
+    /// A blocking request ended with no answer.
+    #[error("the request got no answer: {} ({detail})", status.describe())]
+    RequestFailed {
+        /// Why, as a status.
+        status: crate::status::Status,
+        /// Why, in words.
+        detail: String,
+    },
 }
 
 impl VmiError {

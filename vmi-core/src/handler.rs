@@ -5,6 +5,7 @@
 use crate::buffer::Buffer;
 use crate::conn::ConnId;
 use crate::ctx::Ctx;
+use crate::msgpass::{Pulse, ReceiveId, Reply, Request};
 use crate::slab::Slab;
 use crate::status::Status;
 
@@ -143,4 +144,32 @@ pub trait Handler {
 
     /// A connection ended (VMI 2.1: `VMI_Connection_Disconnect_Fn`).
     fn disconnected(&mut self, _ctx: &mut Ctx<'_>, _conn: ConnId, _reason: Disconnect) {}
+
+    /// A client's request arrived (QNX: `MsgReceive` returned a message). Answer it with
+    /// [`crate::Operations::reply`] or [`crate::Operations::reply_error`], now or later with
+    /// `request.id`; until then it is held, and [`crate::Operations::msg_read`] reads it.
+    /// The default answers with the error code [`crate::msgpass::ENOSYS`], so a client of a
+    /// process that serves no requests is not left waiting.
+    fn request(&mut self, ctx: &mut Ctx<'_>, request: &mut Request<'_>) {
+        use crate::ops::Operations;
+        if let Err(e) = ctx.reply_error(request.id, crate::msgpass::ENOSYS) {
+            log::debug!("could not refuse {}: {e}", request.id);
+        }
+    }
+
+    /// A request this process sent ended (QNX: `MsgSend` returned): the server's reply, its
+    /// error code, or why there was no answer. `token` is the request's.
+    fn replied(&mut self, _ctx: &mut Ctx<'_>, conn: ConnId, token: u64, reply: Reply<'_>) {
+        if let Reply::Failed { status, detail } = reply {
+            log::warn!("{conn}: request (token {token}) failed: {status}: {detail}");
+        }
+    }
+
+    /// A pulse arrived (QNX: `MsgReceive` returned a pulse).
+    fn pulse(&mut self, _ctx: &mut Ctx<'_>, _conn: ConnId, _pulse: Pulse) {}
+
+    /// A request this process was given and has not answered will get no answer: its client
+    /// cancelled it or timed out ([`Status::Cancelled`]), or its connection closed. Its
+    /// receive id is no longer valid.
+    fn request_gone(&mut self, _ctx: &mut Ctx<'_>, _id: ReceiveId, _status: Status) {}
 }

@@ -32,6 +32,7 @@ mod handler;
 pub mod job;
 mod limits;
 pub mod loader;
+pub mod msgpass;
 mod ops;
 pub mod params;
 mod pmix;
@@ -53,6 +54,9 @@ pub use handler::{
     ConnectOutcome, ConnectRequest, Decision, Disconnect, Handler, Recv, SendCompletion,
 };
 pub use job::{Job, JobError, JobSource};
+pub use msgpass::{
+    Answer, MAX_MESSAGE, Pulse, ReceiveId, Reply, Request, RequestId, RequestOptions, Sender,
+};
 pub use ops::{MAX_CONNECT_DATA, Operations, Stream};
 pub use rails::RailInfo;
 pub use slab::{GrabbedSlab, Slab, SlabState};
@@ -62,7 +66,8 @@ pub use vmi::{Options, Vmi};
 /// What an application usually needs: `use vmi_core::prelude::*;`.
 pub mod prelude {
     pub use crate::{
-        Buffer, ConnId, ConnectOutcome, ConnectRequest, Ctx, Decision, Disconnect, Handler,
-        Operations, Recv, SendCompletion, Slab, Status, Stream, Vmi, VmiError,
+        Answer, Buffer, ConnId, ConnectOutcome, ConnectRequest, Ctx, Decision, Disconnect, Handler,
+        Operations, Pulse, ReceiveId, Recv, Reply, Request, RequestId, RequestOptions,
+        SendCompletion, Slab, Status, Stream, Vmi, VmiError,
     };
 }

@@ -64,6 +64,8 @@ pub struct Core {
     /// True when a handle may stand for another connection (a bond, a crossed connect):
     /// sends and deliveries then go the long way (see `refresh`).
     pub(crate) routed: bool,
+    /// Send/receive/reply and pulses (see `msgpass`).
+    pub(crate) msg: crate::msgpass::MsgPass,
     /// The clock of latency pings' stamps.
     epoch: Instant,
 }
@@ -83,6 +85,7 @@ impl Core {
             rails,
             cross,
             background: 0,
+            msg: crate::msgpass::MsgPass::default(),
             epoch: Instant::now(),
         }
     }
@@ -90,7 +93,8 @@ impl Core {
     /// Recomputes `background` and `routed` after what can change them (retries, bonds,
     /// aliases), so that `poll` and the send and receive fast paths check one field each.
     pub(crate) fn refresh(&mut self) {
-        self.background = self.retries.waiting() + self.rails.busy() + self.cross.waits();
+        self.background =
+            self.retries.waiting() + self.rails.busy() + self.cross.waits() + self.msg.waits();
         self.routed = self.rails.on() || self.cross.aliased();
     }
 
@@ -195,7 +199,7 @@ impl Core {
         s
     }
 
-    fn issue(&mut self, s: Slot, mode: Mode) {
+    pub(crate) fn issue(&mut self, s: Slot, mode: Mode) {
         match mode {
             Mode::Now => self.engine.submit(s),
             Mode::Deferred => self.deferred.push_back(s),
@@ -213,7 +217,7 @@ impl Core {
         }
         if self.routed
             && (mode == Mode::Now || self.deferred.is_empty())
-            && self.send_direct(conn, data)
+            && self.send_direct(conn, VMI_FLAG_END, data)
         {
             return Ok(());
         }
@@ -296,7 +300,7 @@ impl Core {
     /// chain and the transport allow it: no IRB, no buffer, no completion. False: send it
     /// as an IRB (nothing was changed).
     #[inline]
-    fn send_direct(&mut self, conn: ConnId, data: &[u8]) -> bool {
+    pub(crate) fn send_direct(&mut self, conn: ConnId, flags: u32, data: &[u8]) -> bool {
         if !self.engine.has_direct() {
             return false;
         }
@@ -307,7 +311,7 @@ impl Core {
         let Ok(transport) = self.engine.conns_mut().send_checked(conn, SendKind::Whole) else {
             return false;
         };
-        if self.engine.send_direct(transport, conn.raw(), data) {
+        if self.engine.send_direct(transport, conn.raw(), flags, data) {
             return true;
         }
         self.engine.conns_mut().send_undone(conn, SendKind::Whole);
@@ -554,7 +558,9 @@ pub trait Operations: Sealed {
         if core.routed {
             return core.send_inline_other(conn, data, mode);
         }
-        if (mode == Mode::Now || core.deferred.is_empty()) && core.send_direct(conn, data) {
+        if (mode == Mode::Now || core.deferred.is_empty())
+            && core.send_direct(conn, VMI_FLAG_END, data)
+        {
             return Ok(());
         }
         core.send_inline_irb(conn, data, mode)
@@ -650,6 +656,99 @@ pub trait Operations: Sealed {
         let (core, _) = self.core();
         core.engine.deregister(&mut buffer);
         buffer.into_vec()
+    }
+
+    /// Sends a request gathered from `parts` (QNX `MsgSendv`, not blocking): the answer
+    /// arrives in [`crate::Handler::replied`] with `token` — the server's reply, its error
+    /// code, or a failure (timeout, cancel, lost connection). [`crate::Vmi::request_wait`]
+    /// blocks instead. A request is one message of at most [`crate::MAX_MESSAGE`] bytes (and
+    /// the chain's largest fragment); it cannot be sent while a stream is open on the
+    /// connection.
+    fn request(
+        &mut self,
+        conn: ConnId,
+        parts: &[&[u8]],
+        options: &crate::RequestOptions,
+        token: u64,
+    ) -> Result<crate::RequestId, VmiError> {
+        let (core, mode) = self.core();
+        let id = crate::msgpass::request(core, conn, parts, options, token, mode, false)?;
+        if mode == Mode::Now {
+            core.run_deferred();
+        }
+        Ok(id)
+    }
+
+    /// Gives up a waiting request: it ends with [`Status::Cancelled`] in
+    /// [`crate::Handler::replied`] at the next poll, and the server is told to forget it.
+    /// False when it does not wait (answered already).
+    fn request_cancel(&mut self, id: crate::RequestId) -> bool {
+        let (core, mode) = self.core();
+        let done = crate::msgpass::cancel(core, id, mode);
+        if mode == Mode::Now {
+            core.run_deferred();
+        }
+        done
+    }
+
+    /// Answers a request with a status value and a reply gathered from `parts` (QNX
+    /// `MsgReplyv`), at most the client's `reply_max` bytes with any written ahead by
+    /// [`Operations::msg_write`].
+    fn reply(
+        &mut self,
+        id: crate::ReceiveId,
+        status: i32,
+        parts: &[&[u8]],
+    ) -> Result<(), VmiError> {
+        let (core, mode) = self.core();
+        crate::msgpass::answer(core, id, Ok((status, parts)), mode)?;
+        if mode == Mode::Now {
+            core.run_deferred();
+        }
+        Ok(())
+    }
+
+    /// Answers a request with an error code (QNX `MsgError`).
+    fn reply_error(&mut self, id: crate::ReceiveId, code: i32) -> Result<(), VmiError> {
+        let (core, mode) = self.core();
+        crate::msgpass::answer(core, id, Err(code), mode)?;
+        if mode == Mode::Now {
+            core.run_deferred();
+        }
+        Ok(())
+    }
+
+    /// Reads a held request's bytes from `offset` into `buf` (QNX `MsgRead`); returns how
+    /// many were copied (0 past its end).
+    fn msg_read(
+        &self,
+        id: crate::ReceiveId,
+        offset: usize,
+        buf: &mut [u8],
+    ) -> Result<usize, VmiError> {
+        crate::msgpass::read(self.core_ref(), id, offset, buf)
+    }
+
+    /// Writes reply bytes at `offset` ahead of the reply (QNX `MsgWrite`); the reply then
+    /// lands over their start. Returns how many fit in the client's `reply_max`.
+    fn msg_write(
+        &mut self,
+        id: crate::ReceiveId,
+        offset: usize,
+        data: &[u8],
+    ) -> Result<usize, VmiError> {
+        let (core, _) = self.core();
+        crate::msgpass::write(core, id, offset, data)
+    }
+
+    /// Sends a pulse: a code and a value with a priority, no reply (QNX `MsgSendPulse`).
+    fn pulse(&mut self, conn: ConnId, pulse: crate::Pulse) -> Result<(), VmiError> {
+        let (core, mode) = self.core();
+        crate::msgpass::pulse(core, conn, pulse, mode)?;
+        if mode == Mode::Now {
+            core.run_deferred();
+        }
+        Ok(())
     }
 }
 

@@ -276,6 +276,9 @@ impl Vmi {
         if self.core.background != 0 {
             self.background(handler);
         }
+        if self.core.msg.has_queued() {
+            crate::msgpass::deliver(&mut self.core, handler, 0);
+        }
         n
     }
 
@@ -290,7 +293,41 @@ impl Vmi {
         if !self.core.cross.idle() {
             crate::dispatch::cross_expired(&mut self.core, handler);
         }
+        if self.core.msg.waits() > 0 {
+            crate::msgpass::background(&mut self.core, handler);
+        }
         self.core.refresh();
+    }
+
+    /// Sends a request and blocks until its answer (QNX `MsgSendv`): polls, running
+    /// `handler`'s callbacks for everything else meanwhile, and sleeps on the devices'
+    /// descriptors while nothing happens. Returns the server's reply or error code; a
+    /// timeout ([`crate::RequestOptions::timeout`]), a lost connection or a refusal by the
+    /// server's vmi is [`VmiError::RequestFailed`].
+    pub fn request_wait(
+        &mut self,
+        handler: &mut dyn Handler,
+        conn: crate::ConnId,
+        parts: &[&[u8]],
+        options: &crate::RequestOptions,
+    ) -> Result<crate::Answer, VmiError> {
+        let id = crate::msgpass::request(&mut self.core, conn, parts, options, 0, Mode::Now, true)?;
+        self.core.run_deferred();
+        loop {
+            if let Some(answer) = crate::msgpass::take_parked(&mut self.core, id) {
+                return answer;
+            }
+            if self.poll(handler) > 0 {
+                continue;
+            }
+            // Sleep until something happens, waking for the request's deadline.
+            let nap =
+                crate::msgpass::deadline(&self.core, id).map_or(Duration::from_millis(100), |d| {
+                    d.saturating_duration_since(Instant::now())
+                        .min(Duration::from_millis(100))
+                });
+            self.core.engine.sleep(nap);
+        }
     }
 
     /// Like `poll`, but sleeps on the devices' descriptors until something happens or

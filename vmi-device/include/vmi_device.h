@@ -62,6 +62,7 @@ extern "C" {
 #define VMI_FLAG_END 1u
 #define VMI_FLAG_FILTER_MASK 0xffff0000u
 #define VMI_FLAG_HOST 0x80000000u /* host-to-host message; filters leave this bit alone */
+#define VMI_FLAG_MSG 0x40000000u /* host message passing (request, reply, pulse); filters leave this bit alone */
 
 /* Statuses (vmi_core::Status). */
 #define VMI_STATUS_OK 0

@@ -91,6 +91,13 @@ pub const VMI_FLAG_FILTER_MASK: u32 = 0xffff_0000;
 /// message N failed here"), never shown to the application. Transports carry it as one of the
 /// filter flag bits and filters transform the fragment like any other.
 pub const VMI_FLAG_HOST: u32 = 1 << 31;
+/// Fragment flag: a one-fragment message of the hosts' message passing (QNX-style requests,
+/// replies and pulses), delivered to the application through its request, reply and pulse
+/// callbacks instead of `receive`. Like [`VMI_FLAG_HOST`] it belongs to the host: transports
+/// carry it as one of the filter flag bits and filters transform the fragment like any
+/// other (so a request is compressed and checked as stream data is). Filters take bits from
+/// the lowest up and must leave bits 30 and 31 alone.
+pub const VMI_FLAG_MSG: u32 = 1 << 30;
 
 /// The IRB flags of a received fragment: [`VMI_FLAG_END`] when `end`, and the sender's filter
 /// flags, which transports carry on the wire as 16 bits (see [`wire_flags`]).

@@ -1491,6 +1491,8 @@ impl Device for ShmemDevice {
             }),
             "inline_sends" => Some(self.inline_sends.to_string()),
             "direct_receives" => Some(self.direct_receives.to_string()),
+            // Every peer has this process's uid: both sides check it with SO_PEERCRED.
+            "peer_uid" => Some(self.uid.to_string()),
             _ => None,
         }
     }

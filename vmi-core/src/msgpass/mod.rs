@@ -1,0 +1,800 @@
+//! Send/receive/reply and pulses over any chain (QNX Neutrino's `MsgSend`, `MsgReceive`,
+//! `MsgReply`, `MsgError`, `MsgRead`, `MsgWrite`, `MsgSendPulse`).
+//!
+//! A request, a reply and a pulse each travel as one-fragment messages marked with the
+//! host's [`VMI_FLAG_MSG`] bit, on the same connections as streams and through the same
+//! filters (so requests are compressed and checked like stream data); the receiving host
+//! routes them to the request, reply and pulse callbacks instead of `receive`. The wire
+//! header is in [`wire`]; the client's waiting requests in [`client`]; the server's held
+//! requests and delivery queue in [`server`]. This module joins them to the engine.
+//!
+//! - A client sends a request made of parts with [`Operations::request`](crate::Operations)
+//!   and hears the answer in [`Handler::replied`], or blocks in [`crate::Vmi::request_wait`].
+//!   Every request has a deadline unless the client asks for none; a timeout, a cancel or a
+//!   lost connection answers it with a failure (and tells the server to forget it), so no
+//!   request waits for ever on a server that is gone.
+//! - A server hears each request in [`Handler::request`] with the sender's identity, the
+//!   request and the most reply bytes the client takes; it answers at once, or keeps the
+//!   [`ReceiveId`] and answers later from anywhere it has a [`crate::Vmi`] or a
+//!   [`crate::Ctx`]. It may read the request at an offset and write reply bytes ahead of the
+//!   reply.
+//! - Requests and pulses are delivered highest priority first, in arrival order within a
+//!   priority. On the direct receive path, those of priority above 0 that arrive in the
+//!   same poll as stream fragments are delivered before those fragments (stream data counts
+//!   as priority 0).
+#![forbid(unsafe_code)]
+
+pub mod client;
+pub mod server;
+pub mod wire;
+
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use crate::abi::{VMI_FLAG_END, VMI_FLAG_MSG};
+use crate::conn::{ConnId, SendKind};
+use crate::ctx::Ctx;
+use crate::error::VmiError;
+use crate::handler::Handler;
+use crate::ops::{Core, Mode};
+use crate::slab::Slab;
+use crate::slot::Purpose;
+use crate::status::Status;
+use client::{Client, Pending};
+use server::{Incoming, Server};
+use wire::{HEADER, Kind, MAX_PRIORITY};
+
+pub use server::ServerLimits;
+
+/// Largest request or reply, whatever the chain allows (one fragment carries it).
+pub const MAX_MESSAGE: usize = 16 << 20;
+
+/// QNX's `ENOSYS`: the answer of a server whose handler does not serve requests.
+pub const ENOSYS: i32 = 38;
+
+/// A request this process sent and waits for (QNX: the blocked `MsgSend`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RequestId(pub(crate) u64);
+
+impl RequestId {
+    /// The id as a number (unique in the process's life).
+    pub fn raw(self) -> u64 {
+        self.0
+    }
+}
+
+/// A request this process received and has not answered (QNX: the `rcvid` that
+/// `MsgReceive` returns). Keep it to answer later (the server/subserver pattern).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ReceiveId(pub(crate) u64);
+
+impl ReceiveId {
+    /// The id as a number (unique in the process's life).
+    pub fn raw(self) -> u64 {
+        self.0
+    }
+}
+
+impl std::fmt::Display for ReceiveId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "request #{}", self.0)
+    }
+}
+
+/// How a request is sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RequestOptions {
+    /// The most reply bytes this client takes (QNX: the reply buffer's size); the server
+    /// sees it and cannot reply more. At most [`MAX_MESSAGE`].
+    pub reply_max: usize,
+    /// How long the request may wait for its answer before it fails with
+    /// [`Status::Timeout`]; `None` waits until the answer comes or the connection closes.
+    pub timeout: Option<Duration>,
+    /// Its priority, 0 (the stream's) to 63: the server is given waiting requests highest
+    /// priority first.
+    pub priority: u8,
+}
+
+impl Default for RequestOptions {
+    fn default() -> Self {
+        RequestOptions {
+            reply_max: 64 * 1024,
+            timeout: Some(Duration::from_secs(30)),
+            priority: 0,
+        }
+    }
+}
+
+/// Who sent a request, as the connection knows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sender {
+    /// The client's key.
+    pub key: String,
+    /// The client's host as the transport saw it.
+    pub host: String,
+    /// The client's user id, where the transport knows it (shared memory checks it; TCP
+    /// cannot).
+    pub uid: Option<u32>,
+}
+
+/// A request as the server's handler sees it (QNX: what `MsgReceive` fills in, with
+/// `_msg_info`'s sizes).
+pub struct Request<'a> {
+    /// Its receive id: answer with it, now or later.
+    pub id: ReceiveId,
+    /// The connection it came on.
+    pub conn: ConnId,
+    /// Who sent it.
+    pub sender: &'a Sender,
+    /// Its priority.
+    pub priority: u8,
+    /// The most reply bytes the client takes.
+    pub reply_max: usize,
+    /// The request's bytes (all of them; [`Operations::msg_read`](crate::Operations) reads
+    /// them at an offset later, until the request is answered).
+    pub data: Slab<'a>,
+}
+
+/// How a request ended, as the client's handler sees it.
+pub enum Reply<'a> {
+    /// The server replied (QNX `MsgReply`): its status value and the reply's bytes.
+    Data {
+        /// The server's status value.
+        status: i32,
+        /// The reply.
+        data: Slab<'a>,
+    },
+    /// The server answered with an error code (QNX `MsgError`).
+    Error {
+        /// The code.
+        code: i32,
+    },
+    /// No answer: it timed out, was cancelled, its connection closed, or the server's vmi
+    /// refused it.
+    Failed {
+        /// Why, as a status.
+        status: Status,
+        /// Why, in words.
+        detail: &'a str,
+    },
+}
+
+/// A reply a blocking request ([`crate::Vmi::request_wait`]) returns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// The server replied with a status value and data.
+    Reply {
+        /// The server's status value.
+        status: i32,
+        /// The reply.
+        data: Vec<u8>,
+    },
+    /// The server answered with an error code.
+    Error(i32),
+}
+
+/// A pulse: a small notification with no reply (QNX `MsgSendPulse`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pulse {
+    /// The application's code.
+    pub code: i32,
+    /// The application's value.
+    pub value: u32,
+    /// Its priority, 0 to 63: delivered ahead of waiting requests and pulses of lower
+    /// priority, and ahead of stream data (priority 0) read in the same poll.
+    pub priority: u8,
+}
+
+/// How a request ended, kept until delivered.
+enum Outcome {
+    Data(i32, Vec<u8>),
+    Error(i32),
+    Failed(Status, String),
+}
+
+/// The message-passing state of a process.
+#[derive(Default)]
+pub(crate) struct MsgPass {
+    client: Client,
+    server: Server,
+    /// Answers to deliver at the next poll (cancels and timeouts found outside one).
+    done: VecDeque<(Pending, Outcome)>,
+    /// Answers of blocking requests, by request id.
+    parked: HashMap<u64, Outcome>,
+    /// Requests whose answer is parked instead of delivered.
+    parking: std::collections::HashSet<u64>,
+    /// Each connection's peer, looked up once.
+    peers: HashMap<ConnId, Rc<Sender>>,
+    /// Replies, refusals, cancels and pulses sent recently, by connection and message index,
+    /// so the peer's "message N failed" finds them (a request is found among the waiting).
+    sent: VecDeque<(ConnId, u64, Sent)>,
+    /// A buffer to build small messages in.
+    scratch: Vec<u8>,
+}
+
+/// How many sent messages `MsgPass::sent` remembers.
+const SENT_KEPT: usize = 4096;
+
+/// What a remembered message was.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Sent {
+    /// A reply (or error answer) to the client's request id.
+    Answer(u64),
+    /// A pulse, a refusal or a cancel: nobody waits for it.
+    Notice,
+}
+
+impl MsgPass {
+    /// What the next poll must see to (timeouts to check, answers to deliver).
+    pub(crate) fn waits(&self) -> usize {
+        usize::from(self.client.timed()) + self.done.len()
+    }
+
+    /// True when requests or pulses wait to be delivered.
+    #[inline]
+    pub(crate) fn has_queued(&self) -> bool {
+        self.server.has_queued()
+    }
+}
+
+/// Sends one message-passing message; returns the index of its message on the connection.
+fn send(
+    core: &mut Core,
+    conn: ConnId,
+    kind: Kind,
+    parts: &[&[u8]],
+    mode: Mode,
+) -> Result<u64, VmiError> {
+    if core.rails.on() && (core.rails.is_bond(conn) || core.rails.is_rail(conn)) {
+        return Err(VmiError::Unsupported {
+            what: "send/receive/reply and pulses",
+            on: "a connection with rails",
+        });
+    }
+    let payload: usize = parts.iter().map(|p| p.len()).sum();
+    if payload > MAX_MESSAGE {
+        return Err(VmiError::MessageTooLarge {
+            len: payload,
+            max: MAX_MESSAGE,
+        });
+    }
+    let max = core.engine.top_caps().max_fragment;
+    if max > 0 && (HEADER + payload) as u64 > max {
+        return Err(VmiError::MessageTooLarge {
+            len: payload,
+            max: (max as usize).saturating_sub(HEADER),
+        });
+    }
+    let message = core.engine.conns().tx_messages(conn);
+    if !matches!(kind, Kind::Request { .. }) {
+        let what = match kind {
+            Kind::Reply { id, .. } | Kind::Error { id, .. } => Sent::Answer(id),
+            _ => Sent::Notice,
+        };
+        if core.msg.sent.len() == SENT_KEPT {
+            core.msg.sent.pop_front();
+        }
+        core.msg.sent.push_back((conn, message, what));
+    }
+    let mut bytes = std::mem::take(&mut core.msg.scratch);
+    bytes.clear();
+    bytes.extend_from_slice(&kind.encode());
+    for p in parts {
+        bytes.extend_from_slice(p);
+    }
+    // Straight to the transport when nothing issued earlier waits to run, as send_inline.
+    if (mode == Mode::Now || core.deferred.is_empty())
+        && core.send_direct(conn, VMI_FLAG_END | VMI_FLAG_MSG, &bytes)
+    {
+        core.msg.scratch = bytes;
+        return Ok(message);
+    }
+    let mut s = core.prepare_send(conn, 0, SendKind::Whole, |_, s, _| {
+        s.attach_vec(bytes);
+        Ok(())
+    })?;
+    s.set_flags(VMI_FLAG_END | VMI_FLAG_MSG);
+    s.set_purpose(Purpose::Internal);
+    core.issue(s, mode);
+    Ok(message)
+}
+
+/// Sends a request (see [`crate::Operations::request`]).
+pub(crate) fn request(
+    core: &mut Core,
+    app_conn: ConnId,
+    parts: &[&[u8]],
+    opts: &RequestOptions,
+    token: u64,
+    mode: Mode,
+    parked: bool,
+) -> Result<RequestId, VmiError> {
+    if opts.priority > MAX_PRIORITY {
+        return Err(VmiError::Priority(opts.priority));
+    }
+    if opts.reply_max > MAX_MESSAGE {
+        return Err(VmiError::MessageTooLarge {
+            len: opts.reply_max,
+            max: MAX_MESSAGE,
+        });
+    }
+    let conn = core.cross.real(app_conn);
+    let id = core.msg.client.new_id();
+    let kind = Kind::Request {
+        id,
+        reply_max: opts.reply_max as u32,
+        priority: opts.priority,
+    };
+    let message = send(core, conn, kind, parts, mode)?;
+    core.msg.client.issued(Pending {
+        id,
+        conn,
+        app_conn,
+        token,
+        reply_max: opts.reply_max,
+        deadline: opts.timeout.map(|t| Instant::now() + t),
+        message,
+    });
+    if parked {
+        core.msg.parking.insert(id);
+    }
+    core.refresh();
+    Ok(RequestId(id))
+}
+
+/// Cancels a waiting request: it ends with [`Status::Cancelled`] at the next poll and the
+/// server is told to forget it. False when it is not waiting (answered already).
+pub(crate) fn cancel(core: &mut Core, id: RequestId, mode: Mode) -> bool {
+    let Some(p) = core.msg.client.take(id.0) else {
+        return false;
+    };
+    tell_server_to_forget(core, &p, mode);
+    let detail = "cancelled by this process".to_string();
+    core.msg
+        .done
+        .push_back((p, Outcome::Failed(Status::Cancelled, detail)));
+    core.refresh();
+    true
+}
+
+/// The server forgets a request its client gave up (a lost cancel only leaves it waiting
+/// for an answer nobody reads, within the server's limits).
+fn tell_server_to_forget(core: &mut Core, p: &Pending, mode: Mode) {
+    if let Err(e) = send(core, p.conn, Kind::Cancel { id: p.id }, &[], mode) {
+        log::debug!(
+            "{}: could not tell the server to forget a request: {e}",
+            p.conn
+        );
+    }
+}
+
+/// Answers a held request with a reply or an error (see [`crate::Operations::reply`]).
+pub(crate) fn answer(
+    core: &mut Core,
+    rcvid: ReceiveId,
+    answer: Result<(i32, &[&[u8]]), i32>,
+    mode: Mode,
+) -> Result<(), VmiError> {
+    let Some(h) = core.msg.server.get(rcvid.0) else {
+        return Err(VmiError::UnknownRequest(rcvid));
+    };
+    let (conn, client_id, reply_max, written) = (h.conn, h.client_id, h.reply_max, h.reply.len());
+    match answer {
+        Ok((status, parts)) => {
+            let len: usize = parts.iter().map(|p| p.len()).sum();
+            if len.max(written) > reply_max {
+                return Err(VmiError::ReplyTooLarge {
+                    len: len.max(written),
+                    max: reply_max,
+                });
+            }
+            let kind = Kind::Reply {
+                id: client_id,
+                status,
+            };
+            if written > len {
+                // Bytes written ahead of the reply (msg_write) past the reply's own: the
+                // reply lands over the start of them, as QNX's MsgReply over MsgWrite.
+                let mut all = h.reply.clone();
+                let mut at = 0;
+                for p in parts {
+                    all[at..at + p.len()].copy_from_slice(p);
+                    at += p.len();
+                }
+                send(core, conn, kind, &[&all], mode)?;
+            } else {
+                send(core, conn, kind, parts, mode)?;
+            }
+        }
+        Err(code) => {
+            send(
+                core,
+                conn,
+                Kind::Error {
+                    id: client_id,
+                    code,
+                },
+                &[],
+                mode,
+            )?;
+        }
+    }
+    core.msg.server.take(rcvid.0);
+    Ok(())
+}
+
+/// Reads a held request's bytes at `offset` (QNX `MsgRead`).
+pub(crate) fn read(
+    core: &Core,
+    rcvid: ReceiveId,
+    offset: usize,
+    buf: &mut [u8],
+) -> Result<usize, VmiError> {
+    let h = core
+        .msg
+        .server
+        .get(rcvid.0)
+        .ok_or(VmiError::UnknownRequest(rcvid))?;
+    let from = offset.min(h.data.len());
+    let n = buf.len().min(h.data.len() - from);
+    buf[..n].copy_from_slice(&h.data[from..from + n]);
+    Ok(n)
+}
+
+/// Writes reply bytes at `offset` ahead of the reply (QNX `MsgWrite`); returns how many fit
+/// in the client's reply size.
+pub(crate) fn write(
+    core: &mut Core,
+    rcvid: ReceiveId,
+    offset: usize,
+    data: &[u8],
+) -> Result<usize, VmiError> {
+    let h = core
+        .msg
+        .server
+        .get_mut(rcvid.0)
+        .ok_or(VmiError::UnknownRequest(rcvid))?;
+    if offset > h.reply_max {
+        return Ok(0);
+    }
+    let n = data.len().min(h.reply_max - offset);
+    if h.reply.len() < offset + n {
+        h.reply.resize(offset + n, 0);
+    }
+    h.reply[offset..offset + n].copy_from_slice(&data[..n]);
+    Ok(n)
+}
+
+/// Sends a pulse (see [`crate::Operations::pulse`]).
+pub(crate) fn pulse(
+    core: &mut Core,
+    app_conn: ConnId,
+    p: Pulse,
+    mode: Mode,
+) -> Result<(), VmiError> {
+    if p.priority > MAX_PRIORITY {
+        return Err(VmiError::Priority(p.priority));
+    }
+    let conn = core.cross.real(app_conn);
+    let kind = Kind::Pulse {
+        code: p.code,
+        value: p.value,
+        priority: p.priority,
+    };
+    send(core, conn, kind, &[], mode).map(|_| ())
+}
+
+/// A message-passing message arrived on `conn` (from either receive path). Answers are
+/// delivered at once; requests and pulses are queued for [`deliver`].
+pub(crate) fn received(
+    core: &mut Core,
+    handler: &mut dyn Handler,
+    conn: ConnId,
+    flags: u32,
+    data: &[u8],
+) {
+    if !core.engine.conns().is_live(conn) {
+        log::debug!("{conn}: dropping a message that arrived after the connection closed");
+        return;
+    }
+    let end = flags & VMI_FLAG_END != 0;
+    let (deliver, _) = core.engine.conns_mut().rx_fragment(conn, end);
+    if deliver {
+        handle(core, handler, conn, end, data);
+    }
+}
+
+/// As [`received`], for a message taken ahead of stream fragments that arrived before it
+/// (see `direct`): the caller moves the connection's count of messages in arrival order.
+pub(crate) fn received_early(
+    core: &mut Core,
+    handler: &mut dyn Handler,
+    conn: ConnId,
+    flags: u32,
+    data: &[u8],
+) {
+    if core.engine.conns().is_live(conn) {
+        handle(core, handler, conn, flags & VMI_FLAG_END != 0, data);
+    }
+}
+
+/// Checks and acts on a message-passing message.
+fn handle(core: &mut Core, handler: &mut dyn Handler, conn: ConnId, end: bool, data: &[u8]) {
+    if !end {
+        log::warn!(
+            "{conn}: the peer sent a message-passing fragment that does not end its message; ignored"
+        );
+        return;
+    }
+    if core.rails.on() && core.rails.is_rail(conn) {
+        log::warn!("{conn}: the peer sent a message-passing message on a rail; ignored");
+        return;
+    }
+    let (kind, payload) = match Kind::decode(data, MAX_MESSAGE) {
+        Ok(k) => k,
+        Err(e) => {
+            log::warn!("{conn}: ignored a malformed message from the peer: {e}");
+            return;
+        }
+    };
+    match kind {
+        Kind::Request {
+            id,
+            reply_max,
+            priority,
+        } => {
+            let reply_max = (reply_max as usize).min(MAX_MESSAGE);
+            if let Err(why) = core
+                .msg
+                .server
+                .request(conn, id, priority, reply_max, payload)
+            {
+                log::warn!("{conn}: refused a request: {why:?}");
+                let refusal = Kind::Refused {
+                    id,
+                    status: why.status(),
+                };
+                if let Err(e) = send(core, conn, refusal, &[], Mode::Deferred) {
+                    log::debug!("{conn}: could not send a refusal: {e}");
+                }
+            }
+        }
+        Kind::Pulse {
+            code,
+            value,
+            priority,
+        } => core.msg.server.pulse(conn, code, value, priority),
+        Kind::Cancel { id } => {
+            let Some(rcvid) = core.msg.server.find(conn, id) else {
+                return;
+            };
+            if core.msg.server.take(rcvid).is_some_and(|h| h.delivered) {
+                handler.request_gone(&mut Ctx::new(core), ReceiveId(rcvid), Status::Cancelled);
+            }
+        }
+        Kind::Reply { id, status } => {
+            let Some(p) = core.msg.client.answered(conn, id) else {
+                log::debug!("{conn}: ignored an answer to no waiting request ({id})");
+                return;
+            };
+            if payload.len() > p.reply_max {
+                let detail = format!(
+                    "the server replied {} bytes, more than the {} this request takes",
+                    payload.len(),
+                    p.reply_max
+                );
+                finish(core, handler, p, Outcome::Failed(Status::Protocol, detail));
+            } else {
+                finish_data(core, handler, p, status, payload);
+            }
+        }
+        Kind::Error { id, code } => {
+            if let Some(p) = core.msg.client.answered(conn, id) {
+                finish(core, handler, p, Outcome::Error(code));
+            }
+        }
+        Kind::Refused { id, status } => {
+            if let Some(p) = core.msg.client.answered(conn, id) {
+                let detail = format!(
+                    "the server's vmi did not take the request ({})",
+                    status.describe()
+                );
+                finish(core, handler, p, Outcome::Failed(status, detail));
+            }
+        }
+    }
+}
+
+/// Delivers a reply with its bytes borrowed (no copy unless parked).
+fn finish_data(core: &mut Core, handler: &mut dyn Handler, p: Pending, status: i32, data: &[u8]) {
+    if core.msg.parking.remove(&p.id) {
+        core.msg
+            .parked
+            .insert(p.id, Outcome::Data(status, data.to_vec()));
+    } else {
+        let reply = Reply::Data {
+            status,
+            data: Slab::from_bytes(data),
+        };
+        handler.replied(&mut Ctx::new(core), p.app_conn, p.token, reply);
+    }
+    core.refresh();
+}
+
+/// Delivers how a request ended (or parks it for a blocking caller).
+fn finish(core: &mut Core, handler: &mut dyn Handler, p: Pending, o: Outcome) {
+    if core.msg.parking.remove(&p.id) {
+        core.msg.parked.insert(p.id, o);
+        core.refresh();
+        return;
+    }
+    let reply = match &o {
+        Outcome::Data(status, data) => Reply::Data {
+            status: *status,
+            data: Slab::from_bytes(data),
+        },
+        Outcome::Error(code) => Reply::Error { code: *code },
+        Outcome::Failed(status, detail) => Reply::Failed {
+            status: *status,
+            detail,
+        },
+    };
+    handler.replied(&mut Ctx::new(core), p.app_conn, p.token, reply);
+    core.refresh();
+}
+
+/// The answer of a blocking request, once it is in.
+pub(crate) fn take_parked(core: &mut Core, id: RequestId) -> Option<Result<Answer, VmiError>> {
+    Some(match core.msg.parked.remove(&id.0)? {
+        Outcome::Data(status, data) => Ok(Answer::Reply { status, data }),
+        Outcome::Error(code) => Ok(Answer::Error(code)),
+        Outcome::Failed(status, detail) => Err(VmiError::RequestFailed { status, detail }),
+    })
+}
+
+/// The deadline of a waiting request, if it has one.
+pub(crate) fn deadline(core: &Core, id: RequestId) -> Option<Instant> {
+    core.msg.client.deadline(id.0)
+}
+
+/// Delivers queued requests and pulses of priority `min` and above, highest first.
+pub(crate) fn deliver(core: &mut Core, handler: &mut dyn Handler, min: u8) {
+    while let Some((priority, what)) = core.msg.server.next(min) {
+        match what {
+            Incoming::Pulse { conn, code, value } => {
+                let app = core.cross.app(conn);
+                let p = Pulse {
+                    code,
+                    value,
+                    priority,
+                };
+                handler.pulse(&mut Ctx::new(core), app, p);
+            }
+            Incoming::Request(rcvid) => {
+                let Some(h) = core.msg.server.get(rcvid) else {
+                    continue;
+                };
+                let (conn, reply_max, data) = (h.conn, h.reply_max, h.data.clone());
+                let sender = peer(core, conn);
+                let mut request = Request {
+                    id: ReceiveId(rcvid),
+                    conn: core.cross.app(conn),
+                    sender: &sender,
+                    priority,
+                    reply_max,
+                    data: Slab::from_bytes(&data),
+                };
+                handler.request(&mut Ctx::new(core), &mut request);
+            }
+        }
+        core.run_deferred();
+    }
+}
+
+/// The peer of `conn` as a request's sender (looked up once per connection).
+fn peer(core: &mut Core, conn: ConnId) -> Rc<Sender> {
+    if let Some(p) = core.msg.peers.get(&conn) {
+        return p.clone();
+    }
+    let conns = core.engine.conns();
+    let uid = conns
+        .transport_of(conn)
+        .and_then(|t| core.engine.get_attr(t as usize, "peer_uid"))
+        .and_then(|v| v.parse().ok());
+    let p = Rc::new(Sender {
+        key: conns.peer_key(conn).unwrap_or("").to_string(),
+        host: conns.peer_host(conn).unwrap_or("").to_string(),
+        uid,
+    });
+    core.msg.peers.insert(conn, p.clone());
+    p
+}
+
+/// Timeouts and answers found outside a poll (cancels), run from `poll`.
+pub(crate) fn background(core: &mut Core, handler: &mut dyn Handler) {
+    if core.msg.client.timed() {
+        for p in core.msg.client.expired(Instant::now()) {
+            tell_server_to_forget(core, &p, Mode::Deferred);
+            let detail = "the server did not answer in time".to_string();
+            core.msg
+                .done
+                .push_back((p, Outcome::Failed(Status::Timeout, detail)));
+        }
+    }
+    while let Some((p, o)) = core.msg.done.pop_front() {
+        finish(core, handler, p, o);
+        core.run_deferred();
+    }
+    core.refresh();
+}
+
+/// A connection closed: its waiting requests fail, and its held requests are forgotten
+/// (the application hears of those it was given).
+pub(crate) fn conn_closed(core: &mut Core, handler: &mut dyn Handler, conn: ConnId, local: bool) {
+    core.msg.peers.remove(&conn);
+    let (status, detail) = if local {
+        (
+            Status::Cancelled,
+            "the connection was closed by this process",
+        )
+    } else {
+        (
+            Status::ConnectionLost,
+            "the connection closed before the server answered",
+        )
+    };
+    for p in core.msg.client.conn_closed(conn) {
+        finish(
+            core,
+            handler,
+            p,
+            Outcome::Failed(status, detail.to_string()),
+        );
+    }
+    for rcvid in core.msg.server.conn_closed(conn) {
+        handler.request_gone(&mut Ctx::new(core), ReceiveId(rcvid), status);
+    }
+}
+
+/// The peer could not receive message `message` that this side sent on `conn`: if it was
+/// a request, the request fails; if a reply, its client is told. True when it was one.
+pub(crate) fn message_failed(
+    core: &mut Core,
+    handler: &mut dyn Handler,
+    conn: ConnId,
+    message: u64,
+    status: Status,
+    detail: &str,
+) -> bool {
+    if let Some(p) = core.msg.client.by_message(conn, message) {
+        let detail = format!("the server could not receive the request: {detail}");
+        finish(core, handler, p, Outcome::Failed(status, detail));
+        return true;
+    }
+    let Some(i) = core
+        .msg
+        .sent
+        .iter()
+        .position(|&(c, m, _)| c == conn && m == message)
+    else {
+        return false;
+    };
+    let (_, _, what) = core.msg.sent.remove(i).expect("found above");
+    match what {
+        Sent::Answer(client_id) => {
+            // The client waits for an answer that will not come whole: fail its request.
+            let refusal = Kind::Refused {
+                id: client_id,
+                status,
+            };
+            if let Err(e) = send(core, conn, refusal, &[], Mode::Deferred) {
+                log::debug!("{conn}: could not tell the client its reply failed: {e}");
+            }
+        }
+        Sent::Notice => {
+            log::warn!("{conn}: a pulse or notice to the peer failed on its way: {detail}");
+        }
+    }
+    true
+}

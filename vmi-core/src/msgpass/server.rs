@@ -1,0 +1,331 @@
+//! The server side of send/receive/reply: requests received and not yet answered, the
+//! queue of requests and pulses waiting to be delivered (highest priority first, in arrival
+//! order within a priority). No I/O.
+#![forbid(unsafe_code)]
+
+use std::collections::{BinaryHeap, HashMap};
+use std::rc::Rc;
+
+use crate::conn::ConnId;
+use crate::status::Status;
+
+/// Limits on what clients may leave waiting in this process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServerLimits {
+    /// Requests waiting for an answer per connection.
+    pub per_conn: usize,
+    /// Bytes of requests waiting for an answer in the whole process.
+    pub bytes: usize,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        ServerLimits {
+            per_conn: 256,
+            bytes: 64 << 20,
+        }
+    }
+}
+
+/// A request received and not yet answered.
+#[derive(Debug)]
+pub struct Held {
+    /// The connection it came on.
+    pub conn: ConnId,
+    /// The client's id for it.
+    pub client_id: u64,
+    /// Its priority.
+    pub priority: u8,
+    /// The most reply bytes the client takes.
+    pub reply_max: usize,
+    /// The request's bytes (shared with the slab the handler is given).
+    pub data: Rc<[u8]>,
+    /// Reply bytes written ahead of the reply (QNX `MsgWrite`), at their offsets.
+    pub reply: Vec<u8>,
+    /// Delivered to the application's `request` callback already.
+    pub delivered: bool,
+}
+
+/// Something waiting to be delivered.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Incoming {
+    /// A held request, by receive id.
+    Request(u64),
+    /// A pulse.
+    Pulse {
+        /// Its connection.
+        conn: ConnId,
+        /// Its code.
+        code: i32,
+        /// Its value.
+        value: u32,
+    },
+}
+
+#[derive(Debug, PartialEq, Eq)]
+struct Queued {
+    priority: u8,
+    seq: u64,
+    what: Incoming,
+}
+
+impl Ord for Queued {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        // Highest priority first; within one, the earliest (smallest seq) first.
+        self.priority
+            .cmp(&other.priority)
+            .then(other.seq.cmp(&self.seq))
+    }
+}
+
+impl PartialOrd for Queued {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// Why a request is not taken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NotTaken {
+    /// The connection already has the most requests waiting.
+    TooMany,
+    /// The process holds the most request bytes already.
+    TooManyBytes,
+    /// The connection has a request with that id waiting already.
+    Duplicate,
+}
+
+impl NotTaken {
+    /// The status the client is told.
+    pub fn status(self) -> Status {
+        match self {
+            NotTaken::TooMany | NotTaken::TooManyBytes => Status::NoResources,
+            NotTaken::Duplicate => Status::Protocol,
+        }
+    }
+}
+
+/// The server side's state.
+#[derive(Default)]
+pub struct Server {
+    limits: ServerLimits,
+    next_rcvid: u64,
+    seq: u64,
+    held: HashMap<u64, Held>,
+    /// Receive ids by (connection, client id), for the client's cancel.
+    by_client: HashMap<(ConnId, u64), u64>,
+    per_conn: HashMap<ConnId, usize>,
+    bytes: usize,
+    queue: BinaryHeap<Queued>,
+}
+
+impl Server {
+    /// A server side with these limits.
+    pub fn new(limits: ServerLimits) -> Server {
+        Server {
+            limits,
+            ..Server::default()
+        }
+    }
+
+    /// A request arrived: holds it and queues it for delivery, or says why not.
+    pub fn request(
+        &mut self,
+        conn: ConnId,
+        client_id: u64,
+        priority: u8,
+        reply_max: usize,
+        data: &[u8],
+    ) -> Result<u64, NotTaken> {
+        let n = self.per_conn.get(&conn).copied().unwrap_or(0);
+        if n >= self.limits.per_conn {
+            return Err(NotTaken::TooMany);
+        }
+        if self.bytes + data.len() > self.limits.bytes {
+            return Err(NotTaken::TooManyBytes);
+        }
+        if self.by_client.contains_key(&(conn, client_id)) {
+            return Err(NotTaken::Duplicate);
+        }
+        self.next_rcvid += 1;
+        let rcvid = self.next_rcvid;
+        self.per_conn.insert(conn, n + 1);
+        self.by_client.insert((conn, client_id), rcvid);
+        self.bytes += data.len();
+        self.held.insert(
+            rcvid,
+            Held {
+                conn,
+                client_id,
+                priority,
+                reply_max,
+                data: Rc::from(data),
+                reply: Vec::new(),
+                delivered: false,
+            },
+        );
+        self.push(priority, Incoming::Request(rcvid));
+        Ok(rcvid)
+    }
+
+    /// A pulse arrived: queues it.
+    pub fn pulse(&mut self, conn: ConnId, code: i32, value: u32, priority: u8) {
+        self.push(priority, Incoming::Pulse { conn, code, value });
+    }
+
+    fn push(&mut self, priority: u8, what: Incoming) {
+        self.seq += 1;
+        self.queue.push(Queued {
+            priority,
+            seq: self.seq,
+            what,
+        });
+    }
+
+    /// True when something waits to be delivered.
+    pub fn has_queued(&self) -> bool {
+        !self.queue.is_empty()
+    }
+
+    /// The next thing to deliver whose priority is at least `min`. A request dropped
+    /// meanwhile (its client cancelled it, its connection closed) is skipped.
+    pub fn next(&mut self, min: u8) -> Option<(u8, Incoming)> {
+        loop {
+            if self.queue.peek()?.priority < min {
+                return None;
+            }
+            let q = self.queue.pop()?;
+            if let Incoming::Request(rcvid) = q.what {
+                let Some(h) = self.held.get_mut(&rcvid) else {
+                    continue;
+                };
+                h.delivered = true;
+            }
+            return Some((q.priority, q.what));
+        }
+    }
+
+    /// A held request.
+    pub fn get(&self, rcvid: u64) -> Option<&Held> {
+        self.held.get(&rcvid)
+    }
+
+    /// A held request, to write reply bytes into.
+    pub fn get_mut(&mut self, rcvid: u64) -> Option<&mut Held> {
+        self.held.get_mut(&rcvid)
+    }
+
+    /// Removes a held request (answered, cancelled by its client, or its connection
+    /// closed).
+    pub fn take(&mut self, rcvid: u64) -> Option<Held> {
+        let h = self.held.remove(&rcvid)?;
+        self.bytes -= h.data.len();
+        self.by_client.remove(&(h.conn, h.client_id));
+        if let Some(n) = self.per_conn.get_mut(&h.conn) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_conn.remove(&h.conn);
+            }
+        }
+        Some(h)
+    }
+
+    /// The receive id of the request `client_id` from `conn`.
+    pub fn find(&self, conn: ConnId, client_id: u64) -> Option<u64> {
+        self.by_client.get(&(conn, client_id)).copied()
+    }
+
+    /// Drops everything of a closed connection; returns the receive ids of the requests
+    /// the application had been given (it may still hold them).
+    pub fn conn_closed(&mut self, conn: ConnId) -> Vec<u64> {
+        let mut ids: Vec<u64> = self
+            .held
+            .iter()
+            .filter(|(_, h)| h.conn == conn)
+            .map(|(&r, _)| r)
+            .collect();
+        ids.sort_unstable();
+        let mut delivered = Vec::new();
+        for r in ids {
+            if self.take(r).is_some_and(|h| h.delivered) {
+                delivered.push(r);
+            }
+        }
+        delivered
+    }
+
+    /// Requests waiting for an answer.
+    pub fn held(&self) -> usize {
+        self.held.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delivery_is_by_priority_then_arrival() {
+        let mut s = Server::default();
+        let c = ConnId(1);
+        let a = s.request(c, 1, 0, 8, b"a").unwrap();
+        s.pulse(c, 7, 70, 5);
+        let b = s.request(c, 2, 5, 8, b"b").unwrap();
+        let d = s.request(c, 3, 9, 8, b"d").unwrap();
+        assert_eq!(s.next(1), Some((9, Incoming::Request(d))));
+        assert_eq!(
+            s.next(1),
+            Some((
+                5,
+                Incoming::Pulse {
+                    conn: c,
+                    code: 7,
+                    value: 70
+                }
+            ))
+        );
+        assert_eq!(s.next(1), Some((5, Incoming::Request(b))));
+        assert_eq!(s.next(1), None, "priority 0 waits for the stream data");
+        assert_eq!(s.next(0), Some((0, Incoming::Request(a))));
+        assert!(!s.has_queued());
+    }
+
+    #[test]
+    fn limits_refuse_and_answers_free_room() {
+        let mut s = Server::new(ServerLimits {
+            per_conn: 2,
+            bytes: 10,
+        });
+        let c = ConnId(1);
+        let r1 = s.request(c, 1, 0, 8, b"12345").unwrap();
+        s.request(c, 2, 0, 8, b"1234").unwrap();
+        assert_eq!(s.request(c, 3, 0, 8, b""), Err(NotTaken::TooMany));
+        assert_eq!(
+            s.request(ConnId(2), 1, 0, 8, b""),
+            Ok(3),
+            "ids are the client's: another connection may reuse one"
+        );
+        assert_eq!(s.request(ConnId(2), 1, 0, 8, b""), Err(NotTaken::Duplicate));
+        assert_eq!(
+            s.request(ConnId(2), 4, 0, 8, b"12"),
+            Err(NotTaken::TooManyBytes)
+        );
+        assert_eq!(s.take(r1).map(|h| h.client_id), Some(1));
+        s.request(c, 3, 0, 8, b"12345").unwrap();
+        assert_eq!(s.held(), 3);
+    }
+
+    #[test]
+    fn a_cancelled_request_is_skipped_and_a_closed_connection_forgotten() {
+        let mut s = Server::default();
+        let r1 = s.request(ConnId(1), 1, 0, 8, b"x").unwrap();
+        let r2 = s.request(ConnId(1), 2, 0, 8, b"y").unwrap();
+        let r3 = s.request(ConnId(2), 3, 0, 8, b"z").unwrap();
+        assert_eq!(s.find(ConnId(1), 1), Some(r1));
+        s.take(r1);
+        assert_eq!(s.next(0), Some((0, Incoming::Request(r2))));
+        assert_eq!(s.conn_closed(ConnId(1)), vec![r2]);
+        assert_eq!(s.next(0), Some((0, Incoming::Request(r3))));
+        assert_eq!(s.held(), 1);
+    }
+}
