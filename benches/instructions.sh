@@ -29,8 +29,10 @@ per() { # case unit-divisor label
 echo "vmi, 8-byte messages, N = $N and 2N, (I(2N) - I(N)) / N:"
 per stream-shmem 1 "shmem streaming (send+recv+compl)" message
 per pingpong-shmem 2 "shmem ping-pong" hop
+per request-shmem 2 "shmem send/receive/reply" hop
 per stream-tcp 1 "tcp streaming (user space)" message
 per pingpong-tcp 2 "tcp ping-pong (user space)" hop
+per request-tcp 2 "tcp send/receive/reply (user space)" hop
 per stream-loopback 1 "loopback streaming" message
 l0=$(count filters-0 "$N"); l0b=$(count filters-0 $((2 * N)))
 l3=$(count filters-3 "$N"); l3b=$(count filters-3 $((2 * N)))

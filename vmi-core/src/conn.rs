@@ -27,7 +27,7 @@ impl ConnId {
         self.0
     }
 
-    fn index(self) -> usize {
+    pub(crate) fn index(self) -> usize {
         (self.0 & 0xffff_ffff) as usize
     }
 

@@ -4,7 +4,8 @@
 //!
 //! `vmi-msgcost CASE N`: CASE is `stream-<transport>` (N one-way 8-byte inline messages, a
 //! window of 64 in flight), `pingpong-<transport>` (N round trips of 8 bytes, counted as 2N
-//! hops), `filters-<k>` (streaming over loopback with k pass-through skeleton filters), or
+//! hops), `request-<transport>` (N send/receive/reply round trips of 8 bytes each way,
+//! counted as 2N hops, the server replying from its request callback), `filters-<k>` (streaming over loopback with k pass-through skeleton filters), or
 //! `idle` (N empty polls, loopback) or `idle-<transport>` (N empty polls of a process with
 //! one open connection). Transports: loopback, shmem, tcp.
 
@@ -37,11 +38,17 @@ impl Handler for Side {
     fn send_complete(&mut self, _c: &mut Ctx<'_>, _conn: ConnId, _d: &mut SendCompletion<'_>) {
         self.completed += 1;
     }
+    fn request(&mut self, ctx: &mut Ctx<'_>, request: &mut Request<'_>) {
+        let _ = ctx.reply(request.id, 0, &[&[1u8; 8]]);
+    }
+    fn replied(&mut self, _ctx: &mut Ctx<'_>, _conn: ConnId, _token: u64, _reply: Reply<'_>) {
+        self.received += 1;
+    }
 }
 
 fn usage() -> ! {
     eprintln!(
-        "usage: vmi-msgcost stream-<loopback|shmem|tcp>|pingpong-<loopback|shmem|tcp>|filters-<k>|idle[-<transport>] N"
+        "usage: vmi-msgcost stream-<loopback|shmem|tcp>|pingpong-<loopback|shmem|tcp>|request-<loopback|shmem|tcp>|filters-<k>|idle[-<transport>] N"
     );
     std::process::exit(2)
 }
@@ -87,6 +94,21 @@ fn main() {
         "idle" => {
             for _ in 0..n {
                 a.poll(&mut ha);
+            }
+        }
+        "request" => {
+            // No deadline: a timeout would add a clock read per poll that a stream
+            // ping-pong does not pay.
+            let opts = RequestOptions {
+                timeout: None,
+                reply_max: 8,
+                priority: 0,
+            };
+            for i in 0..n {
+                a.request(conn, &[&msg], &opts, i).unwrap();
+                while ha.received <= i {
+                    pump(&mut a, &mut ha, &mut b, &mut hb);
+                }
             }
         }
         "pingpong" => {

@@ -26,6 +26,7 @@
 
 pub mod client;
 pub mod server;
+mod table;
 pub mod wire;
 
 use std::collections::{HashMap, VecDeque};
@@ -202,10 +203,8 @@ pub(crate) struct MsgPass {
     done: VecDeque<(Pending, Outcome)>,
     /// Answers of blocking requests, by request id.
     parked: HashMap<u64, Outcome>,
-    /// Requests whose answer is parked instead of delivered.
-    parking: std::collections::HashSet<u64>,
-    /// Each connection's peer, looked up once.
-    peers: HashMap<ConnId, Rc<Sender>>,
+    /// Each connection's peer, looked up once (by the handle's dense index).
+    peers: Vec<Option<(ConnId, Rc<Sender>)>>,
     /// Replies, refusals, cancels and pulses sent recently, by connection and message index,
     /// so the peer's "message N failed" finds them (a request is found among the waiting).
     sent: VecDeque<(ConnId, u64, Sent)>,
@@ -320,24 +319,24 @@ pub(crate) fn request(
         });
     }
     let conn = core.cross.real(app_conn);
-    let id = core.msg.client.new_id();
-    let kind = Kind::Request {
-        id,
-        reply_max: opts.reply_max as u32,
-        priority: opts.priority,
-    };
-    let message = send(core, conn, kind, parts, mode)?;
-    core.msg.client.issued(Pending {
-        id,
+    let id = core.msg.client.issue(Pending {
+        id: 0,
         conn,
         app_conn,
         token,
         reply_max: opts.reply_max,
         deadline: opts.timeout.map(|t| Instant::now() + t),
-        message,
+        message: core.engine.conns().tx_messages(conn),
+        parked,
     });
-    if parked {
-        core.msg.parking.insert(id);
+    let kind = Kind::Request {
+        id,
+        reply_max: opts.reply_max as u32,
+        priority: opts.priority,
+    };
+    if let Err(e) = send(core, conn, kind, parts, mode) {
+        core.msg.client.take(id);
+        return Err(e);
     }
     core.refresh();
     Ok(RequestId(id))
@@ -608,7 +607,7 @@ fn handle(core: &mut Core, handler: &mut dyn Handler, conn: ConnId, end: bool, d
 
 /// Delivers a reply with its bytes borrowed (no copy unless parked).
 fn finish_data(core: &mut Core, handler: &mut dyn Handler, p: Pending, status: i32, data: &[u8]) {
-    if core.msg.parking.remove(&p.id) {
+    if p.parked {
         core.msg
             .parked
             .insert(p.id, Outcome::Data(status, data.to_vec()));
@@ -624,7 +623,7 @@ fn finish_data(core: &mut Core, handler: &mut dyn Handler, p: Pending, status: i
 
 /// Delivers how a request ended (or parks it for a blocking caller).
 fn finish(core: &mut Core, handler: &mut dyn Handler, p: Pending, o: Outcome) {
-    if core.msg.parking.remove(&p.id) {
+    if p.parked {
         core.msg.parked.insert(p.id, o);
         core.refresh();
         return;
@@ -694,7 +693,9 @@ pub(crate) fn deliver(core: &mut Core, handler: &mut dyn Handler, min: u8) {
 
 /// The peer of `conn` as a request's sender (looked up once per connection).
 fn peer(core: &mut Core, conn: ConnId) -> Rc<Sender> {
-    if let Some(p) = core.msg.peers.get(&conn) {
+    if let Some(Some((c, p))) = core.msg.peers.get(conn.index())
+        && *c == conn
+    {
         return p.clone();
     }
     let conns = core.engine.conns();
@@ -707,7 +708,11 @@ fn peer(core: &mut Core, conn: ConnId) -> Rc<Sender> {
         host: conns.peer_host(conn).unwrap_or("").to_string(),
         uid,
     });
-    core.msg.peers.insert(conn, p.clone());
+    let i = conn.index();
+    if core.msg.peers.len() <= i {
+        core.msg.peers.resize(i + 1, None);
+    }
+    core.msg.peers[i] = Some((conn, p.clone()));
     p
 }
 
@@ -732,7 +737,9 @@ pub(crate) fn background(core: &mut Core, handler: &mut dyn Handler) {
 /// A connection closed: its waiting requests fail, and its held requests are forgotten
 /// (the application hears of those it was given).
 pub(crate) fn conn_closed(core: &mut Core, handler: &mut dyn Handler, conn: ConnId, local: bool) {
-    core.msg.peers.remove(&conn);
+    if let Some(slot) = core.msg.peers.get_mut(conn.index()) {
+        *slot = None;
+    }
     let (status, detail) = if local {
         (
             Status::Cancelled,

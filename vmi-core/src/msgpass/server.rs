@@ -3,8 +3,10 @@
 //! order within a priority). No I/O.
 #![forbid(unsafe_code)]
 
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
 use std::rc::Rc;
+
+use super::table::Table;
 
 use crate::conn::ConnId;
 use crate::status::Status;
@@ -105,16 +107,22 @@ impl NotTaken {
     }
 }
 
+/// What the server keeps per connection (indexed by the handle's dense index).
+#[derive(Default)]
+struct PerConn {
+    /// The connection it belongs to (a slot is reused by later connections).
+    conn: Option<ConnId>,
+    /// Its held requests' receive ids.
+    held: Vec<u64>,
+}
+
 /// The server side's state.
 #[derive(Default)]
 pub struct Server {
     limits: ServerLimits,
-    next_rcvid: u64,
     seq: u64,
-    held: HashMap<u64, Held>,
-    /// Receive ids by (connection, client id), for the client's cancel.
-    by_client: HashMap<(ConnId, u64), u64>,
-    per_conn: HashMap<ConnId, usize>,
+    held: Table<Held>,
+    conns: Vec<PerConn>,
     bytes: usize,
     queue: BinaryHeap<Queued>,
 }
@@ -128,6 +136,21 @@ impl Server {
         }
     }
 
+    /// The held requests' receive ids of `conn` (an empty list for a new connection).
+    fn per_conn(&mut self, conn: ConnId) -> &mut Vec<u64> {
+        let i = conn.index();
+        if self.conns.len() <= i {
+            self.conns.resize_with(i + 1, PerConn::default);
+        }
+        let pc = &mut self.conns[i];
+        if pc.conn != Some(conn) {
+            // A later connection in the slot: the earlier one's entries went with it.
+            pc.conn = Some(conn);
+            pc.held.clear();
+        }
+        &mut pc.held
+    }
+
     /// A request arrived: holds it and queues it for delivery, or says why not.
     pub fn request(
         &mut self,
@@ -137,33 +160,31 @@ impl Server {
         reply_max: usize,
         data: &[u8],
     ) -> Result<u64, NotTaken> {
-        let n = self.per_conn.get(&conn).copied().unwrap_or(0);
-        if n >= self.limits.per_conn {
+        if self.per_conn(conn).len() >= self.limits.per_conn {
             return Err(NotTaken::TooMany);
         }
         if self.bytes + data.len() > self.limits.bytes {
             return Err(NotTaken::TooManyBytes);
         }
-        if self.by_client.contains_key(&(conn, client_id)) {
+        let held = &self.held;
+        let duplicate = self.conns[conn.index()]
+            .held
+            .iter()
+            .any(|&r| held.get(r).is_some_and(|h| h.client_id == client_id));
+        if duplicate {
             return Err(NotTaken::Duplicate);
         }
-        self.next_rcvid += 1;
-        let rcvid = self.next_rcvid;
-        self.per_conn.insert(conn, n + 1);
-        self.by_client.insert((conn, client_id), rcvid);
+        let rcvid = self.held.insert(Held {
+            conn,
+            client_id,
+            priority,
+            reply_max,
+            data: Rc::from(data),
+            reply: Vec::new(),
+            delivered: false,
+        });
+        self.per_conn(conn).push(rcvid);
         self.bytes += data.len();
-        self.held.insert(
-            rcvid,
-            Held {
-                conn,
-                client_id,
-                priority,
-                reply_max,
-                data: Rc::from(data),
-                reply: Vec::new(),
-                delivered: false,
-            },
-        );
         self.push(priority, Incoming::Request(rcvid));
         Ok(rcvid)
     }
@@ -196,7 +217,7 @@ impl Server {
             }
             let q = self.queue.pop()?;
             if let Incoming::Request(rcvid) = q.what {
-                let Some(h) = self.held.get_mut(&rcvid) else {
+                let Some(h) = self.held.get_mut(rcvid) else {
                     continue;
                 };
                 h.delivered = true;
@@ -207,48 +228,50 @@ impl Server {
 
     /// A held request.
     pub fn get(&self, rcvid: u64) -> Option<&Held> {
-        self.held.get(&rcvid)
+        self.held.get(rcvid)
     }
 
     /// A held request, to write reply bytes into.
     pub fn get_mut(&mut self, rcvid: u64) -> Option<&mut Held> {
-        self.held.get_mut(&rcvid)
+        self.held.get_mut(rcvid)
     }
 
     /// Removes a held request (answered, cancelled by its client, or its connection
     /// closed).
     pub fn take(&mut self, rcvid: u64) -> Option<Held> {
-        let h = self.held.remove(&rcvid)?;
+        let h = self.held.remove(rcvid)?;
         self.bytes -= h.data.len();
-        self.by_client.remove(&(h.conn, h.client_id));
-        if let Some(n) = self.per_conn.get_mut(&h.conn) {
-            *n -= 1;
-            if *n == 0 {
-                self.per_conn.remove(&h.conn);
-            }
+        let list = self.per_conn(h.conn);
+        if let Some(i) = list.iter().position(|&r| r == rcvid) {
+            list.swap_remove(i);
         }
         Some(h)
     }
 
     /// The receive id of the request `client_id` from `conn`.
-    pub fn find(&self, conn: ConnId, client_id: u64) -> Option<u64> {
-        self.by_client.get(&(conn, client_id)).copied()
+    pub fn find(&mut self, conn: ConnId, client_id: u64) -> Option<u64> {
+        let held = &self.held;
+        let i = conn.index();
+        let pc = self.conns.get(i).filter(|pc| pc.conn == Some(conn))?;
+        pc.held
+            .iter()
+            .copied()
+            .find(|&r| held.get(r).is_some_and(|h| h.client_id == client_id))
     }
 
     /// Drops everything of a closed connection; returns the receive ids of the requests
-    /// the application had been given (it may still hold them).
+    /// the application had been given (it may still hold them), oldest first.
     pub fn conn_closed(&mut self, conn: ConnId) -> Vec<u64> {
-        let mut ids: Vec<u64> = self
-            .held
-            .iter()
-            .filter(|(_, h)| h.conn == conn)
-            .map(|(&r, _)| r)
-            .collect();
+        let mut ids = std::mem::take(self.per_conn(conn));
+        // Keys grow with their generation: this is arrival order.
         ids.sort_unstable();
         let mut delivered = Vec::new();
         for r in ids {
-            if self.take(r).is_some_and(|h| h.delivered) {
-                delivered.push(r);
+            if let Some(h) = self.held.remove(r) {
+                self.bytes -= h.data.len();
+                if h.delivered {
+                    delivered.push(r);
+                }
             }
         }
         delivered
@@ -300,9 +323,8 @@ mod tests {
         let r1 = s.request(c, 1, 0, 8, b"12345").unwrap();
         s.request(c, 2, 0, 8, b"1234").unwrap();
         assert_eq!(s.request(c, 3, 0, 8, b""), Err(NotTaken::TooMany));
-        assert_eq!(
-            s.request(ConnId(2), 1, 0, 8, b""),
-            Ok(3),
+        assert!(
+            s.request(ConnId(2), 1, 0, 8, b"").is_ok(),
             "ids are the client's: another connection may reuse one"
         );
         assert_eq!(s.request(ConnId(2), 1, 0, 8, b""), Err(NotTaken::Duplicate));
