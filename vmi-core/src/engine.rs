@@ -794,41 +794,68 @@ impl Engine {
     /// Sleeps until a device's descriptor is ready, a deadline passes, a device or another
     /// thread wakes the host, or `timeout` elapses.
     pub fn sleep(&mut self, timeout: Duration) {
-        // Announce the sleep before looking for work (see `Waker` for the ordering argument).
-        self.waker.set_sleeping(true);
         let mut fds = Vec::with_capacity(self.devices.len() + 1);
         fds.push(libc::pollfd {
             fd: self.waker.fd(),
             events: libc::POLLIN,
             revents: 0,
         });
-        let mut ms = timeout.as_millis().min(i32::MAX as u128) as i64;
+        let (pending, due) = self.arm_devices(|fd| {
+            fds.push(libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            })
+        });
+        let ms = due
+            .map_or(timeout, |d| d.min(timeout))
+            .as_millis()
+            .min(i32::MAX as u128) as i32;
+        if !pending && ms > 0 {
+            // SAFETY: `fds` is a live array of pollfd of the given length.
+            unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+        }
+        self.disarm();
+    }
+
+    /// Announces a sleep to everything that may wake it: the waker (other threads) and each
+    /// device (`wait_fd`, which may ask a peer to ring a doorbell), reporting each device's
+    /// descriptor to `fd`. Returns whether work is pending already (do not sleep) and the
+    /// soonest time a device must be polled again.
+    pub fn arm_devices(&mut self, mut fd: impl FnMut(i32)) -> (bool, Option<Duration>) {
+        // Announce the sleep before looking for work (see `Waker` for the ordering argument).
+        self.waker.set_sleeping(true);
+        let mut due: Option<Duration> = None;
         for inst in &self.devices {
             if let Some(w) = inst.ty.vtable.wait_fd {
-                let (mut fd, mut t) = (-1i32, -1i64);
+                let (mut f, mut t) = (-1i32, -1i64);
                 // SAFETY: live instance, valid out-pointers.
-                unsafe { w(inst.ptr, &mut fd, &mut t) };
-                if fd >= 0 {
-                    fds.push(libc::pollfd {
-                        fd,
-                        events: libc::POLLIN,
-                        revents: 0,
-                    });
+                unsafe { w(inst.ptr, &mut f, &mut t) };
+                if f >= 0 {
+                    fd(f);
                 }
                 if t >= 0 {
-                    ms = ms.min(t);
+                    let t = Duration::from_millis(t as u64);
+                    due = Some(due.map_or(t, |d| d.min(t)));
                 }
             }
         }
         let pending = self.boundary.remote.has_pending_acquire()
             || self.releases.pending.load(Ordering::Acquire) > 0
             || !self.out.is_empty();
-        if !pending && ms > 0 {
-            // SAFETY: `fds` is a live array of pollfd of the given length.
-            unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms as i32) };
-        }
+        (pending, due)
+    }
+
+    /// Ends a sleep announced by `arm_devices`: other threads stop ringing the doorbell,
+    /// and its rings so far are cleared.
+    pub fn disarm(&self) {
         self.waker.set_sleeping(false);
         self.waker.drain();
+    }
+
+    /// The doorbell other threads ring while the host sleeps.
+    pub fn waker_fd(&self) -> i32 {
+        self.waker.fd()
     }
 
     // ---- device calls outside the IRB path ----

@@ -28,6 +28,7 @@ mod direct;
 mod dispatch;
 mod engine;
 mod error;
+mod eventfd;
 mod handler;
 pub mod job;
 mod limits;
@@ -50,6 +51,7 @@ pub use conn::ConnId;
 pub use ctx::Ctx;
 pub use engine::{DeviceInfo, MAX_DEVICES, MAX_RECEIVES_IN_FLIGHT, MAX_SENDS_IN_FLIGHT};
 pub use error::VmiError;
+pub use eventfd::Arm;
 pub use handler::{
     ConnectOutcome, ConnectRequest, Decision, Disconnect, Handler, Recv, SendCompletion,
 };

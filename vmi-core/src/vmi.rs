@@ -65,6 +65,10 @@ pub struct Vmi {
     core: Core,
     /// Fragments transports handed over with no IRB, for one poll (see `direct`).
     arena: crate::direct::Arena,
+    /// The event-loop descriptor, made on first use (see `eventfd`).
+    events: Option<crate::eventfd::EventFd>,
+    /// `arm` announced a sleep: the next poll ends it.
+    armed: bool,
     key: String,
     spec: Spec,
 }
@@ -169,6 +173,8 @@ impl Vmi {
                 crate::cross::Crossings::new(plan_rails_none, key),
             ),
             arena: crate::direct::Arena::default(),
+            events: None,
+            armed: false,
             key: key.to_string(),
             spec,
         })
@@ -265,6 +271,10 @@ impl Vmi {
     /// straight to the handler (no IRB) and delivers what they hand up as IRBs instead.
     #[inline(never)]
     fn poll_rest(&mut self, handler: &mut dyn Handler) -> usize {
+        if self.armed {
+            self.armed = false;
+            self.core.engine.disarm();
+        }
         if self.core.background != 0 && self.core.retries.waiting() > 0 {
             self.core.run_retries(Instant::now());
         }
@@ -328,6 +338,68 @@ impl Vmi {
                 });
             self.core.engine.sleep(nap);
         }
+    }
+
+    /// One file descriptor for the application's own event loop (epoll, mio, tokio's
+    /// `AsyncFd`; UCX: `ucp_worker_get_efd`, libfabric: `FI_GETWAIT`). It watches the
+    /// devices' wait descriptors and the doorbell of other threads. Use it with
+    /// [`Vmi::arm`]: poll until `arm` says [`crate::Arm::Sleep`], wait for the descriptor to
+    /// be readable (at most the timeout given), poll again. Level-triggered; stays valid
+    /// while the `Vmi` lives.
+    pub fn event_fd(&mut self) -> Result<std::os::fd::RawFd, VmiError> {
+        if self.events.is_none() {
+            let e = crate::eventfd::EventFd::new(self.core.engine.waker_fd()).map_err(|e| {
+                VmiError::Environment {
+                    var: "(epoll)".into(),
+                    reason: format!("cannot create the event-loop descriptor: {e}; raise the process's descriptor limit (ulimit -n)"),
+                }
+            })?;
+            self.events = Some(e);
+        }
+        Ok(self.events.as_ref().map_or(-1, |e| e.fd()))
+    }
+
+    /// Prepares to sleep on [`Vmi::event_fd`] (UCX: `ucp_worker_arm`): tells the devices
+    /// and peers to ring it when work comes, then looks for work once more. Returns
+    /// [`crate::Arm::Busy`] when `poll` has work now (do not sleep), else how long the
+    /// application may sleep at most. Every poll ends the announced sleep, so arm again
+    /// before each sleep.
+    pub fn arm(&mut self) -> Result<crate::Arm, VmiError> {
+        self.event_fd()?;
+        let core = &mut self.core;
+        let events = self.events.as_mut().expect("made above");
+        let mut failed = None;
+        let (pending, due) = core.engine.arm_devices(|fd| {
+            if let Err(e) = events.watch(fd) {
+                failed = Some(e);
+            }
+        });
+        self.armed = true;
+        if let Some(e) = failed {
+            return Err(VmiError::Environment {
+                var: "(epoll)".into(),
+                reason: format!("cannot watch a device's descriptor: {e}"),
+            });
+        }
+        let busy = pending
+            || core.engine.outcomes() > 0
+            || core.msg.has_queued()
+            || core.rails.busy() > 0
+            || core.cross.waits() > 0
+            || due == Some(Duration::ZERO);
+        if busy {
+            self.armed = false;
+            core.engine.disarm();
+            return Ok(crate::Arm::Busy);
+        }
+        let now = Instant::now();
+        let timers = [core.retries.next_due(), crate::msgpass::next_deadline(core)];
+        let mut timeout = due;
+        for t in timers.into_iter().flatten() {
+            let left = t.saturating_duration_since(now);
+            timeout = Some(timeout.map_or(left, |d| d.min(left)));
+        }
+        Ok(crate::Arm::Sleep { timeout })
     }
 
     /// Like `poll`, but sleeps on the devices' descriptors until something happens or

@@ -81,6 +81,15 @@ impl Client {
         self.pending.get(id)?.deadline
     }
 
+    /// The soonest deadline of a waiting request (perhaps of one answered since: a
+    /// wake-up too early, never too late).
+    pub fn next_deadline(&self) -> Option<Instant> {
+        if self.timed == 0 {
+            return None;
+        }
+        self.deadlines.peek().map(|r| r.0.0)
+    }
+
     /// Removes request `id` (cancelled, or its message could not be sent).
     pub fn take(&mut self, id: u64) -> Option<Pending> {
         let p = self.pending.remove(id)?;

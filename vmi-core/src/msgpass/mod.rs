@@ -657,6 +657,11 @@ pub(crate) fn deadline(core: &Core, id: RequestId) -> Option<Instant> {
     core.msg.client.deadline(id.0)
 }
 
+/// The soonest deadline of a waiting request.
+pub(crate) fn next_deadline(core: &Core) -> Option<Instant> {
+    core.msg.client.next_deadline()
+}
+
 /// Delivers queued requests and pulses of priority `min` and above, highest first.
 pub(crate) fn deliver(core: &mut Core, handler: &mut dyn Handler, min: u8) {
     while let Some((priority, what)) = core.msg.server.next(min) {
