@@ -196,11 +196,8 @@ fn requests_are_answered_with_replies_and_errors_on_every_chain() {
         let own_uid = std::fs::metadata("/proc/self")
             .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
             .unwrap();
-        let uid = if transport == "tcp" {
-            None
-        } else {
-            Some(own_uid)
-        };
+        // Shared memory checks the peer's uid (SO_PEERCRED); the others do not report one.
+        let uid = (transport == "shmem").then_some(own_uid);
         assert_eq!(sender.uid, uid, "{label}: the sender's uid");
 
         p.hb.serve = Some(Serve::Fail);
@@ -542,4 +539,126 @@ fn a_request_or_reply_that_fails_on_the_way_fails_its_request_not_the_stream() {
     p.a.request(p.conn, &[b"again"], &options(), 3).unwrap();
     assert_eq!(p.reply_of(3), "5:re:again");
     assert!(p.ha.received.is_empty() && p.hb.received.is_empty());
+}
+
+#[test]
+fn a_hostile_peer_s_message_passing_frames_are_checked_and_bounded() {
+    use std::io::{Read, Write};
+    use vmi_core::msgpass::wire::{HEADER, Kind};
+    use vmi_tcp::wire::{FrameRepr, HelloRepr};
+
+    register_all();
+    let spec = Spec::parse_str(&spec_text("tcp", &[], ""), "msgpass.xml").expect("spec");
+    let key = unique_key("mp-victim");
+    let mut b = Vmi::with_spec(spec.clone(), &key).expect("server");
+    let mut hb = Side {
+        serve: Some(Serve::Defer),
+        ..Side::default()
+    };
+    let port: u16 = b.attr_get("tcp", "rail_address").unwrap()[1..]
+        .parse()
+        .expect("a port");
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(&HelloRepr::emit("mallory", &key, "send=;recv=", b""))
+        .unwrap();
+    s.set_nonblocking(true).unwrap();
+    let start = Instant::now();
+    let mut answer = Vec::new();
+    while answer.is_empty() {
+        b.poll(&mut hb);
+        let mut buf = [0u8; 512];
+        if let Ok(n) = s.read(&mut buf) {
+            answer.extend_from_slice(&buf[..n]);
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "no answer");
+    }
+    let msg_flags = (vmi_core::abi::VMI_FLAG_MSG >> 16) as u16;
+    let frame = |end: bool, body: &[u8]| {
+        let mut f = FrameRepr {
+            end,
+            filter_flags: msg_flags,
+            len: body.len() as u32,
+        }
+        .emit()
+        .to_vec();
+        f.extend_from_slice(body);
+        f
+    };
+    let request = |id: u64| {
+        Kind::Request {
+            id,
+            reply_max: u32::MAX,
+            priority: 63,
+        }
+        .encode()
+        .to_vec()
+    };
+    let mut bytes = Vec::new();
+    bytes.extend(frame(true, &[1; 10])); // shorter than a header
+    let mut unknown = request(1);
+    unknown[0] = 99;
+    bytes.extend(frame(true, &unknown)); // an unknown kind
+    bytes.extend(frame(
+        true,
+        &Kind::Reply {
+            id: 12345,
+            status: 0,
+        }
+        .encode(),
+    )); // nobody asked
+    bytes.extend(frame(true, &Kind::Cancel { id: 777 }.encode())); // nothing to cancel
+    bytes.extend(frame(false, &request(2))); // not the end of its message
+    let mut pulse_with_payload = Kind::Pulse {
+        code: 1,
+        value: 2,
+        priority: 3,
+    }
+    .encode()
+    .to_vec();
+    pulse_with_payload.push(0);
+    bytes.extend(frame(true, &pulse_with_payload));
+    for id in 10..310 {
+        bytes.extend(frame(true, &request(id))); // 300 requests: 44 over the limit
+    }
+    bytes.extend(frame(true, &request(10))); // a duplicate id
+    s.set_nonblocking(false).unwrap();
+    s.write_all(&bytes).unwrap();
+    let start = Instant::now();
+    while hb.requests.len() < 256 || start.elapsed() < Duration::from_millis(300) {
+        b.poll(&mut hb);
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{} requests",
+            hb.requests.len()
+        );
+    }
+    assert_eq!(hb.requests.len(), 256, "only the limit is held");
+    assert!(hb.pulses.is_empty(), "the pulse with a payload was refused");
+    assert!(
+        hb.requests
+            .iter()
+            .all(|r| r.3 == vmi_core::MAX_MESSAGE && r.2 == 63 && r.1.key == "mallory"),
+        "reply sizes are capped"
+    );
+    assert_eq!(HEADER, 24);
+    // The server still serves an honest client.
+    hb.serve = Some(Serve::Echo);
+    let mut a = Vmi::with_spec(spec, &unique_key("mp-honest")).expect("client");
+    let mut ha = Side::default();
+    a.connect("localhost", &key, b"", 0).unwrap();
+    let start = Instant::now();
+    while ha.conn.is_none() {
+        a.poll(&mut ha);
+        b.poll(&mut hb);
+        assert!(start.elapsed() < Duration::from_secs(20), "no connection");
+    }
+    a.request(ha.conn.unwrap(), &[b"hi"], &options(), 9)
+        .unwrap();
+    while !ha.replies.contains_key(&9) {
+        a.poll(&mut ha);
+        b.poll(&mut hb);
+        assert!(start.elapsed() < Duration::from_secs(20), "no reply");
+    }
+    assert_eq!(ha.replies[&9], "2:re:hi");
+    drop(s);
 }

@@ -61,10 +61,12 @@ pub(crate) fn poll(core: &mut Core, arena: &mut Arena, handler: &mut dyn Handler
         // until the call returns, by `receive` on this thread, and is not kept after it.
         let n = unsafe { f(dev, POLL_BUDGET, receive, ctx.cast()) };
         events += n.max(0) as usize;
-        if arena.msgs > 0 {
-            deliver_with_msgs(core, arena, handler);
-        } else if !arena.lent.is_empty() {
-            deliver_arena(core, arena, handler);
+        if !arena.lent.is_empty() {
+            if arena.msgs == 0 {
+                deliver_arena(core, arena, handler);
+            } else {
+                deliver_with_msgs(core, arena, handler);
+            }
         }
         // IRBs the transport handed up (after what went through the arena) move now.
         core.engine.run_queued();

@@ -66,6 +66,9 @@ pub struct Core {
     pub(crate) routed: bool,
     /// Send/receive/reply and pulses (see `msgpass`).
     pub(crate) msg: crate::msgpass::MsgPass,
+    /// Work for the end of the running poll: requests or pulses to deliver, an announced
+    /// sleep to end (one flag, so a poll with neither checks one field).
+    pub(crate) after: bool,
     /// The clock of latency pings' stamps.
     epoch: Instant,
 }
@@ -86,6 +89,7 @@ impl Core {
             cross,
             background: 0,
             msg: crate::msgpass::MsgPass::default(),
+            after: false,
             epoch: Instant::now(),
         }
     }

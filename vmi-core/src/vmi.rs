@@ -271,10 +271,6 @@ impl Vmi {
     /// straight to the handler (no IRB) and delivers what they hand up as IRBs instead.
     #[inline(never)]
     fn poll_rest(&mut self, handler: &mut dyn Handler) -> usize {
-        if self.armed {
-            self.armed = false;
-            self.core.engine.disarm();
-        }
         if self.core.background != 0 && self.core.retries.waiting() > 0 {
             self.core.run_retries(Instant::now());
         }
@@ -286,10 +282,23 @@ impl Vmi {
         if self.core.background != 0 {
             self.background(handler);
         }
+        if self.core.after {
+            self.after_poll(handler);
+        }
+        n
+    }
+
+    /// Ends a sleep `arm` announced and delivers the requests and pulses this poll queued.
+    #[inline(never)]
+    fn after_poll(&mut self, handler: &mut dyn Handler) {
+        self.core.after = false;
+        if self.armed {
+            self.armed = false;
+            self.core.engine.disarm();
+        }
         if self.core.msg.has_queued() {
             crate::msgpass::deliver(&mut self.core, handler, 0);
         }
-        n
     }
 
     /// Work that waits for no device: bonds' chunks and acknowledgements, connects waiting
@@ -375,6 +384,7 @@ impl Vmi {
             }
         });
         self.armed = true;
+        core.after = true;
         if let Some(e) = failed {
             return Err(VmiError::Environment {
                 var: "(epoll)".into(),

@@ -478,19 +478,6 @@ impl Device for LoopbackDevice {
     }
 
     #[inline]
-    fn get_attr(&self, name: &str) -> Option<String> {
-        match name {
-            // Peers live in this process, so they run as its user.
-            "peer_uid" => {
-                use std::os::unix::fs::MetadataExt;
-                std::fs::metadata("/proc/self")
-                    .ok()
-                    .map(|m| m.uid().to_string())
-            }
-            _ => None,
-        }
-    }
-
     fn poll(&mut self, budget: usize) -> usize {
         // The empty poll is two loads; the work is out of line, so this stays a leaf.
         if self.blocked.is_empty() && self.me.is_empty() {

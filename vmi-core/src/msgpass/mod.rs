@@ -114,8 +114,8 @@ pub struct Sender {
     pub key: String,
     /// The client's host as the transport saw it.
     pub host: String,
-    /// The client's user id, where the transport knows it (shared memory checks it; TCP
-    /// cannot).
+    /// The client's user id, where the transport reports it (a transport's `peer_uid`
+    /// attribute: shared memory checks it with `SO_PEERCRED`; TCP cannot know it).
     pub uid: Option<u32>,
 }
 
@@ -544,6 +544,7 @@ fn handle(core: &mut Core, handler: &mut dyn Handler, conn: ConnId, end: bool, d
             priority,
         } => {
             let reply_max = (reply_max as usize).min(MAX_MESSAGE);
+            core.after = true;
             if let Err(why) = core
                 .msg
                 .server
@@ -563,7 +564,10 @@ fn handle(core: &mut Core, handler: &mut dyn Handler, conn: ConnId, end: bool, d
             code,
             value,
             priority,
-        } => core.msg.server.pulse(conn, code, value, priority),
+        } => {
+            core.msg.server.pulse(conn, code, value, priority);
+            core.after = true;
+        }
         Kind::Cancel { id } => {
             let Some(rcvid) = core.msg.server.find(conn, id) else {
                 return;
