@@ -67,7 +67,7 @@ fn a_server_sleeping_on_the_event_fd_misses_nothing_and_idles_quietly() {
             std::thread::spawn(move || {
                 let mut vmi = Vmi::with_spec(spec, &key).expect("server");
                 let mut h = Server::default();
-                let fd = vmi.event_fd().expect("event fd");
+                let fd = std::os::fd::AsRawFd::as_raw_fd(&vmi.event_fd().expect("event fd"));
                 ready_tx.send(()).unwrap();
                 let (mut sleeps, mut woken) = (0, 0);
                 let start = Instant::now();

@@ -4,7 +4,7 @@
 //! application has armed it; see [`crate::Vmi::event_fd`] and [`crate::Vmi::arm`].
 #![allow(unsafe_code)]
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 /// What [`crate::Vmi::arm`] found.
@@ -69,7 +69,7 @@ impl EventFd {
     }
 
     /// The epoll descriptor.
-    pub fn fd(&self) -> RawFd {
-        self.epoll.as_raw_fd()
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.epoll.as_fd()
     }
 }

@@ -355,7 +355,7 @@ impl Vmi {
     /// [`Vmi::arm`]: poll until `arm` says [`crate::Arm::Sleep`], wait for the descriptor to
     /// be readable (at most the timeout given), poll again. Level-triggered; stays valid
     /// while the `Vmi` lives.
-    pub fn event_fd(&mut self) -> Result<std::os::fd::RawFd, VmiError> {
+    pub fn event_fd(&mut self) -> Result<std::os::fd::BorrowedFd<'_>, VmiError> {
         if self.events.is_none() {
             let e = crate::eventfd::EventFd::new(self.core.engine.waker_fd()).map_err(|e| {
                 VmiError::Environment {
@@ -365,7 +365,7 @@ impl Vmi {
             })?;
             self.events = Some(e);
         }
-        Ok(self.events.as_ref().map_or(-1, |e| e.fd()))
+        Ok(self.events.as_ref().expect("made above").fd())
     }
 
     /// Prepares to sleep on [`Vmi::event_fd`] (UCX: `ucp_worker_arm`): tells the devices
