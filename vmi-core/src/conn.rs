@@ -111,6 +111,8 @@ struct ConnEntry {
     pinged: Option<std::time::Instant>,
     /// The stamp of the ping waiting for its pong (0: none); only its pong is taken.
     ping_stamp: u64,
+    /// The application's value for the connection (VMI 2.1's receive context).
+    context: u64,
 }
 
 /// All connections of one process.
@@ -140,6 +142,7 @@ impl ConnTable {
                     latency_ns: 0,
                     pinged: None,
                     ping_stamp: 0,
+                    context: 0,
                 });
                 self.entries.len() - 1
             }
@@ -152,6 +155,7 @@ impl ConnTable {
         e.latency_ns = 0;
         e.pinged = None;
         e.ping_stamp = 0;
+        e.context = 0;
         e.live = true;
         e.state = state;
         e.transport = transport;
@@ -194,6 +198,16 @@ impl ConnTable {
     /// True for a live handle.
     pub fn is_live(&self, id: ConnId) -> bool {
         self.get(id).is_some()
+    }
+
+    /// The application's value for a live connection (0 until set).
+    pub fn context(&self, id: ConnId) -> Option<u64> {
+        self.get(id).map(|e| e.context)
+    }
+
+    /// Sets the application's value for a live connection; false when it is not live.
+    pub fn set_context(&mut self, id: ConnId, context: u64) -> bool {
+        self.get_mut(id).map(|e| e.context = context).is_some()
     }
 
     /// The peer's key of a live connection.

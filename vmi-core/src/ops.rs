@@ -628,6 +628,27 @@ pub trait Operations: Sealed {
         self.core_ref().engine.sends_available()
     }
 
+    /// Attaches the application's value to a connection (VMI 2.1:
+    /// `VMI_CONNECT_SET_RECEIVE_CONTEXT`), for example an index into its own table; read it
+    /// back with [`Operations::conn_context`] in any callback. Refused for a connection that
+    /// is not live.
+    fn set_conn_context(&mut self, conn: ConnId, context: u64) -> Result<(), VmiError> {
+        let (core, _) = self.core();
+        let real = core.cross.real(conn);
+        if core.engine.conns_mut().set_context(real, context) {
+            Ok(())
+        } else {
+            Err(VmiError::UnknownConnection(conn))
+        }
+    }
+
+    /// The application's value of a live connection (0 until set; VMI 2.1:
+    /// `VMI_CONNECT_GET_RECEIVE_CONTEXT`).
+    fn conn_context(&self, conn: ConnId) -> Option<u64> {
+        let core = self.core_ref();
+        core.engine.conns().context(core.cross.real(conn))
+    }
+
     /// The peer's key for a live connection.
     fn peer_key(&self, conn: ConnId) -> Option<String> {
         let conn = self.core_ref().cross.real(conn);
