@@ -90,6 +90,7 @@ impl Buffer {
     }
 
     /// Length in bytes.
+    #[inline]
     pub fn len(&self) -> usize {
         self.bytes().len()
     }
@@ -99,6 +100,7 @@ impl Buffer {
         self.bytes().is_empty()
     }
 
+    #[inline]
     fn bytes(&self) -> &[u8] {
         match &self.data {
             Bytes::Owned(v) => v,
@@ -168,6 +170,7 @@ impl Buffer {
 
 impl std::ops::Deref for Buffer {
     type Target = [u8];
+    #[inline]
     fn deref(&self) -> &[u8] {
         self.bytes()
     }

@@ -393,6 +393,7 @@ impl ConnTable {
 
     /// A received fragment of the application's stream arrived: whether to deliver it (false
     /// while the rest of a failed message is discarded), and the index of its message.
+    #[inline]
     pub fn rx_fragment(&mut self, id: ConnId, end: bool) -> (bool, u64) {
         let Some(e) = self.get_mut(id) else {
             return (false, 0);
