@@ -30,6 +30,7 @@ echo "vmi, 8-byte messages, N = $N and 2N, (I(2N) - I(N)) / N:"
 per stream-shmem 1 "shmem streaming (send+recv+compl)" message
 per pingpong-shmem 2 "shmem ping-pong" hop
 per request-shmem 2 "shmem send/receive/reply" hop
+per async-shmem 2 "shmem ping-pong, async facade" hop
 per stream-tcp 1 "tcp streaming (user space)" message
 per pingpong-tcp 2 "tcp ping-pong (user space)" hop
 per request-tcp 2 "tcp send/receive/reply (user space)" hop

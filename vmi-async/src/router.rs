@@ -53,6 +53,50 @@ pub(crate) struct ConnQueue {
     pub closed: Option<Disconnect>,
 }
 
+/// The per-connection queues, by the handle's index (no hashing per message); a slot
+/// reused by a later connection starts afresh.
+#[derive(Default)]
+pub(crate) struct Conns(Vec<Option<(ConnId, ConnQueue)>>);
+
+impl Conns {
+    fn index(conn: ConnId) -> usize {
+        (conn.raw() & 0xffff_ffff) as usize
+    }
+
+    /// The queue of `conn`, if it has one.
+    pub fn get(&self, conn: &ConnId) -> Option<&ConnQueue> {
+        match self.0.get(Self::index(*conn)) {
+            Some(Some((c, q))) if c == conn => Some(q),
+            _ => None,
+        }
+    }
+
+    /// The queue of `conn`, to change.
+    pub fn get_mut(&mut self, conn: &ConnId) -> Option<&mut ConnQueue> {
+        match self.0.get_mut(Self::index(*conn)) {
+            Some(Some((c, q))) if c == conn => Some(q),
+            _ => None,
+        }
+    }
+
+    /// A fresh queue for `conn`.
+    pub fn insert(&mut self, conn: ConnId) {
+        let i = Self::index(conn);
+        if self.0.len() <= i {
+            self.0.resize_with(i + 1, || None);
+        }
+        self.0[i] = Some((conn, ConnQueue::default()));
+    }
+
+    /// The queue of `conn`, made if it has none.
+    pub fn entry(&mut self, conn: ConnId) -> &mut ConnQueue {
+        if self.get(&conn).is_none() {
+            self.insert(conn);
+        }
+        self.get_mut(&conn).expect("made above")
+    }
+}
+
 /// A request received, for [`crate::AsyncVmi::next_request`].
 #[derive(Debug)]
 pub struct IncomingRequest {
@@ -77,7 +121,7 @@ pub(crate) struct Router {
     pub connects: HashMap<u64, oneshot::Sender<Result<ConnId, Error>>>,
     pub sends: HashMap<u64, oneshot::Sender<Result<(), Error>>>,
     pub requests: HashMap<u64, oneshot::Sender<Result<Answer, Error>>>,
-    pub conns: HashMap<ConnId, ConnQueue>,
+    pub conns: Conns,
     pub accepted: VecDeque<ConnId>,
     pub served: VecDeque<IncomingRequest>,
     pub pulses: VecDeque<(ConnId, Pulse)>,
@@ -95,7 +139,7 @@ impl Router {
 
 impl Handler for Router {
     fn accept(&mut self, _ctx: &mut Ctx<'_>, request: &mut ConnectRequest<'_>) -> Decision {
-        self.conns.insert(request.conn, ConnQueue::default());
+        self.conns.insert(request.conn);
         self.accepted.push_back(request.conn);
         self.changed = true;
         Decision::Accept(Vec::new())
@@ -104,7 +148,7 @@ impl Handler for Router {
     fn connected(&mut self, _ctx: &mut Ctx<'_>, conn: ConnId, o: ConnectOutcome<'_>, token: u64) {
         let result = match o {
             ConnectOutcome::Accepted(_) => {
-                self.conns.insert(conn, ConnQueue::default());
+                self.conns.insert(conn);
                 Ok(conn)
             }
             ConnectOutcome::Rejected(mut why) => Err(Error::Rejected(
@@ -125,7 +169,7 @@ impl Handler for Router {
             Some(g) => Piece::Held(Box::new(g)),
             None => Piece::Copied(slab.read_to_vec()),
         };
-        let q = self.conns.entry(conn).or_default();
+        let q = self.conns.entry(conn);
         q.partial.push(piece);
         if cmd == Recv::End {
             let m = Message(std::mem::take(&mut q.partial));
@@ -156,7 +200,7 @@ impl Handler for Router {
     }
 
     fn disconnected(&mut self, _ctx: &mut Ctx<'_>, conn: ConnId, reason: Disconnect) {
-        self.conns.entry(conn).or_default().closed = Some(reason);
+        self.conns.entry(conn).closed = Some(reason);
         self.changed = true;
     }
 

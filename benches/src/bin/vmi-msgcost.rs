@@ -5,7 +5,9 @@
 //! `vmi-msgcost CASE N`: CASE is `stream-<transport>` (N one-way 8-byte inline messages, a
 //! window of 64 in flight), `pingpong-<transport>` (N round trips of 8 bytes, counted as 2N
 //! hops), `request-<transport>` (N send/receive/reply round trips of 8 bytes each way,
-//! counted as 2N hops, the server replying from its request callback), `filters-<k>` (streaming over loopback with k pass-through skeleton filters), or
+//! counted as 2N hops, the server replying from its request callback), `async-<transport>`
+//! (the ping-pong through the async facade `vmi-async`: each side a tokio task awaiting
+//! `recv`, one thread, each driver sleeping on its event descriptor when idle), `filters-<k>` (streaming over loopback with k pass-through skeleton filters), or
 //! `idle` (N empty polls, loopback) or `idle-<transport>` (N empty polls of a process with
 //! one open connection). Transports: loopback, shmem, tcp.
 
@@ -48,7 +50,7 @@ impl Handler for Side {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: vmi-msgcost stream-<loopback|shmem|tcp>|pingpong-<loopback|shmem|tcp>|request-<loopback|shmem|tcp>|filters-<k>|idle[-<transport>] N"
+        "usage: vmi-msgcost stream-<loopback|shmem|tcp>|pingpong-<loopback|shmem|tcp>|request-<loopback|shmem|tcp>|async-<shmem|tcp>|filters-<k>|idle[-<transport>] N"
     );
     std::process::exit(2)
 }
@@ -68,6 +70,9 @@ fn main() {
         "idle" if rest.is_empty() => vmi_benches::spec("loopback", 0),
         _ => vmi_benches::spec(rest, 0),
     };
+    if kind == "async" {
+        return async_pingpong(spec, n);
+    }
     let tag = std::process::id();
     let (ka, kb) = (format!("cost-a-{tag}"), format!("cost-b-{tag}"));
     let mut a = Vmi::with_spec(spec.clone(), &ka).unwrap_or_else(|e| panic!("{e}"));
@@ -133,4 +138,33 @@ fn main() {
             }
         }
     }
+}
+
+/// N round trips of 8 bytes through the async facade (the ping-pong case, awaited).
+fn async_pingpong(spec: vmi_core::spec::Spec, n: u64) {
+    use vmi_async::AsyncVmi;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    tokio::task::LocalSet::new().block_on(&rt, async {
+        let tag = std::process::id();
+        let (ka, kb) = (format!("async-a-{tag}"), format!("async-b-{tag}"));
+        let a = AsyncVmi::start(Vmi::with_spec(spec.clone(), &ka).unwrap()).unwrap();
+        let b = AsyncVmi::start(Vmi::with_spec(spec, &kb).unwrap()).unwrap();
+        let conn = a.connect("localhost", &kb, b"").await.expect("connect");
+        let bconn = b.accept().await;
+        tokio::task::spawn_local(async move {
+            while let Ok(m) = b.recv(bconn).await {
+                if b.with_vmi(|v| v.send_inline(bconn, &m)).is_err() {
+                    break;
+                }
+            }
+        });
+        let msg = [7u8; 8];
+        for _ in 0..n {
+            a.with_vmi(|v| v.send_inline(conn, &msg)).unwrap();
+            a.recv(conn).await.expect("the echo");
+        }
+    });
 }
