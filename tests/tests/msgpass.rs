@@ -662,3 +662,90 @@ fn a_hostile_peer_s_message_passing_frames_are_checked_and_bounded() {
     assert_eq!(ha.replies[&9], "2:re:hi");
     drop(s);
 }
+
+#[test]
+fn a_pool_of_threads_serves_the_requests_of_one_endpoint() {
+    use std::sync::Arc;
+    use vmi_core::msgpass::{PoolRequest, RequestPool};
+
+    struct Pooled(Arc<RequestPool>);
+    impl Handler for Pooled {
+        fn request(&mut self, _ctx: &mut Ctx<'_>, r: &mut Request<'_>) {
+            self.0.submit(r);
+        }
+    }
+
+    for transport in ["shmem", "tcp"] {
+        register_all();
+        let spec = Spec::parse_str(&spec_text(transport, &[], ""), "pool.xml").unwrap();
+        let key = unique_key("mp-pool");
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+        let server = {
+            let (spec, key) = (spec.clone(), key.clone());
+            std::thread::spawn(move || {
+                let mut vmi = Vmi::with_spec(spec, &key).unwrap();
+                // Each worker holds its request a while, so several are busy at once.
+                let pool = Arc::new(RequestPool::new(4, vmi.waker(), |r: &PoolRequest| {
+                    std::thread::sleep(Duration::from_millis(30));
+                    let me = std::thread::current().name().unwrap_or("?").to_string();
+                    if r.data == b"fail" {
+                        return Err(22);
+                    }
+                    Ok((r.data.len() as i32, me.into_bytes()))
+                }));
+                let mut h = Pooled(pool.clone());
+                ready_tx.send(()).unwrap();
+                let start = Instant::now();
+                while stop_rx.try_recv().is_err() && start.elapsed() < Duration::from_secs(30) {
+                    vmi.wait(&mut h, Duration::from_millis(100));
+                    pool.flush(&mut vmi);
+                }
+                drop(h);
+                Arc::try_unwrap(pool)
+                    .ok()
+                    .expect("the only handle")
+                    .shutdown(&mut vmi)
+            })
+        };
+        ready_rx.recv().unwrap();
+        let mut a = Vmi::with_spec(spec, &unique_key("mp-pool-c")).unwrap();
+        let mut ha = Side::default();
+        a.connect("localhost", &key, b"", 0).unwrap();
+        let start = Instant::now();
+        while ha.conn.is_none() {
+            a.wait(&mut ha, Duration::from_millis(10));
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "{transport}: connect"
+            );
+        }
+        let conn = ha.conn.unwrap();
+        for t in 0..16 {
+            a.request(conn, &[b"work"], &options(), t).unwrap();
+        }
+        a.request(conn, &[b"fail"], &options(), 99).unwrap();
+        while ha.replies.len() < 17 {
+            a.wait(&mut ha, Duration::from_millis(10));
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "{transport}: answers"
+            );
+        }
+        stop_tx.send(()).unwrap();
+        assert_eq!(
+            server.join().unwrap(),
+            0,
+            "{transport}: nothing left at shutdown"
+        );
+        assert_eq!(ha.replies[&99], "error 22", "{transport}");
+        let workers: std::collections::BTreeSet<&str> = (0..16)
+            .map(|t| ha.replies[&t].as_str())
+            .inspect(|r| assert!(r.starts_with("4:vmi-pool-"), "{transport}: {r}"))
+            .collect();
+        assert!(
+            workers.len() > 1,
+            "{transport}: one worker served everything: {workers:?}"
+        );
+    }
+}

@@ -792,8 +792,9 @@ impl Engine {
     }
 
     /// Sleeps until a device's descriptor is ready, a deadline passes, a device or another
-    /// thread wakes the host, or `timeout` elapses.
-    pub fn sleep(&mut self, timeout: Duration) {
+    /// thread wakes the host, or `timeout` elapses. True when the application's own waker
+    /// rang (work for its polling thread that no poll reports).
+    pub fn sleep(&mut self, timeout: Duration) -> bool {
         let mut fds = Vec::with_capacity(self.devices.len() + 1);
         fds.push(libc::pollfd {
             fd: self.waker.fd(),
@@ -811,11 +812,12 @@ impl Engine {
             .map_or(timeout, |d| d.min(timeout))
             .as_millis()
             .min(i32::MAX as u128) as i32;
-        if !pending && ms > 0 {
+        if !pending && !self.waker.rung() && ms > 0 {
             // SAFETY: `fds` is a live array of pollfd of the given length.
             unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
         }
         self.disarm();
+        self.waker.take_rung()
     }
 
     /// Announces a sleep to everything that may wake it: the waker (other threads) and each
@@ -851,6 +853,11 @@ impl Engine {
     pub fn disarm(&self) {
         self.waker.set_sleeping(false);
         self.waker.drain();
+    }
+
+    /// The doorbell, for other threads of the application.
+    pub fn waker(&self) -> Arc<Waker> {
+        Arc::clone(&self.waker)
     }
 
     /// The doorbell other threads ring while the host sleeps.

@@ -44,7 +44,7 @@ pub mod slab;
 mod slot;
 pub mod spec;
 mod vmi;
-mod waker;
+pub(crate) mod waker;
 
 pub use buffer::Buffer;
 pub use conn::ConnId;
@@ -63,7 +63,7 @@ pub use ops::{MAX_CONNECT_DATA, Operations, Stream};
 pub use rails::RailInfo;
 pub use slab::{GrabbedSlab, Slab, SlabState};
 pub use status::Status;
-pub use vmi::{Options, Vmi};
+pub use vmi::{Options, Vmi, VmiWaker};
 
 /// What an application usually needs: `use vmi_core::prelude::*;`.
 pub mod prelude {

@@ -349,6 +349,13 @@ impl Vmi {
         }
     }
 
+    /// A handle that wakes this process's `wait` (or makes its event descriptor readable)
+    /// from any thread, for work the application hands back to its polling thread (see
+    /// [`crate::msgpass::RequestPool`]).
+    pub fn waker(&self) -> VmiWaker {
+        VmiWaker(self.core.engine.waker())
+    }
+
     /// One file descriptor for the application's own event loop (epoll, mio, tokio's
     /// `AsyncFd`; UCX: `ucp_worker_get_efd`, libfabric: `FI_GETWAIT`). It watches the
     /// devices' wait descriptors and the doorbell of other threads. Use it with
@@ -414,7 +421,7 @@ impl Vmi {
 
     /// Like `poll`, but sleeps on the devices' descriptors until something happens or
     /// `timeout` passes; an idle process uses no CPU. Returns the number of events handled
-    /// (0 on timeout).
+    /// (0 on timeout, or when the application's [`VmiWaker`] rang: its own work is ready).
     pub fn wait(&mut self, handler: &mut dyn Handler, timeout: Duration) -> usize {
         let deadline = Instant::now() + timeout;
         loop {
@@ -432,8 +439,23 @@ impl Vmi {
                 .retries
                 .next_due()
                 .map_or(deadline, |d| d.min(deadline));
-            self.core.engine.sleep(until.saturating_duration_since(now));
+            if self.core.engine.sleep(until.saturating_duration_since(now)) {
+                return 0;
+            }
         }
+    }
+}
+
+/// Wakes a [`Vmi`]'s `wait` (and makes its event descriptor readable) from any thread.
+#[derive(Clone)]
+pub struct VmiWaker(std::sync::Arc<crate::waker::Waker>);
+
+impl VmiWaker {
+    /// Rings the `Vmi`'s doorbell (one `write` system call): a `wait` in progress returns,
+    /// and the next one returns at once, so work handed back just before the polling
+    /// thread went to sleep is not missed.
+    pub fn wake(&self) {
+        self.0.ring();
     }
 }
 

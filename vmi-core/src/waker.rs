@@ -9,9 +9,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 /// for pending work (queues, devices' `wait_fd`), then sleeps; a waker publishes its work,
 /// then reads `sleeping`. With sequentially consistent operations on both sides, either the
 /// sleeper sees the work or the waker sees the sleeper.
-pub(crate) struct Waker {
+pub struct Waker {
     fd: OwnedFd,
     sleeping: AtomicBool,
+    /// The application rang (`ring`): its polling thread has work of its own.
+    rung: AtomicBool,
 }
 
 impl Waker {
@@ -26,6 +28,7 @@ impl Waker {
         Ok(Waker {
             fd,
             sleeping: AtomicBool::new(false),
+            rung: AtomicBool::new(false),
         })
     }
 
@@ -39,6 +42,13 @@ impl Waker {
         if !self.sleeping.load(Ordering::SeqCst) {
             return;
         }
+        self.ring();
+    }
+
+    /// Rings the doorbell whether or not the owner sleeps: for work the owner's sleep does
+    /// not look for before sleeping (it stays readable until the next sleep ends).
+    pub fn ring(&self) {
+        self.rung.store(true, Ordering::SeqCst);
         let one: u64 = 1;
         // SAFETY: writes 8 bytes from a live u64 to our eventfd; failure (counter saturated)
         // still leaves it readable, which is all we need.
@@ -49,6 +59,16 @@ impl Waker {
                 8,
             )
         };
+    }
+
+    /// Whether the application rang since the last call (and clears it).
+    pub fn take_rung(&self) -> bool {
+        self.rung.swap(false, Ordering::SeqCst)
+    }
+
+    /// True while the application's ring is not taken.
+    pub fn rung(&self) -> bool {
+        self.rung.load(Ordering::SeqCst)
     }
 
     /// Clears the readable state.

@@ -25,6 +25,7 @@
 #![forbid(unsafe_code)]
 
 pub mod client;
+mod pool;
 pub mod server;
 mod table;
 pub mod wire;
@@ -46,6 +47,7 @@ use client::{Client, Pending};
 use server::{Incoming, Server};
 use wire::{HEADER, Kind, MAX_PRIORITY};
 
+pub use pool::{ECANCELED, PoolAnswer, PoolRequest, RequestPool};
 pub use server::ServerLimits;
 
 /// Largest request or reply, whatever the chain allows (one fragment carries it).

@@ -1,0 +1,223 @@
+//! A pool of threads serving requests that arrive on one `Vmi` (QNX's thread pool on a
+//! channel): the handler hands each request to the pool, worker threads run the
+//! application's function on it, highest priority first, and their answers go back to the
+//! polling thread, which sends them ([`RequestPool::flush`]); a worker's answer wakes the
+//! polling thread's `wait`.
+#![forbid(unsafe_code)]
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+
+use crossbeam_queue::SegQueue;
+
+use super::{ReceiveId, Request, Sender};
+use crate::conn::ConnId;
+use crate::error::VmiError;
+use crate::ops::Operations;
+use crate::vmi::VmiWaker;
+
+/// A request as a worker thread sees it (owned: it crosses threads).
+#[derive(Clone, Debug)]
+pub struct PoolRequest {
+    /// Its receive id.
+    pub id: ReceiveId,
+    /// The connection it came on.
+    pub conn: ConnId,
+    /// Who sent it.
+    pub sender: Sender,
+    /// Its priority.
+    pub priority: u8,
+    /// The most reply bytes the client takes.
+    pub reply_max: usize,
+    /// The request.
+    pub data: Vec<u8>,
+}
+
+/// A worker's answer: a status value and reply bytes, or an error code (QNX `MsgError`).
+pub type PoolAnswer = Result<(i32, Vec<u8>), i32>;
+
+/// Requests waiting for a worker, highest priority first, then in arrival order.
+struct Jobs {
+    heap: BinaryHeap<(u8, Reverse<u64>, Job)>,
+    seq: u64,
+    closed: bool,
+}
+
+/// A queued request (ordered by the tuple's first fields only).
+struct Job(PoolRequest);
+
+impl PartialEq for Job {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.id == other.0.id
+    }
+}
+impl Eq for Job {}
+impl PartialOrd for Job {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Job {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.id.0.cmp(&other.0.id.0)
+    }
+}
+
+struct Shared {
+    jobs: Mutex<Jobs>,
+    ready: Condvar,
+    answers: SegQueue<(ReceiveId, PoolAnswer)>,
+    waker: VmiWaker,
+}
+
+/// Threads serving requests of one `Vmi`. [`RequestPool::shutdown`] stops the workers once
+/// their current requests are done, sends their answers and answers the requests still
+/// queued with [`ECANCELED`]; dropping the pool stops them too but sends nothing (the
+/// clients' deadlines, or the end of their connections, answer those requests).
+pub struct RequestPool {
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+/// QNX's `ECANCELED`: the answer to requests still queued when the pool stops.
+pub const ECANCELED: i32 = 125;
+
+impl RequestPool {
+    /// Starts `threads` workers (at least one) running `serve` on each request; `waker`
+    /// is the serving `Vmi`'s ([`crate::Vmi::waker`]).
+    pub fn new(
+        threads: usize,
+        waker: VmiWaker,
+        serve: impl Fn(&PoolRequest) -> PoolAnswer + Send + Sync + 'static,
+    ) -> RequestPool {
+        let shared = Arc::new(Shared {
+            jobs: Mutex::new(Jobs {
+                heap: BinaryHeap::new(),
+                seq: 0,
+                closed: false,
+            }),
+            ready: Condvar::new(),
+            answers: SegQueue::new(),
+            waker,
+        });
+        let serve = Arc::new(serve);
+        let threads = (0..threads.max(1))
+            .map(|i| {
+                let (shared, serve) = (shared.clone(), serve.clone());
+                std::thread::Builder::new()
+                    .name(format!("vmi-pool-{i}"))
+                    .spawn(move || work(&shared, &*serve))
+                    .expect("a pool thread (the process is out of threads)")
+            })
+            .collect();
+        RequestPool { shared, threads }
+    }
+
+    /// Hands a request to the workers (call it from [`crate::Handler::request`]).
+    pub fn submit(&self, request: &mut Request<'_>) {
+        let job = PoolRequest {
+            id: request.id,
+            conn: request.conn,
+            sender: request.sender.clone(),
+            priority: request.priority,
+            reply_max: request.reply_max,
+            data: request.data.read_to_vec(),
+        };
+        let mut jobs = lock(&self.shared.jobs);
+        jobs.seq += 1;
+        let seq = jobs.seq;
+        jobs.heap.push((job.priority, Reverse(seq), Job(job)));
+        drop(jobs);
+        self.shared.ready.notify_one();
+    }
+
+    /// Sends the answers the workers finished (call it from the polling thread after each
+    /// `poll` or `wait`); returns how many. An answer that cannot be sent (its client gave
+    /// up meanwhile, or the reply is over its size) is logged and dropped.
+    pub fn flush(&self, ops: &mut impl Operations) -> usize {
+        let mut n = 0;
+        while let Some((id, answer)) = self.shared.answers.pop() {
+            let r: Result<(), VmiError> = match answer {
+                Ok((status, data)) => ops.reply(id, status, &[&data]),
+                Err(code) => ops.reply_error(id, code),
+            };
+            if let Err(e) = r {
+                log::info!("a pool worker's answer to {id} was not sent: {e}");
+            }
+            n += 1;
+        }
+        n
+    }
+
+    /// Requests waiting for a worker.
+    pub fn queued(&self) -> usize {
+        lock(&self.shared.jobs).heap.len()
+    }
+
+    /// Stops the workers (after their current requests), answers the requests still
+    /// queued with [`ECANCELED`] and sends every answer; returns how many were sent.
+    pub fn shutdown(mut self, ops: &mut impl Operations) -> usize {
+        for id in self.stop() {
+            self.shared.answers.push((id, Err(ECANCELED)));
+        }
+        self.flush(ops)
+    }
+
+    /// Closes the queue, joins the workers and returns the requests no worker took.
+    fn stop(&mut self) -> Vec<ReceiveId> {
+        let mut jobs = lock(&self.shared.jobs);
+        jobs.closed = true;
+        let left = jobs.heap.drain().map(|(_, _, Job(r))| r.id).collect();
+        drop(jobs);
+        self.shared.ready.notify_all();
+        for t in self.threads.drain(..) {
+            if t.join().is_err() {
+                log::error!("a request pool worker panicked");
+            }
+        }
+        left
+    }
+}
+
+impl Drop for RequestPool {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A lock that survives a worker's panic (the queue stays consistent: it is changed only
+/// under the lock, in single steps).
+fn lock(m: &Mutex<Jobs>) -> std::sync::MutexGuard<'_, Jobs> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn work(shared: &Shared, serve: &(dyn Fn(&PoolRequest) -> PoolAnswer + Send + Sync)) {
+    loop {
+        let job = {
+            let mut jobs = lock(&shared.jobs);
+            loop {
+                if let Some((_, _, Job(r))) = jobs.heap.pop() {
+                    break r;
+                }
+                if jobs.closed {
+                    return;
+                }
+                jobs = shared.ready.wait(jobs).unwrap_or_else(|p| p.into_inner());
+            }
+        };
+        let answer = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| serve(&job))) {
+            Ok(a) => a,
+            Err(_) => {
+                log::error!(
+                    "a request pool worker panicked serving {}; answered with EIO",
+                    job.id
+                );
+                Err(5)
+            }
+        };
+        shared.answers.push((job.id, answer));
+        shared.waker.wake();
+    }
+}
