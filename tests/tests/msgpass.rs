@@ -666,7 +666,7 @@ fn a_hostile_peer_s_message_passing_frames_are_checked_and_bounded() {
 #[test]
 fn a_pool_of_threads_serves_the_requests_of_one_endpoint() {
     use std::sync::Arc;
-    use vmi_core::msgpass::{PoolRequest, RequestPool};
+    use vmi_core::msgpass::{OwnedRequest, RequestPool};
 
     struct Pooled(Arc<RequestPool>);
     impl Handler for Pooled {
@@ -686,7 +686,7 @@ fn a_pool_of_threads_serves_the_requests_of_one_endpoint() {
             std::thread::spawn(move || {
                 let mut vmi = Vmi::with_spec(spec, &key).unwrap();
                 // Each worker holds its request a while, so several are busy at once.
-                let pool = Arc::new(RequestPool::new(4, vmi.waker(), |r: &PoolRequest| {
+                let pool = Arc::new(RequestPool::new(4, vmi.waker(), |r: &OwnedRequest| {
                     std::thread::sleep(Duration::from_millis(30));
                     let me = std::thread::current().name().unwrap_or("?").to_string();
                     if r.data == b"fail" {

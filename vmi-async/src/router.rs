@@ -6,8 +6,8 @@
 use std::collections::{HashMap, VecDeque};
 
 use tokio::sync::oneshot;
+use vmi_core::GrabbedSlab;
 use vmi_core::prelude::*;
-use vmi_core::{GrabbedSlab, Sender};
 
 use crate::error::Error;
 
@@ -98,21 +98,7 @@ impl Conns {
 }
 
 /// A request received, for [`crate::AsyncVmi::next_request`].
-#[derive(Debug)]
-pub struct IncomingRequest {
-    /// Answer with it ([`crate::AsyncVmi::reply`], [`crate::AsyncVmi::reply_error`]).
-    pub id: ReceiveId,
-    /// The connection it came on.
-    pub conn: ConnId,
-    /// Who sent it.
-    pub sender: Sender,
-    /// Its priority.
-    pub priority: u8,
-    /// The most reply bytes the client takes.
-    pub reply_max: usize,
-    /// The request.
-    pub data: Vec<u8>,
-}
+pub type IncomingRequest = vmi_core::msgpass::OwnedRequest;
 
 /// The facade's handler.
 #[derive(Default)]
@@ -205,14 +191,7 @@ impl Handler for Router {
     }
 
     fn request(&mut self, _ctx: &mut Ctx<'_>, r: &mut Request<'_>) {
-        self.served.push_back(IncomingRequest {
-            id: r.id,
-            conn: r.conn,
-            sender: r.sender.clone(),
-            priority: r.priority,
-            reply_max: r.reply_max,
-            data: r.data.read_to_vec(),
-        });
+        self.served.push_back(IncomingRequest::from(r));
         self.changed = true;
     }
 

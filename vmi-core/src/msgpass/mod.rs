@@ -47,7 +47,7 @@ use client::{Client, Pending};
 use server::{Incoming, Server};
 use wire::{HEADER, Kind, MAX_PRIORITY};
 
-pub use pool::{ECANCELED, PoolAnswer, PoolRequest, RequestPool};
+pub use pool::{ECANCELED, OwnedRequest, PoolAnswer, RequestPool};
 pub use server::ServerLimits;
 
 /// Largest request or reply, whatever the chain allows (one fragment carries it).

@@ -18,9 +18,10 @@ use crate::error::VmiError;
 use crate::ops::Operations;
 use crate::vmi::VmiWaker;
 
-/// A request as a worker thread sees it (owned: it crosses threads).
+/// A request taken out of the request callback (owned: it may cross threads or wait for
+/// a worker, a task or a later answer).
 #[derive(Clone, Debug)]
-pub struct PoolRequest {
+pub struct OwnedRequest {
     /// Its receive id.
     pub id: ReceiveId,
     /// The connection it came on.
@@ -35,6 +36,20 @@ pub struct PoolRequest {
     pub data: Vec<u8>,
 }
 
+impl From<&mut Request<'_>> for OwnedRequest {
+    /// Copies the request's bytes out of the callback's slab.
+    fn from(r: &mut Request<'_>) -> OwnedRequest {
+        OwnedRequest {
+            id: r.id,
+            conn: r.conn,
+            sender: r.sender.clone(),
+            priority: r.priority,
+            reply_max: r.reply_max,
+            data: r.data.read_to_vec(),
+        }
+    }
+}
+
 /// A worker's answer: a status value and reply bytes, or an error code (QNX `MsgError`).
 pub type PoolAnswer = Result<(i32, Vec<u8>), i32>;
 
@@ -46,7 +61,7 @@ struct Jobs {
 }
 
 /// A queued request (ordered by the tuple's first fields only).
-struct Job(PoolRequest);
+struct Job(OwnedRequest);
 
 impl PartialEq for Job {
     fn eq(&self, other: &Self) -> bool {
@@ -90,7 +105,7 @@ impl RequestPool {
     pub fn new(
         threads: usize,
         waker: VmiWaker,
-        serve: impl Fn(&PoolRequest) -> PoolAnswer + Send + Sync + 'static,
+        serve: impl Fn(&OwnedRequest) -> PoolAnswer + Send + Sync + 'static,
     ) -> RequestPool {
         let shared = Arc::new(Shared {
             jobs: Mutex::new(Jobs {
@@ -117,14 +132,7 @@ impl RequestPool {
 
     /// Hands a request to the workers (call it from [`crate::Handler::request`]).
     pub fn submit(&self, request: &mut Request<'_>) {
-        let job = PoolRequest {
-            id: request.id,
-            conn: request.conn,
-            sender: request.sender.clone(),
-            priority: request.priority,
-            reply_max: request.reply_max,
-            data: request.data.read_to_vec(),
-        };
+        let job = OwnedRequest::from(request);
         let mut jobs = lock(&self.shared.jobs);
         jobs.seq += 1;
         let seq = jobs.seq;
@@ -193,7 +201,7 @@ fn lock(m: &Mutex<Jobs>) -> std::sync::MutexGuard<'_, Jobs> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn work(shared: &Shared, serve: &(dyn Fn(&PoolRequest) -> PoolAnswer + Send + Sync)) {
+fn work(shared: &Shared, serve: &(dyn Fn(&OwnedRequest) -> PoolAnswer + Send + Sync)) {
     loop {
         let job = {
             let mut jobs = lock(&shared.jobs);
