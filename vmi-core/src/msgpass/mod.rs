@@ -137,16 +137,6 @@ fn send(
         });
     }
     let message = core.engine.conns().tx_messages(conn);
-    if !matches!(kind, Kind::Request { .. }) {
-        let what = match kind {
-            Kind::Reply { id, .. } | Kind::Error { id, .. } => Sent::Answer(id),
-            _ => Sent::Notice,
-        };
-        if core.msg.sent.len() == SENT_KEPT {
-            core.msg.sent.pop_front();
-        }
-        core.msg.sent.push_back((conn, message, what));
-    }
     let mut bytes = std::mem::take(&mut core.msg.scratch);
     bytes.clear();
     bytes.extend_from_slice(&kind.encode());
@@ -158,15 +148,26 @@ fn send(
         && core.send_direct(conn, VMI_FLAG_END | VMI_FLAG_MSG, &bytes)
     {
         core.msg.scratch = bytes;
-        return Ok(message);
+    } else {
+        let mut s = core.prepare_send(conn, 0, SendKind::Whole, |_, s, _| {
+            s.attach_vec(bytes);
+            Ok(())
+        })?;
+        s.set_flags(VMI_FLAG_END | VMI_FLAG_MSG);
+        s.set_purpose(Purpose::Internal);
+        core.issue(s, mode);
     }
-    let mut s = core.prepare_send(conn, 0, SendKind::Whole, |_, s, _| {
-        s.attach_vec(bytes);
-        Ok(())
-    })?;
-    s.set_flags(VMI_FLAG_END | VMI_FLAG_MSG);
-    s.set_purpose(Purpose::Internal);
-    core.issue(s, mode);
+    // Remembered once it went, so a refused send leaves no entry for a later message.
+    if !matches!(kind, Kind::Request { .. }) {
+        let what = match kind {
+            Kind::Reply { id, .. } | Kind::Error { id, .. } => Sent::Answer(id),
+            _ => Sent::Notice,
+        };
+        if core.msg.sent.len() == SENT_KEPT {
+            core.msg.sent.pop_front();
+        }
+        core.msg.sent.push_back((conn, message, what));
+    }
     Ok(message)
 }
 
