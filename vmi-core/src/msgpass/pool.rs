@@ -229,3 +229,39 @@ fn work(shared: &Shared, serve: &(dyn Fn(&OwnedRequest) -> PoolAnswer + Send + S
         shared.waker.wake();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(id: u64, priority: u8) -> OwnedRequest {
+        OwnedRequest {
+            id: ReceiveId(id),
+            conn: ConnId(1),
+            sender: Sender {
+                key: "k".into(),
+                host: "h".into(),
+                uid: None,
+            },
+            priority,
+            reply_max: 8,
+            data: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn workers_take_the_highest_priority_then_the_oldest() {
+        let mut jobs = Jobs {
+            heap: BinaryHeap::new(),
+            seq: 0,
+            closed: false,
+        };
+        for (id, p) in [(1, 0), (2, 5), (3, 0), (4, 9), (5, 5)] {
+            jobs.seq += 1;
+            jobs.heap.push((p, Reverse(jobs.seq), Job(job(id, p))));
+        }
+        let order: Vec<u64> =
+            std::iter::from_fn(|| jobs.heap.pop().map(|(_, _, Job(r))| r.id.0)).collect();
+        assert_eq!(order, vec![4, 2, 5, 1, 3]);
+    }
+}
