@@ -269,6 +269,29 @@ fn vmi_perf_local_over_loopback_and_the_raw_floor() {
             && lat["median_us"].as_f64().unwrap() <= lat["max_us"].as_f64().unwrap(),
         "{lat}"
     );
+    // Send/receive/reply round trips, reported as latency.
+    let (ok, out) = run(
+        "vmi-perf",
+        &[
+            "local",
+            "--spec",
+            spec.to_str().unwrap(),
+            "--quick",
+            "--sizes",
+            "8,4k",
+            "--test",
+            "request",
+            "--json",
+        ],
+        &[],
+    );
+    assert!(ok, "{out}");
+    let r = json(&out);
+    assert!(
+        r["results"][1]["latency"]["median_us"].as_f64().unwrap() > 0.0
+            && r["results"][1]["bandwidth"].is_null(),
+        "{r}"
+    );
     // CSV, pinning and an explicit warm-up.
     let (ok, out) = run(
         "vmi-perf",

@@ -14,7 +14,10 @@ use vmi_core::Operations;
 
 use serde::Serialize;
 use vmi_core::sdk::ConnMap;
-use vmi_core::{Buffer, ConnId, ConnectOutcome, Ctx, Handler, Recv, SendCompletion, Slab, Vmi};
+use vmi_core::{
+    Buffer, ConnId, ConnectOutcome, Ctx, Handler, Recv, Reply, Request, RequestOptions,
+    SendCompletion, Slab, Vmi,
+};
 
 /// What to measure.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -26,6 +29,9 @@ pub enum Test {
     Bandwidth,
     /// Both.
     Both,
+    /// Send/receive/reply round trip (QNX-style request and reply of the size), reported
+    /// as the latency's half round trip, like the ping-pong.
+    Request,
 }
 
 /// Sweep settings.
@@ -389,6 +395,13 @@ impl Handler for Server {
         self.streams.remove(&conn.raw());
         self.open = self.open.saturating_sub(1);
     }
+
+    fn request(&mut self, ctx: &mut Ctx<'_>, request: &mut Request<'_>) {
+        // A reply of the request's size, as the ping-pong's echo.
+        self.echo
+            .resize(request.data.len().min(request.reply_max), b'r');
+        let _ = ctx.reply(request.id, 0, &[&self.echo]);
+    }
 }
 
 /// The bytes of `len` starting with `first` (zero after it), made once and shared by every
@@ -430,6 +443,8 @@ struct Client {
     in_flight: usize,
     /// The bytes of a small message, sent inline.
     small: Vec<u8>,
+    /// Replies to requests received.
+    replies: u64,
 }
 
 impl Handler for Client {
@@ -467,6 +482,19 @@ impl Handler for Client {
             self.in_flight = self.in_flight.saturating_sub(1);
         }
         drop(done.take_buffers());
+    }
+    fn replied(&mut self, _ctx: &mut Ctx<'_>, _conn: ConnId, _token: u64, reply: Reply<'_>) {
+        match reply {
+            Reply::Data { .. } => self.replies += 1,
+            Reply::Error { code } => {
+                self.failed
+                    .get_or_insert(format!("the server answered with error {code}"));
+            }
+            Reply::Failed { status, detail } => {
+                self.failed
+                    .get_or_insert(format!("request failed: {status}: {detail}"));
+            }
+        }
     }
     fn disconnected(&mut self, _ctx: &mut Ctx<'_>, _conn: ConnId, reason: vmi_core::Disconnect) {
         if reason != vmi_core::Disconnect::Local {
@@ -608,6 +636,43 @@ impl PerfClient {
         Ok(Latency::from_samples(samples))
     }
 
+    /// Request/reply round trips of `size` bytes each way (half the round trip reported).
+    fn request_latency(
+        &mut self,
+        warmup: Option<u64>,
+        size: usize,
+        iters: u64,
+        progress: &mut Progress,
+    ) -> Result<Latency, String> {
+        let warmup = warmup.unwrap_or((iters / 10).max(1));
+        let label = format!("{} request", size_name(size));
+        let conn = self.h.conn.expect("connected");
+        // No deadline: a timeout would read the clock on every poll, which a ping-pong
+        // does not; a lost server still ends the request (its connection closes).
+        let options = RequestOptions {
+            reply_max: size,
+            timeout: None,
+            priority: 0,
+        };
+        self.h.small.resize(size, b'q');
+        let mut samples = Vec::with_capacity(iters as usize);
+        for i in 0..warmup + iters {
+            let want = self.h.replies + 1;
+            let t0 = Instant::now();
+            self.vmi
+                .request(conn, &[&self.h.small], &options, 0)
+                .map_err(|e| e.to_string())?;
+            while self.h.replies < want {
+                self.poll(t0)?;
+            }
+            if i >= warmup {
+                samples.push(t0.elapsed().as_nanos() as u64 / 2);
+                progress.tick(&label, i - warmup + 1, iters);
+            }
+        }
+        Ok(Latency::from_samples(samples))
+    }
+
     fn bandwidth(
         &mut self,
         size: usize,
@@ -654,6 +719,12 @@ impl PerfClient {
                     sweep.iters_for(size),
                     &mut progress,
                 )?),
+                Test::Request => Some(self.request_latency(
+                    sweep.warmup,
+                    size,
+                    sweep.iters_for(size),
+                    &mut progress,
+                )?),
                 Test::Bandwidth => None,
             };
             let bandwidth = match sweep.test {
@@ -664,7 +735,7 @@ impl PerfClient {
                     sweep.window,
                     &mut progress,
                 )?),
-                Test::Latency => None,
+                Test::Latency | Test::Request => None,
             };
             out.push(SizeResult {
                 size,
