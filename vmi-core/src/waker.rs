@@ -42,13 +42,18 @@ impl Waker {
         if !self.sleeping.load(Ordering::SeqCst) {
             return;
         }
-        self.ring();
+        self.write();
     }
 
-    /// Rings the doorbell whether or not the owner sleeps: for work the owner's sleep does
-    /// not look for before sleeping (it stays readable until the next sleep ends).
+    /// Rings the doorbell for the application, whether or not the owner sleeps: for work
+    /// of the application's that the owner's sleep does not look for (the doorbell stays
+    /// readable until the next sleep ends, and `wait` returns to the application).
     pub fn ring(&self) {
         self.rung.store(true, Ordering::SeqCst);
+        self.write();
+    }
+
+    fn write(&self) {
         let one: u64 = 1;
         // SAFETY: writes 8 bytes from a live u64 to our eventfd; failure (counter saturated)
         // still leaves it readable, which is all we need.
