@@ -263,3 +263,63 @@ fn vmisend_started_before_vmirecv_waits_for_it() {
     let (ok, rout) = r.finish(Duration::from_secs(60));
     assert!(ok && rout.contains("received 3 message(s)"), "{rout}");
 }
+
+/// `connect_with` gives one connect its own wait, whatever the process's.
+#[test]
+fn a_connect_has_its_own_wait() {
+    for sp in [spec(&[("t", "tcp")]), spec(&[("s", "shmem")])] {
+        // No process-wide wait: this connect still waits for its peer, which starts later.
+        let kb = unique_key("own-b");
+        let mut a = start(&sp, &unique_key("own-a"), Duration::ZERO);
+        let mut ha = Side::default();
+        a.connect_with("localhost", &kb, b"", 0, WAIT).unwrap();
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_millis(200) {
+            a.poll(&mut ha);
+        }
+        assert!(ha.outcome.is_none(), "ended early: {:?}", ha.outcome);
+        let mut b = start(&sp, &kb, Duration::ZERO);
+        let mut hb = Side::default();
+        poll_until(
+            "own wait",
+            &mut [(&mut a, &mut ha), (&mut b, &mut hb)],
+            |p| p[0].1.outcome.is_some(),
+        );
+        assert_eq!(ha.outcome, Some(Ok(())));
+
+        // A short wait ends with the reason, long before the process's 20 s.
+        let mut a = start(&sp, &unique_key("own-c"), WAIT);
+        let mut ha = Side::default();
+        a.connect_with(
+            "localhost",
+            &unique_key("nobody"),
+            b"",
+            0,
+            Duration::from_millis(300),
+        )
+        .unwrap();
+        poll_until("short wait", &mut [(&mut a, &mut ha)], |p| {
+            p[0].1.outcome.is_some()
+        });
+        let (status, detail) = ha.outcome.clone().unwrap().unwrap_err();
+        assert_ne!(status, Status::Ok);
+        // The note says how long it tried: this connect's wait, not the process's 20 s.
+        let tried: f64 = detail
+            .split(" over ")
+            .nth(1)
+            .and_then(|t| t.split(' ').next())
+            .and_then(|t| t.parse().ok())
+            .unwrap_or_else(|| panic!("no duration in: {detail}"));
+        assert!(tried < 5.0, "{detail}");
+
+        // No wait at all: it fails at once, although the process would wait.
+        let mut ha = Side::default();
+        let r = a.connect_with("localhost", &unique_key("nobody"), b"", 0, Duration::ZERO);
+        if r.is_ok() {
+            poll_until("no wait", &mut [(&mut a, &mut ha)], |p| {
+                p[0].1.outcome.is_some()
+            });
+            assert!(matches!(ha.outcome, Some(Err(_))), "{:?}", ha.outcome);
+        }
+    }
+}

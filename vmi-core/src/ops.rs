@@ -351,6 +351,7 @@ impl Core {
         key: &str,
         data: &[u8],
         token: u64,
+        wait: Duration,
     ) -> Result<(ConnId, Option<Slot>), VmiError> {
         let caps = self.engine.top_caps();
         let mut max = if caps.max_connect_data > 0 {
@@ -384,13 +385,13 @@ impl Core {
         assembly::check_key(key)?;
         let transport = match self.engine.choose_transport(host, key) {
             Ok(t) => t,
-            Err(refusals) if self.retries.enabled() => {
+            Err(refusals) if !wait.is_zero() => {
                 // No transport reaches the peer yet: wait for it (the first transport holds
                 // the place until one does).
                 log::info!(
                     "connect to '{key}' at {host}: {}; waiting up to {:.1} s for the peer (connect wait)",
                     join(&refusals),
-                    self.retries.wait().as_secs_f64()
+                    wait.as_secs_f64()
                 );
                 let placeholder = self.engine.first_transport();
                 let conn = self
@@ -398,7 +399,7 @@ impl Core {
                     .conns_mut()
                     .connect_issued(placeholder, host, key);
                 self.retries
-                    .track(conn, host, key, data, token, Instant::now(), false);
+                    .track(conn, host, key, data, token, (Instant::now(), wait), false);
                 self.cross.issued(conn, id, token);
                 self.refresh();
                 return Ok((conn, None));
@@ -413,9 +414,9 @@ impl Core {
         };
         let conn = self.engine.conns_mut().connect_issued(transport, host, key);
         self.cross.issued(conn, id, token);
-        if self.retries.enabled() {
+        if !wait.is_zero() {
             self.retries
-                .track(conn, host, key, data, token, Instant::now(), true);
+                .track(conn, host, key, data, token, (Instant::now(), wait), true);
         }
         let s = self.connect_slot(conn, transport, host, key, data, token);
         self.refresh();
@@ -483,7 +484,30 @@ pub trait Operations: Sealed {
         token: u64,
     ) -> Result<ConnId, VmiError> {
         let (core, mode) = self.core();
-        let (conn, s) = core.connect(host, key, data, token)?;
+        let wait = core.retries.wait();
+        let (conn, s) = core.connect(host, key, data, token, wait)?;
+        if let Some(s) = s {
+            core.issue(s, mode);
+        }
+        Ok(conn)
+    }
+
+    /// As [`Operations::connect`], waiting up to `wait` for a peer that is not there yet
+    /// (no transport reaches it, nobody listens, an attempt timed out) instead of the
+    /// process's connect wait ([`crate::Options::connect_wait`]): the connect's own timeout
+    /// (Globus XIO's open timeout). Zero fails at once. The outcome comes by about `wait`
+    /// plus one attempt's own time (the transport's connect timeout); `disconnect` cancels
+    /// it sooner ([`Status::Cancelled`]).
+    fn connect_with(
+        &mut self,
+        host: &str,
+        key: &str,
+        data: &[u8],
+        token: u64,
+        wait: Duration,
+    ) -> Result<ConnId, VmiError> {
+        let (core, mode) = self.core();
+        let (conn, s) = core.connect(host, key, data, token, wait)?;
         if let Some(s) = s {
             core.issue(s, mode);
         }

@@ -28,6 +28,8 @@ pub(crate) struct Pending {
     pub key: String,
     pub data: Vec<u8>,
     pub token: u64,
+    /// How long this connect may wait for its peer.
+    wait: Duration,
     /// When the application gives up on the peer.
     deadline: Instant,
     started: Instant,
@@ -72,11 +74,6 @@ impl Retries {
         }
     }
 
-    /// Whether connects are retried at all.
-    pub fn enabled(&self) -> bool {
-        !self.wait.is_zero()
-    }
-
     /// How long a connect may wait for its peer.
     pub fn wait(&self) -> Duration {
         self.wait
@@ -93,8 +90,8 @@ impl Retries {
         self.waiting
     }
 
-    /// Starts tracking a connect issued now: with a transport (`in_flight`), or waiting for
-    /// one that can reach the peer.
+    /// Starts tracking a connect issued now that may wait `wait` for its peer: with a
+    /// transport (`in_flight`), or waiting for one that can reach the peer.
     #[allow(clippy::too_many_arguments)]
     pub fn track(
         &mut self,
@@ -103,7 +100,7 @@ impl Retries {
         key: &str,
         data: &[u8],
         token: u64,
-        now: Instant,
+        (now, wait): (Instant, Duration),
         in_flight: bool,
     ) {
         self.list.push(Pending {
@@ -112,7 +109,8 @@ impl Retries {
             key: key.to_string(),
             data: data.to_vec(),
             token,
-            deadline: now + self.wait,
+            wait,
+            deadline: now + wait,
             started: now,
             next: now + FIRST_DELAY,
             delay: FIRST_DELAY,
@@ -162,7 +160,7 @@ impl Retries {
                 "connect to '{}' at {}: {detail}; trying again until {:.1} s have passed (connect wait)",
                 p.key,
                 p.host,
-                self.wait.as_secs_f64()
+                p.wait.as_secs_f64()
             );
         } else {
             log::debug!(
@@ -218,7 +216,7 @@ impl Retries {
             self.waiting -= 1;
         }
         format!(
-            " (tried {} time(s) over {:.1} s, the connect wait; a longer one: Options::connect_wait or VMI_CONNECT_TIMEOUT)",
+            " (tried {} time(s) over {:.1} s, the connect wait; a longer one: connect_with, Options::connect_wait or VMI_CONNECT_TIMEOUT)",
             p.attempts,
             now.saturating_duration_since(p.started).as_secs_f64()
         )
@@ -277,7 +275,7 @@ mod tests {
     fn a_missing_peer_is_tried_again_with_backoff_until_the_deadline() {
         let t0 = Instant::now();
         let mut r = Retries::new(Duration::from_millis(200));
-        r.track(id(1), "localhost", "k", b"data", 7, t0, true);
+        r.track(id(1), "localhost", "k", b"data", 7, (t0, r.wait()), true);
         assert_eq!(r.waiting(), 0);
         assert_eq!(
             r.finished(id(1), Status::Unreachable, "nobody", t0),
@@ -317,7 +315,7 @@ mod tests {
             (2, Status::Mismatch),
             (3, Status::Ok),
         ] {
-            r.track(id(n), "h", "k", b"", 0, t0, true);
+            r.track(id(n), "h", "k", b"", 0, (t0, r.wait()), true);
             assert_eq!(r.finished(id(n), st, "", t0), Verdict::Deliver(None));
         }
         assert!(r.is_empty());
@@ -332,7 +330,7 @@ mod tests {
     fn a_connect_with_no_transport_waits_and_can_be_cancelled() {
         let t0 = Instant::now();
         let mut r = Retries::new(Duration::from_millis(100));
-        r.track(id(1), "h", "k", b"", 0, t0, false);
+        r.track(id(1), "h", "k", b"", 0, (t0, r.wait()), false);
         assert_eq!(r.waiting(), 1);
         let _ = r.due(t0 + Duration::from_millis(10));
         assert_eq!(
@@ -345,7 +343,7 @@ mod tests {
             .expect("past the deadline");
         assert!(text.contains("no transport can reach key 'k'"), "{text}");
         assert_eq!(r.waiting(), 0);
-        r.track(id(2), "h", "k", b"", 0, t0, false);
+        r.track(id(2), "h", "k", b"", 0, (t0, r.wait()), false);
         let (p, waiting) = r.remove(id(2)).expect("tracked");
         assert!(waiting && p.conn == id(2));
         assert_eq!(r.waiting(), 0);
