@@ -350,4 +350,94 @@ mod tests {
         assert_eq!(s.next(0), Some((0, Incoming::Request(r3))));
         assert_eq!(s.held(), 1);
     }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Request {
+            conn: u8,
+            id: u8,
+            priority: u8,
+            len: u8,
+        },
+        Pulse {
+            conn: u8,
+            priority: u8,
+        },
+        Take(u8),
+        Cancel {
+            conn: u8,
+            id: u8,
+        },
+        Close(u8),
+        Next(u8),
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            (0..4u8, 0..16u8, 0..64u8, 0..40u8).prop_map(|(conn, id, priority, len)| Op::Request {
+                conn,
+                id,
+                priority,
+                len
+            }),
+            (0..4u8, 0..64u8).prop_map(|(conn, priority)| Op::Pulse { conn, priority }),
+            any::<u8>().prop_map(Op::Take),
+            (0..4u8, 0..16u8).prop_map(|(conn, id)| Op::Cancel { conn, id }),
+            (0..4u8).prop_map(Op::Close),
+            (0..64u8).prop_map(Op::Next),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Any sequence of what peers and the application do keeps the limits and the
+        /// byte count, never panics, and delivers each drain in priority order.
+        #[test]
+        fn any_sequence_keeps_the_limits(ops in proptest::collection::vec(op(), 0..200)) {
+            let limits = ServerLimits { per_conn: 5, bytes: 100 };
+            let mut s = Server::new(limits);
+            let mut rcvids: Vec<u64> = Vec::new();
+            for o in ops {
+                match o {
+                    Op::Request { conn, id, priority, len } => {
+                        let data = vec![7u8; len as usize];
+                        if let Ok(r) = s.request(ConnId(conn as u64), id as u64, priority, 8, &data) {
+                            rcvids.push(r);
+                        }
+                    }
+                    Op::Pulse { conn, priority } => s.pulse(ConnId(conn as u64), 1, 2, priority),
+                    Op::Take(i) => {
+                        if !rcvids.is_empty() {
+                            let r = rcvids[i as usize % rcvids.len()];
+                            s.take(r);
+                        }
+                    }
+                    Op::Cancel { conn, id } => {
+                        if let Some(r) = s.find(ConnId(conn as u64), id as u64) {
+                            s.take(r);
+                        }
+                    }
+                    Op::Close(c) => {
+                        s.conn_closed(ConnId(c as u64));
+                    }
+                    Op::Next(min) => {
+                        let mut last = u8::MAX;
+                        while let Some((p, _)) = s.next(min) {
+                            proptest::prop_assert!(p <= last && p >= min);
+                            last = p;
+                        }
+                    }
+                }
+                let live: Vec<&Held> = rcvids.iter().filter_map(|&r| s.get(r)).collect();
+                proptest::prop_assert_eq!(live.len(), s.held());
+                let bytes: usize = live.iter().map(|h| h.data.len()).sum();
+                proptest::prop_assert_eq!(bytes, s.bytes);
+                proptest::prop_assert!(s.bytes <= limits.bytes);
+                for c in 0..4u64 {
+                    let n = live.iter().filter(|h| h.conn == ConnId(c)).count();
+                    proptest::prop_assert!(n <= limits.per_conn);
+                }
+            }
+        }
+    }
 }

@@ -361,4 +361,16 @@ mod tests {
             let _ = Kind::decode(&b, 8);
         }
     }
+
+    proptest::proptest! {
+        /// Whatever a peer sends decodes without panic, and what decodes encodes back to
+        /// the same header.
+        #[test]
+        fn any_bytes_decode_or_are_refused(b in proptest::collection::vec(proptest::num::u8::ANY, 0..48)) {
+            if let Ok((k, payload)) = Kind::decode(&b, 16) {
+                proptest::prop_assert_eq!(&k.encode()[..], &b[..HEADER]);
+                proptest::prop_assert_eq!(payload, &b[HEADER..]);
+            }
+        }
+    }
 }
