@@ -471,3 +471,32 @@ fn vmi_info_piped_into_a_reader_that_stops_early_does_not_panic() {
     assert!(!err.contains("panicked"), "{err}");
     assert!(out.status.success(), "exit {:?}: {err}", out.status);
 }
+
+#[test]
+fn vmi_info_shows_extra_named_chains() {
+    let dir = TempDir::new("vmi-info-chains");
+    let path = dir.path().join("named.xml");
+    std::fs::write(
+        &path,
+        r#"<vmi><device name="crc"/><device name="tcp"/>
+  <chain name="send"><use device="tcp"/></chain>
+  <chain name="receive"><use device="tcp"/></chain>
+  <chain name="bulk"><use device="crc"/><use device="tcp"/></chain></vmi>"#,
+    )
+    .unwrap();
+    let (ok, out) = run("vmi-info", &["--spec", path.to_str().unwrap()], &[]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("chain 'bulk' (checked; connections do not use named chains yet): crc -> tcp"),
+        "{out}"
+    );
+    let (ok, out) = run(
+        "vmi-info",
+        &["--spec", path.to_str().unwrap(), "--json"],
+        &[],
+    );
+    assert!(ok, "{out}");
+    let v = json(&out);
+    assert_eq!(v["extra_chains"][0]["name"], "bulk", "{v}");
+    assert_eq!(v["extra_chains"][0]["devices"][1], "tcp", "{v}");
+}

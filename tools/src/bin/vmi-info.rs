@@ -285,9 +285,20 @@ struct Report {
     signature: Option<String>,
     send_chain: Vec<String>,
     receive_chain: Vec<String>,
+    /// Extra named chains (`<chain name="…">` other than send and receive), checked but not
+    /// used by connections yet: name and devices in processing order.
+    extra_chains: Vec<ChainReport>,
     /// Rails of multi-rail connections (`<rails>`), with the striping threshold and chunk.
     rails: Option<RailsReport>,
     devices: Vec<DeviceReport>,
+}
+
+/// An extra named chain.
+#[derive(Serialize)]
+struct ChainReport {
+    name: String,
+    /// Devices in processing order.
+    devices: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -329,6 +340,7 @@ fn report(spec_path: Option<PathBuf>) -> Report {
         send_chain: vec![],
         rails: None,
         receive_chain: vec![],
+        extra_chains: vec![],
         devices: vec![],
     };
     let spec = match spec_path.map_or_else(Spec::from_env, |p| Spec::from_file(&p)) {
@@ -359,6 +371,15 @@ fn report(spec_path: Option<PathBuf>) -> Report {
     r.signature = Some(inspection.signature.clone());
     r.send_chain = inspection.send.clone();
     r.receive_chain = inspection.receive.clone();
+    r.extra_chains = spec
+        .chains
+        .iter()
+        .filter(|c| c.name != "send" && c.name != "receive")
+        .map(|c| ChainReport {
+            name: c.name.clone(),
+            devices: c.entries.iter().map(|e| e.device.clone()).collect(),
+        })
+        .collect();
     if let Some(block) = &spec.rails {
         r.rails = Some(RailsReport {
             rails: inspection.rails.clone(),
@@ -452,6 +473,13 @@ fn print_report(r: &Report) {
         "receive chain (wire -> application): {}",
         r.receive_chain.join(" -> ")
     );
+    for c in &r.extra_chains {
+        println!(
+            "chain '{}' (checked; connections do not use named chains yet): {}",
+            c.name,
+            c.devices.join(" -> ")
+        );
+    }
     if let Some(rails) = &r.rails {
         println!(
             "rails (one connection over all of them): {}; fragments from {} bytes striped in chunks of up to {} bytes; a failed rail's data goes on the others",
