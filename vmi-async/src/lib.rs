@@ -218,26 +218,36 @@ impl AsyncVmi {
     }
 
     /// Sends a request and waits for its answer (QNX `MsgSend`): the server's reply or
-    /// error code; a timeout, a cancel or a lost connection is [`Error::Failed`].
+    /// error code; a timeout, a cancel or a lost connection is [`Error::Failed`]. Dropping
+    /// the future (for example under `tokio::time::timeout`) cancels the request: the
+    /// server is told to forget it.
     pub async fn request(
         &self,
         conn: ConnId,
         data: &[u8],
         options: &RequestOptions,
     ) -> Result<Answer, Error> {
-        let rx = {
+        let (rx, id) = {
             let mut st = self.shared.state.borrow_mut();
             let token = st.router.token();
             let (tx, rx) = oneshot::channel();
             st.router.requests.insert(token, tx);
-            if let Err(e) = st.vmi.request(conn, &[data], options, token) {
-                st.router.requests.remove(&token);
-                return Err(e.into());
+            match st.vmi.request(conn, &[data], options, token) {
+                Ok(id) => (rx, id),
+                Err(e) => {
+                    st.router.requests.remove(&token);
+                    return Err(e.into());
+                }
             }
-            rx
         };
         self.shared.kick.notify_one();
-        self.answer(rx).await
+        let mut pending = Pending {
+            vmi: self,
+            id: Some(id),
+        };
+        let answer = self.answer(rx).await;
+        pending.id = None;
+        answer
     }
 
     /// Waits for the next request to serve (QNX `MsgReceive`).
@@ -273,6 +283,31 @@ impl AsyncVmi {
         self.wait_for(|r| r.conns.get(&conn).and_then(|q| q.closed.clone()))
             .await;
         Ok(())
+    }
+}
+
+/// Cancels a request whose future was dropped before its answer came.
+struct Pending<'a> {
+    vmi: &'a AsyncVmi,
+    id: Option<vmi_core::RequestId>,
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        let Some(id) = self.id.take() else {
+            return;
+        };
+        // The answer (Cancelled) goes to a receiver that is gone: nothing waits for it.
+        match self.vmi.shared.state.try_borrow_mut() {
+            Ok(mut st) => {
+                st.vmi.request_cancel(id);
+                drop(st);
+                self.vmi.shared.kick.notify_one();
+            }
+            // Dropped while the facade's state is in use (never between awaits): the
+            // request's own deadline ends it.
+            Err(_) => log::debug!("a dropped request could not be cancelled now"),
+        }
     }
 }
 

@@ -179,3 +179,67 @@ fn errors_name_what_went_wrong() {
         );
     });
 }
+
+#[test]
+fn a_dropped_request_future_cancels_the_request_at_the_server() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    tokio::task::LocalSet::new().block_on(&rt, async {
+        let sp = spec("shmem");
+        let key = unique_key("async-drop");
+        // A server that never answers, run by hand to see what it is told.
+        let mut server = Vmi::with_spec(sp.clone(), &key).unwrap();
+        #[derive(Default)]
+        struct Silent {
+            got: usize,
+            gone: Vec<Status>,
+        }
+        impl Handler for Silent {
+            fn request(&mut self, _ctx: &mut Ctx<'_>, _r: &mut Request<'_>) {
+                self.got += 1;
+            }
+            fn request_gone(&mut self, _ctx: &mut Ctx<'_>, _id: ReceiveId, status: Status) {
+                self.gone.push(status);
+            }
+        }
+        let mut hs = Silent::default();
+        let client =
+            AsyncVmi::start(Vmi::with_spec(sp, &unique_key("async-drop-c")).unwrap()).unwrap();
+        let connect = client.connect("localhost", &key, b"");
+        tokio::pin!(connect);
+        let conn = loop {
+            tokio::select! {
+                c = &mut connect => break c.expect("connect"),
+                () = tokio::time::sleep(Duration::from_millis(1)) => { server.poll(&mut hs); }
+            }
+        };
+        let options = RequestOptions::default();
+        {
+            // The request's future lives in this block: leaving it drops the future.
+            let waited = tokio::time::timeout(
+                Duration::from_millis(200),
+                client.request(conn, b"never answered", &options),
+            );
+            tokio::pin!(waited);
+            loop {
+                tokio::select! {
+                    r = &mut waited => { assert!(r.is_err(), "no answer was sent"); break; }
+                    () = tokio::time::sleep(Duration::from_millis(1)) => { server.poll(&mut hs); }
+                }
+            }
+        }
+        let start = std::time::Instant::now();
+        while hs.gone.is_empty() {
+            server.poll(&mut hs);
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "the server was not told (it got {} requests)",
+                hs.got
+            );
+        }
+        assert_eq!((hs.got, hs.gone.clone()), (1, vec![Status::Cancelled]));
+    });
+}
