@@ -487,7 +487,7 @@ fn vmi_info_shows_extra_named_chains() {
     let (ok, out) = run("vmi-info", &["--spec", path.to_str().unwrap()], &[]);
     assert!(ok, "{out}");
     assert!(
-        out.contains("chain 'bulk' (checked; connections do not use named chains yet): crc -> tcp"),
+        out.contains("chain 'bulk' (connections opened with connect_on): crc -> tcp"),
         "{out}"
     );
     let (ok, out) = run(

@@ -67,6 +67,26 @@ pub enum AssemblyError {
         /// Receive chain transports.
         recv: String,
     },
+    /// A named chain's transports differ from the send chain's.
+    #[error(
+        "{at}: chain '{chain}' uses transports [{named}] but the send chain uses [{send}]; a named chain chooses filters, not transports, so list the same transports"
+    )]
+    ChainTransports {
+        /// Where the named chain starts.
+        at: Location,
+        /// Its name.
+        chain: String,
+        /// Send chain transports.
+        send: String,
+        /// The named chain's transports.
+        named: String,
+    },
+    /// More named chains than a connection can name.
+    #[error("{at}: more than {MAX_NAMED_CHAINS} named chains; join some")]
+    TooManyChains {
+        /// Where the chain over the limit starts.
+        at: Location,
+    },
     /// The process key is not usable.
     #[error("invalid key '{key}': {reason}")]
     BadKey {
@@ -86,7 +106,9 @@ impl AssemblyError {
             AssemblyError::Param(ParamError::BadValue { at, .. }) => at.as_ref(),
             AssemblyError::NoTransport { at, .. }
             | AssemblyError::TransportOrder { at, .. }
-            | AssemblyError::TransportSets { at, .. } => Some(at),
+            | AssemblyError::TransportSets { at, .. }
+            | AssemblyError::ChainTransports { at, .. }
+            | AssemblyError::TooManyChains { at } => Some(at),
             _ => None,
         }
     }
@@ -142,6 +164,17 @@ pub(crate) struct Plan {
     pub signature: Signature,
     /// The rails (engine indices of transports), with their tuning.
     pub rails: Option<PlannedRails>,
+    /// The named chains (chain 1, 2, …): name, engine indices (application first, both
+    /// directions) and filter signature.
+    pub extra: Vec<PlannedChain>,
+}
+
+/// A named chain (`<chain name="…">` other than send and receive), resolved.
+#[derive(Clone, Debug)]
+pub(crate) struct PlannedChain {
+    pub name: String,
+    pub devices: Vec<usize>,
+    pub signature: String,
 }
 
 /// The `<rails>` block resolved.
@@ -154,6 +187,9 @@ pub(crate) struct PlannedRails {
     /// Largest chunk.
     pub chunk: u64,
 }
+
+/// Most named chains in one specfile (a chain's number travels in a byte).
+pub const MAX_NAMED_CHAINS: usize = 254;
 
 /// Default `stripe_min` of `<rails>`.
 pub const RAILS_STRIPE_MIN: u64 = 64 * 1024;
@@ -283,12 +319,50 @@ pub(crate) fn plan(
             })
         }
     };
+    let mut extra = Vec::new();
+    for chain in spec
+        .chains
+        .iter()
+        .filter(|c| c.name != "send" && c.name != "receive")
+    {
+        let list: Vec<usize> = top_down(chain).into_iter().map(index).collect();
+        let names = |set: BTreeSet<usize>| {
+            set.iter()
+                .map(|&d| devices[d].name.clone())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if transports(&list) != transports(&send) {
+            return Err(AssemblyError::ChainTransports {
+                at: chain.at.clone(),
+                chain: chain.name.clone(),
+                send: names(transports(&send)),
+                named: names(transports(&list)),
+            });
+        }
+        if extra.len() >= MAX_NAMED_CHAINS {
+            return Err(AssemblyError::TooManyChains {
+                at: chain.at.clone(),
+            });
+        }
+        let signature = Signature {
+            send: filters(&list),
+            recv: filters(&list),
+        }
+        .encode();
+        extra.push(PlannedChain {
+            name: chain.name.clone(),
+            devices: list,
+            signature,
+        });
+    }
     Ok(Plan {
         devices,
         send,
         recv,
         signature,
         rails,
+        extra,
     })
 }
 

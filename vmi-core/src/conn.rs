@@ -113,6 +113,8 @@ struct ConnEntry {
     ping_stamp: u64,
     /// The application's value for the connection (VMI 2.1's receive context).
     context: u64,
+    /// The chain it uses: 0 the send and receive chains, 1.. the named chains.
+    chain: u8,
 }
 
 /// All connections of one process.
@@ -143,6 +145,7 @@ impl ConnTable {
                     pinged: None,
                     ping_stamp: 0,
                     context: 0,
+                    chain: 0,
                 });
                 self.entries.len() - 1
             }
@@ -156,6 +159,7 @@ impl ConnTable {
         e.pinged = None;
         e.ping_stamp = 0;
         e.context = 0;
+        e.chain = 0;
         e.live = true;
         e.state = state;
         e.transport = transport;
@@ -198,6 +202,19 @@ impl ConnTable {
     /// True for a live handle.
     pub fn is_live(&self, id: ConnId) -> bool {
         self.get(id).is_some()
+    }
+
+    /// The chain a live connection uses (0: the send and receive chains).
+    #[inline]
+    pub fn chain(&self, id: ConnId) -> u8 {
+        self.get(id).map_or(0, |e| e.chain)
+    }
+
+    /// Puts a live connection on chain `chain`.
+    pub fn set_chain(&mut self, id: ConnId, chain: u8) {
+        if let Some(e) = self.get_mut(id) {
+            e.chain = chain;
+        }
     }
 
     /// The application's value for a live connection (0 until set).

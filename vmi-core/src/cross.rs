@@ -34,6 +34,8 @@ pub(crate) const HEADER: usize = 14;
 pub(crate) const PLAIN: u8 = 0;
 pub(crate) const CROSS: u8 = 1;
 pub(crate) const SUPERSEDED: u8 = 2;
+/// Kind of a connect header: a named chain's header follows (see `chains`).
+pub(crate) const NAMED: u8 = 3;
 /// How long a loser whose connect was rejected as crossed waits for the winner's request.
 pub(crate) const EXPECT_WAIT: Duration = Duration::from_secs(15);
 /// Dropped connects remembered per process, at most.

@@ -494,7 +494,28 @@ fn connect_request(core: &mut Core, handler: &mut dyn Handler, s: Slot, conn: Co
     let key = s.peer_key().to_string();
     let host = s.peer_host().to_string();
     core.engine.release_received(s);
-    let (_, id, data) = crate::cross::split(&raw);
+    let (kind, id, data) = crate::cross::split(&raw);
+    let (chain, data) = match core.chains.split(kind == crate::cross::NAMED, data) {
+        crate::chains::Requested::Default(d) => (0, d),
+        crate::chains::Requested::Chain(n, d) => (n, d),
+        crate::chains::Requested::Refused(why) => {
+            log::warn!("{conn}: refused '{key}' at {host}: {why}");
+            let plain = (crate::cross::PLAIN, 0);
+            return answer(
+                core,
+                conn,
+                transport,
+                VMI_OP_REJECT,
+                plain,
+                why.into_bytes(),
+            );
+        }
+    };
+    if chain != 0 {
+        // A connect on a named chain is not a crossing candidate (see `Core::connect`).
+        core.engine.conns_mut().set_chain(conn, chain);
+        return accept_on_chain(core, handler, (conn, transport), (&key, &host), chain, data);
+    }
     let (decided, superseded) = {
         let table = core.engine.conns();
         core.cross.request(conn, &key, id, |c| {
@@ -520,12 +541,26 @@ fn connect_request(core: &mut Core, handler: &mut dyn Handler, s: Slot, conn: Co
         let (op, reply) = crate::rails::request(core, handler, conn, transport, peer, data);
         return answer(core, conn, transport, op, (crate::cross::PLAIN, 0), reply);
     }
+    accept_on_chain(core, handler, (conn, transport), (&key, &host), 0, data);
+}
+
+/// Asks the application's accept handler about a connection on chain `chain` and answers.
+fn accept_on_chain(
+    core: &mut Core,
+    handler: &mut dyn Handler,
+    (conn, transport): (ConnId, crate::slot::DevIndex),
+    (key, host): (&str, &str),
+    chain: u8,
+    data: &[u8],
+) {
+    let name = core.chains.name(chain).to_string();
     let decision = {
         let mut req = ConnectRequest {
             conn,
-            peer_key: &key,
-            peer_host: &host,
+            peer_key: key,
+            peer_host: host,
             data: Slab::from_bytes(data),
+            chain: &name,
         };
         handler.accept(&mut Ctx::new(core), &mut req)
     };
@@ -559,6 +594,7 @@ fn answer(
     a.set_conn_raw(conn.raw());
     a.set_purpose(Purpose::Answer);
     a.set_transport(transport);
+    a.set_chain(core.engine.conns().chain(conn));
     a.attach_vec(crate::cross::wrap(kind, id, &reply));
     core.deferred.push_back(a);
 }

@@ -138,6 +138,15 @@ pub(crate) struct Engine {
     release_batch: Vec<usize>,
     /// The devices that make progress of their own, in engine order.
     pollers: Vec<Poller>,
+    /// The named chains (chain 1, 2, …), engine indices, application first.
+    extra: Vec<Vec<DevIndex>>,
+    /// Their steps: (send, receive), application first.
+    extra_steps: Vec<(Vec<Step>, Vec<Step>)>,
+    /// Capabilities at the top of every chain, merged (see `top_caps`).
+    top: Capabilities,
+    /// Per chain (0 first): whether no device above the transports has a submit step, so a
+    /// small send may go straight to the transport.
+    chain_direct: Vec<bool>,
     /// The send chain as steps, application first.
     send_steps: Vec<Step>,
     /// The receive chain as steps, application first.
@@ -154,11 +163,11 @@ pub(crate) struct Engine {
 }
 
 impl Engine {
-    /// Creates every device. `send`/`recv` are engine indices, application first.
+    /// Creates every device. `send`/`recv` are engine indices, application first; each of
+    /// `extra` is a named chain (chain 1, 2, …), application first, both directions.
     pub fn start(
         planned: Vec<Planned>,
-        send: Vec<usize>,
-        recv: Vec<usize>,
+        (send, recv, extra): (Vec<usize>, Vec<usize>, Vec<Vec<usize>>),
         local_key: String,
         signature: String,
     ) -> Result<Engine, LoadError> {
@@ -182,10 +191,15 @@ impl Engine {
             offsets.push(total);
             total += p.ty.frame_size;
         }
-        let mut recv_pos = vec![-1isize; planned.len()];
-        for (i, &d) in recv.iter().enumerate() {
-            recv_pos[d] = i as isize;
-        }
+        let positions = |chain: &[usize]| {
+            let mut pos = vec![-1isize; planned.len()];
+            for (i, &d) in chain.iter().enumerate() {
+                pos[d] = i as isize;
+            }
+            pos
+        };
+        let recv_pos = positions(&recv);
+        let extra_recv_pos: Vec<Vec<isize>> = extra.iter().map(|c| positions(c)).collect();
         let to_idx = |v: &[usize]| v.iter().map(|&d| d as DevIndex).collect::<Vec<_>>();
         let transports: Vec<DevIndex> = send
             .iter()
@@ -194,7 +208,10 @@ impl Engine {
             .map(|d| d as DevIndex)
             .collect();
         // A device joins an IRB's completion path at most once per traversal.
-        let max_path = send.len().max(recv.len());
+        let max_path = extra
+            .iter()
+            .map(Vec::len)
+            .fold(send.len().max(recv.len()), usize::max);
         let waker = Arc::new(
             Waker::new().map_err(|e| host_error(format!("cannot create an eventfd: {e}")))?,
         );
@@ -205,6 +222,7 @@ impl Engine {
             local_key,
             signature,
             recv_pos,
+            extra_recv_pos,
             recv_limit: MAX_RECEIVES_IN_FLIGHT,
             recv_live: std::rc::Rc::new(Cell::new(0)),
             send_limit: MAX_SENDS_IN_FLIGHT,
@@ -216,6 +234,10 @@ impl Engine {
             devices: Vec::with_capacity(planned.len()),
             send: to_idx(&send),
             recv: to_idx(&recv),
+            extra: extra.iter().map(|c| to_idx(c)).collect(),
+            extra_steps: Vec::new(),
+            top: Capabilities::default(),
+            chain_direct: Vec::new(),
             transports,
             shared,
             boundary,
@@ -297,6 +319,7 @@ impl Engine {
             });
         }
         engine.compute_capabilities();
+        engine.top = engine.merged_top_caps();
         let steps = |chain: &[DevIndex], devices: &[Instance], down: bool| -> Vec<Step> {
             chain
                 .iter()
@@ -319,10 +342,21 @@ impl Engine {
         };
         engine.send_steps = steps(&engine.send, &engine.devices, true);
         engine.recv_steps = steps(&engine.recv, &engine.devices, false);
-        let filtered = engine
-            .send_steps
+        engine.extra_steps = engine
+            .extra
             .iter()
-            .any(|s| !s.transport && s.entry.is_some());
+            .map(|c| {
+                (
+                    steps(c, &engine.devices, true),
+                    steps(c, &engine.devices, false),
+                )
+            })
+            .collect();
+        let has_filter = |steps: &[Step]| steps.iter().any(|s| !s.transport && s.entry.is_some());
+        let filtered = has_filter(&engine.send_steps);
+        engine.chain_direct = std::iter::once(!filtered)
+            .chain(engine.extra_steps.iter().map(|(down, _)| !has_filter(down)))
+            .collect();
         engine.direct = engine
             .devices
             .iter()
@@ -332,10 +366,10 @@ impl Engine {
             })
             .collect();
         engine.any_direct = engine.direct.iter().any(Option::is_some);
-        let filtered_up = engine
-            .recv_steps
-            .iter()
-            .any(|s| !s.transport && s.entry.is_some());
+        // Direct receives skip every receive step of every chain (a transport hands over
+        // all its connections' fragments): any chain with one turns them off.
+        let filtered_up = has_filter(&engine.recv_steps)
+            || engine.extra_steps.iter().any(|(_, up)| has_filter(up));
         let direct_rx = |d: &Instance| {
             d.is_transport()
                 .then_some(d.ty.vtable.poll_direct)
@@ -382,8 +416,32 @@ impl Engine {
                 below = caps;
             }
         }
+        // Filters only a named chain uses: along that chain, from its transports' caps.
+        for chain in &self.extra {
+            let mut below = Capabilities::default();
+            let mut first = true;
+            for &d in chain.iter().rev() {
+                let inst = &mut self.devices[d as usize];
+                if inst.is_transport() {
+                    below = merge_transport_caps(below, inst.caps, first);
+                    first = false;
+                    continue;
+                }
+                if self.send.contains(&d) {
+                    below = inst.caps;
+                    continue;
+                }
+                let mut caps = below;
+                if let Some(f) = inst.ty.vtable.capabilities {
+                    // SAFETY: live instance; `caps` is a valid in/out pointer.
+                    unsafe { f(inst.ptr, &mut caps) };
+                }
+                inst.caps = caps;
+                below = caps;
+            }
+        }
         for &d in self.recv.iter() {
-            if self.send.contains(&d) {
+            if self.send.contains(&d) || self.extra.iter().any(|c| c.contains(&d)) {
                 continue;
             }
             let inst = &mut self.devices[d as usize];
@@ -398,12 +456,36 @@ impl Engine {
 
     // ---- the seam: what the application layer uses ----
 
-    /// Capabilities the application sees at the top of the send chain.
+    /// Capabilities the application sees at the top of the send chain (with named chains:
+    /// what every chain allows, so a send fits whichever chain its connection uses).
+    #[inline]
     pub fn top_caps(&self) -> Capabilities {
-        self.send
-            .first()
-            .map(|&d| self.devices[d as usize].caps)
-            .unwrap_or_default()
+        self.top
+    }
+
+    /// Computes `top_caps` (once, at start).
+    fn merged_top_caps(&self) -> Capabilities {
+        let top = |c: &[DevIndex]| c.first().map(|&d| self.devices[d as usize].caps);
+        let caps = top(&self.send).unwrap_or_default();
+        self.extra
+            .iter()
+            .filter_map(|c| top(c))
+            .fold(caps, |acc, c| merge_transport_caps(acc, c, false))
+    }
+
+    /// True when the specfile has named chains.
+    #[inline]
+    pub fn has_chains(&self) -> bool {
+        !self.extra.is_empty()
+    }
+
+    /// Whether a small send on chain `chain` may go straight to its transport.
+    #[inline(never)]
+    pub fn chain_direct(&self, chain: u8) -> bool {
+        self.chain_direct
+            .get(chain as usize)
+            .copied()
+            .unwrap_or(false)
     }
 
     /// The running devices.
@@ -632,10 +714,10 @@ impl Engine {
     }
 
     fn device_at(&self, s: &Slot, pos: isize) -> Option<DevIndex> {
-        let chain = if s.dir() == Dir::Down {
-            &self.send
-        } else {
-            &self.recv
+        let chain = match (s.chain(), s.dir() == Dir::Down) {
+            (0, true) => &self.send,
+            (0, false) => &self.recv,
+            (c, _) => &self.extra[c as usize - 1],
         };
         usize::try_from(pos)
             .ok()
@@ -659,10 +741,11 @@ impl Engine {
                 self.out.push_back(s); // reached the application
                 return;
             }
-            let steps = if down {
-                &self.send_steps
-            } else {
-                &self.recv_steps
+            let steps = match (s.chain(), down) {
+                (0, true) => &self.send_steps,
+                (0, false) => &self.recv_steps,
+                (c, true) => &self.extra_steps[c as usize - 1].0,
+                (c, false) => &self.extra_steps[c as usize - 1].1,
             };
             let Some(&st) = steps.get(next as usize) else {
                 s.set_detail("no transport took the request (a transport passed it on)".into());

@@ -136,6 +136,16 @@ pub enum VmiError {
         /// The client's limit.
         max: usize,
     },
+    /// No named chain has that name.
+    #[error(
+        "the specfile has no chain named '{chain}' (its named chains: {known}); add a <chain name=\"{chain}\"> block"
+    )]
+    UnknownChain {
+        /// The name asked for.
+        chain: String,
+        /// The chains there are.
+        known: String,
+    },
     /// A blocking request ended with no answer.
     #[error("the request got no answer: {} ({detail})", status.describe())]
     RequestFailed {

@@ -37,6 +37,8 @@ pub struct ConnectRequest<'a> {
     pub peer_host: &'a str,
     /// The connect data.
     pub data: Slab<'a>,
+    /// The named chain the connection runs on ("" for the send and receive chains).
+    pub chain: &'a str,
 }
 
 /// How a connect ended (VMI 2.1: the `VMI_Connection_Issue` completion routine).

@@ -21,6 +21,7 @@ pub use vmi_device::{abi, device, signature, status};
 pub mod assembly;
 pub mod bond;
 pub mod buffer;
+mod chains;
 pub mod conn;
 mod cross;
 mod ctx;

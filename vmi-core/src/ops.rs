@@ -66,6 +66,8 @@ pub struct Core {
     pub(crate) routed: bool,
     /// Send/receive/reply and pulses (see `msgpass`).
     pub(crate) msg: crate::msgpass::MsgPass,
+    /// The named chains (see `chains`).
+    pub(crate) chains: crate::chains::Chains,
     /// Work for the end of the running poll: requests or pulses to deliver, an announced
     /// sleep to end (one flag, so a poll with neither checks one field).
     pub(crate) after: bool,
@@ -89,6 +91,7 @@ impl Core {
             cross,
             background: 0,
             msg: crate::msgpass::MsgPass::default(),
+            chains: crate::chains::Chains::default(),
             after: false,
             epoch: Instant::now(),
         }
@@ -198,6 +201,7 @@ impl Core {
     ) -> Slot {
         let mut s = self.connect_base(conn, token);
         s.set_transport(transport);
+        s.set_chain(self.engine.conns().chain(conn));
         s.set_peer(host.to_string(), key.to_string());
         s.attach_copy(data);
         s
@@ -297,6 +301,9 @@ impl Core {
         s.set_purpose(Purpose::Send);
         s.set_transport(transport);
         s.set_token(token);
+        if self.engine.has_chains() {
+            s.set_chain(self.engine.conns().chain(conn));
+        }
         Ok(s)
     }
 
@@ -312,6 +319,10 @@ impl Core {
         if max > 0 && data.len() as u64 > max {
             return false;
         }
+        if self.engine.has_chains() && !self.conn_direct(conn) {
+            // The connection's named chain has a filter that must see its sends.
+            return false;
+        }
         let Ok(transport) = self.engine.conns_mut().send_checked(conn, SendKind::Whole) else {
             return false;
         };
@@ -320,6 +331,13 @@ impl Core {
         }
         self.engine.conns_mut().send_undone(conn, SendKind::Whole);
         false
+    }
+
+    /// Whether `conn`'s chain lets a small send go straight to the transport (named chains
+    /// only: out of line, so the common send path stays small).
+    #[inline(never)]
+    fn conn_direct(&self, conn: ConnId) -> bool {
+        self.engine.chain_direct(self.engine.conns().chain(conn))
     }
 
     /// A send of the application's buffers.
@@ -351,8 +369,14 @@ impl Core {
         key: &str,
         data: &[u8],
         token: u64,
-        wait: Duration,
+        (wait, chain): (Duration, u8),
     ) -> Result<(ConnId, Option<Slot>), VmiError> {
+        if chain != 0 && self.rails.on() {
+            return Err(VmiError::Unsupported {
+                what: "named chains",
+                on: "a process with rails",
+            });
+        }
         let caps = self.engine.top_caps();
         let mut max = if caps.max_connect_data > 0 {
             (caps.max_connect_data as usize).min(MAX_CONNECT_DATA)
@@ -365,14 +389,23 @@ impl Core {
         if self.rails.on() {
             max = max.saturating_sub(crate::rails::BOND_MAGIC.len());
         }
+        let named = (chain != 0).then(|| self.chains.wrap(chain, data));
+        if let Some(n) = &named {
+            max = max.saturating_sub(n.len() - data.len());
+        }
         if data.len() > max {
             return Err(VmiError::ConnectDataTooLarge {
                 len: data.len(),
                 max,
             });
         }
+        let data = named.as_deref().unwrap_or(data);
         let id = self.cross.new_id();
-        let wrapped = if self.rails.on() {
+        let wrapped = if chain != 0 {
+            // Not a crossing candidate: a connect on a named chain is never merged with one
+            // the peer makes at the same moment (it may be on another chain).
+            crate::cross::wrap(crate::cross::NAMED, id, data)
+        } else if self.rails.on() {
             crate::cross::wrap(
                 crate::cross::PLAIN,
                 id,
@@ -398,9 +431,12 @@ impl Core {
                     .engine
                     .conns_mut()
                     .connect_issued(placeholder, host, key);
+                self.engine.conns_mut().set_chain(conn, chain);
                 self.retries
                     .track(conn, host, key, data, token, (Instant::now(), wait), false);
-                self.cross.issued(conn, id, token);
+                if chain == 0 {
+                    self.cross.issued(conn, id, token);
+                }
                 self.refresh();
                 return Ok((conn, None));
             }
@@ -413,7 +449,10 @@ impl Core {
             }
         };
         let conn = self.engine.conns_mut().connect_issued(transport, host, key);
-        self.cross.issued(conn, id, token);
+        self.engine.conns_mut().set_chain(conn, chain);
+        if chain == 0 {
+            self.cross.issued(conn, id, token);
+        }
         if !wait.is_zero() {
             self.retries
                 .track(conn, host, key, data, token, (Instant::now(), wait), true);
@@ -450,6 +489,7 @@ impl Core {
         s.set_conn_raw(conn.raw());
         s.set_purpose(Purpose::Disconnect);
         s.set_transport(transport);
+        s.set_chain(self.engine.conns().chain(conn));
         Ok(Some(s))
     }
 }
@@ -485,7 +525,7 @@ pub trait Operations: Sealed {
     ) -> Result<ConnId, VmiError> {
         let (core, mode) = self.core();
         let wait = core.retries.wait();
-        let (conn, s) = core.connect(host, key, data, token, wait)?;
+        let (conn, s) = core.connect(host, key, data, token, (wait, 0))?;
         if let Some(s) = s {
             core.issue(s, mode);
         }
@@ -507,7 +547,35 @@ pub trait Operations: Sealed {
         wait: Duration,
     ) -> Result<ConnId, VmiError> {
         let (core, mode) = self.core();
-        let (conn, s) = core.connect(host, key, data, token, wait)?;
+        let (conn, s) = core.connect(host, key, data, token, (wait, 0))?;
+        if let Some(s) = s {
+            core.issue(s, mode);
+        }
+        Ok(conn)
+    }
+
+    /// As [`Operations::connect`], over the named chain `chain` (a `<chain name="…">` of
+    /// the specfile besides send and receive): the connection's messages pass that chain's
+    /// filters both ways (VMI 2.1: filters chosen per connection). The peer must have a
+    /// chain of that name with the same filters; else it refuses the connection with the
+    /// reason. [`crate::ConnectRequest::chain`] names it on the accepting side.
+    fn connect_on(
+        &mut self,
+        chain: &str,
+        host: &str,
+        key: &str,
+        data: &[u8],
+        token: u64,
+    ) -> Result<ConnId, VmiError> {
+        let (core, mode) = self.core();
+        let Some((n, _)) = core.chains.find(chain) else {
+            return Err(VmiError::UnknownChain {
+                chain: chain.to_string(),
+                known: core.chains.list(),
+            });
+        };
+        let wait = core.retries.wait();
+        let (conn, s) = core.connect(host, key, data, token, (wait, n))?;
         if let Some(s) = s {
             core.issue(s, mode);
         }

@@ -477,6 +477,7 @@ pub(crate) fn request(
             peer_key: &key,
             peer_host: host,
             data: Slab::from_bytes(app),
+            chain: "",
         };
         handler.accept(&mut Ctx::new(core), &mut req)
     };

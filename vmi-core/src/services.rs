@@ -41,6 +41,8 @@ pub(crate) struct Shared {
     pub signature: String,
     /// Per device: position in the receive chain (top-down), or -1.
     pub recv_pos: Vec<isize>,
+    /// The same for each named chain (chain 1 first).
+    pub extra_recv_pos: Vec<Vec<isize>>,
     /// Most receive IRBs in flight at once (`irb_available` counts down from it).
     pub recv_limit: usize,
     /// Received fragments held now: receive IRBs in flight and grabbed copies of lent
@@ -253,7 +255,24 @@ unsafe extern "C" fn svc_irb_alloc(host: *mut c_void, op: u32, conn: u64) -> *mu
     let Some((c, sh)) = (unsafe { live(host, "irb_alloc") }) else {
         return std::ptr::null_mut();
     };
-    let pos = sh.recv_pos[c.index as usize];
+    // The connection's chain decides the receive path (named chains are rare: one check).
+    let chain = if sh.extra_recv_pos.is_empty() {
+        0
+    } else {
+        match sh.conns.try_borrow() {
+            Ok(t) => t.chain(crate::conn::ConnId(conn)),
+            Err(_) => {
+                log::error!(
+                    "a receive IRB was asked for while the connection table was in use; it takes the receive chain"
+                );
+                0
+            }
+        }
+    };
+    let pos = match chain {
+        0 => sh.recv_pos[c.index as usize],
+        n => sh.extra_recv_pos[n as usize - 1][c.index as usize],
+    };
     if pos < 0 {
         log::error!("a device outside the receive chain asked for a receive IRB");
         return std::ptr::null_mut();
@@ -267,6 +286,7 @@ unsafe extern "C" fn svc_irb_alloc(host: *mut c_void, op: u32, conn: u64) -> *mu
     s.set_op(op);
     s.set_conn_raw(conn);
     s.enter(Dir::Up, pos);
+    s.set_chain(chain);
     s.set_transport(c.index);
     s.set_purpose(Purpose::Received);
     s.into_raw()

@@ -83,6 +83,8 @@ pub(crate) struct IrbSlot {
     path: Vec<DevIndex>,
     /// The transport that owns the connection.
     transport: DevIndex,
+    /// The chain it travels: 0 the send and receive chains, 1.. the named chains.
+    chain: u8,
     purpose: Purpose,
     class: Class,
     /// True once the completion steps ran (a failed receive is unwound before delivery).
@@ -147,6 +149,7 @@ impl IrbSlot {
             pos: -1,
             path: Vec::with_capacity(max_path),
             transport: NO_DEVICE,
+            chain: 0,
             purpose: Purpose::Send,
             class: Class::Control,
             unwound: false,
@@ -294,6 +297,14 @@ impl IrbSlot {
     pub fn transport(&self) -> DevIndex {
         self.transport
     }
+    /// The chain it travels (0: the send and receive chains).
+    #[inline]
+    pub fn chain(&self) -> u8 {
+        self.chain
+    }
+    pub fn set_chain(&mut self, chain: u8) {
+        self.chain = chain;
+    }
     pub fn set_transport(&mut self, t: DevIndex) {
         self.transport = t;
     }
@@ -392,6 +403,7 @@ impl IrbPool {
         s.pos = -1;
         s.path.clear();
         s.transport = NO_DEVICE;
+        s.chain = 0;
         s.purpose = Purpose::Send;
         s.class = Class::Control;
         s.unwound = false;

@@ -153,10 +153,20 @@ impl Vmi {
                 .flat_map(|r| r.devices.iter().map(|&d| plan.devices[d].name.clone()))
                 .collect(),
         );
+        let chains: Vec<crate::assembly::PlannedChain> = plan.extra.clone();
+        let named = crate::chains::Chains::new(
+            chains
+                .iter()
+                .map(|c| (c.name.clone(), c.signature.clone()))
+                .collect(),
+        );
         let engine = Engine::start(
             plan.devices,
-            plan.send,
-            plan.recv,
+            (
+                plan.send,
+                plan.recv,
+                chains.iter().map(|c| c.devices.clone()).collect(),
+            ),
             key.to_string(),
             plan.signature.encode(),
         )
@@ -165,13 +175,15 @@ impl Vmi {
             "vmi started with key '{key}', filter signature {}",
             plan.signature.encode()
         );
+        let mut core = Core::new(
+            engine,
+            connect_wait,
+            rails,
+            crate::cross::Crossings::new(plan_rails_none, key),
+        );
+        core.chains = named;
         Ok(Vmi {
-            core: Core::new(
-                engine,
-                connect_wait,
-                rails,
-                crate::cross::Crossings::new(plan_rails_none, key),
-            ),
+            core,
             arena: crate::direct::Arena::default(),
             events: None,
             armed: false,

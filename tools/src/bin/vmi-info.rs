@@ -285,8 +285,8 @@ struct Report {
     signature: Option<String>,
     send_chain: Vec<String>,
     receive_chain: Vec<String>,
-    /// Extra named chains (`<chain name="…">` other than send and receive), checked but not
-    /// used by connections yet: name and devices in processing order.
+    /// Named chains (`<chain name="…">` other than send and receive), which connections
+    /// opened with `connect_on` use: name and devices in processing order.
     extra_chains: Vec<ChainReport>,
     /// Rails of multi-rail connections (`<rails>`), with the striping threshold and chunk.
     rails: Option<RailsReport>,
@@ -475,7 +475,7 @@ fn print_report(r: &Report) {
     );
     for c in &r.extra_chains {
         println!(
-            "chain '{}' (checked; connections do not use named chains yet): {}",
+            "chain '{}' (connections opened with connect_on): {}",
             c.name,
             c.devices.join(" -> ")
         );
