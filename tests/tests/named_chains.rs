@@ -190,3 +190,57 @@ fn a_named_chain_must_use_the_send_chain_s_transports() {
         "{text}"
     );
 }
+
+#[test]
+fn a_route_chooses_the_chain_by_the_peer_s_key() {
+    let named = CHECKED.replace("TRANSPORT", "tcp");
+    let routed = format!(r#"{named}<route chain="checked" key="routed-*"/>"#);
+    let sp = spec("tcp", &routed);
+    let (k_routed, k_plain) = (unique_key("routed-b"), unique_key("plainpeer-b"));
+    let mut a = Vmi::with_spec(sp.clone(), &unique_key("route-a")).unwrap();
+    let mut routed_peer = Vmi::with_spec(sp.clone(), &k_routed).unwrap();
+    let mut plain_peer = Vmi::with_spec(sp, &k_plain).unwrap();
+    let (mut ha, mut hr, mut hp) = (Side::default(), Side::default(), Side::default());
+    a.connect("localhost", &k_routed, b"", 0).unwrap();
+    a.connect("localhost", &k_plain, b"", 0).unwrap();
+    let start = Instant::now();
+    while ha.outcomes.len() < 2 {
+        a.poll(&mut ha);
+        routed_peer.poll(&mut hr);
+        plain_peer.poll(&mut hp);
+        assert!(start.elapsed() < Duration::from_secs(20), "no connections");
+    }
+    assert_eq!(hr.chains, ["checked"], "the route chose the named chain");
+    assert_eq!(hp.chains, [""], "no route: the send and receive chains");
+}
+
+#[test]
+fn routes_are_checked() {
+    register_all();
+    for (route, expect) in [
+        (
+            r#"<route chain="nope" key="x*"/>"#,
+            "names chain 'nope', which is not defined",
+        ),
+        (r#"<route chain="checked"/>"#, "a key or host pattern"),
+        (
+            r#"<route chain="send" key="x"/>"#,
+            "the name of a named chain",
+        ),
+    ] {
+        let text = format!(
+            r#"<vmi><device name="crc"/><device name="tcp"/>
+  <chain name="send"><use device="tcp"/></chain>
+  <chain name="receive"><use device="tcp"/></chain>
+  <chain name="checked"><use device="crc"/><use device="tcp"/></chain>{route}</vmi>"#
+        );
+        let err = match Spec::parse_str(&text, "route.xml") {
+            Err(e) => e.to_string(),
+            Ok(sp) => Vmi::with_spec(sp, &unique_key("route-x"))
+                .err()
+                .expect("refused")
+                .to_string(),
+        };
+        assert!(err.contains(expect) && err.contains("route.xml:"), "{err}");
+    }
+}

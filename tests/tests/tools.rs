@@ -481,13 +481,30 @@ fn vmi_info_shows_extra_named_chains() {
         r#"<vmi><device name="crc"/><device name="tcp"/>
   <chain name="send"><use device="tcp"/></chain>
   <chain name="receive"><use device="tcp"/></chain>
-  <chain name="bulk"><use device="crc"/><use device="tcp"/></chain></vmi>"#,
+  <chain name="bulk"><use device="crc"/><use device="tcp"/></chain>
+  <route chain="bulk" key="worker-*"/></vmi>"#,
     )
     .unwrap();
-    let (ok, out) = run("vmi-info", &["--spec", path.to_str().unwrap()], &[]);
+    let (ok, out) = run(
+        "vmi-info",
+        &[
+            "--spec",
+            path.to_str().unwrap(),
+            "--peer",
+            "worker-7@10.1.2.3",
+        ],
+        &[],
+    );
     assert!(ok, "{out}");
     assert!(
-        out.contains("chain 'bulk' (connections opened with connect_on): crc -> tcp"),
+        out.contains("route to chain 'bulk': peers with key worker-* at host *")
+            && out.contains("a connection to 'worker-7' at 10.1.2.3 runs on chain 'bulk'"),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "chain 'bulk' (connections opened with connect_on or chosen by a route): crc -> tcp"
+        ),
         "{out}"
     );
     let (ok, out) = run(

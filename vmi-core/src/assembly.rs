@@ -81,6 +81,16 @@ pub enum AssemblyError {
         /// The named chain's transports.
         named: String,
     },
+    /// A `<route>` names no chain of the file.
+    #[error("{at}: the route names chain '{chain}', which is not defined; named chains: {known}")]
+    RouteChain {
+        /// Where the route is.
+        at: Location,
+        /// The name it gives.
+        chain: String,
+        /// The named chains there are.
+        known: String,
+    },
     /// More named chains than a connection can name.
     #[error("{at}: more than {MAX_NAMED_CHAINS} named chains; join some")]
     TooManyChains {
@@ -108,7 +118,8 @@ impl AssemblyError {
             | AssemblyError::TransportOrder { at, .. }
             | AssemblyError::TransportSets { at, .. }
             | AssemblyError::ChainTransports { at, .. }
-            | AssemblyError::TooManyChains { at } => Some(at),
+            | AssemblyError::TooManyChains { at }
+            | AssemblyError::RouteChain { at, .. } => Some(at),
             _ => None,
         }
     }
@@ -355,6 +366,20 @@ pub(crate) fn plan(
             devices: list,
             signature,
         });
+    }
+    for r in &spec.routes {
+        if !extra.iter().any(|c| c.name == r.chain) {
+            let known: Vec<String> = extra.iter().map(|c| format!("'{}'", c.name)).collect();
+            return Err(AssemblyError::RouteChain {
+                at: r.at.clone(),
+                chain: r.chain.clone(),
+                known: if known.is_empty() {
+                    "none".into()
+                } else {
+                    known.join(", ")
+                },
+            });
+        }
     }
     Ok(Plan {
         devices,

@@ -14,9 +14,10 @@
 /// The header's first bytes.
 const MAGIC: &[u8; 4] = b"VMIC";
 
-/// A process's named chains: name and filter signature, chain 1 first.
+/// A process's named chains: name and filter signature, chain 1 first; and the routes
+/// that choose one for a peer.
 #[derive(Clone, Debug, Default)]
-pub(crate) struct Chains(Vec<(String, String)>);
+pub(crate) struct Chains(Vec<(String, String)>, Vec<(u8, crate::spec::RouteSpec)>);
 
 /// What the acceptor makes of a connect's chain header.
 #[derive(Debug, PartialEq, Eq)]
@@ -32,7 +33,24 @@ pub(crate) enum Requested<'a> {
 impl Chains {
     /// The named chains of a plan.
     pub fn new(list: Vec<(String, String)>) -> Chains {
-        Chains(list)
+        Chains(list, Vec::new())
+    }
+
+    /// With the specfile's routes (each naming one of the chains; assembly checked it).
+    pub fn with_routes(mut self, routes: &[crate::spec::RouteSpec]) -> Chains {
+        self.1 = routes
+            .iter()
+            .filter_map(|r| Some((self.find(&r.chain)?.0, r.clone())))
+            .collect();
+        self
+    }
+
+    /// The chain a connection to `key` at `host` takes: the first matching route's, or 0.
+    pub fn route(&self, key: &str, host: &str) -> u8 {
+        self.1
+            .iter()
+            .find(|(_, r)| r.matches(key, host))
+            .map_or(0, |(n, _)| *n)
     }
 
     /// The number of chain `name`, with its signature.

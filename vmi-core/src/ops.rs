@@ -515,7 +515,9 @@ pub trait Operations: Sealed {
     /// `VMI_Connection_Create` + `VMI_Connection_Bind` + `VMI_Connection_Issue`). The
     /// transport is chosen now (the first in chain order that can reach the peer); the result
     /// arrives in [`crate::Handler::connected`] with `token`. `host` may be `host:port` to
-    /// skip the key-derived port search.
+    /// skip the key-derived port search. With `<route>` rules in the specfile, the first
+    /// that matches the peer's key and host runs the connection on its named chain (as
+    /// [`Operations::connect_on`]).
     fn connect(
         &mut self,
         host: &str,
@@ -525,7 +527,8 @@ pub trait Operations: Sealed {
     ) -> Result<ConnId, VmiError> {
         let (core, mode) = self.core();
         let wait = core.retries.wait();
-        let (conn, s) = core.connect(host, key, data, token, (wait, 0))?;
+        let chain = core.chains.route(key, host);
+        let (conn, s) = core.connect(host, key, data, token, (wait, chain))?;
         if let Some(s) = s {
             core.issue(s, mode);
         }
@@ -547,7 +550,8 @@ pub trait Operations: Sealed {
         wait: Duration,
     ) -> Result<ConnId, VmiError> {
         let (core, mode) = self.core();
-        let (conn, s) = core.connect(host, key, data, token, (wait, 0))?;
+        let chain = core.chains.route(key, host);
+        let (conn, s) = core.connect(host, key, data, token, (wait, chain))?;
         if let Some(s) = s {
             core.issue(s, mode);
         }

@@ -283,6 +283,31 @@ pub struct RailsSpec {
     pub at: Location,
 }
 
+/// `<route chain="…" key="…" host="…"/>`: connections to peers whose key and host match
+/// (`*` and `?` wildcards; a missing pattern matches anything) run on the named chain.
+#[derive(Clone, Debug, Serialize)]
+pub struct RouteSpec {
+    /// The named chain.
+    pub chain: String,
+    /// The peer key pattern, if any.
+    pub key: Option<String>,
+    /// The peer host pattern, if any.
+    pub host: Option<String>,
+    /// Where the rule is.
+    pub at: Location,
+}
+
+impl RouteSpec {
+    /// Whether a connection to `key` at `host` takes this rule.
+    pub fn matches(&self, key: &str, host: &str) -> bool {
+        let m = |p: &Option<String>, v: &str| {
+            p.as_deref()
+                .is_none_or(|p| wildmatch::WildMatch::new(p).matches(v))
+        };
+        m(&self.key, key) && m(&self.host, host)
+    }
+}
+
 /// A parsed, structurally valid specfile.
 #[derive(Clone, Debug, Serialize)]
 pub struct Spec {
@@ -295,6 +320,8 @@ pub struct Spec {
     pub chains: Vec<ChainSpec>,
     /// The `<rails>` block, if any.
     pub rails: Option<RailsSpec>,
+    /// `<route>` rules, in file order: which named chain a connection to a peer uses.
+    pub routes: Vec<RouteSpec>,
     /// Where the root element is.
     pub at: Location,
 }
@@ -560,6 +587,7 @@ fn parse_with(text: &str, pos: &Positions<'_>) -> Result<Spec, SpecError> {
     let mut devices: Vec<DeviceSpec> = Vec::new();
     let mut chains: Vec<ChainSpec> = Vec::new();
     let mut rails: Option<RailsSpec> = None;
+    let mut routes: Vec<RouteSpec> = Vec::new();
 
     loop {
         let offset = reader.buffer_position() as usize;
@@ -729,12 +757,55 @@ fn parse_with(text: &str, pos: &Positions<'_>) -> Result<Spec, SpecError> {
                     });
                     Scope::Rails
                 }
+                "route" => {
+                    attrs.only(&["chain", "key", "host"])?;
+                    let (chain, chain_at) = attrs.required("chain")?;
+                    check_name(chain, "chain", chain_at)?;
+                    let pattern = |name: &str| -> Result<Option<String>, SpecError> {
+                        match attrs.get(name) {
+                            None => Ok(None),
+                            Some((v, at)) if v.is_empty() || v.len() > 255 => {
+                                Err(SpecError::BadValue {
+                                    at: at.clone(),
+                                    attribute: name.into(),
+                                    value: clip(v),
+                                    expected: "a pattern of 1 to 255 bytes (* and ? match any text and any one character)".into(),
+                                })
+                            }
+                            Some((v, _)) => Ok(Some(v.to_string())),
+                        }
+                    };
+                    let (key, host) = (pattern("key")?, pattern("host")?);
+                    if key.is_none() && host.is_none() {
+                        return Err(SpecError::BadValue {
+                            at: attrs.at.clone(),
+                            attribute: "key".into(),
+                            value: String::new(),
+                            expected: "a key or host pattern (a route for every peer is the send and receive chains' job)".into(),
+                        });
+                    }
+                    if ["send", "receive"].contains(&chain) {
+                        return Err(SpecError::BadValue {
+                            at: chain_at.clone(),
+                            attribute: "chain".into(),
+                            value: chain.into(),
+                            expected: "the name of a named chain (send and receive are every connection's without a route)".into(),
+                        });
+                    }
+                    routes.push(RouteSpec {
+                        chain: chain.into(),
+                        key,
+                        host,
+                        at: attrs.at.clone(),
+                    });
+                    Scope::Leaf("route".into())
+                }
                 _ => {
                     return Err(SpecError::UnknownElement {
                         at: attrs.at.clone(),
                         found: attrs.element.clone(),
                         parent: "vmi".into(),
-                        expected: "<device>, <chain> or <rails>".into(),
+                        expected: "<device>, <chain>, <rails> or <route>".into(),
                     });
                 }
             },
@@ -902,6 +973,7 @@ fn parse_with(text: &str, pos: &Positions<'_>) -> Result<Spec, SpecError> {
         devices,
         chains,
         rails,
+        routes,
         at: root_at,
     })
 }

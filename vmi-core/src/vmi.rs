@@ -159,7 +159,8 @@ impl Vmi {
                 .iter()
                 .map(|c| (c.name.clone(), c.signature.clone()))
                 .collect(),
-        );
+        )
+        .with_routes(&spec.routes);
         let engine = Engine::start(
             plan.devices,
             (

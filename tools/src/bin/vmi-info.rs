@@ -36,6 +36,10 @@ struct Args {
     /// Machine-readable output.
     #[arg(long)]
     json: bool,
+    /// Say which chain a connection to this peer would run on (`KEY` or `KEY@HOST`; the
+    /// specfile's `<route>` rules decide).
+    #[arg(long, value_name = "KEY[@HOST]")]
+    peer: Option<String>,
 }
 
 /// What this build is.
@@ -288,9 +292,22 @@ struct Report {
     /// Named chains (`<chain name="…">` other than send and receive), which connections
     /// opened with `connect_on` use: name and devices in processing order.
     extra_chains: Vec<ChainReport>,
+    /// `<route>` rules, in order.
+    routes: Vec<vmi_core::spec::RouteSpec>,
+    /// The chain a connection to `--peer` would run on.
+    peer_chain: Option<PeerChain>,
     /// Rails of multi-rail connections (`<rails>`), with the striping threshold and chunk.
     rails: Option<RailsReport>,
     devices: Vec<DeviceReport>,
+}
+
+/// The chain the routes give a peer.
+#[derive(Serialize)]
+struct PeerChain {
+    key: String,
+    host: String,
+    /// The named chain, or "" for the send and receive chains.
+    chain: String,
 }
 
 /// An extra named chain.
@@ -331,7 +348,7 @@ fn spec_of_one(spec: &Spec, device: &str) -> Spec {
     s
 }
 
-fn report(spec_path: Option<PathBuf>) -> Report {
+fn report(spec_path: Option<PathBuf>, peer: Option<String>) -> Report {
     let mut r = Report {
         specfile: spec_path.as_ref().map(|p| p.display().to_string()),
         valid: false,
@@ -341,6 +358,8 @@ fn report(spec_path: Option<PathBuf>) -> Report {
         rails: None,
         receive_chain: vec![],
         extra_chains: vec![],
+        routes: vec![],
+        peer_chain: None,
         devices: vec![],
     };
     let spec = match spec_path.map_or_else(Spec::from_env, |p| Spec::from_file(&p)) {
@@ -380,6 +399,20 @@ fn report(spec_path: Option<PathBuf>) -> Report {
             devices: c.entries.iter().map(|e| e.device.clone()).collect(),
         })
         .collect();
+    r.routes = spec.routes.clone();
+    if let Some(p) = peer {
+        let (key, host) = p.split_once('@').unwrap_or((p.as_str(), "localhost"));
+        let chain = spec
+            .routes
+            .iter()
+            .find(|r| r.matches(key, host))
+            .map_or(String::new(), |r| r.chain.clone());
+        r.peer_chain = Some(PeerChain {
+            key: key.into(),
+            host: host.into(),
+            chain,
+        });
+    }
     if let Some(block) = &spec.rails {
         r.rails = Some(RailsReport {
             rails: inspection.rails.clone(),
@@ -475,10 +508,26 @@ fn print_report(r: &Report) {
     );
     for c in &r.extra_chains {
         println!(
-            "chain '{}' (connections opened with connect_on): {}",
+            "chain '{}' (connections opened with connect_on or chosen by a route): {}",
             c.name,
             c.devices.join(" -> ")
         );
+    }
+    for route in &r.routes {
+        println!(
+            "route to chain '{}': peers with key {} at host {}",
+            route.chain,
+            route.key.as_deref().unwrap_or("*"),
+            route.host.as_deref().unwrap_or("*")
+        );
+    }
+    if let Some(p) = &r.peer_chain {
+        let chain = if p.chain.is_empty() {
+            "the send and receive chains".to_string()
+        } else {
+            format!("chain '{}'", p.chain)
+        };
+        println!("a connection to '{}' at {} runs on {chain}", p.key, p.host);
     }
     if let Some(rails) = &r.rails {
         println!(
@@ -655,7 +704,7 @@ fn main() -> ExitCode {
         }
         return ExitCode::SUCCESS;
     }
-    let r = report(args.spec);
+    let r = report(args.spec, args.peer);
     if args.json {
         println!(
             "{}",
