@@ -244,3 +244,52 @@ fn routes_are_checked() {
         assert!(err.contains(expect) && err.contains("route.xml:"), "{err}");
     }
 }
+
+#[test]
+fn a_chain_added_at_run_time_carries_connections() {
+    for transport in ["tcp", "shmem"] {
+        // crc runs (the specfile's "checked" chain uses it), so a run-time chain may too.
+        let named = CHECKED.replace("TRANSPORT", transport);
+        let sp = spec(transport, &named);
+        let kb = unique_key("rt-b");
+        let mut a = Vmi::with_spec(sp.clone(), &unique_key("rt-a")).unwrap();
+        let mut b = Vmi::with_spec(sp, &kb).unwrap();
+        for v in [&mut a, &mut b] {
+            v.add_chain("crc-only", &["crc", transport]).unwrap();
+        }
+        let (mut ha, mut hb) = (Side::default(), Side::default());
+        let conn = a.connect_on("crc-only", "localhost", &kb, b"", 0).unwrap();
+        pump(&mut a, &mut ha, &mut b, &mut hb, "connect", |ha, _| {
+            !ha.outcomes.is_empty()
+        });
+        assert!(ha.outcomes[0].is_ok(), "{transport}: {:?}", ha.outcomes);
+        assert_eq!(hb.chains, ["crc-only"], "{transport}");
+        a.send_inline(conn, b"via a new chain").unwrap();
+        pump(&mut a, &mut ha, &mut b, &mut hb, "data", |_, hb| {
+            !hb.received.is_empty()
+        });
+        assert_eq!(
+            hb.received[0].1, b"via a new chain",
+            "{transport}: the CRC was added and taken off"
+        );
+
+        // Misuse is refused with the reason.
+        let e = a
+            .add_chain("crc-only", &["crc", transport])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("exists already"), "{e}");
+        let e = a
+            .add_chain("x", &[transport, "crc"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("after a transport"), "{e}");
+        let e = a
+            .add_chain("y", &["zstd", transport])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("does not run in this process"), "{e}");
+        let e = a.add_chain("z", &["crc"]).unwrap_err().to_string();
+        assert!(e.contains("same transports"), "{e}");
+    }
+}

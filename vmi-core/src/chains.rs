@@ -53,6 +53,17 @@ impl Chains {
             .map_or(0, |(n, _)| *n)
     }
 
+    /// Adds chain `name` with `signature`; returns its number.
+    pub fn push(&mut self, name: &str, signature: String) -> u8 {
+        self.0.push((name.to_string(), signature));
+        self.0.len() as u8
+    }
+
+    /// How many named chains there are.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
     /// The number of chain `name`, with its signature.
     pub fn find(&self, name: &str) -> Option<(u8, &str)> {
         self.0

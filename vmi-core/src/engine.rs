@@ -222,7 +222,7 @@ impl Engine {
             local_key,
             signature,
             recv_pos,
-            extra_recv_pos,
+            extra_recv_pos: RefCell::new(extra_recv_pos),
             recv_limit: MAX_RECEIVES_IN_FLIGHT,
             recv_live: std::rc::Rc::new(Cell::new(0)),
             send_limit: MAX_SENDS_IN_FLIGHT,
@@ -320,26 +320,7 @@ impl Engine {
         }
         engine.compute_capabilities();
         engine.top = engine.merged_top_caps();
-        let steps = |chain: &[DevIndex], devices: &[Instance], down: bool| -> Vec<Step> {
-            chain
-                .iter()
-                .map(|&d| {
-                    let inst = &devices[d as usize];
-                    Step {
-                        entry: if down {
-                            inst.ty.vtable.submit
-                        } else {
-                            inst.ty.vtable.receive
-                        },
-                        dev: inst.ptr,
-                        frame_off: inst.frame_off,
-                        index: d,
-                        transport: inst.is_transport(),
-                        joins: inst.ty.vtable.complete.is_some(),
-                    }
-                })
-                .collect()
-        };
+        let steps = make_steps;
         engine.send_steps = steps(&engine.send, &engine.devices, true);
         engine.recv_steps = steps(&engine.recv, &engine.devices, false);
         engine.extra_steps = engine
@@ -366,22 +347,29 @@ impl Engine {
             })
             .collect();
         engine.any_direct = engine.direct.iter().any(Option::is_some);
-        // Direct receives skip every receive step of every chain (a transport hands over
-        // all its connections' fragments): any chain with one turns them off.
-        let filtered_up = has_filter(&engine.recv_steps)
-            || engine.extra_steps.iter().any(|(_, up)| has_filter(up));
+        engine.build_pollers();
+        Ok(engine)
+    }
+
+    /// Sorts the devices that make progress of their own into direct pollers and pollers.
+    /// Direct receives skip every receive step of every chain (a transport hands over all
+    /// its connections' fragments): any chain with one turns them off.
+    fn build_pollers(&mut self) {
+        let has_filter = |steps: &[Step]| steps.iter().any(|s| !s.transport && s.entry.is_some());
+        let filtered_up =
+            has_filter(&self.recv_steps) || self.extra_steps.iter().any(|(_, up)| has_filter(up));
         let direct_rx = |d: &Instance| {
             d.is_transport()
                 .then_some(d.ty.vtable.poll_direct)
                 .flatten()
                 .filter(|_| !filtered_up)
         };
-        engine.direct_pollers = engine
+        self.direct_pollers = self
             .devices
             .iter()
             .filter_map(|d| direct_rx(d).map(|p| (p, d.ptr)))
             .collect();
-        engine.pollers = engine
+        self.pollers = self
             .devices
             .iter()
             .filter(|d| direct_rx(d).is_none())
@@ -391,7 +379,64 @@ impl Engine {
                 (None, None) => None,
             })
             .collect();
-        Ok(engine)
+    }
+
+    /// Adds a named chain at run time (engine indices, application first, both
+    /// directions); returns its number.
+    pub fn add_chain(&mut self, chain: Vec<DevIndex>) -> u8 {
+        let mut pos = vec![-1isize; self.devices.len()];
+        for (i, &d) in chain.iter().enumerate() {
+            pos[d as usize] = i as isize;
+        }
+        self.shared.extra_recv_pos.borrow_mut().push(pos);
+        let down = make_steps(&chain, &self.devices, true);
+        let up = make_steps(&chain, &self.devices, false);
+        self.chain_direct
+            .push(!down.iter().any(|s| !s.transport && s.entry.is_some()));
+        self.extra_steps.push((down, up));
+        self.extra.push(chain);
+        self.top = self.merged_top_caps();
+        self.build_pollers();
+        self.extra.len() as u8
+    }
+
+    /// The filter signature of a chain of devices (engine indices, application first).
+    pub fn signature_of(&self, chain: &[DevIndex]) -> String {
+        let filters: Vec<String> = chain
+            .iter()
+            .map(|&d| &self.devices[d as usize])
+            .filter(|d| !d.is_transport() && !d.ty.wire_neutral)
+            .map(|d| {
+                format!(
+                    "{}@{}",
+                    d.ty.name,
+                    d.ty.version.split('.').next().unwrap_or("0")
+                )
+            })
+            .collect();
+        vmi_device::signature::Signature {
+            send: filters.clone(),
+            recv: filters,
+        }
+        .encode()
+    }
+
+    /// The engine index of the device named `name`, and whether it is a transport.
+    pub fn device_named(&self, name: &str) -> Option<(DevIndex, bool)> {
+        self.devices
+            .iter()
+            .position(|d| d.name == name)
+            .map(|i| (i as DevIndex, self.devices[i].is_transport()))
+    }
+
+    /// Whether device `d` is a transport.
+    pub fn is_transport(&self, d: DevIndex) -> bool {
+        self.devices[d as usize].is_transport()
+    }
+
+    /// The transports of the send chain, in order.
+    pub fn send_transports(&self) -> &[DevIndex] {
+        &self.transports
     }
 
     /// Asks each device for its capabilities, bottom-up along the send chain.
@@ -1093,6 +1138,28 @@ impl Engine {
             }
         }
     }
+}
+
+/// A chain's steps (engine indices, application first), for one direction.
+fn make_steps(chain: &[DevIndex], devices: &[Instance], down: bool) -> Vec<Step> {
+    chain
+        .iter()
+        .map(|&d| {
+            let inst = &devices[d as usize];
+            Step {
+                entry: if down {
+                    inst.ty.vtable.submit
+                } else {
+                    inst.ty.vtable.receive
+                },
+                dev: inst.ptr,
+                frame_off: inst.frame_off,
+                index: d,
+                transport: inst.is_transport(),
+                joins: inst.ty.vtable.complete.is_some(),
+            }
+        })
+        .collect()
 }
 
 fn merge_transport_caps(acc: Capabilities, t: Capabilities, first: bool) -> Capabilities {

@@ -136,6 +136,14 @@ pub enum VmiError {
         /// The client's limit.
         max: usize,
     },
+    /// A chain cannot be added as asked.
+    #[error("chain '{chain}': {reason}")]
+    Chain {
+        /// The chain.
+        chain: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// No named chain has that name.
     #[error(
         "the specfile has no chain named '{chain}' (its named chains: {known}); add a <chain name=\"{chain}\"> block"

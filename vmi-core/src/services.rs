@@ -42,7 +42,7 @@ pub(crate) struct Shared {
     /// Per device: position in the receive chain (top-down), or -1.
     pub recv_pos: Vec<isize>,
     /// The same for each named chain (chain 1 first).
-    pub extra_recv_pos: Vec<Vec<isize>>,
+    pub extra_recv_pos: RefCell<Vec<Vec<isize>>>,
     /// Most receive IRBs in flight at once (`irb_available` counts down from it).
     pub recv_limit: usize,
     /// Received fragments held now: receive IRBs in flight and grabbed copies of lent
@@ -256,7 +256,8 @@ unsafe extern "C" fn svc_irb_alloc(host: *mut c_void, op: u32, conn: u64) -> *mu
         return std::ptr::null_mut();
     };
     // The connection's chain decides the receive path (named chains are rare: one check).
-    let chain = if sh.extra_recv_pos.is_empty() {
+    let extra = sh.extra_recv_pos.borrow();
+    let chain = if extra.is_empty() {
         0
     } else {
         match sh.conns.try_borrow() {
@@ -271,8 +272,9 @@ unsafe extern "C" fn svc_irb_alloc(host: *mut c_void, op: u32, conn: u64) -> *mu
     };
     let pos = match chain {
         0 => sh.recv_pos[c.index as usize],
-        n => sh.extra_recv_pos[n as usize - 1][c.index as usize],
+        n => extra[n as usize - 1][c.index as usize],
     };
+    drop(extra);
     if pos < 0 {
         log::error!("a device outside the receive chain asked for a receive IRB");
         return std::ptr::null_mut();

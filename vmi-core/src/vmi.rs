@@ -362,6 +362,74 @@ impl Vmi {
         }
     }
 
+    /// Adds a named chain at run time (VMI 2.1: "additional chains can be created
+    /// dynamically"): `devices` in send order, filters then the send chain's transports,
+    /// all of them devices this process runs already (named in its specfile's chains).
+    /// Connections opened on it with `connect_on` pass its filters both ways; a peer must
+    /// have a chain of the same name and filters (from its specfile or added the same way).
+    pub fn add_chain(&mut self, name: &str, devices: &[&str]) -> Result<(), VmiError> {
+        let bad = |reason: String| VmiError::Chain {
+            chain: name.to_string(),
+            reason,
+        };
+        if name.is_empty() || name.len() > 64 || ["send", "receive"].contains(&name) {
+            return Err(bad(
+                "a chain name has 1 to 64 bytes and is not send or receive".into(),
+            ));
+        }
+        if self.core.chains.find(name).is_some() {
+            return Err(bad("a chain of that name exists already".into()));
+        }
+        if self.core.chains.len() >= crate::assembly::MAX_NAMED_CHAINS {
+            return Err(bad(format!(
+                "the process has {} named chains, the most there may be",
+                crate::assembly::MAX_NAMED_CHAINS
+            )));
+        }
+        if self.core.rails.on() {
+            return Err(VmiError::Unsupported {
+                what: "named chains",
+                on: "a process with rails",
+            });
+        }
+        let mut list = Vec::with_capacity(devices.len());
+        let mut seen_transport = false;
+        for &d in devices {
+            let Some((index, transport)) = self.core.engine.device_named(d) else {
+                return Err(bad(format!(
+                    "device '{d}' does not run in this process (a chain of the specfile must use it)"
+                )));
+            };
+            if list.contains(&index) {
+                return Err(bad(format!("device '{d}' is listed twice")));
+            }
+            if seen_transport && !transport {
+                return Err(bad(format!(
+                    "filter '{d}' comes after a transport; a chain runs from the application to the wire"
+                )));
+            }
+            seen_transport |= transport;
+            list.push(index);
+        }
+        let mut mine: Vec<_> = list
+            .iter()
+            .copied()
+            .filter(|&d| self.core.engine.is_transport(d))
+            .collect();
+        let mut send: Vec<_> = self.core.engine.send_transports().to_vec();
+        mine.sort_unstable();
+        send.sort_unstable();
+        if mine != send {
+            return Err(bad(
+                "a named chain uses the same transports as the send chain".into(),
+            ));
+        }
+        let signature = self.core.engine.signature_of(&list);
+        self.core.engine.add_chain(list);
+        self.core.chains.push(name, signature);
+        Ok(())
+    }
+
     /// A handle that wakes this process's `wait` (or makes its event descriptor readable)
     /// from any thread, for work the application hands back to its polling thread (see
     /// [`crate::msgpass::RequestPool`]).
