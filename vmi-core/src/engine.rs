@@ -142,6 +142,9 @@ pub(crate) struct Engine {
     extra: Vec<Vec<DevIndex>>,
     /// Their steps: (send, receive), application first.
     extra_steps: Vec<(Vec<Step>, Vec<Step>)>,
+    /// Every chain's steps: `tables[2 c]` sends and `tables[2 c + 1]` receives of chain `c`
+    /// (0: the send and receive chains), for `advance`.
+    tables: Vec<Vec<Step>>,
     /// Capabilities at the top of every chain, merged (see `top_caps`).
     top: Capabilities,
     /// Per chain (0 first): whether no device above the transports has a submit step, so a
@@ -222,6 +225,7 @@ impl Engine {
             local_key,
             signature,
             recv_pos,
+            named: Cell::new(!extra_recv_pos.is_empty()),
             extra_recv_pos: RefCell::new(extra_recv_pos),
             recv_limit: MAX_RECEIVES_IN_FLIGHT,
             recv_live: std::rc::Rc::new(Cell::new(0)),
@@ -236,6 +240,7 @@ impl Engine {
             recv: to_idx(&recv),
             extra: extra.iter().map(|c| to_idx(c)).collect(),
             extra_steps: Vec::new(),
+            tables: Vec::new(),
             top: Capabilities::default(),
             chain_direct: Vec::new(),
             transports,
@@ -333,6 +338,11 @@ impl Engine {
                 )
             })
             .collect();
+        engine.tables = vec![engine.send_steps.clone(), engine.recv_steps.clone()];
+        for (down, up) in &engine.extra_steps {
+            engine.tables.push(down.clone());
+            engine.tables.push(up.clone());
+        }
         let has_filter = |steps: &[Step]| steps.iter().any(|s| !s.transport && s.entry.is_some());
         let filtered = has_filter(&engine.send_steps);
         engine.chain_direct = std::iter::once(!filtered)
@@ -389,10 +399,13 @@ impl Engine {
             pos[d as usize] = i as isize;
         }
         self.shared.extra_recv_pos.borrow_mut().push(pos);
+        self.shared.named.set(true);
         let down = make_steps(&chain, &self.devices, true);
         let up = make_steps(&chain, &self.devices, false);
         self.chain_direct
             .push(!down.iter().any(|s| !s.transport && s.entry.is_some()));
+        self.tables.push(down.clone());
+        self.tables.push(up.clone());
         self.extra_steps.push((down, up));
         self.extra.push(chain);
         self.top = self.merged_top_caps();
@@ -779,6 +792,8 @@ impl Engine {
     fn advance(&mut self, mut s: Slot) {
         let down = s.dir() == Dir::Down;
         let transport = s.transport();
+        // The chain's step list for this direction: chosen once, looked up by index.
+        let table = s.chain() as usize * 2 + usize::from(!down);
         loop {
             let pos = s.pos();
             let next = if down { pos + 1 } else { pos - 1 };
@@ -786,13 +801,7 @@ impl Engine {
                 self.out.push_back(s); // reached the application
                 return;
             }
-            let steps = match (s.chain(), down) {
-                (0, true) => &self.send_steps,
-                (0, false) => &self.recv_steps,
-                (c, true) => &self.extra_steps[c as usize - 1].0,
-                (c, false) => &self.extra_steps[c as usize - 1].1,
-            };
-            let Some(&st) = steps.get(next as usize) else {
+            let Some(&st) = self.tables[table].get(next as usize) else {
                 s.set_detail("no transport took the request (a transport passed it on)".into());
                 self.finish(s, Status::Internal.code());
                 return;

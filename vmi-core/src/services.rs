@@ -43,6 +43,8 @@ pub(crate) struct Shared {
     pub recv_pos: Vec<isize>,
     /// The same for each named chain (chain 1 first).
     pub extra_recv_pos: RefCell<Vec<Vec<isize>>>,
+    /// Whether there are named chains (one load on the receive path when there are none).
+    pub named: std::cell::Cell<bool>,
     /// Most receive IRBs in flight at once (`irb_available` counts down from it).
     pub recv_limit: usize,
     /// Received fragments held now: receive IRBs in flight and grabbed copies of lent
@@ -256,8 +258,7 @@ unsafe extern "C" fn svc_irb_alloc(host: *mut c_void, op: u32, conn: u64) -> *mu
         return std::ptr::null_mut();
     };
     // The connection's chain decides the receive path (named chains are rare: one check).
-    let extra = sh.extra_recv_pos.borrow();
-    let chain = if extra.is_empty() {
+    let chain = if !sh.named.get() {
         0
     } else {
         match sh.conns.try_borrow() {
@@ -272,9 +273,8 @@ unsafe extern "C" fn svc_irb_alloc(host: *mut c_void, op: u32, conn: u64) -> *mu
     };
     let pos = match chain {
         0 => sh.recv_pos[c.index as usize],
-        n => extra[n as usize - 1][c.index as usize],
+        n => sh.extra_recv_pos.borrow()[n as usize - 1][c.index as usize],
     };
-    drop(extra);
     if pos < 0 {
         log::error!("a device outside the receive chain asked for a receive IRB");
         return std::ptr::null_mut();
