@@ -207,6 +207,20 @@ impl Core {
         s
     }
 
+    /// `connect`, with its IRB issued in `mode`.
+    fn connect_now_or_later(
+        &mut self,
+        mode: Mode,
+        (host, key, data, token): (&str, &str, &[u8], u64),
+        how: (Duration, u8),
+    ) -> Result<ConnId, VmiError> {
+        let (conn, s) = self.connect(host, key, data, token, how)?;
+        if let Some(s) = s {
+            self.issue(s, mode);
+        }
+        Ok(conn)
+    }
+
     pub(crate) fn issue(&mut self, s: Slot, mode: Mode) {
         match mode {
             Mode::Now => self.engine.submit(s),
@@ -525,14 +539,8 @@ pub trait Operations: Sealed {
         data: &[u8],
         token: u64,
     ) -> Result<ConnId, VmiError> {
-        let (core, mode) = self.core();
-        let wait = core.retries.wait();
-        let chain = core.chains.route(key, host);
-        let (conn, s) = core.connect(host, key, data, token, (wait, chain))?;
-        if let Some(s) = s {
-            core.issue(s, mode);
-        }
-        Ok(conn)
+        let wait = self.core_ref().retries.wait();
+        self.connect_with(host, key, data, token, wait)
     }
 
     /// As [`Operations::connect`], waiting up to `wait` for a peer that is not there yet
@@ -551,11 +559,7 @@ pub trait Operations: Sealed {
     ) -> Result<ConnId, VmiError> {
         let (core, mode) = self.core();
         let chain = core.chains.route(key, host);
-        let (conn, s) = core.connect(host, key, data, token, (wait, chain))?;
-        if let Some(s) = s {
-            core.issue(s, mode);
-        }
-        Ok(conn)
+        core.connect_now_or_later(mode, (host, key, data, token), (wait, chain))
     }
 
     /// As [`Operations::connect`], over the named chain `chain` (a `<chain name="…">` of
@@ -579,11 +583,7 @@ pub trait Operations: Sealed {
             });
         };
         let wait = core.retries.wait();
-        let (conn, s) = core.connect(host, key, data, token, (wait, n))?;
-        if let Some(s) = s {
-            core.issue(s, mode);
-        }
-        Ok(conn)
+        core.connect_now_or_later(mode, (host, key, data, token), (wait, n))
     }
 
     /// Closes a connection in order (VMI 2.1: `VMI_Connection_Disconnect`); sends already
