@@ -794,6 +794,17 @@ impl Engine {
         let transport = s.transport();
         // The chain's step list for this direction: chosen once, looked up by index.
         let table = s.chain() as usize * 2 + usize::from(!down);
+        // The step list, taken once: nothing `advance` calls (devices, through the host's
+        // services) changes `tables`, which only `add_chain` grows, from the application
+        // outside any poll.
+        let steps: *const [Step] = match self.tables.get(table) {
+            Some(t) => t.as_slice(),
+            None => {
+                s.set_detail("the IRB names a chain this engine does not have".into());
+                self.finish(s, Status::Internal.code());
+                return;
+            }
+        };
         loop {
             let pos = s.pos();
             let next = if down { pos + 1 } else { pos - 1 };
@@ -801,7 +812,9 @@ impl Engine {
                 self.out.push_back(s); // reached the application
                 return;
             }
-            let Some(&st) = self.tables[table].get(next as usize) else {
+            // SAFETY: `steps` points into `self.tables[table]`, alive and unchanged for the
+            // whole call (see above).
+            let Some(&st) = (unsafe { &*steps }).get(next as usize) else {
                 s.set_detail("no transport took the request (a transport passed it on)".into());
                 self.finish(s, Status::Internal.code());
                 return;
