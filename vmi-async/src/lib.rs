@@ -3,7 +3,7 @@
 //! An async facade over vmi for tokio: `connect(..).await`, `send(..).await`, a stream of
 //! received messages, and send/receive/reply with `request(..).await`. One driver task polls
 //! the [`Vmi`] and, when it has nothing to do, sleeps on [`Vmi::event_fd`] through tokio's
-//! [`AsyncFd`](tokio::io::unix::AsyncFd) (after [`Vmi::arm`]), so an idle process uses no CPU
+//! [`AsyncFd`] (after [`Vmi::arm`]), so an idle process uses no CPU
 //! and vmi shares the thread with the application's other tasks.
 //!
 //! A `Vmi` is driven by one thread, so the facade runs on a current-thread runtime inside a
