@@ -134,6 +134,23 @@ fn top_down(chain: &ChainSpec) -> Vec<&str> {
     v
 }
 
+/// The filter signature's entries of a chain (its devices' types, application first):
+/// `name@major` of each filter that changes the wire (transports and wire-neutral filters
+/// leave no mark). The one rule for the specfile's chains and for chains added at run time.
+pub(crate) fn filter_marks<'a>(types: impl IntoIterator<Item = &'a DeviceType>) -> Vec<String> {
+    types
+        .into_iter()
+        .filter(|ty| ty.kind == DeviceKind::Filter && !ty.wire_neutral)
+        .map(|ty| {
+            format!(
+                "{}@{}",
+                ty.name,
+                ty.version.split('.').next().unwrap_or("0")
+            )
+        })
+        .collect()
+}
+
 /// Checks a key: 1 to 255 bytes, no whitespace or control characters.
 pub fn check_key(key: &str) -> Result<(), AssemblyError> {
     let reason = if key.is_empty() {
@@ -283,19 +300,7 @@ pub(crate) fn plan(
             recv: show(&recv),
         });
     }
-    let filters = |c: &[usize]| -> Vec<String> {
-        c.iter()
-            .filter(|&&d| devices[d].ty.kind == DeviceKind::Filter && !devices[d].ty.wire_neutral)
-            .map(|&d| {
-                let ty = &devices[d].ty;
-                format!(
-                    "{}@{}",
-                    ty.name,
-                    ty.version.split('.').next().unwrap_or("0")
-                )
-            })
-            .collect()
-    };
+    let filters = |c: &[usize]| filter_marks(c.iter().map(|&d| &devices[d].ty));
     let mut signature = Signature {
         send: filters(&send),
         recv: filters(&recv),

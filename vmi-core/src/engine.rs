@@ -415,18 +415,8 @@ impl Engine {
 
     /// The filter signature of a chain of devices (engine indices, application first).
     pub fn signature_of(&self, chain: &[DevIndex]) -> String {
-        let filters: Vec<String> = chain
-            .iter()
-            .map(|&d| &self.devices[d as usize])
-            .filter(|d| !d.is_transport() && !d.ty.wire_neutral)
-            .map(|d| {
-                format!(
-                    "{}@{}",
-                    d.ty.name,
-                    d.ty.version.split('.').next().unwrap_or("0")
-                )
-            })
-            .collect();
+        let filters =
+            crate::assembly::filter_marks(chain.iter().map(|&d| &self.devices[d as usize].ty));
         vmi_device::signature::Signature {
             send: filters.clone(),
             recv: filters,
