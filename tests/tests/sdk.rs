@@ -68,6 +68,9 @@ fn an_out_of_tree_device_loads_into_unchanged_programs() {
         .arg("--target-dir")
         .arg(&target)
         .env_remove("CARGO_TARGET_DIR")
+        // The nested build keeps to the workspace's disk budget: no debug information.
+        .env("CARGO_PROFILE_DEV_DEBUG", "false")
+        .env("CARGO_PROFILE_TEST_DEBUG", "false")
         .output()
         .expect("run cargo");
     assert!(
@@ -103,6 +106,9 @@ fn an_out_of_tree_device_runs_the_conformance_kit_from_its_own_cargo_test() {
         .arg("--target-dir")
         .arg(target_dir().join("out-of-tree"))
         .env_remove("CARGO_TARGET_DIR")
+        // The nested build keeps to the workspace's disk budget: no debug information.
+        .env("CARGO_PROFILE_DEV_DEBUG", "false")
+        .env("CARGO_PROFILE_TEST_DEBUG", "false")
         .output()
         .expect("run cargo");
     let text = format!(
