@@ -230,6 +230,7 @@ fn ended(core: &mut Core, handler: &mut dyn Handler, conn: ConnId, reason: Disco
     let app = core.cross.app(conn);
     core.cross.closed(conn);
     crate::msgpass::conn_closed(core, handler, conn, reason == Disconnect::Local);
+    crate::rdma::conn_closed(core, handler, conn, reason == Disconnect::Local);
     core.refresh();
     handler.disconnected(&mut Ctx::new(core), app, reason);
 }
@@ -299,7 +300,9 @@ fn host_message(core: &mut Core, handler: &mut dyn Handler, s: Slot, conn: ConnI
                 );
                 return;
             }
-            if crate::msgpass::message_failed(core, handler, conn, message, status, &detail) {
+            if crate::msgpass::message_failed(core, handler, conn, message, status, &detail)
+                || crate::rdma::message_failed(core, handler, conn, message, status, &detail)
+            {
                 return;
             }
             if core.rails.on() && core.rails.is_rail(conn) {

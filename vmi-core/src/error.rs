@@ -154,6 +154,24 @@ pub enum VmiError {
         /// The chains there are.
         known: String,
     },
+    /// An RDMA range outside its buffer or region.
+    #[error(
+        "the range of {len} bytes at offset {offset} is outside the buffer of {size} bytes; keep offset + length within it"
+    )]
+    RdmaRange {
+        /// Offset.
+        offset: u64,
+        /// Length.
+        len: u64,
+        /// The buffer's size.
+        size: u64,
+    },
+    /// A region could not be made.
+    #[error("cannot make an RDMA region: {0}")]
+    Region(String),
+    /// No buffer with that id is published.
+    #[error("{0} is not published: it was released by the peer, or its connection closed")]
+    UnknownPublish(crate::rdma::PublishId),
     /// A blocking request ended with no answer.
     #[error("the request got no answer: {} ({detail})", status.describe())]
     RequestFailed {

@@ -6,6 +6,7 @@ use crate::buffer::Buffer;
 use crate::conn::ConnId;
 use crate::ctx::Ctx;
 use crate::msgpass::{Pulse, ReceiveId, Reply, Request};
+use crate::rdma::{PublishId, RdmaNotice, RemoteBuffer};
 use crate::slab::Slab;
 use crate::status::Status;
 
@@ -174,4 +175,55 @@ pub trait Handler {
     /// cancelled it or timed out ([`Status::Cancelled`]), or its connection closed. Its
     /// receive id is no longer valid.
     fn request_gone(&mut self, _ctx: &mut Ctx<'_>, _id: ReceiveId, _status: Status) {}
+
+    /// The peer on `conn` published a buffer to this process, with a payload (VMI 2.1: the
+    /// callback of `VMI_RDMA_Set_Publish_Callback`). Put into it and get from it with
+    /// [`crate::Operations::rdma_put`] and [`crate::Operations::rdma_get`]; release it with
+    /// [`crate::Operations::rdma_release`] when done, so the publisher can free it. The
+    /// default releases it at once (this process takes no published buffers).
+    fn rdma_published(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        conn: ConnId,
+        remote: RemoteBuffer,
+        _payload: &mut Slab<'_>,
+    ) {
+        use crate::ops::Operations;
+        if let Err(e) = ctx.rdma_release(&remote) {
+            log::debug!("{conn}: could not release a published buffer: {e}");
+        }
+    }
+
+    /// A put or get this process issued ended (VMI 2.1: the `VMIRDMACompleteNotification`
+    /// of `VMI_RDMA_Put` and `VMI_RDMA_Get`): [`Status::Ok`] when all of it landed (a get's
+    /// bytes are in its segments), else why not. `token` is the op's.
+    fn rdma_done(
+        &mut self,
+        _ctx: &mut Ctx<'_>,
+        conn: ConnId,
+        token: u64,
+        status: Status,
+        detail: &str,
+    ) {
+        if status != Status::Ok {
+            log::warn!("{conn}: an RDMA op (token {token}) failed: {status}: {detail}");
+        }
+    }
+
+    /// A peer's put with the notify option landed in a buffer this process published (VMI
+    /// 2.1: the callback of `VMI_RDMA_Set_Put_Notification_Callback`).
+    fn rdma_put_notify(&mut self, _ctx: &mut Ctx<'_>, _conn: ConnId, _notice: RdmaNotice) {}
+
+    /// A peer's get with the notify option read a buffer this process published (VMI 2.1:
+    /// the callback of `VMI_RDMA_Set_Get_Notification_Callback`).
+    fn rdma_get_notify(&mut self, _ctx: &mut Ctx<'_>, _conn: ConnId, _notice: RdmaNotice) {}
+
+    /// vmi let go of a buffer this process published: the peer released it
+    /// ([`Status::Ok`]), or its connection closed. Nothing reaches it through that id any
+    /// more; the region is the application's alone again.
+    fn rdma_released(&mut self, _ctx: &mut Ctx<'_>, _id: PublishId, _status: Status) {}
+
+    /// The peer on `conn` withdrew buffer `id` it had published to this process: puts and
+    /// gets on it now fail. vmi releases it for the application.
+    fn rdma_withdrawn(&mut self, _ctx: &mut Ctx<'_>, _conn: ConnId, _id: u64) {}
 }

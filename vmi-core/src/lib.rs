@@ -39,11 +39,13 @@ mod ops;
 pub mod params;
 mod pmix;
 mod rails;
+pub mod rdma;
 mod retry;
 mod services;
 pub mod slab;
 mod slot;
 pub mod spec;
+mod table;
 mod vmi;
 pub(crate) mod waker;
 
@@ -62,6 +64,7 @@ pub use msgpass::{
 };
 pub use ops::{MAX_CONNECT_DATA, Operations, Stream};
 pub use rails::RailInfo;
+pub use rdma::{PublishId, RdmaNotice, RdmaOpId, RdmaOptions, Region, RemoteBuffer, Segment};
 pub use slab::{GrabbedSlab, Slab, SlabState};
 pub use status::Status;
 pub use vmi::{Options, Vmi, VmiWaker};

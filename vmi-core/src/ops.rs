@@ -66,6 +66,8 @@ pub struct Core {
     pub(crate) routed: bool,
     /// Send/receive/reply and pulses (see `msgpass`).
     pub(crate) msg: crate::msgpass::MsgPass,
+    /// Remote memory access (see `rdma`).
+    pub(crate) rdma: crate::rdma::Rdma,
     /// The named chains (see `chains`).
     pub(crate) chains: crate::chains::Chains,
     /// Work for the end of the running poll: requests or pulses to deliver, an announced
@@ -91,6 +93,7 @@ impl Core {
             cross,
             background: 0,
             msg: crate::msgpass::MsgPass::default(),
+            rdma: crate::rdma::Rdma::default(),
             chains: crate::chains::Chains::default(),
             after: false,
             epoch: Instant::now(),
@@ -100,8 +103,11 @@ impl Core {
     /// Recomputes `background` and `routed` after what can change them (retries, bonds,
     /// aliases), so that `poll` and the send and receive fast paths check one field each.
     pub(crate) fn refresh(&mut self) {
-        self.background =
-            self.retries.waiting() + self.rails.busy() + self.cross.waits() + self.msg.waits();
+        self.background = self.retries.waiting()
+            + self.rails.busy()
+            + self.cross.waits()
+            + self.msg.waits()
+            + self.rdma.waits();
         self.routed = self.rails.on() || self.cross.aliased();
     }
 
@@ -860,6 +866,97 @@ pub trait Operations: Sealed {
     ) -> Result<usize, VmiError> {
         let (core, _) = self.core();
         crate::msgpass::write(core, id, offset, data)
+    }
+
+    /// Publishes `range` of `region` to the peer on `conn` with a payload of at most
+    /// [`crate::rdma::MAX_PUBLISH_PAYLOAD`] bytes (VMI 2.1: `VMI_RDMA_Publish_Buffer`): the
+    /// peer's [`crate::Handler::rdma_published`] gets a [`crate::RemoteBuffer`] of
+    /// `range.len()` bytes, `ctx` and the payload. vmi keeps a handle to the region until the
+    /// peer releases the buffer or the connection closes
+    /// ([`crate::Handler::rdma_released`]).
+    fn rdma_publish(
+        &mut self,
+        conn: ConnId,
+        region: &crate::Region,
+        range: std::ops::Range<usize>,
+        ctx: u32,
+        payload: &[u8],
+    ) -> Result<crate::PublishId, VmiError> {
+        let (core, mode) = self.core();
+        let id = crate::rdma::publish(core, conn, region, range, ctx, payload, mode)?;
+        if mode == Mode::Now {
+            core.run_deferred();
+        }
+        Ok(id)
+    }
+
+    /// Withdraws a buffer this process published: the peer's puts and gets on it fail from
+    /// now on, and the peer is told ([`crate::Handler::rdma_withdrawn`]); vmi lets go of the
+    /// region once the peer confirms ([`crate::Handler::rdma_released`]).
+    fn rdma_withdraw(&mut self, id: crate::PublishId) -> Result<(), VmiError> {
+        let (core, mode) = self.core();
+        crate::rdma::withdraw(core, id, mode)?;
+        if mode == Mode::Now {
+            core.run_deferred();
+        }
+        Ok(())
+    }
+
+    /// Writes `parts`, one after another, at `offset` of the peer's buffer (VMI 2.1:
+    /// `VMI_RDMA_Put` with the op's gather list, `roffset` and `notify`). The bytes are taken
+    /// now; [`crate::Handler::rdma_done`] tells with `token` when they landed.
+    fn rdma_put(
+        &mut self,
+        remote: &crate::RemoteBuffer,
+        offset: u64,
+        parts: &[&[u8]],
+        options: &crate::RdmaOptions,
+        token: u64,
+    ) -> Result<crate::RdmaOpId, VmiError> {
+        let (core, mode) = self.core();
+        let id = crate::rdma::put(core, remote, offset, parts, options, token, mode)?;
+        if mode == Mode::Now {
+            core.run_deferred();
+        }
+        Ok(id)
+    }
+
+    /// Reads the peer's buffer from `offset` into `into`, segment after segment (VMI 2.1:
+    /// `VMI_RDMA_Get`); [`crate::Handler::rdma_done`] tells with `token` when the bytes are
+    /// there. vmi keeps handles to the regions until then.
+    fn rdma_get(
+        &mut self,
+        remote: &crate::RemoteBuffer,
+        offset: u64,
+        into: &[crate::Segment<'_>],
+        options: &crate::RdmaOptions,
+        token: u64,
+    ) -> Result<crate::RdmaOpId, VmiError> {
+        let (core, mode) = self.core();
+        let id = crate::rdma::get(core, remote, offset, into, options, token, mode)?;
+        if mode == Mode::Now {
+            core.run_deferred();
+        }
+        Ok(id)
+    }
+
+    /// Gives up a waiting put or get: it ends with [`Status::Cancelled`] at the next poll and
+    /// its answers are ignored (a get's late bytes land nowhere; a put's bytes may still
+    /// land). False when it does not wait.
+    fn rdma_cancel(&mut self, id: crate::RdmaOpId) -> bool {
+        let (core, _) = self.core();
+        crate::rdma::cancel(core, id)
+    }
+
+    /// Tells the peer this process no longer uses a buffer it published (VMI 2.1:
+    /// `VMI_RDMA_Dealloc_Buffer`), so it can free it.
+    fn rdma_release(&mut self, remote: &crate::RemoteBuffer) -> Result<(), VmiError> {
+        let (core, mode) = self.core();
+        crate::rdma::release(core, remote, mode)?;
+        if mode == Mode::Now {
+            core.run_deferred();
+        }
+        Ok(())
     }
 
     /// Sends a pulse: a code and a value with a priority, no reply (QNX `MsgSendPulse`).

@@ -328,6 +328,9 @@ impl Vmi {
         if self.core.msg.waits() > 0 {
             crate::msgpass::background(&mut self.core, handler);
         }
+        if self.core.rdma.waits() > 0 {
+            crate::rdma::background(&mut self.core, handler);
+        }
         self.core.refresh();
     }
 
@@ -437,6 +440,17 @@ impl Vmi {
         VmiWaker(self.core.engine.waker())
     }
 
+    /// The RDMA puts and gets this process issued that have not ended.
+    pub fn rdma_waiting(&self) -> usize {
+        self.core.rdma.waiting()
+    }
+
+    /// The buffers this process published that vmi still holds (not released by the peer,
+    /// connection open).
+    pub fn rdma_published(&self) -> usize {
+        self.core.rdma.published()
+    }
+
     /// One file descriptor for the application's own event loop (epoll, mio, tokio's
     /// `AsyncFd`; UCX: `ucp_worker_get_efd`, libfabric: `FI_GETWAIT`). It watches the
     /// devices' wait descriptors and the doorbell of other threads. Use it with
@@ -491,7 +505,11 @@ impl Vmi {
             return Ok(crate::Arm::Busy);
         }
         let now = Instant::now();
-        let timers = [core.retries.next_due(), crate::msgpass::next_deadline(core)];
+        let timers = [
+            core.retries.next_due(),
+            crate::msgpass::next_deadline(core),
+            crate::rdma::next_deadline(core),
+        ];
         let mut timeout = due;
         for t in timers.into_iter().flatten() {
             let left = t.saturating_duration_since(now);
@@ -514,12 +532,15 @@ impl Vmi {
             if now >= deadline {
                 return 0;
             }
-            // Wake for the next connect attempt too.
-            let until = self
-                .core
-                .retries
-                .next_due()
-                .map_or(deadline, |d| d.min(deadline));
+            // Wake for the next connect attempt, and for requests' and RDMA ops' deadlines.
+            let until = [
+                self.core.retries.next_due(),
+                crate::msgpass::next_deadline(&self.core),
+                crate::rdma::next_deadline(&mut self.core),
+            ]
+            .into_iter()
+            .flatten()
+            .fold(deadline, Instant::min);
             if self.core.engine.sleep(until.saturating_duration_since(now)) {
                 return 0;
             }

@@ -6,8 +6,8 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::time::Instant;
 
-use super::table::Table;
 use crate::conn::ConnId;
+use crate::table::Table;
 
 /// A request that waits for its answer.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -28,7 +28,6 @@ pub mod client;
 mod pool;
 mod request;
 pub mod server;
-mod table;
 pub mod wire;
 
 use std::collections::{HashMap, VecDeque};
@@ -46,7 +45,7 @@ use crate::slot::Purpose;
 use crate::status::Status;
 use client::{Client, Pending};
 use server::{Incoming, Server};
-use wire::{HEADER, Kind, MAX_PRIORITY};
+use wire::{Kind, MAX_PRIORITY};
 
 pub use pool::{ECANCELED, OwnedRequest, PoolAnswer, RequestPool};
 pub use request::{Answer, Pulse, ReceiveId, Reply, Request, RequestId, RequestOptions, Sender};
@@ -116,47 +115,14 @@ fn send(
     parts: &[&[u8]],
     mode: Mode,
 ) -> Result<u64, VmiError> {
-    if core.rails.on() && (core.rails.is_bond(conn) || core.rails.is_rail(conn)) {
-        return Err(VmiError::Unsupported {
-            what: "send/receive/reply and pulses",
-            on: "a connection with rails",
-        });
-    }
-    let payload: usize = parts.iter().map(|p| p.len()).sum();
-    if payload > MAX_MESSAGE {
-        return Err(VmiError::MessageTooLarge {
-            len: payload,
-            max: MAX_MESSAGE,
-        });
-    }
-    let max = core.engine.top_caps().max_fragment;
-    if max > 0 && (HEADER + payload) as u64 > max {
-        return Err(VmiError::MessageTooLarge {
-            len: payload,
-            max: (max as usize).saturating_sub(HEADER),
-        });
-    }
-    let message = core.engine.conns().tx_messages(conn);
-    let mut bytes = std::mem::take(&mut core.msg.scratch);
-    bytes.clear();
-    bytes.extend_from_slice(&kind.encode());
-    for p in parts {
-        bytes.extend_from_slice(p);
-    }
-    // Straight to the transport when nothing issued earlier waits to run, as send_inline.
-    if (mode == Mode::Now || core.deferred.is_empty())
-        && core.send_direct(conn, VMI_FLAG_END | VMI_FLAG_MSG, &bytes)
-    {
-        core.msg.scratch = bytes;
-    } else {
-        let mut s = core.prepare_send(conn, 0, SendKind::Whole, |_, s, _| {
-            s.attach_vec(bytes);
-            Ok(())
-        })?;
-        s.set_flags(VMI_FLAG_END | VMI_FLAG_MSG);
-        s.set_purpose(Purpose::Internal);
-        core.issue(s, mode);
-    }
+    let message = transmit(
+        core,
+        conn,
+        &kind.encode(),
+        parts,
+        mode,
+        "send/receive/reply and pulses",
+    )?;
     // Remembered once it went, so a refused send leaves no entry for a later message.
     if !matches!(kind, Kind::Request { .. }) {
         let what = match kind {
@@ -170,6 +136,67 @@ fn send(
     }
     Ok(message)
 }
+
+/// Sends `header` and `parts` as one host message (a [`VMI_FLAG_MSG`] message: message
+/// passing, or RDMA); returns the index of its message on the connection. `what` names the
+/// operation in the refusal for a connection with rails.
+pub(crate) fn transmit(
+    core: &mut Core,
+    conn: ConnId,
+    header: &[u8],
+    parts: &[&[u8]],
+    mode: Mode,
+    what: &'static str,
+) -> Result<u64, VmiError> {
+    if core.rails.on() && (core.rails.is_bond(conn) || core.rails.is_rail(conn)) {
+        return Err(VmiError::Unsupported {
+            what,
+            on: "a connection with rails",
+        });
+    }
+    let payload: usize = parts.iter().map(|p| p.len()).sum();
+    if payload > MAX_MESSAGE {
+        return Err(VmiError::MessageTooLarge {
+            len: payload,
+            max: MAX_MESSAGE,
+        });
+    }
+    let max = core.engine.top_caps().max_fragment;
+    if max > 0 && (header.len() + payload) as u64 > max {
+        return Err(VmiError::MessageTooLarge {
+            len: payload,
+            max: (max as usize).saturating_sub(header.len()),
+        });
+    }
+    let message = core.engine.conns().tx_messages(conn);
+    let mut bytes = std::mem::take(&mut core.msg.scratch);
+    bytes.clear();
+    bytes.extend_from_slice(header);
+    for p in parts {
+        bytes.extend_from_slice(p);
+    }
+    // Straight to the transport when nothing issued earlier waits to run, as send_inline.
+    if (mode == Mode::Now || core.deferred.is_empty())
+        && core.send_direct(conn, VMI_FLAG_END | VMI_FLAG_MSG, &bytes)
+    {
+        if bytes.capacity() <= SCRATCH_KEPT {
+            core.msg.scratch = bytes;
+        }
+    } else {
+        let mut s = core.prepare_send(conn, 0, SendKind::Whole, |_, s, _| {
+            s.attach_vec(bytes);
+            Ok(())
+        })?;
+        s.set_flags(VMI_FLAG_END | VMI_FLAG_MSG);
+        s.set_purpose(Purpose::Internal);
+        core.issue(s, mode);
+    }
+    Ok(message)
+}
+
+/// The largest scratch buffer kept between messages (a larger one, after a large message,
+/// is given back).
+const SCRATCH_KEPT: usize = 1 << 20;
 
 /// Sends a request (see [`crate::Operations::request`]).
 pub(crate) fn request(
@@ -401,6 +428,12 @@ fn handle(core: &mut Core, handler: &mut dyn Handler, conn: ConnId, end: bool, d
     if core.rails.on() && core.rails.is_rail(conn) {
         log::warn!("{conn}: the peer sent a message-passing message on a rail; ignored");
         return;
+    }
+    if data
+        .first()
+        .is_some_and(|&k| k >= crate::rdma::wire::FIRST_KIND)
+    {
+        return crate::rdma::handle(core, handler, conn, data);
     }
     let (kind, payload) = match Kind::decode(data, MAX_MESSAGE) {
         Ok(k) => k,

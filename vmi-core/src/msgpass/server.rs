@@ -6,7 +6,7 @@
 use std::collections::BinaryHeap;
 use std::rc::Rc;
 
-use super::table::Table;
+use crate::table::Table;
 
 use crate::conn::ConnId;
 use crate::status::Status;

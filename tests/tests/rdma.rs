@@ -1,0 +1,574 @@
+//! RDMA (issue "RDMA: publish/put/get on every transport"): publishing a region with a
+//! payload, puts from gather lists and gets into segment lists at offsets, notifications,
+//! chunked transfers larger than one message, release and withdrawal, and every way an op
+//! can fail — over every transport, with and without filters, and against a hostile peer.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use vmi_core::prelude::*;
+use vmi_core::spec::Spec;
+use vmi_core::{PublishId, RdmaNotice, RdmaOptions, Region, RemoteBuffer, Segment};
+use vmi_tests::{register_all, spec_text, unique_key};
+
+#[derive(Default)]
+struct Side {
+    conn: Option<ConnId>,
+    /// Buffers published to this side, with their payloads.
+    remotes: Vec<(RemoteBuffer, Vec<u8>)>,
+    /// Ended ops: token -> (status, detail).
+    done: HashMap<u64, (Status, String)>,
+    put_notices: Vec<RdmaNotice>,
+    get_notices: Vec<RdmaNotice>,
+    released: Vec<(PublishId, Status)>,
+    withdrawn: Vec<u64>,
+    /// Keep published buffers instead of releasing them (the default handler's choice).
+    keep: bool,
+}
+
+impl Handler for Side {
+    fn connected(&mut self, _ctx: &mut Ctx<'_>, conn: ConnId, o: ConnectOutcome<'_>, _t: u64) {
+        if let ConnectOutcome::Failed { status, detail } = o {
+            panic!("connect failed: {status}: {detail}");
+        }
+        self.conn = Some(conn);
+    }
+    fn accept(&mut self, _ctx: &mut Ctx<'_>, r: &mut ConnectRequest<'_>) -> Decision {
+        self.conn = Some(r.conn);
+        Decision::Accept(Vec::new())
+    }
+    fn rdma_published(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        _conn: ConnId,
+        remote: RemoteBuffer,
+        payload: &mut Slab<'_>,
+    ) {
+        self.remotes.push((remote, payload.read_to_vec()));
+        if !self.keep {
+            ctx.rdma_release(&remote).expect("release");
+        }
+    }
+    fn rdma_done(&mut self, _ctx: &mut Ctx<'_>, _c: ConnId, token: u64, s: Status, d: &str) {
+        assert!(
+            self.done.insert(token, (s, d.to_string())).is_none(),
+            "token {token} ended twice"
+        );
+    }
+    fn rdma_put_notify(&mut self, _ctx: &mut Ctx<'_>, _conn: ConnId, n: RdmaNotice) {
+        self.put_notices.push(n);
+    }
+    fn rdma_get_notify(&mut self, _ctx: &mut Ctx<'_>, _conn: ConnId, n: RdmaNotice) {
+        self.get_notices.push(n);
+    }
+    fn rdma_released(&mut self, _ctx: &mut Ctx<'_>, id: PublishId, status: Status) {
+        self.released.push((id, status));
+    }
+    fn rdma_withdrawn(&mut self, _ctx: &mut Ctx<'_>, _conn: ConnId, id: u64) {
+        self.withdrawn.push(id);
+    }
+}
+
+/// `a` publishes, `b` puts and gets.
+struct Pair {
+    a: Vmi,
+    b: Vmi,
+    ha: Side,
+    hb: Side,
+}
+
+impl Pair {
+    fn new(transport: &str, filters: &[&str]) -> Pair {
+        register_all();
+        // The fault injector (when used) bends sends only, when a test turns it on.
+        let text = spec_text(transport, filters, "").replace(
+            "name=\"fault\"/>",
+            "name=\"fault\"><param name=\"direction\" value=\"send\"/></device>",
+        );
+        let spec = Spec::parse_str(&text, "rdma.xml").expect("spec");
+        let (ka, kb) = (unique_key("rdma-a"), unique_key("rdma-b"));
+        let a = Vmi::with_spec(spec.clone(), &ka).expect("a");
+        let mut b = Vmi::with_spec(spec, &kb).expect("b");
+        let mut p = Pair {
+            a,
+            b: {
+                b.connect("localhost", &ka, b"", 0).expect("connect");
+                b
+            },
+            ha: Side::default(),
+            hb: Side {
+                keep: true,
+                ..Side::default()
+            },
+        };
+        p.pump_until("a connection", |p| {
+            p.ha.conn.is_some() && p.hb.conn.is_some()
+        });
+        p
+    }
+
+    fn pump_until(&mut self, what: &str, mut done: impl FnMut(&Pair) -> bool) {
+        let start = Instant::now();
+        while !done(self) {
+            self.a.poll(&mut self.ha);
+            self.b.poll(&mut self.hb);
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "no progress waiting for {what}"
+            );
+        }
+    }
+
+    /// `a` publishes `range` of `region`; returns the id and `b`'s remote buffer.
+    fn publish(
+        &mut self,
+        region: &Region,
+        range: std::ops::Range<usize>,
+    ) -> (PublishId, RemoteBuffer) {
+        let conn = self.ha.conn.unwrap();
+        let n = self.hb.remotes.len();
+        let id = self
+            .a
+            .rdma_publish(conn, region, range, 7, b"payload")
+            .expect("publish");
+        self.pump_until("the publish", |p| p.hb.remotes.len() > n);
+        let (remote, payload) = self.hb.remotes[n].clone();
+        assert_eq!(payload, b"payload");
+        assert_eq!(remote.ctx, 7);
+        assert_eq!(remote.id, id.raw());
+        (id, remote)
+    }
+
+    fn end_of(&mut self, token: u64) -> (Status, String) {
+        self.pump_until("an op's end", |p| p.hb.done.contains_key(&token));
+        self.hb.done[&token].clone()
+    }
+}
+
+/// Every transport, and chains with filters (RDMA messages then take the IRB path and are
+/// checked and compressed like stream data).
+const CASES: &[(&str, &[&str])] = &[
+    ("loopback", &[]),
+    ("shmem", &[]),
+    ("tcp", &[]),
+    ("tcp", &["crc", "compress"]),
+    ("shmem", &["crc"]),
+];
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+#[test]
+fn puts_and_gets_land_with_gather_lists_offsets_and_notices_on_every_chain() {
+    for &(transport, filters) in CASES {
+        let label = format!("{transport} {filters:?}");
+        let mut p = Pair::new(transport, filters);
+        let exposed = Region::new(64 * 1024).unwrap();
+        exposed.write(4096, &pattern(32 * 1024, 1)).unwrap();
+        let (_, remote) = p.publish(&exposed, 4096..4096 + 32 * 1024);
+        assert_eq!(remote.size, 32 * 1024, "{label}");
+
+        // A put gathered from three parts at an offset, with notify.
+        let notify = RdmaOptions {
+            notify: true,
+            ..RdmaOptions::default()
+        };
+        p.b.rdma_put(&remote, 10, &[b"abc", b"", b"defg"], &notify, 1)
+            .expect("put");
+        assert_eq!(p.end_of(1).0, Status::Ok, "{label}: {:?}", p.hb.done[&1]);
+        assert_eq!(exposed.to_vec(4096 + 10, 7).unwrap(), b"abcdefg", "{label}");
+        assert_eq!(
+            exposed.to_vec(4096 + 9, 1).unwrap(),
+            pattern(10, 1)[9..],
+            "{label}"
+        );
+        p.pump_until("the put notice", |p| !p.ha.put_notices.is_empty());
+        let n = p.ha.put_notices[0];
+        assert_eq!((n.ctx, n.offset, n.len), (7, 10, 7), "{label}");
+
+        // A get scattered into two segments of a local region.
+        let local = Region::new(256).unwrap();
+        let into = [
+            Segment {
+                region: &local,
+                offset: 0,
+                len: 40,
+            },
+            Segment {
+                region: &local,
+                offset: 100,
+                len: 60,
+            },
+        ];
+        p.b.rdma_get(&remote, 1000, &into, &notify, 2).expect("get");
+        assert_eq!(p.end_of(2).0, Status::Ok, "{label}");
+        let want = pattern(32 * 1024, 1)[1000..1100].to_vec();
+        assert_eq!(local.to_vec(0, 40).unwrap(), want[..40], "{label}");
+        assert_eq!(local.to_vec(100, 60).unwrap(), want[40..], "{label}");
+        assert_eq!(
+            local.to_vec(40, 60).unwrap(),
+            vec![0; 60],
+            "{label}: between"
+        );
+        p.pump_until("the get notice", |p| !p.ha.get_notices.is_empty());
+        let n = p.ha.get_notices[0];
+        assert_eq!((n.offset, n.len), (1000, 100), "{label}");
+        assert_eq!(
+            p.ha.put_notices.len(),
+            1,
+            "{label}: no notice without notify"
+        );
+    }
+}
+
+#[test]
+fn transfers_larger_than_a_message_go_in_chunks_and_notify_once() {
+    for &(transport, filters) in &[
+        ("tcp", &[][..]),
+        ("shmem", &[][..]),
+        ("loopback", &["crc"][..]),
+    ] {
+        let label = format!("{transport} {filters:?}");
+        let mut p = Pair::new(transport, filters);
+        let size = 3 * vmi_core::rdma::MAX_CHUNK + 12345;
+        let exposed = Region::new(size).unwrap();
+        let (id, remote) = p.publish(&exposed, 0..size);
+        let data = pattern(size - 100, 9);
+        let notify = RdmaOptions {
+            notify: true,
+            ..RdmaOptions::default()
+        };
+        p.b.rdma_put(&remote, 100, &[&data[..5], &data[5..]], &notify, 1)
+            .unwrap();
+        assert_eq!(p.end_of(1).0, Status::Ok, "{label}");
+        assert!(exposed.to_vec(100, size - 100).unwrap() == data, "{label}");
+        p.pump_until("the notice", |p| !p.ha.put_notices.is_empty());
+        assert_eq!(p.ha.put_notices.len(), 1, "{label}: one notice");
+        let n = p.ha.put_notices[0];
+        assert_eq!((n.buffer, n.offset, n.len), (id, 100, (size - 100) as u64));
+
+        exposed.write(0, &pattern(size, 3)).unwrap();
+        let local = Region::new(size).unwrap();
+        let into = [Segment {
+            region: &local,
+            offset: 0,
+            len: size,
+        }];
+        p.b.rdma_get(&remote, 0, &into, &notify, 2).unwrap();
+        assert_eq!(p.end_of(2).0, Status::Ok, "{label}");
+        assert!(
+            local.to_vec(0, size).unwrap() == pattern(size, 3),
+            "{label}"
+        );
+        p.pump_until("the get notice", |p| !p.ha.get_notices.is_empty());
+        assert_eq!(p.ha.get_notices[0].len, size as u64);
+        assert_eq!(p.b.rdma_waiting(), 0);
+    }
+}
+
+#[test]
+fn release_withdraw_and_closing_let_go_of_published_buffers() {
+    let mut p = Pair::new("shmem", &[]);
+    let region = Region::new(4096).unwrap();
+    let (first, remote) = p.publish(&region, 0..4096);
+    assert_eq!(p.a.rdma_published(), 1);
+    // The peer releases it: the publisher hears, and it is gone.
+    p.b.rdma_release(&remote).unwrap();
+    p.pump_until("the release", |p| !p.ha.released.is_empty());
+    assert_eq!(p.ha.released[0], (first, Status::Ok));
+    assert_eq!(p.a.rdma_published(), 0);
+    p.b.rdma_put(&remote, 0, &[b"x"], &RdmaOptions::default(), 1)
+        .unwrap();
+    let (status, detail) = p.end_of(1);
+    assert_eq!(status, Status::Rejected);
+    assert!(detail.contains("not published"), "{detail}");
+
+    // The publisher withdraws one: the peer hears, puts fail, the memory is let go.
+    let (second, remote) = p.publish(&region, 0..100);
+    p.a.rdma_withdraw(second).unwrap();
+    p.pump_until("the withdrawal", |p| !p.hb.withdrawn.is_empty());
+    assert_eq!(p.hb.withdrawn, vec![second.raw()]);
+    p.pump_until("the release after withdrawal", |p| p.ha.released.len() == 2);
+    assert_eq!(p.ha.released[1], (second, Status::Ok));
+    p.b.rdma_put(&remote, 0, &[b"x"], &RdmaOptions::default(), 2)
+        .unwrap();
+    assert_eq!(p.end_of(2).0, Status::Rejected);
+    assert!(matches!(
+        p.a.rdma_withdraw(second),
+        Err(VmiError::UnknownPublish(_))
+    ));
+
+    // A closed connection releases what was published on it and ends waiting ops.
+    let (third, remote) = p.publish(&region, 0..100);
+    p.b.rdma_get(
+        &remote,
+        0,
+        &[Segment {
+            region: &region,
+            offset: 0,
+            len: 10,
+        }],
+        &RdmaOptions::default(),
+        3,
+    )
+    .unwrap();
+    // The publisher closes the connection before it reads the get: the get ends with the
+    // lost connection, and the publisher lets go of the buffer.
+    let conn = p.ha.conn.unwrap();
+    p.a.disconnect(conn).unwrap();
+    p.pump_until("the closing", |p| {
+        p.ha.released.len() == 3 && p.hb.done.contains_key(&3)
+    });
+    assert_eq!(
+        p.ha.released[2],
+        (third, Status::Cancelled),
+        "closed by this side"
+    );
+    assert_eq!(p.hb.done[&3].0, Status::ConnectionLost);
+    assert_eq!(p.a.rdma_published(), 0);
+    assert_eq!(p.b.rdma_waiting(), 0);
+}
+
+#[test]
+fn bad_ranges_unknown_buffers_timeouts_and_cancels_fail_with_a_reason() {
+    let mut p = Pair::new("tcp", &[]);
+    let region = Region::new(1000).unwrap();
+    let (_, remote) = p.publish(&region, 100..200);
+    let opts = RdmaOptions::default();
+    // Checked here before anything is sent.
+    assert!(matches!(
+        p.b.rdma_put(&remote, 99, &[b"xx"], &opts, 1),
+        Err(VmiError::RdmaRange {
+            offset: 99,
+            len: 2,
+            size: 100
+        })
+    ));
+    assert!(matches!(
+        p.b.rdma_put(&remote, u64::MAX, &[b"x"], &opts, 1),
+        Err(VmiError::RdmaRange { .. })
+    ));
+    let small = Region::new(8).unwrap();
+    let over = [Segment {
+        region: &small,
+        offset: 4,
+        len: 5,
+    }];
+    assert!(matches!(
+        p.b.rdma_get(&remote, 0, &over, &opts, 1),
+        Err(VmiError::RdmaRange { size: 8, .. })
+    ));
+    assert!(matches!(
+        p.a.rdma_publish(p.ha.conn.unwrap(), &region, 900..1001, 0, b""),
+        Err(VmiError::RdmaRange { .. })
+    ));
+    // Checked by the target: a buffer this side made up, and a range bigger than the
+    // buffer's that the forged size let through here.
+    let forged = RemoteBuffer {
+        id: remote.id + 1,
+        ..remote
+    };
+    p.b.rdma_put(&forged, 0, &[b"x"], &opts, 2).unwrap();
+    assert_eq!(p.end_of(2).0, Status::Rejected);
+    let stretched = RemoteBuffer {
+        size: 1 << 20,
+        ..remote
+    };
+    p.b.rdma_put(&stretched, 50, &[&[1u8; 51]], &opts, 3)
+        .unwrap();
+    let (status, detail) = p.end_of(3);
+    assert_eq!(status, Status::Invalid);
+    assert!(detail.contains("outside the buffer"), "{detail}");
+    assert_eq!(
+        region.to_vec(100, 100).unwrap(),
+        vec![0; 100],
+        "nothing landed"
+    );
+
+    // A target that does not poll: the op times out. A cancel ends one at once.
+    let quick = RdmaOptions {
+        timeout: Some(Duration::from_millis(200)),
+        ..opts
+    };
+    p.b.rdma_put(&remote, 0, &[b"late"], &quick, 4).unwrap();
+    let start = Instant::now();
+    while !p.hb.done.contains_key(&4) {
+        p.b.wait(&mut p.hb, Duration::from_millis(50));
+        assert!(start.elapsed() < Duration::from_secs(10), "no timeout");
+    }
+    assert_eq!(p.hb.done[&4].0, Status::Timeout);
+    let id = p.b.rdma_put(&remote, 0, &[b"x"], &opts, 5).unwrap();
+    assert!(p.b.rdma_cancel(id));
+    assert!(!p.b.rdma_cancel(id), "once");
+    assert_eq!(p.end_of(5).0, Status::Cancelled);
+    // The late answers find no op, and the pair still works.
+    p.b.rdma_put(&remote, 0, &[b"ok"], &opts, 6).unwrap();
+    assert_eq!(p.end_of(6).0, Status::Ok);
+    assert_eq!(region.to_vec(100, 2).unwrap(), b"ok");
+    assert_eq!(p.hb.done.len(), 5, "each op ended exactly once");
+}
+
+#[test]
+fn a_chunk_or_an_answer_that_fails_a_filter_check_fails_its_op() {
+    // CRC above the fault injector: a bent message fails the receiver's CRC check.
+    let mut p = Pair::new("tcp", &["crc", "fault"]);
+    let region = Region::new(64).unwrap();
+    region.write(0, &pattern(64, 5)).unwrap();
+    let (_, remote) = p.publish(&region, 0..64);
+    // The initiator's put is bent: the target cannot receive it and says so.
+    p.b.attr_set("fault", "corrupt", "1").unwrap();
+    p.b.rdma_put(&remote, 0, &[b"bent"], &RdmaOptions::default(), 1)
+        .unwrap();
+    let (status, detail) = p.end_of(1);
+    assert_eq!(status, Status::Corrupt, "{detail}");
+    assert!(detail.contains("could not receive"), "{detail}");
+    p.b.attr_set("fault", "corrupt", "0").unwrap();
+    assert_eq!(
+        region.to_vec(0, 64).unwrap(),
+        pattern(64, 5),
+        "nothing landed"
+    );
+    // The target's get answer is bent: the initiator's CRC fails it, the target hears and
+    // answers with the failure instead of leaving the get to its deadline.
+    p.a.attr_set("fault", "corrupt", "1").unwrap();
+    let local = Region::new(64).unwrap();
+    let into = [Segment {
+        region: &local,
+        offset: 0,
+        len: 64,
+    }];
+    let notify = RdmaOptions {
+        notify: true,
+        ..RdmaOptions::default()
+    };
+    p.b.rdma_get(&remote, 0, &into, &notify, 2).unwrap();
+    p.pump_until("the target served the get", |p| {
+        !p.ha.get_notices.is_empty()
+    });
+    p.a.attr_set("fault", "corrupt", "0").unwrap();
+    let (status, detail) = p.end_of(2);
+    assert_eq!(status, Status::Corrupt, "{detail}");
+    assert_eq!(local.to_vec(0, 64).unwrap(), vec![0; 64], "nothing landed");
+    // And the pair still works.
+    p.b.rdma_get(&remote, 0, &into, &RdmaOptions::default(), 3)
+        .unwrap();
+    assert_eq!(p.end_of(3).0, Status::Ok);
+    assert_eq!(local.to_vec(0, 64).unwrap(), pattern(64, 5));
+}
+
+#[test]
+fn a_hostile_peer_s_rdma_frames_touch_nothing_they_may_not() {
+    use std::io::{Read, Write};
+    use vmi_core::rdma::wire::Kind;
+    use vmi_tcp::wire::{FrameRepr, HelloRepr};
+
+    register_all();
+    let spec = Spec::parse_str(&spec_text("tcp", &[], ""), "rdma.xml").expect("spec");
+    let key = unique_key("rdma-victim");
+    let mut b = Vmi::with_spec(spec.clone(), &key).expect("victim");
+    let mut hb = Side::default();
+    let port: u16 = b.attr_get("tcp", "rail_address").unwrap()[1..]
+        .parse()
+        .expect("a port");
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(&HelloRepr::emit("mallory", &key, "send=;recv=", b""))
+        .unwrap();
+    s.set_nonblocking(true).unwrap();
+    let start = Instant::now();
+    while hb.conn.is_none() {
+        b.poll(&mut hb);
+        let mut buf = [0u8; 512];
+        let _ = s.read(&mut buf);
+        assert!(start.elapsed() < Duration::from_secs(20), "no connection");
+    }
+    // The victim publishes 100 bytes at 100 of a region; the rest must stay untouched.
+    let region = Region::new(300).unwrap();
+    let id = b
+        .rdma_publish(hb.conn.unwrap(), &region, 100..200, 1, b"")
+        .unwrap()
+        .raw();
+    let flags = (vmi_core::abi::VMI_FLAG_MSG >> 16) as u16;
+    let frame = |body: &[u8]| {
+        let mut f = FrameRepr {
+            end: true,
+            filter_flags: flags,
+            len: body.len() as u32,
+        }
+        .emit()
+        .to_vec();
+        f.extend_from_slice(body);
+        f
+    };
+    let put = |buffer: u64, offset: u64, data: &[u8]| {
+        let mut m = Kind::Put {
+            op: 1,
+            buffer,
+            offset,
+            notify: true,
+        }
+        .encode(data.len())
+        .to_vec();
+        m.extend_from_slice(data);
+        m
+    };
+    let mut bytes = Vec::new();
+    bytes.extend(frame(&put(id, 99, &[0xEE; 2]))); // past the end by one
+    bytes.extend(frame(&put(id, u64::MAX, &[0xEE; 2]))); // an offset that overflows
+    bytes.extend(frame(&put(id + 1, 0, &[0xEE; 2]))); // a made-up buffer
+    bytes.extend(frame(&put(id ^ (1 << 32), 0, &[0xEE; 2]))); // a stale generation
+    let mut lying = put(id, 0, &[0xEE; 4]);
+    lying[32] = 200; // a length the payload does not have
+    bytes.extend(frame(&lying));
+    let huge_get = Kind::Get {
+        op: 2,
+        buffer: id,
+        offset: 0,
+        len: u64::MAX / 2,
+        notify: false,
+    }
+    .encode(0);
+    bytes.extend(frame(&huge_get));
+    for stray in [
+        Kind::PutDone {
+            op: 77,
+            offset: 0,
+            status: Status::Ok,
+        },
+        Kind::Notice {
+            get: false,
+            buffer: id,
+            offset: 50,
+            len: 100,
+        },
+        Kind::Release { buffer: id + 1 },
+    ] {
+        bytes.extend(frame(&stray.encode(0)));
+    }
+    let mut get_data = Kind::GetData {
+        op: 3,
+        offset: 0,
+        status: Status::Ok,
+    }
+    .encode(3)
+    .to_vec();
+    get_data.extend_from_slice(b"abc"); // nobody asked
+    bytes.extend(frame(&get_data));
+    bytes.extend(frame(&put(id, 98, &[0x11; 2]))); // the one honest put: the last 2 bytes
+    s.set_nonblocking(false).unwrap();
+    s.write_all(&bytes).unwrap();
+    let start = Instant::now();
+    while hb.put_notices.is_empty() {
+        b.poll(&mut hb);
+        assert!(start.elapsed() < Duration::from_secs(20), "the honest put");
+    }
+    assert_eq!(hb.put_notices.len(), 1, "only the honest put notified");
+    let mut want = vec![0u8; 300];
+    want[198] = 0x11;
+    want[199] = 0x11;
+    assert_eq!(region.to_vec(0, 300).unwrap(), want, "nothing else landed");
+    assert_eq!(b.rdma_published(), 1, "the forged release freed nothing");
+    drop(s);
+}

@@ -1,0 +1,804 @@
+//! Remote memory access (VMI 2.1's RDMA API: `VMI_RDMA_Publish_Buffer`, `VMI_RDMA_Put`,
+//! `VMI_RDMA_Get`, the publish, put-notification and get-notification callbacks,
+//! `VMI_RDMA_Dealloc_Buffer`), over any chain.
+//!
+//! A process publishes part of a [`Region`] to a peer with a small payload; the peer's
+//! [`Handler::rdma_published`] gets a [`RemoteBuffer`] and the payload; it then puts bytes
+//! gathered from several parts into the buffer at an offset, or gets bytes from it into
+//! segments of its own regions, and hears in [`Handler::rdma_done`] when each put or get
+//! landed (or why not). With the notify option the publisher's application hears of it too
+//! ([`Handler::rdma_put_notify`], [`Handler::rdma_get_notify`]). The peer releases a buffer
+//! it no longer needs ([`crate::Operations::rdma_release`]); the publisher may withdraw one
+//! ([`crate::Operations::rdma_withdraw`]).
+//!
+//! How the bytes move: on every transport, puts and gets travel as host messages marked
+//! [`VMI_FLAG_MSG`](crate::abi::VMI_FLAG_MSG) through the chain (so filters check and
+//! compress them like stream data), split into chunks of at most [`MAX_CHUNK`] bytes and
+//! the chain's largest fragment; the target's vmi writes or reads the buffer during its
+//! `poll` and answers, with no callback into the target's application unless it asked to be
+//! notified. The wire header is in [`wire`]; the initiator's waiting ops in [`initiator`];
+//! the published buffers and the checks of a peer's access in [`target`].
+//!
+//! Everything the peer sends is checked before use: a put or get reaches only a buffer
+//! published to that peer, within its range, and not withdrawn; an answer must match a
+//! waiting op's chunk on the connection it went on, and a get's answer must carry exactly
+//! the bytes asked for. A lost connection, a timeout or a cancel ends each waiting op with
+//! a status; a chunk that fails a filter's check on the way fails its op.
+#![deny(unsafe_code)]
+
+pub mod initiator;
+mod region;
+pub mod target;
+pub mod wire;
+
+use std::collections::VecDeque;
+use std::ops::Range;
+use std::time::{Duration, Instant};
+
+use crate::conn::ConnId;
+use crate::ctx::Ctx;
+use crate::error::VmiError;
+use crate::handler::Handler;
+use crate::ops::{Core, Mode};
+use crate::slab::Slab;
+use crate::status::Status;
+use initiator::{Answered, Initiator, Landing, Op, OpKind};
+use target::{Exposed, Target};
+use wire::{HEADER, Kind};
+
+pub use region::{MAX_REGION, Region};
+
+/// The largest chunk a put or get moves in one message (larger ones take several).
+pub const MAX_CHUNK: usize = 4 << 20;
+
+/// The largest publish payload.
+pub const MAX_PUBLISH_PAYLOAD: usize = 64 * 1024;
+
+/// The most puts and gets one process may have waiting.
+pub const MAX_OPS: usize = 65_536;
+
+/// The operation's name in refusals (rails).
+const WHAT: &str = "RDMA puts and gets";
+
+/// A buffer this process published (the publisher's handle).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PublishId(pub(crate) u64);
+
+impl PublishId {
+    /// The id as a number (the peer's [`RemoteBuffer::id`]).
+    pub fn raw(self) -> u64 {
+        self.0
+    }
+}
+
+impl std::fmt::Display for PublishId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "published buffer #{}", self.0)
+    }
+}
+
+/// A buffer a peer published to this process (VMI 2.1: `PVMI_REMOTE_BUFFER`; `rsz` is
+/// [`RemoteBuffer::size`], `lctxt` is [`RemoteBuffer::ctx`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RemoteBuffer {
+    /// The connection to its publisher.
+    pub conn: ConnId,
+    /// The publisher's id for it.
+    pub id: u64,
+    /// Its size in bytes.
+    pub size: u64,
+    /// The publisher's value.
+    pub ctx: u32,
+}
+
+/// A put or get this process issued and has not heard the end of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RdmaOpId(pub(crate) u64);
+
+impl RdmaOpId {
+    /// The id as a number.
+    pub fn raw(self) -> u64 {
+        self.0
+    }
+}
+
+/// How a put or get is issued (VMI 2.1: the op's `notify` field).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RdmaOptions {
+    /// Tell the publisher's application when it landed.
+    pub notify: bool,
+    /// How long it may wait for the target's answers before it fails with
+    /// [`Status::Timeout`]; `None` waits until they come or the connection closes.
+    pub timeout: Option<Duration>,
+}
+
+impl Default for RdmaOptions {
+    fn default() -> Self {
+        RdmaOptions {
+            notify: false,
+            timeout: Some(Duration::from_secs(30)),
+        }
+    }
+}
+
+/// Where part of a get lands: `len` bytes at `offset` of `region` (VMI 2.1: one entry of
+/// the op's `buffers`/`addr`/`sz` lists).
+#[derive(Clone, Copy, Debug)]
+pub struct Segment<'a> {
+    /// The local memory.
+    pub region: &'a Region,
+    /// Where in it.
+    pub offset: usize,
+    /// How many bytes.
+    pub len: usize,
+}
+
+/// What the publisher's application is told of a put or get that landed (VMI 2.1: the put
+/// and get notification callbacks' `rdmaSize` and `ctx`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RdmaNotice {
+    /// The buffer.
+    pub buffer: PublishId,
+    /// The value it was published with.
+    pub ctx: u32,
+    /// Where in the buffer the op started.
+    pub offset: u64,
+    /// How many bytes it moved.
+    pub len: u64,
+}
+
+/// How an op ended, kept until delivered.
+struct Ended {
+    op: Op,
+    status: Status,
+    detail: String,
+}
+
+/// The RDMA state of a process.
+#[derive(Default)]
+pub(crate) struct Rdma {
+    initiator: Initiator,
+    target: Target,
+    /// Ops that ended outside a poll (cancels, timeouts), delivered at the next poll.
+    done: VecDeque<Ended>,
+    /// Get answers sent recently, by connection and message index, so the peer's "message N
+    /// failed" turns into a failed answer instead of a wait for the deadline.
+    sent: VecDeque<(ConnId, u64, u64, u64)>,
+}
+
+/// How many sent get answers `Rdma::sent` remembers.
+const SENT_KEPT: usize = 1024;
+
+impl Rdma {
+    /// What the next poll must see to (timeouts to check, ends to deliver).
+    pub(crate) fn waits(&self) -> usize {
+        usize::from(self.initiator.timed()) + self.done.len()
+    }
+
+    /// The number of puts and gets waiting.
+    pub fn waiting(&self) -> usize {
+        self.initiator.waiting()
+    }
+
+    /// The number of buffers published and not released.
+    pub fn published(&self) -> usize {
+        self.target.published()
+    }
+}
+
+/// The largest chunk on `core`'s chain.
+fn chunk_size(core: &Core) -> usize {
+    let max = core.engine.top_caps().max_fragment;
+    let chain = if max == 0 {
+        usize::MAX
+    } else {
+        (max as usize).saturating_sub(HEADER)
+    };
+    MAX_CHUNK.min(chain).max(1)
+}
+
+/// Publishes `range` of `region` on `app_conn` (see [`crate::Operations::rdma_publish`]).
+pub(crate) fn publish(
+    core: &mut Core,
+    app_conn: ConnId,
+    region: &Region,
+    range: Range<usize>,
+    ctx: u32,
+    payload: &[u8],
+    mode: Mode,
+) -> Result<PublishId, VmiError> {
+    if range.start > range.end || range.end > region.len() {
+        return Err(VmiError::RdmaRange {
+            offset: range.start as u64,
+            len: range.end.saturating_sub(range.start) as u64,
+            size: region.len() as u64,
+        });
+    }
+    if payload.len() > MAX_PUBLISH_PAYLOAD {
+        return Err(VmiError::MessageTooLarge {
+            len: payload.len(),
+            max: MAX_PUBLISH_PAYLOAD,
+        });
+    }
+    let conn = core.cross.real(app_conn);
+    if !core.engine.conns().is_live(conn) {
+        return Err(VmiError::UnknownConnection(app_conn));
+    }
+    let id = core.rdma.target.publish(Exposed {
+        conn,
+        region: region.clone(),
+        start: range.start,
+        len: range.len(),
+        ctx,
+        withdrawn: false,
+    });
+    let kind = Kind::Publish {
+        buffer: id,
+        size: range.len() as u64,
+        ctx,
+    };
+    if let Err(e) = transmit(core, conn, kind, &[payload], mode) {
+        core.rdma.target.release(conn, id);
+        return Err(e);
+    }
+    Ok(PublishId(id))
+}
+
+/// Withdraws a published buffer (see [`crate::Operations::rdma_withdraw`]).
+pub(crate) fn withdraw(core: &mut Core, id: PublishId, mode: Mode) -> Result<(), VmiError> {
+    let Some(conn) = core.rdma.target.withdraw(id.0) else {
+        return Err(VmiError::UnknownPublish(id));
+    };
+    transmit(core, conn, Kind::Withdraw { buffer: id.0 }, &[], mode).map(|_| ())
+}
+
+/// Releases a buffer the peer published (see [`crate::Operations::rdma_release`]).
+pub(crate) fn release(core: &mut Core, remote: &RemoteBuffer, mode: Mode) -> Result<(), VmiError> {
+    let conn = core.cross.real(remote.conn);
+    transmit(core, conn, Kind::Release { buffer: remote.id }, &[], mode).map(|_| ())
+}
+
+/// Checks an op's remote range against the buffer's size.
+fn check_remote(remote: &RemoteBuffer, offset: u64, len: u64) -> Result<(), VmiError> {
+    match offset.checked_add(len) {
+        Some(end) if end <= remote.size => Ok(()),
+        _ => Err(VmiError::RdmaRange {
+            offset,
+            len,
+            size: remote.size,
+        }),
+    }
+}
+
+/// Records an op and returns its id, or refuses it at the limit.
+fn issue_op(core: &mut Core, op: Op) -> Result<u64, VmiError> {
+    if core.rdma.initiator.waiting() >= MAX_OPS {
+        return Err(VmiError::Busy { limit: MAX_OPS });
+    }
+    Ok(core.rdma.initiator.issue(op))
+}
+
+/// The chunks of `len` bytes from `offset`: (offset, length) pairs.
+fn chunks(offset: u64, len: u64, chunk: usize) -> Vec<(u64, u64)> {
+    let chunk = chunk as u64;
+    let mut out = Vec::with_capacity(len.div_ceil(chunk).max(1) as usize);
+    let mut at = 0;
+    loop {
+        let n = (len - at).min(chunk);
+        out.push((offset + at, n));
+        at += n;
+        if at >= len {
+            return out;
+        }
+    }
+}
+
+/// Puts `parts` at `offset` of `remote` (see [`crate::Operations::rdma_put`]).
+pub(crate) fn put(
+    core: &mut Core,
+    remote: &RemoteBuffer,
+    offset: u64,
+    parts: &[&[u8]],
+    opts: &RdmaOptions,
+    token: u64,
+    mode: Mode,
+) -> Result<RdmaOpId, VmiError> {
+    let len: u64 = parts.iter().map(|p| p.len() as u64).sum();
+    check_remote(remote, offset, len)?;
+    let conn = core.cross.real(remote.conn);
+    if !core.engine.conns().is_live(conn) {
+        return Err(VmiError::UnknownConnection(remote.conn));
+    }
+    let pieces = chunks(offset, len, chunk_size(core));
+    let one = pieces.len() == 1;
+    let id = issue_op(
+        core,
+        Op {
+            id: 0,
+            conn,
+            app_conn: remote.conn,
+            token,
+            kind: OpKind::Put,
+            buffer: remote.id,
+            offset,
+            len,
+            chunks: pieces.iter().map(|c| c.0).collect(),
+            notify: opts.notify && !one,
+            deadline: opts.timeout.map(|t| Instant::now() + t),
+            messages: 0..0,
+        },
+    )?;
+    let first = core.engine.conns().tx_messages(conn);
+    // Walk the parts once, handing each chunk the slices that make it up.
+    let mut part = 0;
+    let mut within = 0;
+    let mut slices: Vec<&[u8]> = Vec::with_capacity(parts.len().min(8));
+    for &(at, n) in &pieces {
+        slices.clear();
+        let mut need = n as usize;
+        while need > 0 {
+            let p = parts[part];
+            let take = (p.len() - within).min(need);
+            slices.push(&p[within..within + take]);
+            need -= take;
+            within += take;
+            if within == p.len() {
+                part += 1;
+                within = 0;
+            }
+        }
+        while part < parts.len() && parts[part].is_empty() {
+            part += 1;
+        }
+        let kind = Kind::Put {
+            op: id,
+            buffer: remote.id,
+            offset: at,
+            notify: opts.notify && one,
+        };
+        if let Err(e) = transmit(core, conn, kind, &slices, mode) {
+            let sent = core.engine.conns().tx_messages(conn);
+            return fail_issue(core, id, first..sent, e);
+        }
+    }
+    let sent = core.engine.conns().tx_messages(conn);
+    core.rdma.initiator.set_messages(id, first..sent);
+    core.refresh();
+    Ok(RdmaOpId(id))
+}
+
+/// An op whose chunks could not all be sent: with none sent it is forgotten and the error
+/// returned; with some sent it ends with the error at the next poll (its answers are
+/// ignored), and the id is returned.
+fn fail_issue(
+    core: &mut Core,
+    id: u64,
+    sent: Range<u64>,
+    e: VmiError,
+) -> Result<RdmaOpId, VmiError> {
+    let op = core.rdma.initiator.take(id);
+    if sent.is_empty() {
+        return Err(e);
+    }
+    if let Some(op) = op {
+        core.rdma.done.push_back(Ended {
+            op,
+            status: Status::NoResources,
+            detail: format!("only part of it could be sent: {e}"),
+        });
+    }
+    core.refresh();
+    Ok(RdmaOpId(id))
+}
+
+/// Gets bytes at `offset` of `remote` into `into` (see [`crate::Operations::rdma_get`]).
+pub(crate) fn get(
+    core: &mut Core,
+    remote: &RemoteBuffer,
+    offset: u64,
+    into: &[Segment<'_>],
+    opts: &RdmaOptions,
+    token: u64,
+    mode: Mode,
+) -> Result<RdmaOpId, VmiError> {
+    let mut len = 0u64;
+    for s in into {
+        if s.offset
+            .checked_add(s.len)
+            .is_none_or(|end| end > s.region.len())
+        {
+            return Err(VmiError::RdmaRange {
+                offset: s.offset as u64,
+                len: s.len as u64,
+                size: s.region.len() as u64,
+            });
+        }
+        len += s.len as u64;
+    }
+    check_remote(remote, offset, len)?;
+    let conn = core.cross.real(remote.conn);
+    if !core.engine.conns().is_live(conn) {
+        return Err(VmiError::UnknownConnection(remote.conn));
+    }
+    let pieces = chunks(offset, len, chunk_size(core));
+    let one = pieces.len() == 1;
+    let landings = into
+        .iter()
+        .map(|s| Landing {
+            region: s.region.clone(),
+            offset: s.offset,
+            len: s.len,
+        })
+        .collect();
+    let id = issue_op(
+        core,
+        Op {
+            id: 0,
+            conn,
+            app_conn: remote.conn,
+            token,
+            kind: OpKind::Get(landings),
+            buffer: remote.id,
+            offset,
+            len,
+            chunks: pieces.iter().map(|c| c.0).collect(),
+            notify: opts.notify && !one,
+            deadline: opts.timeout.map(|t| Instant::now() + t),
+            messages: 0..0,
+        },
+    )?;
+    let first = core.engine.conns().tx_messages(conn);
+    for &(at, n) in &pieces {
+        let kind = Kind::Get {
+            op: id,
+            buffer: remote.id,
+            offset: at,
+            len: n,
+            notify: opts.notify && one,
+        };
+        if let Err(e) = transmit(core, conn, kind, &[], mode) {
+            let sent = core.engine.conns().tx_messages(conn);
+            return fail_issue(core, id, first..sent, e);
+        }
+    }
+    let sent = core.engine.conns().tx_messages(conn);
+    core.rdma.initiator.set_messages(id, first..sent);
+    core.refresh();
+    Ok(RdmaOpId(id))
+}
+
+/// Cancels a waiting op: it ends with [`Status::Cancelled`] at the next poll, and its
+/// answers are ignored (a get's late bytes land nowhere). False when it does not wait.
+pub(crate) fn cancel(core: &mut Core, id: RdmaOpId) -> bool {
+    let Some(op) = core.rdma.initiator.take(id.0) else {
+        return false;
+    };
+    core.rdma.done.push_back(Ended {
+        op,
+        status: Status::Cancelled,
+        detail: "cancelled by this process".into(),
+    });
+    core.refresh();
+    true
+}
+
+/// Sends an RDMA message.
+fn transmit(
+    core: &mut Core,
+    conn: ConnId,
+    kind: Kind,
+    parts: &[&[u8]],
+    mode: Mode,
+) -> Result<u64, VmiError> {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    crate::msgpass::transmit(core, conn, &kind.encode(len), parts, mode, WHAT)
+}
+
+/// Sends an answer or notice; a failure to send only loses it (the peer's op then ends by
+/// its deadline), so it is logged.
+fn answer(core: &mut Core, conn: ConnId, kind: Kind, parts: &[&[u8]]) -> Option<u64> {
+    match transmit(core, conn, kind, parts, Mode::Deferred) {
+        Ok(m) => Some(m),
+        Err(e) => {
+            log::warn!("{conn}: could not send an RDMA {}: {e}", kind.name());
+            None
+        }
+    }
+}
+
+/// An RDMA message arrived on `conn` (already counted in the connection's messages).
+pub(crate) fn handle(core: &mut Core, handler: &mut dyn Handler, conn: ConnId, data: &[u8]) {
+    let max = MAX_CHUNK.max(MAX_PUBLISH_PAYLOAD);
+    let (kind, payload) = match Kind::decode(data, max) {
+        Ok(k) => k,
+        Err(e) => {
+            log::warn!("{conn}: ignored a malformed RDMA message from the peer: {e}");
+            return;
+        }
+    };
+    match kind {
+        Kind::Publish { buffer, size, ctx } => {
+            let remote = RemoteBuffer {
+                conn: core.cross.app(conn),
+                id: buffer,
+                size,
+                ctx,
+            };
+            let mut slab = Slab::from_bytes(payload);
+            handler.rdma_published(&mut Ctx::new(core), remote.conn, remote, &mut slab);
+        }
+        Kind::Put {
+            op,
+            buffer,
+            offset,
+            notify,
+        } => {
+            let len = payload.len() as u64;
+            let status = match core.rdma.target.access(conn, buffer, offset, len) {
+                Ok((e, at)) => {
+                    let landed = e.region.write(at, payload);
+                    let ctx = e.ctx;
+                    if let Err(err) = landed {
+                        log::error!("{conn}: a checked put did not fit its region: {err}");
+                        Status::Internal
+                    } else {
+                        if notify {
+                            let n = RdmaNotice {
+                                buffer: PublishId(buffer),
+                                ctx,
+                                offset,
+                                len,
+                            };
+                            let app = core.cross.app(conn);
+                            handler.rdma_put_notify(&mut Ctx::new(core), app, n);
+                        }
+                        Status::Ok
+                    }
+                }
+                Err(why) => {
+                    log::debug!("{conn}: refused a put on buffer {buffer}: {why:?}");
+                    why.status()
+                }
+            };
+            answer(core, conn, Kind::PutDone { op, offset, status }, &[]);
+        }
+        Kind::Get {
+            op,
+            buffer,
+            offset,
+            len,
+            notify,
+        } => {
+            let chunk = chunk_size(core) as u64;
+            let got = if len > chunk {
+                Err(Status::TooLarge)
+            } else {
+                match core.rdma.target.access(conn, buffer, offset, len) {
+                    Ok((e, at)) => e
+                        .region
+                        .to_vec(at, len as usize)
+                        .map(|v| (v, e.ctx))
+                        .map_err(|_| Status::Internal),
+                    Err(why) => Err(why.status()),
+                }
+            };
+            match got {
+                Ok((bytes, ctx)) => {
+                    let kind = Kind::GetData {
+                        op,
+                        offset,
+                        status: Status::Ok,
+                    };
+                    if let Some(m) = answer(core, conn, kind, &[&bytes]) {
+                        if core.rdma.sent.len() == SENT_KEPT {
+                            core.rdma.sent.pop_front();
+                        }
+                        core.rdma.sent.push_back((conn, m, op, offset));
+                    }
+                    if notify {
+                        let n = RdmaNotice {
+                            buffer: PublishId(buffer),
+                            ctx,
+                            offset,
+                            len,
+                        };
+                        let app = core.cross.app(conn);
+                        handler.rdma_get_notify(&mut Ctx::new(core), app, n);
+                    }
+                }
+                Err(status) => {
+                    answer(core, conn, Kind::GetData { op, offset, status }, &[]);
+                }
+            }
+        }
+        Kind::Notice {
+            get,
+            buffer,
+            offset,
+            len,
+        } => match core.rdma.target.access(conn, buffer, offset, len) {
+            Ok((e, _)) => {
+                let n = RdmaNotice {
+                    buffer: PublishId(buffer),
+                    ctx: e.ctx,
+                    offset,
+                    len,
+                };
+                let app = core.cross.app(conn);
+                if get {
+                    handler.rdma_get_notify(&mut Ctx::new(core), app, n);
+                } else {
+                    handler.rdma_put_notify(&mut Ctx::new(core), app, n);
+                }
+            }
+            Err(why) => log::debug!("{conn}: ignored a notice on buffer {buffer}: {why:?}"),
+        },
+        Kind::PutDone { op, offset, status } => chunk_done(core, handler, conn, op, offset, status),
+        Kind::GetData { op, offset, status } => {
+            if status == Status::Ok {
+                let Some(o) = core.rdma.initiator.get(op).filter(|o| o.conn == conn) else {
+                    log::debug!("{conn}: ignored a get answer for no waiting get ({op})");
+                    return;
+                };
+                // The chunk must be one this get waits for, with exactly its bytes.
+                if !o.chunks.contains(&offset) {
+                    log::debug!("{conn}: ignored a get answer for no waiting chunk (op {op})");
+                    return;
+                }
+                let want = (o.offset + o.len - offset).min(chunk_size(core) as u64);
+                if payload.len() as u64 != want {
+                    let detail = format!(
+                        "the target answered with {} bytes at offset {offset} where {want} were asked for",
+                        payload.len()
+                    );
+                    if let Some(o) = core.rdma.initiator.take(op) {
+                        end_op(core, handler, o, Status::Protocol, &detail);
+                    }
+                    return;
+                }
+                if let OpKind::Get(landings) = &o.kind {
+                    initiator::scatter(landings, (offset - o.offset) as usize, payload);
+                }
+            }
+            chunk_done(core, handler, conn, op, offset, status);
+        }
+        Kind::Release { buffer } => {
+            if core.rdma.target.release(conn, buffer).is_some() {
+                handler.rdma_released(&mut Ctx::new(core), PublishId(buffer), Status::Ok);
+            }
+        }
+        Kind::Withdraw { buffer } => {
+            let remote_conn = core.cross.app(conn);
+            handler.rdma_withdrawn(&mut Ctx::new(core), remote_conn, buffer);
+            // The publisher keeps the memory until it hears that nothing more will come.
+            answer(core, conn, Kind::Release { buffer }, &[]);
+        }
+    }
+}
+
+/// A chunk's answer: the op ends when its last chunk is answered, or at the first failure.
+fn chunk_done(
+    core: &mut Core,
+    handler: &mut dyn Handler,
+    conn: ConnId,
+    op: u64,
+    offset: u64,
+    status: Status,
+) {
+    match core.rdma.initiator.answered(conn, op, offset) {
+        Answered::Stray => {
+            log::debug!("{conn}: ignored an RDMA answer for no waiting chunk (op {op})");
+        }
+        Answered::More if status == Status::Ok => {}
+        Answered::More | Answered::Done => {
+            let Some(o) = core.rdma.initiator.take(op) else {
+                return;
+            };
+            if status != Status::Ok {
+                let detail = format!("the target refused it: {}", refusal(status));
+                end_op(core, handler, o, status, &detail);
+                return;
+            }
+            if o.notify {
+                let kind = Kind::Notice {
+                    get: matches!(o.kind, OpKind::Get(_)),
+                    buffer: o.buffer,
+                    offset: o.offset,
+                    len: o.len,
+                };
+                answer(core, conn, kind, &[]);
+            }
+            end_op(core, handler, o, Status::Ok, "");
+        }
+    }
+}
+
+/// What a refusal's status means for RDMA.
+fn refusal(status: Status) -> &'static str {
+    match status {
+        Status::Rejected => {
+            "the buffer is not published to this process (released, withdrawn or never published)"
+        }
+        Status::Invalid => "the range is outside the buffer",
+        Status::TooLarge => "a chunk over the target's limit",
+        s => s.describe(),
+    }
+}
+
+/// Tells the application how an op ended.
+fn end_op(core: &mut Core, handler: &mut dyn Handler, o: Op, status: Status, detail: &str) {
+    handler.rdma_done(&mut Ctx::new(core), o.app_conn, o.token, status, detail);
+    core.run_deferred();
+    core.refresh();
+}
+
+/// Timeouts, and ops that ended outside a poll, run from `poll`.
+pub(crate) fn background(core: &mut Core, handler: &mut dyn Handler) {
+    if core.rdma.initiator.timed() {
+        for op in core.rdma.initiator.expired(Instant::now()) {
+            core.rdma.done.push_back(Ended {
+                op,
+                status: Status::Timeout,
+                detail: "the target did not answer in time".into(),
+            });
+        }
+    }
+    while let Some(e) = core.rdma.done.pop_front() {
+        end_op(core, handler, e.op, e.status, &e.detail);
+    }
+}
+
+/// The soonest deadline of a waiting op.
+pub(crate) fn next_deadline(core: &mut Core) -> Option<Instant> {
+    core.rdma.initiator.next_deadline()
+}
+
+/// A connection closed: its ops fail, and the buffers published on it are released.
+pub(crate) fn conn_closed(core: &mut Core, handler: &mut dyn Handler, conn: ConnId, local: bool) {
+    let (status, detail) = if local {
+        (
+            Status::Cancelled,
+            "the connection was closed by this process",
+        )
+    } else {
+        (
+            Status::ConnectionLost,
+            "the connection closed before the target answered",
+        )
+    };
+    for o in core.rdma.initiator.conn_closed(conn) {
+        end_op(core, handler, o, status, detail);
+    }
+    for id in core.rdma.target.conn_closed(conn) {
+        handler.rdma_released(&mut Ctx::new(core), PublishId(id), status);
+    }
+    core.rdma.sent.retain(|s| s.0 != conn);
+}
+
+/// The peer could not receive message `message` that this side sent on `conn`: a put or
+/// get whose chunk it was fails; a get answer's op is told it failed. True when it was one.
+pub(crate) fn message_failed(
+    core: &mut Core,
+    handler: &mut dyn Handler,
+    conn: ConnId,
+    message: u64,
+    status: Status,
+    detail: &str,
+) -> bool {
+    if let Some(o) = core.rdma.initiator.by_message(conn, message) {
+        let detail = format!("the target could not receive it: {detail}");
+        end_op(core, handler, o, status, &detail);
+        return true;
+    }
+    let Some(i) = core
+        .rdma
+        .sent
+        .iter()
+        .position(|&(c, m, _, _)| c == conn && m == message)
+    else {
+        return false;
+    };
+    let (_, _, op, offset) = core.rdma.sent.remove(i).expect("found above");
+    answer(core, conn, Kind::GetData { op, offset, status }, &[]);
+    true
+}

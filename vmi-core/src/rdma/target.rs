@@ -1,0 +1,183 @@
+//! The publisher's side of RDMA: the buffers this process published, and the checks a peer's
+//! put or get passes before it touches one. No I/O.
+#![forbid(unsafe_code)]
+
+use super::region::Region;
+use crate::conn::ConnId;
+use crate::status::Status;
+use crate::table::Table;
+
+/// A buffer published to one peer.
+#[derive(Clone, Debug)]
+pub struct Exposed {
+    /// The connection it was published on; only that peer may reach it.
+    pub conn: ConnId,
+    /// The memory (a handle kept until the peer released it or the connection closed).
+    pub region: Region,
+    /// Where in the region the buffer starts.
+    pub start: usize,
+    /// Its length.
+    pub len: usize,
+    /// The application's value, given back in notifications.
+    pub ctx: u32,
+    /// Withdrawn by this process: puts and gets fail, the handle waits for the release.
+    pub withdrawn: bool,
+}
+
+/// Why a peer's access is refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// No such buffer published to that peer (never, released, or a forged id).
+    Unknown,
+    /// Withdrawn by this process.
+    Withdrawn,
+    /// Outside the buffer.
+    Range,
+}
+
+impl Refused {
+    /// The status the peer is answered with.
+    pub fn status(self) -> Status {
+        match self {
+            Refused::Unknown | Refused::Withdrawn => Status::Rejected,
+            Refused::Range => Status::Invalid,
+        }
+    }
+}
+
+/// The buffers published.
+#[derive(Default)]
+pub struct Target {
+    table: Table<Exposed>,
+}
+
+impl Target {
+    /// Records a published buffer; returns its id (never 0).
+    pub fn publish(&mut self, e: Exposed) -> u64 {
+        self.table.insert(e)
+    }
+
+    /// The number of buffers published (withdrawn ones included until released).
+    pub fn published(&self) -> usize {
+        self.table.len()
+    }
+
+    /// Buffer `id`, if published.
+    pub fn get(&self, id: u64) -> Option<&Exposed> {
+        self.table.get(id)
+    }
+
+    /// Checks a peer's access of `len` bytes at `offset` of buffer `id` through `conn`;
+    /// returns the region and the offset in it.
+    pub fn access(
+        &self,
+        conn: ConnId,
+        id: u64,
+        offset: u64,
+        len: u64,
+    ) -> Result<(&Exposed, usize), Refused> {
+        let e = self
+            .table
+            .get(id)
+            .filter(|e| e.conn == conn)
+            .ok_or(Refused::Unknown)?;
+        if e.withdrawn {
+            return Err(Refused::Withdrawn);
+        }
+        match offset.checked_add(len) {
+            Some(end) if end <= e.len as u64 => Ok((e, e.start + offset as usize)),
+            _ => Err(Refused::Range),
+        }
+    }
+
+    /// Marks buffer `id` withdrawn; returns its connection. None if not published.
+    pub fn withdraw(&mut self, id: u64) -> Option<ConnId> {
+        let e = self.table.get_mut(id)?;
+        e.withdrawn = true;
+        Some(e.conn)
+    }
+
+    /// The peer on `conn` released buffer `id`: removed.
+    pub fn release(&mut self, conn: ConnId, id: u64) -> Option<Exposed> {
+        if self.table.get(id)?.conn != conn {
+            return None;
+        }
+        self.table.remove(id)
+    }
+
+    /// A connection closed: the ids of its buffers, removed.
+    pub fn conn_closed(&mut self, conn: ConnId) -> Vec<u64> {
+        let ids: Vec<u64> = self
+            .table
+            .iter()
+            .filter(|(_, e)| e.conn == conn)
+            .map(|(k, _)| k)
+            .collect();
+        for &id in &ids {
+            self.table.remove(id);
+        }
+        ids
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_peer_it_was_published_to_reaches_a_buffer_within_its_range() {
+        let r = Region::new(100).unwrap();
+        let mut t = Target::default();
+        let id = t.publish(Exposed {
+            conn: ConnId(1),
+            region: r,
+            start: 10,
+            len: 50,
+            ctx: 7,
+            withdrawn: false,
+        });
+        assert_eq!(t.access(ConnId(1), id, 0, 50).unwrap().1, 10);
+        assert_eq!(t.access(ConnId(1), id, 49, 1).unwrap().1, 59);
+        assert_eq!(t.access(ConnId(1), id, 49, 2).unwrap_err(), Refused::Range);
+        assert_eq!(
+            t.access(ConnId(1), id, u64::MAX, 2).unwrap_err(),
+            Refused::Range
+        );
+        assert_eq!(t.access(ConnId(2), id, 0, 1).unwrap_err(), Refused::Unknown);
+        assert_eq!(
+            t.access(ConnId(1), id + 1, 0, 1).unwrap_err(),
+            Refused::Unknown
+        );
+        assert_eq!(
+            t.release(ConnId(2), id).map(|e| e.ctx),
+            None,
+            "not its peer"
+        );
+        assert_eq!(t.withdraw(id), Some(ConnId(1)));
+        assert_eq!(
+            t.access(ConnId(1), id, 0, 1).unwrap_err(),
+            Refused::Withdrawn
+        );
+        assert_eq!(t.release(ConnId(1), id).map(|e| e.ctx), Some(7));
+        assert_eq!(t.access(ConnId(1), id, 0, 1).unwrap_err(), Refused::Unknown);
+        assert_eq!(t.published(), 0);
+    }
+
+    #[test]
+    fn a_closed_connection_takes_its_buffers_only() {
+        let r = Region::new(8).unwrap();
+        let mut t = Target::default();
+        let e = |c| Exposed {
+            conn: ConnId(c),
+            region: r.clone(),
+            start: 0,
+            len: 8,
+            ctx: 0,
+            withdrawn: false,
+        };
+        let a = t.publish(e(1));
+        let b = t.publish(e(2));
+        assert_eq!(t.conn_closed(ConnId(1)), vec![a]);
+        assert!(t.get(b).is_some());
+    }
+}
