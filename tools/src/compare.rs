@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::perf::{Sweep, Test, raw_sweep, run_local, size_name};
+use crate::perf::{Op, Sweep, Test, raw_sweep, run_local, size_name};
 
 /// Which family a peer belongs to (ratios compare within a family).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -108,6 +108,9 @@ pub struct Options {
     /// Rounds: every peer runs once per round, interleaved, so slow drifts of a noisy
     /// machine touch all of them alike.
     pub rounds: usize,
+    /// Messages, or RDMA puts or gets (then against ucx_perftest's ucp_put_lat and
+    /// ucp_put_bw, or ucp_get, and without the peers that have no one-sided operations).
+    pub op: Op,
 }
 
 /// Parses the `Final:` line of `ucx_perftest`: (latency average µs, bandwidth MB/s as 10^6).
@@ -296,7 +299,12 @@ fn ucx(tls: &str, opts: &Options) -> Peer {
                 )
             })
         };
-        match (run("tag_lat"), run("tag_bw")) {
+        let (lat, bw) = match opts.op {
+            Op::Stream => ("tag_lat", "tag_bw"),
+            Op::Put => ("ucp_put_lat", "ucp_put_bw"),
+            Op::Get => ("ucp_get", "ucp_get"),
+        };
+        match (run(lat), run(bw)) {
             (Ok((lat, _)), Ok((_, bw))) => peer.points.push(Point {
                 size,
                 latency_us: Some(lat),
@@ -361,6 +369,7 @@ fn fi(provider: &str, opts: &Options) -> Peer {
 
 fn sweep(opts: &Options) -> Sweep {
     Sweep {
+        op: opts.op,
         sizes: opts.sizes.clone(),
         fragments: 1,
         test: Test::Both,
@@ -458,18 +467,25 @@ fn round(opts: &Options, r: usize) -> Vec<Peer> {
     let mut peers = Vec::new();
     say(&format!("vmi over {}", opts.tcp_spec.display()));
     peers.push(vmi("vmi tcp", Family::Tcp, &opts.tcp_spec, opts));
-    say("raw socket floor");
-    peers.push(raw(opts));
+    let streams = opts.op == Op::Stream;
+    if streams {
+        say("raw socket floor");
+        peers.push(raw(opts));
+    }
     say("ucx_perftest (UCX_TLS=tcp)");
     peers.push(ucx("tcp", opts));
-    say("fi_pingpong (tcp)");
-    peers.push(fi("tcp", opts));
+    if streams {
+        say("fi_pingpong (tcp)");
+        peers.push(fi("tcp", opts));
+    }
     say(&format!("vmi over {}", opts.shm_spec.display()));
     peers.push(vmi("vmi shm", Family::Shm, &opts.shm_spec, opts));
     say("ucx_perftest (UCX_TLS=sm)");
     peers.push(ucx("sm", opts));
-    say("fi_pingpong (shm)");
-    peers.push(fi("shm", opts));
+    if streams {
+        say("fi_pingpong (shm)");
+        peers.push(fi("shm", opts));
+    }
     peers
 }
 

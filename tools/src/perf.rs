@@ -13,10 +13,11 @@ use std::time::{Duration, Instant};
 use vmi_core::Operations;
 
 use serde::Serialize;
+use std::collections::HashMap;
 use vmi_core::sdk::ConnMap;
 use vmi_core::{
     Buffer, ConnId, ConnectOutcome, Ctx, Handler, Recv, Reply, Request, RequestOptions,
-    SendCompletion, Slab, Vmi,
+    SendCompletion, Slab, Status, Vmi,
 };
 
 /// What to measure.
@@ -34,9 +35,27 @@ pub enum Test {
     Request,
 }
 
+/// How the bytes move.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Op {
+    /// Messages (streams, or requests with `--test request`).
+    #[default]
+    Stream,
+    /// RDMA puts into a buffer the server published (like ucx_perftest's ucp_put_lat and
+    /// ucp_put_bw): latency is from issue to completion (one-sided: the write is done; as
+    /// messages: the target's answer arrived).
+    Put,
+    /// RDMA gets from a buffer the server published (like ucp_get): latency is from issue to
+    /// completion.
+    Get,
+}
+
 /// Sweep settings.
 #[derive(Clone, Debug)]
 pub struct Sweep {
+    /// How the bytes move.
+    pub op: Op,
     /// Message sizes in bytes (each at least 1).
     pub sizes: Vec<usize>,
     /// Fragments per message.
@@ -139,6 +158,8 @@ pub struct SizeResult {
 pub struct Inputs {
     /// vmi-perf's version.
     pub version: String,
+    /// How the bytes moved.
+    pub op: Op,
     /// Host name.
     pub host: String,
     /// Start of the run, seconds since 1970 (UTC).
@@ -164,6 +185,7 @@ impl Inputs {
     pub fn of(sweep: &Sweep, cpu: Option<usize>) -> Inputs {
         Inputs {
             version: env!("CARGO_PKG_VERSION").into(),
+            op: sweep.op,
             host: std::fs::read_to_string("/proc/sys/kernel/hostname")
                 .map(|h| h.trim().to_string())
                 .unwrap_or_default(),
@@ -231,7 +253,12 @@ impl Report {
             None => self.tool.clone(),
         };
         let frags = self.results.first().map_or(1, |r| r.fragments);
-        println!("vmi-perf: {what}, {frags} fragment(s) per message; latency is half a round trip");
+        let latency = match self.inputs.op {
+            Op::Stream => "latency is half a round trip",
+            Op::Put => "RDMA puts; latency is from issue to completion (the bytes landed)",
+            Op::Get => "RDMA gets; latency is from issue to completion (the bytes arrived)",
+        };
+        println!("vmi-perf: {what}, {frags} fragment(s) per message; {latency}");
         println!(
             "{:>9} {:>10} {:>10} {:>11} {:>10} {:>10} {:>11} {:>11}",
             "size", "min (us)", "mean (us)", "median (us)", "p99 (us)", "max (us)", "MB/s", "msg/s"
@@ -326,6 +353,8 @@ pub struct Server {
     pub accepted: u64,
     /// Connections still open.
     pub open: u64,
+    /// Regions published for RDMA runs, by connection (one per size asked for).
+    regions: HashMap<u64, Vec<vmi_core::Region>>,
 }
 
 impl Handler for Server {
@@ -344,6 +373,18 @@ impl Handler for Server {
     }
 
     fn receive(&mut self, ctx: &mut Ctx<'_>, conn: ConnId, cmd: Recv, slab: &mut Slab<'_>) {
+        let starts = self.streams.get(&conn.raw()).is_none_or(|e| e.1 == 0);
+        if cmd == Recv::End && starts && slab.len() == RDMA_ASK_LEN {
+            let at = slab.save();
+            if slab.read(1) == b"R" {
+                // An RDMA run asks for a buffer of a size: publish one to it.
+                let mut size = [0u8; 8];
+                slab.copy_to(&mut size);
+                self.publish(ctx, conn, u64::from_le_bytes(size) as usize);
+                return;
+            }
+            slab.restore(at);
+        }
         if !self.streams.contains_key(&conn.raw()) {
             self.streams.insert(conn.raw(), (0, 0, 0));
         }
@@ -393,6 +434,7 @@ impl Handler for Server {
 
     fn disconnected(&mut self, _ctx: &mut Ctx<'_>, conn: ConnId, _reason: vmi_core::Disconnect) {
         self.streams.remove(&conn.raw());
+        self.regions.remove(&conn.raw());
         self.open = self.open.saturating_sub(1);
     }
 
@@ -401,6 +443,21 @@ impl Handler for Server {
         self.echo
             .resize(request.data.len().min(request.reply_max), b'r');
         let _ = ctx.reply(request.id, 0, &[&self.echo]);
+    }
+}
+
+impl Server {
+    /// Publishes a fresh region of `size` bytes to the client on `conn` (an RDMA run's ask).
+    fn publish(&mut self, ctx: &mut Ctx<'_>, conn: ConnId, size: usize) {
+        match vmi_core::Region::new(size) {
+            Ok(region) => {
+                if let Err(e) = ctx.rdma_publish(conn, &region, 0..size, 0, b"vmi-perf") {
+                    log::warn!("{conn}: cannot publish {size} bytes: {e}");
+                }
+                self.regions.entry(conn.raw()).or_default().push(region);
+            }
+            Err(e) => log::warn!("{conn}: cannot make a region of {size} bytes: {e}"),
+        }
     }
 }
 
@@ -418,6 +475,9 @@ fn shared_bytes(cache: &mut Vec<(usize, u8, Arc<[u8]>)>, len: usize, first: u8) 
     cache.push((len, first, a.clone()));
     a
 }
+
+/// The length of an RDMA run's request for a buffer: `R` and the size (u64, little-endian).
+const RDMA_ASK_LEN: usize = 9;
 
 /// Messages of one fragment up to this size go as inline sends (copied, no completion), both
 /// ways; larger ones as streams of buffers.
@@ -445,6 +505,10 @@ struct Client {
     small: Vec<u8>,
     /// Replies to requests received.
     replies: u64,
+    /// The buffer the server published for the running RDMA size.
+    remote: Option<vmi_core::RemoteBuffer>,
+    /// RDMA ops ended.
+    rdma_done: u64,
 }
 
 impl Handler for Client {
@@ -495,6 +559,23 @@ impl Handler for Client {
                     .get_or_insert(format!("request failed: {status}: {detail}"));
             }
         }
+    }
+    fn rdma_published(
+        &mut self,
+        _ctx: &mut Ctx<'_>,
+        _conn: ConnId,
+        remote: vmi_core::RemoteBuffer,
+        _payload: &mut Slab<'_>,
+    ) {
+        self.remote = Some(remote);
+    }
+    fn rdma_done(&mut self, _ctx: &mut Ctx<'_>, _c: ConnId, _t: u64, status: Status, detail: &str) {
+        if status != Status::Ok {
+            self.failed
+                .get_or_insert(format!("RDMA op failed: {status}: {detail}"));
+        }
+        self.rdma_done += 1;
+        self.in_flight = self.in_flight.saturating_sub(1);
     }
     fn disconnected(&mut self, _ctx: &mut Ctx<'_>, _conn: ConnId, reason: vmi_core::Disconnect) {
         if reason != vmi_core::Disconnect::Local {
@@ -673,6 +754,123 @@ impl PerfClient {
         Ok(Latency::from_samples(samples))
     }
 
+    /// Asks the server for a buffer of `size` bytes and waits until it is published.
+    fn remote_of(&mut self, size: usize) -> Result<vmi_core::RemoteBuffer, String> {
+        if let Some(r) = self.h.remote.filter(|r| r.size == size as u64) {
+            return Ok(r);
+        }
+        let conn = self.h.conn.expect("connected");
+        if let Some(old) = self.h.remote.take() {
+            let _ = self.vmi.rdma_release(&old);
+        }
+        let mut ask = vec![b'R'];
+        ask.extend_from_slice(&(size as u64).to_le_bytes());
+        self.vmi
+            .send_inline(conn, &ask)
+            .map_err(|e| e.to_string())?;
+        let start = Instant::now();
+        while self.h.remote.is_none() {
+            self.poll(start)?;
+            if start.elapsed() > self.deadline {
+                return Err(format!(
+                    "the server published no buffer of {size} bytes within {:?}",
+                    self.deadline
+                ));
+            }
+        }
+        self.h.remote.ok_or_else(|| "no buffer".into())
+    }
+
+    /// Issues one put of `size` bytes or one get into `local`.
+    fn rdma_op(
+        &mut self,
+        op: Op,
+        remote: &vmi_core::RemoteBuffer,
+        local: &vmi_core::Region,
+        size: usize,
+    ) -> Result<(), String> {
+        // No deadline and no notify, as ucx_perftest: the clock is not read per op.
+        let options = vmi_core::RdmaOptions {
+            notify: false,
+            timeout: None,
+        };
+        let r = if op == Op::Put {
+            self.h.small.resize(size, b'w');
+            self.vmi.rdma_put(remote, 0, &[&self.h.small], &options, 0)
+        } else {
+            let into = [vmi_core::Segment {
+                region: local,
+                offset: 0,
+                len: size,
+            }];
+            self.vmi.rdma_get(remote, 0, &into, &options, 0)
+        };
+        r.map(|_| ()).map_err(|e| e.to_string())
+    }
+
+    /// Put or get latency: one op at a time, to its completion.
+    fn rdma_latency(
+        &mut self,
+        op: Op,
+        warmup: Option<u64>,
+        size: usize,
+        iters: u64,
+        progress: &mut Progress,
+    ) -> Result<Latency, String> {
+        let remote = self.remote_of(size)?;
+        let local = vmi_core::Region::new(size).map_err(|e| e.to_string())?;
+        let warmup = warmup.unwrap_or((iters / 10).max(1));
+        let label = format!("{} {op:?} latency", size_name(size));
+        let mut samples = Vec::with_capacity(iters as usize);
+        for i in 0..warmup + iters {
+            let want = self.h.rdma_done + 1;
+            let t0 = Instant::now();
+            self.rdma_op(op, &remote, &local, size)?;
+            while self.h.rdma_done < want {
+                self.poll(t0)?;
+            }
+            if i >= warmup {
+                samples.push(t0.elapsed().as_nanos() as u64);
+                progress.tick(&label, i - warmup + 1, iters);
+            }
+        }
+        Ok(Latency::from_samples(samples))
+    }
+
+    /// Put or get bandwidth: `window` ops in flight.
+    fn rdma_bandwidth(
+        &mut self,
+        op: Op,
+        size: usize,
+        messages: u64,
+        window: usize,
+        progress: &mut Progress,
+    ) -> Result<Bandwidth, String> {
+        let remote = self.remote_of(size)?;
+        let local = vmi_core::Region::new(size).map_err(|e| e.to_string())?;
+        let label = format!("{} {op:?} bandwidth", size_name(size));
+        let want = self.h.rdma_done + messages;
+        self.h.in_flight = 0;
+        let start = Instant::now();
+        for i in 0..messages {
+            while self.h.in_flight >= window.max(1) {
+                self.poll(start)?;
+            }
+            self.rdma_op(op, &remote, &local, size)?;
+            self.h.in_flight += 1;
+            progress.tick(&label, i + 1, messages);
+        }
+        while self.h.rdma_done < want {
+            self.poll(start)?;
+        }
+        let secs = start.elapsed().as_secs_f64();
+        Ok(Bandwidth {
+            mb_per_s: (size as u64 * messages) as f64 / secs / 1e6,
+            msg_per_s: messages as f64 / secs,
+            messages,
+        })
+    }
+
     fn bandwidth(
         &mut self,
         size: usize,
@@ -711,6 +909,35 @@ impl PerfClient {
         let mut out = Vec::new();
         for &size in &sweep.sizes {
             let frags = sweep.fragments.clamp(1, size.max(1));
+            if sweep.op != Op::Stream {
+                let latency = match sweep.test {
+                    Test::Latency | Test::Both | Test::Request => Some(self.rdma_latency(
+                        sweep.op,
+                        sweep.warmup,
+                        size,
+                        sweep.iters_for(size),
+                        &mut progress,
+                    )?),
+                    Test::Bandwidth => None,
+                };
+                let bandwidth = match sweep.test {
+                    Test::Bandwidth | Test::Both => Some(self.rdma_bandwidth(
+                        sweep.op,
+                        size,
+                        sweep.messages_for(size),
+                        sweep.window,
+                        &mut progress,
+                    )?),
+                    _ => None,
+                };
+                out.push(SizeResult {
+                    size,
+                    fragments: 1,
+                    latency,
+                    bandwidth,
+                });
+                continue;
+            }
             let latency = match sweep.test {
                 Test::Latency | Test::Both => Some(self.latency(
                     sweep.warmup,

@@ -55,6 +55,17 @@ enum Poller {
 /// A transport's `send_inline` entry (ABI 1.2).
 type SendInlineFn = unsafe extern "C" fn(*mut c_void, u64, u32, *const u8, usize) -> i32;
 
+/// A transport's `rdma_access` entry (ABI 1.3).
+type RdmaAccessFn = unsafe extern "C" fn(
+    *mut c_void,
+    u64,
+    u32,
+    u64,
+    *const crate::abi::VmiSeg,
+    usize,
+    *mut i32,
+) -> i32;
+
 /// A transport's `poll_direct` entry (ABI 1.2).
 pub(crate) type PollDirectFn =
     unsafe extern "C" fn(*mut c_void, u32, crate::abi::VmiDeliverFn, *mut c_void) -> i32;
@@ -159,6 +170,8 @@ pub(crate) struct Engine {
     direct: Vec<Option<(SendInlineFn, *mut c_void)>>,
     /// Some entry of `direct` is set.
     any_direct: bool,
+    /// Each transport's `rdma_access` (ABI 1.3), by engine index.
+    rdma: Vec<Option<(RdmaAccessFn, *mut c_void)>>,
     /// Transports polled through `poll_direct` (ABI 1.2): fragments they receive go straight
     /// to the application (see `direct`). Empty when a device above the transports has a
     /// receive step; such transports are then in `pollers`.
@@ -256,6 +269,7 @@ impl Engine {
             recv_steps: Vec::new(),
             direct: Vec::new(),
             any_direct: false,
+            rdma: Vec::new(),
             direct_pollers: Vec::new(),
         };
         for (index, p) in planned.into_iter().enumerate() {
@@ -357,6 +371,14 @@ impl Engine {
             })
             .collect();
         engine.any_direct = engine.direct.iter().any(Option::is_some);
+        engine.rdma = engine
+            .devices
+            .iter()
+            .map(|d| match d.ty.vtable.rdma_access {
+                Some(f) if d.is_transport() => Some((f, d.ptr)),
+                _ => None,
+            })
+            .collect();
         engine.build_pollers();
         Ok(engine)
     }
@@ -652,6 +674,41 @@ impl Engine {
         // before it returns.
         let rc = unsafe { f(dev, conn, flags, data.as_ptr(), data.len()) };
         rc == VMI_COMPLETE
+    }
+
+    /// Whether `transport` moves RDMA bytes one-sided (ABI 1.3 `rdma_access`).
+    pub fn has_rdma_access(&self, transport: DevIndex) -> bool {
+        matches!(self.rdma.get(transport as usize), Some(Some(_)))
+    }
+
+    /// One-sided access through `transport`'s `rdma_access` (ABI 1.3): `Some(status)` when
+    /// it moved the bytes (or failed), `None` when it cannot on this connection.
+    pub fn rdma_access(
+        &mut self,
+        transport: DevIndex,
+        conn: u64,
+        write: bool,
+        remote: u64,
+        segs: &[crate::abi::VmiSeg],
+    ) -> Option<crate::status::Status> {
+        let &Some((f, dev)) = self.rdma.get(transport as usize)? else {
+            return None;
+        };
+        let mut status = 0i32;
+        // SAFETY: live instance; the segments are lent for the call (readable for a write,
+        // writable for a read, as the caller made them) and the status is ours.
+        let rc = unsafe {
+            f(
+                dev,
+                conn,
+                u32::from(write),
+                remote,
+                segs.as_ptr(),
+                segs.len(),
+                &mut status,
+            )
+        };
+        (rc == VMI_COMPLETE).then(|| crate::status::Status::from_code(status))
     }
 
     /// The transports polled through `poll_direct`.

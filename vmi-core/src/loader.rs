@@ -202,6 +202,8 @@ impl DeviceType {
             ("set_attr", v.set_attr.is_some()),
             ("poll_budget", v.poll_budget.is_some()),
             ("send_inline", v.send_inline.is_some()),
+            ("poll_direct", v.poll_direct.is_some()),
+            ("rdma_access", v.rdma_access.is_some()),
         ]
         .into_iter()
         .filter(|(_, has)| *has)

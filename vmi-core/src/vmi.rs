@@ -440,6 +440,13 @@ impl Vmi {
         VmiWaker(self.core.engine.waker())
     }
 
+    /// How `conn` moves RDMA puts and gets: one-sided (straight into the peer's memory, where
+    /// the transport can and no filter must see the bytes) or as messages; decided per
+    /// connection at its first put or get (logged then).
+    pub fn rdma_path(&self, conn: crate::ConnId) -> crate::rdma::RdmaPath {
+        crate::rdma::path(&self.core, conn)
+    }
+
     /// The RDMA puts and gets this process issued that have not ended.
     pub fn rdma_waiting(&self) -> usize {
         self.core.rdma.waiting()

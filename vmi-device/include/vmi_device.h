@@ -14,7 +14,7 @@
  * than 1.0 checks services->size first, e.g.
  *     if (svc->size > VMI_HOST_SERVICES_SIZE_1_0) n = svc->irb_available(host);
  * History: 1.0 first edition; 1.1 adds vtable.poll_budget and services.irb_available;
- * 1.2 adds vtable.send_inline and vtable.poll_direct.
+ * 1.2 adds vtable.send_inline and vtable.poll_direct; 1.3 adds vtable.rdma_access.
  * See devices/skeleton/README.md for a walk-through, and tests/c/ for a complete C device.
  */
 #ifndef VMI_DEVICE_H
@@ -29,7 +29,7 @@ extern "C" {
 
 #define VMI_DEVICE_MAGIC 0x44494d56u /* "VMID" little-endian */
 #define VMI_ABI_MAJOR 1
-#define VMI_ABI_MINOR 2
+#define VMI_ABI_MINOR 3
 /* Sizes of the 1.0 tables (x86-64 and aarch64 Linux): the smallest a 1.x host accepts. */
 #define VMI_DESCRIPTOR_SIZE_1_0 88u
 #define VMI_VTABLE_SIZE_1_0 104u
@@ -190,6 +190,13 @@ typedef struct vmi_device_vtable {
     int32_t (*poll_direct)(void *dev, uint32_t budget,
                            int32_t (*deliver)(void *ctx, uint64_t conn, uint32_t flags, const uint8_t *data, size_t len),
                            void *ctx);
+    /* ABI 1.3, transports: one-sided access to the peer's memory on conn (RDMA put/get):
+     * write (write = 1) the nsegs local segments one after another to the peer's addresses
+     * from `remote` on, or read them from there (write = 0), before returning. VMI_COMPLETE
+     * with *status set (0: every byte moved), or VMI_PASS when this connection cannot now
+     * (the host then moves the bytes as messages). */
+    int32_t (*rdma_access)(void *dev, uint64_t conn, uint32_t write, uint64_t remote,
+                           const vmi_seg *segs, size_t nsegs, int32_t *status);
 } vmi_device_vtable;
 
 typedef struct vmi_device_descriptor {

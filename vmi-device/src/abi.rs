@@ -23,6 +23,8 @@
 //! - 1.2: vtable entries `send_inline` (a transport writes a small whole message at once,
 //!   with no IRB, when nothing is queued ahead of it) and `poll_direct` (a transport hands
 //!   received fragments straight to the host, with no IRB).
+//! - 1.3: vtable entry `rdma_access` (a transport reads or writes the peer's memory
+//!   one-sided, for RDMA puts and gets).
 #![allow(unsafe_code)]
 
 use std::ffi::{c_char, c_void};
@@ -32,13 +34,15 @@ pub const VMI_DEVICE_MAGIC: u32 = 0x4449_4d56;
 /// ABI major version: a descriptor of another major is refused.
 pub const VMI_ABI_MAJOR: u16 = 1;
 /// ABI minor version: newer minors only append fields.
-pub const VMI_ABI_MINOR: u16 = 2;
+pub const VMI_ABI_MINOR: u16 = 3;
 /// Size of a 1.0 descriptor: the smallest a host of this major accepts.
 pub const VMI_DESCRIPTOR_SIZE_1_0: u32 = 88;
 /// Size of a 1.0 vtable: the smallest a host of this major accepts.
 pub const VMI_VTABLE_SIZE_1_0: u32 = 104;
 /// Size of a 1.1 vtable (1.2 appended `send_inline`).
 pub const VMI_VTABLE_SIZE_1_1: u32 = 112;
+/// Size of a 1.2 vtable (1.3 appended `rdma_access`).
+pub const VMI_VTABLE_SIZE_1_2: u32 = 128;
 /// Size of a 1.0 host services table: a device checks `size` against larger offsets before
 /// calling a newer service.
 pub const VMI_HOST_SERVICES_SIZE_1_0: u32 = 128;
@@ -395,6 +399,25 @@ pub struct VmiDeviceVtable {
             ctx: *mut c_void,
         ) -> i32,
     >,
+    // ---- ABI 1.3 ----
+    /// Transports: one-sided access to the peer's memory on connection `conn` (RDMA put and
+    /// get): writes the `nsegs` local segments one after another to the peer's addresses from
+    /// `remote` on (`write` = 1), or reads them from there (`write` = 0), before it returns.
+    /// Returns `VMI_COMPLETE` with `*status` set (a `VmiStatus` code: 0 when every byte
+    /// moved), or `VMI_PASS` when this connection cannot now (the host then moves the bytes
+    /// as messages). The host calls it only for addresses the peer published, and only when
+    /// no device above the transport on the connection's chain has a submit step.
+    pub rdma_access: Option<
+        unsafe extern "C" fn(
+            dev: *mut c_void,
+            conn: u64,
+            write: u32,
+            remote: u64,
+            segs: *const VmiSeg,
+            nsegs: usize,
+            status: *mut i32,
+        ) -> i32,
+    >,
 }
 
 /// The host's receiver of fragments a transport hands over with no IRB (ABI 1.2
@@ -517,7 +540,7 @@ mod tests {
     #[test]
     fn layout_matches_the_c_header() {
         assert_eq!(std::mem::size_of::<VmiIrb>(), 312);
-        assert_eq!(std::mem::size_of::<VmiDeviceVtable>(), 128);
+        assert_eq!(std::mem::size_of::<VmiDeviceVtable>(), 136);
         assert_eq!(std::mem::size_of::<VmiDeviceDescriptor>(), 88);
         assert_eq!(std::mem::size_of::<VmiHostServices>(), 136);
         assert_eq!(std::mem::size_of::<VmiCapabilities>(), 24);
@@ -529,6 +552,10 @@ mod tests {
         assert_eq!(
             std::mem::offset_of!(VmiDeviceVtable, send_inline),
             VMI_VTABLE_SIZE_1_1 as usize
+        );
+        assert_eq!(
+            std::mem::offset_of!(VmiDeviceVtable, rdma_access),
+            VMI_VTABLE_SIZE_1_2 as usize
         );
         assert_eq!(
             std::mem::offset_of!(VmiHostServices, irb_available),

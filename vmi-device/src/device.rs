@@ -125,6 +125,9 @@ pub trait Device: Sized + 'static {
     /// fragments: during [`Device::poll`] run as `poll_direct`, [`crate::deliver::offer`]
     /// hands a fragment to the host with no IRB.
     const RECEIVE_DIRECT: bool = false;
+    /// Transports: export [`Device::rdma_access`] (ABI 1.3), one-sided access to a peer's
+    /// memory for RDMA puts and gets.
+    const RDMA_ACCESS: bool = false;
     /// Per-IRB scratch space, zeroed when the host allocates the IRB; read it with
     /// [`Irb::frame`]. `()` for none.
     type Frame: bytemuck::Pod;
@@ -159,6 +162,22 @@ pub trait Device: Sized + 'static {
     /// device above has a submit step.
     fn send_inline(&mut self, _conn: u64, _flags: u32, _data: &[u8]) -> bool {
         false
+    }
+
+    /// Transports with [`Device::RDMA_ACCESS`]: writes the local `segs` one after another to
+    /// the peer's memory from address `remote` on (`write`), or reads them from there, on
+    /// connection `conn`, before returning. `Some(status)` when done or failed; `None` when
+    /// this connection cannot (the host then moves the bytes as messages). The segments are
+    /// the host's, valid (readable, or writable for a read) for the call; the device hands
+    /// them to the kernel or the NIC, never to safe code as slices.
+    fn rdma_access(
+        &mut self,
+        _conn: u64,
+        _write: bool,
+        _remote: u64,
+        _segs: &[crate::abi::VmiSeg],
+    ) -> Option<crate::status::Status> {
+        None
     }
 
     /// Makes progress without blocking, handing at most `budget` IRBs up the receive chain

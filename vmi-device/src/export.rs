@@ -99,6 +99,11 @@ impl<D: Device> Export<D> {
         } else {
             None
         },
+        rdma_access: if D::RDMA_ACCESS {
+            Some(rdma_access::<D>)
+        } else {
+            None
+        },
     };
 
     /// The descriptor.
@@ -334,6 +339,42 @@ unsafe extern "C" fn complete<D: Device>(dev: *mut c_void, irb: *mut VmiIrb, fra
 unsafe extern "C" fn poll<D: Device>(dev: *mut c_void) -> i32 {
     // SAFETY: forwarded from the host (a 1.0 host, which knows no budget).
     unsafe { poll_budget::<D>(dev, u32::MAX) }
+}
+
+unsafe extern "C" fn rdma_access<D: Device>(
+    dev: *mut c_void,
+    conn: u64,
+    write: u32,
+    remote: u64,
+    segs: *const VmiSeg,
+    nsegs: usize,
+    status: *mut i32,
+) -> i32 {
+    let r = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: live instance.
+        let inst = unsafe { instance::<D>(dev) };
+        let segs = if nsegs == 0 || segs.is_null() {
+            &[][..]
+        } else {
+            // SAFETY: the host lends `nsegs` segment descriptors at `segs` for the call.
+            unsafe { std::slice::from_raw_parts(segs, nsegs) }
+        };
+        inst.device.rdma_access(conn, write != 0, remote, segs)
+    }));
+    match r {
+        Ok(Some(s)) => {
+            if !status.is_null() {
+                // SAFETY: the host passes a writable status.
+                unsafe { *status = s.code() };
+            }
+            VMI_COMPLETE
+        }
+        Ok(None) => VMI_PASS,
+        Err(p) => {
+            device_panicked::<D>("rdma_access", &*p);
+            VMI_PASS
+        }
+    }
 }
 
 unsafe extern "C" fn send_inline<D: Device>(

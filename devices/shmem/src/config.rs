@@ -32,6 +32,12 @@ pub const PARAMS: &[VmiParamSpec] = &[
         c"smallest fragment moved by single copy",
     ),
     param(
+        c"one_sided",
+        VMI_PARAM_BOOL,
+        c"true",
+        c"RDMA puts and gets straight into the peer's memory (process_vm_writev/readv) when the kernel allows it",
+    ),
+    param(
         c"connect_timeout_ms",
         VMI_PARAM_UINT,
         c"5000",
@@ -63,6 +69,8 @@ pub struct ShmemConfig {
     pub single_copy: bool,
     /// Threshold for single copy.
     pub single_copy_min: usize,
+    /// RDMA puts and gets one-sided (process_vm_writev/readv) where permitted.
+    pub one_sided: bool,
     /// Connect / hello limit.
     pub connect_timeout: Duration,
     /// Largest fragment.
@@ -94,6 +102,7 @@ impl ShmemConfig {
             ring_size: ring_size as usize,
             single_copy: c.get_bool("single_copy").map_err(e)?,
             single_copy_min: c.get_u64("single_copy_min").map_err(e)? as usize,
+            one_sided: c.get_bool("one_sided").map_err(e)?,
             connect_timeout: c.get_millis("connect_timeout_ms").map_err(e)?,
             max_fragment,
             max_connect_data: c.get_u64("max_connect_data").map_err(e)?.min(16 << 20) as u32,

@@ -81,6 +81,8 @@ struct Conn {
     peer_key: String,
     /// The peer can read our memory: large sends go by single copy.
     peer_reads_me: bool,
+    /// This process can read (and so write) the peer's memory: RDMA goes one-sided.
+    i_reach_peer: bool,
     /// Kept ring positions (own, other side's as last seen): a cross-core read only when needed.
     tx_pos: (u64, u64),
     rx_pos: (u64, u64),
@@ -149,6 +151,7 @@ impl Conn {
             peer_probe: 0,
             peer_key: String::new(),
             peer_reads_me: false,
+            i_reach_peer: false,
             tx_pos: (0, 0),
             rx_pos: (0, 0),
             ctl: Vec::new(),
@@ -1117,6 +1120,7 @@ impl ShmemDevice {
             && read_peer(c.peer_pid, &[(answer.probe_addr, 16)], &mut probe).is_ok_and(|n| n == 16)
             && probe == PROBE;
         let _ = send_with_fds(&c.sock, if readable { b"C" } else { b"N" }, &[]);
+        c.i_reach_peer = reaches(self.cfg.one_sided, c.peer_pid, answer.probe_addr);
         c.state = State::Open;
         c.deadline = None;
         let mode = if c.peer_reads_me {
@@ -1403,6 +1407,15 @@ impl ShmemDevice {
     }
 }
 
+/// Whether this process may reach process `pid`'s memory (RDMA one-sided): `process_vm_readv`
+/// of its probe bytes works and finds them (`process_vm_writev` has the same permission rule).
+fn reaches(one_sided: bool, pid: i32, probe_addr: u64) -> bool {
+    let mut probe = [0u8; 16];
+    one_sided
+        && read_peer(pid, &[(probe_addr, 16)], &mut probe).is_ok_and(|n| n == 16)
+        && probe == PROBE
+}
+
 impl Device for ShmemDevice {
     const NAME: &'static CStr = c"shmem";
     const VERSION: &'static CStr = c"0.1.0";
@@ -1411,6 +1424,7 @@ impl Device for ShmemDevice {
     const PARAMS: &'static [vmi_device::abi::VmiParamSpec] = PARAMS;
     type Frame = ShmemFrame;
     const SEND_INLINE: bool = true;
+    const RDMA_ACCESS: bool = true;
     const RECEIVE_DIRECT: bool = true;
 
     fn create(host: Host, config: &Config) -> Result<Self, String> {
@@ -1500,6 +1514,37 @@ impl Device for ShmemDevice {
     /// A small whole message written into the ring at once, when nothing is queued ahead
     /// on the connection and it fits now; otherwise the IRB path takes it (and reports any
     /// error).
+    fn rdma_access(
+        &mut self,
+        conn: u64,
+        write: bool,
+        remote: u64,
+        segs: &[vmi_device::abi::VmiSeg],
+    ) -> Option<Status> {
+        let idx = *self.by_vmi.get(&conn)?;
+        let c = self.conns.get(idx)?.as_ref()?;
+        if c.state != State::Open || !c.i_reach_peer || c.gone.is_some() {
+            return None;
+        }
+        match crate::io::access_peer(c.peer_pid, write, remote, segs) {
+            Ok(()) => Some(Status::Ok),
+            Err(e) => {
+                log::debug!(
+                    "shmem: one-sided {} of '{}' at {remote:#x} failed: {e}",
+                    if write { "write" } else { "read" },
+                    c.peer_key
+                );
+                // EFAULT: the address is not mapped there (the peer withdrew the memory);
+                // EPERM/ESRCH: the peer cannot be reached any more.
+                Some(if e.raw_os_error() == Some(libc::EFAULT) {
+                    Status::Invalid
+                } else {
+                    Status::ConnectionLost
+                })
+            }
+        }
+    }
+
     fn send_inline(&mut self, conn: u64, flags: u32, data: &[u8]) -> bool {
         let Some(&idx) = self.by_vmi.get(&conn) else {
             return false;
@@ -1587,6 +1632,7 @@ impl Device for ShmemDevice {
                     && probe == PROBE;
                 let status = if accept { ACCEPT } else { REJECT };
                 let c = self.conns[idx].as_mut().expect("live");
+                c.i_reach_peer = reaches(self.cfg.one_sided, c.peer_pid, c.peer_probe);
                 let sent = if accept {
                     send_with_fds(
                         &c.sock,

@@ -276,6 +276,59 @@ pub fn recv_with_fds(
     Ok(msg.bytes)
 }
 
+/// Writes the local `segs` one after another to process `pid`'s memory from `remote` on
+/// (`write`), or reads them from there, with process_vm_writev/readv, continuing after
+/// short transfers. Fails with the system's error (EFAULT: not mapped there; EPERM: not
+/// permitted; ESRCH: no such process).
+pub fn access_peer(
+    pid: i32,
+    write: bool,
+    remote: u64,
+    segs: &[vmi_device::abi::VmiSeg],
+) -> io::Result<()> {
+    let total: usize = segs.iter().map(|s| s.len).sum();
+    let mut done = 0usize;
+    // Skips `done` bytes into the segments each round; one local iovec list per call.
+    while done < total {
+        let mut local: Vec<libc::iovec> = Vec::with_capacity(segs.len());
+        let mut skip = done;
+        for s in segs {
+            if skip >= s.len {
+                skip -= s.len;
+                continue;
+            }
+            local.push(libc::iovec {
+                iov_base: (s.base as usize + skip) as *mut libc::c_void,
+                iov_len: s.len - skip,
+            });
+            skip = 0;
+        }
+        let r = libc::iovec {
+            iov_base: (remote + done as u64) as *mut libc::c_void,
+            iov_len: total - done,
+        };
+        let n = local.len().min(1024) as libc::c_ulong;
+        // SAFETY: `local` describes the host's segments, lent for the call (readable for a
+        // write, writable for a read); `r` is the peer's memory, which the kernel checks
+        // (EFAULT on an unmapped range) under ptrace access rules.
+        let moved = unsafe {
+            if write {
+                libc::process_vm_writev(pid, local.as_ptr(), n, &r, 1, 0)
+            } else {
+                libc::process_vm_readv(pid, local.as_ptr(), n, &r, 1, 0)
+            }
+        };
+        if moved < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if moved == 0 {
+            return Err(io::Error::from_raw_os_error(libc::EFAULT));
+        }
+        done += moved as usize;
+    }
+    Ok(())
+}
+
 /// Reads `remote` ranges of process `pid` into `local` with one copy (process_vm_readv).
 pub fn read_peer(pid: i32, remote: &[(u64, usize)], local: &mut [u8]) -> io::Result<usize> {
     let liov = libc::iovec {

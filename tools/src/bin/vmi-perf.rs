@@ -4,6 +4,7 @@
 //! VMI_SPECFILE=specfiles/tcp.xml vmi-perf server perfkey            # host A
 //! VMI_SPECFILE=specfiles/tcp.xml vmi-perf client me perfkey hostA   # host B
 //! vmi-perf local --spec specfiles/loopback.xml                      # both ends in one process
+//! VMI_SPECFILE=specfiles/shmem.xml vmi-perf local --op put --sizes 8,4k,64k,1m   # RDMA puts
 //! vmi-perf raw                                                      # the raw TCP socket floor
 //! ```
 #![forbid(unsafe_code)]
@@ -17,7 +18,8 @@ use clap::{Args as ClapArgs, Parser, Subcommand};
 use vmi_core::Vmi;
 use vmi_core::spec::Spec;
 use vmi_tools::perf::{
-    Inputs, PerfClient, Report, Server, SizeResult, Sweep, Test, parse_sizes, raw_sweep, run_local,
+    Inputs, Op, PerfClient, Report, Server, SizeResult, Sweep, Test, parse_sizes, raw_sweep,
+    run_local,
 };
 
 /// Measure vmi: ping-pong latency (mean, median, p99) and streaming bandwidth over sizes.
@@ -93,6 +95,10 @@ enum Mode {
         /// reported.
         #[arg(long, default_value_t = 3)]
         rounds: usize,
+        /// Messages, or RDMA puts or gets (against ucx_perftest's ucp_put_lat/ucp_put_bw or
+        /// ucp_get).
+        #[arg(long, value_enum, default_value_t = Op::Stream)]
+        op: Op,
     },
 }
 
@@ -110,6 +116,9 @@ struct SweepArgs {
     /// What to measure.
     #[arg(long, value_enum, default_value_t = Test::Both)]
     test: Test,
+    /// How the bytes move: messages, or RDMA puts or gets into a buffer the server publishes.
+    #[arg(long, value_enum, default_value_t = Op::Stream)]
+    op: Op,
     /// Ping-pong iterations per size (default: by size).
     #[arg(long)]
     iters: Option<u64>,
@@ -151,6 +160,7 @@ fn sizes_arg(s: &str) -> Result<Sizes, String> {
 impl SweepArgs {
     fn sweep(&self) -> Sweep {
         Sweep {
+            op: self.op,
             sizes: self.sizes.0.clone(),
             fragments: self.fragments.max(1),
             test: self.test,
@@ -291,6 +301,7 @@ fn run(cli: Cli) -> Result<(), String> {
             tcp_spec,
             shm_spec,
             rounds,
+            op,
         } => {
             use vmi_tools::compare;
             let opts = compare::Options {
@@ -301,6 +312,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 tcp_spec,
                 shm_spec,
                 rounds,
+                op,
             };
             let c = compare::run(&opts);
             std::fs::create_dir_all(&out)

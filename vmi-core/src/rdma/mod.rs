@@ -31,7 +31,7 @@ mod region;
 pub mod target;
 pub mod wire;
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
@@ -164,6 +164,28 @@ pub(crate) struct Rdma {
     /// Get answers sent recently, by connection and message index, so the peer's "message N
     /// failed" turns into a failed answer instead of a wait for the deadline.
     sent: VecDeque<(ConnId, u64, u64, u64)>,
+    /// Buffers peers published with an address for one-sided access, by connection and id:
+    /// (address, size) as the publisher said (never the application's copy of them).
+    remotes: HashMap<(ConnId, u64), (u64, u64)>,
+    /// How each connection moved its puts and gets, once it tried: true for one-sided.
+    paths: HashMap<ConnId, bool>,
+}
+
+/// The most buffers published to this process that it reaches one-sided (more are reached
+/// through messages).
+const MAX_ONE_SIDED: usize = 65_536;
+
+/// How a connection moves RDMA bytes (see [`crate::Vmi::rdma_path`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RdmaPath {
+    /// Straight into and out of the peer's memory (the transport's one-sided access, e.g.
+    /// `process_vm_writev`/`readv` over shared memory); the peer's application and vmi do
+    /// nothing for a put or get without notify.
+    OneSided,
+    /// As messages through the chain, which the peer's vmi answers in its `poll`.
+    Messages,
+    /// No put or get has run on the connection yet.
+    Untried,
 }
 
 /// How many sent get answers `Rdma::sent` remembers.
@@ -224,6 +246,7 @@ pub(crate) fn publish(
     if !core.engine.conns().is_live(conn) {
         return Err(VmiError::UnknownConnection(app_conn));
     }
+    let one_sided = one_sided_capable(core, conn);
     let id = core.rdma.target.publish(Exposed {
         conn,
         region: region.clone(),
@@ -231,9 +254,15 @@ pub(crate) fn publish(
         len: range.len(),
         ctx,
         withdrawn: false,
+        one_sided,
     });
     let kind = Kind::Publish {
         buffer: id,
+        addr: if one_sided {
+            (region.addr() + range.start) as u64
+        } else {
+            0
+        },
         size: range.len() as u64,
         ctx,
     };
@@ -242,6 +271,109 @@ pub(crate) fn publish(
         return Err(e);
     }
     Ok(PublishId(id))
+}
+
+/// Whether `conn`'s transport can move RDMA bytes one-sided and no filter on its chain must
+/// see them (a filter sees every message; a one-sided transfer would pass it by).
+fn one_sided_capable(core: &Core, conn: ConnId) -> bool {
+    let conns = core.engine.conns();
+    conns
+        .transport_of(conn)
+        .is_some_and(|t| core.engine.has_rdma_access(t))
+        && core.engine.chain_direct(conns.chain(conn))
+        && !(core.rails.on() && (core.rails.is_bond(conn) || core.rails.is_rail(conn)))
+}
+
+/// Moves an op's bytes one-sided when the connection can: `Some(status)` when it ran,
+/// `None` when the bytes must go as messages.
+fn try_one_sided(
+    core: &mut Core,
+    conn: ConnId,
+    buffer: u64,
+    offset: u64,
+    write: bool,
+    segs: &[crate::abi::VmiSeg],
+) -> Option<Status> {
+    let &(addr, size) = core.rdma.remotes.get(&(conn, buffer))?;
+    let len: u64 = segs.iter().map(|s| s.len as u64).sum();
+    // Within what the publisher published (the application's RemoteBuffer may say more).
+    if offset.checked_add(len).is_none_or(|end| end > size) {
+        return Some(Status::Invalid);
+    }
+    if !one_sided_capable(core, conn) {
+        return None;
+    }
+    let transport = core.engine.conns().transport_of(conn)?;
+    let r = core
+        .engine
+        .rdma_access(transport, conn.raw(), write, addr + offset, segs);
+    if let std::collections::hash_map::Entry::Vacant(e) = core.rdma.paths.entry(conn) {
+        e.insert(r.is_some());
+        if r.is_some() {
+            log::info!("{conn}: RDMA puts and gets go one-sided (straight into the peer's memory)");
+        } else {
+            log::info!(
+                "{conn}: RDMA puts and gets go as messages: the transport cannot reach the peer's memory"
+            );
+        }
+    }
+    r
+}
+
+/// An op that ran one-sided: ends at the next poll (callbacks run only from `poll`); with
+/// notify, the publisher is told now.
+#[allow(clippy::too_many_arguments)]
+fn ended_one_sided(
+    core: &mut Core,
+    remote: &RemoteBuffer,
+    conn: ConnId,
+    get: bool,
+    offset: u64,
+    len: u64,
+    status: Status,
+    opts: &RdmaOptions,
+    token: u64,
+    mode: Mode,
+) -> RdmaOpId {
+    if status == Status::Ok && opts.notify {
+        let kind = Kind::Notice {
+            get,
+            buffer: remote.id,
+            offset,
+            len,
+        };
+        if let Err(e) = transmit(core, conn, kind, &[], mode) {
+            log::warn!("{conn}: could not send an RDMA notice: {e}");
+        }
+    }
+    let op = Op {
+        id: 0,
+        conn,
+        app_conn: remote.conn,
+        token,
+        kind: OpKind::Put,
+        buffer: remote.id,
+        offset,
+        len,
+        chunks: Vec::new(),
+        notify: false,
+        deadline: None,
+        messages: 0..0,
+    };
+    let detail = match status {
+        Status::Ok => String::new(),
+        Status::Invalid => {
+            "the buffer's memory is not there at the target any more, or the range is outside it"
+                .into()
+        }
+        s => format!("the one-sided transfer failed: {}", s.describe()),
+    };
+    // An id like any op's (it ended already, so a cancel finds nothing to cancel).
+    let id = core.rdma.initiator.issue(op);
+    let op = core.rdma.initiator.take(id).expect("just issued");
+    core.rdma.done.push_back(Ended { op, status, detail });
+    core.refresh();
+    RdmaOpId(id)
 }
 
 /// Withdraws a published buffer (see [`crate::Operations::rdma_withdraw`]).
@@ -255,6 +387,7 @@ pub(crate) fn withdraw(core: &mut Core, id: PublishId, mode: Mode) -> Result<(),
 /// Releases a buffer the peer published (see [`crate::Operations::rdma_release`]).
 pub(crate) fn release(core: &mut Core, remote: &RemoteBuffer, mode: Mode) -> Result<(), VmiError> {
     let conn = core.cross.real(remote.conn);
+    core.rdma.remotes.remove(&(conn, remote.id));
     transmit(core, conn, Kind::Release { buffer: remote.id }, &[], mode).map(|_| ())
 }
 
@@ -308,6 +441,22 @@ pub(crate) fn put(
     let conn = core.cross.real(remote.conn);
     if !core.engine.conns().is_live(conn) {
         return Err(VmiError::UnknownConnection(remote.conn));
+    }
+    if core.rdma.remotes.contains_key(&(conn, remote.id)) {
+        let segs: Vec<crate::abi::VmiSeg> = parts
+            .iter()
+            .filter(|p| !p.is_empty())
+            .map(|p| crate::abi::VmiSeg {
+                base: p.as_ptr().cast_mut(),
+                len: p.len(),
+            })
+            .collect();
+        // The transport only reads these segments (a write to the peer).
+        if let Some(status) = try_one_sided(core, conn, remote.id, offset, true, &segs) {
+            return Ok(ended_one_sided(
+                core, remote, conn, false, offset, len, status, opts, token, mode,
+            ));
+        }
     }
     let pieces = chunks(offset, len, chunk_size(core));
     let one = pieces.len() == 1;
@@ -420,6 +569,23 @@ pub(crate) fn get(
     if !core.engine.conns().is_live(conn) {
         return Err(VmiError::UnknownConnection(remote.conn));
     }
+    if core.rdma.remotes.contains_key(&(conn, remote.id)) {
+        let segs: Vec<crate::abi::VmiSeg> = into
+            .iter()
+            .filter(|s| s.len > 0)
+            .map(|s| crate::abi::VmiSeg {
+                base: (s.region.addr() + s.offset) as *mut u8,
+                len: s.len,
+            })
+            .collect();
+        // The regions are live (borrowed for this call) and were range-checked above; the
+        // transport writes the peer's bytes into them before it returns.
+        if let Some(status) = try_one_sided(core, conn, remote.id, offset, false, &segs) {
+            return Ok(ended_one_sided(
+                core, remote, conn, true, offset, len, status, opts, token, mode,
+            ));
+        }
+    }
     let pieces = chunks(offset, len, chunk_size(core));
     let one = pieces.len() == 1;
     let landings = into
@@ -517,7 +683,15 @@ pub(crate) fn handle(core: &mut Core, handler: &mut dyn Handler, conn: ConnId, d
         }
     };
     match kind {
-        Kind::Publish { buffer, size, ctx } => {
+        Kind::Publish {
+            buffer,
+            addr,
+            size,
+            ctx,
+        } => {
+            if addr != 0 && core.rdma.remotes.len() < MAX_ONE_SIDED {
+                core.rdma.remotes.insert((conn, buffer), (addr, size));
+            }
             let remote = RemoteBuffer {
                 conn: core.cross.app(conn),
                 id: buffer,
@@ -668,6 +842,7 @@ pub(crate) fn handle(core: &mut Core, handler: &mut dyn Handler, conn: ConnId, d
             }
         }
         Kind::Withdraw { buffer } => {
+            core.rdma.remotes.remove(&(conn, buffer));
             let remote_conn = core.cross.app(conn);
             handler.rdma_withdrawn(&mut Ctx::new(core), remote_conn, buffer);
             // The publisher keeps the memory until it hears that nothing more will come.
@@ -748,6 +923,15 @@ pub(crate) fn background(core: &mut Core, handler: &mut dyn Handler) {
     }
 }
 
+/// How `conn` moves RDMA bytes.
+pub(crate) fn path(core: &Core, conn: ConnId) -> RdmaPath {
+    match core.rdma.paths.get(&core.cross.real(conn)) {
+        Some(true) => RdmaPath::OneSided,
+        Some(false) => RdmaPath::Messages,
+        None => RdmaPath::Untried,
+    }
+}
+
 /// The soonest deadline of a waiting op.
 pub(crate) fn next_deadline(core: &mut Core) -> Option<Instant> {
     core.rdma.initiator.next_deadline()
@@ -769,10 +953,17 @@ pub(crate) fn conn_closed(core: &mut Core, handler: &mut dyn Handler, conn: Conn
     for o in core.rdma.initiator.conn_closed(conn) {
         end_op(core, handler, o, status, detail);
     }
-    for id in core.rdma.target.conn_closed(conn) {
+    for (id, e) in core.rdma.target.conn_closed(conn) {
+        if e.one_sided {
+            // The peer may not have seen the close yet and write once more: keep the
+            // addresses reserved when the application drops the region.
+            e.region.retire_on_drop();
+        }
         handler.rdma_released(&mut Ctx::new(core), PublishId(id), status);
     }
     core.rdma.sent.retain(|s| s.0 != conn);
+    core.rdma.remotes.retain(|k, _| k.0 != conn);
+    core.rdma.paths.remove(&conn);
 }
 
 /// The peer could not receive message `message` that this side sent on `conn`: a put or

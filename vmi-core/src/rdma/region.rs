@@ -32,10 +32,32 @@ struct Mapping {
     len: usize,
     /// The memfd (kept to pass to a peer on the same host).
     fd: OwnedFd,
+    /// A peer may still write here one-sided without having said it stopped (its connection
+    /// closed while the region was published to it): keep the addresses reserved after the
+    /// drop (see `Drop`).
+    retired: std::cell::Cell<bool>,
 }
 
 impl Drop for Mapping {
     fn drop(&mut self) {
+        if self.retired.get() {
+            // A late one-sided write from the peer must not land in whatever this process
+            // maps next at these addresses: leave them reserved and inaccessible (its writes
+            // then fail with EFAULT). The pages themselves go back to the system.
+            // SAFETY: replaces exactly the mapping made in `Region::new` (MAP_FIXED over our
+            // own range), which no reference outlives.
+            let tomb = unsafe {
+                rustix::mm::mmap_anonymous(
+                    self.base.cast(),
+                    self.mapped,
+                    ProtFlags::empty(),
+                    MapFlags::PRIVATE | MapFlags::FIXED | MapFlags::NORESERVE,
+                )
+            };
+            if tomb.is_ok() {
+                return;
+            }
+        }
         // SAFETY: unmaps exactly the mapping made in `Region::new`; no reference into it
         // outlives the last `Region` handle (the API hands out copies only).
         let _ = unsafe { rustix::mm::munmap(self.base.cast(), self.mapped) };
@@ -104,6 +126,7 @@ impl Region {
                 mapped,
                 len,
                 fd,
+                retired: std::cell::Cell::new(false),
             }),
         })
     }
@@ -126,6 +149,12 @@ impl Region {
     /// The address of its first byte in this process (what a registration records).
     pub fn addr(&self) -> usize {
         self.map.base as usize
+    }
+
+    /// Keeps its addresses reserved and inaccessible after the last handle is dropped: a peer
+    /// on the same host may still write into it one-sided.
+    pub(crate) fn retire_on_drop(&self) {
+        self.map.retired.set(true);
     }
 
     /// The memfd behind it (for a transport that maps it into a peer on the same host).

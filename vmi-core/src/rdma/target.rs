@@ -22,6 +22,8 @@ pub struct Exposed {
     pub ctx: u32,
     /// Withdrawn by this process: puts and gets fail, the handle waits for the release.
     pub withdrawn: bool,
+    /// Its address went to the peer for one-sided access.
+    pub one_sided: bool,
 }
 
 /// Why a peer's access is refused.
@@ -105,18 +107,17 @@ impl Target {
         self.table.remove(id)
     }
 
-    /// A connection closed: the ids of its buffers, removed.
-    pub fn conn_closed(&mut self, conn: ConnId) -> Vec<u64> {
+    /// A connection closed: its buffers, removed, with their ids.
+    pub fn conn_closed(&mut self, conn: ConnId) -> Vec<(u64, Exposed)> {
         let ids: Vec<u64> = self
             .table
             .iter()
             .filter(|(_, e)| e.conn == conn)
             .map(|(k, _)| k)
             .collect();
-        for &id in &ids {
-            self.table.remove(id);
-        }
-        ids
+        ids.into_iter()
+            .filter_map(|id| self.table.remove(id).map(|e| (id, e)))
+            .collect()
     }
 }
 
@@ -135,6 +136,7 @@ mod tests {
             len: 50,
             ctx: 7,
             withdrawn: false,
+            one_sided: false,
         });
         assert_eq!(t.access(ConnId(1), id, 0, 50).unwrap().1, 10);
         assert_eq!(t.access(ConnId(1), id, 49, 1).unwrap().1, 59);
@@ -174,10 +176,12 @@ mod tests {
             len: 8,
             ctx: 0,
             withdrawn: false,
+            one_sided: false,
         };
         let a = t.publish(e(1));
         let b = t.publish(e(2));
-        assert_eq!(t.conn_closed(ConnId(1)), vec![a]);
+        let closed: Vec<u64> = t.conn_closed(ConnId(1)).iter().map(|c| c.0).collect();
+        assert_eq!(closed, vec![a]);
         assert!(t.get(b).is_some());
     }
 }

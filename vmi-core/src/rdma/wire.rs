@@ -9,7 +9,8 @@
 //! ```
 //!
 //! - publish (16): `buffer` is the publisher's id for it, `len` its size, `ctx` the
-//!   application's value; the payload is the application's payload.
+//!   application's value, `op` its address in the publisher when the connection can reach
+//!   it one-sided (0 otherwise); the payload is the application's payload.
 //! - put (17): op `op` writes its payload at `offset` of `buffer`; `len` is the payload's
 //!   length; flag bit 0 asks the target to tell its application.
 //! - put done (18): the target's answer to op `op`'s chunk at `offset`: `status`.
@@ -55,6 +56,8 @@ pub enum Kind {
     Publish {
         /// The publisher's id for it.
         buffer: u64,
+        /// Its address in the publisher, for one-sided access (0: none).
+        addr: u64,
         /// Its size in bytes.
         size: u64,
         /// The application's value (VMI's `ctx`).
@@ -201,8 +204,14 @@ impl Kind {
     pub fn encode(&self, payload: usize) -> [u8; HEADER] {
         let len = payload as u64;
         let f = match *self {
-            Kind::Publish { buffer, size, ctx } => Fields {
+            Kind::Publish {
+                buffer,
+                addr,
+                size,
+                ctx,
+            } => Fields {
                 kind: PUBLISH,
+                op: addr,
                 buffer,
                 len: size,
                 ctx,
@@ -328,11 +337,12 @@ impl Kind {
             PUBLISH => (
                 Kind::Publish {
                     buffer: f.buffer,
+                    addr: f.op,
                     size: f.len,
                     ctx: f.ctx,
                 },
                 true,
-                f.flags == 0 && f.status == 0 && f.op == 0 && f.offset == 0,
+                f.flags == 0 && f.status == 0 && f.offset == 0,
             ),
             PUT => (
                 Kind::Put {
@@ -409,8 +419,7 @@ impl Kind {
         let want = match kind {
             Kind::Put { .. } => f.len,
             Kind::GetData {
-                status: Status::Ok,
-                ..
+                status: Status::Ok, ..
             } => f.len,
             Kind::Publish { .. } => payload.len() as u64,
             _ => 0,
@@ -454,6 +463,7 @@ mod tests {
             (
                 Kind::Publish {
                     buffer: 7 << 32 | 1,
+                    addr: 0x7f00_0000_1000,
                     size: 4096,
                     ctx: 9,
                 },
