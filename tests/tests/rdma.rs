@@ -659,3 +659,47 @@ fn over_shared_memory_puts_and_gets_go_straight_into_the_peer_s_memory() {
     again.write(0, b"fresh").unwrap();
     assert_eq!(again.to_vec(0, 5).unwrap(), b"fresh");
 }
+
+#[test]
+fn pool_buffers_are_published_and_filled_like_regions() {
+    use vmi_core::{BufferPool, PoolConfig};
+    let mut p = Pair::new("tcp", &[]);
+    let pool = BufferPool::new(PoolConfig {
+        buffer_size: 3000,
+        align: 256,
+        prealloc: 4,
+        grow: 4,
+        max: 8,
+        clear: true,
+    })
+    .unwrap();
+    let bufs: Vec<_> = (0..3).map(|_| pool.alloc().unwrap()).collect();
+    let mut remotes = Vec::new();
+    for b in &bufs {
+        let (_, r) = p.publish(b.region(), b.range());
+        assert_eq!(r.size, 3000);
+        remotes.push(r);
+    }
+    for (i, r) in remotes.iter().enumerate() {
+        p.b.rdma_put(
+            r,
+            2990,
+            &[&[i as u8 + 1; 10]],
+            &RdmaOptions::default(),
+            i as u64,
+        )
+        .unwrap();
+        assert_eq!(p.end_of(i as u64).0, Status::Ok);
+        // Past the buffer's end (into its neighbour in the chunk) is refused.
+        p.b.rdma_put(r, 2991, &[&[9; 10]], &RdmaOptions::default(), 10 + i as u64)
+            .unwrap_err();
+    }
+    for (i, b) in bufs.iter().enumerate() {
+        let mut tail = [0u8; 10];
+        b.read(2990, &mut tail).unwrap();
+        assert_eq!(tail, [i as u8 + 1; 10]);
+        let mut head = [1u8; 10];
+        b.read(0, &mut head).unwrap();
+        assert_eq!(head, [0; 10], "nothing spilled over from a neighbour");
+    }
+}

@@ -443,6 +443,8 @@ fn raw(opts: &Options) -> Peer {
 /// The whole comparison.
 #[derive(Clone, Debug, Serialize)]
 pub struct Comparison {
+    /// How the bytes moved (messages, puts or gets).
+    pub op: Op,
     /// Sizes.
     pub sizes: Vec<usize>,
     /// Rounds run.
@@ -542,6 +544,7 @@ pub fn run(opts: &Options) -> Comparison {
         .map_or(0, |d| d.as_secs());
     let rounds: Vec<Vec<Peer>> = (0..opts.rounds.max(1)).map(|r| round(opts, r)).collect();
     Comparison {
+        op: opts.op,
         sizes: opts.sizes.clone(),
         rounds: opts.rounds.max(1),
         host: std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -565,9 +568,17 @@ impl Comparison {
     /// The table, with vmi's ratio to each peer of its family.
     pub fn table(&self) -> String {
         let mut t = String::new();
-        t.push_str(
-            "latency: half round trip, us (mean); bandwidth: one-way streaming, MB/s (10^6 B/s)\n",
-        );
+        t.push_str(match self.op {
+            Op::Stream => {
+                "latency: half round trip, us (mean); bandwidth: one-way streaming, MB/s (10^6 B/s)\n"
+            }
+            Op::Put => {
+                "RDMA puts. latency, us (mean): vmi from issue to completion, ucx_perftest ucp_put_lat's one-way; bandwidth: ucp_put_bw, MB/s (10^6 B/s)\n"
+            }
+            Op::Get => {
+                "RDMA gets. latency, us (mean): vmi from issue to completion, ucx_perftest ucp_get's time per get; bandwidth: MB/s (10^6 B/s)\n"
+            }
+        });
         t.push_str("ratios are vmi / peer within a family (tcp, shm): latency < 1 and bandwidth > 1 favour vmi\n");
         t.push_str(&format!(
             "values are medians over {} interleaved round(s); a ratio is the median of the per-round ratios, [min-max] beside it\n",
@@ -638,6 +649,25 @@ impl Comparison {
         let lat = |p: &str, s| self.point(p, s).and_then(|x| x.latency_us);
         let bw = |p: &str, s| self.point(p, s).and_then(|x| x.bandwidth_mbs);
         let (sn, ln) = (size_name(small), size_name(large));
+        if self.op != Op::Stream {
+            // The RDMA issue's targets: shared-memory put latency and bandwidth against UCX.
+            let what = if self.op == Op::Put { "put" } else { "get" };
+            check(
+                &format!("shm {sn} {what} latency vs UCX sm"),
+                lat("vmi shm", small),
+                lat("ucx sm", small),
+                |r| r <= 1.0,
+                "<= 1.00",
+            );
+            check(
+                &format!("shm {ln} {what} bandwidth vs UCX sm"),
+                bw("vmi shm", large),
+                bw("ucx sm", large),
+                |r| r >= 1.0,
+                ">= 1.00",
+            );
+            return out;
+        }
         // The issue "Core v2 (2 of 2)": its wall-clock targets, in its words.
         check(
             &format!("TCP {sn} latency vs raw floor"),
@@ -880,6 +910,7 @@ Final:                  2000      7.233     7.460     7.460        1.02       1.
             ],
         ];
         let c = Comparison {
+            op: Op::Stream,
             sizes: vec![8],
             rounds: 3,
             host: "h".into(),

@@ -169,6 +169,16 @@ pub enum VmiError {
     /// A region could not be made.
     #[error("cannot make an RDMA region: {0}")]
     Region(String),
+    /// A buffer pool is at its limit.
+    #[error(
+        "the buffer pool has made its most buffers ({buffers} of {size} bytes) and all are in use; return some, or make the pool with a higher max or grow"
+    )]
+    PoolExhausted {
+        /// Buffers made.
+        buffers: usize,
+        /// Bytes per buffer.
+        size: usize,
+    },
     /// No buffer with that id is published.
     #[error("{0} is not published: it was released by the peer, or its connection closed")]
     UnknownPublish(crate::rdma::PublishId),

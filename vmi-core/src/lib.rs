@@ -65,7 +65,8 @@ pub use msgpass::{
 pub use ops::{MAX_CONNECT_DATA, Operations, Stream};
 pub use rails::RailInfo;
 pub use rdma::{
-    PublishId, RdmaNotice, RdmaOpId, RdmaOptions, RdmaPath, Region, RemoteBuffer, Segment,
+    BufferPool, PoolBuffer, PoolConfig, PublishId, RdmaNotice, RdmaOpId, RdmaOptions, RdmaPath,
+    Region, RemoteBuffer, Segment,
 };
 pub use slab::{GrabbedSlab, Slab, SlabState};
 pub use status::Status;

@@ -27,6 +27,7 @@
 #![deny(unsafe_code)]
 
 pub mod initiator;
+mod pool;
 mod region;
 pub mod target;
 pub mod wire;
@@ -46,6 +47,7 @@ use initiator::{Answered, Initiator, Landing, Op, OpKind};
 use target::{Exposed, Target};
 use wire::{HEADER, Kind};
 
+pub use pool::{BufferPool, PoolBuffer, PoolConfig, PoolStats};
 pub use region::{MAX_REGION, Region};
 
 /// The largest chunk a put or get moves in one message (larger ones take several).
