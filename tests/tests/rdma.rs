@@ -598,6 +598,13 @@ fn over_shared_memory_puts_and_gets_go_straight_into_the_peer_s_memory() {
         return;
     }
     assert_eq!(path, RdmaPath::OneSided);
+    // The publisher's memfd was attached here: the put was a copy, no system call.
+    let attached: u64 =
+        p.b.attr_get("shmem", "rdma_attached")
+            .unwrap()
+            .parse()
+            .unwrap();
+    assert_eq!(attached, 1);
     // The bytes are there before any poll of the publisher.
     assert!(region.to_vec(4096 + 7, data.len()).unwrap() == data);
     assert_eq!(p.end_of(1).0, Status::Ok);

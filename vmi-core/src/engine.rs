@@ -61,6 +61,7 @@ type RdmaAccessFn = unsafe extern "C" fn(
     u64,
     u32,
     u64,
+    *const crate::abi::VmiRdmaKey,
     *const crate::abi::VmiSeg,
     usize,
     *mut i32,
@@ -689,6 +690,7 @@ impl Engine {
         conn: u64,
         write: bool,
         remote: u64,
+        key: Option<&crate::abi::VmiRdmaKey>,
         segs: &[crate::abi::VmiSeg],
     ) -> Option<crate::status::Status> {
         let &Some((f, dev)) = self.rdma.get(transport as usize)? else {
@@ -703,6 +705,7 @@ impl Engine {
                 conn,
                 u32::from(write),
                 remote,
+                key.map_or(std::ptr::null(), |k| k as *const _),
                 segs.as_ptr(),
                 segs.len(),
                 &mut status,

@@ -105,6 +105,14 @@ typedef struct vmi_seg {
     size_t len;
 } vmi_seg;
 
+/* ABI 1.3: the peer's memory object behind a published address (see rdma_access). */
+typedef struct vmi_rdma_key {
+    int32_t fd;        /* descriptor number of the sealed memfd in the peer */
+    uint32_t reserved; /* zero */
+    uint64_t inode;    /* its inode number */
+    uint64_t offset;   /* offset in it of the first byte accessed */
+} vmi_rdma_key;
+
 typedef struct vmi_irb {
     uint32_t op;
     uint32_t flags;
@@ -194,9 +202,12 @@ typedef struct vmi_device_vtable {
      * write (write = 1) the nsegs local segments one after another to the peer's addresses
      * from `remote` on, or read them from there (write = 0), before returning. VMI_COMPLETE
      * with *status set (0: every byte moved), or VMI_PASS when this connection cannot now
-     * (the host then moves the bytes as messages). */
+     * (the host then moves the bytes as messages). key, when not NULL, names the peer's sealed
+     * memfd behind `remote` (descriptor number in the peer, inode, offset of `remote` in it)
+     * for a transport that attaches it instead of copying through the kernel. */
     int32_t (*rdma_access)(void *dev, uint64_t conn, uint32_t write, uint64_t remote,
-                           const vmi_seg *segs, size_t nsegs, int32_t *status);
+                           const vmi_rdma_key *key, const vmi_seg *segs, size_t nsegs,
+                           int32_t *status);
 } vmi_device_vtable;
 
 typedef struct vmi_device_descriptor {

@@ -403,21 +403,43 @@ pub struct VmiDeviceVtable {
     /// Transports: one-sided access to the peer's memory on connection `conn` (RDMA put and
     /// get): writes the `nsegs` local segments one after another to the peer's addresses from
     /// `remote` on (`write` = 1), or reads them from there (`write` = 0), before it returns.
-    /// Returns `VMI_COMPLETE` with `*status` set (a `VmiStatus` code: 0 when every byte
-    /// moved), or `VMI_PASS` when this connection cannot now (the host then moves the bytes
-    /// as messages). The host calls it only for addresses the peer published, and only when
-    /// no device above the transport on the connection's chain has a submit step.
+    /// `key`, when not NULL, names the memory object behind `remote` in the peer (see
+    /// [`VmiRdmaKey`]) for a transport that attaches it instead of copying through the
+    /// kernel. Returns `VMI_COMPLETE` with `*status` set (a `VmiStatus` code: 0 when every
+    /// byte moved), or `VMI_PASS` when this connection cannot now (the host then moves the
+    /// bytes as messages). The host calls it only for addresses the peer published, and only
+    /// when no device above the transport on the connection's chain has a submit step.
     pub rdma_access: Option<
         unsafe extern "C" fn(
             dev: *mut c_void,
             conn: u64,
             write: u32,
             remote: u64,
+            key: *const VmiRdmaKey,
             segs: *const VmiSeg,
             nsegs: usize,
             status: *mut i32,
         ) -> i32,
     >,
+}
+
+/// The memory object behind a peer's published address (ABI 1.3 `rdma_access`): a sealed
+/// memfd in the peer, as the peer's vmi published it. A transport on the same host may
+/// attach it (take a duplicate of descriptor `fd` of the peer, check that it is the memfd of
+/// inode `inode`, sealed against shrinking, and map it) and copy at `offset` with no system
+/// call.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VmiRdmaKey {
+    /// The descriptor number of the memfd in the peer.
+    pub fd: i32,
+    /// Zero.
+    pub reserved: u32,
+    /// The memfd's inode number (so a descriptor number reused for another file is told
+    /// apart).
+    pub inode: u64,
+    /// The offset in the memfd of the first byte accessed (the byte at `remote`).
+    pub offset: u64,
 }
 
 /// The host's receiver of fragments a transport hands over with no IRB (ABI 1.2
@@ -544,6 +566,7 @@ mod tests {
         assert_eq!(std::mem::size_of::<VmiDeviceDescriptor>(), 88);
         assert_eq!(std::mem::size_of::<VmiHostServices>(), 136);
         assert_eq!(std::mem::size_of::<VmiCapabilities>(), 24);
+        assert_eq!(std::mem::size_of::<VmiRdmaKey>(), 24);
         // The 1.0 prefixes are unchanged: entries were only appended.
         assert_eq!(
             std::mem::offset_of!(VmiDeviceVtable, poll_budget),

@@ -166,7 +166,8 @@ pub trait Device: Sized + 'static {
 
     /// Transports with [`Device::RDMA_ACCESS`]: writes the local `segs` one after another to
     /// the peer's memory from address `remote` on (`write`), or reads them from there, on
-    /// connection `conn`, before returning. `Some(status)` when done or failed; `None` when
+    /// connection `conn`, before returning. `key` names the peer's memory object behind
+    /// `remote` when the peer's vmi published one (see [`crate::abi::VmiRdmaKey`]). `Some(status)` when done or failed; `None` when
     /// this connection cannot (the host then moves the bytes as messages). The segments are
     /// the host's, valid (readable, or writable for a read) for the call; the device hands
     /// them to the kernel or the NIC, never to safe code as slices.
@@ -175,6 +176,7 @@ pub trait Device: Sized + 'static {
         _conn: u64,
         _write: bool,
         _remote: u64,
+        _key: Option<&crate::abi::VmiRdmaKey>,
         _segs: &[crate::abi::VmiSeg],
     ) -> Option<crate::status::Status> {
         None

@@ -346,6 +346,7 @@ unsafe extern "C" fn rdma_access<D: Device>(
     conn: u64,
     write: u32,
     remote: u64,
+    key: *const VmiRdmaKey,
     segs: *const VmiSeg,
     nsegs: usize,
     status: *mut i32,
@@ -359,7 +360,9 @@ unsafe extern "C" fn rdma_access<D: Device>(
             // SAFETY: the host lends `nsegs` segment descriptors at `segs` for the call.
             unsafe { std::slice::from_raw_parts(segs, nsegs) }
         };
-        inst.device.rdma_access(conn, write != 0, remote, segs)
+        // SAFETY: the host passes NULL or a key valid for the call.
+        let key = unsafe { key.as_ref() };
+        inst.device.rdma_access(conn, write != 0, remote, key, segs)
     }));
     match r {
         Ok(Some(s)) => {

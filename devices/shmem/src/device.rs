@@ -83,6 +83,10 @@ struct Conn {
     peer_reads_me: bool,
     /// This process can read (and so write) the peer's memory: RDMA goes one-sided.
     i_reach_peer: bool,
+    /// The peer's pidfd, opened at the first one-sided access with a key.
+    pidfd: Option<OwnedFd>,
+    /// The peer's memfds attached for one-sided RDMA (at most `MAX_ATTACHED`).
+    attached: Vec<crate::io::Attached>,
     /// Kept ring positions (own, other side's as last seen): a cross-core read only when needed.
     tx_pos: (u64, u64),
     rx_pos: (u64, u64),
@@ -152,6 +156,8 @@ impl Conn {
             peer_key: String::new(),
             peer_reads_me: false,
             i_reach_peer: false,
+            pidfd: None,
+            attached: Vec::new(),
             tx_pos: (0, 0),
             rx_pos: (0, 0),
             ctl: Vec::new(),
@@ -206,6 +212,8 @@ pub struct ShmemDevice {
     auth: Option<AuthKey>,
     /// Messages written by `send_inline`, with no IRB (the `inline_sends` attribute).
     inline_sends: u64,
+    /// Peer memfds attached for one-sided RDMA, in all.
+    rdma_attached: u64,
     /// Fragments the host took through `poll_direct`, with no IRB (`direct_receives`).
     direct_receives: u64,
     /// The payload buffer a fragment handed over directly is read into (it comes straight
@@ -1407,6 +1415,9 @@ impl ShmemDevice {
     }
 }
 
+/// The most peer memfds one connection keeps attached (more go through the kernel).
+const MAX_ATTACHED: usize = 64;
+
 /// Whether this process may reach process `pid`'s memory (RDMA one-sided): `process_vm_readv`
 /// of its probe bytes works and finds them (`process_vm_writev` has the same permission rule).
 fn reaches(one_sided: bool, pid: i32, probe_addr: u64) -> bool {
@@ -1491,6 +1502,7 @@ impl Device for ShmemDevice {
             finishing: Vec::new(),
             auth,
             inline_sends: 0,
+            rdma_attached: 0,
             direct_receives: 0,
             rx_scratch: Vec::new(),
             rx_batch: Box::new([0; RX_BATCH]),
@@ -1504,6 +1516,7 @@ impl Device for ShmemDevice {
                 None => "off".into(),
             }),
             "inline_sends" => Some(self.inline_sends.to_string()),
+            "rdma_attached" => Some(self.rdma_attached.to_string()),
             "direct_receives" => Some(self.direct_receives.to_string()),
             // Every peer has this process's uid: both sides check it with SO_PEERCRED.
             "peer_uid" => Some(self.uid.to_string()),
@@ -1519,12 +1532,50 @@ impl Device for ShmemDevice {
         conn: u64,
         write: bool,
         remote: u64,
+        key: Option<&vmi_device::abi::VmiRdmaKey>,
         segs: &[vmi_device::abi::VmiSeg],
     ) -> Option<Status> {
         let idx = *self.by_vmi.get(&conn)?;
-        let c = self.conns.get(idx)?.as_ref()?;
+        let c = self.conns.get_mut(idx)?.as_mut()?;
         if c.state != State::Open || !c.i_reach_peer || c.gone.is_some() {
             return None;
+        }
+        if let Some(k) = key {
+            // The peer's memfd, mapped here: a copy with no system call.
+            if let Some(a) = c
+                .attached
+                .iter()
+                .find(|a| a.fd == k.fd && a.inode == k.inode)
+            {
+                return Some(if a.copy(write, k.offset, segs) {
+                    Status::Ok
+                } else {
+                    Status::Invalid
+                });
+            }
+            if c.attached.len() < MAX_ATTACHED {
+                if c.pidfd.is_none() {
+                    c.pidfd = rustix::process::Pid::from_raw(c.peer_pid).and_then(|p| {
+                        rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok()
+                    });
+                }
+                let attached = match &c.pidfd {
+                    Some(pidfd) => crate::io::Attached::attach(pidfd, k.fd, k.inode),
+                    None => Err("pidfd_open of the peer failed".into()),
+                };
+                match attached {
+                    Ok(a) => {
+                        let ok = a.copy(write, k.offset, segs);
+                        c.attached.push(a);
+                        self.rdma_attached += 1;
+                        return Some(if ok { Status::Ok } else { Status::Invalid });
+                    }
+                    Err(e) => log::debug!(
+                        "shmem: cannot attach '{}''s memory ({e}); copying through the kernel",
+                        c.peer_key
+                    ),
+                }
+            }
         }
         match crate::io::access_peer(c.peer_pid, write, remote, segs) {
             Ok(()) => Some(Status::Ok),

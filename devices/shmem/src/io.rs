@@ -276,6 +276,102 @@ pub fn recv_with_fds(
     Ok(msg.bytes)
 }
 
+/// A peer's memfd mapped here for one-sided RDMA (attached through the peer's pidfd).
+pub struct Attached {
+    /// The memfd's descriptor number in the peer.
+    pub fd: i32,
+    /// Its inode.
+    pub inode: u64,
+    base: *mut u8,
+    len: usize,
+}
+
+// SAFETY: plain shared memory, accessed with raw copies only.
+unsafe impl Send for Attached {}
+
+impl Attached {
+    /// Takes a duplicate of the peer's descriptor `fd` (`pidfd_getfd`, allowed under the
+    /// same ptrace rule as `process_vm_writev`), checks that it is the memfd of inode
+    /// `inode` and sealed against shrinking and growing (so no one can truncate it under the
+    /// mapping: a SIGBUS), and maps it.
+    pub fn attach(pidfd: &OwnedFd, fd: i32, inode: u64) -> Result<Attached, String> {
+        let own =
+            rustix::process::pidfd_getfd(pidfd, fd, rustix::process::PidfdGetfdFlags::empty())
+                .map_err(|e| format!("pidfd_getfd of the peer's descriptor {fd} failed: {e}"))?;
+        let st = rustix::fs::fstat(&own).map_err(|e| format!("fstat failed: {e}"))?;
+        if st.st_ino != inode {
+            return Err(format!(
+                "the peer's descriptor {fd} is inode {}, not the published memfd's {inode}",
+                st.st_ino
+            ));
+        }
+        let seals = rustix::fs::fcntl_get_seals(&own)
+            .map_err(|e| format!("the peer's descriptor {fd} is not a sealable memfd: {e}"))?;
+        if !seals.contains(REQUIRED_SEALS) {
+            return Err(format!(
+                "the peer's memfd {fd} is not sealed against shrinking and growing"
+            ));
+        }
+        let len = usize::try_from(st.st_size).unwrap_or(0);
+        if len == 0 {
+            return Err(format!("the peer's memfd {fd} is empty"));
+        }
+        // SAFETY: a fresh shared mapping of a sealed memfd we hold, of its whole size.
+        let base = unsafe {
+            rustix::mm::mmap(
+                std::ptr::null_mut(),
+                len,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::SHARED,
+                &own,
+                0,
+            )
+        }
+        .map_err(|e| format!("mmap of the peer's memfd failed: {e}"))?;
+        Ok(Attached {
+            fd,
+            inode,
+            base: base.cast(),
+            len,
+        })
+    }
+
+    /// Copies the local `segs` one after another into the mapping from `offset` (`write`),
+    /// or out of it. False when the range is not inside the memfd.
+    pub fn copy(&self, write: bool, offset: u64, segs: &[vmi_device::abi::VmiSeg]) -> bool {
+        let total: u64 = segs.iter().map(|s| s.len as u64).sum();
+        if offset
+            .checked_add(total)
+            .is_none_or(|end| end > self.len as u64)
+        {
+            return false;
+        }
+        let mut at = offset as usize;
+        for s in segs {
+            // SAFETY: `at..at + s.len` lies inside the mapping (checked above); the segment is
+            // the host's, lent for the call (readable for a write, writable for a read), and
+            // cannot overlap the peer's memfd (the host's own memory). No reference into the
+            // shared mapping exists: raw copies only.
+            unsafe {
+                if write {
+                    std::ptr::copy_nonoverlapping(s.base, self.base.add(at), s.len);
+                } else {
+                    std::ptr::copy_nonoverlapping(self.base.add(at), s.base, s.len);
+                }
+            }
+            at += s.len;
+        }
+        true
+    }
+}
+
+impl Drop for Attached {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping made in `attach`.
+        let _ = unsafe { rustix::mm::munmap(self.base.cast(), self.len) };
+    }
+}
+
 /// Writes the local `segs` one after another to process `pid`'s memory from `remote` on
 /// (`write`), or reads them from there, with process_vm_writev/readv, continuing after
 /// short transfers. Fails with the system's error (EFAULT: not mapped there; EPERM: not

@@ -166,9 +166,9 @@ pub(crate) struct Rdma {
     /// Get answers sent recently, by connection and message index, so the peer's "message N
     /// failed" turns into a failed answer instead of a wait for the deadline.
     sent: VecDeque<(ConnId, u64, u64, u64)>,
-    /// Buffers peers published with an address for one-sided access, by connection and id:
-    /// (address, size) as the publisher said (never the application's copy of them).
-    remotes: HashMap<(ConnId, u64), (u64, u64)>,
+    /// Buffers peers published with an address for one-sided access, by connection and id,
+    /// as the publisher said (never the application's copy of them).
+    remotes: HashMap<(ConnId, u64), Reach>,
     /// How each connection moved its puts and gets, once it tried: true for one-sided.
     paths: HashMap<ConnId, bool>,
 }
@@ -176,6 +176,17 @@ pub(crate) struct Rdma {
 /// The most buffers published to this process that it reaches one-sided (more are reached
 /// through messages).
 const MAX_ONE_SIDED: usize = 65_536;
+
+/// How this process reaches a buffer a peer published one-sided.
+#[derive(Clone, Copy, Debug)]
+struct Reach {
+    /// Its address in the publisher.
+    addr: u64,
+    /// Its size.
+    size: u64,
+    /// The memory object behind it, if the publisher named one.
+    attach: Option<wire::Attach>,
+}
 
 /// How a connection moves RDMA bytes (see [`crate::Vmi::rdma_path`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -258,6 +269,8 @@ pub(crate) fn publish(
         withdrawn: false,
         one_sided,
     });
+    // Over a connection that can reach it one-sided, the address and the memfd behind it.
+    let attach = one_sided.then(|| region.attach(range.start)).flatten();
     let kind = Kind::Publish {
         buffer: id,
         addr: if one_sided {
@@ -267,8 +280,14 @@ pub(crate) fn publish(
         },
         size: range.len() as u64,
         ctx,
+        attach,
     };
-    if let Err(e) = transmit(core, conn, kind, &[payload], mode) {
+    let block = attach.map(|a| a.encode());
+    let parts: &[&[u8]] = match &block {
+        Some(b) => &[b, payload],
+        None => &[payload],
+    };
+    if let Err(e) = transmit(core, conn, kind, parts, mode) {
         core.rdma.target.release(conn, id);
         return Err(e);
     }
@@ -296,7 +315,8 @@ fn try_one_sided(
     write: bool,
     segs: &[crate::abi::VmiSeg],
 ) -> Option<Status> {
-    let &(addr, size) = core.rdma.remotes.get(&(conn, buffer))?;
+    let reach = *core.rdma.remotes.get(&(conn, buffer))?;
+    let (addr, size) = (reach.addr, reach.size);
     let len: u64 = segs.iter().map(|s| s.len as u64).sum();
     // Within what the publisher published (the application's RemoteBuffer may say more).
     if offset.checked_add(len).is_none_or(|end| end > size) {
@@ -306,9 +326,20 @@ fn try_one_sided(
         return None;
     }
     let transport = core.engine.conns().transport_of(conn)?;
-    let r = core
-        .engine
-        .rdma_access(transport, conn.raw(), write, addr + offset, segs);
+    let key = reach.attach.map(|a| crate::abi::VmiRdmaKey {
+        fd: a.fd as i32,
+        reserved: 0,
+        inode: a.inode,
+        offset: a.start + offset,
+    });
+    let r = core.engine.rdma_access(
+        transport,
+        conn.raw(),
+        write,
+        addr + offset,
+        key.as_ref(),
+        segs,
+    );
     if let std::collections::hash_map::Entry::Vacant(e) = core.rdma.paths.entry(conn) {
         e.insert(r.is_some());
         if r.is_some() {
@@ -690,9 +721,11 @@ pub(crate) fn handle(core: &mut Core, handler: &mut dyn Handler, conn: ConnId, d
             addr,
             size,
             ctx,
+            attach,
         } => {
             if addr != 0 && core.rdma.remotes.len() < MAX_ONE_SIDED {
-                core.rdma.remotes.insert((conn, buffer), (addr, size));
+                let reach = Reach { addr, size, attach };
+                core.rdma.remotes.insert((conn, buffer), reach);
             }
             let remote = RemoteBuffer {
                 conn: core.cross.app(conn),

@@ -157,6 +157,18 @@ impl Region {
         self.map.retired.set(true);
     }
 
+    /// The memfd behind it, named for a peer on the same host: its descriptor number, inode
+    /// and `start` as the offset of a buffer in it. None when the inode cannot be read.
+    pub(crate) fn attach(&self, start: usize) -> Option<super::wire::Attach> {
+        use std::os::fd::AsRawFd;
+        let st = rustix::fs::fstat(&self.map.fd).ok()?;
+        Some(super::wire::Attach {
+            fd: u32::try_from(self.map.fd.as_raw_fd()).ok()?,
+            inode: st.st_ino,
+            start: start as u64,
+        })
+    }
+
     /// The memfd behind it (for a transport that maps it into a peer on the same host).
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.map.fd.as_fd()

@@ -10,7 +10,9 @@
 //!
 //! - publish (16): `buffer` is the publisher's id for it, `len` its size, `ctx` the
 //!   application's value, `op` its address in the publisher when the connection can reach
-//!   it one-sided (0 otherwise); the payload is the application's payload.
+//!   it one-sided (0 otherwise); the payload is the application's payload. With flag bit 1
+//!   the payload starts with a 24-byte attach block naming the memory object behind the
+//!   address (`fd` u32, 0 u32, `inode` u64, `start` u64: the buffer's offset in it).
 //! - put (17): op `op` writes its payload at `offset` of `buffer`; `len` is the payload's
 //!   length; flag bit 0 asks the target to tell its application.
 //! - put done (18): the target's answer to op `op`'s chunk at `offset`: `status`.
@@ -48,6 +50,49 @@ const GET_NOTICE: u8 = 24;
 
 /// Flag bit: tell the target's application (put and get).
 const NOTIFY: u8 = 1;
+/// Flag bit: a publish's payload starts with an attach block.
+const ATTACH: u8 = 2;
+/// Bytes of an attach block.
+pub const ATTACH_LEN: usize = 24;
+
+/// The memory object behind a published address, for a transport on the same host that
+/// attaches it (see `VmiRdmaKey`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Attach {
+    /// The memfd's descriptor number in the publisher.
+    pub fd: u32,
+    /// Its inode number.
+    pub inode: u64,
+    /// The buffer's offset in it.
+    pub start: u64,
+}
+
+impl Attach {
+    /// The block's bytes.
+    pub fn encode(&self) -> [u8; ATTACH_LEN] {
+        let mut b = [0u8; ATTACH_LEN];
+        b[0..4].copy_from_slice(&self.fd.to_le_bytes());
+        b[8..16].copy_from_slice(&self.inode.to_le_bytes());
+        b[16..24].copy_from_slice(&self.start.to_le_bytes());
+        b
+    }
+
+    fn decode(b: &[u8]) -> Option<Attach> {
+        if b.len() < ATTACH_LEN || b[4..8] != [0; 4] {
+            return None;
+        }
+        let u64_at = |i: usize| {
+            let mut v = [0u8; 8];
+            v.copy_from_slice(&b[i..i + 8]);
+            u64::from_le_bytes(v)
+        };
+        Some(Attach {
+            fd: u32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+            inode: u64_at(8),
+            start: u64_at(16),
+        })
+    }
+}
 
 /// What an RDMA message says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,6 +103,9 @@ pub enum Kind {
         buffer: u64,
         /// Its address in the publisher, for one-sided access (0: none).
         addr: u64,
+        /// The memory object behind it, when the publisher offers it (the payload then
+        /// starts with its block).
+        attach: Option<Attach>,
         /// Its size in bytes.
         size: u64,
         /// The application's value (VMI's `ctx`).
@@ -209,8 +257,10 @@ impl Kind {
                 addr,
                 size,
                 ctx,
+                attach,
             } => Fields {
                 kind: PUBLISH,
+                flags: if attach.is_some() { ATTACH } else { 0 },
                 op: addr,
                 buffer,
                 len: size,
@@ -340,9 +390,14 @@ impl Kind {
                     addr: f.op,
                     size: f.len,
                     ctx: f.ctx,
+                    attach: if f.flags == ATTACH {
+                        Some(Attach::decode(payload).ok_or(WireError::Reserved("publish"))?)
+                    } else {
+                        None
+                    },
                 },
                 true,
-                f.flags == 0 && f.status == 0 && f.offset == 0,
+                f.flags & !ATTACH == 0 && f.status == 0 && f.offset == 0,
             ),
             PUT => (
                 Kind::Put {
@@ -437,6 +492,13 @@ impl Kind {
                 want,
             });
         }
+        // A publish's attach block is not the application's payload.
+        let payload = match kind {
+            Kind::Publish {
+                attach: Some(_), ..
+            } => &payload[ATTACH_LEN..],
+            _ => payload,
+        };
         let range_len = match kind {
             Kind::Put { .. } | Kind::Get { .. } | Kind::GetData { .. } | Kind::Notice { .. } => {
                 f.len
@@ -466,6 +528,7 @@ mod tests {
                     addr: 0x7f00_0000_1000,
                     size: 4096,
                     ctx: 9,
+                    attach: None,
                 },
                 5,
             ),
@@ -535,6 +598,31 @@ mod tests {
             assert_eq!(back, kind);
             assert_eq!(payload.len(), n);
         }
+    }
+
+    #[test]
+    fn a_publish_carries_its_attach_block_ahead_of_the_payload() {
+        let attach = Attach {
+            fd: 7,
+            inode: 1234,
+            start: 4096,
+        };
+        let kind = Kind::Publish {
+            buffer: 1,
+            addr: 0x1000,
+            size: 10,
+            ctx: 0,
+            attach: Some(attach),
+        };
+        let mut b = kind.encode(0).to_vec();
+        b.extend_from_slice(&attach.encode());
+        b.extend_from_slice(b"app");
+        let (back, payload) = Kind::decode(&b, 100).unwrap();
+        assert_eq!(back, kind);
+        assert_eq!(payload, b"app");
+        // The flag without a whole block is refused.
+        let short = &b[..HEADER + 10];
+        assert!(Kind::decode(short, 100).is_err());
     }
 
     #[test]
