@@ -31,9 +31,12 @@ per stream-shmem 1 "shmem streaming (send+recv+compl)" message
 per pingpong-shmem 2 "shmem ping-pong" hop
 per request-shmem 2 "shmem send/receive/reply" hop
 per async-shmem 2 "shmem ping-pong, async facade" hop
+per put-shmem 1 "shmem RDMA put, one-sided" put
+per get-shmem 1 "shmem RDMA get, one-sided" get
 per stream-tcp 1 "tcp streaming (user space)" message
 per pingpong-tcp 2 "tcp ping-pong (user space)" hop
 per request-tcp 2 "tcp send/receive/reply (user space)" hop
+per put-tcp 1 "tcp RDMA put, as messages" put
 per stream-loopback 1 "loopback streaming" message
 l0=$(count filters-0 "$N"); l0b=$(count filters-0 $((2 * N)))
 l3=$(count filters-3 "$N"); l3b=$(count filters-3 $((2 * N)))

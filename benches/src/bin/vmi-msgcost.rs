@@ -5,7 +5,9 @@
 //! `vmi-msgcost CASE N`: CASE is `stream-<transport>` (N one-way 8-byte inline messages, a
 //! window of 64 in flight), `pingpong-<transport>` (N round trips of 8 bytes, counted as 2N
 //! hops), `request-<transport>` (N send/receive/reply round trips of 8 bytes each way,
-//! counted as 2N hops, the server replying from its request callback), `async-<transport>`
+//! counted as 2N hops, the server replying from its request callback), `put-<transport>` and
+//! `get-<transport>` (N RDMA puts or gets of 8 bytes, each to its completion, both vmi
+//! instances polled while waiting), `async-<transport>`
 //! (the ping-pong through the async facade `vmi-async`: each side a tokio task awaiting
 //! `recv`, one thread, each driver sleeping on its event descriptor when idle), `filters-<k>` (streaming over loopback with k pass-through skeleton filters), or
 //! `idle` (N empty polls, loopback) or `idle-<transport>` (N empty polls of a process with
@@ -21,6 +23,8 @@ struct Side {
     received: u64,
     completed: u64,
     echo: bool,
+    /// The buffer the other side published (put and get cases).
+    remote: Option<vmi_core::RemoteBuffer>,
 }
 
 impl Handler for Side {
@@ -30,6 +34,10 @@ impl Handler for Side {
             std::process::exit(1);
         }
         self.conn = Some(conn);
+    }
+    fn accept(&mut self, _ctx: &mut Ctx<'_>, r: &mut ConnectRequest<'_>) -> Decision {
+        self.conn = Some(r.conn);
+        Decision::Accept(Vec::new())
     }
     fn receive(&mut self, ctx: &mut Ctx<'_>, conn: ConnId, _cmd: Recv, _slab: &mut Slab<'_>) {
         self.received += 1;
@@ -46,11 +54,24 @@ impl Handler for Side {
     fn replied(&mut self, _ctx: &mut Ctx<'_>, _conn: ConnId, _token: u64, _reply: Reply<'_>) {
         self.received += 1;
     }
+    fn rdma_published(
+        &mut self,
+        _ctx: &mut Ctx<'_>,
+        _conn: ConnId,
+        remote: vmi_core::RemoteBuffer,
+        _payload: &mut Slab<'_>,
+    ) {
+        self.remote = Some(remote);
+    }
+    fn rdma_done(&mut self, _c: &mut Ctx<'_>, _conn: ConnId, _t: u64, s: Status, d: &str) {
+        assert_eq!(s, Status::Ok, "vmi-msgcost: an RDMA op failed: {d}");
+        self.received += 1;
+    }
 }
 
 fn usage() -> ! {
     eprintln!(
-        "usage: vmi-msgcost stream-<loopback|shmem|tcp>|pingpong-<loopback|shmem|tcp>|request-<loopback|shmem|tcp>|async-<shmem|tcp>|filters-<k>|idle[-<transport>] N"
+        "usage: vmi-msgcost stream-<loopback|shmem|tcp>|pingpong-<loopback|shmem|tcp>|request-<loopback|shmem|tcp>|put-<transport>|get-<transport>|async-<shmem|tcp>|filters-<k>|idle[-<transport>] N"
     );
     std::process::exit(2)
 }
@@ -111,6 +132,42 @@ fn main() {
             };
             for i in 0..n {
                 a.request(conn, &[&msg], &opts, i).unwrap();
+                while ha.received <= i {
+                    pump(&mut a, &mut ha, &mut b, &mut hb);
+                }
+            }
+        }
+        "put" | "get" => {
+            // `b` publishes 4 KiB; `a` puts 8 bytes into it, or gets 8 bytes from it, one op
+            // at a time, each to its completion.
+            let region = vmi_core::Region::new(4096).unwrap();
+            let bconn = loop {
+                if let Some(c) = hb.conn {
+                    break c;
+                }
+                pump(&mut a, &mut ha, &mut b, &mut hb);
+            };
+            b.rdma_publish(bconn, &region, 0..4096, 0, b"").unwrap();
+            while ha.remote.is_none() {
+                pump(&mut a, &mut ha, &mut b, &mut hb);
+            }
+            let remote = ha.remote.unwrap();
+            let local = vmi_core::Region::new(64).unwrap();
+            let into = [vmi_core::Segment {
+                region: &local,
+                offset: 0,
+                len: 8,
+            }];
+            let opts = vmi_core::RdmaOptions {
+                notify: false,
+                timeout: None,
+            };
+            for i in 0..n {
+                if kind == "put" {
+                    a.rdma_put(&remote, 0, &[&msg], &opts, i).unwrap();
+                } else {
+                    a.rdma_get(&remote, 0, &into, &opts, i).unwrap();
+                }
                 while ha.received <= i {
                     pump(&mut a, &mut ha, &mut b, &mut hb);
                 }

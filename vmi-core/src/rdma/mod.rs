@@ -171,7 +171,16 @@ pub(crate) struct Rdma {
     remotes: HashMap<(ConnId, u64), Reach>,
     /// How each connection moved its puts and gets, once it tried: true for one-sided.
     paths: HashMap<ConnId, bool>,
+    /// The last buffer reached one-sided (most ops go to the buffer the one before went to):
+    /// no hashing for it. Cleared whenever `remotes` loses an entry.
+    last: Option<(ConnId, u64, Reach)>,
+    /// Ids of ops that ended at once (one-sided): counted, never in the initiator's table.
+    next_quick: u64,
 }
+
+/// The bit that marks the id of an op that ended at once (no table key has it: generations
+/// are 32 bits, shifted by 32, and vmi never reaches the top one).
+const QUICK: u64 = 1 << 63;
 
 /// The most buffers published to this process that it reaches one-sided (more are reached
 /// through messages).
@@ -219,6 +228,15 @@ impl Rdma {
     pub fn published(&self) -> usize {
         self.target.published()
     }
+}
+
+/// The system's page size (sysconf; rustix's auxv reader does not run under valgrind, which
+/// the instruction counts need).
+#[allow(unsafe_code)]
+pub(crate) fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(n).ok().filter(|&n| n > 0).unwrap_or(4096)
 }
 
 /// The largest chunk on `core`'s chain.
@@ -305,6 +323,19 @@ fn one_sided_capable(core: &Core, conn: ConnId) -> bool {
         && !(core.rails.on() && (core.rails.is_bond(conn) || core.rails.is_rail(conn)))
 }
 
+/// Whether the peer published buffer `buffer` on `conn` for one-sided access.
+#[inline]
+fn reachable(core: &Core, conn: ConnId, buffer: u64) -> bool {
+    matches!(core.rdma.last, Some((c, b, _)) if c == conn && b == buffer)
+        || core.rdma.remotes.contains_key(&(conn, buffer))
+}
+
+/// Forgets how to reach `buffer` on `conn` one-sided.
+fn unreachable(core: &mut Core, conn: ConnId, buffer: u64) {
+    core.rdma.remotes.remove(&(conn, buffer));
+    core.rdma.last = None;
+}
+
 /// Moves an op's bytes one-sided when the connection can: `Some(status)` when it ran,
 /// `None` when the bytes must go as messages.
 fn try_one_sided(
@@ -315,7 +346,14 @@ fn try_one_sided(
     write: bool,
     segs: &[crate::abi::VmiSeg],
 ) -> Option<Status> {
-    let reach = *core.rdma.remotes.get(&(conn, buffer))?;
+    let (reach, fresh) = match core.rdma.last {
+        Some((c, b, r)) if c == conn && b == buffer => (r, false),
+        _ => {
+            let r = *core.rdma.remotes.get(&(conn, buffer))?;
+            core.rdma.last = Some((conn, buffer, r));
+            (r, true)
+        }
+    };
     let (addr, size) = (reach.addr, reach.size);
     let len: u64 = segs.iter().map(|s| s.len as u64).sum();
     // Within what the publisher published (the application's RemoteBuffer may say more).
@@ -340,9 +378,18 @@ fn try_one_sided(
         key.as_ref(),
         segs,
     );
+    if fresh {
+        note_path(core, conn, r.is_some());
+    }
+    r
+}
+
+/// Records (and logs, the first time) how `conn` moved an op.
+#[cold]
+fn note_path(core: &mut Core, conn: ConnId, one_sided: bool) {
     if let std::collections::hash_map::Entry::Vacant(e) = core.rdma.paths.entry(conn) {
-        e.insert(r.is_some());
-        if r.is_some() {
+        e.insert(one_sided);
+        if one_sided {
             log::info!("{conn}: RDMA puts and gets go one-sided (straight into the peer's memory)");
         } else {
             log::info!(
@@ -350,7 +397,6 @@ fn try_one_sided(
             );
         }
     }
-    r
 }
 
 /// An op that ran one-sided: ends at the next poll (callbacks run only from `poll`); with
@@ -401,10 +447,14 @@ fn ended_one_sided(
         }
         s => format!("the one-sided transfer failed: {}", s.describe()),
     };
-    // An id like any op's (it ended already, so a cancel finds nothing to cancel).
-    let id = core.rdma.initiator.issue(op);
-    let op = core.rdma.initiator.take(id).expect("just issued");
-    core.rdma.done.push_back(Ended { op, status, detail });
+    // An id of its own, never a table key (it ended already: a cancel finds nothing).
+    core.rdma.next_quick = core.rdma.next_quick.wrapping_add(1);
+    let id = QUICK | (core.rdma.next_quick & !QUICK);
+    core.rdma.done.push_back(Ended {
+        op: Op { id, ..op },
+        status,
+        detail,
+    });
     core.refresh();
     RdmaOpId(id)
 }
@@ -420,7 +470,7 @@ pub(crate) fn withdraw(core: &mut Core, id: PublishId, mode: Mode) -> Result<(),
 /// Releases a buffer the peer published (see [`crate::Operations::rdma_release`]).
 pub(crate) fn release(core: &mut Core, remote: &RemoteBuffer, mode: Mode) -> Result<(), VmiError> {
     let conn = core.cross.real(remote.conn);
-    core.rdma.remotes.remove(&(conn, remote.id));
+    unreachable(core, conn, remote.id);
     transmit(core, conn, Kind::Release { buffer: remote.id }, &[], mode).map(|_| ())
 }
 
@@ -475,17 +525,28 @@ pub(crate) fn put(
     if !core.engine.conns().is_live(conn) {
         return Err(VmiError::UnknownConnection(remote.conn));
     }
-    if core.rdma.remotes.contains_key(&(conn, remote.id)) {
-        let segs: Vec<crate::abi::VmiSeg> = parts
-            .iter()
-            .filter(|p| !p.is_empty())
-            .map(|p| crate::abi::VmiSeg {
-                base: p.as_ptr().cast_mut(),
-                len: p.len(),
-            })
-            .collect();
+    if reachable(core, conn, remote.id) {
+        // The segments on the stack for a few parts (the common case), else on the heap.
+        let seg = |p: &&[u8]| crate::abi::VmiSeg {
+            base: p.as_ptr().cast_mut(),
+            len: p.len(),
+        };
+        let mut few = [crate::abi::VmiSeg {
+            base: std::ptr::null_mut(),
+            len: 0,
+        }; 4];
+        let many: Vec<crate::abi::VmiSeg>;
+        let segs: &[crate::abi::VmiSeg] = if parts.len() <= few.len() {
+            for (s, p) in few.iter_mut().zip(parts) {
+                *s = seg(p);
+            }
+            &few[..parts.len()]
+        } else {
+            many = parts.iter().map(seg).collect();
+            &many
+        };
         // The transport only reads these segments (a write to the peer).
-        if let Some(status) = try_one_sided(core, conn, remote.id, offset, true, &segs) {
+        if let Some(status) = try_one_sided(core, conn, remote.id, offset, true, segs) {
             return Ok(ended_one_sided(
                 core, remote, conn, false, offset, len, status, opts, token, mode,
             ));
@@ -602,10 +663,9 @@ pub(crate) fn get(
     if !core.engine.conns().is_live(conn) {
         return Err(VmiError::UnknownConnection(remote.conn));
     }
-    if core.rdma.remotes.contains_key(&(conn, remote.id)) {
+    if reachable(core, conn, remote.id) {
         let segs: Vec<crate::abi::VmiSeg> = into
             .iter()
-            .filter(|s| s.len > 0)
             .map(|s| crate::abi::VmiSeg {
                 base: (s.region.addr() + s.offset) as *mut u8,
                 len: s.len,
@@ -877,7 +937,7 @@ pub(crate) fn handle(core: &mut Core, handler: &mut dyn Handler, conn: ConnId, d
             }
         }
         Kind::Withdraw { buffer } => {
-            core.rdma.remotes.remove(&(conn, buffer));
+            unreachable(core, conn, buffer);
             let remote_conn = core.cross.app(conn);
             handler.rdma_withdrawn(&mut Ctx::new(core), remote_conn, buffer);
             // The publisher keeps the memory until it hears that nothing more will come.
@@ -998,6 +1058,7 @@ pub(crate) fn conn_closed(core: &mut Core, handler: &mut dyn Handler, conn: Conn
     }
     core.rdma.sent.retain(|s| s.0 != conn);
     core.rdma.remotes.retain(|k, _| k.0 != conn);
+    core.rdma.last = None;
     core.rdma.paths.remove(&conn);
 }
 

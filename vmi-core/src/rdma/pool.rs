@@ -99,7 +99,7 @@ pub struct BufferPool {
 impl BufferPool {
     /// Makes a pool and its first `prealloc` buffers (VMI 2.1: `VMI_Pool_Create_Buffer_Pool`).
     pub fn new(cfg: PoolConfig) -> Result<BufferPool, VmiError> {
-        let page = rustix::param::page_size();
+        let page = super::page_size();
         if cfg.buffer_size == 0 {
             return Err(VmiError::Region(
                 "a pool's buffer_size must be at least 1".into(),

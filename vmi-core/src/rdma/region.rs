@@ -101,7 +101,7 @@ impl Region {
             MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
         )
         .map_err(|e| fail("memfd_create", e))?;
-        let page = rustix::param::page_size();
+        let page = super::page_size();
         let mapped = len.div_ceil(page).max(1) * page;
         rustix::fs::ftruncate(&fd, mapped as u64).map_err(|e| fail("ftruncate", e))?;
         rustix::fs::fallocate(&fd, FallocateFlags::empty(), 0, mapped as u64)
