@@ -494,6 +494,40 @@ fn issue_op(core: &mut Core, op: Op) -> Result<u64, VmiError> {
     Ok(core.rdma.initiator.issue(op))
 }
 
+/// Records an op that goes as messages, in chunks; returns its id and its chunks
+/// ((offset, length) pairs). With notify, an op of several chunks is followed by a notice.
+#[allow(clippy::too_many_arguments)]
+fn issue_chunked(
+    core: &mut Core,
+    remote: &RemoteBuffer,
+    conn: ConnId,
+    kind: OpKind,
+    offset: u64,
+    len: u64,
+    opts: &RdmaOptions,
+    token: u64,
+) -> Result<(u64, Vec<(u64, u64)>), VmiError> {
+    let pieces = chunks(offset, len, chunk_size(core));
+    let id = issue_op(
+        core,
+        Op {
+            id: 0,
+            conn,
+            app_conn: remote.conn,
+            token,
+            kind,
+            buffer: remote.id,
+            offset,
+            len,
+            chunks: pieces.iter().map(|c| c.0).collect(),
+            notify: opts.notify && pieces.len() > 1,
+            deadline: opts.timeout.map(|t| Instant::now() + t),
+            messages: 0..0,
+        },
+    )?;
+    Ok((id, pieces))
+}
+
 /// The chunks of `len` bytes from `offset`: (offset, length) pairs.
 fn chunks(offset: u64, len: u64, chunk: usize) -> Vec<(u64, u64)> {
     let chunk = chunk as u64;
@@ -552,25 +586,8 @@ pub(crate) fn put(
             ));
         }
     }
-    let pieces = chunks(offset, len, chunk_size(core));
+    let (id, pieces) = issue_chunked(core, remote, conn, OpKind::Put, offset, len, opts, token)?;
     let one = pieces.len() == 1;
-    let id = issue_op(
-        core,
-        Op {
-            id: 0,
-            conn,
-            app_conn: remote.conn,
-            token,
-            kind: OpKind::Put,
-            buffer: remote.id,
-            offset,
-            len,
-            chunks: pieces.iter().map(|c| c.0).collect(),
-            notify: opts.notify && !one,
-            deadline: opts.timeout.map(|t| Instant::now() + t),
-            messages: 0..0,
-        },
-    )?;
     let first = core.engine.conns().tx_messages(conn);
     // Walk the parts once, handing each chunk the slices that make it up.
     let mut part = 0;
@@ -679,8 +696,6 @@ pub(crate) fn get(
             ));
         }
     }
-    let pieces = chunks(offset, len, chunk_size(core));
-    let one = pieces.len() == 1;
     let landings = into
         .iter()
         .map(|s| Landing {
@@ -689,23 +704,9 @@ pub(crate) fn get(
             len: s.len,
         })
         .collect();
-    let id = issue_op(
-        core,
-        Op {
-            id: 0,
-            conn,
-            app_conn: remote.conn,
-            token,
-            kind: OpKind::Get(landings),
-            buffer: remote.id,
-            offset,
-            len,
-            chunks: pieces.iter().map(|c| c.0).collect(),
-            notify: opts.notify && !one,
-            deadline: opts.timeout.map(|t| Instant::now() + t),
-            messages: 0..0,
-        },
-    )?;
+    let kind = OpKind::Get(landings);
+    let (id, pieces) = issue_chunked(core, remote, conn, kind, offset, len, opts, token)?;
+    let one = pieces.len() == 1;
     let first = core.engine.conns().tx_messages(conn);
     for &(at, n) in &pieces {
         let kind = Kind::Get {
