@@ -62,6 +62,14 @@ fn vmi_info_describes_every_shipped_specfile() {
             out.contains("[default]"),
             "parameters show their source: {out}"
         );
+        // Each transport says how RDMA moves over it: shared memory one-sided, the rest as
+        // messages.
+        if spec.contains("shmem") {
+            assert!(out.contains("  RDMA          one-sided"), "{spec}: {out}");
+        }
+        if spec.contains("tcp") || spec.contains("loopback") {
+            assert!(out.contains("  RDMA          as messages"), "{spec}: {out}");
+        }
         let (ok, out) = run("vmi-info", &["--spec", spec, "--json"], &[]);
         assert!(ok);
         let v = json(&out);

@@ -35,7 +35,7 @@ pub const PARAMS: &[VmiParamSpec] = &[
         c"one_sided",
         VMI_PARAM_BOOL,
         c"true",
-        c"RDMA puts and gets straight into the peer's memory (process_vm_writev/readv) when the kernel allows it",
+        c"RDMA puts and gets straight into the peer's memory (its region mapped here, or process_vm_writev/readv) when the kernel allows it",
     ),
     param(
         c"connect_timeout_ms",

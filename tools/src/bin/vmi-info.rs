@@ -279,6 +279,9 @@ struct DeviceReport {
     why_not: Option<String>,
     /// For transports: whether peers must prove they hold a pre-shared key.
     authentication: Option<String>,
+    /// For transports: how RDMA puts and gets move ("one-sided" with the ABI 1.3
+    /// `rdma_access` entry, else "messages").
+    rdma: Option<&'static str>,
 }
 
 #[derive(Serialize)]
@@ -464,6 +467,13 @@ fn report(spec_path: Option<PathBuf>, peer: Option<String>) -> Report {
             library: d.ty.origin(),
             description: d.ty.description.clone(),
             wire_neutral: d.ty.wire_neutral,
+            rdma: (d.ty.kind == DeviceKind::Transport).then(|| {
+                if d.ty.provides().contains(&"rdma_access") {
+                    "one-sided"
+                } else {
+                    "messages"
+                }
+            }),
             params: d
                 .params
                 .iter()
@@ -569,6 +579,15 @@ fn print_report(r: &Report) {
         }
         if let Some(a) = &d.authentication {
             println!("  authentication {a}");
+        }
+        match d.rdma {
+            Some("one-sided") => println!(
+                "  RDMA          one-sided: puts and gets go straight into a peer's memory where the kernel allows it (else as messages)"
+            ),
+            Some(_) => {
+                println!("  RDMA          as messages that the peer's vmi answers in its poll")
+            }
+            None => {}
         }
         match (d.usable, &d.why_not) {
             (Some(true), _) => println!("  usable here   yes"),
