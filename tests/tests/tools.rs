@@ -525,3 +525,26 @@ fn vmi_info_shows_extra_named_chains() {
     assert_eq!(v["extra_chains"][0]["name"], "bulk", "{v}");
     assert_eq!(v["extra_chains"][0]["devices"][1], "tcp", "{v}");
 }
+
+#[test]
+fn vmi_info_shows_each_transport_s_eager_and_rendezvous_thresholds_and_their_source() {
+    let spec = root().join("specfiles/shmem-tcp.xml");
+    let spec = spec.to_str().unwrap();
+    let (ok, out) = run("vmi-info", &["--spec", spec], &[]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("protocols     eager (copied through the ring) below 65536 bytes; rendezvous from 65536 bytes"),
+        "{out}"
+    );
+    assert!(out.contains("protocols     eager for every size"), "{out}");
+    // Tuned from the environment: the threshold follows, and its source is shown.
+    let var = vmi_core::params::env_var_name("shmem", "single_copy_min");
+    let (ok, out) = run("vmi-info", &["--spec", spec], &[(var.as_str(), "4k")]);
+    assert!(ok, "{out}");
+    assert!(out.contains("rendezvous from 4096 bytes"), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.contains("single_copy_min") && l.contains("4096") && l.contains(&var)),
+        "the parameter's source: {out}"
+    );
+}

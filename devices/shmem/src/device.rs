@@ -1517,6 +1517,15 @@ impl Device for ShmemDevice {
             }),
             "inline_sends" => Some(self.inline_sends.to_string()),
             "rdma_attached" => Some(self.rdma_attached.to_string()),
+            // The eager/rendezvous threshold, as vmi-info shows it.
+            "protocols" => Some(if self.cfg.single_copy {
+                format!(
+                    "eager (copied through the ring) below {} bytes; rendezvous from {} bytes (single_copy_min): the receiver reads the sender's memory with process_vm_readv, where the kernel lets it",
+                    self.cfg.single_copy_min, self.cfg.single_copy_min
+                )
+            } else {
+                "eager only: every fragment copied through the ring (single_copy = false)".into()
+            }),
             "direct_receives" => Some(self.direct_receives.to_string()),
             // Every peer has this process's uid: both sides check it with SO_PEERCRED.
             "peer_uid" => Some(self.uid.to_string()),

@@ -1123,6 +1123,10 @@ impl Device for TcpDevice {
                 None => "off".into(),
             }),
             "inline_sends" => Some(self.inline_sends.to_string()),
+            // As vmi-info shows it.
+            "protocols" => {
+                Some("eager for every size: the bytes stream on the socket, no rendezvous".into())
+            }
             "direct_receives" => Some(self.direct_receives.to_string()),
             // Where a rail of a multi-rail connection reaches this instance: its address and
             // port, or the port alone when it listens on every interface.

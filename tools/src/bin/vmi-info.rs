@@ -279,6 +279,9 @@ struct DeviceReport {
     why_not: Option<String>,
     /// For transports: whether peers must prove they hold a pre-shared key.
     authentication: Option<String>,
+    /// For transports: the eager/rendezvous thresholds, in words (the device's `protocols`
+    /// attribute; the parameters behind them are listed with their sources).
+    protocols: Option<String>,
     /// For transports: how RDMA puts and gets move ("one-sided" with the ABI 1.3
     /// `rdma_access` entry, else "messages").
     rdma: Option<&'static str>,
@@ -447,6 +450,18 @@ fn report(spec_path: Option<PathBuf>, peer: Option<String>) -> Report {
         .filter(|d| d.ty.kind == DeviceKind::Transport)
         .map(|d| (d.name.clone(), auth_of(&d.name)))
         .collect();
+    let protocols: Vec<(String, Option<String>)> = inspection
+        .devices
+        .iter()
+        .filter(|d| d.ty.kind == DeviceKind::Transport)
+        .map(|d| {
+            let p = running
+                .as_ref()
+                .ok()
+                .and_then(|v| v.attr_get(&d.name, "protocols").ok());
+            (d.name.clone(), p)
+        })
+        .collect();
     drop(running);
     for d in &inspection.devices {
         let (usable, why_not) = if d.ty.kind == DeviceKind::Transport {
@@ -493,6 +508,10 @@ fn report(spec_path: Option<PathBuf>, peer: Option<String>) -> Report {
             usable,
             why_not,
             authentication: auth
+                .iter()
+                .find(|(n, _)| *n == d.name)
+                .and_then(|(_, a)| a.clone()),
+            protocols: protocols
                 .iter()
                 .find(|(n, _)| *n == d.name)
                 .and_then(|(_, a)| a.clone()),
@@ -579,6 +598,9 @@ fn print_report(r: &Report) {
         }
         if let Some(a) = &d.authentication {
             println!("  authentication {a}");
+        }
+        if let Some(p) = &d.protocols {
+            println!("  protocols     {p}");
         }
         match d.rdma {
             Some("one-sided") => println!(
