@@ -171,6 +171,8 @@ pub(crate) struct Rdma {
     remotes: HashMap<(ConnId, u64), Reach>,
     /// How each connection moved its puts and gets, once it tried: true for one-sided.
     paths: HashMap<ConnId, bool>,
+    /// Entries of `remotes` per connection (a peer cannot take the whole of it).
+    remote_counts: HashMap<ConnId, usize>,
     /// The last buffer reached one-sided (most ops go to the buffer the one before went to):
     /// no hashing for it. Cleared whenever `remotes` loses an entry.
     last: Option<(ConnId, u64, Reach)>,
@@ -185,6 +187,8 @@ const QUICK: u64 = 1 << 63;
 /// The most buffers published to this process that it reaches one-sided (more are reached
 /// through messages).
 const MAX_ONE_SIDED: usize = 65_536;
+/// The most of them one peer's connection may have (so one peer cannot take them all).
+const MAX_ONE_SIDED_PER_CONN: usize = 4096;
 
 /// How this process reaches a buffer a peer published one-sided.
 #[derive(Clone, Copy, Debug)]
@@ -332,8 +336,31 @@ fn reachable(core: &Core, conn: ConnId, buffer: u64) -> bool {
 
 /// Forgets how to reach `buffer` on `conn` one-sided.
 fn unreachable(core: &mut Core, conn: ConnId, buffer: u64) {
-    core.rdma.remotes.remove(&(conn, buffer));
+    if core.rdma.remotes.remove(&(conn, buffer)).is_some()
+        && let Some(n) = core.rdma.remote_counts.get_mut(&conn)
+    {
+        *n = n.saturating_sub(1);
+    }
     core.rdma.last = None;
+}
+
+/// Remembers how to reach `buffer` on `conn` one-sided, within the limits (beyond them the
+/// buffer is reached through messages).
+fn reach(core: &mut Core, conn: ConnId, buffer: u64, r: Reach) {
+    let rdma = &mut core.rdma;
+    let n = rdma.remote_counts.entry(conn).or_insert(0);
+    if let Some(old) = rdma.remotes.get_mut(&(conn, buffer)) {
+        // The same id published again (a peer's choice): the newer word stands.
+        *old = r;
+        rdma.last = None;
+        return;
+    }
+    if *n < MAX_ONE_SIDED_PER_CONN && rdma.remotes.len() < MAX_ONE_SIDED {
+        rdma.remotes.insert((conn, buffer), r);
+        *n += 1;
+    } else {
+        log::debug!("{conn}: buffer {buffer} is reached through messages (one-sided limit)");
+    }
 }
 
 /// Moves an op's bytes one-sided when the connection can: `Some(status)` when it ran,
@@ -784,9 +811,8 @@ pub(crate) fn handle(core: &mut Core, handler: &mut dyn Handler, conn: ConnId, d
             ctx,
             attach,
         } => {
-            if addr != 0 && core.rdma.remotes.len() < MAX_ONE_SIDED {
-                let reach = Reach { addr, size, attach };
-                core.rdma.remotes.insert((conn, buffer), reach);
+            if addr != 0 {
+                reach(core, conn, buffer, Reach { addr, size, attach });
             }
             let remote = RemoteBuffer {
                 conn: core.cross.app(conn),
@@ -1059,6 +1085,7 @@ pub(crate) fn conn_closed(core: &mut Core, handler: &mut dyn Handler, conn: Conn
     }
     core.rdma.sent.retain(|s| s.0 != conn);
     core.rdma.remotes.retain(|k, _| k.0 != conn);
+    core.rdma.remote_counts.remove(&conn);
     core.rdma.last = None;
     core.rdma.paths.remove(&conn);
 }
