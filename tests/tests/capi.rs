@@ -160,7 +160,9 @@ fn installed_c_programs_and_tools_run_from_the_prefix() {
         );
         let (ok, out) = client.finish(T);
         assert!(
-            ok && out.contains("CLIENT OK") && out.contains("LATENCY OK"),
+            ok && out.contains("CLIENT OK")
+                && out.contains("LATENCY OK")
+                && out.contains("POOLS OK"),
             "{spec}: client:\n{out}"
         );
         let (ok, out) = server.finish(T);

@@ -97,6 +97,7 @@ typedef struct VMI_STREAM *PVMI_STREAM;
 typedef struct VMI_STREAM_RECV *PVMI_STREAM_RECV;
 typedef struct VMI_SLAB *PVMI_SLAB;
 typedef struct VMI_SLAB_STATE *PVMI_SLAB_STATE;
+typedef struct VMI_BUFFER_POOL *PVMI_BUFFER_POOL;
 
 #define VMI_HOST_MAX 256
 #define VMI_KEY_MAX 256
@@ -198,6 +199,22 @@ PVOID VMI_Buffer_Address(PVMI_BUFFER buffer);
 ULONG VMI_Buffer_Size(PVMI_BUFFER buffer);
 
 #define VMI_BUFFER_ADDRESS(buffer) VMI_Buffer_Address(buffer)
+
+/* ---- Buffer pools ------------------------------------------------------------------------ */
+
+/* Fixed-size buffers aligned to `align` (a power of two up to the page size; 0 means 8),
+ * `prealloc` made now and `grow` more when the pool runs out. A buffer is known by its
+ * address; with VMI_POOL_HANDLE it also gets a PVMI_BUFFER (stale once deallocated). Every
+ * buffer's memory is zeroed when first made (VMI_POOL_CLEARONCE) and usable by the
+ * transports as is (VMI_POOL_REGISTER). Destroying a pool frees the buffers still out. */
+#define VMI_POOL_CLEARONCE 1
+#define VMI_POOL_REGISTER 2
+#define VMI_POOL_HANDLE 4
+VMI_STATUS VMI_Pool_Create_Buffer_Pool(ULONG size, ULONG align, ULONG prealloc, ULONG grow,
+                                       ULONG flags, PVMI_BUFFER_POOL *out);
+VMI_STATUS VMI_Pool_Allocate_Buffer(PVMI_BUFFER_POOL pool, PVOID *ptr, PVMI_BUFFER *handle);
+VMI_STATUS VMI_Pool_Deallocate_Buffer(PVMI_BUFFER_POOL pool, PVOID ptr);
+VMI_STATUS VMI_Pool_Destroy_Buffer_Pool(PVMI_BUFFER_POOL pool);
 
 /* ---- Sending ---------------------------------------------------------------------------------- */
 

@@ -29,6 +29,7 @@ pub mod connection;
 mod handle;
 pub mod init;
 pub mod netaddr;
+pub mod pool;
 mod search;
 pub mod slab;
 mod state;

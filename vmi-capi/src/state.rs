@@ -118,6 +118,7 @@ pub(crate) struct Tables {
     pub streams: Table<StreamEntry>,
     pub pending: Table<Pending>,
     pub slabs: Table<SlabEntry>,
+    pub pools: Table<crate::pool::PoolEntry>,
     pub recv_fn: VMIStreamRecv,
     pub accept_fn: VMIConnectAccept,
     pub peer_disconnect_fn: VMIDisconnectNotification,

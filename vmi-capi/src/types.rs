@@ -100,6 +100,8 @@ opaque! {
     VMI_SLAB => PVMI_SLAB;
     /// `VMI_SLAB_STATE`: a saved slab cursor.
     VMI_SLAB_STATE => PVMI_SLAB_STATE;
+    /// `VMI_BUFFER_POOL`: a pool of fixed-size buffers.
+    VMI_BUFFER_POOL => PVMI_BUFFER_POOL;
 }
 
 /// Connect completion (`VMI_Connection_Issue`): context, the acceptor's reply data and its

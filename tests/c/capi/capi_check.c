@@ -256,6 +256,45 @@ static PVMI_CONNECT open_connection(const char *key, const char *host, UINT32 co
     return conn;
 }
 
+/* Buffer pools: aligned, distinct, growing, handles that follow the buffers, and misuse
+ * refused with a reason. */
+static void check_pools(void)
+{
+    PVMI_BUFFER_POOL pool;
+    PVOID p[3], stray = NULL;
+    PVMI_BUFFER h[3];
+    int i;
+
+    CHECK(VMI_Pool_Create_Buffer_Pool(100, 48, 1, 1, 0, &pool) == VMI_STATUS_INVALID_PARAMETER,
+          "an alignment that is not a power of two");
+    CHECK(VMI_Pool_Create_Buffer_Pool(100, 64, 1, 1, 0x100, &pool) == VMI_STATUS_INVALID_PARAMETER,
+          "an unknown flag");
+    OK(VMI_Pool_Create_Buffer_Pool(100, 64, 2, 1, VMI_POOL_HANDLE | VMI_POOL_CLEARONCE, &pool));
+    for (i = 0; i < 3; i++) { /* the third grows the pool */
+        OK(VMI_Pool_Allocate_Buffer(pool, &p[i], &h[i]));
+        CHECK(((unsigned long)p[i] & 63) == 0, "buffer %d at %p is not 64-aligned", i, p[i]);
+        CHECK(((unsigned char *)p[i])[0] == 0 && ((unsigned char *)p[i])[99] == 0,
+              "new pool memory is zeroed");
+        CHECK(VMI_Buffer_Address(h[i]) == p[i] && VMI_Buffer_Size(h[i]) == 100,
+              "the handle names the buffer");
+        memset(p[i], 'a' + i, 100);
+    }
+    CHECK(p[0] != p[1] && p[1] != p[2] && p[0] != p[2], "distinct buffers");
+    CHECK(((unsigned char *)p[0])[99] == 'a' && ((unsigned char *)p[1])[0] == 'b',
+          "no overlap");
+    OK(VMI_Pool_Deallocate_Buffer(pool, p[1]));
+    CHECK(VMI_Buffer_Size(h[1]) == 0, "the handle went stale with its buffer");
+    CHECK(VMI_Pool_Deallocate_Buffer(pool, p[1]) == VMI_STATUS_INVALID_PARAMETER,
+          "a second deallocation");
+    CHECK(VMI_Pool_Deallocate_Buffer(pool, &stray) == VMI_STATUS_INVALID_PARAMETER,
+          "memory that is not the pool's");
+    OK(VMI_Pool_Allocate_Buffer(pool, &p[1], NULL)); /* reused, no handle asked */
+    OK(VMI_Pool_Destroy_Buffer_Pool(pool));
+    CHECK(VMI_Pool_Destroy_Buffer_Pool(pool) == VMI_STATUS_INVALID_HANDLE, "a destroyed pool");
+    CHECK(VMI_Buffer_Size(h[0]) == 0, "handles go with the pool");
+    printf("POOLS OK\n");
+}
+
 static int client(int argc, char **argv, int reject)
 {
     PVMI_CONNECT conn;
@@ -269,6 +308,9 @@ static int client(int argc, char **argv, int reject)
     OK(VMI_Init(2, argv + 1)); /* argv[2] is this process's key */
     CHECK(VMI_Init(2, argv + 1) == VMI_STATUS_ALREADY_INITIALIZED, "second VMI_Init");
     CHECK(strcmp(localAddress->key, argv[2]) == 0, "localAddress key '%s'", localAddress->key);
+    if (!reject) {
+        check_pools();
+    }
     {
         pthread_t t;
         CHECK(pthread_create(&t, NULL, other_thread, NULL) == 0, "pthread_create");
