@@ -129,12 +129,13 @@ impl Pair {
         let n = self.hb.remotes.len();
         let id = self
             .a
-            .rdma_publish(conn, region, range, 7, b"payload")
+            .rdma_publish(conn, region, range, 7, 0xfeed_0000_0000_0001, b"payload")
             .expect("publish");
         self.pump_until("the publish", |p| p.hb.remotes.len() > n);
         let (remote, payload) = self.hb.remotes[n].clone();
         assert_eq!(payload, b"payload");
         assert_eq!(remote.ctx, 7);
+        assert_eq!(remote.tag, 0xfeed_0000_0000_0001);
         assert_eq!(remote.id, id.raw());
         (id, remote)
     }
@@ -364,7 +365,7 @@ fn bad_ranges_unknown_buffers_timeouts_and_cancels_fail_with_a_reason() {
         Err(VmiError::RdmaRange { size: 8, .. })
     ));
     assert!(matches!(
-        p.a.rdma_publish(p.ha.conn.unwrap(), &region, 900..1001, 0, b""),
+        p.a.rdma_publish(p.ha.conn.unwrap(), &region, 900..1001, 0, 0, b""),
         Err(VmiError::RdmaRange { .. })
     ));
     // Checked by the target: a buffer this side made up, and a range bigger than the
@@ -489,7 +490,7 @@ fn a_hostile_peer_s_rdma_frames_touch_nothing_they_may_not() {
     // The victim publishes 100 bytes at 100 of a region; the rest must stay untouched.
     let region = Region::new(300).unwrap();
     let id = b
-        .rdma_publish(hb.conn.unwrap(), &region, 100..200, 1, b"")
+        .rdma_publish(hb.conn.unwrap(), &region, 100..200, 1, 0, b"")
         .unwrap()
         .raw();
     let flags = (vmi_core::abi::VMI_FLAG_MSG >> 16) as u16;

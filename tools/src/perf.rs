@@ -451,7 +451,7 @@ impl Server {
     fn publish(&mut self, ctx: &mut Ctx<'_>, conn: ConnId, size: usize) {
         match vmi_core::Region::new(size) {
             Ok(region) => {
-                if let Err(e) = ctx.rdma_publish(conn, &region, 0..size, 0, b"vmi-perf") {
+                if let Err(e) = ctx.rdma_publish(conn, &region, 0..size, 0, 0, b"vmi-perf") {
                     log::warn!("{conn}: cannot publish {size} bytes: {e}");
                 }
                 self.regions.entry(conn.raw()).or_default().push(region);

@@ -871,7 +871,8 @@ pub trait Operations: Sealed {
     /// Publishes `range` of `region` to the peer on `conn` with a payload of at most
     /// [`crate::rdma::MAX_PUBLISH_PAYLOAD`] bytes (VMI 2.1: `VMI_RDMA_Publish_Buffer`): the
     /// peer's [`crate::Handler::rdma_published`] gets a [`crate::RemoteBuffer`] of
-    /// `range.len()` bytes, `ctx` and the payload. vmi keeps a handle to the region until the
+    /// `range.len()` bytes, `ctx` (given back in this side's notifications), `tag` (VMI's
+    /// `remoteCtx`) and the payload. vmi keeps a handle to the region until the
     /// peer releases the buffer or the connection closes
     /// ([`crate::Handler::rdma_released`]).
     fn rdma_publish(
@@ -880,10 +881,11 @@ pub trait Operations: Sealed {
         region: &crate::Region,
         range: std::ops::Range<usize>,
         ctx: u32,
+        tag: u64,
         payload: &[u8],
     ) -> Result<crate::PublishId, VmiError> {
         let (core, mode) = self.core();
-        let id = crate::rdma::publish(core, conn, region, range, ctx, payload, mode)?;
+        let id = crate::rdma::publish(core, conn, region, range, (ctx, tag), payload, mode)?;
         if mode == Mode::Now {
             core.run_deferred();
         }

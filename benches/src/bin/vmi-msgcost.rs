@@ -147,7 +147,7 @@ fn main() {
                 }
                 pump(&mut a, &mut ha, &mut b, &mut hb);
             };
-            b.rdma_publish(bconn, &region, 0..4096, 0, b"").unwrap();
+            b.rdma_publish(bconn, &region, 0..4096, 0, 0, b"").unwrap();
             while ha.remote.is_none() {
                 pump(&mut a, &mut ha, &mut b, &mut hb);
             }

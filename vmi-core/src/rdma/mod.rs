@@ -89,8 +89,10 @@ pub struct RemoteBuffer {
     pub id: u64,
     /// Its size in bytes.
     pub size: u64,
-    /// The publisher's value.
+    /// The publisher's value, given back in its notifications (VMI's `ctx`).
     pub ctx: u32,
+    /// The publisher's 64-bit tag (VMI 2.1: `remoteCtx`, the remote buffer's `lctxt`).
+    pub tag: u64,
 }
 
 /// A put or get this process issued and has not heard the end of.
@@ -260,7 +262,7 @@ pub(crate) fn publish(
     app_conn: ConnId,
     region: &Region,
     range: Range<usize>,
-    ctx: u32,
+    (ctx, tag): (u32, u64),
     payload: &[u8],
     mode: Mode,
 ) -> Result<PublishId, VmiError> {
@@ -302,6 +304,7 @@ pub(crate) fn publish(
         },
         size: range.len() as u64,
         ctx,
+        tag,
         attach,
     };
     let block = attach.map(|a| a.encode());
@@ -809,6 +812,7 @@ pub(crate) fn handle(core: &mut Core, handler: &mut dyn Handler, conn: ConnId, d
             addr,
             size,
             ctx,
+            tag,
             attach,
         } => {
             if addr != 0 {
@@ -819,6 +823,7 @@ pub(crate) fn handle(core: &mut Core, handler: &mut dyn Handler, conn: ConnId, d
                 id: buffer,
                 size,
                 ctx,
+                tag,
             };
             let mut slab = Slab::from_bytes(payload);
             handler.rdma_published(&mut Ctx::new(core), remote.conn, remote, &mut slab);

@@ -9,8 +9,8 @@
 //! ```
 //!
 //! - publish (16): `buffer` is the publisher's id for it, `len` its size, `ctx` the
-//!   application's value, `op` its address in the publisher when the connection can reach
-//!   it one-sided (0 otherwise); the payload is the application's payload. With flag bit 1
+//!   application's value, `offset` the publisher's 64-bit tag for it (VMI's `remoteCtx`), `op`
+//!   its address in the publisher when the connection can reach it one-sided (0 otherwise); the payload is the application's payload. With flag bit 1
 //!   the payload starts with a 24-byte attach block naming the memory object behind the
 //!   address (`fd` u32, 0 u32, `inode` u64, `start` u64: the buffer's offset in it).
 //! - put (17): op `op` writes its payload at `offset` of `buffer`; `len` is the payload's
@@ -110,6 +110,8 @@ pub enum Kind {
         size: u64,
         /// The application's value (VMI's `ctx`).
         ctx: u32,
+        /// The publisher's tag (VMI's `remoteCtx`).
+        tag: u64,
     },
     /// A chunk of a put; its bytes follow.
     Put {
@@ -257,11 +259,13 @@ impl Kind {
                 addr,
                 size,
                 ctx,
+                tag,
                 attach,
             } => Fields {
                 kind: PUBLISH,
                 flags: if attach.is_some() { ATTACH } else { 0 },
                 op: addr,
+                offset: tag,
                 buffer,
                 len: size,
                 ctx,
@@ -390,6 +394,7 @@ impl Kind {
                     addr: f.op,
                     size: f.len,
                     ctx: f.ctx,
+                    tag: f.offset,
                     attach: if f.flags == ATTACH {
                         Some(Attach::decode(payload).ok_or(WireError::Reserved("publish"))?)
                     } else {
@@ -397,7 +402,7 @@ impl Kind {
                     },
                 },
                 true,
-                f.flags & !ATTACH == 0 && f.status == 0 && f.offset == 0,
+                f.flags & !ATTACH == 0 && f.status == 0,
             ),
             PUT => (
                 Kind::Put {
@@ -528,6 +533,7 @@ mod tests {
                     addr: 0x7f00_0000_1000,
                     size: 4096,
                     ctx: 9,
+                    tag: u64::MAX - 3,
                     attach: None,
                 },
                 5,
@@ -612,6 +618,7 @@ mod tests {
             addr: 0x1000,
             size: 10,
             ctx: 0,
+            tag: 5,
             attach: Some(attach),
         };
         let mut b = kind.encode(0).to_vec();
