@@ -210,8 +210,7 @@ ULONG VMI_Buffer_Size(PVMI_BUFFER buffer);
 #define VMI_POOL_CLEARONCE 1
 #define VMI_POOL_REGISTER 2
 #define VMI_POOL_HANDLE 4
-VMI_STATUS VMI_Pool_Create_Buffer_Pool(ULONG size, ULONG align, ULONG prealloc, ULONG grow,
-                                       ULONG flags, PVMI_BUFFER_POOL *out);
+VMI_STATUS VMI_Pool_Create_Buffer_Pool(ULONG size, ULONG align, ULONG prealloc, ULONG grow, ULONG flags, PVMI_BUFFER_POOL *out);
 VMI_STATUS VMI_Pool_Allocate_Buffer(PVMI_BUFFER_POOL pool, PVOID *ptr, PVMI_BUFFER *handle);
 VMI_STATUS VMI_Pool_Deallocate_Buffer(PVMI_BUFFER_POOL pool, PVOID ptr);
 VMI_STATUS VMI_Pool_Destroy_Buffer_Pool(PVMI_BUFFER_POOL pool);
