@@ -112,6 +112,7 @@ fn installed_c_programs_and_tools_run_from_the_prefix() {
     let vmirecv = inst.cc(&examples.join("vmirecv.c"), "vmi");
     let check_src = root().join("tests/c/capi/capi_check.c");
     let check = inst.cc(&check_src, "vmi");
+    let rdma = inst.cc(&root().join("tests/c/capi/rdma_check.c"), "vmi");
     let check_static = inst.cc(&check_src, "vmi-static");
     let ldd = Command::new("ldd").arg(&check_static).output();
     if let Ok(ldd) = ldd {
@@ -182,6 +183,28 @@ fn installed_c_programs_and_tools_run_from_the_prefix() {
                 "{spec}: server did not print '{line}':\n{out}"
             );
         }
+
+        // VMI 2.1's RDMA calls from C: publish, put with a gather list, get with a scatter
+        // list, notifications, misuse refused (one-sided over shared memory, messages over
+        // TCP).
+        let skey = unique_key("crdmas");
+        let server = inst.run(&rdma, &["server", &skey], spec);
+        server.wait_for(&listening(&skey), T);
+        let client = inst.run(
+            &rdma,
+            &["client", &unique_key("crdmac"), &skey, "localhost"],
+            spec,
+        );
+        let (ok, out) = client.finish(T);
+        assert!(
+            ok && out.contains("CLIENT OK"),
+            "{spec}: rdma client:\n{out}"
+        );
+        let (ok, out) = server.finish(T);
+        assert!(
+            ok && out.contains("SERVER OK"),
+            "{spec}: rdma server:\n{out}"
+        );
     }
 
     // A specfile of the user's own in the installed specfile directory names its library

@@ -200,6 +200,44 @@ ULONG VMI_Buffer_Size(PVMI_BUFFER buffer);
 
 #define VMI_BUFFER_ADDRESS(buffer) VMI_Buffer_Address(buffer)
 
+/* ---- RDMA --------------------------------------------------------------------------------- */
+
+/* Publish memory from VMI_Buffer_Allocate or a pool to a peer; the peer puts into it and gets
+ * from it with ops it fills in. Over shared memory the bytes move straight into and out of the
+ * publisher's memory; elsewhere as messages its vmi answers in VMI_Poll. Callbacks run only
+ * inside VMI_Poll. A PVMI_REMOTE_BUFFER and a PVMI_RDMA_OP are libvmi's: a made-up or freed
+ * one is refused with VMI_STATUS_INVALID_HANDLE. */
+typedef unsigned long long VMI_virt_addr_t;
+#define VMI_RDMA_MAX_BUFS 16
+typedef struct VMI_REMOTE_BUFFER {
+    ULONG rsz;                /* its size in bytes */
+    unsigned long long lctxt; /* the publisher's remoteCtx */
+    UINT32 ctx;               /* the publisher's ctx */
+    PVMI_CONNECT conn;        /* the connection it came on */
+} VMI_REMOTE_BUFFER, *PVMI_REMOTE_BUFFER;
+typedef struct VMI_RDMA_OP {
+    ULONG numBufs;                          /* entries used */
+    PVMI_BUFFER buffers[VMI_RDMA_MAX_BUFS]; /* each entry's buffer (a get lands in vmi's memory) */
+    PVOID addr[VMI_RDMA_MAX_BUFS];          /* each entry's address */
+    ULONG sz[VMI_RDMA_MAX_BUFS];            /* each entry's size */
+    PVMI_REMOTE_BUFFER rbuffer;             /* the remote buffer */
+    ULONG roffset;                          /* the offset in it */
+    BOOLEAN notify;                         /* tell the publisher */
+} VMI_RDMA_OP, *PVMI_RDMA_OP;
+typedef void (*VMIRDMACompleteNotification)(PVMI_RDMA_OP op, PVOID ctx, VMI_STATUS status);
+typedef void (*VMIRDMAPublishNotification)(PVMI_CONNECT conn, PVMI_REMOTE_BUFFER rb, PVMI_SLAB payload, ULONG payloadSize);
+typedef void (*VMIRDMAPutNotification)(PVMI_CONNECT conn, UINT32 rdmaSize, UINT32 ctx, VMI_STATUS status);
+typedef void (*VMIRDMAGetNotification)(PVMI_CONNECT conn, UINT32 ctx, VMI_STATUS status);
+VMI_STATUS VMI_RDMA_Publish_Buffer(PVMI_CONNECT conn, PVMI_BUFFER buffer, VMI_virt_addr_t addr, UINT32 size, VMI_virt_addr_t remoteCtx, UINT32 ctx, PVOID payload, ULONG payloadSize);
+VMI_STATUS VMI_RDMA_Set_Publish_Callback(PVMI_CONNECT conn, VMIRDMAPublishNotification fn);
+VMI_STATUS VMI_RDMA_Set_Put_Notification_Callback(PVMI_CONNECT conn, VMIRDMAPutNotification fn);
+VMI_STATUS VMI_RDMA_Set_Get_Notification_Callback(PVMI_CONNECT conn, VMIRDMAGetNotification fn);
+VMI_STATUS VMI_RDMA_Alloc_Op(PVMI_RDMA_OP *op);
+VMI_STATUS VMI_RDMA_Dealloc_Op(PVMI_RDMA_OP op);
+VMI_STATUS VMI_RDMA_Put(PVMI_CONNECT conn, PVMI_RDMA_OP op, PVOID ctx, VMIRDMACompleteNotification cb);
+VMI_STATUS VMI_RDMA_Get(PVMI_CONNECT conn, PVMI_RDMA_OP op, PVOID ctx, VMIRDMACompleteNotification cb);
+VMI_STATUS VMI_RDMA_Dealloc_Buffer(PVMI_REMOTE_BUFFER rb);
+
 /* ---- Buffer pools ------------------------------------------------------------------------ */
 
 /* Fixed-size buffers aligned to `align` (a power of two up to the page size; 0 means 8),

@@ -4,7 +4,7 @@
 
 use vmi_core::{
     ConnId, ConnectOutcome, ConnectRequest, Ctx, Decision, Disconnect, Handler, Recv,
-    SendCompletion, Slab,
+    SendCompletion, Slab, Status,
 };
 
 use crate::handle::{Handle, to_ptr};
@@ -264,5 +264,78 @@ impl Handler for Bridge {
             }
         }
         state::tables(|t| t.conns.remove(conn));
+    }
+
+    fn rdma_published(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        id: ConnId,
+        remote: vmi_core::RemoteBuffer,
+        payload: &mut Slab<'_>,
+    ) {
+        let conn = conn_handle(id);
+        let f = conn.and_then(|c| state::tables(|t| t.conns.get(c).and_then(|c| c.rdma.publish)));
+        let (Some(conn), Some(f)) = (conn, f) else {
+            log::warn!(
+                "{id}: the peer published a buffer but no publish callback is set on the connection (VMI_RDMA_Set_Publish_Callback); released"
+            );
+            use vmi_core::Operations;
+            if let Err(e) = ctx.rdma_release(&remote) {
+                log::debug!("{id}: could not release it: {e}");
+            }
+            return;
+        };
+        let rb = crate::rdma::remote_buffer(conn, remote);
+        let size = payload.len() as ULONG;
+        let ((), h) = lend_slab(payload, |slab| {
+            // SAFETY: the application's publish callback with a live connection, a remote
+            // buffer libvmi made (freed by VMI_RDMA_Dealloc_Buffer) and a slab valid until it
+            // returns.
+            as_callback(ctx, || unsafe { f(to_ptr(conn), rb, to_ptr(slab), size) })
+        });
+        state::tables(|t| t.slabs.remove(h));
+    }
+
+    fn rdma_done(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        id: ConnId,
+        token: u64,
+        status: Status,
+        detail: &str,
+    ) {
+        let Some(p) = state::tables(|t| t.rdma_pending.remove(token as Handle)) else {
+            return;
+        };
+        let code = status::of(status);
+        if status != Status::Ok {
+            status::set_last(
+                code,
+                &format!("{id}: an RDMA op failed: {status}: {detail}"),
+            );
+        }
+        if let Some(cb) = p.cb {
+            // SAFETY: the application's completion with its own op and context.
+            as_callback(ctx, || unsafe { cb(p.op, p.context, code) });
+        }
+    }
+
+    fn rdma_put_notify(&mut self, ctx: &mut Ctx<'_>, id: ConnId, n: vmi_core::RdmaNotice) {
+        let Some(conn) = conn_handle(id) else { return };
+        if let Some(f) = state::tables(|t| t.conns.get(conn).and_then(|c| c.rdma.put)) {
+            let size = UINT32::try_from(n.len).unwrap_or(UINT32::MAX);
+            // SAFETY: the application's put notification with a live connection.
+            as_callback(ctx, || unsafe {
+                f(to_ptr(conn), size, n.ctx, status::code::OK)
+            });
+        }
+    }
+
+    fn rdma_get_notify(&mut self, ctx: &mut Ctx<'_>, id: ConnId, n: vmi_core::RdmaNotice) {
+        let Some(conn) = conn_handle(id) else { return };
+        if let Some(f) = state::tables(|t| t.conns.get(conn).and_then(|c| c.rdma.get)) {
+            // SAFETY: the application's get notification with a live connection.
+            as_callback(ctx, || unsafe { f(to_ptr(conn), n.ctx, status::code::OK) });
+        }
     }
 }

@@ -43,15 +43,15 @@ pub unsafe extern "C" fn VMI_Buffer_Register(
             t.buffers.insert(Buf {
                 addr: addr.cast(),
                 len,
-                _memory: None,
+                region: None,
             })
         });
         put_out(out, h)
     })
 }
 
-/// Allocates zero-filled memory for sending (VMI 2.1: `VMI_Buffer_Allocate`); its address
-/// is `VMI_BUFFER_ADDRESS(buffer)`.
+/// Allocates zero-filled memory for sending or publishing (VMI 2.1: `VMI_Buffer_Allocate`);
+/// its address is `VMI_BUFFER_ADDRESS(buffer)`. It is a vmi region, page-aligned.
 ///
 /// # Safety
 /// `out` points to writable storage.
@@ -65,13 +65,16 @@ pub unsafe extern "C" fn VMI_Buffer_Allocate(size: ULONG, out: *mut PVMI_BUFFER)
                 "{len} bytes is over the {MAX_BUFFER}-byte buffer limit"
             )));
         }
-        let mut mem = vec![0u8; len].into_boxed_slice();
-        let addr = mem.as_mut_ptr();
+        // A region (a sealed memfd, page-aligned and zeroed): memory that can be published
+        // for RDMA, and reached one-sided by a peer on the same host.
+        let region =
+            vmi_core::Region::new(len).map_err(|e| CapiError::InvalidParameter(e.to_string()))?;
+        let addr = region.addr() as *mut u8;
         let h = state::tables(|t| {
             t.buffers.insert(Buf {
                 addr,
                 len,
-                _memory: Some(mem),
+                region: Some((region, 0)),
             })
         });
         put_out(out, h)

@@ -30,6 +30,7 @@ mod handle;
 pub mod init;
 pub mod netaddr;
 pub mod pool;
+pub mod rdma;
 mod search;
 pub mod slab;
 mod state;

@@ -104,14 +104,14 @@ pub unsafe extern "C" fn VMI_Pool_Allocate_Buffer(
                 .alloc()
                 .map_err(|e| CapiError::InvalidParameter(e.to_string()))?;
             let addr = b.region().addr() + b.offset();
-            let len = b.len();
+            let (len, region, offset) = (b.len(), b.region().clone(), b.offset());
             let handles = entry.handles;
             entry.out.insert(addr, (b, None));
             let h = handles.then(|| {
                 t.buffers.insert(Buf {
                     addr: addr as *mut u8,
                     len,
-                    _memory: None,
+                    region: Some((region, offset)),
                 })
             });
             if let (Some(h), Some(entry)) = (h, t.pools.get_mut(from_ptr(pool)))

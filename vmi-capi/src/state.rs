@@ -48,6 +48,23 @@ pub(crate) struct Conn {
     pub closing: Option<(VMIConnectDisconnect, PVOID)>,
     /// `VMI_CONNECT_SET_RECEIVE_CONTEXT`.
     pub recv_context: PVOID,
+    /// The RDMA callbacks set on this connection.
+    pub rdma: RdmaCallbacks,
+}
+
+/// A connection's RDMA callbacks (`VMI_RDMA_Set_*_Callback`).
+#[derive(Clone, Copy, Default)]
+pub(crate) struct RdmaCallbacks {
+    pub publish: crate::rdma::VMIRDMAPublishNotification,
+    pub put: crate::rdma::VMIRDMAPutNotification,
+    pub get: crate::rdma::VMIRDMAGetNotification,
+}
+
+/// A put or get waiting for its completion: the op, the caller's context, the callback.
+pub(crate) struct RdmaPending {
+    pub op: crate::rdma::PVMI_RDMA_OP,
+    pub context: PVOID,
+    pub cb: crate::rdma::VMIRDMACompleteNotification,
 }
 
 impl Conn {
@@ -59,6 +76,7 @@ impl Conn {
             issued: None,
             closing: None,
             recv_context: std::ptr::null_mut(),
+            rdma: RdmaCallbacks::default(),
         }
     }
 }
@@ -67,8 +85,9 @@ impl Conn {
 pub(crate) struct Buf {
     pub addr: *mut u8,
     pub len: usize,
-    /// The memory, when VMI allocated it (`VMI_Buffer_Allocate`); `addr` points into it.
-    pub _memory: Option<Box<[u8]>>,
+    /// The memory, when vmi allocated it (`VMI_Buffer_Allocate`, a pool): a region and the
+    /// buffer's offset in it; `addr` points there. Only such buffers can be published.
+    pub region: Option<(vmi_core::Region, usize)>,
 }
 
 /// A stream being sent (`PVMI_STREAM`).
@@ -119,6 +138,12 @@ pub(crate) struct Tables {
     pub pending: Table<Pending>,
     pub slabs: Table<SlabEntry>,
     pub pools: Table<crate::pool::PoolEntry>,
+    /// RDMA ops libvmi allocated (`VMI_RDMA_Alloc_Op`), by address; the table owns them.
+    pub rdma_ops: HashMap<usize, Box<crate::rdma::VMI_RDMA_OP>>,
+    /// Remote buffers libvmi made for C, by address: the C view (owned here) and the core's.
+    pub rdma_remotes: HashMap<usize, (Box<crate::rdma::VMI_REMOTE_BUFFER>, vmi_core::RemoteBuffer)>,
+    /// Puts and gets waiting for their completion, by token.
+    pub rdma_pending: Table<RdmaPending>,
     pub recv_fn: VMIStreamRecv,
     pub accept_fn: VMIConnectAccept,
     pub peer_disconnect_fn: VMIDisconnectNotification,

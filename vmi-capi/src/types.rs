@@ -13,6 +13,9 @@ pub type ULONG = c_ulong;
 pub type USHORT = c_ushort;
 /// `UINT32`.
 pub type UINT32 = u32;
+/// `VMI_virt_addr_t`: an address in a process, as RDMA calls take it.
+#[allow(non_camel_case_types)]
+pub type VMI_virt_addr_t = u64;
 /// `BOOLEAN` (`TRUE` = 1, `FALSE` = 0).
 pub type BOOLEAN = c_uchar;
 /// `PUCHAR`.
