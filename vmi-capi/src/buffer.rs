@@ -13,6 +13,9 @@ use crate::types::*;
 
 const BUFFER: &str = "the buffer";
 
+/// Largest `VMI_Buffer_Allocate` served from a pool (larger ones get a region each).
+const SMALL_ALLOC: usize = 256 * 1024;
+
 /// Largest buffer (the largest message a chain can carry is smaller; sends check that).
 const MAX_BUFFER: usize = 1 << 40;
 
@@ -44,6 +47,7 @@ pub unsafe extern "C" fn VMI_Buffer_Register(
                 addr: addr.cast(),
                 len,
                 region: None,
+                _slot: None,
             })
         });
         put_out(out, h)
@@ -65,18 +69,40 @@ pub unsafe extern "C" fn VMI_Buffer_Allocate(size: ULONG, out: *mut PVMI_BUFFER)
                 "{len} bytes is over the {MAX_BUFFER}-byte buffer limit"
             )));
         }
-        // A region (a sealed memfd, page-aligned and zeroed): memory that can be published
-        // for RDMA, and reached one-sided by a peer on the same host.
-        let region =
-            vmi_core::Region::new(len).map_err(|e| CapiError::InvalidParameter(e.to_string()))?;
-        let addr = region.addr() as *mut u8;
-        let h = state::tables(|t| {
-            t.buffers.insert(Buf {
-                addr,
+        // vmi's memory (sealed memfds, zeroed): it can be published for RDMA and reached
+        // one-sided by a peer on the same host. Small buffers come from a pool per size class
+        // (chunks of about 1 MiB: one descriptor per chunk, not per buffer); large ones get a
+        // region of their own.
+        let h = state::tables(|t| -> Result<Handle, CapiError> {
+            let fail = |e: vmi_core::VmiError| CapiError::InvalidParameter(e.to_string());
+            let (region, offset, slot) = if len <= SMALL_ALLOC {
+                let class = len.next_power_of_two().max(64);
+                let pool = match t.alloc_pools.entry(class) {
+                    std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(e) => e.insert(
+                        vmi_core::BufferPool::new(vmi_core::PoolConfig {
+                            buffer_size: class,
+                            align: 64,
+                            prealloc: 0,
+                            grow: (SMALL_ALLOC * 4 / class).max(1),
+                            max: 0,
+                            clear: true,
+                        })
+                        .map_err(fail)?,
+                    ),
+                };
+                let b = pool.alloc().map_err(fail)?;
+                (b.region().clone(), b.offset(), Some(b))
+            } else {
+                (vmi_core::Region::new(len).map_err(fail)?, 0, None)
+            };
+            Ok(t.buffers.insert(Buf {
+                addr: (region.addr() + offset) as *mut u8,
                 len,
-                region: Some((region, 0)),
-            })
-        });
+                region: Some((region, offset)),
+                _slot: slot,
+            }))
+        })?;
         put_out(out, h)
     })
 }

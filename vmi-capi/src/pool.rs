@@ -112,6 +112,7 @@ pub unsafe extern "C" fn VMI_Pool_Allocate_Buffer(
                     addr: addr as *mut u8,
                     len,
                     region: Some((region, offset)),
+                    _slot: None,
                 })
             });
             if let (Some(h), Some(entry)) = (h, t.pools.get_mut(from_ptr(pool)))

@@ -88,6 +88,9 @@ pub(crate) struct Buf {
     /// The memory, when vmi allocated it (`VMI_Buffer_Allocate`, a pool): a region and the
     /// buffer's offset in it; `addr` points there. Only such buffers can be published.
     pub region: Option<(vmi_core::Region, usize)>,
+    /// The pool slot it came from (`VMI_Buffer_Allocate` of up to `SMALL_ALLOC` bytes), given
+    /// back when the buffer is freed.
+    pub _slot: Option<vmi_core::PoolBuffer>,
 }
 
 /// A stream being sent (`PVMI_STREAM`).
@@ -138,6 +141,9 @@ pub(crate) struct Tables {
     pub pending: Table<Pending>,
     pub slabs: Table<SlabEntry>,
     pub pools: Table<crate::pool::PoolEntry>,
+    /// `VMI_Buffer_Allocate`'s pools, by size class (a power of two), so small buffers share
+    /// regions (one memfd per chunk, not per buffer).
+    pub alloc_pools: HashMap<usize, vmi_core::BufferPool>,
     /// RDMA ops libvmi allocated (`VMI_RDMA_Alloc_Op`), by address; the table owns them.
     pub rdma_ops: HashMap<usize, Box<crate::rdma::VMI_RDMA_OP>>,
     /// Remote buffers libvmi made for C, by address: the C view (owned here) and the core's.

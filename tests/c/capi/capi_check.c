@@ -292,6 +292,21 @@ static void check_pools(void)
     OK(VMI_Pool_Destroy_Buffer_Pool(pool));
     CHECK(VMI_Pool_Destroy_Buffer_Pool(pool) == VMI_STATUS_INVALID_HANDLE, "a destroyed pool");
     CHECK(VMI_Buffer_Size(h[0]) == 0, "handles go with the pool");
+    {
+        /* Many small allocations share regions: no descriptor or mapping per buffer. */
+        static PVMI_BUFFER many[3000];
+        for (i = 0; i < 3000; i++) {
+            OK(VMI_Buffer_Allocate(16, &many[i]));
+            CHECK(((unsigned char *) VMI_BUFFER_ADDRESS(many[i]))[15] == 0, "zeroed");
+            memset(VMI_BUFFER_ADDRESS(many[i]), 0xEE, 16);
+        }
+        for (i = 0; i < 3000; i++) {
+            OK(VMI_Buffer_Deallocate(many[i]));
+        }
+        OK(VMI_Buffer_Allocate(16, &many[0]));
+        CHECK(((unsigned char *) VMI_BUFFER_ADDRESS(many[0]))[0] == 0, "zeroed when reused");
+        OK(VMI_Buffer_Deallocate(many[0]));
+    }
     printf("POOLS OK\n");
 }
 
