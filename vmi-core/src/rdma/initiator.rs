@@ -280,6 +280,39 @@ mod tests {
         assert!(i.get(c).is_none());
     }
 
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any answers a peer sends (right or wrong connection, known or made-up ops and
+        /// chunks, duplicates): each op ends once, after every one of its chunks was answered
+        /// on its own connection.
+        #[test]
+        fn fuzz_each_op_ends_once_after_all_its_chunks(
+            answers in proptest::collection::vec((1u64..3, 0usize..4, 0u64..5), 1..300)
+        ) {
+            let mut i = Initiator::default();
+            let ids: Vec<u64> = (0..3).map(|k| i.issue(op(1 + k % 2, vec![0, 1, 2]))).collect();
+            let mut ended = std::collections::HashMap::new();
+            let mut seen: std::collections::HashSet<(u64, u64)> = Default::default();
+            for (conn, pick, chunk) in answers {
+                let id = ids.get(pick).copied().unwrap_or(ids[0] ^ (1 << 40));
+                let own = i.get(id).map(|o| o.conn.raw());
+                match i.answered(ConnId(conn), id, chunk) {
+                    Answered::Stray => {}
+                    a => {
+                        prop_assert_eq!(own, Some(conn), "an answer on another connection counted");
+                        prop_assert!(chunk < 3 && seen.insert((id, chunk)), "a chunk counted twice");
+                        if a == Answered::Done {
+                            prop_assert!(ended.insert(id, ()).is_none(), "an op ended twice");
+                            prop_assert_eq!(seen.iter().filter(|s| s.0 == id).count(), 3);
+                            i.take(id);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn scatter_spreads_a_chunk_over_segments_from_its_position() {
         let r = Region::new(16).unwrap();

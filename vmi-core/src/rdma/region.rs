@@ -69,6 +69,9 @@ impl Drop for Mapping {
 ///
 /// Not `Send`: a put lands during `poll` on the thread that owns the [`crate::Vmi`], and the
 /// application reads the region between polls on that same thread, so the two never race.
+///
+/// Each region holds one descriptor (its memfd) and one mapping: for many small buffers, take
+/// them from a [`crate::BufferPool`], whose chunks share both.
 #[derive(Clone)]
 pub struct Region {
     map: Rc<Mapping>,

@@ -165,6 +165,67 @@ mod tests {
         assert_eq!(t.published(), 0);
     }
 
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any sequence of a peer's accesses, releases, withdrawals and closes: an admitted
+        /// access always lies inside its buffer (and so its region), and nothing is admitted
+        /// for a buffer that is released, withdrawn, closed or another connection's.
+        #[test]
+        fn fuzz_a_peer_reaches_only_what_is_published_to_it(
+            ops in proptest::collection::vec((0u8..5, 0u64..3, 0u64..6, any::<u64>(), any::<u64>()), 1..200)
+        ) {
+            let region = Region::new(4096).unwrap();
+            let mut t = Target::default();
+            let mut ids = Vec::new();
+            for (i, conn) in [1u64, 2].iter().enumerate() {
+                ids.push(t.publish(Exposed {
+                    conn: ConnId(*conn),
+                    region: region.clone(),
+                    start: 100 * (i + 1),
+                    len: 1000,
+                    ctx: 0,
+                    withdrawn: false,
+                    one_sided: false,
+                }));
+            }
+            let mut gone = std::collections::HashSet::new();
+            for (what, conn, pick, offset, len) in ops {
+                let conn = ConnId(conn);
+                // An id of ours, or one made up (a neighbour, a stale generation).
+                let id = match pick {
+                    0 | 1 => ids[pick as usize],
+                    2 => ids[0] + 1,
+                    3 => ids[1] ^ (1 << 32),
+                    _ => offset,
+                };
+                match what {
+                    0 | 1 => {
+                        if let Ok((e, at)) = t.access(conn, id, offset % 2048, len % 2048) {
+                            prop_assert_eq!(e.conn, conn);
+                            prop_assert!(!e.withdrawn && !gone.contains(&id));
+                            prop_assert!(at >= e.start && at + (len % 2048) as usize <= e.start + e.len);
+                            prop_assert!(at + (len % 2048) as usize <= e.region.len());
+                        }
+                    }
+                    2 => {
+                        if t.release(conn, id).is_some() {
+                            gone.insert(id);
+                        }
+                    }
+                    3 => {
+                        t.withdraw(id);
+                    }
+                    _ => {
+                        for (id, _) in t.conn_closed(conn) {
+                            gone.insert(id);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn a_closed_connection_takes_its_buffers_only() {
         let r = Region::new(8).unwrap();
