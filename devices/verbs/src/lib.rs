@@ -5,10 +5,15 @@
 //! complete that fragment); a two-endpoint harness drives both sides in one thread in the
 //! tests, so the protocol and hostile input are tested without RDMA hardware.
 //!
+//! [`bootstrap`] is what the two sides exchange over a TCP side channel before their queue
+//! pairs can talk (queue pair numbers, addresses, packet sequence numbers, receive buffers,
+//! eager limits, with vmi's keys, filter signature and connect data), checked and agreed.
+//!
 //! Not built yet: the device that drives this with libibverbs (queue pairs, completion
-//! queues and channels, memory registration, connection bootstrap over a TCP side channel).
-//! Nothing here has run on an RDMA NIC.
+//! queues and channels, memory registration, the side channel's sockets). Nothing here has
+//! run on an RDMA NIC.
 #![forbid(unsafe_code)]
 
+pub mod bootstrap;
 pub mod proto;
 pub mod wire;
