@@ -711,3 +711,74 @@ fn pool_buffers_are_published_and_filled_like_regions() {
         assert_eq!(head, [0; 10], "nothing spilled over from a neighbour");
     }
 }
+
+#[test]
+fn application_memory_is_published_and_a_put_after_a_remap_lands_in_the_new_memory() {
+    use rustix::mm::{MapFlags, ProtFlags, mmap_anonymous, munmap};
+    let mut p = Pair::new("shmem", &[]);
+    let len = 4096;
+    // SAFETY: a fresh private anonymous mapping of one page, ours alone.
+    let page = unsafe {
+        mmap_anonymous(
+            std::ptr::null_mut(),
+            len,
+            ProtFlags::READ | ProtFlags::WRITE,
+            MapFlags::PRIVATE,
+        )
+    }
+    .expect("mmap");
+    // SAFETY: the page stays mapped (this one, then the one mapped in its place) until the
+    // test has unmapped it at the end, after the pair closed; no Rust reference reaches it.
+    let region = unsafe { Region::from_user(page.cast(), len) };
+    assert!(!region.is_vmi_memory());
+    let (_, remote) = p.publish(&region, 0..len);
+    p.b.rdma_put(&remote, 8, &[b"first"], &RdmaOptions::default(), 1)
+        .unwrap();
+    assert_eq!(p.end_of(1).0, Status::Ok);
+    let conn = p.hb.conn.unwrap();
+    assert_eq!(
+        p.b.rdma_path(conn),
+        RdmaPath::Untried,
+        "application memory is never reached one-sided"
+    );
+    assert_eq!(region.to_vec(8, 5).unwrap(), b"first");
+    // Unmap it and map other memory at the same address: the registration does not go
+    // stale, the next put lands in the new memory.
+    // SAFETY: our own page; nothing uses it until it is mapped again just below.
+    unsafe { munmap(page, len) }.expect("munmap");
+    // SAFETY: MAP_FIXED over the address range we just unmapped (ours).
+    let again = unsafe {
+        mmap_anonymous(
+            page,
+            len,
+            ProtFlags::READ | ProtFlags::WRITE,
+            MapFlags::PRIVATE | MapFlags::FIXED,
+        )
+    }
+    .expect("mmap at the same address");
+    assert_eq!(again, page);
+    assert_eq!(
+        region.to_vec(8, 5).unwrap(),
+        vec![0; 5],
+        "new, zeroed memory"
+    );
+    p.b.rdma_put(&remote, 8, &[b"second"], &RdmaOptions::default(), 2)
+        .unwrap();
+    assert_eq!(p.end_of(2).0, Status::Ok);
+    assert_eq!(region.to_vec(8, 6).unwrap(), b"second");
+    // Gets read the new memory too.
+    let local = Region::new(16).unwrap();
+    let into = [Segment {
+        region: &local,
+        offset: 0,
+        len: 6,
+    }];
+    p.b.rdma_get(&remote, 8, &into, &RdmaOptions::default(), 3)
+        .unwrap();
+    assert_eq!(p.end_of(3).0, Status::Ok);
+    assert_eq!(local.to_vec(0, 6).unwrap(), b"second");
+    drop(p);
+    drop(region);
+    // SAFETY: the pair and every region handle are gone: nothing reaches the page now.
+    unsafe { munmap(page, len) }.expect("munmap");
+}

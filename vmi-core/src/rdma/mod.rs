@@ -283,7 +283,9 @@ pub(crate) fn publish(
     if !core.engine.conns().is_live(conn) {
         return Err(VmiError::UnknownConnection(app_conn));
     }
-    let one_sided = one_sided_capable(core, conn);
+    // The application's own memory is reached through messages only: vmi cannot keep its
+    // addresses reserved after a close (see `Region::from_user`).
+    let one_sided = region.is_vmi_memory() && one_sided_capable(core, conn);
     let id = core.rdma.target.publish(Exposed {
         conn,
         region: region.clone(),

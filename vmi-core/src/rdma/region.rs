@@ -30,8 +30,9 @@ struct Mapping {
     mapped: usize,
     /// Bytes the application asked for.
     len: usize,
-    /// The memfd (kept to pass to a peer on the same host).
-    fd: OwnedFd,
+    /// The memfd (kept to pass to a peer on the same host); none for the application's own
+    /// memory ([`Region::from_user`]), which vmi neither maps nor unmaps.
+    fd: Option<OwnedFd>,
     /// A peer may still write here one-sided without having said it stopped (its connection
     /// closed while the region was published to it): keep the addresses reserved after the
     /// drop (see `Drop`).
@@ -40,6 +41,10 @@ struct Mapping {
 
 impl Drop for Mapping {
     fn drop(&mut self) {
+        if self.fd.is_none() {
+            // The application's memory: it stays the application's.
+            return;
+        }
         if self.retired.get() {
             // A late one-sided write from the peer must not land in whatever this process
             // maps next at these addresses: leave them reserved and inaccessible (its writes
@@ -128,7 +133,7 @@ impl Region {
                 base: base.cast(),
                 mapped,
                 len,
-                fd,
+                fd: Some(fd),
                 retired: std::cell::Cell::new(false),
             }),
         })
@@ -154,6 +159,36 @@ impl Region {
         self.map.base as usize
     }
 
+    /// A region over the application's own memory (VMI 2.1: publishing memory registered with
+    /// `VMI_Buffer_Register`). vmi neither maps nor unmaps it, and never lets a peer reach it
+    /// one-sided: puts and gets on it always go as messages, so a peer's write lands only
+    /// while this process polls, through whatever memory is mapped at those addresses then
+    /// (a registration never goes stale: memory unmapped and mapped again at the same
+    /// addresses is what a later put writes to).
+    ///
+    /// # Safety
+    /// `len` bytes at `ptr` must stay mapped, readable and writable (the same memory or other
+    /// memory mapped in its place), and not be accessed through Rust references, while any
+    /// handle to the region lives: until the application drops its own handles and vmi lets
+    /// go of its (the peer released the buffer or the connection closed:
+    /// [`crate::Handler::rdma_released`]).
+    pub unsafe fn from_user(ptr: *mut u8, len: usize) -> Region {
+        Region {
+            map: Rc::new(Mapping {
+                base: ptr,
+                mapped: len,
+                len,
+                fd: None,
+                retired: std::cell::Cell::new(false),
+            }),
+        }
+    }
+
+    /// True for a region over memory vmi allocated (not [`Region::from_user`]).
+    pub fn is_vmi_memory(&self) -> bool {
+        self.map.fd.is_some()
+    }
+
     /// Keeps its addresses reserved and inaccessible after the last handle is dropped: a peer
     /// on the same host may still write into it one-sided.
     pub(crate) fn retire_on_drop(&self) {
@@ -164,17 +199,19 @@ impl Region {
     /// and `start` as the offset of a buffer in it. None when the inode cannot be read.
     pub(crate) fn attach(&self, start: usize) -> Option<super::wire::Attach> {
         use std::os::fd::AsRawFd;
-        let st = rustix::fs::fstat(&self.map.fd).ok()?;
+        let fd = self.map.fd.as_ref()?;
+        let st = rustix::fs::fstat(fd).ok()?;
         Some(super::wire::Attach {
-            fd: u32::try_from(self.map.fd.as_raw_fd()).ok()?,
+            fd: u32::try_from(fd.as_raw_fd()).ok()?,
             inode: st.st_ino,
             start: start as u64,
         })
     }
 
-    /// The memfd behind it (for a transport that maps it into a peer on the same host).
-    pub fn fd(&self) -> BorrowedFd<'_> {
-        self.map.fd.as_fd()
+    /// The memfd behind it (for a transport that maps it into a peer on the same host); none
+    /// for the application's own memory.
+    pub fn fd(&self) -> Option<BorrowedFd<'_>> {
+        self.map.fd.as_ref().map(|f| f.as_fd())
     }
 
     fn check(&self, offset: usize, len: usize) -> Result<(), VmiError> {
