@@ -103,6 +103,25 @@ pub fn drain(fd: &OwnedFd) {
     let _ = rustix::io::read(fd, &mut b);
 }
 
+/// Maps `len` bytes of a memfd shared, read and write; `what` names the memory in the error.
+/// The caller has checked the seals (so no one can shrink it under the mapping) and the size.
+fn map_shared(fd: &OwnedFd, len: usize, what: &str) -> Result<*mut u8, String> {
+    // SAFETY: a fresh shared mapping of a sealed memfd the caller holds, within its size;
+    // the caller unmaps it in its Drop.
+    let base = unsafe {
+        rustix::mm::mmap(
+            std::ptr::null_mut(),
+            len,
+            ProtFlags::READ | ProtFlags::WRITE,
+            MapFlags::SHARED,
+            fd,
+            0,
+        )
+    }
+    .map_err(|e| format!("mmap of {what} failed: {e}"))?;
+    Ok(base.cast())
+}
+
 /// A shared mapping holding both rings of a connection.
 pub struct Region {
     base: *mut u8,
@@ -161,20 +180,9 @@ impl Region {
                 st.st_size
             ));
         }
-        // SAFETY: a fresh shared mapping of a memfd we hold; unmapped in Drop.
-        let base = unsafe {
-            rustix::mm::mmap(
-                std::ptr::null_mut(),
-                len,
-                ProtFlags::READ | ProtFlags::WRITE,
-                MapFlags::SHARED,
-                &fd,
-                0,
-            )
-        }
-        .map_err(|e| format!("mmap of the ring memory failed: {e}"))?;
+        let base = map_shared(&fd, len, "the ring memory")?;
         Ok(Region {
-            base: base as *mut u8,
+            base,
             len,
             ring_size,
             fd,
@@ -316,22 +324,11 @@ impl Attached {
         if len == 0 {
             return Err(format!("the peer's memfd {fd} is empty"));
         }
-        // SAFETY: a fresh shared mapping of a sealed memfd we hold, of its whole size.
-        let base = unsafe {
-            rustix::mm::mmap(
-                std::ptr::null_mut(),
-                len,
-                ProtFlags::READ | ProtFlags::WRITE,
-                MapFlags::SHARED,
-                &own,
-                0,
-            )
-        }
-        .map_err(|e| format!("mmap of the peer's memfd failed: {e}"))?;
+        let base = map_shared(&own, len, "the peer's memfd")?;
         Ok(Attached {
             fd,
             inode,
-            base: base.cast(),
+            base,
             len,
         })
     }

@@ -852,8 +852,7 @@ pub(crate) fn handle(core: &mut Core, handler: &mut dyn Handler, conn: ConnId, d
                                 offset,
                                 len,
                             };
-                            let app = core.cross.app(conn);
-                            handler.rdma_put_notify(&mut Ctx::new(core), app, n);
+                            tell(core, handler, conn, false, n);
                         }
                         Status::Ok
                     }
@@ -905,8 +904,7 @@ pub(crate) fn handle(core: &mut Core, handler: &mut dyn Handler, conn: ConnId, d
                             offset,
                             len,
                         };
-                        let app = core.cross.app(conn);
-                        handler.rdma_get_notify(&mut Ctx::new(core), app, n);
+                        tell(core, handler, conn, true, n);
                     }
                 }
                 Err(status) => {
@@ -927,12 +925,7 @@ pub(crate) fn handle(core: &mut Core, handler: &mut dyn Handler, conn: ConnId, d
                     offset,
                     len,
                 };
-                let app = core.cross.app(conn);
-                if get {
-                    handler.rdma_get_notify(&mut Ctx::new(core), app, n);
-                } else {
-                    handler.rdma_put_notify(&mut Ctx::new(core), app, n);
-                }
+                tell(core, handler, conn, get, n);
             }
             Err(why) => log::debug!("{conn}: ignored a notice on buffer {buffer}: {why:?}"),
         },
@@ -977,6 +970,16 @@ pub(crate) fn handle(core: &mut Core, handler: &mut dyn Handler, conn: ConnId, d
             // The publisher keeps the memory until it hears that nothing more will come.
             answer(core, conn, Kind::Release { buffer }, &[]);
         }
+    }
+}
+
+/// Tells the publisher's application of a put (or a get) that landed in its buffer.
+fn tell(core: &mut Core, handler: &mut dyn Handler, conn: ConnId, get: bool, n: RdmaNotice) {
+    let app = core.cross.app(conn);
+    if get {
+        handler.rdma_get_notify(&mut Ctx::new(core), app, n);
+    } else {
+        handler.rdma_put_notify(&mut Ctx::new(core), app, n);
     }
 }
 
