@@ -32,6 +32,7 @@ mod region;
 pub mod target;
 pub mod wire;
 
+use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::ops::Range;
 use std::time::{Duration, Instant};
@@ -153,9 +154,23 @@ pub struct RdmaNotice {
 
 /// How an op ended, kept until delivered.
 struct Ended {
-    op: Op,
+    /// The handle the application knows the connection by.
+    conn: ConnId,
+    /// The application's token.
+    token: u64,
     status: Status,
-    detail: String,
+    detail: Cow<'static, str>,
+}
+
+impl Ended {
+    fn of(op: &Op, status: Status, detail: impl Into<Cow<'static, str>>) -> Ended {
+        Ended {
+            conn: op.app_conn,
+            token: op.token,
+            status,
+            detail: detail.into(),
+        }
+    }
 }
 
 /// The RDMA state of a process.
@@ -201,6 +216,8 @@ struct Reach {
     size: u64,
     /// The memory object behind it, if the publisher named one.
     attach: Option<wire::Attach>,
+    /// The transport that reaches it (the connection's, found able when it was published).
+    transport: crate::slot::DevIndex,
 }
 
 /// How a connection moves RDMA bytes (see [`crate::Vmi::rdma_path`]).
@@ -285,7 +302,7 @@ pub(crate) fn publish(
     }
     // The application's own memory is reached through messages only: vmi cannot keep its
     // addresses reserved after a close (see `Region::from_user`).
-    let one_sided = region.is_vmi_memory() && one_sided_capable(core, conn);
+    let one_sided = region.is_vmi_memory() && one_sided_transport(core, conn).is_some();
     let id = core.rdma.target.publish(Exposed {
         conn,
         region: region.clone(),
@@ -323,13 +340,36 @@ pub(crate) fn publish(
 
 /// Whether `conn`'s transport can move RDMA bytes one-sided and no filter on its chain must
 /// see them (a filter sees every message; a one-sided transfer would pass it by).
-fn one_sided_capable(core: &Core, conn: ConnId) -> bool {
+/// Decided once per connection and buffer (a connection's transport and chain do not change),
+/// not per op.
+fn one_sided_transport(core: &Core, conn: ConnId) -> Option<crate::slot::DevIndex> {
     let conns = core.engine.conns();
-    conns
-        .transport_of(conn)
-        .is_some_and(|t| core.engine.has_rdma_access(t))
+    let t = conns.transport_of(conn)?;
+    let able = core.engine.has_rdma_access(t)
         && core.engine.chain_direct(conns.chain(conn))
-        && !(core.rails.on() && (core.rails.is_bond(conn) || core.rails.is_rail(conn)))
+        && !(core.rails.on() && (core.rails.is_bond(conn) || core.rails.is_rail(conn)));
+    able.then_some(t)
+}
+
+/// Runs `f` with the transport's segments for `items`: on the stack for a few (the common
+/// case: no allocation per op), else on the heap.
+fn with_segs<T, R>(
+    items: &[T],
+    seg: impl Fn(&T) -> crate::abi::VmiSeg,
+    f: impl FnOnce(&[crate::abi::VmiSeg]) -> R,
+) -> R {
+    let mut few = [crate::abi::VmiSeg {
+        base: std::ptr::null_mut(),
+        len: 0,
+    }; 4];
+    if items.len() <= few.len() {
+        for (s, i) in few.iter_mut().zip(items) {
+            *s = seg(i);
+        }
+        f(&few[..items.len()])
+    } else {
+        f(&items.iter().map(seg).collect::<Vec<_>>())
+    }
 }
 
 /// Whether the peer published buffer `buffer` on `conn` for one-sided access.
@@ -392,10 +432,6 @@ fn try_one_sided(
     if offset.checked_add(len).is_none_or(|end| end > size) {
         return Some(Status::Invalid);
     }
-    if !one_sided_capable(core, conn) {
-        return None;
-    }
-    let transport = core.engine.conns().transport_of(conn)?;
     let key = reach.attach.map(|a| crate::abi::VmiRdmaKey {
         fd: a.fd as i32,
         reserved: 0,
@@ -403,7 +439,7 @@ fn try_one_sided(
         offset: a.start + offset,
     });
     let r = core.engine.rdma_access(
-        transport,
+        reach.transport,
         conn.raw(),
         write,
         addr + offset,
@@ -457,33 +493,20 @@ fn ended_one_sided(
             log::warn!("{conn}: could not send an RDMA notice: {e}");
         }
     }
-    let op = Op {
-        id: 0,
-        conn,
-        app_conn: remote.conn,
-        token,
-        kind: OpKind::Put,
-        buffer: remote.id,
-        offset,
-        len,
-        chunks: Vec::new(),
-        notify: false,
-        deadline: None,
-        messages: 0..0,
-    };
-    let detail = match status {
-        Status::Ok => String::new(),
+    let detail: Cow<'static, str> = match status {
+        Status::Ok => "".into(),
         Status::Invalid => {
             "the buffer's memory is not there at the target any more, or the range is outside it"
                 .into()
         }
-        s => format!("the one-sided transfer failed: {}", s.describe()),
+        s => format!("the one-sided transfer failed: {}", s.describe()).into(),
     };
     // An id of its own, never a table key (it ended already: a cancel finds nothing).
     core.rdma.next_quick = core.rdma.next_quick.wrapping_add(1);
     let id = QUICK | (core.rdma.next_quick & !QUICK);
     core.rdma.done.push_back(Ended {
-        op: Op { id, ..op },
+        conn: remote.conn,
+        token,
         status,
         detail,
     });
@@ -592,27 +615,15 @@ pub(crate) fn put(
         return Err(VmiError::UnknownConnection(remote.conn));
     }
     if reachable(core, conn, remote.id) {
-        // The segments on the stack for a few parts (the common case), else on the heap.
         let seg = |p: &&[u8]| crate::abi::VmiSeg {
             base: p.as_ptr().cast_mut(),
             len: p.len(),
         };
-        let mut few = [crate::abi::VmiSeg {
-            base: std::ptr::null_mut(),
-            len: 0,
-        }; 4];
-        let many: Vec<crate::abi::VmiSeg>;
-        let segs: &[crate::abi::VmiSeg] = if parts.len() <= few.len() {
-            for (s, p) in few.iter_mut().zip(parts) {
-                *s = seg(p);
-            }
-            &few[..parts.len()]
-        } else {
-            many = parts.iter().map(seg).collect();
-            &many
-        };
         // The transport only reads these segments (a write to the peer).
-        if let Some(status) = try_one_sided(core, conn, remote.id, offset, true, segs) {
+        let done = with_segs(parts, seg, |segs| {
+            try_one_sided(core, conn, remote.id, offset, true, segs)
+        });
+        if let Some(status) = done {
             return Ok(ended_one_sided(
                 core, remote, conn, false, offset, len, status, opts, token, mode,
             ));
@@ -673,11 +684,10 @@ fn fail_issue(
         return Err(e);
     }
     if let Some(op) = op {
-        core.rdma.done.push_back(Ended {
-            op,
-            status: Status::NoResources,
-            detail: format!("only part of it could be sent: {e}"),
-        });
+        let detail = format!("only part of it could be sent: {e}");
+        core.rdma
+            .done
+            .push_back(Ended::of(&op, Status::NoResources, detail));
     }
     core.refresh();
     Ok(RdmaOpId(id))
@@ -713,16 +723,16 @@ pub(crate) fn get(
         return Err(VmiError::UnknownConnection(remote.conn));
     }
     if reachable(core, conn, remote.id) {
-        let segs: Vec<crate::abi::VmiSeg> = into
-            .iter()
-            .map(|s| crate::abi::VmiSeg {
-                base: (s.region.addr() + s.offset) as *mut u8,
-                len: s.len,
-            })
-            .collect();
+        let seg = |s: &Segment<'_>| crate::abi::VmiSeg {
+            base: (s.region.addr() + s.offset) as *mut u8,
+            len: s.len,
+        };
         // The regions are live (borrowed for this call) and were range-checked above; the
         // transport writes the peer's bytes into them before it returns.
-        if let Some(status) = try_one_sided(core, conn, remote.id, offset, false, &segs) {
+        let done = with_segs(into, seg, |segs| {
+            try_one_sided(core, conn, remote.id, offset, false, segs)
+        });
+        if let Some(status) = done {
             return Ok(ended_one_sided(
                 core, remote, conn, true, offset, len, status, opts, token, mode,
             ));
@@ -765,11 +775,10 @@ pub(crate) fn cancel(core: &mut Core, id: RdmaOpId) -> bool {
     let Some(op) = core.rdma.initiator.take(id.0) else {
         return false;
     };
-    core.rdma.done.push_back(Ended {
-        op,
-        status: Status::Cancelled,
-        detail: "cancelled by this process".into(),
-    });
+    let detail = "cancelled by this process";
+    core.rdma
+        .done
+        .push_back(Ended::of(&op, Status::Cancelled, detail));
     core.refresh();
     true
 }
@@ -817,8 +826,18 @@ pub(crate) fn handle(core: &mut Core, handler: &mut dyn Handler, conn: ConnId, d
             tag,
             attach,
         } => {
-            if addr != 0 {
-                reach(core, conn, buffer, Reach { addr, size, attach });
+            // Kept only where this side can reach it one-sided; else puts and gets on it go
+            // as messages with no look-up.
+            if addr != 0
+                && let Some(transport) = one_sided_transport(core, conn)
+            {
+                let r = Reach {
+                    addr,
+                    size,
+                    attach,
+                    transport,
+                };
+                reach(core, conn, buffer, r);
             }
             let remote = RemoteBuffer {
                 conn: core.cross.app(conn),
@@ -1034,7 +1053,19 @@ fn refusal(status: Status) -> &'static str {
 
 /// Tells the application how an op ended.
 fn end_op(core: &mut Core, handler: &mut dyn Handler, o: Op, status: Status, detail: &str) {
-    handler.rdma_done(&mut Ctx::new(core), o.app_conn, o.token, status, detail);
+    end(core, handler, o.app_conn, o.token, status, detail);
+}
+
+/// Tells the application that its op `token` on `conn` ended.
+fn end(
+    core: &mut Core,
+    handler: &mut dyn Handler,
+    conn: ConnId,
+    token: u64,
+    status: Status,
+    detail: &str,
+) {
+    handler.rdma_done(&mut Ctx::new(core), conn, token, status, detail);
     core.run_deferred();
     core.refresh();
 }
@@ -1043,15 +1074,14 @@ fn end_op(core: &mut Core, handler: &mut dyn Handler, o: Op, status: Status, det
 pub(crate) fn background(core: &mut Core, handler: &mut dyn Handler) {
     if core.rdma.initiator.timed() {
         for op in core.rdma.initiator.expired(Instant::now()) {
-            core.rdma.done.push_back(Ended {
-                op,
-                status: Status::Timeout,
-                detail: "the target did not answer in time".into(),
-            });
+            let detail = "the target did not answer in time";
+            core.rdma
+                .done
+                .push_back(Ended::of(&op, Status::Timeout, detail));
         }
     }
     while let Some(e) = core.rdma.done.pop_front() {
-        end_op(core, handler, e.op, e.status, &e.detail);
+        end(core, handler, e.conn, e.token, e.status, &e.detail);
     }
 }
 
