@@ -33,6 +33,7 @@ pub mod config;
 pub mod connmap;
 pub mod deliver;
 pub mod device;
+pub mod dial;
 pub mod export;
 pub mod held;
 pub mod host;

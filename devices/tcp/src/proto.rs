@@ -5,14 +5,14 @@
 //!
 //! - [`decoder`]: bytes → handshake and frame events, every length checked before allocating.
 //! - [`connection`]: one connection's states and what each event means in each state.
-//! - [`dial`]: the key-derived port sequence a connect walks, and when it gives up.
+//! - [`vmi_device::dial`] (shared with the verbs device's side channel): the key-derived port
+//!   sequence a connect walks, and when it gives up.
 
 pub mod connection;
 pub mod decoder;
-pub mod dial;
 #[cfg(test)]
 mod pair;
 
 pub use connection::{Connection, Local, Output, State};
 pub use decoder::{DIRECT_READ_MIN, Decoder, Event, PayloadAlloc, check_hello};
-pub use dial::{Dial, probe_ports, split_host_port};
+pub use vmi_device::dial::{Dial, probe_ports, split_host_port};

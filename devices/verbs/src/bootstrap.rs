@@ -13,7 +13,15 @@
 //!   0 "VMIW" | 4 version u8 | 5 accept u8 | 6 reason_len u16 | 8 qpn u32 | 12 psn u32
 //!   16 lid u16 | 18 mtu u8 | 19 0 | 20 credits u32 | 24 eager_max u32 | 28 data_len u32
 //!   32 gid [16] | 48 0 u32
+//! control (8 bytes, after the answer, either way):
+//!   0 "V" | 1 kind u8 (1 ready, 2 bye) | 2 0 u16 | 4 frames u32 (bye only)
 //! ```
+//!
+//! After the answer the side channel stays open and carries control messages: the connector
+//! says `ready` once its queue pair can receive (the acceptor sends nothing on its queue pair
+//! before), and a side that closes says `bye` with the number of frames it sent on its queue
+//! pair, so the peer hands up every one of them before it reports the close. The channel's
+//! end without a `bye` means the peer is gone.
 //!
 //! Every length is checked against its limit before anything is allocated, every reserved
 //! byte must be zero, the packet sequence numbers and queue pair numbers must fit 24 bits,
@@ -90,6 +98,9 @@ pub struct Answer {
 /// What both sides use once connected.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Agreed {
+    /// The smaller of the two receive buffer counts: each side's credits for the other (a
+    /// side that posted more leaves the rest unused).
+    pub credits: u32,
     /// The smaller of the two eager limits: both send eagerly up to it.
     pub eager_max: u32,
     /// The smaller of the two MTUs.
@@ -383,6 +394,52 @@ impl QpInfo {
     }
 }
 
+/// A message on the side channel after the answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Control {
+    /// The connector's queue pair can receive: the acceptor may send.
+    Ready,
+    /// The sender closes after `frames` frames on its queue pair.
+    Bye {
+        /// Frames it sent in all.
+        frames: u32,
+    },
+}
+
+/// Bytes of a control message.
+pub const CONTROL: usize = 8;
+
+impl Control {
+    /// Its bytes.
+    pub fn emit(&self) -> [u8; CONTROL] {
+        let (kind, frames) = match *self {
+            Control::Ready => (1, 0),
+            Control::Bye { frames } => (2, frames),
+        };
+        let mut b = [0u8; CONTROL];
+        b[0] = b'V';
+        b[1] = kind;
+        b[4..8].copy_from_slice(&frames.to_le_bytes());
+        b
+    }
+
+    /// Parses a control message from the start of `b`, or `None` when fewer than
+    /// [`CONTROL`] bytes are there.
+    pub fn parse(b: &[u8]) -> Result<Option<Control>, BootstrapError> {
+        if b.len() < CONTROL {
+            return Ok(None);
+        }
+        if b[0] != b'V' || b[2] != 0 || b[3] != 0 {
+            return Err(BootstrapError::Reserved);
+        }
+        match (b[1], u32_at(b, 4)) {
+            (1, 0) => Ok(Some(Control::Ready)),
+            (2, frames) => Ok(Some(Control::Bye { frames })),
+            _ => Err(BootstrapError::Reserved),
+        }
+    }
+}
+
 /// What the acceptor decides from a hello and its own side: the agreement, or why not (to be
 /// answered as a refusal with that reason). The connector checks the answer the same way.
 pub fn agree(
@@ -397,6 +454,7 @@ pub fn agree(
         });
     }
     Ok(Agreed {
+        credits: local.credits.min(hello.qp.credits),
         eager_max: local.eager_max.min(hello.qp.eager_max),
         mtu: local.mtu.min(hello.qp.mtu),
     })
@@ -406,6 +464,39 @@ pub fn agree(
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn control_messages_round_trip_and_refuse_garbage() {
+        for c in [
+            Control::Ready,
+            Control::Bye { frames: 0 },
+            Control::Bye { frames: 77 },
+        ] {
+            assert_eq!(Control::parse(&c.emit()), Ok(Some(c)));
+        }
+        assert_eq!(Control::parse(&Control::Ready.emit()[..7]), Ok(None));
+        let mut b = Control::Ready.emit();
+        b[4] = 1;
+        assert_eq!(
+            Control::parse(&b),
+            Err(BootstrapError::Reserved),
+            "a ready with frames"
+        );
+        let mut b = Control::Ready.emit();
+        b[1] = 3;
+        assert_eq!(
+            Control::parse(&b),
+            Err(BootstrapError::Reserved),
+            "an unknown kind"
+        );
+        let mut b = Control::Ready.emit();
+        b[0] = b'W';
+        assert_eq!(
+            Control::parse(&b),
+            Err(BootstrapError::Reserved),
+            "a bad magic"
+        );
+    }
 
     fn qp(n: u32) -> QpInfo {
         QpInfo {

@@ -12,8 +12,13 @@
 //! Not built yet: the device that drives this with libibverbs (queue pairs, completion
 //! queues and channels, memory registration, the side channel's sockets). Nothing here has
 //! run on an RDMA NIC.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 pub mod bootstrap;
+pub mod buf;
+pub mod ffi;
+pub mod ibv;
+pub mod nic;
 pub mod proto;
+pub mod sim;
 pub mod wire;

@@ -22,7 +22,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use crate::wire::{Body, Frame, HEADER, WireError};
+use crate::wire::{Body, Frame, HEADER, Meta, WireError};
 
 /// The fewest receive buffers a side posts for the other. A credit return of its own is sent
 /// once half of them are used, so it always hands back at least two: a side that spent its
@@ -60,8 +60,8 @@ impl Default for Config {
 /// A fragment the host gives to send.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Fragment {
-    /// Its bytes (at most `eager_max`), copied.
-    Eager(Vec<u8>),
+    /// Its bytes (at most `eager_max`), copied, and its marks.
+    Eager(Vec<u8>, Meta),
     /// Registered memory the peer reads.
     Large {
         /// Address.
@@ -70,6 +70,8 @@ pub enum Fragment {
         rkey: u32,
         /// Length.
         len: u64,
+        /// Its marks.
+        meta: Meta,
     },
 }
 
@@ -95,12 +97,14 @@ pub enum Action {
         /// Length.
         len: u64,
     },
-    /// Hand this received fragment to the host.
-    Deliver(Vec<u8>),
+    /// Hand this received fragment, with its marks, to the host.
+    Deliver(Vec<u8>, Meta),
     /// Hand the fragment read for `msg` (the READ's memory) to the host.
     DeliverRead {
         /// The fragment.
         msg: u64,
+        /// Its marks.
+        meta: Meta,
     },
     /// The host's fragment `token` is sent: its memory may be reused.
     Sent {
@@ -171,9 +175,9 @@ pub enum ProtoError {
 
 /// A received fragment waiting for its turn to be handed up.
 enum Incoming {
-    Eager(Vec<u8>),
+    Eager(Vec<u8>, Meta),
     /// A read in flight (false) or done (true).
-    Read(u64, bool),
+    Read(u64, bool, Meta),
 }
 
 /// One side of a connection.
@@ -223,7 +227,7 @@ impl Endpoint {
     /// Sends a fragment; [`Action::Sent`] with `token` tells when its memory may be reused.
     pub fn send(&mut self, token: u64, frag: Fragment) -> Result<(), SendError> {
         let (len, max) = match &frag {
-            Fragment::Eager(b) => (b.len() as u64, self.cfg.eager_max as u64),
+            Fragment::Eager(b, _) => (b.len() as u64, self.cfg.eager_max as u64),
             Fragment::Large { len, .. } => (*len, self.cfg.max_fragment),
         };
         if len > max {
@@ -253,6 +257,31 @@ impl Endpoint {
         self.queued.len()
     }
 
+    /// Frames this side has sent (the peer's count of frames to expect before a close).
+    pub fn frames_sent(&self) -> u32 {
+        self.tx_seq
+    }
+
+    /// Frames this side has received from the peer.
+    pub fn frames_received(&self) -> u32 {
+        self.rx_seq
+    }
+
+    /// Whether everything this side was given to send is done: nothing queued, no SEND
+    /// waiting for its completion, no large fragment waiting for the peer's read, no control
+    /// frame unsent. A close may follow without losing data.
+    pub fn is_idle(&self) -> bool {
+        self.queued.is_empty()
+            && self.eager.is_empty()
+            && self.offered.is_empty()
+            && self.control.is_empty()
+    }
+
+    /// Whether received fragments wait to be handed up (a read still in flight).
+    pub fn is_receiving(&self) -> bool {
+        !self.incoming.is_empty()
+    }
+
     /// A SEND this side posted completed.
     pub fn send_done(&mut self, wr: u64) {
         if let Some(token) = self.eager.remove(&wr) {
@@ -264,7 +293,7 @@ impl Endpoint {
     /// the peer is told to release its memory.
     pub fn read_done(&mut self, msg: u64) -> Result<(), ProtoError> {
         let Some(slot) = self.incoming.iter_mut().find_map(|i| match i {
-            Incoming::Read(m, done) if *m == msg && !*done => Some(done),
+            Incoming::Read(m, done, _) if *m == msg && !*done => Some(done),
             _ => None,
         }) else {
             return Err(ProtoError::UnknownRead(msg));
@@ -297,14 +326,15 @@ impl Endpoint {
         self.tx_credits += frame.credits;
         self.rx_consumed += 1;
         match frame.body {
-            Body::Eager { len } => {
+            Body::Eager { len, meta } => {
                 if len as usize > self.cfg.eager_max {
                     return Err(ProtoError::TooLarge {
                         len: len.into(),
                         max: self.cfg.eager_max as u64,
                     });
                 }
-                self.incoming.push_back(Incoming::Eager(payload.to_vec()));
+                self.incoming
+                    .push_back(Incoming::Eager(payload.to_vec(), meta));
                 self.hand_up();
             }
             Body::Rts {
@@ -312,6 +342,7 @@ impl Endpoint {
                 addr,
                 rkey,
                 len,
+                meta,
             } => {
                 if len > self.cfg.max_fragment {
                     return Err(ProtoError::TooLarge {
@@ -327,14 +358,14 @@ impl Endpoint {
                 if self
                     .incoming
                     .iter()
-                    .any(|i| matches!(i, Incoming::Read(m, _) if *m == msg))
+                    .any(|i| matches!(i, Incoming::Read(m, _, _) if *m == msg))
                 {
                     return Err(ProtoError::DuplicateRts(msg));
                 }
                 if reads >= self.cfg.max_reads {
                     return Err(ProtoError::TooManyReads(self.cfg.max_reads));
                 }
-                self.incoming.push_back(Incoming::Read(msg, false));
+                self.incoming.push_back(Incoming::Read(msg, false, meta));
                 self.actions.push_back(Action::Read {
                     msg,
                     addr,
@@ -359,17 +390,17 @@ impl Endpoint {
     fn hand_up(&mut self) {
         while let Some(front) = self.incoming.front() {
             match front {
-                Incoming::Eager(_) => {
-                    if let Some(Incoming::Eager(b)) = self.incoming.pop_front() {
-                        self.actions.push_back(Action::Deliver(b));
+                Incoming::Eager(..) => {
+                    if let Some(Incoming::Eager(b, meta)) = self.incoming.pop_front() {
+                        self.actions.push_back(Action::Deliver(b, meta));
                     }
                 }
-                Incoming::Read(msg, true) => {
-                    let msg = *msg;
+                Incoming::Read(msg, true, meta) => {
+                    let (msg, meta) = (*msg, *meta);
                     self.incoming.pop_front();
-                    self.actions.push_back(Action::DeliverRead { msg });
+                    self.actions.push_back(Action::DeliverRead { msg, meta });
                 }
-                Incoming::Read(_, false) => return,
+                Incoming::Read(_, false, _) => return,
             }
         }
     }
@@ -387,16 +418,22 @@ impl Endpoint {
                 break;
             };
             match frag {
-                Fragment::Eager(bytes) => {
+                Fragment::Eager(bytes, meta) => {
                     let wr = self.emit(
                         Body::Eager {
                             len: bytes.len() as u32,
+                            meta,
                         },
                         &bytes,
                     );
                     self.eager.insert(wr, token);
                 }
-                Fragment::Large { addr, rkey, len } => {
+                Fragment::Large {
+                    addr,
+                    rkey,
+                    len,
+                    meta,
+                } => {
                     let msg = self.next_msg;
                     self.next_msg += 1;
                     self.offered.insert(msg, token);
@@ -406,6 +443,7 @@ impl Endpoint {
                             addr,
                             rkey,
                             len,
+                            meta,
                         },
                         &[],
                     );
@@ -452,6 +490,8 @@ mod tests {
         read: [HashMap<u64, Vec<u8>>; 2],
         /// What each side handed up, in order.
         delivered: [Vec<Vec<u8>>; 2],
+        /// The marks of what each side handed up, in order.
+        marks: [Vec<Meta>; 2],
         sent: [Vec<u64>; 2],
     }
 
@@ -463,6 +503,7 @@ mod tests {
                 inbox: Default::default(),
                 read: Default::default(),
                 delivered: Default::default(),
+                marks: Default::default(),
                 sent: Default::default(),
             }
         }
@@ -492,9 +533,13 @@ mod tests {
                                 self.read[s].insert(msg, src.clone());
                                 self.ends[s].read_done(msg)?;
                             }
-                            Action::Deliver(b) => self.delivered[s].push(b),
-                            Action::DeliverRead { msg } => {
+                            Action::Deliver(b, meta) => {
+                                self.marks[s].push(meta);
+                                self.delivered[s].push(b)
+                            }
+                            Action::DeliverRead { msg, meta } => {
                                 let b = self.read[s].remove(&msg).expect("read before delivered");
+                                self.marks[s].push(meta);
                                 self.delivered[s].push(b);
                             }
                             Action::Sent { token } => self.sent[s].push(token),
@@ -513,14 +558,31 @@ mod tests {
 
         /// Side `s` sends `bytes`, eager or by rendezvous by size.
         fn send(&mut self, s: usize, token: u64, bytes: Vec<u8>) -> Result<(), SendError> {
+            let meta = mark(token);
             if bytes.len() <= self.ends[s].cfg.eager_max {
-                self.ends[s].send(token, Fragment::Eager(bytes))
+                self.ends[s].send(token, Fragment::Eager(bytes, meta))
             } else {
                 let (addr, rkey) = (0x1000 * token + 0x10_0000, token as u32 ^ 0x5a5a);
                 let len = bytes.len() as u64;
                 self.memory[s].insert((addr, rkey), bytes);
-                self.ends[s].send(token, Fragment::Large { addr, rkey, len })
+                self.ends[s].send(
+                    token,
+                    Fragment::Large {
+                        addr,
+                        rkey,
+                        len,
+                        meta,
+                    },
+                )
             }
+        }
+    }
+
+    /// The marks the harness gives the fragment sent with `token`.
+    fn mark(token: u64) -> Meta {
+        Meta {
+            end: token.is_multiple_of(3),
+            filter: (token as u16).wrapping_mul(0x9e37),
         }
     }
 
@@ -546,6 +608,13 @@ mod tests {
         }
         p.run().unwrap();
         assert_eq!(p.delivered[1], msgs, "every fragment, in order");
+        assert_eq!(
+            p.marks[1],
+            (0..200).map(mark).collect::<Vec<_>>(),
+            "each fragment with its own marks"
+        );
+        assert!(p.ends[0].is_idle() && p.ends[1].is_idle());
+        assert_eq!(p.ends[0].frames_sent(), p.ends[1].frames_received());
         let mut sent = p.sent[0].clone();
         sent.sort_unstable();
         assert_eq!(
@@ -614,7 +683,15 @@ mod tests {
         );
         let mut e = Endpoint::new(cfg);
         assert!(matches!(
-            e.received(&f(0, 0, Body::Eager { len: 17 }, &[0; 17])),
+            e.received(&f(
+                0,
+                0,
+                Body::Eager {
+                    len: 17,
+                    meta: Meta::default()
+                },
+                &[0; 17]
+            )),
             Err(ProtoError::TooLarge { len: 17, max: 16 })
         ));
         let mut e = Endpoint::new(cfg);
@@ -628,6 +705,7 @@ mod tests {
             addr: 1,
             rkey: 2,
             len: 100,
+            meta: Meta::default(),
         };
         e.received(&f(0, 0, rts(1), &[])).unwrap();
         assert_eq!(

@@ -1,9 +1,13 @@
 //! The header of every SEND on a verbs connection. No I/O: bytes in, checked values out.
 //!
 //! ```text
-//! 0 kind u8 | 1 0 u8 | 2 0 u16 | 4 seq u32 | 8 credits u32 | 12 len u32 | 16 msg u64
-//! 24 addr u64 | 32 rkey u32 | 36 len_hi u32 (rts only) | 40 payload (eager only)
+//! 0 kind u8 | 1 end u8 | 2 filter flags u16 | 4 seq u32 | 8 credits u32 | 12 len u32
+//! 16 msg u64 | 24 addr u64 | 32 rkey u32 | 36 len_hi u32 (rts only) | 40 payload (eager only)
 //! ```
+//!
+//! `end` (0 or 1) and the filter flags describe the fragment an eager or rts frame carries
+//! (the host's last-fragment mark and what the sender's filters did); both are 0 in fin and
+//! credit frames.
 //!
 //! - eager (1): a whole fragment of `len` bytes follows (at most the eager limit).
 //! - rts (2): "read `len` bytes at `addr` with `rkey`, then tell me `msg` is done" (a
@@ -24,6 +28,15 @@ const RTS: u8 = 2;
 const FIN: u8 = 3;
 const CREDIT: u8 = 4;
 
+/// What the host says about a fragment: its last-fragment mark and its filter flags.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Meta {
+    /// The last fragment of a stream.
+    pub end: bool,
+    /// The sender's filter flags (the high half of the IRB flags).
+    pub filter: u16,
+}
+
 /// What a frame says (besides `seq` and `credits`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Body {
@@ -31,6 +44,8 @@ pub enum Body {
     Eager {
         /// Payload bytes.
         len: u32,
+        /// The fragment's marks.
+        meta: Meta,
     },
     /// Read `len` bytes at `addr` with `rkey`; then answer [`Body::Fin`] with `msg`.
     Rts {
@@ -42,6 +57,8 @@ pub enum Body {
         rkey: u32,
         /// Its length.
         len: u64,
+        /// The fragment's marks.
+        meta: Meta,
     },
     /// The reader finished reading `msg`.
     Fin {
@@ -88,16 +105,23 @@ pub enum WireError {
 impl Frame {
     /// The header's bytes.
     pub fn encode(&self) -> [u8; HEADER] {
-        let (kind, len, msg, addr, rkey) = match self.body {
-            Body::Eager { len } => (EAGER, len, 0, 0, 0),
+        let none = Meta::default();
+        let (kind, len, msg, addr, rkey, meta) = match self.body {
+            Body::Eager { len, meta } => (EAGER, len, 0, 0, 0, meta),
             Body::Rts {
-                msg, addr, rkey, ..
-            } => (RTS, 0, msg, addr, rkey),
-            Body::Fin { msg } => (FIN, 0, msg, 0, 0),
-            Body::Credit => (CREDIT, 0, 0, 0, 0),
+                msg,
+                addr,
+                rkey,
+                meta,
+                ..
+            } => (RTS, 0, msg, addr, rkey, meta),
+            Body::Fin { msg } => (FIN, 0, msg, 0, 0, none),
+            Body::Credit => (CREDIT, 0, 0, 0, 0, none),
         };
         let mut h = [0u8; HEADER];
         h[0] = kind;
+        h[1] = u8::from(meta.end);
+        h[2..4].copy_from_slice(&meta.filter.to_le_bytes());
         h[4..8].copy_from_slice(&self.seq.to_le_bytes());
         h[8..12].copy_from_slice(&self.credits.to_le_bytes());
         h[12..16].copy_from_slice(&len.to_le_bytes());
@@ -124,9 +148,14 @@ impl Frame {
             v.copy_from_slice(&h[i..i + 8]);
             u64::from_le_bytes(v)
         };
-        if h[1] != 0 || h[2] != 0 || h[3] != 0 {
+        if h[1] > 1 {
             return Err(WireError::Reserved);
         }
+        let meta = Meta {
+            end: h[1] == 1,
+            filter: u16::from_le_bytes([h[2], h[3]]),
+        };
+        let plain = meta == Meta::default();
         let (seq, credits, len32, msg, addr, rkey, hi) = (
             u32_at(4),
             u32_at(8),
@@ -137,20 +166,25 @@ impl Frame {
             u32_at(36),
         );
         let body = match h[0] {
-            EAGER if msg == 0 && addr == 0 && rkey == 0 && hi == 0 => Body::Eager { len: len32 },
+            EAGER if msg == 0 && addr == 0 && rkey == 0 && hi == 0 => {
+                Body::Eager { len: len32, meta }
+            }
             RTS => Body::Rts {
                 msg,
                 addr,
                 rkey,
                 len: (u64::from(hi) << 32) | u64::from(len32),
+                meta,
             },
-            FIN if len32 == 0 && addr == 0 && rkey == 0 && hi == 0 => Body::Fin { msg },
-            CREDIT if len32 == 0 && msg == 0 && addr == 0 && rkey == 0 && hi == 0 => Body::Credit,
+            FIN if plain && len32 == 0 && addr == 0 && rkey == 0 && hi == 0 => Body::Fin { msg },
+            CREDIT if plain && len32 == 0 && msg == 0 && addr == 0 && rkey == 0 && hi == 0 => {
+                Body::Credit
+            }
             EAGER | FIN | CREDIT => return Err(WireError::Reserved),
             k => return Err(WireError::Kind(k)),
         };
         let want = match body {
-            Body::Eager { len } => len as usize,
+            Body::Eager { len, .. } => len as usize,
             _ => 0,
         };
         if payload.len() != want {
@@ -171,12 +205,22 @@ mod tests {
     #[test]
     fn every_kind_round_trips() {
         for body in [
-            Body::Eager { len: 3 },
+            Body::Eager {
+                len: 3,
+                meta: Meta {
+                    end: true,
+                    filter: 0xc001,
+                },
+            },
             Body::Rts {
                 msg: 9,
                 addr: 0x7f00_0000_0000,
                 rkey: 77,
                 len: 5 << 32 | 12,
+                meta: Meta {
+                    end: false,
+                    filter: 2,
+                },
             },
             Body::Fin { msg: 9 },
             Body::Credit,
@@ -187,14 +231,14 @@ mod tests {
                 body,
             };
             let mut b = f.encode().to_vec();
-            if let Body::Eager { len } = body {
+            if let Body::Eager { len, .. } = body {
                 b.extend(std::iter::repeat_n(1, len as usize));
             }
             let (back, payload) = Frame::decode(&b).unwrap();
             assert_eq!(back, f);
             assert_eq!(
                 payload.len(),
-                if let Body::Eager { len } = body {
+                if let Body::Eager { len, .. } = body {
                     len as usize
                 } else {
                     0
@@ -217,10 +261,27 @@ mod tests {
         b[0] = CREDIT;
         b[20] = 1;
         assert_eq!(Frame::decode(&b), Err(WireError::Reserved));
+        b[20] = 0;
+        b[1] = 1;
+        assert_eq!(
+            Frame::decode(&b),
+            Err(WireError::Reserved),
+            "a credit with an end mark"
+        );
+        b[1] = 2;
+        b[0] = EAGER;
+        assert_eq!(
+            Frame::decode(&b),
+            Err(WireError::Reserved),
+            "an end mark of 2"
+        );
         let e = Frame {
             seq: 0,
             credits: 0,
-            body: Body::Eager { len: 10 },
+            body: Body::Eager {
+                len: 10,
+                meta: Meta::default(),
+            },
         }
         .encode();
         assert!(matches!(

@@ -1,11 +1,13 @@
 //! Dialing a peer by host and key: the key-derived port sequence a connect walks, what each
 //! failed port taught it, and when it gives up (with a message that says what to check).
-//! No I/O: the device opens the sockets and reports back.
+//! No I/O: the device opens the sockets and reports back. Shared by the transports that find
+//! peers over TCP (the TCP device, the verbs device's side channel).
+#![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use vmi_device::Status;
+use crate::Status;
 
 /// A connect in progress: the addresses still to try and what went wrong so far.
 #[derive(Debug)]

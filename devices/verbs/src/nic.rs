@@ -1,0 +1,192 @@
+//! What the verbs device needs of an RDMA NIC, and nothing more: one port, one completion
+//! queue with a descriptor to sleep on, reliable-connected queue pairs, memory registration,
+//! and three work requests (receive, send, RDMA READ).
+//!
+//! Two NICs implement it: [`crate::ibv::IbvNic`], the hardware through libibverbs (loaded at
+//! run time), and [`crate::sim::SimNic`], a software NIC inside one process that behaves as
+//! RC does (in order, receive buffers consumed one per SEND, READs checked against the remote
+//! key and range, error completions) so the whole device runs in tests without hardware.
+
+// One unsafe method is declared: registration is where memory is promised to the NIC.
+#![allow(unsafe_code)]
+
+use std::os::fd::RawFd;
+
+/// Why a NIC operation failed.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum NicError {
+    /// libibverbs is not installed.
+    #[error(
+        "libibverbs.so.1 could not be loaded ({0}); install libibverbs1 and the providers (Debian: apt-get install ibverbs-providers)"
+    )]
+    NoLibrary(String),
+    /// libibverbs found no device.
+    #[error(
+        "no RDMA device found (libibverbs: 0 devices); check `ibv_devinfo`, or use the tcp or shmem transport"
+    )]
+    NoDevice,
+    /// libibverbs could not list devices (no kernel support).
+    #[error(
+        "libibverbs could not list RDMA devices: {0} (the kernel has no RDMA support here); use the tcp or shmem transport"
+    )]
+    NoKernelSupport(String),
+    /// The named device is not there.
+    #[error(
+        "no RDMA device named '{name}' (found: {found}); set the verbs 'device' parameter to one of them"
+    )]
+    UnknownDevice {
+        /// Asked for.
+        name: String,
+        /// What there is.
+        found: String,
+    },
+    /// A verbs call failed.
+    #[error("{call} failed: {why}")]
+    Call {
+        /// The verbs call.
+        call: &'static str,
+        /// errno text or the reason.
+        why: String,
+    },
+    /// The port is not up.
+    #[error(
+        "port {port} of {device} is not active (state {state}); check the cable and the subnet manager (`ibv_devinfo`)"
+    )]
+    PortDown {
+        /// Device.
+        device: String,
+        /// Port.
+        port: u8,
+        /// Its state code.
+        state: u32,
+    },
+    /// The peer cannot be reached by this NIC.
+    #[error("{0}")]
+    Unreachable(String),
+}
+
+/// A queue pair's address, as the peer needs it to connect: LID (InfiniBand) or GID (RoCE),
+/// the path MTU code (1–5: 256–4096 bytes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Address {
+    /// Local identifier (InfiniBand; 0 on RoCE).
+    pub lid: u16,
+    /// Global identifier (RoCE, or routed InfiniBand).
+    pub gid: [u8; 16],
+    /// Path MTU code.
+    pub mtu: u8,
+}
+
+/// The far end of a queue pair.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Remote {
+    /// Its queue pair number.
+    pub qpn: u32,
+    /// Its first packet sequence number.
+    pub psn: u32,
+    /// Its address.
+    pub addr: Address,
+}
+
+/// A registration: the keys work requests name it by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mr {
+    /// The NIC's handle, for [`Nic::deregister`].
+    pub id: u64,
+    /// Local key.
+    pub lkey: u32,
+    /// Remote key.
+    pub rkey: u32,
+}
+
+/// Registered local memory for one work request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sge {
+    /// Address.
+    pub addr: u64,
+    /// Length.
+    pub len: u32,
+    /// Local key of its registration.
+    pub lkey: u32,
+}
+
+/// What a completion was for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// A SEND posted here.
+    Send,
+    /// A receive buffer filled by the peer's SEND.
+    Recv,
+    /// An RDMA READ posted here.
+    Read,
+}
+
+/// A work completion.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Completion {
+    /// The id the work request was posted with.
+    pub wr_id: u64,
+    /// The queue pair.
+    pub qpn: u32,
+    /// What it was.
+    pub kind: Kind,
+    /// Bytes received (receives only).
+    pub len: u32,
+    /// `None` on success, or the NIC's words for the failure.
+    pub error: Option<&'static str>,
+}
+
+/// An RDMA NIC as the device uses it. Not `Send`: it lives on the polling thread.
+pub trait Nic {
+    /// One line: which device and port, for logs and `vmi-info`.
+    fn describe(&self) -> String;
+    /// This port's address.
+    fn address(&self) -> Address;
+    /// Creates a queue pair able to hold `send` and `recv` outstanding work requests, ready
+    /// for receives to be posted (INIT); returns its number.
+    fn create_qp(&mut self, send: u32, recv: u32) -> Result<u32, NicError>;
+    /// Connects queue pair `qpn`, whose first sequence number is `psn`, to `remote` (RTR then
+    /// RTS).
+    fn connect_qp(&mut self, qpn: u32, psn: u32, remote: &Remote) -> Result<(), NicError>;
+    /// Destroys a queue pair; its outstanding work requests are dropped.
+    fn destroy_qp(&mut self, qpn: u32);
+    /// Registers `len` bytes at `addr` for local writes and, when `remote_read`, for the
+    /// peer's RDMA READ. Work requests are checked against registrations (key and range), so
+    /// posting them is safe; registering is where the promise is made.
+    ///
+    /// # Safety
+    /// `addr..addr+len` must be memory the caller owns, valid for reads and writes, and not
+    /// read or written through Rust references while work requests naming it are
+    /// outstanding, until [`Nic::deregister`] (the device registers only buffers it owns and
+    /// deregisters them before it frees them).
+    unsafe fn register(
+        &mut self,
+        addr: *mut u8,
+        len: usize,
+        remote_read: bool,
+    ) -> Result<Mr, NicError>;
+    /// Undoes [`Nic::register`].
+    fn deregister(&mut self, mr: Mr);
+    /// Posts a receive buffer.
+    fn post_recv(&mut self, qpn: u32, wr_id: u64, sge: Sge) -> Result<(), NicError>;
+    /// Posts a SEND of `sge` (signalled).
+    fn post_send(&mut self, qpn: u32, wr_id: u64, sge: Sge) -> Result<(), NicError>;
+    /// Posts an RDMA READ of `sge.len` bytes at the peer's `remote_addr` (key `rkey`) into
+    /// `sge` (signalled).
+    fn post_read(
+        &mut self,
+        qpn: u32,
+        wr_id: u64,
+        sge: Sge,
+        remote_addr: u64,
+        rkey: u32,
+    ) -> Result<(), NicError>;
+    /// Appends at most `max` completions to `out`; returns how many.
+    fn poll(&mut self, out: &mut Vec<Completion>, max: usize) -> usize;
+    /// The descriptor that becomes readable when a completion arrives (after
+    /// [`Nic::rearm`]).
+    fn fd(&self) -> Option<RawFd>;
+    /// Consumes the descriptor's events and asks for the next one; call before sleeping and
+    /// after the descriptor fired, then poll again (a completion may have come in between).
+    fn rearm(&mut self);
+}
