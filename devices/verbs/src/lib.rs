@@ -16,9 +16,16 @@
 
 pub mod bootstrap;
 pub mod buf;
+pub mod config;
+pub mod conn;
+pub mod device;
 pub mod ffi;
 pub mod ibv;
 pub mod nic;
 pub mod proto;
 pub mod sim;
 pub mod wire;
+
+pub use device::VerbsDevice;
+
+vmi_device::export_device!(VerbsDevice, vmi_device_verbs);

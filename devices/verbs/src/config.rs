@@ -1,0 +1,213 @@
+//! verbs parameters (specfile `<param>` or `VMI_<DEVICE>_<PARAM>`).
+#![forbid(unsafe_code)]
+
+use std::time::Duration;
+
+use vmi_device::abi::{VMI_PARAM_STRING, VMI_PARAM_UINT, VmiParamSpec};
+use vmi_device::{Config, param};
+
+use crate::bootstrap::{MAX_CREDITS, MAX_EAGER};
+use crate::proto::MIN_CREDITS;
+
+/// Declared parameters.
+pub const PARAMS: &[VmiParamSpec] = &[
+    param(
+        c"nic",
+        VMI_PARAM_STRING,
+        c"ibverbs",
+        c"ibverbs: the RDMA NIC through libibverbs; sim: a software NIC that connects queue pairs within this process only (tests, development without hardware)",
+    ),
+    param(
+        c"device",
+        VMI_PARAM_STRING,
+        c"",
+        c"RDMA device name as ibv_devinfo lists it (mlx5_0); empty: the first",
+    ),
+    param(c"ib_port", VMI_PARAM_UINT, c"1", c"port of the RDMA device"),
+    param(
+        c"gid_index",
+        VMI_PARAM_UINT,
+        c"0",
+        c"GID table index (RoCE: the entry whose address and RoCE version to use; show_gids lists them)",
+    ),
+    param(
+        c"listen_addr",
+        VMI_PARAM_STRING,
+        c"0.0.0.0",
+        c"address of the side channel's TCP listener (connection bootstrap)",
+    ),
+    param(
+        c"port",
+        VMI_PARAM_UINT,
+        c"0",
+        c"fixed side-channel port; 0 derives it from the key (see port_base)",
+    ),
+    param(
+        c"port_base",
+        VMI_PARAM_UINT,
+        c"7000",
+        c"first port of the key-derived side-channel port range",
+    ),
+    param(
+        c"port_span",
+        VMI_PARAM_UINT,
+        c"3000",
+        c"size of the key-derived side-channel port range",
+    ),
+    param(
+        c"probe_count",
+        VMI_PARAM_UINT,
+        c"16",
+        c"ports tried from the key's start port (listener and connector alike)",
+    ),
+    param(
+        c"connect_timeout_ms",
+        VMI_PARAM_UINT,
+        c"10000",
+        c"give up a connect (dial and bootstrap) after this long",
+    ),
+    param(
+        c"credits",
+        VMI_PARAM_UINT,
+        c"64",
+        c"receive buffers posted for each peer (credits; the smaller of the two sides is used)",
+    ),
+    param(
+        c"eager_max",
+        VMI_PARAM_UINT,
+        c"8k",
+        c"largest fragment sent in a SEND; larger ones are read by the receiver (RDMA READ rendezvous)",
+    ),
+    param(
+        c"max_fragment",
+        VMI_PARAM_UINT,
+        c"256m",
+        c"largest fragment accepted from or sent to a peer",
+    ),
+    param(
+        c"max_connect_data",
+        VMI_PARAM_UINT,
+        c"64k",
+        c"largest connect or reply data accepted",
+    ),
+    param(
+        c"max_connections",
+        VMI_PARAM_UINT,
+        c"1024",
+        c"most connections at once; more are refused",
+    ),
+];
+
+/// Which NIC.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NicKind {
+    /// libibverbs.
+    Ibverbs,
+    /// The in-process software NIC.
+    Sim,
+}
+
+/// Typed configuration.
+#[derive(Clone, Debug)]
+pub struct VerbsConfig {
+    /// Which NIC.
+    pub nic: NicKind,
+    /// RDMA device name.
+    pub device: String,
+    /// Its port.
+    pub ib_port: u8,
+    /// GID index.
+    pub gid_index: u8,
+    /// Side-channel listen address.
+    pub listen_addr: String,
+    /// Fixed side-channel port or 0.
+    pub port: u16,
+    /// Key-derived range start.
+    pub port_base: u16,
+    /// Range size.
+    pub port_span: u16,
+    /// Ports tried.
+    pub probe_count: u16,
+    /// Connect limit.
+    pub connect_timeout: Duration,
+    /// Receive buffers per peer.
+    pub credits: u32,
+    /// Eager limit.
+    pub eager_max: u32,
+    /// Largest fragment.
+    pub max_fragment: u64,
+    /// Largest connect data.
+    pub max_connect_data: u32,
+    /// Most connections.
+    pub max_connections: usize,
+}
+
+fn small<T: TryFrom<u64>>(c: &Config, name: &str, what: &str) -> Result<T, String> {
+    let v = c.get_u64(name).map_err(|e| e.to_string())?;
+    T::try_from(v).map_err(|_| format!("parameter '{name}' = {v} is not {what}"))
+}
+
+impl VerbsConfig {
+    /// Reads and checks the resolved parameters.
+    pub fn from_config(c: &Config) -> Result<VerbsConfig, String> {
+        let e = |x: vmi_device::ConfigError| x.to_string();
+        let nic = match c.get("nic").map_err(e)? {
+            "ibverbs" => NicKind::Ibverbs,
+            "sim" => NicKind::Sim,
+            other => {
+                return Err(format!(
+                    "parameter 'nic' = '{other}': use 'ibverbs' (the RDMA NIC) or 'sim' (the in-process software NIC)"
+                ));
+            }
+        };
+        let cfg = VerbsConfig {
+            nic,
+            device: c.get("device").map_err(e)?.to_string(),
+            ib_port: small(c, "ib_port", "a port number (1 to 255)")?,
+            gid_index: small(c, "gid_index", "a GID index (0 to 255)")?,
+            listen_addr: c.get("listen_addr").map_err(e)?.to_string(),
+            port: small(c, "port", "a port number")?,
+            port_base: small(c, "port_base", "a port number")?,
+            port_span: small(c, "port_span", "a port count")?,
+            probe_count: small(c, "probe_count", "a port count")?,
+            connect_timeout: c.get_millis("connect_timeout_ms").map_err(e)?,
+            credits: small(c, "credits", "a buffer count")?,
+            eager_max: small(c, "eager_max", "a size under 4 GiB")?,
+            max_fragment: c.get_u64("max_fragment").map_err(e)?,
+            max_connect_data: small(c, "max_connect_data", "a size under 4 GiB")?,
+            max_connections: c.get_u64("max_connections").map_err(e)?.max(1) as usize,
+        };
+        if cfg.ib_port == 0 {
+            return Err("parameter 'ib_port' must be at least 1 (ports count from 1)".into());
+        }
+        if !(MIN_CREDITS..=MAX_CREDITS).contains(&cfg.credits) {
+            return Err(format!(
+                "parameter 'credits' = {} must be between {MIN_CREDITS} and {MAX_CREDITS}",
+                cfg.credits
+            ));
+        }
+        if cfg.eager_max == 0 || cfg.eager_max > MAX_EAGER {
+            return Err(format!(
+                "parameter 'eager_max' = {} must be between 1 and {MAX_EAGER}",
+                cfg.eager_max
+            ));
+        }
+        if cfg.max_fragment == 0 || cfg.max_fragment > u32::MAX as u64 {
+            return Err(format!(
+                "parameter 'max_fragment' = {} must be between 1 and {} (4 GiB - 1): an RDMA READ moves at most 2 GiB on most NICs, and a fragment is one read",
+                cfg.max_fragment,
+                u32::MAX
+            ));
+        }
+        if cfg.port_span == 0 || cfg.probe_count == 0 {
+            return Err("parameters 'port_span' and 'probe_count' must be at least 1".into());
+        }
+        if cfg.port_base as u32 + cfg.port_span as u32 > 65536 {
+            return Err(format!(
+                "parameters 'port_base' ({}) + 'port_span' ({}) go past port 65535",
+                cfg.port_base, cfg.port_span
+            ));
+        }
+        Ok(cfg)
+    }
+}

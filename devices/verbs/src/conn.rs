@@ -1,0 +1,291 @@
+//! One verbs connection's state: its side-channel socket and bootstrap stage, its queue pair
+//! with the registered receive and send buffers, the protocol endpoint, and the IRBs and
+//! buffers in flight. No decisions here; `device.rs` drives it.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use vmi_device::Irb;
+use vmi_device::dial::Dial;
+
+use crate::bootstrap::Hello;
+use crate::buf::DmaBuf;
+use crate::nic::{Mr, Nic, NicError, Sge};
+use crate::proto::Endpoint;
+use crate::wire::{HEADER, Meta};
+
+/// Where a connection is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// Connector: the side channel's TCP connect is in progress.
+    Dialing,
+    /// Connector: the hello is sent; waiting for the answer.
+    Hello,
+    /// Acceptor: waiting for the peer's hello.
+    Accepted,
+    /// Acceptor: the connect request is with the application.
+    Requested,
+    /// Acceptor: answered; waiting for the connector's `ready`.
+    AwaitReady,
+    /// Both queue pairs can talk.
+    Open,
+    /// This side said bye (or refused): waiting for the peer to close the side channel.
+    Lingering,
+}
+
+/// A connect in progress (connector side).
+pub struct Attempt {
+    /// The ports still to try.
+    pub dial: Dial,
+    /// The application's Connect IRB.
+    pub irb: Option<Irb>,
+    /// Connect data.
+    pub data: Vec<u8>,
+}
+
+/// Registered memory the device owns.
+pub struct Staged {
+    /// The bytes.
+    pub buf: DmaBuf,
+    /// Its registration.
+    pub mr: Mr,
+}
+
+impl Staged {
+    /// A registered buffer of `len` bytes (remote reads allowed when `remote_read`).
+    pub fn new(nic: &mut dyn Nic, len: usize, remote_read: bool) -> Result<Staged, NicError> {
+        let buf = DmaBuf::new(len);
+        // SAFETY: the buffer is owned by the returned `Staged`, which is deregistered
+        // (`release`) before it is dropped; its bytes are only reached through `DmaBuf`'s raw
+        // pointer, and the device reads or writes a range only when no work request on it is
+        // outstanding.
+        #[allow(unsafe_code)]
+        let mr = unsafe { nic.register(buf.as_ptr(), len.max(1), remote_read)? };
+        Ok(Staged { buf, mr })
+    }
+
+    /// `len` bytes at `off`, for a work request.
+    pub fn sge(&self, off: usize, len: usize) -> Sge {
+        Sge {
+            addr: self.buf.addr(off),
+            len: len as u32,
+            lkey: self.mr.lkey,
+        }
+    }
+
+    /// Deregisters and frees.
+    pub fn release(self, nic: &mut dyn Nic) {
+        nic.deregister(self.mr);
+    }
+}
+
+/// The queue pair and its fixed buffers.
+pub struct Qp {
+    /// Queue pair number.
+    pub qpn: u32,
+    /// First packet sequence number of this side.
+    pub psn: u32,
+    /// Bytes of each receive and send slot: a frame header and the local eager limit.
+    pub slot: usize,
+    /// Receive slots (one per credit posted).
+    pub recv: Staged,
+    /// Number of receive slots.
+    pub recv_slots: usize,
+    /// Send slots.
+    pub send: Staged,
+    /// Free send slots.
+    pub free_send: Vec<u32>,
+    /// The protocol's work request id of each busy send slot.
+    pub send_wr: HashMap<u32, u64>,
+}
+
+impl Qp {
+    /// Creates a queue pair with `credits` receive slots posted and twice as many send slots.
+    pub fn new(
+        nic: &mut dyn Nic,
+        credits: u32,
+        eager_max: u32,
+        idx: usize,
+        psn: u32,
+    ) -> Result<Qp, NicError> {
+        let slot = HEADER + eager_max as usize;
+        let recv_slots = credits as usize;
+        let send_slots = 2 * credits as usize;
+        let qpn = nic.create_qp(send_slots as u32 + 64, recv_slots as u32)?;
+        let made = (|| {
+            let recv = Staged::new(nic, slot * recv_slots, false)?;
+            let send = match Staged::new(nic, slot * send_slots, false) {
+                Ok(s) => s,
+                Err(e) => {
+                    recv.release(nic);
+                    return Err(e);
+                }
+            };
+            Ok((recv, send))
+        })();
+        let (recv, send) = match made {
+            Ok(x) => x,
+            Err(e) => {
+                nic.destroy_qp(qpn);
+                return Err(e);
+            }
+        };
+        let qp = Qp {
+            qpn,
+            psn,
+            slot,
+            recv,
+            recv_slots,
+            send,
+            free_send: (0..send_slots as u32).rev().collect(),
+            send_wr: HashMap::new(),
+        };
+        for s in 0..recv_slots {
+            if let Err(e) = nic.post_recv(qpn, wr_id(idx, WR_RECV, s as u64), qp.recv_sge(s)) {
+                qp.release(nic);
+                return Err(e);
+            }
+        }
+        Ok(qp)
+    }
+
+    /// Receive slot `s`.
+    pub fn recv_sge(&self, s: usize) -> Sge {
+        self.recv.sge(s * self.slot, self.slot)
+    }
+
+    /// Destroys the queue pair first (no more DMA), then frees the buffers.
+    pub fn release(self, nic: &mut dyn Nic) {
+        nic.destroy_qp(self.qpn);
+        self.recv.release(nic);
+        self.send.release(nic);
+    }
+}
+
+/// A fragment waiting to be handed up.
+pub enum Up {
+    /// Received in a SEND (copied out of the receive slot).
+    Eager(Vec<u8>, Meta),
+    /// Read by RDMA READ into this buffer (already deregistered).
+    Read(DmaBuf, Meta),
+}
+
+/// One connection.
+pub struct Conn {
+    /// The host's connection id (0 once the host is done with it).
+    pub vmi: u64,
+    /// Side channel.
+    pub sock: mio::net::TcpStream,
+    /// Its peer address.
+    pub peer: SocketAddr,
+    /// Where it is.
+    pub stage: Stage,
+    /// Side-channel bytes read and not yet parsed.
+    pub rx: Vec<u8>,
+    /// Side-channel bytes not yet written.
+    pub tx: Vec<u8>,
+    /// When the current stage must be over.
+    pub deadline: Option<Instant>,
+    /// Connector: the connect in progress.
+    pub attempt: Option<Attempt>,
+    /// Acceptor: the peer's hello (its queue pair's address).
+    pub hello: Option<Hello>,
+    /// The queue pair, once made.
+    pub qp: Option<Qp>,
+    /// The protocol, once both sides agreed.
+    pub ep: Option<Endpoint>,
+    /// Send IRBs the endpoint has, by token.
+    pub pending: HashMap<u64, Irb>,
+    /// Large fragments the peer reads, by token.
+    pub staged: HashMap<u64, Staged>,
+    /// RDMA READs in flight, by local id: the peer's fragment id and the target.
+    pub reads: HashMap<u64, (u64, Staged)>,
+    /// Reads done, by the peer's fragment id, until the endpoint hands them up.
+    pub read_done: HashMap<u64, DmaBuf>,
+    /// Send IRBs not yet given to the endpoint (not open yet, or the endpoint was busy).
+    pub waiting: VecDeque<Irb>,
+    /// SENDs waiting for a free send slot: (protocol work request, bytes).
+    pub unsent: VecDeque<(u64, Vec<u8>)>,
+    /// Fragments to hand up as the budget allows.
+    pub up: VecDeque<Up>,
+    /// The peer's bye: frames it sent in all.
+    pub bye_at: Option<u32>,
+    /// The host's Disconnect, until everything sent is done.
+    pub closing: Option<Irb>,
+    /// The peer said bye and the application heard of it: close at the next poll.
+    pub peer_done: bool,
+    /// The side channel reached its end.
+    pub eof: bool,
+    /// Next send token.
+    pub next_token: u64,
+}
+
+impl Conn {
+    /// A connection on `sock` at `stage`.
+    pub fn new(sock: mio::net::TcpStream, peer: SocketAddr, stage: Stage, vmi: u64) -> Conn {
+        Conn {
+            vmi,
+            sock,
+            peer,
+            stage,
+            rx: Vec::new(),
+            tx: Vec::new(),
+            deadline: None,
+            attempt: None,
+            hello: None,
+            qp: None,
+            ep: None,
+            pending: HashMap::new(),
+            staged: HashMap::new(),
+            reads: HashMap::new(),
+            read_done: HashMap::new(),
+            waiting: VecDeque::new(),
+            unsent: VecDeque::new(),
+            up: VecDeque::new(),
+            bye_at: None,
+            closing: None,
+            peer_done: false,
+            eof: false,
+            next_token: 1,
+        }
+    }
+
+    /// Frees every registration and the queue pair (queue pair first).
+    pub fn release(&mut self, nic: &mut dyn Nic) {
+        if let Some(qp) = self.qp.take() {
+            qp.release(nic);
+        }
+        for (_, s) in self.staged.drain() {
+            s.release(nic);
+        }
+        for (_, (_, s)) in self.reads.drain() {
+            s.release(nic);
+        }
+        self.read_done.clear();
+        self.up.clear();
+    }
+}
+
+/// Work request kinds in the id's bits 36..40.
+pub const WR_RECV: u64 = 1;
+/// A SEND from a send slot.
+pub const WR_SEND: u64 = 2;
+/// An RDMA READ.
+pub const WR_READ: u64 = 3;
+/// Bits of the id proper.
+pub const WR_ID_BITS: u32 = 36;
+
+/// A work request id: connection index, kind, id.
+pub fn wr_id(idx: usize, kind: u64, id: u64) -> u64 {
+    ((idx as u64) << 40) | (kind << WR_ID_BITS) | (id & ((1 << WR_ID_BITS) - 1))
+}
+
+/// The parts of a work request id.
+pub fn wr_parts(wr: u64) -> (usize, u64, u64) {
+    (
+        (wr >> 40) as usize,
+        (wr >> WR_ID_BITS) & 0xf,
+        wr & ((1 << WR_ID_BITS) - 1),
+    )
+}

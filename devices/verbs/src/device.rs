@@ -1,0 +1,1469 @@
+//! The verbs transport: a TCP side channel per connection carries the bootstrap (queue pair
+//! addresses, keys, filter signature, connect data) and the close; the queue pair carries the
+//! data as the [`crate::proto`] endpoint directs (eager SENDs into posted receive buffers under
+//! credits, RDMA READ rendezvous for large fragments).
+//!
+//! Sends: a fragment up to the agreed eager limit is copied into a registered send slot and
+//! SENT; a larger one is copied into a registered buffer the peer reads (one copy on each
+//! side; the registration cache that will let the peer read the application's memory in
+//! place is not built yet). The Send IRB completes when its SEND completed, or when the peer
+//! said it finished reading.
+//!
+//! Receives: each completion of a receive slot goes through the endpoint, which checks
+//! everything; the slot is reposted at once. Fragments go up in order, at most `budget` per
+//! poll; completions stay in the completion queue while the budget is spent.
+//!
+//! Close: the side that closes waits until everything it sent is done, says `bye` with its
+//! frame count, and lingers until the peer closes the side channel; the peer hands up every
+//! frame before it reports the close. A side channel that ends without a `bye`, or an error
+//! completion, loses the connection.
+
+use std::collections::HashMap;
+use std::ffi::CStr;
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::os::fd::{AsRawFd, RawFd};
+use std::time::{Duration, Instant};
+
+use mio::{Events, Interest, Poll, Token};
+use vmi_device::dial::{Dial, probe_ports, split_host_port};
+use vmi_device::held::HeldBuffers;
+use vmi_device::{
+    Capabilities, CompletingIrb, Config, Device, DeviceKind, Disposition, Host, Irb, Op, Status,
+};
+
+use crate::bootstrap::{self, Answer, Control, Hello, QpInfo};
+use crate::buf::DmaBuf;
+use crate::config::{NicKind, PARAMS, VerbsConfig};
+use crate::conn::{
+    Attempt, Conn, Qp, Stage, Staged, Up, WR_READ, WR_RECV, WR_SEND, wr_id, wr_parts,
+};
+use crate::ibv::{IbvNic, IbvOptions};
+use crate::nic::{Address, Completion, Nic, Remote};
+use crate::proto::{self, Action, Endpoint, Fragment, SendError};
+use crate::sim::SimNic;
+use crate::wire::Meta;
+
+const LISTENER: Token = Token(0);
+const NIC: Token = Token(1);
+/// Largest side-channel message (a hello with the longest keys, signature and data).
+const MAX_SIDE: usize = bootstrap::HELLO_FIXED
+    + 2 * bootstrap::MAX_KEY
+    + bootstrap::MAX_SIGNATURE
+    + bootstrap::MAX_DATA
+    + bootstrap::MAX_REASON;
+/// How long a closed connection waits for the peer to close the side channel.
+const LINGER: Duration = Duration::from_secs(5);
+/// Completions taken per call.
+const BATCH: usize = 32;
+
+/// Per-IRB frame: the received buffer an IRB holds until its completion step.
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable, Default)]
+#[repr(C)]
+pub struct VerbsFrame {
+    /// An eager fragment's handle in `held` (0: none).
+    held: u32,
+    /// A read fragment's handle in `big` (0: none).
+    big: u32,
+}
+
+/// The verbs transport.
+pub struct VerbsDevice {
+    host: Host,
+    cfg: VerbsConfig,
+    nic: Box<dyn Nic>,
+    local_key: String,
+    signature: String,
+    poll: Poll,
+    events: Events,
+    listener: Option<mio::net::TcpListener>,
+    listen_port: u16,
+    conns: Vec<Option<Conn>>,
+    free: Vec<usize>,
+    by_vmi: HashMap<u64, usize>,
+    comps: Vec<Completion>,
+    held: HeldBuffers,
+    big: HashMap<u32, DmaBuf>,
+    next_big: u32,
+    next_read: u64,
+    budget_left: usize,
+    /// Completions may be waiting in the queue (the last poll stopped early).
+    more: bool,
+    nic_fired: bool,
+    delivered: u64,
+}
+
+fn would_block(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::WouldBlock
+}
+
+fn qp_info(addr: Address, qpn: u32, psn: u32, credits: u32, eager_max: u32) -> QpInfo {
+    QpInfo {
+        qpn,
+        psn,
+        lid: addr.lid,
+        mtu: addr.mtu,
+        gid: addr.gid,
+        credits,
+        eager_max,
+    }
+}
+
+fn remote_of(q: &QpInfo) -> Remote {
+    Remote {
+        qpn: q.qpn,
+        psn: q.psn,
+        addr: Address {
+            lid: q.lid,
+            gid: q.gid,
+            mtu: q.mtu,
+        },
+    }
+}
+
+/// A starting packet sequence number (24 bits, varied per connection).
+fn psn(idx: usize) -> u32 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos())
+        ^ std::process::id();
+    (t.wrapping_mul(2_654_435_761) ^ (idx as u32).wrapping_mul(40_503)) & 0x00ff_ffff
+}
+
+fn gather(irb: &Irb) -> Vec<u8> {
+    let mut v = Vec::with_capacity(irb.data_len());
+    for i in 0..irb.segments().len() {
+        v.extend_from_slice(irb.segment(i));
+    }
+    v
+}
+
+fn meta_of(flags: u32) -> Meta {
+    Meta {
+        end: flags & vmi_device::abi::VMI_FLAG_END != 0,
+        filter: vmi_device::abi::wire_flags(flags),
+    }
+}
+
+/// Connection `idx`, borrowing only the connection table (so other fields stay usable).
+macro_rules! conn {
+    ($d:expr, $idx:expr) => {
+        $d.conns.get_mut($idx).and_then(|c| c.as_mut())
+    };
+}
+
+#[allow(unsafe_code)]
+fn push_segment(irb: &mut Irb, ptr: *mut u8, len: usize) {
+    // SAFETY: the bytes live in the device's `held` or `big` table (neither moves its
+    // buffers) until the IRB's completion step gives them back.
+    let _ = unsafe { irb.push_segment(ptr, len) };
+}
+
+impl VerbsDevice {
+    fn insert(&mut self, mut c: Conn) -> io::Result<usize> {
+        let idx = self.free.pop().unwrap_or_else(|| {
+            self.conns.push(None);
+            self.conns.len() - 1
+        });
+        if let Err(e) = self.poll.registry().register(
+            &mut c.sock,
+            Token(idx + 2),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            self.free.push(idx);
+            return Err(e);
+        }
+        if c.vmi != 0 {
+            self.by_vmi.insert(c.vmi, idx);
+        }
+        self.conns[idx] = Some(c);
+        Ok(idx)
+    }
+
+    /// Removes a connection, releasing its queue pair and buffers.
+    fn take(&mut self, idx: usize) -> Option<Conn> {
+        let mut c = self.conns.get_mut(idx)?.take()?;
+        let _ = self.poll.registry().deregister(&mut c.sock);
+        if c.vmi != 0 && self.by_vmi.get(&c.vmi) == Some(&idx) {
+            self.by_vmi.remove(&c.vmi);
+        }
+        c.release(self.nic.as_mut());
+        self.free.push(idx);
+        Some(c)
+    }
+
+    /// Ends a connection: its IRBs complete with `status`, and the application hears of it
+    /// when it knew the connection (`tell`).
+    fn fail(&mut self, idx: usize, status: Status, detail: &str, tell: bool) {
+        let Some(mut c) = self.take(idx) else { return };
+        log::debug!("verbs: connection to {} ends: {detail}", c.peer);
+        let _ = c.sock.shutdown(std::net::Shutdown::Both);
+        if let Some(mut a) = c.attempt.take()
+            && let Some(mut irb) = a.irb.take()
+        {
+            irb.set_detail(detail);
+            irb.complete(status);
+        }
+        for (_, mut irb) in c.pending.drain() {
+            irb.set_detail(detail);
+            irb.complete(Status::ConnectionLost);
+        }
+        for mut irb in c.waiting.drain(..) {
+            irb.set_detail(detail);
+            irb.complete(Status::ConnectionLost);
+        }
+        if let Some(irb) = c.closing.take() {
+            irb.complete(Status::Ok);
+            return;
+        }
+        let open = matches!(c.stage, Stage::Open | Stage::AwaitReady | Stage::Requested);
+        if tell && open && c.vmi != 0 && !c.peer_done {
+            self.budget_left = self.budget_left.saturating_sub(1);
+            if let Some(mut irb) = self.host.alloc_irb(Op::PeerDisconnect, c.vmi) {
+                irb.set_detail(detail);
+                irb.set_status(status);
+                irb.pass();
+            }
+        }
+    }
+
+    /// Queues side-channel bytes and writes what the socket takes.
+    fn say(&mut self, idx: usize, bytes: &[u8]) {
+        let Some(c) = conn!(self, idx) else { return };
+        c.tx.extend_from_slice(bytes);
+        self.flush_side(idx);
+    }
+
+    fn flush_side(&mut self, idx: usize) {
+        let Some(c) = conn!(self, idx) else { return };
+        while !c.tx.is_empty() {
+            match c.sock.write(&c.tx) {
+                Ok(0) => break,
+                Ok(n) => {
+                    c.tx.drain(..n);
+                }
+                Err(e) if would_block(&e) => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let why = format!("the side channel failed: {e}");
+                    if c.attempt.is_some() && c.stage == Stage::Hello {
+                        return self.next_attempt(idx, &why, false);
+                    }
+                    return self.fail(idx, Status::ConnectionLost, &why, true);
+                }
+            }
+        }
+    }
+
+    // ----- connecting -----
+
+    fn start_attempt(&mut self, mut attempt: Attempt, vmi: u64) {
+        loop {
+            let now = Instant::now();
+            let addr = match attempt.dial.next_addr(now) {
+                Ok(a) => a,
+                Err((status, detail)) => {
+                    if let Some(mut irb) = attempt.irb.take() {
+                        irb.set_detail(&detail);
+                        irb.complete(status);
+                    }
+                    return;
+                }
+            };
+            match mio::net::TcpStream::connect(addr) {
+                Ok(sock) => {
+                    let _ = sock.set_nodelay(true);
+                    let mut c = Conn::new(sock, addr, Stage::Dialing, vmi);
+                    c.deadline = Some(attempt.dial.give_up());
+                    c.attempt = Some(attempt);
+                    match self.insert(c) {
+                        Ok(_) => return,
+                        Err(e) => {
+                            log::error!("verbs: cannot register a socket: {e}");
+                            return;
+                        }
+                    }
+                }
+                Err(e) => attempt
+                    .dial
+                    .failed(&addr.to_string(), &e.to_string(), false, false),
+            }
+        }
+    }
+
+    fn next_attempt(&mut self, idx: usize, why: &str, wrong_key: bool) {
+        let Some(mut c) = self.take(idx) else { return };
+        let Some(mut a) = c.attempt.take() else {
+            return;
+        };
+        log::debug!("verbs: connect to {} failed: {why}", c.peer);
+        a.dial
+            .failed(&c.peer.to_string(), why, why.contains("refused"), wrong_key);
+        self.start_attempt(a, c.vmi);
+    }
+
+    /// The connector's socket is writable: connected (or not); send the hello.
+    fn on_dialed(&mut self, idx: usize) {
+        let Some(c) = conn!(self, idx) else { return };
+        match c.sock.take_error() {
+            Ok(Some(e)) | Err(e) => return self.next_attempt(idx, &e.to_string(), false),
+            Ok(None) => {}
+        }
+        if let Err(e) = c.sock.peer_addr() {
+            if e.kind() == io::ErrorKind::NotConnected {
+                return; // still connecting
+            }
+            return self.next_attempt(idx, &e.to_string(), false);
+        }
+        let qp = match Qp::new(
+            self.nic.as_mut(),
+            self.cfg.credits,
+            self.cfg.eager_max,
+            idx,
+            psn(idx),
+        ) {
+            Ok(q) => q,
+            Err(e) => {
+                return self.fail(idx, Status::NoResources, &e.to_string(), false);
+            }
+        };
+        let info = qp_info(
+            self.nic.address(),
+            qp.qpn,
+            qp.psn,
+            self.cfg.credits,
+            self.cfg.eager_max,
+        );
+        let (local_key, signature) = (self.local_key.clone(), self.signature.clone());
+        let Some(c) = conn!(self, idx) else { return };
+        let a = c.attempt.as_ref().expect("a connector has an attempt");
+        let hello = Hello {
+            from_key: local_key,
+            to_key: a.dial.key().to_string(),
+            signature,
+            data: a.data.clone(),
+            qp: info,
+        }
+        .emit();
+        c.qp = Some(qp);
+        c.stage = Stage::Hello;
+        self.say(idx, &hello);
+    }
+
+    /// The connector got its answer.
+    fn on_answer(&mut self, idx: usize, answer: Answer) {
+        if !answer.accept {
+            let wrong_key = answer.reason.starts_with("wrong key");
+            if wrong_key {
+                return self.next_attempt(idx, &answer.reason, true);
+            }
+            let Some(mut c) = self.take(idx) else { return };
+            if let Some(mut irb) = c.attempt.take().and_then(|mut a| a.irb.take()) {
+                irb.clear_segments();
+                if irb.attach(&answer.data).is_err() {
+                    log::error!("verbs: could not attach reply data");
+                }
+                irb.set_detail(&answer.reason);
+                let status = if answer.reason.starts_with("filter signature") {
+                    Status::Mismatch
+                } else {
+                    Status::Rejected
+                };
+                irb.complete(status);
+            }
+            return;
+        }
+        let (eager_max, credits) = (self.cfg.eager_max, self.cfg.credits);
+        let mine = {
+            let Some(c) = conn!(self, idx) else { return };
+            let Some(qp) = c.qp.as_ref() else { return };
+            (qp.qpn, qp.psn)
+        };
+        let local = qp_info(self.nic.address(), mine.0, mine.1, credits, eager_max);
+        let as_hello = Hello {
+            from_key: String::new(),
+            to_key: String::new(),
+            signature: self.signature.clone(),
+            data: vec![],
+            qp: answer.qp,
+        };
+        let agreed = match bootstrap::agree(&local, &self.signature, &as_hello) {
+            Ok(a) => a,
+            Err(e) => return self.fail(idx, Status::Protocol, &e.to_string(), false),
+        };
+        if let Err(e) = self.nic.connect_qp(mine.0, mine.1, &remote_of(&answer.qp)) {
+            return self.fail(idx, Status::Unreachable, &e.to_string(), false);
+        }
+        let ep = Endpoint::new(self.endpoint_config(agreed.credits, agreed.eager_max));
+        let Some(c) = conn!(self, idx) else { return };
+        c.ep = Some(ep);
+        c.stage = Stage::Open;
+        c.deadline = None;
+        let irb = c.attempt.take().and_then(|mut a| a.irb.take());
+        log::debug!(
+            "verbs: connected to {} (queue pair {})",
+            c.peer,
+            answer.qp.qpn
+        );
+        self.say(idx, &Control::Ready.emit());
+        if let Some(mut irb) = irb {
+            irb.clear_segments();
+            if irb.attach(&answer.data).is_err() {
+                log::error!("verbs: could not attach reply data");
+            }
+            irb.complete(Status::Ok);
+        }
+    }
+
+    fn endpoint_config(&self, credits: u32, eager_max: u32) -> proto::Config {
+        proto::Config {
+            eager_max: eager_max as usize,
+            credits,
+            max_fragment: self.cfg.max_fragment,
+            max_queued: 4096,
+            max_reads: 256,
+        }
+    }
+
+    // ----- accepting -----
+
+    fn accept_all(&mut self) {
+        loop {
+            let Some(l) = self.listener.as_ref() else {
+                return;
+            };
+            match l.accept() {
+                Ok((sock, peer)) => {
+                    if self.by_vmi.len() >= self.cfg.max_connections {
+                        log::warn!(
+                            "verbs: refusing {peer}: {} connections, the most allowed (max_connections)",
+                            self.cfg.max_connections
+                        );
+                        continue;
+                    }
+                    let _ = sock.set_nodelay(true);
+                    let mut c = Conn::new(sock, peer, Stage::Accepted, 0);
+                    c.deadline = Some(Instant::now() + self.cfg.connect_timeout);
+                    if let Err(e) = self.insert(c) {
+                        log::error!("verbs: cannot register a socket: {e}");
+                    }
+                }
+                Err(e) if would_block(&e) => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    log::warn!("verbs: accept failed: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Refuses a connector and lingers until it has read the answer.
+    fn refuse(&mut self, idx: usize, reason: &str) {
+        let answer = Answer {
+            accept: false,
+            reason: reason.chars().take(bootstrap::MAX_REASON).collect(),
+            data: vec![],
+            qp: QpInfo::none(),
+        }
+        .emit();
+        self.say(idx, &answer);
+        if let Some(c) = conn!(self, idx) {
+            c.stage = Stage::Lingering;
+            c.deadline = Some(Instant::now() + LINGER);
+        }
+    }
+
+    /// A hello arrived: check it, make the queue pair, and ask the application.
+    fn on_hello(&mut self, idx: usize, hello: Hello) {
+        if hello.to_key != self.local_key {
+            let why = format!("wrong key: this is '{}'", self.local_key);
+            return self.refuse(idx, &why);
+        }
+        if hello.data.len() > self.cfg.max_connect_data as usize {
+            let why = format!(
+                "connect data of {} bytes is over this side's max_connect_data {}",
+                hello.data.len(),
+                self.cfg.max_connect_data
+            );
+            return self.refuse(idx, &why);
+        }
+        let local = qp_info(
+            self.nic.address(),
+            0,
+            0,
+            self.cfg.credits,
+            self.cfg.eager_max,
+        );
+        if let Err(e) = bootstrap::agree(&local, &self.signature, &hello) {
+            return self.refuse(idx, &e.to_string());
+        }
+        let qp = match Qp::new(
+            self.nic.as_mut(),
+            self.cfg.credits,
+            self.cfg.eager_max,
+            idx,
+            psn(idx),
+        ) {
+            Ok(q) => q,
+            Err(e) => {
+                log::error!("verbs: no queue pair for {}: {e}", hello.from_key);
+                return self.refuse(idx, &format!("the acceptor has no queue pair: {e}"));
+            }
+        };
+        let vmi = self.host.conn_new();
+        self.by_vmi.insert(vmi, idx);
+        let Some(c) = conn!(self, idx) else { return };
+        c.vmi = vmi;
+        c.qp = Some(qp);
+        c.stage = Stage::Requested;
+        c.deadline = None;
+        let host = c.peer.ip().to_string();
+        let (from, data) = (hello.from_key.clone(), hello.data.clone());
+        c.hello = Some(hello);
+        self.budget_left = self.budget_left.saturating_sub(1);
+        let Some(mut irb) = self.host.alloc_irb(Op::ConnectRequest, vmi) else {
+            return self.fail(idx, Status::NoResources, "out of IRBs", false);
+        };
+        irb.set_peer(&host, &from);
+        if irb.attach(&data).is_err() {
+            log::error!("verbs: could not attach connect data");
+        }
+        log::debug!("verbs: connect request from '{from}' at {host}");
+        irb.pass();
+    }
+
+    /// The application accepted or rejected.
+    fn answer(&mut self, idx: usize, accept: bool, reply: Vec<u8>) -> Result<(), String> {
+        let (eager_max, credits) = (self.cfg.eager_max, self.cfg.credits);
+        let Some(c) = conn!(self, idx) else {
+            return Err("the connecting peer went away".into());
+        };
+        if c.stage != Stage::Requested {
+            return Err("the connection is not waiting for an answer".into());
+        }
+        if !accept {
+            let vmi = std::mem::take(&mut c.vmi);
+            self.by_vmi.remove(&vmi);
+            let answer = Answer {
+                accept: false,
+                reason: "rejected by the application".into(),
+                data: reply,
+                qp: QpInfo::none(),
+            }
+            .emit();
+            self.say(idx, &answer);
+            if let Some(c) = conn!(self, idx) {
+                c.stage = Stage::Lingering;
+                c.deadline = Some(Instant::now() + LINGER);
+            }
+            return Ok(());
+        }
+        let (Some(hello), Some(qp)) = (c.hello.take(), c.qp.as_ref()) else {
+            return Err("the connection has no queue pair".into());
+        };
+        let (qpn, qpsn) = (qp.qpn, qp.psn);
+        let local = qp_info(self.nic.address(), qpn, qpsn, credits, eager_max);
+        let agreed =
+            bootstrap::agree(&local, &self.signature, &hello).map_err(|e| e.to_string())?;
+        if let Err(e) = self.nic.connect_qp(qpn, qpsn, &remote_of(&hello.qp)) {
+            let why = e.to_string();
+            self.refuse(idx, &why);
+            return Err(why);
+        }
+        let ep = Endpoint::new(self.endpoint_config(agreed.credits, agreed.eager_max));
+        let answer = Answer {
+            accept: true,
+            reason: String::new(),
+            data: reply,
+            qp: local,
+        }
+        .emit();
+        let Some(c) = conn!(self, idx) else {
+            return Err("the connecting peer went away".into());
+        };
+        c.ep = Some(ep);
+        c.stage = Stage::AwaitReady;
+        c.deadline = Some(Instant::now() + self.cfg.connect_timeout);
+        self.say(idx, &answer);
+        Ok(())
+    }
+
+    // ----- the side channel -----
+
+    fn on_readable(&mut self, idx: usize) {
+        let Some(c) = conn!(self, idx) else { return };
+        let mut buf = [0u8; 4096];
+        loop {
+            match c.sock.read(&mut buf) {
+                Ok(0) => {
+                    c.eof = true;
+                    break;
+                }
+                Ok(n) => {
+                    c.rx.extend_from_slice(&buf[..n]);
+                    if c.rx.len() > MAX_SIDE {
+                        return self.fail(
+                            idx,
+                            Status::Protocol,
+                            "the peer sent more on the side channel than any message holds",
+                            true,
+                        );
+                    }
+                }
+                Err(e) if would_block(&e) => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    c.eof = true;
+                    log::debug!("verbs: side channel to {}: {e}", c.peer);
+                    break;
+                }
+            }
+        }
+        self.advance(idx);
+    }
+
+    /// Parses what the side channel brought, as far as the stage and the budget allow.
+    fn advance(&mut self, idx: usize) {
+        loop {
+            let Some(c) = conn!(self, idx) else { return };
+            match c.stage {
+                Stage::Dialing => return,
+                Stage::Hello => match Answer::parse(&c.rx) {
+                    Ok(Ok((a, used))) => {
+                        c.rx.drain(..used);
+                        self.on_answer(idx, a);
+                    }
+                    Ok(Err(_)) if c.eof => {
+                        return self.next_attempt(idx, "the peer closed before answering", false);
+                    }
+                    Ok(Err(_)) => return,
+                    // Not a verbs listener (another program holds the port): try the next.
+                    Err(e) => return self.next_attempt(idx, &e.to_string(), true),
+                },
+                Stage::Accepted => {
+                    if self.budget_left == 0 {
+                        return;
+                    }
+                    match Hello::parse(&c.rx) {
+                        Ok(Ok((h, used))) => {
+                            c.rx.drain(..used);
+                            self.on_hello(idx, h);
+                        }
+                        Ok(Err(_)) if c.eof => {
+                            self.take(idx);
+                            return;
+                        }
+                        Ok(Err(_)) => return,
+                        Err(e) => {
+                            log::warn!("verbs: bad hello from {}: {e}", c.peer);
+                            return self.refuse(idx, &e.to_string());
+                        }
+                    }
+                }
+                Stage::Requested | Stage::AwaitReady | Stage::Open => match Control::parse(&c.rx) {
+                    Ok(Some(ctl)) => {
+                        c.rx.drain(..bootstrap::CONTROL);
+                        match (c.stage, ctl) {
+                            (Stage::AwaitReady, Control::Ready) => {
+                                c.stage = Stage::Open;
+                                c.deadline = None;
+                                self.retry_waiting(idx);
+                            }
+                            (Stage::Open, Control::Bye { frames }) => {
+                                c.bye_at = Some(frames);
+                            }
+                            (_, ctl) => {
+                                let why = format!("the peer said {ctl:?} out of turn");
+                                return self.fail(idx, Status::Protocol, &why, true);
+                            }
+                        }
+                    }
+                    Ok(None) if c.eof && c.bye_at.is_none() => {
+                        return self.fail(
+                            idx,
+                            Status::ConnectionLost,
+                            "the peer closed the side channel without a bye (it exited or failed)",
+                            true,
+                        );
+                    }
+                    Ok(None) => return,
+                    Err(e) => {
+                        let why = format!("side channel: {e}");
+                        return self.fail(idx, Status::Protocol, &why, true);
+                    }
+                },
+                Stage::Lingering => {
+                    c.rx.clear();
+                    if c.eof && c.tx.is_empty() {
+                        self.take(idx);
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    // ----- data -----
+
+    /// Gives the endpoint a send IRB, or keeps it waiting; false when it waits. `queued`: the
+    /// IRB comes from the front of `waiting` (a new one goes behind whatever waits there).
+    fn offer(&mut self, idx: usize, mut irb: Irb, queued: bool) -> bool {
+        let Some(c) = conn!(self, idx) else {
+            irb.set_detail("the connection is closed");
+            irb.complete(Status::ConnectionLost);
+            return true;
+        };
+        if c.ep.is_none() || c.stage != Stage::Open || (!queued && !c.waiting.is_empty()) {
+            if queued {
+                c.waiting.push_front(irb);
+            } else {
+                c.waiting.push_back(irb);
+            }
+            return false;
+        }
+        let meta = meta_of(irb.flags());
+        let len = irb.data_len();
+        let token = c.next_token;
+        let eager = len <= self.cfg.eager_max as usize;
+        let frag = if eager {
+            Fragment::Eager(gather(&irb), meta)
+        } else {
+            let staged = match Staged::new(self.nic.as_mut(), len, true) {
+                Ok(s) => s,
+                Err(e) => {
+                    irb.set_detail(&format!(
+                        "no registered memory for a {len}-byte fragment: {e}"
+                    ));
+                    irb.complete(Status::NoResources);
+                    return true;
+                }
+            };
+            let mut off = 0;
+            for i in 0..irb.segments().len() {
+                let seg = irb.segment(i);
+                // SAFETY: the buffer was just registered and no work request names it yet.
+                #[allow(unsafe_code)]
+                let fits = unsafe { staged.buf.write(off, seg) };
+                debug_assert!(fits);
+                off += seg.len();
+            }
+            let f = Fragment::Large {
+                addr: staged.buf.addr(0),
+                rkey: staged.mr.rkey,
+                len: len as u64,
+                meta,
+            };
+            let Some(c) = conn!(self, idx) else {
+                return true;
+            };
+            c.staged.insert(token, staged);
+            f
+        };
+        let Some(c) = conn!(self, idx) else {
+            return true;
+        };
+        let ep = c.ep.as_mut().expect("checked above");
+        match ep.send(token, frag) {
+            Ok(()) => {
+                c.next_token += 1;
+                c.pending.insert(token, irb);
+                self.drive(idx);
+                true
+            }
+            Err(SendError::Busy(_)) => {
+                if let Some(s) = c.staged.remove(&token) {
+                    s.release(self.nic.as_mut());
+                }
+                let Some(c) = conn!(self, idx) else {
+                    return true;
+                };
+                c.waiting.push_front(irb);
+                false
+            }
+            Err(e @ SendError::TooLarge { .. }) => {
+                if let Some(s) = c.staged.remove(&token) {
+                    s.release(self.nic.as_mut());
+                }
+                irb.set_detail(&e.to_string());
+                irb.complete(Status::TooLarge);
+                true
+            }
+        }
+    }
+
+    fn retry_waiting(&mut self, idx: usize) {
+        loop {
+            let Some(c) = conn!(self, idx) else { return };
+            if c.stage != Stage::Open || c.ep.is_none() {
+                return;
+            }
+            let Some(irb) = c.waiting.pop_front() else {
+                return;
+            };
+            if !self.offer(idx, irb, true) {
+                return;
+            }
+        }
+    }
+
+    /// Carries out what the endpoint asks for.
+    fn drive(&mut self, idx: usize) {
+        self.post_unsent(idx);
+        loop {
+            let Some(c) = conn!(self, idx) else {
+                return;
+            };
+            let Some(action) = c.ep.as_mut().and_then(|e| e.poll_action()) else {
+                return;
+            };
+            match action {
+                Action::Send { wr, bytes } => {
+                    c.unsent.push_back((wr, bytes));
+                    self.post_unsent(idx);
+                }
+                Action::Read {
+                    msg,
+                    addr,
+                    rkey,
+                    len,
+                } => {
+                    let target = match Staged::new(self.nic.as_mut(), len as usize, false) {
+                        Ok(s) => s,
+                        Err(e) => {
+                            let why = format!(
+                                "no registered memory to read a {len}-byte fragment into: {e}"
+                            );
+                            return self.fail(idx, Status::NoResources, &why, true);
+                        }
+                    };
+                    self.next_read += 1;
+                    let id = self.next_read;
+                    let Some(c) = conn!(self, idx) else { return };
+                    let Some(qpn) = c.qp.as_ref().map(|q| q.qpn) else {
+                        target.release(self.nic.as_mut());
+                        return;
+                    };
+                    let sge = target.sge(0, len as usize);
+                    c.reads.insert(id, (msg, target));
+                    if let Err(e) =
+                        self.nic
+                            .post_read(qpn, wr_id(idx, WR_READ, id), sge, addr, rkey)
+                    {
+                        return self.fail(idx, Status::ConnectionLost, &e.to_string(), true);
+                    }
+                }
+                Action::Deliver(bytes, meta) => c.up.push_back(Up::Eager(bytes, meta)),
+                Action::DeliverRead { msg, meta } => {
+                    if let Some(buf) = c.read_done.remove(&msg) {
+                        c.up.push_back(Up::Read(buf, meta));
+                    }
+                }
+                Action::Sent { token } => {
+                    let irb = c.pending.remove(&token);
+                    let staged = c.staged.remove(&token);
+                    if let Some(s) = staged {
+                        s.release(self.nic.as_mut());
+                    }
+                    if let Some(irb) = irb {
+                        irb.complete(Status::Ok);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Posts SENDs that wait for a send slot, while slots are free.
+    fn post_unsent(&mut self, idx: usize) {
+        loop {
+            let Some(c) = conn!(self, idx) else {
+                return;
+            };
+            let Some(qp) = c.qp.as_mut() else { return };
+            if c.unsent.is_empty() {
+                return;
+            }
+            let Some(slot) = qp.free_send.pop() else {
+                return;
+            };
+            let (wr, bytes) = c.unsent.pop_front().expect("checked");
+            let off = slot as usize * qp.slot;
+            // SAFETY: a free slot: no work request names it.
+            #[allow(unsafe_code)]
+            let fits = unsafe { qp.send.buf.write(off, &bytes) };
+            if !fits {
+                let why = format!("a {}-byte frame does not fit a send slot", bytes.len());
+                return self.fail(idx, Status::Internal, &why, true);
+            }
+            qp.send_wr.insert(slot, wr);
+            let sge = qp.send.sge(off, bytes.len());
+            let qpn = qp.qpn;
+            if let Err(e) = self
+                .nic
+                .post_send(qpn, wr_id(idx, WR_SEND, slot.into()), sge)
+            {
+                return self.fail(idx, Status::ConnectionLost, &e.to_string(), true);
+            }
+        }
+    }
+
+    /// One work completion.
+    fn on_completion(&mut self, done: Completion) {
+        let (idx, kind, id) = wr_parts(done.wr_id);
+        let Some(c) = conn!(self, idx) else {
+            return;
+        };
+        if c.qp.as_ref().is_none_or(|q| q.qpn != done.qpn) {
+            return; // a completion of a queue pair already gone
+        }
+        if c.stage == Stage::Lingering {
+            return; // this side is closing: nothing more goes up
+        }
+        if let Some(why) = done.error {
+            let what = match kind {
+                WR_RECV => "a receive",
+                WR_SEND => "a send",
+                _ => "an RDMA READ",
+            };
+            let detail = format!("{what} failed on the queue pair: {why}");
+            return self.fail(idx, Status::ConnectionLost, &detail, true);
+        }
+        match kind {
+            WR_RECV => {
+                let qp = c.qp.as_ref().expect("checked");
+                let s = id as usize;
+                if s >= qp.recv_slots || done.len as usize > qp.slot {
+                    return self.fail(idx, Status::Protocol, "a receive out of range", true);
+                }
+                // SAFETY: the receive of this slot completed and it is not reposted yet.
+                #[allow(unsafe_code)]
+                let bytes = unsafe { qp.recv.buf.slice(s * qp.slot, done.len as usize) };
+                let result = match (bytes, c.ep.as_mut()) {
+                    (Some(b), Some(ep)) => ep.received(b),
+                    _ => Ok(()),
+                };
+                if let Err(e) = result {
+                    let why = format!("the peer broke the protocol: {e}");
+                    return self.fail(idx, Status::Protocol, &why, true);
+                }
+                let (qpn, sge) = (qp.qpn, qp.recv_sge(s));
+                if let Err(e) = self.nic.post_recv(qpn, done.wr_id, sge) {
+                    return self.fail(idx, Status::ConnectionLost, &e.to_string(), true);
+                }
+            }
+            WR_SEND => {
+                let Some(qp) = c.qp.as_mut() else { return };
+                let Some(wr) = qp.send_wr.remove(&(id as u32)) else {
+                    return;
+                };
+                qp.free_send.push(id as u32);
+                if let Some(ep) = c.ep.as_mut() {
+                    ep.send_done(wr);
+                }
+            }
+            WR_READ => {
+                let Some((msg, target)) = c.reads.remove(&id) else {
+                    return;
+                };
+                let Staged { buf, mr } = target;
+                c.read_done.insert(msg, buf);
+                let r = c.ep.as_mut().map(|ep| ep.read_done(msg));
+                self.nic.deregister(mr);
+                if let Some(Err(e)) = r {
+                    return self.fail(idx, Status::Internal, &e.to_string(), true);
+                }
+            }
+            _ => return,
+        }
+        self.drive(idx);
+    }
+
+    /// Hands up waiting fragments while the budget allows.
+    fn hand_up(&mut self, idx: usize) {
+        while self.budget_left > 0 {
+            let Some(c) = conn!(self, idx) else {
+                return;
+            };
+            if c.vmi == 0 {
+                c.up.clear();
+                return;
+            }
+            let vmi = c.vmi;
+            let Some(up) = c.up.pop_front() else { return };
+            let Some(mut irb) = self.host.alloc_irb(Op::Recv, vmi) else {
+                if let Some(c) = conn!(self, idx) {
+                    c.up.push_front(up);
+                }
+                self.budget_left = 0;
+                return;
+            };
+            self.budget_left -= 1;
+            self.delivered += 1;
+            match up {
+                Up::Eager(bytes, meta) => {
+                    irb.set_flags(vmi_device::abi::recv_flags(meta.end, meta.filter));
+                    let (ptr, len) = (bytes.as_ptr() as *mut u8, bytes.len());
+                    irb.frame::<VerbsFrame>().held = self.held.hold(bytes);
+                    push_segment(&mut irb, ptr, len);
+                }
+                Up::Read(buf, meta) => {
+                    irb.set_flags(vmi_device::abi::recv_flags(meta.end, meta.filter));
+                    let (ptr, len) = (buf.as_ptr(), buf.len());
+                    self.next_big = self.next_big.wrapping_add(1).max(1);
+                    while self.big.contains_key(&self.next_big) {
+                        self.next_big = self.next_big.wrapping_add(1).max(1);
+                    }
+                    self.big.insert(self.next_big, buf);
+                    irb.frame::<VerbsFrame>().big = self.next_big;
+                    push_segment(&mut irb, ptr, len);
+                }
+            }
+            irb.pass();
+        }
+    }
+
+    /// Closes, reports and retries what each connection has due.
+    fn maintain(&mut self, now: Instant) {
+        for idx in 0..self.conns.len() {
+            let Some(c) = conn!(self, idx) else { continue };
+            if c.deadline.is_some_and(|d| now >= d) {
+                match c.stage {
+                    Stage::Dialing | Stage::Hello => {
+                        self.next_attempt(idx, "no answer in time", false);
+                    }
+                    Stage::Lingering | Stage::Accepted => {
+                        self.take(idx);
+                    }
+                    _ => self.fail(
+                        idx,
+                        Status::Timeout,
+                        "the peer did not finish connecting in time",
+                        true,
+                    ),
+                }
+                continue;
+            }
+            if c.peer_done {
+                self.fail(
+                    idx,
+                    Status::ConnectionLost,
+                    "the peer closed the connection",
+                    false,
+                );
+                continue;
+            }
+            if !c.waiting.is_empty() {
+                self.retry_waiting(idx);
+            }
+            self.hand_up(idx);
+            self.check_close(idx);
+            self.check_bye(idx);
+        }
+    }
+
+    /// The host's Disconnect: once everything sent is done, say bye and linger.
+    fn check_close(&mut self, idx: usize) {
+        let Some(c) = conn!(self, idx) else { return };
+        if c.closing.is_none() {
+            return;
+        }
+        let idle = c.ep.as_ref().is_none_or(|e| e.is_idle())
+            && c.unsent.is_empty()
+            && c.waiting.is_empty()
+            && c.pending.is_empty();
+        if !idle {
+            return;
+        }
+        let frames = c.ep.as_ref().map_or(0, |e| e.frames_sent());
+        let irb = c.closing.take();
+        let vmi = std::mem::take(&mut c.vmi);
+        c.stage = Stage::Lingering;
+        c.deadline = Some(Instant::now() + LINGER);
+        self.by_vmi.remove(&vmi);
+        self.say(idx, &Control::Bye { frames }.emit());
+        if let Some(irb) = irb {
+            irb.complete(Status::Ok);
+        }
+    }
+
+    /// The peer's bye: once every frame it sent went up, the application hears of it.
+    fn check_bye(&mut self, idx: usize) {
+        let Some(c) = conn!(self, idx) else { return };
+        let Some(frames) = c.bye_at else { return };
+        let Some(ep) = c.ep.as_ref() else { return };
+        let got = ep.frames_received();
+        if got > frames {
+            let why = format!("the peer said bye after {frames} frames but sent {got}");
+            return self.fail(idx, Status::Protocol, &why, true);
+        }
+        if got < frames || ep.is_receiving() || !c.up.is_empty() || self.budget_left == 0 {
+            return;
+        }
+        c.peer_done = true;
+        let vmi = c.vmi;
+        if vmi == 0 {
+            return;
+        }
+        self.budget_left -= 1;
+        if let Some(mut irb) = self.host.alloc_irb(Op::PeerDisconnect, vmi) {
+            irb.set_detail("the peer closed the connection");
+            irb.set_status(Status::Ok);
+            irb.pass();
+        }
+    }
+
+    fn open_nic(cfg: &VerbsConfig) -> Result<Box<dyn Nic>, String> {
+        Ok(match cfg.nic {
+            NicKind::Sim => Box::new(SimNic::new().map_err(|e| e.to_string())?),
+            NicKind::Ibverbs => Box::new(
+                IbvNic::open(&IbvOptions {
+                    device: cfg.device.clone(),
+                    port: cfg.ib_port,
+                    gid_index: cfg.gid_index,
+                    cq_entries: 8192,
+                })
+                .map_err(|e| e.to_string())?,
+            ),
+        })
+    }
+
+    fn listen(&mut self) -> Result<(), String> {
+        let ip: IpAddr = self.cfg.listen_addr.parse().map_err(|_| {
+            format!(
+                "parameter 'listen_addr' = '{}' is not an IP address",
+                self.cfg.listen_addr
+            )
+        })?;
+        let ports = if self.cfg.port != 0 {
+            vec![self.cfg.port]
+        } else {
+            probe_ports(
+                &self.local_key,
+                self.cfg.port_base,
+                self.cfg.port_span,
+                self.cfg.probe_count,
+            )
+        };
+        let mut last = String::new();
+        for p in &ports {
+            match mio::net::TcpListener::bind(SocketAddr::new(ip, *p)) {
+                Ok(mut l) => {
+                    self.poll
+                        .registry()
+                        .register(&mut l, LISTENER, Interest::READABLE)
+                        .map_err(|e| e.to_string())?;
+                    self.listen_port = *p;
+                    self.listener = Some(l);
+                    return Ok(());
+                }
+                Err(e) => last = format!("port {p}: {e}"),
+            }
+        }
+        Err(format!(
+            "no side-channel port free among {} tried ({last}); set 'port' or 'port_base'",
+            ports.len()
+        ))
+    }
+}
+
+impl Device for VerbsDevice {
+    const NAME: &'static CStr = c"verbs";
+    const VERSION: &'static CStr = c"0.1.0";
+    const DESCRIPTION: &'static CStr = c"RDMA transport over ibverbs RC queue pairs: eager SENDs under credits, RDMA READ rendezvous, TCP side channel for bootstrap";
+    const KIND: DeviceKind = DeviceKind::Transport;
+    const PARAMS: &'static [vmi_device::abi::VmiParamSpec] = PARAMS;
+    type Frame = VerbsFrame;
+
+    fn create(host: Host, config: &Config) -> Result<Self, String> {
+        let cfg = VerbsConfig::from_config(config)?;
+        let mut nic = Self::open_nic(&cfg)?;
+        let poll = Poll::new().map_err(|e| format!("epoll: {e}"))?;
+        if let Some(fd) = nic.fd() {
+            poll.registry()
+                .register(&mut mio::unix::SourceFd(&fd), NIC, Interest::READABLE)
+                .map_err(|e| format!("epoll: {e}"))?;
+        }
+        nic.rearm();
+        log::info!("verbs: {}", nic.describe());
+        let mut d = VerbsDevice {
+            local_key: host.local_key(),
+            signature: host.signature(),
+            host,
+            cfg,
+            nic,
+            poll,
+            events: Events::with_capacity(256),
+            listener: None,
+            listen_port: 0,
+            conns: Vec::new(),
+            free: Vec::new(),
+            by_vmi: HashMap::new(),
+            comps: Vec::with_capacity(BATCH),
+            held: HeldBuffers::default(),
+            big: HashMap::new(),
+            next_big: 0,
+            next_read: 0,
+            budget_left: 0,
+            more: false,
+            nic_fired: false,
+            delivered: 0,
+        };
+        d.listen()?;
+        Ok(d)
+    }
+
+    fn capabilities(&self, _below: Capabilities) -> Capabilities {
+        Capabilities {
+            max_fragment: self.cfg.max_fragment,
+            headroom: 0,
+            tailroom: 0,
+            max_connect_data: self.cfg.max_connect_data,
+        }
+    }
+
+    fn reach(&mut self, host: &str, _key: &str) -> Result<(), String> {
+        let (h, _) = split_host_port(host)?;
+        if h.is_empty() && !host.is_empty() {
+            return Err(format!("'{host}' names no host"));
+        }
+        Ok(())
+    }
+
+    fn submit(&mut self, mut irb: Irb) -> Disposition {
+        let conn = irb.conn();
+        match irb.op() {
+            Op::Send => {
+                let Some(&idx) = self.by_vmi.get(&conn) else {
+                    irb.set_detail("the connection is closed");
+                    return Disposition::Complete(irb, Status::ConnectionLost);
+                };
+                let len = irb.data_len() as u64;
+                if len > self.cfg.max_fragment {
+                    irb.set_detail(&format!(
+                        "fragment of {len} bytes is over max_fragment {}",
+                        self.cfg.max_fragment
+                    ));
+                    return Disposition::Complete(irb, Status::TooLarge);
+                }
+                let open = conn!(self, idx).is_some_and(|c| {
+                    c.closing.is_none() && matches!(c.stage, Stage::Open | Stage::AwaitReady)
+                });
+                if !open {
+                    irb.set_detail("the connection is not open");
+                    return Disposition::Complete(irb, Status::ConnectionLost);
+                }
+                self.offer(idx, irb, false);
+                Disposition::Pending
+            }
+            Op::Connect => {
+                let (host, key) = irb.peer();
+                let (h, port) = match split_host_port(&host) {
+                    Ok(x) => x,
+                    Err(e) => {
+                        irb.set_detail(&e);
+                        return Disposition::Complete(irb, Status::Invalid);
+                    }
+                };
+                let ip = match (h.as_str(), 0u16).to_socket_addrs().map(|mut a| a.next()) {
+                    Ok(Some(a)) => a.ip(),
+                    _ => {
+                        irb.set_detail(&format!("cannot resolve host '{h}'"));
+                        return Disposition::Complete(irb, Status::Unreachable);
+                    }
+                };
+                let ports = match port {
+                    Some(p) => vec![p],
+                    None => probe_ports(
+                        &key,
+                        self.cfg.port_base,
+                        self.cfg.port_span,
+                        self.cfg.probe_count,
+                    ),
+                };
+                let data = gather(&irb);
+                let addrs = ports.into_iter().map(|p| SocketAddr::new(ip, p)).collect();
+                let attempt = Attempt {
+                    dial: Dial::new(&key, &host, addrs, Instant::now(), self.cfg.connect_timeout),
+                    irb: Some(irb),
+                    data,
+                };
+                self.start_attempt(attempt, conn);
+                Disposition::Pending
+            }
+            Op::Accept | Op::Reject => {
+                let Some(&idx) = self.by_vmi.get(&conn) else {
+                    irb.set_detail("the connecting peer went away");
+                    return Disposition::Complete(irb, Status::ConnectionLost);
+                };
+                let reply = gather(&irb);
+                match self.answer(idx, irb.op() == Op::Accept, reply) {
+                    Ok(()) => Disposition::Complete(irb, Status::Ok),
+                    Err(why) => {
+                        irb.set_detail(&why);
+                        Disposition::Complete(irb, Status::Invalid)
+                    }
+                }
+            }
+            Op::Disconnect => {
+                let Some(&idx) = self.by_vmi.get(&conn) else {
+                    return Disposition::Complete(irb, Status::Ok);
+                };
+                let Some(c) = conn!(self, idx) else {
+                    return Disposition::Complete(irb, Status::Ok);
+                };
+                match c.stage {
+                    Stage::Dialing | Stage::Hello | Stage::Requested | Stage::Accepted => {
+                        self.fail(
+                            idx,
+                            Status::Cancelled,
+                            "disconnected while connecting",
+                            false,
+                        );
+                        Disposition::Complete(irb, Status::Ok)
+                    }
+                    _ => {
+                        c.closing = Some(irb);
+                        self.check_close(idx);
+                        Disposition::Pending
+                    }
+                }
+            }
+            other => {
+                irb.set_detail(&format!("verbs does not handle {other:?}"));
+                Disposition::Complete(irb, Status::Invalid)
+            }
+        }
+    }
+
+    fn complete(&mut self, irb: &mut CompletingIrb) {
+        let f = std::mem::take(irb.frame::<VerbsFrame>());
+        if f.held != 0 {
+            self.held.release(f.held);
+        }
+        if f.big != 0 {
+            self.big.remove(&f.big);
+        }
+    }
+
+    fn poll(&mut self, budget: usize) -> usize {
+        self.budget_left = budget.min(self.host.irbs_available() as usize);
+        let start = self.budget_left;
+        if let Err(e) = self.poll.poll(&mut self.events, Some(Duration::ZERO))
+            && e.kind() != io::ErrorKind::Interrupted
+        {
+            log::error!("verbs: epoll failed: {e}");
+        }
+        let ready: Vec<(Token, bool, bool)> = self
+            .events
+            .iter()
+            .map(|e| {
+                (
+                    e.token(),
+                    e.is_readable() || e.is_read_closed() || e.is_error(),
+                    e.is_writable(),
+                )
+            })
+            .collect();
+        for (token, readable, writable) in ready {
+            match token {
+                LISTENER => self.accept_all(),
+                NIC => self.nic_fired = true,
+                Token(t) => {
+                    let idx = t - 2;
+                    if writable {
+                        let dialing = conn!(self, idx).is_some_and(|c| c.stage == Stage::Dialing);
+                        if dialing {
+                            self.on_dialed(idx);
+                        } else {
+                            self.flush_side(idx);
+                        }
+                    }
+                    if readable {
+                        self.on_readable(idx);
+                    }
+                }
+            }
+        }
+        if std::mem::take(&mut self.nic_fired) {
+            self.nic.rearm();
+        }
+        // Completions, while the budget lasts: each may hand fragments up.
+        self.more = false;
+        while self.budget_left > 0 {
+            self.comps.clear();
+            let n = self.nic.poll(&mut self.comps, BATCH);
+            let comps = std::mem::take(&mut self.comps);
+            for c in &comps {
+                self.on_completion(*c);
+            }
+            self.comps = comps;
+            for idx in 0..self.conns.len() {
+                if conn!(self, idx).is_some_and(|c| !c.up.is_empty()) {
+                    self.hand_up(idx);
+                }
+            }
+            if n < BATCH {
+                break;
+            }
+            self.more = true;
+        }
+        if self.budget_left == 0 {
+            self.more = true;
+        }
+        self.maintain(Instant::now());
+        for idx in 0..self.conns.len() {
+            if let Some(c) = conn!(self, idx)
+                && c.stage != Stage::Dialing
+                && !c.rx.is_empty()
+            {
+                self.advance(idx);
+            }
+        }
+        start - self.budget_left
+    }
+
+    fn wait_fd(&self) -> (Option<RawFd>, Option<Duration>) {
+        let fd = Some(self.poll.as_raw_fd());
+        let pending = self
+            .conns
+            .iter()
+            .flatten()
+            .any(|c| !c.up.is_empty() || c.peer_done);
+        if self.more || pending {
+            return (fd, Some(Duration::ZERO));
+        }
+        let now = Instant::now();
+        let next = self
+            .conns
+            .iter()
+            .flatten()
+            .filter_map(|c| c.deadline)
+            .min()
+            .map(|d| d.saturating_duration_since(now));
+        (fd, next)
+    }
+
+    fn get_attr(&self, name: &str) -> Option<String> {
+        match name {
+            "nic" => Some(self.nic.describe()),
+            "listen_port" => Some(self.listen_port.to_string()),
+            "connections" => Some(self.by_vmi.len().to_string()),
+            "delivered" => Some(self.delivered.to_string()),
+            "protocols" => Some(format!(
+                "eager (one SEND into a posted receive buffer, {} per peer) up to {} bytes (eager_max; the smaller of the two sides' is used); rendezvous above: the receiver reads the fragment with RDMA READ",
+                self.cfg.credits, self.cfg.eager_max
+            )),
+            _ => None,
+        }
+    }
+}
+
+impl Drop for VerbsDevice {
+    fn drop(&mut self) {
+        for idx in 0..self.conns.len() {
+            if let Some(mut c) = self.conns[idx].take() {
+                c.release(self.nic.as_mut());
+            }
+        }
+    }
+}

@@ -1,0 +1,407 @@
+//! The verbs device on the software NIC, beyond the conformance suite: flow control with a
+//! receiver that falls behind, the ordered close, a peer that vanishes, and hostile peers on
+//! the side channel and on the queue pair itself.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use vmi_conformance::pair::{Dev, spec, unique_key};
+use vmi_conformance::rng::Rng;
+use vmi_core::prelude::*;
+use vmi_core::{ConnectOutcome, ConnectRequest, Decision, Disconnect, SendCompletion};
+use vmi_verbs::bootstrap::{Answer, Control, Hello, QpInfo};
+use vmi_verbs::buf::DmaBuf;
+use vmi_verbs::nic::{Nic, Remote, Sge};
+use vmi_verbs::sim::SimNic;
+use vmi_verbs::wire::{Body, Frame, Meta};
+
+fn dev() -> Dev {
+    Dev::new("t", "verbs")
+        .param("nic", "sim")
+        .param("eager_max", "1k")
+        .param("credits", "8")
+}
+
+fn start(tag: &str) -> (Vmi, String) {
+    vmi_verbs::register_static();
+    let key = unique_key(tag);
+    let v = Vmi::with_spec(spec(&[], &dev()), &key).unwrap();
+    (v, key)
+}
+
+#[derive(Default)]
+struct H {
+    conn: Option<ConnId>,
+    refused: Option<(Status, String)>,
+    received: Vec<Vec<u8>>,
+    completions: Vec<Status>,
+    gone: Vec<Disconnect>,
+    requests: usize,
+}
+
+impl Handler for H {
+    fn accept(&mut self, _: &mut Ctx<'_>, _: &mut ConnectRequest<'_>) -> Decision {
+        self.requests += 1;
+        Decision::Accept(vec![])
+    }
+    fn connected(&mut self, _: &mut Ctx<'_>, conn: ConnId, o: ConnectOutcome<'_>, _: u64) {
+        match o {
+            ConnectOutcome::Accepted(_) => self.conn = Some(conn),
+            ConnectOutcome::Rejected(_) => self.refused = Some((Status::Rejected, String::new())),
+            ConnectOutcome::Failed { status, detail } => {
+                self.refused = Some((status, detail.to_string()))
+            }
+        }
+    }
+    fn receive(&mut self, _: &mut Ctx<'_>, _: ConnId, _: Recv, slab: &mut Slab<'_>) {
+        self.received.push(slab.read_to_vec());
+    }
+    fn send_complete(&mut self, _: &mut Ctx<'_>, _: ConnId, done: &mut SendCompletion<'_>) {
+        self.completions.push(done.status);
+    }
+    fn disconnected(&mut self, _: &mut Ctx<'_>, _: ConnId, why: Disconnect) {
+        self.gone.push(why);
+    }
+}
+
+fn pump(a: &mut Vmi, ha: &mut H, b: &mut Vmi, hb: &mut H, done: impl Fn(&H, &H) -> bool) {
+    let start = Instant::now();
+    while !done(ha, hb) {
+        a.poll(ha);
+        b.poll(hb);
+        assert!(start.elapsed() < Duration::from_secs(20), "timed out");
+    }
+}
+
+fn connected() -> (Vmi, H, Vmi, H) {
+    let (mut a, _) = start("verbs-a");
+    let (mut b, kb) = start("verbs-b");
+    let (mut ha, mut hb) = (H::default(), H::default());
+    a.connect("127.0.0.1", &kb, b"", 0).unwrap();
+    pump(&mut a, &mut ha, &mut b, &mut hb, |ha, _| {
+        ha.conn.is_some() || ha.refused.is_some()
+    });
+    assert!(ha.conn.is_some(), "connect failed: {:?}", ha.refused);
+    (a, ha, b, hb)
+}
+
+fn message(rng: &mut Rng, i: usize) -> Vec<u8> {
+    // Mostly eager, every seventh over the 1 KiB eager limit (RDMA READ rendezvous).
+    let len = if i % 7 == 3 {
+        1024 + rng.below(8000) as usize
+    } else {
+        rng.below(1000) as usize
+    };
+    let mut m = rng.bytes(len);
+    m.extend_from_slice(&(i as u32).to_le_bytes());
+    m
+}
+
+#[test]
+fn a_receiver_that_falls_behind_holds_the_sender_back_and_loses_nothing() {
+    let mut rng = Rng::new("verbs slow receiver");
+    let (mut a, mut ha, mut b, mut hb) = connected();
+    let conn = ha.conn.unwrap();
+    let mut sent = Vec::new();
+    // The receiver does not poll while the sender sends 3,000 messages: 8 credits run out at
+    // once, and the rest wait at the sender (IRBs pended, nothing dropped).
+    for i in 0..3000 {
+        let m = message(&mut rng, i);
+        loop {
+            match a.send(conn, [Buffer::from(m.clone())], i as u64) {
+                Ok(()) => break,
+                Err(VmiError::Busy { .. }) => {
+                    a.poll(&mut ha);
+                }
+                Err(e) => panic!("send {i}: {e}"),
+            }
+        }
+        sent.push(m);
+        if i % 100 == 0 {
+            a.poll(&mut ha);
+        }
+    }
+    assert!(hb.received.is_empty());
+    assert!(
+        ha.completions.len() < 100,
+        "sends cannot complete while the receiver is behind ({} did)",
+        ha.completions.len()
+    );
+    pump(&mut a, &mut ha, &mut b, &mut hb, |ha, hb| {
+        hb.received.len() == 3000 && ha.completions.len() == 3000
+    });
+    assert!(hb.received == sent, "every message, intact and in order");
+    assert!(ha.completions.iter().all(|s| *s == Status::Ok));
+    let delivered: u64 = b.attr_get("t", "delivered").unwrap().parse().unwrap();
+    assert!(
+        delivered >= 3000,
+        "the device counted {delivered} fragments up"
+    );
+}
+
+#[test]
+fn a_close_right_after_sending_delivers_everything_before_the_peer_hears_of_it() {
+    let mut rng = Rng::new("verbs ordered close");
+    let (mut a, mut ha, mut b, mut hb) = connected();
+    let conn = ha.conn.unwrap();
+    let sent: Vec<Vec<u8>> = (0..200).map(|i| message(&mut rng, i)).collect();
+    for (i, m) in sent.iter().enumerate() {
+        a.send(conn, [Buffer::from(m.clone())], i as u64).unwrap();
+    }
+    a.disconnect(conn).unwrap();
+    pump(&mut a, &mut ha, &mut b, &mut hb, |_, hb| {
+        !hb.gone.is_empty()
+    });
+    assert_eq!(hb.received.len(), 200, "every message before the close");
+    assert!(hb.received == sent);
+    assert!(matches!(hb.gone[..], [Disconnect::Peer]), "{:?}", hb.gone);
+    pump(&mut a, &mut ha, &mut b, &mut hb, |ha, _| {
+        !ha.gone.is_empty()
+    });
+    assert!(ha.completions.iter().all(|s| *s == Status::Ok));
+    assert_eq!(ha.completions.len(), 200);
+}
+
+#[test]
+fn a_peer_that_vanishes_is_reported_as_lost() {
+    let (a, mut ha, mut b, mut hb) = connected();
+    let mut pumps = 0;
+    while hb.requests == 0 && pumps < 1000 {
+        b.poll(&mut hb);
+        pumps += 1;
+    }
+    drop(a);
+    ha.conn = None;
+    let start = Instant::now();
+    while hb.gone.is_empty() {
+        b.poll(&mut hb);
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no disconnect reported"
+        );
+    }
+    assert!(
+        matches!(&hb.gone[0], Disconnect::Error { status: Status::ConnectionLost, detail } if detail.contains("without a bye")),
+        "{:?}",
+        hb.gone
+    );
+}
+
+fn listen_port(v: &Vmi) -> u16 {
+    v.attr_get("t", "listen_port").unwrap().parse().unwrap()
+}
+
+fn pump_one(v: &mut Vmi, h: &mut H, for_ms: u64) {
+    let end = Instant::now() + Duration::from_millis(for_ms);
+    while Instant::now() < end {
+        v.poll(h);
+    }
+}
+
+#[test]
+fn hostile_bytes_on_the_side_channel_are_refused_without_harm() {
+    let mut rng = Rng::new("verbs hostile side channel");
+    let (mut b, kb) = start("verbs-hostile");
+    let mut hb = H::default();
+    let port = listen_port(&b);
+    for round in 0..40 {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let n = 1 + rng.below(300) as usize;
+        let mut junk = rng.bytes(n);
+        if round % 2 == 0 {
+            // Starts like a hello, then lies about its lengths.
+            let mut h = Hello {
+                from_key: "x".into(),
+                to_key: kb.clone(),
+                signature: String::new(),
+                data: vec![],
+                qp: QpInfo::none(),
+            }
+            .emit();
+            h.truncate(8);
+            h.extend_from_slice(&junk);
+            junk = h;
+        }
+        let _ = s.write_all(&junk);
+        drop(s);
+        pump_one(&mut b, &mut hb, 5);
+    }
+    // A hello for another key is answered "wrong key".
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let hello = Hello {
+        from_key: "x".into(),
+        to_key: "someone-else".into(),
+        signature: String::new(),
+        data: vec![],
+        qp: QpInfo {
+            qpn: 1,
+            psn: 1,
+            lid: 0,
+            mtu: 5,
+            gid: [0; 16],
+            credits: 8,
+            eager_max: 1024,
+        },
+    };
+    s.write_all(&hello.emit()).unwrap();
+    let answer = read_answer(&mut s, &mut b, &mut hb);
+    assert!(
+        !answer.accept && answer.reason.starts_with("wrong key"),
+        "{answer:?}"
+    );
+    assert_eq!(hb.requests, 0, "nothing reached the application");
+    assert_eq!(b.connection_count(), 0);
+}
+
+fn read_answer(s: &mut TcpStream, b: &mut Vmi, hb: &mut H) -> Answer {
+    s.set_nonblocking(true).unwrap();
+    let mut got = Vec::new();
+    let start = Instant::now();
+    loop {
+        b.poll(hb);
+        let mut buf = [0u8; 4096];
+        match s.read(&mut buf) {
+            Ok(0) => panic!("closed before answering"),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => panic!("{e}"),
+        }
+        if let Ok(Ok((a, _))) = Answer::parse(&got) {
+            return a;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "no answer");
+    }
+}
+
+/// A peer that bootstraps correctly and then breaks the protocol on its queue pair: the
+/// connection ends with a protocol error, and nothing panics.
+#[test]
+fn a_hostile_queue_pair_peer_loses_its_connection() {
+    for (case, frame) in [
+        (
+            "a frame out of sequence",
+            Frame {
+                seq: 5,
+                credits: 0,
+                body: Body::Credit,
+            },
+        ),
+        (
+            "more credits returned than used",
+            Frame {
+                seq: 0,
+                credits: 9,
+                body: Body::Credit,
+            },
+        ),
+        (
+            "a finish for nothing",
+            Frame {
+                seq: 0,
+                credits: 0,
+                body: Body::Fin { msg: 77 },
+            },
+        ),
+        (
+            "a read of memory never registered",
+            Frame {
+                seq: 0,
+                credits: 0,
+                body: Body::Rts {
+                    msg: 1,
+                    addr: 0x1000,
+                    rkey: 0xdead,
+                    len: 4096,
+                    meta: Meta::default(),
+                },
+            },
+        ),
+    ] {
+        let (mut b, kb) = start("verbs-qp-hostile");
+        let mut hb = H::default();
+        let port = listen_port(&b);
+        let mut nic = SimNic::new().unwrap();
+        let qpn = nic.create_qp(16, 16).unwrap();
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let hello = Hello {
+            from_key: "evil".into(),
+            to_key: kb.clone(),
+            // The filter signature of chains with no filters.
+            signature: "send=;recv=".into(),
+            data: vec![],
+            qp: QpInfo {
+                qpn,
+                psn: 0,
+                lid: 0,
+                mtu: 5,
+                gid: nic.address().gid,
+                credits: 8,
+                eager_max: 1024,
+            },
+        };
+        s.write_all(&hello.emit()).unwrap();
+        let answer = read_answer(&mut s, &mut b, &mut hb);
+        assert!(answer.accept, "{case}: {answer:?}");
+        nic.connect_qp(
+            qpn,
+            0,
+            &Remote {
+                qpn: answer.qp.qpn,
+                psn: answer.qp.psn,
+                addr: nic_addr(&answer.qp),
+            },
+        )
+        .unwrap();
+        s.write_all(&Control::Ready.emit()).unwrap();
+        let buf = DmaBuf::new(4096);
+        // SAFETY: `buf` outlives the registration (the NIC is dropped first).
+        let mr = unsafe { nic.register(buf.as_ptr(), 4096, false).unwrap() };
+        let bytes = frame.encode();
+        // SAFETY: nothing is posted on the buffer yet.
+        unsafe { assert!(buf.write(0, &bytes)) };
+        nic.post_send(
+            qpn,
+            1,
+            Sge {
+                addr: buf.addr(0),
+                len: bytes.len() as u32,
+                lkey: mr.lkey,
+            },
+        )
+        .unwrap();
+        let start = Instant::now();
+        while hb.gone.is_empty() {
+            b.poll(&mut hb);
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "{case}: not detected"
+            );
+        }
+        assert!(
+            matches!(
+                &hb.gone[0],
+                Disconnect::Error {
+                    status: Status::Protocol | Status::ConnectionLost,
+                    ..
+                }
+            ),
+            "{case}: {:?}",
+            hb.gone
+        );
+        assert_eq!(hb.requests, 1);
+        assert!(hb.received.is_empty(), "{case}: nothing went up");
+        nic.deregister(mr);
+        drop(nic);
+        drop(buf);
+    }
+}
+
+fn nic_addr(q: &QpInfo) -> vmi_verbs::nic::Address {
+    vmi_verbs::nic::Address {
+        lid: q.lid,
+        gid: q.gid,
+        mtu: q.mtu,
+    }
+}
