@@ -65,7 +65,7 @@ fn vmi_info_describes_every_shipped_specfile() {
                     ]
                     .iter()
                     .any(|why| out
-                        .contains(&format!("usable here   NO: device 'verbs'"))
+                        .contains("usable here   NO: device 'verbs'")
                         && out.contains(why)),
                 "{spec}: {out}"
             );
