@@ -320,8 +320,8 @@ mod tests {
         // Writes do not fault (no page is write-protected), from user or kernel mode.
         // SAFETY: in our mapping.
         unsafe { *p.add(5) = 9 };
-        // SAFETY: reading /dev/zero into our mapping.
         let zero = std::fs::File::open("/dev/zero").unwrap();
+        // SAFETY: reading /dev/zero into 16 bytes of our mapping.
         let n = unsafe { libc::read(zero.as_raw_fd(), p.add(4096).cast(), 16) };
         assert_eq!(n, 16);
         // SAFETY: part of our mapping.
