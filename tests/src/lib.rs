@@ -264,6 +264,7 @@ pub fn register_all() {
         vmi_fault::register_static();
         vmi_trace::register_static();
         vmi_shmem::register_static();
+        vmi_verbs::register_static();
         devices::register();
     });
 }

@@ -81,10 +81,16 @@ impl Pair {
     fn new(transport: &str, filters: &[&str]) -> Pair {
         register_all();
         // The fault injector (when used) bends sends only, when a test turns it on.
-        let text = spec_text(transport, filters, "").replace(
-            "name=\"fault\"/>",
-            "name=\"fault\"><param name=\"direction\" value=\"send\"/></device>",
-        );
+        let text = spec_text(transport, filters, "")
+            .replace(
+                "name=\"fault\"/>",
+                "name=\"fault\"><param name=\"direction\" value=\"send\"/></device>",
+            )
+            // The verbs transport on its software NIC (this machine has no RDMA NIC).
+            .replace(
+                "name=\"verbs\" />",
+                "name=\"verbs\"><param name=\"nic\" value=\"sim\"/></device>",
+            );
         let spec = Spec::parse_str(&text, "rdma.xml").expect("spec");
         let (ka, kb) = (unique_key("rdma-a"), unique_key("rdma-b"));
         let a = Vmi::with_spec(spec.clone(), &ka).expect("a");
@@ -154,6 +160,8 @@ const CASES: &[(&str, &[&str])] = &[
     ("tcp", &[]),
     ("tcp", &["crc", "compress"]),
     ("shmem", &["crc"]),
+    ("verbs", &[]),
+    ("verbs", &["crc"]),
 ];
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
@@ -781,4 +789,144 @@ fn application_memory_is_published_and_a_put_after_a_remap_lands_in_the_new_memo
     drop(region);
     // SAFETY: the pair and every region handle are gone: nothing reaches the page now.
     unsafe { munmap(page, len) }.expect("munmap");
+}
+
+#[test]
+fn over_verbs_puts_and_gets_are_rdma_writes_and_reads_with_cached_registrations() {
+    let mut p = Pair::new("verbs", &[]);
+    let conn = p.hb.conn.unwrap();
+    let region = Region::new(1 << 20).unwrap();
+    let (id, remote) = p.publish(&region, 4096..(1 << 20));
+    let notify = RdmaOptions {
+        notify: true,
+        ..RdmaOptions::default()
+    };
+    // Small: through the bounce buffer. Large: the source registered through the cache.
+    let small = pattern(100, 1);
+    let large = pattern(300_000, 2);
+    p.b.rdma_put(&remote, 7, &[&small[..10], &small[10..]], &notify, 1)
+        .unwrap();
+    assert_eq!(p.b.rdma_path(conn), RdmaPath::OneSided);
+    assert!(
+        region.to_vec(4096 + 7, small.len()).unwrap() == small,
+        "landed before the publisher polled"
+    );
+    for token in 2..5 {
+        p.b.rdma_put(&remote, 1000, &[&large], &RdmaOptions::default(), token)
+            .unwrap();
+    }
+    assert!(region.to_vec(4096 + 1000, large.len()).unwrap() == large);
+    for token in 1..5 {
+        assert_eq!(p.end_of(token).0, Status::Ok);
+    }
+    p.pump_until("the put notice", |p| !p.ha.put_notices.is_empty());
+    assert_eq!(p.ha.put_notices[0].buffer, id);
+    let ops: u64 = p.b.attr_get("verbs", "rdma_ops").unwrap().parse().unwrap();
+    assert_eq!(ops, 4, "four RDMA WRITEs");
+    let cache = p.b.attr_get("verbs", "regcache").unwrap();
+    println!("regcache after the puts: {cache}");
+    if !cache.starts_with("off") {
+        assert!(
+            cache.contains("hits: 2") && cache.contains("misses: 1"),
+            "the large source was registered once and found twice: {cache}"
+        );
+    }
+    // Gets into segments of a local region (large: registered through the cache).
+    let local = Region::new(1 << 20).unwrap();
+    let into = [
+        Segment {
+            region: &local,
+            offset: 0,
+            len: 100_000,
+        },
+        Segment {
+            region: &local,
+            offset: 200_000,
+            len: 200_000,
+        },
+    ];
+    p.b.rdma_get(&remote, 1000, &into, &RdmaOptions::default(), 5)
+        .unwrap();
+    assert_eq!(p.end_of(5).0, Status::Ok);
+    assert!(local.to_vec(0, 100_000).unwrap() == large[..100_000]);
+    assert!(local.to_vec(200_000, 200_000).unwrap() == large[100_000..]);
+    // Beyond what was published: refused before the NIC is asked.
+    let stretched = RemoteBuffer {
+        size: 1 << 30,
+        ..remote
+    };
+    p.b.rdma_put(
+        &stretched,
+        (1 << 20) - 4096,
+        &[b"x"],
+        &RdmaOptions::default(),
+        6,
+    )
+    .unwrap();
+    assert_eq!(p.end_of(6).0, Status::Invalid);
+    // The cache against a remap: put from memory, map other memory over it at the same
+    // address (the old mapping is unmapped by that call), put again: the second put carries
+    // the new bytes, through a new registration, never the old one.
+    use rustix::mm::{MapFlags, ProtFlags, mmap_anonymous, munmap};
+    let len = 256 * 1024;
+    let map = |hint: *mut std::ffi::c_void, fill: u8| {
+        let flags = if hint.is_null() {
+            MapFlags::PRIVATE
+        } else {
+            MapFlags::PRIVATE | MapFlags::FIXED
+        };
+        // SAFETY: a fresh private mapping, or one over our own mapping at `hint` (no Rust
+        // reference reaches it; the registration cache hears of the unmapping).
+        let m = unsafe { mmap_anonymous(hint, len, ProtFlags::READ | ProtFlags::WRITE, flags) }
+            .expect("mmap");
+        // SAFETY: our mapping, `len` bytes.
+        unsafe { std::ptr::write_bytes(m.cast::<u8>(), fill, len) };
+        m
+    };
+    let before = p.b.attr_get("verbs", "regcache").unwrap();
+    let m = map(std::ptr::null_mut(), b'A');
+    // SAFETY: our mapping, read-only here while no one writes it.
+    let src = unsafe { std::slice::from_raw_parts(m.cast::<u8>(), len) };
+    p.b.rdma_put(&remote, 0, &[src], &RdmaOptions::default(), 7)
+        .unwrap();
+    assert_eq!(p.end_of(7).0, Status::Ok);
+    assert!(region.to_vec(4096, len).unwrap().iter().all(|&b| b == b'A'));
+    let m2 = map(m, b'B');
+    assert_eq!(m2, m, "the same address");
+    // SAFETY: as above, the new mapping.
+    let src = unsafe { std::slice::from_raw_parts(m2.cast::<u8>(), len) };
+    p.b.rdma_put(&remote, 0, &[src], &RdmaOptions::default(), 8)
+        .unwrap();
+    assert_eq!(p.end_of(8).0, Status::Ok);
+    assert!(
+        region.to_vec(4096, len).unwrap().iter().all(|&b| b == b'B'),
+        "the put carried the new memory"
+    );
+    let after = p.b.attr_get("verbs", "regcache").unwrap();
+    println!("regcache before the remap test: {before}\nafter: {after}");
+    if !after.starts_with("off") {
+        let field = |s: &str, name: &str| -> u64 {
+            let at = s.find(&format!("{name}: ")).unwrap() + name.len() + 2;
+            s[at..]
+                .split(|c: char| !c.is_ascii_digit())
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
+        };
+        assert_eq!(
+            field(&after, "misses") - field(&before, "misses"),
+            2,
+            "{after}"
+        );
+        assert!(
+            field(&after, "invalidated") > field(&before, "invalidated"),
+            "{after}"
+        );
+    }
+    // SAFETY: our mapping; the puts ended.
+    unsafe { munmap(m2, len) }.expect("munmap");
+    // Released: the publisher deregisters the buffer.
+    p.b.rdma_release(&remote).unwrap();
+    p.pump_until("the release", |p| !p.ha.released.is_empty());
 }

@@ -1200,6 +1200,29 @@ impl Engine {
         }
     }
 
+    /// Registers `len` bytes at `base` with `transport` alone (a published RDMA buffer):
+    /// the transport's handle, 0 when it has no `register` hook or made none.
+    ///
+    /// # Safety
+    /// The memory must stay mapped until [`Engine::deregister_handle`].
+    pub unsafe fn register_range(&mut self, transport: DevIndex, base: *mut u8, len: usize) -> u64 {
+        let inst = &self.devices[transport as usize];
+        match inst.ty.vtable.register {
+            // SAFETY: live instance; the caller keeps the memory mapped until deregistered.
+            Some(r) => unsafe { r(inst.ptr, base, len) },
+            None => 0,
+        }
+    }
+
+    /// Undoes [`Engine::register_range`].
+    pub fn deregister_handle(&mut self, transport: DevIndex, handle: u64) {
+        let inst = &self.devices[transport as usize];
+        if let Some(d) = inst.ty.vtable.deregister {
+            // SAFETY: live instance; the handle came from its own `register`.
+            unsafe { d(inst.ptr, handle) };
+        }
+    }
+
     /// Undoes `register`.
     pub fn deregister(&mut self, buffer: &mut Buffer) {
         for reg in buffer.take_registrations() {

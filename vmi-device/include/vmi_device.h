@@ -108,7 +108,7 @@ typedef struct vmi_seg {
 /* ABI 1.3: the peer's memory object behind a published address (see rdma_access). */
 typedef struct vmi_rdma_key {
     int32_t fd;        /* descriptor number of the sealed memfd in the peer */
-    uint32_t reserved; /* zero */
+    uint32_t remote_key; /* the peer transport's rkey for the buffer, 0: none */
     uint64_t inode;    /* its inode number */
     uint64_t offset;   /* offset in it of the first byte accessed */
 } vmi_rdma_key;

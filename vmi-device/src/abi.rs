@@ -424,17 +424,20 @@ pub struct VmiDeviceVtable {
 }
 
 /// The memory object behind a peer's published address (ABI 1.3 `rdma_access`): a sealed
-/// memfd in the peer, as the peer's vmi published it. A transport on the same host may
-/// attach it (take a duplicate of descriptor `fd` of the peer, check that it is the memfd of
-/// inode `inode`, sealed against shrinking, and map it) and copy at `offset` with no system
-/// call.
+/// memfd in the peer, as the peer's vmi published it, and the remote key the peer's
+/// transport registered it under. A transport on the same host may attach the memfd (take a
+/// duplicate of descriptor `fd` of the peer, check that it is the memfd of inode `inode`,
+/// sealed against shrinking, and map it) and copy at `offset` with no system call; an RDMA
+/// NIC names the memory by `remote_key` and the address.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct VmiRdmaKey {
     /// The descriptor number of the memfd in the peer.
     pub fd: i32,
-    /// Zero.
-    pub reserved: u32,
+    /// The remote key the peer's transport registered the buffer under when the peer
+    /// published it (an RDMA NIC's rkey: the low 32 bits of the handle the transport's
+    /// `register` returned for the published range), 0 when it registered none.
+    pub remote_key: u32,
     /// The memfd's inode number (so a descriptor number reused for another file is told
     /// apart).
     pub inode: u64,

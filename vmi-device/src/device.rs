@@ -200,7 +200,13 @@ pub trait Device: Sized + 'static {
         Err("this device is not a transport".into())
     }
 
-    /// Registers memory for sending; returns a handle (0: nothing to undo).
+    /// Registers memory for sending (VMI 2.1: `VMI_Buffer_Register`), or a buffer the
+    /// application publishes for RDMA; returns a handle (0: nothing to undo). The host keeps
+    /// `base..base+len` mapped until [`Device::deregister`]. A transport with
+    /// [`Device::RDMA_ACCESS`] that names memory to peers by a key (an RDMA NIC's rkey) puts
+    /// that key in the handle's low 32 bits and registers for the peer's reads and writes:
+    /// the host sends it with a published buffer, and the peer's transport gets it back in
+    /// [`crate::abi::VmiRdmaKey::remote_key`].
     fn register(&mut self, _base: *mut u8, _len: usize) -> u64 {
         0
     }

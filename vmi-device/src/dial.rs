@@ -115,6 +115,28 @@ pub fn probe_ports(key: &str, base: u16, span: u16, count: u16) -> Vec<u16> {
         .collect()
 }
 
+/// Checks the key-derived port range parameters (`port_base`, `port_span`, `probe_count`).
+pub fn check_port_range(base: u16, span: u16, count: u16) -> Result<(), String> {
+    if span == 0 || count == 0 {
+        return Err("parameters 'port_span' and 'probe_count' must be at least 1".into());
+    }
+    if base as u32 + span as u32 > 65536 {
+        return Err(format!(
+            "parameters 'port_base' ({base}) + 'port_span' ({span}) go past port 65535"
+        ));
+    }
+    Ok(())
+}
+
+/// Whether `host` (`host`, `host:port`, `[v6]:port`) names a host a connect could try.
+pub fn check_host(host: &str) -> Result<(), String> {
+    let (h, _) = split_host_port(host)?;
+    if h.is_empty() && !host.is_empty() {
+        return Err(format!("'{host}' names no host"));
+    }
+    Ok(())
+}
+
 /// Splits `host:port` (or `[v6]:port`) from a bare host.
 pub fn split_host_port(host: &str) -> Result<(String, Option<u16>), String> {
     if let Some(rest) = host.strip_prefix('[') {

@@ -1244,11 +1244,7 @@ impl Device for TcpDevice {
     }
 
     fn reach(&mut self, host: &str, _key: &str) -> Result<(), String> {
-        let (h, _) = split_host_port(host)?;
-        if h.is_empty() && !host.is_empty() {
-            return Err(format!("'{host}' names no host"));
-        }
-        Ok(())
+        vmi_device::dial::check_host(host)
     }
 
     fn submit(&mut self, mut irb: Irb) -> Disposition {

@@ -199,15 +199,7 @@ impl VerbsConfig {
                 u32::MAX
             ));
         }
-        if cfg.port_span == 0 || cfg.probe_count == 0 {
-            return Err("parameters 'port_span' and 'probe_count' must be at least 1".into());
-        }
-        if cfg.port_base as u32 + cfg.port_span as u32 > 65536 {
-            return Err(format!(
-                "parameters 'port_base' ({}) + 'port_span' ({}) go past port 65535",
-                cfg.port_base, cfg.port_span
-            ));
-        }
+        vmi_device::dial::check_port_range(cfg.port_base, cfg.port_span, cfg.probe_count)?;
         Ok(cfg)
     }
 }

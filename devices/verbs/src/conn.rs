@@ -11,7 +11,7 @@ use vmi_device::dial::Dial;
 
 use crate::bootstrap::Hello;
 use crate::buf::DmaBuf;
-use crate::nic::{Mr, Nic, NicError, Sge};
+use crate::nic::{Access, Mr, Nic, NicError, Sge};
 use crate::proto::Endpoint;
 use crate::wire::{HEADER, Meta};
 
@@ -53,15 +53,15 @@ pub struct Staged {
 }
 
 impl Staged {
-    /// A registered buffer of `len` bytes (remote reads allowed when `remote_read`).
-    pub fn new(nic: &mut dyn Nic, len: usize, remote_read: bool) -> Result<Staged, NicError> {
+    /// A registered buffer of `len` bytes with `access`.
+    pub fn new(nic: &mut dyn Nic, len: usize, access: Access) -> Result<Staged, NicError> {
         let buf = DmaBuf::new(len);
         // SAFETY: the buffer is owned by the returned `Staged`, which is deregistered
         // (`release`) before it is dropped; its bytes are only reached through `DmaBuf`'s raw
         // pointer, and the device reads or writes a range only when no work request on it is
         // outstanding.
         #[allow(unsafe_code)]
-        let mr = unsafe { nic.register(buf.as_ptr(), len.max(1), remote_read)? };
+        let mr = unsafe { nic.register(buf.as_ptr(), len.max(1), access)? };
         Ok(Staged { buf, mr })
     }
 
@@ -114,8 +114,8 @@ impl Qp {
         let send_slots = 2 * credits as usize;
         let qpn = nic.create_qp(send_slots as u32 + 64, recv_slots as u32)?;
         let made = (|| {
-            let recv = Staged::new(nic, slot * recv_slots, false)?;
-            let send = match Staged::new(nic, slot * send_slots, false) {
+            let recv = Staged::new(nic, slot * recv_slots, Access::Local)?;
+            let send = match Staged::new(nic, slot * send_slots, Access::Local) {
                 Ok(s) => s,
                 Err(e) => {
                     recv.release(nic);
@@ -273,6 +273,8 @@ pub const WR_RECV: u64 = 1;
 pub const WR_SEND: u64 = 2;
 /// An RDMA READ.
 pub const WR_READ: u64 = 3;
+/// A one-sided RDMA WRITE or READ of the host's (an RDMA put or get).
+pub const WR_RDMA: u64 = 4;
 /// Bits of the id proper.
 pub const WR_ID_BITS: u32 = 36;
 

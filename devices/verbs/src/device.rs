@@ -26,8 +26,10 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
 use mio::{Events, Interest, Poll, Token};
+use vmi_device::abi::{VmiRdmaKey, VmiSeg};
 use vmi_device::dial::{Dial, probe_ports, split_host_port};
 use vmi_device::held::HeldBuffers;
+use vmi_device::regcache::RegCache;
 use vmi_device::{
     Capabilities, CompletingIrb, Config, Device, DeviceKind, Disposition, Host, Irb, Op, Status,
 };
@@ -36,10 +38,10 @@ use crate::bootstrap::{self, Answer, Control, Hello, QpInfo};
 use crate::buf::DmaBuf;
 use crate::config::{NicKind, PARAMS, VerbsConfig};
 use crate::conn::{
-    Attempt, Conn, Qp, Stage, Staged, Up, WR_READ, WR_RECV, WR_SEND, wr_id, wr_parts,
+    Attempt, Conn, Qp, Stage, Staged, Up, WR_RDMA, WR_READ, WR_RECV, WR_SEND, wr_id, wr_parts,
 };
 use crate::ibv::{IbvNic, IbvOptions};
-use crate::nic::{Address, Completion, Nic, Remote};
+use crate::nic::{Access, Address, Completion, Mr, Nic, Remote, Sge};
 use crate::proto::{self, Action, Endpoint, Fragment, SendError};
 use crate::sim::SimNic;
 use crate::wire::Meta;
@@ -91,7 +93,24 @@ pub struct VerbsDevice {
     more: bool,
     nic_fired: bool,
     delivered: u64,
+    /// Registrations of the host's memory for this side's RDMA WRITEs and READs (local
+    /// access only; see `vmi_device::regcache`).
+    regcache: RegCache<Mr>,
+    /// Registered memory small RDMA transfers are copied through.
+    bounce: Option<Staged>,
+    /// Buffers the host registered for the peer's one-sided access (published), by id.
+    published: HashMap<u32, Mr>,
+    next_published: u32,
+    next_rdma: u64,
+    /// One-sided transfers done (for `vmi-info` and tests).
+    rdma_ops: u64,
 }
+
+/// Transfers up to this size are copied through the bounce buffer instead of registering
+/// the host's memory (registration costs more than copying a few pages).
+const BOUNCE: usize = 64 * 1024;
+/// How long a one-sided transfer may take before its connection is given up.
+const RDMA_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn would_block(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::WouldBlock
@@ -729,7 +748,7 @@ impl VerbsDevice {
         let frag = if eager {
             Fragment::Eager(gather(&irb), meta)
         } else {
-            let staged = match Staged::new(self.nic.as_mut(), len, true) {
+            let staged = match Staged::new(self.nic.as_mut(), len, Access::RemoteRead) {
                 Ok(s) => s,
                 Err(e) => {
                     irb.set_detail(&format!(
@@ -828,7 +847,7 @@ impl VerbsDevice {
                     rkey,
                     len,
                 } => {
-                    let target = match Staged::new(self.nic.as_mut(), len as usize, false) {
+                    let target = match Staged::new(self.nic.as_mut(), len as usize, Access::Local) {
                         Ok(s) => s,
                         Err(e) => {
                             let why = format!(
@@ -1112,6 +1131,201 @@ impl VerbsDevice {
         }
     }
 
+    // ----- one-sided RDMA -----
+
+    /// Writes `segs` to the peer's `remote..` (key `rkey`), or reads them from there, and
+    /// waits for the NIC to finish: small transfers through the bounce buffer, larger ones
+    /// from the host's memory registered through the cache.
+    fn one_sided(
+        &mut self,
+        idx: usize,
+        write: bool,
+        remote: u64,
+        rkey: u32,
+        segs: &[VmiSeg],
+    ) -> Status {
+        let Some(qpn) = conn!(self, idx)
+            .filter(|c| c.stage == Stage::Open)
+            .and_then(|c| c.qp.as_ref())
+            .map(|q| q.qpn)
+        else {
+            return Status::ConnectionLost;
+        };
+        let total: usize = segs.iter().map(|s| s.len).sum();
+        if total == 0 {
+            return Status::Ok;
+        }
+        let first = self.next_rdma + 1;
+        let mut leases = Vec::new();
+        let mut posted = 0u64;
+        let mut result = Ok(());
+        if total <= BOUNCE {
+            if self.bounce.is_none() {
+                match Staged::new(self.nic.as_mut(), BOUNCE, Access::Local) {
+                    Ok(b) => self.bounce = Some(b),
+                    Err(e) => {
+                        log::error!("verbs: no bounce buffer: {e}");
+                        return Status::NoResources;
+                    }
+                }
+            }
+            let bounce = self.bounce.as_ref().expect("made above");
+            if write {
+                let mut off = 0;
+                for s in segs {
+                    // SAFETY: the host lends the segments readable for the call; the bounce
+                    // buffer has no work request outstanding (transfers are one at a time).
+                    #[allow(unsafe_code)]
+                    unsafe {
+                        bounce
+                            .buf
+                            .write(off, std::slice::from_raw_parts(s.base, s.len));
+                    }
+                    off += s.len;
+                }
+            }
+            let sge = bounce.sge(0, total);
+            self.next_rdma += 1;
+            result = self.post_one_sided(qpn, idx, write, sge, remote, rkey);
+            posted = 1;
+        } else {
+            let mut off = 0u64;
+            for s in segs.iter().filter(|s| s.len > 0) {
+                let nic = std::cell::RefCell::new(&mut self.nic);
+                let lease = self.regcache.acquire(
+                    s.base as u64,
+                    s.len as u64,
+                    |start, len| {
+                        // SAFETY: local access only; the cache drops the registration when
+                        // the memory goes away, and it is named by a work request only while
+                        // the host lends the segment (see `Nic::register`).
+                        #[allow(unsafe_code)]
+                        unsafe {
+                            nic.borrow_mut()
+                                .register(start as *mut u8, len as usize, Access::Local)
+                        }
+                    },
+                    &mut |mr| nic.borrow_mut().deregister(mr),
+                );
+                let lease = match lease {
+                    Ok(l) => l,
+                    Err(e) => {
+                        result = Err(format!("cannot register {} bytes: {e}", s.len));
+                        break;
+                    }
+                };
+                let sge = Sge {
+                    addr: s.base as u64,
+                    len: s.len as u32,
+                    lkey: lease.handle.lkey,
+                };
+                leases.push(lease);
+                self.next_rdma += 1;
+                posted += 1;
+                result = self.post_one_sided(qpn, idx, write, sge, remote + off, rkey);
+                if result.is_err() {
+                    break;
+                }
+                off += s.len as u64;
+            }
+        }
+        let status = match result {
+            Ok(()) => self.wait_one_sided(idx, qpn, first, posted),
+            Err(why) => {
+                // Posted work requests may still run: the queue pair goes first.
+                self.fail(idx, Status::ConnectionLost, &why, true);
+                Status::ConnectionLost
+            }
+        };
+        if status == Status::Ok && !write && total <= BOUNCE {
+            let bounce = self.bounce.as_ref().expect("used above");
+            let mut off = 0;
+            for s in segs {
+                // SAFETY: the READ completed, nothing else is posted on the bounce buffer;
+                // the host lends the segments writable for the call.
+                #[allow(unsafe_code)]
+                unsafe {
+                    if let Some(src) = bounce.buf.slice(off, s.len) {
+                        std::ptr::copy_nonoverlapping(src.as_ptr(), s.base, s.len);
+                    }
+                }
+                off += s.len;
+            }
+        }
+        let nic = &mut self.nic;
+        for l in leases {
+            self.regcache.release(l, &mut |mr| nic.deregister(mr));
+        }
+        if status == Status::Ok {
+            self.rdma_ops += 1;
+        }
+        status
+    }
+
+    fn post_one_sided(
+        &mut self,
+        qpn: u32,
+        idx: usize,
+        write: bool,
+        sge: Sge,
+        remote: u64,
+        rkey: u32,
+    ) -> Result<(), String> {
+        let wr = wr_id(idx, WR_RDMA, self.next_rdma);
+        let r = if write {
+            self.nic.post_write(qpn, wr, sge, remote, rkey)
+        } else {
+            self.nic.post_read(qpn, wr, sge, remote, rkey)
+        };
+        r.map_err(|e| e.to_string())
+    }
+
+    /// Waits for the completions of one-sided work requests `first..first+n`, handling
+    /// every other completion as `poll` would (fragments queue for the next poll). The
+    /// connection is given up (its queue pair destroyed, so nothing lands later) when one
+    /// fails or they take longer than [`RDMA_TIMEOUT`].
+    fn wait_one_sided(&mut self, idx: usize, qpn: u32, first: u64, n: u64) -> Status {
+        let deadline = Instant::now() + RDMA_TIMEOUT;
+        let mut done = 0;
+        let mut comps = Vec::with_capacity(BATCH);
+        while done < n {
+            let gone = conn!(self, idx).is_none_or(|c| c.qp.as_ref().is_none_or(|q| q.qpn != qpn));
+            if gone {
+                return Status::ConnectionLost; // its queue pair is gone: nothing more lands
+            }
+            comps.clear();
+            self.nic.poll(&mut comps, BATCH);
+            for c in &comps {
+                let (cidx, kind, id) = wr_parts(c.wr_id);
+                let ours =
+                    kind == WR_RDMA && cidx == idx && c.qpn == qpn && id >= first && id < first + n;
+                if !ours {
+                    self.on_completion(*c);
+                    continue;
+                }
+                if let Some(why) = c.error {
+                    let detail = format!(
+                        "an RDMA {} failed: {why}",
+                        if c.kind == crate::nic::Kind::Write {
+                            "WRITE"
+                        } else {
+                            "READ"
+                        }
+                    );
+                    self.fail(idx, Status::ConnectionLost, &detail, true);
+                    return Status::ConnectionLost;
+                }
+                done += 1;
+            }
+            if done < n && Instant::now() >= deadline {
+                let why = format!("an RDMA transfer did not finish in {RDMA_TIMEOUT:?}");
+                self.fail(idx, Status::Timeout, &why, true);
+                return Status::Timeout;
+            }
+        }
+        Status::Ok
+    }
+
     fn open_nic(cfg: &VerbsConfig) -> Result<Box<dyn Nic>, String> {
         Ok(match cfg.nic {
             NicKind::Sim => Box::new(SimNic::new().map_err(|e| e.to_string())?),
@@ -1172,6 +1386,7 @@ impl Device for VerbsDevice {
     const DESCRIPTION: &'static CStr = c"RDMA transport over ibverbs RC queue pairs: eager SENDs under credits, RDMA READ rendezvous, TCP side channel for bootstrap";
     const KIND: DeviceKind = DeviceKind::Transport;
     const PARAMS: &'static [vmi_device::abi::VmiParamSpec] = PARAMS;
+    const RDMA_ACCESS: bool = true;
     type Frame = VerbsFrame;
 
     fn create(host: Host, config: &Config) -> Result<Self, String> {
@@ -1207,6 +1422,12 @@ impl Device for VerbsDevice {
             more: false,
             nic_fired: false,
             delivered: 0,
+            regcache: RegCache::new(1024),
+            bounce: None,
+            published: HashMap::new(),
+            next_published: 0,
+            next_rdma: 0,
+            rdma_ops: 0,
         };
         d.listen()?;
         Ok(d)
@@ -1222,11 +1443,7 @@ impl Device for VerbsDevice {
     }
 
     fn reach(&mut self, host: &str, _key: &str) -> Result<(), String> {
-        let (h, _) = split_host_port(host)?;
-        if h.is_empty() && !host.is_empty() {
-            return Err(format!("'{host}' names no host"));
-        }
-        Ok(())
+        vmi_device::dial::check_host(host)
     }
 
     fn submit(&mut self, mut irb: Irb) -> Disposition {
@@ -1443,12 +1660,64 @@ impl Device for VerbsDevice {
         (fd, next)
     }
 
+    // The pointer comes from the host, which keeps it valid (the trait's contract); the
+    // device hands it to the NIC and never dereferences it.
+    #[allow(clippy::not_unsafe_ptr_arg_deref)]
+    fn register(&mut self, base: *mut u8, len: usize) -> u64 {
+        // SAFETY: the host keeps the memory mapped until `deregister` (Device::register's
+        // contract); it is the application's published buffer, open to the peer's reads and
+        // writes by the application's choice, and the device never reads or writes it itself.
+        #[allow(unsafe_code)]
+        let mr = match unsafe { self.nic.register(base, len, Access::RemoteReadWrite) } {
+            Ok(mr) => mr,
+            Err(e) => {
+                log::warn!(
+                    "verbs: cannot register {len} bytes for RDMA: {e}; the peer reaches them through messages"
+                );
+                return 0;
+            }
+        };
+        self.next_published = self.next_published.wrapping_add(1).max(1);
+        while self.published.contains_key(&self.next_published) {
+            self.next_published = self.next_published.wrapping_add(1).max(1);
+        }
+        self.published.insert(self.next_published, mr);
+        (u64::from(self.next_published) << 32) | u64::from(mr.rkey)
+    }
+
+    fn deregister(&mut self, handle: u64) {
+        if let Some(mr) = self.published.remove(&((handle >> 32) as u32)) {
+            self.nic.deregister(mr);
+        }
+    }
+
+    fn rdma_access(
+        &mut self,
+        conn: u64,
+        write: bool,
+        remote: u64,
+        key: Option<&VmiRdmaKey>,
+        segs: &[VmiSeg],
+    ) -> Option<Status> {
+        let rkey = key.map_or(0, |k| k.remote_key);
+        if rkey == 0 {
+            return None; // the peer's transport registered nothing: messages
+        }
+        let idx = *self.by_vmi.get(&conn)?;
+        Some(self.one_sided(idx, write, remote, rkey, segs))
+    }
+
     fn get_attr(&self, name: &str) -> Option<String> {
         match name {
             "nic" => Some(self.nic.describe()),
             "listen_port" => Some(self.listen_port.to_string()),
             "connections" => Some(self.by_vmi.len().to_string()),
             "delivered" => Some(self.delivered.to_string()),
+            "rdma_ops" => Some(self.rdma_ops.to_string()),
+            "regcache" => Some(match self.regcache.off_reason() {
+                Some(why) => format!("{why}; {:?}", self.regcache.stats()),
+                None => format!("{:?}", self.regcache.stats()),
+            }),
             "protocols" => Some(format!(
                 "eager (one SEND into a posted receive buffer, {} per peer) up to {} bytes (eager_max; the smaller of the two sides' is used); rendezvous above: the receiver reads the fragment with RDMA READ",
                 self.cfg.credits, self.cfg.eager_max
@@ -1464,6 +1733,14 @@ impl Drop for VerbsDevice {
             if let Some(mut c) = self.conns[idx].take() {
                 c.release(self.nic.as_mut());
             }
+        }
+        let nic = &mut self.nic;
+        self.regcache.clear(&mut |mr| nic.deregister(mr));
+        if let Some(b) = self.bounce.take() {
+            b.release(nic.as_mut());
+        }
+        for (_, mr) in self.published.drain() {
+            nic.deregister(mr);
         }
     }
 }

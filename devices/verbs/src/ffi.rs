@@ -281,11 +281,13 @@ pub const IBV_QP_DEST_QPN: c_int = 1 << 20;
 pub const IBV_ACCESS_LOCAL_WRITE: c_int = 1;
 pub const IBV_ACCESS_REMOTE_WRITE: c_int = 1 << 1;
 pub const IBV_ACCESS_REMOTE_READ: c_int = 1 << 2;
+pub const IBV_WR_RDMA_WRITE: c_uint = 0;
 pub const IBV_WR_SEND: c_uint = 2;
 pub const IBV_WR_RDMA_READ: c_uint = 4;
 pub const IBV_SEND_SIGNALED: c_uint = 1 << 1;
 pub const IBV_WC_SUCCESS: c_uint = 0;
 pub const IBV_WC_SEND: c_uint = 0;
+pub const IBV_WC_RDMA_WRITE: c_uint = 1;
 pub const IBV_WC_RDMA_READ: c_uint = 2;
 pub const IBV_WC_RECV: c_uint = 1 << 7;
 pub const IBV_PORT_ACTIVE: c_uint = 4;
@@ -625,11 +627,13 @@ pub fn layout() -> Vec<(&'static str, usize)> {
         ("IBV_ACCESS_LOCAL_WRITE", IBV_ACCESS_LOCAL_WRITE as usize),
         ("IBV_ACCESS_REMOTE_WRITE", IBV_ACCESS_REMOTE_WRITE as usize),
         ("IBV_ACCESS_REMOTE_READ", IBV_ACCESS_REMOTE_READ as usize),
+        ("IBV_WR_RDMA_WRITE", IBV_WR_RDMA_WRITE as usize),
         ("IBV_WR_SEND", IBV_WR_SEND as usize),
         ("IBV_WR_RDMA_READ", IBV_WR_RDMA_READ as usize),
         ("IBV_SEND_SIGNALED", IBV_SEND_SIGNALED as usize),
         ("IBV_WC_SUCCESS", IBV_WC_SUCCESS as usize),
         ("IBV_WC_SEND", IBV_WC_SEND as usize),
+        ("IBV_WC_RDMA_WRITE", IBV_WC_RDMA_WRITE as usize),
         ("IBV_WC_RDMA_READ", IBV_WC_RDMA_READ as usize),
         ("IBV_WC_RECV", IBV_WC_RECV as usize),
         ("IBV_PORT_ACTIVE", IBV_PORT_ACTIVE as usize),

@@ -13,7 +13,7 @@ use std::os::fd::RawFd;
 use std::ptr;
 
 use crate::ffi::*;
-use crate::nic::{Address, Completion, Kind, Mr, Nic, NicError, Remote, Sge};
+use crate::nic::{Access, Address, Completion, Kind, Mr, Nic, NicError, Remote, Sge};
 
 /// Where the NIC is and how it is used.
 #[derive(Clone, Debug)]
@@ -223,22 +223,39 @@ impl IbvNic {
         Ok(())
     }
 
-    fn send_wr(wr_id: u64, sge: &mut IbvSge, opcode: u32) -> IbvSendWr {
-        IbvSendWr {
+    /// Posts one signalled work request of `opcode` on `sge` (at the peer's `remote_addr`
+    /// with `rkey` for RDMA READ and WRITE).
+    fn post_op(
+        &mut self,
+        qpn: u32,
+        wr_id: u64,
+        sge: Sge,
+        opcode: u32,
+        remote_addr: u64,
+        rkey: u32,
+    ) -> Result<(), NicError> {
+        let qp = self.qp(qpn, "ibv_post_send")?;
+        let mut s = IbvSge {
+            addr: sge.addr,
+            length: sge.len,
+            lkey: sge.lkey,
+        };
+        let mut wr = IbvSendWr {
             wr_id,
             next: ptr::null_mut(),
-            sg_list: sge,
+            sg_list: &mut s,
             num_sge: 1,
             opcode,
             send_flags: IBV_SEND_SIGNALED,
             imm_data: 0,
-            rdma_remote_addr: 0,
-            rdma_rkey: 0,
+            rdma_remote_addr: remote_addr,
+            rdma_rkey: rkey,
             _wr_rest: [0; 5],
             qp_type: 0,
             _pad: 0,
             _bind_mw_or_tso: [0; 6],
-        }
+        };
+        self.post(qp, &mut wr)
     }
 }
 
@@ -391,12 +408,14 @@ impl Nic for IbvNic {
         &mut self,
         addr: *mut u8,
         len: usize,
-        remote_read: bool,
+        access: Access,
     ) -> Result<Mr, NicError> {
-        let mut access = IBV_ACCESS_LOCAL_WRITE;
-        if remote_read {
-            access |= IBV_ACCESS_REMOTE_READ;
-        }
+        let access = IBV_ACCESS_LOCAL_WRITE
+            | match access {
+                Access::Local => 0,
+                Access::RemoteRead => IBV_ACCESS_REMOTE_READ,
+                Access::RemoteReadWrite => IBV_ACCESS_REMOTE_READ | IBV_ACCESS_REMOTE_WRITE,
+            };
         // SAFETY: a live protection domain; the caller's contract covers the memory.
         let mr = unsafe { (self.verbs.fns.reg_mr)(self.pd, addr.cast(), len, access) };
         if mr.is_null() {
@@ -443,14 +462,7 @@ impl Nic for IbvNic {
     }
 
     fn post_send(&mut self, qpn: u32, wr_id: u64, sge: Sge) -> Result<(), NicError> {
-        let qp = self.qp(qpn, "ibv_post_send")?;
-        let mut s = IbvSge {
-            addr: sge.addr,
-            length: sge.len,
-            lkey: sge.lkey,
-        };
-        let mut wr = Self::send_wr(wr_id, &mut s, IBV_WR_SEND);
-        self.post(qp, &mut wr)
+        self.post_op(qpn, wr_id, sge, IBV_WR_SEND, 0, 0)
     }
 
     fn post_read(
@@ -461,16 +473,18 @@ impl Nic for IbvNic {
         remote_addr: u64,
         rkey: u32,
     ) -> Result<(), NicError> {
-        let qp = self.qp(qpn, "ibv_post_send")?;
-        let mut s = IbvSge {
-            addr: sge.addr,
-            length: sge.len,
-            lkey: sge.lkey,
-        };
-        let mut wr = Self::send_wr(wr_id, &mut s, IBV_WR_RDMA_READ);
-        wr.rdma_remote_addr = remote_addr;
-        wr.rdma_rkey = rkey;
-        self.post(qp, &mut wr)
+        self.post_op(qpn, wr_id, sge, IBV_WR_RDMA_READ, remote_addr, rkey)
+    }
+
+    fn post_write(
+        &mut self,
+        qpn: u32,
+        wr_id: u64,
+        sge: Sge,
+        remote_addr: u64,
+        rkey: u32,
+    ) -> Result<(), NicError> {
+        self.post_op(qpn, wr_id, sge, IBV_WR_RDMA_WRITE, remote_addr, rkey)
     }
 
     fn poll(&mut self, out: &mut Vec<Completion>, max: usize) -> usize {
@@ -495,6 +509,8 @@ impl Nic for IbvNic {
                 Kind::Recv
             } else if wc.opcode == IBV_WC_RDMA_READ {
                 Kind::Read
+            } else if wc.opcode == IBV_WC_RDMA_WRITE {
+                Kind::Write
             } else {
                 Kind::Send
             };

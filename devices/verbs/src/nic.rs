@@ -88,6 +88,17 @@ pub struct Remote {
     pub addr: Address,
 }
 
+/// What a registration allows beyond the local NIC's access.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Only this side's work requests (the NIC writes it for receives and reads).
+    Local,
+    /// Also the peer's RDMA READ (a large fragment the peer fetches).
+    RemoteRead,
+    /// Also the peer's RDMA READ and WRITE (a published RDMA buffer).
+    RemoteReadWrite,
+}
+
 /// A registration: the keys work requests name it by.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Mr {
@@ -119,6 +130,8 @@ pub enum Kind {
     Recv,
     /// An RDMA READ posted here.
     Read,
+    /// An RDMA WRITE posted here.
+    Write,
 }
 
 /// A work completion.
@@ -150,20 +163,22 @@ pub trait Nic {
     fn connect_qp(&mut self, qpn: u32, psn: u32, remote: &Remote) -> Result<(), NicError>;
     /// Destroys a queue pair; its outstanding work requests are dropped.
     fn destroy_qp(&mut self, qpn: u32);
-    /// Registers `len` bytes at `addr` for local writes and, when `remote_read`, for the
-    /// peer's RDMA READ. Work requests are checked against registrations (key and range), so
+    /// Registers `len` bytes at `addr` for local writes and what `access` adds. Work requests are checked against registrations (key and range), so
     /// posting them is safe; registering is where the promise is made.
     ///
     /// # Safety
-    /// `addr..addr+len` must be memory the caller owns, valid for reads and writes, and not
-    /// read or written through Rust references while work requests naming it are
-    /// outstanding, until [`Nic::deregister`] (the device registers only buffers it owns and
-    /// deregisters them before it frees them).
+    /// `addr..addr+len` must be valid for reads and writes, and not read or written through
+    /// Rust references, whenever a work request naming it is outstanding, and whenever the
+    /// peer may reach it (a registration with remote access). A registration with local
+    /// access alone may outlive its memory as long as no work request names it afterwards (a
+    /// registration cache's entries do: the cache drops them when the memory goes away). A
+    /// NIC touches registered memory only for work requests (hardware: through the pages it
+    /// pinned at registration).
     unsafe fn register(
         &mut self,
         addr: *mut u8,
         len: usize,
-        remote_read: bool,
+        access: Access,
     ) -> Result<Mr, NicError>;
     /// Undoes [`Nic::register`].
     fn deregister(&mut self, mr: Mr);
@@ -174,6 +189,15 @@ pub trait Nic {
     /// Posts an RDMA READ of `sge.len` bytes at the peer's `remote_addr` (key `rkey`) into
     /// `sge` (signalled).
     fn post_read(
+        &mut self,
+        qpn: u32,
+        wr_id: u64,
+        sge: Sge,
+        remote_addr: u64,
+        rkey: u32,
+    ) -> Result<(), NicError>;
+    /// Posts an RDMA WRITE of `sge` to the peer's `remote_addr` (key `rkey`) (signalled).
+    fn post_write(
         &mut self,
         qpn: u32,
         wr_id: u64,

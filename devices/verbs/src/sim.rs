@@ -23,7 +23,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
-use crate::nic::{Address, Completion, Kind, Mr, Nic, NicError, Remote, Sge};
+use crate::nic::{Access, Address, Completion, Kind, Mr, Nic, NicError, Remote, Sge};
 
 /// Largest work request a simulated queue pair takes (bytes).
 const MAX_MESSAGE: u64 = 1 << 31;
@@ -45,7 +45,7 @@ struct Region {
     nic: u64,
     addr: u64,
     len: u64,
-    remote_read: bool,
+    access: Access,
 }
 
 #[derive(Default)]
@@ -168,6 +168,66 @@ impl Drop for SimNic {
     }
 }
 
+impl SimNic {
+    /// An RDMA READ (`write` false) or WRITE of `sge` at the peer's `remote_addr`.
+    fn one_sided(
+        &mut self,
+        qpn: u32,
+        wr_id: u64,
+        sge: Sge,
+        remote_addr: u64,
+        rkey: u32,
+        write: bool,
+    ) {
+        let mut f = fabric();
+        let id = self.id;
+        let kind = if write { Kind::Write } else { Kind::Read };
+        if !f.local_ok(id, &sge) {
+            return f.fail(id, qpn, wr_id, kind, "local protection error");
+        }
+        let remote_nic = match f.peer(id, qpn) {
+            Ok((_, n)) => n,
+            Err(why) => return f.fail(id, qpn, wr_id, kind, why),
+        };
+        let len = u64::from(sge.len);
+        let allowed = len <= MAX_MESSAGE
+            && f.regions.get(&rkey).is_some_and(|r| {
+                r.nic == remote_nic
+                    && match r.access {
+                        Access::Local => false,
+                        Access::RemoteRead => !write,
+                        Access::RemoteReadWrite => true,
+                    }
+                    && remote_addr >= r.addr
+                    && remote_addr
+                        .checked_add(len)
+                        .is_some_and(|end| end <= r.addr + r.len)
+            });
+        if !allowed {
+            return f.fail(id, qpn, wr_id, kind, "remote access error");
+        }
+        let (from, to) = if write {
+            (sge.addr, remote_addr)
+        } else {
+            (remote_addr, sge.addr)
+        };
+        // SAFETY: the remote range lies inside the peer's live registration that allows this
+        // access, and the local one inside a live local registration (both checked); see
+        // `post_send`.
+        unsafe { std::ptr::copy(from as *const u8, to as *mut u8, sge.len as usize) };
+        f.push(
+            id,
+            Completion {
+                wr_id,
+                qpn,
+                kind,
+                len: sge.len,
+                error: None,
+            },
+        );
+    }
+}
+
 impl Nic for SimNic {
     fn describe(&self) -> String {
         format!("sim{} (software NIC, this process only)", self.id)
@@ -236,7 +296,7 @@ impl Nic for SimNic {
         &mut self,
         addr: *mut u8,
         len: usize,
-        remote_read: bool,
+        access: Access,
     ) -> Result<Mr, NicError> {
         let mut f = fabric();
         f.next_key = f.next_key.wrapping_add(1).max(1);
@@ -250,7 +310,7 @@ impl Nic for SimNic {
                 nic: self.id,
                 addr: addr as u64,
                 len: len as u64,
-                remote_read,
+                access,
             },
         );
         Ok(Mr {
@@ -359,52 +419,19 @@ impl Nic for SimNic {
         remote_addr: u64,
         rkey: u32,
     ) -> Result<(), NicError> {
-        let mut f = fabric();
-        let id = self.id;
-        if !f.local_ok(id, &sge) {
-            f.fail(id, qpn, wr_id, Kind::Read, "local protection error");
-            return Ok(());
-        }
-        let remote_nic = match f.peer(id, qpn) {
-            Ok((_, n)) => n,
-            Err(why) => {
-                f.fail(id, qpn, wr_id, Kind::Read, why);
-                return Ok(());
-            }
-        };
-        let len = u64::from(sge.len);
-        let allowed = len <= MAX_MESSAGE
-            && f.regions.get(&rkey).is_some_and(|r| {
-                r.nic == remote_nic
-                    && r.remote_read
-                    && remote_addr >= r.addr
-                    && remote_addr
-                        .checked_add(len)
-                        .is_some_and(|end| end <= r.addr + r.len)
-            });
-        if !allowed {
-            f.fail(id, qpn, wr_id, Kind::Read, "remote access error");
-            return Ok(());
-        }
-        // SAFETY: the source lies inside the peer's live registration for remote reads and
-        // the destination inside a live local one (both checked); see `post_send`.
-        unsafe {
-            std::ptr::copy(
-                remote_addr as *const u8,
-                sge.addr as *mut u8,
-                sge.len as usize,
-            )
-        };
-        f.push(
-            id,
-            Completion {
-                wr_id,
-                qpn,
-                kind: Kind::Read,
-                len: sge.len,
-                error: None,
-            },
-        );
+        self.one_sided(qpn, wr_id, sge, remote_addr, rkey, false);
+        Ok(())
+    }
+
+    fn post_write(
+        &mut self,
+        qpn: u32,
+        wr_id: u64,
+        sge: Sge,
+        remote_addr: u64,
+        rkey: u32,
+    ) -> Result<(), NicError> {
+        self.one_sided(qpn, wr_id, sge, remote_addr, rkey, true);
         Ok(())
     }
 
@@ -471,8 +498,8 @@ mod tests {
         // SAFETY: both buffers outlive their registrations (deregistered below).
         let (ma, mb) = unsafe {
             (
-                a.register(ba.as_ptr(), 64, true).unwrap(),
-                b.register(bb.as_ptr(), 64, false).unwrap(),
+                a.register(ba.as_ptr(), 64, Access::RemoteRead).unwrap(),
+                b.register(bb.as_ptr(), 64, Access::Local).unwrap(),
             )
         };
         // SAFETY: nothing is posted on these bytes yet.
@@ -530,11 +557,50 @@ mod tests {
         out.clear();
         let ba2 = DmaBuf::new(8);
         // SAFETY: ba2 outlives the registration (the NIC drops it at the end of the test).
-        let m2 = unsafe { a.register(ba2.as_ptr(), 8, false).unwrap() };
+        let m2 = unsafe { a.register(ba2.as_ptr(), 8, Access::Local).unwrap() };
         a.post_send(qa, 14, sge(&ba2, m2, 0, 1)).unwrap();
         a.poll(&mut out, 8);
         assert_eq!(out[0].error, Some("transport retry counter exceeded"));
         a.deregister(m2);
+    }
+
+    #[test]
+    fn writes_need_remote_write_access_and_land_in_range() {
+        let (mut a, mut b, qa, _qb) = pair();
+        let (ba, bb, bc) = (DmaBuf::new(64), DmaBuf::new(64), DmaBuf::new(64));
+        // SAFETY: the buffers outlive their registrations (deregistered below).
+        let (ma, mb, mc) = unsafe {
+            (
+                a.register(ba.as_ptr(), 64, Access::Local).unwrap(),
+                b.register(bb.as_ptr(), 64, Access::RemoteReadWrite)
+                    .unwrap(),
+                b.register(bc.as_ptr(), 64, Access::RemoteRead).unwrap(),
+            )
+        };
+        // SAFETY: nothing is posted on `ba` yet.
+        unsafe { assert!(ba.write(0, b"put!")) };
+        let mut out = vec![];
+        a.post_write(qa, 1, sge(&ba, ma, 0, 4), bb.addr(60), mb.rkey)
+            .unwrap();
+        a.post_write(qa, 2, sge(&ba, ma, 0, 4), bb.addr(61), mb.rkey)
+            .unwrap();
+        a.post_write(qa, 3, sge(&ba, ma, 0, 4), bc.addr(0), mc.rkey)
+            .unwrap();
+        a.poll(&mut out, 8);
+        assert_eq!((out[0].kind, out[0].error), (Kind::Write, None));
+        // SAFETY: the write completed.
+        assert_eq!(unsafe { bb.slice(60, 4) }, Some(&b"put!"[..]));
+        assert_eq!(out[1].error, Some("remote access error"), "past the end");
+        assert_eq!(
+            out[2].error,
+            Some("remote access error"),
+            "read-only memory"
+        );
+        // SAFETY: no write landed there.
+        assert_eq!(unsafe { bc.slice(0, 4) }, Some(&[0u8; 4][..]));
+        a.deregister(ma);
+        b.deregister(mb);
+        b.deregister(mc);
     }
 
     #[test]
@@ -544,8 +610,8 @@ mod tests {
         // SAFETY: both buffers outlive the NICs' use of them (deregistered below).
         let (ma, mb) = unsafe {
             (
-                a.register(ba.as_ptr(), 8, false).unwrap(),
-                b.register(bb.as_ptr(), 8, false).unwrap(),
+                a.register(ba.as_ptr(), 8, Access::Local).unwrap(),
+                b.register(bb.as_ptr(), 8, Access::Local).unwrap(),
             )
         };
         let readable = |n: &SimNic| {

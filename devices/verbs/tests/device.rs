@@ -357,7 +357,10 @@ fn a_hostile_queue_pair_peer_loses_its_connection() {
         s.write_all(&Control::Ready.emit()).unwrap();
         let buf = DmaBuf::new(4096);
         // SAFETY: `buf` outlives the registration (the NIC is dropped first).
-        let mr = unsafe { nic.register(buf.as_ptr(), 4096, false).unwrap() };
+        let mr = unsafe {
+            nic.register(buf.as_ptr(), 4096, vmi_verbs::nic::Access::Local)
+                .unwrap()
+        };
         let bytes = frame.encode();
         // SAFETY: nothing is posted on the buffer yet.
         unsafe { assert!(buf.write(0, &bytes)) };

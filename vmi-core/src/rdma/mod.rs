@@ -195,6 +195,10 @@ pub(crate) struct Rdma {
     last: Option<(ConnId, u64, Reach)>,
     /// Ids of ops that ended at once (one-sided): counted, never in the initiator's table.
     next_quick: u64,
+    /// Published buffers the connection's transport registered for the peer's one-sided
+    /// access (an RDMA NIC's memory registration), by publish id: the transport and its
+    /// handle, deregistered when the buffer is released or its connection closes.
+    regs: HashMap<u64, (crate::slot::DevIndex, u64)>,
 }
 
 /// The bit that marks the id of an op that ended at once (no table key has it: generations
@@ -312,8 +316,23 @@ pub(crate) fn publish(
         withdrawn: false,
         one_sided,
     });
-    // Over a connection that can reach it one-sided, the address and the memfd behind it.
-    let attach = one_sided.then(|| region.attach(range.start)).flatten();
+    // Over a connection that can reach it one-sided, the address and the memfd behind it,
+    // and the transport's key for it when the transport registers memory (an RDMA NIC: the
+    // registration gives the peer remote access to exactly this range until the release).
+    let mut attach = one_sided.then(|| region.attach(range.start)).flatten();
+    if let Some(a) = attach.as_mut()
+        && let Some(t) = one_sided_transport(core, conn)
+    {
+        let base = (region.addr() + range.start) as *mut u8;
+        // SAFETY: the range lies in the region (checked above), and the region's memory
+        // stays mapped while the publish holds its handle, which it does until `unregister`.
+        #[allow(unsafe_code)]
+        let handle = unsafe { core.engine.register_range(t, base, range.len()) };
+        if handle != 0 {
+            a.key = handle as u32;
+            core.rdma.regs.insert(id, (t, handle));
+        }
+    }
     let kind = Kind::Publish {
         buffer: id,
         addr: if one_sided {
@@ -333,9 +352,17 @@ pub(crate) fn publish(
     };
     if let Err(e) = transmit(core, conn, kind, parts, mode) {
         core.rdma.target.release(conn, id);
+        unregister(core, id);
         return Err(e);
     }
     Ok(PublishId(id))
+}
+
+/// Undoes the transport's registration of published buffer `id`, if it made one.
+fn unregister(core: &mut Core, id: u64) {
+    if let Some((t, handle)) = core.rdma.regs.remove(&id) {
+        core.engine.deregister_handle(t, handle);
+    }
 }
 
 /// Whether `conn`'s transport can move RDMA bytes one-sided and no filter on its chain must
@@ -434,7 +461,7 @@ fn try_one_sided(
     }
     let key = reach.attach.map(|a| crate::abi::VmiRdmaKey {
         fd: a.fd as i32,
-        reserved: 0,
+        remote_key: a.key,
         inode: a.inode,
         offset: a.start + offset,
     });
@@ -979,6 +1006,7 @@ pub(crate) fn handle(core: &mut Core, handler: &mut dyn Handler, conn: ConnId, d
         }
         Kind::Release { buffer } => {
             if core.rdma.target.release(conn, buffer).is_some() {
+                unregister(core, buffer);
                 handler.rdma_released(&mut Ctx::new(core), PublishId(buffer), Status::Ok);
             }
         }
@@ -1116,6 +1144,7 @@ pub(crate) fn conn_closed(core: &mut Core, handler: &mut dyn Handler, conn: Conn
         end_op(core, handler, o, status, detail);
     }
     for (id, e) in core.rdma.target.conn_closed(conn) {
+        unregister(core, id);
         if e.one_sided {
             // The peer may not have seen the close yet and write once more: keep the
             // addresses reserved when the application drops the region.

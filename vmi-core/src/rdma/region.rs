@@ -203,6 +203,7 @@ impl Region {
         let st = rustix::fs::fstat(fd).ok()?;
         Some(super::wire::Attach {
             fd: u32::try_from(fd.as_raw_fd()).ok()?,
+            key: 0,
             inode: st.st_ino,
             start: start as u64,
         })

@@ -12,7 +12,9 @@
 //!   application's value, `offset` the publisher's 64-bit tag for it (VMI's `remoteCtx`), `op`
 //!   its address in the publisher when the connection can reach it one-sided (0 otherwise); the payload is the application's payload. With flag bit 1
 //!   the payload starts with a 24-byte attach block naming the memory object behind the
-//!   address (`fd` u32, 0 u32, `inode` u64, `start` u64: the buffer's offset in it).
+//!   address (`fd` u32, `key` u32, `inode` u64, `start` u64: the buffer's offset in it;
+//!   `key` is the remote key the publisher's transport registered the buffer under, 0 when
+//!   it registered none).
 //! - put (17): op `op` writes its payload at `offset` of `buffer`; `len` is the payload's
 //!   length; flag bit 0 asks the target to tell its application.
 //! - put done (18): the target's answer to op `op`'s chunk at `offset`: `status`.
@@ -61,6 +63,9 @@ pub const ATTACH_LEN: usize = 24;
 pub struct Attach {
     /// The memfd's descriptor number in the publisher.
     pub fd: u32,
+    /// The remote key the publisher's transport registered the buffer under (an RDMA NIC's
+    /// rkey), 0 when none.
+    pub key: u32,
     /// Its inode number.
     pub inode: u64,
     /// The buffer's offset in it.
@@ -72,13 +77,14 @@ impl Attach {
     pub fn encode(&self) -> [u8; ATTACH_LEN] {
         let mut b = [0u8; ATTACH_LEN];
         b[0..4].copy_from_slice(&self.fd.to_le_bytes());
+        b[4..8].copy_from_slice(&self.key.to_le_bytes());
         b[8..16].copy_from_slice(&self.inode.to_le_bytes());
         b[16..24].copy_from_slice(&self.start.to_le_bytes());
         b
     }
 
     fn decode(b: &[u8]) -> Option<Attach> {
-        if b.len() < ATTACH_LEN || b[4..8] != [0; 4] {
+        if b.len() < ATTACH_LEN {
             return None;
         }
         let u64_at = |i: usize| {
@@ -88,6 +94,7 @@ impl Attach {
         };
         Some(Attach {
             fd: u32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+            key: u32::from_le_bytes([b[4], b[5], b[6], b[7]]),
             inode: u64_at(8),
             start: u64_at(16),
         })
@@ -610,6 +617,7 @@ mod tests {
     fn a_publish_carries_its_attach_block_ahead_of_the_payload() {
         let attach = Attach {
             fd: 7,
+            key: 0xfeed_beef,
             inode: 1234,
             start: 4096,
         };
