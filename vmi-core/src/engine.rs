@@ -1182,10 +1182,16 @@ impl Engine {
         }
     }
 
-    /// Registers a buffer's memory with every transport that has a `register` hook.
+    /// Registers a buffer's memory for sending with every transport that has a `register`
+    /// hook — except transports with one-sided access (`rdma_access`), for which `register`
+    /// opens memory to the peer's reads and writes: they are asked only for buffers the
+    /// application publishes ([`Engine::register_range`]).
     pub fn register(&mut self, buffer: &mut Buffer) {
         let (base, len) = (buffer.as_ptr() as *mut u8, buffer.len());
         for &t in &self.transports {
+            if self.has_rdma_access(t) {
+                continue;
+            }
             let inst = &self.devices[t as usize];
             if let Some(r) = inst.ty.vtable.register {
                 // SAFETY: live instance; the memory is the buffer's, valid while it lives.

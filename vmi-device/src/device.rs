@@ -202,11 +202,12 @@ pub trait Device: Sized + 'static {
 
     /// Registers memory for sending (VMI 2.1: `VMI_Buffer_Register`), or a buffer the
     /// application publishes for RDMA; returns a handle (0: nothing to undo). The host keeps
-    /// `base..base+len` mapped until [`Device::deregister`]. A transport with
-    /// [`Device::RDMA_ACCESS`] that names memory to peers by a key (an RDMA NIC's rkey) puts
-    /// that key in the handle's low 32 bits and registers for the peer's reads and writes:
-    /// the host sends it with a published buffer, and the peer's transport gets it back in
-    /// [`crate::abi::VmiRdmaKey::remote_key`].
+    /// `base..base+len` mapped until [`Device::deregister`]. For a transport with
+    /// [`Device::RDMA_ACCESS`] the host calls it only for a buffer the application publishes
+    /// to a peer, never for send buffers: a transport that names memory to peers by a key
+    /// (an RDMA NIC's rkey) registers it for the peer's reads and writes and puts that key in
+    /// the handle's low 32 bits; the host sends it with the published buffer, and the peer's
+    /// transport gets it back in [`crate::abi::VmiRdmaKey::remote_key`].
     fn register(&mut self, _base: *mut u8, _len: usize) -> u64 {
         0
     }

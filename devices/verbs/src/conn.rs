@@ -80,6 +80,59 @@ impl Staged {
     }
 }
 
+/// Registered buffers kept for reuse by power-of-two size class (registering and zeroing
+/// a large buffer per fragment costs more than the transfer): at most `max` bytes idle.
+pub struct StagePool {
+    free: HashMap<usize, Vec<Staged>>,
+    idle: usize,
+    max: usize,
+    access: Access,
+}
+
+impl StagePool {
+    /// A pool of buffers registered with `access`, keeping at most `max` bytes idle.
+    pub fn new(access: Access, max: usize) -> StagePool {
+        StagePool {
+            free: HashMap::new(),
+            idle: 0,
+            max,
+            access,
+        }
+    }
+
+    /// A buffer of at least `len` bytes (its class), reused or new. Its bytes are whatever
+    /// the last use left.
+    pub fn take(&mut self, nic: &mut dyn Nic, len: usize) -> Result<Staged, NicError> {
+        let class = len.max(4096).next_power_of_two();
+        if let Some(s) = self.free.get_mut(&class).and_then(|v| v.pop()) {
+            self.idle -= class;
+            return Ok(s);
+        }
+        Staged::new(nic, class, self.access)
+    }
+
+    /// Gives a buffer back (released when the pool holds enough).
+    pub fn give(&mut self, nic: &mut dyn Nic, s: Staged) {
+        let class = s.buf.len();
+        if self.idle + class <= self.max && class.is_power_of_two() {
+            self.idle += class;
+            self.free.entry(class).or_default().push(s);
+        } else {
+            s.release(nic);
+        }
+    }
+
+    /// Releases every idle buffer.
+    pub fn clear(&mut self, nic: &mut dyn Nic) {
+        for (_, v) in self.free.drain() {
+            for s in v {
+                s.release(nic);
+            }
+        }
+        self.idle = 0;
+    }
+}
+
 /// The queue pair and its fixed buffers.
 pub struct Qp {
     /// Queue pair number.
@@ -167,8 +220,8 @@ impl Qp {
 pub enum Up {
     /// Received in a SEND (copied out of the receive slot).
     Eager(Vec<u8>, Meta),
-    /// Read by RDMA READ into this buffer (already deregistered).
-    Read(DmaBuf, Meta),
+    /// Read by RDMA READ into the first `len` bytes of this buffer.
+    Read(Staged, usize, Meta),
 }
 
 /// One connection.
@@ -199,10 +252,14 @@ pub struct Conn {
     pub pending: HashMap<u64, Irb>,
     /// Large fragments the peer reads, by token.
     pub staged: HashMap<u64, Staged>,
-    /// RDMA READs in flight, by local id: the peer's fragment id and the target.
-    pub reads: HashMap<u64, (u64, Staged)>,
-    /// Reads done, by the peer's fragment id, until the endpoint hands them up.
-    pub read_done: HashMap<u64, DmaBuf>,
+    /// Buffers for large fragments the peer reads, kept for reuse. Per connection: a buffer
+    /// the peer could read once (it knows the key) never carries another peer's data.
+    pub stage_pool: StagePool,
+    /// RDMA READs in flight, by local id: the peer's fragment id, the target and the length.
+    pub reads: HashMap<u64, (u64, Staged, usize)>,
+    /// Reads done, by the peer's fragment id (the buffer and the length read), until the
+    /// endpoint hands them up.
+    pub read_done: HashMap<u64, (Staged, usize)>,
     /// Send IRBs not yet given to the endpoint (not open yet, or the endpoint was busy).
     pub waiting: VecDeque<Irb>,
     /// SENDs waiting for a free send slot: (protocol work request, bytes).
@@ -238,6 +295,7 @@ impl Conn {
             ep: None,
             pending: HashMap::new(),
             staged: HashMap::new(),
+            stage_pool: StagePool::new(Access::RemoteRead, 16 << 20),
             reads: HashMap::new(),
             read_done: HashMap::new(),
             waiting: VecDeque::new(),
@@ -259,11 +317,18 @@ impl Conn {
         for (_, s) in self.staged.drain() {
             s.release(nic);
         }
-        for (_, (_, s)) in self.reads.drain() {
+        for (_, (_, s, _)) in self.reads.drain() {
             s.release(nic);
         }
-        self.read_done.clear();
-        self.up.clear();
+        for (_, (s, _)) in self.read_done.drain() {
+            s.release(nic);
+        }
+        for up in self.up.drain(..) {
+            if let Up::Read(s, _, _) = up {
+                s.release(nic);
+            }
+        }
+        self.stage_pool.clear(nic);
     }
 }
 
@@ -290,4 +355,29 @@ pub fn wr_parts(wr: u64) -> (usize, u64, u64) {
         (wr >> WR_ID_BITS) & 0xf,
         wr & ((1 << WR_ID_BITS) - 1),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::SimNic;
+
+    #[test]
+    fn stage_pools_reuse_registered_buffers_by_class_and_keep_at_most_their_limit() {
+        let mut nic = SimNic::new().unwrap();
+        let mut pool = StagePool::new(Access::Local, 64 * 1024);
+        let a = pool.take(&mut nic, 10_000).unwrap();
+        assert_eq!(a.buf.len(), 16 * 1024, "a power-of-two class");
+        let key = a.mr.lkey;
+        pool.give(&mut nic, a);
+        let b = pool.take(&mut nic, 16 * 1024).unwrap();
+        assert_eq!(b.mr.lkey, key, "the same registration, reused");
+        let big = pool.take(&mut nic, 100_000).unwrap();
+        assert_eq!(big.buf.len(), 128 * 1024);
+        pool.give(&mut nic, b);
+        pool.give(&mut nic, big);
+        assert_eq!(pool.idle, 16 * 1024, "over the limit: released, not kept");
+        pool.clear(&mut nic);
+        assert_eq!(pool.idle, 0);
+    }
 }

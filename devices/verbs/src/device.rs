@@ -35,10 +35,10 @@ use vmi_device::{
 };
 
 use crate::bootstrap::{self, Answer, Control, Hello, QpInfo};
-use crate::buf::DmaBuf;
 use crate::config::{NicKind, PARAMS, VerbsConfig};
 use crate::conn::{
-    Attempt, Conn, Qp, Stage, Staged, Up, WR_RDMA, WR_READ, WR_RECV, WR_SEND, wr_id, wr_parts,
+    Attempt, Conn, Qp, Stage, StagePool, Staged, Up, WR_RDMA, WR_READ, WR_RECV, WR_SEND, wr_id,
+    wr_parts,
 };
 use crate::ibv::{IbvNic, IbvOptions};
 use crate::nic::{Access, Address, Completion, Mr, Nic, Remote, Sge};
@@ -85,7 +85,10 @@ pub struct VerbsDevice {
     by_vmi: HashMap<u64, usize>,
     comps: Vec<Completion>,
     held: HeldBuffers,
-    big: HashMap<u32, DmaBuf>,
+    /// Read fragments handed up, until their IRB completes (then back to `read_pool`).
+    big: HashMap<u32, Staged>,
+    /// Registered buffers large fragments are read into, kept for reuse.
+    read_pool: StagePool,
     next_big: u32,
     next_read: u64,
     budget_left: usize,
@@ -748,7 +751,10 @@ impl VerbsDevice {
         let frag = if eager {
             Fragment::Eager(gather(&irb), meta)
         } else {
-            let staged = match Staged::new(self.nic.as_mut(), len, Access::RemoteRead) {
+            let Some(c) = conn!(self, idx) else {
+                return true;
+            };
+            let staged = match c.stage_pool.take(self.nic.as_mut(), len) {
                 Ok(s) => s,
                 Err(e) => {
                     irb.set_detail(&format!(
@@ -792,7 +798,7 @@ impl VerbsDevice {
             }
             Err(SendError::Busy(_)) => {
                 if let Some(s) = c.staged.remove(&token) {
-                    s.release(self.nic.as_mut());
+                    c.stage_pool.give(self.nic.as_mut(), s);
                 }
                 let Some(c) = conn!(self, idx) else {
                     return true;
@@ -802,7 +808,7 @@ impl VerbsDevice {
             }
             Err(e @ SendError::TooLarge { .. }) => {
                 if let Some(s) = c.staged.remove(&token) {
-                    s.release(self.nic.as_mut());
+                    c.stage_pool.give(self.nic.as_mut(), s);
                 }
                 irb.set_detail(&e.to_string());
                 irb.complete(Status::TooLarge);
@@ -847,7 +853,7 @@ impl VerbsDevice {
                     rkey,
                     len,
                 } => {
-                    let target = match Staged::new(self.nic.as_mut(), len as usize, Access::Local) {
+                    let target = match self.read_pool.take(self.nic.as_mut(), len as usize) {
                         Ok(s) => s,
                         Err(e) => {
                             let why = format!(
@@ -864,7 +870,7 @@ impl VerbsDevice {
                         return;
                     };
                     let sge = target.sge(0, len as usize);
-                    c.reads.insert(id, (msg, target));
+                    c.reads.insert(id, (msg, target, len as usize));
                     if let Err(e) =
                         self.nic
                             .post_read(qpn, wr_id(idx, WR_READ, id), sge, addr, rkey)
@@ -874,15 +880,14 @@ impl VerbsDevice {
                 }
                 Action::Deliver(bytes, meta) => c.up.push_back(Up::Eager(bytes, meta)),
                 Action::DeliverRead { msg, meta } => {
-                    if let Some(buf) = c.read_done.remove(&msg) {
-                        c.up.push_back(Up::Read(buf, meta));
+                    if let Some((buf, len)) = c.read_done.remove(&msg) {
+                        c.up.push_back(Up::Read(buf, len, meta));
                     }
                 }
                 Action::Sent { token } => {
                     let irb = c.pending.remove(&token);
-                    let staged = c.staged.remove(&token);
-                    if let Some(s) = staged {
-                        s.release(self.nic.as_mut());
+                    if let Some(s) = c.staged.remove(&token) {
+                        c.stage_pool.give(self.nic.as_mut(), s);
                     }
                     if let Some(irb) = irb {
                         irb.complete(Status::Ok);
@@ -981,13 +986,11 @@ impl VerbsDevice {
                 }
             }
             WR_READ => {
-                let Some((msg, target)) = c.reads.remove(&id) else {
+                let Some((msg, target, len)) = c.reads.remove(&id) else {
                     return;
                 };
-                let Staged { buf, mr } = target;
-                c.read_done.insert(msg, buf);
+                c.read_done.insert(msg, (target, len));
                 let r = c.ep.as_mut().map(|ep| ep.read_done(msg));
-                self.nic.deregister(mr);
                 if let Some(Err(e)) = r {
                     return self.fail(idx, Status::Internal, &e.to_string(), true);
                 }
@@ -1025,9 +1028,9 @@ impl VerbsDevice {
                     irb.frame::<VerbsFrame>().held = self.held.hold(bytes);
                     push_segment(&mut irb, ptr, len);
                 }
-                Up::Read(buf, meta) => {
+                Up::Read(buf, len, meta) => {
                     irb.set_flags(vmi_device::abi::recv_flags(meta.end, meta.filter));
-                    let (ptr, len) = (buf.as_ptr(), buf.len());
+                    let ptr = buf.buf.as_ptr();
                     self.next_big = self.next_big.wrapping_add(1).max(1);
                     while self.big.contains_key(&self.next_big) {
                         self.next_big = self.next_big.wrapping_add(1).max(1);
@@ -1416,6 +1419,7 @@ impl Device for VerbsDevice {
             comps: Vec::with_capacity(BATCH),
             held: HeldBuffers::default(),
             big: HashMap::new(),
+            read_pool: StagePool::new(Access::Local, 64 << 20),
             next_big: 0,
             next_read: 0,
             budget_left: 0,
@@ -1557,8 +1561,10 @@ impl Device for VerbsDevice {
         if f.held != 0 {
             self.held.release(f.held);
         }
-        if f.big != 0 {
-            self.big.remove(&f.big);
+        if f.big != 0
+            && let Some(s) = self.big.remove(&f.big)
+        {
+            self.read_pool.give(self.nic.as_mut(), s);
         }
     }
 
@@ -1735,6 +1741,10 @@ impl Drop for VerbsDevice {
             }
         }
         let nic = &mut self.nic;
+        for (_, s) in self.big.drain() {
+            s.release(nic.as_mut());
+        }
+        self.read_pool.clear(nic.as_mut());
         self.regcache.clear(&mut |mr| nic.deregister(mr));
         if let Some(b) = self.bounce.take() {
             b.release(nic.as_mut());
