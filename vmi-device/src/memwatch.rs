@@ -11,6 +11,9 @@
 //! once `munmap` has returned, any cache that takes the lock afterwards (every look-up does)
 //! sees the range invalidated: a registration of memory that is gone is impossible to use.
 //!
+//! The price: an unmapping of watched memory waits for the watcher thread to read its event
+//! (a thread switch, microseconds), so the thread never stops while the process runs.
+//!
 //! Unprivileged processes may do this (`UFFD_USER_MODE_ONLY`, Linux 5.11+). Where the kernel
 //! or a sandbox refuses userfaultfd, or refuses a range (memory types write-protect mode does
 //! not support), the caller learns it and does not cache that memory.
@@ -188,14 +191,11 @@ impl Watcher {
             // SAFETY: one valid pollfd.
             let n = unsafe { libc::poll(&mut p, 1, -1) };
             if n < 0 {
-                if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
-                    continue;
+                // The thread must never stop: an unmapping of watched memory waits for it.
+                if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
                 }
-                log::error!(
-                    "memwatch: poll failed ({}); the registration cache stops",
-                    errno()
-                );
-                return;
+                continue;
             }
             let mut log = self.lock();
             loop {

@@ -1,17 +1,20 @@
-//! The ibverbs transport's protocol, free of I/O (quinn-proto's model): what each side of an
-//! RC queue pair sends in its eager SENDs, how receive buffers are accounted for with credits,
-//! and how a large fragment moves by RDMA READ rendezvous. Bytes come in as slices and work
-//! goes out as [`proto::Action`]s (post this send, post this read, deliver these bytes,
-//! complete that fragment); a two-endpoint harness drives both sides in one thread in the
-//! tests, so the protocol and hostile input are tested without RDMA hardware.
+//! # vmi-verbs
 //!
-//! [`bootstrap`] is what the two sides exchange over a TCP side channel before their queue
-//! pairs can talk (queue pair numbers, addresses, packet sequence numbers, receive buffers,
-//! eager limits, with vmi's keys, filter signature and connect data), checked and agreed.
+//! The ibverbs transport: RDMA over reliable-connected queue pairs (InfiniBand or RoCE).
+//! Nothing of it has run on an RDMA NIC yet; everything above the NIC runs in the tests on a
+//! software NIC (`nic = sim`).
 //!
-//! Not built yet: the device that drives this with libibverbs (queue pairs, completion
-//! queues and channels, memory registration, the side channel's sockets). Nothing here has
-//! run on an RDMA NIC.
+//! - [`proto`], [`wire`], [`bootstrap`]: the protocol with no I/O (quinn-proto's model):
+//!   eager SENDs under credits, RDMA READ rendezvous for large fragments, in-order hand-up,
+//!   the side-channel bootstrap (hello, answer, ready) and close (bye with a frame count).
+//!   Bytes come in as slices and work goes out as [`proto::Action`]s; a two-endpoint harness
+//!   drives both sides in one thread.
+//! - [`nic`]: the NIC as a trait; [`ibv`] + [`ffi`]: libibverbs loaded at run time (no RDMA
+//!   package needed to build or test); [`sim`]: the in-process software NIC.
+//! - [`buf`]: registered memory, reached only through raw pointers.
+//! - [`conn`], [`device`]: the device (side-channel sockets, queue pairs, staging pools,
+//!   one-sided puts and gets through `rdma_access` with the registration cache of
+//!   `vmi_device::regcache`).
 #![deny(unsafe_code)]
 
 pub mod bootstrap;
