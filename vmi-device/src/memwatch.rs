@@ -344,4 +344,43 @@ mod tests {
             "munmap seen as soon as it returned: {seen:?}"
         );
     }
+
+    #[test]
+    fn a_forked_child_unmaps_watched_memory_without_waiting() {
+        let w = match watcher() {
+            Ok(w) => w,
+            Err(e) => {
+                eprintln!("skipped: {e}");
+                return;
+            }
+        };
+        let len = 64 * 1024;
+        let p = map(len);
+        // SAFETY: our mapping.
+        unsafe { std::ptr::write_bytes(p, 1, len) };
+        w.watch(p as u64, len as u64).unwrap();
+        // SAFETY: the child calls only async-signal-safe functions (alarm, madvise, munmap,
+        // _exit) and touches only memory it inherited.
+        let child = unsafe { libc::fork() };
+        assert!(child >= 0);
+        if child == 0 {
+            // SAFETY: see above; the alarm kills a child that would hang.
+            unsafe {
+                libc::alarm(10);
+                *p = 2;
+                libc::madvise(p.cast(), 4096, libc::MADV_DONTNEED);
+                libc::munmap(p.cast(), len);
+                libc::_exit(0);
+            }
+        }
+        let mut status = 0;
+        // SAFETY: waits for our own child.
+        assert_eq!(unsafe { libc::waitpid(child, &mut status, 0) }, child);
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "the child hung in munmap (killed by its alarm) or failed: status {status:#x}"
+        );
+        // SAFETY: our mapping.
+        unsafe { libc::munmap(p.cast(), len) };
+    }
 }

@@ -73,6 +73,9 @@ pub struct RegCache<H: Copy> {
     max_entries: usize,
     tick: u64,
     stats: CacheStats,
+    /// The process the cache was made in (a forked child's copy caches nothing: the watcher
+    /// thread stayed in the parent).
+    pid: u32,
     /// Room for the ranges read under the watcher's lock (never grown there: an allocation
     /// could unmap watched memory, and the unmapping would wait for the lock).
     scratch: Vec<(u64, u64)>,
@@ -106,6 +109,7 @@ impl<H: Copy> RegCache<H> {
             max_entries: max_entries.max(1),
             tick: 0,
             stats: CacheStats::default(),
+            pid: std::process::id(),
             scratch: Vec::with_capacity(crate::memwatch::LOG_MAX),
         }
     }
@@ -127,7 +131,22 @@ impl<H: Copy> RegCache<H> {
     /// Takes the watcher's reports: entries whose memory went away stop being found, and
     /// those nobody uses are deregistered now.
     fn sync(&mut self, dereg: &mut impl FnMut(H)) {
-        let Ok(w) = self.watch else { return };
+        if std::process::id() != self.pid {
+            // A forked child: nothing tells it about its unmappings any more.
+            self.watch =
+                Err("off in a forked child (the memory watcher runs in the parent)".into());
+            for e in self.entries.values_mut() {
+                if e.live {
+                    e.live = false;
+                    self.stats.invalidated += 1;
+                }
+            }
+            self.pid = std::process::id();
+        }
+        let Ok(w) = self.watch else {
+            self.drop_unused(dereg);
+            return;
+        };
         self.scratch.clear();
         let cap = self.scratch.capacity();
         let scratch = &mut self.scratch;
