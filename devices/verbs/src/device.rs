@@ -1593,13 +1593,15 @@ impl Device for VerbsDevice {
                 NIC => self.nic_fired = true,
                 Token(t) => {
                     let idx = t - 2;
+                    // A connect in progress learns its outcome from any event: writable when
+                    // it succeeded, an error (or hang-up) when it was refused.
+                    let dialing = conn!(self, idx).is_some_and(|c| c.stage == Stage::Dialing);
+                    if dialing {
+                        self.on_dialed(idx);
+                        continue;
+                    }
                     if writable {
-                        let dialing = conn!(self, idx).is_some_and(|c| c.stage == Stage::Dialing);
-                        if dialing {
-                            self.on_dialed(idx);
-                        } else {
-                            self.flush_side(idx);
-                        }
+                        self.flush_side(idx);
                     }
                     if readable {
                         self.on_readable(idx);

@@ -543,3 +543,52 @@ fn nic_addr(q: &QpInfo) -> vmi_verbs::nic::Address {
         mtu: q.mtu,
     }
 }
+
+#[test]
+fn a_connect_to_a_key_nobody_holds_fails_with_what_was_tried() {
+    let (mut a, _) = start("verbs-lonely");
+    let mut ha = H::default();
+    a.connect("127.0.0.1", "verbs-nobody-has-this-key", b"", 0)
+        .unwrap();
+    let start = Instant::now();
+    while ha.refused.is_none() && ha.conn.is_none() {
+        a.poll(&mut ha);
+        assert!(start.elapsed() < Duration::from_secs(20), "no outcome");
+    }
+    let (status, detail) = ha.refused.clone().expect("refused");
+    assert_eq!(status, Status::Unreachable, "{detail}");
+    assert!(
+        detail.contains("verbs-nobody-has-this-key") && detail.contains("refused"),
+        "{detail}"
+    );
+    assert_eq!(a.connection_count(), 0);
+}
+
+#[test]
+fn a_connect_to_the_wrong_kind_of_listener_moves_on() {
+    // A TCP listener that answers garbage where a verbs answer is due, on the port the key
+    // would be found at first: the connector tries the next port and finally says why.
+    let (mut a, _) = start("verbs-garbage");
+    let mut ha = H::default();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let answerer = std::thread::spawn(move || {
+        if let Ok((mut s, _)) = listener.accept() {
+            let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n");
+            let mut sink = [0u8; 4096];
+            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+            let _ = s.read(&mut sink);
+        }
+    });
+    a.connect(&format!("127.0.0.1:{port}"), "some-key", b"", 0)
+        .unwrap();
+    let start = Instant::now();
+    while ha.refused.is_none() && ha.conn.is_none() {
+        a.poll(&mut ha);
+        assert!(start.elapsed() < Duration::from_secs(20), "no outcome");
+    }
+    let (status, detail) = ha.refused.clone().expect("refused");
+    assert_eq!(status, Status::Unreachable, "{detail}");
+    assert!(detail.contains("1 other keys"), "{detail}");
+    answerer.join().unwrap();
+}
