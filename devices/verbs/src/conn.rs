@@ -257,6 +257,11 @@ pub struct Conn {
     pub stage_pool: StagePool,
     /// RDMA READs in flight, by local id: the peer's fragment id, the target and the length.
     pub reads: HashMap<u64, (u64, Staged, usize)>,
+    /// Bytes of read buffers this connection holds (in flight, done, or waiting to go up).
+    pub read_bytes: usize,
+    /// Reads the peer asked for beyond [`READ_BUDGET`], posted as earlier ones go up:
+    /// (fragment id, address, key, length).
+    pub deferred_reads: VecDeque<(u64, u64, u32, u64)>,
     /// Reads done, by the peer's fragment id (the buffer and the length read), until the
     /// endpoint hands them up.
     pub read_done: HashMap<u64, (Staged, usize)>,
@@ -297,6 +302,8 @@ impl Conn {
             staged: HashMap::new(),
             stage_pool: StagePool::new(Access::RemoteRead, 16 << 20),
             reads: HashMap::new(),
+            read_bytes: 0,
+            deferred_reads: VecDeque::new(),
             read_done: HashMap::new(),
             waiting: VecDeque::new(),
             unsent: VecDeque::new(),
@@ -331,6 +338,11 @@ impl Conn {
         self.stage_pool.clear(nic);
     }
 }
+
+/// The most bytes of read buffers one connection holds before the reads the peer asks for
+/// wait (a peer offering many large fragments at once cannot make this side allocate more);
+/// one read is always allowed, however large (up to `max_fragment`).
+pub const READ_BUDGET: usize = 64 << 20;
 
 /// Work request kinds in the id's bits 36..40.
 pub const WR_RECV: u64 = 1;

@@ -37,8 +37,8 @@ use vmi_device::{
 use crate::bootstrap::{self, Answer, Control, Hello, QpInfo};
 use crate::config::{NicKind, PARAMS, VerbsConfig};
 use crate::conn::{
-    Attempt, Conn, Qp, Stage, StagePool, Staged, Up, WR_RDMA, WR_READ, WR_RECV, WR_SEND, wr_id,
-    wr_parts,
+    Attempt, Conn, Qp, READ_BUDGET, Stage, StagePool, Staged, Up, WR_RDMA, WR_READ, WR_RECV,
+    WR_SEND, wr_id, wr_parts,
 };
 use crate::ibv::{IbvNic, IbvOptions};
 use crate::nic::{Access, Address, Completion, Mr, Nic, Remote, Sge};
@@ -107,6 +107,8 @@ pub struct VerbsDevice {
     next_rdma: u64,
     /// One-sided transfers done (for `vmi-info` and tests).
     rdma_ops: u64,
+    /// The most bytes of read buffers one connection held at once (for tests and tuning).
+    read_bytes_peak: usize,
 }
 
 /// Transfers up to this size are copied through the bounce buffer instead of registering
@@ -853,30 +855,8 @@ impl VerbsDevice {
                     rkey,
                     len,
                 } => {
-                    let target = match self.read_pool.take(self.nic.as_mut(), len as usize) {
-                        Ok(s) => s,
-                        Err(e) => {
-                            let why = format!(
-                                "no registered memory to read a {len}-byte fragment into: {e}"
-                            );
-                            return self.fail(idx, Status::NoResources, &why, true);
-                        }
-                    };
-                    self.next_read += 1;
-                    let id = self.next_read;
-                    let Some(c) = conn!(self, idx) else { return };
-                    let Some(qpn) = c.qp.as_ref().map(|q| q.qpn) else {
-                        target.release(self.nic.as_mut());
-                        return;
-                    };
-                    let sge = target.sge(0, len as usize);
-                    c.reads.insert(id, (msg, target, len as usize));
-                    if let Err(e) =
-                        self.nic
-                            .post_read(qpn, wr_id(idx, WR_READ, id), sge, addr, rkey)
-                    {
-                        return self.fail(idx, Status::ConnectionLost, &e.to_string(), true);
-                    }
+                    c.deferred_reads.push_back((msg, addr, rkey, len));
+                    self.post_reads(idx);
                 }
                 Action::Deliver(bytes, meta) => c.up.push_back(Up::Eager(bytes, meta)),
                 Action::DeliverRead { msg, meta } => {
@@ -893,6 +873,46 @@ impl VerbsDevice {
                         irb.complete(Status::Ok);
                     }
                 }
+            }
+        }
+    }
+
+    /// Posts the reads the peer asked for, in order, while the connection's read buffers
+    /// stay within [`READ_BUDGET`] (one is always allowed).
+    fn post_reads(&mut self, idx: usize) {
+        loop {
+            let Some(c) = conn!(self, idx) else { return };
+            let Some(&(msg, addr, rkey, len)) = c.deferred_reads.front() else {
+                return;
+            };
+            let size = len as usize;
+            if c.read_bytes > 0 && c.read_bytes.saturating_add(size) > READ_BUDGET {
+                return;
+            }
+            let Some(qpn) = c.qp.as_ref().map(|q| q.qpn) else {
+                return;
+            };
+            c.deferred_reads.pop_front();
+            let target = match self.read_pool.take(self.nic.as_mut(), size) {
+                Ok(s) => s,
+                Err(e) => {
+                    let why =
+                        format!("no registered memory to read a {len}-byte fragment into: {e}");
+                    return self.fail(idx, Status::NoResources, &why, true);
+                }
+            };
+            self.next_read += 1;
+            let id = self.next_read;
+            let Some(c) = conn!(self, idx) else { return };
+            c.read_bytes += target.buf.len();
+            self.read_bytes_peak = self.read_bytes_peak.max(c.read_bytes);
+            let sge = target.sge(0, size);
+            c.reads.insert(id, (msg, target, size));
+            if let Err(e) = self
+                .nic
+                .post_read(qpn, wr_id(idx, WR_READ, id), sge, addr, rkey)
+            {
+                return self.fail(idx, Status::ConnectionLost, &e.to_string(), true);
             }
         }
     }
@@ -1007,11 +1027,18 @@ impl VerbsDevice {
                 return;
             };
             if c.vmi == 0 {
-                c.up.clear();
+                // The host is done with the connection: buffers go back, nothing goes up.
+                for up in c.up.drain(..) {
+                    if let Up::Read(s, _, _) = up {
+                        c.read_bytes = c.read_bytes.saturating_sub(s.buf.len());
+                        self.read_pool.give(self.nic.as_mut(), s);
+                    }
+                }
                 return;
             }
             let vmi = c.vmi;
             let Some(up) = c.up.pop_front() else { return };
+            let mut was_read = false;
             let Some(mut irb) = self.host.alloc_irb(Op::Recv, vmi) else {
                 if let Some(c) = conn!(self, idx) {
                     c.up.push_front(up);
@@ -1031,6 +1058,10 @@ impl VerbsDevice {
                 Up::Read(buf, len, meta) => {
                     irb.set_flags(vmi_device::abi::recv_flags(meta.end, meta.filter));
                     let ptr = buf.buf.as_ptr();
+                    if let Some(c) = conn!(self, idx) {
+                        c.read_bytes = c.read_bytes.saturating_sub(buf.buf.len());
+                    }
+                    was_read = true;
                     self.next_big = self.next_big.wrapping_add(1).max(1);
                     while self.big.contains_key(&self.next_big) {
                         self.next_big = self.next_big.wrapping_add(1).max(1);
@@ -1041,6 +1072,9 @@ impl VerbsDevice {
                 }
             }
             irb.pass();
+            if was_read {
+                self.post_reads(idx);
+            }
         }
     }
 
@@ -1432,6 +1466,7 @@ impl Device for VerbsDevice {
             next_published: 0,
             next_rdma: 0,
             rdma_ops: 0,
+            read_bytes_peak: 0,
         };
         d.listen()?;
         Ok(d)
@@ -1722,6 +1757,7 @@ impl Device for VerbsDevice {
             "connections" => Some(self.by_vmi.len().to_string()),
             "delivered" => Some(self.delivered.to_string()),
             "rdma_ops" => Some(self.rdma_ops.to_string()),
+            "read_bytes_peak" => Some(self.read_bytes_peak.to_string()),
             "regcache" => Some(match self.regcache.off_reason() {
                 Some(why) => format!("{why}; {:?}", self.regcache.stats()),
                 None => format!("{:?}", self.regcache.stats()),

@@ -282,6 +282,9 @@ struct Evil {
     qpn: u32,
     buf: DmaBuf,
     mr: vmi_verbs::nic::Mr,
+    /// Receive buffers posted for what the receiver sends back (credits, finishes).
+    _rx: DmaBuf,
+    rx_mr: vmi_verbs::nic::Mr,
     _side: TcpStream,
     next_wr: u64,
 }
@@ -328,11 +331,27 @@ impl Evil {
             nic.register(buf.as_ptr(), 1 << 16, vmi_verbs::nic::Access::RemoteRead)
                 .unwrap()
         };
+        let rx = DmaBuf::new(64 * 2048);
+        // SAFETY: as for `buf`.
+        let rx_mr = unsafe {
+            nic.register(rx.as_ptr(), rx.len(), vmi_verbs::nic::Access::Local)
+                .unwrap()
+        };
+        for i in 0..64 {
+            let sge = Sge {
+                addr: rx.addr(i * 2048),
+                len: 2048,
+                lkey: rx_mr.lkey,
+            };
+            nic.post_recv(qpn, 1 << 40 | i as u64, sge).unwrap();
+        }
         Evil {
             nic,
             qpn,
             buf,
             mr,
+            _rx: rx,
+            rx_mr,
             _side: s,
             next_wr: 1,
         }
@@ -359,7 +378,9 @@ impl Evil {
 
 impl Drop for Evil {
     fn drop(&mut self) {
+        self.nic.destroy_qp(self.qpn);
         self.nic.deregister(self.mr);
+        self.nic.deregister(self.rx_mr);
     }
 }
 
@@ -457,11 +478,8 @@ fn random_frames_from_a_hostile_peer_never_harm_the_receiver() {
                 2 => Body::Rts {
                     msg: rng.below(4),
                     addr: evil.buf.addr(rng.below(1 << 16) as usize),
-                    rkey: if rng.below(2) == 0 {
-                        evil.mr.rkey
-                    } else {
-                        rng.below(1 << 32) as u32
-                    },
+                    // A key no registration has (reads with the peer's real keys are tested above).
+                    rkey: evil.mr.rkey ^ 0x8000_0000,
                     len: rng.below(70_000),
                     meta: Meta::default(),
                 },
@@ -591,4 +609,64 @@ fn a_connect_to_the_wrong_kind_of_listener_moves_on() {
     assert_eq!(status, Status::Unreachable, "{detail}");
     assert!(detail.contains("1 other keys"), "{detail}");
     answerer.join().unwrap();
+}
+
+/// A peer that offers many large fragments at once cannot make the receiver hold more than
+/// its read budget of buffers: the reads beyond it wait, and every fragment still arrives
+/// intact and in order.
+#[test]
+fn large_fragments_offered_at_once_are_read_within_the_budget() {
+    let (mut b, kb) = start("verbs-read-budget");
+    let mut hb = H::default();
+    let mut evil = Evil::connect(&mut b, &mut hb, &kb);
+    let each = 24 << 20;
+    let n = 6u64;
+    let big = DmaBuf::new(each * n as usize);
+    // SAFETY: `big` outlives the registration (deregistered at the end of the test).
+    let mr = unsafe {
+        evil.nic
+            .register(big.as_ptr(), big.len(), vmi_verbs::nic::Access::RemoteRead)
+            .unwrap()
+    };
+    for i in 0..n {
+        let fill = vec![i as u8 + 1; each];
+        // SAFETY: no work request names `big` yet.
+        unsafe { assert!(big.write(i as usize * each, &fill)) };
+        let frame = Frame {
+            seq: i as u32,
+            credits: 0,
+            body: Body::Rts {
+                msg: i + 1,
+                addr: big.addr(i as usize * each),
+                rkey: mr.rkey,
+                len: each as u64,
+                meta: Meta {
+                    end: true,
+                    filter: 0,
+                },
+            },
+        };
+        evil.send(&frame.encode());
+    }
+    let start = Instant::now();
+    while hb.received.len() < n as usize {
+        b.poll(&mut hb);
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{} arrived",
+            hb.received.len()
+        );
+        assert!(hb.gone.is_empty(), "{:?}", hb.gone);
+    }
+    for (i, r) in hb.received.iter().enumerate() {
+        assert_eq!(r.len(), each);
+        assert!(r.iter().all(|&x| x == i as u8 + 1), "fragment {i} intact");
+    }
+    let peak: usize = b.attr_get("t", "read_bytes_peak").unwrap().parse().unwrap();
+    assert!(
+        peak <= vmi_verbs::conn::READ_BUDGET,
+        "{peak} bytes of read buffers held at once"
+    );
+    assert!(peak >= each, "the reads ran");
+    evil.nic.deregister(mr);
 }
