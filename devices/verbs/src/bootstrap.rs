@@ -5,8 +5,9 @@
 //! out, and the agreement both sides reach.
 //!
 //! ```text
-//! hello (56 bytes, then from_key, to_key, signature, connect data):
-//!   0 "VMIV" | 4 version u8 | 5 0 | 6 from_len u8 | 7 to_len u8 | 8 qpn u32 | 12 psn u32
+//! hello (56 bytes, then the nonce when flag bit 0 is set, from_key, to_key, signature,
+//! connect data):
+//!   0 "VMIV" | 4 version u8 | 5 flags u8 | 6 from_len u8 | 7 to_len u8 | 8 qpn u32 | 12 psn u32
 //!   16 lid u16 | 18 mtu u8 | 19 0 | 20 credits u32 | 24 eager_max u32 | 28 sig_len u16
 //!   30 0 u16 | 32 data_len u32 | 36 gid [16] | 52 0 u32
 //! answer (52 bytes, then reason, reply data):
@@ -16,6 +17,12 @@
 //! control (8 bytes, after the answer, either way):
 //!   0 "V" | 1 kind u8 (1 ready, 2 bye) | 2 0 u16 | 4 frames u32 (bye only)
 //! ```
+//!
+//! Authentication (both sides hold a pre-shared key, `vmi_device::auth`): the hello carries
+//! the connector's 32-byte nonce (flag bit 0); the listener answers first with
+//! `vmi_device::auth`'s challenge record (its nonce and its proof), the connector with its
+//! proof record, and only then does the listener take the hello further (the connect request,
+//! the answer). The proofs cover both nonces, both keys and the filter signature.
 //!
 //! After the answer the side channel stays open and carries control messages: the connector
 //! says `ready` once its queue pair can receive (the acceptor sends nothing on its queue pair
@@ -80,6 +87,8 @@ pub struct Hello {
     pub data: Vec<u8>,
     /// Its queue pair.
     pub qp: QpInfo,
+    /// The connector's nonce, when it authenticates (`vmi_device::auth`).
+    pub nonce: Option<[u8; vmi_device::auth::NONCE_LEN]>,
 }
 
 /// The acceptor's answer.
@@ -240,7 +249,7 @@ impl Hello {
         );
         b.extend_from_slice(b"VMIV");
         b.push(VERSION);
-        b.push(0);
+        b.push(u8::from(self.nonce.is_some()));
         b.push(self.from_key.len() as u8);
         b.push(self.to_key.len() as u8);
         put_qp(&mut b, &self.qp);
@@ -249,6 +258,9 @@ impl Hello {
         b.extend_from_slice(&(self.data.len() as u32).to_le_bytes());
         b.extend_from_slice(&self.qp.gid);
         b.extend_from_slice(&[0; 4]);
+        if let Some(n) = &self.nonce {
+            b.extend_from_slice(n);
+        }
         b.extend_from_slice(self.from_key.as_bytes());
         b.extend_from_slice(self.to_key.as_bytes());
         b.extend_from_slice(self.signature.as_bytes());
@@ -272,9 +284,14 @@ impl Hello {
         if b.len() < HELLO_FIXED {
             return Ok(Err(Need(HELLO_FIXED)));
         }
-        if b[5] != 0 || b[30] != 0 || b[31] != 0 || b[52..56] != [0; 4] {
+        if b[5] > 1 || b[30] != 0 || b[31] != 0 || b[52..56] != [0; 4] {
             return Err(BootstrapError::Reserved);
         }
+        let nonce_len = if b[5] == 1 {
+            vmi_device::auth::NONCE_LEN
+        } else {
+            0
+        };
         let (from_len, to_len) = (b[6] as usize, b[7] as usize);
         let sig_len = u16_at(b, 28) as usize;
         let data_len = u32_at(b, 32) as usize;
@@ -282,7 +299,7 @@ impl Hello {
         check_len("connect data", data_len, MAX_DATA)?;
         let qp = get_qp(b, 36)?;
         qp.check()?;
-        let total = HELLO_FIXED + from_len + to_len + sig_len + data_len;
+        let total = HELLO_FIXED + nonce_len + from_len + to_len + sig_len + data_len;
         if b.len() < total {
             return Ok(Err(Need(total)));
         }
@@ -292,6 +309,11 @@ impl Hello {
             at += n;
             part
         };
+        let nonce = (nonce_len > 0).then(|| {
+            let mut n = [0u8; vmi_device::auth::NONCE_LEN];
+            n.copy_from_slice(take(nonce_len));
+            n
+        });
         let from_key = text("key", take(from_len))?;
         let to_key = text("key", take(to_len))?;
         let signature = text("signature", take(sig_len))?;
@@ -303,6 +325,7 @@ impl Hello {
                 signature,
                 data,
                 qp,
+                nonce,
             },
             total,
         )))
@@ -517,6 +540,7 @@ mod tests {
             signature: "send=crc;recv=crc".into(),
             data: b"connect".to_vec(),
             qp: qp(1),
+            nonce: None,
         }
     }
 
@@ -531,7 +555,18 @@ mod tests {
             );
         }
         let (back, used) = Hello::parse(&b).unwrap().unwrap();
-        assert_eq!((back, used), (h, b.len()));
+        assert_eq!((back, used), (h.clone(), b.len()));
+        // With a nonce (authentication): it travels after the fixed part.
+        let h = Hello {
+            nonce: Some([7; 32]),
+            ..h
+        };
+        let b = h.emit();
+        assert!(matches!(
+            Hello::parse(&b[..HELLO_FIXED + 31]),
+            Ok(Err(Need(_)))
+        ));
+        assert_eq!(Hello::parse(&b).unwrap().unwrap(), (h, b.len()));
         let a = Answer {
             accept: true,
             reason: String::new(),

@@ -96,6 +96,7 @@ pub const PARAMS: &[VmiParamSpec] = &[
         c"1024",
         c"most connections at once; more are refused",
     ),
+    vmi_device::auth::KEY_FILE_PARAM,
 ];
 
 /// Which NIC.
@@ -140,6 +141,8 @@ pub struct VerbsConfig {
     pub max_connect_data: u32,
     /// Most connections.
     pub max_connections: usize,
+    /// Key file for authentication (empty: VMI_AUTH_KEY_FILE or none).
+    pub auth_key_file: String,
 }
 
 fn small<T: TryFrom<u64>>(c: &Config, name: &str, what: &str) -> Result<T, String> {
@@ -176,6 +179,7 @@ impl VerbsConfig {
             max_fragment: c.get_u64("max_fragment").map_err(e)?,
             max_connect_data: small(c, "max_connect_data", "a size under 4 GiB")?,
             max_connections: c.get_u64("max_connections").map_err(e)?.max(1) as usize,
+            auth_key_file: c.get("auth_key_file").map_err(e)?.to_string(),
         };
         if cfg.ib_port == 0 {
             return Err("parameter 'ib_port' must be at least 1 (ports count from 1)".into());

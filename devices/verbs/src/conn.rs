@@ -24,6 +24,8 @@ pub enum Stage {
     Hello,
     /// Acceptor: waiting for the peer's hello.
     Accepted,
+    /// Acceptor: challenged an authenticating hello; waiting for the connector's proof.
+    Proving,
     /// Acceptor: the connect request is with the application.
     Requested,
     /// Acceptor: answered; waiting for the connector's `ready`.
@@ -244,6 +246,11 @@ pub struct Conn {
     pub attempt: Option<Attempt>,
     /// Acceptor: the peer's hello (its queue pair's address).
     pub hello: Option<Hello>,
+    /// Authentication: this side's nonce (connector: sent in the hello; acceptor: in the
+    /// challenge), and for the connector whether the listener proved itself.
+    pub nonce: Option<[u8; vmi_device::auth::NONCE_LEN]>,
+    /// Connector: the listener proved it holds the key.
+    pub proven: bool,
     /// The queue pair, once made.
     pub qp: Option<Qp>,
     /// The protocol, once both sides agreed.
@@ -296,6 +303,8 @@ impl Conn {
             deadline: None,
             attempt: None,
             hello: None,
+            nonce: None,
+            proven: false,
             qp: None,
             ep: None,
             pending: HashMap::new(),

@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use mio::{Events, Interest, Poll, Token};
 use vmi_device::abi::{VmiRdmaKey, VmiSeg};
+use vmi_device::auth::{self, AuthKey, Role, Transcript};
 use vmi_device::dial::{Dial, probe_ports, split_host_port};
 use vmi_device::held::HeldBuffers;
 use vmi_device::regcache::RegCache;
@@ -76,6 +77,8 @@ pub struct VerbsDevice {
     nic: Box<dyn Nic>,
     local_key: String,
     signature: String,
+    /// The pre-shared key peers must prove they hold, when this process authenticates.
+    auth: Option<AuthKey>,
     poll: Poll,
     events: Events,
     listener: Option<mio::net::TcpListener>,
@@ -359,6 +362,7 @@ impl VerbsDevice {
             self.cfg.eager_max,
         );
         let (local_key, signature) = (self.local_key.clone(), self.signature.clone());
+        let nonce = self.auth.as_ref().map(|_| auth::nonce());
         let Some(c) = conn!(self, idx) else { return };
         let a = c.attempt.as_ref().expect("a connector has an attempt");
         let hello = Hello {
@@ -367,8 +371,10 @@ impl VerbsDevice {
             signature,
             data: a.data.clone(),
             qp: info,
+            nonce,
         }
         .emit();
+        c.nonce = nonce;
         c.qp = Some(qp);
         c.stage = Stage::Hello;
         self.say(idx, &hello);
@@ -388,14 +394,22 @@ impl VerbsDevice {
                     log::error!("verbs: could not attach reply data");
                 }
                 irb.set_detail(&answer.reason);
+                // The application's refusal is `Rejected` (its reply data goes up); the
+                // device's own refusals carry their reason.
                 let status = if answer.reason.starts_with("filter signature") {
                     Status::Mismatch
-                } else {
+                } else if answer.reason == "rejected by the application" {
                     Status::Rejected
+                } else {
+                    Status::Invalid
                 };
                 irb.complete(status);
             }
             return;
+        }
+        if self.auth.is_some() && !conn!(self, idx).is_some_and(|c| c.proven) {
+            let why = "the listener accepted without proving it holds the authentication key; this process requires authentication";
+            return self.fail(idx, Status::Invalid, why, false);
         }
         let (eager_max, credits) = (self.cfg.eager_max, self.cfg.credits);
         let mine = {
@@ -410,6 +424,7 @@ impl VerbsDevice {
             signature: self.signature.clone(),
             data: vec![],
             qp: answer.qp,
+            nonce: None,
         };
         let agreed = match bootstrap::agree(&local, &self.signature, &as_hello) {
             Ok(a) => a,
@@ -504,6 +519,82 @@ impl VerbsDevice {
             let why = format!("wrong key: this is '{}'", self.local_key);
             return self.refuse(idx, &why);
         }
+        match (&self.auth, hello.nonce) {
+            (Some(key), Some(theirs)) => {
+                // Prove this side first; the connector's proof comes back before anything
+                // of its hello is taken further.
+                let mine = auth::nonce();
+                let proof = key.prove(
+                    Role::Listener,
+                    &Transcript {
+                        connector_nonce: &theirs,
+                        listener_nonce: &mine,
+                        from_key: &hello.from_key,
+                        to_key: &hello.to_key,
+                        signature: &hello.signature,
+                    },
+                );
+                let record = auth::challenge_record(bootstrap::VERSION, &mine, &proof);
+                let Some(c) = conn!(self, idx) else { return };
+                c.nonce = Some(mine);
+                c.hello = Some(hello);
+                c.stage = Stage::Proving;
+                return self.say(idx, &record);
+            }
+            (Some(_), None) => {
+                let peer = conn!(self, idx)
+                    .map(|c| c.peer.to_string())
+                    .unwrap_or_default();
+                log::warn!(
+                    "verbs: refusing {peer}: it does not authenticate, and this process requires it"
+                );
+                return self.refuse(
+                    idx,
+                    "this process requires authentication with a shared key; give the connecting process the same key (verbs parameter auth_key_file or VMI_AUTH_KEY_FILE)",
+                );
+            }
+            (None, Some(_)) => {
+                return self.refuse(
+                    idx,
+                    "this process does not use authentication; give it the same key as the connecting process, or remove the key there",
+                );
+            }
+            (None, None) => {}
+        }
+        self.admit(idx, hello);
+    }
+
+    /// The connector's proof of an authenticating hello.
+    fn on_proof(&mut self, idx: usize, proof: &[u8]) {
+        let Some(c) = conn!(self, idx) else { return };
+        let (Some(hello), Some(mine), Some(key)) = (c.hello.take(), c.nonce, self.auth.as_ref())
+        else {
+            return;
+        };
+        let Some(theirs) = hello.nonce else { return };
+        let t = Transcript {
+            connector_nonce: &theirs,
+            listener_nonce: &mine,
+            from_key: &hello.from_key,
+            to_key: &hello.to_key,
+            signature: &hello.signature,
+        };
+        if !key.verify(Role::Connector, &t, proof) {
+            log::warn!(
+                "verbs: refusing {}: it failed authentication (it does not hold this process's key)",
+                c.peer
+            );
+            return self.refuse(
+                idx,
+                "authentication failed: the connecting process does not hold this process's key",
+            );
+        }
+        self.admit(idx, hello);
+    }
+
+    /// A hello whose key matched (and whose sender proved itself, with authentication): check
+    /// the rest, make the queue pair, and ask the application.
+    fn admit(&mut self, idx: usize, hello: Hello) {
         if hello.data.len() > self.cfg.max_connect_data as usize {
             let why = format!(
                 "connect data of {} bytes is over this side's max_connect_data {}",
@@ -653,6 +744,52 @@ impl VerbsDevice {
             let Some(c) = conn!(self, idx) else { return };
             match c.stage {
                 Stage::Dialing => return,
+                Stage::Hello if c.rx.starts_with(&auth::CHALLENGE_MAGIC) => {
+                    if c.rx.len() < auth::CHALLENGE_LEN {
+                        if c.eof {
+                            return self.next_attempt(
+                                idx,
+                                "the peer closed while challenging",
+                                false,
+                            );
+                        }
+                        return;
+                    }
+                    let challenge = auth::parse_challenge(&c.rx, bootstrap::VERSION);
+                    c.rx.drain(..auth::CHALLENGE_LEN);
+                    let key_name = c
+                        .attempt
+                        .as_ref()
+                        .map(|a| a.dial.key().to_string())
+                        .unwrap_or_default();
+                    let (Some(key), Some(mine), Some((theirs, proof))) =
+                        (self.auth.as_ref(), c.nonce, challenge)
+                    else {
+                        let why = format!(
+                            "'{key_name}' at {} requires authentication; give this process the same key (verbs parameter auth_key_file or VMI_AUTH_KEY_FILE)",
+                            c.peer
+                        );
+                        return self.fail(idx, Status::Invalid, &why, false);
+                    };
+                    let t = Transcript {
+                        connector_nonce: &mine,
+                        listener_nonce: &theirs,
+                        from_key: &self.local_key,
+                        to_key: &key_name,
+                        signature: &self.signature,
+                    };
+                    if !key.verify(Role::Listener, &t, &proof) {
+                        let why = format!(
+                            "the process at {} could not prove it holds the authentication key (another key, or an impostor)",
+                            c.peer
+                        );
+                        return self.fail(idx, Status::Invalid, &why, false);
+                    }
+                    let record =
+                        auth::proof_record(bootstrap::VERSION, &key.prove(Role::Connector, &t));
+                    c.proven = true;
+                    self.say(idx, &record);
+                }
                 Stage::Hello => match Answer::parse(&c.rx) {
                     Ok(Ok((a, used))) => {
                         c.rx.drain(..used);
@@ -665,6 +802,23 @@ impl VerbsDevice {
                     // Not a verbs listener (another program holds the port): try the next.
                     Err(e) => return self.next_attempt(idx, &e.to_string(), true),
                 },
+                Stage::Proving => {
+                    if c.rx.len() < auth::PROOF_RECORD_LEN {
+                        if c.eof {
+                            self.take(idx);
+                        }
+                        return;
+                    }
+                    if self.budget_left == 0 {
+                        return; // the request goes up at a later poll
+                    }
+                    let proof = auth::parse_proof(&c.rx, bootstrap::VERSION);
+                    c.rx.drain(..auth::PROOF_RECORD_LEN);
+                    match proof {
+                        Some(p) => self.on_proof(idx, &p),
+                        None => return self.refuse(idx, "a malformed authentication proof"),
+                    }
+                }
                 Stage::Accepted => {
                     if self.budget_left == 0 {
                         return;
@@ -1087,7 +1241,7 @@ impl VerbsDevice {
                     Stage::Dialing | Stage::Hello => {
                         self.next_attempt(idx, "no answer in time", false);
                     }
-                    Stage::Lingering | Stage::Accepted => {
+                    Stage::Lingering | Stage::Accepted | Stage::Proving => {
                         self.take(idx);
                     }
                     _ => self.fail(
@@ -1428,6 +1582,7 @@ impl Device for VerbsDevice {
 
     fn create(host: Host, config: &Config) -> Result<Self, String> {
         let cfg = VerbsConfig::from_config(config)?;
+        let auth = AuthKey::resolve(&cfg.auth_key_file)?;
         let mut nic = Self::open_nic(&cfg)?;
         let poll = Poll::new().map_err(|e| format!("epoll: {e}"))?;
         if let Some(fd) = nic.fd() {
@@ -1442,6 +1597,7 @@ impl Device for VerbsDevice {
             signature: host.signature(),
             host,
             cfg,
+            auth,
             nic,
             poll,
             events: Events::with_capacity(256),
@@ -1568,7 +1724,11 @@ impl Device for VerbsDevice {
                     return Disposition::Complete(irb, Status::Ok);
                 };
                 match c.stage {
-                    Stage::Dialing | Stage::Hello | Stage::Requested | Stage::Accepted => {
+                    Stage::Dialing
+                    | Stage::Hello
+                    | Stage::Requested
+                    | Stage::Accepted
+                    | Stage::Proving => {
                         self.fail(
                             idx,
                             Status::Cancelled,

@@ -217,6 +217,7 @@ fn hostile_bytes_on_the_side_channel_are_refused_without_harm() {
                 signature: String::new(),
                 data: vec![],
                 qp: QpInfo::none(),
+                nonce: None,
             }
             .emit();
             h.truncate(8);
@@ -244,6 +245,7 @@ fn hostile_bytes_on_the_side_channel_are_refused_without_harm() {
             credits: 8,
             eager_max: 1024,
         },
+        nonce: None,
     };
     s.write_all(&hello.emit()).unwrap();
     let answer = read_answer(&mut s, &mut b, &mut hb);
@@ -310,6 +312,7 @@ impl Evil {
                 credits: 8,
                 eager_max: 1024,
             },
+            nonce: None,
         };
         s.write_all(&hello.emit()).unwrap();
         let answer = read_answer(&mut s, b, hb);
@@ -669,4 +672,75 @@ fn large_fragments_offered_at_once_are_read_within_the_budget() {
     );
     assert!(peak >= each, "the reads ran");
     evil.nic.deregister(mr);
+}
+
+/// A side-channel key file of `content` in `dir`, readable by its owner alone.
+fn key_file(dir: &std::path::Path, name: &str, content: &str) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let p = dir.join(name);
+    std::fs::write(&p, content).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    p.to_str().unwrap().to_string()
+}
+
+fn start_with_key(tag: &str, key_file: Option<&str>) -> (Vmi, String) {
+    vmi_verbs::register_static();
+    let key = unique_key(tag);
+    let mut d = dev();
+    if let Some(f) = key_file {
+        d = d.param("auth_key_file", f);
+    }
+    (Vmi::with_spec(spec(&[], &d), &key).unwrap(), key)
+}
+
+/// The keyed handshake over the side channel: peers holding the key connect; a peer
+/// without it, with another one, or a listener without one are refused with the remedy
+/// before the listening application hears of anything.
+#[test]
+fn only_peers_holding_the_key_connect() {
+    let dir = std::env::temp_dir().join(format!("vmi-verbs-auth-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = key_file(&dir, "good", "correct horse battery staple 42\n");
+    let other = key_file(&dir, "other", "a different secret of some length\n");
+    let cases: [(Option<&str>, Option<&str>, Option<&str>); 4] = [
+        (None, Some(&good), Some("requires authentication")),
+        (
+            Some(&other),
+            Some(&good),
+            Some("could not prove it holds the authentication key"),
+        ),
+        (Some(&good), None, Some("does not use authentication")),
+        (Some(&good), Some(&good), None),
+    ];
+    for (connector, listener, refusal) in cases {
+        let (mut a, _) = start_with_key("verbs-auth-a", connector);
+        let (mut b, kb) = start_with_key("verbs-auth-b", listener);
+        let (mut ha, mut hb) = (H::default(), H::default());
+        a.connect("127.0.0.1", &kb, b"", 0).unwrap();
+        pump(&mut a, &mut ha, &mut b, &mut hb, |ha, _| {
+            ha.conn.is_some() || ha.refused.is_some()
+        });
+        match refusal {
+            Some(text) => {
+                let (status, detail) = ha.refused.clone().expect("refused");
+                assert!(
+                    detail.contains(text) && status != Status::Ok,
+                    "{connector:?} -> {listener:?}: {status:?} {detail}"
+                );
+                // Give the listener time to see the rest: it never asks its application.
+                pump_one(&mut b, &mut hb, 50);
+                assert_eq!(hb.requests, 0, "{connector:?} -> {listener:?}");
+            }
+            None => {
+                let conn = ha.conn.expect("connected");
+                a.send(conn, [Buffer::from(b"proven".to_vec())], 1).unwrap();
+                pump(&mut a, &mut ha, &mut b, &mut hb, |_, hb| {
+                    !hb.received.is_empty()
+                });
+                assert_eq!(hb.received[0], b"proven");
+                assert_eq!(hb.requests, 1);
+            }
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
 }
