@@ -96,6 +96,12 @@ pub const PARAMS: &[VmiParamSpec] = &[
         c"1024",
         c"most connections at once; more are refused",
     ),
+    param(
+        c"cq_entries",
+        VMI_PARAM_UINT,
+        c"65536",
+        c"completion queue entries; connections are limited to what it holds (3 x credits + 64 each)",
+    ),
     vmi_device::auth::KEY_FILE_PARAM,
 ];
 
@@ -143,6 +149,8 @@ pub struct VerbsConfig {
     pub max_connections: usize,
     /// Key file for authentication (empty: VMI_AUTH_KEY_FILE or none).
     pub auth_key_file: String,
+    /// Completion queue entries.
+    pub cq_entries: u32,
 }
 
 fn small<T: TryFrom<u64>>(c: &Config, name: &str, what: &str) -> Result<T, String> {
@@ -180,7 +188,14 @@ impl VerbsConfig {
             max_connect_data: small(c, "max_connect_data", "a size under 4 GiB")?,
             max_connections: c.get_u64("max_connections").map_err(e)?.max(1) as usize,
             auth_key_file: c.get("auth_key_file").map_err(e)?.to_string(),
+            cq_entries: small(c, "cq_entries", "an entry count under 2^32")?,
         };
+        if !(256..=1 << 22).contains(&cfg.cq_entries) {
+            return Err(format!(
+                "parameter 'cq_entries' = {} must be between 256 and 4194304",
+                cfg.cq_entries
+            ));
+        }
         if cfg.ib_port == 0 {
             return Err("parameter 'ib_port' must be at least 1 (ports count from 1)".into());
         }

@@ -473,10 +473,14 @@ impl VerbsDevice {
             };
             match l.accept() {
                 Ok((sock, peer)) => {
-                    if self.by_vmi.len() >= self.cfg.max_connections {
+                    // Every connection counts, bootstrapping ones too (a flood of sockets that
+                    // never say hello cannot take more than the limit).
+                    if self.open_conns() >= self.max_conns() {
                         log::warn!(
-                            "verbs: refusing {peer}: {} connections, the most allowed (max_connections)",
-                            self.cfg.max_connections
+                            "verbs: refusing {peer}: {} connections, the most allowed (max_connections {}, or what the completion queue of {} entries holds)",
+                            self.open_conns(),
+                            self.cfg.max_connections,
+                            self.cfg.cq_entries
                         );
                         continue;
                     }
@@ -1517,6 +1521,22 @@ impl VerbsDevice {
         Status::Ok
     }
 
+    /// Connections held, whatever their stage.
+    fn open_conns(&self) -> usize {
+        self.conns.len() - self.free.len()
+    }
+
+    /// The most connections at once: `max_connections`, and no more than the completion
+    /// queue can hold the work requests of (each connection may have its receive buffers
+    /// and its send slots outstanding at once; a completion queue that overflows breaks
+    /// every queue pair on it).
+    fn max_conns(&self) -> usize {
+        let per_conn = 3 * self.cfg.credits as usize + 64;
+        self.cfg
+            .max_connections
+            .min((self.cfg.cq_entries as usize / per_conn).max(1))
+    }
+
     fn open_nic(cfg: &VerbsConfig) -> Result<Box<dyn Nic>, String> {
         Ok(match cfg.nic {
             NicKind::Sim => Box::new(SimNic::new().map_err(|e| e.to_string())?),
@@ -1525,7 +1545,7 @@ impl VerbsDevice {
                     device: cfg.device.clone(),
                     port: cfg.ib_port,
                     gid_index: cfg.gid_index,
-                    cq_entries: 8192,
+                    cq_entries: cfg.cq_entries,
                 })
                 .map_err(|e| e.to_string())?,
             ),
@@ -1668,6 +1688,15 @@ impl Device for VerbsDevice {
                 Disposition::Pending
             }
             Op::Connect => {
+                if self.open_conns() >= self.max_conns() {
+                    irb.set_detail(&format!(
+                        "{} connections already, the most this verbs device takes (max_connections {}, or what its completion queue of {} entries holds: raise cq_entries or lower credits)",
+                        self.open_conns(),
+                        self.cfg.max_connections,
+                        self.cfg.cq_entries
+                    ));
+                    return Disposition::Complete(irb, Status::NoResources);
+                }
                 let (host, key) = irb.peer();
                 let (h, port) = match split_host_port(&host) {
                     Ok(x) => x,

@@ -179,7 +179,7 @@ impl IbvNic {
         if fl < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK) } < 0 {
             return Err(call("fcntl(O_NONBLOCK) on the completion channel"));
         }
-        let entries = cq_entries.clamp(64, 1 << 20) as c_int;
+        let entries = cq_entries.clamp(64, 1 << 22) as c_int;
         // SAFETY: a live context and channel.
         self.cq = unsafe { (f.create_cq)(self.ctx, entries, ptr::null_mut(), self.channel, 0) };
         if self.cq.is_null() {

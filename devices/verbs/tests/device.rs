@@ -744,3 +744,25 @@ fn only_peers_holding_the_key_connect() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn connections_stop_at_what_the_completion_queue_holds() {
+    vmi_verbs::register_static();
+    // 256 entries hold (256 / (3 x 8 + 64)) = 2 connections of 8 credits.
+    let small = dev().param("cq_entries", "256");
+    let (ka, kb) = (unique_key("verbs-cq-a"), unique_key("verbs-cq-b"));
+    let mut a = Vmi::with_spec(spec(&[], &small), &ka).unwrap();
+    let (mut b, kb2) = (Vmi::with_spec(spec(&[], &dev()), &kb).unwrap(), kb);
+    let (mut ha, mut hb) = (H::default(), H::default());
+    for _ in 0..2 {
+        a.connect("127.0.0.1", &kb2, b"", 0).unwrap();
+    }
+    pump(&mut a, &mut ha, &mut b, &mut hb, |_, hb| hb.requests == 2);
+    a.connect("127.0.0.1", &kb2, b"", 0).unwrap();
+    pump(&mut a, &mut ha, &mut b, &mut hb, |ha, _| {
+        ha.refused.is_some()
+    });
+    let (status, detail) = ha.refused.clone().unwrap();
+    assert_eq!(status, Status::NoResources, "{detail}");
+    assert!(detail.contains("cq_entries"), "{detail}");
+}
