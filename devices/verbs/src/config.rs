@@ -97,6 +97,12 @@ pub const PARAMS: &[VmiParamSpec] = &[
         c"most connections at once; more are refused",
     ),
     param(
+        c"keepalive_ms",
+        VMI_PARAM_UINT,
+        c"10000",
+        c"idle time before the side channel probes its peer (TCP keepalive, 3 probes a third of it apart): a vanished peer host is noticed within twice this; 0: off",
+    ),
+    param(
         c"cq_entries",
         VMI_PARAM_UINT,
         c"65536",
@@ -151,6 +157,8 @@ pub struct VerbsConfig {
     pub auth_key_file: String,
     /// Completion queue entries.
     pub cq_entries: u32,
+    /// Side-channel keepalive idle time (zero: off).
+    pub keepalive: Duration,
 }
 
 fn small<T: TryFrom<u64>>(c: &Config, name: &str, what: &str) -> Result<T, String> {
@@ -189,6 +197,7 @@ impl VerbsConfig {
             max_connections: c.get_u64("max_connections").map_err(e)?.max(1) as usize,
             auth_key_file: c.get("auth_key_file").map_err(e)?.to_string(),
             cq_entries: small(c, "cq_entries", "an entry count under 2^32")?,
+            keepalive: c.get_millis("keepalive_ms").map_err(e)?,
         };
         if !(256..=1 << 22).contains(&cfg.cq_entries) {
             return Err(format!(

@@ -299,7 +299,7 @@ impl VerbsDevice {
             };
             match mio::net::TcpStream::connect(addr) {
                 Ok(sock) => {
-                    let _ = sock.set_nodelay(true);
+                    self.tune(&sock);
                     let mut c = Conn::new(sock, addr, Stage::Dialing, vmi);
                     c.deadline = Some(attempt.dial.give_up());
                     c.attempt = Some(attempt);
@@ -484,7 +484,7 @@ impl VerbsDevice {
                         );
                         continue;
                     }
-                    let _ = sock.set_nodelay(true);
+                    self.tune(&sock);
                     let mut c = Conn::new(sock, peer, Stage::Accepted, 0);
                     c.deadline = Some(Instant::now() + self.cfg.connect_timeout);
                     if let Err(e) = self.insert(c) {
@@ -1521,6 +1521,24 @@ impl VerbsDevice {
         Status::Ok
     }
 
+    /// Side-channel socket options: no Nagle delay, and TCP keepalive probes so that a peer
+    /// host that vanished (powered off, cut off) is noticed on an idle connection, whose
+    /// queue pair would never tell.
+    fn tune(&self, sock: &mio::net::TcpStream) {
+        let _ = sock.set_nodelay(true);
+        if self.cfg.keepalive.is_zero() {
+            return;
+        }
+        let probe = (self.cfg.keepalive / 3).max(Duration::from_secs(1));
+        let ka = socket2::TcpKeepalive::new()
+            .with_time(self.cfg.keepalive)
+            .with_interval(probe)
+            .with_retries(3);
+        if let Err(e) = socket2::SockRef::from(sock).set_tcp_keepalive(&ka) {
+            log::debug!("verbs: cannot set keepalive on the side channel: {e}");
+        }
+    }
+
     /// Connections held, whatever their stage.
     fn open_conns(&self) -> usize {
         self.conns.len() - self.free.len()
@@ -1947,6 +1965,15 @@ impl Device for VerbsDevice {
             "delivered" => Some(self.delivered.to_string()),
             "rdma_ops" => Some(self.rdma_ops.to_string()),
             "read_bytes_peak" => Some(self.read_bytes_peak.to_string()),
+            // Read back from the first open connection's socket.
+            "keepalive" => self.conns.iter().flatten().next().map(|c| {
+                let r = socket2::SockRef::from(&c.sock);
+                match (r.keepalive(), r.tcp_keepalive_time()) {
+                    (Ok(true), Ok(t)) => format!("on ({} s idle)", t.as_secs()),
+                    (Ok(true), _) => "on".into(),
+                    _ => "off".into(),
+                }
+            }),
             "regcache" => Some(match self.regcache.off_reason() {
                 Some(why) => format!("{why}; {:?}", self.regcache.stats()),
                 None => format!("{:?}", self.regcache.stats()),

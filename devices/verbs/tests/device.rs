@@ -766,3 +766,11 @@ fn connections_stop_at_what_the_completion_queue_holds() {
     assert_eq!(status, Status::NoResources, "{detail}");
     assert!(detail.contains("cq_entries"), "{detail}");
 }
+
+#[test]
+fn the_side_channel_probes_an_idle_peer() {
+    let (a, ha, b, _hb) = connected();
+    assert!(ha.conn.is_some());
+    assert_eq!(a.attr_get("t", "keepalive").unwrap(), "on (10 s idle)");
+    assert_eq!(b.attr_get("t", "keepalive").unwrap(), "on (10 s idle)");
+}
