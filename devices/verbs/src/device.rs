@@ -1960,6 +1960,10 @@ impl Device for VerbsDevice {
     fn get_attr(&self, name: &str) -> Option<String> {
         match name {
             "nic" => Some(self.nic.describe()),
+            "authentication" => Some(match &self.auth {
+                Some(k) => format!("on (key from {})", k.source),
+                None => "off".into(),
+            }),
             "listen_port" => Some(self.listen_port.to_string()),
             "connections" => Some(self.by_vmi.len().to_string()),
             "delivered" => Some(self.delivered.to_string()),

@@ -604,7 +604,7 @@ fn print_report(r: &Report) {
         }
         match d.rdma {
             Some("one-sided") => println!(
-                "  RDMA          one-sided: puts and gets go straight into a peer's memory where the kernel allows it (else as messages)"
+                "  RDMA          one-sided: puts and gets go straight into a peer's memory where the transport can reach it (else as messages)"
             ),
             Some(_) => {
                 println!("  RDMA          as messages that the peer's vmi answers in its poll")
