@@ -142,10 +142,14 @@ unsafe extern "C" fn receive(
     arena.msgs += (flags & VMI_FLAG_MSG != 0) as usize;
     let start = arena.bytes.len();
     if len > 0 && !data.is_null() {
-        // SAFETY: the transport lends `len` readable bytes at `data` for this call.
-        arena
-            .bytes
-            .extend_from_slice(unsafe { std::slice::from_raw_parts(data, len) });
+        arena.bytes.reserve(len);
+        // SAFETY: the transport lends `len` readable bytes at `data` for this call; `reserve`
+        // made room for them after the arena's `start` initialised bytes, which `set_len`
+        // then covers.
+        unsafe {
+            vmi_device::copy::copy_small(data, arena.bytes.as_mut_ptr().add(start), len);
+            arena.bytes.set_len(start + len);
+        }
     }
     arena.lent.push(Lent {
         conn,

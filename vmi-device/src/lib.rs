@@ -31,6 +31,7 @@ pub mod abi;
 pub mod auth;
 pub mod config;
 pub mod connmap;
+pub mod copy;
 pub mod deliver;
 pub mod device;
 pub mod dial;

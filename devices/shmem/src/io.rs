@@ -160,6 +160,10 @@ impl Region {
     /// Maps a peer's ring memory, checking that it is a sealed memfd of the expected size
     /// (an unsealed one could be shrunk under the mapping, and reading it would be a SIGBUS).
     pub fn map(fd: OwnedFd, ring_size: usize) -> Result<Region, String> {
+        // Checked once here: every view of the ring relies on it (positions are masked).
+        if !ring_size.is_power_of_two() {
+            return Err(format!("ring size {ring_size} is not a power of two"));
+        }
         let len = 2 * Self::ring_bytes(ring_size);
         let seals = rustix::fs::fcntl_get_seals(&fd).map_err(|e| {
             format!(

@@ -404,13 +404,16 @@ pub mod mem {
     unsafe impl Send for RawStorage {}
 
     impl RawStorage {
-        /// Storage of `cap` bytes at `base`.
+        /// Storage of `cap` bytes at `base`; `cap` is a power of two (the region checked it
+        /// when it was mapped: this runs for every view, per message).
         ///
         /// # Safety
         /// `base..base+cap` must stay mapped and writable while this value is used, and be
         /// accessed only through the ring protocol.
         pub unsafe fn new(base: *mut u8, cap: usize) -> RawStorage {
-            assert!(cap.is_power_of_two());
+            // Positions are masked with `cap - 1`, which stays inside `cap` whatever `cap` is:
+            // a wrong size could only garble the ring, never reach outside it.
+            debug_assert!(cap.is_power_of_two());
             RawStorage { base, cap }
         }
     }
@@ -420,9 +423,10 @@ pub mod mem {
             self.cap
         }
 
+        #[inline]
         unsafe fn write(&self, off: usize, src: &[u8]) {
             // SAFETY: the caller keeps the range inside the mapping and unshared.
-            unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), self.base.add(off), src.len()) }
+            unsafe { vmi_device::copy::copy_small(src.as_ptr(), self.base.add(off), src.len()) }
         }
 
         unsafe fn read(&self, off: usize, dst: &mut [u8]) {
