@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 use mio::{Events, Interest, Poll, Token};
 use vmi_device::abi::{VmiRdmaKey, VmiSeg};
 use vmi_device::auth::{self, AuthKey, Role, Transcript};
+use vmi_device::deliver;
 use vmi_device::dial::{Dial, probe_ports, split_host_port};
 use vmi_device::held::HeldBuffers;
 use vmi_device::regcache::RegCache;
@@ -112,6 +113,11 @@ pub struct VerbsDevice {
     rdma_ops: u64,
     /// The most bytes of read buffers one connection held at once (for tests and tuning).
     read_bytes_peak: usize,
+    /// Sends taken with no IRB (`send_inline`) and fragments handed over with none.
+    inline_sends: u64,
+    direct_receives: u64,
+    /// A fragment of the running poll went up as an IRB: no more direct deliveries in it.
+    irb_this_poll: bool,
 }
 
 /// Transfers up to this size are copied through the bounce buffer instead of registering
@@ -1197,6 +1203,22 @@ impl VerbsDevice {
             let vmi = c.vmi;
             let Some(up) = c.up.pop_front() else { return };
             let mut was_read = false;
+            // Straight to the host with no IRB when it polls this device directly (ABI 1.2),
+            // as long as no fragment of this poll went up as an IRB (the host hands direct
+            // ones over first: order).
+            if !self.irb_this_poll
+                && let Up::Eager(bytes, meta) = &up
+                && deliver::offer(
+                    vmi,
+                    vmi_device::abi::recv_flags(meta.end, meta.filter),
+                    bytes,
+                )
+            {
+                self.budget_left -= 1;
+                self.delivered += 1;
+                self.direct_receives += 1;
+                continue;
+            }
             let Some(mut irb) = self.host.alloc_irb(Op::Recv, vmi) else {
                 if let Some(c) = conn!(self, idx) {
                     c.up.push_front(up);
@@ -1206,6 +1228,7 @@ impl VerbsDevice {
             };
             self.budget_left -= 1;
             self.delivered += 1;
+            self.irb_this_poll = true;
             match up {
                 Up::Eager(bytes, meta) => {
                     irb.set_flags(vmi_device::abi::recv_flags(meta.end, meta.filter));
@@ -1616,6 +1639,8 @@ impl Device for VerbsDevice {
     const KIND: DeviceKind = DeviceKind::Transport;
     const PARAMS: &'static [vmi_device::abi::VmiParamSpec] = PARAMS;
     const RDMA_ACCESS: bool = true;
+    const SEND_INLINE: bool = true;
+    const RECEIVE_DIRECT: bool = true;
     type Frame = VerbsFrame;
 
     fn create(host: Host, config: &Config) -> Result<Self, String> {
@@ -1661,9 +1686,44 @@ impl Device for VerbsDevice {
             next_rdma: 0,
             rdma_ops: 0,
             read_bytes_peak: 0,
+            inline_sends: 0,
+            direct_receives: 0,
+            irb_this_poll: false,
         };
         d.listen()?;
         Ok(d)
+    }
+
+    fn send_inline(&mut self, conn: u64, flags: u32, data: &[u8]) -> bool {
+        let Some(&idx) = self.by_vmi.get(&conn) else {
+            return false;
+        };
+        let Some(c) = conn!(self, idx) else {
+            return false;
+        };
+        let Some(ep) = c.ep.as_mut() else {
+            return false;
+        };
+        // Only when it goes out now, in order, in one SEND: else the host sends an IRB.
+        if c.stage != Stage::Open
+            || c.closing.is_some()
+            || !c.waiting.is_empty()
+            || !c.unsent.is_empty()
+            || data.len() > ep.eager_max()
+            || !ep.can_send_now()
+        {
+            return false;
+        }
+        // Token 0 names no IRB: the SEND's completion ends nothing at the host.
+        if ep
+            .send(0, Fragment::Eager(data.to_vec(), meta_of(flags)))
+            .is_err()
+        {
+            return false;
+        }
+        self.inline_sends += 1;
+        self.drive(idx);
+        true
     }
 
     fn capabilities(&self, _below: Capabilities) -> Capabilities {
@@ -1813,6 +1873,7 @@ impl Device for VerbsDevice {
     fn poll(&mut self, budget: usize) -> usize {
         self.budget_left = budget.min(self.host.irbs_available() as usize);
         let start = self.budget_left;
+        self.irb_this_poll = false;
         if let Err(e) = self.poll.poll(&mut self.events, Some(Duration::ZERO))
             && e.kind() != io::ErrorKind::Interrupted
         {
@@ -1968,6 +2029,8 @@ impl Device for VerbsDevice {
             "connections" => Some(self.by_vmi.len().to_string()),
             "delivered" => Some(self.delivered.to_string()),
             "rdma_ops" => Some(self.rdma_ops.to_string()),
+            "inline_sends" => Some(self.inline_sends.to_string()),
+            "direct_receives" => Some(self.direct_receives.to_string()),
             "read_bytes_peak" => Some(self.read_bytes_peak.to_string()),
             // Read back from the first open connection's socket.
             "keepalive" => self.conns.iter().flatten().next().map(|c| {

@@ -257,6 +257,17 @@ impl Endpoint {
         self.queued.len()
     }
 
+    /// Whether an eager fragment sent now goes out at once, in order: nothing queued ahead
+    /// of it and a credit free beyond the reserve.
+    pub fn can_send_now(&self) -> bool {
+        self.queued.is_empty() && self.control.is_empty() && self.tx_credits >= 2
+    }
+
+    /// The eager limit both sides agreed on.
+    pub fn eager_max(&self) -> usize {
+        self.cfg.eager_max
+    }
+
     /// Frames this side has sent (the peer's count of frames to expect before a close).
     pub fn frames_sent(&self) -> u32 {
         self.tx_seq
