@@ -1211,10 +1211,21 @@ impl Engine {
     ///
     /// # Safety
     /// The memory must stay mapped until [`Engine::deregister_handle`].
-    pub unsafe fn register_range(&mut self, transport: DevIndex, base: *mut u8, len: usize) -> u64 {
+    pub unsafe fn register_range(
+        &mut self,
+        transport: DevIndex,
+        conn: u64,
+        base: *mut u8,
+        len: usize,
+    ) -> u64 {
         let inst = &self.devices[transport as usize];
-        match inst.ty.vtable.register {
+        // ABI 1.4: for the connection alone, where the transport can scope it.
+        if let Some(r) = inst.ty.vtable.register_conn {
             // SAFETY: live instance; the caller keeps the memory mapped until deregistered.
+            return unsafe { r(inst.ptr, conn, base, len) };
+        }
+        match inst.ty.vtable.register {
+            // SAFETY: as above.
             Some(r) => unsafe { r(inst.ptr, base, len) },
             None => 0,
         }

@@ -204,6 +204,7 @@ impl DeviceType {
             ("send_inline", v.send_inline.is_some()),
             ("poll_direct", v.poll_direct.is_some()),
             ("rdma_access", v.rdma_access.is_some()),
+            ("register_conn", v.register_conn.is_some()),
         ]
         .into_iter()
         .filter(|(_, has)| *has)

@@ -14,7 +14,8 @@
  * than 1.0 checks services->size first, e.g.
  *     if (svc->size > VMI_HOST_SERVICES_SIZE_1_0) n = svc->irb_available(host);
  * History: 1.0 first edition; 1.1 adds vtable.poll_budget and services.irb_available;
- * 1.2 adds vtable.send_inline and vtable.poll_direct; 1.3 adds vtable.rdma_access.
+ * 1.2 adds vtable.send_inline and vtable.poll_direct; 1.3 adds vtable.rdma_access;
+ * 1.4 adds vtable.register_conn.
  * See devices/skeleton/README.md for a walk-through, and tests/c/ for a complete C device.
  */
 #ifndef VMI_DEVICE_H
@@ -29,7 +30,7 @@ extern "C" {
 
 #define VMI_DEVICE_MAGIC 0x44494d56u /* "VMID" little-endian */
 #define VMI_ABI_MAJOR 1
-#define VMI_ABI_MINOR 3
+#define VMI_ABI_MINOR 4
 /* Sizes of the 1.0 tables (x86-64 and aarch64 Linux): the smallest a 1.x host accepts. */
 #define VMI_DESCRIPTOR_SIZE_1_0 88u
 #define VMI_VTABLE_SIZE_1_0 104u
@@ -208,6 +209,10 @@ typedef struct vmi_device_vtable {
     int32_t (*rdma_access)(void *dev, uint64_t conn, uint32_t write, uint64_t remote,
                            const vmi_rdma_key *key, const vmi_seg *segs, size_t nsegs,
                            int32_t *status);
+    /* ABI 1.4, transports with rdma_access: register len bytes at base, a buffer published
+     * to the peer of conn alone, for that peer's one-sided reads and writes; a handle for
+     * deregister (0: none) whose low 32 bits are the key the peer names the memory by. */
+    uint64_t (*register_conn)(void *dev, uint64_t conn, uint8_t *base, size_t len);
 } vmi_device_vtable;
 
 typedef struct vmi_device_descriptor {

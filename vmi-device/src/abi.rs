@@ -25,6 +25,8 @@
 //!   received fragments straight to the host, with no IRB).
 //! - 1.3: vtable entry `rdma_access` (a transport reads or writes the peer's memory
 //!   one-sided, for RDMA puts and gets).
+//! - 1.4: vtable entry `register_conn` (a transport registers a buffer the application
+//!   publishes to the peer on one connection, so it can scope the registration to it).
 #![allow(unsafe_code)]
 
 use std::ffi::{c_char, c_void};
@@ -34,7 +36,7 @@ pub const VMI_DEVICE_MAGIC: u32 = 0x4449_4d56;
 /// ABI major version: a descriptor of another major is refused.
 pub const VMI_ABI_MAJOR: u16 = 1;
 /// ABI minor version: newer minors only append fields.
-pub const VMI_ABI_MINOR: u16 = 3;
+pub const VMI_ABI_MINOR: u16 = 4;
 /// Size of a 1.0 descriptor: the smallest a host of this major accepts.
 pub const VMI_DESCRIPTOR_SIZE_1_0: u32 = 88;
 /// Size of a 1.0 vtable: the smallest a host of this major accepts.
@@ -43,6 +45,8 @@ pub const VMI_VTABLE_SIZE_1_0: u32 = 104;
 pub const VMI_VTABLE_SIZE_1_1: u32 = 112;
 /// Size of a 1.2 vtable (1.3 appended `rdma_access`).
 pub const VMI_VTABLE_SIZE_1_2: u32 = 128;
+/// Size of a 1.3 vtable (1.4 appended `register_conn`).
+pub const VMI_VTABLE_SIZE_1_3: u32 = 136;
 /// Size of a 1.0 host services table: a device checks `size` against larger offsets before
 /// calling a newer service.
 pub const VMI_HOST_SERVICES_SIZE_1_0: u32 = 128;
@@ -421,6 +425,15 @@ pub struct VmiDeviceVtable {
             status: *mut i32,
         ) -> i32,
     >,
+    // ---- ABI 1.4 ----
+    /// Transports with `rdma_access`: registers `len` bytes at `base`, a buffer the
+    /// application publishes to the peer of connection `conn`, for that peer's one-sided
+    /// reads and writes; returns a handle for `deregister` (0: none), whose low 32 bits are
+    /// the key the peer names the memory by. Preferred over `register` for published
+    /// buffers: the transport can scope the registration to the connection (an RDMA NIC's
+    /// protection domain). The host keeps the memory mapped until `deregister`.
+    pub register_conn:
+        Option<unsafe extern "C" fn(dev: *mut c_void, conn: u64, base: *mut u8, len: usize) -> u64>,
 }
 
 /// The memory object behind a peer's published address (ABI 1.3 `rdma_access`): a sealed
@@ -565,7 +578,7 @@ mod tests {
     #[test]
     fn layout_matches_the_c_header() {
         assert_eq!(std::mem::size_of::<VmiIrb>(), 312);
-        assert_eq!(std::mem::size_of::<VmiDeviceVtable>(), 136);
+        assert_eq!(std::mem::size_of::<VmiDeviceVtable>(), 144);
         assert_eq!(std::mem::size_of::<VmiDeviceDescriptor>(), 88);
         assert_eq!(std::mem::size_of::<VmiHostServices>(), 136);
         assert_eq!(std::mem::size_of::<VmiCapabilities>(), 24);
@@ -582,6 +595,10 @@ mod tests {
         assert_eq!(
             std::mem::offset_of!(VmiDeviceVtable, rdma_access),
             VMI_VTABLE_SIZE_1_2 as usize
+        );
+        assert_eq!(
+            std::mem::offset_of!(VmiDeviceVtable, register_conn),
+            VMI_VTABLE_SIZE_1_3 as usize
         );
         assert_eq!(
             std::mem::offset_of!(VmiHostServices, irb_available),

@@ -212,7 +212,15 @@ pub trait Device: Sized + 'static {
         0
     }
 
-    /// Undoes `register`.
+    /// Transports with [`Device::RDMA_ACCESS`] (ABI 1.4): as [`Device::register`], for a
+    /// buffer the application publishes to the peer of connection `conn` alone, so the
+    /// transport can scope the registration to that connection. The default registers it as
+    /// `register` does.
+    fn register_conn(&mut self, _conn: u64, base: *mut u8, len: usize) -> u64 {
+        self.register(base, len)
+    }
+
+    /// Undoes `register` and `register_conn`.
     fn deregister(&mut self, _handle: u64) {}
 
     /// Reads a runtime attribute as text (Globus XIO `attr_cntl`); `None` if unknown.

@@ -104,6 +104,11 @@ impl<D: Device> Export<D> {
         } else {
             None
         },
+        register_conn: if D::RDMA_ACCESS {
+            Some(register_conn::<D>)
+        } else {
+            None
+        },
     };
 
     /// The descriptor.
@@ -339,6 +344,23 @@ unsafe extern "C" fn complete<D: Device>(dev: *mut c_void, irb: *mut VmiIrb, fra
 unsafe extern "C" fn poll<D: Device>(dev: *mut c_void) -> i32 {
     // SAFETY: forwarded from the host (a 1.0 host, which knows no budget).
     unsafe { poll_budget::<D>(dev, u32::MAX) }
+}
+
+unsafe extern "C" fn register_conn<D: Device>(
+    dev: *mut c_void,
+    conn: u64,
+    base: *mut u8,
+    len: usize,
+) -> u64 {
+    let r = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: live instance.
+        let inst = unsafe { instance::<D>(dev) };
+        inst.device.register_conn(conn, base, len)
+    }));
+    r.unwrap_or_else(|p| {
+        device_panicked::<D>("register_conn", &*p);
+        0
+    })
 }
 
 unsafe extern "C" fn rdma_access<D: Device>(

@@ -327,7 +327,7 @@ pub(crate) fn publish(
         // SAFETY: the range lies in the region (checked above), and the region's memory
         // stays mapped while the publish holds its handle, which it does until `unregister`.
         #[allow(unsafe_code)]
-        let handle = unsafe { core.engine.register_range(t, base, range.len()) };
+        let handle = unsafe { core.engine.register_range(t, conn.raw(), base, range.len()) };
         if handle != 0 {
             a.key = handle as u32;
             core.rdma.regs.insert(id, (t, handle));
