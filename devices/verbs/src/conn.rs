@@ -55,15 +55,20 @@ pub struct Staged {
 }
 
 impl Staged {
-    /// A registered buffer of `len` bytes with `access`.
-    pub fn new(nic: &mut dyn Nic, len: usize, access: Access) -> Result<Staged, NicError> {
+    /// A registered buffer of `len` bytes with `access`, in protection domain `domain`.
+    pub fn new(
+        nic: &mut dyn Nic,
+        domain: u32,
+        len: usize,
+        access: Access,
+    ) -> Result<Staged, NicError> {
         let buf = DmaBuf::new(len);
         // SAFETY: the buffer is owned by the returned `Staged`, which is deregistered
         // (`release`) before it is dropped; its bytes are only reached through `DmaBuf`'s raw
         // pointer, and the device reads or writes a range only when no work request on it is
         // outstanding.
         #[allow(unsafe_code)]
-        let mr = unsafe { nic.register(buf.as_ptr(), len.max(1), access)? };
+        let mr = unsafe { nic.register(domain, buf.as_ptr(), len.max(1), access)? };
         Ok(Staged { buf, mr })
     }
 
@@ -102,15 +107,15 @@ impl StagePool {
         }
     }
 
-    /// A buffer of at least `len` bytes (its class), reused or new. Its bytes are whatever
-    /// the last use left.
-    pub fn take(&mut self, nic: &mut dyn Nic, len: usize) -> Result<Staged, NicError> {
+    /// A buffer of at least `len` bytes (its class), reused or new (registered in
+    /// `domain`: one pool serves one connection). Its bytes are whatever the last use left.
+    pub fn take(&mut self, nic: &mut dyn Nic, domain: u32, len: usize) -> Result<Staged, NicError> {
         let class = len.max(4096).next_power_of_two();
         if let Some(s) = self.free.get_mut(&class).and_then(|v| v.pop()) {
             self.idle -= class;
             return Ok(s);
         }
-        Staged::new(nic, class, self.access)
+        Staged::new(nic, domain, class, self.access)
     }
 
     /// Gives a buffer back (released when the pool holds enough).
@@ -156,9 +161,11 @@ pub struct Qp {
 }
 
 impl Qp {
-    /// Creates a queue pair with `credits` receive slots posted and twice as many send slots.
+    /// Creates a queue pair in `domain` with `credits` receive slots posted and twice as many
+    /// send slots.
     pub fn new(
         nic: &mut dyn Nic,
+        domain: u32,
         credits: u32,
         eager_max: u32,
         idx: usize,
@@ -167,10 +174,10 @@ impl Qp {
         let slot = HEADER + eager_max as usize;
         let recv_slots = credits as usize;
         let send_slots = 2 * credits as usize;
-        let qpn = nic.create_qp(send_slots as u32 + 64, recv_slots as u32)?;
+        let qpn = nic.create_qp(domain, send_slots as u32 + 64, recv_slots as u32)?;
         let made = (|| {
-            let recv = Staged::new(nic, slot * recv_slots, Access::Local)?;
-            let send = match Staged::new(nic, slot * send_slots, Access::Local) {
+            let recv = Staged::new(nic, domain, slot * recv_slots, Access::Local)?;
+            let send = match Staged::new(nic, domain, slot * send_slots, Access::Local) {
                 Ok(s) => s,
                 Err(e) => {
                     recv.release(nic);
@@ -288,6 +295,15 @@ pub struct Conn {
     pub eof: bool,
     /// Next send token.
     pub next_token: u64,
+    /// The connection's protection domain (0 until its queue pair is made): everything
+    /// registered for it lives there, out of other peers' reach.
+    pub domain: u32,
+    /// Buffers large fragments are read into, kept for reuse.
+    pub read_pool: StagePool,
+    /// Registered memory small RDMA transfers are copied through.
+    pub bounce: Option<Staged>,
+    /// Registrations of the host's memory for this connection's RDMA WRITEs and READs.
+    pub regcache: vmi_device::regcache::RegCache<Mr>,
 }
 
 impl Conn {
@@ -322,6 +338,10 @@ impl Conn {
             peer_done: false,
             eof: false,
             next_token: 1,
+            domain: 0,
+            read_pool: StagePool::new(Access::Local, 16 << 20),
+            bounce: None,
+            regcache: vmi_device::regcache::RegCache::new(256),
         }
     }
 
@@ -345,6 +365,11 @@ impl Conn {
             }
         }
         self.stage_pool.clear(nic);
+        self.read_pool.clear(nic);
+        if let Some(b) = self.bounce.take() {
+            b.release(nic);
+        }
+        self.regcache.clear(&mut |mr| nic.deregister(mr));
     }
 }
 
@@ -387,13 +412,13 @@ mod tests {
     fn stage_pools_reuse_registered_buffers_by_class_and_keep_at_most_their_limit() {
         let mut nic = SimNic::new().unwrap();
         let mut pool = StagePool::new(Access::Local, 64 * 1024);
-        let a = pool.take(&mut nic, 10_000).unwrap();
+        let a = pool.take(&mut nic, 0, 10_000).unwrap();
         assert_eq!(a.buf.len(), 16 * 1024, "a power-of-two class");
         let key = a.mr.lkey;
         pool.give(&mut nic, a);
-        let b = pool.take(&mut nic, 16 * 1024).unwrap();
+        let b = pool.take(&mut nic, 0, 16 * 1024).unwrap();
         assert_eq!(b.mr.lkey, key, "the same registration, reused");
-        let big = pool.take(&mut nic, 100_000).unwrap();
+        let big = pool.take(&mut nic, 0, 100_000).unwrap();
         assert_eq!(big.buf.len(), 128 * 1024);
         pool.give(&mut nic, b);
         pool.give(&mut nic, big);

@@ -39,8 +39,8 @@ use vmi_device::{
 use crate::bootstrap::{self, Answer, Control, Hello, QpInfo};
 use crate::config::{NicKind, PARAMS, VerbsConfig};
 use crate::conn::{
-    Attempt, Conn, Qp, READ_BUDGET, Stage, StagePool, Staged, Up, WR_RDMA, WR_READ, WR_RECV,
-    WR_SEND, wr_id, wr_parts,
+    Attempt, Conn, Qp, READ_BUDGET, Stage, Staged, Up, WR_RDMA, WR_READ, WR_RECV, WR_SEND, wr_id,
+    wr_parts,
 };
 use crate::ibv::{IbvNic, IbvOptions};
 use crate::nic::{Access, Address, Completion, Mr, Nic, Remote, Sge};
@@ -60,6 +60,14 @@ const MAX_SIDE: usize = bootstrap::HELLO_FIXED
 const LINGER: Duration = Duration::from_secs(5);
 /// Completions taken per call.
 const BATCH: usize = 32;
+
+/// A read fragment the host holds: its buffer and where it came from.
+struct Big {
+    idx: usize,
+    qpn: u32,
+    domain: u32,
+    staged: Staged,
+}
 
 /// Per-IRB frame: the received buffer an IRB holds until its completion step.
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable, Default)]
@@ -89,10 +97,14 @@ pub struct VerbsDevice {
     by_vmi: HashMap<u64, usize>,
     comps: Vec<Completion>,
     held: HeldBuffers,
-    /// Read fragments handed up, until their IRB completes (then back to `read_pool`).
-    big: HashMap<u32, Staged>,
-    /// Registered buffers large fragments are read into, kept for reuse.
-    read_pool: StagePool,
+    /// Read fragments handed up, until their IRB completes (then back to their connection's
+    /// read pool, or released when it is gone).
+    big: HashMap<u32, Big>,
+    /// Domains of closed connections whose last read fragments the host still holds: how
+    /// many.
+    zombies: HashMap<u32, usize>,
+    /// Why registrations are not cached, when they are not (for `vmi-info`).
+    regcache_off: Option<String>,
     next_big: u32,
     next_read: u64,
     budget_left: usize,
@@ -100,13 +112,9 @@ pub struct VerbsDevice {
     more: bool,
     nic_fired: bool,
     delivered: u64,
-    /// Registrations of the host's memory for this side's RDMA WRITEs and READs (local
-    /// access only; see `vmi_device::regcache`).
-    regcache: RegCache<Mr>,
-    /// Registered memory small RDMA transfers are copied through.
-    bounce: Option<Staged>,
-    /// Buffers the host registered for the peer's one-sided access (published), by id.
-    published: HashMap<u32, Mr>,
+    /// Buffers the host registered for a peer's one-sided access (published), by id: the
+    /// connection's index and the registration.
+    published: HashMap<u32, (usize, Mr)>,
     next_published: u32,
     next_rdma: u64,
     /// One-sided transfers done (for `vmi-info` and tests).
@@ -221,6 +229,27 @@ impl VerbsDevice {
             self.by_vmi.remove(&c.vmi);
         }
         c.release(self.nic.as_mut());
+        // Buffers published to this connection's peer go with it (the host's later
+        // deregistration finds nothing).
+        let nic = &mut self.nic;
+        self.published.retain(|_, (i, mr)| {
+            if *i == idx {
+                nic.deregister(*mr);
+                false
+            } else {
+                true
+            }
+        });
+        if c.domain != 0 {
+            // Fragments still held by the host keep their registrations in the domain until
+            // their IRBs complete; the domain goes with the last of them.
+            let held = self.big.values().filter(|b| b.domain == c.domain).count();
+            if held == 0 {
+                self.nic.free_domain(c.domain);
+            } else {
+                self.zombies.insert(c.domain, held);
+            }
+        }
         self.free.push(idx);
         Some(c)
     }
@@ -348,13 +377,7 @@ impl VerbsDevice {
             }
             return self.next_attempt(idx, &e.to_string(), false);
         }
-        let qp = match Qp::new(
-            self.nic.as_mut(),
-            self.cfg.credits,
-            self.cfg.eager_max,
-            idx,
-            psn(idx),
-        ) {
+        let qp = match self.make_qp(idx) {
             Ok(q) => q,
             Err(e) => {
                 return self.fail(idx, Status::NoResources, &e.to_string(), false);
@@ -623,13 +646,7 @@ impl VerbsDevice {
         if let Err(e) = bootstrap::agree(&local, &self.signature, &hello) {
             return self.refuse(idx, &e.to_string());
         }
-        let qp = match Qp::new(
-            self.nic.as_mut(),
-            self.cfg.credits,
-            self.cfg.eager_max,
-            idx,
-            psn(idx),
-        ) {
+        let qp = match self.make_qp(idx) {
             Ok(q) => q,
             Err(e) => {
                 log::error!("verbs: no queue pair for {}: {e}", hello.from_key);
@@ -920,7 +937,7 @@ impl VerbsDevice {
             let Some(c) = conn!(self, idx) else {
                 return true;
             };
-            let staged = match c.stage_pool.take(self.nic.as_mut(), len) {
+            let staged = match c.stage_pool.take(self.nic.as_mut(), c.domain, len) {
                 Ok(s) => s,
                 Err(e) => {
                     irb.set_detail(&format!(
@@ -1057,7 +1074,7 @@ impl VerbsDevice {
                 return;
             };
             c.deferred_reads.pop_front();
-            let target = match self.read_pool.take(self.nic.as_mut(), size) {
+            let target = match c.read_pool.take(self.nic.as_mut(), c.domain, size) {
                 Ok(s) => s,
                 Err(e) => {
                     let why =
@@ -1195,7 +1212,7 @@ impl VerbsDevice {
                 for up in c.up.drain(..) {
                     if let Up::Read(s, _, _) = up {
                         c.read_bytes = c.read_bytes.saturating_sub(s.buf.len());
-                        self.read_pool.give(self.nic.as_mut(), s);
+                        c.read_pool.give(self.nic.as_mut(), s);
                     }
                 }
                 return;
@@ -1239,15 +1256,26 @@ impl VerbsDevice {
                 Up::Read(buf, len, meta) => {
                     irb.set_flags(vmi_device::abi::recv_flags(meta.end, meta.filter));
                     let ptr = buf.buf.as_ptr();
+                    let (mut qpn, mut domain) = (0, 0);
                     if let Some(c) = conn!(self, idx) {
                         c.read_bytes = c.read_bytes.saturating_sub(buf.buf.len());
+                        qpn = c.qp.as_ref().map_or(0, |q| q.qpn);
+                        domain = c.domain;
                     }
                     was_read = true;
                     self.next_big = self.next_big.wrapping_add(1).max(1);
                     while self.big.contains_key(&self.next_big) {
                         self.next_big = self.next_big.wrapping_add(1).max(1);
                     }
-                    self.big.insert(self.next_big, buf);
+                    self.big.insert(
+                        self.next_big,
+                        Big {
+                            idx,
+                            qpn,
+                            domain,
+                            staged: buf,
+                        },
+                    );
                     irb.frame::<VerbsFrame>().big = self.next_big;
                     push_segment(&mut irb, ptr, len);
                 }
@@ -1377,17 +1405,21 @@ impl VerbsDevice {
         let mut leases = Vec::new();
         let mut posted = 0u64;
         let mut result = Ok(());
+        let Some(c) = conn!(self, idx) else {
+            return Status::ConnectionLost;
+        };
+        let domain = c.domain;
         if total <= BOUNCE {
-            if self.bounce.is_none() {
-                match Staged::new(self.nic.as_mut(), BOUNCE, Access::Local) {
-                    Ok(b) => self.bounce = Some(b),
+            if c.bounce.is_none() {
+                match Staged::new(self.nic.as_mut(), domain, BOUNCE, Access::Local) {
+                    Ok(b) => c.bounce = Some(b),
                     Err(e) => {
                         log::error!("verbs: no bounce buffer: {e}");
                         return Status::NoResources;
                     }
                 }
             }
-            let bounce = self.bounce.as_ref().expect("made above");
+            let bounce = c.bounce.as_ref().expect("made above");
             if write {
                 let mut off = 0;
                 for s in segs {
@@ -1409,8 +1441,9 @@ impl VerbsDevice {
         } else {
             let mut off = 0u64;
             for s in segs.iter().filter(|s| s.len > 0) {
+                let Some(c) = conn!(self, idx) else { break };
                 let nic = std::cell::RefCell::new(&mut self.nic);
-                let lease = self.regcache.acquire(
+                let lease = c.regcache.acquire(
                     s.base as u64,
                     s.len as u64,
                     |start, len| {
@@ -1419,8 +1452,12 @@ impl VerbsDevice {
                         // the host lends the segment (see `Nic::register`).
                         #[allow(unsafe_code)]
                         unsafe {
-                            nic.borrow_mut()
-                                .register(start as *mut u8, len as usize, Access::Local)
+                            nic.borrow_mut().register(
+                                domain,
+                                start as *mut u8,
+                                len as usize,
+                                Access::Local,
+                            )
                         }
                     },
                     &mut |mr| nic.borrow_mut().deregister(mr),
@@ -1455,24 +1492,27 @@ impl VerbsDevice {
                 Status::ConnectionLost
             }
         };
-        if status == Status::Ok && !write && total <= BOUNCE {
-            let bounce = self.bounce.as_ref().expect("used above");
-            let mut off = 0;
-            for s in segs {
-                // SAFETY: the READ completed, nothing else is posted on the bounce buffer;
-                // the host lends the segments writable for the call.
-                #[allow(unsafe_code)]
-                unsafe {
-                    if let Some(src) = bounce.buf.slice(off, s.len) {
-                        std::ptr::copy_nonoverlapping(src.as_ptr(), s.base, s.len);
-                    }
-                }
-                off += s.len;
-            }
-        }
+        // A connection that failed meanwhile took its bounce buffer and cache with it.
         let nic = &mut self.nic;
-        for l in leases {
-            self.regcache.release(l, &mut |mr| nic.deregister(mr));
+        if let Some(c) = conn!(self, idx).filter(|c| c.qp.as_ref().is_some_and(|q| q.qpn == qpn)) {
+            if status == Status::Ok && !write && total <= BOUNCE {
+                let bounce = c.bounce.as_ref().expect("used above");
+                let mut off = 0;
+                for s in segs {
+                    // SAFETY: the READ completed, nothing else is posted on the bounce buffer;
+                    // the host lends the segments writable for the call.
+                    #[allow(unsafe_code)]
+                    unsafe {
+                        if let Some(src) = bounce.buf.slice(off, s.len) {
+                            std::ptr::copy_nonoverlapping(src.as_ptr(), s.base, s.len);
+                        }
+                    }
+                    off += s.len;
+                }
+            }
+            for l in leases {
+                c.regcache.release(l, &mut |mr| nic.deregister(mr));
+            }
         }
         if status == Status::Ok {
             self.rdma_ops += 1;
@@ -1560,6 +1600,30 @@ impl VerbsDevice {
         if let Err(e) = socket2::SockRef::from(sock).set_tcp_keepalive(&ka) {
             log::debug!("verbs: cannot set keepalive on the side channel: {e}");
         }
+    }
+
+    /// The connection's queue pair, in a protection domain of its own (made now if it has
+    /// none yet; freed with the connection).
+    fn make_qp(&mut self, idx: usize) -> Result<Qp, crate::nic::NicError> {
+        let domain = match conn!(self, idx).map(|c| c.domain) {
+            Some(0) => {
+                let d = self.nic.alloc_domain()?;
+                if let Some(c) = conn!(self, idx) {
+                    c.domain = d;
+                }
+                d
+            }
+            Some(d) => d,
+            None => 0,
+        };
+        Qp::new(
+            self.nic.as_mut(),
+            domain,
+            self.cfg.credits,
+            self.cfg.eager_max,
+            idx,
+            psn(idx),
+        )
     }
 
     /// Connections held, whatever their stage.
@@ -1672,15 +1736,14 @@ impl Device for VerbsDevice {
             comps: Vec::with_capacity(BATCH),
             held: HeldBuffers::default(),
             big: HashMap::new(),
-            read_pool: StagePool::new(Access::Local, 64 << 20),
+            zombies: HashMap::new(),
+            regcache_off: RegCache::<Mr>::new(1).off_reason().map(str::to_string),
             next_big: 0,
             next_read: 0,
             budget_left: 0,
             more: false,
             nic_fired: false,
             delivered: 0,
-            regcache: RegCache::new(1024),
-            bounce: None,
             published: HashMap::new(),
             next_published: 0,
             next_rdma: 0,
@@ -1864,9 +1927,22 @@ impl Device for VerbsDevice {
             self.held.release(f.held);
         }
         if f.big != 0
-            && let Some(s) = self.big.remove(&f.big)
+            && let Some(b) = self.big.remove(&f.big)
         {
-            self.read_pool.give(self.nic.as_mut(), s);
+            match conn!(self, b.idx).filter(|c| c.qp.as_ref().is_some_and(|q| q.qpn == b.qpn)) {
+                Some(c) => c.read_pool.give(self.nic.as_mut(), b.staged),
+                None => {
+                    // Its connection is gone: the last fragment of a closed domain frees it.
+                    b.staged.release(self.nic.as_mut());
+                    if let Some(n) = self.zombies.get_mut(&b.domain) {
+                        *n -= 1;
+                        if *n == 0 {
+                            self.zombies.remove(&b.domain);
+                            self.nic.free_domain(b.domain);
+                        }
+                    }
+                }
+            }
         }
     }
 
@@ -1971,15 +2047,34 @@ impl Device for VerbsDevice {
         (fd, next)
     }
 
+    fn register(&mut self, _base: *mut u8, len: usize) -> u64 {
+        // A registration for no connection would be out of every queue pair's domain: a
+        // host of ABI 1.4 calls `register_conn` for published buffers.
+        log::warn!(
+            "verbs: {len} bytes registered for no connection; the peer reaches them through messages"
+        );
+        0
+    }
+
     // The pointer comes from the host, which keeps it valid (the trait's contract); the
     // device hands it to the NIC and never dereferences it.
     #[allow(clippy::not_unsafe_ptr_arg_deref)]
-    fn register(&mut self, base: *mut u8, len: usize) -> u64 {
+    fn register_conn(&mut self, conn: u64, base: *mut u8, len: usize) -> u64 {
+        let Some(&idx) = self.by_vmi.get(&conn) else {
+            return 0;
+        };
+        let Some(domain) = conn!(self, idx).map(|c| c.domain).filter(|&d| d != 0) else {
+            return 0;
+        };
         // SAFETY: the host keeps the memory mapped until `deregister` (Device::register's
-        // contract); it is the application's published buffer, open to the peer's reads and
-        // writes by the application's choice, and the device never reads or writes it itself.
+        // contract); it is the application's published buffer, open to this connection's
+        // peer (its domain alone) by the application's choice, and the device never reads or
+        // writes it itself.
         #[allow(unsafe_code)]
-        let mr = match unsafe { self.nic.register(base, len, Access::RemoteReadWrite) } {
+        let mr = match unsafe {
+            self.nic
+                .register(domain, base, len, Access::RemoteReadWrite)
+        } {
             Ok(mr) => mr,
             Err(e) => {
                 log::warn!(
@@ -1992,12 +2087,12 @@ impl Device for VerbsDevice {
         while self.published.contains_key(&self.next_published) {
             self.next_published = self.next_published.wrapping_add(1).max(1);
         }
-        self.published.insert(self.next_published, mr);
+        self.published.insert(self.next_published, (idx, mr));
         (u64::from(self.next_published) << 32) | u64::from(mr.rkey)
     }
 
     fn deregister(&mut self, handle: u64) {
-        if let Some(mr) = self.published.remove(&((handle >> 32) as u32)) {
+        if let Some((_, mr)) = self.published.remove(&((handle >> 32) as u32)) {
             self.nic.deregister(mr);
         }
     }
@@ -2041,10 +2136,24 @@ impl Device for VerbsDevice {
                     _ => "off".into(),
                 }
             }),
-            "regcache" => Some(match self.regcache.off_reason() {
-                Some(why) => format!("{why}; {:?}", self.regcache.stats()),
-                None => format!("{:?}", self.regcache.stats()),
-            }),
+            "regcache" => {
+                // The connections' caches together.
+                let mut t = vmi_device::regcache::CacheStats::default();
+                for c in self.conns.iter().flatten() {
+                    let s = c.regcache.stats();
+                    t.hits += s.hits;
+                    t.misses += s.misses;
+                    t.invalidated += s.invalidated;
+                    t.evicted += s.evicted;
+                    t.uncached += s.uncached;
+                    t.entries += s.entries;
+                    t.bytes += s.bytes;
+                }
+                Some(match &self.regcache_off {
+                    Some(why) => format!("{why}; {t:?}"),
+                    None => format!("{t:?}"),
+                })
+            }
             "protocols" => Some(format!(
                 "eager (one SEND into a posted receive buffer, {} per peer) up to {} bytes (eager_max; the smaller of the two sides' is used); rendezvous above: the receiver reads the fragment with RDMA READ",
                 self.cfg.credits, self.cfg.eager_max
@@ -2056,22 +2165,25 @@ impl Device for VerbsDevice {
 
 impl Drop for VerbsDevice {
     fn drop(&mut self) {
+        let mut open_domains = Vec::new();
         for idx in 0..self.conns.len() {
             if let Some(mut c) = self.conns[idx].take() {
                 c.release(self.nic.as_mut());
+                open_domains.push(c.domain);
             }
         }
         let nic = &mut self.nic;
-        for (_, s) in self.big.drain() {
-            s.release(nic.as_mut());
-        }
-        self.read_pool.clear(nic.as_mut());
-        self.regcache.clear(&mut |mr| nic.deregister(mr));
-        if let Some(b) = self.bounce.take() {
-            b.release(nic.as_mut());
-        }
-        for (_, mr) in self.published.drain() {
+        for (_, (_, mr)) in self.published.drain() {
             nic.deregister(mr);
+        }
+        let mut domains: std::collections::HashSet<u32> = self.zombies.keys().copied().collect();
+        for (_, b) in self.big.drain() {
+            domains.insert(b.domain);
+            b.staged.release(nic.as_mut());
+        }
+        domains.extend(open_domains);
+        for d in domains.into_iter().filter(|&d| d != 0) {
+            nic.free_domain(d);
         }
     }
 }

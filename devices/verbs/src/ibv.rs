@@ -50,6 +50,9 @@ pub struct IbvNic {
     cq: *mut IbvCq,
     qps: HashMap<u32, *mut IbvQp>,
     mrs: HashMap<u64, *mut IbvMr>,
+    /// Protection domains beyond the default one (domain 0), by number.
+    pds: HashMap<u32, *mut IbvPd>,
+    next_domain: u32,
     next_mr: u64,
     wc: Vec<IbvWc>,
 }
@@ -126,6 +129,8 @@ impl IbvNic {
             cq: ptr::null_mut(),
             qps: HashMap::new(),
             mrs: HashMap::new(),
+            pds: HashMap::new(),
+            next_domain: 0,
             next_mr: 1,
             wc: vec![IbvWc::default(); 32],
         };
@@ -187,6 +192,16 @@ impl IbvNic {
         }
         self.rearm();
         Ok(())
+    }
+
+    fn pd(&self, domain: u32) -> Result<*mut IbvPd, NicError> {
+        if domain == 0 {
+            return Ok(self.pd);
+        }
+        self.pds.get(&domain).copied().ok_or(NicError::Call {
+            call: "ibv_alloc_pd",
+            why: format!("no protection domain {domain}"),
+        })
     }
 
     fn qp(&self, qpn: u32, what: &'static str) -> Result<*mut IbvQp, NicError> {
@@ -272,6 +287,9 @@ impl Drop for IbvNic {
             for (_, mr) in self.mrs.drain() {
                 (f.dereg_mr)(mr);
             }
+            for (_, pd) in self.pds.drain() {
+                (f.dealloc_pd)(pd);
+            }
             if !self.cq.is_null() {
                 (f.destroy_cq)(self.cq);
             }
@@ -301,7 +319,32 @@ impl Nic for IbvNic {
         self.addr
     }
 
-    fn create_qp(&mut self, send: u32, recv: u32) -> Result<u32, NicError> {
+    fn alloc_domain(&mut self) -> Result<u32, NicError> {
+        // SAFETY: a live context.
+        let pd = unsafe { (self.verbs.fns.alloc_pd)(self.ctx) };
+        if pd.is_null() {
+            return Err(call("ibv_alloc_pd"));
+        }
+        self.next_domain = self.next_domain.wrapping_add(1).max(1);
+        while self.pds.contains_key(&self.next_domain) {
+            self.next_domain = self.next_domain.wrapping_add(1).max(1);
+        }
+        self.pds.insert(self.next_domain, pd);
+        Ok(self.next_domain)
+    }
+
+    fn free_domain(&mut self, domain: u32) {
+        if let Some(pd) = self.pds.remove(&domain) {
+            // SAFETY: a live domain of this NIC with nothing left in it (the caller's
+            // promise), freed once.
+            if unsafe { (self.verbs.fns.dealloc_pd)(pd) } != 0 {
+                log::error!("verbs: ibv_dealloc_pd failed: {}", errno());
+            }
+        }
+    }
+
+    fn create_qp(&mut self, domain: u32, send: u32, recv: u32) -> Result<u32, NicError> {
+        let pd = self.pd(domain)?;
         let mut init = IbvQpInitAttr {
             qp_context: ptr::null_mut(),
             send_cq: self.cq,
@@ -318,7 +361,7 @@ impl Nic for IbvNic {
             sq_sig_all: 0,
         };
         // SAFETY: a live protection domain and a complete attribute structure.
-        let qp = unsafe { (self.verbs.fns.create_qp)(self.pd, &mut init) };
+        let qp = unsafe { (self.verbs.fns.create_qp)(pd, &mut init) };
         if qp.is_null() {
             return Err(call("ibv_create_qp"));
         }
@@ -406,6 +449,7 @@ impl Nic for IbvNic {
 
     unsafe fn register(
         &mut self,
+        domain: u32,
         addr: *mut u8,
         len: usize,
         access: Access,
@@ -416,8 +460,9 @@ impl Nic for IbvNic {
                 Access::RemoteRead => IBV_ACCESS_REMOTE_READ,
                 Access::RemoteReadWrite => IBV_ACCESS_REMOTE_READ | IBV_ACCESS_REMOTE_WRITE,
             };
+        let pd = self.pd(domain)?;
         // SAFETY: a live protection domain; the caller's contract covers the memory.
-        let mr = unsafe { (self.verbs.fns.reg_mr)(self.pd, addr.cast(), len, access) };
+        let mr = unsafe { (self.verbs.fns.reg_mr)(pd, addr.cast(), len, access) };
         if mr.is_null() {
             return Err(call("ibv_reg_mr"));
         }

@@ -155,15 +155,22 @@ pub trait Nic {
     fn describe(&self) -> String;
     /// This port's address.
     fn address(&self) -> Address;
-    /// Creates a queue pair able to hold `send` and `recv` outstanding work requests, ready
-    /// for receives to be posted (INIT); returns its number.
-    fn create_qp(&mut self, send: u32, recv: u32) -> Result<u32, NicError>;
+    /// A new protection domain: a queue pair reaches only registrations of its own domain,
+    /// and its peer only registrations of that domain too (the device makes one per
+    /// connection, so a peer cannot reach what another connection registered, whatever key
+    /// it tries).
+    fn alloc_domain(&mut self) -> Result<u32, NicError>;
+    /// Frees a domain once no queue pair or registration is left in it.
+    fn free_domain(&mut self, domain: u32);
+    /// Creates a queue pair in `domain` able to hold `send` and `recv` outstanding work
+    /// requests, ready for receives to be posted (INIT); returns its number.
+    fn create_qp(&mut self, domain: u32, send: u32, recv: u32) -> Result<u32, NicError>;
     /// Connects queue pair `qpn`, whose first sequence number is `psn`, to `remote` (RTR then
     /// RTS).
     fn connect_qp(&mut self, qpn: u32, psn: u32, remote: &Remote) -> Result<(), NicError>;
     /// Destroys a queue pair; its outstanding work requests are dropped.
     fn destroy_qp(&mut self, qpn: u32);
-    /// Registers `len` bytes at `addr` for local writes and what `access` adds. Work requests are checked against registrations (key and range), so
+    /// Registers `len` bytes at `addr` in `domain` for local writes and what `access` adds. Work requests are checked against registrations (key and range), so
     /// posting them is safe; registering is where the promise is made.
     ///
     /// # Safety
@@ -176,6 +183,7 @@ pub trait Nic {
     /// pinned at registration).
     unsafe fn register(
         &mut self,
+        domain: u32,
         addr: *mut u8,
         len: usize,
         access: Access,

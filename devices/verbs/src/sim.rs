@@ -36,6 +36,7 @@ struct Cq {
 
 struct Qp {
     nic: u64,
+    domain: u32,
     remote: Option<u32>,
     recvs: VecDeque<(u64, Sge)>,
     max_recv: usize,
@@ -43,6 +44,7 @@ struct Qp {
 
 struct Region {
     nic: u64,
+    domain: u32,
     addr: u64,
     len: u64,
     access: Access,
@@ -56,6 +58,7 @@ struct Fabric {
     next_nic: u64,
     next_qpn: u32,
     next_key: u32,
+    next_domain: u32,
 }
 
 fn fabric() -> MutexGuard<'static, Fabric> {
@@ -89,10 +92,17 @@ impl Fabric {
         }
     }
 
-    /// Whether `sge` lies inside a registration of `nic` with its local key.
-    fn local_ok(&self, nic: u64, sge: &Sge) -> bool {
+    /// Whether `sge` lies inside a registration of `nic` with its local key, in the domain
+    /// of queue pair `qpn`.
+    fn local_ok(&self, nic: u64, qpn: u32, sge: &Sge) -> bool {
+        let Some(domain) = self.qps.get(&qpn).map(|q| q.domain) else {
+            return false;
+        };
         self.regions.get(&sge.lkey).is_some_and(|r| {
-            r.nic == nic && sge.addr >= r.addr && sge.addr + u64::from(sge.len) <= r.addr + r.len
+            r.nic == nic
+                && r.domain == domain
+                && sge.addr >= r.addr
+                && sge.addr + u64::from(sge.len) <= r.addr + r.len
         })
     }
 
@@ -182,17 +192,18 @@ impl SimNic {
         let mut f = fabric();
         let id = self.id;
         let kind = if write { Kind::Write } else { Kind::Read };
-        if !f.local_ok(id, &sge) {
+        if !f.local_ok(id, qpn, &sge) {
             return f.fail(id, qpn, wr_id, kind, "local protection error");
         }
-        let remote_nic = match f.peer(id, qpn) {
-            Ok((_, n)) => n,
+        let (remote_nic, remote_domain) = match f.peer(id, qpn) {
+            Ok((r, n)) => (n, f.qps.get(&r).map_or(0, |q| q.domain)),
             Err(why) => return f.fail(id, qpn, wr_id, kind, why),
         };
         let len = u64::from(sge.len);
         let allowed = len <= MAX_MESSAGE
             && f.regions.get(&rkey).is_some_and(|r| {
                 r.nic == remote_nic
+                    && r.domain == remote_domain
                     && match r.access {
                         Access::Local => false,
                         Access::RemoteRead => !write,
@@ -244,7 +255,15 @@ impl Nic for SimNic {
         }
     }
 
-    fn create_qp(&mut self, _send: u32, recv: u32) -> Result<u32, NicError> {
+    fn alloc_domain(&mut self) -> Result<u32, NicError> {
+        let mut f = fabric();
+        f.next_domain = f.next_domain.wrapping_add(1).max(1);
+        Ok(f.next_domain)
+    }
+
+    fn free_domain(&mut self, _domain: u32) {}
+
+    fn create_qp(&mut self, domain: u32, _send: u32, recv: u32) -> Result<u32, NicError> {
         let mut f = fabric();
         f.next_qpn = (f.next_qpn + 1) & 0x00ff_ffff;
         if f.next_qpn == 0 {
@@ -255,6 +274,7 @@ impl Nic for SimNic {
             qpn,
             Qp {
                 nic: self.id,
+                domain,
                 remote: None,
                 recvs: VecDeque::new(),
                 max_recv: recv as usize,
@@ -294,6 +314,7 @@ impl Nic for SimNic {
 
     unsafe fn register(
         &mut self,
+        domain: u32,
         addr: *mut u8,
         len: usize,
         access: Access,
@@ -308,6 +329,7 @@ impl Nic for SimNic {
             key,
             Region {
                 nic: self.id,
+                domain,
                 addr: addr as u64,
                 len: len as u64,
                 access,
@@ -329,7 +351,7 @@ impl Nic for SimNic {
 
     fn post_recv(&mut self, qpn: u32, wr_id: u64, sge: Sge) -> Result<(), NicError> {
         let mut f = fabric();
-        let local_ok = f.local_ok(self.id, &sge);
+        let local_ok = f.local_ok(self.id, qpn, &sge);
         let qp = f
             .qps
             .get_mut(&qpn)
@@ -357,7 +379,7 @@ impl Nic for SimNic {
     fn post_send(&mut self, qpn: u32, wr_id: u64, sge: Sge) -> Result<(), NicError> {
         let mut f = fabric();
         let id = self.id;
-        if !f.local_ok(id, &sge) {
+        if !f.local_ok(id, qpn, &sge) {
             f.fail(id, qpn, wr_id, Kind::Send, "local protection error");
             return Ok(());
         }
@@ -464,10 +486,14 @@ mod tests {
     use super::*;
     use crate::buf::DmaBuf;
 
+    /// The domains of the test pair's two queue pairs.
+    const DA: u32 = 1_000_001;
+    const DB: u32 = 1_000_002;
+
     fn pair() -> (SimNic, SimNic, u32, u32) {
         let (mut a, mut b) = (SimNic::new().unwrap(), SimNic::new().unwrap());
-        let qa = a.create_qp(8, 8).unwrap();
-        let qb = b.create_qp(8, 8).unwrap();
+        let qa = a.create_qp(DA, 8, 8).unwrap();
+        let qb = b.create_qp(DB, 8, 8).unwrap();
         let ra = Remote {
             qpn: qa,
             psn: 0,
@@ -498,8 +524,8 @@ mod tests {
         // SAFETY: both buffers outlive their registrations (deregistered below).
         let (ma, mb) = unsafe {
             (
-                a.register(ba.as_ptr(), 64, Access::RemoteRead).unwrap(),
-                b.register(bb.as_ptr(), 64, Access::Local).unwrap(),
+                a.register(DA, ba.as_ptr(), 64, Access::RemoteRead).unwrap(),
+                b.register(DB, bb.as_ptr(), 64, Access::Local).unwrap(),
             )
         };
         // SAFETY: nothing is posted on these bytes yet.
@@ -557,7 +583,7 @@ mod tests {
         out.clear();
         let ba2 = DmaBuf::new(8);
         // SAFETY: ba2 outlives the registration (the NIC drops it at the end of the test).
-        let m2 = unsafe { a.register(ba2.as_ptr(), 8, Access::Local).unwrap() };
+        let m2 = unsafe { a.register(DA, ba2.as_ptr(), 8, Access::Local).unwrap() };
         a.post_send(qa, 14, sge(&ba2, m2, 0, 1)).unwrap();
         a.poll(&mut out, 8);
         assert_eq!(out[0].error, Some("transport retry counter exceeded"));
@@ -571,10 +597,10 @@ mod tests {
         // SAFETY: the buffers outlive their registrations (deregistered below).
         let (ma, mb, mc) = unsafe {
             (
-                a.register(ba.as_ptr(), 64, Access::Local).unwrap(),
-                b.register(bb.as_ptr(), 64, Access::RemoteReadWrite)
+                a.register(DA, ba.as_ptr(), 64, Access::Local).unwrap(),
+                b.register(DB, bb.as_ptr(), 64, Access::RemoteReadWrite)
                     .unwrap(),
-                b.register(bc.as_ptr(), 64, Access::RemoteRead).unwrap(),
+                b.register(DB, bc.as_ptr(), 64, Access::RemoteRead).unwrap(),
             )
         };
         // SAFETY: nothing is posted on `ba` yet.
@@ -610,8 +636,8 @@ mod tests {
         // SAFETY: both buffers outlive the NICs' use of them (deregistered below).
         let (ma, mb) = unsafe {
             (
-                a.register(ba.as_ptr(), 8, Access::Local).unwrap(),
-                b.register(bb.as_ptr(), 8, Access::Local).unwrap(),
+                a.register(DA, ba.as_ptr(), 8, Access::Local).unwrap(),
+                b.register(DB, bb.as_ptr(), 8, Access::Local).unwrap(),
             )
         };
         let readable = |n: &SimNic| {

@@ -33,6 +33,10 @@ fn start(tag: &str) -> (Vmi, String) {
 #[derive(Default)]
 struct H {
     conn: Option<ConnId>,
+    /// The connection this side accepted.
+    accepted: Option<ConnId>,
+    /// Buffers published to this side.
+    published: Vec<vmi_core::RemoteBuffer>,
     refused: Option<(Status, String)>,
     received: Vec<Vec<u8>>,
     completions: Vec<Status>,
@@ -41,9 +45,20 @@ struct H {
 }
 
 impl Handler for H {
-    fn accept(&mut self, _: &mut Ctx<'_>, _: &mut ConnectRequest<'_>) -> Decision {
+    fn accept(&mut self, _: &mut Ctx<'_>, req: &mut ConnectRequest<'_>) -> Decision {
         self.requests += 1;
+        self.accepted = Some(req.conn);
         Decision::Accept(vec![])
+    }
+    fn rdma_published(
+        &mut self,
+        _: &mut Ctx<'_>,
+        _: ConnId,
+        remote: vmi_core::RemoteBuffer,
+        _: &mut Slab<'_>,
+    ) {
+        // Kept, not released: the publisher's registration stays.
+        self.published.push(remote);
     }
     fn connected(&mut self, _: &mut Ctx<'_>, conn: ConnId, o: ConnectOutcome<'_>, _: u64) {
         match o {
@@ -281,6 +296,7 @@ fn read_answer(s: &mut TcpStream, b: &mut Vmi, hb: &mut H) -> Answer {
 /// with a registered buffer to send frames from.
 struct Evil {
     nic: SimNic,
+    domain: u32,
     qpn: u32,
     buf: DmaBuf,
     mr: vmi_verbs::nic::Mr,
@@ -295,7 +311,8 @@ impl Evil {
     fn connect(b: &mut Vmi, hb: &mut H, kb: &str) -> Evil {
         let port = listen_port(b);
         let mut nic = SimNic::new().unwrap();
-        let qpn = nic.create_qp(64, 64).unwrap();
+        let domain = nic.alloc_domain().unwrap();
+        let qpn = nic.create_qp(domain, 64, 64).unwrap();
         let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
         let hello = Hello {
             from_key: "evil".into(),
@@ -331,13 +348,18 @@ impl Evil {
         let buf = DmaBuf::new(1 << 16);
         // SAFETY: `buf` outlives the registration (`Evil::drop` deregisters first).
         let mr = unsafe {
-            nic.register(buf.as_ptr(), 1 << 16, vmi_verbs::nic::Access::RemoteRead)
-                .unwrap()
+            nic.register(
+                domain,
+                buf.as_ptr(),
+                1 << 16,
+                vmi_verbs::nic::Access::RemoteRead,
+            )
+            .unwrap()
         };
         let rx = DmaBuf::new(64 * 2048);
         // SAFETY: as for `buf`.
         let rx_mr = unsafe {
-            nic.register(rx.as_ptr(), rx.len(), vmi_verbs::nic::Access::Local)
+            nic.register(domain, rx.as_ptr(), rx.len(), vmi_verbs::nic::Access::Local)
                 .unwrap()
         };
         for i in 0..64 {
@@ -350,6 +372,7 @@ impl Evil {
         }
         Evil {
             nic,
+            domain,
             qpn,
             buf,
             mr,
@@ -628,7 +651,12 @@ fn large_fragments_offered_at_once_are_read_within_the_budget() {
     // SAFETY: `big` outlives the registration (deregistered at the end of the test).
     let mr = unsafe {
         evil.nic
-            .register(big.as_ptr(), big.len(), vmi_verbs::nic::Access::RemoteRead)
+            .register(
+                evil.domain,
+                big.as_ptr(),
+                big.len(),
+                vmi_verbs::nic::Access::RemoteRead,
+            )
             .unwrap()
     };
     for i in 0..n {
@@ -804,4 +832,70 @@ fn small_messages_take_the_fast_paths_and_keep_their_order() {
     let inline: u64 = a.attr_get("t", "inline_sends").unwrap().parse().unwrap();
     let direct: u64 = b.attr_get("t", "direct_receives").unwrap().parse().unwrap();
     assert!(inline > 0 && direct > 0, "inline {inline}, direct {direct}");
+}
+
+/// Each connection's registrations live in a protection domain of its own: a peer that
+/// guesses the key and address of a buffer published to another peer reaches nothing.
+#[test]
+fn a_peer_cannot_reach_a_buffer_published_to_another_with_a_guessed_key() {
+    let (mut a, mut ha, mut b, mut hb) = connected();
+    let to_a = hb.accepted.expect("b accepted a");
+    let region = vmi_core::Region::new(8192).unwrap();
+    region.write(0, b"for a only").unwrap();
+    b.rdma_publish(to_a, &region, 0..4096, 0, 0, b"").unwrap();
+    pump(&mut a, &mut ha, &mut b, &mut hb, |ha, _| {
+        !ha.published.is_empty()
+    });
+    // A reaches it one-sided.
+    let mine = vmi_core::Region::new(64).unwrap();
+    let seg = [vmi_core::Segment {
+        region: &mine,
+        offset: 0,
+        len: 10,
+    }];
+    a.rdma_get(
+        &ha.published[0],
+        0,
+        &seg,
+        &vmi_core::RdmaOptions::default(),
+        1,
+    )
+    .unwrap();
+    assert_eq!(mine.to_vec(0, 10).unwrap(), b"for a only");
+    assert_eq!(a.rdma_path(ha.conn.unwrap()), vmi_core::RdmaPath::OneSided);
+
+    // Another peer of b, knowing the address and trying every key near the ones in use.
+    let kb = b.key().to_string();
+    let mut evil = Evil::connect(&mut b, &mut hb, &kb);
+    let target = DmaBuf::new(64);
+    // SAFETY: `target` outlives the registration (deregistered below).
+    let tmr = unsafe {
+        evil.nic
+            .register(
+                evil.domain,
+                target.as_ptr(),
+                64,
+                vmi_verbs::nic::Access::Local,
+            )
+            .unwrap()
+    };
+    let around = evil.mr.rkey;
+    let mut out = Vec::new();
+    let mut reached = 0;
+    for key in around.saturating_sub(3000)..around + 100 {
+        let sge = Sge {
+            addr: target.addr(0),
+            len: 10,
+            lkey: tmr.lkey,
+        };
+        evil.nic
+            .post_read(evil.qpn, u64::from(key), sge, region.addr() as u64, key)
+            .unwrap();
+        out.clear();
+        evil.nic.poll(&mut out, 8);
+        reached += out.iter().filter(|c| c.error.is_none()).count();
+    }
+    assert_eq!(reached, 0, "a guessed key reached another peer's buffer");
+    evil.nic.deregister(tmr);
+    drop(evil);
 }
