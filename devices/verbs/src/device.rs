@@ -124,8 +124,9 @@ pub struct VerbsDevice {
     /// Sends taken with no IRB (`send_inline`) and fragments handed over with none.
     inline_sends: u64,
     direct_receives: u64,
-    /// A fragment of the running poll went up as an IRB: no more direct deliveries in it.
-    irb_this_poll: bool,
+    /// Polls so far, and whether the last one found nothing (see `poll`).
+    turn: u64,
+    quiet: bool,
 }
 
 /// Transfers up to this size are copied through the bounce buffer instead of registering
@@ -1220,20 +1221,36 @@ impl VerbsDevice {
             let vmi = c.vmi;
             let Some(up) = c.up.pop_front() else { return };
             let mut was_read = false;
-            // Straight to the host with no IRB when it polls this device directly (ABI 1.2),
-            // as long as no fragment of this poll went up as an IRB (the host hands direct
-            // ones over first: order).
-            if !self.irb_this_poll
-                && let Up::Eager(bytes, meta) = &up
-                && deliver::offer(
-                    vmi,
-                    vmi_device::abi::recv_flags(meta.end, meta.filter),
-                    bytes,
-                )
-            {
+            // Straight to the host with no IRB when it polls this device directly (ABI 1.2).
+            // Every fragment is offered, read ones too: once the host declines one (too large,
+            // or no room), `offer` declines the rest of the poll, which keeps the order.
+            let (bytes, meta): (&[u8], Meta) = match &up {
+                Up::Eager(b, m) => (b, *m),
+                Up::Read(s, len, m) => {
+                    // SAFETY: the READ completed and nothing else names the buffer.
+                    #[allow(unsafe_code)]
+                    let b = unsafe { s.buf.slice(0, *len) }.unwrap_or(&[]);
+                    (b, *m)
+                }
+            };
+            if deliver::offer(
+                vmi,
+                vmi_device::abi::recv_flags(meta.end, meta.filter),
+                bytes,
+            ) {
+                if let Up::Read(s, _, _) = up
+                    && let Some(c) = conn!(self, idx)
+                {
+                    c.read_bytes = c.read_bytes.saturating_sub(s.buf.len());
+                    c.read_pool.give(self.nic.as_mut(), s);
+                    was_read = true;
+                }
                 self.budget_left -= 1;
                 self.delivered += 1;
                 self.direct_receives += 1;
+                if was_read {
+                    self.post_reads(idx);
+                }
                 continue;
             }
             let Some(mut irb) = self.host.alloc_irb(Op::Recv, vmi) else {
@@ -1245,7 +1262,6 @@ impl VerbsDevice {
             };
             self.budget_left -= 1;
             self.delivered += 1;
-            self.irb_this_poll = true;
             match up {
                 Up::Eager(bytes, meta) => {
                     irb.set_flags(vmi_device::abi::recv_flags(meta.end, meta.filter));
@@ -1751,7 +1767,8 @@ impl Device for VerbsDevice {
             read_bytes_peak: 0,
             inline_sends: 0,
             direct_receives: 0,
-            irb_this_poll: false,
+            turn: 0,
+            quiet: true,
         };
         d.listen()?;
         Ok(d)
@@ -1949,24 +1966,26 @@ impl Device for VerbsDevice {
     fn poll(&mut self, budget: usize) -> usize {
         self.budget_left = budget.min(self.host.irbs_available() as usize);
         let start = self.budget_left;
-        self.irb_this_poll = false;
-        if let Err(e) = self.poll.poll(&mut self.events, Some(Duration::ZERO))
+        // The side channels and the completion channel are looked at (one epoll_wait) every
+        // 16th poll, and after a poll that found nothing (the host may sleep next): the data
+        // path is the completion queue, read every poll with no system call.
+        self.turn = self.turn.wrapping_add(1);
+        let look = self.turn % 16 == 0 || self.quiet;
+        if look
+            && let Err(e) = self.poll.poll(&mut self.events, Some(Duration::ZERO))
             && e.kind() != io::ErrorKind::Interrupted
         {
             log::error!("verbs: epoll failed: {e}");
         }
-        let ready: Vec<(Token, bool, bool)> = self
-            .events
-            .iter()
-            .map(|e| {
-                (
-                    e.token(),
-                    e.is_readable() || e.is_read_closed() || e.is_error(),
-                    e.is_writable(),
-                )
-            })
-            .collect();
-        for (token, readable, writable) in ready {
+        if !look {
+            self.events.clear();
+        }
+        // The events are taken out for the walk (the handlers need `self`) and put back, so
+        // a poll allocates nothing.
+        let events = std::mem::replace(&mut self.events, Events::with_capacity(0));
+        for e in events.iter() {
+            let (token, writable) = (e.token(), e.is_writable());
+            let readable = e.is_readable() || e.is_read_closed() || e.is_error();
             match token {
                 LISTENER => self.accept_all(),
                 NIC => self.nic_fired = true,
@@ -1988,6 +2007,7 @@ impl Device for VerbsDevice {
                 }
             }
         }
+        self.events = events;
         if std::mem::take(&mut self.nic_fired) {
             self.nic.rearm();
         }
@@ -2023,7 +2043,9 @@ impl Device for VerbsDevice {
                 self.advance(idx);
             }
         }
-        start - self.budget_left
+        let done = start - self.budget_left;
+        self.quiet = done == 0;
+        done
     }
 
     fn wait_fd(&self) -> (Option<RawFd>, Option<Duration>) {
