@@ -1970,7 +1970,7 @@ impl Device for VerbsDevice {
         // 16th poll, and after a poll that found nothing (the host may sleep next): the data
         // path is the completion queue, read every poll with no system call.
         self.turn = self.turn.wrapping_add(1);
-        let look = self.turn % 16 == 0 || self.quiet;
+        let look = self.turn.is_multiple_of(16) || self.quiet;
         if look
             && let Err(e) = self.poll.poll(&mut self.events, Some(Duration::ZERO))
             && e.kind() != io::ErrorKind::Interrupted
