@@ -97,6 +97,21 @@ fn errno() -> String {
 
 impl Watcher {
     fn start() -> Result<&'static Watcher, String> {
+        let wanted = UFFD_FEATURE_EVENT_UNMAP
+            | UFFD_FEATURE_EVENT_REMOVE
+            | UFFD_FEATURE_EVENT_REMAP
+            | UFFD_FEATURE_PAGEFAULT_FLAG_WP;
+        // Shared memory too where the kernel can (5.19+); else anonymous memory alone.
+        if let Ok(uffd) = Self::open(wanted | UFFD_FEATURE_WP_HUGETLBFS_SHMEM) {
+            return Self::launch(uffd, true);
+        }
+        log::debug!("memwatch: shared memory cannot be watched on this kernel");
+        Self::launch(Self::open(wanted)?, false)
+    }
+
+    /// A userfaultfd with the API handshake made for `features` (the handshake may be made
+    /// once per descriptor, so each try opens its own).
+    fn open(features: u64) -> Result<OwnedFd, String> {
         // SAFETY: a plain system call; the descriptor is owned below.
         let fd = unsafe {
             libc::syscall(
@@ -109,51 +124,19 @@ impl Watcher {
         }
         // SAFETY: a fresh descriptor this function owns.
         let uffd = unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) };
-        let wanted = UFFD_FEATURE_EVENT_UNMAP
-            | UFFD_FEATURE_EVENT_REMOVE
-            | UFFD_FEATURE_EVENT_REMAP
-            | UFFD_FEATURE_PAGEFAULT_FLAG_WP;
         let mut api = UffdioApi {
             api: UFFD_API,
-            features: wanted | UFFD_FEATURE_WP_HUGETLBFS_SHMEM,
+            features,
             ioctls: 0,
         };
         // SAFETY: the ioctl reads and writes an `uffdio_api` we own.
-        if unsafe { libc::ioctl(uffd.as_raw_fd(), UFFDIO_API, &mut api) } != 0 {
-            // An older kernel without write-protection of shared memory: anonymous only. The
-            // API handshake may be made once per descriptor, so start over.
-            log::debug!("memwatch: shared memory cannot be watched on this kernel");
-            return Self::start_anonymous_only(wanted);
-        }
-        Self::launch(uffd, true)
-    }
-
-    fn start_anonymous_only(wanted: u64) -> Result<&'static Watcher, String> {
-        // SAFETY: as in `start`.
-        let fd = unsafe {
-            libc::syscall(
-                libc::SYS_userfaultfd,
-                libc::O_CLOEXEC | libc::O_NONBLOCK | UFFD_USER_MODE_ONLY,
-            )
-        };
-        if fd < 0 {
-            return Err(format!("userfaultfd: {}", errno()));
-        }
-        // SAFETY: a fresh descriptor this function owns.
-        let uffd = unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) };
-        let mut api = UffdioApi {
-            api: UFFD_API,
-            features: wanted,
-            ioctls: 0,
-        };
-        // SAFETY: as in `start`.
         if unsafe { libc::ioctl(uffd.as_raw_fd(), UFFDIO_API, &mut api) } != 0 {
             return Err(format!(
                 "userfaultfd has no unmap events or write-protect mode here: {}",
                 errno()
             ));
         }
-        Self::launch(uffd, false)
+        Ok(uffd)
     }
 
     fn launch(uffd: OwnedFd, shared_ok: bool) -> Result<&'static Watcher, String> {
@@ -283,10 +266,11 @@ pub fn watcher() -> Result<&'static Watcher, String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn map(len: usize) -> *mut u8 {
+    /// A fresh private anonymous mapping of `len` bytes (the regcache tests use it too).
+    pub(crate) fn map(len: usize) -> *mut u8 {
         // SAFETY: a fresh anonymous mapping.
         let p = unsafe {
             libc::mmap(

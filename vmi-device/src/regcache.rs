@@ -292,26 +292,7 @@ impl<H: Copy> RegCache<H> {
 mod tests {
     use super::*;
 
-    fn map(len: usize) -> *mut u8 {
-        // SAFETY: a new anonymous mapping.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        assert_ne!(
-            p,
-            libc::MAP_FAILED,
-            "mmap: {}",
-            std::io::Error::last_os_error()
-        );
-        p.cast()
-    }
+    use crate::memwatch::tests::map;
 
     /// Maps fresh memory over `p..p+len` (the old mapping is unmapped by the same call).
     fn map_fixed(p: *mut u8, len: usize) -> *mut u8 {

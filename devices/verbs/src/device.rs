@@ -43,7 +43,7 @@ use crate::conn::{
     wr_parts,
 };
 use crate::ibv::{IbvNic, IbvOptions};
-use crate::nic::{Access, Address, Completion, Mr, Nic, Remote, Sge};
+use crate::nic::{Access, Address, Completion, Mr, Nic, Remote, RemoteMem, Sge};
 use crate::proto::{self, Action, Endpoint, Fragment, SendError};
 use crate::sim::SimNic;
 use crate::wire::Meta;
@@ -531,12 +531,13 @@ impl VerbsDevice {
         }
     }
 
-    /// Refuses a connector and lingers until it has read the answer.
-    fn refuse(&mut self, idx: usize, reason: &str) {
+    /// Refuses a connector (with `data`, the application's reply when it is the one
+    /// refusing) and lingers until it has read the answer.
+    fn refuse_with(&mut self, idx: usize, reason: &str, data: Vec<u8>) {
         let answer = Answer {
             accept: false,
             reason: reason.chars().take(bootstrap::MAX_REASON).collect(),
-            data: vec![],
+            data,
             qp: QpInfo::none(),
         }
         .emit();
@@ -545,6 +546,11 @@ impl VerbsDevice {
             c.stage = Stage::Lingering;
             c.deadline = Some(Instant::now() + LINGER);
         }
+    }
+
+    /// Refuses a connector with `reason`.
+    fn refuse(&mut self, idx: usize, reason: &str) {
+        self.refuse_with(idx, reason, Vec::new());
     }
 
     /// A hello arrived: check it, make the queue pair, and ask the application.
@@ -688,18 +694,7 @@ impl VerbsDevice {
         if !accept {
             let vmi = std::mem::take(&mut c.vmi);
             self.by_vmi.remove(&vmi);
-            let answer = Answer {
-                accept: false,
-                reason: "rejected by the application".into(),
-                data: reply,
-                qp: QpInfo::none(),
-            }
-            .emit();
-            self.say(idx, &answer);
-            if let Some(c) = conn!(self, idx) {
-                c.stage = Stage::Lingering;
-                c.deadline = Some(Instant::now() + LINGER);
-            }
+            self.refuse_with(idx, "rejected by the application", reply);
             return Ok(());
         }
         let (Some(hello), Some(qp)) = (c.hello.take(), c.qp.as_ref()) else {
@@ -1090,10 +1085,13 @@ impl VerbsDevice {
             self.read_bytes_peak = self.read_bytes_peak.max(c.read_bytes);
             let sge = target.sge(0, size);
             c.reads.insert(id, (msg, target, size));
-            if let Err(e) = self
-                .nic
-                .post_read(qpn, wr_id(idx, WR_READ, id), sge, addr, rkey)
-            {
+            if let Err(e) = self.nic.post_rdma(
+                qpn,
+                wr_id(idx, WR_READ, id),
+                sge,
+                RemoteMem { addr, rkey },
+                false,
+            ) {
                 return self.fail(idx, Status::ConnectionLost, &e.to_string(), true);
             }
         }
@@ -1546,11 +1544,9 @@ impl VerbsDevice {
         rkey: u32,
     ) -> Result<(), String> {
         let wr = wr_id(idx, WR_RDMA, self.next_rdma);
-        let r = if write {
-            self.nic.post_write(qpn, wr, sge, remote, rkey)
-        } else {
-            self.nic.post_read(qpn, wr, sge, remote, rkey)
-        };
+        let r = self
+            .nic
+            .post_rdma(qpn, wr, sge, RemoteMem { addr: remote, rkey }, write);
         r.map_err(|e| e.to_string())
     }
 

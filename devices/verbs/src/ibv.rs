@@ -13,7 +13,7 @@ use std::os::fd::RawFd;
 use std::ptr;
 
 use crate::ffi::*;
-use crate::nic::{Access, Address, Completion, Kind, Mr, Nic, NicError, Remote, Sge};
+use crate::nic::{Access, Address, Completion, Kind, Mr, Nic, NicError, Remote, RemoteMem, Sge};
 
 /// Where the NIC is and how it is used.
 #[derive(Clone, Debug)]
@@ -250,11 +250,7 @@ impl IbvNic {
         rkey: u32,
     ) -> Result<(), NicError> {
         let qp = self.qp(qpn, "ibv_post_send")?;
-        let mut s = IbvSge {
-            addr: sge.addr,
-            length: sge.len,
-            lkey: sge.lkey,
-        };
+        let mut s = IbvSge::from(sge);
         let mut wr = IbvSendWr {
             wr_id,
             next: ptr::null_mut(),
@@ -483,11 +479,7 @@ impl Nic for IbvNic {
 
     fn post_recv(&mut self, qpn: u32, wr_id: u64, sge: Sge) -> Result<(), NicError> {
         let qp = self.qp(qpn, "ibv_post_recv")?;
-        let mut s = IbvSge {
-            addr: sge.addr,
-            length: sge.len,
-            lkey: sge.lkey,
-        };
+        let mut s = IbvSge::from(sge);
         let mut wr = IbvRecvWr {
             wr_id,
             next: ptr::null_mut(),
@@ -510,26 +502,20 @@ impl Nic for IbvNic {
         self.post_op(qpn, wr_id, sge, IBV_WR_SEND, 0, 0)
     }
 
-    fn post_read(
+    fn post_rdma(
         &mut self,
         qpn: u32,
         wr_id: u64,
         sge: Sge,
-        remote_addr: u64,
-        rkey: u32,
+        remote: RemoteMem,
+        write: bool,
     ) -> Result<(), NicError> {
-        self.post_op(qpn, wr_id, sge, IBV_WR_RDMA_READ, remote_addr, rkey)
-    }
-
-    fn post_write(
-        &mut self,
-        qpn: u32,
-        wr_id: u64,
-        sge: Sge,
-        remote_addr: u64,
-        rkey: u32,
-    ) -> Result<(), NicError> {
-        self.post_op(qpn, wr_id, sge, IBV_WR_RDMA_WRITE, remote_addr, rkey)
+        let opcode = if write {
+            IBV_WR_RDMA_WRITE
+        } else {
+            IBV_WR_RDMA_READ
+        };
+        self.post_op(qpn, wr_id, sge, opcode, remote.addr, remote.rkey)
     }
 
     fn poll(&mut self, out: &mut Vec<Completion>, max: usize) -> usize {
@@ -594,6 +580,16 @@ impl Nic for IbvNic {
         // SAFETY: a live completion queue.
         if unsafe { (ctx_ops(self.ctx).req_notify_cq)(self.cq, 0) } != 0 {
             log::error!("verbs: ibv_req_notify_cq failed; sleeping may miss completions");
+        }
+    }
+}
+
+impl From<Sge> for IbvSge {
+    fn from(s: Sge) -> IbvSge {
+        IbvSge {
+            addr: s.addr,
+            length: s.len,
+            lkey: s.lkey,
         }
     }
 }

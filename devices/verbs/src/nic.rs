@@ -110,6 +110,15 @@ pub struct Mr {
     pub rkey: u32,
 }
 
+/// The peer's registered memory an RDMA READ or WRITE names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RemoteMem {
+    /// Its address in the peer.
+    pub addr: u64,
+    /// The peer's remote key for it.
+    pub rkey: u32,
+}
+
 /// Registered local memory for one work request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Sge {
@@ -194,24 +203,15 @@ pub trait Nic {
     fn post_recv(&mut self, qpn: u32, wr_id: u64, sge: Sge) -> Result<(), NicError>;
     /// Posts a SEND of `sge` (signalled).
     fn post_send(&mut self, qpn: u32, wr_id: u64, sge: Sge) -> Result<(), NicError>;
-    /// Posts an RDMA READ of `sge.len` bytes at the peer's `remote_addr` (key `rkey`) into
-    /// `sge` (signalled).
-    fn post_read(
+    /// Posts an RDMA WRITE of `sge` to the peer's memory at `remote` (`write`), or an RDMA
+    /// READ of `sge.len` bytes from there into `sge` (signalled).
+    fn post_rdma(
         &mut self,
         qpn: u32,
         wr_id: u64,
         sge: Sge,
-        remote_addr: u64,
-        rkey: u32,
-    ) -> Result<(), NicError>;
-    /// Posts an RDMA WRITE of `sge` to the peer's `remote_addr` (key `rkey`) (signalled).
-    fn post_write(
-        &mut self,
-        qpn: u32,
-        wr_id: u64,
-        sge: Sge,
-        remote_addr: u64,
-        rkey: u32,
+        remote: RemoteMem,
+        write: bool,
     ) -> Result<(), NicError>;
     /// Appends at most `max` completions to `out`; returns how many.
     fn poll(&mut self, out: &mut Vec<Completion>, max: usize) -> usize;

@@ -23,7 +23,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
-use crate::nic::{Access, Address, Completion, Kind, Mr, Nic, NicError, Remote, Sge};
+use crate::nic::{Access, Address, Completion, Kind, Mr, Nic, NicError, Remote, RemoteMem, Sge};
 
 /// Largest work request a simulated queue pair takes (bytes).
 const MAX_MESSAGE: u64 = 1 << 31;
@@ -433,27 +433,15 @@ impl Nic for SimNic {
         Ok(())
     }
 
-    fn post_read(
+    fn post_rdma(
         &mut self,
         qpn: u32,
         wr_id: u64,
         sge: Sge,
-        remote_addr: u64,
-        rkey: u32,
+        remote: RemoteMem,
+        write: bool,
     ) -> Result<(), NicError> {
-        self.one_sided(qpn, wr_id, sge, remote_addr, rkey, false);
-        Ok(())
-    }
-
-    fn post_write(
-        &mut self,
-        qpn: u32,
-        wr_id: u64,
-        sge: Sge,
-        remote_addr: u64,
-        rkey: u32,
-    ) -> Result<(), NicError> {
-        self.one_sided(qpn, wr_id, sge, remote_addr, rkey, true);
+        self.one_sided(qpn, wr_id, sge, remote.addr, remote.rkey, write);
         Ok(())
     }
 
@@ -547,18 +535,45 @@ mod tests {
 
         // A READ of a's memory (registered for remote reads) into b.
         out.clear();
-        b.post_read(qb, 3, sge(&bb, mb, 40, 5), ba.addr(0), ma.rkey)
-            .unwrap();
+        b.post_rdma(
+            qb,
+            3,
+            sge(&bb, mb, 40, 5),
+            RemoteMem {
+                addr: ba.addr(0),
+                rkey: ma.rkey,
+            },
+            false,
+        )
+        .unwrap();
         b.poll(&mut out, 8);
         assert_eq!((out[0].kind, out[0].error), (Kind::Read, None));
         // SAFETY: the read completed.
         assert_eq!(unsafe { bb.slice(40, 5) }, Some(&b"hello"[..]));
         // Out of the registration's range, or a key without remote read: refused.
         out.clear();
-        b.post_read(qb, 4, sge(&bb, mb, 40, 5), ba.addr(62), ma.rkey)
-            .unwrap();
-        a.post_read(qa, 5, sge(&ba, ma, 0, 4), bb.addr(0), mb.rkey)
-            .unwrap();
+        b.post_rdma(
+            qb,
+            4,
+            sge(&bb, mb, 40, 5),
+            RemoteMem {
+                addr: ba.addr(62),
+                rkey: ma.rkey,
+            },
+            false,
+        )
+        .unwrap();
+        a.post_rdma(
+            qa,
+            5,
+            sge(&ba, ma, 0, 4),
+            RemoteMem {
+                addr: bb.addr(0),
+                rkey: mb.rkey,
+            },
+            false,
+        )
+        .unwrap();
         b.poll(&mut out, 8);
         a.poll(&mut out, 8);
         assert_eq!(out[0].error, Some("remote access error"));
@@ -606,12 +621,39 @@ mod tests {
         // SAFETY: nothing is posted on `ba` yet.
         unsafe { assert!(ba.write(0, b"put!")) };
         let mut out = vec![];
-        a.post_write(qa, 1, sge(&ba, ma, 0, 4), bb.addr(60), mb.rkey)
-            .unwrap();
-        a.post_write(qa, 2, sge(&ba, ma, 0, 4), bb.addr(61), mb.rkey)
-            .unwrap();
-        a.post_write(qa, 3, sge(&ba, ma, 0, 4), bc.addr(0), mc.rkey)
-            .unwrap();
+        a.post_rdma(
+            qa,
+            1,
+            sge(&ba, ma, 0, 4),
+            RemoteMem {
+                addr: bb.addr(60),
+                rkey: mb.rkey,
+            },
+            true,
+        )
+        .unwrap();
+        a.post_rdma(
+            qa,
+            2,
+            sge(&ba, ma, 0, 4),
+            RemoteMem {
+                addr: bb.addr(61),
+                rkey: mb.rkey,
+            },
+            true,
+        )
+        .unwrap();
+        a.post_rdma(
+            qa,
+            3,
+            sge(&ba, ma, 0, 4),
+            RemoteMem {
+                addr: bc.addr(0),
+                rkey: mc.rkey,
+            },
+            true,
+        )
+        .unwrap();
         a.poll(&mut out, 8);
         assert_eq!((out[0].kind, out[0].error), (Kind::Write, None));
         // SAFETY: the write completed.

@@ -889,7 +889,16 @@ fn a_peer_cannot_reach_a_buffer_published_to_another_with_a_guessed_key() {
             lkey: tmr.lkey,
         };
         evil.nic
-            .post_read(evil.qpn, u64::from(key), sge, region.addr() as u64, key)
+            .post_rdma(
+                evil.qpn,
+                u64::from(key),
+                sge,
+                vmi_verbs::nic::RemoteMem {
+                    addr: region.addr() as u64,
+                    rkey: key,
+                },
+                false,
+            )
             .unwrap();
         out.clear();
         evil.nic.poll(&mut out, 8);

@@ -306,7 +306,8 @@ pub(crate) fn publish(
     }
     // The application's own memory is reached through messages only: vmi cannot keep its
     // addresses reserved after a close (see `Region::from_user`).
-    let one_sided = region.is_vmi_memory() && one_sided_transport(core, conn).is_some();
+    let transport = one_sided_transport(core, conn).filter(|_| region.is_vmi_memory());
+    let one_sided = transport.is_some();
     let id = core.rdma.target.publish(Exposed {
         conn,
         region: region.clone(),
@@ -321,7 +322,7 @@ pub(crate) fn publish(
     // registration gives the peer remote access to exactly this range until the release).
     let mut attach = one_sided.then(|| region.attach(range.start)).flatten();
     if let Some(a) = attach.as_mut()
-        && let Some(t) = one_sided_transport(core, conn)
+        && let Some(t) = transport
     {
         let base = (region.addr() + range.start) as *mut u8;
         // SAFETY: the range lies in the region (checked above), and the region's memory
