@@ -1,6 +1,6 @@
 //! One verbs connection's state: its side-channel socket and bootstrap stage, its queue pair
 //! with the registered receive and send buffers, the protocol endpoint, and the IRBs and
-//! buffers in flight. No decisions here; `device.rs` drives it.
+//! buffers in flight. No decisions here; `device/` drives it.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
