@@ -192,7 +192,11 @@ impl Device for FaultFilter {
     }
 
     fn submit(&mut self, irb: Irb) -> Disposition {
-        if irb.op() == Op::Send && self.config.send {
+        // The hosts' own messages ("message N failed here") are left alone, and draw nothing
+        // from the random stream: faults land on data alone, the same ones in every run
+        // whatever the interleaving of a host's notices (a lost notice would model a loss the
+        // reliable transports below cannot have, and leave a sender wrongly content).
+        if irb.op() == Op::Send && self.config.send && irb.flags() & VMI_FLAG_HOST == 0 {
             self.inject(irb, false)
         } else {
             Disposition::Pass(irb)
@@ -200,7 +204,7 @@ impl Device for FaultFilter {
     }
 
     fn receive(&mut self, irb: Irb) -> Disposition {
-        if irb.op() == Op::Recv && self.config.receive {
+        if irb.op() == Op::Recv && self.config.receive && irb.flags() & VMI_FLAG_HOST == 0 {
             self.inject(irb, true)
         } else {
             Disposition::Pass(irb)

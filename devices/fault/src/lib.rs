@@ -12,6 +12,10 @@
 //! | reorder | held until the next fragment has passed | same |
 //! | delay | held for `delay_ms` | same |
 //!
+//! Only data is faulted: the hosts' own messages (`VMI_FLAG_HOST`, such as "message N failed
+//! here") pass untouched and draw nothing from the random stream, so a seed gives the same
+//! faults whatever the timing of those notices.
+//!
 //! The filter changes no framing, so it is wire-neutral: it may run on one side only.
 //! The seed is logged at start-up; set `seed` to replay a run.
 #![deny(unsafe_code)]
