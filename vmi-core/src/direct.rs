@@ -9,9 +9,7 @@
 //! everything in the order it arrived.
 #![allow(unsafe_code)]
 
-use std::cell::Cell;
 use std::ffi::c_void;
-use std::rc::Rc;
 use std::sync::Arc;
 
 use crate::abi::{VMI_COMPLETE, VMI_FLAG_HOST, VMI_FLAG_MSG, VMI_PASS};
@@ -45,7 +43,7 @@ pub(crate) struct Arena {
     msgs: usize,
     /// The engine's release queue and count of fragments held, which a grab of a slab over
     /// the arena counts in: taken once, so delivering a fragment clones nothing.
-    owners: Option<(Arc<Releases>, Rc<Cell<usize>>)>,
+    owners: Option<(Arc<Releases>, Arc<crate::services::Count>)>,
 }
 
 /// Polls the transports that deliver directly and delivers what they handed over; returns
@@ -59,7 +57,7 @@ pub(crate) fn poll(core: &mut Core, arena: &mut Arena, handler: &mut dyn Handler
         let ctx = std::ptr::from_mut(arena);
         // SAFETY: a live transport instance; the arena is reached only through the pointer
         // until the call returns, by `receive` on this thread, and is not kept after it.
-        let n = unsafe { f(dev, POLL_BUDGET, receive, ctx.cast()) };
+        let n = unsafe { f(dev.0, POLL_BUDGET, receive, ctx.cast()) };
         events += n.max(0) as usize;
         if !arena.lent.is_empty() {
             if arena.msgs == 0 {

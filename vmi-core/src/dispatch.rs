@@ -384,7 +384,7 @@ pub(crate) fn receive_lent(
     handler: &mut dyn Handler,
     lent: (u64, u32, &[u8]),
     releases: &Arc<Releases>,
-    held: &Cell<usize>,
+    held: &crate::services::Count,
 ) {
     let (raw, flags, data) = lent;
     let conn = ConnId(raw);
@@ -414,7 +414,7 @@ fn receive_lent_routed(
     handler: &mut dyn Handler,
     (conn, end, data): (ConnId, bool, &[u8]),
     releases: &Arc<Releases>,
-    held: &Cell<usize>,
+    held: &crate::services::Count,
 ) {
     if core.rails.on() && core.rails.is_rail(conn) {
         return crate::rails::received(core, handler, conn, data);

@@ -43,13 +43,21 @@ pub const MAX_SENDS_IN_FLIGHT: usize = 4096;
 /// reading and leave data where it is (socket buffer, ring), which pushes back on the peer.
 pub const MAX_RECEIVES_IN_FLIGHT: usize = 1024;
 
+/// A device instance as the engine's entry tables hold it.
+#[derive(Clone, Copy)]
+pub(crate) struct Dev(pub *mut c_void);
+
+// SAFETY: as for `Instance`: the engine calls the instance from the thread that drives it,
+// one call at a time, and the device ABI lets that thread change between calls.
+unsafe impl Send for Dev {}
+
 /// A device's progress entry, resolved once when the engine starts.
 #[derive(Clone, Copy)]
 enum Poller {
     /// ABI 1.1 `poll_budget`.
-    Budget(unsafe extern "C" fn(*mut c_void, u32) -> i32, *mut c_void),
+    Budget(unsafe extern "C" fn(*mut c_void, u32) -> i32, Dev),
     /// ABI 1.0 `poll`.
-    Plain(unsafe extern "C" fn(*mut c_void) -> i32, *mut c_void),
+    Plain(unsafe extern "C" fn(*mut c_void) -> i32, Dev),
 }
 
 /// A transport's `send_inline` entry (ABI 1.2).
@@ -95,6 +103,13 @@ struct Instance {
     caps: Capabilities,
     params: Vec<ResolvedParam>,
 }
+
+// SAFETY: `ptr` is the device instance, called only by the engine, from the thread that
+// drives it, one call at a time; the device ABI lets the host change that thread between
+// calls (`abi.rs`, "Threads"). The device's own helper threads never see this value.
+unsafe impl Send for Instance {}
+// SAFETY: as for `Instance`: `dev` is the same instance pointer.
+unsafe impl Send for Step {}
 
 impl Instance {
     fn is_transport(&self) -> bool {
@@ -168,15 +183,15 @@ pub(crate) struct Engine {
     recv_steps: Vec<Step>,
     /// Each transport's `send_inline` (ABI 1.2), by engine index; all `None` when a device
     /// above the transports has a submit step (it must see every send).
-    direct: Vec<Option<(SendInlineFn, *mut c_void)>>,
+    direct: Vec<Option<(SendInlineFn, Dev)>>,
     /// Some entry of `direct` is set.
     any_direct: bool,
     /// Each transport's `rdma_access` (ABI 1.3), by engine index.
-    rdma: Vec<Option<(RdmaAccessFn, *mut c_void)>>,
+    rdma: Vec<Option<(RdmaAccessFn, Dev)>>,
     /// Transports polled through `poll_direct` (ABI 1.2): fragments they receive go straight
     /// to the application (see `direct`). Empty when a device above the transports has a
     /// receive step; such transports are then in `pollers`.
-    direct_pollers: Vec<(PollDirectFn, *mut c_void)>,
+    direct_pollers: Vec<(PollDirectFn, Dev)>,
 }
 
 impl Engine {
@@ -242,7 +257,7 @@ impl Engine {
             named: Cell::new(!extra_recv_pos.is_empty()),
             extra_recv_pos: RefCell::new(extra_recv_pos),
             recv_limit: MAX_RECEIVES_IN_FLIGHT,
-            recv_live: std::rc::Rc::new(Cell::new(0)),
+            recv_live: std::sync::Arc::new(crate::services::Count::default()),
             send_limit: MAX_SENDS_IN_FLIGHT,
             send_live: Cell::new(0),
         });
@@ -367,7 +382,7 @@ impl Engine {
             .devices
             .iter()
             .map(|d| match d.ty.vtable.send_inline {
-                Some(f) if d.is_transport() && !filtered => Some((f, d.ptr)),
+                Some(f) if d.is_transport() && !filtered => Some((f, Dev(d.ptr))),
                 _ => None,
             })
             .collect();
@@ -376,7 +391,7 @@ impl Engine {
             .devices
             .iter()
             .map(|d| match d.ty.vtable.rdma_access {
-                Some(f) if d.is_transport() => Some((f, d.ptr)),
+                Some(f) if d.is_transport() => Some((f, Dev(d.ptr))),
                 _ => None,
             })
             .collect();
@@ -400,15 +415,15 @@ impl Engine {
         self.direct_pollers = self
             .devices
             .iter()
-            .filter_map(|d| direct_rx(d).map(|p| (p, d.ptr)))
+            .filter_map(|d| direct_rx(d).map(|p| (p, Dev(d.ptr))))
             .collect();
         self.pollers = self
             .devices
             .iter()
             .filter(|d| direct_rx(d).is_none())
             .filter_map(|d| match (d.ty.vtable.poll_budget, d.ty.vtable.poll) {
-                (Some(p), _) => Some(Poller::Budget(p, d.ptr)),
-                (None, Some(p)) => Some(Poller::Plain(p, d.ptr)),
+                (Some(p), _) => Some(Poller::Budget(p, Dev(d.ptr))),
+                (None, Some(p)) => Some(Poller::Plain(p, Dev(d.ptr))),
                 (None, None) => None,
             })
             .collect();
@@ -673,7 +688,7 @@ impl Engine {
         };
         // SAFETY: live instance; the bytes are lent for the call and the device copies them
         // before it returns.
-        let rc = unsafe { f(dev, conn, flags, data.as_ptr(), data.len()) };
+        let rc = unsafe { f(dev.0, conn, flags, data.as_ptr(), data.len()) };
         rc == VMI_COMPLETE
     }
 
@@ -701,7 +716,7 @@ impl Engine {
         // writable for a read, as the caller made them) and the status is ours.
         let rc = unsafe {
             f(
-                dev,
+                dev.0,
                 conn,
                 u32::from(write),
                 remote,
@@ -716,13 +731,13 @@ impl Engine {
 
     /// The transports polled through `poll_direct`.
     #[inline]
-    pub fn direct_pollers(&self) -> &[(PollDirectFn, *mut c_void)] {
+    pub fn direct_pollers(&self) -> &[(PollDirectFn, Dev)] {
         &self.direct_pollers
     }
 
     /// The count of received fragments held (IRBs up the chain and grabbed copies): a grab
     /// of lent bytes raises it.
-    pub fn held_count(&self) -> std::rc::Rc<Cell<usize>> {
+    pub fn held_count(&self) -> std::sync::Arc<crate::services::Count> {
         self.shared.recv_live.clone()
     }
 
@@ -954,11 +969,11 @@ impl Engine {
             let n = match self.pollers[i] {
                 Poller::Budget(p, dev) => {
                     // SAFETY: live instance.
-                    unsafe { p(dev, POLL_BUDGET) }
+                    unsafe { p(dev.0, POLL_BUDGET) }
                 }
                 Poller::Plain(p, dev) => {
                     // SAFETY: live instance (a 1.0 device: no budget).
-                    unsafe { p(dev) }
+                    unsafe { p(dev.0) }
                 }
             };
             events += n.max(0) as usize;

@@ -171,6 +171,14 @@ pub struct DeviceType {
     pub(crate) vtable: VmiDeviceVtable,
 }
 
+// SAFETY: `descriptor` and `vtable` are copies of a loaded library's static tables; their
+// pointers reach immutable strings, parameter specs and functions of that library, which
+// stays loaded while any engine uses the type. Calling the functions follows the device
+// ABI's thread rules (one call at a time per instance), which the engine keeps.
+unsafe impl Send for DeviceType {}
+// SAFETY: as above; shared references read immutable data only.
+unsafe impl Sync for DeviceType {}
+
 impl std::fmt::Debug for DeviceType {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DeviceType")

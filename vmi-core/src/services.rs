@@ -32,6 +32,26 @@ pub(crate) enum Work {
     Complete(Slot, i32),
 }
 
+/// A count that only the thread driving the engine changes and reads: atomic loads and
+/// stores (no read-modify-write, so no cost over a `Cell`), only so that the engine that
+/// owns it, and the slabs that borrow it, may move to another thread with their `Vmi`.
+#[derive(Debug, Default)]
+pub(crate) struct Count(std::sync::atomic::AtomicUsize);
+
+impl Count {
+    /// The value.
+    #[inline]
+    pub fn get(&self) -> usize {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Sets the value.
+    #[inline]
+    pub fn set(&self, v: usize) {
+        self.0.store(v, std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 /// State of one engine that services reach on the polling thread.
 pub(crate) struct Shared {
     pub work: RefCell<VecDeque<Work>>,
@@ -49,7 +69,7 @@ pub(crate) struct Shared {
     pub recv_limit: usize,
     /// Received fragments held now: receive IRBs in flight and grabbed copies of lent
     /// bytes (shared with the slabs that count a grab).
-    pub recv_live: std::rc::Rc<std::cell::Cell<usize>>,
+    pub recv_live: std::sync::Arc<Count>,
     /// Most application sends in flight at once.
     pub send_limit: usize,
     /// Application sends in flight now.
@@ -124,6 +144,12 @@ pub(crate) struct Boundary {
     pub remote: &'static Remote,
     ctxs: Vec<&'static DeviceCtx>,
 }
+
+// SAFETY: the services table is immutable once made and lives for the process; the contexts
+// and the inbox are reached by other threads only through their atomics (`complete_from_thread`,
+// `wake`). The rest of the services are called by devices during the engine's calls, on
+// whichever thread drives the engine then.
+unsafe impl Send for Boundary {}
 
 impl Boundary {
     /// Creates the services table, the inbox and one context per device (frame offsets in

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::abi::{VMI_IRB_MAX_SEGS, VmiSeg};
+use crate::services::Count;
 use crate::slot::Slot;
 use crate::waker::Waker;
 
@@ -134,7 +135,7 @@ struct Owner<'a> {
     releases: &'a Arc<Releases>,
     grabbed: &'a Cell<bool>,
     /// For lent bytes: the host's count of received fragments held, which a grab raises.
-    held: Option<&'a Cell<usize>>,
+    held: Option<&'a Count>,
 }
 
 /// Received bytes with a read cursor. Lives for the callback it is passed to; keep it longer
@@ -195,7 +196,7 @@ impl<'a> Slab<'a> {
         data: &'a [u8],
         releases: &'a Arc<Releases>,
         grabbed: &'a Cell<bool>,
-        held: &'a Cell<usize>,
+        held: &'a Count,
     ) -> Slab<'a> {
         let mut slab = Slab::from_bytes(data);
         slab.owner = Some(Owner {
@@ -646,7 +647,7 @@ mod tests {
     fn a_grab_of_lent_bytes_copies_them() {
         let releases = Arc::new(Releases::default());
         let grabbed = Cell::new(false);
-        let held = Cell::new(0usize);
+        let held = Count::default();
         let mut data = b"lent bytes".to_vec();
         let mut g = {
             let mut slab = Slab::lent(&data, &releases, &grabbed, &held);

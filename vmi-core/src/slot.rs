@@ -105,6 +105,16 @@ pub(crate) struct IrbSlot {
 /// nobody else (no device, no queue) holds the slot.
 pub(crate) struct Slot(NonNull<IrbSlot>);
 
+// SAFETY: a slot's raw pointers (its segments, and the `NonNull` of a `Slot`) point into
+// memory the slot owns (`bufs`, `attached`), into its pool's slot storage, or into device
+// memory lent for the IRB's flight; all of it belongs to one engine and is reached only by
+// the thread driving that engine (devices touch a slot only inside the engine's calls, and a
+// device's other threads go through `complete_from_thread`, which carries the address only).
+// Moving the engine to another thread moves all of them together.
+unsafe impl Send for IrbSlot {}
+// SAFETY: as for `IrbSlot`: a `Slot` is the unique owner of its slot.
+unsafe impl Send for Slot {}
+
 impl std::ops::Deref for Slot {
     type Target = IrbSlot;
     fn deref(&self) -> &IrbSlot {

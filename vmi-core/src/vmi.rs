@@ -59,8 +59,10 @@ impl Options {
 }
 
 /// A vmi process: its chains, devices and connections (VMI 2.1: the state `VMI_Init` creates;
-/// dropping it is `VMI_Terminate`). Not `Send`: one thread drives it; other threads reach it
-/// only through device completers and grabbed slabs.
+/// dropping it is `VMI_Terminate`). `Send`, not `Sync`: one thread at a time drives it, and
+/// it may move to another thread between calls (build instances on one thread, run each on
+/// a thread of its own). Other threads reach it only through device completers, grabbed
+/// slabs and its waker.
 pub struct Vmi {
     core: Core,
     /// Fragments transports handed over with no IRB, for one poll (see `direct`).
@@ -589,3 +591,11 @@ impl Sealed for Vmi {
 }
 
 impl Operations for Vmi {}
+
+// A `Vmi` moves between threads (one `Vmi` per thread, each made where convenient and sent to
+// its thread); the compiler proves every part of it may move except the device-facing raw
+// pointers, whose `unsafe impl Send` say why they may.
+const _: () = {
+    const fn moves<T: Send>() {}
+    moves::<Vmi>();
+};

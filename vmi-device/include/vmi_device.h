@@ -6,7 +6,7 @@
  * name). The host owns every IRB; a device holds one only between returning VMI_PENDING and
  * calling services->pass or services->complete. Nothing Rust-specific crosses this boundary.
  *
- * This header mirrors vmi-device/src/abi.rs; keep both in step. ABI 1.2.
+ * This header mirrors vmi-device/src/abi.rs; keep both in step. ABI 1.4.
  *
  * Versioning: structs only grow at the end, and every table says its own size. A host reads a
  * device built for an older minor (shorter tables: the missing entries count as NULL) and one
@@ -16,6 +16,11 @@
  * History: 1.0 first edition; 1.1 adds vtable.poll_budget and services.irb_available;
  * 1.2 adds vtable.send_inline and vtable.poll_direct; 1.3 adds vtable.rdma_access;
  * 1.4 adds vtable.register_conn.
+ *
+ * Threads: the host calls a device instance from one thread at a time, and the services the
+ * device calls during a call run on that thread. The thread may change between calls (an
+ * application may move its Vmi to another thread), so a device keeps nothing tied to the
+ * calling thread across calls. Its own threads use only complete_from_thread and wake.
  * See devices/skeleton/README.md for a walk-through, and tests/c/ for a complete C device.
  */
 #ifndef VMI_DEVICE_H

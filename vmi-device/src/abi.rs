@@ -16,6 +16,15 @@
 //!   and ignores the rest. Such a device must look at `VmiHostServices::size` before calling
 //!   a service newer than the host (the SDK's [`crate::Host`] does).
 //!
+//! ## Threads
+//! - The host calls a device instance (every vtable entry) from one thread at a time, and
+//!   the host services a device calls during such a call run on that same thread.
+//! - Which thread that is may change between calls: an application may build a `Vmi` on one
+//!   thread and move it to another. A device must not keep anything tied to the calling
+//!   thread across calls (a thread-local, a thread id, a `pthread_self` check).
+//! - A device's own threads reach the host only through `complete_from_thread` and `wake`,
+//!   which any thread may call at any time.
+//!
 //! ## History
 //! - 1.0: first edition.
 //! - 1.1: vtable entry `poll_budget` (bounded progress); host service `irb_available`
@@ -510,8 +519,8 @@ pub struct VmiDeviceDescriptor {
 unsafe impl Sync for VmiDeviceDescriptor {}
 
 /// Services the host offers a device. Every function takes the `host` pointer the device
-/// was created with. All are for the thread that calls `poll`, except
-/// `complete_from_thread` and `wake`, which any thread may call.
+/// was created with. All are for the thread that is inside a call into the device (see
+/// "Threads" above), except `complete_from_thread` and `wake`, which any thread may call.
 #[repr(C)]
 pub struct VmiHostServices {
     /// `size_of::<VmiHostServices>()` as the host was built.

@@ -31,7 +31,6 @@ pub mod server;
 pub mod wire;
 
 use std::collections::{HashMap, VecDeque};
-use std::rc::Rc;
 use std::time::Instant;
 
 use crate::abi::{VMI_FLAG_END, VMI_FLAG_MSG};
@@ -74,7 +73,7 @@ pub(crate) struct MsgPass {
     /// Answers of blocking requests, by request id.
     parked: HashMap<u64, Outcome>,
     /// Each connection's peer, looked up once (by the handle's dense index).
-    peers: Vec<Option<(ConnId, Rc<Sender>)>>,
+    peers: Vec<Option<(ConnId, std::sync::Arc<Sender>)>>,
     /// Replies, refusals, cancels and pulses sent recently, by connection and message index,
     /// so the peer's "message N failed" finds them (a request is found among the waiting).
     sent: VecDeque<(ConnId, u64, Sent)>,
@@ -606,7 +605,7 @@ pub(crate) fn deliver(core: &mut Core, handler: &mut dyn Handler, min: u8) {
 }
 
 /// The peer of `conn` as a request's sender (looked up once per connection).
-fn peer(core: &mut Core, conn: ConnId) -> Rc<Sender> {
+fn peer(core: &mut Core, conn: ConnId) -> std::sync::Arc<Sender> {
     if let Some(Some((c, p))) = core.msg.peers.get(conn.index())
         && *c == conn
     {
@@ -617,7 +616,7 @@ fn peer(core: &mut Core, conn: ConnId) -> Rc<Sender> {
         .transport_of(conn)
         .and_then(|t| core.engine.get_attr(t as usize, "peer_uid"))
         .and_then(|v| v.parse().ok());
-    let p = Rc::new(Sender {
+    let p = std::sync::Arc::new(Sender {
         key: conns.peer_key(conn).unwrap_or("").to_string(),
         host: conns.peer_host(conn).unwrap_or("").to_string(),
         uid,

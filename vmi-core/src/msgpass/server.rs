@@ -4,7 +4,7 @@
 #![forbid(unsafe_code)]
 
 use std::collections::BinaryHeap;
-use std::rc::Rc;
+use std::sync::Arc;
 
 use crate::table::Table;
 
@@ -41,7 +41,7 @@ pub struct Held {
     /// The most reply bytes the client takes.
     pub reply_max: usize,
     /// The request's bytes (shared with the slab the handler is given).
-    pub data: Rc<[u8]>,
+    pub data: Arc<[u8]>,
     /// Reply bytes written ahead of the reply (QNX `MsgWrite`), at their offsets.
     pub reply: Vec<u8>,
     /// Delivered to the application's `request` callback already.
@@ -179,7 +179,7 @@ impl Server {
             client_id,
             priority,
             reply_max,
-            data: Rc::from(data),
+            data: Arc::from(data),
             reply: Vec::new(),
             delivered: false,
         });

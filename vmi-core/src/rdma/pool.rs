@@ -91,7 +91,8 @@ impl Inner {
     }
 }
 
-/// A pool of fixed-size buffers (VMI 2.1: `PVMI_BUFFER_POOL`). Not `Send`, like its regions.
+/// A pool of fixed-size buffers (VMI 2.1: `PVMI_BUFFER_POOL`). Not `Send`: its free list
+/// belongs to one thread (its regions may go to any).
 pub struct BufferPool {
     inner: Rc<RefCell<Inner>>,
 }

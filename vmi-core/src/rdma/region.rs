@@ -13,7 +13,8 @@
 #![allow(unsafe_code)]
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use rustix::fs::{FallocateFlags, MemfdFlags, SealFlags};
 use rustix::mm::{MapFlags, ProtFlags};
@@ -36,8 +37,17 @@ struct Mapping {
     /// A peer may still write here one-sided without having said it stopped (its connection
     /// closed while the region was published to it): keep the addresses reserved after the
     /// drop (see `Drop`).
-    retired: std::cell::Cell<bool>,
+    retired: AtomicBool,
 }
+
+// SAFETY: a `Mapping` is an address range and the descriptor behind it. Its bytes are only
+// ever reached by raw copies (`Region::read`, `write`, `fill`, the transports' one-sided
+// copies), never through Rust references, and a peer process may write them at any moment
+// anyway (one-sided puts over shared memory), so which thread of this process copies makes
+// no difference to what a copy may see. The other fields are plain data or atomic.
+unsafe impl Send for Mapping {}
+// SAFETY: as above; `&Mapping` offers nothing but the raw copies and reads of plain fields.
+unsafe impl Sync for Mapping {}
 
 impl Drop for Mapping {
     fn drop(&mut self) {
@@ -45,7 +55,7 @@ impl Drop for Mapping {
             // The application's memory: it stays the application's.
             return;
         }
-        if self.retired.get() {
+        if self.retired.load(Ordering::Relaxed) {
             // A late one-sided write from the peer must not land in whatever this process
             // maps next at these addresses: leave them reserved and inaccessible (its writes
             // then fail with EFAULT). The pages themselves go back to the system.
@@ -72,14 +82,16 @@ impl Drop for Mapping {
 /// Memory that peers may put into and get from once published (see
 /// [`crate::Operations::rdma_publish`]). Cloning it clones a handle to the same memory.
 ///
-/// Not `Send`: a put lands during `poll` on the thread that owns the [`crate::Vmi`], and the
-/// application reads the region between polls on that same thread, so the two never race.
+/// `Send` and `Sync`: its bytes are reached only by copies ([`Region::read`],
+/// [`Region::write`]), and a peer on the same host may put into it at any moment, so a
+/// program that reads a region while puts may land must agree with its peer on when the bytes
+/// are complete (the put notification, a message) whichever thread reads.
 ///
 /// Each region holds one descriptor (its memfd) and one mapping: for many small buffers, take
 /// them from a [`crate::BufferPool`], whose chunks share both.
 #[derive(Clone)]
 pub struct Region {
-    map: Rc<Mapping>,
+    map: Arc<Mapping>,
 }
 
 impl std::fmt::Debug for Region {
@@ -129,12 +141,12 @@ impl Region {
         }
         .map_err(|e| fail("mmap", e))?;
         Ok(Region {
-            map: Rc::new(Mapping {
+            map: Arc::new(Mapping {
                 base: base.cast(),
                 mapped,
                 len,
                 fd: Some(fd),
-                retired: std::cell::Cell::new(false),
+                retired: AtomicBool::new(false),
             }),
         })
     }
@@ -151,7 +163,7 @@ impl Region {
 
     /// True when `self` and `other` are handles to the same memory.
     pub fn same(&self, other: &Region) -> bool {
-        Rc::ptr_eq(&self.map, &other.map)
+        Arc::ptr_eq(&self.map, &other.map)
     }
 
     /// The address of its first byte in this process (what a registration records).
@@ -174,12 +186,12 @@ impl Region {
     /// [`crate::Handler::rdma_released`]).
     pub unsafe fn from_user(ptr: *mut u8, len: usize) -> Region {
         Region {
-            map: Rc::new(Mapping {
+            map: Arc::new(Mapping {
                 base: ptr,
                 mapped: len,
                 len,
                 fd: None,
-                retired: std::cell::Cell::new(false),
+                retired: AtomicBool::new(false),
             }),
         }
     }
@@ -192,7 +204,7 @@ impl Region {
     /// Keeps its addresses reserved and inaccessible after the last handle is dropped: a peer
     /// on the same host may still write into it one-sided.
     pub(crate) fn retire_on_drop(&self) {
-        self.map.retired.set(true);
+        self.map.retired.store(true, Ordering::Relaxed);
     }
 
     /// The memfd behind it, named for a peer on the same host: its descriptor number, inode
