@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use vmi_core::prelude::*;
 use vmi_core::GrabbedSlab;
+use vmi_core::prelude::*;
 use vmi_core::spec::Spec;
 use vmi_tests::{register_all, spec_text, unique_key};
 
@@ -35,16 +35,17 @@ impl Handler for Node {
         match o {
             ConnectOutcome::Accepted(_) => self.out = Some(conn),
             ConnectOutcome::Rejected(_) => self.errors.push("connect rejected".into()),
-            ConnectOutcome::Failed { status, detail } => {
-                self.errors.push(format!("connect failed: {status:?}: {detail}"))
-            }
+            ConnectOutcome::Failed { status, detail } => self
+                .errors
+                .push(format!("connect failed: {status:?}: {detail}")),
         }
     }
 
     fn receive(&mut self, _ctx: &mut Ctx<'_>, _conn: ConnId, _cmd: Recv, slab: &mut Slab<'_>) {
         let bytes = slab.read_to_vec();
         if bytes.len() != 16 {
-            self.errors.push(format!("a message of {} bytes", bytes.len()));
+            self.errors
+                .push(format!("a message of {} bytes", bytes.len()));
             return;
         }
         let from = u64::from_le_bytes(bytes[..8].try_into().unwrap());
@@ -144,7 +145,11 @@ fn ring(transport: &str, filters: &[&str]) {
         assert!(node.errors.is_empty(), "{label}: {:?}", node.errors);
         assert_eq!(node.next, MESSAGES, "{label}");
         let kept = node.kept.take().expect("a slab was grabbed");
-        assert_eq!(kept.len(), 16, "{label}: the grabbed slab is still readable");
+        assert_eq!(
+            kept.len(),
+            16,
+            "{label}: the grabbed slab is still readable"
+        );
         drop(kept);
         vmi.disconnect(node.out.unwrap()).expect("disconnect");
     }

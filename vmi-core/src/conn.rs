@@ -14,7 +14,11 @@
 
 use serde::Serialize;
 
+use std::time::{Duration, Instant};
+
 use crate::slot::DevIndex;
+use crate::status::Status;
+use crate::timeouts::ConnTimer;
 
 /// A connection, as the application names it. Handles are never reused while a stale copy
 /// could be mistaken for a new connection: each carries a generation.
@@ -115,6 +119,8 @@ struct ConnEntry {
     context: u64,
     /// The chain it uses: 0 the send and receive chains, 1.. the named chains.
     chain: u8,
+    /// Its send timeout, close wait and abort (see `timeouts`), only while it has one.
+    timer: Option<Box<ConnTimer>>,
 }
 
 /// All connections of one process.
@@ -123,6 +129,12 @@ pub(crate) struct ConnTable {
     entries: Vec<ConnEntry>,
     free: Vec<usize>,
     live: usize,
+    /// Live connections with a timer.
+    timers: usize,
+    /// No timer expires before this (a lower bound: progress only moves deadlines later).
+    due: Option<Instant>,
+    /// The send timeout new connections start with.
+    default_send_timeout: Option<Duration>,
 }
 
 impl ConnTable {
@@ -146,6 +158,7 @@ impl ConnTable {
                     ping_stamp: 0,
                     context: 0,
                     chain: 0,
+                    timer: None,
                 });
                 self.entries.len() - 1
             }
@@ -167,7 +180,11 @@ impl ConnTable {
         e.peer_key.clear();
         e.stream_open = false;
         self.live += 1;
-        ConnId(((e.generation as u64) << 32) | index as u64)
+        let id = ConnId(((e.generation as u64) << 32) | index as u64);
+        if let Some(t) = self.default_send_timeout {
+            self.timer_mut(id).send_timeout = Some(t);
+        }
+        id
     }
 
     fn get(&self, id: ConnId) -> Option<&ConnEntry> {
@@ -186,12 +203,145 @@ impl ConnTable {
         match self.get_mut(id) {
             Some(e) => {
                 e.live = false;
+                if e.timer.take().is_some() {
+                    self.timers -= 1;
+                }
                 self.free.push(id.index());
                 self.live -= 1;
                 true
             }
             None => false,
         }
+    }
+
+    // ---- timers (see `timeouts`) ----
+
+    /// The timer of a live connection, made on first use.
+    fn timer_mut(&mut self, id: ConnId) -> &mut ConnTimer {
+        let e = &mut self.entries[id.index()];
+        if e.timer.is_none() {
+            e.timer = Some(Box::new(ConnTimer::new(None, Instant::now())));
+            self.timers += 1;
+        }
+        e.timer.as_deref_mut().expect("just made")
+    }
+
+    /// Live connections with a timer.
+    #[inline]
+    pub fn timers(&self) -> usize {
+        self.timers
+    }
+
+    /// No timer expires before this.
+    pub fn due(&self) -> Option<Instant> {
+        self.due
+    }
+
+    fn lower_due(&mut self, at: Instant) {
+        self.due = Some(self.due.map_or(at, |d| d.min(at)));
+    }
+
+    /// The send timeout connections opened from now on start with.
+    pub fn set_default_send_timeout(&mut self, t: Option<Duration>) {
+        self.default_send_timeout = t;
+    }
+
+    /// Sets or clears a live connection's send timeout; false when it is not live.
+    pub fn set_send_timeout(&mut self, id: ConnId, t: Option<Duration>) -> bool {
+        if self.get(id).is_none() {
+            return false;
+        }
+        let timer = self.timer_mut(id);
+        timer.send_timeout = t;
+        if let Some(at) = timer.deadline() {
+            self.lower_due(at);
+        }
+        true
+    }
+
+    /// A live connection's send timeout.
+    pub fn send_timeout(&self, id: ConnId) -> Option<Duration> {
+        self.get(id)?.timer.as_ref()?.send_timeout
+    }
+
+    /// A send on `id` is issued: true when its connection has a send timeout (the slot is
+    /// then flagged, and its completion reported with `timed_send_done`).
+    #[inline]
+    pub fn timed_send(&mut self, id: ConnId) -> bool {
+        let Some(t) = self
+            .get_mut(id)
+            .and_then(|e| e.timer.as_deref_mut())
+            .filter(|t| t.send_timeout.is_some())
+        else {
+            return false;
+        };
+        t.pending += 1;
+        if t.pending == 1 {
+            t.progress_at = Instant::now();
+            if let Some(at) = t.deadline() {
+                self.lower_due(at);
+            }
+        }
+        true
+    }
+
+    /// A flagged send of `id` completed (whatever its status): progress.
+    pub fn timed_send_done(&mut self, id: ConnId) {
+        if let Some(t) = self.get_mut(id).and_then(|e| e.timer.as_deref_mut()) {
+            t.pending = t.pending.saturating_sub(1);
+            t.progress_at = Instant::now();
+        }
+    }
+
+    /// An orderly close of `id` must be over within `wait`.
+    pub fn close_by(&mut self, id: ConnId, wait: Duration) {
+        if self.get(id).is_none() {
+            return;
+        }
+        let at = Instant::now() + wait;
+        self.timer_mut(id).close = Some((at, wait));
+        self.lower_due(at);
+    }
+
+    /// The connections whose timers expired at `now`, with the reason; recomputes `due`.
+    pub fn expired(&mut self, now: Instant) -> Vec<(ConnId, String)> {
+        let mut out = Vec::new();
+        let mut due: Option<Instant> = None;
+        for (i, e) in self.entries.iter().enumerate() {
+            let Some(t) = e.timer.as_deref().filter(|_| e.live) else {
+                continue;
+            };
+            if let Some(why) = t.expired(now) {
+                out.push((ConnId(((e.generation as u64) << 32) | i as u64), why));
+            } else if let Some(at) = t.deadline() {
+                due = Some(due.map_or(at, |d| d.min(at)));
+            }
+        }
+        self.due = due;
+        out
+    }
+
+    /// The application (or a timer) aborts `id`: → Closing, ending as `status` with
+    /// `detail`. Returns the owning transport. Refused for a connection already aborting.
+    pub fn abort_issued(
+        &mut self,
+        id: ConnId,
+        status: Status,
+        detail: String,
+    ) -> Result<DevIndex, Refusal> {
+        let e = self.get_mut(id).ok_or(Refusal::Unknown)?;
+        if e.timer.as_ref().is_some_and(|t| t.ending.is_some()) {
+            return Err(Refusal::NotOpen(ConnState::Closing));
+        }
+        e.state = ConnState::Closing;
+        let transport = e.transport;
+        self.timer_mut(id).ending = Some((status, detail));
+        Ok(transport)
+    }
+
+    /// How an aborting connection ends (taken once); None when it is not aborting.
+    pub fn take_ending(&mut self, id: ConnId) -> Option<(Status, String)> {
+        self.get_mut(id)?.timer.as_deref_mut()?.ending.take()
     }
 
     /// Number of live connections.

@@ -51,7 +51,11 @@ fn deliver(core: &mut Core, handler: &mut dyn Handler, s: Slot) {
     deliver_purpose(core, handler, s);
     if matches!(
         purpose,
-        Purpose::Connect | Purpose::Answer | Purpose::Disconnect | Purpose::Internal
+        Purpose::Connect
+            | Purpose::Answer
+            | Purpose::Disconnect
+            | Purpose::Abort
+            | Purpose::Internal
     ) {
         // Retries, bonds and aliases change only on these (and connect requests and peer
         // closes): the fast paths' summary is brought up to date.
@@ -185,7 +189,13 @@ fn deliver_purpose(core: &mut Core, handler: &mut dyn Handler, mut s: Slot) {
             core.engine.free(s);
         }
         Purpose::Disconnect => {
-            core.engine.conns_mut().closed(conn);
+            // An abort may have ended the close: it says how the connection ended.
+            let ending = core.engine.conns_mut().take_ending(conn);
+            if !core.engine.conns_mut().closed(conn) {
+                // Its end was reported already (an abort's completion came first).
+                core.engine.free(s);
+                return;
+            }
             let reason = if status == Status::Ok {
                 Disconnect::Local
             } else {
@@ -195,7 +205,40 @@ fn deliver_purpose(core: &mut Core, handler: &mut dyn Handler, mut s: Slot) {
                 }
             };
             core.engine.free(s);
-            ended(core, handler, conn, reason);
+            ended(core, handler, conn, crate::timeouts::reason(ending, reason));
+        }
+        Purpose::Abort => {
+            core.engine.free(s);
+            if !core.engine.conns().is_live(conn) {
+                // Its close completed first and reported the end.
+                return;
+            }
+            if status != Status::Ok {
+                // A transport of device ABI < 1.5 cannot abort: it closes in order instead
+                // (what it holds still completes, later).
+                let transport = core.engine.conns().transport_of(conn);
+                log::warn!(
+                    "{conn}: the transport cannot abort a connection ({status}); it is closed in order instead"
+                );
+                if let Some(t) = transport {
+                    let mut d = core.engine.new_slot();
+                    d.set_op(crate::abi::VMI_OP_DISCONNECT);
+                    d.set_conn_raw(conn.raw());
+                    d.set_purpose(Purpose::Disconnect);
+                    d.set_transport(t);
+                    d.set_chain(core.engine.conns().chain(conn));
+                    core.issue(d, crate::ops::Mode::Deferred);
+                }
+                return;
+            }
+            let ending = core.engine.conns_mut().take_ending(conn);
+            core.engine.conns_mut().closed(conn);
+            ended(
+                core,
+                handler,
+                conn,
+                crate::timeouts::reason(ending, Disconnect::Local),
+            );
         }
         Purpose::Received => deliver_received(core, handler, s),
         Purpose::RailChunk => {

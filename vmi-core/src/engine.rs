@@ -934,6 +934,10 @@ impl Engine {
     fn finish(&mut self, mut s: Slot, status: i32) {
         s.set_status_code(status);
         self.unwind(&mut s);
+        if s.timed() {
+            self.conns_mut()
+                .timed_send_done(crate::conn::ConnId(s.conn_raw()));
+        }
         if status == Status::Ok.code() && s.purpose() == Purpose::SendInline {
             // Nothing to tell the application: no outcome, no callback.
             self.free(s);

@@ -100,6 +100,16 @@ pub enum VmiError {
     /// The stream handle belongs to another connection state.
     #[error("the stream on {0} was already ended or its connection closed")]
     StreamClosed(ConnId),
+    /// A timeout of zero or over the bound.
+    #[error("{what} of {given:?} is out of range: give more than zero and at most {max:?}")]
+    BadTimeout {
+        /// Which timeout.
+        what: &'static str,
+        /// The value given.
+        given: std::time::Duration,
+        /// The largest allowed.
+        max: std::time::Duration,
+    },
     /// An operation this kind of connection cannot carry.
     #[error("{what} cannot be used on {on} yet; open a connection without it for them")]
     Unsupported {

@@ -46,6 +46,7 @@ pub mod slab;
 mod slot;
 pub mod spec;
 mod table;
+mod timeouts;
 mod vmi;
 pub(crate) mod waker;
 

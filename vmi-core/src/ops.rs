@@ -107,7 +107,8 @@ impl Core {
             + self.rails.busy()
             + self.cross.waits()
             + self.msg.waits()
-            + self.rdma.waits();
+            + self.rdma.waits()
+            + self.engine.conns().timers();
         self.routed = self.rails.on() || self.cross.aliased();
     }
 
@@ -324,6 +325,9 @@ impl Core {
         if self.engine.has_chains() {
             s.set_chain(self.engine.conns().chain(conn));
         }
+        if self.engine.conns().timers() > 0 && self.engine.conns_mut().timed_send(conn) {
+            s.set_timed();
+        }
         Ok(s)
     }
 
@@ -514,6 +518,42 @@ impl Core {
     }
 }
 
+impl Core {
+    /// An abort of `conn` ending it as `status` with `detail` (see `timeouts`): the slot to
+    /// issue, or none when the connect was still waiting for its peer (it ended here).
+    pub(crate) fn abort(
+        &mut self,
+        conn: ConnId,
+        status: Status,
+        detail: String,
+    ) -> Result<Option<Slot>, VmiError> {
+        if self.rails.on() && self.rails.is_bond(conn) {
+            return Err(VmiError::Unsupported {
+                what: "abort and timeouts",
+                on: "a multi-rail connection",
+            });
+        }
+        let state = self.engine.conns().state(conn);
+        if state == Some(crate::conn::ConnState::Connecting) {
+            // Not open yet: a disconnect cancels the connect, which is the whole abort.
+            return self.disconnect(conn);
+        }
+        let transport = self
+            .engine
+            .conns_mut()
+            .abort_issued(conn, status, detail)
+            .map_err(|r| VmiError::refused(conn, r))?;
+        let mut s = self.engine.new_slot();
+        s.set_op(crate::abi::VMI_OP_ABORT);
+        s.set_conn_raw(conn.raw());
+        s.set_purpose(Purpose::Abort);
+        s.set_transport(transport);
+        s.set_chain(self.engine.conns().chain(conn));
+        s.set_status_code(status.code());
+        Ok(Some(s))
+    }
+}
+
 mod sealed {
     /// Gives the operation surface its engine; implemented by `Vmi` and `Ctx` only.
     pub trait Sealed {
@@ -605,6 +645,86 @@ pub trait Operations: Sealed {
             core.run_deferred();
         }
         Ok(())
+    }
+
+    /// As [`Operations::disconnect`], giving the orderly close at most `wait` (Globus XIO's
+    /// close timeout): if the sends queued before it have not all reached the peer by then
+    /// (it does not read), the connection is aborted ([`Operations::abort`]): they complete
+    /// with [`Status::Timeout`] and [`crate::Handler::disconnected`] reports a
+    /// [`crate::Disconnect::Error`] with [`Status::Timeout`] and the reason.
+    fn disconnect_with(&mut self, conn: ConnId, wait: Duration) -> Result<(), VmiError> {
+        let wait = crate::timeouts::checked("a disconnect wait", wait)?;
+        let (core, _) = self.core();
+        let real = core.cross.real(conn);
+        if core.rails.on() && core.rails.is_bond(real) {
+            return Err(VmiError::Unsupported {
+                what: "abort and timeouts",
+                on: "a multi-rail connection",
+            });
+        }
+        self.disconnect(conn)?;
+        let (core, _) = self.core();
+        core.engine.conns_mut().close_by(real, wait);
+        core.refresh();
+        Ok(())
+    }
+
+    /// Closes a connection at once (Globus XIO's cancel of everything on a handle; VMI 2.1
+    /// had none): every send not yet finished, a partly written one included, completes with
+    /// [`Status::Cancelled`], nothing more goes to the peer, and the peer sees the connection
+    /// lost (a message cut short is never delivered there as whole).
+    /// [`crate::Handler::disconnected`] reports [`crate::Disconnect::Local`]. Also ends an
+    /// orderly close in progress, and cancels a connect still in progress. A connection's
+    /// sends go in order, so a single waiting send cannot be taken back alone: this is how a
+    /// send is cancelled.
+    fn abort(&mut self, conn: ConnId) -> Result<(), VmiError> {
+        let (core, mode) = self.core();
+        let real = core.cross.real(conn);
+        let detail = "aborted by this process".to_string();
+        if let Some(s) = core.abort(real, Status::Cancelled, detail)? {
+            core.issue(s, mode);
+        }
+        if mode == Mode::Now {
+            core.run_deferred();
+        }
+        Ok(())
+    }
+
+    /// Gives `conn` a send timeout, or takes it away with `None` (Globus XIO's write timeout,
+    /// TCP's user timeout): when sends are waiting on the connection and none of them has
+    /// completed for `timeout`, the peer is taken to be stuck or gone and the connection is
+    /// aborted: the waiting sends complete with [`Status::Timeout`], and
+    /// [`crate::Handler::disconnected`] reports a [`crate::Disconnect::Error`] with
+    /// [`Status::Timeout`] and the reason. [`crate::Options::send_timeout`] sets one for every
+    /// connection. Sends that a transport took whole at once (inline sends it wrote
+    /// immediately) never wait, so they never time out.
+    fn set_send_timeout(
+        &mut self,
+        conn: ConnId,
+        timeout: Option<Duration>,
+    ) -> Result<(), VmiError> {
+        let timeout = timeout
+            .map(|t| crate::timeouts::checked("a send timeout", t))
+            .transpose()?;
+        let (core, _) = self.core();
+        let real = core.cross.real(conn);
+        if core.rails.on() && core.rails.is_bond(real) {
+            return Err(VmiError::Unsupported {
+                what: "abort and timeouts",
+                on: "a multi-rail connection",
+            });
+        }
+        if !core.engine.conns_mut().set_send_timeout(real, timeout) {
+            return Err(VmiError::UnknownConnection(conn));
+        }
+        core.refresh();
+        Ok(())
+    }
+
+    /// A live connection's send timeout (see [`Operations::set_send_timeout`]).
+    fn send_timeout(&self, conn: ConnId) -> Option<Duration> {
+        let core = self.core_ref();
+        core.engine.conns().send_timeout(core.cross.real(conn))
     }
 
     /// The connection's one-way latency, half a measured round trip between the two

@@ -63,6 +63,8 @@ pub(crate) enum Purpose {
     RailChunk,
     /// An acknowledgement or give-up record on a rail: no callback.
     RailControl,
+    /// An abort of a connection (see `timeouts`): disconnect callback.
+    Abort,
 }
 
 #[repr(C, align(64))]
@@ -89,6 +91,8 @@ pub(crate) struct IrbSlot {
     class: Class,
     /// True once the completion steps ran (a failed receive is unwound before delivery).
     unwound: bool,
+    /// A send on a connection with a send timeout: its completion is progress.
+    timed: bool,
     /// The application's token for the completion callback.
     token: u64,
     /// Send buffers owned while the IRB is in flight.
@@ -163,6 +167,7 @@ impl IrbSlot {
             purpose: Purpose::Send,
             class: Class::Control,
             unwound: false,
+            timed: false,
             token: 0,
             bufs: Vec::with_capacity(VMI_IRB_MAX_SEGS),
             attached: Vec::new(),
@@ -300,6 +305,14 @@ impl IrbSlot {
         self.pos = pos;
     }
     /// Starts the IRB's journey: direction and position before its first device.
+    /// A send whose completion counts as progress against its connection's send timeout.
+    #[inline]
+    pub fn timed(&self) -> bool {
+        self.timed
+    }
+    pub fn set_timed(&mut self) {
+        self.timed = true;
+    }
     pub fn enter(&mut self, dir: Dir, pos: isize) {
         self.dir = dir;
         self.pos = pos;
@@ -417,6 +430,7 @@ impl IrbPool {
         s.purpose = Purpose::Send;
         s.class = Class::Control;
         s.unwound = false;
+        s.timed = false;
         s.token = 0;
         s.bufs.clear();
         s.attached.clear();

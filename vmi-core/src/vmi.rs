@@ -29,6 +29,10 @@ pub struct Options {
     /// failed; zero (the default) fails at once. `VMI_CONNECT_TIMEOUT` (seconds) overrides
     /// it. With a wait, processes may start in any order.
     pub connect_wait: Duration,
+    /// The send timeout every connection starts with (see
+    /// [`crate::Operations::set_send_timeout`]); none (the default) waits for ever. At most
+    /// one day.
+    pub send_timeout: Option<Duration>,
 }
 
 impl Default for Options {
@@ -36,6 +40,7 @@ impl Default for Options {
         Options {
             accept: true,
             connect_wait: Duration::ZERO,
+            send_timeout: None,
         }
     }
 }
@@ -46,6 +51,14 @@ impl Options {
         Options {
             accept: false,
             ..Options::default()
+        }
+    }
+
+    /// These options with a send timeout on every connection.
+    pub fn with_send_timeout(self, timeout: Duration) -> Options {
+        Options {
+            send_timeout: Some(timeout),
+            ..self
         }
     }
 
@@ -127,6 +140,9 @@ impl Vmi {
                 reason,
             })?
             .unwrap_or(options.connect_wait);
+        if let Some(t) = options.send_timeout {
+            crate::timeouts::checked("a send timeout", t)?;
+        }
         crate::limits::raise_fd_limit();
         let plan = assembly::plan(&spec, env, options.accept)?;
         let types: Vec<(String, crate::loader::DeviceType)> = plan
@@ -185,6 +201,9 @@ impl Vmi {
             crate::cross::Crossings::new(plan_rails_none, key),
         );
         core.chains = named;
+        core.engine
+            .conns_mut()
+            .set_default_send_timeout(options.send_timeout);
         Ok(Vmi {
             core,
             arena: crate::direct::Arena::default(),
@@ -332,6 +351,12 @@ impl Vmi {
         }
         if self.core.rdma.waits() > 0 {
             crate::rdma::background(&mut self.core, handler);
+        }
+        if self.core.engine.conns().timers() > 0 {
+            let now = Instant::now();
+            if self.core.engine.conns().due().is_some_and(|d| now >= d) {
+                crate::timeouts::check(&mut self.core, now);
+            }
         }
         self.core.refresh();
     }
@@ -518,6 +543,7 @@ impl Vmi {
             core.retries.next_due(),
             crate::msgpass::next_deadline(core),
             crate::rdma::next_deadline(core),
+            crate::timeouts::next_deadline(core),
         ];
         let mut timeout = due;
         for t in timers.into_iter().flatten() {
@@ -546,6 +572,7 @@ impl Vmi {
                 self.core.retries.next_due(),
                 crate::msgpass::next_deadline(&self.core),
                 crate::rdma::next_deadline(&mut self.core),
+                crate::timeouts::next_deadline(&self.core),
             ]
             .into_iter()
             .flatten()

@@ -6,7 +6,7 @@
  * name). The host owns every IRB; a device holds one only between returning VMI_PENDING and
  * calling services->pass or services->complete. Nothing Rust-specific crosses this boundary.
  *
- * This header mirrors vmi-device/src/abi.rs; keep both in step. ABI 1.4.
+ * This header mirrors vmi-device/src/abi.rs; keep both in step. ABI 1.5.
  *
  * Versioning: structs only grow at the end, and every table says its own size. A host reads a
  * device built for an older minor (shorter tables: the missing entries count as NULL) and one
@@ -15,7 +15,7 @@
  *     if (svc->size > VMI_HOST_SERVICES_SIZE_1_0) n = svc->irb_available(host);
  * History: 1.0 first edition; 1.1 adds vtable.poll_budget and services.irb_available;
  * 1.2 adds vtable.send_inline and vtable.poll_direct; 1.3 adds vtable.rdma_access;
- * 1.4 adds vtable.register_conn.
+ * 1.4 adds vtable.register_conn; 1.5 adds the IRB operation VMI_OP_ABORT.
  *
  * Threads: the host calls a device instance from one thread at a time, and the services the
  * device calls during a call run on that thread. The thread may change between calls (an
@@ -35,7 +35,7 @@ extern "C" {
 
 #define VMI_DEVICE_MAGIC 0x44494d56u /* "VMID" little-endian */
 #define VMI_ABI_MAJOR 1
-#define VMI_ABI_MINOR 4
+#define VMI_ABI_MINOR 5
 /* Sizes of the 1.0 tables (x86-64 and aarch64 Linux): the smallest a 1.x host accepts. */
 #define VMI_DESCRIPTOR_SIZE_1_0 88u
 #define VMI_VTABLE_SIZE_1_0 104u
@@ -61,6 +61,9 @@ extern "C" {
 #define VMI_OP_ACCEPT 3u
 #define VMI_OP_REJECT 4u
 #define VMI_OP_DISCONNECT 5u
+/* ABI 1.5: close at once; IRBs held for the connection complete with the abort IRB's
+ * status (set on submit); the abort itself completes OK. Older devices answer INVALID. */
+#define VMI_OP_ABORT 6u
 #define VMI_OP_RECV 16u
 #define VMI_OP_CONNECT_REQUEST 17u
 #define VMI_OP_PEER_DISCONNECT 18u

@@ -36,6 +36,8 @@
 //!   one-sided, for RDMA puts and gets).
 //! - 1.4: vtable entry `register_conn` (a transport registers a buffer the application
 //!   publishes to the peer on one connection, so it can scope the registration to it).
+//! - 1.5: IRB operation `VMI_OP_ABORT` (close a connection at once, ending what the device
+//!   holds for it with the given status: send and disconnect timeouts, cancels).
 #![allow(unsafe_code)]
 
 use std::ffi::{c_char, c_void};
@@ -45,7 +47,7 @@ pub const VMI_DEVICE_MAGIC: u32 = 0x4449_4d56;
 /// ABI major version: a descriptor of another major is refused.
 pub const VMI_ABI_MAJOR: u16 = 1;
 /// ABI minor version: newer minors only append fields.
-pub const VMI_ABI_MINOR: u16 = 4;
+pub const VMI_ABI_MINOR: u16 = 5;
 /// Size of a 1.0 descriptor: the smallest a host of this major accepts.
 pub const VMI_DESCRIPTOR_SIZE_1_0: u32 = 88;
 /// Size of a 1.0 vtable: the smallest a host of this major accepts.
@@ -92,6 +94,14 @@ pub const VMI_OP_ACCEPT: u32 = 3;
 pub const VMI_OP_REJECT: u32 = 4;
 /// IRB operation: orderly close of a connection.
 pub const VMI_OP_DISCONNECT: u32 = 5;
+/// IRB operation (ABI 1.5): close a connection at once. Every IRB the device holds for the
+/// connection (sends queued or partly written, a pending disconnect) completes with the
+/// status the abort IRB carries in `status` on submit (`VMI_STATUS_CANCELLED` or
+/// `VMI_STATUS_TIMEOUT`), nothing more of it goes to the peer, and the peer sees the
+/// connection lost (never a message cut short as if whole). No `PEER_DISCONNECT` goes up for
+/// it; the abort IRB itself completes with `VMI_STATUS_OK`. Filters pass it down. A device
+/// of an older minor completes it with `VMI_STATUS_INVALID`, and the host then closes in order.
+pub const VMI_OP_ABORT: u32 = 6;
 /// IRB operation: a received fragment (receive direction).
 pub const VMI_OP_RECV: u32 = 16;
 /// IRB operation: a peer asks to connect; segments hold its connect data (receive direction).

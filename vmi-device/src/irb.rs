@@ -21,6 +21,8 @@ pub enum Op {
     Reject,
     /// Close a connection.
     Disconnect,
+    /// Close a connection at once (ABI 1.5): end what is held for it with [`Irb::status`].
+    Abort,
     /// A fragment coming in.
     Recv,
     /// A peer asks to connect.
@@ -40,6 +42,7 @@ impl Op {
             abi::VMI_OP_ACCEPT => Op::Accept,
             abi::VMI_OP_REJECT => Op::Reject,
             abi::VMI_OP_DISCONNECT => Op::Disconnect,
+            abi::VMI_OP_ABORT => Op::Abort,
             abi::VMI_OP_RECV => Op::Recv,
             abi::VMI_OP_CONNECT_REQUEST => Op::ConnectRequest,
             abi::VMI_OP_PEER_DISCONNECT => Op::PeerDisconnect,
@@ -55,6 +58,7 @@ impl Op {
             Op::Accept => abi::VMI_OP_ACCEPT,
             Op::Reject => abi::VMI_OP_REJECT,
             Op::Disconnect => abi::VMI_OP_DISCONNECT,
+            Op::Abort => abi::VMI_OP_ABORT,
             Op::Recv => abi::VMI_OP_RECV,
             Op::ConnectRequest => abi::VMI_OP_CONNECT_REQUEST,
             Op::PeerDisconnect => abi::VMI_OP_PEER_DISCONNECT,
@@ -137,6 +141,15 @@ impl Irb {
     /// Status so far.
     pub fn status(&self) -> Status {
         Status::from_code(self.irb().status)
+    }
+
+    /// For an [`Op::Abort`]: the status to end the connection's held IRBs with (what the
+    /// host put in `status`; [`Status::Cancelled`] when it put none or a success).
+    pub fn abort_status(&self) -> Status {
+        match self.status() {
+            Status::Ok => Status::Cancelled,
+            s => s,
+        }
     }
 
     /// Sets the status an IRB carries up (a transport reporting why a peer went away on a

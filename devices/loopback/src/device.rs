@@ -179,10 +179,30 @@ impl LoopbackDevice {
         Ok(Disposition::Complete(irb, Status::Ok))
     }
 
+    /// Closes a connection in order: the peer hears after everything sent before.
+    fn close_link(&mut self, conn: u64) {
+        if let Some(link) = self.links.remove(&conn) {
+            self.post(
+                &link.peer_key,
+                Message::Close {
+                    to: link.peer_conn,
+                    lost: false,
+                },
+            );
+        }
+    }
+
     /// Sends blocked on a full inbox go on while there is room.
     fn unblock(&mut self) -> usize {
         let mut n = 0;
         while let Some(irb) = self.blocked.pop_front() {
+            if irb.op() == Op::Disconnect {
+                // Its sends went ahead of it: the close follows them.
+                self.close_link(irb.conn());
+                irb.complete(Status::Ok);
+                n += 1;
+                continue;
+            }
             match self.try_send(irb) {
                 Ok(Disposition::Complete(irb, status)) => {
                     irb.complete(status);
@@ -295,10 +315,14 @@ impl LoopbackDevice {
                 let _ = push(&mut irb, ptr, len);
                 irb.pass();
             }
-            Message::Close { to } => {
+            Message::Close { to, lost } => {
                 if self.links.remove(&to).is_some()
-                    && let Some(irb) = self.host.alloc_irb(Op::PeerDisconnect, to)
+                    && let Some(mut irb) = self.host.alloc_irb(Op::PeerDisconnect, to)
                 {
+                    if lost {
+                        irb.set_detail("the peer aborted the connection");
+                        irb.set_status(Status::ConnectionLost);
+                    }
                     irb.pass();
                 }
             }
@@ -447,8 +471,41 @@ impl Device for LoopbackDevice {
                 }
             }
             Op::Disconnect => {
+                if self.blocked.iter().any(|b| b.conn() == conn) {
+                    // Sends issued before it wait for room: it closes after them, in order.
+                    self.blocked.push_back(irb);
+                    return Disposition::Pending;
+                }
+                self.close_link(conn);
+                Disposition::Complete(irb, Status::Ok)
+            }
+            Op::Abort => {
+                // Sends of this connection waiting for room end here; the others keep their
+                // order.
+                let status = irb.abort_status();
+                let why = format!("the connection was aborted by this process ({status})");
+                let (mine, others): (VecDeque<Irb>, VecDeque<Irb>) =
+                    std::mem::take(&mut self.blocked)
+                        .into_iter()
+                        .partition(|b| b.conn() == conn);
+                self.blocked = others;
+                for mut b in mine {
+                    b.set_detail(&why);
+                    b.complete(status);
+                }
                 if let Some(link) = self.links.remove(&conn) {
-                    self.post(&link.peer_key, Message::Close { to: link.peer_conn });
+                    if let Some(c) = link.connect {
+                        c.complete(Status::Cancelled);
+                    }
+                    if link.peer_conn != 0 {
+                        self.post(
+                            &link.peer_key,
+                            Message::Close {
+                                to: link.peer_conn,
+                                lost: true,
+                            },
+                        );
+                    }
                 }
                 Disposition::Complete(irb, Status::Ok)
             }
@@ -526,7 +583,10 @@ impl Drop for LoopbackDevice {
             if link.peer_conn != 0
                 && let Some(ep) = Self::endpoint(&link.peer_key)
             {
-                ep.push(Message::Close { to: link.peer_conn });
+                ep.push(Message::Close {
+                    to: link.peer_conn,
+                    lost: false,
+                });
                 ep.waker.wake();
             }
             if let Some(irb) = link.connect {

@@ -38,5 +38,7 @@ pub enum Message {
     Close {
         /// Receiver's connection handle.
         to: u64,
+        /// The sender aborted it: the receiver reports it lost, not closed in order.
+        lost: bool,
     },
 }

@@ -318,27 +318,53 @@ impl ShmemDevice {
 
     /// Ends a connection: pending sends fail, the application hears why (unless `quiet`).
     fn end(&mut self, idx: usize, status: Status, detail: &str, quiet: bool) {
+        self.end_with(idx, status, detail, quiet, None);
+    }
+
+    /// As `end`; when the application aborted the connection (`Op::Abort`), every IRB held
+    /// for it (sends and the close alike) completes with `aborted`.
+    fn end_with(
+        &mut self,
+        idx: usize,
+        status: Status,
+        detail: &str,
+        quiet: bool,
+        aborted: Option<Status>,
+    ) {
         let Some(mut c) = self.take(idx) else { return };
+        if aborted.is_some() {
+            // Shut before any buffer goes back: a peer reading this process's memory checks
+            // for the shutdown after each read (see `io::hung_up`).
+            let _ = c.sock.shutdown(std::net::Shutdown::Both);
+        }
+        let close_status = aborted.unwrap_or(Status::Ok);
+        let lost = aborted.unwrap_or(Status::ConnectionLost);
         let mut local_close = false;
-        if let Some(irb) = c.closing.take() {
+        if let Some(mut irb) = c.closing.take() {
             local_close = true;
-            irb.complete(Status::Ok);
+            if aborted.is_some() {
+                irb.set_detail(detail);
+            }
+            irb.complete(close_status);
         }
         for tx in c.tx.drain(..) {
             match tx {
                 Tx::Data { mut irb, .. } | Tx::Rdv { mut irb, .. } => {
                     irb.set_detail(detail);
-                    irb.complete(Status::ConnectionLost);
+                    irb.complete(lost);
                 }
-                Tx::Close { irb } => {
+                Tx::Close { mut irb } => {
                     local_close = true;
-                    irb.complete(Status::Ok);
+                    if aborted.is_some() {
+                        irb.set_detail(detail);
+                    }
+                    irb.complete(close_status);
                 }
             }
         }
         for (_, mut irb) in c.rdv_waiting.drain() {
             irb.set_detail(detail);
-            irb.complete(Status::ConnectionLost);
+            irb.complete(lost);
         }
         if let Some(buf) = c.reader.take_partial() {
             self.pool.give(buf);
@@ -444,6 +470,7 @@ impl ShmemDevice {
         let mut cons = Consumer::resume(view.shared(), c.rx_pos.0, c.rx_pos.1);
         let mut n = 0;
         let mut error: Option<String> = None;
+        let mut aborted = false;
         // At most `budget` records, and none without a receive IRB to hand it up in: the rest
         // stays in the ring, which pushes back on the peer when it fills. The host is asked
         // once per call; only this loop takes receive IRBs meanwhile, one per record at most.
@@ -509,6 +536,14 @@ impl ShmemDevice {
                 Ok(Some(Incoming::Fetch { rec, ranges })) => {
                     let mut buf = pool.take(rec.len as usize);
                     match read_peer(c.peer_pid, &ranges, &mut buf) {
+                        Ok(_) if crate::io::hung_up(&c.sock) => {
+                            // The peer aborted (or exited) while its memory was read: the
+                            // buffers may be its application's again, so what was read is
+                            // not the fragment. Dropped; the connection is lost.
+                            pool.give(buf);
+                            aborted = true;
+                            break;
+                        }
                         Ok(got) if got == buf.len() => {
                             if deliver::offer(c.vmi, irb_flags(&rec), &buf) {
                                 *direct_receives += 1;
@@ -563,7 +598,14 @@ impl ShmemDevice {
             }
         }
         c.rx_pos = cons.positions();
-        if let Some(e) = error {
+        if aborted {
+            let why = format!(
+                "'{}' aborted the connection while a fragment was read from its memory",
+                c.peer_key
+            );
+            log::info!("shmem: {why}");
+            self.end(idx, Status::ConnectionLost, &why, false);
+        } else if let Some(e) = error {
             log::warn!("shmem: {e}; closing the connection");
             self.end(idx, Status::Protocol, &e, false);
         }
@@ -1725,6 +1767,14 @@ impl Device for ShmemDevice {
                     );
                 } else {
                     self.end(idx, Status::Ok, "rejected", true);
+                }
+                Disposition::Complete(irb, Status::Ok)
+            }
+            Op::Abort => {
+                if let Some(&idx) = self.by_vmi.get(&irb.conn()) {
+                    let status = irb.abort_status();
+                    let why = format!("the connection was aborted by this process ({status})");
+                    self.end_with(idx, status, &why, true, Some(status));
                 }
                 Disposition::Complete(irb, Status::Ok)
             }

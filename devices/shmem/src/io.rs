@@ -447,6 +447,31 @@ pub fn access_peer(
     Ok(())
 }
 
+/// Whether the peer shut its end of the control socket (an abort, or its exit): checked
+/// after a single-copy read, because a peer that aborts shuts the socket before it hands
+/// the buffers back to its application. A read that finished before this returns false
+/// read memory the peer still held: the kernel orders the shutdown (a system call the peer
+/// made before it let the buffers go) against this `poll`.
+pub fn hung_up(sock: &impl AsFd) -> bool {
+    let mut fds = [rustix::event::PollFd::new(
+        sock,
+        rustix::event::PollFlags::RDHUP | rustix::event::PollFlags::HUP,
+    )];
+    let now = rustix::event::Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    match rustix::event::poll(&mut fds, Some(&now)) {
+        Ok(_) => fds[0].revents().intersects(
+            rustix::event::PollFlags::RDHUP
+                | rustix::event::PollFlags::HUP
+                | rustix::event::PollFlags::ERR,
+        ),
+        // Cannot tell: take it as gone (the fragment is dropped, never delivered wrong).
+        Err(_) => true,
+    }
+}
+
 /// Reads `remote` ranges of process `pid` into `local` with one copy (process_vm_readv).
 pub fn read_peer(pid: i32, remote: &[(u64, usize)], local: &mut [u8]) -> io::Result<usize> {
     let liov = libc::iovec {

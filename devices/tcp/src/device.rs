@@ -330,22 +330,46 @@ impl TcpDevice {
 
     /// Ends a connection: pending sends fail, the application hears why when `tell`.
     fn fail(&mut self, idx: usize, status: Status, detail: &str, tell: bool) {
+        self.end(idx, status, detail, tell, None);
+    }
+
+    /// Ends connection `idx`. Its held IRBs complete with `aborted` when the application
+    /// aborted it (`Op::Abort`: sends and the close alike), else sends with
+    /// `ConnectionLost` and a close with success.
+    fn end(
+        &mut self,
+        idx: usize,
+        status: Status,
+        detail: &str,
+        tell: bool,
+        aborted: Option<Status>,
+    ) {
         let Some(mut c) = self.take(idx) else { return };
+        // An abort closes like a failure: a FIN after what the kernel holds, so the peer gets
+        // every frame this side reported sent, and no close record: it sees the connection
+        // lost, and drops a frame cut short.
         let _ = c.sock.shutdown(std::net::Shutdown::Both);
+        let close_status = aborted.unwrap_or(Status::Ok);
         let mut local_close = false;
-        if let Some(irb) = c.closing.take() {
+        if let Some(mut irb) = c.closing.take() {
             local_close = true;
-            irb.complete(Status::Ok);
+            if aborted.is_some() {
+                irb.set_detail(detail);
+            }
+            irb.complete(close_status);
         }
         for tx in c.tx.drain(..) {
             match tx {
                 Tx::Frame { mut irb, .. } => {
                     irb.set_detail(detail);
-                    irb.complete(Status::ConnectionLost);
+                    irb.complete(aborted.unwrap_or(Status::ConnectionLost));
                 }
-                Tx::Close { irb: Some(irb) } => {
+                Tx::Close { irb: Some(mut irb) } => {
                     local_close = true;
-                    irb.complete(Status::Ok);
+                    if aborted.is_some() {
+                        irb.set_detail(detail);
+                    }
+                    irb.complete(close_status);
                 }
                 _ => {}
             }
@@ -1412,6 +1436,14 @@ impl Device for TcpDevice {
                 }
                 self.settle(idx);
                 self.flush(idx);
+                Disposition::Complete(irb, Status::Ok)
+            }
+            Op::Abort => {
+                if let Some(&idx) = self.by_vmi.get(&conn) {
+                    let status = irb.abort_status();
+                    let why = format!("the connection was aborted by this process ({status})");
+                    self.end(idx, status, &why, false, Some(status));
+                }
                 Disposition::Complete(irb, Status::Ok)
             }
             Op::Disconnect => {

@@ -262,9 +262,24 @@ impl VerbsDevice {
     /// Ends a connection: its IRBs complete with `status`, and the application hears of it
     /// when it knew the connection (`tell`).
     fn fail(&mut self, idx: usize, status: Status, detail: &str, tell: bool) {
+        self.end(idx, status, detail, tell, None);
+    }
+
+    /// Ends connection `idx`. Its held IRBs complete with `aborted` when the application
+    /// aborted it (`Op::Abort`: sends and the close alike), else sends with
+    /// `ConnectionLost` and a close with success.
+    fn end(
+        &mut self,
+        idx: usize,
+        status: Status,
+        detail: &str,
+        tell: bool,
+        aborted: Option<Status>,
+    ) {
         let Some(mut c) = self.take(idx) else { return };
         log::debug!("verbs: connection to {} ends: {detail}", c.peer);
         let _ = c.sock.shutdown(std::net::Shutdown::Both);
+        let lost = aborted.unwrap_or(Status::ConnectionLost);
         if let Some(mut a) = c.attempt.take()
             && let Some(mut irb) = a.irb.take()
         {
@@ -273,14 +288,19 @@ impl VerbsDevice {
         }
         for (_, mut irb) in c.pending.drain() {
             irb.set_detail(detail);
-            irb.complete(Status::ConnectionLost);
+            irb.complete(lost);
         }
         for mut irb in c.waiting.drain(..) {
             irb.set_detail(detail);
-            irb.complete(Status::ConnectionLost);
+            irb.complete(lost);
         }
-        if let Some(irb) = c.closing.take() {
-            irb.complete(Status::Ok);
+        if let Some(mut irb) = c.closing.take() {
+            if let Some(s) = aborted {
+                irb.set_detail(detail);
+                irb.complete(s);
+            } else {
+                irb.complete(Status::Ok);
+            }
             return;
         }
         let open = matches!(c.stage, Stage::Open | Stage::AwaitReady | Stage::Requested);
@@ -624,6 +644,14 @@ impl Device for VerbsDevice {
                         Disposition::Complete(irb, Status::Invalid)
                     }
                 }
+            }
+            Op::Abort => {
+                if let Some(&idx) = self.by_vmi.get(&conn) {
+                    let status = irb.abort_status();
+                    let why = format!("the connection was aborted by this process ({status})");
+                    self.end(idx, status, &why, false, Some(status));
+                }
+                Disposition::Complete(irb, Status::Ok)
             }
             Op::Disconnect => {
                 let Some(&idx) = self.by_vmi.get(&conn) else {
