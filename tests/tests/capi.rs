@@ -113,6 +113,7 @@ fn installed_c_programs_and_tools_run_from_the_prefix() {
     let check_src = root().join("tests/c/capi/capi_check.c");
     let check = inst.cc(&check_src, "vmi");
     let rdma = inst.cc(&root().join("tests/c/capi/rdma_check.c"), "vmi");
+    let timeouts = inst.cc(&root().join("tests/c/capi/timeout_check.c"), "vmi");
     let check_static = inst.cc(&check_src, "vmi-static");
     let ldd = Command::new("ldd").arg(&check_static).output();
     if let Ok(ldd) = ldd {
@@ -204,6 +205,27 @@ fn installed_c_programs_and_tools_run_from_the_prefix() {
         assert!(
             ok && out.contains("SERVER OK"),
             "{spec}: rdma server:\n{out}"
+        );
+
+        // vmi's timeouts and abort from C: an abort, and a send timeout against a server
+        // that stops reading.
+        let skey = unique_key("ctos");
+        let server = inst.run(&timeouts, &["server", &skey], spec);
+        server.wait_for(&listening(&skey), T);
+        let client = inst.run(
+            &timeouts,
+            &["client", &unique_key("ctoc"), &skey, "localhost"],
+            spec,
+        );
+        let (ok, out) = client.finish(T);
+        assert!(
+            ok && out.contains("CLIENT OK"),
+            "{spec}: timeout client:\n{out}"
+        );
+        let (ok, out) = server.finish(T);
+        assert!(
+            ok && out.contains("SERVER OK"),
+            "{spec}: timeout server:\n{out}"
         );
     }
 

@@ -34,6 +34,8 @@ struct Side {
     /// Send completions: (token, status, detail).
     completions: Vec<(u64, Status, String)>,
     ended: Option<Disconnect>,
+    /// Send completions heard before the end.
+    completions_at_end: usize,
     connect_failed: Option<Status>,
     /// The sequence numbers of whole messages received, and problems seen.
     received: Vec<u64>,
@@ -90,6 +92,7 @@ impl Handler for Side {
     }
 
     fn disconnected(&mut self, _ctx: &mut Ctx<'_>, _conn: ConnId, reason: Disconnect) {
+        self.completions_at_end = self.completions.len();
         self.ended = Some(reason);
     }
 }
@@ -214,6 +217,11 @@ impl Pair {
             tokens,
             (0..issued).collect::<Vec<_>>(),
             "{}: one completion per send",
+            self.label
+        );
+        assert_eq!(
+            self.ha.completions_at_end, issued as usize,
+            "{}: every send completed before the end was reported",
             self.label
         );
         let ok = self

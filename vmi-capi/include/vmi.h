@@ -178,6 +178,18 @@ VMI_STATUS VMI_Connection_Issue(PVMI_CONNECT conn, PVMI_BUFFER data, VMIConnectI
 VMI_STATUS VMI_Connection_Accept_Fn(VMIConnectAccept fn);
 VMI_STATUS VMI_Connection_Disconnect(PVMI_CONNECT conn, VMIConnectDisconnect done, PVOID context);
 VMI_STATUS VMI_Connection_Disconnect_Fn(VMIDisconnectNotification fn);
+/* vmi's additions (Globus XIO's timeouts and cancel). The orderly close of
+ * VMI_Connection_Disconnect, given at most timeout_ms (1 ms to a day): past it the connection
+ * is aborted, its waiting sends complete with VMI_STATUS_TIMEOUT, and done gets
+ * VMI_STATUS_TIMEOUT. */
+VMI_STATUS VMI_Connection_Disconnect_Timeout(PVMI_CONNECT conn, ULONG timeout_ms, VMIConnectDisconnect done, PVOID context);
+/* Closes at once: unfinished sends complete with VMI_STATUS_CANCELLED, the peer sees the
+ * connection lost; done gets VMI_STATUS_OK. Also ends a disconnect in progress. */
+VMI_STATUS VMI_Connection_Abort(PVMI_CONNECT conn, VMIConnectDisconnect done, PVOID context);
+/* When sends wait and none completes for timeout_ms (0 clears; at most a day), the connection
+ * is aborted: its sends complete with VMI_STATUS_TIMEOUT and the disconnect function runs
+ * (VMI_Last_Error says why). */
+VMI_STATUS VMI_Connection_Set_Send_Timeout(PVMI_CONNECT conn, ULONG timeout_ms);
 VMI_STATUS VMI_Connection_Set_Receive_Context(PVMI_CONNECT conn, PVOID context);
 PVOID VMI_Connection_Get_Receive_Context(PVMI_CONNECT conn);
 /* The connection's measured one-way latency in microseconds (half a round trip between the two

@@ -164,10 +164,7 @@ pub unsafe extern "C" fn VMI_Connection_Disconnect(
 ) -> VMI_STATUS {
     guard("VMI_Connection_Disconnect", || {
         state::check()?;
-        let h = live(conn)?;
-        let id = state::tables(|t| t.conns.get(h).and_then(|c| c.id)).ok_or_else(|| {
-            CapiError::InvalidParameter("the connection was never issued or accepted".into())
-        })?;
+        let (h, id) = issued(conn)?;
         with_ops!(|o| o.disconnect(id))??;
         state::tables(|t| {
             if let Some(c) = t.conns.get_mut(h) {
@@ -175,6 +172,107 @@ pub unsafe extern "C" fn VMI_Connection_Disconnect(
                 c.closing = Some((done, context));
             }
         });
+        Ok(())
+    })
+}
+
+/// The live connection behind a handle that was issued or accepted.
+fn issued(conn: PVMI_CONNECT) -> Result<(u64, vmi_core::ConnId), CapiError> {
+    let h = live(conn)?;
+    let id = state::tables(|t| t.conns.get(h).and_then(|c| c.id)).ok_or_else(|| {
+        CapiError::InvalidParameter("the connection was never issued or accepted".into())
+    })?;
+    Ok((h, id))
+}
+
+/// Milliseconds from C as a timeout: 0 is refused (where none would mean "none", the caller
+/// says so), and so is more than a day.
+// `ULONG` is C's `unsigned long`: 64 bits on the Linux targets built today, 32 elsewhere.
+#[allow(clippy::useless_conversion)]
+fn millis(what: &str, ms: ULONG) -> Result<std::time::Duration, CapiError> {
+    let max = vmi_core::MAX_TIMEOUT.as_millis() as u64;
+    if ms == 0 || u64::from(ms) > max {
+        return Err(CapiError::InvalidParameter(format!(
+            "{what} of {ms} ms is out of range: give 1 to {max} ms"
+        )));
+    }
+    Ok(std::time::Duration::from_millis(u64::from(ms)))
+}
+
+/// As `VMI_Connection_Disconnect`, giving the orderly close at most `timeout_ms` (vmi's
+/// addition, Globus XIO's close timeout): if the sends issued before it have not all reached
+/// the peer by then, the connection is aborted, its waiting sends complete with
+/// `VMI_STATUS_TIMEOUT`, and `done` runs with `VMI_STATUS_TIMEOUT`.
+///
+/// # Safety
+/// `context` is the caller's, passed back untouched.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn VMI_Connection_Disconnect_Timeout(
+    conn: PVMI_CONNECT,
+    timeout_ms: ULONG,
+    done: VMIConnectDisconnect,
+    context: PVOID,
+) -> VMI_STATUS {
+    guard("VMI_Connection_Disconnect_Timeout", || {
+        state::check()?;
+        let (h, id) = issued(conn)?;
+        let wait = millis("a disconnect timeout", timeout_ms)?;
+        with_ops!(|o| o.disconnect_with(id, wait))??;
+        state::tables(|t| {
+            if let Some(c) = t.conns.get_mut(h) {
+                c.state = ConnState::Closing;
+                c.closing = Some((done, context));
+            }
+        });
+        Ok(())
+    })
+}
+
+/// Closes a connection at once (vmi's addition; Globus XIO's cancel): sends not yet finished
+/// complete with `VMI_STATUS_CANCELLED`, nothing more goes to the peer, which sees the
+/// connection lost; `done(connection, context, VMI_STATUS_OK)` runs from a later `VMI_Poll`,
+/// after which the handle is stale. Also ends a disconnect in progress.
+///
+/// # Safety
+/// `context` is the caller's, passed back untouched.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn VMI_Connection_Abort(
+    conn: PVMI_CONNECT,
+    done: VMIConnectDisconnect,
+    context: PVOID,
+) -> VMI_STATUS {
+    guard("VMI_Connection_Abort", || {
+        state::check()?;
+        let (h, id) = issued(conn)?;
+        with_ops!(|o| o.abort(id))??;
+        state::tables(|t| {
+            if let Some(c) = t.conns.get_mut(h) {
+                c.state = ConnState::Closing;
+                c.closing = Some((done, context));
+            }
+        });
+        Ok(())
+    })
+}
+
+/// Sets the connection's send timeout in milliseconds, or clears it with 0 (vmi's addition;
+/// TCP's user timeout for vmi's sends): when sends wait on the connection and none completes
+/// for the timeout, the connection is aborted, its waiting sends complete with
+/// `VMI_STATUS_TIMEOUT`, and the disconnect function (`VMI_Connection_Disconnect_Fn`) runs;
+/// `VMI_Last_Error` then says why. At most a day.
+#[unsafe(no_mangle)]
+pub extern "C" fn VMI_Connection_Set_Send_Timeout(
+    conn: PVMI_CONNECT,
+    timeout_ms: ULONG,
+) -> VMI_STATUS {
+    guard("VMI_Connection_Set_Send_Timeout", || {
+        state::check()?;
+        let (_, id) = issued(conn)?;
+        let t = match timeout_ms {
+            0 => None,
+            ms => Some(millis("a send timeout", ms)?),
+        };
+        with_ops!(|o| o.set_send_timeout(id, t))??;
         Ok(())
     })
 }

@@ -47,6 +47,7 @@ mod slot;
 pub mod spec;
 mod table;
 mod timeouts;
+pub use timeouts::MAX_TIMEOUT;
 mod vmi;
 pub(crate) mod waker;
 

@@ -507,7 +507,10 @@ impl Device for LoopbackDevice {
                         );
                     }
                 }
-                Disposition::Complete(irb, Status::Ok)
+                // Completed behind what it ended: the application hears of those sends first,
+                // then of the end.
+                irb.complete(Status::Ok);
+                Disposition::Pending
             }
             _ => Disposition::Complete(irb, Status::Invalid),
         }

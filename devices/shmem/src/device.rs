@@ -340,12 +340,13 @@ impl ShmemDevice {
         let close_status = aborted.unwrap_or(Status::Ok);
         let lost = aborted.unwrap_or(Status::ConnectionLost);
         let mut local_close = false;
-        if let Some(mut irb) = c.closing.take() {
-            local_close = true;
-            if aborted.is_some() {
-                irb.set_detail(detail);
-            }
-            irb.complete(close_status);
+        // In the order they were sent: those the peer has (waiting for its ACK), oldest
+        // first, then what is queued.
+        let mut waiting: Vec<(u64, Irb)> = c.rdv_waiting.drain().collect();
+        waiting.sort_unstable_by_key(|(id, _)| *id);
+        for (_, mut irb) in waiting {
+            irb.set_detail(detail);
+            irb.complete(lost);
         }
         for tx in c.tx.drain(..) {
             match tx {
@@ -362,9 +363,13 @@ impl ShmemDevice {
                 }
             }
         }
-        for (_, mut irb) in c.rdv_waiting.drain() {
-            irb.set_detail(detail);
-            irb.complete(lost);
+        // The close after the sends it followed: the application hears of them first.
+        if let Some(mut irb) = c.closing.take() {
+            local_close = true;
+            if aborted.is_some() {
+                irb.set_detail(detail);
+            }
+            irb.complete(close_status);
         }
         if let Some(buf) = c.reader.take_partial() {
             self.pool.give(buf);
@@ -1776,7 +1781,10 @@ impl Device for ShmemDevice {
                     let why = format!("the connection was aborted by this process ({status})");
                     self.end_with(idx, status, &why, true, Some(status));
                 }
-                Disposition::Complete(irb, Status::Ok)
+                // Completed behind what it ended: the application hears of those sends first,
+                // then of the end.
+                irb.complete(Status::Ok);
+                Disposition::Pending
             }
             Op::Disconnect => {
                 let Some(&idx) = self.by_vmi.get(&irb.conn()) else {

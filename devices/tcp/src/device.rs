@@ -351,13 +351,6 @@ impl TcpDevice {
         let _ = c.sock.shutdown(std::net::Shutdown::Both);
         let close_status = aborted.unwrap_or(Status::Ok);
         let mut local_close = false;
-        if let Some(mut irb) = c.closing.take() {
-            local_close = true;
-            if aborted.is_some() {
-                irb.set_detail(detail);
-            }
-            irb.complete(close_status);
-        }
         for tx in c.tx.drain(..) {
             match tx {
                 Tx::Frame { mut irb, .. } => {
@@ -373,6 +366,14 @@ impl TcpDevice {
                 }
                 _ => {}
             }
+        }
+        // The close after the sends it followed: the application hears of them first.
+        if let Some(mut irb) = c.closing.take() {
+            local_close = true;
+            if aborted.is_some() {
+                irb.set_detail(detail);
+            }
+            irb.complete(close_status);
         }
         if let Some(mut a) = c.attempt.take() {
             if let Some(mut irb) = a.irb.take() {
@@ -1444,7 +1445,10 @@ impl Device for TcpDevice {
                     let why = format!("the connection was aborted by this process ({status})");
                     self.end(idx, status, &why, false, Some(status));
                 }
-                Disposition::Complete(irb, Status::Ok)
+                // Completed behind what it ended: the application hears of those sends first,
+                // then of the end.
+                irb.complete(Status::Ok);
+                Disposition::Pending
             }
             Op::Disconnect => {
                 let Some(&idx) = self.by_vmi.get(&conn) else {

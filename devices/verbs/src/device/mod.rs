@@ -651,7 +651,10 @@ impl Device for VerbsDevice {
                     let why = format!("the connection was aborted by this process ({status})");
                     self.end(idx, status, &why, false, Some(status));
                 }
-                Disposition::Complete(irb, Status::Ok)
+                // Completed behind what it ended: the application hears of those sends first,
+                // then of the end.
+                irb.complete(Status::Ok);
+                Disposition::Pending
             }
             Op::Disconnect => {
                 let Some(&idx) = self.by_vmi.get(&conn) else {
