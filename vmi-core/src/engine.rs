@@ -931,12 +931,12 @@ impl Engine {
     }
 
     /// Runs the completion steps in reverse order, then queues the outcome for the application.
+    #[inline]
     fn finish(&mut self, mut s: Slot, status: i32) {
         s.set_status_code(status);
         self.unwind(&mut s);
         if s.timed() {
-            self.conns_mut()
-                .timed_send_done(crate::conn::ConnId(s.conn_raw()));
+            self.timed_send_done(&s);
         }
         if status == Status::Ok.code() && s.purpose() == Purpose::SendInline {
             // Nothing to tell the application: no outcome, no callback.
@@ -944,6 +944,15 @@ impl Engine {
             return;
         }
         self.out.push_back(s);
+    }
+
+    /// A send on a connection with a send timeout completed: progress (out of line, so the
+    /// completion path of connections without one stays small).
+    #[cold]
+    #[inline(never)]
+    fn timed_send_done(&self, s: &Slot) {
+        self.conns_mut()
+            .timed_send_done(crate::conn::ConnId(s.conn_raw()));
     }
 
     /// Runs the completion steps of the devices on the IRB's path, last first.

@@ -287,11 +287,14 @@ impl Core {
         kind: SendKind,
         fill: impl FnOnce(&mut Engine, &mut Slot, u64) -> Result<(), VmiError>,
     ) -> Result<Slot, VmiError> {
-        let transport = self
-            .engine
-            .conns_mut()
-            .send_checked(conn, kind)
-            .map_err(|r| VmiError::refused(conn, r))?;
+        // One borrow of the table for the check and for whether any connection has a timer.
+        let (transport, timers) = {
+            let mut conns = self.engine.conns_mut();
+            let t = conns
+                .send_checked(conn, kind)
+                .map_err(|r| VmiError::refused(conn, r))?;
+            (t, conns.timers() > 0)
+        };
         let max = self.engine.top_caps().max_fragment;
         let mut s = match self.engine.new_send_slot() {
             Ok(s) => s,
@@ -325,7 +328,7 @@ impl Core {
         if self.engine.has_chains() {
             s.set_chain(self.engine.conns().chain(conn));
         }
-        if self.engine.conns().timers() > 0 && self.engine.conns_mut().timed_send(conn) {
+        if timers && self.engine.conns_mut().timed_send(conn) {
             s.set_timed();
         }
         Ok(s)

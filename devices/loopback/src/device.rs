@@ -123,6 +123,8 @@ pub struct LoopbackDevice {
     signature: Signature,
     /// Sends waiting for room in their peer's inbox, in order.
     blocked: VecDeque<Irb>,
+    /// Disconnects waiting in `blocked` behind their connections' sends.
+    closes_blocked: usize,
 }
 
 impl LoopbackDevice {
@@ -196,8 +198,9 @@ impl LoopbackDevice {
     fn unblock(&mut self) -> usize {
         let mut n = 0;
         while let Some(irb) = self.blocked.pop_front() {
-            if irb.op() == Op::Disconnect {
+            if self.closes_blocked > 0 && irb.op() == Op::Disconnect {
                 // Its sends went ahead of it: the close follows them.
+                self.closes_blocked -= 1;
                 self.close_link(irb.conn());
                 irb.complete(Status::Ok);
                 n += 1;
@@ -372,6 +375,7 @@ impl Device for LoopbackDevice {
             held: Vec::with_capacity(1024),
             free_held: Vec::with_capacity(1024),
             blocked: VecDeque::new(),
+            closes_blocked: 0,
             signature,
         })
     }
@@ -473,6 +477,7 @@ impl Device for LoopbackDevice {
             Op::Disconnect => {
                 if self.blocked.iter().any(|b| b.conn() == conn) {
                     // Sends issued before it wait for room: it closes after them, in order.
+                    self.closes_blocked += 1;
                     self.blocked.push_back(irb);
                     return Disposition::Pending;
                 }
@@ -489,6 +494,11 @@ impl Device for LoopbackDevice {
                         .into_iter()
                         .partition(|b| b.conn() == conn);
                 self.blocked = others;
+                self.closes_blocked = self
+                    .blocked
+                    .iter()
+                    .filter(|b| b.op() == Op::Disconnect)
+                    .count();
                 for mut b in mine {
                     b.set_detail(&why);
                     b.complete(status);
