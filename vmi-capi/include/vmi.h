@@ -204,6 +204,27 @@ ULONG VMI_Connection_Get_One_Way_Latency(PVMI_CONNECT conn);
 /* ---- Buffers ------------------------------------------------------------------------------------ */
 
 VMI_STATUS VMI_Buffer_Register(PVOID addr, ULONG size, PVMI_BUFFER *out);
+
+/* The registration cache (VMI 2.1): VMI_Cache_Register registers size bytes at addr, or finds
+ * a registration of the same memory kept from before; entry->bufferHandle is the registration
+ * (it covers the whole pages around the range), usable where a PVMI_BUFFER is. Give the entry
+ * back with VMI_Cache_Deregister: the registration stays cached for the next register of the
+ * same memory. Memory unmapped, released (MADV_DONTNEED) or moved drops its registration at
+ * once, so other memory mapped later at the same address is never served by it. Where memory
+ * cannot be watched, or with VMI_DISABLE_REGCACHE=1, every registration is for one use.
+ * VMI_Cache_Stats prints the statistics; VMI_Cache_Get_Stats (vmi's addition) returns them. */
+typedef struct VMI_CACHE_ENTRY {
+    PVMI_BUFFER bufferHandle;
+    PVOID addr;
+    ULONG size;
+} VMI_CACHE_ENTRY, *PVMI_CACHE_ENTRY;
+typedef struct VMI_CACHE_STATS {
+    uint64_t hits, misses, invalidated, evicted, uncached, entries, bytes;
+} VMI_CACHE_STATS;
+VMI_STATUS VMI_Cache_Register(PVOID addr, ULONG size, PVMI_CACHE_ENTRY *out);
+VMI_STATUS VMI_Cache_Deregister(PVMI_CACHE_ENTRY entry);
+VMI_STATUS VMI_Cache_Stats(void);
+VMI_STATUS VMI_Cache_Get_Stats(VMI_CACHE_STATS *out);
 VMI_STATUS VMI_Buffer_Deregister(PVMI_BUFFER buffer);
 VMI_STATUS VMI_Buffer_Allocate(ULONG size, PVMI_BUFFER *out);
 VMI_STATUS VMI_Buffer_Deallocate(PVMI_BUFFER buffer);

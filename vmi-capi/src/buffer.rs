@@ -17,7 +17,7 @@ const BUFFER: &str = "the buffer";
 const SMALL_ALLOC: usize = 256 * 1024;
 
 /// Largest buffer (the largest message a chain can carry is smaller; sends check that).
-const MAX_BUFFER: usize = 1 << 40;
+pub(crate) const MAX_BUFFER: usize = 1 << 40;
 
 /// Registers application memory for sending (VMI 2.1: `VMI_Buffer_Register`). The memory
 /// stays the application's; `VMI_Buffer_Deallocate` (or `VMI_Buffer_Deregister`) forgets it.

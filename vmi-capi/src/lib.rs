@@ -25,6 +25,7 @@
 
 mod bridge;
 pub mod buffer;
+pub mod cache;
 pub mod connection;
 mod handle;
 pub mod init;

@@ -148,6 +148,8 @@ pub(crate) struct Tables {
     pub rdma_ops: HashMap<usize, Box<crate::rdma::VMI_RDMA_OP>>,
     /// Remote buffers libvmi made for C, by address: the C view (owned here) and the core's.
     pub rdma_remotes: HashMap<usize, (Box<crate::rdma::VMI_REMOTE_BUFFER>, vmi_core::RemoteBuffer)>,
+    /// The registration cache (`VMI_Cache_*`) and the entries C holds.
+    pub cache: crate::cache::CacheTables,
     /// Puts and gets waiting for their completion, by token.
     pub rdma_pending: Table<RdmaPending>,
     pub recv_fn: VMIStreamRecv,
