@@ -448,3 +448,39 @@ fn timeouts_out_of_range_and_unknown_connections_are_refused_with_the_reason() {
     assert!(p.a.abort(p.conn).is_err());
     assert_eq!(p.a.send_timeout(p.conn), None);
 }
+
+#[test]
+fn a_connection_opens_again_at_once_after_an_abort() {
+    // The peer is busy with the aborted connection's end while the next connect arrives:
+    // every new connect must still be answered (over TCP with no connect retry).
+    for transport in ["tcp", "shmem"] {
+        let mut p = Pair::new(transport, &[], Options::default());
+        for round in 0..30 {
+            for _ in 0..5 {
+                p.a.send_inline(p.conn, b"hello").unwrap();
+            }
+            p.a.abort(p.conn).unwrap();
+            p.ha.conn = None;
+            p.ha.ended = None;
+            let kb = p.b.key().to_string();
+            p.a.connect("localhost", &kb, b"", 0).unwrap();
+            let start = Instant::now();
+            while p.ha.conn.is_none() {
+                p.a.poll(&mut p.ha);
+                p.b.poll(&mut p.hb);
+                assert!(
+                    p.ha.connect_failed.is_none(),
+                    "{} round {round}: the connect after an abort failed: {:?}",
+                    p.label,
+                    p.ha.connect_failed
+                );
+                assert!(
+                    start.elapsed() < Duration::from_secs(20),
+                    "{}: connect",
+                    p.label
+                );
+            }
+            p.conn = p.ha.conn.unwrap();
+        }
+    }
+}
