@@ -166,12 +166,7 @@ pub unsafe extern "C" fn VMI_Connection_Disconnect(
         state::check()?;
         let (h, id) = issued(conn)?;
         with_ops!(|o| o.disconnect(id))??;
-        state::tables(|t| {
-            if let Some(c) = t.conns.get_mut(h) {
-                c.state = ConnState::Closing;
-                c.closing = Some((done, context));
-            }
-        });
+        closing(h, done, context);
         Ok(())
     })
 }
@@ -183,6 +178,16 @@ fn issued(conn: PVMI_CONNECT) -> Result<(u64, vmi_core::ConnId), CapiError> {
         CapiError::InvalidParameter("the connection was never issued or accepted".into())
     })?;
     Ok((h, id))
+}
+
+/// The connection is closing: `done(connection, context, status)` runs when it ended.
+fn closing(h: u64, done: VMIConnectDisconnect, context: PVOID) {
+    state::tables(|t| {
+        if let Some(c) = t.conns.get_mut(h) {
+            c.state = ConnState::Closing;
+            c.closing = Some((done, context));
+        }
+    });
 }
 
 /// Milliseconds from C as a timeout: 0 is refused (where none would mean "none", the caller
@@ -218,12 +223,7 @@ pub unsafe extern "C" fn VMI_Connection_Disconnect_Timeout(
         let (h, id) = issued(conn)?;
         let wait = millis("a disconnect timeout", timeout_ms)?;
         with_ops!(|o| o.disconnect_with(id, wait))??;
-        state::tables(|t| {
-            if let Some(c) = t.conns.get_mut(h) {
-                c.state = ConnState::Closing;
-                c.closing = Some((done, context));
-            }
-        });
+        closing(h, done, context);
         Ok(())
     })
 }
@@ -245,12 +245,7 @@ pub unsafe extern "C" fn VMI_Connection_Abort(
         state::check()?;
         let (h, id) = issued(conn)?;
         with_ops!(|o| o.abort(id))??;
-        state::tables(|t| {
-            if let Some(c) = t.conns.get_mut(h) {
-                c.state = ConnState::Closing;
-                c.closing = Some((done, context));
-            }
-        });
+        closing(h, done, context);
         Ok(())
     })
 }

@@ -522,6 +522,17 @@ impl Core {
 }
 
 impl Core {
+    /// Multi-rail connections have no aborts or timeouts (their rails close on their own).
+    pub(crate) fn no_timers_on_bonds(&self, conn: ConnId) -> Result<(), VmiError> {
+        if self.rails.on() && self.rails.is_bond(conn) {
+            return Err(VmiError::Unsupported {
+                what: "abort and timeouts",
+                on: "a multi-rail connection",
+            });
+        }
+        Ok(())
+    }
+
     /// An abort of `conn` ending it as `status` with `detail` (see `timeouts`): the slot to
     /// issue, or none when the connect was still waiting for its peer (it ended here).
     pub(crate) fn abort(
@@ -530,12 +541,7 @@ impl Core {
         status: Status,
         detail: String,
     ) -> Result<Option<Slot>, VmiError> {
-        if self.rails.on() && self.rails.is_bond(conn) {
-            return Err(VmiError::Unsupported {
-                what: "abort and timeouts",
-                on: "a multi-rail connection",
-            });
-        }
+        self.no_timers_on_bonds(conn)?;
         let state = self.engine.conns().state(conn);
         if state == Some(crate::conn::ConnState::Connecting) {
             // Not open yet: a disconnect cancels the connect, which is the whole abort.
@@ -659,12 +665,7 @@ pub trait Operations: Sealed {
         let wait = crate::timeouts::checked("a disconnect wait", wait)?;
         let (core, _) = self.core();
         let real = core.cross.real(conn);
-        if core.rails.on() && core.rails.is_bond(real) {
-            return Err(VmiError::Unsupported {
-                what: "abort and timeouts",
-                on: "a multi-rail connection",
-            });
-        }
+        core.no_timers_on_bonds(real)?;
         self.disconnect(conn)?;
         let (core, _) = self.core();
         core.engine.conns_mut().close_by(real, wait);
@@ -711,12 +712,7 @@ pub trait Operations: Sealed {
             .transpose()?;
         let (core, _) = self.core();
         let real = core.cross.real(conn);
-        if core.rails.on() && core.rails.is_bond(real) {
-            return Err(VmiError::Unsupported {
-                what: "abort and timeouts",
-                on: "a multi-rail connection",
-            });
-        }
+        core.no_timers_on_bonds(real)?;
         if !core.engine.conns_mut().set_send_timeout(real, timeout) {
             return Err(VmiError::UnknownConnection(conn));
         }
