@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use vmi_core::spec::Spec;
 use vmi_core::{
-    ConnId, ConnectOutcome, ConnectRequest, Ctx, Decision, Handler, Operations, Recv,
+    ConnId, ConnectOutcome, ConnectRequest, Ctx, Decision, Disconnect, Handler, Operations, Recv,
     SendCompletion, Slab, Status, Vmi,
 };
 
@@ -124,6 +124,8 @@ pub struct Rec {
     pub failed: Vec<(Status, String)>,
     /// Send completions.
     pub completions: Vec<Status>,
+    /// How connections ended, with the number of send completions heard before.
+    pub ended: Vec<(Disconnect, usize)>,
 }
 
 impl Handler for Rec {
@@ -159,6 +161,9 @@ impl Handler for Rec {
     }
     fn send_complete(&mut self, _ctx: &mut Ctx<'_>, _conn: ConnId, done: &mut SendCompletion<'_>) {
         self.completions.push(done.status);
+    }
+    fn disconnected(&mut self, _ctx: &mut Ctx<'_>, _conn: ConnId, reason: Disconnect) {
+        self.ended.push((reason, self.completions.len()));
     }
 }
 

@@ -7,7 +7,7 @@
 #![forbid(unsafe_code)]
 
 use vmi_core::abi::{VMI_FLAG_END, VMI_FLAG_FILTER_MASK};
-use vmi_core::{Buffer, Operations, Recv, Status, VmiError};
+use vmi_core::{Buffer, Disconnect, Operations, Recv, Status, VmiError};
 use vmi_device::{Capabilities, Device, Op};
 
 use crate::harness::{Harness, Outcome};
@@ -94,6 +94,7 @@ pub fn chain(s: &Subject) {
     empty_payload(s);
     maximum_fragment(s);
     many_fragments(s);
+    abort(s);
     if s.filters.is_empty() {
         connect_accept_reject(s);
     }
@@ -213,6 +214,76 @@ pub fn many_fragments(s: &Subject) {
     }
 }
 
+/// An abort (device ABI 1.5's `VMI_OP_ABORT`) ends the connection at once: every send
+/// issued completes (with success, or `Cancelled` if it had not finished: such a send may
+/// or may not have reached the peer), all of them before the end is reported as a local
+/// close; the peer gets only whole messages, the first ones sent, in order, and sees the
+/// connection end other than by an orderly close.
+pub fn abort(s: &Subject) {
+    let mut p = s.pair(false);
+    let conn = p.conn();
+    let sent = 200usize;
+    for i in 0..sent {
+        let data = (i as u32).to_le_bytes().repeat(64);
+        p.a.send(conn, [Buffer::from(data)], i as u64)
+            .unwrap_or_else(|e| panic!("{}: send {i}: {e}", p.label));
+    }
+    p.a.abort(conn)
+        .unwrap_or_else(|e| panic!("{}: abort: {e}", p.label));
+    p.pump(|p| !p.ha.ended.is_empty() && !p.hb.ended.is_empty());
+    let (reason, heard) = p.ha.ended[0].clone();
+    assert_eq!(
+        reason,
+        Disconnect::Local,
+        "{}: an abort is a local close",
+        p.label
+    );
+    assert_eq!(
+        (p.ha.completions.len(), heard),
+        (sent, sent),
+        "{}: every send completes once, before the end",
+        p.label
+    );
+    let ok =
+        p.ha.completions
+            .iter()
+            .take_while(|s| **s == Status::Ok)
+            .count();
+    assert!(
+        p.ha.completions[ok..]
+            .iter()
+            .all(|s| *s == Status::Cancelled),
+        "{}: after the first unfinished send, all are cancelled: {:?}",
+        p.label,
+        &p.ha.completions[ok..]
+    );
+    let whole: Vec<u32> =
+        p.hb.received
+            .iter()
+            .filter(|(cmd, _)| *cmd == Recv::End)
+            .map(|(_, d)| u32::from_le_bytes(d[..4].try_into().unwrap()))
+            .collect();
+    assert!(
+        whole.len() <= sent && whole.iter().enumerate().all(|(i, &v)| v == i as u32),
+        "{}: the peer got {} messages, not the first ones in order",
+        p.label,
+        whole.len()
+    );
+    assert!(
+        p.hb.received
+            .iter()
+            .all(|(cmd, d)| *cmd == Recv::End && d.len() == 256),
+        "{}: the peer got a message cut short",
+        p.label
+    );
+    assert!(
+        !matches!(p.hb.ended[0].0, Disconnect::Peer),
+        "{}: the peer must not take an abort for an orderly close",
+        p.label
+    );
+    assert!(p.a.abort(conn).is_err(), "{}: aborted already", p.label);
+}
+
 /// A rejected connect reports the peer's reply data and leaves no connection behind.
 pub fn connect_accept_reject(s: &Subject) {
     let p = s.pair(true);
@@ -268,7 +339,7 @@ pub fn filter_alone<D: Device>(params: &[(&str, &str)]) {
     }
 
     // Control operations pass untouched.
-    for op in [Op::Connect, Op::Disconnect, Op::Accept] {
+    for op in [Op::Connect, Op::Disconnect, Op::Accept, Op::Abort] {
         match tx.submit(op, 3, &[b"connect data"], 0) {
             Outcome::Passed(p) => {
                 assert_eq!(p.op, op, "{label}");

@@ -345,10 +345,16 @@ impl TcpDevice {
         aborted: Option<Status>,
     ) {
         let Some(mut c) = self.take(idx) else { return };
-        // An abort closes like a failure: a FIN after what the kernel holds, so the peer gets
-        // every frame this side reported sent, and no close record: it sees the connection
-        // lost, and drops a frame cut short.
-        let _ = c.sock.shutdown(std::net::Shutdown::Both);
+        if aborted.is_some() {
+            // A reset, not a FIN: this transport's orderly close is a FIN at a frame
+            // boundary, so a FIN would let the peer take an aborted stream for a complete
+            // one. The reset makes it see the connection lost (what the kernel still held
+            // for it is dropped, as when a process dies; a frame cut short is never
+            // delivered). The reset goes when the socket closes, at the end of this call.
+            let _ = socket2::SockRef::from(&c.sock).set_linger(Some(Duration::ZERO));
+        } else {
+            let _ = c.sock.shutdown(std::net::Shutdown::Both);
+        }
         let close_status = aborted.unwrap_or(Status::Ok);
         let mut local_close = false;
         for tx in c.tx.drain(..) {
