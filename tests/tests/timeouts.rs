@@ -416,6 +416,11 @@ fn abort_cancels_a_connect_still_in_progress() {
         );
     }
     assert_eq!(ha.connect_failed, Some(Status::Cancelled));
+    // It never opened: the connect's outcome is the whole story, no disconnect follows.
+    for _ in 0..50 {
+        a.wait(&mut ha, Duration::from_millis(2));
+    }
+    assert!(ha.ended.is_none(), "{:?}", ha.ended);
 }
 
 #[test]

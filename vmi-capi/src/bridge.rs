@@ -101,17 +101,23 @@ impl Handler for Bridge {
             );
             reply.truncate(MAX_C_REPLY);
         }
-        let issued = state::tables(|t| {
-            let c = t.conns.get_mut(conn)?;
+        let (issued, closing) = state::tables(|t| {
+            let Some(c) = t.conns.get_mut(conn) else {
+                return (None, None);
+            };
             let issued = c.issued.take();
+            let mut closing = None;
             if answer == VMI_CONNECT_RESPONSE_ACCEPT {
                 c.state = ConnState::Open;
             } else {
+                // A disconnect or abort issued while connecting ends here too: the
+                // connection never opened, so no disconnect follows to run its callback.
+                closing = c.closing.take();
                 // The handle goes stale: using it again is a clean error.
                 t.conns.remove(conn);
                 t.by_id.remove(&id);
             }
-            issued
+            (issued, closing)
         });
         if let Some((Some(f), context)) = issued {
             let data = if reply.is_empty() {
@@ -123,6 +129,13 @@ impl Handler for Bridge {
             // that live until it returns, and the connection's handle.
             as_callback(ctx, || unsafe {
                 f(context, data, reply.len() as USHORT, to_ptr(conn), answer)
+            });
+        }
+        if let Some((Some(done), context)) = closing {
+            // SAFETY: the application's disconnect completion with its own context; the
+            // handle is stale now and passed only as the name it knows the connection by.
+            as_callback(ctx, || unsafe {
+                done(to_ptr(conn), context, status::code::OK)
             });
         }
     }

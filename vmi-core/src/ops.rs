@@ -643,7 +643,9 @@ pub trait Operations: Sealed {
 
     /// Closes a connection in order (VMI 2.1: `VMI_Connection_Disconnect`); sends already
     /// issued are finished first. [`crate::Handler::disconnected`] reports
-    /// [`crate::Disconnect::Local`].
+    /// [`crate::Disconnect::Local`]. A connect still in progress ends instead, with
+    /// [`Status::Cancelled`] in [`crate::Handler::connected`]; the connection never opened,
+    /// so no `disconnected` follows.
     fn disconnect(&mut self, conn: ConnId) -> Result<(), VmiError> {
         let (core, mode) = self.core();
         let conn = core.cross.real(conn);
@@ -678,7 +680,7 @@ pub trait Operations: Sealed {
     /// [`Status::Cancelled`], nothing more goes to the peer, and the peer sees the connection
     /// lost (a message cut short is never delivered there as whole).
     /// [`crate::Handler::disconnected`] reports [`crate::Disconnect::Local`]. Also ends an
-    /// orderly close in progress, and cancels a connect still in progress. A connection's
+    /// orderly close in progress, and cancels a connect still in progress (as `disconnect` does: no `disconnected` then). A connection's
     /// sends go in order, so a single waiting send cannot be taken back alone: this is how a
     /// send is cancelled.
     fn abort(&mut self, conn: ConnId) -> Result<(), VmiError> {

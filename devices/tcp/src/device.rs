@@ -1465,13 +1465,16 @@ impl Device for TcpDevice {
                 };
                 if c.attempt.is_some() {
                     // Still dialling: the connect ends cancelled, and so does the connection.
+                    // The disconnect completes behind the connect's outcome, so the host
+                    // hears first that the connection never opened.
                     self.fail(
                         idx,
                         Status::Cancelled,
                         "disconnected while connecting",
                         false,
                     );
-                    return Disposition::Complete(irb, Status::Ok);
+                    irb.complete(Status::Ok);
+                    return Disposition::Pending;
                 }
                 c.proto.close(Instant::now());
                 c.tx.push_back(Tx::Close { irb: Some(irb) });

@@ -92,6 +92,19 @@ static void connect_done(PVOID ctx, PVOID data, USHORT size, PVOID conn,
     answered = 1;
 }
 
+static volatile int refused;
+
+static void connect_refused(PVOID ctx, PVOID data, USHORT size, PVOID conn,
+                            VMI_CONNECT_RESPONSE response)
+{
+    (void) ctx;
+    (void) data;
+    (void) size;
+    (void) conn;
+    CHECK(response != VMI_CONNECT_RESPONSE_ACCEPT, "a cancelled connect was accepted");
+    refused = 1;
+}
+
 static void abort_done(PVMI_CONNECT conn, PVOID ctx, VMI_STATUS s)
 {
     (void) conn;
@@ -141,6 +154,22 @@ static int client(char **argv)
 
     OK(VMI_Init(2, argv + 1));
     OK(VMI_Connection_Disconnect_Fn(client_conn_ended));
+
+    /* An abort while connecting (to a key nobody holds; connects keep trying): the connect
+     * ends not accepted, and the abort's done runs. */
+    {
+        PVMI_NETADDRESS addr;
+        OK(VMI_Connection_Create(&conn));
+        OK(VMI_Connection_Allocate_IPV4_Address(argv[4], 0, "tester", "nobody-holds-this-key",
+                                                &addr));
+        OK(VMI_Connection_Bind(*localAddress, *addr, conn));
+        OK(VMI_Connection_Deallocate_Address(addr));
+        OK(VMI_Connection_Issue(conn, NULL, connect_refused, NULL));
+        OK(VMI_Connection_Abort(conn, abort_done, (PVOID) &aborted));
+        poll_until(&aborted, "the abort of a connect in progress");
+        poll_until(&refused, "the cancelled connect's callback");
+        aborted = 0;
+    }
 
     /* An abort: done runs with success, the handle is stale afterwards. */
     conn = open_conn(argv);

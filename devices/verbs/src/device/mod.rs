@@ -669,13 +669,16 @@ impl Device for VerbsDevice {
                     | Stage::Requested
                     | Stage::Accepted
                     | Stage::Proving => {
+                        // Completed behind the connect's outcome, so the host hears first
+                        // that the connection never opened.
                         self.fail(
                             idx,
                             Status::Cancelled,
                             "disconnected while connecting",
                             false,
                         );
-                        Disposition::Complete(irb, Status::Ok)
+                        irb.complete(Status::Ok);
+                        Disposition::Pending
                     }
                     _ => {
                         c.closing = Some(irb);
