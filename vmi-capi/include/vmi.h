@@ -184,7 +184,9 @@ VMI_STATUS VMI_Connection_Disconnect_Fn(VMIDisconnectNotification fn);
  * VMI_STATUS_TIMEOUT. */
 VMI_STATUS VMI_Connection_Disconnect_Timeout(PVMI_CONNECT conn, ULONG timeout_ms, VMIConnectDisconnect done, PVOID context);
 /* Closes at once: unfinished sends complete with VMI_STATUS_CANCELLED, the peer sees the
- * connection lost; done gets VMI_STATUS_OK. Also ends a disconnect in progress. */
+ * connection lost; done gets VMI_STATUS_OK. Also ends a disconnect in progress. On a
+ * connection still connecting (as VMI_Connection_Disconnect there), the connect callback
+ * reports VMI_CONNECT_RESPONSE_ERROR first, then done runs. */
 VMI_STATUS VMI_Connection_Abort(PVMI_CONNECT conn, VMIConnectDisconnect done, PVOID context);
 /* When sends wait and none completes for timeout_ms (0 clears; at most a day), the connection
  * is aborted: its sends complete with VMI_STATUS_TIMEOUT and the disconnect function runs
