@@ -94,7 +94,7 @@ pub struct VerbsDevice {
     listen_port: u16,
     conns: Vec<Option<Conn>>,
     free: Vec<usize>,
-    by_vmi: HashMap<u64, usize>,
+    by_vmi: vmi_device::connmap::ConnMap<usize>,
     comps: Vec<Completion>,
     held: HeldBuffers,
     /// Read fragments handed up, until their IRB completes (then back to their connection's
@@ -490,7 +490,7 @@ impl Device for VerbsDevice {
             listen_port: 0,
             conns: Vec::new(),
             free: Vec::new(),
-            by_vmi: HashMap::new(),
+            by_vmi: vmi_device::connmap::ConnMap::new(),
             comps: Vec::with_capacity(BATCH),
             held: HeldBuffers::default(),
             big: HashMap::new(),
