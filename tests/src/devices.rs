@@ -271,11 +271,38 @@ impl Device for Dropper {
     }
 }
 
+/// Answers `VMI_OP_ABORT` as a device of device ABI 1.4 or older does (it does not know the
+/// operation: `Invalid`), and passes everything else: the host must fall back to an orderly
+/// close.
+pub struct OldAbi;
+
+impl Device for OldAbi {
+    const NAME: &'static CStr = c"oldabi";
+    const VERSION: &'static CStr = c"1.0.0";
+    const DESCRIPTION: &'static CStr = c"test filter: refuses aborts as an ABI 1.4 device";
+    const KIND: DeviceKind = DeviceKind::Filter;
+    const WIRE_NEUTRAL: bool = true;
+    type Frame = ();
+
+    fn create(_host: Host, _c: &Config) -> Result<Self, String> {
+        Ok(OldAbi)
+    }
+
+    fn submit(&mut self, mut irb: Irb) -> Disposition {
+        if irb.op() == vmi_device::Op::Abort {
+            irb.set_detail("oldabi does not handle Unknown(6)");
+            return Disposition::Complete(irb, Status::Invalid);
+        }
+        Disposition::Pass(irb)
+    }
+}
+
 vmi_device::export_device!(Recorder, vmi_device_recorder, register = register_recorder);
 vmi_device::export_device!(Pender, vmi_device_pender, register = register_pender);
 vmi_device::export_device!(Failer, vmi_device_failer, register = register_failer);
 vmi_device::export_device!(Panicker, vmi_device_panicker, register = register_panicker);
 vmi_device::export_device!(Dropper, vmi_device_dropper, register = register_dropper);
+vmi_device::export_device!(OldAbi, vmi_device_oldabi, register = register_oldabi);
 
 /// Registers the test devices.
 pub fn register() {
@@ -284,4 +311,5 @@ pub fn register() {
     register_failer();
     register_panicker();
     register_dropper();
+    register_oldabi();
 }

@@ -490,3 +490,34 @@ fn a_connection_opens_again_at_once_after_an_abort() {
         }
     }
 }
+
+#[test]
+fn a_chain_whose_device_cannot_abort_closes_in_order_instead() {
+    // A device of device ABI 1.4 or older answers VMI_OP_ABORT with Invalid: the host
+    // closes the connection in order instead; every send still completes, and the peer gets
+    // every message and an orderly close.
+    let mut p = Pair::new("tcp", &["oldabi"], Options::default());
+    for seq in 0..20 {
+        p.a.send(p.conn, [message(seq, p.ha.size)], seq).unwrap();
+    }
+    p.a.abort(p.conn).expect("abort");
+    let start = Instant::now();
+    while p.ha.ended.is_none() || p.hb.ended.is_none() {
+        p.a.poll(&mut p.ha);
+        p.b.poll(&mut p.hb);
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{}: close",
+            p.label
+        );
+    }
+    assert_eq!(p.ha.ended, Some(Disconnect::Local), "{}", p.label);
+    assert_eq!(p.hb.ended, Some(Disconnect::Peer), "{}", p.label);
+    assert_eq!(p.ha.completions.len(), 20, "{}", p.label);
+    assert!(
+        p.ha.completions.iter().all(|c| c.1 == Status::Ok),
+        "{}",
+        p.label
+    );
+    assert_eq!(p.hb.received, (0..20).collect::<Vec<_>>(), "{}", p.label);
+}
