@@ -392,6 +392,9 @@ impl Connection {
             return (input.len(), None);
         }
         self.live.heard |= !input.is_empty();
+        if !input.is_empty() {
+            self.closing_progress(now);
+        }
         match self.decoder.feed(input, alloc) {
             Ok((used, None)) => (used, None),
             Ok((used, Some(ev))) => (used, self.on_event(ev, local, now)),
@@ -402,8 +405,21 @@ impl Connection {
     /// A large payload read straight into its buffer is complete.
     pub fn direct_done(&mut self, n: usize, local: &Local, now: Instant) -> Option<Output> {
         self.live.heard |= n > 0;
+        if n > 0 {
+            self.closing_progress(now);
+        }
         let ev = self.decoder.direct_done(n)?;
         self.on_event(ev, local, now)
+    }
+
+    /// Bytes arrived while this side waits for the peer to close after its own close: the
+    /// wait is for the peer's silence, not for its whole backlog, so it starts again. A peer
+    /// that still sends what it owes (its last data, the notices of failed messages) is never
+    /// cut off while it makes progress.
+    fn closing_progress(&mut self, now: Instant) {
+        if self.state == State::Closing && !self.close_after_transmit && self.deadline.is_some() {
+            self.deadline = Some(now + self.handshake_timeout);
+        }
     }
 
     /// The peer closed its side.

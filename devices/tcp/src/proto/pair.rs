@@ -586,3 +586,42 @@ fn an_unauthenticated_answer_is_not_taken() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn a_local_close_waits_while_the_peer_still_sends_and_gives_up_only_after_its_silence() {
+    // The application closed; the peer is slow to drain its backlog (the notices of failed
+    // messages among its last bytes). Each arrival restarts the wait: only a peer silent for
+    // the whole handshake timeout is cut off.
+    let mut p = Pair::new("kb", &[], &[], 4096);
+    p.drive();
+    assert!(p.b.conn.answer(true, b"", p.now));
+    p.drive();
+    assert!(p.a.conn.is_open());
+    p.a.conn.close(p.now);
+    let first = p.a.conn.deadline().expect("a close waits for the peer");
+    for step in 1..=4u32 {
+        // Most of a timeout later, the peer sends something: the wait starts again.
+        p.now += HANDSHAKE * 3 / 4;
+        assert_eq!(
+            p.a.conn.timeout(p.now),
+            None,
+            "step {step}: cut off while sending"
+        );
+        Pair::frame(&mut p.b, true, 0, b"late notice");
+        p.drive();
+        assert_eq!(
+            p.a.conn.deadline(),
+            Some(p.now + HANDSHAKE),
+            "step {step}: the wait restarts at the peer's last bytes"
+        );
+    }
+    assert!(p.a.conn.deadline().unwrap() > first + HANDSHAKE * 2);
+    assert_eq!(
+        frames(&p.a.outputs).len(),
+        4,
+        "every late frame was delivered"
+    );
+    // Silent for the whole timeout: the close ends.
+    p.now += HANDSHAKE;
+    assert_eq!(p.a.conn.timeout(p.now), Some(Output::Closed));
+}
