@@ -3,6 +3,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::ffi::CStr;
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use vmi_device::Status;
 use vmi_device::signature::Signature;
@@ -71,6 +72,8 @@ const POOL_KEEP: usize = 8192;
 /// Messages an endpoint's inbox holds before senders to it wait (their sends pend and go on
 /// from `poll`): a receiver that does not poll costs bounded memory.
 const INBOX_LIMIT: usize = 4096;
+/// How long a close waits for the peer's close in answer (a peer that stopped polling).
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
 const POOL_MAX_BYTES: usize = 1 << 20;
 
 fn take_buffer(len: usize) -> Vec<u8> {
@@ -102,6 +105,12 @@ struct Link {
     peer_conn: u64,
     /// The connect IRB waiting for the answer.
     connect: Option<Irb>,
+    /// This side's Disconnect, waiting for the peer's close in answer (its last messages,
+    /// the notices of failed messages among them, come first), and when it gives up.
+    closing: Option<(Irb, Instant)>,
+    /// The peer closed first: answer with this side's close at the next poll, after the
+    /// host's last sends.
+    answer_close: bool,
 }
 
 /// Per-IRB frame: which received payload the IRB points at (index + 1, 0 for none).
@@ -125,6 +134,8 @@ pub struct LoopbackDevice {
     blocked: VecDeque<Irb>,
     /// Disconnects waiting in `blocked` behind their connections' sends.
     closes_blocked: usize,
+    /// Links closing (see `close_link`, `run_closes`).
+    closes: Vec<u64>,
 }
 
 impl LoopbackDevice {
@@ -182,16 +193,69 @@ impl LoopbackDevice {
     }
 
     /// Closes a connection in order: the peer hears after everything sent before.
-    fn close_link(&mut self, conn: u64) {
-        if let Some(link) = self.links.remove(&conn) {
-            self.post(
-                &link.peer_key,
-                Message::Close {
-                    to: link.peer_conn,
-                    lost: false,
-                },
-            );
+    /// The close waits for the peer's close in answer, so what the peer still sends (its
+    /// host's notices of failed messages) arrives first; it completes at once when there is
+    /// no peer to answer.
+    fn close_link(&mut self, conn: u64, irb: Irb) {
+        let Some(link) = self.links.get_mut(&conn) else {
+            return irb.complete(Status::Ok);
+        };
+        let told = link.peer_conn != 0 && {
+            let msg = Message::Close {
+                to: link.peer_conn,
+                lost: false,
+            };
+            let key = link.peer_key.clone();
+            self.post(&key, msg)
+        };
+        let Some(link) = self.links.get_mut(&conn) else {
+            return irb.complete(Status::Ok);
+        };
+        if !told || link.answer_close {
+            // Nobody to answer, or the peer closed first (its close is in): done.
+            if link.answer_close {
+                self.closes.retain(|&c| c != conn);
+            }
+            self.links.remove(&conn);
+            return irb.complete(Status::Ok);
         }
+        link.closing = Some((irb, Instant::now() + CLOSE_WAIT));
+        self.closes.push(conn);
+    }
+
+    /// Links closing: answers the peer's close after the host's last sends, and ends a close
+    /// whose answer did not come in time.
+    fn run_closes(&mut self) -> usize {
+        let now = Instant::now();
+        let mut n = 0;
+        for conn in std::mem::take(&mut self.closes) {
+            let Some(link) = self.links.get_mut(&conn) else {
+                continue;
+            };
+            if link.answer_close {
+                if self.blocked.iter().any(|b| b.conn() == conn) {
+                    self.closes.push(conn);
+                    continue;
+                }
+                let (key, to) = (link.peer_key.clone(), link.peer_conn);
+                self.links.remove(&conn);
+                self.post(&key, Message::Close { to, lost: false });
+                n += 1;
+            } else if link.closing.as_ref().is_some_and(|(_, by)| now >= *by) {
+                log::info!(
+                    "loopback: '{}' did not answer this side's close within {} ms; closed",
+                    link.peer_key,
+                    CLOSE_WAIT.as_millis()
+                );
+                if let Some(Some((irb, _))) = self.links.remove(&conn).map(|l| l.closing) {
+                    irb.complete(Status::Ok);
+                }
+                n += 1;
+            } else {
+                self.closes.push(conn);
+            }
+        }
+        n
     }
 
     /// Sends blocked on a full inbox go on while there is room.
@@ -201,8 +265,7 @@ impl LoopbackDevice {
             if self.closes_blocked > 0 && irb.op() == Op::Disconnect {
                 // Its sends went ahead of it: the close follows them.
                 self.closes_blocked -= 1;
-                self.close_link(irb.conn());
-                irb.complete(Status::Ok);
+                self.close_link(irb.conn(), irb);
                 n += 1;
                 continue;
             }
@@ -268,6 +331,8 @@ impl LoopbackDevice {
                         peer: Self::endpoint(&from_key),
                         peer_conn: reply_to,
                         connect: None,
+                        closing: None,
+                        answer_close: false,
                     },
                 );
                 irb.set_peer("loopback", &from_key);
@@ -319,9 +384,24 @@ impl LoopbackDevice {
                 irb.pass();
             }
             Message::Close { to, lost } => {
-                if self.links.remove(&to).is_some()
-                    && let Some(mut irb) = self.host.alloc_irb(Op::PeerDisconnect, to)
-                {
+                let Some(link) = self.links.get_mut(&to) else {
+                    return;
+                };
+                if let Some((irb, _)) = link.closing.take() {
+                    // The peer's answer to this side's close: everything it sent came first.
+                    self.links.remove(&to);
+                    self.closes.retain(|&c| c != to);
+                    return irb.complete(Status::Ok);
+                }
+                if lost {
+                    self.links.remove(&to);
+                } else if !link.answer_close {
+                    // The peer closed first: this side answers at the next poll, after its
+                    // host's last sends (notices of the peer's failed messages).
+                    link.answer_close = true;
+                    self.closes.push(to);
+                }
+                if let Some(mut irb) = self.host.alloc_irb(Op::PeerDisconnect, to) {
                     if lost {
                         irb.set_detail("the peer aborted the connection");
                         irb.set_status(Status::ConnectionLost);
@@ -376,6 +456,7 @@ impl Device for LoopbackDevice {
             free_held: Vec::with_capacity(1024),
             blocked: VecDeque::new(),
             closes_blocked: 0,
+            closes: Vec::new(),
             signature,
         })
     }
@@ -428,6 +509,8 @@ impl Device for LoopbackDevice {
                         peer_key: key,
                         peer_conn: 0,
                         connect: Some(irb),
+                        closing: None,
+                        answer_close: false,
                     },
                 );
                 Disposition::Pending
@@ -481,8 +564,8 @@ impl Device for LoopbackDevice {
                     self.blocked.push_back(irb);
                     return Disposition::Pending;
                 }
-                self.close_link(conn);
-                Disposition::Complete(irb, Status::Ok)
+                self.close_link(conn, irb);
+                Disposition::Pending
             }
             Op::Abort => {
                 // Sends of this connection waiting for room end here; the others keep their
@@ -503,9 +586,14 @@ impl Device for LoopbackDevice {
                     b.set_detail(&why);
                     b.complete(status);
                 }
+                self.closes.retain(|&c| c != conn);
                 if let Some(link) = self.links.remove(&conn) {
                     if let Some(c) = link.connect {
                         c.complete(Status::Cancelled);
+                    }
+                    if let Some((mut c, _)) = link.closing {
+                        c.set_detail(&why);
+                        c.complete(status);
                     }
                     if link.peer_conn != 0 {
                         self.post(
@@ -542,15 +630,30 @@ impl Device for LoopbackDevice {
         // Sends blocked on a full inbox are retried at every poll (the peer rings no bell when
         // it takes from it); received messages wait for a receive IRB, and a release of one
         // rings the host's doorbell.
-        let ready =
-            !self.blocked.is_empty() || (!self.inbox_empty() && self.host.irbs_available() > 0);
-        (None, ready.then_some(std::time::Duration::ZERO))
+        let ready = !self.blocked.is_empty()
+            || (!self.inbox_empty() && self.host.irbs_available() > 0)
+            || self
+                .closes
+                .iter()
+                .any(|c| self.links.get(c).is_some_and(|l| l.answer_close));
+        if ready {
+            return (None, Some(Duration::ZERO));
+        }
+        // A close waiting for the peer's answer gives up at its deadline.
+        let now = Instant::now();
+        let due = self
+            .closes
+            .iter()
+            .filter_map(|c| self.links.get(c)?.closing.as_ref().map(|(_, by)| *by))
+            .min()
+            .map(|by| by.saturating_duration_since(now));
+        (None, due)
     }
 
     #[inline]
     fn poll(&mut self, budget: usize) -> usize {
         // The empty poll is two loads; the work is out of line, so this stays a leaf.
-        if self.blocked.is_empty() && self.me.is_empty() {
+        if self.blocked.is_empty() && self.me.is_empty() && self.closes.is_empty() {
             return 0;
         }
         self.poll_work(budget)
@@ -565,6 +668,9 @@ impl LoopbackDevice {
         } else {
             self.unblock()
         };
+        if !self.closes.is_empty() {
+            n += self.run_closes();
+        }
         if self.me.is_empty() {
             return n;
         }
@@ -604,6 +710,9 @@ impl Drop for LoopbackDevice {
             }
             if let Some(irb) = link.connect {
                 irb.complete(Status::Cancelled);
+            }
+            if let Some((irb, _)) = link.closing {
+                irb.complete(Status::Ok);
             }
         }
         registry()

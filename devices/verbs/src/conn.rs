@@ -287,9 +287,12 @@ pub struct Conn {
     pub up: VecDeque<Up>,
     /// The peer's bye: frames it sent in all.
     pub bye_at: Option<u32>,
-    /// The host's Disconnect, until everything sent is done.
+    /// The host's Disconnect, until the peer's bye answers this side's.
     pub closing: Option<Irb>,
-    /// The peer said bye and the application heard of it: close at the next poll.
+    /// This side said bye (its Disconnect, once everything it sent was done).
+    pub bye_sent: bool,
+    /// The peer said bye and the application heard of it: say bye in turn once this side's
+    /// last sends (the host's notices) are done, then close.
     pub peer_done: bool,
     /// The side channel reached its end.
     pub eof: bool,
@@ -307,6 +310,14 @@ pub struct Conn {
 }
 
 impl Conn {
+    /// Nothing of this side's is on its way: no send waiting, unsent, posted or being read.
+    pub fn is_idle(&self) -> bool {
+        self.ep.as_ref().is_none_or(|e| e.is_idle())
+            && self.unsent.is_empty()
+            && self.waiting.is_empty()
+            && self.pending.is_empty()
+    }
+
     /// A connection on `sock` at `stage`.
     pub fn new(sock: mio::net::TcpStream, peer: SocketAddr, stage: Stage, vmi: u64) -> Conn {
         Conn {
@@ -335,6 +346,7 @@ impl Conn {
             up: VecDeque::new(),
             bye_at: None,
             closing: None,
+            bye_sent: false,
             peer_done: false,
             eof: false,
             next_token: 1,

@@ -242,6 +242,10 @@ impl VerbsDevice {
         if c.stage == Stage::Lingering {
             return; // this side is closing: nothing more goes up
         }
+        if c.bye_sent {
+            // The peer still sends after this side's bye: the wait for its bye starts again.
+            c.deadline = Some(Instant::now() + LINGER);
+        }
         if let Some(why) = done.error {
             let what = match kind {
                 WR_RECV => "a receive",
@@ -405,6 +409,20 @@ impl VerbsDevice {
         for idx in 0..self.conns.len() {
             let Some(c) = conn!(self, idx) else { continue };
             if c.deadline.is_some_and(|d| now >= d) {
+                if c.bye_sent && c.stage == Stage::Open {
+                    // The peer went silent after this side's bye: the close is over.
+                    log::info!(
+                        "verbs: {} sent nothing for {} ms after this side's bye; closing",
+                        c.peer,
+                        LINGER.as_millis()
+                    );
+                    let irb = c.closing.take();
+                    self.take(idx);
+                    if let Some(irb) = irb {
+                        irb.complete(Status::Ok);
+                    }
+                    continue;
+                }
                 match c.stage {
                     Stage::Dialing | Stage::Hello => {
                         self.next_attempt(idx, "no answer in time", false);
@@ -422,12 +440,15 @@ impl VerbsDevice {
                 continue;
             }
             if c.peer_done {
-                self.fail(
-                    idx,
-                    Status::ConnectionLost,
-                    "the peer closed the connection",
-                    false,
-                );
+                if c.stage == Stage::Open && c.is_idle() {
+                    // The host's last sends (its notices of failed messages) are done: bye in
+                    // turn, then linger until the peer closes the side channel.
+                    let frames = c.ep.as_ref().map_or(0, |e| e.frames_sent());
+                    c.stage = Stage::Lingering;
+                    c.deadline = Some(now + LINGER);
+                    c.vmi = 0;
+                    self.say(idx, &Control::Bye { frames }.emit());
+                }
                 continue;
             }
             if !c.waiting.is_empty() {
@@ -439,29 +460,21 @@ impl VerbsDevice {
         }
     }
 
-    /// The host's Disconnect: once everything sent is done, say bye and linger.
+    /// The host's Disconnect: once everything sent is done, say bye; the close completes
+    /// when the peer's bye answers and everything it sent went up (`check_bye`), so its last
+    /// frames (notices of failed messages) still reach the host, or when it goes silent for
+    /// `LINGER` or ends the side channel.
     pub(super) fn check_close(&mut self, idx: usize) {
         let Some(c) = conn!(self, idx) else { return };
-        if c.closing.is_none() {
-            return;
-        }
-        let idle = c.ep.as_ref().is_none_or(|e| e.is_idle())
-            && c.unsent.is_empty()
-            && c.waiting.is_empty()
-            && c.pending.is_empty();
-        if !idle {
+        if c.closing.is_none() || c.bye_sent || !c.is_idle() {
             return;
         }
         let frames = c.ep.as_ref().map_or(0, |e| e.frames_sent());
-        let irb = c.closing.take();
-        let vmi = std::mem::take(&mut c.vmi);
-        c.stage = Stage::Lingering;
+        c.bye_sent = true;
         c.deadline = Some(Instant::now() + LINGER);
-        self.by_vmi.remove(&vmi);
         self.say(idx, &Control::Bye { frames }.emit());
-        if let Some(irb) = irb {
-            irb.complete(Status::Ok);
-        }
+        // The peer may have said bye first: then this completes the close at once.
+        self.check_bye(idx);
     }
 
     /// The peer's bye: once every frame it sent went up, the application hears of it.
@@ -478,6 +491,16 @@ impl VerbsDevice {
             return;
         }
         c.peer_done = true;
+        if c.bye_sent {
+            // Both sides said bye and everything the peer sent went up: the local close is
+            // complete (no peer disconnect: this side closed).
+            let irb = c.closing.take();
+            self.take(idx);
+            if let Some(irb) = irb {
+                irb.complete(Status::Ok);
+            }
+            return;
+        }
         let vmi = c.vmi;
         if vmi == 0 {
             return;

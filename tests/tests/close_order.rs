@@ -1,0 +1,124 @@
+//! A sender that closes right after its last send still hears of every message the
+//! receiver could not deliver: the receiver's "message N failed" notices come after the
+//! sender's close was issued, and every transport must carry them up before the close ends.
+
+use std::time::{Duration, Instant};
+
+use vmi_core::prelude::*;
+use vmi_core::spec::Spec;
+use vmi_tests::{register_all, spec_text, unique_key};
+
+#[derive(Default)]
+struct Side {
+    conn: Option<ConnId>,
+    failed: Vec<u64>,
+    received_failed: usize,
+    ended: Option<(Disconnect, usize)>,
+}
+
+impl Handler for Side {
+    fn connected(&mut self, _ctx: &mut Ctx<'_>, conn: ConnId, o: ConnectOutcome<'_>, _t: u64) {
+        if let ConnectOutcome::Accepted(_) = o {
+            self.conn = Some(conn);
+        }
+    }
+
+    fn receive_failed(&mut self, _ctx: &mut Ctx<'_>, _conn: ConnId, _s: Status, _d: &str) {
+        self.received_failed += 1;
+    }
+
+    fn message_failed(
+        &mut self,
+        _ctx: &mut Ctx<'_>,
+        _conn: ConnId,
+        message: u64,
+        _status: Status,
+        _detail: &str,
+    ) {
+        self.failed.push(message);
+    }
+
+    fn disconnected(&mut self, _ctx: &mut Ctx<'_>, _conn: ConnId, reason: Disconnect) {
+        self.ended = Some((reason, self.failed.len()));
+    }
+}
+
+/// Messages sent before the close.
+const MESSAGES: u64 = 40;
+
+fn sender_closes_first(transport: &str) {
+    register_all();
+    // CRC above a fault injector that corrupts every received data fragment: every message
+    // fails at the receiver, which tells the sender (host messages are never faulted).
+    let text = spec_text(transport, &["crc", "fault"], "")
+        .replace(
+            "name=\"fault\"/>",
+            "name=\"fault\"><param name=\"direction\" value=\"receive\"/><param name=\"corrupt\" value=\"1\"/></device>",
+        )
+        .replace(
+            "name=\"verbs\" />",
+            "name=\"verbs\"><param name=\"nic\" value=\"sim\"/></device>",
+        );
+    let spec = Spec::parse_str(&text, "close_order.xml").expect("spec");
+    let (ka, kb) = (unique_key("co-a"), unique_key("co-b"));
+    let mut a = Vmi::with_spec(spec.clone(), &ka).expect("a");
+    let mut b = Vmi::with_spec(spec, &kb).expect("b");
+    let (mut ha, mut hb) = (Side::default(), Side::default());
+    a.connect("localhost", &kb, b"", 0).expect("connect");
+    let start = Instant::now();
+    while ha.conn.is_none() {
+        a.poll(&mut ha);
+        b.poll(&mut hb);
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{transport}: connect"
+        );
+    }
+    let conn = ha.conn.unwrap();
+    for i in 0..MESSAGES {
+        a.send(conn, [Buffer::from(vec![i as u8; 100])], i).unwrap();
+    }
+    // Closed before the receiver has looked at anything.
+    a.disconnect(conn).unwrap();
+    let start = Instant::now();
+    while ha.ended.is_none() {
+        a.poll(&mut ha);
+        b.poll(&mut hb);
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{transport}: the close never ended"
+        );
+    }
+    assert_eq!(
+        hb.received_failed, MESSAGES as usize,
+        "{transport}: every message failed at the receiver"
+    );
+    let (reason, heard) = ha.ended.clone().unwrap();
+    assert_eq!(reason, Disconnect::Local, "{transport}");
+    assert_eq!(
+        heard, MESSAGES as usize,
+        "{transport}: the sender heard of every failed message before its close ended ({:?})",
+        ha.failed
+    );
+    assert_eq!(ha.failed, (0..MESSAGES).collect::<Vec<_>>(), "{transport}");
+}
+
+#[test]
+fn a_sender_that_closes_first_hears_of_every_failed_message_over_tcp() {
+    sender_closes_first("tcp");
+}
+
+#[test]
+fn a_sender_that_closes_first_hears_of_every_failed_message_over_shared_memory() {
+    sender_closes_first("shmem");
+}
+
+#[test]
+fn a_sender_that_closes_first_hears_of_every_failed_message_over_loopback() {
+    sender_closes_first("loopback");
+}
+
+#[test]
+fn a_sender_that_closes_first_hears_of_every_failed_message_over_verbs() {
+    sender_closes_first("verbs");
+}
