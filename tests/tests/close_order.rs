@@ -122,3 +122,81 @@ fn a_sender_that_closes_first_hears_of_every_failed_message_over_loopback() {
 fn a_sender_that_closes_first_hears_of_every_failed_message_over_verbs() {
     sender_closes_first("verbs");
 }
+
+#[derive(Default)]
+struct Closer {
+    conn: Option<ConnId>,
+    ended: Vec<Disconnect>,
+}
+
+impl Handler for Closer {
+    fn connected(&mut self, _ctx: &mut Ctx<'_>, conn: ConnId, o: ConnectOutcome<'_>, _t: u64) {
+        if let ConnectOutcome::Accepted(_) = o {
+            self.conn = Some(conn);
+        }
+    }
+
+    fn receive(&mut self, _ctx: &mut Ctx<'_>, conn: ConnId, _cmd: Recv, _slab: &mut Slab<'_>) {
+        self.conn.get_or_insert(conn);
+    }
+
+    fn disconnected(&mut self, _ctx: &mut Ctx<'_>, _conn: ConnId, reason: Disconnect) {
+        self.ended.push(reason);
+    }
+}
+
+#[test]
+fn both_sides_closing_at_once_end_once_each_on_every_transport() {
+    for transport in ["tcp", "shmem", "loopback", "verbs"] {
+        register_all();
+        let text = spec_text(transport, &[], "").replace(
+            "name=\"verbs\" />",
+            "name=\"verbs\"><param name=\"nic\" value=\"sim\"/></device>",
+        );
+        let spec = Spec::parse_str(&text, "close_order.xml").expect("spec");
+        let (ka, kb) = (unique_key("cc-a"), unique_key("cc-b"));
+        let mut a = Vmi::with_spec(spec.clone(), &ka).expect("a");
+        let mut b = Vmi::with_spec(spec, &kb).expect("b");
+        let (mut ha, mut hb) = (Closer::default(), Closer::default());
+        a.connect("localhost", &kb, b"", 0).expect("connect");
+        let start = Instant::now();
+        while ha.conn.is_none() {
+            a.poll(&mut ha);
+            b.poll(&mut hb);
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "{transport}: connect"
+            );
+        }
+        // b learns its handle from a first message.
+        a.send(ha.conn.unwrap(), [Buffer::from(b"hi".to_vec())], 0)
+            .unwrap();
+        while hb.conn.is_none() {
+            a.poll(&mut ha);
+            b.poll(&mut hb);
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "{transport}: first message"
+            );
+        }
+        a.disconnect(ha.conn.unwrap()).unwrap();
+        b.disconnect(hb.conn.unwrap()).unwrap();
+        let start = Instant::now();
+        while ha.ended.is_empty() || hb.ended.is_empty() {
+            a.poll(&mut ha);
+            b.poll(&mut hb);
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "{transport}: a close at once never ended ({:?} / {:?})",
+                ha.ended,
+                hb.ended
+            );
+        }
+        for _ in 0..200 {
+            a.poll(&mut ha);
+            b.poll(&mut hb);
+        }
+        assert_eq!(ha.ended, vec![Disconnect::Local], "{transport}: a");
+        assert_eq!(hb.ended, vec![Disconnect::Local], "{transport}: b");
+    }
+}

@@ -409,6 +409,12 @@ impl VerbsDevice {
         for idx in 0..self.conns.len() {
             let Some(c) = conn!(self, idx) else { continue };
             if c.deadline.is_some_and(|d| now >= d) {
+                if c.peer_done && !c.bye_sent {
+                    // The host heard of the peer's close; this side's last sends never
+                    // finished: give up quietly.
+                    self.take(idx);
+                    continue;
+                }
                 if c.bye_sent && c.stage == Stage::Open {
                     // The peer went silent after this side's bye: the close is over.
                     log::info!(
@@ -446,8 +452,15 @@ impl VerbsDevice {
                     let frames = c.ep.as_ref().map_or(0, |e| e.frames_sent());
                     c.stage = Stage::Lingering;
                     c.deadline = Some(now + LINGER);
-                    c.vmi = 0;
+                    let vmi = std::mem::take(&mut c.vmi);
+                    // A Disconnect the host issued as the peer's bye came (both closed at
+                    // once): it is over too.
+                    let closing = c.closing.take();
+                    self.by_vmi.remove(&vmi);
                     self.say(idx, &Control::Bye { frames }.emit());
+                    if let Some(irb) = closing {
+                        irb.complete(Status::Ok);
+                    }
                 }
                 continue;
             }
@@ -501,6 +514,8 @@ impl VerbsDevice {
             }
             return;
         }
+        // This side's last sends (the host's notices) get `LINGER` to finish.
+        c.deadline = Some(Instant::now() + LINGER);
         let vmi = c.vmi;
         if vmi == 0 {
             return;
