@@ -46,49 +46,61 @@ impl Handler for Side {
 /// Messages sent before the close.
 const MESSAGES: u64 = 40;
 
-fn sender_closes_first(transport: &str) {
+/// Two instances over `transport` with `filters` (the verbs transport on its software NIC;
+/// `tune` adjusts the spec text), `a` connecting to `b`.
+fn instances(transport: &str, filters: &[&str], tune: impl Fn(String) -> String) -> (Vmi, Vmi) {
     register_all();
-    // CRC above a fault injector that corrupts every received data fragment: every message
-    // fails at the receiver, which tells the sender (host messages are never faulted).
-    let text = spec_text(transport, &["crc", "fault"], "")
-        .replace(
-            "name=\"fault\"/>",
-            "name=\"fault\"><param name=\"direction\" value=\"receive\"/><param name=\"corrupt\" value=\"1\"/></device>",
-        )
-        .replace(
-            "name=\"verbs\" />",
-            "name=\"verbs\"><param name=\"nic\" value=\"sim\"/></device>",
-        );
+    let text = tune(spec_text(transport, filters, "")).replace(
+        "name=\"verbs\" />",
+        "name=\"verbs\"><param name=\"nic\" value=\"sim\"/></device>",
+    );
     let spec = Spec::parse_str(&text, "close_order.xml").expect("spec");
     let (ka, kb) = (unique_key("co-a"), unique_key("co-b"));
     let mut a = Vmi::with_spec(spec.clone(), &ka).expect("a");
-    let mut b = Vmi::with_spec(spec, &kb).expect("b");
-    let (mut ha, mut hb) = (Side::default(), Side::default());
+    let b = Vmi::with_spec(spec, &kb).expect("b");
     a.connect("localhost", &kb, b"", 0).expect("connect");
+    (a, b)
+}
+
+/// Polls both until `done`, at most 20 s.
+fn pump<A: Handler, B: Handler>(
+    (a, ha): (&mut Vmi, &mut A),
+    (b, hb): (&mut Vmi, &mut B),
+    what: &str,
+    done: impl Fn(&A, &B) -> bool,
+) {
     let start = Instant::now();
-    while ha.conn.is_none() {
-        a.poll(&mut ha);
-        b.poll(&mut hb);
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "{transport}: connect"
-        );
+    while !done(ha, hb) {
+        a.poll(ha);
+        b.poll(hb);
+        assert!(start.elapsed() < Duration::from_secs(20), "{what}");
     }
+}
+
+fn sender_closes_first(transport: &str) {
+    // CRC above a fault injector that corrupts every received data fragment: every message
+    // fails at the receiver, which tells the sender (host messages are never faulted).
+    let (mut a, mut b) = instances(transport, &["crc", "fault"], |t| {
+        t.replace(
+            "name=\"fault\"/>",
+            "name=\"fault\"><param name=\"direction\" value=\"receive\"/><param name=\"corrupt\" value=\"1\"/></device>",
+        )
+    });
+    let (mut ha, mut hb) = (Side::default(), Side::default());
+    let what = format!("{transport}: connect");
+    pump((&mut a, &mut ha), (&mut b, &mut hb), &what, |ha, _| {
+        ha.conn.is_some()
+    });
     let conn = ha.conn.unwrap();
     for i in 0..MESSAGES {
         a.send(conn, [Buffer::from(vec![i as u8; 100])], i).unwrap();
     }
     // Closed before the receiver has looked at anything.
     a.disconnect(conn).unwrap();
-    let start = Instant::now();
-    while ha.ended.is_none() {
-        a.poll(&mut ha);
-        b.poll(&mut hb);
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "{transport}: the close never ended"
-        );
-    }
+    let what = format!("{transport}: the close never ended");
+    pump((&mut a, &mut ha), (&mut b, &mut hb), &what, |ha, _| {
+        ha.ended.is_some()
+    });
     assert_eq!(
         hb.received_failed, MESSAGES as usize,
         "{transport}: every message failed at the receiver"
@@ -148,50 +160,25 @@ impl Handler for Closer {
 #[test]
 fn both_sides_closing_at_once_end_once_each_on_every_transport() {
     for transport in ["tcp", "shmem", "loopback", "verbs"] {
-        register_all();
-        let text = spec_text(transport, &[], "").replace(
-            "name=\"verbs\" />",
-            "name=\"verbs\"><param name=\"nic\" value=\"sim\"/></device>",
-        );
-        let spec = Spec::parse_str(&text, "close_order.xml").expect("spec");
-        let (ka, kb) = (unique_key("cc-a"), unique_key("cc-b"));
-        let mut a = Vmi::with_spec(spec.clone(), &ka).expect("a");
-        let mut b = Vmi::with_spec(spec, &kb).expect("b");
+        let (mut a, mut b) = instances(transport, &[], |t| t);
         let (mut ha, mut hb) = (Closer::default(), Closer::default());
-        a.connect("localhost", &kb, b"", 0).expect("connect");
-        let start = Instant::now();
-        while ha.conn.is_none() {
-            a.poll(&mut ha);
-            b.poll(&mut hb);
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "{transport}: connect"
-            );
-        }
+        let what = format!("{transport}: connect");
+        pump((&mut a, &mut ha), (&mut b, &mut hb), &what, |ha, _| {
+            ha.conn.is_some()
+        });
         // b learns its handle from a first message.
         a.send(ha.conn.unwrap(), [Buffer::from(b"hi".to_vec())], 0)
             .unwrap();
-        while hb.conn.is_none() {
-            a.poll(&mut ha);
-            b.poll(&mut hb);
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "{transport}: first message"
-            );
-        }
+        let what = format!("{transport}: first message");
+        pump((&mut a, &mut ha), (&mut b, &mut hb), &what, |_, hb| {
+            hb.conn.is_some()
+        });
         a.disconnect(ha.conn.unwrap()).unwrap();
         b.disconnect(hb.conn.unwrap()).unwrap();
-        let start = Instant::now();
-        while ha.ended.is_empty() || hb.ended.is_empty() {
-            a.poll(&mut ha);
-            b.poll(&mut hb);
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "{transport}: a close at once never ended ({:?} / {:?})",
-                ha.ended,
-                hb.ended
-            );
-        }
+        let what = format!("{transport}: a close at once never ended");
+        pump((&mut a, &mut ha), (&mut b, &mut hb), &what, |ha, hb| {
+            !ha.ended.is_empty() && !hb.ended.is_empty()
+        });
         for _ in 0..200 {
             a.poll(&mut ha);
             b.poll(&mut hb);
