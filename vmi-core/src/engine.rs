@@ -260,6 +260,7 @@ impl Engine {
             recv_live: std::sync::Arc::new(crate::services::Count::default()),
             send_limit: MAX_SENDS_IN_FLIGHT,
             send_live: Cell::new(0),
+            completed: Cell::new(0),
         });
         shared.pool.borrow_mut().reserve(64);
         let boundary = Boundary::new(&shared, waker.clone(), &offsets);
@@ -895,6 +896,7 @@ impl Engine {
                 continue; // the hosts' own messages go past filters (see `hostmsg`)
             }
             let frame = s.frame_ptr(st.frame_off);
+            let completed = self.shared.completed.get();
             let raw = s.into_raw();
             // SAFETY: live instance; the device gets the IRB and its own frame, and follows
             // the ABI's ownership rules: on PASS/COMPLETE it hands the IRB back to us, on
@@ -912,7 +914,17 @@ impl Engine {
                     // SAFETY: as above.
                     s = unsafe { Slot::from_raw(raw) };
                     let code = s.status_code();
-                    self.finish(s, code);
+                    if self.shared.completed.get() == completed {
+                        self.finish(s, code);
+                    } else {
+                        // The device completed other IRBs during this call (an abort ends the
+                        // connection's sends, a disconnect while dialling ends the connect):
+                        // this one completes after them, in the order the device made them.
+                        self.shared
+                            .work
+                            .borrow_mut()
+                            .push_back(Work::Complete(s, code));
+                    }
                     return;
                 }
                 VMI_PENDING => return,

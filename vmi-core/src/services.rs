@@ -74,6 +74,9 @@ pub(crate) struct Shared {
     pub send_limit: usize,
     /// Application sends in flight now.
     pub send_live: std::cell::Cell<usize>,
+    /// Completions devices made through the `complete` service (a counter: the engine
+    /// compares it around a device call).
+    pub completed: std::cell::Cell<u64>,
 }
 
 /// What other threads reach: completions and wake-ups.
@@ -269,6 +272,7 @@ unsafe extern "C" fn svc_complete(host: *mut c_void, irb: *mut VmiIrb, status: i
         // SAFETY: as for `svc_pass`.
         let s = unsafe { Slot::from_raw(irb) };
         sh.work.borrow_mut().push_back(Work::Complete(s, status));
+        sh.completed.set(sh.completed.get().wrapping_add(1));
     }
 }
 

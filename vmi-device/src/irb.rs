@@ -152,6 +152,16 @@ impl Irb {
         }
     }
 
+    /// For an [`Op::Abort`]: its status ([`Irb::abort_status`]) and the detail a transport
+    /// gives the IRBs it ends.
+    pub fn abort_reason(&self) -> (Status, String) {
+        let status = self.abort_status();
+        (
+            status,
+            format!("the connection was aborted by this process ({status})"),
+        )
+    }
+
     /// Sets the status an IRB carries up (a transport reporting why a peer went away on a
     /// `PeerDisconnect`); completed IRBs get theirs from `complete`.
     pub fn set_status(&mut self, status: Status) {

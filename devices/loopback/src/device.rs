@@ -570,8 +570,7 @@ impl Device for LoopbackDevice {
             Op::Abort => {
                 // Sends of this connection waiting for room end here; the others keep their
                 // order.
-                let status = irb.abort_status();
-                let why = format!("the connection was aborted by this process ({status})");
+                let (status, why) = irb.abort_reason();
                 let (mine, others): (VecDeque<Irb>, VecDeque<Irb>) =
                     std::mem::take(&mut self.blocked)
                         .into_iter()
@@ -605,10 +604,9 @@ impl Device for LoopbackDevice {
                         );
                     }
                 }
-                // Completed behind what it ended: the application hears of those sends first,
-                // then of the end.
-                irb.complete(Status::Ok);
-                Disposition::Pending
+                // The host completes it after what it ended (queued in this call), so the
+                // application hears of those sends first, then of the end.
+                Disposition::Complete(irb, Status::Ok)
             }
             _ => Disposition::Complete(irb, Status::Invalid),
         }

@@ -1777,14 +1777,12 @@ impl Device for ShmemDevice {
             }
             Op::Abort => {
                 if let Some(&idx) = self.by_vmi.get(&irb.conn()) {
-                    let status = irb.abort_status();
-                    let why = format!("the connection was aborted by this process ({status})");
+                    let (status, why) = irb.abort_reason();
                     self.end_with(idx, status, &why, true, Some(status));
                 }
-                // Completed behind what it ended: the application hears of those sends first,
-                // then of the end.
-                irb.complete(Status::Ok);
-                Disposition::Pending
+                // The host completes it after what it ended (queued in this call), so the
+                // application hears of those sends first, then of the end.
+                Disposition::Complete(irb, Status::Ok)
             }
             Op::Disconnect => {
                 let Some(&idx) = self.by_vmi.get(&irb.conn()) else {

@@ -1447,14 +1447,12 @@ impl Device for TcpDevice {
             }
             Op::Abort => {
                 if let Some(&idx) = self.by_vmi.get(&conn) {
-                    let status = irb.abort_status();
-                    let why = format!("the connection was aborted by this process ({status})");
+                    let (status, why) = irb.abort_reason();
                     self.end(idx, status, &why, false, Some(status));
                 }
-                // Completed behind what it ended: the application hears of those sends first,
-                // then of the end.
-                irb.complete(Status::Ok);
-                Disposition::Pending
+                // The host completes it after what it ended (queued in this call), so the
+                // application hears of those sends first, then of the end.
+                Disposition::Complete(irb, Status::Ok)
             }
             Op::Disconnect => {
                 let Some(&idx) = self.by_vmi.get(&conn) else {
@@ -1464,17 +1462,15 @@ impl Device for TcpDevice {
                     return Disposition::Complete(irb, Status::Ok);
                 };
                 if c.attempt.is_some() {
-                    // Still dialling: the connect ends cancelled, and so does the connection.
-                    // The disconnect completes behind the connect's outcome, so the host
-                    // hears first that the connection never opened.
+                    // Still dialling: the connect ends cancelled, and so does the connection
+                    // (the host completes the disconnect after the connect's outcome).
                     self.fail(
                         idx,
                         Status::Cancelled,
                         "disconnected while connecting",
                         false,
                     );
-                    irb.complete(Status::Ok);
-                    return Disposition::Pending;
+                    return Disposition::Complete(irb, Status::Ok);
                 }
                 c.proto.close(Instant::now());
                 c.tx.push_back(Tx::Close { irb: Some(irb) });

@@ -647,14 +647,12 @@ impl Device for VerbsDevice {
             }
             Op::Abort => {
                 if let Some(&idx) = self.by_vmi.get(&conn) {
-                    let status = irb.abort_status();
-                    let why = format!("the connection was aborted by this process ({status})");
+                    let (status, why) = irb.abort_reason();
                     self.end(idx, status, &why, false, Some(status));
                 }
-                // Completed behind what it ended: the application hears of those sends first,
-                // then of the end.
-                irb.complete(Status::Ok);
-                Disposition::Pending
+                // The host completes it after what it ended (queued in this call), so the
+                // application hears of those sends first, then of the end.
+                Disposition::Complete(irb, Status::Ok)
             }
             Op::Disconnect => {
                 let Some(&idx) = self.by_vmi.get(&conn) else {
@@ -669,16 +667,14 @@ impl Device for VerbsDevice {
                     | Stage::Requested
                     | Stage::Accepted
                     | Stage::Proving => {
-                        // Completed behind the connect's outcome, so the host hears first
-                        // that the connection never opened.
+                        // The host completes it after the connect's outcome.
                         self.fail(
                             idx,
                             Status::Cancelled,
                             "disconnected while connecting",
                             false,
                         );
-                        irb.complete(Status::Ok);
-                        Disposition::Pending
+                        Disposition::Complete(irb, Status::Ok)
                     }
                     _ => {
                         c.closing = Some(irb);
