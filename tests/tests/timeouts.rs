@@ -194,6 +194,35 @@ impl Pair {
         issued
     }
 
+    /// Both sides poll until the connection ended on both: an orderly close, every one of
+    /// the `n` sends completed with success, and every message arrived, in order.
+    fn closed_in_order(&mut self, n: u64) {
+        let start = Instant::now();
+        while self.ha.ended.is_none() || self.hb.ended.is_none() {
+            self.a.poll(&mut self.ha);
+            self.b.poll(&mut self.hb);
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "{}: close",
+                self.label
+            );
+        }
+        assert_eq!(self.ha.ended, Some(Disconnect::Local), "{}", self.label);
+        assert_eq!(self.hb.ended, Some(Disconnect::Peer), "{}", self.label);
+        assert_eq!(self.ha.completions.len(), n as usize, "{}", self.label);
+        assert!(
+            self.ha.completions.iter().all(|c| c.1 == Status::Ok),
+            "{}",
+            self.label
+        );
+        assert_eq!(
+            self.hb.received,
+            (0..n).collect::<Vec<_>>(),
+            "{}",
+            self.label
+        );
+    }
+
     /// Polls the sender until its connection ended.
     fn until_ended(&mut self) -> Disconnect {
         let start = Instant::now();
@@ -369,24 +398,7 @@ fn a_disconnect_with_a_wait_closes_in_order_when_the_receiver_reads() {
         }
         p.a.disconnect_with(p.conn, Duration::from_secs(30))
             .unwrap();
-        let start = Instant::now();
-        while p.ha.ended.is_none() || p.hb.ended.is_none() {
-            p.a.poll(&mut p.ha);
-            p.b.poll(&mut p.hb);
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "{}: close",
-                p.label
-            );
-        }
-        assert_eq!(p.ha.ended, Some(Disconnect::Local), "{}", p.label);
-        assert_eq!(p.hb.ended, Some(Disconnect::Peer), "{}", p.label);
-        assert!(
-            p.ha.completions.iter().all(|c| c.1 == Status::Ok),
-            "{}",
-            p.label
-        );
-        assert_eq!(p.hb.received, (0..20).collect::<Vec<_>>(), "{}", p.label);
+        p.closed_in_order(20);
     }
 }
 
@@ -501,23 +513,5 @@ fn a_chain_whose_device_cannot_abort_closes_in_order_instead() {
         p.a.send(p.conn, [message(seq, p.ha.size)], seq).unwrap();
     }
     p.a.abort(p.conn).expect("abort");
-    let start = Instant::now();
-    while p.ha.ended.is_none() || p.hb.ended.is_none() {
-        p.a.poll(&mut p.ha);
-        p.b.poll(&mut p.hb);
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "{}: close",
-            p.label
-        );
-    }
-    assert_eq!(p.ha.ended, Some(Disconnect::Local), "{}", p.label);
-    assert_eq!(p.hb.ended, Some(Disconnect::Peer), "{}", p.label);
-    assert_eq!(p.ha.completions.len(), 20, "{}", p.label);
-    assert!(
-        p.ha.completions.iter().all(|c| c.1 == Status::Ok),
-        "{}",
-        p.label
-    );
-    assert_eq!(p.hb.received, (0..20).collect::<Vec<_>>(), "{}", p.label);
+    p.closed_in_order(20);
 }
