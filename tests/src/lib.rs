@@ -70,6 +70,8 @@ pub struct Proc {
     pub name: String,
     child: Child,
     output: Arc<Mutex<String>>,
+    /// The threads reading its stdout and stderr; they end when the pipes close.
+    readers: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Proc {
@@ -113,6 +115,7 @@ impl Proc {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {program}: {e}"));
         let output = Arc::new(Mutex::new(String::new()));
+        let mut readers = Vec::new();
         for stream in [
             child
                 .stdout
@@ -127,18 +130,19 @@ impl Proc {
         .flatten()
         {
             let out = output.clone();
-            std::thread::spawn(move || {
+            readers.push(std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines().map_while(Result::ok) {
                     let mut o = out.lock().unwrap();
                     o.push_str(&line);
                     o.push('\n');
                 }
-            });
+            }));
         }
         Proc {
             name: program.to_string(),
             child,
             output,
+            readers,
         }
     }
 
@@ -169,8 +173,7 @@ impl Proc {
         let start = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
-                // Give the reader threads a moment to drain the pipes.
-                std::thread::sleep(Duration::from_millis(50));
+                self.drain();
                 return (status.success(), self.output());
             }
             if start.elapsed() > timeout {
@@ -186,10 +189,29 @@ impl Proc {
         }
     }
 
+    /// Waits for the reader threads to take the last of the output: they end at the pipes'
+    /// end of file, which comes with the exit (a fixed pause lost the output of a process
+    /// that exited on a loaded machine). Bounded, in case a child of the process still holds
+    /// a pipe.
+    fn drain(&mut self) {
+        let start = Instant::now();
+        while self.readers.iter().any(|r| !r.is_finished())
+            && start.elapsed() < Duration::from_secs(10)
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        for r in std::mem::take(&mut self.readers) {
+            if r.is_finished() {
+                let _ = r.join();
+            }
+        }
+    }
+
     /// Kills the process at once (SIGKILL).
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        self.drain();
     }
 
     pub fn pid(&self) -> u32 {
