@@ -22,6 +22,8 @@ enum Serve {
     Fail,
     /// Use the trait's default (ENOSYS).
     Default,
+    /// Read the request at offset 2 in the callback (`Side::read_in_callback`), then keep it.
+    ReadThenDefer,
 }
 
 #[derive(Default)]
@@ -37,6 +39,8 @@ struct Side {
     order: Vec<String>,
     gone: Vec<(ReceiveId, Status)>,
     received: Vec<Vec<u8>>,
+    /// What `msg_read` at offset 2 gave in the request callback (`Serve::ReadThenDefer`).
+    read_in_callback: Vec<Vec<u8>>,
 }
 
 impl Handler for Side {
@@ -72,6 +76,13 @@ impl Handler for Side {
                 .reply(r.id, bytes.len() as i32, &[b"re:", &bytes])
                 .expect("reply"),
             Serve::Defer => {}
+            Serve::ReadThenDefer => {
+                let mut buf = [0u8; 64];
+                let n = ctx
+                    .msg_read(r.id, 2, &mut buf)
+                    .expect("a read in the callback");
+                self.read_in_callback.push(buf[..n].to_vec());
+            }
             Serve::Fail => ctx.reply_error(r.id, 77).expect("error reply"),
             Serve::Default => {
                 struct Plain;
@@ -226,6 +237,39 @@ fn requests_are_answered_with_replies_and_errors_on_every_chain() {
         assert_eq!(p.reply_of(5), "5:re:after", "{label}");
         p.pump_until("the stream", |p| !p.hb.received.is_empty());
         assert_eq!(p.hb.received, vec![vec![9, 9]], "{label}");
+    }
+}
+
+/// A small request, which the direct receive path delivers where it arrived (no copy while
+/// the callback runs), reads the same in its callback and, kept, after it.
+#[test]
+fn a_small_request_reads_the_same_in_its_callback_and_after_it() {
+    for &(transport, filters) in CASES {
+        let label = format!("{transport} {filters:?}");
+        let mut p = Pair::new(transport, filters);
+        p.hb.serve = Some(Serve::ReadThenDefer);
+        p.a.request(p.conn, &[b"0123", b"456789"], &options(), 1)
+            .unwrap();
+        p.pump_until("the request", |p| !p.hb.requests.is_empty());
+        assert_eq!(p.hb.read_in_callback, vec![b"23456789".to_vec()], "{label}");
+        // Another request arrives meanwhile and overwrites what the first arrived in.
+        p.a.request(p.conn, &[b"abcdefghij"], &options(), 2)
+            .unwrap();
+        p.pump_until("the second request", |p| p.hb.requests.len() == 2);
+        let (first, second) = (p.hb.requests[0].0, p.hb.requests[1].0);
+        let mut buf = [0u8; 16];
+        let n = p.b.msg_read(first, 0, &mut buf).unwrap();
+        assert_eq!(&buf[..n], b"0123456789", "{label}: the first, kept");
+        let n = p.b.msg_read(second, 5, &mut buf).unwrap();
+        assert_eq!(&buf[..n], b"fghij", "{label}: the second, kept");
+        p.b.reply(second, 0, &[b"two"]).unwrap();
+        p.b.reply(first, 0, &[b"one"]).unwrap();
+        assert_eq!(p.reply_of(1), "0:one", "{label}");
+        assert_eq!(p.reply_of(2), "0:two", "{label}");
+        assert!(matches!(
+            p.b.msg_read(first, 0, &mut buf),
+            Err(VmiError::UnknownRequest(_))
+        ));
     }
 }
 

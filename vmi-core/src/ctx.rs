@@ -8,11 +8,22 @@ use crate::ops::{Core, Mode, Operations, Sealed};
 /// returns.
 pub struct Ctx<'a> {
     core: &'a mut Core,
+    /// The request whose callback this is, when it was delivered at once: its bytes are
+    /// still where they arrived, and `msg_read` reads them there.
+    lent: Option<(crate::ReceiveId, &'a [u8])>,
 }
 
 impl<'a> Ctx<'a> {
     pub(crate) fn new(core: &'a mut Core) -> Ctx<'a> {
-        Ctx { core }
+        Ctx { core, lent: None }
+    }
+
+    /// The context of a `request` callback for a request whose bytes are lent (`data`).
+    pub(crate) fn lending(core: &'a mut Core, id: crate::ReceiveId, data: &'a [u8]) -> Ctx<'a> {
+        Ctx {
+            core,
+            lent: Some((id, data)),
+        }
     }
 }
 
@@ -23,6 +34,10 @@ impl Sealed for Ctx<'_> {
 
     fn core_ref(&self) -> &Core {
         self.core
+    }
+
+    fn lent(&self) -> Option<(crate::ReceiveId, &[u8])> {
+        self.lent
     }
 }
 

@@ -95,6 +95,21 @@ fn deliver_arena(core: &mut Core, arena: &mut Arena, handler: &mut dyn Handler) 
 #[inline(never)]
 fn deliver_with_msgs(core: &mut Core, arena: &mut Arena, handler: &mut dyn Handler) {
     arena.msgs = 0;
+    if let [l] = arena.lent[..] {
+        // One message alone in this poll: nothing to order it against, so it is handled
+        // (a request or a pulse delivered, if nothing is queued) where it lies.
+        let data = &arena.bytes[l.start..l.start + l.len];
+        crate::msgpass::received(core, handler, crate::ConnId(l.conn), l.flags, data, true);
+        core.run_deferred();
+        if core.msg.has_queued() {
+            // Queued behind earlier ones: those above the stream's priority go now, ahead
+            // of stream fragments the transport hands up after this one.
+            crate::msgpass::deliver(core, handler, 1);
+        }
+        arena.bytes.clear();
+        arena.lent.clear();
+        return;
+    }
     let lent = std::mem::take(&mut arena.lent);
     for l in lent.iter().filter(|l| l.flags & VMI_FLAG_MSG != 0) {
         let data = &arena.bytes[l.start..l.start + l.len];

@@ -476,10 +476,10 @@ fn receive_msg(core: &mut Core, handler: &mut dyn Handler, s: Slot, conn: ConnId
     let mut slab = Slab::of_slot(&s);
     let first = slab.read(usize::MAX);
     if slab.remaining() == 0 {
-        crate::msgpass::received(core, handler, conn, s.flags(), first);
+        crate::msgpass::received(core, handler, conn, s.flags(), first, false);
     } else {
         let bytes = Slab::of_slot(&s).read_to_vec();
-        crate::msgpass::received(core, handler, conn, s.flags(), &bytes);
+        crate::msgpass::received(core, handler, conn, s.flags(), &bytes, false);
     }
     core.engine.release_received(s);
 }

@@ -693,6 +693,43 @@ impl Engine {
         rc == VMI_COMPLETE
     }
 
+    /// Sends a small whole message on `conn` through its transport's `send_inline` (ABI
+    /// 1.2) when the chain and the transport allow it: no IRB, no buffer, no completion.
+    /// False: send it as an IRB (nothing was changed).
+    #[inline]
+    pub fn send_whole_direct(&mut self, conn: crate::ConnId, flags: u32, data: &[u8]) -> bool {
+        if !self.has_direct() {
+            return false;
+        }
+        let max = self.top_caps().max_fragment;
+        if max > 0 && data.len() as u64 > max {
+            return false;
+        }
+        if self.has_chains() && !self.conn_chain_direct(conn) {
+            // The connection's named chain has a filter that must see its sends.
+            return false;
+        }
+        let Ok(transport) = self
+            .conns_mut()
+            .send_checked(conn, crate::conn::SendKind::Whole)
+        else {
+            return false;
+        };
+        if self.send_direct(transport, conn.raw(), flags, data) {
+            return true;
+        }
+        self.conns_mut()
+            .send_undone(conn, crate::conn::SendKind::Whole);
+        false
+    }
+
+    /// Whether `conn`'s chain lets a small send go straight to the transport (named chains
+    /// only: out of line, so the common send path stays small).
+    #[inline(never)]
+    fn conn_chain_direct(&self, conn: crate::ConnId) -> bool {
+        self.chain_direct(self.conns().chain(conn))
+    }
+
     /// Whether `transport` moves RDMA bytes one-sided (ABI 1.3 `rdma_access`).
     pub fn has_rdma_access(&self, transport: DevIndex) -> bool {
         matches!(self.rdma.get(transport as usize), Some(Some(_)))

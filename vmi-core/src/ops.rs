@@ -339,32 +339,7 @@ impl Core {
     /// as an IRB (nothing was changed).
     #[inline]
     pub(crate) fn send_direct(&mut self, conn: ConnId, flags: u32, data: &[u8]) -> bool {
-        if !self.engine.has_direct() {
-            return false;
-        }
-        let max = self.engine.top_caps().max_fragment;
-        if max > 0 && data.len() as u64 > max {
-            return false;
-        }
-        if self.engine.has_chains() && !self.conn_direct(conn) {
-            // The connection's named chain has a filter that must see its sends.
-            return false;
-        }
-        let Ok(transport) = self.engine.conns_mut().send_checked(conn, SendKind::Whole) else {
-            return false;
-        };
-        if self.engine.send_direct(transport, conn.raw(), flags, data) {
-            return true;
-        }
-        self.engine.conns_mut().send_undone(conn, SendKind::Whole);
-        false
-    }
-
-    /// Whether `conn`'s chain lets a small send go straight to the transport (named chains
-    /// only: out of line, so the common send path stays small).
-    #[inline(never)]
-    fn conn_direct(&self, conn: ConnId) -> bool {
-        self.engine.chain_direct(self.engine.conns().chain(conn))
+        self.engine.send_whole_direct(conn, flags, data)
     }
 
     /// A send of the application's buffers.
@@ -570,6 +545,10 @@ mod sealed {
         fn core(&mut self) -> (&mut super::Core, super::Mode);
         /// The core, to read.
         fn core_ref(&self) -> &super::Core;
+        /// The request of the running `request` callback whose bytes are lent, if any.
+        fn lent(&self) -> Option<(crate::ReceiveId, &[u8])> {
+            None
+        }
     }
 }
 
@@ -974,7 +953,7 @@ pub trait Operations: Sealed {
         offset: usize,
         buf: &mut [u8],
     ) -> Result<usize, VmiError> {
-        crate::msgpass::read(self.core_ref(), id, offset, buf)
+        crate::msgpass::read(self.core_ref(), self.lent(), id, offset, buf)
     }
 
     /// Writes reply bytes at `offset` ahead of the reply (QNX `MsgWrite`); the reply then

@@ -43,6 +43,7 @@ pub struct Client {
 impl Client {
     /// Records a request about to go out; returns its id (never 0, and never the id of a
     /// later request once this one is gone).
+    #[inline]
     pub fn issue(&mut self, p: Pending) -> u64 {
         let deadline = p.deadline;
         let id = self.pending.insert(p);
@@ -91,6 +92,7 @@ impl Client {
     }
 
     /// Removes request `id` (cancelled, or its message could not be sent).
+    #[inline]
     pub fn take(&mut self, id: u64) -> Option<Pending> {
         let p = self.pending.remove(id)?;
         if p.deadline.is_some() {

@@ -107,6 +107,7 @@ impl MsgPass {
 }
 
 /// Sends one message-passing message; returns the index of its message on the connection.
+#[inline(always)]
 fn send(
     core: &mut Core,
     conn: ConnId,
@@ -136,9 +137,22 @@ fn send(
     Ok(message)
 }
 
+/// [`send`] out of line, for the messages off the request/reply path.
+#[inline(never)]
+fn send_other(
+    core: &mut Core,
+    conn: ConnId,
+    kind: Kind,
+    parts: &[&[u8]],
+    mode: Mode,
+) -> Result<u64, VmiError> {
+    send(core, conn, kind, parts, mode)
+}
+
 /// Sends `header` and `parts` as one host message (a [`VMI_FLAG_MSG`] message: message
 /// passing, or RDMA); returns the index of its message on the connection. `what` names the
 /// operation in the refusal for a connection with rails.
+#[inline(always)]
 pub(crate) fn transmit(
     core: &mut Core,
     conn: ConnId,
@@ -160,6 +174,42 @@ pub(crate) fn transmit(
             max: MAX_MESSAGE,
         });
     }
+    let message = core.engine.conns().tx_messages(conn);
+    let len = header.len() + payload;
+    let direct = mode == Mode::Now || core.deferred.is_empty();
+    let gathered = direct && len <= SCRATCH_KEPT;
+    if gathered {
+        // Gathered in the scratch buffer, and straight to the transport when it takes it.
+        let bytes = &mut core.msg.scratch;
+        bytes.clear();
+        bytes.extend_from_slice(header);
+        for p in parts {
+            bytes.extend_from_slice(p);
+        }
+        if core
+            .engine
+            .send_whole_direct(conn, VMI_FLAG_END | VMI_FLAG_MSG, bytes)
+        {
+            return Ok(message);
+        }
+    }
+    transmit_slow(core, conn, header, parts, mode, gathered)?;
+    Ok(message)
+}
+
+/// [`transmit`] for a message the transport's `send_inline` did not take (or that waits
+/// behind earlier operations, or is large): as an IRB. `gathered`: the message is in the
+/// scratch buffer already.
+#[inline(never)]
+fn transmit_slow(
+    core: &mut Core,
+    conn: ConnId,
+    header: &[u8],
+    parts: &[&[u8]],
+    mode: Mode,
+    gathered: bool,
+) -> Result<(), VmiError> {
+    let payload: usize = parts.iter().map(|p| p.len()).sum();
     let max = core.engine.top_caps().max_fragment;
     if max > 0 && (header.len() + payload) as u64 > max {
         return Err(VmiError::MessageTooLarge {
@@ -167,35 +217,28 @@ pub(crate) fn transmit(
             max: (max as usize).saturating_sub(header.len()),
         });
     }
-    let message = core.engine.conns().tx_messages(conn);
     let mut bytes = std::mem::take(&mut core.msg.scratch);
-    bytes.clear();
-    bytes.extend_from_slice(header);
-    for p in parts {
-        bytes.extend_from_slice(p);
-    }
-    // Straight to the transport when nothing issued earlier waits to run, as send_inline.
-    if (mode == Mode::Now || core.deferred.is_empty())
-        && core.send_direct(conn, VMI_FLAG_END | VMI_FLAG_MSG, &bytes)
-    {
-        if bytes.capacity() <= SCRATCH_KEPT {
-            core.msg.scratch = bytes;
+    if !gathered {
+        bytes.clear();
+        bytes.extend_from_slice(header);
+        for p in parts {
+            bytes.extend_from_slice(p);
         }
-    } else {
-        let mut s = core.prepare_send(conn, 0, SendKind::Whole, |_, s, _| {
-            s.attach_vec(bytes);
-            Ok(())
-        })?;
-        s.set_flags(VMI_FLAG_END | VMI_FLAG_MSG);
-        s.set_purpose(Purpose::Internal);
-        core.issue(s, mode);
     }
-    Ok(message)
+    let mut s = core.prepare_send(conn, 0, SendKind::Whole, |_, s, _| {
+        s.attach_vec(bytes);
+        Ok(())
+    })?;
+    s.set_flags(VMI_FLAG_END | VMI_FLAG_MSG);
+    s.set_purpose(Purpose::Internal);
+    core.issue(s, mode);
+    Ok(())
 }
 
-/// The largest scratch buffer kept between messages (a larger one, after a large message,
-/// is given back).
-const SCRATCH_KEPT: usize = 1 << 20;
+/// The largest message gathered in the scratch buffer to go straight to the transport (a
+/// transport's `send_inline` takes small messages only; larger ones go as IRBs and are
+/// gathered in a buffer of their own).
+const SCRATCH_KEPT: usize = 64 * 1024;
 
 /// Sends a request (see [`crate::Operations::request`]).
 pub(crate) fn request(
@@ -236,7 +279,10 @@ pub(crate) fn request(
         core.msg.client.take(id);
         return Err(e);
     }
-    core.refresh();
+    if opts.timeout.is_some() {
+        // A deadline to watch in `poll` (an untimed request changes nothing it counts).
+        core.refresh();
+    }
     Ok(RequestId(id))
 }
 
@@ -258,7 +304,7 @@ pub(crate) fn cancel(core: &mut Core, id: RequestId, mode: Mode) -> bool {
 /// The server forgets a request its client gave up (a lost cancel only leaves it waiting
 /// for an answer nobody reads, within the server's limits).
 fn tell_server_to_forget(core: &mut Core, p: &Pending, mode: Mode) {
-    if let Err(e) = send(core, p.conn, Kind::Cancel { id: p.id }, &[], mode) {
+    if let Err(e) = send_other(core, p.conn, Kind::Cancel { id: p.id }, &[], mode) {
         log::debug!(
             "{}: could not tell the server to forget a request: {e}",
             p.conn
@@ -299,7 +345,7 @@ pub(crate) fn answer(
                     all[at..at + p.len()].copy_from_slice(p);
                     at += p.len();
                 }
-                send(core, conn, kind, &[&all], mode)?;
+                send_other(core, conn, kind, &[&all], mode)?;
             } else {
                 send(core, conn, kind, parts, mode)?;
             }
@@ -321,9 +367,11 @@ pub(crate) fn answer(
     Ok(())
 }
 
-/// Reads a held request's bytes at `offset` (QNX `MsgRead`).
+/// Reads a held request's bytes at `offset` (QNX `MsgRead`). `lent` is the request in the
+/// callback running, if it was delivered at once: its bytes are still where they arrived.
 pub(crate) fn read(
     core: &Core,
+    lent: Option<(ReceiveId, &[u8])>,
     rcvid: ReceiveId,
     offset: usize,
     buf: &mut [u8],
@@ -333,9 +381,15 @@ pub(crate) fn read(
         .server
         .get(rcvid.0)
         .ok_or(VmiError::UnknownRequest(rcvid))?;
-    let from = offset.min(h.data.len());
-    let n = buf.len().min(h.data.len() - from);
-    buf[..n].copy_from_slice(&h.data[from..from + n]);
+    let data: &[u8] = match (&h.data, lent) {
+        (Some(d), _) => d,
+        (None, Some((r, d))) if r == rcvid => d,
+        // Only the request in the running callback has no bytes kept.
+        (None, _) => &[],
+    };
+    let from = offset.min(data.len());
+    let n = buf.len().min(data.len() - from);
+    buf[..n].copy_from_slice(&data[from..from + n]);
     Ok(n)
 }
 
@@ -379,17 +433,22 @@ pub(crate) fn pulse(
         value: p.value,
         priority: p.priority,
     };
-    send(core, conn, kind, &[], mode).map(|_| ())
+    send_other(core, conn, kind, &[], mode).map(|_| ())
 }
 
 /// A message-passing message arrived on `conn` (from either receive path). Answers are
-/// delivered at once; requests and pulses are queued for [`deliver`].
+/// delivered at once; requests and pulses are queued for [`deliver`], unless `now` says
+/// nothing arrived with this one that could go ahead of it (the direct path's poll brought
+/// only this fragment): then, with nothing queued either, they are delivered at once, a
+/// request with its bytes where they arrived.
+#[inline(always)]
 pub(crate) fn received(
     core: &mut Core,
     handler: &mut dyn Handler,
     conn: ConnId,
     flags: u32,
     data: &[u8],
+    now: bool,
 ) {
     if !core.engine.conns().is_live(conn) {
         log::debug!("{conn}: dropping a message that arrived after the connection closed");
@@ -398,7 +457,7 @@ pub(crate) fn received(
     let end = flags & VMI_FLAG_END != 0;
     let (deliver, _) = core.engine.conns_mut().rx_fragment(conn, end);
     if deliver {
-        handle(core, handler, conn, end, data);
+        handle(core, handler, conn, end, data, now);
     }
 }
 
@@ -412,12 +471,20 @@ pub(crate) fn received_early(
     data: &[u8],
 ) {
     if core.engine.conns().is_live(conn) {
-        handle(core, handler, conn, flags & VMI_FLAG_END != 0, data);
+        handle(core, handler, conn, flags & VMI_FLAG_END != 0, data, false);
     }
 }
 
-/// Checks and acts on a message-passing message.
-fn handle(core: &mut Core, handler: &mut dyn Handler, conn: ConnId, end: bool, data: &[u8]) {
+/// Checks and acts on a message-passing message (`now`: see [`received`]).
+#[inline(always)]
+fn handle(
+    core: &mut Core,
+    handler: &mut dyn Handler,
+    conn: ConnId,
+    end: bool,
+    data: &[u8],
+    now: bool,
+) {
     if !end {
         log::warn!(
             "{conn}: the peer sent a message-passing fragment that does not end its message; ignored"
@@ -448,36 +515,20 @@ fn handle(core: &mut Core, handler: &mut dyn Handler, conn: ConnId, end: bool, d
             priority,
         } => {
             let reply_max = (reply_max as usize).min(MAX_MESSAGE);
-            core.after = true;
-            if let Err(why) = core
-                .msg
-                .server
-                .request(conn, id, priority, reply_max, payload)
-            {
-                log::warn!("{conn}: refused a request: {why:?}");
-                let refusal = Kind::Refused {
-                    id,
-                    status: why.status(),
-                };
-                if let Err(e) = send(core, conn, refusal, &[], Mode::Deferred) {
-                    log::debug!("{conn}: could not send a refusal: {e}");
-                }
-            }
-        }
-        Kind::Pulse {
-            code,
-            value,
-            priority,
-        } => {
-            core.msg.server.pulse(conn, code, value, priority);
-            core.after = true;
-        }
-        Kind::Cancel { id } => {
-            let Some(rcvid) = core.msg.server.find(conn, id) else {
-                return;
+            let taken = if now && !core.msg.server.has_queued() {
+                core.msg
+                    .server
+                    .request_now(conn, id, priority, reply_max, payload.len())
+                    .map(|rcvid| deliver_now(core, handler, rcvid, priority, payload))
+            } else {
+                core.after = true;
+                core.msg
+                    .server
+                    .request(conn, id, priority, reply_max, payload)
+                    .map(|_| ())
             };
-            if core.msg.server.take(rcvid).is_some_and(|h| h.delivered) {
-                handler.request_gone(&mut Ctx::new(core), ReceiveId(rcvid), Status::Cancelled);
+            if let Err(why) = taken {
+                refuse(core, conn, id, why);
             }
         }
         Kind::Reply { id, status } => {
@@ -486,14 +537,67 @@ fn handle(core: &mut Core, handler: &mut dyn Handler, conn: ConnId, end: bool, d
                 return;
             };
             if payload.len() > p.reply_max {
-                let detail = format!(
-                    "the server replied {} bytes, more than the {} this request takes",
-                    payload.len(),
-                    p.reply_max
-                );
-                finish(core, handler, p, Outcome::Failed(Status::Protocol, detail));
+                reply_too_large(core, handler, p, payload.len());
             } else {
                 finish_data(core, handler, p, status, payload);
+            }
+        }
+        other => handle_rare(core, handler, conn, other, now),
+    }
+}
+
+/// Tells the client that its request was not taken.
+#[cold]
+fn refuse(core: &mut Core, conn: ConnId, id: u64, why: server::NotTaken) {
+    log::warn!("{conn}: refused a request: {why:?}");
+    let refusal = Kind::Refused {
+        id,
+        status: why.status(),
+    };
+    if let Err(e) = send_other(core, conn, refusal, &[], Mode::Deferred) {
+        log::debug!("{conn}: could not send a refusal: {e}");
+    }
+}
+
+/// A reply larger than its request takes: the request fails.
+#[cold]
+fn reply_too_large(core: &mut Core, handler: &mut dyn Handler, p: Pending, len: usize) {
+    let detail = format!(
+        "the server replied {len} bytes, more than the {} this request takes",
+        p.reply_max
+    );
+    finish(core, handler, p, Outcome::Failed(Status::Protocol, detail));
+}
+
+/// [`handle`] for the kinds off the request/reply path: pulses, cancels, error answers and
+/// refusals.
+#[inline(never)]
+fn handle_rare(core: &mut Core, handler: &mut dyn Handler, conn: ConnId, kind: Kind, now: bool) {
+    match kind {
+        Kind::Pulse {
+            code,
+            value,
+            priority,
+        } => {
+            if now && !core.msg.server.has_queued() {
+                let app = core.cross.app(conn);
+                let p = Pulse {
+                    code,
+                    value,
+                    priority,
+                };
+                handler.pulse(&mut Ctx::new(core), app, p);
+            } else {
+                core.msg.server.pulse(conn, code, value, priority);
+                core.after = true;
+            }
+        }
+        Kind::Cancel { id } => {
+            let Some(rcvid) = core.msg.server.find(conn, id) else {
+                return;
+            };
+            if core.msg.server.take(rcvid).is_some_and(|h| h.delivered) {
+                handler.request_gone(&mut Ctx::new(core), ReceiveId(rcvid), Status::Cancelled);
             }
         }
         Kind::Error { id, code } => {
@@ -510,6 +614,7 @@ fn handle(core: &mut Core, handler: &mut dyn Handler, conn: ConnId, end: bool, d
                 finish(core, handler, p, Outcome::Failed(status, detail));
             }
         }
+        Kind::Request { .. } | Kind::Reply { .. } => {}
     }
 }
 
@@ -587,7 +692,11 @@ pub(crate) fn deliver(core: &mut Core, handler: &mut dyn Handler, min: u8) {
                 let Some(h) = core.msg.server.get(rcvid) else {
                     continue;
                 };
-                let (conn, reply_max, data) = (h.conn, h.reply_max, h.data.clone());
+                let (conn, reply_max) = (h.conn, h.reply_max);
+                let data = h
+                    .data
+                    .clone()
+                    .unwrap_or_else(|| std::sync::Arc::from(&[][..]));
                 let sender = peer(core, conn);
                 let mut request = Request {
                     id: ReceiveId(rcvid),
@@ -602,6 +711,30 @@ pub(crate) fn deliver(core: &mut Core, handler: &mut dyn Handler, min: u8) {
         }
         core.run_deferred();
     }
+}
+
+/// Delivers a request held by [`Server::request_now`] to the application with its bytes
+/// where they arrived, and keeps a copy of them only if it was not answered in the callback.
+#[inline(always)]
+fn deliver_now(core: &mut Core, handler: &mut dyn Handler, rcvid: u64, priority: u8, data: &[u8]) {
+    let Some(h) = core.msg.server.get(rcvid) else {
+        return;
+    };
+    let (conn, reply_max) = (h.conn, h.reply_max);
+    let sender = peer(core, conn);
+    let mut request = Request {
+        id: ReceiveId(rcvid),
+        conn: core.cross.app(conn),
+        sender: &sender,
+        priority,
+        reply_max,
+        data: Slab::from_bytes(data),
+    };
+    handler.request(
+        &mut Ctx::lending(core, ReceiveId(rcvid), data),
+        &mut request,
+    );
+    core.msg.server.keep(rcvid, data);
 }
 
 /// The peer of `conn` as a request's sender (looked up once per connection).
@@ -708,7 +841,7 @@ pub(crate) fn message_failed(
                 id: client_id,
                 status,
             };
-            if let Err(e) = send(core, conn, refusal, &[], Mode::Deferred) {
+            if let Err(e) = send_other(core, conn, refusal, &[], Mode::Deferred) {
                 log::debug!("{conn}: could not tell the client its reply failed: {e}");
             }
         }

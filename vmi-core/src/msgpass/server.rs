@@ -40,8 +40,12 @@ pub struct Held {
     pub priority: u8,
     /// The most reply bytes the client takes.
     pub reply_max: usize,
-    /// The request's bytes (shared with the slab the handler is given).
-    pub data: Arc<[u8]>,
+    /// The request's bytes (shared with the slab the handler is given); `None` while a
+    /// request delivered at once is in its callback, which reads them where they arrived
+    /// (see [`Server::request_now`]).
+    pub data: Option<Arc<[u8]>>,
+    /// How many bytes the request has.
+    pub len: usize,
     /// Reply bytes written ahead of the reply (QNX `MsgWrite`), at their offsets.
     pub reply: Vec<u8>,
     /// Delivered to the application's `request` callback already.
@@ -160,10 +164,59 @@ impl Server {
         reply_max: usize,
         data: &[u8],
     ) -> Result<u64, NotTaken> {
-        if self.per_conn(conn).len() >= self.limits.per_conn {
+        let rcvid = self.hold(conn, client_id, priority, reply_max, data.len())?;
+        if let Some(h) = self.held.get_mut(rcvid) {
+            h.data = Some(Arc::from(data));
+        }
+        self.push(priority, Incoming::Request(rcvid));
+        Ok(rcvid)
+    }
+
+    /// A request arrived that is delivered at once, nothing being queued ahead of it: holds
+    /// it, marked delivered, with no copy of its bytes; the caller gives them to the
+    /// handler where they arrived and then, if the request is still held, keeps them with
+    /// [`Server::keep`].
+    #[inline]
+    pub fn request_now(
+        &mut self,
+        conn: ConnId,
+        client_id: u64,
+        priority: u8,
+        reply_max: usize,
+        len: usize,
+    ) -> Result<u64, NotTaken> {
+        let rcvid = self.hold(conn, client_id, priority, reply_max, len)?;
+        if let Some(h) = self.held.get_mut(rcvid) {
+            h.delivered = true;
+        }
+        Ok(rcvid)
+    }
+
+    /// Keeps the bytes of a request delivered at once that its handler did not answer in
+    /// its callback (nothing when it was answered, or already has its bytes).
+    pub fn keep(&mut self, rcvid: u64, data: &[u8]) {
+        if let Some(h) = self.held.get_mut(rcvid)
+            && h.data.is_none()
+        {
+            h.data = Some(Arc::from(data));
+        }
+    }
+
+    /// Holds a request of `len` bytes (no bytes yet), or says why not.
+    #[inline]
+    fn hold(
+        &mut self,
+        conn: ConnId,
+        client_id: u64,
+        priority: u8,
+        reply_max: usize,
+        len: usize,
+    ) -> Result<u64, NotTaken> {
+        let list = self.per_conn(conn);
+        if list.len() >= self.limits.per_conn {
             return Err(NotTaken::TooMany);
         }
-        if self.bytes + data.len() > self.limits.bytes {
+        if self.bytes + len > self.limits.bytes {
             return Err(NotTaken::TooManyBytes);
         }
         let held = &self.held;
@@ -179,13 +232,13 @@ impl Server {
             client_id,
             priority,
             reply_max,
-            data: Arc::from(data),
+            data: None,
+            len,
             reply: Vec::new(),
             delivered: false,
         });
-        self.per_conn(conn).push(rcvid);
-        self.bytes += data.len();
-        self.push(priority, Incoming::Request(rcvid));
+        self.conns[conn.index()].held.push(rcvid);
+        self.bytes += len;
         Ok(rcvid)
     }
 
@@ -238,9 +291,10 @@ impl Server {
 
     /// Removes a held request (answered, cancelled by its client, or its connection
     /// closed).
+    #[inline]
     pub fn take(&mut self, rcvid: u64) -> Option<Held> {
         let h = self.held.remove(rcvid)?;
-        self.bytes -= h.data.len();
+        self.bytes -= h.len;
         let list = self.per_conn(h.conn);
         if let Some(i) = list.iter().position(|&r| r == rcvid) {
             list.swap_remove(i);
@@ -268,7 +322,7 @@ impl Server {
         let mut delivered = Vec::new();
         for r in ids {
             if let Some(h) = self.held.remove(r) {
-                self.bytes -= h.data.len();
+                self.bytes -= h.len;
                 if h.delivered {
                     delivered.push(r);
                 }
@@ -430,7 +484,7 @@ mod tests {
                 }
                 let live: Vec<&Held> = rcvids.iter().filter_map(|&r| s.get(r)).collect();
                 proptest::prop_assert_eq!(live.len(), s.held());
-                let bytes: usize = live.iter().map(|h| h.data.len()).sum();
+                let bytes: usize = live.iter().map(|h| h.len).sum();
                 proptest::prop_assert_eq!(bytes, s.bytes);
                 proptest::prop_assert!(s.bytes <= limits.bytes);
                 for c in 0..4u64 {

@@ -125,6 +125,7 @@ pub enum WireError {
 
 impl Kind {
     /// The header's bytes.
+    #[inline(always)]
     pub fn encode(&self) -> [u8; HEADER] {
         let (kind, priority, code, id, reply_max, value) = match *self {
             Kind::Request {
@@ -154,6 +155,7 @@ impl Kind {
 
     /// Parses and checks a whole message: its kind and its payload (after the header).
     /// `max_payload` bounds a request's or a reply's payload.
+    #[inline(always)]
     pub fn decode(b: &[u8], max_payload: usize) -> Result<(Kind, &[u8]), WireError> {
         if b.len() < HEADER {
             return Err(WireError::Short(b.len()));
