@@ -2,8 +2,9 @@
 //! size dispatch cost more than the copy at 8 bytes, the common message).
 #![allow(unsafe_code)]
 
-/// Copies `len` bytes from `src` to `dst`: 4 to 16 bytes as two possibly overlapping word
-/// moves, anything else through `copy_nonoverlapping`.
+/// Copies `len` bytes from `src` to `dst`: 4 to 64 bytes as two or four possibly
+/// overlapping word moves (a message-passing header and a small payload are 32 bytes),
+/// anything else through `copy_nonoverlapping`.
 ///
 /// # Safety
 /// As [`std::ptr::copy_nonoverlapping`]: `src..src+len` readable, `dst..dst+len` writable,
@@ -12,13 +13,29 @@
 pub unsafe fn copy_small(src: *const u8, dst: *mut u8, len: usize) {
     use std::ptr::{read_unaligned as rd, write_unaligned as wr};
     // SAFETY: every access lies inside the caller's two ranges: for 8..=16 bytes the two
-    // 8-byte moves cover them, overlapping in the middle; likewise 4-byte moves for 4..=7.
+    // 8-byte moves cover them, overlapping in the middle; likewise 4-byte moves for 4..=7,
+    // 16-byte moves for 17..=32, and four 16-byte moves (two from each end) for 33..=64.
     unsafe {
         match len {
             8..=16 => {
                 let (a, b) = (rd(src as *const u64), rd(src.add(len - 8) as *const u64));
                 wr(dst as *mut u64, a);
                 wr(dst.add(len - 8) as *mut u64, b);
+            }
+            17..=32 => {
+                let (a, b) = (rd(src as *const u128), rd(src.add(len - 16) as *const u128));
+                wr(dst as *mut u128, a);
+                wr(dst.add(len - 16) as *mut u128, b);
+            }
+            33..=64 => {
+                let a = rd(src as *const u128);
+                let b = rd(src.add(16) as *const u128);
+                let c = rd(src.add(len - 32) as *const u128);
+                let d = rd(src.add(len - 16) as *const u128);
+                wr(dst as *mut u128, a);
+                wr(dst.add(16) as *mut u128, b);
+                wr(dst.add(len - 32) as *mut u128, c);
+                wr(dst.add(len - 16) as *mut u128, d);
             }
             4..=7 => {
                 let (a, b) = (rd(src as *const u32), rd(src.add(len - 4) as *const u32));
@@ -30,19 +47,35 @@ pub unsafe fn copy_small(src: *const u8, dst: *mut u8, len: usize) {
     }
 }
 
+/// Copies `src` into `dst` as [`copy_small`] does (no call into `memcpy` for 4 to 64 bytes),
+/// for callers without `unsafe`.
+///
+/// # Panics
+/// If the two lengths differ (as `copy_from_slice`).
+#[inline(always)]
+pub fn copy_slice(dst: &mut [u8], src: &[u8]) {
+    assert_eq!(dst.len(), src.len(), "copy_slice: lengths differ");
+    // SAFETY: `src` is readable and `dst` writable for `src.len()` bytes (checked above), and
+    // a shared and a unique borrow cannot overlap.
+    unsafe { copy_small(src.as_ptr(), dst.as_mut_ptr(), src.len()) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn every_length_copies_exactly_its_bytes() {
-        let src: Vec<u8> = (1..=40).collect();
-        for len in 0..=40 {
-            let mut dst = vec![0u8; 48];
+        let src: Vec<u8> = (1..=80).collect();
+        for len in 0..=80 {
+            let mut dst = vec![0u8; 88];
             // SAFETY: both ranges in bounds, distinct vectors.
             unsafe { copy_small(src.as_ptr(), dst.as_mut_ptr().add(3), len) };
             assert_eq!(&dst[3..3 + len], &src[..len], "len {len}");
             assert!(dst[..3].iter().all(|&b| b == 0) && dst[3 + len..].iter().all(|&b| b == 0));
+            let mut safe = vec![0u8; len];
+            copy_slice(&mut safe, &src[..len]);
+            assert_eq!(safe, src[..len]);
         }
     }
 }

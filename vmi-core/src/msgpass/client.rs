@@ -43,7 +43,7 @@ pub struct Client {
 impl Client {
     /// Records a request about to go out; returns its id (never 0, and never the id of a
     /// later request once this one is gone).
-    #[inline]
+    #[inline(always)]
     pub fn issue(&mut self, p: Pending) -> u64 {
         let deadline = p.deadline;
         let id = self.pending.insert(p);
@@ -70,6 +70,7 @@ impl Client {
     /// An answer for request `id` arrived on `conn`: the request, if it waits there (an
     /// answer on another connection, or for a request that timed out or was cancelled, is
     /// not one).
+    #[inline(always)]
     pub fn answered(&mut self, conn: ConnId, id: u64) -> Option<Pending> {
         if self.pending.get(id)?.conn != conn {
             return None;
@@ -92,7 +93,7 @@ impl Client {
     }
 
     /// Removes request `id` (cancelled, or its message could not be sent).
-    #[inline]
+    #[inline(always)]
     pub fn take(&mut self, id: u64) -> Option<Pending> {
         let p = self.pending.remove(id)?;
         if p.deadline.is_some() {

@@ -176,7 +176,7 @@ impl Server {
     /// it, marked delivered, with no copy of its bytes; the caller gives them to the
     /// handler where they arrived and then, if the request is still held, keeps them with
     /// [`Server::keep`].
-    #[inline]
+    #[inline(always)]
     pub fn request_now(
         &mut self,
         conn: ConnId,
@@ -194,6 +194,7 @@ impl Server {
 
     /// Keeps the bytes of a request delivered at once that its handler did not answer in
     /// its callback (nothing when it was answered, or already has its bytes).
+    #[inline(always)]
     pub fn keep(&mut self, rcvid: u64, data: &[u8]) {
         if let Some(h) = self.held.get_mut(rcvid)
             && h.data.is_none()
@@ -203,7 +204,7 @@ impl Server {
     }
 
     /// Holds a request of `len` bytes (no bytes yet), or says why not.
-    #[inline]
+    #[inline(always)]
     fn hold(
         &mut self,
         conn: ConnId,
@@ -291,7 +292,7 @@ impl Server {
 
     /// Removes a held request (answered, cancelled by its client, or its connection
     /// closed).
-    #[inline]
+    #[inline(always)]
     pub fn take(&mut self, rcvid: u64) -> Option<Held> {
         let h = self.held.remove(rcvid)?;
         self.bytes -= h.len;
