@@ -27,6 +27,7 @@
 pub mod client;
 mod pool;
 mod request;
+mod sent;
 pub mod server;
 pub mod wire;
 
@@ -43,6 +44,7 @@ use crate::slab::Slab;
 use crate::slot::Purpose;
 use crate::status::Status;
 use client::{Client, Pending};
+use sent::{Sent, SentLog};
 use server::{Incoming, Server};
 use wire::{Kind, MAX_PRIORITY};
 
@@ -76,21 +78,9 @@ pub(crate) struct MsgPass {
     peers: Vec<Option<(ConnId, std::sync::Arc<Sender>)>>,
     /// Replies, refusals, cancels and pulses sent recently, by connection and message index,
     /// so the peer's "message N failed" finds them (a request is found among the waiting).
-    sent: VecDeque<(ConnId, u64, Sent)>,
+    sent: SentLog,
     /// A buffer to build small messages in.
     scratch: Vec<u8>,
-}
-
-/// How many sent messages `MsgPass::sent` remembers.
-const SENT_KEPT: usize = 4096;
-
-/// What a remembered message was.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Sent {
-    /// A reply (or error answer) to the client's request id.
-    Answer(u64),
-    /// A pulse, a refusal or a cancel: nobody waits for it.
-    Notice,
 }
 
 impl MsgPass {
@@ -129,10 +119,7 @@ fn send(
             Kind::Reply { id, .. } | Kind::Error { id, .. } => Sent::Answer(id),
             _ => Sent::Notice,
         };
-        if core.msg.sent.len() == SENT_KEPT {
-            core.msg.sent.pop_front();
-        }
-        core.msg.sent.push_back((conn, message, what));
+        core.msg.sent.record(conn, message, what);
     }
     Ok(message)
 }
@@ -469,14 +456,12 @@ pub(crate) fn received(
     data: &[u8],
     now: bool,
 ) {
-    if !core.engine.conns().is_live(conn) {
-        log::debug!("{conn}: dropping a message that arrived after the connection closed");
-        return;
-    }
     let end = flags & VMI_FLAG_END != 0;
     let (deliver, _) = core.engine.conns_mut().rx_fragment(conn, end);
     if deliver {
         handle(core, handler, conn, end, data, now);
+    } else if !core.engine.conns().is_live(conn) {
+        log::debug!("{conn}: dropping a message that arrived after the connection closed");
     }
 }
 
@@ -648,7 +633,13 @@ fn finish_data(core: &mut Core, handler: &mut dyn Handler, p: Pending, status: i
             status,
             data: Slab::from_bytes(data),
         };
+        let timed = p.deadline.is_some();
         handler.replied(&mut Ctx::new(core), p.app_conn, p.token, reply);
+        if !timed {
+            // Nothing `refresh` counts changed (operations the callback issued refresh
+            // themselves).
+            return;
+        }
     }
     core.refresh();
 }
@@ -844,15 +835,9 @@ pub(crate) fn message_failed(
         finish(core, handler, p, Outcome::Failed(status, detail));
         return true;
     }
-    let Some(i) = core
-        .msg
-        .sent
-        .iter()
-        .position(|&(c, m, _)| c == conn && m == message)
-    else {
+    let Some(what) = core.msg.sent.take(conn, message) else {
         return false;
     };
-    let (_, _, what) = core.msg.sent.remove(i).expect("found above");
     match what {
         Sent::Answer(client_id) => {
             // The client waits for an answer that will not come whole: fail its request.
@@ -864,7 +849,7 @@ pub(crate) fn message_failed(
                 log::debug!("{conn}: could not tell the client its reply failed: {e}");
             }
         }
-        Sent::Notice => {
+        Sent::Notice | Sent::Taken => {
             log::warn!("{conn}: a pulse or notice to the peer failed on its way: {detail}");
         }
     }
