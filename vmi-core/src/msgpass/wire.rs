@@ -157,71 +157,86 @@ impl Kind {
     /// `max_payload` bounds a request's or a reply's payload.
     #[inline(always)]
     pub fn decode(b: &[u8], max_payload: usize) -> Result<(Kind, &[u8]), WireError> {
-        if b.len() < HEADER {
+        let Some((h, payload)) = b.split_first_chunk::<HEADER>() else {
             return Err(WireError::Short(b.len()));
-        }
-        let (h, payload) = b.split_at(HEADER);
-        let u32_at = |i: usize| u32::from_le_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
-        let mut id = [0u8; 8];
-        id.copy_from_slice(&h[8..16]);
-        let id = u64::from_le_bytes(id);
-        let code = u32_at(4) as i32;
-        let priority = h[1];
-        if h[2] != 0 || h[3] != 0 {
+        };
+        let word = |i: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&h[i..i + 8]);
+            u64::from_le_bytes(w)
+        };
+        // kind u8 | priority u8 | reserved u16 | code i32; id u64; reply_max u32 | value u32
+        let (w0, id, w2) = (word(0), word(8), word(16));
+        let (kind, priority) = (w0 as u8, (w0 >> 8) as u8);
+        let code = (w0 >> 32) as u32 as i32;
+        let (reply_max, value) = (w2 as u32, (w2 >> 32) as u32);
+        if (w0 >> 16) as u16 != 0 {
             return Err(WireError::Reserved);
         }
         if priority > MAX_PRIORITY {
             return Err(WireError::Priority(priority));
         }
-        let kind = match h[0] {
-            REQUEST => Kind::Request {
-                id,
-                reply_max: u32_at(16),
-                priority,
-            },
-            REPLY => Kind::Reply { id, status: code },
-            ERROR => Kind::Error { id, code },
+        // Fields a kind does not use must be zero, so a peer cannot smuggle meaning in them;
+        // only requests and replies carry a payload.
+        let (k, unused, carries) = match kind {
+            REQUEST => (
+                Kind::Request {
+                    id,
+                    reply_max,
+                    priority,
+                },
+                code != 0 || value != 0,
+                true,
+            ),
+            REPLY => (
+                Kind::Reply { id, status: code },
+                priority != 0 || w2 != 0,
+                true,
+            ),
+            ERROR => (Kind::Error { id, code }, priority != 0 || w2 != 0, false),
             REFUSED => {
                 let status = Status::from_code(code);
                 if status == Status::Ok || status.code() != code {
                     return Err(WireError::Status(code));
                 }
-                Kind::Refused { id, status }
+                (
+                    Kind::Refused { id, status },
+                    priority != 0 || w2 != 0,
+                    false,
+                )
             }
-            PULSE => Kind::Pulse {
-                code,
-                value: u32_at(20),
-                priority,
-            },
-            CANCEL => Kind::Cancel { id },
+            PULSE => (
+                Kind::Pulse {
+                    code,
+                    value,
+                    priority,
+                },
+                id != 0 || reply_max != 0,
+                false,
+            ),
+            CANCEL => (
+                Kind::Cancel { id },
+                priority != 0 || code != 0 || w2 != 0,
+                false,
+            ),
             k => return Err(WireError::Kind(k)),
-        };
-        // Fields a kind does not use must be zero, so a peer cannot smuggle meaning in them.
-        let unused = match kind {
-            Kind::Request { .. } => code != 0 || u32_at(20) != 0,
-            Kind::Pulse { .. } => id != 0 || u32_at(16) != 0,
-            _ => priority != 0 || u32_at(16) != 0 || u32_at(20) != 0,
         };
         if unused {
             return Err(WireError::Reserved);
         }
-        match kind {
-            Kind::Request { .. } | Kind::Reply { .. } if payload.len() > max_payload => {
-                return Err(WireError::TooLarge {
-                    len: payload.len(),
-                    max: max_payload,
-                });
-            }
-            Kind::Request { .. } | Kind::Reply { .. } => {}
-            _ if !payload.is_empty() => {
-                return Err(WireError::Payload {
-                    kind: kind.words(),
-                    len: payload.len(),
-                });
-            }
-            _ => {}
+        if !carries && !payload.is_empty() {
+            return Err(WireError::Payload {
+                kind: k.words(),
+                len: payload.len(),
+            });
         }
-        Ok((kind, payload))
+        if payload.len() > max_payload {
+            return Err(WireError::TooLarge {
+                len: payload.len(),
+                max: max_payload,
+            });
+        }
+        Ok((k, payload))
     }
 
     /// The kind, in words.
@@ -318,6 +333,9 @@ mod tests {
         assert_eq!(Kind::decode(&b, 16), Err(WireError::Priority(64)));
         let mut b = ok;
         b[8] = 1; // a pulse has no id
+        assert_eq!(Kind::decode(&b, 16), Err(WireError::Reserved));
+        let mut b = Kind::Cancel { id: 3 }.encode();
+        b[4] = 1; // a cancel has no code
         assert_eq!(Kind::decode(&b, 16), Err(WireError::Reserved));
         let mut b = ok.to_vec();
         b.push(0);
