@@ -1,25 +1,54 @@
 //! Packaging rules, read from `cargo metadata`: the declared MSRV is at least every locked
-//! dependency's own `rust-version`, and every crate meant for crates.io carries what
-//! `cargo package` and users need (metadata, versions on path dependencies).
+//! dependency's own `rust-version` (those this platform builds), and every crate meant for
+//! crates.io carries what `cargo package` and users need (metadata, versions on path
+//! dependencies).
 
 use std::process::Command;
 
 use serde_json::Value;
 use vmi_tests::root;
 
+/// `cargo metadata` for the packages this platform builds (a platform's dependencies are
+/// downloaded by its build; another platform's, such as Windows-only crates, may not be on a
+/// fresh machine). From the local cache first, and from the registry if it lacks some.
 fn metadata() -> Value {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let out = Command::new(cargo)
-        .args(["metadata", "--format-version", "1", "--locked", "--offline"])
-        .current_dir(root())
-        .output()
-        .expect("run cargo metadata");
+    let host = host_triple();
+    let run = |offline: bool| {
+        let mut cmd = Command::new(&cargo);
+        cmd.args(["metadata", "--format-version", "1", "--locked"])
+            .args(["--filter-platform", &host])
+            .current_dir(root());
+        if offline {
+            cmd.arg("--offline");
+        }
+        cmd.output().expect("run cargo metadata")
+    };
+    let mut out = run(true);
+    if !out.status.success() {
+        out = run(false);
+    }
     assert!(
         out.status.success(),
         "cargo metadata failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).expect("metadata JSON")
+}
+
+/// The host's target triple, as rustc names it.
+fn host_triple() -> String {
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let out = Command::new(rustc)
+        .arg("-vV")
+        .output()
+        .expect("run rustc -vV");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("host: "))
+        .expect("rustc -vV names the host")
+        .trim()
+        .to_string()
 }
 
 fn version(v: &str) -> (u64, u64, u64) {
