@@ -103,11 +103,13 @@ impl Conn {
     }
 }
 
-/// Per-IRB frame: the received payload a RECV IRB points at (index + 1; 0 for none).
+/// Per-IRB frame: the received payload a RECV IRB points at (index + 1; 0 for none), and
+/// for a PEER_DISCONNECT IRB the connection it reports (index + 1).
 #[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
 #[repr(C)]
 pub struct TcpFrame {
     held: u32,
+    finished: u32,
 }
 
 /// The TCP transport.
@@ -293,18 +295,24 @@ impl TcpDevice {
                 tell: true,
             } if self.conns[idx].as_ref().is_some_and(|c| c.proto.is_open()) => {
                 // The peer finished sending, cleanly: the application hears of it, and this
-                // side's host may still send what its last fragments call for (a notice that
-                // a message failed) before the connection is closed at the next poll.
+                // side's host may still send what the fragments before the close call for (a
+                // notice that a message failed). The host hears of those fragments first and
+                // may take more than one poll for them (it delivers a bounded number of
+                // outcomes per poll), so the connection is closed once the host has released
+                // this report (`complete`), which comes after them; then at the next poll.
                 if let Some(c) = self.conns[idx].as_mut() {
                     c.peer_done = true;
                     c.proto.peer_finished();
                     let vmi = c.vmi;
-                    self.finishing.push(idx);
                     self.budget_left = self.budget_left.saturating_sub(1);
-                    if let Some(mut irb) = self.host.alloc_irb(Op::PeerDisconnect, vmi) {
-                        irb.set_detail(&detail);
-                        irb.set_status(Status::Ok);
-                        irb.pass();
+                    match self.host.alloc_irb(Op::PeerDisconnect, vmi) {
+                        Some(mut irb) => {
+                            irb.frame::<TcpFrame>().finished = idx as u32 + 1;
+                            irb.set_detail(&detail);
+                            irb.set_status(Status::Ok);
+                            irb.pass();
+                        }
+                        None => self.finishing.push(idx),
                     }
                 }
             }
@@ -1485,6 +1493,20 @@ impl Device for TcpDevice {
     }
 
     fn complete(&mut self, irb: &mut CompletingIrb) {
+        if irb.op() == Op::PeerDisconnect {
+            // The host delivered the peer's close, after everything before it: what it sent
+            // in answer has reached this device; the connection closes at the next poll.
+            let finished = std::mem::take(&mut irb.frame::<TcpFrame>().finished);
+            if let Some(idx) = (finished as usize).checked_sub(1)
+                && self
+                    .conns
+                    .get(idx)
+                    .is_some_and(|c| c.as_ref().is_some_and(|c| c.peer_done))
+            {
+                self.finishing.push(idx);
+            }
+            return;
+        }
         let held = std::mem::take(&mut irb.frame::<TcpFrame>().held);
         self.pool.release(held);
     }
