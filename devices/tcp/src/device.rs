@@ -713,6 +713,11 @@ impl TcpDevice {
         if !self.feed_parked(idx) {
             return;
         }
+        if self.conns[idx].as_ref().is_some_and(|c| c.peer_done) {
+            // The peer's end of stream was read already, and the connection closes once the
+            // host has answered it: reading it again must not end the connection first.
+            return;
+        }
         loop {
             if !self.may_deliver() {
                 self.read_later(idx);
