@@ -32,6 +32,12 @@ pub const PARAMS: &[VmiParamSpec] = &[
         c"smallest fragment moved by single copy",
     ),
     param(
+        c"single_copy_poll_bytes",
+        VMI_PARAM_UINT,
+        c"256k",
+        c"a poll stops its single-copy reads once they brought this many bytes (at least one read): the buffers they fill stay few and warm in the cache until the application has them (0: one read per poll)",
+    ),
+    param(
         c"one_sided",
         VMI_PARAM_BOOL,
         c"true",
@@ -69,6 +75,8 @@ pub struct ShmemConfig {
     pub single_copy: bool,
     /// Threshold for single copy.
     pub single_copy_min: usize,
+    /// Bytes of single-copy reads after which a poll stops reading (at least one read).
+    pub single_copy_poll_bytes: usize,
     /// RDMA puts and gets one-sided (process_vm_writev/readv) where permitted.
     pub one_sided: bool,
     /// Connect / hello limit.
@@ -102,6 +110,7 @@ impl ShmemConfig {
             ring_size: ring_size as usize,
             single_copy: c.get_bool("single_copy").map_err(e)?,
             single_copy_min: c.get_u64("single_copy_min").map_err(e)? as usize,
+            single_copy_poll_bytes: c.get_u64("single_copy_poll_bytes").map_err(e)? as usize,
             one_sided: c.get_bool("one_sided").map_err(e)?,
             connect_timeout: c.get_millis("connect_timeout_ms").map_err(e)?,
             max_fragment,

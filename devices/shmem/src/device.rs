@@ -450,6 +450,8 @@ impl ShmemDevice {
     /// with no IRB (`deliver::offer`); once it declines one, that one and the rest go up as
     /// IRBs, so order is kept.
     fn drain_rx(&mut self, idx: usize, budget: usize) -> usize {
+        let fetch_cap = self.cfg.single_copy_poll_bytes;
+        let mut fetched = 0usize;
         let Self {
             conns,
             pool,
@@ -539,6 +541,13 @@ impl ShmemDevice {
                     n += 1;
                 }
                 Ok(Some(Incoming::Fetch { rec, ranges })) => {
+                    // A poll's single-copy reads stop after `single_copy_poll_bytes`: each
+                    // fills a buffer that stays held until the host has delivered it, so a
+                    // batch of large reads cycles many buffers through the cache (a poll
+                    // of 16 reads of 1 MiB: 16 MiB, against one warm buffer per read
+                    // when the batch is small; measured +30-50 % bandwidth at 256 KiB and
+                    // 1 MiB).
+                    fetched += rec.len as usize;
                     let mut buf = pool.take(rec.len as usize);
                     match read_peer(c.peer_pid, &ranges, &mut buf) {
                         Ok(_) if crate::io::hung_up(&c.sock) => {
@@ -558,6 +567,9 @@ impl ShmemDevice {
                             }
                             c.acks.push_back(ack(rec.id));
                             n += 1;
+                            if fetched >= fetch_cap {
+                                break;
+                            }
                         }
                         other => {
                             log::warn!(
