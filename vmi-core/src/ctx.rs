@@ -18,12 +18,12 @@ impl<'a> Ctx<'a> {
         Ctx { core, lent: None }
     }
 
-    /// The context of a `request` callback for a request whose bytes are lent (`data`).
-    pub(crate) fn lending(core: &'a mut Core, id: crate::ReceiveId, data: &'a [u8]) -> Ctx<'a> {
-        Ctx {
-            core,
-            lent: Some((id, data)),
-        }
+    /// The context of a `request` callback, with the request's bytes if they are lent.
+    pub(crate) fn lending(
+        core: &'a mut Core,
+        lent: Option<(crate::ReceiveId, &'a [u8])>,
+    ) -> Ctx<'a> {
+        Ctx { core, lent }
     }
 }
 

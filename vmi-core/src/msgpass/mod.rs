@@ -584,13 +584,12 @@ fn handle_rare(core: &mut Core, handler: &mut dyn Handler, conn: ConnId, kind: K
             priority,
         } => {
             if now && !core.msg.server.has_queued() {
-                let app = core.cross.app(conn);
                 let p = Pulse {
                     code,
                     value,
                     priority,
                 };
-                handler.pulse(&mut Ctx::new(core), app, p);
+                hand_pulse(core, handler, conn, p);
             } else {
                 core.msg.server.pulse(conn, code, value, priority);
                 core.after = true;
@@ -690,33 +689,23 @@ pub(crate) fn deliver(core: &mut Core, handler: &mut dyn Handler, min: u8) {
     while let Some((priority, what)) = core.msg.server.next(min) {
         match what {
             Incoming::Pulse { conn, code, value } => {
-                let app = core.cross.app(conn);
                 let p = Pulse {
                     code,
                     value,
                     priority,
                 };
-                handler.pulse(&mut Ctx::new(core), app, p);
+                hand_pulse(core, handler, conn, p);
             }
             Incoming::Request(rcvid) => {
                 let Some(h) = core.msg.server.get(rcvid) else {
                     continue;
                 };
-                let (conn, reply_max) = (h.conn, h.reply_max);
+                // Shared with the held request, so the slab outlives a borrow of the core.
                 let data = h
                     .data
                     .clone()
                     .unwrap_or_else(|| std::sync::Arc::from(&[][..]));
-                let sender = peer(core, conn);
-                let mut request = Request {
-                    id: ReceiveId(rcvid),
-                    conn: core.cross.app(conn),
-                    sender: &sender,
-                    priority,
-                    reply_max,
-                    data: Slab::from_bytes(&data),
-                };
-                handler.request(&mut Ctx::new(core), &mut request);
+                hand_request(core, handler, rcvid, priority, &data, false);
             }
         }
         core.run_deferred();
@@ -727,6 +716,21 @@ pub(crate) fn deliver(core: &mut Core, handler: &mut dyn Handler, min: u8) {
 /// where they arrived, and keeps a copy of them only if it was not answered in the callback.
 #[inline(always)]
 fn deliver_now(core: &mut Core, handler: &mut dyn Handler, rcvid: u64, priority: u8, data: &[u8]) {
+    hand_request(core, handler, rcvid, priority, data, true);
+    core.msg.server.keep(rcvid, data);
+}
+
+/// Gives held request `rcvid` to the application's `request` callback with its bytes,
+/// `lent` when they are where they arrived (`msg_read` in the callback reads them there).
+#[inline(always)]
+fn hand_request(
+    core: &mut Core,
+    handler: &mut dyn Handler,
+    rcvid: u64,
+    priority: u8,
+    data: &[u8],
+    lent: bool,
+) {
     let Some(h) = core.msg.server.get(rcvid) else {
         return;
     };
@@ -740,11 +744,14 @@ fn deliver_now(core: &mut Core, handler: &mut dyn Handler, rcvid: u64, priority:
         reply_max,
         data: Slab::from_bytes(data),
     };
-    handler.request(
-        &mut Ctx::lending(core, ReceiveId(rcvid), data),
-        &mut request,
-    );
-    core.msg.server.keep(rcvid, data);
+    let lent = lent.then_some((ReceiveId(rcvid), data));
+    handler.request(&mut Ctx::lending(core, lent), &mut request);
+}
+
+/// Gives a pulse from `conn` to the application's `pulse` callback.
+fn hand_pulse(core: &mut Core, handler: &mut dyn Handler, conn: ConnId, p: Pulse) {
+    let app = core.cross.app(conn);
+    handler.pulse(&mut Ctx::new(core), app, p);
 }
 
 /// The peer of `conn` as a request's sender (looked up once per connection).

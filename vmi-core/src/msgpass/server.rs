@@ -165,9 +165,7 @@ impl Server {
         data: &[u8],
     ) -> Result<u64, NotTaken> {
         let rcvid = self.hold(conn, client_id, priority, reply_max, data.len())?;
-        if let Some(h) = self.held.get_mut(rcvid) {
-            h.data = Some(Arc::from(data));
-        }
+        self.keep(rcvid, data);
         self.push(priority, Incoming::Request(rcvid));
         Ok(rcvid)
     }
