@@ -307,7 +307,10 @@ impl TcpDevice {
                     self.budget_left = self.budget_left.saturating_sub(1);
                     match self.host.alloc_irb(Op::PeerDisconnect, vmi) {
                         Some(mut irb) => {
-                            irb.frame::<TcpFrame>().finished = idx as u32 + 1;
+                            *irb.frame::<TcpFrame>() = TcpFrame {
+                                held: 0,
+                                finished: idx as u32 + 1,
+                            };
                             irb.set_detail(&detail);
                             irb.set_status(Status::Ok);
                             irb.pass();
@@ -713,11 +716,6 @@ impl TcpDevice {
         if !self.feed_parked(idx) {
             return;
         }
-        if self.conns[idx].as_ref().is_some_and(|c| c.peer_done) {
-            // The peer's end of stream was read already, and the connection closes once the
-            // host has answered it: reading it again must not end the connection first.
-            return;
-        }
         loop {
             if !self.may_deliver() {
                 self.read_later(idx);
@@ -726,6 +724,11 @@ impl TcpDevice {
             let Some(c) = self.conns[idx].as_mut() else {
                 return;
             };
+            if c.peer_done {
+                // The peer's end of stream was read already, and the connection closes once
+                // the host has answered it: reading it again must not end it first.
+                return;
+            }
             if let Some(target) = c.proto.decoder().direct_target() {
                 let want = target.len();
                 match c.sock.read(target) {
@@ -1498,6 +1501,11 @@ impl Device for TcpDevice {
     }
 
     fn complete(&mut self, irb: &mut CompletingIrb) {
+        let held = std::mem::take(&mut irb.frame::<TcpFrame>().held);
+        if held != 0 {
+            self.pool.release(held);
+            return;
+        }
         if irb.op() == Op::PeerDisconnect {
             // The host delivered the peer's close, after everything before it: what it sent
             // in answer has reached this device; the connection closes at the next poll.
@@ -1510,10 +1518,7 @@ impl Device for TcpDevice {
             {
                 self.finishing.push(idx);
             }
-            return;
         }
-        let held = std::mem::take(&mut irb.frame::<TcpFrame>().held);
-        self.pool.release(held);
     }
 
     fn poll(&mut self, budget: usize) -> usize {
