@@ -260,6 +260,7 @@ impl IrbSlot {
     }
 
     /// Total bytes in the send buffers.
+    #[inline]
     pub fn buffers_len(&self) -> u64 {
         self.bufs.iter().map(|b| b.len() as u64).sum()
     }
@@ -432,7 +433,10 @@ impl IrbPool {
         s.unwound = false;
         s.timed = false;
         s.token = 0;
-        s.bufs.clear();
+        if !s.bufs.is_empty() {
+            // Only then: clearing an empty vector still calls the slice's drop glue.
+            s.bufs.clear();
+        }
         s.attached.clear();
         s.peer_host.clear();
         s.peer_key.clear();
