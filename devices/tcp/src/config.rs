@@ -81,6 +81,12 @@ pub const PARAMS: &[VmiParamSpec] = &[
         c"most connections at once; more are answered 'busy' and closed",
     ),
     param(
+        c"recv_poll_bytes",
+        VMI_PARAM_UINT,
+        c"256k",
+        c"a poll stops reading once the fragments it handed up as IRBs hold this many bytes (at least one fragment): the buffers they fill stay few and warm in the cache until the application has them",
+    ),
+    param(
         c"nodelay",
         VMI_PARAM_BOOL,
         c"true",
@@ -113,6 +119,8 @@ pub struct TcpConfig {
     pub max_connect_data: u32,
     /// TCP_NODELAY.
     pub nodelay: bool,
+    /// Bytes of fragments handed up as IRBs after which a poll stops reading.
+    pub recv_poll_bytes: usize,
     /// Most connections at once.
     pub max_connections: usize,
     /// Silence after which a peer is lost (zero: never).
@@ -144,6 +152,7 @@ impl TcpConfig {
             max_connect_data: u32::try_from(c.get_u64("max_connect_data").map_err(e)?)
                 .map_err(|_| "parameter 'max_connect_data' is over 4 GiB".to_string())?,
             nodelay: c.get_bool("nodelay").map_err(e)?,
+            recv_poll_bytes: (c.get_u64("recv_poll_bytes").map_err(e)? as usize).max(1),
             max_connections: c.get_u64("max_connections").map_err(e)?.max(1) as usize,
             peer_timeout: c.get_millis("peer_timeout_ms").map_err(e)?,
             auth_key_file: c.get("auth_key_file").map_err(e)?.to_string(),
