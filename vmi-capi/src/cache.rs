@@ -39,25 +39,10 @@ pub struct VMI_CACHE_ENTRY {
 #[allow(non_camel_case_types)]
 pub type PVMI_CACHE_ENTRY = *mut VMI_CACHE_ENTRY;
 
-/// What the cache did (vmi's addition, for programs; `VMI_Cache_Stats` prints it).
-#[repr(C)]
-#[derive(Debug, Default, Clone, Copy)]
-pub struct VMI_CACHE_STATS {
-    /// Registrations found in the cache.
-    pub hits: u64,
-    /// Registrations made.
-    pub misses: u64,
-    /// Registrations dropped because their memory was unmapped, released or moved.
-    pub invalidated: u64,
-    /// Registrations dropped to stay under the limit.
-    pub evicted: u64,
-    /// Registrations made for one use (memory that cannot be watched, or the cache off).
-    pub uncached: u64,
-    /// Registrations held now.
-    pub entries: u64,
-    /// Bytes they cover.
-    pub bytes: u64,
-}
+/// What the cache did (vmi's addition, for programs; `VMI_Cache_Stats` prints it): the
+/// cache's own statistics, laid out for C.
+#[allow(non_camel_case_types)]
+pub type VMI_CACHE_STATS = vmi_core::sdk::regcache::CacheStats;
 
 /// The cache and the entries handed to C.
 #[derive(Default)]
@@ -209,17 +194,9 @@ pub extern "C" fn VMI_Cache_Stats() -> VMI_STATUS {
 
 fn stats() -> VMI_CACHE_STATS {
     state::tables(|t| {
-        t.cache.cache.as_ref().map_or_else(Default::default, |c| {
-            let s = c.stats();
-            VMI_CACHE_STATS {
-                hits: s.hits,
-                misses: s.misses,
-                invalidated: s.invalidated,
-                evicted: s.evicted,
-                uncached: s.uncached,
-                entries: s.entries,
-                bytes: s.bytes,
-            }
-        })
+        t.cache
+            .cache
+            .as_ref()
+            .map_or_else(Default::default, |c| c.stats())
     })
 }

@@ -24,8 +24,10 @@ use crate::memwatch::{Seen, Watcher, watcher};
 /// Page size assumed for aligning ranges (the watcher needs whole pages).
 const PAGE: u64 = 4096;
 
-/// What the cache did, for `vmi-info` and tuning (VMI 2.1: `VMI_Cache_Stats`).
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+/// What the cache did, for `vmi-info` and tuning (VMI 2.1: `VMI_Cache_Stats`). `repr(C)`:
+/// the C API hands it to programs as `VMI_CACHE_STATS` (seven `uint64_t`, in this order).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct CacheStats {
     /// Look-ups served by a cached registration.
     pub hits: u64,
@@ -124,7 +126,7 @@ impl<H: Copy> RegCache<H> {
         CacheStats {
             entries: self.entries.len() as u64,
             bytes: self.entries.values().map(|e| e.end - e.start).sum(),
-            ..self.stats.clone()
+            ..self.stats
         }
     }
 
