@@ -47,19 +47,6 @@ pub unsafe fn copy_small(src: *const u8, dst: *mut u8, len: usize) {
     }
 }
 
-/// Copies `src` into `dst` as [`copy_small`] does (no call into `memcpy` for 4 to 64 bytes),
-/// for callers without `unsafe`.
-///
-/// # Panics
-/// If the two lengths differ (as `copy_from_slice`).
-#[inline(always)]
-pub fn copy_slice(dst: &mut [u8], src: &[u8]) {
-    assert_eq!(dst.len(), src.len(), "copy_slice: lengths differ");
-    // SAFETY: `src` is readable and `dst` writable for `src.len()` bytes (checked above), and
-    // a shared and a unique borrow cannot overlap.
-    unsafe { copy_small(src.as_ptr(), dst.as_mut_ptr(), src.len()) }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -73,9 +60,6 @@ mod tests {
             unsafe { copy_small(src.as_ptr(), dst.as_mut_ptr().add(3), len) };
             assert_eq!(&dst[3..3 + len], &src[..len], "len {len}");
             assert!(dst[..3].iter().all(|&b| b == 0) && dst[3 + len..].iter().all(|&b| b == 0));
-            let mut safe = vec![0u8; len];
-            copy_slice(&mut safe, &src[..len]);
-            assert_eq!(safe, src[..len]);
         }
     }
 }

@@ -164,23 +164,7 @@ pub(crate) fn transmit(
     let message = core.engine.conns().tx_messages(conn);
     let len = header.len() + payload;
     let direct = mode == Mode::Now || core.deferred.is_empty();
-    if direct && len <= SMALL_MESSAGE {
-        // Small (a header and a few bytes, the common request and reply): gathered on the
-        // stack without calls into memcpy, and straight to the transport if it takes it.
-        let mut buf = [0u8; SMALL_MESSAGE];
-        let (head, rest) = buf.split_at_mut(header.len());
-        vmi_device::copy::copy_slice(head, header);
-        let mut at = 0;
-        for p in parts {
-            vmi_device::copy::copy_slice(&mut rest[at..at + p.len()], p);
-            at += p.len();
-        }
-        let flags = VMI_FLAG_END | VMI_FLAG_MSG;
-        if core.engine.send_whole_direct(conn, flags, &buf[..len]) {
-            return Ok(message);
-        }
-    }
-    let gathered = direct && len > SMALL_MESSAGE && len <= SCRATCH_KEPT;
+    let gathered = direct && len <= SCRATCH_KEPT;
     if gathered {
         // Gathered in the scratch buffer, and straight to the transport when it takes it.
         let bytes = &mut core.msg.scratch;
@@ -237,9 +221,6 @@ fn transmit_slow(
     core.issue(s, mode);
     Ok(())
 }
-
-/// The largest message gathered on the stack to go straight to the transport.
-const SMALL_MESSAGE: usize = 64;
 
 /// The largest message gathered in the scratch buffer to go straight to the transport (a
 /// transport's `send_inline` takes small messages only; larger ones go as IRBs and are
