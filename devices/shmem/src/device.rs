@@ -178,11 +178,13 @@ impl Conn {
     }
 }
 
-/// Per-IRB frame: the received buffer an IRB points at (a `HeldBuffers` handle).
+/// Per-IRB frame: the received buffer an IRB points at (a `HeldBuffers` handle), and for a
+/// PEER_DISCONNECT IRB the connection it reports (index + 1).
 #[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
 #[repr(C)]
 pub struct ShmemFrame {
     held: u32,
+    finished: u32,
 }
 
 /// The shared-memory transport.
@@ -427,15 +429,23 @@ impl ShmemDevice {
                 self.end(idx, Status::Ok, &detail, true);
             } else if status == Status::Ok && c.state == State::Open {
                 // The peer said goodbye first: the application hears of it, and this
-                // side's host may still send (a notice that a message failed) until the
-                // goodbye is answered at the next poll.
+                // side's host may still send what the fragments before it call for (a
+                // notice that a message failed), which may take it more than one poll: the
+                // goodbye is answered once the host has released this report (`complete`),
+                // at the next poll after that.
                 c.peer_done = true;
                 let vmi = c.vmi;
-                self.finishing.push(idx);
-                if let Some(mut irb) = self.host.alloc_irb(Op::PeerDisconnect, vmi) {
-                    irb.set_detail(&detail);
-                    irb.set_status(Status::Ok);
-                    irb.pass();
+                match self.host.alloc_irb(Op::PeerDisconnect, vmi) {
+                    Some(mut irb) => {
+                        *irb.frame::<ShmemFrame>() = ShmemFrame {
+                            held: 0,
+                            finished: idx as u32 + 1,
+                        };
+                        irb.set_detail(&detail);
+                        irb.set_status(Status::Ok);
+                        irb.pass();
+                    }
+                    None => self.finishing.push(idx),
                 }
             } else {
                 self.end(idx, status, &detail, false);
@@ -1816,7 +1826,23 @@ impl Device for ShmemDevice {
 
     fn complete(&mut self, irb: &mut CompletingIrb) {
         let held = std::mem::take(&mut irb.frame::<ShmemFrame>().held);
-        self.pool.release(held);
+        if held != 0 {
+            self.pool.release(held);
+            return;
+        }
+        if irb.op() == Op::PeerDisconnect {
+            // The host delivered the peer's goodbye after everything before it: what it
+            // sent in answer is queued here; the goodbye is answered at the next poll.
+            let finished = std::mem::take(&mut irb.frame::<ShmemFrame>().finished);
+            if let Some(idx) = (finished as usize).checked_sub(1)
+                && self
+                    .conns
+                    .get(idx)
+                    .is_some_and(|c| c.as_ref().is_some_and(|c| c.peer_done))
+            {
+                self.finishing.push(idx);
+            }
+        }
     }
 
     fn poll(&mut self, budget: usize) -> usize {
@@ -1896,7 +1922,10 @@ impl Device for ShmemDevice {
 
 impl Drop for ShmemDevice {
     fn drop(&mut self) {
-        for idx in std::mem::take(&mut self.finishing) {
+        // Every goodbye not answered yet is answered now (the host may not have released
+        // its report before it let go of this device).
+        self.finishing.clear();
+        for idx in 0..self.conns.len() {
             if self.conns[idx].as_ref().is_some_and(|c| c.peer_done) {
                 self.finish(idx);
             }
