@@ -108,16 +108,22 @@ struct Link {
     /// This side's Disconnect, waiting for the peer's close in answer (its last messages,
     /// the notices of failed messages among them, come first), and when it gives up.
     closing: Option<(Irb, Instant)>,
-    /// The peer closed first: answer with this side's close at the next poll, after the
-    /// host's last sends.
+    /// The peer closed first: answer with this side's close once the host has released the
+    /// report of it (`released`), after the host's last sends.
     answer_close: bool,
+    /// The host released the PEER_DISCONNECT report (the device's completion step for it):
+    /// every fragment before the close, and what the host sent in answer to them (notices of
+    /// failed messages, over as many polls as it took), went first.
+    released: bool,
 }
 
-/// Per-IRB frame: which received payload the IRB points at (index + 1, 0 for none).
+/// Per-IRB frame: which received payload the IRB points at (index + 1, 0 for none), and for a
+/// PEER_DISCONNECT IRB whether it reports the peer's close (1) that this side must answer.
 #[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
 #[repr(C)]
 pub struct LoopFrame {
     held: u32,
+    goodbye: u32,
 }
 
 /// In-process transport.
@@ -233,7 +239,7 @@ impl LoopbackDevice {
                 continue;
             };
             if link.answer_close {
-                if self.blocked.iter().any(|b| b.conn() == conn) {
+                if !link.released || self.blocked.iter().any(|b| b.conn() == conn) {
                     self.closes.push(conn);
                     continue;
                 }
@@ -333,6 +339,7 @@ impl LoopbackDevice {
                         connect: None,
                         closing: None,
                         answer_close: false,
+                        released: false,
                     },
                 );
                 irb.set_peer("loopback", &from_key);
@@ -393,20 +400,31 @@ impl LoopbackDevice {
                     self.closes.retain(|&c| c != to);
                     return irb.complete(Status::Ok);
                 }
+                let answer = !lost && !link.answer_close;
                 if lost {
                     self.links.remove(&to);
-                } else if !link.answer_close {
-                    // The peer closed first: this side answers at the next poll, after its
-                    // host's last sends (notices of the peer's failed messages).
+                } else if answer {
+                    // The peer closed first: this side answers once its host has released
+                    // the report (`complete`), after its last sends (notices of the peer's
+                    // failed messages, which may take it several polls).
                     link.answer_close = true;
                     self.closes.push(to);
                 }
-                if let Some(mut irb) = self.host.alloc_irb(Op::PeerDisconnect, to) {
-                    if lost {
-                        irb.set_detail("the peer aborted the connection");
-                        irb.set_status(Status::ConnectionLost);
+                match self.host.alloc_irb(Op::PeerDisconnect, to) {
+                    Some(mut irb) => {
+                        if lost {
+                            irb.set_detail("the peer aborted the connection");
+                            irb.set_status(Status::ConnectionLost);
+                        }
+                        irb.frame::<LoopFrame>().goodbye = u32::from(answer);
+                        irb.pass();
                     }
-                    irb.pass();
+                    None => {
+                        // No report to wait for: answer at the next poll.
+                        if let Some(link) = self.links.get_mut(&to) {
+                            link.released = true;
+                        }
+                    }
                 }
             }
         }
@@ -511,6 +529,7 @@ impl Device for LoopbackDevice {
                         connect: Some(irb),
                         closing: None,
                         answer_close: false,
+                        released: false,
                     },
                 );
                 Disposition::Pending
@@ -613,12 +632,19 @@ impl Device for LoopbackDevice {
     }
 
     fn complete(&mut self, irb: &mut CompletingIrb) {
-        let held = std::mem::take(&mut irb.frame::<LoopFrame>().held);
-        if held > 0 {
-            if let Some(v) = self.held[(held - 1) as usize].take() {
+        let frame = std::mem::take(irb.frame::<LoopFrame>());
+        if frame.held > 0 {
+            if let Some(v) = self.held[(frame.held - 1) as usize].take() {
                 give_buffer(v);
             }
-            self.free_held.push(held - 1);
+            self.free_held.push(frame.held - 1);
+        }
+        if frame.goodbye != 0
+            && let Some(link) = self.links.get_mut(&irb.conn())
+        {
+            // The host delivered the peer's close after everything before it: what it sent
+            // in answer is queued; the close is answered at the next poll.
+            link.released = true;
         }
     }
 
@@ -630,10 +656,11 @@ impl Device for LoopbackDevice {
         // rings the host's doorbell.
         let ready = !self.blocked.is_empty()
             || (!self.inbox_empty() && self.host.irbs_available() > 0)
-            || self
-                .closes
-                .iter()
-                .any(|c| self.links.get(c).is_some_and(|l| l.answer_close));
+            || self.closes.iter().any(|c| {
+                self.links
+                    .get(c)
+                    .is_some_and(|l| l.answer_close && l.released)
+            });
         if ready {
             return (None, Some(Duration::ZERO));
         }

@@ -294,6 +294,10 @@ pub struct Conn {
     /// The peer said bye and the application heard of it: say bye in turn once this side's
     /// last sends (the host's notices) are done, then close.
     pub peer_done: bool,
+    /// The host released the report of the peer's close (its completion step): every
+    /// fragment before the bye went up first, and the host's notices about them (over as many
+    /// polls as it took) were sent first.
+    pub released: bool,
     /// The side channel reached its end.
     pub eof: bool,
     /// Next send token.
@@ -348,6 +352,7 @@ impl Conn {
             closing: None,
             bye_sent: false,
             peer_done: false,
+            released: false,
             eof: false,
             next_token: 1,
             domain: 0,

@@ -446,7 +446,7 @@ impl VerbsDevice {
                 continue;
             }
             if c.peer_done {
-                if c.stage == Stage::Open && c.is_idle() {
+                if c.stage == Stage::Open && c.released && c.is_idle() {
                     // The host's last sends (its notices of failed messages) are done: bye in
                     // turn, then linger until the peer closes the side channel.
                     let frames = c.ep.as_ref().map_or(0, |e| e.frames_sent());
@@ -518,13 +518,19 @@ impl VerbsDevice {
         c.deadline = Some(Instant::now() + LINGER);
         let vmi = c.vmi;
         if vmi == 0 {
+            c.released = true;
             return;
         }
         self.budget_left -= 1;
-        if let Some(mut irb) = self.host.alloc_irb(Op::PeerDisconnect, vmi) {
-            irb.set_detail("the peer closed the connection");
-            irb.set_status(Status::Ok);
-            irb.pass();
+        match self.host.alloc_irb(Op::PeerDisconnect, vmi) {
+            Some(mut irb) => {
+                irb.set_detail("the peer closed the connection");
+                irb.set_status(Status::Ok);
+                irb.frame::<VerbsFrame>().goodbye = 1;
+                irb.pass();
+            }
+            // No report to wait for.
+            None => c.released = true,
         }
     }
 }

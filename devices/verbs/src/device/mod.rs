@@ -77,6 +77,10 @@ pub struct VerbsFrame {
     held: u32,
     /// A read fragment's handle in `big` (0: none).
     big: u32,
+    /// A PEER_DISCONNECT report of the peer's bye, which this side answers once released.
+    goodbye: u32,
+    /// Keeps the frame a whole number of words.
+    _pad: u32,
 }
 
 /// The verbs transport.
@@ -695,6 +699,15 @@ impl Device for VerbsDevice {
         if f.held != 0 {
             self.held.release(f.held);
         }
+        if f.goodbye != 0
+            && let Some(&idx) = self.by_vmi.get(&irb.conn())
+            && let Some(c) = conn!(self, idx)
+            && c.peer_done
+        {
+            // The host delivered the peer's bye after everything before it: what it sent in
+            // answer is queued; the bye is answered once those sends are done (`maintain`).
+            c.released = true;
+        }
         if f.big != 0
             && let Some(b) = self.big.remove(&f.big)
         {
@@ -806,7 +819,7 @@ impl Device for VerbsDevice {
             .conns
             .iter()
             .flatten()
-            .any(|c| !c.up.is_empty() || c.peer_done);
+            .any(|c| !c.up.is_empty() || (c.peer_done && c.released && c.stage == Stage::Open));
         if self.more || pending {
             return (fd, Some(Duration::ZERO));
         }
