@@ -26,6 +26,16 @@ impl<T> Table<T> {
         (u64::from(self.generation) << 32) | index as u64
     }
 
+    /// Stores the value `make` builds from its key; returns the key (never 0).
+    #[inline(always)]
+    pub fn insert_with(&mut self, make: impl FnOnce(u64) -> T) -> u64 {
+        self.generation = self.generation.wrapping_add(1).max(1);
+        let entry = self.slab.vacant_entry();
+        let key = (u64::from(self.generation) << 32) | entry.key() as u64;
+        entry.insert((self.generation, make(key)));
+        key
+    }
+
     fn split(key: u64) -> (usize, u32) {
         ((key & 0xffff_ffff) as usize, (key >> 32) as u32)
     }

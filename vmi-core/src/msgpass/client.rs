@@ -46,10 +46,7 @@ impl Client {
     #[inline(always)]
     pub fn issue(&mut self, p: Pending) -> u64 {
         let deadline = p.deadline;
-        let id = self.pending.insert(p);
-        if let Some(entry) = self.pending.get_mut(id) {
-            entry.id = id;
-        }
+        let id = self.pending.insert_with(|id| Pending { id, ..p });
         if let Some(d) = deadline {
             self.timed += 1;
             self.deadlines.push(Reverse((d, id)));

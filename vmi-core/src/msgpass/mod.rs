@@ -350,7 +350,7 @@ pub(crate) fn answer(
             )?;
         }
     }
-    core.msg.server.take(rcvid.0);
+    core.msg.server.forget(rcvid.0);
     Ok(())
 }
 

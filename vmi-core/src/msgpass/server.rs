@@ -3,7 +3,7 @@
 //! order within a priority). No I/O.
 #![forbid(unsafe_code)]
 
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
 
 use crate::table::Table;
@@ -32,6 +32,8 @@ impl Default for ServerLimits {
 /// A request received and not yet answered.
 #[derive(Debug)]
 pub struct Held {
+    /// Its receive id, as the application knows it.
+    pub id: u64,
     /// The connection it came on.
     pub conn: ConnId,
     /// The client's id for it.
@@ -50,6 +52,8 @@ pub struct Held {
     pub reply: Vec<u8>,
     /// Delivered to the application's `request` callback already.
     pub delivered: bool,
+    /// Its place in arrival order.
+    arrival: u64,
 }
 
 /// Something waiting to be delivered.
@@ -120,7 +124,16 @@ struct PerConn {
     held: Vec<u64>,
 }
 
+/// The index part of the receive id of a request delivered at once (see
+/// [`Server::request_now`]); the table's own keys never reach it (it would take 2^32 - 1
+/// requests held at once, far over any [`ServerLimits`]).
+const NOW_INDEX: u64 = 0xffff_ffff;
+
 /// The server side's state.
+///
+/// A request delivered at once, whose callback usually answers it, is not put in the table:
+/// it waits in `current` under a receive id of its own ([`NOW_INDEX`]) and goes into the
+/// table only if the callback keeps it (`kept` then maps its receive id to its table key).
 #[derive(Default)]
 pub struct Server {
     limits: ServerLimits,
@@ -129,6 +142,14 @@ pub struct Server {
     conns: Vec<PerConn>,
     bytes: usize,
     queue: BinaryHeap<Queued>,
+    /// The request delivered at once whose callback runs.
+    current: Option<Held>,
+    /// Generation of the last receive id given to a request delivered at once.
+    now_generation: u32,
+    /// Requests delivered at once and kept past their callback: receive id → table key.
+    kept: HashMap<u64, u64>,
+    /// Requests arrived so far (arrival order across both kinds of receive id).
+    arrived: u64,
 }
 
 impl Server {
@@ -140,7 +161,7 @@ impl Server {
         }
     }
 
-    /// The held requests' receive ids of `conn` (an empty list for a new connection).
+    /// The held requests' table keys of `conn` (an empty list for a new connection).
     fn per_conn(&mut self, conn: ConnId) -> &mut Vec<u64> {
         let i = conn.index();
         if self.conns.len() <= i {
@@ -164,16 +185,18 @@ impl Server {
         reply_max: usize,
         data: &[u8],
     ) -> Result<u64, NotTaken> {
-        let rcvid = self.hold(conn, client_id, priority, reply_max, data.len())?;
-        self.keep(rcvid, data);
+        self.check(conn, client_id, data.len())?;
+        let mut h = self.new_held(conn, client_id, priority, reply_max, data.len());
+        h.data = Some(Arc::from(data));
+        let rcvid = self.insert(h);
         self.push(priority, Incoming::Request(rcvid));
         Ok(rcvid)
     }
 
     /// A request arrived that is delivered at once, nothing being queued ahead of it: holds
-    /// it, marked delivered, with no copy of its bytes; the caller gives them to the
-    /// handler where they arrived and then, if the request is still held, keeps them with
-    /// [`Server::keep`].
+    /// it, marked delivered, with no copy of its bytes and outside the table; the caller
+    /// gives them to the handler where they arrived and then, if the request is still held,
+    /// keeps them with [`Server::keep`].
     #[inline(always)]
     pub fn request_now(
         &mut self,
@@ -183,10 +206,25 @@ impl Server {
         reply_max: usize,
         len: usize,
     ) -> Result<u64, NotTaken> {
-        let rcvid = self.hold(conn, client_id, priority, reply_max, len)?;
-        if let Some(h) = self.held.get_mut(rcvid) {
-            h.delivered = true;
+        self.check(conn, client_id, len)?;
+        let mut h = self.new_held(conn, client_id, priority, reply_max, len);
+        h.delivered = true;
+        if self.current.is_some() {
+            // A callback delivering a request at once runs already (not done by vmi: a
+            // request arrives in a poll, not in a callback): this one goes in the table.
+            return Ok(self.insert(h));
         }
+        let mut rcvid;
+        loop {
+            self.now_generation = self.now_generation.wrapping_add(1).max(1);
+            rcvid = (u64::from(self.now_generation) << 32) | NOW_INDEX;
+            // After 2^32 requests the generation comes round: never reuse a kept one's id.
+            if self.kept.is_empty() || !self.kept.contains_key(&rcvid) {
+                break;
+            }
+        }
+        h.id = rcvid;
+        self.current = Some(h);
         Ok(rcvid)
     }
 
@@ -194,39 +232,79 @@ impl Server {
     /// its callback (nothing when it was answered, or already has its bytes).
     #[inline(always)]
     pub fn keep(&mut self, rcvid: u64, data: &[u8]) {
-        if let Some(h) = self.held.get_mut(rcvid)
+        if self.current.as_ref().is_some_and(|h| h.id == rcvid) {
+            self.keep_current(data);
+        } else if rcvid & NOW_INDEX != NOW_INDEX {
+            // Delivered at once from the table (see `request_now`).
+            self.keep_held(rcvid, data);
+        }
+    }
+
+    /// [`Server::keep`] for a request in the table.
+    #[inline(never)]
+    fn keep_held(&mut self, rcvid: u64, data: &[u8]) {
+        if let Some(h) = self.get_mut(rcvid)
             && h.data.is_none()
         {
             h.data = Some(Arc::from(data));
         }
     }
 
-    /// Holds a request of `len` bytes (no bytes yet), or says why not.
+    /// Moves the request delivered at once into the table, with a copy of its bytes.
+    #[inline(never)]
+    fn keep_current(&mut self, data: &[u8]) {
+        let Some(mut h) = self.current.take() else {
+            return;
+        };
+        let rcvid = h.id;
+        h.data = Some(Arc::from(data));
+        let key = self.insert(h);
+        if let Some(h) = self.held.get_mut(key) {
+            h.id = rcvid;
+        }
+        self.kept.insert(rcvid, key);
+    }
+
+    /// Says why a request of `len` bytes from `conn` with `client_id` is not taken, if not.
     #[inline(always)]
-    fn hold(
-        &mut self,
-        conn: ConnId,
-        client_id: u64,
-        priority: u8,
-        reply_max: usize,
-        len: usize,
-    ) -> Result<u64, NotTaken> {
-        let list = self.per_conn(conn);
-        if list.len() >= self.limits.per_conn {
+    fn check(&mut self, conn: ConnId, client_id: u64, len: usize) -> Result<(), NotTaken> {
+        // The connection's held requests (none if its slot is another's or not made yet).
+        let list: &[u64] = match self.conns.get(conn.index()) {
+            Some(pc) if pc.conn == Some(conn) => &pc.held,
+            _ => &[],
+        };
+        let current = self.current.as_ref().filter(|h| h.conn == conn);
+        if list.len() + usize::from(current.is_some()) >= self.limits.per_conn {
             return Err(NotTaken::TooMany);
         }
         if self.bytes + len > self.limits.bytes {
             return Err(NotTaken::TooManyBytes);
         }
         let held = &self.held;
-        let duplicate = self.conns[conn.index()]
-            .held
-            .iter()
-            .any(|&r| held.get(r).is_some_and(|h| h.client_id == client_id));
+        let duplicate = current.is_some_and(|h| h.client_id == client_id)
+            || list
+                .iter()
+                .any(|&r| held.get(r).is_some_and(|h| h.client_id == client_id));
         if duplicate {
             return Err(NotTaken::Duplicate);
         }
-        let rcvid = self.held.insert(Held {
+        self.bytes += len;
+        Ok(())
+    }
+
+    /// A held request of `len` bytes (counted by `check`), no bytes kept yet.
+    #[inline(always)]
+    fn new_held(
+        &mut self,
+        conn: ConnId,
+        client_id: u64,
+        priority: u8,
+        reply_max: usize,
+        len: usize,
+    ) -> Held {
+        self.arrived += 1;
+        Held {
+            id: 0,
             conn,
             client_id,
             priority,
@@ -235,10 +313,25 @@ impl Server {
             len,
             reply: Vec::new(),
             delivered: false,
-        });
-        self.conns[conn.index()].held.push(rcvid);
-        self.bytes += len;
-        Ok(rcvid)
+            arrival: self.arrived,
+        }
+    }
+
+    /// Puts a held request in the table; returns its key (and receive id, unless kept).
+    fn insert(&mut self, h: Held) -> u64 {
+        let conn = h.conn;
+        let key = self.held.insert_with(|id| Held { id, ..h });
+        self.per_conn(conn).push(key);
+        key
+    }
+
+    /// The table key of receive id `rcvid` (not the request delivered at once).
+    #[inline(always)]
+    fn key(&self, rcvid: u64) -> Option<u64> {
+        if rcvid & NOW_INDEX == NOW_INDEX {
+            return self.kept.get(&rcvid).copied();
+        }
+        Some(rcvid)
     }
 
     /// A pulse arrived: queues it.
@@ -279,23 +372,57 @@ impl Server {
     }
 
     /// A held request.
+    #[inline(always)]
     pub fn get(&self, rcvid: u64) -> Option<&Held> {
-        self.held.get(rcvid)
+        if let Some(h) = self.current.as_ref().filter(|h| h.id == rcvid) {
+            return Some(h);
+        }
+        self.held.get(self.key(rcvid)?)
     }
 
     /// A held request, to write reply bytes into.
     pub fn get_mut(&mut self, rcvid: u64) -> Option<&mut Held> {
-        self.held.get_mut(rcvid)
+        if self.current.as_ref().is_some_and(|h| h.id == rcvid) {
+            return self.current.as_mut();
+        }
+        let key = self.key(rcvid)?;
+        self.held.get_mut(key)
     }
 
     /// Removes a held request (answered, cancelled by its client, or its connection
     /// closed).
     #[inline(always)]
     pub fn take(&mut self, rcvid: u64) -> Option<Held> {
-        let h = self.held.remove(rcvid)?;
+        if self.current.as_ref().is_some_and(|h| h.id == rcvid) {
+            let h = self.current.take()?;
+            self.bytes -= h.len;
+            return Some(h);
+        }
+        self.take_held(rcvid)
+    }
+
+    /// Removes a held request that was answered (as [`Server::take`], dropping it in place).
+    #[inline(always)]
+    pub fn forget(&mut self, rcvid: u64) {
+        if let Some(h) = self.current.as_ref().filter(|h| h.id == rcvid) {
+            self.bytes -= h.len;
+            self.current = None;
+        } else {
+            self.take_held(rcvid);
+        }
+    }
+
+    /// [`Server::take`] for a request in the table.
+    #[inline(never)]
+    fn take_held(&mut self, rcvid: u64) -> Option<Held> {
+        let key = self.key(rcvid)?;
+        let h = self.held.remove(key)?;
+        if key != rcvid {
+            self.kept.remove(&rcvid);
+        }
         self.bytes -= h.len;
         let list = self.per_conn(h.conn);
-        if let Some(i) = list.iter().position(|&r| r == rcvid) {
+        if let Some(i) = list.iter().position(|&r| r == key) {
             list.swap_remove(i);
         }
         Some(h)
@@ -303,28 +430,41 @@ impl Server {
 
     /// The receive id of the request `client_id` from `conn`.
     pub fn find(&mut self, conn: ConnId, client_id: u64) -> Option<u64> {
+        if let Some(h) = self
+            .current
+            .as_ref()
+            .filter(|h| h.conn == conn && h.client_id == client_id)
+        {
+            return Some(h.id);
+        }
         let held = &self.held;
         let i = conn.index();
         let pc = self.conns.get(i).filter(|pc| pc.conn == Some(conn))?;
         pc.held
             .iter()
-            .copied()
-            .find(|&r| held.get(r).is_some_and(|h| h.client_id == client_id))
+            .filter_map(|&r| held.get(r))
+            .find(|h| h.client_id == client_id)
+            .map(|h| h.id)
     }
 
     /// Drops everything of a closed connection; returns the receive ids of the requests
     /// the application had been given (it may still hold them), oldest first.
     pub fn conn_closed(&mut self, conn: ConnId) -> Vec<u64> {
-        let mut ids = std::mem::take(self.per_conn(conn));
-        // Keys grow with their generation: this is arrival order.
-        ids.sort_unstable();
+        let keys = std::mem::take(self.per_conn(conn));
+        let mut gone: Vec<Held> = keys
+            .into_iter()
+            .filter_map(|k| self.held.remove(k))
+            .collect();
+        if self.current.as_ref().is_some_and(|h| h.conn == conn) {
+            gone.extend(self.current.take());
+        }
+        gone.sort_unstable_by_key(|h| h.arrival);
         let mut delivered = Vec::new();
-        for r in ids {
-            if let Some(h) = self.held.remove(r) {
-                self.bytes -= h.len;
-                if h.delivered {
-                    delivered.push(r);
-                }
+        for h in gone {
+            self.bytes -= h.len;
+            self.kept.remove(&h.id);
+            if h.delivered {
+                delivered.push(h.id);
             }
         }
         delivered
@@ -332,7 +472,7 @@ impl Server {
 
     /// Requests waiting for an answer.
     pub fn held(&self) -> usize {
-        self.held.len()
+        self.held.len() + usize::from(self.current.is_some())
     }
 }
 
@@ -404,6 +544,68 @@ mod tests {
         assert_eq!(s.held(), 1);
     }
 
+    #[test]
+    fn a_request_delivered_at_once_and_answered_never_enters_the_table() {
+        let mut s = Server::new(ServerLimits {
+            per_conn: 2,
+            bytes: 10,
+        });
+        let c = ConnId(1);
+        let r = s.request_now(c, 7, 3, 8, 5).unwrap();
+        assert_eq!(s.held(), 1);
+        assert_eq!(
+            s.get(r).map(|h| (h.client_id, h.delivered)),
+            Some((7, true))
+        );
+        assert_eq!(s.find(c, 7), Some(r));
+        assert_eq!(s.request_now(c, 7, 0, 8, 1), Err(NotTaken::Duplicate));
+        assert_eq!(
+            s.request(c, 8, 0, 8, b"123456"),
+            Err(NotTaken::TooManyBytes)
+        );
+        s.request(c, 8, 0, 8, b"1").unwrap();
+        assert_eq!(
+            s.request(c, 9, 0, 8, b""),
+            Err(NotTaken::TooMany),
+            "the request in its callback counts against the connection's limit"
+        );
+        s.forget(r);
+        assert_eq!(s.get(r).map(|h| h.id), None);
+        assert_eq!(s.held(), 1);
+        assert_eq!(s.bytes, 1);
+        s.keep(r, b"late");
+        assert_eq!(s.held(), 1, "keeping an answered request keeps nothing");
+    }
+
+    #[test]
+    fn a_kept_request_keeps_its_receive_id_and_its_bytes() {
+        let mut s = Server::default();
+        let c = ConnId(1);
+        let early = s.request(c, 1, 0, 8, b"a").unwrap();
+        let r = s.request_now(c, 2, 0, 8, 3).unwrap();
+        s.keep(r, b"xyz");
+        let later = s.request_now(c, 3, 0, 8, 0).unwrap();
+        assert_ne!(later, r);
+        s.keep(later, b"");
+        let h = s.get(r).unwrap();
+        assert_eq!(
+            (h.id, h.client_id, h.data.as_deref()),
+            (r, 2, Some(&b"xyz"[..]))
+        );
+        s.get_mut(r).unwrap().reply.push(1);
+        assert_eq!(s.find(c, 2), Some(r));
+        assert_eq!(s.take(r).map(|h| h.reply), Some(vec![1]));
+        assert_eq!(s.get(r).map(|h| h.id), None, "a taken id finds nothing");
+        assert!(s.kept.get(&r).is_none());
+        let s2 = s.request_now(c, 4, 0, 8, 0).unwrap();
+        assert_eq!(
+            s.conn_closed(c),
+            vec![later, s2],
+            "the delivered ones, in arrival order ({early} was never delivered)"
+        );
+        assert_eq!((s.held(), s.bytes, s.kept.len()), (0, 0, 0));
+    }
+
     #[derive(Debug, Clone)]
     enum Op {
         Request {
@@ -423,6 +625,13 @@ mod tests {
         },
         Close(u8),
         Next(u8),
+        /// Delivered at once; kept past its callback or answered in it.
+        Now {
+            conn: u8,
+            id: u8,
+            len: u8,
+            keep: bool,
+        },
     }
 
     fn op() -> impl proptest::strategy::Strategy<Value = Op> {
@@ -439,6 +648,12 @@ mod tests {
             (0..4u8, 0..16u8).prop_map(|(conn, id)| Op::Cancel { conn, id }),
             (0..4u8).prop_map(Op::Close),
             (0..64u8).prop_map(Op::Next),
+            (0..4u8, 0..16u8, 0..40u8, any::<bool>()).prop_map(|(conn, id, len, keep)| Op::Now {
+                conn,
+                id,
+                len,
+                keep
+            }),
         ]
     }
 
@@ -472,6 +687,20 @@ mod tests {
                     }
                     Op::Close(c) => {
                         s.conn_closed(ConnId(c as u64));
+                    }
+                    Op::Now { conn, id, len, keep } => {
+                        let c = ConnId(conn as u64);
+                        if let Ok(r) = s.request_now(c, id as u64, 0, 8, len as usize) {
+                            proptest::prop_assert_eq!(s.find(c, id as u64), Some(r));
+                            if keep {
+                                s.keep(r, &vec![1u8; len as usize]);
+                                rcvids.push(r);
+                            } else {
+                                s.forget(r);
+                                s.keep(r, &[]);
+                                proptest::prop_assert!(s.get(r).is_none());
+                            }
+                        }
                     }
                     Op::Next(min) => {
                         let mut last = u8::MAX;
