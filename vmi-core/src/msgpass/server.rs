@@ -596,7 +596,7 @@ mod tests {
         assert_eq!(s.find(c, 2), Some(r));
         assert_eq!(s.take(r).map(|h| h.reply), Some(vec![1]));
         assert_eq!(s.get(r).map(|h| h.id), None, "a taken id finds nothing");
-        assert!(s.kept.get(&r).is_none());
+        assert!(!s.kept.contains_key(&r));
         let s2 = s.request_now(c, 4, 0, 8, 0).unwrap();
         assert_eq!(
             s.conn_closed(c),
