@@ -79,6 +79,12 @@ pub const PARAMS: &[VmiParamSpec] = &[
         c"largest fragment sent in a SEND; larger ones are read by the receiver (RDMA READ rendezvous)",
     ),
     param(
+        c"send_zero_copy_min",
+        VMI_PARAM_UINT,
+        c"1m",
+        c"a fragment over eager_max in one piece and at least this large is registered for its send alone and read by the peer where it lies (no copy into a staging buffer; the peer's access ends with the send); 0: always copy",
+    ),
+    param(
         c"max_fragment",
         VMI_PARAM_UINT,
         c"256m",
@@ -147,6 +153,8 @@ pub struct VerbsConfig {
     pub credits: u32,
     /// Eager limit.
     pub eager_max: u32,
+    /// Smallest one-piece fragment the peer reads where it lies (0: none).
+    pub send_zero_copy_min: u64,
     /// Largest fragment.
     pub max_fragment: u64,
     /// Largest connect data.
@@ -192,6 +200,7 @@ impl VerbsConfig {
             connect_timeout: c.get_millis("connect_timeout_ms").map_err(e)?,
             credits: small(c, "credits", "a buffer count")?,
             eager_max: small(c, "eager_max", "a size under 4 GiB")?,
+            send_zero_copy_min: c.get_u64("send_zero_copy_min").map_err(e)?,
             max_fragment: c.get_u64("max_fragment").map_err(e)?,
             max_connect_data: small(c, "max_connect_data", "a size under 4 GiB")?,
             max_connections: c.get_u64("max_connections").map_err(e)?.max(1) as usize,

@@ -311,6 +311,10 @@ pub struct Conn {
     pub bounce: Option<Staged>,
     /// Registrations of the host's memory for this connection's RDMA WRITEs and READs.
     pub regcache: vmi_device::regcache::RegCache<Mr>,
+    /// Registrations (remote read) of the host's memory of large fragments the peer reads
+    /// where they lie, by send token: each for its send alone, dropped when the peer
+    /// finished reading, or with the queue pair (first) when the connection ends.
+    pub lent: HashMap<u64, Mr>,
 }
 
 impl Conn {
@@ -359,6 +363,7 @@ impl Conn {
             read_pool: StagePool::new(Access::Local, 16 << 20),
             bounce: None,
             regcache: vmi_device::regcache::RegCache::new(256),
+            lent: HashMap::new(),
         }
     }
 
@@ -369,6 +374,9 @@ impl Conn {
         }
         for (_, s) in self.staged.drain() {
             s.release(nic);
+        }
+        for (_, mr) in self.lent.drain() {
+            nic.deregister(mr);
         }
         for (_, (_, s, _)) in self.reads.drain() {
             s.release(nic);

@@ -189,7 +189,10 @@ pub trait Nic {
     /// access alone may outlive its memory as long as no work request names it afterwards (a
     /// registration cache's entries do: the cache drops them when the memory goes away). A
     /// NIC touches registered memory only for work requests (hardware: through the pages it
-    /// pinned at registration).
+    /// pinned at registration). Memory the NIC only reads (a [`Access::RemoteRead`]
+    /// registration that the peer reads and no local work request writes into) need only be
+    /// valid for reads, and may be read through Rust references meanwhile; it must not be
+    /// written while the peer may reach it.
     unsafe fn register(
         &mut self,
         domain: u32,

@@ -301,7 +301,7 @@ struct Evil {
     buf: DmaBuf,
     mr: vmi_verbs::nic::Mr,
     /// Receive buffers posted for what the receiver sends back (credits, finishes).
-    _rx: DmaBuf,
+    rx: DmaBuf,
     rx_mr: vmi_verbs::nic::Mr,
     _side: TcpStream,
     next_wr: u64,
@@ -376,7 +376,7 @@ impl Evil {
             qpn,
             buf,
             mr,
-            _rx: rx,
+            rx,
             rx_mr,
             _side: s,
             next_wr: 1,
@@ -907,4 +907,149 @@ fn a_peer_cannot_reach_a_buffer_published_to_another_with_a_guessed_key() {
     assert_eq!(reached, 0, "a guessed key reached another peer's buffer");
     evil.nic.deregister(tmr);
     drop(evil);
+}
+
+/// A large fragment in one piece is read by the peer where it lies, with no copy into a
+/// staging buffer, and the peer's access to that memory ends with the send: once the peer
+/// said it finished reading, a second read with the same key fails.
+#[test]
+fn a_large_fragment_is_read_where_it_lies_and_only_during_its_send() {
+    use vmi_verbs::nic::{Access, Kind, RemoteMem};
+    let (mut b, kb) = start("verbs-zero-copy");
+    let mut hb = H::default();
+    let mut evil = Evil::connect(&mut b, &mut hb, &kb);
+    let conn = hb.accepted.expect("accepted");
+    let len = 2 << 20;
+    let message: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+    let sent = message.clone();
+    let lies_at = sent.as_ptr() as u64;
+    b.send(conn, [Buffer::from(sent)], 7).unwrap();
+    // The receiver's side: the read-to-send frame names the application's own memory.
+    let start = Instant::now();
+    let mut comps = Vec::new();
+    let (msg, addr, rkey) = loop {
+        b.poll(&mut hb);
+        comps.clear();
+        evil.nic.poll(&mut comps, 16);
+        let rts = comps.iter().find_map(|c| {
+            assert_eq!(c.error, None);
+            if c.kind != Kind::Recv {
+                return None;
+            }
+            let slot = (c.wr_id & 0xffff) as usize;
+            // SAFETY: the receive into this slot completed; it is not reposted.
+            let bytes = unsafe { evil.rx.slice(slot * 2048, c.len as usize) }.unwrap();
+            match Frame::decode(bytes).unwrap().0.body {
+                Body::Rts {
+                    msg,
+                    addr,
+                    rkey,
+                    len: l,
+                    ..
+                } => {
+                    assert_eq!(l, len as u64);
+                    Some((msg, addr, rkey))
+                }
+                // The host's own messages go first (eager).
+                Body::Eager { .. } => None,
+                other => panic!("{other:?}"),
+            }
+        });
+        if let Some(r) = rts {
+            break r;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "no frame came");
+    };
+    assert_eq!(addr, lies_at, "the peer reads the fragment where it lies");
+    let zero: u64 = b.attr_get("t", "zero_copy_sends").unwrap().parse().unwrap();
+    assert_eq!(zero, 1);
+    let dst = DmaBuf::new(len);
+    // SAFETY: `dst` outlives the registration (deregistered at the end of the test).
+    let dst_mr = unsafe {
+        evil.nic
+            .register(evil.domain, dst.as_ptr(), len, Access::Local)
+            .unwrap()
+    };
+    let mut read = |evil: &mut Evil, wr: u64| -> Option<&'static str> {
+        let sge = Sge {
+            addr: dst.addr(0),
+            len: len as u32,
+            lkey: dst_mr.lkey,
+        };
+        evil.nic
+            .post_rdma(evil.qpn, wr, sge, RemoteMem { addr, rkey }, false)
+            .unwrap();
+        let start = Instant::now();
+        loop {
+            comps.clear();
+            evil.nic.poll(&mut comps, 16);
+            if let Some(c) = comps.iter().find(|c| c.wr_id == wr) {
+                return c.error;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "the read never ended"
+            );
+        }
+    };
+    assert_eq!(read(&mut evil, 900), None);
+    // SAFETY: the read completed; nothing else is posted on `dst`.
+    assert!(unsafe { dst.slice(0, len) }.unwrap() == &message[..]);
+    for _ in 0..10 {
+        b.poll(&mut hb);
+    }
+    assert!(
+        hb.completions.is_empty(),
+        "the send waits for the reader's finish"
+    );
+    let fin = Frame {
+        seq: 0,
+        credits: 0,
+        body: Body::Fin { msg },
+    };
+    evil.send(&fin.encode());
+    let start = Instant::now();
+    while hb.completions.is_empty() {
+        b.poll(&mut hb);
+        assert!(start.elapsed() < Duration::from_secs(10), "never completed");
+    }
+    assert_eq!(hb.completions, vec![Status::Ok]);
+    assert!(hb.gone.is_empty(), "{:?}", hb.gone);
+    assert_eq!(
+        read(&mut evil, 901),
+        Some("remote access error"),
+        "the peer's access ended with the send"
+    );
+    evil.nic.deregister(dst_mr);
+}
+
+/// Large fragments in one piece go where they lie, those in several pieces (or under
+/// `send_zero_copy_min`) through a staging copy; the receiver gets each whole either way.
+#[test]
+fn large_fragments_in_one_piece_or_several_arrive_whole() {
+    let (mut a, mut ha, mut b, mut hb) = connected();
+    let conn = ha.conn.unwrap();
+    let mut rng = Rng::new("verbs zero copy");
+    let one = rng.bytes(3 << 20);
+    let two = rng.bytes(3 << 20);
+    let small = rng.bytes(200 << 10);
+    a.send(conn, [Buffer::from(one.clone())], 1).unwrap();
+    let (x, y) = two.split_at(1 << 20);
+    a.send(
+        conn,
+        [Buffer::from(x.to_vec()), Buffer::from(y.to_vec())],
+        2,
+    )
+    .unwrap();
+    a.send(conn, [Buffer::from(small.clone())], 3).unwrap();
+    pump(&mut a, &mut ha, &mut b, &mut hb, |ha, hb| {
+        hb.received.len() == 3 && ha.completions.len() == 3
+    });
+    assert!(
+        hb.received == vec![one, two, small],
+        "every fragment whole, in order"
+    );
+    assert_eq!(ha.completions, vec![Status::Ok; 3]);
+    let zero: u64 = a.attr_get("t", "zero_copy_sends").unwrap().parse().unwrap();
+    assert_eq!(zero, 1, "only the one-piece fragment over the threshold");
 }

@@ -28,6 +28,13 @@ impl VerbsDevice {
         let eager = len <= self.cfg.eager_max as usize;
         let frag = if eager {
             Fragment::Eager(gather(&irb), meta)
+        } else if let Some((addr, rkey)) = self.lend(idx, &irb, token) {
+            Fragment::Large {
+                addr,
+                rkey,
+                len: len as u64,
+                meta,
+            }
         } else {
             let Some(c) = conn!(self, idx) else {
                 return true;
@@ -78,6 +85,9 @@ impl VerbsDevice {
                 if let Some(s) = c.staged.remove(&token) {
                     c.stage_pool.give(self.nic.as_mut(), s);
                 }
+                if let Some(mr) = c.lent.remove(&token) {
+                    self.nic.deregister(mr);
+                }
                 let Some(c) = conn!(self, idx) else {
                     return true;
                 };
@@ -88,9 +98,59 @@ impl VerbsDevice {
                 if let Some(s) = c.staged.remove(&token) {
                     c.stage_pool.give(self.nic.as_mut(), s);
                 }
+                if let Some(mr) = c.lent.remove(&token) {
+                    self.nic.deregister(mr);
+                }
                 irb.set_detail(&e.to_string());
                 irb.complete(Status::TooLarge);
                 true
+            }
+        }
+    }
+
+    /// Registers a large fragment in one piece, of at least `send_zero_copy_min` bytes, for
+    /// the peer to read where it lies; returns its address and key, or `None` to copy it into
+    /// a staging buffer instead (smaller, in several pieces, or not registrable: read-only
+    /// memory, for one, cannot be registered with local write access).
+    fn lend(&mut self, idx: usize, irb: &Irb, token: u64) -> Option<(u64, u32)> {
+        let min = self.cfg.send_zero_copy_min;
+        if min == 0 || (irb.data_len() as u64) < min {
+            return None;
+        }
+        let mut pieces = (0..irb.segments().len())
+            .map(|i| irb.segment(i))
+            .filter(|s| !s.is_empty());
+        let seg = pieces.next()?;
+        if pieces.next().is_some() {
+            return None;
+        }
+        let c = conn!(self, idx)?;
+        // SAFETY: the host lends the segment until the IRB completes, and the IRB completes
+        // only after this registration is gone: at the peer's `fin` (`Action::Sent`
+        // deregisters it first) or when the connection ends (`Conn::release` destroys the
+        // queue pair, then deregisters it, before the connection's IRBs complete). Only the
+        // peer's RDMA READ names it: the NIC reads the memory and never writes it.
+        #[allow(unsafe_code)]
+        let mr = unsafe {
+            self.nic.register(
+                c.domain,
+                seg.as_ptr().cast_mut(),
+                seg.len(),
+                Access::RemoteRead,
+            )
+        };
+        match mr {
+            Ok(mr) => {
+                c.lent.insert(token, mr);
+                self.zero_copy_sends += 1;
+                Some((seg.as_ptr() as u64, mr.rkey))
+            }
+            Err(e) => {
+                log::debug!(
+                    "verbs: a {}-byte fragment is copied: its memory cannot be registered ({e})",
+                    seg.len()
+                );
+                None
             }
         }
     }
@@ -144,6 +204,11 @@ impl VerbsDevice {
                     let irb = c.pending.remove(&token);
                     if let Some(s) = c.staged.remove(&token) {
                         c.stage_pool.give(self.nic.as_mut(), s);
+                    }
+                    // The peer finished reading: its access ends before the host gets the
+                    // memory back.
+                    if let Some(mr) = c.lent.remove(&token) {
+                        self.nic.deregister(mr);
                     }
                     if let Some(irb) = irb {
                         irb.complete(Status::Ok);

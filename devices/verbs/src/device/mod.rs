@@ -125,6 +125,8 @@ pub struct VerbsDevice {
     rdma_ops: u64,
     /// The most bytes of read buffers one connection held at once (for tests and tuning).
     read_bytes_peak: usize,
+    /// Large fragments the peer read where they lay (no staging copy).
+    zero_copy_sends: u64,
     /// Sends taken with no IRB (`send_inline`) and fragments handed over with none.
     inline_sends: u64,
     direct_receives: u64,
@@ -511,6 +513,7 @@ impl Device for VerbsDevice {
             next_rdma: 0,
             rdma_ops: 0,
             read_bytes_peak: 0,
+            zero_copy_sends: 0,
             inline_sends: 0,
             direct_receives: 0,
             turn: 0,
@@ -914,6 +917,7 @@ impl Device for VerbsDevice {
             "inline_sends" => Some(self.inline_sends.to_string()),
             "direct_receives" => Some(self.direct_receives.to_string()),
             "read_bytes_peak" => Some(self.read_bytes_peak.to_string()),
+            "zero_copy_sends" => Some(self.zero_copy_sends.to_string()),
             // Read back from the first open connection's socket.
             "keepalive" => self.conns.iter().flatten().next().map(|c| {
                 let r = socket2::SockRef::from(&c.sock);
