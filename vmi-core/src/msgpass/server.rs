@@ -207,11 +207,11 @@ impl Server {
         len: usize,
     ) -> Result<u64, NotTaken> {
         self.check(conn, client_id, len)?;
-        let mut h = self.new_held(conn, client_id, priority, reply_max, len);
-        h.delivered = true;
         if self.current.is_some() {
             // A callback delivering a request at once runs already (not done by vmi: a
             // request arrives in a poll, not in a callback): this one goes in the table.
+            let mut h = self.new_held(conn, client_id, priority, reply_max, len);
+            h.delivered = true;
             return Ok(self.insert(h));
         }
         let mut rcvid;
@@ -223,8 +223,19 @@ impl Server {
                 break;
             }
         }
-        h.id = rcvid;
-        self.current = Some(h);
+        self.arrived += 1;
+        self.current = Some(Held {
+            id: rcvid,
+            conn,
+            client_id,
+            priority,
+            reply_max,
+            data: None,
+            len,
+            reply: Vec::new(),
+            delivered: true,
+            arrival: self.arrived,
+        });
         Ok(rcvid)
     }
 
