@@ -946,8 +946,8 @@ impl Device for VerbsDevice {
                 })
             }
             "protocols" => Some(format!(
-                "eager (one SEND into a posted receive buffer, {} per peer) up to {} bytes (eager_max; the smaller of the two sides' is used); rendezvous above: the receiver reads the fragment with RDMA READ",
-                self.cfg.credits, self.cfg.eager_max
+                "eager (one SEND into a posted receive buffer, {} per peer) up to {} bytes (eager_max; the smaller of the two sides' is used); rendezvous above: the receiver reads the fragment with RDMA READ, where it lies when it is in one piece of at least {} bytes (send_zero_copy_min; 0: never), else from a staging copy",
+                self.cfg.credits, self.cfg.eager_max, self.cfg.send_zero_copy_min
             )),
             _ => None,
         }
