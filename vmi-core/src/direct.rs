@@ -139,6 +139,9 @@ fn deliver_with_msgs(core: &mut Core, arena: &mut Arena, handler: &mut dyn Handl
 
 /// The receiver a transport calls with each fragment (`VmiDeliverFn`): copies it into the
 /// arena, or declines it.
+///
+/// The common case (no bytes, or 4 to 64 of them, with room in the arena) calls nothing, so
+/// it needs no callee-saved registers: everything else is [`receive_slow`].
 unsafe extern "C" fn receive(
     ctx: *mut c_void,
     conn: u64,
@@ -152,15 +155,63 @@ unsafe extern "C" fn receive(
     if arena.blocked || flags & VMI_FLAG_HOST != 0 || len > DIRECT_MAX {
         return VMI_PASS;
     }
+    let start = arena.bytes.len();
+    let small = len == 0 || ((4..=64).contains(&len) && !data.is_null());
+    if !small || arena.bytes.capacity() - start < len || arena.lent.len() == arena.lent.capacity() {
+        // SAFETY: forwarded from the transport (the same signature: a tail call).
+        return unsafe { receive_slow(ctx, conn, flags, data, len) };
+    }
+    arena.msgs += (flags & VMI_FLAG_MSG != 0) as usize;
+    let at = arena.lent.len();
+    // SAFETY: `lent` has room for one more (checked above); the slot is written before
+    // `set_len` covers it.
+    unsafe {
+        arena.lent.as_mut_ptr().add(at).write(Lent {
+            conn,
+            flags,
+            start,
+            len,
+        });
+        arena.lent.set_len(at + 1);
+    }
+    if len > 0 {
+        // SAFETY: the transport lends `len` readable bytes at `data` for this call; the
+        // arena has room for them after its `start` initialised bytes (checked above), which
+        // `set_len` then covers.
+        unsafe {
+            vmi_device::copy::copy_small(data, arena.bytes.as_mut_ptr().add(start), len);
+            arena.bytes.set_len(start + len);
+        }
+    }
+    VMI_COMPLETE
+}
+
+/// [`receive`] for a fragment of 1 to 3 or over 64 bytes, or an arena that must grow.
+#[inline(never)]
+unsafe extern "C" fn receive_slow(
+    ctx: *mut c_void,
+    conn: u64,
+    flags: u32,
+    data: *const u8,
+    len: usize,
+) -> i32 {
+    // SAFETY: as in `receive`.
+    let arena = unsafe { &mut *ctx.cast::<Arena>() };
+    if len > 0 && data.is_null() {
+        log::error!(
+            "a transport offered a {len}-byte fragment at a null address; declined (a device bug)"
+        );
+        return VMI_PASS;
+    }
     arena.msgs += (flags & VMI_FLAG_MSG != 0) as usize;
     let start = arena.bytes.len();
-    if len > 0 && !data.is_null() {
+    if len > 0 {
         arena.bytes.reserve(len);
         // SAFETY: the transport lends `len` readable bytes at `data` for this call; `reserve`
         // made room for them after the arena's `start` initialised bytes, which `set_len`
         // then covers.
         unsafe {
-            vmi_device::copy::copy_small(data, arena.bytes.as_mut_ptr().add(start), len);
+            std::ptr::copy_nonoverlapping(data, arena.bytes.as_mut_ptr().add(start), len);
             arena.bytes.set_len(start + len);
         }
     }
