@@ -186,7 +186,7 @@ impl Server {
         data: &[u8],
     ) -> Result<u64, NotTaken> {
         self.check(conn, client_id, data.len())?;
-        let mut h = self.new_held(conn, client_id, priority, reply_max, data.len());
+        let mut h = self.new_held(0, false, conn, client_id, priority, reply_max, data.len());
         h.data = Some(Arc::from(data));
         let rcvid = self.insert(h);
         self.push(priority, Incoming::Request(rcvid));
@@ -210,8 +210,7 @@ impl Server {
         if self.current.is_some() {
             // A callback delivering a request at once runs already (not done by vmi: a
             // request arrives in a poll, not in a callback): this one goes in the table.
-            let mut h = self.new_held(conn, client_id, priority, reply_max, len);
-            h.delivered = true;
+            let h = self.new_held(0, true, conn, client_id, priority, reply_max, len);
             return Ok(self.insert(h));
         }
         let mut rcvid;
@@ -223,19 +222,7 @@ impl Server {
                 break;
             }
         }
-        self.arrived += 1;
-        self.current = Some(Held {
-            id: rcvid,
-            conn,
-            client_id,
-            priority,
-            reply_max,
-            data: None,
-            len,
-            reply: Vec::new(),
-            delivered: true,
-            arrival: self.arrived,
-        });
+        self.current = Some(self.new_held(rcvid, true, conn, client_id, priority, reply_max, len));
         Ok(rcvid)
     }
 
@@ -303,10 +290,14 @@ impl Server {
         Ok(())
     }
 
-    /// A held request of `len` bytes (counted by `check`), no bytes kept yet.
+    /// A held request of `len` bytes (counted by `check`), no bytes kept yet, with receive id
+    /// `id` (0: its table key, set by `insert`) and whether it is delivered.
     #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
     fn new_held(
         &mut self,
+        id: u64,
+        delivered: bool,
         conn: ConnId,
         client_id: u64,
         priority: u8,
@@ -315,7 +306,7 @@ impl Server {
     ) -> Held {
         self.arrived += 1;
         Held {
-            id: 0,
+            id,
             conn,
             client_id,
             priority,
@@ -323,7 +314,7 @@ impl Server {
             data: None,
             len,
             reply: Vec::new(),
-            delivered: false,
+            delivered,
             arrival: self.arrived,
         }
     }
