@@ -19,28 +19,45 @@ pub(crate) enum Piece {
 }
 
 impl Piece {
+    /// The fragment's bytes (a held copy of lent bytes handed over, not copied again).
+    fn into_vec(self) -> Vec<u8> {
+        match self {
+            Piece::Held(g) => g.into_vec(),
+            Piece::Copied(v) => v,
+        }
+    }
+
     fn append_to(self, out: &mut Vec<u8>) {
         match self {
-            Piece::Held(mut g) => {
-                let mut v = g.read_to_vec();
-                out.append(&mut v);
+            Piece::Held(g) => {
+                let mut view = g.slab();
+                view.read_into(out);
             }
             Piece::Copied(mut v) => out.append(&mut v),
         }
     }
 }
 
-/// A whole received message, still in its fragments.
-pub(crate) struct Message(Vec<Piece>);
+/// A whole received message, still in its fragments: most are one fragment, kept without a
+/// list.
+pub(crate) enum Message {
+    One(Piece),
+    Many(Vec<Piece>),
+}
 
 impl Message {
     /// The message's bytes.
     pub fn into_bytes(self) -> Vec<u8> {
-        let mut out = Vec::new();
-        for p in self.0 {
-            p.append_to(&mut out);
+        match self {
+            Message::One(p) => p.into_vec(),
+            Message::Many(pieces) => {
+                let mut out = Vec::new();
+                for p in pieces {
+                    p.append_to(&mut out);
+                }
+                out
+            }
         }
-        out
     }
 }
 
@@ -156,11 +173,17 @@ impl Handler for Router {
             None => Piece::Copied(slab.read_to_vec()),
         };
         let q = self.conns.entry(conn);
-        q.partial.push(piece);
         if cmd == Recv::End {
-            let m = Message(std::mem::take(&mut q.partial));
+            let m = if q.partial.is_empty() {
+                Message::One(piece)
+            } else {
+                q.partial.push(piece);
+                Message::Many(std::mem::take(&mut q.partial))
+            };
             q.messages.push_back(m);
             self.changed = true;
+        } else {
+            q.partial.push(piece);
         }
     }
 

@@ -492,6 +492,18 @@ impl GrabbedSlab {
         self.state = c.save();
     }
 
+    /// The rest as an owned vector, and the slab released. A grab of lent bytes (a copy
+    /// already) hands its copy over when nothing of it was read, with no second copy; any
+    /// other slab is copied out.
+    pub fn into_vec(mut self) -> Vec<u8> {
+        let whole = self.state.remaining == self.len();
+        match self._copy.as_mut() {
+            // The empty box left in its place keeps `Drop` counting this slab as a copy.
+            Some(copy) if whole => std::mem::take(copy).into_vec(),
+            _ => self.read_to_vec(),
+        }
+    }
+
     /// Releases the slab (same as dropping it).
     pub fn release(self) {}
 }
@@ -667,5 +679,34 @@ mod tests {
         let mut into = Vec::new();
         releases.take_all(&mut into);
         assert_eq!(into, vec![COPY_RELEASED]);
+    }
+
+    /// `into_vec` hands over a lent grab's own copy when none of it was read, copies
+    /// otherwise, and releases the slab as a copy either way.
+    #[test]
+    fn into_vec_hands_over_a_whole_copy_and_releases_it() {
+        let releases = Arc::new(Releases::default());
+        let held = Count::default();
+        let data = b"lent bytes".to_vec();
+        for read_first in [0, 5] {
+            let grabbed = Cell::new(false);
+            let g = {
+                let mut slab = Slab::lent(&data, &releases, &grabbed, &held);
+                slab.read(read_first);
+                slab.grab().expect("lent bytes can be grabbed")
+            };
+            let copy_at = g.segs[0].base as usize;
+            let v = g.into_vec();
+            assert_eq!(v, data[read_first..]);
+            assert_eq!(
+                v.as_ptr() as usize == copy_at,
+                read_first == 0,
+                "the copy itself is handed over only when whole"
+            );
+            assert_eq!(releases.outstanding.load(Ordering::Relaxed), 0);
+            let mut into = Vec::new();
+            releases.take_all(&mut into);
+            assert_eq!(into, vec![COPY_RELEASED], "released as a copy");
+        }
     }
 }
