@@ -180,6 +180,7 @@ impl<'a, C: Cell64, S: Storage> Producer<'a, C, S> {
         Ok(free_space(self.head, self.tail_seen, cap))
     }
 
+    #[inline(always)]
     fn put(&mut self, src: &[u8]) {
         let ((o1, l1), (o2, l2)) = split(self.head, src.len(), self.ring.storage.capacity());
         // SAFETY: the ranges lie inside the ring and in its free space, which the consumer
@@ -207,7 +208,7 @@ impl<'a, C: Cell64, S: Storage> Producer<'a, C, S> {
     /// Writes a record, a fixed-size `header` then `data`, or nothing; returns whether it was
     /// written and published. The common case (no wrap) is one store of the header and one
     /// copy of the data.
-    #[inline]
+    #[inline(always)]
     pub fn push_record<const H: usize>(
         &mut self,
         header: &[u8; H],
@@ -331,6 +332,7 @@ impl<'a, C: Cell64, S: Storage> Consumer<'a, C, S> {
     /// Copies up to `dst.len()` readable bytes out *without* freeing their space; returns
     /// how many. The caller parses its own copy (the peer may rewrite the ring at any time)
     /// and then frees what it used with [`Consumer::consume`], once for a whole batch.
+    #[inline(always)]
     pub fn peek(&mut self, dst: &mut [u8]) -> Result<usize, Corrupt> {
         // Refreshes the cached position when it is short; then take what there is.
         self.has(dst.len())?;
