@@ -501,10 +501,17 @@ fn handle(
         } => {
             let reply_max = (reply_max as usize).min(MAX_MESSAGE);
             let taken = if now && !core.msg.server.has_queued() {
-                core.msg
+                match core
+                    .msg
                     .server
                     .request_now(conn, id, priority, reply_max, payload.len())
-                    .map(|rcvid| deliver_now(core, handler, rcvid, priority, payload))
+                {
+                    Ok(rcvid) => {
+                        deliver_now(core, handler, rcvid, priority, payload);
+                        Ok(())
+                    }
+                    Err(why) => Err(why),
+                }
             } else {
                 core.after = true;
                 core.msg
@@ -603,6 +610,7 @@ fn handle_rare(core: &mut Core, handler: &mut dyn Handler, conn: ConnId, kind: K
 }
 
 /// Delivers a reply with its bytes borrowed (no copy unless parked).
+#[inline(always)]
 fn finish_data(core: &mut Core, handler: &mut dyn Handler, p: Pending, status: i32, data: &[u8]) {
     if p.parked {
         core.msg
@@ -736,12 +744,20 @@ fn hand_pulse(core: &mut Core, handler: &mut dyn Handler, conn: ConnId, p: Pulse
 }
 
 /// The peer of `conn` as a request's sender (looked up once per connection).
+#[inline(always)]
 fn peer(core: &mut Core, conn: ConnId) -> std::sync::Arc<Sender> {
     if let Some(Some((c, p))) = core.msg.peers.get(conn.index())
         && *c == conn
     {
         return p.clone();
     }
+    look_up_peer(core, conn)
+}
+
+/// [`peer`] the first time: the sender's identity from the connection table and the
+/// transport, kept by the handle's dense index.
+#[inline(never)]
+fn look_up_peer(core: &mut Core, conn: ConnId) -> std::sync::Arc<Sender> {
     let conns = core.engine.conns();
     let uid = conns
         .transport_of(conn)
