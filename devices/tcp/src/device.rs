@@ -638,7 +638,9 @@ impl TcpDevice {
     /// Feeds `input` to the connection's protocol until it is used up, or delivery must wait
     /// (the rest is parked). Returns false when reading must stop (parked, or gone).
     fn feed_bytes(&mut self, idx: usize, input: &[u8]) -> bool {
-        let now = Instant::now();
+        // Read once, and only for what the decoder takes: a whole small frame handed
+        // straight to the host needs no clock.
+        let mut now = None;
         let mut off = 0;
         while off < input.len() {
             if !self.may_deliver() {
@@ -670,7 +672,7 @@ impl TcpDevice {
                 c.proto.feed(
                     &input[off..],
                     &self.local,
-                    now,
+                    *now.get_or_insert_with(Instant::now),
                     &mut Payloads(&mut self.pool),
                 )
             };

@@ -44,21 +44,37 @@ const fn libc_einprogress() -> i32 {
 
 /// Writes `header` then `segs` with one `writev`, skipping the first `off` bytes already
 /// written. Returns the bytes written by this call.
+#[inline]
 pub fn write_gather<W: Write>(
     w: &mut W,
     header: &[u8],
     segs: &[&[u8]],
     off: usize,
 ) -> io::Result<usize> {
-    let mut slices: [IoSlice<'_>; 18] = [IoSlice::new(&[]); 18];
+    match segs {
+        // The common small send: two slices to set up, not eighteen.
+        [] => gather::<W, 1>(w, [header].into_iter(), off),
+        [data] => gather::<W, 2>(w, [header, data].into_iter(), off),
+        _ => gather::<W, 18>(w, std::iter::once(header).chain(segs.iter().copied()), off),
+    }
+}
+
+/// [`write_gather`] over at most `N` parts (the rest is left for the next call).
+#[inline]
+fn gather<'a, W: Write, const N: usize>(
+    w: &mut W,
+    parts: impl Iterator<Item = &'a [u8]>,
+    off: usize,
+) -> io::Result<usize> {
+    let mut slices: [IoSlice<'_>; N] = [IoSlice::new(&[]); N];
     let mut n = 0;
     let mut skip = off;
-    for part in std::iter::once(header).chain(segs.iter().copied()) {
+    for part in parts {
         if skip >= part.len() {
             skip -= part.len();
             continue;
         }
-        if n == slices.len() {
+        if n == N {
             break;
         }
         slices[n] = IoSlice::new(&part[skip..]);
@@ -109,21 +125,32 @@ mod tests {
     #[test]
     fn partial_writes_resume_where_they_stopped() {
         let header = [1u8, 2, 3];
-        let segs: [&[u8]; 3] = [b"abc", b"", b"defgh"];
-        for limit in 1..12 {
-            let mut w = Trickle {
-                out: Vec::new(),
-                limit,
-            };
-            let mut off = 0;
-            loop {
-                let n = write_gather(&mut w, &header, &segs, off).unwrap();
-                if n == 0 {
-                    break;
-                }
-                off += n;
+        let many: Vec<Vec<u8>> = (0..20u8)
+            .map(|i| vec![b'a' + i; 1 + i as usize % 3])
+            .collect();
+        let many: Vec<&[u8]> = many.iter().map(|v| v.as_slice()).collect();
+        // No data, one piece (the two-slice path), several, and more than one writev takes.
+        let cases: [&[&[u8]]; 4] = [&[], &[b"abcdefgh"], &[b"abc", b"", b"defgh"], &many];
+        for segs in cases {
+            let mut want = header.to_vec();
+            for s in segs {
+                want.extend_from_slice(s);
             }
-            assert_eq!(w.out, b"\x01\x02\x03abcdefgh", "limit {limit}");
+            for limit in 1..12 {
+                let mut w = Trickle {
+                    out: Vec::new(),
+                    limit,
+                };
+                let mut off = 0;
+                loop {
+                    let n = write_gather(&mut w, &header, segs, off).unwrap();
+                    if n == 0 {
+                        break;
+                    }
+                    off += n;
+                }
+                assert_eq!(w.out, want, "{} pieces, limit {limit}", segs.len());
+            }
         }
     }
 }
