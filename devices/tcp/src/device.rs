@@ -177,6 +177,18 @@ fn spare_fd() -> Option<std::fs::File> {
 }
 
 impl TcpDevice {
+    /// Closes the connections whose peer finished sending, once what was sent since is
+    /// written (see `poll`).
+    #[inline(never)]
+    fn finish_closes(&mut self) {
+        for idx in std::mem::take(&mut self.finishing) {
+            if let Some(c) = self.conns[idx].as_mut().filter(|c| c.peer_done) {
+                c.tx.push_back(Tx::Close { irb: None });
+                self.flush(idx);
+            }
+        }
+    }
+
     /// The port this device listens on (0 when not listening).
     pub fn listen_port(&self) -> u16 {
         self.listen_port
@@ -1548,11 +1560,8 @@ impl Device for TcpDevice {
         }
         self.dirty.clear();
         // Connections whose peer finished sending: what was sent since is written; close.
-        for idx in std::mem::take(&mut self.finishing) {
-            if let Some(c) = self.conns[idx].as_mut().filter(|c| c.peer_done) {
-                c.tx.push_back(Tx::Close { irb: None });
-                self.flush(idx);
-            }
+        if !self.finishing.is_empty() {
+            self.finish_closes();
         }
         // With a few connections and no sleep since the last look at epoll, read their
         // sockets directly (one `read` per message instead of `epoll_wait` + `read`); epoll is
