@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use crate::abi::{VMI_COMPLETE, VMI_FLAG_HOST, VMI_FLAG_MSG, VMI_PASS};
 use crate::dispatch::receive_lent;
-use crate::engine::POLL_BUDGET;
+use crate::engine::{Dev, POLL_BUDGET, PollDirectFn};
 use crate::handler::Handler;
 use crate::ops::Core;
 use crate::slab::Releases;
@@ -59,17 +59,43 @@ pub(crate) fn poll(core: &mut Core, arena: &mut Arena, handler: &mut dyn Handler
         // until the call returns, by `receive` on this thread, and is not kept after it.
         let n = unsafe { f(dev.0, POLL_BUDGET, receive, ctx.cast()) };
         events += n.max(0) as usize;
-        if !arena.lent.is_empty() {
-            if arena.msgs == 0 {
-                deliver_arena(core, arena, handler);
-            } else {
-                deliver_with_msgs(core, arena, handler);
-            }
-        }
+        deliver(core, arena, handler);
         // IRBs the transport handed up (after what went through the arena) move now.
         core.engine.run_queued();
     }
     events
+}
+
+/// Polls one direct transport into the arena, with no outcome waiting (so it takes
+/// everything it may); returns the events it reported. `Vmi::poll`'s own direct poll.
+#[inline(always)]
+pub(crate) fn poll_one(arena: &mut Arena, f: PollDirectFn, dev: Dev) -> usize {
+    arena.blocked = false;
+    let ctx = std::ptr::from_mut(arena);
+    // SAFETY: a live transport instance; the arena is reached only through the pointer until
+    // the call returns, by `receive` on this thread, and is not kept after it.
+    let n = unsafe { f(dev.0, POLL_BUDGET, receive, ctx.cast()) };
+    n.max(0) as usize
+}
+
+impl Arena {
+    /// True when no fragment waits in it.
+    #[inline(always)]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.lent.is_empty()
+    }
+}
+
+/// Delivers what a direct poll put in the arena (nothing when it is empty).
+#[inline]
+pub(crate) fn deliver(core: &mut Core, arena: &mut Arena, handler: &mut dyn Handler) {
+    if !arena.lent.is_empty() {
+        if arena.msgs == 0 {
+            deliver_arena(core, arena, handler);
+        } else {
+            deliver_with_msgs(core, arena, handler);
+        }
+    }
 }
 
 /// Delivers the fragments of the arena, in order, and empties it.

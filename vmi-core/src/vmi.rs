@@ -289,16 +289,42 @@ impl Vmi {
     /// Returns the number of events handled.
     #[inline(always)]
     pub fn poll(&mut self, handler: &mut dyn Handler) -> usize {
-        // Inlined at the caller: an idle poll of devices with no direct receive is the
-        // devices' calls and a few loads; the rest is out of line.
+        // Inlined at the caller: an idle poll is the devices' calls and a few loads; the
+        // rest is out of line.
         let n = self.core.engine.poll_devices();
-        if self.core.engine.outcomes() == 0
-            && self.core.engine.direct_pollers().is_empty()
-            && self.core.background == 0
-        {
-            return n;
+        if self.core.engine.outcomes() == 0 && self.core.background == 0 && !self.core.after {
+            match *self.core.engine.direct_pollers() {
+                [] => return n,
+                [(f, dev)] => {
+                    // One transport delivers directly (the usual case) and nothing else
+                    // waits: its poll runs here, and what it handed over is delivered out of
+                    // line (`poll_rest` would do the same, through a larger frame).
+                    let n = n + crate::direct::poll_one(&mut self.arena, f, dev);
+                    self.core.engine.run_queued();
+                    if self.arena.is_empty() && self.core.engine.outcomes() == 0 {
+                        return n;
+                    }
+                    return n + self.deliver_direct(handler);
+                }
+                _ => {}
+            }
         }
         n + self.poll_rest(handler)
+    }
+
+    /// What the one direct transport's poll in [`Vmi::poll`] handed over: the arena's
+    /// fragments, then the outcomes, as `poll_rest` delivers them after its direct poll.
+    #[inline(never)]
+    fn deliver_direct(&mut self, handler: &mut dyn Handler) -> usize {
+        crate::direct::deliver(&mut self.core, &mut self.arena, handler);
+        let n = dispatch(&mut self.core, handler);
+        if self.core.background != 0 {
+            self.background(handler);
+        }
+        if self.core.after {
+            self.after_poll(handler);
+        }
+        n
     }
 
     /// Delivers what the devices' polls produced, then polls the transports that deliver

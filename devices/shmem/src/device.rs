@@ -289,6 +289,52 @@ fn is_local(host: &str) -> bool {
 }
 
 impl ShmemDevice {
+    /// [`Device::poll`] when something may be due: goodbyes to answer, a wake-up to note,
+    /// rings to read and sends to flush, the periodic control look.
+    #[inline(never)]
+    fn poll_work(&mut self, budget: usize) -> usize {
+        let mut n = 0;
+        if !self.finishing.is_empty() {
+            for idx in std::mem::take(&mut self.finishing) {
+                if self.conns[idx].as_ref().is_some_and(|c| c.peer_done) {
+                    self.finish(idx);
+                    n += 1;
+                }
+            }
+        }
+        if self.slept.replace(false) {
+            for c in self.conns.iter().flatten() {
+                if let Some(r) = c.region.as_ref() {
+                    let view = r.ring(c.rx_ring);
+                    Consumer::resume(view.shared(), c.rx_pos.0, c.rx_pos.1).woke();
+                }
+            }
+            self.polls = CONTROL_EVERY - 1;
+        }
+        for idx in 0..self.conns.len() {
+            if self.conns[idx].as_ref().is_some_and(|c| !c.idle()) {
+                n += self.drain_rx(idx, budget);
+                // The checks inline, the work out of line: an idle connection costs a few loads.
+                let Some(c) = self.conns[idx].as_ref() else {
+                    continue;
+                };
+                let (gone, sending) = (c.gone.is_some(), !c.tx.is_empty() || !c.acks.is_empty());
+                if gone {
+                    self.end_if_drained(idx);
+                }
+                if sending {
+                    n += self.flush_tx(idx);
+                }
+            }
+        }
+        self.polls += 1;
+        if self.polls >= CONTROL_EVERY {
+            self.polls = 0;
+            n += self.control();
+        }
+        n
+    }
+
     fn insert(&mut self, mut conn: Conn) -> usize {
         let idx = self.free.pop().unwrap_or_else(|| {
             self.conns.push(None);
@@ -1845,47 +1891,19 @@ impl Device for ShmemDevice {
         }
     }
 
+    #[inline]
     fn poll(&mut self, budget: usize) -> usize {
-        let mut n = 0;
-        if !self.finishing.is_empty() {
-            for idx in std::mem::take(&mut self.finishing) {
-                if self.conns[idx].as_ref().is_some_and(|c| c.peer_done) {
-                    self.finish(idx);
-                    n += 1;
-                }
-            }
+        // An idle poll (every ring quiet, nothing to send, no goodbye to answer, no control
+        // look due) is a few loads here, at the caller; the work is out of line.
+        if self.finishing.is_empty()
+            && !self.slept.get()
+            && self.polls + 1 < CONTROL_EVERY
+            && self.conns.iter().all(|c| c.as_ref().is_none_or(Conn::idle))
+        {
+            self.polls += 1;
+            return 0;
         }
-        if self.slept.replace(false) {
-            for c in self.conns.iter().flatten() {
-                if let Some(r) = c.region.as_ref() {
-                    let view = r.ring(c.rx_ring);
-                    Consumer::resume(view.shared(), c.rx_pos.0, c.rx_pos.1).woke();
-                }
-            }
-            self.polls = CONTROL_EVERY - 1;
-        }
-        for idx in 0..self.conns.len() {
-            if self.conns[idx].as_ref().is_some_and(|c| !c.idle()) {
-                n += self.drain_rx(idx, budget);
-                // The checks inline, the work out of line: an idle connection costs a few loads.
-                let Some(c) = self.conns[idx].as_ref() else {
-                    continue;
-                };
-                let (gone, sending) = (c.gone.is_some(), !c.tx.is_empty() || !c.acks.is_empty());
-                if gone {
-                    self.end_if_drained(idx);
-                }
-                if sending {
-                    n += self.flush_tx(idx);
-                }
-            }
-        }
-        self.polls += 1;
-        if self.polls >= CONTROL_EVERY {
-            self.polls = 0;
-            n += self.control();
-        }
-        n
+        self.poll_work(budget)
     }
 
     fn wait_fd(&self) -> (Option<RawFd>, Option<Duration>) {
