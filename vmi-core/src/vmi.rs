@@ -292,10 +292,10 @@ impl Vmi {
         // Inlined at the caller: an idle poll is the devices' calls and a few loads; the
         // rest is out of line.
         let n = self.core.engine.poll_devices();
-        if self.core.engine.outcomes() == 0 && self.core.background == 0 && !self.core.after {
+        if self.core.engine.outcomes() == 0 && self.core.background == 0 {
             match *self.core.engine.direct_pollers() {
                 [] => return n,
-                [(f, dev)] => {
+                [(f, dev)] if !self.core.after => {
                     // One transport delivers directly (the usual case) and nothing else
                     // waits: its poll runs here, and what it handed over is delivered out of
                     // line (`poll_rest` would do the same, through a larger frame).
