@@ -908,6 +908,11 @@ impl Engine {
                 return;
             }
         };
+        // Completions made so far: a device that completes the IRB after others were
+        // completed (by any device since this walk began) has it queued behind them. Read
+        // once: a count that moved earlier in the walk only sends such an IRB the queued
+        // way, which keeps the order as well.
+        let completed = self.shared.completed.get();
         loop {
             let pos = s.pos();
             let next = if down { pos + 1 } else { pos - 1 };
@@ -933,7 +938,6 @@ impl Engine {
                 continue; // the hosts' own messages go past filters (see `hostmsg`)
             }
             let frame = s.frame_ptr(st.frame_off);
-            let completed = self.shared.completed.get();
             let raw = s.into_raw();
             // SAFETY: live instance; the device gets the IRB and its own frame, and follows
             // the ABI's ownership rules: on PASS/COMPLETE it hands the IRB back to us, on
