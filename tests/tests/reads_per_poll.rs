@@ -5,40 +5,13 @@
 
 use std::time::{Duration, Instant};
 
+use vmi_conformance::pair::{Dev, Pair, spec};
 use vmi_core::prelude::*;
-use vmi_core::spec::Spec;
-use vmi_tests::{register_all, unique_key};
+use vmi_tests::register_all;
 
-#[derive(Default)]
-struct Side {
-    conn: Option<ConnId>,
-    received: Vec<Vec<u8>>,
-    completed: usize,
-}
-
-impl Handler for Side {
-    fn connected(&mut self, _ctx: &mut Ctx<'_>, conn: ConnId, o: ConnectOutcome<'_>, _t: u64) {
-        if let ConnectOutcome::Failed { status, detail } = o {
-            panic!("connect failed: {status}: {detail}");
-        }
-        self.conn = Some(conn);
-    }
-    fn accept(&mut self, _ctx: &mut Ctx<'_>, r: &mut ConnectRequest<'_>) -> Decision {
-        self.conn = Some(r.conn);
-        Decision::Accept(Vec::new())
-    }
-    fn receive(&mut self, _ctx: &mut Ctx<'_>, _conn: ConnId, _cmd: Recv, slab: &mut Slab<'_>) {
-        self.received.push(slab.read_to_vec());
-    }
-    fn send_complete(&mut self, _c: &mut Ctx<'_>, _conn: ConnId, done: &mut SendCompletion<'_>) {
-        assert!(done.status.is_ok(), "a send failed: {}", done.detail);
-        self.completed += 1;
-    }
-}
-
-/// Sends `MESSAGES` large messages over `transport` with the receiver idle, then polls the
-/// receiver: how many the first poll delivered, after checking that the following polls
-/// deliver the rest, whole and in order. `param` caps the bytes per poll.
+/// Sends `count` messages of `size` bytes over `transport` with the receiver idle, then
+/// polls the receiver: how many the first poll delivered, after checking that the following
+/// polls deliver the rest, whole and in order. `param` = `poll_bytes` caps the bytes per poll.
 fn first_poll_delivers(
     transport: &str,
     param: &str,
@@ -47,32 +20,24 @@ fn first_poll_delivers(
     count: usize,
 ) -> usize {
     register_all();
-    let text = format!(
-        "<vmi>\n  <device name=\"{transport}\"><param name=\"{param}\" value=\"{poll_bytes}\"/></device>\n  <chain name=\"send\"><use device=\"{transport}\"/></chain>\n  <chain name=\"receive\"><use device=\"{transport}\"/></chain>\n</vmi>\n"
+    let dev = Dev::new(transport, transport).param(param, poll_bytes);
+    let mut p = Pair::new(
+        spec(&[], &dev),
+        spec(&[], &dev),
+        format!("{transport} {param}={poll_bytes}"),
+        false,
     );
-    let spec = Spec::parse_str(&text, "shmem-reads.xml").expect("spec");
-    let (ka, kb) = (unique_key("reads-a"), unique_key("reads-b"));
-    let mut a = Vmi::with_spec(spec.clone(), &ka).expect("vmi a");
-    let mut b = Vmi::with_spec(spec, &kb).expect("vmi b");
-    let (mut ha, mut hb) = (Side::default(), Side::default());
-    a.connect("localhost", &kb, b"", 0).expect("connect");
-    let start = Instant::now();
-    while ha.conn.is_none() || hb.conn.is_none() {
-        a.poll(&mut ha);
-        b.poll(&mut hb);
-        assert!(start.elapsed() < Duration::from_secs(20), "no connection");
-    }
     // Settle both sides (hellos, the single-copy probe), then send with the receiver idle.
     for _ in 0..20 {
-        a.poll(&mut ha);
-        b.poll(&mut hb);
+        p.a.poll(&mut p.ha);
+        p.b.poll(&mut p.hb);
     }
-    let conn = ha.conn.unwrap();
+    let conn = p.conn();
     let messages: Vec<Vec<u8>> = (0..count)
         .map(|m| (0..size).map(|i| (i * 7 + m * 13) as u8).collect())
         .collect();
     for (m, data) in messages.iter().enumerate() {
-        a.send(conn, [Buffer::from_vec(data.clone())], m as u64)
+        p.a.send(conn, [Buffer::from_vec(data.clone())], m as u64)
             .expect("send");
     }
     // Shared memory: the records are in the ring once the sender's polls wrote them (its
@@ -80,27 +45,25 @@ fn first_poll_delivers(
     // socket took it, so all of them are in the kernel when the receiver polls.
     let start = Instant::now();
     for _ in 0..10 {
-        a.poll(&mut ha);
+        p.a.poll(&mut p.ha);
     }
-    while transport == "tcp" && ha.completed < count {
-        a.poll(&mut ha);
+    while transport == "tcp" && p.ha.completions.len() < count {
+        p.a.poll(&mut p.ha);
         assert!(
             start.elapsed() < Duration::from_secs(20),
             "sends not written"
         );
     }
-    b.poll(&mut hb);
-    let first = hb.received.len();
-    let start = Instant::now();
-    while hb.received.len() < count {
-        a.poll(&mut ha);
-        b.poll(&mut hb);
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "messages missing"
-        );
-    }
-    assert_eq!(hb.received, messages, "every message whole and in order");
+    p.b.poll(&mut p.hb);
+    let first = p.hb.received.len();
+    p.pump(|p| p.hb.received.len() >= count);
+    assert!(
+        p.ha.completions.iter().all(|s| s.is_ok()),
+        "a send failed: {:?}",
+        p.ha.completions
+    );
+    let received: Vec<Vec<u8>> = p.hb.received.iter().map(|(_, v)| v.clone()).collect();
+    assert_eq!(received, messages, "every message whole and in order");
     first
 }
 
