@@ -154,6 +154,14 @@ pub trait Device: Sized + 'static {
     /// what the frame holds. Only called when [`Device::HOOKS`] has `complete`.
     fn complete(&mut self, _irb: &mut CompletingIrb) {}
 
+    /// The host released the report of the peer's close on `conn` (a PEER_DISCONNECT IRB
+    /// this device handed up; called right after its [`Device::complete`] step). Every
+    /// fragment that came before the close went up first, and what the host sent in reply
+    /// to them (notices of failed messages, over as many polls as it took) is queued here: a
+    /// transport whose close is answered answers the peer's goodbye now or at its next poll,
+    /// never before. Only called when [`Device::HOOKS`] has `complete`.
+    fn peer_close_released(&mut self, _conn: u64) {}
+
     /// Transports with [`Device::SEND_INLINE`]: sends `data` on connection `conn` (the raw
     /// id IRBs carry) as one whole-message fragment with IRB `flags`, copying it now, with no
     /// IRB. Return false when it cannot go at once in order (something is queued ahead on the

@@ -335,6 +335,9 @@ unsafe extern "C" fn complete<D: Device>(dev: *mut c_void, irb: *mut VmiIrb, fra
         let mut handle =
             std::mem::ManuallyDrop::new(unsafe { Irb::from_raw(irb, frame, inst.host) });
         inst.device.complete(CompletingIrb::lend(&mut handle));
+        if handle.op() == crate::irb::Op::PeerDisconnect {
+            inst.device.peer_close_released(handle.conn());
+        }
     }));
     if let Err(p) = r {
         device_panicked::<D>("complete", &*p);

@@ -28,10 +28,8 @@ pub enum Op {
     /// A peer asks to connect.
     ConnectRequest,
     /// The peer went away. A transport whose close is answered (the peer waits for this
-    /// side's goodbye) answers only once the host has released this report (the device's
-    /// `complete` step for it): every fragment that came before it went up first, and the
-    /// host's sends in reply to them (notices of failed messages, which may take it several
-    /// polls) are queued before the goodbye. Mark the report in the frame to recognise it.
+    /// side's goodbye) answers only once the host has released this report
+    /// ([`crate::Device::peer_close_released`]).
     PeerDisconnect,
     /// A code this build does not know.
     Unknown(u32),

@@ -117,13 +117,11 @@ struct Link {
     released: bool,
 }
 
-/// Per-IRB frame: which received payload the IRB points at (index + 1, 0 for none), and for a
-/// PEER_DISCONNECT IRB whether it reports the peer's close (1) that this side must answer.
+/// Per-IRB frame: which received payload the IRB points at (index + 1, 0 for none).
 #[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
 #[repr(C)]
 pub struct LoopFrame {
     held: u32,
-    goodbye: u32,
 }
 
 /// In-process transport.
@@ -400,13 +398,12 @@ impl LoopbackDevice {
                     self.closes.retain(|&c| c != to);
                     return irb.complete(Status::Ok);
                 }
-                let answer = !lost && !link.answer_close;
                 if lost {
                     self.links.remove(&to);
-                } else if answer {
+                } else if !link.answer_close {
                     // The peer closed first: this side answers once its host has released
-                    // the report (`complete`), after its last sends (notices of the peer's
-                    // failed messages, which may take it several polls).
+                    // the report (`peer_close_released`), after its last sends (notices of
+                    // the peer's failed messages, which may take it several polls).
                     link.answer_close = true;
                     self.closes.push(to);
                 }
@@ -416,7 +413,6 @@ impl LoopbackDevice {
                             irb.set_detail("the peer aborted the connection");
                             irb.set_status(Status::ConnectionLost);
                         }
-                        irb.frame::<LoopFrame>().goodbye = u32::from(answer);
                         irb.pass();
                     }
                     None => {
@@ -632,18 +628,19 @@ impl Device for LoopbackDevice {
     }
 
     fn complete(&mut self, irb: &mut CompletingIrb) {
-        let frame = std::mem::take(irb.frame::<LoopFrame>());
-        if frame.held > 0 {
-            if let Some(v) = self.held[(frame.held - 1) as usize].take() {
+        let held = std::mem::take(&mut irb.frame::<LoopFrame>().held);
+        if held > 0 {
+            if let Some(v) = self.held[(held - 1) as usize].take() {
                 give_buffer(v);
             }
-            self.free_held.push(frame.held - 1);
+            self.free_held.push(held - 1);
         }
-        if frame.goodbye != 0
-            && let Some(link) = self.links.get_mut(&irb.conn())
-        {
-            // The host delivered the peer's close after everything before it: what it sent
-            // in answer is queued; the close is answered at the next poll.
+    }
+
+    fn peer_close_released(&mut self, conn: u64) {
+        // What the host sent in answer to the peer's last messages is queued: the close is
+        // answered at the next poll.
+        if let Some(link) = self.links.get_mut(&conn) {
             link.released = true;
         }
     }

@@ -178,13 +178,11 @@ impl Conn {
     }
 }
 
-/// Per-IRB frame: the received buffer an IRB points at (a `HeldBuffers` handle), and for a
-/// PEER_DISCONNECT IRB the connection it reports (index + 1).
+/// Per-IRB frame: the received buffer an IRB points at (a `HeldBuffers` handle).
 #[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
 #[repr(C)]
 pub struct ShmemFrame {
     held: u32,
-    finished: u32,
 }
 
 /// The shared-memory transport.
@@ -477,16 +475,12 @@ impl ShmemDevice {
                 // The peer said goodbye first: the application hears of it, and this
                 // side's host may still send what the fragments before it call for (a
                 // notice that a message failed), which may take it more than one poll: the
-                // goodbye is answered once the host has released this report (`complete`),
-                // at the next poll after that.
+                // goodbye is answered once the host has released this report
+                // (`peer_close_released`), at the next poll after that.
                 c.peer_done = true;
                 let vmi = c.vmi;
                 match self.host.alloc_irb(Op::PeerDisconnect, vmi) {
                     Some(mut irb) => {
-                        *irb.frame::<ShmemFrame>() = ShmemFrame {
-                            held: 0,
-                            finished: idx as u32 + 1,
-                        };
                         irb.set_detail(&detail);
                         irb.set_status(Status::Ok);
                         irb.pass();
@@ -1874,20 +1868,16 @@ impl Device for ShmemDevice {
         let held = std::mem::take(&mut irb.frame::<ShmemFrame>().held);
         if held != 0 {
             self.pool.release(held);
-            return;
         }
-        if irb.op() == Op::PeerDisconnect {
-            // The host delivered the peer's goodbye after everything before it: what it
-            // sent in answer is queued here; the goodbye is answered at the next poll.
-            let finished = std::mem::take(&mut irb.frame::<ShmemFrame>().finished);
-            if let Some(idx) = (finished as usize).checked_sub(1)
-                && self
-                    .conns
-                    .get(idx)
-                    .is_some_and(|c| c.as_ref().is_some_and(|c| c.peer_done))
-            {
-                self.finishing.push(idx);
-            }
+    }
+
+    fn peer_close_released(&mut self, conn: u64) {
+        // What the host sent in answer to the peer's last fragments is queued here: the
+        // goodbye is answered at the next poll.
+        if let Some(&idx) = self.by_vmi.get(&conn)
+            && self.conns[idx].as_ref().is_some_and(|c| c.peer_done)
+        {
+            self.finishing.push(idx);
         }
     }
 

@@ -103,13 +103,11 @@ impl Conn {
     }
 }
 
-/// Per-IRB frame: the received payload a RECV IRB points at (index + 1; 0 for none), and
-/// for a PEER_DISCONNECT IRB the connection it reports (index + 1).
+/// Per-IRB frame: the received payload a RECV IRB points at (index + 1; 0 for none).
 #[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
 #[repr(C)]
 pub struct TcpFrame {
     held: u32,
-    finished: u32,
 }
 
 /// The TCP transport.
@@ -313,7 +311,8 @@ impl TcpDevice {
                 // notice that a message failed). The host hears of those fragments first and
                 // may take more than one poll for them (it delivers a bounded number of
                 // outcomes per poll), so the connection is closed once the host has released
-                // this report (`complete`), which comes after them; then at the next poll.
+                // this report (`peer_close_released`), which comes after them; then at the
+                // next poll.
                 if let Some(c) = self.conns[idx].as_mut() {
                     c.peer_done = true;
                     c.proto.peer_finished();
@@ -321,10 +320,6 @@ impl TcpDevice {
                     self.budget_left = self.budget_left.saturating_sub(1);
                     match self.host.alloc_irb(Op::PeerDisconnect, vmi) {
                         Some(mut irb) => {
-                            *irb.frame::<TcpFrame>() = TcpFrame {
-                                held: 0,
-                                finished: idx as u32 + 1,
-                            };
                             irb.set_detail(&detail);
                             irb.set_status(Status::Ok);
                             irb.pass();
@@ -1527,20 +1522,16 @@ impl Device for TcpDevice {
         let held = std::mem::take(&mut irb.frame::<TcpFrame>().held);
         if held != 0 {
             self.pool.release(held);
-            return;
         }
-        if irb.op() == Op::PeerDisconnect {
-            // The host delivered the peer's close, after everything before it: what it sent
-            // in answer has reached this device; the connection closes at the next poll.
-            let finished = std::mem::take(&mut irb.frame::<TcpFrame>().finished);
-            if let Some(idx) = (finished as usize).checked_sub(1)
-                && self
-                    .conns
-                    .get(idx)
-                    .is_some_and(|c| c.as_ref().is_some_and(|c| c.peer_done))
-            {
-                self.finishing.push(idx);
-            }
+    }
+
+    fn peer_close_released(&mut self, conn: u64) {
+        // What the host sent in answer to the peer's last fragments has reached this
+        // device: the connection closes at the next poll.
+        if let Some(&idx) = self.by_vmi.get(&conn)
+            && self.conns[idx].as_ref().is_some_and(|c| c.peer_done)
+        {
+            self.finishing.push(idx);
         }
     }
 

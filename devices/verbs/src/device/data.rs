@@ -591,7 +591,6 @@ impl VerbsDevice {
             Some(mut irb) => {
                 irb.set_detail("the peer closed the connection");
                 irb.set_status(Status::Ok);
-                irb.frame::<VerbsFrame>().goodbye = 1;
                 irb.pass();
             }
             // No report to wait for.

@@ -77,10 +77,6 @@ pub struct VerbsFrame {
     held: u32,
     /// A read fragment's handle in `big` (0: none).
     big: u32,
-    /// A PEER_DISCONNECT report of the peer's bye, which this side answers once released.
-    goodbye: u32,
-    /// Keeps the frame a whole number of words.
-    _pad: u32,
 }
 
 /// The verbs transport.
@@ -702,15 +698,7 @@ impl Device for VerbsDevice {
         if f.held != 0 {
             self.held.release(f.held);
         }
-        if f.goodbye != 0
-            && let Some(&idx) = self.by_vmi.get(&irb.conn())
-            && let Some(c) = conn!(self, idx)
-            && c.peer_done
-        {
-            // The host delivered the peer's bye after everything before it: what it sent in
-            // answer is queued; the bye is answered once those sends are done (`maintain`).
-            c.released = true;
-        }
+
         if f.big != 0
             && let Some(b) = self.big.remove(&f.big)
         {
@@ -728,6 +716,17 @@ impl Device for VerbsDevice {
                     }
                 }
             }
+        }
+    }
+
+    fn peer_close_released(&mut self, conn: u64) {
+        // What the host sent in answer to the peer's last fragments is queued: the bye is
+        // answered once those sends are done (`maintain`).
+        if let Some(&idx) = self.by_vmi.get(&conn)
+            && let Some(c) = conn!(self, idx)
+            && c.peer_done
+        {
+            c.released = true;
         }
     }
 
