@@ -187,29 +187,8 @@ unsafe extern "C" fn receive(
         // SAFETY: forwarded from the transport (the same signature: a tail call).
         return unsafe { receive_slow(ctx, conn, flags, data, len) };
     }
-    arena.msgs += (flags & VMI_FLAG_MSG != 0) as usize;
-    let at = arena.lent.len();
-    // SAFETY: `lent` has room for one more (checked above); the slot is written before
-    // `set_len` covers it.
-    unsafe {
-        arena.lent.as_mut_ptr().add(at).write(Lent {
-            conn,
-            flags,
-            start,
-            len,
-        });
-        arena.lent.set_len(at + 1);
-    }
-    if len > 0 {
-        // SAFETY: the transport lends `len` readable bytes at `data` for this call; the
-        // arena has room for them after its `start` initialised bytes (checked above), which
-        // `set_len` then covers.
-        unsafe {
-            vmi_device::copy::copy_small(data, arena.bytes.as_mut_ptr().add(start), len);
-            arena.bytes.set_len(start + len);
-        }
-    }
-    VMI_COMPLETE
+    // SAFETY: room checked above; `data` holds 0 or 4 to 64 readable bytes.
+    unsafe { append(arena, conn, flags, data, len, vmi_device::copy::copy_small) }
 }
 
 /// [`receive`] for a fragment of 1 to 3 or over 64 bytes, or an arena that must grow.
@@ -229,23 +208,48 @@ unsafe extern "C" fn receive_slow(
         );
         return VMI_PASS;
     }
+    arena.bytes.reserve(len);
+    arena.lent.reserve(1);
+    // SAFETY: `reserve` made the room; the transport lends `len` readable bytes at `data`.
+    unsafe { append(arena, conn, flags, data, len, std::ptr::copy_nonoverlapping) }
+}
+
+/// Records a fragment in the arena and copies its bytes there with `copy`.
+///
+/// # Safety
+/// The arena has room for `len` more bytes and one more fragment; `data` is readable for
+/// `len` bytes (any pointer when `len` is 0); `copy` has `copy_nonoverlapping`'s contract
+/// for the lengths it is given here.
+#[inline(always)]
+unsafe fn append(
+    arena: &mut Arena,
+    conn: u64,
+    flags: u32,
+    data: *const u8,
+    len: usize,
+    copy: unsafe fn(*const u8, *mut u8, usize),
+) -> i32 {
     arena.msgs += (flags & VMI_FLAG_MSG != 0) as usize;
     let start = arena.bytes.len();
+    let at = arena.lent.len();
+    // SAFETY: `lent` has room for one more (the caller's promise); the slot is written
+    // before `set_len` covers it.
+    unsafe {
+        arena.lent.as_mut_ptr().add(at).write(Lent {
+            conn,
+            flags,
+            start,
+            len,
+        });
+        arena.lent.set_len(at + 1);
+    }
     if len > 0 {
-        arena.bytes.reserve(len);
-        // SAFETY: the transport lends `len` readable bytes at `data` for this call; `reserve`
-        // made room for them after the arena's `start` initialised bytes, which `set_len`
-        // then covers.
+        // SAFETY: the arena has room for `len` bytes after its `start` initialised ones (the
+        // caller's promise), which `set_len` then covers once they are copied.
         unsafe {
-            std::ptr::copy_nonoverlapping(data, arena.bytes.as_mut_ptr().add(start), len);
+            copy(data, arena.bytes.as_mut_ptr().add(start), len);
             arena.bytes.set_len(start + len);
         }
     }
-    arena.lent.push(Lent {
-        conn,
-        flags,
-        start,
-        len,
-    });
     VMI_COMPLETE
 }
