@@ -111,7 +111,7 @@ struct Link {
     /// The peer closed first: answer with this side's close once the host has released the
     /// report of it (`released`), after the host's last sends.
     answer_close: bool,
-    /// The host released the PEER_DISCONNECT report (the device's completion step for it):
+    /// The host released the PEER_DISCONNECT report (`peer_close_released`):
     /// every fragment before the close, and what the host sent in answer to them (notices of
     /// failed messages, over as many polls as it took), went first.
     released: bool,

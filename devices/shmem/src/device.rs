@@ -1866,9 +1866,7 @@ impl Device for ShmemDevice {
 
     fn complete(&mut self, irb: &mut CompletingIrb) {
         let held = std::mem::take(&mut irb.frame::<ShmemFrame>().held);
-        if held != 0 {
-            self.pool.release(held);
-        }
+        self.pool.release(held);
     }
 
     fn peer_close_released(&mut self, conn: u64) {

@@ -294,7 +294,7 @@ pub struct Conn {
     /// The peer said bye and the application heard of it: say bye in turn once this side's
     /// last sends (the host's notices) are done, then close.
     pub peer_done: bool,
-    /// The host released the report of the peer's close (its completion step): every
+    /// The host released the report of the peer's close (`peer_close_released`): every
     /// fragment before the bye went up first, and the host's notices about them (over as many
     /// polls as it took) were sent first.
     pub released: bool,
@@ -364,6 +364,17 @@ impl Conn {
             bounce: None,
             regcache: vmi_device::regcache::RegCache::new(256),
             lent: HashMap::new(),
+        }
+    }
+
+    /// Gives back the memory a large send `token` was offered from: its staging buffer, or
+    /// the registration of the host's own bytes (the peer's access to them ends here).
+    pub fn end_send(&mut self, token: u64, nic: &mut dyn Nic) {
+        if let Some(s) = self.staged.remove(&token) {
+            self.stage_pool.give(nic, s);
+        }
+        if let Some(mr) = self.lent.remove(&token) {
+            nic.deregister(mr);
         }
     }
 

@@ -82,12 +82,7 @@ impl VerbsDevice {
                 true
             }
             Err(SendError::Busy(_)) => {
-                if let Some(s) = c.staged.remove(&token) {
-                    c.stage_pool.give(self.nic.as_mut(), s);
-                }
-                if let Some(mr) = c.lent.remove(&token) {
-                    self.nic.deregister(mr);
-                }
+                c.end_send(token, self.nic.as_mut());
                 let Some(c) = conn!(self, idx) else {
                     return true;
                 };
@@ -95,12 +90,7 @@ impl VerbsDevice {
                 false
             }
             Err(e @ SendError::TooLarge { .. }) => {
-                if let Some(s) = c.staged.remove(&token) {
-                    c.stage_pool.give(self.nic.as_mut(), s);
-                }
-                if let Some(mr) = c.lent.remove(&token) {
-                    self.nic.deregister(mr);
-                }
+                c.end_send(token, self.nic.as_mut());
                 irb.set_detail(&e.to_string());
                 irb.complete(Status::TooLarge);
                 true
@@ -202,14 +192,9 @@ impl VerbsDevice {
                 }
                 Action::Sent { token } => {
                     let irb = c.pending.remove(&token);
-                    if let Some(s) = c.staged.remove(&token) {
-                        c.stage_pool.give(self.nic.as_mut(), s);
-                    }
                     // The peer finished reading: its access ends before the host gets the
                     // memory back.
-                    if let Some(mr) = c.lent.remove(&token) {
-                        self.nic.deregister(mr);
-                    }
+                    c.end_send(token, self.nic.as_mut());
                     if let Some(irb) = irb {
                         irb.complete(Status::Ok);
                     }
