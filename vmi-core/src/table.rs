@@ -21,9 +21,7 @@ impl<T> Default for Table<T> {
 impl<T> Table<T> {
     /// Stores `value`; returns its key (never 0).
     pub fn insert(&mut self, value: T) -> u64 {
-        self.generation = self.generation.wrapping_add(1).max(1);
-        let index = self.slab.insert((self.generation, value));
-        (u64::from(self.generation) << 32) | index as u64
+        self.insert_with(|_| value)
     }
 
     /// Stores the value `make` builds from its key; returns the key (never 0).

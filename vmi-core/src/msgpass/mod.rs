@@ -501,6 +501,8 @@ fn handle(
         } => {
             let reply_max = (reply_max as usize).min(MAX_MESSAGE);
             let taken = if now && !core.msg.server.has_queued() {
+                // A `match`, not `map` with a closure: the closure was not inlined (23
+                // instructions per request, callgrind).
                 match core
                     .msg
                     .server
