@@ -257,9 +257,6 @@ impl Server {
         let rcvid = h.id;
         h.data = Some(Arc::from(data));
         let key = self.insert(h);
-        if let Some(h) = self.held.get_mut(key) {
-            h.id = rcvid;
-        }
         self.kept.insert(rcvid, key);
     }
 
@@ -319,10 +316,14 @@ impl Server {
         }
     }
 
-    /// Puts a held request in the table; returns its key (and receive id, unless kept).
+    /// Puts a held request in the table; returns its key. Its receive id is the key, unless
+    /// it has one already (a request delivered at once and kept).
     fn insert(&mut self, h: Held) -> u64 {
         let conn = h.conn;
-        let key = self.held.insert_with(|id| Held { id, ..h });
+        let key = self.held.insert_with(|key| Held {
+            id: if h.id == 0 { key } else { h.id },
+            ..h
+        });
         self.per_conn(conn).push(key);
         key
     }
@@ -403,7 +404,9 @@ impl Server {
         self.take_held(rcvid)
     }
 
-    /// Removes a held request that was answered (as [`Server::take`], dropping it in place).
+    /// Removes a held request that was answered (as [`Server::take`], dropping it in place:
+    /// moving the request out for a caller that drops it costs 17 instructions per request
+    /// hop, callgrind).
     #[inline(always)]
     pub fn forget(&mut self, rcvid: u64) {
         if let Some(h) = self.current.as_ref().filter(|h| h.id == rcvid) {
