@@ -71,6 +71,24 @@ impl Host {
         Some(unsafe { Irb::from_raw(raw.as_ptr(), frame, *self) })
     }
 
+    /// Reports that the peer of `conn` went away (a PEER_DISCONNECT IRB handed up with
+    /// `status` and `detail`: `Ok` for a clean close). False when the host had no IRB to
+    /// report with (its pool is exhausted): nothing will be released for it, so a transport
+    /// whose close is answered answers it without waiting for
+    /// [`crate::Device::peer_close_released`].
+    pub fn report_peer_disconnect(&self, conn: u64, status: Status, detail: &str) -> bool {
+        let Some(mut irb) = self.alloc_irb(Op::PeerDisconnect, conn) else {
+            return false;
+        };
+        if !detail.is_empty() {
+            irb.set_detail(detail);
+        }
+        // The status travels in the IRB; a PEER_DISCONNECT is handed up, not completed.
+        irb.set_status(status);
+        irb.pass();
+        true
+    }
+
     /// How many receive IRBs this device may still allocate before [`Host::alloc_irb`] returns
     /// `None` (ABI 1.1; an older host answers `u32::MAX`, meaning "no bound known").
     pub fn irbs_available(&self) -> u32 {

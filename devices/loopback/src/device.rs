@@ -407,20 +407,16 @@ impl LoopbackDevice {
                     link.answer_close = true;
                     self.closes.push(to);
                 }
-                match self.host.alloc_irb(Op::PeerDisconnect, to) {
-                    Some(mut irb) => {
-                        if lost {
-                            irb.set_detail("the peer aborted the connection");
-                            irb.set_status(Status::ConnectionLost);
-                        }
-                        irb.pass();
-                    }
-                    None => {
-                        // No report to wait for: answer at the next poll.
-                        if let Some(link) = self.links.get_mut(&to) {
-                            link.released = true;
-                        }
-                    }
+                let (status, detail) = if lost {
+                    (Status::ConnectionLost, "the peer aborted the connection")
+                } else {
+                    (Status::Ok, "")
+                };
+                if !self.host.report_peer_disconnect(to, status, detail)
+                    && let Some(link) = self.links.get_mut(&to)
+                {
+                    // No report to wait for: answer at the next poll.
+                    link.released = true;
                 }
             }
         }

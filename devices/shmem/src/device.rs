@@ -443,11 +443,7 @@ impl ShmemDevice {
                     c.peer_key
                 );
             }
-            if let Some(mut irb) = self.host.alloc_irb(Op::PeerDisconnect, c.vmi) {
-                irb.set_detail(detail);
-                irb.set_status(status);
-                irb.pass();
-            }
+            self.host.report_peer_disconnect(c.vmi, status, detail);
         }
     }
 
@@ -478,14 +474,8 @@ impl ShmemDevice {
                 // goodbye is answered once the host has released this report
                 // (`peer_close_released`), at the next poll after that.
                 c.peer_done = true;
-                let vmi = c.vmi;
-                match self.host.alloc_irb(Op::PeerDisconnect, vmi) {
-                    Some(mut irb) => {
-                        irb.set_detail(&detail);
-                        irb.set_status(Status::Ok);
-                        irb.pass();
-                    }
-                    None => self.finishing.push(idx),
+                if !self.host.report_peer_disconnect(c.vmi, Status::Ok, &detail) {
+                    self.finishing.push(idx);
                 }
             } else {
                 self.end(idx, status, &detail, false);

@@ -318,13 +318,8 @@ impl TcpDevice {
                     c.proto.peer_finished();
                     let vmi = c.vmi;
                     self.budget_left = self.budget_left.saturating_sub(1);
-                    match self.host.alloc_irb(Op::PeerDisconnect, vmi) {
-                        Some(mut irb) => {
-                            irb.set_detail(&detail);
-                            irb.set_status(Status::Ok);
-                            irb.pass();
-                        }
-                        None => self.finishing.push(idx),
+                    if !self.host.report_peer_disconnect(vmi, Status::Ok, &detail) {
+                        self.finishing.push(idx);
                     }
                 }
             }
@@ -423,12 +418,7 @@ impl TcpDevice {
                 );
             }
             self.budget_left = self.budget_left.saturating_sub(1);
-            if let Some(mut irb) = self.host.alloc_irb(Op::PeerDisconnect, c.vmi) {
-                irb.set_detail(detail);
-                // The status travels in the IRB; a PeerDisconnect is handed up, not completed.
-                irb.set_status(status);
-                irb.pass();
-            }
+            self.host.report_peer_disconnect(c.vmi, status, detail);
         }
     }
 

@@ -572,14 +572,10 @@ impl VerbsDevice {
             return;
         }
         self.budget_left -= 1;
-        match self.host.alloc_irb(Op::PeerDisconnect, vmi) {
-            Some(mut irb) => {
-                irb.set_detail("the peer closed the connection");
-                irb.set_status(Status::Ok);
-                irb.pass();
-            }
-            // No report to wait for.
-            None => c.released = true,
-        }
+        let reported =
+            self.host
+                .report_peer_disconnect(vmi, Status::Ok, "the peer closed the connection");
+        // No report to wait for: answer without.
+        c.released |= !reported;
     }
 }

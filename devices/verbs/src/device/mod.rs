@@ -308,11 +308,7 @@ impl VerbsDevice {
         let open = matches!(c.stage, Stage::Open | Stage::AwaitReady | Stage::Requested);
         if tell && open && c.vmi != 0 && !c.peer_done {
             self.budget_left = self.budget_left.saturating_sub(1);
-            if let Some(mut irb) = self.host.alloc_irb(Op::PeerDisconnect, c.vmi) {
-                irb.set_detail(detail);
-                irb.set_status(status);
-                irb.pass();
-            }
+            self.host.report_peer_disconnect(c.vmi, status, detail);
         }
     }
 
