@@ -240,6 +240,54 @@ mod older_host {
     unsafe extern "C" fn log(_: *mut c_void, _: u32, _: VmiStr, _: VmiStr) {}
     unsafe extern "C" fn wake(_: *mut c_void) {}
 
+    unsafe extern "C" fn three(_: *mut c_void) -> u32 {
+        3
+    }
+
+    fn table(
+        minor: u32,
+        irb_available: unsafe extern "C" fn(*mut c_void) -> u32,
+    ) -> VmiHostServices {
+        VmiHostServices {
+            size: std::mem::size_of::<VmiHostServices>() as u32,
+            abi_minor: minor,
+            pass,
+            complete,
+            complete_from_thread: complete,
+            irb_alloc: alloc,
+            irb_frame: frame,
+            irb_attach: attach,
+            irb_set_peer: peer,
+            irb_set_detail: detail,
+            conn_new: conn,
+            local_key: text,
+            signature: text,
+            log,
+            wake,
+            max_log_level: 0,
+            host_marker: std::ptr::null(),
+            irb_available,
+        }
+    }
+
+    #[test]
+    fn a_poll_asks_a_1_5_host_for_its_receive_irbs_and_a_1_6_host_not() {
+        // A 1.6 host bounds the budget itself: asking would cross the boundary for nothing.
+        let new = table(6, never);
+        // SAFETY: the table lives for the test; the host pointer is never dereferenced.
+        let host = unsafe { Host::from_raw(&new, std::ptr::null_mut(), 0) };
+        assert_eq!(host.receive_credit(64), 64);
+        let old = table(5, three);
+        // SAFETY: as above.
+        let host = unsafe { Host::from_raw(&old, std::ptr::null_mut(), 0) };
+        assert_eq!(
+            host.receive_credit(64),
+            3,
+            "the smaller of the budget and what is left"
+        );
+        assert_eq!(host.receive_credit(2), 2);
+    }
+
     #[test]
     fn a_device_on_a_1_0_host_does_not_call_1_1_services() {
         let services = VmiHostServices {
@@ -266,5 +314,6 @@ mod older_host {
         let host = unsafe { Host::from_raw(&services, std::ptr::null_mut(), 0) };
         assert_eq!(host.abi_minor(), 0);
         assert_eq!(host.irbs_available(), u32::MAX, "no bound known");
+        assert_eq!(host.receive_credit(64), 64);
     }
 }

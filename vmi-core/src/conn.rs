@@ -559,19 +559,18 @@ impl ConnTable {
     }
 
     /// A received fragment of the application's stream arrived: whether to deliver it (false
-    /// while the rest of a failed message is discarded), and the index of its message.
+    /// while the rest of a failed message is discarded), and the index of its message; `None`
+    /// when the connection is not live (one look-up answers both).
     #[inline]
-    pub fn rx_fragment(&mut self, id: ConnId, end: bool) -> (bool, u64) {
-        let Some(e) = self.get_mut(id) else {
-            return (false, 0);
-        };
+    pub fn rx_fragment(&mut self, id: ConnId, end: bool) -> Option<(bool, u64)> {
+        let e = self.get_mut(id)?;
         let message = e.rx_messages;
         let deliver = !e.rx_discarding;
         if end {
             e.rx_messages += 1;
             e.rx_discarding = false;
         }
-        (deliver, message)
+        Some((deliver, message))
     }
 
     /// A received fragment failed (integrity, decompression, loss): the message fails as a

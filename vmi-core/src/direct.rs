@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use crate::abi::{VMI_COMPLETE, VMI_FLAG_HOST, VMI_FLAG_MSG, VMI_PASS};
 use crate::dispatch::receive_lent;
-use crate::engine::{Dev, POLL_BUDGET, PollDirectFn};
+use crate::engine::{Dev, PollDirectFn};
 use crate::handler::Handler;
 use crate::ops::Core;
 use crate::slab::Releases;
@@ -57,7 +57,7 @@ pub(crate) fn poll(core: &mut Core, arena: &mut Arena, handler: &mut dyn Handler
         let ctx = std::ptr::from_mut(arena);
         // SAFETY: a live transport instance; the arena is reached only through the pointer
         // until the call returns, by `receive` on this thread, and is not kept after it.
-        let n = unsafe { f(dev.0, POLL_BUDGET, receive, ctx.cast()) };
+        let n = unsafe { f(dev.0, core.engine.poll_credit(), receive, ctx.cast()) };
         events += n.max(0) as usize;
         deliver(core, arena, handler);
         // IRBs the transport handed up (after what went through the arena) move now.
@@ -69,12 +69,12 @@ pub(crate) fn poll(core: &mut Core, arena: &mut Arena, handler: &mut dyn Handler
 /// Polls one direct transport into the arena, with no outcome waiting (so it takes
 /// everything it may); returns the events it reported. `Vmi::poll`'s own direct poll.
 #[inline(always)]
-pub(crate) fn poll_one(arena: &mut Arena, f: PollDirectFn, dev: Dev) -> usize {
+pub(crate) fn poll_one(arena: &mut Arena, f: PollDirectFn, dev: Dev, budget: u32) -> usize {
     arena.blocked = false;
     let ctx = std::ptr::from_mut(arena);
     // SAFETY: a live transport instance; the arena is reached only through the pointer until
     // the call returns, by `receive` on this thread, and is not kept after it.
-    let n = unsafe { f(dev.0, POLL_BUDGET, receive, ctx.cast()) };
+    let n = unsafe { f(dev.0, budget, receive, ctx.cast()) };
     n.max(0) as usize
 }
 

@@ -431,12 +431,11 @@ pub(crate) fn receive_lent(
 ) {
     let (raw, flags, data) = lent;
     let conn = ConnId(raw);
-    if !core.engine.conns().is_live(conn) {
+    let end = flags & VMI_FLAG_END != 0;
+    let Some((deliver, _)) = core.engine.conns_mut().rx_fragment(conn, end) else {
         log::debug!("{conn}: dropping a fragment that arrived after the connection closed");
         return;
-    }
-    let end = flags & VMI_FLAG_END != 0;
-    let (deliver, _) = core.engine.conns_mut().rx_fragment(conn, end);
+    };
     if !deliver {
         // The rest of a failed message.
         return;
@@ -497,8 +496,8 @@ fn receive(core: &mut Core, handler: &mut dyn Handler, s: Slot, conn: ConnId) {
         return receive_msg(core, handler, s, conn);
     }
     let end = s.flags() & VMI_FLAG_END != 0;
-    let (deliver, _) = core.engine.conns_mut().rx_fragment(conn, end);
-    if !deliver {
+    let deliver = core.engine.conns_mut().rx_fragment(conn, end);
+    if deliver.is_none_or(|(d, _)| !d) {
         // The rest of a failed message.
         core.engine.release_received(s);
         return;

@@ -256,7 +256,6 @@ impl Engine {
             recv_pos,
             named: Cell::new(!extra_recv_pos.is_empty()),
             extra_recv_pos: RefCell::new(extra_recv_pos),
-            recv_limit: MAX_RECEIVES_IN_FLIGHT,
             recv_live: std::sync::Arc::new(crate::services::Count::default()),
             send_limit: MAX_SENDS_IN_FLIGHT,
             send_live: Cell::new(0),
@@ -1024,18 +1023,34 @@ impl Engine {
 
     // ---- progress ----
 
+    /// The budget a transport's poll gets: [`POLL_BUDGET`], and at most the receive IRBs it
+    /// can still allocate (ABI 1.6: a device need not ask `irb_available` at every poll).
+    #[inline(always)]
+    pub(crate) fn poll_credit(&self) -> u32 {
+        let live = self.shared.recv_live.get();
+        if live <= MAX_RECEIVES_IN_FLIGHT - POLL_BUDGET as usize {
+            POLL_BUDGET
+        } else {
+            MAX_RECEIVES_IN_FLIGHT.saturating_sub(live) as u32
+        }
+    }
+
     /// Lets every device make progress; returns the number of events they reported.
-    #[inline]
+    /// Inlined at the caller: an idle poll is the devices' calls and a few loads.
+    #[inline(always)]
     pub fn poll_devices(&mut self) -> usize {
         let mut events = 0;
         if self.releases.pending.load(Ordering::Relaxed) > 0 {
             events += self.take_releases();
         }
-        for i in 0..self.pollers.len() {
-            let n = match self.pollers[i] {
+        // By index, one bounds check a turn: a device's work may change the list.
+        let mut i = 0;
+        while let Some(&poller) = self.pollers.get(i) {
+            i += 1;
+            let n = match poller {
                 Poller::Budget(p, dev) => {
                     // SAFETY: live instance.
-                    unsafe { p(dev.0, POLL_BUDGET) }
+                    unsafe { p(dev.0, self.poll_credit()) }
                 }
                 Poller::Plain(p, dev) => {
                     // SAFETY: live instance (a 1.0 device: no budget).

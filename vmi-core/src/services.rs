@@ -65,8 +65,6 @@ pub(crate) struct Shared {
     pub extra_recv_pos: RefCell<Vec<Vec<isize>>>,
     /// Whether there are named chains (one load on the receive path when there are none).
     pub named: std::cell::Cell<bool>,
-    /// Most receive IRBs in flight at once (`irb_available` counts down from it).
-    pub recv_limit: usize,
     /// Received fragments held now: receive IRBs in flight and grabbed copies of lent
     /// bytes (shared with the slabs that count a grab).
     pub recv_live: std::sync::Arc<Count>,
@@ -309,7 +307,7 @@ unsafe extern "C" fn svc_irb_alloc(host: *mut c_void, op: u32, conn: u64) -> *mu
         log::error!("a device outside the receive chain asked for a receive IRB");
         return std::ptr::null_mut();
     }
-    if sh.recv_live.get() >= sh.recv_limit {
+    if sh.recv_live.get() >= crate::MAX_RECEIVES_IN_FLIGHT {
         return std::ptr::null_mut();
     }
     sh.recv_live.set(sh.recv_live.get() + 1);
@@ -329,7 +327,7 @@ unsafe extern "C" fn svc_irb_available(host: *mut c_void) -> u32 {
     let Some((_, sh)) = (unsafe { live(host, "irb_available") }) else {
         return 0;
     };
-    sh.recv_limit
+    crate::MAX_RECEIVES_IN_FLIGHT
         .saturating_sub(sh.recv_live.get())
         .min(u32::MAX as usize) as u32
 }

@@ -299,7 +299,12 @@ impl Vmi {
                     // One transport delivers directly (the usual case) and nothing else
                     // waits: its poll runs here, and what it handed over is delivered out of
                     // line (`poll_rest` would do the same, through a larger frame).
-                    let n = n + crate::direct::poll_one(&mut self.arena, f, dev);
+                    let n = n + crate::direct::poll_one(
+                        &mut self.arena,
+                        f,
+                        dev,
+                        self.core.engine.poll_credit(),
+                    );
                     self.core.engine.run_queued();
                     if self.arena.is_empty() && self.core.engine.outcomes() == 0 {
                         return n;

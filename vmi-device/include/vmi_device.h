@@ -6,7 +6,7 @@
  * name). The host owns every IRB; a device holds one only between returning VMI_PENDING and
  * calling services->pass or services->complete. Nothing Rust-specific crosses this boundary.
  *
- * This header mirrors vmi-device/src/abi.rs; keep both in step. ABI 1.5.
+ * This header mirrors vmi-device/src/abi.rs; keep both in step. ABI 1.6.
  *
  * Versioning: structs only grow at the end, and every table says its own size. A host reads a
  * device built for an older minor (shorter tables: the missing entries count as NULL) and one
@@ -15,7 +15,9 @@
  *     if (svc->size > VMI_HOST_SERVICES_SIZE_1_0) n = svc->irb_available(host);
  * History: 1.0 first edition; 1.1 adds vtable.poll_budget and services.irb_available;
  * 1.2 adds vtable.send_inline and vtable.poll_direct; 1.3 adds vtable.rdma_access;
- * 1.4 adds vtable.register_conn; 1.5 adds the IRB operation VMI_OP_ABORT.
+ * 1.4 adds vtable.register_conn; 1.5 adds the IRB operation VMI_OP_ABORT; from 1.6 on
+ * (services->abi_minor >= 6) the budget the host passes to poll_budget and poll_direct is
+ * already at most what irb_available would return, so a device need not ask at every poll.
  *
  * Threads: the host calls a device instance from one thread at a time, and the services the
  * device calls during a call run on that thread. The thread may change between calls (an
@@ -35,7 +37,7 @@ extern "C" {
 
 #define VMI_DEVICE_MAGIC 0x44494d56u /* "VMID" little-endian */
 #define VMI_ABI_MAJOR 1
-#define VMI_ABI_MINOR 5
+#define VMI_ABI_MINOR 6
 /* Sizes of the 1.0 tables (x86-64 and aarch64 Linux): the smallest a 1.x host accepts. */
 #define VMI_DESCRIPTOR_SIZE_1_0 88u
 #define VMI_VTABLE_SIZE_1_0 104u
@@ -194,7 +196,8 @@ typedef struct vmi_device_vtable {
     /* Runtime attributes: get returns the value's full length (or -1: no such attribute). */
     int64_t (*get_attr)(void *dev, vmi_str name, char *out, size_t out_len);
     int32_t (*set_attr)(void *dev, vmi_str name, vmi_str value, char *err, size_t err_len);
-    /* ABI 1.1: as poll, handing at most `budget` IRBs up; preferred to poll when present. */
+    /* ABI 1.1: as poll, handing at most `budget` IRBs up; preferred to poll when present.
+     * From host 1.6 on, budget <= irb_available at the time of the call. */
     int32_t (*poll_budget)(void *dev, uint32_t budget);
     /* ABI 1.2, transports: send a small whole message (flags: VMI_FLAG_END) at once with no
      * IRB, copying the bytes; VMI_COMPLETE when sent, VMI_PASS when not now (the host then

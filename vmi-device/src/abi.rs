@@ -38,6 +38,10 @@
 //!   publishes to the peer on one connection, so it can scope the registration to it).
 //! - 1.5: IRB operation `VMI_OP_ABORT` (close a connection at once, ending what the device
 //!   holds for it with the given status: send and disconnect timeouts, cancels).
+//! - 1.6: no new entry; a host of 1.6 or later passes `poll_budget` and `poll_direct` a
+//!   `budget` already bounded by the receive IRBs it can hand out (what `irb_available`
+//!   would return), so a transport need not ask at every poll. A device checks
+//!   `VmiHostServices::abi_minor` before relying on it (the SDK's `Host::receive_credit`).
 #![allow(unsafe_code)]
 
 use std::ffi::{c_char, c_void};
@@ -47,7 +51,7 @@ pub const VMI_DEVICE_MAGIC: u32 = 0x4449_4d56;
 /// ABI major version: a descriptor of another major is refused.
 pub const VMI_ABI_MAJOR: u16 = 1;
 /// ABI minor version: newer minors only append fields.
-pub const VMI_ABI_MINOR: u16 = 5;
+pub const VMI_ABI_MINOR: u16 = 6;
 /// Size of a 1.0 descriptor: the smallest a host of this major accepts.
 pub const VMI_DESCRIPTOR_SIZE_1_0: u32 = 88;
 /// Size of a 1.0 vtable: the smallest a host of this major accepts.
@@ -389,7 +393,8 @@ pub struct VmiDeviceVtable {
     // ---- ABI 1.1 ----
     /// Makes progress without blocking, handing at most `budget` IRBs up the receive chain;
     /// returns how many events it produced. A host prefers it to `poll`; a 1.0 device lacks it
-    /// and is polled without a bound.
+    /// and is polled without a bound. From host ABI 1.6 on, `budget` is also at most the
+    /// receive IRBs the host can hand out at the time of the call (see the history above).
     pub poll_budget: Option<unsafe extern "C" fn(dev: *mut c_void, budget: u32) -> i32>,
     // ---- ABI 1.2 ----
     /// Transports: sends `len` bytes at `data` on connection `conn` as one fragment with IRB

@@ -99,6 +99,19 @@ impl Host {
         unsafe { (self.svc().irb_available)(self.ctx) }
     }
 
+    /// How many fragments a poll given `budget` may hand up (receive IRBs and direct
+    /// deliveries together): `budget` itself from a host of ABI 1.6 on, which bounds it by
+    /// the receive IRBs it can hand out before the call; the smaller of `budget` and
+    /// [`Host::irbs_available`] from an older one. Ask once per poll and count down.
+    #[inline]
+    pub fn receive_credit(&self, budget: usize) -> usize {
+        if self.svc().abi_minor >= 6 {
+            budget
+        } else {
+            budget.min(self.irbs_available() as usize)
+        }
+    }
+
     /// A handle for a new incoming connection owned by this device.
     pub fn conn_new(&self) -> u64 {
         // SAFETY: valid host pointer.

@@ -205,6 +205,8 @@ pub struct ShmemDevice {
     by_vmi: ConnMap<usize>,
     pool: HeldBuffers,
     polls: u32,
+    /// The connection `poll` reads first (see `poll_work`).
+    rx_first: usize,
     slept: Cell<bool>,
     /// Connections whose peer said goodbye, to finish at the next poll.
     finishing: Vec<usize>,
@@ -292,6 +294,8 @@ impl ShmemDevice {
     #[inline(never)]
     fn poll_work(&mut self, budget: usize) -> usize {
         let mut n = 0;
+        // Counted down over the connections: the records of one poll stay within it.
+        let mut credit = self.host.receive_credit(budget);
         if !self.finishing.is_empty() {
             for idx in std::mem::take(&mut self.finishing) {
                 if self.conns[idx].as_ref().is_some_and(|c| c.peer_done) {
@@ -309,9 +313,25 @@ impl ShmemDevice {
             }
             self.polls = CONTROL_EVERY - 1;
         }
-        for idx in 0..self.conns.len() {
+        // From `rx_first` on, round the table: a connection that used up a poll's credit is
+        // read last at the next poll, so a busy peer cannot starve the others.
+        let len = self.conns.len();
+        let mut next = self.rx_first.min(len);
+        for _ in 0..len {
+            if next == len {
+                next = 0;
+            }
+            let idx = next;
+            next += 1;
             if self.conns[idx].as_ref().is_some_and(|c| !c.idle()) {
-                n += self.drain_rx(idx, budget);
+                if credit > 0 {
+                    let got = self.drain_rx(idx, credit);
+                    credit = credit.saturating_sub(got);
+                    n += got;
+                    if credit == 0 {
+                        self.rx_first = idx + 1;
+                    }
+                }
                 // The checks inline, the work out of line: an idle connection costs a few loads.
                 let Some(c) = self.conns[idx].as_ref() else {
                     continue;
@@ -518,10 +538,12 @@ impl ShmemDevice {
         let mut n = 0;
         let mut error: Option<String> = None;
         let mut aborted = false;
-        // At most `budget` records, and none without a receive IRB to hand it up in: the rest
-        // stays in the ring, which pushes back on the peer when it fills. The host is asked
-        // once per call; only this loop takes receive IRBs meanwhile, one per record at most.
-        let credit = budget.min(host.irbs_available() as usize);
+        // At most `budget` records (the poll's credit: `Host::receive_credit`, at most the
+        // receive IRBs the host could hand out when the poll began), and none without a
+        // receive IRB to hand it up in: the rest stays in the ring, which pushes back on the
+        // peer when it fills. Records handed over directly take no IRB; before the first that
+        // may need one, the host is asked what it has now (below), once per call.
+        let mut credit = budget;
         // Set when a batch took every byte the ring held: the reader below has nothing to do.
         let mut all_taken = false;
         if deliver::active() && c.reader.at_boundary() {
@@ -550,6 +572,10 @@ impl ShmemDevice {
                 Err(e) => error = Some(format!("protocol violation by '{}': {e}", c.peer_key)),
             }
             cons.consume(used);
+        }
+        if n < credit && error.is_none() && !all_taken {
+            // Only this loop takes receive IRBs meanwhile, one per record at most.
+            credit = credit.min(n.saturating_add(host.irbs_available() as usize));
         }
         while n < credit && error.is_none() && !all_taken {
             let next = if deliver::active() {
@@ -1597,6 +1623,7 @@ impl Device for ShmemDevice {
             by_vmi: ConnMap::new(),
             pool: HeldBuffers::default(),
             polls: 0,
+            rx_first: 0,
             slept: Cell::new(false),
             finishing: Vec::new(),
             auth,

@@ -1523,9 +1523,10 @@ impl Device for TcpDevice {
     }
 
     fn poll(&mut self, budget: usize) -> usize {
-        // One host call per poll, not per message: during this poll only this device takes
-        // receive IRBs, and it counts each one down (`deliver`, connect requests, peer ends).
-        self.budget_left = budget.min(self.host.irbs_available() as usize);
+        // Asked once per poll (and not at all from a host of ABI 1.6 on, which bounds the
+        // budget itself): during this poll only this device takes receive IRBs, and it counts
+        // each one down (`deliver`, connect requests, peer ends).
+        self.budget_left = self.host.receive_credit(budget);
         self.held_bytes = 0;
         self.turn += 1;
         // Queued sends first: one writev per connection for everything sent since.

@@ -438,11 +438,11 @@ pub(crate) fn received(
     now: bool,
 ) {
     let end = flags & VMI_FLAG_END != 0;
-    let (deliver, _) = core.engine.conns_mut().rx_fragment(conn, end);
-    if deliver {
-        handle(core, handler, conn, end, data, now);
-    } else if !core.engine.conns().is_live(conn) {
-        log::debug!("{conn}: dropping a message that arrived after the connection closed");
+    let arrived = core.engine.conns_mut().rx_fragment(conn, end);
+    match arrived {
+        Some((true, _)) => handle(core, handler, conn, end, data, now),
+        Some((false, _)) => {}
+        None => log::debug!("{conn}: dropping a message that arrived after the connection closed"),
     }
 }
 

@@ -727,7 +727,7 @@ impl Device for VerbsDevice {
     }
 
     fn poll(&mut self, budget: usize) -> usize {
-        self.budget_left = budget.min(self.host.irbs_available() as usize);
+        self.budget_left = self.host.receive_credit(budget);
         let start = self.budget_left;
         // The side channels and the completion channel are looked at (one epoll_wait) every
         // 16th poll, and after a poll that found nothing (the host may sleep next): the data
