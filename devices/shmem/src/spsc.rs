@@ -345,7 +345,10 @@ impl<'a, C: Cell64, S: Storage> Consumer<'a, C, S> {
         // Acquire) and are not overwritten until `tail` moves past them (`consume`).
         unsafe {
             self.ring.storage.read(o1, &mut dst[..l1]);
-            self.ring.storage.read(o2, &mut dst[l1..l1 + l2]);
+            // Most batches do not wrap: no second call for nothing.
+            if l2 > 0 {
+                self.ring.storage.read(o2, &mut dst[l1..l1 + l2]);
+            }
         }
         Ok(n)
     }
