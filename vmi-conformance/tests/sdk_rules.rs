@@ -292,23 +292,7 @@ mod older_host {
     fn a_device_on_a_1_0_host_does_not_call_1_1_services() {
         let services = VmiHostServices {
             size: VMI_HOST_SERVICES_SIZE_1_0,
-            abi_minor: 0,
-            pass,
-            complete,
-            complete_from_thread: complete,
-            irb_alloc: alloc,
-            irb_frame: frame,
-            irb_attach: attach,
-            irb_set_peer: peer,
-            irb_set_detail: detail,
-            conn_new: conn,
-            local_key: text,
-            signature: text,
-            log,
-            wake,
-            max_log_level: 0,
-            host_marker: std::ptr::null(),
-            irb_available: never,
+            ..table(0, never)
         };
         // SAFETY: the table lives for the test; the host pointer is never dereferenced.
         let host = unsafe { Host::from_raw(&services, std::ptr::null_mut(), 0) };
