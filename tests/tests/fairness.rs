@@ -1,7 +1,9 @@
 //! A poll hands up a bounded number of fragments (its budget), over all of a transport's
 //! connections together; a peer that keeps its connection full must not starve the others.
-//! One receiver, two senders in one thread: the first to connect floods, the second sends one
-//! message, and that message must arrive within the receiver's first two polls.
+//! One receiver and several senders in one thread: the first to connect floods, each of the
+//! others sends one message, and those must arrive within the receiver's first two polls.
+//! With five peers, TCP's poll asks epoll for ready sockets (past 4 connections it does not
+//! read them directly), so both of its ways of reading are covered.
 
 use std::time::{Duration, Instant};
 
@@ -38,43 +40,54 @@ impl Handler for Rx {
 
 const FLOOD: usize = 1000;
 
-fn no_starvation(transport: &str) {
+fn no_starvation(transport: &str, others: usize) {
     register_all();
+    let label = format!("{transport}, {others} other peer(s)");
     let dev = Dev::new(transport, transport);
     let start = |who: &str| {
         Vmi::with_spec(spec(&[], &dev), &unique_key(who)).unwrap_or_else(|e| panic!("{e}"))
     };
-    let (mut r, mut a, mut b) = (start("fair-r"), start("fair-a"), start("fair-b"));
-    let (mut hr, mut ha, mut hb) = (Rx::default(), Rx::default(), Rx::default());
+    let mut r = start("fair-r");
+    let mut hr = Rx::default();
+    // Peer 0 floods; the others send one message each.
+    let mut peers: Vec<(Vmi, Rx)> = (0..=others)
+        .map(|_| (start("fair-p"), Rx::default()))
+        .collect();
     let deadline = Instant::now() + Duration::from_secs(20);
-    let pump = |r: &mut Vmi, a: &mut Vmi, b: &mut Vmi, hr: &mut Rx, ha: &mut Rx, hb: &mut Rx| {
+    let pump = |r: &mut Vmi, hr: &mut Rx, peers: &mut Vec<(Vmi, Rx)>| {
         r.poll(hr);
-        a.poll(ha);
-        b.poll(hb);
-        assert!(Instant::now() < deadline, "{transport}: no progress");
+        for (p, h) in peers.iter_mut() {
+            p.poll(h);
+        }
+        assert!(Instant::now() < deadline, "{label}: no progress");
     };
-    // The flooding peer connects first, so its connection is the receiver's first.
-    a.connect("localhost", r.key(), b"", 0).unwrap();
-    while ha.conns.is_empty() {
-        pump(&mut r, &mut a, &mut b, &mut hr, &mut ha, &mut hb);
-    }
-    b.connect("localhost", r.key(), b"", 0).unwrap();
-    while hb.conns.is_empty() {
-        pump(&mut r, &mut a, &mut b, &mut hr, &mut ha, &mut hb);
+    // One at a time, the flooding peer first: its connection is the receiver's first.
+    for i in 0..peers.len() {
+        peers[i].0.connect("localhost", r.key(), b"", 0).unwrap();
+        while peers[i].1.conns.is_empty() {
+            pump(&mut r, &mut hr, &mut peers);
+        }
     }
     for _ in 0..20 {
-        pump(&mut r, &mut a, &mut b, &mut hr, &mut ha, &mut hb);
+        pump(&mut r, &mut hr, &mut peers);
     }
-    let (ca, cb) = (ha.conns[0], hb.conns[0]);
+    let conns: Vec<ConnId> = peers.iter().map(|(_, h)| h.conns[0]).collect();
     for i in 0..FLOOD {
-        a.send_inline(ca, &(i as u64).to_le_bytes()).unwrap();
+        peers[0]
+            .0
+            .send_inline(conns[0], &(i as u64).to_le_bytes())
+            .unwrap();
     }
-    b.send_inline(cb, b"let me in").unwrap();
-    // Both senders' bytes are on their way (inline sends are written at once; a few polls
+    for (k, (p, _)) in peers.iter_mut().enumerate().skip(1) {
+        p.send_inline(conns[k], format!("let peer {k} in").as_bytes())
+            .unwrap();
+    }
+    // Every sender's bytes are on their way (inline sends are written at once; a few polls
     // of the senders alone move anything they queued).
     for _ in 0..10 {
-        a.poll(&mut ha);
-        b.poll(&mut hb);
+        for (p, h) in peers.iter_mut() {
+            p.poll(h);
+        }
     }
     if transport == "tcp" {
         // Wait until the kernel holds everything: the receiver's first poll can read it all.
@@ -83,19 +96,23 @@ fn no_starvation(transport: &str) {
     for _ in 0..2 {
         r.poll(&mut hr);
     }
-    let got_b = hr.from.iter().any(|(_, d)| d == b"let me in");
-    let from_a = hr.from.iter().filter(|(_, d)| d.len() == 8).count();
+    let from_flood = hr.from.iter().filter(|(_, d)| d.len() == 8).count();
+    let others_in = hr
+        .from
+        .iter()
+        .filter(|(_, d)| d.starts_with(b"let "))
+        .count();
     assert!(
-        from_a > 0 && from_a < FLOOD,
-        "{transport}: the flood should be partly delivered after two polls, got {from_a} of {FLOOD}"
+        from_flood > 0 && from_flood < FLOOD,
+        "{label}: the flood should be partly delivered after two polls, got {from_flood} of {FLOOD}"
     );
-    assert!(
-        got_b,
-        "{transport}: the second connection's message waited behind the first's flood ({from_a} delivered)"
+    assert_eq!(
+        others_in, others,
+        "{label}: the other connections' messages waited behind the first's flood ({from_flood} delivered)"
     );
     // Nothing is lost, and each connection's messages arrive in order.
-    while hr.from.len() < FLOOD + 1 {
-        pump(&mut r, &mut a, &mut b, &mut hr, &mut ha, &mut hb);
+    while hr.from.len() < FLOOD + others {
+        pump(&mut r, &mut hr, &mut peers);
     }
     let flood: Vec<u64> = hr
         .from
@@ -103,15 +120,25 @@ fn no_starvation(transport: &str) {
         .filter(|(_, d)| d.len() == 8)
         .map(|(_, d)| u64::from_le_bytes(d[..].try_into().unwrap()))
         .collect();
-    assert_eq!(flood, (0..FLOOD as u64).collect::<Vec<_>>(), "{transport}");
+    assert_eq!(flood, (0..FLOOD as u64).collect::<Vec<_>>(), "{label}");
 }
 
 #[test]
 fn a_flooding_peer_does_not_starve_another_over_shmem() {
-    no_starvation("shmem");
+    no_starvation("shmem", 1);
 }
 
 #[test]
 fn a_flooding_peer_does_not_starve_another_over_tcp() {
-    no_starvation("tcp");
+    no_starvation("tcp", 1);
+}
+
+#[test]
+fn a_flooding_peer_does_not_starve_four_others_over_shmem() {
+    no_starvation("shmem", 4);
+}
+
+#[test]
+fn a_flooding_peer_does_not_starve_four_others_over_tcp_through_epoll() {
+    no_starvation("tcp", 4);
 }

@@ -127,6 +127,8 @@ pub struct TcpDevice {
     free: Vec<usize>,
     by_vmi: ConnMap<usize>,
     again: Vec<usize>,
+    /// The connection a direct poll reads first (see `poll`).
+    rx_first: usize,
     /// Connections with sends queued since the last flush; `poll` writes them first.
     dirty: Vec<usize>,
     /// Counts polls: a connection written at once in this turn queues further sends.
@@ -633,6 +635,28 @@ impl TcpDevice {
         self.budget_left > 0 && self.held_bytes < self.cfg.recv_poll_bytes
     }
 
+    /// Reads the connections that waited for receive IRBs (`again`), in their turn; returns
+    /// how many. When the budget runs out on one of them (or ran out earlier in this poll on
+    /// `used_up_by`), the list is turned so that the ones after it come first at the next
+    /// poll: a connection that keeps its socket full cannot starve the others.
+    fn read_again(&mut self, mut used_up_by: Option<usize>) -> usize {
+        let again = std::mem::take(&mut self.again);
+        let n = again.len();
+        for idx in again {
+            let could = self.may_deliver();
+            self.on_readable(idx, true);
+            if could && !self.may_deliver() && used_up_by.is_none() {
+                used_up_by = Some(idx);
+            }
+        }
+        if let Some(idx) = used_up_by
+            && let Some(at) = self.again.iter().position(|&i| i == idx)
+        {
+            self.again.rotate_left(at + 1);
+        }
+        n
+    }
+
     /// Marks a connection to be read again at the next poll.
     fn read_later(&mut self, idx: usize) {
         if !self.again.contains(&idx) {
@@ -1108,6 +1132,7 @@ impl Device for TcpDevice {
             free: Vec::new(),
             by_vmi: ConnMap::new(),
             again: Vec::new(),
+            rx_first: 0,
             dirty: Vec::new(),
             turn: 1,
             budget_left: usize::MAX,
@@ -1560,7 +1585,16 @@ impl Device for TcpDevice {
             && !self.turn.is_multiple_of(DIRECT_EPOLL_EVERY)
         {
             let before = self.budget_left;
-            for idx in 0..self.conns.len() {
+            // From `rx_first` on, round the table. When the budget runs out, the connections
+            // it left unread wait in `again`, the first of them first: the next poll starts
+            // there, so a busy peer cannot starve the others.
+            let len = self.conns.len();
+            let start = self.rx_first.min(len);
+            for k in 0..len {
+                let mut idx = start + k;
+                if idx >= len {
+                    idx -= len;
+                }
                 let direct = self.conns[idx]
                     .as_ref()
                     .is_some_and(|c| c.proto.is_open() && c.parked.is_empty());
@@ -1568,13 +1602,12 @@ impl Device for TcpDevice {
                     self.on_readable(idx, false);
                 }
             }
+            if !self.may_deliver() {
+                self.rx_first = self.again.first().copied().unwrap_or(0);
+            }
             let mut n = before - self.budget_left;
             if !self.again.is_empty() {
-                let again = std::mem::take(&mut self.again);
-                n += again.len();
-                for idx in again {
-                    self.on_readable(idx, true);
-                }
+                n += self.read_again(None);
             }
             self.check_deadlines();
             return n;
@@ -1593,6 +1626,7 @@ impl Device for TcpDevice {
             self.ready.push((ev.token(), r, w, hup));
         }
         let mut n = self.ready.len();
+        let mut used_up_by = None;
         for i in 0..self.ready.len() {
             let (token, r, w, hup) = self.ready[i];
             if token == LISTENER {
@@ -1605,16 +1639,18 @@ impl Device for TcpDevice {
             if w {
                 self.on_writable(token.0);
             }
-            if r {
+            // A connection waiting its turn for receive IRBs is read in that turn, below
+            // (which reads it as if it had hung up, so a close is not missed).
+            if r && !self.again.contains(&token.0) {
+                let could = self.may_deliver();
                 self.on_readable(token.0, hup);
+                if could && !self.may_deliver() {
+                    used_up_by = Some(token.0);
+                }
             }
         }
         if !self.again.is_empty() {
-            let again = std::mem::take(&mut self.again);
-            n += again.len();
-            for idx in again {
-                self.on_readable(idx, true);
-            }
+            n += self.read_again(used_up_by);
         }
         if self.accept_retry {
             self.accept_all();
