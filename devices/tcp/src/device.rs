@@ -657,6 +657,18 @@ impl TcpDevice {
         n
     }
 
+    /// A busy poll's direct read of connection `idx`, if it is open and nothing of it is
+    /// parked.
+    #[inline(always)]
+    fn read_direct(&mut self, idx: usize) {
+        let direct = self.conns[idx]
+            .as_ref()
+            .is_some_and(|c| c.proto.is_open() && c.parked.is_empty());
+        if direct {
+            self.on_readable(idx, false);
+        }
+    }
+
     /// Marks a connection to be read again at the next poll.
     fn read_later(&mut self, idx: usize) {
         if !self.again.contains(&idx) {
@@ -1588,19 +1600,12 @@ impl Device for TcpDevice {
             // From `rx_first` on, round the table. When the budget runs out, the connections
             // it left unread wait in `again`, the first of them first: the next poll starts
             // there, so a busy peer cannot starve the others.
-            let len = self.conns.len();
-            let start = self.rx_first.min(len);
-            for k in 0..len {
-                let mut idx = start + k;
-                if idx >= len {
-                    idx -= len;
-                }
-                let direct = self.conns[idx]
-                    .as_ref()
-                    .is_some_and(|c| c.proto.is_open() && c.parked.is_empty());
-                if direct {
-                    self.on_readable(idx, false);
-                }
+            let start = self.rx_first.min(self.conns.len());
+            for idx in start..self.conns.len() {
+                self.read_direct(idx);
+            }
+            for idx in 0..start {
+                self.read_direct(idx);
             }
             if !self.may_deliver() {
                 self.rx_first = self.again.first().copied().unwrap_or(0);
