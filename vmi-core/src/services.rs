@@ -77,6 +77,16 @@ pub(crate) struct Shared {
     pub completed: std::cell::Cell<u64>,
 }
 
+impl Shared {
+    /// Receive IRBs that may still be allocated: [`crate::MAX_RECEIVES_IN_FLIGHT`] less the
+    /// received fragments held now (what `irb_available` answers; a poll's budget is at most
+    /// this).
+    #[inline(always)]
+    pub fn receive_room(&self) -> usize {
+        crate::MAX_RECEIVES_IN_FLIGHT.saturating_sub(self.recv_live.get())
+    }
+}
+
 /// What other threads reach: completions and wake-ups.
 pub(crate) struct Remote {
     queue: SegQueue<(usize, i32)>,
@@ -307,7 +317,7 @@ unsafe extern "C" fn svc_irb_alloc(host: *mut c_void, op: u32, conn: u64) -> *mu
         log::error!("a device outside the receive chain asked for a receive IRB");
         return std::ptr::null_mut();
     }
-    if sh.recv_live.get() >= crate::MAX_RECEIVES_IN_FLIGHT {
+    if sh.receive_room() == 0 {
         return std::ptr::null_mut();
     }
     sh.recv_live.set(sh.recv_live.get() + 1);
@@ -327,9 +337,7 @@ unsafe extern "C" fn svc_irb_available(host: *mut c_void) -> u32 {
     let Some((_, sh)) = (unsafe { live(host, "irb_available") }) else {
         return 0;
     };
-    crate::MAX_RECEIVES_IN_FLIGHT
-        .saturating_sub(sh.recv_live.get())
-        .min(u32::MAX as usize) as u32
+    sh.receive_room().min(u32::MAX as usize) as u32
 }
 
 unsafe extern "C" fn svc_irb_frame(host: *mut c_void, irb: *mut VmiIrb) -> *mut u8 {

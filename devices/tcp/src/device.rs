@@ -69,6 +69,8 @@ struct Conn {
     last_write_turn: u64,
     /// Listed in `TcpDevice::dirty` (sends queued for the next poll's flush).
     dirty: bool,
+    /// Listed in `TcpDevice::again` (waiting for the budget to be read again).
+    waiting: bool,
     /// Bytes read but not yet fed to the protocol, because the poll's budget or the host's
     /// receive IRBs ran out; they go first on the next turn, before the socket is read again.
     parked: Vec<u8>,
@@ -96,6 +98,7 @@ impl Conn {
             attempt,
             last_write_turn: 0,
             dirty: false,
+            waiting: false,
             parked: Vec::new(),
             parked_off: 0,
             closing: None,
@@ -127,6 +130,8 @@ pub struct TcpDevice {
     free: Vec<usize>,
     by_vmi: ConnMap<usize>,
     again: Vec<usize>,
+    /// `again`'s kept twin (see `read_again`).
+    again_spare: Vec<usize>,
     /// The connection a direct poll reads first (see `poll`).
     rx_first: usize,
     /// Connections with sends queued since the last flush; `poll` writes them first.
@@ -640,15 +645,22 @@ impl TcpDevice {
     /// `used_up_by`), the list is turned so that the ones after it come first at the next
     /// poll: a connection that keeps its socket full cannot starve the others.
     fn read_again(&mut self, mut used_up_by: Option<usize>) -> usize {
-        let again = std::mem::take(&mut self.again);
+        // The list is swapped with a kept one: both keep their capacity.
+        let spare = std::mem::take(&mut self.again_spare);
+        let mut again = std::mem::replace(&mut self.again, spare);
         let n = again.len();
-        for idx in again {
+        for &idx in &again {
+            if let Some(c) = self.conns[idx].as_mut() {
+                c.waiting = false;
+            }
             let could = self.may_deliver();
             self.on_readable(idx, true);
             if could && !self.may_deliver() && used_up_by.is_none() {
                 used_up_by = Some(idx);
             }
         }
+        again.clear();
+        self.again_spare = again;
         if let Some(idx) = used_up_by
             && let Some(at) = self.again.iter().position(|&i| i == idx)
         {
@@ -669,9 +681,13 @@ impl TcpDevice {
         }
     }
 
-    /// Marks a connection to be read again at the next poll.
+    /// Marks a connection to be read again at the next poll (once: its `waiting` flag says
+    /// it is listed, so marking costs no search of the list).
     fn read_later(&mut self, idx: usize) {
-        if !self.again.contains(&idx) {
+        if let Some(c) = self.conns[idx].as_mut()
+            && !c.waiting
+        {
+            c.waiting = true;
             self.again.push(idx);
         }
     }
@@ -917,7 +933,7 @@ impl TcpDevice {
             let Some(c) = self.conns[idx].as_mut() else {
                 continue;
             };
-            let paused = !c.parked.is_empty() || self.again.contains(&idx);
+            let paused = !c.parked.is_empty() || c.waiting;
             match c.proto.tick(now, paused) {
                 Some(out) => self.apply(idx, out),
                 None => self.settle(idx),
@@ -1144,6 +1160,7 @@ impl Device for TcpDevice {
             free: Vec::new(),
             by_vmi: ConnMap::new(),
             again: Vec::new(),
+            again_spare: Vec::new(),
             rx_first: 0,
             dirty: Vec::new(),
             turn: 1,
@@ -1646,7 +1663,12 @@ impl Device for TcpDevice {
             }
             // A connection waiting its turn for receive IRBs is read in that turn, below
             // (which reads it as if it had hung up, so a close is not missed).
-            if r && !self.again.contains(&token.0) {
+            let waiting = self
+                .conns
+                .get(token.0)
+                .and_then(Option::as_ref)
+                .is_some_and(|c| c.waiting);
+            if r && !waiting {
                 let could = self.may_deliver();
                 self.on_readable(token.0, hup);
                 if could && !self.may_deliver() {
