@@ -3,6 +3,7 @@
 # each case runs N and 2N times in vmi-msgcost (two vmi instances driven by one thread), and
 # (I(2N) - I(N)) / N is the cost of one message, set-up cancelled out. Both sides of the
 # exchange are counted (send + receive + completion). TCP counts user space only.
+# UCX, where its headers are installed, is driven the same way and counted in the same run.
 # Usage: benches/instructions.sh [N]    (default 20000)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -45,21 +46,28 @@ printf '%-34s %8d instructions per filter per message\n' "pass-through filter (3
 per idle 1 "empty poll" poll
 per idle-shmem 1 "empty poll, one shmem connection" poll
 per idle-tcp 1 "empty poll, one tcp connection" poll
-if command -v ucx_perftest >/dev/null; then
-  echo "UCX (ucx_perftest -t tag_bw, UCX_TLS=sm, 8 B), both processes under callgrind:"
-  ucx() { # n -> total instructions of server + client
-    local port=$((20000 + RANDOM % 20000))
-    UCX_TLS=sm valgrind --tool=callgrind --callgrind-out-file="$tmp/srv.out" \
-      ucx_perftest -p "$port" >/dev/null 2>&1 &
-    local srv=$!
-    sleep 2
-    UCX_TLS=sm valgrind --tool=callgrind --callgrind-out-file="$tmp/cli.out" \
-      ucx_perftest -p "$port" -t tag_bw -s 8 -n "$1" -w 0 localhost >/dev/null 2>&1 || true
-    wait "$srv" || true
-    echo $(($(grep -m1 '^summary:' "$tmp/srv.out" | awk '{print $2}') + $(grep -m1 '^summary:' "$tmp/cli.out" | awk '{print $2}')))
+# UCX driven the same way (benches/ucx/ucx-msgcost.c: two workers in one thread, each
+# progressed once a turn), so its counts are exact too and compare row for row.
+if [ -f /usr/include/ucp/api/ucp.h ] && command -v cc >/dev/null; then
+  cc -O2 -o "$tmp/ucx-msgcost" benches/ucx/ucx-msgcost.c -lucp -lucs
+  ucx_version=$(ucx_info -v 2>/dev/null | sed -n 's/^# Version //p' | head -1)
+  echo "UCX ${ucx_version:-(version unknown)}, UCX_TLS=sm, driven like vmi-msgcost (benches/ucx/ucx-msgcost.c):"
+  ucount() { # case n -> total instructions
+    UCX_TLS=sm valgrind --tool=callgrind --callgrind-out-file="$tmp/ucx.out" "$tmp/ucx-msgcost" "$1" "$2" \
+      >/dev/null 2>"$tmp/vg.err" || { cat "$tmp/vg.err" >&2; exit 1; }
+    grep -m1 '^summary:' "$tmp/ucx.out" | awk '{print $2}'
   }
-  u1=$(ucx "$N"); u2=$(ucx $((2 * N)))
-  printf '%-34s %8d instructions per message\n' "UCX sm streaming (send+recv)" $(((u2 - u1) / N))
+  uper() { # case unit-divisor label unit
+    local a b
+    a=$(ucount "$1" "$N")
+    b=$(ucount "$1" $((2 * N)))
+    printf '%-34s %8d instructions per %s\n' "$3" $(((b - a) / (N * $2))) "$4"
+  }
+  uper am-stream 1 "UCX active-message streaming" message
+  uper tag-stream 1 "UCX tag streaming" message
+  uper am-pingpong 2 "UCX active-message ping-pong" hop
+  uper tag-pingpong 2 "UCX tag ping-pong" hop
+  uper idle 1 "UCX empty progress, one endpoint" call
 else
-  echo "UCX: ucx_perftest is not installed (apt-get install -y ucx-utils); skipped"
+  echo "UCX: not counted (needs its headers and a C compiler: apt-get install -y libucx-dev ucx-utils)"
 fi
