@@ -3,7 +3,10 @@
 //! One receiver and several senders in one thread: the first to connect floods, each of the
 //! others sends one message, and those must arrive within the receiver's first two polls.
 //! With five peers, TCP's poll asks epoll for ready sockets (past 4 connections it does not
-//! read them directly), so both of its ways of reading are covered.
+//! read them directly), so both of its ways of reading are covered. A flood of large
+//! fragments stops a poll on the transport's other per-poll bound (TCP's `recv_poll_bytes`,
+//! shared memory's `single_copy_poll_bytes`) instead of its budget: the others must get their
+//! turn then too.
 
 use std::time::{Duration, Instant};
 
@@ -38,11 +41,24 @@ impl Handler for Rx {
     }
 }
 
+/// Small messages the flooding peer sends (more than a poll's budget of 64).
 const FLOOD: usize = 1000;
+/// Large fragments it sends instead (each over the 16 KiB a host takes without an IRB, the
+/// lot well over a poll's byte bound of 256 KiB).
+const FLOOD_LARGE: usize = 48;
+const LARGE: usize = 100 * 1024;
 
-fn no_starvation(transport: &str, others: usize) {
+/// The flood's `i`th message: `size` bytes, its number first.
+fn flood_message(i: usize, size: usize) -> Vec<u8> {
+    let mut m = vec![0xa5u8; size];
+    m[..8].copy_from_slice(&(i as u64).to_le_bytes());
+    m
+}
+
+fn no_starvation(transport: &str, others: usize, size: usize) {
     register_all();
-    let label = format!("{transport}, {others} other peer(s)");
+    let flood = if size > 8 { FLOOD_LARGE } else { FLOOD };
+    let label = format!("{transport}, {others} other peer(s), a flood of {flood} x {size} B");
     let dev = Dev::new(transport, transport);
     let start = |who: &str| {
         Vmi::with_spec(spec(&[], &dev), &unique_key(who)).unwrap_or_else(|e| panic!("{e}"))
@@ -72,11 +88,16 @@ fn no_starvation(transport: &str, others: usize) {
         pump(&mut r, &mut hr, &mut peers);
     }
     let conns: Vec<ConnId> = peers.iter().map(|(_, h)| h.conns[0]).collect();
-    for i in 0..FLOOD {
-        peers[0]
-            .0
-            .send_inline(conns[0], &(i as u64).to_le_bytes())
-            .unwrap();
+    for i in 0..flood {
+        let m = flood_message(i, size);
+        if size > 8 {
+            peers[0]
+                .0
+                .send(conns[0], [Buffer::from_vec(m)], i as u64)
+                .unwrap();
+        } else {
+            peers[0].0.send_inline(conns[0], &m).unwrap();
+        }
     }
     for (k, (p, _)) in peers.iter_mut().enumerate().skip(1) {
         p.send_inline(conns[k], format!("let peer {k} in").as_bytes())
@@ -96,49 +117,75 @@ fn no_starvation(transport: &str, others: usize) {
     for _ in 0..2 {
         r.poll(&mut hr);
     }
-    let from_flood = hr.from.iter().filter(|(_, d)| d.len() == 8).count();
+    let from_flood = hr.from.iter().filter(|(_, d)| d.len() == size).count();
     let others_in = hr
         .from
         .iter()
         .filter(|(_, d)| d.starts_with(b"let "))
         .count();
     assert!(
-        from_flood > 0 && from_flood < FLOOD,
-        "{label}: the flood should be partly delivered after two polls, got {from_flood} of {FLOOD}"
+        from_flood > 0 && from_flood < flood,
+        "{label}: the flood should be partly delivered after two polls, got {from_flood} of {flood}"
     );
     assert_eq!(
         others_in, others,
         "{label}: the other connections' messages waited behind the first's flood ({from_flood} delivered)"
     );
     // Nothing is lost, and each connection's messages arrive in order.
-    while hr.from.len() < FLOOD + others {
+    while hr.from.len() < flood + others {
         pump(&mut r, &mut hr, &mut peers);
     }
-    let flood: Vec<u64> = hr
+    let got: Vec<&Vec<u8>> = hr
         .from
         .iter()
-        .filter(|(_, d)| d.len() == 8)
-        .map(|(_, d)| u64::from_le_bytes(d[..].try_into().unwrap()))
+        .filter(|(_, d)| d.len() == size)
+        .map(|(_, d)| d)
         .collect();
-    assert_eq!(flood, (0..FLOOD as u64).collect::<Vec<_>>(), "{label}");
+    assert_eq!(got.len(), flood, "{label}");
+    for (i, d) in got.iter().enumerate() {
+        assert!(
+            **d == flood_message(i, size),
+            "{label}: flood message {i} out of order or damaged"
+        );
+    }
 }
 
 #[test]
 fn a_flooding_peer_does_not_starve_another_over_shmem() {
-    no_starvation("shmem", 1);
+    no_starvation("shmem", 1, 8);
 }
 
 #[test]
 fn a_flooding_peer_does_not_starve_another_over_tcp() {
-    no_starvation("tcp", 1);
+    no_starvation("tcp", 1, 8);
 }
 
 #[test]
 fn a_flooding_peer_does_not_starve_four_others_over_shmem() {
-    no_starvation("shmem", 4);
+    no_starvation("shmem", 4, 8);
 }
 
 #[test]
 fn a_flooding_peer_does_not_starve_four_others_over_tcp_through_epoll() {
-    no_starvation("tcp", 4);
+    no_starvation("tcp", 4, 8);
+}
+
+#[test]
+fn large_fragments_do_not_starve_another_over_shmem() {
+    no_starvation("shmem", 1, LARGE);
+}
+
+#[test]
+fn large_fragments_do_not_starve_another_over_tcp() {
+    no_starvation("tcp", 1, LARGE);
+}
+
+#[test]
+fn large_fragments_do_not_starve_four_others_over_shmem() {
+    no_starvation("shmem", 4, LARGE);
+}
+
+#[test]
+fn large_fragments_do_not_starve_four_others_over_tcp_through_epoll() {
+    no_starvation("tcp", 4, LARGE);
 }
