@@ -51,9 +51,9 @@ per idle-tcp 1 "empty poll, one tcp connection" poll
 if [ -f /usr/include/ucp/api/ucp.h ] && command -v cc >/dev/null; then
   cc -O2 -o "$tmp/ucx-msgcost" benches/ucx/ucx-msgcost.c -lucp -lucs
   ucx_version=$(ucx_info -v 2>/dev/null | sed -n 's/^# Version //p' | head -1)
-  echo "UCX ${ucx_version:-(version unknown)}, UCX_TLS=sm, driven like vmi-msgcost (benches/ucx/ucx-msgcost.c):"
-  ucount() { # case n -> total instructions
-    UCX_TLS=sm valgrind --tool=callgrind --callgrind-out-file="$tmp/ucx.out" "$tmp/ucx-msgcost" "$1" "$2" \
+  echo "UCX ${ucx_version:-(version unknown)} over shared memory (UCX_TLS=sm), driven like vmi-msgcost (benches/ucx/ucx-msgcost.c):"
+  ucount() { # case n -> total instructions (UCX_TLS from $tls)
+    UCX_TLS=$tls valgrind --tool=callgrind --callgrind-out-file="$tmp/ucx.out" "$tmp/ucx-msgcost" "$1" "$2" \
       >/dev/null 2>"$tmp/vg.err" || { cat "$tmp/vg.err" >&2; exit 1; }
     grep -m1 '^summary:' "$tmp/ucx.out" | awk '{print $2}'
   }
@@ -63,11 +63,17 @@ if [ -f /usr/include/ucp/api/ucp.h ] && command -v cc >/dev/null; then
     b=$(ucount "$1" $((2 * N)))
     printf '%-34s %8d instructions per %s\n' "$3" $(((b - a) / (N * $2))) "$4"
   }
+  tls=sm
   uper am-stream 1 "UCX active-message streaming" message
   uper tag-stream 1 "UCX tag streaming" message
   uper am-pingpong 2 "UCX active-message ping-pong" hop
   uper tag-pingpong 2 "UCX tag ping-pong" hop
   uper idle 1 "UCX empty progress, one endpoint" call
+  echo "UCX over TCP (UCX_TLS=tcp), user space:"
+  tls=tcp
+  uper am-stream 1 "UCX tcp active-message streaming" message
+  uper am-pingpong 2 "UCX tcp active-message ping-pong" hop
+  uper tag-pingpong 2 "UCX tcp tag ping-pong" hop
 else
   echo "UCX: not counted (needs its headers and a C compiler: apt-get install -y libucx-dev ucx-utils)"
 fi

@@ -1,6 +1,5 @@
 //! The TCP device: connection state machine on top of `proto` (decisions) and `io` (bytes).
 
-use std::collections::VecDeque;
 use std::ffi::CStr;
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
@@ -22,6 +21,7 @@ use vmi_device::{
 use crate::config::{PARAMS, TcpConfig};
 use crate::io::{connect, listen, write_gather};
 use crate::proto::{Connection, Dial, Local, Output, State, probe_ports, split_host_port};
+use crate::sendq::{self, MAX_IOV, SendQueue, Tx};
 use crate::wire::{AnswerRepr, AnswerStatus, FrameRepr, HelloRepr};
 
 const LISTENER: Token = Token(usize::MAX);
@@ -30,25 +30,7 @@ const LISTENER: Token = Token(usize::MAX);
 const DIRECT_MAX_CONNS: usize = 4;
 /// A busy poll that reads directly still asks epoll once in this many polls.
 const DIRECT_EPOLL_EVERY: u64 = 16;
-/// Pieces (headers and segments) one flush hands to one `writev`.
-const MAX_IOV: usize = 64;
 const STAGING: usize = 64 * 1024;
-
-enum Tx {
-    Bytes {
-        data: Vec<u8>,
-        off: usize,
-    },
-    Frame {
-        irb: Irb,
-        header: [u8; 8],
-        off: usize,
-        total: usize,
-    },
-    Close {
-        irb: Option<Irb>,
-    },
-}
 
 /// A connect in progress: the dial (which ports are left) and the connect IRB.
 struct Attempt {
@@ -61,7 +43,7 @@ struct Conn {
     sock: mio::net::TcpStream,
     vmi: u64,
     proto: Connection,
-    tx: VecDeque<Tx>,
+    tx: SendQueue,
     /// True while counted in `TcpDevice::timed` (the protocol has a deadline).
     timed: bool,
     attempt: Option<Attempt>,
@@ -93,7 +75,7 @@ impl Conn {
             sock,
             vmi,
             proto,
-            tx: VecDeque::new(),
+            tx: SendQueue::default(),
             timed: false,
             attempt,
             last_write_turn: 0,
@@ -132,6 +114,10 @@ pub struct TcpDevice {
     again: Vec<usize>,
     /// `again`'s kept twin (see `read_again`).
     again_spare: Vec<usize>,
+    /// A written byte entry's buffer, kept for the next (see `SendQueue::credit`).
+    tx_spare: Vec<u8>,
+    /// Bytes queued as bytes on all connections together (see `sendq::QUEUED_TOTAL_MAX`).
+    queued_total: usize,
     /// The connection a direct poll reads first (see `poll`).
     rx_first: usize,
     /// Connections with sends queued since the last flush; `poll` writes them first.
@@ -197,7 +183,7 @@ impl TcpDevice {
     fn finish_closes(&mut self) {
         for idx in std::mem::take(&mut self.finishing) {
             if let Some(c) = self.conns[idx].as_mut().filter(|c| c.peer_done) {
-                c.tx.push_back(Tx::Close { irb: None });
+                c.tx.push_close(None);
                 self.flush(idx);
             }
         }
@@ -234,10 +220,11 @@ impl TcpDevice {
         };
         let queued = c.tx.len();
         while let Some(data) = c.proto.poll_transmit() {
-            c.tx.push_back(Tx::Bytes { data, off: 0 });
+            self.queued_total += data.len();
+            c.tx.queue_owned(data);
         }
         if c.proto.take_close() {
-            c.tx.push_back(Tx::Close { irb: None });
+            c.tx.push_close(None);
         }
         // What the protocol queued (a handshake message, a heartbeat, a close) is written at
         // the next poll at the latest, whoever settled it: no send marks the connection for
@@ -259,6 +246,7 @@ impl TcpDevice {
     /// Removes a connection without telling anyone; returns it for the caller to settle.
     fn take(&mut self, idx: usize) -> Option<Conn> {
         let mut c = self.conns.get_mut(idx)?.take()?;
+        self.queued_total -= c.tx.bytes();
         let _ = self.poll.registry().deregister(&mut c.sock);
         if c.timed {
             self.timed -= 1;
@@ -388,7 +376,7 @@ impl TcpDevice {
         }
         let close_status = aborted.unwrap_or(Status::Ok);
         let mut local_close = false;
-        for tx in c.tx.drain(..) {
+        for tx in c.tx.drain() {
             match tx {
                 Tx::Frame { mut irb, .. } => {
                     irb.set_detail(detail);
@@ -526,99 +514,48 @@ impl TcpDevice {
             let Some(c) = self.conns[idx].as_mut() else {
                 return;
             };
-            let Some(front) = c.tx.front_mut() else {
+            if c.tx.is_empty() {
                 return;
+            }
+            if let Some(irb) = c.tx.take_close() {
+                // Everything ahead of the close is written.
+                let _ = c.sock.flush();
+                let _ = c.sock.shutdown(std::net::Shutdown::Write);
+                match irb {
+                    // A local disconnect: read on until the peer closes too (its last data
+                    // and notices arrive), then complete.
+                    Some(irb) if !c.peer_done => c.closing = Some(irb),
+                    irb => {
+                        let mut conn = self.take(idx);
+                        if let Some(irb) = irb {
+                            irb.complete(Status::Ok);
+                        }
+                        if let Some(conn) = conn.as_mut() {
+                            let _ = conn.sock.shutdown(std::net::Shutdown::Both);
+                        }
+                    }
+                }
+                return;
+            }
+            // Everything queued ahead of a close goes out in one writev (up to MAX_IOV
+            // pieces): a backlog of small sends costs one system call, not one each.
+            let written = {
+                let mut slices = [IoSlice::new(&[]); MAX_IOV];
+                let n = c.tx.gather(&mut slices);
+                c.sock.write_vectored(&slices[..n])
             };
-            let result = match front {
-                Tx::Bytes { data, off } => match c.sock.write(&data[*off..]) {
-                    Ok(n) => {
-                        *off += n;
-                        Ok(*off == data.len())
-                    }
-                    Err(e) => Err(e),
-                },
-                Tx::Frame { .. } => {
-                    // Every queued frame at the front goes out in one writev (up to
-                    // MAX_IOV pieces): a backlog of small sends costs one system call, not
-                    // one each.
-                    let written = {
-                        let mut slices = [IoSlice::new(&[]); MAX_IOV];
-                        let mut n = 0;
-                        'frames: for tx in c.tx.iter() {
-                            let Tx::Frame {
-                                irb, header, off, ..
-                            } = tx
-                            else {
-                                break;
-                            };
-                            let mut skip = *off;
-                            let segs = (0..irb.segments().len()).map(|i| irb.segment(i));
-                            for part in std::iter::once(&header[..]).chain(segs) {
-                                if skip >= part.len() {
-                                    skip -= part.len();
-                                    continue;
-                                }
-                                if n == MAX_IOV {
-                                    break 'frames;
-                                }
-                                slices[n] = IoSlice::new(&part[skip..]);
-                                skip = 0;
-                                n += 1;
-                            }
-                        }
-                        c.sock.write_vectored(&slices[..n])
-                    };
-                    match written {
-                        // Nothing taken (no piece to write, or a socket that took none): wait
-                        // for the next writable event rather than spin.
-                        Ok(0) => return,
-                        Ok(mut w) => {
-                            // Credit the bytes to the frames in order; complete the whole ones.
-                            while let Some(Tx::Frame { off, total, .. }) = c.tx.front_mut() {
-                                let take = (*total - *off).min(w);
-                                *off += take;
-                                w -= take;
-                                if *off < *total {
-                                    break;
-                                }
-                                if let Some(Tx::Frame { irb, .. }) = c.tx.pop_front() {
-                                    irb.complete(Status::Ok);
-                                }
-                            }
-                            Ok(false)
-                        }
-                        Err(e) => Err(e),
-                    }
+            let result = match written {
+                // Nothing taken (no piece to write, or a socket that took none): wait for
+                // the next writable event rather than spin.
+                Ok(0) => return,
+                Ok(w) => {
+                    self.queued_total -= c.tx.credit(w, &mut self.tx_spare);
+                    Ok(())
                 }
-                Tx::Close { .. } => {
-                    let _ = c.sock.flush();
-                    let _ = c.sock.shutdown(std::net::Shutdown::Write);
-                    if let Some(Tx::Close { irb }) = c.tx.pop_front() {
-                        match irb {
-                            // A local disconnect: read on until the peer closes too (its
-                            // last data and notices arrive), then complete.
-                            Some(irb) if !c.peer_done => c.closing = Some(irb),
-                            irb => {
-                                let mut conn = self.take(idx);
-                                if let Some(irb) = irb {
-                                    irb.complete(Status::Ok);
-                                }
-                                if let Some(conn) = conn.as_mut() {
-                                    let _ = conn.sock.shutdown(std::net::Shutdown::Both);
-                                }
-                            }
-                        }
-                    }
-                    return;
-                }
+                Err(e) => Err(e),
             };
             match result {
-                Ok(true) => {
-                    if let Some(Tx::Frame { irb, .. }) = c.tx.pop_front() {
-                        irb.complete(Status::Ok);
-                    }
-                }
-                Ok(false) => continue,
+                Ok(()) => continue,
                 Err(e) if would_block(&e) => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
@@ -1161,6 +1098,8 @@ impl Device for TcpDevice {
             by_vmi: ConnMap::new(),
             again: Vec::new(),
             again_spare: Vec::new(),
+            tx_spare: Vec::new(),
+            queued_total: 0,
             rx_first: 0,
             dirty: Vec::new(),
             turn: 1,
@@ -1304,7 +1243,7 @@ impl Device for TcpDevice {
         let Some(c) = self.conns[idx].as_mut() else {
             return false;
         };
-        if !c.proto.is_open() || !c.tx.is_empty() || c.last_write_turn == turn {
+        if !c.proto.is_open() {
             return false;
         }
         let header = FrameRepr {
@@ -1314,6 +1253,25 @@ impl Device for TcpDevice {
         }
         .emit();
         let total = header.len() + data.len();
+        if !c.tx.is_empty() || c.last_write_turn == turn {
+            // Not the first send of this poll turn, or data waits ahead: the frame joins the
+            // connection's queued bytes (in order, one write for the batch at the next poll),
+            // unless that queue is full: then the IRB path takes it and pushes back.
+            if c.tx.bytes() + total > sendq::QUEUED_MAX
+                || self.queued_total + total > sendq::QUEUED_TOTAL_MAX
+            {
+                return false;
+            }
+            c.tx.queue_frame(&mut self.tx_spare, &header, data);
+            self.queued_total += total;
+            c.proto.note_sent();
+            self.inline_sends += 1;
+            mark_dirty(&mut self.dirty, c, idx);
+            if c.tx.bytes() >= sendq::FLUSH_AT {
+                self.flush(idx);
+            }
+            return true;
+        }
         let mut off = 0;
         let failed = loop {
             match write_gather(&mut c.sock, &header, &[data], off) {
@@ -1337,11 +1295,9 @@ impl Device for TcpDevice {
         self.inline_sends += 1;
         if off < total {
             // The socket took part of it: the rest is queued, as bytes, ahead of any later send.
-            let mut rest = self.pool.take(total - off);
-            let mut whole = header.to_vec();
-            whole.extend_from_slice(data);
-            rest.copy_from_slice(&whole[off..]);
-            c.tx.push_back(Tx::Bytes { data: rest, off: 0 });
+            let before = c.tx.bytes();
+            c.tx.queue_parts(&mut self.tx_spare, &[&header, data], off);
+            self.queued_total += c.tx.bytes() - before;
             mark_dirty(&mut self.dirty, c, idx);
         }
         if let Some(e) = failed {
@@ -1425,32 +1381,17 @@ impl Device for TcpDevice {
                             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                             Err(e) => {
                                 let out = c.proto.write_error(&e.to_string());
-                                c.tx.push_back(Tx::Frame {
-                                    irb,
-                                    header,
-                                    off,
-                                    total,
-                                });
+                                c.tx.push_frame(irb, header, off, total);
                                 self.apply(idx, out);
                                 return Disposition::Pending;
                             }
                         }
                     }
                     // The socket took part of it: the rest waits for a writable event.
-                    c.tx.push_back(Tx::Frame {
-                        irb,
-                        header,
-                        off,
-                        total,
-                    });
+                    c.tx.push_frame(irb, header, off, total);
                     return Disposition::Pending;
                 }
-                c.tx.push_back(Tx::Frame {
-                    irb,
-                    header,
-                    off: 0,
-                    total,
-                });
+                c.tx.push_frame(irb, header, 0, total);
                 let full = c.tx.len() >= MAX_IOV / 2;
                 mark_dirty(&mut self.dirty, c, idx);
                 if full {
@@ -1559,7 +1500,7 @@ impl Device for TcpDevice {
                     return Disposition::Complete(irb, Status::Ok);
                 }
                 c.proto.close(Instant::now());
-                c.tx.push_back(Tx::Close { irb: Some(irb) });
+                c.tx.push_close(Some(irb));
                 self.flush(idx);
                 Disposition::Pending
             }
@@ -1742,13 +1683,13 @@ impl Drop for TcpDevice {
         }
         for idx in std::mem::take(&mut self.finishing) {
             if let Some(c) = self.conns[idx].as_mut().filter(|c| c.peer_done) {
-                c.tx.push_back(Tx::Close { irb: None });
+                c.tx.push_close(None);
                 self.flush(idx);
             }
         }
         for idx in 0..self.conns.len() {
             if let Some(mut c) = self.take(idx) {
-                for tx in c.tx.drain(..) {
+                for tx in c.tx.drain() {
                     match tx {
                         Tx::Frame { irb, .. } => irb.complete(Status::Cancelled),
                         Tx::Close { irb: Some(irb) } => irb.complete(Status::Ok),

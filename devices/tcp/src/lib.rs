@@ -26,6 +26,7 @@ pub mod io;
 pub mod proto;
 #[cfg(test)]
 mod proto_fuzz;
+mod sendq;
 pub mod wire;
 
 pub use device::TcpDevice;
