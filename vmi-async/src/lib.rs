@@ -354,12 +354,14 @@ async fn drive(shared: Rc<Shared>, fd: AsyncFd<OwnedFd>) {
         let (armed, changed) = {
             let mut st = shared.state.borrow_mut();
             let State { vmi, router } = &mut *st;
-            // Bounded, so the application's other tasks run under a flood.
+            // Bounded, so the application's other tasks run under a flood; and over as soon
+            // as something came in for them, so they get it without another poll first (a
+            // poll that finds nothing costs about 90 instructions, callgrind).
             let mut events = 0;
             for _ in 0..64 {
                 let n = vmi.poll(router);
                 events += n;
-                if n == 0 {
+                if n == 0 || router.changed {
                     break;
                 }
             }
