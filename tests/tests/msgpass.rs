@@ -24,6 +24,8 @@ enum Serve {
     Default,
     /// Read the request at offset 2 in the callback (`Side::read_in_callback`), then keep it.
     ReadThenDefer,
+    /// As `Echo`, with the reply given as buffers (`reply_buffers`).
+    EchoBuffers,
 }
 
 #[derive(Default)]
@@ -74,6 +76,13 @@ impl Handler for Side {
         match self.serve.unwrap_or(Serve::Echo) {
             Serve::Echo => ctx
                 .reply(r.id, bytes.len() as i32, &[b"re:", &bytes])
+                .expect("reply"),
+            Serve::EchoBuffers => ctx
+                .reply_buffers(
+                    r.id,
+                    bytes.len() as i32,
+                    [Buffer::from_vec(b"re:".to_vec()), Buffer::from_vec(bytes)],
+                )
                 .expect("reply"),
             Serve::Defer => {}
             Serve::ReadThenDefer => {
@@ -237,6 +246,63 @@ fn requests_are_answered_with_replies_and_errors_on_every_chain() {
         assert_eq!(p.reply_of(5), "5:re:after", "{label}");
         p.pump_until("the stream", |p| !p.hb.received.is_empty());
         assert_eq!(p.hb.received, vec![vec![9, 9]], "{label}");
+    }
+}
+
+/// Requests and replies whose bytes are given as buffers (`request_buffers`,
+/// `reply_buffers`): copied when small, sent from the buffers themselves when large (shared
+/// memory reads them in place); either way they arrive whole and in order, on every chain.
+#[test]
+fn requests_and_replies_given_as_buffers_arrive_whole_on_every_chain() {
+    for &(transport, filters) in CASES {
+        let label = format!("{transport} {filters:?}");
+        let mut p = Pair::new(transport, filters);
+        let conn = p.conn;
+        p.hb.serve = Some(Serve::EchoBuffers);
+        let opts = RequestOptions {
+            reply_max: 2 << 20,
+            ..options()
+        };
+        // Below and above the 4 KiB where given buffers stop being copied, and over the
+        // 16 KiB the direct receive path takes.
+        for (token, len) in [(1u64, 100usize), (2, 70_000), (3, 1 << 20)] {
+            let bytes: Vec<u8> = (0..len).map(|i| b'a' + (i % 26) as u8).collect();
+            let half = len / 2;
+            let given = [
+                Buffer::shared(std::sync::Arc::from(&bytes[..half])),
+                Buffer::from_vec(bytes[half..].to_vec()),
+            ];
+            p.a.request_buffers(conn, given, &opts, token)
+                .expect("request");
+            let r = p.reply_of(token);
+            let want = format!("{len}:re:{}", String::from_utf8_lossy(&bytes));
+            assert!(r == want, "{label}: the reply to {len} bytes differs");
+            assert!(
+                p.hb.requests.last().is_some_and(|q| q.4 == bytes),
+                "{label}: the server got other bytes than the {len} sent"
+            );
+        }
+        // More buffers than an IRB has segments for (one is the header's): refused, and
+        // nothing is left waiting.
+        let many = (0..16).map(|_| Buffer::from_vec(vec![b'm'; 10]));
+        let err = p.a.request_buffers(conn, many, &opts, 9).unwrap_err();
+        assert!(
+            matches!(err, VmiError::TooManyBuffers { given: 16, max: 15 }),
+            "{label}: {err}"
+        );
+        // A reply given as buffers lands over bytes written ahead of it (QNX MsgWrite).
+        p.hb.serve = Some(Serve::Defer);
+        p.a.request(conn, &[b"q"], &options(), 10).unwrap();
+        p.pump_until("the deferred request", |p| p.hb.requests.len() == 4);
+        let id = p.hb.requests[3].0;
+        assert_eq!(p.b.msg_write(id, 0, b"0123456789").unwrap(), 10, "{label}");
+        p.b.reply_buffers(id, 0, [Buffer::from_vec(b"ab".to_vec())])
+            .expect("reply");
+        assert_eq!(p.reply_of(10), "0:ab23456789", "{label}");
+        assert!(
+            !p.ha.replies.contains_key(&9),
+            "{label}: a refused request was answered"
+        );
     }
 }
 

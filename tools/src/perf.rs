@@ -439,10 +439,16 @@ impl Handler for Server {
     }
 
     fn request(&mut self, ctx: &mut Ctx<'_>, request: &mut Request<'_>) {
-        // A reply of the request's size, as the ping-pong's echo.
-        self.echo
-            .resize(request.data.len().min(request.reply_max), b'r');
-        let _ = ctx.reply(request.id, 0, &[&self.echo]);
+        // A reply of the request's size, sent as the ping-pong's echo is: copied up to
+        // INLINE_MAX, from a shared buffer above it.
+        let len = request.data.len().min(request.reply_max);
+        if len <= INLINE_MAX {
+            self.echo.resize(len, b'r');
+            let _ = ctx.reply(request.id, 0, &[&self.echo]);
+        } else {
+            let buf = Buffer::shared(shared_bytes(&mut self.shared, len, b'r'));
+            let _ = ctx.reply_buffers(request.id, 0, [buf]);
+        }
     }
 }
 
@@ -735,14 +741,22 @@ impl PerfClient {
             timeout: None,
             priority: 0,
         };
+        // Sent as the ping-pong's messages are: copied up to INLINE_MAX, given as one shared
+        // buffer above it (no copy).
         self.h.small.resize(size, b'q');
+        let shared = (size > INLINE_MAX).then(|| shared_bytes(&mut self.h.shared, size, b'q'));
         let mut samples = Vec::with_capacity(iters as usize);
         for i in 0..warmup + iters {
             let want = self.h.replies + 1;
             let t0 = Instant::now();
-            self.vmi
-                .request(conn, &[&self.h.small], &options, 0)
-                .map_err(|e| e.to_string())?;
+            match &shared {
+                None => self.vmi.request(conn, &[&self.h.small], &options, 0),
+                Some(bytes) => {
+                    let buf = Buffer::shared(bytes.clone());
+                    self.vmi.request_buffers(conn, [buf], &options, 0)
+                }
+            }
+            .map_err(|e| e.to_string())?;
             while self.h.replies < want {
                 self.poll(t0)?;
             }

@@ -472,13 +472,26 @@ fn receive_lent_routed(
 /// so the stream's receive path stays as small as it was.
 #[inline(never)]
 fn receive_msg(core: &mut Core, handler: &mut dyn Handler, s: Slot, conn: ConnId) {
+    // The last outcome of this dispatch: nothing that arrived with it could go ahead of it,
+    // so a request (or pulse) is delivered at once, where it lies, as the direct path does
+    // with a message alone in its poll; otherwise it is queued (with a copy of its bytes)
+    // and delivered by priority. A large request delivered at once costs no copy and no
+    // allocation of its size unless its callback keeps it.
+    let now = core.engine.outcomes() == 0;
     let mut slab = Slab::of_slot(&s);
     let first = slab.read(usize::MAX);
     if slab.remaining() == 0 {
-        crate::msgpass::received(core, handler, conn, s.flags(), first, false);
+        crate::msgpass::received(core, handler, conn, s.flags(), first, now);
     } else {
         let bytes = Slab::of_slot(&s).read_to_vec();
-        crate::msgpass::received(core, handler, conn, s.flags(), &bytes, false);
+        crate::msgpass::received(core, handler, conn, s.flags(), &bytes, now);
+    }
+    if now {
+        core.run_deferred();
+        if core.msg.has_queued() {
+            // Queued behind earlier ones: those above the stream's priority go now.
+            crate::msgpass::deliver(core, handler, 1);
+        }
     }
     core.engine.release_received(s);
 }

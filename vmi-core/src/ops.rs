@@ -906,6 +906,28 @@ pub trait Operations: Sealed {
         Ok(id)
     }
 
+    /// [`Operations::request`] with the request's bytes given as buffers (QNX `MsgSendv`
+    /// with the vector handed over): a request of more than 4 KiB is sent from the buffers
+    /// themselves, with no copy (over shared memory the server's side reads them in place),
+    /// as [`Operations::send`] sends a stream's; a smaller one is copied, which costs less
+    /// than an IRB. At most 15 buffers. They are dropped once the request went (keep an
+    /// `Arc` with [`Buffer::shared`] to send the same bytes again).
+    fn request_buffers(
+        &mut self,
+        conn: ConnId,
+        buffers: impl IntoIterator<Item = Buffer>,
+        options: &crate::RequestOptions,
+        token: u64,
+    ) -> Result<crate::RequestId, VmiError> {
+        let (core, mode) = self.core();
+        let given = buffers.into_iter().collect();
+        let id = crate::msgpass::request_given(core, conn, given, options, token, mode)?;
+        if mode == Mode::Now {
+            core.run_deferred();
+        }
+        Ok(id)
+    }
+
     /// Gives up a waiting request: it ends with [`Status::Cancelled`] in
     /// [`crate::Handler::replied`] at the next poll, and the server is told to forget it.
     /// False when it does not wait (answered already).
@@ -929,6 +951,25 @@ pub trait Operations: Sealed {
     ) -> Result<(), VmiError> {
         let (core, mode) = self.core();
         crate::msgpass::answer(core, id, Ok((status, parts)), mode)?;
+        if mode == Mode::Now {
+            core.run_deferred();
+        }
+        Ok(())
+    }
+
+    /// [`Operations::reply`] with the reply's bytes given as buffers: more than 4 KiB is
+    /// sent from the buffers themselves, with no copy (see [`Operations::request_buffers`]),
+    /// unless bytes written ahead with [`Operations::msg_write`] reach past the reply (then
+    /// the two are put together in a copy). At most 15 buffers, dropped once the reply went.
+    fn reply_buffers(
+        &mut self,
+        id: crate::ReceiveId,
+        status: i32,
+        buffers: impl IntoIterator<Item = Buffer>,
+    ) -> Result<(), VmiError> {
+        let (core, mode) = self.core();
+        let given = buffers.into_iter().collect();
+        crate::msgpass::answer_given(core, id, status, given, mode)?;
         if mode == Mode::Now {
             core.run_deferred();
         }

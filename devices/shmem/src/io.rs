@@ -472,6 +472,36 @@ pub fn hung_up(sock: &impl AsFd) -> bool {
     }
 }
 
+/// Where to put a single-copy read of `len` bytes from the peer's `ranges` in a buffer at
+/// address `base` with room for `cap` bytes: the offset (below 64) that puts the largest
+/// range at the same address modulo 64 as in the peer, when the buffer has room for it;
+/// otherwise 0. The kernel copies such a read page by page with `rep movsb`, which on the
+/// processors measured here (AMD EPYC) is about five times slower when the destination lies
+/// 1 to 63 bytes past the source modulo a page: a 1 MiB read took 110 us aligned and 514 us
+/// 24 bytes off. A message-passing message puts a 24-byte header before its payload, so
+/// without this its payload landed 24 bytes off the sender's buffer (a 1 MiB request round
+/// trip cost three times a stream ping-pong's).
+pub fn read_offset(ranges: &[(u64, usize)], base: usize, len: usize, cap: usize) -> usize {
+    let mut before = 0usize;
+    let mut largest = None;
+    for &(addr, l) in ranges {
+        if largest.is_none_or(|(_, _, ll)| l > ll) {
+            largest = Some((addr, before, l));
+        }
+        before = before.saturating_add(l);
+    }
+    let Some((addr, before, _)) = largest else {
+        return 0;
+    };
+    // The peer's addresses are its own business: any value only moves the offset.
+    let want = (addr as usize).wrapping_sub(base).wrapping_sub(before) % 64;
+    if len.saturating_add(want) <= cap {
+        want
+    } else {
+        0
+    }
+}
+
 /// Reads `remote` ranges of process `pid` into `local` with one copy (process_vm_readv).
 pub fn read_peer(pid: i32, remote: &[(u64, usize)], local: &mut [u8]) -> io::Result<usize> {
     let liov = libc::iovec {
@@ -534,6 +564,26 @@ pub fn raw(fd: &OwnedFd) -> i32 {
 mod tests {
     use super::*;
     use crate::spsc::{Consumer, Producer};
+
+    #[test]
+    fn a_single_copy_read_lands_as_the_sender_s_largest_range_is_aligned() {
+        // A 24-byte header, then the payload at 0x...020: the payload's destination
+        // (base + offset + 24) must be 0x20 modulo 64.
+        let ranges = [(0x5000_0a90u64, 24usize), (0x7000_0020, 1 << 20)];
+        let base = 0x9000_0010usize;
+        let at = read_offset(&ranges, base, (1 << 20) + 24, 2 << 20);
+        assert!(at < 64);
+        assert_eq!((base + at + 24) % 64, 0x20);
+        // No room in the buffer for an offset: 0.
+        assert_eq!(
+            read_offset(&ranges, base, (1 << 20) + 24, (1 << 20) + 24),
+            0
+        );
+        // No ranges, and hostile addresses near the top: no panic, an offset below 64.
+        assert_eq!(read_offset(&[], base, 0, 64), 0);
+        let wild = [(u64::MAX, usize::MAX), (3, 5)];
+        assert!(read_offset(&wild, usize::MAX, 8, usize::MAX) < 64);
+    }
 
     /// A memfd of `len` bytes, sealed as vmi's regions are (or not).
     fn memfd(len: u64, sealed: bool) -> OwnedFd {

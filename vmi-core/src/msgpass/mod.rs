@@ -35,6 +35,7 @@ use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 
 use crate::abi::{VMI_FLAG_END, VMI_FLAG_MSG};
+use crate::buffer::Buffer;
 use crate::conn::{ConnId, SendKind};
 use crate::ctx::Ctx;
 use crate::error::VmiError;
@@ -105,24 +106,93 @@ fn send(
     parts: &[&[u8]],
     mode: Mode,
 ) -> Result<u64, VmiError> {
-    let message = transmit(
-        core,
-        conn,
-        &kind.encode(),
-        parts,
-        mode,
-        "send/receive/reply and pulses",
-    )?;
-    // Remembered once it went, so a refused send leaves no entry for a later message.
+    let message = transmit(core, conn, &kind.encode(), parts, mode, WHAT)?;
+    record_sent(core, conn, message, &kind);
+    Ok(message)
+}
+
+/// What message passing is called in a refusal on a connection with rails.
+const WHAT: &str = "send/receive/reply and pulses";
+
+/// Remembers an answer or a notice once it went, so a refused send leaves no entry for a
+/// later message.
+#[inline(always)]
+fn record_sent(core: &mut Core, conn: ConnId, message: u64, kind: &Kind) {
     if !matches!(kind, Kind::Request { .. }) {
-        let what = match kind {
+        let what = match *kind {
             Kind::Reply { id, .. } | Kind::Error { id, .. } => Sent::Answer(id),
             _ => Sent::Notice,
         };
         core.msg.sent.record(conn, message, what);
     }
+}
+
+/// [`send`] with the payload given as buffers: up to [`GIVEN_COPY_MAX`] bytes it is
+/// gathered and sent as lent slices are (a copy is cheaper than an IRB); larger, it goes as
+/// an IRB whose segments are the header and the buffers themselves, and the transport sends
+/// them from where they are (shared memory's single copy reads them in place). The buffers
+/// are dropped once the message went.
+#[inline(never)]
+fn send_given(
+    core: &mut Core,
+    conn: ConnId,
+    kind: Kind,
+    bufs: Vec<Buffer>,
+    mode: Mode,
+) -> Result<u64, VmiError> {
+    let max_segs = crate::abi::VMI_IRB_MAX_SEGS - 1; // one for the header
+    if bufs.len() > max_segs {
+        return Err(VmiError::TooManyBuffers {
+            given: bufs.len(),
+            max: max_segs,
+        });
+    }
+    let payload: usize = bufs.iter().map(|b| b.len()).sum();
+    if payload <= GIVEN_COPY_MAX {
+        let mut parts: [&[u8]; crate::abi::VMI_IRB_MAX_SEGS] = [&[]; crate::abi::VMI_IRB_MAX_SEGS];
+        for (p, b) in parts.iter_mut().zip(&bufs) {
+            *p = b;
+        }
+        return send(core, conn, kind, &parts[..bufs.len()], mode);
+    }
+    if core.rails.on() && (core.rails.is_bond(conn) || core.rails.is_rail(conn)) {
+        return Err(VmiError::Unsupported {
+            what: WHAT,
+            on: "a connection with rails",
+        });
+    }
+    if payload > MAX_MESSAGE {
+        return Err(VmiError::MessageTooLarge {
+            len: payload,
+            max: MAX_MESSAGE,
+        });
+    }
+    let header = kind.encode();
+    let max = core.engine.top_caps().max_fragment;
+    if max > 0 && (header.len() + payload) as u64 > max {
+        return Err(VmiError::MessageTooLarge {
+            len: payload,
+            max: (max as usize).saturating_sub(header.len()),
+        });
+    }
+    let message = core.engine.conns().tx_messages(conn);
+    let mut s = core.prepare_send(conn, 0, SendKind::Whole, |_, s, _| {
+        s.attach_vec(header.to_vec());
+        for b in bufs {
+            // Room checked above: the header and at most VMI_IRB_MAX_SEGS - 1 buffers.
+            let _ = s.push_buffer(b);
+        }
+        Ok(())
+    })?;
+    s.set_flags(VMI_FLAG_END | VMI_FLAG_MSG);
+    s.set_purpose(Purpose::Internal);
+    core.issue(s, mode);
+    record_sent(core, conn, message, &kind);
     Ok(message)
 }
+
+/// The largest payload given as buffers that is still copied (see [`send_given`]).
+pub(crate) const GIVEN_COPY_MAX: usize = 4 * 1024;
 
 /// [`send`] out of line, for the messages off the request/reply path.
 #[inline(never)]
@@ -228,6 +298,7 @@ fn transmit_slow(
 const SCRATCH_KEPT: usize = 64 * 1024;
 
 /// Sends a request (see [`crate::Operations::request`]).
+#[inline(always)]
 pub(crate) fn request(
     core: &mut Core,
     app_conn: ConnId,
@@ -236,6 +307,35 @@ pub(crate) fn request(
     token: u64,
     mode: Mode,
     parked: bool,
+) -> Result<RequestId, VmiError> {
+    request_with(core, app_conn, opts, (token, parked), |core, conn, kind| {
+        send(core, conn, kind, parts, mode)
+    })
+}
+
+/// Sends a request given as buffers (see [`crate::Operations::request_buffers`]).
+pub(crate) fn request_given(
+    core: &mut Core,
+    app_conn: ConnId,
+    bufs: Vec<Buffer>,
+    opts: &RequestOptions,
+    token: u64,
+    mode: Mode,
+) -> Result<RequestId, VmiError> {
+    request_with(core, app_conn, opts, (token, false), |core, conn, kind| {
+        send_given(core, conn, kind, bufs, mode)
+    })
+}
+
+/// A request: checked, entered in the client's table, and sent by `send` (taken out of
+/// the table again if that fails).
+#[inline(always)]
+fn request_with(
+    core: &mut Core,
+    app_conn: ConnId,
+    opts: &RequestOptions,
+    (token, parked): (u64, bool),
+    send: impl FnOnce(&mut Core, ConnId, Kind) -> Result<u64, VmiError>,
 ) -> Result<RequestId, VmiError> {
     if opts.priority > MAX_PRIORITY {
         return Err(VmiError::Priority(opts.priority));
@@ -262,7 +362,7 @@ pub(crate) fn request(
         reply_max: opts.reply_max as u32,
         priority: opts.priority,
     };
-    if let Err(e) = send(core, conn, kind, parts, mode) {
+    if let Err(e) = send(core, conn, kind) {
         core.msg.client.take(id);
         return Err(e);
     }
@@ -350,6 +450,45 @@ pub(crate) fn answer(
             )?;
         }
     }
+    core.msg.server.forget(rcvid.0);
+    Ok(())
+}
+
+/// Answers a held request with a reply given as buffers (see
+/// [`crate::Operations::reply_buffers`]): a large one is sent from the buffers; a small one,
+/// or one that must land over bytes written ahead of it, as [`answer`] sends lent slices.
+pub(crate) fn answer_given(
+    core: &mut Core,
+    rcvid: ReceiveId,
+    status: i32,
+    bufs: Vec<Buffer>,
+    mode: Mode,
+) -> Result<(), VmiError> {
+    let max_segs = crate::abi::VMI_IRB_MAX_SEGS - 1; // one for the header
+    if bufs.len() > max_segs {
+        return Err(VmiError::TooManyBuffers {
+            given: bufs.len(),
+            max: max_segs,
+        });
+    }
+    let Some(h) = core.msg.server.get(rcvid.0) else {
+        return Err(VmiError::UnknownRequest(rcvid));
+    };
+    let (conn, client_id, reply_max, written) = (h.conn, h.client_id, h.reply_max, h.reply.len());
+    let len: usize = bufs.iter().map(|b| b.len()).sum();
+    if len <= GIVEN_COPY_MAX || written > len || len > reply_max {
+        // Copied, or refused, exactly as lent slices are.
+        let mut parts: [&[u8]; crate::abi::VMI_IRB_MAX_SEGS] = [&[]; crate::abi::VMI_IRB_MAX_SEGS];
+        for (p, b) in parts.iter_mut().zip(&bufs) {
+            *p = b;
+        }
+        return answer(core, rcvid, Ok((status, &parts[..bufs.len()])), mode);
+    }
+    let kind = Kind::Reply {
+        id: client_id,
+        status,
+    };
+    send_given(core, conn, kind, bufs, mode)?;
     core.msg.server.forget(rcvid.0);
     Ok(())
 }
