@@ -304,7 +304,8 @@ impl TcpDevice {
                 end,
                 filter_flags,
                 payload,
-            } => self.deliver(idx, end, filter_flags, payload),
+                at,
+            } => self.deliver(idx, end, filter_flags, payload, at),
             Output::Failed {
                 status: Status::Ok,
                 detail,
@@ -787,15 +788,16 @@ impl TcpDevice {
         }
     }
 
-    /// A data frame arrived: hand it up as a received IRB.
-    fn deliver(&mut self, idx: usize, end: bool, filter_flags: u16, payload: Vec<u8>) {
+    /// A data frame arrived, its payload in `payload[at..]`: hand it up as a received IRB.
+    fn deliver(&mut self, idx: usize, end: bool, filter_flags: u16, payload: Vec<u8>, at: usize) {
         let Some(c) = self.conns[idx].as_ref() else {
             self.pool.give(payload);
             return;
         };
         let flags = recv_flags(end, filter_flags);
+        let at = at.min(payload.len());
         // Straight to the host with no IRB when it polls us directly (ABI 1.2).
-        if deliver::offer(c.vmi, flags, &payload) {
+        if deliver::offer(c.vmi, flags, &payload[at..]) {
             self.pool.give(payload);
             self.direct_receives += 1;
             self.budget_left = self.budget_left.saturating_sub(1);
@@ -816,7 +818,10 @@ impl TcpDevice {
             );
         };
         irb.set_flags(flags);
-        let (ptr, len) = (payload.as_ptr() as *mut u8, payload.len());
+        let (ptr, len) = {
+            let p = &payload[at..];
+            (p.as_ptr() as *mut u8, p.len())
+        };
         let slot = self.pool.hold(payload);
         irb.frame::<TcpFrame>().held = slot;
         push_segment(&mut irb, ptr, len);

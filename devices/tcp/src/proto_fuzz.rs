@@ -84,7 +84,7 @@ proptest! {
         prop_assert_eq!(events.len(), frames.len() + 1);
         prop_assert_eq!(&events[0], &Event::Hello { nonce: None, from_key: "from".into(), to_key: "to".into(), signature: "send=;recv=".into(), data });
         for (ev, (end, flags, payload)) in events[1..].iter().zip(&frames) {
-            prop_assert_eq!(ev, &Event::Frame { end: *end, filter_flags: *flags, payload: payload.clone() });
+            prop_assert_eq!(ev, &Event::Frame { end: *end, filter_flags: *flags, payload: payload.clone(), at: 0 });
         }
     }
 

@@ -119,8 +119,10 @@ pub enum Output {
         end: bool,
         /// Filter flag bits.
         filter_flags: u16,
-        /// The payload.
+        /// The buffer holding the payload, which is `payload[at..]`.
         payload: Vec<u8>,
+        /// Where the payload starts in `payload` (see `decoder::payload_lead`).
+        at: usize,
     },
     /// The connection is over; `tell`: the application knows it and must hear why (status
     /// `Ok` means the peer closed it in order).
@@ -577,6 +579,7 @@ impl Connection {
                 end,
                 filter_flags,
                 payload,
+                at,
             } => Some(
                 if self.state == State::Open
                     || (self.state == State::Closing && !self.close_after_transmit)
@@ -585,6 +588,7 @@ impl Connection {
                         end,
                         filter_flags,
                         payload,
+                        at,
                     }
                 } else {
                     self.violation(format!(

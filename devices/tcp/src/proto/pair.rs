@@ -176,7 +176,8 @@ fn frames(outputs: &[Output]) -> Vec<(bool, u16, Vec<u8>)> {
                 end,
                 filter_flags,
                 payload,
-            } => Some((*end, *filter_flags, payload.clone())),
+                at,
+            } => Some((*end, *filter_flags, payload[*at..].to_vec())),
             _ => None,
         })
         .collect()
