@@ -6,7 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MESSAGES=${1:-10000000}
-cargo build --release --quiet -p vmi-tools
+# The devices are plugins the specfiles load: built with the tool, so none is stale.
+cargo build --release --quiet -p vmi-tools -p vmi-shmem -p vmi-tcp
 if [ ! -x /usr/bin/time ]; then
   echo "memory.sh: /usr/bin/time is missing; install it with: apt-get install -y time" >&2
   exit 1
