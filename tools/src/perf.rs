@@ -467,13 +467,15 @@ impl Server {
     }
 }
 
-/// The bytes of `len` starting with `first` (zero after it), made once and shared by every
-/// send of them (a few lengths per run: a short scan).
+/// The bytes of `len` starting with `first` (a fixed pattern after it), made once and shared
+/// by every send of them (a few lengths per run: a short scan). Written, not zeroed: a large
+/// zeroed allocation is the kernel's shared zero page until written, which every copy out of
+/// it would read from one cached page, as no application's data is.
 fn shared_bytes(cache: &mut Vec<(usize, u8, Arc<[u8]>)>, len: usize, first: u8) -> Arc<[u8]> {
     if let Some((_, _, a)) = cache.iter().find(|(l, f, _)| *l == len && *f == first) {
         return a.clone();
     }
-    let mut v = vec![0u8; len];
+    let mut v = vec![0x5au8; len];
     if let Some(b) = v.first_mut() {
         *b = first;
     }
@@ -1119,7 +1121,8 @@ pub fn raw_sweep(sweep: &Sweep) -> std::io::Result<Vec<SizeResult>> {
             Ok(())
         });
         let mut buf = vec![0u8; size];
-        let out_buf = vec![0u8; size];
+        // Written, as vmi's messages are (see `shared_bytes`).
+        let out_buf = vec![0x5au8; size];
         let mut samples = Vec::with_capacity(iters as usize);
         let label = format!("raw {} latency", size_name(size));
         for i in 0..warmup + iters {
