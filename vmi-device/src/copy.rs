@@ -47,9 +47,45 @@ pub unsafe fn copy_small(src: *const u8, dst: *mut u8, len: usize) {
     }
 }
 
+/// Where to start `len` bytes in a buffer at address `base` with room for `cap` bytes, so
+/// that the kernel copies them in fast: the offset (below 64) that puts them at address
+/// `like` modulo 64, the address their source has (or is expected to have), when the buffer
+/// has room for it; otherwise 0.
+///
+/// The kernel copies into user memory (`read`, `process_vm_readv`) with `rep movsb`, which on
+/// the AMD EPYC machine measured is about five times slower when the destination lies 1 to
+/// 31 bytes past the source within a page: 1 MiB in 110 us aligned, 460-660 us 1 to 31 bytes
+/// past (a C test of `process_vm_readv`; 106-137 us from 33 bytes on). Transports put the
+/// fragments they read behind their own headers, which is how payloads landed a few bytes
+/// past their source.
+pub fn aligned_lead(base: usize, like: usize, len: usize, cap: usize) -> usize {
+    let lead = like.wrapping_sub(base) % 64;
+    if len.saturating_add(lead) <= cap {
+        lead
+    } else {
+        0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lead_puts_the_bytes_at_the_source_s_alignment_when_there_is_room() {
+        for base in [0usize, 1, 16, 63, 64, 4095, usize::MAX - 7] {
+            for like in [0usize, 8, 24, 0x20, 4051, usize::MAX] {
+                let lead = aligned_lead(base, like, 100, 200);
+                assert!(lead < 64);
+                assert_eq!(base.wrapping_add(lead) % 64, like % 64, "{base} {like}");
+                assert_eq!(aligned_lead(base, like, 100, 100 + lead), lead);
+                if lead > 0 {
+                    assert_eq!(aligned_lead(base, like, 100, 100 + lead - 1), 0, "no room");
+                }
+            }
+        }
+        assert_eq!(aligned_lead(0, 0, usize::MAX, usize::MAX), 0);
+    }
 
     #[test]
     fn every_length_copies_exactly_its_bytes() {

@@ -473,14 +473,11 @@ pub fn hung_up(sock: &impl AsFd) -> bool {
 }
 
 /// Where to put a single-copy read of `len` bytes from the peer's `ranges` in a buffer at
-/// address `base` with room for `cap` bytes: the offset (below 64) that puts the largest
-/// range at the same address modulo 64 as in the peer, when the buffer has room for it;
-/// otherwise 0. The kernel copies such a read page by page with `rep movsb`, which on the
-/// processors measured here (AMD EPYC) is about five times slower when the destination lies
-/// 1 to 63 bytes past the source modulo a page: a 1 MiB read took 110 us aligned and 514 us
-/// 24 bytes off. A message-passing message puts a 24-byte header before its payload, so
-/// without this its payload landed 24 bytes off the sender's buffer (a 1 MiB request round
-/// trip cost three times a stream ping-pong's).
+/// address `base` with room for `cap` bytes: the largest range at its address in the peer
+/// modulo 64, where the buffer has room (`vmi_device::copy::aligned_lead`, which says why).
+/// A message-passing message puts a 24-byte header before its payload, which without this
+/// landed 24 bytes past the sender's buffer (a 1 MiB request round trip cost three times a
+/// stream ping-pong's).
 pub fn read_offset(ranges: &[(u64, usize)], base: usize, len: usize, cap: usize) -> usize {
     let mut before = 0usize;
     let mut largest = None;
@@ -494,12 +491,8 @@ pub fn read_offset(ranges: &[(u64, usize)], base: usize, len: usize, cap: usize)
         return 0;
     };
     // The peer's addresses are its own business: any value only moves the offset.
-    let want = (addr as usize).wrapping_sub(base).wrapping_sub(before) % 64;
-    if len.saturating_add(want) <= cap {
-        want
-    } else {
-        0
-    }
+    let like = (addr as usize).wrapping_sub(before);
+    vmi_device::copy::aligned_lead(base, like, len, cap)
 }
 
 /// Reads `remote` ranges of process `pid` into `local` with one copy (process_vm_readv).

@@ -42,23 +42,13 @@ fn commit_len(total: usize, got: usize) -> usize {
 }
 
 /// Where to start a payload of `len` bytes in a recycled buffer at address `base` with room
-/// for `cap` bytes: the offset (below 64) that puts the payload's first byte at the same
-/// address modulo 64 as it has in its frame (after the frame's header) when the frame starts
-/// at a multiple of 64, when the buffer has room for it; otherwise 0.
-///
-/// The kernel copies a socket's bytes to the reader with `rep movsb`, which on the AMD EPYC
-/// machine measured is about five times slower when the destination lies 1 to 31 bytes past
-/// the source within a page (a C test: 1 MiB in 110 us, 460-660 us at 1 to 31 bytes). In a
-/// ping-pong the sender's socket buffer starts each message at the start of a page, so a
-/// payload read into a buffer of the usual alignment (16 modulo 64) lay 8 bytes past its
-/// source: a 1 MiB + 8 B ping-pong took four times a 1 MiB one (which happened to miss).
+/// for `cap` bytes: at the address modulo 64 it has in its frame when the frame starts at a
+/// multiple of 64 (`vmi_device::copy::aligned_lead`, which says why). In a ping-pong the
+/// sender's socket buffer starts each message at the start of a page, so a payload read into
+/// a buffer of the usual alignment (16 modulo 64) lay 8 bytes past its source: a 1 MiB + 8 B
+/// ping-pong took four times a 1 MiB one (which happened to miss).
 pub fn payload_lead(base: usize, len: usize, cap: usize) -> usize {
-    let want = FRAME_LEN.wrapping_sub(base) % 64;
-    if len.saturating_add(want) <= cap {
-        want
-    } else {
-        0
-    }
+    vmi_device::copy::aligned_lead(base, FRAME_LEN, len, cap)
 }
 
 /// Grows `buf` when all of it is read and more bytes are due.
