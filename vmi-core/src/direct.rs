@@ -125,13 +125,7 @@ fn deliver_with_msgs(core: &mut Core, arena: &mut Arena, handler: &mut dyn Handl
         // One message alone in this poll: nothing to order it against, so it is handled
         // (a request or a pulse delivered, if nothing is queued) where it lies.
         let data = &arena.bytes[l.start..l.start + l.len];
-        crate::msgpass::received(core, handler, crate::ConnId(l.conn), l.flags, data, true);
-        core.run_deferred();
-        if core.msg.has_queued() {
-            // Queued behind earlier ones: those above the stream's priority go now, ahead
-            // of stream fragments the transport hands up after this one.
-            crate::msgpass::deliver(core, handler, 1);
-        }
+        crate::msgpass::received_alone(core, handler, crate::ConnId(l.conn), l.flags, data);
         arena.bytes.clear();
         arena.lent.clear();
         return;

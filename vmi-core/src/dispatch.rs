@@ -480,18 +480,17 @@ fn receive_msg(core: &mut Core, handler: &mut dyn Handler, s: Slot, conn: ConnId
     let now = core.engine.outcomes() == 0;
     let mut slab = Slab::of_slot(&s);
     let first = slab.read(usize::MAX);
-    if slab.remaining() == 0 {
-        crate::msgpass::received(core, handler, conn, s.flags(), first, now);
+    let gathered;
+    let data = if slab.remaining() == 0 {
+        first
     } else {
-        let bytes = Slab::of_slot(&s).read_to_vec();
-        crate::msgpass::received(core, handler, conn, s.flags(), &bytes, now);
-    }
+        gathered = Slab::of_slot(&s).read_to_vec();
+        &gathered[..]
+    };
     if now {
-        core.run_deferred();
-        if core.msg.has_queued() {
-            // Queued behind earlier ones: those above the stream's priority go now.
-            crate::msgpass::deliver(core, handler, 1);
-        }
+        crate::msgpass::received_alone(core, handler, conn, s.flags(), data);
+    } else {
+        crate::msgpass::received(core, handler, conn, s.flags(), data, false);
     }
     core.engine.release_received(s);
 }

@@ -220,8 +220,7 @@ impl TcpDevice {
         };
         let queued = c.tx.len();
         while let Some(data) = c.proto.poll_transmit() {
-            self.queued_total += data.len();
-            c.tx.queue_owned(data);
+            self.queued_total += c.tx.queue_owned(data);
         }
         if c.proto.take_close() {
             c.tx.push_close(None);
@@ -1267,8 +1266,7 @@ impl Device for TcpDevice {
             {
                 return false;
             }
-            c.tx.queue_frame(&mut self.tx_spare, &header, data);
-            self.queued_total += total;
+            self.queued_total += c.tx.queue_frame(&mut self.tx_spare, &header, data);
             c.proto.note_sent();
             self.inline_sends += 1;
             mark_dirty(&mut self.dirty, c, idx);
@@ -1300,9 +1298,7 @@ impl Device for TcpDevice {
         self.inline_sends += 1;
         if off < total {
             // The socket took part of it: the rest is queued, as bytes, ahead of any later send.
-            let before = c.tx.bytes();
-            c.tx.queue_parts(&mut self.tx_spare, &[&header, data], off);
-            self.queued_total += c.tx.bytes() - before;
+            self.queued_total += c.tx.queue_parts(&mut self.tx_spare, &[&header, data], off);
             mark_dirty(&mut self.dirty, c, idx);
         }
         if let Some(e) = failed {

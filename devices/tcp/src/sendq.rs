@@ -95,10 +95,11 @@ impl SendQueue {
     }
 
     /// Queues a whole frame as bytes (`send_inline`'s batch), appended to the last entry when
-    /// that is bytes too, so one piece of the `writev` carries the batch.
+    /// that is bytes too, so one piece of the `writev` carries the batch. Returns the bytes
+    /// queued (as every `queue_` method does, for the device's count over connections).
     #[inline(always)]
     #[allow(unsafe_code)]
-    pub fn queue_frame(&mut self, spare: &mut Vec<u8>, header: &[u8; 8], data: &[u8]) {
+    pub fn queue_frame(&mut self, spare: &mut Vec<u8>, header: &[u8; 8], data: &[u8]) -> usize {
         let tail = tail_bytes(&mut self.entries, spare);
         let n = header.len() + data.len();
         tail.reserve(n);
@@ -116,33 +117,34 @@ impl SendQueue {
             tail.set_len(at + n);
         }
         self.bytes += n;
+        n
     }
 
     /// Queues `parts` as bytes, skipping their first `skip` bytes (already written), as
     /// [`SendQueue::queue_frame`] does. Nothing is queued when nothing is left.
-    pub fn queue_parts(&mut self, spare: &mut Vec<u8>, parts: &[&[u8]], mut skip: usize) {
-        if parts.iter().map(|p| p.len()).sum::<usize>() <= skip {
-            return;
+    pub fn queue_parts(&mut self, spare: &mut Vec<u8>, parts: &[&[u8]], mut skip: usize) -> usize {
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        let n = total.saturating_sub(skip);
+        if n == 0 {
+            return 0;
         }
         let tail = tail_bytes(&mut self.entries, spare);
         for part in parts {
-            if skip >= part.len() {
-                skip -= part.len();
-                continue;
-            }
-            tail.extend_from_slice(&part[skip..]);
-            self.bytes += part.len() - skip;
-            skip = 0;
+            tail.extend_from_slice(&part[skip.min(part.len())..]);
+            skip = skip.saturating_sub(part.len());
         }
+        self.bytes += n;
+        n
     }
 
     /// Queues bytes the protocol produced (a handshake message, a heartbeat), as they are.
-    pub fn queue_owned(&mut self, data: Vec<u8>) {
-        if data.is_empty() {
-            return;
+    pub fn queue_owned(&mut self, data: Vec<u8>) -> usize {
+        let n = data.len();
+        if n > 0 {
+            self.bytes += n;
+            self.entries.push_back(Tx::Bytes { data, off: 0 });
         }
-        self.bytes += data.len();
-        self.entries.push_back(Tx::Bytes { data, off: 0 });
+        n
     }
 
     /// Whether a close is next (everything ahead of it written).

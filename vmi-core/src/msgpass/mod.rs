@@ -140,55 +140,44 @@ fn send_given(
     bufs: Vec<Buffer>,
     mode: Mode,
 ) -> Result<u64, VmiError> {
-    let max_segs = crate::abi::VMI_IRB_MAX_SEGS - 1; // one for the header
-    if bufs.len() > max_segs {
-        return Err(VmiError::TooManyBuffers {
-            given: bufs.len(),
-            max: max_segs,
-        });
-    }
-    let payload: usize = bufs.iter().map(|b| b.len()).sum();
+    let mut parts = [&[][..]; crate::abi::VMI_IRB_MAX_SEGS];
+    let parts = given_parts(&bufs, &mut parts)?;
+    let payload: usize = parts.iter().map(|p| p.len()).sum();
     if payload <= GIVEN_COPY_MAX {
-        let mut parts: [&[u8]; crate::abi::VMI_IRB_MAX_SEGS] = [&[]; crate::abi::VMI_IRB_MAX_SEGS];
-        for (p, b) in parts.iter_mut().zip(&bufs) {
-            *p = b;
-        }
-        return send(core, conn, kind, &parts[..bufs.len()], mode);
-    }
-    if core.rails.on() && (core.rails.is_bond(conn) || core.rails.is_rail(conn)) {
-        return Err(VmiError::Unsupported {
-            what: WHAT,
-            on: "a connection with rails",
-        });
-    }
-    if payload > MAX_MESSAGE {
-        return Err(VmiError::MessageTooLarge {
-            len: payload,
-            max: MAX_MESSAGE,
-        });
+        return send_other(core, conn, kind, parts, mode);
     }
     let header = kind.encode();
-    let max = core.engine.top_caps().max_fragment;
-    if max > 0 && (header.len() + payload) as u64 > max {
-        return Err(VmiError::MessageTooLarge {
-            len: payload,
-            max: (max as usize).saturating_sub(header.len()),
-        });
-    }
+    check_message(core, conn, payload, WHAT)?;
+    check_fragment(core, header.len(), payload)?;
     let message = core.engine.conns().tx_messages(conn);
-    let mut s = core.prepare_send(conn, 0, SendKind::Whole, |_, s, _| {
+    issue_message(core, conn, mode, |s| {
         s.attach_vec(header.to_vec());
         for b in bufs {
-            // Room checked above: the header and at most VMI_IRB_MAX_SEGS - 1 buffers.
+            // Room checked by `given_parts`: the header and at most VMI_IRB_MAX_SEGS - 1.
             let _ = s.push_buffer(b);
         }
-        Ok(())
     })?;
-    s.set_flags(VMI_FLAG_END | VMI_FLAG_MSG);
-    s.set_purpose(Purpose::Internal);
-    core.issue(s, mode);
     record_sent(core, conn, message, &kind);
     Ok(message)
+}
+
+/// The bytes of buffers given for a message, as slices in `parts`; refused when they and
+/// the message's header need more segments than an IRB has.
+fn given_parts<'a>(
+    bufs: &'a [Buffer],
+    parts: &'a mut [&'a [u8]; crate::abi::VMI_IRB_MAX_SEGS],
+) -> Result<&'a [&'a [u8]], VmiError> {
+    let max = crate::abi::VMI_IRB_MAX_SEGS - 1; // one for the header
+    if bufs.len() > max {
+        return Err(VmiError::TooManyBuffers {
+            given: bufs.len(),
+            max,
+        });
+    }
+    for (p, b) in parts.iter_mut().zip(bufs) {
+        *p = b;
+    }
+    Ok(&parts[..bufs.len()])
 }
 
 /// The largest payload given as buffers that is still copied (see [`send_given`]).
@@ -218,6 +207,8 @@ pub(crate) fn transmit(
     mode: Mode,
     what: &'static str,
 ) -> Result<u64, VmiError> {
+    // `check_message`'s checks, written out: through the helper (even always inlined) the
+    // compiler stopped inlining the gather's copies below (+7 per request hop, callgrind).
     if core.rails.on() && (core.rails.is_bond(conn) || core.rails.is_rail(conn)) {
         return Err(VmiError::Unsupported {
             what,
@@ -267,13 +258,7 @@ fn transmit_slow(
     gathered: bool,
 ) -> Result<(), VmiError> {
     let payload: usize = parts.iter().map(|p| p.len()).sum();
-    let max = core.engine.top_caps().max_fragment;
-    if max > 0 && (header.len() + payload) as u64 > max {
-        return Err(VmiError::MessageTooLarge {
-            len: payload,
-            max: (max as usize).saturating_sub(header.len()),
-        });
-    }
+    check_fragment(core, header.len(), payload)?;
     let mut bytes = std::mem::take(&mut core.msg.scratch);
     if !gathered {
         bytes.clear();
@@ -282,8 +267,58 @@ fn transmit_slow(
             bytes.extend_from_slice(p);
         }
     }
-    let mut s = core.prepare_send(conn, 0, SendKind::Whole, |_, s, _| {
+    issue_message(core, conn, mode, |s| {
         s.attach_vec(bytes);
+    })
+}
+
+/// Checks that a message-passing message of `payload` bytes may go on `conn`: not on a
+/// connection with rails (`what` names the operation), at most [`MAX_MESSAGE`]. ([`transmit`]
+/// makes the same checks written out.)
+fn check_message(
+    core: &Core,
+    conn: ConnId,
+    payload: usize,
+    what: &'static str,
+) -> Result<(), VmiError> {
+    if core.rails.on() && (core.rails.is_bond(conn) || core.rails.is_rail(conn)) {
+        return Err(VmiError::Unsupported {
+            what,
+            on: "a connection with rails",
+        });
+    }
+    if payload > MAX_MESSAGE {
+        return Err(VmiError::MessageTooLarge {
+            len: payload,
+            max: MAX_MESSAGE,
+        });
+    }
+    Ok(())
+}
+
+/// Checks that a message of a `header`-byte header and `payload` bytes fits the chain's
+/// largest fragment (a message is one fragment).
+fn check_fragment(core: &Core, header: usize, payload: usize) -> Result<(), VmiError> {
+    let max = core.engine.top_caps().max_fragment;
+    if max > 0 && (header + payload) as u64 > max {
+        return Err(VmiError::MessageTooLarge {
+            len: payload,
+            max: (max as usize).saturating_sub(header),
+        });
+    }
+    Ok(())
+}
+
+/// Issues a message-passing message as an IRB whose segments `attach` adds, the header's
+/// first.
+fn issue_message(
+    core: &mut Core,
+    conn: ConnId,
+    mode: Mode,
+    attach: impl FnOnce(&mut crate::slot::Slot),
+) -> Result<(), VmiError> {
+    let mut s = core.prepare_send(conn, 0, SendKind::Whole, |_, s, _| {
+        attach(s);
         Ok(())
     })?;
     s.set_flags(VMI_FLAG_END | VMI_FLAG_MSG);
@@ -464,25 +499,16 @@ pub(crate) fn answer_given(
     bufs: Vec<Buffer>,
     mode: Mode,
 ) -> Result<(), VmiError> {
-    let max_segs = crate::abi::VMI_IRB_MAX_SEGS - 1; // one for the header
-    if bufs.len() > max_segs {
-        return Err(VmiError::TooManyBuffers {
-            given: bufs.len(),
-            max: max_segs,
-        });
-    }
+    let mut parts = [&[][..]; crate::abi::VMI_IRB_MAX_SEGS];
+    let parts = given_parts(&bufs, &mut parts)?;
     let Some(h) = core.msg.server.get(rcvid.0) else {
         return Err(VmiError::UnknownRequest(rcvid));
     };
     let (conn, client_id, reply_max, written) = (h.conn, h.client_id, h.reply_max, h.reply.len());
-    let len: usize = bufs.iter().map(|b| b.len()).sum();
+    let len: usize = parts.iter().map(|p| p.len()).sum();
     if len <= GIVEN_COPY_MAX || written > len || len > reply_max {
         // Copied, or refused, exactly as lent slices are.
-        let mut parts: [&[u8]; crate::abi::VMI_IRB_MAX_SEGS] = [&[]; crate::abi::VMI_IRB_MAX_SEGS];
-        for (p, b) in parts.iter_mut().zip(&bufs) {
-            *p = b;
-        }
-        return answer(core, rcvid, Ok((status, &parts[..bufs.len()])), mode);
+        return answer(core, rcvid, Ok((status, parts)), mode);
     }
     let kind = Kind::Reply {
         id: client_id,
@@ -582,6 +608,24 @@ pub(crate) fn received(
         Some((true, _)) => handle(core, handler, conn, end, data, now),
         Some((false, _)) => {}
         None => log::debug!("{conn}: dropping a message that arrived after the connection closed"),
+    }
+}
+
+/// [`received`] for a message that arrived alone (nothing that came with it could go ahead
+/// of it): a request or pulse is delivered at once, where it lies, and then the queued ones
+/// above the stream's priority, which go ahead of stream fragments that come after it.
+#[inline(always)]
+pub(crate) fn received_alone(
+    core: &mut Core,
+    handler: &mut dyn Handler,
+    conn: ConnId,
+    flags: u32,
+    data: &[u8],
+) {
+    received(core, handler, conn, flags, data, true);
+    core.run_deferred();
+    if core.msg.has_queued() {
+        deliver(core, handler, 1);
     }
 }
 
