@@ -148,7 +148,7 @@ impl SendQueue {
     }
 
     /// Whether a close is next (everything ahead of it written).
-    pub fn close_is_next(&self) -> bool {
+    fn close_is_next(&self) -> bool {
         matches!(self.entries.front(), Some(Tx::Close { .. }))
     }
 
