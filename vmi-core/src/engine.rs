@@ -88,10 +88,17 @@ struct Step {
     dev: *mut c_void,
     frame_off: usize,
     index: DevIndex,
+    /// Whom the step serves: [`FILTER`] for a filter (every IRB but the hosts' own
+    /// messages), a transport's own index for a transport (only the sends it owns). One
+    /// compare in the walk decides both.
+    only: DevIndex,
     transport: bool,
     /// It has a completion step, so it joins an IRB's path when it passes it.
     joins: bool,
 }
+
+/// [`Step::only`] of a filter (no device has this index: the engine refuses that many).
+const FILTER: DevIndex = DevIndex::MAX;
 
 /// One running device.
 struct Instance {
@@ -917,29 +924,35 @@ impl Engine {
         // once: a count that moved earlier in the walk only sends such an IRB the queued
         // way, which keeps the order as well.
         let completed = self.shared.completed.get();
+        // SAFETY: `steps` points into `self.tables[table]`, alive and unchanged for the whole
+        // call (see above).
+        let steps = unsafe { &*steps };
+        // The hosts' own messages go past filters (see `hostmsg`): decided when the walk
+        // (re)starts, so no device can change it halfway.
+        let host_msg = s.flags() & VMI_FLAG_HOST != 0;
+        let delta: isize = if down { 1 } else { -1 };
         loop {
-            let pos = s.pos();
-            let next = if down { pos + 1 } else { pos - 1 };
-            if next < 0 {
-                self.out.push_back(s); // reached the application
-                return;
-            }
-            // SAFETY: `steps` points into `self.tables[table]`, alive and unchanged for the
-            // whole call (see above).
-            let Some(&st) = (unsafe { &*steps }).get(next as usize) else {
-                s.set_detail("no transport took the request (a transport passed it on)".into());
-                self.finish(s, Status::Internal.code());
+            // Below 0 (the application, going up) wraps to past the end, as does the end.
+            let next = s.pos().wrapping_add(delta);
+            let Some(st) = steps.get(next as usize) else {
+                if down {
+                    s.set_detail("no transport took the request (a transport passed it on)".into());
+                    self.finish(s, Status::Internal.code());
+                } else {
+                    self.out.push_back(s); // reached the application
+                }
                 return;
             };
             s.set_pos(next);
-            if st.transport && (!down || st.index != transport) {
-                continue; // only the owning transport sees a send; none above the one receiving
-            }
             let Some(f) = st.entry else {
-                continue; // pass-through at no cost
+                continue; // pass-through at no cost (and every transport above a receiving one)
             };
-            if !st.transport && s.flags() & VMI_FLAG_HOST != 0 {
-                continue; // the hosts' own messages go past filters (see `hostmsg`)
+            if st.only == FILTER {
+                if host_msg {
+                    continue;
+                }
+            } else if st.only != transport {
+                continue; // only the owning transport sees a send
             }
             let frame = s.frame_ptr(st.frame_off);
             let raw = s.into_raw();
@@ -1360,16 +1373,20 @@ fn make_steps(chain: &[DevIndex], devices: &[Instance], down: bool) -> Vec<Step>
         .iter()
         .map(|&d| {
             let inst = &devices[d as usize];
+            let transport = inst.is_transport();
             Step {
-                entry: if down {
-                    inst.ty.vtable.submit
-                } else {
-                    inst.ty.vtable.receive
+                // A receive goes up from the transport it arrived on, past every transport
+                // above it: no transport's receive step is ever called.
+                entry: match (down, transport) {
+                    (true, _) => inst.ty.vtable.submit,
+                    (false, false) => inst.ty.vtable.receive,
+                    (false, true) => None,
                 },
                 dev: inst.ptr,
                 frame_off: inst.frame_off,
                 index: d,
-                transport: inst.is_transport(),
+                only: if transport { d } else { FILTER },
+                transport,
                 joins: inst.ty.vtable.complete.is_some(),
             }
         })

@@ -11,8 +11,18 @@ use crate::status::Status;
 /// The host, as a device sees it. Cheap to copy; neither `Send` nor `Sync`, because the
 /// services it calls are valid only on the polling thread. [`Host::completer`] and
 /// [`Host::waker`] give the two pieces other threads may use.
+///
+/// One pointer wide, so that an [`Irb`] handle (which carries its host) stays small: every
+/// filter step moves one in and out of its device.
 #[derive(Clone, Copy)]
 pub struct Host {
+    parts: &'static HostParts,
+}
+
+/// What a [`Host`] points to: made once per device instance and never freed, like the
+/// services table and context it holds (a `Host` copy a device kept anywhere stays valid).
+/// Raw pointers make it neither `Send` nor `Sync`, so neither is `Host`.
+struct HostParts {
     services: *const VmiHostServices,
     ctx: *mut c_void,
     frame_len: usize,
@@ -30,21 +40,23 @@ impl Host {
         ctx: *mut c_void,
         frame_len: usize,
     ) -> Host {
-        Host {
+        // Leaked on purpose (24 bytes per device instance): see `HostParts`.
+        let parts = Box::leak(Box::new(HostParts {
             services,
             ctx,
             frame_len,
-        }
+        }));
+        Host { parts }
     }
 
     pub(crate) fn svc(&self) -> &VmiHostServices {
         // SAFETY: `from_raw`'s contract: the table outlives the device.
-        unsafe { &*self.services }
+        unsafe { &*self.parts.services }
     }
 
     /// Bytes of frame the host reserves for this device in every IRB.
     pub fn frame_len(&self) -> usize {
-        self.frame_len
+        self.parts.frame_len
     }
 
     /// The host's ABI minor.
@@ -62,10 +74,10 @@ impl Host {
     /// when the host pushes back (its pool is exhausted): try again on a later poll.
     pub fn alloc_irb(&self, op: Op, conn: u64) -> Option<Irb> {
         // SAFETY: a valid host pointer; the host returns a live IRB or NULL.
-        let raw = unsafe { (self.svc().irb_alloc)(self.ctx, op.code(), conn) };
+        let raw = unsafe { (self.svc().irb_alloc)(self.parts.ctx, op.code(), conn) };
         let raw = NonNull::new(raw)?;
         // SAFETY: the IRB was just allocated for this device.
-        let frame = unsafe { (self.svc().irb_frame)(self.ctx, raw.as_ptr()) };
+        let frame = unsafe { (self.svc().irb_frame)(self.parts.ctx, raw.as_ptr()) };
         // SAFETY: a live IRB of this device with its frame, on the polling thread (Host is
         // not Send).
         Some(unsafe { Irb::from_raw(raw.as_ptr(), frame, *self) })
@@ -96,7 +108,7 @@ impl Host {
             return u32::MAX;
         }
         // SAFETY: the table is large enough to hold the 1.1 entry (checked above).
-        unsafe { (self.svc().irb_available)(self.ctx) }
+        unsafe { (self.svc().irb_available)(self.parts.ctx) }
     }
 
     /// How many fragments a poll given `budget` may hand up (receive IRBs and direct
@@ -115,66 +127,66 @@ impl Host {
     /// A handle for a new incoming connection owned by this device.
     pub fn conn_new(&self) -> u64 {
         // SAFETY: valid host pointer.
-        unsafe { (self.svc().conn_new)(self.ctx) }
+        unsafe { (self.svc().conn_new)(self.parts.ctx) }
     }
 
     /// This process's key.
     pub fn local_key(&self) -> String {
         // SAFETY: the host returns a string that lives as long as the host.
-        unsafe { (self.svc().local_key)(self.ctx).to_string_lossy() }
+        unsafe { (self.svc().local_key)(self.parts.ctx).to_string_lossy() }
     }
 
     /// The chains' filter signature exchanged during the connect handshake.
     pub fn signature(&self) -> String {
         // SAFETY: as for `local_key`.
-        unsafe { (self.svc().signature)(self.ctx).to_string_lossy() }
+        unsafe { (self.svc().signature)(self.parts.ctx).to_string_lossy() }
     }
 
     /// Wakes a `wait` in progress.
     pub fn wake(&self) {
         // SAFETY: valid host pointer; `wake` is thread-safe.
-        unsafe { (self.svc().wake)(self.ctx) }
+        unsafe { (self.svc().wake)(self.parts.ctx) }
     }
 
     /// A handle that wakes this host's `wait` from any thread.
     pub fn waker(&self) -> HostWaker {
         HostWaker {
-            services: self.services,
-            ctx: self.ctx,
+            services: self.parts.services,
+            ctx: self.parts.ctx,
         }
     }
 
     /// A handle that completes [`RemoteIrb`]s from any thread.
     pub fn completer(&self) -> Completer {
         Completer {
-            services: self.services,
-            ctx: self.ctx,
+            services: self.parts.services,
+            ctx: self.parts.ctx,
         }
     }
 
     pub(crate) fn pass(&self, irb: *mut VmiIrb) {
         // SAFETY: a live IRB the device owned until now, on the polling thread.
-        unsafe { (self.svc().pass)(self.ctx, irb) }
+        unsafe { (self.svc().pass)(self.parts.ctx, irb) }
     }
 
     pub(crate) fn complete(&self, irb: *mut VmiIrb, status: Status) {
         // SAFETY: as for `pass`.
-        unsafe { (self.svc().complete)(self.ctx, irb, status.code()) }
+        unsafe { (self.svc().complete)(self.parts.ctx, irb, status.code()) }
     }
 
     pub(crate) fn attach(&self, irb: *mut VmiIrb, data: &[u8]) -> bool {
         // SAFETY: a live IRB the device holds; the host copies the bytes.
-        unsafe { (self.svc().irb_attach)(self.ctx, irb, data.as_ptr(), data.len()) == 0 }
+        unsafe { (self.svc().irb_attach)(self.parts.ctx, irb, data.as_ptr(), data.len()) == 0 }
     }
 
     pub(crate) fn set_peer(&self, irb: *mut VmiIrb, host: VmiStr, key: VmiStr) {
         // SAFETY: a live IRB; the host copies both strings.
-        unsafe { (self.svc().irb_set_peer)(self.ctx, irb, host, key) }
+        unsafe { (self.svc().irb_set_peer)(self.parts.ctx, irb, host, key) }
     }
 
     pub(crate) fn set_detail(&self, irb: *mut VmiIrb, detail: VmiStr) {
         // SAFETY: a live IRB; the host copies the text.
-        unsafe { (self.svc().irb_set_detail)(self.ctx, irb, detail) }
+        unsafe { (self.svc().irb_set_detail)(self.parts.ctx, irb, detail) }
     }
 }
 
