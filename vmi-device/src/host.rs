@@ -26,6 +26,8 @@ struct HostParts {
     services: *const VmiHostServices,
     ctx: *mut c_void,
     frame_len: usize,
+    /// The table's `abi_minor`, kept here: every poll asks it (`receive_credit`).
+    abi_minor: u32,
 }
 
 impl Host {
@@ -45,6 +47,8 @@ impl Host {
             services,
             ctx,
             frame_len,
+            // SAFETY: the caller's promise: a valid services table.
+            abi_minor: unsafe { (*services).abi_minor },
         }));
         Host { parts }
     }
@@ -61,7 +65,7 @@ impl Host {
 
     /// The host's ABI minor.
     pub fn abi_minor(&self) -> u32 {
-        self.svc().abi_minor
+        self.parts.abi_minor
     }
 
     /// True when the host's services table reaches past the 1.0 layout (so 1.1 services
@@ -117,7 +121,7 @@ impl Host {
     /// [`Host::irbs_available`] from an older one. Ask once per poll and count down.
     #[inline]
     pub fn receive_credit(&self, budget: usize) -> usize {
-        if self.svc().abi_minor >= 6 {
+        if self.parts.abi_minor >= 6 {
             budget
         } else {
             budget.min(self.irbs_available() as usize)
