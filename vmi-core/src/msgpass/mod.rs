@@ -146,6 +146,19 @@ fn send_given(
     if payload <= GIVEN_COPY_MAX {
         return send_other(core, conn, kind, parts, mode);
     }
+    send_buffers(core, conn, kind, bufs, payload, mode)
+}
+
+/// The large case of [`send_given`]: `bufs` (counted by [`given_parts`], `payload` bytes in
+/// all) sent as an IRB whose segments are the header and the buffers.
+fn send_buffers(
+    core: &mut Core,
+    conn: ConnId,
+    kind: Kind,
+    bufs: Vec<Buffer>,
+    payload: usize,
+    mode: Mode,
+) -> Result<u64, VmiError> {
     let header = kind.encode();
     check_message(core, conn, payload, WHAT)?;
     check_fragment(core, header.len(), payload)?;
@@ -514,7 +527,7 @@ pub(crate) fn answer_given(
         id: client_id,
         status,
     };
-    send_given(core, conn, kind, bufs, mode)?;
+    send_buffers(core, conn, kind, bufs, len, mode)?;
     core.msg.server.forget(rcvid.0);
     Ok(())
 }
