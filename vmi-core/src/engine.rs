@@ -92,7 +92,6 @@ struct Step {
     /// messages), a transport's own index for a transport (only the sends it owns). One
     /// compare in the walk decides both.
     only: DevIndex,
-    transport: bool,
     /// It has a completion step, so it joins an IRB's path when it passes it.
     joins: bool,
 }
@@ -380,7 +379,6 @@ impl Engine {
             engine.tables.push(down.clone());
             engine.tables.push(up.clone());
         }
-        let has_filter = |steps: &[Step]| steps.iter().any(|s| !s.transport && s.entry.is_some());
         let filtered = has_filter(&engine.send_steps);
         engine.chain_direct = std::iter::once(!filtered)
             .chain(engine.extra_steps.iter().map(|(down, _)| !has_filter(down)))
@@ -410,7 +408,6 @@ impl Engine {
     /// Direct receives skip every receive step of every chain (a transport hands over all
     /// its connections' fragments): any chain with one turns them off.
     fn build_pollers(&mut self) {
-        let has_filter = |steps: &[Step]| steps.iter().any(|s| !s.transport && s.entry.is_some());
         let filtered_up =
             has_filter(&self.recv_steps) || self.extra_steps.iter().any(|(_, up)| has_filter(up));
         let direct_rx = |d: &Instance| {
@@ -447,8 +444,7 @@ impl Engine {
         self.shared.named.set(true);
         let down = make_steps(&chain, &self.devices, true);
         let up = make_steps(&chain, &self.devices, false);
-        self.chain_direct
-            .push(!down.iter().any(|s| !s.transport && s.entry.is_some()));
+        self.chain_direct.push(!has_filter(&down));
         self.tables.push(down.clone());
         self.tables.push(up.clone());
         self.extra_steps.push((down, up));
@@ -1368,6 +1364,11 @@ impl Engine {
 }
 
 /// A chain's steps (engine indices, application first), for one direction.
+/// Whether a filter in `steps` has this direction's hook (so IRBs must walk the chain).
+fn has_filter(steps: &[Step]) -> bool {
+    steps.iter().any(|s| s.only == FILTER && s.entry.is_some())
+}
+
 fn make_steps(chain: &[DevIndex], devices: &[Instance], down: bool) -> Vec<Step> {
     chain
         .iter()
@@ -1386,7 +1387,6 @@ fn make_steps(chain: &[DevIndex], devices: &[Instance], down: bool) -> Vec<Step>
                 frame_off: inst.frame_off,
                 index: d,
                 only: if transport { d } else { FILTER },
-                transport,
                 joins: inst.ty.vtable.complete.is_some(),
             }
         })
