@@ -352,3 +352,127 @@ fn good_sender_over(spec: &std::path::Path, recv_key: &str) -> (bool, String) {
     )
     .finish(T)
 }
+
+/// What the victim of `hostile_records_in_a_lent_ring` saw.
+#[derive(Default)]
+struct Victim {
+    conn: Option<vmi_core::ConnId>,
+    fragments: Vec<Vec<u8>>,
+    ended: Option<String>,
+}
+
+impl vmi_core::Handler for Victim {
+    fn accept(
+        &mut self,
+        _ctx: &mut vmi_core::Ctx<'_>,
+        r: &mut vmi_core::ConnectRequest<'_>,
+    ) -> vmi_core::Decision {
+        self.conn = Some(r.conn);
+        vmi_core::Decision::Accept(Vec::new())
+    }
+    fn receive(
+        &mut self,
+        _ctx: &mut vmi_core::Ctx<'_>,
+        _conn: vmi_core::ConnId,
+        _cmd: vmi_core::Recv,
+        slab: &mut vmi_core::Slab<'_>,
+    ) {
+        self.fragments.push(slab.read_to_vec());
+    }
+    fn disconnected(
+        &mut self,
+        _ctx: &mut vmi_core::Ctx<'_>,
+        _conn: vmi_core::ConnId,
+        reason: vmi_core::Disconnect,
+    ) {
+        self.ended = Some(match reason {
+            vmi_core::Disconnect::Error { status, detail } => format!("{status}: {detail}"),
+            other => format!("{other:?}"),
+        });
+    }
+}
+
+/// The host reads small records from the rings the shared-memory transport lends it (device
+/// ABI 1.7), straight from memory the peer writes. A busy-polling victim in this process:
+/// honest records are read by the host; what no correct peer writes (an unknown record kind,
+/// a header claiming 4 GiB, a producer position moved backwards) stops the host's read at
+/// once, and the transport's poll reports it and ends the connection. Nothing is delivered
+/// from the bad records, and nothing panics.
+#[test]
+fn hostile_records_in_a_lent_ring_are_left_to_the_transport() {
+    use vmi_tests::harness::{Mode, dev, spec};
+    for (case, bad, expect) in [
+        (
+            "an unknown record kind",
+            0,
+            "protocol violation by 'hostile'",
+        ),
+        ("a header claiming 4 GiB", 1, "over max_fragment"),
+        ("the head moved backwards", 2, "position from"),
+    ] {
+        let key = unique_key("shm-lent");
+        let sp = spec(&[], &dev("t", "shmem", &[]), Mode::Static);
+        let mut vmi = vmi_core::Vmi::with_spec(sp, &key).expect("a shared-memory vmi");
+        let mut victim = Victim::default();
+        let k = key.clone();
+        let hostile = std::thread::spawn(move || {
+            let region = Region::create(4096).unwrap();
+            let (sock, status, reason) = hello(&k, "hostile", region.fd(), 4096);
+            assert_eq!(status, ACCEPT, "{reason}");
+            (sock, region)
+        });
+        let start = Instant::now();
+        while !hostile.is_finished() || victim.conn.is_none() {
+            vmi.poll(&mut victim);
+            assert!(start.elapsed() < T, "{case}: no connection");
+        }
+        let (_sock, region) = hostile.join().unwrap();
+        let view = region.ring(0);
+        let ring = view.shared();
+        let mut p = vmi_shmem::spsc::Producer::new(ring);
+        let honest = |len: u32| Record {
+            kind: DATA,
+            flags: 0,
+            len,
+            id: 0,
+        };
+        assert_eq!(p.push_all(&[&honest(8).emit(), b"12345678"]), Ok(true));
+        while victim.fragments.is_empty() {
+            vmi.poll(&mut victim);
+            assert!(
+                start.elapsed() < T,
+                "{case}: the honest record never arrived"
+            );
+        }
+        assert_eq!(victim.fragments, vec![b"12345678".to_vec()], "{case}");
+        let lent: u64 = vmi
+            .attr_get("t", "lent_receives")
+            .expect("shmem reports its lent receives")
+            .parse()
+            .unwrap();
+        assert_eq!(lent, 1, "{case}: the host read the honest record itself");
+        match bad {
+            0 => {
+                let mut rec = honest(8).emit();
+                rec[0] = 99;
+                assert_eq!(p.push_all(&[&rec, b"12345678"]), Ok(true));
+            }
+            1 => assert_eq!(p.push_all(&[&honest(u32::MAX).emit()]), Ok(true)),
+            _ => {
+                assert_eq!(p.push_all(&[&honest(8).emit(), b"abcdefgh"]), Ok(true));
+                ring.head.store(3, std::sync::atomic::Ordering::Release);
+            }
+        }
+        while victim.ended.is_none() {
+            vmi.poll(&mut victim);
+            assert!(start.elapsed() < T, "{case}: the connection was not ended");
+        }
+        let ended = victim.ended.take().unwrap();
+        assert!(ended.contains(expect), "{case}: {ended}");
+        assert_eq!(
+            victim.fragments.len(),
+            1,
+            "{case}: a bad record was delivered"
+        );
+    }
+}

@@ -71,12 +71,14 @@ fn message(seq: u64) -> Vec<u8> {
 
 /// Streams MESSAGES messages, every 7th as a 3-fragment stream (IRB path), the rest inline;
 /// the receiver reads only every 500 sends, so the ring fills and sends fall back. Returns
-/// the sender's `inline_sends` attribute.
+/// the sender's `inline_sends` attribute and the fragments the receiver took with no IRB:
+/// handed over by the transport's poll (`direct_receives`), and read by the host from lent
+/// rings (`lent_receives`, shared memory only).
 fn run(
     label: &str,
     transport: vmi_conformance::pair::Dev,
     filters: &[vmi_conformance::pair::Dev],
-) -> (u64, u64) {
+) -> (u64, u64, u64) {
     let sp = || spec(filters, &transport, Mode::Static);
     let mut p = Pair::new(sp(), sp(), label.into(), false);
     let conn = p.conn();
@@ -140,20 +142,43 @@ fn run(
             .parse()
             .expect("a number")
     };
-    (count(&p.a, "inline_sends"), count(&p.b, "direct_receives"))
+    let lent =
+        p.b.attr_get("t", "lent_receives")
+            .map_or(0, |v| v.parse().expect("a number"));
+    (
+        count(&p.a, "inline_sends"),
+        count(&p.b, "direct_receives"),
+        lent,
+    )
 }
 
 #[test]
 fn inline_sends_skip_the_irb_when_they_can_and_keep_order_when_they_cannot() {
     let _ = env_logger::builder().is_test(true).try_init();
     let inline = MESSAGES - MESSAGES.div_ceil(7);
-    let (direct, received) = run("shmem", shmem(), &[]);
+    let (direct, received, lent) = run("shmem", shmem(), &[]);
     assert!(direct > 0, "no message took the fast path");
-    assert!(received > 0, "no fragment was received with no IRB");
+    assert!(received > 0, "no fragment was handed over with no IRB");
+    assert!(lent > 0, "the host read no fragment from a lent ring");
     assert!(
         direct < inline,
         "every inline message took the fast path ({direct}): the ring never filled, so the fallback was not tested"
     );
+}
+
+/// With `lend_rings = false` the transport reads every ring itself: the same stream arrives
+/// the same, and the host reads nothing.
+#[test]
+fn shmem_without_lent_rings_reads_every_ring_itself() {
+    let t = dev(
+        "t",
+        "shmem",
+        &[("ring_size", "64k"), ("lend_rings", "false")],
+    );
+    let (direct, received, lent) = run("shmem-unlent", t, &[]);
+    assert!(direct > 0, "no message took the fast path");
+    assert_eq!(lent, 0, "a ring was read by the host although not lent");
+    assert!(received > 0, "no fragment was handed over with no IRB");
 }
 
 /// TCP writes inline only the first send of a poll turn (later ones are batched into one
@@ -161,7 +186,7 @@ fn inline_sends_skip_the_irb_when_they_can_and_keep_order_when_they_cannot() {
 #[test]
 fn tcp_takes_the_fast_paths_where_they_fit() {
     let inline = MESSAGES - MESSAGES.div_ceil(7);
-    let (direct, received) = run("tcp", dev("t", "tcp", &[]), &[]);
+    let (direct, received, _) = run("tcp", dev("t", "tcp", &[]), &[]);
     assert!(
         direct > 0 && direct < inline,
         "{direct} of {inline} inline sends took the fast path"
@@ -180,10 +205,11 @@ fn a_filter_on_the_chain_turns_the_fast_path_off() {
         ("shmem + crc", shmem()),
         ("tcp + crc", dev("t", "tcp", &[])),
     ] {
-        let (direct, received) = run(label, t, std::slice::from_ref(&crc));
+        let (direct, received, lent) = run(label, t, std::slice::from_ref(&crc));
         assert_eq!(direct, 0, "{label}: the CRC filter must see every send");
         assert_eq!(
-            received, 0,
+            (received, lent),
+            (0, 0),
             "{label}: the CRC filter must see every fragment received"
         );
     }

@@ -223,6 +223,7 @@ impl Harness {
             // Not the host's marker: a device linked into the test forwards nothing.
             host_marker: &vmi_device::logbridge::MARKER,
             irb_available: svc_irb_available,
+            lend_rings: svc_lend_rings,
         });
         let raw: Vec<VmiParam> = values
             .iter()
@@ -602,6 +603,10 @@ unsafe extern "C" fn svc_irb_alloc(host: *mut c_void, op: u32, conn: u64) -> *mu
     st.allocated.borrow_mut().push(irb);
     raw
 }
+
+/// The harness reads no ring itself: it takes the loan and ignores it, so a transport is
+/// polled every time and must read its lent rings itself, as it does for an older host.
+unsafe extern "C" fn svc_lend_rings(_host: *mut c_void, _set: *mut VmiRingSet) {}
 
 unsafe extern "C" fn svc_irb_available(host: *mut c_void) -> u32 {
     // SAFETY: as above.

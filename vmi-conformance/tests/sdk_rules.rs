@@ -239,6 +239,9 @@ mod older_host {
     }
     unsafe extern "C" fn log(_: *mut c_void, _: u32, _: VmiStr, _: VmiStr) {}
     unsafe extern "C" fn wake(_: *mut c_void) {}
+    unsafe extern "C" fn lend_rings(_: *mut c_void, _: *mut VmiRingSet) {
+        panic!("a host before 1.7 has no lend_rings: it must not be called")
+    }
 
     unsafe extern "C" fn three(_: *mut c_void) -> u32 {
         3
@@ -267,6 +270,7 @@ mod older_host {
             max_log_level: 0,
             host_marker: std::ptr::null(),
             irb_available,
+            lend_rings,
         }
     }
 
@@ -299,5 +303,75 @@ mod older_host {
         assert_eq!(host.abi_minor(), 0);
         assert_eq!(host.irbs_available(), u32::MAX, "no bound known");
         assert_eq!(host.receive_credit(64), 64);
+    }
+
+    static LENT: std::sync::Mutex<Vec<usize>> = std::sync::Mutex::new(Vec::new());
+    unsafe extern "C" fn record_loan(_: *mut c_void, set: *mut VmiRingSet) {
+        LENT.lock().unwrap().push(set as usize);
+    }
+
+    /// The set a transport lends: busy until the first publish; the host's skips counted
+    /// once each; a publish lists the rings and clears busy; dropping it ends the loan.
+    #[test]
+    fn lent_rings_keep_the_contract_with_a_1_7_host() {
+        use std::sync::atomic::AtomicU64;
+        use vmi_device::lent::{LentRings, RingCursor, RingLoan};
+        let services = VmiHostServices {
+            lend_rings: record_loan,
+            ..table(7, never)
+        };
+        // SAFETY: the table lives for the test; the host pointer is never dereferenced.
+        let host = unsafe { Host::from_raw(&services, std::ptr::null_mut(), 0) };
+        let mut rings = LentRings::default();
+        assert!(rings.lend(&host));
+        let set = *LENT.lock().unwrap().last().unwrap() as *mut VmiRingSet;
+        // SAFETY: the set lives in `rings` until it is dropped below; this test plays the
+        // host, on the one thread.
+        let read = move || unsafe { ((*set).busy, (*set).skips, (*set).count) };
+        assert_eq!(read(), (1, 0, 0), "busy and empty until published");
+        let (head, tail, cursor) = (AtomicU64::new(0), AtomicU64::new(0), RingCursor::default());
+        let data = [0u8; 64];
+        let loan = RingLoan {
+            conn: 7,
+            head: &head,
+            tail: &tail,
+            data: data.as_ptr(),
+            cap: 64,
+            max_len: 64,
+            cursor: &cursor,
+        };
+        // SAFETY: the ring's words and bytes outlive the set (dropped first below).
+        unsafe { rings.publish([loan], 10) };
+        assert_eq!(read(), (0, 10, 1));
+        // SAFETY: as above: the host counts skips down.
+        unsafe { (*set).skips -= 3 };
+        assert_eq!(rings.take_skipped(), 3);
+        assert_eq!(rings.take_skipped(), 0, "each skip counted once");
+        rings.set_busy();
+        assert!(rings.busy());
+        assert_eq!(read().0, 1);
+        rings.grant(5);
+        assert_eq!(read(), (1, 5, 1), "a grant leaves busy as it is");
+        drop(rings);
+        assert_eq!(
+            LENT.lock().unwrap().last(),
+            Some(&0),
+            "the loan ends with NULL"
+        );
+    }
+
+    #[test]
+    fn a_device_on_a_1_6_host_lends_no_rings() {
+        // A 1.6 table ends before `lend_rings` (its entry here panics if called).
+        let services = VmiHostServices {
+            size: VMI_HOST_SERVICES_SIZE_1_1,
+            ..table(6, never)
+        };
+        // SAFETY: the table lives for the test; the host pointer is never dereferenced.
+        let host = unsafe { Host::from_raw(&services, std::ptr::null_mut(), 0) };
+        let mut rings = vmi_device::lent::LentRings::default();
+        assert!(!rings.lend(&host), "an older host is not offered the rings");
+        assert!(!rings.is_lent());
+        assert!(rings.busy(), "and the device goes on reading them itself");
     }
 }

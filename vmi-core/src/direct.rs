@@ -14,7 +14,12 @@ use std::sync::Arc;
 
 use crate::abi::{VMI_COMPLETE, VMI_FLAG_HOST, VMI_FLAG_MSG, VMI_PASS};
 use crate::dispatch::receive_lent;
-use crate::engine::{Dev, PollDirectFn};
+use std::sync::atomic::Ordering;
+
+use vmi_device::lent::{Batch, Received, Stop};
+
+use crate::abi::VmiRingSet;
+use crate::engine::DirectPoller;
 use crate::handler::Handler;
 use crate::ops::Core;
 use crate::slab::Releases;
@@ -22,25 +27,18 @@ use crate::slab::Releases;
 /// Largest fragment taken through the arena; larger ones go up as IRBs (no second copy).
 pub(crate) const DIRECT_MAX: usize = 16 * 1024;
 
-/// One fragment in the arena.
-#[derive(Clone, Copy)]
-struct Lent {
-    conn: u64,
-    flags: u32,
-    start: usize,
-    len: usize,
-}
-
 /// The fragments of one poll, copied out of the transport (kept between polls, so it
 /// allocates nothing once warm).
 #[derive(Default)]
 pub(crate) struct Arena {
-    bytes: Vec<u8>,
-    lent: Vec<Lent>,
+    /// The fragments (their bytes, where each lies, how many are messages): the transport's
+    /// offers and the host's reads of lent rings alike.
+    got: Batch,
     /// Outcomes wait to be delivered: take nothing, so they go first.
     blocked: bool,
-    /// How many of the fragments are requests, replies or pulses (see `msgpass`).
-    msgs: usize,
+    /// The lent ring read first at the next poll (the one after a ring that used up a
+    /// poll's budget: a busy peer cannot starve the others).
+    ring_first: usize,
     /// The engine's release queue and count of fragments held, which a grab of a slab over
     /// the arena counts in: taken once, so delivering a fragment clones nothing.
     owners: Option<(Arc<Releases>, Arc<crate::services::Count>)>,
@@ -52,13 +50,20 @@ pub(crate) struct Arena {
 pub(crate) fn poll(core: &mut Core, arena: &mut Arena, handler: &mut dyn Handler) -> usize {
     let mut events = 0;
     for i in 0..core.engine.direct_pollers().len() {
-        let (f, dev) = core.engine.direct_pollers()[i];
-        arena.blocked = core.engine.outcomes() > 0;
-        let ctx = std::ptr::from_mut(arena);
-        // SAFETY: a live transport instance; the arena is reached only through the pointer
-        // until the call returns, by `receive` on this thread, and is not kept after it.
-        let n = unsafe { f(dev.0, core.engine.poll_credit(), receive, ctx.cast()) };
-        events += n.max(0) as usize;
+        let poller = core.engine.direct_pollers()[i];
+        let n = if core.engine.outcomes() > 0 {
+            // Outcomes go first: the transport's poll declines to the IRB path what it
+            // reads (its lent rings are not read by the host while it does).
+            arena.blocked = true;
+            let ctx = std::ptr::from_mut(arena);
+            // SAFETY: a live transport instance; the arena is reached only through the
+            // pointer until the call returns, by `receive` on this thread, and is not kept
+            // after it.
+            unsafe { f_call(poller, core.engine.poll_credit(), ctx) }
+        } else {
+            poll_one(arena, poller, core.engine.poll_credit())
+        };
+        events += n;
         deliver(core, arena, handler);
         // IRBs the transport handed up (after what went through the arena) move now.
         core.engine.run_queued();
@@ -67,30 +72,128 @@ pub(crate) fn poll(core: &mut Core, arena: &mut Arena, handler: &mut dyn Handler
 }
 
 /// Polls one direct transport into the arena, with no outcome waiting (so it takes
-/// everything it may); returns the events it reported. `Vmi::poll`'s own direct poll.
+/// everything it may); returns the events it reported. `Vmi::poll`'s own direct poll, and
+/// `poll`'s when no outcome waits.
+///
+/// When the transport lent its receive rings (ABI 1.7) and has nothing else to do, the
+/// host reads their small records itself, and calls the transport's poll only when a ring
+/// holds something else, or when the transport asked to be polled again (`skips` ran out).
 #[inline(always)]
-pub(crate) fn poll_one(arena: &mut Arena, f: PollDirectFn, dev: Dev, budget: u32) -> usize {
+pub(crate) fn poll_one(arena: &mut Arena, (f, dev, lent): DirectPoller, budget: u32) -> usize {
     arena.blocked = false;
+    let mut read = 0;
+    let set = lent.load(Ordering::Relaxed);
+    if !set.is_null() {
+        // SAFETY: a set lent by this live transport (it ends the loan before it frees the
+        // set), read on the polling thread while the transport is not called.
+        let (n, poll) = unsafe { read_lent(arena, set, budget) };
+        if !poll {
+            return n;
+        }
+        read = n;
+    }
     let ctx = std::ptr::from_mut(arena);
     // SAFETY: a live transport instance; the arena is reached only through the pointer until
     // the call returns, by `receive` on this thread, and is not kept after it.
+    read + unsafe { f_call((f, dev, lent), budget - read as u32, ctx) }
+}
+
+/// Calls a transport's `poll_direct` with the arena as the receiver's context; returns the
+/// events it reported.
+///
+/// # Safety
+/// A live transport instance; `ctx` is the arena, reached only through it until the call
+/// returns (by `receive`, on this thread) and not kept after it.
+#[inline(always)]
+unsafe fn f_call((f, dev, _): DirectPoller, budget: u32, ctx: *mut Arena) -> usize {
+    // SAFETY: the caller's promise.
     let n = unsafe { f(dev.0, budget, receive, ctx.cast()) };
     n.max(0) as usize
+}
+
+/// Reads the lent rings of `set` into the arena (at most `budget` records, from the ring
+/// after the one a spent budget stopped at); returns the records read and whether the
+/// transport's poll must run now.
+///
+/// # Safety
+/// `set` is a set lent under the ABI's `VmiRingSet` contract, which holds for the call.
+#[inline(always)]
+unsafe fn read_lent(arena: &mut Arena, set: *mut VmiRingSet, budget: u32) -> (usize, bool) {
+    // SAFETY: the caller's promise; the transport is not called during this function.
+    let set = unsafe { &mut *set };
+    // Busy, or the transport asked for its poll: it reads its rings itself.
+    if set.busy != 0 || set.skips == 0 {
+        return (0, true);
+    }
+    // SAFETY: as above: `count` rings at `rings`, unchanged while the set is not busy.
+    let rings = unsafe { std::slice::from_raw_parts(set.rings, set.count) };
+    // An idle poll is this look at each ring's two positions, inline.
+    let empty = |r| {
+        // SAFETY: a ring of the lent set (the caller's promise).
+        unsafe { vmi_device::lent::is_empty(r) }
+    };
+    if rings.iter().all(empty) {
+        set.skips -= 1;
+        return (0, false);
+    }
+    // SAFETY: forwarded.
+    unsafe { read_lent_records(arena, set, rings, budget) }
+}
+
+/// [`read_lent`] when a ring holds something.
+///
+/// # Safety
+/// As for [`read_lent`]; `rings` are the set's.
+#[inline(never)]
+unsafe fn read_lent_records(
+    arena: &mut Arena,
+    set: &mut VmiRingSet,
+    rings: &[vmi_device::abi::VmiRing],
+    budget: u32,
+) -> (usize, bool) {
+    let mut poll = false;
+    let mut n = 0;
+    // From `ring_first` on, round the set (it may be past its end: the set changed).
+    let mut i = arena.ring_first;
+    for _ in 0..rings.len() {
+        if i >= rings.len() {
+            i = 0;
+        }
+        // SAFETY: a ring of the lent set (the caller's promise).
+        let (got, stop) = unsafe {
+            vmi_device::lent::read_ring(&rings[i], budget as usize - n, DIRECT_MAX, &mut arena.got)
+        };
+        n += got;
+        match stop {
+            Stop::Empty => {}
+            Stop::Device => poll = true,
+            Stop::Budget => {
+                arena.ring_first = i + 1;
+                break;
+            }
+        }
+        i += 1;
+    }
+    set.taken += n as u64;
+    if !poll {
+        set.skips -= 1;
+    }
+    (n, poll)
 }
 
 impl Arena {
     /// True when no fragment waits in it.
     #[inline(always)]
     pub(crate) fn is_empty(&self) -> bool {
-        self.lent.is_empty()
+        self.got.records.is_empty()
     }
 }
 
 /// Delivers what a direct poll put in the arena (nothing when it is empty).
 #[inline]
 pub(crate) fn deliver(core: &mut Core, arena: &mut Arena, handler: &mut dyn Handler) {
-    if !arena.lent.is_empty() {
-        if arena.msgs == 0 {
+    if !arena.got.records.is_empty() {
+        if arena.got.msgs == 0 {
             deliver_arena(core, arena, handler);
         } else {
             deliver_with_msgs(core, arena, handler);
@@ -104,13 +207,13 @@ fn deliver_arena(core: &mut Core, arena: &mut Arena, handler: &mut dyn Handler) 
     let (releases, held) = arena
         .owners
         .get_or_insert_with(|| (core.engine.releases().clone(), core.engine.held_count()));
-    for l in &arena.lent {
-        let data = &arena.bytes[l.start..l.start + l.len];
+    for l in &arena.got.records {
+        let data = &arena.got.bytes[l.start..l.start + l.len];
         receive_lent(core, handler, (l.conn, l.flags, data), releases, held);
         core.run_deferred();
     }
-    arena.bytes.clear();
-    arena.lent.clear();
+    arena.got.bytes.clear();
+    arena.got.records.clear();
 }
 
 /// `deliver_arena` when requests, replies or pulses are among the fragments: those are
@@ -120,19 +223,19 @@ fn deliver_arena(core: &mut Core, arena: &mut Arena, handler: &mut dyn Handler) 
 /// moves in arrival order for both.
 #[inline(never)]
 fn deliver_with_msgs(core: &mut Core, arena: &mut Arena, handler: &mut dyn Handler) {
-    arena.msgs = 0;
-    if let [l] = arena.lent[..] {
+    arena.got.msgs = 0;
+    if let [l] = arena.got.records[..] {
         // One message alone in this poll: nothing to order it against, so it is handled
         // (a request or a pulse delivered, if nothing is queued) where it lies.
-        let data = &arena.bytes[l.start..l.start + l.len];
+        let data = &arena.got.bytes[l.start..l.start + l.len];
         crate::msgpass::received_alone(core, handler, crate::ConnId(l.conn), l.flags, data);
-        arena.bytes.clear();
-        arena.lent.clear();
+        arena.got.bytes.clear();
+        arena.got.records.clear();
         return;
     }
-    let lent = std::mem::take(&mut arena.lent);
+    let lent = std::mem::take(&mut arena.got.records);
     for l in lent.iter().filter(|l| l.flags & VMI_FLAG_MSG != 0) {
-        let data = &arena.bytes[l.start..l.start + l.len];
+        let data = &arena.got.bytes[l.start..l.start + l.len];
         crate::msgpass::received_early(core, handler, crate::ConnId(l.conn), l.flags, data);
         core.run_deferred();
     }
@@ -148,13 +251,13 @@ fn deliver_with_msgs(core: &mut Core, arena: &mut Arena, handler: &mut dyn Handl
                 .rx_fragment(crate::ConnId(l.conn), end);
             continue;
         }
-        let data = &arena.bytes[l.start..l.start + l.len];
+        let data = &arena.got.bytes[l.start..l.start + l.len];
         receive_lent(core, handler, (l.conn, l.flags, data), releases, held);
         core.run_deferred();
     }
-    arena.lent = lent;
-    arena.bytes.clear();
-    arena.lent.clear();
+    arena.got.records = lent;
+    arena.got.bytes.clear();
+    arena.got.records.clear();
 }
 
 /// The receiver a transport calls with each fragment (`VmiDeliverFn`): copies it into the
@@ -175,9 +278,12 @@ unsafe extern "C" fn receive(
     if arena.blocked || flags & VMI_FLAG_HOST != 0 || len > DIRECT_MAX {
         return VMI_PASS;
     }
-    let start = arena.bytes.len();
+    let start = arena.got.bytes.len();
     let small = len == 0 || ((4..=64).contains(&len) && !data.is_null());
-    if !small || arena.bytes.capacity() - start < len || arena.lent.len() == arena.lent.capacity() {
+    if !small
+        || arena.got.bytes.capacity() - start < len
+        || arena.got.records.len() == arena.got.records.capacity()
+    {
         // SAFETY: forwarded from the transport (the same signature: a tail call).
         return unsafe { receive_slow(ctx, conn, flags, data, len) };
     }
@@ -202,8 +308,8 @@ unsafe extern "C" fn receive_slow(
         );
         return VMI_PASS;
     }
-    arena.bytes.reserve(len);
-    arena.lent.reserve(1);
+    arena.got.bytes.reserve(len);
+    arena.got.records.reserve(1);
     // SAFETY: `reserve` made the room; the transport lends `len` readable bytes at `data`.
     unsafe { append(arena, conn, flags, data, len, std::ptr::copy_nonoverlapping) }
 }
@@ -223,26 +329,26 @@ unsafe fn append(
     len: usize,
     copy: unsafe fn(*const u8, *mut u8, usize),
 ) -> i32 {
-    arena.msgs += (flags & VMI_FLAG_MSG != 0) as usize;
-    let start = arena.bytes.len();
-    let at = arena.lent.len();
+    arena.got.msgs += (flags & VMI_FLAG_MSG != 0) as usize;
+    let start = arena.got.bytes.len();
+    let at = arena.got.records.len();
     // SAFETY: `lent` has room for one more (the caller's promise); the slot is written
     // before `set_len` covers it.
     unsafe {
-        arena.lent.as_mut_ptr().add(at).write(Lent {
+        arena.got.records.as_mut_ptr().add(at).write(Received {
             conn,
             flags,
             start,
             len,
         });
-        arena.lent.set_len(at + 1);
+        arena.got.records.set_len(at + 1);
     }
     if len > 0 {
         // SAFETY: the arena has room for `len` bytes after its `start` initialised ones (the
         // caller's promise), which `set_len` then covers once they are copied.
         unsafe {
-            copy(data, arena.bytes.as_mut_ptr().add(start), len);
-            arena.bytes.set_len(start + len);
+            copy(data, arena.got.bytes.as_mut_ptr().add(start), len);
+            arena.got.bytes.set_len(start + len);
         }
     }
     VMI_COMPLETE

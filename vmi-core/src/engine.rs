@@ -197,8 +197,16 @@ pub(crate) struct Engine {
     /// Transports polled through `poll_direct` (ABI 1.2): fragments they receive go straight
     /// to the application (see `direct`). Empty when a device above the transports has a
     /// receive step; such transports are then in `pollers`.
-    direct_pollers: Vec<(PollDirectFn, Dev)>,
+    direct_pollers: Vec<DirectPoller>,
 }
+
+/// A transport polled through `poll_direct`: its entry, its instance, and where it announces
+/// the receive rings it lent the host (ABI 1.7; NULL when none).
+pub(crate) type DirectPoller = (
+    PollDirectFn,
+    Dev,
+    &'static std::sync::atomic::AtomicPtr<crate::abi::VmiRingSet>,
+);
 
 impl Engine {
     /// Creates every device. `send`/`recv` are engine indices, application first; each of
@@ -419,7 +427,8 @@ impl Engine {
         self.direct_pollers = self
             .devices
             .iter()
-            .filter_map(|d| direct_rx(d).map(|p| (p, Dev(d.ptr))))
+            .enumerate()
+            .filter_map(|(i, d)| direct_rx(d).map(|p| (p, Dev(d.ptr), self.boundary.lent(i))))
             .collect();
         self.pollers = self
             .devices
@@ -771,7 +780,7 @@ impl Engine {
 
     /// The transports polled through `poll_direct`.
     #[inline]
-    pub fn direct_pollers(&self) -> &[(PollDirectFn, Dev)] {
+    pub fn direct_pollers(&self) -> &[DirectPoller] {
         &self.direct_pollers
     }
 

@@ -147,6 +147,8 @@ pub(crate) struct DeviceCtx {
     index: DevIndex,
     frame_off: usize,
     remote: &'static Remote,
+    /// The receive rings the device lent (ABI 1.7 `lend_rings`), or NULL.
+    lent: AtomicPtr<VmiRingSet>,
 }
 
 /// The leaked pieces of one engine.
@@ -185,6 +187,7 @@ impl Boundary {
             max_log_level: log_level_code(),
             host_marker: &vmi_device::logbridge::MARKER,
             irb_available: svc_irb_available,
+            lend_rings: svc_lend_rings,
         }));
         let remote: &'static Remote = Box::leak(Box::new(Remote {
             queue: SegQueue::new(),
@@ -200,6 +203,7 @@ impl Boundary {
                     index: i as DevIndex,
                     frame_off,
                     remote,
+                    lent: AtomicPtr::new(std::ptr::null_mut()),
                 }))
             })
             .collect();
@@ -213,6 +217,11 @@ impl Boundary {
     /// The `host` pointer for device `i`.
     pub fn host_ptr(&self, i: usize) -> *mut c_void {
         self.ctxs[i] as *const DeviceCtx as *mut c_void
+    }
+
+    /// Where device `i`'s lent rings are announced (see `direct::poll_one`).
+    pub fn lent(&self, i: usize) -> &'static AtomicPtr<VmiRingSet> {
+        &self.ctxs[i].lent
     }
 
     /// The engine ends: services stop reaching its state, other threads stop queueing.
@@ -338,6 +347,14 @@ unsafe extern "C" fn svc_irb_available(host: *mut c_void) -> u32 {
         return 0;
     };
     sh.receive_room().min(u32::MAX as usize) as u32
+}
+
+unsafe extern "C" fn svc_lend_rings(host: *mut c_void, set: *mut VmiRingSet) {
+    // SAFETY: a device's own host pointer (contexts are never freed, so this holds even
+    // after the engine ended, when a device drops its set).
+    let c = unsafe { device_ctx(host) };
+    // Read only by the polling thread, which is the caller's (the ABI's rule).
+    c.lent.store(set, Ordering::Relaxed);
 }
 
 unsafe extern "C" fn svc_irb_frame(host: *mut c_void, irb: *mut VmiIrb) -> *mut u8 {

@@ -295,14 +295,14 @@ impl Vmi {
         if self.core.engine.outcomes() == 0 && self.core.background == 0 {
             match *self.core.engine.direct_pollers() {
                 [] => return n,
-                [(f, dev)] if !self.core.after => {
+                [poller] if !self.core.after => {
                     // One transport delivers directly (the usual case) and nothing else
-                    // waits: its poll runs here, and what it handed over is delivered out of
-                    // line (`poll_rest` would do the same, through a larger frame).
+                    // waits: its poll runs here (or its lent rings are read), and what it
+                    // handed over is delivered out of line (`poll_rest` would do the same,
+                    // through a larger frame).
                     let n = n + crate::direct::poll_one(
                         &mut self.arena,
-                        f,
-                        dev,
+                        poller,
                         self.core.engine.poll_credit(),
                     );
                     self.core.engine.run_queued();

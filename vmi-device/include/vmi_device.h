@@ -6,7 +6,7 @@
  * name). The host owns every IRB; a device holds one only between returning VMI_PENDING and
  * calling services->pass or services->complete. Nothing Rust-specific crosses this boundary.
  *
- * This header mirrors vmi-device/src/abi.rs; keep both in step. ABI 1.6.
+ * This header mirrors vmi-device/src/abi.rs; keep both in step. ABI 1.7.
  *
  * Versioning: structs only grow at the end, and every table says its own size. A host reads a
  * device built for an older minor (shorter tables: the missing entries count as NULL) and one
@@ -17,7 +17,9 @@
  * 1.2 adds vtable.send_inline and vtable.poll_direct; 1.3 adds vtable.rdma_access;
  * 1.4 adds vtable.register_conn; 1.5 adds the IRB operation VMI_OP_ABORT; from 1.6 on
  * (services->abi_minor >= 6) the budget the host passes to poll_budget and poll_direct is
- * already at most what irb_available would return, so a device need not ask at every poll.
+ * already at most what irb_available would return, so a device need not ask at every poll;
+ * 1.7 adds services.lend_rings (a transport lends the host its receive rings: see
+ * vmi_ring_set).
  *
  * Threads: the host calls a device instance from one thread at a time, and the services the
  * device calls during a call run on that thread. The thread may change between calls (an
@@ -37,12 +39,13 @@ extern "C" {
 
 #define VMI_DEVICE_MAGIC 0x44494d56u /* "VMID" little-endian */
 #define VMI_ABI_MAJOR 1
-#define VMI_ABI_MINOR 6
+#define VMI_ABI_MINOR 7
 /* Sizes of the 1.0 tables (x86-64 and aarch64 Linux): the smallest a 1.x host accepts. */
 #define VMI_DESCRIPTOR_SIZE_1_0 88u
 #define VMI_VTABLE_SIZE_1_0 104u
 #define VMI_VTABLE_SIZE_1_1 112u
 #define VMI_HOST_SERVICES_SIZE_1_0 128u
+#define VMI_HOST_SERVICES_SIZE_1_1 136u /* 1.1 to 1.6 */
 #define VMI_IRB_MAX_SEGS 16
 #define VMI_MAX_FRAME_ALIGN 64
 
@@ -154,6 +157,48 @@ typedef struct vmi_param_spec {
     const char *doc;
 } vmi_param_spec;
 
+/* Lent receive rings (ABI 1.7, services.lend_rings). A ring is a single-producer
+ * single-consumer byte ring the peer writes: *head is the producer's free-running byte
+ * position (peer-written, untrusted), *tail the consumer's (written by this process), data
+ * holds cap bytes (a power of two) and position p lies at data[p % cap]. Records follow one
+ * another with no padding and may wrap: a 16-byte header (0 kind u8, 1 zero, 2 filter flags
+ * u16, 4 payload length u32, 8 id u64, little-endian), then for kinds VMI_RING_DATA and
+ * VMI_RING_DATA_END the payload. The host takes whole data records of at most max_len bytes
+ * and stops at anything else, which the transport's own poll reads; it checks every
+ * position it reads. While busy is 0 the host may read the rings itself and skip up to
+ * `skips` of the transport's polls (counting skips down); it adds what it read to `taken`
+ * and keeps the consumer positions in each ring's cursor, which the transport reads its
+ * rings through. The transport sets busy before anything that could change a ring or its
+ * connection (a connection ended or unmapped, a record half read, sends queued, a sleep),
+ * and keeps the set, the rings and the cursors valid until it sets busy or ends the loan
+ * (lend_rings(host, NULL)). Both sides touch the set only on the polling thread. */
+#define VMI_RING_DATA 1u
+#define VMI_RING_DATA_END 2u
+#define VMI_RING_RECORD_LEN 16u
+
+typedef struct vmi_ring_cursor {
+    uint64_t tail;      /* the consumer's position (what was read) */
+    uint64_t head_seen; /* the producer's position as last read and checked */
+} vmi_ring_cursor;
+
+typedef struct vmi_ring {
+    uint64_t conn;
+    const uint64_t *head;
+    uint64_t *tail;
+    const uint8_t *data;
+    uint64_t cap;
+    uint64_t max_len;
+    vmi_ring_cursor *cursor;
+} vmi_ring;
+
+typedef struct vmi_ring_set {
+    uint32_t busy;
+    uint32_t skips;
+    uint64_t taken;
+    const vmi_ring *rings;
+    size_t count;
+} vmi_ring_set;
+
 typedef struct vmi_host_services {
     uint32_t size;
     uint32_t abi_minor;
@@ -175,6 +220,10 @@ typedef struct vmi_host_services {
     /* ABI 1.1 (check size first): receive IRBs the device may still allocate before
      * irb_alloc returns NULL; stop reading at 0 and go on at a later poll (back-pressure). */
     uint32_t (*irb_available)(void *host);
+    /* ABI 1.7 (check size > VMI_HOST_SERVICES_SIZE_1_1 first): lends the host the calling
+     * transport's receive rings (see vmi_ring_set), or ends the loan (NULL). Only a
+     * transport with poll_direct benefits; a host may ignore the loan. */
+    void (*lend_rings)(void *host, vmi_ring_set *set);
 } vmi_host_services;
 
 typedef int32_t (*vmi_create_fn)(const vmi_host_services *services, void *host, const vmi_param *params,

@@ -42,6 +42,9 @@
 //!   `budget` already bounded by the receive IRBs it can hand out (what `irb_available`
 //!   would return), so a transport need not ask at every poll. A device checks
 //!   `VmiHostServices::abi_minor` before relying on it (the SDK's `Host::receive_credit`).
+//! - 1.7: host service `lend_rings` (a transport lends the host its receive rings, so the
+//!   host's poll reads small records itself and calls the transport's poll only when it has
+//!   other work: [`VmiRingSet`]); checked through `size`.
 #![allow(unsafe_code)]
 
 use std::ffi::{c_char, c_void};
@@ -51,7 +54,7 @@ pub const VMI_DEVICE_MAGIC: u32 = 0x4449_4d56;
 /// ABI major version: a descriptor of another major is refused.
 pub const VMI_ABI_MAJOR: u16 = 1;
 /// ABI minor version: newer minors only append fields.
-pub const VMI_ABI_MINOR: u16 = 6;
+pub const VMI_ABI_MINOR: u16 = 7;
 /// Size of a 1.0 descriptor: the smallest a host of this major accepts.
 pub const VMI_DESCRIPTOR_SIZE_1_0: u32 = 88;
 /// Size of a 1.0 vtable: the smallest a host of this major accepts.
@@ -65,6 +68,8 @@ pub const VMI_VTABLE_SIZE_1_3: u32 = 136;
 /// Size of a 1.0 host services table: a device checks `size` against larger offsets before
 /// calling a newer service.
 pub const VMI_HOST_SERVICES_SIZE_1_0: u32 = 128;
+/// Size of a 1.1 to 1.6 host services table (1.7 appended `lend_rings`).
+pub const VMI_HOST_SERVICES_SIZE_1_1: u32 = 136;
 /// Prefix of the exported descriptor symbol; the device type name follows.
 pub const VMI_SYMBOL_PREFIX: &str = "vmi_device_";
 /// Maximum number of data segments one IRB carries.
@@ -591,6 +596,84 @@ pub struct VmiHostServices {
     /// NULL. A transport stops reading when it reaches 0 and resumes on a later poll, so a slow
     /// application pushes back on the peer instead of growing memory.
     pub irb_available: unsafe extern "C" fn(host: *mut c_void) -> u32,
+    // ---- ABI 1.7 (check `size` before use) ----
+    /// Lends the host the calling transport's receive rings (`set`), or ends the loan (NULL).
+    /// From then on the host's poll may read whole small data records from those rings
+    /// itself, and skip the transport's poll while `set->busy` is 0 and `set->skips` is not.
+    /// The transport keeps `set`, every ring it lists and every cursor valid until it ends
+    /// the loan or sets `busy` (see [`VmiRingSet`]). Only a transport with `poll_direct` may
+    /// lend; the host ignores the call from others.
+    pub lend_rings: unsafe extern "C" fn(host: *mut c_void, set: *mut VmiRingSet),
+}
+
+/// Ring record kind: a fragment, its payload inline (the lent ring's record format).
+pub const VMI_RING_DATA: u8 = 1;
+/// Ring record kind: the last fragment of a message, its payload inline.
+pub const VMI_RING_DATA_END: u8 = 2;
+/// Length of a lent ring's record header.
+pub const VMI_RING_RECORD_LEN: usize = 16;
+
+/// A transport's receive rings, lent to the host (ABI 1.7 `lend_rings`).
+///
+/// A ring is a single-producer single-consumer byte ring in memory the peer writes: `head`
+/// (the producer's free-running byte position, written by the peer) and `tail` (the
+/// consumer's, written by this process) are 8-byte words, `data` holds `cap` bytes (a power
+/// of two) and position `p` lies at `data[p % cap]`. Records follow one another with no
+/// padding and may wrap around the end: a 16-byte header (`0` kind u8, `1` zero, `2` filter
+/// flags u16, `4` payload length u32, `8` id u64, little-endian) and, for kinds
+/// [`VMI_RING_DATA`] and [`VMI_RING_DATA_END`], the payload. The host takes only whole data
+/// records of at most `max_len` bytes and stops at anything else, which the transport's own
+/// poll then reads. Every position read from the ring is checked before use; a bad one stops
+/// the host's read, and the transport's poll finds and reports it.
+///
+/// Fields the host writes: `skips` (counted down at each poll it skips), `taken` and every
+/// ring's cursor. Both sides touch the set only on the polling thread, never at the same time.
+#[repr(C)]
+#[derive(Debug)]
+pub struct VmiRingSet {
+    /// Nonzero while the transport has work besides the records of its rings (queued
+    /// sends, a connection in its handshake or ending, a sleep to end): the host then calls
+    /// its poll at every poll and reads no ring itself.
+    pub busy: u32,
+    /// How many more polls the host may skip the transport's poll (when it has read the
+    /// rings itself and found nothing it could not take); the host counts it down.
+    pub skips: u32,
+    /// Records the host has read from the rings, in all (the host adds to it).
+    pub taken: u64,
+    /// The lent rings (`count` of them).
+    pub rings: *const VmiRing,
+    /// Number of rings.
+    pub count: usize,
+}
+
+/// One lent ring (see [`VmiRingSet`]).
+#[repr(C)]
+#[derive(Debug)]
+pub struct VmiRing {
+    /// The host's connection the ring's records belong to.
+    pub conn: u64,
+    /// The producer's position (written by the peer: untrusted).
+    pub head: *const u64,
+    /// The consumer's position, published after each batch read.
+    pub tail: *mut u64,
+    /// The ring's bytes.
+    pub data: *const u8,
+    /// Capacity in bytes, a power of two.
+    pub cap: u64,
+    /// Largest payload the host may take (larger records are the transport's).
+    pub max_len: u64,
+    /// Where both sides keep the consumer's positions.
+    pub cursor: *mut VmiRingCursor,
+}
+
+/// The consumer's positions in a lent ring, shared by the transport and the host.
+#[repr(C)]
+#[derive(Debug, Default)]
+pub struct VmiRingCursor {
+    /// The consumer's own position (what was read).
+    pub tail: u64,
+    /// The producer's position as last read and checked (at most a ring ahead of `tail`).
+    pub head_seen: u64,
 }
 
 #[cfg(test)]
@@ -604,7 +687,10 @@ mod tests {
         assert_eq!(std::mem::size_of::<VmiIrb>(), 312);
         assert_eq!(std::mem::size_of::<VmiDeviceVtable>(), 144);
         assert_eq!(std::mem::size_of::<VmiDeviceDescriptor>(), 88);
-        assert_eq!(std::mem::size_of::<VmiHostServices>(), 136);
+        assert_eq!(std::mem::size_of::<VmiHostServices>(), 144);
+        assert_eq!(std::mem::size_of::<VmiRingSet>(), 32);
+        assert_eq!(std::mem::size_of::<VmiRing>(), 56);
+        assert_eq!(std::mem::size_of::<VmiRingCursor>(), 16);
         assert_eq!(std::mem::size_of::<VmiCapabilities>(), 24);
         assert_eq!(std::mem::size_of::<VmiRdmaKey>(), 24);
         // The 1.0 prefixes are unchanged: entries were only appended.
@@ -627,6 +713,10 @@ mod tests {
         assert_eq!(
             std::mem::offset_of!(VmiHostServices, irb_available),
             VMI_HOST_SERVICES_SIZE_1_0 as usize
+        );
+        assert_eq!(
+            std::mem::offset_of!(VmiHostServices, lend_rings),
+            VMI_HOST_SERVICES_SIZE_1_1 as usize
         );
     }
 }

@@ -4,7 +4,10 @@
 use std::ffi::c_void;
 use std::ptr::NonNull;
 
-use crate::abi::{VMI_HOST_SERVICES_SIZE_1_0, VmiHostServices, VmiIrb, VmiStr};
+use crate::abi::{
+    VMI_HOST_SERVICES_SIZE_1_0, VMI_HOST_SERVICES_SIZE_1_1, VmiHostServices, VmiIrb, VmiRingSet,
+    VmiStr,
+};
 use crate::irb::{Irb, Op, RemoteIrb};
 use crate::status::Status;
 
@@ -126,6 +129,18 @@ impl Host {
         } else {
             budget.min(self.irbs_available() as usize)
         }
+    }
+
+    /// Lends the host `set` (NULL: ends the loan); false when the host predates ABI 1.7.
+    /// Through [`crate::lent::LentRings`], which keeps the contract.
+    pub(crate) fn lend_rings(&self, set: *mut VmiRingSet) -> bool {
+        if (self.svc().size as usize) <= VMI_HOST_SERVICES_SIZE_1_1 as usize {
+            return false;
+        }
+        // SAFETY: the table holds the 1.7 entry (checked above); the set's validity is
+        // `LentRings`' business.
+        unsafe { (self.svc().lend_rings)(self.parts.ctx, set) };
+        true
     }
 
     /// A handle for a new incoming connection owned by this device.

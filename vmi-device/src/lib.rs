@@ -40,6 +40,7 @@ pub mod held;
 pub mod host;
 pub mod hostmsg;
 pub mod irb;
+pub mod lent;
 pub mod logbridge;
 pub mod memwatch;
 pub mod param;

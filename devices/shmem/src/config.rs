@@ -44,6 +44,12 @@ pub const PARAMS: &[VmiParamSpec] = &[
         c"RDMA puts and gets straight into the peer's memory (its region mapped here, or process_vm_writev/readv) when the kernel allows it",
     ),
     param(
+        c"lend_rings",
+        VMI_PARAM_BOOL,
+        c"true",
+        c"lend the receive rings to the host, whose poll then reads small messages from them itself and calls this device only when it has other work (fewer instructions per message); false: this device reads every ring",
+    ),
+    param(
         c"connect_timeout_ms",
         VMI_PARAM_UINT,
         c"5000",
@@ -79,6 +85,8 @@ pub struct ShmemConfig {
     pub single_copy_poll_bytes: usize,
     /// RDMA puts and gets one-sided (process_vm_writev/readv) where permitted.
     pub one_sided: bool,
+    /// Lend the receive rings to the host.
+    pub lend_rings: bool,
     /// Connect / hello limit.
     pub connect_timeout: Duration,
     /// Largest fragment.
@@ -112,6 +120,7 @@ impl ShmemConfig {
             single_copy_min: c.get_u64("single_copy_min").map_err(e)? as usize,
             single_copy_poll_bytes: c.get_u64("single_copy_poll_bytes").map_err(e)? as usize,
             one_sided: c.get_bool("one_sided").map_err(e)?,
+            lend_rings: c.get_bool("lend_rings").map_err(e)?,
             connect_timeout: c.get_millis("connect_timeout_ms").map_err(e)?,
             max_fragment,
             max_connect_data: c.get_u64("max_connect_data").map_err(e)?.min(16 << 20) as u32,

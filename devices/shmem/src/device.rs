@@ -15,6 +15,7 @@ use vmi_device::Status;
 use vmi_device::abi::{VMI_FLAG_END, recv_flags, wire_flags};
 use vmi_device::deliver;
 use vmi_device::held::HeldBuffers;
+use vmi_device::lent::{LentRings, RingCursor, RingLoan};
 use vmi_device::signature::Signature;
 use vmi_device::{
     Capabilities, CompletingIrb, Config, ConnMap, Device, DeviceKind, Disposition, Host, Irb, Op,
@@ -89,7 +90,8 @@ struct Conn {
     attached: Vec<crate::io::Attached>,
     /// Kept ring positions (own, other side's as last seen): a cross-core read only when needed.
     tx_pos: (u64, u64),
-    rx_pos: (u64, u64),
+    /// The receive ring's positions, shared with the host while the ring is lent.
+    rx_pos: RingCursor,
     ctl: Vec<u8>,
     fds: Vec<OwnedFd>,
     /// The incoming record stream's protocol state.
@@ -131,7 +133,7 @@ impl Conn {
             view.shared()
                 .head
                 .load(std::sync::atomic::Ordering::Relaxed)
-                == self.rx_pos.0
+                == self.rx_pos.get().0
         })
     }
 
@@ -159,7 +161,7 @@ impl Conn {
             pidfd: None,
             attached: Vec::new(),
             tx_pos: (0, 0),
-            rx_pos: (0, 0),
+            rx_pos: RingCursor::default(),
             ctl: Vec::new(),
             fds: Vec::new(),
             reader: RecordReader::new(max_fragment),
@@ -223,6 +225,8 @@ pub struct ShmemDevice {
     rx_scratch: Vec<u8>,
     /// A private copy of a batch of a ring's bytes, parsed for small records (see `drain_rx`).
     rx_batch: Box<[u8; RX_BATCH]>,
+    /// The receive rings lent to the host (see `relend`).
+    lent: LentRings,
 }
 
 /// A ring's consumer end as the record reader's byte source.
@@ -321,7 +325,8 @@ impl ShmemDevice {
             for c in self.conns.iter().flatten() {
                 if let Some(r) = c.region.as_ref() {
                     let view = r.ring(c.rx_ring);
-                    Consumer::resume(view.shared(), c.rx_pos.0, c.rx_pos.1).woke();
+                    let (tail, head) = c.rx_pos.get();
+                    Consumer::resume(view.shared(), tail, head).woke();
                 }
             }
             self.polls = CONTROL_EVERY - 1;
@@ -364,6 +369,55 @@ impl ShmemDevice {
             n += self.control();
         }
         n
+    }
+
+    /// Lists the receive rings again for the host and lets it skip this device's polls
+    /// until the next control look is due — when nothing but their records can need this
+    /// device: no goodbye to answer, no sleep to end, and every connection open with its
+    /// reader between records, nothing queued to send or acknowledge, no end pending.
+    /// Otherwise the rings stay unlent (busy) until a later poll.
+    #[allow(unsafe_code)]
+    #[inline(never)]
+    fn relend(&mut self) {
+        let lendable = self.finishing.is_empty()
+            && !self.slept.get()
+            && self.conns.iter().flatten().all(|c| {
+                c.state == State::Open
+                    && c.region.is_some()
+                    && c.reader.at_boundary()
+                    && c.gone.is_none()
+                    && !c.peer_done
+                    && c.tx.is_empty()
+                    && c.acks.is_empty()
+            });
+        if !lendable {
+            self.lent.set_busy();
+            return;
+        }
+        let max_len = self.cfg.max_fragment;
+        let rings = self.conns.iter().flatten().filter_map(|c| {
+            let (head, tail, data, cap) = c.region.as_ref()?.ring(c.rx_ring).loan();
+            Some(RingLoan {
+                conn: c.vmi,
+                head,
+                tail,
+                data,
+                cap,
+                max_len,
+                cursor: &c.rx_pos,
+            })
+        });
+        // SAFETY: every listed ring lies in the mapping of its connection's region, which
+        // lives until the connection is taken out of the table; that happens only inside
+        // this device's poll or an IRB it is given, and `submit` and every other entry that
+        // could reach it sets the rings busy first (as does `Drop`). Each reader is between
+        // records (checked above) at its cursor, which the host reads through.
+        unsafe { self.lent.publish(rings, self.skips()) };
+    }
+
+    /// The polls the host may skip before the next control look is due.
+    fn skips(&self) -> u32 {
+        CONTROL_EVERY.saturating_sub(self.polls + 1)
     }
 
     fn insert(&mut self, mut conn: Conn) -> usize {
@@ -492,7 +546,7 @@ impl ShmemDevice {
         // short by the peer's death is never completed: it is dropped (the end is reported).
         let drained = c.region.as_ref().is_none_or(|r| {
             let view = r.ring(c.rx_ring);
-            Consumer::resume(view.shared(), c.rx_pos.0, c.rx_pos.1)
+            Consumer::resume(view.shared(), c.rx_pos.get().0, c.rx_pos.get().1)
                 .available()
                 .map_or(true, |n| n == 0)
         });
@@ -547,7 +601,8 @@ impl ShmemDevice {
             return 0;
         }
         let view = region.ring(c.rx_ring);
-        let mut cons = Consumer::resume(view.shared(), c.rx_pos.0, c.rx_pos.1);
+        let (tail, head) = c.rx_pos.get();
+        let mut cons = Consumer::resume(view.shared(), tail, head);
         let mut n = 0;
         let mut error: Option<String> = None;
         let mut aborted = false;
@@ -700,7 +755,7 @@ impl ShmemDevice {
                 }
             }
         }
-        c.rx_pos = cons.positions();
+        c.rx_pos.set(cons.positions());
         if aborted {
             let why = format!(
                 "'{}' aborted the connection while a fragment was read from its memory",
@@ -1616,6 +1671,11 @@ impl Device for ShmemDevice {
             .register(&mut SourceFd(&bell.as_raw_fd()), BELL, Interest::READABLE)
             .map_err(|e| e.to_string())?;
         let signature_text = host.signature();
+        // Lent busy and empty; `relend` lists the rings once connections open.
+        let mut lent = LentRings::default();
+        if cfg.lend_rings && lent.lend(&host) {
+            log::debug!("shmem: receive rings lent to the host");
+        }
         if cfg.listen {
             log::info!(
                 "shmem: key '{key}' listening on @{}",
@@ -1652,6 +1712,7 @@ impl Device for ShmemDevice {
             direct_receives: 0,
             rx_scratch: Vec::new(),
             rx_batch: Box::new([0; RX_BATCH]),
+            lent,
         })
     }
 
@@ -1673,6 +1734,7 @@ impl Device for ShmemDevice {
                 "eager only: every fragment copied through the ring (single_copy = false)".into()
             }),
             "direct_receives" => Some(self.direct_receives.to_string()),
+            "lent_receives" => Some(self.lent.taken().to_string()),
             // Every peer has this process's uid: both sides check it with SO_PEERCRED.
             "peer_uid" => Some(self.uid.to_string()),
             _ => None,
@@ -1818,6 +1880,9 @@ impl Device for ShmemDevice {
     }
 
     fn submit(&mut self, mut irb: Irb) -> Disposition {
+        // Any operation may queue sends or open, end or unmap a connection: the host reads
+        // no ring until the next poll has listed them again.
+        self.lent.set_busy();
         match irb.op() {
             Op::Send => self.send(irb),
             Op::Connect => self.connect(irb),
@@ -1902,11 +1967,13 @@ impl Device for ShmemDevice {
     }
 
     fn complete(&mut self, irb: &mut CompletingIrb) {
+        // Only a buffer goes back to the pool: the lent rings stay as they are.
         let held = std::mem::take(&mut irb.frame::<ShmemFrame>().held);
         self.pool.release(held);
     }
 
     fn peer_close_released(&mut self, conn: u64) {
+        self.lent.set_busy();
         // What the host sent in answer to the peer's last fragments is queued here: the
         // goodbye is answered at the next poll.
         if let Some(&idx) = self.by_vmi.get(&conn)
@@ -1918,6 +1985,9 @@ impl Device for ShmemDevice {
 
     #[inline]
     fn poll(&mut self, budget: usize) -> usize {
+        // The polls the host skipped while it read the lent rings count as this device's,
+        // so the control sockets are looked at every CONTROL_EVERY of the host's polls.
+        self.polls += self.lent.take_skipped();
         // An idle poll (every ring quiet, nothing to send, no goodbye to answer, no control
         // look due) is a few loads here, at the caller; the work is out of line.
         if self.finishing.is_empty()
@@ -1926,12 +1996,26 @@ impl Device for ShmemDevice {
             && self.conns.iter().all(|c| c.as_ref().is_none_or(Conn::idle))
         {
             self.polls += 1;
+            // Nothing changed here: rings still lent need only the next skips.
+            if self.lent.is_lent() {
+                if self.lent.busy() {
+                    self.relend();
+                } else {
+                    self.lent.grant(self.skips());
+                }
+            }
             return 0;
         }
-        self.poll_work(budget)
+        let n = self.poll_work(budget);
+        if self.lent.is_lent() {
+            self.relend();
+        }
+        n
     }
 
     fn wait_fd(&self) -> (Option<RawFd>, Option<Duration>) {
+        // The next poll ends the sleep (`slept`): the host must call it.
+        self.lent.set_busy();
         self.slept.set(true);
         let mut busy = false;
         let mut next: Option<Duration> = None;
@@ -1939,7 +2023,8 @@ impl Device for ShmemDevice {
         for c in self.conns.iter().flatten() {
             if let Some(r) = c.region.as_ref() {
                 let view = r.ring(c.rx_ring);
-                if !Consumer::resume(view.shared(), c.rx_pos.0, c.rx_pos.1).prepare_sleep() {
+                let (tail, head) = c.rx_pos.get();
+                if !Consumer::resume(view.shared(), tail, head).prepare_sleep() {
                     busy = true;
                 }
             }
@@ -1965,6 +2050,8 @@ impl Device for ShmemDevice {
 
 impl Drop for ShmemDevice {
     fn drop(&mut self) {
+        // The regions are unmapped below, before the loan ends with `lent`.
+        self.lent.set_busy();
         // Every goodbye not answered yet is answered now (the host may not have released
         // its report before it let go of this device).
         self.finishing.clear();

@@ -234,7 +234,18 @@ pub struct RingView<'a> {
     storage: RawStorage,
 }
 
-impl RingView<'_> {
+impl<'a> RingView<'a> {
+    /// What the host needs to read the ring itself (`vmi_device::lent`): the producer's and
+    /// consumer's position words, the bytes and their number.
+    pub fn loan(&self) -> (&'a AtomicU64, &'a AtomicU64, *const u8, usize) {
+        (
+            self.head,
+            self.tail,
+            self.storage.base(),
+            crate::spsc::Storage::capacity(&self.storage),
+        )
+    }
+
     /// The ring's shared parts.
     pub fn shared(&self) -> Shared<'_, AtomicU64, RawStorage> {
         Shared {

@@ -421,6 +421,11 @@ pub mod mem {
             debug_assert!(cap.is_power_of_two());
             RawStorage { base, cap }
         }
+
+        /// The first byte.
+        pub fn base(&self) -> *const u8 {
+            self.base
+        }
     }
 
     impl Storage for RawStorage {
