@@ -316,8 +316,48 @@ unsafe fn read_records(
     }
     cursor.head_seen = head;
     let limit = ring.max_len.min(max_len as u64);
-    let mut tail = tail0;
+    // The records wholly before the end of the ring, read through a pointer (no wrap to
+    // handle); the loop after it reads the rest and says why the read stopped.
+    let off = tail0 & (cap - 1);
+    let room = (head - tail0).min(cap - off) as usize;
+    let mut at = 0usize;
     let mut n = 0;
+    while n < max_records && room - at >= VMI_RING_RECORD_LEN {
+        // SAFETY: `room` bytes from `off` lie inside the ring and were published.
+        let h = unsafe {
+            u64::from_le(std::ptr::read_unaligned(
+                ring.data.add(off as usize + at) as *const u64
+            ))
+        };
+        let (kind, len) = (h as u8, (h >> 32) as usize);
+        let flags = abi::recv_flags(kind == VMI_RING_DATA_END, (h >> 16) as u16);
+        if !(kind == VMI_RING_DATA || kind == VMI_RING_DATA_END)
+            || len as u64 > limit
+            || room - at - VMI_RING_RECORD_LEN < len
+            || flags & VMI_FLAG_HOST != 0
+        {
+            break;
+        }
+        let start = out.bytes.len();
+        out.bytes.reserve(len);
+        // SAFETY: the payload lies inside `room` (checked above); `reserve` made room for
+        // `len` bytes after `start`, which `set_len` covers once they are written.
+        unsafe {
+            let src = ring.data.add(off as usize + at + VMI_RING_RECORD_LEN);
+            crate::copy::copy_small(src, out.bytes.as_mut_ptr().add(start), len);
+            out.bytes.set_len(start + len);
+        }
+        out.msgs += (flags & abi::VMI_FLAG_MSG != 0) as usize;
+        out.records.push(Received {
+            conn: ring.conn,
+            flags,
+            start,
+            len,
+        });
+        at += VMI_RING_RECORD_LEN + len;
+        n += 1;
+    }
+    let mut tail = tail0 + at as u64;
     let stop = loop {
         let avail = head - tail;
         if avail == 0 {
