@@ -476,3 +476,58 @@ fn hostile_records_in_a_lent_ring_are_left_to_the_transport() {
         );
     }
 }
+
+/// The host writes small sends into the send ring the shared-memory transport lends it
+/// (device ABI 1.7), reading the consumer's position from memory the peer writes. A peer
+/// that moves that position past what was written is caught when the ring fills: the
+/// host's check refuses it and leaves the send to the transport, which reports the peer and
+/// ends the connection. Nothing panics and no byte outside the ring is written.
+#[test]
+fn a_hostile_consumer_position_in_a_lent_send_ring_ends_the_connection() {
+    use vmi_tests::harness::{Mode, dev, spec};
+    let key = unique_key("shm-lent-tx");
+    let sp = spec(&[], &dev("t", "shmem", &[]), Mode::Static);
+    let mut vmi = vmi_core::Vmi::with_spec(sp, &key).expect("a shared-memory vmi");
+    let mut victim = Victim::default();
+    let k = key.clone();
+    let hostile = std::thread::spawn(move || {
+        let region = Region::create(4096).unwrap();
+        let (sock, status, reason) = hello(&k, "hostile", region.fd(), 4096);
+        assert_eq!(status, ACCEPT, "{reason}");
+        (sock, region)
+    });
+    let start = Instant::now();
+    while !hostile.is_finished() || victim.conn.is_none() {
+        vmi.poll(&mut victim);
+        assert!(start.elapsed() < T, "no connection");
+    }
+    let (_sock, region) = hostile.join().unwrap();
+    let conn = victim.conn.unwrap();
+    // Ring 1 carries the listener's (the victim's) records; the hostile peer consumes it.
+    let view = region.ring(1);
+    view.shared()
+        .tail
+        .store(1 << 40, std::sync::atomic::Ordering::Release);
+    let mut sent = 0;
+    while victim.ended.is_none() {
+        vmi.poll(&mut victim);
+        if vmi_core::Operations::send_inline(&mut vmi, conn, b"12345678").is_ok() {
+            sent += 1;
+        }
+        assert!(
+            start.elapsed() < T,
+            "the connection was not ended ({sent} sent)"
+        );
+    }
+    let ended = victim.ended.take().unwrap();
+    assert!(ended.contains("position from"), "{ended}");
+    let written: u64 = vmi
+        .attr_get("t", "lent_sends")
+        .expect("shmem reports its lent sends")
+        .parse()
+        .unwrap();
+    assert!(
+        written > 0 && written <= sent,
+        "the host wrote {written} of {sent} sends itself before the ring filled"
+    );
+}

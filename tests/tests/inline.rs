@@ -73,7 +73,8 @@ fn message(seq: u64) -> Vec<u8> {
 /// the receiver reads only every 500 sends, so the ring fills and sends fall back. Returns
 /// the sender's `inline_sends` attribute and the fragments the receiver took with no IRB:
 /// handed over by the transport's poll (`direct_receives`), and read by the host from lent
-/// rings (`lent_receives`, shared memory only).
+/// rings (`lent_receives`, shared memory only). Checks that the sends the host wrote into
+/// lent send rings itself (`lent_sends`) are among the inline sends.
 fn run(
     label: &str,
     transport: vmi_conformance::pair::Dev,
@@ -142,13 +143,20 @@ fn run(
             .parse()
             .expect("a number")
     };
-    let lent =
-        p.b.attr_get("t", "lent_receives")
-            .map_or(0, |v| v.parse().expect("a number"));
+    let lent = |v: &Vmi, name: &str| -> u64 {
+        v.attr_get("t", name)
+            .map_or(0, |v| v.parse().expect("a number"))
+    };
+    let inline = count(&p.a, "inline_sends");
+    let written = lent(&p.a, "lent_sends");
+    assert!(
+        written <= inline,
+        "{label}: the host's writes count as inline sends"
+    );
     (
-        count(&p.a, "inline_sends"),
+        inline,
         count(&p.b, "direct_receives"),
-        lent,
+        lent(&p.b, "lent_receives"),
     )
 }
 
@@ -164,6 +172,44 @@ fn inline_sends_skip_the_irb_when_they_can_and_keep_order_when_they_cannot() {
         direct < inline,
         "every inline message took the fast path ({direct}): the ring never filled, so the fallback was not tested"
     );
+}
+
+/// One message at a time, each polled through before the next: nothing queues, so the
+/// rings stay lent, and the host writes the sends into the send ring itself and reads them
+/// from the receive ring itself; every message arrives whole and in order.
+#[test]
+fn shmem_one_at_a_time_goes_through_lent_rings_both_ways() {
+    let sp = || spec(&[], &shmem(), Mode::Static);
+    let mut p = Pair::new(sp(), sp(), "shmem-lent".into(), false);
+    let conn = p.conn();
+    let mut rx = Checker::default();
+    let start = Instant::now();
+    for seq in 0..200 {
+        p.a.send_inline(conn, &message(seq))
+            .expect("an inline send");
+        while rx.next <= seq {
+            p.a.poll(&mut p.ha);
+            p.b.poll(&mut rx);
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "message {seq} never arrived"
+            );
+        }
+    }
+    assert!(rx.bad.is_empty(), "{:?}", &rx.bad[..rx.bad.len().min(5)]);
+    let attr = |v: &Vmi, name: &str| -> u64 {
+        v.attr_get("t", name)
+            .expect("shmem reports it")
+            .parse()
+            .expect("a number")
+    };
+    let (written, read) = (attr(&p.a, "lent_sends"), attr(&p.b, "lent_receives"));
+    assert!(
+        written > 150,
+        "the host wrote {written} of 200 sends itself"
+    );
+    assert!(read > 150, "the host read {read} of 200 fragments itself");
+    assert_eq!(attr(&p.a, "inline_sends"), 200);
 }
 
 /// With `lend_rings = false` the transport reads every ring itself: the same stream arrives

@@ -341,7 +341,7 @@ mod older_host {
             cursor: &cursor,
         };
         // SAFETY: the ring's words and bytes outlive the set (dropped first below).
-        unsafe { rings.publish([loan], 10) };
+        unsafe { rings.publish([loan], [], 10) };
         assert_eq!(read(), (0, 10, 1));
         // SAFETY: as above: the host counts skips down.
         unsafe { (*set).skips -= 3 };

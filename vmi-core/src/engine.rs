@@ -698,6 +698,24 @@ impl Engine {
         let Some(&Some((f, dev))) = self.direct.get(transport as usize) else {
             return false;
         };
+        // A send ring the transport lent (ABI 1.7): the host writes the message itself.
+        let set = self
+            .boundary
+            .lent(transport as usize)
+            .load(Ordering::Relaxed);
+        if !set.is_null() {
+            // SAFETY: a set lent by this live transport (it ends the loan before it frees
+            // it), used on the polling thread while the transport is not called.
+            unsafe {
+                let set = &mut *set;
+                if let Some(tx) = vmi_device::lent::tx_ring(set, conn)
+                    && vmi_device::lent::write_message(tx, flags, data)
+                {
+                    set.sent += 1;
+                    return true;
+                }
+            }
+        }
         // SAFETY: live instance; the bytes are lent for the call and the device copies them
         // before it returns.
         let rc = unsafe { f(dev.0, conn, flags, data.as_ptr(), data.len()) };

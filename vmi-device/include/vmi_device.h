@@ -191,12 +191,39 @@ typedef struct vmi_ring {
     vmi_ring_cursor *cursor;
 } vmi_ring;
 
+/* A lent send ring: the host writes a small whole message as one record (kind
+ * VMI_RING_DATA_END or VMI_RING_DATA by VMI_FLAG_END, the filter flags, the length, id 0,
+ * the payload), publishes *head (release), fences (sequentially consistent) and, when
+ * *sleeping is nonzero, writes 1 (8 bytes) to the eventfd bell. It reads *tail only when
+ * the cached position leaves too little room, and checks it (never behind the last seen,
+ * never past head); too little room or a bad position and the message goes to send_inline. */
+typedef struct vmi_tx_cursor {
+    uint64_t head;      /* the producer's position (what was written) */
+    uint64_t tail_seen; /* the consumer's position as last read and checked */
+} vmi_tx_cursor;
+
+typedef struct vmi_tx_ring {
+    uint64_t conn;
+    uint64_t *head;
+    const uint64_t *tail;
+    const uint64_t *sleeping;
+    uint8_t *data;
+    uint64_t cap;
+    uint64_t max_len;
+    vmi_tx_cursor *cursor;
+    int32_t bell; /* -1: none */
+    uint32_t reserved;
+} vmi_tx_ring;
+
 typedef struct vmi_ring_set {
     uint32_t busy;
     uint32_t skips;
     uint64_t taken;
     const vmi_ring *rings;
     size_t count;
+    uint64_t sent;          /* messages the host wrote into the send rings */
+    const vmi_tx_ring *tx;  /* sorted by conn, at most one per connection */
+    size_t tx_count;
 } vmi_ring_set;
 
 typedef struct vmi_host_services {

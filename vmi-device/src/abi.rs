@@ -626,8 +626,12 @@ pub const VMI_RING_RECORD_LEN: usize = 16;
 /// poll then reads. Every position read from the ring is checked before use; a bad one stops
 /// the host's read, and the transport's poll finds and reports it.
 ///
-/// Fields the host writes: `skips` (counted down at each poll it skips), `taken` and every
-/// ring's cursor. Both sides touch the set only on the polling thread, never at the same time.
+/// The transport may lend its send rings too (`tx`, see [`VmiTxRing`]): the host then
+/// writes small whole messages into them itself instead of calling `send_inline`, under the
+/// same `busy` rule (a transport with sends queued on a connection is busy).
+///
+/// Fields the host writes: `skips` (counted down at each poll it skips), `taken`, `sent` and
+/// every ring's cursor. Both sides touch the set only on the polling thread, never at the same time.
 #[repr(C)]
 #[derive(Debug)]
 pub struct VmiRingSet {
@@ -644,6 +648,55 @@ pub struct VmiRingSet {
     pub rings: *const VmiRing,
     /// Number of rings.
     pub count: usize,
+    /// Messages the host has written into the send rings, in all (the host adds to it).
+    pub sent: u64,
+    /// The lent send rings (`tx_count` of them), sorted by connection, at most one each.
+    pub tx: *const VmiTxRing,
+    /// Number of send rings.
+    pub tx_count: usize,
+}
+
+/// One lent send ring (see [`VmiRingSet`]): the host writes a small whole message into it
+/// as one record (kind [`VMI_RING_DATA_END`] or [`VMI_RING_DATA`] by `VMI_FLAG_END`, the
+/// filter flags, the length, id 0, then the payload), publishes `head` (Release), and then
+/// follows the doorbell protocol: a sequentially consistent fence, a look at `sleeping`, and
+/// when it is nonzero an 8-byte write of 1 to the eventfd `bell`. The consumer's position is
+/// read only when the cached one leaves too little room, and checked (never behind the last
+/// one seen, never past `head`): a bad one, or too little room, and the host leaves the
+/// message to the transport's `send_inline`.
+#[repr(C)]
+#[derive(Debug)]
+pub struct VmiTxRing {
+    /// The host's connection.
+    pub conn: u64,
+    /// The producer's position (written here).
+    pub head: *mut u64,
+    /// The consumer's position (written by the peer: untrusted).
+    pub tail: *const u64,
+    /// Nonzero while the peer sleeps (written by the peer).
+    pub sleeping: *const u64,
+    /// The ring's bytes.
+    pub data: *mut u8,
+    /// Capacity in bytes, a power of two.
+    pub cap: u64,
+    /// Largest payload the host may write (larger messages are the transport's).
+    pub max_len: u64,
+    /// Where both sides keep the producer's positions.
+    pub cursor: *mut VmiTxCursor,
+    /// The peer's doorbell (an eventfd), or -1.
+    pub bell: i32,
+    /// Zero.
+    pub reserved: u32,
+}
+
+/// The producer's positions in a lent send ring, shared by the transport and the host.
+#[repr(C)]
+#[derive(Debug, Default)]
+pub struct VmiTxCursor {
+    /// The producer's own position (what was written).
+    pub head: u64,
+    /// The consumer's position as last read and checked.
+    pub tail_seen: u64,
 }
 
 /// One lent ring (see [`VmiRingSet`]).
@@ -688,9 +741,11 @@ mod tests {
         assert_eq!(std::mem::size_of::<VmiDeviceVtable>(), 144);
         assert_eq!(std::mem::size_of::<VmiDeviceDescriptor>(), 88);
         assert_eq!(std::mem::size_of::<VmiHostServices>(), 144);
-        assert_eq!(std::mem::size_of::<VmiRingSet>(), 32);
+        assert_eq!(std::mem::size_of::<VmiRingSet>(), 56);
         assert_eq!(std::mem::size_of::<VmiRing>(), 56);
         assert_eq!(std::mem::size_of::<VmiRingCursor>(), 16);
+        assert_eq!(std::mem::size_of::<VmiTxRing>(), 72);
+        assert_eq!(std::mem::size_of::<VmiTxCursor>(), 16);
         assert_eq!(std::mem::size_of::<VmiCapabilities>(), 24);
         assert_eq!(std::mem::size_of::<VmiRdmaKey>(), 24);
         // The 1.0 prefixes are unchanged: entries were only appended.

@@ -14,8 +14,8 @@ use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::abi::{
-    self, VMI_FLAG_HOST, VMI_RING_DATA, VMI_RING_DATA_END, VMI_RING_RECORD_LEN, VmiRing,
-    VmiRingCursor, VmiRingSet,
+    self, VMI_FLAG_END, VMI_FLAG_HOST, VMI_RING_DATA, VMI_RING_DATA_END, VMI_RING_RECORD_LEN,
+    VmiRing, VmiRingCursor, VmiRingSet, VmiTxCursor, VmiTxRing,
 };
 use crate::host::Host;
 
@@ -48,6 +48,57 @@ impl RingCursor {
     }
 }
 
+/// The producer positions of one send ring, kept where the host can reach them while the
+/// ring is lent: `(head, tail_seen)` as a ring producer keeps them.
+#[derive(Debug, Default)]
+pub struct TxCursor(Box<UnsafeCell<VmiTxCursor>>);
+
+impl TxCursor {
+    /// Both positions.
+    #[inline]
+    pub fn get(&self) -> (u64, u64) {
+        // SAFETY: as for `RingCursor::get` (the host's `write_message` writes it).
+        let c = unsafe { &*self.0.get() };
+        (c.head, c.tail_seen)
+    }
+
+    /// Sets both positions.
+    #[inline]
+    pub fn set(&self, (head, tail_seen): (u64, u64)) {
+        // SAFETY: as in `get`.
+        let c = unsafe { &mut *self.0.get() };
+        c.head = head;
+        c.tail_seen = tail_seen;
+    }
+
+    fn as_ptr(&self) -> *mut VmiTxCursor {
+        self.0.get()
+    }
+}
+
+/// One send ring to lend (see [`LentRings::publish`]).
+#[derive(Clone, Copy, Debug)]
+pub struct TxLoan<'a> {
+    /// The host's connection.
+    pub conn: u64,
+    /// The producer's position word.
+    pub head: &'a AtomicU64,
+    /// The consumer's position word.
+    pub tail: &'a AtomicU64,
+    /// The consumer's doorbell flag.
+    pub sleeping: &'a AtomicU64,
+    /// The ring's bytes.
+    pub data: *mut u8,
+    /// Capacity, a power of two.
+    pub cap: usize,
+    /// Largest payload the host may write.
+    pub max_len: u64,
+    /// The cursor the transport writes the ring with.
+    pub cursor: &'a TxCursor,
+    /// The peer's doorbell eventfd, or -1.
+    pub bell: i32,
+}
+
 /// One ring to lend (see [`LentRings::publish`]).
 #[derive(Clone, Copy, Debug)]
 pub struct RingLoan<'a> {
@@ -77,6 +128,7 @@ pub struct RingLoan<'a> {
 pub struct LentRings {
     set: Box<UnsafeCell<VmiRingSet>>,
     rings: Vec<VmiRing>,
+    tx: Vec<VmiTxRing>,
     /// The skips granted at the last publish (the host counts `set.skips` down from it).
     granted: u32,
     host: Option<Host>,
@@ -100,8 +152,12 @@ impl Default for LentRings {
                 taken: 0,
                 rings: std::ptr::null(),
                 count: 0,
+                sent: 0,
+                tx: std::ptr::null(),
+                tx_count: 0,
             })),
             rings: Vec::new(),
+            tx: Vec::new(),
             granted: 0,
             host: None,
         }
@@ -157,6 +213,12 @@ impl LentRings {
         unsafe { (*self.set.get()).taken }
     }
 
+    /// Messages the host has written into the send rings itself, in all.
+    pub fn sent(&self) -> u64 {
+        // SAFETY: as in `set_busy`.
+        unsafe { (*self.set.get()).sent }
+    }
+
     /// Lets the host skip up to `skips` more of the device's polls, the rings listed as
     /// they are (nothing changed since the last [`LentRings::publish`]: the set is not busy).
     #[inline]
@@ -166,18 +228,20 @@ impl LentRings {
         unsafe { (*self.set.get()).skips = skips };
     }
 
-    /// Lists `rings` as the lent ones, lets the host skip up to `skips` of the device's polls
-    /// (0: the host still reads the rings, but polls the device every time) and clears the
-    /// busy flag.
+    /// Lists `rings` as the lent receive rings and `tx` as the lent send rings (at most one
+    /// per connection), lets the host skip up to `skips` of the device's polls (0: the host
+    /// still reads the rings, but polls the device every time) and clears the busy flag.
     ///
     /// # Safety
     /// Until the next `publish`, [`LentRings::set_busy`] or drop, every listed ring's memory
     /// stays mapped, readable and writable as a ring in the [`abi::VmiRingSet`] format, its
-    /// `head` and `tail` words stay valid, and its reader is between records at the cursor's
-    /// position (the host reads from there).
+    /// position and doorbell words stay valid, its reader is between records at the cursor's
+    /// position (the host reads from there), and nothing is queued to be written into a
+    /// listed send ring (the host writes at the cursor's position); each `bell` stays open.
     pub unsafe fn publish<'a>(
         &mut self,
         rings: impl IntoIterator<Item = RingLoan<'a>>,
+        tx: impl IntoIterator<Item = TxLoan<'a>>,
         skips: u32,
     ) {
         self.rings.clear();
@@ -190,11 +254,29 @@ impl LentRings {
             max_len: r.max_len,
             cursor: r.cursor.as_ptr(),
         }));
+        self.tx.clear();
+        self.tx.extend(tx.into_iter().map(|t| VmiTxRing {
+            conn: t.conn,
+            head: t.head.as_ptr(),
+            tail: t.tail.as_ptr(),
+            sleeping: t.sleeping.as_ptr(),
+            data: t.data,
+            cap: t.cap as u64,
+            max_len: t.max_len,
+            cursor: t.cursor.as_ptr(),
+            bell: t.bell,
+            reserved: 0,
+        }));
+        // Sorted, one per connection: the host finds a connection's ring by binary search.
+        self.tx.sort_unstable_by_key(|t| t.conn);
+        self.tx.dedup_by_key(|t| t.conn);
         self.granted = skips;
         // SAFETY: as in `set_busy`.
         let set = unsafe { &mut *self.set.get() };
         set.rings = self.rings.as_ptr();
         set.count = self.rings.len();
+        set.tx = self.tx.as_ptr();
+        set.tx_count = self.tx.len();
         set.skips = skips;
         set.busy = 0;
     }
@@ -205,6 +287,113 @@ impl Drop for LentRings {
         self.set_busy();
         if let Some(host) = self.host.take() {
             host.lend_rings(std::ptr::null_mut());
+        }
+    }
+}
+
+/// The lent send ring of `conn` in `set`, if the set is not busy and lends one.
+///
+/// # Safety
+/// `set` is a set lent under the [`abi::VmiRingSet`] contract, which holds for the call.
+#[inline]
+pub unsafe fn tx_ring(set: &VmiRingSet, conn: u64) -> Option<&VmiTxRing> {
+    if set.busy != 0 || set.tx_count == 0 {
+        return None;
+    }
+    // SAFETY: the contract: `tx_count` rings at `tx`, unchanged while the set is not busy.
+    let tx = unsafe { std::slice::from_raw_parts(set.tx, set.tx_count) };
+    match tx {
+        [t] => (t.conn == conn).then_some(t),
+        _ => tx
+            .binary_search_by_key(&conn, |t| t.conn)
+            .ok()
+            .map(|i| &tx[i]),
+    }
+}
+
+/// Writes a small whole message (`flags` as an IRB carries them) into a lent send ring as
+/// one record, publishes it and rings the peer's doorbell if it sleeps. False, with nothing
+/// written, when it is larger than the ring's `max_len`, when the ring has too little room,
+/// or when the consumer's position is one no correct peer writes: the transport's
+/// `send_inline` then takes the message (and reports a bad position).
+///
+/// # Safety
+/// `tx` is a send ring of a set lent under the [`abi::VmiRingSet`] contract, which holds for
+/// the call.
+#[inline]
+pub unsafe fn write_message(tx: &VmiTxRing, flags: u32, data: &[u8]) -> bool {
+    let len = data.len();
+    let total = (VMI_RING_RECORD_LEN + len) as u64;
+    let cap = tx.cap;
+    if len as u64 > tx.max_len || !cap.is_power_of_two() || total > cap {
+        return false;
+    }
+    // SAFETY: the contract: the cursor is the device's, not in use during this call.
+    let cursor = unsafe { &mut *tx.cursor };
+    let head = cursor.head;
+    if cap - (head - cursor.tail_seen) < total {
+        // SAFETY: the contract: an aligned, mapped position word.
+        let now = unsafe { AtomicU64::from_ptr(tx.tail as *mut u64) }.load(Ordering::Acquire);
+        if now < cursor.tail_seen || now > head {
+            return false;
+        }
+        cursor.tail_seen = now;
+        if cap - (head - now) < total {
+            return false;
+        }
+    }
+    let kind = if flags & VMI_FLAG_END != 0 {
+        VMI_RING_DATA_END
+    } else {
+        VMI_RING_DATA
+    };
+    let h0 = u64::from(kind) | (u64::from(abi::wire_flags(flags)) << 16) | ((len as u64) << 32);
+    let off = (head & (cap - 1)) as usize;
+    // SAFETY: `total` bytes from `head` are free space the consumer does not read until
+    // `head` is published below; offsets are masked into the ring.
+    unsafe {
+        if off as u64 + total <= cap {
+            // The whole record before the end of the ring (the common case).
+            let at = tx.data.add(off);
+            std::ptr::write_unaligned(at as *mut u64, h0.to_le());
+            std::ptr::write_unaligned(at.add(8) as *mut u64, 0);
+            crate::copy::copy_small(data.as_ptr(), at.add(VMI_RING_RECORD_LEN), len);
+        } else {
+            let mut header = [0u8; VMI_RING_RECORD_LEN];
+            header[..8].copy_from_slice(&h0.to_le_bytes());
+            copy_in(tx.data, cap, head, &header);
+            copy_in(tx.data, cap, head + VMI_RING_RECORD_LEN as u64, data);
+        }
+    }
+    let head = head + total;
+    cursor.head = head;
+    // SAFETY: the contract: aligned, mapped words; the bell is an open eventfd or -1.
+    unsafe {
+        AtomicU64::from_ptr(tx.head).store(head, Ordering::Release);
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if AtomicU64::from_ptr(tx.sleeping as *mut u64).load(Ordering::Relaxed) != 0 && tx.bell >= 0
+        {
+            let one = 1u64.to_ne_bytes();
+            // A full eventfd counter (never in practice) leaves the peer awake anyway.
+            let _ = libc::write(tx.bell, one.as_ptr().cast(), one.len());
+        }
+    }
+    true
+}
+
+/// Copies `src` to ring position `pos`, wrapping at the end of the ring.
+///
+/// # Safety
+/// `data..data+cap` writable, `cap` a power of two, `src.len() <= cap`.
+#[inline(always)]
+unsafe fn copy_in(data: *mut u8, cap: u64, pos: u64, src: &[u8]) {
+    let (off, cap) = ((pos & (cap - 1)) as usize, cap as usize);
+    let first = src.len().min(cap - off);
+    // SAFETY: the caller's ranges; `off + first <= cap` and `len - first <= off`.
+    unsafe {
+        crate::copy::copy_small(src.as_ptr(), data.add(off), first);
+        if first < src.len() {
+            std::ptr::copy_nonoverlapping(src.as_ptr().add(first), data, src.len() - first);
         }
     }
 }
@@ -512,6 +701,112 @@ mod tests {
                 .collect();
             (got, stop)
         }
+    }
+
+    /// A send ring in ordinary memory, its consumer played by `TestRing::read`.
+    struct TestTx {
+        ring: TestRing,
+        sleeping: Box<AtomicU64>,
+        cursor: TxCursor,
+    }
+
+    impl TestTx {
+        fn new(cap: usize) -> TestTx {
+            TestTx {
+                ring: TestRing::new(cap),
+                sleeping: Box::new(AtomicU64::new(0)),
+                cursor: TxCursor::default(),
+            }
+        }
+        fn desc(&mut self, max_len: u64, bell: i32) -> VmiTxRing {
+            VmiTxRing {
+                conn: 9,
+                head: self.ring.head.as_ptr(),
+                tail: self.ring.tail.as_ptr(),
+                sleeping: self.sleeping.as_ptr(),
+                data: self.ring.data.as_mut_ptr(),
+                cap: self.ring.data.len() as u64,
+                max_len,
+                cursor: self.cursor.as_ptr(),
+                bell,
+                reserved: 0,
+            }
+        }
+        fn write(&mut self, flags: u32, data: &[u8]) -> bool {
+            let d = self.desc(64, -1);
+            // SAFETY: the test ring lives through the call.
+            unsafe { write_message(&d, flags, data) }
+        }
+    }
+
+    #[test]
+    fn written_messages_read_back_whole_at_every_offset() {
+        // A 64-byte ring: records cut by its end at every offset, header or payload.
+        for skew in 0..64u64 {
+            let mut t = TestTx::new(64);
+            t.ring.head.store(skew, Ordering::Relaxed);
+            t.ring.tail.store(skew, Ordering::Relaxed);
+            t.ring.cursor.set((skew, skew));
+            t.cursor.set((skew, skew));
+            let flags = VMI_FLAG_END | (0x0003 << 16);
+            assert!(t.write(flags, &[5; 20]), "skew {skew}");
+            assert_eq!(t.cursor.get().0, skew + 36);
+            let (got, stop) = t.ring.read(10);
+            assert_eq!(stop, Stop::Empty, "skew {skew}");
+            assert_eq!(got, vec![(flags, vec![5; 20])], "skew {skew}");
+            assert!(t.write(0, b""), "skew {skew}: a fragment, not the end");
+            assert_eq!(t.ring.read(10).0, vec![(0, vec![])], "skew {skew}");
+        }
+    }
+
+    #[test]
+    fn a_write_that_does_not_fit_or_meets_a_bad_position_writes_nothing() {
+        let mut t = TestTx::new(64);
+        assert!(!t.write(VMI_FLAG_END, &[0; 65]), "over max_len");
+        assert!(t.write(VMI_FLAG_END, &[1; 40]));
+        assert!(!t.write(VMI_FLAG_END, &[2; 8]), "8 + 16 bytes into 8 free");
+        assert_eq!(t.cursor.get(), (56, 0));
+        // The consumer read it: room again (the position is read when short).
+        t.ring.read(10);
+        assert!(t.write(VMI_FLAG_END, &[3; 8]));
+        assert_eq!(t.cursor.get(), (80, 56));
+        // A consumer position past what was written, or behind the one seen: refused.
+        // (28 bytes free as last seen, 32 needed: the position is read.)
+        for bad in [81, 10] {
+            let mut t = TestTx::new(64);
+            t.write(VMI_FLAG_END, &[1; 40]);
+            t.cursor.set((56, 20));
+            t.ring.tail.store(bad, Ordering::Relaxed);
+            assert!(!t.write(VMI_FLAG_END, &[2; 16]), "tail {bad}");
+            assert_eq!(t.cursor.get(), (56, 20), "tail {bad}: nothing changed");
+            assert_eq!(t.ring.head.load(Ordering::Relaxed), 56, "tail {bad}");
+            t.ring.tail.store(56, Ordering::Relaxed);
+            assert!(t.write(VMI_FLAG_END, &[2; 16]), "a good position again");
+        }
+    }
+
+    #[test]
+    fn a_sleeping_peer_is_woken_through_its_bell() {
+        // SAFETY: a plain eventfd, closed at the end of the test.
+        let bell = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        assert!(bell >= 0);
+        let count = || {
+            let mut v = [0u8; 8];
+            // SAFETY: 8 writable bytes; a nonblocking eventfd.
+            let n = unsafe { libc::read(bell, v.as_mut_ptr().cast(), 8) };
+            if n == 8 { u64::from_ne_bytes(v) } else { 0 }
+        };
+        let mut t = TestTx::new(256);
+        let d = t.desc(64, bell);
+        // SAFETY: the test ring lives through the calls.
+        assert!(unsafe { write_message(&d, VMI_FLAG_END, b"awake") });
+        assert_eq!(count(), 0, "an awake peer is not rung");
+        t.sleeping.store(1, Ordering::Relaxed);
+        // SAFETY: as above.
+        assert!(unsafe { write_message(&d, VMI_FLAG_END, b"asleep") });
+        assert_eq!(count(), 1, "a sleeping peer is rung once");
+        // SAFETY: opened above.
+        unsafe { libc::close(bell) };
     }
 
     #[test]

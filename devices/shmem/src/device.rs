@@ -15,7 +15,7 @@ use vmi_device::Status;
 use vmi_device::abi::{VMI_FLAG_END, recv_flags, wire_flags};
 use vmi_device::deliver;
 use vmi_device::held::HeldBuffers;
-use vmi_device::lent::{LentRings, RingCursor, RingLoan};
+use vmi_device::lent::{LentRings, RingCursor, RingLoan, TxCursor, TxLoan};
 use vmi_device::signature::Signature;
 use vmi_device::{
     Capabilities, CompletingIrb, Config, ConnMap, Device, DeviceKind, Disposition, Host, Irb, Op,
@@ -89,7 +89,8 @@ struct Conn {
     /// The peer's memfds attached for one-sided RDMA (at most `MAX_ATTACHED`).
     attached: Vec<crate::io::Attached>,
     /// Kept ring positions (own, other side's as last seen): a cross-core read only when needed.
-    tx_pos: (u64, u64),
+    /// The send ring's positions, shared with the host while the ring is lent.
+    tx_pos: TxCursor,
     /// The receive ring's positions, shared with the host while the ring is lent.
     rx_pos: RingCursor,
     ctl: Vec<u8>,
@@ -160,7 +161,7 @@ impl Conn {
             i_reach_peer: false,
             pidfd: None,
             attached: Vec::new(),
-            tx_pos: (0, 0),
+            tx_pos: TxCursor::default(),
             rx_pos: RingCursor::default(),
             ctl: Vec::new(),
             fds: Vec::new(),
@@ -395,6 +396,27 @@ impl ShmemDevice {
             return;
         }
         let max_len = self.cfg.max_fragment;
+        // What `send_inline` takes: up to max_fragment, below single_copy_min when the peer
+        // reads this process's memory (larger ones go by single copy).
+        let small = self.cfg.single_copy_min.saturating_sub(1) as u64;
+        let tx = self.conns.iter().flatten().filter_map(|c| {
+            let (head, tail, sleeping, data, cap) = c.region.as_ref()?.ring(c.tx_ring).lend_tx();
+            Some(TxLoan {
+                conn: c.vmi,
+                head,
+                tail,
+                sleeping,
+                data,
+                cap,
+                max_len: if c.peer_reads_me {
+                    max_len.min(small)
+                } else {
+                    max_len
+                },
+                cursor: &c.tx_pos,
+                bell: c.peer_bell.as_ref().map_or(-1, |b| b.as_raw_fd()),
+            })
+        });
         let rings = self.conns.iter().flatten().filter_map(|c| {
             let (head, tail, data, cap) = c.region.as_ref()?.ring(c.rx_ring).loan();
             Some(RingLoan {
@@ -411,8 +433,10 @@ impl ShmemDevice {
         // lives until the connection is taken out of the table; that happens only inside
         // this device's poll or an IRB it is given, and `submit` and every other entry that
         // could reach it sets the rings busy first (as does `Drop`). Each reader is between
-        // records (checked above) at its cursor, which the host reads through.
-        unsafe { self.lent.publish(rings, self.skips()) };
+        // records (checked above) at its cursor, which the host reads through; nothing is
+        // queued to send on any connection (checked above), and each doorbell stays open
+        // with its connection.
+        unsafe { self.lent.publish(rings, tx, self.skips()) };
     }
 
     /// The polls the host may skip before the next control look is due.
@@ -782,7 +806,7 @@ impl ShmemDevice {
             return 0;
         }
         let view = region.ring(c.tx_ring);
-        let mut p = Producer::resume(view.shared(), c.tx_pos.0, c.tx_pos.1);
+        let mut p = Producer::resume(view.shared(), c.tx_pos.get().0, c.tx_pos.get().1);
         let mut published = false;
         let mut n = 0;
         let mut close: Option<Irb> = None;
@@ -879,7 +903,7 @@ impl ShmemDevice {
         {
             ring(b);
         }
-        c.tx_pos = p.positions();
+        c.tx_pos.set(p.positions());
         if let Some(e) = corrupt {
             let detail = format!("'{}' broke the ring protocol: {e}", c.peer_key);
             log::warn!("shmem: {detail}; closing the connection");
@@ -1579,7 +1603,7 @@ impl ShmemDevice {
             && let Some(region) = c.region.as_ref()
         {
             let view = region.ring(c.tx_ring);
-            let mut p = Producer::resume(view.shared(), c.tx_pos.0, c.tx_pos.1);
+            let mut p = Producer::resume(view.shared(), c.tx_pos.get().0, c.tx_pos.get().1);
             let mut parts: [&[u8]; 17] = [&[]; 17];
             parts[0] = &header;
             let n = irb.segments().len().min(16);
@@ -1587,7 +1611,7 @@ impl ShmemDevice {
                 *part = irb.segment(i - 1);
             }
             let pushed = p.push_all(&parts[..=n]);
-            c.tx_pos = p.positions();
+            c.tx_pos.set(p.positions());
             if let Err(e) = pushed {
                 let detail = format!("'{}' broke the ring protocol: {e}", c.peer_key);
                 log::warn!("shmem: {detail}; closing the connection");
@@ -1722,7 +1746,8 @@ impl Device for ShmemDevice {
                 Some(k) => format!("on (key from {})", k.source),
                 None => "off".into(),
             }),
-            "inline_sends" => Some(self.inline_sends.to_string()),
+            "inline_sends" => Some((self.inline_sends + self.lent.sent()).to_string()),
+            "lent_sends" => Some(self.lent.sent().to_string()),
             "rdma_attached" => Some(self.rdma_attached.to_string()),
             // The eager/rendezvous threshold, as vmi-info shows it.
             "protocols" => Some(if self.cfg.single_copy {
@@ -1840,9 +1865,9 @@ impl Device for ShmemDevice {
             data.len() as u32,
         );
         let view = region.ring(c.tx_ring);
-        let mut p = Producer::resume(view.shared(), c.tx_pos.0, c.tx_pos.1);
+        let mut p = Producer::resume(view.shared(), c.tx_pos.get().0, c.tx_pos.get().1);
         let pushed = p.push_record(&header, data);
-        c.tx_pos = p.positions();
+        c.tx_pos.set(p.positions());
         if pushed != Ok(true) {
             return false;
         }

@@ -246,6 +246,18 @@ impl<'a> RingView<'a> {
         )
     }
 
+    /// What the host needs to write the ring itself (`vmi_device::lent`): the producer's and
+    /// consumer's position words, the consumer's doorbell flag, the bytes and their number.
+    pub fn lend_tx(&self) -> (&'a AtomicU64, &'a AtomicU64, &'a AtomicU64, *mut u8, usize) {
+        (
+            self.head,
+            self.tail,
+            self.sleeping,
+            self.storage.base(),
+            crate::spsc::Storage::capacity(&self.storage),
+        )
+    }
+
     /// The ring's shared parts.
     pub fn shared(&self) -> Shared<'_, AtomicU64, RawStorage> {
         Shared {

@@ -423,7 +423,7 @@ pub mod mem {
         }
 
         /// The first byte.
-        pub fn base(&self) -> *const u8 {
+        pub fn base(&self) -> *mut u8 {
             self.base
         }
     }
