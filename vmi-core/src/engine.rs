@@ -75,6 +75,28 @@ type RdmaAccessFn = unsafe extern "C" fn(
     *mut i32,
 ) -> i32;
 
+/// Writes a small whole send into the transport's lent send ring of `conn` (ABI 1.7), if
+/// the set lends one and it has room; counts it. Out of line, so the send path of a
+/// transport that lends no ring stays small enough to be inlined.
+///
+/// # Safety
+/// `set` is a set lent by a live transport under the `VmiRingSet` contract, used on the
+/// polling thread while the transport is not called.
+#[inline(never)]
+unsafe fn send_lent(set: *mut crate::abi::VmiRingSet, conn: u64, flags: u32, data: &[u8]) -> bool {
+    // SAFETY: the caller's promise.
+    unsafe {
+        let set = &mut *set;
+        if let Some(tx) = vmi_device::lent::tx_ring(set, conn)
+            && vmi_device::lent::write_message(tx, flags, data)
+        {
+            set.sent += 1;
+            return true;
+        }
+    }
+    false
+}
+
 /// A transport's `poll_direct` entry (ABI 1.2).
 pub(crate) type PollDirectFn =
     unsafe extern "C" fn(*mut c_void, u32, crate::abi::VmiDeliverFn, *mut c_void) -> i32;
@@ -189,7 +211,13 @@ pub(crate) struct Engine {
     recv_steps: Vec<Step>,
     /// Each transport's `send_inline` (ABI 1.2), by engine index; all `None` when a device
     /// above the transports has a submit step (it must see every send).
-    direct: Vec<Option<(SendInlineFn, Dev)>>,
+    direct: Vec<
+        Option<(
+            SendInlineFn,
+            Dev,
+            &'static std::sync::atomic::AtomicPtr<crate::abi::VmiRingSet>,
+        )>,
+    >,
     /// Some entry of `direct` is set.
     any_direct: bool,
     /// Each transport's `rdma_access` (ABI 1.3), by engine index.
@@ -394,8 +422,11 @@ impl Engine {
         engine.direct = engine
             .devices
             .iter()
-            .map(|d| match d.ty.vtable.send_inline {
-                Some(f) if d.is_transport() && !filtered => Some((f, Dev(d.ptr))),
+            .enumerate()
+            .map(|(i, d)| match d.ty.vtable.send_inline {
+                Some(f) if d.is_transport() && !filtered => {
+                    Some((f, Dev(d.ptr), engine.boundary.lent(i)))
+                }
                 _ => None,
             })
             .collect();
@@ -695,26 +726,15 @@ impl Engine {
     /// chain, or the transport cannot take it at once).
     #[inline]
     pub fn send_direct(&mut self, transport: DevIndex, conn: u64, flags: u32, data: &[u8]) -> bool {
-        let Some(&Some((f, dev))) = self.direct.get(transport as usize) else {
+        let Some(&Some((f, dev, lent))) = self.direct.get(transport as usize) else {
             return false;
         };
         // A send ring the transport lent (ABI 1.7): the host writes the message itself.
-        let set = self
-            .boundary
-            .lent(transport as usize)
-            .load(Ordering::Relaxed);
-        if !set.is_null() {
-            // SAFETY: a set lent by this live transport (it ends the loan before it frees
-            // it), used on the polling thread while the transport is not called.
-            unsafe {
-                let set = &mut *set;
-                if let Some(tx) = vmi_device::lent::tx_ring(set, conn)
-                    && vmi_device::lent::write_message(tx, flags, data)
-                {
-                    set.sent += 1;
-                    return true;
-                }
-            }
+        let set = lent.load(Ordering::Relaxed);
+        // SAFETY: a set lent by this live transport (it ends the loan before it frees it),
+        // used on the polling thread while the transport is not called.
+        if !set.is_null() && unsafe { send_lent(set, conn, flags, data) } {
+            return true;
         }
         // SAFETY: live instance; the bytes are lent for the call and the device copies them
         // before it returns.
