@@ -13,6 +13,7 @@
 //!   generates the static registration used when the device is linked into a program.
 //! - [`Config`] and [`param()`]: declared parameters and their typed values.
 //! - [`held::HeldBuffers`]: buffers lent to IRBs until their completion step.
+//! - [`lent`]: receive and send rings a transport lends the host (ABI 1.7), both halves.
 //! - [`abi`]: the C ABI itself (`include/vmi_device.h` is the same for C).
 //!
 //! ## Soundness rules
