@@ -392,6 +392,30 @@ impl vmi_core::Handler for Victim {
     }
 }
 
+/// A busy-polling shared-memory vmi in this process (the victim) and a hostile peer that
+/// connected to it with its own 4 KiB rings: the victim, what it saw, the peer's control
+/// socket (kept open) and its ring memory.
+fn lent_victim(prefix: &str) -> (vmi_core::Vmi, Victim, UnixStream, Region) {
+    use vmi_tests::harness::{Mode, dev, spec};
+    let key = unique_key(prefix);
+    let sp = spec(&[], &dev("t", "shmem", &[]), Mode::Static);
+    let mut vmi = vmi_core::Vmi::with_spec(sp, &key).expect("a shared-memory vmi");
+    let mut victim = Victim::default();
+    let hostile = std::thread::spawn(move || {
+        let region = Region::create(4096).unwrap();
+        let (sock, status, reason) = hello(&key, "hostile", region.fd(), 4096);
+        assert_eq!(status, ACCEPT, "{reason}");
+        (sock, region)
+    });
+    let start = Instant::now();
+    while !hostile.is_finished() || victim.conn.is_none() {
+        vmi.poll(&mut victim);
+        assert!(start.elapsed() < T, "no connection");
+    }
+    let (sock, region) = hostile.join().unwrap();
+    (vmi, victim, sock, region)
+}
+
 /// The host reads small records from the rings the shared-memory transport lends it (device
 /// ABI 1.7), straight from memory the peer writes. A busy-polling victim in this process:
 /// honest records are read by the host; what no correct peer writes (an unknown record kind,
@@ -400,7 +424,6 @@ impl vmi_core::Handler for Victim {
 /// from the bad records, and nothing panics.
 #[test]
 fn hostile_records_in_a_lent_ring_are_left_to_the_transport() {
-    use vmi_tests::harness::{Mode, dev, spec};
     for (case, bad, expect) in [
         (
             "an unknown record kind",
@@ -410,23 +433,8 @@ fn hostile_records_in_a_lent_ring_are_left_to_the_transport() {
         ("a header claiming 4 GiB", 1, "over max_fragment"),
         ("the head moved backwards", 2, "position from"),
     ] {
-        let key = unique_key("shm-lent");
-        let sp = spec(&[], &dev("t", "shmem", &[]), Mode::Static);
-        let mut vmi = vmi_core::Vmi::with_spec(sp, &key).expect("a shared-memory vmi");
-        let mut victim = Victim::default();
-        let k = key.clone();
-        let hostile = std::thread::spawn(move || {
-            let region = Region::create(4096).unwrap();
-            let (sock, status, reason) = hello(&k, "hostile", region.fd(), 4096);
-            assert_eq!(status, ACCEPT, "{reason}");
-            (sock, region)
-        });
+        let (mut vmi, mut victim, _sock, region) = lent_victim("shm-lent");
         let start = Instant::now();
-        while !hostile.is_finished() || victim.conn.is_none() {
-            vmi.poll(&mut victim);
-            assert!(start.elapsed() < T, "{case}: no connection");
-        }
-        let (_sock, region) = hostile.join().unwrap();
         let view = region.ring(0);
         let ring = view.shared();
         let mut p = vmi_shmem::spsc::Producer::new(ring);
@@ -484,24 +492,8 @@ fn hostile_records_in_a_lent_ring_are_left_to_the_transport() {
 /// ends the connection. Nothing panics and no byte outside the ring is written.
 #[test]
 fn a_hostile_consumer_position_in_a_lent_send_ring_ends_the_connection() {
-    use vmi_tests::harness::{Mode, dev, spec};
-    let key = unique_key("shm-lent-tx");
-    let sp = spec(&[], &dev("t", "shmem", &[]), Mode::Static);
-    let mut vmi = vmi_core::Vmi::with_spec(sp, &key).expect("a shared-memory vmi");
-    let mut victim = Victim::default();
-    let k = key.clone();
-    let hostile = std::thread::spawn(move || {
-        let region = Region::create(4096).unwrap();
-        let (sock, status, reason) = hello(&k, "hostile", region.fd(), 4096);
-        assert_eq!(status, ACCEPT, "{reason}");
-        (sock, region)
-    });
+    let (mut vmi, mut victim, _sock, region) = lent_victim("shm-lent-tx");
     let start = Instant::now();
-    while !hostile.is_finished() || victim.conn.is_none() {
-        vmi.poll(&mut victim);
-        assert!(start.elapsed() < T, "no connection");
-    }
-    let (_sock, region) = hostile.join().unwrap();
     let conn = victim.conn.unwrap();
     // Ring 1 carries the listener's (the victim's) records; the hostile peer consumes it.
     let view = region.ring(1);

@@ -330,19 +330,32 @@ mod older_host {
         let read = move || unsafe { ((*set).busy, (*set).skips, (*set).count) };
         assert_eq!(read(), (1, 0, 0), "busy and empty until published");
         let (head, tail, cursor) = (AtomicU64::new(0), AtomicU64::new(0), RingCursor::default());
-        let data = [0u8; 64];
+        let mut data = [0u8; 64];
         let loan = RingLoan {
             conn: 7,
             head: &head,
             tail: &tail,
-            data: data.as_ptr(),
+            data: data.as_mut_ptr(),
             cap: 64,
             max_len: 64,
             cursor: &cursor,
         };
-        // SAFETY: the ring's words and bytes outlive the set (dropped first below).
-        unsafe { rings.publish([loan], [], 10) };
+        let (sleeping, tx_cursor) = (AtomicU64::new(0), RingCursor::default());
+        let send = vmi_device::lent::TxLoan {
+            ring: RingLoan {
+                conn: 7,
+                cursor: &tx_cursor,
+                ..loan
+            },
+            sleeping: &sleeping,
+            bell: -1,
+        };
+        // Two send rings for one connection: the set keeps one, sorted by connection.
+        // SAFETY: the rings' words and bytes outlive the set (dropped first below).
+        unsafe { rings.publish([loan], [send, send], 10) };
         assert_eq!(read(), (0, 10, 1));
+        // SAFETY: as above.
+        assert_eq!(unsafe { ((*set).tx_count, (*(*set).tx).conn) }, (1, 7));
         // SAFETY: as above: the host counts skips down.
         unsafe { (*set).skips -= 3 };
         assert_eq!(rings.take_skipped(), 3);

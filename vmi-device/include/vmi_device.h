@@ -177,8 +177,8 @@ typedef struct vmi_param_spec {
 #define VMI_RING_RECORD_LEN 16u
 
 typedef struct vmi_ring_cursor {
-    uint64_t tail;      /* the consumer's position (what was read) */
-    uint64_t head_seen; /* the producer's position as last read and checked */
+    uint64_t own;  /* this side's position: what was read (receive) or written (send) */
+    uint64_t seen; /* the other side's position as last read and checked */
 } vmi_ring_cursor;
 
 typedef struct vmi_ring {
@@ -197,11 +197,6 @@ typedef struct vmi_ring {
  * *sleeping is nonzero, writes 1 (8 bytes) to the eventfd bell. It reads *tail only when
  * the cached position leaves too little room, and checks it (never behind the last seen,
  * never past head); too little room or a bad position and the message goes to send_inline. */
-typedef struct vmi_tx_cursor {
-    uint64_t head;      /* the producer's position (what was written) */
-    uint64_t tail_seen; /* the consumer's position as last read and checked */
-} vmi_tx_cursor;
-
 typedef struct vmi_tx_ring {
     uint64_t conn;
     uint64_t *head;
@@ -210,7 +205,7 @@ typedef struct vmi_tx_ring {
     uint8_t *data;
     uint64_t cap;
     uint64_t max_len;
-    vmi_tx_cursor *cursor;
+    vmi_ring_cursor *cursor;
     int32_t bell; /* -1: none */
     uint32_t reserved;
 } vmi_tx_ring;

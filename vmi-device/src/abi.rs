@@ -682,21 +682,11 @@ pub struct VmiTxRing {
     /// Largest payload the host may write (larger messages are the transport's).
     pub max_len: u64,
     /// Where both sides keep the producer's positions.
-    pub cursor: *mut VmiTxCursor,
+    pub cursor: *mut VmiRingCursor,
     /// The peer's doorbell (an eventfd), or -1.
     pub bell: i32,
     /// Zero.
     pub reserved: u32,
-}
-
-/// The producer's positions in a lent send ring, shared by the transport and the host.
-#[repr(C)]
-#[derive(Debug, Default)]
-pub struct VmiTxCursor {
-    /// The producer's own position (what was written).
-    pub head: u64,
-    /// The consumer's position as last read and checked.
-    pub tail_seen: u64,
 }
 
 /// One lent ring (see [`VmiRingSet`]).
@@ -719,14 +709,17 @@ pub struct VmiRing {
     pub cursor: *mut VmiRingCursor,
 }
 
-/// The consumer's positions in a lent ring, shared by the transport and the host.
+/// One side's positions in a lent ring, shared by the transport and the host: for a receive
+/// ring the consumer's, for a send ring the producer's.
 #[repr(C)]
 #[derive(Debug, Default)]
 pub struct VmiRingCursor {
-    /// The consumer's own position (what was read).
-    pub tail: u64,
-    /// The producer's position as last read and checked (at most a ring ahead of `tail`).
-    pub head_seen: u64,
+    /// This side's own position (what was read from a receive ring, written into a send
+    /// ring).
+    pub own: u64,
+    /// The other side's position as last read and checked (a receive ring's producer: at
+    /// most a ring ahead of `own`; a send ring's consumer: never past `own`).
+    pub seen: u64,
 }
 
 #[cfg(test)]
@@ -745,7 +738,6 @@ mod tests {
         assert_eq!(std::mem::size_of::<VmiRing>(), 56);
         assert_eq!(std::mem::size_of::<VmiRingCursor>(), 16);
         assert_eq!(std::mem::size_of::<VmiTxRing>(), 72);
-        assert_eq!(std::mem::size_of::<VmiTxCursor>(), 16);
         assert_eq!(std::mem::size_of::<VmiCapabilities>(), 24);
         assert_eq!(std::mem::size_of::<VmiRdmaKey>(), 24);
         // The 1.0 prefixes are unchanged: entries were only appended.

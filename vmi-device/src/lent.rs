@@ -5,7 +5,7 @@
 //!
 //! Two halves, one format:
 //! - the transport's: [`LentRings`] (the set, its rings and the host's skips) and
-//!   [`RingCursor`] (the consumer positions both sides use);
+//!   [`RingCursor`] (the positions both sides use);
 //! - the host's: [`read_ring`], which checks every position and header it reads from the
 //!   ring, since the peer writes that memory and may be hostile.
 #![allow(unsafe_code)]
@@ -15,12 +15,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::abi::{
     self, VMI_FLAG_END, VMI_FLAG_HOST, VMI_RING_DATA, VMI_RING_DATA_END, VMI_RING_RECORD_LEN,
-    VmiRing, VmiRingCursor, VmiRingSet, VmiTxCursor, VmiTxRing,
+    VmiRing, VmiRingCursor, VmiRingSet, VmiTxRing,
 };
 use crate::host::Host;
 
-/// The consumer positions of one receive ring, kept where the host can reach them while the
-/// ring is lent (a stable heap address): `(tail, head_seen)` as a ring consumer keeps them.
+/// One side's positions in a ring, kept where the host can reach them while the ring is
+/// lent (a stable heap address): `(own, seen)`, as a ring consumer keeps `(tail, head_seen)`
+/// and a producer `(head, tail_seen)`.
 #[derive(Debug, Default)]
 pub struct RingCursor(Box<UnsafeCell<VmiRingCursor>>);
 
@@ -29,18 +30,19 @@ impl RingCursor {
     #[inline]
     pub fn get(&self) -> (u64, u64) {
         // SAFETY: the cursor is written only on the polling thread, by this handle or by the
-        // host's `read_ring` (which runs while the device is not called), never at once.
+        // host's `read_ring` or `write_message` (which run while the device is not called),
+        // never at once.
         let c = unsafe { &*self.0.get() };
-        (c.tail, c.head_seen)
+        (c.own, c.seen)
     }
 
     /// Sets both positions.
     #[inline]
-    pub fn set(&self, (tail, head_seen): (u64, u64)) {
+    pub fn set(&self, (own, seen): (u64, u64)) {
         // SAFETY: as in `get`.
         let c = unsafe { &mut *self.0.get() };
-        c.tail = tail;
-        c.head_seen = head_seen;
+        c.own = own;
+        c.seen = seen;
     }
 
     fn as_ptr(&self) -> *mut VmiRingCursor {
@@ -48,58 +50,18 @@ impl RingCursor {
     }
 }
 
-/// The producer positions of one send ring, kept where the host can reach them while the
-/// ring is lent: `(head, tail_seen)` as a ring producer keeps them.
-#[derive(Debug, Default)]
-pub struct TxCursor(Box<UnsafeCell<VmiTxCursor>>);
-
-impl TxCursor {
-    /// Both positions.
-    #[inline]
-    pub fn get(&self) -> (u64, u64) {
-        // SAFETY: as for `RingCursor::get` (the host's `write_message` writes it).
-        let c = unsafe { &*self.0.get() };
-        (c.head, c.tail_seen)
-    }
-
-    /// Sets both positions.
-    #[inline]
-    pub fn set(&self, (head, tail_seen): (u64, u64)) {
-        // SAFETY: as in `get`.
-        let c = unsafe { &mut *self.0.get() };
-        c.head = head;
-        c.tail_seen = tail_seen;
-    }
-
-    fn as_ptr(&self) -> *mut VmiTxCursor {
-        self.0.get()
-    }
-}
-
 /// One send ring to lend (see [`LentRings::publish`]).
 #[derive(Clone, Copy, Debug)]
 pub struct TxLoan<'a> {
-    /// The host's connection.
-    pub conn: u64,
-    /// The producer's position word.
-    pub head: &'a AtomicU64,
-    /// The consumer's position word.
-    pub tail: &'a AtomicU64,
+    /// The ring (`max_len`: the largest payload the host may write).
+    pub ring: RingLoan<'a>,
     /// The consumer's doorbell flag.
     pub sleeping: &'a AtomicU64,
-    /// The ring's bytes.
-    pub data: *mut u8,
-    /// Capacity, a power of two.
-    pub cap: usize,
-    /// Largest payload the host may write.
-    pub max_len: u64,
-    /// The cursor the transport writes the ring with.
-    pub cursor: &'a TxCursor,
     /// The peer's doorbell eventfd, or -1.
     pub bell: i32,
 }
 
-/// One ring to lend (see [`LentRings::publish`]).
+/// One ring to lend (see [`LentRings::publish`]), receive or send.
 #[derive(Clone, Copy, Debug)]
 pub struct RingLoan<'a> {
     /// The host's connection the records belong to.
@@ -109,12 +71,12 @@ pub struct RingLoan<'a> {
     /// The consumer's position word.
     pub tail: &'a AtomicU64,
     /// The ring's bytes.
-    pub data: *const u8,
+    pub data: *mut u8,
     /// Capacity, a power of two.
     pub cap: usize,
-    /// Largest payload the host may take.
+    /// Largest payload the host may take (or write, into a send ring).
     pub max_len: u64,
-    /// The cursor the transport reads the ring with.
+    /// The cursor the transport reads (or writes) the ring with.
     pub cursor: &'a RingCursor,
 }
 
@@ -256,14 +218,14 @@ impl LentRings {
         }));
         self.tx.clear();
         self.tx.extend(tx.into_iter().map(|t| VmiTxRing {
-            conn: t.conn,
-            head: t.head.as_ptr(),
-            tail: t.tail.as_ptr(),
+            conn: t.ring.conn,
+            head: t.ring.head.as_ptr(),
+            tail: t.ring.tail.as_ptr(),
             sleeping: t.sleeping.as_ptr(),
-            data: t.data,
-            cap: t.cap as u64,
-            max_len: t.max_len,
-            cursor: t.cursor.as_ptr(),
+            data: t.ring.data,
+            cap: t.ring.cap as u64,
+            max_len: t.ring.max_len,
+            cursor: t.ring.cursor.as_ptr(),
             bell: t.bell,
             reserved: 0,
         }));
@@ -330,14 +292,14 @@ pub unsafe fn write_message(tx: &VmiTxRing, flags: u32, data: &[u8]) -> bool {
     }
     // SAFETY: the contract: the cursor is the device's, not in use during this call.
     let cursor = unsafe { &mut *tx.cursor };
-    let head = cursor.head;
-    if cap - (head - cursor.tail_seen) < total {
+    let head = cursor.own;
+    if cap - (head - cursor.seen) < total {
         // SAFETY: the contract: an aligned, mapped position word.
         let now = unsafe { AtomicU64::from_ptr(tx.tail as *mut u64) }.load(Ordering::Acquire);
-        if now < cursor.tail_seen || now > head {
+        if now < cursor.seen || now > head {
             return false;
         }
-        cursor.tail_seen = now;
+        cursor.seen = now;
         if cap - (head - now) < total {
             return false;
         }
@@ -366,7 +328,7 @@ pub unsafe fn write_message(tx: &VmiTxRing, flags: u32, data: &[u8]) -> bool {
         }
     }
     let head = head + total;
-    cursor.head = head;
+    cursor.own = head;
     // SAFETY: the contract: aligned, mapped words; the bell is an open eventfd or -1.
     unsafe {
         AtomicU64::from_ptr(tx.head).store(head, Ordering::Release);
@@ -407,7 +369,7 @@ unsafe fn copy_in(data: *mut u8, cap: u64, pos: u64, src: &[u8]) {
 pub unsafe fn is_empty(ring: &VmiRing) -> bool {
     // SAFETY: the contract: an aligned, mapped position word, and a cursor not in use.
     unsafe {
-        AtomicU64::from_ptr(ring.head as *mut u64).load(Ordering::Relaxed) == (*ring.cursor).tail
+        AtomicU64::from_ptr(ring.head as *mut u64).load(Ordering::Relaxed) == (*ring.cursor).own
     }
 }
 
@@ -474,7 +436,7 @@ pub unsafe fn read_ring(
     let (head, tail) = unsafe {
         (
             AtomicU64::from_ptr(ring.head as *mut u64).load(Ordering::Acquire),
-            (*ring.cursor).tail,
+            (*ring.cursor).own,
         )
     };
     if head == tail {
@@ -499,11 +461,11 @@ unsafe fn read_records(
     let cap = ring.cap;
     // SAFETY: the contract: the cursor is the device's, not in use during this call.
     let cursor = unsafe { &mut *ring.cursor };
-    let tail0 = cursor.tail;
-    if !cap.is_power_of_two() || head < cursor.head_seen || head < tail0 || head - tail0 > cap {
+    let tail0 = cursor.own;
+    if !cap.is_power_of_two() || head < cursor.seen || head < tail0 || head - tail0 > cap {
         return (0, Stop::Device);
     }
-    cursor.head_seen = head;
+    cursor.seen = head;
     let limit = ring.max_len.min(max_len as u64);
     // The records wholly before the end of the ring, read through a pointer (no wrap to
     // handle); the loop after it reads the rest and says why the read stopped.
@@ -518,31 +480,17 @@ unsafe fn read_records(
                 ring.data.add(off as usize + at) as *const u64
             ))
         };
-        let (kind, len) = (h as u8, (h >> 32) as usize);
-        let flags = abi::recv_flags(kind == VMI_RING_DATA_END, (h >> 16) as u16);
-        if !(kind == VMI_RING_DATA || kind == VMI_RING_DATA_END)
-            || len as u64 > limit
-            || room - at - VMI_RING_RECORD_LEN < len
-            || flags & VMI_FLAG_HOST != 0
-        {
+        let Some((flags, len)) = takeable(h, limit, (room - at) as u64) else {
             break;
-        }
-        let start = out.bytes.len();
-        out.bytes.reserve(len);
-        // SAFETY: the payload lies inside `room` (checked above); `reserve` made room for
-        // `len` bytes after `start`, which `set_len` covers once they are written.
+        };
+        // SAFETY: the payload lies inside `room` (checked by `takeable`).
+        let src = unsafe { ring.data.add(off as usize + at + VMI_RING_RECORD_LEN) };
+        // SAFETY: `append` gives `len` writable bytes; `src` has `len` readable ones.
         unsafe {
-            let src = ring.data.add(off as usize + at + VMI_RING_RECORD_LEN);
-            crate::copy::copy_small(src, out.bytes.as_mut_ptr().add(start), len);
-            out.bytes.set_len(start + len);
-        }
-        out.msgs += (flags & abi::VMI_FLAG_MSG != 0) as usize;
-        out.records.push(Received {
-            conn: ring.conn,
-            flags,
-            start,
-            len,
-        });
+            append(out, ring.conn, flags, len, |dst| {
+                crate::copy::copy_small(src, dst, len)
+            })
+        };
         at += VMI_RING_RECORD_LEN + len;
         n += 1;
     }
@@ -561,41 +509,64 @@ unsafe fn read_records(
         // SAFETY: `avail` bytes from `tail` were published (Acquire above) and stay until
         // `tail` moves; offsets are masked into the ring.
         let h = unsafe { header(ring.data, cap, tail) };
-        let (kind, len) = (h as u8, h >> 32);
-        let flags = abi::recv_flags(kind == VMI_RING_DATA_END, (h >> 16) as u16);
-        if !(kind == VMI_RING_DATA || kind == VMI_RING_DATA_END)
-            || len > limit
-            || avail - (VMI_RING_RECORD_LEN as u64) < len
-            || flags & VMI_FLAG_HOST != 0
-        {
+        let Some((flags, len)) = takeable(h, limit, avail) else {
             break Stop::Device;
-        }
-        let len = len as usize;
-        let start = out.bytes.len();
-        out.bytes.reserve(len);
-        // SAFETY: `reserve` made room for `len` bytes after `start`, which `set_len` covers
-        // once they are written; the payload lies in the published bytes (checked above).
+        };
+        let at = tail + VMI_RING_RECORD_LEN as u64;
+        // SAFETY: `append` gives `len` writable bytes; the payload lies in the published
+        // bytes (checked by `takeable`), wrapping at the end of the ring.
         unsafe {
-            let at = tail + VMI_RING_RECORD_LEN as u64;
-            copy_out(ring.data, cap, at, out.bytes.as_mut_ptr().add(start), len);
-            out.bytes.set_len(start + len);
-        }
-        out.msgs += (flags & abi::VMI_FLAG_MSG != 0) as usize;
-        out.records.push(Received {
-            conn: ring.conn,
-            flags,
-            start,
-            len,
-        });
+            append(out, ring.conn, flags, len, |dst| {
+                copy_out(ring.data, cap, at, dst, len)
+            })
+        };
         tail += (VMI_RING_RECORD_LEN + len) as u64;
         n += 1;
     };
     if n > 0 {
-        cursor.tail = tail;
+        cursor.own = tail;
         // SAFETY: the contract: an aligned, mapped position word this side owns.
         unsafe { AtomicU64::from_ptr(ring.tail) }.store(tail, Ordering::Release);
     }
     (n, stop)
+}
+
+/// The receive flags and payload length of the record whose header begins with `h` (its
+/// first 8 bytes, little-endian), when it is a whole data record the host may take: of kind
+/// DATA or DATA_END, at most `limit` bytes, wholly within the `avail` bytes published from
+/// its start (at least a header), and not one of the peer's host's own.
+#[inline(always)]
+fn takeable(h: u64, limit: u64, avail: u64) -> Option<(u32, usize)> {
+    let (kind, len) = (h as u8, h >> 32);
+    let flags = abi::recv_flags(kind == VMI_RING_DATA_END, (h >> 16) as u16);
+    let data = kind == VMI_RING_DATA || kind == VMI_RING_DATA_END;
+    let whole = avail - VMI_RING_RECORD_LEN as u64 >= len;
+    (data && len <= limit && whole && flags & VMI_FLAG_HOST == 0).then_some((flags, len as usize))
+}
+
+/// Appends a record of `len` payload bytes to `out`: `copy` writes them at the pointer it
+/// is given, then the record is counted.
+///
+/// # Safety
+/// `copy` writes exactly `len` bytes at the pointer (which has room for them) and nothing
+/// else.
+#[inline(always)]
+unsafe fn append(out: &mut Batch, conn: u64, flags: u32, len: usize, copy: impl FnOnce(*mut u8)) {
+    let start = out.bytes.len();
+    out.bytes.reserve(len);
+    // SAFETY: `reserve` made room for `len` bytes after `start`, which `copy` writes (the
+    // caller's promise) before `set_len` covers them.
+    unsafe {
+        copy(out.bytes.as_mut_ptr().add(start));
+        out.bytes.set_len(start + len);
+    }
+    out.msgs += (flags & abi::VMI_FLAG_MSG != 0) as usize;
+    out.records.push(Received {
+        conn,
+        flags,
+        start,
+        len,
+    });
 }
 
 /// The first 8 bytes of the record header at position `pos` (kind, zero, filter flags and
@@ -707,7 +678,7 @@ mod tests {
     struct TestTx {
         ring: TestRing,
         sleeping: Box<AtomicU64>,
-        cursor: TxCursor,
+        cursor: RingCursor,
     }
 
     impl TestTx {
@@ -715,7 +686,7 @@ mod tests {
             TestTx {
                 ring: TestRing::new(cap),
                 sleeping: Box::new(AtomicU64::new(0)),
-                cursor: TxCursor::default(),
+                cursor: RingCursor::default(),
             }
         }
         fn desc(&mut self, max_len: u64, bell: i32) -> VmiTxRing {

@@ -15,7 +15,7 @@ use vmi_device::Status;
 use vmi_device::abi::{VMI_FLAG_END, recv_flags, wire_flags};
 use vmi_device::deliver;
 use vmi_device::held::HeldBuffers;
-use vmi_device::lent::{LentRings, RingCursor, RingLoan, TxCursor, TxLoan};
+use vmi_device::lent::{LentRings, RingCursor, RingLoan, TxLoan};
 use vmi_device::signature::Signature;
 use vmi_device::{
     Capabilities, CompletingIrb, Config, ConnMap, Device, DeviceKind, Disposition, Host, Irb, Op,
@@ -90,7 +90,7 @@ struct Conn {
     attached: Vec<crate::io::Attached>,
     /// Kept ring positions (own, other side's as last seen): a cross-core read only when needed.
     /// The send ring's positions, shared with the host while the ring is lent.
-    tx_pos: TxCursor,
+    tx_pos: RingCursor,
     /// The receive ring's positions, shared with the host while the ring is lent.
     rx_pos: RingCursor,
     ctl: Vec<u8>,
@@ -161,7 +161,7 @@ impl Conn {
             i_reach_peer: false,
             pidfd: None,
             attached: Vec::new(),
-            tx_pos: TxCursor::default(),
+            tx_pos: RingCursor::default(),
             rx_pos: RingCursor::default(),
             ctl: Vec::new(),
             fds: Vec::new(),
@@ -400,20 +400,23 @@ impl ShmemDevice {
         // reads this process's memory (larger ones go by single copy).
         let small = self.cfg.single_copy_min.saturating_sub(1) as u64;
         let tx = self.conns.iter().flatten().filter_map(|c| {
-            let (head, tail, sleeping, data, cap) = c.region.as_ref()?.ring(c.tx_ring).lend_tx();
+            let view = c.region.as_ref()?.ring(c.tx_ring);
+            let (head, tail, data, cap) = view.loan();
             Some(TxLoan {
-                conn: c.vmi,
-                head,
-                tail,
-                sleeping,
-                data,
-                cap,
-                max_len: if c.peer_reads_me {
-                    max_len.min(small)
-                } else {
-                    max_len
+                ring: RingLoan {
+                    conn: c.vmi,
+                    head,
+                    tail,
+                    data,
+                    cap,
+                    max_len: if c.peer_reads_me {
+                        max_len.min(small)
+                    } else {
+                        max_len
+                    },
+                    cursor: &c.tx_pos,
                 },
-                cursor: &c.tx_pos,
+                sleeping: view.sleeping(),
                 bell: c.peer_bell.as_ref().map_or(-1, |b| b.as_raw_fd()),
             })
         });

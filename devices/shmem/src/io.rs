@@ -235,9 +235,9 @@ pub struct RingView<'a> {
 }
 
 impl<'a> RingView<'a> {
-    /// What the host needs to read the ring itself (`vmi_device::lent`): the producer's and
-    /// consumer's position words, the bytes and their number.
-    pub fn loan(&self) -> (&'a AtomicU64, &'a AtomicU64, *const u8, usize) {
+    /// What the host needs to read or write the ring itself (`vmi_device::lent`): the
+    /// producer's and consumer's position words, the bytes and their number.
+    pub fn loan(&self) -> (&'a AtomicU64, &'a AtomicU64, *mut u8, usize) {
         (
             self.head,
             self.tail,
@@ -246,16 +246,9 @@ impl<'a> RingView<'a> {
         )
     }
 
-    /// What the host needs to write the ring itself (`vmi_device::lent`): the producer's and
-    /// consumer's position words, the consumer's doorbell flag, the bytes and their number.
-    pub fn lend_tx(&self) -> (&'a AtomicU64, &'a AtomicU64, &'a AtomicU64, *mut u8, usize) {
-        (
-            self.head,
-            self.tail,
-            self.sleeping,
-            self.storage.base(),
-            crate::spsc::Storage::capacity(&self.storage),
-        )
+    /// The consumer's doorbell flag (the host rings a sleeping peer after writing).
+    pub fn sleeping(&self) -> &'a AtomicU64 {
+        self.sleeping
     }
 
     /// The ring's shared parts.
