@@ -88,10 +88,10 @@ struct Conn {
     pidfd: Option<OwnedFd>,
     /// The peer's memfds attached for one-sided RDMA (at most `MAX_ATTACHED`).
     attached: Vec<crate::io::Attached>,
-    /// Kept ring positions (own, other side's as last seen): a cross-core read only when needed.
-    /// The send ring's positions, shared with the host while the ring is lent.
+    /// The send ring's positions (own, the consumer's as last seen: a cross-core read only
+    /// when needed), shared with the host while the ring is lent.
     tx_pos: RingCursor,
-    /// The receive ring's positions, shared with the host while the ring is lent.
+    /// The receive ring's positions (own, the producer's as last seen), likewise.
     rx_pos: RingCursor,
     ctl: Vec<u8>,
     fds: Vec<OwnedFd>,
@@ -226,7 +226,7 @@ pub struct ShmemDevice {
     rx_scratch: Vec<u8>,
     /// A private copy of a batch of a ring's bytes, parsed for small records (see `drain_rx`).
     rx_batch: Box<[u8; RX_BATCH]>,
-    /// The receive rings lent to the host (see `relend`).
+    /// The receive and send rings lent to the host (see `relend`).
     lent: LentRings,
 }
 
@@ -372,7 +372,7 @@ impl ShmemDevice {
         n
     }
 
-    /// Lists the receive rings again for the host and lets it skip this device's polls
+    /// Lists the receive and send rings again for the host and lets it skip this device's polls
     /// until the next control look is due — when nothing but their records can need this
     /// device: no goodbye to answer, no sleep to end, and every connection open with its
     /// reader between records, nothing queued to send or acknowledge, no end pending.
@@ -1701,7 +1701,9 @@ impl Device for ShmemDevice {
         // Lent busy and empty; `relend` lists the rings once connections open.
         let mut lent = LentRings::default();
         if cfg.lend_rings && lent.lend(&host) {
-            log::debug!("shmem: receive rings lent to the host");
+            log::debug!(
+                "shmem: rings lent to the host (it reads and writes small messages itself)"
+            );
         }
         if cfg.listen {
             log::info!(
