@@ -190,7 +190,7 @@ impl Arena {
 }
 
 /// Delivers what a direct poll put in the arena (nothing when it is empty).
-#[inline]
+#[inline(always)]
 pub(crate) fn deliver(core: &mut Core, arena: &mut Arena, handler: &mut dyn Handler) {
     if !arena.got.records.is_empty() {
         if arena.got.msgs == 0 {
@@ -202,7 +202,7 @@ pub(crate) fn deliver(core: &mut Core, arena: &mut Arena, handler: &mut dyn Hand
 }
 
 /// Delivers the fragments of the arena, in order, and empties it.
-#[inline]
+#[inline(always)]
 fn deliver_arena(core: &mut Core, arena: &mut Arena, handler: &mut dyn Handler) {
     let (releases, held) = arena
         .owners
