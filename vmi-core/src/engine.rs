@@ -76,14 +76,23 @@ type RdmaAccessFn = unsafe extern "C" fn(
 ) -> i32;
 
 /// Writes a small whole send into the transport's lent send ring of `conn` (ABI 1.7), if
-/// the set lends one and it has room; counts it. Out of line, so the send path of a
-/// transport that lends no ring stays small enough to be inlined.
+/// the set lends one and it has room, and counts it; otherwise sends it through the
+/// transport's `send_inline` (`f` on `dev`). True when it went. Out of line, so the send path
+/// of a transport that lends no ring stays small enough to be inlined; the fallback is here
+/// too, so the caller keeps nothing across the call.
 ///
 /// # Safety
 /// `set` is a set lent by a live transport under the `VmiRingSet` contract, used on the
-/// polling thread while the transport is not called.
+/// polling thread while the transport is not called; `f` and `dev` are that transport's
+/// live entry and instance.
 #[inline(never)]
-unsafe fn send_lent(set: *mut crate::abi::VmiRingSet, conn: u64, flags: u32, data: &[u8]) -> bool {
+unsafe fn send_lent(
+    set: *mut crate::abi::VmiRingSet,
+    (f, dev): (SendInlineFn, Dev),
+    conn: u64,
+    flags: u32,
+    data: &[u8],
+) -> bool {
     // SAFETY: the caller's promise.
     unsafe {
         let set = &mut *set;
@@ -93,8 +102,8 @@ unsafe fn send_lent(set: *mut crate::abi::VmiRingSet, conn: u64, flags: u32, dat
             set.sent += 1;
             return true;
         }
+        f(dev.0, conn, flags, data.as_ptr(), data.len()) == VMI_COMPLETE
     }
-    false
 }
 
 /// A transport's `poll_direct` entry (ABI 1.2).
@@ -731,10 +740,11 @@ impl Engine {
         };
         // A send ring the transport lent (ABI 1.7): the host writes the message itself.
         let set = lent.load(Ordering::Relaxed);
-        // SAFETY: a set lent by this live transport (it ends the loan before it frees it),
-        // used on the polling thread while the transport is not called.
-        if !set.is_null() && unsafe { send_lent(set, conn, flags, data) } {
-            return true;
+        if !set.is_null() {
+            // SAFETY: a set lent by this live transport (it ends the loan before it frees
+            // it), used on the polling thread while the transport is not called; `f` and
+            // `dev` are its live entry and instance.
+            return unsafe { send_lent(set, (f, dev), conn, flags, data) };
         }
         // SAFETY: live instance; the bytes are lent for the call and the device copies them
         // before it returns.
