@@ -311,6 +311,9 @@ impl ShmemDevice {
     /// rings to read and sends to flush, the periodic control look.
     #[inline(never)]
     fn poll_work(&mut self, budget: usize) -> usize {
+        // This may end connections and unmap their rings: the host reads none of them until
+        // `relend` lists them again after it (and none at all if a panic cut it short).
+        self.lent.set_busy();
         let mut n = 0;
         // Counted down over the connections: the records of one poll stay within it.
         let mut credit = self.host.receive_credit(budget);
