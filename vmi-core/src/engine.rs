@@ -20,7 +20,7 @@ use crate::conn::ConnTable;
 use crate::device::{Capabilities, DeviceKind};
 use crate::loader::{DeviceType, LoadError};
 use crate::params::ResolvedParam;
-use crate::services::{Boundary, Shared, Work};
+use crate::services::{Boundary, LentSet, Shared, Work};
 use crate::slab::Releases;
 use crate::slot::{Class, DevIndex, Dir, IrbPool, Purpose, Slot};
 use crate::status::Status;
@@ -220,13 +220,7 @@ pub(crate) struct Engine {
     recv_steps: Vec<Step>,
     /// Each transport's `send_inline` (ABI 1.2), by engine index; all `None` when a device
     /// above the transports has a submit step (it must see every send).
-    direct: Vec<
-        Option<(
-            SendInlineFn,
-            Dev,
-            &'static std::sync::atomic::AtomicPtr<crate::abi::VmiRingSet>,
-        )>,
-    >,
+    direct: Vec<Option<(SendInlineFn, Dev, LentSet)>>,
     /// Some entry of `direct` is set.
     any_direct: bool,
     /// Each transport's `rdma_access` (ABI 1.3), by engine index.
@@ -239,11 +233,7 @@ pub(crate) struct Engine {
 
 /// A transport polled through `poll_direct`: its entry, its instance, and where it announces
 /// the receive rings it lent the host (ABI 1.7; NULL when none).
-pub(crate) type DirectPoller = (
-    PollDirectFn,
-    Dev,
-    &'static std::sync::atomic::AtomicPtr<crate::abi::VmiRingSet>,
-);
+pub(crate) type DirectPoller = (PollDirectFn, Dev, LentSet);
 
 impl Engine {
     /// Creates every device. `send`/`recv` are engine indices, application first; each of

@@ -147,9 +147,12 @@ pub(crate) struct DeviceCtx {
     index: DevIndex,
     frame_off: usize,
     remote: &'static Remote,
-    /// The receive rings the device lent (ABI 1.7 `lend_rings`), or NULL.
+    /// The rings the device lent (ABI 1.7 `lend_rings`), or NULL.
     lent: AtomicPtr<VmiRingSet>,
 }
+
+/// Where a device announces the rings it lent (ABI 1.7): NULL, or its set.
+pub(crate) type LentSet = &'static AtomicPtr<VmiRingSet>;
 
 /// The leaked pieces of one engine.
 pub(crate) struct Boundary {
@@ -219,8 +222,9 @@ impl Boundary {
         self.ctxs[i] as *const DeviceCtx as *mut c_void
     }
 
-    /// Where device `i`'s lent rings are announced (see `direct::poll_one`).
-    pub fn lent(&self, i: usize) -> &'static AtomicPtr<VmiRingSet> {
+    /// Where device `i`'s lent rings are announced (see `direct::poll_one` and
+    /// `Engine::send_direct`).
+    pub fn lent(&self, i: usize) -> LentSet {
         &self.ctxs[i].lent
     }
 

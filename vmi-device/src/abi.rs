@@ -601,8 +601,9 @@ pub struct VmiHostServices {
     /// From then on the host's poll may read whole small data records from those rings
     /// itself, and skip the transport's poll while `set->busy` is 0 and `set->skips` is not.
     /// The transport keeps `set`, every ring it lists and every cursor valid until it ends
-    /// the loan or sets `busy` (see [`VmiRingSet`]). Only a transport with `poll_direct` may
-    /// lend; the host ignores the call from others.
+    /// the loan or sets `busy` (see [`VmiRingSet`]). The host reads the receive rings only
+    /// where it would call the transport's `poll_direct`, and writes the send rings only where
+    /// it would call its `send_inline`; a host may also leave them alone.
     pub lend_rings: unsafe extern "C" fn(host: *mut c_void, set: *mut VmiRingSet),
 }
 

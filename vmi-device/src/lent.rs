@@ -1,13 +1,15 @@
-//! Receive rings a transport lends the host (device ABI 1.7 `lend_rings`): the host's poll
-//! reads whole small data records from them itself, straight into its receive arena, and
-//! calls the transport's poll only when the transport has other work (see
-//! [`abi::VmiRingSet`] for the contract and the record format).
+//! Rings a transport lends the host (device ABI 1.7 `lend_rings`): the host's poll reads
+//! whole small data records from the receive rings itself, straight into its receive arena,
+//! and calls the transport's poll only when the transport has other work; a small send is
+//! written straight into the send ring (see [`abi::VmiRingSet`] for the contract and the
+//! record format).
 //!
 //! Two halves, one format:
-//! - the transport's: [`LentRings`] (the set, its rings and the host's skips) and
-//!   [`RingCursor`] (the positions both sides use);
-//! - the host's: [`read_ring`], which checks every position and header it reads from the
-//!   ring, since the peer writes that memory and may be hostile.
+//! - the transport's: [`LentRings`] (the set, its rings and the host's skips),
+//!   [`RingCursor`] (the positions both sides use) and [`data_header`] (the record header
+//!   both sides write);
+//! - the host's: [`read_ring`] and [`write_message`], which check every position and header
+//!   they read from the ring, since the peer writes that memory and may be hostile.
 #![allow(unsafe_code)]
 
 use std::cell::UnsafeCell;
@@ -80,7 +82,7 @@ pub struct RingLoan<'a> {
     pub cursor: &'a RingCursor,
 }
 
-/// A transport's lent receive rings. Made once per device instance; [`LentRings::lend`]
+/// A transport's lent rings, receive and send. Made once per device instance; [`LentRings::lend`]
 /// hands it to the host, dropping it ends the loan.
 ///
 /// The rule a transport keeps: **before anything that could change a lent ring or its
@@ -128,7 +130,9 @@ impl Default for LentRings {
 
 impl LentRings {
     /// Offers the set to `host` (busy, with no rings, until the first [`LentRings::publish`]).
-    /// False when the host predates ABI 1.7 or does not read rings: nothing changes then.
+    /// False when the host predates ABI 1.7: nothing changes then. (A 1.7 host may still
+    /// leave the rings alone, as the conformance harness does: the transport is then polled
+    /// every time and reads them itself.)
     pub fn lend(&mut self, host: &Host) -> bool {
         let lent = host.lend_rings(self.set.get());
         if lent {
@@ -304,12 +308,11 @@ pub unsafe fn write_message(tx: &VmiTxRing, flags: u32, data: &[u8]) -> bool {
             return false;
         }
     }
-    let kind = if flags & VMI_FLAG_END != 0 {
-        VMI_RING_DATA_END
-    } else {
-        VMI_RING_DATA
-    };
-    let h0 = u64::from(kind) | (u64::from(abi::wire_flags(flags)) << 16) | ((len as u64) << 32);
+    let h0 = data_header(
+        flags & VMI_FLAG_END != 0,
+        abi::wire_flags(flags),
+        len as u32,
+    );
     let off = (head & (cap - 1)) as usize;
     // SAFETY: `total` bytes from `head` are free space the consumer does not read until
     // `head` is published below; offsets are masked into the ring.
@@ -341,6 +344,19 @@ pub unsafe fn write_message(tx: &VmiTxRing, flags: u32, data: &[u8]) -> bool {
         }
     }
     true
+}
+
+/// The first 8 bytes of a data record's header, as a little-endian word: kind
+/// ([`VMI_RING_DATA_END`] when `end`, else [`VMI_RING_DATA`]), a zero byte, the filter flags
+/// as carried on the wire, the payload length. The id that follows is 0 for data records.
+#[inline(always)]
+pub fn data_header(end: bool, wire_flags: u16, len: u32) -> u64 {
+    let kind = if end {
+        VMI_RING_DATA_END
+    } else {
+        VMI_RING_DATA
+    };
+    u64::from(kind) | (u64::from(wire_flags) << 16) | (u64::from(len) << 32)
 }
 
 /// Copies `src` to ring position `pos`, wrapping at the end of the ring.

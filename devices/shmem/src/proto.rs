@@ -264,13 +264,10 @@ impl RecordReader {
 
 /// The header of an inline fragment of `len` bytes.
 pub fn encode_inline(end: bool, flags: u16, len: u32) -> [u8; RECORD_LEN] {
-    Record {
-        kind: if end { DATA_END } else { DATA },
-        flags,
-        len,
-        id: 0,
-    }
-    .emit()
+    // The same header the host writes into a lent send ring.
+    let mut h = [0u8; RECORD_LEN];
+    h[..8].copy_from_slice(&vmi_device::lent::data_header(end, flags, len).to_le_bytes());
+    h
 }
 
 /// A rendezvous record for a fragment whose pieces are at `ranges` in this process.
@@ -380,6 +377,23 @@ mod tests {
         let mut v = encode_inline(end, flags, payload.len() as u32).to_vec();
         v.extend_from_slice(payload);
         v
+    }
+
+    #[test]
+    fn the_hosts_data_header_is_this_devices_record() {
+        // The host writes records into a lent send ring with `vmi_device::lent`'s header;
+        // the peer's device parses them as its own records.
+        for (end, flags, len) in [(true, 0, 0), (false, 0xbeef, 8), (true, 0x8001, u32::MAX)] {
+            let h = encode_inline(end, flags, len);
+            let rec = Record {
+                kind: if end { DATA_END } else { DATA },
+                flags,
+                len,
+                id: 0,
+            };
+            assert_eq!(h, rec.emit());
+            assert_eq!(Record::parse(&h), Ok(rec));
+        }
     }
 
     #[test]

@@ -16,7 +16,8 @@
 //! Afterwards single bytes: 'C'/'N' (connector can / cannot read the listener's memory),
 //! 'B' (orderly close). The socket closing without 'B' means the peer died.
 //!
-//! Ring records, 16-byte header:
+//! Ring records, 16-byte header (the data records are the format the host reads and writes
+//! in lent rings, `vmi_device::lent`, so the shared constants come from there):
 //!   0 kind u8 | 1 0 | 2 filter flags u16 | 4 len u32 | 8 id u64
 //!   DATA / DATA_END: len payload bytes follow.
 //!   RDV / RDV_END: count u32, 0 u32, then count x (addr u64, len u64) in the sender's memory;
@@ -36,7 +37,7 @@ pub const HELLO_LEN: usize = 40;
 /// Answer header length.
 pub const ANSWER_LEN: usize = 24;
 /// Ring record header length.
-pub const RECORD_LEN: usize = 16;
+pub const RECORD_LEN: usize = vmi_device::abi::VMI_RING_RECORD_LEN;
 /// Largest key.
 pub const MAX_KEY: usize = 255;
 /// Largest signature.
@@ -45,9 +46,9 @@ pub const MAX_SIGNATURE: usize = 4096;
 pub const MAX_REASON: usize = 4096;
 
 /// Record kinds.
-pub const DATA: u8 = 1;
+pub const DATA: u8 = vmi_device::abi::VMI_RING_DATA;
 /// Last fragment, data inline.
-pub const DATA_END: u8 = 2;
+pub const DATA_END: u8 = vmi_device::abi::VMI_RING_DATA_END;
 /// Fragment to read from the sender's memory.
 pub const RDV: u8 = 3;
 /// Last fragment, to read from the sender's memory.
