@@ -274,16 +274,23 @@ mod older_host {
         }
     }
 
+    /// A device's view of `table` (kept for the rest of the process), with a host pointer
+    /// that is never dereferenced.
+    fn host_of(table: VmiHostServices) -> Host {
+        let table: &'static VmiHostServices = Box::leak(Box::new(table));
+        // SAFETY: the table lives for the process; every service here ignores the host
+        // pointer.
+        unsafe { Host::from_raw(table, std::ptr::null_mut(), 0) }
+    }
+
     #[test]
     fn a_poll_asks_a_1_5_host_for_its_receive_irbs_and_a_1_6_host_not() {
         // A 1.6 host bounds the budget itself: asking would cross the boundary for nothing.
         let new = table(6, never);
-        // SAFETY: the table lives for the test; the host pointer is never dereferenced.
-        let host = unsafe { Host::from_raw(&new, std::ptr::null_mut(), 0) };
+        let host = host_of(new);
         assert_eq!(host.receive_credit(64), 64);
         let old = table(5, three);
-        // SAFETY: as above.
-        let host = unsafe { Host::from_raw(&old, std::ptr::null_mut(), 0) };
+        let host = host_of(old);
         assert_eq!(
             host.receive_credit(64),
             3,
@@ -298,8 +305,7 @@ mod older_host {
             size: VMI_HOST_SERVICES_SIZE_1_0,
             ..table(0, never)
         };
-        // SAFETY: the table lives for the test; the host pointer is never dereferenced.
-        let host = unsafe { Host::from_raw(&services, std::ptr::null_mut(), 0) };
+        let host = host_of(services);
         assert_eq!(host.abi_minor(), 0);
         assert_eq!(host.irbs_available(), u32::MAX, "no bound known");
         assert_eq!(host.receive_credit(64), 64);
@@ -320,8 +326,7 @@ mod older_host {
             lend_rings: record_loan,
             ..table(7, never)
         };
-        // SAFETY: the table lives for the test; the host pointer is never dereferenced.
-        let host = unsafe { Host::from_raw(&services, std::ptr::null_mut(), 0) };
+        let host = host_of(services);
         let mut rings = LentRings::default();
         assert!(rings.lend(&host));
         let set = *LENT.lock().unwrap().last().unwrap() as *mut VmiRingSet;
@@ -380,8 +385,7 @@ mod older_host {
             size: VMI_HOST_SERVICES_SIZE_1_1,
             ..table(6, never)
         };
-        // SAFETY: the table lives for the test; the host pointer is never dereferenced.
-        let host = unsafe { Host::from_raw(&services, std::ptr::null_mut(), 0) };
+        let host = host_of(services);
         let mut rings = vmi_device::lent::LentRings::default();
         assert!(!rings.lend(&host), "an older host is not offered the rings");
         assert!(!rings.is_lent());
