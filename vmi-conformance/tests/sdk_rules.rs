@@ -65,6 +65,17 @@ impl Device for Rulebreaker {
                     Disposition::Pass(first)
                 }
             },
+            "swap-complete" => match self.kept.take() {
+                None => {
+                    self.kept = Some(irb);
+                    Disposition::Pending
+                }
+                Some(first) => {
+                    // Keeps the new IRB and completes the first one in its place.
+                    self.kept = Some(irb);
+                    Disposition::Complete(first, Status::Timeout)
+                }
+            },
             "drop" => {
                 drop(irb);
                 Disposition::Pending
@@ -144,6 +155,29 @@ fn returning_another_irb_passes_that_one_and_keeps_the_given_one() {
     assert!(
         matches!(&events[..], [Event::PassedDown(p)] if p.data == b"first" && p.conn == 1),
         "the returned IRB went on: {events:?}"
+    );
+    assert_eq!(h.held(), 1, "the second is still held");
+}
+
+#[test]
+fn completing_another_irb_completes_that_one_and_keeps_the_given_one() {
+    let mut h = harness("swap-complete");
+    assert_eq!(h.submit(Op::Send, 1, &[b"first"], 0), Outcome::Pending);
+    assert_eq!(
+        h.submit(Op::Send, 2, &[b"second"], 0),
+        Outcome::Pending,
+        "the given IRB stays with the device"
+    );
+    let events = h.events();
+    assert!(
+        matches!(
+            &events[..],
+            [Event::Completed {
+                status: Status::Timeout,
+                ..
+            }]
+        ),
+        "the returned IRB completed with its status: {events:?}"
     );
     assert_eq!(h.held(), 1, "the second is still held");
 }

@@ -12,6 +12,7 @@ use crate::config::Config;
 use crate::device::{Device, Disposition};
 use crate::host::Host;
 use crate::irb::{CompletingIrb, Irb};
+use crate::status::Status;
 
 /// Exports a [`Device`] as a plugin: generates the `#[no_mangle]` descriptor symbol, found
 /// by a host that loads the crate's shared object, and a function that registers the device
@@ -244,23 +245,30 @@ unsafe extern "C" fn capabilities<D: Device>(dev: *mut c_void, caps: *mut VmiCap
 }
 
 /// The ABI code for what a device's step returned. The common cases are inline in the
-/// trampoline; a device that returned another IRB than it was given is handled out of line.
+/// trampoline and use only scalars (the handle's pointer and the status), so the disposition
+/// never goes through memory; a device that returned another IRB than it was given is
+/// handled out of line.
 #[inline(always)]
 fn disposition_code<D: Device>(irb: *mut VmiIrb, d: Disposition) -> i32 {
-    match d {
-        Disposition::Pass(i) if i.as_ptr() == irb => {
-            i.into_raw();
-            VMI_PASS
+    let (code, raw, host, status) = match d {
+        Disposition::Pass(i) => {
+            let (raw, host) = i.into_parts();
+            (VMI_PASS, raw, host, Status::Ok)
         }
-        Disposition::Complete(i, status) if i.as_ptr() == irb => {
-            let raw = i.into_raw();
-            // SAFETY: the IRB is live; the device hands it back with its status.
-            unsafe { (*raw).status = status.code() };
-            VMI_COMPLETE
+        Disposition::Complete(i, status) => {
+            let (raw, host) = i.into_parts();
+            (VMI_COMPLETE, raw, host, status)
         }
-        Disposition::Pending => VMI_PENDING,
-        other => another_irb::<D>(other),
+        Disposition::Pending => return VMI_PENDING,
+    };
+    if raw != irb {
+        return another_irb::<D>(code, raw, host, status);
     }
+    if code == VMI_COMPLETE {
+        // SAFETY: the IRB is live; the device hands it back with its status.
+        unsafe { (*raw).status = status.code() };
+    }
+    code
 }
 
 /// A device may return another IRB it held instead of the one it was given (it keeps the
@@ -268,23 +276,19 @@ fn disposition_code<D: Device>(irb: *mut VmiIrb, d: Disposition) -> i32 {
 /// device passing or completing the other one through the host, and the given one as pending.
 #[cold]
 #[inline(never)]
-fn another_irb<D: Device>(d: Disposition) -> i32 {
-    match d {
-        Disposition::Pass(i) => {
-            log::warn!(
-                "device '{}' returned a different IRB than it was given; treating it as pass() of that IRB and the given one as pending",
-                D::NAME.to_string_lossy()
-            );
-            i.pass();
-        }
-        Disposition::Complete(i, status) => {
-            log::warn!(
-                "device '{}' completed a different IRB than it was given; treating the given one as pending",
-                D::NAME.to_string_lossy()
-            );
-            i.complete(status);
-        }
-        Disposition::Pending => {}
+fn another_irb<D: Device>(code: i32, raw: *mut VmiIrb, host: Host, status: Status) -> i32 {
+    if code == VMI_PASS {
+        log::warn!(
+            "device '{}' returned a different IRB than it was given; treating it as pass() of that IRB and the given one as pending",
+            D::NAME.to_string_lossy()
+        );
+        host.pass(raw);
+    } else {
+        log::warn!(
+            "device '{}' completed a different IRB than it was given; treating the given one as pending",
+            D::NAME.to_string_lossy()
+        );
+        host.complete(raw, status);
     }
     VMI_PENDING
 }

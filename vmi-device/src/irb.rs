@@ -105,6 +105,14 @@ impl Irb {
         me.raw.as_ptr()
     }
 
+    /// Gives up the handle without completing, keeping the host it came through (for the
+    /// trampolines).
+    #[inline]
+    pub(crate) fn into_parts(self) -> (*mut VmiIrb, Host) {
+        let me = std::mem::ManuallyDrop::new(self);
+        (me.raw.as_ptr(), me.host)
+    }
+
     fn irb(&self) -> &VmiIrb {
         // SAFETY: the handle is unique and the host keeps the IRB alive while a device holds it.
         unsafe { self.raw.as_ref() }
