@@ -25,6 +25,7 @@ use crate::slab::Releases;
 use crate::slot::{Class, DevIndex, Dir, IrbPool, Purpose, Slot};
 use crate::status::Status;
 use crate::waker::Waker;
+use crate::walk::{self, Call, FILTER, Step, Walks};
 
 /// Most device instances one process runs (device indices are 16-bit; the assembly refuses
 /// more with a clear error).
@@ -110,26 +111,6 @@ unsafe fn send_lent(
 pub(crate) type PollDirectFn =
     unsafe extern "C" fn(*mut c_void, u32, crate::abi::VmiDeliverFn, *mut c_void) -> i32;
 
-/// One device's place in one direction's chain, resolved when the engine starts so that
-/// moving an IRB reads one small array entry per device.
-#[derive(Clone, Copy)]
-struct Step {
-    /// `submit` (send chain) or `receive` (receive chain); `None` passes through.
-    entry: Option<unsafe extern "C" fn(*mut c_void, *mut VmiIrb, *mut u8) -> i32>,
-    dev: *mut c_void,
-    frame_off: usize,
-    index: DevIndex,
-    /// Whom the step serves: [`FILTER`] for a filter (every IRB but the hosts' own
-    /// messages), a transport's own index for a transport (only the sends it owns). One
-    /// compare in the walk decides both.
-    only: DevIndex,
-    /// It has a completion step, so it joins an IRB's path when it passes it.
-    joins: bool,
-}
-
-/// [`Step::only`] of a filter (no device has this index: the engine refuses that many).
-const FILTER: DevIndex = DevIndex::MAX;
-
 /// One running device.
 struct Instance {
     /// Instance name from the specfile.
@@ -145,8 +126,6 @@ struct Instance {
 // drives it, one call at a time; the device ABI lets the host change that thread between
 // calls (`abi.rs`, "Threads"). The device's own helper threads never see this value.
 unsafe impl Send for Instance {}
-// SAFETY: as for `Instance`: `dev` is the same instance pointer.
-unsafe impl Send for Step {}
 
 impl Instance {
     fn is_transport(&self) -> bool {
@@ -206,9 +185,8 @@ pub(crate) struct Engine {
     extra: Vec<Vec<DevIndex>>,
     /// Their steps: (send, receive), application first.
     extra_steps: Vec<(Vec<Step>, Vec<Step>)>,
-    /// Every chain's steps: `tables[2 c]` sends and `tables[2 c + 1]` receives of chain `c`
-    /// (0: the send and receive chains), for `advance`.
-    tables: Vec<Vec<Step>>,
+    /// Every chain's walks (0: the send and receive chains), for `advance`.
+    walks: Walks,
     /// Capabilities at the top of every chain, merged (see `top_caps`).
     top: Capabilities,
     /// Per chain (0 first): whether no device above the transports has a submit step, so a
@@ -310,7 +288,7 @@ impl Engine {
             recv: to_idx(&recv),
             extra: extra.iter().map(|c| to_idx(c)).collect(),
             extra_steps: Vec::new(),
-            tables: Vec::new(),
+            walks: Walks::default(),
             top: Capabilities::default(),
             chain_direct: Vec::new(),
             transports,
@@ -409,11 +387,7 @@ impl Engine {
                 )
             })
             .collect();
-        engine.tables = vec![engine.send_steps.clone(), engine.recv_steps.clone()];
-        for (down, up) in &engine.extra_steps {
-            engine.tables.push(down.clone());
-            engine.tables.push(up.clone());
-        }
+        engine.build_walks();
         let filtered = has_filter(&engine.send_steps);
         engine.chain_direct = std::iter::once(!filtered)
             .chain(engine.extra_steps.iter().map(|(down, _)| !has_filter(down)))
@@ -484,9 +458,8 @@ impl Engine {
         let down = make_steps(&chain, &self.devices, true);
         let up = make_steps(&chain, &self.devices, false);
         self.chain_direct.push(!has_filter(&down));
-        self.tables.push(down.clone());
-        self.tables.push(up.clone());
         self.extra_steps.push((down, up));
+        self.build_walks();
         self.extra.push(chain);
         self.top = self.merged_top_caps();
         self.build_pollers();
@@ -945,101 +918,107 @@ impl Engine {
         }
     }
 
+    /// Computes every chain's walks (after the step lists changed).
+    fn build_walks(&mut self) {
+        let chains = std::iter::once((&self.send_steps[..], &self.recv_steps[..])).chain(
+            self.extra_steps
+                .iter()
+                .map(|(down, up)| (&down[..], &up[..])),
+        );
+        self.walks = Walks::new(chains, self.devices.len());
+    }
+
     /// Moves an IRB to the next devices until one pends or completes it, or it leaves the chain.
     fn advance(&mut self, mut s: Slot) {
         let down = s.dir() == Dir::Down;
-        let transport = s.transport();
-        // The chain's step list for this direction: chosen once, looked up by index.
-        let table = s.chain() as usize * 2 + usize::from(!down);
-        // The step list, taken once: nothing `advance` calls (devices, through the host's
-        // services) changes `tables`, which only `add_chain` grows, from the application
+        // The hosts' own messages go past filters (see `hostmsg`): decided when the walk
+        // (re)starts, so no device can change it halfway.
+        let host_msg = s.flags() & VMI_FLAG_HOST != 0;
+        // The walk, taken once: nothing `advance` calls (devices, through the host's
+        // services) changes `walks`, which only `add_chain` rebuilds, from the application
         // outside any poll.
-        let steps: *const [Step] = match self.tables.get(table) {
-            Some(t) => t.as_slice(),
-            None => {
-                s.set_detail("the IRB names a chain this engine does not have".into());
-                self.finish(s, Status::Internal.code());
-                return;
-            }
+        let Some(calls) = self.walks.get(s.chain(), down, s.transport(), host_msg) else {
+            s.set_detail("the IRB names a chain this engine does not have".into());
+            self.finish(s, Status::Internal.code());
+            return;
         };
+        let calls: *const [Call] = calls;
+        // SAFETY: `calls` points into `self.walks`, alive and unchanged for the whole call
+        // (see above).
+        let calls = unsafe { &*calls };
         // Completions made so far: a device that completes the IRB after others were
         // completed (by any device since this walk began) has it queued behind them. Read
         // once: a count that moved earlier in the walk only sends such an IRB the queued
         // way, which keeps the order as well.
         let completed = self.shared.completed.get();
-        // SAFETY: `steps` points into `self.tables[table]`, alive and unchanged for the whole
-        // call (see above).
-        let steps = unsafe { &*steps };
-        // The hosts' own messages go past filters (see `hostmsg`): decided when the walk
-        // (re)starts, so no device can change it halfway.
-        let host_msg = s.flags() & VMI_FLAG_HOST != 0;
-        let delta: isize = if down { 1 } else { -1 };
-        loop {
-            // Below 0 (the application, going up) wraps to past the end, as does the end.
-            let next = s.pos().wrapping_add(delta);
-            let Some(st) = steps.get(next as usize) else {
-                if down {
-                    s.set_detail("no transport took the request (a transport passed it on)".into());
-                    self.finish(s, Status::Internal.code());
+        for c in &calls[walk::first_after(calls, s.pos(), down)..] {
+            match self.call(s, c, completed, down) {
+                Some(passed) => s = passed,
+                None => return,
+            }
+        }
+        self.walked(s, down);
+    }
+
+    /// Calls one device of a walk with the IRB; returns it if the device passed it on.
+    #[inline(always)]
+    fn call(&mut self, mut s: Slot, c: &Call, completed: u64, down: bool) -> Option<Slot> {
+        s.set_pos(c.pos as isize);
+        let frame = s.frame_ptr(c.frame_off as usize);
+        let raw = s.into_raw();
+        // SAFETY: live instance; the device gets the IRB and its own frame (inside the slot's
+        // frame area: the engine checked each device's offset and size against it when it
+        // started), and follows the ABI's ownership rules: on PASS/COMPLETE it hands the IRB
+        // back to us, on PENDING it keeps it and returns it through a service later.
+        let rc = unsafe { (c.entry)(c.dev, raw, frame) };
+        match rc {
+            VMI_PASS => {
+                // SAFETY: the device returned the IRB to the engine with this code.
+                s = unsafe { Slot::from_raw(raw) };
+                if c.joins {
+                    s.join_path(c.index);
+                }
+                Some(s)
+            }
+            VMI_COMPLETE => {
+                // SAFETY: as above.
+                s = unsafe { Slot::from_raw(raw) };
+                let code = s.status_code();
+                if self.shared.completed.get() == completed {
+                    self.finish(s, code);
                 } else {
-                    self.out.push_back(s); // reached the application
+                    // The device completed other IRBs during this call (an abort ends the
+                    // connection's sends, a disconnect while dialling ends the connect): this
+                    // one completes after them, in the order the device made them.
+                    self.shared
+                        .work
+                        .borrow_mut()
+                        .push_back(Work::Complete(s, code));
                 }
-                return;
-            };
-            s.set_pos(next);
-            let Some(f) = st.entry else {
-                continue; // pass-through at no cost (and every transport above a receiving one)
-            };
-            if st.only == FILTER {
-                if host_msg {
-                    continue;
-                }
-            } else if st.only != transport {
-                continue; // only the owning transport sees a send
+                None
             }
-            let frame = s.frame_ptr(st.frame_off);
-            let raw = s.into_raw();
-            // SAFETY: live instance; the device gets the IRB and its own frame, and follows
-            // the ABI's ownership rules: on PASS/COMPLETE it hands the IRB back to us, on
-            // PENDING it keeps it and returns it through a service later.
-            let rc = unsafe { f(st.dev, raw, frame) };
-            match rc {
-                VMI_PASS => {
-                    // SAFETY: the device returned the IRB to the engine with this code.
-                    s = unsafe { Slot::from_raw(raw) };
-                    if st.joins {
-                        s.join_path(st.index);
-                    }
-                }
-                VMI_COMPLETE => {
-                    // SAFETY: as above.
-                    s = unsafe { Slot::from_raw(raw) };
-                    let code = s.status_code();
-                    if self.shared.completed.get() == completed {
-                        self.finish(s, code);
-                    } else {
-                        // The device completed other IRBs during this call (an abort ends the
-                        // connection's sends, a disconnect while dialling ends the connect):
-                        // this one completes after them, in the order the device made them.
-                        self.shared
-                            .work
-                            .borrow_mut()
-                            .push_back(Work::Complete(s, code));
-                    }
-                    return;
-                }
-                VMI_PENDING => return,
-                other => {
-                    log::error!(
-                        "device '{}' returned {other} from {}; expected 0 (pass), 1 (complete) or 2 (pending); the IRB is treated as pending",
-                        self.devices[st.index as usize].name,
-                        if down { "submit" } else { "receive" }
-                    );
-                    // Who holds the IRB is unknown: leaving it with the device is the only
-                    // choice that cannot free memory a device still uses.
-                    return;
-                }
+            VMI_PENDING => None,
+            other => {
+                log::error!(
+                    "device '{}' returned {other} from {}; expected 0 (pass), 1 (complete) or 2 (pending); the IRB is treated as pending",
+                    self.devices[c.index as usize].name,
+                    if down { "submit" } else { "receive" }
+                );
+                // Who holds the IRB is unknown: leaving it with the device is the only choice
+                // that cannot free memory a device still uses.
+                None
             }
+        }
+    }
+
+    /// An IRB walked past the last device of its walk.
+    #[inline(always)]
+    fn walked(&mut self, mut s: Slot, down: bool) {
+        if down {
+            s.set_detail("no transport took the request (a transport passed it on)".into());
+            self.finish(s, Status::Internal.code());
+        } else {
+            self.out.push_back(s); // reached the application
         }
     }
 

@@ -50,6 +50,7 @@ mod timeouts;
 pub use timeouts::MAX_TIMEOUT;
 mod vmi;
 pub(crate) mod waker;
+mod walk;
 
 pub use buffer::Buffer;
 pub use conn::ConnId;

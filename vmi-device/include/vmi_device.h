@@ -256,6 +256,7 @@ typedef struct vmi_device_vtable {
     uint32_t size; /* sizeof(vmi_device_vtable) */
     void (*destroy)(void *dev);
     void (*capabilities)(void *dev, vmi_capabilities *caps);
+    /* submit and receive: irb is a live IRB, never NULL; frame is the device's own. */
     int32_t (*submit)(void *dev, vmi_irb *irb, uint8_t *frame);
     int32_t (*receive)(void *dev, vmi_irb *irb, uint8_t *frame);
     void (*complete)(void *dev, vmi_irb *irb, uint8_t *frame);

@@ -342,8 +342,8 @@ pub struct VmiDeviceVtable {
     pub destroy: Option<unsafe extern "C" fn(dev: *mut c_void)>,
     /// Fills in the device's capabilities given those of the devices below it.
     pub capabilities: Option<unsafe extern "C" fn(dev: *mut c_void, caps: *mut VmiCapabilities)>,
-    /// Send direction: an IRB coming down from the application. Returns `VMI_PASS`,
-    /// `VMI_COMPLETE` or `VMI_PENDING`.
+    /// Send direction: an IRB coming down from the application (a live IRB, never NULL, and
+    /// the device's own frame in it). Returns `VMI_PASS`, `VMI_COMPLETE` or `VMI_PENDING`.
     pub submit:
         Option<unsafe extern "C" fn(dev: *mut c_void, irb: *mut VmiIrb, frame: *mut u8) -> i32>,
     /// Receive direction: an IRB coming up from a transport. Same results as `submit`.

@@ -306,8 +306,8 @@ unsafe fn step<D: Device, F: FnOnce(&mut D, Irb) -> Disposition>(
     let r = catch_unwind(AssertUnwindSafe(|| {
         // SAFETY: live instance, live IRB and its frame, from the host.
         let inst = unsafe { instance::<D>(dev) };
-        // SAFETY: as above.
-        let handle = unsafe { Irb::from_raw(irb, frame, inst.host) };
+        // SAFETY: as above (the host never passes a NULL IRB).
+        let handle = unsafe { Irb::from_host(irb, frame, inst.host) };
         disposition_code::<D>(irb, f(&mut inst.device, handle))
     }));
     match r {

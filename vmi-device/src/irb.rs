@@ -98,6 +98,21 @@ impl Irb {
         }
     }
 
+    /// [`Irb::from_raw`] for the trampolines, which the host calls with a live IRB (the
+    /// ABI's first rule of `submit` and `receive`), so there is no NULL to look for.
+    ///
+    /// # Safety
+    /// As for [`Irb::from_raw`]; `raw` is not NULL.
+    #[inline(always)]
+    pub(crate) unsafe fn from_host(raw: *mut VmiIrb, frame: *mut u8, host: Host) -> Irb {
+        Irb {
+            // SAFETY: per the contract.
+            raw: unsafe { NonNull::new_unchecked(raw) },
+            frame,
+            host,
+        }
+    }
+
     /// Gives up the handle without completing (for the trampolines).
     #[inline]
     pub fn into_raw(self) -> *mut VmiIrb {
@@ -342,14 +357,26 @@ impl Irb {
 }
 
 impl Drop for Irb {
+    // Inline, with the work out of line on scalars: a handle that might be dropped while
+    // unwinding (every one a device step gets) then needs no copy in memory, so a step's
+    // trampoline keeps it in registers.
+    #[inline(always)]
     fn drop(&mut self) {
-        log::error!(
-            "a device dropped IRB {:p} (op {:?}) without passing or completing it; completing it with an internal error",
-            self.raw,
-            self.op()
-        );
-        self.host.complete(self.raw.as_ptr(), Status::Internal);
+        dropped(self.raw, self.host);
     }
+}
+
+/// A device dropped a handle: the IRB completes with an internal error.
+#[cold]
+#[inline(never)]
+fn dropped(raw: NonNull<VmiIrb>, host: Host) {
+    // SAFETY: the handle was live until now, and the host keeps the IRB alive until it
+    // completes.
+    let op = Op::from_code(unsafe { raw.as_ref() }.op);
+    log::error!(
+        "a device dropped IRB {raw:p} (op {op:?}) without passing or completing it; completing it with an internal error"
+    );
+    host.complete(raw.as_ptr(), Status::Internal);
 }
 
 fn segments(irb: &VmiIrb) -> &[VmiSeg] {
