@@ -631,11 +631,52 @@ impl TcpDevice {
 
     /// Feeds `input` to the connection's protocol until it is used up, or delivery must wait
     /// (the rest is parked). Returns false when reading must stop (parked, or gone).
+    #[inline]
     fn feed_bytes(&mut self, idx: usize, input: &[u8]) -> bool {
+        let off = self.offer_whole_frames(idx, input);
+        if off == input.len() {
+            return true;
+        }
+        self.feed_from(idx, input, off)
+    }
+
+    /// Hands the whole small data frames at the start of `input` straight to the host (in a
+    /// direct poll, while delivery may go on): no payload buffer, no decoder state, no clock.
+    /// Returns the bytes they took; the rest is for [`TcpDevice::feed_from`].
+    #[inline(always)]
+    fn offer_whole_frames(&mut self, idx: usize, input: &[u8]) -> usize {
+        let mut off = 0;
+        if !deliver::active() {
+            return off;
+        }
+        let Some(c) = self.conns[idx].as_mut() else {
+            return off;
+        };
+        while off < input.len()
+            && self.budget_left > 0
+            && self.held_bytes < self.cfg.recv_poll_bytes
+        {
+            let Some((end, filter_flags, payload, used)) = c.proto.whole_frame(&input[off..])
+            else {
+                break;
+            };
+            if !deliver::offer(c.vmi, recv_flags(end, filter_flags), payload) {
+                break;
+            }
+            self.direct_receives += 1;
+            self.budget_left -= 1;
+            off += used;
+        }
+        off
+    }
+
+    /// [`TcpDevice::feed_bytes`] from `input[off..]` on, through the decoder: partial frames,
+    /// large payloads, control frames, and frames the host declined.
+    #[inline(never)]
+    fn feed_from(&mut self, idx: usize, input: &[u8], mut off: usize) -> bool {
         // Read once, and only for what the decoder takes: a whole small frame handed
         // straight to the host needs no clock.
         let mut now = None;
-        let mut off = 0;
         while off < input.len() {
             if !self.may_deliver() {
                 if let Some(c) = self.conns[idx].as_mut() {
