@@ -19,7 +19,7 @@ use vmi_device::{
 };
 
 use crate::config::{PARAMS, TcpConfig};
-use crate::io::{connect, listen, write_gather};
+use crate::io::{Sending, connect, listen, write_gather};
 use crate::proto::{Connection, Dial, Local, Output, State, probe_ports, split_host_port};
 use crate::sendq::{self, MAX_IOV, SendQueue, Tx};
 use crate::wire::{AnswerRepr, AnswerStatus, FrameRepr, HelloRepr};
@@ -542,7 +542,7 @@ impl TcpDevice {
             let written = {
                 let mut slices = [IoSlice::new(&[]); MAX_IOV];
                 let n = c.tx.gather(&mut slices);
-                c.sock.write_vectored(&slices[..n])
+                Sending(&c.sock).write_vectored(&slices[..n])
             };
             let result = match written {
                 // Nothing taken (no piece to write, or a socket that took none): wait for
@@ -964,7 +964,7 @@ impl TcpDevice {
     /// Tells a connector at once that this process cannot take it, then closes.
     fn refuse_busy(sock: mio::net::TcpStream, addr: SocketAddr, reason: &str) {
         let mut sock = sock;
-        let _ = sock.write(&AnswerRepr::emit(AnswerStatus::Busy, reason, &[]));
+        let _ = Sending(&sock).write(&AnswerRepr::emit(AnswerStatus::Busy, reason, &[]));
         let _ = sock.shutdown(std::net::Shutdown::Write);
         // Read what the peer already sent, so closing does not turn into a reset that
         // could discard the answer before the peer reads it.
@@ -1318,7 +1318,7 @@ impl Device for TcpDevice {
         }
         let mut off = 0;
         let failed = loop {
-            match write_gather(&mut c.sock, &header, &[data], off) {
+            match write_gather(&mut Sending(&c.sock), &header, &[data], off) {
                 Ok(w) => {
                     off += w;
                     if off == total || w == 0 {
@@ -1409,7 +1409,7 @@ impl Device for TcpDevice {
                     }
                     let mut off = 0;
                     loop {
-                        match write_gather(&mut c.sock, &header, &segs[..n], off) {
+                        match write_gather(&mut Sending(&c.sock), &header, &segs[..n], off) {
                             Ok(w) => {
                                 off += w;
                                 if off == total {

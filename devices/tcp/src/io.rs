@@ -2,6 +2,9 @@
 
 use std::io::{self, IoSlice, Write};
 use std::net::SocketAddr;
+use std::os::fd::AsFd;
+
+use rustix::net::{SendAncillaryBuffer, SendFlags};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -40,6 +43,34 @@ pub fn connect(addr: SocketAddr, nodelay: bool) -> io::Result<mio::net::TcpStrea
 
 const fn libc_einprogress() -> i32 {
     115 // EINPROGRESS on Linux
+}
+
+/// A socket's writes, as [`Write`], sent with `MSG_NOSIGNAL`: when the peer has closed its
+/// end, a write fails with `EPIPE` instead of raising `SIGPIPE`, whose default action ends the
+/// process. Rust programs ignore `SIGPIPE` from the start, but a C program using vmi through
+/// its C API does not, and a peer going away must never kill it. (`writev`, which
+/// `TcpStream::write_vectored` makes, has no such flag.) The calls go straight to the kernel,
+/// with no C library wrapper in between.
+pub struct Sending<'a, S: AsFd>(pub &'a S);
+
+impl<S: AsFd> Write for Sending<'_, S> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        Ok(rustix::net::send(self.0, buf, SendFlags::NOSIGNAL)?)
+    }
+
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        let mut control = SendAncillaryBuffer::default();
+        Ok(rustix::net::sendmsg(
+            self.0,
+            bufs,
+            &mut control,
+            SendFlags::NOSIGNAL,
+        )?)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Writes `header` then `segs` with one `writev`, skipping the first `off` bytes already
@@ -90,6 +121,53 @@ fn gather<'a, W: Write, const N: usize>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Set in the child process of `a_closed_peer_fails_a_write_without_a_signal`.
+    const SIGPIPE_CHILD: &str = "VMI_TCP_TEST_SIGPIPE_CHILD";
+
+    #[test]
+    #[allow(unsafe_code)]
+    fn a_closed_peer_fails_a_write_without_a_signal() {
+        if std::env::var_os(SIGPIPE_CHILD).is_some() {
+            // As in a C program: SIGPIPE's default action (Rust's runtime ignores it).
+            // SAFETY: a plain disposition change in this single-purpose child process.
+            unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let sock = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+            drop(listener.accept().unwrap());
+            let mut w = Sending(&sock);
+            // The first writes may still be taken; the peer's reset then fails them.
+            for _ in 0..500 {
+                let r = w.write_vectored(&[IoSlice::new(b"head"), IoSlice::new(b"data")]);
+                if let Err(e) = r {
+                    assert!(
+                        matches!(e.raw_os_error(), Some(32) | Some(104)),
+                        "EPIPE or ECONNRESET, got {e}"
+                    );
+                    assert!(w.write(b"again").is_err());
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            panic!("writes to a closed peer kept succeeding");
+        }
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "io::tests::a_closed_peer_fails_a_write_without_a_signal",
+                "--nocapture",
+            ])
+            .env(SIGPIPE_CHILD, "1")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "the child must end normally, not by SIGPIPE: {:?}\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 
     /// A writer that takes at most `limit` bytes per call.
     struct Trickle {

@@ -18,7 +18,7 @@
 #![allow(unsafe_code)]
 
 use std::collections::{HashMap, VecDeque};
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -87,7 +87,9 @@ impl Fabric {
             if cq.armed {
                 cq.armed = false;
                 // A full socket already says "readable": nothing lost when this fails.
-                let _ = (&*cq.signal).write(&[1]);
+                // MSG_NOSIGNAL: a reader gone must not raise SIGPIPE in this process.
+                let _ =
+                    socket2::SockRef::from(&*cq.signal).send_with_flags(&[1], libc::MSG_NOSIGNAL);
             }
         }
     }

@@ -20,7 +20,7 @@
 
 use std::collections::HashMap;
 use std::ffi::CStr;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
@@ -322,7 +322,9 @@ impl VerbsDevice {
     fn flush_side(&mut self, idx: usize) {
         let Some(c) = conn!(self, idx) else { return };
         while !c.tx.is_empty() {
-            match c.sock.write(&c.tx) {
+            // MSG_NOSIGNAL: a peer that closed fails the write with EPIPE instead of raising
+            // SIGPIPE, whose default action would end a C application.
+            match socket2::SockRef::from(&c.sock).send_with_flags(&c.tx, libc::MSG_NOSIGNAL) {
                 Ok(0) => break,
                 Ok(n) => {
                     c.tx.drain(..n);
