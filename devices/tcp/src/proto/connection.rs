@@ -332,6 +332,12 @@ impl Connection {
         &mut self.decoder
     }
 
+    /// The decoder is between frames: the next byte read starts a frame header.
+    #[inline]
+    pub fn at_boundary(&self) -> bool {
+        self.decoder.at_boundary()
+    }
+
     // ---- what the socket said ----
 
     /// Connector: the TCP connect finished; send `hello`.
