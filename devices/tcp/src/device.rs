@@ -176,6 +176,37 @@ fn spare_fd() -> Option<std::fs::File> {
     std::fs::File::open("/dev/null").ok()
 }
 
+/// Hands the whole small data frames at the start of `input` straight to the host (in a
+/// direct poll, while the budget lasts and `may_hold`: the poll's held bytes are under their
+/// cap): no payload buffer, no decoder state, no clock. Counts each in `budget_left` (down)
+/// and `offered` (up). Returns the bytes they took; the rest is for
+/// [`TcpDevice::feed_from`].
+#[inline(always)]
+fn offer_whole_frames(
+    c: &mut Conn,
+    input: &[u8],
+    budget_left: &mut usize,
+    may_hold: bool,
+    offered: &mut u64,
+) -> usize {
+    let mut off = 0;
+    if !may_hold || !deliver::active() {
+        return off;
+    }
+    while off < input.len() && *budget_left > 0 {
+        let Some((end, filter_flags, payload, used)) = c.proto.whole_frame(&input[off..]) else {
+            break;
+        };
+        if !deliver::offer(c.vmi, recv_flags(end, filter_flags), payload) {
+            break;
+        }
+        *offered += 1;
+        *budget_left -= 1;
+        off += used;
+    }
+    off
+}
+
 impl TcpDevice {
     /// Closes the connections whose peer finished sending, once what was sent since is
     /// written (see `poll`).
@@ -631,11 +662,24 @@ impl TcpDevice {
             Ok(n) if n > 0 => n,
             other => return self.read_ended(idx, other),
         };
-        let staging = std::mem::take(&mut self.staging);
-        let go_on = self.feed_bytes(idx, &staging[..n]);
-        self.staging = staging;
+        let off = offer_whole_frames(
+            c,
+            &self.staging[..n],
+            &mut self.budget_left,
+            true,
+            &mut self.direct_receives,
+        );
+        let full = n == self.staging.len();
+        if off < n {
+            let staging = std::mem::take(&mut self.staging);
+            let go_on = self.feed_from(idx, &staging[..n], off);
+            self.staging = staging;
+            if !go_on {
+                return;
+            }
+        }
         // A short read drained the socket (see `on_readable`); a full one may have left more.
-        if go_on && n == self.staging.len() {
+        if full {
             self.on_readable(idx, false);
         }
     }
@@ -672,43 +716,23 @@ impl TcpDevice {
 
     /// Feeds `input` to the connection's protocol until it is used up, or delivery must wait
     /// (the rest is parked). Returns false when reading must stop (parked, or gone).
-    #[inline]
+    #[inline(always)]
     fn feed_bytes(&mut self, idx: usize, input: &[u8]) -> bool {
-        let off = self.offer_whole_frames(idx, input);
+        let may_hold = self.held_bytes < self.cfg.recv_poll_bytes;
+        let off = match self.conns[idx].as_mut() {
+            Some(c) => offer_whole_frames(
+                c,
+                input,
+                &mut self.budget_left,
+                may_hold,
+                &mut self.direct_receives,
+            ),
+            None => 0,
+        };
         if off == input.len() {
             return true;
         }
         self.feed_from(idx, input, off)
-    }
-
-    /// Hands the whole small data frames at the start of `input` straight to the host (in a
-    /// direct poll, while delivery may go on): no payload buffer, no decoder state, no clock.
-    /// Returns the bytes they took; the rest is for [`TcpDevice::feed_from`].
-    #[inline(always)]
-    fn offer_whole_frames(&mut self, idx: usize, input: &[u8]) -> usize {
-        let mut off = 0;
-        if !deliver::active() {
-            return off;
-        }
-        let Some(c) = self.conns[idx].as_mut() else {
-            return off;
-        };
-        while off < input.len()
-            && self.budget_left > 0
-            && self.held_bytes < self.cfg.recv_poll_bytes
-        {
-            let Some((end, filter_flags, payload, used)) = c.proto.whole_frame(&input[off..])
-            else {
-                break;
-            };
-            if !deliver::offer(c.vmi, recv_flags(end, filter_flags), payload) {
-                break;
-            }
-            self.direct_receives += 1;
-            self.budget_left -= 1;
-            off += used;
-        }
-        off
     }
 
     /// [`TcpDevice::feed_bytes`] from `input[off..]` on, through the decoder: partial frames,
