@@ -142,33 +142,33 @@ fn a_frame_larger_than_the_reserved_one_is_refused_not_overrun() {
     ));
 }
 
-#[test]
-fn returning_another_irb_passes_that_one_and_keeps_the_given_one() {
-    let mut h = harness("swap");
+/// Submits two IRBs to a device in `mode` ("swap" or "swap-complete"), which keeps the
+/// first, then keeps the second and returns the first in its place; checks the given IRB
+/// stays held and returns what the host saw.
+fn swap(mode: &str) -> Vec<Event> {
+    let mut h = harness(mode);
     assert_eq!(h.submit(Op::Send, 1, &[b"first"], 0), Outcome::Pending);
     assert_eq!(
         h.submit(Op::Send, 2, &[b"second"], 0),
         Outcome::Pending,
         "the given IRB stays with the device"
     );
-    let events = h.events();
+    assert_eq!(h.held(), 1, "the second is still held");
+    h.events()
+}
+
+#[test]
+fn returning_another_irb_passes_that_one_and_keeps_the_given_one() {
+    let events = swap("swap");
     assert!(
         matches!(&events[..], [Event::PassedDown(p)] if p.data == b"first" && p.conn == 1),
         "the returned IRB went on: {events:?}"
     );
-    assert_eq!(h.held(), 1, "the second is still held");
 }
 
 #[test]
 fn completing_another_irb_completes_that_one_and_keeps_the_given_one() {
-    let mut h = harness("swap-complete");
-    assert_eq!(h.submit(Op::Send, 1, &[b"first"], 0), Outcome::Pending);
-    assert_eq!(
-        h.submit(Op::Send, 2, &[b"second"], 0),
-        Outcome::Pending,
-        "the given IRB stays with the device"
-    );
-    let events = h.events();
+    let events = swap("swap-complete");
     assert!(
         matches!(
             &events[..],
@@ -179,7 +179,6 @@ fn completing_another_irb_completes_that_one_and_keeps_the_given_one() {
         ),
         "the returned IRB completed with its status: {events:?}"
     );
-    assert_eq!(h.held(), 1, "the second is still held");
 }
 
 #[test]
