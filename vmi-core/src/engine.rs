@@ -25,7 +25,7 @@ use crate::slab::Releases;
 use crate::slot::{Class, DevIndex, Dir, IrbPool, Purpose, Slot};
 use crate::status::Status;
 use crate::waker::Waker;
-use crate::walk::{self, Call, FILTER, Step, Walks};
+use crate::walk::{self, Call, FILTER, Step, Walk, Walks};
 
 /// Most device instances one process runs (device indices are 16-bit; the assembly refuses
 /// more with a clear error).
@@ -931,27 +931,40 @@ impl Engine {
     /// Moves an IRB to the next devices until one pends or completes it, or it leaves the chain.
     fn advance(&mut self, mut s: Slot) {
         let down = s.dir() == Dir::Down;
-        // The hosts' own messages go past filters (see `hostmsg`): decided when the walk
-        // (re)starts, so no device can change it halfway.
-        let host_msg = s.flags() & VMI_FLAG_HOST != 0;
         // The walk, taken once: nothing `advance` calls (devices, through the host's
         // services) changes `walks`, which only `add_chain` rebuilds, from the application
         // outside any poll.
-        let Some(calls) = self.walks.get(s.chain(), down, s.transport(), host_msg) else {
+        let Some(walk) = self.walks.get(s.chain(), down) else {
             s.set_detail("the IRB names a chain this engine does not have".into());
             self.finish(s, Status::Internal.code());
             return;
         };
-        let calls: *const [Call] = calls;
-        // SAFETY: `calls` points into `self.walks`, alive and unchanged for the whole call
+        let walk: *const Walk = walk;
+        // SAFETY: `walk` points into `self.walks`, alive and unchanged for the whole call
         // (see above).
-        let calls = unsafe { &*calls };
+        let walk = unsafe { &*walk };
         // Completions made so far: a device that completes the IRB after others were
         // completed (by any device since this walk began) has it queued behind them. Read
         // once: a count that moved earlier in the walk only sends such an IRB the queued
         // way, which keeps the order as well.
         let completed = self.shared.completed.get();
-        for c in &calls[walk::first_after(calls, s.pos(), down)..] {
+        // The hosts' own messages go past filters (see `hostmsg`): decided when the walk
+        // (re)starts, so no device can change it halfway.
+        if s.flags() & VMI_FLAG_HOST == 0 {
+            let filters = &walk.filters;
+            let mut k = walk::first_after(filters, s.pos(), down);
+            while let Some(c) = filters.get(k) {
+                match self.call(s, c, completed, down) {
+                    Some(passed) => s = passed,
+                    None => return,
+                }
+                k += 1;
+            }
+        }
+        if down
+            && let Some(c) = walk.send(self.walks.rank(s.transport()))
+            && c.pos as isize > s.pos()
+        {
             match self.call(s, c, completed, down) {
                 Some(passed) => s = passed,
                 None => return,

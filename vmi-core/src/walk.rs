@@ -1,20 +1,23 @@
 //! Walks: the devices an IRB calls on its way through one direction of one chain, computed
 //! when the chain is built.
 //!
-//! A chain's step list ([`Step`], one per device, application first) has one entry per
-//! device, and an IRB passes some of them without a call: a device without this direction's
-//! hook, a transport that does not own the send, every transport on the way up (a receive
-//! goes up from the transport it arrived on), and every filter for the hosts' own messages.
-//! A walk leaves those out, so moving an IRB is one call per entry with nothing to decide in
-//! between. [`Walks`] keeps one for each chain, direction, owning transport and kind of
-//! message: a chain of F hooked filters over T transports takes about 4 (F + 1) T entries of
-//! 32 bytes.
+//! A chain's step list ([`Step`], one per device, application first) is filters, then
+//! transports (the assembly refuses a filter on the wire side of a transport), and an IRB
+//! passes some devices without a call: a device without this direction's hook, a transport
+//! that does not own the send, every transport on the way up (a receive goes up from the
+//! transport it arrived on), and every filter for the hosts' own messages. A [`Walk`] leaves
+//! those out: the chain's hooked filters in the order an IRB meets them, then, going down,
+//! the submit of the transport that owns it, found by its rank. Moving an IRB is then one
+//! call after another with nothing to decide in between. A walk takes one 32-byte entry per
+//! hooked filter and per transport.
 #![allow(unsafe_code)]
 
 use std::ffi::c_void;
 
 use crate::abi::VmiIrb;
-use crate::slot::{DevIndex, NO_DEVICE};
+use crate::slot::DevIndex;
+#[cfg(test)]
+use crate::slot::NO_DEVICE;
 
 /// A device's `submit` or `receive` entry.
 pub(crate) type StepFn = unsafe extern "C" fn(*mut c_void, *mut VmiIrb, *mut u8) -> i32;
@@ -102,15 +105,30 @@ fn resume_after(calls: &[Call], pos: isize, down: bool) -> usize {
         .unwrap_or(calls.len())
 }
 
-/// Every walk of an engine.
+/// One direction of one chain: the hooked filters an IRB calls, in walking order, and
+/// (going down) each transport's submit, by rank, for the one that owns the IRB.
+pub(crate) struct Walk {
+    pub filters: Box<[Call]>,
+    sends: Box<[Option<Call>]>,
+}
+
+impl Walk {
+    /// The submit of the transport of rank `rank`, if it has one.
+    #[inline(always)]
+    pub fn send(&self, rank: usize) -> Option<&Call> {
+        self.sends.get(rank)?.as_ref()
+    }
+}
+
+/// Every walk of an engine. Memory grows with the chains' lengths: the filters are kept
+/// once per chain and direction, not once per transport.
 #[derive(Default)]
 pub(crate) struct Walks {
-    /// At [`Walks::index`].
-    walks: Vec<Box<[Call]>>,
-    /// By engine device index: the device's rank among the transports, or `owners - 1`.
+    /// `2 c`: chain `c` down; `2 c + 1`: up.
+    walks: Vec<Walk>,
+    /// By engine device index: the device's rank among the transports (`u16::MAX` for a
+    /// filter).
     rank: Box<[u16]>,
-    /// Ranks: one per transport, and one for "no transport" (the last).
-    owners: usize,
 }
 
 impl Walks {
@@ -120,72 +138,73 @@ impl Walks {
         chains: impl IntoIterator<Item = (&'a [Step], &'a [Step])> + Clone,
         devices: usize,
     ) -> Walks {
-        // The transports: every chain has the same ones (the assembly checks it), so the
-        // first chain's sends name them all; the others are looked at too, to be sure.
+        // The transports, ranked in the order the chains name them: every chain has the
+        // same ones (the assembly checks it), but all are looked at, to be sure.
         let mut transports: Vec<DevIndex> = Vec::new();
+        let mut rank = vec![u16::MAX; devices];
         for (down, _) in chains.clone() {
             for st in down {
-                if st.only != FILTER && !transports.contains(&st.only) {
+                if st.only != FILTER
+                    && let Some(r) = rank.get_mut(st.only as usize)
+                    && *r == u16::MAX
+                {
+                    *r = transports.len() as u16;
                     transports.push(st.only);
                 }
             }
         }
-        let owners = transports.len() + 1;
-        let mut rank = vec![(owners - 1) as u16; devices];
-        for (r, &t) in transports.iter().enumerate() {
-            if let Some(slot) = rank.get_mut(t as usize) {
-                *slot = r as u16;
+        let filters = |steps: &[Step], down: bool| -> Box<[Call]> {
+            let mut calls: Vec<Call> = steps
+                .iter()
+                .enumerate()
+                .filter(|(_, st)| st.only == FILTER)
+                .filter_map(|(pos, st)| Call::of(pos, st))
+                .collect();
+            if !down {
+                calls.reverse();
             }
-        }
+            calls.into_boxed_slice()
+        };
         let mut walks = Vec::new();
         for (down, up) in chains {
-            for (steps, is_down) in [(down, true), (up, false)] {
-                for r in 0..owners {
-                    let owner = transports.get(r).copied().unwrap_or(NO_DEVICE);
-                    for host_msg in [false, true] {
-                        walks.push(walk(steps, is_down, owner, !host_msg));
-                    }
+            let mut sends = vec![None; transports.len()];
+            for (pos, st) in down.iter().enumerate() {
+                if let Some(&r) = rank.get(st.only as usize)
+                    && let Some(slot) = sends.get_mut(r as usize)
+                {
+                    *slot = Call::of(pos, st);
                 }
             }
+            walks.push(Walk {
+                filters: filters(down, true),
+                sends: sends.into_boxed_slice(),
+            });
+            walks.push(Walk {
+                filters: filters(up, false),
+                sends: Box::new([]),
+            });
         }
         Walks {
             walks,
             rank: rank.into_boxed_slice(),
-            owners,
         }
     }
 
-    /// The walk of an IRB on `chain` in direction `down`, owned by transport `owner` (or
-    /// [`NO_DEVICE`]), a host's own message or not; `None` for a chain this engine does
+    /// The walk of chain `chain` in direction `down`, or `None` for a chain this engine does
     /// not have.
     #[inline(always)]
-    pub fn get(&self, chain: u8, down: bool, owner: DevIndex, host_msg: bool) -> Option<&[Call]> {
-        let rank = self
-            .rank
-            .get(owner as usize)
-            .map_or(self.owners - 1, |&r| r as usize);
-        let table = chain as usize * 2 + usize::from(!down);
-        let i = (table * self.owners + rank) * 2 + usize::from(host_msg);
-        self.walks.get(i).map(|w| &w[..])
+    pub fn get(&self, chain: u8, down: bool) -> Option<&Walk> {
+        self.walks.get(chain as usize * 2 + usize::from(!down))
     }
-}
 
-/// The calls of `steps` (one direction of a chain, application first) in walking order, for
-/// IRBs owned by transport `owner` (or [`NO_DEVICE`]), with or without the filters.
-fn walk(steps: &[Step], down: bool, owner: DevIndex, filters: bool) -> Box<[Call]> {
-    let mut calls: Vec<Call> = steps
-        .iter()
-        .enumerate()
-        .filter(|(_, st)| match st.only {
-            FILTER => filters,
-            t => t == owner,
-        })
-        .filter_map(|(pos, st)| Call::of(pos, st))
-        .collect();
-    if !down {
-        calls.reverse();
+    /// The rank of transport `owner` (past every rank for a filter, [`NO_DEVICE`] or any
+    /// other index), for [`Walk::send`].
+    #[inline(always)]
+    pub fn rank(&self, owner: DevIndex) -> usize {
+        self.rank
+            .get(owner as usize)
+            .map_or(usize::MAX, |&r| r as usize)
     }
-    calls.into_boxed_slice()
 }
 
 #[cfg(test)]
@@ -222,43 +241,46 @@ mod tests {
         ]
     }
 
+    /// The calls an IRB owned by `owner` makes going `down` (a host's own message or not),
+    /// as chain positions, the way `advance` makes them.
+    fn walked(walks: &Walks, chain: u8, down: bool, owner: DevIndex, host_msg: bool) -> Vec<i32> {
+        let w = walks.get(chain, down).unwrap();
+        let mut v = if host_msg {
+            Vec::new()
+        } else {
+            positions(&w.filters)
+        };
+        if down && let Some(c) = w.send(walks.rank(owner)) {
+            v.push(c.pos);
+        }
+        v
+    }
+
     #[test]
     fn a_send_calls_the_hooked_filters_then_its_own_transport() {
         let down = chain();
         let walks = Walks::new([(&down[..], &down[..])], 5);
-        let w = walks.get(0, true, 3, false).unwrap();
-        assert_eq!(positions(w), [0, 2, 3]);
-        assert_eq!(w[1].frame_off, 128);
-        assert_eq!(
-            positions(walks.get(0, true, 4, false).unwrap()),
-            [0, 2],
-            "no submit"
-        );
+        assert_eq!(walked(&walks, 0, true, 3, false), [0, 2, 3]);
+        assert_eq!(walks.get(0, true).unwrap().filters[1].frame_off, 128);
+        assert_eq!(walked(&walks, 0, true, 4, false), [0, 2], "no submit");
         // A host's own message passes the filters; an IRB without a transport meets none.
-        assert_eq!(positions(walks.get(0, true, 3, true).unwrap()), [3]);
-        assert!(walks.get(0, true, NO_DEVICE, true).unwrap().is_empty());
-        assert_eq!(
-            positions(walks.get(0, true, NO_DEVICE, false).unwrap()),
-            [0, 2]
-        );
+        assert_eq!(walked(&walks, 0, true, 3, true), [3]);
+        assert!(walked(&walks, 0, true, NO_DEVICE, true).is_empty());
+        assert_eq!(walked(&walks, 0, true, NO_DEVICE, false), [0, 2]);
         // A filter owns nothing.
-        assert_eq!(positions(walks.get(0, true, 0, false).unwrap()), [0, 2]);
+        assert_eq!(walked(&walks, 0, true, 0, false), [0, 2]);
     }
 
     #[test]
     fn a_walk_goes_on_after_the_device_that_held_the_irb() {
         let down = chain();
         let walks = Walks::new([(&down[..], &down[..])], 5);
-        let w = walks.get(0, true, 3, false).unwrap();
-        assert_eq!(first_after(w, -1, true), 0);
-        assert_eq!(first_after(w, 0, true), 1);
-        assert_eq!(first_after(w, 1, true), 1);
-        assert_eq!(first_after(w, 2, true), 2);
-        assert_eq!(
-            first_after(w, 3, true),
-            3,
-            "past the transport: nothing left"
-        );
+        let f = &walks.get(0, true).unwrap().filters;
+        assert_eq!(first_after(f, -1, true), 0);
+        assert_eq!(first_after(f, 0, true), 1);
+        assert_eq!(first_after(f, 1, true), 1);
+        assert_eq!(first_after(f, 2, true), 2, "past the filters");
+        assert_eq!(first_after(f, 3, true), 2);
     }
 
     #[test]
@@ -266,14 +288,14 @@ mod tests {
         let mut up = chain();
         up[3].entry = None; // the engine gives transports no receive step
         let walks = Walks::new([(&up[..], &up[..])], 5);
-        let w = walks.get(0, false, 3, false).unwrap();
-        assert_eq!(positions(w), [2, 0]);
+        assert_eq!(walked(&walks, 0, false, 3, false), [2, 0]);
+        let f = &walks.get(0, false).unwrap().filters;
         // From transport 3 up: filter 2 first; after filter 2, filter 0; after it, the
         // application.
-        assert_eq!(first_after(w, 3, false), 0);
-        assert_eq!(first_after(w, 2, false), 1);
-        assert_eq!(first_after(w, 0, false), 2);
-        assert!(walks.get(0, false, 3, true).unwrap().is_empty());
+        assert_eq!(first_after(f, 3, false), 0);
+        assert_eq!(first_after(f, 2, false), 1);
+        assert_eq!(first_after(f, 0, false), 2);
+        assert!(walked(&walks, 0, false, 3, true).is_empty());
     }
 
     #[test]
@@ -281,7 +303,22 @@ mod tests {
         let a = chain();
         let b = [step(2, false, true), step(3, true, true)];
         let walks = Walks::new([(&a[..], &a[..]), (&b[..], &b[..])], 5);
-        assert_eq!(positions(walks.get(1, true, 3, false).unwrap()), [0, 1]);
-        assert!(walks.get(2, true, 3, false).is_none());
+        assert_eq!(walked(&walks, 1, true, 3, false), [0, 1]);
+        assert!(walks.get(2, true).is_none());
+    }
+
+    #[test]
+    fn memory_grows_with_the_chain_not_its_square() {
+        // 2,000 filters over 2,000 transports: one entry each per walk.
+        let n = 2000u16;
+        let steps: Vec<Step> = (0..2 * n).map(|i| step(i, i >= n, true)).collect();
+        let walks = Walks::new([(&steps[..], &steps[..])], 2 * n as usize);
+        let down = walks.get(0, true).unwrap();
+        assert_eq!(down.filters.len(), n as usize);
+        assert_eq!(down.sends.len(), n as usize);
+        assert_eq!(
+            walked(&walks, 0, true, 2 * n - 1, false).len(),
+            n as usize + 1
+        );
     }
 }
