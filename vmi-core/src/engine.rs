@@ -977,7 +977,7 @@ impl Engine {
     #[inline(always)]
     fn call(&mut self, mut s: Slot, c: &Call, completed: u64, down: bool) -> Option<Slot> {
         s.set_pos(c.pos as isize);
-        let frame = s.frame_ptr(c.frame_off as usize);
+        let frame = s.frame_ptr(c.frame_off);
         let raw = s.into_raw();
         // SAFETY: live instance; the device gets the IRB and its own frame (inside the slot's
         // frame area: the engine checked each device's offset and size against it when it

@@ -52,7 +52,7 @@ pub(crate) struct Call {
     pub entry: StepFn,
     pub dev: *mut c_void,
     /// The device's frame inside the IRB's frame area.
-    pub frame_off: u32,
+    pub frame_off: usize,
     /// The device's position in the chain (what the IRB records while the device holds it).
     pub pos: i32,
     pub index: DevIndex,
@@ -62,14 +62,16 @@ pub(crate) struct Call {
 // SAFETY: as for `Step`: `dev` is the same instance pointer.
 unsafe impl Send for Call {}
 
+const _: () = assert!(std::mem::size_of::<Call>() == 32);
+
 impl Call {
     fn of(pos: usize, st: &Step) -> Option<Call> {
         Some(Call {
             entry: st.entry?,
             dev: st.dev,
-            // Both fit: frame areas are far below 4 GiB and chains far shorter than 2^31
-            // devices (the engine refuses more than `MAX_DEVICES`).
-            frame_off: st.frame_off as u32,
+            frame_off: st.frame_off,
+            // Fits: a chain lists each device once, and the engine refuses more than
+            // `MAX_DEVICES` (below 2^16).
             pos: pos as i32,
             index: st.index,
             joins: st.joins,
