@@ -271,6 +271,23 @@ pub fn spec_text(transport: &str, filters: &[&str], transport_attrs: &str) -> St
     s
 }
 
+/// A vmi instance with key `key` over one TCP transport listening on 127.0.0.1 at a port
+/// that was free a moment ago, and that port: for tests whose raw-socket peer must know where
+/// to connect.
+pub fn tcp_on_free_port(key: &str) -> (vmi_core::Vmi, u16) {
+    register_all();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let text = format!(
+        r#"<vmi><device name="tcp"><param name="listen_addr" value="127.0.0.1"/><param name="port" value="{port}"/></device>
+  <chain name="send"><use device="tcp"/></chain><chain name="receive"><use device="tcp"/></chain></vmi>"#
+    );
+    let spec = vmi_core::spec::Spec::parse_str(&text, "tcp.xml").expect("spec");
+    (vmi_core::Vmi::with_spec(spec, key).expect("start"), port)
+}
+
 /// Registers every device of this workspace statically (idempotent).
 pub fn register_all() {
     static ONCE: Once = Once::new();

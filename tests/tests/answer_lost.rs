@@ -7,7 +7,7 @@
 //! and the second test fails without the fix.
 
 use std::io::Write;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
@@ -15,7 +15,7 @@ use vmi_core::prelude::*;
 use vmi_core::spec::Spec;
 use vmi_core::{Disconnect, Vmi};
 use vmi_tcp::wire::HelloRepr;
-use vmi_tests::{register_all, unique_key};
+use vmi_tests::{register_all, tcp_on_free_port, unique_key};
 
 struct Server<S> {
     /// The peer's socket, closed from inside the accept handler (before the answer goes).
@@ -62,18 +62,8 @@ impl<S> Handler for Server<S> {
 
 #[test]
 fn an_accepted_connection_whose_answer_is_lost_is_reported_ended() {
-    register_all();
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
-    let text = format!(
-        r#"<vmi><device name="tcp"><param name="listen_addr" value="127.0.0.1"/><param name="port" value="{port}"/></device>
-  <chain name="send"><use device="tcp"/></chain><chain name="receive"><use device="tcp"/></chain></vmi>"#
-    );
     let key = unique_key("answer-lost");
-    let mut vmi =
-        Vmi::with_spec(Spec::parse_str(&text, "t.xml").expect("spec"), &key).expect("start");
+    let (mut vmi, port) = tcp_on_free_port(&key);
     let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
     s.write_all(&HelloRepr::emit(
         "gives-up",

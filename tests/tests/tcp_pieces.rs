@@ -6,14 +6,13 @@
 //! arrive whole, in order, and the end must be reported once.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+use vmi_core::Disconnect;
 use vmi_core::prelude::*;
-use vmi_core::spec::Spec;
-use vmi_core::{Disconnect, Vmi};
 use vmi_tcp::wire::{ANSWER_LEN, AnswerRepr, AnswerStatus, FrameRepr, HEARTBEAT, HelloRepr};
-use vmi_tests::{Rng, register_all, unique_key};
+use vmi_tests::{Rng, tcp_on_free_port, unique_key};
 
 #[derive(Default)]
 struct Receiver {
@@ -57,19 +56,9 @@ fn answer(s: &mut TcpStream) -> u8 {
 
 #[test]
 fn frames_cut_anywhere_arrive_whole_through_the_direct_reads() {
-    register_all();
     let mut rng = Rng::new("frames_cut_anywhere_arrive_whole_through_the_direct_reads");
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
-    let text = format!(
-        r#"<vmi><device name="tcp"><param name="listen_addr" value="127.0.0.1"/><param name="port" value="{port}"/></device>
-  <chain name="send"><use device="tcp"/></chain><chain name="receive"><use device="tcp"/></chain></vmi>"#
-    );
     let key = unique_key("pieces");
-    let mut vmi =
-        Vmi::with_spec(Spec::parse_str(&text, "t.xml").expect("spec"), &key).expect("start");
+    let (mut vmi, port) = tcp_on_free_port(&key);
 
     // The stream: 400 messages of 1 to 300 bytes, some in two fragments, heartbeats between
     // some; then it is cut into pieces of 1 to 40 bytes.
