@@ -643,8 +643,8 @@ impl TcpDevice {
     /// The common cases take no call: an open connection between frames, with nothing parked
     /// and the budget not spent, is read here once, into the staging buffer. Finding nothing
     /// (the idle busy poll) returns at once; whole small frames go straight to the host
-    /// (`feed_bytes`). A full buffer, an end of stream, an error and every other state go on
-    /// in `on_readable`.
+    /// (`offer_whole_frames`). A full buffer, an end of stream, an error and every other state
+    /// go on in `on_readable`.
     #[inline(always)]
     fn read_direct(&mut self, idx: usize) {
         let Some(c) = self.conns[idx].as_mut() else {
@@ -653,6 +653,7 @@ impl TcpDevice {
         if !c.proto.is_open() || !c.parked.is_empty() {
             return;
         }
+        // `may_deliver`, spelled out: `c` borrows the table.
         let may_deliver = self.budget_left > 0 && self.held_bytes < self.cfg.recv_poll_bytes;
         if c.peer_done || !c.proto.at_boundary() || !may_deliver {
             return self.on_readable(idx, false);
@@ -750,20 +751,21 @@ impl TcpDevice {
                 self.read_later(idx);
                 return false;
             }
-            if deliver::active() {
-                // Small frames whole in the input go straight to the host from here: no
-                // payload buffer, no decoder state. The rest goes through the decoder.
-                let Some(c) = self.conns[idx].as_mut() else {
-                    return false;
-                };
-                if let Some((end, filter_flags, payload, used)) = c.proto.whole_frame(&input[off..])
-                    && deliver::offer(c.vmi, recv_flags(end, filter_flags), payload)
-                {
-                    self.direct_receives += 1;
-                    self.budget_left = self.budget_left.saturating_sub(1);
-                    off += used;
-                    continue;
-                }
+            // Small frames whole in the input (again, after the decoder's last frame) go
+            // straight to the host; the rest goes through the decoder.
+            let Some(c) = self.conns[idx].as_mut() else {
+                return false;
+            };
+            let took = offer_whole_frames(
+                c,
+                &input[off..],
+                &mut self.budget_left,
+                true,
+                &mut self.direct_receives,
+            );
+            if took > 0 {
+                off += took;
+                continue;
             }
             let (used, out) = {
                 let Some(c) = self.conns[idx].as_mut() else {
