@@ -91,11 +91,9 @@ impl Irb {
     /// caller must be on the polling thread.
     #[inline]
     pub unsafe fn from_raw(raw: *mut VmiIrb, frame: *mut u8, host: Host) -> Irb {
-        Irb {
-            raw: NonNull::new(raw).expect("host passed a NULL IRB"),
-            frame,
-            host,
-        }
+        let raw = NonNull::new(raw).expect("host passed a NULL IRB");
+        // SAFETY: per the contract, and `raw` is not NULL.
+        unsafe { Irb::from_host(raw.as_ptr(), frame, host) }
     }
 
     /// [`Irb::from_raw`] for the trampolines, which the host calls with a live IRB (the
@@ -116,8 +114,7 @@ impl Irb {
     /// Gives up the handle without completing (for the trampolines).
     #[inline]
     pub fn into_raw(self) -> *mut VmiIrb {
-        let me = std::mem::ManuallyDrop::new(self);
-        me.raw.as_ptr()
+        self.into_parts().0
     }
 
     /// Gives up the handle without completing, keeping the host it came through (for the
@@ -329,14 +326,14 @@ impl Irb {
 
     /// Hands the IRB to the next device in its direction (after having pended it).
     pub fn pass(self) {
-        let host = self.host;
-        host.pass(self.into_raw());
+        let (raw, host) = self.into_parts();
+        host.pass(raw);
     }
 
     /// Completes the IRB (after having pended it), on the polling thread.
     pub fn complete(self, status: Status) {
-        let host = self.host;
-        host.complete(self.into_raw(), status);
+        let (raw, host) = self.into_parts();
+        host.complete(raw, status);
     }
 
     /// Turns the handle into one that may move to another thread, where it can only be
