@@ -11,14 +11,12 @@
 
 use std::ffi::c_void;
 use std::sync::Arc;
-
-use crate::abi::{VMI_COMPLETE, VMI_FLAG_HOST, VMI_FLAG_MSG, VMI_PASS};
-use crate::dispatch::receive_lent;
 use std::sync::atomic::Ordering;
 
 use vmi_device::lent::{Batch, Received, Stop};
 
-use crate::abi::VmiRingSet;
+use crate::abi::{VMI_COMPLETE, VMI_FLAG_HOST, VMI_FLAG_MSG, VMI_PASS, VmiRingSet};
+use crate::dispatch::receive_lent;
 use crate::engine::DirectPoller;
 use crate::handler::Handler;
 use crate::ops::Core;
