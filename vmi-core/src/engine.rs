@@ -25,7 +25,7 @@ use crate::slab::Releases;
 use crate::slot::{Class, DevIndex, Dir, IrbPool, Purpose, Slot};
 use crate::status::Status;
 use crate::waker::Waker;
-use crate::walk::{self, Call, FILTER, Step, Walk, Walks};
+use crate::walk::{Call, FILTER, Step, Walk, Walks};
 
 /// Most device instances one process runs (device indices are 16-bit; the assembly refuses
 /// more with a clear error).
@@ -952,7 +952,7 @@ impl Engine {
         // (re)starts, so no device can change it halfway.
         if s.flags() & VMI_FLAG_HOST == 0 {
             let filters = &walk.filters;
-            let mut k = walk::first_after(filters, s.pos(), down);
+            let mut k = walk.first_filter(s.pos(), down);
             while let Some(c) = filters.get(k) {
                 match self.call(s, c, completed, down) {
                     Some(passed) => s = passed,

@@ -79,22 +79,8 @@ impl Call {
     }
 }
 
-/// The index of the first of `calls` (a walk, in walking order) past chain position `pos` in
-/// direction `down`. An IRB starts at an end (the application going down, a transport going
-/// up), where that is the first, found with one compare; one a device held goes on after it.
-#[inline(always)]
-pub(crate) fn first_after(calls: &[Call], pos: isize, down: bool) -> usize {
-    let Some(c) = calls.first() else {
-        return 0;
-    };
-    let first = c.pos as isize;
-    if (down && first > pos) || (!down && first < pos) {
-        return 0;
-    }
-    resume_after(calls, pos, down)
-}
-
-/// [`first_after`] for an IRB that stopped inside its walk.
+/// [`Walk::first_filter`] for an IRB that a filter held: the first of `calls` past chain
+/// position `pos` in direction `down`.
 #[cold]
 #[inline(never)]
 fn resume_after(calls: &[Call], pos: isize, down: bool) -> usize {
@@ -112,9 +98,23 @@ fn resume_after(calls: &[Call], pos: isize, down: bool) -> usize {
 pub(crate) struct Walk {
     pub filters: Box<[Call]>,
     sends: Box<[Option<Call>]>,
+    /// An IRB whose chain position, as an unsigned number, is at least this starts at the
+    /// first filter: going down, the application's -1 (`usize::MAX`); going up, a
+    /// transport's position (the chain's filters all come before it).
+    fresh_from: usize,
 }
 
 impl Walk {
+    /// The index of the first filter an IRB at chain position `pos` calls: the first, for
+    /// one starting at an end (one compare); for one a filter held, the one after it.
+    #[inline(always)]
+    pub fn first_filter(&self, pos: isize, down: bool) -> usize {
+        if pos as usize >= self.fresh_from {
+            return 0;
+        }
+        resume_after(&self.filters, pos, down)
+    }
+
     /// The submit of the transport of rank `rank`, if it has one.
     #[inline(always)]
     pub fn send(&self, rank: usize) -> Option<&Call> {
@@ -180,10 +180,12 @@ impl Walks {
             walks.push(Walk {
                 filters: filters(down, true),
                 sends: sends.into_boxed_slice(),
+                fresh_from: usize::MAX,
             });
             walks.push(Walk {
                 filters: filters(up, false),
                 sends: Box::new([]),
+                fresh_from: up.iter().take_while(|st| st.only == FILTER).count(),
             });
         }
         Walks {
@@ -277,12 +279,12 @@ mod tests {
     fn a_walk_goes_on_after_the_device_that_held_the_irb() {
         let down = chain();
         let walks = Walks::new([(&down[..], &down[..])], 5);
-        let f = &walks.get(0, true).unwrap().filters;
-        assert_eq!(first_after(f, -1, true), 0);
-        assert_eq!(first_after(f, 0, true), 1);
-        assert_eq!(first_after(f, 1, true), 1);
-        assert_eq!(first_after(f, 2, true), 2, "past the filters");
-        assert_eq!(first_after(f, 3, true), 2);
+        let w = walks.get(0, true).unwrap();
+        assert_eq!(w.first_filter(-1, true), 0);
+        assert_eq!(w.first_filter(0, true), 1);
+        assert_eq!(w.first_filter(1, true), 1);
+        assert_eq!(w.first_filter(2, true), 2, "past the filters");
+        assert_eq!(w.first_filter(3, true), 2);
     }
 
     #[test]
@@ -291,12 +293,13 @@ mod tests {
         up[3].entry = None; // the engine gives transports no receive step
         let walks = Walks::new([(&up[..], &up[..])], 5);
         assert_eq!(walked(&walks, 0, false, 3, false), [2, 0]);
-        let f = &walks.get(0, false).unwrap().filters;
-        // From transport 3 up: filter 2 first; after filter 2, filter 0; after it, the
-        // application.
-        assert_eq!(first_after(f, 3, false), 0);
-        assert_eq!(first_after(f, 2, false), 1);
-        assert_eq!(first_after(f, 0, false), 2);
+        let w = walks.get(0, false).unwrap();
+        // From transport 3 (or 4) up: filter 2 first; after filter 2, filter 0; after it,
+        // the application.
+        assert_eq!(w.first_filter(3, false), 0);
+        assert_eq!(w.first_filter(4, false), 0);
+        assert_eq!(w.first_filter(2, false), 1);
+        assert_eq!(w.first_filter(0, false), 2);
         assert!(walked(&walks, 0, false, 3, true).is_empty());
     }
 
