@@ -275,14 +275,23 @@ pub fn spec_text(transport: &str, filters: &[&str], transport_attrs: &str) -> St
 /// that was free a moment ago, and that port: for tests whose raw-socket peer must know where
 /// to connect.
 pub fn tcp_on_free_port(key: &str) -> (vmi_core::Vmi, u16) {
+    tcp_on_free_port_with(key, &[])
+}
+
+/// [`tcp_on_free_port`] with more tcp parameters (`(name, value)` pairs).
+pub fn tcp_on_free_port_with(key: &str, params: &[(&str, &str)]) -> (vmi_core::Vmi, u16) {
     register_all();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free port")
         .port();
     let text = format!(
-        r#"<vmi><device name="tcp"><param name="listen_addr" value="127.0.0.1"/><param name="port" value="{port}"/></device>
-  <chain name="send"><use device="tcp"/></chain><chain name="receive"><use device="tcp"/></chain></vmi>"#
+        r#"<vmi><device name="tcp"><param name="listen_addr" value="127.0.0.1"/><param name="port" value="{port}"/>{extra}</device>
+  <chain name="send"><use device="tcp"/></chain><chain name="receive"><use device="tcp"/></chain></vmi>"#,
+        extra = params
+            .iter()
+            .map(|(n, v)| format!(r#"<param name="{n}" value="{v}"/>"#))
+            .collect::<String>()
     );
     let spec = vmi_core::spec::Spec::parse_str(&text, "tcp.xml").expect("spec");
     (vmi_core::Vmi::with_spec(spec, key).expect("start"), port)

@@ -1,9 +1,10 @@
 //! A TCP peer that writes valid frames cut into pieces at random places (seeded, seed
 //! printed), with pauses between some pieces, to a receiver that busy-polls. The receiver's
-//! direct reads then meet every case: whole small frames (handed to the host from the read
-//! itself), several frames in one read, a header or a payload cut by the end of a read (the
-//! decoder's way), heartbeats between messages, and the end of the stream. Every message must
-//! arrive whole, in order, and the end must be reported once.
+//! reads then meet every case: whole small frames (taken from the read itself), several
+//! frames in one read, a header or a payload cut by the end of a read (the decoder's way),
+//! heartbeats between messages, and the end of the stream. Every message must arrive whole, in
+//! order, and the end must be reported once. Run twice: with the sockets lent to the host (its
+//! poll reads them and leaves the transport the rest), and with the transport reading them.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -12,7 +13,7 @@ use std::time::{Duration, Instant};
 use vmi_core::Disconnect;
 use vmi_core::prelude::*;
 use vmi_tcp::wire::{ANSWER_LEN, AnswerRepr, AnswerStatus, FrameRepr, HEARTBEAT, HelloRepr};
-use vmi_tests::{Rng, tcp_on_free_port, unique_key};
+use vmi_tests::{Rng, tcp_on_free_port_with, unique_key};
 
 #[derive(Default)]
 struct Receiver {
@@ -55,10 +56,28 @@ fn answer(s: &mut TcpStream) -> u8 {
 }
 
 #[test]
-fn frames_cut_anywhere_arrive_whole_through_the_direct_reads() {
-    let mut rng = Rng::new("frames_cut_anywhere_arrive_whole_through_the_direct_reads");
+fn frames_cut_anywhere_arrive_whole_through_the_hosts_reads() {
+    cut_frames_arrive_whole(
+        "frames_cut_anywhere_arrive_whole_through_the_hosts_reads",
+        true,
+    );
+}
+
+#[test]
+fn frames_cut_anywhere_arrive_whole_through_the_transports_reads() {
+    cut_frames_arrive_whole(
+        "frames_cut_anywhere_arrive_whole_through_the_transports_reads",
+        false,
+    );
+}
+
+fn cut_frames_arrive_whole(name: &str, lend: bool) {
+    let mut rng = Rng::new(name);
     let key = unique_key("pieces");
-    let (mut vmi, port) = tcp_on_free_port(&key);
+    let (mut vmi, port) = tcp_on_free_port_with(
+        &key,
+        &[("lend_streams", if lend { "true" } else { "false" })],
+    );
 
     // The stream: 400 messages of 1 to 300 bytes, some in two fragments, heartbeats between
     // some; then it is cut into pieces of 1 to 40 bytes.
@@ -142,4 +161,14 @@ fn frames_cut_anywhere_arrive_whole_through_the_direct_reads() {
         .parse()
         .expect("a number");
     assert!(direct > 0, "no frame was handed over from a read");
+    let by_host: u64 = vmi
+        .attr_get("tcp", "lent_taken")
+        .expect("tcp counts what the host took")
+        .parse()
+        .expect("a number");
+    if lend {
+        assert!(by_host > 0, "the host took no frame from the lent socket");
+    } else {
+        assert_eq!(by_host, 0, "nothing lent, nothing taken by the host");
+    }
 }

@@ -224,6 +224,7 @@ impl Harness {
             host_marker: &vmi_device::logbridge::MARKER,
             irb_available: svc_irb_available,
             lend_rings: svc_lend_rings,
+            lend_streams: svc_lend_streams,
         });
         let raw: Vec<VmiParam> = values
             .iter()
@@ -607,6 +608,9 @@ unsafe extern "C" fn svc_irb_alloc(host: *mut c_void, op: u32, conn: u64) -> *mu
 /// The harness reads no ring itself: it takes the loan and ignores it, so a transport is
 /// polled every time and must read its lent rings itself, as it does for an older host.
 unsafe extern "C" fn svc_lend_rings(_host: *mut c_void, _set: *mut VmiRingSet) {}
+
+/// The harness leaves lent streams alone: the transport reads its sockets itself.
+unsafe extern "C" fn svc_lend_streams(_host: *mut c_void, _set: *mut VmiStreamSet) {}
 
 unsafe extern "C" fn svc_irb_available(host: *mut c_void) -> u32 {
     // SAFETY: as above.

@@ -275,6 +275,9 @@ mod older_host {
     unsafe extern "C" fn lend_rings(_: *mut c_void, _: *mut VmiRingSet) {
         panic!("a host before 1.7 has no lend_rings: it must not be called")
     }
+    unsafe extern "C" fn lend_streams(_: *mut c_void, _: *mut VmiStreamSet) {
+        panic!("a host before 1.8 has no lend_streams: it must not be called")
+    }
 
     unsafe extern "C" fn three(_: *mut c_void) -> u32 {
         3
@@ -304,6 +307,7 @@ mod older_host {
             host_marker: std::ptr::null(),
             irb_available,
             lend_rings,
+            lend_streams,
         }
     }
 
@@ -409,6 +413,97 @@ mod older_host {
             Some(&0),
             "the loan ends with NULL"
         );
+    }
+
+    static STREAMS_LENT: std::sync::Mutex<Vec<usize>> = std::sync::Mutex::new(Vec::new());
+    unsafe extern "C" fn record_streams(_: *mut c_void, set: *mut VmiStreamSet) {
+        STREAMS_LENT.lock().unwrap().push(set as usize);
+    }
+
+    /// The stream set a transport lends: busy until the first publish; the host's skips
+    /// counted once each, and seen before they are taken; a rest read once; dropping it ends
+    /// the loan.
+    #[test]
+    fn lent_streams_keep_the_contract_with_a_1_8_host() {
+        use vmi_device::lent_stream::{LentStreams, Rest, StreamLoan, StreamRest};
+        let services = VmiHostServices {
+            lend_streams: record_streams,
+            ..table(8, never)
+        };
+        let host = host_of(services);
+        let mut streams = LentStreams::default();
+        assert!(streams.lend(&host));
+        let set = *STREAMS_LENT.lock().unwrap().last().unwrap() as *mut VmiStreamSet;
+        // SAFETY: the set lives in `streams` until it is dropped below; this test plays the
+        // host, on the one thread.
+        let read = move || unsafe { ((*set).busy, (*set).skips, (*set).count) };
+        assert_eq!(read(), (1, 0, 0), "busy and empty until published");
+        let rest = StreamRest::default();
+        let mut buf = [0u8; 64];
+        let loan = StreamLoan {
+            conn: 9,
+            fd: -1,
+            max_len: 32,
+            rest: &rest,
+        };
+        // SAFETY: the buffer and the rest outlive the set; the fd is never read here.
+        unsafe { streams.publish([loan], buf.as_mut_ptr(), buf.len(), 10) };
+        assert_eq!(read(), (0, 10, 1));
+        // SAFETY: as above.
+        let s = unsafe { &*(*set).streams };
+        assert_eq!((s.conn, s.fd, s.cap, s.max_len), (9, -1, 64, 32));
+        // SAFETY: as above: the host counts skips down and leaves a rest.
+        unsafe {
+            (*set).skips -= 3;
+            let r = &mut *s.rest;
+            r.kind = VMI_REST_BYTES;
+            r.off = 16;
+            r.len = 40;
+            r.heard = 40;
+        }
+        assert_eq!(streams.skipped(), 3, "seen before it is taken");
+        assert_eq!(streams.take_skipped(), 3);
+        assert_eq!(streams.take_skipped(), 0, "each skip counted once");
+        assert!(rest.take_heard());
+        assert!(!rest.take_heard(), "heard is cleared");
+        assert_eq!(rest.take(64), Some(Rest::Bytes { off: 16, len: 40 }));
+        assert_eq!(rest.take(64), None, "a rest is read once");
+        // A rest outside the buffer is a host bug, read as an end of stream.
+        // SAFETY: as above.
+        unsafe {
+            let r = &mut *s.rest;
+            r.kind = VMI_REST_BYTES;
+            r.off = 8;
+            r.len = 65;
+        }
+        assert_eq!(rest.take(64), Some(Rest::End));
+        streams.set_busy();
+        assert!(streams.busy());
+        streams.grant(5);
+        assert_eq!(read(), (1, 5, 1), "a grant leaves busy as it is");
+        drop(streams);
+        assert_eq!(
+            STREAMS_LENT.lock().unwrap().last(),
+            Some(&0),
+            "the loan ends with NULL"
+        );
+    }
+
+    #[test]
+    fn a_device_on_a_1_7_host_lends_no_streams() {
+        // A 1.7 table ends before `lend_streams` (its entry here panics if called).
+        let services = VmiHostServices {
+            size: VMI_HOST_SERVICES_SIZE_1_7,
+            ..table(7, never)
+        };
+        let host = host_of(services);
+        let mut streams = vmi_device::lent_stream::LentStreams::default();
+        assert!(
+            !streams.lend(&host),
+            "an older host is not offered the sockets"
+        );
+        assert!(!streams.is_lent());
+        assert!(streams.busy(), "and the device goes on reading them itself");
     }
 
     #[test]

@@ -15,7 +15,7 @@ use std::sync::atomic::Ordering;
 
 use vmi_device::lent::{Batch, Received, Stop};
 
-use crate::abi::{VMI_COMPLETE, VMI_FLAG_HOST, VMI_FLAG_MSG, VMI_PASS, VmiRingSet};
+use crate::abi::{VMI_COMPLETE, VMI_FLAG_HOST, VMI_FLAG_MSG, VMI_PASS, VmiRingSet, VmiStreamSet};
 use crate::dispatch::receive_lent;
 use crate::engine::DirectPoller;
 use crate::handler::Handler;
@@ -37,6 +37,9 @@ pub(crate) struct Arena {
     /// The lent ring read first at the next poll (the one after a ring that used up a
     /// poll's budget: a busy peer cannot starve the others).
     ring_first: usize,
+    /// The lent stream read first at the next poll (the one after a stream that left its
+    /// transport a rest or used up a poll's budget).
+    stream_first: usize,
     /// The engine's release queue and count of fragments held, which a grab of a slab over
     /// the arena counts in: taken once, so delivering a fragment clones nothing.
     owners: Option<(Arc<Releases>, Arc<crate::services::Count>)>,
@@ -80,7 +83,7 @@ pub(crate) fn poll(core: &mut Core, arena: &mut Arena, handler: &mut dyn Handler
 pub(crate) fn poll_one(arena: &mut Arena, (f, dev, lent): DirectPoller, budget: u32) -> usize {
     arena.blocked = false;
     let mut read = 0;
-    let set = lent.load(Ordering::Relaxed);
+    let set = lent.rings.load(Ordering::Relaxed);
     if !set.is_null() {
         // SAFETY: a set lent by this live transport (it ends the loan before it frees the
         // set), read on the polling thread while the transport is not called.
@@ -89,6 +92,17 @@ pub(crate) fn poll_one(arena: &mut Arena, (f, dev, lent): DirectPoller, budget: 
             return n;
         }
         read = n;
+    } else {
+        let streams = lent.streams.load(Ordering::Relaxed);
+        if !streams.is_null() {
+            // SAFETY: as for the rings: a set lent by this live transport, read on the
+            // polling thread while the transport is not called.
+            let (n, poll) = unsafe { read_streams(arena, streams, budget) };
+            if !poll {
+                return n;
+            }
+            read = n;
+        }
     }
     let ctx = std::ptr::from_mut(arena);
     // SAFETY: a live transport instance; the arena is reached only through the pointer until
@@ -171,6 +185,56 @@ unsafe fn read_lent_records(
             }
         }
         i += 1;
+    }
+    set.taken += n as u64;
+    if !poll {
+        set.skips -= 1;
+    }
+    (n, poll)
+}
+
+/// Reads the lent streams of `set` into the arena (at most `budget` frames); returns the
+/// frames taken and whether the transport's poll must run now (the set is busy, the
+/// transport asked for its poll, or a read left it a rest).
+///
+/// # Safety
+/// `set` is a set lent under the ABI's `VmiStreamSet` contract, which holds for the call.
+#[inline(always)]
+unsafe fn read_streams(arena: &mut Arena, set: *mut VmiStreamSet, budget: u32) -> (usize, bool) {
+    // SAFETY: the caller's promise; the transport is not called during this function.
+    let set = unsafe { &mut *set };
+    if set.busy != 0 || set.skips == 0 {
+        return (0, true);
+    }
+    // SAFETY: as above: `count` streams at `streams`, unchanged while the set is not busy.
+    let streams = unsafe { std::slice::from_raw_parts(set.streams, set.count) };
+    let mut n = 0;
+    let mut poll = false;
+    // From `stream_first` on, round the set (it may be past its end: the set changed).
+    let mut i = arena.stream_first;
+    for _ in 0..streams.len() {
+        if i >= streams.len() {
+            i = 0;
+        }
+        // SAFETY: a stream of the lent set, its rest empty: a rest left by an earlier
+        // stream stops the loop, and the transport takes each before it publishes.
+        let (got, stop) = unsafe {
+            vmi_device::lent_stream::read_stream(
+                &streams[i],
+                budget as usize - n,
+                DIRECT_MAX,
+                &mut arena.got,
+            )
+        };
+        n += got;
+        i += 1;
+        if stop != Stop::Empty {
+            // A rest (the transport's poll takes it now), or the budget spent: the next
+            // poll starts after this stream, so a busy peer cannot starve the others.
+            arena.stream_first = i;
+            poll = stop == Stop::Device;
+            break;
+        }
     }
     set.taken += n as u64;
     if !poll {

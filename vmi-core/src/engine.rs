@@ -210,7 +210,7 @@ pub(crate) struct Engine {
 }
 
 /// A transport polled through `poll_direct`: its entry, its instance, and where it announces
-/// the receive rings it lent the host (ABI 1.7; NULL when none).
+/// the receive rings (ABI 1.7) or stream sockets (ABI 1.8) it lent the host.
 pub(crate) type DirectPoller = (PollDirectFn, Dev, LentSet);
 
 impl Engine {
@@ -702,7 +702,7 @@ impl Engine {
             return false;
         };
         // A send ring the transport lent (ABI 1.7): the host writes the message itself.
-        let set = lent.load(Ordering::Relaxed);
+        let set = lent.rings.load(Ordering::Relaxed);
         if !set.is_null() {
             // SAFETY: a set lent by this live transport (it ends the loan before it frees
             // it), used on the polling thread while the transport is not called; `f` and

@@ -147,12 +147,21 @@ pub(crate) struct DeviceCtx {
     index: DevIndex,
     frame_off: usize,
     remote: &'static Remote,
-    /// The rings the device lent (ABI 1.7 `lend_rings`), or NULL.
-    lent: AtomicPtr<VmiRingSet>,
+    /// What the device lent the host.
+    lent: Lent,
 }
 
-/// Where a device announces the rings it lent (ABI 1.7): NULL, or its set.
-pub(crate) type LentSet = &'static AtomicPtr<VmiRingSet>;
+/// Where a device announces what it lent the host: each NULL, or its set.
+#[derive(Debug)]
+pub(crate) struct Lent {
+    /// Its receive (and send) rings (ABI 1.7 `lend_rings`).
+    pub rings: AtomicPtr<VmiRingSet>,
+    /// Its stream sockets (ABI 1.8 `lend_streams`).
+    pub streams: AtomicPtr<VmiStreamSet>,
+}
+
+/// Where one device announces what it lent (see [`Lent`]).
+pub(crate) type LentSet = &'static Lent;
 
 /// The leaked pieces of one engine.
 pub(crate) struct Boundary {
@@ -191,6 +200,7 @@ impl Boundary {
             host_marker: &vmi_device::logbridge::MARKER,
             irb_available: svc_irb_available,
             lend_rings: svc_lend_rings,
+            lend_streams: svc_lend_streams,
         }));
         let remote: &'static Remote = Box::leak(Box::new(Remote {
             queue: SegQueue::new(),
@@ -206,7 +216,10 @@ impl Boundary {
                     index: i as DevIndex,
                     frame_off,
                     remote,
-                    lent: AtomicPtr::new(std::ptr::null_mut()),
+                    lent: Lent {
+                        rings: AtomicPtr::new(std::ptr::null_mut()),
+                        streams: AtomicPtr::new(std::ptr::null_mut()),
+                    },
                 }))
             })
             .collect();
@@ -222,7 +235,7 @@ impl Boundary {
         self.ctxs[i] as *const DeviceCtx as *mut c_void
     }
 
-    /// Where device `i`'s lent rings are announced (see `direct::poll_one` and
+    /// Where device `i`'s lent rings and streams are announced (see `direct::poll_one` and
     /// `Engine::send_direct`).
     pub fn lent(&self, i: usize) -> LentSet {
         &self.ctxs[i].lent
@@ -358,7 +371,14 @@ unsafe extern "C" fn svc_lend_rings(host: *mut c_void, set: *mut VmiRingSet) {
     // after the engine ended, when a device drops its set).
     let c = unsafe { device_ctx(host) };
     // Read only by the polling thread, which is the caller's (the ABI's rule).
-    c.lent.store(set, Ordering::Relaxed);
+    c.lent.rings.store(set, Ordering::Relaxed);
+}
+
+unsafe extern "C" fn svc_lend_streams(host: *mut c_void, set: *mut VmiStreamSet) {
+    // SAFETY: as in `svc_lend_rings`.
+    let c = unsafe { device_ctx(host) };
+    // Read only by the polling thread, which is the caller's (the ABI's rule).
+    c.lent.streams.store(set, Ordering::Relaxed);
 }
 
 unsafe extern "C" fn svc_irb_frame(host: *mut c_void, irb: *mut VmiIrb) -> *mut u8 {

@@ -6,7 +6,7 @@
  * name). The host owns every IRB; a device holds one only between returning VMI_PENDING and
  * calling services->pass or services->complete. Nothing Rust-specific crosses this boundary.
  *
- * This header mirrors vmi-device/src/abi.rs; keep both in step. ABI 1.7.
+ * This header mirrors vmi-device/src/abi.rs; keep both in step. ABI 1.8.
  *
  * Versioning: structs only grow at the end, and every table says its own size. A host reads a
  * device built for an older minor (shorter tables: the missing entries count as NULL) and one
@@ -19,7 +19,8 @@
  * (services->abi_minor >= 6) the budget the host passes to poll_budget and poll_direct is
  * already at most what irb_available would return, so a device need not ask at every poll;
  * 1.7 adds services.lend_rings (a transport lends the host its receive rings: see
- * vmi_ring_set).
+ * vmi_ring_set); 1.8 adds services.lend_streams (a byte-stream transport lends the host its
+ * sockets: see vmi_stream_set).
  *
  * Threads: the host calls a device instance from one thread at a time, and the services the
  * device calls during a call run on that thread. The thread may change between calls (an
@@ -39,13 +40,14 @@ extern "C" {
 
 #define VMI_DEVICE_MAGIC 0x44494d56u /* "VMID" little-endian */
 #define VMI_ABI_MAJOR 1
-#define VMI_ABI_MINOR 7
+#define VMI_ABI_MINOR 8
 /* Sizes of the 1.0 tables (x86-64 and aarch64 Linux): the smallest a 1.x host accepts. */
 #define VMI_DESCRIPTOR_SIZE_1_0 88u
 #define VMI_VTABLE_SIZE_1_0 104u
 #define VMI_VTABLE_SIZE_1_1 112u
 #define VMI_HOST_SERVICES_SIZE_1_0 128u
 #define VMI_HOST_SERVICES_SIZE_1_1 136u /* 1.1 to 1.6 */
+#define VMI_HOST_SERVICES_SIZE_1_7 144u
 #define VMI_IRB_MAX_SEGS 16
 #define VMI_MAX_FRAME_ALIGN 64
 
@@ -221,6 +223,55 @@ typedef struct vmi_ring_set {
     size_t tx_count;
 } vmi_ring_set;
 
+/* Lent stream sockets (ABI 1.8, services.lend_streams). Each stream is a connected,
+ * non-blocking socket whose bytes are frames: an 8-byte header (0 kind u8, 1 ignored, 2 filter
+ * flags u16, 4 payload length u32, little-endian: the first 8 bytes of a ring record header)
+ * and the payload. While busy is 0 and skips is not, the host may, at a poll, read each stream
+ * whose rest is VMI_REST_NONE once into its buf (cap bytes), and take from the start of what
+ * it read every whole data frame (kind VMI_RING_DATA or VMI_RING_DATA_END, at most max_len
+ * payload bytes, VMI_FLAG_HOST not in its flags), as the transport would have offered it to
+ * the host's receiver; it counts skips down and adds what it took to `taken`. Everything else
+ * the read produced is the transport's, written to the stream's rest: the bytes from the first
+ * frame not taken on (also when the read filled buf, or the budget ran out: off == len then
+ * possible), the end of the stream, or an error (errno; EAGAIN is not one). Streams may share
+ * one buffer: after writing a rest the host reads no other stream and calls the transport's
+ * poll at once, which takes the rest (kind back to VMI_REST_NONE) before anything else. The
+ * transport sets busy before anything that could change a stream or its connection (a
+ * socket closed, a frame half read, bytes parked, sends queued, a sleep) and keeps the set,
+ * the sockets, the buffers and the rests valid until it sets busy or ends the loan
+ * (lend_streams(host, NULL)). Both sides touch the set only on the polling thread. */
+#define VMI_STREAM_HEADER_LEN 8u
+#define VMI_REST_NONE 0u
+#define VMI_REST_BYTES 1u
+#define VMI_REST_END 2u
+#define VMI_REST_ERROR 3u
+
+typedef struct vmi_stream_rest {
+    uint32_t kind;  /* VMI_REST_*: written by the host, cleared by the transport */
+    int32_t error;  /* errno of a VMI_REST_ERROR */
+    uint64_t off;   /* VMI_REST_BYTES: buf[off..len] is the transport's */
+    uint64_t len;   /* what the read returned */
+    uint64_t heard; /* bytes the host read since the transport last cleared it */
+} vmi_stream_rest;
+
+typedef struct vmi_stream {
+    uint64_t conn;
+    int32_t fd;
+    uint32_t reserved;
+    uint8_t *buf;
+    uint64_t cap;
+    uint64_t max_len;
+    vmi_stream_rest *rest;
+} vmi_stream;
+
+typedef struct vmi_stream_set {
+    uint32_t busy;
+    uint32_t skips;
+    uint64_t taken;
+    const vmi_stream *streams;
+    size_t count;
+} vmi_stream_set;
+
 typedef struct vmi_host_services {
     uint32_t size;
     uint32_t abi_minor;
@@ -246,6 +297,10 @@ typedef struct vmi_host_services {
      * transport's receive rings (see vmi_ring_set), or ends the loan (NULL). Only a
      * transport with poll_direct benefits; a host may ignore the loan. */
     void (*lend_rings)(void *host, vmi_ring_set *set);
+    /* ABI 1.8 (check size > VMI_HOST_SERVICES_SIZE_1_7 first): lends the host the calling
+     * transport's stream sockets (see vmi_stream_set), or ends the loan (NULL). Only a
+     * transport with poll_direct benefits; a host may ignore the loan. */
+    void (*lend_streams)(void *host, vmi_stream_set *set);
 } vmi_host_services;
 
 typedef int32_t (*vmi_create_fn)(const vmi_host_services *services, void *host, const vmi_param *params,

@@ -45,6 +45,9 @@
 //! - 1.7: host service `lend_rings` (a transport lends the host its receive rings, so the
 //!   host's poll reads small records itself and calls the transport's poll only when it has
 //!   other work: [`VmiRingSet`]); checked through `size`.
+//! - 1.8: host service `lend_streams` (a byte-stream transport lends the host its sockets,
+//!   so the host's poll reads them and takes whole small data frames itself: [`VmiStreamSet`]);
+//!   checked through `size`.
 #![allow(unsafe_code)]
 
 use std::ffi::{c_char, c_void};
@@ -54,7 +57,7 @@ pub const VMI_DEVICE_MAGIC: u32 = 0x4449_4d56;
 /// ABI major version: a descriptor of another major is refused.
 pub const VMI_ABI_MAJOR: u16 = 1;
 /// ABI minor version: newer minors only append fields.
-pub const VMI_ABI_MINOR: u16 = 7;
+pub const VMI_ABI_MINOR: u16 = 8;
 /// Size of a 1.0 descriptor: the smallest a host of this major accepts.
 pub const VMI_DESCRIPTOR_SIZE_1_0: u32 = 88;
 /// Size of a 1.0 vtable: the smallest a host of this major accepts.
@@ -70,6 +73,8 @@ pub const VMI_VTABLE_SIZE_1_3: u32 = 136;
 pub const VMI_HOST_SERVICES_SIZE_1_0: u32 = 128;
 /// Size of a 1.1 to 1.6 host services table (1.7 appended `lend_rings`).
 pub const VMI_HOST_SERVICES_SIZE_1_1: u32 = 136;
+/// Size of a 1.7 host services table (1.8 appended `lend_streams`).
+pub const VMI_HOST_SERVICES_SIZE_1_7: u32 = 144;
 /// Prefix of the exported descriptor symbol; the device type name follows.
 pub const VMI_SYMBOL_PREFIX: &str = "vmi_device_";
 /// Maximum number of data segments one IRB carries.
@@ -605,6 +610,16 @@ pub struct VmiHostServices {
     /// where it would call the transport's `poll_direct`, and writes the send rings only where
     /// it would call its `send_inline`; a host may also leave them alone.
     pub lend_rings: unsafe extern "C" fn(host: *mut c_void, set: *mut VmiRingSet),
+    // ---- ABI 1.8 (check `size` before use) ----
+    /// Lends the host the calling transport's stream sockets (`set`), or ends the loan
+    /// (NULL). From then on the host's poll may read those sockets itself and take whole
+    /// small data frames from what it read, and skip the transport's poll while `set->busy`
+    /// is 0 and `set->skips` is not. Everything else it read it leaves to the transport (see
+    /// [`VmiStreamSet`]). The transport keeps `set`, every stream it lists, each socket open
+    /// and each buffer and rest valid until it ends the loan or sets `busy`. The host reads
+    /// the sockets only where it would call the transport's `poll_direct`; a host may also
+    /// leave them alone.
+    pub lend_streams: unsafe extern "C" fn(host: *mut c_void, set: *mut VmiStreamSet),
 }
 
 /// Ring record kind: a fragment, its payload inline (the lent ring's record format).
@@ -655,6 +670,93 @@ pub struct VmiRingSet {
     pub tx: *const VmiTxRing,
     /// Number of send rings.
     pub tx_count: usize,
+}
+
+/// Length of a lent stream's frame header (see [`VmiStreamSet`]).
+pub const VMI_STREAM_HEADER_LEN: usize = 8;
+/// A lent stream's rest ([`VmiStreamRest::kind`]): nothing waits for the transport.
+pub const VMI_REST_NONE: u32 = 0;
+/// A rest: bytes the host read and did not take, `buf[off..len]` (with `len == cap`, the
+/// read filled the buffer and more may wait in the socket).
+pub const VMI_REST_BYTES: u32 = 1;
+/// A rest: the host's read found the end of the stream.
+pub const VMI_REST_END: u32 = 2;
+/// A rest: the host's read failed with `error` (an errno value, EAGAIN excepted).
+pub const VMI_REST_ERROR: u32 = 3;
+
+/// A byte-stream transport's sockets, lent to the host (ABI 1.8 `lend_streams`).
+///
+/// Each stream is a connected, non-blocking socket whose bytes are frames: an 8-byte header
+/// (`0` kind u8, `1` ignored, `2` filter flags u16, `4` payload length u32, little-endian,
+/// the first 8 bytes of a ring record header, see [`VmiRingSet`]) and the payload. While
+/// `busy` is 0 and `skips` is not, the host may, at a poll, read each stream whose rest is
+/// [`VMI_REST_NONE`] once into that stream's `buf` (`cap` bytes), and take from the start
+/// of what it read every whole data frame (kind [`VMI_RING_DATA`] or [`VMI_RING_DATA_END`],
+/// at most `max_len` payload bytes, no `VMI_FLAG_HOST` in its flags), as the transport would
+/// have offered it to the host's receiver. A read that would block leaves nothing. Anything
+/// else the read produced is the transport's, written to the stream's rest: the bytes from
+/// the first frame not taken on (also when the read filled the buffer, or the poll's budget
+/// ran out), the end of the stream, or an error. Streams may share one buffer: after writing
+/// a rest the host reads no other stream and calls the transport's poll at once, which
+/// takes the rest before anything else. Every header is checked before use; what the host
+/// does not take, the transport's decoder reads and reports.
+///
+/// Fields the host writes: `skips` (counted down at each poll it skips), `taken`, and each
+/// stream's rest. Both sides touch the set only on the polling thread, never at the same
+/// time.
+#[repr(C)]
+#[derive(Debug)]
+pub struct VmiStreamSet {
+    /// Nonzero while the transport has work besides reading its streams (queued sends, a
+    /// connection in its handshake or ending, a frame half read, a sleep to end): the host
+    /// then calls its poll at every poll and reads no stream itself.
+    pub busy: u32,
+    /// How many more polls the host may skip the transport's poll; the host counts it down.
+    pub skips: u32,
+    /// Frames the host has taken from the streams, in all (the host adds to it).
+    pub taken: u64,
+    /// The lent streams (`count` of them).
+    pub streams: *const VmiStream,
+    /// Number of streams.
+    pub count: usize,
+}
+
+/// One lent stream (see [`VmiStreamSet`]).
+#[repr(C)]
+#[derive(Debug)]
+pub struct VmiStream {
+    /// The host's connection the stream's frames belong to.
+    pub conn: u64,
+    /// The socket (connected, non-blocking; its bytes come from the peer: untrusted).
+    pub fd: i32,
+    /// Zero.
+    pub reserved: u32,
+    /// Where the host reads into (`cap` bytes; may be shared with the set's other streams).
+    pub buf: *mut u8,
+    /// Size of `buf`.
+    pub cap: u64,
+    /// Largest payload the host may take (larger frames are the transport's).
+    pub max_len: u64,
+    /// Where the host leaves what it did not take.
+    pub rest: *mut VmiStreamRest,
+}
+
+/// What the host's read of a lent stream left to the transport (see [`VmiStreamSet`]).
+#[repr(C)]
+#[derive(Debug, Default)]
+pub struct VmiStreamRest {
+    /// [`VMI_REST_NONE`], [`VMI_REST_BYTES`], [`VMI_REST_END`] or [`VMI_REST_ERROR`]; the
+    /// transport sets it back to [`VMI_REST_NONE`] once it took the rest.
+    pub kind: u32,
+    /// The errno of a [`VMI_REST_ERROR`].
+    pub error: i32,
+    /// Start of the bytes left in `buf` ([`VMI_REST_BYTES`]).
+    pub off: u64,
+    /// End of the bytes left in `buf`: what the read returned ([`VMI_REST_BYTES`]).
+    pub len: u64,
+    /// Bytes the host read from the stream since the transport last cleared it (the peer
+    /// was heard from).
+    pub heard: u64,
 }
 
 /// One lent send ring (see [`VmiRingSet`]): the host writes a small whole message into it
@@ -734,7 +836,10 @@ mod tests {
         assert_eq!(std::mem::size_of::<VmiIrb>(), 312);
         assert_eq!(std::mem::size_of::<VmiDeviceVtable>(), 144);
         assert_eq!(std::mem::size_of::<VmiDeviceDescriptor>(), 88);
-        assert_eq!(std::mem::size_of::<VmiHostServices>(), 144);
+        assert_eq!(std::mem::size_of::<VmiHostServices>(), 152);
+        assert_eq!(std::mem::size_of::<VmiStreamSet>(), 32);
+        assert_eq!(std::mem::size_of::<VmiStream>(), 48);
+        assert_eq!(std::mem::size_of::<VmiStreamRest>(), 32);
         assert_eq!(std::mem::size_of::<VmiRingSet>(), 56);
         assert_eq!(std::mem::size_of::<VmiRing>(), 56);
         assert_eq!(std::mem::size_of::<VmiRingCursor>(), 16);
@@ -765,6 +870,10 @@ mod tests {
         assert_eq!(
             std::mem::offset_of!(VmiHostServices, lend_rings),
             VMI_HOST_SERVICES_SIZE_1_1 as usize
+        );
+        assert_eq!(
+            std::mem::offset_of!(VmiHostServices, lend_streams),
+            VMI_HOST_SERVICES_SIZE_1_7 as usize
         );
     }
 }

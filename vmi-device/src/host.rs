@@ -5,8 +5,8 @@ use std::ffi::c_void;
 use std::ptr::NonNull;
 
 use crate::abi::{
-    VMI_HOST_SERVICES_SIZE_1_0, VMI_HOST_SERVICES_SIZE_1_1, VmiHostServices, VmiIrb, VmiRingSet,
-    VmiStr,
+    VMI_HOST_SERVICES_SIZE_1_0, VMI_HOST_SERVICES_SIZE_1_1, VMI_HOST_SERVICES_SIZE_1_7,
+    VmiHostServices, VmiIrb, VmiRingSet, VmiStr, VmiStreamSet,
 };
 use crate::irb::{Irb, Op, RemoteIrb};
 use crate::status::Status;
@@ -140,6 +140,18 @@ impl Host {
         // SAFETY: the table holds the 1.7 entry (checked above); the set's validity is
         // `LentRings`' business.
         unsafe { (self.svc().lend_rings)(self.parts.ctx, set) };
+        true
+    }
+
+    /// Lends the host `set` (NULL: ends the loan); false when the host predates ABI 1.8.
+    /// Through [`crate::lent_stream::LentStreams`], which keeps the contract.
+    pub(crate) fn lend_streams(&self, set: *mut VmiStreamSet) -> bool {
+        if (self.svc().size as usize) <= VMI_HOST_SERVICES_SIZE_1_7 as usize {
+            return false;
+        }
+        // SAFETY: the table holds the 1.8 entry (checked above); the set's validity is
+        // `LentStreams`' business.
+        unsafe { (self.svc().lend_streams)(self.parts.ctx, set) };
         true
     }
 

@@ -496,7 +496,8 @@ unsafe fn read_records(
                 ring.data.add(off as usize + at) as *const u64
             ))
         };
-        let Some((flags, len)) = takeable(h, limit, (room - at) as u64) else {
+        let Some((flags, len)) = takeable(h, limit, (room - at - VMI_RING_RECORD_LEN) as u64)
+        else {
             break;
         };
         // SAFETY: the payload lies inside `room` (checked by `takeable`).
@@ -525,7 +526,7 @@ unsafe fn read_records(
         // SAFETY: `avail` bytes from `tail` were published (Acquire above) and stay until
         // `tail` moves; offsets are masked into the ring.
         let h = unsafe { header(ring.data, cap, tail) };
-        let Some((flags, len)) = takeable(h, limit, avail) else {
+        let Some((flags, len)) = takeable(h, limit, avail - VMI_RING_RECORD_LEN as u64) else {
             break Stop::Device;
         };
         let at = tail + VMI_RING_RECORD_LEN as u64;
@@ -547,16 +548,16 @@ unsafe fn read_records(
     (n, stop)
 }
 
-/// The receive flags and payload length of the record whose header begins with `h` (its
-/// first 8 bytes, little-endian), when it is a whole data record the host may take: of kind
-/// DATA or DATA_END, at most `limit` bytes, wholly within the `avail` bytes published from
-/// its start (at least a header), and not one of the peer's host's own.
+/// The receive flags and payload length of the record (or lent stream frame) whose header
+/// begins with `h` (its first 8 bytes, little-endian), when it is a whole data record the
+/// host may take: of kind DATA or DATA_END, at most `limit` bytes, its payload wholly within
+/// the `avail` bytes there are after the header, and not one of the peer's host's own.
 #[inline(always)]
-fn takeable(h: u64, limit: u64, avail: u64) -> Option<(u32, usize)> {
+pub(crate) fn takeable(h: u64, limit: u64, avail: u64) -> Option<(u32, usize)> {
     let (kind, len) = (h as u8, h >> 32);
     let flags = abi::recv_flags(kind == VMI_RING_DATA_END, (h >> 16) as u16);
     let data = kind == VMI_RING_DATA || kind == VMI_RING_DATA_END;
-    let whole = avail - VMI_RING_RECORD_LEN as u64 >= len;
+    let whole = avail >= len;
     (data && len <= limit && whole && flags & VMI_FLAG_HOST == 0).then_some((flags, len as usize))
 }
 
@@ -567,7 +568,13 @@ fn takeable(h: u64, limit: u64, avail: u64) -> Option<(u32, usize)> {
 /// `copy` writes exactly `len` bytes at the pointer (which has room for them) and nothing
 /// else.
 #[inline(always)]
-unsafe fn append(out: &mut Batch, conn: u64, flags: u32, len: usize, copy: impl FnOnce(*mut u8)) {
+pub(crate) unsafe fn append(
+    out: &mut Batch,
+    conn: u64,
+    flags: u32,
+    len: usize,
+    copy: impl FnOnce(*mut u8),
+) {
     let start = out.bytes.len();
     out.bytes.reserve(len);
     // SAFETY: `reserve` made room for `len` bytes after `start`, which `copy` writes (the

@@ -42,6 +42,7 @@ pub mod host;
 pub mod hostmsg;
 pub mod irb;
 pub mod lent;
+pub mod lent_stream;
 pub mod logbridge;
 pub mod memwatch;
 pub mod param;

@@ -92,6 +92,12 @@ pub const PARAMS: &[VmiParamSpec] = &[
         c"true",
         c"set TCP_NODELAY (no Nagle delay for small messages)",
     ),
+    param(
+        c"lend_streams",
+        VMI_PARAM_BOOL,
+        c"true",
+        c"lend the sockets of a few open connections to the host, whose busy poll then reads them and takes small whole messages itself, calling this device only when it has other work (fewer instructions per message); false: this device reads every socket",
+    ),
 ];
 
 /// Typed configuration.
@@ -127,6 +133,8 @@ pub struct TcpConfig {
     pub peer_timeout: Duration,
     /// Key file for authentication (empty: VMI_AUTH_KEY_FILE or none).
     pub auth_key_file: String,
+    /// Lend the sockets to the host (ABI 1.8).
+    pub lend_streams: bool,
 }
 
 fn port(c: &Config, name: &str) -> Result<u16, String> {
@@ -152,6 +160,7 @@ impl TcpConfig {
             max_connect_data: u32::try_from(c.get_u64("max_connect_data").map_err(e)?)
                 .map_err(|_| "parameter 'max_connect_data' is over 4 GiB".to_string())?,
             nodelay: c.get_bool("nodelay").map_err(e)?,
+            lend_streams: c.get_bool("lend_streams").map_err(e)?,
             recv_poll_bytes: (c.get_u64("recv_poll_bytes").map_err(e)? as usize).max(1),
             max_connections: c.get_u64("max_connections").map_err(e)?.max(1) as usize,
             peer_timeout: c.get_millis("peer_timeout_ms").map_err(e)?,

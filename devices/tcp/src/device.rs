@@ -13,6 +13,7 @@ use vmi_device::Status;
 use vmi_device::abi::{recv_flags, wire_flags};
 use vmi_device::deliver;
 use vmi_device::held::HeldBuffers;
+use vmi_device::lent_stream::{LentStreams, Rest, StreamLoan, StreamRest};
 use vmi_device::signature::Signature;
 use vmi_device::{
     Capabilities, CompletingIrb, Config, ConnMap, Device, DeviceKind, Disposition, Host, Irb, Op,
@@ -61,6 +62,8 @@ struct Conn {
     closing: Option<Irb>,
     /// The peer closed its sending side while the connection was open.
     peer_done: bool,
+    /// What the host's read of this socket left to this device while it was lent.
+    rest: StreamRest,
 }
 
 impl Conn {
@@ -85,6 +88,7 @@ impl Conn {
             parked_off: 0,
             closing: None,
             peer_done: false,
+            rest: StreamRest::default(),
         }
     }
 }
@@ -151,6 +155,9 @@ pub struct TcpDevice {
     inline_sends: u64,
     /// Fragments the host took with no IRB (`direct_receives`).
     direct_receives: u64,
+    /// The sockets lent to the host (ABI 1.8), and the connections listed, in order.
+    lent: LentStreams,
+    lent_conns: Vec<usize>,
 }
 
 /// One `read(2)` of a socket. Through rustix, not `std::io::Read`: a poll that finds the
@@ -260,7 +267,7 @@ impl TcpDevice {
         // the next poll at the latest, whoever settled it: no send marks the connection for
         // it, and an idle socket raises no new writable edge.
         if c.tx.len() > queued {
-            mark_dirty(&mut self.dirty, c, idx);
+            mark_dirty(&mut self.dirty, &self.lent, c, idx);
         }
         let timed = c.proto.deadline().is_some();
         if timed != c.timed {
@@ -275,6 +282,8 @@ impl TcpDevice {
 
     /// Removes a connection without telling anyone; returns it for the caller to settle.
     fn take(&mut self, idx: usize) -> Option<Conn> {
+        // Its socket closes: the host reads no socket until the next poll lists them again.
+        self.lent.set_busy();
         let mut c = self.conns.get_mut(idx)?.take()?;
         self.queued_total -= c.tx.bytes();
         let _ = self.poll.registry().deregister(&mut c.sock);
@@ -1222,7 +1231,15 @@ impl Device for TcpDevice {
             epoll_due: std::cell::Cell::new(true),
             spare: spare_fd(),
             _key_lock: None,
+            lent: LentStreams::default(),
+            lent_conns: Vec::new(),
         };
+        // Lent busy and empty; `relend` lists the sockets once connections open.
+        if dev.cfg.lend_streams && dev.lent.lend(&dev.host) {
+            log::debug!(
+                "tcp: sockets lent to the host (its busy poll reads small messages itself)"
+            );
+        }
         if dev.cfg.listen {
             dev._key_lock = Some(lock_key(&dev.local.key)?);
             let ip: IpAddr = dev.cfg.listen_addr.parse().map_err(|_| {
@@ -1287,7 +1304,10 @@ impl Device for TcpDevice {
             "protocols" => {
                 Some("eager for every size: the bytes stream on the socket, no rendezvous".into())
             }
-            "direct_receives" => Some(self.direct_receives.to_string()),
+            // Taken by the host from the lent sockets, or handed to it by this device.
+            "direct_receives" => Some((self.direct_receives + self.lent.taken()).to_string()),
+            // Of those, the frames the host took from the lent sockets itself.
+            "lent_taken" => Some(self.lent.taken().to_string()),
             // Where a rail of a multi-rail connection reaches this instance: its address and
             // port, or the port alone when it listens on every interface.
             "rail_address" => Some(
@@ -1307,6 +1327,8 @@ impl Device for TcpDevice {
     /// would (the peers see the connection lost); for draining an interface and for tests
     /// of failover.
     fn set_attr(&mut self, name: &str, value: &str) -> Result<(), String> {
+        // It may end connections: the host reads no socket until the next poll.
+        self.lent.set_busy();
         match (name, value) {
             ("abort", "all") => {
                 let open: Vec<usize> = (0..self.conns.len())
@@ -1343,7 +1365,8 @@ impl Device for TcpDevice {
         if data.len() as u64 > self.cfg.max_fragment {
             return false;
         }
-        let turn = self.turn;
+        // The host's polls that skipped this device's count as turns too.
+        let turn = self.turn + u64::from(self.lent.skipped());
         let Some(c) = self.conns[idx].as_mut() else {
             return false;
         };
@@ -1369,7 +1392,7 @@ impl Device for TcpDevice {
             self.queued_total += c.tx.queue_frame(&mut self.tx_spare, &header, data);
             c.proto.note_sent();
             self.inline_sends += 1;
-            mark_dirty(&mut self.dirty, c, idx);
+            mark_dirty(&mut self.dirty, &self.lent, c, idx);
             if c.tx.bytes() >= sendq::FLUSH_AT {
                 self.flush(idx);
             }
@@ -1399,7 +1422,7 @@ impl Device for TcpDevice {
         if off < total {
             // The socket took part of it: the rest is queued, as bytes, ahead of any later send.
             self.queued_total += c.tx.queue_parts(&mut self.tx_spare, &[&header, data], off);
-            mark_dirty(&mut self.dirty, c, idx);
+            mark_dirty(&mut self.dirty, &self.lent, c, idx);
         }
         if let Some(e) = failed {
             let out = c.proto.write_error(&e.to_string());
@@ -1422,6 +1445,9 @@ impl Device for TcpDevice {
     }
 
     fn submit(&mut self, mut irb: Irb) -> Disposition {
+        // Any operation may queue sends, or open or end a connection: the host reads no
+        // socket until the next poll has listed them again.
+        self.lent.set_busy();
         let conn = irb.conn();
         match irb.op() {
             Op::Send => {
@@ -1494,7 +1520,7 @@ impl Device for TcpDevice {
                 }
                 c.tx.push_frame(irb, header, 0, total);
                 let full = c.tx.len() >= MAX_IOV / 2;
-                mark_dirty(&mut self.dirty, c, idx);
+                mark_dirty(&mut self.dirty, &self.lent, c, idx);
                 if full {
                     self.flush(idx);
                 }
@@ -1618,6 +1644,7 @@ impl Device for TcpDevice {
     }
 
     fn peer_close_released(&mut self, conn: u64) {
+        self.lent.set_busy();
         // What the host sent in answer to the peer's last fragments has reached this
         // device: the connection closes at the next poll.
         if let Some(&idx) = self.by_vmi.get(&conn)
@@ -1628,11 +1655,183 @@ impl Device for TcpDevice {
     }
 
     fn poll(&mut self, budget: usize) -> usize {
-        // Asked once per poll (and not at all from a host of ABI 1.6 on, which bounds the
-        // budget itself): during this poll only this device takes receive IRBs, and it counts
-        // each one down (`deliver`, connect requests, peer ends).
+        if !self.lent.is_lent() {
+            return self.poll_sockets(budget);
+        }
+        self.poll_lent(budget)
+    }
+
+    fn wait_fd(&self) -> (Option<RawFd>, Option<Duration>) {
+        let mut next: Option<Duration> = if !self.dirty.is_empty() || !self.finishing.is_empty() {
+            // Sends wait to be written: do not sleep.
+            Some(Duration::ZERO)
+        } else if self.again.is_empty() {
+            None
+        } else if self.host.irbs_available() > 0 {
+            Some(Duration::ZERO)
+        } else {
+            // Waiting for the application to release received IRBs: a release wakes the host.
+            None
+        };
+        self.waited.set(true);
+        self.epoll_due.set(true);
+        // The next poll asks epoll and ends the sleep: the host must call it.
+        self.lent.set_busy();
+        if !self.cfg.peer_timeout.is_zero() && self.open_conns() > 0 {
+            // Wake for the next liveness tick.
+            let left = self.next_tick.saturating_duration_since(Instant::now());
+            next = Some(next.map_or(left, |n| n.min(left)));
+        }
+        if self.accept_retry {
+            // Connections may wait in the backlog with no event to come: look again soon.
+            let retry = Duration::from_millis(50);
+            next = Some(next.map_or(retry, |n| n.min(retry)));
+        }
+        if self.timed > 0 {
+            let now = Instant::now();
+            for c in self.conns.iter().flatten() {
+                if let Some(d) = c.proto.deadline() {
+                    let left = d.saturating_duration_since(now);
+                    next = Some(next.map_or(left, |n| n.min(left)));
+                }
+            }
+        }
+        (
+            Some(self.poll.as_raw_fd()),
+            // Deadlines round up by a millisecond (poll(2) counts whole ones); "now" stays now.
+            next.map(|d| {
+                if d.is_zero() {
+                    d
+                } else {
+                    d + Duration::from_millis(1)
+                }
+            }),
+        )
+    }
+}
+
+impl TcpDevice {
+    /// [`Device::poll`] with the sockets lent to the host: the polls it skipped count as
+    /// this device's, what its reads left is taken first, and the sockets are listed again
+    /// at the end when nothing but whole frames can wait in them.
+    #[inline(never)]
+    fn poll_lent(&mut self, budget: usize) -> usize {
+        let skipped = u64::from(self.lent.take_skipped());
+        self.turn += skipped;
+        self.tick_polls = self.tick_polls.saturating_add(skipped as u32);
+        let was_lent = !self.lent.busy();
+        // This poll may change any connection: nothing is read by the host until `relend`.
+        self.lent.set_busy();
         self.budget_left = self.host.receive_credit(budget);
         self.held_bytes = 0;
+        if was_lent {
+            self.take_rests();
+        }
+        let n = self.poll_sockets_from();
+        self.relend();
+        n
+    }
+
+    /// Takes what the host's reads of the lent sockets left (bytes not taken, an end of
+    /// stream, an error) and notes the peers it heard from, before anything else reads into
+    /// the staging buffer those bytes lie in.
+    fn take_rests(&mut self) {
+        for i in 0..self.lent_conns.len() {
+            let idx = self.lent_conns[i];
+            let Some(c) = self.conns.get_mut(idx).and_then(Option::as_mut) else {
+                continue;
+            };
+            if c.rest.take_heard() {
+                c.proto.note_heard();
+            }
+            let Some(rest) = c.rest.take(self.staging.len()) else {
+                continue;
+            };
+            match rest {
+                Rest::Bytes { off, len } => {
+                    let staging = std::mem::take(&mut self.staging);
+                    let go_on = off == len || self.feed_from(idx, &staging[..len], off);
+                    self.staging = staging;
+                    // A read that filled the buffer may have left more: it is read again in
+                    // its turn, after the connections the host did not get to.
+                    if go_on && len == self.staging.len() {
+                        self.read_later(idx);
+                    }
+                }
+                Rest::End => self.read_ended(idx, Ok(0)),
+                Rest::Error(e) => self.read_ended(idx, Err(Errno::from_raw_os_error(e))),
+            }
+            // The host read this one this poll: this device's own round starts after it.
+            self.rx_first = idx + 1;
+        }
+    }
+
+    /// Lists the sockets for the host again when every connection is open, between frames,
+    /// with nothing parked, queued or due, and there are few of them; otherwise leaves them
+    /// busy. The host may skip this device's polls until the next epoll look is due.
+    #[allow(unsafe_code)]
+    fn relend(&mut self) {
+        let lendable = self.open_conns() <= DIRECT_MAX_CONNS
+            && self.dirty.is_empty()
+            && self.finishing.is_empty()
+            && self.again.is_empty()
+            && !self.accept_retry
+            && !self.epoll_due.get()
+            && self.conns.iter().flatten().all(|c| {
+                c.proto.is_open()
+                    && c.vmi != 0
+                    && c.proto.at_boundary()
+                    && c.parked.is_empty()
+                    && !c.waiting
+                    && !c.peer_done
+                    && !c.timed
+                    && c.closing.is_none()
+                    && c.attempt.is_none()
+                    && c.tx.is_empty()
+            });
+        if !lendable {
+            return;
+        }
+        self.lent_conns.clear();
+        self.lent_conns
+            .extend((0..self.conns.len()).filter(|&i| self.conns[i].is_some()));
+        let skips = (DIRECT_EPOLL_EVERY - 1 - self.turn % DIRECT_EPOLL_EVERY) as u32;
+        let max_len = self.cfg.max_fragment;
+        let streams = self.conns.iter().flatten().map(|c| StreamLoan {
+            conn: c.vmi,
+            fd: c.sock.as_raw_fd(),
+            max_len,
+            rest: &c.rest,
+        });
+        let cap = self.staging.len();
+        // SAFETY: every listed socket belongs to a connection in the table, which closes
+        // only when `take` removes it, and `take` sets the set busy first (as do `submit`,
+        // `send_inline` queueing, `wait_fd`, `peer_close_released` and every poll, and
+        // `Drop` through `take`). Each listed connection is open and between frames with
+        // nothing parked (checked above), its rest was taken at this poll's start (or it was
+        // not listed then, and nothing writes a rest of an unlisted stream). The staging
+        // buffer is a boxed slice whose address never changes (taken and put back whole),
+        // and the device uses it only inside its own calls.
+        unsafe {
+            self.lent
+                .publish(streams, self.staging.as_mut_ptr(), cap, skips)
+        };
+    }
+
+    /// The body of [`Device::poll`]: reads the sockets and flushes queued sends.
+    #[inline(always)]
+    fn poll_sockets(&mut self, budget: usize) -> usize {
+        self.budget_left = self.host.receive_credit(budget);
+        self.held_bytes = 0;
+        self.poll_sockets_from()
+    }
+
+    /// [`TcpDevice::poll_sockets`] once the poll's budget is set.
+    #[inline(always)]
+    fn poll_sockets_from(&mut self) -> usize {
+        // The budget was asked once for this poll (and not at all from a host of ABI 1.6 on,
+        // which bounds it itself): during this poll only this device takes receive IRBs, and
+        // it counts each one down (`deliver`, connect requests, peer ends).
         self.turn += 1;
         // Queued sends first: one writev per connection for everything sent since.
         for i in 0..self.dirty.len() {
@@ -1727,52 +1926,6 @@ impl Device for TcpDevice {
         self.check_deadlines();
         n
     }
-
-    fn wait_fd(&self) -> (Option<RawFd>, Option<Duration>) {
-        let mut next: Option<Duration> = if !self.dirty.is_empty() || !self.finishing.is_empty() {
-            // Sends wait to be written: do not sleep.
-            Some(Duration::ZERO)
-        } else if self.again.is_empty() {
-            None
-        } else if self.host.irbs_available() > 0 {
-            Some(Duration::ZERO)
-        } else {
-            // Waiting for the application to release received IRBs: a release wakes the host.
-            None
-        };
-        self.waited.set(true);
-        self.epoll_due.set(true);
-        if !self.cfg.peer_timeout.is_zero() && self.open_conns() > 0 {
-            // Wake for the next liveness tick.
-            let left = self.next_tick.saturating_duration_since(Instant::now());
-            next = Some(next.map_or(left, |n| n.min(left)));
-        }
-        if self.accept_retry {
-            // Connections may wait in the backlog with no event to come: look again soon.
-            let retry = Duration::from_millis(50);
-            next = Some(next.map_or(retry, |n| n.min(retry)));
-        }
-        if self.timed > 0 {
-            let now = Instant::now();
-            for c in self.conns.iter().flatten() {
-                if let Some(d) = c.proto.deadline() {
-                    let left = d.saturating_duration_since(now);
-                    next = Some(next.map_or(left, |n| n.min(left)));
-                }
-            }
-        }
-        (
-            Some(self.poll.as_raw_fd()),
-            // Deadlines round up by a millisecond (poll(2) counts whole ones); "now" stays now.
-            next.map(|d| {
-                if d.is_zero() {
-                    d
-                } else {
-                    d + Duration::from_millis(1)
-                }
-            }),
-        )
-    }
 }
 
 impl Drop for TcpDevice {
@@ -1820,9 +1973,12 @@ impl PayloadAlloc for Payloads<'_> {
     }
 }
 
-/// Lists connection `idx` for the next poll's flush (once).
-fn mark_dirty(dirty: &mut Vec<usize>, c: &mut Conn, idx: usize) {
+/// Lists connection `idx` for the next poll's flush (once); the host then calls that poll
+/// (the lent sockets are busy).
+fn mark_dirty(dirty: &mut Vec<usize>, lent: &LentStreams, c: &mut Conn, idx: usize) {
     if !c.dirty {
+        // Busy until the flush: no publish lists the sockets while `dirty` is not empty.
+        lent.set_busy();
         c.dirty = true;
         dirty.push(idx);
     }

@@ -367,6 +367,12 @@ impl Connection {
         }
     }
 
+    /// Notes that the peer was heard from (bytes read from it outside [`Connection::feed`]:
+    /// whole frames the host took from a lent socket).
+    pub fn note_heard(&mut self) {
+        self.live.heard = true;
+    }
+
     /// A data frame whole at the start of `input` that this connection would deliver now
     /// (open, between frames): its end bit, filter flags, payload and the bytes it takes. The
     /// caller hands the payload over from `input` and skips those bytes; `None`: [`feed`].
