@@ -249,6 +249,23 @@ impl LentStreams {
     }
 }
 
+impl LentStreams {
+    /// Clears the busy flag and lets the host skip up to `skips` of the device's polls,
+    /// with the streams listed at the last [`LentStreams::publish`] (no list is rebuilt).
+    ///
+    /// # Safety
+    /// [`LentStreams::publish`]'s contract, for the streams it listed (the same sockets, of
+    /// the same connections, still in that state), with the same buffer.
+    #[inline]
+    pub unsafe fn resume(&mut self, skips: u32) {
+        self.granted = skips;
+        // SAFETY: as in `set_busy`.
+        let set = unsafe { &mut *self.set.get() };
+        set.skips = skips;
+        set.busy = 0;
+    }
+}
+
 impl Drop for LentStreams {
     fn drop(&mut self) {
         self.set_busy();
@@ -272,7 +289,7 @@ impl Drop for LentStreams {
 /// # Safety
 /// `stream` is listed in a set lent under the [`crate::abi::VmiStreamSet`] contract, which holds
 /// for the duration of the call, and its rest is [`VMI_REST_NONE`].
-#[inline]
+#[inline(always)]
 pub unsafe fn read_stream(
     stream: &VmiStream,
     max_records: usize,
@@ -283,19 +300,36 @@ pub unsafe fn read_stream(
         return (0, Stop::Budget);
     }
     // SAFETY: the contract: an open socket, and a buffer of `cap` bytes the device does not
-    // use during this call.
-    let (fd, buf) = unsafe {
-        (
+    // use during this call. An empty socket (every idle busy poll) costs this read, inline.
+    let got = unsafe {
+        rustix::io::read(
             BorrowedFd::borrow_raw(stream.fd),
             std::slice::from_raw_parts_mut(stream.buf, stream.cap as usize),
         )
     };
-    let n = match rustix::io::read(fd, &mut *buf) {
-        Ok(n) if n > 0 => n,
-        Err(rustix::io::Errno::AGAIN) => return (0, Stop::Empty),
-        Ok(_) => return (0, leave(stream, VMI_REST_END, 0, 0, 0)),
-        Err(e) => return (0, leave(stream, VMI_REST_ERROR, e.raw_os_error(), 0, 0)),
-    };
+    match got {
+        // SAFETY: forwarded; the read put `n` bytes at the start of the buffer.
+        Ok(n) if n > 0 => unsafe { take_frames(stream, n, max_records, max_len, out) },
+        Err(rustix::io::Errno::AGAIN) => (0, Stop::Empty),
+        Ok(_) => (0, leave(stream, VMI_REST_END, 0, 0, 0)),
+        Err(e) => (0, leave(stream, VMI_REST_ERROR, e.raw_os_error(), 0, 0)),
+    }
+}
+
+/// [`read_stream`] once the read brought `n` bytes: takes the whole frames from their start.
+///
+/// # Safety
+/// As for [`read_stream`]; `n` bytes were read into the stream's buffer, `0 < n <= cap`.
+#[inline(never)]
+unsafe fn take_frames(
+    stream: &VmiStream,
+    n: usize,
+    max_records: usize,
+    max_len: usize,
+    out: &mut Batch,
+) -> (usize, Stop) {
+    // SAFETY: the contract: a buffer of `cap` bytes the device does not use during this call.
+    let buf = unsafe { std::slice::from_raw_parts(stream.buf, stream.cap as usize) };
     let limit = stream.max_len.min(max_len as u64);
     let mut at = 0;
     let mut taken = 0;

@@ -31,6 +31,10 @@ const LISTENER: Token = Token(usize::MAX);
 const DIRECT_MAX_CONNS: usize = 4;
 /// A busy poll that reads directly still asks epoll once in this many polls.
 const DIRECT_EPOLL_EVERY: u64 = 16;
+/// While the sockets are lent, the host calls this device's poll (which then asks epoll) once
+/// in this many of its polls, unless the device has work sooner (a multiple of
+/// `DIRECT_EPOLL_EVERY`): for accepts, and the liveness ticks.
+const LENT_POLL_EVERY: u64 = 64;
 const STAGING: usize = 64 * 1024;
 
 /// A connect in progress: the dial (which ports are left) and the connect IRB.
@@ -158,6 +162,8 @@ pub struct TcpDevice {
     /// The sockets lent to the host (ABI 1.8), and the connections listed, in order.
     lent: LentStreams,
     lent_conns: Vec<usize>,
+    /// The table or a connection's handle changed since the sockets were last listed.
+    lent_stale: bool,
 }
 
 /// One `read(2)` of a socket. Through rustix, not `std::io::Read`: a poll that finds the
@@ -233,6 +239,7 @@ impl TcpDevice {
     }
 
     fn insert(&mut self, mut conn: Conn) -> io::Result<usize> {
+        self.lent_stale = true;
         let idx = self.free.pop().unwrap_or_else(|| {
             self.conns.push(None);
             self.conns.len() - 1
@@ -284,6 +291,7 @@ impl TcpDevice {
     fn take(&mut self, idx: usize) -> Option<Conn> {
         // Its socket closes: the host reads no socket until the next poll lists them again.
         self.lent.set_busy();
+        self.lent_stale = true;
         let mut c = self.conns.get_mut(idx)?.take()?;
         self.queued_total -= c.tx.bytes();
         let _ = self.poll.registry().deregister(&mut c.sock);
@@ -945,6 +953,7 @@ impl TcpDevice {
             return;
         };
         c.vmi = vmi;
+        self.lent_stale = true;
         let peer = c.proto.peer().to_string();
         self.by_vmi.insert(vmi, idx);
         self.settle(idx);
@@ -1233,6 +1242,7 @@ impl Device for TcpDevice {
             _key_lock: None,
             lent: LentStreams::default(),
             lent_conns: Vec::new(),
+            lent_stale: true,
         };
         // Lent busy and empty; `relend` lists the sockets once connections open.
         if dev.cfg.lend_streams && dev.lent.lend(&dev.host) {
@@ -1594,6 +1604,7 @@ impl Device for TcpDevice {
                     // The application is done with it: closing after the answer is flushed.
                     self.by_vmi.remove(&conn);
                     c.vmi = 0;
+                    self.lent_stale = true;
                 }
                 self.settle(idx);
                 self.flush(idx);
@@ -1719,14 +1730,11 @@ impl TcpDevice {
         let skipped = u64::from(self.lent.take_skipped());
         self.turn += skipped;
         self.tick_polls = self.tick_polls.saturating_add(skipped as u32);
-        let was_lent = !self.lent.busy();
         // This poll may change any connection: nothing is read by the host until `relend`.
         self.lent.set_busy();
         self.budget_left = self.host.receive_credit(budget);
         self.held_bytes = 0;
-        if was_lent {
-            self.take_rests();
-        }
+        self.take_rests();
         let n = self.poll_sockets_from();
         self.relend();
         n
@@ -1734,7 +1742,9 @@ impl TcpDevice {
 
     /// Takes what the host's reads of the lent sockets left (bytes not taken, an end of
     /// stream, an error) and notes the peers it heard from, before anything else reads into
-    /// the staging buffer those bytes lie in.
+    /// the staging buffer those bytes lie in. (A rest is left only while the sockets are
+    /// lent, and the host calls this poll at once after it; the peers heard from are noted
+    /// at every poll, so a busy spell loses none for the liveness ticks.)
     fn take_rests(&mut self) {
         for i in 0..self.lent_conns.len() {
             let idx = self.lent_conns[i];
@@ -1768,7 +1778,8 @@ impl TcpDevice {
 
     /// Lists the sockets for the host again when every connection is open, between frames,
     /// with nothing parked, queued or due, and there are few of them; otherwise leaves them
-    /// busy. The host may skip this device's polls until the next epoll look is due.
+    /// busy. The host may skip this device's polls until its next look at epoll (one in
+    /// `LENT_POLL_EVERY` of the host's polls).
     #[allow(unsafe_code)]
     fn relend(&mut self) {
         let lendable = self.open_conns() <= DIRECT_MAX_CONNS
@@ -1792,10 +1803,18 @@ impl TcpDevice {
         if !lendable {
             return;
         }
+        let skips = (LENT_POLL_EVERY - 1 - self.turn % LENT_POLL_EVERY) as u32;
+        if !self.lent_stale {
+            // SAFETY: the same sockets as the last publish (no connection was added or taken
+            // and no handle changed since: `lent_stale`), each in the state checked above,
+            // with the same buffer; see the publish below.
+            unsafe { self.lent.resume(skips) };
+            return;
+        }
+        self.lent_stale = false;
         self.lent_conns.clear();
         self.lent_conns
             .extend((0..self.conns.len()).filter(|&i| self.conns[i].is_some()));
-        let skips = (DIRECT_EPOLL_EVERY - 1 - self.turn % DIRECT_EPOLL_EVERY) as u32;
         let max_len = self.cfg.max_fragment;
         let streams = self.conns.iter().flatten().map(|c| StreamLoan {
             conn: c.vmi,
