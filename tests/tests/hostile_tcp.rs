@@ -10,6 +10,8 @@ use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use vmi_core::Disconnect;
+use vmi_core::prelude::*;
 use vmi_tcp::wire::{ANSWER_LEN, AnswerRepr, AnswerStatus, FrameRepr, HelloRepr};
 use vmi_tests::{Proc, root, unique_key};
 
@@ -367,4 +369,146 @@ fn the_soft_descriptor_limit_is_raised_to_the_hard_one() {
     let (ok, out) = good_sender(&key);
     assert!(ok, "{out}");
     assert!(r.finish(T).0);
+}
+
+/// What a busy-polling victim in this process saw: each connection's messages, and how
+/// connections ended.
+#[derive(Default)]
+struct Victim {
+    messages: Vec<(ConnId, Vec<u8>)>,
+    ended: Vec<(ConnId, Disconnect)>,
+}
+
+impl Handler for Victim {
+    fn receive(&mut self, _ctx: &mut Ctx<'_>, conn: ConnId, _cmd: Recv, slab: &mut Slab<'_>) {
+        self.messages.push((conn, slab.read_to_vec()));
+    }
+    fn disconnected(&mut self, _ctx: &mut Ctx<'_>, conn: ConnId, reason: Disconnect) {
+        self.ended.push((conn, reason));
+    }
+}
+
+/// A raw peer, accepted by the victim (polled meanwhile).
+fn open_peer(vmi: &mut Vmi, h: &mut Victim, port: u16, key: &str, name: &str) -> TcpStream {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_nodelay(true).unwrap();
+    s.write_all(&HelloRepr::emit(name, key, "send=;recv=", b""))
+        .unwrap();
+    s.set_nonblocking(true).unwrap();
+    let deadline = std::time::Instant::now() + T;
+    let mut got = Vec::new();
+    loop {
+        vmi.poll(h);
+        let mut buf = [0u8; 512];
+        match s.read(&mut buf) {
+            Ok(0) => panic!("{name}: closed before the answer"),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => panic!("{name}: {e}"),
+        }
+        if got.len() >= ANSWER_LEN {
+            let a = AnswerRepr::parse(got[..ANSWER_LEN].try_into().unwrap(), 1 << 20).unwrap();
+            assert_eq!(a.status, AnswerStatus::Accept, "{name}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{name}: no answer");
+    }
+    s.set_nonblocking(false).unwrap();
+    s
+}
+
+fn data_frame(payload: &[u8]) -> Vec<u8> {
+    let mut f = FrameRepr {
+        end: true,
+        filter_flags: 0,
+        len: payload.len() as u32,
+    }
+    .emit()
+    .to_vec();
+    f.extend_from_slice(payload);
+    f
+}
+
+/// Peers that turn hostile on an open connection, against a victim that busy-polls with its
+/// sockets lent to the host (its poll reads them itself and takes whole small frames): what
+/// came before the bad frame is delivered whole and in order, the bad frame ends that
+/// connection with the reason, and the victim goes on serving another peer. Each bad frame
+/// is written in the same write as good ones, so the host's reader meets it first.
+#[test]
+fn a_peer_turning_hostile_on_an_open_connection_meets_the_hosts_checks() {
+    let cases: [(&str, Vec<u8>); 4] = [
+        (
+            "an unknown frame kind",
+            vec![9, 0, 0, 0, 4, 0, 0, 0, 1, 2, 3, 4],
+        ),
+        (
+            "a length of 4 GiB",
+            FrameRepr {
+                end: true,
+                filter_flags: 0,
+                len: u32::MAX,
+            }
+            .emit()
+            .to_vec(),
+        ),
+        (
+            "a handshake message again",
+            HelloRepr::emit("again", "x", "send=;recv=", b""),
+        ),
+        ("a header cut by the end of the stream", vec![2, 0, 0, 0, 8]),
+    ];
+    for (what, bad) in cases {
+        let key = unique_key("lent-victim");
+        let (mut vmi, port) = vmi_tests::tcp_on_free_port(&key);
+        let mut h = Victim::default();
+        let mut s = open_peer(&mut vmi, &mut h, port, &key, "turncoat");
+        // Some polls with nothing to read: the socket is lent to the host by now.
+        for _ in 0..200 {
+            vmi.poll(&mut h);
+        }
+        let mut burst = Vec::new();
+        for i in 0..20u8 {
+            burst.extend_from_slice(&data_frame(&[i; 12]));
+        }
+        burst.extend_from_slice(&bad);
+        burst.extend_from_slice(&data_frame(b"never delivered"));
+        s.write_all(&burst).unwrap();
+        if what.contains("end of the stream") {
+            s.shutdown(std::net::Shutdown::Write).unwrap();
+        }
+        let deadline = std::time::Instant::now() + T;
+        while h.ended.is_empty() {
+            vmi.poll(&mut h);
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{what}: the connection goes on"
+            );
+        }
+        let got: Vec<&[u8]> = h.messages.iter().map(|(_, m)| m.as_slice()).collect();
+        let want: Vec<Vec<u8>> = (0..20u8).map(|i| vec![i; 12]).collect();
+        assert_eq!(
+            got, want,
+            "{what}: what came before, whole and in order, nothing after"
+        );
+        match &h.ended[0].1 {
+            Disconnect::Error { detail, .. } => assert!(!detail.is_empty(), "{what}: a reason"),
+            other => panic!("{what}: ended as {other:?}, not as an error"),
+        }
+        let taken: u64 = vmi.attr_get("tcp", "lent_taken").unwrap().parse().unwrap();
+        assert!(
+            taken > 0,
+            "{what}: the host's reader took none of the good frames"
+        );
+        // Another peer is served.
+        let mut good = open_peer(&mut vmi, &mut h, port, &key, "good");
+        good.write_all(&data_frame(b"still serving")).unwrap();
+        let deadline = std::time::Instant::now() + T;
+        while h.messages.last().map(|(_, m)| m.as_slice()) != Some(b"still serving".as_slice()) {
+            vmi.poll(&mut h);
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{what}: the good peer is not served"
+            );
+        }
+    }
 }
