@@ -20,6 +20,7 @@ use crate::abi::{
     VmiRing, VmiRingCursor, VmiRingSet, VmiTxRing,
 };
 use crate::host::Host;
+use crate::loan::Loan;
 
 /// One side's positions in a ring, kept where the host can reach them while the ring is
 /// lent (a stable heap address): `(own, seen)`, as a ring consumer keeps `(tail, head_seen)`
@@ -90,19 +91,16 @@ pub struct RingLoan<'a> {
 /// it calls [`LentRings::set_busy`]; at the end of its poll, when only ring records can need
 /// it, [`LentRings::publish`] lists the rings again and clears the flag.
 pub struct LentRings {
-    set: Box<UnsafeCell<VmiRingSet>>,
+    loan: Loan<VmiRingSet>,
     rings: Vec<VmiRing>,
     tx: Vec<VmiTxRing>,
-    /// The skips granted at the last publish (the host counts `set.skips` down from it).
-    granted: u32,
-    host: Option<Host>,
 }
 
 impl std::fmt::Debug for LentRings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LentRings")
             .field("rings", &self.rings.len())
-            .field("lent", &self.host.is_some())
+            .field("lent", &self.loan.is_lent())
             .finish()
     }
 }
@@ -110,7 +108,7 @@ impl std::fmt::Debug for LentRings {
 impl Default for LentRings {
     fn default() -> Self {
         LentRings {
-            set: Box::new(UnsafeCell::new(VmiRingSet {
+            loan: Loan::new(VmiRingSet {
                 busy: 1,
                 skips: 0,
                 taken: 0,
@@ -119,11 +117,9 @@ impl Default for LentRings {
                 sent: 0,
                 tx: std::ptr::null(),
                 tx_count: 0,
-            })),
+            }),
             rings: Vec::new(),
             tx: Vec::new(),
-            granted: 0,
-            host: None,
         }
     }
 }
@@ -134,64 +130,49 @@ impl LentRings {
     /// leave the rings alone, as the conformance harness does: the transport is then polled
     /// every time and reads them itself.)
     pub fn lend(&mut self, host: &Host) -> bool {
-        let lent = host.lend_rings(self.set.get());
-        if lent {
-            self.host = Some(*host);
-        }
-        lent
+        self.loan.lend(host)
     }
 
     /// True when the host has the set.
     pub fn is_lent(&self) -> bool {
-        self.host.is_some()
+        self.loan.is_lent()
     }
 
     /// Stops the host's reading until the next [`LentRings::publish`]: call it before any
     /// change to a lent ring or its connection.
     #[inline]
     pub fn set_busy(&self) {
-        // SAFETY: the set is touched only on the polling thread, by the device or the host,
-        // never at once.
-        unsafe { (*self.set.get()).busy = 1 };
+        self.loan.set_busy();
     }
 
     /// True while the host reads no ring (and polls the device at every poll).
     #[inline]
     pub fn busy(&self) -> bool {
-        // SAFETY: as in `set_busy`.
-        unsafe { (*self.set.get()).busy != 0 }
+        self.loan.busy()
     }
 
     /// The polls the host skipped since the last call (each counted once); the device
     /// counts them as its own, so a cadence of "every k polls" stays one of the host's.
     #[inline]
     pub fn take_skipped(&mut self) -> u32 {
-        // SAFETY: as in `set_busy`.
-        let left = unsafe { (*self.set.get()).skips };
-        let skipped = self.granted.saturating_sub(left);
-        self.granted = left;
-        skipped
+        self.loan.take_skipped()
     }
 
     /// Records the host has read from the rings itself, in all.
     pub fn taken(&self) -> u64 {
-        // SAFETY: as in `set_busy`.
-        unsafe { (*self.set.get()).taken }
+        self.loan.taken()
     }
 
     /// Messages the host has written into the send rings itself, in all.
     pub fn sent(&self) -> u64 {
-        // SAFETY: as in `set_busy`.
-        unsafe { (*self.set.get()).sent }
+        self.loan.get().sent
     }
 
     /// Lets the host skip up to `skips` more of the device's polls, the rings listed as
     /// they are (nothing changed since the last [`LentRings::publish`]: the set is not busy).
     #[inline]
     pub fn grant(&mut self, skips: u32) {
-        self.granted = skips;
-        // SAFETY: as in `set_busy`.
-        unsafe { (*self.set.get()).skips = skips };
+        self.loan.grant(skips);
     }
 
     /// Lists `rings` as the lent receive rings and `tx` as the lent send rings (at most one
@@ -236,24 +217,12 @@ impl LentRings {
         // Sorted, one per connection: the host finds a connection's ring by binary search.
         self.tx.sort_unstable_by_key(|t| t.conn);
         self.tx.dedup_by_key(|t| t.conn);
-        self.granted = skips;
-        // SAFETY: as in `set_busy`.
-        let set = unsafe { &mut *self.set.get() };
+        let set = self.loan.set_mut();
         set.rings = self.rings.as_ptr();
         set.count = self.rings.len();
         set.tx = self.tx.as_ptr();
         set.tx_count = self.tx.len();
-        set.skips = skips;
-        set.busy = 0;
-    }
-}
-
-impl Drop for LentRings {
-    fn drop(&mut self) {
-        self.set_busy();
-        if let Some(host) = self.host.take() {
-            host.lend_rings(std::ptr::null_mut());
-        }
+        self.loan.resume(skips);
     }
 }
 

@@ -20,6 +20,7 @@ use crate::abi::{
 };
 use crate::host::Host;
 use crate::lent::{Batch, Stop};
+use crate::loan::Loan;
 
 /// What the host's read of a lent stream left to the transport (see [`StreamRest::take`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -109,19 +110,15 @@ pub struct StreamLoan<'a> {
 /// streams again and clears the flag. At the start of its poll it takes each listed
 /// stream's rest ([`StreamRest::take`]) before it reads anything into the buffer.
 pub struct LentStreams {
-    set: Box<UnsafeCell<VmiStreamSet>>,
+    loan: Loan<VmiStreamSet>,
     streams: Vec<VmiStream>,
-    /// The skips granted at the last publish or grant (the host counts `set.skips` down
-    /// from it).
-    granted: u32,
-    host: Option<Host>,
 }
 
 impl std::fmt::Debug for LentStreams {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LentStreams")
             .field("streams", &self.streams.len())
-            .field("lent", &self.host.is_some())
+            .field("lent", &self.loan.is_lent())
             .finish()
     }
 }
@@ -129,16 +126,14 @@ impl std::fmt::Debug for LentStreams {
 impl Default for LentStreams {
     fn default() -> Self {
         LentStreams {
-            set: Box::new(UnsafeCell::new(VmiStreamSet {
+            loan: Loan::new(VmiStreamSet {
                 busy: 1,
                 skips: 0,
                 taken: 0,
                 streams: std::ptr::null(),
                 count: 0,
-            })),
+            }),
             streams: Vec::new(),
-            granted: 0,
-            host: None,
         }
     }
 }
@@ -149,57 +144,45 @@ impl LentStreams {
     /// (A 1.8 host may still leave the streams alone: the transport is then polled every
     /// time and reads them itself.)
     pub fn lend(&mut self, host: &Host) -> bool {
-        let lent = host.lend_streams(self.set.get());
-        if lent {
-            self.host = Some(*host);
-        }
-        lent
+        self.loan.lend(host)
     }
 
     /// True when the host has the set.
     #[inline]
     pub fn is_lent(&self) -> bool {
-        self.host.is_some()
+        self.loan.is_lent()
     }
 
     /// Stops the host's reading until the next [`LentStreams::publish`]: call it before any
     /// change to a lent stream or its connection.
     #[inline]
     pub fn set_busy(&self) {
-        // SAFETY: the set is touched only on the polling thread, by the device or the host,
-        // never at once.
-        unsafe { (*self.set.get()).busy = 1 };
+        self.loan.set_busy();
     }
 
     /// True while the host reads no stream (and polls the device at every poll).
     #[inline]
     pub fn busy(&self) -> bool {
-        // SAFETY: as in `set_busy`.
-        unsafe { (*self.set.get()).busy != 0 }
+        self.loan.busy()
     }
 
     /// The polls the host skipped since the last grant, not yet taken: the device's own
     /// count of polls plus this is the host's.
     #[inline]
     pub fn skipped(&self) -> u32 {
-        // SAFETY: as in `set_busy`.
-        let left = unsafe { (*self.set.get()).skips };
-        self.granted.saturating_sub(left)
+        self.loan.skipped()
     }
 
     /// The polls the host skipped since the last call (each counted once); the device counts
     /// them as its own, so a cadence of "every k polls" stays one of the host's.
     #[inline]
     pub fn take_skipped(&mut self) -> u32 {
-        let skipped = self.skipped();
-        self.granted -= skipped;
-        skipped
+        self.loan.take_skipped()
     }
 
     /// Frames the host has taken from the streams itself, in all.
     pub fn taken(&self) -> u64 {
-        // SAFETY: as in `set_busy`.
-        unsafe { (*self.set.get()).taken }
+        self.loan.taken()
     }
 
     /// Lets the host skip up to `skips` more of the device's polls, the streams listed as
@@ -207,9 +190,7 @@ impl LentStreams {
     /// busy).
     #[inline]
     pub fn grant(&mut self, skips: u32) {
-        self.granted = skips;
-        // SAFETY: as in `set_busy`.
-        unsafe { (*self.set.get()).skips = skips };
+        self.loan.grant(skips);
     }
 
     /// Lists `streams` as the lent streams, reading into `buf` (`cap` bytes, shared by all),
@@ -239,17 +220,12 @@ impl LentStreams {
             max_len: s.max_len,
             rest: s.rest.as_ptr(),
         }));
-        self.granted = skips;
-        // SAFETY: as in `set_busy`.
-        let set = unsafe { &mut *self.set.get() };
+        let set = self.loan.set_mut();
         set.streams = self.streams.as_ptr();
         set.count = self.streams.len();
-        set.skips = skips;
-        set.busy = 0;
+        self.loan.resume(skips);
     }
-}
 
-impl LentStreams {
     /// Clears the busy flag and lets the host skip up to `skips` of the device's polls,
     /// with the streams listed at the last [`LentStreams::publish`] (no list is rebuilt).
     ///
@@ -258,20 +234,7 @@ impl LentStreams {
     /// the same connections, still in that state), with the same buffer.
     #[inline]
     pub unsafe fn resume(&mut self, skips: u32) {
-        self.granted = skips;
-        // SAFETY: as in `set_busy`.
-        let set = unsafe { &mut *self.set.get() };
-        set.skips = skips;
-        set.busy = 0;
-    }
-}
-
-impl Drop for LentStreams {
-    fn drop(&mut self) {
-        self.set_busy();
-        if let Some(host) = self.host.take() {
-            host.lend_streams(std::ptr::null_mut());
-        }
+        self.loan.resume(skips);
     }
 }
 
