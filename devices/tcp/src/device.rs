@@ -1375,8 +1375,6 @@ impl Device for TcpDevice {
         if data.len() as u64 > self.cfg.max_fragment {
             return false;
         }
-        // The host's polls that skipped this device's count as turns too.
-        let turn = self.turn + u64::from(self.lent.skipped());
         let Some(c) = self.conns[idx].as_mut() else {
             return false;
         };
@@ -1390,7 +1388,16 @@ impl Device for TcpDevice {
         }
         .emit();
         let total = header.len() + data.len();
-        if !c.tx.is_empty() || c.last_write_turn == turn {
+        // The host's polls that skipped this device's count as turns too (asked only when
+        // nothing waits ahead: a stream's later sends in a turn need not; the write below
+        // happens only then).
+        let queued_ahead = !c.tx.is_empty();
+        let turn = if queued_ahead {
+            0
+        } else {
+            self.turn + u64::from(self.lent.skipped())
+        };
+        if queued_ahead || c.last_write_turn == turn {
             // Not the first send of this poll turn, or data waits ahead: the frame joins the
             // connection's queued bytes (in order, one write for the batch at the next poll),
             // unless that queue is full: then the IRB path takes it and pushes back.
