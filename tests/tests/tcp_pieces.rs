@@ -10,6 +10,8 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+use std::collections::HashMap;
+
 use vmi_core::Disconnect;
 use vmi_core::prelude::*;
 use vmi_tcp::wire::{ANSWER_LEN, AnswerRepr, AnswerStatus, FrameRepr, HEARTBEAT, HelloRepr};
@@ -171,4 +173,237 @@ fn cut_frames_arrive_whole(name: &str, lend: bool) {
     } else {
         assert_eq!(by_host, 0, "nothing lent, nothing taken by the host");
     }
+}
+
+/// A peer's valid stream: `count` messages of 1 to 300 bytes, each starting with the peer's
+/// number, some in two fragments, heartbeats between some; returned with the messages, and
+/// as writes of one to three whole frames, one write in six cut in two at a random place
+/// (each piece with whether to pause after it). Writes mostly of whole frames leave the
+/// receiver's connections between frames most of the time, so its sockets are lent.
+type PeerStream = (Vec<Vec<u8>>, Vec<(Vec<u8>, bool)>);
+
+fn peer_stream(rng: &mut Rng, peer: u8, count: usize) -> PeerStream {
+    let mut want = Vec::new();
+    let mut frames: Vec<Vec<u8>> = Vec::new();
+    for i in 0..count {
+        let len = 1 + rng.below(300) as usize;
+        let mut msg = rng.bytes(len);
+        msg[0] = peer;
+        let parts: Vec<&[u8]> = if i % 5 == 0 && len > 1 {
+            vec![&msg[..len / 2], &msg[len / 2..]]
+        } else {
+            vec![&msg[..]]
+        };
+        for (j, part) in parts.iter().enumerate() {
+            let mut f = FrameRepr {
+                end: j + 1 == parts.len(),
+                filter_flags: 0,
+                len: part.len() as u32,
+            }
+            .emit()
+            .to_vec();
+            f.extend_from_slice(part);
+            frames.push(f);
+        }
+        if rng.below(8) == 0 {
+            frames.push(HEARTBEAT.to_vec());
+        }
+        want.push(msg);
+    }
+    let mut pieces = Vec::new();
+    let mut at = 0;
+    while at < frames.len() {
+        let n = (1 + rng.below(3) as usize).min(frames.len() - at);
+        let write: Vec<u8> = frames[at..at + n].concat();
+        at += n;
+        if rng.below(6) == 0 {
+            let cut = 1 + rng.below(write.len() as u64 - 1) as usize;
+            pieces.push((write[..cut].to_vec(), true));
+            pieces.push((write[cut..].to_vec(), rng.below(4) == 0));
+        } else {
+            pieces.push((write, rng.below(4) == 0));
+        }
+    }
+    (want, pieces)
+}
+
+/// Per connection, what arrived: its messages and whether it ended.
+#[derive(Default)]
+struct Many {
+    messages: HashMap<ConnId, Vec<Vec<u8>>>,
+    partial: HashMap<ConnId, Vec<u8>>,
+    ended: Vec<(ConnId, Disconnect)>,
+    accepted: usize,
+}
+
+impl Handler for Many {
+    fn accept(&mut self, _ctx: &mut Ctx<'_>, _r: &mut ConnectRequest<'_>) -> Decision {
+        self.accepted += 1;
+        Decision::Accept(Vec::new())
+    }
+    fn receive(&mut self, _ctx: &mut Ctx<'_>, conn: ConnId, cmd: Recv, slab: &mut Slab<'_>) {
+        let partial = self.partial.entry(conn).or_default();
+        partial.extend_from_slice(&slab.read_to_vec());
+        if cmd == Recv::End {
+            let m = std::mem::take(partial);
+            self.messages.entry(conn).or_default().push(m);
+        }
+    }
+    fn disconnected(&mut self, _ctx: &mut Ctx<'_>, conn: ConnId, reason: Disconnect) {
+        self.ended.push((conn, reason));
+    }
+}
+
+/// Three raw peers write their streams at once to one busy-polling receiver whose
+/// sockets are lent (they share the transport's buffer, and a rest left on one stops the
+/// host's reading of the others until the transport took it); the first ends its stream
+/// while the others still write. Every connection's messages arrive whole and in order, and
+/// each end is reported once.
+#[test]
+fn several_peers_cut_anywhere_arrive_whole_through_the_hosts_reads() {
+    let mut rng = Rng::new("several_peers_cut_anywhere_arrive_whole_through_the_hosts_reads");
+    let key = unique_key("pieces-many");
+    let (mut vmi, port) = tcp_on_free_port_with(&key, &[("lend_streams", "true")]);
+    let streams: Vec<PeerStream> = (0..3u8)
+        .map(|p| peer_stream(&mut rng, p, if p == 0 { 60 } else { 250 }))
+        .collect();
+    let wants: Vec<Vec<Vec<u8>>> = streams.iter().map(|(w, _)| w.clone()).collect();
+    let mut peers = Vec::new();
+    for (p, (_, pieces)) in streams.into_iter().enumerate() {
+        let peer_key = key.clone();
+        peers.push(std::thread::spawn(move || {
+            let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+            s.set_nodelay(true).unwrap();
+            s.write_all(&HelloRepr::emit(
+                &format!("pieces-peer-{p}"),
+                &peer_key,
+                "send=;recv=",
+                b"",
+            ))
+            .expect("hello");
+            assert_eq!(answer(&mut s), AnswerStatus::Accept as u8, "accepted");
+            for (piece, pause) in pieces {
+                s.write_all(&piece).expect("write");
+                if pause {
+                    std::thread::sleep(Duration::from_micros(100));
+                }
+            }
+            if p > 0 {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            drop(s);
+        }));
+    }
+    let mut h = Many::default();
+    let start = Instant::now();
+    while h.ended.len() < 3 {
+        vmi.poll(&mut h);
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{} of 3 peers ended",
+            h.ended.len()
+        );
+    }
+    for p in peers {
+        p.join().unwrap();
+    }
+    assert_eq!(h.messages.len(), 3, "three connections delivered");
+    for (conn, got) in &h.messages {
+        let peer = got[0][0] as usize;
+        assert!(
+            got.iter().all(|m| m[0] as usize == peer),
+            "connection {conn:?} mixed peers' messages"
+        );
+        assert_eq!(got.len(), wants[peer].len(), "peer {peer}: every message");
+        for (i, (g, w)) in got.iter().zip(&wants[peer]).enumerate() {
+            assert_eq!(g, w, "peer {peer}, message {i}");
+        }
+        assert!(
+            h.partial.get(conn).is_none_or(Vec::is_empty),
+            "peer {peer}: no fragment left over"
+        );
+    }
+    let ended: std::collections::HashSet<ConnId> = h.ended.iter().map(|(c, _)| *c).collect();
+    assert_eq!(ended.len(), 3, "each end reported once: {:?}", h.ended);
+    let by_host: u64 = vmi
+        .attr_get("tcp", "lent_taken")
+        .expect("tcp counts what the host took")
+        .parse()
+        .expect("a number");
+    assert!(by_host > 0, "the host took no frame from the lent sockets");
+}
+
+/// Three raw peers, accepted while the receiver polls, then each writes its whole stream and
+/// closes before the receiver polls again: its first polls find every socket full, so the
+/// host's reader meets a frame it must leave (a heartbeat, a cut frame's rest is whole by
+/// now) on one stream while the others hold data for the same shared buffer. Every
+/// connection's messages arrive whole and in order.
+#[test]
+fn several_full_sockets_share_the_transports_buffer_without_loss() {
+    let mut rng = Rng::new("several_full_sockets_share_the_transports_buffer_without_loss");
+    let key = unique_key("pieces-full");
+    let (mut vmi, port) = tcp_on_free_port_with(&key, &[("lend_streams", "true")]);
+    let streams: Vec<PeerStream> = (0..3u8).map(|p| peer_stream(&mut rng, p, 150)).collect();
+    let wants: Vec<Vec<Vec<u8>>> = streams.iter().map(|(w, _)| w.clone()).collect();
+    let go = std::sync::Arc::new(std::sync::Barrier::new(4));
+    let mut peers = Vec::new();
+    for (p, (_, pieces)) in streams.into_iter().enumerate() {
+        let (peer_key, go) = (key.clone(), go.clone());
+        peers.push(std::thread::spawn(move || {
+            let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+            s.write_all(&HelloRepr::emit(
+                &format!("full-peer-{p}"),
+                &peer_key,
+                "send=;recv=",
+                b"",
+            ))
+            .expect("hello");
+            assert_eq!(answer(&mut s), AnswerStatus::Accept as u8, "accepted");
+            go.wait();
+            let all: Vec<u8> = pieces.into_iter().flat_map(|(b, _)| b).collect();
+            s.write_all(&all).expect("write");
+            drop(s);
+        }));
+    }
+    let mut h = Many::default();
+    let start = Instant::now();
+    // Accept the three; then idle polls, after which the sockets are lent.
+    while h.accepted < 3 {
+        vmi.poll(&mut h);
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the peers were not accepted"
+        );
+    }
+    for _ in 0..1000 {
+        vmi.poll(&mut h);
+    }
+    go.wait();
+    for p in peers {
+        p.join().unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    while h.ended.len() < 3 {
+        vmi.poll(&mut h);
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{} of 3 peers ended",
+            h.ended.len()
+        );
+    }
+    assert_eq!(h.messages.len(), 3, "three connections delivered");
+    for got in h.messages.values() {
+        let peer = got[0][0] as usize;
+        let want = &wants[peer];
+        if let Some(i) = got.iter().zip(want).position(|(g, w)| g != w) {
+            panic!(
+                "peer {peer}: message {i} differs ({} bytes arrived, {} sent)",
+                got[i].len(),
+                want[i].len()
+            );
+        }
+        assert_eq!(got.len(), want.len(), "peer {peer}: every message");
+    }
+    let by_host: u64 = vmi.attr_get("tcp", "lent_taken").unwrap().parse().unwrap();
+    assert!(by_host > 0, "the host took no frame from the lent sockets");
 }
