@@ -407,3 +407,82 @@ fn several_full_sockets_share_the_transports_buffer_without_loss() {
     let by_host: u64 = vmi.attr_get("tcp", "lent_taken").unwrap().parse().unwrap();
     assert!(by_host > 0, "the host took no frame from the lent sockets");
 }
+
+/// A receiver that busy-polled with its socket lent (the host read everything that came)
+/// and then sleeps in `wait` is woken by the next message, whichever side read the bytes
+/// before: the sleep ends the loan, and epoll's edges are not lost to the host's reads.
+#[test]
+fn a_receiver_sleeping_after_lent_reads_wakes_for_the_next_message() {
+    let key = unique_key("pieces-sleep");
+    let (mut vmi, port) = tcp_on_free_port_with(&key, &[("lend_streams", "true")]);
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    let peer_key = key.clone();
+    let peer = std::thread::spawn(move || {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        s.set_nodelay(true).unwrap();
+        s.write_all(&HelloRepr::emit(
+            "sleep-peer",
+            &peer_key,
+            "send=;recv=",
+            b"",
+        ))
+        .expect("hello");
+        assert_eq!(answer(&mut s), AnswerStatus::Accept as u8, "accepted");
+        // Each write the test asks for, then the end.
+        for bytes in rx {
+            s.write_all(&bytes).expect("write");
+        }
+    });
+    let frame = |text: &[u8]| {
+        let mut f = FrameRepr {
+            end: true,
+            filter_flags: 0,
+            len: text.len() as u32,
+        }
+        .emit()
+        .to_vec();
+        f.extend_from_slice(text);
+        f
+    };
+    let mut h = Many::default();
+    let start = Instant::now();
+    while h.accepted < 1 {
+        vmi.poll(&mut h);
+        assert!(start.elapsed() < Duration::from_secs(30), "not accepted");
+    }
+    let delivered = |h: &Many| h.messages.values().map(Vec::len).sum::<usize>();
+    for round in 0..5 {
+        // Busy: messages read by the host from the lent socket.
+        for i in 0..20 {
+            tx.send(frame(format!("busy {round} {i}").as_bytes()))
+                .unwrap();
+            let want = round * 21 + i + 1;
+            while delivered(&h) < want {
+                vmi.poll(&mut h);
+                assert!(
+                    start.elapsed() < Duration::from_secs(30),
+                    "round {round}: stuck"
+                );
+            }
+        }
+        // Asleep: the next message comes 30 ms into the sleep.
+        let sender = tx.clone();
+        let later = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(30));
+            sender.send(frame(b"wake up")).unwrap();
+        });
+        let slept = Instant::now();
+        while delivered(&h) < round * 21 + 21 {
+            vmi.wait(&mut h, Duration::from_secs(10));
+            assert!(
+                slept.elapsed() < Duration::from_secs(5),
+                "round {round}: the sleeping receiver missed the message"
+            );
+        }
+        later.join().unwrap();
+    }
+    let by_host: u64 = vmi.attr_get("tcp", "lent_taken").unwrap().parse().unwrap();
+    assert!(by_host > 0, "the host took no frame from the lent socket");
+    drop(tx);
+    peer.join().unwrap();
+}
