@@ -83,30 +83,8 @@ fn cut_frames_arrive_whole(name: &str, lend: bool) {
 
     // The stream: 400 messages of 1 to 300 bytes, some in two fragments, heartbeats between
     // some; then it is cut into pieces of 1 to 40 bytes.
-    let mut want = Vec::new();
-    let mut stream = Vec::new();
-    for i in 0..400 {
-        let len = 1 + rng.below(300) as usize;
-        let msg = rng.bytes(len);
-        let parts: Vec<&[u8]> = if i % 5 == 0 && len > 1 {
-            vec![&msg[..len / 2], &msg[len / 2..]]
-        } else {
-            vec![&msg[..]]
-        };
-        for (j, part) in parts.iter().enumerate() {
-            let header = FrameRepr {
-                end: j + 1 == parts.len(),
-                filter_flags: 0,
-                len: part.len() as u32,
-            };
-            stream.extend_from_slice(&header.emit());
-            stream.extend_from_slice(part);
-        }
-        if rng.below(8) == 0 {
-            stream.extend_from_slice(&HEARTBEAT);
-        }
-        want.push(msg);
-    }
+    let (want, frames) = frames_of(&mut rng, 0, 400);
+    let stream = frames.concat();
     let mut pieces = Vec::new();
     let mut at = 0;
     while at < stream.len() {
@@ -175,14 +153,9 @@ fn cut_frames_arrive_whole(name: &str, lend: bool) {
     }
 }
 
-/// A peer's valid stream: `count` messages of 1 to 300 bytes, each starting with the peer's
-/// number, some in two fragments, heartbeats between some; returned with the messages, and
-/// as writes of one to three whole frames, one write in six cut in two at a random place
-/// (each piece with whether to pause after it). Writes mostly of whole frames leave the
-/// receiver's connections between frames most of the time, so its sockets are lent.
-type PeerStream = (Vec<Vec<u8>>, Vec<(Vec<u8>, bool)>);
-
-fn peer_stream(rng: &mut Rng, peer: u8, count: usize) -> PeerStream {
+/// A peer's valid stream as frames: `count` messages of 1 to 300 bytes, each starting with
+/// the peer's number, some in two fragments, heartbeats between some; with the messages.
+fn frames_of(rng: &mut Rng, peer: u8, count: usize) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
     let mut want = Vec::new();
     let mut frames: Vec<Vec<u8>> = Vec::new();
     for i in 0..count {
@@ -210,6 +183,17 @@ fn peer_stream(rng: &mut Rng, peer: u8, count: usize) -> PeerStream {
         }
         want.push(msg);
     }
+    (want, frames)
+}
+
+/// A peer's valid stream ([`frames_of`]) with the messages, as writes of one to three whole
+/// frames, one write in six cut in two at a random place (each piece with whether to pause
+/// after it). Writes mostly of whole frames leave the receiver's connections between frames
+/// most of the time, so its sockets are lent.
+type PeerStream = (Vec<Vec<u8>>, Vec<(Vec<u8>, bool)>);
+
+fn peer_stream(rng: &mut Rng, peer: u8, count: usize) -> PeerStream {
+    let (want, frames) = frames_of(rng, peer, count);
     let mut pieces = Vec::new();
     let mut at = 0;
     while at < frames.len() {

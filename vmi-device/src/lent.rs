@@ -922,18 +922,7 @@ mod tests {
         // Seeded: records of random kinds and sizes through a small ring, read in random
         // budgets; every data record the host takes is the one written, in order, and it
         // stops exactly at the first record it must leave.
-        let seed = std::env::var("VMI_TEST_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0x5eed_u64);
-        println!("seed {seed} (set VMI_TEST_SEED to repeat)");
-        let mut x = seed;
-        let mut rnd = move |m: u64| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x % m
-        };
+        let (seed, mut rnd) = crate::test_rng::seeded(0x5eed_u64);
         for _ in 0..200 {
             let mut r = TestRing::new(256);
             let mut written = Vec::new();

@@ -516,18 +516,7 @@ mod tests {
         // or plain random bytes, written at once; one host read must take exactly the whole
         // data frames a plain parser finds before the first other thing, and leave the rest
         // at exactly that offset, never reading past what was read.
-        let seed = std::env::var("VMI_TEST_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0x57_2ea5_u64);
-        println!("seed {seed} (set VMI_TEST_SEED to repeat)");
-        let mut x = seed;
-        let mut rnd = move |m: u64| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x % m
-        };
+        let (seed, mut rnd) = crate::test_rng::seeded(0x57_2ea5_u64);
         for round in 0..300 {
             let mut s = TestStream::new(512);
             let mut bytes = Vec::new();

@@ -52,6 +52,8 @@ pub mod registry;
 pub mod signature;
 pub mod socketname;
 pub mod status;
+#[cfg(test)]
+mod test_rng;
 
 pub use config::{Config, ConfigError};
 pub use connmap::ConnMap;
