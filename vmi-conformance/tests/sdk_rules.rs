@@ -447,6 +447,9 @@ mod older_host {
             rest: &rest,
         };
         // SAFETY: the buffer and the rest outlive the set; the fd is never read here.
+        unsafe { streams.publish([loan], buf.as_mut_ptr(), 0, 10) };
+        assert_eq!(read().0, 1, "an empty buffer lends nothing");
+        // SAFETY: as above.
         unsafe { streams.publish([loan], buf.as_mut_ptr(), buf.len(), 10) };
         assert_eq!(read(), (0, 10, 1));
         // SAFETY: as above.

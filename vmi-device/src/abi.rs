@@ -733,7 +733,7 @@ pub struct VmiStream {
     pub reserved: u32,
     /// Where the host reads into (`cap` bytes; may be shared with the set's other streams).
     pub buf: *mut u8,
-    /// Size of `buf`.
+    /// Size of `buf`, more than 0.
     pub cap: u64,
     /// Largest payload the host may take (larger frames are the transport's).
     pub max_len: u64,

@@ -195,7 +195,8 @@ impl LentStreams {
 
     /// Lists `streams` as the lent streams, reading into `buf` (`cap` bytes, shared by all),
     /// lets the host skip up to `skips` of the device's polls (0: the host reads nothing and
-    /// polls the device) and clears the busy flag.
+    /// polls the device) and clears the busy flag. An empty buffer lends nothing (a read into
+    /// it would look like the end of every stream): the set stays busy.
     ///
     /// # Safety
     /// Until the next `publish`, [`LentStreams::set_busy`] or drop: every listed socket stays
@@ -210,6 +211,10 @@ impl LentStreams {
         cap: usize,
         skips: u32,
     ) {
+        if cap == 0 {
+            self.set_busy();
+            return;
+        }
         self.streams.clear();
         self.streams.extend(streams.into_iter().map(|s| VmiStream {
             conn: s.conn,
