@@ -256,10 +256,10 @@ typedef struct vmi_stream_rest {
 
 typedef struct vmi_stream {
     uint64_t conn;
-    int32_t fd;
+    int32_t fd;        /* connected, non-blocking; its bytes are the peer's: untrusted */
     uint32_t reserved;
-    uint8_t *buf;
-    uint64_t cap;
+    uint8_t *buf;      /* may be shared by the set's streams */
+    uint64_t cap;      /* > 0 */
     uint64_t max_len;
     vmi_stream_rest *rest;
 } vmi_stream;
