@@ -165,7 +165,7 @@ impl LentRings {
 
     /// Messages the host has written into the send rings itself, in all.
     pub fn sent(&self) -> u64 {
-        self.loan.get().sent
+        self.loan.read(|set| set.sent)
     }
 
     /// Lets the host skip up to `skips` more of the device's polls, the rings listed as

@@ -69,10 +69,11 @@ impl<S: LoanSet> Loan<S> {
         unsafe { &mut *self.set.get() }
     }
 
-    /// The set, to read what the host counted in it.
+    /// What `f` reads from the set (a count the host keeps in it); `f` must not reach this
+    /// loan again.
     #[inline]
-    pub fn get(&self) -> &S {
-        self.set()
+    pub fn read<R>(&self, f: impl FnOnce(&S) -> R) -> R {
+        f(self.set())
     }
 
     /// The set, for the device's changes to its lists.
