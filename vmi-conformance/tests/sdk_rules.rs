@@ -425,7 +425,7 @@ mod older_host {
     /// the loan.
     #[test]
     fn lent_streams_keep_the_contract_with_a_1_8_host() {
-        use vmi_device::lent_stream::{LentStreams, Rest, StreamLoan, StreamRest};
+        use vmi_device::lent_stream::{LentStreams, Rest, StreamBuffer, StreamLoan, StreamRest};
         let services = VmiHostServices {
             lend_streams: record_streams,
             ..table(8, never)
@@ -439,7 +439,7 @@ mod older_host {
         let read = move || unsafe { ((*set).busy, (*set).skips, (*set).count) };
         assert_eq!(read(), (1, 0, 0), "busy and empty until published");
         let rest = StreamRest::default();
-        let mut buf = [0u8; 64];
+        let buf = StreamBuffer::new(64);
         let loan = StreamLoan {
             conn: 9,
             fd: -1,
@@ -447,10 +447,10 @@ mod older_host {
             rest: &rest,
         };
         // SAFETY: the buffer and the rest outlive the set; the fd is never read here.
-        unsafe { streams.publish([loan], buf.as_mut_ptr(), 0, 10) };
+        unsafe { streams.publish([loan], &StreamBuffer::default(), 10) };
         assert_eq!(read().0, 1, "an empty buffer lends nothing");
         // SAFETY: as above.
-        unsafe { streams.publish([loan], buf.as_mut_ptr(), buf.len(), 10) };
+        unsafe { streams.publish([loan], &buf, 10) };
         assert_eq!(read(), (0, 10, 1));
         // SAFETY: as above.
         let s = unsafe { &*(*set).streams };

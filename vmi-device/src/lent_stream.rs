@@ -13,6 +13,7 @@
 
 use std::cell::UnsafeCell;
 use std::os::fd::{BorrowedFd, RawFd};
+use std::ptr::NonNull;
 
 use crate::abi::{
     VMI_REST_BYTES, VMI_REST_END, VMI_REST_ERROR, VMI_REST_NONE, VMI_STREAM_HEADER_LEN, VmiStream,
@@ -84,6 +85,87 @@ impl StreamRest {
 
     fn as_ptr(&self) -> *mut VmiStreamRest {
         self.0.get()
+    }
+}
+
+/// The buffer a transport reads its sockets into and lends with them (see
+/// [`LentStreams::publish`]). Its memory is reached only through its own pointer, which the
+/// host's writes (through the copy the set holds) and the device's slices of it all derive
+/// from: a `Box<[u8]>` would be asserted unique again at every use of the box, which the
+/// host's writes through an older pointer would break.
+pub struct StreamBuffer {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the buffer owns its allocation alone, as a `Box<[u8]>` does; the host writes it
+// only on the polling thread, while the device is not called.
+unsafe impl Send for StreamBuffer {}
+
+impl StreamBuffer {
+    /// A zeroed buffer of `len` bytes.
+    pub fn new(len: usize) -> StreamBuffer {
+        let len = len.max(1);
+        let raw = Box::into_raw(vec![0u8; len].into_boxed_slice());
+        StreamBuffer {
+            // SAFETY: `Box::into_raw` never returns NULL.
+            ptr: unsafe { NonNull::new_unchecked(raw.cast::<u8>()) },
+            len,
+        }
+    }
+
+    /// Where the host reads into.
+    fn as_mut_ptr(&self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+}
+
+impl Default for StreamBuffer {
+    /// An empty buffer (a place holder while the real one is taken out).
+    fn default() -> StreamBuffer {
+        StreamBuffer {
+            ptr: NonNull::dangling(),
+            len: 0,
+        }
+    }
+}
+
+impl std::fmt::Debug for StreamBuffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamBuffer")
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+impl std::ops::Deref for StreamBuffer {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        // SAFETY: `len` initialised bytes at `ptr` (or none, dangling), owned by this buffer;
+        // the host writes them only while the device is not called, so not while this slice
+        // lives.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl std::ops::DerefMut for StreamBuffer {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `deref`, exclusively borrowed.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for StreamBuffer {
+    fn drop(&mut self) {
+        if self.len > 0 {
+            // SAFETY: made by `Box::into_raw` of a boxed slice of `len` bytes in `new`.
+            drop(unsafe {
+                Box::from_raw(std::ptr::slice_from_raw_parts_mut(
+                    self.ptr.as_ptr(),
+                    self.len,
+                ))
+            });
+        }
     }
 }
 
@@ -193,24 +275,25 @@ impl LentStreams {
         self.loan.grant(skips);
     }
 
-    /// Lists `streams` as the lent streams, reading into `buf` (`cap` bytes, shared by all),
-    /// lets the host skip up to `skips` of the device's polls (0: the host reads nothing and
-    /// polls the device) and clears the busy flag. An empty buffer lends nothing (a read into
-    /// it would look like the end of every stream): the set stays busy.
+    /// Lists `streams` as the lent streams, reading into `buf` (shared by all), lets the host
+    /// skip up to `skips` of the device's polls (0: the host reads nothing and polls the
+    /// device) and clears the busy flag. An empty buffer lends nothing (a read into it would
+    /// look like the end of every stream): the set stays busy.
     ///
     /// # Safety
     /// Until the next `publish`, [`LentStreams::set_busy`] or drop: every listed socket stays
     /// open, connected and non-blocking, and its connection is between frames (the next
     /// byte it reads starts a frame) with nothing read and kept aside; each rest stays valid
-    /// and is [`VMI_REST_NONE`]; `buf` stays valid for writes of `cap` bytes and is not
-    /// used by the device.
+    /// and is [`VMI_REST_NONE`]; `buf` stays alive (not dropped, not replaced by another)
+    /// and the device holds no slice of it while the host may read.
     pub unsafe fn publish<'a>(
         &mut self,
         streams: impl IntoIterator<Item = StreamLoan<'a>>,
-        buf: *mut u8,
-        cap: usize,
+        buf: &StreamBuffer,
         skips: u32,
     ) {
+        let cap = buf.len();
+        let buf = buf.as_mut_ptr();
         if cap == 0 {
             self.set_busy();
             return;

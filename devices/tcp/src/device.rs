@@ -13,7 +13,7 @@ use vmi_device::Status;
 use vmi_device::abi::{recv_flags, wire_flags};
 use vmi_device::deliver;
 use vmi_device::held::HeldBuffers;
-use vmi_device::lent_stream::{LentStreams, Rest, StreamLoan, StreamRest};
+use vmi_device::lent_stream::{LentStreams, Rest, StreamBuffer, StreamLoan, StreamRest};
 use vmi_device::signature::Signature;
 use vmi_device::{
     Capabilities, CompletingIrb, Config, ConnMap, Device, DeviceKind, Disposition, Host, Irb, Op,
@@ -138,7 +138,7 @@ pub struct TcpDevice {
     held_bytes: usize,
     timed: usize,
     pool: HeldBuffers,
-    staging: Box<[u8]>,
+    staging: StreamBuffer,
     /// The listener's backlog may hold connections that no event will announce again.
     accept_retry: bool,
     /// Connections whose peer finished sending, to close at the next poll.
@@ -1231,7 +1231,7 @@ impl Device for TcpDevice {
             direct_receives: 0,
             timed: 0,
             pool: HeldBuffers::default(),
-            staging: vec![0; STAGING].into_boxed_slice(),
+            staging: StreamBuffer::new(STAGING),
             accept_retry: false,
             finishing: Vec::new(),
             tick_polls: 0,
@@ -1829,7 +1829,6 @@ impl TcpDevice {
             max_len,
             rest: &c.rest,
         });
-        let cap = self.staging.len();
         // SAFETY: every listed socket belongs to a connection in the table, which closes
         // only when `take` removes it, and `take` sets the set busy first (as do `submit`,
         // `send_inline` queueing, `wait_fd`, `peer_close_released` and every poll, and
@@ -1838,10 +1837,7 @@ impl TcpDevice {
         // not listed then, and nothing writes a rest of an unlisted stream). The staging
         // buffer is a boxed slice whose address never changes (taken and put back whole),
         // and the device uses it only inside its own calls.
-        unsafe {
-            self.lent
-                .publish(streams, self.staging.as_mut_ptr(), cap, skips)
-        };
+        unsafe { self.lent.publish(streams, &self.staging, skips) };
     }
 
     /// The body of [`Device::poll`]: reads the sockets and flushes queued sends.
