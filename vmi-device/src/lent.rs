@@ -12,7 +12,6 @@
 //!   they read from the ring, since the peer writes that memory and may be hostile.
 #![allow(unsafe_code)]
 
-use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::abi::{
@@ -20,13 +19,13 @@ use crate::abi::{
     VmiRing, VmiRingCursor, VmiRingSet, VmiTxRing,
 };
 use crate::host::Host;
-use crate::loan::Loan;
+use crate::loan::{HostCell, Loan};
 
 /// One side's positions in a ring, kept where the host can reach them while the ring is
 /// lent (a stable heap address): `(own, seen)`, as a ring consumer keeps `(tail, head_seen)`
 /// and a producer `(head, tail_seen)`.
 #[derive(Debug, Default)]
-pub struct RingCursor(Box<UnsafeCell<VmiRingCursor>>);
+pub struct RingCursor(HostCell<VmiRingCursor>);
 
 impl RingCursor {
     /// Both positions.

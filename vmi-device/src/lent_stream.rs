@@ -11,7 +11,6 @@
 //!   those bytes and may be hostile.
 #![allow(unsafe_code)]
 
-use std::cell::UnsafeCell;
 use std::os::fd::{BorrowedFd, RawFd};
 use std::ptr::NonNull;
 
@@ -21,7 +20,7 @@ use crate::abi::{
 };
 use crate::host::Host;
 use crate::lent::{Batch, Stop};
-use crate::loan::Loan;
+use crate::loan::{HostCell, Loan};
 
 /// What the host's read of a lent stream left to the transport (see [`StreamRest::take`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,7 +42,7 @@ pub enum Rest {
 /// Where the host leaves what it read from a lent stream and did not take, kept at a stable
 /// heap address (one per connection).
 #[derive(Debug, Default)]
-pub struct StreamRest(Box<UnsafeCell<VmiStreamRest>>);
+pub struct StreamRest(HostCell<VmiStreamRest>);
 
 impl StreamRest {
     /// What the host left, if anything, now taken (the rest is [`VMI_REST_NONE`] again).

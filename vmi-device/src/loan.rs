@@ -4,7 +4,7 @@
 //! when it is dropped.
 #![allow(unsafe_code)]
 
-use std::cell::UnsafeCell;
+use std::ptr::NonNull;
 
 use crate::abi::{VmiRingSet, VmiStreamSet};
 use crate::host::Host;
@@ -39,10 +39,54 @@ impl LoanSet for VmiStreamSet {
 
 /// One lent set and its bookkeeping. Made busy; dropping it sets it busy and ends the loan.
 pub(crate) struct Loan<S: LoanSet> {
-    set: Box<UnsafeCell<S>>,
+    set: HostCell<S>,
     /// The skips granted at the last grant (the host counts `skips` down from it).
     granted: u32,
     host: Option<Host>,
+}
+
+/// A value on the heap that the host reaches through a pointer the device handed it (a
+/// lent set, a ring cursor, a stream's rest), reached by the device through the same
+/// pointer: a `Box` would be asserted unique again whenever it is used or moved, which the
+/// host's later accesses through the older pointer would break.
+pub(crate) struct HostCell<T>(NonNull<T>);
+
+// SAFETY: the cell owns its value alone, as a `Box` does; the host reaches it only on the
+// polling thread, while the device is not called.
+unsafe impl<T: Send> Send for HostCell<T> {}
+
+impl<T> HostCell<T> {
+    /// `value`, on the heap.
+    pub fn new(value: T) -> HostCell<T> {
+        HostCell(NonNull::from(Box::leak(Box::new(value))))
+    }
+
+    /// The value's address, valid until the cell is dropped.
+    #[inline]
+    pub fn get(&self) -> *mut T {
+        self.0.as_ptr()
+    }
+}
+
+impl<T: Default> Default for HostCell<T> {
+    fn default() -> HostCell<T> {
+        HostCell::new(T::default())
+    }
+}
+
+impl<T: std::fmt::Debug> std::fmt::Debug for HostCell<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // SAFETY: read on the polling thread while the host is not using it (the only
+        // place a device formats its state).
+        unsafe { &*self.0.as_ptr() }.fmt(f)
+    }
+}
+
+impl<T> Drop for HostCell<T> {
+    fn drop(&mut self) {
+        // SAFETY: made by `Box::leak` in `new`, dropped once.
+        drop(unsafe { Box::from_raw(self.0.as_ptr()) });
+    }
 }
 
 impl<S: LoanSet> Loan<S> {
@@ -52,7 +96,7 @@ impl<S: LoanSet> Loan<S> {
         *busy = 1;
         *skips = 0;
         Loan {
-            set: Box::new(UnsafeCell::new(set)),
+            set: HostCell::new(set),
             granted: 0,
             host: None,
         }
