@@ -81,9 +81,18 @@ fn cut_frames_arrive_whole(name: &str, lend: bool) {
         &[("lend_streams", if lend { "true" } else { "false" })],
     );
 
-    // The stream: 400 messages of 1 to 300 bytes, some in two fragments, heartbeats between
-    // some; then it is cut into pieces of 1 to 40 bytes.
-    let (want, frames) = frames_of(&mut rng, 0, 400);
+    // First 20 messages as whole frames, in five writes 20 ms apart: the receiver is
+    // between frames when each arrives, so the host (when lent) reads them, unless the
+    // transport's own poll (one in 64) happens to read all five. Then the stream: 400
+    // messages of 1 to 300 bytes, some in two fragments, heartbeats between some, cut into
+    // pieces of 1 to 40 bytes.
+    let (mut want, first) = frames_of(&mut rng, 0, 20);
+    let batches: Vec<Vec<u8>> = first
+        .chunks(first.len().div_ceil(5))
+        .map(|c| c.concat())
+        .collect();
+    let (rest, frames) = frames_of(&mut rng, 0, 400);
+    want.extend(rest);
     let stream = frames.concat();
     let mut pieces = Vec::new();
     let mut at = 0;
@@ -105,6 +114,10 @@ fn cut_frames_arrive_whole(name: &str, lend: bool) {
         ))
         .expect("hello");
         assert_eq!(answer(&mut s), AnswerStatus::Accept as u8, "accepted");
+        for batch in batches {
+            s.write_all(&batch).expect("write");
+            std::thread::sleep(Duration::from_millis(20));
+        }
         for (piece, pause) in pieces {
             s.write_all(&piece).expect("write");
             if pause {
@@ -309,12 +322,14 @@ fn several_peers_cut_anywhere_arrive_whole_through_the_hosts_reads() {
     }
     let ended: std::collections::HashSet<ConnId> = h.ended.iter().map(|(c, _)| *c).collect();
     assert_eq!(ended.len(), 3, "each end reported once: {:?}", h.ended);
+    // How much the host read depends on how the three writers interleave (it reads only
+    // while every connection is between frames); the next test makes it certain.
     let by_host: u64 = vmi
         .attr_get("tcp", "lent_taken")
         .expect("tcp counts what the host took")
         .parse()
         .expect("a number");
-    assert!(by_host > 0, "the host took no frame from the lent sockets");
+    eprintln!("the host took {by_host} frames from the lent sockets");
 }
 
 /// Three raw peers, accepted while the receiver polls, then each writes its whole stream and
@@ -325,9 +340,23 @@ fn several_peers_cut_anywhere_arrive_whole_through_the_hosts_reads() {
 #[test]
 fn several_full_sockets_share_the_transports_buffer_without_loss() {
     let mut rng = Rng::new("several_full_sockets_share_the_transports_buffer_without_loss");
+    // The first poll after the writes must be the host's: the transport's own poll (one in
+    // 64 of the host's) would read the sockets itself. A round where it did is played again.
+    for round in 0..4 {
+        if full_sockets_round(&mut rng) > 0 {
+            return;
+        }
+        eprintln!("round {round}: the transport read the sockets itself; again");
+    }
+    panic!("the host took no frame from the lent sockets in four rounds");
+}
+
+/// One round of [`several_full_sockets_share_the_transports_buffer_without_loss`]: checks
+/// every connection's messages; returns the frames the host took.
+fn full_sockets_round(rng: &mut Rng) -> u64 {
     let key = unique_key("pieces-full");
     let (mut vmi, port) = tcp_on_free_port_with(&key, &[("lend_streams", "true")]);
-    let streams: Vec<PeerStream> = (0..3u8).map(|p| peer_stream(&mut rng, p, 150)).collect();
+    let streams: Vec<PeerStream> = (0..3u8).map(|p| peer_stream(rng, p, 150)).collect();
     let wants: Vec<Vec<Vec<u8>>> = streams.iter().map(|(w, _)| w.clone()).collect();
     let go = std::sync::Arc::new(std::sync::Barrier::new(4));
     let mut peers = Vec::new();
@@ -388,8 +417,7 @@ fn several_full_sockets_share_the_transports_buffer_without_loss() {
         }
         assert_eq!(got.len(), want.len(), "peer {peer}: every message");
     }
-    let by_host: u64 = vmi.attr_get("tcp", "lent_taken").unwrap().parse().unwrap();
-    assert!(by_host > 0, "the host took no frame from the lent sockets");
+    vmi.attr_get("tcp", "lent_taken").unwrap().parse().unwrap()
 }
 
 /// A receiver that busy-polled with its socket lent (the host read everything that came)
