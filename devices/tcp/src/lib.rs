@@ -14,7 +14,7 @@
 //!
 //! The protocol lives in [`proto`] and [`wire`] without any I/O or clock of its own:
 //! [`proto::decoder`] (bytes to events, limits before allocation), [`proto::connection`]
-//! (each connection's states and what every event means in each), [`proto::dial`] (the
+//! (each connection's states and what every event means in each), [`proto::Dial`] (the
 //! ports a connect walks). A two-endpoint in-memory harness drives them in the unit tests.
 //! [`io`] moves bytes; [`device`] keeps only sockets, epoll, IRBs and the mapping of the
 //! protocol's outputs onto host calls.

@@ -132,7 +132,7 @@ const NOW_INDEX: u64 = 0xffff_ffff;
 /// The server side's state.
 ///
 /// A request delivered at once, whose callback usually answers it, is not put in the table:
-/// it waits in `current` under a receive id of its own ([`NOW_INDEX`]) and goes into the
+/// it waits in `current` under a receive id of its own (`NOW_INDEX`) and goes into the
 /// table only if the callback keeps it (`kept` then maps its receive id to its table key).
 #[derive(Default)]
 pub struct Server {
