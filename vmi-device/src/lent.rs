@@ -18,8 +18,7 @@ use crate::abi::{
     self, VMI_FLAG_END, VMI_FLAG_HOST, VMI_RING_DATA, VMI_RING_DATA_END, VMI_RING_RECORD_LEN,
     VmiRing, VmiRingCursor, VmiRingSet, VmiTxRing,
 };
-use crate::host::Host;
-use crate::loan::{HostCell, Loan};
+use crate::loan::{HostCell, Lent};
 
 /// One side's positions in a ring, kept where the host can reach them while the ring is
 /// lent (a stable heap address): `(own, seen)`, as a ring consumer keeps `(tail, head_seen)`
@@ -82,96 +81,16 @@ pub struct RingLoan<'a> {
     pub cursor: &'a RingCursor,
 }
 
-/// A transport's lent rings, receive and send. Made once per device instance; [`LentRings::lend`]
-/// hands it to the host, dropping it ends the loan.
+/// A transport's lent rings, receive and send ([`Lent`] of a [`VmiRingSet`]).
 ///
-/// The rule a transport keeps: **before anything that could change a lent ring or its
-/// connection** (a connection ending or unmapped, a record half read, sends queued, a sleep)
-/// it calls [`LentRings::set_busy`]; at the end of its poll, when only ring records can need
-/// it, [`LentRings::publish`] lists the rings again and clears the flag.
-pub struct LentRings {
-    loan: Loan<VmiRingSet>,
-    rings: Vec<VmiRing>,
-    tx: Vec<VmiTxRing>,
-}
+/// At the end of its poll, when only ring records can need it, [`LentRings::publish`] lists
+/// the rings again and clears the busy flag.
+pub type LentRings = Lent<VmiRingSet>;
 
-impl std::fmt::Debug for LentRings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LentRings")
-            .field("rings", &self.rings.len())
-            .field("lent", &self.loan.is_lent())
-            .finish()
-    }
-}
-
-impl Default for LentRings {
-    fn default() -> Self {
-        LentRings {
-            loan: Loan::new(VmiRingSet {
-                busy: 1,
-                skips: 0,
-                taken: 0,
-                rings: std::ptr::null(),
-                count: 0,
-                sent: 0,
-                tx: std::ptr::null(),
-                tx_count: 0,
-            }),
-            rings: Vec::new(),
-            tx: Vec::new(),
-        }
-    }
-}
-
-impl LentRings {
-    /// Offers the set to `host` (busy, with no rings, until the first [`LentRings::publish`]).
-    /// False when the host predates ABI 1.7: nothing changes then. (A 1.7 host may still
-    /// leave the rings alone, as the conformance harness does: the transport is then polled
-    /// every time and reads them itself.)
-    pub fn lend(&mut self, host: &Host) -> bool {
-        self.loan.lend(host)
-    }
-
-    /// True when the host has the set.
-    pub fn is_lent(&self) -> bool {
-        self.loan.is_lent()
-    }
-
-    /// Stops the host's reading until the next [`LentRings::publish`]: call it before any
-    /// change to a lent ring or its connection.
-    #[inline]
-    pub fn set_busy(&self) {
-        self.loan.set_busy();
-    }
-
-    /// True while the host reads no ring (and polls the device at every poll).
-    #[inline]
-    pub fn busy(&self) -> bool {
-        self.loan.busy()
-    }
-
-    /// The polls the host skipped since the last call (each counted once); the device
-    /// counts them as its own, so a cadence of "every k polls" stays one of the host's.
-    #[inline]
-    pub fn take_skipped(&mut self) -> u32 {
-        self.loan.take_skipped()
-    }
-
-    /// Records the host has read from the rings itself, in all.
-    pub fn taken(&self) -> u64 {
-        self.loan.taken()
-    }
-
+impl Lent<VmiRingSet> {
     /// Messages the host has written into the send rings itself, in all.
     pub fn sent(&self) -> u64 {
-        self.loan.read(|set| set.sent)
-    }
-
-    /// Lets the host skip up to `skips` more of the device's polls, the rings listed as
-    /// they are (nothing changed since the last [`LentRings::publish`]: the set is not busy).
-    #[inline]
-    pub fn grant(&mut self, skips: u32) {
-        self.loan.grant(skips);
+        self.read(|set| set.sent)
     }
 
     /// Lists `rings` as the lent receive rings and `tx` as the lent send rings (at most one
@@ -190,8 +109,9 @@ impl LentRings {
         tx: impl IntoIterator<Item = TxLoan<'a>>,
         skips: u32,
     ) {
-        self.rings.clear();
-        self.rings.extend(rings.into_iter().map(|r| VmiRing {
+        let lists = &mut self.lists;
+        lists.rings.clear();
+        lists.rings.extend(rings.into_iter().map(|r| VmiRing {
             conn: r.conn,
             head: r.head.as_ptr(),
             tail: r.tail.as_ptr(),
@@ -200,8 +120,8 @@ impl LentRings {
             max_len: r.max_len,
             cursor: r.cursor.as_ptr(),
         }));
-        self.tx.clear();
-        self.tx.extend(tx.into_iter().map(|t| VmiTxRing {
+        lists.tx.clear();
+        lists.tx.extend(tx.into_iter().map(|t| VmiTxRing {
             conn: t.ring.conn,
             head: t.ring.head.as_ptr(),
             tail: t.ring.tail.as_ptr(),
@@ -214,14 +134,16 @@ impl LentRings {
             reserved: 0,
         }));
         // Sorted, one per connection: the host finds a connection's ring by binary search.
-        self.tx.sort_unstable_by_key(|t| t.conn);
-        self.tx.dedup_by_key(|t| t.conn);
-        let set = self.loan.set_mut();
-        set.rings = self.rings.as_ptr();
-        set.count = self.rings.len();
-        set.tx = self.tx.as_ptr();
-        set.tx_count = self.tx.len();
-        self.loan.resume(skips);
+        lists.tx.sort_unstable_by_key(|t| t.conn);
+        lists.tx.dedup_by_key(|t| t.conn);
+        let (rings, count) = (lists.rings.as_ptr(), lists.rings.len());
+        let (tx, tx_count) = (lists.tx.as_ptr(), lists.tx.len());
+        let set = self.set_mut();
+        set.rings = rings;
+        set.count = count;
+        set.tx = tx;
+        set.tx_count = tx_count;
+        self.unbusy(skips);
     }
 }
 

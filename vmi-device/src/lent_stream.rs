@@ -18,9 +18,8 @@ use crate::abi::{
     VMI_REST_BYTES, VMI_REST_END, VMI_REST_ERROR, VMI_REST_NONE, VMI_STREAM_HEADER_LEN, VmiStream,
     VmiStreamRest, VmiStreamSet,
 };
-use crate::host::Host;
 use crate::lent::{Batch, Stop};
-use crate::loan::{HostCell, Loan};
+use crate::loan::{HostCell, Lent};
 
 /// What the host's read of a lent stream left to the transport (see [`StreamRest::take`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -181,99 +180,15 @@ pub struct StreamLoan<'a> {
     pub rest: &'a StreamRest,
 }
 
-/// A transport's lent streams. Made once per device instance; [`LentStreams::lend`] hands
-/// it to the host, dropping it ends the loan.
+/// A transport's lent stream sockets ([`Lent`] of a [`VmiStreamSet`]).
 ///
-/// The rule a transport keeps: **before anything that could change a lent stream or its
-/// connection** (a connection closed or leaving its open state, a frame half read, bytes
-/// parked, sends queued, a sleep) it calls [`LentStreams::set_busy`]; at the end of its poll,
+/// At the start of its poll the transport takes each listed stream's rest
+/// ([`StreamRest::take`]) before it reads anything into the buffer; at the end of its poll,
 /// when only whole frames can be waiting in its sockets, [`LentStreams::publish`] lists the
-/// streams again and clears the flag. At the start of its poll it takes each listed
-/// stream's rest ([`StreamRest::take`]) before it reads anything into the buffer.
-pub struct LentStreams {
-    loan: Loan<VmiStreamSet>,
-    streams: Vec<VmiStream>,
-}
+/// streams again and clears the busy flag.
+pub type LentStreams = Lent<VmiStreamSet>;
 
-impl std::fmt::Debug for LentStreams {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LentStreams")
-            .field("streams", &self.streams.len())
-            .field("lent", &self.loan.is_lent())
-            .finish()
-    }
-}
-
-impl Default for LentStreams {
-    fn default() -> Self {
-        LentStreams {
-            loan: Loan::new(VmiStreamSet {
-                busy: 1,
-                skips: 0,
-                taken: 0,
-                streams: std::ptr::null(),
-                count: 0,
-            }),
-            streams: Vec::new(),
-        }
-    }
-}
-
-impl LentStreams {
-    /// Offers the set to `host` (busy, with no streams, until the first
-    /// [`LentStreams::publish`]). False when the host predates ABI 1.8: nothing changes then.
-    /// (A 1.8 host may still leave the streams alone: the transport is then polled every
-    /// time and reads them itself.)
-    pub fn lend(&mut self, host: &Host) -> bool {
-        self.loan.lend(host)
-    }
-
-    /// True when the host has the set.
-    #[inline]
-    pub fn is_lent(&self) -> bool {
-        self.loan.is_lent()
-    }
-
-    /// Stops the host's reading until the next [`LentStreams::publish`]: call it before any
-    /// change to a lent stream or its connection.
-    #[inline]
-    pub fn set_busy(&self) {
-        self.loan.set_busy();
-    }
-
-    /// True while the host reads no stream (and polls the device at every poll).
-    #[inline]
-    pub fn busy(&self) -> bool {
-        self.loan.busy()
-    }
-
-    /// The polls the host skipped since the last grant, not yet taken: the device's own
-    /// count of polls plus this is the host's.
-    #[inline]
-    pub fn skipped(&self) -> u32 {
-        self.loan.skipped()
-    }
-
-    /// The polls the host skipped since the last call (each counted once); the device counts
-    /// them as its own, so a cadence of "every k polls" stays one of the host's.
-    #[inline]
-    pub fn take_skipped(&mut self) -> u32 {
-        self.loan.take_skipped()
-    }
-
-    /// Frames the host has taken from the streams itself, in all.
-    pub fn taken(&self) -> u64 {
-        self.loan.taken()
-    }
-
-    /// Lets the host skip up to `skips` more of the device's polls, the streams listed as
-    /// they are (nothing changed since the last [`LentStreams::publish`]: the set is not
-    /// busy).
-    #[inline]
-    pub fn grant(&mut self, skips: u32) {
-        self.loan.grant(skips);
-    }
-
+impl Lent<VmiStreamSet> {
     /// Lists `streams` as the lent streams, reading into `buf` (shared by all), lets the host
     /// skip up to `skips` of the device's polls (0: the host reads nothing and polls the
     /// device) and clears the busy flag. An empty buffer lends nothing (a read into it would
@@ -297,8 +212,8 @@ impl LentStreams {
             self.set_busy();
             return;
         }
-        self.streams.clear();
-        self.streams.extend(streams.into_iter().map(|s| VmiStream {
+        self.lists.clear();
+        self.lists.extend(streams.into_iter().map(|s| VmiStream {
             conn: s.conn,
             fd: s.fd,
             reserved: 0,
@@ -307,10 +222,11 @@ impl LentStreams {
             max_len: s.max_len,
             rest: s.rest.as_ptr(),
         }));
-        let set = self.loan.set_mut();
-        set.streams = self.streams.as_ptr();
-        set.count = self.streams.len();
-        self.loan.resume(skips);
+        let (streams, count) = (self.lists.as_ptr(), self.lists.len());
+        let set = self.set_mut();
+        set.streams = streams;
+        set.count = count;
+        self.unbusy(skips);
     }
 
     /// Clears the busy flag and lets the host skip up to `skips` of the device's polls,
@@ -321,7 +237,7 @@ impl LentStreams {
     /// the same connections, still in that state), with the same buffer.
     #[inline]
     pub unsafe fn resume(&mut self, skips: u32) {
-        self.loan.resume(skips);
+        self.unbusy(skips);
     }
 }
 

@@ -43,7 +43,7 @@ pub mod hostmsg;
 pub mod irb;
 pub mod lent;
 pub mod lent_stream;
-mod loan;
+pub mod loan;
 pub mod logbridge;
 pub mod memwatch;
 pub mod param;

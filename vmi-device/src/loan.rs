@@ -1,25 +1,60 @@
-//! The bookkeeping every set a transport lends the host shares ([`crate::lent::LentRings`],
-//! [`crate::lent_stream::LentStreams`]): the set at a stable heap address, its `busy` flag,
-//! the host's skips (granted and counted down), what the host took, and the end of the loan
-//! when it is dropped.
+//! What a transport lends the host, whatever it lends ([`Lent`]: its rings,
+//! [`crate::lent::LentRings`], or its stream sockets, [`crate::lent_stream::LentStreams`]):
+//! the set at a stable heap address, its `busy` flag, the host's skips (granted and counted
+//! down), what the host took, the lists the set points into, and the end of the loan when it
+//! is dropped. Each kind adds only its own `publish`.
 #![allow(unsafe_code)]
 
 use std::ptr::NonNull;
 
-use crate::abi::{VmiRingSet, VmiStreamSet};
+use crate::abi::{VmiRing, VmiRingSet, VmiStream, VmiStreamSet, VmiTxRing};
 use crate::host::Host;
 
-/// A set the host may be lent: its first fields are `busy`, `skips` and `taken`, and a host
-/// service takes it (or NULL, to end the loan).
-pub(crate) trait LoanSet {
-    /// `busy`, `skips` and `taken`.
-    fn header(&mut self) -> (&mut u32, &mut u32, &mut u64);
-    /// Hands `set` (NULL: ends the loan) to the host; false when the host predates the
-    /// service.
-    fn lend(host: &Host, set: *mut Self) -> bool;
+/// A set the host may be lent ([`VmiRingSet`], [`VmiStreamSet`]): its first fields are
+/// `busy`, `skips` and `taken`, a host service takes it, and it points into lists the
+/// transport keeps. Sealed: only the ABI's sets are.
+pub trait LoanSet: sealed::Set {}
+
+mod sealed {
+    use crate::host::Host;
+
+    /// [`super::LoanSet`]'s workings, out of reach of other crates.
+    pub trait Set: Sized {
+        /// The lists the set points into.
+        type Lists: Default;
+        /// The set, busy, listing nothing.
+        fn empty() -> Self;
+        /// `busy`, `skips` and `taken`.
+        fn header(&mut self) -> (&mut u32, &mut u32, &mut u64);
+        /// Hands `set` (NULL: ends the loan) to the host; false when the host predates the
+        /// service.
+        fn lend(host: &Host, set: *mut Self) -> bool;
+    }
 }
 
-impl LoanSet for VmiRingSet {
+/// What a set of rings points into: the receive rings, and the send rings.
+#[derive(Debug, Default)]
+pub struct RingLists {
+    pub(crate) rings: Vec<VmiRing>,
+    pub(crate) tx: Vec<VmiTxRing>,
+}
+
+impl LoanSet for VmiRingSet {}
+
+impl sealed::Set for VmiRingSet {
+    type Lists = RingLists;
+    fn empty() -> Self {
+        VmiRingSet {
+            busy: 1,
+            skips: 0,
+            taken: 0,
+            rings: std::ptr::null(),
+            count: 0,
+            sent: 0,
+            tx: std::ptr::null(),
+            tx_count: 0,
+        }
+    }
     fn header(&mut self) -> (&mut u32, &mut u32, &mut u64) {
         (&mut self.busy, &mut self.skips, &mut self.taken)
     }
@@ -28,7 +63,19 @@ impl LoanSet for VmiRingSet {
     }
 }
 
-impl LoanSet for VmiStreamSet {
+impl LoanSet for VmiStreamSet {}
+
+impl sealed::Set for VmiStreamSet {
+    type Lists = Vec<VmiStream>;
+    fn empty() -> Self {
+        VmiStreamSet {
+            busy: 1,
+            skips: 0,
+            taken: 0,
+            streams: std::ptr::null(),
+            count: 0,
+        }
+    }
     fn header(&mut self) -> (&mut u32, &mut u32, &mut u64) {
         (&mut self.busy, &mut self.skips, &mut self.taken)
     }
@@ -37,12 +84,41 @@ impl LoanSet for VmiStreamSet {
     }
 }
 
-/// One lent set and its bookkeeping. Made busy; dropping it sets it busy and ends the loan.
-pub(crate) struct Loan<S: LoanSet> {
+/// A set a transport lends the host, with its bookkeeping and the lists it points into. Made
+/// once per device instance, busy and listing nothing; [`Lent::lend`] hands it to the host,
+/// dropping it ends the loan.
+///
+/// The rule a transport keeps: **before anything that could change what the set lists or
+/// its connection** (a connection ending, a record or frame half read, sends queued, a
+/// sleep) it calls [`Lent::set_busy`]; at the end of its poll, when nothing but what the host
+/// may take can be waiting, its kind's `publish` lists everything again and clears the flag.
+pub struct Lent<S: LoanSet> {
     set: HostCell<S>,
     /// The skips granted at the last grant (the host counts `skips` down from it).
     granted: u32,
     host: Option<Host>,
+    /// What the set points into.
+    pub(crate) lists: S::Lists,
+}
+
+impl<S: LoanSet> Default for Lent<S> {
+    fn default() -> Self {
+        Lent {
+            set: HostCell::new(S::empty()),
+            granted: 0,
+            host: None,
+            lists: S::Lists::default(),
+        }
+    }
+}
+
+impl<S: LoanSet> std::fmt::Debug for Lent<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lent")
+            .field("lent", &self.is_lent())
+            .field("busy", &self.busy())
+            .finish()
+    }
 }
 
 /// A value on the heap that the host reaches through a pointer the device handed it (a
@@ -57,13 +133,13 @@ unsafe impl<T: Send> Send for HostCell<T> {}
 
 impl<T> HostCell<T> {
     /// `value`, on the heap.
-    pub fn new(value: T) -> HostCell<T> {
+    pub(crate) fn new(value: T) -> HostCell<T> {
         HostCell(NonNull::from(Box::leak(Box::new(value))))
     }
 
     /// The value's address, valid until the cell is dropped.
     #[inline]
-    pub fn get(&self) -> *mut T {
+    pub(crate) fn get(&self) -> *mut T {
         self.0.as_ptr()
     }
 }
@@ -89,19 +165,7 @@ impl<T> Drop for HostCell<T> {
     }
 }
 
-impl<S: LoanSet> Loan<S> {
-    /// `set`, made busy with no skips.
-    pub fn new(mut set: S) -> Loan<S> {
-        let (busy, skips, _) = set.header();
-        *busy = 1;
-        *skips = 0;
-        Loan {
-            set: HostCell::new(set),
-            granted: 0,
-            host: None,
-        }
-    }
-
+impl<S: LoanSet> Lent<S> {
     /// The set, for one access of this handle's own (no reference outlives the expression
     /// that makes it).
     #[inline]
@@ -116,17 +180,20 @@ impl<S: LoanSet> Loan<S> {
     /// What `f` reads from the set (a count the host keeps in it); `f` must not reach this
     /// loan again.
     #[inline]
-    pub fn read<R>(&self, f: impl FnOnce(&S) -> R) -> R {
+    pub(crate) fn read<R>(&self, f: impl FnOnce(&S) -> R) -> R {
         f(self.set())
     }
 
     /// The set, for the device's changes to its lists.
     #[inline]
-    pub fn set_mut(&mut self) -> &mut S {
+    pub(crate) fn set_mut(&mut self) -> &mut S {
         self.set()
     }
 
-    /// Offers the set to `host`; false when the host predates the service (nothing changes).
+    /// Offers the set to `host` (busy, listing nothing, until the first `publish`). False
+    /// when the host predates the service (ABI 1.7 for rings, 1.8 for streams): nothing
+    /// changes then. (A host may still leave the set alone, as the conformance harness does:
+    /// the transport is then polled every time and reads for itself.)
     pub fn lend(&mut self, host: &Host) -> bool {
         let lent = S::lend(host, self.set.get());
         if lent {
@@ -141,25 +208,28 @@ impl<S: LoanSet> Loan<S> {
         self.host.is_some()
     }
 
-    /// The host reads nothing of the set until it is resumed.
+    /// Stops the host's reading until the next `publish`: call it before any change to what
+    /// the set lists or its connection.
     #[inline]
     pub fn set_busy(&self) {
         *self.set().header().0 = 1;
     }
 
-    /// True while the host reads nothing of the set.
+    /// True while the host reads nothing of the set (and polls the device at every poll).
     #[inline]
     pub fn busy(&self) -> bool {
         *self.set().header().0 != 0
     }
 
-    /// The host's polls that skipped the device since the last grant, not yet taken.
+    /// The polls the host skipped since the last grant, not yet taken: the device's own
+    /// count of polls plus this is the host's.
     #[inline]
     pub fn skipped(&self) -> u32 {
         self.granted.saturating_sub(*self.set().header().1)
     }
 
-    /// [`Loan::skipped`], counted once: they are taken.
+    /// The polls the host skipped since the last call (each counted once); the device counts
+    /// them as its own, so a cadence of "every k polls" stays one of the host's.
     #[inline]
     pub fn take_skipped(&mut self) -> u32 {
         let skipped = self.skipped();
@@ -167,28 +237,29 @@ impl<S: LoanSet> Loan<S> {
         skipped
     }
 
-    /// What the host took from the set, in all.
+    /// What the host took itself (records from the rings, frames from the streams), in all.
     pub fn taken(&self) -> u64 {
         *self.set().header().2
     }
 
-    /// Lets the host skip up to `skips` more of the device's polls; `busy` stays as it is.
+    /// Lets the host skip up to `skips` more of the device's polls, the set listing what it
+    /// lists; `busy` stays as it is.
     #[inline]
     pub fn grant(&mut self, skips: u32) {
         self.granted = skips;
         *self.set().header().1 = skips;
     }
 
-    /// [`Loan::grant`], and the host may read the set again. The caller keeps the set's
-    /// contract for what it lists (it is `unsafe` there).
+    /// [`Lent::grant`], and the host may read the set again. The caller keeps its kind's
+    /// `publish` contract for what the set lists.
     #[inline]
-    pub fn resume(&mut self, skips: u32) {
+    pub(crate) fn unbusy(&mut self, skips: u32) {
         self.grant(skips);
         *self.set().header().0 = 0;
     }
 }
 
-impl<S: LoanSet> Drop for Loan<S> {
+impl<S: LoanSet> Drop for Lent<S> {
     fn drop(&mut self) {
         self.set_busy();
         if let Some(host) = self.host.take() {
