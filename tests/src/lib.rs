@@ -278,6 +278,20 @@ pub fn tcp_on_free_port(key: &str) -> (vmi_core::Vmi, u16) {
     tcp_on_free_port_with(key, &[])
 }
 
+/// A TCP data frame as the tcp transport writes it: the header (`end`, no filter flags, the
+/// length) and `payload`.
+pub fn tcp_frame(end: bool, payload: &[u8]) -> Vec<u8> {
+    let mut f = vmi_tcp::wire::FrameRepr {
+        end,
+        filter_flags: 0,
+        len: payload.len() as u32,
+    }
+    .emit()
+    .to_vec();
+    f.extend_from_slice(payload);
+    f
+}
+
 /// [`tcp_on_free_port`] with more tcp parameters (`(name, value)` pairs).
 pub fn tcp_on_free_port_with(key: &str, params: &[(&str, &str)]) -> (vmi_core::Vmi, u16) {
     register_all();

@@ -13,7 +13,7 @@ use std::time::Duration;
 use vmi_core::Disconnect;
 use vmi_core::prelude::*;
 use vmi_tcp::wire::{ANSWER_LEN, AnswerRepr, AnswerStatus, FrameRepr, HelloRepr};
-use vmi_tests::{Proc, root, unique_key};
+use vmi_tests::{Proc, root, tcp_frame, unique_key};
 
 const T: Duration = Duration::from_secs(60);
 
@@ -417,18 +417,6 @@ fn open_peer(vmi: &mut Vmi, h: &mut Victim, port: u16, key: &str, name: &str) ->
     s
 }
 
-fn data_frame(payload: &[u8]) -> Vec<u8> {
-    let mut f = FrameRepr {
-        end: true,
-        filter_flags: 0,
-        len: payload.len() as u32,
-    }
-    .emit()
-    .to_vec();
-    f.extend_from_slice(payload);
-    f
-}
-
 /// Peers that turn hostile on an open connection, against a victim that busy-polls with its
 /// sockets lent to the host (its poll reads them itself and takes whole small frames): what
 /// came before the bad frame is delivered whole and in order, the bad frame ends that
@@ -476,10 +464,10 @@ fn a_peer_turning_hostile_on_an_open_connection_meets_the_hosts_checks() {
             let taken_before: u64 = vmi.attr_get("tcp", "lent_taken").unwrap().parse().unwrap();
             let mut burst = Vec::new();
             for i in 0..20u8 {
-                burst.extend_from_slice(&data_frame(&[i; 12]));
+                burst.extend_from_slice(&tcp_frame(true, &[i; 12]));
             }
             burst.extend_from_slice(&bad);
-            burst.extend_from_slice(&data_frame(b"never delivered"));
+            burst.extend_from_slice(&tcp_frame(true, b"never delivered"));
             s.write_all(&burst).unwrap();
             if what.contains("end of the stream") {
                 s.shutdown(std::net::Shutdown::Write).unwrap();
@@ -517,7 +505,7 @@ fn a_peer_turning_hostile_on_an_open_connection_meets_the_hosts_checks() {
         );
         // Another peer is served.
         let mut good = open_peer(&mut vmi, &mut h, port, &key, "good");
-        good.write_all(&data_frame(b"still serving")).unwrap();
+        good.write_all(&tcp_frame(true, b"still serving")).unwrap();
         let deadline = std::time::Instant::now() + T;
         while h.messages.last().map(|(_, m)| m.as_slice()) != Some(b"still serving".as_slice()) {
             vmi.poll(&mut h);

@@ -14,8 +14,8 @@ use std::collections::HashMap;
 
 use vmi_core::Disconnect;
 use vmi_core::prelude::*;
-use vmi_tcp::wire::{ANSWER_LEN, AnswerRepr, AnswerStatus, FrameRepr, HEARTBEAT, HelloRepr};
-use vmi_tests::{Rng, tcp_on_free_port_with, unique_key};
+use vmi_tcp::wire::{ANSWER_LEN, AnswerRepr, AnswerStatus, HEARTBEAT, HelloRepr};
+use vmi_tests::{Rng, tcp_frame, tcp_on_free_port_with, unique_key};
 
 #[derive(Default)]
 struct Receiver {
@@ -55,6 +55,21 @@ fn answer(s: &mut TcpStream) -> u8 {
         assert!(n > 0, "the receiver closed before answering");
         got.extend_from_slice(&buf[..n]);
     }
+}
+
+/// A raw peer named `name`, connected to the receiver on `port` and accepted under `key` (the
+/// receiver polls meanwhile, on its own thread).
+fn accepted_peer(port: u16, key: &str, name: &str) -> TcpStream {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_nodelay(true).unwrap();
+    s.write_all(&HelloRepr::emit(name, key, "send=;recv=", b""))
+        .expect("hello");
+    assert_eq!(
+        answer(&mut s),
+        AnswerStatus::Accept as u8,
+        "{name}: accepted"
+    );
+    s
 }
 
 #[test]
@@ -104,16 +119,7 @@ fn cut_frames_arrive_whole(name: &str, lend: bool) {
 
     let peer_key = key.clone();
     let peer = std::thread::spawn(move || {
-        let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-        s.set_nodelay(true).unwrap();
-        s.write_all(&HelloRepr::emit(
-            "pieces-peer",
-            &peer_key,
-            "send=;recv=",
-            b"",
-        ))
-        .expect("hello");
-        assert_eq!(answer(&mut s), AnswerStatus::Accept as u8, "accepted");
+        let mut s = accepted_peer(port, &peer_key, "pieces-peer");
         for batch in batches {
             s.write_all(&batch).expect("write");
             std::thread::sleep(Duration::from_millis(20));
@@ -181,15 +187,7 @@ fn frames_of(rng: &mut Rng, peer: u8, count: usize) -> (Vec<Vec<u8>>, Vec<Vec<u8
             vec![&msg[..]]
         };
         for (j, part) in parts.iter().enumerate() {
-            let mut f = FrameRepr {
-                end: j + 1 == parts.len(),
-                filter_flags: 0,
-                len: part.len() as u32,
-            }
-            .emit()
-            .to_vec();
-            f.extend_from_slice(part);
-            frames.push(f);
+            frames.push(tcp_frame(j + 1 == parts.len(), part));
         }
         if rng.below(8) == 0 {
             frames.push(HEARTBEAT.to_vec());
@@ -269,16 +267,7 @@ fn several_peers_cut_anywhere_arrive_whole_through_the_hosts_reads() {
     for (p, (_, pieces)) in streams.into_iter().enumerate() {
         let peer_key = key.clone();
         peers.push(std::thread::spawn(move || {
-            let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-            s.set_nodelay(true).unwrap();
-            s.write_all(&HelloRepr::emit(
-                &format!("pieces-peer-{p}"),
-                &peer_key,
-                "send=;recv=",
-                b"",
-            ))
-            .expect("hello");
-            assert_eq!(answer(&mut s), AnswerStatus::Accept as u8, "accepted");
+            let mut s = accepted_peer(port, &peer_key, &format!("pieces-peer-{p}"));
             for (piece, pause) in pieces {
                 s.write_all(&piece).expect("write");
                 if pause {
@@ -363,15 +352,7 @@ fn full_sockets_round(rng: &mut Rng) -> u64 {
     for (p, (_, pieces)) in streams.into_iter().enumerate() {
         let (peer_key, go) = (key.clone(), go.clone());
         peers.push(std::thread::spawn(move || {
-            let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-            s.write_all(&HelloRepr::emit(
-                &format!("full-peer-{p}"),
-                &peer_key,
-                "send=;recv=",
-                b"",
-            ))
-            .expect("hello");
-            assert_eq!(answer(&mut s), AnswerStatus::Accept as u8, "accepted");
+            let mut s = accepted_peer(port, &peer_key, &format!("full-peer-{p}"));
             go.wait();
             let all: Vec<u8> = pieces.into_iter().flat_map(|(b, _)| b).collect();
             s.write_all(&all).expect("write");
@@ -430,32 +411,13 @@ fn a_receiver_sleeping_after_lent_reads_wakes_for_the_next_message() {
     let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
     let peer_key = key.clone();
     let peer = std::thread::spawn(move || {
-        let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-        s.set_nodelay(true).unwrap();
-        s.write_all(&HelloRepr::emit(
-            "sleep-peer",
-            &peer_key,
-            "send=;recv=",
-            b"",
-        ))
-        .expect("hello");
-        assert_eq!(answer(&mut s), AnswerStatus::Accept as u8, "accepted");
+        let mut s = accepted_peer(port, &peer_key, "sleep-peer");
         // Each write the test asks for, then the end.
         for bytes in rx {
             s.write_all(&bytes).expect("write");
         }
     });
-    let frame = |text: &[u8]| {
-        let mut f = FrameRepr {
-            end: true,
-            filter_flags: 0,
-            len: text.len() as u32,
-        }
-        .emit()
-        .to_vec();
-        f.extend_from_slice(text);
-        f
-    };
+    let frame = |text: &[u8]| tcp_frame(true, text);
     let mut h = Many::default();
     let start = Instant::now();
     while h.accepted < 1 {
