@@ -82,27 +82,23 @@ pub(crate) fn poll(core: &mut Core, arena: &mut Arena, handler: &mut dyn Handler
 #[inline(always)]
 pub(crate) fn poll_one(arena: &mut Arena, (f, dev, lent): DirectPoller, budget: u32) -> usize {
     arena.blocked = false;
-    let mut read = 0;
-    let set = lent.rings.load(Ordering::Relaxed);
-    if !set.is_null() {
+    let rings = lent.rings.load(Ordering::Relaxed);
+    let (read, poll) = if !rings.is_null() {
         // SAFETY: a set lent by this live transport (it ends the loan before it frees the
         // set), read on the polling thread while the transport is not called.
-        let (n, poll) = unsafe { read_lent(arena, set, budget) };
-        if !poll {
-            return n;
-        }
-        read = n;
+        unsafe { read_lent(arena, rings, budget) }
     } else {
+        // Looked at only when no rings are lent (a transport lends one kind).
         let streams = lent.streams.load(Ordering::Relaxed);
-        if !streams.is_null() {
-            // SAFETY: as for the rings: a set lent by this live transport, read on the
-            // polling thread while the transport is not called.
-            let (n, poll) = unsafe { read_streams(arena, streams, budget) };
-            if !poll {
-                return n;
-            }
-            read = n;
+        if streams.is_null() {
+            (0, true)
+        } else {
+            // SAFETY: as for the rings.
+            unsafe { read_streams(arena, streams, budget) }
         }
+    };
+    if !poll {
+        return read;
     }
     let ctx = std::ptr::from_mut(arena);
     // SAFETY: a live transport instance; the arena is reached only through the pointer until

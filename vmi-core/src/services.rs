@@ -148,20 +148,20 @@ pub(crate) struct DeviceCtx {
     frame_off: usize,
     remote: &'static Remote,
     /// What the device lent the host.
-    lent: Lent,
+    lent: Loans,
 }
 
 /// Where a device announces what it lent the host: each NULL, or its set.
 #[derive(Debug)]
-pub(crate) struct Lent {
+pub(crate) struct Loans {
     /// Its receive (and send) rings (ABI 1.7 `lend_rings`).
     pub rings: AtomicPtr<VmiRingSet>,
     /// Its stream sockets (ABI 1.8 `lend_streams`).
     pub streams: AtomicPtr<VmiStreamSet>,
 }
 
-/// Where one device announces what it lent (see [`Lent`]).
-pub(crate) type LentSet = &'static Lent;
+/// Where one device announces what it lent (see [`Loans`]).
+pub(crate) type LentSet = &'static Loans;
 
 /// The leaked pieces of one engine.
 pub(crate) struct Boundary {
@@ -216,7 +216,7 @@ impl Boundary {
                     index: i as DevIndex,
                     frame_off,
                     remote,
-                    lent: Lent {
+                    lent: Loans {
                         rings: AtomicPtr::new(std::ptr::null_mut()),
                         streams: AtomicPtr::new(std::ptr::null_mut()),
                     },
