@@ -40,6 +40,10 @@ pub(crate) struct Arena {
     /// The lent stream read first at the next poll (the one after a stream that left its
     /// transport a rest or used up a poll's budget).
     stream_first: usize,
+    /// Not 0 when a record delivered at once (see [`read_lent_records`]) left work for the
+    /// end of the poll (requests to deliver, background work): [`Arena::is_empty`] is false
+    /// until [`deliver`] runs. A word, so that the check ORs it with the others.
+    follow: usize,
     /// The engine's release queue and count of fragments held, which a grab of a slab over
     /// the arena counts in: taken once, so delivering a fragment clones nothing.
     owners: Option<(Arc<Releases>, Arc<crate::services::Count>)>,
@@ -62,7 +66,8 @@ pub(crate) fn poll(core: &mut Core, arena: &mut Arena, handler: &mut dyn Handler
             // after it.
             unsafe { f_call(poller, core.engine.poll_credit(), ctx) }
         } else {
-            poll_one(arena, poller, core.engine.poll_credit())
+            let credit = core.engine.poll_credit();
+            poll_one(core, arena, handler, poller, credit)
         };
         events += n;
         deliver(core, arena, handler);
@@ -79,14 +84,23 @@ pub(crate) fn poll(core: &mut Core, arena: &mut Arena, handler: &mut dyn Handler
 /// When the transport lent its receive rings (ABI 1.7) and has nothing else to do, the
 /// host reads their small records itself, and calls the transport's poll only when a ring
 /// holds something else, or when the transport asked to be polled again (`skips` ran out).
+///
+/// A ring that holds one small record alone has it delivered at once (`handler` runs
+/// before this returns); everything else waits in the arena for [`deliver`].
 #[inline(always)]
-pub(crate) fn poll_one(arena: &mut Arena, (f, dev, lent): DirectPoller, budget: u32) -> usize {
+pub(crate) fn poll_one(
+    core: &mut Core,
+    arena: &mut Arena,
+    handler: &mut dyn Handler,
+    (f, dev, lent): DirectPoller,
+    budget: u32,
+) -> usize {
     arena.blocked = false;
     let rings = lent.rings.load(Ordering::Relaxed);
     let (read, poll) = if !rings.is_null() {
         // SAFETY: a set lent by this live transport (it ends the loan before it frees the
         // set), read on the polling thread while the transport is not called.
-        unsafe { read_lent(arena, rings, budget) }
+        unsafe { read_lent(core, arena, handler, rings, budget) }
     } else {
         // Looked at only when no rings are lent (a transport lends one kind).
         let streams = lent.streams.load(Ordering::Relaxed);
@@ -126,9 +140,16 @@ unsafe fn f_call((f, dev, _): DirectPoller, budget: u32, ctx: *mut Arena) -> usi
 /// # Safety
 /// `set` is a set lent under the ABI's `VmiRingSet` contract, which holds for the call.
 #[inline(always)]
-unsafe fn read_lent(arena: &mut Arena, set: *mut VmiRingSet, budget: u32) -> (usize, bool) {
-    // SAFETY: the caller's promise; the transport is not called during this function.
-    let set = unsafe { &mut *set };
+unsafe fn read_lent(
+    core: &mut Core,
+    arena: &mut Arena,
+    handler: &mut dyn Handler,
+    set_ptr: *mut VmiRingSet,
+    budget: u32,
+) -> (usize, bool) {
+    // SAFETY: the caller's promise; the transport is not called while this reference
+    // lives.
+    let set = unsafe { &mut *set_ptr };
     // Busy, or the transport asked for its poll: it reads its rings itself.
     if set.busy != 0 || set.skips == 0 {
         return (0, true);
@@ -145,15 +166,73 @@ unsafe fn read_lent(arena: &mut Arena, set: *mut VmiRingSet, budget: u32) -> (us
         return (0, false);
     }
     // SAFETY: forwarded.
-    unsafe { read_lent_records(arena, set, rings, budget) }
+    unsafe { read_lent_records(core, arena, handler, set_ptr, budget) }
 }
 
 /// [`read_lent`] when a ring holds something.
 ///
+/// When one ring alone holds something, and that is one data record alone, and nothing
+/// waits in the arena, the record is delivered at once, with no batch (the ping-pong case).
+/// Everything else is [`read_lent_batch`].
+///
+/// The set is reached through a pointer, and no reference to it or to its rings lives
+/// while `handler` runs: the application may call the transport, which may change them.
+///
+/// # Safety
+/// As for [`read_lent`].
+#[inline(never)]
+unsafe fn read_lent_records(
+    core: &mut Core,
+    arena: &mut Arena,
+    handler: &mut dyn Handler,
+    set: *mut VmiRingSet,
+    budget: u32,
+) -> (usize, bool) {
+    let (conn, flags) = {
+        // SAFETY: the caller's promise; the transport is not called while these live.
+        let set = unsafe { &mut *set };
+        // SAFETY: as in `read_lent`.
+        let rings = unsafe { std::slice::from_raw_parts(set.rings, set.count) };
+        if budget == 0 || !arena.got.records.is_empty() {
+            // SAFETY: forwarded.
+            return unsafe { read_lent_batch(arena, set, rings, budget) };
+        }
+        // The one ring that holds something (there is one, unless the peer moved its
+        // position back since `read_lent` looked: then the batch's checks catch it); when
+        // two do, the batch reads them both in this poll.
+        let mut found = None;
+        for (i, ring) in rings.iter().enumerate() {
+            // SAFETY: a ring of the lent set (the caller's promise).
+            if !unsafe { vmi_device::lent::is_empty(ring) } {
+                if found.is_some() {
+                    found = None;
+                    break;
+                }
+                found = Some(i);
+            }
+        }
+        // SAFETY: a ring of the lent set (the caller's promise).
+        let Some((i, flags)) = found.and_then(|i| unsafe {
+            vmi_device::lent::take_only(&rings[i], DIRECT_MAX, &mut arena.got.bytes).map(|f| (i, f))
+        }) else {
+            // SAFETY: forwarded.
+            return unsafe { read_lent_batch(arena, set, rings, budget) };
+        };
+        set.taken += 1;
+        set.skips -= 1;
+        (rings[i].conn, flags)
+    };
+    deliver_one(core, arena, handler, conn, flags);
+    (1, false)
+}
+
+/// Reads the lent rings of `set` into the arena's batch, from `ring_first` on, at most
+/// `budget` records; returns the records read and whether the transport's poll must run.
+///
 /// # Safety
 /// As for [`read_lent`]; `rings` are the set's.
 #[inline(never)]
-unsafe fn read_lent_records(
+unsafe fn read_lent_batch(
     arena: &mut Arena,
     set: &mut VmiRingSet,
     rings: &[vmi_device::abi::VmiRing],
@@ -240,16 +319,18 @@ unsafe fn read_streams(arena: &mut Arena, set: *mut VmiStreamSet, budget: u32) -
 }
 
 impl Arena {
-    /// True when no fragment waits in it.
+    /// True when no fragment waits in it, and no record delivered at once left work for
+    /// the end of the poll.
     #[inline(always)]
     pub(crate) fn is_empty(&self) -> bool {
-        self.got.records.is_empty()
+        self.got.records.len() | self.follow == 0
     }
 }
 
 /// Delivers what a direct poll put in the arena (nothing when it is empty).
 #[inline(always)]
 pub(crate) fn deliver(core: &mut Core, arena: &mut Arena, handler: &mut dyn Handler) {
+    arena.follow = 0;
     if !arena.got.records.is_empty() {
         if arena.got.msgs == 0 {
             deliver_arena(core, arena, handler);
@@ -257,6 +338,38 @@ pub(crate) fn deliver(core: &mut Core, arena: &mut Arena, handler: &mut dyn Hand
             deliver_with_msgs(core, arena, handler);
         }
     }
+}
+
+/// Delivers the one fragment `take_only` left in the arena's bytes, and empties it: a
+/// request, reply or pulse as `deliver_with_msgs` delivers one alone in its poll.
+#[inline(always)]
+fn deliver_one(
+    core: &mut Core,
+    arena: &mut Arena,
+    handler: &mut dyn Handler,
+    conn: u64,
+    flags: u32,
+) {
+    if flags & VMI_FLAG_MSG != 0 {
+        let data = &arena.got.bytes[..];
+        crate::msgpass::received_alone(core, handler, crate::ConnId(conn), flags, data);
+        arena.got.bytes.clear();
+        arena.follow = usize::from(core.after) | core.background;
+        return;
+    }
+    let (releases, held) = arena
+        .owners
+        .get_or_insert_with(|| (core.engine.releases().clone(), core.engine.held_count()));
+    receive_lent(
+        core,
+        handler,
+        (conn, flags, &arena.got.bytes),
+        releases,
+        held,
+    );
+    core.run_deferred();
+    arena.got.bytes.clear();
+    arena.follow = usize::from(core.after) | core.background;
 }
 
 /// Delivers the fragments of the arena, in order, and empties it.

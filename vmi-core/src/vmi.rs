@@ -300,10 +300,13 @@ impl Vmi {
                     // waits: its poll runs here (or its lent rings are read), and what it
                     // handed over is delivered out of line (`poll_rest` would do the same,
                     // through a larger frame).
+                    let credit = self.core.engine.poll_credit();
                     let n = n + crate::direct::poll_one(
+                        &mut self.core,
                         &mut self.arena,
+                        handler,
                         poller,
-                        self.core.engine.poll_credit(),
+                        credit,
                     );
                     self.core.engine.run_queued();
                     if self.arena.is_empty() && self.core.engine.outcomes() == 0 {

@@ -438,6 +438,69 @@ unsafe fn read_records(
     (n, stop)
 }
 
+/// The one record of a lent ring that holds exactly one: a whole data record the host may
+/// take (as [`read_ring`] would take it), of at most `max_len` payload bytes, lying before
+/// the end of the ring. Its payload replaces what `out` held, the consumer's position is
+/// published, and its receive flags are returned. Anything else (an empty ring, more than
+/// one record, a record [`read_ring`] would leave to the transport, a record that wraps,
+/// a position no correct peer writes) returns `None` and leaves the ring as it was.
+///
+/// The host uses it to deliver a lone record at once, with no batch; every position and
+/// header is checked as in [`read_ring`].
+///
+/// # Safety
+/// As for [`read_ring`].
+#[inline]
+pub unsafe fn take_only(ring: &VmiRing, max_len: usize, out: &mut Vec<u8>) -> Option<u32> {
+    let cap = ring.cap;
+    // SAFETY: the contract: an aligned, mapped position word, and the cursor is the
+    // device's, not in use during this call.
+    let (head, cursor) = unsafe {
+        (
+            AtomicU64::from_ptr(ring.head as *mut u64).load(Ordering::Acquire),
+            &mut *ring.cursor,
+        )
+    };
+    let tail = cursor.own;
+    // Behind the consumer, or more than a ring ahead: wraps to a huge value, refused below.
+    let avail = head.wrapping_sub(tail);
+    let off = tail & cap.wrapping_sub(1);
+    if !cap.is_power_of_two()
+        || head < cursor.seen
+        || avail < VMI_RING_RECORD_LEN as u64
+        || avail > cap - off
+    {
+        return None;
+    }
+    // SAFETY: `avail` bytes from `off` lie inside the ring (checked above) and were
+    // published (Acquire above); at least a header's worth.
+    let h = unsafe {
+        u64::from_le(std::ptr::read_unaligned(
+            ring.data.add(off as usize) as *const u64
+        ))
+    };
+    let len = avail - VMI_RING_RECORD_LEN as u64;
+    // The header's length must be exactly what is left: one whole record, no more.
+    if h >> 32 != len {
+        return None;
+    }
+    let (flags, len) = takeable(h, ring.max_len.min(max_len as u64), len)?;
+    out.clear();
+    out.reserve(len);
+    // SAFETY: the payload lies inside the published bytes (checked above); `reserve` made
+    // room for `len` bytes, which the copy writes before `set_len` covers them.
+    unsafe {
+        let src = ring.data.add(off as usize + VMI_RING_RECORD_LEN);
+        crate::copy::copy_small(src, out.as_mut_ptr(), len);
+        out.set_len(len);
+    }
+    cursor.own = head;
+    cursor.seen = head;
+    // SAFETY: the contract: an aligned, mapped position word this side owns.
+    unsafe { AtomicU64::from_ptr(ring.tail) }.store(head, Ordering::Release);
+    Some(flags)
+}
+
 /// The receive flags and payload length of the record (or lent stream frame) whose header
 /// begins with `h` (its first 8 bytes, little-endian), when it is a whole data record the
 /// host may take: of kind DATA or DATA_END, at most `limit` bytes, its payload wholly within
@@ -566,6 +629,13 @@ mod tests {
                 max_len,
                 cursor: self.cursor.as_ptr(),
             }
+        }
+        /// `take_only` with a host limit of 64 bytes (the ring's own is 1024).
+        fn take_only(&self) -> Option<(u32, Vec<u8>)> {
+            let mut out = vec![0xee; 3];
+            // SAFETY: the test ring lives through the call.
+            let flags = unsafe { take_only(&self.desc(1024), 64, &mut out) }?;
+            Some((flags, out))
         }
         fn read(&self, max: usize) -> (Vec<(u32, Vec<u8>)>, Stop) {
             let mut out = Batch::default();
@@ -880,5 +950,155 @@ mod tests {
             };
             assert_eq!(last, want, "seed {seed}");
         }
+    }
+
+    #[test]
+    fn a_record_alone_is_taken_whole_and_the_position_published() {
+        let mut r = TestRing::new(128);
+        r.record(VMI_RING_DATA, 0x4002, b"abcdefghij");
+        assert_eq!(
+            r.take_only(),
+            Some((abi::recv_flags(false, 0x4002), b"abcdefghij".to_vec())),
+            "the payload replaces what the buffer held"
+        );
+        assert_eq!(r.tail.load(Ordering::Relaxed), 26);
+        assert_eq!(r.cursor.get(), (26, 26));
+        assert_eq!(r.take_only(), None, "empty now");
+        // Every size up to the host's limit, at a new position each time.
+        for len in 0..=64 {
+            r.record(VMI_RING_DATA_END, 0, &vec![len as u8; len]);
+            let before = r.cursor.get().0;
+            // A record that would wrap is left to the batch read.
+            let wraps = (before % 128) + 16 + len as u64 > 128;
+            if wraps {
+                assert_eq!(r.take_only(), None, "len {len} wraps");
+                assert_eq!(r.cursor.get().0, before, "nothing consumed");
+                assert_eq!(r.read(10).0.len(), 1, "len {len}: the batch read takes it");
+            } else {
+                let want = (abi::recv_flags(true, 0), vec![len as u8; len]);
+                assert_eq!(r.take_only(), Some(want), "len {len}");
+            }
+        }
+    }
+
+    #[test]
+    fn anything_but_a_record_alone_is_left_as_it_was() {
+        // Two records; another kind; over the host's limit; a host record; a record written
+        // in part (header only, then header and part of the payload).
+        let mut r = TestRing::new(256);
+        r.record(VMI_RING_DATA, 0, b"one");
+        r.record(VMI_RING_DATA_END, 0, b"two");
+        assert_eq!(r.take_only(), None);
+        assert_eq!(r.read(10).0.len(), 2, "both still there");
+        for (kind, flags, len) in [
+            (3, 0, 4),
+            (VMI_RING_DATA, 0, 65),
+            (VMI_RING_DATA, 0x8000, 4),
+        ] {
+            let mut r = TestRing::new(256);
+            r.record(kind, flags, &vec![1; len]);
+            assert_eq!(
+                r.take_only(),
+                None,
+                "kind {kind} flags {flags:#x} len {len}"
+            );
+            assert_eq!(r.cursor.get(), (0, 0));
+            assert_eq!(r.tail.load(Ordering::Relaxed), 0);
+        }
+        let mut r = TestRing::new(256);
+        r.put(&[VMI_RING_DATA, 0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(r.take_only(), None, "header alone");
+        r.put(&[1, 2, 3]);
+        assert_eq!(r.take_only(), None, "payload in part");
+        r.put(&[4, 5, 6, 7, 8]);
+        assert_eq!(
+            r.take_only(),
+            Some((abi::recv_flags(false, 0), (1..=8).collect()))
+        );
+    }
+
+    #[test]
+    fn positions_no_correct_peer_writes_take_nothing() {
+        // Head more than a ring ahead (its header claiming exactly that much); behind the
+        // consumer; behind what was seen; a header claiming 4 GiB; a capacity that is not
+        // a power of two.
+        let mut r = TestRing::new(64);
+        r.record(VMI_RING_DATA_END, 0, &[0; 49]);
+        assert_eq!(r.take_only(), None, "65 bytes in a 64-byte ring");
+        let r = TestRing::new(64);
+        r.cursor.set((100, 100));
+        r.head.store(90, Ordering::Relaxed);
+        assert_eq!(r.take_only(), None);
+        let mut r = TestRing::new(64);
+        r.cursor.set((0, 40));
+        r.record(VMI_RING_DATA_END, 0, b"x");
+        assert_eq!(r.take_only(), None);
+        assert_eq!(r.cursor.get(), (0, 40), "nothing changed");
+        let mut r = TestRing::new(64);
+        r.put(&[VMI_RING_DATA_END, 0, 0, 0, 0xff, 0xff, 0xff, 0xff]);
+        r.put(&[0; 8]);
+        assert_eq!(r.take_only(), None);
+        let mut r = TestRing::new(64);
+        r.record(VMI_RING_DATA_END, 0, b"x");
+        let mut d = r.desc(64);
+        d.cap = 48;
+        let mut out = Vec::new();
+        // SAFETY: the test ring lives through the call (and is larger than 48 bytes).
+        assert_eq!(unsafe { take_only(&d, 64, &mut out) }, None);
+    }
+
+    #[test]
+    fn random_rings_take_only_what_a_batch_read_of_one_would() {
+        // Seeded: a ring at a random position with up to two random records (kinds,
+        // sizes, flags) or a torn one; `take_only` takes exactly when a batch read would
+        // take one record and find the ring empty after it without wrapping, and takes
+        // the same bytes.
+        let (seed, mut rnd) = crate::test_rng::seeded(0x7a4e_u64);
+        let mut taken = 0;
+        for _ in 0..2000 {
+            let mut r = TestRing::new(128);
+            let at = rnd(512);
+            r.head.store(at, Ordering::Relaxed);
+            r.tail.store(at, Ordering::Relaxed);
+            r.cursor.set((at, at));
+            for _ in 0..1 + rnd(2) {
+                let kind = [VMI_RING_DATA, VMI_RING_DATA_END, 4][rnd(3) as usize];
+                let flags = [0u16, 0x0001, 0x8000][rnd(3) as usize];
+                let len = rnd(80) as usize;
+                if rnd(8) == 0 {
+                    r.put(&[kind, 0, 0, 0, len as u8, 0, 0, 0][..1 + rnd(8) as usize]);
+                } else if 16 + len <= 128 - (r.head.load(Ordering::Relaxed) - at) as usize {
+                    r.record(kind, flags, &vec![rnd(256) as u8; len]);
+                }
+            }
+            // The oracle: a batch read of a copy takes one record, finds the ring empty
+            // after it, and the record does not wrap.
+            let copy = TestRing::new(128);
+            copy.head
+                .store(r.head.load(Ordering::Relaxed), Ordering::Relaxed);
+            copy.tail.store(at, Ordering::Relaxed);
+            copy.cursor.set((at, at));
+            let copy = TestRing {
+                data: r.data.clone(),
+                ..copy
+            };
+            let (batch, stop) = copy.read(2);
+            let avail = r.head.load(Ordering::Relaxed) - at;
+            let lone = batch.len() == 1 && stop == Stop::Empty && at % 128 + avail <= 128;
+            let got = r.take_only();
+            assert_eq!(got.is_some(), lone, "seed {seed}");
+            if let Some(g) = got {
+                taken += 1;
+                assert_eq!(vec![g], batch, "seed {seed}");
+                assert_eq!(r.cursor.get().0, r.head.load(Ordering::Relaxed));
+            } else {
+                assert_eq!(r.cursor.get(), (at, at), "seed {seed}: nothing consumed");
+            }
+        }
+        // Both outcomes are exercised.
+        assert!(
+            (200..1800).contains(&taken),
+            "seed {seed}: {taken} of 2000 taken"
+        );
     }
 }
