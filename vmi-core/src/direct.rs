@@ -197,20 +197,14 @@ unsafe fn read_lent_records(
             // SAFETY: forwarded.
             return unsafe { read_lent_batch(arena, set, rings, budget) };
         }
-        // The one ring that holds something (there is one, unless the peer moved its
-        // position back since `read_lent` looked: then the batch's checks catch it); when
-        // two do, the batch reads them both in this poll.
-        let mut found = None;
-        for (i, ring) in rings.iter().enumerate() {
-            // SAFETY: a ring of the lent set (the caller's promise).
-            if !unsafe { vmi_device::lent::is_empty(ring) } {
-                if found.is_some() {
-                    found = None;
-                    break;
-                }
-                found = Some(i);
-            }
-        }
+        // The one ring that holds something; when two do, the batch reads them both in
+        // this poll. (One ring alone is not looked at again: `take_only` checks it.)
+        let found = if rings.len() == 1 {
+            Some(0)
+        } else {
+            // SAFETY: the rings of the lent set (the caller's promise).
+            unsafe { lone_ring(rings) }
+        };
         // SAFETY: a ring of the lent set (the caller's promise).
         let Some((i, flags)) = found.and_then(|i| unsafe {
             vmi_device::lent::take_only(&rings[i], DIRECT_MAX, &mut arena.got.bytes).map(|f| (i, f))
@@ -224,6 +218,27 @@ unsafe fn read_lent_records(
     };
     deliver_one(core, arena, handler, conn, flags);
     (1, false)
+}
+
+/// The index of the one ring of `rings` that holds something; `None` when none or several
+/// do.
+///
+/// # Safety
+/// `rings` are those of a set lent under the `VmiRingSet` contract, which holds for the
+/// call.
+#[inline]
+unsafe fn lone_ring(rings: &[vmi_device::abi::VmiRing]) -> Option<usize> {
+    let mut found = None;
+    for (i, ring) in rings.iter().enumerate() {
+        // SAFETY: the caller's promise.
+        if !unsafe { vmi_device::lent::is_empty(ring) } {
+            if found.is_some() {
+                return None;
+            }
+            found = Some(i);
+        }
+    }
+    found
 }
 
 /// Reads the lent rings of `set` into the arena's batch, from `ring_first` on, at most
