@@ -108,7 +108,7 @@ pub(crate) fn poll_one(
             (0, true)
         } else {
             // SAFETY: as for the rings.
-            unsafe { read_streams(arena, streams, budget) }
+            unsafe { read_streams(core, arena, handler, streams, budget) }
         }
     };
     if !poll {
@@ -290,14 +290,40 @@ unsafe fn read_lent_batch(
 /// # Safety
 /// `set` is a set lent under the ABI's `VmiStreamSet` contract, which holds for the call.
 #[inline(always)]
-unsafe fn read_streams(arena: &mut Arena, set: *mut VmiStreamSet, budget: u32) -> (usize, bool) {
-    // SAFETY: the caller's promise; the transport is not called during this function.
-    let set = unsafe { &mut *set };
+unsafe fn read_streams(
+    core: &mut Core,
+    arena: &mut Arena,
+    handler: &mut dyn Handler,
+    set_ptr: *mut VmiStreamSet,
+    budget: u32,
+) -> (usize, bool) {
+    // SAFETY: the caller's promise; the transport is not called while this reference
+    // lives.
+    let set = unsafe { &mut *set_ptr };
     if set.busy != 0 || set.skips == 0 {
         return (0, true);
     }
     // SAFETY: as above: `count` streams at `streams`, unchanged while the set is not busy.
     let streams = unsafe { std::slice::from_raw_parts(set.streams, set.count) };
+    if let [stream] = streams
+        && budget > 0
+        && arena.got.records.is_empty()
+    {
+        // One connection (the usual pair): what one read brings may be one frame alone,
+        // delivered at once.
+        // SAFETY: the stream of the lent set, its rest empty (the transport takes each
+        // before it publishes).
+        return match unsafe { vmi_device::lent_stream::read_socket(stream) } {
+            // SAFETY: forwarded; the read brought `got` bytes.
+            Ok(got) => unsafe { read_lone_stream(core, arena, handler, set_ptr, got, budget) },
+            Err(Stop::Empty) => {
+                set.skips -= 1;
+                (0, false)
+            }
+            // The end of the stream, or an error: the transport's poll takes it now.
+            Err(_) => (0, true),
+        };
+    }
     let mut n = 0;
     let mut poll = false;
     // From `stream_first` on, round the set (it may be past its end: the set changed).
@@ -331,6 +357,59 @@ unsafe fn read_streams(arena: &mut Arena, set: *mut VmiStreamSet, budget: u32) -
         set.skips -= 1;
     }
     (n, poll)
+}
+
+/// [`read_streams`] for a set of one stream whose read brought `got` bytes: one whole small
+/// data frame alone is delivered at once, with no batch (the ping-pong case); anything else
+/// is taken into the arena's batch as [`read_streams`] takes it. As in
+/// [`read_lent_records`], no reference to the set lives while `handler` runs.
+///
+/// # Safety
+/// As for [`read_streams`]; the set holds one stream, whose read brought `got` bytes.
+#[inline(never)]
+unsafe fn read_lone_stream(
+    core: &mut Core,
+    arena: &mut Arena,
+    handler: &mut dyn Handler,
+    set: *mut VmiStreamSet,
+    got: usize,
+    budget: u32,
+) -> (usize, bool) {
+    let (conn, flags) = {
+        // SAFETY: the caller's promise; the transport is not called while these live.
+        let (set, stream) = unsafe { (&mut *set, &*(*set).streams) };
+        // SAFETY: forwarded.
+        let lone = unsafe {
+            vmi_device::lent_stream::take_only_frame(stream, got, DIRECT_MAX, &mut arena.got.bytes)
+        };
+        let Some(flags) = lone else {
+            // SAFETY: forwarded.
+            let (n, stop) = unsafe {
+                vmi_device::lent_stream::take_frames(
+                    stream,
+                    got,
+                    budget as usize,
+                    DIRECT_MAX,
+                    &mut arena.got,
+                )
+            };
+            set.taken += n as u64;
+            if stop != Stop::Empty {
+                // As `read_streams` leaves it after its one stream.
+                arena.stream_first = 1;
+            }
+            let poll = stop == Stop::Device;
+            if !poll {
+                set.skips -= 1;
+            }
+            return (n, poll);
+        };
+        set.taken += 1;
+        set.skips -= 1;
+        (stream.conn, flags)
+    };
+    deliver_one(core, arena, handler, conn, flags);
+    (1, false)
 }
 
 impl Arena {

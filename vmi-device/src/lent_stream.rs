@@ -265,6 +265,23 @@ pub unsafe fn read_stream(
     if max_records == 0 {
         return (0, Stop::Budget);
     }
+    // SAFETY: forwarded.
+    match unsafe { read_socket(stream) } {
+        // SAFETY: forwarded; the read put `n` bytes at the start of the buffer.
+        Ok(n) => unsafe { take_frames(stream, n, max_records, max_len, out) },
+        Err(stop) => (0, stop),
+    }
+}
+
+/// The read of [`read_stream`]: reads the socket once into the stream's buffer. `Ok(n)`:
+/// `n > 0` bytes at the start of the buffer, for [`take_frames`] or [`take_only_frame`];
+/// `Err(Stop::Empty)`: the read would block; `Err(Stop::Device)`: the stream ended or
+/// failed, and that is left as its rest.
+///
+/// # Safety
+/// As for [`read_stream`].
+#[inline(always)]
+pub unsafe fn read_socket(stream: &VmiStream) -> Result<usize, Stop> {
     // SAFETY: the contract: an open socket, and a buffer of `cap` bytes the device does not
     // use during this call. An empty socket (every idle busy poll) costs this read, inline.
     let got = unsafe {
@@ -274,11 +291,10 @@ pub unsafe fn read_stream(
         )
     };
     match got {
-        // SAFETY: forwarded; the read put `n` bytes at the start of the buffer.
-        Ok(n) if n > 0 => unsafe { take_frames(stream, n, max_records, max_len, out) },
-        Err(rustix::io::Errno::AGAIN) => (0, Stop::Empty),
-        Ok(_) => (0, leave(stream, VMI_REST_END, 0, 0, 0)),
-        Err(e) => (0, leave(stream, VMI_REST_ERROR, e.raw_os_error(), 0, 0)),
+        Ok(n) if n > 0 => Ok(n),
+        Err(rustix::io::Errno::AGAIN) => Err(Stop::Empty),
+        Ok(_) => Err(leave(stream, VMI_REST_END, 0, 0, 0)),
+        Err(e) => Err(leave(stream, VMI_REST_ERROR, e.raw_os_error(), 0, 0)),
     }
 }
 
@@ -287,7 +303,7 @@ pub unsafe fn read_stream(
 /// # Safety
 /// As for [`read_stream`]; `n` bytes were read into the stream's buffer, `0 < n <= cap`.
 #[inline(never)]
-unsafe fn take_frames(
+pub unsafe fn take_frames(
     stream: &VmiStream,
     n: usize,
     max_records: usize,
@@ -321,6 +337,46 @@ unsafe fn take_frames(
         return (taken, Stop::Empty);
     }
     (taken, leave(stream, VMI_REST_BYTES, 0, at, n))
+}
+
+/// The one frame of a read that brought exactly one: `n` bytes (read by [`read_socket`])
+/// that are one whole data frame [`take_frames`] would take, of at most `max_len` payload
+/// bytes, in a read that did not fill the buffer. Its payload replaces what `out` held, the
+/// bytes count as heard, and its receive flags are returned. Anything else returns `None`
+/// and changes nothing: the caller then takes the bytes with [`take_frames`].
+///
+/// # Safety
+/// As for [`take_frames`].
+#[inline]
+pub unsafe fn take_only_frame(
+    stream: &VmiStream,
+    n: usize,
+    max_len: usize,
+    out: &mut Vec<u8>,
+) -> Option<u32> {
+    // SAFETY: the contract: a buffer of `cap` bytes the device does not use during this call.
+    let buf = unsafe { std::slice::from_raw_parts(stream.buf, stream.cap as usize) };
+    if n < VMI_STREAM_HEADER_LEN || n >= buf.len() {
+        return None;
+    }
+    let h = u64::from_le_bytes(buf[..8].try_into().expect("8 bytes"));
+    let len = (n - VMI_STREAM_HEADER_LEN) as u64;
+    // The header's length must be exactly what was read after it: one frame, no more.
+    if h >> 32 != len {
+        return None;
+    }
+    let (flags, len) = crate::lent::takeable(h, stream.max_len.min(max_len as u64), len)?;
+    let payload = &buf[VMI_STREAM_HEADER_LEN..VMI_STREAM_HEADER_LEN + len];
+    out.clear();
+    out.reserve(len);
+    // SAFETY: `reserve` made room for `len` bytes, which the copy writes before `set_len`
+    // covers them; `payload` has `len` readable ones.
+    unsafe {
+        crate::copy::copy_small(payload.as_ptr(), out.as_mut_ptr(), len);
+        out.set_len(len);
+        (*stream.rest).heard += n as u64;
+    }
+    Some(flags)
 }
 
 /// Writes a rest for the transport (and counts the bytes read as heard).
@@ -412,6 +468,136 @@ mod tests {
                 .collect();
             (frames, stop, self.rest.take(self.buf.len()))
         }
+    }
+
+    impl TestStream {
+        /// One host read, then `take_only_frame` with a limit of `max_len`: the flags and
+        /// payload of a frame alone, or the bytes read when it took nothing.
+        fn read_only(&mut self, max_len: u64) -> Result<(u32, Vec<u8>), Vec<u8>> {
+            let desc = VmiStream {
+                conn: 3,
+                fd: self.ours.as_raw_fd(),
+                reserved: 0,
+                buf: self.buf.as_mut_ptr(),
+                cap: self.buf.len() as u64,
+                max_len,
+                rest: self.rest.as_ptr(),
+            };
+            // SAFETY: the socket, buffer and rest live through the call; the rest is empty.
+            let n = unsafe { read_socket(&desc) }.expect("bytes to read");
+            let mut out = vec![0xee; 5];
+            // SAFETY: as above; the read brought `n` bytes.
+            match unsafe { take_only_frame(&desc, n, 1 << 20, &mut out) } {
+                Some(flags) => Ok((flags, out)),
+                None => {
+                    assert_eq!(out, vec![0xee; 5], "nothing changed");
+                    assert!(!self.rest.take_heard(), "nothing counted as heard");
+                    Err(self.buf[..n].to_vec())
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_frame_alone_in_its_read_is_taken_whole() {
+        let mut s = TestStream::new(64);
+        s.frame(VMI_RING_DATA, 0x0102, b"abcdefgh");
+        assert_eq!(
+            s.read_only(1024),
+            Ok((abi::recv_flags(false, 0x0102), b"abcdefgh".to_vec()))
+        );
+        assert!(s.rest.take_heard(), "the peer was heard");
+        assert_eq!(s.rest.take(64), None, "no rest");
+        s.frame(VMI_RING_DATA_END, 0, b"");
+        assert_eq!(s.read_only(1024), Ok((VMI_FLAG_END, vec![])));
+        // Up to the largest that leaves the 64-byte buffer not full.
+        s.frame(VMI_RING_DATA_END, 0, &[7; 55]);
+        assert_eq!(s.read_only(1024), Ok((VMI_FLAG_END, vec![7; 55])));
+    }
+
+    #[test]
+    fn anything_but_a_frame_alone_is_left_for_take_frames() {
+        let mut s = TestStream::new(64);
+        // Two frames; another kind; over the limit; the peer's host's; a header cut; a
+        // payload cut; a frame that fills the buffer (more may wait in the socket).
+        s.frame(VMI_RING_DATA_END, 0, b"one");
+        s.frame(VMI_RING_DATA_END, 0, b"two");
+        assert_eq!(s.read_only(1024).map_err(|b| b.len()), Err(22));
+        s.frame(3, 0, b"");
+        assert!(s.read_only(1024).is_err());
+        s.frame(VMI_RING_DATA_END, 0, &[1; 9]);
+        assert!(s.read_only(8).is_err());
+        s.frame(VMI_RING_DATA_END, abi::wire_flags(VMI_FLAG_HOST), b"host");
+        assert!(s.read_only(1024).is_err());
+        s.peer.write_all(&[VMI_RING_DATA_END, 0, 0]).unwrap();
+        assert!(s.read_only(1024).is_err());
+        s.peer
+            .write_all(&[VMI_RING_DATA_END, 0, 0, 0, 4, 0, 0, 0, 1, 2])
+            .unwrap();
+        assert!(s.read_only(1024).is_err());
+        s.frame(VMI_RING_DATA_END, 0, &[2; 56]);
+        assert_eq!(s.read_only(1024).map_err(|b| b.len()), Err(64));
+        // A length of 4 GiB: left, never a read past the buffer.
+        s.peer
+            .write_all(&[VMI_RING_DATA_END, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 9])
+            .unwrap();
+        assert!(s.read_only(u64::MAX).is_err());
+    }
+
+    #[test]
+    fn random_reads_give_a_frame_alone_exactly_when_a_plain_parser_finds_one() {
+        // Seeded: one frame (any kind, flags, length, sometimes lying about its length),
+        // sometimes followed by random bytes; taken alone exactly when a plain parser finds
+        // one whole takeable data frame that is all the read brought, short of the buffer.
+        let (seed, mut rnd) = crate::test_rng::seeded(0x10e_f4a3_u64);
+        let mut taken = 0;
+        for round in 0..1000 {
+            let mut s = TestStream::new(128);
+            let kind = [VMI_RING_DATA, VMI_RING_DATA_END, 3, 200][rnd(4) as usize];
+            let flags = if rnd(8) == 0 { 0x8000 } else { rnd(4) as u16 };
+            let len = rnd(130) as usize;
+            let claimed = if rnd(10) == 0 {
+                rnd(200) as u32
+            } else {
+                len as u32
+            };
+            let mut bytes = vec![kind, 0];
+            bytes.extend_from_slice(&flags.to_le_bytes());
+            bytes.extend_from_slice(&claimed.to_le_bytes());
+            bytes.extend((0..len).map(|_| rnd(256) as u8));
+            if rnd(5) == 0 {
+                bytes.extend((0..1 + rnd(20)).map(|_| rnd(256) as u8));
+            }
+            bytes.truncate(128);
+            s.peer.write_all(&bytes).unwrap();
+            let limit = 64;
+            let data = kind == VMI_RING_DATA || kind == VMI_RING_DATA_END;
+            let host = abi::recv_flags(false, flags) & VMI_FLAG_HOST != 0;
+            let alone = data
+                && !host
+                && claimed as usize <= limit
+                && bytes.len() == 8 + claimed as usize
+                && bytes.len() < 128;
+            let want = alone.then(|| {
+                (
+                    abi::recv_flags(kind == VMI_RING_DATA_END, flags),
+                    bytes[8..].to_vec(),
+                )
+            });
+            let got = s.read_only(limit as u64);
+            assert_eq!(got.clone().ok(), want, "seed {seed}, round {round}");
+            if let Err(read) = got {
+                assert_eq!(
+                    read, bytes,
+                    "seed {seed}, round {round}: all read, none taken"
+                );
+            }
+            taken += usize::from(alone);
+        }
+        assert!(
+            (100..900).contains(&taken),
+            "seed {seed}: {taken} of 1000 alone"
+        );
     }
 
     #[test]
