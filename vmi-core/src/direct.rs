@@ -161,7 +161,13 @@ unsafe fn read_lent(
         // SAFETY: a ring of the lent set (the caller's promise).
         unsafe { vmi_device::lent::is_empty(r) }
     };
-    if rings.iter().all(empty) {
+    // One ring (a pair: the usual case) without the loop.
+    let idle = if let [ring] = rings {
+        empty(ring)
+    } else {
+        rings.iter().all(empty)
+    };
+    if idle {
         set.skips -= 1;
         return (0, false);
     }
