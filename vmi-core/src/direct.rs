@@ -156,10 +156,11 @@ unsafe fn read_lent(
     }
     // SAFETY: as above: `count` rings at `rings`, unchanged while the set is not busy.
     let rings = unsafe { std::slice::from_raw_parts(set.rings, set.count) };
-    // An idle poll is this look at each ring's two positions, inline.
+    // An idle poll is this look at each ring's two positions, inline (with a hint to fetch
+    // the line where the next record will land).
     let empty = |r| {
         // SAFETY: a ring of the lent set (the caller's promise).
-        unsafe { vmi_device::lent::is_empty(r) }
+        unsafe { vmi_device::lent::is_empty_prefetch(r) }
     };
     // One ring (a pair: the usual case) without the loop.
     let idle = if let [ring] = rings {

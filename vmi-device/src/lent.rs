@@ -279,6 +279,39 @@ pub unsafe fn is_empty(ring: &VmiRing) -> bool {
     }
 }
 
+/// [`is_empty`], and when the ring is empty, a hint to the CPU to fetch the cache line its
+/// next record will be written to.
+///
+/// A busy poll that finds the ring empty looks again at once; when the producer writes a
+/// record and then publishes its position, the poll that sees the position then finds the
+/// record already on its way, instead of missing the cache twice in a row (the position's
+/// line, then the record's). On the 2-core development VM this took a shared-memory 8-byte
+/// half round trip from a median 0.160-0.175 to 0.145-0.150 us (eight alternated rounds),
+/// with no change to the streaming rate. The hint reads no value and cannot fault (the
+/// address is inside the ring for any capacity: the offset is masked by `cap - 1`); on
+/// other architectures than x86-64 it is nothing.
+///
+/// # Safety
+/// As for [`read_ring`].
+#[inline(always)]
+pub unsafe fn is_empty_prefetch(ring: &VmiRing) -> bool {
+    // SAFETY: forwarded.
+    let empty = unsafe { is_empty(ring) };
+    #[cfg(target_arch = "x86_64")]
+    if empty {
+        // SAFETY: the contract: the cursor is the device's, not in use during this call;
+        // a prefetch is a hint that touches no value and does not fault.
+        unsafe {
+            let own = (*ring.cursor).own;
+            let at = ring
+                .data
+                .wrapping_add((own & ring.cap.wrapping_sub(1)) as usize);
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(at.cast());
+        }
+    }
+    empty
+}
+
 /// Why [`read_ring`] stopped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stop {

@@ -33,9 +33,12 @@ use vmi_device::auth::{self, AuthKey, NONCE_LEN, Role, Transcript};
 
 const LISTENER: Token = Token(usize::MAX);
 const BELL: Token = Token(usize::MAX - 1);
-/// Busy polls between two looks at the control sockets (a syscall): rings are checked on
-/// every poll, connects and closes within this many polls or after a wake-up.
-const CONTROL_EVERY: u32 = 128;
+/// Busy polls between two looks at the control sockets (an `epoll_wait`): rings are checked
+/// on every poll, connects and closes seen within this many polls or after a wake-up. At 128
+/// the look cost a shared-memory 8-byte ping-pong about 0.035 us a half round trip on
+/// average on the 2-core development VM (mean 0.185-0.189 against 0.151-0.154 us at 1024,
+/// four alternated rounds); 1,024 idle busy polls take some 25 to 70 us.
+const CONTROL_EVERY: u32 = 1024;
 /// Bytes of a ring copied out at once to look for small records to hand over directly.
 const RX_BATCH: usize = 4096;
 
