@@ -445,15 +445,7 @@ mod tests {
         /// One host read with `max_records` and a limit of `max_len`: the frames taken (flags
         /// and payload), why it stopped, and the rest left.
         fn read(&mut self, max_records: usize, max_len: u64) -> ReadOutcome {
-            let desc = VmiStream {
-                conn: 3,
-                fd: self.ours.as_raw_fd(),
-                reserved: 0,
-                buf: self.buf.as_mut_ptr(),
-                cap: self.buf.len() as u64,
-                max_len,
-                rest: self.rest.as_ptr(),
-            };
+            let desc = self.desc(max_len);
             let mut out = Batch::default();
             // SAFETY: the socket, buffer and rest live through the call; the rest is empty.
             let (n, stop) = unsafe { read_stream(&desc, max_records, 1 << 20, &mut out) };
@@ -468,13 +460,10 @@ mod tests {
                 .collect();
             (frames, stop, self.rest.take(self.buf.len()))
         }
-    }
 
-    impl TestStream {
-        /// One host read, then `take_only_frame` with a limit of `max_len`: the flags and
-        /// payload of a frame alone, or the bytes read when it took nothing.
-        fn read_only(&mut self, max_len: u64) -> Result<(u32, Vec<u8>), Vec<u8>> {
-            let desc = VmiStream {
+        /// The stream as the transport lends it, with a limit of `max_len`.
+        fn desc(&mut self, max_len: u64) -> VmiStream {
+            VmiStream {
                 conn: 3,
                 fd: self.ours.as_raw_fd(),
                 reserved: 0,
@@ -482,7 +471,13 @@ mod tests {
                 cap: self.buf.len() as u64,
                 max_len,
                 rest: self.rest.as_ptr(),
-            };
+            }
+        }
+
+        /// One host read, then `take_only_frame` with a limit of `max_len`: the flags and
+        /// payload of a frame alone, or the bytes read when it took nothing.
+        fn read_only(&mut self, max_len: u64) -> Result<(u32, Vec<u8>), Vec<u8>> {
+            let desc = self.desc(max_len);
             // SAFETY: the socket, buffer and rest live through the call; the rest is empty.
             let n = unsafe { read_socket(&desc) }.expect("bytes to read");
             let mut out = vec![0xee; 5];
