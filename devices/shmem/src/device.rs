@@ -21,6 +21,7 @@ use vmi_device::{
     Capabilities, CompletingIrb, Config, ConnMap, Device, DeviceKind, Disposition, Host, Irb, Op,
 };
 
+use crate::cadence::Cadence;
 use crate::config::{PARAMS, ShmemConfig};
 use crate::io::{
     Region, bind_key, doorbell, drain, listening, peer_uid, read_offset, read_peer, recv_with_fds,
@@ -33,12 +34,6 @@ use vmi_device::auth::{self, AuthKey, NONCE_LEN, Role, Transcript};
 
 const LISTENER: Token = Token(usize::MAX);
 const BELL: Token = Token(usize::MAX - 1);
-/// Busy polls between two looks at the control sockets (an `epoll_wait`): rings are checked
-/// on every poll, connects and closes seen within this many polls or after a wake-up. At 128
-/// the look cost a shared-memory 8-byte ping-pong about 0.035 us a half round trip on
-/// average on the 2-core development VM (mean 0.185-0.189 against 0.151-0.154 us at 1024,
-/// four alternated rounds); 1,024 idle busy polls take some 25 to 70 us.
-const CONTROL_EVERY: u32 = 1024;
 /// Bytes of a ring copied out at once to look for small records to hand over directly.
 const RX_BATCH: usize = 4096;
 
@@ -210,7 +205,8 @@ pub struct ShmemDevice {
     free: Vec<usize>,
     by_vmi: ConnMap<usize>,
     pool: HeldBuffers,
-    polls: u32,
+    /// When the control sockets are looked at next (see `cadence`).
+    cadence: Cadence,
     /// The connection `poll` reads first (see `poll_work`).
     rx_first: usize,
     slept: Cell<bool>,
@@ -336,7 +332,7 @@ impl ShmemDevice {
                     Consumer::resume(view.shared(), tail, head).woke();
                 }
             }
-            self.polls = CONTROL_EVERY - 1;
+            self.cadence.soon();
         }
         // From `rx_first` on, round the table: a connection that used up a poll's credit is
         // read last at the next poll, so a busy peer cannot starve the others.
@@ -370,10 +366,11 @@ impl ShmemDevice {
                 }
             }
         }
-        self.polls += 1;
-        if self.polls >= CONTROL_EVERY {
-            self.polls = 0;
+        if self.cadence.due(Instant::now) {
+            self.cadence.looked(Instant::now());
             n += self.control();
+        } else {
+            self.cadence.count(1);
         }
         n
     }
@@ -448,9 +445,10 @@ impl ShmemDevice {
         unsafe { self.lent.publish(rings, tx, self.skips()) };
     }
 
-    /// The polls the host may skip before the next control look is due.
+    /// The polls the host may skip before this device must be polled again (the next
+    /// control look, or the next read of the clock that may make one due).
     fn skips(&self) -> u32 {
-        CONTROL_EVERY.saturating_sub(self.polls + 1)
+        self.cadence.skips()
     }
 
     fn insert(&mut self, mut conn: Conn) -> usize {
@@ -1562,7 +1560,7 @@ impl ShmemDevice {
         conn.peer_key = key;
         conn.connect = Some(irb);
         self.insert(conn);
-        self.polls = CONTROL_EVERY - 1; // look at the answer soon
+        self.cadence.soon(); // look at the answer soon
         Disposition::Pending
     }
 
@@ -1737,7 +1735,7 @@ impl Device for ShmemDevice {
             free: Vec::new(),
             by_vmi: ConnMap::new(),
             pool: HeldBuffers::default(),
-            polls: 0,
+            cadence: Cadence::new(Instant::now()),
             rx_first: 0,
             slept: Cell::new(false),
             finishing: Vec::new(),
@@ -2022,16 +2020,16 @@ impl Device for ShmemDevice {
     #[inline]
     fn poll(&mut self, budget: usize) -> usize {
         // The polls the host skipped while it read the lent rings count as this device's,
-        // so the control sockets are looked at every CONTROL_EVERY of the host's polls.
-        self.polls += self.lent.take_skipped();
+        // so the control sockets are looked at as often in the host's polls (`cadence`).
+        self.cadence.count(self.lent.take_skipped());
         // An idle poll (every ring quiet, nothing to send, no goodbye to answer, no control
         // look due) is a few loads here, at the caller; the work is out of line.
         if self.finishing.is_empty()
             && !self.slept.get()
-            && self.polls + 1 < CONTROL_EVERY
+            && !self.cadence.due(Instant::now)
             && self.conns.iter().all(|c| c.as_ref().is_none_or(Conn::idle))
         {
-            self.polls += 1;
+            self.cadence.count(1);
             // Nothing changed here: rings still lent need only the next skips.
             if self.lent.is_lent() {
                 if self.lent.busy() {

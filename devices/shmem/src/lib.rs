@@ -16,7 +16,7 @@
 //!   descriptor of their segments and are copied once, straight from the sender's buffers;
 //!   otherwise they stream through the ring in pieces.
 //! - **Progress**: `poll` reads the rings without system calls; the control sockets are looked
-//!   at every 1,024 polls or after a sleep. A sender rings the peer's eventfd only when the peer
+//!   at every 1,024 polls, sooner when polls are slow ([`cadence`]), or after a sleep. A sender rings the peer's eventfd only when the peer
 //!   announced a sleep (`wait`), so an idle process uses no CPU and a busy one no syscalls.
 //! - **Protocol apart from I/O**: [`proto`] reads and writes records without touching the
 //!   ring or the peer's memory; its tests drive it with byte streams cut at every position and
@@ -26,6 +26,7 @@
 //!   live in the memfd, so nothing is left behind.
 #![deny(unsafe_code)]
 
+pub mod cadence;
 pub mod config;
 pub mod device;
 pub mod io;
