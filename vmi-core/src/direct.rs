@@ -169,8 +169,7 @@ unsafe fn read_lent(
         rings.iter().all(empty)
     };
     if idle {
-        set.skips -= 1;
-        return (0, false);
+        return settle(&mut set.taken, &mut set.skips, 0, false);
     }
     // SAFETY: forwarded.
     unsafe { read_lent_records(core, arena, handler, set_ptr, budget) }
@@ -219,8 +218,7 @@ unsafe fn read_lent_records(
             // SAFETY: forwarded.
             return unsafe { read_lent_batch(arena, set, rings, budget) };
         };
-        set.taken += 1;
-        set.skips -= 1;
+        settle(&mut set.taken, &mut set.skips, 1, false);
         (rings[i].conn, flags)
     };
     deliver_one(core, arena, handler, conn, flags);
@@ -283,11 +281,7 @@ unsafe fn read_lent_batch(
         }
         i += 1;
     }
-    set.taken += n as u64;
-    if !poll {
-        set.skips -= 1;
-    }
-    (n, poll)
+    settle(&mut set.taken, &mut set.skips, n, poll)
 }
 
 /// Reads the lent streams of `set` into the arena (at most `budget` frames); returns the
@@ -323,10 +317,7 @@ unsafe fn read_streams(
         return match unsafe { vmi_device::lent_stream::read_socket(stream) } {
             // SAFETY: forwarded; the read brought `got` bytes.
             Ok(got) => unsafe { read_lone_stream(core, arena, handler, set_ptr, got, budget) },
-            Err(Stop::Empty) => {
-                set.skips -= 1;
-                (0, false)
-            }
+            Err(Stop::Empty) => settle(&mut set.taken, &mut set.skips, 0, false),
             // The end of the stream, or an error: the transport's poll takes it now.
             Err(_) => (0, true),
         };
@@ -359,11 +350,7 @@ unsafe fn read_streams(
             break;
         }
     }
-    set.taken += n as u64;
-    if !poll {
-        set.skips -= 1;
-    }
-    (n, poll)
+    settle(&mut set.taken, &mut set.skips, n, poll)
 }
 
 /// [`read_streams`] for a set of one stream whose read brought `got` bytes: one whole small
@@ -400,23 +387,29 @@ unsafe fn read_lone_stream(
                     &mut arena.got,
                 )
             };
-            set.taken += n as u64;
             if stop != Stop::Empty {
                 // As `read_streams` leaves it after its one stream.
                 arena.stream_first = 1;
             }
-            let poll = stop == Stop::Device;
-            if !poll {
-                set.skips -= 1;
-            }
-            return (n, poll);
+            return settle(&mut set.taken, &mut set.skips, n, stop == Stop::Device);
         };
-        set.taken += 1;
-        set.skips -= 1;
+        settle(&mut set.taken, &mut set.skips, 1, false);
         (stream.conn, flags)
     };
     deliver_one(core, arena, handler, conn, flags);
     (1, false)
+}
+
+/// The end of a host's read of a lent set: counts the `n` messages it took and, unless the
+/// transport's poll must run now (`poll`), one of the transport's polls skipped. Returns
+/// `(n, poll)`.
+#[inline(always)]
+fn settle(taken: &mut u64, skips: &mut u32, n: usize, poll: bool) -> (usize, bool) {
+    *taken += n as u64;
+    if !poll {
+        *skips -= 1;
+    }
+    (n, poll)
 }
 
 impl Arena {
@@ -454,21 +447,19 @@ fn deliver_one(
     if flags & VMI_FLAG_MSG != 0 {
         let data = &arena.got.bytes[..];
         crate::msgpass::received_alone(core, handler, crate::ConnId(conn), flags, data);
-        arena.got.bytes.clear();
-        arena.follow = usize::from(core.after) | core.background;
-        return;
+    } else {
+        let (releases, held) = arena
+            .owners
+            .get_or_insert_with(|| (core.engine.releases().clone(), core.engine.held_count()));
+        receive_lent(
+            core,
+            handler,
+            (conn, flags, &arena.got.bytes),
+            releases,
+            held,
+        );
+        core.run_deferred();
     }
-    let (releases, held) = arena
-        .owners
-        .get_or_insert_with(|| (core.engine.releases().clone(), core.engine.held_count()));
-    receive_lent(
-        core,
-        handler,
-        (conn, flags, &arena.got.bytes),
-        releases,
-        held,
-    );
-    core.run_deferred();
     arena.got.bytes.clear();
     arena.follow = usize::from(core.after) | core.background;
 }
