@@ -231,6 +231,20 @@ struct Many {
     accepted: usize,
 }
 
+impl Many {
+    /// Polls until `peers` connections ended (30 s from `start` at most).
+    fn poll_until_ended(&mut self, vmi: &mut Vmi, peers: usize, start: Instant) {
+        while self.ended.len() < peers {
+            vmi.poll(self);
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "{} of {peers} peers ended",
+                self.ended.len()
+            );
+        }
+    }
+}
+
 impl Handler for Many {
     fn accept(&mut self, _ctx: &mut Ctx<'_>, _r: &mut ConnectRequest<'_>) -> Decision {
         self.accepted += 1;
@@ -282,14 +296,7 @@ fn several_peers_cut_anywhere_arrive_whole_through_the_hosts_reads() {
     }
     let mut h = Many::default();
     let start = Instant::now();
-    while h.ended.len() < 3 {
-        vmi.poll(&mut h);
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "{} of 3 peers ended",
-            h.ended.len()
-        );
-    }
+    h.poll_until_ended(&mut vmi, 3, start);
     for p in peers {
         p.join().unwrap();
     }
@@ -377,14 +384,7 @@ fn full_sockets_round(rng: &mut Rng) -> u64 {
         p.join().unwrap();
     }
     std::thread::sleep(Duration::from_millis(100));
-    while h.ended.len() < 3 {
-        vmi.poll(&mut h);
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "{} of 3 peers ended",
-            h.ended.len()
-        );
-    }
+    h.poll_until_ended(&mut vmi, 3, start);
     assert_eq!(h.messages.len(), 3, "three connections delivered");
     for got in h.messages.values() {
         let peer = got[0][0] as usize;
