@@ -47,6 +47,20 @@ pub unsafe fn copy_small(src: *const u8, dst: *mut u8, len: usize) {
     }
 }
 
+/// Asks the CPU to fetch the cache line at `p` (x86-64; nothing elsewhere). A hint: it
+/// reads no value and cannot fault, whatever `p` is. Ring readers use it on the line where
+/// the next record will land while they wait for it (see `lent::is_empty_prefetch`).
+#[inline(always)]
+pub fn prefetch(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch touches no value and does not fault, for any address.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
 /// Where to start `len` bytes in a buffer at address `base` with room for `cap` bytes, so
 /// that the kernel copies them in fast: the offset (below 64) that puts them at address
 /// `like` modulo 64, the address their source has (or is expected to have), when the buffer

@@ -297,17 +297,13 @@ pub unsafe fn is_empty(ring: &VmiRing) -> bool {
 pub unsafe fn is_empty_prefetch(ring: &VmiRing) -> bool {
     // SAFETY: forwarded.
     let empty = unsafe { is_empty(ring) };
-    #[cfg(target_arch = "x86_64")]
     if empty {
-        // SAFETY: the contract: the cursor is the device's, not in use during this call;
-        // a prefetch is a hint that touches no value and does not fault.
-        unsafe {
-            let own = (*ring.cursor).own;
-            let at = ring
-                .data
-                .wrapping_add((own & ring.cap.wrapping_sub(1)) as usize);
-            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(at.cast());
-        }
+        // SAFETY: the contract: the cursor is the device's, not in use during this call.
+        let own = unsafe { (*ring.cursor).own };
+        crate::copy::prefetch(
+            ring.data
+                .wrapping_add((own & ring.cap.wrapping_sub(1)) as usize),
+        );
     }
     empty
 }
