@@ -391,6 +391,7 @@ mod older_host {
             },
             sleeping: &sleeping,
             bell: -1,
+            light: false,
         };
         // Two send rings for one connection: the set keeps one, sorted by connection.
         // SAFETY: the rings' words and bytes outlive the set (dropped first below).

@@ -195,10 +195,15 @@ typedef struct vmi_ring {
 
 /* A lent send ring: the host writes a small whole message as one record (kind
  * VMI_RING_DATA_END or VMI_RING_DATA by VMI_FLAG_END, the filter flags, the length, id 0,
- * the payload), publishes *head (release), fences (sequentially consistent) and, when
- * *sleeping is nonzero, writes 1 (8 bytes) to the eventfd bell. It reads *tail only when
- * the cached position leaves too little room, and checks it (never behind the last seen,
- * never past head); too little room or a bad position and the message goes to send_inline. */
+ * the payload), publishes *head (release), fences (sequentially consistent; a compiler
+ * barrier only when flags has VMI_TX_LIGHT_BARRIER) and, when *sleeping is nonzero, writes
+ * 1 (8 bytes) to the eventfd bell. It reads *tail only when the cached position leaves too
+ * little room, and checks it (never behind the last seen, never past head); too little room
+ * or a bad position and the message goes to send_inline. VMI_TX_LIGHT_BARRIER: the ring's
+ * consumer issues membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED), which reaches this process
+ * (the transport registered it), between setting *sleeping and its last look before a sleep.
+ * ABI 1.7 hosts read flags as reserved and always fence, which stays correct. */
+#define VMI_TX_LIGHT_BARRIER 1u
 typedef struct vmi_tx_ring {
     uint64_t conn;
     uint64_t *head;
@@ -209,7 +214,7 @@ typedef struct vmi_tx_ring {
     uint64_t max_len;
     vmi_ring_cursor *cursor;
     int32_t bell; /* -1: none */
-    uint32_t reserved;
+    uint32_t flags; /* VMI_TX_LIGHT_BARRIER or 0 */
 } vmi_tx_ring;
 
 typedef struct vmi_ring_set {

@@ -628,6 +628,12 @@ pub const VMI_RING_DATA: u8 = 1;
 pub const VMI_RING_DATA_END: u8 = 2;
 /// Length of a lent ring's record header.
 pub const VMI_RING_RECORD_LEN: usize = 16;
+/// [`VmiTxRing::flags`]: the ring's consumer issues a process-wide memory barrier
+/// (`membarrier(2)`, `MEMBARRIER_CMD_GLOBAL_EXPEDITED`, which reaches this process's
+/// threads: the transport registered the process) between setting `sleeping` and its last
+/// look before it sleeps, so the host's write needs only a compiler barrier between its
+/// publication of `head` and its look at `sleeping`, not a fence.
+pub const VMI_TX_LIGHT_BARRIER: u32 = 1;
 
 /// A transport's receive rings, lent to the host (ABI 1.7 `lend_rings`).
 ///
@@ -762,8 +768,9 @@ pub struct VmiStreamRest {
 /// One lent send ring (see [`VmiRingSet`]): the host writes a small whole message into it
 /// as one record (kind [`VMI_RING_DATA_END`] or [`VMI_RING_DATA`] by `VMI_FLAG_END`, the
 /// filter flags, the length, id 0, then the payload), publishes `head` (Release), and then
-/// follows the doorbell protocol: a sequentially consistent fence, a look at `sleeping`, and
-/// when it is nonzero an 8-byte write of 1 to the eventfd `bell`. The consumer's position is
+/// follows the doorbell protocol: a sequentially consistent fence (only a compiler barrier
+/// when `flags` has [`VMI_TX_LIGHT_BARRIER`]), a look at `sleeping`, and when it is nonzero
+/// an 8-byte write of 1 to the eventfd `bell`. The consumer's position is
 /// read only when the cached one leaves too little room, and checked (never behind the last
 /// one seen, never past `head`): a bad one, or too little room, and the host leaves the
 /// message to the transport's `send_inline`.
@@ -788,8 +795,9 @@ pub struct VmiTxRing {
     pub cursor: *mut VmiRingCursor,
     /// The peer's doorbell (an eventfd), or -1.
     pub bell: i32,
-    /// Zero.
-    pub reserved: u32,
+    /// [`VMI_TX_LIGHT_BARRIER`] or 0 (ABI 1.7 hosts read it as reserved and always fence,
+    /// which stays correct).
+    pub flags: u32,
 }
 
 /// One lent ring (see [`VmiRingSet`]).

@@ -60,6 +60,9 @@ pub struct TxLoan<'a> {
     pub sleeping: &'a AtomicU64,
     /// The peer's doorbell eventfd, or -1.
     pub bell: i32,
+    /// The peer issues a process-wide barrier before it sleeps: the host's sends need no
+    /// fence ([`abi::VMI_TX_LIGHT_BARRIER`]).
+    pub light: bool,
 }
 
 /// One ring to lend (see [`LentRings::publish`]), receive or send.
@@ -131,7 +134,11 @@ impl Lent<VmiRingSet> {
             max_len: t.ring.max_len,
             cursor: t.ring.cursor.as_ptr(),
             bell: t.bell,
-            reserved: 0,
+            flags: if t.light {
+                abi::VMI_TX_LIGHT_BARRIER
+            } else {
+                0
+            },
         }));
         // Sorted, one per connection: the host finds a connection's ring by binary search.
         lists.tx.sort_unstable_by_key(|t| t.conn);
@@ -225,7 +232,12 @@ pub unsafe fn write_message(tx: &VmiTxRing, flags: u32, data: &[u8]) -> bool {
     // SAFETY: the contract: aligned, mapped words; the bell is an open eventfd or -1.
     unsafe {
         AtomicU64::from_ptr(tx.head).store(head, Ordering::Release);
-        std::sync::atomic::fence(Ordering::SeqCst);
+        if tx.flags & abi::VMI_TX_LIGHT_BARRIER != 0 {
+            // The consumer's barrier before it sleeps orders this pair (see the flag).
+            std::sync::atomic::compiler_fence(Ordering::SeqCst);
+        } else {
+            std::sync::atomic::fence(Ordering::SeqCst);
+        }
         if AtomicU64::from_ptr(tx.sleeping as *mut u64).load(Ordering::Relaxed) != 0 && tx.bell >= 0
         {
             let one = 1u64.to_ne_bytes();
@@ -712,7 +724,7 @@ mod tests {
                 max_len,
                 cursor: self.cursor.as_ptr(),
                 bell,
-                reserved: 0,
+                flags: 0,
             }
         }
         fn write(&mut self, flags: u32, data: &[u8]) -> bool {

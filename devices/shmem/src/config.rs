@@ -50,6 +50,12 @@ pub const PARAMS: &[VmiParamSpec] = &[
         c"lend the receive rings to the host, whose poll then reads small messages from them itself and calls this device only when it has other work (fewer instructions per message); false: this device reads every ring",
     ),
     param(
+        c"membarrier",
+        VMI_PARAM_BOOL,
+        c"true",
+        c"where the kernel offers membarrier(2) and both processes register, sends skip the doorbell's full memory fence and a process about to sleep issues one process-wide barrier instead (about 0.3 us per sleep; 8-byte streaming about 1.6 times faster); false: a fence after every send",
+    ),
+    param(
         c"connect_timeout_ms",
         VMI_PARAM_UINT,
         c"5000",
@@ -87,6 +93,8 @@ pub struct ShmemConfig {
     pub one_sided: bool,
     /// Lend the receive rings to the host.
     pub lend_rings: bool,
+    /// Register for membarrier barriers (sends without the doorbell's fence).
+    pub membarrier: bool,
     /// Connect / hello limit.
     pub connect_timeout: Duration,
     /// Largest fragment.
@@ -121,6 +129,7 @@ impl ShmemConfig {
             single_copy_poll_bytes: c.get_u64("single_copy_poll_bytes").map_err(e)? as usize,
             one_sided: c.get_bool("one_sided").map_err(e)?,
             lend_rings: c.get_bool("lend_rings").map_err(e)?,
+            membarrier: c.get_bool("membarrier").map_err(e)?,
             connect_timeout: c.get_millis("connect_timeout_ms").map_err(e)?,
             max_fragment,
             max_connect_data: c.get_u64("max_connect_data").map_err(e)?.min(16 << 20) as u32,

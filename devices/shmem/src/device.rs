@@ -86,6 +86,10 @@ struct Conn {
     pidfd: Option<OwnedFd>,
     /// The peer's memfds attached for one-sided RDMA (at most `MAX_ATTACHED`).
     attached: Vec<crate::io::Attached>,
+    /// Both processes registered for membarrier barriers: sends into this connection's ring
+    /// skip the doorbell's fence, and this side issues the process-wide barrier before it
+    /// sleeps (see `crate::barrier`).
+    light: bool,
     /// The send ring's positions (own, the consumer's as last seen: a cross-core read only
     /// when needed), shared with the host while the ring is lent.
     tx_pos: RingCursor,
@@ -157,6 +161,7 @@ impl Conn {
             peer_key: String::new(),
             peer_reads_me: false,
             i_reach_peer: false,
+            light: false,
             pidfd: None,
             attached: Vec::new(),
             tx_pos: RingCursor::default(),
@@ -227,6 +232,10 @@ pub struct ShmemDevice {
     rx_batch: Box<[u8; RX_BATCH]>,
     /// The receive and send rings lent to the host (see `relend`).
     lent: LentRings,
+    /// This process registered for membarrier barriers (`crate::barrier`); why not, if not.
+    barrier: Result<(), String>,
+    /// The process-wide barrier failed before a sleep: sleeps are cut short from then on.
+    barrier_failed: Cell<bool>,
 }
 
 /// A ring's consumer end as the record reader's byte source.
@@ -421,6 +430,7 @@ impl ShmemDevice {
                 },
                 sleeping: view.sleeping(),
                 bell: c.peer_bell.as_ref().map_or(-1, |b| b.as_raw_fd()),
+                light: c.light,
             })
         });
         let rings = self.conns.iter().flatten().filter_map(|c| {
@@ -905,7 +915,7 @@ impl ShmemDevice {
             }
         }
         if published
-            && p.needs_wake()
+            && p.needs_wake(c.light)
             && let Some(b) = &c.peer_bell
         {
             ring(b);
@@ -1072,8 +1082,11 @@ impl ShmemDevice {
                 );
                 // A vmi peer (its magic is right) hears why, instead of "nobody listens".
                 if c.ctl.starts_with(&HELLO_MAGIC) {
-                    let _ =
-                        send_with_fds(&c.sock, &Answer::emit(INVALID, &e, &[], false, &PROBE), &[]);
+                    let _ = send_with_fds(
+                        &c.sock,
+                        &Answer::emit(INVALID, &e, &[], false, false, &PROBE),
+                        &[],
+                    );
                 }
                 self.take(idx);
                 return;
@@ -1105,7 +1118,7 @@ impl ShmemDevice {
         let refuse = |c: &Conn, status: u8, reason: &str| {
             let _ = send_with_fds(
                 &c.sock,
-                &Answer::emit(status, reason, &[], false, &PROBE),
+                &Answer::emit(status, reason, &[], false, false, &PROBE),
                 &[],
             );
         };
@@ -1230,6 +1243,7 @@ impl ShmemDevice {
         };
         c.region = Some(region);
         c.peer_bell = Some(bell);
+        c.light = self.barrier.is_ok() && hello.barrier;
         c.tx_ring = 1;
         c.rx_ring = 0;
         c.ctl.clear();
@@ -1352,6 +1366,7 @@ impl ShmemDevice {
             return;
         };
         c.peer_bell = Some(bell);
+        c.light = self.barrier.is_ok() && answer.barrier;
         c.peer_reads_me = answer.can_read_you && self.cfg.single_copy;
         // Can we read the listener? Tell it, so it knows how to send large fragments.
         let mut probe = [0u8; 16];
@@ -1537,6 +1552,7 @@ impl ShmemDevice {
             self.cfg.ring_size as u32,
             &PROBE,
             auth_nonce.as_ref(),
+            self.barrier.is_ok(),
         );
         let _ = std_sock.set_write_timeout(Some(Duration::from_secs(2)));
         if let Err(e) = send_with_fds(&std_sock, &hello, &[region.fd(), &self.bell]) {
@@ -1627,7 +1643,7 @@ impl ShmemDevice {
                 return Disposition::Complete(irb, Status::ConnectionLost);
             }
             if pushed == Ok(true) {
-                if p.needs_wake()
+                if p.needs_wake(c.light)
                     && let Some(b) = &c.peer_bell
                 {
                     ring(b);
@@ -1697,6 +1713,17 @@ impl Device for ShmemDevice {
         } else {
             (None, Some(sock))
         };
+        let barrier = if cfg.membarrier {
+            crate::barrier::register()
+        } else {
+            Err("parameter 'membarrier' is false".into())
+        };
+        match &barrier {
+            Ok(()) => log::debug!(
+                "shmem: registered for membarrier barriers: sends to peers that registered too skip the doorbell's fence"
+            ),
+            Err(why) => log::info!("shmem: every send fences before its doorbell check ({why})"),
+        }
         let bell = doorbell().map_err(|e| format!("cannot create an eventfd: {e}"))?;
         poll.registry()
             .register(&mut SourceFd(&bell.as_raw_fd()), BELL, Interest::READABLE)
@@ -1746,6 +1773,8 @@ impl Device for ShmemDevice {
             rx_scratch: Vec::new(),
             rx_batch: Box::new([0; RX_BATCH]),
             lent,
+            barrier,
+            barrier_failed: Cell::new(false),
         })
     }
 
@@ -1768,6 +1797,18 @@ impl Device for ShmemDevice {
                 "eager only: every fragment copied through the ring (single_copy = false)".into()
             }),
             "direct_receives" => Some(self.direct_receives.to_string()),
+            // How sends order their publication and the look at the peer's sleep flag.
+            "send_barrier" => Some(match &self.barrier {
+                Ok(()) => {
+                    let open = self.conns.iter().flatten().filter(|c| c.region.is_some());
+                    let (light, all) =
+                        open.fold((0, 0), |(l, a), c| (l + usize::from(c.light), a + 1));
+                    format!(
+                        "membarrier: registered; {light} of {all} connections send without a fence (their peer registered too)"
+                    )
+                }
+                Err(why) => format!("fence after every send ({why})"),
+            }),
             "lent_receives" => Some(self.lent.taken().to_string()),
             // Every peer has this process's uid: both sides check it with SO_PEERCRED.
             "peer_uid" => Some(self.uid.to_string()),
@@ -1880,7 +1921,7 @@ impl Device for ShmemDevice {
         if pushed != Ok(true) {
             return false;
         }
-        if p.needs_wake()
+        if p.needs_wake(c.light)
             && let Some(b) = &c.peer_bell
         {
             ring(b);
@@ -1941,13 +1982,13 @@ impl Device for ShmemDevice {
                 let sent = if accept {
                     send_with_fds(
                         &c.sock,
-                        &Answer::emit(status, "", &reply, can_read, &PROBE),
+                        &Answer::emit(status, "", &reply, can_read, self.barrier.is_ok(), &PROBE),
                         &[&self.bell],
                     )
                 } else {
                     send_with_fds(
                         &c.sock,
-                        &Answer::emit(status, "", &reply, false, &PROBE),
+                        &Answer::emit(status, "", &reply, false, false, &PROBE),
                         &[],
                     )
                 };
@@ -2054,11 +2095,35 @@ impl Device for ShmemDevice {
         let mut busy = false;
         let mut next: Option<Duration> = None;
         let now = Instant::now();
+        // The doorbell protocol: every receive ring's flag is set, then one barrier, then
+        // the last look at each ring.
+        let mut light = false;
         for c in self.conns.iter().flatten() {
             if let Some(r) = c.region.as_ref() {
-                let view = r.ring(c.rx_ring);
                 let (tail, head) = c.rx_pos.get();
-                if !Consumer::resume(view.shared(), tail, head).prepare_sleep() {
+                Consumer::resume(r.ring(c.rx_ring).shared(), tail, head).announce_sleep();
+                light |= c.light;
+            }
+        }
+        if light {
+            // Some peers send without a fence: the barrier must reach their threads.
+            if let Err(e) = crate::barrier::heavy()
+                && !self.barrier_failed.replace(true)
+            {
+                log::warn!(
+                    "shmem: membarrier(2) failed before a sleep ({e}); sleeps are cut to 1 ms from now on, so a wake-up it could miss costs at most that"
+                );
+            }
+            if self.barrier_failed.get() {
+                next = Some(Duration::from_millis(1));
+            }
+        } else {
+            std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        }
+        for c in self.conns.iter().flatten() {
+            if let Some(r) = c.region.as_ref() {
+                let (tail, head) = c.rx_pos.get();
+                if !Consumer::resume(r.ring(c.rx_ring).shared(), tail, head).still_empty() {
                     busy = true;
                 }
             }

@@ -18,6 +18,8 @@
 //! - **Progress**: `poll` reads the rings without system calls; the control sockets are looked
 //!   at every 1,024 polls, sooner when polls are slow ([`cadence`]), or after a sleep. A sender rings the peer's eventfd only when the peer
 //!   announced a sleep (`wait`), so an idle process uses no CPU and a busy one no syscalls.
+//!   Where both processes registered for `membarrier(2)` ([`barrier`]), a send needs no
+//!   memory fence before its look at the peer's sleep flag: the sleeper pays the barrier.
 //! - **Protocol apart from I/O**: [`proto`] reads and writes records without touching the
 //!   ring or the peer's memory; its tests drive it with byte streams cut at every position and
 //!   with hostile records. `poll` reads at most its budget of records per connection.
@@ -26,6 +28,7 @@
 //!   live in the memfd, so nothing is left behind.
 #![deny(unsafe_code)]
 
+pub mod barrier;
 pub mod cadence;
 pub mod config;
 pub mod device;

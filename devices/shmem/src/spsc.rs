@@ -247,8 +247,18 @@ impl<'a, C: Cell64, S: Storage> Producer<'a, C, S> {
     }
 
     /// After publishing: true when the consumer may be asleep and must be woken.
-    pub fn needs_wake(&self) -> bool {
-        self.ring.storage.fence();
+    ///
+    /// The publication and the look at `sleeping` are ordered by a full fence, or, when
+    /// `light` (both processes registered for membarrier barriers, see `crate::barrier`), by
+    /// a compiler barrier alone: the consumer then issues the process-wide barrier before it
+    /// sleeps ([`Consumer::announce_sleep`], [`Consumer::still_empty`]).
+    #[inline]
+    pub fn needs_wake(&self, light: bool) -> bool {
+        if light {
+            std::sync::atomic::compiler_fence(Ordering::SeqCst);
+        } else {
+            self.ring.storage.fence();
+        }
         self.ring.sleeping.load(Ordering::Relaxed) != 0
     }
 }
@@ -367,8 +377,21 @@ impl<'a, C: Cell64, S: Storage> Consumer<'a, C, S> {
     /// when data arrived (the flag is cleared again). Compares the producer's position with
     /// this side's own, and caches nothing: a bad position is reported by the next read.
     pub fn prepare_sleep(&mut self) -> bool {
-        self.ring.sleeping.store(1, Ordering::Relaxed);
+        self.announce_sleep();
         self.ring.storage.fence();
+        self.still_empty()
+    }
+
+    /// The first half of [`Consumer::prepare_sleep`], for a caller that sets the flag of
+    /// several rings and then issues one barrier for all of them (a fence, or the
+    /// process-wide one when the producers skip theirs): sets `sleeping`.
+    pub fn announce_sleep(&mut self) {
+        self.ring.sleeping.store(1, Ordering::Relaxed);
+    }
+
+    /// The second half, after the barrier: true when the ring is still empty (sleeping is
+    /// safe), false when data arrived (the flag is cleared again).
+    pub fn still_empty(&mut self) -> bool {
         if self.ring.head.load(Ordering::Acquire) != self.tail {
             self.ring.sleeping.store(0, Ordering::Relaxed);
             return false;
@@ -736,7 +759,7 @@ mod tests {
                 let producer = loom::thread::spawn(move || {
                     let mut p = Producer::new(shared(&r2));
                     assert!(p.push_all(&[&[9]]).unwrap());
-                    p.needs_wake()
+                    p.needs_wake(false)
                 });
                 let mut c = Consumer::new(shared(&r));
                 let slept = c.prepare_sleep();
