@@ -517,6 +517,8 @@ struct Client {
     remote: Option<vmi_core::RemoteBuffer>,
     /// RDMA ops ended.
     rdma_done: u64,
+    /// Every callback that means progress (the poll loop's deadline watches it).
+    events: u64,
 }
 
 impl Handler for Client {
@@ -541,11 +543,13 @@ impl Handler for Client {
         }
     }
     fn receive(&mut self, _ctx: &mut Ctx<'_>, _conn: ConnId, cmd: Recv, _slab: &mut Slab<'_>) {
+        self.events += 1;
         if cmd == Recv::End {
             self.ends += 1;
         }
     }
     fn send_complete(&mut self, _ctx: &mut Ctx<'_>, _conn: ConnId, done: &mut SendCompletion<'_>) {
+        self.events += 1;
         if !done.status.is_ok() {
             self.failed
                 .get_or_insert(format!("send failed: {}: {}", done.status, done.detail));
@@ -556,6 +560,7 @@ impl Handler for Client {
         drop(done.take_buffers());
     }
     fn replied(&mut self, _ctx: &mut Ctx<'_>, _conn: ConnId, _token: u64, reply: Reply<'_>) {
+        self.events += 1;
         match reply {
             Reply::Data { .. } => self.replies += 1,
             Reply::Error { code } => {
@@ -575,6 +580,7 @@ impl Handler for Client {
         remote: vmi_core::RemoteBuffer,
         _payload: &mut Slab<'_>,
     ) {
+        self.events += 1;
         self.remote = Some(remote);
     }
     fn rdma_done(&mut self, _ctx: &mut Ctx<'_>, _c: ConnId, _t: u64, status: Status, detail: &str) {
@@ -583,6 +589,7 @@ impl Handler for Client {
                 .get_or_insert(format!("RDMA op failed: {status}: {detail}"));
         }
         self.rdma_done += 1;
+        self.events += 1;
         self.in_flight = self.in_flight.saturating_sub(1);
     }
     fn disconnected(&mut self, _ctx: &mut Ctx<'_>, _conn: ConnId, reason: vmi_core::Disconnect) {
@@ -599,6 +606,10 @@ pub struct PerfClient {
     h: Client,
     deadline: Duration,
     polls: u32,
+    /// `h.events` at the last look at the clock, and when that look was.
+    progress: (u64, Instant),
+    /// The samples' clock (the TSC, calibrated).
+    clock: quanta::Clock,
 }
 
 impl PerfClient {
@@ -629,20 +640,34 @@ impl PerfClient {
             h,
             deadline: timeout,
             polls: 0,
+            progress: (0, Instant::now()),
+            clock: quanta::Clock::new(),
         })
     }
 
-    fn poll(&mut self, since: Instant) -> Result<(), String> {
+    /// One poll. Fails when no callback came for `deadline`: the clock is read once in 1,024
+    /// polls (reading it at every poll would cost as much as the poll itself), and not once
+    /// per message.
+    fn poll(&mut self) -> Result<(), String> {
         self.vmi.poll(&mut self.h);
         if let Some(e) = self.h.failed.take() {
             return Err(e);
         }
-        // Reading the clock on every poll would cost as much as the poll itself.
         self.polls = self.polls.wrapping_add(1);
-        if self.polls.is_multiple_of(1024) && since.elapsed() > self.deadline {
-            return Err(format!("no progress within {:?}", self.deadline));
+        if self.polls.is_multiple_of(1024) {
+            let now = Instant::now();
+            if self.h.events != self.progress.0 {
+                self.progress = (self.h.events, now);
+            } else if now.duration_since(self.progress.1) > self.deadline {
+                return Err(format!("no progress within {:?}", self.deadline));
+            }
         }
         Ok(())
+    }
+
+    /// Starts a measurement: the deadline counts from now.
+    fn begin(&mut self) {
+        self.progress = (self.h.events, Instant::now());
     }
 
     /// Sends one message; returns whether a completion will come for it (not for an inline
@@ -658,9 +683,8 @@ impl PerfClient {
         if frags == 1 && size <= INLINE_MAX {
             // A small message goes as VMI's inline send (`VMI_Stream_Send_Inline`): copied,
             // with no buffer and no completion, as ucx_perftest's short and bcopy sends.
-            let waiting = Instant::now();
             while self.vmi.sends_available() == 0 {
-                self.poll(waiting)?;
+                self.poll()?;
             }
             self.h.small.resize(size, 0);
             if size > 0 {
@@ -676,9 +700,8 @@ impl PerfClient {
         let last = sizes.len() - 1;
         for (i, len) in sizes.into_iter().enumerate() {
             // A process has a bounded number of sends in flight: wait for room.
-            let waiting = Instant::now();
             while self.vmi.sends_available() == 0 {
-                self.poll(waiting)?;
+                self.poll()?;
             }
             // Every message of a size sends the same bytes, as ucx_perftest does: many sends
             // of one shared buffer in flight, not a window of distinct buffers cycling
@@ -710,17 +733,21 @@ impl PerfClient {
         let warmup = warmup.unwrap_or((iters / 10).max(1));
         let label = format!("{} latency", size_name(size));
         let mut samples = Vec::with_capacity(iters as usize);
+        self.begin();
+        // One read of the clock per round trip: each ends the one before and starts the next.
+        let mut t0 = self.clock.raw();
         for i in 0..warmup + iters {
             let want = self.h.ends + 1;
-            let t0 = Instant::now();
             self.send_message(b'P', size, frags, 0)?;
             while self.h.ends < want {
-                self.poll(t0)?;
+                self.poll()?;
             }
+            let t1 = self.clock.raw();
             if i >= warmup {
-                samples.push(t0.elapsed().as_nanos() as u64 / 2);
+                samples.push(self.clock.delta_as_nanos(t0, t1) / 2);
                 progress.tick(&label, i - warmup + 1, iters);
             }
+            t0 = t1;
         }
         Ok(Latency::from_samples(samples))
     }
@@ -748,9 +775,10 @@ impl PerfClient {
         self.h.small.resize(size, b'q');
         let shared = (size > INLINE_MAX).then(|| shared_bytes(&mut self.h.shared, size, b'q'));
         let mut samples = Vec::with_capacity(iters as usize);
+        self.begin();
+        let mut t0 = self.clock.raw();
         for i in 0..warmup + iters {
             let want = self.h.replies + 1;
-            let t0 = Instant::now();
             match &shared {
                 None => self.vmi.request(conn, &[&self.h.small], &options, 0),
                 Some(bytes) => {
@@ -760,12 +788,14 @@ impl PerfClient {
             }
             .map_err(|e| e.to_string())?;
             while self.h.replies < want {
-                self.poll(t0)?;
+                self.poll()?;
             }
+            let t1 = self.clock.raw();
             if i >= warmup {
-                samples.push(t0.elapsed().as_nanos() as u64 / 2);
+                samples.push(self.clock.delta_as_nanos(t0, t1) / 2);
                 progress.tick(&label, i - warmup + 1, iters);
             }
+            t0 = t1;
         }
         Ok(Latency::from_samples(samples))
     }
@@ -785,8 +815,9 @@ impl PerfClient {
             .send_inline(conn, &ask)
             .map_err(|e| e.to_string())?;
         let start = Instant::now();
+        self.begin();
         while self.h.remote.is_none() {
-            self.poll(start)?;
+            self.poll()?;
             if start.elapsed() > self.deadline {
                 return Err(format!(
                     "the server published no buffer of {size} bytes within {:?}",
@@ -838,17 +869,20 @@ impl PerfClient {
         let warmup = warmup.unwrap_or((iters / 10).max(1));
         let label = format!("{} {op:?} latency", size_name(size));
         let mut samples = Vec::with_capacity(iters as usize);
+        self.begin();
+        let mut t0 = self.clock.raw();
         for i in 0..warmup + iters {
             let want = self.h.rdma_done + 1;
-            let t0 = Instant::now();
             self.rdma_op(op, &remote, &local, size)?;
             while self.h.rdma_done < want {
-                self.poll(t0)?;
+                self.poll()?;
             }
+            let t1 = self.clock.raw();
             if i >= warmup {
-                samples.push(t0.elapsed().as_nanos() as u64);
+                samples.push(self.clock.delta_as_nanos(t0, t1));
                 progress.tick(&label, i - warmup + 1, iters);
             }
+            t0 = t1;
         }
         Ok(Latency::from_samples(samples))
     }
@@ -868,16 +902,17 @@ impl PerfClient {
         let want = self.h.rdma_done + messages;
         self.h.in_flight = 0;
         let start = Instant::now();
+        self.begin();
         for i in 0..messages {
             while self.h.in_flight >= window.max(1) {
-                self.poll(start)?;
+                self.poll()?;
             }
             self.rdma_op(op, &remote, &local, size)?;
             self.h.in_flight += 1;
             progress.tick(&label, i + 1, messages);
         }
         while self.h.rdma_done < want {
-            self.poll(start)?;
+            self.poll()?;
         }
         let secs = start.elapsed().as_secs_f64();
         Ok(Bandwidth {
@@ -898,9 +933,10 @@ impl PerfClient {
         let want = self.h.ends + 1;
         let label = format!("{} bandwidth", size_name(size));
         let start = Instant::now();
+        self.begin();
         for i in 0..messages {
             while self.h.in_flight >= window.max(1) {
-                self.poll(start)?;
+                self.poll()?;
             }
             let kind = if i + 1 == messages { b'F' } else { b'S' };
             if self.send_message(kind, size, frags, 1)? {
@@ -909,7 +945,7 @@ impl PerfClient {
             progress.tick(&label, i + 1, messages);
         }
         while self.h.ends < want {
-            self.poll(start)?;
+            self.poll()?;
         }
         let secs = start.elapsed().as_secs_f64();
         Ok(Bandwidth {
@@ -1125,14 +1161,18 @@ pub fn raw_sweep(sweep: &Sweep) -> std::io::Result<Vec<SizeResult>> {
         let out_buf = vec![0x5au8; size];
         let mut samples = Vec::with_capacity(iters as usize);
         let label = format!("raw {} latency", size_name(size));
+        // Timed as vmi's round trips are: one read of the TSC per round trip.
+        let clock = quanta::Clock::new();
+        let mut t0 = clock.raw();
         for i in 0..warmup + iters {
-            let t0 = Instant::now();
             spin_write(&mut a, &out_buf)?;
             spin_read(&mut a, &mut buf)?;
+            let t1 = clock.raw();
             if i >= warmup {
-                samples.push(t0.elapsed().as_nanos() as u64 / 2);
+                samples.push(clock.delta_as_nanos(t0, t1) / 2);
                 progress.tick(&label, i - warmup + 1, iters);
             }
+            t0 = t1;
         }
         let mut bandwidth = None;
         if messages > 0 {
