@@ -252,15 +252,6 @@ fn pair(server: &mut Command, client: &mut Command, timeout: Duration) -> Result
     }
 }
 
-fn iters(size: usize, quick: bool) -> u64 {
-    let n = match size {
-        s if s <= 4096 => 10_000,
-        s if s <= 65536 => 2_000,
-        _ => 200,
-    };
-    if quick { (n / 20).max(10) } else { n }
-}
-
 fn ucx(tls: &str, opts: &Options) -> Peer {
     let name = format!("ucx {tls}");
     let family = if tls == "tcp" {
@@ -279,9 +270,11 @@ fn ucx(tls: &str, opts: &Options) -> Peer {
         return peer;
     }
     for &size in &opts.sizes {
-        let run = |test: &str| -> Result<(f64, f64), String> {
+        // As many round trips and streamed messages as vmi's own run of the size.
+        let counts = sweep(opts);
+        let run = |test: &str, n: u64| -> Result<(f64, f64), String> {
             let port = free_port().to_string();
-            let n = iters(size, opts.quick).to_string();
+            let n = n.to_string();
             let s = size.to_string();
             let args = ["-t", test, "-s", &s, "-n", &n, "-p", &port];
             let out = pair(
@@ -304,7 +297,10 @@ fn ucx(tls: &str, opts: &Options) -> Peer {
             Op::Put => ("ucp_put_lat", "ucp_put_bw"),
             Op::Get => ("ucp_get", "ucp_get"),
         };
-        match (run(lat), run(bw)) {
+        match (
+            run(lat, counts.iters_for(size)),
+            run(bw, counts.messages_for(size)),
+        ) {
             (Ok((lat, _)), Ok((_, bw))) => peer.points.push(Point {
                 size,
                 latency_us: Some(lat),
@@ -339,7 +335,7 @@ fn fi(provider: &str, opts: &Options) -> Peer {
     let ep = if provider == "tcp" { "msg" } else { "rdm" };
     for &size in &opts.sizes {
         let port = free_port().to_string();
-        let n = iters(size, opts.quick).to_string();
+        let n = sweep(opts).iters_for(size).to_string();
         let s = size.to_string();
         let common = ["-p", provider, "-e", ep, "-S", &s, "-I", &n];
         let out = pair(

@@ -77,10 +77,12 @@ pub struct Sweep {
 }
 
 impl Sweep {
-    fn iters_for(&self, size: usize) -> u64 {
+    /// Ping-pong iterations for `size`: given, or by size (100,000 up to 4 KiB: some 15 ms
+    /// over shared memory, long enough that a timer tick or a migration moves the mean little).
+    pub fn iters_for(&self, size: usize) -> u64 {
         self.iters.unwrap_or_else(|| {
             let n: u64 = match size {
-                s if s <= 4096 => 10_000,
+                s if s <= 4096 => 100_000,
                 s if s <= 65536 => 2_000,
                 _ => 200,
             };
@@ -88,7 +90,8 @@ impl Sweep {
         })
     }
 
-    fn messages_for(&self, size: usize) -> u64 {
+    /// Streamed messages for `size`: given, or about 256 MiB (1,000 to 100,000 messages).
+    pub fn messages_for(&self, size: usize) -> u64 {
         self.messages.unwrap_or_else(|| {
             let n = ((256u64 << 20) / size as u64).clamp(1_000, 100_000);
             if self.quick { (n / 20).max(20) } else { n }
