@@ -11,13 +11,14 @@
 //! about 12 million messages a second; without the fence, 19 million.
 //!
 //! The send is frequent and the sleep is rare, so the barrier is moved to the sleep: a
-//! process registers once for `MEMBARRIER_CMD_GLOBAL_EXPEDITED` ([`register`]); its sends
-//! then need only a compiler barrier between the publication and the look at `sleeping`,
-//! and a peer about to sleep calls [`heavy`] between setting its flag and its last look.
-//! That call makes every running thread of every registered process pass a full memory
-//! barrier before it returns, so the sender's store and load are ordered as a fence would
-//! have ordered them (the pattern of liburcu and of Folly's asymmetric barriers). It costs
-//! the sleeper about 0.3 µs, next to a sleep that costs microseconds anyway.
+//! process registers for `MEMBARRIER_CMD_GLOBAL_EXPEDITED` when its device is created
+//! ([`register`]); its sends then need only a compiler barrier between the publication and
+//! the look at `sleeping`, and a peer about to sleep calls [`heavy`] between setting its flag
+//! and its last look. That call makes every running thread of every registered process pass
+//! a full memory barrier before it returns, so the sender's store and load are ordered as a
+//! fence would have ordered them (the pattern of liburcu and of Folly's asymmetric
+//! barriers). It costs the sleeper about 0.3 µs, next to a sleep that costs microseconds
+//! anyway.
 //!
 //! Each side says in the handshake whether it registered ([`crate::wire::HELLO_FLAG_BARRIER`],
 //! the answer's barrier byte). A connection's sends go without the fence only when both did:
@@ -26,7 +27,6 @@
 //! command and no filter refuses it). Otherwise both sides keep the fence.
 
 use std::io;
-use std::sync::OnceLock;
 
 /// `membarrier(2)` commands (Linux `uapi/linux/membarrier.h`).
 const CMD_QUERY: libc::c_long = 0;
@@ -44,26 +44,22 @@ fn membarrier(cmd: libc::c_long) -> io::Result<libc::c_long> {
     }
 }
 
-/// Registers this process for global expedited barriers, once per process (later calls
-/// return the first answer). `Ok(())` when this process's sends may go without the fence
-/// on connections whose peer registered too; the reason otherwise (an old kernel, a seccomp
-/// filter), which the caller logs.
+/// Registers this process for global expedited barriers. `Ok(())` when this process's sends
+/// may go without the fence on connections whose peer registered too; the reason otherwise
+/// (an old kernel, a seccomp filter), which the caller logs. Asked of the kernel at every
+/// call (once per device), never cached: a child forked after a registration asks again
+/// rather than trust its parent's answer. Registering again is harmless.
 pub fn register() -> Result<(), String> {
-    static REGISTERED: OnceLock<Result<(), String>> = OnceLock::new();
-    REGISTERED
-        .get_or_init(|| {
-            let have = membarrier(CMD_QUERY).map_err(|e| format!("membarrier(2): {e}"))?;
-            let need = CMD_GLOBAL_EXPEDITED | CMD_REGISTER_GLOBAL_EXPEDITED;
-            if have & need != need {
-                return Err(format!(
-                    "the kernel's membarrier(2) lacks global expedited barriers (commands {have:#x})"
-                ));
-            }
-            membarrier(CMD_REGISTER_GLOBAL_EXPEDITED)
-                .map(|_| ())
-                .map_err(|e| format!("membarrier(2) registration: {e}"))
-        })
-        .clone()
+    let have = membarrier(CMD_QUERY).map_err(|e| format!("membarrier(2): {e}"))?;
+    let need = CMD_GLOBAL_EXPEDITED | CMD_REGISTER_GLOBAL_EXPEDITED;
+    if have & need != need {
+        return Err(format!(
+            "the kernel's membarrier(2) lacks global expedited barriers (commands {have:#x})"
+        ));
+    }
+    membarrier(CMD_REGISTER_GLOBAL_EXPEDITED)
+        .map(|_| ())
+        .map_err(|e| format!("membarrier(2) registration: {e}"))
 }
 
 /// A full memory barrier on every running thread of every registered process, this one's
@@ -80,7 +76,7 @@ mod tests {
     use super::*;
 
     /// Where registration works (every kernel since 4.16 without a filter against it), the
-    /// barrier does too, and a second registration gives the same answer.
+    /// barrier does too, and registering again gives the same answer.
     #[test]
     fn a_registered_process_can_issue_the_barrier() {
         match register() {
