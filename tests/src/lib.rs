@@ -293,22 +293,36 @@ pub fn tcp_frame(end: bool, payload: &[u8]) -> Vec<u8> {
 }
 
 /// [`tcp_on_free_port`] with more tcp parameters (`(name, value)` pairs).
+///
+/// The port is probed free and then bound by the transport, so another test running in
+/// parallel can take it in between: a start that fails is tried again on a newly probed
+/// port, up to ten times, before the last error is reported.
 pub fn tcp_on_free_port_with(key: &str, params: &[(&str, &str)]) -> (vmi_core::Vmi, u16) {
     register_all();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
-    let text = format!(
-        r#"<vmi><device name="tcp"><param name="listen_addr" value="127.0.0.1"/><param name="port" value="{port}"/>{extra}</device>
+    let mut last = None;
+    for _ in 0..10 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let text = format!(
+            r#"<vmi><device name="tcp"><param name="listen_addr" value="127.0.0.1"/><param name="port" value="{port}"/>{extra}</device>
   <chain name="send"><use device="tcp"/></chain><chain name="receive"><use device="tcp"/></chain></vmi>"#,
-        extra = params
-            .iter()
-            .map(|(n, v)| format!(r#"<param name="{n}" value="{v}"/>"#))
-            .collect::<String>()
-    );
-    let spec = vmi_core::spec::Spec::parse_str(&text, "tcp.xml").expect("spec");
-    (vmi_core::Vmi::with_spec(spec, key).expect("start"), port)
+            extra = params
+                .iter()
+                .map(|(n, v)| format!(r#"<param name="{n}" value="{v}"/>"#))
+                .collect::<String>()
+        );
+        let spec = vmi_core::spec::Spec::parse_str(&text, "tcp.xml").expect("spec");
+        match vmi_core::Vmi::with_spec(spec, key) {
+            Ok(vmi) => return (vmi, port),
+            Err(e) => last = Some(e),
+        }
+    }
+    panic!(
+        "start on a free port, ten tries: {:?}",
+        last.expect("ten tries")
+    )
 }
 
 /// Registers every device of this workspace statically (idempotent).
