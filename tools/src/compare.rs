@@ -269,9 +269,9 @@ fn ucx(tls: &str, opts: &Options) -> Peer {
         peer.skipped = Some(why);
         return peer;
     }
+    // As many round trips and streamed messages as vmi's own run of each size.
+    let counts = sweep(opts);
     for &size in &opts.sizes {
-        // As many round trips and streamed messages as vmi's own run of the size.
-        let counts = sweep(opts);
         let run = |test: &str, n: u64| -> Result<(f64, f64), String> {
             let port = free_port().to_string();
             let n = n.to_string();
@@ -333,9 +333,10 @@ fn fi(provider: &str, opts: &Options) -> Peer {
         return peer;
     }
     let ep = if provider == "tcp" { "msg" } else { "rdm" };
+    let counts = sweep(opts);
     for &size in &opts.sizes {
         let port = free_port().to_string();
-        let n = sweep(opts).iters_for(size).to_string();
+        let n = counts.iters_for(size).to_string();
         let s = size.to_string();
         let common = ["-p", provider, "-e", ep, "-S", &s, "-I", &n];
         let out = pair(
