@@ -27,7 +27,6 @@ pub(crate) const DIRECT_MAX: usize = 16 * 1024;
 
 /// The fragments of one poll, copied out of the transport (kept between polls, so it
 /// allocates nothing once warm).
-#[derive(Default)]
 pub(crate) struct Arena {
     /// The fragments (their bytes, where each lies, how many are messages): the transport's
     /// offers and the host's reads of lent rings alike.
@@ -46,7 +45,21 @@ pub(crate) struct Arena {
     follow: usize,
     /// The engine's release queue and count of fragments held, which a grab of a slab over
     /// the arena counts in: taken once, so delivering a fragment clones nothing.
-    owners: Option<(Arc<Releases>, Arc<crate::services::Count>)>,
+    owners: (Arc<Releases>, Arc<crate::services::Count>),
+}
+
+impl Arena {
+    /// An empty arena for `engine`'s fragments.
+    pub(crate) fn new(engine: &crate::engine::Engine) -> Arena {
+        Arena {
+            got: Batch::default(),
+            blocked: false,
+            ring_first: 0,
+            stream_first: 0,
+            follow: 0,
+            owners: (engine.releases().clone(), engine.held_count()),
+        }
+    }
 }
 
 /// Polls the transports that deliver directly and delivers what they handed over; returns
@@ -66,8 +79,7 @@ pub(crate) fn poll(core: &mut Core, arena: &mut Arena, handler: &mut dyn Handler
             // after it.
             unsafe { f_call(poller, core.engine.poll_credit(), ctx) }
         } else {
-            let credit = core.engine.poll_credit();
-            poll_one(core, arena, handler, poller, credit)
+            poll_one(core, arena, handler, poller)
         };
         events += n;
         deliver(core, arena, handler);
@@ -93,14 +105,13 @@ pub(crate) fn poll_one(
     arena: &mut Arena,
     handler: &mut dyn Handler,
     (f, dev, lent): DirectPoller,
-    budget: u32,
 ) -> usize {
     arena.blocked = false;
     let rings = lent.rings.load(Ordering::Relaxed);
     let (read, poll) = if !rings.is_null() {
         // SAFETY: a set lent by this live transport (it ends the loan before it frees the
         // set), read on the polling thread while the transport is not called.
-        unsafe { read_lent(core, arena, handler, rings, budget) }
+        unsafe { read_lent(core, arena, handler, rings) }
     } else {
         // Looked at only when no rings are lent (a transport lends one kind).
         let streams = lent.streams.load(Ordering::Relaxed);
@@ -108,16 +119,18 @@ pub(crate) fn poll_one(
             (0, true)
         } else {
             // SAFETY: as for the rings.
-            unsafe { read_streams(core, arena, handler, streams, budget) }
+            unsafe { read_streams(core, arena, handler, streams, core.engine.poll_credit()) }
         }
     };
     if !poll {
         return read;
     }
+    // What the host read from the rings counts against the transport's budget.
+    let budget = core.engine.poll_credit().saturating_sub(read as u32);
     let ctx = std::ptr::from_mut(arena);
     // SAFETY: a live transport instance; the arena is reached only through the pointer until
     // the call returns, by `receive` on this thread, and is not kept after it.
-    read + unsafe { f_call((f, dev, lent), budget - read as u32, ctx) }
+    read + unsafe { f_call((f, dev, lent), budget, ctx) }
 }
 
 /// Calls a transport's `poll_direct` with the arena as the receiver's context; returns the
@@ -145,7 +158,6 @@ unsafe fn read_lent(
     arena: &mut Arena,
     handler: &mut dyn Handler,
     set_ptr: *mut VmiRingSet,
-    budget: u32,
 ) -> (usize, bool) {
     // SAFETY: the caller's promise; the transport is not called while this reference
     // lives.
@@ -171,6 +183,8 @@ unsafe fn read_lent(
     if idle {
         return settle(&mut set.taken, &mut set.skips, 0, false);
     }
+    // The budget is worked out only here, so an idle poll does not pay for it.
+    let budget = core.engine.poll_credit();
     // SAFETY: forwarded.
     unsafe { read_lent_records(core, arena, handler, set_ptr, budget) }
 }
@@ -205,21 +219,26 @@ unsafe fn read_lent_records(
         }
         // The one ring that holds something; when two do, the batch reads them both in
         // this poll. (One ring alone is not looked at again: `take_only` checks it.)
-        let found = if rings.len() == 1 {
-            Some(0)
+        let ring = if let [ring] = rings {
+            ring
         } else {
             // SAFETY: the rings of the lent set (the caller's promise).
-            unsafe { lone_ring(rings) }
+            match unsafe { lone_ring(rings) } {
+                Some(i) => &rings[i],
+                // SAFETY: forwarded.
+                None => return unsafe { read_lent_batch(arena, set, rings, budget) },
+            }
         };
         // SAFETY: a ring of the lent set (the caller's promise).
-        let Some((i, flags)) = found.and_then(|i| unsafe {
-            vmi_device::lent::take_only(&rings[i], DIRECT_MAX, &mut arena.got.bytes).map(|f| (i, f))
-        }) else {
+        let Some(flags) =
+            (unsafe { vmi_device::lent::take_only(ring, DIRECT_MAX, &mut arena.got.bytes) })
+        else {
             // SAFETY: forwarded.
             return unsafe { read_lent_batch(arena, set, rings, budget) };
         };
+        let conn = ring.conn;
         settle(&mut set.taken, &mut set.skips, 1, false);
-        (rings[i].conn, flags)
+        (conn, flags)
     };
     deliver_one(core, arena, handler, conn, flags);
     (1, false)
@@ -448,9 +467,7 @@ fn deliver_one(
         let data = &arena.got.bytes[..];
         crate::msgpass::received_alone(core, handler, crate::ConnId(conn), flags, data);
     } else {
-        let (releases, held) = arena
-            .owners
-            .get_or_insert_with(|| (core.engine.releases().clone(), core.engine.held_count()));
+        let (releases, held) = &arena.owners;
         receive_lent(
             core,
             handler,
@@ -467,9 +484,7 @@ fn deliver_one(
 /// Delivers the fragments of the arena, in order, and empties it.
 #[inline(always)]
 fn deliver_arena(core: &mut Core, arena: &mut Arena, handler: &mut dyn Handler) {
-    let (releases, held) = arena
-        .owners
-        .get_or_insert_with(|| (core.engine.releases().clone(), core.engine.held_count()));
+    let (releases, held) = &arena.owners;
     for l in &arena.got.records {
         let data = &arena.got.bytes[l.start..l.start + l.len];
         receive_lent(core, handler, (l.conn, l.flags, data), releases, held);
@@ -503,9 +518,7 @@ fn deliver_with_msgs(core: &mut Core, arena: &mut Arena, handler: &mut dyn Handl
         core.run_deferred();
     }
     crate::msgpass::deliver(core, handler, 1);
-    let (releases, held) = arena
-        .owners
-        .get_or_insert_with(|| (core.engine.releases().clone(), core.engine.held_count()));
+    let (releases, held) = &arena.owners;
     for l in &lent {
         if l.flags & VMI_FLAG_MSG != 0 {
             let end = l.flags & crate::abi::VMI_FLAG_END != 0;

@@ -26,6 +26,7 @@ use crate::slot::{Class, DevIndex, Dir, IrbPool, Purpose, Slot};
 use crate::status::Status;
 use crate::waker::Waker;
 use crate::walk::{Call, FILTER, Step, Walk, Walks};
+use vmi_device::lent::Written;
 
 /// Most device instances one process runs (device indices are 16-bit; the assembly refuses
 /// more with a clear error).
@@ -75,37 +76,6 @@ type RdmaAccessFn = unsafe extern "C" fn(
     usize,
     *mut i32,
 ) -> i32;
-
-/// Writes a small whole send into the transport's lent send ring of `conn` (ABI 1.7), if
-/// the set lends one and it has room, and counts it; otherwise sends it through the
-/// transport's `send_inline` (`f` on `dev`). True when it went. Out of line, so the send path
-/// of a transport that lends no ring stays small enough to be inlined; the fallback is here
-/// too, so the caller keeps nothing across the call.
-///
-/// # Safety
-/// `set` is a set lent by a live transport under the `VmiRingSet` contract, used on the
-/// polling thread while the transport is not called; `f` and `dev` are that transport's
-/// live entry and instance.
-#[inline(never)]
-unsafe fn send_lent(
-    set: *mut crate::abi::VmiRingSet,
-    (f, dev): (SendInlineFn, Dev),
-    conn: u64,
-    flags: u32,
-    data: &[u8],
-) -> bool {
-    // SAFETY: the caller's promise.
-    unsafe {
-        let set = &mut *set;
-        if let Some(tx) = vmi_device::lent::tx_ring(set, conn)
-            && vmi_device::lent::write_message(tx, flags, data)
-        {
-            set.sent += 1;
-            return true;
-        }
-        f(dev.0, conn, flags, data.as_ptr(), data.len()) == VMI_COMPLETE
-    }
-}
 
 /// A transport's `poll_direct` entry (ABI 1.2).
 pub(crate) type PollDirectFn =
@@ -189,6 +159,8 @@ pub(crate) struct Engine {
     walks: Walks,
     /// Capabilities at the top of every chain, merged (see `top_caps`).
     top: Capabilities,
+    /// `top.max_fragment` as a bound a length is compared with once: `u64::MAX` for none.
+    send_max: u64,
     /// Per chain (0 first): whether no device above the transports has a submit step, so a
     /// small send may go straight to the transport.
     chain_direct: Vec<bool>,
@@ -207,6 +179,8 @@ pub(crate) struct Engine {
     /// to the application (see `direct`). Empty when a device above the transports has a
     /// receive step; such transports are then in `pollers`.
     direct_pollers: Vec<DirectPoller>,
+    /// The one entry of `direct_pollers` when `pollers` is empty (see `lone_direct`).
+    lone_direct: Option<DirectPoller>,
 }
 
 /// A transport polled through `poll_direct`: its entry, its instance, and where it announces
@@ -290,6 +264,7 @@ impl Engine {
             extra_steps: Vec::new(),
             walks: Walks::default(),
             top: Capabilities::default(),
+            send_max: u64::MAX,
             chain_direct: Vec::new(),
             transports,
             shared,
@@ -306,6 +281,7 @@ impl Engine {
             any_direct: false,
             rdma: Vec::new(),
             direct_pollers: Vec::new(),
+            lone_direct: None,
         };
         for (index, p) in planned.into_iter().enumerate() {
             let names: Vec<(String, String)> = p
@@ -373,7 +349,7 @@ impl Engine {
             });
         }
         engine.compute_capabilities();
-        engine.top = engine.merged_top_caps();
+        engine.set_top();
         let steps = make_steps;
         engine.send_steps = steps(&engine.send, &engine.devices, true);
         engine.recv_steps = steps(&engine.recv, &engine.devices, false);
@@ -444,6 +420,10 @@ impl Engine {
                 (None, None) => None,
             })
             .collect();
+        self.lone_direct = match (&self.direct_pollers[..], self.pollers.is_empty()) {
+            ([lone], true) => Some(*lone),
+            _ => None,
+        };
     }
 
     /// Adds a named chain at run time (engine indices, application first, both
@@ -461,7 +441,7 @@ impl Engine {
         self.extra_steps.push((down, up));
         self.build_walks();
         self.extra.push(chain);
-        self.top = self.merged_top_caps();
+        self.set_top();
         self.build_pollers();
         self.extra.len() as u8
     }
@@ -562,6 +542,15 @@ impl Engine {
     #[inline]
     pub fn top_caps(&self) -> Capabilities {
         self.top
+    }
+
+    /// Sets `top` and `send_max` from the chains.
+    fn set_top(&mut self) {
+        self.top = self.merged_top_caps();
+        self.send_max = match self.top.max_fragment {
+            0 => u64::MAX,
+            max => max,
+        };
     }
 
     /// Computes `top_caps` (once, at start).
@@ -693,38 +682,20 @@ impl Engine {
         self.any_direct
     }
 
-    /// Sends a small whole message straight through `transport`'s `send_inline` (ABI 1.2):
-    /// true when it went, false when it must go as an IRB (no such entry, a filter on the
-    /// chain, or the transport cannot take it at once).
-    #[inline]
-    pub fn send_direct(&mut self, transport: DevIndex, conn: u64, flags: u32, data: &[u8]) -> bool {
-        let Some(&Some((f, dev, lent))) = self.direct.get(transport as usize) else {
-            return false;
-        };
-        // A send ring the transport lent (ABI 1.7): the host writes the message itself.
-        let set = lent.rings.load(Ordering::Relaxed);
-        if !set.is_null() {
-            // SAFETY: a set lent by this live transport (it ends the loan before it frees
-            // it), used on the polling thread while the transport is not called; `f` and
-            // `dev` are its live entry and instance.
-            return unsafe { send_lent(set, (f, dev), conn, flags, data) };
-        }
-        // SAFETY: live instance; the bytes are lent for the call and the device copies them
-        // before it returns.
-        let rc = unsafe { f(dev.0, conn, flags, data.as_ptr(), data.len()) };
-        rc == VMI_COMPLETE
-    }
-
     /// Sends a small whole message on `conn` through its transport's `send_inline` (ABI
     /// 1.2) when the chain and the transport allow it: no IRB, no buffer, no completion.
     /// False: send it as an IRB (nothing was changed).
-    #[inline]
+    ///
+    /// Where the transport lent a send ring (ABI 1.7), the message is written into it here,
+    /// and that path calls nothing: every other way out (the transport's `send_inline`, the
+    /// doorbell of a sleeping peer, a refusal to undo) is a call at the end, so the usual
+    /// send needs no stack frame.
+    #[inline(never)]
     pub fn send_whole_direct(&mut self, conn: crate::ConnId, flags: u32, data: &[u8]) -> bool {
         if !self.has_direct() {
             return false;
         }
-        let max = self.top_caps().max_fragment;
-        if max > 0 && data.len() as u64 > max {
+        if data.len() as u64 > self.send_max {
             return false;
         }
         if self.has_chains() && !self.conn_chain_direct(conn) {
@@ -737,9 +708,60 @@ impl Engine {
         else {
             return false;
         };
-        if self.send_direct(transport, conn.raw(), flags, data) {
-            return true;
+        let Some(&Some((f, dev, lent))) = self.direct.get(transport as usize) else {
+            return self.send_refused(conn);
+        };
+        // A send ring the transport lent (ABI 1.7): the host writes the message itself.
+        let set = lent.rings.load(Ordering::Relaxed);
+        if !set.is_null() {
+            // SAFETY: a set lent by this live transport (it ends the loan before it frees
+            // it), used on the polling thread while the transport is not called.
+            let set = unsafe { &mut *set };
+            // SAFETY: as above: the set's contract holds for these calls.
+            if let Some(tx) = unsafe { vmi_device::lent::tx_ring(set, conn.raw()) }
+                && data.len() as u64 <= tx.max_len
+            {
+                // SAFETY: as above.
+                match unsafe { vmi_device::lent::write_record(tx, flags, data) } {
+                    Written::Yes => {
+                        set.sent += 1;
+                        return true;
+                    }
+                    Written::Wake => {
+                        // SAFETY: as above; the ring's bell is open while it is lent.
+                        unsafe { vmi_device::lent::ring_bell(tx) };
+                        set.sent += 1;
+                        return true;
+                    }
+                    // No room, or a position no correct peer writes: the IRB path.
+                    Written::No => return self.send_refused(conn),
+                }
+            }
         }
+        self.send_through(f, dev, conn, flags, data)
+    }
+
+    /// The rest of [`Engine::send_whole_direct`] when no lent ring took the message: the
+    /// transport's `send_inline`, and the undo of the count if it refuses.
+    #[inline(never)]
+    fn send_through(
+        &mut self,
+        f: SendInlineFn,
+        dev: Dev,
+        conn: crate::ConnId,
+        flags: u32,
+        data: &[u8],
+    ) -> bool {
+        // SAFETY: live instance; the bytes are lent for the call and the device copies them
+        // before it returns.
+        let rc = unsafe { f(dev.0, conn.raw(), flags, data.as_ptr(), data.len()) };
+        rc == VMI_COMPLETE || self.send_refused(conn)
+    }
+
+    /// Undoes the count of a direct send that did not go; false, for the caller to return.
+    #[cold]
+    #[inline(never)]
+    fn send_refused(&mut self, conn: crate::ConnId) -> bool {
         self.conns_mut()
             .send_undone(conn, crate::conn::SendKind::Whole);
         false
@@ -1089,14 +1111,21 @@ impl Engine {
         }
     }
 
-    /// Lets every device make progress; returns the number of events they reported.
-    /// Inlined at the caller: an idle poll is the devices' calls and a few loads.
+    /// Frees what the application let go of since the last poll (see `take_releases`);
+    /// returns how many. Inlined at the caller: nothing to free is one load.
+    #[inline(always)]
+    pub fn poll_released(&mut self) -> usize {
+        if self.releases.pending.load(Ordering::Relaxed) > 0 {
+            return self.take_releases();
+        }
+        0
+    }
+
+    /// Lets every device that is not polled directly make progress; returns the number of
+    /// events they reported. Inlined at the caller: with none, one load.
     #[inline(always)]
     pub fn poll_devices(&mut self) -> usize {
         let mut events = 0;
-        if self.releases.pending.load(Ordering::Relaxed) > 0 {
-            events += self.take_releases();
-        }
         // By index, one bounds check a turn: a device's work may change the list.
         let mut i = 0;
         while let Some(&poller) = self.pollers.get(i) {
@@ -1115,6 +1144,13 @@ impl Engine {
             self.drive();
         }
         events
+    }
+
+    /// The one direct transport when it is the only device polled (the usual case): `Vmi::poll`
+    /// then needs no look at either list.
+    #[inline(always)]
+    pub fn lone_direct(&self) -> Option<DirectPoller> {
+        self.lone_direct
     }
 
     /// Frees the received IRBs (and counts the grabbed copies) the application let go of,

@@ -205,8 +205,8 @@ impl Vmi {
             .conns_mut()
             .set_default_send_timeout(options.send_timeout);
         Ok(Vmi {
+            arena: crate::direct::Arena::new(&core.engine),
             core,
-            arena: crate::direct::Arena::default(),
             events: None,
             armed: false,
             key: key.to_string(),
@@ -291,31 +291,29 @@ impl Vmi {
     pub fn poll(&mut self, handler: &mut dyn Handler) -> usize {
         // Inlined at the caller: an idle poll is the devices' calls and a few loads; the
         // rest is out of line.
-        let n = self.core.engine.poll_devices();
-        if self.core.engine.outcomes() == 0 && self.core.background == 0 {
-            match *self.core.engine.direct_pollers() {
-                [] => return n,
-                [poller] if !self.core.after => {
-                    // One transport delivers directly (the usual case) and nothing else
-                    // waits: its poll runs here (or its lent rings are read), and what it
-                    // handed over is delivered out of line (`poll_rest` would do the same,
-                    // through a larger frame).
-                    let credit = self.core.engine.poll_credit();
-                    let n = n + crate::direct::poll_one(
-                        &mut self.core,
-                        &mut self.arena,
-                        handler,
-                        poller,
-                        credit,
-                    );
-                    self.core.engine.run_queued();
-                    if self.arena.is_empty() && self.core.engine.outcomes() == 0 {
-                        return n;
-                    }
-                    return n + self.deliver_direct(handler);
-                }
-                _ => {}
+        let n = self.core.engine.poll_released();
+        if let Some(poller) = self.core.engine.lone_direct()
+            && self.core.engine.outcomes() == 0
+            && self.core.background == 0
+            && !self.core.after
+        {
+            // One transport delivers directly (the usual case), no other device is polled,
+            // and nothing else waits: its poll runs here (or its lent rings are read), and
+            // what it handed over is delivered out of line (`poll_rest` would do the same,
+            // through a larger frame).
+            let n = n + crate::direct::poll_one(&mut self.core, &mut self.arena, handler, poller);
+            self.core.engine.run_queued();
+            if self.arena.is_empty() && self.core.engine.outcomes() == 0 {
+                return n;
             }
+            return n + self.deliver_direct(handler);
+        }
+        let n = n + self.core.engine.poll_devices();
+        if self.core.engine.outcomes() == 0
+            && self.core.background == 0
+            && self.core.engine.direct_pollers().is_empty()
+        {
+            return n;
         }
         n + self.poll_rest(handler)
     }

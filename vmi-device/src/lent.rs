@@ -185,11 +185,45 @@ pub unsafe fn tx_ring(set: &VmiRingSet, conn: u64) -> Option<&VmiTxRing> {
 /// the call.
 #[inline]
 pub unsafe fn write_message(tx: &VmiTxRing, flags: u32, data: &[u8]) -> bool {
+    // SAFETY: the caller's promise.
+    match unsafe { write_record(tx, flags, data) } {
+        Written::No => false,
+        Written::Yes => true,
+        Written::Wake => {
+            // SAFETY: the caller's promise.
+            unsafe { ring_bell(tx) };
+            true
+        }
+    }
+}
+
+/// What [`write_record`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Written {
+    /// Nothing: the transport's `send_inline` must take the message.
+    No,
+    /// The record is published and the consumer is awake.
+    Yes,
+    /// The record is published and the consumer sleeps: ring its bell ([`ring_bell`], which
+    /// does nothing for a ring with no bell).
+    Wake,
+}
+
+/// [`write_message`] without the doorbell's system call: writes and publishes the record and
+/// says whether the consumer must be woken. It calls nothing, so a caller that inlines it
+/// keeps a send that needs no wake-up free of any call (and of the frame a call needs).
+///
+/// # Safety
+/// As [`write_message`].
+#[inline(always)]
+pub unsafe fn write_record(tx: &VmiTxRing, flags: u32, data: &[u8]) -> Written {
     let len = data.len();
     let total = (VMI_RING_RECORD_LEN + len) as u64;
     let cap = tx.cap;
-    if len as u64 > tx.max_len || !cap.is_power_of_two() || total > cap {
-        return false;
+    // `total > cap` first: past it `cap` is at least a header, so not 0, and one test says
+    // whether it is a power of two.
+    if len as u64 > tx.max_len || total > cap || cap & (cap - 1) != 0 {
+        return Written::No;
     }
     // SAFETY: the contract: the cursor is the device's, not in use during this call.
     let cursor = unsafe { &mut *tx.cursor };
@@ -198,11 +232,11 @@ pub unsafe fn write_message(tx: &VmiTxRing, flags: u32, data: &[u8]) -> bool {
         // SAFETY: the contract: an aligned, mapped position word.
         let now = unsafe { AtomicU64::from_ptr(tx.tail as *mut u64) }.load(Ordering::Acquire);
         if now < cursor.seen || now > head {
-            return false;
+            return Written::No;
         }
         cursor.seen = now;
         if cap - (head - now) < total {
-            return false;
+            return Written::No;
         }
     }
     let h0 = data_header(
@@ -221,15 +255,12 @@ pub unsafe fn write_message(tx: &VmiTxRing, flags: u32, data: &[u8]) -> bool {
             std::ptr::write_unaligned(at.add(8) as *mut u64, 0);
             crate::copy::copy_small(data.as_ptr(), at.add(VMI_RING_RECORD_LEN), len);
         } else {
-            let mut header = [0u8; VMI_RING_RECORD_LEN];
-            header[..8].copy_from_slice(&h0.to_le_bytes());
-            copy_in(tx.data, cap, head, &header);
-            copy_in(tx.data, cap, head + VMI_RING_RECORD_LEN as u64, data);
+            write_wrapped(tx, head, h0, data);
         }
     }
     let head = head + total;
     cursor.own = head;
-    // SAFETY: the contract: aligned, mapped words; the bell is an open eventfd or -1.
+    // SAFETY: the contract: aligned, mapped words.
     unsafe {
         AtomicU64::from_ptr(tx.head).store(head, Ordering::Release);
         if tx.flags & abi::VMI_TX_LIGHT_BARRIER != 0 {
@@ -238,14 +269,44 @@ pub unsafe fn write_message(tx: &VmiTxRing, flags: u32, data: &[u8]) -> bool {
         } else {
             std::sync::atomic::fence(Ordering::SeqCst);
         }
-        if AtomicU64::from_ptr(tx.sleeping as *mut u64).load(Ordering::Relaxed) != 0 && tx.bell >= 0
-        {
-            let one = 1u64.to_ne_bytes();
-            // A full eventfd counter (never in practice) leaves the peer awake anyway.
-            let _ = libc::write(tx.bell, one.as_ptr().cast(), one.len());
+        if AtomicU64::from_ptr(tx.sleeping as *mut u64).load(Ordering::Relaxed) != 0 {
+            return Written::Wake;
         }
     }
-    true
+    Written::Yes
+}
+
+/// A record that runs past the ring's end, written in two pieces (out of line: rare).
+///
+/// # Safety
+/// As [`write_record`], which checked the room.
+#[cold]
+#[inline(never)]
+unsafe fn write_wrapped(tx: &VmiTxRing, head: u64, h0: u64, data: &[u8]) {
+    let mut header = [0u8; VMI_RING_RECORD_LEN];
+    header[..8].copy_from_slice(&h0.to_le_bytes());
+    // SAFETY: the caller's promise.
+    unsafe {
+        copy_in(tx.data, tx.cap, head, &header);
+        copy_in(tx.data, tx.cap, head + VMI_RING_RECORD_LEN as u64, data);
+    }
+}
+
+/// Wakes the consumer of `tx`, which [`write_record`] found asleep: writes its bell, if the
+/// ring has one.
+///
+/// # Safety
+/// As [`write_message`]: the bell is an open eventfd or -1.
+#[cold]
+#[inline(never)]
+pub unsafe fn ring_bell(tx: &VmiTxRing) {
+    if tx.bell < 0 {
+        return;
+    }
+    let one = 1u64.to_ne_bytes();
+    // A full eventfd counter (never in practice) leaves the peer awake anyway.
+    // SAFETY: the contract: the bell is an open eventfd; the 8 bytes are ours.
+    let _ = unsafe { libc::write(tx.bell, one.as_ptr().cast(), one.len()) };
 }
 
 /// The first 8 bytes of a data record's header, as a little-endian word: kind
@@ -554,7 +615,6 @@ pub(crate) fn takeable(h: u64, limit: u64, avail: u64) -> Option<(u32, usize)> {
     let whole = avail >= len;
     (data && len <= limit && whole && flags & VMI_FLAG_HOST == 0).then_some((flags, len as usize))
 }
-
 /// Appends a record of `len` payload bytes to `out`: `copy` writes them at the pointer it
 /// is given, then the record is counted.
 ///
@@ -625,6 +685,22 @@ unsafe fn copy_out(data: *const u8, cap: u64, pos: u64, dst: *mut u8, len: usize
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `takeable` decodes every kind byte and every filter-flag word as `recv_flags` and the
+    /// kind constants say, and refuses every kind but the two data kinds.
+    #[test]
+    fn takeable_decodes_every_kind_as_recv_flags() {
+        for kind in 0..=255u8 {
+            for wire in [0u16, 1, 0x7fff, 0x8000, 0xffff, 0x1234] {
+                let h = u64::from(kind) | (u64::from(wire) << 16) | (8u64 << 32);
+                let got = takeable(h, 16, 8);
+                let data = kind == VMI_RING_DATA || kind == VMI_RING_DATA_END;
+                let flags = abi::recv_flags(kind == VMI_RING_DATA_END, wire);
+                let want = (data && flags & VMI_FLAG_HOST == 0).then_some((flags, 8));
+                assert_eq!(got, want, "kind {kind}, wire flags {wire:#x}");
+            }
+        }
+    }
 
     /// A ring in ordinary memory, written the way a producer writes it.
     struct TestRing {
