@@ -77,6 +77,19 @@ type RdmaAccessFn = unsafe extern "C" fn(
     *mut i32,
 ) -> i32;
 
+/// Rings the bell of `tx`'s sleeping consumer; true, for the sender to return (so the call
+/// ends the send).
+///
+/// # Safety
+/// `tx` is a send ring of a set lent under the `VmiRingSet` contract, which holds for the call.
+#[cold]
+#[inline(never)]
+unsafe fn wake(tx: &VmiTxRing) -> bool {
+    // SAFETY: the caller's promise.
+    unsafe { vmi_device::lent::ring_bell(tx) };
+    true
+}
+
 /// A transport's `poll_direct` entry (ABI 1.2).
 pub(crate) type PollDirectFn =
     unsafe extern "C" fn(*mut c_void, u32, crate::abi::VmiDeliverFn, *mut c_void) -> i32;
@@ -686,10 +699,11 @@ impl Engine {
     /// 1.2) when the chain and the transport allow it: no IRB, no buffer, no completion.
     /// False: send it as an IRB (nothing was changed).
     ///
-    /// Where the transport lent a send ring (ABI 1.7), the message is written into it here,
-    /// and that path calls nothing: every other way out (the transport's `send_inline`, the
-    /// doorbell of a sleeping peer, a refusal to undo) is a call at the end, so the usual
-    /// send needs no stack frame.
+    /// Out of line. Where the transport lent a send ring (ABI 1.7), the message is written
+    /// into it here, and that path calls nothing: every other way out (the doorbell of a
+    /// sleeping peer, a refusal to undo) is a call at the end, so the usual send costs the
+    /// checks and the write. A ring with no room (or a position no correct peer writes)
+    /// sends the message as an IRB, as the transport's `send_inline` would find the same.
     #[inline(never)]
     pub fn send_whole_direct(&mut self, conn: crate::ConnId, flags: u32, data: &[u8]) -> bool {
         if !self.has_direct() {
@@ -728,30 +742,18 @@ impl Engine {
                         return true;
                     }
                     Written::Wake => {
-                        // SAFETY: as above; the ring's bell is open while it is lent.
-                        unsafe { vmi_device::lent::ring_bell(tx) };
+                        // The ring lies in the set's list, not in the set, so it outlives
+                        // this change to the set's count.
+                        let tx = std::ptr::from_ref(tx);
                         set.sent += 1;
-                        return true;
+                        // SAFETY: as above; the ring's bell is open while it is lent.
+                        return unsafe { wake(&*tx) };
                     }
                     // No room, or a position no correct peer writes: the IRB path.
                     Written::No => return self.send_refused(conn),
                 }
             }
         }
-        self.send_through(f, dev, conn, flags, data)
-    }
-
-    /// The rest of [`Engine::send_whole_direct`] when no lent ring took the message: the
-    /// transport's `send_inline`, and the undo of the count if it refuses.
-    #[inline(never)]
-    fn send_through(
-        &mut self,
-        f: SendInlineFn,
-        dev: Dev,
-        conn: crate::ConnId,
-        flags: u32,
-        data: &[u8],
-    ) -> bool {
         // SAFETY: live instance; the bytes are lent for the call and the device copies them
         // before it returns.
         let rc = unsafe { f(dev.0, conn.raw(), flags, data.as_ptr(), data.len()) };
