@@ -99,6 +99,9 @@ pub(crate) fn poll(core: &mut Core, arena: &mut Arena, handler: &mut dyn Handler
 ///
 /// A ring that holds one small record alone has it delivered at once (`handler` runs
 /// before this returns); everything else waits in the arena for [`deliver`].
+///
+/// The budget (the engine's poll credit) is worked out where it is needed, so an idle
+/// poll does not pay for it.
 #[inline(always)]
 pub(crate) fn poll_one(
     core: &mut Core,
@@ -146,9 +149,9 @@ unsafe fn f_call((f, dev, _): DirectPoller, budget: u32, ctx: *mut Arena) -> usi
     n.max(0) as usize
 }
 
-/// Reads the lent rings of `set` into the arena (at most `budget` records, from the ring
-/// after the one a spent budget stopped at); returns the records read and whether the
-/// transport's poll must run now.
+/// Reads the lent rings of `set` into the arena (at most the engine's poll credit of
+/// records, from the ring after the one a spent budget stopped at); returns the records
+/// read and whether the transport's poll must run now.
 ///
 /// # Safety
 /// `set` is a set lent under the ABI's `VmiRingSet` contract, which holds for the call.
