@@ -732,9 +732,7 @@ impl Engine {
             // it), used on the polling thread while the transport is not called.
             let set = unsafe { &mut *set };
             // SAFETY: as above: the set's contract holds for these calls.
-            if let Some(tx) = unsafe { vmi_device::lent::tx_ring(set, conn.raw()) }
-                && data.len() as u64 <= tx.max_len
-            {
+            if let Some(tx) = unsafe { vmi_device::lent::tx_ring(set, conn.raw()) } {
                 // SAFETY: as above.
                 match unsafe { vmi_device::lent::write_record(tx, flags, data) } {
                     Written::Yes => {
@@ -751,6 +749,8 @@ impl Engine {
                     }
                     // No room, or a position no correct peer writes: the IRB path.
                     Written::No => return self.send_refused(conn),
+                    // Larger than the ring takes: the transport's `send_inline`, below.
+                    Written::Large => {}
                 }
             }
         }

@@ -177,8 +177,8 @@ pub unsafe fn tx_ring(set: &VmiRingSet, conn: u64) -> Option<&VmiTxRing> {
 /// Writes a small whole message (`flags` as an IRB carries them) into a lent send ring as
 /// one record, publishes it and rings the peer's doorbell if it sleeps. False, with nothing
 /// written, when it is larger than the ring's `max_len`, when the ring has too little room,
-/// or when the consumer's position is one no correct peer writes: the transport's
-/// `send_inline` then takes the message (and reports a bad position).
+/// or when the consumer's position is one no correct peer writes: the caller then sends it
+/// through the transport, which queues it or reports the bad position.
 ///
 /// # Safety
 /// `tx` is a send ring of a set lent under the [`abi::VmiRingSet`] contract, which holds for
@@ -187,7 +187,7 @@ pub unsafe fn tx_ring(set: &VmiRingSet, conn: u64) -> Option<&VmiTxRing> {
 pub unsafe fn write_message(tx: &VmiTxRing, flags: u32, data: &[u8]) -> bool {
     // SAFETY: the caller's promise.
     match unsafe { write_record(tx, flags, data) } {
-        Written::No => false,
+        Written::Large | Written::No => false,
         Written::Yes => true,
         Written::Wake => {
             // SAFETY: the caller's promise.
@@ -200,7 +200,11 @@ pub unsafe fn write_message(tx: &VmiTxRing, flags: u32, data: &[u8]) -> bool {
 /// What [`write_record`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Written {
-    /// Nothing: the transport's `send_inline` must take the message.
+    /// Nothing: the message is larger than the ring's `max_len` (the transport may still
+    /// take it inline itself).
+    Large,
+    /// Nothing: the ring has too little room, or the consumer's position is one no correct
+    /// peer writes (the transport, which reads the same ring, would find the same).
     No,
     /// The record is published and the consumer is awake.
     Yes,
@@ -220,9 +224,12 @@ pub unsafe fn write_record(tx: &VmiTxRing, flags: u32, data: &[u8]) -> Written {
     let len = data.len();
     let total = (VMI_RING_RECORD_LEN + len) as u64;
     let cap = tx.cap;
+    if len as u64 > tx.max_len {
+        return Written::Large;
+    }
     // `total > cap` first: past it `cap` is at least a header, so not 0, and one test says
     // whether it is a power of two.
-    if len as u64 > tx.max_len || total > cap || cap & (cap - 1) != 0 {
+    if total > cap || cap & (cap - 1) != 0 {
         return Written::No;
     }
     // SAFETY: the contract: the cursor is the device's, not in use during this call.
@@ -615,6 +622,7 @@ pub(crate) fn takeable(h: u64, limit: u64, avail: u64) -> Option<(u32, usize)> {
     let whole = avail >= len;
     (data && len <= limit && whole && flags & VMI_FLAG_HOST == 0).then_some((flags, len as usize))
 }
+
 /// Appends a record of `len` payload bytes to `out`: `copy` writes them at the pointer it
 /// is given, then the record is counted.
 ///
@@ -828,6 +836,25 @@ mod tests {
             assert!(t.write(0, b""), "skew {skew}: a fragment, not the end");
             assert_eq!(t.ring.read(10).0, vec![(0, vec![])], "skew {skew}");
         }
+    }
+
+    /// `write_record` tells a message the ring never takes (over `max_len`: the transport
+    /// may) from one it cannot take now (no room), and says when the consumer sleeps.
+    #[test]
+    fn write_record_tells_too_large_from_no_room_and_asks_for_a_wake_up() {
+        let mut t = TestTx::new(64);
+        let d = t.desc(32, -1);
+        // SAFETY: the test ring lives through the calls.
+        unsafe {
+            assert_eq!(write_record(&d, VMI_FLAG_END, &[0; 33]), Written::Large);
+            assert_eq!(write_record(&d, VMI_FLAG_END, &[1; 32]), Written::Yes);
+            assert_eq!(write_record(&d, VMI_FLAG_END, &[2; 8]), Written::No);
+        }
+        assert_eq!(t.cursor.get(), (48, 0));
+        t.ring.read(10);
+        t.sleeping.store(1, Ordering::Relaxed);
+        // SAFETY: as above.
+        assert_eq!(unsafe { write_record(&d, 0, &[3; 8]) }, Written::Wake);
     }
 
     #[test]

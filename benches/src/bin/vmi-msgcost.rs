@@ -128,11 +128,9 @@ fn main() {
     let (mut ha, mut hb) = (Side::default(), Side::default());
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut turns = Turns { count: 0, deadline };
-    let mut pump =
-        |a: &mut Vmi, ha: &mut Side, b: &mut Vmi, hb: &mut Side| turns.pump(a, ha, b, hb);
     a.connect("localhost", &kb, b"", 0).unwrap();
     while ha.conn.is_none() {
-        pump(&mut a, &mut ha, &mut b, &mut hb);
+        turns.pump(&mut a, &mut ha, &mut b, &mut hb);
     }
     let conn = ha.conn.unwrap();
     let msg = [7u8; 8];
@@ -153,7 +151,7 @@ fn main() {
             for i in 0..n {
                 a.request(conn, &[&msg], &opts, i).unwrap();
                 while ha.received <= i {
-                    pump(&mut a, &mut ha, &mut b, &mut hb);
+                    turns.pump(&mut a, &mut ha, &mut b, &mut hb);
                 }
             }
         }
@@ -165,11 +163,11 @@ fn main() {
                 if let Some(c) = hb.conn {
                     break c;
                 }
-                pump(&mut a, &mut ha, &mut b, &mut hb);
+                turns.pump(&mut a, &mut ha, &mut b, &mut hb);
             };
             b.rdma_publish(bconn, &region, 0..4096, 0, 0, b"").unwrap();
             while ha.remote.is_none() {
-                pump(&mut a, &mut ha, &mut b, &mut hb);
+                turns.pump(&mut a, &mut ha, &mut b, &mut hb);
             }
             let remote = ha.remote.unwrap();
             let local = vmi_core::Region::new(64).unwrap();
@@ -189,7 +187,7 @@ fn main() {
                     a.rdma_get(&remote, 0, &into, &opts, i).unwrap();
                 }
                 while ha.received <= i {
-                    pump(&mut a, &mut ha, &mut b, &mut hb);
+                    turns.pump(&mut a, &mut ha, &mut b, &mut hb);
                 }
             }
         }
@@ -198,7 +196,7 @@ fn main() {
             for i in 0..n {
                 a.send_inline(conn, &msg).unwrap();
                 while ha.received <= i {
-                    pump(&mut a, &mut ha, &mut b, &mut hb);
+                    turns.pump(&mut a, &mut ha, &mut b, &mut hb);
                 }
             }
         }
@@ -211,7 +209,7 @@ fn main() {
                     a.send_inline(conn, &msg).unwrap();
                     sent += 1;
                 }
-                pump(&mut a, &mut ha, &mut b, &mut hb);
+                turns.pump(&mut a, &mut ha, &mut b, &mut hb);
             }
         }
     }
