@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use vmi_shmem::io::{Region, recv_with_fds, send_with_fds, socket_addr};
-use vmi_shmem::wire::{ACCEPT, ANSWER_LEN, Answer, DATA, Hello, Record};
+use vmi_shmem::wire::{ACCEPT, ANSWER_LEN, Answer, Caps, DATA, Hello, Record};
 use vmi_tests::{Proc, bin, root, unique_key};
 
 const T: Duration = Duration::from_secs(120);
@@ -57,11 +57,22 @@ fn uid() -> u32 {
 /// Connects to `key`'s rendezvous socket and sends a hello carrying `memfd` as the ring
 /// memory; returns the socket and the answer (status, reason).
 fn hello(key: &str, from: &str, memfd: &OwnedFd, ring_size: u32) -> (UnixStream, u8, String) {
+    hello_with(key, from, memfd, ring_size, Caps::default())
+}
+
+/// As [`hello`], offering `caps`.
+fn hello_with(
+    key: &str,
+    from: &str,
+    memfd: &OwnedFd,
+    ring_size: u32,
+    caps: Caps,
+) -> (UnixStream, u8, String) {
     let addr = socket_addr(uid(), key).unwrap();
     let sock = UnixStream::connect_addr(&addr).expect("the receiver listens");
     let bell = rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC).unwrap();
     let probe = [0u8; 16];
-    let msg = Hello::emit(from, key, "send=;recv=", b"", ring_size, &probe);
+    let msg = Hello::emit_with(from, key, "send=;recv=", b"", ring_size, &probe, None, caps);
     send_with_fds(&sock, &msg, &[memfd, &bell]).unwrap();
     let mut got = Vec::new();
     let mut fds = Vec::new();
@@ -396,6 +407,11 @@ impl vmi_core::Handler for Victim {
 /// connected to it with its own 4 KiB rings: the victim, what it saw, the peer's control
 /// socket (kept open) and its ring memory.
 fn lent_victim(prefix: &str) -> (vmi_core::Vmi, Victim, UnixStream, Region) {
+    victim_with(prefix, Caps::default())
+}
+
+/// As [`lent_victim`], the hostile peer offering `caps` in its hello.
+fn victim_with(prefix: &str, caps: Caps) -> (vmi_core::Vmi, Victim, UnixStream, Region) {
     use vmi_tests::harness::{Mode, dev, spec};
     let key = unique_key(prefix);
     let sp = spec(&[], &dev("t", "shmem", &[]), Mode::Static);
@@ -403,7 +419,7 @@ fn lent_victim(prefix: &str) -> (vmi_core::Vmi, Victim, UnixStream, Region) {
     let mut victim = Victim::default();
     let hostile = std::thread::spawn(move || {
         let region = Region::create(4096).unwrap();
-        let (sock, status, reason) = hello(&key, "hostile", region.fd(), 4096);
+        let (sock, status, reason) = hello_with(&key, "hostile", region.fd(), 4096, caps);
         assert_eq!(status, ACCEPT, "{reason}");
         (sock, region)
     });
@@ -535,5 +551,88 @@ fn a_hostile_consumer_position_in_a_lent_send_ring_ends_the_connection() {
     assert!(
         written > 0 && written <= sent,
         "the host wrote {written} of {sent} sends itself before the ring filled"
+    );
+}
+
+/// A hostile sender of a shared single copy (`coop_copy`): it claims a chunk of the share the
+/// victim opened for its fragment, then reports chunks done that it never claimed. The
+/// victim ends the connection, delivers nothing of the fragment, and sets the buffer aside
+/// (the sender might still write into it) instead of reusing it; nothing panics.
+#[test]
+fn a_sender_that_lies_in_a_shared_copy_is_disconnected_and_its_buffer_never_reused() {
+    use std::sync::atomic::Ordering::{Acquire, Relaxed};
+    let caps = Caps {
+        barrier: false,
+        coop: true,
+    };
+    let (mut vmi, mut victim, sock, region) = victim_with("shm-coop", caps);
+    // "I can read (and so write) your memory": the victim opens shares for its fragments.
+    send_with_fds(&sock, b"C", &[]).unwrap();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_millis(50) {
+        vmi.poll(&mut victim);
+    }
+    let payload: Vec<u8> = (0..16usize << 20).map(|i| i as u8).collect();
+    let view = region.ring(0);
+    let mut p = vmi_shmem::spsc::Producer::new(view.shared());
+    let mut tries = 0;
+    while victim.ended.is_none() {
+        tries += 1;
+        assert!(tries <= 10, "the lie was never seen in {tries} fragments");
+        let before = victim.fragments.len();
+        let rec = vmi_shmem::proto::encode_rendezvous(
+            true,
+            0,
+            tries,
+            &[(payload.as_ptr() as u64, payload.len())],
+        );
+        // The liar's own mapping of the ring memory, on its own thread.
+        let fd = region.fd().try_clone().unwrap();
+        let liar = std::thread::spawn(move || {
+            let r2 = Region::map(fd, 4096).unwrap();
+            let view = r2.ring(0);
+            let share = view.share();
+            let t = Instant::now();
+            // Wait for the share of this fragment, claim its last chunk as a sender would,
+            // then say chunk 0 on is done.
+            loop {
+                let v = share.claims.load(Acquire);
+                let era = v >> 32;
+                if era == tries && (v >> 16 & 0xFFFF) < (v & 0xFFFF) {
+                    if share
+                        .claims
+                        .compare_exchange(v, v - 1, Acquire, Relaxed)
+                        .is_ok()
+                    {
+                        share
+                            .done
+                            .store(era << 32, std::sync::atomic::Ordering::Release);
+                        return;
+                    }
+                } else if era == tries || t.elapsed() > Duration::from_secs(5) {
+                    return;
+                }
+            }
+        });
+        assert_eq!(p.push_all(&[&rec]), Ok(true));
+        while victim.ended.is_none() && victim.fragments.len() == before {
+            vmi.poll(&mut victim);
+            assert!(start.elapsed() < T, "neither delivered nor ended");
+        }
+        liar.join().unwrap();
+        if victim.ended.is_none() {
+            assert_eq!(
+                victim.fragments.last().unwrap(),
+                &payload,
+                "an honest copy is whole"
+            );
+        }
+    }
+    let ended = victim.ended.take().unwrap();
+    assert!(ended.contains("shared copy"), "{ended}");
+    let stats = vmi.attr_get("t", "coop_copies").unwrap();
+    assert!(
+        stats.contains(&format!("{} bytes set aside", 16usize << 20)),
+        "the buffer the liar might still write is not reused: {stats}"
     );
 }

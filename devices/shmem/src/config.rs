@@ -38,6 +38,18 @@ pub const PARAMS: &[VmiParamSpec] = &[
         c"a poll stops its single-copy reads once they brought this many bytes (at least one read): the buffers they fill stay few and warm in the cache until the application has them (0: one read per poll)",
     ),
     param(
+        c"coop_copy",
+        VMI_PARAM_BOOL,
+        c"true",
+        c"share a single copy: the receiver reads a large fragment's chunks from the front while the sender, when it polls, writes chunks from the back into the receiver's buffer (process_vm_writev), so both cores copy (about twice the bandwidth at 1 MiB); a sender that is not polling leaves every chunk to the receiver",
+    ),
+    param(
+        c"coop_copy_min",
+        VMI_PARAM_UINT,
+        c"256k",
+        c"smallest single-copy fragment whose copy is shared",
+    ),
+    param(
         c"one_sided",
         VMI_PARAM_BOOL,
         c"true",
@@ -89,6 +101,10 @@ pub struct ShmemConfig {
     pub single_copy_min: usize,
     /// Bytes of single-copy reads after which a poll stops reading (at least one read).
     pub single_copy_poll_bytes: usize,
+    /// Share single copies with the peer (`crate::coop`).
+    pub coop_copy: bool,
+    /// Smallest fragment whose single copy is shared.
+    pub coop_copy_min: usize,
     /// RDMA puts and gets one-sided (process_vm_writev/readv) where permitted.
     pub one_sided: bool,
     /// Lend the receive rings to the host.
@@ -127,6 +143,8 @@ impl ShmemConfig {
             single_copy: c.get_bool("single_copy").map_err(e)?,
             single_copy_min: c.get_u64("single_copy_min").map_err(e)? as usize,
             single_copy_poll_bytes: c.get_u64("single_copy_poll_bytes").map_err(e)? as usize,
+            coop_copy: c.get_bool("coop_copy").map_err(e)?,
+            coop_copy_min: c.get_u64("coop_copy_min").map_err(e)? as usize,
             one_sided: c.get_bool("one_sided").map_err(e)?,
             lend_rings: c.get_bool("lend_rings").map_err(e)?,
             membarrier: c.get_bool("membarrier").map_err(e)?,

@@ -6,6 +6,7 @@ use std::collections::{HashMap, VecDeque};
 use std::ffi::CStr;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use mio::net::{UnixListener, UnixStream};
@@ -23,9 +24,11 @@ use vmi_device::{
 
 use crate::cadence::Cadence;
 use crate::config::{PARAMS, ShmemConfig};
+use crate::coop::Helping;
+use crate::fetch::{Fetch, Step};
 use crate::io::{
     Region, bind_key, doorbell, drain, listening, peer_uid, read_offset, read_peer, recv_with_fds,
-    ring, send_with_fds, socket_addr, uid,
+    ring, send_with_fds, socket_addr, uid, write_peer_part,
 };
 use crate::proto::{Incoming, RecordReader, Source, ack, encode_inline, encode_rendezvous, nack};
 use crate::spsc::{Consumer, Corrupt, Producer};
@@ -82,6 +85,20 @@ struct Conn {
     peer_reads_me: bool,
     /// This process can read (and so write) the peer's memory: RDMA goes one-sided.
     i_reach_peer: bool,
+    /// Both sides share single copies (`crate::coop`; each offered it in the handshake).
+    coop: bool,
+    /// The peer can write this process's memory (its single-copy probe of it succeeded):
+    /// with `coop`, shares are opened for large fragments it sends.
+    peer_writes_me: bool,
+    /// This process can write the peer's memory (its probe of the peer succeeded): with
+    /// `coop`, it helps with the shares the peer opens for fragments it sent.
+    i_write_peer: bool,
+    /// The receive ring's share generation last opened (`crate::coop`).
+    era: u32,
+    /// A fragment being read by a shared copy, waiting for the sender's last chunk.
+    fetch: Option<Box<Fetch>>,
+    /// The sender's side of the shares the peer opens.
+    helping: Helping,
     /// The peer's pidfd, opened at the first one-sided access with a key.
     pidfd: Option<OwnedFd>,
     /// The peer's memfds attached for one-sided RDMA (at most `MAX_ATTACHED`).
@@ -123,7 +140,19 @@ impl Conn {
     /// end pending. The idle poll's whole cost for a connection.
     #[inline]
     fn idle(&self) -> bool {
-        self.rx_quiet() && self.gone.is_none() && self.tx.is_empty() && self.acks.is_empty()
+        self.rx_quiet()
+            && self.gone.is_none()
+            && self.tx.is_empty()
+            && self.acks.is_empty()
+            && self.fetch.is_none()
+            && !self.may_help()
+    }
+
+    /// Fragments this side sent wait for the peer's single-copy read, and this side may
+    /// write its part of a shared copy (`crate::coop`): polls look at the share.
+    #[inline]
+    fn may_help(&self) -> bool {
+        self.coop && self.i_write_peer && !self.rdv_waiting.is_empty()
     }
 
     /// No bytes written into the receive ring since this side last read it (its head where
@@ -161,6 +190,12 @@ impl Conn {
             peer_key: String::new(),
             peer_reads_me: false,
             i_reach_peer: false,
+            coop: false,
+            peer_writes_me: false,
+            i_write_peer: false,
+            era: 0,
+            fetch: None,
+            helping: Helping::default(),
             light: false,
             pidfd: None,
             attached: Vec::new(),
@@ -225,6 +260,12 @@ pub struct ShmemDevice {
     rdma_attached: u64,
     /// Fragments the host took through `poll_direct`, with no IRB (`direct_receives`).
     direct_receives: u64,
+    /// Shared copies received: (fragments, of them with chunks the sender wrote, chunks this
+    /// side wrote as a sender); attribute `coop_copies`.
+    coop_stats: (u64, u64, u64),
+    /// Bytes of shared-copy buffers leaked because their sender might still write into them
+    /// (`COOP_LEAK_CAP`).
+    coop_leaked: usize,
     /// The payload buffer a fragment handed over directly is read into (it comes straight
     /// back, so it skips the pool).
     rx_scratch: Vec<u8>,
@@ -282,6 +323,120 @@ fn deliver_at(
     irb.frame::<ShmemFrame>().held = pool.hold(buf);
     push_segment(&mut irb, ptr, len);
     irb.pass();
+}
+
+/// Buffers of shared copies dropped while the sender may still write into them (a broken
+/// share, or a read that failed under it) are never reused: they are leaked, at most this
+/// many bytes per device; past it, no more shares are opened.
+const COOP_LEAK_CAP: usize = 64 << 20;
+
+/// What became of a fetch after a step.
+enum Landed {
+    /// Delivered and acknowledged.
+    Delivered,
+    /// Read failed: the sender was asked to send it inline.
+    Refused,
+    /// Kept on the connection until the sender's last chunk is written (or an IRB is free).
+    Waiting,
+    /// The peer aborted while its memory was read: the connection ends.
+    Aborted,
+    /// The peer broke the share's protocol: the connection ends (the reason).
+    Broken(String),
+}
+
+/// The parts of a connection a fetch lands in (borrowed apart from its ring memory).
+struct Landing<'a> {
+    fetch: &'a mut Option<Box<Fetch>>,
+    acks: &'a mut VecDeque<[u8; RECORD_LEN]>,
+    sock: &'a UnixStream,
+    vmi: u64,
+    peer_key: &'a str,
+}
+
+macro_rules! landing {
+    ($c:expr) => {
+        Landing {
+            fetch: &mut $c.fetch,
+            acks: &mut $c.acks,
+            sock: &$c.sock,
+            vmi: $c.vmi,
+            peer_key: &$c.peer_key,
+        }
+    };
+}
+
+/// Delivers a complete fetch (or keeps it, or refuses it, as `step` says).
+fn land(
+    host: &Host,
+    pool: &mut HeldBuffers,
+    c: Landing<'_>,
+    f: Fetch,
+    step: Step,
+    direct_receives: &mut u64,
+    leaked: &mut usize,
+) -> Landed {
+    match step {
+        Step::Waiting => {
+            *c.fetch = Some(Box::new(f));
+            Landed::Waiting
+        }
+        Step::Complete => {
+            if crate::io::hung_up(c.sock) {
+                // The peer aborted (or exited) while its memory was read: the buffers may
+                // be its application's again, so what was read is not the fragment.
+                // Dropped; the connection is lost. (A sender that writes its part has
+                // finished its writes before its socket closes.)
+                pool.give(f.buf);
+                return Landed::Aborted;
+            }
+            if deliver::offer(c.vmi, irb_flags(&f.rec), &f.buf[f.at..]) {
+                *direct_receives += 1;
+                pool.give(f.buf);
+            } else if host.irbs_available() == 0 {
+                // drain_rx reads a record only with an IRB to hand it up in; one that waited
+                // for its sender may find none free now: it waits for one.
+                *c.fetch = Some(Box::new(f));
+                return Landed::Waiting;
+            } else {
+                deliver_at(host, pool, c.vmi, &f.rec, f.buf, f.at);
+            }
+            c.acks.push_back(ack(f.rec.id));
+            Landed::Delivered
+        }
+        Step::Failed { why, reusable } => {
+            log::warn!(
+                "shmem: single-copy read from '{}' failed ({why}); asking it to send inline",
+                c.peer_key
+            );
+            c.acks.push_back(nack(&f.rec));
+            release(pool, f.buf, reusable, leaked);
+            Landed::Refused
+        }
+        Step::Broken { bad, reusable } => {
+            release(pool, f.buf, reusable, leaked);
+            Landed::Broken(format!(
+                "protocol violation by '{}' in a shared copy: {}",
+                c.peer_key, bad.0
+            ))
+        }
+    }
+}
+
+/// Back to the pool, or leaked when the sender may still write into it (see
+/// [`COOP_LEAK_CAP`]).
+fn release(pool: &mut HeldBuffers, buf: Vec<u8>, reusable: bool, leaked: &mut usize) {
+    if reusable {
+        pool.give(buf);
+    } else {
+        *leaked = leaked.saturating_add(buf.capacity());
+        log::warn!(
+            "shmem: a shared copy ended while its sender may still write into its buffer; {} bytes are set aside for good ({} so far; shares stop at {})",
+            buf.capacity(),
+            *leaked,
+            COOP_LEAK_CAP
+        );
+        std::mem::forget(buf);
+    }
 }
 
 #[allow(unsafe_code)]
@@ -367,11 +522,15 @@ impl ShmemDevice {
                     continue;
                 };
                 let (gone, sending) = (c.gone.is_some(), !c.tx.is_empty() || !c.acks.is_empty());
+                let helping = c.may_help();
                 if gone {
                     self.end_if_drained(idx);
                 }
                 if sending {
                     n += self.flush_tx(idx);
+                }
+                if helping {
+                    self.help(idx);
                 }
             }
         }
@@ -402,6 +561,8 @@ impl ShmemDevice {
                     && !c.peer_done
                     && c.tx.is_empty()
                     && c.acks.is_empty()
+                    && c.fetch.is_none()
+                    && !c.may_help()
             });
         if !lendable {
             self.lent.set_busy();
@@ -455,6 +616,99 @@ impl ShmemDevice {
         unsafe { self.lent.publish(rings, tx, self.skips()) };
     }
 
+    /// A shared copy dropped with its connection: the sender takes no more chunks; its
+    /// buffer is reused once the sender's chunks are written (a live sender finishes one in
+    /// microseconds: 20 ms at most are given) or its process hung up, and set aside for good
+    /// otherwise.
+    fn drop_fetch(&mut self, c: &Conn, mut f: Fetch) {
+        let Some(region) = c.region.as_ref() else {
+            self.pool.give(f.buf);
+            return;
+        };
+        let view = region.ring(c.rx_ring);
+        let share = view.share();
+        let give_up = Instant::now() + Duration::from_millis(20);
+        let mut reusable = f.seal(&share);
+        while !reusable && !crate::io::hung_up(&c.sock) && Instant::now() < give_up {
+            std::thread::yield_now();
+            reusable = f.seal(&share);
+        }
+        let reusable = reusable || crate::io::hung_up(&c.sock);
+        release(&mut self.pool, f.buf, reusable, &mut self.coop_leaked);
+    }
+
+    /// What this side offers in its hello or answer.
+    fn caps(&self) -> Caps {
+        Caps {
+            barrier: self.barrier.is_ok(),
+            coop: self.cfg.coop_copy && self.cfg.single_copy,
+        }
+    }
+
+    /// The sender's part of a shared copy (`crate::coop`): while the peer has a share open
+    /// for a fragment this side sent, claims chunks from its back and writes them into the
+    /// peer's buffer, up to `single_copy_poll_bytes` per poll (at least one chunk).
+    fn help(&mut self, idx: usize) {
+        let budget = self.cfg.single_copy_poll_bytes;
+        let Some(c) = self.conns[idx].as_mut() else {
+            return;
+        };
+        let Some(region) = c.region.as_ref() else {
+            return;
+        };
+        let view = region.ring(c.tx_ring);
+        let share = view.share();
+        if !c.helping.due(&share) {
+            return;
+        }
+        let Conn {
+            helping,
+            rdv_waiting,
+            peer_pid,
+            peer_key,
+            i_write_peer,
+            ..
+        } = c;
+        let mut wrote = 0usize;
+        while wrote == 0 || wrote < budget {
+            let Some(job) = helping.claim(&share, |id| {
+                rdv_waiting.get(&id).map(|irb| irb.data_len() as u64)
+            }) else {
+                break;
+            };
+            let Some(irb) = rdv_waiting.get(&job.id) else {
+                break;
+            };
+            let ranges: Vec<(u64, usize)> = irb
+                .segments()
+                .iter()
+                .map(|s| (s.base as u64, s.len))
+                .collect();
+            let (from, to) = (job.bytes.start as usize, job.bytes.end as usize);
+            match write_peer_part(
+                *peer_pid,
+                &ranges,
+                from,
+                to,
+                job.dst.wrapping_add(from as u64),
+            ) {
+                Ok(()) => {
+                    helping.wrote(&share, &job);
+                    wrote += to - from;
+                    self.coop_stats.2 += 1;
+                }
+                Err(e) => {
+                    helping.failed(&share, &job);
+                    *i_write_peer = false;
+                    log::warn!(
+                        "shmem: cannot write into '{peer_key}' ({e}); it reads every chunk of large fragments itself from now on"
+                    );
+                    break;
+                }
+            }
+        }
+    }
+
     /// The polls the host may skip before this device must be polled again (the next
     /// control look, or the next read of the clock that may make one due).
     fn skips(&self) -> u32 {
@@ -483,6 +737,9 @@ impl ShmemDevice {
     fn take(&mut self, idx: usize) -> Option<Conn> {
         let mut c = self.conns.get_mut(idx)?.take()?;
         let _ = self.poll.registry().deregister(&mut c.sock);
+        if let Some(f) = c.fetch.take() {
+            self.drop_fetch(&c, *f);
+        }
         if c.vmi != 0 && self.by_vmi.get(&c.vmi) == Some(&idx) {
             self.by_vmi.remove(&c.vmi);
         }
@@ -619,6 +876,7 @@ impl ShmemDevice {
     /// IRBs, so order is kept.
     fn drain_rx(&mut self, idx: usize, budget: usize) -> usize {
         let fetch_cap = self.cfg.single_copy_poll_bytes;
+        let coop_min = self.cfg.coop_copy_min;
         let mut fetched = 0usize;
         let Self {
             conns,
@@ -627,6 +885,8 @@ impl ShmemDevice {
             direct_receives,
             rx_scratch,
             rx_batch,
+            coop_leaked,
+            coop_stats,
             ..
         } = self;
         let Some(c) = conns[idx].as_mut() else {
@@ -638,15 +898,40 @@ impl ShmemDevice {
         let Some(region) = c.region.as_ref() else {
             return 0;
         };
-        if c.rx_quiet() {
-            return 0;
-        }
         let view = region.ring(c.rx_ring);
-        let (tail, head) = c.rx_pos.get();
-        let mut cons = Consumer::resume(view.shared(), tail, head);
         let mut n = 0;
         let mut error: Option<String> = None;
         let mut aborted = false;
+        if let Some(mut f) = c.fetch.take() {
+            // A shared copy waiting for the sender's last chunk: the records behind it wait.
+            let step = f.step(c.peer_pid, Some(&view.share()));
+            let helped = f.sender_chunks();
+            match land(
+                host,
+                pool,
+                landing!(c),
+                *f,
+                step,
+                direct_receives,
+                coop_leaked,
+            ) {
+                Landed::Delivered => {
+                    n += 1;
+                    coop_stats.0 += 1;
+                    coop_stats.1 += u64::from(helped > 0);
+                }
+                Landed::Refused => {}
+                Landed::Waiting => return 0,
+                Landed::Aborted => aborted = true,
+                Landed::Broken(e) => error = Some(e),
+            }
+        }
+        let skip = aborted || error.is_some();
+        if !skip && c.rx_quiet() {
+            return n;
+        }
+        let (tail, head) = c.rx_pos.get();
+        let mut cons = Consumer::resume(view.shared(), tail, head);
         // At most `budget` records (the poll's credit: `Host::receive_credit`, at most the
         // receive IRBs the host could hand out when the poll began), and none without a
         // receive IRB to hand it up in: the rest stays in the ring, which pushes back on the
@@ -655,7 +940,7 @@ impl ShmemDevice {
         let mut credit = budget;
         // Set when a batch took every byte the ring held: the reader below has nothing to do.
         let mut all_taken = false;
-        if deliver::active() && c.reader.at_boundary() {
+        if !skip && deliver::active() && c.reader.at_boundary() {
             // Small records handed over directly: one copy of what the ring holds (up to
             // RX_BATCH bytes), parsed from that copy, and one publication of the consumer's
             // position for the batch. Whatever is not a small whole data record, or a record
@@ -682,11 +967,11 @@ impl ShmemDevice {
             }
             cons.consume(used);
         }
-        if n < credit && error.is_none() && !all_taken {
+        if n < credit && !skip && !all_taken {
             // Only this loop takes receive IRBs meanwhile, one per record at most.
             credit = credit.min(n.saturating_add(host.irbs_available() as usize));
         }
-        while n < credit && error.is_none() && !all_taken {
+        while n < credit && !skip && error.is_none() && !all_taken {
             let next = if deliver::active() {
                 // Handed over directly, the buffer comes straight back: no pool round trip.
                 c.reader.next(&mut RingSource(&mut cons), &mut |len| {
@@ -722,7 +1007,6 @@ impl ShmemDevice {
                     // of 16 reads of 1 MiB: 16 MiB, against one warm buffer per read
                     // when the batch is small; measured +30-50 % bandwidth at 256 KiB and
                     // 1 MiB).
-                    fetched += rec.len as usize;
                     let len = rec.len as usize;
                     let mut buf = pool.take(len);
                     // Read at the offset that keeps the kernel's copy fast (`read_offset`),
@@ -731,35 +1015,47 @@ impl ShmemDevice {
                     if at > 0 {
                         buf.resize(at + len, 0);
                     }
-                    match read_peer(c.peer_pid, &ranges, &mut buf[at..]) {
-                        Ok(_) if crate::io::hung_up(&c.sock) => {
-                            // The peer aborted (or exited) while its memory was read: the
-                            // buffers may be its application's again, so what was read is
-                            // not the fragment. Dropped; the connection is lost.
-                            pool.give(buf);
-                            aborted = true;
-                            break;
-                        }
-                        Ok(got) if got == len => {
-                            if deliver::offer(c.vmi, irb_flags(&rec), &buf[at..]) {
-                                *direct_receives += 1;
-                                pool.give(buf);
-                            } else {
-                                deliver_at(host, pool, c.vmi, &rec, buf, at);
-                            }
-                            c.acks.push_back(ack(rec.id));
+                    let share = view.share();
+                    // Shared with the sender when it may help and is awake to (a sleeping
+                    // sender would only be woken to find the copy done).
+                    let shared = c.coop
+                        && c.peer_writes_me
+                        && *coop_leaked < COOP_LEAK_CAP
+                        && len >= coop_min
+                        && region.ring(c.tx_ring).sleeping().load(Ordering::Relaxed) == 0;
+                    if shared {
+                        c.era = c.era.wrapping_add(1).max(1);
+                    }
+                    let mut f = Fetch::new(rec, ranges, buf, at, shared.then_some((&share, c.era)));
+                    let step = f.step(c.peer_pid, Some(&share));
+                    fetched += f.read;
+                    let helped = f.sender_chunks();
+                    match land(
+                        host,
+                        pool,
+                        landing!(c),
+                        f,
+                        step,
+                        direct_receives,
+                        coop_leaked,
+                    ) {
+                        Landed::Delivered => {
                             n += 1;
+                            coop_stats.0 += u64::from(shared);
+                            coop_stats.1 += u64::from(helped > 0);
                             if fetched >= fetch_cap {
                                 break;
                             }
                         }
-                        other => {
-                            log::warn!(
-                                "shmem: single-copy read from '{}' failed ({other:?}); asking it to send inline",
-                                c.peer_key
-                            );
-                            pool.give(buf);
-                            c.acks.push_back(nack(&rec));
+                        Landed::Refused => {}
+                        Landed::Waiting => break,
+                        Landed::Aborted => {
+                            aborted = true;
+                            break;
+                        }
+                        Landed::Broken(e) => {
+                            error = Some(e);
+                            break;
                         }
                     }
                 }
@@ -1024,6 +1320,7 @@ impl ShmemDevice {
                     match b {
                         b'C' => {
                             c.peer_reads_me = self.cfg.single_copy;
+                            c.peer_writes_me = true;
                             log::info!(
                                 "shmem: '{}' reads fragments of {} bytes or more from this process by single copy",
                                 c.peer_key,
@@ -1032,6 +1329,7 @@ impl ShmemDevice {
                         }
                         b'N' => {
                             c.peer_reads_me = false;
+                            c.peer_writes_me = false;
                             log::info!(
                                 "shmem: '{}' cannot read this process's memory: fragments are pipelined through the ring",
                                 c.peer_key
@@ -1084,7 +1382,7 @@ impl ShmemDevice {
                 if c.ctl.starts_with(&HELLO_MAGIC) {
                     let _ = send_with_fds(
                         &c.sock,
-                        &Answer::emit(INVALID, &e, &[], false, false, &PROBE),
+                        &Answer::emit(INVALID, &e, &[], false, Caps::default(), &PROBE),
                         &[],
                     );
                 }
@@ -1118,7 +1416,7 @@ impl ShmemDevice {
         let refuse = |c: &Conn, status: u8, reason: &str| {
             let _ = send_with_fds(
                 &c.sock,
-                &Answer::emit(status, reason, &[], false, false, &PROBE),
+                &Answer::emit(status, reason, &[], false, Caps::default(), &PROBE),
                 &[],
             );
         };
@@ -1244,6 +1542,7 @@ impl ShmemDevice {
         c.region = Some(region);
         c.peer_bell = Some(bell);
         c.light = self.barrier.is_ok() && hello.barrier;
+        c.coop = self.cfg.coop_copy && self.cfg.single_copy && hello.coop;
         c.tx_ring = 1;
         c.rx_ring = 0;
         c.ctl.clear();
@@ -1367,13 +1666,16 @@ impl ShmemDevice {
         };
         c.peer_bell = Some(bell);
         c.light = self.barrier.is_ok() && answer.barrier;
+        c.coop = self.cfg.coop_copy && self.cfg.single_copy && answer.coop;
         c.peer_reads_me = answer.can_read_you && self.cfg.single_copy;
+        c.peer_writes_me = answer.can_read_you;
         // Can we read the listener? Tell it, so it knows how to send large fragments.
         let mut probe = [0u8; 16];
         let readable = self.cfg.single_copy
             && read_peer(c.peer_pid, &[(answer.probe_addr, 16)], &mut probe).is_ok_and(|n| n == 16)
             && probe == PROBE;
         let _ = send_with_fds(&c.sock, if readable { b"C" } else { b"N" }, &[]);
+        c.i_write_peer = readable;
         c.i_reach_peer = reaches(self.cfg.one_sided, c.peer_pid, answer.probe_addr);
         c.state = State::Open;
         c.deadline = None;
@@ -1552,7 +1854,7 @@ impl ShmemDevice {
             self.cfg.ring_size as u32,
             &PROBE,
             auth_nonce.as_ref(),
-            self.barrier.is_ok(),
+            self.caps(),
         );
         let _ = std_sock.set_write_timeout(Some(Duration::from_secs(2)));
         if let Err(e) = send_with_fds(&std_sock, &hello, &[region.fd(), &self.bell]) {
@@ -1770,6 +2072,8 @@ impl Device for ShmemDevice {
             inline_sends: 0,
             rdma_attached: 0,
             direct_receives: 0,
+            coop_leaked: 0,
+            coop_stats: (0, 0, 0),
             rx_scratch: Vec::new(),
             rx_batch: Box::new([0; RX_BATCH]),
             lent,
@@ -1810,6 +2114,12 @@ impl Device for ShmemDevice {
                 Err(why) => format!("fence after every send ({why})"),
             }),
             "lent_receives" => Some(self.lent.taken().to_string()),
+            // Shared single copies (`crate::coop`): received, of them with the sender's help,
+            // chunks written for peers, buffers set aside.
+            "coop_copies" => Some(format!(
+                "received {} shared, {} with chunks the sender wrote; wrote {} chunks for peers; {} bytes set aside",
+                self.coop_stats.0, self.coop_stats.1, self.coop_stats.2, self.coop_leaked
+            )),
             // Every peer has this process's uid: both sides check it with SO_PEERCRED.
             "peer_uid" => Some(self.uid.to_string()),
             _ => None,
@@ -1977,18 +2287,20 @@ impl Device for ShmemDevice {
                         .is_ok_and(|n| n == 16)
                     && probe == PROBE;
                 let status = if accept { ACCEPT } else { REJECT };
+                let caps = self.caps();
                 let c = self.conns[idx].as_mut().expect("live");
                 c.i_reach_peer = reaches(self.cfg.one_sided, c.peer_pid, c.peer_probe);
+                c.i_write_peer = can_read;
                 let sent = if accept {
                     send_with_fds(
                         &c.sock,
-                        &Answer::emit(status, "", &reply, can_read, self.barrier.is_ok(), &PROBE),
+                        &Answer::emit(status, "", &reply, can_read, caps, &PROBE),
                         &[&self.bell],
                     )
                 } else {
                     send_with_fds(
                         &c.sock,
-                        &Answer::emit(status, "", &reply, false, false, &PROBE),
+                        &Answer::emit(status, "", &reply, false, Caps::default(), &PROBE),
                         &[],
                     )
                 };

@@ -22,6 +22,9 @@ use crate::spsc::mem::RawStorage;
 
 /// Bytes of ring header (head, tail, sleeping flag, each on its own cache line).
 pub const RING_HEADER: usize = 256;
+/// Where a ring's share (`crate::coop`, five words) lies in its header: the fourth cache
+/// line, after `head`, `tail` and `sleeping`.
+pub const SHARE_OFFSET: usize = 192;
 
 /// Seals a ring memfd must carry before it is mapped: its size can no longer change.
 const REQUIRED_SEALS: SealFlags = SealFlags::SHRINK.union(SealFlags::GROW);
@@ -213,6 +216,7 @@ impl Region {
                 head: AtomicU64::from_ptr(base as *mut u64),
                 tail: AtomicU64::from_ptr(base.add(64) as *mut u64),
                 sleeping: AtomicU64::from_ptr(base.add(128) as *mut u64),
+                share: &*(base.add(SHARE_OFFSET) as *const [AtomicU64; 5]),
                 storage: RawStorage::new(base.add(RING_HEADER), self.ring_size),
             }
         }
@@ -231,6 +235,8 @@ pub struct RingView<'a> {
     head: &'a AtomicU64,
     tail: &'a AtomicU64,
     sleeping: &'a AtomicU64,
+    /// The shared copy's five words (`crate::coop`), in the header's fourth cache line.
+    share: &'a [AtomicU64; 5],
     storage: RawStorage,
 }
 
@@ -249,6 +255,19 @@ impl<'a> RingView<'a> {
     /// The consumer's doorbell flag (the host rings a sleeping peer after writing).
     pub fn sleeping(&self) -> &'a AtomicU64 {
         self.sleeping
+    }
+
+    /// The share of a large fragment read from this ring (`crate::coop`): the receiver
+    /// (this ring's consumer) opens it, the sender (its producer) helps.
+    pub fn share(&self) -> crate::coop::Share<'a, AtomicU64> {
+        let [claims, done, dst, shape, id] = self.share;
+        crate::coop::Share {
+            claims,
+            done,
+            dst,
+            shape,
+            id,
+        }
     }
 
     /// The ring's shared parts.
@@ -564,6 +583,102 @@ pub fn read_peer(pid: i32, remote: &[(u64, usize)], local: &mut [u8]) -> io::Res
     Ok(done)
 }
 
+/// The part `from..to` (bytes of the fragment, in order) of a fragment lying in `ranges`.
+pub fn sub_ranges(ranges: &[(u64, usize)], from: usize, to: usize) -> Vec<(u64, usize)> {
+    let mut out = Vec::new();
+    let mut at = 0usize;
+    for &(addr, len) in ranges {
+        let (start, end) = (at.max(from), (at + len).min(to));
+        if start < end {
+            out.push((addr.wrapping_add((start - at) as u64), end - start));
+        }
+        at += len;
+        if at >= to {
+            break;
+        }
+    }
+    out
+}
+
+/// Reads bytes `from..to` of the fragment in the peer's `ranges` into `local` (their length).
+pub fn read_peer_part(
+    pid: i32,
+    ranges: &[(u64, usize)],
+    from: usize,
+    to: usize,
+    local: &mut [u8],
+) -> io::Result<usize> {
+    read_peer(pid, &sub_ranges(ranges, from, to), local)
+}
+
+/// Writes bytes `from..to` of the fragment in this process's `ranges` to address `dst` in
+/// process `pid` (process_vm_writev): the sender's part of a shared copy (`crate::coop`).
+/// The whole part or an error.
+pub fn write_peer_part(
+    pid: i32,
+    ranges: &[(u64, usize)],
+    from: usize,
+    to: usize,
+    dst: u64,
+) -> io::Result<()> {
+    let local: Vec<libc::iovec> = sub_ranges(ranges, from, to)
+        .into_iter()
+        .map(|(a, l)| libc::iovec {
+            iov_base: a as *mut libc::c_void,
+            iov_len: l,
+        })
+        .collect();
+    let mut done = 0usize;
+    let mut first = 0usize;
+    let mut skip = 0usize;
+    let want = to - from;
+    while done < want {
+        let mut rest: Vec<libc::iovec> = local[first..].to_vec();
+        rest[0].iov_base = (rest[0].iov_base as usize + skip) as *mut libc::c_void;
+        rest[0].iov_len -= skip;
+        let remote = libc::iovec {
+            iov_base: (dst as usize).wrapping_add(done) as *mut libc::c_void,
+            iov_len: want - done,
+        };
+        // SAFETY: `rest` covers bytes of this process's own fragment, which the pending send
+        // keeps alive and unchanged; `remote` is in the peer, which the kernel checks (EFAULT
+        // on a bad range, EPERM without ptrace access rights).
+        let n = unsafe {
+            libc::process_vm_writev(
+                pid,
+                rest.as_ptr(),
+                rest.len() as libc::c_ulong,
+                &remote,
+                1,
+                0,
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                "the peer took no bytes",
+            ));
+        }
+        let mut n = n as usize;
+        done += n;
+        while n > 0 && first < local.len() {
+            let left = local[first].iov_len - skip;
+            if n >= left {
+                n -= left;
+                first += 1;
+                skip = 0;
+            } else {
+                skip += n;
+                n = 0;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Raw fd, for mio registration.
 pub fn raw(fd: &OwnedFd) -> i32 {
     fd.as_raw_fd()
@@ -573,6 +688,53 @@ pub fn raw(fd: &OwnedFd) -> i32 {
 mod tests {
     use super::*;
     use crate::spsc::{Consumer, Producer};
+
+    #[test]
+    fn sub_ranges_cut_a_fragment_s_ranges_at_any_bytes() {
+        let ranges = [(1000u64, 10usize), (5000, 5), (9000, 20)];
+        assert_eq!(sub_ranges(&ranges, 0, 35), ranges.to_vec());
+        assert_eq!(sub_ranges(&ranges, 3, 12), vec![(1003, 7), (5000, 2)]);
+        assert_eq!(sub_ranges(&ranges, 10, 15), vec![(5000, 5)]);
+        assert_eq!(sub_ranges(&ranges, 14, 16), vec![(5004, 1), (9000, 1)]);
+        assert_eq!(sub_ranges(&ranges, 34, 35), vec![(9019, 1)]);
+        assert!(sub_ranges(&ranges, 7, 7).is_empty());
+        // Every cut of every part adds up to the part.
+        for from in 0..35 {
+            for to in from..=35 {
+                let got: usize = sub_ranges(&ranges, from, to).iter().map(|r| r.1).sum();
+                assert_eq!(got, to - from, "{from}..{to}");
+            }
+        }
+    }
+
+    /// A shared copy's two halves, through this process's own memory: the sender's part
+    /// written by process_vm_writev, the receiver's read by process_vm_readv, from a fragment
+    /// in three pieces.
+    #[test]
+    fn parts_written_and_read_by_the_kernel_make_the_fragment() {
+        let a: Vec<u8> = (0..100_000u32).map(|i| i as u8).collect();
+        let b: Vec<u8> = (0..7u32).map(|i| 200 + i as u8).collect();
+        let c: Vec<u8> = (0..50_001u32).map(|i| (i * 7) as u8).collect();
+        let ranges = [
+            (a.as_ptr() as u64, a.len()),
+            (b.as_ptr() as u64, b.len()),
+            (c.as_ptr() as u64, c.len()),
+        ];
+        let whole: Vec<u8> = [&a[..], &b[..], &c[..]].concat();
+        let len = whole.len();
+        let me = std::process::id() as i32;
+        for cut in [0, 1, 99_999, 100_003, 100_007, len - 1, len] {
+            let mut dst = vec![0u8; len];
+            let got = read_peer_part(me, &ranges, 0, cut, &mut dst[..cut]).unwrap();
+            assert_eq!(got, cut);
+            if cut < len {
+                write_peer_part(me, &ranges, cut, len, dst[cut..].as_mut_ptr() as u64).unwrap();
+            }
+            assert!(dst == whole, "cut at {cut}");
+        }
+        // A destination the peer does not have: an error, nothing written anywhere else.
+        assert!(write_peer_part(me, &ranges, 0, 10, 8).is_err());
+    }
 
     #[test]
     fn a_single_copy_read_lands_as_the_sender_s_largest_range_is_aligned() {

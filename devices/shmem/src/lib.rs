@@ -31,7 +31,9 @@
 pub mod barrier;
 pub mod cadence;
 pub mod config;
+pub mod coop;
 pub mod device;
+pub mod fetch;
 pub mod io;
 pub mod proto;
 #[allow(unsafe_code)]

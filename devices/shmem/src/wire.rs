@@ -7,13 +7,15 @@
 //!   12 data_len u32 | 16 ring_size u32 | 20 flags u32 | 24 probe_addr u64 | 32 probe_len u32 | 36 0
 //!   flags bit 0: the connector authenticates; a 32-byte nonce ends the body.
 //!   flags bit 1: the connector registered for membarrier barriers (`crate::barrier`).
+//!   flags bit 2: the connector shares single copies (`crate::coop`).
 //! With authentication, before the answer: the listener sends a challenge (80 bytes,
 //!   "VMIC" | version | 11 zero bytes | nonce (32) | proof (32)), the connector its proof (48
 //!   bytes, "VMIP" | version | 11 zero bytes | proof (32)); proofs as in `vmi_device::auth`.
 //! Listener -> connector: Answer, 24-byte header, then reason | reply data,
 //!   with SCM_RIGHTS [doorbell eventfd] when accepted
 //!   0 "VMIR" | 4 version | 5 status | 6 reason_len u16 | 8 reply_len u32 | 12 can_read_you u8
-//!   13 barrier u8 (0 or 1: the listener registered for membarrier barriers) | 14 0 0
+//!   13 barrier u8 (0 or 1: the listener registered for membarrier barriers)
+//!   14 coop u8 (0 or 1: the listener shares single copies) | 15 0
 //!   16 probe_addr u64
 //! Afterwards single bytes: 'C'/'N' (connector can / cannot read the listener's memory),
 //! 'B' (orderly close). The socket closing without 'B' means the peer died.
@@ -33,8 +35,9 @@ pub const HELLO_MAGIC: [u8; 4] = *b"VMIS";
 /// Answer magic.
 pub const ANSWER_MAGIC: [u8; 4] = *b"VMIR";
 /// Control protocol version (2: both sides say whether they registered for membarrier
-/// barriers, which lets a connection's sends skip the doorbell's fence).
-pub const VERSION: u8 = 2;
+/// barriers, which lets a connection's sends skip the doorbell's fence; 3: and whether they
+/// share single copies, `crate::coop`, in the ring header's fourth cache line).
+pub const VERSION: u8 = 3;
 /// Hello header length.
 pub const HELLO_LEN: usize = 40;
 /// Answer header length.
@@ -101,6 +104,17 @@ pub struct Hello {
     pub auth: bool,
     /// The connector registered for membarrier barriers.
     pub barrier: bool,
+    /// The connector shares single copies (`crate::coop`).
+    pub coop: bool,
+}
+
+/// What a side offers in its hello or answer besides the single-copy probe.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Caps {
+    /// It registered for membarrier barriers (`crate::barrier`).
+    pub barrier: bool,
+    /// It shares single copies (`crate::coop`): opens shares as a receiver, helps as a sender.
+    pub coop: bool,
 }
 
 impl Hello {
@@ -137,8 +151,9 @@ impl Hello {
             probe_len: u32_at(b, 32),
             auth: u32_at(b, 20) & HELLO_FLAG_AUTH != 0,
             barrier: u32_at(b, 20) & HELLO_FLAG_BARRIER != 0,
+            coop: u32_at(b, 20) & HELLO_FLAG_COOP != 0,
         };
-        if u32_at(b, 20) & !(HELLO_FLAG_AUTH | HELLO_FLAG_BARRIER) != 0 {
+        if u32_at(b, 20) & !(HELLO_FLAG_AUTH | HELLO_FLAG_BARRIER | HELLO_FLAG_COOP) != 0 {
             return Err("unknown hello flags".into());
         }
         if h.from_key_len as usize > MAX_KEY || h.to_key_len as usize > MAX_KEY {
@@ -174,11 +189,11 @@ impl Hello {
         ring_size: u32,
         probe: &[u8],
     ) -> Vec<u8> {
-        Self::emit_with(from, to, sig, data, ring_size, probe, None, false)
+        Self::emit_with(from, to, sig, data, ring_size, probe, None, Caps::default())
     }
 
-    /// Writes a whole hello, with the connector's nonce when it authenticates, and whether it
-    /// registered for membarrier barriers.
+    /// Writes a whole hello, with the connector's nonce when it authenticates, and what it
+    /// offers (`caps`).
     #[allow(clippy::too_many_arguments)]
     pub fn emit_with(
         from: &str,
@@ -188,7 +203,7 @@ impl Hello {
         ring_size: u32,
         probe: &[u8],
         nonce: Option<&[u8; NONCE_LEN]>,
-        barrier: bool,
+        caps: Caps,
     ) -> Vec<u8> {
         let mut v = Vec::with_capacity(HELLO_LEN + from.len() + to.len() + sig.len() + data.len());
         v.extend_from_slice(&HELLO_MAGIC);
@@ -199,7 +214,8 @@ impl Hello {
         v.extend_from_slice(&(data.len() as u32).to_le_bytes());
         v.extend_from_slice(&ring_size.to_le_bytes());
         let flags = if nonce.is_some() { HELLO_FLAG_AUTH } else { 0 }
-            | if barrier { HELLO_FLAG_BARRIER } else { 0 };
+            | if caps.barrier { HELLO_FLAG_BARRIER } else { 0 }
+            | if caps.coop { HELLO_FLAG_COOP } else { 0 };
         v.extend_from_slice(&flags.to_le_bytes());
         v.extend_from_slice(&(probe.as_ptr() as u64).to_le_bytes());
         v.extend_from_slice(&(probe.len() as u32).to_le_bytes());
@@ -219,6 +235,8 @@ impl Hello {
 pub const HELLO_FLAG_AUTH: u32 = 1;
 /// Hello flag: the connector registered for membarrier barriers (see `crate::barrier`).
 pub const HELLO_FLAG_BARRIER: u32 = 2;
+/// Hello flag: the connector shares single copies (see `crate::coop`).
+pub const HELLO_FLAG_COOP: u32 = 4;
 pub use vmi_device::auth::{CHALLENGE_LEN, CHALLENGE_MAGIC, PROOF_MAGIC, PROOF_RECORD_LEN};
 
 /// Writes a challenge.
@@ -256,6 +274,8 @@ pub struct Answer {
     pub probe_addr: u64,
     /// The listener registered for membarrier barriers.
     pub barrier: bool,
+    /// The listener shares single copies (`crate::coop`).
+    pub coop: bool,
 }
 
 impl Answer {
@@ -276,11 +296,13 @@ impl Answer {
             can_read_you: b[12] != 0,
             probe_addr: u64_at(b, 16),
             barrier: b[13] == 1,
+            coop: b[14] == 1,
         };
         if a.status > INVALID
             || a.reason_len as usize > MAX_REASON
             || a.reply_len > max_data
             || b[13] > 1
+            || b[14] > 1
         {
             return Err("answer over its limits".into());
         }
@@ -293,7 +315,7 @@ impl Answer {
         reason: &str,
         reply: &[u8],
         can_read_you: bool,
-        barrier: bool,
+        caps: Caps,
         probe: &[u8],
     ) -> Vec<u8> {
         let reason = &reason.as_bytes()[..reason.len().min(MAX_REASON)];
@@ -302,7 +324,12 @@ impl Answer {
         v.extend_from_slice(&[VERSION, status]);
         v.extend_from_slice(&(reason.len() as u16).to_le_bytes());
         v.extend_from_slice(&(reply.len() as u32).to_le_bytes());
-        v.extend_from_slice(&[u8::from(can_read_you), u8::from(barrier), 0, 0]);
+        v.extend_from_slice(&[
+            u8::from(can_read_you),
+            u8::from(caps.barrier),
+            u8::from(caps.coop),
+            0,
+        ]);
         v.extend_from_slice(&(probe.as_ptr() as u64).to_le_bytes());
         v.extend_from_slice(reason);
         v.extend_from_slice(reply);
@@ -412,7 +439,7 @@ mod tests {
             "ring size must be a power of two"
         );
         assert!(Hello::parse(b"GET / HTTP/1.1\r\n\r\n......................", 10).is_err());
-        let a = Answer::emit(REJECT, "no", b"xy", true, false, &probe);
+        let a = Answer::emit(REJECT, "no", b"xy", true, Caps::default(), &probe);
         let p = Answer::parse(&a, 10).unwrap();
         assert_eq!(
             (
@@ -427,35 +454,46 @@ mod tests {
         assert!(Answer::parse(&a, 1).is_err());
     }
 
-    /// The membarrier registration travels both ways; a hello with a flag this side does
-    /// not know, or an answer whose barrier byte is neither 0 nor 1, is refused.
+    /// The membarrier registration and the shared copy travel both ways; a hello with a
+    /// flag this side does not know, or an answer whose barrier or coop byte is neither 0 nor
+    /// 1, is refused.
     #[test]
-    fn the_barrier_flags_round_trip_and_unknown_ones_are_refused() {
+    fn the_capability_flags_round_trip_and_unknown_ones_are_refused() {
         let probe = [1u8; 16];
         for barrier in [false, true] {
-            let v = Hello::emit_with("a", "b", "", b"", 65536, &probe, None, barrier);
-            let h = Hello::parse(&v, 16).unwrap();
-            assert_eq!((h.barrier, h.auth), (barrier, false));
-            let a = Answer::emit(ACCEPT, "", b"", false, barrier, &probe);
-            assert_eq!(Answer::parse(&a, 16).unwrap().barrier, barrier);
+            for coop in [false, true] {
+                let caps = Caps { barrier, coop };
+                let v = Hello::emit_with("a", "b", "", b"", 65536, &probe, None, caps);
+                let h = Hello::parse(&v, 16).unwrap();
+                assert_eq!((h.barrier, h.coop, h.auth), (barrier, coop, false));
+                let a = Answer::emit(ACCEPT, "", b"", false, caps, &probe);
+                let a = Answer::parse(&a, 16).unwrap();
+                assert_eq!((a.barrier, a.coop), (barrier, coop));
+            }
         }
-        let mut v = Hello::emit_with("a", "b", "", b"", 65536, &probe, None, true);
-        v[20] |= 4;
+        let all = Caps {
+            barrier: true,
+            coop: true,
+        };
+        let mut v = Hello::emit_with("a", "b", "", b"", 65536, &probe, None, all);
+        v[20] |= 8;
         assert!(
             Hello::parse(&v, 16)
                 .unwrap_err()
                 .contains("unknown hello flags")
         );
-        let mut a = Answer::emit(ACCEPT, "", b"", false, true, &probe);
-        a[13] = 2;
-        assert!(Answer::parse(&a, 16).is_err());
+        for byte in [13, 14] {
+            let mut a = Answer::emit(ACCEPT, "", b"", false, all, &probe);
+            a[byte] = 2;
+            assert!(Answer::parse(&a, 16).is_err(), "byte {byte}");
+        }
         // A peer of the first control version is told which version this side speaks.
         let mut old = Hello::emit("a", "b", "", b"", 65536, &probe);
         old[4] = 1;
         assert!(
             Hello::parse(&old, 16)
                 .unwrap_err()
-                .contains("this side speaks 2")
+                .contains("this side speaks 3")
         );
     }
 }
