@@ -347,6 +347,8 @@ enum Landed {
 /// The parts of a connection a fetch lands in (borrowed apart from its ring memory).
 struct Landing<'a> {
     fetch: &'a mut Option<Box<Fetch>>,
+    /// The device's `coop_copies` counters.
+    stats: &'a mut (u64, u64, u64),
     acks: &'a mut VecDeque<[u8; RECORD_LEN]>,
     sock: &'a UnixStream,
     vmi: u64,
@@ -354,9 +356,10 @@ struct Landing<'a> {
 }
 
 macro_rules! landing {
-    ($c:expr) => {
+    ($c:expr, $stats:expr) => {
         Landing {
             fetch: &mut $c.fetch,
+            stats: $stats,
             acks: &mut $c.acks,
             sock: &$c.sock,
             vmi: $c.vmi,
@@ -389,6 +392,7 @@ fn land(
                 pool.give(f.buf);
                 return Landed::Aborted;
             }
+            let (shared, helped) = (f.shared(), f.sender_chunks() > 0);
             if deliver::offer(c.vmi, irb_flags(&f.rec), &f.buf[f.at..]) {
                 *direct_receives += 1;
                 pool.give(f.buf);
@@ -400,6 +404,8 @@ fn land(
             } else {
                 deliver_at(host, pool, c.vmi, &f.rec, f.buf, f.at);
             }
+            c.stats.0 += u64::from(shared);
+            c.stats.1 += u64::from(helped);
             c.acks.push_back(ack(f.rec.id));
             Landed::Delivered
         }
@@ -905,21 +911,16 @@ impl ShmemDevice {
         if let Some(mut f) = c.fetch.take() {
             // A shared copy waiting for the sender's last chunk: the records behind it wait.
             let step = f.step(c.peer_pid, Some(&view.share()));
-            let helped = f.sender_chunks();
             match land(
                 host,
                 pool,
-                landing!(c),
+                landing!(c, coop_stats),
                 *f,
                 step,
                 direct_receives,
                 coop_leaked,
             ) {
-                Landed::Delivered => {
-                    n += 1;
-                    coop_stats.0 += 1;
-                    coop_stats.1 += u64::from(helped > 0);
-                }
+                Landed::Delivered => n += 1,
                 Landed::Refused => {}
                 Landed::Waiting => return 0,
                 Landed::Aborted => aborted = true,
@@ -1029,11 +1030,10 @@ impl ShmemDevice {
                     let mut f = Fetch::new(rec, ranges, buf, at, shared.then_some((&share, c.era)));
                     let step = f.step(c.peer_pid, Some(&share));
                     fetched += f.read;
-                    let helped = f.sender_chunks();
                     match land(
                         host,
                         pool,
-                        landing!(c),
+                        landing!(c, coop_stats),
                         f,
                         step,
                         direct_receives,
@@ -1041,8 +1041,6 @@ impl ShmemDevice {
                     ) {
                         Landed::Delivered => {
                             n += 1;
-                            coop_stats.0 += u64::from(shared);
-                            coop_stats.1 += u64::from(helped > 0);
                             if fetched >= fetch_cap {
                                 break;
                             }

@@ -566,21 +566,25 @@ pub fn read_peer(pid: i32, remote: &[(u64, usize)], local: &mut [u8]) -> io::Res
         if n == 0 {
             break;
         }
-        let mut n = n as usize;
-        done += n;
-        while n > 0 && r < riov.len() {
-            let left = riov[r].iov_len - roff;
-            if n >= left {
-                n -= left;
-                r += 1;
-                roff = 0;
-            } else {
-                roff += n;
-                n = 0;
-            }
-        }
+        done += n as usize;
+        advance(&riov, &mut r, &mut roff, n as usize);
     }
     Ok(done)
+}
+
+/// Moves the position (`first` iovec, `skip` bytes into it) past `n` bytes of `iov`.
+fn advance(iov: &[libc::iovec], first: &mut usize, skip: &mut usize, mut n: usize) {
+    while n > 0 && *first < iov.len() {
+        let left = iov[*first].iov_len - *skip;
+        if n >= left {
+            n -= left;
+            *first += 1;
+            *skip = 0;
+        } else {
+            *skip += n;
+            n = 0;
+        }
+    }
 }
 
 /// The part `from..to` (bytes of the fragment, in order) of a fragment lying in `ranges`.
@@ -662,19 +666,8 @@ pub fn write_peer_part(
                 "the peer took no bytes",
             ));
         }
-        let mut n = n as usize;
-        done += n;
-        while n > 0 && first < local.len() {
-            let left = local[first].iov_len - skip;
-            if n >= left {
-                n -= left;
-                first += 1;
-                skip = 0;
-            } else {
-                skip += n;
-                n = 0;
-            }
-        }
+        done += n as usize;
+        advance(&local, &mut first, &mut skip, n as usize);
     }
     Ok(())
 }
