@@ -158,16 +158,6 @@ impl Receiving {
         }
     }
 
-    /// The fragment's length.
-    pub fn len(&self) -> u64 {
-        self.len
-    }
-
-    /// Whether the fragment is empty (never: shares are opened for large fragments).
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     fn bytes(&self, chunks: Range<u64>) -> Range<u64> {
         (chunks.start << self.shift).min(self.len)..(chunks.end << self.shift).min(self.len)
     }

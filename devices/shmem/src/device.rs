@@ -28,7 +28,7 @@ use crate::coop::Helping;
 use crate::fetch::{Fetch, Step};
 use crate::io::{
     Region, bind_key, doorbell, drain, listening, peer_uid, read_offset, read_peer, recv_with_fds,
-    ring, send_with_fds, socket_addr, uid, write_peer_part,
+    ring, send_with_fds, socket_addr, sub_segs, uid,
 };
 use crate::proto::{Incoming, RecordReader, Source, ack, encode_inline, encode_rendezvous, nack};
 use crate::spsc::{Consumer, Corrupt, Producer};
@@ -691,13 +691,8 @@ impl ShmemDevice {
                 .map(|s| (s.base as u64, s.len))
                 .collect();
             let (from, to) = (job.bytes.start as usize, job.bytes.end as usize);
-            match write_peer_part(
-                *peer_pid,
-                &ranges,
-                from,
-                to,
-                job.dst.wrapping_add(from as u64),
-            ) {
+            let at = job.dst.wrapping_add(from as u64);
+            match crate::io::access_peer(*peer_pid, true, at, &sub_segs(&ranges, from, to)) {
                 Ok(()) => {
                     helping.wrote(&share, &job);
                     wrote += to - from;
@@ -910,7 +905,7 @@ impl ShmemDevice {
         let mut aborted = false;
         if let Some(mut f) = c.fetch.take() {
             // A shared copy waiting for the sender's last chunk: the records behind it wait.
-            let step = f.step(c.peer_pid, Some(&view.share()));
+            let step = f.step(c.peer_pid, &view.share());
             match land(
                 host,
                 pool,
@@ -1028,7 +1023,7 @@ impl ShmemDevice {
                         c.era = c.era.wrapping_add(1).max(1);
                     }
                     let mut f = Fetch::new(rec, ranges, buf, at, shared.then_some((&share, c.era)));
-                    let step = f.step(c.peer_pid, Some(&share));
+                    let step = f.step(c.peer_pid, &share);
                     fetched += f.read;
                     match land(
                         host,

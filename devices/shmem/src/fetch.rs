@@ -26,6 +26,9 @@ pub struct Fetch {
     want: u64,
     /// Bytes this side read so far (the poll's single-copy budget counts them).
     pub read: usize,
+    /// Every byte is in the buffer (a complete fetch waiting for a receive IRB is not read
+    /// again).
+    complete: bool,
 }
 
 /// Where a fetch stands after a step.
@@ -79,6 +82,7 @@ impl Fetch {
             share,
             want,
             read: 0,
+            complete: false,
         }
     }
 
@@ -109,10 +113,19 @@ impl Fetch {
         }
     }
 
-    /// Reads what this side can: the whole fragment, or its chunks of the share, then looks
-    /// at the sender's.
-    pub fn step(&mut self, pid: i32, share: Option<&Share<'_, AtomicU64>>) -> Step {
-        let Some(s) = share.filter(|_| self.share.is_some()) else {
+    /// Reads what this side can: the whole fragment, or its chunks of the share (`s`, the
+    /// ring's), then looks at the sender's.
+    pub fn step(&mut self, pid: i32, s: &Share<'_, AtomicU64>) -> Step {
+        let step = self.advance(pid, s);
+        self.complete = matches!(step, Step::Complete);
+        step
+    }
+
+    fn advance(&mut self, pid: i32, s: &Share<'_, AtomicU64>) -> Step {
+        if self.complete {
+            return Step::Complete;
+        }
+        if self.share.is_none() {
             let len = self.rec.len as u64;
             return match self.read(pid, 0, len) {
                 Ok(()) => Step::Complete,
@@ -166,5 +179,50 @@ impl Fetch {
     /// sender writes nothing more into it).
     pub fn seal(&mut self, s: &Share<'_, AtomicU64>) -> bool {
         self.share.as_mut().is_none_or(|r| r.seal(s))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::RDV_END;
+
+    /// A fetch that completed (and waits on its connection for a receive IRB) is not read
+    /// again at its next step: what the sender's memory holds by then does not matter.
+    #[test]
+    fn a_complete_fetch_is_never_read_again() {
+        let words: [AtomicU64; 5] = std::array::from_fn(|_| AtomicU64::new(0));
+        let [claims, done, dst, shape, id] = &words;
+        let share = Share {
+            claims,
+            done,
+            dst,
+            shape,
+            id,
+        };
+        let me = std::process::id() as i32;
+        for shared in [false, true] {
+            let mut src: Vec<u8> = (0..300_000u32).map(|i| i as u8).collect();
+            let rec = Record {
+                kind: RDV_END,
+                flags: 0,
+                len: src.len() as u32,
+                id: 1,
+            };
+            let ranges = vec![(src.as_ptr() as u64, src.len())];
+            let buf = vec![0u8; src.len()];
+            let mut f = Fetch::new(rec, ranges, buf, 0, shared.then_some((&share, 1)));
+            assert!(
+                matches!(f.step(me, &share), Step::Complete),
+                "shared {shared}"
+            );
+            assert_eq!(f.buf, src);
+            assert_eq!(f.read, src.len());
+            let first = src.clone();
+            src.iter_mut().for_each(|b| *b = 0xEE);
+            assert!(matches!(f.step(me, &share), Step::Complete));
+            assert_eq!(f.read, src.len(), "shared {shared}: read again");
+            assert!(f.buf == first, "shared {shared}: the buffer changed");
+        }
     }
 }

@@ -566,25 +566,21 @@ pub fn read_peer(pid: i32, remote: &[(u64, usize)], local: &mut [u8]) -> io::Res
         if n == 0 {
             break;
         }
-        done += n as usize;
-        advance(&riov, &mut r, &mut roff, n as usize);
-    }
-    Ok(done)
-}
-
-/// Moves the position (`first` iovec, `skip` bytes into it) past `n` bytes of `iov`.
-fn advance(iov: &[libc::iovec], first: &mut usize, skip: &mut usize, mut n: usize) {
-    while n > 0 && *first < iov.len() {
-        let left = iov[*first].iov_len - *skip;
-        if n >= left {
-            n -= left;
-            *first += 1;
-            *skip = 0;
-        } else {
-            *skip += n;
-            n = 0;
+        let mut n = n as usize;
+        done += n;
+        while n > 0 && r < riov.len() {
+            let left = riov[r].iov_len - roff;
+            if n >= left {
+                n -= left;
+                r += 1;
+                roff = 0;
+            } else {
+                roff += n;
+                n = 0;
+            }
         }
     }
+    Ok(done)
 }
 
 /// The part `from..to` (bytes of the fragment, in order) of a fragment lying in `ranges`.
@@ -604,6 +600,18 @@ pub fn sub_ranges(ranges: &[(u64, usize)], from: usize, to: usize) -> Vec<(u64, 
     out
 }
 
+/// As [`sub_ranges`], as segments of this process's memory: the sender's part of a shared
+/// copy (`crate::coop`), which [`access_peer`] writes into the receiver.
+pub fn sub_segs(ranges: &[(u64, usize)], from: usize, to: usize) -> Vec<vmi_device::abi::VmiSeg> {
+    sub_ranges(ranges, from, to)
+        .into_iter()
+        .map(|(a, len)| vmi_device::abi::VmiSeg {
+            base: a as *mut u8,
+            len,
+        })
+        .collect()
+}
+
 /// Reads bytes `from..to` of the fragment in the peer's `ranges` into `local` (their length).
 pub fn read_peer_part(
     pid: i32,
@@ -613,63 +621,6 @@ pub fn read_peer_part(
     local: &mut [u8],
 ) -> io::Result<usize> {
     read_peer(pid, &sub_ranges(ranges, from, to), local)
-}
-
-/// Writes bytes `from..to` of the fragment in this process's `ranges` to address `dst` in
-/// process `pid` (process_vm_writev): the sender's part of a shared copy (`crate::coop`).
-/// The whole part or an error.
-pub fn write_peer_part(
-    pid: i32,
-    ranges: &[(u64, usize)],
-    from: usize,
-    to: usize,
-    dst: u64,
-) -> io::Result<()> {
-    let local: Vec<libc::iovec> = sub_ranges(ranges, from, to)
-        .into_iter()
-        .map(|(a, l)| libc::iovec {
-            iov_base: a as *mut libc::c_void,
-            iov_len: l,
-        })
-        .collect();
-    let mut done = 0usize;
-    let mut first = 0usize;
-    let mut skip = 0usize;
-    let want = to - from;
-    while done < want {
-        let mut rest: Vec<libc::iovec> = local[first..].to_vec();
-        rest[0].iov_base = (rest[0].iov_base as usize + skip) as *mut libc::c_void;
-        rest[0].iov_len -= skip;
-        let remote = libc::iovec {
-            iov_base: (dst as usize).wrapping_add(done) as *mut libc::c_void,
-            iov_len: want - done,
-        };
-        // SAFETY: `rest` covers bytes of this process's own fragment, which the pending send
-        // keeps alive and unchanged; `remote` is in the peer, which the kernel checks (EFAULT
-        // on a bad range, EPERM without ptrace access rights).
-        let n = unsafe {
-            libc::process_vm_writev(
-                pid,
-                rest.as_ptr(),
-                rest.len() as libc::c_ulong,
-                &remote,
-                1,
-                0,
-            )
-        };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::WriteZero,
-                "the peer took no bytes",
-            ));
-        }
-        done += n as usize;
-        advance(&local, &mut first, &mut skip, n as usize);
-    }
-    Ok(())
 }
 
 /// Raw fd, for mio registration.
@@ -721,12 +672,13 @@ mod tests {
             let got = read_peer_part(me, &ranges, 0, cut, &mut dst[..cut]).unwrap();
             assert_eq!(got, cut);
             if cut < len {
-                write_peer_part(me, &ranges, cut, len, dst[cut..].as_mut_ptr() as u64).unwrap();
+                let to = dst[cut..].as_mut_ptr() as u64;
+                access_peer(me, true, to, &sub_segs(&ranges, cut, len)).unwrap();
             }
             assert!(dst == whole, "cut at {cut}");
         }
         // A destination the peer does not have: an error, nothing written anywhere else.
-        assert!(write_peer_part(me, &ranges, 0, 10, 8).is_err());
+        assert!(access_peer(me, true, 8, &sub_segs(&ranges, 0, 10)).is_err());
     }
 
     #[test]
