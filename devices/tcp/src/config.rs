@@ -87,6 +87,12 @@ pub const PARAMS: &[VmiParamSpec] = &[
         c"a poll stops reading once the fragments it handed up as IRBs hold this many bytes (at least one fragment): the buffers they fill stay few and warm in the cache until the application has them",
     ),
     param(
+        c"write_turn",
+        VMI_PARAM_UINT,
+        c"1m",
+        c"a poll writes at most this many bytes to one connection, then lets the socket go until the next poll (a sender that stays in one long write holds the socket, and the acknowledgements that would move the data on wait for it); at least 64k",
+    ),
+    param(
         c"nodelay",
         VMI_PARAM_BOOL,
         c"true",
@@ -99,6 +105,10 @@ pub const PARAMS: &[VmiParamSpec] = &[
         c"lend the sockets of a few open connections to the host, whose busy poll then reads them and takes small whole messages itself, calling this device only when it has other work (fewer instructions per message); false: this device reads every socket",
     ),
 ];
+
+/// The smallest `write_turn` (a smaller one is raised to it): below it the system calls, not
+/// the socket, bound a stream.
+pub const WRITE_TURN_MIN: usize = 64 * 1024;
 
 /// Typed configuration.
 #[derive(Clone, Debug)]
@@ -127,6 +137,8 @@ pub struct TcpConfig {
     pub nodelay: bool,
     /// Bytes of fragments handed up as IRBs after which a poll stops reading.
     pub recv_poll_bytes: usize,
+    /// Bytes a poll writes to one connection at most (see `TcpDevice::flush`).
+    pub write_turn: usize,
     /// Most connections at once.
     pub max_connections: usize,
     /// Silence after which a peer is lost (zero: never).
@@ -162,6 +174,7 @@ impl TcpConfig {
             nodelay: c.get_bool("nodelay").map_err(e)?,
             lend_streams: c.get_bool("lend_streams").map_err(e)?,
             recv_poll_bytes: (c.get_u64("recv_poll_bytes").map_err(e)? as usize).max(1),
+            write_turn: (c.get_u64("write_turn").map_err(e)? as usize).max(WRITE_TURN_MIN),
             max_connections: c.get_u64("max_connections").map_err(e)?.max(1) as usize,
             peer_timeout: c.get_millis("peer_timeout_ms").map_err(e)?,
             auth_key_file: c.get("auth_key_file").map_err(e)?.to_string(),

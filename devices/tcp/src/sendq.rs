@@ -165,16 +165,23 @@ impl SendQueue {
     }
 
     /// Fills `slices` with what is queued ahead of the first close, in order, as far as
-    /// they reach; returns how many it filled.
-    pub fn gather<'a>(&'a self, slices: &mut [IoSlice<'a>]) -> usize {
+    /// they reach, and stops at the first end of an entry at or past `enough` bytes (an
+    /// entry is never cut short: a frame's last bytes do not wait for another write);
+    /// returns how many it filled.
+    pub fn gather<'a>(&'a self, slices: &mut [IoSlice<'a>], enough: usize) -> usize {
         let mut n = 0;
+        let mut bytes = 0;
         'queued: for tx in &self.entries {
+            if bytes >= enough {
+                break;
+            }
             match tx {
                 Tx::Bytes { data, off } => {
                     if n == slices.len() {
                         break;
                     }
                     slices[n] = IoSlice::new(&data[*off..]);
+                    bytes += data.len() - *off;
                     n += 1;
                 }
                 Tx::Frame {
@@ -191,6 +198,7 @@ impl SendQueue {
                             break 'queued;
                         }
                         slices[n] = IoSlice::new(&part[skip..]);
+                        bytes += part.len() - skip;
                         skip = 0;
                         n += 1;
                     }
@@ -268,7 +276,7 @@ mod tests {
 
     fn written(q: &SendQueue) -> Vec<u8> {
         let mut slices = [IoSlice::new(&[]); MAX_IOV];
-        let n = q.gather(&mut slices);
+        let n = q.gather(&mut slices, usize::MAX);
         slices[..n].iter().flat_map(|s| s.iter().copied()).collect()
     }
 
@@ -319,7 +327,7 @@ mod tests {
         q.queue_frame(&mut spare, &[3; 8], b"z");
         assert!(spare.capacity() == 0);
         let mut slices = [IoSlice::new(&[]); MAX_IOV];
-        assert_eq!(q.gather(&mut slices), 1);
+        assert_eq!(q.gather(&mut slices, usize::MAX), 1);
         assert_eq!(slices[0].as_ptr(), kept);
     }
 
@@ -336,6 +344,35 @@ mod tests {
     }
 
     #[test]
+    fn gather_stops_at_the_end_of_the_entry_that_reaches_enough() {
+        let (mut q, mut spare) = (SendQueue::default(), Vec::new());
+        q.queue_owned(b"abc".to_vec());
+        q.queue_owned(b"defg".to_vec());
+        q.queue_owned(b"h".to_vec());
+        let gathered = |q: &SendQueue, enough| {
+            let mut slices = [IoSlice::new(&[]); MAX_IOV];
+            let n = q.gather(&mut slices, enough);
+            slices[..n]
+                .iter()
+                .flat_map(|s| s.iter().copied())
+                .collect::<Vec<u8>>()
+        };
+        assert_eq!(gathered(&q, 1), b"abc", "the first entry whole");
+        assert_eq!(gathered(&q, 3), b"abc", "exactly enough");
+        assert_eq!(
+            gathered(&q, 4),
+            b"abcdefg",
+            "the entry that reaches it whole"
+        );
+        assert_eq!(gathered(&q, usize::MAX), b"abcdefgh");
+        assert!(gathered(&q, 0).is_empty(), "nothing at 0");
+        // After a partial write the rest of an entry counts from where it stands.
+        assert_eq!(q.credit(2, &mut spare), 2);
+        assert_eq!(gathered(&q, 1), b"c");
+        assert_eq!(gathered(&q, 2), b"cdefg");
+    }
+
+    #[test]
     fn gather_stops_at_the_iovec_limit() {
         let (mut q, mut spare) = (SendQueue::default(), Vec::new());
         for i in 0..MAX_IOV + 5 {
@@ -343,7 +380,7 @@ mod tests {
         }
         q.queue_frame(&mut spare, &[9; 8], b"tail");
         let mut slices = [IoSlice::new(&[]); MAX_IOV];
-        assert_eq!(q.gather(&mut slices), MAX_IOV);
+        assert_eq!(q.gather(&mut slices, usize::MAX), MAX_IOV);
         let total = q.bytes();
         assert_eq!(q.credit(total, &mut spare), total);
         assert!(q.is_empty());
