@@ -79,6 +79,15 @@ impl Buffer {
         }
     }
 
+    /// The shared bytes of a buffer made with [`Buffer::shared`] (not a range of them, and
+    /// not written to since): another handle on the same memory, nothing copied.
+    pub(crate) fn shared_whole(&self) -> Option<Arc<[u8]>> {
+        match &self.data {
+            Bytes::Shared(a) => Some(a.clone()),
+            _ => None,
+        }
+    }
+
     /// True for a buffer made with [`Buffer::shared`] (and not written to since).
     pub fn is_shared(&self) -> bool {
         matches!(self.data, Bytes::Shared(_) | Bytes::Slice(_))
@@ -272,6 +281,29 @@ impl InlinePool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_whole_shared_buffer_hands_out_its_bytes_uncopied() {
+        let bytes: Arc<[u8]> = Arc::from(vec![5u8; 100]);
+        let whole = Buffer::shared(bytes.clone());
+        assert!(
+            whole
+                .shared_whole()
+                .is_some_and(|a| Arc::ptr_eq(&a, &bytes))
+        );
+        assert!(
+            Buffer::shared_range(bytes.clone(), 0..100)
+                .shared_whole()
+                .is_none()
+        );
+        assert!(Buffer::from_vec(vec![1; 4]).shared_whole().is_none());
+        let mut written = Buffer::shared(bytes);
+        written[0] = 9;
+        assert!(
+            written.shared_whole().is_none(),
+            "written: its own copy now"
+        );
+    }
 
     #[test]
     fn shared_buffers_share_until_written() {

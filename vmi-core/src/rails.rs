@@ -611,8 +611,9 @@ pub(crate) fn send(
             max,
         });
     }
+    // The chunks are ranges of one `Arc`: a shared buffer's own (no copy), else a copy.
     let data: Arc<[u8]> = match bufs.as_slice() {
-        [one] => Arc::from(&one[..]),
+        [one] => one.shared_whole().unwrap_or_else(|| Arc::from(&one[..])),
         _ => {
             let mut v = Vec::with_capacity(total);
             for b in &bufs {
@@ -889,7 +890,14 @@ fn deliver_ready(core: &mut Core, handler: &mut dyn Handler, bond: u64) {
         b.ack_owed = true;
         let id = b.id;
         match ready {
-            Ready::Data { end, data } => deliver(core, handler, id, end, &data),
+            Ready::Data { end, data } => {
+                deliver(core, handler, id, end, &data);
+                // The handler had the bytes lent for its call only: the buffer takes the next
+                // fragment's chunks.
+                if let Some(b) = core.rails.bonds.get_mut(&bond) {
+                    b.rx.recycle(data);
+                }
+            }
             Ready::Failed { .. } => handler.receive_failed(
                 &mut Ctx::new(core),
                 id,

@@ -109,6 +109,12 @@ pub enum Place<'a> {
     Into(&'a mut [u8]),
 }
 
+/// Delivered reassembly buffers a receiver keeps for the next fragments, at most.
+const SPARE_MAX: usize = 2;
+
+/// The largest delivered buffer a receiver keeps (bytes of capacity).
+const SPARE_BYTES_MAX: usize = 8 << 20;
+
 /// The receiving half of a bonded connection.
 pub struct Receiver {
     cfg: ReceiverConfig,
@@ -116,6 +122,28 @@ pub struct Receiver {
     pending: BTreeMap<u64, Partial>,
     pending_bytes: u64,
     acked: u64,
+    /// Delivered buffers, reused for the next fragments (see [`Receiver::recycle`]).
+    spare: Vec<Vec<u8>>,
+}
+
+/// A buffer of `len` bytes for a fragment's chunks: a delivered one when there is one (its
+/// old bytes stay: the chunks cover every byte before the fragment is delivered, since
+/// `place` refuses overlaps and `complete` counts the bytes placed), else a zeroed
+/// allocation, whose pages the kernel commits as bytes land. Reusing a buffer skips the
+/// zeroing and the page faults of a new one each time (`perf record` of 1 MiB streaming over
+/// two rails: `memset` and page faults beside the copies).
+fn spare_or_zeroed(spare: &mut Vec<Vec<u8>>, len: usize) -> Vec<u8> {
+    match spare.pop() {
+        Some(mut v) => {
+            if v.len() >= len {
+                v.truncate(len);
+            } else {
+                v.resize(len, 0);
+            }
+            v
+        }
+        None => vec![0; len],
+    }
 }
 
 impl Receiver {
@@ -127,6 +155,15 @@ impl Receiver {
             pending: BTreeMap::new(),
             pending_bytes: 0,
             acked: 0,
+            spare: Vec::new(),
+        }
+    }
+
+    /// Takes back a delivered fragment's buffer for the next fragments: at most
+    /// `SPARE_MAX` of them, each of at most `SPARE_BYTES_MAX` bytes (the rest are freed).
+    pub fn recycle(&mut self, data: Vec<u8>) {
+        if self.spare.len() < SPARE_MAX && data.capacity() <= SPARE_BYTES_MAX {
+            self.spare.push(data);
         }
     }
 
@@ -195,8 +232,7 @@ impl Receiver {
                 Partial {
                     total,
                     end,
-                    // Zeroed allocation: the kernel commits the pages as bytes land.
-                    data: vec![0; total as usize],
+                    data: spare_or_zeroed(&mut self.spare, total as usize),
                     got: BTreeMap::new(),
                     have: 0,
                     seen: false,
@@ -367,6 +403,47 @@ mod tests {
             "a late copy of a delivered fragment"
         );
         assert_eq!(r.pending_bytes(), 0);
+    }
+
+    /// Takes the next fragment's bytes and gives its buffer back, as the host does.
+    fn deliver_and_recycle(r: &mut Receiver) -> (Vec<u8>, *const u8) {
+        let Some(Ready::Data { data, .. }) = r.pop() else {
+            panic!("a fragment is ready");
+        };
+        let (bytes, at) = (data.clone(), data.as_ptr());
+        r.recycle(data);
+        (bytes, at)
+    }
+
+    #[test]
+    fn a_delivered_buffer_takes_the_next_fragment_with_none_of_its_old_bytes() {
+        let mut r = rx();
+        assert!(put(&mut r, 0, 0, b"0123456789", 10));
+        let (first, at) = deliver_and_recycle(&mut r);
+        assert_eq!(first, b"0123456789");
+        // Shorter, in two chunks out of order: the same memory, only the new bytes.
+        assert!(put(&mut r, 1, 3, b"xyz", 6));
+        assert!(put(&mut r, 1, 0, b"abc", 6));
+        let (second, again) = deliver_and_recycle(&mut r);
+        assert_eq!(second, b"abcxyz");
+        assert_eq!(again, at, "the delivered buffer was reused");
+        // Longer than the kept buffer: it grows, and still holds only the new bytes.
+        let long: Vec<u8> = (0..40).collect();
+        assert!(put(&mut r, 2, 20, &long[20..], 40));
+        assert!(put(&mut r, 2, 0, &long[..20], 40));
+        assert_eq!(deliver_and_recycle(&mut r).0, long);
+    }
+
+    #[test]
+    fn few_delivered_buffers_are_kept() {
+        let mut r = rx();
+        for _ in 0..SPARE_MAX + 3 {
+            r.recycle(vec![1; 16]);
+        }
+        assert_eq!(r.spare.len(), SPARE_MAX);
+        let mut r = rx();
+        r.recycle(Vec::with_capacity(SPARE_BYTES_MAX + 1));
+        assert!(r.spare.is_empty(), "a buffer over the size limit is freed");
     }
 
     #[test]
