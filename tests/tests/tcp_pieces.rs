@@ -5,12 +5,9 @@
 //! heartbeats between messages, and the end of the stream. Every message must arrive whole, in
 //! order, and the end must be reported once. Run twice: with the sockets lent to the host (its
 //! poll reads them and leaves the transport the rest), and with the transport reading them.
-//! A pause inside a large payload gates the receiver's reads behind epoll until the stream
-//! rests.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use std::collections::HashMap;
@@ -173,65 +170,6 @@ fn cut_frames_arrive_whole(name: &str, lend: bool) {
     } else {
         assert_eq!(by_host, 0, "nothing lent, nothing taken by the host");
     }
-}
-
-/// A large payload cut by a pause: the receiver reads what came, finds the socket empty in
-/// the middle of the payload, and from then on asks epoll before it reads (its `gated`
-/// attribute); the rest arrives whole, behind it a small message, and once the stream rests
-/// the gate lifts and the receiver reads its socket directly again.
-#[test]
-fn a_pause_inside_a_large_payload_gates_the_reads_until_the_stream_rests() {
-    let name = "a_pause_inside_a_large_payload_gates_the_reads_until_the_stream_rests";
-    let mut rng = Rng::new(name);
-    let key = unique_key("gate");
-    let (mut vmi, port) = tcp_on_free_port_with(&key, &[]);
-    let big = rng.bytes(1 << 20);
-    let frame = tcp_frame(true, &big);
-    let (go, wait) = mpsc::channel::<()>();
-    let peer_key = key.clone();
-    let peer = std::thread::spawn(move || {
-        let mut s = accepted_peer(port, &peer_key, "gate-peer");
-        let cut = frame.len() / 2;
-        s.write_all(&frame[..cut]).expect("write");
-        let told = |what| wait.recv_timeout(Duration::from_secs(30)).expect(what);
-        told("the receiver gated");
-        s.write_all(&frame[cut..]).expect("write");
-        s.write_all(&tcp_frame(true, b"after")).expect("write");
-        told("the gate lifted");
-        drop(s);
-    });
-    let gated = |vmi: &Vmi| {
-        vmi.attr_get("tcp", "gated")
-            .expect("tcp tells whether it is gated")
-            == "true"
-    };
-    let mut h = Receiver::default();
-    let start = Instant::now();
-    let poll_until =
-        |vmi: &mut Vmi, h: &mut Receiver, what: &str, done: &dyn Fn(&Vmi, &Receiver) -> bool| {
-            while !done(vmi, h) {
-                vmi.poll(h);
-                assert!(start.elapsed() < Duration::from_secs(30), "{what}");
-            }
-        };
-    poll_until(&mut vmi, &mut h, "never gated in the payload", &|v, _| {
-        gated(v)
-    });
-    assert!(
-        h.messages.is_empty() && h.partial.is_empty(),
-        "half a fragment delivered"
-    );
-    go.send(()).unwrap();
-    poll_until(&mut vmi, &mut h, "the rest never arrived", &|_, h| {
-        h.messages.len() == 2
-    });
-    assert!(h.messages[0] == big, "the large message differs");
-    assert_eq!(h.messages[1], b"after");
-    poll_until(&mut vmi, &mut h, "the gate never lifted", &|v, _| !gated(v));
-    go.send(()).unwrap();
-    poll_until(&mut vmi, &mut h, "no end", &|_, h| !h.ended.is_empty());
-    peer.join().unwrap();
-    assert_eq!(h.ended.len(), 1, "{:?}", h.ended);
 }
 
 /// A peer's valid stream as frames: `count` messages of 1 to 300 bytes, each starting with

@@ -252,8 +252,18 @@ fn pair(server: &mut Command, client: &mut Command, timeout: Duration) -> Result
     }
 }
 
+/// UCX's setting for its one-connection peer (`ucx tcp1`): by default UCX stripes a large
+/// message over one connection per network interface it finds (`lo` and `eth0` on a host
+/// with one NIC: two TCP connections over loopback), where vmi's plain TCP chain uses one.
+const UCX_ONE_RAIL: (&str, &str) = ("UCX_MAX_RNDV_RAILS", "1");
+
 fn ucx(tls: &str, opts: &Options) -> Peer {
-    let name = format!("ucx {tls}");
+    ucx_with(&format!("ucx {tls}"), tls, None, opts)
+}
+
+/// `ucx_perftest` over `tls`, named `name`, with `env` set in both processes.
+fn ucx_with(name: &str, tls: &str, env: Option<(&str, &str)>, opts: &Options) -> Peer {
+    let name = name.to_string();
     let family = if tls == "tcp" {
         Family::Tcp
     } else {
@@ -277,12 +287,17 @@ fn ucx(tls: &str, opts: &Options) -> Peer {
             let n = n.to_string();
             let s = size.to_string();
             let args = ["-t", test, "-s", &s, "-n", &n, "-p", &port];
+            let perftest = || {
+                let mut c = Command::new("ucx_perftest");
+                c.env("UCX_TLS", tls);
+                if let Some((key, value)) = env {
+                    c.env(key, value);
+                }
+                c
+            };
             let out = pair(
-                Command::new("ucx_perftest").args(args).env("UCX_TLS", tls),
-                Command::new("ucx_perftest")
-                    .arg("127.0.0.1")
-                    .args(args)
-                    .env("UCX_TLS", tls),
+                perftest().args(args),
+                perftest().arg("127.0.0.1").args(args),
                 Duration::from_secs(60),
             )?;
             parse_ucx(&out).ok_or_else(|| {
@@ -474,6 +489,10 @@ fn round(opts: &Options, r: usize) -> Vec<Peer> {
     say("ucx_perftest (UCX_TLS=tcp)");
     peers.push(ucx("tcp", opts));
     if streams {
+        say("ucx_perftest (UCX_TLS=tcp, one rail)");
+        peers.push(ucx_with("ucx tcp1", "tcp", Some(UCX_ONE_RAIL), opts));
+    }
+    if streams {
         say("fi_pingpong (tcp)");
         peers.push(fi("tcp", opts));
     }
@@ -577,6 +596,12 @@ impl Comparison {
             }
         });
         t.push_str("ratios are vmi / peer within a family (tcp, shm): latency < 1 and bandwidth > 1 favour vmi\n");
+        if self.peers.iter().any(|p| p.name == "ucx tcp1") {
+            t.push_str(&format!(
+                "ucx tcp1: UCX_TLS=tcp with {}={}, one TCP connection per message as vmi's tcp chain; plain ucx tcp stripes a large message over one connection per interface\n",
+                UCX_ONE_RAIL.0, UCX_ONE_RAIL.1
+            ));
+        }
         t.push_str(&format!(
             "values are medians over {} interleaved round(s); a ratio is the median of the per-round ratios, [min-max] beside it\n",
             self.rounds
@@ -687,6 +712,16 @@ impl Comparison {
             |r| r >= 1.0,
             ">= 1.00",
         );
+        if self.point("ucx tcp1", large).is_some() {
+            // Not a target of its own: the same comparison, one connection on each side.
+            check(
+                &format!("TCP {ln} bandwidth vs UCX tcp on one rail (reference)"),
+                bw("vmi tcp", large),
+                bw("ucx tcp1", large),
+                |r| r >= 1.0,
+                ">= 1.00",
+            );
+        }
         check(
             &format!("shm {sn} latency vs UCX sm"),
             lat("vmi shm", small),

@@ -36,11 +36,6 @@ const DIRECT_EPOLL_EVERY: u64 = 16;
 /// `DIRECT_EPOLL_EVERY`): for accepts, and the liveness ticks.
 const LENT_POLL_EVERY: u64 = 64;
 const STAGING: usize = 64 * 1024;
-/// Polls in a row with no connection in the middle of a frame or with sends queued after
-/// which a gated device (see `TcpDevice::gated`) reads sockets directly again. A stream of
-/// large frames is at a boundary for a few polls between two of them (reading then found the
-/// socket empty about 4 times per 1 MiB message); a ping-pong of small messages never gates.
-const GATE_LINGER: u32 = 64;
 
 /// A connect in progress: the dial (which ports are left) and the connect IRB.
 struct Attempt {
@@ -169,15 +164,6 @@ pub struct TcpDevice {
     lent_conns: Vec<usize>,
     /// The table or a connection's handle changed since the sockets were last listed.
     lent_stale: bool,
-    /// Some connection waits for an edge: a large payload's read came up short, or a write
-    /// would block. Polls then ask epoll first (no direct reads, no lending) until none
-    /// does. A read or write that finds a socket empty or full takes the socket's lock
-    /// that the other core's network processing needs for that very socket; `epoll_wait`
-    /// takes none (measured on loopback, 1 MiB streaming with `write_turn`: about 5 to
-    /// 9 GB/s, and no fewer messages per second for small ones, which never set it).
-    gated: bool,
-    /// Gated polls in a row that found nothing awaited (see `GATE_LINGER`).
-    gate_idle: u32,
     /// Flushes that stopped at `write_turn` with more queued (the `write_turns` attribute).
     write_turns: u64,
 }
@@ -574,10 +560,10 @@ impl TcpDevice {
 
     /// Writes queued bytes until the socket would block, or `write_turn` bytes went in this
     /// call (the entry that reaches it whole): then the connection stays listed (`dirty`) and
-    /// the next poll writes on. A sender
-    /// that wrote its whole backlog in one go held the socket for all of it, and the
-    /// acknowledgements that move the data on queued behind it on this core; a turn's pause
-    /// lets them run (measured on loopback, 1 MiB streaming with `gated`: about 5 to 9 GB/s).
+    /// the next poll writes on. A sender that wrote its whole backlog in one go held the
+    /// socket for all of it, and the acknowledgements that move the data on queued behind it
+    /// on this core; a turn's pause lets them run (measured on loopback, 1 MiB streaming:
+    /// about 5 to 8 GB/s).
     fn flush(&mut self, idx: usize) {
         self.flush_up_to(idx, self.cfg.write_turn);
     }
@@ -638,11 +624,7 @@ impl TcpDevice {
             };
             match result {
                 Ok(()) => continue,
-                Err(e) if would_block(&e) => {
-                    // The writable edge is awaited through epoll (see `gated`).
-                    self.gated = true;
-                    return;
-                }
+                Err(e) if would_block(&e) => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     let out = c.proto.write_error(&e.to_string());
@@ -907,16 +889,10 @@ impl TcpDevice {
                             self.apply(idx, out);
                         }
                         if n < want && !hup {
-                            // Drained (see the short-read note below) in the middle of a
-                            // large payload: the rest is awaited through epoll.
-                            self.gated = true;
-                            return;
+                            return; // drained: see the short-read note below
                         }
                     }
-                    Err(Errno::AGAIN) => {
-                        self.gated = true;
-                        return;
-                    }
+                    Err(Errno::AGAIN) => return,
                     Err(Errno::INTR) => {}
                     Err(e) => {
                         let out = c.proto.read_error(&io::Error::from(e).to_string(), false);
@@ -1287,8 +1263,6 @@ impl Device for TcpDevice {
             lent: LentStreams::default(),
             lent_conns: Vec::new(),
             lent_stale: true,
-            gated: false,
-            gate_idle: 0,
             write_turns: 0,
         };
         // Lent busy and empty; `relend` lists the sockets once connections open.
@@ -1359,8 +1333,6 @@ impl Device for TcpDevice {
             "inline_sends" => Some(self.inline_sends.to_string()),
             // Flushes that stopped at `write_turn` bytes with more queued.
             "write_turns" => Some(self.write_turns.to_string()),
-            // Whether polls ask epoll first because a connection awaits an edge (`gated`).
-            "gated" => Some(self.gated.to_string()),
             // As vmi-info shows it.
             "protocols" => {
                 Some("eager for every size: the bytes stream on the socket, no rendezvous".into())
@@ -1841,7 +1813,6 @@ impl TcpDevice {
     #[allow(unsafe_code)]
     fn relend(&mut self) {
         let lendable = self.open_conns() <= DIRECT_MAX_CONNS
-            && !self.gated
             && self.dirty.is_empty()
             && self.finishing.is_empty()
             && self.again.is_empty()
@@ -1928,7 +1899,6 @@ impl TcpDevice {
         // still asked every DIRECT_EPOLL_EVERY polls and after every sleep, for accepts,
         // writability and connections in their handshake.
         if self.open_conns() <= DIRECT_MAX_CONNS
-            && !self.gated
             && !self.epoll_due.replace(false)
             && !self.turn.is_multiple_of(DIRECT_EPOLL_EVERY)
         {
@@ -2001,31 +1971,8 @@ impl TcpDevice {
         if self.accept_retry {
             self.accept_all();
         }
-        if self.gated {
-            // Between two large frames a stream is briefly at a boundary: the gate lifts only
-            // after `GATE_LINGER` polls in a row with nothing awaited.
-            if self.awaits_edge() {
-                self.gate_idle = 0;
-            } else {
-                self.gate_idle += 1;
-                if self.gate_idle >= GATE_LINGER {
-                    self.gated = false;
-                    self.gate_idle = 0;
-                }
-            }
-        }
         self.check_deadlines();
         n
-    }
-
-    /// Whether some connection waits for an epoll edge (see `gated`): it is in the middle of
-    /// a frame, or has sends queued.
-    #[cold]
-    fn awaits_edge(&self) -> bool {
-        self.conns
-            .iter()
-            .flatten()
-            .any(|c| !c.proto.at_boundary() || !c.tx.is_empty())
     }
 }
 
