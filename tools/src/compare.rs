@@ -491,8 +491,6 @@ fn round(opts: &Options, r: usize) -> Vec<Peer> {
     if streams {
         say("ucx_perftest (UCX_TLS=tcp, one rail)");
         peers.push(ucx_with("ucx tcp1", "tcp", Some(UCX_ONE_RAIL), opts));
-    }
-    if streams {
         say("fi_pingpong (tcp)");
         peers.push(fi("tcp", opts));
     }

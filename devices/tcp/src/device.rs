@@ -598,14 +598,15 @@ impl TcpDevice {
                 }
                 return;
             }
-            // Everything queued ahead of a close goes out in one writev (up to MAX_IOV
-            // pieces): a backlog of small sends costs one system call, not one each.
             if left == 0 {
                 // This poll's turn is spent: the next poll writes on.
                 self.write_turns += 1;
                 mark_dirty(&mut self.dirty, &self.lent, c, idx);
                 return;
             }
+            // Everything queued ahead of a close goes out in one writev (up to MAX_IOV
+            // pieces and about `left` bytes): a backlog of small sends costs one system
+            // call, not one each.
             let written = {
                 let mut slices = [IoSlice::new(&[]); MAX_IOV];
                 let n = c.tx.gather(&mut slices, left);
