@@ -106,6 +106,7 @@ fn a_forged_proof_is_dropped() {
         "send=;recv=",
         b"",
         Some(&[7; 32]),
+        false,
     ))
     .unwrap();
     let mut challenge = vec![0u8; CHALLENGE_LEN];

@@ -114,6 +114,8 @@ pub struct Rec {
     pub reject: bool,
     /// Connect data of each accepted request.
     pub accepted: Vec<Vec<u8>>,
+    /// The last connection this side accepted.
+    pub accepted_conn: Option<ConnId>,
     /// How this side's connect ended.
     pub outcome: Option<Outcome>,
     /// The connection this side opened.
@@ -131,6 +133,7 @@ pub struct Rec {
 impl Handler for Rec {
     fn accept(&mut self, _ctx: &mut Ctx<'_>, req: &mut ConnectRequest<'_>) -> Decision {
         self.accepted.push(req.data.read_to_vec());
+        self.accepted_conn = Some(req.conn);
         if self.reject {
             Decision::Reject(b"no thanks".to_vec())
         } else {
@@ -221,5 +224,10 @@ impl Pair {
     /// The open connection from `a` to `b`.
     pub fn conn(&self) -> ConnId {
         self.ha.conn.expect("connected")
+    }
+
+    /// The same connection, as `b` knows it.
+    pub fn conn_b(&self) -> ConnId {
+        self.hb.accepted_conn.expect("accepted")
     }
 }

@@ -93,6 +93,18 @@ pub const PARAMS: &[VmiParamSpec] = &[
         c"a poll writes at most this many bytes to one connection, then lets the socket go until the next poll (a sender that stays in one long write holds the socket, and the acknowledgements that would move the data on wait for it); at least 64k",
     ),
     param(
+        c"lanes",
+        VMI_PARAM_UINT,
+        c"1",
+        c"sockets per connection for large fragments, 1 to 4: with more than 1, a connector opens that many minus one lanes (extra sockets to the same port) when the listener offers them, and fragments of at least stripe_min bytes are cut into parts written and read on every socket at once; 1: one socket per connection (half the descriptors)",
+    ),
+    param(
+        c"stripe_min",
+        VMI_PARAM_UINT,
+        c"256k",
+        c"fragments of at least this many bytes are striped over a connection's lanes (each part at least 64k)",
+    ),
+    param(
         c"nodelay",
         VMI_PARAM_BOOL,
         c"true",
@@ -109,6 +121,9 @@ pub const PARAMS: &[VmiParamSpec] = &[
 /// The smallest `write_turn` (a smaller one is raised to it): below it the system calls, not
 /// the socket, bound a stream.
 pub const WRITE_TURN_MIN: usize = 64 * 1024;
+
+/// The smallest part of a striped fragment: smaller fragments use fewer sockets.
+pub const STRIPE_PART_MIN: usize = 64 * 1024;
 
 /// Typed configuration.
 #[derive(Clone, Debug)]
@@ -147,6 +162,10 @@ pub struct TcpConfig {
     pub auth_key_file: String,
     /// Lend the sockets to the host (ABI 1.8).
     pub lend_streams: bool,
+    /// Sockets per connection (1: no lanes).
+    pub lanes: usize,
+    /// Fragments at least this large are striped.
+    pub stripe_min: usize,
 }
 
 fn port(c: &Config, name: &str) -> Result<u16, String> {
@@ -178,7 +197,16 @@ impl TcpConfig {
             max_connections: c.get_u64("max_connections").map_err(e)?.max(1) as usize,
             peer_timeout: c.get_millis("peer_timeout_ms").map_err(e)?,
             auth_key_file: c.get("auth_key_file").map_err(e)?.to_string(),
+            lanes: c.get_u64("lanes").map_err(e)? as usize,
+            stripe_min: (c.get_u64("stripe_min").map_err(e)? as usize).max(2 * STRIPE_PART_MIN),
         };
+        if !(1..=crate::proto::stripe::MAX_SOCKETS).contains(&cfg.lanes) {
+            return Err(format!(
+                "parameter 'lanes' = {} must be between 1 (one socket per connection) and {}",
+                cfg.lanes,
+                crate::proto::stripe::MAX_SOCKETS
+            ));
+        }
         if cfg.max_fragment == 0 || cfg.max_fragment > u32::MAX as u64 {
             return Err(format!(
                 "parameter 'max_fragment' = {} must be between 1 and {} (4 GiB - 1)",

@@ -19,13 +19,58 @@ use vmi_device::{
     Capabilities, CompletingIrb, Config, ConnMap, Device, DeviceKind, Disposition, Host, Irb, Op,
 };
 
-use crate::config::{PARAMS, TcpConfig};
+use crate::config::{PARAMS, STRIPE_PART_MIN, TcpConfig};
 use crate::io::{Sending, connect, listen, write_gather};
+use crate::proto::stripe::{part_len, part_range};
 use crate::proto::{Connection, Dial, Local, Output, State, probe_ports, split_host_port};
-use crate::sendq::{self, MAX_IOV, SendQueue, Tx};
-use crate::wire::{AnswerRepr, AnswerStatus, FrameRepr, HelloRepr};
+use crate::sendq::{self, MAX_IOV, SendQueue, StripedSends, Tx};
+use crate::wire::{
+    AnswerRepr, AnswerStatus, FrameRepr, HelloRepr, LANE_ANSWER_LEN, StripeRepr, TOKEN_LEN,
+    emit_lane_answer, emit_lane_hello, emit_lane_offer, emit_piece, lane_answer_attached,
+};
 
 const LISTENER: Token = Token(usize::MAX);
+/// A lane's token carries its number (1 to 3) in the top bits above its connection's index.
+const LANE_SHIFT: u32 = usize::BITS - 4;
+
+/// The epoll token of lane `lane` (1-based; 0 is the connection's own socket) of `idx`.
+fn lane_token(idx: usize, lane: usize) -> Token {
+    Token(idx | (lane << LANE_SHIFT))
+}
+
+/// A token's connection index and lane (0: the connection's own socket).
+fn split_token(t: Token) -> (usize, usize) {
+    (t.0 & ((1 << LANE_SHIFT) - 1), t.0 >> LANE_SHIFT)
+}
+
+/// An extra socket of a connection, carrying parts of large fragments (`proto::stripe`).
+struct Lane {
+    sock: mio::net::TcpStream,
+    /// Its lane hello or answer, then the parts queued on it.
+    tx: SendQueue,
+    /// The TCP connect finished (at once for a lane the listener attached).
+    connected: bool,
+    /// Connector: the listener's lane answer as it arrives; `None` once it said "attached"
+    /// (and always on the listener's side).
+    answer: Option<([u8; LANE_ANSWER_LEN], usize)>,
+}
+
+impl Lane {
+    /// This side may send parts on it.
+    fn ready(&self) -> bool {
+        self.connected && self.answer.is_none()
+    }
+}
+
+/// What a read of a connector's lane answer came to.
+enum LaneAnswer {
+    /// The listener attached the lane.
+    Attached,
+    /// Not all of it is here yet.
+    Wait,
+    /// The lane is gone (refused, closed or failed before its answer).
+    Gone,
+}
 /// Up to this many connections, a busy poll reads the sockets directly instead of asking
 /// epoll first.
 const DIRECT_MAX_CONNS: usize = 4;
@@ -68,6 +113,11 @@ struct Conn {
     peer_done: bool,
     /// What the host's read of this socket left to this device while it was lent.
     rest: StreamRest,
+    /// Its lanes, lane 1 first (see `proto::stripe`).
+    lanes: Vec<Lane>,
+    /// The lanes offered (at most) and their token: the listener's offer, or the one the
+    /// connector took.
+    lane_offer: Option<(u8, [u8; TOKEN_LEN])>,
 }
 
 impl Conn {
@@ -93,7 +143,16 @@ impl Conn {
             closing: None,
             peer_done: false,
             rest: StreamRest::default(),
+            lanes: Vec::new(),
+            lane_offer: None,
         }
+    }
+
+    /// Nothing waits to be written on its lanes, and none waits for its answer.
+    fn lanes_idle(&self) -> bool {
+        self.lanes
+            .iter()
+            .all(|l| l.tx.is_empty() && l.answer.is_none())
     }
 }
 
@@ -166,6 +225,12 @@ pub struct TcpDevice {
     lent_stale: bool,
     /// Flushes that stopped at `write_turn` with more queued (the `write_turns` attribute).
     write_turns: u64,
+    /// Striped sends being written.
+    striped: StripedSends,
+    /// Listener: the connections whose lanes may still join, by token.
+    lane_tokens: std::collections::HashMap<[u8; TOKEN_LEN], usize>,
+    /// Fragments sent striped over lanes (the `striped_sends` attribute).
+    striped_sends: u64,
 }
 
 /// One `read(2)` of a socket. Through rustix, not `std::io::Read`: a poll that finds the
@@ -297,6 +362,14 @@ impl TcpDevice {
         let mut c = self.conns.get_mut(idx)?.take()?;
         self.queued_total -= c.tx.bytes();
         let _ = self.poll.registry().deregister(&mut c.sock);
+        for l in &mut c.lanes {
+            let _ = self.poll.registry().deregister(&mut l.sock);
+        }
+        if let Some((_, token)) = c.lane_offer
+            && self.lane_tokens.get(&token) == Some(&idx)
+        {
+            self.lane_tokens.remove(&token);
+        }
         if c.timed {
             self.timed -= 1;
         }
@@ -387,6 +460,21 @@ impl TcpDevice {
                 self.take(idx);
             }
             Output::Authenticated => {}
+            Output::Lane { lane, token } => self.attach_lane(idx, lane, token),
+            Output::LaneOffer { lanes, token } => {
+                let Some(c) = self.conns[idx].as_mut() else {
+                    return;
+                };
+                if self.cfg.lanes < 2 || c.lane_offer.is_some() {
+                    let detail = format!(
+                        "protocol violation by {}: lanes offered unasked or twice",
+                        c.proto.peer()
+                    );
+                    return self.fail(idx, Status::Protocol, &detail, true);
+                }
+                c.lane_offer = Some((lanes.min(self.cfg.lanes as u8 - 1), token));
+                self.open_lane(idx);
+            }
             Output::Closed => {
                 if let Some(mut c) = self.take(idx)
                     && let Some(irb) = c.closing.take()
@@ -426,11 +514,32 @@ impl TcpDevice {
         }
         let close_status = aborted.unwrap_or(Status::Ok);
         let mut local_close = false;
+        for l in &mut c.lanes {
+            if aborted.is_some() {
+                let _ = socket2::SockRef::from(&l.sock).set_linger(Some(Duration::ZERO));
+            } else {
+                let _ = l.sock.shutdown(std::net::Shutdown::Both);
+            }
+            for tx in l.tx.drain() {
+                if let Tx::Part { send, .. } = tx
+                    && let Some(mut irb) = self.striped.fail(send)
+                {
+                    irb.set_detail(detail);
+                    irb.complete(aborted.unwrap_or(Status::ConnectionLost));
+                }
+            }
+        }
         for tx in c.tx.drain() {
             match tx {
                 Tx::Frame { mut irb, .. } => {
                     irb.set_detail(detail);
                     irb.complete(aborted.unwrap_or(Status::ConnectionLost));
+                }
+                Tx::Part { send, .. } => {
+                    if let Some(mut irb) = self.striped.fail(send) {
+                        irb.set_detail(detail);
+                        irb.complete(aborted.unwrap_or(Status::ConnectionLost));
+                    }
                 }
                 Tx::Close { irb: Some(mut irb) } => {
                     local_close = true;
@@ -576,12 +685,27 @@ impl TcpDevice {
                 return;
             };
             if c.tx.is_empty() {
-                return;
+                return self.flush_lanes(idx, limit);
+            }
+            if c.tx.close_is_next() && !c.lanes.iter().all(|l| l.tx.is_empty()) {
+                // The parts on the lanes belong to frames ahead of the close: they go first
+                // (a lane's writable event flushes again).
+                self.flush_lanes(idx, usize::MAX);
+                if self.conns[idx]
+                    .as_ref()
+                    .is_none_or(|c| !c.lanes.iter().all(|l| l.tx.is_empty()))
+                {
+                    return;
+                }
+                continue;
             }
             if let Some(irb) = c.tx.take_close() {
                 // Everything ahead of the close is written.
                 let _ = c.sock.flush();
                 let _ = c.sock.shutdown(std::net::Shutdown::Write);
+                for l in &c.lanes {
+                    let _ = l.sock.shutdown(std::net::Shutdown::Write);
+                }
                 match irb {
                     // A local disconnect: read on until the peer closes too (its last data
                     // and notices arrive), then complete.
@@ -602,22 +726,22 @@ impl TcpDevice {
                 // This poll's turn is spent: the next poll writes on.
                 self.write_turns += 1;
                 mark_dirty(&mut self.dirty, &self.lent, c, idx);
-                return;
+                return self.flush_lanes(idx, limit);
             }
             // Everything queued ahead of a close goes out in one writev (up to MAX_IOV
             // pieces and about `left` bytes): a backlog of small sends costs one system
             // call, not one each.
             let written = {
                 let mut slices = [IoSlice::new(&[]); MAX_IOV];
-                let n = c.tx.gather(&mut slices, left);
+                let n = c.tx.gather(&mut slices, left, &self.striped);
                 Sending(&c.sock).write_vectored(&slices[..n])
             };
             let result = match written {
                 // Nothing taken (no piece to write, or a socket that took none): wait for
                 // the next writable event rather than spin.
-                Ok(0) => return,
+                Ok(0) => return self.flush_lanes(idx, limit),
                 Ok(w) => {
-                    self.queued_total -= c.tx.credit(w, &mut self.tx_spare);
+                    self.queued_total -= c.tx.credit(w, &mut self.tx_spare, &mut self.striped);
                     left -= w.min(left);
                     Ok(())
                 }
@@ -625,7 +749,7 @@ impl TcpDevice {
             };
             match result {
                 Ok(()) => continue,
-                Err(e) if would_block(&e) => return,
+                Err(e) if would_block(&e) => return self.flush_lanes(idx, limit),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     let out = c.proto.write_error(&e.to_string());
@@ -633,6 +757,341 @@ impl TcpDevice {
                 }
             }
         }
+    }
+
+    /// Writes what is queued on each lane of connection `idx` (as `flush_up_to` does on the
+    /// connection's own socket, `limit` bytes per lane at most).
+    fn flush_lanes(&mut self, idx: usize, limit: usize) {
+        let n = self.conns[idx].as_ref().map_or(0, |c| c.lanes.len());
+        for li in 0..n {
+            let mut left = limit;
+            loop {
+                let Some(c) = self.conns[idx].as_mut() else {
+                    return;
+                };
+                let Some(l) = c.lanes.get_mut(li) else {
+                    return;
+                };
+                if !l.connected || l.tx.is_empty() {
+                    break;
+                }
+                if left == 0 {
+                    self.write_turns += 1;
+                    mark_dirty(&mut self.dirty, &self.lent, c, idx);
+                    break;
+                }
+                let written = {
+                    let mut slices = [IoSlice::new(&[]); MAX_IOV];
+                    let n = l.tx.gather(&mut slices, left, &self.striped);
+                    Sending(&l.sock).write_vectored(&slices[..n])
+                };
+                match written {
+                    Ok(0) => break,
+                    Ok(w) => {
+                        l.tx.credit(w, &mut self.tx_spare, &mut self.striped);
+                        c.proto.note_sent();
+                        left -= w.min(left);
+                    }
+                    Err(e) if would_block(&e) => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        let detail =
+                            format!("write to lane {} of {} failed: {e}", li + 1, c.proto.peer());
+                        return self.fail(idx, Status::ConnectionLost, &detail, true);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Connector: opens the next lane the listener offered (one at a time, in order: lane
+    /// `n + 1` once lane `n` is attached), to the address the connection reached.
+    fn open_lane(&mut self, idx: usize) {
+        let Some(c) = self.conns[idx].as_mut() else {
+            return;
+        };
+        let Some((offered, token)) = c.lane_offer else {
+            return;
+        };
+        let lane = c.lanes.len() + 1;
+        if lane > offered as usize || !c.proto.is_open() {
+            return;
+        }
+        let addr = match c.sock.peer_addr() {
+            Ok(a) => a,
+            Err(e) => return log::warn!("tcp: no lane for {}: {e}", c.proto.peer()),
+        };
+        let mut sock = match connect(addr, self.cfg.nodelay) {
+            Ok(s) => s,
+            Err(e) => return log::warn!("tcp: cannot open lane {lane} to {addr}: {e}"),
+        };
+        if let Err(e) = self.poll.registry().register(
+            &mut sock,
+            lane_token(idx, lane),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            return log::warn!("tcp: cannot register lane {lane} to {addr}: {e}");
+        }
+        let mut tx = SendQueue::default();
+        tx.queue_owned(emit_lane_hello(lane as u8, &token).to_vec());
+        c.lanes.push(Lane {
+            sock,
+            tx,
+            connected: false,
+            answer: Some(([0; LANE_ANSWER_LEN], 0)),
+        });
+        c.proto.decoder().set_lanes(c.lanes.len());
+        log::debug!("tcp: opening lane {lane} to {addr}");
+    }
+
+    /// Connector: drops its last lane, which the listener never attached (refused, or its
+    /// connect or answer failed); the connection goes on with the lanes before it.
+    fn drop_lane(&mut self, idx: usize, why: &str) {
+        let Some(c) = self.conns[idx].as_mut() else {
+            return;
+        };
+        if let Some(mut l) = c.lanes.pop() {
+            let _ = self.poll.registry().deregister(&mut l.sock);
+            log::warn!(
+                "tcp: lane {} to {} not attached: {why}; the connection goes on with {} lane(s)",
+                c.lanes.len() + 1,
+                c.proto.peer(),
+                c.lanes.len()
+            );
+        }
+        c.proto.decoder().set_lanes(c.lanes.len());
+        // No more lanes are opened for this connection.
+        c.lane_offer = None;
+    }
+
+    /// Listener: the socket of handshake slot `idx` asks to join the connection of `token`
+    /// as lane `lane`. It must come from the connection's peer address, for a connection
+    /// that offered lanes, as its next lane; else it is refused and closed.
+    fn attach_lane(&mut self, idx: usize, lane: u8, token: [u8; TOKEN_LEN]) {
+        let Some(h) = self.take(idx) else { return };
+        let from = h.sock.peer_addr().ok().map(|a| a.ip());
+        let target = self.lane_tokens.get(&token).copied();
+        let fits = target
+            .and_then(|t| self.conns.get(t)?.as_ref())
+            .is_some_and(|c| {
+                c.proto.is_open()
+                    && c.lane_offer
+                        .is_some_and(|(n, _)| lane <= n && lane as usize == c.lanes.len() + 1)
+                    && c.sock.peer_addr().ok().map(|a| a.ip()) == from
+            });
+        let (Some(t), true) = (target, fits) else {
+            log::warn!(
+                "tcp: refused a lane from {}: no connection offered lane {lane} with its token from that address",
+                h.proto.peer()
+            );
+            let _ = Sending(&h.sock).write(&emit_lane_answer(false));
+            return;
+        };
+        let mut sock = h.sock;
+        if let Err(e) = self.poll.registry().register(
+            &mut sock,
+            lane_token(t, lane as usize),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            return log::warn!("tcp: cannot register a lane: {e}");
+        }
+        let Some(c) = self.conns[t].as_mut() else {
+            return;
+        };
+        let mut tx = SendQueue::default();
+        tx.queue_owned(emit_lane_answer(true).to_vec());
+        c.lanes.push(Lane {
+            sock,
+            tx,
+            connected: true,
+            answer: None,
+        });
+        c.proto.decoder().set_lanes(c.lanes.len());
+        if c.lane_offer
+            .is_some_and(|(n, _)| c.lanes.len() == n as usize)
+        {
+            self.lane_tokens.remove(&token);
+        }
+        log::debug!("tcp: lane {lane} of {} attached", c.proto.peer());
+        self.lent_stale = true;
+        self.flush(t);
+    }
+
+    /// A lane's socket is writable: its connect finished (or failed), or it takes more.
+    fn on_lane_writable(&mut self, idx: usize, lane: usize) {
+        let Some(l) = self.conns[idx]
+            .as_mut()
+            .and_then(|c| c.lanes.get_mut(lane - 1))
+        else {
+            return;
+        };
+        if !l.connected {
+            let err = match l.sock.take_error() {
+                Ok(Some(e)) => Some(e),
+                Ok(None) => l.sock.peer_addr().err(),
+                Err(e) => Some(e),
+            };
+            match err {
+                Some(e) if e.kind() == io::ErrorKind::NotConnected => return,
+                Some(e) => return self.drop_lane(idx, &format!("connect failed: {e}")),
+                None => l.connected = true,
+            }
+        }
+        self.flush(idx);
+    }
+
+    /// A lane's socket is readable: the connector's lane answer, or parts of the striped
+    /// frame being read.
+    fn on_lane_readable(&mut self, idx: usize, lane: usize) {
+        if matches!(self.read_lane_answer(idx, lane), LaneAnswer::Gone) {
+            return;
+        }
+        if self.conns[idx]
+            .as_mut()
+            .is_some_and(|c| c.proto.decoder().striped_sockets() > lane)
+        {
+            self.on_readable(idx, false);
+        }
+    }
+
+    /// Connector: reads the listener's answer on lane `lane`, if it is still due. Attached:
+    /// the lane takes parts, and the next lane opens.
+    fn read_lane_answer(&mut self, idx: usize, lane: usize) -> LaneAnswer {
+        let Some(l) = self.conns[idx]
+            .as_mut()
+            .and_then(|c| c.lanes.get_mut(lane - 1))
+        else {
+            return LaneAnswer::Gone;
+        };
+        let Some((buf, got)) = l.answer.as_mut() else {
+            return LaneAnswer::Attached;
+        };
+        let why = loop {
+            match read_socket(&l.sock, &mut buf[*got..]) {
+                Ok(0) => break "closed before answering".to_string(),
+                Ok(n) => {
+                    *got += n;
+                    if *got < LANE_ANSWER_LEN {
+                        continue;
+                    }
+                    if !lane_answer_attached(buf) {
+                        break "the listener refused it".to_string();
+                    }
+                    l.answer = None;
+                    log::debug!("tcp: lane {lane} attached");
+                    self.lent_stale = true;
+                    self.open_lane(idx);
+                    return LaneAnswer::Attached;
+                }
+                Err(Errno::AGAIN) => return LaneAnswer::Wait,
+                Err(Errno::INTR) => {}
+                Err(e) => break io::Error::from(e).to_string(),
+            }
+        };
+        // Not attached, so the listener never sent a part on it: a striped frame that
+        // names it is the peer's fault, and fails when it finds the lane gone.
+        self.drop_lane(idx, &why);
+        LaneAnswer::Gone
+    }
+
+    /// Reads the lanes' parts of the striped frame being read on connection `idx`, each until
+    /// its part is in or its socket is empty; the frame goes up once whole.
+    fn read_lanes(&mut self, idx: usize) {
+        let sockets = match self.conns[idx].as_mut() {
+            Some(c) => c.proto.decoder().striped_sockets(),
+            None => return,
+        };
+        for lane in 1..sockets {
+            loop {
+                let Some(c) = self.conns[idx].as_mut() else {
+                    return;
+                };
+                if c.proto.decoder().striped_sockets() == 0 {
+                    return; // whole: delivered
+                }
+                if c.lanes.get(lane - 1).is_none() {
+                    let detail = format!(
+                        "protocol violation by {}: a striped fragment names lane {lane}, which it never attached",
+                        c.proto.peer()
+                    );
+                    return self.fail(idx, Status::Protocol, &detail, true);
+                }
+                match self.read_lane_answer(idx, lane) {
+                    LaneAnswer::Attached => {}
+                    LaneAnswer::Wait => break,
+                    LaneAnswer::Gone => continue,
+                }
+                let Some(c) = self.conns[idx].as_mut() else {
+                    return;
+                };
+                let Conn { lanes, proto, .. } = c;
+                let l = &lanes[lane - 1];
+                let Some(target) = proto.decoder().lane_target(lane) else {
+                    break;
+                };
+                match read_socket(&l.sock, target) {
+                    Ok(0) => {
+                        let detail = format!(
+                            "lane {lane} of {} closed in the middle of a fragment",
+                            proto.peer()
+                        );
+                        return self.fail(idx, Status::ConnectionLost, &detail, true);
+                    }
+                    Ok(n) => {
+                        if let Some(out) = proto.lane_done(lane, n, &self.local, Instant::now()) {
+                            self.apply(idx, out);
+                        }
+                    }
+                    Err(Errno::AGAIN) => break,
+                    Err(Errno::INTR) => {}
+                    Err(e) => {
+                        let detail = format!(
+                            "lane {lane} of {} failed: {}",
+                            proto.peer(),
+                            io::Error::from(e)
+                        );
+                        return self.fail(idx, Status::ConnectionLost, &detail, true);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends `irb` striped over the connection's socket and `sockets - 1` lanes (each part
+    /// queued on its socket, the IRB completed when all are written).
+    fn send_striped(&mut self, idx: usize, irb: Irb, sockets: usize) -> Disposition {
+        let len = irb.data_len();
+        let Some(part) = part_len(len, sockets) else {
+            return Disposition::Complete(irb, Status::Invalid);
+        };
+        let header = StripeRepr {
+            end: irb.is_end(),
+            filter_flags: wire_flags(irb.flags()),
+            sockets: sockets as u8,
+            len: len as u32,
+        }
+        .emit();
+        let send = self.striped.insert(irb, sockets as u8);
+        let Some(c) = self.conns[idx].as_mut() else {
+            if let Some(irb) = self.striped.fail(send) {
+                irb.complete(Status::ConnectionLost);
+            }
+            return Disposition::Pending;
+        };
+        let r = part_range(len, part, 0);
+        c.tx.push_part(send, header, r.start, r.end);
+        for (i, l) in c.lanes.iter_mut().enumerate().take(sockets - 1) {
+            let r = part_range(len, part, i + 1);
+            l.tx.push_part(
+                send,
+                emit_piece(i as u8 + 1, r.len() as u32),
+                r.start,
+                r.end,
+            );
+        }
+        self.striped_sends += 1;
+        self.flush(idx);
+        Disposition::Pending
     }
 
     /// Whether this poll may hand up another fragment: its credit (the budget, capped at the
@@ -688,6 +1147,9 @@ impl TcpDevice {
         let Some(c) = self.conns[idx].as_mut() else {
             return;
         };
+        if c.proto.decoder().striped_sockets() > 0 {
+            return self.on_readable(idx, false);
+        }
         if !c.proto.is_open() || !c.parked.is_empty() {
             return;
         }
@@ -823,6 +1285,20 @@ impl TcpDevice {
                 if terminal || self.conns[idx].is_none() {
                     return false;
                 }
+            } else if self.conns[idx]
+                .as_mut()
+                .is_some_and(|c| c.proto.decoder().striped_sockets() > 0)
+            {
+                // A striped frame began or goes on: its lanes may hold their parts already.
+                self.read_lanes(idx);
+                let Some(c) = self.conns[idx].as_mut() else {
+                    return false;
+                };
+                if c.proto.decoder().waits_for_lanes() {
+                    // What follows its part here waits for the lanes.
+                    c.parked.extend_from_slice(&input[off..]);
+                    return false;
+                }
             }
             self.settle(idx);
             if self.conns[idx].as_ref().is_some_and(|c| !c.tx.is_empty()) {
@@ -862,6 +1338,12 @@ impl TcpDevice {
     /// `hup`: the event also reported the peer's close (or an error); then reads go on until
     /// they return end of stream, since no further edge will announce it.
     fn on_readable(&mut self, idx: usize, hup: bool) {
+        if self.conns[idx]
+            .as_mut()
+            .is_some_and(|c| c.proto.decoder().striped_sockets() > 0)
+        {
+            self.read_lanes(idx);
+        }
         if !self.feed_parked(idx) {
             return;
         }
@@ -877,6 +1359,19 @@ impl TcpDevice {
                 // The peer's end of stream was read already, and the connection closes once
                 // the host has answered it: reading it again must not end it first.
                 return;
+            }
+            if c.proto.decoder().waits_for_lanes() {
+                // A striped frame's part on this socket is in: the next bytes here belong to
+                // the next frame, read once the lanes' parts are in (a lane's event, or the
+                // next busy poll, comes back here).
+                self.read_lanes(idx);
+                if self.conns[idx]
+                    .as_mut()
+                    .is_none_or(|c| c.proto.decoder().waits_for_lanes())
+                {
+                    return;
+                }
+                continue;
             }
             if let Some(target) = c.proto.decoder().direct_target() {
                 let want = target.len();
@@ -965,6 +1460,25 @@ impl TcpDevice {
         irb.pass();
         self.budget_left = self.budget_left.saturating_sub(1);
         self.held_bytes += len;
+    }
+
+    /// Listener: after an accepting answer, offers the connector lanes when both sides want
+    /// them (its hello said it can open them; this side's `lanes` is over 1).
+    fn offer_lanes(&mut self, idx: usize, accept: bool) {
+        let Some(c) = self.conns[idx].as_mut() else {
+            return;
+        };
+        if !accept || self.cfg.lanes < 2 || !c.proto.peer_lanes() || c.lane_offer.is_some() {
+            return;
+        }
+        let mut token = [0u8; TOKEN_LEN];
+        if let Err(e) = getrandom::fill(&mut token) {
+            return log::warn!("tcp: no lanes offered: the random source failed ({e})");
+        }
+        let lanes = (self.cfg.lanes - 1) as u8;
+        c.lane_offer = Some((lanes, token));
+        self.queued_total += c.tx.queue_owned(emit_lane_offer(lanes, &token));
+        self.lane_tokens.insert(token, idx);
     }
 
     /// A valid hello: a connect request for the application.
@@ -1265,6 +1779,9 @@ impl Device for TcpDevice {
             lent_conns: Vec::new(),
             lent_stale: true,
             write_turns: 0,
+            striped: StripedSends::default(),
+            lane_tokens: std::collections::HashMap::new(),
+            striped_sends: 0,
         };
         // Lent busy and empty; `relend` lists the sockets once connections open.
         if dev.cfg.lend_streams && dev.lent.lend(&dev.host) {
@@ -1334,6 +1851,16 @@ impl Device for TcpDevice {
             "inline_sends" => Some(self.inline_sends.to_string()),
             // Flushes that stopped at `write_turn` bytes with more queued.
             "write_turns" => Some(self.write_turns.to_string()),
+            // Fragments sent striped over lanes, and the lanes attached now.
+            "striped_sends" => Some(self.striped_sends.to_string()),
+            "lanes" => Some(
+                self.conns
+                    .iter()
+                    .flatten()
+                    .map(|c| c.lanes.iter().filter(|l| l.ready()).count())
+                    .sum::<usize>()
+                    .to_string(),
+            ),
             // As vmi-info shows it.
             "protocols" => {
                 Some("eager for every size: the bytes stream on the socket, no rendezvous".into())
@@ -1403,6 +1930,10 @@ impl Device for TcpDevice {
             return false;
         };
         if !c.proto.is_open() {
+            return false;
+        }
+        if data.len() >= self.cfg.stripe_min && c.lanes.first().is_some_and(Lane::ready) {
+            // Striped over the lanes: the IRB path writes its parts from its segments.
             return false;
         }
         let header = FrameRepr {
@@ -1522,6 +2053,16 @@ impl Device for TcpDevice {
                     return Disposition::Complete(irb, Status::ConnectionLost);
                 }
                 c.proto.note_sent();
+                if total_data >= self.cfg.stripe_min && !c.lanes.is_empty() {
+                    let ready = c.lanes.iter().take_while(|l| l.ready()).count();
+                    let mut sockets = (1 + ready).min(total_data / STRIPE_PART_MIN);
+                    while sockets >= 2 && part_len(total_data, sockets).is_none() {
+                        sockets -= 1;
+                    }
+                    if sockets >= 2 {
+                        return self.send_striped(idx, irb, sockets);
+                    }
+                }
                 // The first send on a connection in each poll turn is written at once
                 // (latency); further sends in the same turn are queued and written together
                 // at the next poll, or as soon as a batch is full: a stream of small sends
@@ -1607,6 +2148,7 @@ impl Device for TcpDevice {
                             .as_ref()
                             .map(|_| vmi_device::auth::nonce())
                             .as_ref(),
+                        self.cfg.lanes > 1,
                     ),
                     dial: Dial::new(&key, &host, addrs, Instant::now(), self.cfg.connect_timeout),
                     irb: Some(irb),
@@ -1638,6 +2180,7 @@ impl Device for TcpDevice {
                     self.lent_stale = true;
                 }
                 self.settle(idx);
+                self.offer_lanes(idx, accept);
                 self.flush(idx);
                 Disposition::Complete(irb, Status::Ok)
             }
@@ -1830,6 +2373,7 @@ impl TcpDevice {
                     && c.closing.is_none()
                     && c.attempt.is_none()
                     && c.tx.is_empty()
+                    && c.lanes_idle()
             });
         if !lendable {
             return;
@@ -1948,6 +2492,16 @@ impl TcpDevice {
             if self.accept_retry {
                 self.accept_all();
             }
+            let (idx, lane) = split_token(token);
+            if lane > 0 {
+                if w {
+                    self.on_lane_writable(idx, lane);
+                }
+                if r {
+                    self.on_lane_readable(idx, lane);
+                }
+                continue;
+            }
             if w {
                 self.on_writable(token.0);
             }
@@ -1992,9 +2546,15 @@ impl Drop for TcpDevice {
         }
         for idx in 0..self.conns.len() {
             if let Some(mut c) = self.take(idx) {
-                for tx in c.tx.drain() {
+                let lanes = c.lanes.iter_mut().flat_map(|l| l.tx.drain());
+                for tx in lanes.chain(c.tx.drain()) {
                     match tx {
                         Tx::Frame { irb, .. } => irb.complete(Status::Cancelled),
+                        Tx::Part { send, .. } => {
+                            if let Some(irb) = self.striped.fail(send) {
+                                irb.complete(Status::Cancelled);
+                            }
+                        }
                         Tx::Close { irb: Some(irb) } => irb.complete(Status::Ok),
                         _ => {}
                     }

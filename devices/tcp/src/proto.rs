@@ -4,6 +4,7 @@
 //! handshake, the connection states and hostile input are tested without sockets.
 //!
 //! - [`decoder`]: bytes → handshake and frame events, every length checked before allocating.
+//! - [`stripe`]: a large frame cut into parts over a connection's lanes, and put together.
 //! - [`connection`]: one connection's states and what each event means in each state.
 //! - [`vmi_device::dial`] (shared with the verbs device's side channel): the key-derived port
 //!   sequence a connect walks, and when it gives up.
@@ -12,6 +13,7 @@ pub mod connection;
 pub mod decoder;
 #[cfg(test)]
 mod pair;
+pub mod stripe;
 
 pub use connection::{Connection, Local, Output, State};
 pub use decoder::{DIRECT_READ_MIN, Decoder, Event, PayloadAlloc, check_hello};

@@ -82,7 +82,7 @@ proptest! {
         }
         let events = run(Decoder::listener(MAX_FRAGMENT, MAX_DATA), &bytes, &cuts).unwrap();
         prop_assert_eq!(events.len(), frames.len() + 1);
-        prop_assert_eq!(&events[0], &Event::Hello { nonce: None, from_key: "from".into(), to_key: "to".into(), signature: "send=;recv=".into(), data });
+        prop_assert_eq!(&events[0], &Event::Hello { nonce: None, lanes: false, from_key: "from".into(), to_key: "to".into(), signature: "send=;recv=".into(), data });
         for (ev, (end, flags, payload)) in events[1..].iter().zip(&frames) {
             prop_assert_eq!(ev, &Event::Frame { end: *end, filter_flags: *flags, payload: payload.clone(), at: 0 });
         }
@@ -112,12 +112,12 @@ proptest! {
             } else {
                 let mut c = Connection::connector("peer", "kb", MAX_FRAGMENT, MAX_DATA, now, Duration::from_secs(1));
                 let nonce = auth.then(vmi_device::auth::nonce);
-                c.connected(HelloRepr::emit_with("ka", "kb", "send=;recv=", b"", nonce.as_ref()));
+                c.connected(HelloRepr::emit_with("ka", "kb", "send=;recv=", b"", nonce.as_ref(), false));
                 c
             }
             .with_peer_timeout(Duration::from_secs(3));
             let mut bytes = match (valid_start, listener) {
-                (true, true) => HelloRepr::emit_with("ka", "kb", "send=;recv=", b"d", auth.then(vmi_device::auth::nonce).as_ref()),
+                (true, true) => HelloRepr::emit_with("ka", "kb", "send=;recv=", b"d", auth.then(vmi_device::auth::nonce).as_ref(), false),
                 (true, false) => AnswerRepr::emit(AnswerStatus::Accept, "", b""),
                 _ => Vec::new(),
             };

@@ -46,6 +46,21 @@ pub enum Tx {
         /// Bytes of header and segments in all.
         total: usize,
     },
+    /// One socket's part of a striped frame (see `proto::stripe`): its header, then bytes
+    /// `from..to` of the send's payload. The send is in [`StripedSends`], completed once
+    /// every part is written.
+    Part {
+        /// The send's entry in [`StripedSends`].
+        send: u32,
+        /// The striped frame header (the connection's part) or a piece header (a lane's).
+        header: [u8; 8],
+        /// Where this part starts in the payload.
+        from: usize,
+        /// Where it ends.
+        to: usize,
+        /// Bytes of header and part written.
+        off: usize,
+    },
     /// A close after everything ahead.
     Close {
         /// The IRB of a local disconnect, if it is one.
@@ -86,6 +101,17 @@ impl SendQueue {
             header,
             off,
             total,
+        });
+    }
+
+    /// Queues a part of a striped send.
+    pub fn push_part(&mut self, send: u32, header: [u8; 8], from: usize, to: usize) {
+        self.entries.push_back(Tx::Part {
+            send,
+            header,
+            from,
+            to,
+            off: 0,
         });
     }
 
@@ -148,7 +174,7 @@ impl SendQueue {
     }
 
     /// Whether a close is next (everything ahead of it written).
-    fn close_is_next(&self) -> bool {
+    pub fn close_is_next(&self) -> bool {
         matches!(self.entries.front(), Some(Tx::Close { .. }))
     }
 
@@ -168,7 +194,12 @@ impl SendQueue {
     /// they reach, and stops at the first end of an entry at or past `enough` bytes (an
     /// entry is never cut short: a frame's last bytes do not wait for another write);
     /// returns how many it filled.
-    pub fn gather<'a>(&'a self, slices: &mut [IoSlice<'a>], enough: usize) -> usize {
+    pub fn gather<'a>(
+        &'a self,
+        slices: &mut [IoSlice<'a>],
+        enough: usize,
+        striped: &'a StripedSends,
+    ) -> usize {
         let mut n = 0;
         let mut bytes = 0;
         'queued: for tx in &self.entries {
@@ -203,6 +234,31 @@ impl SendQueue {
                         n += 1;
                     }
                 }
+                Tx::Part {
+                    send,
+                    header,
+                    from,
+                    to,
+                    off,
+                } => {
+                    let Some(irb) = striped.irb(*send) else {
+                        break;
+                    };
+                    let mut skip = *off;
+                    for part in std::iter::once(&header[..]).chain(payload_range(irb, *from, *to)) {
+                        if skip >= part.len() {
+                            skip -= part.len();
+                            continue;
+                        }
+                        if n == slices.len() {
+                            break 'queued;
+                        }
+                        slices[n] = IoSlice::new(&part[skip..]);
+                        bytes += part.len() - skip;
+                        skip = 0;
+                        n += 1;
+                    }
+                }
                 Tx::Close { .. } => break,
             }
         }
@@ -212,7 +268,12 @@ impl SendQueue {
     /// Credits `w` bytes the socket took to the entries in order: whole byte entries are
     /// removed (the buffer of the last kept in `spare` for the next), whole fragments
     /// completed. Returns the bytes credited to byte entries.
-    pub fn credit(&mut self, mut w: usize, spare: &mut Vec<u8>) -> usize {
+    pub fn credit(
+        &mut self,
+        mut w: usize,
+        spare: &mut Vec<u8>,
+        striped: &mut StripedSends,
+    ) -> usize {
         let mut from_bytes = 0;
         loop {
             match self.entries.front_mut() {
@@ -241,6 +302,26 @@ impl SendQueue {
                         irb.complete(Status::Ok);
                     }
                 }
+                Some(Tx::Part {
+                    send,
+                    from,
+                    to,
+                    off,
+                    ..
+                }) => {
+                    let total = 8 + (*to - *from);
+                    let take = (total - *off).min(w);
+                    *off += take;
+                    w -= take;
+                    if *off < total {
+                        break;
+                    }
+                    let send = *send;
+                    self.entries.pop_front();
+                    if let Some(irb) = striped.part_written(send) {
+                        irb.complete(Status::Ok);
+                    }
+                }
                 Some(Tx::Close { .. }) | None => break,
             }
         }
@@ -252,6 +333,73 @@ impl SendQueue {
     pub fn drain(&mut self) -> impl Iterator<Item = Tx> + '_ {
         self.bytes = 0;
         self.entries.drain(..)
+    }
+}
+
+/// The slices of `irb`'s payload between byte `from` and byte `to`.
+fn payload_range(irb: &Irb, from: usize, to: usize) -> impl Iterator<Item = &[u8]> {
+    let mut at = 0;
+    (0..irb.segments().len()).filter_map(move |i| {
+        let s = irb.segment(i);
+        let (start, end) = (at, at + s.len());
+        at = end;
+        let (a, b) = (from.max(start), to.min(end));
+        (a < b).then(|| &s[a - start..b - start])
+    })
+}
+
+/// Striped sends in flight: each IRB with the number of its parts not yet written. An IRB
+/// completes when its last part is written, or fails once (`fail`) when its connection ends.
+#[derive(Default)]
+pub struct StripedSends {
+    entries: Vec<Option<(Irb, u8)>>,
+    free: Vec<u32>,
+}
+
+impl StripedSends {
+    /// Holds `irb` until `parts` parts are written; returns its entry.
+    pub fn insert(&mut self, irb: Irb, parts: u8) -> u32 {
+        match self.free.pop() {
+            Some(i) => {
+                self.entries[i as usize] = Some((irb, parts));
+                i
+            }
+            None => {
+                self.entries.push(Some((irb, parts)));
+                (self.entries.len() - 1) as u32
+            }
+        }
+    }
+
+    /// The IRB of entry `send`, while it is in flight.
+    pub fn irb(&self, send: u32) -> Option<&Irb> {
+        self.entries
+            .get(send as usize)?
+            .as_ref()
+            .map(|(irb, _)| irb)
+    }
+
+    /// One part of `send` is written: its IRB when that was the last.
+    pub fn part_written(&mut self, send: u32) -> Option<Irb> {
+        let slot = self.entries.get_mut(send as usize)?;
+        let (_, left) = slot.as_mut()?;
+        *left = left.saturating_sub(1);
+        if *left > 0 {
+            return None;
+        }
+        self.free.push(send);
+        slot.take().map(|(irb, _)| irb)
+    }
+
+    /// `send` cannot be written whole (its connection ended): its IRB, the first time only.
+    pub fn fail(&mut self, send: u32) -> Option<Irb> {
+        let irb = self
+            .entries
+            .get_mut(send as usize)?
+            .take()
+            .map(|(irb, _)| irb)?;
+        self.free.push(send);
+        Some(irb)
     }
 }
 
@@ -276,7 +424,8 @@ mod tests {
 
     fn written(q: &SendQueue) -> Vec<u8> {
         let mut slices = [IoSlice::new(&[]); MAX_IOV];
-        let n = q.gather(&mut slices, usize::MAX);
+        let none = StripedSends::default();
+        let n = q.gather(&mut slices, usize::MAX, &none);
         slices[..n].iter().flat_map(|s| s.iter().copied()).collect()
     }
 
@@ -306,7 +455,7 @@ mod tests {
         assert!(written(&q).is_empty(), "nothing is written past a close");
         assert_eq!(q.take_close().map(|irb| irb.is_none()), Some(true));
         assert_eq!(written(&q).len(), 10);
-        assert_eq!(q.credit(3, &mut spare), 3);
+        assert_eq!(q.credit(3, &mut spare, &mut StripedSends::default()), 3);
         assert_eq!(q.bytes(), 7);
         assert_eq!(written(&q), {
             let mut v = vec![1; 5];
@@ -315,7 +464,7 @@ mod tests {
         });
         assert!(spare.capacity() == 0, "the entry is not written yet");
         assert_eq!(
-            q.credit(100, &mut spare),
+            q.credit(100, &mut spare, &mut StripedSends::default()),
             7,
             "credit stops at what is queued"
         );
@@ -327,7 +476,8 @@ mod tests {
         q.queue_frame(&mut spare, &[3; 8], b"z");
         assert!(spare.capacity() == 0);
         let mut slices = [IoSlice::new(&[]); MAX_IOV];
-        assert_eq!(q.gather(&mut slices, usize::MAX), 1);
+        let none = StripedSends::default();
+        assert_eq!(q.gather(&mut slices, usize::MAX, &none), 1);
         assert_eq!(slices[0].as_ptr(), kept);
     }
 
@@ -351,7 +501,8 @@ mod tests {
         q.queue_owned(b"h".to_vec());
         let gathered = |q: &SendQueue, enough| {
             let mut slices = [IoSlice::new(&[]); MAX_IOV];
-            let n = q.gather(&mut slices, enough);
+            let none = StripedSends::default();
+            let n = q.gather(&mut slices, enough, &none);
             slices[..n]
                 .iter()
                 .flat_map(|s| s.iter().copied())
@@ -367,7 +518,7 @@ mod tests {
         assert_eq!(gathered(&q, usize::MAX), b"abcdefgh");
         assert!(gathered(&q, 0).is_empty(), "nothing at 0");
         // After a partial write the rest of an entry counts from where it stands.
-        assert_eq!(q.credit(2, &mut spare), 2);
+        assert_eq!(q.credit(2, &mut spare, &mut StripedSends::default()), 2);
         assert_eq!(gathered(&q, 1), b"c");
         assert_eq!(gathered(&q, 2), b"cdefg");
     }
@@ -380,9 +531,13 @@ mod tests {
         }
         q.queue_frame(&mut spare, &[9; 8], b"tail");
         let mut slices = [IoSlice::new(&[]); MAX_IOV];
-        assert_eq!(q.gather(&mut slices, usize::MAX), MAX_IOV);
+        let none = StripedSends::default();
+        assert_eq!(q.gather(&mut slices, usize::MAX, &none), MAX_IOV);
         let total = q.bytes();
-        assert_eq!(q.credit(total, &mut spare), total);
+        assert_eq!(
+            q.credit(total, &mut spare, &mut StripedSends::default()),
+            total
+        );
         assert!(q.is_empty());
         assert_eq!(q.drain().count(), 0);
     }

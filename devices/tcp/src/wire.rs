@@ -29,6 +29,19 @@
 //!   The END bit of a stream travels in the kind byte (2 = last fragment). Kind 3 is a
 //!   heartbeat (all other bytes 0), sent when a side has sent nothing for a while, so a peer
 //!   that vanished without a word (a cut link, a frozen host) is noticed.
+//!
+//! Lanes (extra sockets of one connection that carry parts of large frames, see `stripe`):
+//!   hello flags bit 1: the connector can open lanes.
+//!   Lane offer (listener -> connector, on the connection, after an accepting answer):
+//!     0 kind u8 (7) | 1 lanes offered u8 (1..=3) | 2 0 u16 | 4 length u32 (= 16) | token (16)
+//!   Lane hello (connector -> listener, first on a new socket to the same port), 24 bytes:
+//!     0 magic "VMIL" | 4 version u8 | 5 lane u8 (1..=3) | 6 0 u16 | 8 token (16)
+//!   Lane answer (listener -> connector, first on the lane), 8 bytes:
+//!     0 magic "VMIL" | 4 version u8 | 5 status u8 (0 = attached) | 6 0 u16
+//!   Striped frame (on the connection): 0 kind u8 (4 = fragment, 5 = last) | 1 sockets u8
+//!     (2..=4: the connection and lanes 1..sockets-1) | 2 filter flags u16 | 4 length u32,
+//!     then the connection's part of the payload; each lane carries its part after a piece
+//!     header: 0 kind u8 (6) | 1 lane u8 | 2 0 u16 | 4 part length u32.
 //! ```
 
 use vmi_device::auth::{NONCE_LEN, PROOF_LEN};
@@ -40,6 +53,18 @@ pub const ANSWER_MAGIC: [u8; 4] = *b"VMIA";
 pub use vmi_device::auth::{CHALLENGE_LEN, CHALLENGE_MAGIC, PROOF_MAGIC, PROOF_RECORD_LEN};
 /// Hello flag: authentication (a nonce ends the body).
 pub const HELLO_FLAG_AUTH: u8 = 1;
+/// Hello flag: the connector can open lanes (the listener may offer them).
+pub const HELLO_FLAG_LANES: u8 = 2;
+/// Lane hello and lane answer magic.
+pub const LANE_MAGIC: [u8; 4] = *b"VMIL";
+/// Lane hello length (the same as a hello header's, so the listener reads either first).
+pub const LANE_HELLO_LEN: usize = HELLO_LEN;
+/// Lane answer length.
+pub const LANE_ANSWER_LEN: usize = 8;
+/// A lane token's length.
+pub const TOKEN_LEN: usize = 16;
+/// Most lanes of one connection (besides the connection's own socket).
+pub const MAX_LANES: usize = 3;
 /// Wire version (2: heartbeats).
 pub const WIRE_VERSION: u8 = 2;
 /// Hello header length.
@@ -56,6 +81,14 @@ pub const KIND_END: u8 = 2;
 pub const KIND_HEARTBEAT: u8 = 3;
 /// A whole heartbeat frame.
 pub const HEARTBEAT: [u8; FRAME_LEN] = [KIND_HEARTBEAT, 0, 0, 0, 0, 0, 0, 0];
+/// Frame kind: a striped fragment with more to come (its payload's parts travel on lanes).
+pub const KIND_STRIPED: u8 = 4;
+/// Frame kind: a striped last fragment.
+pub const KIND_STRIPED_END: u8 = 5;
+/// Lane header kind: a part of a striped frame.
+pub const KIND_PIECE: u8 = 6;
+/// Frame kind: a lane offer (listener to connector).
+pub const KIND_LANES: u8 = 7;
 /// Largest reason text in an answer.
 pub const MAX_REASON: usize = 4096;
 /// Largest key.
@@ -158,6 +191,8 @@ pub struct HelloRepr {
     pub data_len: u32,
     /// A nonce ends the body (the connector authenticates).
     pub auth: bool,
+    /// The connector can open lanes.
+    pub lanes: bool,
 }
 
 impl HelloRepr {
@@ -185,8 +220,9 @@ impl HelloRepr {
             signature_len: u16_at(b, 10),
             data_len: u32_at(b, 12),
             auth: b[5] & HELLO_FLAG_AUTH != 0,
+            lanes: b[5] & HELLO_FLAG_LANES != 0,
         };
-        if b[5] & !HELLO_FLAG_AUTH != 0 {
+        if b[5] & !(HELLO_FLAG_AUTH | HELLO_FLAG_LANES) != 0 {
             return Err(WireError::BadField {
                 field: "hello flags",
                 value: b[5] as u64,
@@ -208,23 +244,28 @@ impl HelloRepr {
 
     /// Writes a whole hello.
     pub fn emit(from_key: &str, to_key: &str, signature: &str, data: &[u8]) -> Vec<u8> {
-        Self::emit_with(from_key, to_key, signature, data, None)
+        Self::emit_with(from_key, to_key, signature, data, None, false)
     }
 
-    /// Writes a whole hello, with the connector's nonce when it authenticates.
+    /// Writes a whole hello, with the connector's nonce when it authenticates; `lanes`: the
+    /// connector can open lanes.
     pub fn emit_with(
         from_key: &str,
         to_key: &str,
         signature: &str,
         data: &[u8],
         nonce: Option<&[u8; NONCE_LEN]>,
+        lanes: bool,
     ) -> Vec<u8> {
         let mut v = Vec::with_capacity(
             HELLO_LEN + from_key.len() + to_key.len() + signature.len() + data.len() + NONCE_LEN,
         );
         v.extend_from_slice(&HELLO_MAGIC);
         v.push(WIRE_VERSION);
-        v.push(if nonce.is_some() { HELLO_FLAG_AUTH } else { 0 });
+        v.push(
+            if nonce.is_some() { HELLO_FLAG_AUTH } else { 0 }
+                | if lanes { HELLO_FLAG_LANES } else { 0 },
+        );
         v.extend_from_slice(&(from_key.len() as u16).to_le_bytes());
         v.extend_from_slice(&(to_key.len() as u16).to_le_bytes());
         v.extend_from_slice(&(signature.len() as u16).to_le_bytes());
@@ -364,6 +405,116 @@ impl FrameRepr {
     }
 }
 
+/// A striped frame's header: the payload's length and the sockets that carry its parts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StripeRepr {
+    /// Last fragment of the stream.
+    pub end: bool,
+    /// Filter flag bits.
+    pub filter_flags: u16,
+    /// Sockets carrying parts: the connection's and lanes `1..sockets`.
+    pub sockets: u8,
+    /// Payload length, all parts together.
+    pub len: u32,
+}
+
+impl StripeRepr {
+    /// Parses a striped frame header (kind 4 or 5); the caller checks `sockets` and `len`
+    /// against the lanes it has and its limit.
+    pub fn parse(b: &[u8; FRAME_LEN]) -> Option<StripeRepr> {
+        let end = match b[0] {
+            KIND_STRIPED => false,
+            KIND_STRIPED_END => true,
+            _ => return None,
+        };
+        Some(StripeRepr {
+            end,
+            filter_flags: u16_at(b, 2),
+            sockets: b[1],
+            len: u32_at(b, 4),
+        })
+    }
+
+    /// Writes the header.
+    pub fn emit(&self) -> [u8; FRAME_LEN] {
+        let mut h = [0u8; FRAME_LEN];
+        h[0] = if self.end {
+            KIND_STRIPED_END
+        } else {
+            KIND_STRIPED
+        };
+        h[1] = self.sockets;
+        h[2..4].copy_from_slice(&self.filter_flags.to_le_bytes());
+        h[4..8].copy_from_slice(&self.len.to_le_bytes());
+        h
+    }
+}
+
+/// A piece header: lane `lane` carries `len` bytes of the striped frame in progress.
+pub fn emit_piece(lane: u8, len: u32) -> [u8; FRAME_LEN] {
+    let mut h = [KIND_PIECE, lane, 0, 0, 0, 0, 0, 0];
+    h[4..8].copy_from_slice(&len.to_le_bytes());
+    h
+}
+
+/// A piece header's lane and length; `None` for another kind or a non-zero reserved field.
+pub fn parse_piece(b: &[u8; FRAME_LEN]) -> Option<(u8, u32)> {
+    (b[0] == KIND_PIECE && b[2] == 0 && b[3] == 0).then(|| (b[1], u32_at(b, 4)))
+}
+
+/// A whole lane offer frame: `lanes` lanes may join with `token`.
+pub fn emit_lane_offer(lanes: u8, token: &[u8; TOKEN_LEN]) -> Vec<u8> {
+    let mut v = vec![KIND_LANES, lanes, 0, 0];
+    v.extend_from_slice(&(TOKEN_LEN as u32).to_le_bytes());
+    v.extend_from_slice(token);
+    v
+}
+
+/// A lane hello: this socket joins the connection of `token` as lane `lane`.
+pub fn emit_lane_hello(lane: u8, token: &[u8; TOKEN_LEN]) -> [u8; LANE_HELLO_LEN] {
+    let mut h = [0u8; LANE_HELLO_LEN];
+    h[..4].copy_from_slice(&LANE_MAGIC);
+    h[4] = WIRE_VERSION;
+    h[5] = lane;
+    h[8..].copy_from_slice(token);
+    h
+}
+
+/// A lane hello's lane and token.
+pub fn parse_lane_hello(b: &[u8; LANE_HELLO_LEN]) -> Result<(u8, [u8; TOKEN_LEN]), WireError> {
+    let magic = [b[0], b[1], b[2], b[3]];
+    if magic != LANE_MAGIC {
+        return Err(WireError::BadMagic(magic));
+    }
+    if b[4] != WIRE_VERSION {
+        return Err(WireError::Version(b[4]));
+    }
+    if b[5] == 0 || b[5] as usize > MAX_LANES || b[6] != 0 || b[7] != 0 {
+        return Err(WireError::BadField {
+            field: "lane",
+            value: b[5] as u64,
+        });
+    }
+    let mut token = [0u8; TOKEN_LEN];
+    token.copy_from_slice(&b[8..]);
+    Ok((b[5], token))
+}
+
+/// A lane answer: the lane was attached (`true`) or not.
+pub fn emit_lane_answer(attached: bool) -> [u8; LANE_ANSWER_LEN] {
+    let mut h = [0u8; LANE_ANSWER_LEN];
+    h[..4].copy_from_slice(&LANE_MAGIC);
+    h[4] = WIRE_VERSION;
+    h[5] = u8::from(!attached);
+    h
+}
+
+/// Whether a lane answer says the lane was attached; anything else (another magic or
+/// version, a refusal, a listener's busy answer) says it was not.
+pub fn lane_answer_attached(b: &[u8; LANE_ANSWER_LEN]) -> bool {
+    b[..4] == LANE_MAGIC && b[4] == WIRE_VERSION && b[5..] == [0, 0, 0]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -433,6 +584,36 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn lane_bytes() {
+        let t = [7u8; TOKEN_LEN];
+        let h = emit_lane_hello(2, &t);
+        assert_eq!(&h[..8], &[b'V', b'M', b'I', b'L', 2, 2, 0, 0]);
+        assert_eq!(parse_lane_hello(&h), Ok((2, t)));
+        for (i, v) in [(5, 0u8), (5, 4), (6, 1), (4, 1)] {
+            let mut bad = h;
+            bad[i] = v;
+            assert!(parse_lane_hello(&bad).is_err(), "byte {i} = {v}");
+        }
+        assert!(lane_answer_attached(&emit_lane_answer(true)));
+        assert!(!lane_answer_attached(&emit_lane_answer(false)));
+        let busy = AnswerRepr::emit(AnswerStatus::Busy, "full", b"");
+        assert!(!lane_answer_attached(busy[..8].try_into().unwrap()));
+        assert_eq!(parse_piece(&emit_piece(3, 77)), Some((3, 77)));
+        assert_eq!(parse_piece(&[KIND_PIECE, 1, 1, 0, 0, 0, 0, 0]), None);
+        let s = StripeRepr {
+            end: true,
+            filter_flags: 9,
+            sockets: 2,
+            len: 1 << 20,
+        };
+        assert_eq!(StripeRepr::parse(&s.emit()), Some(s));
+        assert!(FrameRepr::parse(&s.emit(), u32::MAX as u64).is_err());
+        let o = emit_lane_offer(1, &t);
+        assert_eq!(o.len(), FRAME_LEN + TOKEN_LEN);
+        assert_eq!(o[..2], [KIND_LANES, 1]);
     }
 
     #[test]

@@ -143,6 +143,21 @@ pub enum Output {
     Closed,
     /// Connector: the listener proved it holds the key; this side's proof is queued.
     Authenticated,
+    /// Listener: this socket asks to join the connection of `token` as lane `lane` (the
+    /// device moves it there, or drops it).
+    Lane {
+        /// Which lane.
+        lane: u8,
+        /// The connection's token.
+        token: [u8; crate::wire::TOKEN_LEN],
+    },
+    /// Connector: the listener offers `lanes` lanes, joined with `token`.
+    LaneOffer {
+        /// Lanes offered.
+        lanes: u8,
+        /// The token.
+        token: [u8; crate::wire::TOKEN_LEN],
+    },
 }
 
 impl Output {
@@ -176,6 +191,8 @@ pub struct Connection {
     pending: Option<PendingHello>,
     /// Connector: the authenticating hello it sent.
     sent: Option<SentHello>,
+    /// Listener: the connector's hello said it can open lanes.
+    peer_lanes: bool,
 }
 
 /// What a connection knows of its peer's liveness, updated without reading the clock on the
@@ -224,6 +241,7 @@ impl Connection {
             live: Liveness::OFF,
             pending: None,
             sent: None,
+            peer_lanes: false,
         }
     }
 
@@ -248,6 +266,7 @@ impl Connection {
             live: Liveness::OFF,
             pending: None,
             sent: None,
+            peer_lanes: false,
         }
     }
 
@@ -256,6 +275,31 @@ impl Connection {
     pub fn with_peer_timeout(mut self, timeout: Duration) -> Connection {
         self.live.timeout = timeout;
         self
+    }
+
+    /// Listener: the connector can open lanes (its hello said so).
+    pub fn peer_lanes(&self) -> bool {
+        self.peer_lanes
+    }
+
+    /// A lane's part of a striped frame got `n` bytes (`Decoder::lane_target`); the frame,
+    /// once whole, as an output. A bad piece header ends the connection.
+    pub fn lane_done(
+        &mut self,
+        lane: usize,
+        n: usize,
+        local: &Local,
+        now: Instant,
+    ) -> Option<Output> {
+        self.live.heard |= n > 0;
+        if n > 0 {
+            self.closing_progress(now);
+        }
+        match self.decoder.lane_done(lane, n) {
+            Ok(Some(ev)) => self.on_event(ev, local, now),
+            Ok(None) => None,
+            Err(e) => self.on_wire_error(e, now),
+        }
     }
 
     /// This side wrote bytes to the peer.
@@ -578,7 +622,23 @@ impl Connection {
                 signature,
                 data,
                 nonce,
-            } => self.on_hello(from_key, to_key, signature, data, nonce, local, now),
+                lanes,
+            } => {
+                self.peer_lanes = lanes;
+                self.on_hello(from_key, to_key, signature, data, nonce, local, now)
+            }
+            Event::LaneHello { lane, token } => Some(if self.state == State::AwaitHello {
+                Output::Lane { lane, token }
+            } else {
+                self.violation(format!("{} sent a lane hello on a connection", self.peer))
+            }),
+            Event::LaneOffer { lanes, token } => {
+                Some(if self.state == State::Open && self.dialed.is_some() {
+                    Output::LaneOffer { lanes, token }
+                } else {
+                    self.violation(format!("{} offered lanes out of turn", self.peer))
+                })
+            }
             Event::Proof(proof) => self.on_proof(&proof, local, now),
             Event::Challenge { nonce, proof } => Some(self.on_challenge(&nonce, &proof, local)),
             Event::Heartbeat => None,

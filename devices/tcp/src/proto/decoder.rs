@@ -5,6 +5,7 @@ use vmi_device::signature::Signature;
 
 use vmi_device::auth::{NONCE_LEN, PROOF_LEN};
 
+use super::stripe::Assembly;
 use crate::wire::*;
 
 /// Where a decoder is.
@@ -29,6 +30,10 @@ enum Phase {
         /// Where in `buf` the payload starts (see [`payload_lead`]).
         at: usize,
     },
+    /// A striped frame: the connection's part and the lanes' parts being read.
+    Striped(Box<Assembly>),
+    /// Connector: a lane offer's token (the offer's lane count).
+    LaneOffer(u8),
 }
 
 /// Bytes a payload buffer is committed ahead of the bytes received: a frame header promising
@@ -93,6 +98,8 @@ pub enum Event {
         data: Vec<u8>,
         /// The connector's nonce when it authenticates.
         nonce: Option<[u8; NONCE_LEN]>,
+        /// The connector can open lanes.
+        lanes: bool,
     },
     /// Listener: the connector's proof (authentication).
     Proof([u8; PROOF_LEN]),
@@ -114,6 +121,20 @@ pub enum Event {
     },
     /// A heartbeat: the peer is alive and has nothing to send.
     Heartbeat,
+    /// Listener: this socket asks to join a connection as one of its lanes.
+    LaneHello {
+        /// Which lane (1 to `MAX_LANES`).
+        lane: u8,
+        /// The token the connection's offer gave.
+        token: [u8; TOKEN_LEN],
+    },
+    /// Connector: the listener offers lanes.
+    LaneOffer {
+        /// Lanes offered (1 to `MAX_LANES`).
+        lanes: u8,
+        /// The token each lane's hello carries.
+        token: [u8; TOKEN_LEN],
+    },
     /// A data frame.
     Frame {
         /// Last fragment.
@@ -135,6 +156,8 @@ pub struct Decoder {
     body: Vec<u8>,
     max_fragment: u64,
     max_data: u32,
+    /// Lanes this side has for the connection: a striped frame may use no more.
+    lanes: usize,
 }
 
 /// Payloads at least this large are read straight into their buffer, skipping the staging copy.
@@ -159,6 +182,59 @@ impl Decoder {
             body: Vec::new(),
             max_fragment,
             max_data,
+            lanes: 0,
+        }
+    }
+
+    /// The connection has `lanes` lanes (striped frames may use that many).
+    pub fn set_lanes(&mut self, lanes: usize) {
+        self.lanes = lanes;
+    }
+
+    /// Sockets carrying the striped frame being read (the connection's and lanes
+    /// `1..sockets`); 0 when none is.
+    pub fn striped_sockets(&self) -> usize {
+        match &self.phase {
+            Phase::Striped(a) => a.sockets(),
+            _ => 0,
+        }
+    }
+
+    /// True when a striped frame's part on the connection is in but a lane's is not: the
+    /// connection's next bytes belong to the next frame and wait.
+    pub fn waits_for_lanes(&self) -> bool {
+        matches!(&self.phase, Phase::Striped(a) if a.part_done(0) && !a.is_complete())
+    }
+
+    /// Where lane `lane`'s next bytes go (its piece header, then its part), while a striped
+    /// frame is read; `None` when the lane has nothing more to bring for it.
+    pub fn lane_target(&mut self, lane: usize) -> Option<&mut [u8]> {
+        match &mut self.phase {
+            Phase::Striped(a) if lane > 0 => a.target(lane),
+            _ => None,
+        }
+    }
+
+    /// Records `n` bytes read into `lane_target`; returns the frame once every part is in.
+    pub fn lane_done(&mut self, lane: usize, n: usize) -> Result<Option<Event>, WireError> {
+        if let Phase::Striped(a) = &mut self.phase
+            && lane > 0
+        {
+            a.advance(lane, n)?;
+            if a.is_complete() {
+                return Ok(self.finish_stripe());
+            }
+        }
+        Ok(None)
+    }
+
+    fn finish_stripe(&mut self) -> Option<Event> {
+        match std::mem::replace(&mut self.phase, Phase::FrameHeader) {
+            Phase::Striped(a) => Some(a.into_event()),
+            other => {
+                self.phase = other;
+                None
+            }
         }
     }
 
@@ -207,6 +283,7 @@ impl Decoder {
                 grow(buf, *at + repr.len as usize, *at + *got);
                 Some(&mut buf[*at + *got..])
             }
+            Phase::Striped(a) => a.target(0).filter(|t| t.len() >= DIRECT_READ_MIN),
             _ => None,
         }
     }
@@ -217,6 +294,12 @@ impl Decoder {
             *got = (*got + n).min(buf.len() - *at);
             if *got == repr.len as usize {
                 return self.finish_payload();
+            }
+        } else if let Phase::Striped(a) = &mut self.phase {
+            // The connection's part has no header: advancing it cannot fail.
+            let _ = a.advance(0, n);
+            if a.is_complete() {
+                return self.finish_stripe();
             }
         }
         None
@@ -265,6 +348,10 @@ impl Decoder {
                     }
                     self.hdr_got = 0;
                     match self.phase {
+                        Phase::Hello if self.hdr[..4] == LANE_MAGIC => {
+                            let (lane, token) = parse_lane_hello(&self.hdr)?;
+                            return Ok((used, Some(Event::LaneHello { lane, token })));
+                        }
                         Phase::Hello => {
                             let h = HelloRepr::parse(&self.hdr, self.max_data)?;
                             self.body.clear();
@@ -290,6 +377,33 @@ impl Decoder {
                         }
                         _ if self.hdr[..FRAME_LEN] == HEARTBEAT => {
                             return Ok((used, Some(Event::Heartbeat)));
+                        }
+                        _ if matches!(self.hdr[0], KIND_STRIPED | KIND_STRIPED_END) => {
+                            let h: &[u8; FRAME_LEN] =
+                                self.hdr[..FRAME_LEN].try_into().expect("8 bytes");
+                            let repr = StripeRepr::parse(h).expect("a striped kind");
+                            let a = Assembly::new(repr, self.lanes, self.max_fragment, alloc)?;
+                            self.phase = Phase::Striped(Box::new(a));
+                        }
+                        _ if self.hdr[0] == KIND_LANES => {
+                            let lanes = self.hdr[1];
+                            let len =
+                                u32::from_le_bytes(self.hdr[4..8].try_into().expect("4 bytes"));
+                            if lanes == 0 || lanes as usize > MAX_LANES || self.hdr[2..4] != [0, 0]
+                            {
+                                return Err(WireError::BadField {
+                                    field: "lanes offered",
+                                    value: lanes as u64,
+                                });
+                            }
+                            if len as usize != TOKEN_LEN {
+                                return Err(WireError::BadField {
+                                    field: "lane offer length",
+                                    value: len as u64,
+                                });
+                            }
+                            self.body.clear();
+                            self.phase = Phase::LaneOffer(lanes);
                         }
                         _ => {
                             let f = FrameRepr::parse(
@@ -356,6 +470,7 @@ impl Decoder {
                             signature: String::from_utf8_lossy(sig).into_owned(),
                             data: data.to_vec(),
                             nonce: nonce.try_into().ok(),
+                            lanes: h.lanes,
                         }),
                     ));
                 }
@@ -412,6 +527,27 @@ impl Decoder {
                             reply: reply.to_vec(),
                         }),
                     ));
+                }
+                Phase::Striped(a) => {
+                    used += a.absorb(rest);
+                    if a.is_complete() {
+                        return Ok((used, self.finish_stripe()));
+                    }
+                    return Ok((used, None));
+                }
+                Phase::LaneOffer(lanes) => {
+                    let lanes = *lanes;
+                    let take = (TOKEN_LEN - self.body.len()).min(rest.len());
+                    self.body.extend_from_slice(&rest[..take]);
+                    used += take;
+                    if self.body.len() < TOKEN_LEN {
+                        return Ok((used, None));
+                    }
+                    let mut token = [0u8; TOKEN_LEN];
+                    token.copy_from_slice(&self.body);
+                    self.body.clear();
+                    self.phase = Phase::FrameHeader;
+                    return Ok((used, Some(Event::LaneOffer { lanes, token })));
                 }
                 Phase::Payload { repr, buf, got, at } => {
                     let total = repr.len as usize;
@@ -563,6 +699,7 @@ mod tests {
         let expect = vec![
             Event::Hello {
                 nonce: None,
+                lanes: false,
                 from_key: "client".into(),
                 to_key: "server".into(),
                 signature: "send=;recv=".into(),

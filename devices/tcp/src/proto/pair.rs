@@ -94,6 +94,7 @@ impl Pair {
             &a_local.signature.encode(),
             b"connect data",
             nonce.as_ref(),
+            false,
         );
         a.connected(hello);
         let side = |conn, local| Side {

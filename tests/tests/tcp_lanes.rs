@@ -1,0 +1,361 @@
+//! TCP lanes (`lanes` > 1): extra sockets of one connection that carry parts of large
+//! fragments. Striped fragments arrive byte for byte and in order with the small ones around
+//! them, both ways and for every number of lanes; a side with one socket needs none; and a
+//! raw peer that lies in the lane handshake or in a striped frame is refused, while a raw
+//! peer that follows the wire format is served.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use vmi_conformance::pair::{Dev, Pair, spec};
+use vmi_core::prelude::*;
+use vmi_tcp::wire::{
+    ANSWER_LEN, AnswerRepr, AnswerStatus, FRAME_LEN, HelloRepr, KIND_LANES, LANE_ANSWER_LEN,
+    StripeRepr, TOKEN_LEN, emit_lane_hello, emit_piece, lane_answer_attached,
+};
+use vmi_tests::{Rng, register_all, tcp_frame, unique_key};
+
+const T: Duration = Duration::from_secs(20);
+
+fn attr(vmi: &Vmi, name: &str) -> u64 {
+    vmi.attr_get("tcp", name)
+        .unwrap_or_else(|e| panic!("tcp has attribute {name}: {e}"))
+        .parse()
+        .expect("a number")
+}
+
+/// Large fragments (in one piece or several), with small ones between them, both ways.
+fn exchange(lanes_a: &str, lanes_b: &str, name: &str) -> (u64, u64, u64, u64) {
+    register_all();
+    let mut rng = Rng::new(name);
+    let a = Dev::new("tcp", "tcp").param("lanes", lanes_a);
+    let b = Dev::new("tcp", "tcp").param("lanes", lanes_b);
+    let mut p = Pair::new(spec(&[], &a), spec(&[], &b), name.into(), false);
+    let conn = p.conn();
+    // The listener's lanes join after the connect completes: wait for them (or for none).
+    let want_lanes = lanes_a
+        .parse::<u64>()
+        .unwrap()
+        .min(lanes_b.parse().unwrap())
+        - 1;
+    let deadline = Instant::now() + T;
+    while attr(&p.a, "lanes") < want_lanes || attr(&p.b, "lanes") < want_lanes {
+        p.a.poll(&mut p.ha);
+        p.b.poll(&mut p.hb);
+        assert!(Instant::now() < deadline, "{name}: lanes did not attach");
+    }
+    let sizes = [
+        1 << 20,
+        8,
+        (1 << 20) + 5,
+        256 << 10,
+        3,
+        (256 << 10) - 1,
+        (3 << 20) + 12345,
+        100,
+        (1 << 20) - 1,
+        1,
+        (2 << 20) + 7 * 4096,
+    ];
+    let mut sent_ab = Vec::new();
+    let mut sent_ba = Vec::new();
+    let back = p.conn_b();
+    for (m, &size) in sizes.iter().enumerate() {
+        let data = rng.bytes(size);
+        if m % 3 == 2 {
+            // In three pieces of one fragment: a part may span pieces.
+            let (x, rest) = data.split_at(size / 3);
+            let (y, z) = rest.split_at(rest.len() / 2);
+            let pieces = [x, y, z].map(|v| Buffer::from_vec(v.to_vec()));
+            p.a.send(conn, pieces, m as u64).expect("send");
+        } else {
+            p.a.send(conn, [Buffer::from_vec(data.clone())], m as u64)
+                .expect("send");
+        }
+        sent_ab.push(data);
+        let data = rng.bytes(sizes[sizes.len() - 1 - m]);
+        p.b.send(back, [Buffer::from_vec(data.clone())], m as u64)
+            .expect("send back");
+        sent_ba.push(data);
+    }
+    let n = sizes.len();
+    p.pump(|p| {
+        p.hb.received.len() == n
+            && p.ha.received.len() == n
+            && p.ha.completions.len() == n
+            && p.hb.completions.len() == n
+    });
+    assert!(
+        p.ha.completions
+            .iter()
+            .chain(&p.hb.completions)
+            .all(|s| s.is_ok())
+    );
+    for (dir, got, want) in [
+        ("a to b", &p.hb.received, &sent_ab),
+        ("b to a", &p.ha.received, &sent_ba),
+    ] {
+        for (m, ((cmd, got), want)) in got.iter().zip(want).enumerate() {
+            assert_eq!(*cmd, Recv::End, "{name} {dir}: message {m} is one fragment");
+            assert!(
+                got == want,
+                "{name} {dir}: message {m} of {} bytes differs ({} arrived)",
+                want.len(),
+                got.len()
+            );
+        }
+    }
+    (
+        attr(&p.a, "striped_sends"),
+        attr(&p.b, "striped_sends"),
+        attr(&p.a, "lanes"),
+        attr(&p.b, "lanes"),
+    )
+}
+
+#[test]
+fn large_fragments_stripe_over_the_lanes_both_ways_whole_and_in_order() {
+    for (a, b) in [("2", "2"), ("4", "3"), ("4", "4")] {
+        let name = format!("lanes_{a}_{b}");
+        let (sa, sb, la, lb) = exchange(a, b, &name);
+        let want = a.parse::<u64>().unwrap().min(b.parse().unwrap()) - 1;
+        assert_eq!((la, lb), (want, want), "{name}: lanes on each side");
+        // Six of the eleven sizes are at least stripe_min (256 KiB), each way.
+        assert_eq!((sa, sb), (6, 6), "{name}: striped sends");
+    }
+}
+
+#[test]
+fn one_socket_on_either_side_means_no_lanes() {
+    for (a, b) in [("1", "3"), ("3", "1")] {
+        let name = format!("no_lanes_{a}_{b}");
+        assert_eq!(exchange(a, b, &name), (0, 0, 0, 0), "{name}");
+    }
+}
+
+// ---- a raw peer against a listener with lanes ----
+
+#[derive(Default)]
+struct Victim {
+    messages: Vec<Vec<u8>>,
+    ended: Vec<Disconnect>,
+}
+
+impl Handler for Victim {
+    fn accept(&mut self, _ctx: &mut Ctx<'_>, _req: &mut ConnectRequest<'_>) -> Decision {
+        Decision::Accept(vec![])
+    }
+    fn receive(&mut self, _ctx: &mut Ctx<'_>, _conn: ConnId, _cmd: Recv, slab: &mut Slab<'_>) {
+        self.messages.push(slab.read_to_vec());
+    }
+    fn disconnected(&mut self, _ctx: &mut Ctx<'_>, _conn: ConnId, reason: Disconnect) {
+        self.ended.push(reason);
+    }
+}
+
+/// Reads exactly `n` bytes from `s` while the victim polls.
+fn read_polling(vmi: &mut Vmi, h: &mut Victim, s: &mut TcpStream, n: usize) -> Option<Vec<u8>> {
+    s.set_nonblocking(true).unwrap();
+    let deadline = Instant::now() + T;
+    let mut got = Vec::new();
+    while got.len() < n {
+        vmi.poll(h);
+        let mut buf = vec![0u8; n - got.len()];
+        match s.read(&mut buf) {
+            Ok(0) => return None,
+            Ok(k) => got.extend_from_slice(&buf[..k]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => return None,
+        }
+        assert!(Instant::now() < deadline, "no answer");
+    }
+    s.set_nonblocking(false).unwrap();
+    Some(got)
+}
+
+/// A raw connector that says it can open lanes: its socket, and the offer's lanes and token.
+fn raw_peer(
+    vmi: &mut Vmi,
+    h: &mut Victim,
+    port: u16,
+    key: &str,
+) -> (TcpStream, u8, [u8; TOKEN_LEN]) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_nodelay(true).unwrap();
+    s.write_all(&HelloRepr::emit_with(
+        "raw",
+        key,
+        "send=;recv=",
+        b"",
+        None,
+        true,
+    ))
+    .unwrap();
+    let answer = read_polling(vmi, h, &mut s, ANSWER_LEN).expect("an answer");
+    let a = AnswerRepr::parse(answer[..].try_into().unwrap(), 1 << 20).unwrap();
+    assert_eq!(a.status, AnswerStatus::Accept);
+    // The reason and the reply data (the host's own record).
+    let rest = a.reason_len as usize + a.reply_len as usize;
+    if rest > 0 {
+        read_polling(vmi, h, &mut s, rest).expect("the answer's body");
+    }
+    let offer = read_polling(vmi, h, &mut s, FRAME_LEN + TOKEN_LEN).expect("a lane offer");
+    assert_eq!(
+        offer[0],
+        KIND_LANES,
+        "the listener offers lanes: {:?} after {:?}",
+        String::from_utf8_lossy(&offer),
+        a
+    );
+    let mut token = [0u8; TOKEN_LEN];
+    token.copy_from_slice(&offer[FRAME_LEN..]);
+    (s, offer[1], token)
+}
+
+/// Opens lane `lane` with `token`: whether the listener attached it.
+fn join(
+    vmi: &mut Vmi,
+    h: &mut Victim,
+    port: u16,
+    lane: u8,
+    token: &[u8; TOKEN_LEN],
+) -> (TcpStream, bool) {
+    let mut l = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    l.set_nodelay(true).unwrap();
+    l.write_all(&emit_lane_hello(lane, token)).unwrap();
+    let attached = read_polling(vmi, h, &mut l, LANE_ANSWER_LEN)
+        .is_some_and(|a| lane_answer_attached(a[..].try_into().unwrap()));
+    (l, attached)
+}
+
+fn striped(len: usize, sockets: u8) -> [u8; FRAME_LEN] {
+    StripeRepr {
+        end: true,
+        filter_flags: 0,
+        sockets,
+        len: len as u32,
+    }
+    .emit()
+}
+
+fn poll_until(vmi: &mut Vmi, h: &mut Victim, what: &str, done: impl Fn(&Victim) -> bool) {
+    let deadline = Instant::now() + T;
+    while !done(h) {
+        vmi.poll(h);
+        assert!(Instant::now() < deadline, "{what}");
+    }
+}
+
+#[test]
+fn a_raw_peer_that_follows_the_lane_wire_format_is_served() {
+    let key = unique_key("lanes-raw");
+    let (mut vmi, port) = vmi_tests::tcp_on_free_port_with(&key, &[("lanes", "3")]);
+    let mut h = Victim::default();
+    let (mut s, offered, token) = raw_peer(&mut vmi, &mut h, port, &key);
+    assert_eq!(offered, 2, "lanes = 3: two lanes offered");
+    let (mut l1, ok1) = join(&mut vmi, &mut h, port, 1, &token);
+    let (mut l2, ok2) = join(&mut vmi, &mut h, port, 2, &token);
+    assert!(ok1 && ok2, "both lanes attached");
+    // 1 MiB + 5 over three sockets: parts of 86 pages (a third, rounded up to a page),
+    // 86 pages, and the rest.
+    let payload: Vec<u8> = (0..(1usize << 20) + 5)
+        .map(|i| (i * 31 % 251) as u8)
+        .collect();
+    let part = 86 * 4096;
+    // Lane 2's part goes first, then a small frame and the striped one on the connection
+    // (the small one before it in order) and another small one, then lane 1's part.
+    let mut main = tcp_frame(true, b"first");
+    main.extend_from_slice(&striped(payload.len(), 3));
+    main.extend_from_slice(&payload[..part]);
+    main.extend_from_slice(&tcp_frame(true, b"last"));
+    let writer = std::thread::spawn(move || {
+        l2.write_all(&emit_piece(2, (payload.len() - 2 * part) as u32))
+            .unwrap();
+        l2.write_all(&payload[2 * part..]).unwrap();
+        s.write_all(&main).unwrap();
+        l1.write_all(&emit_piece(1, part as u32)).unwrap();
+        l1.write_all(&payload[part..2 * part]).unwrap();
+        (s, l1, l2, payload)
+    });
+    poll_until(&mut vmi, &mut h, "three messages", |h| {
+        h.messages.len() == 3
+    });
+    let (_s, _l1, _l2, payload) = writer.join().unwrap();
+    assert_eq!(h.messages[0], b"first");
+    assert!(h.messages[1] == payload, "the striped message whole");
+    assert_eq!(h.messages[2], b"last");
+    assert!(h.ended.is_empty());
+}
+
+#[test]
+fn lies_in_the_lane_handshake_are_refused_and_serving_goes_on() {
+    let key = unique_key("lanes-lies");
+    let (mut vmi, port) = vmi_tests::tcp_on_free_port_with(&key, &[("lanes", "3")]);
+    let mut h = Victim::default();
+    let (mut s, _, token) = raw_peer(&mut vmi, &mut h, port, &key);
+    let mut wrong = token;
+    wrong[0] ^= 1;
+    assert!(!join(&mut vmi, &mut h, port, 1, &wrong).1, "a wrong token");
+    assert!(
+        !join(&mut vmi, &mut h, port, 2, &token).1,
+        "lane 2 before lane 1"
+    );
+    let (_l1, ok) = join(&mut vmi, &mut h, port, 1, &token);
+    assert!(ok, "lane 1 with the token");
+    assert!(!join(&mut vmi, &mut h, port, 1, &token).1, "lane 1 twice");
+    // The connection still works.
+    s.write_all(&tcp_frame(true, b"still open")).unwrap();
+    poll_until(&mut vmi, &mut h, "the message", |h| h.messages.len() == 1);
+    assert!(h.ended.is_empty());
+}
+
+#[test]
+fn lies_in_striped_frames_end_the_connection_with_the_reason() {
+    // Each case: the frame on the connection, and what lane 1 sends.
+    let len = 1usize << 20;
+    let cases: [(&str, Vec<u8>, Vec<u8>); 4] = [
+        ("more sockets than lanes", striped(len, 3).to_vec(), vec![]),
+        (
+            "a piece of another length",
+            striped(len, 2).to_vec(),
+            emit_piece(1, 1000).to_vec(),
+        ),
+        (
+            "a piece of another lane",
+            striped(len, 2).to_vec(),
+            emit_piece(2, (len / 2) as u32).to_vec(),
+        ),
+        (
+            "a data frame on a lane",
+            striped(len, 2).to_vec(),
+            tcp_frame(true, b"x"),
+        ),
+    ];
+    for (what, frame, lane_bytes) in cases {
+        let key = unique_key("lanes-bad");
+        let (mut vmi, port) = vmi_tests::tcp_on_free_port_with(&key, &[("lanes", "2")]);
+        let mut h = Victim::default();
+        let (mut s, _, token) = raw_peer(&mut vmi, &mut h, port, &key);
+        let (mut l1, ok) = join(&mut vmi, &mut h, port, 1, &token);
+        assert!(ok, "{what}: lane 1 attached");
+        let mut main = tcp_frame(true, b"before");
+        main.extend_from_slice(&frame);
+        s.write_all(&main).unwrap();
+        l1.write_all(&lane_bytes).unwrap();
+        poll_until(&mut vmi, &mut h, what, |h| !h.ended.is_empty());
+        assert_eq!(h.messages, vec![b"before".to_vec()], "{what}");
+        match &h.ended[0] {
+            Disconnect::Error { detail, .. } => {
+                assert!(detail.contains("protocol violation"), "{what}: {detail}")
+            }
+            other => panic!("{what}: ended as {other:?}"),
+        }
+        // Another peer is served.
+        let (mut good, _, _) = raw_peer(&mut vmi, &mut h, port, &key);
+        good.write_all(&tcp_frame(true, b"still serving")).unwrap();
+        poll_until(&mut vmi, &mut h, "the good peer", |h| {
+            h.messages.last().map(Vec::as_slice) == Some(b"still serving".as_slice())
+        });
+    }
+}
