@@ -14,8 +14,9 @@
 //!
 //! The protocol lives in [`proto`] and [`wire`] without any I/O or clock of its own:
 //! [`proto::decoder`] (bytes to events, limits before allocation), [`proto::connection`]
-//! (each connection's states and what every event means in each), [`proto::Dial`] (the
-//! ports a connect walks). A two-endpoint in-memory harness drives them in the unit tests.
+//! (each connection's states and what every event means in each), [`proto::stripe`] (large
+//! fragments cut into parts over a connection's lanes, `lanes` > 1, and put together with no
+//! copy), [`proto::Dial`] (the ports a connect walks). A two-endpoint in-memory harness drives them in the unit tests.
 //! [`io`] moves bytes; [`device`] keeps only sockets, epoll, IRBs and the mapping of the
 //! protocol's outputs onto host calls.
 #![deny(unsafe_code)]
