@@ -218,20 +218,10 @@ impl SendQueue {
                 Tx::Frame {
                     irb, header, off, ..
                 } => {
-                    let mut skip = *off;
                     let segs = (0..irb.segments().len()).map(|i| irb.segment(i));
-                    for part in std::iter::once(&header[..]).chain(segs) {
-                        if skip >= part.len() {
-                            skip -= part.len();
-                            continue;
-                        }
-                        if n == slices.len() {
-                            break 'queued;
-                        }
-                        slices[n] = IoSlice::new(&part[skip..]);
-                        bytes += part.len() - skip;
-                        skip = 0;
-                        n += 1;
+                    let pieces = std::iter::once(&header[..]).chain(segs);
+                    if !fill(slices, &mut n, &mut bytes, pieces, *off) {
+                        break 'queued;
                     }
                 }
                 Tx::Part {
@@ -244,19 +234,9 @@ impl SendQueue {
                     let Some(irb) = striped.irb(*send) else {
                         break;
                     };
-                    let mut skip = *off;
-                    for part in std::iter::once(&header[..]).chain(payload_range(irb, *from, *to)) {
-                        if skip >= part.len() {
-                            skip -= part.len();
-                            continue;
-                        }
-                        if n == slices.len() {
-                            break 'queued;
-                        }
-                        slices[n] = IoSlice::new(&part[skip..]);
-                        bytes += part.len() - skip;
-                        skip = 0;
-                        n += 1;
+                    let pieces = std::iter::once(&header[..]).chain(payload_range(irb, *from, *to));
+                    if !fill(slices, &mut n, &mut bytes, pieces, *off) {
+                        break 'queued;
                     }
                 }
                 Tx::Close { .. } => break,
@@ -334,6 +314,31 @@ impl SendQueue {
         self.bytes = 0;
         self.entries.drain(..)
     }
+}
+
+/// Adds `pieces` to `slices` from `slices[*n]` on, skipping their first `skip` bytes
+/// (written already), counting the bytes in `bytes`; false when the slices ran out first.
+fn fill<'a>(
+    slices: &mut [IoSlice<'a>],
+    n: &mut usize,
+    bytes: &mut usize,
+    pieces: impl Iterator<Item = &'a [u8]>,
+    mut skip: usize,
+) -> bool {
+    for part in pieces {
+        if skip >= part.len() {
+            skip -= part.len();
+            continue;
+        }
+        if *n == slices.len() {
+            return false;
+        }
+        slices[*n] = IoSlice::new(&part[skip..]);
+        *bytes += part.len() - skip;
+        skip = 0;
+        *n += 1;
+    }
+    true
 }
 
 /// The slices of `irb`'s payload between byte `from` and byte `to`.

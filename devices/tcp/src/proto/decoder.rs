@@ -56,6 +56,18 @@ pub fn payload_lead(base: usize, len: usize, cap: usize) -> usize {
     vmi_device::copy::aligned_lead(base, FRAME_LEN, len, cap)
 }
 
+/// An idle pooled buffer of a payload of `len` bytes, and where the payload starts in it
+/// ([`payload_lead`]: where the kernel's copy into it is fast); `None` when the pool has none
+/// without allocating.
+pub fn recycled(alloc: &mut dyn PayloadAlloc, len: usize) -> Option<(Vec<u8>, usize)> {
+    let mut b = alloc.take_idle(len).filter(|b| b.len() == len)?;
+    let at = payload_lead(b.as_ptr() as usize, len, b.capacity());
+    if at > 0 {
+        b.resize(at + len, 0);
+    }
+    Some((b, at))
+}
+
 /// Grows `buf` when all of it is read and more bytes are due.
 fn grow(buf: &mut Vec<u8>, total: usize, got: usize) {
     if got == buf.len() && got < total {
@@ -425,16 +437,8 @@ impl Decoder {
                             // A recycled buffer of the whole length starts the payload where
                             // the kernel's copy into it is fast (`payload_lead`); a new one
                             // grows from the start as the bytes arrive.
-                            let (buf, at) = match alloc.take_idle(len).filter(|b| b.len() == len) {
-                                Some(mut b) => {
-                                    let at = payload_lead(b.as_ptr() as usize, len, b.capacity());
-                                    if at > 0 {
-                                        b.resize(at + len, 0);
-                                    }
-                                    (b, at)
-                                }
-                                None => (alloc.take(commit_len(len, 0)), 0),
-                            };
+                            let (buf, at) = recycled(alloc, len)
+                                .unwrap_or_else(|| (alloc.take(commit_len(len, 0)), 0));
                             self.phase = Phase::Payload {
                                 repr: f,
                                 buf,

@@ -10,7 +10,7 @@
 //! frame until every part is in, so frames stay in order. No I/O here: the device reads into
 //! the slices this module hands out and reports how many bytes came.
 
-use super::decoder::{Event, PayloadAlloc, payload_lead};
+use super::decoder::{Event, PayloadAlloc, recycled};
 use crate::wire::{FRAME_LEN, MAX_LANES, StripeRepr, WireError, parse_piece};
 
 /// Parts are multiples of this (a page: each part starts where the first does, modulo it).
@@ -41,7 +41,7 @@ pub struct Assembly {
     end: bool,
     filter_flags: u16,
     buf: Vec<u8>,
-    /// Where the payload starts in `buf` (see [`payload_lead`]).
+    /// Where the payload starts in `buf` (see `decoder::payload_lead`).
     at: usize,
     len: usize,
     part: usize,
@@ -85,16 +85,7 @@ impl Assembly {
                 value: len as u64,
             });
         };
-        let (buf, at) = match alloc.take_idle(len).filter(|b| b.len() == len) {
-            Some(mut b) => {
-                let at = payload_lead(b.as_ptr() as usize, len, b.capacity());
-                if at > 0 {
-                    b.resize(at + len, 0);
-                }
-                (b, at)
-            }
-            None => (vec![0u8; len], 0),
-        };
+        let (buf, at) = recycled(alloc, len).unwrap_or_else(|| (vec![0u8; len], 0));
         Ok(Assembly {
             end: repr.end,
             filter_flags: repr.filter_flags,
