@@ -731,26 +731,22 @@ impl TcpDevice {
             // Everything queued ahead of a close goes out in one writev (up to MAX_IOV
             // pieces and about `left` bytes): a backlog of small sends costs one system
             // call, not one each.
-            let written = {
-                let mut slices = [IoSlice::new(&[]); MAX_IOV];
-                let n = c.tx.gather(&mut slices, left, &self.striped);
-                Sending(&c.sock).write_vectored(&slices[..n])
-            };
-            let result = match written {
+            match write_queued(
+                &c.sock,
+                &mut c.tx,
+                left,
+                &mut self.striped,
+                &mut self.tx_spare,
+            ) {
                 // Nothing taken (no piece to write, or a socket that took none): wait for
                 // the next writable event rather than spin.
-                Ok(0) => return self.flush_lanes(idx, limit),
-                Ok(w) => {
-                    self.queued_total -= c.tx.credit(w, &mut self.tx_spare, &mut self.striped);
+                Ok((0, _)) => return self.flush_lanes(idx, limit),
+                Ok((w, from_bytes)) => {
+                    self.queued_total -= from_bytes;
                     left -= w.min(left);
-                    Ok(())
                 }
-                Err(e) => Err(e),
-            };
-            match result {
-                Ok(()) => continue,
                 Err(e) if would_block(&e) => return self.flush_lanes(idx, limit),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     let out = c.proto.write_error(&e.to_string());
                     return self.apply(idx, out);
@@ -780,15 +776,15 @@ impl TcpDevice {
                     mark_dirty(&mut self.dirty, &self.lent, c, idx);
                     break;
                 }
-                let written = {
-                    let mut slices = [IoSlice::new(&[]); MAX_IOV];
-                    let n = l.tx.gather(&mut slices, left, &self.striped);
-                    Sending(&l.sock).write_vectored(&slices[..n])
-                };
-                match written {
-                    Ok(0) => break,
-                    Ok(w) => {
-                        l.tx.credit(w, &mut self.tx_spare, &mut self.striped);
+                match write_queued(
+                    &l.sock,
+                    &mut l.tx,
+                    left,
+                    &mut self.striped,
+                    &mut self.tx_spare,
+                ) {
+                    Ok((0, _)) => break,
+                    Ok((w, _)) => {
                         c.proto.note_sent();
                         left -= w.min(left);
                     }
@@ -1147,10 +1143,16 @@ impl TcpDevice {
         let Some(c) = self.conns[idx].as_mut() else {
             return;
         };
-        if c.proto.decoder().striped_sockets() > 0 {
-            return self.on_readable(idx, false);
+        if !c.proto.is_open() {
+            return;
         }
-        if !c.proto.is_open() || !c.parked.is_empty() {
+        if !c.parked.is_empty() {
+            // Bytes parked behind a striped frame's first part wait for its lanes: read them
+            // (a frame in progress is never at a boundary, so the general read below would
+            // come to them too, were it not for the parked bytes).
+            if c.proto.decoder().striped_sockets() > 0 {
+                self.on_readable(idx, false);
+            }
             return;
         }
         // `may_deliver`, spelled out: `c` borrows the table.
@@ -2580,6 +2582,25 @@ impl PayloadAlloc for Payloads<'_> {
     fn take_idle(&mut self, len: usize) -> Option<Vec<u8>> {
         self.0.take_pooled(len)
     }
+}
+
+/// One `writev` to `sock` of what `tx` holds ahead of a close (about `left` bytes, see
+/// `SendQueue::gather`), credited to the queue: the bytes written, and of those the bytes
+/// credited to byte entries.
+fn write_queued(
+    sock: &mio::net::TcpStream,
+    tx: &mut SendQueue,
+    left: usize,
+    striped: &mut StripedSends,
+    spare: &mut Vec<u8>,
+) -> io::Result<(usize, usize)> {
+    let written = {
+        let mut slices = [IoSlice::new(&[]); MAX_IOV];
+        let n = tx.gather(&mut slices, left, striped);
+        Sending(sock).write_vectored(&slices[..n])?
+    };
+    let from_bytes = tx.credit(written, spare, striped);
+    Ok((written, from_bytes))
 }
 
 /// Lists connection `idx` for the next poll's flush (once); the host then calls that poll

@@ -284,12 +284,12 @@ impl SendQueue {
                 }
                 Some(Tx::Part {
                     send,
+                    header,
                     from,
                     to,
                     off,
-                    ..
                 }) => {
-                    let total = 8 + (*to - *from);
+                    let total = header.len() + (*to - *from);
                     let take = (total - *off).min(w);
                     *off += take;
                     w -= take;

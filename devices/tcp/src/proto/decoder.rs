@@ -390,10 +390,10 @@ impl Decoder {
                         _ if self.hdr[..FRAME_LEN] == HEARTBEAT => {
                             return Ok((used, Some(Event::Heartbeat)));
                         }
-                        _ if matches!(self.hdr[0], KIND_STRIPED | KIND_STRIPED_END) => {
-                            let h: &[u8; FRAME_LEN] =
-                                self.hdr[..FRAME_LEN].try_into().expect("8 bytes");
-                            let repr = StripeRepr::parse(h).expect("a striped kind");
+                        _ if let Some(repr) = StripeRepr::parse(
+                            self.hdr[..FRAME_LEN].try_into().expect("8 bytes"),
+                        ) =>
+                        {
                             let a = Assembly::new(repr, self.lanes, self.max_fragment, alloc)?;
                             self.phase = Phase::Striped(Box::new(a));
                         }
