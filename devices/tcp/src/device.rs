@@ -756,8 +756,21 @@ impl TcpDevice {
     }
 
     /// Writes what is queued on each lane of connection `idx` (as `flush_up_to` does on the
-    /// connection's own socket, `limit` bytes per lane at most).
+    /// connection's own socket, `limit` bytes per lane at most). A connection with no lanes
+    /// (every one unless `lanes` > 1) costs a look at the list's length.
+    #[inline(always)]
     fn flush_lanes(&mut self, idx: usize, limit: usize) {
+        if self.conns[idx]
+            .as_ref()
+            .is_some_and(|c| !c.lanes.is_empty())
+        {
+            self.flush_lanes_of(idx, limit);
+        }
+    }
+
+    /// [`TcpDevice::flush_lanes`] of a connection that has lanes.
+    #[inline(never)]
+    fn flush_lanes_of(&mut self, idx: usize, limit: usize) {
         let n = self.conns[idx].as_ref().map_or(0, |c| c.lanes.len());
         for li in 0..n {
             let mut left = limit;
@@ -1934,7 +1947,7 @@ impl Device for TcpDevice {
         if !c.proto.is_open() {
             return false;
         }
-        if data.len() >= self.cfg.stripe_min && c.lanes.first().is_some_and(Lane::ready) {
+        if !c.lanes.is_empty() && data.len() >= self.cfg.stripe_min && c.lanes[0].ready() {
             // Striped over the lanes: the IRB path writes its parts from its segments.
             return false;
         }
@@ -2055,7 +2068,7 @@ impl Device for TcpDevice {
                     return Disposition::Complete(irb, Status::ConnectionLost);
                 }
                 c.proto.note_sent();
-                if total_data >= self.cfg.stripe_min && !c.lanes.is_empty() {
+                if !c.lanes.is_empty() && total_data >= self.cfg.stripe_min {
                     let ready = c.lanes.iter().take_while(|l| l.ready()).count();
                     let mut sockets = (1 + ready).min(total_data / STRIPE_PART_MIN);
                     while sockets >= 2 && part_len(total_data, sockets).is_none() {
