@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use vmi_shmem::io::{Region, recv_with_fds, send_with_fds, socket_addr};
-use vmi_shmem::wire::{ACCEPT, ANSWER_LEN, Answer, Caps, DATA, Hello, Record};
+use vmi_shmem::wire::{ACCEPT, ANSWER_LEN, Answer, Caps, DATA, Hello, PROBE, RDV_END, Record};
 use vmi_tests::{Proc, bin, root, unique_key};
 
 const T: Duration = Duration::from_secs(120);
@@ -60,7 +60,8 @@ fn hello(key: &str, from: &str, memfd: &OwnedFd, ring_size: u32) -> (UnixStream,
     hello_with(key, from, memfd, ring_size, Caps::default())
 }
 
-/// As [`hello`], offering `caps`.
+/// As [`hello`], offering `caps`, with a probe that does not match: the victim cannot
+/// single-copy into this peer.
 fn hello_with(
     key: &str,
     from: &str,
@@ -68,11 +69,23 @@ fn hello_with(
     ring_size: u32,
     caps: Caps,
 ) -> (UnixStream, u8, String) {
+    hello_probed(key, from, memfd, ring_size, caps, &[0u8; 16])
+}
+
+/// As [`hello_with`], pointing the victim at `probe` (the real [`PROBE`] lets it read and
+/// write this process's memory: single and shared copies).
+fn hello_probed(
+    key: &str,
+    from: &str,
+    memfd: &OwnedFd,
+    ring_size: u32,
+    caps: Caps,
+    probe: &[u8; 16],
+) -> (UnixStream, u8, String) {
     let addr = socket_addr(uid(), key).unwrap();
     let sock = UnixStream::connect_addr(&addr).expect("the receiver listens");
     let bell = rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC).unwrap();
-    let probe = [0u8; 16];
-    let msg = Hello::emit_with(from, key, "send=;recv=", b"", ring_size, &probe, None, caps);
+    let msg = Hello::emit_with(from, key, "send=;recv=", b"", ring_size, probe, None, caps);
     send_with_fds(&sock, &msg, &[memfd, &bell]).unwrap();
     let mut got = Vec::new();
     let mut fds = Vec::new();
@@ -370,6 +383,7 @@ struct Victim {
     conn: Option<vmi_core::ConnId>,
     fragments: Vec<Vec<u8>>,
     ended: Option<String>,
+    sent: Vec<vmi_core::Status>,
 }
 
 impl vmi_core::Handler for Victim {
@@ -389,6 +403,14 @@ impl vmi_core::Handler for Victim {
         slab: &mut vmi_core::Slab<'_>,
     ) {
         self.fragments.push(slab.read_to_vec());
+    }
+    fn send_complete(
+        &mut self,
+        _ctx: &mut vmi_core::Ctx<'_>,
+        _conn: vmi_core::ConnId,
+        done: &mut vmi_core::SendCompletion<'_>,
+    ) {
+        self.sent.push(done.status);
     }
     fn disconnected(
         &mut self,
@@ -412,6 +434,15 @@ fn lent_victim(prefix: &str) -> (vmi_core::Vmi, Victim, UnixStream, Region) {
 
 /// As [`lent_victim`], the hostile peer offering `caps` in its hello.
 fn victim_with(prefix: &str, caps: Caps) -> (vmi_core::Vmi, Victim, UnixStream, Region) {
+    victim_probed(prefix, caps, &[0u8; 16])
+}
+
+/// As [`victim_with`], the hostile peer's hello pointing at `probe`.
+fn victim_probed(
+    prefix: &str,
+    caps: Caps,
+    probe: &'static [u8; 16],
+) -> (vmi_core::Vmi, Victim, UnixStream, Region) {
     use vmi_tests::harness::{Mode, dev, spec};
     let key = unique_key(prefix);
     let sp = spec(&[], &dev("t", "shmem", &[]), Mode::Static);
@@ -419,7 +450,7 @@ fn victim_with(prefix: &str, caps: Caps) -> (vmi_core::Vmi, Victim, UnixStream, 
     let mut victim = Victim::default();
     let hostile = std::thread::spawn(move || {
         let region = Region::create(4096).unwrap();
-        let (sock, status, reason) = hello_with(&key, "hostile", region.fd(), 4096, caps);
+        let (sock, status, reason) = hello_probed(&key, "hostile", region.fd(), 4096, caps, probe);
         assert_eq!(status, ACCEPT, "{reason}");
         (sock, region)
     });
@@ -635,4 +666,178 @@ fn a_sender_that_lies_in_a_shared_copy_is_disconnected_and_its_buffer_never_reus
         stats.contains(&format!("{} bytes set aside", 16usize << 20)),
         "the buffer the liar might still write is not reused: {stats}"
     );
+}
+
+/// Reads records from `c` (the victim's ring) until a rendezvous record, waiting for it
+/// (small ones the victim's core sends are skipped): its id, its length and the ranges of the
+/// victim's memory it names.
+fn take_rendezvous(
+    c: &mut vmi_shmem::spsc::Consumer<
+        '_,
+        std::sync::atomic::AtomicU64,
+        vmi_shmem::spsc::mem::RawStorage,
+    >,
+) -> (u64, u32, Vec<(u64, usize)>) {
+    use vmi_shmem::wire::RECORD_LEN;
+    let start = Instant::now();
+    let wait = |c: &mut vmi_shmem::spsc::Consumer<'_, _, _>, n: usize| {
+        while c.available().unwrap() < n {
+            assert!(start.elapsed() < T, "no rendezvous record from the victim");
+            std::thread::yield_now();
+        }
+    };
+    loop {
+        let mut head = [0u8; RECORD_LEN];
+        wait(c, RECORD_LEN);
+        assert_eq!(c.pop(&mut head).unwrap(), RECORD_LEN);
+        let rec = Record::parse(&head).unwrap();
+        if rec.kind != RDV_END {
+            // Eager data through the ring: its payload follows the header.
+            let mut skip = vec![0u8; rec.len as usize];
+            wait(c, skip.len());
+            assert_eq!(c.pop(&mut skip).unwrap(), skip.len());
+            continue;
+        }
+        let mut count = [0u8; 8];
+        wait(c, 8);
+        assert_eq!(c.pop(&mut count).unwrap(), 8);
+        let n = u32::from_le_bytes(count[..4].try_into().unwrap()) as usize;
+        let mut ranges = vec![0u8; 16 * n];
+        wait(c, ranges.len());
+        assert_eq!(c.pop(&mut ranges).unwrap(), ranges.len());
+        let ranges = ranges
+            .chunks(16)
+            .map(|r| {
+                let addr = u64::from_le_bytes(r[..8].try_into().unwrap());
+                (
+                    addr,
+                    u64::from_le_bytes(r[8..].try_into().unwrap()) as usize,
+                )
+            })
+            .collect();
+        return (rec.id, rec.len, ranges);
+    }
+}
+
+/// A hostile receiver of a shared single copy (`coop_copy`): it opens the share of the
+/// victim's fragment at an address the victim cannot write (the null page, a non-canonical
+/// address, one whose offsets wrap past the end of the address space). The victim, the
+/// sender, claims a chunk, its write fails, and it marks the share failed and stops writing
+/// into that peer; nothing panics and nothing of the victim is written. The peer then reads
+/// the fragment itself and acknowledges it: the send completes, the connection goes on, and
+/// at the next fragment's share (at a real buffer this time) the victim claims no chunk.
+#[test]
+fn a_receiver_that_shares_a_bogus_destination_gets_no_writes_and_the_send_completes() {
+    use std::sync::atomic::Ordering::Acquire;
+    use vmi_shmem::coop::{Finish, Receiving};
+    let caps = Caps {
+        barrier: false,
+        coop: true,
+    };
+    for bogus in [8u64, 1 << 63, u64::MAX - 100] {
+        let (mut vmi, mut victim, sock, region) = victim_probed("shm-coop-rx", caps, &PROBE);
+        // "I can read your memory": the victim sends large fragments by rendezvous.
+        send_with_fds(&sock, b"C", &[]).unwrap();
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_millis(50) {
+            vmi.poll(&mut victim);
+        }
+        let conn = victim.conn.unwrap();
+        let payloads: Vec<Vec<u8>> = (0..2u8)
+            .map(|m| (0..1usize << 20).map(|i| (i as u8) ^ m).collect())
+            .collect();
+        // The hostile receiver, on its own thread with its own mapping of the rings.
+        let fd = region.fd().try_clone().unwrap();
+        let expect = payloads.clone();
+        let peer = std::thread::spawn(move || {
+            let r2 = Region::map(fd, 4096).unwrap();
+            // Ring 1 carries the victim's records and, in its header, the share; ring 0
+            // carries this side's acknowledgements.
+            let rx = r2.ring(1);
+            let mut c = vmi_shmem::spsc::Consumer::new(rx.shared());
+            let tx = r2.ring(0);
+            let mut p = vmi_shmem::spsc::Producer::new(tx.shared());
+            let share = rx.share();
+            let me = std::process::id() as i32;
+            let mut landing = vec![0u8; 1 << 20];
+            let mut claimed_by_victim = Vec::new();
+            for (era, want) in (1u32..).zip(&expect) {
+                let (id, len, ranges) = take_rendezvous(&mut c);
+                assert_eq!(len as usize, want.len());
+                let dst = if era == 1 {
+                    bogus
+                } else {
+                    landing.as_mut_ptr() as u64
+                };
+                let mut r = Receiving::open(&share, era, id, dst, len as u64);
+                // Leave every chunk to the victim for a while: it claims from the back.
+                let t = Instant::now();
+                while t.elapsed() < Duration::from_millis(if era == 1 { 5_000 } else { 200 }) {
+                    if share.done.load(Acquire) & (1 << 31) != 0 {
+                        break;
+                    }
+                    std::thread::yield_now();
+                }
+                // Claim the rest; what the victim claimed, it wrote or gave up.
+                while r.claim(&share, u64::MAX).unwrap().is_some() {}
+                claimed_by_victim.push(r.sender_chunks());
+                let t = Instant::now();
+                loop {
+                    match r.finish(&share).unwrap() {
+                        Finish::Waiting => assert!(t.elapsed() < T, "the victim never finished"),
+                        done => {
+                            if era == 1 {
+                                assert!(
+                                    matches!(done, Finish::Redo(_)),
+                                    "a write to {bogus:#x} cannot succeed: {done:?}"
+                                );
+                            }
+                            break;
+                        }
+                    }
+                }
+                // Read the whole fragment from the victim, as a receiver taking over does.
+                let mut got = vec![0u8; len as usize];
+                assert_eq!(
+                    vmi_shmem::io::read_peer(me, &ranges, &mut got).unwrap(),
+                    got.len()
+                );
+                assert!(&got == want, "the fragment read back differs");
+                assert_eq!(p.push_all(&[&vmi_shmem::proto::ack(id)]), Ok(true));
+            }
+            claimed_by_victim
+        });
+        for (m, data) in payloads.iter().enumerate() {
+            vmi_core::Operations::send(
+                &mut vmi,
+                conn,
+                [vmi_core::Buffer::from_vec(data.clone())],
+                m as u64,
+            )
+            .unwrap();
+            while victim.sent.len() <= m {
+                vmi.poll(&mut victim);
+                assert!(victim.ended.is_none(), "{bogus:#x}: {:?}", victim.ended);
+                assert!(start.elapsed() < T, "{bogus:#x}: send {m} never completed");
+            }
+        }
+        let claimed = peer.join().unwrap();
+        assert_eq!(
+            victim.sent,
+            vec![vmi_core::Status::Ok; 2],
+            "{bogus:#x}: both sends complete"
+        );
+        assert!(victim.ended.is_none(), "{bogus:#x}: {:?}", victim.ended);
+        assert_eq!(
+            claimed,
+            vec![1, 0],
+            "{bogus:#x}: the victim claims one chunk of the bogus share, and after its write \
+             failed none of the next one"
+        );
+        let stats = vmi.attr_get("t", "coop_copies").unwrap();
+        assert!(
+            stats.contains("wrote 0 chunks"),
+            "{bogus:#x}: nothing written: {stats}"
+        );
+    }
 }

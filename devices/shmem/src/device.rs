@@ -40,9 +40,6 @@ const BELL: Token = Token(usize::MAX - 1);
 /// Bytes of a ring copied out at once to look for small records to hand over directly.
 const RX_BATCH: usize = 4096;
 
-/// Bytes a peer reads to find out whether single copy works (its address travels in the hello).
-static PROBE: [u8; 16] = *b"vmi-shmem-probe!";
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
     AwaitAnswer,

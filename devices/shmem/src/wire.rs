@@ -231,6 +231,11 @@ impl Hello {
     }
 }
 
+/// Bytes a peer reads to find out whether single copy works: their address travels in the
+/// hello and the answer, and the peer reads them with `process_vm_readv`. A static, so the
+/// address stays valid for the process's life.
+pub static PROBE: [u8; 16] = *b"vmi-shmem-probe!";
+
 /// Hello flag: authentication.
 pub const HELLO_FLAG_AUTH: u32 = 1;
 /// Hello flag: the connector registered for membarrier barriers (see `crate::barrier`).
