@@ -648,26 +648,34 @@ impl Comparison {
         t
     }
 
-    /// The targets the issues set, each with its measured ratio and verdict.
+    /// The targets the issues set, each with its measured ratio and verdict: the median of
+    /// the per-round ratios and their range, as in the table.
     pub fn targets(&self) -> Vec<String> {
         let mut out = Vec::new();
-        let mut check =
-            |what: &str, a: Option<f64>, b: Option<f64>, ok: fn(f64) -> bool, goal: &str| match (
-                a, b,
-            ) {
-                (Some(a), Some(b)) if b > 0.0 => {
-                    let r = a / b;
-                    out.push(format!(
-                        "{what}: {r:.2}x (target {goal}): {}",
-                        if ok(r) { "met" } else { "NOT met" }
-                    ))
-                }
-                _ => out.push(format!("{what}: not measured")),
-            };
-        let small = self.sizes.iter().copied().min().unwrap_or(8);
-        let large = self.sizes.iter().copied().max().unwrap_or(1 << 20);
-        let lat = |p: &str, s| self.point(p, s).and_then(|x| x.latency_us);
-        let bw = |p: &str, s| self.point(p, s).and_then(|x| x.bandwidth_mbs);
+        let mut check = |what: &str,
+                         a: Option<&Vec<Option<f64>>>,
+                         b: Option<&Vec<Option<f64>>>,
+                         ok: fn(f64) -> bool,
+                         goal: &str| {
+            match a.zip(b).and_then(|(a, b)| ratio_stats(a, b)) {
+                Some((r, lo, hi)) => out.push(format!(
+                    "{what}: {r:.2}x [{lo:.2}-{hi:.2}] (target {goal}): {}",
+                    if ok(r) { "met" } else { "NOT met" }
+                )),
+                None => out.push(format!("{what}: not measured")),
+            }
+        };
+        let (small, large) = if self.op == Op::Stream {
+            // The issue's targets are at 8 B and 1 MiB: other sizes are not judged by them.
+            (8, 1 << 20)
+        } else {
+            (
+                self.sizes.iter().copied().min().unwrap_or(8),
+                self.sizes.iter().copied().max().unwrap_or(1 << 20),
+            )
+        };
+        let lat = |p: &str, s| self.point(p, s).map(|x| &x.latency_rounds);
+        let bw = |p: &str, s| self.point(p, s).map(|x| &x.bandwidth_rounds);
         let (sn, ln) = (size_name(small), size_name(large));
         if self.op != Op::Stream {
             // The RDMA issue's targets: shared-memory put latency and bandwidth against UCX.
@@ -964,9 +972,13 @@ Final:                  2000      7.233     7.460     7.460        1.02       1.
         assert!(t.contains("ucx sm    skipped: not installed"), "{t}");
         let targets = c.targets();
         assert!(
-            targets[0].contains("1.25x (target <= 1.15): NOT met"),
+            targets[0].contains("1.25x [1.00-1.50] (target <= 1.15): NOT met"),
             "{targets:?}"
         );
         assert!(targets[1].contains("not measured"));
+        assert!(
+            targets[2].starts_with("TCP 1 MiB bandwidth") && targets[2].contains("not measured"),
+            "only 8 B was measured: {targets:?}"
+        );
     }
 }
