@@ -292,6 +292,45 @@ pub fn tcp_frame(end: bool, payload: &[u8]) -> Vec<u8> {
     f
 }
 
+/// A raw TCP peer of the vmi in this process listening on `port` under `key`: connects,
+/// sends a hello from `name`, and polls `vmi` (with `h`) until the answer accepts it.
+/// Returns the blocking socket, its answer read, for the test to write frames into.
+pub fn tcp_raw_peer(
+    vmi: &mut vmi_core::Vmi,
+    h: &mut dyn vmi_core::Handler,
+    port: u16,
+    key: &str,
+    name: &str,
+) -> std::net::TcpStream {
+    use std::io::{Read, Write};
+    use vmi_tcp::wire::{ANSWER_LEN, AnswerRepr, AnswerStatus, HelloRepr};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_nodelay(true).unwrap();
+    s.write_all(&HelloRepr::emit(name, key, "send=;recv=", b""))
+        .unwrap();
+    s.set_nonblocking(true).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut got = Vec::new();
+    loop {
+        vmi.poll(h);
+        let mut buf = [0u8; 512];
+        match s.read(&mut buf) {
+            Ok(0) => panic!("{name}: closed before the answer"),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => panic!("{name}: {e}"),
+        }
+        if got.len() >= ANSWER_LEN {
+            let a = AnswerRepr::parse(got[..ANSWER_LEN].try_into().unwrap(), 1 << 20).unwrap();
+            assert_eq!(a.status, AnswerStatus::Accept, "{name}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{name}: no answer");
+    }
+    s.set_nonblocking(false).unwrap();
+    s
+}
+
 /// [`tcp_on_free_port`] with more tcp parameters (`(name, value)` pairs).
 ///
 /// The port is probed free and then bound by the transport, so another test running in

@@ -388,35 +388,6 @@ impl Handler for Victim {
     }
 }
 
-/// A raw peer, accepted by the victim (polled meanwhile).
-fn open_peer(vmi: &mut Vmi, h: &mut Victim, port: u16, key: &str, name: &str) -> TcpStream {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_nodelay(true).unwrap();
-    s.write_all(&HelloRepr::emit(name, key, "send=;recv=", b""))
-        .unwrap();
-    s.set_nonblocking(true).unwrap();
-    let deadline = std::time::Instant::now() + T;
-    let mut got = Vec::new();
-    loop {
-        vmi.poll(h);
-        let mut buf = [0u8; 512];
-        match s.read(&mut buf) {
-            Ok(0) => panic!("{name}: closed before the answer"),
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(e) => panic!("{name}: {e}"),
-        }
-        if got.len() >= ANSWER_LEN {
-            let a = AnswerRepr::parse(got[..ANSWER_LEN].try_into().unwrap(), 1 << 20).unwrap();
-            assert_eq!(a.status, AnswerStatus::Accept, "{name}");
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "{name}: no answer");
-    }
-    s.set_nonblocking(false).unwrap();
-    s
-}
-
 /// Peers that turn hostile on an open connection, against a victim that busy-polls with its
 /// sockets lent to the host (its poll reads them itself and takes whole small frames): what
 /// came before the bad frame is delivered whole and in order, the bad frame ends that
@@ -456,7 +427,7 @@ fn a_peer_turning_hostile_on_an_open_connection_meets_the_hosts_checks() {
         for attempt in 0..5 {
             h.messages.clear();
             h.ended.clear();
-            let mut s = open_peer(&mut vmi, &mut h, port, &key, "turncoat");
+            let mut s = vmi_tests::tcp_raw_peer(&mut vmi, &mut h, port, &key, "turncoat");
             // Some polls with nothing to read: the socket is lent to the host by now.
             for _ in 0..200 {
                 vmi.poll(&mut h);
@@ -504,7 +475,7 @@ fn a_peer_turning_hostile_on_an_open_connection_meets_the_hosts_checks() {
             "{what}: the host's reader took none of the good frames in five attempts"
         );
         // Another peer is served.
-        let mut good = open_peer(&mut vmi, &mut h, port, &key, "good");
+        let mut good = vmi_tests::tcp_raw_peer(&mut vmi, &mut h, port, &key, "good");
         good.write_all(&tcp_frame(true, b"still serving")).unwrap();
         let deadline = std::time::Instant::now() + T;
         while h.messages.last().map(|(_, m)| m.as_slice()) != Some(b"still serving".as_slice()) {

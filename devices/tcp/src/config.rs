@@ -87,6 +87,12 @@ pub const PARAMS: &[VmiParamSpec] = &[
         c"a poll stops reading once the fragments it handed up as IRBs hold this many bytes (at least one fragment): the buffers they fill stay few and warm in the cache until the application has them",
     ),
     param(
+        c"recv_lowat",
+        VMI_PARAM_UINT,
+        c"128k",
+        c"while a large fragment streams in, its socket is read when this many of its bytes (or all that is left of it) are there, not at every arrival: fewer, larger reads, and the sender's core is not interrupted by each one (measured on loopback: 1 MiB streaming +10 %, a 1 MiB round trip about a third shorter); 0 or 1: read at every arrival; at most 16m",
+    ),
+    param(
         c"write_turn",
         VMI_PARAM_UINT,
         c"1m",
@@ -121,6 +127,9 @@ pub const PARAMS: &[VmiParamSpec] = &[
 /// The smallest `write_turn` (a smaller one is raised to it): below it the system calls, not
 /// the socket, bound a stream.
 pub const WRITE_TURN_MIN: usize = 64 * 1024;
+/// The largest `recv_lowat` (the kernel takes an `int`; a mark this high already holds a
+/// fragment's bytes in the socket for long).
+pub const RECV_LOWAT_MAX: usize = 16 << 20;
 
 /// The smallest part of a striped fragment: smaller fragments use fewer sockets.
 pub const STRIPE_PART_MIN: usize = 64 * 1024;
@@ -152,6 +161,9 @@ pub struct TcpConfig {
     pub nodelay: bool,
     /// Bytes of fragments handed up as IRBs after which a poll stops reading.
     pub recv_poll_bytes: usize,
+    /// The receive low-water mark while a large fragment streams in (1: none; see
+    /// `TcpDevice::sync_lowat`).
+    pub recv_lowat: usize,
     /// Bytes a poll writes to one connection at most (see `TcpDevice::flush`).
     pub write_turn: usize,
     /// Most connections at once.
@@ -193,6 +205,7 @@ impl TcpConfig {
             nodelay: c.get_bool("nodelay").map_err(e)?,
             lend_streams: c.get_bool("lend_streams").map_err(e)?,
             recv_poll_bytes: (c.get_u64("recv_poll_bytes").map_err(e)? as usize).max(1),
+            recv_lowat: (c.get_u64("recv_lowat").map_err(e)? as usize).max(1),
             write_turn: (c.get_u64("write_turn").map_err(e)? as usize).max(WRITE_TURN_MIN),
             max_connections: c.get_u64("max_connections").map_err(e)?.max(1) as usize,
             peer_timeout: c.get_millis("peer_timeout_ms").map_err(e)?,
@@ -207,6 +220,12 @@ impl TcpConfig {
                 crate::proto::stripe::MAX_SOCKETS
             ));
         }
+        if cfg.recv_lowat > RECV_LOWAT_MAX {
+            return Err(format!(
+                "parameter 'recv_lowat' = {} is over {} (16 MiB); 128k is the default, 1 turns it off",
+                cfg.recv_lowat, RECV_LOWAT_MAX
+            ));
+        }
         if cfg.max_fragment == 0 || cfg.max_fragment > u32::MAX as u64 {
             return Err(format!(
                 "parameter 'max_fragment' = {} must be between 1 and {} (4 GiB - 1)",
@@ -216,5 +235,57 @@ impl TcpConfig {
         }
         vmi_device::dial::check_port_range(cfg.port_base, cfg.port_span, cfg.probe_count)?;
         Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The declared defaults, with `over` replacing some.
+    #[allow(unsafe_code)]
+    fn config(over: &[(&str, &str)]) -> Config {
+        let values = PARAMS
+            .iter()
+            .map(|p| {
+                // SAFETY: `param` builds every spec from `'static` C string literals.
+                let (name, default) = unsafe {
+                    (
+                        std::ffi::CStr::from_ptr(p.name),
+                        std::ffi::CStr::from_ptr(p.default_value),
+                    )
+                };
+                let name = name.to_str().unwrap().to_string();
+                let value = over
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .map_or(default.to_str().unwrap().to_string(), |(_, v)| {
+                        v.to_string()
+                    });
+                (name, value)
+            })
+            .collect();
+        Config::new(values)
+    }
+
+    #[test]
+    fn recv_lowat_defaults_to_128k_is_off_at_0_or_1_and_is_bounded() {
+        assert_eq!(
+            TcpConfig::from_config(&config(&[])).unwrap().recv_lowat,
+            128 * 1024
+        );
+        for off in ["0", "1"] {
+            let c = TcpConfig::from_config(&config(&[("recv_lowat", off)])).unwrap();
+            assert_eq!(c.recv_lowat, 1, "{off}");
+        }
+        let c = TcpConfig::from_config(&config(&[("recv_lowat", "16m")])).unwrap();
+        assert_eq!(c.recv_lowat, RECV_LOWAT_MAX);
+        let Err(e) = TcpConfig::from_config(&config(&[("recv_lowat", "17m")])) else {
+            panic!("recv_lowat over 16 MiB was taken");
+        };
+        assert!(
+            e.contains("'recv_lowat'") && e.contains("1 turns it off"),
+            "{e}"
+        );
     }
 }

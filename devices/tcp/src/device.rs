@@ -115,6 +115,9 @@ struct Conn {
     rest: StreamRest,
     /// Its lanes, lane 1 first (see `proto::stripe`).
     lanes: Vec<Lane>,
+    /// The socket's receive low-water mark as last set: 1 (the kernel's own) except while a
+    /// large payload streams in (`TcpDevice::sync_lowat`).
+    lowat: usize,
     /// The lanes offered (at most) and their token: the listener's offer, or the one the
     /// connector took.
     lane_offer: Option<(u8, [u8; TOKEN_LEN])>,
@@ -144,6 +147,7 @@ impl Conn {
             peer_done: false,
             rest: StreamRest::default(),
             lanes: Vec::new(),
+            lowat: 1,
             lane_offer: None,
         }
     }
@@ -239,6 +243,28 @@ pub struct TcpDevice {
 #[inline]
 fn read_socket(sock: &mio::net::TcpStream, buf: &mut [u8]) -> Result<usize, Errno> {
     rustix::io::read(sock, buf)
+}
+
+/// `setsockopt(SO_RCVLOWAT)`: neither rustix nor socket2 has it.
+#[allow(unsafe_code)]
+fn set_recv_lowat(sock: &mio::net::TcpStream, bytes: usize) -> io::Result<()> {
+    let v = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: a live socket descriptor, and a pointer to an `int` with its size, which the
+    // kernel only reads during the call.
+    let r = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVLOWAT,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 fn would_block(e: &io::Error) -> bool {
@@ -1168,6 +1194,13 @@ impl TcpDevice {
             }
             return;
         }
+        if self.cfg.recv_lowat > 1 && c.proto.decoder().streaming_left().is_some() {
+            // A large payload streams in: its socket is read when epoll says enough of it is
+            // there (`sync_lowat`), which the next poll asks. A read here would take whatever
+            // arrived, a segment or two at a time.
+            self.epoll_due.set(true);
+            return;
+        }
         // `may_deliver`, spelled out: `c` borrows the table.
         let may_deliver = self.budget_left > 0 && self.held_bytes < self.cfg.recv_poll_bytes;
         if c.peer_done || !c.proto.at_boundary() || !may_deliver {
@@ -1349,10 +1382,56 @@ impl TcpDevice {
         done
     }
 
-    /// Reads until the socket would block, or delivery must wait.
+    /// Reads until the socket would block, or delivery must wait, then sets the socket's
+    /// receive low-water mark for what the decoder waits for (`sync_lowat`).
     /// `hup`: the event also reported the peer's close (or an error); then reads go on until
     /// they return end of stream, since no further edge will announce it.
     fn on_readable(&mut self, idx: usize, hup: bool) {
+        self.read_socket_of(idx, hup);
+        self.sync_lowat(idx);
+    }
+
+    /// Sets connection `idx`'s socket's receive low-water mark (`SO_RCVLOWAT`) for what its
+    /// decoder waits for: while a large payload streams in, `recv_lowat` bytes or what is
+    /// left of the payload, whichever is less; otherwise 1, so that any byte wakes the poll.
+    /// Nothing when it is set already (a few loads).
+    ///
+    /// With a mark, epoll reports the socket readable (and the kernel wakes a sleeping host)
+    /// only once that many bytes are there, and the busy poll reads a streaming socket only
+    /// then (`read_direct`): a 1 MiB payload comes in some eight reads instead of one per
+    /// segment or two, and the sending core's network processing (which runs the receive
+    /// side's wakeups on loopback) is not interrupted by each. The mark is raised only here,
+    /// after a read by `on_readable`, and every later read of a streaming socket goes
+    /// through `on_readable` too, so it is back at 1 by the time the decoder is between
+    /// frames. A peer that sends a payload slower than the mark fills is still heard: the
+    /// liveness tick reads such a socket whatever the mark (`check_liveness`).
+    #[inline]
+    fn sync_lowat(&mut self, idx: usize) {
+        let cap = self.cfg.recv_lowat;
+        if cap <= 1 {
+            return;
+        }
+        let Some(c) = self.conns[idx].as_mut() else {
+            return;
+        };
+        let want = c
+            .proto
+            .decoder()
+            .streaming_left()
+            .map_or(1, |left| left.min(cap));
+        if want != c.lowat {
+            match set_recv_lowat(&c.sock, want) {
+                Ok(()) => c.lowat = want,
+                Err(e) => {
+                    // The socket is read at every arrival, as with recv_lowat = 1.
+                    log::debug!("tcp: cannot set SO_RCVLOWAT to {want}: {e}");
+                }
+            }
+        }
+    }
+
+    /// [`TcpDevice::on_readable`]'s reads.
+    fn read_socket_of(&mut self, idx: usize, hup: bool) {
         if self.conns[idx]
             .as_mut()
             .is_some_and(|c| c.proto.decoder().striped_sockets() > 0)
@@ -1539,6 +1618,11 @@ impl TcpDevice {
         }
         self.next_tick = now + self.tick_period();
         for idx in 0..self.conns.len() {
+            if self.conns[idx].as_ref().is_some_and(|c| c.lowat > 1) {
+                // Bytes below the low-water mark wake nothing: read what came (a read takes
+                // it whatever the mark), so a peer that streams slowly is heard.
+                self.on_readable(idx, false);
+            }
             let Some(c) = self.conns[idx].as_mut() else {
                 continue;
             };

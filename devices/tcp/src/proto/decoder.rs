@@ -285,6 +285,20 @@ impl Decoder {
         (input.len() >= used).then_some((f, used))
     }
 
+    /// Bytes still to come of a large payload that streams in (read straight into its place:
+    /// [`Decoder::direct_target`]); `None` between frames, in other phases, and once fewer
+    /// than `DIRECT_READ_MIN` bytes are left.
+    #[inline]
+    pub fn streaming_left(&self) -> Option<usize> {
+        match &self.phase {
+            Phase::Payload { repr, got, .. } => {
+                let left = repr.len as usize - *got;
+                (left >= DIRECT_READ_MIN).then_some(left)
+            }
+            _ => None,
+        }
+    }
+
     /// The rest of a large payload, to read into directly; `None` unless reading directly pays.
     #[inline]
     pub fn direct_target(&mut self) -> Option<&mut [u8]> {
@@ -797,6 +811,51 @@ mod tests {
     /// A recycled buffer with room to spare holds the payload where the kernel's copy into
     /// it is fast: at the frame's own alignment modulo 64 (`payload_lead`), whole and in
     /// order, by plain feeding and by direct reads.
+    /// `streaming_left` counts down a large payload's bytes as they are read, plainly or
+    /// directly, and is `None` between frames, in the handshake, for a small payload, and
+    /// once fewer than `DIRECT_READ_MIN` bytes are left (what the receive low-water mark
+    /// follows).
+    #[test]
+    fn streaming_left_follows_a_large_payload_only() {
+        let mut d = Decoder::connector(1 << 20, 100);
+        let alloc = &mut |n| vec![0u8; n];
+        assert_eq!(d.streaming_left(), None, "in the handshake");
+        let answer = AnswerRepr::emit(AnswerStatus::Accept, "", b"");
+        assert_eq!(d.feed(&answer, alloc).unwrap().0, answer.len());
+        assert_eq!(d.streaming_left(), None, "between frames");
+        let small = FrameRepr {
+            end: true,
+            filter_flags: 0,
+            len: (DIRECT_READ_MIN - 1) as u32,
+        };
+        assert_eq!(d.feed(&small.emit(), alloc).unwrap().0, FRAME_LEN);
+        assert_eq!(d.streaming_left(), None, "a payload below DIRECT_READ_MIN");
+        let rest = vec![0u8; DIRECT_READ_MIN - 1];
+        assert!(d.feed(&rest, alloc).unwrap().1.is_some());
+        let len = 100_000usize;
+        let big = FrameRepr {
+            end: true,
+            filter_flags: 0,
+            len: len as u32,
+        };
+        let mut input = big.emit().to_vec();
+        input.extend_from_slice(&[7u8; 1000]);
+        assert_eq!(d.feed(&input, alloc).unwrap(), (input.len(), None));
+        assert_eq!(d.streaming_left(), Some(len - 1000));
+        let t = d.direct_target().unwrap().len();
+        assert_eq!(t, len - 1000);
+        assert!(d.direct_done(50_000).is_none());
+        assert_eq!(d.streaming_left(), Some(len - 51_000));
+        // Below DIRECT_READ_MIN left: the tail comes through plain reads.
+        let tail = len - 51_000 - (DIRECT_READ_MIN - 1);
+        assert!(d.direct_done(tail).is_none());
+        assert_eq!(d.streaming_left(), None);
+        let (n, ev) = d.feed(&vec![0u8; DIRECT_READ_MIN - 1], alloc).unwrap();
+        assert_eq!(n, DIRECT_READ_MIN - 1);
+        assert!(matches!(ev, Some(Event::Frame { .. })));
+        assert_eq!(d.streaming_left(), None, "between frames again");
+    }
+
     #[test]
     fn a_recycled_buffer_holds_the_payload_at_the_frame_s_alignment() {
         struct Spare;

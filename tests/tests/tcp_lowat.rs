@@ -1,0 +1,123 @@
+//! The TCP transport's receive low-water mark (`recv_lowat`): while a large fragment streams
+//! in, its socket is read only once `recv_lowat` bytes (or all that is left of it) are there.
+//! The mark must never cost a byte or a wakeup: a peer that streams slower than the mark fills
+//! is still heard by the liveness checks, and a message after a large fragment wakes a
+//! receiver that sleeps in `wait`.
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use vmi_core::prelude::*;
+use vmi_core::{ConnectOutcome, Disconnect};
+use vmi_tests::{tcp_frame, unique_key};
+
+const T: Duration = Duration::from_secs(60);
+
+#[derive(Default)]
+struct Side {
+    open: bool,
+    messages: Vec<Vec<u8>>,
+    ended: Option<String>,
+}
+
+impl Handler for Side {
+    fn accept(&mut self, _ctx: &mut Ctx<'_>, _req: &mut ConnectRequest<'_>) -> Decision {
+        self.open = true;
+        Decision::Accept(Vec::new())
+    }
+    fn connected(&mut self, _ctx: &mut Ctx<'_>, _c: ConnId, o: ConnectOutcome<'_>, _t: u64) {
+        self.open = matches!(o, ConnectOutcome::Accepted(_));
+    }
+    fn receive(&mut self, _ctx: &mut Ctx<'_>, _c: ConnId, _cmd: Recv, slab: &mut Slab<'_>) {
+        self.messages.push(slab.read_to_vec());
+    }
+    fn disconnected(&mut self, _ctx: &mut Ctx<'_>, _c: ConnId, reason: Disconnect) {
+        self.ended = Some(format!("{reason:?}"));
+    }
+}
+
+/// A raw peer sends a 64 KiB fragment a kilobyte every 25 ms (about 1.6 s) to a victim
+/// whose peer timeout is 600 ms: the mark (all 64 KiB: what is left of the payload) is never
+/// reached before the last kilobyte, and no heartbeat can come in the middle of a frame. The
+/// victim must still hear the bytes as they come (its liveness tick reads the socket
+/// whatever the mark), keep the connection, and deliver the fragment whole: once busy
+/// polling, once sleeping in `wait`.
+#[test]
+fn a_peer_that_streams_a_fragment_slower_than_the_mark_is_heard() {
+    for sleeping in [false, true] {
+        let key = unique_key("lowat-slow");
+        let (mut vmi, port) = vmi_tests::tcp_on_free_port_with(&key, &[("peer_timeout_ms", "600")]);
+        let mut h = Side::default();
+        let mut s = vmi_tests::tcp_raw_peer(&mut vmi, &mut h, port, &key, "slow");
+        let payload: Vec<u8> = (0..64 * 1024).map(|i: usize| (i * 13) as u8).collect();
+        let frame = tcp_frame(true, &payload);
+        let writer = std::thread::spawn(move || {
+            for piece in frame.chunks(1024) {
+                s.write_all(piece).unwrap();
+                std::thread::sleep(Duration::from_millis(25));
+            }
+            s
+        });
+        let start = Instant::now();
+        while h.messages.is_empty() {
+            if sleeping {
+                vmi.wait(&mut h, Duration::from_millis(200));
+            } else {
+                vmi.poll(&mut h);
+            }
+            assert!(
+                h.ended.is_none(),
+                "sleeping {sleeping}: the slow peer was dropped: {:?}",
+                h.ended
+            );
+            assert!(start.elapsed() < T, "sleeping {sleeping}: no fragment");
+        }
+        let _s = writer.join().unwrap();
+        assert_eq!(h.messages, vec![payload], "sleeping {sleeping}");
+    }
+}
+
+/// After a 1 MiB fragment (read under the mark), a small message that arrives while the
+/// receiver sleeps in `wait` must wake it: the mark is back at one byte between frames. With
+/// no liveness ticks (`peer_timeout_ms` 0) nothing else would wake it before its 30 s
+/// timeout.
+#[test]
+fn a_message_after_a_large_fragment_wakes_a_sleeping_receiver() {
+    let key = unique_key("lowat-wake");
+    let (mut vmi, port) = vmi_tests::tcp_on_free_port_with(&key, &[("peer_timeout_ms", "0")]);
+    let mut h = Side::default();
+    let mut s = vmi_tests::tcp_raw_peer(&mut vmi, &mut h, port, &key, "waker");
+    let big: Vec<u8> = (0..1usize << 20).map(|i| (i * 7) as u8).collect();
+    let t0 = Instant::now();
+    for round in 0..3 {
+        let before = h.messages.len();
+        let frame = tcp_frame(true, &big);
+        let writer = std::thread::spawn(move || {
+            s.write_all(&frame).unwrap();
+            s
+        });
+        while h.messages.len() == before {
+            vmi.poll(&mut h);
+            assert!(t0.elapsed() < T, "round {round}: the large fragment");
+        }
+        s = writer.join().unwrap();
+        assert!(h.messages.last() == Some(&big), "round {round}");
+        // The small message comes while the receiver sleeps.
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            s.write_all(&tcp_frame(true, b"small")).unwrap();
+            s
+        });
+        let slept = Instant::now();
+        while h.messages.len() == before + 1 {
+            vmi.wait(&mut h, Duration::from_secs(30));
+            assert!(
+                slept.elapsed() < Duration::from_secs(20),
+                "round {round}: the small message did not wake the receiver"
+            );
+        }
+        s = writer.join().unwrap();
+        assert_eq!(h.messages.last().unwrap(), b"small", "round {round}");
+        assert!(h.ended.is_none(), "{:?}", h.ended);
+    }
+}
