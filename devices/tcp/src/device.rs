@@ -1194,16 +1194,20 @@ impl TcpDevice {
             }
             return;
         }
-        if self.cfg.recv_lowat > 1 && c.proto.decoder().streaming_left().is_some() {
-            // A large payload streams in: its socket is read when epoll says enough of it is
-            // there (`sync_lowat`), which the next poll asks. A read here would take whatever
-            // arrived, a segment or two at a time.
-            self.epoll_due.set(true);
-            return;
-        }
         // `may_deliver`, spelled out: `c` borrows the table.
         let may_deliver = self.budget_left > 0 && self.held_bytes < self.cfg.recv_poll_bytes;
         if c.peer_done || !c.proto.at_boundary() || !may_deliver {
+            if may_deliver
+                && !c.peer_done
+                && self.cfg.recv_lowat > 1
+                && c.proto.decoder().streaming_left().is_some()
+            {
+                // A large payload streams in: its socket is read when epoll says enough of
+                // it is there (`sync_lowat`), which the next poll asks. A read here would
+                // take whatever arrived, a segment or two at a time.
+                self.epoll_due.set(true);
+                return;
+            }
             return self.on_readable(idx, false);
         }
         let n = match read_socket(&c.sock, &mut self.staging) {
