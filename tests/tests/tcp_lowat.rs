@@ -7,33 +7,14 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use vmi_core::prelude::*;
-use vmi_core::{ConnectOutcome, Disconnect};
+use vmi_conformance::pair::Rec;
 use vmi_tests::{tcp_frame, unique_key};
 
 const T: Duration = Duration::from_secs(60);
 
-#[derive(Default)]
-struct Side {
-    open: bool,
-    messages: Vec<Vec<u8>>,
-    ended: Option<String>,
-}
-
-impl Handler for Side {
-    fn accept(&mut self, _ctx: &mut Ctx<'_>, _req: &mut ConnectRequest<'_>) -> Decision {
-        self.open = true;
-        Decision::Accept(Vec::new())
-    }
-    fn connected(&mut self, _ctx: &mut Ctx<'_>, _c: ConnId, o: ConnectOutcome<'_>, _t: u64) {
-        self.open = matches!(o, ConnectOutcome::Accepted(_));
-    }
-    fn receive(&mut self, _ctx: &mut Ctx<'_>, _c: ConnId, _cmd: Recv, slab: &mut Slab<'_>) {
-        self.messages.push(slab.read_to_vec());
-    }
-    fn disconnected(&mut self, _ctx: &mut Ctx<'_>, _c: ConnId, reason: Disconnect) {
-        self.ended = Some(format!("{reason:?}"));
-    }
+/// The fragments `h` received.
+fn messages(h: &Rec) -> Vec<&[u8]> {
+    h.received.iter().map(|(_, m)| m.as_slice()).collect()
 }
 
 /// A raw peer sends a 64 KiB fragment a kilobyte every 25 ms (about 1.6 s) to a victim
@@ -47,7 +28,7 @@ fn a_peer_that_streams_a_fragment_slower_than_the_mark_is_heard() {
     for sleeping in [false, true] {
         let key = unique_key("lowat-slow");
         let (mut vmi, port) = vmi_tests::tcp_on_free_port_with(&key, &[("peer_timeout_ms", "600")]);
-        let mut h = Side::default();
+        let mut h = Rec::default();
         let mut s = vmi_tests::tcp_raw_peer(&mut vmi, &mut h, port, &key, "slow");
         let payload: Vec<u8> = (0..64 * 1024).map(|i: usize| (i * 13) as u8).collect();
         let frame = tcp_frame(true, &payload);
@@ -59,21 +40,21 @@ fn a_peer_that_streams_a_fragment_slower_than_the_mark_is_heard() {
             s
         });
         let start = Instant::now();
-        while h.messages.is_empty() {
+        while h.received.is_empty() {
             if sleeping {
                 vmi.wait(&mut h, Duration::from_millis(200));
             } else {
                 vmi.poll(&mut h);
             }
             assert!(
-                h.ended.is_none(),
+                h.ended.is_empty(),
                 "sleeping {sleeping}: the slow peer was dropped: {:?}",
                 h.ended
             );
             assert!(start.elapsed() < T, "sleeping {sleeping}: no fragment");
         }
         let _s = writer.join().unwrap();
-        assert_eq!(h.messages, vec![payload], "sleeping {sleeping}");
+        assert_eq!(messages(&h), [&payload[..]], "sleeping {sleeping}");
     }
 }
 
@@ -85,23 +66,23 @@ fn a_peer_that_streams_a_fragment_slower_than_the_mark_is_heard() {
 fn a_message_after_a_large_fragment_wakes_a_sleeping_receiver() {
     let key = unique_key("lowat-wake");
     let (mut vmi, port) = vmi_tests::tcp_on_free_port_with(&key, &[("peer_timeout_ms", "0")]);
-    let mut h = Side::default();
+    let mut h = Rec::default();
     let mut s = vmi_tests::tcp_raw_peer(&mut vmi, &mut h, port, &key, "waker");
     let big: Vec<u8> = (0..1usize << 20).map(|i| (i * 7) as u8).collect();
     let t0 = Instant::now();
     for round in 0..3 {
-        let before = h.messages.len();
+        let before = h.received.len();
         let frame = tcp_frame(true, &big);
         let writer = std::thread::spawn(move || {
             s.write_all(&frame).unwrap();
             s
         });
-        while h.messages.len() == before {
+        while h.received.len() == before {
             vmi.poll(&mut h);
             assert!(t0.elapsed() < T, "round {round}: the large fragment");
         }
         s = writer.join().unwrap();
-        assert!(h.messages.last() == Some(&big), "round {round}");
+        assert!(messages(&h).last() == Some(&&big[..]), "round {round}");
         // The small message comes while the receiver sleeps.
         let writer = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(200));
@@ -109,7 +90,7 @@ fn a_message_after_a_large_fragment_wakes_a_sleeping_receiver() {
             s
         });
         let slept = Instant::now();
-        while h.messages.len() == before + 1 {
+        while h.received.len() == before + 1 {
             vmi.wait(&mut h, Duration::from_secs(30));
             assert!(
                 slept.elapsed() < Duration::from_secs(20),
@@ -117,7 +98,7 @@ fn a_message_after_a_large_fragment_wakes_a_sleeping_receiver() {
             );
         }
         s = writer.join().unwrap();
-        assert_eq!(h.messages.last().unwrap(), b"small", "round {round}");
-        assert!(h.ended.is_none(), "{:?}", h.ended);
+        assert_eq!(messages(&h).last().unwrap(), b"small", "round {round}");
+        assert!(h.ended.is_empty(), "{:?}", h.ended);
     }
 }
