@@ -1427,8 +1427,10 @@ impl TcpDevice {
             match set_recv_lowat(&c.sock, want) {
                 Ok(()) => c.lowat = want,
                 Err(e) => {
-                    // The socket is read at every arrival, as with recv_lowat = 1.
-                    log::debug!("tcp: cannot set SO_RCVLOWAT to {want}: {e}");
+                    // A live TCP socket does not refuse it. Should it, the mark stays as it
+                    // was: not raised (reads at every arrival, as with recv_lowat = 1), or
+                    // not yet lowered (the next read, or the liveness tick's, tries again).
+                    log::warn!("tcp: cannot set SO_RCVLOWAT to {want}: {e}");
                 }
             }
         }
