@@ -17,12 +17,11 @@ fn messages(h: &Rec) -> Vec<&[u8]> {
     h.received.iter().map(|(_, m)| m.as_slice()).collect()
 }
 
-/// A raw peer sends a 64 KiB fragment a kilobyte every 25 ms (about 1.6 s) to a victim
-/// whose peer timeout is 600 ms: the mark (all 64 KiB: what is left of the payload) is never
-/// reached before the last kilobyte, and no heartbeat can come in the middle of a frame. The
-/// victim must still hear the bytes as they come (its liveness tick reads the socket
-/// whatever the mark), keep the connection, and deliver the fragment whole: once busy
-/// polling, once sleeping in `wait`.
+/// A raw peer sends a 256 KiB fragment 4 KiB every 40 ms (about 2.6 s) to a victim whose
+/// peer timeout is 600 ms: the mark (128 KiB) fills only every 1.3 s, and no heartbeat can
+/// come in the middle of a frame. The victim must still hear the bytes as they come (its
+/// liveness tick reads the socket whatever the mark), keep the connection, and deliver the
+/// fragment whole: once busy polling, once sleeping in `wait`.
 #[test]
 fn a_peer_that_streams_a_fragment_slower_than_the_mark_is_heard() {
     for sleeping in [false, true] {
@@ -30,12 +29,12 @@ fn a_peer_that_streams_a_fragment_slower_than_the_mark_is_heard() {
         let (mut vmi, port) = vmi_tests::tcp_on_free_port_with(&key, &[("peer_timeout_ms", "600")]);
         let mut h = Rec::default();
         let mut s = vmi_tests::tcp_raw_peer(&mut vmi, &mut h, port, &key, "slow");
-        let payload: Vec<u8> = (0..64 * 1024).map(|i: usize| (i * 13) as u8).collect();
+        let payload: Vec<u8> = (0..256 * 1024).map(|i: usize| (i * 13) as u8).collect();
         let frame = tcp_frame(true, &payload);
         let writer = std::thread::spawn(move || {
-            for piece in frame.chunks(1024) {
+            for piece in frame.chunks(4096) {
                 s.write_all(piece).unwrap();
-                std::thread::sleep(Duration::from_millis(25));
+                std::thread::sleep(Duration::from_millis(40));
             }
             s
         });

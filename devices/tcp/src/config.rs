@@ -90,7 +90,7 @@ pub const PARAMS: &[VmiParamSpec] = &[
         c"recv_lowat",
         VMI_PARAM_UINT,
         c"128k",
-        c"while a large fragment streams in, its socket is read when this many of its bytes (or all that is left of it) are there, not at every arrival: fewer, larger reads, and the sender's core is not interrupted by each one (measured on loopback: 1 MiB streaming +10 %, a 1 MiB round trip about a third shorter); 0 or 1: read at every arrival; at most 16m",
+        c"while a fragment of at least twice this streams in, its socket is read when this many of its bytes (or all that is left of it) are there, not at every arrival: fewer, larger reads, and the sender's core is not interrupted by each one (measured on loopback: 1 MiB streaming +10 %, a 1 MiB round trip about a third shorter); 0 or 1: read at every arrival; at most 16m",
     ),
     param(
         c"write_turn",

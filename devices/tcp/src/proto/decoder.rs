@@ -285,13 +285,14 @@ impl Decoder {
         (input.len() >= used).then_some((f, used))
     }
 
-    /// Bytes still to come of a large payload that streams in (read straight into its place:
-    /// [`Decoder::direct_target`]); `None` between frames, in other phases, and once fewer
-    /// than `DIRECT_READ_MIN` bytes are left.
+    /// Of a payload of at least `min_len` bytes that streams in (read straight into its
+    /// place: [`Decoder::direct_target`]), the bytes still to come; `None` between frames, in
+    /// other phases, for a smaller payload, and once fewer than `DIRECT_READ_MIN` bytes are
+    /// left.
     #[inline]
-    pub fn streaming_left(&self) -> Option<usize> {
+    pub fn streaming_left(&self, min_len: usize) -> Option<usize> {
         match &self.phase {
-            Phase::Payload { repr, got, .. } => {
+            Phase::Payload { repr, got, .. } if repr.len as usize >= min_len => {
                 let left = repr.len as usize - *got;
                 (left >= DIRECT_READ_MIN).then_some(left)
             }
@@ -812,24 +813,24 @@ mod tests {
     /// it is fast: at the frame's own alignment modulo 64 (`payload_lead`), whole and in
     /// order, by plain feeding and by direct reads.
     /// `streaming_left` counts down a large payload's bytes as they are read, plainly or
-    /// directly, and is `None` between frames, in the handshake, for a small payload, and
-    /// once fewer than `DIRECT_READ_MIN` bytes are left (what the receive low-water mark
-    /// follows).
+    /// directly, and is `None` between frames, in the handshake, for a payload below its
+    /// minimum or below `DIRECT_READ_MIN`, and once fewer than `DIRECT_READ_MIN` bytes are
+    /// left (what the receive low-water mark follows).
     #[test]
     fn streaming_left_follows_a_large_payload_only() {
         let mut d = Decoder::connector(1 << 20, 100);
         let alloc = &mut |n| vec![0u8; n];
-        assert_eq!(d.streaming_left(), None, "in the handshake");
+        assert_eq!(d.streaming_left(0), None, "in the handshake");
         let answer = AnswerRepr::emit(AnswerStatus::Accept, "", b"");
         assert_eq!(d.feed(&answer, alloc).unwrap().0, answer.len());
-        assert_eq!(d.streaming_left(), None, "between frames");
+        assert_eq!(d.streaming_left(0), None, "between frames");
         let small = FrameRepr {
             end: true,
             filter_flags: 0,
             len: (DIRECT_READ_MIN - 1) as u32,
         };
         assert_eq!(d.feed(&small.emit(), alloc).unwrap().0, FRAME_LEN);
-        assert_eq!(d.streaming_left(), None, "a payload below DIRECT_READ_MIN");
+        assert_eq!(d.streaming_left(0), None, "a payload below DIRECT_READ_MIN");
         let rest = vec![0u8; DIRECT_READ_MIN - 1];
         assert!(d.feed(&rest, alloc).unwrap().1.is_some());
         let len = 100_000usize;
@@ -841,19 +842,21 @@ mod tests {
         let mut input = big.emit().to_vec();
         input.extend_from_slice(&[7u8; 1000]);
         assert_eq!(d.feed(&input, alloc).unwrap(), (input.len(), None));
-        assert_eq!(d.streaming_left(), Some(len - 1000));
+        assert_eq!(d.streaming_left(0), Some(len - 1000));
+        assert_eq!(d.streaming_left(len), Some(len - 1000), "at its minimum");
+        assert_eq!(d.streaming_left(len + 1), None, "below its minimum");
         let t = d.direct_target().unwrap().len();
         assert_eq!(t, len - 1000);
         assert!(d.direct_done(50_000).is_none());
-        assert_eq!(d.streaming_left(), Some(len - 51_000));
+        assert_eq!(d.streaming_left(0), Some(len - 51_000));
         // Below DIRECT_READ_MIN left: the tail comes through plain reads.
         let tail = len - 51_000 - (DIRECT_READ_MIN - 1);
         assert!(d.direct_done(tail).is_none());
-        assert_eq!(d.streaming_left(), None);
+        assert_eq!(d.streaming_left(0), None);
         let (n, ev) = d.feed(&vec![0u8; DIRECT_READ_MIN - 1], alloc).unwrap();
         assert_eq!(n, DIRECT_READ_MIN - 1);
         assert!(matches!(ev, Some(Event::Frame { .. })));
-        assert_eq!(d.streaming_left(), None, "between frames again");
+        assert_eq!(d.streaming_left(0), None, "between frames again");
     }
 
     #[test]
