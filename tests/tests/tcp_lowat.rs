@@ -17,6 +17,14 @@ fn messages(h: &Rec) -> Vec<&[u8]> {
     h.received.iter().map(|(_, m)| m.as_slice()).collect()
 }
 
+/// The payloads `vmi`'s tcp device read under a mark.
+fn marked(vmi: &vmi_core::Vmi) -> u64 {
+    vmi.attr_get("tcp", "marked_payloads")
+        .expect("the tcp device reports marked_payloads")
+        .parse()
+        .unwrap()
+}
+
 /// A raw peer sends a 256 KiB fragment 4 KiB every 40 ms (about 2.6 s) to a victim whose
 /// peer timeout is 600 ms: the mark (128 KiB) fills only every 1.3 s, and no heartbeat can
 /// come in the middle of a frame. The victim must still hear the bytes as they come (its
@@ -54,13 +62,14 @@ fn a_peer_that_streams_a_fragment_slower_than_the_mark_is_heard() {
         }
         let _s = writer.join().unwrap();
         assert_eq!(messages(&h), [&payload[..]], "sleeping {sleeping}");
+        assert_eq!(marked(&vmi), 1, "sleeping {sleeping}: read under a mark");
     }
 }
 
-/// After a 1 MiB fragment (read under the mark), a small message that arrives while the
-/// receiver sleeps in `wait` must wake it: the mark is back at one byte between frames. With
-/// no liveness ticks (`peer_timeout_ms` 0) nothing else would wake it before its 30 s
-/// timeout.
+/// After a 1 MiB fragment read under the mark (sent in two halves, so the mark is raised), a
+/// small message that arrives while the receiver sleeps in `wait` must wake it: the mark is
+/// back at one byte between frames. With no liveness ticks (`peer_timeout_ms` 0) nothing
+/// else would wake it before its 30 s timeout.
 #[test]
 fn a_message_after_a_large_fragment_wakes_a_sleeping_receiver() {
     let key = unique_key("lowat-wake");
@@ -72,8 +81,13 @@ fn a_message_after_a_large_fragment_wakes_a_sleeping_receiver() {
     for round in 0..3 {
         let before = h.received.len();
         let frame = tcp_frame(true, &big);
+        // In two halves 50 ms apart, so that a read finds half the payload still to come
+        // and raises the mark (one that found it all would need none).
         let writer = std::thread::spawn(move || {
-            s.write_all(&frame).unwrap();
+            let (x, y) = frame.split_at(frame.len() / 2);
+            s.write_all(x).unwrap();
+            std::thread::sleep(Duration::from_millis(50));
+            s.write_all(y).unwrap();
             s
         });
         while h.received.len() == before {
@@ -99,5 +113,53 @@ fn a_message_after_a_large_fragment_wakes_a_sleeping_receiver() {
         s = writer.join().unwrap();
         assert_eq!(messages(&h).last().unwrap(), b"small", "round {round}");
         assert!(h.ended.is_empty(), "{:?}", h.ended);
+        assert_eq!(
+            marked(&vmi),
+            round + 1,
+            "round {round}: the fragment was read under a mark"
+        );
     }
+}
+
+/// `recv_lowat` = 1 turns marks off (a 1 MiB fragment arrives with none), and a mark over
+/// 16 MiB is refused at start with the remedy.
+#[test]
+fn recv_lowat_1_turns_marks_off_and_one_over_16m_is_refused() {
+    let key = unique_key("lowat-off");
+    let (mut vmi, port) = vmi_tests::tcp_on_free_port_with(&key, &[("recv_lowat", "1")]);
+    let mut h = Rec::default();
+    let mut s = vmi_tests::tcp_raw_peer(&mut vmi, &mut h, port, &key, "unmarked");
+    let big: Vec<u8> = (0..1usize << 20).map(|i| (i * 11) as u8).collect();
+    let frame = tcp_frame(true, &big);
+    let writer = std::thread::spawn(move || {
+        s.write_all(&frame).unwrap();
+        s
+    });
+    let t0 = Instant::now();
+    while h.received.is_empty() {
+        vmi.poll(&mut h);
+        assert!(t0.elapsed() < T, "the fragment");
+    }
+    let _s = writer.join().unwrap();
+    assert!(messages(&h) == [&big[..]]);
+    assert_eq!(marked(&vmi), 0, "recv_lowat = 1: no mark");
+
+    vmi_tests::register_all();
+    let sp = vmi_core::spec::Spec::parse_str(&vmi_tests::spec_text("tcp", &[], ""), "x.xml")
+        .expect("spec");
+    let env = |v: &str| (v == "VMI_TCP_RECV_LOWAT").then(|| "17m".to_string());
+    let started = vmi_core::Vmi::with_spec_options(
+        sp,
+        &unique_key("lowat-17m"),
+        vmi_core::Options::default(),
+        &env,
+    );
+    let Err(e) = started else {
+        panic!("recv_lowat = 17m was taken");
+    };
+    let e = e.to_string();
+    assert!(
+        e.contains("'recv_lowat'") && e.contains("1 turns it off"),
+        "{e}"
+    );
 }

@@ -235,6 +235,8 @@ pub struct TcpDevice {
     lane_tokens: std::collections::HashMap<[u8; TOKEN_LEN], usize>,
     /// Fragments sent striped over lanes (the `striped_sends` attribute).
     striped_sends: u64,
+    /// Payloads read under a receive low-water mark (the `marked_payloads` attribute).
+    marked_payloads: u64,
 }
 
 /// One `read(2)` of a socket. Through rustix, not `std::io::Read`: a poll that finds the
@@ -1429,7 +1431,10 @@ impl TcpDevice {
             .map_or(1, |left| left.min(cap));
         if want != c.lowat {
             match set_recv_lowat(&c.sock, want) {
-                Ok(()) => c.lowat = want,
+                Ok(()) => {
+                    self.marked_payloads += u64::from(c.lowat == 1);
+                    c.lowat = want;
+                }
                 Err(e) => {
                     // A live TCP socket does not refuse it. Should it, the mark stays as it
                     // was: not raised (reads at every arrival, as with recv_lowat = 1), or
@@ -1891,6 +1896,7 @@ impl Device for TcpDevice {
             striped: StripedSends::default(),
             lane_tokens: std::collections::HashMap::new(),
             striped_sends: 0,
+            marked_payloads: 0,
         };
         // Lent busy and empty; `relend` lists the sockets once connections open.
         if dev.cfg.lend_streams && dev.lent.lend(&dev.host) {
@@ -1962,6 +1968,8 @@ impl Device for TcpDevice {
             "write_turns" => Some(self.write_turns.to_string()),
             // Fragments sent striped over lanes, and the lanes attached now.
             "striped_sends" => Some(self.striped_sends.to_string()),
+            // Payloads read under a receive low-water mark (`recv_lowat`).
+            "marked_payloads" => Some(self.marked_payloads.to_string()),
             "lanes" => Some(
                 self.conns
                     .iter()
