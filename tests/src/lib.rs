@@ -331,6 +331,28 @@ pub fn tcp_raw_peer(
     s
 }
 
+/// Sends `data` on `conn` as one fragment with token `token`: in one buffer, or when
+/// `three` in three pieces (a third, half the rest, the rest), so that whatever the transport
+/// cuts the fragment into may span pieces.
+pub fn send_in_pieces(
+    vmi: &mut vmi_core::Vmi,
+    conn: vmi_core::ConnId,
+    data: &[u8],
+    token: u64,
+    three: bool,
+) {
+    use vmi_core::{Buffer, Operations};
+    if three {
+        let (x, rest) = data.split_at(data.len() / 3);
+        let (y, z) = rest.split_at(rest.len() / 2);
+        let pieces = [x, y, z].map(|v| Buffer::from_vec(v.to_vec()));
+        vmi.send(conn, pieces, token).expect("send");
+    } else {
+        vmi.send(conn, [Buffer::from_vec(data.to_vec())], token)
+            .expect("send");
+    }
+}
+
 /// [`tcp_on_free_port`] with more tcp parameters (`(name, value)` pairs).
 ///
 /// The port is probed free and then bound by the transport, so another test running in

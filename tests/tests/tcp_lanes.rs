@@ -63,16 +63,8 @@ fn exchange(lanes_a: &str, lanes_b: &str, name: &str) -> (u64, u64, u64, u64) {
     let back = p.conn_b();
     for (m, &size) in sizes.iter().enumerate() {
         let data = rng.bytes(size);
-        if m % 3 == 2 {
-            // In three pieces of one fragment: a part may span pieces.
-            let (x, rest) = data.split_at(size / 3);
-            let (y, z) = rest.split_at(rest.len() / 2);
-            let pieces = [x, y, z].map(|v| Buffer::from_vec(v.to_vec()));
-            p.a.send(conn, pieces, m as u64).expect("send");
-        } else {
-            p.a.send(conn, [Buffer::from_vec(data.clone())], m as u64)
-                .expect("send");
-        }
+        // Every third in three pieces of one fragment: a part may span pieces.
+        vmi_tests::send_in_pieces(&mut p.a, conn, &data, m as u64, m % 3 == 2);
         sent_ab.push(data);
         let data = rng.bytes(sizes[sizes.len() - 1 - m]);
         p.b.send(back, [Buffer::from_vec(data.clone())], m as u64)
