@@ -351,3 +351,144 @@ fn lies_in_striped_frames_end_the_connection_with_the_reason() {
         });
     }
 }
+
+// ---- receive low-water marks on striped parts ----
+
+/// Sends striped frame `payload` over the connection and lane 1 (two sockets): the
+/// connection's header and part at once from this thread (the part is small enough for the
+/// socket buffers, so the victim finds it whole), and lane 1's piece from a thread, `piece`
+/// bytes every `every`.
+fn stripe_slowly(
+    s: &mut TcpStream,
+    mut l1: TcpStream,
+    payload: &[u8],
+    piece: usize,
+    every: Duration,
+) -> std::thread::JoinHandle<TcpStream> {
+    let part = vmi_tcp::proto::stripe::part_len(payload.len(), 2).expect("two parts");
+    let mut main = striped(payload.len(), 2).to_vec();
+    main.extend_from_slice(&payload[..part]);
+    s.write_all(&main).unwrap();
+    let mut lane = emit_piece(1, (payload.len() - part) as u32).to_vec();
+    lane.extend_from_slice(&payload[part..]);
+    std::thread::spawn(move || {
+        for p in lane.chunks(piece) {
+            l1.write_all(p).unwrap();
+            std::thread::sleep(every);
+        }
+        l1
+    })
+}
+
+/// A striped frame's part on a lane streams in under a mark too, and a peer whose lane
+/// part comes slower than the mark fills is still heard. The victim (`recv_lowat` 16k, so
+/// parts of 32 KiB get a mark; peer timeout 600 ms) gets a 64 KiB frame over two sockets:
+/// the connection's part at once, lane 1's at 1 KiB every 60 ms (the mark fills only every
+/// 960 ms, and no heartbeat can come inside a frame). It must keep the peer, read the lane
+/// part under a mark, and deliver the frame whole: busy polling, and sleeping in `wait`.
+#[test]
+fn a_lane_part_streams_in_under_a_mark_and_a_slow_one_is_heard() {
+    for sleeping in [false, true] {
+        let key = unique_key("lanes-lowat");
+        let (mut vmi, port) = vmi_tests::tcp_on_free_port_with(
+            &key,
+            &[
+                ("lanes", "2"),
+                ("recv_lowat", "16k"),
+                ("peer_timeout_ms", "600"),
+            ],
+        );
+        let mut h = Victim::default();
+        let (mut s, _, token) = raw_peer(&mut vmi, &mut h, port, &key);
+        let (l1, ok) = join(&mut vmi, &mut h, port, 1, &token);
+        assert!(ok, "lane 1 attached");
+        let payload: Vec<u8> = (0..64 * 1024)
+            .map(|i: usize| (i * 17 % 253) as u8)
+            .collect();
+        let writer = stripe_slowly(&mut s, l1, &payload, 1024, Duration::from_millis(60));
+        let start = Instant::now();
+        while h.messages.is_empty() {
+            if sleeping {
+                vmi.wait(&mut h, Duration::from_millis(200));
+            } else {
+                vmi.poll(&mut h);
+            }
+            assert!(
+                h.ended.is_empty(),
+                "sleeping {sleeping}: the slow peer was dropped: {:?}",
+                h.ended
+            );
+            assert!(start.elapsed() < T, "sleeping {sleeping}: no message");
+        }
+        let _l1 = writer.join().unwrap();
+        assert!(
+            h.messages == [payload],
+            "sleeping {sleeping}: the frame whole"
+        );
+        // The connection's part was whole at the first read: only the lane's was marked.
+        assert_eq!(
+            attr(&vmi, "marked_payloads"),
+            1,
+            "sleeping {sleeping}: the lane part was read under a mark"
+        );
+    }
+}
+
+/// A lane's mark is back at one byte once its part is in: a later striped frame whose parts
+/// are too small for a mark (8 KiB each) wakes a receiver that sleeps in `wait` with no
+/// liveness ticks (`peer_timeout_ms` 0), as does a small message after it.
+#[test]
+fn a_small_striped_frame_after_a_marked_one_wakes_a_sleeping_receiver() {
+    let key = unique_key("lanes-lowat-wake");
+    let (mut vmi, port) = vmi_tests::tcp_on_free_port_with(
+        &key,
+        &[
+            ("lanes", "2"),
+            ("recv_lowat", "16k"),
+            ("peer_timeout_ms", "0"),
+        ],
+    );
+    let mut h = Victim::default();
+    let (mut s, _, token) = raw_peer(&mut vmi, &mut h, port, &key);
+    let (l1, ok) = join(&mut vmi, &mut h, port, 1, &token);
+    assert!(ok, "lane 1 attached");
+    let big: Vec<u8> = (0..64 * 1024)
+        .map(|i: usize| (i * 29 % 251) as u8)
+        .collect();
+    // Lane 1's part in two halves 50 ms apart: the first read leaves enough for a mark.
+    let writer = stripe_slowly(&mut s, l1, &big, 16 * 1024 + 4, Duration::from_millis(50));
+    poll_until(&mut vmi, &mut h, "the large frame", |h| {
+        h.messages.len() == 1
+    });
+    let mut l1 = writer.join().unwrap();
+    assert!(h.messages[0] == big);
+    assert_eq!(attr(&vmi, "marked_payloads"), 1, "the lane part was marked");
+    let small: Vec<u8> = (0..16 * 1024).map(|i: usize| (i * 3 % 241) as u8).collect();
+    let part = vmi_tcp::proto::stripe::part_len(small.len(), 2).unwrap();
+    let writer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(200));
+        let mut main = striped(small.len(), 2).to_vec();
+        main.extend_from_slice(&small[..part]);
+        main.extend_from_slice(&tcp_frame(true, b"after"));
+        s.write_all(&main).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        l1.write_all(&emit_piece(1, (small.len() - part) as u32))
+            .unwrap();
+        l1.write_all(&small[part..]).unwrap();
+        (s, l1, small)
+    });
+    let slept = Instant::now();
+    while h.messages.len() < 3 {
+        vmi.wait(&mut h, Duration::from_secs(30));
+        assert!(
+            slept.elapsed() < Duration::from_secs(20),
+            "the small striped frame did not wake the receiver ({} messages)",
+            h.messages.len()
+        );
+    }
+    let (_s, _l1, small) = writer.join().unwrap();
+    assert!(h.messages[1] == small, "the small striped frame whole");
+    assert_eq!(h.messages[2], b"after");
+    assert!(h.ended.is_empty(), "{:?}", h.ended);
+    assert_eq!(attr(&vmi, "marked_payloads"), 1, "no mark for 8 KiB parts");
+}

@@ -53,6 +53,9 @@ struct Lane {
     /// Connector: the listener's lane answer as it arrives; `None` once it said "attached"
     /// (and always on the listener's side).
     answer: Option<([u8; LANE_ANSWER_LEN], usize)>,
+    /// The socket's receive low-water mark as last set: 1 except while a large part of a
+    /// striped frame streams in on it (`TcpDevice::sync_lowat`).
+    lowat: usize,
 }
 
 impl Lane {
@@ -158,6 +161,12 @@ impl Conn {
             .iter()
             .all(|l| l.tx.is_empty() && l.answer.is_none())
     }
+
+    /// A receive low-water mark is raised on its socket or one of its lanes': a large
+    /// payload or striped part streams in, read when epoll reports enough of it there.
+    fn marked(&self) -> bool {
+        self.lowat > 1 || self.lanes.iter().any(|l| l.lowat > 1)
+    }
 }
 
 /// Per-IRB frame: the received payload a RECV IRB points at (index + 1; 0 for none).
@@ -235,7 +244,8 @@ pub struct TcpDevice {
     lane_tokens: std::collections::HashMap<[u8; TOKEN_LEN], usize>,
     /// Fragments sent striped over lanes (the `striped_sends` attribute).
     striped_sends: u64,
-    /// Payloads read under a receive low-water mark (the `marked_payloads` attribute).
+    /// Payloads and striped parts read under a receive low-water mark (the
+    /// `marked_payloads` attribute).
     marked_payloads: u64,
 }
 
@@ -273,6 +283,34 @@ fn set_recv_lowat(sock: &mio::net::TcpStream, bytes: usize) -> io::Result<()> {
         Ok(())
     } else {
         Err(io::Error::last_os_error())
+    }
+}
+
+/// The receive low-water mark for a socket with `left` bytes of a large payload or part still
+/// to come (`Decoder::streaming_left`): `cap` or `left`, whichever is less; 1 for none.
+#[inline]
+fn mark_for(left: Option<usize>, cap: usize) -> usize {
+    left.map_or(1, |left| left.min(cap))
+}
+
+/// Sets `sock`'s receive low-water mark to `want`, recording it in `lowat`; returns 1 when
+/// that raised it from 1 (a payload or part now read under a mark), else 0.
+#[cold]
+#[inline(never)]
+fn set_mark(sock: &mio::net::TcpStream, lowat: &mut usize, want: usize) -> u64 {
+    match set_recv_lowat(sock, want) {
+        Ok(()) => {
+            let raised = u64::from(*lowat == 1);
+            *lowat = want;
+            raised
+        }
+        Err(e) => {
+            // A live TCP socket does not refuse it. Should it, the mark stays as it was: not
+            // raised (reads at every arrival, as with recv_lowat = 1), or not yet lowered (the
+            // next read, or the liveness tick's, tries again).
+            log::warn!("tcp: cannot set SO_RCVLOWAT to {want}: {e}");
+            0
+        }
     }
 }
 
@@ -883,6 +921,7 @@ impl TcpDevice {
             tx,
             connected: false,
             answer: Some(([0; LANE_ANSWER_LEN], 0)),
+            lowat: 1,
         });
         c.proto.decoder().set_lanes(c.lanes.len());
         log::debug!("tcp: opening lane {lane} to {addr}");
@@ -949,6 +988,7 @@ impl TcpDevice {
             tx,
             connected: true,
             answer: None,
+            lowat: 1,
         });
         c.proto.decoder().set_lanes(c.lanes.len());
         if c.lane_offer
@@ -1199,17 +1239,23 @@ impl TcpDevice {
             // (a frame in progress is never at a boundary, so the general read below would
             // come to them too, were it not for the parked bytes).
             if c.proto.decoder().striped_sockets() > 0 {
-                self.on_readable(idx, false);
+                if c.marked() {
+                    // The lanes' parts stream in under marks: epoll says when (below).
+                    self.epoll_due.set(true);
+                } else {
+                    self.on_readable(idx, false);
+                }
             }
             return;
         }
         // `may_deliver`, spelled out: `c` borrows the table.
         let may_deliver = self.budget_left > 0 && self.held_bytes < self.cfg.recv_poll_bytes;
         if c.peer_done || !c.proto.at_boundary() || !may_deliver {
-            if may_deliver && !c.peer_done && c.lowat > 1 {
-                // A large payload streams in under a mark: its socket is read when epoll
-                // says enough of it is there (`sync_lowat`), which the next poll asks. A read
-                // here would take whatever arrived, a segment or two at a time.
+            if may_deliver && !c.peer_done && c.marked() {
+                // A large payload (or striped part) streams in under a mark: its socket is
+                // read when epoll says enough of it is there (`sync_lowat`), which the next
+                // poll asks. A read here would take whatever arrived, a segment or two at a
+                // time.
                 self.epoll_due.set(true);
                 return;
             }
@@ -1400,11 +1446,11 @@ impl TcpDevice {
         self.sync_lowat(idx);
     }
 
-    /// Sets connection `idx`'s socket's receive low-water mark (`SO_RCVLOWAT`) for what its
-    /// decoder waits for: while a payload of at least `LOWAT_PAYLOAD_MARKS` times
-    /// `recv_lowat` streams in, `recv_lowat` bytes or what is left of it, whichever is less;
-    /// otherwise 1, so that any byte wakes the poll. Nothing when it is set already (a few
-    /// loads).
+    /// Sets connection `idx`'s socket's receive low-water mark (`SO_RCVLOWAT`), and each of
+    /// its lanes', for what its decoder waits for on that socket: while a payload (or a
+    /// striped frame's part) of at least `LOWAT_PAYLOAD_MARKS` times `recv_lowat` streams in,
+    /// `recv_lowat` bytes or what is left of it, whichever is less; otherwise 1, so that any
+    /// byte wakes the poll. Nothing when it is set already (a few loads).
     ///
     /// With a mark, epoll reports the socket readable (and the kernel wakes a sleeping host)
     /// only once that many bytes are there, and the busy poll reads a streaming socket only
@@ -1424,23 +1470,25 @@ impl TcpDevice {
         let Some(c) = self.conns[idx].as_mut() else {
             return;
         };
-        let want = c
-            .proto
-            .decoder()
-            .streaming_left(cap.saturating_mul(LOWAT_PAYLOAD_MARKS))
-            .map_or(1, |left| left.min(cap));
-        if want != c.lowat {
-            match set_recv_lowat(&c.sock, want) {
-                Ok(()) => {
-                    self.marked_payloads += u64::from(c.lowat == 1);
-                    c.lowat = want;
-                }
-                Err(e) => {
-                    // A live TCP socket does not refuse it. Should it, the mark stays as it
-                    // was: not raised (reads at every arrival, as with recv_lowat = 1), or
-                    // not yet lowered (the next read, or the liveness tick's, tries again).
-                    log::warn!("tcp: cannot set SO_RCVLOWAT to {want}: {e}");
-                }
+        let min_len = cap.saturating_mul(LOWAT_PAYLOAD_MARKS);
+        let Conn {
+            sock,
+            proto,
+            lowat,
+            lanes,
+            ..
+        } = c;
+        let want = mark_for(proto.decoder().streaming_left(0, min_len), cap);
+        if want != *lowat {
+            self.marked_payloads += set_mark(sock, lowat, want);
+        }
+        // Each lane's part of a striped frame likewise (none without lanes). A lane's mark
+        // is set only here, after `read_lanes` read it (every `on_readable` does), and is
+        // back at 1 once its part is in.
+        for (i, l) in lanes.iter_mut().enumerate() {
+            let want = mark_for(proto.decoder().streaming_left(i + 1, min_len), cap);
+            if want != l.lowat {
+                self.marked_payloads += set_mark(&l.sock, &mut l.lowat, want);
             }
         }
     }
@@ -1633,7 +1681,7 @@ impl TcpDevice {
         }
         self.next_tick = now + self.tick_period();
         for idx in 0..self.conns.len() {
-            if self.conns[idx].as_ref().is_some_and(|c| c.lowat > 1) {
+            if self.conns[idx].as_ref().is_some_and(Conn::marked) {
                 // Bytes below the low-water mark wake nothing: read what came (a read takes
                 // it whatever the mark), so a peer that streams slowly is heard.
                 self.on_readable(idx, false);
@@ -1968,7 +2016,7 @@ impl Device for TcpDevice {
             "write_turns" => Some(self.write_turns.to_string()),
             // Fragments sent striped over lanes, and the lanes attached now.
             "striped_sends" => Some(self.striped_sends.to_string()),
-            // Payloads read under a receive low-water mark (`recv_lowat`).
+            // Payloads and striped parts read under a receive low-water mark (`recv_lowat`).
             "marked_payloads" => Some(self.marked_payloads.to_string()),
             "lanes" => Some(
                 self.conns

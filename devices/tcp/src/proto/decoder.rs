@@ -285,19 +285,23 @@ impl Decoder {
         (input.len() >= used).then_some((f, used))
     }
 
-    /// Of a payload of at least `min_len` bytes that streams in (read straight into its
-    /// place: [`Decoder::direct_target`]), the bytes still to come; `None` between frames, in
-    /// other phases, for a smaller payload, and once fewer than `DIRECT_READ_MIN` bytes are
-    /// left.
+    /// Of a payload of at least `min_len` bytes that streams in on socket `socket` (read
+    /// straight into its place: [`Decoder::direct_target`] and [`Decoder::lane_target`]), the
+    /// bytes still to come on that socket. Socket 0 is the connection's own, carrying a whole
+    /// payload or a striped frame's first part; socket `i` > 0 is lane `i`, carrying part `i`
+    /// (its piece header counts). `None` between frames, in other phases, for a smaller
+    /// payload or part, for a socket with no part in the frame, and once fewer than
+    /// `DIRECT_READ_MIN` bytes are left.
     #[inline]
-    pub fn streaming_left(&self, min_len: usize) -> Option<usize> {
-        match &self.phase {
-            Phase::Payload { repr, got, .. } if repr.len as usize >= min_len => {
-                let left = repr.len as usize - *got;
-                (left >= DIRECT_READ_MIN).then_some(left)
+    pub fn streaming_left(&self, socket: usize, min_len: usize) -> Option<usize> {
+        let (len, left) = match &self.phase {
+            Phase::Payload { repr, got, .. } if socket == 0 => {
+                (repr.len as usize, repr.len as usize - *got)
             }
-            _ => None,
-        }
+            Phase::Striped(a) => (a.part_size(socket), a.left(socket)),
+            _ => return None,
+        };
+        (len >= min_len && left >= DIRECT_READ_MIN).then_some(left)
     }
 
     /// The rest of a large payload, to read into directly; `None` unless reading directly pays.
@@ -809,28 +813,30 @@ mod tests {
         assert!(d.at_boundary());
     }
 
-    /// A recycled buffer with room to spare holds the payload where the kernel's copy into
-    /// it is fast: at the frame's own alignment modulo 64 (`payload_lead`), whole and in
-    /// order, by plain feeding and by direct reads.
     /// `streaming_left` counts down a large payload's bytes as they are read, plainly or
     /// directly, and is `None` between frames, in the handshake, for a payload below its
     /// minimum or below `DIRECT_READ_MIN`, and once fewer than `DIRECT_READ_MIN` bytes are
-    /// left (what the receive low-water mark follows).
+    /// left (what the receive low-water mark follows); for a striped frame, each socket's
+    /// part likewise, a lane's with its piece header.
     #[test]
-    fn streaming_left_follows_a_large_payload_only() {
+    fn streaming_left_follows_large_payloads_and_striped_parts() {
         let mut d = Decoder::connector(1 << 20, 100);
         let alloc = &mut |n| vec![0u8; n];
-        assert_eq!(d.streaming_left(0), None, "in the handshake");
+        assert_eq!(d.streaming_left(0, 0), None, "in the handshake");
         let answer = AnswerRepr::emit(AnswerStatus::Accept, "", b"");
         assert_eq!(d.feed(&answer, alloc).unwrap().0, answer.len());
-        assert_eq!(d.streaming_left(0), None, "between frames");
+        assert_eq!(d.streaming_left(0, 0), None, "between frames");
         let small = FrameRepr {
             end: true,
             filter_flags: 0,
             len: (DIRECT_READ_MIN - 1) as u32,
         };
         assert_eq!(d.feed(&small.emit(), alloc).unwrap().0, FRAME_LEN);
-        assert_eq!(d.streaming_left(0), None, "a payload below DIRECT_READ_MIN");
+        assert_eq!(
+            d.streaming_left(0, 0),
+            None,
+            "a payload below DIRECT_READ_MIN"
+        );
         let rest = vec![0u8; DIRECT_READ_MIN - 1];
         assert!(d.feed(&rest, alloc).unwrap().1.is_some());
         let len = 100_000usize;
@@ -842,23 +848,68 @@ mod tests {
         let mut input = big.emit().to_vec();
         input.extend_from_slice(&[7u8; 1000]);
         assert_eq!(d.feed(&input, alloc).unwrap(), (input.len(), None));
-        assert_eq!(d.streaming_left(0), Some(len - 1000));
-        assert_eq!(d.streaming_left(len), Some(len - 1000), "at its minimum");
-        assert_eq!(d.streaming_left(len + 1), None, "below its minimum");
+        assert_eq!(d.streaming_left(0, 0), Some(len - 1000));
+        assert_eq!(d.streaming_left(0, len), Some(len - 1000), "at its minimum");
+        assert_eq!(d.streaming_left(0, len + 1), None, "below its minimum");
         let t = d.direct_target().unwrap().len();
         assert_eq!(t, len - 1000);
         assert!(d.direct_done(50_000).is_none());
-        assert_eq!(d.streaming_left(0), Some(len - 51_000));
+        assert_eq!(d.streaming_left(0, 0), Some(len - 51_000));
         // Below DIRECT_READ_MIN left: the tail comes through plain reads.
         let tail = len - 51_000 - (DIRECT_READ_MIN - 1);
         assert!(d.direct_done(tail).is_none());
-        assert_eq!(d.streaming_left(0), None);
+        assert_eq!(d.streaming_left(0, 0), None);
         let (n, ev) = d.feed(&vec![0u8; DIRECT_READ_MIN - 1], alloc).unwrap();
         assert_eq!(n, DIRECT_READ_MIN - 1);
         assert!(matches!(ev, Some(Event::Frame { .. })));
-        assert_eq!(d.streaming_left(0), None, "between frames again");
+        assert_eq!(d.streaming_left(0, 0), None, "between frames again");
+
+        // A striped frame: each socket's part, a lane's with its piece header.
+        d.set_lanes(1);
+        let len = 1usize << 20;
+        let striped = StripeRepr {
+            end: true,
+            filter_flags: 0,
+            sockets: 2,
+            len: len as u32,
+        };
+        let mut input = striped.emit().to_vec();
+        input.extend_from_slice(&[1u8; 1000]);
+        assert_eq!(d.feed(&input, alloc).unwrap(), (input.len(), None));
+        let part = len / 2;
+        assert_eq!(
+            d.streaming_left(0, 0),
+            Some(part - 1000),
+            "the connection's part"
+        );
+        assert_eq!(
+            d.streaming_left(1, 0),
+            Some(FRAME_LEN + part),
+            "lane 1's piece"
+        );
+        assert_eq!(d.streaming_left(2, 0), None, "a lane with no part");
+        assert_eq!(
+            d.streaming_left(1, part),
+            Some(FRAME_LEN + part),
+            "at its minimum"
+        );
+        assert_eq!(d.streaming_left(1, part + 1), None, "below its minimum");
+        let piece = emit_piece(1, part as u32);
+        d.lane_target(1).unwrap()[..FRAME_LEN].copy_from_slice(&piece);
+        assert!(d.lane_done(1, FRAME_LEN).unwrap().is_none());
+        assert_eq!(d.streaming_left(1, 0), Some(part), "the piece header is in");
+        assert!(d.lane_done(1, part).unwrap().is_none());
+        assert_eq!(d.streaming_left(1, 0), None, "lane 1's part is in");
+        assert_eq!(
+            d.streaming_left(0, 0),
+            Some(part - 1000),
+            "the connection's is not"
+        );
     }
 
+    /// A recycled buffer with room to spare holds the payload where the kernel's copy into
+    /// it is fast: at the frame's own alignment modulo 64 (`payload_lead`), whole and in
+    /// order, by plain feeding and by direct reads.
     #[test]
     fn a_recycled_buffer_holds_the_payload_at_the_frame_s_alignment() {
         struct Spare;

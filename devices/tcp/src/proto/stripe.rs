@@ -110,6 +110,24 @@ impl Assembly {
         part_range(self.len, self.part, i)
     }
 
+    /// The length of socket `i`'s part (0 for a socket that carries none).
+    pub fn part_size(&self, i: usize) -> usize {
+        if i < self.sockets {
+            self.range(i).len()
+        } else {
+            0
+        }
+    }
+
+    /// The bytes socket `i` still has to bring for this frame: the rest of its piece header
+    /// and of its part (0 once its part is in, and for a socket that carries none).
+    pub fn left(&self, i: usize) -> usize {
+        if i >= self.sockets {
+            return 0;
+        }
+        (FRAME_LEN - self.hdr_got[i]) + (self.range(i).len() - self.got[i])
+    }
+
     /// Whether socket `i`'s part is all in (true for sockets that carry none).
     pub fn part_done(&self, i: usize) -> bool {
         i >= self.sockets || self.got[i] == self.range(i).len()
@@ -306,6 +324,13 @@ mod tests {
                 t[..n].copy_from_slice(&streams[i][pos[i]..pos[i] + n]);
                 pos[i] += n;
                 a.advance(i, n).unwrap();
+                // What each socket has still to bring (its receive low-water mark's input).
+                for (j, s) in streams.iter().enumerate() {
+                    assert_eq!(a.left(j), s.len() - pos[j], "socket {j}: bytes left");
+                    let piece = if j > 0 { FRAME_LEN } else { 0 };
+                    assert_eq!(a.part_size(j), s.len() - piece, "socket {j}: its part");
+                }
+                assert_eq!((a.left(sockets), a.part_size(sockets)), (0, 0), "no part");
             }
             for (i, s) in streams.iter().enumerate() {
                 assert_eq!(pos[i], s.len(), "socket {i} read exactly its part");
