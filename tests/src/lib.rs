@@ -331,6 +331,31 @@ pub fn tcp_raw_peer(
     s
 }
 
+/// Serves `vmi`'s peers until `done(h)`: busy polling, or when `sleeping` in `wait` 200 ms
+/// at a time. Fails (naming `what`) as soon as `lost(h)` says a peer was dropped, and after
+/// 60 s. For tests of peers that stream slowly, which must be heard however the host waits.
+pub fn serve_until<H: vmi_core::Handler>(
+    vmi: &mut vmi_core::Vmi,
+    h: &mut H,
+    sleeping: bool,
+    what: &str,
+    done: impl Fn(&H) -> bool,
+    lost: impl Fn(&H) -> Option<String>,
+) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done(h) {
+        if sleeping {
+            vmi.wait(h, Duration::from_millis(200));
+        } else {
+            vmi.poll(h);
+        }
+        if let Some(why) = lost(h) {
+            panic!("sleeping {sleeping}: the slow peer was dropped: {why}");
+        }
+        assert!(Instant::now() < deadline, "sleeping {sleeping}: no {what}");
+    }
+}
+
 /// Sends `data` on `conn` as one fragment with token `token`: in one buffer, or when
 /// `three` in three pieces (a third, half the rest, the rest), so that whatever the transport
 /// cuts the fragment into may span pieces.

@@ -380,6 +380,25 @@ fn stripe_slowly(
     })
 }
 
+/// A victim with two sockets per connection, `recv_lowat` 16k (parts of 32 KiB and more get
+/// a mark) and peer timeout `peer_timeout_ms`, and a raw peer's connection and lane 1.
+fn marked_victim(name: &str, peer_timeout_ms: &str) -> (Vmi, Victim, TcpStream, TcpStream) {
+    let key = unique_key(name);
+    let (mut vmi, port) = vmi_tests::tcp_on_free_port_with(
+        &key,
+        &[
+            ("lanes", "2"),
+            ("recv_lowat", "16k"),
+            ("peer_timeout_ms", peer_timeout_ms),
+        ],
+    );
+    let mut h = Victim::default();
+    let (s, _, token) = raw_peer(&mut vmi, &mut h, port, &key);
+    let (l1, ok) = join(&mut vmi, &mut h, port, 1, &token);
+    assert!(ok, "{name}: lane 1 attached");
+    (vmi, h, s, l1)
+}
+
 /// A striped frame's part on a lane streams in under a mark too, and a peer whose lane
 /// part comes slower than the mark fills is still heard. The victim (`recv_lowat` 16k, so
 /// parts of 32 KiB get a mark; peer timeout 600 ms) gets a 64 KiB frame over two sockets:
@@ -389,37 +408,19 @@ fn stripe_slowly(
 #[test]
 fn a_lane_part_streams_in_under_a_mark_and_a_slow_one_is_heard() {
     for sleeping in [false, true] {
-        let key = unique_key("lanes-lowat");
-        let (mut vmi, port) = vmi_tests::tcp_on_free_port_with(
-            &key,
-            &[
-                ("lanes", "2"),
-                ("recv_lowat", "16k"),
-                ("peer_timeout_ms", "600"),
-            ],
-        );
-        let mut h = Victim::default();
-        let (mut s, _, token) = raw_peer(&mut vmi, &mut h, port, &key);
-        let (l1, ok) = join(&mut vmi, &mut h, port, 1, &token);
-        assert!(ok, "lane 1 attached");
+        let (mut vmi, mut h, mut s, l1) = marked_victim("lanes-lowat", "600");
         let payload: Vec<u8> = (0..64 * 1024)
             .map(|i: usize| (i * 17 % 253) as u8)
             .collect();
         let writer = stripe_slowly(&mut s, l1, &payload, 1024, Duration::from_millis(60));
-        let start = Instant::now();
-        while h.messages.is_empty() {
-            if sleeping {
-                vmi.wait(&mut h, Duration::from_millis(200));
-            } else {
-                vmi.poll(&mut h);
-            }
-            assert!(
-                h.ended.is_empty(),
-                "sleeping {sleeping}: the slow peer was dropped: {:?}",
-                h.ended
-            );
-            assert!(start.elapsed() < T, "sleeping {sleeping}: no message");
-        }
+        vmi_tests::serve_until(
+            &mut vmi,
+            &mut h,
+            sleeping,
+            "message",
+            |h| !h.messages.is_empty(),
+            |h| (!h.ended.is_empty()).then(|| format!("{:?}", h.ended)),
+        );
         let _l1 = writer.join().unwrap();
         assert!(
             h.messages == [payload],
@@ -439,19 +440,7 @@ fn a_lane_part_streams_in_under_a_mark_and_a_slow_one_is_heard() {
 /// liveness ticks (`peer_timeout_ms` 0), as does a small message after it.
 #[test]
 fn a_small_striped_frame_after_a_marked_one_wakes_a_sleeping_receiver() {
-    let key = unique_key("lanes-lowat-wake");
-    let (mut vmi, port) = vmi_tests::tcp_on_free_port_with(
-        &key,
-        &[
-            ("lanes", "2"),
-            ("recv_lowat", "16k"),
-            ("peer_timeout_ms", "0"),
-        ],
-    );
-    let mut h = Victim::default();
-    let (mut s, _, token) = raw_peer(&mut vmi, &mut h, port, &key);
-    let (l1, ok) = join(&mut vmi, &mut h, port, 1, &token);
-    assert!(ok, "lane 1 attached");
+    let (mut vmi, mut h, mut s, l1) = marked_victim("lanes-lowat-wake", "0");
     let big: Vec<u8> = (0..64 * 1024)
         .map(|i: usize| (i * 29 % 251) as u8)
         .collect();

@@ -46,20 +46,14 @@ fn a_peer_that_streams_a_fragment_slower_than_the_mark_is_heard() {
             }
             s
         });
-        let start = Instant::now();
-        while h.received.is_empty() {
-            if sleeping {
-                vmi.wait(&mut h, Duration::from_millis(200));
-            } else {
-                vmi.poll(&mut h);
-            }
-            assert!(
-                h.ended.is_empty(),
-                "sleeping {sleeping}: the slow peer was dropped: {:?}",
-                h.ended
-            );
-            assert!(start.elapsed() < T, "sleeping {sleeping}: no fragment");
-        }
+        vmi_tests::serve_until(
+            &mut vmi,
+            &mut h,
+            sleeping,
+            "fragment",
+            |h| !h.received.is_empty(),
+            |h| (!h.ended.is_empty()).then(|| format!("{:?}", h.ended)),
+        );
         let _s = writer.join().unwrap();
         assert_eq!(messages(&h), [&payload[..]], "sleeping {sleeping}");
         assert_eq!(marked(&vmi), 1, "sleeping {sleeping}: read under a mark");
