@@ -20,7 +20,7 @@ use vmi_device::{
 };
 
 use crate::config::{PARAMS, STRIPE_PART_MIN, TcpConfig};
-use crate::io::{Sending, connect, listen, write_gather};
+use crate::io::{Sending, connect, listen, tune_local, write_gather};
 use crate::proto::stripe::{part_len, part_range};
 use crate::proto::{Connection, Dial, Local, Output, State, probe_ports, split_host_port};
 use crate::sendq::{self, MAX_IOV, SendQueue, StripedSends, Tx};
@@ -247,6 +247,8 @@ pub struct TcpDevice {
     /// Payloads and striped parts read under a receive low-water mark (the
     /// `marked_payloads` attribute).
     marked_payloads: u64,
+    /// Sockets given `local_congestion` (the `local_congestion_sockets` attribute).
+    local_tuned: u64,
 }
 
 /// One `read(2)` of a socket. Through rustix, not `std::io::Read`: a poll that finds the
@@ -309,6 +311,24 @@ fn set_mark(sock: &mio::net::TcpStream, lowat: &mut usize, want: usize) -> u64 {
             // raised (reads at every arrival, as with recv_lowat = 1), or not yet lowered (the
             // next read, or the liveness tick's, tries again).
             log::warn!("tcp: cannot set SO_RCVLOWAT to {want}: {e}");
+            0
+        }
+    }
+}
+
+/// Gives a connection's socket congestion control `name` when both its ends are on this
+/// host (`io::tune_local`; empty: nothing to set): 1 when it did, else 0. A refusal (the name
+/// was checked at start, so rare) leaves the system's and is logged.
+fn tuned(sock: &mio::net::TcpStream, name: &str) -> u64 {
+    if name.is_empty() {
+        return 0;
+    }
+    match tune_local(sock, name) {
+        Ok(set) => u64::from(set),
+        Err(e) => {
+            log::warn!(
+                "tcp: cannot set congestion control '{name}' on a same-host connection: {e}"
+            );
             0
         }
     }
@@ -727,6 +747,7 @@ impl TcpDevice {
                     return self.apply(idx, out);
                 }
                 None => {
+                    self.local_tuned += tuned(&c.sock, &self.cfg.local_congestion);
                     let hello = c
                         .attempt
                         .as_ref()
@@ -1018,7 +1039,10 @@ impl TcpDevice {
             match err {
                 Some(e) if e.kind() == io::ErrorKind::NotConnected => return,
                 Some(e) => return self.drop_lane(idx, &format!("connect failed: {e}")),
-                None => l.connected = true,
+                None => {
+                    l.connected = true;
+                    self.local_tuned += tuned(&l.sock, &self.cfg.local_congestion);
+                }
             }
         }
         self.flush(idx);
@@ -1763,6 +1787,7 @@ impl TcpDevice {
                 }
                 Ok((sock, addr)) => {
                     let _ = sock.set_nodelay(self.cfg.nodelay);
+                    self.local_tuned += tuned(&sock, &self.cfg.local_congestion);
                     let proto = Connection::listener(
                         &addr.to_string(),
                         self.cfg.max_fragment,
@@ -1945,6 +1970,7 @@ impl Device for TcpDevice {
             lane_tokens: std::collections::HashMap::new(),
             striped_sends: 0,
             marked_payloads: 0,
+            local_tuned: 0,
         };
         // Lent busy and empty; `relend` lists the sockets once connections open.
         if dev.cfg.lend_streams && dev.lent.lend(&dev.host) {
@@ -2018,6 +2044,8 @@ impl Device for TcpDevice {
             "striped_sends" => Some(self.striped_sends.to_string()),
             // Payloads and striped parts read under a receive low-water mark (`recv_lowat`).
             "marked_payloads" => Some(self.marked_payloads.to_string()),
+            // Sockets of same-host connections given `local_congestion`.
+            "local_congestion_sockets" => Some(self.local_tuned.to_string()),
             "lanes" => Some(
                 self.conns
                     .iter()

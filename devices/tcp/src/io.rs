@@ -1,7 +1,7 @@
 //! Moving bytes: socket set-up with socket2 and gathered writes. No protocol decisions here.
 
 use std::io::{self, IoSlice, Write};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsFd;
 
 use rustix::net::{SendAncillaryBuffer, SendFlags};
@@ -39,6 +39,50 @@ pub fn connect(addr: SocketAddr, nodelay: bool) -> io::Result<mio::net::TcpStrea
         Err(e) => return Err(e),
     }
     Ok(mio::net::TcpStream::from_std(s.into()))
+}
+
+/// Longest congestion control name the kernel takes (`TCP_CA_NAME_MAX` less its NUL).
+const CONGESTION_NAME_MAX: usize = 15;
+
+/// Whether this process may set congestion control `name` on its sockets: tried on a
+/// throwaway socket, as a connection would.
+pub fn check_congestion(name: &str) -> io::Result<()> {
+    if name.is_empty()
+        || name.len() > CONGESTION_NAME_MAX
+        || !name.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a congestion control name",
+        ));
+    }
+    let s = Socket::new(Domain::IPV4, Type::STREAM.cloexec(), Some(Protocol::TCP))?;
+    s.set_tcp_congestion(name.as_bytes())
+}
+
+/// Whether `local` and `peer`, a connection's two ends, are on this host: the peer is a
+/// loopback address, or the connection's own address (traffic to it goes through loopback
+/// too). IPv4-mapped IPv6 addresses count as their IPv4 ones.
+pub fn same_host(local: IpAddr, peer: IpAddr) -> bool {
+    let peer = peer.to_canonical();
+    peer.is_loopback() || peer == local.to_canonical()
+}
+
+/// Sets the congestion control of `sock` to `name` when its two ends are on this host
+/// ([`same_host`]); `Ok(false)` when they are not (or the socket has no ends yet).
+pub fn tune_local<S: AsFd>(sock: &S, name: &str) -> io::Result<bool> {
+    let s = socket2::SockRef::from(sock);
+    let (Ok(local), Ok(peer)) = (s.local_addr(), s.peer_addr()) else {
+        return Ok(false);
+    };
+    let (Some(local), Some(peer)) = (local.as_socket(), peer.as_socket()) else {
+        return Ok(false);
+    };
+    if !same_host(local.ip(), peer.ip()) {
+        return Ok(false);
+    }
+    s.set_tcp_congestion(name.as_bytes())?;
+    Ok(true)
 }
 
 const fn libc_einprogress() -> i32 {
@@ -229,6 +273,32 @@ mod tests {
                 }
                 assert_eq!(w.out, want, "{} pieces, limit {limit}", segs.len());
             }
+        }
+    }
+
+    #[test]
+    fn same_host_is_a_loopback_peer_or_one_at_the_socket_s_own_address() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(same_host(ip("127.0.0.1"), ip("127.0.0.1")));
+        assert!(same_host(ip("127.0.0.1"), ip("127.0.0.2")), "any of 127/8");
+        assert!(same_host(ip("::1"), ip("::1")));
+        assert!(same_host(ip("::ffff:127.0.0.1"), ip("::ffff:127.0.0.1")));
+        assert!(
+            same_host(ip("10.0.0.5"), ip("10.0.0.5")),
+            "this host's own address"
+        );
+        assert!(same_host(ip("10.0.0.5"), ip("::ffff:10.0.0.5")), "mapped");
+        assert!(!same_host(ip("10.0.0.5"), ip("10.0.0.6")), "another host");
+        assert!(!same_host(ip("127.0.0.1"), ip("10.0.0.6")));
+        assert!(!same_host(ip("fe80::1"), ip("fe80::2")));
+    }
+
+    #[test]
+    fn a_congestion_control_the_kernel_does_not_have_is_refused() {
+        // Reno is built in and every process may set it.
+        check_congestion("reno").unwrap();
+        for bad in ["no-such-cc", "", "a b", "sixteen-chars-xx"] {
+            assert!(check_congestion(bad).is_err(), "{bad:?}");
         }
     }
 }
