@@ -17,19 +17,25 @@ fn attr(vmi: &Vmi, name: &str) -> u64 {
 }
 
 /// The congestion control of every connected TCP socket of this process, as the kernel
-/// reports it (each looked at through a duplicate taken with `pidfd_getfd`).
-fn connected_tcp_congestion() -> Vec<String> {
+/// reports it (each looked at through a duplicate taken with `pidfd_getfd`); `Err` with the
+/// reason when this process cannot duplicate its own descriptors that way (a kernel before
+/// 5.6, or a seccomp filter that forbids it).
+fn connected_tcp_congestion() -> Result<Vec<String>, String> {
     use rustix::process::{PidfdFlags, PidfdGetfdFlags, getpid, pidfd_getfd, pidfd_open};
-    let me = pidfd_open(getpid(), PidfdFlags::empty()).expect("pidfd_open");
+    use std::os::fd::AsRawFd;
+    let me = pidfd_open(getpid(), PidfdFlags::empty()).map_err(|e| format!("pidfd_open: {e}"))?;
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    pidfd_getfd(&me, probe.as_raw_fd(), PidfdGetfdFlags::empty())
+        .map_err(|e| format!("pidfd_getfd: {e}"))?;
     let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc/self/fd").expect("/proc/self/fd") {
+    for entry in std::fs::read_dir("/proc/self/fd").map_err(|e| e.to_string())? {
         let Some(fd) = entry
             .ok()
             .and_then(|e| e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()))
         else {
             continue;
         };
-        // Closed since the listing, or not ours to duplicate: not a connection of the pair.
+        // Closed since the listing: not a connection of the pair.
         let Ok(dup) = pidfd_getfd(&me, fd, PidfdGetfdFlags::empty()) else {
             continue;
         };
@@ -38,7 +44,19 @@ fn connected_tcp_congestion() -> Vec<String> {
             found.push(cc);
         }
     }
-    found
+    Ok(found)
+}
+
+/// Checks that the kernel reports `want` connected TCP sockets in this process, each with a
+/// congestion control `ok` takes; says SKIPPED and why when the kernel cannot be asked.
+fn kernel_has(label: &str, want: usize, ok: impl Fn(&str) -> bool) {
+    match connected_tcp_congestion() {
+        Ok(ccs) => {
+            assert_eq!(ccs.len(), want, "{label}: connected sockets {ccs:?}");
+            assert!(ccs.iter().all(|c| ok(c)), "{label}: {ccs:?}");
+        }
+        Err(why) => println!("SKIPPED the kernel check ({label}): {why}"),
+    }
 }
 
 /// A pair of vmi over 127.0.0.1 with tcp parameters `params` on both sides, its lanes (if
@@ -81,13 +99,7 @@ fn same_host_connections_get_local_congestion_and_the_kernel_has_it() {
             (want, want),
             "{label}: sockets given local_congestion on each side"
         );
-        let ccs = connected_tcp_congestion();
-        assert_eq!(
-            ccs.len() as u64,
-            2 * want,
-            "{label}: connected sockets {ccs:?}"
-        );
-        assert!(ccs.iter().all(|c| c == "reno"), "{label}: {ccs:?}");
+        kernel_has(&label, 2 * want as usize, |c| c == "reno");
     }
 
     // Empty: the system's, and none counted.
@@ -99,12 +111,11 @@ fn same_host_connections_get_local_congestion_and_the_kernel_has_it() {
         ),
         (0, 0)
     );
-    let ccs = connected_tcp_congestion();
-    assert_eq!(ccs.len(), 2, "{ccs:?}");
     if system.is_empty() || system == "reno" {
         println!("the system's is reno (or unknown): the kernel check cannot tell them apart");
+        kernel_has("empty", 2, |_| true);
     } else {
-        assert!(ccs.iter().all(|c| *c == system), "{ccs:?}, system {system}");
+        kernel_has("empty", 2, |c| c == system);
     }
     drop(p);
 
