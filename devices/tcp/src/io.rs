@@ -56,7 +56,9 @@ pub fn check_congestion(name: &str) -> io::Result<()> {
             "not a congestion control name",
         ));
     }
-    let s = Socket::new(Domain::IPV4, Type::STREAM.cloexec(), Some(Protocol::TCP))?;
+    // An IPv4 socket, or on a host without IPv4 an IPv6 one.
+    let s = Socket::new(Domain::IPV4, Type::STREAM.cloexec(), Some(Protocol::TCP))
+        .or_else(|_| Socket::new(Domain::IPV6, Type::STREAM.cloexec(), Some(Protocol::TCP)))?;
     s.set_tcp_congestion(name.as_bytes())
 }
 
