@@ -331,6 +331,26 @@ pub fn tcp_raw_peer(
     s
 }
 
+/// The error with which a vmi over the tcp transport refuses to start when tcp parameter
+/// `param` is `value` (given through its environment override, `VMI_TCP_<PARAM>`). Panics
+/// if it starts.
+pub fn tcp_start_error(param: &str, value: &str) -> String {
+    register_all();
+    let sp = vmi_core::spec::Spec::parse_str(&spec_text("tcp", &[], ""), "x.xml").expect("spec");
+    let var = format!("VMI_TCP_{}", param.to_ascii_uppercase());
+    let env = |v: &str| (v == var).then(|| value.to_string());
+    let started = vmi_core::Vmi::with_spec_options(
+        sp,
+        &unique_key("refused"),
+        vmi_core::Options::default(),
+        &env,
+    );
+    match started {
+        Ok(_) => panic!("tcp parameter {param} = {value} was taken"),
+        Err(e) => e.to_string(),
+    }
+}
+
 /// Serves `vmi`'s peers until `done(h)`: busy polling, or when `sleeping` in `wait` 200 ms
 /// at a time. Fails (naming `what`) as soon as `lost(h)` says a peer was dropped, and after
 /// 60 s. For tests of peers that stream slowly, which must be heard however the host waits.

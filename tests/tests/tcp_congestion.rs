@@ -120,19 +120,7 @@ fn same_host_connections_get_local_congestion_and_the_kernel_has_it() {
     drop(p);
 
     // A name the kernel refuses is refused at start, with the remedy.
-    let sp = vmi_core::spec::Spec::parse_str(&vmi_tests::spec_text("tcp", &[], ""), "x.xml")
-        .expect("spec");
-    let env = |v: &str| (v == "VMI_TCP_LOCAL_CONGESTION").then(|| "no-such-cc".to_string());
-    let started = vmi_core::Vmi::with_spec_options(
-        sp,
-        &vmi_tests::unique_key("cc-bad"),
-        vmi_core::Options::default(),
-        &env,
-    );
-    let Err(e) = started else {
-        panic!("local_congestion = no-such-cc was taken");
-    };
-    let e = e.to_string();
+    let e = vmi_tests::tcp_start_error("local_congestion", "no-such-cc");
     assert!(
         e.contains("'local_congestion'") && e.contains("reno always is"),
         "{e}"

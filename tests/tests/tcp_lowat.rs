@@ -138,20 +138,7 @@ fn recv_lowat_1_turns_marks_off_and_one_over_16m_is_refused() {
     assert!(messages(&h) == [&big[..]]);
     assert_eq!(marked(&vmi), 0, "recv_lowat = 1: no mark");
 
-    vmi_tests::register_all();
-    let sp = vmi_core::spec::Spec::parse_str(&vmi_tests::spec_text("tcp", &[], ""), "x.xml")
-        .expect("spec");
-    let env = |v: &str| (v == "VMI_TCP_RECV_LOWAT").then(|| "17m".to_string());
-    let started = vmi_core::Vmi::with_spec_options(
-        sp,
-        &unique_key("lowat-17m"),
-        vmi_core::Options::default(),
-        &env,
-    );
-    let Err(e) = started else {
-        panic!("recv_lowat = 17m was taken");
-    };
-    let e = e.to_string();
+    let e = vmi_tests::tcp_start_error("recv_lowat", "17m");
     assert!(
         e.contains("'recv_lowat'") && e.contains("1 turns it off"),
         "{e}"
